@@ -1,0 +1,124 @@
+"""Alerts for payment operations (`qris.alerts`) that the reconciliation itself raises:
+cancelled refunds, over-refunds, dead letters and silent feeds. Failure bursts live in `burst`.
+
+Alerts never carry a plain account id (masked to the last four characters). The key is the
+scope id. Imports nothing outside the core.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import ids
+from .decisions import SCHEMA_VERSION, Decision, mask_account
+from .eventtime import format_ms
+from .records import LedgerEvent, PaymentEvent
+
+if TYPE_CHECKING:
+    from .reference import ReferenceState
+    from .refunds import Refund
+
+
+def rupiah(amount: int) -> str:
+    """Rupiah as people write it.
+
+    >>> rupiah(31200000)
+    'Rp 31.200.000'
+    """
+    return "Rp " + f"{amount:,}".replace(",", ".")
+
+
+def _alert(
+    alert_id: str, kind: str, severity: str, scope_type: str, scope_id: str, at_ms: int | None,
+    partition: int | None, summary: str, observed: dict[str, Any], **extra: Any,
+) -> Decision:
+    value: dict[str, Any] = {
+        "alert_id": alert_id,
+        "kind": kind,
+        "severity": severity,
+        "scope": {"type": scope_type, "id": scope_id},
+        "window": extra.pop("window", None),
+        "observed": observed,
+        "expected": extra.pop("expected", None),
+        "score": extra.pop("score", None),
+        "references": extra.pop("references", []),
+        "summary": summary.replace("\n", " "),
+        "occurred_at": format_ms(at_ms) if at_ms is not None else None,
+        "partition": partition,
+        **extra,
+        "schema_version": SCHEMA_VERSION,
+    }
+    return Decision("alerts", scope_id.encode("utf-8"), value, at_ms)
+
+
+def _merchant_scope(st: ReferenceState) -> tuple[str, str]:
+    merchant = (st.request or {}).get("merchant_id")
+    return ("merchant", merchant) if merchant else ("all", "all")
+
+
+def cancellation_alert(
+    st: ReferenceState, refund: Refund, cancel_id: str, reason: str, trigger: PaymentEvent | LedgerEvent,
+    eff_ms: int, partition: int,
+) -> Decision:
+    """A refund was cancelled: it may already have been paid out, so a person checks."""
+    scope_type, scope_id = _merchant_scope(st)
+    late_s = (eff_ms - refund.deadline_ms) / 1000
+    what = "settlement" if reason == "LATE_SETTLEMENT" else "ledger reversal"
+    summary = (
+        f"Refund {refund.refund_id} of {rupiah(refund.amount)} for {st.reference} cancelled: "
+        f"{what} {trigger.event_id} arrived {late_s:.0f} s after the refund deadline; "
+        "check whether it was already paid out"
+    )
+    return _alert(
+        ids.alert_id(reason, cancel_id), reason, "warning", scope_type, scope_id, eff_ms, partition, summary,
+        {"amount_idr": refund.amount, "late_by_s": late_s, "net_debited_idr": st.net, "settled_idr": st.settled},
+        references=[st.reference], reference=st.reference, refund_id=refund.refund_id,
+        account_id_masked=mask_account(st.account_id),
+    )
+
+
+def over_refund_alert(
+    st: ReferenceState, excess: int, trigger: PaymentEvent | LedgerEvent, eff_ms: int, partition: int
+) -> Decision:
+    """Active refunds exceed what is owed and no whole refund can be cancelled: a person must look."""
+    scope_type, scope_id = _merchant_scope(st)
+    active = st.active
+    summary = (
+        f"Over-refund on {st.reference}: {rupiah(active)} of refunds active but only "
+        f"{rupiah(max(0, st.net - st.settled))} owed after {trigger.type} {trigger.event_id}; "
+        f"{rupiah(excess)} too much, needs a person"
+    )
+    return _alert(
+        ids.alert_id("OVER_REFUND", st.reference, trigger.event_id), "OVER_REFUND", "critical", scope_type,
+        scope_id, eff_ms, partition, summary,
+        {"active_refunds_idr": active, "net_debited_idr": st.net, "settled_idr": st.settled, "excess_idr": excess},
+        references=[st.reference], reference=st.reference, account_id_masked=mask_account(st.account_id),
+    )
+
+
+def dead_letter_alert(
+    topic: str, partition: int, count: int, error: str, reason: str, at_ms: int | None
+) -> Decision:
+    """Rejected input is arriving on a topic partition: raised at the 1st, 10th, 100th, ...
+    rejection of that partition, so a stream of bad records is one alert per order of magnitude."""
+    summary = f"{count} rejected record(s) on {topic} partition {partition}; latest: {reason}"
+    return _alert(
+        ids.alert_id("DEAD_LETTER", topic, partition, count), "DEAD_LETTER", "warning" if count < 100 else "critical",
+        "all", "all", at_ms, partition, summary, {"rejected": count, "latest_error": error}, topic=topic,
+    )
+
+
+def feed_silent_alert(
+    topic: str, partition: int, silent_since_ms: int | None, advanced_to_ms: int, other_topic: str
+) -> Decision:
+    """One input stream of a partition went quiet while the other flows (live mode only)."""
+    since = format_ms(silent_since_ms) if silent_since_ms is not None else "the start"
+    summary = (
+        f"{topic} partition {partition} is silent (last event {since}) while {other_topic} flows; "
+        f"watermark advanced to {format_ms(advanced_to_ms)} so refund timeouts still fire"
+    )
+    return _alert(
+        ids.alert_id("FEED_SILENT", topic, partition, silent_since_ms), "FEED_SILENT", "critical", "all", "all",
+        advanced_to_ms, partition, summary, {"silent_topic": topic, "watermark": format_ms(advanced_to_ms)},
+        topic=topic,
+    )

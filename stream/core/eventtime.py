@@ -1,0 +1,101 @@
+"""Event-time instants: RFC 3339 text to epoch milliseconds and back.
+
+The contract compares instants at millisecond resolution (finer digits truncated), so the core
+carries `*_ms` integers everywhere and formats UTC text only at the edge. Pure arithmetic: no
+datetime objects on the hot path, no clock, no time zone database.
+"""
+
+from __future__ import annotations
+
+import re
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+_DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+MS_PER_S = 1000
+MS_PER_MIN = 60_000
+MS_PER_DAY = 86_400_000
+
+
+class BadTimestamp(ValueError):
+    """The text is not an RFC 3339 date-time with a zone offset."""
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    # Howard Hinnant's days_from_civil: days since 1970-01-01 in the proleptic Gregorian calendar.
+    year -= month <= 2
+    era = (year if year >= 0 else year - 399) // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def _civil_from_days(days: int) -> tuple[int, int, int]:
+    days += 719468
+    era = (days if days >= 0 else days - 146096) // 146097
+    doe = days - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    year = yoe + era * 400
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + (3 if mp < 10 else -9)
+    return year + (month <= 2), month, day
+
+
+def _is_leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def parse_ms(text: str) -> int:
+    """Parse an RFC 3339 date-time with a zone offset to epoch milliseconds (UTC).
+
+    Fractional seconds are optional and truncated to milliseconds; `T`/`Z` may be lower case
+    (RFC 3339 section 5.6). A leap second (`:60`) counts as the first instant of the next minute.
+
+    >>> parse_ms("2025-03-29T07:00:00+07:00")
+    1743206400000
+    >>> parse_ms("2025-03-29T00:00:00.123987Z")
+    1743206400123
+    """
+    m = _RFC3339.fullmatch(text)
+    if m is None:
+        raise BadTimestamp(f"{text!r} is not an RFC 3339 date-time with a zone offset")
+    year, month, day = int(m[1]), int(m[2]), int(m[3])
+    hour, minute, second = int(m[4]), int(m[5]), int(m[6])
+    if not 1 <= month <= 12:
+        raise BadTimestamp(f"{text!r}: month {month} out of range")
+    last_day = 29 if month == 2 and _is_leap(year) else _DAYS_IN_MONTH[month - 1]
+    if not 1 <= day <= last_day:
+        raise BadTimestamp(f"{text!r}: day {day} out of range")
+    if hour > 23 or minute > 59 or second > 60:
+        raise BadTimestamp(f"{text!r}: time of day out of range")
+    frac = m[7]
+    millis = int((frac + "00")[:3]) if frac else 0
+    offset_min = 0
+    if m[8] is None:
+        off_h, off_m = int(m[10]), int(m[11])
+        if off_h > 23 or off_m > 59:
+            raise BadTimestamp(f"{text!r}: zone offset out of range")
+        offset_min = off_h * 60 + off_m
+        if m[9] == "-":
+            offset_min = -offset_min
+    seconds = ((_days_from_civil(year, month, day) * 24 + hour) * 60 + minute) * 60 + second
+    return (seconds - offset_min * 60) * MS_PER_S + millis
+
+
+def format_ms(ms: int) -> str:
+    """Format epoch milliseconds as RFC 3339 UTC text with milliseconds.
+
+    >>> format_ms(1743206400123)
+    '2025-03-29T00:00:00.123Z'
+    """
+    days, rem = divmod(ms, MS_PER_DAY)
+    year, month, day = _civil_from_days(days)
+    secs, millis = divmod(rem, MS_PER_S)
+    hour, secs = divmod(secs, 3600)
+    minute, second = divmod(secs, 60)
+    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}.{millis:03d}Z"

@@ -1,0 +1,40 @@
+"""Deterministic identifiers: the same inputs give the same id on every run and every replay.
+
+The refund service uses `refund_id` as its idempotency key, so a redelivered or replayed
+instruction is harmless. Ids are a short prefix plus 128 bits of BLAKE2b over the fields that
+identify the decision, separated by a unit separator so fields cannot run into each other.
+"""
+
+from __future__ import annotations
+
+from hashlib import blake2b
+
+_SEP = "\x1f"
+
+
+def _digest(*parts: object) -> str:
+    return blake2b(_SEP.join(map(str, parts)).encode("utf-8"), digest_size=16).hexdigest()
+
+
+def refund_id(reference: str, deadline_ms: int) -> str:
+    """Id of the refund owed at a cycle's deadline (a reference has one cycle per deadline).
+
+    >>> refund_id("QR1", 1743206700000) == refund_id("QR1", 1743206700000)
+    True
+    """
+    return "rf_" + _digest("refund", reference, deadline_ms)
+
+
+def cancel_id(refund_id_: str, trigger_event_id: str) -> str:
+    """Id of the cancellation of `refund_id_` caused by the record `trigger_event_id`."""
+    return "rc_" + _digest("cancel", refund_id_, trigger_event_id)
+
+
+def alert_id(kind: str, *parts: object) -> str:
+    """Id of an alert of `kind`, identified by `parts` (e.g. a refund id, or a scope and window)."""
+    return "al_" + _digest(kind, *parts)
+
+
+def incident_id(scope_type: str, scope_id: str, opened_window_start_ms: int) -> str:
+    """Id of an incident: stable for a scope and the window that opened it."""
+    return "in_" + _digest("incident", scope_type, scope_id, opened_window_start_ms)

@@ -1,0 +1,298 @@
+"""One input partition's event-time engine: effective times, the watermark, and the processing
+order of records and timers (CONTRACT.md "Time").
+
+`PartitionEngine` is told raw records of its two streams (P: payment-requests, L: ledger-debits)
+in each stream's offset order, in any interleaving, and returns decisions. Everything waits
+in a heap ordered by `(eff, kind, stream, offset)` until the watermark has strictly passed it,
+so the decisions do not depend on how the two streams interleave. Timers are heap items too:
+deadlines (kind 1) and retention checks (kind 2) sort after records (kind 0) of the same instant;
+timers of one instant are ordered by the (stream, offset) of the record that set them.
+
+State can be saved per reference (`take_dirty`) and restored (`restore`), so the live worker
+persists it in tables and a restarted worker continues where it stopped, including records
+still waiting for the watermark. Imports nothing outside the core; reads no clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import codec
+from .alerts import dead_letter_alert, feed_silent_alert
+from .deadletter import dead_letter_record
+from .decisions import Decision
+from .records import LedgerEvent, PaymentEvent, Stream
+from .reference import ReferenceState
+from .validation import Rejection, parse_ledger, parse_payment
+
+RECORD, DEADLINE, RETENTION = 0, 1, 2
+NEG_INF = -(2**62)
+POS_INF = 2**62
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """Decision parameters (CONTRACT.md): timeout T, allowed lateness A, retention R."""
+
+    timeout_ms: int = 300_000
+    lateness_ms: int = 30_000
+    retention_ms: int = 48 * 3600 * 1000
+    payment_topic: str = "qris.payment-requests"
+    ledger_topic: str = "qris.ledger-debits"
+
+
+# A heap item: (eff_ms, kind, stream, offset, reference, event or None).
+Item = tuple[int, int, int, int, str, PaymentEvent | LedgerEvent | None]
+
+
+def _dead_letter_alert_due(count: int) -> bool:
+    # 1, 10, 100, ...: one alert per order of magnitude of rejections.
+    while count % 10 == 0 and count > 1:
+        count //= 10
+    return count == 1
+
+
+class PartitionEngine:
+    """Event-time processing of one partition number `p` of both input topics."""
+
+    def __init__(self, partition: int, params: Params) -> None:
+        self.partition = partition
+        self.params = params
+        self.max_ms: list[int | None] = [None, None]
+        # Highest offset taken per stream: a restarted worker skips what its state already holds.
+        self.last_offset: list[int] = [-1, -1]
+        # Live mode only: a watermark floor set by the idle-feed rule (wall clock).
+        self.forced_ms = NEG_INF
+        self.silent: list[bool] = [False, False]
+        self.rejected: list[int] = [0, 0]
+        self.refs: dict[str, ReferenceState] = {}
+        self.pending: dict[str, list[Item]] = {}
+        self.heap: list[Item] = []
+        self.dirty: set[str] = set()
+        self.meta_dirty = False
+        self.stats = {"records": 0, "rejected": 0, "duplicates_skipped_on_restart": 0}
+
+    # -- time ------------------------------------------------------------------------------
+
+    @property
+    def watermark_ms(self) -> int:
+        """W = min(max_P, max_L) - A, or the live idle floor if higher; -inf until both streams
+        have a record."""
+        mp, ml = self.max_ms
+        w = NEG_INF if mp is None or ml is None else min(mp, ml) - self.params.lateness_ms
+        return max(w, self.forced_ms)
+
+    # -- input -----------------------------------------------------------------------------
+
+    def on_record(
+        self, stream: Stream, offset: int, key: bytes | None, value: bytes | None, timestamp_ms: int | None = None
+    ) -> list[Decision]:
+        """Take one raw record of `stream` (in that stream's offset order) and return what is
+        decided now: its dead letter if rejected, plus whatever the advanced watermark releases."""
+        s = int(stream)
+        if offset <= self.last_offset[s]:
+            self.stats["duplicates_skipped_on_restart"] += 1
+            return []
+        self.last_offset[s] = offset
+        self.meta_dirty = True
+        event = parse_payment(key, value) if s == 0 else parse_ledger(key, value)
+        if type(event) is Rejection:
+            return self._reject(stream, offset, key, value, timestamp_ms, event)
+        assert not isinstance(event, Rejection)
+        self.stats["records"] += 1
+        occ = event.occurred_at_ms
+        prev = self.max_ms[s]
+        if prev is None:
+            self.max_ms[s] = occ
+            eff = occ
+        else:
+            eff = max(occ, prev - self.params.lateness_ms)
+            if occ > prev:
+                self.max_ms[s] = occ
+        if eff < self.forced_ms:
+            eff = self.forced_ms
+        self.silent[s] = False
+        ref = event.reference
+        item: Item = (eff, RECORD, s, offset, ref, event)
+        heapq.heappush(self.heap, item)
+        self.pending.setdefault(ref, []).append(item)
+        self.dirty.add(ref)
+        return self._release(self.watermark_ms)
+
+    def _reject(
+        self, stream: Stream, offset: int, key: bytes | None, value: bytes | None, timestamp_ms: int | None,
+        rejection: Rejection,
+    ) -> list[Decision]:
+        s = int(stream)
+        topic = self.params.payment_topic if s == 0 else self.params.ledger_topic
+        self.rejected[s] += 1
+        self.stats["rejected"] += 1
+        out = [dead_letter_record(topic, self.partition, offset, timestamp_ms, key, value, rejection)]
+        if _dead_letter_alert_due(self.rejected[s]):
+            out.append(
+                dead_letter_alert(topic, self.partition, self.rejected[s], rejection.error, rejection.reason, timestamp_ms)
+            )
+        return out
+
+    def advance_to(self, watermark_ms: int) -> list[Decision]:
+        """Live mode only: move the watermark to at least `watermark_ms` (idle feeds)."""
+        if watermark_ms > self.forced_ms:
+            self.forced_ms = watermark_ms
+            self.meta_dirty = True
+        return self._release(self.watermark_ms)
+
+    def declare_silent(self, stream: Stream) -> list[Decision]:
+        """Live mode only: `stream` has been idle past the idle timeout while the other stream
+        flows. The watermark follows the flowing stream alone, and one FEED_SILENT alert is
+        raised per silence episode (until the silent stream delivers again)."""
+        s, o = int(stream), 1 - int(stream)
+        other_max = self.max_ms[o]
+        if other_max is None:
+            return []
+        out: list[Decision] = []
+        if not self.silent[s]:
+            self.silent[s] = True
+            self.meta_dirty = True
+            topics = (self.params.payment_topic, self.params.ledger_topic)
+            target = other_max - self.params.lateness_ms
+            out.append(feed_silent_alert(topics[s], self.partition, self.max_ms[s], max(target, self.watermark_ms), topics[o]))
+        out.extend(self.advance_to(other_max - self.params.lateness_ms))
+        return out
+
+    def drain(self) -> list[Decision]:
+        """End of input in replay `--drain`: the watermark goes to +inf, every timer fires."""
+        return self._release(POS_INF)
+
+    # -- processing ------------------------------------------------------------------------
+
+    def _release(self, watermark_ms: int) -> list[Decision]:
+        heap = self.heap
+        if not heap or heap[0][0] >= watermark_ms:
+            return []
+        out: list[Decision] = []
+        p = self.params
+        while heap and heap[0][0] < watermark_ms:
+            eff, kind, s, offset, ref, event = heapq.heappop(heap)
+            if kind == RECORD:
+                assert event is not None
+                self._unpend(ref, offset, s)
+                st = self.refs.get(ref)
+                if st is None:
+                    st = self.refs[ref] = ReferenceState(ref)
+                decisions, opened = st.apply(Stream(s), offset, eff, event, p.timeout_ms, self.partition)
+                if decisions:
+                    out.extend(decisions)
+                if opened is not None:
+                    heapq.heappush(heap, (opened, DEADLINE, s, offset, ref, None))
+                if st.retention is None:
+                    self._schedule_retention(st)
+                self.dirty.add(ref)
+            elif kind == DEADLINE:
+                st = self.refs.get(ref)
+                if st is None or st.cycle_deadline_ms != eff:
+                    continue
+                out.extend(st.on_deadline(eff, self.partition))
+                if st.retention is None:
+                    self._schedule_retention(st, not_before_ms=eff)
+                self.dirty.add(ref)
+            else:
+                st = self.refs.get(ref)
+                if st is None or st.retention != (eff, s, offset):
+                    continue
+                st.retention = None
+                due = st.last_eff_ms + p.retention_ms
+                if due > eff:
+                    self._schedule_retention(st)
+                elif st.cycle_deadline_ms is None:
+                    del self.refs[ref]
+                # else: the deadline timer reschedules retention when the cycle closes.
+                self.dirty.add(ref)
+        return out
+
+    def _schedule_retention(self, st: ReferenceState, not_before_ms: int = NEG_INF) -> None:
+        at = max(st.last_eff_ms + self.params.retention_ms, not_before_ms)
+        s, offset = st.last_key
+        st.retention = (at, s, offset)
+        heapq.heappush(self.heap, (at, RETENTION, s, offset, st.reference, None))
+
+    def _unpend(self, ref: str, offset: int, s: int) -> None:
+        items = self.pending[ref]
+        for i, it in enumerate(items):
+            if it[3] == offset and it[2] == s:
+                del items[i]
+                break
+        if not items:
+            del self.pending[ref]
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def take_dirty(self) -> tuple[dict[str, bytes | None], bytes | None]:
+        """What changed since the last call: per reference, its saved entry (None = delete),
+        and the partition's metadata entry (None if unchanged). Coalesces many changes of one
+        reference into one write, as a record cache does."""
+        refs: dict[str, bytes | None] = {}
+        for ref in self.dirty:
+            refs[ref] = self.save_reference(ref)
+        self.dirty.clear()
+        meta = None
+        if self.meta_dirty:
+            meta = self.save_meta()
+            self.meta_dirty = False
+        return refs, meta
+
+    def save_reference(self, ref: str) -> bytes | None:
+        st = self.refs.get(ref)
+        pend = self.pending.get(ref)
+        if st is None and not pend:
+            return None
+        return codec.dumps(
+            {
+                "state": st.to_json() if st is not None else None,
+                "pending": [[e, s, o, asdict(ev)] for e, _k, s, o, _r, ev in (pend or ()) if ev is not None],
+            }
+        )
+
+    def save_meta(self) -> bytes:
+        return codec.dumps(
+            {
+                "partition": self.partition,
+                "max_ms": self.max_ms,
+                "last_offset": self.last_offset,
+                "forced_ms": self.forced_ms,
+                "silent": self.silent,
+                "rejected": self.rejected,
+            }
+        )
+
+    @classmethod
+    def restore(
+        cls, partition: int, params: Params, meta: bytes | None, entries: Iterable[tuple[str, bytes]]
+    ) -> PartitionEngine:
+        """Rebuild an engine from saved metadata and reference entries (in any order)."""
+        eng = cls(partition, params)
+        if meta is not None:
+            m: dict[str, Any] = codec.loads(meta)
+            eng.max_ms = list(m["max_ms"])
+            eng.last_offset = list(m["last_offset"])
+            eng.forced_ms = m["forced_ms"]
+            eng.silent = list(m["silent"])
+            eng.rejected = list(m["rejected"])
+        heap = eng.heap
+        for ref, raw in entries:
+            d = codec.loads(raw)
+            if d["state"] is not None:
+                st = eng.refs[ref] = ReferenceState.from_json(d["state"])
+                if st.cycle_deadline_ms is not None and st.cycle_opened_by is not None:
+                    heap.append((st.cycle_deadline_ms, DEADLINE, *st.cycle_opened_by, ref, None))
+                if st.retention is not None:
+                    heap.append((st.retention[0], RETENTION, st.retention[1], st.retention[2], ref, None))
+            for eff, s, offset, ev in d["pending"]:
+                event = PaymentEvent(**ev) if s == 0 else LedgerEvent(**ev)
+                item: Item = (eff, RECORD, s, offset, ref, event)
+                heap.append(item)
+                eng.pending.setdefault(ref, []).append(item)
+        heapq.heapify(heap)
+        return eng

@@ -1,0 +1,74 @@
+"""Input records of the contract, as typed immutable values.
+
+`PaymentEvent` is a `qris.payment-requests` value, `LedgerEvent` a `qris.ledger-debits` value.
+Only the parser in `validation` builds them from bytes. Imports nothing outside the core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Final, Literal
+
+PaymentType = Literal["requested", "settled", "failed"]
+LedgerType = Literal["debited", "reversed"]
+
+PAYMENT_TYPES: Final = frozenset({"requested", "settled", "failed"})
+LEDGER_TYPES: Final = frozenset({"debited", "reversed"})
+CURRENCY: Final = "IDR"
+MAX_AMOUNT: Final = 10**12
+
+# Optional string fields of a payment event, in the contract's order.
+PAYMENT_OPTIONAL_FIELDS: Final = (
+    "merchant_name",
+    "mcc",
+    "acquirer_id",
+    "issuer_id",
+    "switch_id",
+    "terminal_id",
+    "channel",
+    "response_code",
+)
+
+
+class Stream(IntEnum):
+    """The two input streams of a partition. The value is the contract's `stream` sort key:
+    payment-requests before ledger-debits at the same effective time and kind."""
+
+    P = 0
+    L = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentEvent:
+    event_id: str
+    type: PaymentType
+    reference: str
+    occurred_at: str
+    occurred_at_ms: int
+    amount: int
+    account_id: str | None = None
+    merchant_id: str | None = None
+    merchant_name: str | None = None
+    mcc: str | None = None
+    acquirer_id: str | None = None
+    issuer_id: str | None = None
+    switch_id: str | None = None
+    terminal_id: str | None = None
+    channel: str | None = None
+    response_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEvent:
+    event_id: str
+    type: LedgerType
+    reference: str
+    occurred_at: str
+    occurred_at_ms: int
+    amount: int
+    entry_id: str
+    account_id: str
+
+
+InputEvent = PaymentEvent | LedgerEvent

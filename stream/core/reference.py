@@ -1,0 +1,202 @@
+"""The per-reference state machine: cycles, deadlines, refunds and cancellations (CONTRACT.md
+"Per-reference rules"). It is told records and deadlines in processing order by `partition` and
+returns decisions; it never decides when things happen. Imports nothing outside the core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import ids
+from .alerts import cancellation_alert, over_refund_alert
+from .decisions import Decision
+from .records import LedgerEvent, PaymentEvent, Stream
+from .refunds import Refund, cancellation_record, refund_request_record
+
+# Evidence tuples are kept compact in state and expanded only when a refund is written.
+# ledger entry: (event_id, entry_id, amount, occurred_at, effective_at_ms)
+LedgerEvidence = tuple[str, str, int, str, int]
+
+
+@dataclass(slots=True)
+class ReferenceState:
+    reference: str
+    seen_p: set[str] = field(default_factory=set)
+    seen_l: set[str] = field(default_factory=set)
+    debits: list[LedgerEvidence] = field(default_factory=list)
+    reversals: list[LedgerEvidence] = field(default_factory=list)
+    # (event_id, amount, occurred_at, effective_at_ms)
+    settlement: tuple[str, int, str, int] | None = None
+    # (event_id, occurred_at, effective_at_ms, response_code)
+    failure: tuple[str, str, int, str | None] | None = None
+    request: dict[str, Any] | None = None
+    account_id: str | None = None
+    net: int = 0
+    settled: int = 0
+    # The open cycle: its deadline and the (stream, offset) of the debit that opened it.
+    cycle_deadline_ms: int | None = None
+    cycle_opened_by: tuple[int, int] | None = None
+    refunds: list[Refund] = field(default_factory=list)
+    last_eff_ms: int = 0
+    last_key: tuple[int, int] = (0, 0)
+    # The pending retention timer, if any: (at_ms, stream, offset).
+    retention: tuple[int, int, int] | None = None
+
+    @property
+    def active(self) -> int:
+        return sum(r.amount for r in self.refunds if r.active)
+
+    # -- records ---------------------------------------------------------------------------
+
+    def apply(
+        self, stream: Stream, offset: int, eff_ms: int, event: PaymentEvent | LedgerEvent,
+        timeout_ms: int, partition: int,
+    ) -> tuple[list[Decision], int | None]:
+        """Apply one record in processing order. Returns decisions and, when the record opened
+        a cycle, the new deadline (the caller schedules the timer).
+
+        Duplicates (same `event_id` on the same stream) are ignored entirely.
+        """
+        seen = self.seen_p if stream is Stream.P else self.seen_l
+        if event.event_id in seen:
+            return [], None
+        seen.add(event.event_id)
+        self.last_eff_ms = eff_ms
+        self.last_key = (int(stream), offset)
+        opened: int | None = None
+        may_over_refund = False
+        if type(event) is LedgerEvent:
+            entry = (event.event_id, event.entry_id, event.amount, event.occurred_at, eff_ms)
+            if event.type == "debited":
+                self.net += event.amount
+                self.debits.append(entry)
+                if self.account_id is None:
+                    self.account_id = event.account_id
+                if self.cycle_deadline_ms is None:
+                    opened = self.cycle_deadline_ms = eff_ms + timeout_ms
+                    self.cycle_opened_by = (int(stream), offset)
+            else:
+                self.net -= event.amount
+                self.reversals.append(entry)
+                may_over_refund = True
+        else:
+            assert type(event) is PaymentEvent
+            if event.type == "settled":
+                if self.settlement is None:
+                    self.settlement = (event.event_id, event.amount, event.occurred_at, eff_ms)
+                    self.settled = event.amount
+                    may_over_refund = True
+            elif event.type == "failed":
+                if self.failure is None:
+                    self.failure = (event.event_id, event.occurred_at, eff_ms, event.response_code)
+            elif self.request is None:
+                self.request = _request_evidence(event)
+        if not may_over_refund or not any(r.active for r in self.refunds):
+            return [], opened
+        return self._cancel_excess(event, eff_ms, partition), opened
+
+    def _cancel_excess(self, trigger: PaymentEvent | LedgerEvent, eff_ms: int, partition: int) -> list[Decision]:
+        # Rule 3: cancel the newest refunds that the late settlement or reversal made
+        # unnecessary; what cannot be cancelled whole is an over-refund for a person.
+        out: list[Decision] = []
+        excess = self.active - max(0, self.net - self.settled)
+        active_before = self.active
+        reason = "LATE_SETTLEMENT" if trigger.type == "settled" else "LATE_REVERSAL"
+        while excess > 0:
+            newest = next((r for r in reversed(self.refunds) if r.active), None)
+            if newest is None or newest.amount > excess:
+                break
+            newest.active = False
+            excess -= newest.amount
+            cancel_id = ids.cancel_id(newest.refund_id, trigger.event_id)
+            out.append(
+                cancellation_record(self, newest, cancel_id, reason, trigger, eff_ms, partition, active_before)
+            )
+            out.append(cancellation_alert(self, newest, cancel_id, reason, trigger, eff_ms, partition))
+        if excess > 0:
+            out.append(over_refund_alert(self, excess, trigger, eff_ms, partition))
+        return out
+
+    # -- timers ----------------------------------------------------------------------------
+
+    def on_deadline(self, deadline_ms: int, partition: int) -> list[Decision]:
+        """Rule 2: at the cycle's deadline, request a refund for what is still owed; the cycle
+        closes either way."""
+        self.cycle_deadline_ms = None
+        self.cycle_opened_by = None
+        active = self.active
+        owed = self.net - self.settled - active
+        if owed <= 0:
+            return []
+        if self.settled > 0:
+            reason = "EXCESS_DEBIT"
+        elif self.failure is not None:
+            reason = "PAYMENT_FAILED"
+        else:
+            reason = "SETTLEMENT_TIMEOUT"
+        refund = Refund(ids.refund_id(self.reference, deadline_ms), owed, deadline_ms, reason, True)
+        self.refunds.append(refund)
+        return [refund_request_record(self, refund, partition, active)]
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ref": self.reference,
+            "sp": sorted(self.seen_p),
+            "sl": sorted(self.seen_l),
+            "d": self.debits,
+            "r": self.reversals,
+            "st": self.settlement,
+            "f": self.failure,
+            "rq": self.request,
+            "a": self.account_id,
+            "n": self.net,
+            "s": self.settled,
+            "cd": self.cycle_deadline_ms,
+            "co": self.cycle_opened_by,
+            "rf": [[r.refund_id, r.amount, r.deadline_ms, r.reason, r.active] for r in self.refunds],
+            "le": self.last_eff_ms,
+            "lk": self.last_key,
+            "rt": self.retention,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ReferenceState:
+        return cls(
+            reference=d["ref"],
+            seen_p=set(d["sp"]),
+            seen_l=set(d["sl"]),
+            debits=[tuple(x) for x in d["d"]],  # type: ignore[misc]
+            reversals=[tuple(x) for x in d["r"]],  # type: ignore[misc]
+            settlement=tuple(d["st"]) if d["st"] else None,  # type: ignore[arg-type]
+            failure=tuple(d["f"]) if d["f"] else None,  # type: ignore[arg-type]
+            request=d["rq"],
+            account_id=d["a"],
+            net=d["n"],
+            settled=d["s"],
+            cycle_deadline_ms=d["cd"],
+            cycle_opened_by=tuple(d["co"]) if d["co"] else None,  # type: ignore[arg-type]
+            refunds=[Refund(*r) for r in d["rf"]],
+            last_eff_ms=d["le"],
+            last_key=tuple(d["lk"]),  # type: ignore[arg-type]
+            retention=tuple(d["rt"]) if d["rt"] else None,  # type: ignore[arg-type]
+        )
+
+
+def _request_evidence(event: PaymentEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "occurred_at": event.occurred_at,
+        "amount": event.amount,
+        "account_id": event.account_id,
+        "merchant_id": event.merchant_id,
+        "merchant_name": event.merchant_name,
+        "mcc": event.mcc,
+        "acquirer_id": event.acquirer_id,
+        "issuer_id": event.issuer_id,
+        "switch_id": event.switch_id,
+        "terminal_id": event.terminal_id,
+        "channel": event.channel,
+    }

@@ -1,0 +1,114 @@
+"""Refund instructions for the refund service (`qris.refunds`), built from a reference's state.
+
+Each record carries everything the refund service needs to act without looking anything up:
+the account, the amount, the reason, the cycle deadline and the evidence (every debit, reversal,
+settlement, failure and request seen, with event ids and times). The refund service must treat
+`refund_id` as its idempotency key. Imports nothing outside the core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .decisions import SCHEMA_VERSION, Decision
+from .eventtime import format_ms
+from .records import CURRENCY, LedgerEvent, PaymentEvent
+
+if TYPE_CHECKING:
+    from .reference import ReferenceState
+
+
+@dataclass(slots=True)
+class Refund:
+    refund_id: str
+    amount: int
+    deadline_ms: int
+    reason: str
+    active: bool
+
+
+def _ledger_items(entries: list[tuple[str, str, int, str, int]]) -> list[dict[str, Any]]:
+    return [
+        {"event_id": e, "entry_id": j, "amount": a, "occurred_at": o, "effective_at": format_ms(f)}
+        for e, j, a, o, f in entries
+    ]
+
+
+def evidence(
+    st: ReferenceState, active_before: int, trigger: PaymentEvent | LedgerEvent | None, trigger_eff_ms: int | None
+) -> dict[str, Any]:
+    """The evidence block: what the decision was based on."""
+    settlement = None
+    if st.settlement is not None:
+        e, a, o, f = st.settlement
+        settlement = {"event_id": e, "amount": a, "occurred_at": o, "effective_at": format_ms(f)}
+    failure = None
+    if st.failure is not None:
+        e, o, f, code = st.failure
+        failure = {"event_id": e, "occurred_at": o, "effective_at": format_ms(f), "response_code": code}
+    request = None
+    if st.request is not None:
+        request = {k: v for k, v in st.request.items() if k != "account_id"}
+    trig = None
+    if trigger is not None and trigger_eff_ms is not None:
+        trig = {
+            "event_id": trigger.event_id,
+            "type": trigger.type,
+            "occurred_at": trigger.occurred_at,
+            "effective_at": format_ms(trigger_eff_ms),
+        }
+    return {
+        "debits": _ledger_items(st.debits),
+        "reversals": _ledger_items(st.reversals),
+        "settlement": settlement,
+        "failure": failure,
+        "request": request,
+        "net_debited": st.net,
+        "settled_amount": st.settled,
+        "active_refunds_before": active_before,
+        "trigger": trig,
+    }
+
+
+def _common(st: ReferenceState, refund: Refund, partition: int) -> dict[str, Any]:
+    rq = st.request or {}
+    return {
+        "refund_id": refund.refund_id,
+        "reference": st.reference,
+        "account_id": st.account_id if st.account_id is not None else rq.get("account_id"),
+        "amount": refund.amount,
+        "currency": CURRENCY,
+        "reason": refund.reason,
+        "deadline": format_ms(refund.deadline_ms),
+        "partition": partition,
+        "merchant_id": rq.get("merchant_id"),
+        "merchant_name": rq.get("merchant_name"),
+        "switch_id": rq.get("switch_id"),
+        "acquirer_id": rq.get("acquirer_id"),
+        "issuer_id": rq.get("issuer_id"),
+    }
+
+
+def refund_request_record(st: ReferenceState, refund: Refund, partition: int, active_before: int) -> Decision:
+    """`refund.requested`, decided at the cycle deadline."""
+    value = {"type": "refund.requested", **_common(st, refund, partition)}
+    value["decided_at"] = value["deadline"]
+    value["evidence"] = evidence(st, active_before, None, None)
+    value["schema_version"] = SCHEMA_VERSION
+    return Decision("refunds", st.reference.encode("utf-8"), value, refund.deadline_ms)
+
+
+def cancellation_record(
+    st: ReferenceState, refund: Refund, cancel_id: str, reason: str, trigger: PaymentEvent | LedgerEvent,
+    eff_ms: int, partition: int, active_before: int,
+) -> Decision:
+    """`refund.cancel_requested` for `refund`, decided when `trigger` was processed."""
+    value = {"type": "refund.cancel_requested", **_common(st, refund, partition)}
+    value["reason"] = reason
+    value["cancel_id"] = cancel_id
+    value["cancels_refund_id"] = refund.refund_id
+    value["decided_at"] = format_ms(eff_ms)
+    value["evidence"] = evidence(st, active_before, trigger, eff_ms)
+    value["schema_version"] = SCHEMA_VERSION
+    return Decision("refunds", st.reference.encode("utf-8"), value, eff_ms)

@@ -1,0 +1,61 @@
+"""Reading topics from Kafka into replay records (kafka-python), for `dump` and `replay --from-kafka`.
+
+Reads each partition from a start offset (or the offset for a start time) up to the end offset
+captured when reading began (or the offset for an end time), so a dump is a finite snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from kafka import KafkaConsumer, TopicPartition
+
+from .replayfile import KafkaRecord
+
+
+def read_topics(
+    bootstrap: str, topics: Sequence[str], *, from_ms: int | None = None, to_ms: int | None = None,
+    poll_timeout_ms: int = 1000,
+) -> Iterator[KafkaRecord]:
+    """Records of `topics` with Kafka timestamps in [from_ms, to_ms), per partition in offset order."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+        key_deserializer=None, value_deserializer=None, max_poll_records=5000,
+        fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
+    )
+    try:
+        tps: list[TopicPartition] = []
+        for topic in topics:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                raise SystemExit(f"topic {topic!r} does not exist on {bootstrap}")
+            tps.extend(TopicPartition(topic, p) for p in sorted(parts))
+        consumer.assign(tps)
+        begin = consumer.beginning_offsets(tps)
+        end = consumer.end_offsets(tps)
+        if to_ms is not None:
+            for tp, ot in consumer.offsets_for_times({tp: to_ms for tp in tps}).items():
+                if ot is not None:
+                    end[tp] = min(end[tp], ot.offset)
+        start = dict(begin)
+        if from_ms is not None:
+            for tp, ot in consumer.offsets_for_times({tp: from_ms for tp in tps}).items():
+                start[tp] = ot.offset if ot is not None else end[tp]
+        remaining = {tp for tp in tps if start[tp] < end[tp]}
+        for tp in tps:
+            consumer.seek(tp, start[tp])
+        consumer.pause(*[tp for tp in tps if tp not in remaining])
+        while remaining:
+            batch = consumer.poll(timeout_ms=poll_timeout_ms)
+            for tp, msgs in batch.items():
+                if tp not in remaining:
+                    continue
+                for m in msgs:
+                    if m.offset >= end[tp]:
+                        break
+                    yield KafkaRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value)
+                if consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+                    consumer.pause(tp)
+    finally:
+        consumer.close()

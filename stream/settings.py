@@ -1,0 +1,99 @@
+"""Configuration: one frozen settings object built from `QRIS_*` environment variables by a
+pure function (`from_env`). Each variable is documented where it is defined; the README lists
+them all (`python -m stream settings` prints the effective values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from .core.partition import Params
+
+
+def _meta(env: str, doc: str) -> dict[str, str]:
+    return {"env": env, "doc": doc}
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap: str = "127.0.0.1:9092"
+    payment_topic: str = "qris.payment-requests"
+    ledger_topic: str = "qris.ledger-debits"
+    refund_topic: str = "qris.refunds"
+    alert_topic: str = "qris.alerts"
+    dead_letter_topic: str = "qris.dead-letter"
+    partitions: int = 4
+    timeout_s: float = 300.0
+    lateness_s: float = 30.0
+    retention_s: float = 48 * 3600.0
+    idle_timeout_s: float = 60.0
+    app_id: str = "qris-guard"
+    store: str = "rocksdb://"
+    data_dir: str = "var/worker"
+    batch_max: int = 2000
+    batch_within_s: float = 0.05
+    web_port: int = 6066
+    log_level: str = "info"
+
+    @property
+    def params(self) -> Params:
+        return Params(
+            timeout_ms=round(self.timeout_s * 1000),
+            lateness_ms=round(self.lateness_s * 1000),
+            retention_ms=round(self.retention_s * 1000),
+            payment_topic=self.payment_topic,
+            ledger_topic=self.ledger_topic,
+        )
+
+    def output_topic(self, role: str) -> str:
+        return {"refunds": self.refund_topic, "alerts": self.alert_topic, "dead_letter": self.dead_letter_topic}[role]
+
+
+# env variable name and meaning of every setting
+DOCS: dict[str, tuple[str, str]] = {
+    "bootstrap": ("QRIS_BOOTSTRAP", "Kafka bootstrap servers, host:port[,host:port]"),
+    "payment_topic": ("QRIS_PAYMENT_TOPIC", "input topic of payment lifecycle events"),
+    "ledger_topic": ("QRIS_LEDGER_TOPIC", "input topic of core-banking ledger events"),
+    "refund_topic": ("QRIS_REFUND_TOPIC", "output topic of refund instructions"),
+    "alert_topic": ("QRIS_ALERT_TOPIC", "output topic of alerts for payment operations"),
+    "dead_letter_topic": ("QRIS_DEAD_LETTER_TOPIC", "output topic of rejected input records"),
+    "partitions": ("QRIS_PARTITIONS", "partitions when qris-guard creates the topics (inputs co-partitioned)"),
+    "timeout_s": ("QRIS_TIMEOUT_S", "T: seconds after a debit before an unsettled amount is refunded"),
+    "lateness_s": ("QRIS_LATENESS_S", "A: allowed lateness of a record behind its own stream, seconds"),
+    "retention_s": ("QRIS_RETENTION_S", "R: seconds of event time a quiet reference's state is kept"),
+    "idle_timeout_s": (
+        "QRIS_IDLE_TIMEOUT_S",
+        "live only: wall-clock seconds an input stream may be silent before the watermark moves without it",
+    ),
+    "app_id": ("QRIS_APP_ID", "Faust application id (consumer group, changelog topic prefix)"),
+    "store": ("QRIS_STORE", "Faust table store: rocksdb:// in production, memory:// for quick trials"),
+    "data_dir": ("QRIS_DATA_DIR", "worker data directory (RocksDB tables)"),
+    "batch_max": ("QRIS_BATCH_MAX", "records per processing batch in the worker"),
+    "batch_within_s": ("QRIS_BATCH_WITHIN_S", "seconds the worker waits to fill a batch"),
+    "web_port": ("QRIS_WEB_PORT", "port of the worker's web endpoints (status, stats)"),
+    "log_level": ("QRIS_LOG_LEVEL", "log level: debug, info, warning, error"),
+}
+
+
+def from_env(env: Mapping[str, str]) -> Settings:
+    """Build settings from an environment mapping; unknown `QRIS_*` names are an error, so a
+    typo does not silently fall back to a default."""
+    known = {name for name, _ in DOCS.values()}
+    typos = sorted(k for k in env if k.startswith("QRIS_") and k not in known | _OTHER_VARS)
+    if typos:
+        raise ValueError(f"unknown setting(s) {', '.join(typos)}; known: {', '.join(sorted(known))}")
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        var = DOCS[f.name][0]
+        if var in env:
+            raw = env[var]
+            try:
+                values[f.name] = {int: int, float: float}.get(type(f.default), str)(raw)  # type: ignore[operator]
+            except ValueError:
+                raise ValueError(f"{var}={raw!r}: expected {type(f.default).__name__}") from None
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+# Variables read by tools other than the settings object (broker scripts, tests).
+_OTHER_VARS = {"QRIS_KAFKA_PORT", "QRIS_KAFKA_CONTROLLER_PORT", "QRIS_KAFKA_DATA_DIR", "QRIS_KAFKA_HEAP"}

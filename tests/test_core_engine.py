@@ -1,0 +1,336 @@
+"""Core unit tests: literal records, explicit event times, one partition engine."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+import pytest
+
+from stream.core.eventtime import format_ms
+from stream.core.partition import Params, PartitionEngine
+from stream.core.records import Stream
+from tests.records import T0, ledger, payment
+
+P, L = Stream.P, Stream.L
+PARAMS = Params(timeout_ms=300_000, lateness_ms=30_000, retention_ms=3_600_000)
+
+
+class Feed:
+    """Feeds one engine, numbering offsets per stream, collecting decisions."""
+
+    def __init__(self, params: Params = PARAMS) -> None:
+        self.eng = PartitionEngine(0, params)
+        self.offsets = [0, 0]
+        self.out: list = []
+
+    def p(self, value: bytes, key: bytes | None = None) -> list:
+        return self._feed(P, value, key)
+
+    def l(self, value: bytes, key: bytes | None = None) -> list:  # noqa: E743
+        return self._feed(L, value, key)
+
+    def _feed(self, s: Stream, value: bytes, key: bytes | None) -> list:
+        off = self.offsets[s]
+        self.offsets[s] += 1
+        got = self.eng.on_record(s, off, key if key is not None else orjson.loads(value)["reference"].encode(), value, 0)
+        self.out.extend(got)
+        return got
+
+    def tick(self, t: float) -> list:
+        """Advance both streams to event time T0+t with records of an unrelated reference."""
+        a = self.p(payment(f"tick-p-{t}", "requested", "TICK", t))
+        b = self.l(ledger(f"tick-l-{t}", "reversed", "TICK", t, amount=1))
+        return a + b
+
+    def refunds(self) -> list[dict]:
+        return [d.value for d in self.out if d.role == "refunds"]
+
+    def alerts(self, kind: str | None = None) -> list[dict]:
+        return [d.value for d in self.out if d.role == "alerts" and (kind is None or d.value["kind"] == kind)]
+
+
+def test_unsettled_debit_is_refunded_at_its_deadline_once_the_watermark_passes() -> None:
+    f = Feed()
+    f.p(payment("e1", "requested", "R1", 0))
+    f.l(ledger("e2", "debited", "R1", 1))
+    f.tick(300)
+    assert f.refunds() == []  # W = 300 - 30 = 270 < deadline 301
+    f.tick(331)
+    assert f.refunds() == []  # W = 301: not strictly past the deadline yet
+    f.tick(331.001)
+    [r] = f.refunds()
+    assert r["type"] == "refund.requested"
+    assert r["reason"] == "SETTLEMENT_TIMEOUT"
+    assert r["amount"] == 25_000 and r["currency"] == "IDR" and r["account_id"] == "7700009876"
+    assert r["deadline"] == format_ms(T0 + 301_000) == r["decided_at"]
+    assert r["merchant_id"] == "ID1020012345678" and r["switch_id"] == "RINTIS"
+    assert [d["event_id"] for d in r["evidence"]["debits"]] == ["e2"]
+    assert r["evidence"]["request"]["event_id"] == "e1"
+    assert "account_id" not in r["evidence"]["request"]
+    f.tick(10_000)
+    assert len(f.refunds()) == 1  # the cycle closed; nothing more
+
+
+def test_settlement_before_the_deadline_means_no_refund() -> None:
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.p(payment("s1", "settled", "R1", 299))
+    f.tick(2000)
+    assert f.refunds() == []
+
+
+def test_settlement_at_exactly_the_deadline_is_processed_before_the_timer() -> None:
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.p(payment("s1", "settled", "R1", 300))
+    f.tick(2000)
+    assert f.refunds() == []
+
+
+def test_failed_payment_without_reversal_is_refunded_as_payment_failed() -> None:
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.p(payment("f1", "failed", "R1", 2, response_code="68"))
+    f.tick(2000)
+    [r] = f.refunds()
+    assert r["reason"] == "PAYMENT_FAILED"
+    assert r["evidence"]["failure"]["response_code"] == "68"
+
+
+def test_failed_payment_reversed_by_the_ledger_needs_no_refund() -> None:
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.p(payment("f1", "failed", "R1", 2))
+    f.l(ledger("v1", "reversed", "R1", 3))
+    f.tick(2000)
+    assert f.refunds() == []
+
+
+def test_double_debit_settled_once_refunds_the_excess() -> None:
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.l(ledger("d2", "debited", "R1", 1))
+    f.p(payment("s1", "settled", "R1", 5))
+    f.tick(2000)
+    [r] = f.refunds()
+    assert (r["reason"], r["amount"]) == ("EXCESS_DEBIT", 25_000)
+    assert [d["event_id"] for d in r["evidence"]["debits"]] == ["d1", "d2"]
+
+
+def test_late_settlement_cancels_the_refund_and_alerts_operations() -> None:
+    f = Feed()
+    f.p(payment("q1", "requested", "R1", 0))
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.tick(400)
+    [r] = f.refunds()
+    f.p(payment("s1", "settled", "R1", 500))
+    f.tick(600)
+    req, cancel = f.refunds()
+    assert cancel["type"] == "refund.cancel_requested"
+    assert cancel["reason"] == "LATE_SETTLEMENT"
+    assert cancel["refund_id"] == cancel["cancels_refund_id"] == r["refund_id"]
+    assert cancel["amount"] == 25_000
+    assert cancel["evidence"]["trigger"]["event_id"] == "s1"
+    [alert] = f.alerts("LATE_SETTLEMENT")
+    assert alert["refund_id"] == r["refund_id"]
+    assert alert["scope"] == {"type": "merchant", "id": "ID1020012345678"}
+    assert "7700009876" not in orjson.dumps(alert).decode()
+    assert alert["account_id_masked"] == "******9876"
+
+
+def test_late_reversal_cancels_with_late_reversal() -> None:
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.tick(400)
+    f.l(ledger("v1", "reversed", "R1", 500))
+    f.tick(600)
+    assert [r["type"] for r in f.refunds()] == ["refund.requested", "refund.cancel_requested"]
+    assert f.refunds()[1]["reason"] == "LATE_REVERSAL"
+    assert len(f.alerts("LATE_REVERSAL")) == 1
+
+
+def test_partial_reversal_smaller_than_the_refund_is_an_over_refund_not_a_cancel() -> None:
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0, amount=50_000))
+    f.tick(400)
+    f.l(ledger("v1", "reversed", "R1", 500, amount=20_000))
+    f.tick(600)
+    assert [r["type"] for r in f.refunds()] == ["refund.requested"]
+    [a] = f.alerts("OVER_REFUND")
+    assert a["observed"]["excess_idr"] == 20_000
+    assert a["severity"] == "critical"
+
+
+def test_newest_refunds_are_cancelled_first_and_only_while_they_fit_the_excess() -> None:
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0, amount=10_000))
+    f.tick(400)  # refund A: 10_000
+    f.l(ledger("d2", "debited", "R1", 500, amount=30_000))
+    f.tick(900)  # refund B: 30_000
+    f.p(payment("s1", "settled", "R1", 1000, amount=30_000))
+    f.tick(1100)
+    types = [(r["type"], r["amount"]) for r in f.refunds()]
+    # excess = 40_000 - (40_000 - 30_000) = 30_000: B (newest, 30_000) is cancelled; A stays.
+    assert types == [("refund.requested", 10_000), ("refund.requested", 30_000), ("refund.cancel_requested", 30_000)]
+    assert f.alerts("OVER_REFUND") == []
+
+
+def test_a_second_debit_after_the_cycle_closed_opens_a_new_cycle() -> None:
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.tick(400)
+    f.l(ledger("d2", "debited", "R1", 500))
+    f.tick(900)
+    r1, r2 = f.refunds()
+    assert r1["refund_id"] != r2["refund_id"]
+    assert r2["deadline"] == format_ms(T0 + 800_000)
+
+
+def test_redelivered_records_are_ignored() -> None:
+    f = Feed()
+    d = ledger("d1", "debited", "R1", 0)
+    f.l(d)
+    f.l(d)
+    f.l(d)
+    f.tick(400)
+    [r] = f.refunds()
+    assert r["amount"] == 25_000
+
+
+def test_a_record_later_than_the_allowed_lateness_takes_the_streams_watermark() -> None:
+    f = Feed()
+    f.p(payment("x", "requested", "OTHER", 100))
+    f.l(ledger("y", "debited", "OTHER2", 100))
+    # 100 s behind its stream: effective time = 100 - 30 = 70, deadline 370.
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.p(payment("s1", "settled", "OTHER2", 365))
+    f.tick(400.5)  # W = 370.5
+    refs = {r["reference"]: r for r in f.refunds()}
+    assert refs["R1"]["deadline"] == format_ms(T0 + 370_000)
+    assert refs["R1"]["evidence"]["debits"][0]["effective_at"] == format_ms(T0 + 70_000)
+    assert "OTHER2" not in refs
+
+
+def test_nothing_is_decided_while_one_stream_has_no_records() -> None:
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.l(ledger("d2", "debited", "R2", 10_000))
+    assert f.refunds() == []
+    assert f.eng.watermark_ms < -(10**15)
+
+
+def test_drain_fires_every_pending_deadline() -> None:
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.out.extend(f.eng.drain())
+    [r] = f.refunds()
+    assert r["reason"] == "SETTLEMENT_TIMEOUT"
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "error"),
+    [
+        (b"{not json", b"R1", "invalid_json"),
+        (b"\xff\xfe\x00", b"R1", "not_utf8"),
+        (b"[1,2]", b"R1", "not_an_object"),
+        (payment("e", "settled", "R1", 0, amount="25000"), b"R1", "wrong_type"),
+        (payment("e", "settled", "R1", 0, amount=25000.0), b"R1", "wrong_type"),
+        (payment("e", "settled", "R1", 0, amount=True), b"R1", "wrong_type"),
+        (payment("e", "settled", "R1", 0, amount=0), b"R1", "bad_value"),
+        (payment("e", "settled", "R1", 0, amount=10**12 + 1), b"R1", "bad_value"),
+        (payment("e", "settled", "R1", 0, currency="USD"), b"R1", "bad_currency"),
+        (payment("e", "settled", "R1", 0), b"R2", "key_mismatch"),
+        (payment("e", "settled", "R1", 0, occurred_at="2025-03-29T07:00:00"), b"R1", "bad_timestamp"),
+        (payment("e", "settled", "R1", 0, occurred_at="2025-02-30T07:00:00Z"), b"R1", "bad_timestamp"),
+        (payment("e", "refunded", "R1", 0), b"R1", "bad_value"),
+        (payment("e", "settled", "R" * 65, 0), None, "bad_value"),
+        (payment("e", "requested", "R1", 0, account_id=None), b"R1", "missing_field"),
+        (payment("e", "settled", "R1", 0, terminal_id=7), b"R1", "wrong_type"),
+    ],
+)
+def test_bad_records_go_to_the_dead_letter_topic_with_their_original_bytes(value: bytes, key: bytes | None, error: str) -> None:
+    eng = PartitionEngine(3, PARAMS)
+    out = eng.on_record(P, 17, key, value, 1234)
+    dl = [d for d in out if d.role == "dead_letter"]
+    assert len(dl) == 1
+    v = dl[0].value
+    assert v["error"] == error, v["reason"]
+    assert base64.b64decode(v["value_b64"]) == value
+    assert (v["source_topic"], v["source_partition"], v["source_offset"]) == ("qris.payment-requests", 3, 17)
+    assert v["dead_letter_id"] == "qris.payment-requests:3:17"
+    assert dl[0].key == key
+    assert v["reason"] and "\n" not in v["reason"]
+    # The first rejection of a partition also raises a DEAD_LETTER alert.
+    assert [d.value["kind"] for d in out if d.role == "alerts"] == ["DEAD_LETTER"]
+
+
+def test_dead_letter_alerts_are_one_per_order_of_magnitude() -> None:
+    eng = PartitionEngine(0, PARAMS)
+    alerts = []
+    for i in range(120):
+        alerts += [d for d in eng.on_record(L, i, b"k", b"nope", None) if d.role == "alerts"]
+    assert [a.value["observed"]["rejected"] for a in alerts] == [1, 10, 100]
+
+
+def test_null_optional_fields_are_read_as_absent() -> None:
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.p(payment("s1", "settled", "R1", 1, terminal_id=None, merchant_name=None))
+    f.tick(2000)
+    assert f.refunds() == [] and [d for d in f.out if d.role == "dead_letter"] == []
+
+
+def test_state_of_a_quiet_reference_is_dropped_after_retention() -> None:
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.p(payment("s1", "settled", "R1", 1))
+    f.tick(1000)
+    assert "R1" in f.eng.refs
+    f.tick(3700)
+    assert "R1" not in f.eng.refs
+
+
+def test_restore_from_saved_state_continues_with_the_same_decisions() -> None:
+    def run(save_at: int | None) -> list:
+        f = Feed()
+        steps = [
+            lambda: f.p(payment("q1", "requested", "R1", 0)),
+            lambda: f.l(ledger("d1", "debited", "R1", 0)),
+            lambda: f.l(ledger("d2", "debited", "R2", 5)),
+            lambda: f.tick(200),
+            lambda: f.l(ledger("d3", "debited", "R3", 250)),
+            lambda: f.tick(400),
+            lambda: f.p(payment("s1", "settled", "R1", 450)),
+            lambda: f.tick(700),
+        ]
+        saved: dict[str, bytes] = {}
+        for i, step in enumerate(steps):
+            step()
+            refs, meta = f.eng.take_dirty()
+            for k, v in refs.items():
+                if v is None:
+                    saved.pop(k, None)
+                else:
+                    saved[k] = v
+            if meta is not None:
+                saved["~meta"] = meta
+            if i == save_at:
+                m = saved.pop("~meta")
+                f.eng = PartitionEngine.restore(0, PARAMS, m, saved.items())
+                saved["~meta"] = m
+        return [d.value for d in f.out]
+
+    baseline = run(None)
+    assert len([v for v in baseline if v.get("type") == "refund.requested"]) == 3
+    for i in range(8):
+        assert run(i) == baseline, i
+
+
+def test_restored_engine_skips_offsets_it_already_holds() -> None:
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0))
+    refs, meta = f.eng.take_dirty()
+    eng = PartitionEngine.restore(0, PARAMS, meta, [(k, v) for k, v in refs.items() if v])
+    assert eng.on_record(L, 0, b"R1", ledger("d1", "debited", "R1", 0)) == []
+    assert eng.stats["duplicates_skipped_on_restart"] == 1
