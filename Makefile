@@ -1,0 +1,66 @@
+# Developer and CI entry points. `make test` is the test command: it installs the venv if
+# needed, starts the Kafka broker (kafka/broker.sh) if it is not running, runs every test tier
+# and leaves the broker up for the next run; `make broker-down` stops it. `make check` runs the
+# fast tiers (no broker) in seconds.
+
+SHELL := /bin/bash
+
+# Interpreter that creates the venv (needs Python 3.11+).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS='-k refund -x'`.
+PYTEST_ARGS ?=
+
+# The broker's client port (kafka/broker.sh reads it) and the address the tests connect to.
+export QRIS_KAFKA_PORT ?= 9092
+export QRIS_BOOTSTRAP ?= 127.0.0.1:$(QRIS_KAFKA_PORT)
+
+.PHONY: install broker-up broker-down broker-reset test check lint typecheck test-fast fmt clean distclean
+
+install: $(VENV)/.installed
+
+# Re-installs when pyproject.toml changes; `rm .venv/.installed` forces it.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+broker-up:
+	kafka/broker.sh start
+
+broker-down:
+	kafka/broker.sh stop
+
+# Stop the broker and delete its data (all topics and committed offsets).
+broker-reset:
+	kafka/broker.sh reset
+
+# pytest exits 5 when it collected no test; that is reported and fails, never passes quietly.
+test: install broker-up
+	@rc=0; $(PY) -m pytest tests $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
+	exit $$rc
+
+check: lint typecheck test-fast
+
+lint: install
+	$(PY) -m ruff check .
+
+typecheck: install
+	$(PY) -m mypy
+
+test-fast: install
+	$(PY) -m pytest tests -m "not kafka" $(PYTEST_ARGS)
+
+fmt: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+# Also the venv, the cached Kafka jars and the broker's data (stops the broker first).
+distclean: clean broker-down
+	rm -rf $(VENV) kafka/.cache kafka/.run
