@@ -105,11 +105,11 @@ class Catalogue:
         for weight in weights:
             total += weight
             cumulative.append(total)
-        self._cumulative = cumulative
-        self._total = total
+        self.cumulative_weights = tuple(cumulative)
+        self.total_weight = total
 
     def pick(self, u: float) -> Merchant:
-        index = bisect.bisect_right(self._cumulative, u * self._total)
+        index = bisect.bisect_right(self.cumulative_weights, u * self.total_weight)
         return self.merchants[min(index, len(self.merchants) - 1)]
 
 

@@ -10,52 +10,43 @@ WIB_OFFSET_MS = 7 * 3600 * 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
-# Seconds of text are cached: a simulation produces many records per second of event time.
-_CACHE_LIMIT = 1 << 16
+
+def second_text(local_s: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` of a second already shifted into the wanted zone.
+
+    >>> second_text(1743213600)
+    '2025-03-29T02:00:00'
+    """
+    year, month, day, hour, minute, second = time.gmtime(local_s)[:6]
+    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
 
 
-class Rfc3339Formatter:
-    """Formats epoch milliseconds as RFC 3339, caching the per-second part of the text.
+def format_rfc3339(
+    occurred_at_ms: int,
+    *,
+    wib: bool,
+    extra_digits: int | None = None,
+    whole_seconds: bool = False,
+) -> str:
+    """``occurred_at_ms`` as RFC 3339 in WIB or UTC. ``extra_digits`` (0..999) are written
+    after the milliseconds (finer than the contract compares); ``whole_seconds`` drops the
+    fraction, which is only exact when the milliseconds are zero.
 
-    >>> fmt = Rfc3339Formatter()
-    >>> fmt.format(1743213600123, wib=True)
+    >>> format_rfc3339(1743213600123, wib=True)
     '2025-03-29T09:00:00.123+07:00'
-    >>> fmt.format(1743213600123, wib=False, extra_digits=456)
+    >>> format_rfc3339(1743213600123, wib=False, extra_digits=456)
     '2025-03-29T02:00:00.123456Z'
-    >>> fmt.format(1743213600000, wib=False, whole_seconds=True)
+    >>> format_rfc3339(1743213600000, wib=False, whole_seconds=True)
     '2025-03-29T02:00:00Z'
     """
-
-    def __init__(self) -> None:
-        self._seconds: dict[int, str] = {}
-
-    def _second_text(self, local_s: int) -> str:
-        text = self._seconds.get(local_s)
-        if text is None:
-            if len(self._seconds) >= _CACHE_LIMIT:
-                self._seconds.clear()
-            text = "%04d-%02d-%02dT%02d:%02d:%02d" % time.gmtime(local_s)[:6]
-            self._seconds[local_s] = text
-        return text
-
-    def format(
-        self,
-        occurred_at_ms: int,
-        *,
-        wib: bool,
-        extra_digits: int | None = None,
-        whole_seconds: bool = False,
-    ) -> str:
-        """Text for ``occurred_at_ms``; ``extra_digits`` (0..999) are sub-millisecond digits,
-        ``whole_seconds`` drops the fraction (only honest when the milliseconds are zero)."""
-        local_ms = occurred_at_ms + WIB_OFFSET_MS if wib else occurred_at_ms
-        zone = "+07:00" if wib else "Z"
-        seconds = self._second_text(local_ms // 1000)
-        if whole_seconds:
-            return f"{seconds}{zone}"
-        if extra_digits is None:
-            return f"{seconds}.{local_ms % 1000:03d}{zone}"
-        return f"{seconds}.{local_ms % 1000:03d}{extra_digits:03d}{zone}"
+    local_ms = occurred_at_ms + WIB_OFFSET_MS if wib else occurred_at_ms
+    zone = "+07:00" if wib else "Z"
+    seconds = second_text(local_ms // 1000)
+    if whole_seconds:
+        return f"{seconds}{zone}"
+    if extra_digits is None:
+        return f"{seconds}.{local_ms % 1000:03d}{zone}"
+    return f"{seconds}.{local_ms % 1000:03d}{extra_digits:03d}{zone}"
 
 
 def wib_date(occurred_at_ms: int) -> str:

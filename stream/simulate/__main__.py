@@ -1,0 +1,7 @@
+"""``python -m stream.simulate``: the simulate command on its own."""
+
+import sys
+
+from stream.simulate.command import main
+
+sys.exit(main())
