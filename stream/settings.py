@@ -80,7 +80,9 @@ def from_env(env: Mapping[str, str]) -> Settings:
     """Build settings from an environment mapping; unknown `QRIS_*` names are an error, so a
     typo does not silently fall back to a default."""
     known = {name for name, _ in DOCS.values()}
-    typos = sorted(k for k in env if k.startswith("QRIS_") and k not in known | _OTHER_VARS)
+    typos = sorted(
+        k for k in env if k.startswith("QRIS_") and k not in known and not k.startswith(_OTHER_PREFIXES)
+    )
     if typos:
         raise ValueError(f"unknown setting(s) {', '.join(typos)}; known: {', '.join(sorted(known))}")
     values: dict[str, object] = {}
@@ -95,5 +97,5 @@ def from_env(env: Mapping[str, str]) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-# Variables read by tools other than the settings object (broker scripts, tests).
-_OTHER_VARS = {"QRIS_KAFKA_PORT", "QRIS_KAFKA_CONTROLLER_PORT", "QRIS_KAFKA_DATA_DIR", "QRIS_KAFKA_HEAP"}
+# Variables read by tools other than the settings object: kafka/broker.sh, tests, benchmarks.
+_OTHER_PREFIXES = ("QRIS_KAFKA_", "QRIS_TEST_", "QRIS_BENCH_", "QRIS_SIM_")

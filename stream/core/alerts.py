@@ -42,8 +42,8 @@ def _alert(
         "expected": extra.pop("expected", None),
         "score": extra.pop("score", None),
         "references": extra.pop("references", []),
-        "summary": summary.replace("\n", " "),
-        "occurred_at": format_ms(at_ms) if at_ms is not None else None,
+        "summary": " ".join(summary.split()),
+        "occurred_at": format_ms(at_ms if at_ms is not None else 0),
         "partition": partition,
         **extra,
         "schema_version": SCHEMA_VERSION,
@@ -96,15 +96,13 @@ def over_refund_alert(
     )
 
 
-def dead_letter_alert(
-    topic: str, partition: int, count: int, error: str, reason: str, at_ms: int | None
-) -> Decision:
+def dead_letter_alert(topic: str, partition: int, count: int, error: str, reason: str, at_ms: int) -> Decision:
     """Rejected input is arriving on a topic partition: raised at the 1st, 10th, 100th, ...
     rejection of that partition, so a stream of bad records is one alert per order of magnitude."""
-    summary = f"{count} rejected record(s) on {topic} partition {partition}; latest: {reason}"
+    summary = f"{count} rejected record(s) on {topic} partition {partition}; latest ({error}): {reason}"
     return _alert(
         ids.alert_id("DEAD_LETTER", topic, partition, count), "DEAD_LETTER", "warning" if count < 100 else "critical",
-        "all", "all", at_ms, partition, summary, {"rejected": count, "latest_error": error}, topic=topic,
+        "all", "all", at_ms, partition, summary, {"rejected": count}, topic=topic,
     )
 
 
@@ -117,8 +115,10 @@ def feed_silent_alert(
         f"{topic} partition {partition} is silent (last event {since}) while {other_topic} flows; "
         f"watermark advanced to {format_ms(advanced_to_ms)} so refund timeouts still fire"
     )
+    observed: dict[str, Any] = {"watermark_ms": advanced_to_ms}
+    if silent_since_ms is not None:
+        observed["silent_event_time_s"] = (advanced_to_ms - silent_since_ms) / 1000
     return _alert(
         ids.alert_id("FEED_SILENT", topic, partition, silent_since_ms), "FEED_SILENT", "critical", "all", "all",
-        advanced_to_ms, partition, summary, {"silent_topic": topic, "watermark": format_ms(advanced_to_ms)},
-        topic=topic,
+        advanced_to_ms, partition, summary, observed, topic=topic,
     )

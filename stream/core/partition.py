@@ -128,13 +128,16 @@ class PartitionEngine:
     ) -> list[Decision]:
         s = int(stream)
         topic = self.params.payment_topic if s == 0 else self.params.ledger_topic
+        if timestamp_ms is not None and timestamp_ms < 0:
+            timestamp_ms = None  # Kafka's "no timestamp" (-1)
         self.rejected[s] += 1
         self.stats["rejected"] += 1
         out = [dead_letter_record(topic, self.partition, offset, timestamp_ms, key, value, rejection)]
         if _dead_letter_alert_due(self.rejected[s]):
-            out.append(
-                dead_letter_alert(topic, self.partition, self.rejected[s], rejection.error, rejection.reason, timestamp_ms)
-            )
+            # The alert's time: the record's Kafka time, else the newest event time seen here.
+            known = [m for m in self.max_ms if m is not None]
+            at_ms = timestamp_ms if timestamp_ms is not None else max(known, default=0)
+            out.append(dead_letter_alert(topic, self.partition, self.rejected[s], rejection.error, rejection.reason, at_ms))
         return out
 
     def advance_to(self, watermark_ms: int) -> list[Decision]:

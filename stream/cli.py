@@ -1,0 +1,228 @@
+"""`qris-guard` (also `python -m stream`): the worker, topic set-up, dump, replay, simulate,
+report. Settings come from `QRIS_*` variables; flags override the ones they name."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import IO, Any
+
+from .core import codec
+from .core.eventtime import BadTimestamp, parse_ms
+from .settings import DOCS, Settings, from_env
+
+
+def _time_arg(text: str) -> int:
+    """RFC 3339 text or epoch milliseconds."""
+    if text.isdigit():
+        return int(text)
+    try:
+        return parse_ms(text)
+    except BadTimestamp as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _open_out(path: str) -> IO[bytes]:
+    if path == "-":
+        return sys.stdout.buffer
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "wb")  # noqa: SIM115
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    s = from_env(os.environ)
+    overrides = {k: getattr(args, k) for k in ("bootstrap", "timeout_s", "lateness_s", "retention_s", "partitions")
+                 if getattr(args, k, None) is not None}
+    return replace(s, **overrides)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .topics import check_copartitioned, create_topics
+    from .worker.app import run_worker
+
+    s = _settings(args)
+    if args.create_topics:
+        create_topics(s)
+    n = check_copartitioned(s)
+    if n != s.partitions:
+        s = replace(s, partitions=n)
+    return run_worker(s)
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from .topics import create_topics
+
+    s = _settings(args)
+    for topic, n in create_topics(s).items():
+        print(f"{topic}\t{n} partitions")
+    return 0
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from .drivers.kafkaread import read_topics
+    from .drivers.replayfile import write_records
+
+    s = _settings(args)
+    topics = args.topics or [s.payment_topic, s.ledger_topic]
+    with _open_out(args.out) as fh:
+        n = write_records(fh, read_topics(s.bootstrap, topics, from_ms=args.from_time, to_ms=args.to_time))
+    print(f"dumped {n} records from {', '.join(topics)} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _input_records(args: argparse.Namespace, s: Settings) -> Iterator[Any]:
+    from .drivers.replayfile import read_records
+
+    if args.from_kafka:
+        from .drivers.kafkaread import read_topics
+
+        yield from read_topics(s.bootstrap, [s.payment_topic, s.ledger_topic], from_ms=args.from_time, to_ms=args.to_time)
+    else:
+        with open(args.input, "rb") as fh:
+            yield from read_records(fh)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .drivers.replay import replay
+    from .drivers.replayfile import decision_line
+
+    s = _settings(args)
+    started = time.perf_counter()
+    n_out = 0
+    seq: dict[tuple[str, int], int] = {}
+    with _open_out(args.out) as fh:
+        for partition, d in replay(_input_records(args, s), s.params, drain=args.drain):
+            topic = s.output_topic(d.role)
+            k = (topic, partition)
+            seq[k] = seq.get(k, -1) + 1
+            fh.write(decision_line(topic, partition, seq[k], d))
+            n_out += 1
+    print(f"replay: {n_out} decisions in {time.perf_counter() - started:.2f} s -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .drivers.report import render, summarise
+
+    s = _settings(args)
+    roles = {s.refund_topic: "refunds", s.alert_topic: "alerts", s.dead_letter_topic: "dead_letter"}
+
+    def outputs() -> Iterator[tuple[str, dict[str, Any]]]:
+        if args.from_kafka:
+            from .drivers.kafkaread import read_topics
+
+            for rec in read_topics(s.bootstrap, list(roles)):
+                if rec.value is not None:
+                    yield roles[rec.topic], codec.loads(rec.value)
+        else:
+            with open(args.input, "rb") as fh:
+                for raw in fh:
+                    line = codec.loads(raw)
+                    if line["topic"] in roles:
+                        yield roles[line["topic"]], line["value"]
+
+    summary = summarise(outputs())
+    if args.json:
+        sys.stdout.buffer.write(codec.dumps(summary) + b"\n")
+    else:
+        print(render(summary))
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    s = from_env(os.environ)
+    for name, value in asdict(s).items():
+        env, doc = DOCS[name]
+        print(f"{env}={value}\t# {doc}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import cli as simulate_cli
+
+    return int(simulate_cli.run(args))
+
+
+# -- parser ------------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $QRIS_BOOTSTRAP or 127.0.0.1:9092)")
+
+
+def _params(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout-s", type=float, dest="timeout_s", help="T, seconds (default 300)")
+    p.add_argument("--lateness-s", type=float, dest="lateness_s", help="A, seconds (default 30)")
+    p.add_argument("--retention-s", type=float, dest="retention_s", help="R, seconds (default 172800)")
+
+
+def _range(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="from_time", type=_time_arg, help="start (Kafka record time): RFC 3339 or epoch ms")
+    p.add_argument("--to", dest="to_time", type=_time_arg, help="end, exclusive: RFC 3339 or epoch ms")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qris-guard", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("worker", help="run the live worker (Faust) on the broker")
+    _common(p)
+    p.add_argument("--create-topics", action="store_true", help="create missing topics first")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("topics", help="create the contract's topics (co-partitioned inputs)")
+    _common(p)
+    p.add_argument("--partitions", type=int, help="partitions for new topics (default $QRIS_PARTITIONS or 4)")
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("dump", help="read topics from Kafka into a replay file")
+    _common(p)
+    _range(p)
+    p.add_argument("--topics", nargs="+", help="topics to dump (default: the two input topics)")
+    p.add_argument("--out", required=True, help="replay file to write ('-' for stdout)")
+    p.set_defaults(func=cmd_dump)
+
+    p = sub.add_parser("replay", help="run the core offline over a replay file or the Kafka topics")
+    _common(p)
+    _params(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--in", dest="input", help="replay file (JSON Lines, CONTRACT.md format)")
+    src.add_argument("--from-kafka", action="store_true", help="read the input topics from the broker")
+    _range(p)
+    p.add_argument("--out", required=True, help="output file of decisions ('-' for stdout)")
+    p.add_argument("--drain", action="store_true", help="at the end of input move the watermark to +inf")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("report", help="summarise decisions for payment operations")
+    _common(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--in", dest="input", help="output file written by replay")
+    src.add_argument("--from-kafka", action="store_true", help="read the output topics from the broker")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("settings", help="print the effective QRIS_* settings")
+    p.set_defaults(func=cmd_settings)
+
+    p = sub.add_parser("simulate", help="generate realistic QRIS traffic to Kafka or a replay file")
+    try:
+        from .simulate import cli as simulate_cli
+
+        simulate_cli.add_arguments(p)
+    except ImportError as exc:  # pragma: no cover - only while the simulator is absent
+        p.add_argument("--unavailable", help=str(exc))
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

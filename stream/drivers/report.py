@@ -1,0 +1,71 @@
+"""What payment operations need to see from the output topics: refunds requested (count,
+rupiah, by reason), cancellations, dead letters, alerts. Pure summarising plus a text view."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from ..core.alerts import rupiah
+
+
+def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """`outputs` are (role, value) with role refunds | alerts | dead_letter."""
+    req_n: Counter[str] = Counter()
+    req_idr: Counter[str] = Counter()
+    can_n: Counter[str] = Counter()
+    can_idr: Counter[str] = Counter()
+    dl: Counter[str] = Counter()
+    alerts: Counter[str] = Counter()
+    seen: set[str] = set()
+    alert_lines: list[str] = []
+    for role, v in outputs:
+        if role == "refunds":
+            rid = v["type"] + v.get("cancel_id", v["refund_id"])
+            if rid in seen:  # redelivered output: the refund service dedupes the same way
+                continue
+            seen.add(rid)
+            if v["type"] == "refund.requested":
+                req_n[v["reason"]] += 1
+                req_idr[v["reason"]] += v["amount"]
+            else:
+                can_n[v["reason"]] += 1
+                can_idr[v["reason"]] += v["amount"]
+        elif role == "dead_letter":
+            if v["dead_letter_id"] in seen:
+                continue
+            seen.add(v["dead_letter_id"])
+            dl[v["error"]] += 1
+        elif role == "alerts":
+            if v["alert_id"] in seen:
+                continue
+            seen.add(v["alert_id"])
+            label = v["kind"] + (f"/{v['status']}" if v.get("status") else "")
+            alerts[label] += 1
+            alert_lines.append(f"[{v['severity']}] {v['kind']}: {v['summary']}")
+    return {
+        "refunds_requested": {"count": sum(req_n.values()), "idr": sum(req_idr.values()),
+                              "by_reason": {k: {"count": req_n[k], "idr": req_idr[k]} for k in sorted(req_n)}},
+        "cancellations": {"count": sum(can_n.values()), "idr": sum(can_idr.values()),
+                          "by_reason": {k: {"count": can_n[k], "idr": can_idr[k]} for k in sorted(can_n)}},
+        "dead_letters": {"count": sum(dl.values()), "by_error": dict(sorted(dl.items()))},
+        "alerts": {"count": sum(alerts.values()), "by_kind": dict(sorted(alerts.items())), "lines": alert_lines},
+    }
+
+
+def render(summary: dict[str, Any], max_alert_lines: int = 15) -> str:
+    r, c, d, a = summary["refunds_requested"], summary["cancellations"], summary["dead_letters"], summary["alerts"]
+    lines = [f"Refunds requested: {r['count']} ({rupiah(r['idr'])})"]
+    lines += [f"  {k:<20} {v['count']:>6}  {rupiah(v['idr'])}" for k, v in r["by_reason"].items()]
+    lines.append(f"Refund cancellations: {c['count']} ({rupiah(c['idr'])})")
+    lines += [f"  {k:<20} {v['count']:>6}  {rupiah(v['idr'])}" for k, v in c["by_reason"].items()]
+    lines.append(f"Dead letters: {d['count']}")
+    lines += [f"  {k:<20} {v:>6}" for k, v in d["by_error"].items()]
+    lines.append(f"Alerts: {a['count']}")
+    lines += [f"  {k:<20} {v:>6}" for k, v in a["by_kind"].items()]
+    shown = a["lines"][:max_alert_lines]
+    if shown:
+        lines.append("Latest alerts:" if len(a["lines"]) <= max_alert_lines else f"First {len(shown)} alerts:")
+        lines += [f"  {x}" for x in shown]
+    return "\n".join(lines)

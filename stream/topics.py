@@ -1,0 +1,67 @@
+"""Creating and checking the contract's topics on a broker (kafka-python admin).
+
+The two input topics must be co-partitioned (same partition count); outputs get the same count.
+"""
+
+from __future__ import annotations
+
+import time
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from .settings import Settings
+
+
+def topic_names(settings: Settings) -> list[str]:
+    return [
+        settings.payment_topic, settings.ledger_topic, settings.refund_topic, settings.alert_topic,
+        settings.dead_letter_topic,
+    ]
+
+
+def create_topics(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, int]:
+    """Create missing topics with `settings.partitions` partitions; return every topic's count."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="qris-guard-admin")
+    try:
+        existing = set(admin.list_topics())
+        new = [
+            NewTopic(name, num_partitions=settings.partitions, replication_factor=1)
+            for name in topic_names(settings) if name not in existing
+        ]
+        if new:
+            try:
+                admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
+            except TopicAlreadyExistsError:
+                pass
+        deadline = time.monotonic() + timeout_s
+        while True:
+            counts = partition_counts(admin, topic_names(settings))
+            if all(counts.get(t) for t in topic_names(settings)) or time.monotonic() > deadline:
+                return counts
+            time.sleep(0.2)
+    finally:
+        admin.close()
+
+
+def partition_counts(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for desc in admin.describe_topics(topics):
+        if not desc.get("error_code") and desc.get("partitions"):
+            out[desc.get("name") or desc["topic"]] = len(desc["partitions"])
+    return out
+
+
+def check_copartitioned(settings: Settings) -> int:
+    """The input topics' common partition count; raises if they differ or are missing."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="qris-guard-admin")
+    try:
+        counts = partition_counts(admin, [settings.payment_topic, settings.ledger_topic])
+    finally:
+        admin.close()
+    p, l = counts.get(settings.payment_topic), counts.get(settings.ledger_topic)  # noqa: E741
+    if p is None or l is None:
+        raise SystemExit(f"input topics missing on {settings.bootstrap}: run `qris-guard topics` first ({counts})")
+    if p != l:
+        raise SystemExit(f"input topics are not co-partitioned: {settings.payment_topic}={p}, {settings.ledger_topic}={l}")
+    return p

@@ -1,0 +1,86 @@
+"""The Faust application: raw-bytes topics, one agent, one state table, a timer, a status page.
+
+Built by `build_app(settings)`; `run_worker(settings)` runs it in the foreground. Faust's
+windowed tables, timers and group_by run on wall clock, so none of them is on the decision
+path: the agent hands whole batches to `ReconcileShell`, which calls the core.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from ..settings import Settings
+from .shell import ReconcileShell
+
+log = logging.getLogger("qris_guard.worker")
+
+RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+def build_app(settings: Settings) -> tuple[faust.App, ReconcileShell]:
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{h}" for h in settings.bootstrap.split(",")],
+        store=settings.store,
+        datadir=settings.data_dir,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        processing_guarantee="at_least_once",
+        web_enabled=settings.web_port > 0,
+        web_port=max(settings.web_port, 1),
+        web_host="127.0.0.1",
+        broker_max_poll_records=settings.batch_max,
+        stream_buffer_maxsize=max(4 * settings.batch_max, 4096),
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        producer_linger_ms=5,
+        producer_max_batch_size=512 * 1024,
+    )
+    inputs = app.topic(settings.payment_topic, settings.ledger_topic, **RAW)
+    outputs = {
+        name: app.topic(name, **RAW)
+        for name in (settings.refund_topic, settings.alert_topic, settings.dead_letter_topic)
+    }
+    state = app.Table("reconciliation-state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> Any:
+        return await outputs[topic].send(key=key, value=value)
+
+    async def flush() -> None:
+        await app.producer.flush()
+
+    shell = ReconcileShell(settings, state, send, flush)
+
+    @app.agent(inputs, name="reconcile_payments")
+    async def reconcile_payments(stream: faust.StreamT[bytes]) -> None:
+        """Decode, decide, send: one batch of both input topics at a time."""
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            await shell.process_batch(events)
+
+    @app.timer(interval=max(1.0, min(settings.idle_timeout_s / 4, 10.0)), name="watch_idle_feeds")
+    async def watch_idle_feeds() -> None:
+        await shell.check_idle_feeds()
+
+    @app.on_partitions_assigned.connect  # type: ignore[misc]
+    async def on_assigned(app_: Any, assigned: Any = None, **kwargs: Any) -> None:
+        shell.forget_partitions()
+
+    @app.on_partitions_revoked.connect  # type: ignore[misc]
+    async def on_revoked(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
+        shell.forget_partitions()
+
+    @app.page("/qris/stats")
+    async def stats(web: Any, request: Any) -> Any:
+        return web.json(shell.stats())
+
+    return app, shell
+
+
+def run_worker(settings: Settings) -> int:
+    app, _shell = build_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), override_logging=True)
+    worker.execute_from_commandline()
+    return 0

@@ -1,0 +1,202 @@
+"""The live worker's shell around the core: batches of raw Kafka events in, decisions out.
+
+Faust only moves bytes here. For each batch the shell routes events to their partition's
+`PartitionEngine`, sends the decisions, waits until the producer has them (so state never
+runs ahead of what was sent), then writes the changed state of each partition to the state
+table in one coalesced write per reference (a record cache, as Kafka Streams' KIP-63), the
+partition's metadata last. Faust acks the batch afterwards and flushes the producer before it
+commits offsets. A restarted worker rebuilds each engine from the table, pending records
+included.
+
+The one wall-clock rule (live only) is here too: `check_idle_feeds` advances a partition's
+watermark when an input stream has been silent for `idle_timeout_s` (FEED_SILENT alert).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from faust.streams import _current_event  # the context variable the table reads its partition from
+
+from ..core import codec
+from ..core.decisions import Decision
+from ..core.partition import PartitionEngine
+from ..core.records import Stream
+from ..settings import Settings
+
+log = logging.getLogger("qris_guard.worker")
+
+META_SUFFIX = b"/\x00meta"
+
+Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]
+
+
+def state_key(partition: int, reference: str) -> bytes:
+    return f"{partition}/{reference}".encode()
+
+
+def meta_key(partition: int) -> bytes:
+    return str(partition).encode() + META_SUFFIX
+
+
+@dataclass
+class PartitionClock:
+    """Wall-clock arrival times of one partition's two streams (monotonic seconds)."""
+
+    last_arrival: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    started: float = field(default_factory=time.monotonic)
+
+
+class ReconcileShell:
+    """Holds the engines of the partitions this worker owns and drives them."""
+
+    def __init__(self, settings: Settings, table: Any, send: Send, flush: Callable[[], Awaitable[None]]) -> None:
+        self.settings = settings
+        self.params = settings.params
+        self.table = table
+        self.send = send
+        self.flush = flush
+        self.engines: dict[int, PartitionEngine] = {}
+        self.clocks: dict[int, PartitionClock] = {}
+        # A live event per partition, to tell the table which partition a write belongs to.
+        self.anchor: dict[int, Any] = {}
+        self.lock = asyncio.Lock()
+        self.counts: dict[str, int] = {"records": 0, "refunds": 0, "alerts": 0, "dead_letter": 0, "batches": 0}
+
+    # -- engines ---------------------------------------------------------------------------
+
+    def forget_partitions(self) -> None:
+        """After a rebalance the table is the truth: engines are rebuilt from it lazily."""
+        self.engines.clear()
+        self.clocks.clear()
+        self.anchor.clear()
+
+    def engine(self, partition: int) -> PartitionEngine:
+        eng = self.engines.get(partition)
+        if eng is None:
+            prefix = f"{partition}/".encode()
+            meta = None
+            entries: list[tuple[str, bytes]] = []
+            for k, v in self.table.items():
+                if not k.startswith(prefix):
+                    continue
+                if k.endswith(META_SUFFIX):
+                    meta = v
+                else:
+                    entries.append((k[len(prefix):].decode(), v))
+            eng = self.engines[partition] = PartitionEngine.restore(partition, self.params, meta, entries)
+            self.clocks[partition] = PartitionClock()
+            log.info(
+                "partition %d: state restored (%d references, %d waiting items, watermark %s)",
+                partition, len(eng.refs), len(eng.heap), eng.watermark_ms,
+            )
+        return eng
+
+    # -- batches ---------------------------------------------------------------------------
+
+    async def process_batch(self, events: Sequence[Any]) -> None:
+        async with self.lock:
+            decisions: list[Decision] = []
+            touched: dict[int, Any] = {}
+            now = time.monotonic()
+            payment_topic = self.settings.payment_topic
+            for ev in events:
+                msg = ev.message
+                p = msg.partition
+                stream = Stream.P if msg.topic == payment_topic else Stream.L
+                eng = self.engines.get(p) or self.engine(p)
+                decisions.extend(eng.on_record(stream, msg.offset, msg.key, msg.value, _ts_ms(msg)))
+                self.clocks[p].last_arrival[stream] = now
+                touched[p] = ev
+            self.counts["records"] += len(events)
+            self.counts["batches"] += 1
+            self.anchor.update(touched)
+            await self._emit_and_persist(decisions, touched)
+
+    async def _emit_and_persist(self, decisions: list[Decision], touched: dict[int, Any]) -> None:
+        if decisions:
+            for d in decisions:
+                await self.send(self.settings.output_topic(d.role), d.key, codec.dumps(d.value))
+                self.counts[d.role] += 1
+            # Decisions must be on Kafka before the state that says they were made.
+            await self.flush()
+        for p, anchor in touched.items():
+            self._persist(p, anchor)
+
+    def _persist(self, partition: int, anchor: Any) -> None:
+        refs, meta = self.engines[partition].take_dirty()
+        token = _current_event.set(weakref.ref(anchor))
+        try:
+            table = self.table
+            for ref, value in refs.items():
+                key = state_key(partition, ref)
+                if value is None:
+                    try:
+                        del table[key]
+                    except KeyError:
+                        pass
+                else:
+                    table[key] = value
+            if meta is not None:
+                table[meta_key(partition)] = meta
+        finally:
+            _current_event.reset(token)
+
+    # -- the wall-clock exception ----------------------------------------------------------
+
+    async def check_idle_feeds(self) -> None:
+        """Live only: advance the watermark of partitions whose input stream went silent."""
+        idle_s = self.settings.idle_timeout_s
+        now = time.monotonic()
+        async with self.lock:
+            decisions: list[Decision] = []
+            touched: dict[int, Any] = {}
+            for p, eng in list(self.engines.items()):
+                clock = self.clocks[p]
+                if not eng.heap or p not in self.anchor:
+                    continue
+                ages = [now - (t or clock.started) for t in clock.last_arrival]
+                silent = [a >= idle_s for a in ages]
+                got: list[Decision] = []
+                if silent[0] and not silent[1]:
+                    got = eng.declare_silent(Stream.P)
+                elif silent[1] and not silent[0]:
+                    got = eng.declare_silent(Stream.L)
+                elif silent[0] and silent[1]:
+                    # Both quiet: event time follows wall time from the newest record seen.
+                    newest = max(x for x in eng.max_ms if x is not None) if any(eng.max_ms) else None
+                    if newest is not None:
+                        quiet_ms = int(min(ages) * 1000)
+                        got = eng.advance_to(newest - self.params.lateness_ms + quiet_ms)
+                if got or eng.meta_dirty:
+                    decisions.extend(got)
+                    touched[p] = self.anchor[p]
+            if touched:
+                await self._emit_and_persist(decisions, touched)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "counts": dict(self.counts),
+            "partitions": {
+                p: {
+                    "watermark_ms": eng.watermark_ms,
+                    "max_ms": eng.max_ms,
+                    "references": len(eng.refs),
+                    "waiting": len(eng.heap),
+                    "rejected": eng.rejected,
+                    "silent": eng.silent,
+                }
+                for p, eng in sorted(self.engines.items())
+            },
+        }
+
+
+def _ts_ms(msg: Any) -> int | None:
+    ts = getattr(msg, "timestamp", None)
+    return int(ts * 1000) if ts is not None else None

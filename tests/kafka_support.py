@@ -1,0 +1,193 @@
+"""The Kafka tier's plumbing: the real broker (kafka/broker.sh), fresh topics and app ids per
+test, the worker as a subprocess, producing records and consuming outputs until N arrive.
+
+An unreachable broker is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from stream.drivers.replayfile import KafkaRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOTSTRAP = os.environ.get("QRIS_BOOTSTRAP", "127.0.0.1:9092")
+
+
+def require_broker() -> str:
+    """The broker's address, after a real admin call; fails the test if it does not answer."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, request_timeout_ms=10_000, client_id="qris-test")
+        admin.list_topics()
+        admin.close()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the broker fails the tier
+        raise AssertionError(
+            f"Kafka broker at {BOOTSTRAP} is not reachable ({exc!r}); start it with `make broker-up`"
+        ) from exc
+    return BOOTSTRAP
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Topics:
+    """A fresh set of the contract's topics for one test."""
+
+    prefix: str
+    partitions: int = 4
+
+    @property
+    def payment(self) -> str:
+        return f"{self.prefix}.payment-requests"
+
+    @property
+    def ledger(self) -> str:
+        return f"{self.prefix}.ledger-debits"
+
+    @property
+    def refunds(self) -> str:
+        return f"{self.prefix}.refunds"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}.alerts"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}.dead-letter"
+
+    def outputs(self) -> list[str]:
+        return [self.refunds, self.alerts, self.dead_letter]
+
+    def env(self) -> dict[str, str]:
+        return {
+            "QRIS_PAYMENT_TOPIC": self.payment, "QRIS_LEDGER_TOPIC": self.ledger, "QRIS_REFUND_TOPIC": self.refunds,
+            "QRIS_ALERT_TOPIC": self.alerts, "QRIS_DEAD_LETTER_TOPIC": self.dead_letter,
+            "QRIS_PARTITIONS": str(self.partitions),
+        }
+
+    def create(self, bootstrap: str) -> None:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="qris-test")
+        try:
+            admin.create_topics([
+                NewTopic(t, num_partitions=self.partitions, replication_factor=1)
+                for t in [self.payment, self.ledger, *self.outputs()]
+            ])
+        finally:
+            admin.close()
+
+
+def fresh_topics(partitions: int = 4) -> Topics:
+    return Topics(f"t{uuid.uuid4().hex[:10]}", partitions)
+
+
+@dataclass
+class Worker:
+    """`python -m stream worker` as a subprocess with its own app id and data dir."""
+
+    topics: Topics
+    data_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    app_id: str = field(default_factory=lambda: f"qris-test-{uuid.uuid4().hex[:8]}")
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def start(self, bootstrap: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")}
+        env.update(self.topics.env())
+        env.update({
+            "QRIS_BOOTSTRAP": bootstrap, "QRIS_APP_ID": self.app_id, "QRIS_DATA_DIR": str(self.data_dir),
+            "QRIS_WEB_PORT": str(free_port()), "QRIS_IDLE_TIMEOUT_S": "3600", "QRIS_LOG_LEVEL": "info",
+        })
+        env.update(self.extra_env)
+        self.log_path = self.data_dir / f"worker-{int(time.time() * 1000)}.log"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream", "worker"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self, timeout_s: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def log_tail(self, n: int = 60) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def assert_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+
+
+def produce(bootstrap: str, records: Iterable[KafkaRecord], topic_map: dict[str, str]) -> int:
+    """Produce records to their mapped topic and recorded partition, in order; flush."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024)
+    n = 0
+    try:
+        for rec in records:
+            producer.send(topic_map[rec.topic], key=rec.key, value=rec.value, partition=rec.partition)
+            n += 1
+        producer.flush(60)
+    finally:
+        producer.close()
+    return n
+
+
+def consume(bootstrap: str, topics: list[str], *, until: int, timeout_s: float, settle_s: float = 3.0,
+            worker: Worker | None = None) -> list[tuple[str, bytes | None, dict[str, Any]]]:
+    """Read `topics` from the beginning until `until` records arrived (then `settle_s` more, to
+    see any extras) or `timeout_s` passed. Returns (topic, key, value)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    out: list[tuple[str, bytes | None, dict[str, Any]]] = []
+    deadline = time.monotonic() + timeout_s
+    settle_until: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            if worker is not None:
+                worker.assert_alive()
+            for tp, msgs in consumer.poll(timeout_ms=500).items():
+                out += [(tp.topic, m.key, orjson.loads(m.value)) for m in msgs]
+            if len(out) >= until and settle_until is None:
+                settle_until = time.monotonic() + settle_s
+            if settle_until is not None and time.monotonic() >= settle_until:
+                break
+    finally:
+        consumer.close()
+    return out
