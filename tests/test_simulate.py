@@ -5,9 +5,12 @@ re-read here independently (stream.core is not imported).
 
 from __future__ import annotations
 
+import argparse
 import base64
+import doctest
 import io
 import re
+import types
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,13 +29,24 @@ from stream.simulate import (
     SCENARIOS,
     GroundTruth,
     SimRecord,
+    accounts,
+    cli,
     generate,
+    malformed,
+    merchants,
     murmur2,
+    output,
     partition_for,
+    partitioner,
     replay_line,
+    rhythm,
+    scenarios,
+    timestamps,
+    traffic,
     write_replay,
 )
-from stream.simulate.command import main as simulate_main
+from stream.simulate.cli import add_arguments
+from stream.simulate.cli import main as simulate_main
 from stream.simulate.malformed import MALFORMED_KINDS
 from stream.simulate.partitioner import KeyPartitioner
 from stream.simulate.rhythm import load_factor
@@ -601,3 +615,32 @@ def test_command_writes_the_same_file_as_the_api(tmp_path: Any) -> None:
     truth = orjson.loads(truth_file.read_bytes())
     assert truth["outage_window_ms"] == [START_MS + 300_000, START_MS + 1_500_000]
     assert truth["records"] == len(expected.getvalue().splitlines())
+
+
+def test_command_help_renders() -> None:
+    parser = argparse.ArgumentParser(prog="qris-guard simulate")
+    add_arguments(parser)
+    text = parser.format_help()
+    for scenario in SCENARIOS:
+        assert scenario in text
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        accounts,
+        cli,
+        malformed,
+        merchants,
+        output,
+        partitioner,
+        rhythm,
+        scenarios,
+        timestamps,
+        traffic,
+    ],
+    ids=lambda m: m.__name__,
+)
+def test_docstring_examples_run(module: types.ModuleType) -> None:
+    failures, _ = doctest.testmod(module, raise_on_error=False, verbose=False)
+    assert failures == 0

@@ -5,7 +5,7 @@ them to a replay file or to Kafka; ``add_arguments`` and ``run`` are the ``simul
 command. Nothing here is imported by the core.
 """
 
-from stream.simulate.command import add_arguments, run
+from stream.simulate.cli import add_arguments, run
 from stream.simulate.output import produce, replay_line, write_replay
 from stream.simulate.partitioner import murmur2, partition_for
 from stream.simulate.scenarios import SCENARIOS, Knobs

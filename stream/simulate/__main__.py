@@ -2,6 +2,6 @@
 
 import sys
 
-from stream.simulate.command import main
+from stream.simulate.cli import main
 
 sys.exit(main())

@@ -70,6 +70,7 @@ def parse_knob(text: str) -> tuple[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``simulate`` options, added to ``parser``."""
     scenarios = "; ".join(f"{name}: {text}" for name, (text, _) in SCENARIOS.items())
+    scenarios = scenarios.replace("%", "%%")  # argparse formats help with %
     parser.add_argument(
         "--scenario", choices=list(SCENARIOS), default="normal", help=f"{scenarios}"
     )

@@ -38,11 +38,28 @@ def replay_line(record: SimRecord) -> bytes:
 
 
 def write_replay(records: Iterable[SimRecord], sink: IO[bytes]) -> int:
-    """Write ``records`` to a binary file as replay lines; returns how many."""
+    """Write ``records`` to a binary file as replay lines (as ``replay_line``, inlined for
+    speed); returns how many."""
+    dumps = orjson.dumps
+    newline = orjson.OPT_APPEND_NEWLINE
     count = 0
     batch: list[bytes] = []
-    for record in records:
-        batch.append(replay_line(record))
+    append = batch.append
+    for topic, partition, offset, key, value, timestamp_ms in records:
+        try:
+            text = value.decode()
+        except UnicodeDecodeError:
+            append(replay_line(SimRecord(topic, partition, offset, key, value, timestamp_ms)))
+        else:
+            line = {
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "timestamp_ms": timestamp_ms,
+                "key": key,
+                "value": text,
+            }
+            append(dumps(line, option=newline))
         if len(batch) >= _LINES_PER_WRITE:
             sink.write(b"".join(batch))
             count += len(batch)

@@ -41,6 +41,8 @@ _CODES_AFTER_DEBIT = ("68",) * 4 + ("91",) * 3 + ("96",) * 2 + ("05",)
 # Share of records written in WIB rather than UTC, per topic: the payment service is local,
 # the core-banking ledger mostly logs UTC.
 _WIB_SHARE = (0.75, 0.3)
+_MILLIS = tuple(f".{n:03d}" for n in range(1000))
+_DIGITS = tuple(f"{n:03d}" for n in range(1000))
 
 
 class SimRecord(NamedTuple):
@@ -446,11 +448,13 @@ class _Simulation:
                 text_of_second = seconds[second] = second_text(second)
             style = (u * 1000.0) % 1.0
             if style < 0.1:  # finer than milliseconds
-                text = f"{text_of_second}.{local_ms % 1000:03d}{int(style * 9990):03d}{zone}"
+                text = (
+                    f"{text_of_second}{_MILLIS[local_ms % 1000]}{_DIGITS[int(style * 9990)]}{zone}"
+                )
             elif style < 0.6 and local_ms % 1000 == 0:  # whole seconds, when exact
                 text = text_of_second + zone
             else:
-                text = f"{text_of_second}.{local_ms % 1000:03d}{zone}"
+                text = f"{text_of_second}{_MILLIS[local_ms % 1000]}{zone}"
             record["occurred_at"] = text
             value = dumps(record)
             # Producers send a few milliseconds after the event, now and then much later.
