@@ -34,6 +34,7 @@ class Settings:
     batch_max: int = 2000
     batch_within_s: float = 0.05
     web_port: int = 6066
+    session_timeout_s: float = 30.0
     log_level: str = "info"
 
     @property
@@ -71,7 +72,11 @@ DOCS: dict[str, tuple[str, str]] = {
     "data_dir": ("QRIS_DATA_DIR", "worker data directory (RocksDB tables)"),
     "batch_max": ("QRIS_BATCH_MAX", "records per processing batch in the worker"),
     "batch_within_s": ("QRIS_BATCH_WITHIN_S", "seconds the worker waits to fill a batch"),
-    "web_port": ("QRIS_WEB_PORT", "port of the worker's web endpoints (status, stats)"),
+    "web_port": ("QRIS_WEB_PORT", "port of the worker's web endpoints (status, stats); 0 disables them"),
+    "session_timeout_s": (
+        "QRIS_SESSION_TIMEOUT_S",
+        "consumer group session timeout: how long a crashed worker's partitions wait before reassignment",
+    ),
     "log_level": ("QRIS_LOG_LEVEL", "log level: debug, info, warning, error"),
 }
 

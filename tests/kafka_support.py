@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -108,6 +109,7 @@ class Worker:
     extra_env: dict[str, str] = field(default_factory=dict)
     app_id: str = field(default_factory=lambda: f"qris-test-{uuid.uuid4().hex[:8]}")
     proc: subprocess.Popen[bytes] | None = None
+    web_port: int = field(default_factory=free_port)
     log_path: Path | None = None
 
     def start(self, bootstrap: str) -> None:
@@ -115,7 +117,8 @@ class Worker:
         env.update(self.topics.env())
         env.update({
             "QRIS_BOOTSTRAP": bootstrap, "QRIS_APP_ID": self.app_id, "QRIS_DATA_DIR": str(self.data_dir),
-            "QRIS_WEB_PORT": str(free_port()), "QRIS_IDLE_TIMEOUT_S": "3600", "QRIS_LOG_LEVEL": "info",
+            "QRIS_WEB_PORT": str(self.web_port), "QRIS_IDLE_TIMEOUT_S": "3600", "QRIS_LOG_LEVEL": "info",
+            "QRIS_SESSION_TIMEOUT_S": "8",
         })
         env.update(self.extra_env)
         self.log_path = self.data_dir / f"worker-{int(time.time() * 1000)}.log"
@@ -146,6 +149,25 @@ class Worker:
         if self.log_path is None or not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/qris/stats", timeout=5) as resp:
+            return dict(orjson.loads(resp.read()))
+
+    def wait_processed(self, n: int, timeout_s: float = 90) -> dict[str, Any]:
+        """Wait until the worker has taken `n` input records (its /qris/stats page)."""
+        deadline = time.monotonic() + timeout_s
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            self.assert_alive()
+            try:
+                last = self.stats()
+            except OSError:
+                last = {}
+            if last.get("counts", {}).get("records", 0) >= n:
+                return last
+            time.sleep(0.3)
+        raise AssertionError(f"worker took fewer than {n} records in {timeout_s} s: {last}\n{self.log_tail()}")
 
     def assert_alive(self) -> None:
         assert self.proc is not None

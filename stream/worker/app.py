@@ -37,6 +37,8 @@ def build_app(settings: Settings) -> tuple[faust.App, ReconcileShell]:
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         producer_linger_ms=5,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 10),
         producer_max_batch_size=512 * 1024,
     )
     inputs = app.topic(settings.payment_topic, settings.ledger_topic, **RAW)
