@@ -64,6 +64,7 @@ _MCCS: dict[str, tuple[float, float, int, float, tuple[str, ...]]] = {
 
 MIN_AMOUNT = 5_000
 MAX_AMOUNT = 2_000_000
+PRICES = 64  # price points per merchant
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +75,7 @@ class Merchant:
     acquirer_id: str
     switches: tuple[str, ...]  # the primary switch first, then the fallbacks
     terminal_ids: tuple[str, ...]
-    amount_mu: float
-    amount_sigma: float
+    prices: tuple[int, ...]  # the merchant's price list in rupiah; tickets are drawn from it
 
     def switch_for(self, u: float) -> str:
         """The switch a payment is routed through, for a uniform draw ``u`` in [0, 1)."""
@@ -85,12 +85,26 @@ class Merchant:
         share = (u - PRIMARY_SWITCH_SHARE) / (1.0 - PRIMARY_SWITCH_SHARE)
         return switches[1 + min(int(share * (len(switches) - 1)), len(switches) - 2)]
 
-    def amount(self, rng: random.Random) -> int:
-        """A long-tailed ticket size in rupiah, rounded to 500 below 20,000 else to 1,000."""
-        raw = rng.lognormvariate(self.amount_mu, self.amount_sigma)
-        raw = min(max(raw, MIN_AMOUNT), MAX_AMOUNT)
+    def amount(self, u: float) -> int:
+        """A ticket from the price list, for a uniform draw ``u`` in [0, 1)."""
+        return self.prices[int(u * len(self.prices))]
+
+
+def price_list(
+    rng: random.Random, median: float, spread: float, size: int = PRICES
+) -> tuple[int, ...]:
+    """Long-tailed (log-normal) prices, rounded to 500 below 20,000 rupiah, else to 1,000.
+
+    >>> prices = price_list(random.Random(1), 45_000, 0.55)
+    >>> all(MIN_AMOUNT <= p <= MAX_AMOUNT and p % 500 == 0 for p in prices), len(prices)
+    (True, 64)
+    """
+    prices = []
+    for _ in range(size):
+        raw = min(max(rng.lognormvariate(math.log(median), spread), MIN_AMOUNT), MAX_AMOUNT)
         step = 500 if raw < 20_000 else 1_000
-        return max(MIN_AMOUNT, int(raw / step + 0.5) * step)
+        prices.append(max(MIN_AMOUNT, int(raw / step + 0.5) * step))
+    return tuple(prices)
 
 
 class Catalogue:
@@ -157,8 +171,7 @@ def build_catalogue(seed: int, size: int = 2000) -> Catalogue:
                 acquirer_id=acquirer,
                 switches=_routing(ACQUIRERS[acquirer][1]),
                 terminal_ids=terminals,
-                amount_mu=math.log(median * rng.uniform(0.7, 1.4)),
-                amount_sigma=spread,
+                prices=price_list(rng, median * rng.uniform(0.7, 1.4), spread),
             )
         )
         weights.append(boost / (rank + 1) ** 0.8)

@@ -11,13 +11,14 @@ import itertools
 import math
 import random
 from collections.abc import Iterator
+from statistics import NormalDist
 from typing import Any, NamedTuple
 
 import orjson
 
 from stream.simulate.accounts import AccountPool
 from stream.simulate.malformed import MALFORMED_KINDS, corrupt
-from stream.simulate.merchants import MAX_AMOUNT, MIN_AMOUNT, build_catalogue
+from stream.simulate.merchants import build_catalogue
 from stream.simulate.partitioner import KeyPartitioner
 from stream.simulate.rhythm import Rhythm
 from stream.simulate.scenarios import Knobs, resolve_knobs
@@ -41,6 +42,11 @@ _CODES_AFTER_DEBIT = ("68",) * 4 + ("91",) * 3 + ("96",) * 2 + ("05",)
 # Share of records written in WIB rather than UTC, per topic: the payment service is local,
 # the core-banking ledger mostly logs UTC.
 _WIB_SHARE = (0.75, 0.3)
+# Settlement delay after the debit: log-normal, median about 2 s, at most 10 s; as quantiles.
+_SETTLE_DELAYS_MS = tuple(
+    min(10_000, 600 + int(math.exp(7.3 + 0.6 * NormalDist().inv_cdf((n + 0.5) / 1024))))
+    for n in range(1024)
+)
 _MILLIS = tuple(f".{n:03d}" for n in range(1000))
 _DIGITS = tuple(f"{n:03d}" for n in range(1000))
 
@@ -223,10 +229,8 @@ class _Simulation:
         u = rnd()
         account_id = self._account_ids[int(u * u * len(self._account_ids))]
         switch_id = merchant.switch_for(rnd())
-        raw_amount = math.exp(merchant.amount_mu + merchant.amount_sigma * rng.gauss())
-        raw_amount = min(max(raw_amount, MIN_AMOUNT), MAX_AMOUNT)
-        step = 500 if raw_amount < 20_000 else 1_000
-        amount = int(raw_amount / step + 0.5) * step
+        prices = merchant.prices
+        amount = prices[int(rnd() * len(prices))]
         terminals = merchant.terminal_ids
         terminal_id = terminals[int(rnd() * len(terminals))]
         debited_ms = requested_ms + 120 + int(rnd() ** 2 * 900)
@@ -254,8 +258,7 @@ class _Simulation:
                 outcome = _SETTLE
 
         if outcome == _SETTLE:
-            # Typically 1.5-4 s after the debit, never more than 10 s.
-            resolved_ms = debited_ms + min(10_000, 600 + int(math.exp(7.3 + 0.6 * rng.gauss())))
+            resolved_ms = debited_ms + _SETTLE_DELAYS_MS[int(rnd() * len(_SETTLE_DELAYS_MS))]
         elif outcome == _SETTLE_LATE:
             resolved_ms = debited_ms + timeout_ms + int(rng.uniform(10_000, 900_000))
         elif outcome == _FAIL_BEFORE_DEBIT:
