@@ -237,6 +237,8 @@ def test_knobs_and_scenarios_are_checked() -> None:
         generate("normal", seed=1, start_ms=START_MS, failure_rat=0.1)
     with pytest.raises(ValueError, match="failure_rate"):
         generate("normal", seed=1, start_ms=START_MS, failure_rate=1.5)
+    with pytest.raises(ValueError, match="minutes, payments"):
+        generate("normal", seed=1, start_ms=START_MS, minutes=None)
 
 
 # -- Kafka's default partitioner -------------------------------------------------------------
@@ -325,8 +327,11 @@ def test_valid_records_follow_the_contract(scenario: str) -> None:
         assert len(run.invalid) == sum(run.truth.malformed.values()) > 0
     else:
         assert run.invalid == []
-    zones = Counter()
+    zones: Counter[str] = Counter()
+    first_bytes: dict[str, bytes] = {}
     for record, value in run.valid:
+        # An event_id names one event: a second record with it is a byte-exact redelivery.
+        assert first_bytes.setdefault(value["event_id"], record.value) == record.value
         occurred_ms = parse_rfc3339_ms(value["occurred_at"])
         assert record.timestamp_ms >= occurred_ms  # produced after it happened
         zones["Z" if value["occurred_at"].endswith("Z") else "+07:00"] += 1
@@ -541,12 +546,19 @@ def test_mixed_has_a_bit_of_everything() -> None:
 def test_payments_cap_stops_arrivals_but_finishes_lifecycles() -> None:
     truth = GroundTruth()
     records = list(
-        generate("normal", seed=3, start_ms=START_MS, minutes=1e6, payments=500, truth=truth)
+        generate("mixed", seed=3, start_ms=START_MS, minutes=None, payments=500, truth=truth)
     )
     assert truth.payments == 500
-    requested = [r for r in records if b'"type":"requested"' in r.value]
-    settled = [r for r in records if b'"type":"settled"' in r.value]
-    assert len(requested) == 500 and len(settled) > 480
+    # The outage is placed 40% into the expected length: 500 payments at 300 a minute.
+    assert truth.outage_window_ms == (START_MS + 40_000, START_MS + 40_000 + 20 * 60_000)
+    events = {
+        (value["type"], value["event_id"])
+        for value in (
+            orjson.loads(r.value) for r in records if not violations(r.topic, r.key, r.value)
+        )
+    }
+    kinds = Counter(kind for kind, _ in events)
+    assert kinds["requested"] == 500 and kinds["settled"] > 450
 
 
 # -- replay file ---------------------------------------------------------------------------

@@ -82,7 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"event time of the run's start, RFC 3339 or epoch ms (default {DEFAULT_START})",
     )
     parser.add_argument(
-        "--minutes", type=float, default=60.0, help="event-time minutes of arrivals (default 60)"
+        "--minutes",
+        type=float,
+        help="event-time minutes of arrivals (default 60, or unbounded with --payments)",
     )
     parser.add_argument(
         "--rate-per-min",
@@ -91,7 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="mean payments per minute of an ordinary weekday (default 300)",
     )
     parser.add_argument(
-        "--payments", type=int, help="stop after this many payments (lifecycles still finish)"
+        "--payments",
+        type=int,
+        help="stop after this many payments, about 3 records each (lifecycles still finish)",
     )
     parser.add_argument("--partitions", type=int, default=4, help="input partitions (default 4)")
     parser.add_argument("--payment-topic", default=PAYMENT_TOPIC)
@@ -135,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             args.scenario,
             seed=args.seed,
             start_ms=args.start,
-            minutes=args.minutes,
+            minutes=args.minutes if args.minutes is not None or args.payments else 60.0,
             rate_per_min=args.rate_per_min,
             partitions=args.partitions,
             payment_topic=args.payment_topic,

@@ -71,7 +71,7 @@ def generate(
     *,
     seed: int,
     start_ms: int,
-    minutes: float = 60.0,
+    minutes: float | None = 60.0,
     rate_per_min: float = 300.0,
     partitions: int = 4,
     payment_topic: str = PAYMENT_TOPIC,
@@ -82,9 +82,11 @@ def generate(
 ) -> Iterator[SimRecord]:
     """Records of ``scenario``: payments arrive during ``minutes`` of event time from
     ``start_ms`` (at most ``payments`` of them), at ``rate_per_min`` on an average weekday
-    shaped by the daily rhythm; every lifecycle then runs to its end. ``knobs`` override the
-    scenario's (see ``stream.simulate.scenarios.Knobs``). ``truth``, if given, is filled in
-    as records are generated.
+    shaped by the daily rhythm; every lifecycle then runs to its end. With ``minutes=None``
+    only ``payments`` bounds the run, and the run's length for placing an outage
+    (``outage_at``) is taken as ``payments / (rate_per_min * volume_factor)`` minutes.
+    ``knobs`` override the scenario's (see ``stream.simulate.scenarios.Knobs``). ``truth``,
+    if given, is filled in as records are generated. About 3 records per payment.
 
     >>> records = list(generate("normal", seed=1, start_ms=1743213600000, minutes=1))
     >>> records[0].topic, records[0].key == orjson.loads(records[0].value)["reference"]
@@ -95,8 +97,12 @@ def generate(
     settings = resolve_knobs(scenario, knobs)
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
-    if minutes < 0 or (payments is not None and payments < 0):
+    if minutes is None and payments is None:
+        raise ValueError("give minutes, payments or both")
+    if (minutes is not None and minutes < 0) or (payments is not None and payments < 0):
         raise ValueError("minutes and payments must not be negative")
+    if rate_per_min <= 0:
+        raise ValueError(f"rate_per_min must be > 0, got {rate_per_min}")
     if payment_topic == ledger_topic:
         raise ValueError("the payment and ledger topics must differ")
     simulation = _Simulation(
@@ -120,7 +126,7 @@ class _Simulation:
         *,
         seed: int,
         start_ms: int,
-        minutes: float,
+        minutes: float | None,
         rate_per_min: float,
         partitions: int,
         topics: tuple[str, str],
@@ -138,7 +144,12 @@ class _Simulation:
         self._account_ids = AccountPool(seed, knobs.accounts).account_ids
         self._rhythm = Rhythm(rate_per_min * knobs.volume_factor, knobs.profile)
         self._start_ms = start_ms
-        self._end_ms = start_ms + minutes * 60_000
+        if minutes is None:
+            assert payments is not None
+            self._end_ms = math.inf
+            minutes = payments / (rate_per_min * knobs.volume_factor)
+        else:
+            self._end_ms = start_ms + minutes * 60_000
         self._max_payments = payments
         self._partitions = partitions
         self._topics = topics
