@@ -174,5 +174,5 @@ def build_catalogue(seed: int, size: int = 2000) -> Catalogue:
                 prices=price_list(rng, median * rng.uniform(0.7, 1.4), spread),
             )
         )
-        weights.append(boost / (rank + 1) ** 0.8)
+        weights.append(boost / (rank + 1) ** 0.6)  # Zipf-like: a few busy merchants, a long tail
     return Catalogue(merchants, weights)
