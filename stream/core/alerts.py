@@ -52,7 +52,7 @@ def _alert(
 
 
 def _merchant_scope(st: ReferenceState) -> tuple[str, str]:
-    merchant = (st.request or {}).get("merchant_id")
+    merchant = st.request.merchant_id if st.request is not None else None
     return ("merchant", merchant) if merchant else ("all", "all")
 
 

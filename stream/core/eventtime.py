@@ -51,6 +51,22 @@ def _is_leap(year: int) -> bool:
     return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
 
 
+# Calendar dates seen so far -> days since the epoch: records of a day share a handful of dates.
+_DAYS: dict[str, int] = {}
+
+
+def _date_days(text: str, year: int, month: int, day: int) -> int:
+    if not 1 <= month <= 12:
+        raise BadTimestamp(f"{text!r}: month {month} out of range")
+    last_day = 29 if month == 2 and _is_leap(year) else _DAYS_IN_MONTH[month - 1]
+    if not 1 <= day <= last_day:
+        raise BadTimestamp(f"{text!r}: day {day} out of range")
+    days = _days_from_civil(year, month, day)
+    if len(_DAYS) < 100_000:
+        _DAYS[text[:10]] = days
+    return days
+
+
 def parse_ms(text: str) -> int:
     """Parse an RFC 3339 date-time with a zone offset to epoch milliseconds (UTC).
 
@@ -65,13 +81,10 @@ def parse_ms(text: str) -> int:
     m = _RFC3339.fullmatch(text)
     if m is None:
         raise BadTimestamp(f"{text!r} is not an RFC 3339 date-time with a zone offset")
-    year, month, day = int(m[1]), int(m[2]), int(m[3])
+    days = _DAYS.get(text[:10])
+    if days is None:
+        days = _date_days(text, int(m[1]), int(m[2]), int(m[3]))
     hour, minute, second = int(m[4]), int(m[5]), int(m[6])
-    if not 1 <= month <= 12:
-        raise BadTimestamp(f"{text!r}: month {month} out of range")
-    last_day = 29 if month == 2 and _is_leap(year) else _DAYS_IN_MONTH[month - 1]
-    if not 1 <= day <= last_day:
-        raise BadTimestamp(f"{text!r}: day {day} out of range")
     if hour > 23 or minute > 59 or second > 60:
         raise BadTimestamp(f"{text!r}: time of day out of range")
     frac = m[7]
@@ -84,7 +97,7 @@ def parse_ms(text: str) -> int:
         offset_min = off_h * 60 + off_m
         if m[9] == "-":
             offset_min = -offset_min
-    seconds = ((_days_from_civil(year, month, day) * 24 + hour) * 60 + minute) * 60 + second
+    seconds = ((days * 24 + hour) * 60 + minute) * 60 + second
     return (seconds - offset_min * 60) * MS_PER_S + millis
 
 

@@ -28,7 +28,8 @@ from .records import LedgerEvent, PaymentEvent, Stream
 from .reference import ReferenceState
 from .validation import Rejection, parse_ledger, parse_payment
 
-RECORD, DEADLINE, RETENTION = 0, 1, 2
+RECORD, DEADLINE = 0, 1  # heap kinds; retention checks (kind 2) have a heap of their own
+_STREAMS = (Stream.P, Stream.L)
 NEG_INF = -(2**62)
 POS_INF = 2**62
 
@@ -58,8 +59,10 @@ def _dead_letter_alert_due(count: int) -> bool:
 class PartitionEngine:
     """Event-time processing of one partition number `p` of both input topics."""
 
-    def __init__(self, partition: int, params: Params) -> None:
+    def __init__(self, partition: int, params: Params, *, persistent: bool = True) -> None:
         self.partition = partition
+        # Offline replay keeps nothing for saving: no waiting-record index, no dirty set.
+        self.persistent = persistent
         self.params = params
         self.max_ms: list[int | None] = [None, None]
         # Highest offset taken per stream: a restarted worker skips what its state already holds.
@@ -71,6 +74,7 @@ class PartitionEngine:
         self.refs: dict[str, ReferenceState] = {}
         self.pending: dict[str, list[Item]] = {}
         self.heap: list[Item] = []
+        self.retention_heap: list[tuple[int, int, int, str]] = []
         self.dirty: set[str] = set()
         self.meta_dirty = False
         self.stats = {"records": 0, "rejected": 0, "duplicates_skipped_on_restart": 0}
@@ -97,7 +101,6 @@ class PartitionEngine:
             self.stats["duplicates_skipped_on_restart"] += 1
             return []
         self.last_offset[s] = offset
-        self.meta_dirty = True
         event = parse_payment(key, value) if s == 0 else parse_ledger(key, value)
         if type(event) is Rejection:
             return self._reject(stream, offset, key, value, timestamp_ms, event)
@@ -118,9 +121,15 @@ class PartitionEngine:
         ref = event.reference
         item: Item = (eff, RECORD, s, offset, ref, event)
         heapq.heappush(self.heap, item)
-        self.pending.setdefault(ref, []).append(item)
-        self.dirty.add(ref)
-        return self._release(self.watermark_ms)
+        if self.persistent:
+            self.meta_dirty = True
+            self.pending.setdefault(ref, []).append(item)
+            self.dirty.add(ref)
+        mp, ml = self.max_ms
+        if mp is None or ml is None:
+            return [] if self.forced_ms == NEG_INF else self._release(self.forced_ms)
+        w = min(mp, ml) - self.params.lateness_ms
+        return self._release(w if w > self.forced_ms else self.forced_ms)
 
     def _reject(
         self, stream: Stream, offset: int, key: bytes | None, value: bytes | None, timestamp_ms: int | None,
@@ -172,54 +181,67 @@ class PartitionEngine:
     # -- processing ------------------------------------------------------------------------
 
     def _release(self, watermark_ms: int) -> list[Decision]:
-        heap = self.heap
-        if not heap or heap[0][0] >= watermark_ms:
+        heap, rheap = self.heap, self.retention_heap
+        if (not heap or heap[0][0] >= watermark_ms) and (not rheap or rheap[0][0] >= watermark_ms):
             return []
         out: list[Decision] = []
         p = self.params
-        while heap and heap[0][0] < watermark_ms:
-            eff, kind, s, offset, ref, event = heapq.heappop(heap)
+        persistent = self.persistent
+        dirty = self.dirty
+        refs = self.refs
+        pop, push = heapq.heappop, heapq.heappush
+        while True:
+            # Retention checks live in their own heap (one per reference, most far in the
+            # future) and run when they come first in (eff, kind) order: after records and
+            # deadlines of the same instant.
+            if rheap and rheap[0][0] < watermark_ms and (not heap or rheap[0][0] < heap[0][0]):
+                due, s, offset, ref = pop(rheap)
+                st = refs.get(ref)
+                if st is None or st.retention != (due, s, offset):
+                    continue
+                st.retention = None
+                if st.last_eff_ms + p.retention_ms > due:
+                    self._schedule_retention(st)
+                elif st.cycle_deadline_ms is None:
+                    del refs[ref]
+                # else: the deadline timer reschedules retention when the cycle closes.
+                if persistent:
+                    dirty.add(ref)
+                continue
+            if not heap or heap[0][0] >= watermark_ms:
+                break
+            eff, kind, s, offset, ref, event = pop(heap)
             if kind == RECORD:
                 assert event is not None
-                self._unpend(ref, offset, s)
-                st = self.refs.get(ref)
+                if persistent:
+                    self._unpend(ref, offset, s)
+                    dirty.add(ref)
+                st = refs.get(ref)
                 if st is None:
-                    st = self.refs[ref] = ReferenceState(ref)
-                decisions, opened = st.apply(Stream(s), offset, eff, event, p.timeout_ms, self.partition)
+                    st = refs[ref] = ReferenceState(ref)
+                decisions, opened = st.apply(_STREAMS[s], offset, eff, event, p.timeout_ms, self.partition)
                 if decisions:
                     out.extend(decisions)
                 if opened is not None:
-                    heapq.heappush(heap, (opened, DEADLINE, s, offset, ref, None))
+                    push(heap, (opened, DEADLINE, s, offset, ref, None))
                 if st.retention is None:
                     self._schedule_retention(st)
-                self.dirty.add(ref)
-            elif kind == DEADLINE:
-                st = self.refs.get(ref)
+            else:
+                st = refs.get(ref)
                 if st is None or st.cycle_deadline_ms != eff:
                     continue
                 out.extend(st.on_deadline(eff, self.partition))
                 if st.retention is None:
                     self._schedule_retention(st, not_before_ms=eff)
-                self.dirty.add(ref)
-            else:
-                st = self.refs.get(ref)
-                if st is None or st.retention != (eff, s, offset):
-                    continue
-                st.retention = None
-                due = st.last_eff_ms + p.retention_ms
-                if due > eff:
-                    self._schedule_retention(st)
-                elif st.cycle_deadline_ms is None:
-                    del self.refs[ref]
-                # else: the deadline timer reschedules retention when the cycle closes.
-                self.dirty.add(ref)
+                if persistent:
+                    dirty.add(ref)
         return out
 
     def _schedule_retention(self, st: ReferenceState, not_before_ms: int = NEG_INF) -> None:
         at = max(st.last_eff_ms + self.params.retention_ms, not_before_ms)
         s, offset = st.last_key
         st.retention = (at, s, offset)
-        heapq.heappush(self.heap, (at, RETENTION, s, offset, st.reference, None))
+        heapq.heappush(self.retention_heap, (at, s, offset, st.reference))
 
     def _unpend(self, ref: str, offset: int, s: int) -> None:
         items = self.pending[ref]
@@ -291,11 +313,12 @@ class PartitionEngine:
                 if st.cycle_deadline_ms is not None and st.cycle_opened_by is not None:
                     heap.append((st.cycle_deadline_ms, DEADLINE, *st.cycle_opened_by, ref, None))
                 if st.retention is not None:
-                    heap.append((st.retention[0], RETENTION, st.retention[1], st.retention[2], ref, None))
+                    eng.retention_heap.append((*st.retention, ref))
             for eff, s, offset, ev in d["pending"]:
                 event = PaymentEvent(**ev) if s == 0 else LedgerEvent(**ev)
                 item: Item = (eff, RECORD, s, offset, ref, event)
                 heap.append(item)
                 eng.pending.setdefault(ref, []).append(item)
         heapq.heapify(heap)
+        heapq.heapify(eng.retention_heap)
         return eng

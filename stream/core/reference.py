@@ -5,7 +5,7 @@ returns decisions; it never decides when things happen. Imports nothing outside 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import ids
@@ -22,15 +22,16 @@ LedgerEvidence = tuple[str, str, int, str, int]
 @dataclass(slots=True)
 class ReferenceState:
     reference: str
-    seen_p: set[str] = field(default_factory=set)
-    seen_l: set[str] = field(default_factory=set)
+    # Event ids processed per stream: a reference sees a handful, so lists beat sets in memory.
+    seen_p: list[str] = field(default_factory=list)
+    seen_l: list[str] = field(default_factory=list)
     debits: list[LedgerEvidence] = field(default_factory=list)
     reversals: list[LedgerEvidence] = field(default_factory=list)
     # (event_id, amount, occurred_at, effective_at_ms)
     settlement: tuple[str, int, str, int] | None = None
     # (event_id, occurred_at, effective_at_ms, response_code)
     failure: tuple[str, str, int, str | None] | None = None
-    request: dict[str, Any] | None = None
+    request: PaymentEvent | None = None
     account_id: str | None = None
     net: int = 0
     settled: int = 0
@@ -61,7 +62,7 @@ class ReferenceState:
         seen = self.seen_p if stream is Stream.P else self.seen_l
         if event.event_id in seen:
             return [], None
-        seen.add(event.event_id)
+        seen.append(event.event_id)
         self.last_eff_ms = eff_ms
         self.last_key = (int(stream), offset)
         opened: int | None = None
@@ -91,7 +92,7 @@ class ReferenceState:
                 if self.failure is None:
                     self.failure = (event.event_id, event.occurred_at, eff_ms, event.response_code)
             elif self.request is None:
-                self.request = _request_evidence(event)
+                self.request = event
         if not may_over_refund or not any(r.active for r in self.refunds):
             return [], opened
         return self._cancel_excess(event, eff_ms, partition), opened
@@ -144,13 +145,13 @@ class ReferenceState:
     def to_json(self) -> dict[str, Any]:
         return {
             "ref": self.reference,
-            "sp": sorted(self.seen_p),
-            "sl": sorted(self.seen_l),
+            "sp": self.seen_p,
+            "sl": self.seen_l,
             "d": self.debits,
             "r": self.reversals,
             "st": self.settlement,
             "f": self.failure,
-            "rq": self.request,
+            "rq": asdict(self.request) if self.request is not None else None,
             "a": self.account_id,
             "n": self.net,
             "s": self.settled,
@@ -166,13 +167,13 @@ class ReferenceState:
     def from_json(cls, d: dict[str, Any]) -> ReferenceState:
         return cls(
             reference=d["ref"],
-            seen_p=set(d["sp"]),
-            seen_l=set(d["sl"]),
+            seen_p=list(d["sp"]),
+            seen_l=list(d["sl"]),
             debits=[tuple(x) for x in d["d"]],  # type: ignore[misc]
             reversals=[tuple(x) for x in d["r"]],  # type: ignore[misc]
             settlement=tuple(d["st"]) if d["st"] else None,  # type: ignore[arg-type]
             failure=tuple(d["f"]) if d["f"] else None,  # type: ignore[arg-type]
-            request=d["rq"],
+            request=PaymentEvent(**d["rq"]) if d["rq"] else None,
             account_id=d["a"],
             net=d["n"],
             settled=d["s"],
@@ -184,19 +185,3 @@ class ReferenceState:
             retention=tuple(d["rt"]) if d["rt"] else None,  # type: ignore[arg-type]
         )
 
-
-def _request_evidence(event: PaymentEvent) -> dict[str, Any]:
-    return {
-        "event_id": event.event_id,
-        "occurred_at": event.occurred_at,
-        "amount": event.amount,
-        "account_id": event.account_id,
-        "merchant_id": event.merchant_id,
-        "merchant_name": event.merchant_name,
-        "mcc": event.mcc,
-        "acquirer_id": event.acquirer_id,
-        "issuer_id": event.issuer_id,
-        "switch_id": event.switch_id,
-        "terminal_id": event.terminal_id,
-        "channel": event.channel,
-    }

@@ -48,8 +48,14 @@ def evidence(
         e, o, f, code = st.failure
         failure = {"event_id": e, "occurred_at": o, "effective_at": format_ms(f), "response_code": code}
     request = None
-    if st.request is not None:
-        request = {k: v for k, v in st.request.items() if k != "account_id"}
+    rq = st.request
+    if rq is not None:
+        request = {
+            "event_id": rq.event_id, "occurred_at": rq.occurred_at, "amount": rq.amount,
+            "merchant_id": rq.merchant_id, "merchant_name": rq.merchant_name, "mcc": rq.mcc,
+            "acquirer_id": rq.acquirer_id, "issuer_id": rq.issuer_id, "switch_id": rq.switch_id,
+            "terminal_id": rq.terminal_id, "channel": rq.channel,
+        }
     trig = None
     if trigger is not None and trigger_eff_ms is not None:
         trig = {
@@ -72,21 +78,21 @@ def evidence(
 
 
 def _common(st: ReferenceState, refund: Refund, partition: int) -> dict[str, Any]:
-    rq = st.request or {}
+    rq = st.request
     return {
         "refund_id": refund.refund_id,
         "reference": st.reference,
-        "account_id": st.account_id if st.account_id is not None else rq.get("account_id"),
+        "account_id": st.account_id if st.account_id is not None or rq is None else rq.account_id,
         "amount": refund.amount,
         "currency": CURRENCY,
         "reason": refund.reason,
         "deadline": format_ms(refund.deadline_ms),
         "partition": partition,
-        "merchant_id": rq.get("merchant_id"),
-        "merchant_name": rq.get("merchant_name"),
-        "switch_id": rq.get("switch_id"),
-        "acquirer_id": rq.get("acquirer_id"),
-        "issuer_id": rq.get("issuer_id"),
+        "merchant_id": rq.merchant_id if rq else None,
+        "merchant_name": rq.merchant_name if rq else None,
+        "switch_id": rq.switch_id if rq else None,
+        "acquirer_id": rq.acquirer_id if rq else None,
+        "issuer_id": rq.issuer_id if rq else None,
     }
 
 

@@ -26,7 +26,7 @@ class Replay:
     def engine(self, partition: int) -> PartitionEngine:
         eng = self.engines.get(partition)
         if eng is None:
-            eng = self.engines[partition] = PartitionEngine(partition, self.params)
+            eng = self.engines[partition] = PartitionEngine(partition, self.params, persistent=False)
         return eng
 
     def feed(self, rec: KafkaRecord) -> list[Decision]:
