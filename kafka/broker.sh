@@ -59,8 +59,9 @@ fetch_libs() {
   local tmp="$HERE/.cache/libs.tmp.$$"
   rm -rf "$tmp"
   mkdir -p "$HERE/.cache"
-  if ! mvn -B -q -ntp -Dstyle.color=never -f "$HERE/pom.xml" \
-      dependency:copy-dependencies -Dlibs.dir="$tmp" </dev/null >&2; then
+  # Debian's Maven prints colour codes even in batch mode; strip them (pipefail keeps mvn's status).
+  if ! mvn -B -q -ntp -f "$HERE/pom.xml" dependency:copy-dependencies -Dlibs.dir="$tmp" \
+      </dev/null 2>&1 | sed 's/\x1b\[[0-9;]*m//g' >&2; then
     rm -rf "$tmp"
     die "Maven could not fetch the Kafka jars (see output above)"
   fi
