@@ -36,8 +36,11 @@ def _open_out(path: str) -> IO[bytes]:
 
 def _settings(args: argparse.Namespace) -> Settings:
     s = from_env(os.environ)
-    overrides = {k: getattr(args, k) for k in ("bootstrap", "timeout_s", "lateness_s", "retention_s", "partitions")
-                 if getattr(args, k, None) is not None}
+    overrides = {
+        k: getattr(args, k)
+        for k in ("bootstrap", "timeout_s", "lateness_s", "retention_s", "partitions")
+        if getattr(args, k, None) is not None
+    }
     return replace(s, **overrides)
 
 
@@ -84,7 +87,9 @@ def _input_records(args: argparse.Namespace, s: Settings) -> Iterator[Any]:
     if args.from_kafka:
         from .drivers.kafkaread import read_topics
 
-        yield from read_topics(s.bootstrap, [s.payment_topic, s.ledger_topic], from_ms=args.from_time, to_ms=args.to_time)
+        yield from read_topics(
+            s.bootstrap, [s.payment_topic, s.ledger_topic], from_ms=args.from_time, to_ms=args.to_time
+        )
     else:
         with open(args.input, "rb") as fh:
             yield from read_records(fh)
@@ -105,8 +110,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         topics = {role: s.output_topic(role) for role in ("refunds", "alerts", "dead_letter")}
         with _open_out(args.out) as fh:
             n_out = replay_file_parallel(args.input, s.params, drain=args.drain, jobs=jobs, topics=topics, out=fh)
-        print(f"replay: {n_out} decisions in {time.perf_counter() - started:.2f} s ({jobs} jobs) -> {args.out}",
-              file=sys.stderr)
+        print(
+            f"replay: {n_out} decisions in {time.perf_counter() - started:.2f} s ({jobs} jobs) -> {args.out}",
+            file=sys.stderr,
+        )
         return 0
     with _open_out(args.out) as fh:
         for partition, d in replay(_input_records(args, s), s.params, drain=args.drain):
@@ -209,8 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     _range(p)
     p.add_argument("--out", required=True, help="output file of decisions ('-' for stdout)")
     p.add_argument("--drain", action="store_true", help="at the end of input move the watermark to +inf")
-    p.add_argument("--jobs", type=int, help="processes for a replay file, partitions split among them "
-                   "(default: CPUs, at most 4; 1 = one process, lines in decision order)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="processes for a replay file, partitions split among them "
+        "(default: CPUs, at most 4; 1 = one process, lines in decision order)",
+    )
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("report", help="summarise decisions for payment operations")

@@ -85,9 +85,7 @@ def from_env(env: Mapping[str, str]) -> Settings:
     """Build settings from an environment mapping; unknown `QRIS_*` names are an error, so a
     typo does not silently fall back to a default."""
     known = {name for name, _ in DOCS.values()}
-    typos = sorted(
-        k for k in env if k.startswith("QRIS_") and k not in known and not k.startswith(_OTHER_PREFIXES)
-    )
+    typos = sorted(k for k in env if k.startswith("QRIS_") and k not in known and not k.startswith(_OTHER_PREFIXES))
     if typos:
         raise ValueError(f"unknown setting(s) {', '.join(typos)}; known: {', '.join(sorted(known))}")
     values: dict[str, object] = {}

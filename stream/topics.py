@@ -5,6 +5,7 @@ The two input topics must be co-partitioned (same partition count); outputs get 
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -15,7 +16,10 @@ from .settings import Settings
 
 def topic_names(settings: Settings) -> list[str]:
     return [
-        settings.payment_topic, settings.ledger_topic, settings.refund_topic, settings.alert_topic,
+        settings.payment_topic,
+        settings.ledger_topic,
+        settings.refund_topic,
+        settings.alert_topic,
         settings.dead_letter_topic,
     ]
 
@@ -27,13 +31,12 @@ def create_topics(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, i
         existing = set(admin.list_topics())
         new = [
             NewTopic(name, num_partitions=settings.partitions, replication_factor=1)
-            for name in topic_names(settings) if name not in existing
+            for name in topic_names(settings)
+            if name not in existing
         ]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker raced us to it
                 admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
-            except TopicAlreadyExistsError:
-                pass
         deadline = time.monotonic() + timeout_s
         while True:
             counts = partition_counts(admin, topic_names(settings))
@@ -63,5 +66,7 @@ def check_copartitioned(settings: Settings) -> int:
     if p is None or l is None:
         raise SystemExit(f"input topics missing on {settings.bootstrap}: run `qris-guard topics` first ({counts})")
     if p != l:
-        raise SystemExit(f"input topics are not co-partitioned: {settings.payment_topic}={p}, {settings.ledger_topic}={l}")
+        raise SystemExit(
+            f"input topics are not co-partitioned: {settings.payment_topic}={p}, {settings.ledger_topic}={l}"
+        )
     return p

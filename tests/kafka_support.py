@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from stream.drivers.replayfile import KafkaRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,18 +80,23 @@ class Topics:
 
     def env(self) -> dict[str, str]:
         return {
-            "QRIS_PAYMENT_TOPIC": self.payment, "QRIS_LEDGER_TOPIC": self.ledger, "QRIS_REFUND_TOPIC": self.refunds,
-            "QRIS_ALERT_TOPIC": self.alerts, "QRIS_DEAD_LETTER_TOPIC": self.dead_letter,
+            "QRIS_PAYMENT_TOPIC": self.payment,
+            "QRIS_LEDGER_TOPIC": self.ledger,
+            "QRIS_REFUND_TOPIC": self.refunds,
+            "QRIS_ALERT_TOPIC": self.alerts,
+            "QRIS_DEAD_LETTER_TOPIC": self.dead_letter,
             "QRIS_PARTITIONS": str(self.partitions),
         }
 
     def create(self, bootstrap: str) -> None:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="qris-test")
         try:
-            admin.create_topics([
-                NewTopic(t, num_partitions=self.partitions, replication_factor=1)
-                for t in [self.payment, self.ledger, *self.outputs()]
-            ])
+            admin.create_topics(
+                [
+                    NewTopic(t, num_partitions=self.partitions, replication_factor=1)
+                    for t in [self.payment, self.ledger, *self.outputs()]
+                ]
+            )
         finally:
             admin.close()
 
@@ -115,17 +120,27 @@ class Worker:
     def start(self, bootstrap: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")}
         env.update(self.topics.env())
-        env.update({
-            "QRIS_BOOTSTRAP": bootstrap, "QRIS_APP_ID": self.app_id, "QRIS_DATA_DIR": str(self.data_dir),
-            "QRIS_WEB_PORT": str(self.web_port), "QRIS_IDLE_TIMEOUT_S": "3600", "QRIS_LOG_LEVEL": "info",
-            "QRIS_SESSION_TIMEOUT_S": "8",
-        })
+        env.update(
+            {
+                "QRIS_BOOTSTRAP": bootstrap,
+                "QRIS_APP_ID": self.app_id,
+                "QRIS_DATA_DIR": str(self.data_dir),
+                "QRIS_WEB_PORT": str(self.web_port),
+                "QRIS_IDLE_TIMEOUT_S": "3600",
+                "QRIS_LOG_LEVEL": "info",
+                "QRIS_SESSION_TIMEOUT_S": "8",
+            }
+        )
         env.update(self.extra_env)
         self.log_path = self.data_dir / f"worker-{int(time.time() * 1000)}.log"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream", "worker"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "stream", "worker"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -189,8 +204,15 @@ def produce(bootstrap: str, records: Iterable[KafkaRecord], topic_map: dict[str,
     return n
 
 
-def consume(bootstrap: str, topics: list[str], *, until: int, timeout_s: float, settle_s: float = 3.0,
-            worker: Worker | None = None) -> list[tuple[str, bytes | None, dict[str, Any]]]:
+def consume(
+    bootstrap: str,
+    topics: list[str],
+    *,
+    until: int,
+    timeout_s: float,
+    settle_s: float = 3.0,
+    worker: Worker | None = None,
+) -> list[tuple[str, bytes | None, dict[str, Any]]]:
     """Read `topics` from the beginning until `until` records arrived (then `settle_s` more, to
     see any extras) or `timeout_s` passed. Returns (topic, key, value)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)

@@ -55,15 +55,26 @@ def decide(
             active = sum(r["amount"] for r in st["refunds"] if r["active"])
             owed = st["net"] - st["settled"] - active
             if owed > 0:
-                reason = "EXCESS_DEBIT" if st["settled"] > 0 else "PAYMENT_FAILED" if st["failed"] else "SETTLEMENT_TIMEOUT"
+                reason = (
+                    "EXCESS_DEBIT" if st["settled"] > 0 else "PAYMENT_FAILED" if st["failed"] else "SETTLEMENT_TIMEOUT"
+                )
                 r = {"id": refund_id(ref, eff), "amount": owed, "active": True, "deadline": eff}
                 st["refunds"].append(r)
-                out.append({"type": "refund.requested", "refund_id": r["id"], "reference": ref,
-                            "amount": owed, "reason": reason, "deadline_ms": eff})
+                out.append(
+                    {
+                        "type": "refund.requested",
+                        "refund_id": r["id"],
+                        "reference": ref,
+                        "amount": owed,
+                        "reason": reason,
+                        "deadline_ms": eff,
+                    }
+                )
             continue
         ev = payload
-        st = refs.setdefault(ev.reference, {"seen": (set(), set()), "net": 0, "settled": 0, "failed": False,
-                                            "open": None, "refunds": []})
+        st = refs.setdefault(
+            ev.reference, {"seen": (set(), set()), "net": 0, "settled": 0, "failed": False, "open": None, "refunds": []}
+        )
         if ev.event_id in st["seen"][s]:
             continue
         st["seen"][s].add(ev.event_id)
@@ -87,8 +98,14 @@ def decide(
                 r = active.pop()
                 r["active"] = False
                 excess -= r["amount"]
-                out.append({"type": "refund.cancel_requested", "refund_id": r["id"], "reference": ev.reference,
-                            "amount": r["amount"],
-                            "reason": "LATE_SETTLEMENT" if ev.type == "settled" else "LATE_REVERSAL",
-                            "deadline_ms": r["deadline"]})
+                out.append(
+                    {
+                        "type": "refund.cancel_requested",
+                        "refund_id": r["id"],
+                        "reference": ev.reference,
+                        "amount": r["amount"],
+                        "reason": "LATE_SETTLEMENT" if ev.type == "settled" else "LATE_REVERSAL",
+                        "deadline_ms": r["deadline"],
+                    }
+                )
     return out

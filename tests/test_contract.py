@@ -15,8 +15,8 @@ from stream.core.partition import Params
 from stream.core.validation import Rejection, parse_ledger, parse_payment
 from stream.drivers.replay import replay
 from tests.scenario import scenario_records
-from tests.test_schemas import EXAMPLES_DIR, StrictIntegerValidator, beyond_schema_errors, load_schema, validator_for
 from tests.test_properties import partition_input, run_engine
+from tests.test_schemas import EXAMPLES_DIR, StrictIntegerValidator, beyond_schema_errors, load_schema, validator_for
 
 PARSERS = {"qris.payment-requests": parse_payment, "qris.ledger-debits": parse_ledger}
 ROLE_TOPIC = {"refunds": "qris.refunds", "alerts": "qris.alerts", "dead_letter": "qris.dead-letter"}
@@ -34,7 +34,9 @@ def test_parser_accepts_every_valid_example(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", _examples("invalid") + _examples("beyond-schema"), ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}/{p.name}"
+    "path",
+    _examples("invalid") + _examples("beyond-schema"),
+    ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}/{p.name}",
 )
 def test_parser_rejects_every_invalid_example(path: Path) -> None:
     parsed = PARSERS[path.parent.parent.name](None, path.read_bytes())
@@ -43,7 +45,10 @@ def test_parser_rejects_every_invalid_example(path: Path) -> None:
 
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**40), 2**41) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**41)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
     max_leaves=4,
@@ -59,7 +64,10 @@ def mutated_input(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
         if draw(st.booleans()):
             base.pop(field, None)
         else:
-            base[field] = draw(_json | st.sampled_from(["IDR", "settled", "debited", "requested", "2025-03-29T07:00:00Z", 0, 1, 10**12]))
+            base[field] = draw(
+                _json
+                | st.sampled_from(["IDR", "settled", "debited", "requested", "2025-03-29T07:00:00Z", 0, 1, 10**12])
+            )
     return topic, base
 
 
@@ -89,7 +97,9 @@ def test_every_record_emitted_for_the_scenario_validates() -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(partition_input(), st.lists(st.integers(0, 1), max_size=40))
-def test_every_record_emitted_for_generated_input_validates(inp: tuple[list[bytes], list[bytes]], schedule: list[int]) -> None:
+def test_every_record_emitted_for_generated_input_validates(
+    inp: tuple[list[bytes], list[bytes]], schedule: list[int]
+) -> None:
     p, l = inp  # noqa: E741
     for v in run_engine(p, l, schedule, True):
         role = "refunds" if "refund_id" in v and "type" in v else "alerts" if "alert_id" in v else "dead_letter"

@@ -33,7 +33,9 @@ class Feed:
     def _feed(self, s: Stream, value: bytes, key: bytes | None) -> list:
         off = self.offsets[s]
         self.offsets[s] += 1
-        got = self.eng.on_record(s, off, key if key is not None else orjson.loads(value)["reference"].encode(), value, 0)
+        got = self.eng.on_record(
+            s, off, key if key is not None else orjson.loads(value)["reference"].encode(), value, 0
+        )
         self.out.extend(got)
         return got
 
@@ -249,7 +251,9 @@ def test_drain_fires_every_pending_deadline() -> None:
         (payment("e", "settled", "R1", 0, terminal_id=7), b"R1", "wrong_type"),
     ],
 )
-def test_bad_records_go_to_the_dead_letter_topic_with_their_original_bytes(value: bytes, key: bytes | None, error: str) -> None:
+def test_bad_records_go_to_the_dead_letter_topic_with_their_original_bytes(
+    value: bytes, key: bytes | None, error: str
+) -> None:
     eng = PartitionEngine(3, PARAMS)
     out = eng.on_record(P, 17, key, value, 1234)
     dl = [d for d in out if d.role == "dead_letter"]

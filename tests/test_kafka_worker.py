@@ -12,12 +12,13 @@ import orjson
 import pytest
 
 from stream.core.partition import Params
-from stream.drivers.replay import replay
 from stream.drivers.kafkaread import read_topics
+from stream.drivers.replay import replay
 from tests.kafka_support import Topics, Worker, consume, fresh_topics, produce, require_broker
 from tests.scenario import LEDGER, PAYMENT, scenario_records
 
 pytestmark = pytest.mark.kafka
+
 
 def canon(values: list[dict[str, Any]]) -> list[bytes]:
     return sorted(orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in values)
@@ -32,7 +33,9 @@ def expected_outputs(bootstrap: str, topics: Topics) -> dict[str, list[dict[str,
     return by_role
 
 
-def live_by_role(got: list[tuple[str, bytes | None, dict[str, Any]]], topics: Topics) -> dict[str, list[dict[str, Any]]]:
+def live_by_role(
+    got: list[tuple[str, bytes | None, dict[str, Any]]], topics: Topics
+) -> dict[str, list[dict[str, Any]]]:
     role = {topics.refunds: "refunds", topics.alerts: "alerts", topics.dead_letter: "dead_letter"}
     by_role: dict[str, list[dict[str, Any]]] = {"refunds": [], "alerts": [], "dead_letter": []}
     for topic, _key, value in got:

@@ -37,10 +37,12 @@ def partition_input(draw: st.DrawFn) -> tuple[list[bytes], list[bytes]]:
                 l.append((t, ledger(eid, kind, ref, t, amount)))
             else:
                 p.append((t, payment(eid, kind, ref, t, amount)))
+
     # Mostly time-ordered, with local disorder: sort by a jittered time.
     def order(recs: list[tuple[float, bytes]]) -> list[bytes]:
         jitter = [draw(st.floats(-40, 40, allow_nan=False)) for _ in recs]
         return [b for _, _, b in sorted((t + j, k, b) for k, ((t, b), j) in enumerate(zip(recs, jitter, strict=True)))]
+
     pp, ll = order(p), order(l)
     # Redeliveries: repeat some records later in their own stream.
     for recs in (pp, ll):
@@ -79,12 +81,15 @@ def run_engine(p: list[bytes], l: list[bytes], schedule: list[int], drain: bool)
 def refund_view(values: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return sorted(
         (v["type"], v["refund_id"], v["reference"], v["amount"], v["reason"], parse_ms(v["deadline"]))
-        for v in values if "refund_id" in v and "type" in v
+        for v in values
+        if "refund_id" in v and "type" in v
     )
 
 
 def model_view(values: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    return sorted((v["type"], v["refund_id"], v["reference"], v["amount"], v["reason"], v["deadline_ms"]) for v in values)
+    return sorted(
+        (v["type"], v["refund_id"], v["reference"], v["amount"], v["reason"], v["deadline_ms"]) for v in values
+    )
 
 
 def canon(values: list[dict[str, Any]]) -> list[bytes]:
@@ -96,7 +101,9 @@ COMMON = settings(max_examples=300, deadline=None, suppress_health_check=[Health
 
 @COMMON
 @given(partition_input(), st.lists(st.integers(0, 1), max_size=80), st.booleans())
-def test_engine_agrees_with_the_reference_model(inp: tuple[list[bytes], list[bytes]], schedule: list[int], drain: bool) -> None:
+def test_engine_agrees_with_the_reference_model(
+    inp: tuple[list[bytes], list[bytes]], schedule: list[int], drain: bool
+) -> None:
     p, l = inp  # noqa: E741
     got = refund_view(run_engine(p, l, schedule, drain))
     want = model_view(decide(p, l, timeout_ms=TIMEOUT_MS, lateness_ms=LATENESS_MS, drain=drain))
@@ -104,7 +111,9 @@ def test_engine_agrees_with_the_reference_model(inp: tuple[list[bytes], list[byt
 
 
 @COMMON
-@given(partition_input(), st.lists(st.integers(0, 1), max_size=80), st.lists(st.integers(0, 1), max_size=80), st.booleans())
+@given(
+    partition_input(), st.lists(st.integers(0, 1), max_size=80), st.lists(st.integers(0, 1), max_size=80), st.booleans()
+)
 def test_any_interleaving_of_the_two_streams_gives_the_same_decisions(
     inp: tuple[list[bytes], list[bytes]], a: list[int], b: list[int], drain: bool
 ) -> None:
@@ -128,7 +137,9 @@ def test_redelivery_changes_nothing(inp: tuple[list[bytes], list[bytes]], data: 
 
 @COMMON
 @given(partition_input(), st.lists(st.integers(0, 1), max_size=80))
-def test_active_refunds_never_exceed_what_was_debited(inp: tuple[list[bytes], list[bytes]], schedule: list[int]) -> None:
+def test_active_refunds_never_exceed_what_was_debited(
+    inp: tuple[list[bytes], list[bytes]], schedule: list[int]
+) -> None:
     p, l = inp  # noqa: E741
     eng = PartitionEngine(0, PARAMS)
     idx = [0, 0]

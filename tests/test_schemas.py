@@ -47,11 +47,7 @@ def closed(schema: dict[str, Any]) -> dict[str, Any]:
     def close(node: Any) -> Any:
         if isinstance(node, dict):
             node = {key: close(value) for key, value in node.items()}
-            if (
-                node.get("type") == "object"
-                and "properties" in node
-                and "additionalProperties" not in node
-            ):
+            if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node:
                 node["additionalProperties"] = False
             return node
         if isinstance(node, list):
@@ -126,9 +122,7 @@ def _refund_errors(value: dict[str, Any]) -> Iterator[str]:
     net = evidence["net_debited"]
     settled = evidence["settled_amount"]
     active = evidence["active_refunds_before"]
-    entries = sum(d["amount"] for d in evidence["debits"]) - sum(
-        r["amount"] for r in evidence["reversals"]
-    )
+    entries = sum(d["amount"] for d in evidence["debits"]) - sum(r["amount"] for r in evidence["reversals"])
     if net != entries:
         yield f"net_debited {net} != debits - reversals {entries}"
     settlement = evidence["settlement"]
@@ -216,9 +210,7 @@ def test_schema_is_valid_draft_2020_12(topic: str) -> None:
 
 
 def test_no_stray_schema_files() -> None:
-    assert sorted(p.name for p in SCHEMAS_DIR.glob("*.json")) == sorted(
-        f"{t}.schema.json" for t in TOPICS
-    )
+    assert sorted(p.name for p in SCHEMAS_DIR.glob("*.json")) == sorted(f"{t}.schema.json" for t in TOPICS)
     assert sorted(p.name for p in EXAMPLES_DIR.iterdir()) == sorted(TOPICS)
 
 
@@ -289,10 +281,7 @@ def test_every_topic_has_valid_and_invalid_examples(topic: str) -> None:
 
 
 def _valid_values(topic: str, field: str) -> set[Any]:
-    return {
-        json.loads(p.read_text()).get(field)
-        for p in (EXAMPLES_DIR / topic / "valid").glob("*.json")
-    }
+    return {json.loads(p.read_text()).get(field) for p in (EXAMPLES_DIR / topic / "valid").glob("*.json")}
 
 
 @pytest.mark.parametrize(
@@ -327,9 +316,7 @@ def _valid_values(topic: str, field: str) -> set[Any]:
         ("qris.alerts", "status", {None, "opened", "updated", "resolved"}),
     ],
 )
-def test_valid_examples_cover_every_value_of_closed_sets(
-    topic: str, field: str, expected: set[Any]
-) -> None:
+def test_valid_examples_cover_every_value_of_closed_sets(topic: str, field: str, expected: set[Any]) -> None:
     assert _valid_values(topic, field) == expected
 
 
@@ -381,9 +368,7 @@ def test_timestamp_pattern_accepts_exactly_the_real_calendar_dates() -> None:
         ("0000-03-01T00:00:00Z", -62162035200000),
     ],
 )
-def test_timestamp_pattern_accepts_what_the_millisecond_reading_understands(
-    text: str, expected_ms: int
-) -> None:
+def test_timestamp_pattern_accepts_what_the_millisecond_reading_understands(text: str, expected_ms: int) -> None:
     assert _timestamp_accepts(text)
     assert instant_ms(text) == expected_ms
 

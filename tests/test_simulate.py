@@ -59,9 +59,7 @@ LATENESS_MS = 30_000  # the contract's default A
 
 # -- the contract's input rules, read independently of stream.core --------------------------
 
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?(Z|[+-](\d{2}):(\d{2}))"
-)
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?(Z|[+-](\d{2}):(\d{2}))")
 _TYPES = {PAYMENT_TOPIC: {"requested", "settled", "failed"}, LEDGER_TOPIC: {"debited", "reversed"}}
 _OPTIONAL_STRINGS = (
     "merchant_name",
@@ -217,9 +215,7 @@ def unsettled(references: dict[str, Reference]) -> dict[str, Reference]:
 
 def _replay_bytes(scenario: str, seed: int) -> bytes:
     sink = io.BytesIO()
-    write_replay(
-        generate(scenario, seed=seed, start_ms=START_MS, minutes=30, rate_per_min=200), sink
-    )
+    write_replay(generate(scenario, seed=seed, start_ms=START_MS, minutes=30, rate_per_min=200), sink)
     return sink.getvalue()
 
 
@@ -286,9 +282,7 @@ def test_murmur2_matches_kafka_python(key: bytes) -> None:
     st.binary(max_size=12),
     st.integers(1, 64),
 )
-def test_key_partitioner_equals_the_plain_one(
-    suffixes: list[bytes], prefix: bytes, partitions: int
-) -> None:
+def test_key_partitioner_equals_the_plain_one(suffixes: list[bytes], prefix: bytes, partitions: int) -> None:
     partitioner = KeyPartitioner(partitions)
     for suffix in suffixes:  # shared prefixes exercise the cached hash states
         key = prefix + suffix
@@ -350,9 +344,7 @@ def test_ground_truth_owed_matches_the_records(scenario: str) -> None:
     run = simulated(scenario)
     owed = {}
     for reference, r in by_reference(run).items():
-        net = sum(e["amount"] for e in r.events["debited"]) - sum(
-            e["amount"] for e in r.events["reversed"]
-        )
+        net = sum(e["amount"] for e in r.events["debited"]) - sum(e["amount"] for e in r.events["reversed"])
         settled = r.events["settled"][0]["amount"] if r.events["settled"] else 0
         if net - settled > 0:
             owed[reference] = net - settled
@@ -387,9 +379,7 @@ def test_lebaran_is_several_times_normal_with_the_same_failure_rate() -> None:
     failed: dict[str, int] = {}
     for scenario in ("normal", "lebaran"):
         truth = day[scenario] = GroundTruth()
-        records = generate(
-            scenario, seed=2, start_ms=START_MS, minutes=24 * 60, rate_per_min=8, truth=truth
-        )
+        records = generate(scenario, seed=2, start_ms=START_MS, minutes=24 * 60, rate_per_min=8, truth=truth)
         failed[scenario] = sum(b'"type":"failed"' in r.value for r in records)
     assert 3.0 < day["lebaran"].payments / day["normal"].payments < 5.0
     for scenario, truth in day.items():
@@ -456,9 +446,7 @@ def test_failed_payments_with_and_without_reversal() -> None:
     references = by_reference(simulated("failed")).values()
     failed = [r for r in references if r.events["failed"]]
     kinds = Counter(
-        "before debit"
-        if not r.events["debited"]
-        else ("reversed" if r.events["reversed"] else "not reversed")
+        "before debit" if not r.events["debited"] else ("reversed" if r.events["reversed"] else "not reversed")
         for r in failed
     )
     assert min(kinds.values()) > 30 and len(kinds) == 3
@@ -525,9 +513,7 @@ def test_malformed_scenario_produces_every_kind_of_bad_record() -> None:
     ):
         assert reasons[expected] > 0, expected
     amounts = {
-        type(orjson.loads(r.value).get("amount")).__name__
-        for r, p in run.invalid
-        if p == ["amount not a JSON integer"]
+        type(orjson.loads(r.value).get("amount")).__name__ for r, p in run.invalid if p == ["amount not a JSON integer"]
     }
     assert amounts == {"str", "float", "bool"}
 
@@ -545,17 +531,13 @@ def test_mixed_has_a_bit_of_everything() -> None:
 
 def test_payments_cap_stops_arrivals_but_finishes_lifecycles() -> None:
     truth = GroundTruth()
-    records = list(
-        generate("mixed", seed=3, start_ms=START_MS, minutes=None, payments=500, truth=truth)
-    )
+    records = list(generate("mixed", seed=3, start_ms=START_MS, minutes=None, payments=500, truth=truth))
     assert truth.payments == 500
     # The outage is placed 40% into the expected length: 500 payments at 300 a minute.
     assert truth.outage_window_ms == (START_MS + 40_000, START_MS + 40_000 + 20 * 60_000)
     events = {
         (value["type"], value["event_id"])
-        for value in (
-            orjson.loads(r.value) for r in records if not violations(r.topic, r.key, r.value)
-        )
+        for value in (orjson.loads(r.value) for r in records if not violations(r.topic, r.key, r.value))
     }
     kinds = Counter(kind for kind, _ in events)
     assert kinds["requested"] == 500 and kinds["settled"] > 450

@@ -29,8 +29,16 @@ def rupiah(amount: int) -> str:
 
 
 def _alert(
-    alert_id: str, kind: str, severity: str, scope_type: str, scope_id: str, at_ms: int | None,
-    partition: int | None, summary: str, observed: dict[str, Any], **extra: Any,
+    alert_id: str,
+    kind: str,
+    severity: str,
+    scope_type: str,
+    scope_id: str,
+    at_ms: int | None,
+    partition: int | None,
+    summary: str,
+    observed: dict[str, Any],
+    **extra: Any,
 ) -> Decision:
     value: dict[str, Any] = {
         "alert_id": alert_id,
@@ -57,8 +65,13 @@ def _merchant_scope(st: ReferenceState) -> tuple[str, str]:
 
 
 def cancellation_alert(
-    st: ReferenceState, refund: Refund, cancel_id: str, reason: str, trigger: PaymentEvent | LedgerEvent,
-    eff_ms: int, partition: int,
+    st: ReferenceState,
+    refund: Refund,
+    cancel_id: str,
+    reason: str,
+    trigger: PaymentEvent | LedgerEvent,
+    eff_ms: int,
+    partition: int,
 ) -> Decision:
     """A refund was cancelled: it may already have been paid out, so a person checks."""
     scope_type, scope_id = _merchant_scope(st)
@@ -70,9 +83,18 @@ def cancellation_alert(
         "check whether it was already paid out"
     )
     return _alert(
-        ids.alert_id(reason, cancel_id), reason, "warning", scope_type, scope_id, eff_ms, partition, summary,
+        ids.alert_id(reason, cancel_id),
+        reason,
+        "warning",
+        scope_type,
+        scope_id,
+        eff_ms,
+        partition,
+        summary,
         {"amount_idr": refund.amount, "late_by_s": late_s, "net_debited_idr": st.net, "settled_idr": st.settled},
-        references=[st.reference], reference=st.reference, refund_id=refund.refund_id,
+        references=[st.reference],
+        reference=st.reference,
+        refund_id=refund.refund_id,
         account_id_masked=mask_account(st.account_id),
     )
 
@@ -89,10 +111,18 @@ def over_refund_alert(
         f"{rupiah(excess)} too much, needs a person"
     )
     return _alert(
-        ids.alert_id("OVER_REFUND", st.reference, trigger.event_id), "OVER_REFUND", "critical", scope_type,
-        scope_id, eff_ms, partition, summary,
+        ids.alert_id("OVER_REFUND", st.reference, trigger.event_id),
+        "OVER_REFUND",
+        "critical",
+        scope_type,
+        scope_id,
+        eff_ms,
+        partition,
+        summary,
         {"active_refunds_idr": active, "net_debited_idr": st.net, "settled_idr": st.settled, "excess_idr": excess},
-        references=[st.reference], reference=st.reference, account_id_masked=mask_account(st.account_id),
+        references=[st.reference],
+        reference=st.reference,
+        account_id_masked=mask_account(st.account_id),
     )
 
 
@@ -101,8 +131,16 @@ def dead_letter_alert(topic: str, partition: int, count: int, error: str, reason
     rejection of that partition, so a stream of bad records is one alert per order of magnitude."""
     summary = f"{count} rejected record(s) on {topic} partition {partition}; latest ({error}): {reason}"
     return _alert(
-        ids.alert_id("DEAD_LETTER", topic, partition, count), "DEAD_LETTER", "warning" if count < 100 else "critical",
-        "all", "all", at_ms, partition, summary, {"rejected": count}, topic=topic,
+        ids.alert_id("DEAD_LETTER", topic, partition, count),
+        "DEAD_LETTER",
+        "warning" if count < 100 else "critical",
+        "all",
+        "all",
+        at_ms,
+        partition,
+        summary,
+        {"rejected": count},
+        topic=topic,
     )
 
 
@@ -119,6 +157,14 @@ def feed_silent_alert(
     if silent_since_ms is not None:
         observed["silent_event_time_s"] = (advanced_to_ms - silent_since_ms) / 1000
     return _alert(
-        ids.alert_id("FEED_SILENT", topic, partition, silent_since_ms), "FEED_SILENT", "critical", "all", "all",
-        advanced_to_ms, partition, summary, observed, topic=topic,
+        ids.alert_id("FEED_SILENT", topic, partition, silent_since_ms),
+        "FEED_SILENT",
+        "critical",
+        "all",
+        "all",
+        advanced_to_ms,
+        partition,
+        summary,
+        observed,
+        topic=topic,
     )

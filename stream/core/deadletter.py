@@ -13,8 +13,13 @@ from .validation import Rejection
 
 
 def dead_letter_record(
-    topic: str, partition: int, offset: int, timestamp_ms: int | None, key: bytes | None,
-    value: bytes | None, rejection: Rejection,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+    key: bytes | None,
+    value: bytes | None,
+    rejection: Rejection,
 ) -> Decision:
     """The dead letter for a rejected record; `dead_letter_id` is `<topic>:<partition>:<offset>`."""
     key_text: str | None = None

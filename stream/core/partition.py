@@ -132,7 +132,12 @@ class PartitionEngine:
         return self._release(w if w > self.forced_ms else self.forced_ms)
 
     def _reject(
-        self, stream: Stream, offset: int, key: bytes | None, value: bytes | None, timestamp_ms: int | None,
+        self,
+        stream: Stream,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int | None,
         rejection: Rejection,
     ) -> list[Decision]:
         s = int(stream)
@@ -146,7 +151,9 @@ class PartitionEngine:
             # The alert's time: the record's Kafka time, else the newest event time seen here.
             known = [m for m in self.max_ms if m is not None]
             at_ms = timestamp_ms if timestamp_ms is not None else max(known, default=0)
-            out.append(dead_letter_alert(topic, self.partition, self.rejected[s], rejection.error, rejection.reason, at_ms))
+            out.append(
+                dead_letter_alert(topic, self.partition, self.rejected[s], rejection.error, rejection.reason, at_ms)
+            )
         return out
 
     def advance_to(self, watermark_ms: int) -> list[Decision]:
@@ -170,7 +177,9 @@ class PartitionEngine:
             self.meta_dirty = True
             topics = (self.params.payment_topic, self.params.ledger_topic)
             target = other_max - self.params.lateness_ms
-            out.append(feed_silent_alert(topics[s], self.partition, self.max_ms[s], max(target, self.watermark_ms), topics[o]))
+            out.append(
+                feed_silent_alert(topics[s], self.partition, self.max_ms[s], max(target, self.watermark_ms), topics[o])
+            )
         out.extend(self.advance_to(other_max - self.params.lateness_ms))
         return out
 

@@ -51,8 +51,13 @@ class ReferenceState:
     # -- records ---------------------------------------------------------------------------
 
     def apply(
-        self, stream: Stream, offset: int, eff_ms: int, event: PaymentEvent | LedgerEvent,
-        timeout_ms: int, partition: int,
+        self,
+        stream: Stream,
+        offset: int,
+        eff_ms: int,
+        event: PaymentEvent | LedgerEvent,
+        timeout_ms: int,
+        partition: int,
     ) -> tuple[list[Decision], int | None]:
         """Apply one record in processing order. Returns decisions and, when the record opened
         a cycle, the new deadline (the caller schedules the timer).
@@ -111,9 +116,7 @@ class ReferenceState:
             newest.active = False
             excess -= newest.amount
             cancel_id = ids.cancel_id(newest.refund_id, trigger.event_id)
-            out.append(
-                cancellation_record(self, newest, cancel_id, reason, trigger, eff_ms, partition, active_before)
-            )
+            out.append(cancellation_record(self, newest, cancel_id, reason, trigger, eff_ms, partition, active_before))
             out.append(cancellation_alert(self, newest, cancel_id, reason, trigger, eff_ms, partition))
         if excess > 0:
             out.append(over_refund_alert(self, excess, trigger, eff_ms, partition))
@@ -169,19 +172,18 @@ class ReferenceState:
             reference=d["ref"],
             seen_p=list(d["sp"]),
             seen_l=list(d["sl"]),
-            debits=[tuple(x) for x in d["d"]],  # type: ignore[misc]
-            reversals=[tuple(x) for x in d["r"]],  # type: ignore[misc]
-            settlement=tuple(d["st"]) if d["st"] else None,  # type: ignore[arg-type]
-            failure=tuple(d["f"]) if d["f"] else None,  # type: ignore[arg-type]
+            debits=[tuple(x) for x in d["d"]],
+            reversals=[tuple(x) for x in d["r"]],
+            settlement=tuple(d["st"]) if d["st"] else None,
+            failure=tuple(d["f"]) if d["f"] else None,
             request=PaymentEvent(**d["rq"]) if d["rq"] else None,
             account_id=d["a"],
             net=d["n"],
             settled=d["s"],
             cycle_deadline_ms=d["cd"],
-            cycle_opened_by=tuple(d["co"]) if d["co"] else None,  # type: ignore[arg-type]
+            cycle_opened_by=tuple(d["co"]) if d["co"] else None,
             refunds=[Refund(*r) for r in d["rf"]],
             last_eff_ms=d["le"],
-            last_key=tuple(d["lk"]),  # type: ignore[arg-type]
-            retention=tuple(d["rt"]) if d["rt"] else None,  # type: ignore[arg-type]
+            last_key=tuple(d["lk"]),
+            retention=tuple(d["rt"]) if d["rt"] else None,
         )
-

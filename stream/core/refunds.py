@@ -51,10 +51,17 @@ def evidence(
     rq = st.request
     if rq is not None:
         request = {
-            "event_id": rq.event_id, "occurred_at": rq.occurred_at, "amount": rq.amount,
-            "merchant_id": rq.merchant_id, "merchant_name": rq.merchant_name, "mcc": rq.mcc,
-            "acquirer_id": rq.acquirer_id, "issuer_id": rq.issuer_id, "switch_id": rq.switch_id,
-            "terminal_id": rq.terminal_id, "channel": rq.channel,
+            "event_id": rq.event_id,
+            "occurred_at": rq.occurred_at,
+            "amount": rq.amount,
+            "merchant_id": rq.merchant_id,
+            "merchant_name": rq.merchant_name,
+            "mcc": rq.mcc,
+            "acquirer_id": rq.acquirer_id,
+            "issuer_id": rq.issuer_id,
+            "switch_id": rq.switch_id,
+            "terminal_id": rq.terminal_id,
+            "channel": rq.channel,
         }
     trig = None
     if trigger is not None and trigger_eff_ms is not None:
@@ -106,8 +113,14 @@ def refund_request_record(st: ReferenceState, refund: Refund, partition: int, ac
 
 
 def cancellation_record(
-    st: ReferenceState, refund: Refund, cancel_id: str, reason: str, trigger: PaymentEvent | LedgerEvent,
-    eff_ms: int, partition: int, active_before: int,
+    st: ReferenceState,
+    refund: Refund,
+    cancel_id: str,
+    reason: str,
+    trigger: PaymentEvent | LedgerEvent,
+    eff_ms: int,
+    partition: int,
+    active_before: int,
 ) -> Decision:
     """`refund.cancel_requested` for `refund`, decided when `trigger` was processed."""
     value = {"type": "refund.cancel_requested", **_common(st, refund, partition)}

@@ -115,7 +115,9 @@ def _common(obj: dict[str, Any], key: bytes | None, types: frozenset[str]) -> tu
         try:
             key_text = key.decode("utf-8")
         except UnicodeDecodeError:
-            raise _Reject("key_mismatch", "the record key is not UTF-8, so it cannot equal 'reference'", "reference") from None
+            raise _Reject(
+                "key_mismatch", "the record key is not UTF-8, so it cannot equal 'reference'", "reference"
+            ) from None
         if key_text != reference:
             raise _Reject(
                 "key_mismatch", f"the record key {key_text[:64]!r} differs from reference {reference!r}", "reference"
@@ -149,14 +151,22 @@ def _fast_common(obj: Any, key: bytes | None, types: frozenset[str]) -> tuple[st
         return None
     get = obj.get
     event_id, typ, reference, occurred_at, amount = (
-        get("event_id"), get("type"), get("reference"), get("occurred_at"), get("amount")
+        get("event_id"),
+        get("type"),
+        get("reference"),
+        get("occurred_at"),
+        get("amount"),
     )
     if not (
-        type(event_id) is str and 0 < len(event_id) <= 128
-        and type(typ) is str and typ in types
-        and type(reference) is str and 0 < len(reference) <= 64
+        type(event_id) is str
+        and 0 < len(event_id) <= 128
+        and type(typ) is str
+        and typ in types
+        and type(reference) is str
+        and 0 < len(reference) <= 64
         and type(occurred_at) is str
-        and type(amount) is int and 0 < amount <= MAX_AMOUNT
+        and type(amount) is int
+        and 0 < amount <= MAX_AMOUNT
         and get("currency") == CURRENCY
         and (key is None or key == reference.encode("utf-8"))
     ):
@@ -231,7 +241,15 @@ def parse_payment(key: bytes | None, value: bytes | None) -> PaymentEvent | Reje
     except _Reject as exc:
         return exc.rejection
     return PaymentEvent(
-        event_id, typ, reference, occurred_at, occurred_at_ms, amount, account_id, merchant_id, *opt  # type: ignore[arg-type]
+        event_id,
+        typ,  # type: ignore[arg-type]
+        reference,
+        occurred_at,
+        occurred_at_ms,
+        amount,
+        account_id,
+        merchant_id,
+        *opt,
     )
 
 

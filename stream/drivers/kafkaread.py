@@ -14,14 +14,23 @@ from .replayfile import KafkaRecord
 
 
 def read_topics(
-    bootstrap: str, topics: Sequence[str], *, from_ms: int | None = None, to_ms: int | None = None,
+    bootstrap: str,
+    topics: Sequence[str],
+    *,
+    from_ms: int | None = None,
+    to_ms: int | None = None,
     poll_timeout_ms: int = 1000,
 ) -> Iterator[KafkaRecord]:
     """Records of `topics` with Kafka timestamps in [from_ms, to_ms), per partition in offset order."""
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-        key_deserializer=None, value_deserializer=None, max_poll_records=5000,
-        fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        key_deserializer=None,
+        value_deserializer=None,
+        max_poll_records=5000,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
     )
     try:
         tps: list[TopicPartition] = []

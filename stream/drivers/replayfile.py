@@ -52,8 +52,12 @@ def line_to_record(line: dict[str, Any]) -> KafkaRecord:
         v = line.get("value")
         value = None if v is None else (v.encode("utf-8") if isinstance(v, str) else codec.dumps(v))
     return KafkaRecord(
-        line["topic"], int(line["partition"]), int(line["offset"]), line.get("timestamp_ms"),
-        key.encode("utf-8") if key is not None else None, value,
+        line["topic"],
+        int(line["partition"]),
+        int(line["offset"]),
+        line.get("timestamp_ms"),
+        key.encode("utf-8") if key is not None else None,
+        value,
     )
 
 
@@ -78,13 +82,16 @@ def write_records(fh: IO[bytes], records: Iterable[KafkaRecord]) -> int:
 def decision_line(topic: str, partition: int, seq: int, d: Decision) -> bytes:
     """An output line: `partition` is the input partition that decided, `offset` the decision's
     sequence number among that partition's outputs to `topic`."""
-    return codec.dumps(
-        {
-            "topic": topic,
-            "partition": partition,
-            "offset": seq,
-            "timestamp_ms": d.at_ms,
-            "key": d.key.decode("utf-8", "replace") if d.key is not None else None,
-            "value": d.value,
-        }
-    ) + b"\n"
+    return (
+        codec.dumps(
+            {
+                "topic": topic,
+                "partition": partition,
+                "offset": seq,
+                "timestamp_ms": d.at_ms,
+                "key": d.key.decode("utf-8", "replace") if d.key is not None else None,
+                "value": d.value,
+            }
+        )
+        + b"\n"
+    )

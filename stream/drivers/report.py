@@ -45,10 +45,16 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             alerts[label] += 1
             alert_lines.append(f"[{v['severity']}] {v['kind']}: {v['summary']}")
     return {
-        "refunds_requested": {"count": sum(req_n.values()), "idr": sum(req_idr.values()),
-                              "by_reason": {k: {"count": req_n[k], "idr": req_idr[k]} for k in sorted(req_n)}},
-        "cancellations": {"count": sum(can_n.values()), "idr": sum(can_idr.values()),
-                          "by_reason": {k: {"count": can_n[k], "idr": can_idr[k]} for k in sorted(can_n)}},
+        "refunds_requested": {
+            "count": sum(req_n.values()),
+            "idr": sum(req_idr.values()),
+            "by_reason": {k: {"count": req_n[k], "idr": req_idr[k]} for k in sorted(req_n)},
+        },
+        "cancellations": {
+            "count": sum(can_n.values()),
+            "idr": sum(can_idr.values()),
+            "by_reason": {k: {"count": can_n[k], "idr": can_idr[k]} for k in sorted(can_n)},
+        },
         "dead_letters": {"count": sum(dl.values()), "by_error": dict(sorted(dl.items()))},
         "alerts": {"count": sum(alerts.values()), "by_kind": dict(sorted(alerts.items())), "lines": alert_lines},
     }

@@ -71,9 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``simulate`` options, added to ``parser``."""
     scenarios = "; ".join(f"{name}: {text}" for name, (text, _) in SCENARIOS.items())
     scenarios = scenarios.replace("%", "%%")  # argparse formats help with %
-    parser.add_argument(
-        "--scenario", choices=list(SCENARIOS), default="normal", help=f"{scenarios}"
-    )
+    parser.add_argument("--scenario", choices=list(SCENARIOS), default="normal", help=f"{scenarios}")
     parser.add_argument("--seed", type=int, default=1, help="same seed, same bytes (default 1)")
     parser.add_argument(
         "--start",
@@ -102,9 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ledger-topic", default=LEDGER_TOPIC)
     parser.add_argument("--issuer-id", help="our bank's id in the records (default BANKDKI)")
     parser.add_argument("--outage-switch", help="switch that stops settling (default RINTIS)")
-    parser.add_argument(
-        "--outage-start", type=event_time_ms, help="event time the outage starts (RFC 3339/ms)"
-    )
+    parser.add_argument("--outage-start", type=event_time_ms, help="event time the outage starts (RFC 3339/ms)")
     parser.add_argument("--outage-minutes", type=float, help="outage length (default 20)")
     parser.add_argument(
         "--set",

@@ -90,9 +90,7 @@ class Merchant:
         return self.prices[int(u * len(self.prices))]
 
 
-def price_list(
-    rng: random.Random, median: float, spread: float, size: int = PRICES
-) -> tuple[int, ...]:
+def price_list(rng: random.Random, median: float, spread: float, size: int = PRICES) -> tuple[int, ...]:
     """Long-tailed (log-normal) prices, rounded to 500 below 20,000 rupiah, else to 1,000.
 
     >>> prices = price_list(random.Random(1), 45_000, 0.55)
@@ -160,9 +158,7 @@ def build_catalogue(seed: int, size: int = 2000) -> Catalogue:
             nmid = f"ID10{rng.randrange(10**11):011d}"
         nmids.add(nmid)
         name = rng.choice(patterns).format(place=rng.choice(_PLACES), person=rng.choice(_PEOPLE))
-        terminals = tuple(
-            f"T{rng.randrange(10**7):07d}" for _ in range(1 + int(rng.random() ** 3 * 4))
-        )
+        terminals = tuple(f"T{rng.randrange(10**7):07d}" for _ in range(1 + int(rng.random() ** 3 * 4)))
         merchants.append(
             Merchant(
                 nmid=nmid,

@@ -103,9 +103,7 @@ def produce(
                 _check_topic(producer, record.topic, partitions)
                 checked.add(record.topic)
             key = record.key.encode() if record.key is not None else None
-            future = producer.send(
-                record.topic, value=record.value, key=key, timestamp_ms=record.timestamp_ms
-            )
+            future = producer.send(record.topic, value=record.value, key=key, timestamp_ms=record.timestamp_ms)
             future.add_errback(failures.append)
             count += 1
             if failures:
@@ -123,6 +121,4 @@ def _check_topic(producer: Any, topic: str, partitions: int | None) -> None:
     if not found:
         raise RuntimeError(f"topic {topic} does not exist or has no partitions")
     if partitions is not None and len(found) != partitions:
-        raise RuntimeError(
-            f"topic {topic} has {len(found)} partitions, the simulation assumed {partitions}"
-        )
+        raise RuntimeError(f"topic {topic} has {len(found)} partitions, the simulation assumed {partitions}")

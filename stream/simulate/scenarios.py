@@ -130,20 +130,10 @@ def resolve_knobs(scenario: str, overrides: dict[str, Any]) -> Knobs:
         value = getattr(knobs, name)
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be within [0, 1], got {value}")
-    payment_rates = (
-        knobs.failure_rate
-        + knobs.stuck_rate
-        + knobs.late_settlement_rate
-        + knobs.late_reversal_rate
-    )
+    payment_rates = knobs.failure_rate + knobs.stuck_rate + knobs.late_settlement_rate + knobs.late_reversal_rate
     if payment_rates > 1.0:
         raise ValueError("failure, stuck, late settlement and late reversal rates exceed 1")
-    transport_rates = (
-        knobs.disorder_rate
-        + knobs.disorder_beyond_rate
-        + knobs.redelivery_rate
-        + knobs.malformed_rate
-    )
+    transport_rates = knobs.disorder_rate + knobs.disorder_beyond_rate + knobs.redelivery_rate + knobs.malformed_rate
     if transport_rates > 1.0:
         # One record gets at most one of these, so their rates must fit in one draw.
         raise ValueError("disorder, disorder beyond, redelivery and malformed rates exceed 1")

@@ -44,8 +44,7 @@ _CODES_AFTER_DEBIT = ("68",) * 4 + ("91",) * 3 + ("96",) * 2 + ("05",)
 _WIB_SHARE = (0.75, 0.3)
 # Settlement delay after the debit: log-normal, median about 2 s, at most 10 s; as quantiles.
 _SETTLE_DELAYS_MS = tuple(
-    min(10_000, 600 + int(math.exp(7.3 + 0.6 * NormalDist().inv_cdf((n + 0.5) / 1024))))
-    for n in range(1024)
+    min(10_000, 600 + int(math.exp(7.3 + 0.6 * NormalDist().inv_cdf((n + 0.5) / 1024)))) for n in range(1024)
 )
 _MILLIS = tuple(f".{n:03d}" for n in range(1000))
 _DIGITS = tuple(f"{n:03d}" for n in range(1000))
@@ -204,9 +203,7 @@ class _Simulation:
                 offset = offsets[topic][partition]
                 offsets[topic][partition] = offset + 1
                 emitted += 1
-                yield new_record(
-                    SimRecord, (topics[topic], partition, offset, key, value, produce_ms)
-                )
+                yield new_record(SimRecord, (topics[topic], partition, offset, key, value, produce_ms))
             payment(arrival_ms)
         self._truth.payments = self._payment_count
         while heap:
@@ -234,9 +231,7 @@ class _Simulation:
         reference = f"QR{date}{tag}{self._payment_count:08d}"
         partition = self._partition(reference.encode())
 
-        merchant = self._merchants[
-            bisect.bisect_right(self._merchant_weights, rnd() * self._merchant_weight_total)
-        ]
+        merchant = self._merchants[bisect.bisect_right(self._merchant_weights, rnd() * self._merchant_weight_total)]
         u = rnd()
         account_id = self._account_ids[int(u * u * len(self._account_ids))]
         switch_id = merchant.switch_for(rnd())
@@ -435,9 +430,7 @@ class _Simulation:
 
     # -- records: event-time text, produce time, and what the transport does to them
 
-    def _send(
-        self, events: list[tuple[int, int, dict[str, Any]]], reference: str, partition: int
-    ) -> None:
+    def _send(self, events: list[tuple[int, int, dict[str, Any]]], reference: str, partition: int) -> None:
         rnd = self._rng.random
         heap = self._heap
         push = heapq.heappush
@@ -462,9 +455,7 @@ class _Simulation:
                 text_of_second = seconds[second] = second_text(second)
             style = (u * 1000.0) % 1.0
             if style < 0.1:  # finer than milliseconds
-                text = (
-                    f"{text_of_second}{_MILLIS[local_ms % 1000]}{_DIGITS[int(style * 9990)]}{zone}"
-                )
+                text = f"{text_of_second}{_MILLIS[local_ms % 1000]}{_DIGITS[int(style * 9990)]}{zone}"
             elif style < 0.6 and local_ms % 1000 == 0:  # whole seconds, when exact
                 text = text_of_second + zone
             else:

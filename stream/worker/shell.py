@@ -15,6 +15,7 @@ watermark when an input stream has been silent for `idle_timeout_s` (FEED_SILENT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
@@ -89,12 +90,15 @@ class ReconcileShell:
                 if k.endswith(META_SUFFIX):
                     meta = v
                 else:
-                    entries.append((k[len(prefix):].decode(), v))
+                    entries.append((k[len(prefix) :].decode(), v))
             eng = self.engines[partition] = PartitionEngine.restore(partition, self.params, meta, entries)
             self.clocks[partition] = PartitionClock()
             log.info(
                 "partition %d: state restored (%d references, %d waiting items, watermark %s)",
-                partition, len(eng.refs), len(eng.heap), eng.watermark_ms,
+                partition,
+                len(eng.refs),
+                len(eng.heap),
+                eng.watermark_ms,
             )
         return eng
 
@@ -137,10 +141,8 @@ class ReconcileShell:
             for ref, value in refs.items():
                 key = state_key(partition, ref)
                 if value is None:
-                    try:
+                    with contextlib.suppress(KeyError):
                         del table[key]
-                    except KeyError:
-                        pass
                 else:
                     table[key] = value
             if meta is not None:

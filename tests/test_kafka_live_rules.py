@@ -1,0 +1,129 @@
+"""Kafka tier: the live-only wall-clock rule (silent feeds) and the dump tool."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from kafka import KafkaProducer
+from stream.core.partition import Params
+from stream.drivers.replay import replay
+from stream.drivers.replayfile import KafkaRecord, read_records
+from tests.kafka_support import ROOT, Worker, consume, fresh_topics, produce, require_broker
+from tests.records import T0, ledger, payment
+from tests.scenario import LEDGER, PAYMENT, scenario_records
+
+pytestmark = pytest.mark.kafka
+
+
+def test_a_silent_payment_feed_still_lets_refund_timeouts_fire_and_raises_feed_silent(tmp_path: Path) -> None:
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=1)
+    topics.create(bootstrap)
+    worker = Worker(topics, tmp_path / "w", extra_env={"QRIS_IDLE_TIMEOUT_S": "3"})
+    worker.start(bootstrap)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        # Both feeds flow for a while; then the payment feed stops (the outage) while the
+        # ledger keeps debiting customers in real time.
+        for i in range(5):
+            ref = f"OK{i}"
+            producer.send(topics.payment, key=ref.encode(), value=payment(f"{ref}-q", "requested", ref, i))
+            producer.send(topics.ledger, key=ref.encode(), value=ledger(f"{ref}-d", "debited", ref, i))
+            producer.send(topics.payment, key=ref.encode(), value=payment(f"{ref}-s", "settled", ref, i + 1))
+        producer.send(topics.ledger, key=b"LOST", value=ledger("LOST-d", "debited", "LOST", 10))
+        producer.flush()
+        # Only the ledger flows now, every second, in event time up to 10 minutes later.
+        for k in range(12):
+            ref = f"L{k}"
+            producer.send(topics.ledger, key=ref.encode(), value=ledger(f"{ref}-d", "debited", ref, 60 + 50 * k))
+            producer.flush()
+            time.sleep(1)
+        got = consume(bootstrap, topics.outputs(), until=2, timeout_s=30, settle_s=2, worker=worker)
+    finally:
+        producer.close()
+        worker.stop()
+    values = [v for _t, _k, v in got]
+    silent = [v for v in values if v.get("kind") == "FEED_SILENT"]
+    assert len(silent) == 1, values
+    assert silent[0]["topic"] == topics.payment
+    refunds = {v["reference"]: v for v in values if v.get("type") == "refund.requested"}
+    assert "LOST" in refunds and refunds["LOST"]["reason"] == "SETTLEMENT_TIMEOUT"
+    assert not any(r.startswith("OK") for r in refunds)
+
+
+def test_dump_writes_the_contract_replay_file_and_replays_like_the_records(tmp_path: Path) -> None:
+    bootstrap = require_broker()
+    topics = fresh_topics()
+    topics.create(bootstrap)
+    records = scenario_records(topics.partitions)
+    produce(bootstrap, records, {PAYMENT: topics.payment, LEDGER: topics.ledger})
+    out = tmp_path / "dump.jsonl"
+    env_topics = ["--topics", topics.payment, topics.ledger]
+    subprocess.run(
+        [sys.executable, "-m", "stream", "dump", "--bootstrap", bootstrap, *env_topics, "--out", str(out)],
+        cwd=ROOT,
+        check=True,
+    )
+    lines = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert len(lines) == len(records)
+    assert set(lines[0]) >= {"topic", "partition", "offset", "timestamp_ms", "key"}
+    assert all(("value" in x) != ("value_b64" in x) for x in lines)
+    # Per partition the dump keeps the offset order and the exact bytes.
+    by_tp: dict[tuple[str, int], list[bytes | None]] = {}
+    for rec in read_records(out.open("rb")):
+        by_tp.setdefault((rec.topic, rec.partition), []).append(rec.value)
+    for rec in records:
+        topic = topics.payment if rec.topic == PAYMENT else topics.ledger
+        assert rec.value in by_tp[(topic, rec.partition)]
+    sent = {}
+    for rec in records:
+        sent.setdefault((topics.payment if rec.topic == PAYMENT else topics.ledger, rec.partition), []).append(
+            rec.value
+        )
+    assert by_tp == sent
+    # Replaying the dump decides the same as replaying the records themselves.
+    params = Params(payment_topic=topics.payment, ledger_topic=topics.ledger)
+
+    def refunds(recs: object) -> list[bytes]:
+        return sorted(
+            orjson.dumps(d.value, option=orjson.OPT_SORT_KEYS)
+            for _p, d in replay(recs, params)  # type: ignore[arg-type]
+            if d.role == "refunds"
+        )
+
+    renamed = [
+        KafkaRecord(
+            topics.payment if r.topic == PAYMENT else topics.ledger, r.partition, r.offset, None, r.key, r.value
+        )
+        for r in records
+    ]
+    from_dump = refunds(read_records(out.open("rb")))
+    assert len(from_dump) == 50
+    assert from_dump == refunds(renamed)
+    # A time range selects by Kafka record time: nothing before the epoch start of the test.
+    out2 = tmp_path / "later.jsonl"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stream",
+            "dump",
+            "--bootstrap",
+            bootstrap,
+            *env_topics,
+            "--out",
+            str(out2),
+            "--from",
+            str(int(time.time() * 1000) + 3_600_000),
+        ],
+        cwd=ROOT,
+        check=True,
+    )
+    assert out2.read_bytes() == b""
+    assert T0 > 0
