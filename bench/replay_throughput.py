@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,9 +27,27 @@ def generate(path: Path, records: int, seed: int) -> int:
     payments = max(1, records // 3)
     minutes = max(60, payments // 400)
     subprocess.run(
-        [sys.executable, "-m", "stream", "simulate", "--scenario", "mixed", "--seed", str(seed),
-         "--payments", str(payments), "--minutes", str(minutes), "--rate-per-min", "600", "--out", str(path)],
-        cwd=ROOT, check=True, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "stream",
+            "simulate",
+            "--scenario",
+            "mixed",
+            "--seed",
+            str(seed),
+            "--payments",
+            str(payments),
+            "--minutes",
+            str(minutes),
+            "--rate-per-min",
+            "600",
+            "--out",
+            str(path),
+        ],
+        cwd=ROOT,
+        check=True,
+        stderr=subprocess.DEVNULL,
     )
     with open(path, "rb") as fh:
         return sum(1 for _ in fh)
@@ -49,7 +66,9 @@ def run_replay(path: Path, out: Path, jobs: int) -> tuple[float, int]:
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", code, "replay", "--in", str(path), "--out", str(out), "--drain", "--jobs", str(jobs)],
-        cwd=ROOT, check=True, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        check=True,
+        stderr=subprocess.PIPE,
     )
     elapsed = time.perf_counter() - started
     return elapsed, int(proc.stderr.decode().strip().splitlines()[-1])
@@ -74,8 +93,10 @@ def main() -> int:
             for jobs in args.jobs:  # interleaved, so a noisy moment hits every variant alike
                 elapsed, peak_kib = run_replay(path, out, jobs)
                 rates[jobs].append(n / elapsed)
-                print(f"run {i + 1} jobs={jobs}: {elapsed:.2f} s, {n / elapsed:,.0f} records/s, "
-                      f"peak RSS per process {peak_kib / 1024:.0f} MiB")
+                print(
+                    f"run {i + 1} jobs={jobs}: {elapsed:.2f} s, {n / elapsed:,.0f} records/s, "
+                    f"peak RSS per process {peak_kib / 1024:.0f} MiB"
+                )
         with open(out, "rb") as fh:
             decisions = sum(1 for _ in fh)
         print(f"decisions: {decisions}")
