@@ -162,6 +162,12 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    return demo.run(args, _settings(args))
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .simulate import cli as simulate_cli
 
@@ -234,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("settings", help="print the effective QRIS_* settings")
     p.set_defaults(func=cmd_settings)
+
+    p = sub.add_parser("demo", help="the outage scenario end to end on the broker, with a report")
+    _common(p)
+    from . import demo
+
+    demo.add_arguments(p)
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("simulate", help="generate realistic QRIS traffic to Kafka or a replay file")
     try:
