@@ -31,8 +31,8 @@ class Settings:
     app_id: str = "qris-guard"
     store: str = "rocksdb://"
     data_dir: str = "var/worker"
-    batch_max: int = 2000
-    batch_within_s: float = 0.05
+    batch_max: int = 10000
+    batch_within_s: float = 0.25
     web_port: int = 6066
     session_timeout_s: float = 30.0
     log_level: str = "info"

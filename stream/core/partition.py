@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from . import codec
 from .alerts import dead_letter_alert, feed_silent_alert
 from .deadletter import dead_letter_record
 from .decisions import Decision
-from .records import LedgerEvent, PaymentEvent, Stream
+from .records import LedgerEvent, PaymentEvent, Stream, event_fields
 from .reference import ReferenceState
 from .validation import Rejection, parse_ledger, parse_payment
 
@@ -285,7 +285,7 @@ class PartitionEngine:
         return codec.dumps(
             {
                 "state": st.to_json() if st is not None else None,
-                "pending": [[e, s, o, asdict(ev)] for e, _k, s, o, _r, ev in (pend or ()) if ev is not None],
+                "pending": [[e, s, o, event_fields(ev)] for e, _k, s, o, _r, ev in (pend or ()) if ev is not None],
             }
         )
 
@@ -324,7 +324,7 @@ class PartitionEngine:
                 if st.retention is not None:
                     eng.retention_heap.append((*st.retention, ref))
             for eff, s, offset, ev in d["pending"]:
-                event = PaymentEvent(**ev) if s == 0 else LedgerEvent(**ev)
+                event = PaymentEvent(*ev) if s == 0 else LedgerEvent(*ev)
                 item: Item = (eff, RECORD, s, offset, ref, event)
                 heap.append(item)
                 eng.pending.setdefault(ref, []).append(item)

@@ -72,3 +72,13 @@ class LedgerEvent:
 
 
 InputEvent = PaymentEvent | LedgerEvent
+
+
+def event_fields(event: InputEvent) -> list[object]:
+    """The event's fields in declaration order, for saving (`PaymentEvent(*fields)` rebuilds it).
+
+    >>> e = LedgerEvent("e1", "debited", "R1", "2025-03-29T00:00:00Z", 1743206400000, 5000, "J1", "0012")
+    >>> LedgerEvent(*event_fields(e)) == e
+    True
+    """
+    return [getattr(event, name) for name in event.__slots__]

@@ -5,13 +5,13 @@ returns decisions; it never decides when things happen. Imports nothing outside 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import ids
 from .alerts import cancellation_alert, over_refund_alert
 from .decisions import Decision
-from .records import LedgerEvent, PaymentEvent, Stream
+from .records import LedgerEvent, PaymentEvent, Stream, event_fields
 from .refunds import Refund, cancellation_record, refund_request_record
 
 # Evidence tuples are kept compact in state and expanded only when a refund is written.
@@ -154,7 +154,7 @@ class ReferenceState:
             "r": self.reversals,
             "st": self.settlement,
             "f": self.failure,
-            "rq": asdict(self.request) if self.request is not None else None,
+            "rq": event_fields(self.request) if self.request is not None else None,
             "a": self.account_id,
             "n": self.net,
             "s": self.settled,
@@ -176,7 +176,7 @@ class ReferenceState:
             reversals=[tuple(x) for x in d["r"]],
             settlement=tuple(d["st"]) if d["st"] else None,
             failure=tuple(d["f"]) if d["f"] else None,
-            request=PaymentEvent(**d["rq"]) if d["rq"] else None,
+            request=PaymentEvent(*d["rq"]) if d["rq"] else None,
             account_id=d["a"],
             net=d["n"],
             settled=d["s"],

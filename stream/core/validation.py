@@ -36,6 +36,7 @@ ErrorCode = Literal[
     "key_mismatch",
     "bad_timestamp",
     "bad_currency",
+    "internal_error",
 ]
 
 

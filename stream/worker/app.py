@@ -20,6 +20,39 @@ log = logging.getLogger("qris_guard.worker")
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
+class TableStore:
+    """Writes a batch's changed keys straight to partition p of the table: the changelog
+    message to changelog partition p and the local RocksDB store of p. `Table.__setitem__`
+    would take the partition from the current event, which a batch does not have."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.rocksdb = hasattr(table.data, "_db_for_partition")  # else memory:// (trials only)
+
+    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            self.table.send_changelog(partition, key, None, value_serializer="raw")
+        else:
+            self.table.send_changelog(partition, key, value)
+        if self.rocksdb:
+            db = self.table.data._db_for_partition(partition)
+            if value is None:
+                db.delete(key)
+            else:
+                db.put(key, value)
+        elif value is None:
+            self.table.data.data.pop(key, None)
+        else:
+            self.table.data.data[key] = value
+
+    def load(self, partition: int) -> list[tuple[bytes, bytes]]:
+        data = self.table.data
+        if not self.rocksdb:
+            return [(k, v) for k, v in data.data.items() if k.startswith(f"{partition}/".encode())]
+        offset_key = data.offset_key
+        return [(k, v) for k, v in data._db_for_partition(partition).items() if k != offset_key]
+
+
 def build_app(settings: Settings) -> tuple[faust.App, ReconcileShell]:
     app = faust.App(
         settings.app_id,
@@ -32,8 +65,9 @@ def build_app(settings: Settings) -> tuple[faust.App, ReconcileShell]:
         web_enabled=settings.web_port > 0,
         web_port=max(settings.web_port, 1),
         web_host="127.0.0.1",
-        broker_max_poll_records=settings.batch_max,
-        stream_buffer_maxsize=max(4 * settings.batch_max, 4096),
+        broker_max_poll_records=min(settings.batch_max, 5000),
+        consumer_max_fetch_size=4 * 1024 * 1024,
+        stream_buffer_maxsize=max(2 * settings.batch_max, 4096),
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         producer_linger_ms=5,
@@ -54,7 +88,7 @@ def build_app(settings: Settings) -> tuple[faust.App, ReconcileShell]:
     async def flush() -> None:
         await app.producer.flush()
 
-    shell = ReconcileShell(settings, state, send, flush)
+    shell = ReconcileShell(settings, TableStore(state), send, flush)
 
     @app.agent(inputs, name="reconcile_payments")
     async def reconcile_payments(stream: faust.StreamT[bytes]) -> None:
@@ -81,8 +115,17 @@ def build_app(settings: Settings) -> tuple[faust.App, ReconcileShell]:
     return app, shell
 
 
+class _Worker(faust.Worker):
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        # Client libraries log every message's key and value at DEBUG (customer data):
+        # never below INFO, whatever the worker's level. It also spares a log record per send.
+        for name in ("aiokafka", "kafka", "faust", "mode"):
+            logging.getLogger(name).setLevel(max(level, logging.INFO))
+        super().on_setup_root_logger(logger, level)
+
+
 def run_worker(settings: Settings) -> int:
     app, _shell = build_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), override_logging=True)
+    worker = _Worker(app, loglevel=settings.log_level.upper(), override_logging=True)
     worker.execute_from_commandline()
     return 0

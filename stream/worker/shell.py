@@ -15,20 +15,19 @@ watermark when an input stream has been silent for `idle_timeout_s` (FEED_SILENT
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import os
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from faust.streams import _current_event  # the context variable the table reads its partition from
+from typing import Any, Protocol
 
 from ..core import codec
+from ..core.deadletter import dead_letter_record
 from ..core.decisions import Decision
 from ..core.partition import PartitionEngine
 from ..core.records import Stream
+from ..core.validation import Rejection
 from ..settings import Settings
 
 log = logging.getLogger("qris_guard.worker")
@@ -54,21 +53,34 @@ class PartitionClock:
     started: float = field(default_factory=time.monotonic)
 
 
+class StateStore(Protocol):
+    """Where the shell keeps engine state: a Faust table, written per partition."""
+
+    def put(self, partition: int, key: bytes, value: bytes | None) -> None: ...
+
+    def load(self, partition: int) -> Iterable[tuple[bytes, bytes]]: ...
+
+
 class ReconcileShell:
     """Holds the engines of the partitions this worker owns and drives them."""
 
-    def __init__(self, settings: Settings, table: Any, send: Send, flush: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, settings: Settings, store: StateStore, send: Send, flush: Callable[[], Awaitable[None]]) -> None:
         self.settings = settings
         self.params = settings.params
-        self.table = table
+        self.store = store
         self.send = send
         self.flush = flush
         self.engines: dict[int, PartitionEngine] = {}
         self.clocks: dict[int, PartitionClock] = {}
-        # A live event per partition, to tell the table which partition a write belongs to.
-        self.anchor: dict[int, Any] = {}
         self.lock = asyncio.Lock()
-        self.counts: dict[str, int] = {"records": 0, "refunds": 0, "alerts": 0, "dead_letter": 0, "batches": 0}
+        self.counts: dict[str, int] = {
+            "records": 0,
+            "refunds": 0,
+            "alerts": 0,
+            "dead_letter": 0,
+            "batches": 0,
+            "internal_errors": 0,
+        }
 
     # -- engines ---------------------------------------------------------------------------
 
@@ -76,20 +88,18 @@ class ReconcileShell:
         """After a rebalance the table is the truth: engines are rebuilt from it lazily."""
         self.engines.clear()
         self.clocks.clear()
-        self.anchor.clear()
 
     def engine(self, partition: int) -> PartitionEngine:
         eng = self.engines.get(partition)
         if eng is None:
             prefix = f"{partition}/".encode()
+            own_meta = meta_key(partition)
             meta = None
             entries: list[tuple[str, bytes]] = []
-            for k, v in self.table.items():
-                if not k.startswith(prefix):
-                    continue
-                if k.endswith(META_SUFFIX):
+            for k, v in self.store.load(partition):
+                if k == own_meta:
                     meta = v
-                else:
+                elif k.startswith(prefix) and not k.endswith(META_SUFFIX):
                     entries.append((k[len(prefix) :].decode(), v))
             eng = self.engines[partition] = PartitionEngine.restore(partition, self.params, meta, entries)
             self.clocks[partition] = PartitionClock()
@@ -105,50 +115,70 @@ class ReconcileShell:
     # -- batches ---------------------------------------------------------------------------
 
     async def process_batch(self, events: Sequence[Any]) -> None:
-        async with self.lock:
-            decisions: list[Decision] = []
-            touched: dict[int, Any] = {}
-            now = time.monotonic()
-            payment_topic = self.settings.payment_topic
-            for ev in events:
-                msg = ev.message
-                p = msg.partition
-                stream = Stream.P if msg.topic == payment_topic else Stream.L
-                eng = self.engines.get(p) or self.engine(p)
-                decisions.extend(eng.on_record(stream, msg.offset, msg.key, msg.value, _ts_ms(msg)))
-                self.clocks[p].last_arrival[stream] = now
-                touched[p] = ev
-            self.counts["records"] += len(events)
-            self.counts["batches"] += 1
-            self.anchor.update(touched)
-            await self._emit_and_persist(decisions, touched)
+        """Decide a batch and make it durable. Faust acks the batch when this returns, even if
+        it raised, so input errors are dead letters here and infrastructure errors end the
+        process before anything is acked (a restart resumes from the last commit)."""
+        try:
+            async with self.lock:
+                decisions: list[Decision] = []
+                touched: set[int] = set()
+                now = time.monotonic()
+                payment_topic = self.settings.payment_topic
+                for ev in events:
+                    msg = ev.message
+                    p = msg.partition
+                    stream = Stream.P if msg.topic == payment_topic else Stream.L
+                    eng = self.engines.get(p) or self.engine(p)
+                    try:
+                        decisions.extend(eng.on_record(stream, msg.offset, msg.key, msg.value, _ts_ms(msg)))
+                    except Exception as exc:  # a bug must not lose the record: dead-letter it
+                        decisions.extend(self._internal_error(eng, stream, msg, exc))
+                    self.clocks[p].last_arrival[stream] = now
+                    touched.add(p)
+                self.counts["records"] += len(events)
+                self.counts["batches"] += 1
+                await self._emit_and_persist(decisions, touched)
+        except Exception:
+            log.critical("cannot send or persist a batch; exiting before it is acked", exc_info=True)
+            os._exit(70)
 
-    async def _emit_and_persist(self, decisions: list[Decision], touched: dict[int, Any]) -> None:
+    def _internal_error(self, eng: PartitionEngine, stream: Stream, msg: Any, exc: Exception) -> list[Decision]:
+        self.counts["internal_errors"] += 1
+        log.error(
+            "internal error on %s[%d]@%d: %s (record dead-lettered)",
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            type(exc).__name__,
+            exc_info=True,
+        )
+        topic = self.settings.payment_topic if stream is Stream.P else self.settings.ledger_topic
+        reason = f"internal error while processing the record ({type(exc).__name__}); engineers are alerted"
+        return [
+            dead_letter_record(
+                topic, msg.partition, msg.offset, _ts_ms(msg), msg.key, msg.value, Rejection("internal_error", reason)
+            )
+        ]
+
+    async def _emit_and_persist(self, decisions: list[Decision], touched: Iterable[int]) -> None:
         if decisions:
             for d in decisions:
                 await self.send(self.settings.output_topic(d.role), d.key, codec.dumps(d.value))
                 self.counts[d.role] += 1
             # Decisions must be on Kafka before the state that says they were made.
             await self.flush()
-        for p, anchor in touched.items():
-            self._persist(p, anchor)
+        for p in touched:
+            self._persist(p)
 
-    def _persist(self, partition: int, anchor: Any) -> None:
+    def _persist(self, partition: int) -> None:
         refs, meta = self.engines[partition].take_dirty()
-        token = _current_event.set(weakref.ref(anchor))
-        try:
-            table = self.table
-            for ref, value in refs.items():
-                key = state_key(partition, ref)
-                if value is None:
-                    with contextlib.suppress(KeyError):
-                        del table[key]
-                else:
-                    table[key] = value
-            if meta is not None:
-                table[meta_key(partition)] = meta
-        finally:
-            _current_event.reset(token)
+        put = self.store.put
+        for ref, value in refs.items():
+            put(partition, state_key(partition, ref), value)
+        if meta is not None:
+            # Last: on the same changelog partition, so the meta's offsets never run ahead of
+            # the references it covers.
+            put(partition, meta_key(partition), meta)
 
     # -- the wall-clock exception ----------------------------------------------------------
 
@@ -158,10 +188,10 @@ class ReconcileShell:
         now = time.monotonic()
         async with self.lock:
             decisions: list[Decision] = []
-            touched: dict[int, Any] = {}
+            touched: set[int] = set()
             for p, eng in list(self.engines.items()):
                 clock = self.clocks[p]
-                if not eng.heap or p not in self.anchor:
+                if not eng.heap:
                     continue
                 ages = [now - (t or clock.started) for t in clock.last_arrival]
                 silent = [a >= idle_s for a in ages]
@@ -178,7 +208,7 @@ class ReconcileShell:
                         got = eng.advance_to(newest - self.params.lateness_ms + quiet_ms)
                 if got or eng.meta_dirty:
                     decisions.extend(got)
-                    touched[p] = self.anchor[p]
+                    touched.add(p)
             if touched:
                 await self._emit_and_persist(decisions, touched)
 

@@ -1,0 +1,170 @@
+"""Live worker throughput on the real broker, beside raw aiokafka consumption in the same run
+(not a test).
+
+    QRIS_BOOTSTRAP=127.0.0.1:9092 python bench/live_throughput.py --records 200000
+
+Pre-produces the simulator's `mixed` scenario into fresh co-partitioned topics, then
+1. consumes them with a bare aiokafka consumer (the ceiling for Python on this box);
+2. starts `python -m stream worker` on them and times, from its first to its last record
+   (its /qris/stats page), how fast it takes the backlog: decode, decide, persist state to
+   the RocksDB table and its changelog, send outputs.
+Both rates come from the same run, so their ratio is meaningful on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from kafka.admin import KafkaAdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from stream.simulate.output import produce  # noqa: E402
+from stream.simulate.traffic import generate  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def raw_consume(bootstrap: str, topics: list[str], n: int) -> float:
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 << 20,
+    )
+    await consumer.start()
+    got, started = 0, None
+    try:
+        while got < n:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for msgs in batch.values():
+                if started is None:
+                    started = time.perf_counter()
+                got += len(msgs)
+    finally:
+        await consumer.stop()
+    assert started is not None
+    return n / (time.perf_counter() - started)
+
+
+def stats(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/qris/stats", timeout=5) as resp:
+        return orjson.loads(resp.read())
+
+
+def worker_rate(bootstrap: str, prefix: str, n: int, partitions: int, batch_max: int | None) -> tuple[float, dict]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_") or k.startswith("QRIS_KAFKA_")}
+    env.update(
+        QRIS_BOOTSTRAP=bootstrap,
+        QRIS_PAYMENT_TOPIC=f"{prefix}.payment-requests",
+        QRIS_LEDGER_TOPIC=f"{prefix}.ledger-debits",
+        QRIS_REFUND_TOPIC=f"{prefix}.refunds",
+        QRIS_ALERT_TOPIC=f"{prefix}.alerts",
+        QRIS_DEAD_LETTER_TOPIC=f"{prefix}.dead-letter",
+        QRIS_APP_ID=f"{prefix}-{uuid.uuid4().hex[:4]}",
+        QRIS_DATA_DIR=tempfile.mkdtemp(prefix="qris-bench-"),
+        QRIS_WEB_PORT=str(port),
+        QRIS_PARTITIONS=str(partitions),
+        QRIS_LOG_LEVEL="warning",
+    )
+    if batch_max:
+        env["QRIS_BATCH_MAX"] = str(batch_max)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream", "worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        first_t = first_n = None
+        last: dict = {}
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"worker exited {proc.returncode}")
+            try:
+                last = stats(port)
+            except OSError:
+                time.sleep(0.2)
+                continue
+            done = last["counts"]["records"]
+            if first_t is None and done > 0:
+                first_t, first_n = time.perf_counter(), done
+            if done >= n:
+                break
+            time.sleep(0.1)
+        assert first_t is not None and first_n is not None
+        return (last["counts"]["records"] - first_n) / (time.perf_counter() - first_t), last["counts"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=200_000)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--batch-max", type=int, nargs="+", default=[0], help="QRIS_BATCH_MAX values (0: the default)")
+    args = ap.parse_args()
+    bootstrap = os.environ.get("QRIS_BOOTSTRAP", "127.0.0.1:9092")
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    topics = [f"{prefix}.{t}" for t in ("payment-requests", "ledger-debits", "refunds", "alerts", "dead-letter")]
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(t, num_partitions=args.partitions, replication_factor=1) for t in topics])
+    admin.close()
+    payments = args.records // 3
+    records = list(
+        generate(
+            "mixed",
+            seed=11,
+            start_ms=1743213600000,
+            minutes=max(60, payments // 400),
+            rate_per_min=600,
+            payments=payments,
+            partitions=args.partitions,
+            payment_topic=topics[0],
+            ledger_topic=topics[1],
+        )
+    )
+    n = len(records)
+    t = time.perf_counter()
+    produce(records, bootstrap, partitions=args.partitions)
+    print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}")
+    print(f"produced {n} records in {time.perf_counter() - t:.1f} s")
+    raw = asyncio.run(raw_consume(bootstrap, topics[:2], n))
+    print(f"raw aiokafka consumer: {raw:,.0f} records/s")
+    for bm in args.batch_max:
+        rate, counts = worker_rate(bootstrap, prefix, n, args.partitions, bm)
+        label = bm or "default"
+        print(f"worker (QRIS_BATCH_MAX={label}): {rate:,.0f} records/s sustained; ratio to raw {rate / raw:.3f}; {counts}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
