@@ -162,7 +162,7 @@ def main() -> int:
     for bm in args.batch_max:
         rate, counts = worker_rate(bootstrap, prefix, n, args.partitions, bm)
         label = bm or "default"
-        print(f"worker (QRIS_BATCH_MAX={label}): {rate:,.0f} records/s sustained; ratio to raw {rate / raw:.3f}; {counts}")
+        print(f"worker (QRIS_BATCH_MAX={label}): {rate:,.0f} records/s sustained; {rate / raw:.3f} of raw; {counts}")
     return 0
 
 
