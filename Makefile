@@ -16,7 +16,14 @@ PYTEST_ARGS ?=
 export QRIS_KAFKA_PORT ?= 9092
 export QRIS_BOOTSTRAP ?= 127.0.0.1:$(QRIS_KAFKA_PORT)
 
-.PHONY: install broker-up broker-down broker-reset test check lint typecheck test-fast fmt clean distclean
+.PHONY: demo install broker-up broker-down broker-reset test check lint typecheck test-fast fmt clean distclean \
+	bench-replay bench-live
+
+# The main job: the 29 March 2025 outage end to end on the real broker, then a report for
+# payment operations. Installs and starts the broker if needed; stops its worker at the end
+# (the broker stays up; `make broker-down` stops it).
+demo: install broker-up
+	$(PY) -m stream demo
 
 install: $(VENV)/.installed
 
@@ -56,6 +63,14 @@ test-fast: install
 fmt: install
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+# Benchmarks (not tests): offline replay on 1M simulated records; the live worker beside raw
+# aiokafka on the real broker. Numbers go in the README with the machine they ran on.
+bench-replay: install
+	$(PY) bench/replay_throughput.py --records 1000000
+
+bench-live: install broker-up
+	$(PY) bench/live_throughput.py --records 200000
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

@@ -34,6 +34,7 @@ class Settings:
     batch_max: int = 10000
     batch_within_s: float = 0.25
     web_port: int = 6066
+    web_host: str = "127.0.0.1"
     session_timeout_s: float = 30.0
     log_level: str = "info"
 
@@ -73,6 +74,7 @@ DOCS: dict[str, tuple[str, str]] = {
     "batch_max": ("QRIS_BATCH_MAX", "records per processing batch in the worker"),
     "batch_within_s": ("QRIS_BATCH_WITHIN_S", "seconds the worker waits to fill a batch"),
     "web_port": ("QRIS_WEB_PORT", "port of the worker's web endpoints (status, stats); 0 disables them"),
+    "web_host": ("QRIS_WEB_HOST", "address the web endpoints bind to (0.0.0.0 in a container)"),
     "session_timeout_s": (
         "QRIS_SESSION_TIMEOUT_S",
         "consumer group session timeout: how long a crashed worker's partitions wait before reassignment",

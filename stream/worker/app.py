@@ -8,6 +8,7 @@ path: the agent hands whole batches to `ReconcileShell`, which calls the core.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -64,7 +65,7 @@ def build_app(settings: Settings) -> tuple[faust.App, ReconcileShell]:
         processing_guarantee="at_least_once",
         web_enabled=settings.web_port > 0,
         web_port=max(settings.web_port, 1),
-        web_host="127.0.0.1",
+        web_host=settings.web_host,
         broker_max_poll_records=min(settings.batch_max, 5000),
         consumer_max_fetch_size=4 * 1024 * 1024,
         stream_buffer_maxsize=max(2 * settings.batch_max, 4096),
@@ -125,6 +126,7 @@ class _Worker(faust.Worker):
 
 
 def run_worker(settings: Settings) -> int:
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app, _shell = build_app(settings)
     worker = _Worker(app, loglevel=settings.log_level.upper(), override_logging=True)
     worker.execute_from_commandline()
