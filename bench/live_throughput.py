@@ -73,7 +73,7 @@ def stats(port: int) -> dict:
         return orjson.loads(resp.read())
 
 
-def worker_rate(bootstrap: str, prefix: str, n: int, partitions: int, batch_max: int | None) -> tuple[float, dict]:
+def worker_rate(bootstrap: str, prefix: str, n: int, partitions: int, variant: dict[str, str]) -> tuple[float, dict]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_") or k.startswith("QRIS_KAFKA_")}
     env.update(
@@ -89,8 +89,7 @@ def worker_rate(bootstrap: str, prefix: str, n: int, partitions: int, batch_max:
         QRIS_PARTITIONS=str(partitions),
         QRIS_LOG_LEVEL="warning",
     )
-    if batch_max:
-        env["QRIS_BATCH_MAX"] = str(batch_max)
+    env.update(variant)
     proc = subprocess.Popen(
         [sys.executable, "-m", "stream", "worker"],
         cwd=ROOT,
@@ -130,7 +129,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--batch-max", type=int, nargs="+", default=[0], help="QRIS_BATCH_MAX values (0: the default)")
+    ap.add_argument(
+        "--variant",
+        nargs="+",
+        default=[""],
+        help="worker settings to compare, e.g. QRIS_UVLOOP=0 QRIS_UVLOOP=1 ('' = defaults)",
+    )
     args = ap.parse_args()
     bootstrap = os.environ.get("QRIS_BOOTSTRAP", "127.0.0.1:9092")
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
@@ -156,13 +160,14 @@ def main() -> int:
     t = time.perf_counter()
     produce(records, bootstrap, partitions=args.partitions)
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}")
-    print(f"produced {n} records in {time.perf_counter() - t:.1f} s")
+    print(f"produced {n} records to {prefix}.* in {time.perf_counter() - t:.1f} s")
     raw = asyncio.run(raw_consume(bootstrap, topics[:2], n))
     print(f"raw aiokafka consumer: {raw:,.0f} records/s")
-    for bm in args.batch_max:
-        rate, counts = worker_rate(bootstrap, prefix, n, args.partitions, bm)
-        label = bm or "default"
-        print(f"worker (QRIS_BATCH_MAX={label}): {rate:,.0f} records/s sustained; {rate / raw:.3f} of raw; {counts}")
+    for text in args.variant:
+        variant = dict(kv.split("=", 1) for kv in text.split(",") if kv)
+        rate, counts = worker_rate(bootstrap, prefix, n, args.partitions, variant)
+        label = text or "defaults"
+        print(f"worker ({label}): {rate:,.0f} records/s sustained; {rate / raw:.3f} of raw; {counts}")
     return 0
 
 

@@ -116,6 +116,9 @@ group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 num.partitions=$PARTITIONS
 delete.topic.enable=true
+# Keep records whatever their timestamp: the simulator stamps records with their (past) event
+# time, which the default 7-day time retention would delete at its first pass.
+log.retention.ms=-1
 EOF
   cat >"$ADMIN_CONFIG_FILE" <<EOF
 request.timeout.ms=5000

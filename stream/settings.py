@@ -31,12 +31,13 @@ class Settings:
     app_id: str = "qris-guard"
     store: str = "rocksdb://"
     data_dir: str = "var/worker"
-    batch_max: int = 10000
-    batch_within_s: float = 0.25
+    batch_max: int = 2000
+    batch_within_s: float = 0.1
     web_port: int = 6066
     web_host: str = "127.0.0.1"
     session_timeout_s: float = 30.0
     log_level: str = "info"
+    uvloop: int = 1
 
     @property
     def params(self) -> Params:
@@ -80,6 +81,7 @@ DOCS: dict[str, tuple[str, str]] = {
         "consumer group session timeout: how long a crashed worker's partitions wait before reassignment",
     ),
     "log_level": ("QRIS_LOG_LEVEL", "log level: debug, info, warning, error"),
+    "uvloop": ("QRIS_UVLOOP", "1: run the worker on uvloop (faster); 0: the standard asyncio loop"),
 }
 
 

