@@ -34,6 +34,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from stream.settings import Settings, to_env  # noqa: E402
 from stream.simulate.output import produce  # noqa: E402
 from stream.simulate.traffic import generate  # noqa: E402
 
@@ -75,20 +76,21 @@ def stats(port: int) -> dict:
 
 def worker_rate(bootstrap: str, prefix: str, n: int, partitions: int, variant: dict[str, str]) -> tuple[float, dict]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_") or k.startswith("QRIS_KAFKA_")}
-    env.update(
-        QRIS_BOOTSTRAP=bootstrap,
-        QRIS_PAYMENT_TOPIC=f"{prefix}.payment-requests",
-        QRIS_LEDGER_TOPIC=f"{prefix}.ledger-debits",
-        QRIS_REFUND_TOPIC=f"{prefix}.refunds",
-        QRIS_ALERT_TOPIC=f"{prefix}.alerts",
-        QRIS_DEAD_LETTER_TOPIC=f"{prefix}.dead-letter",
-        QRIS_APP_ID=f"{prefix}-{uuid.uuid4().hex[:4]}",
-        QRIS_DATA_DIR=tempfile.mkdtemp(prefix="qris-bench-"),
-        QRIS_WEB_PORT=str(port),
-        QRIS_PARTITIONS=str(partitions),
-        QRIS_LOG_LEVEL="warning",
+    settings = Settings(
+        bootstrap=bootstrap,
+        payment_topic=f"{prefix}.payment-requests",
+        ledger_topic=f"{prefix}.ledger-debits",
+        refund_topic=f"{prefix}.refunds",
+        alert_topic=f"{prefix}.alerts",
+        dead_letter_topic=f"{prefix}.dead-letter",
+        app_id=f"{prefix}-{uuid.uuid4().hex[:4]}",
+        data_dir=tempfile.mkdtemp(prefix="qris-bench-"),
+        web_port=port,
+        partitions=partitions,
+        log_level="warning",
     )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_") or k.startswith("QRIS_KAFKA_")}
+    env.update(to_env(settings))
     env.update(variant)
     proc = subprocess.Popen(
         [sys.executable, "-m", "stream", "worker"],

@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from .core import codec
-from .core.eventtime import BadTimestamp, parse_ms
+from .core.eventtime import BadTimestamp, parse_instant
 from .settings import DOCS, Settings, from_env
 
 
 def _time_arg(text: str) -> int:
     """RFC 3339 text or epoch milliseconds."""
-    if text.isdigit():
-        return int(text)
     try:
-        return parse_ms(text)
+        return parse_instant(text)
     except BadTimestamp as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -25,7 +25,7 @@ from .core import codec
 from .core.alerts import rupiah
 from .drivers.kafkaread import read_topics
 from .drivers.report import render, summarise
-from .settings import Settings
+from .settings import Settings, to_env
 from .topics import create_topics
 
 
@@ -69,19 +69,7 @@ def run(args: argparse.Namespace, base: Settings) -> int:
     print(f"[demo] broker {s.bootstrap}; topics {prefix}.* with {s.partitions} partitions")
     create_topics(s)
     env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_") or k.startswith("QRIS_KAFKA_")}
-    env.update(
-        QRIS_BOOTSTRAP=s.bootstrap,
-        QRIS_PAYMENT_TOPIC=s.payment_topic,
-        QRIS_LEDGER_TOPIC=s.ledger_topic,
-        QRIS_REFUND_TOPIC=s.refund_topic,
-        QRIS_ALERT_TOPIC=s.alert_topic,
-        QRIS_DEAD_LETTER_TOPIC=s.dead_letter_topic,
-        QRIS_APP_ID=s.app_id,
-        QRIS_DATA_DIR=s.data_dir,
-        QRIS_PARTITIONS=str(s.partitions),
-        QRIS_WEB_PORT=str(s.web_port),
-        QRIS_IDLE_TIMEOUT_S=str(s.idle_timeout_s),
-    )
+    env.update(to_env(s))
     Path(s.data_dir).mkdir(parents=True, exist_ok=True)
     log_path = Path(s.data_dir) / "worker.log"
     print(f"[demo] starting the worker (log {log_path}, stats http://127.0.0.1:{s.web_port}/qris/stats)")

@@ -106,3 +106,8 @@ def from_env(env: Mapping[str, str]) -> Settings:
 
 # Variables read by tools other than the settings object: kafka/broker.sh, tests, benchmarks.
 _OTHER_PREFIXES = ("QRIS_KAFKA_", "QRIS_TEST_", "QRIS_BENCH_", "QRIS_SIM_")
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The `QRIS_*` variables that give `settings` back through `from_env` (for child processes)."""
+    return {DOCS[f.name][0]: str(getattr(settings, f.name)) for f in fields(Settings)}

@@ -13,7 +13,7 @@ import re
 import types
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -50,11 +50,21 @@ from stream.simulate.cli import main as simulate_main
 from stream.simulate.malformed import MALFORMED_KINDS
 from stream.simulate.partitioner import KeyPartitioner
 from stream.simulate.rhythm import load_factor
-from stream.simulate.timestamps import parse_rfc3339_ms
 
 START_MS = 1743213600000  # 2025-03-29T09:00:00+07:00, a Saturday
 TIMEOUT_MS = 300_000  # the contract's default T
 LATENESS_MS = 30_000  # the contract's default A
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_rfc3339_ms(text: str) -> int:
+    """An oracle independent of the core's parser: epoch ms of an RFC 3339 date-time with a zone."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"date-time without a zone offset: {text!r}")
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
 # -- the contract's input rules, read independently of stream.core --------------------------

@@ -113,3 +113,15 @@ def format_ms(ms: int) -> str:
     hour, secs = divmod(secs, 3600)
     minute, second = divmod(secs, 60)
     return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}.{millis:03d}Z"
+
+
+def parse_instant(text: str) -> int:
+    """An instant given on a command line: epoch milliseconds, or RFC 3339 with a zone.
+
+    >>> parse_instant("1743213600000") == parse_instant("2025-03-29T09:00:00+07:00")
+    True
+    """
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return parse_ms(text)

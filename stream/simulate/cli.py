@@ -12,9 +12,9 @@ from typing import Any
 
 import orjson
 
+from stream.core.eventtime import parse_instant
 from stream.simulate.output import produce, write_replay
 from stream.simulate.scenarios import SCENARIOS, Knobs
-from stream.simulate.timestamps import parse_rfc3339_ms
 from stream.simulate.traffic import LEDGER_TOPIC, PAYMENT_TOPIC, generate
 from stream.simulate.truth import GroundTruth
 
@@ -27,11 +27,8 @@ def event_time_ms(text: str) -> int:
     >>> event_time_ms("1743213600000") == event_time_ms("2025-03-29T09:00:00+07:00")
     True
     """
-    text = text.strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
     try:
-        return parse_rfc3339_ms(text)
+        return parse_instant(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"not an RFC 3339 time or epoch ms: {text!r}") from error
 

@@ -4,11 +4,8 @@ no clock; the only input is the event time in epoch milliseconds.
 """
 
 import time
-from datetime import UTC, datetime, timedelta
 
 WIB_OFFSET_MS = 7 * 3600 * 1000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS = timedelta(milliseconds=1)
 
 
 def second_text(local_s: int) -> str:
@@ -56,15 +53,3 @@ def wib_date(occurred_at_ms: int) -> str:
     '20250330'
     """
     return time.strftime("%Y%m%d", time.gmtime((occurred_at_ms + WIB_OFFSET_MS) // 1000))
-
-
-def parse_rfc3339_ms(text: str) -> int:
-    """Epoch milliseconds of an RFC 3339 date-time that carries a zone.
-
-    >>> parse_rfc3339_ms("2025-03-29T09:00:00.123+07:00")
-    1743213600123
-    """
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise ValueError(f"date-time without a zone offset: {text!r}")
-    return (moment - _EPOCH) // _ONE_MS

@@ -1,0 +1,33 @@
+"""Settings: built from QRIS_* variables by a pure function; typos are errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream.settings import DOCS, Settings, from_env, to_env
+
+
+def test_defaults_match_the_contract() -> None:
+    s = from_env({})
+    assert (s.timeout_s, s.lateness_s, s.retention_s) == (300.0, 30.0, 172800.0)
+    assert (s.params.timeout_ms, s.params.lateness_ms, s.params.retention_ms) == (300_000, 30_000, 172_800_000)
+    assert s.payment_topic == "qris.payment-requests" and s.store == "rocksdb://"
+
+
+def test_variables_are_typed_and_round_trip() -> None:
+    s = from_env({"QRIS_TIMEOUT_S": "12.5", "QRIS_PARTITIONS": "8", "QRIS_ALERT_TOPIC": "ops.alerts"})
+    assert (s.timeout_s, s.partitions, s.alert_topic) == (12.5, 8, "ops.alerts")
+    assert from_env(to_env(s)) == s
+
+
+def test_a_misspelt_variable_is_an_error_not_a_silent_default() -> None:
+    with pytest.raises(ValueError, match="QRIS_TIMEOUT"):
+        from_env({"QRIS_TIMEOUT": "10"})
+    with pytest.raises(ValueError, match="QRIS_PARTITIONS"):
+        from_env({"QRIS_PARTITIONS": "four"})
+    from_env({"QRIS_KAFKA_PORT": "9092"})  # the broker script's variables are not ours
+
+
+def test_every_setting_is_documented() -> None:
+    assert set(DOCS) == set(Settings.__dataclass_fields__)
+    assert all(env.startswith("QRIS_") and doc for env, doc in DOCS.values())
