@@ -5,7 +5,8 @@ returns decisions; it never decides when things happen. Imports nothing outside 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import ids
@@ -97,7 +98,7 @@ class ReferenceState:
                 if self.failure is None:
                     self.failure = (event.event_id, event.occurred_at, eff_ms, event.response_code)
             elif self.request is None:
-                self.request = event
+                self.request = _interned(event)
         if not may_over_refund or not any(r.active for r in self.refunds):
             return [], opened
         return self._cancel_excess(event, eff_ms, partition), opened
@@ -187,3 +188,23 @@ class ReferenceState:
             last_key=tuple(d["lk"]),
             retention=tuple(d["rt"]) if d["rt"] else None,
         )
+
+
+def _interned(event: PaymentEvent) -> PaymentEvent:
+    # A request is kept for the reference's whole life (R, 48 h by default); its merchant,
+    # routing and channel fields come from small sets, so one shared string each saves memory.
+    def i(v: str | None) -> str | None:
+        return None if v is None else sys.intern(v)
+
+    return replace(
+        event,
+        merchant_id=i(event.merchant_id),
+        merchant_name=i(event.merchant_name),
+        mcc=i(event.mcc),
+        acquirer_id=i(event.acquirer_id),
+        issuer_id=i(event.issuer_id),
+        switch_id=i(event.switch_id),
+        terminal_id=i(event.terminal_id),
+        channel=i(event.channel),
+        response_code=i(event.response_code),
+    )

@@ -103,11 +103,13 @@ def build_app(settings: Settings) -> tuple[faust.App, ReconcileShell]:
 
     @app.on_partitions_assigned.connect  # type: ignore[misc]
     async def on_assigned(app_: Any, assigned: Any = None, **kwargs: Any) -> None:
-        shell.forget_partitions()
+        async with shell.lock:  # never in the middle of a batch
+            shell.forget_partitions()
 
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def on_revoked(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
-        shell.forget_partitions()
+        async with shell.lock:
+            shell.forget_partitions()
 
     @app.page("/qris/stats")
     async def stats(web: Any, request: Any) -> Any:
