@@ -127,7 +127,7 @@ class Worker:
                 "QRIS_DATA_DIR": str(self.data_dir),
                 "QRIS_WEB_PORT": str(self.web_port),
                 "QRIS_IDLE_TIMEOUT_S": "3600",
-                "QRIS_LOG_LEVEL": "info",
+                "QRIS_LOG_LEVEL": os.environ.get("QRIS_TEST_WORKER_LOG_LEVEL", "info"),
                 "QRIS_SESSION_TIMEOUT_S": "8",
             }
         )

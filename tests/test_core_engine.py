@@ -331,10 +331,38 @@ def test_restore_from_saved_state_continues_with_the_same_decisions() -> None:
         assert run(i) == baseline, i
 
 
-def test_restored_engine_skips_offsets_it_already_holds() -> None:
+def test_records_seen_again_after_a_restore_change_nothing() -> None:
     f = Feed()
-    f.l(ledger("d1", "debited", "R1", 0))
+    f.l(ledger("d1", "debited", "R1", 0))  # waiting for the watermark
+    f.p(payment("q1", "requested", "R1", 0))
+    f.tick(50)  # W = 20: both processed, d2 (at 20) still waits
+    f.l(ledger("d2", "debited", "R2", 20))  # waiting
+    f.p(b"{broken", key=b"X")  # P offset 2: dead-lettered, and the partition's first DEAD_LETTER alert
     refs, meta = f.eng.take_dirty()
     eng = PartitionEngine.restore(0, PARAMS, meta, [(k, v) for k, v in refs.items() if v])
-    assert eng.on_record(L, 0, b"R1", ledger("d1", "debited", "R1", 0)) == []
-    assert eng.stats["duplicates_skipped_on_restart"] == 1
+    # The consumer resumes from an older commit: everything is delivered again.
+    again = [
+        (L, 0, ledger("d1", "debited", "R1", 0)),
+        (P, 0, payment("q1", "requested", "R1", 0)),
+        (L, 2, ledger("d2", "debited", "R2", 20)),
+        (P, 2, b"{broken"),
+    ]
+    out = []
+    for s, off, v in again:
+        out += eng.on_record(s, off, None, v)
+    # The dead letter again (same id), but no second count and no alert; nothing else.
+    assert [d.role for d in out] == ["dead_letter"]
+    assert out[0].value["dead_letter_id"] == "qris.payment-requests:0:2"
+    assert eng.stats["redelivered_while_waiting"] == 1
+    assert sum(1 for it in eng.heap if it[4] == "R2") == 1
+    out = eng.drain()
+    assert sorted(d.value["reference"] for d in out if d.role == "refunds") == ["R1", "R2"]
+
+
+def test_a_record_delivered_after_a_later_one_is_not_lost() -> None:
+    eng = PartitionEngine(0, PARAMS)
+    eng.on_record(L, 5, None, ledger("d5", "debited", "R5", 0))
+    eng.on_record(L, 7, None, ledger("d7", "debited", "R7", 1))
+    eng.on_record(L, 6, None, ledger("d6", "debited", "R6", 0.5))  # around a gap, late
+    out = eng.drain()
+    assert sorted(d.value["reference"] for d in out if d.role == "refunds") == ["R5", "R6", "R7"]

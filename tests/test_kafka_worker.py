@@ -131,3 +131,46 @@ def test_simulated_mixed_scenario_live_equals_replay_field_by_field(tmp_path: Pa
     for role in want:
         assert len(got[role]) == len(want[role]), role
         assert canon(got[role]) == canon(want[role]), f"{role} differs:\n{worker.log_tail()}"
+
+
+def test_a_second_worker_joining_and_the_first_leaving_changes_no_decision(tmp_path: Path) -> None:
+    """Rebalances hand partitions, with their state, between workers of one group."""
+    bootstrap = require_broker()
+    topics = fresh_topics()
+    topics.create(bootstrap)
+    records = scenario_records(topics.partitions)
+    tmap = {PAYMENT: topics.payment, LEDGER: topics.ledger}
+    third = len(records) // 3
+    first = Worker(topics, tmp_path / "a")
+    second = Worker(topics, tmp_path / "b", app_id=first.app_id)
+    first.start(bootstrap)
+    try:
+        produce(bootstrap, records[:third], tmap)
+        first.wait_processed(third)
+        second.start(bootstrap)
+        time.sleep(8)  # the group rebalances: each worker now owns some partitions
+        produce(bootstrap, records[third : 2 * third], tmap)
+        time.sleep(4)
+        assert first.stop() == 0  # a clean leave: its partitions move to the second worker
+        produce(bootstrap, records[2 * third :], tmap)
+        want = expected_outputs(bootstrap, topics)
+        n = sum(len(v) for v in want.values())
+        got = live_by_role(consume(bootstrap, topics.outputs(), until=n, timeout_s=120, worker=second), topics)
+    finally:
+        for w in (first, second):
+            if w.proc is not None:
+                w.stop()
+    for role in want:
+        missing = set(canon(want[role])) - set(canon(got[role]))
+        extra = set(canon(got[role])) - set(canon(want[role]))
+        assert not missing and not extra, (
+            f"{role}: missing {_brief(missing)}, extra {_brief(extra)}; logs in {tmp_path}"
+        )
+
+
+def _brief(values: set[bytes]) -> list[str]:
+    out = []
+    for raw in sorted(values):
+        v = orjson.loads(raw)
+        out.append(f"{v.get('type') or v.get('kind')} {v.get('reference')} {v.get('reason')} {v.get('amount')}")
+    return out

@@ -65,7 +65,7 @@ class PartitionEngine:
         self.persistent = persistent
         self.params = params
         self.max_ms: list[int | None] = [None, None]
-        # Highest offset taken per stream: a restarted worker skips what its state already holds.
+        # Highest offset taken per stream (for the stats page and the dead-letter count).
         self.last_offset: list[int] = [-1, -1]
         # Live mode only: a watermark floor set by the idle-feed rule (wall clock).
         self.forced_ms = NEG_INF
@@ -77,7 +77,7 @@ class PartitionEngine:
         self.retention_heap: list[tuple[int, int, int, str]] = []
         self.dirty: set[str] = set()
         self.meta_dirty = False
-        self.stats = {"records": 0, "rejected": 0, "duplicates_skipped_on_restart": 0}
+        self.stats = {"records": 0, "rejected": 0, "redelivered_while_waiting": 0}
 
     # -- time ------------------------------------------------------------------------------
 
@@ -96,14 +96,20 @@ class PartitionEngine:
     ) -> list[Decision]:
         """Take one raw record of `stream` (in that stream's offset order) and return what is
         decided now: its dead letter if rejected, plus whatever the advanced watermark releases."""
+        # A record seen again (a restart resumes from the last commit; a rebalance can deliver
+        # around a gap) is never skipped by offset: offsets need not be contiguous and a skip
+        # would lose what arrives out of order. Redelivery is harmless instead: a record still
+        # waiting is recognised by (stream, offset), a processed one by its event_id, and a
+        # dead letter is sent again with the same id.
         s = int(stream)
-        if offset <= self.last_offset[s]:
-            self.stats["duplicates_skipped_on_restart"] += 1
-            return []
-        self.last_offset[s] = offset
+        seen_before = offset <= self.last_offset[s]
+        if not seen_before:
+            self.last_offset[s] = offset
+        elif not self.persistent:
+            return []  # a replay file read twice: one Kafka read never repeats an offset
         event = parse_payment(key, value) if s == 0 else parse_ledger(key, value)
         if type(event) is Rejection:
-            return self._reject(stream, offset, key, value, timestamp_ms, event)
+            return self._reject(stream, offset, key, value, timestamp_ms, event, count=not seen_before)
         assert not isinstance(event, Rejection)
         self.stats["records"] += 1
         occ = event.occurred_at_ms
@@ -119,6 +125,9 @@ class PartitionEngine:
             eff = self.forced_ms
         self.silent[s] = False
         ref = event.reference
+        if seen_before and any(it[3] == offset and it[2] == s for it in self.pending.get(ref, ())):
+            self.stats["redelivered_while_waiting"] += 1
+            return []
         item: Item = (eff, RECORD, s, offset, ref, event)
         heapq.heappush(self.heap, item)
         if self.persistent:
@@ -139,14 +148,17 @@ class PartitionEngine:
         value: bytes | None,
         timestamp_ms: int | None,
         rejection: Rejection,
+        count: bool = True,
     ) -> list[Decision]:
         s = int(stream)
         topic = self.params.payment_topic if s == 0 else self.params.ledger_topic
         if timestamp_ms is not None and timestamp_ms < 0:
             timestamp_ms = None  # Kafka's "no timestamp" (-1)
+        out = [dead_letter_record(topic, self.partition, offset, timestamp_ms, key, value, rejection)]
+        if not count:  # seen before: its dead letter again (same id), not another count
+            return out
         self.rejected[s] += 1
         self.stats["rejected"] += 1
-        out = [dead_letter_record(topic, self.partition, offset, timestamp_ms, key, value, rejection)]
         if _dead_letter_alert_due(self.rejected[s]):
             # The alert's time: the record's Kafka time, else the newest event time seen here.
             known = [m for m in self.max_ms if m is not None]

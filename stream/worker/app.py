@@ -24,17 +24,26 @@ RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_s
 class TableStore:
     """Writes a batch's changed keys straight to partition p of the table: the changelog
     message to changelog partition p and the local RocksDB store of p. `Table.__setitem__`
-    would take the partition from the current event, which a batch does not have."""
+    would take the partition from the current event, which a batch does not have, and would
+    queue the changelog message in Faust's send buffer."""
 
     def __init__(self, table: Any) -> None:
         self.table = table
         self.rocksdb = hasattr(table.data, "_db_for_partition")  # else memory:// (trials only)
 
-    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
-        if value is None:
-            self.table.send_changelog(partition, key, None, value_serializer="raw")
-        else:
-            self.table.send_changelog(partition, key, value)
+    async def put(self, partition: int, key: bytes, value: bytes | None) -> None:
+        # Awaited into the Kafka client, not `send_changelog`'s buffer: Faust's flush before an
+        # offset commit gives up on that buffer after 0.1 s without progress, so a commit could
+        # run ahead of the state it covers. The client's own flush waits for everything.
+        await self.table.changelog_topic.send(
+            key=key,
+            value=value,
+            partition=partition,
+            key_serializer="raw",
+            value_serializer="raw",
+            callback=self.table._on_changelog_sent,  # keeps the store's changelog offset
+            force=True,
+        )
         if self.rocksdb:
             db = self.table.data._db_for_partition(partition)
             if value is None:
@@ -84,7 +93,7 @@ def build_app(settings: Settings) -> tuple[faust.App, ReconcileShell]:
     state = app.Table("reconciliation-state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
 
     async def send(topic: str, key: bytes | None, value: bytes) -> Any:
-        return await outputs[topic].send(key=key, value=value)
+        return await outputs[topic].send(key=key, value=value, force=True)
 
     async def flush() -> None:
         await app.producer.flush()

@@ -56,7 +56,7 @@ class PartitionClock:
 class StateStore(Protocol):
     """Where the shell keeps engine state: a Faust table, written per partition."""
 
-    def put(self, partition: int, key: bytes, value: bytes | None) -> None: ...
+    async def put(self, partition: int, key: bytes, value: bytes | None) -> None: ...
 
     def load(self, partition: int) -> Iterable[tuple[bytes, bytes]]: ...
 
@@ -64,7 +64,13 @@ class StateStore(Protocol):
 class ReconcileShell:
     """Holds the engines of the partitions this worker owns and drives them."""
 
-    def __init__(self, settings: Settings, store: StateStore, send: Send, flush: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        send: Send,
+        flush: Callable[[], Awaitable[None]],
+    ) -> None:
         self.settings = settings
         self.params = settings.params
         self.store = store
@@ -104,11 +110,12 @@ class ReconcileShell:
             eng = self.engines[partition] = PartitionEngine.restore(partition, self.params, meta, entries)
             self.clocks[partition] = PartitionClock()
             log.info(
-                "partition %d: state restored (%d references, %d waiting items, watermark %s)",
+                "partition %d: state restored (%d references, %d waiting items, watermark %s, offsets taken %s)",
                 partition,
                 len(eng.refs),
                 len(eng.heap),
                 eng.watermark_ms,
+                eng.last_offset,
             )
         return eng
 
@@ -136,6 +143,13 @@ class ReconcileShell:
                     self.clocks[p].last_arrival[stream] = now
                     touched.add(p)
                 self.counts["records"] += len(events)
+                if log.isEnabledFor(logging.DEBUG):
+                    spans: dict[tuple[str, int], list[int]] = {}
+                    for ev in events:
+                        spans.setdefault((ev.message.topic, ev.message.partition), []).append(ev.message.offset)
+                    log.debug(
+                        "batch: %s", {f"{t}[{p}]": (min(o), max(o), len(o)) for (t, p), o in sorted(spans.items())}
+                    )
                 self.counts["batches"] += 1
                 await self._emit_and_persist(decisions, touched)
         except Exception:
@@ -168,17 +182,17 @@ class ReconcileShell:
             # Decisions must be on Kafka before the state that says they were made.
             await self.flush()
         for p in touched:
-            self._persist(p)
+            await self._persist(p)
 
-    def _persist(self, partition: int) -> None:
+    async def _persist(self, partition: int) -> None:
         refs, meta = self.engines[partition].take_dirty()
         put = self.store.put
         for ref, value in refs.items():
-            put(partition, state_key(partition, ref), value)
+            await put(partition, state_key(partition, ref), value)
         if meta is not None:
             # Last: on the same changelog partition, so the meta's offsets never run ahead of
             # the references it covers.
-            put(partition, meta_key(partition), meta)
+            await put(partition, meta_key(partition), meta)
 
     # -- the wall-clock exception ----------------------------------------------------------
 
