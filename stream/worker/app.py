@@ -24,26 +24,17 @@ RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_s
 class TableStore:
     """Writes a batch's changed keys straight to partition p of the table: the changelog
     message to changelog partition p and the local RocksDB store of p. `Table.__setitem__`
-    would take the partition from the current event, which a batch does not have, and would
-    queue the changelog message in Faust's send buffer."""
+    would take the partition from the current event, which a batch does not have."""
 
     def __init__(self, table: Any) -> None:
         self.table = table
         self.rocksdb = hasattr(table.data, "_db_for_partition")  # else memory:// (trials only)
 
-    async def put(self, partition: int, key: bytes, value: bytes | None) -> None:
-        # Awaited into the Kafka client, not `send_changelog`'s buffer: Faust's flush before an
-        # offset commit gives up on that buffer after 0.1 s without progress, so a commit could
-        # run ahead of the state it covers. The client's own flush waits for everything.
-        await self.table.changelog_topic.send(
-            key=key,
-            value=value,
-            partition=partition,
-            key_serializer="raw",
-            value_serializer="raw",
-            callback=self.table._on_changelog_sent,  # keeps the store's changelog offset
-            force=True,
-        )
+    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            self.table.send_changelog(partition, key, None, value_serializer="raw")
+        else:
+            self.table.send_changelog(partition, key, value)
         if self.rocksdb:
             db = self.table.data._db_for_partition(partition)
             if value is None:
@@ -98,7 +89,16 @@ def build_app(settings: Settings) -> tuple[faust.App, ReconcileShell]:
     async def flush() -> None:
         await app.producer.flush()
 
-    shell = ReconcileShell(settings, TableStore(state), send, flush)
+    async def drain_send_buffer() -> None:
+        # Faust queues changelog messages in its own send buffer, and its flush before an offset
+        # commit gives up on that buffer after 0.1 s without progress: a commit could then run
+        # ahead of the state it covers. So each batch waits until the buffer has handed every
+        # message to the Kafka client, whose own flush (before each commit) waits for all.
+        buffer = app.producer.buffer
+        while buffer.size:
+            await buffer.flush()
+
+    shell = ReconcileShell(settings, TableStore(state), send, flush, drain_send_buffer)
 
     @app.agent(inputs, name="reconcile_payments")
     async def reconcile_payments(stream: faust.StreamT[bytes]) -> None:

@@ -56,7 +56,7 @@ class PartitionClock:
 class StateStore(Protocol):
     """Where the shell keeps engine state: a Faust table, written per partition."""
 
-    async def put(self, partition: int, key: bytes, value: bytes | None) -> None: ...
+    def put(self, partition: int, key: bytes, value: bytes | None) -> None: ...
 
     def load(self, partition: int) -> Iterable[tuple[bytes, bytes]]: ...
 
@@ -70,8 +70,10 @@ class ReconcileShell:
         store: StateStore,
         send: Send,
         flush: Callable[[], Awaitable[None]],
+        drain_state_writes: Callable[[], Awaitable[None]],
     ) -> None:
         self.settings = settings
+        self.drain_state_writes = drain_state_writes
         self.params = settings.params
         self.store = store
         self.send = send
@@ -182,17 +184,18 @@ class ReconcileShell:
             # Decisions must be on Kafka before the state that says they were made.
             await self.flush()
         for p in touched:
-            await self._persist(p)
+            self._persist(p)
+        await self.drain_state_writes()
 
-    async def _persist(self, partition: int) -> None:
+    def _persist(self, partition: int) -> None:
         refs, meta = self.engines[partition].take_dirty()
         put = self.store.put
         for ref, value in refs.items():
-            await put(partition, state_key(partition, ref), value)
+            put(partition, state_key(partition, ref), value)
         if meta is not None:
             # Last: on the same changelog partition, so the meta's offsets never run ahead of
             # the references it covers.
-            await put(partition, meta_key(partition), meta)
+            put(partition, meta_key(partition), meta)
 
     # -- the wall-clock exception ----------------------------------------------------------
 
