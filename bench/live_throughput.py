@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,16 +45,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def raw_consume(bootstrap: str, topics: list[str], n: int) -> float:
+async def raw_consume(bootstrap: str, topics: list[str], n: int, partitions: int) -> float:
     consumer = AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=bootstrap,
-        group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=8 << 20,
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, max_partition_fetch_bytes=8 << 20
     )
     await consumer.start()
+    tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
     got, started = 0, None
     give_up = time.monotonic() + 180
     try:
@@ -164,7 +162,7 @@ def main() -> int:
     produce(records, bootstrap, partitions=args.partitions)
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}")
     print(f"produced {n} records to {prefix}.* in {time.perf_counter() - t:.1f} s")
-    raw = asyncio.run(raw_consume(bootstrap, topics[:2], n))
+    raw = asyncio.run(raw_consume(bootstrap, topics[:2], n, args.partitions))
     print(f"raw aiokafka consumer: {raw:,.0f} records/s")
     for text in args.variant:
         variant = dict(kv.split("=", 1) for kv in text.split(",") if kv)

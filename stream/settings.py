@@ -105,7 +105,7 @@ def from_env(env: Mapping[str, str]) -> Settings:
 
 
 # Variables read by tools other than the settings object: kafka/broker.sh, tests, benchmarks.
-_OTHER_PREFIXES = ("QRIS_KAFKA_", "QRIS_TEST_", "QRIS_BENCH_", "QRIS_SIM_")
+_OTHER_PREFIXES = ("QRIS_KAFKA_", "QRIS_TEST_", "QRIS_BENCH_", "QRIS_SIM_", "QRIS_WEB_HOST_PORT")
 
 
 def to_env(settings: Settings) -> dict[str, str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from ..settings import Settings
 from .shell import ReconcileShell
@@ -22,19 +23,21 @@ RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_s
 
 
 class TableStore:
-    """Writes a batch's changed keys straight to partition p of the table: the changelog
-    message to changelog partition p and the local RocksDB store of p. `Table.__setitem__`
-    would take the partition from the current event, which a batch does not have."""
+    """Writes a batch's changed keys straight to partition p of the table: the local RocksDB
+    store of p now, and the changelog messages of the batch to changelog partition p, handed
+    to the Kafka client in one go by `write_changelog`. `Table.__setitem__` would take the
+    partition from the current event, which a batch does not have, and would queue each message
+    in Faust's send buffer, whose flush before an offset commit gives up after 0.1 s without
+    progress (a commit could then run ahead of the state it covers)."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, app: faust.App, table: Any) -> None:
+        self.app = app
         self.table = table
         self.rocksdb = hasattr(table.data, "_db_for_partition")  # else memory:// (trials only)
+        self.pending: dict[int, list[tuple[bytes, bytes | None]]] = {}
 
     def put(self, partition: int, key: bytes, value: bytes | None) -> None:
-        if value is None:
-            self.table.send_changelog(partition, key, None, value_serializer="raw")
-        else:
-            self.table.send_changelog(partition, key, value)
+        self.pending.setdefault(partition, []).append((key, value))
         if self.rocksdb:
             db = self.table.data._db_for_partition(partition)
             if value is None:
@@ -45,6 +48,31 @@ class TableStore:
             self.table.data.data.pop(key, None)
         else:
             self.table.data.data[key] = value
+
+    async def write_changelog(self) -> None:
+        """Hand this batch's changelog messages to the Kafka client (in order per partition);
+        its flush before every offset commit then waits for all of them."""
+        if not self.pending:
+            return
+        client = self.app.producer._producer  # the aiokafka producer behind Faust's
+        topic = self.table.changelog_topic.get_topic_name()
+        last: dict[int, Any] = {}
+        for partition, items in self.pending.items():
+            for key, value in items:
+                last[partition] = await client.send(topic, value, key, partition=partition)
+        self.pending.clear()
+        if self.rocksdb:
+            for partition, fut in last.items():
+                fut.add_done_callback(self._persisted(topic, partition))
+
+    def _persisted(self, topic: str, partition: int) -> Any:
+        def done(fut: Any) -> None:
+            # What `_on_changelog_sent` does per message: the store remembers how far the
+            # changelog is in it, so a restart reads only what came after.
+            if not fut.cancelled() and fut.exception() is None:
+                self.table.data.set_persisted_offset(TP(topic, partition), fut.result().offset)
+
+        return done
 
     def load(self, partition: int) -> list[tuple[bytes, bytes]]:
         data = self.table.data
@@ -89,16 +117,8 @@ def build_app(settings: Settings) -> tuple[faust.App, ReconcileShell]:
     async def flush() -> None:
         await app.producer.flush()
 
-    async def drain_send_buffer() -> None:
-        # Faust queues changelog messages in its own send buffer, and its flush before an offset
-        # commit gives up on that buffer after 0.1 s without progress: a commit could then run
-        # ahead of the state it covers. So each batch waits until the buffer has handed every
-        # message to the Kafka client, whose own flush (before each commit) waits for all.
-        buffer = app.producer.buffer
-        while buffer.size:
-            await buffer.flush()
-
-    shell = ReconcileShell(settings, TableStore(state), send, flush, drain_send_buffer)
+    store = TableStore(app, state)
+    shell = ReconcileShell(settings, store, send, flush, store.write_changelog)
 
     @app.agent(inputs, name="reconcile_payments")
     async def reconcile_payments(stream: faust.StreamT[bytes]) -> None:
