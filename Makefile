@@ -17,7 +17,7 @@ export QRIS_KAFKA_PORT ?= 9092
 export QRIS_BOOTSTRAP ?= 127.0.0.1:$(QRIS_KAFKA_PORT)
 
 .PHONY: demo install broker-up broker-down broker-reset test check lint typecheck test-fast fmt clean distclean \
-	bench-replay bench-live
+	bench-replay bench-live test-rebalance
 
 # The main job: the 29 March 2025 outage end to end on the real broker, then a report for
 # payment operations. Installs and starts the broker if needed; stops its worker at the end
@@ -45,9 +45,13 @@ broker-reset:
 
 # pytest exits 5 when it collected no test; that is reported and fails, never passes quietly.
 test: install broker-up
-	@rc=0; $(PY) -m pytest tests $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; $(PY) -m pytest tests -m "not known_flaky" $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
 	exit $$rc
+
+# The two-worker rebalance test, five times: it fails about one run in ten (README, Known limits).
+test-rebalance: install broker-up
+	for i in 1 2 3 4 5; do $(PY) -m pytest tests -m known_flaky $(PYTEST_ARGS) || exit 1; done
 
 check: lint typecheck test-fast
 

@@ -125,9 +125,13 @@ class PartitionEngine:
             eff = self.forced_ms
         self.silent[s] = False
         ref = event.reference
-        if seen_before and any(it[3] == offset and it[2] == s for it in self.pending.get(ref, ())):
-            self.stats["redelivered_while_waiting"] += 1
-            return []
+        if seen_before:
+            if any(it[3] == offset and it[2] == s for it in self.pending.get(ref, ())):
+                self.stats["redelivered_while_waiting"] += 1
+                return []
+            st = self.refs.get(ref)
+            if st is not None and event.event_id in (st.seen_p if s == 0 else st.seen_l):
+                return []  # processed already; it would be ignored as a duplicate anyway
         item: Item = (eff, RECORD, s, offset, ref, event)
         heapq.heappush(self.heap, item)
         if self.persistent:
