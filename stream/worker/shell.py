@@ -4,9 +4,9 @@ Faust only moves bytes here. For each batch the shell routes events to their par
 `PartitionEngine`, sends the decisions, waits until the producer has them (so state never
 runs ahead of what was sent), then writes the changed state of each partition to the state
 table in one coalesced write per reference (a record cache, as Kafka Streams' KIP-63), the
-partition's metadata last. Faust acks the batch afterwards and flushes the producer before it
-commits offsets. A restarted worker rebuilds each engine from the table, pending records
-included.
+partition's metadata last, and hands those changelog messages to the Kafka client. Faust acks
+the batch afterwards and flushes the client before it commits offsets. A restarted worker
+rebuilds each engine from the table, pending records included.
 
 The one wall-clock rule (live only) is here too: `check_idle_feeds` advances a partition's
 watermark when an input stream has been silent for `idle_timeout_s` (FEED_SILENT alert).
@@ -70,10 +70,11 @@ class ReconcileShell:
         store: StateStore,
         send: Send,
         flush: Callable[[], Awaitable[None]],
-        drain_state_writes: Callable[[], Awaitable[None]],
+        write_state: Callable[[], Awaitable[None]],
     ) -> None:
         self.settings = settings
-        self.drain_state_writes = drain_state_writes
+        # Hands the batch's state writes (queued by `store.put`) to the Kafka client.
+        self.write_state = write_state
         self.params = settings.params
         self.store = store
         self.send = send
@@ -141,7 +142,7 @@ class ReconcileShell:
                     try:
                         decisions.extend(eng.on_record(stream, msg.offset, msg.key, msg.value, _ts_ms(msg)))
                     except Exception as exc:  # a bug must not lose the record: dead-letter it
-                        decisions.extend(self._internal_error(eng, stream, msg, exc))
+                        decisions.extend(self._internal_error(stream, msg, exc))
                     self.clocks[p].last_arrival[stream] = now
                     touched.add(p)
                 self.counts["records"] += len(events)
@@ -158,7 +159,7 @@ class ReconcileShell:
             log.critical("cannot send or persist a batch; exiting before it is acked", exc_info=True)
             os._exit(70)
 
-    def _internal_error(self, eng: PartitionEngine, stream: Stream, msg: Any, exc: Exception) -> list[Decision]:
+    def _internal_error(self, stream: Stream, msg: Any, exc: Exception) -> list[Decision]:
         self.counts["internal_errors"] += 1
         log.error(
             "internal error on %s[%d]@%d: %s (record dead-lettered)",
@@ -185,7 +186,7 @@ class ReconcileShell:
             await self.flush()
         for p in touched:
             self._persist(p)
-        await self.drain_state_writes()
+        await self.write_state()
 
     def _persist(self, partition: int) -> None:
         refs, meta = self.engines[partition].take_dirty()
