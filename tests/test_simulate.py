@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import base64
 import doctest
+import hashlib
 import io
 import re
 import types
@@ -31,6 +32,7 @@ from stream.simulate import (
     SimRecord,
     accounts,
     cli,
+    degradation,
     generate,
     malformed,
     merchants,
@@ -223,9 +225,9 @@ def unsettled(references: dict[str, Reference]) -> dict[str, Reference]:
 # -- determinism ---------------------------------------------------------------------------
 
 
-def _replay_bytes(scenario: str, seed: int) -> bytes:
+def _replay_bytes(scenario: str, seed: int, **knobs: Any) -> bytes:
     sink = io.BytesIO()
-    write_replay(generate(scenario, seed=seed, start_ms=START_MS, minutes=30, rate_per_min=200), sink)
+    write_replay(generate(scenario, seed=seed, start_ms=START_MS, minutes=30, rate_per_min=200, **knobs), sink)
     return sink.getvalue()
 
 
@@ -234,6 +236,27 @@ def test_same_seed_and_parameters_give_identical_bytes() -> None:
     assert first == _replay_bytes("mixed", 5)
     assert first != _replay_bytes("mixed", 6)
     assert len(first.splitlines()) > 10_000
+
+
+# sha256 of _replay_bytes(scenario, 5), taken before degradations were added: a scenario
+# without one must keep its bytes (the degradation draws only inside its own window).
+PINNED_SHA256 = {
+    "normal": "4bb52451e3866b5ef0ee556cb6167786de9490e7dcc9aefe2d1060e5ba98f752",
+    "outage": "32ad83121e50fc0e1fb06c2cbce99a1c644b6e0b9f307529eec3cf4a7c9df29d",
+    "mixed": "497f9c79cf2a48d673382c34b4c288caaa2068308f42865a055c453ce2b4804c",
+}
+
+
+@pytest.mark.parametrize("scenario", list(PINNED_SHA256))
+def test_output_without_a_degradation_is_unchanged(scenario: str) -> None:
+    pinned = _replay_bytes(scenario, 5)
+    assert hashlib.sha256(pinned).hexdigest() == PINNED_SHA256[scenario]
+    assert _replay_bytes(scenario, 5, degrade_scope="") == pinned
+    # A degradation that starts after the last arrival draws nothing either.
+    after_the_run = START_MS + 31 * 60_000
+    assert (
+        _replay_bytes(scenario, 5, degrade_scope="switch", degrade_id="JALIN", degrade_start_ms=after_the_run) == pinned
+    )
 
 
 def test_knobs_and_scenarios_are_checked() -> None:
@@ -245,6 +268,18 @@ def test_knobs_and_scenarios_are_checked() -> None:
         generate("normal", seed=1, start_ms=START_MS, failure_rate=1.5)
     with pytest.raises(ValueError, match="minutes, payments"):
         generate("normal", seed=1, start_ms=START_MS, minutes=None)
+    with pytest.raises(ValueError, match="unknown degrade_scope"):
+        generate("normal", seed=1, start_ms=START_MS, degrade_scope="bank", degrade_at=0.5)
+    with pytest.raises(ValueError, match="degrade_start_ms or degrade_at"):
+        generate("normal", seed=1, start_ms=START_MS, degrade_scope="switch", degrade_id="JALIN")
+    with pytest.raises(ValueError, match="no switch"):
+        generate("slow_burn", seed=1, start_ms=START_MS, degrade_id="Jalin")
+    with pytest.raises(ValueError, match="degrade_ramp_minutes"):
+        generate("slow_burn", seed=1, start_ms=START_MS, degrade_ramp_minutes=61)
+    with pytest.raises(ValueError, match="degrade_failure_rate"):
+        generate("acquirer_degradation", seed=1, start_ms=START_MS, degrade_failure_rate=1.2)
+    with pytest.raises(ValueError, match="no merchant"):
+        generate("merchant_failure", seed=1, start_ms=START_MS, degrade_id="ID100000000000")
 
 
 # -- Kafka's default partitioner -------------------------------------------------------------
@@ -351,7 +386,10 @@ def test_valid_records_follow_the_contract(scenario: str) -> None:
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_ground_truth_owed_matches_the_records(scenario: str) -> None:
-    run = simulated(scenario)
+    assert_owed_matches_the_records(simulated(scenario))
+
+
+def assert_owed_matches_the_records(run: Run) -> None:
     owed = {}
     for reference, r in by_reference(run).items():
         net = sum(e["amount"] for e in r.events["debited"]) - sum(e["amount"] for e in r.events["reversed"])
@@ -553,6 +591,150 @@ def test_payments_cap_stops_arrivals_but_finishes_lifecycles() -> None:
     assert kinds["requested"] == 500 and kinds["settled"] > 450
 
 
+# -- degradations: a scope's payments fail more for a while --------------------------------
+
+
+def requested_in(run: Run, begin_ms: int, end_ms: int) -> dict[str, Reference]:
+    return {ref: r for ref, r in by_reference(run).items() if begin_ms <= r.times("requested")[0] < end_ms}
+
+
+def test_acquirer_degradation_fails_its_share_of_the_scope_in_the_window_only() -> None:
+    # No other failures, so every failed payment is one the degradation chose.
+    run = simulated("acquirer_degradation", minutes=60, rate=200, failure_rate=0.0)
+    assert_owed_matches_the_records(run)
+    [incident] = run.truth.incidents
+    assert incident["kind"] == "degradation" and incident["scope"] == {"type": "acquirer", "id": "BCA"}
+    begin_ms, end_ms = incident["start_ms"], incident["end_ms"]
+    assert (begin_ms, end_ms) == (START_MS + 24 * 60_000, START_MS + 54 * 60_000)
+    assert incident["full_from_ms"] == begin_ms and incident["failure_rate"] == 0.3
+    references = by_reference(run)
+    failed = {ref: r for ref, r in references.items() if r.events["failed"]}
+    for r in failed.values():
+        assert r.requested["acquirer_id"] == "BCA"
+        assert begin_ms <= r.times("requested")[0] < end_ms
+    in_scope = [r for r in requested_in(run, begin_ms, end_ms).values() if r.requested["acquirer_id"] == "BCA"]
+    assert incident["payments"] == len(in_scope) > 1_000
+    assert incident["affected"] == len(failed)
+    assert abs(len(failed) / len(in_scope) - 0.3) < 0.05  # about 4 standard deviations
+    # Like other failures: half before any debit (switch or issuer side), the rest debited,
+    # most of those reversed; the unreversed ones are owed a refund.
+    kinds = Counter(
+        "before debit" if not r.events["debited"] else ("reversed" if r.events["reversed"] else "not reversed")
+        for r in failed.values()
+    )
+    assert abs(kinds["before debit"] / len(failed) - 0.5) < 0.06
+    assert abs(kinds["reversed"] / (kinds["reversed"] + kinds["not reversed"]) - 0.85) < 0.06
+    assert {r.events["failed"][0]["response_code"] for r in failed.values() if not r.events["debited"]} == {
+        "68",
+        "91",
+        "96",
+    }
+    assert {reason for _, reason in run.truth.owed.values()} == {"PAYMENT_FAILED"}
+
+
+def test_slow_burn_failure_share_ramps_up_then_holds() -> None:
+    run = simulated("slow_burn", minutes=100, rate=200, failure_rate=0.0)
+    assert_owed_matches_the_records(run)
+    [incident] = run.truth.incidents
+    begin_ms = START_MS + 30 * 60_000
+    assert (incident["start_ms"], incident["full_from_ms"], incident["end_ms"]) == (
+        begin_ms,
+        begin_ms + 45 * 60_000,
+        begin_ms + 60 * 60_000,
+    )
+    shares = []
+    for quarter in range(4):  # 15 minutes each; the linear ramp averages 5%, 15%, 25%, then 30%
+        start = begin_ms + quarter * 15 * 60_000
+        jalin = [
+            r for r in requested_in(run, start, start + 15 * 60_000).values() if r.requested["switch_id"] == "JALIN"
+        ]
+        assert len(jalin) > 500
+        shares.append(sum(bool(r.events["failed"]) for r in jalin) / len(jalin))
+    for share, expected in zip(shares, (0.05, 0.15, 0.25, 0.30), strict=True):
+        assert abs(share - expected) < 0.04, shares
+    assert shares[0] < shares[1] < shares[2]
+    assert not [r for r in by_reference(run).values() if r.events["failed"] and r.requested["switch_id"] != "JALIN"]
+
+
+def test_merchant_degradation_defaults_to_the_busiest_merchant() -> None:
+    catalogue = merchants.build_catalogue(11, 2000)
+    busiest = catalogue.busiest()
+    assert catalogue.weights[catalogue.merchants.index(busiest)] == max(catalogue.weights)
+    run = simulated("merchant_failure", minutes=60, rate=200, failure_rate=0.0)
+    assert_owed_matches_the_records(run)
+    [incident] = run.truth.incidents
+    assert incident["scope"] == {"type": "merchant", "id": busiest.nmid}
+    assert simulated("merchant_failure").truth.incidents[0]["scope"]["id"] == busiest.nmid  # the seed decides
+    failed = [r for r in by_reference(run).values() if r.events["failed"]]
+    assert failed and {r.requested["merchant_id"] for r in failed} == {busiest.nmid}
+    assert abs(incident["affected"] / incident["payments"] - 0.6) < 0.15  # ~100 payments: 3 sd
+    # An explicit NMID picks that merchant instead.
+    other = catalogue.merchants[1 if catalogue.merchants[0] == busiest else 0]
+    chosen = simulated("merchant_failure", minutes=60, rate=200, failure_rate=0.0, degrade_id=other.nmid)
+    assert chosen.truth.incidents[0]["scope"]["id"] == other.nmid
+    assert {r.requested["merchant_id"] for r in by_reference(chosen).values() if r.events["failed"]} <= {other.nmid}
+
+
+def test_ground_truth_records_the_outage_and_the_degradation_as_incidents() -> None:
+    degrade_start = START_MS + 40 * 60_000
+    run = simulated("outage", minutes=60, degrade_scope="issuer", degrade_id="BANKDKI", degrade_start_ms=degrade_start)
+    outage, degraded = run.truth.incidents
+    begin_ms, end_ms = run.truth.outage_window_ms or (0, 0)
+    assert outage == {
+        "kind": "switch_outage",
+        "scope": {"type": "switch", "id": "RINTIS"},
+        "start_ms": begin_ms,
+        "end_ms": end_ms,
+        "full_from_ms": begin_ms,
+        "failure_rate": 1.0,
+        "payments": sum(r.requested["switch_id"] == "RINTIS" for r in requested_in(run, begin_ms, end_ms).values()),
+        "affected": len(run.truth.outage),
+    }
+    assert outage["payments"] > 100 and outage["affected"] > 100
+    assert degraded["kind"] == "degradation" and degraded["scope"] == {"type": "issuer", "id": "BANKDKI"}
+    assert (degraded["start_ms"], degraded["end_ms"]) == (degrade_start, degrade_start + 30 * 60_000)
+    # The run's arrivals end 20 minutes into the degradation: every payment of those is the issuer's.
+    assert degraded["payments"] == len(requested_in(run, degrade_start, degrade_start + 30 * 60_000))
+    assert 0.25 < degraded["affected"] / degraded["payments"] < 0.35
+    assert run.truth.to_json()["incidents"] == [outage, degraded]
+    assert simulated("normal").truth.incidents == []
+
+
+def test_command_maps_the_degradation_flags(tmp_path: Any) -> None:
+    out, truth_file = tmp_path / "degraded.jsonl", tmp_path / "truth.json"
+    status = simulate_main(
+        [
+            "--scenario=normal",
+            "--seed=4",
+            "--minutes=20",
+            "--rate-per-min=100",
+            "--degrade-scope=acquirer",
+            "--degrade-id=BRI",
+            "--degrade-start=2025-03-29T09:05:00+07:00",
+            "--degrade-minutes=10",
+            "--degrade-failure-rate=0.5",
+            "--degrade-ramp-minutes=4",
+            f"--out={out}",
+            f"--truth={truth_file}",
+        ]
+    )
+    assert status == 0
+    expected = io.BytesIO()
+    knobs = {
+        "degrade_scope": "acquirer",
+        "degrade_id": "BRI",
+        "degrade_start_ms": START_MS + 5 * 60_000,
+        "degrade_minutes": 10.0,
+        "degrade_failure_rate": 0.5,
+        "degrade_ramp_minutes": 4.0,
+    }
+    write_replay(generate("normal", seed=4, start_ms=START_MS, minutes=20, rate_per_min=100, **knobs), expected)
+    assert out.read_bytes() == expected.getvalue()
+    [incident] = orjson.loads(truth_file.read_bytes())["incidents"]
+    assert incident["scope"] == {"type": "acquirer", "id": "BRI"}
+    assert incident["full_from_ms"] - incident["start_ms"] == 4 * 60_000 and incident["affected"] > 0
+
+
 # -- replay file ---------------------------------------------------------------------------
 
 
@@ -634,6 +816,7 @@ def test_command_help_renders() -> None:
     [
         accounts,
         cli,
+        degradation,
         malformed,
         merchants,
         output,

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from stream.core.eventtime import parse_instant
+from stream.simulate.degradation import DEGRADE_SCOPES
 from stream.simulate.output import produce, write_replay
 from stream.simulate.scenarios import SCENARIOS, Knobs
 from stream.simulate.traffic import LEDGER_TOPIC, PAYMENT_TOPIC, generate
@@ -100,6 +101,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outage-start", type=event_time_ms, help="event time the outage starts (RFC 3339/ms)")
     parser.add_argument("--outage-minutes", type=float, help="outage length (default 20)")
     parser.add_argument(
+        "--degrade-scope",
+        choices=[scope for scope in DEGRADE_SCOPES if scope],
+        help="whose payments fail more for a while (placed by --degrade-start, degrade_at or the scenario)",
+    )
+    parser.add_argument(
+        "--degrade-id",
+        help="the degraded switch, acquirer, merchant NMID or issuer (merchant: default the busiest)",
+    )
+    parser.add_argument("--degrade-start", type=event_time_ms, help="event time the degradation starts (RFC 3339/ms)")
+    parser.add_argument("--degrade-minutes", type=float, help="degradation length (default 30)")
+    parser.add_argument(
+        "--degrade-failure-rate",
+        type=float,
+        help="share of the scope's payments that fail at full strength (default 0.3)",
+    )
+    parser.add_argument(
+        "--degrade-ramp-minutes", type=float, help="minutes the failure share takes to reach full (default 0: at once)"
+    )
+    parser.add_argument(
         "--set",
         dest="knobs",
         type=parse_knob,
@@ -122,6 +142,12 @@ def run(args: argparse.Namespace) -> int:
         ("outage_switch", "outage_switch"),
         ("outage_start", "outage_start_ms"),
         ("outage_minutes", "outage_minutes"),
+        ("degrade_scope", "degrade_scope"),
+        ("degrade_id", "degrade_id"),
+        ("degrade_start", "degrade_start_ms"),
+        ("degrade_minutes", "degrade_minutes"),
+        ("degrade_failure_rate", "degrade_failure_rate"),
+        ("degrade_ramp_minutes", "degrade_ramp_minutes"),
     ):
         value = getattr(args, option)
         if value is not None:

@@ -112,6 +112,7 @@ class Catalogue:
         if not merchants or len(merchants) != len(weights):
             raise ValueError("a catalogue needs merchants, one weight each")
         self.merchants = tuple(merchants)
+        self.weights = tuple(weights)
         total = 0.0
         cumulative = []
         for weight in weights:
@@ -123,6 +124,15 @@ class Catalogue:
     def pick(self, u: float) -> Merchant:
         index = bisect.bisect_right(self.cumulative_weights, u * self.total_weight)
         return self.merchants[min(index, len(self.merchants) - 1)]
+
+    def busiest(self) -> Merchant:
+        """The merchant with the largest popularity weight (the first of equals).
+
+        >>> two = build_catalogue(1, 2).merchants
+        >>> Catalogue(list(two), [1.0, 2.0]).busiest() == two[1]
+        True
+        """
+        return self.merchants[self.weights.index(max(self.weights))]
 
 
 def _routing(primary: str) -> tuple[str, ...]:

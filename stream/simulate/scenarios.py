@@ -6,6 +6,8 @@ Rates are per payment unless they say per record.
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from stream.simulate.degradation import DEGRADE_SCOPES, DegradeScope
+from stream.simulate.merchants import ACQUIRERS, SWITCHES
 from stream.simulate.rhythm import PROFILES, Profile
 
 
@@ -38,16 +40,34 @@ class Knobs:
     outage_minutes: float = 20.0
     outage_late_share: float = 0.6  # held payments that settle after recovery; rest never
     outage_late_max_minutes: float = 10.0  # how long after recovery the late ones trickle in
+    degrade_scope: DegradeScope = ""  # "switch", "acquirer", "merchant" or "issuer" fails more; "" = none
+    degrade_id: str = ""  # that scope's id (switch, acquirer, NMID, issuer); merchant "" = the busiest
+    degrade_start_ms: int | None = None  # event time the degradation starts ...
+    degrade_at: float | None = None  # ... or, if that is None, this fraction into the run
+    degrade_minutes: float = 30.0
+    degrade_failure_rate: float = 0.3  # share of the scope's payments that fail at full strength
+    degrade_ramp_minutes: float = 0.0  # 0 = step; else the share grows linearly to full over this
 
     def outage_window_ms(self, start_ms: int, minutes: float) -> tuple[int, int] | None:
         """The [start, end) event-time window of the switch outage, if there is one."""
-        if self.outage_start_ms is not None:
-            begin = self.outage_start_ms
-        elif self.outage_at is not None:
-            begin = start_ms + int(self.outage_at * minutes * 60_000)
-        else:
+        return _window_ms(self.outage_start_ms, self.outage_at, self.outage_minutes, start_ms, minutes)
+
+    def degrade_window_ms(self, start_ms: int, minutes: float) -> tuple[int, int] | None:
+        """The [start, end) event-time window of the degradation, if there is one."""
+        if not self.degrade_scope:
             return None
-        return begin, begin + int(self.outage_minutes * 60_000)
+        return _window_ms(self.degrade_start_ms, self.degrade_at, self.degrade_minutes, start_ms, minutes)
+
+
+def _window_ms(
+    begin_ms: int | None, at: float | None, length_minutes: float, start_ms: int, minutes: float
+) -> tuple[int, int] | None:
+    """[begin, begin + length): begin given, or ``at`` of the run's ``minutes`` from ``start_ms``."""
+    if begin_ms is None:
+        if at is None:
+            return None
+        begin_ms = start_ms + int(at * minutes * 60_000)
+    return begin_ms, begin_ms + int(length_minutes * 60_000)
 
 
 SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -93,6 +113,28 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
             "outage_at": 0.4,
         },
     ),
+    "acquirer_degradation": (
+        "30% of acquirer BCA's payments fail for 30 minutes from 40% into the run",
+        {"degrade_scope": "acquirer", "degrade_id": "BCA", "degrade_at": 0.4},
+    ),
+    "merchant_failure": (
+        "60% of the busiest merchant's payments fail for 20 minutes from 40% into the run",
+        {"degrade_scope": "merchant", "degrade_failure_rate": 0.6, "degrade_minutes": 20.0, "degrade_at": 0.4},
+    ),
+    "slow_burn": (
+        "switch JALIN degrades for 60 minutes from 30% into the run, failures ramping to 30% over 45",
+        {
+            "degrade_scope": "switch",
+            "degrade_id": "JALIN",
+            "degrade_at": 0.3,
+            "degrade_minutes": 60.0,
+            "degrade_ramp_minutes": 45.0,
+        },
+    ),
+    "low_volume": (
+        "a normal day spread over 10,000 merchants: few payments per merchant, no incident",
+        {"merchants": 10_000},
+    ),
 }
 
 _RATES = (
@@ -109,6 +151,7 @@ _RATES = (
     "disorder_beyond_rate",
     "malformed_rate",
     "outage_late_share",
+    "degrade_failure_rate",
 )
 
 KNOB_NAMES = tuple(f.name for f in fields(Knobs))
@@ -145,4 +188,21 @@ def resolve_knobs(scenario: str, overrides: dict[str, Any]) -> Knobs:
         raise ValueError("need allowed_lateness_s >= 3 and timeout_s > allowed_lateness_s")
     if knobs.outage_minutes < 0 or knobs.outage_late_max_minutes <= 0:
         raise ValueError("outage_minutes must be >= 0, outage_late_max_minutes > 0")
+    _check_degradation(knobs)
     return knobs
+
+
+def _check_degradation(knobs: Knobs) -> None:
+    scope, scope_id = knobs.degrade_scope, knobs.degrade_id
+    if scope not in DEGRADE_SCOPES:
+        raise ValueError(f"unknown degrade_scope {scope!r}; known: {DEGRADE_SCOPES}")
+    if not scope:
+        return
+    if knobs.degrade_start_ms is None and knobs.degrade_at is None:
+        raise ValueError("a degradation needs degrade_start_ms or degrade_at")
+    if not 0 <= knobs.degrade_ramp_minutes <= knobs.degrade_minutes:
+        raise ValueError("need 0 <= degrade_ramp_minutes <= degrade_minutes")
+    # A merchant's NMID is checked against the catalogue when it is built.
+    known = {"switch": SWITCHES, "acquirer": tuple(ACQUIRERS), "issuer": (knobs.issuer_id,)}.get(scope)
+    if known is not None and scope_id not in known:
+        raise ValueError(f"degrade_id {scope_id!r} is no {scope} of the simulation; known: {', '.join(known)}")

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from stream.simulate.accounts import AccountPool
+from stream.simulate.degradation import Degradation
 from stream.simulate.malformed import MALFORMED_KINDS, corrupt
 from stream.simulate.merchants import build_catalogue
 from stream.simulate.partitioner import KeyPartitioner
@@ -38,6 +39,11 @@ _FAIL_LATE_REVERSAL, _STUCK = 5, 6
 # switch or the acquirer side fails.
 _CODES_BEFORE_DEBIT = ("51",) * 6 + ("05",) * 2 + ("61", "14")
 _CODES_AFTER_DEBIT = ("68",) * 4 + ("91",) * 3 + ("96",) * 2 + ("05",)
+# A degradation fails payments on the switch or issuer side: half before any debit (issuer
+# or switch unavailable, timeout), the rest after it, 85% of those reversed by the ledger.
+# The upper ends of a uniform draw's intervals: before debit, then debited and reversed.
+_CODES_DEGRADED_BEFORE_DEBIT = ("91", "96", "68")
+_DEGRADED_BEFORE_DEBIT, _DEGRADED_REVERSED = 0.5, 0.5 + 0.5 * 0.85
 
 # Share of records written in WIB rather than UTC, per topic: the payment service is local,
 # the core-banking ledger mostly logs UTC.
@@ -82,8 +88,9 @@ def generate(
     """Records of ``scenario``: payments arrive during ``minutes`` of event time from
     ``start_ms`` (at most ``payments`` of them), at ``rate_per_min`` on an average weekday
     shaped by the daily rhythm; every lifecycle then runs to its end. With ``minutes=None``
-    only ``payments`` bounds the run, and the run's length for placing an outage
-    (``outage_at``) is taken as ``payments / (rate_per_min * volume_factor)`` minutes.
+    only ``payments`` bounds the run, and the run's length for placing an outage or a
+    degradation (``outage_at``, ``degrade_at``) is taken as
+    ``payments / (rate_per_min * volume_factor)`` minutes.
     ``knobs`` override the scenario's (see ``stream.simulate.scenarios.Knobs``). ``truth``,
     if given, is filled in as records are generated. About 3 records per payment.
 
@@ -167,6 +174,32 @@ class _Simulation:
         self._outage = knobs.outage_window_ms(start_ms, minutes)
         truth.outage_window_ms = self._outage
         truth.outage_switch = knobs.outage_switch if self._outage else None
+        # The incidents' counters, filled in as payments arrive (they are truth.incidents' dicts).
+        self._outage_incident: dict[str, Any] = {}
+        if self._outage is not None:
+            # Every answer due through the switch in the window is held: full strength at once.
+            begin_ms, end_ms = self._outage
+            self._outage_incident = _incident(
+                "switch_outage", "switch", knobs.outage_switch, begin_ms, end_ms, begin_ms, 1.0
+            )
+            truth.incidents.append(self._outage_incident)
+        self._degradation: Degradation | None = None
+        self._degradation_incident: dict[str, Any] = {}
+        degrade_window = knobs.degrade_window_ms(start_ms, minutes)
+        if degrade_window is not None:
+            scope_id = knobs.degrade_id
+            if knobs.degrade_scope == "merchant":
+                scope_id = scope_id or catalogue.busiest().nmid
+                if scope_id not in {m.nmid for m in self._merchants}:
+                    raise ValueError(f"degrade_id {scope_id!r} is no merchant of the catalogue")
+            begin_ms, end_ms = degrade_window
+            full_from_ms = min(end_ms, begin_ms + int(knobs.degrade_ramp_minutes * 60_000))
+            rate = knobs.degrade_failure_rate
+            self._degradation = Degradation(knobs.degrade_scope, scope_id, begin_ms, end_ms, full_from_ms, rate)
+            self._degradation_incident = _incident(
+                "degradation", knobs.degrade_scope, scope_id, begin_ms, end_ms, full_from_ms, rate
+            )
+            truth.incidents.append(self._degradation_incident)
         # Per record, one draw picks at most one transport effect: these are the upper ends
         # of its intervals; `per_record` is the share of records with any effect.
         within = knobs.disorder_rate
@@ -242,8 +275,33 @@ class _Simulation:
         debited_ms = requested_ms + 120 + int(rnd() ** 2 * 900)
         timeout_ms = self._timeout_ms
 
-        u = rnd()
-        if u < knobs.failure_rate:
+        # A degradation fails a share of its scope's payments; one extra draw, only in its window.
+        degraded = False
+        degradation = self._degradation
+        if (
+            degradation is not None
+            and degradation.start_ms <= requested_ms < degradation.end_ms
+            and degradation.covers(
+                switch_id=switch_id,
+                acquirer_id=merchant.acquirer_id,
+                merchant_id=merchant.nmid,
+                issuer_id=knobs.issuer_id,
+            )
+        ):
+            self._degradation_incident["payments"] += 1
+            if rnd() < degradation.failure_share(requested_ms):
+                degraded = True
+                self._degradation_incident["affected"] += 1
+
+        if degraded:
+            v = rnd()
+            if v < _DEGRADED_BEFORE_DEBIT:
+                outcome = _FAIL_BEFORE_DEBIT
+            elif v < _DEGRADED_REVERSED:
+                outcome = _FAIL_REVERSED
+            else:
+                outcome = _FAIL_UNREVERSED
+        elif (u := rnd()) < knobs.failure_rate:
             v = rnd()
             before = knobs.failure_before_debit_share
             if v < before:
@@ -275,6 +333,8 @@ class _Simulation:
         # A switch outage holds every answer due through that switch during the window.
         held = False
         outage = self._outage
+        if outage is not None and switch_id == knobs.outage_switch and outage[0] <= requested_ms < outage[1]:
+            self._outage_incident["payments"] += 1
         if (
             outage is not None
             and outcome != _STUCK
@@ -282,6 +342,7 @@ class _Simulation:
             and outage[0] <= resolved_ms < outage[1]
         ):
             held = True
+            self._outage_incident["affected"] += 1
             if outcome == _FAIL_BEFORE_DEBIT:
                 truth.outage[reference] = "no_response"
             elif rnd() < knobs.outage_late_share:
@@ -324,7 +385,8 @@ class _Simulation:
         elif outcome == _FAIL_BEFORE_DEBIT:
             if not held:
                 answer = "failed"
-                response_code = _CODES_BEFORE_DEBIT[int(rnd() * len(_CODES_BEFORE_DEBIT))]
+                codes = _CODES_DEGRADED_BEFORE_DEBIT if degraded else _CODES_BEFORE_DEBIT
+                response_code = codes[int(rnd() * len(codes))]
         elif outcome != _STUCK:
             answer = "failed"
             response_code = _CODES_AFTER_DEBIT[int(rnd() * len(_CODES_AFTER_DEBIT))]
@@ -509,3 +571,19 @@ class _Simulation:
             bad_ms = produce_ms + int(rng.random() * 2_000)
             heapq.heappush(heap, (bad_ms, next(sequence), topic, bad_partition, key, bad))
             truth.malformed[kind] += 1
+
+
+def _incident(
+    kind: str, scope: str, scope_id: str, start_ms: int, end_ms: int, full_from_ms: int, failure_rate: float
+) -> dict[str, Any]:
+    """A ground-truth incident (see ``GroundTruth.incidents``), its counters at zero."""
+    return {
+        "kind": kind,
+        "scope": {"type": scope, "id": scope_id},
+        "start_ms": start_ms,
+        "end_ms": end_ms,
+        "full_from_ms": full_from_ms,
+        "failure_rate": failure_rate,
+        "payments": 0,
+        "affected": 0,
+    }

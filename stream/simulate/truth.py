@@ -1,7 +1,8 @@
 """What a simulation meant to happen, recorded while it generates: which references are
 owed money at the end and why, which refunds should be requested and later cancelled, and
-what was injected (outage victims, malformed records, redeliveries, late deliveries). It is
-the business intent, cheap to keep, for tests and benchmarks to compare decisions with.
+what was injected (outage victims, degradations, malformed records, redeliveries, late
+deliveries). It is the business intent, cheap to keep, for tests and benchmarks to compare
+decisions with; ``incidents`` is what a burst detector should find.
 """
 
 from collections import Counter
@@ -31,6 +32,11 @@ class GroundTruth:
     redelivered: int = 0
     late_within_lateness: int = 0
     late_beyond_lateness: int = 0
+    # Each injected incident, outage first: {"kind": "switch_outage" | "degradation",
+    # "scope": {"type", "id"}, "start_ms", "end_ms", "full_from_ms" (full strength from here),
+    # "failure_rate", "payments" (the scope's payments requested in the window),
+    # "affected" (payments held by the outage, or failed by the degradation)}.
+    incidents: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready view (sorted, so the same run gives the same document)."""
@@ -47,4 +53,5 @@ class GroundTruth:
             "redelivered": self.redelivered,
             "late_within_lateness": self.late_within_lateness,
             "late_beyond_lateness": self.late_beyond_lateness,
+            "incidents": [{**incident, "scope": dict(incident["scope"])} for incident in self.incidents],
         }
