@@ -107,14 +107,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         topics = {role: s.output_topic(role) for role in ("refunds", "alerts", "dead_letter")}
         with _open_out(args.out) as fh:
-            n_out = replay_file_parallel(args.input, s.params, drain=args.drain, jobs=jobs, topics=topics, out=fh)
+            n_out = replay_file_parallel(
+                args.input, s.params, drain=args.drain, jobs=jobs, topics=topics, out=fh, burst=s.burst
+            )
         print(
             f"replay: {n_out} decisions in {time.perf_counter() - started:.2f} s ({jobs} jobs) -> {args.out}",
             file=sys.stderr,
         )
         return 0
     with _open_out(args.out) as fh:
-        for partition, d in replay(_input_records(args, s), s.params, drain=args.drain):
+        for partition, d in replay(_input_records(args, s), s.params, drain=args.drain, burst=s.burst):
             topic = s.output_topic(d.role)
             k = (topic, partition)
             seq[k] = seq.get(k, -1) + 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from .core.burst import BurstParams
 from .core.partition import Params
 
 
@@ -23,11 +24,14 @@ class Settings:
     refund_topic: str = "qris.refunds"
     alert_topic: str = "qris.alerts"
     dead_letter_topic: str = "qris.dead-letter"
+    signals_topic: str = "qris.burst-signals"
     partitions: int = 4
     timeout_s: float = 300.0
     lateness_s: float = 30.0
     retention_s: float = 48 * 3600.0
     idle_timeout_s: float = 60.0
+    probe_age_s: float = 30.0
+    burst_threshold: float = 7.0  # BurstParams.threshold
     app_id: str = "qris-guard"
     store: str = "rocksdb://"
     data_dir: str = "var/worker"
@@ -47,10 +51,20 @@ class Settings:
             retention_ms=round(self.retention_s * 1000),
             payment_topic=self.payment_topic,
             ledger_topic=self.ledger_topic,
+            probe_age_ms=round(self.probe_age_s * 1000),
         )
 
+    @property
+    def burst(self) -> BurstParams:
+        return BurstParams(threshold=self.burst_threshold)
+
     def output_topic(self, role: str) -> str:
-        return {"refunds": self.refund_topic, "alerts": self.alert_topic, "dead_letter": self.dead_letter_topic}[role]
+        return {
+            "refunds": self.refund_topic,
+            "alerts": self.alert_topic,
+            "dead_letter": self.dead_letter_topic,
+            "signals": self.signals_topic,
+        }[role]
 
 
 # env variable name and meaning of every setting
@@ -61,6 +75,10 @@ DOCS: dict[str, tuple[str, str]] = {
     "refund_topic": ("QRIS_REFUND_TOPIC", "output topic of refund instructions"),
     "alert_topic": ("QRIS_ALERT_TOPIC", "output topic of alerts for payment operations"),
     "dead_letter_topic": ("QRIS_DEAD_LETTER_TOPIC", "output topic of rejected input records"),
+    "signals_topic": (
+        "QRIS_SIGNALS_TOPIC",
+        "internal topic (1 partition) of the partitions' closed minutes for the burst detector",
+    ),
     "partitions": ("QRIS_PARTITIONS", "partitions when qris-guard creates the topics (inputs co-partitioned)"),
     "timeout_s": ("QRIS_TIMEOUT_S", "T: seconds after a debit before an unsettled amount is refunded"),
     "lateness_s": ("QRIS_LATENESS_S", "A: allowed lateness of a record behind its own stream, seconds"),
@@ -68,6 +86,14 @@ DOCS: dict[str, tuple[str, str]] = {
     "idle_timeout_s": (
         "QRIS_IDLE_TIMEOUT_S",
         "live only: wall-clock seconds an input stream may be silent before the watermark moves without it",
+    ),
+    "probe_age_s": (
+        "QRIS_PROBE_AGE_S",
+        "burst signals: seconds after its request a payment is judged settled, failed or unsettled",
+    ),
+    "burst_threshold": (
+        "QRIS_BURST_THRESHOLD",
+        "burst incidents open at this surprise, -log10 of the binomial tail (one value for all scopes)",
     ),
     "app_id": ("QRIS_APP_ID", "Faust application id (consumer group, changelog topic prefix)"),
     "store": ("QRIS_STORE", "Faust table store: rocksdb:// in production, memory:// for quick trials"),

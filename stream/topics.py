@@ -1,6 +1,7 @@
 """Creating and checking the contract's topics on a broker (kafka-python admin).
 
-The two input topics must be co-partitioned (same partition count); outputs get the same count.
+The two input topics must be co-partitioned (same partition count); outputs get the same count,
+except the internal signals topic, which has one partition.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ def topic_names(settings: Settings) -> list[str]:
         settings.refund_topic,
         settings.alert_topic,
         settings.dead_letter_topic,
+        settings.signals_topic,
     ]
+
+
+def signals_topic(name: str) -> NewTopic:
+    """The burst detector's input: one partition (one detector), kept for good (it is the
+    detector's state, replayed when a worker takes it over)."""
+    return NewTopic(name, num_partitions=1, replication_factor=1, topic_configs={"retention.ms": "-1"})
 
 
 def create_topics(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, int]:
@@ -32,8 +40,10 @@ def create_topics(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, i
         new = [
             NewTopic(name, num_partitions=settings.partitions, replication_factor=1)
             for name in topic_names(settings)
-            if name not in existing
+            if name not in existing and name != settings.signals_topic
         ]
+        if settings.signals_topic not in existing:
+            new.append(signals_topic(settings.signals_topic))
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker raced us to it
                 admin.create_topics(new, timeout_ms=int(timeout_s * 1000))

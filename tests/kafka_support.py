@@ -24,6 +24,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from stream.drivers.replayfile import KafkaRecord
+from stream.topics import signals_topic
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOTSTRAP = os.environ.get("QRIS_BOOTSTRAP", "127.0.0.1:9092")
@@ -75,6 +76,10 @@ class Topics:
     def dead_letter(self) -> str:
         return f"{self.prefix}.dead-letter"
 
+    @property
+    def signals(self) -> str:
+        return f"{self.prefix}.burst-signals"
+
     def outputs(self) -> list[str]:
         return [self.refunds, self.alerts, self.dead_letter]
 
@@ -85,6 +90,7 @@ class Topics:
             "QRIS_REFUND_TOPIC": self.refunds,
             "QRIS_ALERT_TOPIC": self.alerts,
             "QRIS_DEAD_LETTER_TOPIC": self.dead_letter,
+            "QRIS_SIGNALS_TOPIC": self.signals,
             "QRIS_PARTITIONS": str(self.partitions),
         }
 
@@ -93,8 +99,11 @@ class Topics:
         try:
             admin.create_topics(
                 [
-                    NewTopic(t, num_partitions=self.partitions, replication_factor=1)
-                    for t in [self.payment, self.ledger, *self.outputs()]
+                    *(
+                        NewTopic(t, num_partitions=self.partitions, replication_factor=1)
+                        for t in [self.payment, self.ledger, *self.outputs()]
+                    ),
+                    signals_topic(self.signals),
                 ]
             )
         finally:

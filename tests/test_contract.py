@@ -102,5 +102,7 @@ def test_every_record_emitted_for_generated_input_validates(
 ) -> None:
     p, l = inp  # noqa: E741
     for v in run_engine(p, l, schedule, True):
+        if "closed_minutes" in v:
+            continue  # burst signals: internal, between the partitions and the detector
         role = "refunds" if "refund_id" in v and "type" in v else "alerts" if "alert_id" in v else "dead_letter"
         _check_emitted(role, v)

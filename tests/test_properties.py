@@ -75,7 +75,12 @@ def run_engine(p: list[bytes], l: list[bytes], schedule: list[int], drain: bool)
             idx[s] += 1
     if drain:
         out += eng.drain()
-    return [d.value for d in out]
+    # Burst signals report closed minutes as the watermark moves, so how many reports there are
+    # depends on the interleaving; what each minute holds, and how far the partition closed, do not.
+    closed = {str(m["minute"]): m["scopes"] for d in out if d.role == "signals" for m in d.value["minutes"]}
+    through = [d.value["through_minute"] for d in out if d.role == "signals"]
+    signals = [{"closed_minutes": closed, "through_minute": through[-1]}] if through else []
+    return [d.value for d in out if d.role != "signals"] + signals
 
 
 def refund_view(values: list[dict[str, Any]]) -> list[tuple[Any, ...]]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-OutputRole = Literal["refunds", "alerts", "dead_letter"]
+# `signals` are internal: a partition's closed minutes for the burst detector (`signals`, `burst`).
+OutputRole = Literal["refunds", "alerts", "dead_letter", "signals"]
 
 SCHEMA_VERSION = 1
 

@@ -26,6 +26,7 @@ from .deadletter import dead_letter_record
 from .decisions import Decision
 from .records import LedgerEvent, PaymentEvent, Stream, event_fields
 from .reference import ReferenceState
+from .signals import MINUTE_MS, count_payment, judge, signals_decision
 from .validation import Rejection, parse_ledger, parse_payment
 
 RECORD, DEADLINE = 0, 1  # heap kinds; retention checks (kind 2) have a heap of their own
@@ -43,6 +44,9 @@ class Params:
     retention_ms: int = 48 * 3600 * 1000
     payment_topic: str = "qris.payment-requests"
     ledger_topic: str = "qris.ledger-debits"
+    # Burst signals: a payment is judged this long after its request (`signals`).
+    probe_age_ms: int = 30_000
+    burst_signals: bool = True
 
 
 # A heap item: (eff_ms, kind, stream, offset, reference, event or None).
@@ -77,6 +81,10 @@ class PartitionEngine:
         self.retention_heap: list[tuple[int, int, int, str]] = []
         self.dirty: set[str] = set()
         self.meta_dirty = False
+        # Burst signals: references by minute of their request, until the minute is closed.
+        self.open_minutes: dict[int, list[str]] = {}
+        self.signals_through: int | None = None  # the last closed minute
+        self._close_at_ms = NEG_INF + 1  # the watermark that closes the next minute
         self.stats = {"records": 0, "rejected": 0, "redelivered_while_waiting": 0}
 
     # -- time ------------------------------------------------------------------------------
@@ -208,7 +216,35 @@ class PartitionEngine:
     def _release(self, watermark_ms: int) -> list[Decision]:
         heap, rheap = self.heap, self.retention_heap
         if (not heap or heap[0][0] >= watermark_ms) and (not rheap or rheap[0][0] >= watermark_ms):
-            return []
+            out = []
+        else:
+            out = self._process(watermark_ms)
+        if watermark_ms >= self._close_at_ms and watermark_ms > NEG_INF and self.params.burst_signals:
+            out.append(self._close_minutes(watermark_ms))
+        return out
+
+    def _close_minutes(self, watermark_ms: int) -> Decision:
+        # Every request of minute m, and every record up to its probe time, has been processed
+        # once W >= end of m + probe age: the minute's counts are final.
+        age = self.params.probe_age_ms
+        through = (watermark_ms - age) // MINUTE_MS - 1
+        closed: dict[int, dict[str, Any]] = {}
+        open_minutes, refs = self.open_minutes, self.refs
+        for m in sorted(k for k in open_minutes if k <= through):
+            scopes: dict[str, Any] = {}
+            for ref in open_minutes.pop(m):
+                st = refs.get(ref)
+                if st is None or st.request is None or st.request_eff_ms is None:
+                    continue  # dropped by retention shorter than the probe age
+                count_payment(scopes, st, judge(st, st.request_eff_ms + age))
+            closed[m] = scopes
+        self.signals_through = through
+        self._close_at_ms = (through + 2) * MINUTE_MS + age if through < POS_INF // MINUTE_MS else POS_INF + 1
+        self.meta_dirty = True
+        return signals_decision(self.partition, through, closed)
+
+    def _process(self, watermark_ms: int) -> list[Decision]:
+        heap, rheap = self.heap, self.retention_heap
         out: list[Decision] = []
         p = self.params
         persistent = self.persistent
@@ -244,7 +280,10 @@ class PartitionEngine:
                 st = refs.get(ref)
                 if st is None:
                     st = refs[ref] = ReferenceState(ref)
+                had_request = st.request is not None
                 decisions, opened = st.apply(_STREAMS[s], offset, eff, event, p.timeout_ms, self.partition)
+                if not had_request and st.request is not None:
+                    self.open_minutes.setdefault(eff // MINUTE_MS, []).append(ref)
                 if decisions:
                     out.extend(decisions)
                 if opened is not None:
@@ -314,6 +353,7 @@ class PartitionEngine:
                 "forced_ms": self.forced_ms,
                 "silent": self.silent,
                 "rejected": self.rejected,
+                "signals_through": self.signals_through,
             }
         )
 
@@ -330,6 +370,9 @@ class PartitionEngine:
             eng.forced_ms = m["forced_ms"]
             eng.silent = list(m["silent"])
             eng.rejected = list(m["rejected"])
+            eng.signals_through = m.get("signals_through")
+            if eng.signals_through is not None:
+                eng._close_at_ms = (eng.signals_through + 2) * MINUTE_MS + params.probe_age_ms
         heap = eng.heap
         for ref, raw in entries:
             d = codec.loads(raw)
@@ -346,4 +389,12 @@ class PartitionEngine:
                 eng.pending.setdefault(ref, []).append(item)
         heapq.heapify(heap)
         heapq.heapify(eng.retention_heap)
+        through = eng.signals_through
+        for ref, st in eng.refs.items():
+            if st.request_eff_ms is not None:
+                minute = st.request_eff_ms // MINUTE_MS
+                if through is None or minute > through:
+                    eng.open_minutes.setdefault(minute, []).append(ref)
+        for refs_of_minute in eng.open_minutes.values():
+            refs_of_minute.sort()
         return eng

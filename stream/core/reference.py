@@ -33,6 +33,7 @@ class ReferenceState:
     # (event_id, occurred_at, effective_at_ms, response_code)
     failure: tuple[str, str, int, str | None] | None = None
     request: PaymentEvent | None = None
+    request_eff_ms: int | None = None
     account_id: str | None = None
     net: int = 0
     settled: int = 0
@@ -99,6 +100,7 @@ class ReferenceState:
                     self.failure = (event.event_id, event.occurred_at, eff_ms, event.response_code)
             elif self.request is None:
                 self.request = _interned(event)
+                self.request_eff_ms = eff_ms
         if not may_over_refund or not any(r.active for r in self.refunds):
             return [], opened
         return self._cancel_excess(event, eff_ms, partition), opened
@@ -156,6 +158,7 @@ class ReferenceState:
             "st": self.settlement,
             "f": self.failure,
             "rq": event_fields(self.request) if self.request is not None else None,
+            "re": self.request_eff_ms,
             "a": self.account_id,
             "n": self.net,
             "s": self.settled,
@@ -178,6 +181,7 @@ class ReferenceState:
             settlement=tuple(d["st"]) if d["st"] else None,
             failure=tuple(d["f"]) if d["f"] else None,
             request=PaymentEvent(*d["rq"]) if d["rq"] else None,
+            request_eff_ms=d.get("re"),
             account_id=d["a"],
             net=d["n"],
             settled=d["s"],

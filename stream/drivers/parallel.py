@@ -5,7 +5,8 @@ Partitions are independent by the contract (each has its own watermark and refer
 (found with a cheap byte search, confirmed by a full parse when a line is ambiguous) and
 decide them with the same core. Each job writes its own output; the parent concatenates them
 in job order. Decisions are identical to a single-process replay; only the interleaving of
-lines from different partitions differs.
+lines from different partitions differs. Each job hands back its partitions' burst signals and
+the parent runs the one burst detector over all of them.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ..core import codec
+from ..core.burst import BurstParams
 from ..core.partition import Params
-from .replay import Replay
+from .replay import Replay, detect_bursts
 from .replayfile import decision_line, line_to_record
 
 _PARTITION = re.compile(rb'"partition"\s*:\s*(\d+)')
@@ -34,7 +36,9 @@ def _line_partition(raw: bytes) -> int | None:
     return int(codec.loads(raw)["partition"])
 
 
-def _job(path: str, jobs: int, index: int, params: Params, drain: bool, topics: dict[str, str], out: str) -> int:
+def _job(
+    path: str, jobs: int, index: int, params: Params, drain: bool, topics: dict[str, str], out: str
+) -> tuple[int, list[Any], list[int]]:
     r = Replay(params)
     seq: dict[tuple[str, int], int] = {}
     n = 0
@@ -58,19 +62,32 @@ def _job(path: str, jobs: int, index: int, params: Params, drain: bool, topics: 
             for p, d in r.drain():
                 write(sink, p, d.role, d)
                 n += 1
-    return n
+    return n, r.signals, sorted(r.engines)
 
 
 def replay_file_parallel(
-    path: str, params: Params, *, drain: bool, jobs: int, topics: dict[str, str], out: IO[bytes]
+    path: str,
+    params: Params,
+    *,
+    drain: bool,
+    jobs: int,
+    topics: dict[str, str],
+    out: IO[bytes],
+    burst: BurstParams | None = None,
 ) -> int:
     """Replay `path` with `jobs` processes; write decision lines to `out`; return their count."""
+    burst = burst or BurstParams()
     with tempfile.TemporaryDirectory(prefix="qris-replay-") as tmp:
         outs = [str(Path(tmp) / f"job-{i}.jsonl") for i in range(jobs)]
         ctx = mp.get_context("fork")
         with ctx.Pool(jobs) as pool:
-            counts = pool.starmap(_job, [(path, jobs, i, params, drain, topics, outs[i]) for i in range(jobs)])
+            results = pool.starmap(_job, [(path, jobs, i, params, drain, topics, outs[i]) for i in range(jobs)])
         for o in outs:
             with open(o, "rb") as fh:
                 shutil.copyfileobj(fh, out, 1 << 20)
-    return sum(counts)
+    signals = [value for _n, values, _p in results for value in values]
+    partitions = {p for _n, _v, ps in results for p in ps}
+    bursts = detect_bursts(signals, len(partitions), burst)
+    for seq, d in enumerate(bursts):
+        out.write(decision_line(topics[d.role], -1, seq, d))
+    return sum(n for n, _v, _p in results) + len(bursts)

@@ -15,6 +15,7 @@ import faust
 from faust.types import TP
 
 from ..settings import Settings
+from .bursts import BurstShell
 from .shell import ReconcileShell
 
 log = logging.getLogger("qris_guard.worker")
@@ -82,7 +83,7 @@ class TableStore:
         return [(k, v) for k, v in data._db_for_partition(partition).items() if k != offset_key]
 
 
-def build_app(settings: Settings) -> tuple[faust.App, ReconcileShell]:
+def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[faust.App, ReconcileShell]:
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h}" for h in settings.bootstrap.split(",")],
@@ -109,9 +110,13 @@ def build_app(settings: Settings) -> tuple[faust.App, ReconcileShell]:
         name: app.topic(name, **RAW)
         for name in (settings.refund_topic, settings.alert_topic, settings.dead_letter_topic)
     }
+    # One partition: the one worker that owns it runs the burst detector over all partitions.
+    signals = outputs[settings.signals_topic] = app.topic(settings.signals_topic, partitions=1, **RAW)
     state = app.Table("reconciliation-state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
 
     async def send(topic: str, key: bytes | None, value: bytes) -> Any:
+        if topic == settings.signals_topic:
+            return await signals.send(key=key, value=value, partition=0, force=True)
         return await outputs[topic].send(key=key, value=value, force=True)
 
     async def flush() -> None:
@@ -126,6 +131,14 @@ def build_app(settings: Settings) -> tuple[faust.App, ReconcileShell]:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
             await shell.process_batch(events)
 
+    bursts = BurstShell(settings, input_partitions or settings.partitions, send, flush)
+
+    @app.agent(signals, name="score_failure_bursts")
+    async def score_failure_bursts(stream: faust.StreamT[bytes]) -> None:
+        """The partitions' closed minutes in, failure-burst incidents out."""
+        async for events in stream.take_events(500, within=0.5):
+            await bursts.process_batch(events)
+
     @app.timer(interval=max(1.0, min(settings.idle_timeout_s / 4, 10.0)), name="watch_idle_feeds")
     async def watch_idle_feeds() -> None:
         await shell.check_idle_feeds()
@@ -134,15 +147,19 @@ def build_app(settings: Settings) -> tuple[faust.App, ReconcileShell]:
     async def on_assigned(app_: Any, assigned: Any = None, **kwargs: Any) -> None:
         async with shell.lock:  # never in the middle of a batch
             shell.forget_partitions()
+        async with bursts.lock:
+            bursts.forget()
 
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def on_revoked(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
         async with shell.lock:
             shell.forget_partitions()
+        async with bursts.lock:
+            bursts.forget()
 
     @app.page("/qris/stats")
     async def stats(web: Any, request: Any) -> Any:
-        return web.json(shell.stats())
+        return web.json({**shell.stats(), "bursts": bursts.stats()})
 
     return app, shell
 
@@ -162,7 +179,18 @@ def run_worker(settings: Settings) -> int:
         import uvloop
 
         uvloop.install()  # before Faust makes its loop: about a quarter more records/s here
-    app, _shell = build_app(settings)
+    app, _shell = build_app(settings, _input_partitions(settings))
     worker = _Worker(app, loglevel=settings.log_level.upper(), override_logging=True)
     worker.execute_from_commandline()
     return 0
+
+
+def _input_partitions(settings: Settings) -> int | None:
+    """The input topics' partition count: the burst detector waits for every partition."""
+    from ..topics import check_copartitioned
+
+    try:
+        return check_copartitioned(settings)
+    except SystemExit as exc:
+        log.warning("%s; burst detection assumes QRIS_PARTITIONS=%d", exc, settings.partitions)
+        return None

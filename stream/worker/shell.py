@@ -87,6 +87,7 @@ class ReconcileShell:
             "refunds": 0,
             "alerts": 0,
             "dead_letter": 0,
+            "signals": 0,
             "batches": 0,
             "internal_errors": 0,
         }

@@ -1,0 +1,162 @@
+"""Per-partition burst signals: what happened to each payment shortly after it was requested,
+counted per scope and event-time minute, for the burst detector (`burst`).
+
+A payment is judged at a short *probe age* after its `requested` record (30 s by default),
+from the records processed by then: settled (good), failed, debited but not answered
+(unsettled, rupiah exposed), or not answered at all. These leading indicators do not wait for
+the refund timeout. A minute of requests is closed once the partition's watermark has passed
+its end plus the probe age: every request of the minute and every record up to its probe time
+has been processed by then, so the counts depend only on the partition's records, not on
+timing. Each partition reports closed minutes and how far it has closed (`through`); the
+detector combines the partitions. Imports nothing outside the core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .decisions import Decision, mask_account
+
+if TYPE_CHECKING:
+    from .reference import ReferenceState
+
+MINUTE_MS = 60_000
+SAMPLES_PER_SCOPE = 3
+
+# Counter slots of one scope-minute (a list, kept small and JSON-ready).
+N, BAD, FAILED, UNSETTLED, NO_ANSWER, EXPOSURE = range(6)
+COUNTS = ("payments", "bad", "failed", "unsettled", "no_answer", "exposure_idr")
+
+GOOD, FAILED_OUTCOME, UNSETTLED_OUTCOME, NO_ANSWER_OUTCOME = "settled", "failed", "unsettled", "no_answer"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A payment at its probe age: `state` is settled | failed | unsettled | no_answer."""
+
+    state: str
+    exposure_idr: int = 0
+    response_code: str | None = None
+
+
+def judge(st: ReferenceState, probe_at_ms: int) -> Outcome:
+    """What the payment looked like at `probe_at_ms`, from its records with effective time at or
+    before it (records processed later are ignored, so a later check gives the same answer).
+    """
+    if st.settlement is not None and st.settlement[3] <= probe_at_ms:
+        return Outcome(GOOD)
+    if st.failure is not None and st.failure[2] <= probe_at_ms:
+        return Outcome(FAILED_OUTCOME, response_code=st.failure[3])
+    debited = sum(d[2] for d in st.debits if d[4] <= probe_at_ms)
+    if debited:
+        reversed_ = sum(r[2] for r in st.reversals if r[4] <= probe_at_ms)
+        return Outcome(UNSETTLED_OUTCOME, exposure_idr=max(0, debited - reversed_))
+    return Outcome(NO_ANSWER_OUTCOME)
+
+
+def scope_keys(st: ReferenceState) -> list[str]:
+    """The scopes a payment belongs to, as `type:id` keys (`all` has no id). Scopes whose id the
+    request does not carry are left out."""
+    rq = st.request
+    assert rq is not None
+    keys = ["all"]
+    if rq.issuer_id:
+        keys.append("issuer:" + rq.issuer_id)
+    if rq.switch_id:
+        keys.append("switch:" + rq.switch_id)
+    if rq.acquirer_id:
+        keys.append("acquirer:" + rq.acquirer_id)
+    if rq.merchant_id:
+        keys.append("merchant:" + rq.merchant_id)
+    return keys
+
+
+def new_scope_minute() -> dict[str, Any]:
+    """An empty scope-minute: counts, bad payments shared with other scopes (`w`), response
+    codes of failures (`k`), samples (`s`: [request ms, reference, state, masked account]) and,
+    for merchants, attributes (`a`: [mcc, acquirer, name])."""
+    return {"c": [0, 0, 0, 0, 0, 0], "w": {}, "k": {}, "s": []}
+
+
+def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome: Outcome) -> None:
+    """Add one judged payment to every scope it belongs to in `minute`."""
+    keys = scope_keys(st)
+    bad = outcome.state != GOOD
+    rq = st.request
+    assert rq is not None and st.request_eff_ms is not None
+    for key in keys:
+        sm = minute.get(key)
+        if sm is None:
+            sm = minute[key] = new_scope_minute()
+            if key.startswith("merchant:"):
+                sm["a"] = [rq.mcc or "", rq.acquirer_id or "", rq.merchant_name or ""]
+        c = sm["c"]
+        c[N] += 1
+        if not bad:
+            continue
+        c[BAD] += 1
+        if outcome.state == FAILED_OUTCOME:
+            c[FAILED] += 1
+            code = outcome.response_code or "?"
+            sm["k"][code] = sm["k"].get(code, 0) + 1
+        elif outcome.state == UNSETTLED_OUTCOME:
+            c[UNSETTLED] += 1
+            c[EXPOSURE] += outcome.exposure_idr
+        else:
+            c[NO_ANSWER] += 1
+        if key != "all":
+            # Bad payments shared with other scopes, for attribution: a merchant records all
+            # its other scopes, the others record each other but not merchants.
+            with_ = sm["w"]
+            merchant = key.startswith("merchant:")
+            for other in keys:
+                if other != key and other != "all" and (merchant or not other.startswith("merchant:")):
+                    with_[other] = with_.get(other, 0) + 1
+        samples = sm["s"]
+        sample = [st.request_eff_ms, st.reference, outcome.state, mask_account(st.account_id or rq.account_id)]
+        if len(samples) < SAMPLES_PER_SCOPE or sample[:2] < samples[-1][:2]:
+            samples.append(sample)
+            samples.sort(key=lambda x: (x[0], x[1]))
+            del samples[SAMPLES_PER_SCOPE:]
+
+
+def merge_scope_minute(into: dict[str, Any], other: dict[str, Any]) -> None:
+    """Add `other` (the same scope and minute from another partition) to `into`; the result does
+    not depend on the order of merging. Only `into["c"]` is changed in place: the other parts
+    are replaced, never modified, so `into` may share them with its source."""
+    ic, oc = into["c"], other["c"]
+    for i in range(len(oc)):
+        ic[i] += oc[i]
+    if oc[BAD]:  # shared scopes, codes and samples exist only for bad payments
+        for part in ("w", "k"):
+            if other[part]:
+                merged = dict(into[part])
+                for k, v in other[part].items():
+                    merged[k] = merged.get(k, 0) + v
+                into[part] = merged
+        if other["s"]:
+            samples = sorted([*into["s"], *other["s"]], key=lambda x: (x[0], x[1]))
+            into["s"] = samples[:SAMPLES_PER_SCOPE]
+    if "a" in other and ("a" not in into or other["a"] < into["a"]):
+        into["a"] = other["a"]
+
+
+def scope_minute_view(sm: dict[str, Any]) -> dict[str, Any]:
+    """A scope-minute to merge others into, sharing all but its counts with `sm`."""
+    view = {"c": list(sm["c"]), "w": sm["w"], "k": sm["k"], "s": sm["s"]}
+    if "a" in sm:
+        view["a"] = sm["a"]
+    return view
+
+
+def signals_decision(partition: int, through_minute: int, minutes: dict[int, dict[str, Any]]) -> Decision:
+    """The partition's report: the scope-minutes it closed, and that every minute up to
+    `through_minute` is closed (minutes without requests included)."""
+    value = {
+        "partition": partition,
+        "through_minute": through_minute,
+        "minutes": [{"minute": m, "scopes": minutes[m]} for m in sorted(minutes)],
+    }
+    at_ms = None if through_minute >= 2**40 else (through_minute + 1) * MINUTE_MS
+    return Decision("signals", str(partition).encode(), value, at_ms)

@@ -1,0 +1,326 @@
+"""Failure bursts in the core: the partitions' minute signals, the river-style rate model, and
+incidents (opened, updated, resolved; attribution) from literal scope-minutes."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from typing import Any
+
+import orjson
+import pytest
+
+from stream.core import ids
+from stream.core.burst import BurstDetector, BurstParams, FailureRateModel, binomial_surprise
+from stream.core.eventtime import format_ms
+from stream.core.partition import Params, PartitionEngine
+from stream.core.records import Stream
+from tests.records import T0, ledger, payment
+
+M0 = 29_000_000  # an epoch minute (2025-02-21)
+WARM = 600  # minutes of normal traffic before anything happens
+
+
+# -- the rate model, checked like river checks its models ---------------------------------
+
+
+def minutes(n: int, payments: int = 100, bad_every: int = 100, start: int = M0) -> list[dict[str, Any]]:
+    return [{"minute": start + i, "payments": payments, "bad": 1 if i % max(1, 100 // bad_every) == 0 else 0}
+            for i in range(n)]  # fmt: skip
+
+
+def prequential(model: FailureRateModel, xs: list[dict[str, Any]]) -> list[float]:
+    scores = []
+    for x in xs:
+        scores.append(model.score_one(x))
+        model.learn_one(x)
+    return scores
+
+
+def test_the_same_inputs_give_the_same_scores() -> None:
+    xs = minutes(300) + [{"minute": M0 + 300, "payments": 100, "bad": 9}]
+    assert prequential(FailureRateModel(), xs) == prequential(FailureRateModel(), xs)
+
+
+def test_a_pickle_round_trip_mid_stream_gives_the_same_next_score() -> None:
+    model = FailureRateModel()
+    prequential(model, minutes(700))  # past the warm-up: the EWMeans exist
+    clone = pickle.loads(pickle.dumps(model))
+    nxt = minutes(50, start=M0 + 700) + [{"minute": M0 + 750, "payments": 80, "bad": 7}]
+    assert prequential(clone, nxt) == prequential(model, nxt)
+
+
+def test_learning_and_scoring_do_not_mutate_the_input() -> None:
+    model = FailureRateModel()
+    x = {"minute": M0, "payments": 50, "bad": 3, "parent_rate": 0.02}
+    before = copy.deepcopy(x)
+    model.score_one(x)
+    model.learn_one(x)
+    assert x == before
+
+
+def test_a_first_minute_without_failures_does_not_pin_the_rate_to_zero() -> None:
+    model = FailureRateModel()
+    model.learn_one({"minute": M0, "payments": 100, "bad": 0})
+    for x in minutes(99, start=M0 + 1):
+        model.learn_one(x)
+    assert 0.007 < model.expected_rate(M0 + 100) < 0.013
+
+
+def test_a_young_scope_leans_on_its_parent() -> None:
+    model = FailureRateModel(prior_payments=400)
+    model.learn_one({"minute": M0, "payments": 10, "bad": 0})
+    # Its rhythm bucket leans on the scope, the scope on its parent, both by what they saw.
+    assert model.expected_rate(M0 + 1, parent_rate=0.05) == pytest.approx((400 / 410) ** 2 * 0.05)
+
+
+def test_the_surprise_counts_payments() -> None:
+    threshold = BurstParams().threshold
+    assert binomial_surprise(2, 3, 0.01) < threshold  # 2 of 3 at a small merchant
+    assert binomial_surprise(400, 500, 0.01) > threshold  # 400 of 500 at a switch
+    assert binomial_surprise(5, 500, 0.01) == 0.0  # as expected
+    # Exact against the sum of the binomial terms.
+    from math import comb, log10
+
+    tail = sum(comb(20, k) * 0.05**k * 0.95 ** (20 - k) for k in range(6, 21))
+    assert binomial_surprise(6, 20, 0.05) == pytest.approx(-log10(tail), rel=1e-9)
+
+
+# -- incidents from literal scope-minutes -------------------------------------------------
+
+
+def sm(n: int, bad: int, shared: dict[str, int] | None = None, attrs: list[str] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "c": [n, bad, bad, 0, 0, 0],
+        "w": shared or {},
+        "k": {"91": bad} if bad else {},
+        "s": [[(M0 + 1) * 60_000 + i, f"QR{i}", "failed", "******9876"] for i in range(min(bad, 3))],
+    }
+    if attrs:
+        out["a"] = attrs
+    return out
+
+
+def report(partition: int, minute: int, scopes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"partition": partition, "through_minute": minute, "minutes": [{"minute": minute, "scopes": scopes}]}
+
+
+def switch_minute(rintis_bad: int, jalin_bad: int = 1) -> dict[str, dict[str, Any]]:
+    return {
+        "all": sm(200, rintis_bad + jalin_bad),
+        "switch:RINTIS": sm(100, rintis_bad),
+        "switch:JALIN": sm(100, jalin_bad),
+    }
+
+
+def run(detector: BurstDetector, reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d.value for r in reports for d in detector.on_signals(r)]
+
+
+def warm(detector: BurstDetector, make: Any) -> None:
+    assert run(detector, [report(0, M0 + i, make(i)) for i in range(WARM)]) == []
+
+
+def test_a_switch_outage_is_one_incident_opened_updated_and_resolved() -> None:
+    det = BurstDetector(1)
+    warm(det, lambda i: switch_minute(1 if i % 2 else 0, 1 if i % 3 == 0 else 0))
+    start = M0 + WARM
+    burst = [report(0, start + i, switch_minute(60 + 5 * i)) for i in range(6)]
+    calm = [report(0, start + 6 + i, switch_minute(1 if i % 2 else 0, 0)) for i in range(8)]
+    alerts = run(det, burst + calm)
+    assert [(a["status"], a["scope"]["id"]) for a in alerts] == [
+        ("opened", "RINTIS"),
+        ("updated", "RINTIS"),
+        ("resolved", "RINTIS"),
+    ]
+    opened, updated, resolved = alerts
+    incident = ids.incident_id("switch", "RINTIS", start * 60_000)
+    assert {a["incident_id"] for a in alerts} == {incident}
+    assert opened["window"] == {"start": format_ms(start * 60_000), "end": format_ms((start + 1) * 60_000)}
+    assert opened["observed"]["bad"] == 60 and opened["observed"]["payments"] == 100
+    assert opened["expected"]["bad"] < 2 and opened["score"] >= BurstParams().threshold
+    assert opened["severity"] == "critical" and opened["kind"] == "FAILURE_BURST"
+    assert opened["summary"].startswith("Switch RINTIS: 60 of 100 payments failed or unsettled since")
+    assert updated["observed"]["bad"] == sum(60 + 5 * i for i in range(6))
+    # Resolved after three calm minutes; the window ends after the last bad minute.
+    assert resolved["window"]["end"] == format_ms((start + 6) * 60_000)
+    assert resolved["severity"] == "info"
+    assert len({a["alert_id"] for a in alerts}) == 3
+
+
+def test_a_repeated_or_reordered_report_changes_nothing() -> None:
+    def reports(order: list[int]) -> list[dict[str, Any]]:
+        out = []
+        for i in range(WARM + 8):
+            rintis = 50 if WARM <= i < WARM + 3 else 1
+            halves = [switch_minute(rintis // 2, 0), switch_minute(rintis - rintis // 2, 1)]
+            for p in order:
+                out.append(report(p, M0 + i, halves[p]))
+                if i % 7 == 0:
+                    out.append(report(p, M0 + i, halves[p]))  # redelivered
+        return out
+
+    one, other = BurstDetector(2), BurstDetector(2)
+    a, b = run(one, reports([0, 1])), run(other, reports([1, 0]))
+    assert a == b
+    assert [x["status"] for x in a] == ["opened", "resolved"]
+
+
+def test_a_minute_is_decided_only_when_every_partition_closed_it() -> None:
+    det = BurstDetector(2)
+    assert det.on_signals(report(0, M0, switch_minute(1))) == []
+    assert det.closed_through is None and M0 in det.pending
+    det.on_signals(report(1, M0, switch_minute(0)))
+    assert det.closed_through == M0 and not det.pending
+
+
+def merchant_minute(merchant_bad: int, others_bad: int = 0) -> dict[str, dict[str, Any]]:
+    m = "merchant:ID1020012345678"
+    total_bad = merchant_bad + others_bad
+    return {
+        "all": sm(300, total_bad),
+        "switch:RINTIS": sm(300, total_bad, {"acquirer:BCA": total_bad}),
+        "acquirer:BCA": sm(150, total_bad, {"switch:RINTIS": total_bad}),
+        m: sm(20, merchant_bad, {"acquirer:BCA": merchant_bad, "switch:RINTIS": merchant_bad}, ["5812", "BCA", "W"]),
+    }
+
+
+def test_a_busy_merchant_failing_is_the_merchant_incident_not_its_acquirer_or_switch() -> None:
+    det = BurstDetector(1)
+    warm(det, lambda i: merchant_minute(0, 1 if i % 2 else 0))
+    alerts = run(det, [report(0, M0 + WARM + i, merchant_minute(15)) for i in range(3)])
+    assert [(a["status"], a["scope"]["type"], a["scope"]["id"]) for a in alerts] == [
+        ("opened", "merchant", "ID1020012345678")
+    ]
+    assert alerts[0]["severity"] == "warning"
+    assert all(s["account_id_masked"] == "******9876" for s in alerts[0]["samples"])
+
+
+def acquirer_minute(bca_bad: int) -> dict[str, dict[str, Any]]:
+    # BCA routes 3/4 of its payments through RINTIS; RINTIS also carries other acquirers.
+    via_rintis = bca_bad * 3 // 4
+    return {
+        "all": sm(400, bca_bad),
+        "switch:RINTIS": sm(150, via_rintis, {"acquirer:BCA": via_rintis}),
+        "switch:JALIN": sm(250, bca_bad - via_rintis, {"acquirer:BCA": bca_bad - via_rintis}),
+        "acquirer:BCA": sm(80, bca_bad, {"switch:RINTIS": via_rintis, "switch:JALIN": bca_bad - via_rintis}),
+        "acquirer:BRI": sm(320, 0),
+    }
+
+
+def test_an_acquirer_degradation_is_the_acquirer_incident_with_its_switch_inside() -> None:
+    det = BurstDetector(1)
+    warm(det, lambda i: acquirer_minute(1 if i % 2 else 0))
+    alerts = run(det, [report(0, M0 + WARM + i, acquirer_minute(24)) for i in range(4)])
+    assert [(a["status"], a["scope"]["id"]) for a in alerts] == [("opened", "BCA")]
+    children = {(c["scope"]["type"], c["scope"]["id"]) for c in alerts[0]["top_children"]}
+    assert children == set()  # switches are not inside an acquirer; nothing narrower here
+
+
+def switch_with_merchants_minute(rintis_bad: int) -> dict[str, dict[str, Any]]:
+    out = {"all": sm(300, rintis_bad), "switch:RINTIS": sm(150, rintis_bad), "switch:JALIN": sm(150, 0)}
+    for i in range(5):  # five busy merchants on RINTIS share the outage
+        key = f"merchant:ID10{i:011d}"
+        bad = rintis_bad // 5
+        out[key] = sm(30, bad, {"switch:RINTIS": bad, "acquirer:BCA": bad}, ["5812", "BCA", f"M{i}"])
+    return out
+
+
+def test_merchants_inside_a_switch_outage_are_listed_in_it_not_opened() -> None:
+    det = BurstDetector(1)
+    warm(det, lambda i: switch_with_merchants_minute(0 if i % 3 else 1))
+    alerts = run(det, [report(0, M0 + WARM + i, switch_with_merchants_minute(120)) for i in range(4)])
+    assert [(a["status"], a["scope"]["type"], a["scope"]["id"]) for a in alerts] == [("opened", "switch", "RINTIS")]
+    merchants = [c for c in alerts[0]["top_children"] if c["scope"]["type"] == "merchant"]
+    assert len(merchants) == 5 and all(c["observed"]["bad"] == 24 for c in merchants)
+
+
+def test_a_small_merchant_is_pooled_by_mcc() -> None:
+    det = BurstDetector(1)
+    small = {"all": sm(100, 0), "merchant:IDSMALL": sm(1, 0, None, ["5499", "BRI", "Kedai"])}
+    run(det, [report(0, M0 + i, small) for i in range(30)])
+    assert "merchant:MCC-5499" in det.scopes and "merchant:IDSMALL" not in det.scopes
+
+
+# -- signals from the partition engine ----------------------------------------------------
+
+P, L = Stream.P, Stream.L
+
+
+def engine_signals(records: list[tuple[Stream, bytes]]) -> list[dict[str, Any]]:
+    eng = PartitionEngine(0, Params())
+    offsets = [0, 0]
+    out = []
+    for s, value in records:
+        out += eng.on_record(s, offsets[s], orjson.loads(value)["reference"].encode(), value, 0)
+        offsets[s] += 1
+    return [d.value for d in out if d.role == "signals"]
+
+
+def closed(signals: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    return {m["minute"]: m["scopes"] for v in signals for m in v["minutes"]}
+
+
+def test_payments_are_judged_at_the_probe_age() -> None:
+    recs = [
+        (P, payment("a-q", "requested", "A", 1)),
+        (L, ledger("a-d", "debited", "A", 2)),
+        (P, payment("a-s", "settled", "A", 5)),  # settled in time
+        (P, payment("b-q", "requested", "B", 2)),
+        (P, payment("b-f", "failed", "B", 4, response_code="51")),  # failed before any debit
+        (P, payment("c-q", "requested", "C", 3)),
+        (L, ledger("c-d", "debited", "C", 4, amount=40_000)),
+        (P, payment("c-s", "settled", "C", 40, amount=40_000)),  # settled after the 30 s probe
+        (P, payment("d-q", "requested", "D", 4)),  # nothing else: no answer
+        (P, payment("tail", "requested", "TAIL", 200)),
+        (L, ledger("tail-d", "debited", "TAIL", 200)),
+    ]
+    minute = T0 // 60_000
+    scopes = closed(engine_signals(recs))[minute]
+    assert scopes["all"]["c"] == [4, 3, 1, 1, 1, 40_000]
+    assert scopes["switch:RINTIS"]["k"] == {"51": 1}
+    merchant = scopes["merchant:ID1020012345678"]
+    assert merchant["a"] == ["5812", "BCA", "Warung Bu Sri"]
+    assert merchant["w"] == {"issuer:BANKDKI": 3, "switch:RINTIS": 3, "acquirer:BCA": 3}
+    assert [s[1] for s in merchant["s"]] == ["B", "C", "D"]
+    assert all(s[3] == "******9876" for s in merchant["s"])
+
+
+def test_a_minute_closes_once_the_watermark_passed_its_end_plus_the_probe_age() -> None:
+    base = [(P, payment("a-q", "requested", "A", 1)), (L, ledger("a-d", "debited", "A", 2))]
+    minute = T0 // 60_000
+    # W = min(max_P, max_L) - 30 s: 60 s + 30 s probe + 30 s lateness after T0 closes minute T0.
+    just_before = base + [(P, payment("x", "requested", "X", 119.999)), (L, ledger("y", "debited", "Y", 119.999))]
+    assert minute not in closed(engine_signals(just_before))
+    at = base + [(P, payment("x", "requested", "X", 120)), (L, ledger("y", "debited", "Y", 120))]
+    assert closed(engine_signals(at))[minute]["all"]["c"][0] == 1
+
+
+def test_a_restored_engine_reports_the_same_minutes() -> None:
+    recs = []
+    for i in range(40):
+        ref = f"R{i}"
+        recs.append((P, payment(f"{ref}-q", "requested", ref, 7 * i)))
+        recs.append((L, ledger(f"{ref}-d", "debited", ref, 7 * i + 1)))
+        if i % 4:
+            recs.append((P, payment(f"{ref}-s", "settled", ref, 7 * i + 3)))
+    whole = closed(engine_signals(recs))
+    eng = PartitionEngine(0, Params())
+    offsets = [0, 0]
+    out = []
+    for n, (s, value) in enumerate(recs):
+        if n == len(recs) // 2:  # save everything, start again from the saved state
+            refs, meta = eng.take_dirty()
+            eng = PartitionEngine.restore(0, Params(), meta, [(k, v) for k, v in refs.items() if v is not None])
+        out += eng.on_record(s, offsets[s], orjson.loads(value)["reference"].encode(), value, 0)
+        offsets[s] += 1
+    assert closed([d.value for d in out if d.role == "signals"]) == whole
+
+
+@pytest.mark.parametrize("module", ["stream.core.burst", "stream.core.alerts", "stream.core.ids"])
+def test_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    failures, tried = doctest.testmod(importlib.import_module(module), raise_on_error=False, verbose=False)
+    assert tried > 0 and failures == 0
