@@ -17,7 +17,7 @@ export QRIS_KAFKA_PORT ?= 9092
 export QRIS_BOOTSTRAP ?= 127.0.0.1:$(QRIS_KAFKA_PORT)
 
 .PHONY: demo install broker-up broker-down broker-reset test check lint typecheck test-fast fmt clean distclean \
-	bench-replay bench-live test-rebalance
+	bench-replay bench-detection bench-live test-rebalance
 
 # The main job: the 29 March 2025 outage end to end on the real broker, then a report for
 # payment operations. Installs and starts the broker if needed; stops its worker at the end
@@ -72,6 +72,9 @@ fmt: install
 # aiokafka on the real broker. Numbers go in the README with the machine they ran on.
 bench-replay: install
 	$(PY) bench/replay_throughput.py --records 1000000
+
+bench-detection: install
+	$(PY) bench/detection.py
 
 bench-live: install broker-up
 	$(PY) bench/live_throughput.py --records 200000

@@ -23,6 +23,7 @@ from typing import Any
 
 from .core import codec
 from .core.alerts import rupiah
+from .core.eventtime import format_ms
 from .drivers.kafkaread import read_topics
 from .drivers.report import render, summarise
 from .settings import Settings, to_env
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace, base: Settings) -> int:
         refund_topic=f"{prefix}.refunds",
         alert_topic=f"{prefix}.alerts",
         dead_letter_topic=f"{prefix}.dead-letter",
+        signals_topic=f"{prefix}.burst-signals",
         app_id=prefix,
         data_dir=str(Path(args.data_dir) / prefix),
         partitions=max(base.partitions, 4),
@@ -113,6 +115,13 @@ def run(args: argparse.Namespace, base: Settings) -> int:
                 active[v["reference"]] = active.get(v["reference"], 0) + sign * v["amount"]
         owed_now = {ref: a for ref, a in active.items() if a > 0}
         print()
+        for incident in truth.incidents:
+            scope = incident["scope"]
+            print(
+                f"Simulator ground truth: {incident['kind']} of {scope['type']} {scope['id']} from "
+                f"{format_ms(incident['start_ms'])} to {format_ms(incident['end_ms'])} "
+                f"({incident['affected']} of {incident['payments']} payments held or failed)."
+            )
         owed_truth = sum(a for a, _ in truth.owed.values())
         print(
             f"Simulator ground truth: {len(truth.owed)} payments owed a refund ({rupiah(owed_truth)}); "

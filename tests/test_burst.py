@@ -214,7 +214,7 @@ def test_an_acquirer_degradation_is_the_acquirer_incident_with_its_switch_inside
     alerts = run(det, [report(0, M0 + WARM + i, acquirer_minute(24)) for i in range(4)])
     assert [(a["status"], a["scope"]["id"]) for a in alerts] == [("opened", "BCA")]
     children = {(c["scope"]["type"], c["scope"]["id"]) for c in alerts[0]["top_children"]}
-    assert children == set()  # switches are not inside an acquirer; nothing narrower here
+    assert children == {("switch", "RINTIS"), ("switch", "JALIN")}  # where its payments went
 
 
 def switch_with_merchants_minute(rintis_bad: int) -> dict[str, dict[str, Any]]:
@@ -233,6 +233,7 @@ def test_merchants_inside_a_switch_outage_are_listed_in_it_not_opened() -> None:
     assert [(a["status"], a["scope"]["type"], a["scope"]["id"]) for a in alerts] == [("opened", "switch", "RINTIS")]
     merchants = [c for c in alerts[0]["top_children"] if c["scope"]["type"] == "merchant"]
     assert len(merchants) == 5 and all(c["observed"]["bad"] == 24 for c in merchants)
+    assert alerts[0]["summary"].startswith("Switch RINTIS: 120 of 150 payments failed or unsettled")
 
 
 def test_a_small_merchant_is_pooled_by_mcc() -> None:

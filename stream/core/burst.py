@@ -32,6 +32,7 @@ LEVEL = {"all": 0, "issuer": 1, "switch": 2, "acquirer": 2, "merchant": 3}
 LONGEST = 10  # minutes: the longest window (BurstParams.windows_minutes must end with it)
 _WIB_OFFSET_MS = 7 * 3600 * 1000
 _LN10 = math.log(10.0)
+_SQRT2 = math.sqrt(2.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +65,9 @@ class BurstParams:
 
 def binomial_surprise(bad: int, payments: int, rate: float) -> float:
     """-log10 P(X >= bad) for X ~ Binomial(payments, rate): 0 when `bad` is not above what
-    `rate` expects, larger the less likely so many bad payments are.
+    `rate` expects, larger the less likely so many bad payments are. Exact wherever a decision
+    can depend on it; within two standard deviations of the expectation (scores below 1.7, far
+    under every threshold) the normal approximation is returned, which is much cheaper.
 
     >>> round(binomial_surprise(2, 3, 0.01), 2)  # 2 of 3 at a small merchant
     3.53
@@ -80,8 +83,13 @@ def binomial_surprise(bad: int, payments: int, rate: float) -> float:
     if rate >= 1.0:
         return 0.0
     q = 1.0 - rate
-    # log of the first term C(n, k) p^k q^(n-k), then the ratio of consecutive terms; the
-    # terms fall fast because k > n p, so a few dozen are enough.
+    mean = payments * rate
+    sd = math.sqrt(mean * q)
+    z = (bad - 0.5 - mean) / sd
+    if z < 2.0:
+        return max(0.0, -math.log10(0.5 * math.erfc(z / _SQRT2))) if z > 0 else 0.0
+    # log of the first term C(n, k) p^k q^(n-k), then the ratio of consecutive terms, which
+    # falls as j grows: the rest of the sum is below term * r / (1 - r).
     log_term = (
         math.lgamma(payments + 1)
         - math.lgamma(bad + 1)
@@ -92,10 +100,11 @@ def binomial_surprise(bad: int, payments: int, rate: float) -> float:
     total, term, j = 1.0, 1.0, bad
     odds = rate / q
     while j < payments:
-        term *= (payments - j) / (j + 1) * odds
+        ratio = (payments - j) / (j + 1) * odds
+        term *= ratio
         total += term
         j += 1
-        if term < total * 1e-12:
+        if ratio < 1.0 and term * ratio < (1.0 - ratio) * total * 1e-9:
             break
     log_p = log_term + math.log(total)
     return max(0.0, -log_p / _LN10)
@@ -646,10 +655,14 @@ class BurstDetector:
         return self._alert(st, inc, "opened", minute, sc)
 
     def _children_at(self, key: str, scored: dict[str, _Scored], minute: int) -> dict[str, int]:
-        level = LEVEL[scope_type(key)]
+        """Bad payments in `minute` of the scopes inside `key`: narrower scopes, and for a switch
+        its acquirers (for an acquirer its switches), which cut across it."""
+        kind = scope_type(key)
+        level = LEVEL[kind]
         found: dict[str, int] = {}
         for other in scored:
-            if other == key or LEVEL[scope_type(other)] <= level:
+            other_kind = scope_type(other)
+            if other == key or other_kind == kind or LEVEL[other_kind] < level or other_kind in ("all", "issuer"):
                 continue
             for m, c, w, _k, _s in self.scopes[other].ring:
                 if m != minute:
@@ -729,7 +742,8 @@ class BurstDetector:
         if status == "resolved":
             summary = (
                 f"RESOLVED {name}: {bad} of {payments} payments failed or unsettled from {since} to "
-                f"{_wib_clock(end_ms)} WIB (expected {inc.expected_bad:.0f}); {_short_rupiah(c[EXPOSURE])} was exposed"
+                f"{_wib_clock(end_ms)} WIB (expected {_count(inc.expected_bad)}); "
+                f"{_short_rupiah(c[EXPOSURE])} was exposed"
             )
             severity = "info"
         else:
@@ -738,7 +752,7 @@ class BurstDetector:
             )
             summary = (
                 f"{name}: {bad} of {payments} payments failed or unsettled since {since} WIB "
-                f"(expected {inc.expected_bad:.0f}); {_short_rupiah(c[EXPOSURE])} exposed"
+                f"(expected {_count(inc.expected_bad)}); {_short_rupiah(c[EXPOSURE])} exposed"
                 + (f"; most affected: {worst}" if worst else "")
             )
             severity = "warning" if stype == "merchant" else "critical"
@@ -779,6 +793,10 @@ def _scope_name(stype: str, sid: str) -> str:
     if stype == "merchant" and sid.startswith("MCC-"):
         return f"Small merchants of MCC {sid[4:]}"
     return f"{stype.capitalize()} {sid}"
+
+
+def _count(x: float) -> str:
+    return f"{x:.1f}" if x < 10 else f"{x:.0f}"
 
 
 def _wib_clock(at_ms: int) -> str:

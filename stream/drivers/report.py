@@ -1,5 +1,6 @@
-"""What payment operations need to see from the output topics: refunds requested (count,
-rupiah, by reason), cancellations, dead letters, alerts. Pure summarising plus a text view."""
+"""What payment operations need to see from the output topics: failure-burst incidents first,
+then refunds requested (count, rupiah, by reason), cancellations, dead letters, other alerts.
+Pure summarising plus a text view."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     alerts: Counter[str] = Counter()
     seen: set[str] = set()
     alert_lines: list[str] = []
+    incident_lines: list[str] = []
     for role, v in outputs:
         if role == "refunds":
             rid = v["type"] + v.get("cancel_id", v["refund_id"])
@@ -43,7 +45,14 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             seen.add(v["alert_id"])
             label = v["kind"] + (f"/{v['status']}" if v.get("status") else "")
             alerts[label] += 1
-            alert_lines.append(f"[{v['severity']}] {v['kind']}: {v['summary']}")
+            if v["kind"] == "FAILURE_BURST":
+                window = v.get("window") or {}
+                incident_lines.append(
+                    f"[{v['severity']}] {v['status']:<8} {window.get('start', '?')} .. {window.get('end', '?')} "
+                    f"{v['summary']}"
+                )
+            else:
+                alert_lines.append(f"[{v['severity']}] {v['kind']}: {v['summary']}")
     return {
         "refunds_requested": {
             "count": sum(req_n.values()),
@@ -57,12 +66,16 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         },
         "dead_letters": {"count": sum(dl.values()), "by_error": dict(sorted(dl.items()))},
         "alerts": {"count": sum(alerts.values()), "by_kind": dict(sorted(alerts.items())), "lines": alert_lines},
+        "incidents": incident_lines,
     }
 
 
 def render(summary: dict[str, Any], max_alert_lines: int = 15) -> str:
     r, c, d, a = summary["refunds_requested"], summary["cancellations"], summary["dead_letters"], summary["alerts"]
-    lines = [f"Refunds requested: {r['count']} ({rupiah(r['idr'])})"]
+    incidents = summary.get("incidents", [])
+    lines = [f"Failure-burst incidents (opened/updated/resolved alerts): {len(incidents)}"]
+    lines += [f"  {x}" for x in incidents]
+    lines.append(f"Refunds requested: {r['count']} ({rupiah(r['idr'])})")
     lines += [f"  {k:<20} {v['count']:>6}  {rupiah(v['idr'])}" for k, v in r["by_reason"].items()]
     lines.append(f"Refund cancellations: {c['count']} ({rupiah(c['idr'])})")
     lines += [f"  {k:<20} {v['count']:>6}  {rupiah(v['idr'])}" for k, v in c["by_reason"].items()]

@@ -82,9 +82,15 @@ class BurstShell:
             consumer.assign([tp])
             await consumer.seek_to_beginning(tp)
             taken = 0
+            idle_polls = 0
             while await consumer.position(tp) < upto:
                 batch = await consumer.getmany(tp, timeout_ms=1000, max_records=5000)
-                for msg in batch.get(tp, []):
+                messages = batch.get(tp, [])
+                idle_polls = 0 if messages else idle_polls + 1
+                if idle_polls >= 60:  # the topic ends before `upto`: it was truncated or recreated
+                    log.error("signals topic ends before offset %d; detector rebuilt from what is there", upto)
+                    break
+                for msg in messages:
                     if msg.offset >= upto:
                         break
                     detector.on_signals(codec.loads(msg.value))
