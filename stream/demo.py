@@ -120,7 +120,8 @@ def run(args: argparse.Namespace, base: Settings) -> int:
             print(
                 f"Simulator ground truth: {incident['kind']} of {scope['type']} {scope['id']} from "
                 f"{format_ms(incident['start_ms'])} to {format_ms(incident['end_ms'])} "
-                f"({incident['affected']} of {incident['payments']} payments held or failed)."
+                f"({incident['affected']} payments held or failed by it; {incident['payments']} requested through it "
+                "in that time)."
             )
         owed_truth = sum(a for a, _ in truth.owed.values())
         print(
