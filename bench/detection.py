@@ -50,7 +50,7 @@ class _Recording(BurstDetector):
     """The detector, also keeping each complete minute's pooled scope data for the baseline and
     timing its minute work."""
 
-    def __init__(self, partitions: int, params: BurstParams) -> None:
+    def __init__(self, partitions: set[int], params: BurstParams) -> None:
         super().__init__(partitions, params)
         self.minutes: list[tuple[int, dict[str, list[int]]]] = []
         self.seconds = 0.0  # whole minutes: pooling, scoring, attribution, learning, alerts
@@ -132,7 +132,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         )
         n += 1
     list(replay.drain())
-    detector = _Recording(len(replay.engines), BurstParams())
+    detector = _Recording(set(replay.engines), BurstParams())
     alerts = []
     for value in replay.signals:
         alerts.extend(d.value for d in detector.on_signals(value))

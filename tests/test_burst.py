@@ -174,6 +174,15 @@ def test_a_minute_is_decided_only_when_every_partition_closed_it() -> None:
     assert det.closed_through == M0 and not det.pending
 
 
+def test_the_partitions_are_the_ones_given_not_a_count() -> None:
+    det = BurstDetector({0, 3})  # a replay file that holds partitions 0 and 3 only
+    det.on_signals(report(3, M0, switch_minute(1)))
+    det.on_signals(report(0, M0, switch_minute(0)))
+    assert det.closed_through == M0
+    with pytest.raises(ValueError, match="partition 1"):
+        det.on_signals(report(1, M0 + 1, switch_minute(0)))
+
+
 def merchant_minute(merchant_bad: int, others_bad: int = 0) -> dict[str, dict[str, Any]]:
     m = "merchant:ID1020012345678"
     total_bad = merchant_bad + others_bad

@@ -35,6 +35,19 @@ def expected_outputs(bootstrap: str, topics: Topics) -> dict[str, list[dict[str,
     return by_role
 
 
+def simulated(topics: Topics, scenario: str, **kwargs: Any) -> list[KafkaRecord]:
+    """The simulator's records of `scenario` for `topics`, without Kafka timestamps."""
+    sim = generate(
+        scenario,
+        start_ms=1743213600000,
+        partitions=topics.partitions,
+        payment_topic=topics.payment,
+        ledger_topic=topics.ledger,
+        **kwargs,
+    )
+    return [KafkaRecord(r.topic, r.partition, r.offset, None, r.key.encode() if r.key else None, r.value) for r in sim]
+
+
 def live_by_role(
     got: list[tuple[str, bytes | None, dict[str, Any]]], topics: Topics
 ) -> dict[str, list[dict[str, Any]]]:
@@ -102,21 +115,7 @@ def test_simulated_mixed_scenario_live_equals_replay_field_by_field(tmp_path: Pa
     bootstrap = require_broker()
     topics = fresh_topics()
     topics.create(bootstrap)
-    sim = list(
-        generate(
-            "mixed",
-            seed=5,
-            start_ms=1743213600000,
-            minutes=90,
-            rate_per_min=120,
-            partitions=topics.partitions,
-            payment_topic=topics.payment,
-            ledger_topic=topics.ledger,
-        )
-    )
-    records = [
-        KafkaRecord(r.topic, r.partition, r.offset, None, r.key.encode() if r.key else None, r.value) for r in sim
-    ]
+    records = simulated(topics, "mixed", seed=5, minutes=90, rate_per_min=120)
     worker = Worker(topics, tmp_path / "w")
     worker.start(bootstrap)
     try:
@@ -137,8 +136,9 @@ def test_simulated_mixed_scenario_live_equals_replay_field_by_field(tmp_path: Pa
 def test_a_second_worker_joining_and_the_first_leaving_changes_no_decision(tmp_path: Path) -> None:
     """Rebalances hand partitions, with their state, between workers of one group.
 
-    Fails about one run in ten (a decision of a partition that moved is missing); the cause is
-    not found yet. Out of `make test` until it is; `make test-rebalance` runs it."""
+    Fails now and then: 2 of 30 runs after the fix for batches acked on cancellation (once a
+    burst alert missing, once Faust's table recovery of the new owner hung); see the README's
+    known limits. Out of `make test` until fixed; `make test-rebalance` runs it."""
     bootstrap = require_broker()
     topics = fresh_topics()
     topics.create(bootstrap)
@@ -187,21 +187,7 @@ def test_a_switch_outage_is_one_incident_live_and_in_replay_across_a_restart(tmp
     bootstrap = require_broker()
     topics = fresh_topics()
     topics.create(bootstrap)
-    sim = generate(
-        "outage",
-        seed=3,
-        start_ms=1743213600000,
-        minutes=60,
-        rate_per_min=200,
-        partitions=topics.partitions,
-        payment_topic=topics.payment,
-        ledger_topic=topics.ledger,
-        outage_at=0.4,
-        outage_minutes=12,
-    )
-    records = [
-        KafkaRecord(r.topic, r.partition, r.offset, None, r.key.encode() if r.key else None, r.value) for r in sim
-    ]
+    records = simulated(topics, "outage", seed=3, minutes=60, rate_per_min=200, outage_at=0.4, outage_minutes=12)
     tmap = {topics.payment: topics.payment, topics.ledger: topics.ledger}
     cut = len(records) * 55 // 100  # about ten minutes into the outage
     worker = Worker(topics, tmp_path / "w")
@@ -228,3 +214,33 @@ def test_a_switch_outage_is_one_incident_live_and_in_replay_across_a_restart(tmp
     assert sorted(set(canon(live))) == sorted(set(canon(bursts))), worker2.log_tail()
     rebuilt = re.findall(r"burst detector rebuilt from (\d+) signal reports", worker2.log_tail(10_000))
     assert rebuilt and int(rebuilt[0]) > 0, "the second worker did not rebuild the detector"
+
+
+def test_a_worker_stopped_in_the_middle_of_a_backlog_loses_no_decision(tmp_path: Path) -> None:
+    """A clean stop (SIGTERM) cancels the agent, possibly in the middle of a batch, and Faust
+    acks a batch when the agent leaves it, even by cancellation: the batch must be finished
+    first, or its decisions are lost for good. The successor must decide the rest exactly."""
+    bootstrap = require_broker()
+    topics = fresh_topics()
+    topics.create(bootstrap)
+    records = simulated(topics, "mixed", seed=7, minutes=45, rate_per_min=300)
+    tmap = {topics.payment: topics.payment, topics.ledger: topics.ledger}
+    first = Worker(topics, tmp_path / "a")
+    second = Worker(topics, tmp_path / "b", app_id=first.app_id)
+    first.start(bootstrap)
+    try:
+        produce(bootstrap, records, tmap)
+        first.wait_processed(len(records) // 3, timeout_s=120)
+        assert first.stop() == 0  # while it still works through the backlog
+        second.start(bootstrap)
+        want = expected_outputs(bootstrap, topics)
+        n = sum(len(v) for v in want.values())
+        got = live_by_role(consume(bootstrap, topics.outputs(), until=n, timeout_s=180, worker=second), topics)
+    finally:
+        for w in (first, second):
+            if w.proc is not None and w.proc.poll() is None:
+                w.stop()
+    for role in want:
+        missing = set(canon(want[role])) - set(canon(got[role]))
+        assert not missing, f"{role}: {len(missing)} missing, e.g. {_brief(missing)[:3]}; logs in {tmp_path}"
+        assert set(canon(got[role])) == set(canon(want[role])), role

@@ -16,7 +16,7 @@ reported and the scopes it contains are listed inside it. Imports nothing outsid
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -387,13 +387,14 @@ class BurstDetector:
 
     Feed it every `signals` decision of every partition (in each partition's order, any
     interleaving, repeats allowed) with `on_signals`; it returns `FAILURE_BURST` alerts.
-    `partitions` is the number of input partitions: a minute is complete once all have closed it.
+    `partitions` are the input partitions (a count means 0..count-1): a minute is complete once
+    all of them have closed it.
     """
 
-    def __init__(self, partitions: int, params: BurstParams | None = None) -> None:
-        if partitions < 1:
-            raise ValueError("partitions must be >= 1")
-        self.partitions = partitions
+    def __init__(self, partitions: int | Iterable[int], params: BurstParams | None = None) -> None:
+        self.partitions = frozenset(range(partitions) if isinstance(partitions, int) else partitions)
+        if not self.partitions:
+            raise ValueError("a detector needs at least one partition")
         self.params = params or BurstParams()
         self.through: dict[int, int] = {}
         self.pending: dict[int, dict[str, dict[str, Any]]] = {}
@@ -409,6 +410,8 @@ class BurstDetector:
     def on_signals(self, value: dict[str, Any]) -> list[Decision]:
         """Take one partition's report; return the alerts of the minutes it completes."""
         p = int(value["partition"])
+        if p not in self.partitions:
+            raise ValueError(f"a report of partition {p}, not one of the input's {sorted(self.partitions)}")
         through = int(value["through_minute"])
         previous = self.through.get(p)
         if previous is not None and through <= previous:
@@ -427,7 +430,7 @@ class BurstDetector:
                 else:
                     merge_scope_minute(into, sm)
         self.through[p] = through
-        if len(self.through) < self.partitions:
+        if len(self.through) < len(self.partitions):
             return []
         complete = min(self.through.values())
         out: list[Decision] = []
@@ -615,7 +618,7 @@ class BurstDetector:
                     folded[c] = s
                     break
         # What is explained or folded belongs to this minute's incidents: its windows restart.
-        for key in suppressed | set(folded):
+        for key in (suppressed | set(folded)) - open_keys:
             self.scopes[key].covered_through = minute
         out: list[Decision] = []
         for key in heads:

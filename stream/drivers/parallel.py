@@ -87,7 +87,7 @@ def replay_file_parallel(
                 shutil.copyfileobj(fh, out, 1 << 20)
     signals = [value for _n, values, _p in results for value in values]
     partitions = {p for _n, _v, ps in results for p in ps}
-    bursts = detect_bursts(signals, len(partitions), burst)
+    bursts = detect_bursts(signals, partitions, burst)
     for seq, d in enumerate(bursts):
         out.write(decision_line(topics[d.role], -1, seq, d))
     return sum(n for n, _v, _p in results) + len(bursts)

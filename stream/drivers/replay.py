@@ -62,12 +62,13 @@ class Replay:
     def bursts(self, partitions: Iterable[int] = ()) -> list[Decision]:
         """The failure-burst alerts of everything fed so far, from the kept signals of
         `partitions` (default: the partitions seen)."""
-        return detect_bursts(self.signals, len(set(self.engines) | set(partitions)), self.burst)
+        return detect_bursts(self.signals, set(self.engines) | set(partitions), self.burst)
 
 
-def detect_bursts(signals: Iterable[dict[str, Any]], partitions: int, params: BurstParams) -> list[Decision]:
+def detect_bursts(signals: Iterable[dict[str, Any]], partitions: Iterable[int], params: BurstParams) -> list[Decision]:
     """Run one `BurstDetector` over the partitions' signals (each partition's in its order)."""
-    if partitions < 1:
+    partitions = set(partitions)
+    if not partitions:
         return []
     detector = BurstDetector(partitions, params)
     out: list[Decision] = []

@@ -15,6 +15,7 @@ import faust
 from faust.types import TP
 
 from ..settings import Settings
+from .batches import finish_before_ack
 from .bursts import BurstShell
 from .shell import ReconcileShell
 
@@ -129,7 +130,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     async def reconcile_payments(stream: faust.StreamT[bytes]) -> None:
         """Decode, decide, send: one batch of both input topics at a time."""
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            await shell.process_batch(events)
+            await finish_before_ack(shell.process_batch(events))
 
     bursts = BurstShell(settings, input_partitions or settings.partitions, send, flush)
 
@@ -137,7 +138,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     async def score_failure_bursts(stream: faust.StreamT[bytes]) -> None:
         """The partitions' closed minutes in, failure-burst incidents out."""
         async for events in stream.take_events(500, within=0.5):
-            await bursts.process_batch(events)
+            await finish_before_ack(bursts.process_batch(events))
 
     @app.timer(interval=max(1.0, min(settings.idle_timeout_s / 4, 10.0)), name="watch_idle_feeds")
     async def watch_idle_feeds() -> None:

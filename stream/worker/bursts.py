@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -37,7 +38,7 @@ class BurstShell:
         self.detector: BurstDetector | None = None
         self.next_offset = -1
         self.lock = asyncio.Lock()
-        self.counts = {"signals": 0, "alerts": 0, "rebuilt_from": 0}
+        self.counts = {"signals": 0, "alerts": 0, "rebuilt_from": 0, "internal_errors": 0}
 
     def forget(self) -> None:
         """After a rebalance the signals topic is the truth: rebuilt at the next report."""
@@ -45,6 +46,17 @@ class BurstShell:
         self.next_offset = -1
 
     async def process_batch(self, events: Sequence[Any]) -> None:
+        """Feed a batch of reports to the detector and send its alerts. Faust acks the batch
+        when this returns, even if it raised: a failure to send ends the process first."""
+        try:
+            await self._process_batch(events)
+        except Exception:
+            log.critical(
+                "cannot rebuild the detector or send its alerts; exiting before the batch is acked", exc_info=True
+            )
+            os._exit(70)
+
+    async def _process_batch(self, events: Sequence[Any]) -> None:
         async with self.lock:
             first = events[0].message.offset
             if self.detector is None or first != self.next_offset:
@@ -61,12 +73,22 @@ class BurstShell:
                 except ValueError:
                     log.error("signals offset %d is not JSON; skipped", msg.offset)
                     continue
-                alerts.extend(self.detector.on_signals(value))
+                try:
+                    alerts.extend(self.detector.on_signals(value))
+                except Exception:  # a bug must not stop the worker: the report is skipped, loudly
+                    self.counts["internal_errors"] += 1
+                    log.error("burst detector failed on signals offset %d; report skipped", msg.offset, exc_info=True)
             for d in alerts:
                 await self.send(self.settings.alert_topic, d.key, codec.dumps(d.value))
                 self.counts["alerts"] += 1
             if alerts:
                 await self.flush()
+                log.info(
+                    "burst alerts sent for signals offsets %d..%d: %s",
+                    events[0].message.offset,
+                    events[-1].message.offset,
+                    ", ".join(f"{d.value['status']} {d.value['scope']['type']}" for d in alerts),
+                )
 
     async def _rebuild(self, upto: int) -> BurstDetector:
         """The detector as it was after the signals before offset `upto`."""
