@@ -136,7 +136,7 @@ def test_simulated_mixed_scenario_live_equals_replay_field_by_field(tmp_path: Pa
 def test_a_second_worker_joining_and_the_first_leaving_changes_no_decision(tmp_path: Path) -> None:
     """Rebalances hand partitions, with their state, between workers of one group.
 
-    Fails now and then: 2 of 30 runs after the fix for batches acked on cancellation (once a
+    Fails now and then: 2 of 42 runs after the fix for batches acked on cancellation (once a
     burst alert missing, once Faust's table recovery of the new owner hung); see the README's
     known limits. Out of `make test` until fixed; `make test-rebalance` runs it."""
     bootstrap = require_broker()

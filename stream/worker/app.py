@@ -124,7 +124,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         await app.producer.flush()
 
     store = TableStore(app, state)
-    shell = ReconcileShell(settings, store, send, flush, store.write_changelog)
+    shell = ReconcileShell(settings, store, send, flush, store.write_changelog, lambda: app.consumer.assignment())
 
     @app.agent(inputs, name="reconcile_payments")
     async def reconcile_payments(stream: faust.StreamT[bytes]) -> None:
