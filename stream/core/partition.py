@@ -8,6 +8,9 @@ so the decisions do not depend on how the two streams interleave. Timers are hea
 deadlines (kind 1) and retention checks (kind 2) sort after records (kind 0) of the same instant;
 timers of one instant are ordered by the (stream, offset) of the record that set them.
 
+As the watermark passes a minute's end plus the probe age, the engine also reports that
+minute's burst signals (`signals`: each payment judged shortly after its request, per scope).
+
 State can be saved per reference (`take_dirty`) and restored (`restore`), so the live worker
 persists it in tables and a restarted worker continues where it stopped, including records
 still waiting for the watermark. Imports nothing outside the core; reads no clock.
