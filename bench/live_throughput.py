@@ -25,11 +25,11 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from stream.settings import Settings, to_env  # noqa: E402
 from stream.simulate.output import produce  # noqa: E402
 from stream.simulate.traffic import generate  # noqa: E402
+from stream.topics import create_topics  # noqa: E402
 
 
 def free_port() -> int:
@@ -77,20 +78,20 @@ def stats(port: int) -> dict:
 
 def worker_rate(bootstrap: str, prefix: str, n: int, partitions: int, variant: dict[str, str]) -> tuple[float, dict]:
     port = free_port()
-    settings = Settings(
+    run_id = uuid.uuid4().hex[:4]
+    settings = replace(
+        Settings().with_topic_prefix(prefix),
         bootstrap=bootstrap,
-        payment_topic=f"{prefix}.payment-requests",
-        ledger_topic=f"{prefix}.ledger-debits",
-        refund_topic=f"{prefix}.refunds",
-        alert_topic=f"{prefix}.alerts",
-        dead_letter_topic=f"{prefix}.dead-letter",
-        app_id=f"{prefix}-{uuid.uuid4().hex[:4]}",
+        # Each variant runs its own burst detector: its own signals topic, not the previous one's.
+        signals_topic=f"{prefix}.burst-signals-{run_id}",
+        app_id=f"{prefix}-{run_id}",
         data_dir=tempfile.mkdtemp(prefix="qris-bench-"),
         web_port=port,
         partitions=partitions,
         log_level="warning",
         idle_timeout_s=3600.0,  # a backlog, not an outage: the wall-clock idle rule stays out
     )
+    create_topics(settings)  # the variant's signals topic (the others exist)
     env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_") or k.startswith("QRIS_KAFKA_")}
     env.update(to_env(settings))
     env.update(variant)
@@ -139,10 +140,9 @@ def main() -> int:
     args = ap.parse_args()
     bootstrap = os.environ.get("QRIS_BOOTSTRAP", "127.0.0.1:9092")
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    topics = [f"{prefix}.{t}" for t in ("payment-requests", "ledger-debits", "refunds", "alerts", "dead-letter")]
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(t, num_partitions=args.partitions, replication_factor=1) for t in topics])
-    admin.close()
+    shared = replace(Settings().with_topic_prefix(prefix), bootstrap=bootstrap, partitions=args.partitions)
+    create_topics(shared)
+    topics = [shared.payment_topic, shared.ledger_topic]
     payments = args.records // 3
     records = list(
         generate(
@@ -162,7 +162,7 @@ def main() -> int:
     produce(records, bootstrap, partitions=args.partitions)
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}")
     print(f"produced {n} records to {prefix}.* in {time.perf_counter() - t:.1f} s")
-    raw = asyncio.run(raw_consume(bootstrap, topics[:2], n, args.partitions))
+    raw = asyncio.run(raw_consume(bootstrap, topics, n, args.partitions))
     print(f"raw aiokafka consumer: {raw:,.0f} records/s")
     for text in args.variant:
         variant = dict(kv.split("=", 1) for kv in text.split(",") if kv)

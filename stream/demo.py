@@ -57,13 +57,7 @@ def run(args: argparse.Namespace, base: Settings) -> int:
     run_id = time.strftime("%Y%m%d%H%M%S")
     prefix = f"qris-demo-{run_id}"
     s = replace(
-        base,
-        payment_topic=f"{prefix}.payment-requests",
-        ledger_topic=f"{prefix}.ledger-debits",
-        refund_topic=f"{prefix}.refunds",
-        alert_topic=f"{prefix}.alerts",
-        dead_letter_topic=f"{prefix}.dead-letter",
-        signals_topic=f"{prefix}.burst-signals",
+        base.with_topic_prefix(prefix),
         app_id=prefix,
         data_dir=str(Path(args.data_dir) / prefix),
         partitions=max(base.partitions, 4),

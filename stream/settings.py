@@ -6,7 +6,7 @@ them all (`python -m stream settings` prints the effective values).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from .core.burst import BurstParams
 from .core.partition import Params
@@ -57,6 +57,23 @@ class Settings:
     @property
     def burst(self) -> BurstParams:
         return BurstParams(threshold=self.burst_threshold)
+
+    def with_topic_prefix(self, prefix: str) -> Settings:
+        """These settings with every topic named `{prefix}.<role>`: a fresh set of its own, as
+        the demo, benchmarks and tests use, sharing nothing (the signals topic included).
+
+        >>> Settings().with_topic_prefix("run1").signals_topic
+        'run1.burst-signals'
+        """
+        return replace(
+            self,
+            payment_topic=f"{prefix}.payment-requests",
+            ledger_topic=f"{prefix}.ledger-debits",
+            refund_topic=f"{prefix}.refunds",
+            alert_topic=f"{prefix}.alerts",
+            dead_letter_topic=f"{prefix}.dead-letter",
+            signals_topic=f"{prefix}.burst-signals",
+        )
 
     def output_topic(self, role: str) -> str:
         return {

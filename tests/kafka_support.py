@@ -24,6 +24,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from stream.drivers.replayfile import KafkaRecord
+from stream.settings import DOCS, Settings, to_env
 from stream.topics import signals_topic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,44 +56,30 @@ class Topics:
 
     prefix: str
     partitions: int = 4
+    # Named as the product names a prefixed set (`Settings.with_topic_prefix`).
+    payment: str = field(init=False)
+    ledger: str = field(init=False)
+    refunds: str = field(init=False)
+    alerts: str = field(init=False)
+    dead_letter: str = field(init=False)
+    signals: str = field(init=False)
+    _settings: Settings = field(init=False, repr=False)
 
-    @property
-    def payment(self) -> str:
-        return f"{self.prefix}.payment-requests"
-
-    @property
-    def ledger(self) -> str:
-        return f"{self.prefix}.ledger-debits"
-
-    @property
-    def refunds(self) -> str:
-        return f"{self.prefix}.refunds"
-
-    @property
-    def alerts(self) -> str:
-        return f"{self.prefix}.alerts"
-
-    @property
-    def dead_letter(self) -> str:
-        return f"{self.prefix}.dead-letter"
-
-    @property
-    def signals(self) -> str:
-        return f"{self.prefix}.burst-signals"
+    def __post_init__(self) -> None:
+        s = Settings(partitions=self.partitions).with_topic_prefix(self.prefix)
+        self.payment, self.ledger = s.payment_topic, s.ledger_topic
+        self.refunds, self.alerts, self.dead_letter = s.refund_topic, s.alert_topic, s.dead_letter_topic
+        self.signals = s.signals_topic
+        self._settings = s
 
     def outputs(self) -> list[str]:
         return [self.refunds, self.alerts, self.dead_letter]
 
     def env(self) -> dict[str, str]:
-        return {
-            "QRIS_PAYMENT_TOPIC": self.payment,
-            "QRIS_LEDGER_TOPIC": self.ledger,
-            "QRIS_REFUND_TOPIC": self.refunds,
-            "QRIS_ALERT_TOPIC": self.alerts,
-            "QRIS_DEAD_LETTER_TOPIC": self.dead_letter,
-            "QRIS_SIGNALS_TOPIC": self.signals,
-            "QRIS_PARTITIONS": str(self.partitions),
-        }
+        """The worker's topic settings (and partition count) as `QRIS_*` variables."""
+        env = to_env(self._settings)
+        topic_vars = [v for name, (v, _doc) in DOCS.items() if name.endswith("_topic") or name == "partitions"]
+        return {v: env[v] for v in topic_vars}
 
     def create(self, bootstrap: str) -> None:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="qris-test")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
 from stream.settings import DOCS, Settings, from_env, to_env
@@ -31,3 +33,19 @@ def test_a_misspelt_variable_is_an_error_not_a_silent_default() -> None:
 def test_every_setting_is_documented() -> None:
     assert set(DOCS) == set(Settings.__dataclass_fields__)
     assert all(env.startswith("QRIS_") and doc for env, doc in DOCS.values())
+
+
+def test_a_topic_prefix_names_every_topic_and_nothing_else() -> None:
+    base = Settings(bootstrap="kafka:9092", partitions=6)
+    s = base.with_topic_prefix("run1")
+    topics = {f.name: getattr(s, f.name) for f in fields(Settings) if f.name.endswith("_topic")}
+    assert set(topics) == {
+        "payment_topic",
+        "ledger_topic",
+        "refund_topic",
+        "alert_topic",
+        "dead_letter_topic",
+        "signals_topic",
+    }
+    assert all(t.startswith("run1.") for t in topics.values()) and len(set(topics.values())) == 6
+    assert (s.bootstrap, s.partitions) == ("kafka:9092", 6)

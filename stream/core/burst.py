@@ -189,10 +189,6 @@ class FailureRateModel(base.AnomalyDetector):
         rate = self.expected_rate(x["minute"], x.get("parent_rate"))
         return binomial_surprise(x.get("window_bad", x["bad"]), x.get("window_payments", x["payments"]), rate)
 
-    @property
-    def payments_learned(self) -> float:
-        return self._overall.seen
-
 
 class _RateStat:
     """Bad and total payments per active minute, exponentially weighted. An EWMean starts at
@@ -457,7 +453,7 @@ class BurstDetector:
             sm = data[key]
             st = self._scope(key, sm, minute)
             ring = st.ring
-            ring.append((minute, sm["c"], sm["w"] or None, sm["k"] or None, sm["s"] or None))
+            ring.append((minute, sm["c"], sm.get("w") or None, sm.get("k") or None, sm.get("s") or None))
             oldest = max(end - longest, st.covered_through + 1)
             while ring[0][0] < oldest:
                 del ring[0]

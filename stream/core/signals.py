@@ -73,10 +73,12 @@ def scope_keys(st: ReferenceState) -> list[str]:
 
 
 def new_scope_minute() -> dict[str, Any]:
-    """An empty scope-minute: counts, bad payments shared with other scopes (`w`), response
-    codes of failures (`k`), samples (`s`: [request ms, reference, state, masked account]) and,
-    for merchants, attributes (`a`: [mcc, acquirer, name])."""
-    return {"c": [0, 0, 0, 0, 0, 0], "w": {}, "k": {}, "s": []}
+    """An empty scope-minute: its counts (`c`). Only a scope-minute with bad payments gets the
+    bad payments shared with other scopes (`w`), response codes of failures (`k`) and samples
+    (`s`: [request ms, reference, state, masked account]); merchants also carry attributes
+    (`a`: [mcc, acquirer, name]). Most scope-minutes have no bad payment, and a replay keeps
+    them all, so they stay one dict and one list."""
+    return {"c": [0, 0, 0, 0, 0, 0]}
 
 
 def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome: Outcome) -> None:
@@ -99,7 +101,8 @@ def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome
         if outcome.state == FAILED_OUTCOME:
             c[FAILED] += 1
             code = outcome.response_code or "?"
-            sm["k"][code] = sm["k"].get(code, 0) + 1
+            codes = sm.setdefault("k", {})
+            codes[code] = codes.get(code, 0) + 1
         elif outcome.state == UNSETTLED_OUTCOME:
             c[UNSETTLED] += 1
             c[EXPOSURE] += outcome.exposure_idr
@@ -108,12 +111,12 @@ def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome
         if key != "all":
             # Bad payments shared with other scopes, for attribution: a merchant records all
             # its other scopes, the others record each other but not merchants.
-            with_ = sm["w"]
+            with_ = sm.setdefault("w", {})
             merchant = key.startswith("merchant:")
             for other in keys:
                 if other != key and other != "all" and (merchant or not other.startswith("merchant:")):
                     with_[other] = with_.get(other, 0) + 1
-        samples = sm["s"]
+        samples = sm.setdefault("s", [])
         sample = [st.request_eff_ms, st.reference, outcome.state, mask_account(st.account_id or rq.account_id)]
         if len(samples) < SAMPLES_PER_SCOPE or sample[:2] < samples[-1][:2]:
             samples.append(sample)
@@ -130,13 +133,13 @@ def merge_scope_minute(into: dict[str, Any], other: dict[str, Any]) -> None:
         ic[i] += oc[i]
     if oc[BAD]:  # shared scopes, codes and samples exist only for bad payments
         for part in ("w", "k"):
-            if other[part]:
-                merged = dict(into[part])
+            if other.get(part):
+                merged = dict(into.get(part) or {})
                 for k, v in other[part].items():
                     merged[k] = merged.get(k, 0) + v
                 into[part] = merged
-        if other["s"]:
-            samples = sorted([*into["s"], *other["s"]], key=lambda x: (x[0], x[1]))
+        if other.get("s"):
+            samples = sorted([*into.get("s", ()), *other["s"]], key=lambda x: (x[0], x[1]))
             into["s"] = samples[:SAMPLES_PER_SCOPE]
     if "a" in other and ("a" not in into or other["a"] < into["a"]):
         into["a"] = other["a"]
@@ -144,9 +147,8 @@ def merge_scope_minute(into: dict[str, Any], other: dict[str, Any]) -> None:
 
 def scope_minute_view(sm: dict[str, Any]) -> dict[str, Any]:
     """A scope-minute to merge others into, sharing all but its counts with `sm`."""
-    view = {"c": list(sm["c"]), "w": sm["w"], "k": sm["k"], "s": sm["s"]}
-    if "a" in sm:
-        view["a"] = sm["a"]
+    view = dict(sm)
+    view["c"] = list(sm["c"])
     return view
 
 
