@@ -311,6 +311,7 @@ def _valid_values(topic: str, field: str) -> set[Any]:
                 "DEAD_LETTER",
                 "FEED_SILENT",
                 "FAILURE_BURST",
+                "CLOCK_SKEW",
             },
         ),
         ("qris.alerts", "status", {None, "opened", "updated", "resolved"}),

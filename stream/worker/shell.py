@@ -271,4 +271,6 @@ class ReconcileShell:
 
 def _ts_ms(msg: Any) -> int | None:
     ts = getattr(msg, "timestamp", None)
-    return int(ts * 1000) if ts is not None else None
+    # Faust gives seconds as a float; round, not truncate, so the clock guard sees the broker's
+    # exact milliseconds, as replay does.
+    return round(ts * 1000) if ts is not None else None
