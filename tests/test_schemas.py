@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import hashlib
 import datetime as dt
 import json
 import re
@@ -152,8 +153,14 @@ def _dead_letter_errors(value: dict[str, Any]) -> Iterator[str]:
     source = f"{value['source_topic']}:{value['source_partition']}:{value['source_offset']}"
     if value["dead_letter_id"] != source:
         yield f"dead_letter_id {value['dead_letter_id']!r} != {source!r}"
+    for part in ("key", "value"):
+        yield from _carried_errors(part, value)
     key_b64 = value["key_b64"]
     if key_b64 is None:
+        return
+    if value["key_truncated"]:
+        if value["key"] is not None:
+            yield "a truncated key has no text"
         return
     key_bytes = decode_b64(key_b64)
     try:
@@ -162,6 +169,23 @@ def _dead_letter_errors(value: dict[str, Any]) -> Iterator[str]:
         key_text = None
     if value["key"] != key_text:
         yield f"key {value['key']!r} is not key_b64 decoded as UTF-8 ({key_text!r})"
+
+
+def _carried_errors(part: str, value: dict[str, Any]) -> Iterator[str]:
+    # `<part>_b64` holds the bytes, or their first 64 KiB when `<part>_truncated`; the length and
+    # SHA-256 describe the whole original, and are null exactly when there were no bytes.
+    b64, truncated = value[f"{part}_b64"], value[f"{part}_truncated"]
+    length, sha = value[f"{part}_length"], value[f"{part}_sha256"]
+    if length is None or sha is None:
+        if not (length is None and sha is None and not truncated and b64 in (None, "")):
+            yield f"{part}: length and sha256 are null together, only when there are no bytes"
+        return
+    data = decode_b64(b64)
+    if truncated:
+        if len(data) != 65_536 or length <= 65_536:
+            yield f"{part}: a truncated {part} carries its first 65,536 bytes of more than that"
+    elif len(data) != length or hashlib.sha256(data).hexdigest() != sha:
+        yield f"{part}: {part}_length / {part}_sha256 do not describe {part}_b64"
 
 
 _CROSS_FIELD = {
