@@ -123,9 +123,21 @@ def _refund_errors(value: dict[str, Any]) -> Iterator[str]:
     net = evidence["net_debited"]
     settled = evidence["settled_amount"]
     active = evidence["active_refunds_before"]
-    entries = sum(d["amount"] for d in evidence["debits"]) - sum(r["amount"] for r in evidence["reversals"])
-    if net != entries:
-        yield f"net_debited {net} != debits - reversals {entries}"
+    totals = evidence["debited_total"] - evidence["reversed_total"]
+    if net != totals:
+        yield f"net_debited {net} != debited_total - reversed_total {totals}"
+    for kind, count, total in (
+        ("debits", "debit_count", "debited_total"),
+        ("reversals", "reversal_count", "reversed_total"),
+    ):
+        shown = evidence[kind]
+        if not evidence["truncated"]:
+            if evidence[count] != len(shown) or evidence[total] != sum(e["amount"] for e in shown):
+                yield f"{count} / {total} do not describe the {kind} shown (not truncated)"
+        elif len(shown) != min(evidence[count], 25):
+            yield f"truncated {kind}: {len(shown)} shown of {evidence[count]}, expected the first 20 and last 5"
+    if evidence["truncated"] and max(evidence["debit_count"], evidence["reversal_count"]) <= 25:
+        yield "truncated although no list has more than 25 entries"
     settlement = evidence["settlement"]
     if settled != (settlement["amount"] if settlement else 0):
         yield f"settled_amount {settled} disagrees with settlement {settlement}"
