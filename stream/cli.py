@@ -36,7 +36,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     s = from_env(os.environ)
     overrides = {
         k: getattr(args, k)
-        for k in ("bootstrap", "timeout_s", "lateness_s", "retention_s", "partitions")
+        for k in ("bootstrap", "timeout_s", "lateness_s", "retention_s", "clock_skew_s", "partitions")
         if getattr(args, k, None) is not None
     }
     return replace(s, **overrides)
@@ -185,6 +185,12 @@ def _params(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout-s", type=float, dest="timeout_s", help="T, seconds (default 300)")
     p.add_argument("--lateness-s", type=float, dest="lateness_s", help="A, seconds (default 30)")
     p.add_argument("--retention-s", type=float, dest="retention_s", help="R, seconds (default 172800)")
+    p.add_argument(
+        "--clock-skew-s",
+        type=float,
+        dest="clock_skew_s",
+        help="F, seconds a record may be dated ahead of its Kafka timestamp (default 60)",
+    )
 
 
 def _range(p: argparse.ArgumentParser) -> None:

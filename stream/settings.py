@@ -29,6 +29,7 @@ class Settings:
     timeout_s: float = 300.0
     lateness_s: float = 30.0
     retention_s: float = 48 * 3600.0
+    clock_skew_s: float = 60.0
     idle_timeout_s: float = 60.0
     probe_age_s: float = 30.0
     burst_threshold: float = 7.0  # BurstParams.threshold
@@ -49,6 +50,7 @@ class Settings:
             timeout_ms=round(self.timeout_s * 1000),
             lateness_ms=round(self.lateness_s * 1000),
             retention_ms=round(self.retention_s * 1000),
+            clock_skew_ms=round(self.clock_skew_s * 1000),
             payment_topic=self.payment_topic,
             ledger_topic=self.ledger_topic,
             probe_age_ms=round(self.probe_age_s * 1000),
@@ -100,6 +102,11 @@ DOCS: dict[str, tuple[str, str]] = {
     "timeout_s": ("QRIS_TIMEOUT_S", "T: seconds after a debit before an unsettled amount is refunded"),
     "lateness_s": ("QRIS_LATENESS_S", "A: allowed lateness of a record behind its own stream, seconds"),
     "retention_s": ("QRIS_RETENTION_S", "R: seconds of event time a quiet reference's state is kept"),
+    "clock_skew_s": (
+        "QRIS_CLOCK_SKEW_S",
+        "F: a record dated more than this many seconds ahead of its Kafka timestamp counts at its Kafka timestamp "
+        "(clock guard, CLOCK_SKEW alert)",
+    ),
     "idle_timeout_s": (
         "QRIS_IDLE_TIMEOUT_S",
         "live only: wall-clock seconds an input stream may be silent before the watermark moves without it",

@@ -262,7 +262,7 @@ def engine_signals(records: list[tuple[Stream, bytes]]) -> list[dict[str, Any]]:
     offsets = [0, 0]
     out = []
     for s, value in records:
-        out += eng.on_record(s, offsets[s], orjson.loads(value)["reference"].encode(), value, 0)
+        out += eng.on_record(s, offsets[s], orjson.loads(value)["reference"].encode(), value, None)
         offsets[s] += 1
     return [d.value for d in out if d.role == "signals"]
 
@@ -322,7 +322,7 @@ def test_a_restored_engine_reports_the_same_minutes() -> None:
         if n == len(recs) // 2:  # save everything, start again from the saved state
             refs, meta = eng.take_dirty()
             eng = PartitionEngine.restore(0, Params(), meta, [(k, v) for k, v in refs.items() if v is not None])
-        out += eng.on_record(s, offsets[s], orjson.loads(value)["reference"].encode(), value, 0)
+        out += eng.on_record(s, offsets[s], orjson.loads(value)["reference"].encode(), value, None)
         offsets[s] += 1
     assert closed([d.value for d in out if d.role == "signals"]) == whole
 

@@ -34,7 +34,7 @@ class Feed:
         off = self.offsets[s]
         self.offsets[s] += 1
         got = self.eng.on_record(
-            s, off, key if key is not None else orjson.loads(value)["reference"].encode(), value, 0
+            s, off, key if key is not None else orjson.loads(value)["reference"].encode(), value, None
         )
         self.out.extend(got)
         return got

@@ -11,6 +11,7 @@ import base64
 import binascii
 import copy
 import datetime as dt
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -122,9 +123,21 @@ def _refund_errors(value: dict[str, Any]) -> Iterator[str]:
     net = evidence["net_debited"]
     settled = evidence["settled_amount"]
     active = evidence["active_refunds_before"]
-    entries = sum(d["amount"] for d in evidence["debits"]) - sum(r["amount"] for r in evidence["reversals"])
-    if net != entries:
-        yield f"net_debited {net} != debits - reversals {entries}"
+    totals = evidence["debited_total"] - evidence["reversed_total"]
+    if net != totals:
+        yield f"net_debited {net} != debited_total - reversed_total {totals}"
+    for kind, count, total in (
+        ("debits", "debit_count", "debited_total"),
+        ("reversals", "reversal_count", "reversed_total"),
+    ):
+        shown = evidence[kind]
+        if not evidence["truncated"]:
+            if evidence[count] != len(shown) or evidence[total] != sum(e["amount"] for e in shown):
+                yield f"{count} / {total} do not describe the {kind} shown (not truncated)"
+        elif len(shown) != min(evidence[count], 25):
+            yield f"truncated {kind}: {len(shown)} shown of {evidence[count]}, expected the first 20 and last 5"
+    if evidence["truncated"] and max(evidence["debit_count"], evidence["reversal_count"]) <= 25:
+        yield "truncated although no list has more than 25 entries"
     settlement = evidence["settlement"]
     if settled != (settlement["amount"] if settlement else 0):
         yield f"settled_amount {settled} disagrees with settlement {settlement}"
@@ -152,8 +165,14 @@ def _dead_letter_errors(value: dict[str, Any]) -> Iterator[str]:
     source = f"{value['source_topic']}:{value['source_partition']}:{value['source_offset']}"
     if value["dead_letter_id"] != source:
         yield f"dead_letter_id {value['dead_letter_id']!r} != {source!r}"
+    for part in ("key", "value"):
+        yield from _carried_errors(part, value)
     key_b64 = value["key_b64"]
     if key_b64 is None:
+        return
+    if value["key_truncated"]:
+        if value["key"] is not None:
+            yield "a truncated key has no text"
         return
     key_bytes = decode_b64(key_b64)
     try:
@@ -162,6 +181,23 @@ def _dead_letter_errors(value: dict[str, Any]) -> Iterator[str]:
         key_text = None
     if value["key"] != key_text:
         yield f"key {value['key']!r} is not key_b64 decoded as UTF-8 ({key_text!r})"
+
+
+def _carried_errors(part: str, value: dict[str, Any]) -> Iterator[str]:
+    # `<part>_b64` holds the bytes, or their first 64 KiB when `<part>_truncated`; the length and
+    # SHA-256 describe the whole original, and are null exactly when there were no bytes.
+    b64, truncated = value[f"{part}_b64"], value[f"{part}_truncated"]
+    length, sha = value[f"{part}_length"], value[f"{part}_sha256"]
+    if length is None or sha is None:
+        if not (length is None and sha is None and not truncated and b64 in (None, "")):
+            yield f"{part}: length and sha256 are null together, only when there are no bytes"
+        return
+    data = decode_b64(b64)
+    if truncated:
+        if len(data) != 65_536 or length <= 65_536:
+            yield f"{part}: a truncated {part} carries its first 65,536 bytes of more than that"
+    elif len(data) != length or hashlib.sha256(data).hexdigest() != sha:
+        yield f"{part}: {part}_length / {part}_sha256 do not describe {part}_b64"
 
 
 _CROSS_FIELD = {
@@ -311,6 +347,7 @@ def _valid_values(topic: str, field: str) -> set[Any]:
                 "DEAD_LETTER",
                 "FEED_SILENT",
                 "FAILURE_BURST",
+                "CLOCK_SKEW",
             },
         ),
         ("qris.alerts", "status", {None, "opened", "updated", "resolved"}),

@@ -13,10 +13,14 @@ from . import ids
 from .decisions import SCHEMA_VERSION, Decision, mask_account
 from .eventtime import format_ms
 from .records import LedgerEvent, PaymentEvent
+from .text import escape_text
 
 if TYPE_CHECKING:
     from .reference import ReferenceState
     from .refunds import Refund
+
+
+MAX_SUMMARY_CHARS = 1000
 
 
 def rupiah(amount: int) -> str:
@@ -50,7 +54,8 @@ def _alert(
         "expected": extra.pop("expected", None),
         "score": extra.pop("score", None),
         "references": extra.pop("references", []),
-        "summary": " ".join(summary.split()),
+        # Pieces quoting input are escaped where they are written; this is the net under them.
+        "summary": escape_text(" ".join(summary.split()), MAX_SUMMARY_CHARS),
         "occurred_at": format_ms(at_ms if at_ms is not None else 0),
         "partition": partition,
         **extra,
@@ -78,8 +83,8 @@ def cancellation_alert(
     late_s = (eff_ms - refund.deadline_ms) / 1000
     what = "settlement" if reason == "LATE_SETTLEMENT" else "ledger reversal"
     summary = (
-        f"Refund {refund.refund_id} of {rupiah(refund.amount)} for {st.reference} cancelled: "
-        f"{what} {trigger.event_id} arrived {late_s:.0f} s after the refund deadline; "
+        f"Refund {refund.refund_id} of {rupiah(refund.amount)} for {escape_text(st.reference)} cancelled: "
+        f"{what} {escape_text(trigger.event_id)} arrived {late_s:.0f} s after the refund deadline; "
         "check whether it was already paid out"
     )
     return _alert(
@@ -106,8 +111,8 @@ def over_refund_alert(
     scope_type, scope_id = _merchant_scope(st)
     active = st.active
     summary = (
-        f"Over-refund on {st.reference}: {rupiah(active)} of refunds active but only "
-        f"{rupiah(max(0, st.net - st.settled))} owed after {trigger.type} {trigger.event_id}; "
+        f"Over-refund on {escape_text(st.reference)}: {rupiah(active)} of refunds active but only "
+        f"{rupiah(max(0, st.net - st.settled))} owed after {trigger.type} {escape_text(trigger.event_id)}; "
         f"{rupiah(excess)} too much, needs a person"
     )
     return _alert(
@@ -129,7 +134,10 @@ def over_refund_alert(
 def dead_letter_alert(topic: str, partition: int, count: int, error: str, reason: str, at_ms: int) -> Decision:
     """Rejected input is arriving on a topic partition: raised at the 1st, 10th, 100th, ...
     rejection of that partition, so a stream of bad records is one alert per order of magnitude."""
-    summary = f"{count} rejected record(s) on {topic} partition {partition}; latest ({error}): {reason}"
+    summary = (
+        f"{count} rejected record(s) on {topic} partition {partition}; "
+        f"latest ({escape_text(error, 40)}): {escape_text(reason, 400)}"
+    )
     return _alert(
         ids.alert_id("DEAD_LETTER", topic, partition, count),
         "DEAD_LETTER",
@@ -140,6 +148,43 @@ def dead_letter_alert(topic: str, partition: int, count: int, error: str, reason
         partition,
         summary,
         {"rejected": count},
+        topic=topic,
+    )
+
+
+def clock_skew_alert(
+    topic: str,
+    partition: int,
+    count: int,
+    event: PaymentEvent | LedgerEvent,
+    timestamp_ms: int,
+    allowed_ms: int,
+) -> Decision:
+    """Records dated ahead of their Kafka timestamp are arriving on a topic partition: raised at
+    the 1st, 10th, 100th, ... such record. Each was counted at its Kafka timestamp (clock guard)."""
+    ahead_s = (event.occurred_at_ms - timestamp_ms) / 1000
+    summary = (
+        f"{count} record(s) on {topic} partition {partition} dated more than {allowed_ms / 1000:g} s ahead of "
+        f"their Kafka timestamp; latest: {event.type} {escape_text(event.event_id)} of "
+        f"{escape_text(event.reference)} dated {escape_text(event.occurred_at)}, {ahead_s:.0f} s ahead, "
+        f"counted at its Kafka time {format_ms(timestamp_ms)}; check the producer's clock"
+    )
+    return _alert(
+        ids.alert_id("CLOCK_SKEW", topic, partition, count),
+        "CLOCK_SKEW",
+        "warning" if count < 100 else "critical",
+        "all",
+        "all",
+        timestamp_ms,
+        partition,
+        summary,
+        {
+            "skewed_records": count,
+            "ahead_s": ahead_s,
+            "allowed_skew_s": allowed_ms / 1000,
+            "kafka_timestamp_ms": timestamp_ms,
+        },
+        references=[event.reference],
         topic=topic,
     )
 

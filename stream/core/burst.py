@@ -27,6 +27,7 @@ from .alerts import rupiah
 from .decisions import SCHEMA_VERSION, Decision
 from .eventtime import format_ms
 from .signals import BAD, COUNTS, EXPOSURE, MINUTE_MS, merge_scope_minute, scope_minute_view
+from .text import escape_text
 
 LEVEL = {"all": 0, "issuer": 1, "switch": 2, "acquirer": 2, "merchant": 3}
 LONGEST = 10  # minutes: the longest window (BurstParams.windows_minutes must end with it)
@@ -790,8 +791,8 @@ def _scope_name(stype: str, sid: str) -> str:
     if stype == "all":
         return "All payments"
     if stype == "merchant" and sid.startswith("MCC-"):
-        return f"Small merchants of MCC {sid[4:]}"
-    return f"{stype.capitalize()} {sid}"
+        return f"Small merchants of MCC {escape_text(sid[4:])}"
+    return f"{stype.capitalize()} {escape_text(sid)}"
 
 
 def _count(x: float) -> str:

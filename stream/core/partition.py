@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import codec
-from .alerts import dead_letter_alert, feed_silent_alert
+from .alerts import clock_skew_alert, dead_letter_alert, feed_silent_alert
 from .deadletter import dead_letter_record
 from .decisions import Decision
 from .records import LedgerEvent, PaymentEvent, Stream, event_fields
@@ -50,13 +50,16 @@ class Params:
     # Burst signals: a payment is judged this long after its request (`signals`).
     probe_age_ms: int = 30_000
     burst_signals: bool = True
+    # Clock guard F: a record dated more than this ahead of its Kafka timestamp counts as if it
+    # occurred at its Kafka timestamp (and raises CLOCK_SKEW).
+    clock_skew_ms: int = 60_000
 
 
 # A heap item: (eff_ms, kind, stream, offset, reference, event or None).
 Item = tuple[int, int, int, int, str, PaymentEvent | LedgerEvent | None]
 
 
-def _dead_letter_alert_due(count: int) -> bool:
+def _alert_due(count: int) -> bool:
     # 1, 10, 100, ...: one alert per order of magnitude of rejections.
     while count % 10 == 0 and count > 1:
         count //= 10
@@ -78,6 +81,8 @@ class PartitionEngine:
         self.forced_ms = NEG_INF
         self.silent: list[bool] = [False, False]
         self.rejected: list[int] = [0, 0]
+        # Records per stream dated more than F ahead of their Kafka timestamp (clock guard).
+        self.skewed: list[int] = [0, 0]
         self.refs: dict[str, ReferenceState] = {}
         self.pending: dict[str, list[Item]] = {}
         self.heap: list[Item] = []
@@ -124,6 +129,14 @@ class PartitionEngine:
         assert not isinstance(event, Rejection)
         self.stats["records"] += 1
         occ = event.occurred_at_ms
+        skew_alert: list[Decision] = []
+        if timestamp_ms is not None and timestamp_ms >= 0 and occ - timestamp_ms > self.params.clock_skew_ms:
+            # Clock guard: one wrong clock must not push the partition's watermark into the
+            # future. The record counts as if it occurred at its Kafka timestamp, for max_S, its
+            # effective time and everything after; its own `occurred_at` text is kept.
+            occ = timestamp_ms
+            if not seen_before:
+                skew_alert = self._skewed(stream, event, timestamp_ms)
         prev = self.max_ms[s]
         if prev is None:
             self.max_ms[s] = occ
@@ -151,9 +164,22 @@ class PartitionEngine:
             self.dirty.add(ref)
         mp, ml = self.max_ms
         if mp is None or ml is None:
-            return [] if self.forced_ms == NEG_INF else self._release(self.forced_ms)
-        w = min(mp, ml) - self.params.lateness_ms
-        return self._release(w if w > self.forced_ms else self.forced_ms)
+            released = [] if self.forced_ms == NEG_INF else self._release(self.forced_ms)
+        else:
+            w = min(mp, ml) - self.params.lateness_ms
+            released = self._release(w if w > self.forced_ms else self.forced_ms)
+        if skew_alert:
+            return skew_alert + released
+        return released
+
+    def _skewed(self, stream: Stream, event: PaymentEvent | LedgerEvent, timestamp_ms: int) -> list[Decision]:
+        s = int(stream)
+        self.skewed[s] += 1
+        self.meta_dirty = True
+        if not _alert_due(self.skewed[s]):
+            return []
+        topic = self.params.payment_topic if s == 0 else self.params.ledger_topic
+        return [clock_skew_alert(topic, self.partition, self.skewed[s], event, timestamp_ms, self.params.clock_skew_ms)]
 
     def _reject(
         self,
@@ -174,7 +200,7 @@ class PartitionEngine:
             return out
         self.rejected[s] += 1
         self.stats["rejected"] += 1
-        if _dead_letter_alert_due(self.rejected[s]):
+        if _alert_due(self.rejected[s]):
             # The alert's time: the record's Kafka time, else the newest event time seen here.
             known = [m for m in self.max_ms if m is not None]
             at_ms = timestamp_ms if timestamp_ms is not None else max(known, default=0)
@@ -356,6 +382,7 @@ class PartitionEngine:
                 "forced_ms": self.forced_ms,
                 "silent": self.silent,
                 "rejected": self.rejected,
+                "skewed": self.skewed,
                 "signals_through": self.signals_through,
             }
         )
@@ -373,6 +400,7 @@ class PartitionEngine:
             eng.forced_ms = m["forced_ms"]
             eng.silent = list(m["silent"])
             eng.rejected = list(m["rejected"])
+            eng.skewed = list(m.get("skewed", (0, 0)))
             eng.signals_through = m.get("signals_through")
             if eng.signals_through is not None:
                 eng._close_at_ms = (eng.signals_through + 2) * MINUTE_MS + params.probe_age_ms

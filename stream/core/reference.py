@@ -18,6 +18,11 @@ from .refunds import Refund, cancellation_record, refund_request_record
 # Evidence tuples are kept compact in state and expanded only when a refund is written.
 # ledger entry: (event_id, entry_id, amount, occurred_at, effective_at_ms)
 LedgerEvidence = tuple[str, str, int, str, int]
+# A reference hammered with thousands of debits keeps (and shows as evidence) only its first
+# EVIDENCE_FIRST and last EVIDENCE_LAST entries per list, plus their count and sum: state and
+# refund records stay small whatever the input, and the totals still add up.
+EVIDENCE_FIRST = 20
+EVIDENCE_LAST = 5
 
 
 @dataclass(slots=True)
@@ -28,6 +33,11 @@ class ReferenceState:
     seen_l: list[str] = field(default_factory=list)
     debits: list[LedgerEvidence] = field(default_factory=list)
     reversals: list[LedgerEvidence] = field(default_factory=list)
+    # Count and rupiah of every processed debit / reversal (the lists above may be cut).
+    debit_count: int = 0
+    debited_total: int = 0
+    reversal_count: int = 0
+    reversed_total: int = 0
     # (event_id, amount, occurred_at, effective_at_ms)
     settlement: tuple[str, int, str, int] | None = None
     # (event_id, occurred_at, effective_at_ms, response_code)
@@ -78,7 +88,9 @@ class ReferenceState:
             entry = (event.event_id, event.entry_id, event.amount, event.occurred_at, eff_ms)
             if event.type == "debited":
                 self.net += event.amount
-                self.debits.append(entry)
+                self.debit_count += 1
+                self.debited_total += event.amount
+                _keep(self.debits, entry)
                 if self.account_id is None:
                     self.account_id = event.account_id
                 if self.cycle_deadline_ms is None:
@@ -86,7 +98,9 @@ class ReferenceState:
                     self.cycle_opened_by = (int(stream), offset)
             else:
                 self.net -= event.amount
-                self.reversals.append(entry)
+                self.reversal_count += 1
+                self.reversed_total += event.amount
+                _keep(self.reversals, entry)
                 may_over_refund = True
         else:
             assert type(event) is PaymentEvent
@@ -155,6 +169,10 @@ class ReferenceState:
             "sl": self.seen_l,
             "d": self.debits,
             "r": self.reversals,
+            "dc": self.debit_count,
+            "ds": self.debited_total,
+            "rc": self.reversal_count,
+            "rs": self.reversed_total,
             "st": self.settlement,
             "f": self.failure,
             "rq": event_fields(self.request) if self.request is not None else None,
@@ -172,12 +190,19 @@ class ReferenceState:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ReferenceState:
+        debits = [tuple(x) for x in d["d"]]
+        reversals = [tuple(x) for x in d["r"]]
         return cls(
             reference=d["ref"],
             seen_p=list(d["sp"]),
             seen_l=list(d["sl"]),
-            debits=[tuple(x) for x in d["d"]],
-            reversals=[tuple(x) for x in d["r"]],
+            debits=debits,
+            reversals=reversals,
+            # State saved before the counts existed kept every entry.
+            debit_count=d.get("dc", len(debits)),
+            debited_total=d.get("ds", sum(x[2] for x in debits)),
+            reversal_count=d.get("rc", len(reversals)),
+            reversed_total=d.get("rs", sum(x[2] for x in reversals)),
             settlement=tuple(d["st"]) if d["st"] else None,
             failure=tuple(d["f"]) if d["f"] else None,
             request=PaymentEvent(*d["rq"]) if d["rq"] else None,
@@ -192,6 +217,13 @@ class ReferenceState:
             last_key=tuple(d["lk"]),
             retention=tuple(d["rt"]) if d["rt"] else None,
         )
+
+
+def _keep(entries: list[LedgerEvidence], entry: LedgerEvidence) -> None:
+    # The first EVIDENCE_FIRST entries stay; after them a window of the last EVIDENCE_LAST.
+    entries.append(entry)
+    if len(entries) > EVIDENCE_FIRST + EVIDENCE_LAST:
+        del entries[EVIDENCE_FIRST]
 
 
 def _interned(event: PaymentEvent) -> PaymentEvent:

@@ -74,6 +74,12 @@ def evidence(
     return {
         "debits": _ledger_items(st.debits),
         "reversals": _ledger_items(st.reversals),
+        # The lists hold the first 20 and the last 5 entries; counts and sums cover them all.
+        "debit_count": st.debit_count,
+        "debited_total": st.debited_total,
+        "reversal_count": st.reversal_count,
+        "reversed_total": st.reversed_total,
+        "truncated": st.debit_count > len(st.debits) or st.reversal_count > len(st.reversals),
         "settlement": settlement,
         "failure": failure,
         "request": request,

@@ -2,16 +2,21 @@
 
 One strict parser per input topic, with a fast path for well-formed records and a detailed
 path that finds and words the first broken rule. It agrees with `schemas/<topic>.schema.json` (tested), and
-adds what a schema cannot see: the record key must equal `reference`, the value must be UTF-8,
-and `amount` must be a JSON integer (`25000.0` is refused). Optional string fields may be
-`null`, read as absent, so a producer that writes nulls does not lose settlements.
-Imports nothing outside the core.
+adds what a schema cannot see: the record key must equal `reference`, the value must be UTF-8
+and at most 64 KiB (checked before parsing, so a huge value costs nothing), and `amount` must be
+a JSON integer (`25000.0` is refused). Sizes and characters (CONTRACT.md): every string field at
+most 128 characters (code points), `merchant_name` 256, `reference` 64; identifiers hold no
+control characters (U+0000-U+001F, U+007F-U+009F) and no bidirectional embeddings, overrides or
+isolates (U+202A-U+202E, U+2066-U+2069). Optional string fields may be `null`, read as absent,
+so a producer that writes nulls does not lose settlements. Input quoted in a reason is escaped
+(`text.escape_text`). Imports nothing outside the core.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from . import codec
 from .eventtime import BadTimestamp, parse_ms
@@ -25,8 +30,40 @@ from .records import (
     PaymentEvent,
     Stream,
 )
+from .text import escape_text
+
+MAX_VALUE_BYTES: Final = 65_536  # a record value is at most 64 KiB
+MAX_STRING_CHARS: Final = 128  # every string field, unless named below
+MAX_MERCHANT_NAME_CHARS: Final = 256
+MAX_REFERENCE_CHARS: Final = 64
+# Identifier fields: no control or bidirectional formatting characters.
+IDENTIFIER_FIELDS: Final = frozenset(
+    {
+        "event_id",
+        "reference",
+        "entry_id",
+        "account_id",
+        "merchant_id",
+        "acquirer_id",
+        "issuer_id",
+        "switch_id",
+        "terminal_id",
+    }
+)
+_OPTIONAL_MAX_CHARS: Final = tuple(
+    MAX_MERCHANT_NAME_CHARS if f == "merchant_name" else MAX_STRING_CHARS for f in PAYMENT_OPTIONAL_FIELDS
+)
+_OPTIONAL_IDENTIFIER_FIELDS: Final = tuple(f for f in PAYMENT_OPTIONAL_FIELDS if f in IDENTIFIER_FIELDS)
+# C0 controls, DEL and C1 controls; bidirectional embeddings/overrides (LRE RLE PDF LRO RLO) and
+# isolates (LRI RLI FSI PDI), the characters of "Trojan Source" (CVE-2021-42574).
+_FORBIDDEN_IN_IDENTIFIER: Final = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# The raw bytes through which such a character can reach a parsed string: a JSON escape
+# (`\t`, `\u001b`, ...: C0 controls cannot appear raw in valid JSON), DEL, or the UTF-8 of a C1
+# control or of a bidirectional character. A value without any of them needs no per-field check.
+_SUSPECT_BYTES: Final = re.compile(b"\\\\[bfnrtu]|\x7f|\xc2[\x80-\x9f]|\xe2\x80[\xaa-\xae]|\xe2\x81[\xa6-\xa9]")
 
 ErrorCode = Literal[
+    "too_large",
     "not_utf8",
     "invalid_json",
     "not_an_object",
@@ -65,13 +102,28 @@ def _decode(value: bytes | None) -> dict[str, Any]:
             value.decode("utf-8")
         except UnicodeDecodeError:
             raise _Reject("not_utf8", "the value is not UTF-8 text") from None
-        raise _Reject("invalid_json", f"the value is not valid JSON: {exc}") from None
+        raise _Reject("invalid_json", f"the value is not valid JSON: {escape_text(str(exc), 200)}") from None
     if type(obj) is not dict:
         raise _Reject("not_an_object", f"the value is JSON {type(obj).__name__}, not an object")
     return obj
 
 
-def _string(obj: dict[str, Any], field: str, max_len: int | None = None) -> str:
+def _check_text(field: str, v: str, max_len: int) -> None:
+    if len(v) > max_len:
+        raise _Reject("bad_value", f"'{field}' is {len(v)} characters, at most {max_len} allowed", field)
+    if field in IDENTIFIER_FIELDS:
+        bad = _FORBIDDEN_IN_IDENTIFIER.search(v)
+        if bad is not None:
+            kind = "a bidirectional formatting" if bad.group() >= "\u202a" else "a control"
+            raise _Reject(
+                "bad_value",
+                f"'{field}' contains {kind} character (U+{ord(bad.group()):04X}) at position {bad.start()}; "
+                "identifiers may not hold control or bidirectional formatting characters",
+                field,
+            )
+
+
+def _string(obj: dict[str, Any], field: str, max_len: int = MAX_STRING_CHARS) -> str:
     v = obj.get(field)
     if v is None:
         raise _Reject("missing_field", f"required field '{field}' is missing or null", field)
@@ -79,14 +131,16 @@ def _string(obj: dict[str, Any], field: str, max_len: int | None = None) -> str:
         raise _Reject("wrong_type", f"'{field}' must be a string, got {_json_type(v)}", field)
     if not v:
         raise _Reject("bad_value", f"'{field}' must not be empty", field)
-    if max_len is not None and len(v) > max_len:
-        raise _Reject("bad_value", f"'{field}' is {len(v)} chars, at most {max_len} allowed", field)
+    _check_text(field, v, max_len)
     return v
 
 
-def _optional_string(obj: dict[str, Any], field: str) -> str | None:
+def _optional_string(obj: dict[str, Any], field: str, max_len: int = MAX_STRING_CHARS) -> str | None:
     v = obj.get(field)
-    if v is None or type(v) is str:
+    if v is None:
+        return v
+    if type(v) is str:
+        _check_text(field, v, max_len)
         return v
     raise _Reject("wrong_type", f"'{field}' must be a string when present, got {_json_type(v)}", field)
 
@@ -101,17 +155,17 @@ def _json_type(v: object) -> str:
     if type(v) is int:
         return "an integer"
     if type(v) is str:
-        return f"a string ({v[:20]!r})"
+        return f"a string ('{escape_text(v, 20)}')"
     return "an array" if type(v) is list else "an object"
 
 
 def _common(obj: dict[str, Any], key: bytes | None, types: frozenset[str]) -> tuple[str, str, str, str, int, int]:
-    event_id = _string(obj, "event_id", 128)
+    event_id = _string(obj, "event_id")
     typ = _string(obj, "type")
     if typ not in types:
         allowed = " | ".join(sorted(types))
-        raise _Reject("bad_value", f"'type' is {typ[:40]!r}, expected {allowed}", "type")
-    reference = _string(obj, "reference", 64)
+        raise _Reject("bad_value", f"'type' is '{escape_text(typ, 40)}', expected {allowed}", "type")
+    reference = _string(obj, "reference", MAX_REFERENCE_CHARS)
     if key is not None:
         try:
             key_text = key.decode("utf-8")
@@ -121,13 +175,15 @@ def _common(obj: dict[str, Any], key: bytes | None, types: frozenset[str]) -> tu
             ) from None
         if key_text != reference:
             raise _Reject(
-                "key_mismatch", f"the record key {key_text[:64]!r} differs from reference {reference!r}", "reference"
+                "key_mismatch",
+                f"the record key '{escape_text(key_text, 64)}' differs from reference '{escape_text(reference)}'",
+                "reference",
             )
     occurred_at = _string(obj, "occurred_at")
     try:
         occurred_at_ms = parse_ms(occurred_at)
     except BadTimestamp as exc:
-        raise _Reject("bad_timestamp", f"'occurred_at': {exc}", "occurred_at") from None
+        raise _Reject("bad_timestamp", f"'occurred_at': {escape_text(str(exc), 200)}", "occurred_at") from None
     amount = obj.get("amount")
     if amount is None:
         raise _Reject("missing_field", "required field 'amount' is missing or null", "amount")
@@ -141,7 +197,7 @@ def _common(obj: dict[str, Any], key: bytes | None, types: frozenset[str]) -> tu
     if type(currency) is not str:
         raise _Reject("wrong_type", f"'currency' must be a string, got {_json_type(currency)}", "currency")
     if currency != CURRENCY:
-        raise _Reject("bad_currency", f"'currency' is {currency[:10]!r}; only IDR is accepted", "currency")
+        raise _Reject("bad_currency", f"'currency' is '{escape_text(currency, 10)}'; only IDR is accepted", "currency")
     return event_id, typ, reference, occurred_at, occurred_at_ms, amount
 
 
@@ -166,6 +222,7 @@ def _fast_common(obj: Any, key: bytes | None, types: frozenset[str]) -> tuple[st
         and type(reference) is str
         and 0 < len(reference) <= 64
         and type(occurred_at) is str
+        and len(occurred_at) <= MAX_STRING_CHARS
         and type(amount) is int
         and 0 < amount <= MAX_AMOUNT
         and get("currency") == CURRENCY
@@ -194,9 +251,18 @@ def _fast_payment(key: bytes | None, value: bytes) -> PaymentEvent | None:
             return None
     elif not ((account_id is None or type(account_id) is str) and (merchant_id is None or type(merchant_id) is str)):
         return None
+    if (account_id is not None and len(account_id) > MAX_STRING_CHARS) or (
+        merchant_id is not None and len(merchant_id) > MAX_STRING_CHARS
+    ):
+        return None
     opt = [get(f) for f in PAYMENT_OPTIONAL_FIELDS]
-    for v in opt:
-        if v is not None and type(v) is not str:
+    for v, max_len in zip(opt, _OPTIONAL_MAX_CHARS, strict=True):
+        if v is not None and (type(v) is not str or len(v) > max_len):
+            return None
+    if _SUSPECT_BYTES.search(value) is not None:
+        bad = _FORBIDDEN_IN_IDENTIFIER.search
+        ids = [common[0], common[2], account_id, merchant_id, *(get(f) for f in _OPTIONAL_IDENTIFIER_FIELDS)]
+        if any(v is not None and bad(v) for v in ids):
             return None
     return PaymentEvent(*common, account_id, merchant_id, *opt)  # type: ignore[arg-type]
 
@@ -210,9 +276,26 @@ def _fast_ledger(key: bytes | None, value: bytes) -> LedgerEvent | None:
     if common is None:
         return None
     entry_id, account_id = obj.get("entry_id"), obj.get("account_id")
-    if not (type(entry_id) is str and entry_id and type(account_id) is str and account_id):
+    if not (
+        type(entry_id) is str
+        and 0 < len(entry_id) <= MAX_STRING_CHARS
+        and type(account_id) is str
+        and 0 < len(account_id) <= MAX_STRING_CHARS
+    ):
         return None
+    if _SUSPECT_BYTES.search(value) is not None:
+        bad = _FORBIDDEN_IN_IDENTIFIER.search
+        if bad(common[0]) or bad(common[2]) or bad(entry_id) or bad(account_id):
+            return None
     return LedgerEvent(*common, entry_id, account_id)  # type: ignore[arg-type]
+
+
+def _too_large(value: bytes) -> Rejection:
+    return Rejection(
+        "too_large",
+        f"the value is {len(value):,} bytes, more than the {MAX_VALUE_BYTES:,} (64 KiB) a record value may have; "
+        "it was not parsed",
+    )
 
 
 def parse_payment(key: bytes | None, value: bytes | None) -> PaymentEvent | Rejection:
@@ -226,9 +309,17 @@ def parse_payment(key: bytes | None, value: bytes | None) -> PaymentEvent | Reje
     'missing_field'
     """
     if value is not None:
+        if len(value) > MAX_VALUE_BYTES:
+            return _too_large(value)
         fast = _fast_payment(key, value)
         if fast is not None:
             return fast
+    return _detailed_payment(key, value)
+
+
+def _detailed_payment(key: bytes | None, value: bytes | None) -> PaymentEvent | Rejection:
+    if value is not None and len(value) > MAX_VALUE_BYTES:
+        return _too_large(value)
     try:
         obj = _decode(value)
         event_id, typ, reference, occurred_at, occurred_at_ms, amount = _common(obj, key, PAYMENT_TYPES)
@@ -238,7 +329,7 @@ def parse_payment(key: bytes | None, value: bytes | None) -> PaymentEvent | Reje
         else:
             account_id = _optional_string(obj, "account_id")
             merchant_id = _optional_string(obj, "merchant_id")
-        opt = [_optional_string(obj, f) for f in PAYMENT_OPTIONAL_FIELDS]
+        opt = [_optional_string(obj, f, n) for f, n in zip(PAYMENT_OPTIONAL_FIELDS, _OPTIONAL_MAX_CHARS, strict=True)]
     except _Reject as exc:
         return exc.rejection
     return PaymentEvent(
@@ -263,9 +354,17 @@ def parse_ledger(key: bytes | None, value: bytes | None) -> LedgerEvent | Reject
     "'amount' must be a JSON integer of rupiah, got a number with a fraction or exponent (25000.0)"
     """
     if value is not None:
+        if len(value) > MAX_VALUE_BYTES:
+            return _too_large(value)
         fast = _fast_ledger(key, value)
         if fast is not None:
             return fast
+    return _detailed_ledger(key, value)
+
+
+def _detailed_ledger(key: bytes | None, value: bytes | None) -> LedgerEvent | Rejection:
+    if value is not None and len(value) > MAX_VALUE_BYTES:
+        return _too_large(value)
     try:
         obj = _decode(value)
         event_id, typ, reference, occurred_at, occurred_at_ms, amount = _common(obj, key, LEDGER_TYPES)

@@ -1,6 +1,7 @@
 """What payment operations need to see from the output topics: failure-burst incidents first,
 then refunds requested (count, rupiah, by reason), cancellations, dead letters, other alerts.
-Pure summarising plus a text view."""
+Pure summarising plus a text view. Every string taken from the outputs is escaped
+(`escape_text`): a file or topic may hold anything, and this text goes to a terminal."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..core.alerts import rupiah
+from ..core.text import escape_text
 
 
 def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
@@ -29,30 +31,32 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                 continue
             seen.add(rid)
             if v["type"] == "refund.requested":
-                req_n[v["reason"]] += 1
-                req_idr[v["reason"]] += v["amount"]
+                req_n[_text(v["reason"])] += 1
+                req_idr[_text(v["reason"])] += v["amount"]
             else:
-                can_n[v["reason"]] += 1
-                can_idr[v["reason"]] += v["amount"]
+                can_n[_text(v["reason"])] += 1
+                can_idr[_text(v["reason"])] += v["amount"]
         elif role == "dead_letter":
             if v["dead_letter_id"] in seen:
                 continue
             seen.add(v["dead_letter_id"])
-            dl[v["error"]] += 1
+            dl[escape_text(str(v["error"]), 40)] += 1
         elif role == "alerts":
             if v["alert_id"] in seen:
                 continue
             seen.add(v["alert_id"])
-            label = v["kind"] + (f"/{v['status']}" if v.get("status") else "")
+            label = escape_text(str(v["kind"]), 40) + (
+                f"/{escape_text(str(v['status']), 20)}" if v.get("status") else ""
+            )
             alerts[label] += 1
             if v["kind"] == "FAILURE_BURST":
                 window = v.get("window") or {}
                 incident_lines.append(
-                    f"[{v['severity']}] {v['status']:<8} {window.get('start', '?')} .. {window.get('end', '?')} "
-                    f"{v['summary']}"
+                    f"[{_text(v['severity'])}] {_text(v['status']):<8} {_text(window.get('start', '?'))} .. "
+                    f"{_text(window.get('end', '?'))} {_text(v['summary'], 1000)}"
                 )
             else:
-                alert_lines.append(f"[{v['severity']}] {v['kind']}: {v['summary']}")
+                alert_lines.append(f"[{_text(v['severity'])}] {_text(v['kind'])}: {_text(v['summary'], 1000)}")
     return {
         "refunds_requested": {
             "count": sum(req_n.values()),
@@ -68,6 +72,10 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         "alerts": {"count": sum(alerts.values()), "by_kind": dict(sorted(alerts.items())), "lines": alert_lines},
         "incidents": incident_lines,
     }
+
+
+def _text(v: object, max_chars: int = 64) -> str:
+    return escape_text(str(v), max_chars)
 
 
 def render(summary: dict[str, Any], max_alert_lines: int = 15) -> str:

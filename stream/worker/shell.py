@@ -32,17 +32,31 @@ from ..settings import Settings
 
 log = logging.getLogger("qris_guard.worker")
 
-META_SUFFIX = b"/\x00meta"
-
 Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]
+
+# State keys carry a type after the partition, so no reference can name another entry:
+# `<p>/r/<reference>` for a reference, `<p>/m` for the partition's metadata. (The earlier
+# `<p>/<reference>` and `<p>/\x00meta` let a reference "\x00meta" overwrite the metadata.)
 
 
 def state_key(partition: int, reference: str) -> bytes:
-    return f"{partition}/{reference}".encode()
+    """The table key of a reference's state.
+
+    >>> state_key(3, "QR1"), meta_key(3)
+    (b'3/r/QR1', b'3/m')
+    """
+    return b"%d/r/" % partition + reference.encode("utf-8")
 
 
 def meta_key(partition: int) -> bytes:
-    return str(partition).encode() + META_SUFFIX
+    """The table key of a partition's metadata (stream maxima, offsets, counts)."""
+    return b"%d/m" % partition
+
+
+def reference_of(partition: int, key: bytes) -> str | None:
+    """The reference a table key of `partition` holds, or None for any other key."""
+    prefix = b"%d/r/" % partition
+    return key[len(prefix) :].decode("utf-8") if key.startswith(prefix) else None
 
 
 @dataclass
@@ -106,15 +120,16 @@ class ReconcileShell:
     def engine(self, partition: int) -> PartitionEngine:
         eng = self.engines.get(partition)
         if eng is None:
-            prefix = f"{partition}/".encode()
             own_meta = meta_key(partition)
             meta = None
             entries: list[tuple[str, bytes]] = []
             for k, v in self.store.load(partition):
                 if k == own_meta:
                     meta = v
-                elif k.startswith(prefix) and not k.endswith(META_SUFFIX):
-                    entries.append((k[len(prefix) :].decode(), v))
+                    continue
+                ref = reference_of(partition, k)
+                if ref is not None:
+                    entries.append((ref, v))
             eng = self.engines[partition] = PartitionEngine.restore(partition, self.params, meta, entries)
             self.clocks[partition] = PartitionClock()
             log.info(
@@ -271,4 +286,6 @@ class ReconcileShell:
 
 def _ts_ms(msg: Any) -> int | None:
     ts = getattr(msg, "timestamp", None)
-    return int(ts * 1000) if ts is not None else None
+    # Faust gives seconds as a float; round, not truncate, so the clock guard sees the broker's
+    # exact milliseconds, as replay does.
+    return round(ts * 1000) if ts is not None else None

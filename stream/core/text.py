@@ -1,0 +1,48 @@
+"""Input quoted in text for people: control, bidirectional and other non-printable characters
+escaped, and a length cap.
+
+Every human-facing string that quotes input (alert summaries, dead-letter reasons, the report)
+goes through `escape_text`, so a terminal escape or a right-to-left override in an id can never
+reach a pager, a chat or a terminal raw. Imports nothing outside the standard library.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+# Characters that are shown as `\uXXXX`: C0 and C1 controls, DEL, the bidirectional
+# embeddings/overrides/isolates and marks, and every other code point Python does not call
+# printable (format characters, separators other than the space, surrogates, unassigned).
+_PLAIN: Final = re.compile(r"[ -~]*")  # printable ASCII: the common case needs no work
+DEFAULT_MAX_CHARS: Final = 128
+ELLIPSIS: Final = "…"
+
+
+def _escape_char(c: str) -> str:
+    n = ord(c)
+    return f"\\u{n:04x}" if n <= 0xFFFF else f"\\U{n:08x}"
+
+
+def escape_text(s: str, max_chars: int = DEFAULT_MAX_CHARS) -> str:
+    """`s` with non-printable characters as `\\uXXXX` (`\\UXXXXXXXX` beyond the BMP), cut to at
+    most `max_chars` characters of input, plus `…` when cut.
+
+    >>> escape_text("QR\\x1b[31m1\\u202e")
+    'QR\\\\u001b[31m1\\\\u202e'
+    >>> escape_text("Warung Bu Sri")
+    'Warung Bu Sri'
+    >>> escape_text("x" * 10, 4)
+    'xxxx…'
+    """
+    cut = len(s) > max_chars
+    if cut:
+        s = s[:max_chars]
+    if _PLAIN.fullmatch(s) is None:
+        s = "".join(c if c.isprintable() and c not in _BIDI else _escape_char(c) for c in s)
+    return s + ELLIPSIS if cut else s
+
+
+# Bidirectional formatting characters (all category Cf, which `isprintable` already refuses);
+# listed so the rule does not depend on the running Python's Unicode tables.
+_BIDI: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")

@@ -1,0 +1,392 @@
+"""Hostile input (issue 8): the size and character rules, dead letters of oversized records, the
+clock guard, bounded output records, state keys and ids that cannot collide, escaped text."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream.core import codec, ids
+from stream.core.deadletter import dead_letter_record
+from stream.core.eventtime import format_ms, parse_ms
+from stream.core.partition import Params, PartitionEngine
+from stream.core.records import Stream
+from stream.core.text import escape_text
+from stream.core.validation import (
+    Rejection,
+    _detailed_ledger,
+    _detailed_payment,
+    parse_ledger,
+    parse_payment,
+)
+from stream.drivers.replay import replay
+from stream.drivers.replayfile import KafkaRecord
+from stream.drivers.report import render, summarise
+from stream.simulate.partitioner import partition_for
+from stream.simulate.traffic import generate
+from stream.worker.shell import meta_key, reference_of, state_key
+from tests.records import T0, at, ledger, payment
+
+P, L = Stream.P, Stream.L
+MAX_SEND_BYTES = 1_000_000  # below the producer's 1 MiB max.request.size with room for headers
+PAYMENT_IDS = ("event_id", "reference", "account_id", "merchant_id", "acquirer_id", "issuer_id", "switch_id")
+PAYMENT_IDS += ("terminal_id",)
+FORBIDDEN = ["\x00", "\x1b", "\n", "\x1f", "\x7f", "\x80", "\x9b", "\x9f", "\u202a", "\u202e", "\u2066", "\u2069"]
+ALLOWED = ["\x20", "\x7e", "\xa0", "\u200e", "\u2029", "\u2070", "é", "漢", "\U0001f600"]
+
+
+def _parse(stream: Stream, key: bytes | None, value: bytes) -> Any:
+    fast = parse_payment(key, value) if stream is P else parse_ledger(key, value)
+    detailed = _detailed_payment(key, value) if stream is P else _detailed_ledger(key, value)
+    assert fast == detailed, "the fast and the detailed path disagree"
+    return fast
+
+
+def _requested(**fields: Any) -> bytes:
+    return payment("e1", "requested", fields.pop("reference", "R1"), 0, **fields)
+
+
+# -- sizes and characters ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", [*PAYMENT_IDS, "mcc", "channel", "response_code", "merchant_name"])
+def test_every_payment_string_field_has_its_length_limit(field: str) -> None:
+    limit = {"reference": 64, "merchant_name": 256}.get(field, 128)
+    ok = orjson.loads(_requested())
+    ok[field] = "x" * limit
+    assert not isinstance(_parse(P, None, orjson.dumps(ok)), Rejection)
+    ok[field] = "x" * (limit + 1)
+    got = _parse(P, None, orjson.dumps(ok))
+    assert isinstance(got, Rejection) and got.field == field and got.error == "bad_value"
+    assert f"at most {limit}" in got.reason
+
+
+@pytest.mark.parametrize("field", ["event_id", "reference", "entry_id", "account_id"])
+def test_every_ledger_string_field_has_its_length_limit(field: str) -> None:
+    limit = 64 if field == "reference" else 128
+    v = orjson.loads(ledger("d1", "debited", "R1", 0))
+    v[field] = "é" * limit  # characters are code points, not bytes
+    assert not isinstance(_parse(L, None, orjson.dumps(v)), Rejection)
+    v[field] = "é" * (limit + 1)
+    got = _parse(L, None, orjson.dumps(v))
+    assert isinstance(got, Rejection) and got.field == field
+
+
+def test_occurred_at_over_128_characters_is_rejected() -> None:
+    v = orjson.loads(payment("e1", "settled", "R1", 0))
+    v["occurred_at"] = "2025-03-29T00:00:00." + "0" * 102 + "Z"
+    assert len(v["occurred_at"]) == 123 and not isinstance(_parse(P, None, orjson.dumps(v)), Rejection)
+    v["occurred_at"] = "2025-03-29T00:00:00." + "0" * 108 + "Z"
+    got = _parse(P, None, orjson.dumps(v))
+    assert isinstance(got, Rejection) and got.field == "occurred_at"
+
+
+@pytest.mark.parametrize("field", PAYMENT_IDS)
+@pytest.mark.parametrize("char", FORBIDDEN)
+@pytest.mark.parametrize("raw", [True, False], ids=["raw-utf8", "json-escape"])
+def test_control_and_bidi_characters_are_rejected_in_every_payment_identifier(field: str, char: str, raw: bool) -> None:
+    v = orjson.loads(_requested())
+    v[field] = f"ID{char}9"
+    value = orjson.dumps(v)  # orjson writes C0 controls as escapes and the rest raw
+    if not raw:
+        value = value.replace(char.encode("utf-8"), f"\\u{ord(char):04x}".encode())
+    key = None if field != "reference" else f"ID{char}9".encode()
+    got = _parse(P, key, value)
+    assert isinstance(got, Rejection) and got.field == field, got
+    assert f"U+{ord(char):04X}" in got.reason
+    assert all(c not in got.reason for c in FORBIDDEN)  # the reason itself is safe to print
+
+
+@pytest.mark.parametrize("field", ["event_id", "reference", "entry_id", "account_id"])
+@pytest.mark.parametrize("char", FORBIDDEN)
+def test_control_and_bidi_characters_are_rejected_in_every_ledger_identifier(field: str, char: str) -> None:
+    v = orjson.loads(ledger("d1", "debited", "R1", 0))
+    v[field] = f"ID{char}"
+    got = _parse(L, None, orjson.dumps(v))
+    assert isinstance(got, Rejection) and got.field == field
+
+
+@pytest.mark.parametrize("char", ALLOWED)
+def test_other_characters_are_accepted_in_identifiers(char: str) -> None:
+    v = orjson.loads(_requested())
+    for field in PAYMENT_IDS:
+        v[field] = f"ID{char}"
+    assert not isinstance(_parse(P, f"ID{char}".encode(), orjson.dumps(v)), Rejection)
+
+
+@pytest.mark.parametrize("field", ["merchant_name", "mcc", "channel", "response_code"])
+def test_free_text_fields_may_hold_control_characters(field: str) -> None:
+    v = orjson.loads(_requested())
+    v[field] = "A\x1b[2J\u202eB"
+    assert not isinstance(_parse(P, None, orjson.dumps(v)), Rejection)
+
+
+def _value_of_size(size: int) -> bytes:
+    head = payment("e1", "settled", "R1", 0)[:-1] + b',"pad":"'
+    value = head + b"x" * (size - len(head) - 2) + b'"}'
+    assert len(value) == size
+    return value
+
+
+def test_a_value_of_64_kib_is_parsed_and_one_byte_more_is_rejected_unparsed() -> None:
+    assert not isinstance(_parse(P, b"R1", _value_of_size(65_536)), Rejection)
+    got = _parse(P, b"R1", _value_of_size(65_537))
+    assert isinstance(got, Rejection) and got.error == "too_large" and "65,537 bytes" in got.reason
+    # Not parsed: a huge value that is not even JSON gets the size reason, not a JSON error.
+    for stream in (P, L):
+        got = _parse(stream, None, b"[" * 1_048_576)
+        assert isinstance(got, Rejection) and got.error == "too_large"
+
+
+def test_duplicate_json_keys_keep_the_last_as_the_schemas_validator_does() -> None:
+    base = payment("e1", "settled", "R1", 0)
+    got = _parse(P, None, base[:-1] + b',"amount":0}')
+    assert isinstance(got, Rejection) and got.field == "amount"
+    got = _parse(P, None, b'{"amount":0,' + base[1:])
+    assert not isinstance(got, Rejection) and got.amount == 25_000
+
+
+# -- dead letters ----------------------------------------------------------------------------
+
+
+def test_the_dead_letter_of_the_largest_record_a_broker_accepts_is_sendable() -> None:
+    value = bytes(range(256)) * 4096  # 1 MiB, not UTF-8
+    key = ("\x00" * 65_537).encode()  # a key over 64 KiB that escapes to 6 bytes a character
+    eng = PartitionEngine(0, Params())
+    out = eng.on_record(P, 5, key, value, 1_743_206_400_000)
+    [dl] = [d for d in out if d.role == "dead_letter"]
+    v = dl.value
+    assert v["error"] == "too_large"
+    assert base64.b64decode(v["value_b64"]) == value[:65_536]
+    assert (v["value_truncated"], v["value_length"], v["value_sha256"]) == (
+        True,
+        len(value),
+        hashlib.sha256(value).hexdigest(),
+    )
+    assert base64.b64decode(v["key_b64"]) == key[:65_536] and v["key_truncated"] and v["key"] is None
+    assert v["key_sha256"] == hashlib.sha256(key).hexdigest() and v["key_length"] == 65_537
+    assert dl.key == key[:65_536]
+    for d in out:
+        assert len(codec.dumps(d.value)) + len(d.key or b"") < MAX_SEND_BYTES
+
+
+def test_a_dead_letter_carries_length_and_sha256_of_every_value() -> None:
+    d = dead_letter_record("t", 0, 1, None, b"k", b"{}", Rejection("missing_field", "x"))
+    assert (d.value["value_length"], d.value["value_sha256"], d.value["value_truncated"]) == (
+        2,
+        hashlib.sha256(b"{}").hexdigest(),
+        False,
+    )
+    tomb = dead_letter_record("t", 0, 1, None, None, None, Rejection("invalid_json", "x"))
+    assert (tomb.value["value_b64"], tomb.value["value_length"], tomb.value["key_b64"]) == ("", None, None)
+
+
+# -- bounded output records ------------------------------------------------------------------
+
+
+def test_the_biggest_refund_cancellation_and_alert_are_sendable() -> None:
+    """A reference hammered with thousands of debits and reversals, every field at its limit."""
+    ref = "R" * 64
+    long_id = "\u202f" * 128  # 3 UTF-8 bytes per character (allowed: not a bidi control)
+    params = Params(timeout_ms=60_000, lateness_ms=0, retention_ms=10**12)
+    eng = PartitionEngine(0, params)
+    req = orjson.loads(_requested(reference=ref))
+    for f in ("account_id", "merchant_id", "acquirer_id", "issuer_id", "switch_id", "terminal_id", "event_id"):
+        req[f] = long_id
+    for f in ("mcc", "channel", "response_code"):
+        req[f] = "\x01" * 128  # escapes to 6 bytes a character in JSON
+    req["merchant_name"] = "\x01" * 256
+    req["occurred_at"] = "2025-03-29T00:00:00." + "0" * 102 + "+07:00"  # 128 characters
+    out = eng.on_record(P, 0, ref.encode(), orjson.dumps(req), None)
+    n = 3000
+    for i in range(n):
+        d = orjson.loads(ledger(f"{i:0128d}", "debited", ref, i / 10, amount=10**9))
+        d["entry_id"] = f"{i:0128d}"
+        d["occurred_at"] = d["occurred_at"][:-1] + "0" * (127 - len(d["occurred_at"])) + "Z"
+        d["account_id"] = long_id
+        out += eng.on_record(L, i, ref.encode(), orjson.dumps(d), None)
+    out += eng.on_record(P, 1, b"T", payment("t1", "requested", "T", 400), None)
+    out += eng.on_record(L, n, b"T", ledger("t2", "reversed", "T", 400, amount=1), None)
+    for i in range(n):  # reversals after the refunds: cancellations, then an over-refund
+        d = orjson.loads(ledger(f"v{i:0127d}", "reversed", ref, 401 + i / 100, amount=10**9 - 1))
+        d["entry_id"] = d["event_id"]
+        out += eng.on_record(L, n + 1 + i, ref.encode(), orjson.dumps(d), None)
+    out += eng.drain()
+    kinds = {d.value.get("type") or d.value.get("kind") for d in out if d.role != "signals"}
+    assert {"refund.requested", "refund.cancel_requested", "LATE_REVERSAL", "OVER_REFUND"} <= kinds
+    biggest = max(len(codec.dumps(d.value)) for d in out)
+    assert biggest < 100_000, biggest  # far below the limit whatever the input
+    for d in out:
+        if d.role == "refunds":
+            ev = d.value["evidence"]
+            assert ev["truncated"] == (ev["debit_count"] > 25 or ev["reversal_count"] > 25)
+            assert len(ev["debits"]) == min(ev["debit_count"], 25)
+            assert ev["debited_total"] - ev["reversed_total"] == ev["net_debited"]
+    assert max(d.value["evidence"]["reversal_count"] for d in out if d.role == "refunds") > 1000
+    saved, _meta = eng.take_dirty()
+    assert max(len(v or b"") for v in saved.values()) < MAX_SEND_BYTES
+
+
+# -- the clock guard -------------------------------------------------------------------------
+
+
+def _engine_with_traffic() -> PartitionEngine:
+    eng = PartitionEngine(0, Params())
+    eng.on_record(P, 0, b"A", payment("a1", "requested", "A", 0), T0)
+    eng.on_record(L, 0, b"A", ledger("a2", "debited", "A", 1), T0 + 1000)
+    return eng
+
+
+@pytest.mark.parametrize(
+    ("ahead_ms", "guarded"), [(60_000, False), (60_001, True), (-3_600_000, False), (10**13, True)]
+)
+def test_a_record_dated_more_than_f_ahead_counts_at_its_kafka_timestamp(ahead_ms: int, guarded: bool) -> None:
+    eng = _engine_with_traffic()
+    ts = T0 + 2_000
+    when = format_ms(min(ts + ahead_ms, parse_ms("9999-12-31T23:59:59Z")))
+    out = eng.on_record(P, 1, b"A", payment("a3", "settled", "A", 0, occurred_at=when), ts)
+    skew = [d.value for d in out if d.role == "alerts" and d.value["kind"] == "CLOCK_SKEW"]
+    assert eng.max_ms[0] == (ts if guarded else max(T0, parse_ms(when)))
+    assert len(skew) == guarded and eng.skewed == [int(guarded), 0]
+    if guarded:
+        assert skew[0]["occurred_at"] == format_ms(ts) and skew[0]["topic"] == "qris.payment-requests"
+        assert skew[0]["references"] == ["A"] and skew[0]["scope"] == {"type": "all", "id": "all"}
+
+
+@pytest.mark.parametrize("ts", [None, -1])
+def test_no_kafka_timestamp_no_guard(ts: int | None) -> None:
+    eng = _engine_with_traffic()
+    out = eng.on_record(P, 1, b"A", payment("a3", "settled", "A", 0, occurred_at="9999-12-31T00:00:00Z"), ts)
+    assert eng.max_ms[0] == parse_ms("9999-12-31T00:00:00Z") and not [d for d in out if d.role == "alerts"]
+
+
+def test_clock_skew_alerts_come_at_1_10_100_and_the_count_survives_a_restore() -> None:
+    eng = _engine_with_traffic()
+    counts = []
+    for i in range(1, 120):
+        if i == 50:
+            _refs, meta = eng.take_dirty()
+            eng = PartitionEngine.restore(0, eng.params, meta, [])
+        v = payment(f"s{i}", "failed", f"S{i}", 0, occurred_at="2100-01-01T00:00:00Z")
+        out = eng.on_record(P, i, f"S{i}".encode(), v, T0 + i)
+        counts += [d.value["observed"]["skewed_records"] for d in out if d.role == "alerts"]
+    assert counts == [1, 10, 100]
+    again = eng.on_record(P, 119, b"S119", payment("s119", "failed", "S119", 0), T0 + 119)
+    assert eng.skewed == [119, 0] and not [d for d in again if d.role == "alerts"]
+
+
+def test_evidence_keeps_the_original_text_and_shows_the_time_used() -> None:
+    eng = _engine_with_traffic()
+    far = "9999-12-31T23:59:59+07:00"
+    eng.on_record(L, 1, b"A", ledger("a3", "debited", "A", 0, occurred_at=far, amount=5_000), T0 + 2_000)
+    out = eng.drain()
+    [r] = [d.value for d in out if d.role == "refunds"]
+    second = r["evidence"]["debits"][1]
+    assert second["occurred_at"] == far and second["effective_at"] == format_ms(T0 + 2_000)
+    assert r["amount"] == 30_000 and r["deadline"] == at(301)
+
+
+def _outage() -> list[KafkaRecord]:
+    recs = generate("outage", seed=8, start_ms=T0, minutes=40, rate_per_min=150, outage_at=0.3)
+    return [
+        KafkaRecord(r.topic, r.partition, r.offset, r.timestamp_ms, r.key.encode() if r.key else None, r.value)
+        for r in recs
+    ]
+
+
+def _with_clock_record(records: list[KafkaRecord], ref: str) -> list[KafkaRecord]:
+    """`records` with one valid `settled` dated 9999-12-31 in the middle of its partition."""
+    p = partition_for(ref.encode(), 4)
+    topic = "qris.payment-requests"
+    mine = [i for i, r in enumerate(records) if r.topic == topic and r.partition == p]
+    i = mine[len(mine) // 2]
+    ts = records[i].timestamp_ms
+    bad = payment("clock-1", "settled", ref, 0, occurred_at="9999-12-31T23:59:59+07:00")
+    later = set(mine)
+    shifted = [replace(r, offset=r.offset + 1) if j in later else r for j, r in enumerate(records)]
+    return records[:i] + [KafkaRecord(topic, p, records[i].offset, ts, ref.encode(), bad)] + shifted[i:]
+
+
+def _decisions(records: list[KafkaRecord], params: Params, ref: str) -> tuple[list[bytes], list[dict[str, Any]]]:
+    kept, own = [], []
+    for _p, d in replay(records, params, drain=True):
+        if d.key == ref.encode() or (d.role == "alerts" and d.value["kind"] == "CLOCK_SKEW"):
+            own.append(d.value)
+        else:
+            kept.append(codec.dumps_sorted(d.value))
+    return kept, own
+
+
+def test_one_record_dated_9999_in_an_outage_changes_no_other_reference() -> None:
+    records, ref = _outage(), "QRCLOCK"
+    clean, _ = _decisions(records, Params(), ref)
+    assert sum(b'"refund.requested"' in d for d in clean) > 100
+    dirty, own = _decisions(_with_clock_record(records, ref), Params(), ref)
+    assert dirty == clean
+    assert [v["kind"] for v in own if "kind" in v] == ["CLOCK_SKEW"]
+    # Without the guard the same record poisons its partition: the test can tell.
+    unguarded, _ = _decisions(_with_clock_record(records, ref), Params(clock_skew_ms=10**15), ref)
+    assert unguarded != clean
+
+
+# -- keys, ids and text ----------------------------------------------------------------------
+
+ADVERSARIAL_REFS = ["\x00meta", "m", "r", "r/", "r/x", "/m", "0/m", "1/r/x", "", "\x00", "é/漢"]
+
+
+@pytest.mark.parametrize("ref", ADVERSARIAL_REFS)
+def test_no_reference_can_name_the_metadata_or_another_partition(ref: str) -> None:
+    for p in (0, 1, 10, 11):
+        k = state_key(p, ref)
+        assert reference_of(p, k) == ref
+        assert all(k != meta_key(q) for q in (0, 1, 10, 11))
+        assert all(reference_of(q, k) is None for q in (0, 1, 10, 11) if q != p)
+        assert reference_of(p, meta_key(p)) is None
+    keys = {state_key(p, r) for p in (0, 1, 10, 11) for r in ADVERSARIAL_REFS}
+    assert len(keys) == 4 * len(ADVERSARIAL_REFS)
+
+
+_parts = st.lists(st.one_of(st.text(alphabet="ab:0123\x1f", max_size=6), st.integers(-20, 200)), max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_parts, _parts)
+def test_different_id_parts_never_encode_to_the_same_bytes(a: list[Any], b: list[Any]) -> None:
+    if list(map(str, a)) != list(map(str, b)):
+        assert ids.encode_parts(*a) != ids.encode_parts(*b)
+    assert ids.alert_id("K", "a\x1fb") != ids.alert_id("K", "a", "b")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_escaped_text_holds_no_control_or_bidi_character(s: str) -> None:
+    out = escape_text(s, 100)
+    assert all(c.isprintable() for c in out) and not set(out) & set(FORBIDDEN)
+    assert len(out) <= 100 * 10 + 1
+
+
+def test_alert_summaries_and_the_report_escape_what_they_quote() -> None:
+    eng = PartitionEngine(0, Params(timeout_ms=1_000, lateness_ms=0))
+    mcc = "58\x1b[2J\u202e12"
+    out = eng.on_record(P, 0, b"R1", payment("q", "requested", "R1", 0, mcc=mcc), None)
+    out += eng.on_record(L, 0, b"R1", ledger("d", "debited", "R1", 0), None)
+    out += eng.on_record(P, 1, b"T", payment("t", "requested", "T", 5), None)
+    out += eng.on_record(L, 1, b"T", ledger("t", "reversed", "T", 5, amount=1), None)
+    out += eng.on_record(P, 2, b"R1", payment("s", "settled\x1b[2J\u202e", "R1", 9), None)  # rejected
+    out += eng.on_record(P, 3, b"R1", payment("s", "settled", "R1", 9), None)
+    out += eng.drain()
+    alerts = [d.value for d in out if d.role == "alerts"]
+    assert {a["kind"] for a in alerts} == {"DEAD_LETTER", "LATE_SETTLEMENT"}
+    for a in alerts:
+        assert all(c.isprintable() for c in a["summary"]), a["summary"]
+    assert "settled\\u001b[2J\\u202e" in next(a["summary"] for a in alerts if a["kind"] == "DEAD_LETTER")
+    hostile = {"kind": "X\x1b[31m", "alert_id": "a", "severity": "w\u202e", "summary": "s\x07\n"}
+    text = render(summarise([("alerts", a) for a in alerts] + [("alerts", hostile)]))
+    assert not set(text) & (set(FORBIDDEN) - {"\n"}) and "\\u001b[31m" in text and "\\u0007" in text
