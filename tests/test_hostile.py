@@ -390,3 +390,26 @@ def test_alert_summaries_and_the_report_escape_what_they_quote() -> None:
     hostile = {"kind": "X\x1b[31m", "alert_id": "a", "severity": "w\u202e", "summary": "s\x07\n"}
     text = render(summarise([("alerts", a) for a in alerts] + [("alerts", hostile)]))
     assert not set(text) & (set(FORBIDDEN) - {"\n"}) and "\\u001b[31m" in text and "\\u0007" in text
+
+
+def test_a_reference_hammered_with_distinct_events_stays_small_and_still_deduplicates() -> None:
+    params = Params(timeout_ms=10**12, lateness_ms=0, retention_ms=10**12)
+    eng = PartitionEngine(0, params)
+    n = 20_000
+    for i in range(n):
+        eng.on_record(L, i, b"H", ledger(f"{i:0128d}", "debited", "H", i / 1000, amount=1, entry_id="J"), None)
+    eng.on_record(P, 0, b"T", payment("t", "requested", "T", 100), None)
+    eng.on_record(L, n + 5, b"T", ledger("tl", "reversed", "T", 100, amount=1), None)
+    saved, meta = eng.take_dirty()
+    assert len(saved["H"] or b"") < 800_000, len(saved["H"] or b"")
+    restored = PartitionEngine.restore(0, params, meta, [(r, v) for r, v in saved.items() if v is not None])
+    for e in (eng, restored):
+        st = e.refs["H"]
+        assert st.net == n and st.has_seen(1, f"{0:0128d}") and st.has_seen(1, f"{n - 1:0128d}")
+        assert not st.has_seen(1, f"{n:0128d}") and not st.has_seen(0, f"{0:0128d}")
+        # Redeliveries of the first and of the last event change nothing.
+        e.on_record(L, n, b"H", ledger(f"{0:0128d}", "debited", "H", 50, amount=1, entry_id="J"), None)
+        e.on_record(L, n + 1, b"H", ledger(f"{n - 1:0128d}", "debited", "H", 50, amount=1, entry_id="J"), None)
+        e.on_record(P, 1, b"T", payment("t2", "requested", "T", 200), None)
+        e.on_record(L, n + 6, b"T", ledger("tl2", "reversed", "T", 200, amount=1), None)
+        assert e.refs["H"].net == n

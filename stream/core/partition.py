@@ -154,7 +154,7 @@ class PartitionEngine:
                 self.stats["redelivered_while_waiting"] += 1
                 return []
             st = self.refs.get(ref)
-            if st is not None and event.event_id in (st.seen_p if s == 0 else st.seen_l):
+            if st is not None and st.has_seen(s, event.event_id):
                 return []  # processed already; it would be ignored as a duplicate anyway
         item: Item = (eff, RECORD, s, offset, ref, event)
         heapq.heappush(self.heap, item)

@@ -51,11 +51,15 @@ def line_to_record(line: dict[str, Any]) -> KafkaRecord:
     else:
         v = line.get("value")
         value = None if v is None else (v.encode("utf-8") if isinstance(v, str) else codec.dumps(v))
+    timestamp_ms = line.get("timestamp_ms")
+    if timestamp_ms is not None and type(timestamp_ms) is not int:
+        # The clock guard compares it with event times: only an integer (or null) means a time.
+        raise ValueError(f"timestamp_ms must be an integer of epoch milliseconds or null, got {timestamp_ms!r:.40}")
     return KafkaRecord(
         line["topic"],
         int(line["partition"]),
         int(line["offset"]),
-        line.get("timestamp_ms"),
+        timestamp_ms,
         key.encode("utf-8") if key is not None else None,
         value,
     )
