@@ -17,6 +17,7 @@ from faust.types import TP
 from ..settings import Settings
 from .batches import finish_before_ack
 from .bursts import BurstShell
+from .gapfill import BrokerGapFetcher
 from .shell import ReconcileShell
 
 log = logging.getLogger("qris_guard.worker")
@@ -124,7 +125,10 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         await app.producer.flush()
 
     store = TableStore(app, state)
-    shell = ReconcileShell(settings, store, send, flush, store.write_changelog, lambda: app.consumer.assignment())
+    gaps = BrokerGapFetcher(settings.bootstrap)
+    shell = ReconcileShell(
+        settings, store, send, flush, store.write_changelog, lambda: app.consumer.assignment(), fetch_gap=gaps.fetch
+    )
 
     @app.agent(inputs, name="reconcile_payments")
     async def reconcile_payments(stream: faust.StreamT[bytes]) -> None:
