@@ -95,34 +95,41 @@ def consuming(worker: Worker) -> int:
     return int(counts.get("records", 0)) + int(counts.get("redelivered_skipped", 0))
 
 
-def run_chaos(tmp_path: Path, case: str, wipe: bool, seed: int) -> ChaosResult:
+def run_chaos(tmp_path: Path, case: str, wipe: bool, seed: int, group_size: int = 1) -> ChaosResult:
+    """`group_size` workers in one group; at each kill a seeded random one of them is killed and
+    another takes its place (with `wipe`, in a fresh data directory: a new pod)."""
     bootstrap = require_broker()
     topics: Topics = fresh_topics()
     topics.create(bootstrap)
     records = simulated(topics, "mixed", seed=seed % 1000, minutes=None, payments=PAYMENTS, rate_per_min=120)
     result = ChaosResult(case, len(records))
     rng = random.Random(seed)
-    data_dir = tmp_path / case
-    worker = Worker(topics, data_dir)
-    workers = [worker]
+    first = Worker(topics, tmp_path / case / "w0")
+    live = [first] + [Worker(topics, tmp_path / case / f"w{i}", app_id=first.app_id) for i in range(1, group_size)]
+    workers = list(live)
     producer = threading.Thread(target=paced_produce, args=(bootstrap, records, PRODUCE_S), daemon=True)
-    worker.start(bootstrap)
+    for w in live:
+        w.start(bootstrap)
     producer.start()
+    worker = first
     try:
         for _ in range(KILLS):
-            # A random moment once this incarnation is consuming (recovered and assigned).
+            # A random moment once the group is consuming (recovered and assigned).
+            victim = live.pop(rng.randrange(len(live)))
             deadline = time.monotonic() + 180
-            while consuming(worker) == 0:
-                worker.assert_alive()
-                assert time.monotonic() < deadline, f"worker never consumed:\n{worker.log_tail()}"
+            while consuming(victim) == 0 and sum(consuming(w) for w in live) == 0:
+                victim.assert_alive()
+                assert time.monotonic() < deadline, f"worker never consumed:\n{victim.log_tail()}"
                 time.sleep(0.2)
             time.sleep(rng.uniform(0.2, 4.0))
-            result.killed_after.append(consuming(worker))
-            worker.kill()
+            result.killed_after.append(consuming(victim))
+            victim.kill()
             result.kills += 1
+            assert victim.data_dir is not None
             if wipe:
-                shutil.rmtree(data_dir, ignore_errors=True)  # a new pod: the local store is gone
-            worker = Worker(topics, data_dir, app_id=worker.app_id)
+                shutil.rmtree(victim.data_dir, ignore_errors=True)  # a new pod: the local store is gone
+            worker = Worker(topics, victim.data_dir, app_id=first.app_id)
+            live.append(worker)
             workers.append(worker)
             worker.start(bootstrap)
             result.restarts += 1
@@ -134,11 +141,13 @@ def run_chaos(tmp_path: Path, case: str, wipe: bool, seed: int) -> ChaosResult:
         got: list[tuple[str, bytes | None, dict[str, Any]]] = []
         deadline = time.monotonic() + (600 if FULL else 240)
         while time.monotonic() < deadline:
-            got = consume(bootstrap, topics.outputs(), until=10**9, timeout_s=8, settle_s=0, worker=worker)
+            for w in live:
+                w.assert_alive()
+            got = consume(bootstrap, topics.outputs(), until=10**9, timeout_s=8, settle_s=0)
             if want_all <= {orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for _t, _k, v in got}:
                 break
         time.sleep(5)  # room for any extra decision to show
-        got = consume(bootstrap, topics.outputs(), until=10**9, timeout_s=10, settle_s=0, worker=worker)
+        got = consume(bootstrap, topics.outputs(), until=10**9, timeout_s=10, settle_s=0)
     finally:
         producer.join(300)
         for w in workers:
@@ -158,7 +167,7 @@ def run_chaos(tmp_path: Path, case: str, wipe: bool, seed: int) -> ChaosResult:
         ident = output_id(v)
         if first.setdefault(ident, raw) != raw:
             result.conflicting.append(ident)
-    print(result.line(), f"(killed after {result.killed_after} records; logs in {data_dir})", file=sys.stderr)
+    print(result.line(), f"(killed after {result.killed_after} records; logs in {tmp_path / case})", file=sys.stderr)
     return result
 
 
@@ -188,9 +197,17 @@ def summary_line() -> Any:
         )
 
 
-@pytest.mark.parametrize(("case", "wipe"), [("store-kept", False), ("store-wiped", True)])
-def test_killed_workers_decide_exactly_what_replay_decides(tmp_path: Path, case: str, wipe: bool) -> None:
-    result = run_chaos(tmp_path, case, wipe, SEED + (1 if wipe else 0))
+# (case, wipe the store, workers in the group, seed offset)
+CASES = [("store-kept", False, 1, 0), ("store-wiped", True, 1, 1)]
+if FULL:  # one of two workers killed, a new one (empty store) joining: rebalances under load
+    CASES.append(("two-workers", True, 2, 2))
+
+
+@pytest.mark.parametrize(("case", "wipe", "group_size", "seed"), CASES)
+def test_killed_workers_decide_exactly_what_replay_decides(
+    tmp_path: Path, case: str, wipe: bool, group_size: int, seed: int
+) -> None:
+    result = run_chaos(tmp_path, case, wipe, SEED + seed, group_size)
     RESULTS.append(result)
     assert result.kills == KILLS and result.restarts == KILLS
     kinds = Counter(orjson.loads(raw).get("reason") for raw in result.missed + result.extra)
