@@ -33,9 +33,11 @@ from tests.test_kafka_worker import expected_outputs, simulated
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 
 FULL = os.environ.get("QRIS_TEST_CHAOS", "") == "full"
-PAYMENTS = 15_000 if FULL else 2_700
+# About 3 records per payment; QRIS_TEST_CHAOS_PAYMENTS / _PRODUCE_S make a bigger day.
+PAYMENTS = int(os.environ.get("QRIS_TEST_CHAOS_PAYMENTS", 15_000 if FULL else 2_700))
 KILLS = 5 if FULL else 2
-PRODUCE_S = 75.0 if FULL else 20.0  # input arrives over this much wall time, as live traffic
+# The input arrives over this much wall time, as live traffic.
+PRODUCE_S = float(os.environ.get("QRIS_TEST_CHAOS_PRODUCE_S", 75.0 if FULL else 20.0))
 SEED = int(os.environ.get("QRIS_TEST_CHAOS_SEED", "20261201"))
 
 
