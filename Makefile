@@ -49,9 +49,9 @@ test: install broker-up
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
 	exit $$rc
 
-# The two-worker rebalance test, five times: it fails about one run in ten (README, Known limits).
+# The two-worker rebalance test, five times (it used to fail about one run in twenty; README).
 test-rebalance: install broker-up
-	for i in 1 2 3 4 5; do $(PY) -m pytest tests -m known_flaky $(PYTEST_ARGS) || exit 1; done
+	for i in 1 2 3 4 5; do $(PY) -m pytest tests/test_kafka_worker.py -k second_worker_joining $(PYTEST_ARGS) || exit 1; done
 
 # Workers killed (SIGKILL) at 5 seeded random moments on a realistic day with an outage, store
 # kept and store wiped, every decision compared with offline replay; prints the summary line.
