@@ -128,8 +128,12 @@ def run_chaos(tmp_path: Path, case: str, wipe: bool, seed: int, group_size: int 
             victim.kill()
             result.kills += 1
             assert victim.data_dir is not None
-            if wipe:
-                shutil.rmtree(victim.data_dir, ignore_errors=True)  # a new pod: the local store is gone
+            if wipe:  # a new pod: the local store is gone (the worker logs are kept, for the counts)
+                for entry in victim.data_dir.iterdir():
+                    if entry.is_dir():
+                        shutil.rmtree(entry)
+                    elif entry.suffix != ".log":
+                        entry.unlink()
             worker = Worker(topics, victim.data_dir, app_id=first.app_id)
             live.append(worker)
             workers.append(worker)
