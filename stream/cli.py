@@ -79,8 +79,9 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
-def _input_records(args: argparse.Namespace, s: Settings) -> Iterator[Any]:
-    from .drivers.replayfile import read_records
+def _input_records(args: argparse.Namespace, s: Settings, line: list[int] | None = None) -> Iterator[Any]:
+    """The replay input; for a file, `line[0]` follows the line of the record last yielded."""
+    from .drivers.replayfile import numbered_records
 
     if args.from_kafka:
         from .drivers.kafkaread import read_topics
@@ -90,10 +91,14 @@ def _input_records(args: argparse.Namespace, s: Settings) -> Iterator[Any]:
         )
     else:
         with open(args.input, "rb") as fh:
-            yield from read_records(fh)
+            for n, rec in numbered_records(fh):
+                if line is not None:
+                    line[0] = n
+                yield rec
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from .core.partition import OffsetOrderError
     from .drivers.replay import replay
     from .drivers.replayfile import decision_line
 
@@ -103,25 +108,35 @@ def cmd_replay(args: argparse.Namespace) -> int:
     seq: dict[tuple[str, int], int] = {}
     jobs = args.jobs if args.jobs is not None else min(os.cpu_count() or 1, 4)
     if args.input and jobs > 1:
-        from .drivers.parallel import replay_file_parallel
+        from .drivers.parallel import ReplayRefused, replay_file_parallel
 
         topics = {role: s.output_topic(role) for role in ("refunds", "alerts", "dead_letter")}
         with _open_out(args.out) as fh:
-            n_out = replay_file_parallel(
-                args.input, s.params, drain=args.drain, jobs=jobs, topics=topics, out=fh, burst=s.burst
-            )
+            try:
+                n_out = replay_file_parallel(
+                    args.input, s.params, drain=args.drain, jobs=jobs, topics=topics, out=fh, burst=s.burst
+                )
+            except ReplayRefused as exc:
+                print(f"replay: refused: {exc}", file=sys.stderr)
+                return 2
         print(
             f"replay: {n_out} decisions in {time.perf_counter() - started:.2f} s ({jobs} jobs) -> {args.out}",
             file=sys.stderr,
         )
         return 0
+    line = [0]
     with _open_out(args.out) as fh:
-        for partition, d in replay(_input_records(args, s), s.params, drain=args.drain, burst=s.burst):
-            topic = s.output_topic(d.role)
-            k = (topic, partition)
-            seq[k] = seq.get(k, -1) + 1
-            fh.write(decision_line(topic, partition, seq[k], d))
-            n_out += 1
+        try:
+            for partition, d in replay(_input_records(args, s, line), s.params, drain=args.drain, burst=s.burst):
+                topic = s.output_topic(d.role)
+                k = (topic, partition)
+                seq[k] = seq.get(k, -1) + 1
+                fh.write(decision_line(topic, partition, seq[k], d))
+                n_out += 1
+        except OffsetOrderError as exc:
+            where = f"{args.input} line {line[0]}: " if args.input else ""
+            print(f"replay: refused: {where}{exc}", file=sys.stderr)
+            return 2
     print(f"replay: {n_out} decisions in {time.perf_counter() - started:.2f} s -> {args.out}", file=sys.stderr)
     return 0
 

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from stream.core.eventtime import format_ms
-from stream.core.partition import Params, PartitionEngine
+from stream.core.partition import OffsetOrderError, Params, PartitionEngine
 from stream.core.records import Stream
 from tests.records import T0, ledger, payment
 
@@ -331,38 +331,53 @@ def test_restore_from_saved_state_continues_with_the_same_decisions() -> None:
         assert run(i) == baseline, i
 
 
-def test_records_seen_again_after_a_restore_change_nothing() -> None:
+def test_a_restored_engine_refuses_offsets_its_state_already_covers() -> None:
     f = Feed()
-    f.l(ledger("d1", "debited", "R1", 0))  # waiting for the watermark
+    f.l(ledger("d1", "debited", "R1", 0))
     f.p(payment("q1", "requested", "R1", 0))
-    f.tick(50)  # W = 20: both processed, d2 (at 20) still waits
-    f.l(ledger("d2", "debited", "R2", 20))  # waiting
-    f.p(b"{broken", key=b"X")  # P offset 2: dead-lettered, and the partition's first DEAD_LETTER alert
+    f.p(b"{broken", key=b"X")  # P offset 1: dead-lettered; the saved state covers it too
     refs, meta = f.eng.take_dirty()
     eng = PartitionEngine.restore(0, PARAMS, meta, [(k, v) for k, v in refs.items() if v])
-    # The consumer resumes from an older commit: everything is delivered again.
-    again = [
-        (L, 0, ledger("d1", "debited", "R1", 0)),
-        (P, 0, payment("q1", "requested", "R1", 0)),
-        (L, 2, ledger("d2", "debited", "R2", 20)),
-        (P, 2, b"{broken"),
-    ]
-    out = []
-    for s, off, v in again:
-        out += eng.on_record(s, off, None, v)
-    # The dead letter again (same id), but no second count and no alert; nothing else.
-    assert [d.role for d in out] == ["dead_letter"]
-    assert out[0].value["dead_letter_id"] == "qris.payment-requests:0:2"
-    assert eng.stats["redelivered_while_waiting"] == 1
-    assert sum(1 for it in eng.heap if it[4] == "R2") == 1
-    out = eng.drain()
+    assert eng.last_offset == [1, 0] and eng.rejected == [1, 0]
+    # A redelivery reaching the core is a bug of the input boundary: refused loudly, by name.
+    with pytest.raises(OffsetOrderError, match=r"qris\.payment-requests\[0\]@1: .*offset 1 was already taken"):
+        eng.on_record(P, 1, b"X", b"{broken")
+    with pytest.raises(OffsetOrderError, match=r"qris\.ledger-debits\[0\]@0"):
+        eng.on_record(L, 0, None, ledger("d1", "debited", "R1", 0))
+    assert eng.rejected == [1, 0] and eng.stats["records"] == 0
+    out = eng.on_record(P, 2, None, payment("q2", "requested", "R2", 5))  # the next offset is taken
+    assert out == [] and eng.last_offset == [2, 0]
+
+
+def test_restore_drops_waiting_records_saved_ahead_of_the_metadata_that_stamps_the_state() -> None:
+    """A crash between a batch's reference entries and its metadata: the references are saved,
+    the metadata (which says which offsets the state covers) is the previous batch's. The
+    records above its offsets come again from Kafka and must be held once, not twice."""
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.p(payment("q1", "requested", "R1", 0))
+    f.tick(50)  # W = 20: R1's records processed
+    refs1, meta1 = f.eng.take_dirty()
+    f.l(ledger("d2", "debited", "R2", 20))  # L offset 2: waits for the watermark
+    refs2, meta2 = f.eng.take_dirty()
+    assert meta2 is not None
+    saved = {**{k: v for k, v in refs1.items() if v}, **{k: v for k, v in refs2.items() if v}}
+    eng = PartitionEngine.restore(0, PARAMS, meta1, saved.items())
+    assert eng.last_offset == [1, 1]
+    assert not any(it[4] == "R2" for it in eng.heap)
+    out = eng.on_record(L, 2, None, ledger("d2", "debited", "R2", 20))  # taken again
+    out += eng.drain()
     assert sorted(d.value["reference"] for d in out if d.role == "refunds") == ["R1", "R2"]
 
 
-def test_a_record_delivered_after_a_later_one_is_not_lost() -> None:
-    eng = PartitionEngine(0, PARAMS)
+def test_an_offset_below_one_already_taken_is_refused_never_skipped() -> None:
+    """Offsets 5, 7, 6: the core takes each stream in offset order. Taking 6 after 7 would give
+    it another effective time than a replay in offset order; skipping it would lose it."""
+    eng = PartitionEngine(0, PARAMS, persistent=False)  # replay refuses too
     eng.on_record(L, 5, None, ledger("d5", "debited", "R5", 0))
     eng.on_record(L, 7, None, ledger("d7", "debited", "R7", 1))
-    eng.on_record(L, 6, None, ledger("d6", "debited", "R6", 0.5))  # around a gap, late
+    with pytest.raises(OffsetOrderError, match=r"qris\.ledger-debits\[0\]@6: .*offset 7 was already taken"):
+        eng.on_record(L, 6, None, ledger("d6", "debited", "R6", 0.5))
+    eng.on_record(L, 9, None, ledger("d9", "debited", "R9", 2))  # a gap is fine (markers, compaction)
     out = eng.drain()
-    assert sorted(d.value["reference"] for d in out if d.role == "refunds") == ["R5", "R6", "R7"]
+    assert sorted(d.value["reference"] for d in out if d.role == "refunds") == ["R5", "R7", "R9"]

@@ -59,6 +59,17 @@ class Params:
 Item = tuple[int, int, int, int, str, PaymentEvent | LedgerEvent | None]
 
 
+class OffsetOrderError(ValueError):
+    """A record of a stream at or below the offset already taken on that stream."""
+
+    def __init__(self, topic: str, partition: int, offset: int, last_offset: int) -> None:
+        super().__init__(
+            f"{topic}[{partition}]@{offset}: offsets of a topic partition must increase "
+            f"(offset {last_offset} was already taken); refused, not skipped"
+        )
+        self.topic, self.partition, self.offset, self.last_offset = topic, partition, offset, last_offset
+
+
 def _alert_due(count: int) -> bool:
     # 1, 10, 100, ...: one alert per order of magnitude of rejections.
     while count % 10 == 0 and count > 1:
@@ -93,7 +104,10 @@ class PartitionEngine:
         self.open_minutes: dict[int, list[str]] = {}
         self.signals_through: int | None = None  # the last closed minute
         self._close_at_ms = NEG_INF + 1  # the watermark that closes the next minute
-        self.stats = {"records": 0, "rejected": 0, "redelivered_while_waiting": 0}
+        self.stats = {"records": 0, "rejected": 0}
+
+    def _topic(self, s: int) -> str:
+        return self.params.payment_topic if s == 0 else self.params.ledger_topic
 
     # -- time ------------------------------------------------------------------------------
 
@@ -112,20 +126,19 @@ class PartitionEngine:
     ) -> list[Decision]:
         """Take one raw record of `stream` (in that stream's offset order) and return what is
         decided now: its dead letter if rejected, plus whatever the advanced watermark releases."""
-        # A record seen again (a restart resumes from the last commit; a rebalance can deliver
-        # around a gap) is never skipped by offset: offsets need not be contiguous and a skip
-        # would lose what arrives out of order. Redelivery is harmless instead: a record still
-        # waiting is recognised by (stream, offset), a processed one by its event_id, and a
-        # dead letter is sent again with the same id.
+        # Each stream is taken in strictly increasing offset order (gaps allowed: transaction
+        # markers, compaction). Anything else is refused loudly, never skipped: the live shell
+        # (stream/worker/boundary.py) drops redeliveries and fills gaps before calling this, and
+        # a replay file with offsets out of order is an error.
         s = int(stream)
-        seen_before = offset <= self.last_offset[s]
-        if not seen_before:
-            self.last_offset[s] = offset
-        elif not self.persistent:
-            return []  # a replay file read twice: one Kafka read never repeats an offset
+        if offset <= self.last_offset[s]:
+            raise OffsetOrderError(self._topic(s), self.partition, offset, self.last_offset[s])
+        self.last_offset[s] = offset
+        if self.persistent:
+            self.meta_dirty = True  # the saved state covers this offset now
         event = parse_payment(key, value) if s == 0 else parse_ledger(key, value)
         if type(event) is Rejection:
-            return self._reject(stream, offset, key, value, timestamp_ms, event, count=not seen_before)
+            return self._reject(stream, offset, key, value, timestamp_ms, event)
         assert not isinstance(event, Rejection)
         self.stats["records"] += 1
         occ = event.occurred_at_ms
@@ -135,8 +148,7 @@ class PartitionEngine:
             # future. The record counts as if it occurred at its Kafka timestamp, for max_S, its
             # effective time and everything after; its own `occurred_at` text is kept.
             occ = timestamp_ms
-            if not seen_before:
-                skew_alert = self._skewed(stream, event, timestamp_ms)
+            skew_alert = self._skewed(stream, event, timestamp_ms)
         prev = self.max_ms[s]
         if prev is None:
             self.max_ms[s] = occ
@@ -149,17 +161,9 @@ class PartitionEngine:
             eff = self.forced_ms
         self.silent[s] = False
         ref = event.reference
-        if seen_before:
-            if any(it[3] == offset and it[2] == s for it in self.pending.get(ref, ())):
-                self.stats["redelivered_while_waiting"] += 1
-                return []
-            st = self.refs.get(ref)
-            if st is not None and st.has_seen(s, event.event_id):
-                return []  # processed already; it would be ignored as a duplicate anyway
         item: Item = (eff, RECORD, s, offset, ref, event)
         heapq.heappush(self.heap, item)
         if self.persistent:
-            self.meta_dirty = True
             self.pending.setdefault(ref, []).append(item)
             self.dirty.add(ref)
         mp, ml = self.max_ms
@@ -189,15 +193,12 @@ class PartitionEngine:
         value: bytes | None,
         timestamp_ms: int | None,
         rejection: Rejection,
-        count: bool = True,
     ) -> list[Decision]:
         s = int(stream)
-        topic = self.params.payment_topic if s == 0 else self.params.ledger_topic
+        topic = self._topic(s)
         if timestamp_ms is not None and timestamp_ms < 0:
             timestamp_ms = None  # Kafka's "no timestamp" (-1)
         out = [dead_letter_record(topic, self.partition, offset, timestamp_ms, key, value, rejection)]
-        if not count:  # seen before: its dead letter again (same id), not another count
-            return out
         self.rejected[s] += 1
         self.stats["rejected"] += 1
         if _alert_due(self.rejected[s]):
@@ -391,7 +392,12 @@ class PartitionEngine:
     def restore(
         cls, partition: int, params: Params, meta: bytes | None, entries: Iterable[tuple[str, bytes]]
     ) -> PartitionEngine:
-        """Rebuild an engine from saved metadata and reference entries (in any order)."""
+        """Rebuild an engine from saved metadata and reference entries (in any order).
+
+        The metadata's `last_offset` stamps which input offsets the state covers: waiting
+        records above it are dropped (they will be delivered again). A reference's processed
+        history above it cannot be undone; its records come again and are ignored as
+        duplicates by `event_id` (second line of defence, see README "Input boundary")."""
         eng = cls(partition, params)
         if meta is not None:
             m: dict[str, Any] = codec.loads(meta)
@@ -414,6 +420,11 @@ class PartitionEngine:
                 if st.retention is not None:
                     eng.retention_heap.append((*st.retention, ref))
             for eff, s, offset, ev in d["pending"]:
+                if offset > eng.last_offset[s]:
+                    # Written ahead of the metadata that stamps what the state covers (a crash
+                    # between a batch's reference entries and its metadata): the record is
+                    # taken again from Kafka, so keeping it here would hold it twice.
+                    continue
                 event = PaymentEvent(*ev) if s == 0 else LedgerEvent(*ev)
                 item: Item = (eff, RECORD, s, offset, ref, event)
                 heap.append(item)

@@ -20,9 +20,14 @@ from typing import IO, Any
 
 from ..core import codec
 from ..core.burst import BurstParams
-from ..core.partition import Params
+from ..core.partition import OffsetOrderError, Params
 from .replay import Replay, detect_bursts
 from .replayfile import decision_line, line_to_record
+
+
+class ReplayRefused(ValueError):
+    """The replay file breaks an input rule (offsets out of order), named by file and line."""
+
 
 _PARTITION = re.compile(rb'"partition"\s*:\s*(\d+)')
 
@@ -50,12 +55,16 @@ def _job(
         fh.write(decision_line(topic, partition, seq[k], d))  # type: ignore[arg-type]
 
     with open(path, "rb") as fh, open(out, "wb") as sink:
-        for raw in fh:
+        for line, raw in enumerate(fh, 1):
             p = _line_partition(raw)
             if p is None or p % jobs != index:
                 continue
             rec = line_to_record(codec.loads(raw))
-            for d in r.feed(rec):
+            try:
+                got = r.feed(rec)
+            except OffsetOrderError as exc:
+                raise ReplayRefused(f"{path} line {line}: {exc}") from None
+            for d in got:
                 write(sink, rec.partition, d.role, d)
                 n += 1
         if drain:

@@ -66,13 +66,20 @@ def line_to_record(line: dict[str, Any]) -> KafkaRecord:
 
 
 def read_records(fh: IO[bytes]) -> Iterator[KafkaRecord]:
+    for _n, rec in numbered_records(fh):
+        yield rec
+
+
+def numbered_records(fh: IO[bytes]) -> Iterator[tuple[int, KafkaRecord]]:
+    """(line number, record) for every record line, so errors can name the line."""
     for n, raw in enumerate(fh, 1):
         if not raw.strip():
             continue
         try:
-            yield line_to_record(codec.loads(raw))
+            rec = line_to_record(codec.loads(raw))
         except (codec.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"replay file line {n} is not a replay record: {exc}") from None
+        yield n, rec
 
 
 def write_records(fh: IO[bytes], records: Iterable[KafkaRecord]) -> int:

@@ -7,7 +7,9 @@ path: the agent hands whole batches to `ReconcileShell`, which calls the core.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from faust.types import TP
 from ..settings import Settings
 from .batches import finish_before_ack
 from .bursts import BurstShell
+from .gapfill import BrokerGapFetcher
+from .recovery import RecoveryWatchdog, restart_self
 from .shell import ReconcileShell
 
 log = logging.getLogger("qris_guard.worker")
@@ -124,7 +128,10 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         await app.producer.flush()
 
     store = TableStore(app, state)
-    shell = ReconcileShell(settings, store, send, flush, store.write_changelog, lambda: app.consumer.assignment())
+    gaps = BrokerGapFetcher(settings.bootstrap)
+    shell = ReconcileShell(
+        settings, store, send, flush, store.write_changelog, lambda: app.consumer.assignment(), fetch_gap=gaps.fetch
+    )
 
     @app.agent(inputs, name="reconcile_payments")
     async def reconcile_payments(stream: faust.StreamT[bytes]) -> None:
@@ -144,8 +151,27 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     async def watch_idle_feeds() -> None:
         await shell.check_idle_feeds()
 
+    watchdog = RecoveryWatchdog()
+    watching: list[asyncio.Task[None]] = []
+
+    async def watch_state_recovery() -> None:
+        # A plain task, not an app timer: Faust starts timers only after the first recovery.
+        while True:
+            await asyncio.sleep(5.0)
+            recovery = app.tables.recovery
+            remaining = recovery.active_remaining_total() if recovery.in_recovery else 0
+            if watchdog.stalled(recovery.in_recovery, remaining, time.monotonic()):
+                log.critical(
+                    "state recovery made no progress for %.0f s (%d changelog records remaining); restarting",
+                    watchdog.stall_s,
+                    remaining,
+                )
+                restart_self()
+
     @app.on_partitions_assigned.connect  # type: ignore[misc]
     async def on_assigned(app_: Any, assigned: Any = None, **kwargs: Any) -> None:
+        if not watching:
+            watching.append(asyncio.ensure_future(watch_state_recovery()))
         async with shell.lock:  # never in the middle of a batch
             shell.forget_partitions()
         async with bursts.lock:

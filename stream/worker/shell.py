@@ -28,7 +28,9 @@ from ..core.decisions import Decision
 from ..core.partition import PartitionEngine
 from ..core.records import Stream
 from ..core.validation import Rejection
+from ..drivers.replayfile import KafkaRecord
 from ..settings import Settings
+from .boundary import Gap, GapNotFilled, PartitionPlan, merge_filled, plan_batch
 
 log = logging.getLogger("qris_guard.worker")
 
@@ -86,12 +88,15 @@ class ReconcileShell:
         flush: Callable[[], Awaitable[None]],
         write_state: Callable[[], Awaitable[None]],
         assignment: Callable[[], Set[Any]] | None = None,
+        fetch_gap: Callable[[Gap], Awaitable[list[KafkaRecord]]] | None = None,
     ) -> None:
         self.settings = settings
         # Hands the batch's state writes (queued by `store.put`) to the Kafka client.
         self.write_state = write_state
         # The consumer's current assignment, to notice events of partitions no longer owned.
         self.assignment = assignment
+        # Reads offsets missing from a delivered batch from the broker (`gapfill.py`).
+        self.fetch_gap = fetch_gap
         self.params = settings.params
         self.store = store
         self.send = send
@@ -108,6 +113,9 @@ class ReconcileShell:
             "batches": 0,
             "internal_errors": 0,
             "unowned_events": 0,
+            "redelivered_skipped": 0,
+            "gap_records_fetched": 0,
+            "gap_offsets_empty": 0,
         }
 
     # -- engines ---------------------------------------------------------------------------
@@ -145,40 +153,89 @@ class ReconcileShell:
     # -- batches ---------------------------------------------------------------------------
 
     async def process_batch(self, events: Sequence[Any]) -> None:
-        """Decide a batch and make it durable. Faust acks the batch when this returns, even if
-        it raised, so input errors are dead letters here and infrastructure errors end the
-        process before anything is acked (a restart resumes from the last commit)."""
+        """Decide a batch of Faust events and make it durable. Faust acks the batch when this
+        returns, even if it raised, so input errors are dead letters here and infrastructure
+        errors end the process before anything is acked (a restart resumes from the last commit)."""
         try:
-            async with self.lock:
-                decisions: list[Decision] = []
-                touched: set[int] = set()
-                now = time.monotonic()
-                payment_topic = self.settings.payment_topic
-                for ev in events:
-                    msg = ev.message
-                    p = msg.partition
-                    stream = Stream.P if msg.topic == payment_topic else Stream.L
-                    eng = self.engines.get(p) or self.engine(p)
-                    try:
-                        decisions.extend(eng.on_record(stream, msg.offset, msg.key, msg.value, _ts_ms(msg)))
-                    except Exception as exc:  # a bug must not lose the record: dead-letter it
-                        decisions.extend(self._internal_error(stream, msg, exc))
-                    self.clocks[p].last_arrival[stream] = now
-                    touched.add(p)
-                self.counts["records"] += len(events)
-                self._note_unowned(events)
-                if log.isEnabledFor(logging.DEBUG):
-                    spans: dict[tuple[str, int], list[int]] = {}
-                    for ev in events:
-                        spans.setdefault((ev.message.topic, ev.message.partition), []).append(ev.message.offset)
-                    log.debug(
-                        "batch: %s", {f"{t}[{p}]": (min(o), max(o), len(o)) for (t, p), o in sorted(spans.items())}
-                    )
-                self.counts["batches"] += 1
-                await self._emit_and_persist(decisions, touched)
+            self._note_unowned(events)
+            await self.process_records([_plain(ev.message) for ev in events])
         except Exception:
             log.critical("cannot send or persist a batch; exiting before it is acked", exc_info=True)
             os._exit(70)
+
+    async def process_records(self, records: Sequence[KafkaRecord]) -> None:
+        """Decide a batch of plain records and make it durable; raises on infrastructure errors.
+
+        The input boundary (`boundary.py`): per topic partition, records are taken in offset
+        order from the next offset the saved state expects; redeliveries of what it already
+        covers are skipped (counted), and missing offsets are read from the broker and taken
+        first. The engines never see an offset twice or out of order."""
+        async with self.lock:
+            decisions: list[Decision] = []
+            touched: set[int] = set()
+            now = time.monotonic()
+            payment_topic = self.settings.payment_topic
+            expected = {
+                (t, p): self.engine(p).last_offset[Stream.P if t == payment_topic else Stream.L] + 1
+                for t, p in {(r.topic, r.partition) for r in records}
+            }
+            plans = plan_batch(expected, records)
+            for (topic, p), plan in sorted(plans.items()):
+                take = plan.records
+                if plan.gaps:
+                    take = await self._fill_gaps(plan)
+                if plan.redelivered:
+                    self.counts["redelivered_skipped"] += plan.redelivered
+                if not take:
+                    continue
+                stream = Stream.P if topic == payment_topic else Stream.L
+                eng = self.engines.get(p) or self.engine(p)
+                for rec in take:
+                    try:
+                        decisions.extend(eng.on_record(stream, rec.offset, rec.key, rec.value, rec.timestamp_ms))
+                    except Exception as exc:  # a bug must not lose the record: dead-letter it
+                        decisions.extend(self._internal_error(stream, rec, exc))
+                self.clocks[p].last_arrival[stream] = now
+                touched.add(p)
+                self.counts["records"] += len(take)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "batch: %s",
+                    {
+                        f"{t}[{p}]": (pl.records[0].offset, pl.records[-1].offset, len(pl.records), pl.redelivered)
+                        for (t, p), pl in sorted(plans.items())
+                        if pl.records
+                    },
+                )
+            self.counts["batches"] += 1
+            await self._emit_and_persist(decisions, touched)
+
+    async def _fill_gaps(self, plan: PartitionPlan) -> list[KafkaRecord]:
+        # Faust delivered past offsets this partition's state has not taken: read them from
+        # the broker and take them first, in order (never a silent gap).
+        if self.fetch_gap is None:
+            raise GapNotFilled(f"offsets missing and no broker to read them from: {plan.gaps[:3]}")
+        fetched: list[KafkaRecord] = []
+        for gap in plan.gaps:
+            fetched.extend(await self.fetch_gap(gap))
+        take, empty = merge_filled(plan, fetched)
+        filled = len(take) - len(plan.records)
+        self.counts["gap_records_fetched"] += filled
+        self.counts["gap_offsets_empty"] += empty
+        g = plan.gaps[0]
+        log.warning(
+            "%s[%d]: %d offset(s) missing from the delivered batch (first %d..%d of %d gap(s)): "
+            "%d read from the broker and taken in order, %d confirmed empty",
+            g.topic,
+            g.partition,
+            sum(x.size for x in plan.gaps),
+            g.start,
+            g.end - 1,
+            len(plan.gaps),
+            filled,
+            empty,
+        )
+        return take
 
     def _note_unowned(self, events: Sequence[Any]) -> None:
         # Evidence for the rebalance known bug: does Faust hand the agent events of partitions
@@ -196,7 +253,7 @@ class ReconcileShell:
                 sorted({(m.topic, m.partition, m.offset) for m in stale})[:10],
             )
 
-    def _internal_error(self, stream: Stream, msg: Any, exc: Exception) -> list[Decision]:
+    def _internal_error(self, stream: Stream, msg: KafkaRecord, exc: Exception) -> list[Decision]:
         self.counts["internal_errors"] += 1
         log.error(
             "internal error on %s[%d]@%d: %s (record dead-lettered)",
@@ -210,7 +267,13 @@ class ReconcileShell:
         reason = f"internal error while processing the record ({type(exc).__name__}); engineers are alerted"
         return [
             dead_letter_record(
-                topic, msg.partition, msg.offset, _ts_ms(msg), msg.key, msg.value, Rejection("internal_error", reason)
+                topic,
+                msg.partition,
+                msg.offset,
+                msg.timestamp_ms,
+                msg.key,
+                msg.value,
+                Rejection("internal_error", reason),
             )
         ]
 
@@ -284,8 +347,9 @@ class ReconcileShell:
         }
 
 
-def _ts_ms(msg: Any) -> int | None:
+def _plain(msg: Any) -> KafkaRecord:
+    """A Faust message as a plain record (Faust's timestamp is in float seconds)."""
     ts = getattr(msg, "timestamp", None)
-    # Faust gives seconds as a float; round, not truncate, so the clock guard sees the broker's
-    # exact milliseconds, as replay does.
-    return round(ts * 1000) if ts is not None else None
+    return KafkaRecord(
+        msg.topic, msg.partition, msg.offset, round(ts * 1000) if ts is not None else None, msg.key, msg.value
+    )

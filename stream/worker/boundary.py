@@ -1,0 +1,95 @@
+"""The live worker's input boundary: every input topic partition is taken in offset order, each
+offset once, with no silent gap, whatever order and holes Faust delivers in.
+
+Faust's consumer drops records below its read offset and treats a jump in offsets as acked
+(faust-streaming #606, #312), so after a restart a batch can miss a record that was never
+processed. The shell knows from the restored state the next offset it expects per topic
+partition; `plan_batch` compares a batch with it and says, per topic partition, which records
+to take (sorted, each offset once), which were redeliveries of what the state already holds,
+and which offsets are missing in front of them (to be fetched from the broker and taken first).
+Pure: imports no Kafka client and does no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from ..drivers.replayfile import KafkaRecord
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Offsets `start` .. `end - 1` of a topic partition, missing from what was delivered."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+class GapNotFilled(RuntimeError):
+    """Offsets missing from a batch could not be read from the broker (in time)."""
+
+
+@dataclass
+class PartitionPlan:
+    """What to do with one topic partition's part of a batch."""
+
+    records: list[KafkaRecord] = field(default_factory=list)  # new, in offset order, each once
+    gaps: list[Gap] = field(default_factory=list)  # missing offsets before or between them
+    redelivered: int = 0  # at or below what the state already covers, or repeated in the batch
+
+
+def plan_batch(
+    next_offset: Mapping[TopicPartition, int], records: Iterable[KafkaRecord]
+) -> dict[TopicPartition, PartitionPlan]:
+    """Split a delivered batch per topic partition against the next offset each expects.
+
+    >>> r = lambda o: KafkaRecord("t", 0, o, None, None, b"")
+    >>> p = plan_batch({("t", 0): 3}, [r(2), r(5), r(4), r(8), r(5)])[("t", 0)]
+    >>> [x.offset for x in p.records], [(g.start, g.end) for g in p.gaps], p.redelivered
+    ([4, 5, 8], [(3, 4), (6, 8)], 2)
+    """
+    by_tp: dict[TopicPartition, list[KafkaRecord]] = {}
+    for rec in records:
+        by_tp.setdefault((rec.topic, rec.partition), []).append(rec)
+    plans: dict[TopicPartition, PartitionPlan] = {}
+    for tp, recs in by_tp.items():
+        recs.sort(key=lambda x: x.offset)  # stable: of repeated offsets the first delivered wins
+        plan = plans[tp] = PartitionPlan()
+        expected = next_offset.get(tp, 0)
+        for rec in recs:
+            if rec.offset < expected:
+                plan.redelivered += 1
+                continue
+            if rec.offset > expected:
+                plan.gaps.append(Gap(tp[0], tp[1], expected, rec.offset))
+            plan.records.append(rec)
+            expected = rec.offset + 1
+    return plans
+
+
+def merge_filled(plan: PartitionPlan, fetched: Iterable[KafkaRecord]) -> tuple[list[KafkaRecord], int]:
+    """The records to take for one topic partition: the delivered ones and those fetched for
+    its gaps, in offset order. Fetched records outside the gaps are ignored. Also returns how
+    many missing offsets the broker confirmed empty (transaction markers, compaction).
+
+    >>> r = lambda o: KafkaRecord("t", 0, o, None, None, b"")
+    >>> p = plan_batch({("t", 0): 3}, [r(5), r(8)])[("t", 0)]
+    >>> recs, empty = merge_filled(p, [r(3), r(6), r(9)])
+    >>> [x.offset for x in recs], empty
+    ([3, 5, 6, 8], 2)
+    """
+    missing: set[int] = set()
+    for g in plan.gaps:
+        missing.update(range(g.start, g.end))
+    found = {rec.offset: rec for rec in fetched if rec.offset in missing}
+    merged = sorted([*plan.records, *found.values()], key=lambda x: x.offset)
+    return merged, len(missing) - len(found)

@@ -1,0 +1,75 @@
+"""Missing input offsets read straight from the broker, for the input boundary (`boundary.py`).
+
+A side aiokafka consumer with no group (manual assign and seek, nothing committed) reads a
+topic partition from a gap's first offset until its position passes the gap's end, which the
+broker has, since a record at that offset was delivered. What it returns inside the gap is
+taken before the rest of the batch; what it does not is confirmed empty (transaction markers,
+compaction). The wait is bounded: a gap that cannot be read in time is an infrastructure error
+(the shell exits before the batch is acked, and a restart tries again). Imports no faust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+from ..drivers.replayfile import KafkaRecord
+from .boundary import Gap, GapNotFilled
+
+log = logging.getLogger("qris_guard.worker")
+
+
+class BrokerGapFetcher:
+    """Reads gaps of input topic partitions from the broker; started on first use."""
+
+    def __init__(self, bootstrap: str, wait_s: float = 30.0) -> None:
+        self.bootstrap = bootstrap
+        self.wait_s = wait_s
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def _client(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                # A gap below the log start (retention deleted it) starts at what is left.
+                auto_offset_reset="earliest",
+                client_id="qris-guard-gap-fill",
+            )
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def fetch(self, gap: Gap) -> list[KafkaRecord]:
+        """The records the broker has at offsets `gap.start` .. `gap.end - 1`, in order."""
+        consumer = await self._client()
+        tp = TopicPartition(gap.topic, gap.partition)
+        consumer.assign([tp])
+        consumer.seek(tp, gap.start)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        out: list[KafkaRecord] = []
+        while True:
+            got = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
+            passed = False
+            for m in got.get(tp, ()):
+                if m.offset >= gap.end:
+                    passed = True
+                elif m.offset >= gap.start:
+                    out.append(KafkaRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value))
+            if passed or await consumer.position(tp) >= gap.end:
+                return out
+            if loop.time() > deadline:
+                raise GapNotFilled(
+                    f"{gap.topic}[{gap.partition}] offsets {gap.start}..{gap.end - 1}: "
+                    f"not read from the broker in {self.wait_s:.0f} s"
+                )
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()

@@ -1,0 +1,55 @@
+"""A watchdog for the state recovery after an assignment: a recovery that stops making progress
+is detected, and the worker restarts itself.
+
+Faust's table recovery can hang: in the two-worker rebalance test the new owner once received
+no changelog record for two partitions for two minutes and decided nothing for them
+(faust-streaming #74 describes a similar hang). `RecoveryWatchdog` is told, every few seconds,
+whether a recovery is running and how many changelog records it still has to read; when that
+number has not gone down for `stall_s`, it says so, and the worker replaces its process with a
+fresh one of itself (`restart_self`): nothing of the batch in flight is acked, and the new
+process joins the group and recovers again. Decides from what it is told; reads no clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+log = logging.getLogger("qris_guard.worker")
+
+RECOVERY_STALL_S = 60.0
+
+
+class RecoveryWatchdog:
+    """Says when a running recovery has made no progress for `stall_s` seconds.
+
+    >>> w = RecoveryWatchdog(stall_s=60)
+    >>> w.stalled(True, 500, now_s=0), w.stalled(True, 400, now_s=50), w.stalled(True, 400, now_s=100)
+    (False, False, False)
+    >>> w.stalled(True, 400, now_s=110.5)
+    True
+    >>> w.stalled(False, 0, now_s=111), w.stalled(True, 400, now_s=112)
+    (False, False)
+    """
+
+    def __init__(self, stall_s: float = RECOVERY_STALL_S) -> None:
+        self.stall_s = stall_s
+        self._least: int | None = None  # fewest records remaining seen in this recovery
+        self._progress_at_s = 0.0
+
+    def stalled(self, in_recovery: bool, remaining: int, now_s: float) -> bool:
+        if not in_recovery:
+            self._least = None
+            return False
+        if self._least is None or remaining < self._least:
+            self._least = remaining
+            self._progress_at_s = now_s
+            return False
+        return now_s - self._progress_at_s >= self.stall_s
+
+
+def restart_self() -> None:  # pragma: no cover - replaces the process
+    """Replace this process with a fresh worker with the same arguments and environment."""
+    logging.shutdown()
+    os.execv(sys.executable, [sys.executable, "-m", "stream", *sys.argv[1:]])

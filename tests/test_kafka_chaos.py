@@ -1,0 +1,223 @@
+"""Kafka tier, chaos: a realistic day with an outage (the simulator's `mixed` scenario) while the
+worker is killed with SIGKILL at seeded random moments and restarted, (a) with its local store
+kept, (b) with its data directory wiped before each restart (state from the changelog). Every
+decision is compared with offline replay of the topics (no `--drain` on either side): 0 missed,
+0 extra, and every repeated delivery identical to the first (same id, same content).
+
+`make test` runs a short version (about 8k records, 2 kills per case); `make chaos` the full
+one (`QRIS_TEST_CHAOS=full`: about 45k records, 5 kills per case) and prints the summary line.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from kafka import KafkaProducer
+from stream.drivers.replayfile import KafkaRecord
+from tests.kafka_support import Topics, Worker, consume, fresh_topics, require_broker
+from tests.test_kafka_worker import expected_outputs, simulated
+
+pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
+
+FULL = os.environ.get("QRIS_TEST_CHAOS", "") == "full"
+# About 3 records per payment; QRIS_TEST_CHAOS_PAYMENTS / _PRODUCE_S make a bigger day.
+PAYMENTS = int(os.environ.get("QRIS_TEST_CHAOS_PAYMENTS", 15_000 if FULL else 2_700))
+KILLS = 5 if FULL else 2
+# The input arrives over this much wall time, as live traffic.
+PRODUCE_S = float(os.environ.get("QRIS_TEST_CHAOS_PRODUCE_S", 75.0 if FULL else 20.0))
+SEED = int(os.environ.get("QRIS_TEST_CHAOS_SEED", "20261201"))
+
+
+@dataclass
+class ChaosResult:
+    case: str
+    records: int
+    kills: int = 0
+    restarts: int = 0
+    killed_after: list[int] = field(default_factory=list)  # records taken by each killed worker
+    expected: int = 0
+    delivered: int = 0
+    missed: list[bytes] = field(default_factory=list)
+    extra: list[bytes] = field(default_factory=list)
+    conflicting: list[str] = field(default_factory=list)
+    gap_fills: int = 0  # batches in which Faust left offsets out, over all incarnations
+    gap_records_fetched: int = 0  # records read from the broker for them
+
+    def line(self) -> str:
+        return (
+            f"chaos {self.case}: {self.records} records, {self.kills} kills, {self.restarts} restarts, "
+            f"{self.expected} decisions ({self.delivered} deliveries); "
+            f"{len(self.missed)} missed, {len(self.extra)} extra, {len(self.conflicting)} conflicting duplicates; "
+            f"gaps in delivered batches: {self.gap_fills}, {self.gap_records_fetched} records read from the broker"
+        )
+
+
+def output_id(value: dict[str, Any]) -> str:
+    """The id a consumer deduplicates on: a repeated delivery must carry identical content."""
+    for key in ("cancel_id", "dead_letter_id", "alert_id"):
+        if key in value:
+            return f"{key}:{value[key]}"
+    return f"{value['type']}:{value['refund_id']}"
+
+
+def paced_produce(bootstrap: str, records: list[KafkaRecord], seconds: float) -> None:
+    """Produce to each record's partition in order, spread over `seconds` of wall time."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024)
+    try:
+        steps = max(1, int(seconds / 0.25))
+        per = -(-len(records) // steps)
+        for i in range(0, len(records), per):
+            for rec in records[i : i + per]:
+                producer.send(rec.topic, key=rec.key, value=rec.value, partition=rec.partition)
+            producer.flush(60)
+            time.sleep(0.25)
+    finally:
+        producer.close()
+
+
+def consuming(worker: Worker) -> int:
+    """Records this incarnation has taken or skipped as already held (0 until it serves stats)."""
+    try:
+        counts = worker.stats().get("counts", {})
+    except OSError:
+        return 0
+    return int(counts.get("records", 0)) + int(counts.get("redelivered_skipped", 0))
+
+
+def run_chaos(tmp_path: Path, case: str, wipe: bool, seed: int, group_size: int = 1) -> ChaosResult:
+    """`group_size` workers in one group; at each kill a seeded random one of them is killed and
+    another takes its place (with `wipe`, in a fresh data directory: a new pod)."""
+    bootstrap = require_broker()
+    topics: Topics = fresh_topics()
+    topics.create(bootstrap)
+    records = simulated(topics, "mixed", seed=seed % 1000, minutes=None, payments=PAYMENTS, rate_per_min=120)
+    result = ChaosResult(case, len(records))
+    rng = random.Random(seed)
+    first = Worker(topics, tmp_path / case / "w0")
+    live = [first] + [Worker(topics, tmp_path / case / f"w{i}", app_id=first.app_id) for i in range(1, group_size)]
+    workers = list(live)
+    producer = threading.Thread(target=paced_produce, args=(bootstrap, records, PRODUCE_S), daemon=True)
+    for w in live:
+        w.start(bootstrap)
+    producer.start()
+    worker = first
+    try:
+        for _ in range(KILLS):
+            # A random moment once the group is consuming (recovered and assigned).
+            victim = live.pop(rng.randrange(len(live)))
+            deadline = time.monotonic() + 180
+            while consuming(victim) == 0 and sum(consuming(w) for w in live) == 0:
+                victim.assert_alive()
+                assert time.monotonic() < deadline, f"worker never consumed:\n{victim.log_tail()}"
+                time.sleep(0.2)
+            time.sleep(rng.uniform(0.2, 4.0))
+            result.killed_after.append(consuming(victim))
+            victim.kill()
+            result.kills += 1
+            assert victim.data_dir is not None
+            if wipe:  # a new pod: the local store is gone (the worker logs are kept, for the counts)
+                for entry in victim.data_dir.iterdir():
+                    if entry.is_dir():
+                        shutil.rmtree(entry)
+                    elif entry.suffix != ".log":
+                        entry.unlink()
+            worker = Worker(topics, victim.data_dir, app_id=first.app_id)
+            live.append(worker)
+            workers.append(worker)
+            worker.start(bootstrap)
+            result.restarts += 1
+        producer.join(300)
+        assert not producer.is_alive(), "producing the input took too long"
+        want = expected_outputs(bootstrap, topics)
+        want_all = {orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for vs in want.values() for v in vs}
+        result.expected = len(want_all)
+        got: list[tuple[str, bytes | None, dict[str, Any]]] = []
+        deadline = time.monotonic() + (600 if FULL else 240)
+        while time.monotonic() < deadline:
+            for w in live:
+                w.assert_alive()
+            got = consume(bootstrap, topics.outputs(), until=10**9, timeout_s=8, settle_s=0)
+            if want_all <= {orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for _t, _k, v in got}:
+                break
+        time.sleep(5)  # room for any extra decision to show
+        got = consume(bootstrap, topics.outputs(), until=10**9, timeout_s=10, settle_s=0)
+    finally:
+        producer.join(300)
+        for w in workers:
+            if w.proc is not None and w.proc.poll() is None:
+                w.stop()
+    result.delivered = len(got)
+    for w in workers:
+        for n in re.findall(r"gap\(s\)\): (\d+) read from the broker", w.log_tail(10**6)):
+            result.gap_fills += 1
+            result.gap_records_fetched += int(n)
+    seen = {orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for _t, _k, v in got}
+    result.missed = sorted(want_all - seen)
+    result.extra = sorted(seen - want_all)
+    first: dict[str, bytes] = {}
+    for _t, _k, v in got:
+        raw = orjson.dumps(v, option=orjson.OPT_SORT_KEYS)
+        ident = output_id(v)
+        if first.setdefault(ident, raw) != raw:
+            result.conflicting.append(ident)
+    print(result.line(), f"(killed after {result.killed_after} records; logs in {tmp_path / case})", file=sys.stderr)
+    return result
+
+
+def brief(values: list[bytes]) -> list[str]:
+    out = []
+    for raw in values[:8]:
+        v = orjson.loads(raw)
+        out.append(f"{v.get('type') or v.get('kind')} {v.get('reference')} {v.get('reason')} {v.get('amount')}")
+    return out
+
+
+RESULTS: list[ChaosResult] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def summary_line() -> Any:
+    """After all cases: one line with runs, kills, restarts and the result (`make chaos`)."""
+    yield
+    if RESULTS:
+        print(
+            f"\nchaos summary: {len(RESULTS)} runs ({', '.join(r.case for r in RESULTS)}), "
+            f"{sum(r.records for r in RESULTS)} records, {sum(r.kills for r in RESULTS)} kills, "
+            f"{sum(r.restarts for r in RESULTS)} restarts, {sum(r.expected for r in RESULTS)} decisions: "
+            f"{sum(len(r.missed) for r in RESULTS)} missed, {sum(len(r.extra) for r in RESULTS)} extra, "
+            f"{sum(len(r.conflicting) for r in RESULTS)} conflicting duplicates",
+            file=sys.stderr,
+        )
+
+
+# (case, wipe the store, workers in the group, seed offset)
+CASES = [("store-kept", False, 1, 0), ("store-wiped", True, 1, 1)]
+if FULL:  # one of two workers killed, a new one (empty store) joining: rebalances under load
+    CASES.append(("two-workers", True, 2, 2))
+
+
+@pytest.mark.parametrize(("case", "wipe", "group_size", "seed"), CASES)
+def test_killed_workers_decide_exactly_what_replay_decides(
+    tmp_path: Path, case: str, wipe: bool, group_size: int, seed: int
+) -> None:
+    result = run_chaos(tmp_path, case, wipe, SEED + seed, group_size)
+    RESULTS.append(result)
+    assert result.kills == KILLS and result.restarts == KILLS
+    kinds = Counter(orjson.loads(raw).get("reason") for raw in result.missed + result.extra)
+    assert not result.missed and not result.extra and not result.conflicting, (
+        f"{result.line()}\nmissed {brief(result.missed)}\nextra {brief(result.extra)}\n"
+        f"conflicting {result.conflicting[:5]}\nby reason {dict(kinds)}; logs in {tmp_path}"
+    )
