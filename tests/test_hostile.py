@@ -411,8 +411,8 @@ def test_a_reference_hammered_with_distinct_events_stays_small_and_still_dedupli
         assert st.net == n and st.has_seen(1, f"{0:0128d}") and st.has_seen(1, f"{n - 1:0128d}")
         assert not st.has_seen(1, f"{n:0128d}") and not st.has_seen(0, f"{0:0128d}")
         # Redeliveries of the first and of the last event change nothing.
-        e.on_record(L, n, b"H", ledger(f"{0:0128d}", "debited", "H", 50, amount=1, entry_id="J"), None)
-        e.on_record(L, n + 1, b"H", ledger(f"{n - 1:0128d}", "debited", "H", 50, amount=1, entry_id="J"), None)
+        e.on_record(L, n + 10, b"H", ledger(f"{0:0128d}", "debited", "H", 50, amount=1, entry_id="J"), None)
+        e.on_record(L, n + 11, b"H", ledger(f"{n - 1:0128d}", "debited", "H", 50, amount=1, entry_id="J"), None)
         e.on_record(P, 1, b"T", payment("t2", "requested", "T", 200), None)
-        e.on_record(L, n + 6, b"T", ledger("tl2", "reversed", "T", 200, amount=1), None)
+        e.on_record(L, n + 16, b"T", ledger("tl2", "reversed", "T", 200, amount=1), None)
         assert e.refs["H"].net == n
