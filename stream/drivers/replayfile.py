@@ -59,7 +59,8 @@ def _field(line: dict[str, Any], name: str, kinds: tuple[type, ...], *, required
         return None
     if isinstance(value, bool) or not isinstance(value, kinds):
         want = " or ".join("integer" if k is int else "string" for k in kinds)
-        raise ValueError(f'"{name}" must be {want}{"" if required else " or null"}, not {codec.dumps(value)[:40]!r}')
+        shown = codec.dumps(value)[:40].decode("utf-8", "replace")
+        raise ValueError(f'"{name}" must be {want}{"" if required else " or null"}, not {shown}')
     return value
 
 
