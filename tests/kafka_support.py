@@ -241,3 +241,41 @@ def consume(
     finally:
         consumer.close()
     return out
+
+
+# The security settings qris-guard clients take (`to_env` names), for a worker subprocess.
+SECURITY_VARS = [
+    var for name, (var, _doc) in DOCS.items() if name == "security_protocol" or name.startswith(("sasl_", "ssl_"))
+]
+
+
+def require_sasl_ssl() -> Settings:
+    """Settings that reach the broker's SASL_SSL listener as user `qris` (SCRAM-SHA-512), found
+    the way kafka/broker.sh makes them: its run dir (QRIS_KAFKA_RUN_DIR, else kafka/.run) holds
+    the CA (tls/ca.pem) and the generated password (scram-password); the port is
+    QRIS_KAFKA_SASL_SSL_PORT (default 9094) on the PLAINTEXT listener's host. Fails the test,
+    never skips, when the listener is not there."""
+    require_broker()
+    run_dir = Path(os.environ.get("QRIS_KAFKA_RUN_DIR", ROOT / "kafka" / ".run"))
+    ca, password = run_dir / "tls" / "ca.pem", run_dir / "scram-password"
+    host = BOOTSTRAP.split(",")[0].rpartition(":")[0]
+    port = os.environ.get("QRIS_KAFKA_SASL_SSL_PORT", "9094")
+    if not (ca.is_file() and password.is_file()):
+        raise AssertionError(
+            f"no SASL_SSL material in {run_dir} (tls/ca.pem, scram-password): restart the broker with "
+            "kafka/broker.sh (it adds the SASL_SSL listener), or set QRIS_KAFKA_RUN_DIR to its run dir"
+        )
+    return Settings(
+        bootstrap=f"{host}:{port}",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username=os.environ.get("QRIS_KAFKA_SCRAM_USER", "qris"),
+        sasl_password_file=str(password),
+        ssl_cafile=str(ca),
+    )
+
+
+def security_env(settings: Settings) -> dict[str, str]:
+    """The settings' security as `QRIS_*` variables, for a qris-guard subprocess."""
+    env = to_env(settings)
+    return {var: env[var] for var in SECURITY_VARS}
