@@ -64,13 +64,13 @@ def test_worker_runs_end_to_end_over_sasl_ssl(tmp_path: Path) -> None:
         assert len(want["refunds"]) == 50
         got = live_by_role(consume(secure, topics.outputs(), until=n, timeout_s=180, worker=worker), topics)
         base = f"http://127.0.0.1:{worker.web_port}"
-        ready, table, router = (http_status(base + p) for p in ("/qris/ready", "/table/", "/router/"))
+        ready, table, router, root = (http_status(base + p) for p in ("/qris/ready", "/table/", "/router/", "/"))
         addresses = listening_addresses(worker.web_port)
     finally:
         worker.stop()
     for role in want:
         assert canon(got[role]) == canon(want[role]), f"{role} differs:\n{worker.log_tail()}"
-    assert (ready, table, router) == (200, 404, 404)
+    assert (ready, table, router, root) == (200, 404, 404, 404)
     assert addresses == {"127.0.0.1"}, addresses
     password = Path(secure.sasl_password_file).read_text().strip()
     assert worker.log_path is not None and password not in worker.log_path.read_text(errors="replace")

@@ -213,6 +213,7 @@ def test_the_worker_app_binds_where_told_with_faust_pages_off(tmp_path: Path) ->
     conf = app.conf
     assert (conf.web_bind, conf.web_host) == ("127.0.0.1", "127.0.0.1")
     assert not (conf.web_tables_enabled or conf.web_router_enabled or conf.web_graph_enabled or conf.web_stats_enabled)
+    assert app.web.blueprints._enabled == []  # no Faust page at all, not even `/`
     assert conf.topic_replication_factor == 2
     assert credentials_to_aiokafka_auth(conf.broker_credentials)["sasl_mechanism"] == "SCRAM-SHA-512"
     table = app.tables["reconciliation-state"]

@@ -119,6 +119,10 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 10),
         producer_max_batch_size=512 * 1024,
     )
+    # With its statistics page off, Faust serves `/` as {"status": "OK"} whatever the broker
+    # says: a health check that lies. Readiness is /qris/ready; `/` answers 404.
+    blueprints = app.web.blueprints
+    blueprints._enabled = [(p, bp) for p, bp in blueprints._enabled if "production_index" not in str(bp)]
     inputs = app.topic(settings.payment_topic, settings.ledger_topic, **RAW)
     outputs = {
         name: app.topic(name, **RAW)
