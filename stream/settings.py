@@ -6,6 +6,7 @@ them all (`python -m stream settings` prints the effective values).
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
@@ -65,7 +66,7 @@ class Settings:
     min_insync_replicas: int = 0
 
     def __post_init__(self) -> None:
-        for problem in _security_problems(self):
+        for problem in _problems(self):
             raise SettingsError(problem)
 
     @property
@@ -203,7 +204,7 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
-def _security_problems(s: Settings) -> list[str]:
+def _problems(s: Settings) -> list[str]:
     """What is wrong with the settings' values, without reading any file (one line each)."""
     out: list[str] = []
     if s.security_protocol not in SECURITY_PROTOCOLS:
@@ -249,6 +250,18 @@ def _security_problems(s: Settings) -> list[str]:
         out.append(f"QRIS_PARTITIONS={s.partitions}: expected 1 or more")
     if not 0 <= s.web_port <= 65535:
         out.append(f"QRIS_WEB_PORT={s.web_port}: expected 0 (off) or a port up to 65535")
+    if s.batch_max < 1:
+        out.append(f"QRIS_BATCH_MAX={s.batch_max}: expected 1 or more")
+    for name in ("timeout_s", "retention_s", "idle_timeout_s", "batch_within_s", "session_timeout_s"):
+        value = getattr(s, name)
+        if not 0 < value < math.inf:
+            out.append(f"{DOCS[name][0]}={value}: expected a number of seconds above 0")
+    for name in ("lateness_s", "probe_age_s"):
+        value = getattr(s, name)
+        if not 0 <= value < math.inf:
+            out.append(f"{DOCS[name][0]}={value}: expected a number of seconds, 0 or more")
+    if not s.burst_threshold > 0:
+        out.append(f"QRIS_BURST_THRESHOLD={s.burst_threshold}: expected a number above 0")
     return out
 
 

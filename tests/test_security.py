@@ -160,6 +160,9 @@ def test_files_that_cannot_be_used_are_named_in_one_line(tmp_path: Path) -> None
         ({"QRIS_REPLICATION_FACTOR": "0"}, "QRIS_REPLICATION_FACTOR=0: expected 1 or more"),
         ({"QRIS_REPLICATION_FACTOR": "3", "QRIS_MIN_INSYNC_REPLICAS": "4"}, "QRIS_MIN_INSYNC_REPLICAS=4"),
         ({"QRIS_LOG_LEVEL": "loud"}, "QRIS_LOG_LEVEL='loud'"),
+        ({"QRIS_TIMEOUT_S": "-5"}, "QRIS_TIMEOUT_S=-5.0: expected a number of seconds above 0"),
+        ({"QRIS_LATENESS_S": "nan"}, "QRIS_LATENESS_S=nan: expected a number of seconds, 0 or more"),
+        ({"QRIS_BATCH_MAX": "0"}, "QRIS_BATCH_MAX=0: expected 1 or more"),
         ({"QRIS_SASL_PASWORD": "p"}, "unknown setting QRIS_SASL_PASWORD (did you mean QRIS_SASL_PASSWORD?)"),
     ],
 )
