@@ -3,7 +3,8 @@ report. Settings come from `QRIS_*` variables; flags override the ones they name
 
 A user's mistake (an argument, a setting, a file, a replay line, an unreachable or refusing
 broker) ends with one line on stderr and a non-zero exit status, never a traceback:
-2 for a mistake in what was given, 69 when Kafka cannot be reached or refuses the credentials.
+2 for a mistake in what was given, 1 for topics the command cannot work with (missing, not
+co-partitioned), 69 when Kafka cannot be reached or refuses the credentials, 70 for a bug.
 """
 
 from __future__ import annotations

@@ -194,7 +194,7 @@ async def _connect_errors(s: Settings, timeout_s: float) -> list[str] | None:
                 f"cannot reach {where}: {exc.strerror or exc}" if isinstance(exc, OSError) else f"{where}: {exc}"
             )
         except Exception as exc:  # noqa: BLE001 - aiokafka's own connection errors
-            errors.append(f"{where}: {type(exc).__name__}: {exc}")
+            errors.append(f"{where}: {str(exc) or type(exc).__name__}")
         else:
             conn.close()
             return None
