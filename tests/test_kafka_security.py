@@ -59,7 +59,7 @@ def test_worker_runs_end_to_end_over_sasl_ssl(tmp_path: Path) -> None:
     worker.start(secure.bootstrap)
     try:
         produce(secure, records, {PAYMENT: topics.payment, LEDGER: topics.ledger})
-        want = expected_outputs(secure, topics)  # type: ignore[arg-type]  # read_topics takes settings
+        want = expected_outputs(secure, topics)
         n = sum(len(v) for v in want.values())
         assert len(want["refunds"]) == 50
         got = live_by_role(consume(secure, topics.outputs(), until=n, timeout_s=180, worker=worker), topics)
