@@ -1,18 +1,20 @@
 """Kafka tier, security: the worker runs end to end over SASL_SSL (SCRAM-SHA-512, TLS with the
 broker's own CA) and decides what replay decides; a wrong password and an untrusted CA are
 refused at once with one clear line; the web port is on 127.0.0.1 with Faust's table and
-router pages off."""
+router pages off; a worker without an input partition is not ready."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.conftest import ROOT
@@ -21,6 +23,7 @@ from tests.kafka_support import (
     consume,
     fresh_topics,
     produce,
+    require_broker,
     require_sasl_ssl,
     security_env,
 )
@@ -113,3 +116,44 @@ def test_wrong_password_and_untrusted_ca_are_refused_in_one_line(tmp_path: Path)
             if not (done.returncode == 69 and len(lines) == 1 and said in lines[0] and "Traceback" not in done.stderr):
                 failures.append(f"{args[0]} with {said!r}: exit {done.returncode}\n{done.stderr[-2000:]}")
     assert not failures, "\n\n".join(failures)
+
+
+def readiness(worker: Worker) -> tuple[int, dict[str, object]]:
+    url = f"http://127.0.0.1:{worker.web_port}/qris/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return int(resp.status), orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), orjson.loads(exc.read())
+    except OSError:
+        return 0, {}
+
+
+def test_a_worker_without_an_input_partition_is_not_ready(tmp_path: Path) -> None:
+    """One input partition, two workers: the one that owns it is ready, the other answers 503
+    and says why (a readiness probe must not send traffic to a worker with nothing to do)."""
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=1)
+    topics.create(bootstrap)
+    first = Worker(topics, tmp_path / "a")
+    second = Worker(topics, tmp_path / "b", app_id=first.app_id)
+    first.start(bootstrap)
+    second.start(bootstrap)
+    try:
+        deadline = time.monotonic() + 120
+        states: list[tuple[int, dict[str, object]]] = []
+        while time.monotonic() < deadline:
+            first.assert_alive()
+            second.assert_alive()
+            states = sorted([readiness(first), readiness(second)], key=lambda s: s[0])
+            if [code for code, _ in states] == [200, 503] and "no input partition" in str(states[0][1]) + str(
+                states[1][1]
+            ):
+                break
+            time.sleep(1)
+    finally:
+        first.stop()
+        second.stop()
+    assert [code for code, _ in states] == [200, 503], states
+    assert states[0][1] == {"ready": True}
+    assert states[1][1] == {"ready": False, "reason": "no input partition is assigned to this worker"}
