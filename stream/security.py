@@ -162,6 +162,21 @@ def check_broker(s: Settings, timeout_s: float = 10.0) -> None:
         raise BrokerRefused("; ".join(errors))
 
 
+def _host_port(server: str) -> tuple[str, int]:
+    """`host:port` (`[v6]:port`; the port defaults to Kafka's 9092, as the clients do).
+
+    >>> _host_port("[::1]:9094"), _host_port("kafka-1"), _host_port(" k:19092")
+    (('::1', 9094), ('kafka-1', 9092), ('k', 19092))
+    """
+    text = server.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or host.count(":") and not host.endswith("]"):  # no port, or a bare IPv6 address
+        host, port = text, "9092"
+    if not port.isdigit():
+        raise ValueError(f"QRIS_BOOTSTRAP: {text!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
 async def _connect_errors(s: Settings, timeout_s: float) -> list[str] | None:
     import asyncio
 
@@ -172,11 +187,11 @@ async def _connect_errors(s: Settings, timeout_s: float) -> list[str] | None:
     auth = {k: v for k, v in cfg.items() if k != "bootstrap_servers"}
     errors: list[str] = []
     for server in s.bootstrap.split(","):
-        host, _, port = server.strip().rpartition(":")
         where = f"Kafka at {server.strip()} ({s.security_protocol})"
         try:
+            host, port = _host_port(server)
             conn = await asyncio.wait_for(
-                create_conn(host, int(port), request_timeout_ms=round(timeout_s * 1000), **auth), timeout_s
+                create_conn(host, port, request_timeout_ms=round(timeout_s * 1000), **auth), timeout_s
             )
         except SaslAuthenticationFailed as exc:
             errors.append(f"{where} refused user {s.sasl_username!r} ({s.sasl_mechanism}): {exc}")

@@ -250,6 +250,11 @@ def _problems(s: Settings) -> list[str]:
         out.append(f"QRIS_PARTITIONS={s.partitions}: expected 1 or more")
     if not 0 <= s.web_port <= 65535:
         out.append(f"QRIS_WEB_PORT={s.web_port}: expected 0 (off) or a port up to 65535")
+    for server in s.bootstrap.split(","):
+        host, sep, port = server.strip().rpartition(":")
+        if not server.strip() or (sep and not host.count(":") and not port.isdigit()) or (sep and not host):
+            out.append(f"QRIS_BOOTSTRAP={s.bootstrap!r}: expected host:port[,host:port]")
+            break
     if s.batch_max < 1:
         out.append(f"QRIS_BATCH_MAX={s.batch_max}: expected 1 or more")
     for name in ("timeout_s", "retention_s", "idle_timeout_s", "batch_within_s", "session_timeout_s"):
