@@ -299,8 +299,13 @@ cmd_start() {
     launch
   fi
   wait_ready
-  ensure_scram_user
   if sasl_ssl_on; then
+    if ! grep -q "SASL_SSL://$HOST:$SASL_SSL_PORT" "$CONFIG_FILE" 2>/dev/null; then
+      log "warning: the running broker has no SASL_SSL listener on $SASL_SSL_PORT (started by an older"
+      log "broker.sh or with other settings); '$0 stop' then '$0 start' adds it, keeping the data"
+      return 0
+    fi
+    ensure_scram_user
     log "SASL_SSL: $HOST:$SASL_SSL_PORT, user $SCRAM_USER, password in $SCRAM_PASSWORD_FILE, CA $TLS_DIR/ca.pem"
   fi
 }
