@@ -77,6 +77,13 @@ def test_worker_runs_end_to_end_over_sasl_ssl(tmp_path: Path) -> None:
     assert addresses == {"127.0.0.1"}, addresses
     password = Path(secure.sasl_password_file).read_text().strip()
     assert worker.log_path is not None and password not in worker.log_path.read_text(errors="replace")
+    # The CLI's own clients over the same listener: `dump` and `replay --from-kafka`.
+    env = {**security_env(secure), **topics.env(), "QRIS_BOOTSTRAP": secure.bootstrap}
+    dumped = cli(["dump", "--out", str(tmp_path / "dump.jsonl")], env)
+    replayed = cli(["replay", "--from-kafka", "--out", str(tmp_path / "replay.jsonl")], env)
+    assert dumped.returncode == replayed.returncode == 0, dumped.stderr + replayed.stderr
+    assert len((tmp_path / "dump.jsonl").read_bytes().splitlines()) == len(records)
+    assert len((tmp_path / "replay.jsonl").read_bytes().splitlines()) == n
 
 
 def cli(args: list[str], env: dict[str, str], timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
