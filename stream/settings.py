@@ -261,7 +261,7 @@ def _problems(s: Settings) -> list[str]:
         value = getattr(s, name)
         if not 0 < value < math.inf:
             out.append(f"{DOCS[name][0]}={value}: expected a number of seconds above 0")
-    for name in ("lateness_s", "probe_age_s"):
+    for name in ("lateness_s", "probe_age_s", "clock_skew_s"):
         value = getattr(s, name)
         if not 0 <= value < math.inf:
             out.append(f"{DOCS[name][0]}={value}: expected a number of seconds, 0 or more")
