@@ -60,7 +60,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER ${UID}:${GID}
 WORKDIR /home/qris
 VOLUME ["/var/lib/qris-guard"]
-# The worker's web endpoints (QRIS_WEB_PORT; /qris/stats).
+# The worker's web endpoints (QRIS_WEB_PORT; /qris/stats, /qris/ready).
 EXPOSE 6066
 
 ENTRYPOINT ["qris-guard"]

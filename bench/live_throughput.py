@@ -34,7 +34,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stream.settings import Settings, to_env  # noqa: E402
+from stream.security import aiokafka_config  # noqa: E402
+from stream.settings import Settings, from_env, to_env  # noqa: E402
 from stream.simulate.output import produce  # noqa: E402
 from stream.simulate.traffic import generate  # noqa: E402
 from stream.topics import create_topics  # noqa: E402
@@ -46,9 +47,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def raw_consume(bootstrap: str, topics: list[str], n: int, partitions: int) -> float:
+async def raw_consume(client: Settings, topics: list[str], n: int, partitions: int) -> float:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, max_partition_fetch_bytes=8 << 20
+        **aiokafka_config(client), group_id=None, enable_auto_commit=False, max_partition_fetch_bytes=8 << 20
     )
     await consumer.start()
     tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
@@ -76,12 +77,11 @@ def stats(port: int) -> dict:
         return orjson.loads(resp.read())
 
 
-def worker_rate(bootstrap: str, prefix: str, n: int, partitions: int, variant: dict[str, str]) -> tuple[float, dict]:
+def worker_rate(client: Settings, prefix: str, n: int, partitions: int, variant: dict[str, str]) -> tuple[float, dict]:
     port = free_port()
     run_id = uuid.uuid4().hex[:4]
     settings = replace(
-        Settings().with_topic_prefix(prefix),
-        bootstrap=bootstrap,
+        client.with_topic_prefix(prefix),
         # Each variant runs its own burst detector: its own signals topic, not the previous one's.
         signals_topic=f"{prefix}.burst-signals-{run_id}",
         app_id=f"{prefix}-{run_id}",
@@ -138,9 +138,9 @@ def main() -> int:
         help="worker settings to compare, e.g. QRIS_UVLOOP=0 QRIS_UVLOOP=1 ('' = defaults)",
     )
     args = ap.parse_args()
-    bootstrap = os.environ.get("QRIS_BOOTSTRAP", "127.0.0.1:9092")
+    client = from_env(os.environ)  # QRIS_BOOTSTRAP and the Kafka security settings
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    shared = replace(Settings().with_topic_prefix(prefix), bootstrap=bootstrap, partitions=args.partitions)
+    shared = replace(client.with_topic_prefix(prefix), partitions=args.partitions)
     create_topics(shared)
     topics = [shared.payment_topic, shared.ledger_topic]
     payments = args.records // 3
@@ -159,14 +159,14 @@ def main() -> int:
     )
     n = len(records)
     t = time.perf_counter()
-    produce(records, bootstrap, partitions=args.partitions)
+    produce(records, shared, partitions=args.partitions)
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}")
     print(f"produced {n} records to {prefix}.* in {time.perf_counter() - t:.1f} s")
-    raw = asyncio.run(raw_consume(bootstrap, topics, n, args.partitions))
+    raw = asyncio.run(raw_consume(shared, topics, n, args.partitions))
     print(f"raw aiokafka consumer: {raw:,.0f} records/s")
     for text in args.variant:
         variant = dict(kv.split("=", 1) for kv in text.split(",") if kv)
-        rate, counts = worker_rate(bootstrap, prefix, n, args.partitions, variant)
+        rate, counts = worker_rate(client, prefix, n, args.partitions, variant)
         label = text or "defaults"
         print(f"worker ({label}): {rate:,.0f} records/s sustained; {rate / raw:.3f} of raw; {counts}")
     return 0

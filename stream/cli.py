@@ -1,5 +1,11 @@
 """`qris-guard` (also `python -m stream`): the worker, topic set-up, dump, replay, simulate,
-report. Settings come from `QRIS_*` variables; flags override the ones they name."""
+report. Settings come from `QRIS_*` variables; flags override the ones they name.
+
+A user's mistake (an argument, a setting, a file, a replay line, an unreachable or refusing
+broker) ends with one line on stderr and a non-zero exit status, never a traceback:
+2 for a mistake in what was given, 1 for topics the command cannot work with (missing, not
+co-partitioned), 69 when Kafka cannot be reached or refuses the credentials, 70 for a bug.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,21 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from .core import codec
 from .core.eventtime import BadTimestamp, parse_instant
-from .settings import DOCS, Settings, from_env
+from .settings import DOCS, Settings, SettingsError, display, from_env
+
+EXIT_MISTAKE = 2  # an argument, setting, file or replay line is wrong
+EXIT_UNAVAILABLE = 69  # Kafka cannot be reached or refuses the credentials (sysexits EX_UNAVAILABLE)
+EXIT_INTERNAL = 70  # a bug (sysexits EX_SOFTWARE)
+
+
+class Mistake(Exception):
+    """A user's mistake, said in one line."""
 
 
 def _time_arg(text: str) -> int:
@@ -42,6 +56,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     return replace(s, **overrides)
 
 
+def _connect(s: Settings) -> Settings:
+    """`s` after checking that the broker answers and accepts its credentials: a clear
+    one-line error now instead of a client retrying quietly until its timeout."""
+    from .security import check_broker
+
+    check_broker(s)
+    return s
+
+
 # -- commands ----------------------------------------------------------------------------
 
 
@@ -49,7 +72,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .topics import check_copartitioned, create_topics
     from .worker.app import run_worker
 
-    s = _settings(args)
+    s = _connect(_settings(args))
     if args.create_topics:
         create_topics(s)
     n = check_copartitioned(s)
@@ -61,7 +84,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     from .topics import create_topics
 
-    s = _settings(args)
+    s = _connect(_settings(args))
     for topic, n in create_topics(s).items():
         print(f"{topic}\t{n} partitions")
     return 0
@@ -71,27 +94,28 @@ def cmd_dump(args: argparse.Namespace) -> int:
     from .drivers.kafkaread import read_topics
     from .drivers.replayfile import write_records
 
-    s = _settings(args)
+    s = _connect(_settings(args))
     topics = args.topics or [s.payment_topic, s.ledger_topic]
     with _open_out(args.out) as fh:
-        n = write_records(fh, read_topics(s.bootstrap, topics, from_ms=args.from_time, to_ms=args.to_time))
+        n = write_records(fh, read_topics(s, topics, from_ms=args.from_time, to_ms=args.to_time))
     print(f"dumped {n} records from {', '.join(topics)} to {args.out}", file=sys.stderr)
     return 0
 
 
 def _input_records(args: argparse.Namespace, s: Settings, line: list[int] | None = None) -> Iterator[Any]:
     """The replay input; for a file, `line[0]` follows the line of the record last yielded."""
-    from .drivers.replayfile import numbered_records
+    from .drivers.replayfile import TimeRange, numbered_records
 
     if args.from_kafka:
         from .drivers.kafkaread import read_topics
 
-        yield from read_topics(
-            s.bootstrap, [s.payment_topic, s.ledger_topic], from_ms=args.from_time, to_ms=args.to_time
-        )
+        yield from read_topics(s, [s.payment_topic, s.ledger_topic], from_ms=args.from_time, to_ms=args.to_time)
     else:
+        within = TimeRange(args.from_time, args.to_time)
         with open(args.input, "rb") as fh:
             for n, rec in numbered_records(fh):
+                if not within.keep(rec):
+                    continue
                 if line is not None:
                     line[0] = n
                 yield rec
@@ -103,6 +127,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .drivers.replayfile import decision_line
 
     s = _settings(args)
+    if args.from_kafka:
+        _connect(s)
+    elif not os.path.isfile(args.input):
+        raise Mistake(f"--in {args.input}: no such file")
     started = time.perf_counter()
     n_out = 0
     seq: dict[tuple[str, int], int] = {}
@@ -114,7 +142,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         with _open_out(args.out) as fh:
             try:
                 n_out = replay_file_parallel(
-                    args.input, s.params, drain=args.drain, jobs=jobs, topics=topics, out=fh, burst=s.burst
+                    args.input,
+                    s.params,
+                    drain=args.drain,
+                    jobs=jobs,
+                    topics=topics,
+                    out=fh,
+                    burst=s.burst,
+                    from_ms=args.from_time,
+                    to_ms=args.to_time,
                 )
             except ReplayRefused as exc:
                 print(f"replay: refused: {exc}", file=sys.stderr)
@@ -144,22 +180,30 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .drivers.report import render, summarise
 
-    s = _settings(args)
+    s = _connect(_settings(args)) if args.from_kafka else _settings(args)
     roles = {s.refund_topic: "refunds", s.alert_topic: "alerts", s.dead_letter_topic: "dead_letter"}
 
     def outputs() -> Iterator[tuple[str, dict[str, Any]]]:
         if args.from_kafka:
             from .drivers.kafkaread import read_topics
 
-            for rec in read_topics(s.bootstrap, list(roles)):
+            for rec in read_topics(s, list(roles)):
                 if rec.value is not None:
                     yield roles[rec.topic], codec.loads(rec.value)
         else:
             with open(args.input, "rb") as fh:
-                for raw in fh:
-                    line = codec.loads(raw)
-                    if line["topic"] in roles:
-                        yield roles[line["topic"]], line["value"]
+                for n, raw in enumerate(fh, 1):
+                    if not raw.strip():
+                        continue
+                    try:
+                        line = codec.loads(raw)
+                        topic, value = line["topic"], line["value"]
+                    except (ValueError, KeyError, TypeError):
+                        raise Mistake(f"{args.input}:{n}: not an output line of replay") from None
+                    if topic in roles:
+                        if not isinstance(value, dict):
+                            raise Mistake(f'{args.input}:{n}: "value" of an output line must be a JSON object')
+                        yield roles[topic], value
 
     summary = summarise(outputs())
     if args.json:
@@ -170,23 +214,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
-    s = from_env(os.environ)
-    for name, value in asdict(s).items():
-        env, doc = DOCS[name]
-        print(f"{env}={value}\t# {doc}")
+    shown = display(from_env(os.environ))
+    for env, doc in DOCS.values():
+        print(f"{env}={shown[env]}\t# {doc}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
-    return demo.run(args, _settings(args))
+    return demo.run(args, _connect(_settings(args)))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .simulate import cli as simulate_cli
 
-    return int(simulate_cli.run(args))
+    client = None
+    if getattr(args, "bootstrap", None):
+        client = _connect(replace(from_env(os.environ), bootstrap=args.bootstrap))
+    return int(simulate_cli.run(args, client))
 
 
 # -- parser ------------------------------------------------------------------------------
@@ -213,8 +259,15 @@ def _range(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", dest="to_time", type=_time_arg, help="end, exclusive: RFC 3339 or epoch ms")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (the usage is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_MISTAKE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qris-guard", description=__doc__)
+    parser = _Parser(prog="qris-guard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("worker", help="run the live worker (Faust) on the broker")
@@ -282,4 +335,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        from_env(os.environ)  # an unknown or unusable QRIS_* variable stops every command
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one line and an exit status
+        status, message = _failure(exc)
+        if message:
+            print(f"qris-guard {args.command}: {message}", file=sys.stderr)
+        return status
+
+
+def _failure(exc: BaseException) -> tuple[int, str]:
+    """The exit status and one-line message of a failed command."""
+    from .drivers.replayfile import ReplayLineError
+    from .security import BrokerRefused, SecurityConfigError
+
+    if isinstance(exc, SystemExit):
+        if exc.code is None or isinstance(exc.code, int):
+            return int(exc.code or 0), ""
+        return 1, f"error: {exc.code}"
+    if isinstance(exc, BrokerRefused):
+        return EXIT_UNAVAILABLE, f"error: {exc}"
+    if isinstance(exc, (Mistake, SettingsError, SecurityConfigError, ReplayLineError)):
+        return EXIT_MISTAKE, f"error: {exc}"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return EXIT_MISTAKE, f"error: {exc.filename}: {exc.strerror or exc}"
+    kafka_error = _kafka_error(exc)
+    if kafka_error:
+        return EXIT_UNAVAILABLE, f"error: Kafka: {kafka_error}"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return EXIT_INTERNAL, f"internal error (a bug, please report it): {type(exc).__name__}: {first}"
+
+
+def _kafka_error(exc: BaseException) -> str | None:
+    """The message of a Kafka client error (kafka-python or aiokafka), else None."""
+    module = type(exc).__module__
+    if module.startswith(("kafka.", "aiokafka.")):
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None

@@ -90,15 +90,13 @@ def run(args: argparse.Namespace, base: Settings) -> int:
         )
         print(f"[demo] simulating the outage scenario: {len(records)} records, {args.minutes:.0f} min of event time")
         started = time.monotonic()
-        produce(records, s.bootstrap, partitions=s.partitions)
+        produce(records, s, partitions=s.partitions)
         stats = _wait_records(proc, s.web_port, len(records), args.timeout_s)
         took = time.monotonic() - started
         print(f"[demo] the worker took {stats['counts']['records']} records in {took:.1f} s; reading its outputs")
         time.sleep(2)  # let the last batch's outputs land
         roles = {s.refund_topic: "refunds", s.alert_topic: "alerts", s.dead_letter_topic: "dead_letter"}
-        outputs = [
-            (roles[r.topic], codec.loads(r.value)) for r in read_topics(s.bootstrap, list(roles)) if r.value is not None
-        ]
+        outputs = [(roles[r.topic], codec.loads(r.value)) for r in read_topics(s, list(roles)) if r.value is not None]
         summary = summarise(outputs)
         print()
         print(render(summary, max_alert_lines=args.alert_lines))

@@ -5,11 +5,17 @@ them all (`python -m stream settings` prints the effective values).
 
 from __future__ import annotations
 
+import difflib
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 from .core.burst import BurstParams
 from .core.partition import Params
+
+
+class SettingsError(ValueError):
+    """A `QRIS_*` variable that is unknown or has a value that cannot be used (one line)."""
 
 
 def _meta(env: str, doc: str) -> dict[str, str]:
@@ -43,6 +49,25 @@ class Settings:
     session_timeout_s: float = 30.0
     log_level: str = "info"
     uvloop: int = 1
+    # Kafka client security (stream/security.py turns these into each client library's options)
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    sasl_password_file: str = ""
+    sasl_oauth_token_file: str = ""
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    ssl_key_password: str = field(default="", repr=False)
+    ssl_key_password_file: str = ""
+    ssl_check_hostname: int = 1
+    replication_factor: int = 1
+    min_insync_replicas: int = 0
+
+    def __post_init__(self) -> None:
+        for problem in _problems(self):
+            raise SettingsError(problem)
 
     @property
     def params(self) -> Params:
@@ -132,7 +157,121 @@ DOCS: dict[str, tuple[str, str]] = {
     ),
     "log_level": ("QRIS_LOG_LEVEL", "log level: debug, info, warning, error"),
     "uvloop": ("QRIS_UVLOOP", "1: run the worker on uvloop (faster); 0: the standard asyncio loop"),
+    "security_protocol": (
+        "QRIS_SECURITY_PROTOCOL",
+        "Kafka security.protocol of every client: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+    ),
+    "sasl_mechanism": (
+        "QRIS_SASL_MECHANISM",
+        "SASL mechanism (required with SASL_*): PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER",
+    ),
+    "sasl_username": ("QRIS_SASL_USERNAME", "SASL user name (PLAIN, SCRAM-*)"),
+    "sasl_password": ("QRIS_SASL_PASSWORD", "SASL password (PLAIN, SCRAM-*); secret, never printed"),
+    "sasl_password_file": (
+        "QRIS_SASL_PASSWORD_FILE",
+        "file holding the SASL password (instead of QRIS_SASL_PASSWORD; read when a client is built)",
+    ),
+    "sasl_oauth_token_file": (
+        "QRIS_SASL_OAUTH_TOKEN_FILE",
+        "OAUTHBEARER: file holding the access token, re-read at every (re)authentication",
+    ),
+    "ssl_cafile": (
+        "QRIS_SSL_CAFILE",
+        "PEM file of the CA(s) that signed the brokers' certificates (default: system CAs)",
+    ),
+    "ssl_certfile": ("QRIS_SSL_CERTFILE", "PEM client certificate (mutual TLS)"),
+    "ssl_keyfile": ("QRIS_SSL_KEYFILE", "PEM private key of the client certificate"),
+    "ssl_key_password": ("QRIS_SSL_KEY_PASSWORD", "password of QRIS_SSL_KEYFILE; secret, never printed"),
+    "ssl_key_password_file": ("QRIS_SSL_KEY_PASSWORD_FILE", "file holding the password of QRIS_SSL_KEYFILE"),
+    "ssl_check_hostname": (
+        "QRIS_SSL_CHECK_HOSTNAME",
+        "1: the broker certificate must name the host connected to; 0: only its CA is checked",
+    ),
+    "replication_factor": (
+        "QRIS_REPLICATION_FACTOR",
+        "replicas of every topic qris-guard creates (its topics, Faust's changelog and internal topics)",
+    ),
+    "min_insync_replicas": (
+        "QRIS_MIN_INSYNC_REPLICAS",
+        "min.insync.replicas of the topics qris-guard creates; 0: the broker's default",
+    ),
 }
+
+# Settings whose value is a secret: `qris-guard settings` masks them.
+SECRETS = frozenset({"sasl_password", "ssl_key_password"})
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _problems(s: Settings) -> list[str]:
+    """What is wrong with the settings' values, without reading any file (one line each)."""
+    out: list[str] = []
+    if s.security_protocol not in SECURITY_PROTOCOLS:
+        out.append(f"QRIS_SECURITY_PROTOCOL={s.security_protocol!r}: expected one of {', '.join(SECURITY_PROTOCOLS)}")
+        return out
+    sasl = s.security_protocol.startswith("SASL_")
+    tls = s.security_protocol in ("SSL", "SASL_SSL")
+    if sasl and s.sasl_mechanism not in SASL_MECHANISMS:
+        out.append(
+            f"QRIS_SASL_MECHANISM={s.sasl_mechanism!r}: {s.security_protocol} needs one of {', '.join(SASL_MECHANISMS)}"
+        )
+    if not sasl:
+        given = [DOCS[n][0] for n in _SASL_FIELDS if getattr(s, n)]
+        if given:
+            out.append(f"{', '.join(given)} set but QRIS_SECURITY_PROTOCOL={s.security_protocol} uses no SASL")
+    if not tls:
+        given = [DOCS[n][0] for n in _SSL_FIELDS if getattr(s, n)]
+        if given:
+            out.append(f"{', '.join(given)} set but QRIS_SECURITY_PROTOCOL={s.security_protocol} uses no TLS")
+    if sasl and s.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        if not s.sasl_username:
+            out.append(f"QRIS_SASL_USERNAME is required with QRIS_SASL_MECHANISM={s.sasl_mechanism}")
+        if bool(s.sasl_password) == bool(s.sasl_password_file):
+            out.append(f"set exactly one of QRIS_SASL_PASSWORD, QRIS_SASL_PASSWORD_FILE for {s.sasl_mechanism}")
+    if sasl and s.sasl_mechanism == "OAUTHBEARER" and not s.sasl_oauth_token_file:
+        out.append("QRIS_SASL_OAUTH_TOKEN_FILE is required with QRIS_SASL_MECHANISM=OAUTHBEARER")
+    if s.ssl_key_password and s.ssl_key_password_file:
+        out.append("set at most one of QRIS_SSL_KEY_PASSWORD, QRIS_SSL_KEY_PASSWORD_FILE")
+    if s.ssl_keyfile and not s.ssl_certfile:
+        out.append("QRIS_SSL_KEYFILE is set without QRIS_SSL_CERTFILE")
+    if s.ssl_check_hostname not in (0, 1):
+        out.append(f"QRIS_SSL_CHECK_HOSTNAME={s.ssl_check_hostname}: expected 1 or 0")
+    if s.replication_factor < 1:
+        out.append(f"QRIS_REPLICATION_FACTOR={s.replication_factor}: expected 1 or more")
+    if not 0 <= s.min_insync_replicas <= s.replication_factor:
+        out.append(
+            f"QRIS_MIN_INSYNC_REPLICAS={s.min_insync_replicas}: expected 0 (broker default) "
+            f"up to QRIS_REPLICATION_FACTOR={s.replication_factor}"
+        )
+    if s.log_level.lower() not in LOG_LEVELS:
+        out.append(f"QRIS_LOG_LEVEL={s.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
+    if s.partitions < 1:
+        out.append(f"QRIS_PARTITIONS={s.partitions}: expected 1 or more")
+    if not 0 <= s.web_port <= 65535:
+        out.append(f"QRIS_WEB_PORT={s.web_port}: expected 0 (off) or a port up to 65535")
+    for server in s.bootstrap.split(","):
+        host, sep, port = server.strip().rpartition(":")
+        if not server.strip() or (sep and not host.count(":") and not port.isdigit()) or (sep and not host):
+            out.append(f"QRIS_BOOTSTRAP={s.bootstrap!r}: expected host:port[,host:port]")
+            break
+    if s.batch_max < 1:
+        out.append(f"QRIS_BATCH_MAX={s.batch_max}: expected 1 or more")
+    for name in ("timeout_s", "retention_s", "idle_timeout_s", "batch_within_s", "session_timeout_s"):
+        value = getattr(s, name)
+        if not 0 < value < math.inf:
+            out.append(f"{DOCS[name][0]}={value}: expected a number of seconds above 0")
+    for name in ("lateness_s", "probe_age_s", "clock_skew_s"):
+        value = getattr(s, name)
+        if not 0 <= value < math.inf:
+            out.append(f"{DOCS[name][0]}={value}: expected a number of seconds, 0 or more")
+    if not s.burst_threshold > 0:
+        out.append(f"QRIS_BURST_THRESHOLD={s.burst_threshold}: expected a number above 0")
+    return out
+
+
+_SASL_FIELDS = ("sasl_mechanism", "sasl_username", "sasl_password", "sasl_password_file", "sasl_oauth_token_file")
+_SSL_FIELDS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password", "ssl_key_password_file")
 
 
 def from_env(env: Mapping[str, str]) -> Settings:
@@ -141,7 +280,7 @@ def from_env(env: Mapping[str, str]) -> Settings:
     known = {name for name, _ in DOCS.values()}
     typos = sorted(k for k in env if k.startswith("QRIS_") and k not in known and not k.startswith(_OTHER_PREFIXES))
     if typos:
-        raise ValueError(f"unknown setting(s) {', '.join(typos)}; known: {', '.join(sorted(known))}")
+        raise SettingsError("; ".join(f"unknown setting {k}{_did_you_mean(k, known)}" for k in typos))
     values: dict[str, object] = {}
     for f in fields(Settings):
         var = DOCS[f.name][0]
@@ -150,8 +289,14 @@ def from_env(env: Mapping[str, str]) -> Settings:
             try:
                 values[f.name] = {int: int, float: float}.get(type(f.default), str)(raw)  # type: ignore[operator]
             except ValueError:
-                raise ValueError(f"{var}={raw!r}: expected {type(f.default).__name__}") from None
+                kind = {int: "an integer", float: "a number"}[type(f.default)]
+                raise SettingsError(f"{var}={raw!r}: expected {kind}") from None
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def _did_you_mean(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else " (`qris-guard settings` lists the known ones)"
 
 
 # Variables read by tools other than the settings object: kafka/broker.sh, tests, benchmarks.
@@ -161,3 +306,13 @@ _OTHER_PREFIXES = ("QRIS_KAFKA_", "QRIS_TEST_", "QRIS_BENCH_", "QRIS_SIM_", "QRI
 def to_env(settings: Settings) -> dict[str, str]:
     """The `QRIS_*` variables that give `settings` back through `from_env` (for child processes)."""
     return {DOCS[f.name][0]: str(getattr(settings, f.name)) for f in fields(Settings)}
+
+
+def display(settings: Settings) -> dict[str, str]:
+    """Every variable's effective value as `qris-guard settings` prints it: secrets masked."""
+    return {
+        DOCS[f.name][0]: (
+            "********" if f.name in SECRETS and getattr(settings, f.name) else str(getattr(settings, f.name))
+        )
+        for f in fields(Settings)
+    }

@@ -12,6 +12,7 @@ import time
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from .security import kafka_python_config, topic_configs
 from .settings import Settings
 
 
@@ -26,24 +27,40 @@ def topic_names(settings: Settings) -> list[str]:
     ]
 
 
-def signals_topic(name: str) -> NewTopic:
+def signals_topic(name: str, settings: Settings | None = None) -> NewTopic:
     """The burst detector's input: one partition (one detector), kept for good (it is the
     detector's state, replayed when a worker takes it over)."""
-    return NewTopic(name, num_partitions=1, replication_factor=1, topic_configs={"retention.ms": "-1"})
+    s = settings or Settings()
+    return NewTopic(
+        name,
+        num_partitions=1,
+        replication_factor=s.replication_factor,
+        topic_configs={"retention.ms": "-1", **topic_configs(s)},
+    )
+
+
+def admin_client(settings: Settings) -> KafkaAdminClient:
+    """kafka-python's admin client with the settings' security."""
+    return KafkaAdminClient(**kafka_python_config(settings), client_id="qris-guard-admin")
 
 
 def create_topics(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, int]:
     """Create missing topics with `settings.partitions` partitions; return every topic's count."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="qris-guard-admin")
+    admin = admin_client(settings)
     try:
         existing = set(admin.list_topics())
         new = [
-            NewTopic(name, num_partitions=settings.partitions, replication_factor=1)
+            NewTopic(
+                name,
+                num_partitions=settings.partitions,
+                replication_factor=settings.replication_factor,
+                topic_configs=topic_configs(settings),
+            )
             for name in topic_names(settings)
             if name not in existing and name != settings.signals_topic
         ]
         if settings.signals_topic not in existing:
-            new.append(signals_topic(settings.signals_topic))
+            new.append(signals_topic(settings.signals_topic, settings))
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker raced us to it
                 admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
@@ -67,7 +84,7 @@ def partition_counts(admin: KafkaAdminClient, topics: list[str]) -> dict[str, in
 
 def check_copartitioned(settings: Settings) -> int:
     """The input topics' common partition count; raises if they differ or are missing."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="qris-guard-admin")
+    admin = admin_client(settings)
     try:
         counts = partition_counts(admin, [settings.payment_topic, settings.ledger_topic])
     finally:

@@ -24,8 +24,18 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from stream.drivers.replayfile import KafkaRecord
+from stream.security import kafka_python_config
 from stream.settings import DOCS, Settings, to_env
 from stream.topics import signals_topic
+
+# A broker address (PLAINTEXT) or the settings to connect with (security included).
+Client = str | Settings
+
+
+def client_config(client: Client) -> dict[str, Any]:
+    """kafka-python's connection options for `client`, as the product builds them."""
+    return kafka_python_config(client if isinstance(client, Settings) else Settings(bootstrap=client))
+
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOTSTRAP = os.environ.get("QRIS_BOOTSTRAP", "127.0.0.1:9092")
@@ -81,8 +91,8 @@ class Topics:
         topic_vars = [v for name, (v, _doc) in DOCS.items() if name.endswith("_topic") or name == "partitions"]
         return {v: env[v] for v in topic_vars}
 
-    def create(self, bootstrap: str) -> None:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="qris-test")
+    def create(self, bootstrap: Client) -> None:
+        admin = KafkaAdminClient(**client_config(bootstrap), client_id="qris-test")
         try:
             admin.create_topics(
                 [
@@ -186,9 +196,9 @@ class Worker:
             raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
 
 
-def produce(bootstrap: str, records: Iterable[KafkaRecord], topic_map: dict[str, str]) -> int:
+def produce(bootstrap: Client, records: Iterable[KafkaRecord], topic_map: dict[str, str]) -> int:
     """Produce records to their mapped topic and recorded partition, in order; flush."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024)
+    producer = KafkaProducer(**client_config(bootstrap), acks="all", linger_ms=5, batch_size=256 * 1024)
     n = 0
     try:
         for rec in records:
@@ -201,7 +211,7 @@ def produce(bootstrap: str, records: Iterable[KafkaRecord], topic_map: dict[str,
 
 
 def consume(
-    bootstrap: str,
+    bootstrap: Client,
     topics: list[str],
     *,
     until: int,
@@ -211,7 +221,7 @@ def consume(
 ) -> list[tuple[str, bytes | None, dict[str, Any]]]:
     """Read `topics` from the beginning until `until` records arrived (then `settle_s` more, to
     see any extras) or `timeout_s` passed. Returns (topic, key, value)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = KafkaConsumer(**client_config(bootstrap), group_id=None, enable_auto_commit=False)
     tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
@@ -231,3 +241,41 @@ def consume(
     finally:
         consumer.close()
     return out
+
+
+# The security settings qris-guard clients take (`to_env` names), for a worker subprocess.
+SECURITY_VARS = [
+    var for name, (var, _doc) in DOCS.items() if name == "security_protocol" or name.startswith(("sasl_", "ssl_"))
+]
+
+
+def require_sasl_ssl() -> Settings:
+    """Settings that reach the broker's SASL_SSL listener as user `qris` (SCRAM-SHA-512), found
+    the way kafka/broker.sh makes them: its run dir (QRIS_KAFKA_RUN_DIR, else kafka/.run) holds
+    the CA (tls/ca.pem) and the generated password (scram-password); the port is
+    QRIS_KAFKA_SASL_SSL_PORT (default 9094) on the PLAINTEXT listener's host. Fails the test,
+    never skips, when the listener is not there."""
+    require_broker()
+    run_dir = Path(os.environ.get("QRIS_KAFKA_RUN_DIR", ROOT / "kafka" / ".run"))
+    ca, password = run_dir / "tls" / "ca.pem", run_dir / "scram-password"
+    host = BOOTSTRAP.split(",")[0].rpartition(":")[0]
+    port = os.environ.get("QRIS_KAFKA_SASL_SSL_PORT", "9094")
+    if not (ca.is_file() and password.is_file()):
+        raise AssertionError(
+            f"no SASL_SSL material in {run_dir} (tls/ca.pem, scram-password): restart the broker with "
+            "kafka/broker.sh (it adds the SASL_SSL listener), or set QRIS_KAFKA_RUN_DIR to its run dir"
+        )
+    return Settings(
+        bootstrap=f"{host}:{port}",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username=os.environ.get("QRIS_KAFKA_SCRAM_USER", "qris"),
+        sasl_password_file=str(password),
+        ssl_cafile=str(ca),
+    )
+
+
+def security_env(settings: Settings) -> dict[str, str]:
+    """The settings' security as `QRIS_*` variables, for a qris-guard subprocess."""
+    env = to_env(settings)
+    return {var: env[var] for var in SECURITY_VARS}

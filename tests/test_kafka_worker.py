@@ -16,7 +16,7 @@ from stream.drivers.kafkaread import read_topics
 from stream.drivers.replay import replay
 from stream.drivers.replayfile import KafkaRecord
 from stream.simulate.traffic import generate
-from tests.kafka_support import Topics, Worker, consume, fresh_topics, produce, require_broker
+from tests.kafka_support import Client, Topics, Worker, consume, fresh_topics, produce, require_broker
 from tests.scenario import LEDGER, PAYMENT, scenario_records
 
 pytestmark = pytest.mark.kafka
@@ -26,7 +26,7 @@ def canon(values: list[dict[str, Any]]) -> list[bytes]:
     return sorted(orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in values)
 
 
-def expected_outputs(bootstrap: str, topics: Topics) -> dict[str, list[dict[str, Any]]]:
+def expected_outputs(bootstrap: Client, topics: Topics) -> dict[str, list[dict[str, Any]]]:
     """Offline replay of the input topics exactly as they are on the broker (a dump)."""
     params = Params(payment_topic=topics.payment, ledger_topic=topics.ledger)
     by_role: dict[str, list[dict[str, Any]]] = {"refunds": [], "alerts": [], "dead_letter": []}

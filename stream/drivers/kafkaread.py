@@ -10,20 +10,25 @@ from collections.abc import Iterator, Sequence
 
 from kafka import KafkaConsumer, TopicPartition
 
+from ..security import kafka_python_config
+from ..settings import Settings
 from .replayfile import KafkaRecord
 
 
 def read_topics(
-    bootstrap: str,
+    client: Settings | str,
     topics: Sequence[str],
     *,
     from_ms: int | None = None,
     to_ms: int | None = None,
     poll_timeout_ms: int = 1000,
 ) -> Iterator[KafkaRecord]:
-    """Records of `topics` with Kafka timestamps in [from_ms, to_ms), per partition in offset order."""
+    """Records of `topics` with Kafka timestamps in [from_ms, to_ms), per partition in offset
+    order. `client`: the settings to connect with (a bare address means PLAINTEXT)."""
+    settings = client if isinstance(client, Settings) else Settings(bootstrap=client)
+    bootstrap = settings.bootstrap
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **kafka_python_config(settings),
         enable_auto_commit=False,
         group_id=None,
         key_deserializer=None,

@@ -22,7 +22,7 @@ from ..core import codec
 from ..core.burst import BurstParams
 from ..core.partition import OffsetOrderError, Params
 from .replay import Replay, detect_bursts
-from .replayfile import decision_line, line_to_record
+from .replayfile import TimeRange, decision_line, parse_line
 
 
 class ReplayRefused(ValueError):
@@ -42,7 +42,14 @@ def _line_partition(raw: bytes) -> int | None:
 
 
 def _job(
-    path: str, jobs: int, index: int, params: Params, drain: bool, topics: dict[str, str], out: str
+    path: str,
+    jobs: int,
+    index: int,
+    params: Params,
+    drain: bool,
+    topics: dict[str, str],
+    out: str,
+    times: tuple[int | None, int | None],
 ) -> tuple[int, list[Any], list[int]]:
     r = Replay(params)
     seq: dict[tuple[str, int], int] = {}
@@ -54,16 +61,22 @@ def _job(
         seq[k] = seq.get(k, -1) + 1
         fh.write(decision_line(topic, partition, seq[k], d))  # type: ignore[arg-type]
 
+    within = TimeRange(*times)
     with open(path, "rb") as fh, open(out, "wb") as sink:
-        for line, raw in enumerate(fh, 1):
-            p = _line_partition(raw)
+        for line_no, raw in enumerate(fh, 1):
+            try:
+                p = _line_partition(raw)
+            except (ValueError, KeyError, TypeError):
+                p = 0  # not a record: the job of partition 0 reports it, naming the line
             if p is None or p % jobs != index:
                 continue
-            rec = line_to_record(codec.loads(raw))
+            rec = parse_line(raw, path, line_no)
+            if not within.keep(rec):
+                continue
             try:
                 got = r.feed(rec)
             except OffsetOrderError as exc:
-                raise ReplayRefused(f"{path} line {line}: {exc}") from None
+                raise ReplayRefused(f"{path} line {line_no}: {exc}") from None
             for d in got:
                 write(sink, rec.partition, d.role, d)
                 n += 1
@@ -83,14 +96,19 @@ def replay_file_parallel(
     topics: dict[str, str],
     out: IO[bytes],
     burst: BurstParams | None = None,
+    from_ms: int | None = None,
+    to_ms: int | None = None,
 ) -> int:
-    """Replay `path` with `jobs` processes; write decision lines to `out`; return their count."""
+    """Replay `path` with `jobs` processes; write decision lines to `out`; return their count.
+    `from_ms`/`to_ms` select records by Kafka timestamp as `TimeRange` does."""
     burst = burst or BurstParams()
     with tempfile.TemporaryDirectory(prefix="qris-replay-") as tmp:
         outs = [str(Path(tmp) / f"job-{i}.jsonl") for i in range(jobs)]
         ctx = mp.get_context("fork")
         with ctx.Pool(jobs) as pool:
-            results = pool.starmap(_job, [(path, jobs, i, params, drain, topics, outs[i]) for i in range(jobs)])
+            results = pool.starmap(
+                _job, [(path, jobs, i, params, drain, topics, outs[i], (from_ms, to_ms)) for i in range(jobs)]
+            )
         for o in outs:
             with open(o, "rb") as fh:
                 shutil.copyfileobj(fh, out, 1 << 20)

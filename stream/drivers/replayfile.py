@@ -8,6 +8,7 @@ JSON object.
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -44,25 +45,55 @@ def record_to_line(rec: KafkaRecord) -> dict[str, Any]:
     return line
 
 
+class ReplayLineError(ValueError):
+    """A replay file line that is not a replay record: `file:line: why`."""
+
+
+def _field(line: dict[str, Any], name: str, kinds: tuple[type, ...], *, required: bool = True) -> Any:
+    if name not in line:
+        if required:
+            raise ValueError(f'"{name}" is missing')
+        return None
+    value = line[name]
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        want = " or ".join("integer" if k is int else "string" for k in kinds)
+        shown = codec.dumps(value)[:40].decode("utf-8", "replace")
+        raise ValueError(f'"{name}" must be {want}{"" if required else " or null"}, not {shown}')
+    return value
+
+
 def line_to_record(line: dict[str, Any]) -> KafkaRecord:
-    key = line.get("key")
+    """The Kafka record of a replay line; `ValueError` says which field is wrong and why."""
+    if not isinstance(line, dict):
+        raise ValueError("a line must be a JSON object")
+    topic = _field(line, "topic", (str,))
+    partition = _field(line, "partition", (int,))
+    offset = _field(line, "offset", (int,))
+    if partition < 0 or offset < 0:
+        raise ValueError('"partition" and "offset" must not be negative')
+    # The clock guard compares it with event times: only an integer (or null) means a time.
+    timestamp_ms = _field(line, "timestamp_ms", (int,), required=False)
+    key = _field(line, "key", (str,), required=False)
     if "value_b64" in line:
-        value: bytes | None = base64.b64decode(line["value_b64"])
+        try:
+            value: bytes | None = base64.b64decode(_field(line, "value_b64", (str,)), validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f'"value_b64" is not base64: {exc}') from None
     else:
         v = line.get("value")
         value = None if v is None else (v.encode("utf-8") if isinstance(v, str) else codec.dumps(v))
-    timestamp_ms = line.get("timestamp_ms")
-    if timestamp_ms is not None and type(timestamp_ms) is not int:
-        # The clock guard compares it with event times: only an integer (or null) means a time.
-        raise ValueError(f"timestamp_ms must be an integer of epoch milliseconds or null, got {timestamp_ms!r:.40}")
-    return KafkaRecord(
-        line["topic"],
-        int(line["partition"]),
-        int(line["offset"]),
-        timestamp_ms,
-        key.encode("utf-8") if key is not None else None,
-        value,
-    )
+    return KafkaRecord(topic, partition, offset, timestamp_ms, key.encode("utf-8") if key is not None else None, value)
+
+
+def parse_line(raw: bytes, where: str, n: int) -> KafkaRecord:
+    """Line `n` of replay file `where` as a record, or `ReplayLineError` naming the line."""
+    try:
+        return line_to_record(codec.loads(raw))
+    except (codec.JSONDecodeError, UnicodeEncodeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ReplayLineError(f"{where}:{n}: not a replay record: {reason}") from None
 
 
 def read_records(fh: IO[bytes]) -> Iterator[KafkaRecord]:
@@ -71,15 +102,45 @@ def read_records(fh: IO[bytes]) -> Iterator[KafkaRecord]:
 
 
 def numbered_records(fh: IO[bytes]) -> Iterator[tuple[int, KafkaRecord]]:
-    """(line number, record) for every record line, so errors can name the line."""
+    """(line number, record) for every record line; a bad line is a `ReplayLineError`
+    naming the file and the line."""
+    where = str(getattr(fh, "name", "replay file"))
     for n, raw in enumerate(fh, 1):
         if not raw.strip():
             continue
-        try:
-            rec = line_to_record(codec.loads(raw))
-        except (codec.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"replay file line {n} is not a replay record: {exc}") from None
-        yield n, rec
+        yield n, parse_line(raw, where, n)
+
+
+class TimeRange:
+    """`--from/--to` on a replay file, as Kafka's offsets for times select them: per topic
+    partition, the records from the first whose timestamp is at or after `from_ms` up to,
+    not including, the first at or after `to_ms` (records between keep their order, whatever
+    their own timestamps).
+
+    >>> r = TimeRange(100, 200)
+    >>> [t for t in (50, 120, 90, 210, 150) if r.keep(KafkaRecord("a", 0, 0, t, None, None))]
+    [120, 90]
+    """
+
+    def __init__(self, from_ms: int | None, to_ms: int | None) -> None:
+        self.from_ms = from_ms
+        self.to_ms = to_ms
+        self.started: set[tuple[str, int]] = set()
+        self.ended: set[tuple[str, int]] = set()
+
+    def keep(self, rec: KafkaRecord) -> bool:
+        tp = (rec.topic, rec.partition)
+        if tp in self.ended:
+            return False
+        ts = rec.timestamp_ms
+        if self.to_ms is not None and ts is not None and ts >= self.to_ms:
+            self.ended.add(tp)
+            return False
+        if tp not in self.started:
+            if self.from_ms is not None and (ts is None or ts < self.from_ms):
+                return False
+            self.started.add(tp)
+        return True
 
 
 def write_records(fh: IO[bytes], records: Iterable[KafkaRecord]) -> int:

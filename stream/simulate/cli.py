@@ -1,13 +1,13 @@
 """The ``simulate`` command: options, then generate a scenario into a replay file or onto
 Kafka. ``add_arguments`` and ``run`` are wired into the project's CLI; they read no
-environment variables (the CLI passes everything as options).
+environment variables (the CLI passes everything as options, and Kafka security as settings).
 """
 
 import argparse
 import sys
 import time
 import typing
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 import orjson
@@ -18,6 +18,9 @@ from stream.simulate.output import produce, write_replay
 from stream.simulate.scenarios import SCENARIOS, Knobs
 from stream.simulate.traffic import LEDGER_TOPIC, PAYMENT_TOPIC, generate
 from stream.simulate.truth import GroundTruth
+
+if typing.TYPE_CHECKING:
+    from stream.settings import Settings
 
 DEFAULT_START = "2025-03-29T09:00:00+07:00"
 
@@ -134,8 +137,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--truth", help="also write the run's ground truth (JSON) here")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Generate the scenario to ``--out`` or ``--bootstrap``; returns the exit status."""
+def run(args: argparse.Namespace, client: "Settings | None" = None) -> int:
+    """Generate the scenario to ``--out`` or ``--bootstrap``; returns the exit status.
+    ``client``: how to connect to Kafka (security); its bootstrap gives way to ``--bootstrap``."""
     knobs: dict[str, Any] = dict(args.knobs)
     for option, knob in (
         ("issuer_id", "issuer_id"),
@@ -180,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
                 count = write_replay(records, sink)
         target = args.out
     else:
-        count = produce(records, args.bootstrap, partitions=args.partitions)
+        target_client = replace(client, bootstrap=args.bootstrap) if client else args.bootstrap
+        count = produce(records, target_client, partitions=args.partitions)
         target = args.bootstrap
     elapsed_s = time.perf_counter() - started
     if args.truth:
@@ -201,4 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Generate simulated QRIS issuer traffic in event time.",
     )
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    import os
+
+    from stream.settings import from_env
+
+    return run(parser.parse_args(argv), from_env(os.environ))

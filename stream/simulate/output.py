@@ -5,11 +5,14 @@ exactly as the replay file says). The only module of the simulator that does I/O
 
 import base64
 from collections.abc import Iterable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from stream.simulate.traffic import SimRecord
+
+if TYPE_CHECKING:
+    from stream.settings import Settings
 
 _LINES_PER_WRITE = 4096
 
@@ -70,7 +73,7 @@ def write_replay(records: Iterable[SimRecord], sink: IO[bytes]) -> int:
 
 def produce(
     records: Iterable[SimRecord],
-    bootstrap_servers: str,
+    target: "str | Settings",
     *,
     partitions: int | None = None,
     linger_ms: int = 20,
@@ -80,15 +83,20 @@ def produce(
     """Send ``records`` to Kafka with acks=all, keyed (the default partitioner places them),
     each with its intended produce time as the record timestamp; returns how many were sent.
 
-    Each topic must already exist, with ``partitions`` partitions when given (the count the
+    ``target``: the settings to connect with (a bare address means PLAINTEXT). Each topic
+    must already exist, with ``partitions`` partitions when given (the count the
     simulation assumed), else the replay file and the topic would disagree about where a
     reference lives. The first failed send is raised after the flush.
     """
     # Imported here: generating and writing files needs no Kafka client.
     from kafka import KafkaProducer  # type: ignore[attr-defined]
+    from stream.security import kafka_python_config
+    from stream.settings import Settings
 
+    settings = target if isinstance(target, Settings) else Settings(bootstrap=target)
+    bootstrap_servers = settings.bootstrap
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap_servers.split(","),
+        **kafka_python_config(settings),
         acks="all",
         linger_ms=linger_ms,
         batch_size=batch_size,

@@ -16,6 +16,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from ..security import faust_credentials, topic_configs
 from ..settings import Settings
 from .batches import finish_before_ack
 from .bursts import BurstShell
@@ -92,14 +93,22 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h}" for h in settings.bootstrap.split(",")],
+        broker_credentials=faust_credentials(settings),
         store=settings.store,
         datadir=settings.data_dir,
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
         processing_guarantee="at_least_once",
         web_enabled=settings.web_port > 0,
         web_port=max(settings.web_port, 1),
         web_host=settings.web_host,
+        # Faust binds 0.0.0.0 unless told; its /table/ (state, account ids) and /router/
+        # (cluster layout) endpoints and the debug pages are off: only /qris/* is served.
+        web_bind=settings.web_host,
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
         broker_max_poll_records=min(settings.batch_max, 5000),
         consumer_max_fetch_size=4 * 1024 * 1024,
         stream_buffer_maxsize=max(2 * settings.batch_max, 4096),
@@ -110,6 +119,10 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 10),
         producer_max_batch_size=512 * 1024,
     )
+    # With its statistics page off, Faust serves `/` as {"status": "OK"} whatever the broker
+    # says: a health check that lies. Readiness is /qris/ready; `/` answers 404.
+    blueprints = app.web.blueprints
+    blueprints._enabled = [(p, bp) for p, bp in blueprints._enabled if "production_index" not in str(bp)]
     inputs = app.topic(settings.payment_topic, settings.ledger_topic, **RAW)
     outputs = {
         name: app.topic(name, **RAW)
@@ -117,7 +130,13 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     }
     # One partition: the one worker that owns it runs the burst detector over all partitions.
     signals = outputs[settings.signals_topic] = app.topic(settings.signals_topic, partitions=1, **RAW)
-    state = app.Table("reconciliation-state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    state = app.Table(
+        "reconciliation-state",
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        extra_topic_configs=topic_configs(settings),
+    )
 
     async def send(topic: str, key: bytes | None, value: bytes) -> Any:
         if topic == settings.signals_topic:
@@ -188,7 +207,36 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     async def stats(web: Any, request: Any) -> Any:
         return web.json({**shell.stats(), "bursts": bursts.stats()})
 
+    @app.page("/qris/ready")
+    async def ready(web: Any, request: Any) -> Any:
+        """200 when the worker reaches the broker and owns input partitions; else 503 and why."""
+        reason = await not_ready_reason(app, settings)
+        if reason:
+            return web.json({"ready": False, "reason": reason}, status=503)
+        return web.json({"ready": True})
+
     return app, shell
+
+
+async def not_ready_reason(app: faust.App, settings: Settings, timeout_s: float = 3.0) -> str | None:
+    """Why the worker is not ready to process records, or None: a metadata request to the
+    broker (with the worker's credentials) must answer within `timeout_s`, no rebalance or
+    table recovery may be under way, and an input partition must be assigned here."""
+    producer = getattr(app.producer, "_producer", None)
+    if producer is None:
+        return "the Kafka producer has not started"
+    try:
+        await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout_s)
+    except Exception as exc:  # noqa: BLE001 - any failure means no broker
+        return f"no answer from the broker {settings.bootstrap}: {type(exc).__name__}"
+    if app.rebalancing:
+        return "the consumer group is rebalancing"
+    if getattr(app, "in_recovery", False):
+        return "table state is being recovered from the changelog"
+    inputs = {settings.payment_topic, settings.ledger_topic}
+    if not any(tp.topic in inputs for tp in app.consumer.assignment()):
+        return "no input partition is assigned to this worker"
+    return None
 
 
 class _Worker(faust.Worker):

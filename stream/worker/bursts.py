@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ..core import codec
 from ..core.burst import BurstDetector
+from ..security import aiokafka_config
 from ..settings import Settings
 
 log = logging.getLogger("qris_guard.bursts")
@@ -98,7 +99,7 @@ class BurstShell:
         if upto <= 0:
             return detector
         tp = TopicPartition(self.settings.signals_topic, 0)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False, group_id=None)
+        consumer = AIOKafkaConsumer(**aiokafka_config(self.settings), enable_auto_commit=False, group_id=None)
         await consumer.start()
         try:
             consumer.assign([tp])

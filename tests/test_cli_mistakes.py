@@ -1,0 +1,193 @@
+"""A user's mistakes with the CLI end in one line on stderr and a non-zero exit, never a
+traceback (the CLI run as a subprocess, as a user runs it); `--from/--to` select records of
+a replay file as they select them on Kafka."""
+
+from __future__ import annotations
+
+import doctest
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+import pytest
+
+from stream.drivers import replayfile
+from stream.drivers.replayfile import KafkaRecord, record_to_line
+from tests.conftest import ROOT
+from tests.scenario import scenario_records
+
+GOOD_LINE = {
+    "topic": "qris.payment-requests",
+    "partition": 0,
+    "offset": 0,
+    "timestamp_ms": 1,
+    "key": "R1",
+    "value": "{}",
+}
+
+
+def run_cli(
+    args: list[str], env: dict[str, str] | None = None, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")}
+    return subprocess.run(
+        [sys.executable, "-m", "stream", *args],
+        cwd=ROOT,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again when this returns: nothing listens
+
+
+def write_lines(path: Path, lines: list[object]) -> str:
+    path.write_bytes(b"".join((x if isinstance(x, bytes) else orjson.dumps(x)) + b"\n" for x in lines))
+    return str(path)
+
+
+def mistakes(tmp: Path) -> list[tuple[str, list[str], dict[str, str], int, str]]:
+    """(name, arguments, environment, exit status, what the one line must say)."""
+    out = str(tmp / "out.jsonl")
+    dead = f"127.0.0.1:{closed_port()}"
+    return [
+        ("missing file", ["replay", "--in", str(tmp / "nope.jsonl"), "--out", out], {}, 2, "no such file"),
+        (
+            "bad JSON line",
+            ["replay", "--in", write_lines(tmp / "a.jsonl", [GOOD_LINE, b"{oops"]), "--out", out, "--jobs", "1"],
+            {},
+            2,
+            "a.jsonl:2: not a replay record",
+        ),
+        (
+            "key is a number",
+            ["replay", "--in", write_lines(tmp / "b.jsonl", [GOOD_LINE, {**GOOD_LINE, "key": 5}]), "--out", out],
+            {},
+            2,
+            'b.jsonl:2: not a replay record: "key" must be string or null, not',
+        ),
+        (
+            "partition missing (parallel replay)",
+            [
+                "replay",
+                "--in",
+                write_lines(tmp / "c.jsonl", [{k: v for k, v in GOOD_LINE.items() if k != "partition"}]),
+                "--out",
+                out,
+                "--jobs",
+                "2",
+            ],
+            {},
+            2,
+            'c.jsonl:1: not a replay record: "partition" is missing',
+        ),
+        (
+            "value_b64 not base64",
+            ["replay", "--in", write_lines(tmp / "d.jsonl", [{**GOOD_LINE, "value_b64": "%%"}]), "--out", out],
+            {},
+            2,
+            'd.jsonl:1: not a replay record: "value_b64" is not base64',
+        ),
+        ("report of a missing file", ["report", "--in", str(tmp / "nope.jsonl")], {}, 2, "nope.jsonl"),
+        (
+            "report of an input file",
+            ["report", "--in", write_lines(tmp / "e.jsonl", [b"[1, 2]"])],
+            {},
+            2,
+            "e.jsonl:1: not an output line of replay",
+        ),
+        ("unknown setting", ["settings"], {"QRIS_TIMEOUT": "10"}, 2, "did you mean QRIS_TIMEOUT_S?"),
+        (
+            "unknown setting stops replay too",
+            ["replay", "--in", str(tmp / "x"), "--out", out],
+            {"QRIS_LATENES_S": "1"},
+            2,
+            "did you mean QRIS_LATENESS_S?",
+        ),
+        ("not a number", ["settings"], {"QRIS_PARTITIONS": "four"}, 2, "QRIS_PARTITIONS='four': expected an integer"),
+        ("bad protocol", ["settings"], {"QRIS_SECURITY_PROTOCOL": "TLS"}, 2, "QRIS_SECURITY_PROTOCOL='TLS'"),
+        ("bad --from", ["replay", "--in", "x", "--out", out, "--from", "yesterday"], {}, 2, "--from"),
+        ("no command", [], {}, 2, "required"),
+        ("unreachable broker: topics", ["topics", "--bootstrap", dead], {}, 69, f"cannot reach Kafka at {dead}"),
+        ("unreachable broker: dump", ["dump", "--bootstrap", dead, "--out", out], {}, 69, "cannot reach Kafka"),
+        (
+            "unreachable broker: replay --from-kafka",
+            ["replay", "--from-kafka", "--bootstrap", dead, "--out", out],
+            {},
+            69,
+            "cannot reach Kafka",
+        ),
+        ("unreachable broker: worker", ["worker", "--bootstrap", dead], {}, 69, "cannot reach Kafka"),
+        (
+            "password file missing",
+            ["topics", "--bootstrap", dead],
+            {
+                "QRIS_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "QRIS_SASL_MECHANISM": "SCRAM-SHA-512",
+                "QRIS_SASL_USERNAME": "qris",
+                "QRIS_SASL_PASSWORD_FILE": str(tmp / "no-password"),
+            },
+            2,
+            "QRIS_SASL_PASSWORD_FILE=",
+        ),
+    ]
+
+
+def test_every_mistake_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
+    failures = []
+    for name, args, env, status, said in mistakes(tmp_path):
+        done = run_cli(args, env)
+        lines = done.stderr.strip().splitlines()
+        ok = done.returncode == status and len(lines) == 1 and said in lines[0] and "Traceback" not in done.stderr
+        if not ok:
+            failures.append(f"{name}: exit {done.returncode} (want {status}), stderr:\n{done.stderr}")
+    assert not failures, "\n\n".join(failures)
+
+
+def test_settings_never_print_a_secret(tmp_path: Path) -> None:
+    done = run_cli(
+        ["settings"],
+        {
+            "QRIS_SECURITY_PROTOCOL": "SASL_SSL",
+            "QRIS_SASL_MECHANISM": "SCRAM-SHA-512",
+            "QRIS_SASL_USERNAME": "qris",
+            "QRIS_SASL_PASSWORD": "hunter2-secret",
+        },
+    )
+    assert done.returncode == 0 and "hunter2-secret" not in done.stdout
+    assert "QRIS_SASL_PASSWORD=********" in done.stdout and "QRIS_SASL_USERNAME=qris" in done.stdout
+
+
+def test_time_range_doctest() -> None:
+    failures, tried = doctest.testmod(replayfile, raise_on_error=False, verbose=False)
+    assert tried and not failures
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_from_to_with_a_replay_file_select_by_record_timestamp(tmp_path: Path, jobs: str) -> None:
+    """Timestamps rise with the file here, so Kafka's selection is [from, to) exactly: the
+    replay of the selection equals the replay of a file holding only those records."""
+    records = [replace(r, timestamp_ms=1_000 * i) for i, r in enumerate(scenario_records(4))]
+    lo, hi = 1_000 * (len(records) // 4), 1_000 * (3 * len(records) // 4)
+    full = tmp_path / "full.jsonl"
+    part = tmp_path / "part.jsonl"
+    write_lines(full, [record_to_line(r) for r in records])
+    chosen: list[KafkaRecord] = [r for r in records if r.timestamp_ms is not None and lo <= r.timestamp_ms < hi]
+    write_lines(part, [record_to_line(r) for r in chosen])
+    args = ["replay", "--drain", "--jobs", jobs, "--out"]
+    ranged = run_cli([*args, str(tmp_path / "ranged.out"), "--in", str(full), "--from", str(lo), "--to", str(hi)])
+    whole = run_cli([*args, str(tmp_path / "whole.out"), "--in", str(full)])
+    expected = run_cli([*args, str(tmp_path / "expected.out"), "--in", str(part)])
+    assert ranged.returncode == whole.returncode == expected.returncode == 0, ranged.stderr
+    got = (tmp_path / "ranged.out").read_bytes()
+    assert got == (tmp_path / "expected.out").read_bytes() and got
+    assert got != (tmp_path / "whole.out").read_bytes()
