@@ -14,6 +14,7 @@ import pytest
 from kafka import KafkaProducer
 from stream.drivers.kafkaread import read_topics
 from stream.drivers.replay import replay
+from stream.security import aiokafka_config
 from stream.settings import Settings
 from stream.worker.gapfill import BrokerGapFetcher
 from stream.worker.shell import ReconcileShell
@@ -56,7 +57,7 @@ def test_a_record_missing_from_a_batch_is_read_from_the_broker_and_taken_once_in
     half = len(batch1) // 2
 
     async def run() -> list[bytes]:
-        fetcher = BrokerGapFetcher(bootstrap, wait_s=60)
+        fetcher = BrokerGapFetcher(aiokafka_config(settings), wait_s=60)
         sent: list[dict[str, Any]] = []
         shell = shell_for(settings, fetcher, sent)
         try:
@@ -94,7 +95,7 @@ def test_offsets_of_transaction_markers_are_confirmed_empty_by_the_broker() -> N
     assert len(on_broker) == len(records) and on_broker[-1].offset > len(records) - 1
 
     async def run() -> ReconcileShell:
-        fetcher = BrokerGapFetcher(bootstrap, wait_s=60)
+        fetcher = BrokerGapFetcher(aiokafka_config(settings), wait_s=60)
         shell = shell_for(settings, fetcher, [])
         try:
             for i in range(0, len(on_broker), 7):

@@ -16,7 +16,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from ..security import faust_credentials, topic_configs
+from ..security import aiokafka_config, faust_credentials, topic_configs
 from ..settings import Settings
 from .batches import finish_before_ack
 from .bursts import BurstShell
@@ -147,7 +147,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         await app.producer.flush()
 
     store = TableStore(app, state)
-    gaps = BrokerGapFetcher(settings.bootstrap)
+    gaps = BrokerGapFetcher(aiokafka_config(settings))
     shell = ReconcileShell(
         settings, store, send, flush, store.write_changelog, lambda: app.consumer.assignment(), fetch_gap=gaps.fetch
     )

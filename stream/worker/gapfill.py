@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
@@ -25,15 +27,16 @@ log = logging.getLogger("qris_guard.worker")
 class BrokerGapFetcher:
     """Reads gaps of input topic partitions from the broker; started on first use."""
 
-    def __init__(self, bootstrap: str, wait_s: float = 30.0) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, client_config: Mapping[str, Any], wait_s: float = 30.0) -> None:
+        # Bootstrap servers and security options (`security.aiokafka_config`), as every client.
+        self.client_config = dict(client_config)
         self.wait_s = wait_s
         self._consumer: AIOKafkaConsumer | None = None
 
     async def _client(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap,
+                **self.client_config,
                 group_id=None,
                 enable_auto_commit=False,
                 # A gap below the log start (retention deleted it) starts at what is left.
