@@ -16,7 +16,11 @@ from .eventtime import format_ms
 from .records import CURRENCY, LedgerEvent, PaymentEvent
 
 if TYPE_CHECKING:
+    from .holds import Hold
     from .reference import ReferenceState
+
+# How a hold ended: the hold, why, and the event time it ended.
+HoldEnd = tuple["Hold", str, int]
 
 
 @dataclass(slots=True)
@@ -109,13 +113,76 @@ def _common(st: ReferenceState, refund: Refund, partition: int) -> dict[str, Any
     }
 
 
-def refund_request_record(st: ReferenceState, refund: Refund, partition: int, active_before: int) -> Decision:
-    """`refund.requested`, decided at the cycle deadline."""
+def hold_fields(hold: Hold, because: str, ended_ms: int) -> dict[str, Any]:
+    """The `hold` object of a refund requested after a hold, or of a hold released."""
+    return {
+        "held_from": format_ms(hold.deadline_ms),
+        "held_until": format_ms(ended_ms),
+        "held_ms": ended_ms - hold.deadline_ms,
+        "held_amount": hold.amount,
+        "incident_id": hold.incident_ids[0],
+        "incident_ids": list(hold.incident_ids),
+        "release_by": format_ms(hold.release_by_ms),
+        "released_because": because,
+    }
+
+
+def refund_request_record(
+    st: ReferenceState, refund: Refund, partition: int, active_before: int, hold_end: HoldEnd | None = None
+) -> Decision:
+    """`refund.requested`, decided at the cycle deadline, or when the hold on it ended
+    (`hold_end`: then `decided_at` is the end of the hold and `hold` says how long and why)."""
     value = {"type": "refund.requested", **_common(st, refund, partition)}
+    at_ms = refund.deadline_ms if hold_end is None else hold_end[2]
+    value["decided_at"] = format_ms(at_ms)
+    value["evidence"] = evidence(st, active_before, None, None)
+    if hold_end is not None:
+        value["hold"] = hold_fields(*hold_end)
+    value["schema_version"] = SCHEMA_VERSION
+    return Decision("refunds", st.reference.encode("utf-8"), value, at_ms)
+
+
+def refund_held_record(st: ReferenceState, hold: Hold, partition: int, active_before: int) -> Decision:
+    """`refund.held`: the refund `refund_id` is known and owed, but an incident covering the
+    payment is open at the deadline; it is paid or released by `release_by` at the latest."""
+    refund = Refund(hold.refund_id, hold.amount, hold.deadline_ms, "SETTLEMENT_TIMEOUT", False)
+    value = {"type": "refund.held", **_common(st, refund, partition)}
     value["decided_at"] = value["deadline"]
+    value["incident_id"] = hold.incident_ids[0]
+    value["incident_ids"] = list(hold.incident_ids)
+    value["release_by"] = format_ms(hold.release_by_ms)
     value["evidence"] = evidence(st, active_before, None, None)
     value["schema_version"] = SCHEMA_VERSION
-    return Decision("refunds", st.reference.encode("utf-8"), value, refund.deadline_ms)
+    return Decision("refunds", st.reference.encode("utf-8"), value, hold.deadline_ms)
+
+
+def hold_released_record(
+    st: ReferenceState,
+    hold_release_id: str,
+    hold_end: HoldEnd,
+    trigger: PaymentEvent | LedgerEvent | None,
+    partition: int,
+    active_before: int,
+) -> Decision:
+    """`refund.hold_released`: the held refund is not owed any more (the `trigger` record settled
+    or reversed it, or nothing was owed when the hold ended); nothing is paid."""
+    hold, because, at_ms = hold_end
+    if trigger is not None:
+        reason = "LATE_SETTLEMENT" if trigger.type == "settled" else "LATE_REVERSAL"
+    elif st.settlement is not None:
+        reason = "LATE_SETTLEMENT"
+    elif st.reversals:
+        reason = "LATE_REVERSAL"
+    else:
+        reason = "SETTLEMENT_TIMEOUT"
+    refund = Refund(hold.refund_id, hold.amount, hold.deadline_ms, reason, False)
+    value = {"type": "refund.hold_released", **_common(st, refund, partition)}
+    value["hold_release_id"] = hold_release_id
+    value["decided_at"] = format_ms(at_ms)
+    value["hold"] = hold_fields(hold, because, at_ms)
+    value["evidence"] = evidence(st, active_before, trigger, at_ms if trigger is not None else None)
+    value["schema_version"] = SCHEMA_VERSION
+    return Decision("refunds", st.reference.encode("utf-8"), value, at_ms)
 
 
 def cancellation_record(
