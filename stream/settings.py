@@ -39,6 +39,8 @@ class Settings:
     idle_timeout_s: float = 60.0
     probe_age_s: float = 30.0
     burst_threshold: float = 7.0  # BurstParams.threshold
+    hold_grace_s: float = 900.0
+    max_hold_s: float = 7200.0
     app_id: str = "qris-guard"
     store: str = "rocksdb://"
     data_dir: str = "var/worker"
@@ -79,6 +81,8 @@ class Settings:
             payment_topic=self.payment_topic,
             ledger_topic=self.ledger_topic,
             probe_age_ms=round(self.probe_age_s * 1000),
+            hold_grace_ms=round(self.hold_grace_s * 1000),
+            max_hold_ms=round(self.max_hold_s * 1000),
         )
 
     @property
@@ -143,6 +147,14 @@ DOCS: dict[str, tuple[str, str]] = {
     "burst_threshold": (
         "QRIS_BURST_THRESHOLD",
         "burst incidents open at this surprise, -log10 of the binomial tail (one value for all scopes)",
+    ),
+    "hold_grace_s": (
+        "QRIS_HOLD_GRACE_S",
+        "G: seconds a refund stays held after the last incident covering its payment resolved",
+    ),
+    "max_hold_s": (
+        "QRIS_MAX_HOLD_S",
+        "H: longest hold of a refund during an incident, seconds after its deadline; 0 turns holds off",
     ),
     "app_id": ("QRIS_APP_ID", "Faust application id (consumer group, changelog topic prefix)"),
     "store": ("QRIS_STORE", "Faust table store: rocksdb:// in production, memory:// for quick trials"),

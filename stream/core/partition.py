@@ -67,8 +67,8 @@ class Params:
 
     @property
     def holds(self) -> bool:
-        """Holds need the detector's incidents, which need the burst signals."""
-        return self.max_hold_ms > 0 and self.burst_signals
+        """Refund holds are on: decisions wait for the detector's incidents (`on_incidents`)."""
+        return self.max_hold_ms > 0
 
 
 # A heap item: (eff_ms, kind, stream, offset, reference, event or None).
