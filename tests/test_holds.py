@@ -23,12 +23,14 @@ from stream.drivers.replay import replay
 from stream.drivers.replayfile import KafkaRecord
 from stream.simulate import generate
 from tests.records import T0, ledger, payment
+from tests.test_schemas import beyond_schema_errors, validator_for
 
 P, L = Stream.P, Stream.L
 H_MS, G_MS = 7_200_000, 900_000
 HOLDS = Params(timeout_ms=300_000, lateness_ms=30_000, retention_ms=3_600_000, max_hold_ms=H_MS, hold_grace_ms=G_MS)
 OFF = replace(HOLDS, max_hold_ms=0)
 EVERYTHING = T0 + 10**9  # incidents known far past every test
+CLOSED_REFUNDS = validator_for("qris.refunds", closed_schema=True)
 
 
 def ms(t: float) -> int:
@@ -71,7 +73,11 @@ class Feed:
         return got
 
     def refunds(self) -> list[dict[str, Any]]:
-        return [d.value for d in self.out if d.role == "refunds"]
+        found = [d.value for d in self.out if d.role == "refunds"]
+        for v in found:  # every record emitted here validates, the rules beyond the schema too
+            assert [e.message for e in CLOSED_REFUNDS.iter_errors(v)] == [], v
+            assert beyond_schema_errors("qris.refunds", v) == [], v
+        return found
 
     def alerts(self) -> list[dict[str, Any]]:
         return [d.value for d in self.out if d.role == "alerts"]

@@ -244,9 +244,8 @@ class ReferenceState:
         self.cycle_deadline_ms = None
         self.cycle_opened_by = None
         active = self.active
-        owed = self.net - self.settled - active
-        if self.holds:
-            owed -= self.held
+        held = self.held
+        owed = self.net - self.settled - active - held
         if owed <= 0:
             return []
         reason = self._reason()
@@ -266,10 +265,10 @@ class ReferenceState:
                     min(until, release_by),
                 )
                 self.holds.append(hold)
-                return [refund_held_record(self, hold, partition, active)]
+                return [refund_held_record(self, hold, partition, active, held)]
         refund = Refund(refund_id, owed, deadline_ms, reason, True)
         self.refunds.append(refund)
-        return [refund_request_record(self, refund, partition, active)]
+        return [refund_request_record(self, refund, partition, active, held_before=held)]
 
     def _reason(self) -> str:
         if self.settled > 0:
@@ -320,14 +319,15 @@ class ReferenceState:
     ) -> list[Decision]:
         self.holds.remove(hold)
         active = self.active
-        owed = self.net - self.settled - active - self.held
+        held = self.held
+        owed = self.net - self.settled - active - held
         release = (hold, because, at_ms)
         if owed > 0 and trigger is None:
             refund = Refund(hold.refund_id, owed, hold.deadline_ms, self._reason(), True)
             self.refunds.append(refund)
-            return [refund_request_record(self, refund, partition, active, release)]
+            return [refund_request_record(self, refund, partition, active, release, held)]
         hold_release_id = ids.hold_release_id(hold.refund_id)
-        return [hold_released_record(self, hold_release_id, release, trigger, partition, active)]
+        return [hold_released_record(self, hold_release_id, release, trigger, partition, active, held)]
 
     def _release_covered_holds(
         self, trigger: PaymentEvent | LedgerEvent, eff_ms: int, partition: int
