@@ -31,6 +31,7 @@ class Settings:
     alert_topic: str = "qris.alerts"
     dead_letter_topic: str = "qris.dead-letter"
     signals_topic: str = "qris.burst-signals"
+    incidents_topic: str = "qris.incidents"
     partitions: int = 4
     timeout_s: float = 300.0
     lateness_s: float = 30.0
@@ -104,6 +105,7 @@ class Settings:
             alert_topic=f"{prefix}.alerts",
             dead_letter_topic=f"{prefix}.dead-letter",
             signals_topic=f"{prefix}.burst-signals",
+            incidents_topic=f"{prefix}.incidents",
         )
 
     def output_topic(self, role: str) -> str:
@@ -112,6 +114,7 @@ class Settings:
             "alerts": self.alert_topic,
             "dead_letter": self.dead_letter_topic,
             "signals": self.signals_topic,
+            "incidents": self.incidents_topic,
         }[role]
 
 
@@ -126,6 +129,10 @@ DOCS: dict[str, tuple[str, str]] = {
     "signals_topic": (
         "QRIS_SIGNALS_TOPIC",
         "internal topic (1 partition) of the partitions' closed minutes for the burst detector",
+    ),
+    "incidents_topic": (
+        "QRIS_INCIDENTS_TOPIC",
+        "internal topic (1 partition) of the detector's incident decisions and progress, read whole by every worker",
     ),
     "partitions": ("QRIS_PARTITIONS", "partitions when qris-guard creates the topics (inputs co-partitioned)"),
     "timeout_s": ("QRIS_TIMEOUT_S", "T: seconds after a debit before an unsettled amount is refunded"),
