@@ -550,3 +550,15 @@ def test_signals_do_not_wait_for_the_incidents(outage: list[KafkaRecord]) -> Non
 def test_h_zero_is_the_default_of_the_core_and_changes_nothing() -> None:
     assert Params().max_hold_ms == 0
     assert PartitionEngine(0, Params()).incidents.known_through_ms == POS_INF
+
+
+def test_a_hold_names_only_incidents_opened_by_its_end_whatever_is_known_later() -> None:
+    # Replay knows the whole timeline, the live worker only what was decided so far: the hold's
+    # incidents must not depend on that.
+    f = Feed()
+    f.incidents([inc("opened", 100), inc("opened", 7600, "in_b", ("acquirer", "BCA"))], EVERYTHING)
+    unsettled(f)
+    f.tick(8000)
+    requested = f.refunds()[1]
+    assert requested["hold"]["released_because"] == "max_hold"
+    assert requested["hold"]["incident_ids"] == ["in_a"]

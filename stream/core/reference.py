@@ -299,13 +299,14 @@ class ReferenceState:
         if hold is None:
             return [], None  # a stale timer: the hold ended or was moved
         until, chain = incidents.release_at(self.request, hold.deadline_ms, grace_ms)
-        for incident_id in chain:
-            if incident_id not in hold.incident_ids:
-                hold.incident_ids.append(incident_id)
         at = min(until, hold.release_by_ms)
         if at > at_ms:
             hold.release_at_ms = at
             return [], hold
+        # The incidents that kept it on: those opened by now (a replay knows later ones too).
+        for incident_id in chain:
+            if incident_id not in hold.incident_ids and incidents.incidents[incident_id].opened_at_ms <= at_ms:
+                hold.incident_ids.append(incident_id)
         because: ReleasedBecause = "incident_resolved" if until <= at_ms else "max_hold"
         return self._end_hold(hold, because, None, at_ms, partition), None
 
