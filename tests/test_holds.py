@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream.core import codec, ids
 from stream.core.burst import BurstDetector, BurstParams
@@ -23,6 +25,7 @@ from stream.drivers.replay import replay
 from stream.drivers.replayfile import KafkaRecord
 from stream.simulate import generate
 from tests.records import T0, ledger, payment
+from tests.test_properties import partition_input
 from tests.test_schemas import beyond_schema_errors, validator_for
 
 P, L = Stream.P, Stream.L
@@ -562,3 +565,83 @@ def test_a_hold_names_only_incidents_opened_by_its_end_whatever_is_known_later()
     requested = f.refunds()[1]
     assert requested["hold"]["released_because"] == "max_hold"
     assert requested["hold"]["incident_ids"] == ["in_a"]
+
+
+# -- properties --------------------------------------------------------------------------------
+
+PROP = replace(HOLDS, retention_ms=3_600_000, max_hold_ms=1_200_000, hold_grace_ms=120_000)
+SCOPES = [("all", "all"), ("switch", "RINTIS"), ("switch", "JALIN"), ("acquirer", "BCA"), ("merchant", "MCC-5812")]
+
+
+@st.composite
+def timelines(draw: st.DrawFn) -> list[IncidentEvent]:
+    events = []
+    for i in range(draw(st.integers(0, 3))):
+        opened = draw(st.integers(-100, 900))
+        scope = draw(st.sampled_from(SCOPES))
+        events.append(inc("opened", opened, f"in_{i}", scope))
+        if draw(st.booleans()):
+            events.append(inc("resolved", opened + draw(st.integers(0, 600)), f"in_{i}", scope))
+    return sorted(events, key=lambda e: e.at_ms)
+
+
+@st.composite
+def held_input(draw: st.DrawFn) -> tuple[list[bytes], list[bytes]]:
+    """`partition_input` with late settlements and reversals, which end holds by a record."""
+    p, l = draw(partition_input())  # noqa: E741
+    for r in range(4):
+        if draw(st.booleans()):
+            t = draw(st.integers(400, 900))
+            amount = draw(st.sampled_from([25_000, 10_000]))
+            if draw(st.booleans()):
+                p.insert(len(p) - 1, payment(f"R{r}-late", "settled", f"R{r}", t, amount))
+            else:
+                l.insert(len(l) - 1, ledger(f"R{r}-late", "reversed", f"R{r}", t, amount))
+    return p, l
+
+
+def run_with_incidents(
+    p: list[bytes],
+    l: list[bytes],  # noqa: E741
+    schedule: list[int],
+    events: list[IncidentEvent],
+    lag_ms: int | None,  # noqa: E741
+) -> list[dict[str, Any]]:
+    """Feed one engine in `schedule`'s interleaving; incidents all at once (`lag_ms` None) or
+    known through `lag_ms` behind the watermark after every record; drain at the end."""
+    eng = PartitionEngine(0, PROP)
+    out: list[Decision] = []
+    if lag_ms is None:
+        out += eng.on_incidents(events, POS_INF)
+    idx = [0, 0]
+    recs = (p, l)
+    order = [s for s in schedule if s in (0, 1)] + [0] * len(p) + [1] * len(l)
+    for s in order:
+        if idx[s] < len(recs[s]):
+            out += eng.on_record(Stream(s), idx[s], None, recs[s][idx[s]])
+            idx[s] += 1
+            if lag_ms is not None:
+                known = eng.watermark_ms - lag_ms
+                out += eng.on_incidents([e for e in events if e.at_ms <= known], known)
+    out += eng.on_incidents(events, POS_INF)
+    out += eng.drain()
+    return [d.value for d in out if d.role != "signals"]
+
+
+@settings(max_examples=120, deadline=None)
+@given(held_input(), timelines(), st.lists(st.integers(0, 1), max_size=40), st.integers(0, 120_000))
+def test_holds_depend_only_on_the_records_and_the_timeline(
+    inp: tuple[list[bytes], list[bytes]], events: list[IncidentEvent], schedule: list[int], lag_ms: int
+) -> None:
+    p, l = inp  # noqa: E741
+    whole = run_with_incidents(p, l, [], events, None)
+    assert run_with_incidents(p, l, schedule, events, lag_ms) == whole
+    held = [v["refund_id"] for v in whole if v.get("type") == "refund.held"]
+    ended = [v["refund_id"] for v in whole if "hold" in v]
+    assert sorted(held) == sorted(ended)  # after a drain every hold ended, once
+    for v in whole:
+        assert "hold" not in v or v["hold"]["held_until"] <= v["hold"]["release_by"]
+        role = "refunds" if "refund_id" in v and "type" in v else "other"
+        if role == "refunds":
+            assert [e.message for e in CLOSED_REFUNDS.iter_errors(v)] == [], v
+            assert beyond_schema_errors("qris.refunds", v) == [], v
