@@ -153,7 +153,7 @@ class ReconcileShell:
                 "partition %d: state restored (%d references, %d waiting items, watermark %s, offsets taken %s)",
                 partition,
                 len(eng.refs),
-                len(eng.heap),
+                len(eng.heap) + len(eng.decide),
                 eng.watermark_ms,
                 eng.last_offset,
             )
@@ -348,7 +348,7 @@ class ReconcileShell:
             touched: set[int] = set()
             for p, eng in list(self.engines.items()):
                 clock = self.clocks[p]
-                if not eng.heap:
+                if not eng.heap and not eng.decide:  # nothing waits: records, deadlines, holds
                     continue
                 ages = [now - (t or clock.started) for t in clock.last_arrival]
                 silent = [a >= idle_s for a in ages]
