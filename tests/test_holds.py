@@ -645,3 +645,20 @@ def test_holds_depend_only_on_the_records_and_the_timeline(
         if role == "refunds":
             assert [e.message for e in CLOSED_REFUNDS.iter_errors(v)] == [], v
             assert beyond_schema_errors("qris.refunds", v) == [], v
+
+
+def test_a_replayed_partition_without_a_watermark_does_not_hold_back_the_others() -> None:
+    # Partition 1 holds one rejected record only: it never has a watermark, reports no burst
+    # signals, and must not keep the detector (and so every refund) waiting.
+    def rec(topic: str, partition: int, offset: int, value: bytes) -> KafkaRecord:
+        return KafkaRecord(topic, partition, offset, None, orjson.loads(value)["reference"].encode(), value)
+
+    records = [
+        rec("qris.payment-requests", 0, 0, payment("QR1-q", "requested", "QR1", 0)),
+        rec("qris.ledger-debits", 0, 0, ledger("QR1-d", "debited", "QR1", 0)),
+        KafkaRecord("qris.payment-requests", 1, 0, None, b"BAD", b"{not json"),
+        rec("qris.payment-requests", 0, 1, payment("T-q", "requested", "T", 500)),
+        rec("qris.ledger-debits", 0, 1, ledger("T-d", "reversed", "T", 500, 1)),
+    ]
+    on = [d.value for _p, d in replay(records, HOLDS) if d.role == "refunds"]
+    assert [(r["type"], r["reference"]) for r in on] == [("refund.requested", "QR1")]

@@ -25,7 +25,7 @@ from ..core import codec
 from ..core.burst import BurstParams
 from ..core.holds import IncidentEvent
 from ..core.partition import NEG_INF, OffsetOrderError, Params
-from .replay import Replay, incident_timeline, run_detector
+from .replay import Replay, incident_timeline, reporting, run_detector
 from .replayfile import TimeRange, decision_line, parse_line
 
 
@@ -120,7 +120,7 @@ def replay_file_parallel(
                 first = replace(params, max_hold_ms=0)
                 results = pool.starmap(_job, [(path, jobs, i, first, drain, topics, None, times) for i in range(jobs)])
                 signals = [value for _n, values, _p in results for value in values]
-                bursts, closed_through = run_detector(signals, {p for _n, _v, ps in results for p in ps}, burst)
+                bursts, closed_through = run_detector(signals, reporting(signals), burst)
                 timeline = incident_timeline(bursts, closed_through, params, drain=drain)
                 second = replace(params, burst_signals=False)
                 pass2 = [(path, jobs, i, second, drain, topics, outs[i], times, timeline) for i in range(jobs)]

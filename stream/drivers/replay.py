@@ -11,7 +11,8 @@ depend on how the input interleaves partitions. Their lines carry partition -1 (
 
 With refund holds on (`Params.max_hold_ms` > 0) the refund decisions depend on the incidents,
 so a replay takes two passes over the input: the first (holds off) only for the partitions'
-signals and the detector's incidents; the second decides with the whole incident timeline,
+signals and the detector's incidents (over the partitions that reported signals); the second
+decides with the whole incident timeline,
 known through the detector's last closed minute (what a live worker knows after the same
 input; +inf with `--drain`). Signals are a function of the records alone, so the first pass
 sees exactly the incidents a live run sees.
@@ -98,6 +99,13 @@ def run_detector(
     return out, detector.closed_through
 
 
+def reporting(signals: Iterable[dict[str, Any]]) -> set[int]:
+    """The partitions that reported burst signals. With holds on, the detector of a replay waits
+    for these only: a partition of the input that never had a watermark (one stream only, or
+    only rejected records) decides nothing and would otherwise hold every refund decision back."""
+    return {int(v["partition"]) for v in signals}
+
+
 def incident_timeline(
     bursts: Iterable[Decision], closed_through_minute: int | None, params: Params, *, drain: bool
 ) -> tuple[list[IncidentEvent], int]:
@@ -137,7 +145,7 @@ def replay(
     if drain:
         for _ in first.drain():
             pass
-    bursts, closed_through = run_detector(first.signals, first.engines, burst)
+    bursts, closed_through = run_detector(first.signals, reporting(first.signals), burst)
     events, known_through_ms = incident_timeline(bursts, closed_through, params, drain=drain)
     # The second pass needs no signals: the first pass's incidents are the detector's.
     second = replace(params, burst_signals=False)
