@@ -55,7 +55,7 @@ class Feed:
     def _feed(self, s: Stream, value: bytes) -> list[Decision]:
         off = self.offsets[s]
         self.offsets[s] += 1
-        got = self.eng.on_record(s, off, orjson.loads(value)["reference"].encode(), value, 0)
+        got = self.eng.on_record(s, off, orjson.loads(value)["reference"].encode(), value, None)
         self.out.extend(got)
         return got
 
@@ -502,7 +502,10 @@ class LiveLoop:
 
     def feed(self, rec: KafkaRecord) -> None:
         stream = Stream.P if rec.topic == "qris.payment-requests" else Stream.L
-        self._take(rec.partition, self.engines[rec.partition].on_record(stream, rec.offset, rec.key, rec.value, 0))
+        self._take(
+            rec.partition,
+            self.engines[rec.partition].on_record(stream, rec.offset, rec.key, rec.value, rec.timestamp_ms),
+        )
 
     def _take(self, p: int, decisions: list[Decision]) -> None:
         for d in decisions:
@@ -540,7 +543,7 @@ def test_signals_do_not_wait_for_the_incidents(outage: list[KafkaRecord]) -> Non
     for rec in outage:
         stream = Stream.P if rec.topic == "qris.payment-requests" else Stream.L
         for name, engines in (("blocked", blocked), ("free", free)):
-            for d in engines[rec.partition].on_record(stream, rec.offset, rec.key, rec.value, 0):
+            for d in engines[rec.partition].on_record(stream, rec.offset, rec.key, rec.value, rec.timestamp_ms):
                 if d.role == "signals":
                     got[name].append(d.value)
                 elif name == "blocked" and d.role == "refunds":
