@@ -84,6 +84,7 @@ def worker_rate(client: Settings, prefix: str, n: int, partitions: int, variant:
         client.with_topic_prefix(prefix),
         # Each variant runs its own burst detector: its own signals topic, not the previous one's.
         signals_topic=f"{prefix}.burst-signals-{run_id}",
+        incidents_topic=f"{prefix}.incidents-{run_id}",
         app_id=f"{prefix}-{run_id}",
         data_dir=tempfile.mkdtemp(prefix="qris-bench-"),
         web_port=port,
@@ -91,7 +92,7 @@ def worker_rate(client: Settings, prefix: str, n: int, partitions: int, variant:
         log_level="warning",
         idle_timeout_s=3600.0,  # a backlog, not an outage: the wall-clock idle rule stays out
     )
-    create_topics(settings)  # the variant's signals topic (the others exist)
+    create_topics(settings)  # the variant's signals and incidents topics (the others exist)
     env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_") or k.startswith("QRIS_KAFKA_")}
     env.update(to_env(settings))
     env.update(variant)

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -50,7 +50,16 @@ def _settings(args: argparse.Namespace) -> Settings:
     s = from_env(os.environ)
     overrides = {
         k: getattr(args, k)
-        for k in ("bootstrap", "timeout_s", "lateness_s", "retention_s", "clock_skew_s", "partitions")
+        for k in (
+            "bootstrap",
+            "timeout_s",
+            "lateness_s",
+            "retention_s",
+            "clock_skew_s",
+            "partitions",
+            "hold_grace_s",
+            "max_hold_s",
+        )
         if getattr(args, k, None) is not None
     }
     return replace(s, **overrides)
@@ -121,6 +130,16 @@ def _input_records(args: argparse.Namespace, s: Settings, line: list[int] | None
                 yield rec
 
 
+class _Again:
+    """An input that can be read again: every iteration calls `make` anew."""
+
+    def __init__(self, make: Callable[[], Iterator[Any]]) -> None:
+        self.make = make
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.make()
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .core.partition import OffsetOrderError
     from .drivers.replay import replay
@@ -163,7 +182,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     line = [0]
     with _open_out(args.out) as fh:
         try:
-            for partition, d in replay(_input_records(args, s, line), s.params, drain=args.drain, burst=s.burst):
+            # With holds a replay reads its input twice: a file again, Kafka once (kept in memory).
+            records = (
+                _input_records(args, s, line) if args.from_kafka else _Again(lambda: _input_records(args, s, line))
+            )
+            for partition, d in replay(records, s.params, drain=args.drain, burst=s.burst):
                 topic = s.output_topic(d.role)
                 k = (topic, partition)
                 seq[k] = seq.get(k, -1) + 1
@@ -251,6 +274,10 @@ def _params(p: argparse.ArgumentParser) -> None:
         type=float,
         dest="clock_skew_s",
         help="F, seconds a record may be dated ahead of its Kafka timestamp (default 60)",
+    )
+    p.add_argument("--hold-grace-s", type=float, dest="hold_grace_s", help="G, seconds (default 900)")
+    p.add_argument(
+        "--max-hold-s", type=float, dest="max_hold_s", help="H, seconds (default 7200); 0 turns refund holds off"
     )
 
 

@@ -103,7 +103,8 @@ def run(args: argparse.Namespace, base: Settings) -> int:
         active: dict[str, int] = {}
         for role, v in outputs:
             if role == "refunds":
-                sign = 1 if v["type"] == "refund.requested" else -1
+                # Held refunds and released holds move no money: only requests and cancellations.
+                sign = {"refund.requested": 1, "refund.cancel_requested": -1}.get(v["type"], 0)
                 active[v["reference"]] = active.get(v["reference"], 0) + sign * v["amount"]
         owed_now = {ref: a for ref, a in active.items() if a > 0}
         print()

@@ -31,6 +31,7 @@ class Settings:
     alert_topic: str = "qris.alerts"
     dead_letter_topic: str = "qris.dead-letter"
     signals_topic: str = "qris.burst-signals"
+    incidents_topic: str = "qris.incidents"
     partitions: int = 4
     timeout_s: float = 300.0
     lateness_s: float = 30.0
@@ -39,6 +40,8 @@ class Settings:
     idle_timeout_s: float = 60.0
     probe_age_s: float = 30.0
     burst_threshold: float = 7.0  # BurstParams.threshold
+    hold_grace_s: float = 900.0
+    max_hold_s: float = 7200.0
     app_id: str = "qris-guard"
     store: str = "rocksdb://"
     data_dir: str = "var/worker"
@@ -79,6 +82,8 @@ class Settings:
             payment_topic=self.payment_topic,
             ledger_topic=self.ledger_topic,
             probe_age_ms=round(self.probe_age_s * 1000),
+            hold_grace_ms=round(self.hold_grace_s * 1000),
+            max_hold_ms=round(self.max_hold_s * 1000),
         )
 
     @property
@@ -100,6 +105,7 @@ class Settings:
             alert_topic=f"{prefix}.alerts",
             dead_letter_topic=f"{prefix}.dead-letter",
             signals_topic=f"{prefix}.burst-signals",
+            incidents_topic=f"{prefix}.incidents",
         )
 
     def output_topic(self, role: str) -> str:
@@ -108,6 +114,7 @@ class Settings:
             "alerts": self.alert_topic,
             "dead_letter": self.dead_letter_topic,
             "signals": self.signals_topic,
+            "incidents": self.incidents_topic,
         }[role]
 
 
@@ -122,6 +129,10 @@ DOCS: dict[str, tuple[str, str]] = {
     "signals_topic": (
         "QRIS_SIGNALS_TOPIC",
         "internal topic (1 partition) of the partitions' closed minutes for the burst detector",
+    ),
+    "incidents_topic": (
+        "QRIS_INCIDENTS_TOPIC",
+        "internal topic (1 partition) of the detector's incident decisions and progress, read whole by every worker",
     ),
     "partitions": ("QRIS_PARTITIONS", "partitions when qris-guard creates the topics (inputs co-partitioned)"),
     "timeout_s": ("QRIS_TIMEOUT_S", "T: seconds after a debit before an unsettled amount is refunded"),
@@ -143,6 +154,14 @@ DOCS: dict[str, tuple[str, str]] = {
     "burst_threshold": (
         "QRIS_BURST_THRESHOLD",
         "burst incidents open at this surprise, -log10 of the binomial tail (one value for all scopes)",
+    ),
+    "hold_grace_s": (
+        "QRIS_HOLD_GRACE_S",
+        "G: seconds a refund stays held after the last incident covering its payment resolved",
+    ),
+    "max_hold_s": (
+        "QRIS_MAX_HOLD_S",
+        "H: longest hold of a refund during an incident, seconds after its deadline; 0 turns holds off",
     ),
     "app_id": ("QRIS_APP_ID", "Faust application id (consumer group, changelog topic prefix)"),
     "store": ("QRIS_STORE", "Faust table store: rocksdb:// in production, memory:// for quick trials"),

@@ -95,6 +95,18 @@ def test_every_record_emitted_for_the_scenario_validates() -> None:
     assert {"refund.requested", "refund.cancel_requested", "LATE_SETTLEMENT", "DEAD_LETTER", "dead_letter"} <= seen
 
 
+def test_every_record_emitted_with_holds_during_an_outage_validates() -> None:
+    from tests.test_holds import HOLDS, _records
+
+    seen: set[str] = set()
+    for _p, d in replay(_records("outage", minutes=30), HOLDS, drain=True):
+        _check_emitted(d.role, d.value)
+        seen.add(d.value.get("type") or d.value.get("kind") or "dead_letter")
+        if "hold" in d.value:
+            seen.add("after hold " + d.value["type"])
+    assert {"refund.held", "refund.hold_released", "after hold refund.requested", "FAILURE_BURST"} <= seen
+
+
 @settings(max_examples=150, deadline=None)
 @given(partition_input(), st.lists(st.integers(0, 1), max_size=40))
 def test_every_record_emitted_for_generated_input_validates(

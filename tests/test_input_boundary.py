@@ -21,7 +21,8 @@ from stream.worker.boundary import Gap, GapNotFilled, merge_filled, plan_batch
 from stream.worker.shell import ReconcileShell
 from tests.scenario import LEDGER, PAYMENT, scenario_records
 
-SETTINGS = Settings(payment_topic=PAYMENT, ledger_topic=LEDGER, partitions=2)
+# Refund holds off: these tests are about the input boundary (no incidents topic here).
+SETTINGS = Settings(payment_topic=PAYMENT, ledger_topic=LEDGER, partitions=2, max_hold_s=0)
 
 
 def rec(offset: int, topic: str = "t", partition: int = 0) -> KafkaRecord:

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from stream.core.partition import Params
 from stream.drivers.kafkaread import read_topics
 from stream.drivers.replay import replay
 from stream.drivers.replayfile import KafkaRecord
+from stream.settings import Settings
 from stream.simulate.traffic import generate
 from tests.kafka_support import Client, Topics, Worker, consume, fresh_topics, produce, require_broker
 from tests.scenario import LEDGER, PAYMENT, scenario_records
@@ -27,8 +28,9 @@ def canon(values: list[dict[str, Any]]) -> list[bytes]:
 
 
 def expected_outputs(bootstrap: Client, topics: Topics) -> dict[str, list[dict[str, Any]]]:
-    """Offline replay of the input topics exactly as they are on the broker (a dump)."""
-    params = Params(payment_topic=topics.payment, ledger_topic=topics.ledger)
+    """Offline replay of the input topics exactly as they are on the broker (a dump), with the
+    worker's default parameters (refund holds on: H = 2 h, G = 15 min)."""
+    params = replace(Settings().params, payment_topic=topics.payment, ledger_topic=topics.ledger)
     by_role: dict[str, list[dict[str, Any]]] = {"refunds": [], "alerts": [], "dead_letter": []}
     for _p, d in replay(read_topics(bootstrap, [topics.payment, topics.ledger]), params):
         by_role[d.role].append(d.value)
@@ -243,3 +245,45 @@ def test_a_worker_stopped_in_the_middle_of_a_backlog_loses_no_decision(tmp_path:
         missing = set(canon(want[role])) - set(canon(got[role]))
         assert not missing, f"{role}: {len(missing)} missing, e.g. {_brief(missing)[:3]}; logs in {tmp_path}"
         assert set(canon(got[role])) == set(canon(want[role])), role
+
+
+def test_refund_holds_live_equal_replay_although_the_worker_is_killed_during_the_incident(tmp_path: Path) -> None:
+    """Refund holds on the real broker: the detector's incidents reach the partitions through
+    the incidents topic; the worker is killed (SIGKILL) in the middle of the outage, while
+    refunds are held, and its successor restores the holds and reads the timeline again. The
+    distinct decisions are exactly replay's: refunds held, then requested or released, and no
+    clawback of a payment the outage delayed."""
+    bootstrap = require_broker()
+    topics = fresh_topics()
+    topics.create(bootstrap)
+    records = simulated(topics, "outage", seed=4, minutes=50, rate_per_min=150, outage_at=0.3, outage_minutes=12)
+    tmap = {topics.payment: topics.payment, topics.ledger: topics.ledger}
+    cut = len(records) * 45 // 100  # inside the outage: deadlines of stuck payments are held
+    worker = Worker(topics, tmp_path / "w")
+    worker.start(bootstrap)
+    worker2 = Worker(topics, tmp_path / "w2", app_id=worker.app_id)
+    try:
+        produce(bootstrap, records[:cut], tmap)
+        stats = worker.wait_processed(cut, timeout_s=180)
+        deadline = time.monotonic() + 90
+        while stats["counts"]["refunds"] == 0 and time.monotonic() < deadline:  # decided after the incidents
+            time.sleep(0.5)
+            stats = worker.stats()
+        time.sleep(4)  # offsets committed
+        worker.kill()
+        worker2.start(bootstrap)
+        produce(bootstrap, records[cut:], tmap)
+        want = expected_outputs(bootstrap, topics)
+        n = sum(len(v) for v in want.values())
+        got = live_by_role(
+            consume(bootstrap, topics.outputs(), until=n, timeout_s=240, settle_s=8, worker=worker2), topics
+        )
+    finally:
+        worker2.stop()
+    types = [r["type"] for r in want["refunds"]]
+    assert types.count("refund.held") > 20 and "refund.hold_released" in types
+    assert any("hold" in r and r["type"] == "refund.requested" for r in want["refunds"])
+    assert "refund.cancel_requested" not in types  # the late settlements needed no clawback
+    assert stats["counts"]["refunds"] > 0  # the first worker decided some of them before it died
+    for role in want:
+        assert sorted(set(canon(got[role]))) == sorted(set(canon(want[role]))), f"{role}:\n{worker2.log_tail()}"

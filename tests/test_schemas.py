@@ -141,18 +141,34 @@ def _refund_errors(value: dict[str, Any]) -> Iterator[str]:
     settlement = evidence["settlement"]
     if settled != (settlement["amount"] if settlement else 0):
         yield f"settled_amount {settled} disagrees with settlement {settlement}"
-    if value["type"] == "refund.requested":
-        owed = net - settled - active
+    owed = net - settled - active - evidence.get("held_refunds_before", 0)
+    hold = value.get("hold")
+    if value["type"] in ("refund.requested", "refund.held"):
         if value["amount"] != owed:
-            yield f"amount {value['amount']} != net - settled - active = {owed}"
-        if instant_ms(value["decided_at"]) != instant_ms(value["deadline"]):
-            yield "a refund request is decided at its deadline"
+            yield f"amount {value['amount']} != net - settled - active - held = {owed}"
+        decided = instant_ms(hold["held_until"]) if hold else instant_ms(value["deadline"])
+        if instant_ms(value["decided_at"]) != decided:
+            yield "a refund request is decided at its deadline, or when the hold on it ended"
+    elif value["type"] == "refund.hold_released":
+        if evidence["trigger"] is not None and owed > 0:
+            yield f"a hold released by a record leaves {owed} owed"
+        if instant_ms(value["decided_at"]) != instant_ms(hold["held_until"]):
+            yield "a hold is released when it ends"
+        if value["amount"] != hold["held_amount"]:
+            yield "a released hold's amount is the held amount"
     else:
         if value["cancels_refund_id"] != value["refund_id"]:
             yield "cancels_refund_id != refund_id"
         excess = active - max(0, net - settled)
         if value["amount"] > excess:
             yield f"cancelled amount {value['amount']} > excess {excess}"
+    if hold is not None:
+        if instant_ms(hold["held_from"]) != instant_ms(value["deadline"]):
+            yield "a hold starts at the deadline"
+        if hold["held_ms"] != instant_ms(hold["held_until"]) - instant_ms(hold["held_from"]):
+            yield "held_ms != held_until - held_from"
+        if instant_ms(hold["held_until"]) > instant_ms(hold["release_by"]):
+            yield "a hold lasts at most until release_by"
 
 
 def _alert_errors(value: dict[str, Any]) -> Iterator[str]:
@@ -325,7 +341,11 @@ def _valid_values(topic: str, field: str) -> set[Any]:
     [
         ("qris.payment-requests", "type", {"requested", "settled", "failed"}),
         ("qris.ledger-debits", "type", {"debited", "reversed"}),
-        ("qris.refunds", "type", {"refund.requested", "refund.cancel_requested"}),
+        (
+            "qris.refunds",
+            "type",
+            {"refund.requested", "refund.cancel_requested", "refund.held", "refund.hold_released"},
+        ),
         (
             "qris.refunds",
             "reason",

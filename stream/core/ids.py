@@ -49,3 +49,8 @@ def alert_id(kind: str, *parts: object) -> str:
 def incident_id(scope_type: str, scope_id: str, opened_window_start_ms: int) -> str:
     """Id of an incident: stable for a scope and the window that opened it."""
     return "in_" + _digest("incident", scope_type, scope_id, opened_window_start_ms)
+
+
+def hold_release_id(refund_id_: str) -> str:
+    """Id of the release without payment of the hold on `refund_id_` (a refund is held once)."""
+    return "rh_" + _digest("hold_release", refund_id_)

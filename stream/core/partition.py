@@ -5,8 +5,15 @@ order of records and timers (CONTRACT.md "Time").
 in each stream's offset order, in any interleaving, and returns decisions. Everything waits
 in a heap ordered by `(eff, kind, stream, offset)` until the watermark has strictly passed it,
 so the decisions do not depend on how the two streams interleave. Timers are heap items too:
-deadlines (kind 1) and retention checks (kind 2) sort after records (kind 0) of the same instant;
-timers of one instant are ordered by the (stream, offset) of the record that set them.
+deadlines (kind 1), hold releases (kind 2) and retention checks (last) sort after records (kind
+0) of the same instant; timers of one instant are ordered by the (stream, offset) of the record
+that set them.
+
+With refund holds on, the burst detector's incidents are a third input of the watermark
+(`on_incidents`): records and timers are decided only up to `min(W, known_through + 1)`. Records
+still pass the uncapped `W` in order (`heap` -> `decide`), and burst signals judge payments from
+the records that passed it (`ahead`), so a partition's signals never wait for the incidents
+that need them.
 
 As the watermark passes a minute's end plus the probe age, the engine also reports that
 minute's burst signals (`signals`: each payment judged shortly after its request, per scope).
@@ -27,12 +34,13 @@ from . import codec
 from .alerts import clock_skew_alert, dead_letter_alert, feed_silent_alert
 from .deadletter import dead_letter_record
 from .decisions import Decision
+from .holds import IncidentEvent, IncidentTimeline
 from .records import LedgerEvent, PaymentEvent, Stream, event_fields
 from .reference import ReferenceState
 from .signals import MINUTE_MS, count_payment, judge, signals_decision
 from .validation import Rejection, parse_ledger, parse_payment
 
-RECORD, DEADLINE = 0, 1  # heap kinds; retention checks (kind 2) have a heap of their own
+RECORD, DEADLINE, HOLD = 0, 1, 2  # heap kinds; retention checks have a heap of their own
 _STREAMS = (Stream.P, Stream.L)
 NEG_INF = -(2**62)
 POS_INF = 2**62
@@ -53,6 +61,14 @@ class Params:
     # Clock guard F: a record dated more than this ahead of its Kafka timestamp counts as if it
     # occurred at its Kafka timestamp (and raises CLOCK_SKEW).
     clock_skew_ms: int = 60_000
+    # Refund holds during an incident: grace G and maximum hold H; H = 0 turns holds off.
+    hold_grace_ms: int = 900_000
+    max_hold_ms: int = 0
+
+    @property
+    def holds(self) -> bool:
+        """Refund holds are on: decisions wait for the detector's incidents (`on_incidents`)."""
+        return self.max_hold_ms > 0
 
 
 # A heap item: (eff_ms, kind, stream, offset, reference, event or None).
@@ -96,8 +112,17 @@ class PartitionEngine:
         self.skewed: list[int] = [0, 0]
         self.refs: dict[str, ReferenceState] = {}
         self.pending: dict[str, list[Item]] = {}
+        # Records wait in `heap` for the watermark, then in `decide` (with the timers) for the
+        # incidents' watermark; `ahead` holds, per reference, records that passed W but not yet
+        # the incidents (burst signals read them).
         self.heap: list[Item] = []
+        self.decide: list[Item] = []
+        self.ahead: dict[str, list[Item]] = {}
         self.retention_heap: list[tuple[int, int, int, str]] = []
+        self.incidents = IncidentTimeline()
+        if not params.holds:
+            self.incidents.known_through_ms = POS_INF
+        self.held_refs: set[str] = set()
         self.dirty: set[str] = set()
         self.meta_dirty = False
         # Burst signals: references by minute of their request, until the minute is closed.
@@ -238,17 +263,46 @@ class PartitionEngine:
         return out
 
     def drain(self) -> list[Decision]:
-        """End of input in replay `--drain`: the watermark goes to +inf, every timer fires."""
+        """End of input in replay `--drain`: the watermark goes to +inf, every timer fires
+        (as far as the incidents are known: replay `--drain` knows them all)."""
         return self._release(POS_INF)
+
+    def on_incidents(self, events: list[IncidentEvent], known_through_ms: int) -> list[Decision]:
+        """The burst detector's incident decisions (repeats harmless) and the event time
+        through which all of them are known; returns what the advanced incidents' watermark
+        releases. A resolution can end holds earlier than scheduled."""
+        inc = self.incidents
+        before = inc.known_through_ms
+        if inc.add(events, known_through_ms) and self.held_refs:
+            grace = self.params.hold_grace_ms
+            for ref in sorted(self.held_refs):
+                st = self.refs[ref]
+                for hold in st.reschedule_holds(inc, grace):
+                    heapq.heappush(self.decide, (hold.release_at_ms, HOLD, *hold.opened_by, ref, None))
+        if inc.known_through_ms == before:
+            return []
+        return self._release(self.watermark_ms)
+
+    @property
+    def decided_through_ms(self) -> int:
+        """Everything before this event time is decided: min(W, incidents known through + 1)."""
+        return min(self.watermark_ms, self.incidents.known_through_ms + 1)
 
     # -- processing ------------------------------------------------------------------------
 
     def _release(self, watermark_ms: int) -> list[Decision]:
-        heap, rheap = self.heap, self.retention_heap
-        if (not heap or heap[0][0] >= watermark_ms) and (not rheap or rheap[0][0] >= watermark_ms):
+        heap, decide, rheap = self.heap, self.decide, self.retention_heap
+        cap = self.incidents.known_through_ms + 1
+        if cap > watermark_ms:
+            cap = watermark_ms
+        if (
+            (not heap or heap[0][0] >= watermark_ms)
+            and (not decide or decide[0][0] >= cap)
+            and (not rheap or rheap[0][0] >= cap)
+        ):
             out = []
         else:
-            out = self._process(watermark_ms)
+            out = self._process(watermark_ms, cap)
         if watermark_ms >= self._close_at_ms and watermark_ms > NEG_INF and self.params.burst_signals:
             out.append(self._close_minutes(watermark_ms))
         return out
@@ -260,10 +314,22 @@ class PartitionEngine:
         through = (watermark_ms - age) // MINUTE_MS - 1
         closed: dict[int, dict[str, Any]] = {}
         open_minutes, refs = self.open_minutes, self.refs
-        for m in sorted(k for k in open_minutes if k <= through):
+        # Payments whose records are past W but held back from the decisions by the incidents
+        # are judged from a view of the facts they will have (`ahead`).
+        views = self._views_ahead(through) if self.ahead else {}
+        counted: dict[int, set[str]] = {}
+        for ref, view in views.items():
+            st = refs.get(ref)
+            if st is None or st.request is None:  # its request is itself ahead
+                assert view.request_eff_ms is not None
+                counted.setdefault(view.request_eff_ms // MINUTE_MS, set()).add(ref)
+        for m in sorted({k for k in open_minutes if k <= through} | set(counted)):
             scopes: dict[str, Any] = {}
-            for ref in open_minutes.pop(m):
-                st = refs.get(ref)
+            of_minute = open_minutes.pop(m, [])
+            if m in counted:
+                of_minute = sorted(set(of_minute) | counted[m])
+            for ref in of_minute:
+                st = views.get(ref) or refs.get(ref)
                 if st is None or st.request is None or st.request_eff_ms is None:
                     continue  # dropped by retention shorter than the probe age
                 count_payment(scopes, st, judge(st, st.request_eff_ms + age))
@@ -273,19 +339,47 @@ class PartitionEngine:
         self.meta_dirty = True
         return signals_decision(self.partition, through, closed)
 
-    def _process(self, watermark_ms: int) -> list[Decision]:
-        heap, rheap = self.heap, self.retention_heap
+    def _views_ahead(self, through: int) -> dict[str, ReferenceState]:
+        # The facts of references with records past W but not yet decided: what the decisions
+        # will have seen by then. Only references whose request is in a minute closing now count.
+        prev = self.signals_through
+        views: dict[str, ReferenceState] = {}
+        for ref, items in self.ahead.items():
+            st = self.refs.get(ref)
+            view = st.facts_copy() if st is not None else ReferenceState(ref)
+            for eff, _kind, s, _offset, _ref, event in sorted(items, key=lambda it: it[:4]):
+                assert event is not None
+                view.apply_facts(_STREAMS[s], eff, event)
+            rq_ms = view.request_eff_ms
+            if rq_ms is None or rq_ms // MINUTE_MS > through or (prev is not None and rq_ms // MINUTE_MS <= prev):
+                continue
+            views[ref] = view
+        return views
+
+    def _process(self, watermark_ms: int, cap: int) -> list[Decision]:
+        heap, decide, rheap = self.heap, self.decide, self.retention_heap
         out: list[Decision] = []
         p = self.params
         persistent = self.persistent
         dirty = self.dirty
         refs = self.refs
         pop, push = heapq.heappop, heapq.heappush
+        # Records that passed W go on to wait for the incidents with the timers; those the
+        # incidents hold back are the burst signals' records `ahead`.
+        ahead = self.ahead
+        while heap and heap[0][0] < watermark_ms:
+            item = pop(heap)
+            push(decide, item)
+            if item[0] >= cap:
+                ahead.setdefault(item[4], []).append(item)
+        incidents = self.incidents
+        grace_ms, max_hold_ms = p.hold_grace_ms, (p.max_hold_ms if p.holds else 0)
+        through = self.signals_through
         while True:
             # Retention checks live in their own heap (one per reference, most far in the
-            # future) and run when they come first in (eff, kind) order: after records and
-            # deadlines of the same instant.
-            if rheap and rheap[0][0] < watermark_ms and (not heap or rheap[0][0] < heap[0][0]):
+            # future) and run when they come first in (eff, kind) order: after records,
+            # deadlines and hold releases of the same instant.
+            if rheap and rheap[0][0] < cap and (not decide or rheap[0][0] < decide[0][0]):
                 due, s, offset, ref = pop(rheap)
                 st = refs.get(ref)
                 if st is None or st.retention != (due, s, offset):
@@ -293,43 +387,82 @@ class PartitionEngine:
                 st.retention = None
                 if st.last_eff_ms + p.retention_ms > due:
                     self._schedule_retention(st)
-                elif st.cycle_deadline_ms is None:
+                elif st.cycle_deadline_ms is None and not st.holds:
                     del refs[ref]
-                # else: the deadline timer reschedules retention when the cycle closes.
+                # else: the deadline or the hold's end reschedules retention.
                 if persistent:
                     dirty.add(ref)
                 continue
-            if not heap or heap[0][0] >= watermark_ms:
+            if not decide or decide[0][0] >= cap:
                 break
-            eff, kind, s, offset, ref, event = pop(heap)
+            eff, kind, s, offset, ref, event = pop(decide)
             if kind == RECORD:
                 assert event is not None
                 if persistent:
                     self._unpend(ref, offset, s)
                     dirty.add(ref)
+                if ahead:
+                    self._unahead(ref, offset, s)
                 st = refs.get(ref)
                 if st is None:
                     st = refs[ref] = ReferenceState(ref)
                 had_request = st.request is not None
+                had_holds = bool(st.holds)
                 decisions, opened = st.apply(_STREAMS[s], offset, eff, event, p.timeout_ms, self.partition)
                 if not had_request and st.request is not None:
-                    self.open_minutes.setdefault(eff // MINUTE_MS, []).append(ref)
+                    minute = eff // MINUTE_MS
+                    # A request the burst signals already counted ahead of the decisions.
+                    if through is None or minute > through:
+                        self.open_minutes.setdefault(minute, []).append(ref)
                 if decisions:
                     out.extend(decisions)
                 if opened is not None:
-                    push(heap, (opened, DEADLINE, s, offset, ref, None))
+                    push(decide, (opened, DEADLINE, s, offset, ref, None))
+                if had_holds and not st.holds:
+                    self.held_refs.discard(ref)
                 if st.retention is None:
                     self._schedule_retention(st)
-            else:
+            elif kind == DEADLINE:
                 st = refs.get(ref)
                 if st is None or st.cycle_deadline_ms != eff:
                     continue
-                out.extend(st.on_deadline(eff, self.partition))
+                n_holds = len(st.holds)
+                out.extend(st.on_deadline(eff, self.partition, incidents, max_hold_ms, grace_ms))
+                if len(st.holds) > n_holds:
+                    hold = st.holds[-1]
+                    self.held_refs.add(ref)
+                    push(decide, (hold.release_at_ms, HOLD, *hold.opened_by, ref, None))
                 if st.retention is None:
                     self._schedule_retention(st, not_before_ms=eff)
                 if persistent:
                     dirty.add(ref)
+            else:
+                st = refs.get(ref)
+                if st is None or not st.holds:
+                    continue
+                decisions, moved = st.on_hold_timer(eff, (s, offset), incidents, grace_ms, self.partition)
+                if moved is not None:
+                    push(decide, (moved.release_at_ms, HOLD, *moved.opened_by, ref, None))
+                if decisions:
+                    out.extend(decisions)
+                    if not st.holds:
+                        self.held_refs.discard(ref)
+                    if st.retention is None:
+                        self._schedule_retention(st, not_before_ms=eff)
+                if persistent:
+                    dirty.add(ref)
         return out
+
+    def _unahead(self, ref: str, offset: int, s: int) -> None:
+        items = self.ahead.get(ref)
+        if items is None:
+            return
+        for i, it in enumerate(items):
+            if it[3] == offset and it[2] == s:
+                del items[i]
+                break
+        if not items:
+            del self.ahead[ref]
 
     def _schedule_retention(self, st: ReferenceState, not_before_ms: int = NEG_INF) -> None:
         at = max(st.last_eff_ms + self.params.retention_ms, not_before_ms)
@@ -416,7 +549,11 @@ class PartitionEngine:
             if d["state"] is not None:
                 st = eng.refs[ref] = ReferenceState.from_json(d["state"])
                 if st.cycle_deadline_ms is not None and st.cycle_opened_by is not None:
-                    heap.append((st.cycle_deadline_ms, DEADLINE, *st.cycle_opened_by, ref, None))
+                    eng.decide.append((st.cycle_deadline_ms, DEADLINE, *st.cycle_opened_by, ref, None))
+                for hold in st.holds:
+                    eng.decide.append((hold.release_at_ms, HOLD, *hold.opened_by, ref, None))
+                if st.holds:
+                    eng.held_refs.add(ref)
                 if st.retention is not None:
                     eng.retention_heap.append((*st.retention, ref))
             for eff, s, offset, ev in d["pending"]:
@@ -430,6 +567,7 @@ class PartitionEngine:
                 heap.append(item)
                 eng.pending.setdefault(ref, []).append(item)
         heapq.heapify(heap)
+        heapq.heapify(eng.decide)
         heapq.heapify(eng.retention_heap)
         through = eng.signals_through
         for ref, st in eng.refs.items():

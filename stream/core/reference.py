@@ -13,8 +13,18 @@ from typing import Any
 from . import ids
 from .alerts import cancellation_alert, over_refund_alert
 from .decisions import Decision
+from .holds import Hold, IncidentTimeline, ReleasedBecause
 from .records import LedgerEvent, PaymentEvent, Stream, event_fields
-from .refunds import Refund, cancellation_record, refund_request_record
+from .refunds import (
+    Refund,
+    cancellation_record,
+    hold_released_record,
+    refund_held_record,
+    refund_request_record,
+)
+
+# Version of a saved reference entry: 2 added holds ("h"); entries without "v" are version 1.
+STATE_VERSION = 2
 
 # Evidence tuples are kept compact in state and expanded only when a refund is written.
 # ledger entry: (event_id, entry_id, amount, occurred_at, effective_at_ms)
@@ -64,6 +74,8 @@ class ReferenceState:
     last_key: tuple[int, int] = (0, 0)
     # The pending retention timer, if any: (at_ms, stream, offset).
     retention: tuple[int, int, int] | None = None
+    # Refunds held during an incident, oldest first (at most one per cycle).
+    holds: list[Hold] = field(default_factory=list)
 
     def has_seen(self, stream: int, event_id: str) -> bool:
         """Whether an event with this id was processed on `stream` (0 = P, 1 = L)."""
@@ -90,6 +102,10 @@ class ReferenceState:
     def active(self) -> int:
         return sum(r.amount for r in self.refunds if r.active)
 
+    @property
+    def held(self) -> int:
+        return sum(h.amount for h in self.holds)
+
     # -- records ---------------------------------------------------------------------------
 
     def apply(
@@ -106,13 +122,35 @@ class ReferenceState:
 
         Duplicates (same `event_id` on the same stream) are ignored entirely.
         """
-        s = int(stream)
-        if self.has_seen(s, event.event_id):
+        may_over_refund = self.apply_facts(stream, eff_ms, event)
+        if may_over_refund is None:
             return [], None
-        self._mark_seen(s, event.event_id)
         self.last_eff_ms = eff_ms
         self.last_key = (int(stream), offset)
         opened: int | None = None
+        if type(event) is LedgerEvent and event.type == "debited" and self.cycle_deadline_ms is None:
+            opened = self.cycle_deadline_ms = eff_ms + timeout_ms
+            self.cycle_opened_by = (int(stream), offset)
+        if self.holds:
+            out = self._cancel_excess(event, eff_ms, partition) if may_over_refund and self._any_active() else []
+            out.extend(self._release_covered_holds(event, eff_ms, partition))
+            return out, opened
+        if not may_over_refund or not self._any_active():
+            return [], opened
+        return self._cancel_excess(event, eff_ms, partition), opened
+
+    def _any_active(self) -> bool:
+        return any(r.active for r in self.refunds)
+
+    def apply_facts(self, stream: Stream, eff_ms: int, event: PaymentEvent | LedgerEvent) -> bool | None:
+        """The facts part of a record: what was debited, reversed, settled, failed, requested.
+        Returns None for a duplicate (ignored), else whether the record can make active refunds
+        exceed what is owed (a settlement or reversal). Burst signals use this alone on a copy
+        (`facts_copy`) to judge payments ahead of the decisions."""
+        s = int(stream)
+        if self.has_seen(s, event.event_id):
+            return None
+        self._mark_seen(s, event.event_id)
         may_over_refund = False
         if type(event) is LedgerEvent:
             entry = (event.event_id, event.entry_id, event.amount, event.occurred_at, eff_ms)
@@ -123,9 +161,6 @@ class ReferenceState:
                 _keep(self.debits, entry)
                 if self.account_id is None:
                     self.account_id = event.account_id
-                if self.cycle_deadline_ms is None:
-                    opened = self.cycle_deadline_ms = eff_ms + timeout_ms
-                    self.cycle_opened_by = (int(stream), offset)
             else:
                 self.net -= event.amount
                 self.reversal_count += 1
@@ -145,9 +180,30 @@ class ReferenceState:
             elif self.request is None:
                 self.request = _interned(event)
                 self.request_eff_ms = eff_ms
-        if not may_over_refund or not any(r.active for r in self.refunds):
-            return [], opened
-        return self._cancel_excess(event, eff_ms, partition), opened
+        return may_over_refund
+
+    def facts_copy(self) -> ReferenceState:
+        """A copy of the facts only (no cycle, refunds or holds), for `apply_facts` ahead."""
+        return ReferenceState(
+            self.reference,
+            seen_p=list(self.seen_p),
+            seen_l=list(self.seen_l),
+            seen_more_p=set(self.seen_more_p) if self.seen_more_p is not None else None,
+            seen_more_l=set(self.seen_more_l) if self.seen_more_l is not None else None,
+            debits=list(self.debits),
+            reversals=list(self.reversals),
+            debit_count=self.debit_count,
+            debited_total=self.debited_total,
+            reversal_count=self.reversal_count,
+            reversed_total=self.reversed_total,
+            settlement=self.settlement,
+            failure=self.failure,
+            request=self.request,
+            request_eff_ms=self.request_eff_ms,
+            account_id=self.account_id,
+            net=self.net,
+            settled=self.settled,
+        )
 
     def _cancel_excess(self, trigger: PaymentEvent | LedgerEvent, eff_ms: int, partition: int) -> list[Decision]:
         # Rule 3: cancel the newest refunds that the late settlement or reversal made
@@ -171,24 +227,119 @@ class ReferenceState:
 
     # -- timers ----------------------------------------------------------------------------
 
-    def on_deadline(self, deadline_ms: int, partition: int) -> list[Decision]:
+    def on_deadline(
+        self,
+        deadline_ms: int,
+        partition: int,
+        incidents: IncidentTimeline | None = None,
+        max_hold_ms: int = 0,
+        grace_ms: int = 0,
+    ) -> list[Decision]:
         """Rule 2: at the cycle's deadline, request a refund for what is still owed; the cycle
-        closes either way."""
+        closes either way. With holds on (`max_hold_ms` > 0), a `SETTLEMENT_TIMEOUT` refund of
+        a payment covered by an incident open at the deadline is held instead (`holds`): the
+        caller schedules its end at the new hold's `release_at_ms`. Amounts already held by
+        other cycles count as refunded here, so no amount is paid twice."""
+        opened_by = self.cycle_opened_by
         self.cycle_deadline_ms = None
         self.cycle_opened_by = None
         active = self.active
-        owed = self.net - self.settled - active
+        held = self.held
+        owed = self.net - self.settled - active - held
         if owed <= 0:
             return []
-        if self.settled > 0:
-            reason = "EXCESS_DEBIT"
-        elif self.failure is not None:
-            reason = "PAYMENT_FAILED"
-        else:
-            reason = "SETTLEMENT_TIMEOUT"
-        refund = Refund(ids.refund_id(self.reference, deadline_ms), owed, deadline_ms, reason, True)
+        reason = self._reason()
+        refund_id = ids.refund_id(self.reference, deadline_ms)
+        if max_hold_ms > 0 and reason == "SETTLEMENT_TIMEOUT" and incidents is not None:
+            covering = incidents.covering_open_at(self.request, deadline_ms)
+            if covering:
+                release_by = deadline_ms + max_hold_ms
+                until, _chain = incidents.release_at(self.request, deadline_ms, grace_ms)
+                hold = Hold(
+                    refund_id,
+                    deadline_ms,
+                    owed,
+                    [i.incident_id for i in covering],
+                    release_by,
+                    opened_by if opened_by is not None else (0, 0),
+                    min(until, release_by),
+                )
+                self.holds.append(hold)
+                return [refund_held_record(self, hold, partition, active, held)]
+        refund = Refund(refund_id, owed, deadline_ms, reason, True)
         self.refunds.append(refund)
-        return [refund_request_record(self, refund, partition, active)]
+        return [refund_request_record(self, refund, partition, active, held_before=held)]
+
+    def _reason(self) -> str:
+        if self.settled > 0:
+            return "EXCESS_DEBIT"
+        if self.failure is not None:
+            return "PAYMENT_FAILED"
+        return "SETTLEMENT_TIMEOUT"
+
+    def reschedule_holds(self, incidents: IncidentTimeline, grace_ms: int) -> list[Hold]:
+        """A resolution became known: holds that now end earlier get a new `release_at_ms`.
+        Returns those holds (the caller schedules their timers)."""
+        moved = []
+        for hold in self.holds:
+            until, _chain = incidents.release_at(self.request, hold.deadline_ms, grace_ms)
+            at = min(until, hold.release_by_ms)
+            if at != hold.release_at_ms:
+                hold.release_at_ms = at
+                moved.append(hold)
+        return moved
+
+    def on_hold_timer(
+        self, at_ms: int, opened_by: tuple[int, int], incidents: IncidentTimeline, grace_ms: int, partition: int
+    ) -> tuple[list[Decision], Hold | None]:
+        """A hold's scheduled end at `at_ms` (every incident decision up to it is known). If a
+        covering incident opened within the grace, the hold goes on: returns it rescheduled.
+        Otherwise the hold ends: the refund is requested for what is owed now, or released."""
+        hold = next((h for h in self.holds if h.opened_by == opened_by and h.release_at_ms == at_ms), None)
+        if hold is None:
+            return [], None  # a stale timer: the hold ended or was moved
+        until, chain = incidents.release_at(self.request, hold.deadline_ms, grace_ms)
+        at = min(until, hold.release_by_ms)
+        if at > at_ms:
+            hold.release_at_ms = at
+            return [], hold
+        # The incidents that kept it on: those opened by now (a replay knows later ones too).
+        for incident_id in chain:
+            if incident_id not in hold.incident_ids and incidents.incidents[incident_id].opened_at_ms <= at_ms:
+                hold.incident_ids.append(incident_id)
+        because: ReleasedBecause = "incident_resolved" if until <= at_ms else "max_hold"
+        return self._end_hold(hold, because, None, at_ms, partition), None
+
+    def _end_hold(
+        self,
+        hold: Hold,
+        because: ReleasedBecause,
+        trigger: PaymentEvent | LedgerEvent | None,
+        at_ms: int,
+        partition: int,
+    ) -> list[Decision]:
+        self.holds.remove(hold)
+        active = self.active
+        held = self.held
+        owed = self.net - self.settled - active - held
+        release = (hold, because, at_ms)
+        if owed > 0 and trigger is None:
+            refund = Refund(hold.refund_id, owed, hold.deadline_ms, self._reason(), True)
+            self.refunds.append(refund)
+            return [refund_request_record(self, refund, partition, active, release, held)]
+        hold_release_id = ids.hold_release_id(hold.refund_id)
+        return [hold_released_record(self, hold_release_id, release, trigger, partition, active, held)]
+
+    def _release_covered_holds(
+        self, trigger: PaymentEvent | LedgerEvent, eff_ms: int, partition: int
+    ) -> list[Decision]:
+        # A record that brings what a hold would pay to 0 or less ends it without payment;
+        # other holds' amounts count as refunded, oldest hold first.
+        out: list[Decision] = []
+        for hold in list(self.holds):
+            if self.net - self.settled - self.active - (self.held - hold.amount) <= 0:
+                out.extend(self._end_hold(hold, "owed_covered", trigger, eff_ms, partition))
+        return out
 
     # -- persistence -----------------------------------------------------------------------
 
@@ -218,6 +369,8 @@ class ReferenceState:
             "le": self.last_eff_ms,
             "lk": self.last_key,
             "rt": self.retention,
+            "v": STATE_VERSION,
+            **({"h": [h.to_json() for h in self.holds]} if self.holds else {}),
         }
 
     @classmethod
@@ -250,6 +403,7 @@ class ReferenceState:
             last_eff_ms=d["le"],
             last_key=tuple(d["lk"]),
             retention=tuple(d["rt"]) if d["rt"] else None,
+            holds=[Hold.from_json(h) for h in d.get("h", ())],
         )
 
 

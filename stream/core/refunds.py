@@ -16,7 +16,11 @@ from .eventtime import format_ms
 from .records import CURRENCY, LedgerEvent, PaymentEvent
 
 if TYPE_CHECKING:
+    from .holds import Hold
     from .reference import ReferenceState
+
+# How a hold ended: the hold, why, and the event time it ended.
+HoldEnd = tuple["Hold", str, int]
 
 
 @dataclass(slots=True)
@@ -36,9 +40,14 @@ def _ledger_items(entries: list[tuple[str, str, int, str, int]]) -> list[dict[st
 
 
 def evidence(
-    st: ReferenceState, active_before: int, trigger: PaymentEvent | LedgerEvent | None, trigger_eff_ms: int | None
+    st: ReferenceState,
+    active_before: int,
+    trigger: PaymentEvent | LedgerEvent | None,
+    trigger_eff_ms: int | None,
+    held_before: int = 0,
 ) -> dict[str, Any]:
-    """The evidence block: what the decision was based on."""
+    """The evidence block: what the decision was based on (`held_refunds_before`: amounts of the
+    reference's other holds, counted as refunded; present only when there are any)."""
     settlement = None
     if st.settlement is not None:
         e, a, o, f = st.settlement
@@ -71,7 +80,7 @@ def evidence(
             "occurred_at": trigger.occurred_at,
             "effective_at": format_ms(trigger_eff_ms),
         }
-    return {
+    found = {
         "debits": _ledger_items(st.debits),
         "reversals": _ledger_items(st.reversals),
         # The lists hold the first 20 and the last 5 entries; counts and sums cover them all.
@@ -88,6 +97,9 @@ def evidence(
         "active_refunds_before": active_before,
         "trigger": trig,
     }
+    if held_before:
+        found["held_refunds_before"] = held_before
+    return found
 
 
 def _common(st: ReferenceState, refund: Refund, partition: int) -> dict[str, Any]:
@@ -109,13 +121,84 @@ def _common(st: ReferenceState, refund: Refund, partition: int) -> dict[str, Any
     }
 
 
-def refund_request_record(st: ReferenceState, refund: Refund, partition: int, active_before: int) -> Decision:
-    """`refund.requested`, decided at the cycle deadline."""
+def hold_fields(hold: Hold, because: str, ended_ms: int) -> dict[str, Any]:
+    """The `hold` object of a refund requested after a hold, or of a hold released."""
+    return {
+        "held_from": format_ms(hold.deadline_ms),
+        "held_until": format_ms(ended_ms),
+        "held_ms": ended_ms - hold.deadline_ms,
+        "held_amount": hold.amount,
+        "incident_id": hold.incident_ids[0],
+        "incident_ids": list(hold.incident_ids),
+        "release_by": format_ms(hold.release_by_ms),
+        "released_because": because,
+    }
+
+
+def refund_request_record(
+    st: ReferenceState,
+    refund: Refund,
+    partition: int,
+    active_before: int,
+    hold_end: HoldEnd | None = None,
+    held_before: int = 0,
+) -> Decision:
+    """`refund.requested`, decided at the cycle deadline, or when the hold on it ended
+    (`hold_end`: then `decided_at` is the end of the hold and `hold` says how long and why)."""
     value = {"type": "refund.requested", **_common(st, refund, partition)}
-    value["decided_at"] = value["deadline"]
-    value["evidence"] = evidence(st, active_before, None, None)
+    at_ms = refund.deadline_ms if hold_end is None else hold_end[2]
+    value["decided_at"] = format_ms(at_ms)
+    value["evidence"] = evidence(st, active_before, None, None, held_before)
+    if hold_end is not None:
+        value["hold"] = hold_fields(*hold_end)
     value["schema_version"] = SCHEMA_VERSION
-    return Decision("refunds", st.reference.encode("utf-8"), value, refund.deadline_ms)
+    return Decision("refunds", st.reference.encode("utf-8"), value, at_ms)
+
+
+def refund_held_record(
+    st: ReferenceState, hold: Hold, partition: int, active_before: int, held_before: int = 0
+) -> Decision:
+    """`refund.held`: the refund `refund_id` is known and owed, but an incident covering the
+    payment is open at the deadline; it is paid or released by `release_by` at the latest."""
+    refund = Refund(hold.refund_id, hold.amount, hold.deadline_ms, "SETTLEMENT_TIMEOUT", False)
+    value = {"type": "refund.held", **_common(st, refund, partition)}
+    value["decided_at"] = value["deadline"]
+    value["incident_id"] = hold.incident_ids[0]
+    value["incident_ids"] = list(hold.incident_ids)
+    value["release_by"] = format_ms(hold.release_by_ms)
+    value["evidence"] = evidence(st, active_before, None, None, held_before)
+    value["schema_version"] = SCHEMA_VERSION
+    return Decision("refunds", st.reference.encode("utf-8"), value, hold.deadline_ms)
+
+
+def hold_released_record(
+    st: ReferenceState,
+    hold_release_id: str,
+    hold_end: HoldEnd,
+    trigger: PaymentEvent | LedgerEvent | None,
+    partition: int,
+    active_before: int,
+    held_before: int = 0,
+) -> Decision:
+    """`refund.hold_released`: the held refund is not owed any more (the `trigger` record settled
+    or reversed it, or nothing was owed when the hold ended); nothing is paid."""
+    hold, because, at_ms = hold_end
+    if trigger is not None:
+        reason = "LATE_SETTLEMENT" if trigger.type == "settled" else "LATE_REVERSAL"
+    elif st.settlement is not None:
+        reason = "LATE_SETTLEMENT"
+    elif st.reversals:
+        reason = "LATE_REVERSAL"
+    else:
+        reason = "SETTLEMENT_TIMEOUT"
+    refund = Refund(hold.refund_id, hold.amount, hold.deadline_ms, reason, False)
+    value = {"type": "refund.hold_released", **_common(st, refund, partition)}
+    value["hold_release_id"] = hold_release_id
+    value["decided_at"] = format_ms(at_ms)
+    value["hold"] = hold_fields(hold, because, at_ms)
+    value["evidence"] = evidence(st, active_before, trigger, at_ms if trigger is not None else None, held_before)
+    value["schema_version"] = SCHEMA_VERSION
+    return Decision("refunds", st.reference.encode("utf-8"), value, at_ms)
 
 
 def cancellation_record(

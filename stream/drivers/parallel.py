@@ -6,7 +6,9 @@ Partitions are independent by the contract (each has its own watermark and refer
 decide them with the same core. Each job writes its own output; the parent concatenates them
 in job order. Decisions are identical to a single-process replay; only the interleaving of
 lines from different partitions differs. Each job hands back its partitions' burst signals and
-the parent runs the one burst detector over all of them.
+the parent runs the one burst detector over all of them. With refund holds on, that is a first
+pass (signals only); the parent turns the detector's alerts into the incident timeline and a
+second pass of the same jobs decides with it (see `replay`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import multiprocessing as mp
 import re
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
 from ..core import codec
 from ..core.burst import BurstParams
-from ..core.partition import OffsetOrderError, Params
-from .replay import Replay, detect_bursts
+from ..core.holds import IncidentEvent
+from ..core.partition import NEG_INF, OffsetOrderError, Params
+from .replay import Replay, incident_timeline, reporting, run_detector
 from .replayfile import TimeRange, decision_line, parse_line
 
 
@@ -48,10 +52,12 @@ def _job(
     params: Params,
     drain: bool,
     topics: dict[str, str],
-    out: str,
+    out: str | None,
     times: tuple[int | None, int | None],
+    incidents: tuple[list[IncidentEvent], int] = ([], NEG_INF),
 ) -> tuple[int, list[Any], list[int]]:
-    r = Replay(params)
+    # `out` None: a first pass of a replay with holds, for the signals only.
+    r = Replay(params, incidents=incidents[0], incidents_known_through_ms=incidents[1])
     seq: dict[tuple[str, int], int] = {}
     n = 0
 
@@ -62,7 +68,7 @@ def _job(
         fh.write(decision_line(topic, partition, seq[k], d))  # type: ignore[arg-type]
 
     within = TimeRange(*times)
-    with open(path, "rb") as fh, open(out, "wb") as sink:
+    with open(path, "rb") as fh, open(out or "/dev/null", "wb") as sink:
         for line_no, raw in enumerate(fh, 1):
             try:
                 p = _line_partition(raw)
@@ -77,13 +83,16 @@ def _job(
                 got = r.feed(rec)
             except OffsetOrderError as exc:
                 raise ReplayRefused(f"{path} line {line_no}: {exc}") from None
+            if out is None:
+                continue
             for d in got:
                 write(sink, rec.partition, d.role, d)
                 n += 1
         if drain:
             for p, d in r.drain():
-                write(sink, p, d.role, d)
-                n += 1
+                if out is not None:
+                    write(sink, p, d.role, d)
+                    n += 1
     return n, r.signals, sorted(r.engines)
 
 
@@ -105,16 +114,27 @@ def replay_file_parallel(
     with tempfile.TemporaryDirectory(prefix="qris-replay-") as tmp:
         outs = [str(Path(tmp) / f"job-{i}.jsonl") for i in range(jobs)]
         ctx = mp.get_context("fork")
+        times = (from_ms, to_ms)
         with ctx.Pool(jobs) as pool:
-            results = pool.starmap(
-                _job, [(path, jobs, i, params, drain, topics, outs[i], (from_ms, to_ms)) for i in range(jobs)]
-            )
+            if params.holds:
+                first = replace(params, max_hold_ms=0)
+                results = pool.starmap(_job, [(path, jobs, i, first, drain, topics, None, times) for i in range(jobs)])
+                signals = [value for _n, values, _p in results for value in values]
+                bursts, closed_through = run_detector(signals, reporting(signals), burst)
+                timeline = incident_timeline(bursts, closed_through, params, drain=drain)
+                second = replace(params, burst_signals=False)
+                pass2 = [(path, jobs, i, second, drain, topics, outs[i], times, timeline) for i in range(jobs)]
+                results = [(n, [], ps) for n, _v, ps in pool.starmap(_job, pass2)]
+            else:
+                results = pool.starmap(
+                    _job, [(path, jobs, i, params, drain, topics, outs[i], times) for i in range(jobs)]
+                )
+                signals = [value for _n, values, _p in results for value in values]
+                partitions = {p for _n, _v, ps in results for p in ps}
+                bursts, _closed = run_detector(signals, partitions, burst)
         for o in outs:
             with open(o, "rb") as fh:
                 shutil.copyfileobj(fh, out, 1 << 20)
-    signals = [value for _n, values, _p in results for value in values]
-    partitions = {p for _n, _v, ps in results for p in ps}
-    bursts = detect_bursts(signals, partitions, burst)
     for seq, d in enumerate(bursts):
         out.write(decision_line(topics[d.role], -1, seq, d))
     return sum(n for n, _v, _p in results) + len(bursts)

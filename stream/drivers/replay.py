@@ -8,18 +8,28 @@ live worker used the documented wall-clock idle rule). `--drain` moves every wat
 Failure bursts span partitions: each engine's closed minutes (`signals`) are kept and given to
 one `BurstDetector` at the end, with the number of partitions seen, so the incidents do not
 depend on how the input interleaves partitions. Their lines carry partition -1 (all partitions).
+
+With refund holds on (`Params.max_hold_ms` > 0) the refund decisions depend on the incidents,
+so a replay takes two passes over the input: the first (holds off) only for the partitions'
+signals and the detector's incidents (over the partitions that reported signals); the second
+decides with the whole incident timeline,
+known through the detector's last closed minute (what a live worker knows after the same
+input; +inf with `--drain`). Signals are a function of the records alone, so the first pass
+sees exactly the incidents a live run sees.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..core.burst import BurstDetector, BurstParams
 from ..core.decisions import Decision
-from ..core.partition import Params, PartitionEngine
+from ..core.holds import IncidentEvent, incident_event
+from ..core.partition import NEG_INF, POS_INF, Params, PartitionEngine
 from ..core.records import Stream
+from ..core.signals import MINUTE_MS
 from .replayfile import KafkaRecord
 
 
@@ -30,11 +40,16 @@ class Replay:
     engines: dict[int, PartitionEngine] = field(default_factory=dict)
     signals: list[dict[str, Any]] = field(default_factory=list)
     ignored: int = 0
+    # Holds on: the incident timeline every engine is given, and how far it is known.
+    incidents: list[IncidentEvent] = field(default_factory=list)
+    incidents_known_through_ms: int = NEG_INF
 
     def engine(self, partition: int) -> PartitionEngine:
         eng = self.engines.get(partition)
         if eng is None:
             eng = self.engines[partition] = PartitionEngine(partition, self.params, persistent=False)
+            if self.params.holds:
+                eng.on_incidents(self.incidents, self.incidents_known_through_ms)
         return eng
 
     def feed(self, rec: KafkaRecord) -> list[Decision]:
@@ -67,26 +82,78 @@ class Replay:
 
 def detect_bursts(signals: Iterable[dict[str, Any]], partitions: Iterable[int], params: BurstParams) -> list[Decision]:
     """Run one `BurstDetector` over the partitions' signals (each partition's in its order)."""
+    return run_detector(signals, partitions, params)[0]
+
+
+def run_detector(
+    signals: Iterable[dict[str, Any]], partitions: Iterable[int], params: BurstParams
+) -> tuple[list[Decision], int | None]:
+    """The detector's alerts over the partitions' signals, and the last minute it closed."""
     partitions = set(partitions)
     if not partitions:
-        return []
+        return [], None
     detector = BurstDetector(partitions, params)
     out: list[Decision] = []
     for value in signals:
         out.extend(detector.on_signals(value))
-    return out
+    return out, detector.closed_through
+
+
+def reporting(signals: Iterable[dict[str, Any]]) -> set[int]:
+    """The partitions that reported burst signals. With holds on, the detector of a replay waits
+    for these only: a partition of the input that never had a watermark (one stream only, or
+    only rejected records) decides nothing and would otherwise hold every refund decision back."""
+    return {int(v["partition"]) for v in signals}
+
+
+def incident_timeline(
+    bursts: Iterable[Decision], closed_through_minute: int | None, params: Params, *, drain: bool
+) -> tuple[list[IncidentEvent], int]:
+    """The incident events of the detector's alerts and the event time they are known through:
+    a minute is decided at its end plus the probe age, so after the detector closed minute c
+    every decision up to (c + 1) * 1 min + probe age is known. `drain`: all of them."""
+    events = [e for d in bursts if (e := incident_event(d.value, params.probe_age_ms)) is not None]
+    if drain:
+        return events, POS_INF
+    if closed_through_minute is None:
+        return events, NEG_INF
+    return events, (closed_through_minute + 1) * MINUTE_MS + params.probe_age_ms
 
 
 def replay(
     records: Iterable[KafkaRecord], params: Params, *, drain: bool = False, burst: BurstParams | None = None
 ) -> Iterator[tuple[int, Decision]]:
     """Decisions for `records` as (input partition, decision), in the order they are made; the
-    failure-burst alerts (partition -1) come last."""
-    r = Replay(params, burst or BurstParams())
+    failure-burst alerts (partition -1) come last. With holds on, `records` is read twice (an
+    iterator is kept in memory first; pass a re-iterable, e.g. a file reader, to avoid that)."""
+    burst = burst or BurstParams()
+    if not params.holds:
+        r = Replay(params, burst)
+        for rec in records:
+            for d in r.feed(rec):
+                yield rec.partition, d
+        if drain:
+            yield from r.drain()
+        for d in r.bursts():
+            yield -1, d
+        return
+    if isinstance(records, Iterator):
+        records = list(records)
+    first = Replay(replace(params, max_hold_ms=0), burst)
+    for rec in records:
+        first.feed(rec)
+    if drain:
+        for _ in first.drain():
+            pass
+    bursts, closed_through = run_detector(first.signals, reporting(first.signals), burst)
+    events, known_through_ms = incident_timeline(bursts, closed_through, params, drain=drain)
+    # The second pass needs no signals: the first pass's incidents are the detector's.
+    second = replace(params, burst_signals=False)
+    r = Replay(second, burst, incidents=events, incidents_known_through_ms=known_through_ms)
     for rec in records:
         for d in r.feed(rec):
             yield rec.partition, d
     if drain:
         yield from r.drain()
-    for d in r.bursts():
+    for d in bursts:
         yield -1, d

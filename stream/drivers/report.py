@@ -24,15 +24,31 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     seen: set[str] = set()
     alert_lines: list[str] = []
     incident_lines: list[str] = []
+    holds = {"held": 0, "held_idr": 0, "released": 0, "released_idr": 0, "requested_after": 0}
+    holds_ended: set[str] = set()
+    holds_started: set[str] = set()
+    longest_hold_ms = 0
     for role, v in outputs:
         if role == "refunds":
             rid = v["type"] + v.get("cancel_id", v["refund_id"])
             if rid in seen:  # redelivered output: the refund service dedupes the same way
                 continue
             seen.add(rid)
+            hold = v.get("hold")
+            if hold is not None:
+                holds_ended.add(v["refund_id"])
+                longest_hold_ms = max(longest_hold_ms, hold["held_ms"])
             if v["type"] == "refund.requested":
                 req_n[_text(v["reason"])] += 1
                 req_idr[_text(v["reason"])] += v["amount"]
+                holds["requested_after"] += hold is not None
+            elif v["type"] == "refund.held":
+                holds["held"] += 1
+                holds["held_idr"] += v["amount"]
+                holds_started.add(v["refund_id"])
+            elif v["type"] == "refund.hold_released":
+                holds["released"] += 1
+                holds["released_idr"] += v["amount"]
             else:
                 can_n[_text(v["reason"])] += 1
                 can_idr[_text(v["reason"])] += v["amount"]
@@ -68,6 +84,12 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             "idr": sum(can_idr.values()),
             "by_reason": {k: {"count": can_n[k], "idr": can_idr[k]} for k in sorted(can_n)},
         },
+        "holds": {
+            **holds,
+            "still_held": len(holds_started - holds_ended),
+            "longest_hold_s": longest_hold_ms / 1000,
+        },
+        "net_outstanding_idr": sum(req_idr.values()) - sum(can_idr.values()),
         "dead_letters": {"count": sum(dl.values()), "by_error": dict(sorted(dl.items()))},
         "alerts": {"count": sum(alerts.values()), "by_kind": dict(sorted(alerts.items())), "lines": alert_lines},
         "incidents": incident_lines,
@@ -85,8 +107,17 @@ def render(summary: dict[str, Any], max_alert_lines: int = 15) -> str:
     lines += [f"  {x}" for x in incidents]
     lines.append(f"Refunds requested: {r['count']} ({rupiah(r['idr'])})")
     lines += [f"  {k:<20} {v['count']:>6}  {rupiah(v['idr'])}" for k, v in r["by_reason"].items()]
-    lines.append(f"Refund cancellations: {c['count']} ({rupiah(c['idr'])})")
+    h = summary.get("holds")
+    if h and h["held"]:
+        lines.append(
+            f"Refunds held during incidents: {h['held']} ({rupiah(h['held_idr'])}); then requested "
+            f"{h['requested_after']}, released without payment {h['released']} ({rupiah(h['released_idr'])}), "
+            f"still held {h['still_held']}; longest wait past the deadline {h['longest_hold_s'] / 60:.1f} min"
+        )
+    lines.append(f"Refund cancellations (clawbacks): {c['count']} ({rupiah(c['idr'])})")
     lines += [f"  {k:<20} {v['count']:>6}  {rupiah(v['idr'])}" for k, v in c["by_reason"].items()]
+    if "net_outstanding_idr" in summary:
+        lines.append(f"Net refunds outstanding (requested - cancelled): {rupiah(summary['net_outstanding_idr'])}")
     lines.append(f"Dead letters: {d['count']}")
     lines += [f"  {k:<20} {v:>6}" for k, v in d["by_error"].items()]
     lines.append(f"Alerts: {a['count']}")

@@ -21,6 +21,7 @@ from ..settings import Settings
 from .batches import finish_before_ack
 from .bursts import BurstShell
 from .gapfill import BrokerGapFetcher
+from .incidents import follow_incidents_topic
 from .recovery import RecoveryWatchdog, restart_self
 from .shell import ReconcileShell
 
@@ -130,6 +131,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     }
     # One partition: the one worker that owns it runs the burst detector over all partitions.
     signals = outputs[settings.signals_topic] = app.topic(settings.signals_topic, partitions=1, **RAW)
+    incidents = app.topic(settings.incidents_topic, partitions=1, **RAW)
     state = app.Table(
         "reconciliation-state",
         partitions=settings.partitions,
@@ -141,6 +143,8 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     async def send(topic: str, key: bytes | None, value: bytes) -> Any:
         if topic == settings.signals_topic:
             return await signals.send(key=key, value=value, partition=0, force=True)
+        if topic == settings.incidents_topic:
+            return await incidents.send(key=key, value=value, partition=0, force=True)
         return await outputs[topic].send(key=key, value=value, force=True)
 
     async def flush() -> None:
@@ -165,6 +169,14 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         """The partitions' closed minutes in, failure-burst incidents out."""
         async for events in stream.take_events(500, within=0.5):
             await finish_before_ack(bursts.process_batch(events))
+
+    if settings.max_hold_s > 0:
+
+        @app.task
+        async def follow_incidents() -> None:
+            """Every worker reads the incidents topic whole: the detector's decisions and progress
+            reach every partition engine (refund holds wait for them)."""
+            await follow_incidents_topic(settings, shell)
 
     @app.timer(interval=max(1.0, min(settings.idle_timeout_s / 4, 10.0)), name="watch_idle_feeds")
     async def watch_idle_feeds() -> None:

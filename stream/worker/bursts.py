@@ -8,6 +8,13 @@ committed offset resumes, with the alerts of that part suppressed (they were sen
 then carries on. The detector drops repeated reports, so at-least-once delivery of signals
 changes nothing. The signals topic keeps everything (`retention.ms=-1`); it is small: one
 report per input partition and closed minute.
+
+With refund holds on, the detector also publishes its incident decisions and its progress to
+the single-partition incidents topic after every batch (`incidents_record`): the incident
+events of the batch's alerts and the event time through which every decision is known (the
+last minute it closed, plus the probe age). Every worker reads that topic whole and gives it
+to its partition engines. A takeover or a crash can repeat a record: the same events with the
+same ids, which the engines ignore.
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ..core import codec
 from ..core.burst import BurstDetector
+from ..core.decisions import Decision
+from ..core.holds import incident_event
+from ..core.signals import MINUTE_MS
 from ..security import aiokafka_config
 from ..settings import Settings
 
@@ -39,7 +49,8 @@ class BurstShell:
         self.detector: BurstDetector | None = None
         self.next_offset = -1
         self.lock = asyncio.Lock()
-        self.counts = {"signals": 0, "alerts": 0, "rebuilt_from": 0, "internal_errors": 0}
+        self.counts = {"signals": 0, "alerts": 0, "rebuilt_from": 0, "internal_errors": 0, "incident_records": 0}
+        self.holds = settings.max_hold_s > 0
 
     def forget(self) -> None:
         """After a rebalance the signals topic is the truth: rebuilt at the next report."""
@@ -82,7 +93,11 @@ class BurstShell:
             for d in alerts:
                 await self.send(self.settings.alert_topic, d.key, codec.dumps(d.value))
                 self.counts["alerts"] += 1
-            if alerts:
+            record = self.incidents_record(alerts) if self.holds else None
+            if record is not None:
+                await self.send(self.settings.incidents_topic, b"incidents", record)
+                self.counts["incident_records"] += 1
+            if alerts or record is not None:
                 await self.flush()
                 log.info(
                     "burst alerts sent for signals offsets %d..%d: %s",
@@ -90,6 +105,30 @@ class BurstShell:
                     events[-1].message.offset,
                     ", ".join(f"{d.value['status']} {d.value['scope']['type']}" for d in alerts),
                 )
+
+    def incidents_record(self, alerts: list[Decision]) -> bytes | None:
+        """The incidents topic's record for a batch: its incident events and how far every
+        decision is known (None before the detector closed any minute)."""
+        d = self.detector
+        if d is None or d.closed_through is None:
+            return None
+        probe_age_ms = round(self.settings.probe_age_s * 1000)
+        events = [e for a in alerts if (e := incident_event(a.value, probe_age_ms)) is not None]
+        return codec.dumps(
+            {
+                "events": [
+                    {
+                        "at_ms": e.at_ms,
+                        "status": e.status,
+                        "incident_id": e.incident_id,
+                        "scope": [e.scope_type, e.scope_id],
+                    }
+                    for e in events
+                ],
+                "known_through_ms": (d.closed_through + 1) * MINUTE_MS + probe_age_ms,
+                "signals_offset": self.next_offset,
+            }
+        )
 
     async def _rebuild(self, upto: int) -> BurstDetector:
         """The detector as it was after the signals before offset `upto`."""

@@ -25,7 +25,8 @@ from typing import Any, Protocol
 from ..core import codec
 from ..core.deadletter import dead_letter_record
 from ..core.decisions import Decision
-from ..core.partition import PartitionEngine
+from ..core.holds import IncidentEvent
+from ..core.partition import NEG_INF, PartitionEngine
 from ..core.records import Stream
 from ..core.validation import Rejection
 from ..drivers.replayfile import KafkaRecord
@@ -103,6 +104,12 @@ class ReconcileShell:
         self.flush = flush
         self.engines: dict[int, PartitionEngine] = {}
         self.clocks: dict[int, PartitionClock] = {}
+        # The detector's incidents as read from the incidents topic (refund holds), for every
+        # engine, including engines restored later; decisions they release at a restore.
+        self.incident_events: list[IncidentEvent] = []
+        self.incident_keys: set[IncidentEvent] = set()
+        self.incidents_known_through_ms = NEG_INF
+        self.released_at_restore: list[Decision] = []
         self.lock = asyncio.Lock()
         self.counts: dict[str, int] = {
             "records": 0,
@@ -139,12 +146,14 @@ class ReconcileShell:
                 if ref is not None:
                     entries.append((ref, v))
             eng = self.engines[partition] = PartitionEngine.restore(partition, self.params, meta, entries)
+            if self.params.holds:
+                self.released_at_restore.extend(eng.on_incidents(self.incident_events, self.incidents_known_through_ms))
             self.clocks[partition] = PartitionClock()
             log.info(
                 "partition %d: state restored (%d references, %d waiting items, watermark %s, offsets taken %s)",
                 partition,
                 len(eng.refs),
-                len(eng.heap),
+                len(eng.heap) + len(eng.decide),
                 eng.watermark_ms,
                 eng.last_offset,
             )
@@ -198,6 +207,10 @@ class ReconcileShell:
                 self.clocks[p].last_arrival[stream] = now
                 touched.add(p)
                 self.counts["records"] += len(take)
+            if self.released_at_restore:  # what restored engines decided with the known incidents
+                decisions[:0] = self.released_at_restore
+                self.released_at_restore = []
+                touched.update(q for q, e in self.engines.items() if e.dirty or e.meta_dirty)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "batch: %s",
@@ -298,6 +311,32 @@ class ReconcileShell:
             # the references it covers.
             put(partition, meta_key(partition), meta)
 
+    # -- incidents (refund holds) ------------------------------------------------------------
+
+    async def on_incidents(self, events: list[IncidentEvent], known_through_ms: int) -> None:
+        """The detector's incident decisions and progress, from the incidents topic: every
+        engine of this worker gets them; what they release is sent and persisted."""
+        try:
+            async with self.lock:
+                new = [e for e in events if e not in self.incident_keys]
+                self.incident_keys.update(new)
+                self.incident_events.extend(new)
+                if not new and known_through_ms <= self.incidents_known_through_ms:
+                    return
+                self.incidents_known_through_ms = max(self.incidents_known_through_ms, known_through_ms)
+                decisions: list[Decision] = []
+                touched: set[int] = set()
+                for p, eng in list(self.engines.items()):
+                    got = eng.on_incidents(new, self.incidents_known_through_ms)
+                    if got or eng.dirty or eng.meta_dirty:
+                        decisions.extend(got)
+                        touched.add(p)
+                if touched:
+                    await self._emit_and_persist(decisions, touched)
+        except Exception:
+            log.critical("cannot send or persist decisions released by incidents; exiting", exc_info=True)
+            os._exit(70)
+
     # -- the wall-clock exception ----------------------------------------------------------
 
     async def check_idle_feeds(self) -> None:
@@ -309,7 +348,7 @@ class ReconcileShell:
             touched: set[int] = set()
             for p, eng in list(self.engines.items()):
                 clock = self.clocks[p]
-                if not eng.heap:
+                if not eng.heap and not eng.decide:  # nothing waits: records, deadlines, holds
                     continue
                 ages = [now - (t or clock.started) for t in clock.last_arrival]
                 silent = [a >= idle_s for a in ages]
@@ -333,12 +372,15 @@ class ReconcileShell:
     def stats(self) -> dict[str, Any]:
         return {
             "counts": dict(self.counts),
+            "incidents_known_through_ms": self.incidents_known_through_ms,
             "partitions": {
                 p: {
                     "watermark_ms": eng.watermark_ms,
                     "max_ms": eng.max_ms,
                     "references": len(eng.refs),
-                    "waiting": len(eng.heap),
+                    "waiting": len(eng.heap) + len(eng.decide),
+                    "decided_through_ms": eng.decided_through_ms,
+                    "holds": sum(len(eng.refs[r].holds) for r in eng.held_refs if r in eng.refs),
                     "rejected": eng.rejected,
                     "silent": eng.silent,
                 }

@@ -1,0 +1,172 @@
+"""Refund holds during an incident (CONTRACT.md "Refund holds during an incident"): the incident
+timeline a partition knows, which incidents cover a payment, and when a hold ends.
+
+The timeline is built from the burst detector's `FAILURE_BURST` decisions. An incident's event
+times are those of the decisions: the decided minute's end (the alert's `occurred_at`) plus the
+probe age, the detector's fixed decision delay. `known_through_ms` says up to which event time
+every decision is known: a hold or deadline at t is decided only once t <= known_through_ms.
+Imports nothing outside the core; reads no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .eventtime import parse_ms
+from .records import PaymentEvent
+
+NEG_INF = -(2**62)
+POS_INF = 2**62
+
+ReleasedBecause = Literal["incident_resolved", "max_hold", "owed_covered"]
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentEvent:
+    """One incident decision: `status` opened | updated | resolved, at event time `at_ms`."""
+
+    at_ms: int
+    status: str
+    incident_id: str
+    scope_type: str
+    scope_id: str
+
+
+def incident_event(alert: dict[str, Any], probe_age_ms: int) -> IncidentEvent | None:
+    """The timeline event of a `FAILURE_BURST` alert value (None for any other alert): its event
+    time is the alert's `occurred_at` (end of the decided minute) plus the probe age."""
+    if alert.get("kind") != "FAILURE_BURST":
+        return None
+    scope = alert["scope"]
+    return IncidentEvent(
+        parse_ms(alert["occurred_at"]) + probe_age_ms,
+        alert["status"],
+        alert["incident_id"],
+        scope["type"],
+        scope["id"],
+    )
+
+
+@dataclass(slots=True)
+class Incident:
+    incident_id: str
+    scope_type: str
+    scope_id: str
+    opened_at_ms: int
+    resolved_at_ms: int | None = None
+
+    def open_at(self, t_ms: int) -> bool:
+        """Opened at or before t and not resolved before t."""
+        return self.opened_at_ms <= t_ms and (self.resolved_at_ms is None or not self.resolved_at_ms < t_ms)
+
+    def covers(self, request: PaymentEvent | None) -> bool:
+        """Scope `all` covers every payment; otherwise the request's switch, acquirer, issuer or
+        merchant must be the scope. A merchant pool `MCC-xxxx` covers every payment whose request
+        has that `mcc` (`MCC-unknown`: no mcc). Without a request only `all` covers."""
+        t = self.scope_type
+        if t == "all":
+            return True
+        if request is None:
+            return False
+        sid = self.scope_id
+        if t == "switch":
+            return request.switch_id == sid
+        if t == "acquirer":
+            return request.acquirer_id == sid
+        if t == "issuer":
+            return request.issuer_id == sid
+        if t == "merchant":
+            if sid.startswith("MCC-"):
+                return (request.mcc or "unknown") == sid[4:]
+            return request.merchant_id == sid
+        return False
+
+
+@dataclass(slots=True)
+class IncidentTimeline:
+    """The incidents a partition knows, and the event time through which it knows them all."""
+
+    incidents: dict[str, Incident] = field(default_factory=dict)
+    known_through_ms: int = NEG_INF
+
+    def add(self, events: Iterable[IncidentEvent], known_through_ms: int) -> bool:
+        """Take incident events (repeats harmless) and the new known-through time. Returns
+        whether a resolution became known (holds may end earlier than scheduled)."""
+        resolved = False
+        for ev in events:
+            inc = self.incidents.get(ev.incident_id)
+            if inc is None:
+                if ev.status == "resolved":
+                    continue  # its opening was never seen: nothing it could have held
+                inc = self.incidents[ev.incident_id] = Incident(ev.incident_id, ev.scope_type, ev.scope_id, ev.at_ms)
+            if ev.status == "resolved" and inc.resolved_at_ms is None:
+                inc.resolved_at_ms = ev.at_ms
+                resolved = True
+        if known_through_ms > self.known_through_ms:
+            self.known_through_ms = known_through_ms
+        return resolved
+
+    def covering_open_at(self, request: PaymentEvent | None, t_ms: int) -> list[Incident]:
+        """The incidents covering the payment that are open at t, earliest opened first."""
+        found = [i for i in self.incidents.values() if i.open_at(t_ms) and i.covers(request)]
+        found.sort(key=lambda i: (i.opened_at_ms, i.incident_id))
+        return found
+
+    def release_at(self, request: PaymentEvent | None, held_from_ms: int, grace_ms: int) -> tuple[int, list[str]]:
+        """When a hold that started at `held_from_ms` ends by its incidents, from what is known:
+        G after the last covering incident resolved, where a covering incident that opens
+        within that grace (at or before resolution + G) keeps the hold on. Unresolved: +inf.
+        Also returns every covering incident that kept the hold on, in opening order."""
+        covering = sorted(
+            (i for i in self.incidents.values() if i.covers(request)),
+            key=lambda i: (i.opened_at_ms, i.incident_id),
+        )
+        end = NEG_INF
+        chain: list[str] = []
+        for inc in covering:
+            res = POS_INF if inc.resolved_at_ms is None else inc.resolved_at_ms
+            if inc.opened_at_ms <= held_from_ms:
+                if res < held_from_ms:
+                    continue  # resolved before the hold began
+            elif end == NEG_INF or inc.opened_at_ms > end + grace_ms:
+                if end != NEG_INF:
+                    break  # opens after the hold ended
+                continue
+            end = max(end, res)
+            chain.append(inc.incident_id)
+        if end == NEG_INF:
+            return held_from_ms, chain
+        return (POS_INF if end >= POS_INF else end + grace_ms), chain
+
+
+@dataclass(slots=True)
+class Hold:
+    """A `SETTLEMENT_TIMEOUT` refund not paid yet because an incident covers the payment.
+
+    `opened_by` is the (stream, offset) of the debit that opened the held cycle: it orders
+    hold-release timers of one instant. `release_at_ms` is the currently scheduled end."""
+
+    refund_id: str
+    deadline_ms: int
+    amount: int
+    incident_ids: list[str]
+    release_by_ms: int
+    opened_by: tuple[int, int]
+    release_at_ms: int
+
+    def to_json(self) -> list[Any]:
+        return [
+            self.refund_id,
+            self.deadline_ms,
+            self.amount,
+            self.incident_ids,
+            self.release_by_ms,
+            list(self.opened_by),
+            self.release_at_ms,
+        ]
+
+    @classmethod
+    def from_json(cls, x: list[Any]) -> Hold:
+        return cls(x[0], x[1], x[2], list(x[3]), x[4], (x[5][0], x[5][1]), x[6])

@@ -1,0 +1,667 @@
+"""Refund holds during an incident (CONTRACT.md): literal records and incident events with
+explicit event times, one partition engine; then the simulator's outage through replay and
+through a live-like loop that feeds the detector's incidents back as they are decided."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream.core import codec, ids
+from stream.core.burst import BurstDetector, BurstParams
+from stream.core.decisions import Decision
+from stream.core.eventtime import format_ms
+from stream.core.holds import IncidentEvent, IncidentTimeline, incident_event
+from stream.core.partition import POS_INF, Params, PartitionEngine
+from stream.core.records import Stream
+from stream.core.signals import MINUTE_MS
+from stream.drivers.replay import replay
+from stream.drivers.replayfile import KafkaRecord
+from stream.simulate import generate
+from tests.records import T0, ledger, payment
+from tests.test_properties import partition_input
+from tests.test_schemas import beyond_schema_errors, validator_for
+
+P, L = Stream.P, Stream.L
+H_MS, G_MS = 7_200_000, 900_000
+HOLDS = Params(timeout_ms=300_000, lateness_ms=30_000, retention_ms=3_600_000, max_hold_ms=H_MS, hold_grace_ms=G_MS)
+OFF = replace(HOLDS, max_hold_ms=0)
+EVERYTHING = T0 + 10**9  # incidents known far past every test
+CLOSED_REFUNDS = validator_for("qris.refunds", closed_schema=True)
+
+
+def ms(t: float) -> int:
+    return T0 + round(t * 1000)
+
+
+def inc(status: str, t: float, incident: str = "in_a", scope: tuple[str, str] = ("switch", "RINTIS")) -> IncidentEvent:
+    return IncidentEvent(ms(t), status, incident, *scope)
+
+
+class Feed:
+    """One engine, offsets numbered per stream; `tick` moves both streams to T0 + t."""
+
+    def __init__(self, params: Params = HOLDS, eng: PartitionEngine | None = None) -> None:
+        self.eng = eng or PartitionEngine(0, params)
+        self.offsets = [0, 0]
+        self.out: list[Decision] = []
+
+    def _feed(self, s: Stream, value: bytes) -> list[Decision]:
+        off = self.offsets[s]
+        self.offsets[s] += 1
+        got = self.eng.on_record(s, off, orjson.loads(value)["reference"].encode(), value, None)
+        self.out.extend(got)
+        return got
+
+    def p(self, value: bytes) -> list[Decision]:
+        return self._feed(P, value)
+
+    def l(self, value: bytes) -> list[Decision]:  # noqa: E743
+        return self._feed(L, value)
+
+    def tick(self, t: float) -> list[Decision]:
+        return self.p(payment(f"tick-p-{t}", "requested", "TICK", t)) + self.l(
+            ledger(f"tick-l-{t}", "reversed", "TICK", t, amount=1)
+        )
+
+    def incidents(self, events: list[IncidentEvent], known_through_ms: int) -> list[Decision]:
+        got = self.eng.on_incidents(events, known_through_ms)
+        self.out.extend(got)
+        return got
+
+    def refunds(self) -> list[dict[str, Any]]:
+        found = [d.value for d in self.out if d.role == "refunds"]
+        for v in found:  # every record emitted here validates, the rules beyond the schema too
+            assert [e.message for e in CLOSED_REFUNDS.iter_errors(v)] == [], v
+            assert beyond_schema_errors("qris.refunds", v) == [], v
+        return found
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return [d.value for d in self.out if d.role == "alerts"]
+
+
+def unsettled(f: Feed, ref: str = "QR1", t: float = 0.0, amount: int = 25_000, **request: Any) -> None:
+    f.p(payment(f"{ref}-q", "requested", ref, t, amount, **request))
+    f.l(ledger(f"{ref}-d", "debited", ref, t, amount))
+
+
+# -- a hold and its end -----------------------------------------------------------------------
+
+
+def test_a_timeout_refund_covered_by_an_open_incident_is_held_then_requested_g_after_resolution() -> None:
+    f = Feed()
+    f.incidents([inc("opened", 100), inc("updated", 400), inc("resolved", 1000)], EVERYTHING)
+    unsettled(f)
+    f.tick(400)
+    [held] = f.refunds()
+    assert held["type"] == "refund.held"
+    assert held["refund_id"] == ids.refund_id("QR1", ms(300))  # the id the refund would have had
+    assert held["amount"] == 25_000 and held["reason"] == "SETTLEMENT_TIMEOUT"
+    assert held["incident_id"] == "in_a" and held["incident_ids"] == ["in_a"]
+    assert held["deadline"] == held["decided_at"] == format_ms(ms(300))
+    assert held["release_by"] == format_ms(ms(300) + H_MS)
+    f.tick(1000 + 900)  # W = 1870: G after the resolution is 1900
+    assert len(f.refunds()) == 1
+    f.tick(1931)
+    _, requested = f.refunds()
+    assert requested["type"] == "refund.requested"
+    assert requested["refund_id"] == held["refund_id"] and requested["amount"] == 25_000
+    assert requested["decided_at"] == format_ms(ms(1900))
+    assert requested["hold"] == {
+        "held_from": format_ms(ms(300)),
+        "held_until": format_ms(ms(1900)),
+        "held_ms": 1_600_000,
+        "held_amount": 25_000,
+        "incident_id": "in_a",
+        "incident_ids": ["in_a"],
+        "release_by": format_ms(ms(300) + H_MS),
+        "released_because": "incident_resolved",
+    }
+
+
+def test_a_settlement_during_the_hold_releases_it_without_payment_or_clawback() -> None:
+    f = Feed()
+    f.incidents([inc("opened", 100)], EVERYTHING)
+    unsettled(f)
+    f.tick(400)
+    f.p(payment("QR1-s", "settled", "QR1", 500))
+    f.tick(600)
+    held, released = f.refunds()
+    assert released["type"] == "refund.hold_released"
+    assert released["refund_id"] == held["refund_id"]
+    assert released["hold_release_id"] == ids.hold_release_id(held["refund_id"])
+    assert released["reason"] == "LATE_SETTLEMENT" and released["amount"] == 25_000
+    assert released["decided_at"] == format_ms(ms(500))
+    assert released["evidence"]["trigger"]["event_id"] == "QR1-s"
+    assert released["hold"]["released_because"] == "owed_covered"
+    assert released["hold"]["held_until"] == format_ms(ms(500))
+    assert f.alerts() == []  # nothing was paid: nothing to claw back, no LATE_SETTLEMENT alert
+    f.tick(8000)
+    assert len(f.refunds()) == 2  # the hold's timer finds nothing left to do
+
+
+def test_a_ledger_reversal_during_the_hold_releases_it_as_late_reversal() -> None:
+    f = Feed()
+    f.incidents([inc("opened", 100)], EVERYTHING)
+    unsettled(f)
+    f.tick(400)
+    f.l(ledger("QR1-r", "reversed", "QR1", 450))
+    f.tick(500)
+    assert [r["type"] for r in f.refunds()] == ["refund.held", "refund.hold_released"]
+    assert f.refunds()[1]["reason"] == "LATE_REVERSAL"
+
+
+def test_an_incident_that_never_resolves_holds_at_most_h_past_the_deadline() -> None:
+    f = Feed()
+    f.incidents([inc("opened", 100)], EVERYTHING)
+    unsettled(f)
+    f.tick(300 + 7200 - 31)
+    assert [r["type"] for r in f.refunds()] == ["refund.held"]
+    f.tick(300 + 7200 + 31)
+    requested = f.refunds()[1]
+    assert requested["type"] == "refund.requested"
+    assert requested["decided_at"] == format_ms(ms(7500))
+    assert requested["hold"]["released_because"] == "max_hold"
+    assert requested["hold"]["held_ms"] == H_MS
+
+
+@pytest.mark.parametrize(("second_opens_at", "released_at"), [(1900, 2900), (1901, 1900)])
+def test_a_covering_incident_opening_within_the_grace_keeps_the_hold_on(
+    second_opens_at: float, released_at: float
+) -> None:
+    f = Feed()
+    # The second incident (the acquirer of the payment) opens exactly at, or just after,
+    # resolution + G of the first; it resolves 100 s later.
+    f.incidents(
+        [
+            inc("opened", 100),
+            inc("resolved", 1000),
+            inc("opened", second_opens_at, "in_b", ("acquirer", "BCA")),
+            inc("resolved", second_opens_at + 100, "in_b", ("acquirer", "BCA")),
+        ],
+        EVERYTHING,
+    )
+    unsettled(f)
+    f.tick(4000)
+    held, requested = f.refunds()
+    assert requested["decided_at"] == format_ms(ms(released_at))
+    expected_ids = ["in_a", "in_b"] if released_at > 1900 else ["in_a"]
+    assert requested["hold"]["incident_ids"] == expected_ids
+
+
+@pytest.mark.parametrize(
+    ("scope", "covers"),
+    [
+        (("all", "all"), True),
+        (("switch", "RINTIS"), True),
+        (("switch", "JALIN"), False),
+        (("acquirer", "BCA"), True),
+        (("issuer", "BANKDKI"), True),
+        (("merchant", "ID1020012345678"), True),
+        (("merchant", "MCC-5812"), True),
+        (("merchant", "MCC-5411"), False),
+        (("merchant", "ID999"), False),
+    ],
+)
+def test_which_incidents_cover_a_payment(scope: tuple[str, str], covers: bool) -> None:
+    f = Feed()
+    f.incidents([inc("opened", 100, "in_x", scope)], EVERYTHING)
+    unsettled(f)
+    f.tick(400)
+    assert f.refunds()[0]["type"] == ("refund.held" if covers else "refund.requested")
+
+
+def test_without_a_request_only_an_all_incident_covers() -> None:
+    for scope, expected in ((("switch", "RINTIS"), "refund.requested"), (("all", "all"), "refund.held")):
+        f = Feed()
+        f.incidents([inc("opened", 100, "in_x", scope)], EVERYTHING)
+        f.l(ledger("QR1-d", "debited", "QR1", 0))
+        f.tick(400)
+        assert f.refunds()[0]["type"] == expected
+
+
+def test_open_at_means_opened_at_or_before_and_not_resolved_before_the_deadline() -> None:
+    # Deadline at 300: an incident resolved exactly at 300 is still open then; one opened
+    # exactly at 300 is open; one resolved at 299.999 or opened at 300.001 is not.
+    cases = [((100, 300), True), ((300, None), True), ((100, 299.999), False), ((300.001, None), False)]
+    for (opened, resolved), held in cases:
+        f = Feed()
+        events = [inc("opened", opened)] + ([inc("resolved", resolved)] if resolved is not None else [])
+        f.incidents(events, EVERYTHING)
+        unsettled(f)
+        f.tick(400)
+        assert (f.refunds()[0]["type"] == "refund.held") is held, (opened, resolved)
+
+
+def test_payment_failed_and_excess_debit_are_never_held() -> None:
+    f = Feed()
+    f.incidents([inc("opened", 0)], EVERYTHING)
+    unsettled(f, "QR1")
+    f.p(payment("QR1-f", "failed", "QR1", 10, response_code="05"))
+    unsettled(f, "QR2")
+    f.l(ledger("QR2-d2", "debited", "QR2", 5))
+    f.p(payment("QR2-s", "settled", "QR2", 10))
+    f.tick(400)
+    assert sorted((r["type"], r["reason"]) for r in f.refunds()) == [
+        ("refund.requested", "EXCESS_DEBIT"),
+        ("refund.requested", "PAYMENT_FAILED"),
+    ]
+
+
+def test_holds_off_gives_the_old_decisions_even_during_an_incident() -> None:
+    f = Feed(OFF)
+    f.incidents([inc("opened", 100)], EVERYTHING)
+    unsettled(f)
+    f.tick(400)
+    assert [r["type"] for r in f.refunds()] == ["refund.requested"]
+    assert "hold" not in f.refunds()[0]
+
+
+# -- the incidents are a third input of the watermark ---------------------------------------
+
+
+def test_a_deadline_waits_until_the_incidents_are_known_through_it() -> None:
+    f = Feed()
+    unsettled(f)
+    f.tick(400)  # W = 370 is past the deadline (300), but no incident is known yet
+    assert f.refunds() == []
+    f.incidents([inc("opened", 100)], ms(299))
+    assert f.refunds() == []
+    f.incidents([], ms(300))  # every decision up to the deadline is known: decide it
+    assert [r["type"] for r in f.refunds()] == ["refund.held"]
+
+
+def test_records_after_the_deadline_wait_behind_it_for_the_incidents() -> None:
+    f = Feed()
+    unsettled(f)
+    f.p(payment("QR1-s", "settled", "QR1", 350))
+    f.tick(400)
+    assert f.refunds() == []
+    f.incidents([inc("opened", 100)], ms(1000))
+    held, released = f.refunds()
+    assert held["type"] == "refund.held" and released["type"] == "refund.hold_released"
+
+
+def test_incidents_given_bit_by_bit_decide_exactly_what_the_whole_timeline_decides() -> None:
+    events = [
+        inc("opened", 100),
+        inc("opened", 200, "in_b", ("merchant", "MCC-5812")),
+        inc("resolved", 1000),
+        inc("resolved", 1500, "in_b", ("merchant", "MCC-5812")),
+        inc("opened", 2300, "in_c", ("all", "all")),
+        inc("resolved", 2600, "in_c", ("all", "all")),
+    ]
+
+    def run(bit_by_bit: bool) -> list[dict[str, Any]]:
+        f = Feed()
+        if not bit_by_bit:
+            f.incidents(events, EVERYTHING)
+        for i in range(40):
+            t = i * 100.0
+            unsettled(f, f"QR{i}", t)
+            if i % 3 == 0:
+                f.p(payment(f"QR{i}-s", "settled", f"QR{i}", t + 900))
+            f.tick(t + 50)
+            if bit_by_bit:  # known through a minute behind the watermark, like the detector
+                known = ms(t + 50 - 90)
+                f.incidents([e for e in events if e.at_ms <= known], known)
+        f.tick(20_000)
+        if bit_by_bit:
+            f.incidents(events, EVERYTHING)
+        return f.refunds()
+
+    whole, bits = run(False), run(True)
+    assert {"refund.held", "refund.requested", "refund.hold_released"} <= {r["type"] for r in whole}
+    assert bits == whole
+
+
+# -- state: retention, restore, new cycles ---------------------------------------------------
+
+
+def test_retention_never_drops_a_reference_with_an_open_hold() -> None:
+    params = replace(HOLDS, retention_ms=600_000)
+    f = Feed(params)
+    f.incidents([inc("opened", 100)], EVERYTHING)
+    unsettled(f)
+    f.tick(2000)  # W passed last eff + R long ago
+    assert "QR1" in f.eng.refs and f.eng.refs["QR1"].holds
+    f.p(payment("QR1-s", "settled", "QR1", 2100))
+    f.tick(2200)
+    assert f.refunds()[-1]["type"] == "refund.hold_released"
+    f.tick(2100 + 700)
+    assert "QR1" not in f.eng.refs
+
+
+def test_a_restored_engine_continues_a_hold_with_the_same_decisions() -> None:
+    events = [inc("opened", 100), inc("resolved", 1000)]
+    whole = Feed()
+    whole.incidents(events, EVERYTHING)
+    unsettled(whole)
+    unsettled(whole, "QR2", 10)
+    whole.tick(400)
+    whole.p(payment("QR2-s", "settled", "QR2", 500))
+    whole.tick(3000)
+
+    first = Feed()
+    first.incidents(events, EVERYTHING)
+    unsettled(first)
+    unsettled(first, "QR2", 10)
+    first.tick(400)
+    refs, meta = first.eng.take_dirty()
+    entries = [(k, v) for k, v in refs.items() if v is not None]
+    assert any(b'"h"' in v for _k, v in entries)  # holds are saved
+    eng = PartitionEngine.restore(0, HOLDS, meta, entries)
+    second = Feed(eng=eng)
+    second.offsets = list(first.offsets)
+    second.incidents(events, EVERYTHING)  # a restored engine is given the timeline again
+    second.p(payment("QR2-s", "settled", "QR2", 500))
+    second.tick(3000)
+    assert first.refunds() + second.refunds() == whole.refunds()
+
+
+def test_state_saved_before_holds_existed_still_restores() -> None:
+    f = Feed(OFF)
+    unsettled(f)
+    f.tick(100)
+    refs, meta = f.eng.take_dirty()
+    old = []
+    for k, v in refs.items():
+        assert v is not None
+        d = codec.loads(v)
+        if d["state"] is not None:
+            d["state"].pop("v")
+            assert "h" not in d["state"]
+        old.append((k, codec.dumps(d)))
+    eng = PartitionEngine.restore(0, HOLDS, meta, old)
+    g = Feed(eng=eng)
+    g.offsets = list(f.offsets)
+    g.incidents([], EVERYTHING)
+    g.tick(400)
+    assert [r["type"] for r in g.refunds()] == ["refund.requested"]
+
+
+def test_a_new_cycle_during_a_hold_never_pays_twice() -> None:
+    f = Feed()
+    f.incidents([inc("opened", 100), inc("resolved", 2000)], EVERYTHING)
+    unsettled(f)
+    f.tick(400)
+    f.l(ledger("QR1-d2", "debited", "QR1", 600))  # a second debit, a new cycle (deadline 900)
+    f.tick(4000)
+    refunds = f.refunds()
+    assert [r["type"] for r in refunds] == ["refund.held", "refund.held", "refund.requested", "refund.requested"]
+    assert [r["amount"] for r in refunds] == [25_000, 25_000, 25_000, 25_000]
+    assert len({r["refund_id"] for r in refunds}) == 2
+
+
+def test_a_settlement_during_two_holds_releases_one_and_pays_the_excess_once() -> None:
+    def run(params: Params) -> int:
+        f = Feed(params)
+        f.incidents([inc("opened", 100), inc("resolved", 2000)], EVERYTHING)
+        unsettled(f)
+        f.tick(400)
+        f.l(ledger("QR1-d2", "debited", "QR1", 600))
+        f.p(payment("QR1-s", "settled", "QR1", 700))
+        f.tick(4000)
+        active: dict[str, int] = {}
+        for r in f.refunds():
+            if r["type"] == "refund.requested":
+                active[r["refund_id"]] = r["amount"]
+            elif r["type"] == "refund.cancel_requested":
+                active.pop(r["refund_id"])
+        return sum(active.values())
+
+    assert run(HOLDS) == run(OFF) == 25_000
+
+
+def test_the_timeline_ignores_repeated_events() -> None:
+    tl = IncidentTimeline()
+    assert not tl.add([inc("opened", 100), inc("opened", 100)], ms(100))
+    assert tl.add([inc("resolved", 200)] * 2, ms(200))  # a resolution became known
+    assert not tl.add([inc("resolved", 200)], ms(300))  # a repeat changes nothing
+    assert tl.incidents["in_a"].resolved_at_ms == ms(200)
+    assert tl.release_at(None, ms(150), G_MS) == (ms(150), [])  # a switch does not cover "no request"
+    tl.add([inc("opened", 100, "in_all", ("all", "all")), inc("resolved", 250, "in_all", ("all", "all"))], ms(300))
+    assert tl.release_at(None, ms(150), G_MS) == (ms(250) + G_MS, ["in_all"])
+
+
+# -- the simulator's outage: replay, live-like loop, H = 0 -----------------------------------
+
+
+def _records(scenario: str, minutes: float = 40, rate: float = 200, **knobs: Any) -> list[KafkaRecord]:
+    start = T0 + 2 * 3600 * 1000
+    return [
+        KafkaRecord(topic, partition, offset, ts, key.encode() if key is not None else None, value)
+        for topic, partition, offset, key, value, ts in generate(
+            scenario, seed=3, start_ms=start, minutes=minutes, rate_per_min=rate, partitions=2, **knobs
+        )
+    ]
+
+
+@pytest.fixture(scope="module")
+def outage() -> list[KafkaRecord]:
+    return _records("outage")
+
+
+def _lines(decisions: list[tuple[int, Decision]]) -> list[bytes]:
+    return [codec.dumps([p, d.role, d.value, d.at_ms]) for p, d in decisions]
+
+
+def test_the_outage_replayed_with_holds_claws_nothing_back_and_ends_with_the_same_refunds(
+    outage: list[KafkaRecord],
+) -> None:
+    off = list(replay(outage, replace(HOLDS, max_hold_ms=0), drain=True))
+    on = list(replay(outage, HOLDS, drain=True))
+    bursts = [d.value for p, d in on if p == -1]
+    assert any(b["status"] == "opened" for b in bursts)
+    assert [d for p, d in on if p == -1] == [d for p, d in off if p == -1]
+
+    def final_active(decisions: list[tuple[int, Decision]]) -> dict[str, int]:
+        active: dict[str, dict[str, int]] = defaultdict(dict)
+        for _p, d in decisions:
+            v = d.value
+            if v.get("type") == "refund.requested":
+                active[v["reference"]][v["refund_id"]] = v["amount"]
+            elif v.get("type") == "refund.cancel_requested":
+                active[v["reference"]].pop(v["refund_id"])
+        return {r: sum(a.values()) for r, a in active.items() if a}
+
+    assert final_active(on) == final_active(off)
+    cancels_off = sum(1 for _p, d in off if d.value.get("type") == "refund.cancel_requested")
+    cancels_on = sum(1 for _p, d in on if d.value.get("type") == "refund.cancel_requested")
+    assert cancels_off > 50 and cancels_on <= cancels_off // 10
+    held = {d.value["refund_id"]: d.value for _p, d in on if d.value.get("type") == "refund.held"}
+    ended = {d.value["refund_id"]: d.value["hold"] for _p, d in on if "hold" in d.value}
+    assert held and set(held) == set(ended)  # every hold ends
+    assert all(h["held_until"] <= h["release_by"] for h in ended.values())
+
+
+def test_a_day_without_incidents_is_unchanged_by_holds() -> None:
+    records = _records("normal", minutes=30)
+    off = list(replay(records, replace(HOLDS, max_hold_ms=0), drain=True))
+    on = list(replay(records, HOLDS, drain=True))
+    assert not any(p == -1 for p, _d in on)
+    assert _lines(on) == _lines(off)
+
+
+class LiveLoop:
+    """The live system in one process: partitions take records in arrival order, their signals
+    go to one detector as they close, and the detector's incidents go back to every partition
+    with how far they are known (what the worker does through topics)."""
+
+    def __init__(self, params: Params, partitions: list[int], burst: BurstParams) -> None:
+        self.params = params
+        self.engines = {p: PartitionEngine(p, params) for p in partitions}
+        self.detector = BurstDetector(partitions, burst)
+        self.out: list[tuple[int, Decision]] = []
+
+    def feed(self, rec: KafkaRecord) -> None:
+        stream = Stream.P if rec.topic == "qris.payment-requests" else Stream.L
+        self._take(
+            rec.partition,
+            self.engines[rec.partition].on_record(stream, rec.offset, rec.key, rec.value, rec.timestamp_ms),
+        )
+
+    def _take(self, p: int, decisions: list[Decision]) -> None:
+        for d in decisions:
+            if d.role != "signals":
+                self.out.append((p, d))
+                continue
+            alerts = self.detector.on_signals(d.value)
+            self.out.extend((-1, a) for a in alerts)
+            events = [e for a in alerts if (e := incident_event(a.value, self.params.probe_age_ms)) is not None]
+            closed = self.detector.closed_through
+            if closed is None:
+                continue
+            known = (closed + 1) * MINUTE_MS + self.params.probe_age_ms
+            for q, eng in self.engines.items():
+                self._take(q, eng.on_incidents(events, known))
+
+
+def test_live_like_feedback_decides_exactly_what_replay_decides(outage: list[KafkaRecord]) -> None:
+    burst = BurstParams()
+    live = LiveLoop(HOLDS, [0, 1], burst)
+    for rec in outage:
+        live.feed(rec)
+    replayed = list(replay(outage, HOLDS))
+    assert any(d.value.get("type") == "refund.held" for _p, d in replayed)
+    for p in (-1, 0, 1):
+        assert _lines([x for x in live.out if x[0] == p]) == _lines([x for x in replayed if x[0] == p]), p
+
+
+def test_signals_do_not_wait_for_the_incidents(outage: list[KafkaRecord]) -> None:
+    # The same records with incidents never known: decisions stop, signals go on unchanged.
+    blocked = {p: PartitionEngine(p, HOLDS) for p in (0, 1)}
+    free = {p: PartitionEngine(p, OFF) for p in (0, 1)}
+    got: dict[str, list[Any]] = {"blocked": [], "free": []}
+    refunds_blocked = 0
+    for rec in outage:
+        stream = Stream.P if rec.topic == "qris.payment-requests" else Stream.L
+        for name, engines in (("blocked", blocked), ("free", free)):
+            for d in engines[rec.partition].on_record(stream, rec.offset, rec.key, rec.value, rec.timestamp_ms):
+                if d.role == "signals":
+                    got[name].append(d.value)
+                elif name == "blocked" and d.role == "refunds":
+                    refunds_blocked += 1
+    assert refunds_blocked == 0
+    assert len(got["free"]) > 30
+    assert got["blocked"] == got["free"]
+
+
+def test_h_zero_is_the_default_of_the_core_and_changes_nothing() -> None:
+    assert Params().max_hold_ms == 0
+    assert PartitionEngine(0, Params()).incidents.known_through_ms == POS_INF
+
+
+def test_a_hold_names_only_incidents_opened_by_its_end_whatever_is_known_later() -> None:
+    # Replay knows the whole timeline, the live worker only what was decided so far: the hold's
+    # incidents must not depend on that.
+    f = Feed()
+    f.incidents([inc("opened", 100), inc("opened", 7600, "in_b", ("acquirer", "BCA"))], EVERYTHING)
+    unsettled(f)
+    f.tick(8000)
+    requested = f.refunds()[1]
+    assert requested["hold"]["released_because"] == "max_hold"
+    assert requested["hold"]["incident_ids"] == ["in_a"]
+
+
+# -- properties --------------------------------------------------------------------------------
+
+PROP = replace(HOLDS, retention_ms=3_600_000, max_hold_ms=1_200_000, hold_grace_ms=120_000)
+SCOPES = [("all", "all"), ("switch", "RINTIS"), ("switch", "JALIN"), ("acquirer", "BCA"), ("merchant", "MCC-5812")]
+
+
+@st.composite
+def timelines(draw: st.DrawFn) -> list[IncidentEvent]:
+    events = []
+    for i in range(draw(st.integers(0, 3))):
+        opened = draw(st.integers(-100, 900))
+        scope = draw(st.sampled_from(SCOPES))
+        events.append(inc("opened", opened, f"in_{i}", scope))
+        if draw(st.booleans()):
+            events.append(inc("resolved", opened + draw(st.integers(0, 600)), f"in_{i}", scope))
+    return sorted(events, key=lambda e: e.at_ms)
+
+
+@st.composite
+def held_input(draw: st.DrawFn) -> tuple[list[bytes], list[bytes]]:
+    """`partition_input` with late settlements and reversals, which end holds by a record."""
+    p, l = draw(partition_input())  # noqa: E741
+    for r in range(4):
+        if draw(st.booleans()):
+            t = draw(st.integers(400, 900))
+            amount = draw(st.sampled_from([25_000, 10_000]))
+            if draw(st.booleans()):
+                p.insert(len(p) - 1, payment(f"R{r}-late", "settled", f"R{r}", t, amount))
+            else:
+                l.insert(len(l) - 1, ledger(f"R{r}-late", "reversed", f"R{r}", t, amount))
+    return p, l
+
+
+def run_with_incidents(
+    p: list[bytes],
+    l: list[bytes],  # noqa: E741
+    schedule: list[int],
+    events: list[IncidentEvent],
+    lag_ms: int | None,  # noqa: E741
+) -> list[dict[str, Any]]:
+    """Feed one engine in `schedule`'s interleaving; incidents all at once (`lag_ms` None) or
+    known through `lag_ms` behind the watermark after every record; drain at the end."""
+    eng = PartitionEngine(0, PROP)
+    out: list[Decision] = []
+    if lag_ms is None:
+        out += eng.on_incidents(events, POS_INF)
+    idx = [0, 0]
+    recs = (p, l)
+    order = [s for s in schedule if s in (0, 1)] + [0] * len(p) + [1] * len(l)
+    for s in order:
+        if idx[s] < len(recs[s]):
+            out += eng.on_record(Stream(s), idx[s], None, recs[s][idx[s]])
+            idx[s] += 1
+            if lag_ms is not None:
+                known = eng.watermark_ms - lag_ms
+                out += eng.on_incidents([e for e in events if e.at_ms <= known], known)
+    out += eng.on_incidents(events, POS_INF)
+    out += eng.drain()
+    return [d.value for d in out if d.role != "signals"]
+
+
+@settings(max_examples=120, deadline=None)
+@given(held_input(), timelines(), st.lists(st.integers(0, 1), max_size=40), st.integers(0, 120_000))
+def test_holds_depend_only_on_the_records_and_the_timeline(
+    inp: tuple[list[bytes], list[bytes]], events: list[IncidentEvent], schedule: list[int], lag_ms: int
+) -> None:
+    p, l = inp  # noqa: E741
+    whole = run_with_incidents(p, l, [], events, None)
+    assert run_with_incidents(p, l, schedule, events, lag_ms) == whole
+    held = [v["refund_id"] for v in whole if v.get("type") == "refund.held"]
+    ended = [v["refund_id"] for v in whole if "hold" in v]
+    assert sorted(held) == sorted(ended)  # after a drain every hold ended, once
+    for v in whole:
+        assert "hold" not in v or v["hold"]["held_until"] <= v["hold"]["release_by"]
+        role = "refunds" if "refund_id" in v and "type" in v else "other"
+        if role == "refunds":
+            assert [e.message for e in CLOSED_REFUNDS.iter_errors(v)] == [], v
+            assert beyond_schema_errors("qris.refunds", v) == [], v
+
+
+def test_a_replayed_partition_without_a_watermark_does_not_hold_back_the_others() -> None:
+    # Partition 1 holds one rejected record only: it never has a watermark, reports no burst
+    # signals, and must not keep the detector (and so every refund) waiting.
+    def rec(topic: str, partition: int, offset: int, value: bytes) -> KafkaRecord:
+        return KafkaRecord(topic, partition, offset, None, orjson.loads(value)["reference"].encode(), value)
+
+    records = [
+        rec("qris.payment-requests", 0, 0, payment("QR1-q", "requested", "QR1", 0)),
+        rec("qris.ledger-debits", 0, 0, ledger("QR1-d", "debited", "QR1", 0)),
+        KafkaRecord("qris.payment-requests", 1, 0, None, b"BAD", b"{not json"),
+        rec("qris.payment-requests", 0, 1, payment("T-q", "requested", "T", 500)),
+        rec("qris.ledger-debits", 0, 1, ledger("T-d", "reversed", "T", 500, 1)),
+    ]
+    on = [d.value for _p, d in replay(records, HOLDS) if d.role == "refunds"]
+    assert [(r["type"], r["reference"]) for r in on] == [("refund.requested", "QR1")]

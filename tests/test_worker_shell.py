@@ -1,0 +1,136 @@
+"""The live shell without a broker: batches of fake Kafka events, an in-memory state store, and
+the incidents as the incidents topic delivers them (refund holds)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+
+from stream.core.holds import IncidentEvent
+from stream.settings import Settings
+from stream.worker.bursts import BurstShell
+from stream.worker.incidents import parse_incidents_record
+from stream.worker.shell import ReconcileShell
+from tests.records import T0, ledger, payment
+
+SETTINGS = Settings(partitions=1, idle_timeout_s=3600)
+
+
+@dataclass
+class MemoryStore:
+    data: dict[bytes, bytes]
+
+    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            self.data.pop(key, None)
+        else:
+            self.data[key] = value
+
+    def load(self, partition: int) -> Iterable[tuple[bytes, bytes]]:
+        return list(self.data.items())
+
+
+class Harness:
+    def __init__(self, store: MemoryStore | None = None, settings: Settings = SETTINGS) -> None:
+        self.store = store or MemoryStore({})
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.offsets = {settings.payment_topic: 0, settings.ledger_topic: 0}
+        self.settings = settings
+
+        async def send(topic: str, key: bytes | None, value: bytes) -> None:
+            self.sent.append((topic, orjson.loads(value)))
+
+        async def nothing() -> None:
+            return None
+
+        self.shell = ReconcileShell(settings, self.store, send, nothing, nothing)
+
+    def batch(self, *records: tuple[str, bytes]) -> None:
+        events = []
+        for topic_role, value in records:
+            topic = self.settings.payment_topic if topic_role == "P" else self.settings.ledger_topic
+            msg = SimpleNamespace(
+                topic=topic,
+                partition=0,
+                offset=self.offsets[topic],
+                key=orjson.loads(value)["reference"].encode(),
+                value=value,
+                timestamp=None,
+            )
+            self.offsets[topic] += 1
+            events.append(SimpleNamespace(message=msg))
+        asyncio.run(self.shell.process_batch(events))
+
+    def refunds(self) -> list[dict[str, Any]]:
+        return [v for t, v in self.sent if t == self.settings.refund_topic]
+
+
+def unsettled(ref: str, t: float) -> list[tuple[str, bytes]]:
+    return [("P", payment(f"{ref}-q", "requested", ref, t)), ("L", ledger(f"{ref}-d", "debited", ref, t))]
+
+
+def tick(t: float) -> list[tuple[str, bytes]]:
+    return [("P", payment(f"tick-{t}", "requested", "TICK", t)), ("L", ledger(f"tick-l-{t}", "reversed", "TICK", t, 1))]
+
+
+OPENED = IncidentEvent(T0 + 100_000, "opened", "in_a", "switch", "RINTIS")
+
+
+def test_decisions_wait_for_the_incidents_topic_and_a_restored_engine_gets_the_timeline() -> None:
+    h = Harness()
+    h.batch(*unsettled("QR1", 0), *tick(400))
+    assert h.refunds() == []  # the watermark passed the deadline; the incidents did not
+    asyncio.run(h.shell.on_incidents([OPENED], T0 + 200_000))
+    assert h.refunds() == []
+    # A restart: a new shell over the same store, the incidents topic read again from the start.
+    h2 = Harness(h.store)
+    h2.offsets = dict(h.offsets)
+    asyncio.run(h2.shell.on_incidents([OPENED], T0 + 500_000))
+    h2.batch(*tick(410))  # the engine is restored with the timeline: the deadline is decided
+    assert [r["type"] for r in h2.refunds()] == ["refund.held"]
+    assert h2.refunds()[0]["incident_id"] == "in_a"
+
+
+def test_the_idle_rule_still_fires_deadlines_that_wait_with_nothing_else() -> None:
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.batch(*unsettled("QR1", 0), *tick(100))
+
+    def quiet_for(seconds: float) -> None:  # both feeds quiet: event time follows the wall clock
+        h.shell.clocks[0].last_arrival = [time.monotonic() - seconds] * 2
+        asyncio.run(h.shell.check_idle_feeds())
+
+    quiet_for(40)  # W = 100 - 30 + 40 = 110: every record is processed
+    eng = h.shell.engines[0]
+    assert not eng.heap and eng.decide and h.refunds() == []  # only the deadline (300) waits
+    quiet_for(240)  # W = 310
+    assert [r["type"] for r in h.refunds()] == ["refund.requested"]
+
+
+def test_the_detector_publishes_its_incidents_and_progress_for_the_partitions() -> None:
+    settings = Settings(partitions=1)
+    sent: list[tuple[str, bytes]] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> None:
+        sent.append((topic, value))
+
+    async def nothing() -> None:
+        return None
+
+    shell = BurstShell(settings, 1, send, nothing)
+    from stream.core.burst import BurstDetector
+
+    shell.detector = BurstDetector(1, settings.burst)
+    shell.next_offset = 0
+    report = {"partition": 0, "through_minute": T0 // 60_000 + 5, "minutes": []}
+    event = SimpleNamespace(message=SimpleNamespace(offset=0, value=orjson.dumps(report)))
+    asyncio.run(shell.process_batch([event]))
+    [(topic, raw)] = [x for x in sent if x[0] == settings.incidents_topic]
+    events, known = parse_incidents_record(raw)
+    assert events == [] and known == (T0 // 60_000 + 6) * 60_000 + 30_000
