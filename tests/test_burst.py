@@ -327,10 +327,84 @@ def test_a_restored_engine_reports_the_same_minutes() -> None:
     assert closed([d.value for d in out if d.role == "signals"]) == whole
 
 
-@pytest.mark.parametrize("module", ["stream.core.burst", "stream.core.alerts", "stream.core.ids"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "stream.core.surprise",
+        "stream.core.ratemodel",
+        "stream.core.incidents",
+        "stream.core.alerts",
+        "stream.core.ids",
+    ],
+)
 def test_docstring_examples_run(module: str) -> None:
     import doctest
     import importlib
 
     failures, tried = doctest.testmod(importlib.import_module(module), raise_on_error=False, verbose=False)
     assert tried > 0 and failures == 0
+
+
+# -- incident state and snapshots ------------------------------------------------------------
+
+
+def outage_reports(partitions: int = 2) -> list[dict[str, Any]]:
+    """Normal minutes, a RINTIS outage, calm again; each minute split over the partitions."""
+    out = []
+    for i in range(WARM + 20):
+        rintis = 60 if WARM <= i < WARM + 6 else (1 if i % 2 else 0)
+        for p in range(partitions):
+            share = rintis // partitions + (rintis % partitions if p == 0 else 0)
+            out.append(report(p, M0 + i, switch_minute(share, 1 if (i + p) % 3 == 0 else 0)))
+    return out
+
+
+def test_open_incidents_can_be_queried_by_scope() -> None:
+    det = BurstDetector(2)
+    reports = outage_reports()
+    run(det, reports[: 2 * (WARM + 2)])
+    assert det.incidents.open_scopes() == ["switch:RINTIS"]
+    inc = det.incidents.by_scope("switch", "RINTIS")
+    assert inc is not None and inc.incident_id == ids.incident_id("switch", "RINTIS", (M0 + WARM) * 60_000)
+    [listed] = det.incidents.open_incidents()
+    assert listed["scope"] == {"type": "switch", "id": "RINTIS"} and listed["incident_id"] == inc.incident_id
+    assert det.incidents.by_scope("switch", "JALIN") is None
+    run(det, reports[2 * (WARM + 2) :])
+    assert det.incidents.open_scopes() == []
+
+
+@pytest.mark.parametrize("cut", [1, 101, 2 * WARM - 1, 2 * WARM + 1, 2 * WARM + 7, 2 * (WARM + 12)])
+def test_a_restored_snapshot_makes_the_same_next_decisions(cut: int) -> None:
+    reports = outage_reports()
+    whole = BurstDetector(2)
+    expected = run(whole, reports)
+    assert [a["status"] for a in expected] == ["opened", "updated", "resolved"]
+    first = BurstDetector(2)
+    before = run(first, reports[:cut])
+    # Through bytes, as the worker stores it: JSON keeps every float exact.
+    saved = orjson.loads(orjson.dumps(first.snapshot()))
+    restored = BurstDetector.restore(saved)
+    after = run(restored, reports[cut:])
+    assert before + after == expected
+    assert restored.snapshot() == whole.snapshot()
+
+
+def test_a_snapshot_of_another_version_is_refused() -> None:
+    snap = BurstDetector(1).snapshot()
+    snap["snapshot_version"] = 99
+    with pytest.raises(ValueError, match="version 99"):
+        BurstDetector.restore(snap)
+
+
+def test_summaries_escape_control_and_bidi_characters_of_quoted_ids() -> None:
+    hostile = "RIN\x1b[2J\u202eTIS"
+
+    def minute(bad: int) -> dict[str, dict[str, Any]]:
+        return {"all": sm(200, bad + 1), f"switch:{hostile}": sm(100, bad), "switch:JALIN": sm(100, 1)}
+
+    det = BurstDetector(1)
+    warm(det, lambda i: minute(1 if i % 2 else 0))
+    [opened] = [a for a in run(det, [report(0, M0 + WARM, minute(60))]) if a["status"] == "opened"]
+    assert opened["scope"]["id"] == hostile  # the record keeps the id as sent
+    assert opened["summary"].startswith("Switch RIN\\u001b[2J\\u202eTIS: 60 of 100")
+    assert "\x1b" not in opened["summary"] and "\u202e" not in opened["summary"]

@@ -130,5 +130,5 @@ class BurstShell:
             "partitions": self.partitions,
             "closed_through_minute": d.closed_through if d else None,
             "scopes": len(d.scopes) if d else 0,
-            "open_incidents": sorted(k for k, s in d.scopes.items() if s.incident) if d else [],
+            "open_incidents": d.incidents.open_scopes() if d else [],
         }
