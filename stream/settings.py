@@ -39,6 +39,12 @@ class Settings:
     idle_timeout_s: float = 60.0
     probe_age_s: float = 30.0
     burst_threshold: float = 7.0  # BurstParams.threshold
+    burst_learn_min_payments: int = 2000  # BurstParams.learn_min_payments
+    burst_learn_min_minutes: int = 60  # BurstParams.learn_min_minutes
+    max_scopes: int = 1000  # BurstParams.max_scopes_per_type
+    max_merchants_tracked: int = 100_000  # BurstParams.max_merchants_tracked
+    snapshots_topic: str = "qris.burst-snapshots"
+    snapshot_every: int = 60  # signal reports between two snapshots of the live detector
     app_id: str = "qris-guard"
     store: str = "rocksdb://"
     data_dir: str = "var/worker"
@@ -83,7 +89,13 @@ class Settings:
 
     @property
     def burst(self) -> BurstParams:
-        return BurstParams(threshold=self.burst_threshold)
+        return BurstParams(
+            threshold=self.burst_threshold,
+            learn_min_payments=self.burst_learn_min_payments,
+            learn_min_minutes=self.burst_learn_min_minutes,
+            max_scopes_per_type=self.max_scopes,
+            max_merchants_tracked=self.max_merchants_tracked,
+        )
 
     def with_topic_prefix(self, prefix: str) -> Settings:
         """These settings with every topic named `{prefix}.<role>`: a fresh set of its own, as
@@ -100,6 +112,7 @@ class Settings:
             alert_topic=f"{prefix}.alerts",
             dead_letter_topic=f"{prefix}.dead-letter",
             signals_topic=f"{prefix}.burst-signals",
+            snapshots_topic=f"{prefix}.burst-snapshots",
         )
 
     def output_topic(self, role: str) -> str:
@@ -143,6 +156,30 @@ DOCS: dict[str, tuple[str, str]] = {
     "burst_threshold": (
         "QRIS_BURST_THRESHOLD",
         "burst incidents open at this surprise, -log10 of the binomial tail (one value for all scopes)",
+    ),
+    "burst_learn_min_payments": (
+        "QRIS_BURST_LEARN_MIN_PAYMENTS",
+        "cold start: a scope opens no incident before its baseline (or its parent's) has this many payments",
+    ),
+    "burst_learn_min_minutes": (
+        "QRIS_BURST_LEARN_MIN_MINUTES",
+        "cold start: ... and this many active minutes of history",
+    ),
+    "max_scopes": (
+        "QRIS_MAX_SCOPES",
+        "burst scopes tracked per type (issuer, switch, acquirer, merchant); beyond it a SCOPE_LIMIT alert",
+    ),
+    "max_merchants_tracked": (
+        "QRIS_MAX_MERCHANTS_TRACKED",
+        "merchants whose volume the burst detector follows; the others stay in their MCC pool",
+    ),
+    "snapshots_topic": (
+        "QRIS_SNAPSHOTS_TOPIC",
+        "internal compacted topic (1 partition) of the live burst detector's snapshots",
+    ),
+    "snapshot_every": (
+        "QRIS_SNAPSHOT_EVERY",
+        "signal reports between two snapshots of the live burst detector (0: never)",
     ),
     "app_id": ("QRIS_APP_ID", "Faust application id (consumer group, changelog topic prefix)"),
     "store": ("QRIS_STORE", "Faust table store: rocksdb:// in production, memory:// for quick trials"),

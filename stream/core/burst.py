@@ -17,7 +17,7 @@ from typing import Any
 
 from . import ids
 from .decisions import Decision
-from .incidents import Incident, IncidentBook, incident_alert
+from .incidents import Incident, IncidentBook, incident_alert, scope_limit_alert
 from .merge import PartitionMerge
 from .ratemodel import FailureRateModel, rhythm_bucket
 from .scopes import LEVEL, LONGEST, MinuteEntry, ScopeState, ScoredScope, Window, scope_id, scope_type
@@ -65,6 +65,13 @@ class BurstParams:
     explain_share: float = 0.7  # share of excess (or of bad payments) that counts as explained
     idle_expiry_minutes: int = 7 * 1440  # scopes unseen this long are forgotten
     top_children: int = 5
+    # Cold start: a scope opens no incident until its own baseline has this many payments and
+    # active minutes behind it, or its parent's has (README, "Cold start"). 0 and 0 = off.
+    learn_min_payments: int = 2000
+    learn_min_minutes: int = 60
+    # Bounds on what distinct ids can make the detector keep (README, "Scope bound").
+    max_scopes_per_type: int = 1000
+    max_merchants_tracked: int = 100_000
 
     def __post_init__(self) -> None:
         if max(self.windows_minutes) != LONGEST:
@@ -87,7 +94,16 @@ class BurstDetector:
         self.incidents = IncidentBook()
         # Merchants' volume per minute (EW, updated lazily) and whether each has its own scope.
         self.merchant_volume: dict[str, tuple[float, int, bool]] = {}
-        self.stats = {"minutes": 0, "scope_minutes": 0, "incidents": 0}
+        # Per scope type, the last minute new scopes found no place (`_bound_scopes`).
+        self.scope_limit_minute: dict[str, int] = {}
+        self.stats = {
+            "minutes": 0,
+            "scope_minutes": 0,
+            "incidents": 0,
+            "bursts_while_learning": 0,
+            "scope_minutes_untracked": 0,
+            "merchant_minutes_untracked": 0,
+        }
         self._last_expiry_minute = 0
 
     @property
@@ -118,6 +134,7 @@ class BurstDetector:
             "merchant_volume": [[k, v, last, own] for k, (v, last, own) in self.merchant_volume.items()],
             "stats": dict(self.stats),
             "last_expiry_minute": self._last_expiry_minute,
+            "scope_limit_minute": sorted(self.scope_limit_minute.items()),
         }
 
     @classmethod
@@ -135,8 +152,9 @@ class BurstDetector:
             det.scopes[st.key] = st
         det.incidents = IncidentBook.from_state(snapshot["incidents"])
         det.merchant_volume = {k: (float(v), int(last), bool(own)) for k, v, last, own in snapshot["merchant_volume"]}
-        det.stats = {k: int(v) for k, v in snapshot["stats"].items()}
+        det.stats.update({k: int(v) for k, v in snapshot["stats"].items()})
         det._last_expiry_minute = int(snapshot["last_expiry_minute"])
+        det.scope_limit_minute = {t: int(m) for t, m in snapshot["scope_limit_minute"]}
         return det
 
     # -- input ----------------------------------------------------------------------------
@@ -155,11 +173,13 @@ class BurstDetector:
         prm = self.params
         self.stats["minutes"] += 1
         data = self._pool_small_merchants(minute, data)
+        data, out = self._bound_scopes(minute, data)
         longest = max(prm.windows_minutes)
         short = [w for w in prm.windows_minutes if w < longest] or [longest]
         end = minute + 1
         rates: dict[str, float] = {}
         scored: dict[str, ScoredScope] = {}
+        learning: set[str] = set()  # scopes whose baseline is still being learned
         windows = prm.windows_minutes
         for key in sorted(data, key=lambda k: (LEVEL[scope_type(k)], k)):
             sm = data[key]
@@ -172,6 +192,8 @@ class BurstDetector:
                 if not ring:
                     break
             st.last_seen_minute = minute
+            if not self.may_open(st):
+                learning.add(key)
             parent_rate = rates.get(st.parent) if st.parent is not None else None
             if st.parent is not None and parent_rate is None:
                 parent = self.scopes.get(st.parent)
@@ -201,14 +223,33 @@ class BurstDetector:
                 st, sm["c"], best_score, calm_score, minute_score, best_minutes, rate, recent_rate
             )
             self.stats["scope_minutes"] += 1
-        out = self._incidents(minute, scored)
+            if key in learning and best_score >= prm.threshold:
+                self.stats["bursts_while_learning"] += 1
+        out.extend(self._incidents(minute, scored, learning))
         for key, sc in scored.items():
             st = self.scopes[key]
-            if not self.incidents.is_open(key) and sc.score < prm.calm_below:
+            # While its baseline is being learned a scope learns every minute: nothing yet tells
+            # an unusual minute from its normal, and skipping the surprising ones would pin a
+            # wrong prior (a bank whose normal is 3% would never leave the prior's 1%).
+            if key in learning or (not self.incidents.is_open(key) and sc.score < prm.calm_below):
                 st.model.learn_one({"minute": minute, "payments": sc.minute_counts[0], "bad": sc.minute_counts[BAD]})
         if minute - self._last_expiry_minute >= 60:
             self._expire(minute)
         return out
+
+    def learned(self, st: ScopeState) -> bool:
+        """Whether the scope's own baseline is learned: enough payments and enough active
+        minutes of history (`BurstParams.learn_min_payments`, `learn_min_minutes`)."""
+        prm = self.params
+        return st.model.payments_seen >= prm.learn_min_payments and st.model.minutes_seen >= prm.learn_min_minutes
+
+    def may_open(self, st: ScopeState) -> bool:
+        """Whether the scope may open an incident: its baseline is learned, or it borrows its
+        parent's and the parent's is learned (a new merchant under a known acquirer)."""
+        if self.learned(st):
+            return True
+        parent = self.scopes.get(st.parent) if st.parent is not None else None
+        return parent is not None and self.learned(parent)
 
     def _scope(self, key: str, sm: dict[str, Any], minute: int) -> ScopeState:
         st = self.scopes.get(key)
@@ -247,7 +288,11 @@ class BurstDetector:
                 mcc = sm.get("a", ["", "", ""])[0] or "unknown"
                 target = f"merchant:MCC-{mcc}"
             volume = volume * (1.0 - alpha) + alpha * sm["c"][0]
-            self.merchant_volume[key] = (volume, minute + 1, own)
+            # Past the bound a new merchant is not tracked: it stays in its MCC pool.
+            if key in self.merchant_volume or len(self.merchant_volume) < prm.max_merchants_tracked:
+                self.merchant_volume[key] = (volume, minute + 1, own)
+            else:
+                self.stats["merchant_minutes_untracked"] += 1
             into = out.get(target)
             if into is None:
                 into = out[target] = scope_minute_view(sm)
@@ -257,9 +302,69 @@ class BurstDetector:
                 into.pop("a", None)  # a pool has no single merchant's attributes
         return out
 
+    def _bound_scopes(
+        self, minute: int, data: dict[str, dict[str, Any]]
+    ) -> tuple[dict[str, dict[str, Any]], list[Decision]]:
+        """At most `max_scopes_per_type` scopes of each type are tracked (issue 8: random ids
+        must not grow memory without bound). A new scope takes a free place, else the place of
+        the least recently seen scope of its type still learning its baseline (no incident);
+        learned scopes keep theirs. New scopes that find no place, the least busy first, are
+        not tracked this minute: their payments count only in the broader scopes (`all`, the
+        switch, ...). Deterministic: it depends on the minutes' contents only."""
+        cap = self.params.max_scopes_per_type
+        new: dict[str, list[str]] = {}
+        for key in data:
+            if key not in self.scopes and key != "all":
+                new.setdefault(scope_type(key), []).append(key)
+        if not new:
+            return data, []
+        tracked: dict[str, int] = {}
+        for key in self.scopes:
+            t = scope_type(key)
+            tracked[t] = tracked.get(t, 0) + 1
+        untracked: dict[str, list[str]] = {}
+        for t, keys in sorted(new.items()):
+            free = cap - tracked.get(t, 0)
+            if len(keys) <= free:
+                continue
+            idle_young = sorted(
+                (st.last_seen_minute, k)
+                for k, st in self.scopes.items()
+                if scope_type(k) == t and k not in data and not self.incidents.is_open(k) and not self.learned(st)
+            )
+            for _seen, k in idle_young[: len(keys) - free]:
+                del self.scopes[k]
+                free += 1
+            if len(keys) > free:
+                busiest = sorted(keys, key=lambda k: (-data[k]["c"][0], k))
+                untracked[t] = busiest[max(free, 0) :]
+        if not untracked:
+            return data, []
+        dropped = {k for keys in untracked.values() for k in keys}
+        self.stats["scope_minutes_untracked"] += len(dropped)
+        alerts = []
+        for t, keys in sorted(untracked.items()):
+            last = self.scope_limit_minute.get(t)
+            # One alert when the bound is hit, again only after a day without overflow.
+            if last is None or minute - last > 1440:
+                alerts.append(scope_limit_alert(t, cap, len(keys), minute))
+            self.scope_limit_minute[t] = minute
+        return {k: v for k, v in data.items() if k not in dropped}, alerts
+
     def _expire(self, minute: int) -> None:
         self._last_expiry_minute = minute
         horizon = minute - self.params.idle_expiry_minutes
+        prm = self.params
+        if len(self.merchant_volume) > prm.max_merchants_tracked // 2:
+            # Near the bound, merchants whose volume has faded to nothing make room (a merchant
+            # with its own scope keeps its entry until it is pooled again).
+            alpha = prm.fading_factor * 10
+            for key in [
+                k
+                for k, (v, last, own) in self.merchant_volume.items()
+                if not own and v * (1.0 - alpha) ** max(0, minute - last) < 0.01
+            ]:
+                del self.merchant_volume[key]
         for key in [
             k for k, st in self.scopes.items() if st.last_seen_minute < horizon and not self.incidents.is_open(k)
         ]:
@@ -285,10 +390,11 @@ class BurstDetector:
             return self._overlap(scored[b], a)
         return 0
 
-    def _incidents(self, minute: int, scored: dict[str, ScoredScope]) -> list[Decision]:
+    def _incidents(self, minute: int, scored: dict[str, ScoredScope], learning: set[str]) -> list[Decision]:
         prm = self.params
         share = prm.explain_share
-        bursting = sorted(k for k, sc in scored.items() if sc.score >= prm.threshold)
+        # A scope still learning its baseline neither opens nor explains away another scope.
+        bursting = sorted(k for k, sc in scored.items() if sc.score >= prm.threshold and k not in learning)
         # 1. A scope is explained by a narrower bursting scope that covers most of its excess
         #    (a busy merchant's failure explains its acquirer, its switch and `all`); between
         #    scopes of one level (a switch and an acquirer), by the one with the higher share of

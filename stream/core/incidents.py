@@ -171,6 +171,35 @@ def incident_alert(key: str, inc: Incident, status: Status, minute: int, score: 
     return Decision("alerts", sid.encode("utf-8"), value, decided_ms)
 
 
+def scope_limit_alert(stype: str, limit: int, untracked: int, minute: int) -> Decision:
+    """`SCOPE_LIMIT`: the detector tracks `limit` scopes of type `stype` and `untracked` new
+    ones found no place in `minute`: their payments count only in broader scopes."""
+    decided_ms = (minute + 1) * MINUTE_MS
+    summary = (
+        f"Burst detection tracks at most {limit} {stype} scopes: {untracked} new {stype} ids at "
+        f"{_wib_clock(minute * MINUTE_MS)} WIB are judged only within the broader scopes they belong to; "
+        "many distinct ids "
+        "can mean a producer sending random ones"
+    )
+    value: dict[str, Any] = {
+        "alert_id": ids.alert_id("SCOPE_LIMIT", stype, minute),
+        "kind": "SCOPE_LIMIT",
+        "severity": "warning",
+        "scope": {"type": "all", "id": "all"},
+        "window": {"start": format_ms(minute * MINUTE_MS), "end": format_ms(decided_ms)},
+        "observed": {"untracked_scopes": untracked},
+        "expected": {"max_scopes": limit},
+        "score": None,
+        "references": [],
+        "summary": summary,
+        "occurred_at": format_ms(decided_ms),
+        "partition": None,
+        "schema_version": SCHEMA_VERSION,
+        "scope_type": stype,
+    }
+    return Decision("alerts", b"all", value, decided_ms)
+
+
 # -- the summary's words -----------------------------------------------------------------
 
 def _quote(text: str) -> str:
