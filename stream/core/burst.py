@@ -323,6 +323,7 @@ class BurstDetector:
             t = scope_type(key)
             tracked[t] = tracked.get(t, 0) + 1
         untracked: dict[str, list[str]] = {}
+        hit: dict[str, tuple[int, int]] = {}  # type -> (new scopes, scopes they replaced)
         for t, keys in sorted(new.items()):
             free = cap - tracked.get(t, 0)
             if len(keys) <= free:
@@ -332,22 +333,24 @@ class BurstDetector:
                 for k, st in self.scopes.items()
                 if scope_type(k) == t and k not in data and not self.incidents.is_open(k) and not self.learned(st)
             )
-            for _seen, k in idle_young[: len(keys) - free]:
+            replaced = idle_young[: len(keys) - max(free, 0)]
+            for _seen, k in replaced:
                 del self.scopes[k]
-                free += 1
+            free += len(replaced)
+            hit[t] = (len(keys), len(replaced))
             if len(keys) > free:
                 busiest = sorted(keys, key=lambda k: (-data[k]["c"][0], k))
                 untracked[t] = busiest[max(free, 0) :]
-        if not untracked:
+        if not hit:
             return data, []
         dropped = {k for keys in untracked.values() for k in keys}
         self.stats["scope_minutes_untracked"] += len(dropped)
         alerts = []
-        for t, keys in sorted(untracked.items()):
+        for t, (n_new, n_replaced) in sorted(hit.items()):
             last = self.scope_limit_minute.get(t)
-            # One alert when the bound is hit, again only after a day without overflow.
+            # One alert when the bound is hit, again only after a day without hitting it.
             if last is None or minute - last > 1440:
-                alerts.append(scope_limit_alert(t, cap, len(keys), minute))
+                alerts.append(scope_limit_alert(t, cap, n_new, n_replaced, len(untracked.get(t, ())), minute))
             self.scope_limit_minute[t] = minute
         return {k: v for k, v in data.items() if k not in dropped}, alerts
 

@@ -171,15 +171,16 @@ def incident_alert(key: str, inc: Incident, status: Status, minute: int, score: 
     return Decision("alerts", sid.encode("utf-8"), value, decided_ms)
 
 
-def scope_limit_alert(stype: str, limit: int, untracked: int, minute: int) -> Decision:
-    """`SCOPE_LIMIT`: the detector tracks `limit` scopes of type `stype` and `untracked` new
-    ones found no place in `minute`: their payments count only in broader scopes."""
+def scope_limit_alert(stype: str, limit: int, new: int, replaced: int, untracked: int, minute: int) -> Decision:
+    """`SCOPE_LIMIT`: the detector tracks at most `limit` scopes of type `stype`, and in `minute`
+    `new` scopes of that type arrived with no free place: `replaced` took the places of scopes
+    still learning their baseline, `untracked` found none and count only in broader scopes."""
     decided_ms = (minute + 1) * MINUTE_MS
     summary = (
-        f"Burst detection tracks at most {limit} {stype} scopes: {untracked} new {stype} ids at "
-        f"{_wib_clock(minute * MINUTE_MS)} WIB are judged only within the broader scopes they belong to; "
-        "many distinct ids "
-        "can mean a producer sending random ones"
+        f"Burst detection tracks at most {limit} {stype} scopes and reached it at "
+        f"{_wib_clock(minute * MINUTE_MS)} WIB: {new} new {stype} ids, {replaced} in place of scopes "
+        f"still learning, {untracked} judged only within the broader scopes they belong to; "
+        "many distinct ids can mean a producer sending random ones"
     )
     value: dict[str, Any] = {
         "alert_id": ids.alert_id("SCOPE_LIMIT", stype, minute),
@@ -187,7 +188,7 @@ def scope_limit_alert(stype: str, limit: int, untracked: int, minute: int) -> De
         "severity": "warning",
         "scope": {"type": "all", "id": "all"},
         "window": {"start": format_ms(minute * MINUTE_MS), "end": format_ms(decided_ms)},
-        "observed": {"untracked_scopes": untracked},
+        "observed": {"new_scopes": new, "replaced_scopes": replaced, "untracked_scopes": untracked},
         "expected": {"max_scopes": limit},
         "score": None,
         "references": [],
