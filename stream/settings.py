@@ -40,7 +40,7 @@ class Settings:
     probe_age_s: float = 30.0
     burst_threshold: float = 7.0  # BurstParams.threshold
     burst_learn_min_payments: int = 2000  # BurstParams.learn_min_payments
-    burst_learn_min_minutes: int = 60  # BurstParams.learn_min_minutes
+    burst_learn_min_minutes: int = 10  # BurstParams.learn_min_minutes
     max_scopes: int = 1000  # BurstParams.max_scopes_per_type
     max_merchants_tracked: int = 100_000  # BurstParams.max_merchants_tracked
     snapshots_topic: str = "qris.burst-snapshots"

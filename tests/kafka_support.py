@@ -26,7 +26,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from stream.drivers.replayfile import KafkaRecord
 from stream.security import kafka_python_config
 from stream.settings import DOCS, Settings, to_env
-from stream.topics import signals_topic
+from stream.topics import signals_topic, snapshots_topic
 
 # A broker address (PLAINTEXT) or the settings to connect with (security included).
 Client = str | Settings
@@ -73,6 +73,7 @@ class Topics:
     alerts: str = field(init=False)
     dead_letter: str = field(init=False)
     signals: str = field(init=False)
+    snapshots: str = field(init=False)
     _settings: Settings = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +81,7 @@ class Topics:
         self.payment, self.ledger = s.payment_topic, s.ledger_topic
         self.refunds, self.alerts, self.dead_letter = s.refund_topic, s.alert_topic, s.dead_letter_topic
         self.signals = s.signals_topic
+        self.snapshots = s.snapshots_topic
         self._settings = s
 
     def outputs(self) -> list[str]:
@@ -101,6 +103,7 @@ class Topics:
                         for t in [self.payment, self.ledger, *self.outputs()]
                     ),
                     signals_topic(self.signals),
+                    snapshots_topic(self.snapshots),
                 ]
             )
         finally:

@@ -445,17 +445,22 @@ def test_a_cold_detector_opens_nothing_while_it_learns_a_bank_whose_normal_diffe
 def test_no_incident_opens_while_the_scope_and_its_parent_are_still_learning() -> None:
     det = BurstDetector(1)
     # An outage in the detector's first minutes: nothing tells it from the bank's normal.
-    assert run(det, [report(0, M0 + i, busy_minute(i, rintis_bad=400)) for i in range(30)]) == []
+    assert run(det, [report(0, M0 + i, busy_minute(i, rintis_bad=400)) for i in range(9)]) == []
     assert not det.may_open(det.scopes["switch:RINTIS"])
 
 
 def test_a_young_scope_borrows_only_a_learned_parents_baseline() -> None:
     det = BurstDetector(1)
-    run(det, [report(0, M0 + i, busy_minute(i)) for i in range(59)])
+    run(det, [report(0, M0 + i, busy_minute(i)) for i in range(9)])
     young = ScopeState("switch:NEW", "all", FailureRateModel())
     assert not det.learned(det.scopes["all"]) and not det.may_open(young)
-    run(det, [report(0, M0 + 59, busy_minute(59))])  # `all`: 60 minutes and 120,000 payments
+    run(det, [report(0, M0 + 9, busy_minute(9))])  # `all`: 10 minutes and 20,000 payments
     assert det.learned(det.scopes["all"]) and det.may_open(young) and not det.learned(young)
+    small = BurstDetector(1)  # 10 minutes of 150 payments: minutes enough, payments not yet
+    run(small, [report(0, M0 + i, {"all": sm(150, 2)}) for i in range(10)])
+    assert not small.learned(small.scopes["all"])
+    run(small, [report(0, M0 + 10 + i, {"all": sm(150, 2)}) for i in range(4)])  # 2,100 payments
+    assert small.learned(small.scopes["all"])
 
 
 # -- the bound on distinct scopes ---------------------------------------------------------------

@@ -68,7 +68,7 @@ class BurstParams:
     # Cold start: a scope opens no incident until its own baseline has this many payments and
     # active minutes behind it, or its parent's has (README, "Cold start"). 0 and 0 = off.
     learn_min_payments: int = 2000
-    learn_min_minutes: int = 60
+    learn_min_minutes: int = 10
     # Bounds on what distinct ids can make the detector keep (README, "Scope bound").
     max_scopes_per_type: int = 1000
     max_merchants_tracked: int = 100_000
