@@ -243,3 +243,49 @@ def test_a_worker_stopped_in_the_middle_of_a_backlog_loses_no_decision(tmp_path:
         missing = set(canon(want[role])) - set(canon(got[role]))
         assert not missing, f"{role}: {len(missing)} missing, e.g. {_brief(missing)[:3]}; logs in {tmp_path}"
         assert set(canon(got[role])) == set(canon(want[role])), role
+
+
+def test_a_takeover_restores_the_detector_from_its_snapshot_and_decides_as_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The burst shell writes snapshots of the detector; a worker killed in the middle of an
+    outage is replaced by one that restores the latest snapshot and reads only the signals
+    after it. Its alerts are those of a run without a restart (offline replay of the topics)."""
+    bootstrap = require_broker()
+    topics = fresh_topics()
+    topics.create(bootstrap)
+    records = simulated(topics, "outage", seed=5, minutes=60, rate_per_min=200, outage_at=0.4, outage_minutes=12)
+    tmap = {topics.payment: topics.payment, topics.ledger: topics.ledger}
+    cut = len(records) * 55 // 100
+    snapshots = {"QRIS_SNAPSHOT_EVERY": "10"}
+    worker = Worker(topics, tmp_path / "w", extra_env=snapshots)
+    worker.start(bootstrap)
+    worker2 = Worker(topics, tmp_path / "w2", app_id=worker.app_id, extra_env=snapshots)
+    try:
+        produce(bootstrap, records[:cut], tmap)
+        worker.wait_processed(cut, timeout_s=180)
+        time.sleep(4)  # offsets committed
+        written = worker.stats()["bursts"]["counts"]
+        # At the end of a batch of reports, once 10 or more were taken since the last one.
+        assert written["snapshots_written"] >= 1, written
+        worker.kill()
+        worker2.start(bootstrap)
+        produce(bootstrap, records[cut:], tmap)
+        want = expected_outputs(bootstrap, topics)
+        n = sum(len(v) for v in want.values())
+        got = live_by_role(consume(bootstrap, topics.outputs(), until=n, timeout_s=180, worker=worker2), topics)
+        counts = worker2.stats()["bursts"]["counts"]
+    finally:
+        if worker2.proc is not None:
+            worker2.stop()
+    bursts = [a for a in want["alerts"] if a["kind"] == "FAILURE_BURST"]
+    assert {(a["scope"]["type"], a["scope"]["id"], a["status"]) for a in bursts} >= {
+        ("switch", "RINTIS", "opened"),
+        ("switch", "RINTIS", "resolved"),
+    }
+    live = [a for a in got["alerts"] if a["kind"] == "FAILURE_BURST"]
+    assert sorted(set(canon(live))) == sorted(set(canon(bursts))), worker2.log_tail()
+    # Restored from a snapshot: it read at most the reports written since the last one.
+    assert counts["restored_snapshot_offset"] > 0, counts
+    assert counts["signals_read_to_rebuild"] < written["signals"] - counts["restored_snapshot_offset"] + 1, counts
+    assert "burst detector rebuilt from 0 signal reports (offsets 0" not in worker2.log_tail(10_000)

@@ -136,9 +136,10 @@ class BurstShell:
         detector, start = await self._restore_snapshot()
         if detector is None or start is None:
             detector, start = BurstDetector(self.partitions, self.settings.burst), 0
+        else:
+            log.info("burst detector restored from a snapshot covering signals before offset %d", start)
         self.next_offset = max(upto, start)
         if start >= upto:
-            log.info("burst detector restored from a snapshot covering signals before offset %d", start)
             return detector
         tp = TopicPartition(self.settings.signals_topic, 0)
         consumer = AIOKafkaConsumer(**aiokafka_config(self.settings), enable_auto_commit=False, group_id=None)
