@@ -193,8 +193,13 @@ def cmd_warmup(args: argparse.Namespace) -> int:
 
     from .core import burstsnapshot
     from .drivers import warmup
+    from .security import kafka_python_config
 
     s = _settings(args)
+    if args.input and (args.since is not None or args.to_time is not None):
+        raise Mistake("--since and --to select reports of the signals topic: use them with --from-kafka")
+    if args.from_kafka or not args.out:
+        s = _connect(s)
     started = time.perf_counter()
     if args.from_kafka:
         from kafka import KafkaConsumer, TopicPartition
@@ -203,7 +208,7 @@ def cmd_warmup(args: argparse.Namespace) -> int:
         from .topics import check_copartitioned
 
         partitions = args.partitions or check_copartitioned(s)
-        probe = KafkaConsumer(bootstrap_servers=s.bootstrap, group_id=None, enable_auto_commit=False)
+        probe = KafkaConsumer(**kafka_python_config(s), group_id=None, enable_auto_commit=False)
         try:
             tp = TopicPartition(s.signals_topic, 0)
             end_offset = probe.end_offsets([tp])[tp]
@@ -211,7 +216,7 @@ def cmd_warmup(args: argparse.Namespace) -> int:
             probe.close()
         from_ms = None if args.since is None else int(time.time() * 1000 - args.since * 1000)
         warmed = warmup.from_signals(
-            read_topics(s.bootstrap, [s.signals_topic], from_ms=from_ms, to_ms=args.to_time), partitions, s.burst
+            read_topics(s, [s.signals_topic], from_ms=from_ms, to_ms=args.to_time), partitions, s.burst
         )
         last = warmed.last_signals_offset
         signals_offset: int | None = end_offset if last is None else last + 1
@@ -234,7 +239,7 @@ def cmd_warmup(args: argparse.Namespace) -> int:
             # State from a file: the live detector goes on from the signals written from now on.
             from kafka import KafkaConsumer, TopicPartition
 
-            probe = KafkaConsumer(bootstrap_servers=s.bootstrap, group_id=None, enable_auto_commit=False)
+            probe = KafkaConsumer(**kafka_python_config(s), group_id=None, enable_auto_commit=False)
             try:
                 tp = TopicPartition(s.signals_topic, 0)
                 signals_offset = probe.end_offsets([tp]).get(tp, 0)

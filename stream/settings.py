@@ -285,6 +285,16 @@ def _problems(s: Settings) -> list[str]:
         out.append(f"QRIS_LOG_LEVEL={s.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
     if s.partitions < 1:
         out.append(f"QRIS_PARTITIONS={s.partitions}: expected 1 or more")
+    for name, value in (("QRIS_MAX_SCOPES", s.max_scopes), ("QRIS_MAX_MERCHANTS_TRACKED", s.max_merchants_tracked)):
+        if value < 1:
+            out.append(f"{name}={value}: expected 1 or more")
+    for name, value in (
+        ("QRIS_BURST_LEARN_MIN_PAYMENTS", s.burst_learn_min_payments),
+        ("QRIS_BURST_LEARN_MIN_MINUTES", s.burst_learn_min_minutes),
+        ("QRIS_SNAPSHOT_EVERY", s.snapshot_every),
+    ):
+        if value < 0:
+            out.append(f"{name}={value}: expected 0 or more")
     if not 0 <= s.web_port <= 65535:
         out.append(f"QRIS_WEB_PORT={s.web_port}: expected 0 (off) or a port up to 65535")
     for server in s.bootstrap.split(","):

@@ -203,6 +203,7 @@ def scope_limit_alert(stype: str, limit: int, new: int, replaced: int, untracked
 
 # -- the summary's words -----------------------------------------------------------------
 
+
 def _quote(text: str) -> str:
     """Input text as it may appear in a summary line (`text.escape_text`: controls,
     bidirectional and other non-printable characters as `\\uXXXX`, long ids cut). The one

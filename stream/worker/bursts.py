@@ -208,7 +208,7 @@ async def read_latest_snapshot(settings: Settings) -> bytes | None:
     """The value of the last snapshot record on the snapshots topic, or None."""
     tp = TopicPartition(settings.snapshots_topic, 0)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
+        **aiokafka_config(settings),
         enable_auto_commit=False,
         group_id=None,
         max_partition_fetch_bytes=SNAPSHOT_TOPIC_MAX_BYTES,
@@ -238,9 +238,7 @@ async def read_latest_snapshot(settings: Settings) -> bytes | None:
 async def write_snapshot(settings: Settings, raw: bytes) -> None:
     """Write one snapshot record and wait for the broker's acknowledgement. Its own producer:
     a snapshot may be larger than the worker's outputs may be."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap, acks="all", max_request_size=SNAPSHOT_TOPIC_MAX_BYTES
-    )
+    producer = AIOKafkaProducer(**aiokafka_config(settings), acks="all", max_request_size=SNAPSHOT_TOPIC_MAX_BYTES)
     await producer.start()
     try:
         await producer.send_and_wait(settings.snapshots_topic, raw, key=burstsnapshot.SNAPSHOT_KEY, partition=0)
