@@ -211,6 +211,7 @@ async def read_latest_snapshot(settings: Settings) -> bytes | None:
         **aiokafka_config(settings),
         enable_auto_commit=False,
         group_id=None,
+        auto_offset_reset="earliest",
         max_partition_fetch_bytes=SNAPSHOT_TOPIC_MAX_BYTES,
         fetch_max_bytes=SNAPSHOT_TOPIC_MAX_BYTES,
     )
@@ -219,8 +220,10 @@ async def read_latest_snapshot(settings: Settings) -> bytes | None:
         if settings.snapshots_topic not in await consumer.topics():
             return None
         consumer.assign([tp])
+        begin = (await consumer.beginning_offsets([tp]))[tp]
         end = (await consumer.end_offsets([tp]))[tp]
-        await consumer.seek_to_beginning(tp)
+        # An explicit seek: a lazy seek_to_beginning can lose to the reset of a fresh assignment.
+        consumer.seek(tp, begin)
         latest: bytes | None = None
         idle_polls = 0
         while await consumer.position(tp) < end and idle_polls < 30:
