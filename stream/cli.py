@@ -200,6 +200,88 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration_s(text: str) -> float:
+    """`7d`, `12h`, `30m`, `90s` or plain seconds."""
+    units = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 7d, 12h, 30m)") from None
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .core import burstsnapshot
+    from .drivers import warmup
+    from .security import kafka_python_config
+
+    s = _settings(args)
+    if args.input and (args.since is not None or args.to_time is not None):
+        raise Mistake("--since and --to select reports of the signals topic: use them with --from-kafka")
+    if args.from_kafka or not args.out:
+        s = _connect(s)
+    started = time.perf_counter()
+    if args.from_kafka:
+        from kafka import KafkaConsumer, TopicPartition
+
+        from .drivers.kafkaread import read_topics
+        from .topics import check_copartitioned
+
+        partitions = args.partitions or check_copartitioned(s)
+        probe = KafkaConsumer(**kafka_python_config(s), group_id=None, enable_auto_commit=False)
+        try:
+            tp = TopicPartition(s.signals_topic, 0)
+            end_offset = probe.end_offsets([tp])[tp]
+        finally:
+            probe.close()
+        from_ms = None if args.since is None else int(time.time() * 1000 - args.since * 1000)
+        warmed = warmup.from_signals(
+            read_topics(s, [s.signals_topic], from_ms=from_ms, to_ms=args.to_time), partitions, s.burst
+        )
+        last = warmed.last_signals_offset
+        signals_offset: int | None = end_offset if last is None else last + 1
+    else:
+        from .drivers.replayfile import read_records
+
+        with open(args.input, "rb") as fh:
+            warmed = warmup.from_records(read_records(fh), s.params, s.burst, args.partitions)
+        signals_offset = None
+    det = warmed.detector
+    if args.out:
+        raw = burstsnapshot.encode(det, signals_offset)
+        with _open_out(args.out) as fh:
+            fh.write(raw)
+        where = args.out
+    else:
+        from .worker.bursts import write_snapshot
+
+        if signals_offset is None:
+            # State from a file: the live detector goes on from the signals written from now on.
+            from kafka import KafkaConsumer, TopicPartition
+
+            probe = KafkaConsumer(**kafka_python_config(s), group_id=None, enable_auto_commit=False)
+            try:
+                tp = TopicPartition(s.signals_topic, 0)
+                signals_offset = probe.end_offsets([tp]).get(tp, 0)
+            finally:
+                probe.close()
+        raw = burstsnapshot.encode(det, signals_offset)
+        asyncio.run(write_snapshot(s, raw))
+        where = s.snapshots_topic
+    learned = sum(1 for st in det.scopes.values() if det.learned(st))
+    print(
+        f"warmup: {warmed.reports} signal reports, minutes through {det.closed_through}, {len(det.scopes)} scopes "
+        f"({learned} learned), {warmed.incidents_seen} incidents in the history (not emitted); snapshot of "
+        f"{len(raw)} bytes covering signals before offset {signals_offset} -> {where} "
+        f"({time.perf_counter() - started:.1f} s)",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .drivers.report import render, summarise
 
@@ -330,6 +412,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: CPUs, at most 4; 1 = one process, lines in decision order)",
     )
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("warmup", help="build the burst detector's state from history and write its snapshot")
+    _common(p)
+    _params(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--in", dest="input", help="replay file of input records (run through the replay core)")
+    src.add_argument("--from-kafka", action="store_true", help="read the signals topic (the live partitions' reports)")
+    p.add_argument("--since", type=_duration_s, help="with --from-kafka: only reports of this last period (e.g. 7d)")
+    p.add_argument("--to", dest="to_time", type=_time_arg, help="with --from-kafka: reports before this time")
+    p.add_argument("--partitions", type=int, help="input partitions (default: the input topics' / the file's)")
+    p.add_argument("--out", help="write the snapshot to this file instead of the snapshots topic")
+    p.set_defaults(func=cmd_warmup)
 
     p = sub.add_parser("report", help="summarise decisions for payment operations")
     _common(p)

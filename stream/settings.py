@@ -42,6 +42,12 @@ class Settings:
     burst_threshold: float = 7.0  # BurstParams.threshold
     hold_grace_s: float = 900.0
     max_hold_s: float = 7200.0
+    burst_learn_min_payments: int = 2000  # BurstParams.learn_min_payments
+    burst_learn_min_minutes: int = 10  # BurstParams.learn_min_minutes
+    max_scopes: int = 1000  # BurstParams.max_scopes_per_type
+    max_merchants_tracked: int = 100_000  # BurstParams.max_merchants_tracked
+    snapshots_topic: str = "qris.burst-snapshots"
+    snapshot_every: int = 60  # signal reports between two snapshots of the live detector
     app_id: str = "qris-guard"
     store: str = "rocksdb://"
     data_dir: str = "var/worker"
@@ -88,7 +94,13 @@ class Settings:
 
     @property
     def burst(self) -> BurstParams:
-        return BurstParams(threshold=self.burst_threshold)
+        return BurstParams(
+            threshold=self.burst_threshold,
+            learn_min_payments=self.burst_learn_min_payments,
+            learn_min_minutes=self.burst_learn_min_minutes,
+            max_scopes_per_type=self.max_scopes,
+            max_merchants_tracked=self.max_merchants_tracked,
+        )
 
     def with_topic_prefix(self, prefix: str) -> Settings:
         """These settings with every topic named `{prefix}.<role>`: a fresh set of its own, as
@@ -106,6 +118,7 @@ class Settings:
             dead_letter_topic=f"{prefix}.dead-letter",
             signals_topic=f"{prefix}.burst-signals",
             incidents_topic=f"{prefix}.incidents",
+            snapshots_topic=f"{prefix}.burst-snapshots",
         )
 
     def output_topic(self, role: str) -> str:
@@ -162,6 +175,30 @@ DOCS: dict[str, tuple[str, str]] = {
     "max_hold_s": (
         "QRIS_MAX_HOLD_S",
         "H: longest hold of a refund during an incident, seconds after its deadline; 0 turns holds off",
+    ),
+    "burst_learn_min_payments": (
+        "QRIS_BURST_LEARN_MIN_PAYMENTS",
+        "cold start: a scope opens no incident before its baseline (or its parent's) has this many payments",
+    ),
+    "burst_learn_min_minutes": (
+        "QRIS_BURST_LEARN_MIN_MINUTES",
+        "cold start: ... and this many active minutes of history",
+    ),
+    "max_scopes": (
+        "QRIS_MAX_SCOPES",
+        "burst scopes tracked per type (issuer, switch, acquirer, merchant); beyond it a SCOPE_LIMIT alert",
+    ),
+    "max_merchants_tracked": (
+        "QRIS_MAX_MERCHANTS_TRACKED",
+        "merchants whose volume the burst detector follows; the others stay in their MCC pool",
+    ),
+    "snapshots_topic": (
+        "QRIS_SNAPSHOTS_TOPIC",
+        "internal compacted topic (1 partition) of the live burst detector's snapshots",
+    ),
+    "snapshot_every": (
+        "QRIS_SNAPSHOT_EVERY",
+        "signal reports between two snapshots of the live burst detector (0: never)",
     ),
     "app_id": ("QRIS_APP_ID", "Faust application id (consumer group, changelog topic prefix)"),
     "store": ("QRIS_STORE", "Faust table store: rocksdb:// in production, memory:// for quick trials"),
@@ -267,6 +304,16 @@ def _problems(s: Settings) -> list[str]:
         out.append(f"QRIS_LOG_LEVEL={s.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
     if s.partitions < 1:
         out.append(f"QRIS_PARTITIONS={s.partitions}: expected 1 or more")
+    for name, value in (("QRIS_MAX_SCOPES", s.max_scopes), ("QRIS_MAX_MERCHANTS_TRACKED", s.max_merchants_tracked)):
+        if value < 1:
+            out.append(f"{name}={value}: expected 1 or more")
+    for name, value in (
+        ("QRIS_BURST_LEARN_MIN_PAYMENTS", s.burst_learn_min_payments),
+        ("QRIS_BURST_LEARN_MIN_MINUTES", s.burst_learn_min_minutes),
+        ("QRIS_SNAPSHOT_EVERY", s.snapshot_every),
+    ):
+        if value < 0:
+            out.append(f"{name}={value}: expected 0 or more")
     if not 0 <= s.web_port <= 65535:
         out.append(f"QRIS_WEB_PORT={s.web_port}: expected 0 (off) or a port up to 65535")
     for server in s.bootstrap.split(","):

@@ -1,7 +1,7 @@
 """Creating and checking the contract's topics on a broker (kafka-python admin).
 
 The two input topics must be co-partitioned (same partition count); outputs get the same count,
-except the internal signals and incidents topics, which have one partition.
+except the internal signals, incidents and snapshots topics, which have one partition.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ def topic_names(settings: Settings) -> list[str]:
         settings.dead_letter_topic,
         settings.signals_topic,
         settings.incidents_topic,
+        settings.snapshots_topic,
     ]
 
 
@@ -57,6 +58,22 @@ def incidents_topic(name: str, settings: Settings | None = None) -> NewTopic:
     )
 
 
+def snapshots_topic(name: str, settings: Settings | None = None) -> NewTopic:
+    """The burst detector's snapshots: one partition, compacted (only the latest matters),
+    records up to 16 MiB (a snapshot holds every tracked scope's model)."""
+    s = settings or Settings()
+    return NewTopic(
+        name,
+        num_partitions=1,
+        replication_factor=s.replication_factor,
+        topic_configs={
+            **topic_configs(s),
+            "cleanup.policy": "compact",
+            "max.message.bytes": str(16 * 1024 * 1024),
+        },
+    )
+
+
 def create_topics(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, int]:
     """Create missing topics with `settings.partitions` partitions; return every topic's count."""
     admin = admin_client(settings)
@@ -70,12 +87,15 @@ def create_topics(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, i
                 topic_configs=topic_configs(settings),
             )
             for name in topic_names(settings)
-            if name not in existing and name not in (settings.signals_topic, settings.incidents_topic)
+            if name not in existing
+            and name not in (settings.signals_topic, settings.incidents_topic, settings.snapshots_topic)
         ]
         if settings.signals_topic not in existing:
             new.append(signals_topic(settings.signals_topic, settings))
         if settings.incidents_topic not in existing:
             new.append(incidents_topic(settings.incidents_topic, settings))
+        if settings.snapshots_topic not in existing:
+            new.append(snapshots_topic(settings.snapshots_topic, settings))
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker raced us to it
                 admin.create_topics(new, timeout_ms=int(timeout_s * 1000))

@@ -26,7 +26,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from stream.drivers.replayfile import KafkaRecord
 from stream.security import kafka_python_config
 from stream.settings import DOCS, Settings, to_env
-from stream.topics import incidents_topic, signals_topic
+from stream.topics import incidents_topic, signals_topic, snapshots_topic
 
 # A broker address (PLAINTEXT) or the settings to connect with (security included).
 Client = str | Settings
@@ -74,6 +74,7 @@ class Topics:
     dead_letter: str = field(init=False)
     signals: str = field(init=False)
     incidents: str = field(init=False)
+    snapshots: str = field(init=False)
     _settings: Settings = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -82,6 +83,7 @@ class Topics:
         self.refunds, self.alerts, self.dead_letter = s.refund_topic, s.alert_topic, s.dead_letter_topic
         self.signals = s.signals_topic
         self.incidents = s.incidents_topic
+        self.snapshots = s.snapshots_topic
         self._settings = s
 
     def outputs(self) -> list[str]:
@@ -104,6 +106,7 @@ class Topics:
                     ),
                     signals_topic(self.signals),
                     incidents_topic(self.incidents),
+                    snapshots_topic(self.snapshots),
                 ]
             )
         finally:

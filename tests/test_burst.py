@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from stream.core import ids
-from stream.core.burst import BurstDetector, BurstParams, FailureRateModel, binomial_surprise
+from stream.core.burst import BurstDetector, BurstParams, FailureRateModel, ScopeState, binomial_surprise
 from stream.core.eventtime import format_ms
 from stream.core.partition import Params, PartitionEngine
 from stream.core.records import Stream
@@ -327,10 +327,185 @@ def test_a_restored_engine_reports_the_same_minutes() -> None:
     assert closed([d.value for d in out if d.role == "signals"]) == whole
 
 
-@pytest.mark.parametrize("module", ["stream.core.burst", "stream.core.alerts", "stream.core.ids"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "stream.core.surprise",
+        "stream.core.ratemodel",
+        "stream.core.incidents",
+        "stream.core.alerts",
+        "stream.core.ids",
+    ],
+)
 def test_docstring_examples_run(module: str) -> None:
     import doctest
     import importlib
 
     failures, tried = doctest.testmod(importlib.import_module(module), raise_on_error=False, verbose=False)
     assert tried > 0 and failures == 0
+
+
+# -- incident state and snapshots ------------------------------------------------------------
+
+
+def outage_reports(partitions: int = 2) -> list[dict[str, Any]]:
+    """Normal minutes, a RINTIS outage, calm again; each minute split over the partitions."""
+    out = []
+    for i in range(WARM + 20):
+        rintis = 60 if WARM <= i < WARM + 6 else (1 if i % 2 else 0)
+        for p in range(partitions):
+            share = rintis // partitions + (rintis % partitions if p == 0 else 0)
+            out.append(report(p, M0 + i, switch_minute(share, 1 if (i + p) % 3 == 0 else 0)))
+    return out
+
+
+def test_open_incidents_can_be_queried_by_scope() -> None:
+    det = BurstDetector(2)
+    reports = outage_reports()
+    run(det, reports[: 2 * (WARM + 2)])
+    assert det.incidents.open_scopes() == ["switch:RINTIS"]
+    inc = det.incidents.by_scope("switch", "RINTIS")
+    assert inc is not None and inc.incident_id == ids.incident_id("switch", "RINTIS", (M0 + WARM) * 60_000)
+    [listed] = det.incidents.open_incidents()
+    assert listed["scope"] == {"type": "switch", "id": "RINTIS"} and listed["incident_id"] == inc.incident_id
+    assert det.incidents.by_scope("switch", "JALIN") is None
+    run(det, reports[2 * (WARM + 2) :])
+    assert det.incidents.open_scopes() == []
+
+
+@pytest.mark.parametrize("cut", [1, 101, 2 * WARM - 1, 2 * WARM + 1, 2 * WARM + 7, 2 * (WARM + 12)])
+def test_a_restored_snapshot_makes_the_same_next_decisions(cut: int) -> None:
+    reports = outage_reports()
+    whole = BurstDetector(2)
+    expected = run(whole, reports)
+    assert [a["status"] for a in expected] == ["opened", "updated", "resolved"]
+    first = BurstDetector(2)
+    before = run(first, reports[:cut])
+    # Through bytes, as the worker stores it: JSON keeps every float exact.
+    saved = orjson.loads(orjson.dumps(first.snapshot()))
+    restored = BurstDetector.restore(saved)
+    after = run(restored, reports[cut:])
+    assert before + after == expected
+    assert restored.snapshot() == whole.snapshot()
+
+
+def test_a_snapshot_of_another_version_is_refused() -> None:
+    snap = BurstDetector(1).snapshot()
+    snap["snapshot_version"] = 99
+    with pytest.raises(ValueError, match="version 99"):
+        BurstDetector.restore(snap)
+
+
+def test_summaries_escape_control_and_bidi_characters_of_quoted_ids() -> None:
+    hostile = "RIN\x1b[2J\u202eTIS"
+
+    def minute(bad: int) -> dict[str, dict[str, Any]]:
+        return {"all": sm(200, bad + 1), f"switch:{hostile}": sm(100, bad), "switch:JALIN": sm(100, 1)}
+
+    det = BurstDetector(1)
+    warm(det, lambda i: minute(1 if i % 2 else 0))
+    [opened] = [a for a in run(det, [report(0, M0 + WARM, minute(60))]) if a["status"] == "opened"]
+    assert opened["scope"]["id"] == hostile  # the record keeps the id as sent
+    assert opened["summary"].startswith("Switch RIN\\u001b[2J\\u202eTIS: 60 of 100")
+    assert "\x1b" not in opened["summary"] and "\u202e" not in opened["summary"]
+
+
+# -- cold start -------------------------------------------------------------------------------
+
+
+def busy_minute(i: int, rintis_bad: int | None = None) -> dict[str, dict[str, Any]]:
+    """A bank whose normal is 5% bad (the prior assumes 1%): 2,000 payments a minute."""
+    normal = 45 + (i * 7) % 11  # 45..55 of 1,000
+    rintis = normal if rintis_bad is None else rintis_bad
+    jalin = 100 - normal
+    return {
+        "all": sm(2000, rintis + jalin),
+        "issuer:BANKDKI": sm(2000, rintis + jalin, {"switch:RINTIS": rintis, "switch:JALIN": jalin}),
+        "switch:RINTIS": sm(1000, rintis, {"issuer:BANKDKI": rintis}),
+        "switch:JALIN": sm(1000, jalin, {"issuer:BANKDKI": jalin}),
+    }
+
+
+def test_a_cold_detector_opens_nothing_while_it_learns_a_bank_whose_normal_differs() -> None:
+    cold_hours = [report(0, M0 + i, busy_minute(i)) for i in range(240)]
+    # Without the learning gate the prior's 1% makes the first minutes an incident.
+    ungated = BurstDetector(1, BurstParams(learn_min_payments=0, learn_min_minutes=0))
+    assert {a["status"] for a in run(ungated, cold_hours[:5])} == {"opened"}
+    det = BurstDetector(1)
+    assert run(det, cold_hours) == []
+    assert det.stats["bursts_while_learning"] > 0  # it would have opened, had it known less
+    assert 0.045 < det.scopes["all"].model.expected_rate(M0 + 240) < 0.055
+    # Learned: an outage of RINTIS is caught in its first minute, as on a warm detector.
+    outage = [report(0, M0 + 240 + i, busy_minute(240 + i, rintis_bad=400)) for i in range(3)]
+    alerts = run(det, outage)
+    assert [(a["status"], a["scope"]["id"]) for a in alerts] == [("opened", "RINTIS")]
+    assert alerts[0]["window"]["end"] == format_ms((M0 + 241) * 60_000)
+
+
+def test_no_incident_opens_while_the_scope_and_its_parent_are_still_learning() -> None:
+    det = BurstDetector(1)
+    # An outage in the detector's first minutes: nothing tells it from the bank's normal.
+    assert run(det, [report(0, M0 + i, busy_minute(i, rintis_bad=400)) for i in range(9)]) == []
+    assert not det.may_open(det.scopes["switch:RINTIS"])
+
+
+def test_a_young_scope_borrows_only_a_learned_parents_baseline() -> None:
+    det = BurstDetector(1)
+    run(det, [report(0, M0 + i, busy_minute(i)) for i in range(9)])
+    young = ScopeState("switch:NEW", "all", FailureRateModel())
+    assert not det.learned(det.scopes["all"]) and not det.may_open(young)
+    run(det, [report(0, M0 + 9, busy_minute(9))])  # `all`: 10 minutes and 20,000 payments
+    assert det.learned(det.scopes["all"]) and det.may_open(young) and not det.learned(young)
+    small = BurstDetector(1)  # 10 minutes of 150 payments: minutes enough, payments not yet
+    run(small, [report(0, M0 + i, {"all": sm(150, 2)}) for i in range(10)])
+    assert not small.learned(small.scopes["all"])
+    run(small, [report(0, M0 + 10 + i, {"all": sm(150, 2)}) for i in range(4)])  # 2,100 payments
+    assert small.learned(small.scopes["all"])
+
+
+# -- the bound on distinct scopes ---------------------------------------------------------------
+
+
+def flooded_minute(i: int, random_ids: int, rintis_bad: int = 1) -> dict[str, dict[str, Any]]:
+    """RINTIS and JALIN as usual, plus `random_ids` switches never seen before (one payment each)."""
+    out = switch_minute(rintis_bad, 1 if i % 3 == 0 else 0)
+    for j in range(random_ids):
+        out[f"switch:X{i:05d}-{j:03d}"] = sm(1, 0)
+    out["all"] = sm(200 + random_ids, rintis_bad + 1)
+    return out
+
+
+def test_distinct_scopes_are_bounded_with_one_alert_and_learned_scopes_kept() -> None:
+    params = BurstParams(max_scopes_per_type=5)
+
+    def reports() -> list[dict[str, Any]]:
+        calm = [report(0, M0 + i, switch_minute(1 if i % 2 else 0, 1 if i % 3 == 0 else 0)) for i in range(WARM)]
+        flood = [report(0, M0 + WARM + i, flooded_minute(i, 40)) for i in range(20)]
+        burst = [report(0, M0 + WARM + 20 + i, flooded_minute(20 + i, 40, rintis_bad=60)) for i in range(2)]
+        return calm + flood + burst
+
+    det = BurstDetector(1, params)
+    alerts = run(det, reports())
+    limits = [a for a in alerts if a["kind"] == "SCOPE_LIMIT"]
+    assert len(limits) == 1 and limits[0]["scope_type"] == "switch"
+    # 40 new, 3 free places, no idle scope to replace yet
+    assert limits[0]["observed"] == {"new_scopes": 40, "replaced_scopes": 0, "untracked_scopes": 37}
+    switches = [k for k in det.scopes if k.startswith("switch:")]
+    assert len(switches) == 5 and {"switch:RINTIS", "switch:JALIN"} <= set(switches)
+    assert det.stats["scope_minutes_untracked"] > 0
+    # The learned switch still opens its incident in the middle of the flood.
+    opened = [(a["scope"]["id"]) for a in alerts if a.get("status") == "opened"]
+    assert opened == ["RINTIS"]
+    # Deterministic: the same input gives the same alerts and the same tracked scopes.
+    again = BurstDetector(1, params)
+    assert run(again, reports()) == alerts and list(again.scopes) == list(det.scopes)
+
+
+def test_merchants_past_the_tracking_bound_stay_in_their_mcc_pool() -> None:
+    det = BurstDetector(1, BurstParams(max_merchants_tracked=10))
+    minute = {"all": sm(100, 0)}
+    for j in range(30):
+        minute[f"merchant:ID{j:03d}"] = sm(3, 0, None, ["5499", "BRI", "Kedai"])
+    run(det, [report(0, M0 + i, minute) for i in range(40)])
+    assert len(det.merchant_volume) == 10
+    assert "merchant:MCC-5499" in det.scopes and det.scopes["merchant:MCC-5499"].ring[-1][1][0] >= 60

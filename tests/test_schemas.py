@@ -368,6 +368,7 @@ def _valid_values(topic: str, field: str) -> set[Any]:
                 "FEED_SILENT",
                 "FAILURE_BURST",
                 "CLOCK_SKEW",
+                "SCOPE_LIMIT",
             },
         ),
         ("qris.alerts", "status", {None, "opened", "updated", "resolved"}),

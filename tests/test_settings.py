@@ -47,6 +47,7 @@ def test_a_topic_prefix_names_every_topic_and_nothing_else() -> None:
         "dead_letter_topic",
         "signals_topic",
         "incidents_topic",
+        "snapshots_topic",
     }
-    assert all(t.startswith("run1.") for t in topics.values()) and len(set(topics.values())) == 7
+    assert all(t.startswith("run1.") for t in topics.values()) and len(set(topics.values())) == 8
     assert (s.bootstrap, s.partitions) == ("kafka:9092", 6)

@@ -18,6 +18,8 @@ _DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 MS_PER_S = 1000
 MS_PER_MIN = 60_000
 MS_PER_DAY = 86_400_000
+# Western Indonesia Time (UTC+7), the zone of the bank's daily rhythm and of alert text.
+WIB_OFFSET_MS = 7 * 3600 * 1000
 
 
 class BadTimestamp(ValueError):

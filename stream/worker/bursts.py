@@ -1,13 +1,14 @@
 """The live burst detector's shell: the partitions' closed minutes in, `FAILURE_BURST` alerts out.
 
 Every worker sends its partitions' `signals` to one single-partition topic, so exactly one
-worker (the owner of that partition in the consumer group) runs the `BurstDetector`. Its
-state is the detector fed with the whole signals topic: when a worker takes the partition
-over, or restarts, it first reads the topic from the beginning up to where the group's
-committed offset resumes, with the alerts of that part suppressed (they were sent before),
-then carries on. The detector drops repeated reports, so at-least-once delivery of signals
-changes nothing. The signals topic keeps everything (`retention.ms=-1`); it is small: one
-report per input partition and closed minute.
+worker (the owner of that partition in the consumer group) runs the `BurstDetector`. Every
+`snapshot_every` reports, once the batch's alerts are sent, it writes the detector's snapshot
+(state and the signals offset it covers, `core.burstsnapshot`) to the compacted single-partition
+topic `qris.burst-snapshots`. A worker that takes the partition over, or restarts, restores the
+latest snapshot and reads only the signals between it and the group's committed offset, with
+the alerts of that part suppressed (they were sent before); without a usable snapshot it reads
+the signals topic from the beginning. The detector drops repeated reports, so at-least-once
+delivery of signals changes nothing.
 
 With refund holds on, the detector also publishes its incident decisions and its progress to
 the single-partition incidents topic after every batch (`incidents_record`): the incident
@@ -25,9 +26,9 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ..core import codec
+from ..core import burstsnapshot, codec
 from ..core.burst import BurstDetector
 from ..core.decisions import Decision
 from ..core.holds import incident_event
@@ -39,6 +40,11 @@ log = logging.getLogger("qris_guard.bursts")
 
 Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]
 
+# A snapshot larger than this is not written (the previous one and more signals still restore
+# the detector); the snapshots topic accepts records up to SNAPSHOT_TOPIC_MAX_BYTES.
+SNAPSHOT_MAX_BYTES = 15 * 1024 * 1024
+SNAPSHOT_TOPIC_MAX_BYTES = 16 * 1024 * 1024
+
 
 class BurstShell:
     def __init__(self, settings: Settings, partitions: int, send: Send, flush: Callable[[], Awaitable[None]]) -> None:
@@ -48,12 +54,22 @@ class BurstShell:
         self.flush = flush
         self.detector: BurstDetector | None = None
         self.next_offset = -1
+        self.since_snapshot = 0
         self.lock = asyncio.Lock()
-        self.counts = {"signals": 0, "alerts": 0, "rebuilt_from": 0, "internal_errors": 0, "incident_records": 0}
+        self.counts = {
+            "signals": 0,
+            "alerts": 0,
+            "rebuilt_from": 0,
+            "restored_snapshot_offset": -1,
+            "signals_read_to_rebuild": 0,
+            "snapshots_written": 0,
+            "internal_errors": 0,
+            "incident_records": 0,
+        }
         self.holds = settings.max_hold_s > 0
 
     def forget(self) -> None:
-        """After a rebalance the signals topic is the truth: rebuilt at the next report."""
+        """After a rebalance the snapshot and the signals topic are the truth: rebuilt at the next report."""
         self.detector = None
         self.next_offset = -1
 
@@ -71,7 +87,9 @@ class BurstShell:
     async def _process_batch(self, events: Sequence[Any]) -> None:
         async with self.lock:
             first = events[0].message.offset
-            if self.detector is None or first != self.next_offset:
+            # Reports before `next_offset` are in the detector already (a snapshot may be ahead
+            # of the group's committed offset); a gap after it means the detector is not ours.
+            if self.detector is None or first > self.next_offset:
                 self.detector = await self._rebuild(first)
             alerts = []
             for ev in events:
@@ -80,6 +98,7 @@ class BurstShell:
                     continue
                 self.next_offset = msg.offset + 1
                 self.counts["signals"] += 1
+                self.since_snapshot += 1
                 try:
                     value = codec.loads(msg.value)
                 except ValueError:
@@ -103,8 +122,28 @@ class BurstShell:
                     "burst alerts sent for signals offsets %d..%d: %s",
                     events[0].message.offset,
                     events[-1].message.offset,
-                    ", ".join(f"{d.value['status']} {d.value['scope']['type']}" for d in alerts),
+                    ", ".join(
+                        f"{d.value.get('status', '')} {d.value['kind']} {d.value['scope']['type']}" for d in alerts
+                    ),
                 )
+            every = self.settings.snapshot_every
+            if every > 0 and self.since_snapshot >= every:
+                # After the alerts are sent: a snapshot never covers an alert not yet sent.
+                await self._write_snapshot(self.detector, self.next_offset)
+
+    async def _write_snapshot(self, detector: BurstDetector, signals_offset: int) -> None:
+        raw = burstsnapshot.encode(detector, signals_offset)
+        self.since_snapshot = 0
+        if len(raw) > SNAPSHOT_MAX_BYTES:
+            log.warning("burst detector snapshot of %d bytes not written (limit %d)", len(raw), SNAPSHOT_MAX_BYTES)
+            return
+        try:
+            await write_snapshot(self.settings, raw)
+        except Exception:  # a snapshot only shortens a takeover: failing to write one stops nothing
+            log.error("burst detector snapshot not written", exc_info=True)
+            return
+        self.counts["snapshots_written"] += 1
+        log.info("burst detector snapshot written: %d bytes, covers signals before offset %d", len(raw), signals_offset)
 
     def incidents_record(self, alerts: list[Decision]) -> bytes | None:
         """The incidents topic's record for a batch: its incident events and how far every
@@ -131,19 +170,24 @@ class BurstShell:
         )
 
     async def _rebuild(self, upto: int) -> BurstDetector:
-        """The detector as it was after the signals before offset `upto`."""
-        detector = BurstDetector(self.partitions, self.settings.burst)
-        self.next_offset = upto
+        """The detector as it was after the signals before offset `upto`: the latest snapshot,
+        then the signals after it."""
         self.counts["rebuilt_from"] = upto
-        if upto <= 0:
+        detector, start = await self._restore_snapshot()
+        if detector is None or start is None:
+            detector, start = BurstDetector(self.partitions, self.settings.burst), 0
+        else:
+            log.info("burst detector restored from a snapshot covering signals before offset %d", start)
+        self.next_offset = max(upto, start)
+        if start >= upto:
             return detector
         tp = TopicPartition(self.settings.signals_topic, 0)
         consumer = AIOKafkaConsumer(**aiokafka_config(self.settings), enable_auto_commit=False, group_id=None)
         await consumer.start()
+        taken = 0
         try:
             consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            taken = 0
+            consumer.seek(tp, start)
             idle_polls = 0
             while await consumer.position(tp) < upto:
                 batch = await consumer.getmany(tp, timeout_ms=1000, max_records=5000)
@@ -159,8 +203,35 @@ class BurstShell:
                     taken += 1
         finally:
             await consumer.stop()
-        log.info("burst detector rebuilt from %d signal reports (up to offset %d)", taken, upto)
+        self.counts["signals_read_to_rebuild"] += taken
+        log.info(
+            "burst detector rebuilt from %d signal reports (offsets %d to %d, up to offset %d)",
+            taken,
+            start,
+            upto,
+            upto,
+        )
         return detector
+
+    async def _restore_snapshot(self) -> tuple[BurstDetector | None, int | None]:
+        raw = await read_latest_snapshot(self.settings)
+        if raw is None:
+            return None, None
+        try:
+            snap = burstsnapshot.decode(raw, self.settings.burst)
+        except ValueError as exc:
+            log.warning("burst detector snapshot not usable (%s); rebuilding from the signals", exc)
+            return None, None
+        if snap.detector.partitions != frozenset(range(self.partitions)):
+            log.warning(
+                "burst detector snapshot is of partitions %s, the input has %d; rebuilding from the signals",
+                sorted(snap.detector.partitions),
+                self.partitions,
+            )
+            return None, None
+        start = 0 if snap.signals_offset is None else snap.signals_offset
+        self.counts["restored_snapshot_offset"] = start
+        return snap.detector, start
 
     def stats(self) -> dict[str, Any]:
         d = self.detector
@@ -169,5 +240,50 @@ class BurstShell:
             "partitions": self.partitions,
             "closed_through_minute": d.closed_through if d else None,
             "scopes": len(d.scopes) if d else 0,
-            "open_incidents": sorted(k for k, s in d.scopes.items() if s.incident) if d else [],
+            "open_incidents": d.incidents.open_scopes() if d else [],
         }
+
+
+async def read_latest_snapshot(settings: Settings) -> bytes | None:
+    """The value of the last snapshot record on the snapshots topic, or None."""
+    tp = TopicPartition(settings.snapshots_topic, 0)
+    consumer = AIOKafkaConsumer(
+        **aiokafka_config(settings),
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=SNAPSHOT_TOPIC_MAX_BYTES,
+        fetch_max_bytes=SNAPSHOT_TOPIC_MAX_BYTES,
+    )
+    await consumer.start()
+    try:
+        if settings.snapshots_topic not in await consumer.topics():
+            return None
+        consumer.assign([tp])
+        begin = (await consumer.beginning_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
+        # An explicit seek: a lazy seek_to_beginning can lose to the reset of a fresh assignment.
+        consumer.seek(tp, begin)
+        latest: bytes | None = None
+        idle_polls = 0
+        while await consumer.position(tp) < end and idle_polls < 30:
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            messages = batch.get(tp, [])
+            idle_polls = 0 if messages else idle_polls + 1
+            for msg in messages:
+                if msg.key == burstsnapshot.SNAPSHOT_KEY and msg.value is not None:
+                    latest = msg.value
+        return latest
+    finally:
+        await consumer.stop()
+
+
+async def write_snapshot(settings: Settings, raw: bytes) -> None:
+    """Write one snapshot record and wait for the broker's acknowledgement. Its own producer:
+    a snapshot may be larger than the worker's outputs may be."""
+    producer = AIOKafkaProducer(**aiokafka_config(settings), acks="all", max_request_size=SNAPSHOT_TOPIC_MAX_BYTES)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.snapshots_topic, raw, key=burstsnapshot.SNAPSHOT_KEY, partition=0)
+    finally:
+        await producer.stop()

@@ -1,0 +1,44 @@
+"""The burst detector's snapshot as bytes: its state (`BurstDetector.snapshot`, versioned JSON)
+and the offset of the first signal report it does not cover, zlib-compressed. The live shell
+keeps the latest one on a compacted topic and `qris-guard warmup` writes one from history, so a
+takeover restores it and reads only the signals after it. Imports nothing outside the core.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from . import codec
+from .burst import BurstDetector, BurstParams
+
+SNAPSHOT_KEY = b"burst-detector"
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorSnapshot:
+    detector: BurstDetector
+    # Offset in the signals topic of the first report the state does not hold (the reports
+    # before it are in the state); None for a state built from a replay file.
+    signals_offset: int | None
+
+
+def encode(detector: BurstDetector, signals_offset: int | None) -> bytes:
+    """The snapshot record's value."""
+    return zlib.compress(codec.dumps({"signals_offset": signals_offset, "detector": detector.snapshot()}), 6)
+
+
+def decode(raw: bytes, params: BurstParams | None = None) -> DetectorSnapshot:
+    """The snapshot in `raw`; `ValueError` when it is not one this code can restore."""
+    try:
+        value = codec.loads(zlib.decompress(raw))
+    except zlib.error as exc:
+        raise ValueError(f"not a burst detector snapshot: {exc}") from None
+    if not isinstance(value, dict) or "detector" not in value:
+        raise ValueError("not a burst detector snapshot")
+    offset = value.get("signals_offset")
+    try:
+        detector = BurstDetector.restore(value["detector"], params)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"burst detector snapshot is incomplete: {exc!r}") from None
+    return DetectorSnapshot(detector, None if offset is None else int(offset))

@@ -1,0 +1,245 @@
+"""Failure-burst incidents: the open incident of each scope (queried and snapshotted on its
+own), and the `FAILURE_BURST` alerts that report them (opened, updated, resolved) with their
+one-line summary for payment operations. Every piece of input quoted in a summary (scope ids,
+merchant names) goes through `_quote`. Imports nothing outside the core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from . import ids
+from .alerts import rupiah
+from .decisions import SCHEMA_VERSION, Decision
+from .eventtime import WIB_OFFSET_MS, format_ms
+from .scopes import scope_id, scope_type
+from .signals import BAD, COUNTS, EXPOSURE, MINUTE_MS
+from .text import escape_text
+
+Status = Literal["opened", "updated", "resolved"]
+
+
+@dataclass
+class Incident:
+    incident_id: str
+    start_minute: int
+    last_bad_minute: int
+    counts: list[int]
+    expected_bad: float
+    peak_score: float
+    children: dict[str, int]
+    codes: dict[str, int]
+    samples: list[list[Any]]
+    first_bad_ms: int | None
+    calm_minutes: int = 0
+    reported_bad: int = 0
+    reported_minute: int = 0
+
+
+class IncidentBook:
+    """The open incident of each scope, by scope key (`switch:RINTIS`, `all`)."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, Incident] = {}
+
+    def get(self, key: str) -> Incident | None:
+        """The open incident of scope `key`, if any."""
+        return self._open.get(key)
+
+    def is_open(self, key: str) -> bool:
+        return key in self._open
+
+    def open_scopes(self) -> list[str]:
+        """Scope keys with an open incident, sorted."""
+        return sorted(self._open)
+
+    def by_scope(self, stype: str, sid: str) -> Incident | None:
+        """The open incident of the scope named as in an alert's `scope` ({type, id})."""
+        return self._open.get("all" if stype == "all" else f"{stype}:{sid}")
+
+    def open_incidents(self) -> list[dict[str, Any]]:
+        """What is open, as an operator would ask for it: id, scope and since when."""
+        return [
+            {
+                "incident_id": inc.incident_id,
+                "scope": {"type": scope_type(key), "id": scope_id(key)},
+                "since": format_ms(inc.start_minute * MINUTE_MS),
+                "affected_payments": inc.counts[BAD],
+            }
+            for key, inc in sorted(self._open.items())
+        ]
+
+    def open(self, key: str, incident: Incident) -> None:
+        if key in self._open:
+            raise ValueError(f"scope {key!r} already has an open incident")
+        self._open[key] = incident
+
+    def resolve(self, key: str) -> Incident:
+        return self._open.pop(key)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def to_state(self) -> dict[str, Any]:
+        """The open incidents as JSON-ready named fields (`from_state` rebuilds them exactly)."""
+        return {"open": [[key, asdict(inc)] for key, inc in sorted(self._open.items())]}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> IncidentBook:
+        book = cls()
+        for key, fields in state["open"]:
+            book._open[key] = Incident(**fields)
+        return book
+
+
+# -- the alert ----------------------------------------------------------------------------
+
+
+def incident_alert(key: str, inc: Incident, status: Status, minute: int, score: float, top_children: int) -> Decision:
+    """The `FAILURE_BURST` alert of incident `inc` of scope `key`, decided at the end of
+    `minute`; `score` is the minute's (the peak's when resolved)."""
+    stype, sid = scope_type(key), scope_id(key)
+    end_minute = inc.last_bad_minute + 1 if status == "resolved" else minute + 1
+    start_ms, end_ms = inc.start_minute * MINUTE_MS, end_minute * MINUTE_MS
+    c = inc.counts
+    payments, bad = c[0], c[BAD]
+    observed: dict[str, float] = {name: c[i] for i, name in enumerate(COUNTS)}
+    observed["bad_rate"] = round(bad / payments, 4) if payments else 0.0
+    expected = {
+        "bad": round(inc.expected_bad, 2),
+        "bad_rate": round(inc.expected_bad / payments, 4) if payments else 0,
+    }
+    decided_ms = (minute + 1) * MINUTE_MS
+    oldest_s = max(0.0, (decided_ms - inc.first_bad_ms) / 1000) if inc.first_bad_ms is not None else 0.0
+    children = sorted(inc.children.items(), key=lambda kv: (-kv[1], kv[0]))
+    top: list[dict[str, Any]] = []
+    per_type: dict[str, int] = {}
+    for child, n in children:
+        t = scope_type(child)
+        if per_type.get(t, 0) >= top_children:
+            continue
+        per_type[t] = per_type.get(t, 0) + 1
+        top.append({"scope": {"type": t, "id": scope_id(child)}, "observed": {"bad": n}})
+    name = _scope_name(stype, sid)
+    since = _wib_clock(start_ms)
+    if status == "resolved":
+        summary = (
+            f"RESOLVED {name}: {bad} of {payments} payments failed or unsettled from {since} to "
+            f"{_wib_clock(end_ms)} WIB (expected {_count(inc.expected_bad)}); "
+            f"{_short_rupiah(c[EXPOSURE])} was exposed"
+        )
+        severity = "info"
+    else:
+        worst = ", ".join(
+            f"{_scope_name(t['scope']['type'], t['scope']['id'])} {t['observed']['bad']}" for t in top[:3]
+        )
+        summary = (
+            f"{name}: {bad} of {payments} payments failed or unsettled since {since} WIB "
+            f"(expected {_count(inc.expected_bad)}); {_short_rupiah(c[EXPOSURE])} exposed"
+            + (f"; most affected: {worst}" if worst else "")
+        )
+        severity = "warning" if stype == "merchant" else "critical"
+    value: dict[str, Any] = {
+        "alert_id": ids.alert_id("FAILURE_BURST", inc.incident_id, status, minute),
+        "kind": "FAILURE_BURST",
+        "severity": severity,
+        "scope": {"type": stype, "id": sid},
+        "window": {"start": format_ms(start_ms), "end": format_ms(end_ms)},
+        "observed": observed,
+        "expected": expected,
+        "score": round(score, 2),
+        "references": [s[1] for s in inc.samples],
+        "summary": summary,
+        "occurred_at": format_ms(decided_ms),
+        "partition": None,
+        "status": status,
+        "incident_id": inc.incident_id,
+        "exposure_idr": c[EXPOSURE],
+        "affected_payments": bad,
+        "oldest_pending_s": oldest_s,
+        "top_children": top,
+        "samples": [
+            {"reference": s[1], "requested_at": format_ms(s[0]), "state": s[2], "account_id_masked": s[3]}
+            for s in inc.samples
+        ],
+        "response_codes": dict(sorted(inc.codes.items())),
+        "schema_version": SCHEMA_VERSION,
+    }
+    if not value["samples"] or any(s["account_id_masked"] is None for s in value["samples"]):
+        value["samples"] = [{k: v for k, v in s.items() if v is not None} for s in value["samples"]]
+    return Decision("alerts", sid.encode("utf-8"), value, decided_ms)
+
+
+def scope_limit_alert(stype: str, limit: int, new: int, replaced: int, untracked: int, minute: int) -> Decision:
+    """`SCOPE_LIMIT`: the detector tracks at most `limit` scopes of type `stype`, and in `minute`
+    `new` scopes of that type arrived with no free place: `replaced` took the places of scopes
+    still learning their baseline, `untracked` found none and count only in broader scopes."""
+    decided_ms = (minute + 1) * MINUTE_MS
+    summary = (
+        f"Burst detection tracks at most {limit} {stype} scopes and reached it at "
+        f"{_wib_clock(minute * MINUTE_MS)} WIB: {new} new {stype} ids, {replaced} in place of scopes "
+        f"still learning, {untracked} judged only within the broader scopes they belong to; "
+        "many distinct ids can mean a producer sending random ones"
+    )
+    value: dict[str, Any] = {
+        "alert_id": ids.alert_id("SCOPE_LIMIT", stype, minute),
+        "kind": "SCOPE_LIMIT",
+        "severity": "warning",
+        "scope": {"type": "all", "id": "all"},
+        "window": {"start": format_ms(minute * MINUTE_MS), "end": format_ms(decided_ms)},
+        "observed": {"new_scopes": new, "replaced_scopes": replaced, "untracked_scopes": untracked},
+        "expected": {"max_scopes": limit},
+        "score": None,
+        "references": [],
+        "summary": summary,
+        "occurred_at": format_ms(decided_ms),
+        "partition": None,
+        "schema_version": SCHEMA_VERSION,
+        "scope_type": stype,
+    }
+    return Decision("alerts", b"all", value, decided_ms)
+
+
+# -- the summary's words -----------------------------------------------------------------
+
+
+def _quote(text: str) -> str:
+    """Input text as it may appear in a summary line (`text.escape_text`: controls,
+    bidirectional and other non-printable characters as `\\uXXXX`, long ids cut). The one
+    function every quoted piece of input in burst alerts goes through.
+
+    >>> _quote("RINTIS")
+    'RINTIS'
+    >>> _quote("EVIL\\x1b[2J\\u202eX")
+    'EVIL\\\\u001b[2J\\\\u202eX'
+    """
+    return escape_text(text)
+
+
+def _scope_name(stype: str, sid: str) -> str:
+    if stype == "all":
+        return "All payments"
+    if stype == "merchant" and sid.startswith("MCC-"):
+        return f"Small merchants of MCC {_quote(sid[4:])}"
+    return f"{stype.capitalize()} {_quote(sid)}"
+
+
+def _count(x: float) -> str:
+    return f"{x:.1f}" if x < 10 else f"{x:.0f}"
+
+
+def _wib_clock(at_ms: int) -> str:
+    local = (at_ms + WIB_OFFSET_MS) // MINUTE_MS
+    return f"{(local // 60) % 24:02d}:{local % 60:02d}"
+
+
+def _short_rupiah(amount: int) -> str:
+    """Rupiah for a summary line.
+
+    >>> _short_rupiah(31_200_000), _short_rupiah(850_000)
+    ('Rp 31.2 m', 'Rp 850.000')
+    """
+    if amount >= 1_000_000:
+        return f"Rp {amount / 1_000_000:.1f} m"
+    return rupiah(amount)

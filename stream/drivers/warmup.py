@@ -1,0 +1,65 @@
+"""Warm-up: the burst detector's state built from history, written as a snapshot the live worker
+restores (`qris-guard warmup`). From the signals topic (`--from-kafka --since 7d`: the reports the
+live partitions wrote) or from a replay file of input records (`--in FILE`, through the same
+replay core as `replay`). Alerts of the history are not emitted: it is learning, not deciding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..core import codec
+from ..core.burst import BurstDetector, BurstParams
+from ..core.partition import Params
+from .replay import Replay
+from .replayfile import KafkaRecord
+
+
+@dataclass
+class Warmed:
+    detector: BurstDetector
+    reports: int  # signal reports the detector took
+    incidents_seen: int  # incidents the history held (not emitted)
+    last_signals_offset: int | None = None  # offset of the last signals record read, if from the topic
+
+
+def from_records(records: Iterable[KafkaRecord], params: Params, burst: BurstParams, partitions: int | None) -> Warmed:
+    """Input records (a replay file) through the partition engines, their closed minutes through
+    the detector. `partitions`: the input's partition count (default: the partitions seen)."""
+    replay = Replay(params, burst)
+    for rec in records:
+        replay.feed(rec)
+    seen = set(replay.engines)
+    if not seen:
+        raise SystemExit("warmup: no input record in the replay file")
+    return _feed(replay.signals, set(range(partitions)) if partitions else seen, burst)
+
+
+def from_signals(records: Iterable[KafkaRecord], partitions: int, burst: BurstParams) -> Warmed:
+    """Signal reports as read from the signals topic, in its order."""
+    last: list[int] = []
+
+    def values() -> Iterator[dict[str, Any]]:
+        for rec in records:
+            last[:] = [rec.offset]
+            if rec.value is None:
+                continue
+            try:
+                yield codec.loads(rec.value)
+            except ValueError:
+                continue  # the live shell skips it too
+
+    warmed = _feed(values(), set(range(partitions)), burst)
+    warmed.last_signals_offset = last[0] if last else None
+    return warmed
+
+
+def _feed(values: Iterable[dict[str, Any]], partitions: set[int], burst: BurstParams) -> Warmed:
+    detector = BurstDetector(partitions, burst)
+    n = 0
+    for value in values:
+        detector.on_signals(value)
+        n += 1
+    return Warmed(detector, n, detector.stats["incidents"])

@@ -1,0 +1,70 @@
+"""Warm-up and snapshots of the burst detector, offline: a detector warmed from history acts at
+once where a cold one must still learn, and `qris-guard warmup` writes the snapshot the live
+worker restores (the Kafka tier checks the takeover itself)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from stream.cli import main
+from stream.core import burstsnapshot
+from stream.core.burst import BurstDetector, BurstParams
+from stream.core.partition import Params
+from stream.drivers import warmup
+from stream.drivers.replayfile import KafkaRecord
+from stream.simulate import generate, write_replay
+from tests.test_burst import M0, busy_minute, report, run
+
+TUESDAY_08_WIB_MS = 1742749200000 + 32 * 3600_000
+
+
+def as_signals_topic(reports: list[dict[str, Any]]) -> list[KafkaRecord]:
+    return [KafkaRecord("sig", 0, i, None, b"0", orjson.dumps(r)) for i, r in enumerate(reports)]
+
+
+def test_a_warmed_detector_catches_an_outage_at_once_where_a_cold_one_still_learns() -> None:
+    history = [report(0, M0 + i, busy_minute(i)) for i in range(120)]
+    live = [report(0, M0 + 120 + i, busy_minute(120 + i, rintis_bad=400 if i >= 2 else None)) for i in range(5)]
+    warmed = warmup.from_signals(as_signals_topic(history), 1, BurstParams())
+    assert warmed.reports == 120 and warmed.last_signals_offset == 119
+    snap = burstsnapshot.decode(burstsnapshot.encode(warmed.detector, 120))
+    assert snap.signals_offset == 120
+    alerts = run(snap.detector, live)
+    assert [(a["status"], a["scope"]["id"]) for a in alerts] == [("opened", "RINTIS")]
+    cold = BurstDetector(1)
+    assert run(cold, live) == []  # the same minutes are its first: still learning
+
+
+def test_a_snapshot_that_is_not_one_is_refused_with_a_reason() -> None:
+    for raw in (b"", b"not zlib", burstsnapshot.zlib.compress(b'{"x":1}')):
+        try:
+            burstsnapshot.decode(raw)
+        except ValueError as exc:
+            assert "snapshot" in str(exc)
+        else:
+            raise AssertionError(f"{raw!r} accepted")
+
+
+def test_warmup_from_a_replay_file_is_the_replay_core_over_its_records(tmp_path: Path) -> None:
+    records = list(
+        generate("normal", seed=5, start_ms=TUESDAY_08_WIB_MS, minutes=25, rate_per_min=120, failure_rate=0.03)
+    )
+    path = tmp_path / "history.jsonl"
+    with open(path, "wb") as fh:
+        write_replay(records, fh)
+    out = tmp_path / "detector.snapshot"
+    assert main(["warmup", "--in", str(path), "--out", str(out)]) == 0
+    snap = burstsnapshot.decode(out.read_bytes())
+    assert snap.signals_offset is None  # not from the signals topic
+    kafka_records = [
+        KafkaRecord(r.topic, r.partition, r.offset, r.timestamp_ms, r.key.encode() if r.key else None, r.value)
+        for r in records
+    ]
+    direct = warmup.from_records(kafka_records, Params(), BurstParams(), None).detector
+    assert snap.detector.snapshot() == direct.snapshot()
+    det = snap.detector
+    assert det.partitions == frozenset(range(4)) and det.closed_through is not None
+    assert det.learned(det.scopes["all"]) and 0.02 < det.scopes["all"].model.expected_rate(det.closed_through) < 0.05
