@@ -213,6 +213,42 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from .drivers.replayfile import read_records
+    from .drivers.trace import partitions_of, render, trace
+
+    s = _settings(args)
+    topics = (s.payment_topic, s.ledger_topic)
+    ref = args.reference
+    if args.from_kafka:
+        from .drivers.kafkaread import read_topics
+        from .simulate.partitioner import partition_for
+        from .topics import check_copartitioned
+
+        # Keyed by reference: Kafka's default partitioner put it in one partition of each topic.
+        parts = None if args.all_partitions else {partition_for(ref.encode(), check_copartitioned(s))}
+        records = list(read_topics(s.bootstrap, list(topics), partitions=parts))
+        source = f"topics {', '.join(topics)} on {s.bootstrap}"
+    else:
+        with open(args.input, "rb") as fh:
+            records = list(read_records(fh))
+        source = args.input
+    parts_found = partitions_of(records, ref, topics)
+    result = None
+    if parts_found or args.all_partitions:
+        result = trace(
+            records, ref, s.params, parts_found, drain=args.drain, burst=s.burst, all_partitions=args.all_partitions
+        )
+    if result is None:
+        print(f"unknown reference {ref!r}: no input record of it in {source} ({len(records)} records read)")
+        return 1
+    if args.json:
+        sys.stdout.buffer.write(codec.dumps(result) + b"\n")
+    else:
+        print(render(result))
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     shown = display(from_env(os.environ))
     for env, doc in DOCS.values():
@@ -311,6 +347,22 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--from-kafka", action="store_true", help="read the output topics from the broker")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("trace", help="explain one reference: its records, effective times, decisions (or why none)")
+    _common(p)
+    _params(p)
+    p.add_argument("reference", help="the payment reference")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--in", dest="input", help="replay file (the input topics)")
+    src.add_argument("--from-kafka", action="store_true", help="read the reference's partition from the broker")
+    p.add_argument("--drain", action="store_true", help="as replay --drain: move the watermark to +inf at the end")
+    p.add_argument(
+        "--all-partitions",
+        action="store_true",
+        help="replay every partition (slower) so incidents behind holds are known, as in a full replay",
+    )
+    p.add_argument("--json", action="store_true", help="the facts as JSON, for tools")
+    p.set_defaults(func=cmd_trace)
 
     p = sub.add_parser("settings", help="print the effective QRIS_* settings")
     p.set_defaults(func=cmd_settings)

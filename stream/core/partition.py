@@ -27,6 +27,7 @@ from . import codec
 from .alerts import clock_skew_alert, dead_letter_alert, feed_silent_alert
 from .deadletter import dead_letter_record
 from .decisions import Decision
+from .observe import EngineObserver
 from .records import LedgerEvent, PaymentEvent, Stream, event_fields
 from .reference import ReferenceState
 from .signals import MINUTE_MS, count_payment, judge, signals_decision
@@ -105,6 +106,8 @@ class PartitionEngine:
         self.signals_through: int | None = None  # the last closed minute
         self._close_at_ms = NEG_INF + 1  # the watermark that closes the next minute
         self.stats = {"records": 0, "rejected": 0}
+        # Watches records and timers (trace, metrics, lookup index); never changes a decision.
+        self.observer: EngineObserver | None = None
 
     def _topic(self, s: int) -> str:
         return self.params.payment_topic if s == 0 else self.params.ledger_topic
@@ -138,6 +141,10 @@ class PartitionEngine:
             self.meta_dirty = True  # the saved state covers this offset now
         event = parse_payment(key, value) if s == 0 else parse_ledger(key, value)
         if type(event) is Rejection:
+            if self.observer is not None:
+                self.observer.taken(
+                    stream, offset, timestamp_ms, key, value, None, None, self.watermark_ms, event.reason
+                )
             return self._reject(stream, offset, key, value, timestamp_ms, event)
         assert not isinstance(event, Rejection)
         self.stats["records"] += 1
@@ -161,6 +168,8 @@ class PartitionEngine:
             eff = self.forced_ms
         self.silent[s] = False
         ref = event.reference
+        if self.observer is not None:
+            self.observer.taken(stream, offset, timestamp_ms, key, value, event, eff, self.watermark_ms, None)
         item: Item = (eff, RECORD, s, offset, ref, event)
         heapq.heappush(self.heap, item)
         if self.persistent:
@@ -295,6 +304,8 @@ class PartitionEngine:
                     self._schedule_retention(st)
                 elif st.cycle_deadline_ms is None:
                     del refs[ref]
+                    if self.observer is not None:
+                        self.observer.dropped(ref, due, watermark_ms, st.last_eff_ms)
                 # else: the deadline timer reschedules retention when the cycle closes.
                 if persistent:
                     dirty.add(ref)
@@ -311,7 +322,11 @@ class PartitionEngine:
                 if st is None:
                     st = refs[ref] = ReferenceState(ref)
                 had_request = st.request is not None
+                obs = self.observer
+                duplicate = obs is not None and event.event_id in (st.seen_p if s == 0 else st.seen_l)
                 decisions, opened = st.apply(_STREAMS[s], offset, eff, event, p.timeout_ms, self.partition)
+                if obs is not None:
+                    obs.processed(_STREAMS[s], offset, eff, watermark_ms, event, duplicate, st, decisions)
                 if not had_request and st.request is not None:
                     self.open_minutes.setdefault(eff // MINUTE_MS, []).append(ref)
                 if decisions:
@@ -324,7 +339,13 @@ class PartitionEngine:
                 st = refs.get(ref)
                 if st is None or st.cycle_deadline_ms != eff:
                     continue
-                out.extend(st.on_deadline(eff, self.partition))
+                if self.observer is None:
+                    out.extend(st.on_deadline(eff, self.partition))
+                else:
+                    numbers = (st.net, st.settled, st.active)
+                    fired = st.on_deadline(eff, self.partition)
+                    self.observer.deadline(ref, eff, watermark_ms, numbers, st, fired)
+                    out.extend(fired)
                 if st.retention is None:
                     self._schedule_retention(st, not_before_ms=eff)
                 if persistent:
