@@ -65,6 +65,8 @@ class Settings:
     replication_factor: int = 1
     min_insync_replicas: int = 0
 
+    api_token: str = ""
+
     def __post_init__(self) -> None:
         for problem in _problems(self):
             raise SettingsError(problem)
@@ -195,10 +197,14 @@ DOCS: dict[str, tuple[str, str]] = {
         "QRIS_MIN_INSYNC_REPLICAS",
         "min.insync.replicas of the topics qris-guard creates; 0: the broker's default",
     ),
+    "api_token": (
+        "QRIS_API_TOKEN",
+        "bearer token of the customer-service lookup API (/qris/payments, /qris/accounts); empty: the API is off",
+    ),
 }
 
 # Settings whose value is a secret: `qris-guard settings` masks them.
-SECRETS = frozenset({"sasl_password", "ssl_key_password"})
+SECRETS = frozenset({"sasl_password", "ssl_key_password", "api_token"})
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")

@@ -56,5 +56,5 @@ class EngineObserver(Protocol):
     ) -> None:
         """A cycle's deadline fired; `numbers` are (net, settled, active) just before it."""
 
-    def dropped(self, reference: str, at_ms: int, watermark_ms: int, last_eff_ms: int) -> None:
-        """A reference's state was dropped by retention (rule 4)."""
+    def dropped(self, reference: str, at_ms: int, watermark_ms: int, state: ReferenceState) -> None:
+        """A reference's state (`state`, now gone from the engine) was dropped by retention (rule 4)."""

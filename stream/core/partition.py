@@ -305,7 +305,7 @@ class PartitionEngine:
                 elif st.cycle_deadline_ms is None:
                     del refs[ref]
                     if self.observer is not None:
-                        self.observer.dropped(ref, due, watermark_ms, st.last_eff_ms)
+                        self.observer.dropped(ref, due, watermark_ms, st)
                 # else: the deadline timer reschedules retention when the cycle closes.
                 if persistent:
                     dirty.add(ref)

@@ -155,9 +155,9 @@ class TraceObserver:
             }
         )
 
-    def dropped(self, reference: str, at_ms: int, watermark_ms: int, last_eff_ms: int) -> None:
+    def dropped(self, reference: str, at_ms: int, watermark_ms: int, state: ReferenceState) -> None:
         if reference == self.reference:
-            self.dropped_at = {"at_ms": at_ms, "watermark_ms": watermark_ms, "last_effective_ms": last_eff_ms}
+            self.dropped_at = {"at_ms": at_ms, "watermark_ms": watermark_ms, "last_effective_ms": state.last_eff_ms}
 
 
 def _decides_about(d: Decision, reference: str) -> bool:

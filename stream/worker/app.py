@@ -21,8 +21,11 @@ from ..settings import Settings
 from .batches import finish_before_ack
 from .bursts import BurstShell
 from .gapfill import BrokerGapFetcher
+from .metrics import WorkerMetrics
+from .pages import add_pages
 from .recovery import RecoveryWatchdog, restart_self
 from .shell import ReconcileShell
+from .watch import WorkerWatch
 
 log = logging.getLogger("qris_guard.worker")
 
@@ -146,19 +149,31 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     async def flush() -> None:
         await app.producer.flush()
 
+    # What the worker saw, for /metrics, the lookup API and the dashboard: every output passes by.
+    watch = WorkerWatch(settings)
+    watched_send = watch.wrap_send(send)
     store = TableStore(app, state)
     gaps = BrokerGapFetcher(aiokafka_config(settings))
     shell = ReconcileShell(
-        settings, store, send, flush, store.write_changelog, lambda: app.consumer.assignment(), fetch_gap=gaps.fetch
+        settings,
+        store,
+        watched_send,
+        flush,
+        store.write_changelog,
+        lambda: app.consumer.assignment(),
+        fetch_gap=gaps.fetch,
     )
+    shell.on_engine = watch.watch_engine
+    metrics = WorkerMetrics(watch, lambda: shell.engines, lambda t, p: _highwater(app, t, p))
 
     @app.agent(inputs, name="reconcile_payments")
     async def reconcile_payments(stream: faust.StreamT[bytes]) -> None:
         """Decode, decide, send: one batch of both input topics at a time."""
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            await finish_before_ack(shell.process_batch(events))
+            with metrics.batch_seconds.time():
+                await finish_before_ack(shell.process_batch(events))
 
-    bursts = BurstShell(settings, input_partitions or settings.partitions, send, flush)
+    bursts = BurstShell(settings, input_partitions or settings.partitions, watched_send, flush)
 
     @app.agent(signals, name="score_failure_bursts")
     async def score_failure_bursts(stream: faust.StreamT[bytes]) -> None:
@@ -189,6 +204,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
 
     @app.on_partitions_assigned.connect  # type: ignore[misc]
     async def on_assigned(app_: Any, assigned: Any = None, **kwargs: Any) -> None:
+        watch.rebalances += 1
         if not watching:
             watching.append(asyncio.ensure_future(watch_state_recovery()))
         async with shell.lock:  # never in the middle of a batch
@@ -215,7 +231,15 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             return web.json({"ready": False, "reason": reason}, status=503)
         return web.json({"ready": True})
 
+    add_pages(app, settings, shell, watch, metrics)
     return app, shell
+
+
+def _highwater(app: faust.App, topic: str, partition: int) -> int | None:
+    try:
+        return int(app.consumer.highwater(TP(topic, partition)))
+    except Exception:  # not assigned here, or not fetched yet
+        return None
 
 
 async def not_ready_reason(app: faust.App, settings: Settings, timeout_s: float = 3.0) -> str | None:

@@ -104,6 +104,8 @@ class ReconcileShell:
         self.engines: dict[int, PartitionEngine] = {}
         self.clocks: dict[int, PartitionClock] = {}
         self.lock = asyncio.Lock()
+        # Called with each engine made or restored here (metrics, the lookup index watch it).
+        self.on_engine: Callable[[PartitionEngine], None] | None = None
         self.counts: dict[str, int] = {
             "records": 0,
             "refunds": 0,
@@ -140,6 +142,8 @@ class ReconcileShell:
                     entries.append((ref, v))
             eng = self.engines[partition] = PartitionEngine.restore(partition, self.params, meta, entries)
             self.clocks[partition] = PartitionClock()
+            if self.on_engine is not None:
+                self.on_engine(eng)
             log.info(
                 "partition %d: state restored (%d references, %d waiting items, watermark %s, offsets taken %s)",
                 partition,

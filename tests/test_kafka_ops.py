@@ -1,0 +1,155 @@
+"""Kafka tier: what operations and customer service see from live workers: the lookup API
+answered by two workers for every reference (and refused without the token), /metrics parsed
+by the Prometheus parser, and the dashboard in headless Chromium during an outage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream.drivers.replayfile import KafkaRecord
+from stream.simulate import generate
+from tests.kafka_support import ROOT, Worker, fresh_topics, produce, require_broker
+from tests.records import T0
+from tests.scenario import LEDGER, PAYMENT, scenario_records
+
+pytestmark = pytest.mark.kafka
+TOKEN = "cs-test-token-1234"
+
+
+def _get(port: int, path: str, token: str | None = TOKEN) -> tuple[int, Any]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = resp.read()
+            return resp.status, body if path == "/metrics" else json.loads(body)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, body = _get(port, "/metrics", token=None)
+    assert status == 200
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(body.decode())
+        for s in f.samples
+    }
+
+
+def test_two_workers_answer_the_lookup_for_every_reference_and_refuse_without_the_token(tmp_path: Path) -> None:
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=4)
+    topics.create(bootstrap)
+    env = {"QRIS_API_TOKEN": TOKEN}
+    a = Worker(topics, tmp_path / "a", extra_env=env)
+    b = Worker(topics, tmp_path / "b", extra_env=env, app_id="")
+    b.app_id = a.app_id  # one consumer group
+    a.start(bootstrap)
+    b.start(bootstrap)
+    records = scenario_records(topics.partitions)
+    refs = sorted({r.key.decode() for r in records if r.key and r.key.startswith(b"QR0")})
+    try:
+        # Both workers in the group before the input arrives (each has partitions).
+        deadline = time.monotonic() + 120
+        produce(bootstrap, records, {PAYMENT: topics.payment, LEDGER: topics.ledger})
+        taken = 0
+        while time.monotonic() < deadline:
+            a.assert_alive()
+            b.assert_alive()
+            try:
+                taken = a.stats()["counts"]["records"] + b.stats()["counts"]["records"]
+                owned = [bool(a.stats()["partitions"]), bool(b.stats()["partitions"])]
+            except OSError:
+                taken, owned = 0, [False, False]
+            if taken >= len(records) and all(owned):
+                break
+            time.sleep(0.5)
+        assert taken >= len(records), (taken, a.log_tail(), b.log_tail())
+        answered: dict[str, str] = {}
+        for ref in refs:
+            for w in (a, b):
+                status, body = _get(w.web_port, f"/qris/payments/{ref}")
+                assert status == 200, (ref, body)
+                assert body["reference"] == ref
+                answered[ref] = body["status"]
+        assert answered["QR0000"] == "settled"
+        assert answered["QR0004"] in {"refund_requested", "debited"}
+        assert _get(a.web_port, "/qris/payments/QR0004", token=None)[0] == 401
+        assert _get(b.web_port, "/qris/payments/QR0004", token="wrong")[0] == 401
+        assert _get(a.web_port, "/qris/payments/NOPE")[0] == 404
+        status, body = _get(a.web_port, "/qris/accounts/7700009876/payments")
+        assert status == 200
+        got = {p["reference"] for p in body["payments"]}
+        assert set(refs) <= got, set(refs) - got
+        status, since = _get(b.web_port, "/qris/accounts/7700009876/payments?since=2025-03-29T07:05:00%2B07:00")
+        assert status == 200 and 0 < since["count"] < body["count"]
+        assert _get(b.web_port, "/qris/accounts/7700009876/payments", token=None)[0] == 401
+        # /metrics of both workers parse; together they saw every input record.
+        ma, mb = _metrics(a.web_port), _metrics(b.web_port)
+        total = 0.0
+        for m in (ma, mb):
+            total += sum(v for (n, _l), v in m.items() if n == "qris_input_records_total")
+            total += sum(v for (n, _l), v in m.items() if n == "qris_records_waiting")
+            assert ("qris_batch_duration_seconds_count", ()) in m
+        assert total == len(records)
+        dead = sum(v for m in (ma, mb) for (n, _l), v in m.items() if n == "qris_dead_letters_total")
+        assert dead == 2
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_the_dashboard_shows_the_incident_during_an_outage_in_headless_chromium(tmp_path: Path) -> None:
+    bootstrap = require_broker()
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    from playwright.sync_api import sync_playwright
+
+    topics = fresh_topics(partitions=2)
+    topics.create(bootstrap)
+    w = Worker(topics, tmp_path / "w")
+    w.start(bootstrap)
+    # The outage scenario up to 12 minutes after the switch stopped settling: it is still open.
+    sim = generate("outage", seed=29, start_ms=T0, minutes=40, rate_per_min=150, partitions=2, outage_at=0.2)
+    cut_ms = T0 + 20 * 60_000
+    records = [
+        KafkaRecord(r.topic, r.partition, r.offset, r.timestamp_ms, r.key.encode() if r.key else None, r.value)
+        for r in sim
+        if r.timestamp_ms < cut_ms
+    ]
+    try:
+        produce(bootstrap, records, {PAYMENT: topics.payment, LEDGER: topics.ledger})
+        w.wait_processed(len(records), timeout_s=180)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            m = _metrics(w.web_port)
+            if sum(v for (n, _l), v in m.items() if n == "qris_open_incidents") >= 1:
+                break
+            time.sleep(1)
+        assert m[("qris_open_incidents", (("scope_type", "switch"),))] >= 1, m
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(f"http://127.0.0.1:{w.web_port}/qris/dashboard")
+            heading = page.locator("#incidents").inner_text()
+            incident = page.locator("tr.incident").first.inner_text()
+            shot = tmp_path / "dashboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+        assert heading.startswith("Open incidents: ") and int(heading.split(": ")[1]) >= 1
+        assert "switch" in incident and "RINTIS" in incident and ("opened" in incident or "updated" in incident)
+        assert shot.stat().st_size > 10_000
+        docs = ROOT / "docs" / "dashboard.png"
+        shutil.copyfile(shot, docs)  # the README shows the latest run's page
+    finally:
+        w.stop()
