@@ -121,9 +121,10 @@ def _feeds(watch: WorkerWatch, engines: dict[int, PartitionEngine], now_ms: int)
         known = w > -(2**61)
         delay = f"{(now_ms - w) / 1000:,.0f} s" if known else "-"
         silent = [t for t, s in zip(watch.topics, eng.silent, strict=True) if s]
+        waiting = sum(len(v) for v in eng.pending.values())
         out.append(
             f"<tr><td>{p}</td><td>{_e(wib_and_utc(w) if known else 'not yet (a stream has no record)')}</td>"
-            f"<td class=num>{_e(delay)}</td><td class=num>{sum(len(v) for v in eng.pending.values())}</td><td class=num>{len(eng.refs)}</td>"
+            f"<td class=num>{_e(delay)}</td><td class=num>{waiting}</td><td class=num>{len(eng.refs)}</td>"
             f'<td class="{"bad" if silent else "ok"}">{_e(", ".join(silent) or "none")}</td></tr>'
         )
     out.append("</table>")
