@@ -153,3 +153,52 @@ def test_the_dashboard_shows_the_incident_during_an_outage_in_headless_chromium(
         shutil.copyfile(shot, docs)  # the README shows the latest run's page
     finally:
         w.stop()
+
+
+def test_a_dead_payment_feed_pages_once_for_the_topic_and_recovers_once(tmp_path: Path) -> None:
+    from kafka import KafkaProducer
+    from stream.simulate import partition_for
+    from tests.kafka_support import consume
+    from tests.records import ledger, payment
+
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=2)
+    topics.create(bootstrap)
+    w = Worker(topics, tmp_path / "w", extra_env={"QRIS_IDLE_TIMEOUT_S": "3"})
+    w.start(bootstrap)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+
+    def send(topic: str, ref: str, value: bytes) -> None:
+        producer.send(topic, key=ref.encode(), value=value, partition=partition_for(ref.encode(), 2))
+
+    try:
+        for i in range(8):  # both feeds flow on both partitions
+            ref = f"OK{i}"
+            send(topics.payment, ref, payment(f"{ref}-q", "requested", ref, i))
+            send(topics.ledger, ref, ledger(f"{ref}-d", "debited", ref, i))
+            send(topics.payment, ref, payment(f"{ref}-s", "settled", ref, i + 1))
+        producer.flush()
+        for k in range(14):  # the payment feed is dead; the ledger goes on
+            ref = f"L{k}"
+            send(topics.ledger, ref, ledger(f"{ref}-d", "debited", ref, 60 + 40 * k))
+            send(topics.ledger, f"M{k}", ledger(f"M{k}-d", "debited", f"M{k}", 60 + 40 * k))
+            producer.flush()
+            time.sleep(1)
+        for i in range(8):  # it comes back on both partitions
+            ref = f"B{i}"
+            send(topics.payment, ref, payment(f"{ref}-q", "requested", ref, 700 + i))
+            producer.flush()
+        deadline = time.monotonic() + 60
+        silent: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            got = consume(bootstrap, [topics.alerts], until=2, timeout_s=5, settle_s=1, worker=w)
+            silent = [v for _t, _k, v in got if v.get("kind") == "FEED_SILENT"]
+            if any(v["status"] == "resolved" for v in silent):
+                break
+            time.sleep(1)
+    finally:
+        producer.close()
+        w.stop()
+    assert [v["status"] for v in silent] == ["opened", "resolved"], silent
+    assert all(v["topic"] == topics.payment and v["partitions"] == [0, 1] for v in silent)
+    assert silent[0]["dedup_key"] == silent[1]["dedup_key"] == f"FEED_SILENT:{topics.payment}"

@@ -20,6 +20,7 @@ from ..security import aiokafka_config, faust_credentials, topic_configs
 from ..settings import Settings
 from .batches import finish_before_ack
 from .bursts import BurstShell
+from .feeds import TopicSilence
 from .gapfill import BrokerGapFetcher
 from .metrics import WorkerMetrics
 from .pages import add_pages
@@ -164,6 +165,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         fetch_gap=gaps.fetch,
     )
     shell.on_engine = watch.watch_engine
+    shell.on_idle = TopicSilence((settings.payment_topic, settings.ledger_topic), lambda: shell.engines)
     metrics = WorkerMetrics(watch, lambda: shell.engines, lambda t, p: _highwater(app, t, p))
 
     @app.agent(inputs, name="reconcile_payments")

@@ -106,6 +106,8 @@ class ReconcileShell:
         self.lock = asyncio.Lock()
         # Called with each engine made or restored here (metrics, the lookup index watch it).
         self.on_engine: Callable[[PartitionEngine], None] | None = None
+        # Rewrites the idle check's decisions (one FEED_SILENT per topic, and its recovery).
+        self.on_idle: Callable[[list[Decision]], list[Decision]] | None = None
         self.counts: dict[str, int] = {
             "records": 0,
             "refunds": 0,
@@ -331,7 +333,9 @@ class ReconcileShell:
                 if got or eng.meta_dirty:
                     decisions.extend(got)
                     touched.add(p)
-            if touched:
+            if self.on_idle is not None:  # per-topic silent-feed alerts (`feeds`)
+                decisions = self.on_idle(decisions)
+            if touched or decisions:
                 await self._emit_and_persist(decisions, touched)
 
     def stats(self) -> dict[str, Any]:
