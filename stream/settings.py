@@ -66,6 +66,7 @@ class Settings:
     min_insync_replicas: int = 0
 
     api_token: str = ""
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         for problem in _problems(self):
@@ -197,6 +198,7 @@ DOCS: dict[str, tuple[str, str]] = {
         "QRIS_MIN_INSYNC_REPLICAS",
         "min.insync.replicas of the topics qris-guard creates; 0: the broker's default",
     ),
+    "log_format": ("QRIS_LOG_FORMAT", "worker log lines: text, or json (one JSON object per line)"),
     "api_token": (
         "QRIS_API_TOKEN",
         "bearer token of the customer-service lookup API (/qris/payments, /qris/accounts); empty: the API is off",

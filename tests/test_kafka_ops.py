@@ -164,7 +164,7 @@ def test_a_dead_payment_feed_pages_once_for_the_topic_and_recovers_once(tmp_path
     bootstrap = require_broker()
     topics = fresh_topics(partitions=2)
     topics.create(bootstrap)
-    w = Worker(topics, tmp_path / "w", extra_env={"QRIS_IDLE_TIMEOUT_S": "3"})
+    w = Worker(topics, tmp_path / "w", extra_env={"QRIS_IDLE_TIMEOUT_S": "3", "QRIS_LOG_FORMAT": "json"})
     w.start(bootstrap)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
 
@@ -202,3 +202,9 @@ def test_a_dead_payment_feed_pages_once_for_the_topic_and_recovers_once(tmp_path
     assert [v["status"] for v in silent] == ["opened", "resolved"], silent
     assert all(v["topic"] == topics.payment and v["partitions"] == [0, 1] for v in silent)
     assert silent[0]["dedup_key"] == silent[1]["dedup_key"] == f"FEED_SILENT:{topics.payment}"
+    # QRIS_LOG_FORMAT=json: the worker's log records are JSON lines, none in the text format.
+    assert w.log_path is not None
+    lines = w.log_path.read_text().splitlines()
+    logged = [json.loads(x) for x in lines if x.startswith("{")]
+    assert len(logged) > 5 and {"ts", "level", "logger", "message"} <= set(logged[0])
+    assert not [x for x in lines if x.startswith("[20")], "a log line in the text format"

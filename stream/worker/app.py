@@ -266,7 +266,13 @@ async def not_ready_reason(app: faust.App, settings: Settings, timeout_s: float 
 
 
 class _Worker(faust.Worker):
+    json_logs = False
+
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        if self.json_logs:
+            from .logs import use_json
+
+            use_json(logger)
         # Client libraries log every message's key and value at DEBUG (customer data):
         # never below INFO, whatever the worker's level. It also spares a log record per send.
         for name in ("aiokafka", "kafka", "faust", "mode"):
@@ -281,6 +287,7 @@ def run_worker(settings: Settings) -> int:
 
         uvloop.install()  # before Faust makes its loop: about a quarter more records/s here
     app, _shell = build_app(settings, _input_partitions(settings))
+    _Worker.json_logs = settings.log_format == "json"
     worker = _Worker(app, loglevel=settings.log_level.upper(), override_logging=True)
     worker.execute_from_commandline()
     return 0
