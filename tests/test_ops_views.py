@@ -162,3 +162,20 @@ def test_the_dashboard_shows_incidents_holds_feeds_and_escapes_input() -> None:
     assert "1 (Rp 25.000)" in page  # the incident's holds
     assert "Dead letters: 1" in page and "WIB" in page
     assert "<script" not in page and "http" not in page.replace("http-equiv", "")
+
+
+def test_grafana_and_prometheus_files_use_only_metrics_the_worker_exports() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    watch, eng = _run(DAY)
+    exported = {
+        f.name for f in text_string_to_metric_families(WorkerMetrics(watch, lambda: {0: eng}).render().decode())
+    }
+    text = (root / "docker/grafana/dashboards/qris-guard.json").read_text()
+    text += (root / "docker/prometheus/rules.yml").read_text()
+    used = {re.sub(r"_(total|bucket|count|sum)$", "", m) for m in re.findall(r"qris_[a-z_]+", text)}
+    assert used and used <= exported, used - exported
+    documented = (root / "docs/metrics.md").read_text()
+    assert all(f"`{name}" in documented for name in exported), [n for n in exported if f"`{n}" not in documented]

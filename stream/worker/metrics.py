@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -130,6 +130,7 @@ class WorkerMetrics:
         highwater: Highwater | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        disable_created_metrics()  # `_created` series: noise for a single worker's histogram
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_WorkerCollector(watch, engines, highwater, clock))
         self.batch_seconds = Histogram(
