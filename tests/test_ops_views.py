@@ -98,6 +98,8 @@ def test_the_account_index_follows_state_and_its_retention() -> None:
     assert [x["reference"] for x in got] == ["A5", "A2", "A1"]  # newest first
     since = account_payments({0: eng2}, watch2, "7700009876", T0 + 2000)
     assert [x["reference"] for x in since] == ["A5", "A2"]
+    watch2.keep_partitions({1})  # partition 0 moved to another worker
+    assert watch2.accounts == {}
     # A restored engine is indexed again from its state.
     watch3 = WorkerWatch(Settings())
     watch3.watch_engine(eng2)

@@ -207,6 +207,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     @app.on_partitions_assigned.connect  # type: ignore[misc]
     async def on_assigned(app_: Any, assigned: Any = None, **kwargs: Any) -> None:
         watch.rebalances += 1
+        watch.keep_partitions({tp.partition for tp in assigned or () if tp.topic == settings.payment_topic})
         if not watching:
             watching.append(asyncio.ensure_future(watch_state_recovery()))
         async with shell.lock:  # never in the middle of a batch

@@ -130,6 +130,16 @@ class WorkerWatch:
             for account in accounts_of(st):
                 self.accounts.setdefault(account, {})[ref] = engine.partition
 
+    def keep_partitions(self, partitions: set[int]) -> None:
+        """After a rebalance: forget the index entries of partitions no longer owned here (the
+        ones still owned are re-indexed when their engines are restored)."""
+        for account in list(self.accounts):
+            refs = {r: p for r, p in self.accounts[account].items() if p in partitions}
+            if refs:
+                self.accounts[account] = refs
+            else:
+                del self.accounts[account]
+
     def unindex(self, reference: str, accounts: set[str]) -> None:
         for account in accounts:
             refs = self.accounts.get(account)
