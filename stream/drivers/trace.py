@@ -17,7 +17,7 @@ from typing import Any
 from ..core import codec
 from ..core.burst import BurstParams
 from ..core.decisions import Decision
-from ..core.eventtime import format_ms
+from ..core.eventtime import BadTimestamp, format_ms, parse_ms
 from ..core.partition import NEG_INF, Params
 from ..core.records import LedgerEvent, PaymentEvent, Stream
 from ..core.reference import ReferenceState
@@ -188,9 +188,19 @@ def trace(
     all_partitions: bool = False,
 ) -> dict[str, Any] | None:
     """The facts of `reference` from a replay of `records` of `partitions` (all records when
-    `all_partitions`, which also runs the burst detector). None if no record names it."""
+    `all_partitions`, which also runs the burst detector). None if no record names it.
+
+    With refund holds on, decisions depend on the incidents, which need every partition: as
+    `replay` does, a first pass over all records finds the detector's incident timeline, and
+    the observed pass decides with it (only `partitions`, unless `all_partitions`)."""
     topics = (params.payment_topic, params.ledger_topic)
-    r = Replay(params, burst or BurstParams())
+    burst = burst or BurstParams()
+    timeline: list[Decision] | None = None
+    if getattr(params, "holds", False):
+        records = list(records)
+        r, timeline = _with_incidents(records, params, burst, drain)
+    else:
+        r = Replay(params, burst)
     observers: dict[int, TraceObserver] = {}
     decisions: list[tuple[int, Decision]] = []
     read = 0
@@ -205,7 +215,9 @@ def trace(
     if drain:
         decisions.extend(r.drain())
     incidents: list[dict[str, Any]] = []
-    if all_partitions:
+    if timeline is not None:
+        incidents = [d.value for d in timeline]
+    elif all_partitions:
         incidents = [d.value for d in r.bursts()]
     facts = [f for o in observers.values() for f in o.records.values()]
     if not facts:
@@ -253,7 +265,7 @@ def trace(
         "deadlines": deadlines,
         "decisions": out_decisions,
         "incidents_behind_holds": behind,
-        "incidents_known": all_partitions,
+        "incidents_known": all_partitions or timeline is not None,
         "dropped": dropped,
         "final": final,
         "watermark_ms": watermarks,
@@ -261,6 +273,27 @@ def trace(
     }
     result["why"] = explain(result)
     return result
+
+
+def _with_incidents(
+    records: list[KafkaRecord], params: Params, burst: BurstParams, drain: bool
+) -> tuple[Replay, list[Decision]]:
+    """Holds on: the detector's alerts from a first pass over every record (holds off, as
+    `replay` does) and a `Replay` that decides with their incident timeline."""
+    from dataclasses import replace
+
+    from .replay import incident_timeline, run_detector  # the holds-era replay
+
+    first = Replay(replace(params, max_hold_ms=0), burst)  # type: ignore[call-arg,unused-ignore]
+    for rec in records:
+        first.feed(rec)
+    if drain:
+        for _ in first.drain():
+            pass
+    bursts, closed_through = run_detector(first.signals, first.engines, burst)
+    events, known_through_ms = incident_timeline(bursts, closed_through, params, drain=drain)
+    second = replace(params, burst_signals=False)
+    return Replay(second, burst, incidents=events, incidents_known_through_ms=known_through_ms), bursts
 
 
 def explain(t: dict[str, Any]) -> list[str]:
@@ -280,7 +313,7 @@ def explain(t: dict[str, Any]) -> list[str]:
         elif v["type"] == "refund.held":
             lines.append(
                 f"Refund {v['refund_id']} held while incident {v.get('incident_id')} is open; "
-                f"paid by {v.get('release_by')} at the latest unless the payment settles."
+                f"paid by {_text_time(v.get('release_by'))} at the latest unless the payment settles."
             )
         elif v["type"] == "refund.hold_released":
             lines.append(f"Hold {v['refund_id']} released without a refund: the payment settled or was reversed.")
@@ -321,6 +354,13 @@ def explain(t: dict[str, Any]) -> list[str]:
 
 
 # -- text ------------------------------------------------------------------------------------
+
+
+def _text_time(text: Any) -> str:
+    try:
+        return wib_and_utc(parse_ms(text)) if isinstance(text, str) else "?"
+    except BadTimestamp:
+        return str(text)
 
 
 def _rp(amount: int | None) -> str:
@@ -384,14 +424,26 @@ def render(t: dict[str, Any]) -> str:
                 )
             if v["type"] == "refund.held":
                 lines.append(
-                    f"      held for incident {v.get('incident_id')}; released by {v.get('release_by')} at the latest"
+                    f"      held for incident {v.get('incident_id')}; paid by {_text_time(v.get('release_by'))} "
+                    "at the latest unless the payment settles"
                 )
-            if v.get("hold"):
-                lines.append(f"      after a hold: {codec.dumps(v['hold']).decode()}")
+            hold = v.get("hold")
+            if isinstance(hold, dict):
+                since, until = _text_time(hold.get("held_from")), _text_time(hold.get("held_until"))
+                lines.append(
+                    f"      after a hold from {since} to {until}"
+                    f" ({(hold.get('held_ms') or 0) / 60_000:.0f} min), ended by {hold.get('released_because')}"
+                    f", incident {hold.get('incident_id')}"
+                )
         else:
             lines.append(f"  alert {v['kind']} [{v['severity']}]: {v['summary']}")
+    # Each incident behind a hold: the alert that opened it and its latest one.
+    by_incident: dict[str, list[dict[str, Any]]] = {}
     for inc in t["incidents_behind_holds"]:
-        lines.append(f"  incident {inc.get('incident_id')} {inc.get('status')}: {inc.get('summary')}")
+        by_incident.setdefault(str(inc.get("incident_id")), []).append(inc)
+    for alerts in by_incident.values():
+        for inc in [alerts[0]] if len(alerts) == 1 else [alerts[0], alerts[-1]]:
+            lines.append(f"  incident {inc.get('incident_id')} {inc.get('status')}: {inc.get('summary')}")
     lines.append("Why:")
     lines += [f"  {x}" for x in t["why"]]
     return "\n".join(lines)

@@ -34,10 +34,26 @@ def _at(ms: int | None) -> str | None:
     return format_ms(ms) if ms is not None else None
 
 
+def _state_hold(st: ReferenceState) -> dict[str, Any] | None:
+    # Holds kept in the reference's state (refund holds in the core): the newest open one.
+    holds = getattr(st, "holds", None)
+    if not holds:
+        return None
+    h = holds[-1]
+    return {
+        "refund_id": h.refund_id,
+        "amount": h.amount,
+        "incident_id": h.incident_ids[0] if h.incident_ids else None,
+        "incident_ids": list(h.incident_ids),
+        "release_by": format_ms(h.release_by_ms),
+        "deadline": format_ms(h.deadline_ms),
+    }
+
+
 def payment_status(st: ReferenceState, partition: int, watch: WorkerWatch | None = None) -> dict[str, Any]:
     """What customer service tells the customer about one payment."""
     rq = st.request
-    hold = watch.holds.get(st.reference) if watch is not None else None
+    hold = _state_hold(st) or (watch.holds.get(st.reference) if watch is not None else None)
     active = [r for r in st.refunds if r.active]
     cancelled = [r for r in st.refunds if not r.active]
     if hold is not None:
@@ -96,7 +112,7 @@ def payment_status(st: ReferenceState, partition: int, watch: WorkerWatch | None
             for r in st.refunds
         ],
         "hold": (
-            {k: hold.get(k) for k in ("refund_id", "amount", "incident_id", "release_by", "deadline")}
+            {k: hold.get(k) for k in ("refund_id", "amount", "incident_id", "incident_ids", "release_by", "deadline")}
             if hold is not None
             else None
         ),
