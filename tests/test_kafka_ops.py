@@ -76,15 +76,22 @@ def test_two_workers_answer_the_lookup_for_every_reference_and_refuse_without_th
                 break
             time.sleep(0.5)
         assert taken >= len(records), (taken, a.log_tail(), b.log_tail())
+        # Every reference is answered by either worker at once (`received` while its records
+        # wait for the watermark or, with holds, for the detector's incidents); then decided.
         answered: dict[str, str] = {}
-        for ref in refs:
-            for w in (a, b):
-                status, body = _get(w.web_port, f"/qris/payments/{ref}")
-                assert status == 200, (ref, body)
-                assert body["reference"] == ref
-                answered[ref] = body["status"]
+        deadline = time.monotonic() + 90
+        while True:
+            for ref in refs:
+                for w in (a, b):
+                    status, body = _get(w.web_port, f"/qris/payments/{ref}")
+                    assert status == 200, (ref, body)
+                    assert body["reference"] == ref
+                    answered[ref] = body["status"]
+            if "received" not in answered.values() or time.monotonic() > deadline:
+                break
+            time.sleep(2)
         assert answered["QR0000"] == "settled"
-        assert answered["QR0004"] in {"refund_requested", "debited"}
+        assert answered["QR0004"] in {"refund_requested", "debited", "refund_held"}
         assert _get(a.web_port, "/qris/payments/QR0004", token=None)[0] == 401
         assert _get(b.web_port, "/qris/payments/QR0004", token="wrong")[0] == 401
         assert _get(a.web_port, "/qris/payments/NOPE")[0] == 404
@@ -103,8 +110,17 @@ def test_two_workers_answer_the_lookup_for_every_reference_and_refuse_without_th
             total += sum(v for (n, _l), v in m.items() if n == "qris_records_waiting")
             assert ("qris_batch_duration_seconds_count", ()) in m
         assert total == len(records)
+        rejected = sum(
+            v
+            for m in (ma, mb)
+            for (n, lab), v in m.items()
+            if n == "qris_input_records_total" and ("outcome", "dead_lettered") in lab
+        )
+        assert rejected == 2
+        # Dead letters sent: a record redelivered to a partition's new owner has its dead letter
+        # sent (and counted) again there, with the same id.
         dead = sum(v for m in (ma, mb) for (n, _l), v in m.items() if n == "qris_dead_letters_total")
-        assert dead == 2
+        assert dead >= 2
     finally:
         a.stop()
         b.stop()

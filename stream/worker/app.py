@@ -215,6 +215,16 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         async with bursts.lock:
             bursts.forget()
 
+    @app.on_rebalance_complete.connect  # type: ignore[misc]
+    async def on_recovered(app_: Any, **kwargs: Any) -> None:
+        # The tables are recovered: restore the engines of every input partition assigned here
+        # now, not at their next record, so the lookup API, /metrics and the dashboard see a
+        # quiet partition's state too (a batch would restore them the same way).
+        async with shell.lock:
+            for tp in sorted(app.consumer.assignment()):
+                if tp.topic == settings.payment_topic and tp.partition not in shell.engines:
+                    shell.engine(tp.partition)
+
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def on_revoked(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
         async with shell.lock:

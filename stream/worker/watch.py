@@ -168,6 +168,9 @@ class WorkerWatch:
         elif role == "alerts":
             self._on_alert(v)
         elif role == "dead_letter":
+            if v.get("dead_letter_id") in self.seen_ids:  # the same record's dead letter again
+                return
+            self.seen_ids.add(str(v.get("dead_letter_id")))
             self.dead_letters[str(v.get("source_topic"))] += 1
 
     def _on_refund(self, v: dict[str, Any]) -> None:
