@@ -78,6 +78,14 @@ def _incidents(watch: WorkerWatch) -> list[str]:
     return out
 
 
+def _duration(seconds: float) -> str:
+    """A delay as people read it: `42 s`, `12.5 min`, `3.2 h`, `613.0 d`."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if abs(seconds) >= 2 * size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:,.0f} s"
+
+
 def _since(start: str | None) -> str:
     try:
         return wib_and_utc(parse_ms(start)) if start else "-"
@@ -119,7 +127,7 @@ def _feeds(watch: WorkerWatch, engines: dict[int, PartitionEngine], now_ms: int)
     for p, eng in sorted(engines.items()):
         w = eng.watermark_ms
         known = w > -(2**61)
-        delay = f"{(now_ms - w) / 1000:,.0f} s" if known else "-"
+        delay = _duration((now_ms - w) / 1000) if known else "-"
         silent = [t for t, s in zip(watch.topics, eng.silent, strict=True) if s]
         waiting = sum(len(v) for v in eng.pending.values())
         out.append(
