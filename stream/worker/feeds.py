@@ -42,7 +42,7 @@ class TopicSilence:
             at_ms = max((eng.watermark_ms for eng in engines.values()), default=NEG_INF)
             episode = self.open.get(topic)
             if silent and episode is None:
-                known = [engines[p].max_ms[s] for p in silent if engines[p].max_ms[s] is not None]
+                known = [m for p in silent if (m := engines[p].max_ms[s]) is not None]
                 since = max(known) if known else None
                 self.open[topic] = _Silence(set(silent), since)
                 other = self.topics[1 - s]

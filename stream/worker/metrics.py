@@ -130,7 +130,8 @@ class WorkerMetrics:
         highwater: Highwater | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        disable_created_metrics()  # `_created` series: noise for a single worker's histogram
+        # `_created` series: noise for a single worker's histogram.
+        disable_created_metrics()  # type: ignore[no-untyped-call,unused-ignore]
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_WorkerCollector(watch, engines, highwater, clock))
         self.batch_seconds = Histogram(
