@@ -269,7 +269,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
         from .topics import check_copartitioned
 
         # Keyed by reference: Kafka's default partitioner put it in one partition of each topic.
-        parts = None if args.all_partitions else {partition_for(ref.encode(), check_copartitioned(s))}
+        # With refund holds on, the incidents need every partition (trace replays them all).
+        every = args.all_partitions or getattr(s.params, "holds", False)
+        parts = None if every else {partition_for(ref.encode(), check_copartitioned(s))}
         records = list(read_topics(s.bootstrap, list(topics), partitions=parts))
         source = f"topics {', '.join(topics)} on {s.bootstrap}"
     else:

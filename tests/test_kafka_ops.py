@@ -224,3 +224,28 @@ def test_a_dead_payment_feed_pages_once_for_the_topic_and_recovers_once(tmp_path
     logged = [json.loads(x) for x in lines if x.startswith("{")]
     assert len(logged) > 5 and {"ts", "level", "logger", "message"} <= set(logged[0])
     assert not [x for x in lines if x.startswith("[20")], "a log line in the text format"
+
+
+def test_trace_from_kafka_names_the_records_and_the_refund(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=4)
+    topics.create(bootstrap)
+    produce(bootstrap, scenario_records(4), {PAYMENT: topics.payment, LEDGER: topics.ledger})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")} | topics.env()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "stream", "trace", *args, "--from-kafka", "--bootstrap", bootstrap]
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    got = run("QR0004", "--json")
+    assert got.returncode == 0, got.stderr
+    t = json.loads(got.stdout)
+    assert {f["event_id"] for f in t["records"]} == {"QR0004-q", "QR0004-d"}
+    types = [d["value"]["type"] for d in t["decisions"] if d["role"] == "refunds"]
+    assert types and types[0] in {"refund.requested", "refund.held"}  # held if an incident covers it
+    unknown = run("NOPE")
+    assert unknown.returncode == 1 and unknown.stdout.count("\n") == 1 and "unknown reference" in unknown.stdout
