@@ -10,6 +10,7 @@ import pytest
 
 from stream import cli
 from stream.core import codec
+from stream.core.eventtime import parse_ms
 from stream.core.partition import Params, PartitionEngine
 from stream.core.records import Stream
 from stream.drivers.replay import replay
@@ -26,7 +27,11 @@ def _recs(items: list[tuple[str, str, bytes]]) -> list[KafkaRecord]:
     offsets = {P: 0, L: 0}
     out = []
     for topic, key, value in items:
-        out.append(KafkaRecord(topic, 0, offsets[topic], T0 + 1000 * offsets[topic], key.encode(), value))
+        try:  # Kafka time: half a second after the event (the clock guard leaves it alone)
+            ts = parse_ms(json.loads(value)["occurred_at"]) + 500
+        except ValueError:
+            ts = T0
+        out.append(KafkaRecord(topic, 0, offsets[topic], ts, key.encode(), value))
         offsets[topic] += 1
     return out
 
@@ -63,7 +68,7 @@ def test_a_refunded_payment_shows_every_record_the_deadline_arithmetic_and_the_r
     dead = t["records"][-1]
     assert dead["topic"] == L and dead["offset"] == 4 and "JSON" in dead["reason"]
     debit = t["records"][1]
-    assert debit["effective_ms"] == T0 + 1000 and debit["kafka_time_ms"] == T0
+    assert debit["effective_ms"] == T0 + 1000 and debit["kafka_time_ms"] == T0 + 1500
     assert debit["watermark_when_processed_ms"] > debit["effective_ms"]
     assert t["deadlines"] == [
         {
