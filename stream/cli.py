@@ -260,7 +260,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from .drivers.replayfile import read_records
     from .drivers.trace import partitions_of, render, trace
 
-    s = _settings(args)
+    s = _connect(_settings(args)) if args.from_kafka else _settings(args)
     topics = (s.payment_topic, s.ledger_topic)
     ref = args.reference
     if args.from_kafka:
@@ -272,7 +272,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         # With refund holds on, the incidents need every partition (trace replays them all).
         every = args.all_partitions or getattr(s.params, "holds", False)
         parts = None if every else {partition_for(ref.encode(), check_copartitioned(s))}
-        records = list(read_topics(s.bootstrap, list(topics), partitions=parts))
+        records = list(read_topics(s, list(topics), partitions=parts))
         source = f"topics {', '.join(topics)} on {s.bootstrap}"
     else:
         with open(args.input, "rb") as fh:
