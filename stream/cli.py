@@ -20,6 +20,7 @@ from typing import IO, Any, NoReturn
 
 from .core import codec
 from .core.eventtime import BadTimestamp, parse_instant
+from .drivers.progress import Progress, file_fraction
 from .settings import DOCS, Settings, SettingsError, display, from_env
 
 EXIT_MISTAKE = 2  # an argument, setting, file or replay line is wrong
@@ -106,7 +107,8 @@ def cmd_dump(args: argparse.Namespace) -> int:
     s = _connect(_settings(args))
     topics = args.topics or [s.payment_topic, s.ledger_topic]
     with _open_out(args.out) as fh:
-        n = write_records(fh, read_topics(s, topics, from_ms=args.from_time, to_ms=args.to_time))
+        records = read_topics(s, topics, from_ms=args.from_time, to_ms=args.to_time)
+        n = write_records(fh, Progress("dump").wrap(records))
     print(f"dumped {n} records from {', '.join(topics)} to {args.out}", file=sys.stderr)
     return 0
 
@@ -118,16 +120,21 @@ def _input_records(args: argparse.Namespace, s: Settings, line: list[int] | None
     if args.from_kafka:
         from .drivers.kafkaread import read_topics
 
-        yield from read_topics(s, [s.payment_topic, s.ledger_topic], from_ms=args.from_time, to_ms=args.to_time)
+        yield from Progress("replay").wrap(
+            read_topics(s, [s.payment_topic, s.ledger_topic], from_ms=args.from_time, to_ms=args.to_time)
+        )
     else:
         within = TimeRange(args.from_time, args.to_time)
         with open(args.input, "rb") as fh:
+            progress = Progress("replay", fraction=file_fraction(fh, os.fstat(fh.fileno()).st_size))
             for n, rec in numbered_records(fh):
                 if not within.keep(rec):
                     continue
                 if line is not None:
                     line[0] = n
+                progress.tick()
                 yield rec
+            progress.done()
 
 
 class _Again:
@@ -283,10 +290,13 @@ def cmd_warmup(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .core.alerts import rupiah
     from .drivers.report import render, summarise
+    from .drivers.reportselect import Selection, outstanding, to_csv
 
     s = _connect(_settings(args)) if args.from_kafka else _settings(args)
     roles = {s.refund_topic: "refunds", s.alert_topic: "alerts", s.dead_letter_topic: "dead_letter"}
+    inputs_seen: dict[str, int] = {}
 
     def outputs() -> Iterator[tuple[str, dict[str, Any]]]:
         if args.from_kafka:
@@ -309,12 +319,83 @@ def cmd_report(args: argparse.Namespace) -> int:
                         if not isinstance(value, dict):
                             raise Mistake(f'{args.input}:{n}: "value" of an output line must be a JSON object')
                         yield roles[topic], value
+                    elif topic in (s.payment_topic, s.ledger_topic):
+                        inputs_seen[topic] = inputs_seen.get(topic, 0) + 1
 
-    summary = summarise(outputs())
+    scope = next(
+        ((t, getattr(args, t)) for t in ("merchant", "switch", "acquirer", "issuer") if getattr(args, t)), None
+    )
+    selection = Selection(args.since, args.until, *(scope or (None, None)))
+    selected = list(selection.select(outputs()))
+    if inputs_seen:
+        print(
+            f"warning: {args.input} holds input records ({', '.join(f'{n} of {t}' for t, n in inputs_seen.items())}); "
+            "report summarises decisions: run `qris-guard replay --in FILE --out decisions.jsonl` first",
+            file=sys.stderr,
+        )
+    summary = summarise(selected)
+    money = outstanding(selected)
     if args.json:
-        sys.stdout.buffer.write(codec.dumps(summary) + b"\n")
+        sys.stdout.buffer.write(codec.dumps({**summary, "refund_totals": money}) + b"\n")
+    elif args.csv:
+        sys.stdout.write(to_csv(summary, money))
     else:
+        from .drivers.wib import wib_and_utc
+
+        if selection != Selection():
+            what = [f"{scope[0]} {scope[1]}"] if scope else []
+            if args.since is not None:
+                what.append(f"decided from {wib_and_utc(args.since)}")
+            if args.until is not None:
+                what.append(f"until {wib_and_utc(args.until)}")
+            print(f"Selection: {'; '.join(what)}")
+        print(
+            f"Refunds: requested {money['requested']['count']} ({rupiah(money['requested']['idr'])}), "
+            f"held {money['held']['count']} ({rupiah(money['held']['idr'])}), "
+            f"cancelled {money['cancelled']['count']} ({rupiah(money['cancelled']['idr'])}); "
+            f"net outstanding {money['net_outstanding']['count']} ({rupiah(money['net_outstanding']['idr'])}); "
+            f"held now {money['held_now']['count']} ({rupiah(money['held_now']['idr'])})"
+        )
+        print("Times: WIB (UTC+7), UTC in brackets.")
         print(render(summary))
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from .drivers.replayfile import read_records
+    from .drivers.trace import partitions_of, render, trace
+
+    s = _connect(_settings(args)) if args.from_kafka else _settings(args)
+    topics = (s.payment_topic, s.ledger_topic)
+    ref = args.reference
+    if args.from_kafka:
+        from .drivers.kafkaread import read_topics
+        from .simulate.partitioner import partition_for
+        from .topics import check_copartitioned
+
+        # Keyed by reference: Kafka's default partitioner put it in one partition of each topic.
+        # With refund holds on, the incidents need every partition (trace replays them all).
+        every = args.all_partitions or getattr(s.params, "holds", False)
+        parts = None if every else {partition_for(ref.encode(), check_copartitioned(s))}
+        records = list(read_topics(s, list(topics), partitions=parts))
+        source = f"topics {', '.join(topics)} on {s.bootstrap}"
+    else:
+        with open(args.input, "rb") as fh:
+            records = list(read_records(fh))
+        source = args.input
+    parts_found = partitions_of(records, ref, topics)
+    result = None
+    if parts_found or args.all_partitions:
+        result = trace(
+            records, ref, s.params, parts_found, drain=args.drain, burst=s.burst, all_partitions=args.all_partitions
+        )
+    if result is None:
+        print(f"unknown reference {ref!r}: no input record of it in {source} ({len(records)} records read)")
+        return 1
+    if args.json:
+        sys.stdout.buffer.write(codec.dumps(result) + b"\n")
+    else:
+        print(render(result))
     return 0
 
 
@@ -430,8 +511,30 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--in", dest="input", help="output file written by replay")
     src.add_argument("--from-kafka", action="store_true", help="read the output topics from the broker")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the summary as JSON")
+    out.add_argument("--csv", action="store_true", help="print the summary as CSV (section, item, count, idr)")
+    p.add_argument("--since", type=_time_arg, help="only decisions decided at or after: RFC 3339 or epoch ms")
+    p.add_argument("--until", type=_time_arg, help="only decisions decided before: RFC 3339 or epoch ms")
+    for scope in ("merchant", "switch", "acquirer", "issuer"):
+        p.add_argument(f"--{scope}", help=f"only refunds and alerts of this {scope} id")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("trace", help="explain one reference: its records, effective times, decisions (or why none)")
+    _common(p)
+    _params(p)
+    p.add_argument("reference", help="the payment reference")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--in", dest="input", help="replay file (the input topics)")
+    src.add_argument("--from-kafka", action="store_true", help="read the reference's partition from the broker")
+    p.add_argument("--drain", action="store_true", help="as replay --drain: move the watermark to +inf at the end")
+    p.add_argument(
+        "--all-partitions",
+        action="store_true",
+        help="replay every partition (slower) so incidents behind holds are known, as in a full replay",
+    )
+    p.add_argument("--json", action="store_true", help="the facts as JSON, for tools")
+    p.set_defaults(func=cmd_trace)
 
     p = sub.add_parser("settings", help="print the effective QRIS_* settings")
     p.set_defaults(func=cmd_settings)

@@ -74,6 +74,9 @@ class Settings:
     replication_factor: int = 1
     min_insync_replicas: int = 0
 
+    api_token: str = ""
+    log_format: str = "text"
+
     def __post_init__(self) -> None:
         for problem in _problems(self):
             raise SettingsError(problem)
@@ -251,10 +254,15 @@ DOCS: dict[str, tuple[str, str]] = {
         "QRIS_MIN_INSYNC_REPLICAS",
         "min.insync.replicas of the topics qris-guard creates; 0: the broker's default",
     ),
+    "log_format": ("QRIS_LOG_FORMAT", "worker log lines: text, or json (one JSON object per line)"),
+    "api_token": (
+        "QRIS_API_TOKEN",
+        "bearer token of the customer-service lookup API (/qris/payments, /qris/accounts); empty: the API is off",
+    ),
 }
 
 # Settings whose value is a secret: `qris-guard settings` masks them.
-SECRETS = frozenset({"sasl_password", "ssl_key_password"})
+SECRETS = frozenset({"sasl_password", "ssl_key_password", "api_token"})
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")

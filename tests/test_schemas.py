@@ -175,6 +175,15 @@ def _alert_errors(value: dict[str, Any]) -> Iterator[str]:
     window = value["window"]
     if window and instant_ms(window["end"]) < instant_ms(window["start"]):
         yield "window ends before it starts"
+    labels = value["labels"]
+    scope = value["scope"]
+    wanted = {"alertname": value["kind"], "kind": value["kind"], "severity": value["severity"]}
+    wanted |= {"scope_type": scope["type"], "scope_id": scope["id"]}
+    for name, want in wanted.items():
+        if labels.get(name) != want:
+            yield f"labels.{name} {labels.get(name)!r} != {want!r} (routing labels must agree with the alert)"
+    if value["kind"] == "FAILURE_BURST" and value["dedup_key"] != value["incident_id"]:
+        yield "a FAILURE_BURST's dedup_key is its incident_id"
 
 
 def _dead_letter_errors(value: dict[str, Any]) -> Iterator[str]:

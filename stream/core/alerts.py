@@ -213,3 +213,38 @@ def feed_silent_alert(
         observed,
         topic=topic,
     )
+
+
+def feed_silent_topic_alert(
+    topic: str, partitions: list[int], status: str, silent_since_ms: int | None, at_ms: int, other_topic: str
+) -> Decision:
+    """Live only: one FEED_SILENT per input topic and silence episode of a worker (`opened`),
+    listing the partitions found silent, and its recovery (`resolved`) once all deliver again."""
+    where = f"{topic} partitions {', '.join(map(str, partitions))}"
+    if status == "opened":
+        since = format_ms(silent_since_ms) if silent_since_ms is not None else "the start"
+        summary = (
+            f"{where} silent (last event {since}) while {other_topic} flows; the watermark follows "
+            f"{other_topic} so refund timeouts still fire"
+        )
+        severity = "critical"
+    else:
+        summary = f"{where} deliver again: feed recovered"
+        severity = "info"
+    observed: dict[str, Any] = {"silent_partitions": len(partitions), "watermark_ms": at_ms}
+    if silent_since_ms is not None:
+        observed["silent_event_time_s"] = (at_ms - silent_since_ms) / 1000
+    return _alert(
+        ids.alert_id("FEED_SILENT", topic, status, silent_since_ms, at_ms),
+        "FEED_SILENT",
+        severity,
+        "all",
+        "all",
+        at_ms,
+        None,
+        summary,
+        observed,
+        topic=topic,
+        partitions=partitions,
+        status=status,
+    )

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .routing import add_routing
+
 # `signals` are internal: a partition's closed minutes for the burst detector (`signals`, `burst`).
 OutputRole = Literal["refunds", "alerts", "dead_letter", "signals"]
 
@@ -23,6 +25,11 @@ class Decision:
     value: dict[str, Any]
     # Event time of the decision (ms), for the output record's timestamp; None if not known.
     at_ms: int | None
+
+    def __post_init__(self) -> None:
+        # Every alert, whichever module built it, carries its routing fields (dedup key, labels).
+        if self.role == "alerts" and "dedup_key" not in self.value:
+            add_routing(self.value)
 
 
 def mask_account(account_id: str | None) -> str | None:

@@ -35,6 +35,7 @@ from .alerts import clock_skew_alert, dead_letter_alert, feed_silent_alert
 from .deadletter import dead_letter_record
 from .decisions import Decision
 from .holds import IncidentEvent, IncidentTimeline
+from .observe import EngineObserver
 from .records import LedgerEvent, PaymentEvent, Stream, event_fields
 from .reference import ReferenceState
 from .signals import MINUTE_MS, count_payment, judge, signals_decision
@@ -130,6 +131,8 @@ class PartitionEngine:
         self.signals_through: int | None = None  # the last closed minute
         self._close_at_ms = NEG_INF + 1  # the watermark that closes the next minute
         self.stats = {"records": 0, "rejected": 0}
+        # Watches records and timers (trace, metrics, lookup index); never changes a decision.
+        self.observer: EngineObserver | None = None
 
     def _topic(self, s: int) -> str:
         return self.params.payment_topic if s == 0 else self.params.ledger_topic
@@ -163,6 +166,10 @@ class PartitionEngine:
             self.meta_dirty = True  # the saved state covers this offset now
         event = parse_payment(key, value) if s == 0 else parse_ledger(key, value)
         if type(event) is Rejection:
+            if self.observer is not None:  # (the shell drops redeliveries before the engine)
+                self.observer.taken(
+                    stream, offset, timestamp_ms, key, value, None, None, self.watermark_ms, event.reason
+                )
             return self._reject(stream, offset, key, value, timestamp_ms, event)
         assert not isinstance(event, Rejection)
         self.stats["records"] += 1
@@ -186,6 +193,8 @@ class PartitionEngine:
             eff = self.forced_ms
         self.silent[s] = False
         ref = event.reference
+        if self.observer is not None:
+            self.observer.taken(stream, offset, timestamp_ms, key, value, event, eff, self.watermark_ms, None)
         item: Item = (eff, RECORD, s, offset, ref, event)
         heapq.heappush(self.heap, item)
         if self.persistent:
@@ -389,6 +398,8 @@ class PartitionEngine:
                     self._schedule_retention(st)
                 elif st.cycle_deadline_ms is None and not st.holds:
                     del refs[ref]
+                    if self.observer is not None:
+                        self.observer.dropped(ref, due, watermark_ms, st)
                 # else: the deadline or the hold's end reschedules retention.
                 if persistent:
                     dirty.add(ref)
@@ -408,7 +419,11 @@ class PartitionEngine:
                     st = refs[ref] = ReferenceState(ref)
                 had_request = st.request is not None
                 had_holds = bool(st.holds)
+                obs = self.observer
+                duplicate = obs is not None and st.has_seen(s, event.event_id)
                 decisions, opened = st.apply(_STREAMS[s], offset, eff, event, p.timeout_ms, self.partition)
+                if obs is not None:
+                    obs.processed(_STREAMS[s], offset, eff, watermark_ms, event, duplicate, st, decisions)
                 if not had_request and st.request is not None:
                     minute = eff // MINUTE_MS
                     # A request the burst signals already counted ahead of the decisions.
@@ -427,7 +442,11 @@ class PartitionEngine:
                 if st is None or st.cycle_deadline_ms != eff:
                     continue
                 n_holds = len(st.holds)
-                out.extend(st.on_deadline(eff, self.partition, incidents, max_hold_ms, grace_ms))
+                numbers = (st.net, st.settled, st.active)
+                fired = st.on_deadline(eff, self.partition, incidents, max_hold_ms, grace_ms)
+                if self.observer is not None:
+                    self.observer.deadline(ref, eff, watermark_ms, numbers, st, fired)
+                out.extend(fired)
                 if len(st.holds) > n_holds:
                     hold = st.holds[-1]
                     self.held_refs.add(ref)

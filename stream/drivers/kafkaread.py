@@ -22,6 +22,7 @@ def read_topics(
     from_ms: int | None = None,
     to_ms: int | None = None,
     poll_timeout_ms: int = 1000,
+    partitions: set[int] | None = None,
 ) -> Iterator[KafkaRecord]:
     """Records of `topics` with Kafka timestamps in [from_ms, to_ms), per partition in offset
     order. `client`: the settings to connect with (a bare address means PLAINTEXT)."""
@@ -43,7 +44,7 @@ def read_topics(
             parts = consumer.partitions_for_topic(topic)
             if not parts:
                 raise SystemExit(f"topic {topic!r} does not exist on {bootstrap}")
-            tps.extend(TopicPartition(topic, p) for p in sorted(parts))
+            tps.extend(TopicPartition(topic, p) for p in sorted(parts) if partitions is None or p in partitions)
         consumer.assign(tps)
         begin = consumer.beginning_offsets(tps)
         end = consumer.end_offsets(tps)

@@ -68,8 +68,8 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             if v["kind"] == "FAILURE_BURST":
                 window = v.get("window") or {}
                 incident_lines.append(
-                    f"[{_text(v['severity'])}] {_text(v['status']):<8} {_text(window.get('start', '?'))} .. "
-                    f"{_text(window.get('end', '?'))} {_text(v['summary'], 1000)}"
+                    f"[{_text(v['severity'])}] {_text(v['status']):<8} {_when(window.get('start'))} .. "
+                    f"{_when(window.get('end'))} {_text(v['summary'], 1000)}"
                 )
             else:
                 alert_lines.append(f"[{_text(v['severity'])}] {_text(v['kind'])}: {_text(v['summary'], 1000)}")
@@ -98,6 +98,17 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
 
 def _text(v: object, max_chars: int = 64) -> str:
     return escape_text(str(v), max_chars)
+
+
+def _when(text: str | None) -> str:
+    # Incident windows in WIB with UTC beside, like the summaries (issue 10).
+    from ..core.eventtime import BadTimestamp, parse_ms
+    from .wib import wib_and_utc
+
+    try:
+        return wib_and_utc(parse_ms(text)) if text else "?"
+    except BadTimestamp:
+        return _text(text)
 
 
 def render(summary: dict[str, Any], max_alert_lines: int = 15) -> str:

@@ -175,6 +175,9 @@ def run(args: argparse.Namespace, client: "Settings | None" = None) -> int:
         print(f"simulate: {error}", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    from stream.drivers.progress import Progress
+
+    records = Progress(f"simulate {args.scenario}").wrap(records)
     if args.out is not None:
         if args.out == "-":
             count = write_replay(records, sys.stdout.buffer)

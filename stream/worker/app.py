@@ -20,10 +20,14 @@ from ..security import aiokafka_config, faust_credentials, topic_configs
 from ..settings import Settings
 from .batches import finish_before_ack
 from .bursts import BurstShell
+from .feeds import TopicSilence
 from .gapfill import BrokerGapFetcher
 from .incidents import follow_incidents_topic
+from .metrics import WorkerMetrics
+from .pages import add_pages
 from .recovery import RecoveryWatchdog, restart_self
 from .shell import ReconcileShell
+from .watch import WorkerWatch
 
 log = logging.getLogger("qris_guard.worker")
 
@@ -150,19 +154,32 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     async def flush() -> None:
         await app.producer.flush()
 
+    # What the worker saw, for /metrics, the lookup API and the dashboard: every output passes by.
+    watch = WorkerWatch(settings)
+    watched_send = watch.wrap_send(send)
     store = TableStore(app, state)
     gaps = BrokerGapFetcher(aiokafka_config(settings))
     shell = ReconcileShell(
-        settings, store, send, flush, store.write_changelog, lambda: app.consumer.assignment(), fetch_gap=gaps.fetch
+        settings,
+        store,
+        watched_send,
+        flush,
+        store.write_changelog,
+        lambda: app.consumer.assignment(),
+        fetch_gap=gaps.fetch,
     )
+    shell.on_engine = watch.watch_engine
+    shell.on_idle = TopicSilence((settings.payment_topic, settings.ledger_topic), lambda: shell.engines)
+    metrics = WorkerMetrics(watch, lambda: shell.engines, lambda t, p: _highwater(app, t, p))
 
     @app.agent(inputs, name="reconcile_payments")
     async def reconcile_payments(stream: faust.StreamT[bytes]) -> None:
         """Decode, decide, send: one batch of both input topics at a time."""
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            await finish_before_ack(shell.process_batch(events))
+            with metrics.batch_seconds.time():
+                await finish_before_ack(shell.process_batch(events))
 
-    bursts = BurstShell(settings, input_partitions or settings.partitions, send, flush)
+    bursts = BurstShell(settings, input_partitions or settings.partitions, watched_send, flush)
 
     @app.agent(signals, name="score_failure_bursts")
     async def score_failure_bursts(stream: faust.StreamT[bytes]) -> None:
@@ -201,12 +218,24 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
 
     @app.on_partitions_assigned.connect  # type: ignore[misc]
     async def on_assigned(app_: Any, assigned: Any = None, **kwargs: Any) -> None:
+        watch.rebalances += 1
+        watch.keep_partitions({tp.partition for tp in assigned or () if tp.topic == settings.payment_topic})
         if not watching:
             watching.append(asyncio.ensure_future(watch_state_recovery()))
         async with shell.lock:  # never in the middle of a batch
             shell.forget_partitions()
         async with bursts.lock:
             bursts.forget()
+
+    @app.on_rebalance_complete.connect  # type: ignore[misc]
+    async def on_recovered(app_: Any, **kwargs: Any) -> None:
+        # The tables are recovered: restore the engines of every input partition assigned here
+        # now, not at their next record, so the lookup API, /metrics and the dashboard see a
+        # quiet partition's state too (a batch would restore them the same way).
+        async with shell.lock:
+            for tp in sorted(app.consumer.assignment()):
+                if tp.topic == settings.payment_topic and tp.partition not in shell.engines:
+                    shell.engine(tp.partition)
 
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def on_revoked(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
@@ -227,7 +256,15 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             return web.json({"ready": False, "reason": reason}, status=503)
         return web.json({"ready": True})
 
+    add_pages(app, settings, shell, watch, metrics)
     return app, shell
+
+
+def _highwater(app: faust.App, topic: str, partition: int) -> int | None:
+    try:
+        return int(app.consumer.highwater(TP(topic, partition)))
+    except Exception:  # not assigned here, or not fetched yet
+        return None
 
 
 async def not_ready_reason(app: faust.App, settings: Settings, timeout_s: float = 3.0) -> str | None:
@@ -252,7 +289,13 @@ async def not_ready_reason(app: faust.App, settings: Settings, timeout_s: float 
 
 
 class _Worker(faust.Worker):
+    json_logs = False
+
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        if self.json_logs:
+            from .logs import use_json
+
+            use_json(logger)
         # Client libraries log every message's key and value at DEBUG (customer data):
         # never below INFO, whatever the worker's level. It also spares a log record per send.
         for name in ("aiokafka", "kafka", "faust", "mode"):
@@ -267,6 +310,7 @@ def run_worker(settings: Settings) -> int:
 
         uvloop.install()  # before Faust makes its loop: about a quarter more records/s here
     app, _shell = build_app(settings, _input_partitions(settings))
+    _Worker.json_logs = settings.log_format == "json"
     worker = _Worker(app, loglevel=settings.log_level.upper(), override_logging=True)
     worker.execute_from_commandline()
     return 0

@@ -111,6 +111,10 @@ class ReconcileShell:
         self.incidents_known_through_ms = NEG_INF
         self.released_at_restore: list[Decision] = []
         self.lock = asyncio.Lock()
+        # Called with each engine made or restored here (metrics, the lookup index watch it).
+        self.on_engine: Callable[[PartitionEngine], None] | None = None
+        # Rewrites the idle check's decisions (one FEED_SILENT per topic, and its recovery).
+        self.on_idle: Callable[[list[Decision]], list[Decision]] | None = None
         self.counts: dict[str, int] = {
             "records": 0,
             "refunds": 0,
@@ -149,6 +153,8 @@ class ReconcileShell:
             if self.params.holds:
                 self.released_at_restore.extend(eng.on_incidents(self.incident_events, self.incidents_known_through_ms))
             self.clocks[partition] = PartitionClock()
+            if self.on_engine is not None:
+                self.on_engine(eng)
             log.info(
                 "partition %d: state restored (%d references, %d waiting items, watermark %s, offsets taken %s)",
                 partition,
@@ -366,7 +372,9 @@ class ReconcileShell:
                 if got or eng.meta_dirty:
                     decisions.extend(got)
                     touched.add(p)
-            if touched:
+            if self.on_idle is not None:  # per-topic silent-feed alerts (`feeds`)
+                decisions = self.on_idle(decisions)
+            if touched or decisions:
                 await self._emit_and_persist(decisions, touched)
 
     def stats(self) -> dict[str, Any]:

@@ -1,0 +1,61 @@
+"""Routing fields of every alert: a `dedup_key` and flat string `labels` that Alertmanager and
+PagerDuty (Events API v2) understand, derived from the alert itself (docs/alert-routing.md).
+
+The dedup key groups the alerts of one problem: the incident id of a `FAILURE_BURST` (opened,
+updated, resolved share it), the refund of a cancellation, the reference of an over-refund, the
+topic partition of dead letters and clock skew, the topic of a silent feed. Deterministic, like
+every output. Imports nothing outside the core.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SERVICE = "qris-guard"
+
+
+def dedup_key(value: dict[str, Any]) -> str:
+    """The key that groups repeated alerts of one problem.
+
+    >>> dedup_key({"kind": "FAILURE_BURST", "incident_id": "inc_1", "scope": {"type": "switch", "id": "X"}})
+    'inc_1'
+    >>> dedup_key({"kind": "DEAD_LETTER", "topic": "t", "partition": 3, "scope": {"type": "all", "id": "all"}})
+    'DEAD_LETTER:t:3'
+    """
+    kind = value["kind"]
+    if kind == "FAILURE_BURST" and value.get("incident_id"):
+        return str(value["incident_id"])
+    if kind in ("LATE_SETTLEMENT", "LATE_REVERSAL") and value.get("refund_id"):
+        return f"{kind}:{value['refund_id']}"
+    if kind == "OVER_REFUND" and value.get("reference"):
+        return f"OVER_REFUND:{value['reference']}"
+    if kind == "FEED_SILENT" and value.get("topic"):
+        return f"FEED_SILENT:{value['topic']}"
+    if value.get("topic") is not None and value.get("partition") is not None:
+        return f"{kind}:{value['topic']}:{value['partition']}"
+    scope = value["scope"]
+    return f"{kind}:{scope['type']}:{scope['id']}"
+
+
+def labels(value: dict[str, Any]) -> dict[str, str]:
+    """Flat string labels: `alertname` (the kind), `severity`, `kind`, `scope_type`, `scope_id`,
+    `service`, and `status` / `topic` / `partition` when the alert has them."""
+    scope = value["scope"]
+    out = {
+        "alertname": str(value["kind"]),
+        "severity": str(value["severity"]),
+        "kind": str(value["kind"]),
+        "scope_type": str(scope["type"]),
+        "scope_id": str(scope["id"]),
+        "service": SERVICE,
+    }
+    for name in ("status", "topic", "partition"):
+        if value.get(name) is not None:
+            out[name] = str(value[name])
+    return out
+
+
+def add_routing(value: dict[str, Any]) -> None:
+    """Add `dedup_key` and `labels` to an alert value (in place, before it is sent)."""
+    value["dedup_key"] = dedup_key(value)
+    value["labels"] = labels(value)

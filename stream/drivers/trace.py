@@ -1,0 +1,449 @@
+"""`qris-guard trace REF`: why one reference got the decisions it got, or none.
+
+Re-runs the core over the input of the partition(s) holding the reference (offline, like
+`replay`), with an `EngineObserver` attached that collects the facts of that one reference:
+each input record (partition, offset, Kafka time, occurred_at, effective time, accepted,
+duplicate or dead-lettered and why, the watermark on arrival and when processed), every
+deadline with its numbers, retention, and the decisions (refunds, cancellations, holds, alerts).
+Nothing is parsed back from printed output. Reads records given to it; the CLI does the I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core import codec
+from ..core.burst import BurstParams
+from ..core.decisions import Decision
+from ..core.eventtime import BadTimestamp, format_ms, parse_ms
+from ..core.partition import NEG_INF, Params
+from ..core.records import LedgerEvent, PaymentEvent, Stream
+from ..core.reference import ReferenceState
+from .replay import Replay
+from .replayfile import KafkaRecord
+from .wib import wib_and_utc
+
+REFUND_WORDS = {
+    "refund.requested": "refund requested",
+    "refund.cancel_requested": "refund cancelled",
+    "refund.held": "refund HELD",
+    "refund.hold_released": "hold released (no refund)",
+}
+
+
+REASON_WORDS = {
+    "SETTLEMENT_TIMEOUT": "debited and neither settled nor failed by the deadline",
+    "PAYMENT_FAILED": "debited although the payment failed",
+    "EXCESS_DEBIT": "debited more than the settled amount",
+}
+
+
+def _value_reference(value: bytes | None) -> str | None:
+    try:
+        v = codec.loads(value) if value else None
+    except Exception:  # a dead letter's bytes need not be JSON
+        return None
+    ref = v.get("reference") if isinstance(v, dict) else None
+    return ref if isinstance(ref, str) else None
+
+
+@dataclass
+class TraceObserver:
+    """Collects the facts of one reference from a `PartitionEngine` (the core's observer hook)."""
+
+    reference: str
+    partition: int
+    topics: tuple[str, str]
+    records: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    deadlines: list[dict[str, Any]] = field(default_factory=list)
+    dropped_at: dict[str, Any] | None = None
+
+    def _mine(self, key: bytes | None, value: bytes | None, event: PaymentEvent | LedgerEvent | None) -> bool:
+        if event is not None:
+            return event.reference == self.reference
+        return key == self.reference.encode() or _value_reference(value) == self.reference
+
+    def taken(
+        self,
+        stream: Stream,
+        offset: int,
+        timestamp_ms: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        event: PaymentEvent | LedgerEvent | None,
+        eff_ms: int | None,
+        watermark_ms: int,
+        rejection: str | None,
+    ) -> None:
+        if not self._mine(key, value, event):
+            return
+        fact: dict[str, Any] = {
+            "topic": self.topics[int(stream)],
+            "stream": stream.name,
+            "partition": self.partition,
+            "offset": offset,
+            "kafka_time_ms": timestamp_ms,
+            "watermark_on_arrival_ms": watermark_ms,
+        }
+        if event is None:
+            fact.update(outcome="dead-lettered", reason=rejection)
+        else:
+            fact.update(
+                event_id=event.event_id,
+                type=event.type,
+                amount=event.amount,
+                occurred_at=event.occurred_at,
+                occurred_at_ms=event.occurred_at_ms,
+                effective_ms=eff_ms,
+                outcome="waiting",
+                reason=(
+                    f"late: effective time raised to its stream's maximum - A ({format_ms(eff_ms)})"
+                    if eff_ms is not None and eff_ms > event.occurred_at_ms
+                    else None
+                ),
+            )
+        self.records[(int(stream), offset)] = fact
+
+    def processed(
+        self,
+        stream: Stream,
+        offset: int,
+        eff_ms: int,
+        watermark_ms: int,
+        event: PaymentEvent | LedgerEvent,
+        duplicate: bool,
+        state: ReferenceState,
+        decisions: list[Decision],
+    ) -> None:
+        if event.reference != self.reference:
+            return
+        fact = self.records.get((int(stream), offset))
+        if fact is None:
+            return
+        fact["watermark_when_processed_ms"] = watermark_ms
+        if duplicate:
+            fact["outcome"] = "duplicate"
+            fact["reason"] = f"event_id {event.event_id} already processed on this stream: ignored"
+        else:
+            fact["outcome"] = "accepted"
+            fact["after"] = {"net": state.net, "settled": state.settled, "active": state.active}
+
+    def deadline(
+        self,
+        reference: str,
+        deadline_ms: int,
+        watermark_ms: int,
+        numbers: tuple[int, int, int],
+        state: ReferenceState,
+        decisions: list[Decision],
+    ) -> None:
+        if reference != self.reference:
+            return
+        net, settled, active = numbers
+        refunds = [d.value for d in decisions if d.role == "refunds"]
+        self.deadlines.append(
+            {
+                "deadline_ms": deadline_ms,
+                "watermark_ms": watermark_ms,
+                "net": net,
+                "settled": settled,
+                "active": active,
+                "owed": net - settled - active,
+                "decided": [(r["type"], r["refund_id"]) for r in refunds],
+            }
+        )
+
+    def dropped(self, reference: str, at_ms: int, watermark_ms: int, state: ReferenceState) -> None:
+        if reference == self.reference:
+            self.dropped_at = {"at_ms": at_ms, "watermark_ms": watermark_ms, "last_effective_ms": state.last_eff_ms}
+
+
+def _decides_about(d: Decision, reference: str) -> bool:
+    v = d.value
+    if d.role == "refunds":
+        return bool(v.get("reference") == reference)
+    if d.role == "alerts":
+        return v.get("reference") == reference or reference in (v.get("references") or ())
+    return False
+
+
+def partitions_of(records: Iterable[KafkaRecord], reference: str, topics: tuple[str, str]) -> set[int]:
+    """Partitions whose input mentions `reference` (key, or the text of the value)."""
+    ref = reference.encode()
+    return {
+        r.partition for r in records if r.topic in topics and (r.key == ref or (r.value is not None and ref in r.value))
+    }
+
+
+def trace(
+    records: Iterable[KafkaRecord],
+    reference: str,
+    params: Params,
+    partitions: set[int],
+    *,
+    drain: bool = False,
+    burst: BurstParams | None = None,
+    all_partitions: bool = False,
+) -> dict[str, Any] | None:
+    """The facts of `reference` from a replay of `records` of `partitions` (all records when
+    `all_partitions`, which also runs the burst detector). None if no record names it.
+
+    With refund holds on, decisions depend on the incidents, which need every partition: as
+    `replay` does, a first pass over all records finds the detector's incident timeline, and
+    the observed pass decides with it (only `partitions`, unless `all_partitions`)."""
+    topics = (params.payment_topic, params.ledger_topic)
+    burst = burst or BurstParams()
+    timeline: list[Decision] | None = None
+    if getattr(params, "holds", False):
+        records = list(records)
+        r, timeline = _with_incidents(records, params, burst, drain)
+    else:
+        r = Replay(params, burst)
+    observers: dict[int, TraceObserver] = {}
+    decisions: list[tuple[int, Decision]] = []
+    read = 0
+    for rec in records:
+        if not all_partitions and rec.partition not in partitions:
+            continue
+        read += 1
+        if rec.partition not in observers and rec.topic in topics:
+            obs = observers[rec.partition] = TraceObserver(reference, rec.partition, topics)
+            r.engine(rec.partition).observer = obs
+        decisions.extend((rec.partition, d) for d in r.feed(rec))
+    if drain:
+        decisions.extend(r.drain())
+    incidents: list[dict[str, Any]] = []
+    if timeline is not None:
+        incidents = [d.value for d in timeline]
+    elif all_partitions:
+        incidents = [d.value for d in r.bursts()]
+    facts = [f for o in observers.values() for f in o.records.values()]
+    if not facts:
+        return None
+    # Processing order (eff, stream, offset); dead letters, which have no effective time, last.
+    facts.sort(
+        key=lambda f: (
+            f["partition"],
+            f["outcome"] == "dead-lettered",
+            f.get("effective_ms") or 0,
+            f["stream"],
+            f["offset"],
+        )
+    )
+    mine = [(p, d) for p, d in decisions if _decides_about(d, reference)]
+    out_decisions: list[dict[str, Any]] = [
+        {"partition": p, "role": d.role, "at_ms": d.at_ms, "value": d.value} for p, d in mine
+    ]
+    held = {d.value.get("incident_id") for _p, d in mine if d.value.get("type") == "refund.held"}
+    behind = [i for i in incidents if i.get("incident_id") in held]
+    deadlines = [x for o in observers.values() for x in o.deadlines]
+    dropped = next((o.dropped_at for o in observers.values() if o.dropped_at), None)
+    finals = [(p, r.engines[p]) for p in observers]
+    final: dict[str, Any] | None = None
+    watermarks = {str(p): eng.watermark_ms for p, eng in finals}
+    for _p, eng in finals:
+        st = eng.refs.get(reference)
+        if st is not None:
+            final = {
+                "net": st.net,
+                "settled": st.settled,
+                "active": st.active,
+                "open_deadline_ms": st.cycle_deadline_ms,
+                "failed": st.failure is not None,
+                "refunds": [
+                    {"refund_id": x.refund_id, "amount": x.amount, "reason": x.reason, "active": x.active}
+                    for x in st.refunds
+                ],
+            }
+    result = {
+        "reference": reference,
+        "partitions": sorted(observers),
+        "records_replayed": read,
+        "records": facts,
+        "deadlines": deadlines,
+        "decisions": out_decisions,
+        "incidents_behind_holds": behind,
+        "incidents_known": all_partitions or timeline is not None,
+        "dropped": dropped,
+        "final": final,
+        "watermark_ms": watermarks,
+        "drained": drain,
+    }
+    result["why"] = explain(result)
+    return result
+
+
+def _with_incidents(
+    records: list[KafkaRecord], params: Params, burst: BurstParams, drain: bool
+) -> tuple[Replay, list[Decision]]:
+    """Holds on: the detector's alerts from a first pass over every record (holds off, as
+    `replay` does) and a `Replay` that decides with their incident timeline."""
+    from dataclasses import replace
+
+    from .replay import incident_timeline, run_detector  # the holds-era replay
+
+    first = Replay(replace(params, max_hold_ms=0), burst)  # type: ignore[call-arg,unused-ignore]
+    for rec in records:
+        first.feed(rec)
+    if drain:
+        for _ in first.drain():
+            pass
+    bursts, closed_through = run_detector(first.signals, first.engines, burst)
+    events, known_through_ms = incident_timeline(bursts, closed_through, params, drain=drain)
+    second = replace(params, burst_signals=False)
+    return Replay(second, burst, incidents=events, incidents_known_through_ms=known_through_ms), bursts
+
+
+def explain(t: dict[str, Any]) -> list[str]:
+    """One line per reason the reference got what it got (or nothing)."""
+    lines: list[str] = []
+    types = [d["value"].get("type") for d in t["decisions"] if d["role"] == "refunds"]
+    for d in t["decisions"]:
+        v = d["value"]
+        if d["role"] != "refunds":
+            continue
+        if v["type"] == "refund.requested":
+            why = REASON_WORDS.get(v["reason"], v["reason"])
+            lines.append(f"Refund {v['refund_id']} of {_rp(v['amount'])} requested: {why}.")
+        elif v["type"] == "refund.cancel_requested":
+            what = "a settlement" if v["reason"] == "LATE_SETTLEMENT" else "a ledger reversal"
+            lines.append(f"Refund {v['refund_id']} cancelled: {what} arrived after it was requested.")
+        elif v["type"] == "refund.held":
+            lines.append(
+                f"Refund {v['refund_id']} held while incident {v.get('incident_id')} is open; "
+                f"paid by {_text_time(v.get('release_by'))} at the latest unless the payment settles."
+            )
+        elif v["type"] == "refund.hold_released":
+            lines.append(f"Hold {v['refund_id']} released without a refund: the payment settled or was reversed.")
+    accepted = [f for f in t["records"] if f["outcome"] == "accepted"]
+    debits = [f for f in accepted if f.get("type") == "debited"]
+    waiting = [f for f in t["records"] if f["outcome"] == "waiting"]
+    for dl in t["deadlines"]:
+        if dl["owed"] <= 0:
+            lines.append(
+                f"At the deadline {wib_and_utc(dl['deadline_ms'])}: owed = net {dl['net']} - settled {dl['settled']}"
+                f" - active refunds {dl['active']} = {dl['owed']}: nothing owed, no refund."
+            )
+    if waiting:
+        w = max(t["watermark_ms"].values(), default=NEG_INF)
+        lines.append(
+            f"{len(waiting)} record(s) still waiting for the watermark (now {wib_and_utc(w)}): "
+            "not processed yet; replay with --drain to process the end of the input."
+        )
+    final = t["final"]
+    if final is not None and final["open_deadline_ms"] is not None:
+        w = max(t["watermark_ms"].values(), default=NEG_INF)
+        lines.append(
+            f"Not yet due: the open cycle's deadline is {wib_and_utc(final['open_deadline_ms'])}; the watermark "
+            f"reached only {wib_and_utc(w)} (a deadline fires once the watermark is past it)."
+        )
+    if t["dropped"] is not None:
+        lines.append(
+            f"State expired: dropped by retention at {wib_and_utc(t['dropped']['at_ms'])} (last record "
+            f"{wib_and_utc(t['dropped']['last_effective_ms'])}); a later record starts afresh."
+        )
+    if not debits and not waiting:
+        lines.append("No debit was processed: the customer's money was not taken, so nothing is refunded.")
+    if not types and not lines:
+        lines.append("No refund was decided.")
+    if "refund.held" in types and not t["incidents_known"]:
+        lines.append("A hold names its incident; trace with --all-partitions to see the incident itself.")
+    return lines
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+def _text_time(text: Any) -> str:
+    try:
+        return wib_and_utc(parse_ms(text)) if isinstance(text, str) else "?"
+    except BadTimestamp:
+        return str(text)
+
+
+def _rp(amount: int | None) -> str:
+    from ..core.alerts import rupiah
+
+    return rupiah(amount) if amount is not None else "-"
+
+
+def render(t: dict[str, Any]) -> str:
+    """Human text: a few lines per record and decision, times in WIB with UTC beside."""
+    ref = t["reference"]
+    lines = [
+        f"Reference {ref}: partition {', '.join(map(str, t['partitions']))}, "
+        f"{len(t['records'])} input record(s), {len(t['decisions'])} decision(s). Times: WIB (UTC+7), UTC in brackets."
+    ]
+    lines.append("Input records (in processing order; dead-lettered ones last):")
+    for f in t["records"]:
+        where = f"{f['topic']}[{f['partition']}]@{f['offset']}"
+        kafka = wib_and_utc(f["kafka_time_ms"]) if f["kafka_time_ms"] is not None else "no Kafka time"
+        if f["outcome"] == "dead-lettered":
+            lines.append(f"  {where} DEAD-LETTERED: {f['reason']} (Kafka time {kafka})")
+            continue
+        lines.append(f"  {where} {f['type']} {_rp(f['amount'])} event_id {f['event_id']}: {f['outcome'].upper()}")
+        lines.append(
+            f"      occurred_at {f['occurred_at']}; effective {wib_and_utc(f['effective_ms'])}; Kafka time {kafka}"
+        )
+        wp = f.get("watermark_when_processed_ms")
+        lines.append(
+            f"      watermark on arrival {wib_and_utc(f['watermark_on_arrival_ms'])}"
+            + (f", processed when it reached {wib_and_utc(wp)}" if wp is not None else ", not processed yet")
+        )
+        if f.get("reason"):
+            lines.append(f"      {f['reason']}")
+        if f.get("after"):
+            a = f["after"]
+            lines.append(
+                f"      after it: net {_rp(a['net'])}, settled {_rp(a['settled'])}, active refunds {_rp(a['active'])}"
+            )
+    if t["deadlines"]:
+        lines.append("Deadlines:")
+        for dl in t["deadlines"]:
+            what = ", ".join(f"{k} {rid}" for k, rid in dl["decided"]) or "nothing"
+            lines.append(
+                f"  {wib_and_utc(dl['deadline_ms'])}: owed = net {dl['net']} - settled {dl['settled']} - active "
+                f"{dl['active']} = {dl['owed']} -> {what}"
+            )
+    lines.append("Decisions:" if t["decisions"] else "Decisions: none")
+    for d in t["decisions"]:
+        v = d["value"]
+        if d["role"] == "refunds":
+            word = REFUND_WORDS.get(v["type"], v["type"])
+            line = f"  {word} {v['refund_id']} {_rp(v['amount'])} reason {v['reason']} at {wib_and_utc(d['at_ms'])}"
+            if v.get("cancels_refund_id"):
+                line += f" (cancels {v['cancels_refund_id']}, cancel_id {v.get('cancel_id')})"
+            lines.append(line)
+            ev = v.get("evidence") or {}
+            if "net_debited" in ev:
+                lines.append(
+                    f"      numbers: net {ev['net_debited']}, settled {ev['settled_amount']}, "
+                    f"active before {ev['active_refunds_before']}"
+                )
+            if v["type"] == "refund.held":
+                lines.append(
+                    f"      held for incident {v.get('incident_id')}; paid by {_text_time(v.get('release_by'))} "
+                    "at the latest unless the payment settles"
+                )
+            hold = v.get("hold")
+            if isinstance(hold, dict):
+                since, until = _text_time(hold.get("held_from")), _text_time(hold.get("held_until"))
+                lines.append(
+                    f"      after a hold from {since} to {until}"
+                    f" ({(hold.get('held_ms') or 0) / 60_000:.0f} min), ended by {hold.get('released_because')}"
+                    f", incident {hold.get('incident_id')}"
+                )
+        else:
+            lines.append(f"  alert {v['kind']} [{v['severity']}]: {v['summary']}")
+    # Each incident behind a hold: the alert that opened it and its latest one.
+    by_incident: dict[str, list[dict[str, Any]]] = {}
+    for inc in t["incidents_behind_holds"]:
+        by_incident.setdefault(str(inc.get("incident_id")), []).append(inc)
+    for alerts in by_incident.values():
+        for inc in [alerts[0]] if len(alerts) == 1 else [alerts[0], alerts[-1]]:
+            lines.append(f"  incident {inc.get('incident_id')} {inc.get('status')}: {inc.get('summary')}")
+    lines.append("Why:")
+    lines += [f"  {x}" for x in t["why"]]
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""The operations dashboard (`/qris/dashboard`): one server-rendered HTML page, no JavaScript,
+no CDN, refreshed by the browser every few seconds. What is burning (open incidents with scope,
+exposure and holds), refunds / holds / cancellations per minute, feed health per partition
+(watermark delay, records waiting, silent feeds) and dead letters.
+
+Every text that comes from input or alerts is HTML-escaped. Pure rendering: no Faust imports.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from ..core.alerts import rupiah
+from ..core.eventtime import BadTimestamp, parse_ms
+from ..core.partition import PartitionEngine
+from ..drivers.wib import wib_and_utc
+from .watch import WorkerWatch
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#1d2330;background:#f7f8fa}
+h1{font-size:1.4em;margin:0 0 .2em} h2{font-size:1.1em;margin:1.4em 0 .4em}
+table{border-collapse:collapse;background:#fff;min-width:40em}
+td,th{border:1px solid #d5d9e0;padding:.3em .6em;text-align:left}
+th{background:#eceff4} .num{text-align:right} .bad{color:#b00020;font-weight:600} .ok{color:#1b7f3b}
+.bar{display:inline-block;height:.8em;background:#3b6fd8;vertical-align:middle} .held{background:#d89b3b}
+.cancel{background:#8a8a8a} .muted{color:#667}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def render(
+    watch: WorkerWatch, engines: dict[int, PartitionEngine], now_s: float, app_id: str, refresh_s: int = 5
+) -> str:
+    now_ms = int(now_s * 1000)
+    out = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        f'<meta http-equiv="refresh" content="{refresh_s}">',
+        f"<title>qris-guard: {_e(app_id)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>qris-guard operations: {_e(app_id)}</h1>",
+        f"<div class=muted>This worker, {wib_and_utc(now_ms)}; partitions {_e(sorted(engines)) or 'none yet'}."
+        " Times are WIB (UTC+7), UTC in brackets.</div>",
+    ]
+    out += _incidents(watch)
+    out += _per_minute(watch)
+    out += _feeds(watch, engines, now_ms)
+    out += _dead_letters(watch)
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _incidents(watch: WorkerWatch) -> list[str]:
+    out = [
+        f'<h2 id=incidents>Open incidents: <span class="{"bad" if watch.incidents else "ok"}">'
+        f"{len(watch.incidents)}</span></h2>"
+    ]
+    if not watch.incidents:
+        return [*out, "<p class=ok>Nothing is burning.</p>"]
+    out.append(
+        "<table><tr><th>scope</th><th>status</th><th>since</th><th class=num>payments bad</th>"
+        "<th class=num>exposure</th><th class=num>holds</th><th>summary</th></tr>"
+    )
+    for inc in sorted(watch.incidents.values(), key=lambda v: -int(v.get("exposure_idr") or 0)):
+        holds = [h for h in watch.holds.values() if h.get("incident_id") == inc.get("incident_id")]
+        held = f"{len(holds)} ({rupiah(sum(int(h['amount']) for h in holds))})" if holds else "0"
+        window = inc.get("window") or {}
+        out.append(
+            f"<tr class=incident><td>{_e(inc['scope']['type'])} {_e(inc['scope']['id'])}</td>"
+            f"<td class=bad>{_e(inc.get('status'))}</td>"
+            f"<td>{_e(_since(window.get('start')))}</td><td class=num>{_e(inc.get('affected_payments'))}</td>"
+            f"<td class=num>{_e(rupiah(int(inc.get('exposure_idr') or 0)))}</td><td class=num>{_e(held)}</td>"
+            f"<td>{_e(inc.get('summary'))}</td></tr>"
+        )
+    out.append("</table>")
+    return out
+
+
+def _duration(seconds: float) -> str:
+    """A delay as people read it: `42 s`, `12.5 min`, `3.2 h`, `613.0 d`."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if abs(seconds) >= 2 * size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:,.0f} s"
+
+
+def _since(start: str | None) -> str:
+    try:
+        return wib_and_utc(parse_ms(start)) if start else "-"
+    except BadTimestamp:
+        return str(start)
+
+
+def _per_minute(watch: WorkerWatch) -> list[str]:
+    rows = watch.minutes(15)
+    top = max([sum(c.values()) for _m, c in rows] + [1])
+    out = [
+        "<h2>Refunds, holds and cancellations per minute (last 15, wall clock)</h2>",
+        "<table><tr><th>minute (WIB)</th><th class=num>requested</th><th class=num>held</th>"
+        "<th class=num>cancelled</th><th></th></tr>",
+    ]
+    for minute, c in rows:
+        bars = "".join(
+            f'<span class="bar {cls}" style="width:{int(200 * c.get(kind, 0) / top)}px"></span>'
+            for kind, cls in (("requested", ""), ("held", "held"), ("cancelled", "cancel"))
+        )
+        out.append(
+            f"<tr><td>{_e(wib_and_utc(minute * 60_000)[11:16])}</td><td class=num>{c.get('requested', 0)}</td>"
+            f"<td class=num>{c.get('held', 0)}</td><td class=num>{c.get('cancelled', 0)}</td><td>{bars}</td></tr>"
+        )
+    out.append("</table>")
+    r = watch.refund_rupiah
+    out.append(
+        f"<p>Since start: requested {_e(rupiah(r.get('requested', 0)))}, held {_e(rupiah(r.get('held', 0)))}, "
+        f"cancelled {_e(rupiah(r.get('cancelled', 0)))}; holds open now: {len(watch.holds)}.</p>"
+    )
+    return out
+
+
+def _feeds(watch: WorkerWatch, engines: dict[int, PartitionEngine], now_ms: int) -> list[str]:
+    out = [
+        "<h2>Feed health</h2><table><tr><th>partition</th><th>watermark</th><th class=num>delay</th>"
+        "<th class=num>waiting</th><th class=num>references</th><th>silent feeds</th></tr>"
+    ]
+    for p, eng in sorted(engines.items()):
+        w = eng.watermark_ms
+        known = w > -(2**61)
+        delay = _duration((now_ms - w) / 1000) if known else "-"
+        silent = [t for t, s in zip(watch.topics, eng.silent, strict=True) if s]
+        waiting = sum(len(v) for v in eng.pending.values())
+        out.append(
+            f"<tr><td>{p}</td><td>{_e(wib_and_utc(w) if known else 'not yet (a stream has no record)')}</td>"
+            f"<td class=num>{_e(delay)}</td><td class=num>{waiting}</td><td class=num>{len(eng.refs)}</td>"
+            f'<td class="{"bad" if silent else "ok"}">{_e(", ".join(silent) or "none")}</td></tr>'
+        )
+    out.append("</table>")
+    return out
+
+
+def _dead_letters(watch: WorkerWatch) -> list[str]:
+    total = sum(watch.dead_letters.values())
+    out = [f"<h2>Dead letters: {total}</h2>"]
+    if total:
+        out.append("<ul>" + "".join(f"<li>{_e(t)}: {n}</li>" for t, n in sorted(watch.dead_letters.items())) + "</ul>")
+    recent = list(watch.recent_alerts)[:10]
+    out.append(f"<h2>Latest alerts ({len(recent)})</h2>")
+    if recent:
+        out.append(
+            "<ul>"
+            + "".join(f"<li>[{_e(a['severity'])}] {_e(a['kind'])}: {_e(a.get('summary'))}</li>" for a in recent)
+            + "</ul>"
+        )
+    return out

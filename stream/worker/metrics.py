@@ -1,0 +1,145 @@
+"""Prometheus metrics of the live worker (`/metrics`), in Prometheus naming conventions:
+`qris_` prefix, units in names, `_total` for counters. docs/metrics.md lists them.
+
+Counters come from `WorkerWatch` (the engines' observer and the outputs sent); per-partition
+gauges (watermark delay, records waiting, state size, consumer lag, silent feeds) are read from
+the engines when scraped, so nothing is kept twice. One registry per app, not the global one.
+No Faust imports: the consumer is passed in as a callable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..core.partition import PartitionEngine
+from .watch import WorkerWatch
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# The consumer's high-water mark of (topic, partition), or None when not known.
+Highwater = Callable[[str, int], int | None]
+
+
+class _WorkerCollector(Collector):
+    def __init__(
+        self,
+        watch: WorkerWatch,
+        engines: Callable[[], dict[int, PartitionEngine]],
+        highwater: Highwater | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.watch = watch
+        self.engines = engines
+        self.highwater = highwater
+        self.clock = clock
+
+    def collect(self) -> Iterator[Any]:
+        w = self.watch
+        c = CounterMetricFamily(
+            "qris_input_records",
+            "Input records by topic and outcome (accepted, duplicate, dead_lettered)",
+            labels=["topic", "outcome"],
+        )
+        for (topic, outcome), n in sorted(w.records_in.items()):
+            c.add_metric([topic, outcome], n)
+        yield c
+        c = CounterMetricFamily(
+            "qris_refund_decisions", "Refund records sent, by type and reason", labels=["type", "reason"]
+        )
+        for (typ, reason), n in sorted(w.refund_decisions.items()):
+            c.add_metric([typ, reason], n)
+        yield c
+        c = CounterMetricFamily(
+            "qris_refund_rupiah", "Rupiah in refund records sent: requested, held, cancelled, released", labels=["kind"]
+        )
+        for kind in ("requested", "held", "cancelled", "released"):
+            c.add_metric([kind], w.refund_rupiah.get(kind, 0))
+        yield c
+        c = CounterMetricFamily("qris_alerts", "Alerts sent, by kind and severity", labels=["kind", "severity"])
+        for (kind, sev), n in sorted(w.alerts.items()):
+            c.add_metric([kind, sev], n)
+        yield c
+        c = CounterMetricFamily("qris_dead_letters", "Input records dead-lettered, by source topic", labels=["topic"])
+        for topic, n in sorted(w.dead_letters.items()):
+            c.add_metric([topic], n)
+        yield c
+        c = CounterMetricFamily("qris_rebalances", "Partition assignments and revocations seen by this worker")
+        c.add_metric([], w.rebalances)
+        yield c
+        g = GaugeMetricFamily(
+            "qris_open_incidents",
+            "FAILURE_BURST incidents open (as sent by this worker), by scope type",
+            labels=["scope_type"],
+        )
+        by_type: dict[str, int] = {t: 0 for t in ("all", "switch", "acquirer", "issuer", "merchant")}
+        for inc in w.incidents.values():
+            by_type[inc["scope"]["type"]] = by_type.get(inc["scope"]["type"], 0) + 1
+        for t, n in by_type.items():
+            g.add_metric([t], n)
+        yield g
+        g = GaugeMetricFamily("qris_refunds_held", "References whose refund is held now (refund.held, not yet ended)")
+        g.add_metric([], len(w.holds))
+        yield g
+        yield from self._partitions()
+
+    def _partitions(self) -> Iterator[Any]:
+        engines = dict(self.engines())
+        now_s = self.clock()
+        delay = GaugeMetricFamily(
+            "qris_watermark_delay_seconds",
+            "Wall-clock time minus the partition's watermark (event time); absent until both streams have a record",
+            labels=["partition"],
+        )
+        waiting = GaugeMetricFamily("qris_records_waiting", "Records waiting for the watermark", labels=["partition"])
+        refs = GaugeMetricFamily("qris_state_references", "References kept in state", labels=["partition"])
+        silent = GaugeMetricFamily(
+            "qris_feed_silent", "1 while an input topic's partition is declared silent", labels=["topic", "partition"]
+        )
+        lag = GaugeMetricFamily(
+            "qris_consumer_lag_records", "High-water mark minus the next offset to take", labels=["topic", "partition"]
+        )
+        topics = self.watch.topics
+        for p, eng in sorted(engines.items()):
+            lp = str(p)
+            w_ms = eng.watermark_ms
+            if w_ms > -(2**61):
+                delay.add_metric([lp], now_s - w_ms / 1000)
+            waiting.add_metric([lp], sum(len(v) for v in eng.pending.values()))
+            refs.add_metric([lp], len(eng.refs))
+            for s, topic in enumerate(topics):
+                silent.add_metric([topic, lp], 1.0 if eng.silent[s] else 0.0)
+                hw = self.highwater(topic, p) if self.highwater is not None else None
+                if hw is not None and hw >= 0:
+                    lag.add_metric([topic, lp], max(0, hw - (eng.last_offset[s] + 1)))
+        yield from (delay, waiting, refs, silent, lag)
+
+
+class WorkerMetrics:
+    """The registry behind `/metrics`."""
+
+    def __init__(
+        self,
+        watch: WorkerWatch,
+        engines: Callable[[], dict[int, PartitionEngine]],
+        highwater: Highwater | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        # `_created` series: noise for a single worker's histogram.
+        disable_created_metrics()  # type: ignore[no-untyped-call,unused-ignore]
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_WorkerCollector(watch, engines, highwater, clock))
+        self.batch_seconds = Histogram(
+            "qris_batch_duration_seconds",
+            "Time to decide, send and persist one input batch",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,110 @@
+"""The worker's web pages for the people around it: `/metrics` (Prometheus), the
+customer-service lookup (`/qris/payments/{reference}`, `/qris/accounts/{account_id}/payments`)
+and `/qris/dashboard`.
+
+The lookup is answered from live state by the worker that owns the reference's partition. A
+worker asked for a reference it does not hold asks every other worker of the group (their URLs
+come from Faust's assignment metadata, `app.router.tables_metadata()`), marking the request as
+forwarded so it is never forwarded again; account queries are answered by every worker and
+merged. The API is off without `QRIS_API_TOKEN` and needs `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import faust
+
+from ..core.eventtime import BadTimestamp, parse_instant
+from ..settings import Settings
+from . import dashboard
+from .lookup import account_payments, lookup_reference, token_ok
+from .metrics import CONTENT_TYPE, WorkerMetrics
+from .shell import ReconcileShell
+from .watch import WorkerWatch
+
+log = logging.getLogger("qris_guard.worker")
+
+FORWARDED = "X-QRIS-Forwarded"
+STATE_TABLE = "reconciliation-state"
+
+
+def add_pages(
+    app: faust.App, settings: Settings, shell: ReconcileShell, watch: WorkerWatch, metrics: WorkerMetrics
+) -> None:
+    def peers() -> list[str]:
+        own = str(app.conf.canonical_url).rstrip("/")
+        try:
+            hosts = app.router.tables_metadata().keys()
+        except Exception:  # no assignment yet
+            return []
+        return sorted({str(h).rstrip("/") for h in hosts} - {own})
+
+    async def ask(urls: list[str], path: str, request: Any) -> list[tuple[int, Any]]:
+        headers = {"Authorization": request.headers.get("Authorization", ""), FORWARDED: "1"}
+        timeout = aiohttp.ClientTimeout(total=3)
+
+        async def one(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+            try:
+                async with session.get(url + path, headers=headers) as resp:
+                    return resp.status, await resp.json(content_type=None)
+            except Exception as exc:  # a peer that is gone is not an answer
+                log.warning("lookup: peer %s did not answer (%s)", url, type(exc).__name__)
+                return 599, None
+
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            return list(await asyncio.gather(*(one(session, u) for u in urls)))
+
+    def refused(web: Any, request: Any) -> Any | None:
+        if not settings.api_token:
+            return web.json({"error": "the lookup API is off: QRIS_API_TOKEN is not set"}, status=404)
+        if not token_ok(settings.api_token, request.headers.get("Authorization")):
+            return web.json(
+                {"error": "a valid bearer token is required"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        return None
+
+    @app.page("/metrics")
+    async def prometheus_metrics(web: Any, request: Any) -> Any:
+        return web.bytes(metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    @app.page("/qris/payments/{reference}")
+    async def payment_lookup(web: Any, request: Any, reference: str) -> Any:
+        no = refused(web, request)
+        if no is not None:
+            return no
+        found = lookup_reference(shell.engines, reference, watch)
+        if found is not None:
+            return web.json(found)
+        if not request.headers.get(FORWARDED):
+            for status, body in await ask(peers(), f"/qris/payments/{reference}", request):
+                if status == 200:
+                    return web.json(body)
+        return web.json({"error": f"unknown reference (no live state of it on any worker): {reference}"}, status=404)
+
+    @app.page("/qris/accounts/{account_id}/payments")
+    async def account_lookup(web: Any, request: Any, account_id: str) -> Any:
+        no = refused(web, request)
+        if no is not None:
+            return no
+        since = request.query.get("since")
+        try:
+            since_ms = parse_instant(since) if since else None
+        except BadTimestamp as exc:
+            return web.json({"error": f"since: {exc}"}, status=400)
+        payments = account_payments(shell.engines, watch, account_id, since_ms)
+        if not request.headers.get(FORWARDED):
+            query = f"?since={since}" if since else ""
+            for status, body in await ask(peers(), f"/qris/accounts/{account_id}/payments{query}", request):
+                if status == 200 and isinstance(body, dict):
+                    payments.extend(body.get("payments", []))
+            payments.sort(key=lambda x: x.get("first_seen_ms") or 0, reverse=True)
+        return web.json({"payments": payments, "count": len(payments)})
+
+    @app.page("/qris/dashboard")
+    async def ops_dashboard(web: Any, request: Any) -> Any:
+        return web.html(dashboard.render(watch, dict(shell.engines), time.time(), settings.app_id))

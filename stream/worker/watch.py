@@ -1,0 +1,227 @@
+"""What the live worker saw, kept for the people around it: counts for `/metrics`, the open
+incidents and holds, refunds per minute for the dashboard, and the account index of the
+customer-service lookup.
+
+`WorkerWatch` is fed from two places only: an `EngineObserver` on each partition engine (the
+core's observer hook: records taken, applied or ignored as duplicates, references dropped by
+retention) and the output records as the worker sends them. It decides nothing and sends
+nothing; it reads the wall clock only to bucket outputs by minute. No Faust or Kafka imports.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..core import codec
+from ..core.decisions import Decision
+from ..core.partition import PartitionEngine
+from ..core.records import LedgerEvent, PaymentEvent, Stream
+from ..core.reference import ReferenceState
+from ..settings import Settings
+
+Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]
+
+# Refund record type -> the word used in metrics and on the dashboard.
+REFUND_KIND = {
+    "refund.requested": "requested",
+    "refund.held": "held",
+    "refund.cancel_requested": "cancelled",
+    "refund.hold_released": "released",
+}
+MINUTES_KEPT = 60
+
+
+def accounts_of(st: ReferenceState) -> set[str]:
+    """The accounts a reference belongs to: the debited one and the requesting one."""
+    out = {st.account_id} if st.account_id else set()
+    if st.request is not None and st.request.account_id:
+        out.add(st.request.account_id)
+    return out
+
+
+class EngineWatch:
+    """The observer on one partition's engine."""
+
+    def __init__(self, watch: WorkerWatch, partition: int) -> None:
+        self.watch = watch
+        self.partition = partition
+
+    def taken(
+        self,
+        stream: Stream,
+        offset: int,
+        timestamp_ms: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        event: PaymentEvent | LedgerEvent | None,
+        eff_ms: int | None,
+        watermark_ms: int,
+        rejection: str | None,
+    ) -> None:
+        if rejection is not None:
+            self.watch.records_in[(self.watch.topics[int(stream)], "dead_lettered")] += 1
+
+    def processed(
+        self,
+        stream: Stream,
+        offset: int,
+        eff_ms: int,
+        watermark_ms: int,
+        event: PaymentEvent | LedgerEvent,
+        duplicate: bool,
+        state: ReferenceState,
+        decisions: list[Decision],
+    ) -> None:
+        w = self.watch
+        w.records_in[(w.topics[int(stream)], "duplicate" if duplicate else "accepted")] += 1
+        if not duplicate:
+            for account in accounts_of(state):
+                w.accounts.setdefault(account, {})[state.reference] = self.partition
+
+    def deadline(
+        self,
+        reference: str,
+        deadline_ms: int,
+        watermark_ms: int,
+        numbers: tuple[int, int, int],
+        state: ReferenceState,
+        decisions: list[Decision],
+    ) -> None:
+        return None
+
+    def dropped(self, reference: str, at_ms: int, watermark_ms: int, state: ReferenceState) -> None:
+        self.watch.unindex(reference, accounts_of(state))
+
+
+class WorkerWatch:
+    """Counts and live views of one worker (its partitions, the outputs it sent)."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.topics = (settings.payment_topic, settings.ledger_topic)
+        self.roles = {
+            settings.refund_topic: "refunds",
+            settings.alert_topic: "alerts",
+            settings.dead_letter_topic: "dead_letter",
+        }
+        self.records_in: Counter[tuple[str, str]] = Counter()  # (topic, outcome)
+        self.refund_decisions: Counter[tuple[str, str]] = Counter()  # (type, reason)
+        self.refund_rupiah: Counter[str] = Counter()  # requested | held | cancelled | released
+        self.alerts: Counter[tuple[str, str]] = Counter()  # (kind, severity)
+        self.dead_letters: Counter[str] = Counter()  # source topic
+        self.rebalances = 0
+        self.incidents: dict[str, dict[str, Any]] = {}  # open FAILURE_BURST incidents, latest alert
+        self.holds: dict[str, dict[str, Any]] = {}  # reference -> its refund.held, while held
+        self.per_minute: dict[int, Counter[str]] = {}  # wall-clock minute -> refunds by kind
+        self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=30)
+        self.accounts: dict[str, dict[str, int]] = {}  # account id -> {reference: partition}
+        self.seen_ids: set[str] = set()
+
+    # -- engines ---------------------------------------------------------------------------
+
+    def watch_engine(self, engine: PartitionEngine) -> None:
+        """Attach to a (restored) engine: index its references, observe what comes next."""
+        engine.observer = EngineWatch(self, engine.partition)
+        for ref, st in engine.refs.items():
+            for account in accounts_of(st):
+                self.accounts.setdefault(account, {})[ref] = engine.partition
+
+    def keep_partitions(self, partitions: set[int]) -> None:
+        """After a rebalance: forget the index entries of partitions no longer owned here (the
+        ones still owned are re-indexed when their engines are restored)."""
+        for account in list(self.accounts):
+            refs = {r: p for r, p in self.accounts[account].items() if p in partitions}
+            if refs:
+                self.accounts[account] = refs
+            else:
+                del self.accounts[account]
+
+    def unindex(self, reference: str, accounts: set[str]) -> None:
+        for account in accounts:
+            refs = self.accounts.get(account)
+            if refs is not None:
+                refs.pop(reference, None)
+                if not refs:
+                    del self.accounts[account]
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def wrap_send(self, send: Send) -> Send:
+        """`send` that also shows each output record to this watch."""
+
+        async def watched(topic: str, key: bytes | None, value: bytes) -> Any:
+            result = await send(topic, key, value)
+            role = self.roles.get(topic)
+            if role is not None:
+                self.on_output(role, codec.loads(value))
+            return result
+
+        return watched
+
+    def on_output(self, role: str, v: dict[str, Any]) -> None:
+        if role == "refunds":
+            self._on_refund(v)
+        elif role == "alerts":
+            self._on_alert(v)
+        elif role == "dead_letter":
+            if v.get("dead_letter_id") in self.seen_ids:  # the same record's dead letter again
+                return
+            self.seen_ids.add(str(v.get("dead_letter_id")))
+            self.dead_letters[str(v.get("source_topic"))] += 1
+
+    def _on_refund(self, v: dict[str, Any]) -> None:
+        kind = REFUND_KIND.get(v["type"], v["type"])
+        ident = v["type"] + v.get("cancel_id", v["refund_id"])
+        if ident in self.seen_ids:  # sent again after a restart or rebalance: same ids
+            return
+        self.seen_ids.add(ident)
+        if len(self.seen_ids) > 200_000:
+            self.seen_ids.clear()  # bounded; a repeat after that is counted twice at worst
+        self.refund_decisions[(v["type"], str(v.get("reason")))] += 1
+        self.refund_rupiah[kind] += int(v.get("amount") or 0)
+        minute = int(self.clock() // 60)
+        self.per_minute.setdefault(minute, Counter())[kind] += 1
+        for old in [m for m in self.per_minute if m <= minute - MINUTES_KEPT]:
+            del self.per_minute[old]
+        ref = str(v.get("reference"))
+        if v["type"] == "refund.held":
+            self.holds[ref] = v
+        elif ref in self.holds and v.get("refund_id") == self.holds[ref].get("refund_id"):
+            del self.holds[ref]  # requested after the hold, or released
+
+    def _on_alert(self, v: dict[str, Any]) -> None:
+        if v.get("alert_id") in self.seen_ids:
+            return
+        self.seen_ids.add(v.get("alert_id", ""))
+        self.alerts[(v["kind"], v["severity"])] += 1
+        self.recent_alerts.appendleft(v)
+        if v["kind"] == "FAILURE_BURST" and v.get("incident_id"):
+            if v.get("status") == "resolved":
+                self.incidents.pop(v["incident_id"], None)
+            else:
+                self.incidents[v["incident_id"]] = v
+
+    # -- views -----------------------------------------------------------------------------
+
+    def minutes(self, last: int = 15) -> list[tuple[int, Counter[str]]]:
+        """Refunds by kind for each of the `last` wall-clock minutes (oldest first)."""
+        now = int(self.clock() // 60)
+        return [(m, self.per_minute.get(m, Counter())) for m in range(now - last + 1, now + 1)]
+
+    def incidents_covering(self, request: PaymentEvent | None) -> list[dict[str, Any]]:
+        """Open incidents whose scope covers a payment (CONTRACT.md "Refund holds")."""
+        if request is None:
+            return []
+        mine = {
+            ("all", "all"),
+            ("switch", request.switch_id),
+            ("acquirer", request.acquirer_id),
+            ("issuer", request.issuer_id),
+            ("merchant", request.merchant_id),
+            ("merchant", f"MCC-{request.mcc}" if request.mcc else None),
+        }
+        return [v for v in self.incidents.values() if (v["scope"]["type"], v["scope"]["id"]) in mine]

@@ -1,0 +1,71 @@
+"""Silent feeds per topic (live only): one FEED_SILENT for a topic whatever the number of its
+silent partitions, with the partitions, and one resolved when all deliver again."""
+
+from __future__ import annotations
+
+from stream.core.decisions import Decision
+from stream.core.partition import Params, PartitionEngine
+from stream.core.records import Stream
+from stream.worker.feeds import TopicSilence
+from tests.records import ledger, payment
+from tests.test_schemas import beyond_schema_errors, validator_for
+
+TOPICS = ("qris.payment-requests", "qris.ledger-debits")
+
+
+def _engines(n: int) -> dict[int, PartitionEngine]:
+    engines = {}
+    for p in range(n):
+        eng = PartitionEngine(p, Params())
+        ref = f"R{p}"
+        eng.on_record(Stream.P, 0, ref.encode(), payment(f"{ref}-q", "requested", ref, 0))
+        eng.on_record(Stream.L, 0, ref.encode(), ledger(f"{ref}-d", "debited", ref, 1))
+        eng.on_record(Stream.L, 1, b"X", ledger(f"X{p}-d", "debited", f"X{p}", 600))
+        engines[p] = eng
+    return engines
+
+
+def _check(value: dict) -> None:
+    assert not list(validator_for("qris.alerts", closed_schema=True).iter_errors(value))
+    assert beyond_schema_errors("qris.alerts", value) == []
+
+
+def test_a_dead_payment_feed_is_one_alert_for_the_topic_and_one_recovery() -> None:
+    engines = _engines(4)
+    silence = TopicSilence(TOPICS, lambda: engines)
+    per_partition: list[Decision] = []
+    for eng in engines.values():
+        per_partition += eng.declare_silent(Stream.P)
+    assert sum(d.value.get("kind") == "FEED_SILENT" for d in per_partition) == 4
+    out = silence(per_partition)
+    alerts = [d.value for d in out if d.role == "alerts"]
+    assert len(alerts) == 1
+    [a] = alerts
+    assert a["kind"] == "FEED_SILENT" and a["status"] == "opened" and a["topic"] == TOPICS[0]
+    assert a["partitions"] == [0, 1, 2, 3] and a["partition"] is None
+    assert a["dedup_key"] == "FEED_SILENT:qris.payment-requests" and a["severity"] == "critical"
+    assert "partitions 0, 1, 2, 3" in a["summary"]
+    _check(a)
+    assert [d for d in out if d.role != "alerts"] == [d for d in per_partition if d.role != "alerts"]
+    # Still silent: no new page.
+    assert not [d for d in silence([]) if d.role == "alerts"]
+    # Two partitions deliver again: still open.
+    for p in (0, 1):
+        engines[p].on_record(Stream.P, 1, f"Y{p}".encode(), payment(f"Y{p}-q", "requested", f"Y{p}", 620))
+    assert not [d for d in silence([]) if d.role == "alerts"]
+    for p in (2, 3):
+        engines[p].on_record(Stream.P, 1, f"Y{p}".encode(), payment(f"Y{p}-q", "requested", f"Y{p}", 620))
+    [r] = [d.value for d in silence([]) if d.role == "alerts"]
+    assert r["status"] == "resolved" and r["severity"] == "info" and r["partitions"] == [0, 1, 2, 3]
+    assert r["dedup_key"] == a["dedup_key"] and r["alert_id"] != a["alert_id"]
+    _check(r)
+    assert not silence([])
+
+
+def test_no_engines_after_a_rebalance_resolves_nothing() -> None:
+    engines = _engines(2)
+    silence = TopicSilence(TOPICS, lambda: engines)
+    silence([d for eng in engines.values() for d in eng.declare_silent(Stream.P)])
+    engines.clear()
+    assert silence([]) == []
+    assert TOPICS[0] in silence.open

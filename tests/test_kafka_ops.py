@@ -1,0 +1,253 @@
+"""Kafka tier: what operations and customer service see from live workers: the lookup API
+answered by two workers for every reference (and refused without the token), /metrics parsed
+by the Prometheus parser, and the dashboard in headless Chromium during an outage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream.drivers.replayfile import KafkaRecord
+from stream.simulate import generate
+from tests.kafka_support import ROOT, Worker, fresh_topics, produce, require_broker
+from tests.records import T0
+from tests.scenario import LEDGER, PAYMENT, scenario_records
+
+pytestmark = pytest.mark.kafka
+TOKEN = "cs-test-token-1234"
+
+
+def _get(port: int, path: str, token: str | None = TOKEN) -> tuple[int, Any]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = resp.read()
+            return resp.status, body if path == "/metrics" else json.loads(body)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, body = _get(port, "/metrics", token=None)
+    assert status == 200
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(body.decode())
+        for s in f.samples
+    }
+
+
+def test_two_workers_answer_the_lookup_for_every_reference_and_refuse_without_the_token(tmp_path: Path) -> None:
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=4)
+    topics.create(bootstrap)
+    env = {"QRIS_API_TOKEN": TOKEN}
+    a = Worker(topics, tmp_path / "a", extra_env=env)
+    b = Worker(topics, tmp_path / "b", extra_env=env, app_id="")
+    b.app_id = a.app_id  # one consumer group
+    a.start(bootstrap)
+    b.start(bootstrap)
+    records = scenario_records(topics.partitions)
+    refs = sorted({r.key.decode() for r in records if r.key and r.key.startswith(b"QR0")})
+    try:
+        # Both workers in the group before the input arrives (each has partitions).
+        deadline = time.monotonic() + 120
+        produce(bootstrap, records, {PAYMENT: topics.payment, LEDGER: topics.ledger})
+        taken = 0
+        while time.monotonic() < deadline:
+            a.assert_alive()
+            b.assert_alive()
+            try:
+                taken = a.stats()["counts"]["records"] + b.stats()["counts"]["records"]
+                owned = [bool(a.stats()["partitions"]), bool(b.stats()["partitions"])]
+            except OSError:
+                taken, owned = 0, [False, False]
+            if taken >= len(records) and all(owned):
+                break
+            time.sleep(0.5)
+        assert taken >= len(records), (taken, a.log_tail(), b.log_tail())
+        # Every reference is answered by either worker at once (`received` while its records
+        # wait for the watermark or, with holds, for the detector's incidents); then decided.
+        answered: dict[str, str] = {}
+        deadline = time.monotonic() + 90
+        while True:
+            for ref in refs:
+                for w in (a, b):
+                    status, body = _get(w.web_port, f"/qris/payments/{ref}")
+                    assert status == 200, (ref, body)
+                    assert body["reference"] == ref
+                    answered[ref] = body["status"]
+            if "received" not in answered.values() or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert answered["QR0000"] == "settled"
+        assert answered["QR0004"] in {"refund_requested", "debited", "refund_held"}
+        assert _get(a.web_port, "/qris/payments/QR0004", token=None)[0] == 401
+        assert _get(b.web_port, "/qris/payments/QR0004", token="wrong")[0] == 401
+        assert _get(a.web_port, "/qris/payments/NOPE")[0] == 404
+        status, body = _get(a.web_port, "/qris/accounts/7700009876/payments")
+        assert status == 200
+        got = {p["reference"] for p in body["payments"]}
+        assert set(refs) <= got, set(refs) - got
+        status, since = _get(b.web_port, "/qris/accounts/7700009876/payments?since=2025-03-29T07:05:00%2B07:00")
+        assert status == 200 and 0 < since["count"] < body["count"]
+        assert _get(b.web_port, "/qris/accounts/7700009876/payments", token=None)[0] == 401
+        # /metrics of both workers parse; together they saw every input record.
+        ma, mb = _metrics(a.web_port), _metrics(b.web_port)
+        total = 0.0
+        for m in (ma, mb):
+            total += sum(v for (n, _l), v in m.items() if n == "qris_input_records_total")
+            total += sum(v for (n, _l), v in m.items() if n == "qris_records_waiting")
+            assert ("qris_batch_duration_seconds_count", ()) in m
+        assert total == len(records)
+        rejected = sum(
+            v
+            for m in (ma, mb)
+            for (n, lab), v in m.items()
+            if n == "qris_input_records_total" and ("outcome", "dead_lettered") in lab
+        )
+        assert rejected == 2
+        # Dead letters sent: a record redelivered to a partition's new owner has its dead letter
+        # sent (and counted) again there, with the same id.
+        dead = sum(v for m in (ma, mb) for (n, _l), v in m.items() if n == "qris_dead_letters_total")
+        assert dead >= 2
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_the_dashboard_shows_the_incident_during_an_outage_in_headless_chromium(tmp_path: Path) -> None:
+    bootstrap = require_broker()
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    from playwright.sync_api import sync_playwright
+
+    topics = fresh_topics(partitions=2)
+    topics.create(bootstrap)
+    w = Worker(topics, tmp_path / "w")
+    w.start(bootstrap)
+    # The outage scenario up to 12 minutes after the switch stopped settling: it is still open.
+    sim = generate("outage", seed=29, start_ms=T0, minutes=40, rate_per_min=150, partitions=2, outage_at=0.2)
+    cut_ms = T0 + 20 * 60_000
+    records = [
+        KafkaRecord(r.topic, r.partition, r.offset, r.timestamp_ms, r.key.encode() if r.key else None, r.value)
+        for r in sim
+        if r.timestamp_ms < cut_ms
+    ]
+    try:
+        produce(bootstrap, records, {PAYMENT: topics.payment, LEDGER: topics.ledger})
+        w.wait_processed(len(records), timeout_s=180)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            m = _metrics(w.web_port)
+            if sum(v for (n, _l), v in m.items() if n == "qris_open_incidents") >= 1:
+                break
+            time.sleep(1)
+        assert m[("qris_open_incidents", (("scope_type", "switch"),))] >= 1, m
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(f"http://127.0.0.1:{w.web_port}/qris/dashboard")
+            heading = page.locator("#incidents").inner_text()
+            incident = page.locator("tr.incident").first.inner_text()
+            shot = tmp_path / "dashboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+        assert heading.startswith("Open incidents: ") and int(heading.split(": ")[1]) >= 1
+        assert "switch" in incident and "RINTIS" in incident and ("opened" in incident or "updated" in incident)
+        assert shot.stat().st_size > 10_000
+        docs = ROOT / "docs" / "dashboard.png"
+        shutil.copyfile(shot, docs)  # the README shows the latest run's page
+    finally:
+        w.stop()
+
+
+def test_a_dead_payment_feed_pages_once_for_the_topic_and_recovers_once(tmp_path: Path) -> None:
+    from kafka import KafkaProducer
+    from stream.simulate import partition_for
+    from tests.kafka_support import consume
+    from tests.records import ledger, payment
+
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=2)
+    topics.create(bootstrap)
+    w = Worker(topics, tmp_path / "w", extra_env={"QRIS_IDLE_TIMEOUT_S": "3", "QRIS_LOG_FORMAT": "json"})
+    w.start(bootstrap)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+
+    def send(topic: str, ref: str, value: bytes) -> None:
+        producer.send(topic, key=ref.encode(), value=value, partition=partition_for(ref.encode(), 2))
+
+    try:
+        for i in range(8):  # both feeds flow on both partitions
+            ref = f"OK{i}"
+            send(topics.payment, ref, payment(f"{ref}-q", "requested", ref, i))
+            send(topics.ledger, ref, ledger(f"{ref}-d", "debited", ref, i))
+            send(topics.payment, ref, payment(f"{ref}-s", "settled", ref, i + 1))
+        producer.flush()
+        w.wait_processed(24, timeout_s=120)  # the worker is up and has seen both feeds
+        for k in range(14):  # the payment feed is dead; the ledger goes on
+            ref = f"L{k}"
+            send(topics.ledger, ref, ledger(f"{ref}-d", "debited", ref, 60 + 40 * k))
+            send(topics.ledger, f"M{k}", ledger(f"M{k}-d", "debited", f"M{k}", 60 + 40 * k))
+            producer.flush()
+            time.sleep(1)
+        for i in range(8):  # it comes back on both partitions
+            ref = f"B{i}"
+            send(topics.payment, ref, payment(f"{ref}-q", "requested", ref, 700 + i))
+            producer.flush()
+        deadline = time.monotonic() + 60
+        silent: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            got = consume(bootstrap, [topics.alerts], until=2, timeout_s=5, settle_s=1, worker=w)
+            # (Once payments are back and the ledger stops, the ledger may go silent in turn.)
+            silent = [v for _t, _k, v in got if v.get("kind") == "FEED_SILENT" and v["topic"] == topics.payment]
+            if any(v["status"] == "resolved" for v in silent):
+                break
+            time.sleep(1)
+    finally:
+        producer.close()
+        w.stop()
+    assert [v["status"] for v in silent] == ["opened", "resolved"], silent
+    assert all(v["topic"] == topics.payment and v["partitions"] == [0, 1] for v in silent)
+    assert silent[0]["dedup_key"] == silent[1]["dedup_key"] == f"FEED_SILENT:{topics.payment}"
+    # QRIS_LOG_FORMAT=json: the worker's log records are JSON lines, none in the text format.
+    assert w.log_path is not None
+    lines = w.log_path.read_text().splitlines()
+    logged = [json.loads(x) for x in lines if x.startswith("{")]
+    assert len(logged) > 5 and {"ts", "level", "logger", "message"} <= set(logged[0])
+    assert not [x for x in lines if x.startswith("[20")], "a log line in the text format"
+
+
+def test_trace_from_kafka_names_the_records_and_the_refund(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=4)
+    topics.create(bootstrap)
+    produce(bootstrap, scenario_records(4), {PAYMENT: topics.payment, LEDGER: topics.ledger})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")} | topics.env()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "stream", "trace", *args, "--from-kafka", "--bootstrap", bootstrap]
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    got = run("QR0004", "--json")
+    assert got.returncode == 0, got.stderr
+    t = json.loads(got.stdout)
+    assert {f["event_id"] for f in t["records"]} == {"QR0004-q", "QR0004-d"}
+    types = [d["value"]["type"] for d in t["decisions"] if d["role"] == "refunds"]
+    assert types and types[0] in {"refund.requested", "refund.held"}  # held if an incident covers it
+    unknown = run("NOPE")
+    assert unknown.returncode == 1 and unknown.stdout.count("\n") == 1 and "unknown reference" in unknown.stdout

@@ -1,0 +1,183 @@
+"""What operations and customer service see, without a broker: the watch fed by the engines'
+observer and the outputs, the payment status, the account index with retention, the
+Prometheus text and the dashboard page."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream.core.partition import Params, PartitionEngine
+from stream.core.records import Stream
+from stream.settings import Settings
+from stream.worker.dashboard import render
+from stream.worker.lookup import account_payments, lookup_reference, payment_status, token_ok
+from stream.worker.metrics import WorkerMetrics
+from stream.worker.watch import WorkerWatch
+from tests.records import T0, ledger, payment
+
+NOW_S = T0 / 1000 + 3600
+
+
+def _run(
+    records: list[tuple[Stream, bytes, bytes]], params: Params | None = None
+) -> tuple[WorkerWatch, PartitionEngine]:
+    s = Settings()
+    watch = WorkerWatch(s, clock=lambda: NOW_S)
+    eng = PartitionEngine(0, params or Params())  # holds off: no incidents to wait for here
+    watch.watch_engine(eng)
+    offsets = [0, 0]
+    for stream, key, value in records:
+        for d in eng.on_record(stream, offsets[stream], key, value, None):  # no Kafka time: no clock guard
+            topic = {"refunds": s.refund_topic, "alerts": s.alert_topic, "dead_letter": s.dead_letter_topic}.get(d.role)
+            if topic:
+                watch.on_output(d.role, d.value)
+        offsets[stream] += 1
+    return watch, eng
+
+
+P, L = Stream.P, Stream.L
+DAY = [
+    (P, b"A1", payment("A1-q", "requested", "A1", 0)),
+    (L, b"A1", ledger("A1-d", "debited", "A1", 1)),
+    (P, b"A2", payment("A2-q", "requested", "A2", 2)),
+    (L, b"A2", ledger("A2-d", "debited", "A2", 3)),
+    (P, b"A2", payment("A2-s", "settled", "A2", 4)),
+    (L, b"A2", ledger("A2-d", "debited", "A2", 3)),  # redelivered: a duplicate
+    (L, b"A3", b"{not json"),
+    (P, b"A4", payment("A4-q", "requested", "A4", 5, account_id="5550001111")),
+    (L, b"A4", ledger("A4-d", "debited", "A4", 6, account_id="5550001111")),
+    (P, b"A4", payment("A4-late", "settled", "A4", 500)),
+    (P, b"A5", payment("A5-q", "requested", "A5", 900)),
+    (L, b"A5", ledger("A5-d", "debited", "A5", 901)),
+    (P, b"A6", payment("A6-q", "requested", "A6", 1000)),
+    (L, b"A7", ledger("A7-r", "reversed", "A7", 1000, amount=1)),
+]
+
+
+def test_statuses_from_live_state() -> None:
+    watch, eng = _run(DAY)
+    status = {ref: payment_status(st, 0, watch)["status"] for ref, st in eng.refs.items()}
+    assert status == {"A1": "refund_requested", "A2": "settled", "A4": "refund_cancelled", "A5": "debited"}
+    waiting = lookup_reference({0: eng}, "A6", watch)
+    assert waiting is not None and waiting["status"] == "received" and waiting["records"][0]["event_id"] == "A6-q"
+    assert lookup_reference({0: eng}, "NOPE", watch) is None
+    a1 = payment_status(eng.refs["A1"], 0, watch)
+    assert a1["refunds"][0]["refund_id"].startswith("rf_") and a1["net_debited"] == 25_000
+    assert a1["account_id_masked"] == "******9876"
+    assert payment_status(eng.refs["A5"], 0, watch)["refund_due_at"] is not None
+
+
+def test_a_hold_on_the_refund_topic_shows_in_the_status_until_it_ends() -> None:
+    watch, eng = _run(DAY)
+    held = {
+        "type": "refund.held",
+        "refund_id": "rf_h",
+        "reference": "A5",
+        "amount": 25_000,
+        "reason": "SETTLEMENT_TIMEOUT",
+    }
+    held |= {"incident_id": "inc_1", "release_by": "2025-03-29T02:20:00.000Z"}
+    watch.on_output("refunds", held)
+    got = payment_status(eng.refs["A5"], 0, watch)
+    assert got["status"] == "refund_held" and got["hold"]["release_by"] == "2025-03-29T02:20:00.000Z"
+    assert "2025-03-29T02:20:00.000Z" in got["summary"]
+    watch.on_output("refunds", {**held, "type": "refund.hold_released", "reason": "LATE_SETTLEMENT"})
+    assert payment_status(eng.refs["A5"], 0, watch)["status"] == "debited"
+    assert watch.refund_rupiah["held"] == 25_000
+
+
+def test_the_account_index_follows_state_and_its_retention() -> None:
+    recs = [*DAY, (P, b"Z", payment("Z-q", "requested", "Z", 2000)), (L, b"Z", ledger("Z-r", "reversed", "Z", 2000))]
+    watch, eng = _run(recs, Params(retention_ms=1_200_000))
+    # A1..A4 are past retention (20 min) at W = 1970 s: dropped from state and from the index.
+    assert set(eng.refs) == {"A5", "A6", "A7"}
+    assert set(watch.accounts["7700009876"]) == {"A5", "A6"}  # a lone reversal names no account in state
+    assert "5550001111" not in watch.accounts
+    watch2, eng2 = _run(DAY)
+    got = account_payments({0: eng2}, watch2, "7700009876", None)
+    assert [x["reference"] for x in got] == ["A5", "A2", "A1"]  # newest first
+    since = account_payments({0: eng2}, watch2, "7700009876", T0 + 2000)
+    assert [x["reference"] for x in since] == ["A5", "A2"]
+    watch2.keep_partitions({1})  # partition 0 moved to another worker
+    assert watch2.accounts == {}
+    # A restored engine is indexed again from its state.
+    watch3 = WorkerWatch(Settings())
+    watch3.watch_engine(eng2)
+    assert set(watch3.accounts["7700009876"]) == {"A1", "A2", "A5"}
+
+
+def test_bearer_tokens() -> None:
+    assert token_ok("t0k", "Bearer t0k")
+    assert not token_ok("t0k", "Bearer t0K") and not token_ok("t0k", None) and not token_ok("t0k", "t0k")
+    assert not token_ok("", "Bearer ")
+
+
+def test_metrics_text_parses_and_counts_records_by_outcome() -> None:
+    watch, eng = _run(DAY)
+    watch.on_output(
+        "alerts",
+        {"alert_id": "a1", "kind": "FAILURE_BURST", "severity": "critical", "status": "opened", "incident_id": "i1"}
+        | {"scope": {"type": "switch", "id": "RINTIS"}, "summary": "x"},
+    )
+    m = WorkerMetrics(watch, lambda: {0: eng}, lambda t, p: 20, clock=lambda: NOW_S)
+    m.batch_seconds.observe(0.02)
+    fams = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
+    P_T, L_T = "qris.payment-requests", "qris.ledger-debits"
+    assert samples[("qris_input_records_total", (("outcome", "duplicate"), ("topic", L_T)))] == 1
+    assert samples[("qris_input_records_total", (("outcome", "dead_lettered"), ("topic", L_T)))] == 1
+    accepted = sum(
+        v for (n, lab), v in samples.items() if n == "qris_input_records_total" and ("outcome", "accepted") in lab
+    )
+    assert accepted == 10  # 14 records: 1 dead-lettered, 1 duplicate, 2 waiting
+    assert (
+        samples[("qris_refund_decisions_total", (("reason", "SETTLEMENT_TIMEOUT"), ("type", "refund.requested")))] == 2
+    )
+    assert samples[("qris_refund_rupiah_total", (("kind", "cancelled"),))] == 25_000
+    assert samples[("qris_open_incidents", (("scope_type", "switch"),))] == 1
+    assert samples[("qris_records_waiting", (("partition", "0"),))] == 2
+    assert samples[("qris_state_references", (("partition", "0"),))] == 4
+    assert samples[("qris_consumer_lag_records", (("partition", "0"), ("topic", P_T)))] == 20 - 7
+    assert samples[("qris_batch_duration_seconds_count", ())] == 1
+    assert ("qris_watermark_delay_seconds", (("partition", "0"),)) in samples
+    assert samples[("qris_dead_letters_total", (("topic", L_T),))] == 1
+
+
+def test_the_dashboard_shows_incidents_holds_feeds_and_escapes_input() -> None:
+    watch, eng = _run(DAY)
+    watch.on_output(
+        "alerts",
+        {"alert_id": "a1", "kind": "FAILURE_BURST", "severity": "critical", "status": "opened", "incident_id": "i1"}
+        | {
+            "scope": {"type": "switch", "id": "<b>RINTIS</b>"},
+            "summary": "Switch RINTIS: 40 of 50",
+            "exposure_idr": 1_000_000,
+        },
+    )
+    watch.on_output(
+        "refunds",
+        {"type": "refund.held", "refund_id": "rf_h", "reference": "A5", "amount": 25_000, "incident_id": "i1"},
+    )
+    page = render(watch, {0: eng}, NOW_S, "qris-test")
+    assert 'Open incidents: <span class="bad">1</span>' in page
+    assert "&lt;b&gt;RINTIS&lt;/b&gt;" in page and "<b>RINTIS" not in page
+    assert "1 (Rp 25.000)" in page  # the incident's holds
+    assert "Dead letters: 1" in page and "WIB" in page
+    assert "<script" not in page and "http" not in page.replace("http-equiv", "")
+
+
+def test_grafana_and_prometheus_files_use_only_metrics_the_worker_exports() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    watch, eng = _run(DAY)
+    exported = {
+        f.name for f in text_string_to_metric_families(WorkerMetrics(watch, lambda: {0: eng}).render().decode())
+    }
+    text = (root / "docker/grafana/dashboards/qris-guard.json").read_text()
+    text += (root / "docker/prometheus/rules.yml").read_text()
+    used = {re.sub(r"_(total|bucket|count|sum)$", "", m) for m in re.findall(r"qris_[a-z_]+", text)}
+    assert used and used <= exported, used - exported
+    documented = (root / "docs/metrics.md").read_text()
+    assert all(f"`{name}" in documented for name in exported), [n for n in exported if f"`{n}" not in documented]

@@ -1,0 +1,225 @@
+"""`qris-guard trace`: the facts of one reference, from literal records and from the demo's
+outage scenario, built through the core's observer hook."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stream import cli
+from stream.core import codec
+from stream.core.eventtime import parse_ms
+from stream.core.partition import Params, PartitionEngine
+from stream.core.records import Stream
+from stream.drivers.replay import replay
+from stream.drivers.replayfile import KafkaRecord, record_to_line
+from stream.drivers.trace import TraceObserver, explain, partitions_of, render, trace
+from stream.simulate import generate
+from tests.records import T0, ledger, payment
+
+P, L = "qris.payment-requests", "qris.ledger-debits"
+TOPICS = (P, L)
+
+
+def _recs(items: list[tuple[str, str, bytes]]) -> list[KafkaRecord]:
+    offsets = {P: 0, L: 0}
+    out = []
+    for topic, key, value in items:
+        try:  # Kafka time: half a second after the event (the clock guard leaves it alone)
+            ts = parse_ms(json.loads(value)["occurred_at"]) + 500
+        except ValueError:
+            ts = T0
+        out.append(KafkaRecord(topic, 0, offsets[topic], ts, key.encode(), value))
+        offsets[topic] += 1
+    return out
+
+
+def _day() -> list[KafkaRecord]:
+    return _recs(
+        [
+            (P, "R1", payment("R1-q", "requested", "R1", 0)),
+            (L, "R1", ledger("R1-d", "debited", "R1", 1)),
+            (P, "R2", payment("R2-q", "requested", "R2", 2)),
+            (L, "R2", ledger("R2-d", "debited", "R2", 3)),
+            (P, "R2", payment("R2-s", "settled", "R2", 4)),
+            (L, "R1", ledger("R1-d", "debited", "R1", 1)),  # a redelivered debit
+            (P, "R3", payment("R3-q", "requested", "R3", 5)),
+            (L, "R3", ledger("R3-d", "debited", "R3", 6)),
+            (L, "R1", b'{"event_id": "R1-x", "type": "debited", "reference": "R1"'),  # bad JSON, keyed R1
+            (P, "R3", payment("R3-late", "settled", "R3", 400)),
+            (P, "TAIL", payment("T-q", "requested", "TAIL", 2000)),
+            (L, "TAIL", ledger("T-r", "reversed", "TAIL", 2000, amount=1)),
+        ]
+    )
+
+
+def _trace(ref: str, records: list[KafkaRecord], **kw: object) -> dict:
+    t = trace(records, ref, Params(), partitions_of(records, ref, TOPICS), **kw)  # type: ignore[arg-type]
+    assert t is not None
+    return t
+
+
+def test_a_refunded_payment_shows_every_record_the_deadline_arithmetic_and_the_refund() -> None:
+    t = _trace("R1", _day())
+    by_id = [(f.get("event_id"), f["outcome"]) for f in t["records"]]
+    assert by_id == [("R1-q", "accepted"), ("R1-d", "accepted"), ("R1-d", "duplicate"), (None, "dead-lettered")]
+    dead = t["records"][-1]
+    assert dead["topic"] == L and dead["offset"] == 4 and "JSON" in dead["reason"]
+    debit = t["records"][1]
+    assert debit["effective_ms"] == T0 + 1000 and debit["kafka_time_ms"] == T0 + 1500
+    assert debit["watermark_when_processed_ms"] > debit["effective_ms"]
+    assert t["deadlines"] == [
+        {
+            "deadline_ms": T0 + 301_000,
+            "watermark_ms": t["deadlines"][0]["watermark_ms"],
+            "net": 25_000,
+            "settled": 0,
+            "active": 0,
+            "owed": 25_000,
+            "decided": [("refund.requested", t["decisions"][0]["value"]["refund_id"])],
+        }
+    ]
+    [d] = t["decisions"]
+    assert d["value"]["type"] == "refund.requested" and d["value"]["reason"] == "SETTLEMENT_TIMEOUT"
+    text = render(t)
+    for needle in ("R1-q", "R1-d", "DUPLICATE", "DEAD-LETTERED", d["value"]["refund_id"], "WIB", "UTC"):
+        assert needle in text
+    assert "owed = net 25000 - settled 0 - active 0 = 25000" in text
+
+
+def test_a_cancelled_refund_names_both_ids_and_the_late_settlement() -> None:
+    t = _trace("R3", _day())
+    types = [d["value"].get("type") or d["value"]["kind"] for d in t["decisions"]]
+    assert types == ["refund.requested", "refund.cancel_requested", "LATE_SETTLEMENT"]
+    rid = t["decisions"][0]["value"]["refund_id"]
+    text = render(t)
+    assert f"cancels {rid}" in text and "R3-late" in text and "LATE_SETTLEMENT" in text
+
+
+def test_a_settled_payment_says_why_nothing_was_refunded() -> None:
+    t = _trace("R2", _day())
+    assert t["decisions"] == []
+    assert any("owed = net 25000 - settled 25000 - active refunds 0 = 0" in w for w in t["why"])
+
+
+def test_not_yet_due_without_drain_and_due_with_it() -> None:
+    recs = _recs([(P, "R9", payment("R9-q", "requested", "R9", 0)), (L, "R9", ledger("R9-d", "debited", "R9", 1))])
+    early = _trace("R9", recs)
+    assert early["decisions"] == []
+    assert any("still waiting for the watermark" in w for w in early["why"])
+    recs += _recs([])  # nothing more: the watermark stays behind the deadline
+    drained = _trace("R9", recs, drain=True)
+    assert [d["value"]["type"] for d in drained["decisions"]] == ["refund.requested"]
+
+
+def test_state_expired_is_explained() -> None:
+    recs = _recs(
+        [
+            (P, "R5", payment("R5-q", "requested", "R5", 0)),
+            (P, "R5", payment("R5-s", "settled", "R5", 1)),
+            (L, "R5", ledger("R5-d", "debited", "R5", 2)),
+            (P, "TAIL", payment("T-q", "requested", "TAIL", 5000)),
+            (L, "TAIL", ledger("T-r", "reversed", "TAIL", 5000, amount=1)),
+        ]
+    )
+    t = trace(recs, "R5", Params(retention_ms=600_000), {0})
+    assert t is not None and t["dropped"] is not None
+    assert any(w.startswith("State expired") for w in t["why"])
+    assert t["final"] is None
+
+
+def test_the_observer_changes_no_decision() -> None:
+    recs = _day()
+    plain = [d for _p, d in replay(recs, Params(), drain=True)]
+    eng = PartitionEngine(0, Params(), persistent=False)
+    eng.observer = TraceObserver("R1", 0, TOPICS)
+    watched = []
+    for r in recs:
+        watched.extend(eng.on_record(Stream.P if r.topic == P else Stream.L, r.offset, r.key, r.value, r.timestamp_ms))
+    watched.extend(eng.drain())
+    assert [d.value for d in watched if d.role != "signals"] == [d.value for d in plain if d.role != "signals"]
+
+
+def test_a_hold_shows_its_incident_and_release_time() -> None:
+    """Holds are decided by the core once it has them; here a literal `refund.held` shows how
+    trace explains one (CONTRACT.md "Refund holds")."""
+    held = {
+        "type": "refund.held",
+        "refund_id": "rf_1",
+        "reference": "R7",
+        "amount": 25_000,
+        "reason": "SETTLEMENT_TIMEOUT",
+        "incident_id": "inc_abc",
+        "release_by": "2025-03-29T04:05:00.000Z",
+        "evidence": {"net_debited": 25_000, "settled_amount": 0, "active_refunds_before": 0},
+    }
+    t = {
+        "reference": "R7",
+        "partitions": [0],
+        "records": [],
+        "deadlines": [],
+        "decisions": [{"partition": 0, "role": "refunds", "at_ms": T0, "value": held}],
+        "incidents_behind_holds": [
+            {"incident_id": "inc_abc", "status": "opened", "summary": "Switch RINTIS: 40 of 50"}
+        ],
+        "incidents_known": True,
+        "dropped": None,
+        "final": None,
+        "watermark_ms": {"0": T0},
+    }
+    t["why"] = explain(t)
+    text = render(t)
+    assert "refund HELD rf_1" in text and "inc_abc" in text and "2025-03-29 11:05:00 WIB (04:05:00 UTC)" in text
+    assert "Switch RINTIS" in text
+
+
+def _write(path: Path, recs: list[KafkaRecord]) -> None:
+    with path.open("wb") as fh:
+        for r in recs:
+            fh.write(codec.dumps(record_to_line(r)) + b"\n")
+
+
+def test_cli_unknown_reference_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "in.jsonl"
+    _write(f, _day())
+    assert cli.main(["trace", "NOPE", "--in", str(f)]) == 1
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "unknown reference 'NOPE'" in out
+    assert cli.main(["trace", "R1", "--in", str(f), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["reference"] == "R1" and got["decisions"][0]["value"]["type"] == "refund.requested"
+
+
+def test_the_demo_scenario_refunded_cancelled_and_unrefunded(tmp_path: Path) -> None:
+    sim = list(
+        generate(
+            "outage", seed=29, start_ms=T0, minutes=40, rate_per_min=40, partitions=4, payment_topic=P, ledger_topic=L
+        )
+    )
+    recs = [
+        KafkaRecord(r.topic, r.partition, r.offset, r.timestamp_ms, r.key.encode() if r.key else None, r.value)
+        for r in sim
+    ]
+    outs = [d.value for _p, d in replay(recs, Params(), drain=True) if d.role == "refunds"]
+    requested = {v["reference"] for v in outs if v["type"] == "refund.requested"}
+    cancelled = {v["reference"] for v in outs if v["type"] == "refund.cancel_requested"}
+    refunded = sorted(requested - cancelled)[0]
+    was_cancelled = sorted(cancelled)[0]
+    debited = {codec.loads(r.value)["reference"] for r in recs if r.topic == L and r.value.startswith(b"{")}
+    none = sorted(debited - requested)[0]
+    f = tmp_path / "demo.jsonl"
+    _write(f, recs)
+    for ref, needle in ((refunded, "refund requested"), (was_cancelled, "refund cancelled"), (none, "nothing owed")):
+        t = _trace(ref, recs, drain=True)
+        text = render(t)
+        assert needle in text, text
+        # Every input event id and every refund id of the reference is named.
+        ids = {
+            codec.loads(r.value)["event_id"]
+            for r in recs
+            if r.value.startswith(b"{") and codec.loads(r.value).get("reference") == ref
+        }
+        assert ids and all(i in text for i in ids)
+        assert all(d["value"]["refund_id"] in text for d in t["decisions"] if d["role"] == "refunds")
