@@ -148,7 +148,6 @@ class _Again:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .core.partition import OffsetOrderError
     from .drivers.replay import replay
     from .drivers.replayfile import decision_line
 
@@ -162,25 +161,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
     seq: dict[tuple[str, int], int] = {}
     jobs = args.jobs if args.jobs is not None else min(os.cpu_count() or 1, 4)
     if args.input and jobs > 1:
-        from .drivers.parallel import ReplayRefused, replay_file_parallel
+        from .drivers.parallel import replay_file_parallel
 
         topics = {role: s.output_topic(role) for role in ("refunds", "alerts", "dead_letter")}
         with _open_out(args.out) as fh:
-            try:
-                n_out = replay_file_parallel(
-                    args.input,
-                    s.params,
-                    drain=args.drain,
-                    jobs=jobs,
-                    topics=topics,
-                    out=fh,
-                    burst=s.burst,
-                    from_ms=args.from_time,
-                    to_ms=args.to_time,
-                )
-            except ReplayRefused as exc:
-                print(f"replay: refused: {exc}", file=sys.stderr)
-                return 2
+            n_out = replay_file_parallel(
+                args.input,
+                s.params,
+                drain=args.drain,
+                jobs=jobs,
+                topics=topics,
+                out=fh,
+                burst=s.burst,
+                from_ms=args.from_time,
+                to_ms=args.to_time,
+            )
         print(
             f"replay: {n_out} decisions in {time.perf_counter() - started:.2f} s ({jobs} jobs) -> {args.out}",
             file=sys.stderr,
@@ -188,21 +183,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 0
     line = [0]
     with _open_out(args.out) as fh:
-        try:
-            # With holds a replay reads its input twice: a file again, Kafka once (kept in memory).
-            records = (
-                _input_records(args, s, line) if args.from_kafka else _Again(lambda: _input_records(args, s, line))
-            )
-            for partition, d in replay(records, s.params, drain=args.drain, burst=s.burst):
-                topic = s.output_topic(d.role)
-                k = (topic, partition)
-                seq[k] = seq.get(k, -1) + 1
-                fh.write(decision_line(topic, partition, seq[k], d))
-                n_out += 1
-        except OffsetOrderError as exc:
-            where = f"{args.input} line {line[0]}: " if args.input else ""
-            print(f"replay: refused: {where}{exc}", file=sys.stderr)
-            return 2
+        # With holds a replay reads its input twice: a file again, Kafka once (kept in memory).
+        records = _input_records(args, s, line) if args.from_kafka else _Again(lambda: _input_records(args, s, line))
+        source = args.input or "Kafka"
+        for partition, d in replay(records, s.params, drain=args.drain, burst=s.burst, source=source):
+            topic = s.output_topic(d.role)
+            k = (topic, partition)
+            seq[k] = seq.get(k, -1) + 1
+            fh.write(decision_line(topic, partition, seq[k], d))
+            n_out += 1
     print(f"replay: {n_out} decisions in {time.perf_counter() - started:.2f} s -> {args.out}", file=sys.stderr)
     return 0
 

@@ -370,14 +370,21 @@ def test_restore_drops_waiting_records_saved_ahead_of_the_metadata_that_stamps_t
     assert sorted(d.value["reference"] for d in out if d.role == "refunds") == ["R1", "R2"]
 
 
-def test_an_offset_below_one_already_taken_is_refused_never_skipped() -> None:
-    """Offsets 5, 7, 6: the core takes each stream in offset order. Taking 6 after 7 would give
-    it another effective time than a replay in offset order; skipping it would lose it."""
-    eng = PartitionEngine(0, PARAMS, persistent=False)  # replay refuses too
+def test_an_offset_below_one_already_taken_is_refused_live_and_processed_in_replay() -> None:
+    """Offsets 5, 7, 6. Live, the input boundary hands the core each stream in offset order, so
+    6 after 7 is a bug and is refused by name. A replay file is taken in the order read (the
+    contract's replay format): 6 is processed after 7, counted, never skipped (replay used to
+    drop it silently)."""
+    live = PartitionEngine(0, PARAMS)
+    live.on_record(L, 5, None, ledger("d5", "debited", "R5", 0))
+    live.on_record(L, 7, None, ledger("d7", "debited", "R7", 1))
+    with pytest.raises(OffsetOrderError, match=r"qris\.ledger-debits\[0\]@6: .*offset 7 was already taken"):
+        live.on_record(L, 6, None, ledger("d6", "debited", "R6", 0.5))
+    eng = PartitionEngine(0, PARAMS, persistent=False)
     eng.on_record(L, 5, None, ledger("d5", "debited", "R5", 0))
     eng.on_record(L, 7, None, ledger("d7", "debited", "R7", 1))
-    with pytest.raises(OffsetOrderError, match=r"qris\.ledger-debits\[0\]@6: .*offset 7 was already taken"):
-        eng.on_record(L, 6, None, ledger("d6", "debited", "R6", 0.5))
+    eng.on_record(L, 6, None, ledger("d6", "debited", "R6", 0.5))
+    assert eng.stats["out_of_order"] == 1 and eng.last_offset[1] == 7
     eng.on_record(L, 9, None, ledger("d9", "debited", "R9", 2))  # a gap is fine (markers, compaction)
     out = eng.drain()
-    assert sorted(d.value["reference"] for d in out if d.role == "refunds") == ["R5", "R7", "R9"]
+    assert sorted(d.value["reference"] for d in out if d.role == "refunds") == ["R5", "R6", "R7", "R9"]

@@ -201,22 +201,34 @@ def test_without_a_broker_to_read_from_a_gap_is_an_error_not_a_skip() -> None:
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
-def test_replay_refuses_a_file_whose_offsets_go_back_naming_the_line(
-    jobs: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+def test_replay_processes_a_file_whose_offsets_go_back_and_says_so(
+    jobs: str, tmp_path: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """Offsets 5, 7, 6 of one topic partition: replay used to drop 6 silently."""
+    """Offsets 5, 7, 6 of one topic partition: replay used to drop 6 silently. It is taken in
+    the order read (the contract's replay format), exactly as if its offsets rose in that
+    order, and replay warns on stderr (the jobs are processes: their stderr is the fd's)."""
+    from dataclasses import replace
+
     from stream.cli import main
     from stream.drivers.replayfile import write_records
 
     recs = [r for r in stamped(1) if r.topic == LEDGER][:8]
     moved = [*recs[:5], recs[6], recs[5], recs[7]]
-    path = tmp_path / "disordered.jsonl"
-    with open(path, "wb") as fh:
-        write_records(fh, moved)
-    status = main(["replay", "--in", str(path), "--out", str(tmp_path / "out.jsonl"), "--jobs", jobs])
-    err = capsys.readouterr().err
-    assert status == 2
-    assert f"line 7: {LEDGER}[0]@5: offsets of a topic partition must increase (offset 6 was already taken)" in err
+    renumbered = [replace(r, offset=i) for i, r in enumerate(moved)]
+    outs = []
+    for name, records in (("disordered", moved), ("renumbered", renumbered)):
+        path, out = tmp_path / f"{name}.jsonl", tmp_path / f"{name}-out.jsonl"
+        with open(path, "wb") as fh:
+            write_records(fh, records)
+        status = main(["replay", "--in", str(path), "--out", str(out), "--jobs", jobs, "--drain", "--max-hold-s", "0"])
+        assert status == 0
+        outs.append([line for line in out.read_bytes().splitlines()])
+        err = capfd.readouterr().err
+        if name == "disordered":
+            assert "1 record(s) at or below an earlier offset of their topic partition" in err
+        else:
+            assert "earlier offset" not in err
+    assert outs[0] and outs[0] == outs[1]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -130,7 +130,7 @@ class PartitionEngine:
         self.open_minutes: dict[int, list[str]] = {}
         self.signals_through: int | None = None  # the last closed minute
         self._close_at_ms = NEG_INF + 1  # the watermark that closes the next minute
-        self.stats = {"records": 0, "rejected": 0}
+        self.stats = {"records": 0, "rejected": 0, "out_of_order": 0}
         # Watches records and timers (trace, metrics, lookup index); never changes a decision.
         self.observer: EngineObserver | None = None
 
@@ -154,14 +154,19 @@ class PartitionEngine:
     ) -> list[Decision]:
         """Take one raw record of `stream` (in that stream's offset order) and return what is
         decided now: its dead letter if rejected, plus whatever the advanced watermark releases."""
-        # Each stream is taken in strictly increasing offset order (gaps allowed: transaction
-        # markers, compaction). Anything else is refused loudly, never skipped: the live shell
-        # (stream/worker/boundary.py) drops redeliveries and fills gaps before calling this, and
-        # a replay file with offsets out of order is an error.
+        # Live, each stream is taken in strictly increasing offset order (gaps allowed:
+        # transaction markers, compaction): the shell (stream/worker/boundary.py) drops
+        # redeliveries and fills gaps before calling this, so an offset that goes back is a bug
+        # and is refused loudly. A replay file is processed in the order read (CONTRACT.md
+        # "Replay file format"): an offset at or below an earlier one of its stream is taken like
+        # any record, never skipped, and counted (`out_of_order`) so that replay can warn.
         s = int(stream)
         if offset <= self.last_offset[s]:
-            raise OffsetOrderError(self._topic(s), self.partition, offset, self.last_offset[s])
-        self.last_offset[s] = offset
+            if self.persistent:
+                raise OffsetOrderError(self._topic(s), self.partition, offset, self.last_offset[s])
+            self.stats["out_of_order"] += 1
+        else:
+            self.last_offset[s] = offset
         if self.persistent:
             self.meta_dirty = True  # the saved state covers this offset now
         event = parse_payment(key, value) if s == 0 else parse_ledger(key, value)

@@ -24,14 +24,9 @@ from typing import IO, Any
 from ..core import codec
 from ..core.burst import BurstParams
 from ..core.holds import IncidentEvent
-from ..core.partition import NEG_INF, OffsetOrderError, Params
-from .replay import Replay, incident_timeline, reporting, run_detector
+from ..core.partition import NEG_INF, Params
+from .replay import Replay, incident_timeline, reporting, run_detector, warn_out_of_order
 from .replayfile import TimeRange, decision_line, parse_line
-
-
-class ReplayRefused(ValueError):
-    """The replay file breaks an input rule (offsets out of order), named by file and line."""
-
 
 _PARTITION = re.compile(rb'"partition"\s*:\s*(\d+)')
 
@@ -79,10 +74,7 @@ def _job(
             rec = parse_line(raw, path, line_no)
             if not within.keep(rec):
                 continue
-            try:
-                got = r.feed(rec)
-            except OffsetOrderError as exc:
-                raise ReplayRefused(f"{path} line {line_no}: {exc}") from None
+            got = r.feed(rec)
             if out is None:
                 continue
             for d in got:
@@ -93,6 +85,8 @@ def _job(
                 if out is not None:
                     write(sink, p, d.role, d)
                     n += 1
+    if out is not None:
+        warn_out_of_order(r, path)
     return n, r.signals, sorted(r.engines)
 
 

@@ -20,6 +20,7 @@ sees exactly the incidents a live run sees.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -80,6 +81,20 @@ class Replay:
         return detect_bursts(self.signals, set(self.engines) | set(partitions), self.burst)
 
 
+def warn_out_of_order(r: Replay, source: str) -> int:
+    """Say on stderr how many records came at or below an earlier offset of their topic
+    partition (processed in the order read, as the contract's replay format says); a file that
+    `dump` wrote never has any. Returns the count."""
+    n = sum(eng.stats["out_of_order"] for eng in r.engines.values())
+    if n:
+        print(
+            f"replay: warning: {source}: {n} record(s) at or below an earlier offset of their topic partition; "
+            "processed in the order read, not skipped (a Kafka read or a dump never has any)",
+            file=sys.stderr,
+        )
+    return n
+
+
 def detect_bursts(signals: Iterable[dict[str, Any]], partitions: Iterable[int], params: BurstParams) -> list[Decision]:
     """Run one `BurstDetector` over the partitions' signals (each partition's in its order)."""
     return run_detector(signals, partitions, params)[0]
@@ -121,7 +136,12 @@ def incident_timeline(
 
 
 def replay(
-    records: Iterable[KafkaRecord], params: Params, *, drain: bool = False, burst: BurstParams | None = None
+    records: Iterable[KafkaRecord],
+    params: Params,
+    *,
+    drain: bool = False,
+    burst: BurstParams | None = None,
+    source: str = "input",
 ) -> Iterator[tuple[int, Decision]]:
     """Decisions for `records` as (input partition, decision), in the order they are made; the
     failure-burst alerts (partition -1) come last. With holds on, `records` is read twice (an
@@ -134,6 +154,7 @@ def replay(
                 yield rec.partition, d
         if drain:
             yield from r.drain()
+        warn_out_of_order(r, source)
         for d in r.bursts():
             yield -1, d
         return
@@ -155,5 +176,6 @@ def replay(
             yield rec.partition, d
     if drain:
         yield from r.drain()
+    warn_out_of_order(r, source)
     for d in bursts:
         yield -1, d
