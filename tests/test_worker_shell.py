@@ -134,3 +134,24 @@ def test_the_detector_publishes_its_incidents_and_progress_for_the_partitions() 
     [(topic, raw)] = [x for x in sent if x[0] == settings.incidents_topic]
     events, known = parse_incidents_record(raw)
     assert events == [] and known == (T0 // 60_000 + 6) * 60_000 + 30_000
+
+
+def test_with_holds_a_quiet_partition_with_nothing_waiting_still_closes_its_minutes() -> None:
+    """Holds on: every partition's refunds wait for the detector, which waits for every
+    partition's closed minutes. A partition whose feeds went quiet with nothing waiting must
+    still let event time pass, or one quiet partition would hold every refund back."""
+    settings = Settings(partitions=1, idle_timeout_s=1)  # holds on (default H)
+    h = Harness(settings=settings)
+    h.batch(*tick(0))
+    asyncio.run(h.shell.on_incidents([], T0 + 600_000))
+
+    def quiet_for(seconds: float) -> list[int]:
+        h.shell.clocks[0].last_arrival = [time.monotonic() - seconds] * 2
+        asyncio.run(h.shell.check_idle_feeds())
+        return [v["through_minute"] for t, v in h.sent if t == settings.signals_topic]
+
+    quiet_for(40)  # W = 0 - 30 + 40 = 10 s: both records decided, nothing waits any more
+    eng = h.shell.engines[0]
+    assert not eng.heap and not eng.decide
+    closed = quiet_for(200)  # W = 170 s: minutes 0 and 1 close (end + 30 s probe age)
+    assert closed and max(closed) == T0 // 60_000 + 1

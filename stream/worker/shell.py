@@ -352,14 +352,22 @@ class ReconcileShell:
         async with self.lock:
             decisions: list[Decision] = []
             touched: set[int] = set()
+            holds = self.params.holds
             for p, eng in list(self.engines.items()):
                 clock = self.clocks[p]
-                if not eng.heap and not eng.decide:  # nothing waits: records, deadlines, holds
+                waiting = bool(eng.heap or eng.decide)  # records, deadlines, holds
+                if not waiting and not holds:
                     continue
                 ages = [now - (t or clock.started) for t in clock.last_arrival]
                 silent = [a >= idle_s for a in ages]
                 got: list[Decision] = []
-                if silent[0] and not silent[1]:
+                if not waiting:
+                    # Holds on: every partition's refunds wait for the detector, which waits for
+                    # every partition's closed minutes, so a quiet partition with nothing waiting
+                    # must still let event time pass (no alert: nothing of its own is late).
+                    if silent[0] and silent[1]:
+                        got = self._advance_quiet(p, eng, ages)
+                elif silent[0] and not silent[1]:
                     got = eng.declare_silent(Stream.P)
                 elif silent[1] and not silent[0]:
                     got = eng.declare_silent(Stream.L)
@@ -376,6 +384,16 @@ class ReconcileShell:
                 decisions = self.on_idle(decisions)
             if touched or decisions:
                 await self._emit_and_persist(decisions, touched)
+
+    def _advance_quiet(self, p: int, eng: PartitionEngine, ages: list[float]) -> list[Decision]:
+        # Event time follows wall time from the newest record seen; a partition that never had a
+        # record follows the furthest watermark of this worker's other partitions (live only,
+        # like every idle rule; nothing is decided for it until then).
+        newest = max((x for x in eng.max_ms if x is not None), default=None)
+        if newest is not None:
+            return eng.advance_to(newest - self.params.lateness_ms + int(min(ages) * 1000))
+        others = [e.watermark_ms for q, e in self.engines.items() if q != p and e.watermark_ms > NEG_INF]
+        return eng.advance_to(max(others)) if others else []
 
     def stats(self) -> dict[str, Any]:
         return {
