@@ -364,7 +364,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
         # Keyed by reference: Kafka's default partitioner put it in one partition of each topic.
         # With refund holds on, the incidents need every partition (trace replays them all).
-        every = args.all_partitions or getattr(s.params, "holds", False)
+        every = args.all_partitions or s.params.holds
         parts = None if every else {partition_for(ref.encode(), check_copartitioned(s))}
         records = list(read_topics(s, list(topics), partitions=parts))
         source = f"topics {', '.join(topics)} on {s.bootstrap}"

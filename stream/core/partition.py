@@ -404,7 +404,7 @@ class PartitionEngine:
                 elif st.cycle_deadline_ms is None and not st.holds:
                     del refs[ref]
                     if self.observer is not None:
-                        self.observer.dropped(ref, due, watermark_ms, st)
+                        self.observer.dropped(ref, due, cap, st)
                 # else: the deadline or the hold's end reschedules retention.
                 if persistent:
                     dirty.add(ref)
@@ -428,7 +428,7 @@ class PartitionEngine:
                 duplicate = obs is not None and st.has_seen(s, event.event_id)
                 decisions, opened = st.apply(_STREAMS[s], offset, eff, event, p.timeout_ms, self.partition)
                 if obs is not None:
-                    obs.processed(_STREAMS[s], offset, eff, watermark_ms, event, duplicate, st, decisions)
+                    obs.processed(_STREAMS[s], offset, eff, cap, event, duplicate, st, decisions)
                 if not had_request and st.request is not None:
                     minute = eff // MINUTE_MS
                     # A request the burst signals already counted ahead of the decisions.
@@ -447,10 +447,10 @@ class PartitionEngine:
                 if st is None or st.cycle_deadline_ms != eff:
                     continue
                 n_holds = len(st.holds)
-                numbers = (st.net, st.settled, st.active)
+                numbers = (st.net, st.settled, st.active) if self.observer is not None else (0, 0, 0)
                 fired = st.on_deadline(eff, self.partition, incidents, max_hold_ms, grace_ms)
                 if self.observer is not None:
-                    self.observer.deadline(ref, eff, watermark_ms, numbers, st, fired)
+                    self.observer.deadline(ref, eff, cap, numbers, st, fired)
                 out.extend(fired)
                 if len(st.holds) > n_holds:
                     hold = st.holds[-1]

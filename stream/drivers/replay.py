@@ -135,6 +135,24 @@ def incident_timeline(
     return events, (closed_through_minute + 1) * MINUTE_MS + params.probe_age_ms
 
 
+def with_incidents(
+    records: Iterable[KafkaRecord], params: Params, burst: BurstParams, *, drain: bool
+) -> tuple[Replay, list[Decision]]:
+    """Holds on: the first pass (holds off) over `records` for the detector's alerts, and the
+    `Replay` for the second pass, which decides with their incident timeline (also `trace`)."""
+    first = Replay(replace(params, max_hold_ms=0), burst)
+    for rec in records:
+        first.feed(rec)
+    if drain:
+        for _ in first.drain():
+            pass
+    bursts, closed_through = run_detector(first.signals, reporting(first.signals), burst)
+    events, known_through_ms = incident_timeline(bursts, closed_through, params, drain=drain)
+    # The second pass needs no signals: the first pass's incidents are the detector's.
+    second = replace(params, burst_signals=False)
+    return Replay(second, burst, incidents=events, incidents_known_through_ms=known_through_ms), bursts
+
+
 def replay(
     records: Iterable[KafkaRecord],
     params: Params,
@@ -160,17 +178,7 @@ def replay(
         return
     if isinstance(records, Iterator):
         records = list(records)
-    first = Replay(replace(params, max_hold_ms=0), burst)
-    for rec in records:
-        first.feed(rec)
-    if drain:
-        for _ in first.drain():
-            pass
-    bursts, closed_through = run_detector(first.signals, reporting(first.signals), burst)
-    events, known_through_ms = incident_timeline(bursts, closed_through, params, drain=drain)
-    # The second pass needs no signals: the first pass's incidents are the detector's.
-    second = replace(params, burst_signals=False)
-    r = Replay(second, burst, incidents=events, incidents_known_through_ms=known_through_ms)
+    r, bursts = with_incidents(records, params, burst, drain=drain)
     for rec in records:
         for d in r.feed(rec):
             yield rec.partition, d

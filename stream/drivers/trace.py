@@ -21,7 +21,7 @@ from ..core.eventtime import BadTimestamp, format_ms, parse_ms
 from ..core.partition import NEG_INF, Params
 from ..core.records import LedgerEvent, PaymentEvent, Stream
 from ..core.reference import ReferenceState
-from .replay import Replay
+from .replay import Replay, with_incidents
 from .replayfile import KafkaRecord
 from .wib import wib_and_utc
 
@@ -196,9 +196,9 @@ def trace(
     topics = (params.payment_topic, params.ledger_topic)
     burst = burst or BurstParams()
     timeline: list[Decision] | None = None
-    if getattr(params, "holds", False):
+    if params.holds:
         records = list(records)
-        r, timeline = _with_incidents(records, params, burst, drain)
+        r, timeline = with_incidents(records, params, burst, drain=drain)
     else:
         r = Replay(params, burst)
     observers: dict[int, TraceObserver] = {}
@@ -273,27 +273,6 @@ def trace(
     }
     result["why"] = explain(result)
     return result
-
-
-def _with_incidents(
-    records: list[KafkaRecord], params: Params, burst: BurstParams, drain: bool
-) -> tuple[Replay, list[Decision]]:
-    """Holds on: the detector's alerts from a first pass over every record (holds off, as
-    `replay` does) and a `Replay` that decides with their incident timeline."""
-    from dataclasses import replace
-
-    from .replay import incident_timeline, run_detector  # the holds-era replay
-
-    first = Replay(replace(params, max_hold_ms=0), burst)  # type: ignore[call-arg,unused-ignore]
-    for rec in records:
-        first.feed(rec)
-    if drain:
-        for _ in first.drain():
-            pass
-    bursts, closed_through = run_detector(first.signals, first.engines, burst)
-    events, known_through_ms = incident_timeline(bursts, closed_through, params, drain=drain)
-    second = replace(params, burst_signals=False)
-    return Replay(second, burst, incidents=events, incidents_known_through_ms=known_through_ms), bursts
 
 
 def explain(t: dict[str, Any]) -> list[str]:

@@ -36,10 +36,9 @@ def _at(ms: int | None) -> str | None:
 
 def _state_hold(st: ReferenceState) -> dict[str, Any] | None:
     # Holds kept in the reference's state (refund holds in the core): the newest open one.
-    holds = getattr(st, "holds", None)
-    if not holds:
+    if not st.holds:
         return None
-    h = holds[-1]
+    h = st.holds[-1]
     return {
         "refund_id": h.refund_id,
         "amount": h.amount,
