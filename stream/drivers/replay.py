@@ -165,25 +165,18 @@ def replay(
     failure-burst alerts (partition -1) come last. With holds on, `records` is read twice (an
     iterator is kept in memory first; pass a re-iterable, e.g. a file reader, to avoid that)."""
     burst = burst or BurstParams()
-    if not params.holds:
+    bursts: list[Decision] | None = None  # holds off: the detector runs after the one pass
+    if params.holds:
+        if isinstance(records, Iterator):
+            records = list(records)
+        r, bursts = with_incidents(records, params, burst, drain=drain)
+    else:
         r = Replay(params, burst)
-        for rec in records:
-            for d in r.feed(rec):
-                yield rec.partition, d
-        if drain:
-            yield from r.drain()
-        warn_out_of_order(r, source)
-        for d in r.bursts():
-            yield -1, d
-        return
-    if isinstance(records, Iterator):
-        records = list(records)
-    r, bursts = with_incidents(records, params, burst, drain=drain)
     for rec in records:
         for d in r.feed(rec):
             yield rec.partition, d
     if drain:
         yield from r.drain()
     warn_out_of_order(r, source)
-    for d in bursts:
+    for d in r.bursts() if bursts is None else bursts:
         yield -1, d
