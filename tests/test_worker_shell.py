@@ -155,3 +155,19 @@ def test_with_holds_a_quiet_partition_with_nothing_waiting_still_closes_its_minu
     assert not eng.heap and not eng.decide
     closed = quiet_for(200)  # W = 170 s: minutes 0 and 1 close (end + 30 s probe age)
     assert closed and max(closed) == T0 // 60_000 + 1
+
+
+def test_the_shell_lock_says_how_long_it_is_held() -> None:
+    """The worker's watchdog restarts a worker whose shell lock stays held (a hung send, flush or
+    state write): the lock must tell, and forget once released."""
+    from stream.worker.shell import TimedLock
+
+    async def run() -> tuple[float, float]:
+        lock = TimedLock()
+        async with lock:
+            assert lock.held_since is not None
+            during = lock.held_for_s(lock.held_since + 95.0)
+        return during, lock.held_for_s(time.monotonic() + 95.0)
+
+    during, after = asyncio.run(run())
+    assert during == 95.0 and after == 0.0

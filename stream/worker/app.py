@@ -31,6 +31,9 @@ from .watch import WorkerWatch
 
 log = logging.getLogger("qris_guard.worker")
 
+# The shell's lock held this long means something under it hangs (`watch_state_recovery`).
+SHELL_STALL_S = 90.0
+
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
@@ -214,6 +217,13 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
                     watchdog.stall_s,
                     remaining,
                 )
+                restart_self()
+            held_s = shell.lock.held_for_s(time.monotonic())
+            if held_s >= SHELL_STALL_S:
+                # Seen once in the Kafka tier after a restart: the worker decided nothing for two
+                # minutes with no error (cause not found). Whatever hangs under the lock (a send,
+                # a flush, a state write), a restart resumes from the last commit.
+                log.critical("a batch or hand-over of decisions has hung for %.0f s; restarting", held_s)
                 restart_self()
 
     @app.on_partitions_assigned.connect  # type: ignore[misc]

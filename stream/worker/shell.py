@@ -78,6 +78,27 @@ class StateStore(Protocol):
     def load(self, partition: int) -> Iterable[tuple[bytes, bytes]]: ...
 
 
+class TimedLock(asyncio.Lock):
+    """The shell's lock, remembering since when (monotonic seconds) it is held: every batch,
+    idle-feed tick and hand-over of incidents runs under it, so a lock held for minutes means
+    a send, flush or state write that hangs, which the worker's watchdog turns into a restart
+    instead of a silent stop."""
+
+    held_since: float | None = None
+
+    async def acquire(self) -> bool:
+        await super().acquire()
+        self.held_since = time.monotonic()
+        return True
+
+    def release(self) -> None:
+        self.held_since = None
+        super().release()
+
+    def held_for_s(self, now_s: float) -> float:
+        return 0.0 if self.held_since is None else now_s - self.held_since
+
+
 class ReconcileShell:
     """Holds the engines of the partitions this worker owns and drives them."""
 
@@ -110,7 +131,7 @@ class ReconcileShell:
         self.incident_keys: set[IncidentEvent] = set()
         self.incidents_known_through_ms = NEG_INF
         self.released_at_restore: list[Decision] = []
-        self.lock = asyncio.Lock()
+        self.lock = TimedLock()
         # Called with each engine made or restored here (metrics, the lookup index watch it).
         self.on_engine: Callable[[PartitionEngine], None] | None = None
         # Rewrites the idle check's decisions (one FEED_SILENT per topic, and its recovery).
