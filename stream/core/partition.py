@@ -221,8 +221,11 @@ class PartitionEngine:
         self.meta_dirty = True
         if not _alert_due(self.skewed[s]):
             return []
-        topic = self.params.payment_topic if s == 0 else self.params.ledger_topic
-        return [clock_skew_alert(topic, self.partition, self.skewed[s], event, timestamp_ms, self.params.clock_skew_ms)]
+        return [
+            clock_skew_alert(
+                self._topic(s), self.partition, self.skewed[s], event, timestamp_ms, self.params.clock_skew_ms
+            )
+        ]
 
     def _reject(
         self,
