@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 
 from .core.burst import BurstParams
@@ -348,6 +348,10 @@ _SASL_FIELDS = ("sasl_mechanism", "sasl_username", "sasl_password", "sasl_passwo
 _SSL_FIELDS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password", "ssl_key_password_file")
 
 
+# How a variable's text becomes its field's value, by the type of the field's default (else text).
+_PARSE_AS: dict[type, Callable[[str], object]] = {int: int, float: float}
+
+
 def from_env(env: Mapping[str, str]) -> Settings:
     """Build settings from an environment mapping; unknown `QRIS_*` names are an error, so a
     typo does not silently fall back to a default."""
@@ -361,10 +365,11 @@ def from_env(env: Mapping[str, str]) -> Settings:
         if var in env:
             raw = env[var]
             try:
-                values[f.name] = {int: int, float: float}.get(type(f.default), str)(raw)  # type: ignore[operator]
+                values[f.name] = _PARSE_AS.get(type(f.default), str)(raw)
             except ValueError:
                 kind = {int: "an integer", float: "a number"}[type(f.default)]
                 raise SettingsError(f"{var}={raw!r}: expected {kind}") from None
+    # Each value was parsed to its field's type (the type of the field's default) just above.
     return Settings(**values)  # type: ignore[arg-type]
 
 

@@ -89,7 +89,7 @@ def produce(
     reference lives. The first failed send is raised after the flush.
     """
     # Imported here: generating and writing files needs no Kafka client.
-    from kafka import KafkaProducer  # type: ignore[attr-defined]
+    from kafka import KafkaProducer
     from stream.security import kafka_python_config
     from stream.settings import Settings
 
