@@ -388,3 +388,24 @@ def test_an_offset_below_one_already_taken_is_refused_live_and_processed_in_repl
     eng.on_record(L, 9, None, ledger("d9", "debited", "R9", 2))  # a gap is fine (markers, compaction)
     out = eng.drain()
     assert sorted(d.value["reference"] for d in out if d.role == "refunds") == ["R5", "R6", "R7", "R9"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit (README): PartitionEngine._reject in stream/core/partition.py dates it by both streams",
+)
+def test_a_dead_letter_alert_without_a_kafka_timestamp_is_dated_by_its_own_stream() -> None:
+    """A rejected record with no Kafka timestamp: its DEAD_LETTER alert's time must not depend
+    on how far the other topic had been read when it arrived (replay equals live), so it is
+    the newest event time of the record's own stream."""
+    alerts = []
+    for ledger_first in (False, True):
+        eng = PartitionEngine(0, PARAMS)
+        if ledger_first:
+            eng.on_record(L, 0, None, ledger("d1", "debited", "R1", 500))
+        eng.on_record(P, 0, None, payment("q1", "requested", "R2", 0))
+        out = eng.on_record(P, 1, b"X", b"{broken", None)
+        if not ledger_first:
+            eng.on_record(L, 0, None, ledger("d1", "debited", "R1", 500))
+        alerts += [d.value for d in out if d.role == "alerts"]
+    assert [a["occurred_at"] for a in alerts] == [format_ms(T0)] * 2
