@@ -1,7 +1,7 @@
 # Developer and CI entry points. `make test` is the test command: it installs the venv if
 # needed, starts the Kafka broker (kafka/broker.sh) if it is not running, runs every test tier
-# and leaves the broker up for the next run; `make broker-down` stops it. `make check` runs the
-# fast tiers (no broker) in seconds.
+# and leaves the broker up for the next run; `make broker-down` stops it. `make check` runs lint,
+# mypy and the fast tiers (no broker, nothing marked slow); `make test-slow` the slow tier.
 
 SHELL := /bin/bash
 
@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export QRIS_KAFKA_PORT ?= 9092
 export QRIS_BOOTSTRAP ?= 127.0.0.1:$(QRIS_KAFKA_PORT)
 
-.PHONY: demo install broker-up broker-down broker-reset test check lint typecheck test-fast fmt clean distclean \
+.PHONY: demo install broker-up broker-down broker-reset test check lint typecheck test-fast test-slow fmt clean distclean \
 	bench-replay bench-detection bench-live test-rebalance chaos
 
 # The main job: the 29 March 2025 outage end to end on the real broker, then a report for
@@ -67,8 +67,13 @@ lint: install
 typecheck: install
 	$(PY) -m mypy
 
+# The fast tiers: no broker, no test marked slow (README "Tests" lists the tiers).
 test-fast: install
-	$(PY) -m pytest tests -m "not kafka" $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not kafka and not slow" $(PYTEST_ARGS)
+
+# The slow tier without a broker: simulated days, the fuzz suite, CLI subprocesses.
+test-slow: install
+	$(PY) -m pytest tests -m "slow and not kafka" $(PYTEST_ARGS)
 
 fmt: install
 	$(PY) -m ruff format .

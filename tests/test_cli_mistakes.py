@@ -142,6 +142,7 @@ def mistakes(tmp: Path) -> list[tuple[str, list[str], dict[str, str], int, str]]
     ]
 
 
+@pytest.mark.slow
 def test_every_mistake_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
     failures = []
     for name, args, env, status, said in mistakes(tmp_path):
@@ -172,6 +173,7 @@ def test_time_range_doctest() -> None:
     assert tried and not failures
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_from_to_with_a_replay_file_select_by_record_timestamp(tmp_path: Path, jobs: str) -> None:
     """Timestamps rise with the file here, so Kafka's selection is [from, to) exactly: the

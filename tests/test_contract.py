@@ -95,6 +95,7 @@ def test_every_record_emitted_for_the_scenario_validates() -> None:
     assert {"refund.requested", "refund.cancel_requested", "LATE_SETTLEMENT", "DEAD_LETTER", "dead_letter"} <= seen
 
 
+@pytest.mark.slow
 def test_every_record_emitted_with_holds_during_an_outage_validates() -> None:
     from tests.test_holds import HOLDS, _records
 

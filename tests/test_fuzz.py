@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -196,6 +197,7 @@ def _decided(out: list[Decision], skip: tuple[str, ...] = ("DEAD_LETTER",)) -> l
     return kept
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(hostile_traffic())
 def test_hostile_records_are_dead_lettered_and_change_no_decision(

@@ -452,6 +452,7 @@ def _lines(decisions: list[tuple[int, Decision]]) -> list[bytes]:
     return [codec.dumps([p, d.role, d.value, d.at_ms]) for p, d in decisions]
 
 
+@pytest.mark.slow
 def test_the_outage_replayed_with_holds_claws_nothing_back_and_ends_with_the_same_refunds(
     outage: list[KafkaRecord],
 ) -> None:
@@ -481,6 +482,7 @@ def test_the_outage_replayed_with_holds_claws_nothing_back_and_ends_with_the_sam
     assert all(h["held_until"] <= h["release_by"] for h in ended.values())
 
 
+@pytest.mark.slow
 def test_a_day_without_incidents_is_unchanged_by_holds() -> None:
     records = _records("normal", minutes=30)
     off = list(replay(records, replace(HOLDS, max_hold_ms=0), drain=True))
@@ -523,6 +525,7 @@ class LiveLoop:
                 self._take(q, eng.on_incidents(events, known))
 
 
+@pytest.mark.slow
 def test_live_like_feedback_decides_exactly_what_replay_decides(outage: list[KafkaRecord]) -> None:
     burst = BurstParams()
     live = LiveLoop(HOLDS, [0, 1], burst)
@@ -534,6 +537,7 @@ def test_live_like_feedback_decides_exactly_what_replay_decides(outage: list[Kaf
         assert _lines([x for x in live.out if x[0] == p]) == _lines([x for x in replayed if x[0] == p]), p
 
 
+@pytest.mark.slow
 def test_signals_do_not_wait_for_the_incidents(outage: list[KafkaRecord]) -> None:
     # The same records with incidents never known: decisions stop, signals go on unchanged.
     blocked = {p: PartitionEngine(p, HOLDS) for p in (0, 1)}

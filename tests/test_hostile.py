@@ -327,6 +327,7 @@ def _decisions(records: list[KafkaRecord], params: Params, ref: str) -> tuple[li
     return kept, own
 
 
+@pytest.mark.slow
 def test_one_record_dated_9999_in_an_outage_changes_no_other_reference() -> None:
     records, ref = _outage(), "QRCLOCK"
     clean, _ = _decisions(records, Params(), ref)
@@ -395,6 +396,7 @@ def test_alert_summaries_and_the_report_escape_what_they_quote() -> None:
     assert not set(text) & (set(FORBIDDEN) - {"\n"}) and "\\u001b[31m" in text and "\\u0007" in text
 
 
+@pytest.mark.slow
 def test_a_reference_hammered_with_distinct_events_stays_small_and_still_deduplicates() -> None:
     params = Params(timeout_ms=10**12, lateness_ms=0, retention_ms=10**12)
     eng = PartitionEngine(0, params)

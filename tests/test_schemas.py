@@ -406,6 +406,7 @@ def _timestamp_accepts(text: str) -> bool:
     return bool(Draft202012Validator(timestamp).is_valid(text))
 
 
+@pytest.mark.slow
 def test_timestamp_pattern_accepts_exactly_the_real_calendar_dates() -> None:
     years = [0, 1, 4, 100, 400, 1900, 1999, 2000, 2023, 2024, 2100, 2400, 9999]
     for year in years:

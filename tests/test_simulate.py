@@ -231,6 +231,7 @@ def _replay_bytes(scenario: str, seed: int, **knobs: Any) -> bytes:
     return sink.getvalue()
 
 
+@pytest.mark.slow
 def test_same_seed_and_parameters_give_identical_bytes() -> None:
     first = _replay_bytes("mixed", 5)
     assert first == _replay_bytes("mixed", 5)
@@ -247,6 +248,7 @@ PINNED_SHA256 = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", list(PINNED_SHA256))
 def test_output_without_a_degradation_is_unchanged(scenario: str) -> None:
     pinned = _replay_bytes(scenario, 5)
@@ -337,6 +339,7 @@ def test_key_partitioner_equals_the_plain_one(suffixes: list[bytes], prefix: byt
 # -- every scenario: records, partitions, offsets, produce order ---------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_records_are_keyed_partitioned_and_numbered_like_kafka(scenario: str) -> None:
     run = simulated(scenario)
@@ -359,6 +362,7 @@ def test_records_are_keyed_partitioned_and_numbered_like_kafka(scenario: str) ->
     assert run.truth.records == len(run.records)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_valid_records_follow_the_contract(scenario: str) -> None:
     run = simulated(scenario)
@@ -384,6 +388,7 @@ def test_valid_records_follow_the_contract(scenario: str) -> None:
     assert zones["Z"] > 0 and zones["+07:00"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_ground_truth_owed_matches_the_records(scenario: str) -> None:
     assert_owed_matches_the_records(simulated(scenario))
@@ -409,6 +414,7 @@ def assert_owed_matches_the_records(run: Run) -> None:
 # -- the scenarios contain what they promise -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_normal_day_has_a_daily_rhythm_and_few_failures() -> None:
     run = simulated("normal", minutes=24 * 60, rate=4.0)
     per_hour: Counter[int] = Counter()
@@ -422,6 +428,7 @@ def test_normal_day_has_a_daily_rhythm_and_few_failures() -> None:
     assert load_factor(START_MS - 5 * 3_600_000) < load_factor(START_MS + 10 * 3_600_000)
 
 
+@pytest.mark.slow
 def test_lebaran_is_several_times_normal_with_the_same_failure_rate() -> None:
     day: dict[str, GroundTruth] = {}
     failed: dict[str, int] = {}
@@ -435,6 +442,7 @@ def test_lebaran_is_several_times_normal_with_the_same_failure_rate() -> None:
         assert len(truth.owed) < 0.003 * truth.payments
 
 
+@pytest.mark.slow
 def test_outage_leaves_unsettled_debits_on_one_switch_during_the_window_only() -> None:
     run = simulated("outage", minutes=60)
     begin_ms, end_ms = run.truth.outage_window_ms or (0, 0)
@@ -470,6 +478,7 @@ def test_outage_leaves_unsettled_debits_on_one_switch_during_the_window_only() -
     assert set(stuck) == {ref for ref, fate in run.truth.outage.items() if fate == "never_settled"}
 
 
+@pytest.mark.slow
 def test_outage_switch_and_time_are_configurable() -> None:
     start = START_MS + 10 * 60_000
     run = simulated("outage", minutes=30, outage_switch="JALIN", outage_start_ms=start)
@@ -478,6 +487,7 @@ def test_outage_switch_and_time_are_configurable() -> None:
     assert stuck and {r.requested["switch_id"] for r in stuck.values()} == {"JALIN"}
 
 
+@pytest.mark.slow
 def test_double_debits_are_two_ledger_entries_and_one_settlement() -> None:
     run = simulated("double_debit")
     doubles = [r for r in by_reference(run).values() if len(r.events["debited"]) == 2]
@@ -490,6 +500,7 @@ def test_double_debits_are_two_ledger_entries_and_one_settlement() -> None:
     assert 0 < len(reversed_extra) < len(doubles)
 
 
+@pytest.mark.slow
 def test_failed_payments_with_and_without_reversal() -> None:
     references = by_reference(simulated("failed")).values()
     failed = [r for r in references if r.events["failed"]]
@@ -502,6 +513,7 @@ def test_failed_payments_with_and_without_reversal() -> None:
     assert {"05", "51", "68", "91", "96"} <= codes
 
 
+@pytest.mark.slow
 def test_late_settlements_and_reversals_come_after_the_timeout() -> None:
     run = simulated("late")
     references = by_reference(run)
@@ -513,6 +525,7 @@ def test_late_settlements_and_reversals_come_after_the_timeout() -> None:
         assert answer - r.times("debited")[0] > TIMEOUT_MS
 
 
+@pytest.mark.slow
 def test_redelivered_records_are_exact_copies_later_in_the_same_partition() -> None:
     run = simulated("redelivery")
     first: dict[str, SimRecord] = {}
@@ -527,6 +540,7 @@ def test_redelivered_records_are_exact_copies_later_in_the_same_partition() -> N
     assert copies == run.truth.redelivered > 50
 
 
+@pytest.mark.slow
 def test_disorder_is_within_and_beyond_the_allowed_lateness() -> None:
     run = simulated("disorder")
     stream_max: dict[tuple[str, int], int] = {}
@@ -542,6 +556,7 @@ def test_disorder_is_within_and_beyond_the_allowed_lateness() -> None:
     assert beyond > run.truth.late_beyond_lateness // 2 > 10
 
 
+@pytest.mark.slow
 def test_malformed_scenario_produces_every_kind_of_bad_record() -> None:
     run = simulated("malformed")
     assert set(run.truth.malformed) == set(MALFORMED_KINDS)
@@ -566,6 +581,7 @@ def test_malformed_scenario_produces_every_kind_of_bad_record() -> None:
     assert amounts == {"str", "float", "bool"}
 
 
+@pytest.mark.slow
 def test_mixed_has_a_bit_of_everything() -> None:
     truth = simulated("mixed", minutes=60).truth
     assert truth.outage and truth.cancelled and truth.redelivered and truth.malformed
@@ -598,6 +614,7 @@ def requested_in(run: Run, begin_ms: int, end_ms: int) -> dict[str, Reference]:
     return {ref: r for ref, r in by_reference(run).items() if begin_ms <= r.times("requested")[0] < end_ms}
 
 
+@pytest.mark.slow
 def test_acquirer_degradation_fails_its_share_of_the_scope_in_the_window_only() -> None:
     # No other failures, so every failed payment is one the degradation chose.
     run = simulated("acquirer_degradation", minutes=60, rate=200, failure_rate=0.0)
@@ -632,6 +649,7 @@ def test_acquirer_degradation_fails_its_share_of_the_scope_in_the_window_only() 
     assert {reason for _, reason in run.truth.owed.values()} == {"PAYMENT_FAILED"}
 
 
+@pytest.mark.slow
 def test_slow_burn_failure_share_ramps_up_then_holds() -> None:
     run = simulated("slow_burn", minutes=100, rate=200, failure_rate=0.0)
     assert_owed_matches_the_records(run)
@@ -656,6 +674,7 @@ def test_slow_burn_failure_share_ramps_up_then_holds() -> None:
     assert not [r for r in by_reference(run).values() if r.events["failed"] and r.requested["switch_id"] != "JALIN"]
 
 
+@pytest.mark.slow
 def test_merchant_degradation_defaults_to_the_busiest_merchant() -> None:
     catalogue = merchants.build_catalogue(11, 2000)
     busiest = catalogue.busiest()
@@ -675,6 +694,7 @@ def test_merchant_degradation_defaults_to_the_busiest_merchant() -> None:
     assert {r.requested["merchant_id"] for r in by_reference(chosen).values() if r.events["failed"]} <= {other.nmid}
 
 
+@pytest.mark.slow
 def test_ground_truth_records_the_outage_and_the_degradation_as_incidents() -> None:
     degrade_start = START_MS + 40 * 60_000
     run = simulated("outage", minutes=60, degrade_scope="issuer", degrade_id="BANKDKI", degrade_start_ms=degrade_start)
@@ -700,6 +720,7 @@ def test_ground_truth_records_the_outage_and_the_degradation_as_incidents() -> N
     assert simulated("normal").truth.incidents == []
 
 
+@pytest.mark.slow
 def test_command_maps_the_degradation_flags(tmp_path: Any) -> None:
     out, truth_file = tmp_path / "degraded.jsonl", tmp_path / "truth.json"
     status = simulate_main(
@@ -766,6 +787,7 @@ def test_replay_lines_have_the_contract_shape() -> None:
     assert b64 == run.truth.malformed["non_utf8"] > 0
 
 
+@pytest.mark.slow
 def test_command_writes_the_same_file_as_the_api(tmp_path: Any) -> None:
     out = tmp_path / "outage.jsonl"
     truth_file = tmp_path / "truth.json"

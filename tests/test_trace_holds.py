@@ -4,6 +4,8 @@ status from a hold kept in state."""
 
 from __future__ import annotations
 
+import pytest
+
 from stream.core.holds import Hold
 from stream.core.partition import Params
 from stream.core.reference import ReferenceState
@@ -28,6 +30,7 @@ def _outage() -> list[KafkaRecord]:
     ]
 
 
+@pytest.mark.slow
 def test_trace_explains_a_held_refund_paid_later_and_one_released() -> None:
     recs = _outage()
     by_ref: dict[str, list[str]] = {}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from stream.cli import main
 from stream.core import burstsnapshot
@@ -48,6 +49,7 @@ def test_a_snapshot_that_is_not_one_is_refused_with_a_reason() -> None:
             raise AssertionError(f"{raw!r} accepted")
 
 
+@pytest.mark.slow
 def test_warmup_from_a_replay_file_is_the_replay_core_over_its_records(tmp_path: Path) -> None:
     records = list(
         generate("normal", seed=5, start_ms=TUESDAY_08_WIB_MS, minutes=25, rate_per_min=120, failure_rate=0.03)
