@@ -758,8 +758,9 @@ def test_an_engine_restored_mid_hold_at_any_step_decides_what_the_uninterrupted_
     p, l = inp  # noqa: E741
     whole, state, holding = run_restored(p, l, schedule, events, lag_ms, set())
     steps = len([s for s in schedule if s in (0, 1)]) + len(p) + len(l)
-    at = st.sampled_from(holding) if holding else st.integers(0, steps - 1)
+    at: st.SearchStrategy[int] = st.sampled_from(holding) if holding else st.integers(0, steps - 1)
     restarts = data.draw(st.sets(at, min_size=1, max_size=4))
-    if holding and data.draw(st.booleans()):
+    at_first_hold: bool = data.draw(st.booleans())
+    if holding and at_first_hold:
         restarts.add(holding[0])  # just after the first hold opened: its incident is not over yet
     assert run_restored(p, l, schedule, events, lag_ms, restarts)[:2] == (whole, state)

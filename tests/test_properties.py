@@ -288,7 +288,7 @@ def topic_partitions(draw: st.DrawFn) -> list[list[KafkaRecord]]:
 def arrival_order(data: st.DataObject, queues: list[list[KafkaRecord]]) -> list[KafkaRecord]:
     """Any interleaving of the topic partitions that keeps each one's offset order."""
     heads = [0] * len(queues)
-    order = []
+    order: list[KafkaRecord] = []
     while True:
         open_queues = [q for q in range(len(queues)) if heads[q] < len(queues[q])]
         if not open_queues:
