@@ -17,6 +17,7 @@ from typing import Any
 
 from . import ids
 from .decisions import Decision
+from .holdtally import is_hold_report
 from .incidents import Incident, IncidentBook, incident_alert, scope_limit_alert
 from .merge import PartitionMerge
 from .ratemodel import FailureRateModel, rhythm_bucket
@@ -160,7 +161,10 @@ class BurstDetector:
     # -- input ----------------------------------------------------------------------------
 
     def on_signals(self, value: dict[str, Any]) -> list[Decision]:
-        """Take one partition's report; return the alerts of the minutes it completes."""
+        """Take one partition's report; return the alerts of the minutes it completes. A hold
+        report on the same topic is the tally's (`holdtally`), not the detector's: ignored."""
+        if is_hold_report(value):
+            return []
         out: list[Decision] = []
         for minute, data in self.merge.take(value):
             out.extend(self.close_minute(minute, data))

@@ -35,6 +35,7 @@ from .alerts import clock_skew_alert, dead_letter_alert, feed_silent_alert
 from .deadletter import dead_letter_record
 from .decisions import Decision
 from .holds import IncidentEvent, IncidentTimeline
+from .holdtally import HoldEvent, explain_cancellations, hold_event, hold_report, report_floor_ms
 from .observe import EngineObserver
 from .records import LedgerEvent, PaymentEvent, Stream, event_fields
 from .reference import ReferenceState
@@ -129,6 +130,10 @@ class PartitionEngine:
         # Burst signals: references by minute of their request, until the minute is closed.
         self.open_minutes: dict[int, list[str]] = {}
         self.signals_through: int | None = None  # the last closed minute
+        # Holds on: hold decisions not yet reported to the detector's tally, and the decided-
+        # through time of the last report (`holdtally`).
+        self.hold_events: list[HoldEvent] = []
+        self.hold_reported_ms = NEG_INF
         self._close_at_ms = NEG_INF + 1  # the watermark that closes the next minute
         self.stats = {"records": 0, "rejected": 0, "out_of_order": 0}
         # Watches records and timers (trace, metrics, lookup index); never changes a decision.
@@ -322,7 +327,27 @@ class PartitionEngine:
             out = self._process(watermark_ms, cap)
         if watermark_ms >= self._close_at_ms and watermark_ms > NEG_INF and self.params.burst_signals:
             out.append(self._close_minutes(watermark_ms))
+        if self.params.holds:
+            self._report_holds(out)
         return out
+
+    def _report_holds(self, out: list[Decision]) -> None:
+        # The detector's tally counts the hold decisions in the incidents' alerts: they are
+        # reported once the decided-through time crosses a minute (not per record); those not
+        # reported yet are saved with the metadata.
+        for d in out:
+            if d.role != "signals" and (e := hold_event(d)) is not None:
+                self.hold_events.append(e)
+                self.meta_dirty = True
+        through = self.decided_through_ms
+        if through <= NEG_INF // 2:
+            return
+        floor = report_floor_ms(through)
+        if floor > self.hold_reported_ms:
+            out.append(hold_report(self.partition, self.hold_events, floor))
+            self.hold_events = []
+            self.hold_reported_ms = floor
+            self.meta_dirty = True
 
     def _close_minutes(self, watermark_ms: int) -> Decision:
         # Every request of minute m, and every record up to its probe time, has been processed
@@ -438,6 +463,8 @@ class PartitionEngine:
                     if through is None or minute > through:
                         self.open_minutes.setdefault(minute, []).append(ref)
                 if decisions:
+                    if max_hold_ms:
+                        explain_cancellations(decisions, st.request, incidents)
                     out.extend(decisions)
                 if opened is not None:
                     push(decide, (opened, DEADLINE, s, offset, ref, None))
@@ -545,6 +572,11 @@ class PartitionEngine:
                 "rejected": self.rejected,
                 "skewed": self.skewed,
                 "signals_through": self.signals_through,
+                **(
+                    {"hold_events": self.hold_events, "hold_reported_ms": self.hold_reported_ms}
+                    if self.params.holds
+                    else {}
+                ),
             }
         )
 
@@ -568,6 +600,8 @@ class PartitionEngine:
             eng.rejected = list(m["rejected"])
             eng.skewed = list(m.get("skewed", (0, 0)))
             eng.signals_through = m.get("signals_through")
+            eng.hold_events = list(m.get("hold_events", ()))
+            eng.hold_reported_ms = m.get("hold_reported_ms", NEG_INF)
             if eng.signals_through is not None:
                 eng._close_at_ms = (eng.signals_through + 2) * MINUTE_MS + params.probe_age_ms
         heap = eng.heap

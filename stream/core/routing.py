@@ -2,7 +2,7 @@
 PagerDuty (Events API v2) understand, derived from the alert itself (docs/alert-routing.md).
 
 The dedup key groups the alerts of one problem: the incident id of a `FAILURE_BURST` (opened,
-updated, resolved share it), the refund of a cancellation, the reference of an over-refund, the
+updated, resolved share it), the refund of a cancellation (or the incident that explains it), the reference of an over-refund, the
 topic partition of dead letters and clock skew, the topic of a silent feed. Deterministic, like
 every output. Imports nothing outside the core.
 """
@@ -25,6 +25,8 @@ def dedup_key(value: dict[str, Any]) -> str:
     kind = value["kind"]
     if kind == "FAILURE_BURST" and value.get("incident_id"):
         return str(value["incident_id"])
+    if kind in ("LATE_SETTLEMENT", "LATE_REVERSAL") and value.get("incident_id"):
+        return str(value["incident_id"])  # explained by an incident: paged as part of it (holds on)
     if kind in ("LATE_SETTLEMENT", "LATE_REVERSAL") and value.get("refund_id"):
         return f"{kind}:{value['refund_id']}"
     if kind == "OVER_REFUND" and value.get("reference"):

@@ -25,7 +25,7 @@ from ..core import codec
 from ..core.burst import BurstParams
 from ..core.holds import IncidentEvent
 from ..core.partition import NEG_INF, Params
-from .replay import Replay, incident_timeline, reporting, run_detector, warn_out_of_order
+from .replay import Replay, incident_timeline, reporting, run_detector, warn_out_of_order, with_holds
 from .replayfile import TimeRange, decision_line, parse_line
 
 _PARTITION = re.compile(rb'"partition"\s*:\s*(\d+)')
@@ -118,7 +118,9 @@ def replay_file_parallel(
                 timeline = incident_timeline(bursts, closed_through, params, drain=drain)
                 second = replace(params, burst_signals=False)
                 pass2 = [(path, jobs, i, second, drain, topics, outs[i], times, timeline) for i in range(jobs)]
-                results = [(n, [], ps) for n, _v, ps in pool.starmap(_job, pass2)]
+                results = pool.starmap(_job, pass2)
+                reports = [value for _n, values, _p in results for value in values]
+                bursts = with_holds(bursts, reports, reporting(signals), params)
             else:
                 results = pool.starmap(
                     _job, [(path, jobs, i, params, drain, topics, outs[i], times) for i in range(jobs)]

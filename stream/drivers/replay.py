@@ -15,7 +15,9 @@ signals and the detector's incidents (over the partitions that reported signals)
 decides with the whole incident timeline,
 known through the detector's last closed minute (what a live worker knows after the same
 input; +inf with `--drain`). Signals are a function of the records alone, so the first pass
-sees exactly the incidents a live run sees.
+sees exactly the incidents a live run sees. The second pass's engines report their hold
+decisions, and the detector's `updated`/`resolved` alerts are given the holds they cover
+(`holdtally`) once every partition decided past them, as the live detector does.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 from ..core.burst import BurstDetector, BurstParams
 from ..core.decisions import Decision
 from ..core.holds import IncidentEvent, incident_event
+from ..core.holdtally import tallied_alerts
 from ..core.partition import NEG_INF, POS_INF, Params, PartitionEngine
 from ..core.records import Stream
 from ..core.signals import MINUTE_MS
@@ -44,6 +47,9 @@ class Replay:
     # Holds on: the incident timeline every engine is given, and how far it is known.
     incidents: list[IncidentEvent] = field(default_factory=list)
     incidents_known_through_ms: int = NEG_INF
+    # Holds on: the partitions the detector waited for; its updated/resolved alerts wait for
+    # their hold reports too (`holdtally`).
+    detector_partitions: frozenset[int] = frozenset()
 
     def engine(self, partition: int) -> PartitionEngine:
         eng = self.engines.get(partition)
@@ -150,7 +156,23 @@ def with_incidents(
     events, known_through_ms = incident_timeline(bursts, closed_through, params, drain=drain)
     # The second pass needs no signals: the first pass's incidents are the detector's.
     second = replace(params, burst_signals=False)
-    return Replay(second, burst, incidents=events, incidents_known_through_ms=known_through_ms), bursts
+    r = Replay(
+        second,
+        burst,
+        incidents=events,
+        incidents_known_through_ms=known_through_ms,
+        detector_partitions=frozenset(reporting(first.signals)),
+    )
+    return r, bursts
+
+
+def with_holds(
+    bursts: list[Decision], reports: Iterable[dict[str, Any]], partitions: Iterable[int], params: Params
+) -> list[Decision]:
+    """Holds on: the detector's alerts as the live detector sends them, its `updated` and
+    `resolved` incident alerts with the holds they cover, from the second pass's hold reports
+    (`holdtally`). Without `--drain` an alert that some partition did not decide past stays out."""
+    return tallied_alerts(bursts, reports, partitions, params.probe_age_ms)
 
 
 def replay(
@@ -178,5 +200,7 @@ def replay(
     if drain:
         yield from r.drain()
     warn_out_of_order(r, source)
+    if bursts is not None:
+        bursts = with_holds(bursts, r.signals, r.detector_partitions, params)
     for d in r.bursts() if bursts is None else bursts:
         yield -1, d
