@@ -286,6 +286,9 @@ def test_refund_holds_live_equal_replay_although_the_worker_is_killed_during_the
     assert types.count("refund.held") > 20 and "refund.hold_released" in types
     assert any("hold" in r and r["type"] == "refund.requested" for r in want["refunds"])
     assert "refund.cancel_requested" not in types  # the late settlements needed no clawback
+    # The incident's updated/resolved alerts carry the holds (compared with replay's below).
+    tallied = [a["holds"] for a in want["alerts"] if a["kind"] == "FAILURE_BURST" and a["status"] != "opened"]
+    assert tallied and all(tallied) and max(h["held"]["count"] for h in tallied) > 20
     assert stats["counts"]["refunds"] > 0  # the first worker decided some of them before it died
     for role in want:
         assert sorted(set(canon(got[role]))) == sorted(set(canon(want[role]))), f"{role}:\n{worker2.log_tail()}"

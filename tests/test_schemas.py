@@ -184,9 +184,9 @@ def _alert_errors(value: dict[str, Any]) -> Iterator[str]:
             yield f"labels.{name} {labels.get(name)!r} != {want!r} (routing labels must agree with the alert)"
     if value["kind"] == "FAILURE_BURST" and value["dedup_key"] != value["incident_id"]:
         yield "a FAILURE_BURST's dedup_key is its incident_id"
-    if value["kind"] in ("LATE_SETTLEMENT", "LATE_REVERSAL") and value.get("incident_id"):
-        if value["dedup_key"] != value["incident_id"]:
-            yield "a cancellation explained by an incident is paged with it: its dedup_key is the incident_id"
+    explained = value["kind"] in ("LATE_SETTLEMENT", "LATE_REVERSAL") and value.get("incident_id")
+    if explained and value["dedup_key"] != value["incident_id"]:
+        yield "a cancellation explained by an incident is paged with it: its dedup_key is the incident_id"
     if value.get("holds") is not None and (value["kind"] != "FAILURE_BURST" or value.get("status") == "opened"):
         yield "only an incident's updated and resolved alerts carry holds"
 

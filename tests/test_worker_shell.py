@@ -148,13 +148,18 @@ def test_with_holds_a_quiet_partition_with_nothing_waiting_still_closes_its_minu
     def quiet_for(seconds: float) -> list[int]:
         h.shell.clocks[0].last_arrival = [time.monotonic() - seconds] * 2
         asyncio.run(h.shell.check_idle_feeds())
-        return [v["through_minute"] for t, v in h.sent if t == settings.signals_topic]
+        return [v["through_minute"] for t, v in h.sent if t == settings.signals_topic and "through_minute" in v]
+
+    def hold_progress() -> list[int]:
+        return [v["decided_through_ms"] for t, v in h.sent if t == settings.signals_topic and "hold_events" in v]
 
     quiet_for(40)  # W = 0 - 30 + 40 = 10 s: both records decided, nothing waits any more
     eng = h.shell.engines[0]
     assert not eng.heap and not eng.decide
     closed = quiet_for(200)  # W = 170 s: minutes 0 and 1 close (end + 30 s probe age)
     assert closed and max(closed) == T0 // 60_000 + 1
+    # ... and its hold reports say how far it decided, so no incident alert waits for it.
+    assert max(hold_progress()) == T0 + 120_000  # decided through 170 s, floored to the minute
 
 
 def test_the_shell_lock_says_how_long_it_is_held() -> None:

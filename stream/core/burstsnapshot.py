@@ -1,7 +1,9 @@
 """The burst detector's snapshot as bytes: its state (`BurstDetector.snapshot`, versioned JSON)
 and the offset of the first signal report it does not cover, zlib-compressed. The live shell
 keeps the latest one on a compacted topic and `qris-guard warmup` writes one from history, so a
-takeover restores it and reads only the signals after it. Imports nothing outside the core.
+takeover restores it and reads only the signals after it. With refund holds on it also holds
+the hold tally (`holdtally`: pending incident alerts and the hold events they will count).
+Imports nothing outside the core.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 
 from . import codec
 from .burst import BurstDetector, BurstParams
+from .holdtally import HoldTally
 
 SNAPSHOT_KEY = b"burst-detector"
 
@@ -21,11 +24,16 @@ class DetectorSnapshot:
     # Offset in the signals topic of the first report the state does not hold (the reports
     # before it are in the state); None for a state built from a replay file.
     signals_offset: int | None
+    # Holds on: the tally of the incidents' holds; None in a snapshot written without one.
+    tally: HoldTally | None = None
 
 
-def encode(detector: BurstDetector, signals_offset: int | None) -> bytes:
+def encode(detector: BurstDetector, signals_offset: int | None, tally: HoldTally | None = None) -> bytes:
     """The snapshot record's value."""
-    return zlib.compress(codec.dumps({"signals_offset": signals_offset, "detector": detector.snapshot()}), 6)
+    value = {"signals_offset": signals_offset, "detector": detector.snapshot()}
+    if tally is not None:
+        value["hold_tally"] = tally.to_state()
+    return zlib.compress(codec.dumps(value), 6)
 
 
 def decode(raw: bytes, params: BurstParams | None = None) -> DetectorSnapshot:
@@ -39,6 +47,7 @@ def decode(raw: bytes, params: BurstParams | None = None) -> DetectorSnapshot:
     offset = value.get("signals_offset")
     try:
         detector = BurstDetector.restore(value["detector"], params)
+        tally = HoldTally.from_state(value["hold_tally"]) if value.get("hold_tally") is not None else None
     except (KeyError, TypeError) as exc:
         raise ValueError(f"burst detector snapshot is incomplete: {exc!r}") from None
-    return DetectorSnapshot(detector, None if offset is None else int(offset))
+    return DetectorSnapshot(detector, None if offset is None else int(offset), tally)

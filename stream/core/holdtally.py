@@ -166,7 +166,7 @@ class HoldTally:
 
     def tally(self, incident_id: str, t_ms: int) -> dict[str, Any]:
         """The incident's holds as of event time t: the hold events with time <= t."""
-        counts = {k: [0, 0] for k in (*EVENT_TYPES, STILL_HELD)}
+        counts = {k: [0, 0] for k in (HELD, REQUESTED, RELEASED, STILL_HELD, CANCELLED)}
         of_incident = self.events.get(incident_id, {})
         ended = {rid for (typ, rid), (_a, at) in of_incident.items() if typ in (REQUESTED, RELEASED) and at <= t_ms}
         for (typ, rid), (amount, at) in of_incident.items():

@@ -328,10 +328,10 @@ class PartitionEngine:
         if watermark_ms >= self._close_at_ms and watermark_ms > NEG_INF and self.params.burst_signals:
             out.append(self._close_minutes(watermark_ms))
         if self.params.holds:
-            self._report_holds(out)
+            self._report_holds(out, cap)
         return out
 
-    def _report_holds(self, out: list[Decision]) -> None:
+    def _report_holds(self, out: list[Decision], decided_through_ms: int) -> None:
         # The detector's tally counts the hold decisions in the incidents' alerts: they are
         # reported once the decided-through time crosses a minute (not per record); those not
         # reported yet are saved with the metadata.
@@ -339,7 +339,7 @@ class PartitionEngine:
             if d.role != "signals" and (e := hold_event(d)) is not None:
                 self.hold_events.append(e)
                 self.meta_dirty = True
-        through = self.decided_through_ms
+        through = decided_through_ms
         if through <= NEG_INF // 2:
             return
         floor = report_floor_ms(through)

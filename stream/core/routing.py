@@ -2,9 +2,9 @@
 PagerDuty (Events API v2) understand, derived from the alert itself (docs/alert-routing.md).
 
 The dedup key groups the alerts of one problem: the incident id of a `FAILURE_BURST` (opened,
-updated, resolved share it), the refund of a cancellation (or the incident that explains it), the reference of an over-refund, the
-topic partition of dead letters and clock skew, the topic of a silent feed. Deterministic, like
-every output. Imports nothing outside the core.
+updated, resolved share it), the refund of a cancellation (or the incident that explains it),
+the reference of an over-refund, the topic partition of dead letters and clock skew, the topic
+of a silent feed. Deterministic, like every output. Imports nothing outside the core.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     seen: set[str] = set()
     alert_lines: list[str] = []
     incident_lines: list[str] = []
+    incident_holds: dict[str, dict[str, Any]] = {}
     holds = {"held": 0, "held_idr": 0, "released": 0, "released_idr": 0, "requested_after": 0}
     holds_ended: set[str] = set()
     holds_started: set[str] = set()
@@ -71,6 +72,10 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                     f"[{_text(v['severity'])}] {_text(v['status']):<8} {_when(window.get('start'))} .. "
                     f"{_when(window.get('end'))} {_text(v['summary'], 1000)}"
                 )
+                if v.get("status") == "resolved" and isinstance(v.get("holds"), dict):
+                    # The holds the incident covered, as its resolved alert counts them.
+                    incident_holds[_text(v.get("incident_id"))] = v["holds"]
+                    incident_lines.append("         " + _holds_line(v["holds"]))
             else:
                 alert_lines.append(f"[{_text(v['severity'])}] {_text(v['kind'])}: {_text(v['summary'], 1000)}")
     return {
@@ -93,7 +98,24 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         "dead_letters": {"count": sum(dl.values()), "by_error": dict(sorted(dl.items()))},
         "alerts": {"count": sum(alerts.values()), "by_kind": dict(sorted(alerts.items())), "lines": alert_lines},
         "incidents": incident_lines,
+        "incident_holds": incident_holds,
     }
+
+
+def _holds_line(h: dict[str, Any]) -> str:
+    def part(name: str, label: str) -> str:
+        c = h.get(name) or {}
+        return f"{label} {int(c.get('count', 0))} ({rupiah(int(c.get('amount_idr', 0)))})"
+
+    return f"holds at {_when(h.get('as_of'))}: " + ", ".join(
+        (
+            part("held", "held"),
+            part("requested_after_hold", "requested after the hold"),
+            part("released_without_payment", "released without payment"),
+            part("still_held", "still held"),
+            part("cancellations", "clawbacks explained by it"),
+        )
+    )
 
 
 def _text(v: object, max_chars: int = 64) -> str:
@@ -114,7 +136,8 @@ def _when(text: str | None) -> str:
 def render(summary: dict[str, Any], max_alert_lines: int = 15) -> str:
     r, c, d, a = summary["refunds_requested"], summary["cancellations"], summary["dead_letters"], summary["alerts"]
     incidents = summary.get("incidents", [])
-    lines = [f"Failure-burst incidents (opened/updated/resolved alerts): {len(incidents)}"]
+    n_alerts = sum(1 for x in incidents if not x.startswith(" "))  # (a holds line is indented)
+    lines = [f"Failure-burst incidents (opened/updated/resolved alerts): {n_alerts}"]
     lines += [f"  {x}" for x in incidents]
     lines.append(f"Refunds requested: {r['count']} ({rupiah(r['idr'])})")
     lines += [f"  {k:<20} {v['count']:>6}  {rupiah(v['idr'])}" for k, v in r["by_reason"].items()]

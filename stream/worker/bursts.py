@@ -15,7 +15,10 @@ the single-partition incidents topic after every batch (`incidents_record`): the
 events of the batch's alerts and the event time through which every decision is known (the
 last minute it closed, plus the probe age). Every worker reads that topic whole and gives it
 to its partition engines. A takeover or a crash can repeat a record: the same events with the
-same ids, which the engines ignore.
+same ids, which the engines ignore. The partitions' hold reports come on the signals topic
+too: they go to the hold tally (`core.holdtally`), which keeps each incident's `updated` and
+`resolved` alert until every partition has decided past it and then adds the holds it covers.
+The tally is rebuilt, snapshotted and restored with the detector.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from ..core import burstsnapshot, codec
 from ..core.burst import BurstDetector
 from ..core.decisions import Decision
 from ..core.holds import incident_event
+from ..core.holdtally import HoldTally, is_hold_report
 from ..core.signals import MINUTE_MS
 from ..security import aiokafka_config
 from ..settings import Settings
@@ -53,6 +57,7 @@ class BurstShell:
         self.send = send
         self.flush = flush
         self.detector: BurstDetector | None = None
+        self.tally: HoldTally | None = None
         self.next_offset = -1
         self.since_snapshot = 0
         self.lock = asyncio.Lock()
@@ -71,6 +76,7 @@ class BurstShell:
     def forget(self) -> None:
         """After a rebalance the snapshot and the signals topic are the truth: rebuilt at the next report."""
         self.detector = None
+        self.tally = None
         self.next_offset = -1
 
     async def process_batch(self, events: Sequence[Any]) -> None:
@@ -91,7 +97,8 @@ class BurstShell:
             # of the group's committed offset); a gap after it means the detector is not ours.
             if self.detector is None or first > self.next_offset:
                 self.detector = await self._rebuild(first)
-            alerts = []
+            alerts: list[Decision] = []
+            made: list[Decision] = []  # every alert the detector made (incident events)
             for ev in events:
                 msg = ev.message
                 if msg.offset < self.next_offset:
@@ -105,14 +112,14 @@ class BurstShell:
                     log.error("signals offset %d is not JSON; skipped", msg.offset)
                     continue
                 try:
-                    alerts.extend(self.detector.on_signals(value))
+                    alerts.extend(self._take(value, made))
                 except Exception:  # a bug must not stop the worker: the report is skipped, loudly
                     self.counts["internal_errors"] += 1
                     log.error("burst detector failed on signals offset %d; report skipped", msg.offset, exc_info=True)
             for d in alerts:
                 await self.send(self.settings.alert_topic, d.key, codec.dumps(d.value))
                 self.counts["alerts"] += 1
-            record = self.incidents_record(alerts) if self.holds else None
+            record = self.incidents_record(made) if self.holds else None
             if record is not None:
                 await self.send(self.settings.incidents_topic, b"incidents", record)
                 self.counts["incident_records"] += 1
@@ -132,7 +139,7 @@ class BurstShell:
                 await self._write_snapshot(self.detector, self.next_offset)
 
     async def _write_snapshot(self, detector: BurstDetector, signals_offset: int) -> None:
-        raw = burstsnapshot.encode(detector, signals_offset)
+        raw = burstsnapshot.encode(detector, signals_offset, self.tally)
         self.since_snapshot = 0
         if len(raw) > SNAPSHOT_MAX_BYTES:
             log.warning("burst detector snapshot of %d bytes not written (limit %d)", len(raw), SNAPSHOT_MAX_BYTES)
@@ -144,6 +151,22 @@ class BurstShell:
             return
         self.counts["snapshots_written"] += 1
         log.info("burst detector snapshot written: %d bytes, covers signals before offset %d", len(raw), signals_offset)
+
+    def _take(self, value: dict[str, Any], made: list[Decision]) -> list[Decision]:
+        """One signals record: a partition's closed minutes for the detector, or (holds on) its
+        hold report for the tally. Returns the alerts to send now; `made` gets every alert the
+        detector made, sent now or kept by the tally."""
+        assert self.detector is not None
+        if is_hold_report(value):
+            return self.tally.on_report(value) if self.tally is not None else []
+        got = self.detector.on_signals(value)
+        made.extend(got)
+        return self.tally.on_alerts(got) if self.tally is not None else got
+
+    def _new_tally(self) -> HoldTally | None:
+        if not self.holds:
+            return None
+        return HoldTally(range(self.partitions), round(self.settings.probe_age_s * 1000))
 
     def incidents_record(self, alerts: list[Decision]) -> bytes | None:
         """The incidents topic's record for a batch: its incident events and how far every
@@ -176,9 +199,11 @@ class BurstShell:
         detector, start = await self._restore_snapshot()
         if detector is None or start is None:
             detector, start = BurstDetector(self.partitions, self.settings.burst), 0
+            self.tally = self._new_tally()
         else:
             log.info("burst detector restored from a snapshot covering signals before offset %d", start)
         self.next_offset = max(upto, start)
+        self.detector = detector
         if start >= upto:
             return detector
         tp = TopicPartition(self.settings.signals_topic, 0)
@@ -199,7 +224,7 @@ class BurstShell:
                 for msg in messages:
                     if msg.offset >= upto:
                         break
-                    detector.on_signals(codec.loads(msg.value))
+                    self._take(codec.loads(msg.value), [])  # alerts suppressed: sent before
                     taken += 1
         finally:
             await consumer.stop()
@@ -231,6 +256,9 @@ class BurstShell:
             return None, None
         start = 0 if snap.signals_offset is None else snap.signals_offset
         self.counts["restored_snapshot_offset"] = start
+        # A snapshot without a tally (holds were off, or `warmup` wrote it): a fresh one; its
+        # alerts then count only the holds reported after the snapshot.
+        self.tally = snap.tally if self.holds and snap.tally is not None else self._new_tally()
         return snap.detector, start
 
     def stats(self) -> dict[str, Any]:
@@ -241,6 +269,7 @@ class BurstShell:
             "closed_through_minute": d.closed_through if d else None,
             "scopes": len(d.scopes) if d else 0,
             "open_incidents": d.incidents.open_scopes() if d else [],
+            "alerts_waiting_for_holds": len(self.tally.pending) if self.tally else 0,
         }
 
 

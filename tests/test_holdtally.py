@@ -1,0 +1,358 @@
+"""Each incident's `updated`/`resolved` alerts carry the holds it covers (`core.holdtally`): the
+tally counts exactly the hold decisions up to the alert's time, an alert waits until every
+partition decided past it, reports in any order or repeated give the same alerts, a restored
+snapshot goes on with the same alerts; the partitions' reports and the replay around them."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from stream.core import burstsnapshot, codec
+from stream.core.burst import BurstDetector, BurstParams
+from stream.core.decisions import Decision
+from stream.core.eventtime import format_ms, parse_ms
+from stream.core.holdtally import HoldTally, is_hold_report, tallied_alerts
+from stream.core.partition import Params, PartitionEngine
+from stream.core.signals import MINUTE_MS
+from stream.drivers.replay import with_holds, with_incidents
+from stream.drivers.replayfile import read_records
+from tests.records import T0, ledger, payment
+from tests.test_holds import EVERYTHING, HOLDS, Feed, inc, ms, unsettled
+from tests.test_schemas import beyond_schema_errors, validator_for
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE_MS = 30_000
+ALERTS = validator_for("qris.alerts", closed_schema=True)
+
+
+def burst_alert(status: str, minute: int, incident_id: str = "inc_a") -> Decision:
+    """A FAILURE_BURST alert of the decided `minute` (its event time: the minute's end + probe)."""
+    value = {
+        "alert_id": f"al_{incident_id}_{status}_{minute}",
+        "kind": "FAILURE_BURST",
+        "severity": "critical" if status != "resolved" else "info",
+        "scope": {"type": "switch", "id": "RINTIS"},
+        "status": status,
+        "incident_id": incident_id,
+        "occurred_at": format_ms((minute + 1) * MINUTE_MS),
+    }
+    return Decision("alerts", b"RINTIS", value, (minute + 1) * MINUTE_MS)
+
+
+def t_of(minute: int) -> int:
+    return (minute + 1) * MINUTE_MS + PROBE_MS
+
+
+def report(p: int, through_ms: int, *events: list[Any]) -> dict[str, Any]:
+    return {"partition": p, "hold_events": [list(e) for e in events], "decided_through_ms": through_ms}
+
+
+M = 29_000_000  # a minute number in 2025
+
+
+def test_the_tally_counts_exactly_the_hold_decisions_up_to_the_alerts_time() -> None:
+    t = t_of(M)
+    tally = HoldTally([0, 1], PROBE_MS)
+    assert tally.on_alerts([burst_alert("updated", M)]) == []
+    got = tally.on_report(
+        report(
+            0,
+            t + MINUTE_MS,
+            ["held", "r1", "inc_a", 10_000, t - 5_000],
+            ["held", "r2", "inc_a", 20_000, t - 4_000],
+            ["held", "r3", "inc_a", 40_000, t],  # at t: counted
+            ["held", "r4", "inc_a", 80_000, t + 1],  # after t: not
+            ["held", "x1", "inc_other", 1_000, t - 1_000],  # another incident's
+            ["released_without_payment", "r1", "inc_a", 10_000, t - 100],
+            ["requested_after_hold", "r2", "inc_a", 19_000, t + 5],  # after t: still held at t
+            ["cancellations", "c1", "inc_a", 7_000, t - 1],
+        )
+    )
+    assert got == []  # partition 1 has not decided past t
+    [alert] = tally.on_report(report(1, t + 1, ["held", "r5", "inc_a", 5, t - 60_000]))
+    holds = alert.value["holds"]
+    assert holds == {
+        "held": {"count": 4, "amount_idr": 70_005},
+        "requested_after_hold": {"count": 0, "amount_idr": 0},
+        "released_without_payment": {"count": 1, "amount_idr": 10_000},
+        "still_held": {"count": 3, "amount_idr": 60_005},
+        "cancellations": {"count": 1, "amount_idr": 7_000},
+        "as_of": format_ms(t),
+    }
+    assert alert.value["dedup_key"] == "inc_a"
+
+
+def test_an_alert_waits_until_every_partition_decided_past_its_time() -> None:
+    t = t_of(M)
+    tally = HoldTally([0, 1, 2], PROBE_MS)
+    opened = burst_alert("opened", M - 3)
+    assert tally.on_alerts([opened, burst_alert("resolved", M)]) == [opened]  # opened: at once
+    assert tally.on_report(report(0, t + MINUTE_MS)) == []
+    assert tally.on_report(report(1, t)) == []  # decided *before* t only: not past it
+    assert tally.on_report(report(2, POS)) == []
+    [alert] = tally.on_report(report(1, t + 1))
+    assert alert.value["status"] == "resolved" and alert.value["holds"]["as_of"] == format_ms(t)
+    assert tally.pending == [] and "inc_a" in tally.finished
+
+
+POS = 2**62
+
+
+def _scenario() -> tuple[list[Decision], list[dict[str, Any]]]:
+    alerts = [burst_alert("opened", M), burst_alert("updated", M + 5), burst_alert("resolved", M + 12)]
+    alerts += [burst_alert("opened", M + 2, "inc_b"), burst_alert("updated", M + 9, "inc_b")]
+    rnd = random.Random(4)
+    reports: list[dict[str, Any]] = []
+    for p in (0, 1, 2):
+        n = 0
+        for minute in range(M, M + 16):
+            events = []
+            for _ in range(rnd.randrange(4)):
+                n += 1
+                kind = rnd.choice(["held", "held", "requested_after_hold", "released_without_payment", "cancellations"])
+                at = minute * MINUTE_MS + rnd.randrange(MINUTE_MS)
+                events.append([kind, f"r{p}-{n}", rnd.choice(["inc_a", "inc_b"]), rnd.randrange(1, 10**6), at])
+            reports.append(report(p, (minute + 1) * MINUTE_MS, *events))
+    return alerts, reports
+
+
+def _interleave(reports: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    # Any interleaving of the partitions (each partition's reports in its order), with repeats.
+    rnd = random.Random(seed)
+    queues = {p: [r for r in reports if r["partition"] == p] for p in (0, 1, 2)}
+    out: list[dict[str, Any]] = []
+    while any(queues.values()):
+        p = rnd.choice([q for q, v in queues.items() if v])
+        out.append(queues[p].pop(0))
+        if rnd.random() < 0.2:
+            out.append(rnd.choice(out))  # a repeat (a crash resent it), maybe an older one
+    return out
+
+
+def _live(alerts: list[Decision], reports: list[dict[str, Any]], restore_at: int | None = None) -> list[bytes]:
+    # Alerts reach the tally before the hold reports that refer to them (the partitions need
+    # the incidents first); then the reports in the order given.
+    tally = HoldTally([0, 1, 2], PROBE_MS)
+    out = tally.on_alerts(alerts)
+    for i, value in enumerate(reports):
+        if i == restore_at:
+            tally = HoldTally.from_state(codec.loads(codec.dumps(tally.to_state())))
+        out.extend(tally.on_report(value))
+    return sorted(codec.dumps(d.value) for d in out)
+
+
+def test_reports_in_any_order_or_repeated_give_the_same_alerts() -> None:
+    alerts, reports = _scenario()
+    want = _live(alerts, reports)
+    assert len(want) == 5 and sum(b'"holds"' in w for w in want) == 3
+    for seed in range(8):
+        assert _live(alerts, _interleave(reports, seed)) == want, seed
+    assert sorted(codec.dumps(d.value) for d in tallied_alerts(alerts, reports, [0, 1, 2], PROBE_MS)) == want
+
+
+@pytest.mark.parametrize("cut", [1, 10, 25, 40])
+def test_a_tally_restored_mid_way_gives_the_same_alerts(cut: int) -> None:
+    alerts, reports = _scenario()
+    mixed = _interleave(reports, 3)
+    assert _live(alerts, mixed, restore_at=cut) == _live(alerts, reports)
+
+
+def test_the_detectors_snapshot_carries_the_tally() -> None:
+    tally = HoldTally([0, 1], PROBE_MS)
+    tally.on_alerts([burst_alert("updated", M)])
+    tally.on_report(report(0, t_of(M) + 1, ["held", "r1", "inc_a", 10, t_of(M) - 1]))
+    snap = burstsnapshot.decode(burstsnapshot.encode(BurstDetector([0, 1]), 7, tally))
+    assert snap.tally is not None and snap.tally.to_state() == tally.to_state()
+    assert burstsnapshot.decode(burstsnapshot.encode(BurstDetector([0, 1]), 7)).tally is None
+    [alert] = snap.tally.on_report(report(1, t_of(M) + 1))
+    assert alert.value["holds"]["held"] == {"count": 1, "amount_idr": 10}
+
+
+def test_the_detector_ignores_hold_reports_on_the_signals_topic() -> None:
+    det = BurstDetector([0])
+    assert det.on_signals(report(0, T0, ["held", "r", "i", 1, T0 - 1])) == []
+    assert det.closed_through is None
+
+
+# -- the partitions' side ---------------------------------------------------------------------
+
+
+def _reports(f: Feed) -> list[dict[str, Any]]:
+    return [d.value for d in f.out if d.role == "signals" and is_hold_report(d.value)]
+
+
+def test_an_engine_reports_its_hold_decisions_once_per_minute_it_decides() -> None:
+    f = Feed()
+    f.incidents([inc("opened", 100), inc("resolved", 1000)], EVERYTHING)
+    unsettled(f, "QR1")
+    unsettled(f, "QR2", amount=40_000)
+    f.tick(400)
+    f.p(payment("QR2-s", "settled", "QR2", 450, 40_000))
+    f.tick(2000)
+    events = [e for r in _reports(f) for e in r["hold_events"]]
+    types = sorted((e[0], e[3]) for e in events)
+    assert types == [
+        ("held", 25_000),
+        ("held", 40_000),
+        ("released_without_payment", 40_000),
+        ("requested_after_hold", 25_000),
+    ]
+    assert {e[2] for e in events} == {"in_a"}
+    throughs = [r["decided_through_ms"] for r in _reports(f)]
+    assert throughs == sorted(set(throughs)) and all(t % MINUTE_MS == 0 for t in throughs)
+    # Each event is in a report that says it is decided.
+    for r in _reports(f):
+        assert all(e[4] < r["decided_through_ms"] for e in r["hold_events"])
+
+
+def test_hold_events_not_reported_yet_are_saved_with_the_metadata() -> None:
+    f = Feed()
+    f.incidents([inc("opened", 100)], EVERYTHING)
+    unsettled(f)
+    f.tick(310)  # the deadline at 300 is held; the decided-through minute did not move since
+    before = [e for r in _reports(f) for e in r["hold_events"]]
+    meta = f.eng.save_meta()
+    restored = PartitionEngine.restore(0, HOLDS, meta, [(r, f.eng.save_reference(r) or b"") for r in f.eng.refs])
+    restored.on_incidents([inc("opened", 100)], EVERYTHING)
+    g = Feed(eng=restored)
+    g.offsets = list(f.offsets)
+    g.tick(500)
+    after = [e for r in _reports(g) for e in r["hold_events"]]
+    assert [e[0] for e in before + after] == ["held"]
+
+
+def test_a_cancellation_an_incident_explains_carries_its_id_and_is_paged_with_it() -> None:
+    f = Feed()
+    f.incidents([inc("opened", 400), inc("resolved", 3000)], EVERYTHING)
+    unsettled(f)  # deadline at 300, before the incident opened: requested, not held
+    f.tick(350)
+    f.p(payment("QR1-s", "settled", "QR1", 500))  # settles during the incident: a clawback
+    f.tick(600)
+    [alert] = f.alerts()
+    assert alert["kind"] == "LATE_SETTLEMENT" and alert["incident_id"] == "in_a" and alert["dedup_key"] == "in_a"
+    assert [e.message for e in ALERTS.iter_errors(alert)] == [] and beyond_schema_errors("qris.alerts", alert) == []
+    [cancel] = [e for r in _reports(f) for e in r["hold_events"] if e[0] == "cancellations"]
+    assert cancel[2] == "in_a" and cancel[3] == 25_000 and cancel[4] == ms(500)
+    # No incident covering it: the alert stays as it was.
+    g = Feed()
+    g.incidents([inc("opened", 400, scope=("switch", "OTHER"))], EVERYTHING)
+    unsettled(g)
+    g.tick(350)
+    g.p(payment("QR1-s", "settled", "QR1", 500))
+    g.tick(600)
+    [plain] = g.alerts()
+    assert "incident_id" not in plain and plain["dedup_key"].startswith("LATE_SETTLEMENT:")
+
+
+def test_holds_off_makes_no_reports() -> None:
+    from dataclasses import replace
+
+    f = Feed(replace(HOLDS, max_hold_ms=0))
+    unsettled(f)
+    f.l(ledger("QR1-r", "reversed", "QR1", 10))
+    f.tick(2000)
+    assert _reports(f) == [] and b"hold_events" not in f.eng.save_meta()
+
+
+# -- replay --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def outage_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tally") / "outage.jsonl"
+    subprocess.run(
+        [sys.executable, "-m", "stream", "simulate", "--scenario", "outage", "--seed", "7", "--minutes", "40",
+         "--rate-per-min", "200", "--partitions", "2", "--out", str(path)],
+        check=True, cwd=ROOT, capture_output=True,
+    )  # fmt: skip
+    return path
+
+
+def _replay(path: Path, out: Path, *args: str, python: str = sys.executable, cwd: Path = ROOT) -> list[dict[str, Any]]:
+    subprocess.run(
+        [python, "-m", "stream", "replay", "--in", str(path), "--out", str(out), *args],
+        check=True, cwd=cwd, capture_output=True,
+    )  # fmt: skip
+    lines = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    return [x["value"] if isinstance(x["value"], dict) else orjson.loads(x["value"]) for x in lines]
+
+
+def test_replay_the_resolved_alert_counts_the_refund_held_records_of_its_incident(
+    outage_file: Path, tmp_path: Path
+) -> None:
+    values = _replay(outage_file, tmp_path / "one.jsonl", "--jobs", "1", "--max-hold-s", "7200", "--drain")
+    bursts = [v for v in values if v.get("kind") == "FAILURE_BURST" and v["status"] != "opened"]
+    resolved = [v for v in bursts if v["status"] == "resolved"]
+    assert resolved and all("holds" in v for v in bursts)
+    for a in bursts:
+        assert [e.message for e in ALERTS.iter_errors(a)] == [] and beyond_schema_errors("qris.alerts", a) == []
+        t = parse_ms(a["holds"]["as_of"])
+        held = [
+            v for v in values
+            if v.get("type") == "refund.held" and v["incident_id"] == a["incident_id"]
+            and parse_ms(v["decided_at"]) <= t
+        ]  # fmt: skip
+        assert a["holds"]["held"] == {"count": len(held), "amount_idr": sum(v["amount"] for v in held)}
+    assert max(v["holds"]["held"]["count"] for v in resolved) > 100
+    two = _replay(outage_file, tmp_path / "two.jsonl", "--jobs", "2", "--max-hold-s", "7200", "--drain")
+    key = lambda v: orjson.dumps(v, option=orjson.OPT_SORT_KEYS)  # noqa: E731
+    assert sorted(map(key, two)) == sorted(map(key, values))
+    assert [v for v in two if v.get("kind") == "FAILURE_BURST"] == [
+        v for v in values if v.get("kind") == "FAILURE_BURST"
+    ]
+
+
+def test_replay_without_drain_leaves_out_the_alerts_not_decided_past_as_live_would(outage_file: Path) -> None:
+    # The input cut in the middle of the incident: an updated/resolved alert is out (with its
+    # holds) exactly when every partition decided past its time, as the live tally does.
+    with open(outage_file, "rb") as fh:
+        records = list(read_records(fh))
+    params = Params(max_hold_ms=7_200_000)
+    # Cut just after the detector could close the minute of the first `updated` alert.
+    _r, full = with_incidents(records, params, BurstParams(), drain=False)
+    first_update = next(d for d in full if d.value.get("status") == "updated")
+    target = parse_ms(first_update.value["occurred_at"]) + 80_000
+    at = next(i for i, rec in enumerate(records) if parse_ms(orjson.loads(rec.value)["occurred_at"]) >= target)
+    cut = records[:at]
+    r, made = with_incidents(cut, params, BurstParams(), drain=False)
+    for rec in cut:
+        r.feed(rec)
+    emitted = with_holds(made, r.signals, r.detector_partitions, params)
+    decided = min(r.engines[p].decided_through_ms for p in r.detector_partitions)
+    deferred = [d for d in made if d.value["kind"] == "FAILURE_BURST" and d.value["status"] != "opened"]
+    t = {d.value["alert_id"]: parse_ms(d.value["occurred_at"]) + PROBE_MS for d in deferred}
+    out = {d.value["alert_id"] for d in emitted}
+    assert first_update.value["alert_id"] in t and first_update.value["alert_id"] not in out
+    for a, t_ms in t.items():
+        # Reports state the decided time floored to the minute: an alert within the last
+        # minute waits for the next one.
+        assert (a in out) == (t_ms < decided - decided % MINUTE_MS), (a, t_ms, decided)
+    assert [d.value["alert_id"] for d in made if d.value["alert_id"] in out or d.value["alert_id"] not in t] == [
+        d.value["alert_id"] for d in emitted
+    ]
+    # With --drain every partition decides everything: all of them are out.
+    r, made = with_incidents(cut, params, BurstParams(), drain=True)
+    for rec in cut:
+        r.feed(rec)
+    for _p, _d in r.drain():
+        pass
+    assert len(with_holds(made, r.signals, r.detector_partitions, params)) == len(made)
+
+
+def test_replay_with_holds_off_is_byte_identical_to_mains(outage_file: Path, tmp_path: Path) -> None:
+    main = Path("/work/main")
+    python = main / ".venv" / "bin" / "python"
+    if not python.exists():
+        pytest.skip("no /work/main checkout to compare with")
+    ours = tmp_path / "ours.jsonl"
+    theirs = tmp_path / "theirs.jsonl"
+    _replay(outage_file, ours, "--jobs", "1", "--max-hold-s", "0", "--drain")
+    _replay(outage_file, theirs, "--jobs", "1", "--max-hold-s", "0", "--drain", python=str(python), cwd=main)
+    assert ours.read_bytes() == theirs.read_bytes()
