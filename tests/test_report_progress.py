@@ -116,3 +116,18 @@ def test_json_log_lines() -> None:
     line = json.loads(JsonFormatter().format(rec))
     assert line["level"] == "error" and line["message"] == "batch 3 failed" and line["error"] == "KeyError"
     assert line["ts"].endswith("+00:00")
+
+
+def test_the_report_shows_each_incidents_holds_from_its_resolved_alert() -> None:
+    from stream.drivers.report import render, summarise
+
+    example = Path(__file__).resolve().parents[1] / "schemas/examples/qris.alerts/valid"
+    resolved = json.loads((example / "failure-burst-resolved-with-holds.json").read_text())
+    updated = json.loads((example / "failure-burst-updated-with-holds.json").read_text())
+    summary = summarise([("alerts", updated), ("alerts", resolved)])
+    assert summary["incident_holds"] == {resolved["incident_id"]: resolved["holds"]}
+    text = render(summary)
+    assert "Failure-burst incidents (opened/updated/resolved alerts): 2" in text
+    held = resolved["holds"]["held"]
+    [line] = [x for x in text.splitlines() if "holds at" in x]
+    assert f"held {held['count']} (Rp " in line and "released without payment" in line and "still held" in line

@@ -136,6 +136,63 @@ def test_the_detector_publishes_its_incidents_and_progress_for_the_partitions() 
     assert events == [] and known == (T0 // 60_000 + 6) * 60_000 + 30_000
 
 
+def test_the_burst_shell_sends_an_incident_update_once_every_partition_reported_its_holds() -> None:
+    """Holds on: the detector's `updated` alert goes to the incidents topic at once (the
+    partitions need it) but to the alerts topic only when every partition's hold report says it
+    decided past the alert's time, with the holds it covers; a snapshot carries what waits."""
+    from stream.core import burstsnapshot
+    from stream.core.burst import BurstDetector
+    from stream.core.eventtime import format_ms
+    from stream.core.holdtally import HoldTally
+
+    settings = Settings(partitions=2)  # holds on (default H)
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> None:
+        sent.append((topic, orjson.loads(value)))
+
+    async def nothing() -> None:
+        return None
+
+    minute = T0 // 60_000 + 10
+    t = (minute + 1) * 60_000 + 30_000
+    update = {
+        "alert_id": "al_x", "kind": "FAILURE_BURST", "severity": "critical", "status": "updated",
+        "incident_id": "inc_x", "scope": {"type": "all", "id": "all"}, "occurred_at": format_ms(t - 30_000),
+    }  # fmt: skip
+
+    class OneUpdate(BurstDetector):  # a detector whose next complete minute is that update
+        def on_signals(self, value: dict[str, Any]) -> list[Any]:
+            from stream.core.decisions import Decision
+
+            if "decided_through_ms" in value:
+                raise AssertionError("hold reports are the tally's, not the detector's")
+            self.merge.closed_through = minute
+            return [Decision("alerts", b"all", dict(update), t - 30_000)]
+
+    shell = BurstShell(settings, 2, send, nothing)
+    shell.detector = OneUpdate(2, settings.burst)
+    shell.tally = HoldTally(range(2), 30_000)
+    shell.next_offset = 0
+
+    def batch(offset: int, value: dict[str, Any]) -> None:
+        event = SimpleNamespace(message=SimpleNamespace(offset=offset, value=orjson.dumps(value)))
+        asyncio.run(shell.process_batch([event]))
+
+    batch(0, {"partition": 0, "through_minute": minute, "minutes": []})
+    [(topic, record)] = sent
+    assert topic == settings.incidents_topic and record["events"][0]["status"] == "updated"
+    held = ["held", "rf_1", "inc_x", 25_000, t - 10_000]
+    batch(1, {"partition": 0, "hold_events": [held], "decided_through_ms": t + 30_000})
+    assert [x for x in sent if x[0] == settings.alert_topic] == []  # partition 1 has not reported
+    raw = burstsnapshot.encode(shell.detector, shell.next_offset, shell.tally)
+    assert burstsnapshot.decode(raw).tally.pending  # type: ignore[union-attr]
+    batch(2, {"partition": 1, "hold_events": [], "decided_through_ms": t + 30_000})
+    [(_topic, alert)] = [x for x in sent if x[0] == settings.alert_topic]
+    assert alert["alert_id"] == "al_x" and alert["holds"]["held"] == {"count": 1, "amount_idr": 25_000}
+    assert alert["holds"]["still_held"]["count"] == 1 and alert["holds"]["as_of"] == format_ms(t)
+
+
 def test_with_holds_a_quiet_partition_with_nothing_waiting_still_closes_its_minutes() -> None:
     """Holds on: every partition's refunds wait for the detector, which waits for every
     partition's closed minutes. A partition whose feeds went quiet with nothing waiting must
