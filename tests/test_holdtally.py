@@ -356,3 +356,27 @@ def test_replay_with_holds_off_is_byte_identical_to_mains(outage_file: Path, tmp
     _replay(outage_file, ours, "--jobs", "1", "--max-hold-s", "0", "--drain")
     _replay(outage_file, theirs, "--jobs", "1", "--max-hold-s", "0", "--drain", python=str(python), cwd=main)
     assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_many_holds_in_a_minute_go_in_several_small_reports_with_the_progress_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stream.core import partition
+
+    monkeypatch.setattr(partition, "HOLD_REPORT_MAX_EVENTS", 2)
+    f = Feed()
+    f.incidents([inc("opened", 100)], EVERYTHING)
+    for i in range(5):
+        unsettled(f, f"QR{i}")
+    f.tick(700)  # five deadlines at 300 held; the decided-through time crosses minutes
+    reports = _reports(f)
+    with_events = [r for r in reports if r["hold_events"]]
+    assert [len(r["hold_events"]) for r in with_events] == [2, 2, 1]
+    assert with_events[0]["decided_through_ms"] == with_events[1]["decided_through_ms"]
+    assert with_events[2]["decided_through_ms"] > with_events[1]["decided_through_ms"]
+    assert all(e[4] < with_events[2]["decided_through_ms"] for r in with_events for e in r["hold_events"])
+    # The tally counts all five, whatever the split.
+    tally = HoldTally([0], PROBE_MS)
+    tally.on_alerts([burst_alert("updated", (ms(300) - PROBE_MS) // MINUTE_MS, "in_a")])  # t just past 300 s
+    [alert] = [a for r in reports for a in tally.on_report(r)]
+    assert alert.value["holds"]["held"]["count"] == 5

@@ -37,6 +37,8 @@ CANCELLATION_KINDS = ("LATE_SETTLEMENT", "LATE_REVERSAL")
 
 # A hold event as reported: [type, refund_id, incident_id, amount_idr, at_ms].
 HoldEvent = list[Any]
+# At most this many events per report (about 250 KB): a report stays far below Kafka's record limit.
+HOLD_REPORT_MAX_EVENTS = 2000
 
 
 def hold_event(d: Decision) -> HoldEvent | None:
@@ -87,9 +89,8 @@ def hold_report(partition: int, events: list[HoldEvent], decided_through_ms: int
     """A partition's hold report for the signals topic: the hold events decided since its last
     report, and that everything of the partition before `decided_through_ms` is decided."""
     value = {"partition": partition, "hold_events": events, "decided_through_ms": decided_through_ms}
-    return Decision(
-        "signals", str(partition).encode(), value, None if decided_through_ms >= POS_INF else decided_through_ms
-    )
+    at_ms = decided_through_ms if 0 <= decided_through_ms < POS_INF else None
+    return Decision("signals", str(partition).encode(), value, at_ms)
 
 
 def is_hold_report(value: dict[str, Any]) -> bool:

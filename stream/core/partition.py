@@ -35,7 +35,14 @@ from .alerts import clock_skew_alert, dead_letter_alert, feed_silent_alert
 from .deadletter import dead_letter_record
 from .decisions import Decision
 from .holds import IncidentEvent, IncidentTimeline
-from .holdtally import HoldEvent, explain_cancellations, hold_event, hold_report, report_floor_ms
+from .holdtally import (
+    HOLD_REPORT_MAX_EVENTS,
+    HoldEvent,
+    explain_cancellations,
+    hold_event,
+    hold_report,
+    report_floor_ms,
+)
 from .observe import EngineObserver
 from .records import LedgerEvent, PaymentEvent, Stream, event_fields
 from .reference import ReferenceState
@@ -344,7 +351,13 @@ class PartitionEngine:
             return
         floor = report_floor_ms(through)
         if floor > self.hold_reported_ms:
-            out.append(hold_report(self.partition, self.hold_events, floor))
+            # A large outage can decide thousands of holds in a minute: reports stay small
+            # records, the progress goes with the last one.
+            events, n = self.hold_events, HOLD_REPORT_MAX_EVENTS
+            while len(events) > n:
+                out.append(hold_report(self.partition, events[:n], self.hold_reported_ms))
+                events = events[n:]
+            out.append(hold_report(self.partition, events, floor))
             self.hold_events = []
             self.hold_reported_ms = floor
             self.meta_dirty = True
