@@ -98,8 +98,10 @@ def is_hold_report(value: dict[str, Any]) -> bool:
 
 
 def report_floor_ms(decided_through_ms: int) -> int:
-    """The decided-through time a report states: floored to the minute, so that the reported
-    values (not only the tallies) do not depend on when the incidents arrived live."""
+    """The decided-through time a report states: floored to the minute. Whether a partition has
+    reported past an alert's time then depends on the minute it reached, not on the instant
+    within it at which live incidents happened to arrive: the last report of an input is the
+    same live and in replay, so an alert left waiting at its end is too."""
     if decided_through_ms >= POS_INF:
         return POS_INF
     return decided_through_ms - decided_through_ms % MINUTE_MS
