@@ -284,6 +284,7 @@ def _replay(path: Path, out: Path, *args: str, python: str = sys.executable, cwd
     return [x["value"] if isinstance(x["value"], dict) else orjson.loads(x["value"]) for x in lines]
 
 
+@pytest.mark.slow  # replays of a simulated outage (CLI subprocesses)
 def test_replay_the_resolved_alert_counts_the_refund_held_records_of_its_incident(
     outage_file: Path, tmp_path: Path
 ) -> None:
@@ -309,6 +310,7 @@ def test_replay_the_resolved_alert_counts_the_refund_held_records_of_its_inciden
     ]
 
 
+@pytest.mark.slow  # replays of a simulated outage (CLI subprocesses)
 def test_replay_without_drain_leaves_out_the_alerts_not_decided_past_as_live_would(outage_file: Path) -> None:
     # The input cut in the middle of the incident: an updated/resolved alert is out (with its
     # holds) exactly when every partition decided past its time, as the live tally does.
@@ -346,6 +348,7 @@ def test_replay_without_drain_leaves_out_the_alerts_not_decided_past_as_live_wou
     assert len(with_holds(made, r.signals, r.detector_partitions, params)) == len(made)
 
 
+@pytest.mark.slow  # replays of a simulated outage (CLI subprocesses)
 def test_replay_with_holds_off_is_byte_identical_to_mains(outage_file: Path, tmp_path: Path) -> None:
     main = Path("/work/main")
     python = main / ".venv" / "bin" / "python"
