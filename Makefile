@@ -54,8 +54,10 @@ test-rebalance: install broker-up
 	for i in 1 2 3 4 5; do $(PY) -m pytest tests/test_kafka_worker.py -k second_worker_joining $(PYTEST_ARGS) || exit 1; done
 
 # Workers killed (SIGKILL) at 5 seeded random moments on a realistic day with an outage, store
-# kept and store wiped, every decision compared with offline replay; prints the summary line.
-# `make test` runs a short version of the same tests. QRIS_TEST_CHAOS_SEED picks other moments.
+# kept and store wiped, two workers with one killed; the broker killed 3 times (a broker of the
+# test's own on free ports, never the shared one); every decision compared with offline replay;
+# prints the summary line. `make test` runs a short version of the worker kills (not the broker
+# kills: two broker starts take a minute). QRIS_TEST_CHAOS_SEED picks other moments.
 chaos: install broker-up
 	QRIS_TEST_CHAOS=full $(PY) -m pytest tests -m chaos -s $(PYTEST_ARGS)
 

@@ -2,7 +2,7 @@
 # A real single-node Apache Kafka broker (KRaft, broker and controller in one JVM) on 127.0.0.1
 # for the Kafka test tier and local runs. Jars come from Maven Central once (kafka/pom.xml) and
 # are cached in kafka/.cache/libs; state, PID file and log live in kafka/.run/.
-# Usage: kafka/broker.sh start|stop|status|wait|reset   (see kafka/README.md; works from any cwd)
+# Usage: kafka/broker.sh start|stop|kill|status|wait|reset   (see kafka/README.md; works from any cwd)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -335,6 +335,24 @@ cmd_stop() {
   log "stopped"
 }
 
+# SIGKILL at once, no clean shutdown (a crashed broker, for the chaos tests): the next `start`
+# recovers the logs from an unclean shutdown. Waits until the process is gone.
+cmd_kill() {
+  lock
+  local pid
+  pid="$(running_pid)"
+  if [[ -z "$pid" ]]; then
+    rm -f "$PID_FILE"
+    log "not running"
+    return 0
+  fi
+  log "killing pid $pid (SIGKILL)"
+  kill -KILL "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  rm -f "$PID_FILE"
+  log "killed"
+}
+
 cmd_status() {
   local pid
   pid="$(running_pid)"
@@ -363,11 +381,12 @@ cmd_reset() {
 case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
+  kill) cmd_kill ;;
   status) cmd_status ;;
   wait) cmd_wait ;;
   reset) cmd_reset ;;
   *)
-    echo "usage: $0 start|stop|status|wait|reset" >&2
+    echo "usage: $0 start|stop|kill|status|wait|reset" >&2
     exit 2
     ;;
 esac

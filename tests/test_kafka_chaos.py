@@ -6,6 +6,10 @@ decision is compared with offline replay of the topics (no `--drain` on either s
 
 `make test` runs a short version (about 8k records, 2 kills per case); `make chaos` the full
 one (`QRIS_TEST_CHAOS=full`: about 45k records, 5 kills per case) and prints the summary line.
+`make chaos` also kills the BROKER (SIGKILL, 3 times) and starts it again under a working worker:
+on a broker of the test's own (kafka/broker.sh on free ports, data in the test's temp dir), never
+the shared one; that case is not in `make test` (the short version takes over two minutes, most
+of it the broker's two starts).
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import os
 import random
 import re
 import shutil
+import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,7 @@ import pytest
 
 from kafka import KafkaProducer
 from stream.drivers.replayfile import KafkaRecord
-from tests.kafka_support import Topics, Worker, consume, fresh_topics, require_broker
+from tests.kafka_support import ROOT, Topics, Worker, consume, free_port, fresh_topics, require_broker
 from tests.test_kafka_worker import expected_outputs, simulated
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
@@ -36,6 +42,8 @@ FULL = os.environ.get("QRIS_TEST_CHAOS", "") == "full"
 # About 3 records per payment; QRIS_TEST_CHAOS_PAYMENTS / _PRODUCE_S make a bigger day.
 PAYMENTS = int(os.environ.get("QRIS_TEST_CHAOS_PAYMENTS", 15_000 if FULL else 2_700))
 KILLS = 5 if FULL else 2
+# Broker kills in the run on the test's own broker (each restart takes 15-30 s on this box).
+BROKER_KILLS = 3 if FULL else 1
 # The input arrives over this much wall time, as live traffic.
 PRODUCE_S = float(os.environ.get("QRIS_TEST_CHAOS_PRODUCE_S", 75.0 if FULL else 20.0))
 SEED = int(os.environ.get("QRIS_TEST_CHAOS_SEED", "20261201"))
@@ -73,16 +81,25 @@ def output_id(value: dict[str, Any]) -> str:
     return f"{value['type']}:{value['refund_id']}"
 
 
-def paced_produce(bootstrap: str, records: list[KafkaRecord], seconds: float) -> None:
-    """Produce to each record's partition in order, spread over `seconds` of wall time."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024)
+def paced_produce(bootstrap: str, records: list[KafkaRecord], seconds: float, *, flush_s: float = 60) -> None:
+    """Produce to each record's partition in order, spread over `seconds` of wall time. The
+    client's defaults (idempotent, retries until `delivery_timeout_ms`) ride out a broker
+    restart; `flush_s` bounds each wait for one step's records to be written."""
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        batch_size=256 * 1024,
+        delivery_timeout_ms=int(flush_s * 1000),
+        reconnect_backoff_max_ms=1000,  # back as soon as a restarted broker listens, not 30 s later
+    )
     try:
         steps = max(1, int(seconds / 0.25))
         per = -(-len(records) // steps)
         for i in range(0, len(records), per):
             for rec in records[i : i + per]:
                 producer.send(rec.topic, key=rec.key, value=rec.value, partition=rec.partition)
-            producer.flush(60)
+            producer.flush(flush_s)
             time.sleep(0.25)
     finally:
         producer.close()
@@ -114,6 +131,7 @@ def run_chaos(tmp_path: Path, case: str, wipe: bool, seed: int, group_size: int 
         w.start(bootstrap)
     producer.start()
     worker = first
+    got: list[tuple[str, bytes | None, dict[str, Any]]] = []
     try:
         for _ in range(KILLS):
             # A random moment once the group is consuming (recovered and assigned).
@@ -141,24 +159,48 @@ def run_chaos(tmp_path: Path, case: str, wipe: bool, seed: int, group_size: int 
             result.restarts += 1
         producer.join(300)
         assert not producer.is_alive(), "producing the input took too long"
-        want = expected_outputs(bootstrap, topics)
-        want_all = {orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for vs in want.values() for v in vs}
-        result.expected = len(want_all)
-        got: list[tuple[str, bytes | None, dict[str, Any]]] = []
-        deadline = time.monotonic() + (600 if FULL else 240)
-        while time.monotonic() < deadline:
-            for w in live:
-                w.assert_alive()
-            got = consume(bootstrap, topics.outputs(), until=10**9, timeout_s=8, settle_s=0)
-            if want_all <= {orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for _t, _k, v in got}:
-                break
-        time.sleep(5)  # room for any extra decision to show
-        got = consume(bootstrap, topics.outputs(), until=10**9, timeout_s=10, settle_s=0)
+        got = await_replays_decisions(bootstrap, topics, live, lambda: None)
     finally:
         producer.join(300)
         for w in workers:
             if w.proc is not None and w.proc.poll() is None:
                 w.stop()
+    judge(result, bootstrap, topics, got, workers)
+    print(result.line(), f"(killed after {result.killed_after} records; logs in {tmp_path / case})", file=sys.stderr)
+    return result
+
+
+def await_replays_decisions(
+    bootstrap: str, topics: Topics, live: list[Worker], check_workers: Callable[[], None]
+) -> list[tuple[str, bytes | None, dict[str, Any]]]:
+    """The outputs on the broker once they hold every decision offline replay of the input
+    topics makes (or the time is up), plus a few seconds for any extra one to show.
+    `check_workers` is called between reads (a worker that died fails, or is restarted)."""
+    want = expected_outputs(bootstrap, topics)
+    want_all = {orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for vs in want.values() for v in vs}
+    deadline = time.monotonic() + (600 if FULL else 240)
+    while time.monotonic() < deadline:
+        for w in live:
+            w.assert_alive()
+        check_workers()
+        got = consume(bootstrap, topics.outputs(), until=10**9, timeout_s=8, settle_s=0)
+        if want_all <= {orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for _t, _k, v in got}:
+            break
+    time.sleep(5)  # room for any extra decision to show
+    return consume(bootstrap, topics.outputs(), until=10**9, timeout_s=10, settle_s=0)
+
+
+def judge(
+    result: ChaosResult,
+    bootstrap: str,
+    topics: Topics,
+    got: list[tuple[str, bytes | None, dict[str, Any]]],
+    workers: list[Worker],
+) -> None:
+    """Fill `result` with what replay decides against what the workers delivered."""
+    want = expected_outputs(bootstrap, topics)
+    want_all = {orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for vs in want.values() for v in vs}
+    result.expected = len(want_all)
     result.delivered = len(got)
     for w in workers:
         for n in re.findall(r"gap\(s\)\): (\d+) read from the broker", w.log_tail(10**6)):
@@ -173,7 +215,115 @@ def run_chaos(tmp_path: Path, case: str, wipe: bool, seed: int, group_size: int 
         ident = output_id(v)
         if first.setdefault(ident, raw) != raw:
             result.conflicting.append(ident)
-    print(result.line(), f"(killed after {result.killed_after} records; logs in {tmp_path / case})", file=sys.stderr)
+
+
+class OwnBroker:
+    """A broker of this test's own, never the shared one (the test kills it): kafka/broker.sh
+    on free ports, no SASL_SSL listener, its run and data directory under `run_dir`."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.port = free_port()
+        self.controller_port = free_port()
+        while self.controller_port == self.port:
+            self.controller_port = free_port()
+        self.run_dir = run_dir
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def run(self, command: str, timeout_s: float = 300) -> None:
+        """`kafka/broker.sh <command>` for this broker; its output goes to run_dir/broker-sh.log."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")}
+        env.update(
+            {
+                "QRIS_KAFKA_PORT": str(self.port),
+                "QRIS_KAFKA_CONTROLLER_PORT": str(self.controller_port),
+                "QRIS_KAFKA_SASL_SSL_PORT": "0",
+                "QRIS_KAFKA_RUN_DIR": str(self.run_dir),
+                # Faust's own topics are created with as many partitions as the inputs have.
+                "QRIS_KAFKA_PARTITIONS": "4",
+            }
+        )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "broker-sh.log", "ab") as out:
+            proc = subprocess.run(
+                [str(ROOT / "kafka" / "broker.sh"), command], env=env, stdout=out, stderr=out, timeout=timeout_s
+            )
+        tail = (self.run_dir / "broker-sh.log").read_text(errors="replace")[-3000:]
+        assert proc.returncode == 0, f"kafka/broker.sh {command} exited {proc.returncode}:\n{tail}"
+
+
+def run_broker_chaos(tmp_path: Path, case: str, seed: int) -> ChaosResult:
+    """One worker on a broker of the test's own; the broker is killed (SIGKILL) at seeded
+    random moments while the day is produced, left down a few seconds and started again with
+    its data. A worker that exits meanwhile is started again in the same data directory, as a
+    supervisor (systemd, Kubernetes) would; those restarts are counted."""
+    broker = OwnBroker(tmp_path / case / "broker")
+    broker.run("start")
+    try:
+        bootstrap = broker.bootstrap
+        topics: Topics = fresh_topics()
+        topics.create(bootstrap)
+        records = simulated(topics, "mixed", seed=seed % 1000, minutes=None, payments=PAYMENTS, rate_per_min=120)
+        result = ChaosResult(case, len(records))
+        rng = random.Random(seed)
+        worker = Worker(topics, tmp_path / case / "w0")
+        workers = [worker]
+        live = [worker]
+
+        def supervise() -> None:
+            for i, w in enumerate(live):
+                if w.proc is not None and w.proc.poll() is not None:
+                    print(f"worker exited with {w.proc.returncode}; starting it again", file=sys.stderr)
+                    assert w.data_dir is not None
+                    again = Worker(topics, w.data_dir, app_id=w.app_id)
+                    again.start(bootstrap)
+                    live[i] = again
+                    workers.append(again)
+                    result.restarts += 1
+
+        # Long enough for any record to outlast a broker restart (tens of seconds on this box).
+        producer = threading.Thread(
+            target=paced_produce, args=(bootstrap, records, PRODUCE_S), kwargs={"flush_s": 300}, daemon=True
+        )
+        worker.start(bootstrap)
+        producer.start()
+        got: list[tuple[str, bytes | None, dict[str, Any]]] = []
+        try:
+            for _ in range(BROKER_KILLS):
+                deadline = time.monotonic() + 180
+                while sum(consuming(w) for w in live) == 0:
+                    supervise()
+                    assert time.monotonic() < deadline, f"worker never consumed:\n{live[0].log_tail()}"
+                    time.sleep(0.2)
+                time.sleep(rng.uniform(0.5, 5.0))
+                result.killed_after.append(sum(consuming(w) for w in live))
+                broker.run("kill")
+                result.kills += 1
+                down_until = time.monotonic() + rng.uniform(2.0, 10.0)
+                while time.monotonic() < down_until:
+                    supervise()
+                    time.sleep(0.2)
+                broker.run("start")
+                supervise()
+            deadline = time.monotonic() + 600
+            while producer.is_alive():
+                supervise()
+                assert time.monotonic() < deadline, "producing the input took too long"
+                producer.join(1)
+            got = await_replays_decisions(bootstrap, topics, [], supervise)
+        finally:
+            producer.join(300)
+            for w in workers:
+                if w.proc is not None and w.proc.poll() is None:
+                    w.stop()
+        judge(result, bootstrap, topics, got, workers)
+    finally:
+        broker.run("stop")
+    print(
+        result.line(),
+        f"(broker killed after {result.killed_after} records; worker restarts {result.restarts}; "
+        f"logs in {tmp_path / case})",
+        file=sys.stderr,
+    )
     return result
 
 
@@ -216,6 +366,20 @@ def test_killed_workers_decide_exactly_what_replay_decides(
     result = run_chaos(tmp_path, case, wipe, SEED + seed, group_size)
     RESULTS.append(result)
     assert result.kills == KILLS and result.restarts == KILLS
+    kinds = Counter(orjson.loads(raw).get("reason") for raw in result.missed + result.extra)
+    assert not result.missed and not result.extra and not result.conflicting, (
+        f"{result.line()}\nmissed {brief(result.missed)}\nextra {brief(result.extra)}\n"
+        f"conflicting {result.conflicting[:5]}\nby reason {dict(kinds)}; logs in {tmp_path}"
+    )
+
+
+@pytest.mark.skipif(not FULL, reason="make chaos only: two broker starts alone take about a minute here")
+def test_a_killed_broker_changes_no_decision(tmp_path: Path) -> None:
+    """The broker itself killed (SIGKILL) and started again mid-day: the worker decides exactly
+    what replay decides. On a broker of the test's own, never the shared one."""
+    result = run_broker_chaos(tmp_path, "broker-killed", SEED + 3)
+    RESULTS.append(result)
+    assert result.kills == BROKER_KILLS
     kinds = Counter(orjson.loads(raw).get("reason") for raw in result.missed + result.extra)
     assert not result.missed and not result.extra and not result.conflicting, (
         f"{result.line()}\nmissed {brief(result.missed)}\nextra {brief(result.extra)}\n"
