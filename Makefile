@@ -17,7 +17,7 @@ export QRIS_KAFKA_PORT ?= 9092
 export QRIS_BOOTSTRAP ?= 127.0.0.1:$(QRIS_KAFKA_PORT)
 
 .PHONY: demo install broker-up broker-down broker-reset test check lint typecheck test-fast test-slow fmt clean distclean \
-	bench-replay bench-detection bench-live test-rebalance chaos
+	bench-replay bench-detection bench-live bench-scale test-rebalance chaos
 
 # The main job: the 29 March 2025 outage end to end on the real broker, then a report for
 # payment operations. Installs and starts the broker if needed; stops its worker at the end
@@ -91,6 +91,11 @@ bench-detection: install
 
 bench-live: install broker-up
 	$(PY) bench/live_throughput.py --records 200000
+
+# One worker process against two in one consumer group on the same 8-partition backlog,
+# alternated over 2 rounds, beside raw aiokafka.
+bench-scale: install broker-up
+	$(PY) bench/scale_out.py --records 200000 --partitions 8 --rounds 2
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
