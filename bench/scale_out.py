@@ -9,7 +9,9 @@ run with a fresh app id (consumer group), data directories and burst topics, so 
 the whole backlog from offset 0. A run's rate is timed from the first record any of its workers
 took to the moment their records add up to the backlog (their /qris/stats pages), rebalance
 included (the second worker joins while the first may have started); the run counts as complete
-only when the group's committed offsets reach the end of every input partition. The raw
+only when its own output topics hold exactly the decisions offline replay of the inputs makes
+(every input offset decided), and the input partitions whose committed offset is then still
+short of the end are reported (a rebalance can leave some uncommitted; README). The raw
 aiokafka rate (no processing, one consumer) is measured in every round, so each ratio is from
 the same minutes of a shared machine.
 """
@@ -31,6 +33,7 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import orjson
 from kafka.admin import KafkaAdminClient
 
 from kafka import KafkaConsumer, TopicPartition
@@ -40,6 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 from live_throughput import free_port, raw_consume, stats  # noqa: E402  (bench/, the script's folder)
 
+from stream.drivers.kafkaread import read_topics  # noqa: E402
+from stream.drivers.replay import replay  # noqa: E402
 from stream.security import kafka_python_config  # noqa: E402
 from stream.settings import Settings, from_env, to_env  # noqa: E402
 from stream.simulate.output import produce  # noqa: E402
@@ -53,21 +58,74 @@ class Run:
     rate: float  # records/s, first record taken to the backlog taken
     taken: list[int]  # records each worker took
     to_first_record_s: float  # start of the processes to the first record taken
-    commit_lag_s: float  # backlog taken to every input offset committed
+    decided_lag_s: float  # backlog taken to the outputs holding every decision replay makes
+    partitions_not_committed: int  # input partitions whose committed offset is short of the end then
+    worker_cpu_us: float  # CPU time of the worker processes per record, while timed
+    machine_busy: float  # share of all the machine's CPUs busy (any process) while timed
+    logs: list[Path]
 
 
-def committed_complete(client: Settings, group: str, ends: dict[TopicPartition, int]) -> bool:
-    """True when the group's committed offset of every input partition is at its end."""
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot (/proc/stat; idle and iowait are idle)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def committed_behind(client: Settings, group: str, ends: dict[TopicPartition, int]) -> int:
+    """Input partitions whose committed offset in `group` is short of the end (or missing),
+    after up to 10 s for the next commit."""
     admin = KafkaAdminClient(**kafka_python_config(client), client_id="qris-bench")
     try:
-        got = admin.list_group_offsets({group: list(ends)}).get(group, {})
+        give_up = time.monotonic() + 10
+        while True:
+            got = admin.list_group_offsets({group: list(ends)}).get(group, {})
+            behind = sum(1 for tp, end in ends.items() if tp not in got or got[tp].offset < end)
+            if not behind or time.monotonic() > give_up:
+                return behind
+            time.sleep(0.5)
     finally:
         admin.close()
-    return all(tp in got and got[tp].offset >= end for tp, end in ends.items())
+
+
+def read_all(client: Settings, topics: list[str]) -> set[bytes]:
+    """Every record value of `topics` now on the broker, canonical JSON (keys sorted)."""
+    consumer = KafkaConsumer(**kafka_python_config(client), group_id=None, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        out: set[bytes] = set()
+        while any(consumer.position(tp) < end for tp, end in ends.items()):
+            for msgs in consumer.poll(timeout_ms=500).values():
+                out.update(orjson.dumps(orjson.loads(m.value), option=orjson.OPT_SORT_KEYS) for m in msgs)
+        return out
+    finally:
+        consumer.close()
+
+
+def replay_decisions(client: Settings, topics: list[str]) -> set[bytes]:
+    """What offline replay of the input topics decides (the worker's defaults, no drain)."""
+    params = replace(Settings().params, payment_topic=topics[0], ledger_topic=topics[1])
+    return {orjson.dumps(d.value, option=orjson.OPT_SORT_KEYS) for _p, d in replay(read_topics(client, topics), params)}
 
 
 def group_run(
-    client: Settings, prefix: str, n: int, partitions: int, workers: int, ends: dict[TopicPartition, int]
+    client: Settings,
+    prefix: str,
+    n: int,
+    partitions: int,
+    workers: int,
+    ends: dict[TopicPartition, int],
+    expected: set[bytes],
+    log_level: str = "warning",
+    keep: bool = False,
 ) -> Run:
     """`workers` worker processes in one fresh group on the backlog under `prefix`."""
     run_id = uuid.uuid4().hex[:4]
@@ -77,12 +135,16 @@ def group_run(
         signals_topic=f"{prefix}.burst-signals-{run_id}",
         incidents_topic=f"{prefix}.incidents-{run_id}",
         snapshots_topic=f"{prefix}.burst-snapshots-{run_id}",
+        # Its own output topics, to check its decisions against replay's.
+        refund_topic=f"{prefix}.refunds-{run_id}",
+        alert_topic=f"{prefix}.alerts-{run_id}",
+        dead_letter_topic=f"{prefix}.dead-letter-{run_id}",
         app_id=f"{prefix}-{run_id}",
         partitions=partitions,
-        log_level="warning",
+        log_level=log_level,
         idle_timeout_s=3600.0,  # a backlog, not an outage: the wall-clock idle rule stays out
     )
-    create_topics(base)  # the run's burst topics (the inputs and outputs exist)
+    create_topics(base)  # the run's burst and output topics (the inputs exist)
     procs: list[subprocess.Popen[bytes]] = []
     ports: list[int] = []
     logs: list[Path] = []
@@ -101,6 +163,7 @@ def group_run(
     try:
         first_t: float | None = None
         first_n = 0
+        first_cpu_s, first_machine = 0.0, (0, 0)
         taken = [0] * workers
         deadline = time.monotonic() + 900
         while sum(taken) < n:
@@ -115,22 +178,38 @@ def group_run(
                     continue
             if first_t is None and sum(taken) > 0:
                 first_t, first_n = time.perf_counter(), sum(taken)
+                first_cpu_s = sum(process_cpu_s(p.pid) for p in procs)
+                first_machine = machine_cpu()
             time.sleep(0.1)
         done_t = time.perf_counter()
+        cpu_s = sum(process_cpu_s(p.pid) for p in procs) - first_cpu_s
+        busy, total = (a - b for a, b in zip(machine_cpu(), first_machine, strict=True))
         assert first_t is not None
-        # Complete means decided and committed: every input offset, not merely a count.
-        while not committed_complete(client, base.app_id, ends):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the group {base.app_id} never committed the whole backlog; logs {logs}")
-            time.sleep(0.5)
-        for log_path in logs:  # kept only when the run failed
-            shutil.rmtree(log_path.parent, ignore_errors=True)
+        # Complete means every input offset decided, not merely a count: the run's outputs hold
+        # exactly what offline replay of the inputs decides.
+        outputs = [base.refund_topic, base.alert_topic, base.dead_letter_topic]
+        while (got := read_all(client, outputs)) != expected:
+            if time.monotonic() > deadline or not got <= expected:
+                raise SystemExit(
+                    f"{workers} worker(s): {len(expected - got)} of replay's {len(expected)} decisions missing, "
+                    f"{len(got - expected)} extra; logs {logs}"
+                )
+            time.sleep(1)
+        decided_t = time.perf_counter()
+        behind = committed_behind(client, base.app_id, ends)
+        for log_path in logs:  # kept when the run failed, or with --keep
+            if not keep:
+                shutil.rmtree(log_path.parent, ignore_errors=True)
         return Run(
             workers=workers,
             rate=(sum(taken) - first_n) / (done_t - first_t),
             taken=taken,
             to_first_record_s=first_t - started,
-            commit_lag_s=time.perf_counter() - done_t,
+            decided_lag_s=decided_t - done_t,
+            partitions_not_committed=behind,
+            worker_cpu_us=cpu_s / max(1, sum(taken) - first_n) * 1e6,
+            machine_busy=busy / total,
+            logs=logs,
         )
     finally:
         for proc in procs:
@@ -156,6 +235,9 @@ def main() -> int:
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2, help="runs of each variant, alternated")
+    ap.add_argument("--only", type=int, choices=[1, 2], help="run only the variant with this many workers")
+    ap.add_argument("--log-level", default="warning", help="the workers' QRIS_LOG_LEVEL")
+    ap.add_argument("--keep", action="store_true", help="keep the workers' data directories and logs")
     args = ap.parse_args()
     client = from_env(os.environ)  # QRIS_BOOTSTRAP and the Kafka security settings
     prefix = f"scale-{uuid.uuid4().hex[:8]}"
@@ -181,6 +263,9 @@ def main() -> int:
     produce(records, shared, partitions=args.partitions)
     ends = end_offsets(shared, topics, args.partitions)
     assert sum(ends.values()) == n, f"{sum(ends.values())} records on the broker, {n} produced"
+    t = time.perf_counter()
+    expected = replay_decisions(shared, topics)
+    print(f"offline replay of the inputs: {len(expected)} decisions in {time.perf_counter() - t:.1f} s")
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}")
     print(f"produced {n} records to {prefix}.* ({args.partitions} partitions) in {time.perf_counter() - t:.1f} s")
     runs: list[tuple[Run, float]] = []
@@ -188,14 +273,21 @@ def main() -> int:
         raw = asyncio.run(raw_consume(shared, topics, n, args.partitions))
         print(f"round {r + 1}: raw aiokafka consumer {raw:,.0f} records/s")
         # Alternate which variant goes first, so neither always follows the other.
-        for workers in (1, 2) if r % 2 == 0 else (2, 1):
-            run = group_run(client, prefix, n, args.partitions, workers, ends)
+        order = (1, 2) if r % 2 == 0 else (2, 1)
+        for workers in [w for w in order if args.only in (None, w)]:
+            run = group_run(client, prefix, n, args.partitions, workers, ends, expected, args.log_level, args.keep)
+            if args.keep:
+                print(f"logs: {run.logs}")
             runs.append((run, raw))
             print(
                 f"round {r + 1}: {workers} worker(s): {run.rate:,.0f} records/s ({run.rate / raw:.3f} of raw); "
                 f"records per worker {run.taken}; first record {run.to_first_record_s:.1f} s after start; "
-                f"all offsets committed {run.commit_lag_s:.1f} s after the last record"
+                f"replay's decisions all out {run.decided_lag_s:.1f} s after the last record; "
+                f"input partitions not committed to the end: {run.partitions_not_committed}; "
+                f"worker CPU {run.worker_cpu_us:.0f} µs/record; machine CPUs {run.machine_busy:.0%} busy"
             )
+    if args.only:
+        return 0
     for workers in (1, 2):
         rates = [run.rate for run, _raw in runs if run.workers == workers]
         ratios = [run.rate / raw for run, raw in runs if run.workers == workers]
