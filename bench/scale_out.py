@@ -261,13 +261,14 @@ def main() -> int:
     n = len(records)
     t = time.perf_counter()
     produce(records, shared, partitions=args.partitions)
+    produce_s = time.perf_counter() - t
     ends = end_offsets(shared, topics, args.partitions)
     assert sum(ends.values()) == n, f"{sum(ends.values())} records on the broker, {n} produced"
     t = time.perf_counter()
     expected = replay_decisions(shared, topics)
     print(f"offline replay of the inputs: {len(expected)} decisions in {time.perf_counter() - t:.1f} s")
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}")
-    print(f"produced {n} records to {prefix}.* ({args.partitions} partitions) in {time.perf_counter() - t:.1f} s")
+    print(f"produced {n} records to {prefix}.* ({args.partitions} partitions) in {produce_s:.1f} s")
     runs: list[tuple[Run, float]] = []
     for r in range(args.rounds):
         raw = asyncio.run(raw_consume(shared, topics, n, args.partitions))
