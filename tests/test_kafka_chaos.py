@@ -81,10 +81,18 @@ def output_id(value: dict[str, Any]) -> str:
     return f"{value['type']}:{value['refund_id']}"
 
 
-def paced_produce(bootstrap: str, records: list[KafkaRecord], seconds: float, *, flush_s: float = 60) -> None:
+def paced_produce(
+    bootstrap: str,
+    records: list[KafkaRecord],
+    seconds: float,
+    *,
+    flush_s: float = 60,
+    produced: list[int] | None = None,
+) -> None:
     """Produce to each record's partition in order, spread over `seconds` of wall time. The
     client's defaults (idempotent, retries until `delivery_timeout_ms`) ride out a broker
-    restart; `flush_s` bounds each wait for one step's records to be written."""
+    restart; `flush_s` bounds each wait for one step's records to be written. `produced[0]`
+    follows how many records are written."""
     producer = KafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
@@ -100,6 +108,8 @@ def paced_produce(bootstrap: str, records: list[KafkaRecord], seconds: float, *,
             for rec in records[i : i + per]:
                 producer.send(rec.topic, key=rec.key, value=rec.value, partition=rec.partition)
             producer.flush(flush_s)
+            if produced is not None:
+                produced[0] = min(len(records), i + per)
             time.sleep(0.25)
     finally:
         producer.close()
@@ -253,7 +263,7 @@ class OwnBroker:
 
 def run_broker_chaos(tmp_path: Path, case: str, seed: int) -> ChaosResult:
     """One worker on a broker of the test's own; the broker is killed (SIGKILL) at seeded
-    random moments while the day is produced, left down a few seconds and started again with
+    random moments spread over the day while it is produced, left down a few seconds and started again with
     its data. A worker that exits meanwhile is started again in the same data directory, as a
     supervisor (systemd, Kubernetes) would; those restarts are counted."""
     broker = OwnBroker(tmp_path / case / "broker")
@@ -280,21 +290,30 @@ def run_broker_chaos(tmp_path: Path, case: str, seed: int) -> ChaosResult:
                     workers.append(again)
                     result.restarts += 1
 
+        produced = [0]
         # Long enough for any record to outlast a broker restart (tens of seconds on this box).
         producer = threading.Thread(
-            target=paced_produce, args=(bootstrap, records, PRODUCE_S), kwargs={"flush_s": 300}, daemon=True
+            target=paced_produce,
+            args=(bootstrap, records, PRODUCE_S),
+            kwargs={"flush_s": 300, "produced": produced},
+            daemon=True,
         )
+        # Kill k at a seeded random point of the k-th share of the day, so the kills spread over
+        # it although each restart takes longer than the pacing between two of them.
+        kill_at = [int(rng.uniform(k, k + 1) / BROKER_KILLS * len(records)) for k in range(BROKER_KILLS)]
         worker.start(bootstrap)
         producer.start()
         got: list[tuple[str, bytes | None, dict[str, Any]]] = []
         try:
-            for _ in range(BROKER_KILLS):
-                deadline = time.monotonic() + 180
-                while sum(consuming(w) for w in live) == 0:
+            for at in kill_at:
+                deadline = time.monotonic() + 300
+                while sum(consuming(w) for w in live) == 0 or produced[0] < at:
                     supervise()
-                    assert time.monotonic() < deadline, f"worker never consumed:\n{live[0].log_tail()}"
+                    assert time.monotonic() < deadline, (
+                        f"kill point {at} not reached: {produced[0]} records produced, "
+                        f"{sum(consuming(w) for w in live)} taken:\n{live[0].log_tail()}"
+                    )
                     time.sleep(0.2)
-                time.sleep(rng.uniform(0.5, 5.0))
                 result.killed_after.append(sum(consuming(w) for w in live))
                 broker.run("kill")
                 result.kills += 1
