@@ -40,6 +40,24 @@ from stream.simulate.output import produce  # noqa: E402
 from stream.simulate.traffic import generate  # noqa: E402
 from stream.topics import create_topics  # noqa: E402
 
+PROFILED_WORKER = """
+import cProfile, marshal, runpy, sys, threading, time
+path = sys.argv[1]
+prof = cProfile.Profile()
+def dump():
+    while True:
+        time.sleep(5)
+        prof.snapshot_stats()  # (not dump_stats: that disables the profiler)
+        with open(path + ".part", "wb") as fh:
+            marshal.dump(prof.stats, fh)
+        import os
+        os.replace(path + ".part", path)
+threading.Thread(target=dump, daemon=True).start()
+sys.argv = ["stream", "worker"]
+prof.enable()
+runpy.run_module("stream", run_name="__main__", alter_sys=True)
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -77,7 +95,9 @@ def stats(port: int) -> dict:
         return orjson.loads(resp.read())
 
 
-def worker_rate(client: Settings, prefix: str, n: int, partitions: int, variant: dict[str, str]) -> tuple[float, dict]:
+def worker_rate(
+    client: Settings, prefix: str, n: int, partitions: int, variant: dict[str, str], profile: str | None = None
+) -> tuple[float, dict]:
     port = free_port()
     run_id = uuid.uuid4().hex[:4]
     settings = replace(
@@ -98,7 +118,11 @@ def worker_rate(client: Settings, prefix: str, n: int, partitions: int, variant:
     env.update(variant)
     log_path = Path(settings.data_dir) / "worker.log"
     log = open(log_path, "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "stream", "worker"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    # `--profile`: the worker under cProfile (its main thread, where the event loop runs: Faust's
+    # consumer and agents, the core); the stats are written every 5 s, since a stopping worker
+    # may end with os._exit.
+    argv = ["-c", PROFILED_WORKER, profile] if profile else ["-m", "stream", "worker"]
+    proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=log, stderr=log)
     try:
         first_t = first_n = None
         last: dict = {}
@@ -138,6 +162,7 @@ def main() -> int:
         default=[""],
         help="worker settings to compare, e.g. QRIS_UVLOOP=0 QRIS_UVLOOP=1 ('' = defaults)",
     )
+    ap.add_argument("--profile", help="run the (first) worker under cProfile, stats written to this file")
     args = ap.parse_args()
     client = from_env(os.environ)  # QRIS_BOOTSTRAP and the Kafka security settings
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
@@ -167,7 +192,8 @@ def main() -> int:
     print(f"raw aiokafka consumer: {raw:,.0f} records/s")
     for text in args.variant:
         variant = dict(kv.split("=", 1) for kv in text.split(",") if kv)
-        rate, counts = worker_rate(client, prefix, n, args.partitions, variant)
+        profile = args.profile if text == args.variant[0] else None
+        rate, counts = worker_rate(client, prefix, n, args.partitions, variant, profile)
         label = text or "defaults"
         print(f"worker ({label}): {rate:,.0f} records/s sustained; {rate / raw:.3f} of raw; {counts}")
     return 0

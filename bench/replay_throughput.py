@@ -1,11 +1,16 @@
 """Offline replay throughput and peak memory on simulated traffic (not a test).
 
-    python bench/replay_throughput.py --records 1000000
+    python bench/replay_throughput.py --records 300000            # or --in FILE
+    python bench/replay_throughput.py --in day.jsonl --jobs 1 --holds on --repeat 1
 
 Generates the `mixed` scenario (every kind of trouble, a switch outage) with the simulator
-into a replay file, then runs `python -m stream replay --in FILE --out FILE --drain` in a
-child process and reports records/s and the child's peak RSS. Each run is measured in the same
-invocation, so numbers are comparable with each other, not across machines.
+into a replay file (or takes `--in`), then runs `python -m stream replay --in FILE --out FILE
+--drain` in a child process, with refund holds on (the default: two passes) and off
+(`--max-hold-s 0`), for each `--jobs`, and reports records/s by wall time and by CPU time (the
+child and its jobs; on a shared machine the CPU rate is the steadier one) and the child's peak
+RSS. Beside them, in the same run, a plain reading of the same file (each line and its value
+parsed with orjson, nothing decided) gives the ratio: how many times a plain read the replay
+costs. Runs are interleaved, so a noisy moment hits every variant alike.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -53,55 +59,99 @@ def generate(path: Path, records: int, seed: int) -> int:
         return sum(1 for _ in fh)
 
 
-def run_replay(path: Path, out: Path, jobs: int) -> tuple[float, int]:
-    """Wall time and peak RSS (KiB) of one replay; with jobs > 1 the peak is the largest of
-    the processes (each holds its share of the partitions)."""
+def _child(argv: list[str]) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (the child and the processes it waited for) and peak RSS (KiB,
+    the largest of the child and its jobs) of one child run."""
     code = (
-        "import resource, sys, runpy; sys.argv = sys.argv[1:]; "
-        "from stream.cli import main; rc = main(sys.argv); "
+        "import resource, sys; sys.argv = sys.argv[1:]; "
+        "from stream.cli import main; rc = main(sys.argv) if sys.argv[0] != 'read' else read(sys.argv[1]); "
         "own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
         "kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss; "
         "print(max(own, kids), file=sys.stderr); sys.exit(rc)"
     )
+    code = READ + code
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", code, "replay", "--in", str(path), "--out", str(out), "--drain", "--jobs", str(jobs)],
-        cwd=ROOT,
-        check=True,
-        stderr=subprocess.PIPE,
-    )
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, check=True, stderr=subprocess.PIPE)
     elapsed = time.perf_counter() - started
-    return elapsed, int(proc.stderr.decode().strip().splitlines()[-1])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu, int(proc.stderr.decode().strip().splitlines()[-1])
+
+
+# The plain read: every line and its value through orjson, nothing else.
+READ = """
+import orjson
+def read(path):
+    n = 0
+    with open(path, "rb") as fh:
+        for raw in fh:
+            line = orjson.loads(raw)
+            v = line.get("value")
+            if isinstance(v, str):
+                try:
+                    orjson.loads(v)
+                except orjson.JSONDecodeError:
+                    pass  # a malformed record of the scenario
+            n += 1
+    return 0
+"""
+
+
+def run_replay(path: Path, out: Path, jobs: int, holds: bool) -> tuple[float, float, int]:
+    argv = ["replay", "--in", str(path), "--out", str(out), "--drain", "--jobs", str(jobs)]
+    return _child(argv + ([] if holds else ["--max-hold-s", "0"]))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--in", dest="input", type=Path, help="replay this file instead of generating one")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", help="keep the generated replay file at this path")
     ap.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="replay --jobs values to compare")
+    ap.add_argument("--holds", nargs="+", choices=["on", "off"], default=["on", "off"], help="refund holds")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(args.keep) if args.keep else Path(tmp) / "input.jsonl"
-        n = generate(path, args.records, args.seed)
+        if args.input:
+            path = args.input
+            with open(path, "rb") as fh:
+                n = sum(1 for _ in fh)
+        else:
+            path = Path(args.keep) if args.keep else Path(tmp) / "input.jsonl"
+            n = generate(path, args.records, args.seed)
         out = Path(tmp) / "out.jsonl"
         print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}")
-        print(f"input: {n} records ({path.stat().st_size / 2**20:.0f} MiB)")
-        rates: dict[int, list[float]] = {j: [] for j in args.jobs}
+        print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        print(f"input: {path.name}, {n} records ({path.stat().st_size / 2**20:.0f} MiB)")
+        variants = [("read", 0, False)] + [(f"replay holds {h}", j, h == "on") for h in args.holds for j in args.jobs]
+        walls: dict[str, list[float]] = {}
+        cpus: dict[str, list[float]] = {}
         for i in range(args.repeat):
-            for jobs in args.jobs:  # interleaved, so a noisy moment hits every variant alike
-                elapsed, peak_kib = run_replay(path, out, jobs)
-                rates[jobs].append(n / elapsed)
+            for label, jobs, holds in variants:
+                name = label if label == "read" else f"{label} jobs={jobs}"
+                if label == "read":
+                    elapsed, cpu, peak_kib = _child(["read", str(path)])
+                else:
+                    elapsed, cpu, peak_kib = run_replay(path, out, jobs, holds)
+                walls.setdefault(name, []).append(elapsed)
+                cpus.setdefault(name, []).append(cpu)
                 print(
-                    f"run {i + 1} jobs={jobs}: {elapsed:.2f} s, {n / elapsed:,.0f} records/s, "
-                    f"peak RSS per process {peak_kib / 1024:.0f} MiB"
+                    f"run {i + 1} {name}: {elapsed:.2f} s wall, {cpu:.2f} s CPU, {n / elapsed:,.0f} records/s "
+                    f"({n / cpu:,.0f} per CPU second), peak RSS per process {peak_kib / 1024:.0f} MiB"
                 )
         with open(out, "rb") as fh:
             decisions = sum(1 for _ in fh)
-        print(f"decisions: {decisions}")
-        for jobs, r in rates.items():
-            print(f"jobs={jobs}: median {sorted(r)[len(r) // 2]:,.0f} records/s, best {max(r):,.0f}")
+        print(f"decisions (last run): {decisions}")
+        read_wall = min(walls["read"])
+        read_cpu = min(cpus["read"])
+        for name in walls:
+            w, c = min(walls[name]), min(cpus[name])
+            print(
+                f"{name}: best {n / w:,.0f} records/s wall ({w / read_wall:.1f}x the plain read), "
+                f"{n / c:,.0f} records per CPU second ({c / read_cpu:.1f}x the plain read)"
+            )
     return 0
 
 

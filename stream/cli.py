@@ -148,9 +148,10 @@ class _Again:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .drivers.replay import replay
+    from .drivers.replay import replay, tune_collector
     from .drivers.replayfile import decision_line
 
+    tune_collector()  # (inherited by the jobs of a parallel replay)
     s = _settings(args)
     if args.from_kafka:
         _connect(s)

@@ -52,3 +52,39 @@ def ledger(event_id: str, typ: str, ref: str, t: float, amount: int = 25_000, **
     }
     v.update(extra)
     return orjson.dumps(v)
+
+
+def saved_state_v2(d: dict[str, Any]) -> dict[str, Any]:
+    """A reference's saved state (version 3, named fields) in the layout version 2 wrote
+    (two-letter keys, every field present): what an older worker left in its store."""
+    debits, reversals = d.get("debits", []), d.get("reversals", [])
+    old: dict[str, Any] = {
+        "ref": d["reference"],
+        "sp": d.get("seen_p", []),
+        "sl": d.get("seen_l", []),
+        "spd": d.get("seen_p_digests"),
+        "sld": d.get("seen_l_digests"),
+        "d": debits,
+        "r": reversals,
+        "dc": d.get("debit_count", len(debits)),
+        "ds": d.get("debited_total", sum(x[2] for x in debits)),
+        "rc": d.get("reversal_count", len(reversals)),
+        "rs": d.get("reversed_total", sum(x[2] for x in reversals)),
+        "st": d.get("settlement"),
+        "f": d.get("failure"),
+        "rq": d.get("request"),
+        "re": d.get("request_eff_ms"),
+        "a": d.get("account_id"),
+        "n": d["net"],
+        "s": d["settled"],
+        "cd": d.get("cycle_deadline_ms"),
+        "co": d.get("cycle_opened_by"),
+        "rf": d.get("refunds", []),
+        "le": d["last_eff_ms"],
+        "lk": d["last_key"],
+        "rt": d.get("retention"),
+        "v": 2,
+    }
+    if d.get("holds"):
+        old["h"] = d["holds"]
+    return old

@@ -10,7 +10,7 @@ import pytest
 from stream.core.eventtime import format_ms
 from stream.core.partition import OffsetOrderError, Params, PartitionEngine
 from stream.core.records import Stream
-from tests.records import T0, ledger, payment
+from tests.records import T0, ledger, payment, saved_state_v2
 
 P, L = Stream.P, Stream.L
 PARAMS = Params(timeout_ms=300_000, lateness_ms=30_000, retention_ms=3_600_000)
@@ -329,6 +329,45 @@ def test_restore_from_saved_state_continues_with_the_same_decisions() -> None:
     assert len([v for v in baseline if v.get("type") == "refund.requested"]) == 3
     for i in range(8):
         assert run(i) == baseline, i
+
+
+def test_state_saved_by_version_2_restores_to_the_same_decisions_and_is_saved_named() -> None:
+    # Version 3 names every saved field (issue 9: no tuple positions); what an older worker
+    # saved (version 2, two-letter keys) must still restore, to the very same state.
+    def run(convert: bool) -> tuple[list, list[dict]]:
+        f = Feed()
+        f.p(payment("q1", "requested", "R1", 0))
+        f.l(ledger("d1", "debited", "R1", 0))
+        f.l(ledger("d2", "debited", "R1", 1))
+        f.l(ledger("r2", "reversed", "R1", 2))
+        f.p(payment("f1", "failed", "R1", 3, response_code="05"))
+        f.l(ledger("d9", "debited", "R9", 5))
+        f.tick(400)  # both deadlines have passed: R1 and R9 have refunds
+        refs, meta = f.eng.take_dirty()
+        saved = []
+        for k, v in refs.items():
+            assert v is not None
+            d = orjson.loads(v)
+            if convert and d["state"] is not None:
+                d["state"] = saved_state_v2(d["state"])
+            saved.append((k, orjson.dumps(d)))
+        states = [s for _k, v in saved if (s := orjson.loads(v)["state"]) is not None]
+        f.eng = PartitionEngine.restore(0, PARAMS, meta, saved)
+        f.p(payment("s1", "settled", "R1", 450))  # a late settlement cancels R1's refund
+        f.tick(800)
+        resaved = [orjson.loads(f.eng.save_reference(ref) or b"null") for ref in ("R1", "R9")]
+        return [d.value for d in f.out], [states, resaved]
+
+    named, (states, resaved_named) = run(False)
+    older, (old_states, resaved_old) = run(True)
+    assert older == named
+    assert resaved_old == resaved_named  # a restored old entry is saved as version 3
+    assert {s["v"] for s in states} == {3} and {s["v"] for s in old_states} == {2}
+    r1 = next(s for s in states if s["reference"] == "R1")
+    assert r1["failure"][0] == "f1" and r1["refunds"] and "cycle_deadline_ms" not in r1
+    assert all(s["state"]["v"] == 3 for s in resaved_named if s is not None)
+    types = [v.get("type") for v in named]
+    assert types.count("refund.requested") == 2 and types.count("refund.cancel_requested") == 1
 
 
 def test_a_restored_engine_refuses_offsets_its_state_already_covers() -> None:

@@ -256,3 +256,47 @@ def test_duplicate_json_keys_keep_the_last_so_a_bad_last_value_is_rejected() -> 
     )
     out, _ = _run([KafkaRecord(TOPICS[0], 0, 0, None, b"R", good[:-1] + b',"amount":-5}')])
     assert [d.value["field"] for d in out if d.role == "dead_letter"] == ["amount"]
+
+
+_TIMES = [
+    "2025-03-29T09:00:00+07:00",
+    "2025-03-29T09:00:00.123Z",
+    "2025-03-29t09:00:59.1z",
+    "2025-12-31T23:59:60-05:30",
+    "2025-03-29T09:00:00.123456789+07:00",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(_TIMES),
+    st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 40), st.sampled_from(list("0123456789:.+-ZzTt ٣"))),
+        max_size=3,
+    ),
+)
+def test_the_cached_minute_fast_path_reads_timestamps_as_the_full_parser_does(base: str, edits: list) -> None:
+    # parse_ms answers from a cache of minutes seen in valid texts; a near-miss of a cached
+    # minute (a digit, separator or zone changed, added or removed) must get the full parser's
+    # answer: the same instant, or the same rejection.
+    from stream.core import eventtime
+
+    chars = list(base)
+    for op, at, ch in edits:
+        at = min(at, len(chars))
+        if op == 0 and at < len(chars):
+            chars[at] = ch
+        elif op == 1:
+            chars.insert(at, ch)
+        elif op == 2 and at < len(chars):
+            del chars[at]
+    text = "".join(chars)
+
+    def read(parse: Any, t: str) -> int | str:
+        try:
+            return int(parse(t))
+        except eventtime.BadTimestamp:
+            return "rejected"
+
+    for t in (base, text):  # the base first, so its minute is cached
+        assert read(parse_ms, t) == read(eventtime._parse_ms_full, t), t

@@ -25,7 +25,7 @@ from stream.core.signals import MINUTE_MS
 from stream.drivers.replay import replay
 from stream.drivers.replayfile import KafkaRecord
 from stream.simulate import generate
-from tests.records import T0, ledger, payment
+from tests.records import T0, ledger, payment, saved_state_v2
 from tests.test_properties import decided, partition_input, persist
 from tests.test_schemas import beyond_schema_errors, validator_for
 
@@ -356,7 +356,7 @@ def test_a_restored_engine_continues_a_hold_with_the_same_decisions() -> None:
     first.tick(400)
     refs, meta = first.eng.take_dirty()
     entries = [(k, v) for k, v in refs.items() if v is not None]
-    assert any(b'"h"' in v for _k, v in entries)  # holds are saved
+    assert any(b'"holds"' in v for _k, v in entries)  # holds are saved
     eng = PartitionEngine.restore(0, HOLDS, meta, entries)
     second = Feed(eng=eng)
     second.offsets = list(first.offsets)
@@ -376,7 +376,8 @@ def test_state_saved_before_holds_existed_still_restores() -> None:
         assert v is not None
         d = codec.loads(v)
         if d["state"] is not None:
-            d["state"].pop("v")
+            d["state"] = saved_state_v2(d["state"])
+            d["state"].pop("v")  # version 1: no version, no holds
             assert "h" not in d["state"]
         old.append((k, codec.dumps(d)))
     eng = PartitionEngine.restore(0, HOLDS, meta, old)

@@ -57,6 +57,10 @@ def _is_leap(year: int) -> bool:
 _DAYS: dict[str, int] = {}
 
 
+# Minutes seen so far ("YYYY-MM-DDTHH:MM" + zone text) -> epoch ms of the minute's start.
+_MINUTES: dict[str, int] = {}
+
+
 def _date_days(text: str, year: int, month: int, day: int) -> int:
     if not 1 <= month <= 12:
         raise BadTimestamp(f"{text!r}: month {month} out of range")
@@ -80,6 +84,25 @@ def parse_ms(text: str) -> int:
     >>> parse_ms("2025-03-29T00:00:00.123987Z")
     1743206400123
     """
+    # Fast path: a minute (date, hour, minute and zone) seen before in a valid text; only the
+    # seconds and their fraction are read and checked here.
+    n = len(text)
+    zone_at = n - 1 if text[-1:] in ("Z", "z") else n - 6
+    base = _MINUTES.get(text[:16] + text[zone_at:]) if zone_at >= 19 else None
+    if base is not None and text[16] == ":":
+        sec = text[17:19]
+        frac = text[20:zone_at]
+        if (
+            sec.isdigit()
+            and sec.isascii()
+            and sec <= "60"
+            and (zone_at == 19 or (text[19] == "." and frac.isdigit() and frac.isascii()))
+        ):
+            return base + int(sec) * MS_PER_S + (int((frac + "00")[:3]) if frac else 0)
+    return _parse_ms_full(text)
+
+
+def _parse_ms_full(text: str) -> int:
     m = _RFC3339.fullmatch(text)
     if m is None:
         raise BadTimestamp(f"{text!r} is not an RFC 3339 date-time with a zone offset")
@@ -99,8 +122,10 @@ def parse_ms(text: str) -> int:
         offset_min = off_h * 60 + off_m
         if m[9] == "-":
             offset_min = -offset_min
-    seconds = ((days * 24 + hour) * 60 + minute) * 60 + second
-    return (seconds - offset_min * 60) * MS_PER_S + millis
+    minute_ms = (((days * 24 + hour) * 60 + minute) * 60 - offset_min * 60) * MS_PER_S
+    if len(_MINUTES) < 100_000:
+        _MINUTES[text[:16] + (m[8] or text[-6:])] = minute_ms
+    return minute_ms + second * MS_PER_S + millis
 
 
 def format_ms(ms: int) -> str:

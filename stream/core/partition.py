@@ -45,7 +45,7 @@ from .holdtally import (
 )
 from .observe import EngineObserver
 from .records import LedgerEvent, PaymentEvent, Stream, event_fields
-from .reference import ReferenceState
+from .reference import ReferenceState, RetentionTimer
 from .signals import MINUTE_MS, count_payment, judge, signals_decision
 from .validation import Rejection, parse_ledger, parse_payment
 
@@ -162,10 +162,19 @@ class PartitionEngine:
     # -- input -----------------------------------------------------------------------------
 
     def on_record(
-        self, stream: Stream, offset: int, key: bytes | None, value: bytes | None, timestamp_ms: int | None = None
+        self,
+        stream: Stream,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int | None = None,
+        *,
+        parsed: PaymentEvent | LedgerEvent | Rejection | None = None,
     ) -> list[Decision]:
         """Take one raw record of `stream` (in that stream's offset order) and return what is
-        decided now: its dead letter if rejected, plus whatever the advanced watermark releases."""
+        decided now: its dead letter if rejected, plus whatever the advanced watermark releases.
+        `parsed`: the record already parsed by `validation.parse` (a replay's second pass reuses
+        the first's); `value` is then needed only when it is a `Rejection`."""
         # Live, each stream is taken in strictly increasing offset order (gaps allowed:
         # transaction markers, compaction): the shell (stream/worker/boundary.py) drops
         # redeliveries and fills gaps before calling this, so an offset that goes back is a bug
@@ -181,7 +190,9 @@ class PartitionEngine:
             self.last_offset[s] = offset
         if self.persistent:
             self.meta_dirty = True  # the saved state covers this offset now
-        event = parse_payment(key, value) if s == 0 else parse_ledger(key, value)
+        event = parsed
+        if event is None:
+            event = parse_payment(key, value) if s == 0 else parse_ledger(key, value)
         if type(event) is Rejection:
             if self.observer is not None:  # (the shell drops redeliveries before the engine)
                 self.observer.taken(
@@ -534,7 +545,7 @@ class PartitionEngine:
     def _schedule_retention(self, st: ReferenceState, not_before_ms: int = NEG_INF) -> None:
         at = max(st.last_eff_ms + self.params.retention_ms, not_before_ms)
         s, offset = st.last_key
-        st.retention = (at, s, offset)
+        st.retention = RetentionTimer(at, s, offset)
         heapq.heappush(self.retention_heap, (at, s, offset, st.reference))
 
     def _unpend(self, ref: str, offset: int, s: int) -> None:
@@ -567,12 +578,10 @@ class PartitionEngine:
         pend = self.pending.get(ref)
         if st is None and not pend:
             return None
-        return codec.dumps(
-            {
-                "state": st.to_json() if st is not None else None,
-                "pending": [[e, s, o, event_fields(ev)] for e, _k, s, o, _r, ev in (pend or ()) if ev is not None],
-            }
-        )
+        saved: dict[str, Any] = {"state": st.to_json() if st is not None else None}
+        if pend:  # records still waiting for the watermark: [eff_ms, stream, offset, event fields]
+            saved["pending"] = [[e, s, o, event_fields(ev)] for e, _k, s, o, _r, ev in pend if ev is not None]
+        return codec.dumps(saved)
 
     def save_meta(self) -> bytes:
         return codec.dumps(
@@ -630,7 +639,7 @@ class PartitionEngine:
                     eng.held_refs.add(ref)
                 if st.retention is not None:
                     eng.retention_heap.append((*st.retention, ref))
-            for eff, s, offset, ev in d["pending"]:
+            for eff, s, offset, ev in d.get("pending", ()):
                 if offset > eng.last_offset[s]:
                     # Written ahead of the metadata that stamps what the state covers (a crash
                     # between a batch's reference entries and its metadata): the record is

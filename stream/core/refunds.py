@@ -17,7 +17,7 @@ from .records import CURRENCY, LedgerEvent, PaymentEvent
 
 if TYPE_CHECKING:
     from .holds import Hold
-    from .reference import ReferenceState
+    from .reference import LedgerEntry, ReferenceState
 
 # How a hold ended: the hold, why, and the event time it ended.
 HoldEnd = tuple["Hold", str, int]
@@ -32,10 +32,16 @@ class Refund:
     active: bool
 
 
-def _ledger_items(entries: list[tuple[str, str, int, str, int]]) -> list[dict[str, Any]]:
+def _ledger_items(entries: list[LedgerEntry]) -> list[dict[str, Any]]:
     return [
-        {"event_id": e, "entry_id": j, "amount": a, "occurred_at": o, "effective_at": format_ms(f)}
-        for e, j, a, o, f in entries
+        {
+            "event_id": x.event_id,
+            "entry_id": x.entry_id,
+            "amount": x.amount,
+            "occurred_at": x.occurred_at,
+            "effective_at": format_ms(x.effective_at_ms),
+        }
+        for x in entries
     ]
 
 
@@ -50,12 +56,22 @@ def evidence(
     reference's other holds, counted as refunded; present only when there are any)."""
     settlement = None
     if st.settlement is not None:
-        e, a, o, f = st.settlement
-        settlement = {"event_id": e, "amount": a, "occurred_at": o, "effective_at": format_ms(f)}
+        s = st.settlement
+        settlement = {
+            "event_id": s.event_id,
+            "amount": s.amount,
+            "occurred_at": s.occurred_at,
+            "effective_at": format_ms(s.effective_at_ms),
+        }
     failure = None
     if st.failure is not None:
-        e, o, f, code = st.failure
-        failure = {"event_id": e, "occurred_at": o, "effective_at": format_ms(f), "response_code": code}
+        f = st.failure
+        failure = {
+            "event_id": f.event_id,
+            "occurred_at": f.occurred_at,
+            "effective_at": format_ms(f.effective_at_ms),
+            "response_code": f.response_code,
+        }
     request = None
     rq = st.request
     if rq is not None:

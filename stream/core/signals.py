@@ -44,13 +44,13 @@ def judge(st: ReferenceState, probe_at_ms: int) -> Outcome:
     """What the payment looked like at `probe_at_ms`, from its records with effective time at or
     before it (records processed later are ignored, so a later check gives the same answer).
     """
-    if st.settlement is not None and st.settlement[3] <= probe_at_ms:
+    if st.settlement is not None and st.settlement.effective_at_ms <= probe_at_ms:
         return Outcome(GOOD)
-    if st.failure is not None and st.failure[2] <= probe_at_ms:
-        return Outcome(FAILED_OUTCOME, response_code=st.failure[3])
-    debited = sum(d[2] for d in st.debits if d[4] <= probe_at_ms)
+    if st.failure is not None and st.failure.effective_at_ms <= probe_at_ms:
+        return Outcome(FAILED_OUTCOME, response_code=st.failure.response_code)
+    debited = sum(d.amount for d in st.debits if d.effective_at_ms <= probe_at_ms)
     if debited:
-        reversed_ = sum(r[2] for r in st.reversals if r[4] <= probe_at_ms)
+        reversed_ = sum(r.amount for r in st.reversals if r.effective_at_ms <= probe_at_ms)
         return Outcome(UNSETTLED_OUTCOME, exposure_idr=max(0, debited - reversed_))
     return Outcome(NO_ANSWER_OUTCOME)
 

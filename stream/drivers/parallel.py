@@ -7,8 +7,9 @@ decide them with the same core. Each job writes its own output; the parent conca
 in job order. Decisions are identical to a single-process replay; only the interleaving of
 lines from different partitions differs. Each job hands back its partitions' burst signals and
 the parent runs the one burst detector over all of them. With refund holds on, that is a first
-pass (signals only); the parent turns the detector's alerts into the incident timeline and a
-second pass of the same jobs decides with it (see `replay`).
+pass (signals only); the parent turns the detector's alerts into the incident timeline and sends
+it to the same job processes, which decide their second pass with it from the first pass's
+parse results (see `replay`).
 """
 
 from __future__ import annotations
@@ -17,16 +18,28 @@ import multiprocessing as mp
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any
 
 from ..core import codec
 from ..core.burst import BurstParams
+from ..core.decisions import Decision
 from ..core.holds import IncidentEvent
 from ..core.partition import NEG_INF, Params
-from .replay import Replay, incident_timeline, reporting, run_detector, warn_out_of_order, with_holds
-from .replayfile import TimeRange, decision_line, parse_line
+from .replay import (
+    KEEP_PARSED_MAX_RECORDS,
+    Kept,
+    Replay,
+    incident_timeline,
+    reporting,
+    run_detector,
+    warn_out_of_order,
+    with_holds,
+)
+from .replayfile import KafkaRecord, TimeRange, decision_line, parse_line
 
 _PARTITION = re.compile(rb'"partition"\s*:\s*(\d+)')
 
@@ -40,6 +53,22 @@ def _line_partition(raw: bytes) -> int | None:
     return int(codec.loads(raw)["partition"])
 
 
+def _records(path: str, jobs: int, index: int, times: tuple[int | None, int | None]) -> Iterator[KafkaRecord]:
+    """The records of the file that belong to job `index` (and to `--from/--to`)."""
+    within = TimeRange(*times)
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, 1):
+            try:
+                p = _line_partition(raw)
+            except (ValueError, KeyError, TypeError):
+                p = 0  # not a record: the job of partition 0 reports it, naming the line
+            if p is None or p % jobs != index:
+                continue
+            rec = parse_line(raw, path, line_no)
+            if within.keep(rec):
+                yield rec
+
+
 def _job(
     path: str,
     jobs: int,
@@ -50,31 +79,40 @@ def _job(
     out: str | None,
     times: tuple[int | None, int | None],
     incidents: tuple[list[IncidentEvent], int] = ([], NEG_INF),
+    kept: list[Kept] | None = None,
 ) -> tuple[int, list[Any], list[int]]:
-    # `out` None: a first pass of a replay with holds, for the signals only.
+    # `out` None: a first pass of a replay with holds, for the signals only; it appends its
+    # records and their parse results to `kept` if given. A second pass given a non-empty
+    # `kept` decides from it instead of reading the file again.
     r = Replay(params, incidents=incidents[0], incidents_known_through_ms=incidents[1])
     seq: dict[tuple[str, int], int] = {}
     n = 0
 
-    def write(fh: IO[bytes], partition: int, role: str, d: object) -> None:
+    def write(fh: IO[bytes], partition: int, role: str, d: Decision) -> None:
         topic = topics[role]
         k = (topic, partition)
         seq[k] = seq.get(k, -1) + 1
-        fh.write(decision_line(topic, partition, seq[k], d))  # type: ignore[arg-type]
+        fh.write(decision_line(topic, partition, seq[k], d))
 
-    within = TimeRange(*times)
-    with open(path, "rb") as fh, open(out or "/dev/null", "wb") as sink:
-        for line_no, raw in enumerate(fh, 1):
-            try:
-                p = _line_partition(raw)
-            except (ValueError, KeyError, TypeError):
-                p = 0  # not a record: the job of partition 0 reports it, naming the line
-            if p is None or p % jobs != index:
-                continue
-            rec = parse_line(raw, path, line_no)
-            if not within.keep(rec):
-                continue
-            got = r.feed(rec)
+    def fed() -> Iterator[tuple[KafkaRecord, list[Decision]]]:
+        if out is not None and kept:
+            kept.reverse()  # taken from the end, so memory is freed as the pass goes
+            while kept:
+                rec, parsed = kept.pop()
+                yield rec, r.feed(rec, parsed)
+            return
+        keeping = out is None and kept is not None
+        for rec in _records(path, jobs, index, times):
+            if keeping and kept is not None:
+                yield rec, r.feed_keeping(rec, kept)
+                if len(kept) >= KEEP_PARSED_MAX_RECORDS:
+                    kept.clear()  # too many to keep: the second pass reads the file again
+                    keeping = False
+            else:
+                yield rec, r.feed(rec)
+
+    with open(out or "/dev/null", "wb") as sink:
+        for rec, got in fed():
             if out is None:
                 continue
             for d in got:
@@ -88,6 +126,87 @@ def _job(
     if out is not None:
         warn_out_of_order(r, path)
     return n, r.signals, sorted(r.engines)
+
+
+def _two_pass_job(
+    conn: Connection,
+    path: str,
+    jobs: int,
+    index: int,
+    params: Params,
+    drain: bool,
+    topics: dict[str, str],
+    out: str,
+    times: tuple[int | None, int | None],
+) -> None:
+    # Holds on, in one process: the first pass sends its signals to the parent, receives the
+    # incident timeline and decides the second pass from the first's parse results.
+    try:
+        kept: list[Kept] = []
+        first = replace(params, max_hold_ms=0)
+        _n, signals, partitions = _job(path, jobs, index, first, drain, topics, None, times, kept=kept)
+        conn.send(("signals", (signals, partitions)))
+        del signals
+        timeline = conn.recv()
+        second = replace(params, burst_signals=False)
+        conn.send(("done", _job(path, jobs, index, second, drain, topics, out, times, timeline, kept=kept)))
+    except BaseException as exc:  # handed to the parent, which raises it
+        try:
+            conn.send(("error", exc))
+        except Exception:  # an exception that cannot be pickled
+            conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+    finally:
+        conn.close()
+
+
+def _answer(conn: Connection) -> Any:
+    try:
+        kind, payload = conn.recv()
+    except EOFError:
+        raise RuntimeError("a replay job ended without an answer") from None
+    if kind == "error":
+        raise payload
+    return payload
+
+
+def _two_passes(
+    ctx: Any,
+    path: str,
+    params: Params,
+    drain: bool,
+    jobs: int,
+    topics: dict[str, str],
+    outs: list[str],
+    times: tuple[int | None, int | None],
+    burst: BurstParams,
+) -> tuple[list[tuple[int, list[Any], list[int]]], list[Decision]]:
+    conns: list[Connection] = []
+    procs = []
+    try:
+        for i in range(jobs):
+            ours, theirs = ctx.Pipe()
+            args = (theirs, path, jobs, i, params, drain, topics, outs[i], times)
+            proc = ctx.Process(target=_two_pass_job, args=args)
+            proc.start()
+            theirs.close()
+            conns.append(ours)
+            procs.append(proc)
+        signals = [value for conn in conns for value in _answer(conn)[0]]
+        bursts, closed_through = run_detector(signals, reporting(signals), burst)
+        timeline = incident_timeline(bursts, closed_through, params, drain=drain)
+        for conn in conns:
+            conn.send(timeline)
+        results: list[tuple[int, list[Any], list[int]]] = [_answer(conn) for conn in conns]
+        for proc in procs:
+            proc.join()
+        # The second pass's signals are the partitions' hold reports (`holdtally`).
+        reports = [value for _n, values, _p in results for value in values]
+        return results, with_holds(bursts, reports, reporting(signals), params)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()  # a job failed: the others wait for a timeline that never comes
+                proc.join()
 
 
 def replay_file_parallel(
@@ -109,25 +228,16 @@ def replay_file_parallel(
         outs = [str(Path(tmp) / f"job-{i}.jsonl") for i in range(jobs)]
         ctx = mp.get_context("fork")
         times = (from_ms, to_ms)
-        with ctx.Pool(jobs) as pool:
-            if params.holds:
-                first = replace(params, max_hold_ms=0)
-                results = pool.starmap(_job, [(path, jobs, i, first, drain, topics, None, times) for i in range(jobs)])
-                signals = [value for _n, values, _p in results for value in values]
-                bursts, closed_through = run_detector(signals, reporting(signals), burst)
-                timeline = incident_timeline(bursts, closed_through, params, drain=drain)
-                second = replace(params, burst_signals=False)
-                pass2 = [(path, jobs, i, second, drain, topics, outs[i], times, timeline) for i in range(jobs)]
-                results = pool.starmap(_job, pass2)
-                reports = [value for _n, values, _p in results for value in values]
-                bursts = with_holds(bursts, reports, reporting(signals), params)
-            else:
+        if params.holds:
+            results, bursts = _two_passes(ctx, path, params, drain, jobs, topics, outs, times, burst)
+        else:
+            with ctx.Pool(jobs) as pool:
                 results = pool.starmap(
                     _job, [(path, jobs, i, params, drain, topics, outs[i], times) for i in range(jobs)]
                 )
-                signals = [value for _n, values, _p in results for value in values]
-                partitions = {p for _n, _v, ps in results for p in ps}
-                bursts, _closed = run_detector(signals, partitions, burst)
+            signals = [value for _n, values, _p in results for value in values]
+            partitions = {p for _n, _v, ps in results for p in ps}
+            bursts, _closed = run_detector(signals, partitions, burst)
         for o in outs:
             with open(o, "rb") as fh:
                 shutil.copyfileobj(fh, out, 1 << 20)

@@ -66,6 +66,35 @@ def _field(line: dict[str, Any], name: str, kinds: tuple[type, ...], *, required
 
 def line_to_record(line: dict[str, Any]) -> KafkaRecord:
     """The Kafka record of a replay line; `ValueError` says which field is wrong and why."""
+    if type(line) is dict:
+        # The common line in one pass; anything unusual (a missing or wrong field, `value_b64`)
+        # takes the field-by-field path below, which words the mistake.
+        get = line.get
+        topic, partition, offset, timestamp_ms, key = (
+            get("topic"),
+            get("partition"),
+            get("offset"),
+            get("timestamp_ms"),
+            get("key"),
+        )
+        if (
+            type(topic) is str
+            and type(partition) is int
+            and type(offset) is int
+            and partition >= 0
+            and offset >= 0
+            and (timestamp_ms is None or type(timestamp_ms) is int)
+            and (key is None or type(key) is str)
+            and "value_b64" not in line
+        ):
+            v = get("value")
+            value = v.encode("utf-8") if type(v) is str else (None if v is None else codec.dumps(v))
+            raw_key = None if key is None else key.encode("utf-8")
+            return KafkaRecord(topic, partition, offset, timestamp_ms, raw_key, value)
+    return _checked_line_to_record(line)
+
+
+def _checked_line_to_record(line: dict[str, Any]) -> KafkaRecord:
     if not isinstance(line, dict):
         raise ValueError("a line must be a JSON object")
     topic = _field(line, "topic", (str,))

@@ -92,13 +92,13 @@ def payment_status(st: ReferenceState, partition: int, watch: WorkerWatch | None
         "merchant_name": rq.merchant_name if rq else None,
         "amount": rq.amount if rq else None,
         "requested_at": rq.occurred_at if rq else None,
-        "debits": [{"event_id": e, "amount": a, "occurred_at": o} for e, _j, a, o, _f in st.debits],
-        "reversals": [{"event_id": e, "amount": a, "occurred_at": o} for e, _j, a, o, _f in st.reversals],
+        "debits": [{"event_id": d.event_id, "amount": d.amount, "occurred_at": d.occurred_at} for d in st.debits],
+        "reversals": [{"event_id": r.event_id, "amount": r.amount, "occurred_at": r.occurred_at} for r in st.reversals],
         "net_debited": st.net,
         "settled_amount": st.settled,
-        "settled_at": st.settlement[2] if st.settlement else None,
-        "failed_at": st.failure[1] if st.failure else None,
-        "response_code": st.failure[3] if st.failure else None,
+        "settled_at": st.settlement.occurred_at if st.settlement else None,
+        "failed_at": st.failure.occurred_at if st.failure else None,
+        "response_code": st.failure.response_code if st.failure else None,
         "refund_due_at": _at(st.cycle_deadline_ms),
         "refunds": [
             {
@@ -169,7 +169,9 @@ def account_payments(
         st = eng.refs.get(ref) if eng is not None else None
         if st is None:
             continue  # the partition moved to another worker, or the state expired
-        first_ms = st.request.occurred_at_ms if st.request is not None else (st.debits[0][4] if st.debits else None)
+        first_ms = st.request.occurred_at_ms if st.request is not None else None
+        if first_ms is None and st.debits:
+            first_ms = st.debits[0].effective_at_ms
         if since_ms is not None and (first_ms is None or first_ms < since_ms):
             continue
         item = payment_status(st, p, watch)
