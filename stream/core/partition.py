@@ -412,6 +412,13 @@ class PartitionEngine:
         views: dict[str, ReferenceState] = {}
         for ref, items in self.ahead.items():
             st = self.refs.get(ref)
+            if st is not None and st.request_eff_ms is not None:
+                # Its request is decided already (a view keeps it): a reference whose minute is
+                # not closing now needs no view. (Live, while the incidents lag, `ahead` holds
+                # minutes of records; copying every one at each minute's close cost 0.36 s.)
+                minute = st.request_eff_ms // MINUTE_MS
+                if minute > through or (prev is not None and minute <= prev):
+                    continue
             view = st.facts_copy() if st is not None else ReferenceState(ref)
             for eff, _kind, s, _offset, _ref, event in sorted(items, key=lambda it: it[:4]):
                 assert event is not None
