@@ -9,6 +9,8 @@ Pre-produces the simulator's `mixed` scenario into fresh co-partitioned topics, 
    (its /qris/stats page), how fast it takes the backlog: decode, decide, persist state to
    the RocksDB table and its changelog, send outputs.
 Both rates come from the same run, so their ratio is meaningful on a noisy machine.
+`--profile FILE` runs the (first) worker under cProfile and writes its stats to FILE every 5 s
+(read them with `python -m pstats FILE`).
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def generate(path: Path, records: int, seed: int) -> int:
         return sum(1 for _ in fh)
 
 
-def _child(argv: list[str]) -> tuple[float, float, int]:
+def _child(argv: list[str], tree: Path = ROOT) -> tuple[float, float, int]:
     """Wall seconds, CPU seconds (the child and the processes it waited for) and peak RSS (KiB,
     the largest of the child and its jobs) of one child run."""
     code = (
@@ -72,7 +72,8 @@ def _child(argv: list[str]) -> tuple[float, float, int]:
     code = READ + code
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, check=True, stderr=subprocess.PIPE)
+    # Run from `tree`: its own `stream` package comes first on the path ("-c" puts the cwd first).
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=tree, check=True, stderr=subprocess.PIPE)
     elapsed = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -98,9 +99,9 @@ def read(path):
 """
 
 
-def run_replay(path: Path, out: Path, jobs: int, holds: bool) -> tuple[float, float, int]:
+def run_replay(path: Path, out: Path, jobs: int, holds: bool, tree: Path = ROOT) -> tuple[float, float, int]:
     argv = ["replay", "--in", str(path), "--out", str(out), "--drain", "--jobs", str(jobs)]
-    return _child(argv + ([] if holds else ["--max-hold-s", "0"]))
+    return _child(argv + ([] if holds else ["--max-hold-s", "0"]), tree)
 
 
 def main() -> int:
@@ -112,6 +113,7 @@ def main() -> int:
     ap.add_argument("--keep", help="keep the generated replay file at this path")
     ap.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="replay --jobs values to compare")
     ap.add_argument("--holds", nargs="+", choices=["on", "off"], default=["on", "off"], help="refund holds")
+    ap.add_argument("--base", type=Path, help="also replay with this tree (e.g. main from git archive), interleaved")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.input:
@@ -125,16 +127,19 @@ def main() -> int:
         print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}")
         print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         print(f"input: {path.name}, {n} records ({path.stat().st_size / 2**20:.0f} MiB)")
-        variants = [("read", 0, False)] + [(f"replay holds {h}", j, h == "on") for h in args.holds for j in args.jobs]
+        trees = [("", ROOT)] + ([("base ", args.base)] if args.base else [])
+        variants = [("read", 0, False, ROOT)] + [
+            (f"{who}replay holds {h}", j, h == "on", tree) for h in args.holds for j in args.jobs for who, tree in trees
+        ]
         walls: dict[str, list[float]] = {}
         cpus: dict[str, list[float]] = {}
         for i in range(args.repeat):
-            for label, jobs, holds in variants:
+            for label, jobs, holds, tree in variants:
                 name = label if label == "read" else f"{label} jobs={jobs}"
                 if label == "read":
                     elapsed, cpu, peak_kib = _child(["read", str(path)])
                 else:
-                    elapsed, cpu, peak_kib = run_replay(path, out, jobs, holds)
+                    elapsed, cpu, peak_kib = run_replay(path, out, jobs, holds, tree)
                 walls.setdefault(name, []).append(elapsed)
                 cpus.setdefault(name, []).append(cpu)
                 print(

@@ -45,7 +45,8 @@ from .replayfile import KafkaRecord
 # dropped when it parsed) and its parse result; None for a record of another topic.
 Parsed = PaymentEvent | LedgerEvent | Rejection
 Kept = tuple[KafkaRecord, Parsed | None]
-# About 0.5-0.6 KiB each: 2 million kept records cost about 1.2 GiB on top of the engines' state.
+# About 0.8 KiB each (peak RSS 612 MiB against 365 MiB without, 300k mixed records): 2 million
+# kept records cost about 1.6 GiB on top of the engines' state.
 KEEP_PARSED_MAX_RECORDS = 2_000_000
 
 
