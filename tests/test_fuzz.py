@@ -267,6 +267,7 @@ _TIMES = [
 ]
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(
     st.sampled_from(_TIMES),
