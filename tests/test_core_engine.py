@@ -429,10 +429,6 @@ def test_an_offset_below_one_already_taken_is_refused_live_and_processed_in_repl
     assert sorted(d.value["reference"] for d in out if d.role == "refunds") == ["R5", "R6", "R7", "R9"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit (README): PartitionEngine._reject in stream/core/partition.py dates it by both streams",
-)
 def test_a_dead_letter_alert_without_a_kafka_timestamp_is_dated_by_its_own_stream() -> None:
     """A rejected record with no Kafka timestamp: its DEAD_LETTER alert's time must not depend
     on how far the other topic had been read when it arrived (replay equals live), so it is

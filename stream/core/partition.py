@@ -267,9 +267,10 @@ class PartitionEngine:
         self.rejected[s] += 1
         self.stats["rejected"] += 1
         if _alert_due(self.rejected[s]):
-            # The alert's time: the record's Kafka time, else the newest event time seen here.
-            known = [m for m in self.max_ms if m is not None]
-            at_ms = timestamp_ms if timestamp_ms is not None else max(known, default=0)
+            # The alert's time: the record's Kafka time, else the newest event time of its own
+            # stream (not both: that would depend on how the two topics interleave).
+            own_max_ms = self.max_ms[s]
+            at_ms = timestamp_ms if timestamp_ms is not None else (own_max_ms if own_max_ms is not None else 0)
             out.append(
                 dead_letter_alert(topic, self.partition, self.rejected[s], rejection.error, rejection.reason, at_ms)
             )
