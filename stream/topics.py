@@ -1,7 +1,8 @@
 """Creating and checking the contract's topics on a broker (kafka-python admin).
 
 The two input topics must be co-partitioned (same partition count); outputs get the same count,
-except the internal signals, incidents and snapshots topics, which have one partition.
+except the internal signals, incidents and snapshots topics, which have one partition. The
+worker's state changelog (`<app_id>-state-changelog`, compacted) has the input topics' count.
 """
 
 from __future__ import annotations
@@ -74,6 +75,42 @@ def snapshots_topic(name: str, settings: Settings | None = None) -> NewTopic:
     )
 
 
+def state_changelog_topic(settings: Settings, partitions: int) -> NewTopic:
+    """The worker's state changelog: one partition per input partition, compacted (the latest
+    value of every key is the state), written only by the worker (`worker/statestore.py`)."""
+    from .worker.statestore import changelog_topic_name
+
+    return NewTopic(
+        changelog_topic_name(settings.app_id),
+        num_partitions=partitions,
+        replication_factor=settings.replication_factor,
+        topic_configs={**topic_configs(settings), "cleanup.policy": "compact"},
+    )
+
+
+def ensure_state_changelog(settings: Settings, partitions: int, *, timeout_s: float = 30.0) -> None:
+    """Create the state changelog if missing; raise SystemExit if it exists with another count
+    (a changelog partition holds exactly one input partition's state)."""
+    topic = state_changelog_topic(settings, partitions)
+    admin = admin_client(settings)
+    try:
+        if topic.name not in set(admin.list_topics()):
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker raced us to it
+                admin.create_topics([topic], timeout_ms=int(timeout_s * 1000))
+        deadline = time.monotonic() + timeout_s
+        while (count := partition_counts(admin, [topic.name]).get(topic.name)) is None:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the state changelog {topic.name} was not created in {timeout_s:.0f} s")
+            time.sleep(0.2)
+    finally:
+        admin.close()
+    if count != partitions:
+        raise SystemExit(
+            f"the state changelog {topic.name} has {count} partitions, the input topics {partitions}: "
+            "it must have one per input partition"
+        )
+
+
 def create_topics(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, int]:
     """Create missing topics with `settings.partitions` partitions; return every topic's count."""
     admin = admin_client(settings)
@@ -103,10 +140,15 @@ def create_topics(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, i
         while True:
             counts = partition_counts(admin, topic_names(settings))
             if all(counts.get(t) for t in topic_names(settings)) or time.monotonic() > deadline:
-                return counts
+                break
             time.sleep(0.2)
     finally:
         admin.close()
+    # The worker would create it too; made here with the input topics' count as it is now.
+    partitions = counts.get(settings.payment_topic) or settings.partitions
+    ensure_state_changelog(settings, partitions, timeout_s=timeout_s)
+    counts[state_changelog_topic(settings, partitions).name] = partitions
+    return counts
 
 
 def partition_counts(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:

@@ -221,8 +221,12 @@ def test_the_worker_app_binds_where_told_with_faust_pages_off(tmp_path: Path) ->
     assert app.web.blueprints._enabled == []  # no Faust page at all, not even `/`
     assert conf.topic_replication_factor == 2
     assert credentials_to_aiokafka_auth(conf.broker_credentials)["sasl_mechanism"] == "SCRAM-SHA-512"
-    table = app.tables["reconciliation-state"]
-    assert table.changelog_topic.config == {"min.insync.replicas": "1"}
+    assert len(app.tables) == 0  # the state is the project's own store, not a Faust table
+    from stream.topics import state_changelog_topic
+
+    changelog = state_changelog_topic(s, 4)
+    assert changelog.name == "qris-guard-state-changelog" and changelog.num_partitions == 4
+    assert changelog.topic_configs == {"min.insync.replicas": "1", "cleanup.policy": "compact"}
 
 
 class _Metadata:

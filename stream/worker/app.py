@@ -1,8 +1,11 @@
-"""The Faust application: raw-bytes topics, one agent, one state table, a timer, a status page.
+"""The Faust application: raw-bytes topics, one agent, a timer, a status page; the state is the
+project's own store (`statestore.PartitionStore`), not a Faust table.
 
 Built by `build_app(settings)`; `run_worker(settings)` runs it in the foreground. Faust's
 windowed tables, timers and group_by run on wall clock, so none of them is on the decision
-path: the agent hands whole batches to `ReconcileShell`, which calls the core.
+path: the agent hands whole batches to `ReconcileShell`, which calls the core. A rebalance
+drops only the engines of partitions that moved away; a partition newly assigned is restored
+from its local state and its changelog tail before its first batch.
 """
 
 from __future__ import annotations
@@ -11,12 +14,12 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
-from faust.types import TP
+from faust.types import TP, TopicT
 
-from ..security import aiokafka_config, faust_credentials, topic_configs
+from ..security import aiokafka_config, faust_credentials
 from ..settings import Settings
 from .batches import finish_before_ack
 from .bursts import BurstShell
@@ -27,6 +30,7 @@ from .metrics import WorkerMetrics
 from .pages import add_pages
 from .recovery import RecoveryWatchdog, restart_self
 from .shell import ReconcileShell
+from .statestore import KafkaChangelog, PartitionStore, changelog_topic_name
 from .watch import WorkerWatch
 
 log = logging.getLogger("qris_guard.worker")
@@ -34,67 +38,12 @@ log = logging.getLogger("qris_guard.worker")
 # The shell's lock held this long means something under it hangs (`watch_state_recovery`).
 SHELL_STALL_S = 90.0
 
-RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
-
-class TableStore:
-    """Writes a batch's changed keys straight to partition p of the table: the local RocksDB
-    store of p now, and the changelog messages of the batch to changelog partition p, handed
-    to the Kafka client in one go by `write_changelog`. `Table.__setitem__` would take the
-    partition from the current event, which a batch does not have, and would queue each message
-    in Faust's send buffer, whose flush before an offset commit gives up after 0.1 s without
-    progress (a commit could then run ahead of the state it covers)."""
-
-    def __init__(self, app: faust.App, table: Any) -> None:
-        self.app = app
-        self.table = table
-        self.rocksdb = hasattr(table.data, "_db_for_partition")  # else memory:// (trials only)
-        self.pending: dict[int, list[tuple[bytes, bytes | None]]] = {}
-
-    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
-        self.pending.setdefault(partition, []).append((key, value))
-        if self.rocksdb:
-            db = self.table.data._db_for_partition(partition)
-            if value is None:
-                db.delete(key)
-            else:
-                db.put(key, value)
-        elif value is None:
-            self.table.data.data.pop(key, None)
-        else:
-            self.table.data.data[key] = value
-
-    async def write_changelog(self) -> None:
-        """Hand this batch's changelog messages to the Kafka client (in order per partition);
-        its flush before every offset commit then waits for all of them."""
-        if not self.pending:
-            return
-        client = self.app.producer._producer  # the aiokafka producer behind Faust's
-        topic = self.table.changelog_topic.get_topic_name()
-        last: dict[int, Any] = {}
-        for partition, items in self.pending.items():
-            for key, value in items:
-                last[partition] = await client.send(topic, value, key, partition=partition)
-        self.pending.clear()
-        if self.rocksdb:
-            for partition, fut in last.items():
-                fut.add_done_callback(self._persisted(topic, partition))
-
-    def _persisted(self, topic: str, partition: int) -> Any:
-        def done(fut: Any) -> None:
-            # What `_on_changelog_sent` does per message: the store remembers how far the
-            # changelog is in it, so a restart reads only what came after.
-            if not fut.cancelled() and fut.exception() is None:
-                self.table.data.set_persisted_offset(TP(topic, partition), fut.result().offset)
-
-        return done
-
-    def load(self, partition: int) -> list[tuple[bytes, bytes]]:
-        data = self.table.data
-        if not self.rocksdb:
-            return [(k, v) for k, v in data.data.items() if k.startswith(f"{partition}/".encode())]
-        offset_key = data.offset_key
-        return [(k, v) for k, v in data._db_for_partition(partition).items() if k != offset_key]
+def raw_topic(app: faust.App, *names: str, partitions: int | None = None) -> TopicT:
+    """A topic of raw bytes (keys and values): the core decodes, Faust only moves bytes."""
+    return app.topic(
+        *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=partitions
+    )
 
 
 def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[faust.App, ReconcileShell]:
@@ -102,7 +51,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         settings.app_id,
         broker=[f"kafka://{h}" for h in settings.bootstrap.split(",")],
         broker_credentials=faust_credentials(settings),
-        store=settings.store,
+        store="memory://",  # Faust holds no state: the store is `statestore.PartitionStore`
         datadir=settings.data_dir,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
@@ -131,21 +80,13 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     # says: a health check that lies. Readiness is /qris/ready; `/` answers 404.
     blueprints = app.web.blueprints
     blueprints._enabled = [(p, bp) for p, bp in blueprints._enabled if "production_index" not in str(bp)]
-    inputs = app.topic(settings.payment_topic, settings.ledger_topic, **RAW)
+    inputs = raw_topic(app, settings.payment_topic, settings.ledger_topic)
     outputs = {
-        name: app.topic(name, **RAW)
-        for name in (settings.refund_topic, settings.alert_topic, settings.dead_letter_topic)
+        name: raw_topic(app, name) for name in (settings.refund_topic, settings.alert_topic, settings.dead_letter_topic)
     }
     # One partition: the one worker that owns it runs the burst detector over all partitions.
-    signals = outputs[settings.signals_topic] = app.topic(settings.signals_topic, partitions=1, **RAW)
-    incidents = app.topic(settings.incidents_topic, partitions=1, **RAW)
-    state = app.Table(
-        "reconciliation-state",
-        partitions=settings.partitions,
-        key_type=bytes,
-        value_type=bytes,
-        extra_topic_configs=topic_configs(settings),
-    )
+    signals = outputs[settings.signals_topic] = raw_topic(app, settings.signals_topic, partitions=1)
+    incidents = raw_topic(app, settings.incidents_topic, partitions=1)
 
     async def send(topic: str, key: bytes | None, value: bytes) -> Any:
         if topic == settings.signals_topic:
@@ -160,16 +101,19 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     # What the worker saw, for /metrics, the lookup API and the dashboard: every output passes by.
     watch = WorkerWatch(settings)
     watched_send = watch.wrap_send(send)
-    store = TableStore(app, state)
+    changelog = KafkaChangelog(aiokafka_config(settings), changelog_topic_name(settings.app_id))
+    local_dir = Path(settings.data_dir) / settings.app_id / "state"
+    store = PartitionStore(changelog, None if settings.store.startswith("memory") else local_dir)
     gaps = BrokerGapFetcher(aiokafka_config(settings))
     shell = ReconcileShell(
         settings,
         store,
         watched_send,
         flush,
-        store.write_changelog,
+        store.commit,
         lambda: app.consumer.assignment(),
         fetch_gap=gaps.fetch,
+        restore=store.restore,
     )
     shell.on_engine = watch.watch_engine
     shell.on_idle = TopicSilence((settings.payment_topic, settings.ledger_topic), lambda: shell.engines)
@@ -178,7 +122,10 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     @app.agent(inputs, name="reconcile_payments")
     async def reconcile_payments(stream: faust.StreamT[bytes]) -> None:
         """Decode, decide, send: one batch of both input topics at a time."""
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+        # `take_events` is Faust's public Stream API, missing from its StreamT type.
+        async for events in cast(faust.Stream[bytes], stream).take_events(
+            settings.batch_max, within=settings.batch_within_s
+        ):
             with metrics.batch_seconds.time():
                 await finish_before_ack(shell.process_batch(events))
 
@@ -187,18 +134,20 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     @app.agent(signals, name="score_failure_bursts")
     async def score_failure_bursts(stream: faust.StreamT[bytes]) -> None:
         """The partitions' closed minutes in, failure-burst incidents out."""
-        async for events in stream.take_events(500, within=0.5):
+        async for events in cast(faust.Stream[bytes], stream).take_events(500, within=0.5):
             await finish_before_ack(bursts.process_batch(events))
 
     if settings.max_hold_s > 0:
 
-        @app.task
+        @app.task  # type: ignore[untyped-decorator]  # Faust's decorator is untyped
         async def follow_incidents() -> None:
             """Every worker reads the incidents topic whole: the detector's decisions and progress
             reach every partition engine (refund holds wait for them)."""
             await follow_incidents_topic(settings, shell)
 
-    @app.timer(interval=max(1.0, min(settings.idle_timeout_s / 4, 10.0)), name="watch_idle_feeds")
+    idle_tick_s = max(1.0, min(settings.idle_timeout_s / 4, 10.0))
+
+    @app.timer(interval=idle_tick_s, name="watch_idle_feeds")  # type: ignore[untyped-decorator]  # Faust's is untyped
     async def watch_idle_feeds() -> None:
         await shell.check_idle_feeds()
 
@@ -206,16 +155,18 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     watching: list[asyncio.Task[None]] = []
 
     async def watch_state_recovery() -> None:
-        # A plain task, not an app timer: Faust starts timers only after the first recovery.
+        # A plain task, not an app timer: timers start only after Faust's first recovery.
         while True:
             await asyncio.sleep(5.0)
-            recovery = app.tables.recovery
-            remaining = recovery.active_remaining_total() if recovery.in_recovery else 0
-            if watchdog.stalled(recovery.in_recovery, remaining, time.monotonic()):
+            progress = store.progress
+            restoring = progress.partition is not None
+            if watchdog.stalled(restoring, progress.remaining, time.monotonic()):
                 log.critical(
-                    "state recovery made no progress for %.0f s (%d changelog records remaining); restarting",
+                    "state restore of partition %s made no progress for %.0f s (%d changelog records remaining); "
+                    "restarting",
+                    progress.partition,
                     watchdog.stall_s,
-                    remaining,
+                    progress.remaining,
                 )
                 restart_self()
             held_s = shell.lock.held_for_s(time.monotonic())
@@ -226,31 +177,44 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
                 log.critical("a batch or hand-over of decisions has hung for %.0f s; restarting", held_s)
                 restart_self()
 
-    @app.on_partitions_assigned.connect  # type: ignore[misc]
+    def owned_inputs(tps: Any) -> set[int]:
+        return {tp.partition for tp in tps or () if tp.topic in (settings.payment_topic, settings.ledger_topic)}
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # Faust's signal type wants a sender
     async def on_assigned(app_: Any, assigned: Any = None, **kwargs: Any) -> None:
         watch.rebalances += 1
-        watch.keep_partitions({tp.partition for tp in assigned or () if tp.topic == settings.payment_topic})
+        owned = owned_inputs(assigned)
+        watch.keep_partitions(owned)
         if not watching:
             watching.append(asyncio.ensure_future(watch_state_recovery()))
         async with shell.lock:  # never in the middle of a batch
-            shell.forget_partitions()
+            # Only partitions that moved: an engine kept here stays unless its changelog moved
+            # on meanwhile (another worker wrote to it: this one missed an assignment).
+            for p in sorted(set(shell.engines) | set(store.locals)):
+                if p not in owned or not await store.is_current(p):
+                    shell.forget_partition(p)
+                    store.release(p)
         async with bursts.lock:
             bursts.forget()
 
-    @app.on_rebalance_complete.connect  # type: ignore[misc]
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # Faust's signal type wants a sender
     async def on_recovered(app_: Any, **kwargs: Any) -> None:
-        # The tables are recovered: restore the engines of every input partition assigned here
-        # now, not at their next record, so the lookup API, /metrics and the dashboard see a
-        # quiet partition's state too (a batch would restore them the same way).
-        async with shell.lock:
-            for tp in sorted(app.consumer.assignment()):
-                if tp.topic == settings.payment_topic and tp.partition not in shell.engines:
-                    shell.engine(tp.partition)
+        # Restore the engines of every input partition assigned here now, not at their next
+        # record, so the lookup API, /metrics and the dashboard see a quiet partition's state
+        # too (a batch would restore them the same way).
+        try:
+            async with shell.lock:
+                for p in sorted(owned_inputs(app.consumer.assignment())):
+                    await shell.restore_engine(p)
+        except Exception:
+            log.critical("cannot restore the state of an assigned partition; restarting", exc_info=True)
+            restart_self()
 
-    @app.on_partitions_revoked.connect  # type: ignore[misc]
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # Faust's signal type wants a sender
     async def on_revoked(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
+        # Waits for a batch in flight; the engines stay until the new assignment says which moved.
         async with shell.lock:
-            shell.forget_partitions()
+            pass
         async with bursts.lock:
             bursts.forget()
 
@@ -261,7 +225,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     @app.page("/qris/ready")
     async def ready(web: Any, request: Any) -> Any:
         """200 when the worker reaches the broker and owns input partitions; else 503 and why."""
-        reason = await not_ready_reason(app, settings)
+        reason = await not_ready_reason(app, settings, restoring=store.progress.partition is not None)
         if reason:
             return web.json({"ready": False, "reason": reason}, status=503)
         return web.json({"ready": True})
@@ -277,10 +241,12 @@ def _highwater(app: faust.App, topic: str, partition: int) -> int | None:
         return None
 
 
-async def not_ready_reason(app: faust.App, settings: Settings, timeout_s: float = 3.0) -> str | None:
+async def not_ready_reason(
+    app: faust.App, settings: Settings, timeout_s: float = 3.0, restoring: bool = False
+) -> str | None:
     """Why the worker is not ready to process records, or None: a metadata request to the
     broker (with the worker's credentials) must answer within `timeout_s`, no rebalance or
-    table recovery may be under way, and an input partition must be assigned here."""
+    state restore may be under way, and an input partition must be assigned here."""
     producer = getattr(app.producer, "_producer", None)
     if producer is None:
         return "the Kafka producer has not started"
@@ -290,8 +256,8 @@ async def not_ready_reason(app: faust.App, settings: Settings, timeout_s: float 
         return f"no answer from the broker {settings.bootstrap}: {type(exc).__name__}"
     if app.rebalancing:
         return "the consumer group is rebalancing"
-    if getattr(app, "in_recovery", False):
-        return "table state is being recovered from the changelog"
+    if restoring:
+        return "partition state is being restored from the changelog"
     inputs = {settings.payment_topic, settings.ledger_topic}
     if not any(tp.topic in inputs for tp in app.consumer.assignment()):
         return "no input partition is assigned to this worker"
@@ -319,7 +285,11 @@ def run_worker(settings: Settings) -> int:
         import uvloop
 
         uvloop.install()  # before Faust makes its loop: about a quarter more records/s here
-    app, _shell = build_app(settings, _input_partitions(settings))
+    from ..topics import ensure_state_changelog
+
+    partitions = _input_partitions(settings)
+    ensure_state_changelog(settings, partitions or settings.partitions)
+    app, _shell = build_app(settings, partitions)
     _Worker.json_logs = settings.log_format == "json"
     worker = _Worker(app, loglevel=settings.log_level.upper(), override_logging=True)
     worker.execute_from_commandline()

@@ -30,7 +30,6 @@ from .watch import WorkerWatch
 log = logging.getLogger("qris_guard.worker")
 
 FORWARDED = "X-QRIS-Forwarded"
-STATE_TABLE = "reconciliation-state"
 
 
 def add_pages(

@@ -3,10 +3,10 @@
 Faust only moves bytes here. For each batch the shell routes events to their partition's
 `PartitionEngine`, sends the decisions, waits until the producer has them (so state never
 runs ahead of what was sent), then writes the changed state of each partition to the state
-table in one coalesced write per reference (a record cache, as Kafka Streams' KIP-63), the
-partition's metadata last, and hands those changelog messages to the Kafka client. Faust acks
-the batch afterwards and flushes the client before it commits offsets. A restarted worker
-rebuilds each engine from the table, pending records included.
+store in one coalesced write per reference (a record cache, as Kafka Streams' KIP-63), the
+partition's metadata last, and waits until the store has them on its changelog (`statestore`).
+Faust acks the batch afterwards. A partition newly assigned here is restored (local state and
+changelog tail) before its engine is built, pending records included.
 
 The one wall-clock rule (live only) is here too: `check_idle_feeds` advances a partition's
 watermark when an input stream has been silent for `idle_timeout_s` (FEED_SILENT alert).
@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence, Set
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ..core import codec
 from ..core.deadletter import dead_letter_record
@@ -71,7 +71,7 @@ class PartitionClock:
 
 
 class StateStore(Protocol):
-    """Where the shell keeps engine state: a Faust table, written per partition."""
+    """Where the shell keeps engine state, per partition (`statestore.PartitionStore`)."""
 
     def put(self, partition: int, key: bytes, value: bytes | None) -> None: ...
 
@@ -86,7 +86,7 @@ class TimedLock(asyncio.Lock):
 
     held_since: float | None = None
 
-    async def acquire(self) -> bool:
+    async def acquire(self) -> Literal[True]:
         await super().acquire()
         self.held_since = time.monotonic()
         return True
@@ -111,8 +111,11 @@ class ReconcileShell:
         write_state: Callable[[], Awaitable[None]],
         assignment: Callable[[], Set[Any]] | None = None,
         fetch_gap: Callable[[Gap], Awaitable[list[KafkaRecord]]] | None = None,
+        restore: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
+        # Brings a partition's stored state up to date before its engine is built from it.
+        self.restore = restore
         # Hands the batch's state writes (queued by `store.put`) to the Kafka client.
         self.write_state = write_state
         # The consumer's current assignment, to notice events of partitions no longer owned.
@@ -152,10 +155,17 @@ class ReconcileShell:
 
     # -- engines ---------------------------------------------------------------------------
 
-    def forget_partitions(self) -> None:
-        """After a rebalance the table is the truth: engines are rebuilt from it lazily."""
-        self.engines.clear()
-        self.clocks.clear()
+    def forget_partition(self, partition: int) -> None:
+        """A partition moved away (or its stored state moved on): its engine is rebuilt from
+        the store when it is next needed."""
+        self.engines.pop(partition, None)
+        self.clocks.pop(partition, None)
+
+    async def restore_engine(self, partition: int) -> PartitionEngine:
+        """The partition's engine, restored from the store first if it is not held here."""
+        if partition not in self.engines and self.restore is not None:
+            await self.restore(partition)
+        return self.engine(partition)
 
     def engine(self, partition: int) -> PartitionEngine:
         eng = self.engines.get(partition)
@@ -211,6 +221,8 @@ class ReconcileShell:
             touched: set[int] = set()
             now = time.monotonic()
             payment_topic = self.settings.payment_topic
+            for p in sorted({r.partition for r in records}):
+                await self.restore_engine(p)
             expected = {
                 (t, p): self.engine(p).last_offset[Stream.P if t == payment_topic else Stream.L] + 1
                 for t, p in {(r.topic, r.partition) for r in records}

@@ -1,0 +1,422 @@
+"""The worker's own state store: per input partition a local RocksDB (rocksdict) and a compacted
+changelog topic the project writes itself, a batch at a time, atomically.
+
+A batch's state changes of partition p go to changelog partition p in order, each message with
+the header `qris.batch` (its batch number), followed by a commit marker (key `<p>/c`, header
+`qris.commit`). A restore applies messages only when a commit marker after them arrives: a
+commit commits everything before it in the log, so a batch whose own marker was compacted away
+(a later marker has the same key) is still committed by the next one, and a trailing half batch
+(a crash between the messages of one batch) is dropped. Whoever restores a partition with such a
+tail writes its keys' committed values again (or tombstones) with a commit of its own at once,
+so the half batch can never be committed by a later marker. The changelog send is awaited
+(delivered) before a batch returns; the local DB then takes the batch and the changelog offset
+of its marker in one WriteBatch, so a restart with the disk kept reads only the changelog tail.
+Imports no faust (the changelog's Kafka client is aiokafka's public API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger("qris_guard.worker")
+
+BATCH_HEADER = "qris.batch"
+COMMIT_HEADER = "qris.commit"
+# Local-only keys (never on the changelog, never loaded as state): state keys start with a digit.
+APPLIED_OFFSET_KEY = b"\x00changelog-offset"
+BATCH_SEQ_KEY = b"\x00batch-seq"
+
+Change = tuple[bytes, bytes | None]
+
+
+def commit_key(partition: int) -> bytes:
+    """The changelog key of partition p's commit markers (one value kept after compaction).
+
+    >>> commit_key(3)
+    b'3/c'
+    """
+    return b"%d/c" % partition
+
+
+def changelog_topic_name(app_id: str) -> str:
+    """The compacted changelog topic of the worker's state.
+
+    >>> changelog_topic_name("qris-guard")
+    'qris-guard-state-changelog'
+    """
+    return f"{app_id}-state-changelog"
+
+
+@dataclass(frozen=True, slots=True)
+class ChangelogMessage:
+    """One message of a changelog partition as a restore reads it."""
+
+    offset: int
+    key: bytes
+    value: bytes | None
+    seq: int | None  # the `qris.batch` header, None if absent
+    commit: bool  # the `qris.commit` header is present
+
+
+class Changelog(Protocol):
+    """The Kafka side of the store: write a partition's batch, read a partition from an offset."""
+
+    async def send_batch(self, batches: Mapping[int, list[tuple[bytes, bytes | None, int, bool]]]) -> dict[int, int]:
+        """Send each partition's messages (key, value, seq, commit) in order; wait until all
+        are delivered; return the offset of each partition's last message."""
+        ...
+
+    async def end_offset(self, partition: int) -> int: ...
+
+    def read(self, partition: int, start: int, end: int) -> Any:
+        """An async iterator of the partition's `ChangelogMessage`s at offsets start .. end - 1."""
+        ...
+
+
+class LocalPartition(Protocol):
+    """The local copy of one partition's state and how far in the changelog it is."""
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def apply(self, changes: Iterable[Change], applied_offset: int, seq: int) -> None:
+        """All of `changes` and the two positions, at once or not at all."""
+        ...
+
+    def position(self) -> tuple[int, int]:
+        """The changelog offset applied last (-1: none) and the highest batch number seen (0)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MemoryPartition:
+    """memory:// (trials and tests): state in this process only; a restart reads the changelog."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.applied_offset = -1
+        self.seq = 0
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(list(self.data.items()))
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def apply(self, changes: Iterable[Change], applied_offset: int, seq: int) -> None:
+        for key, value in changes:
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+        self.applied_offset, self.seq = applied_offset, seq
+
+    def position(self) -> tuple[int, int]:
+        return self.applied_offset, self.seq
+
+    def close(self) -> None:
+        return None
+
+
+class RocksPartition:
+    """rocksdb://: one RocksDB per input partition (rocksdict, raw bytes)."""
+
+    def __init__(self, path: Path) -> None:
+        from rocksdict import Options, Rdict
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = Rdict(str(path), options=Options(raw_mode=True))
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self.db.items():
+            if isinstance(key, bytes) and isinstance(value, bytes) and not key.startswith(b"\x00"):
+                yield key, value
+
+    def get(self, key: bytes) -> bytes | None:
+        value = self.db.get(key)
+        return value if isinstance(value, bytes) else None
+
+    def apply(self, changes: Iterable[Change], applied_offset: int, seq: int) -> None:
+        from rocksdict import WriteBatch
+
+        wb = WriteBatch(raw_mode=True)
+        for key, value in changes:
+            if value is None:
+                wb.delete(key)
+            else:
+                wb.put(key, value)
+        wb.put(APPLIED_OFFSET_KEY, b"%d" % applied_offset)
+        wb.put(BATCH_SEQ_KEY, b"%d" % seq)
+        self.db.write(wb)
+
+    def position(self) -> tuple[int, int]:
+        offset, seq = self.db.get(APPLIED_OFFSET_KEY), self.db.get(BATCH_SEQ_KEY)
+        return (int(offset) if offset else -1), (int(seq) if seq else 0)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class RestoreBuffer:
+    """Reads a changelog partition's messages in order and says what a commit makes visible.
+
+    >>> b = RestoreBuffer(3)
+    >>> b.add(ChangelogMessage(0, b"3/r/A", b"1", 1, False)), b.add(ChangelogMessage(1, b"3/c", b"1", 1, True))
+    (None, [(b'3/r/A', b'1')])
+    >>> b.add(ChangelogMessage(2, b"3/r/B", b"2", 2, False)), b.pending_keys(), b.max_seq
+    (None, [b'3/r/B'], 2)
+    """
+
+    def __init__(self, partition: int) -> None:
+        self.marker = commit_key(partition)
+        self.pending: list[Change] = []
+        self.max_seq = 0
+        self.committed_offset: int | None = None
+
+    def add(self, msg: ChangelogMessage) -> list[Change] | None:
+        """None, or the changes a commit marker makes visible (everything since the last)."""
+        if msg.seq is not None:
+            self.max_seq = max(self.max_seq, msg.seq)
+        if msg.commit:
+            changes, self.pending = self.pending, []
+            self.committed_offset = msg.offset
+            return changes
+        if msg.key != self.marker:
+            self.pending.append((msg.key, msg.value))
+        return None
+
+    def pending_keys(self) -> list[bytes]:
+        """The keys of the uncommitted tail (a half batch), each once, in order."""
+        return list(dict.fromkeys(k for k, _ in self.pending))
+
+
+@dataclass
+class RestoreProgress:
+    """What the recovery watchdog watches: the partition being restored and what is left."""
+
+    partition: int | None = None
+    remaining: int = 0
+
+
+class PartitionStore:
+    """The `StateStore` of the shell: puts queued per partition, `commit` makes them durable
+    (changelog delivered, then the local DB), `restore` brings a partition up to date before
+    its engine is built, `release` lets go of a partition that moved away."""
+
+    def __init__(self, changelog: Changelog, local_dir: Path | None) -> None:
+        self.changelog = changelog
+        self.local_dir = local_dir  # None: memory://
+        self.locals: dict[int, LocalPartition] = {}
+        self.current: set[int] = set()  # restored and not released since
+        self.pending: dict[int, list[Change]] = {}
+        self.progress = RestoreProgress()
+        self.counts = {"restored_messages": 0, "dropped_half_batch_messages": 0, "commits": 0}
+
+    # -- the StateStore protocol -------------------------------------------------------------
+
+    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
+        self.pending.setdefault(partition, []).append((key, value))
+
+    def load(self, partition: int) -> list[tuple[bytes, bytes]]:
+        local = self.locals.get(partition)
+        return [] if local is None else list(local.items())
+
+    async def commit(self) -> None:
+        """Write this batch's changes of every partition with a commit marker each, wait until
+        the broker has them all, then apply them to the local DBs with the marker's offset."""
+        if self.pending:
+            pending, self.pending = self.pending, {}
+            await self._write(pending)
+
+    async def _write(self, pending: dict[int, list[Change]]) -> None:
+        batches: dict[int, list[tuple[bytes, bytes | None, int, bool]]] = {}
+        seqs: dict[int, int] = {}
+        for p, changes in pending.items():
+            seq = seqs[p] = self._local(p).position()[1] + 1
+            batches[p] = [(k, v, seq, False) for k, v in changes] + [(commit_key(p), b"%d" % seq, seq, True)]
+        offsets = await self.changelog.send_batch(batches)
+        for p, changes in pending.items():
+            self._local(p).apply(changes, offsets[p], seqs[p])
+        self.counts["commits"] += len(pending)
+
+    # -- partitions --------------------------------------------------------------------------
+
+    async def is_current(self, partition: int) -> bool:
+        """Whether the local state of a partition kept through a rebalance is still the whole
+        changelog (nobody else wrote to it meanwhile)."""
+        local = self.locals.get(partition)
+        if local is None or partition not in self.current:
+            return False
+        return await self.changelog.end_offset(partition) == local.position()[0] + 1
+
+    def release(self, partition: int) -> None:
+        """A partition no longer assigned here: its next assignment reads the changelog tail."""
+        self.current.discard(partition)
+        self.pending.pop(partition, None)
+        local = self.locals.pop(partition, None)
+        if local is not None:
+            local.close()
+
+    async def restore(self, partition: int) -> None:
+        """Bring partition p's local state up to the end of its changelog partition."""
+        if partition in self.current:
+            return
+        local = self._local(partition)
+        applied, seq = local.position()
+        self.progress = RestoreProgress(partition, 1 << 62)  # unknown yet: any answer is progress
+        end = await self.changelog.end_offset(partition)
+        if applied + 1 > end:
+            # The local DB is ahead of the changelog: not this changelog's (a topic recreated).
+            log.warning("partition %d: local state ahead of the changelog (%d > %d); rebuilt", partition, applied, end)
+            local = self._wipe(partition)
+            applied, seq = -1, 0
+        buffer = RestoreBuffer(partition)
+        buffer.max_seq = seq
+        self.progress = RestoreProgress(partition, end - applied - 1)
+        read = 0
+        changes: dict[bytes, bytes | None] = {}
+        async for msg in self.changelog.read(partition, applied + 1, end):
+            read += 1
+            self.progress.remaining = end - msg.offset - 1
+            got = buffer.add(msg)
+            if got is not None:
+                changes.update(got)  # dicts keep the first insertion's place; values are the last
+                if len(changes) >= 10_000:
+                    local.apply(changes.items(), msg.offset, buffer.max_seq)
+                    changes = {}
+        if buffer.committed_offset is not None:
+            local.apply(changes.items(), buffer.committed_offset, buffer.max_seq)
+        self.progress = RestoreProgress()
+        self.counts["restored_messages"] += read
+        tail = buffer.pending_keys()
+        if tail:
+            # A half batch (a crash between the messages of one batch): not applied. Its keys
+            # get their committed values again, committed now, so no later marker commits it.
+            self.counts["dropped_half_batch_messages"] += len(buffer.pending)
+            log.warning(
+                "partition %d: %d changelog message(s) of a batch without its commit dropped; keys rewritten",
+                partition,
+                len(buffer.pending),
+            )
+            if buffer.max_seq > local.position()[1]:
+                local.apply((), local.position()[0], buffer.max_seq)  # the next batch numbers past it
+            await self._write({partition: [(key, local.get(key)) for key in tail]})
+        self.current.add(partition)
+        if read:
+            log.info("partition %d: %d changelog message(s) read from offset %d", partition, read, applied + 1)
+
+    def close(self) -> None:
+        for p in list(self.locals):
+            self.release(p)
+
+    def _local(self, partition: int) -> LocalPartition:
+        local = self.locals.get(partition)
+        if local is None:
+            local = MemoryPartition() if self.local_dir is None else RocksPartition(self.local_dir / f"p{partition}")
+            self.locals[partition] = local
+        return local
+
+    def _wipe(self, partition: int) -> LocalPartition:
+        local = self.locals.pop(partition)
+        local.close()
+        if self.local_dir is not None:
+            shutil.rmtree(self.local_dir / f"p{partition}", ignore_errors=True)
+        return self._local(partition)
+
+
+class KafkaChangelog:
+    """The changelog on Kafka: the project's own aiokafka producer (acks from all in-sync
+    replicas, idempotent, so a retry neither repeats nor reorders a message) and a consumer
+    with no group for restores. Both start on first use."""
+
+    def __init__(self, client_config: Mapping[str, Any], topic: str) -> None:
+        self.client_config = dict(client_config)  # bootstrap and security (`aiokafka_config`)
+        self.topic = topic
+        self._producer: Any = None
+        self._consumer: Any = None
+        self._starting = asyncio.Lock()
+
+    async def _clients(self) -> tuple[Any, Any]:
+        async with self._starting:
+            if self._producer is None:
+                from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+                producer = AIOKafkaProducer(
+                    **self.client_config,
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=0,  # a batch is sent whole and awaited at once
+                    max_batch_size=512 * 1024,
+                    client_id="qris-guard-state",
+                )
+                consumer = AIOKafkaConsumer(
+                    **self.client_config,
+                    group_id=None,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    client_id="qris-guard-state-restore",
+                )
+                await producer.start()
+                await consumer.start()
+                self._producer, self._consumer = producer, consumer
+        return self._producer, self._consumer
+
+    async def send_batch(self, batches: Mapping[int, list[tuple[bytes, bytes | None, int, bool]]]) -> dict[int, int]:
+        producer, _ = await self._clients()
+        futures: list[Any] = []
+        last: dict[int, Any] = {}
+        for p, messages in batches.items():
+            for key, value, seq, commit in messages:
+                headers = [(BATCH_HEADER, b"%d" % seq)]
+                if commit:
+                    headers.append((COMMIT_HEADER, b"1"))
+                fut = await producer.send(self.topic, value, key, partition=p, headers=headers)
+                futures.append(fut)
+                last[p] = fut
+        await asyncio.gather(*futures)  # every message delivered, not only each partition's last
+        return {p: int(fut.result().offset) for p, fut in last.items()}
+
+    async def end_offset(self, partition: int) -> int:
+        from aiokafka import TopicPartition
+
+        _, consumer = await self._clients()
+        tp = TopicPartition(self.topic, partition)
+        return int((await consumer.end_offsets([tp]))[tp])
+
+    async def read(self, partition: int, start: int, end: int) -> Any:
+        from aiokafka import TopicPartition
+
+        if start >= end:
+            return
+        _, consumer = await self._clients()
+        tp = TopicPartition(self.topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        while True:
+            got = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
+            for m in got.get(tp, ()):
+                if m.offset >= end:
+                    return
+                headers = dict(m.headers or ())
+                seq = headers.get(BATCH_HEADER)
+                yield ChangelogMessage(
+                    m.offset, m.key or b"", m.value, int(seq) if seq else None, COMMIT_HEADER in headers
+                )
+            if await consumer.position(tp) >= end:
+                return
+
+    async def close(self) -> None:
+        producer, consumer = self._producer, self._consumer
+        self._producer = self._consumer = None
+        if producer is not None:
+            await producer.stop()
+        if consumer is not None:
+            await consumer.stop()

@@ -1,0 +1,219 @@
+"""The worker's own state store without a broker: a changelog kept in memory (with Kafka's offsets
+and a compaction), local state in memory or in RocksDB. A batch is restored whole or not at all,
+local state plus the changelog tail equals the changelog alone, and a deleted key stays deleted."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+from stream.worker.statestore import (
+    ChangelogMessage,
+    MemoryPartition,
+    PartitionStore,
+    RestoreBuffer,
+    RocksPartition,
+    commit_key,
+)
+
+P = 2
+
+
+class MemoryChangelog:
+    """A changelog topic in memory: offsets per partition as Kafka gives them, and a compaction."""
+
+    def __init__(self) -> None:
+        self.log: dict[int, list[ChangelogMessage]] = {}
+        self.next_offset: dict[int, int] = {}
+        self.read_messages = 0
+
+    def append(self, partition: int, key: bytes, value: bytes | None, seq: int | None, commit: bool) -> int:
+        offset = self.next_offset.get(partition, 0)
+        self.next_offset[partition] = offset + 1
+        self.log.setdefault(partition, []).append(ChangelogMessage(offset, key, value, seq, commit))
+        return offset
+
+    async def send_batch(self, batches: Mapping[int, list[tuple[bytes, bytes | None, int, bool]]]) -> dict[int, int]:
+        out = {}
+        for p, messages in batches.items():
+            for key, value, seq, commit in messages:
+                out[p] = self.append(p, key, value, seq, commit)
+        return out
+
+    async def end_offset(self, partition: int) -> int:
+        return self.next_offset.get(partition, 0)
+
+    async def read(self, partition: int, start: int, end: int) -> AsyncIterator[ChangelogMessage]:
+        for msg in list(self.log.get(partition, [])):
+            if start <= msg.offset < end:
+                self.read_messages += 1
+                yield msg
+
+    def compact(self, partition: int) -> None:
+        """Kafka's log cleaner over the whole partition: the last message of every key stays."""
+        last = {m.key: m.offset for m in self.log.get(partition, [])}
+        self.log[partition] = [m for m in self.log.get(partition, []) if last[m.key] == m.offset]
+
+
+def run(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def restored(changelog: MemoryChangelog, local_dir: Path | None = None, partition: int = P) -> dict[bytes, bytes]:
+    store = PartitionStore(changelog, local_dir)
+    run(store.restore(partition))
+    try:
+        return dict(store.load(partition))
+    finally:
+        store.close()
+
+
+def write(store: PartitionStore, changes: dict[bytes, bytes | None], partition: int = P) -> None:
+    for key, value in changes.items():
+        store.put(partition, key, value)
+    run(store.commit())
+
+
+def test_a_committed_batch_is_restored_from_the_changelog_alone() -> None:
+    changelog = MemoryChangelog()
+    store = PartitionStore(changelog, None)
+    run(store.restore(P))
+    write(store, {b"2/r/A": b"a1", b"2/r/B": b"b1", b"2/m": b"m1"})
+    write(store, {b"2/r/A": b"a2", b"2/m": b"m2"})
+    assert dict(store.load(P)) == {b"2/r/A": b"a2", b"2/r/B": b"b1", b"2/m": b"m2"}
+    assert restored(changelog) == dict(store.load(P))
+    # Every message of a batch carries its number; the batch ends with its commit marker.
+    msgs = changelog.log[P]
+    assert [(m.key, m.seq, m.commit) for m in msgs[-3:]] == [
+        (b"2/r/A", 2, False),
+        (b"2/m", 2, False),
+        (commit_key(P), 2, True),
+    ]
+
+
+def test_a_half_written_batch_on_the_changelog_is_not_restored_and_never_committed_later() -> None:
+    changelog = MemoryChangelog()
+    store = PartitionStore(changelog, None)
+    run(store.restore(P))
+    write(store, {b"2/r/A": b"a1", b"2/m": b"m1"})
+    committed = dict(store.load(P))
+    # A crash between the messages of batch 2: its references reached the changelog, its
+    # metadata and commit marker did not.
+    changelog.append(P, b"2/r/A", b"a-half", 2, False)
+    changelog.append(P, b"2/r/NEW", b"n-half", 2, False)
+    # The worker that restores it does not apply it, and rewrites the half batch's keys (A's value, NEW's tombstone)
+    # with a commit of its own, numbered past the half batch ...
+    taker = PartitionStore(changelog, None)
+    run(taker.restore(P))
+    assert dict(taker.load(P)) == committed
+    assert taker.counts["dropped_half_batch_messages"] == 2
+    rewrite = changelog.log[P][-3:]
+    assert [(m.key, m.value, m.seq, m.commit) for m in rewrite] == [
+        (b"2/r/A", b"a1", 3, False),
+        (b"2/r/NEW", None, 3, False),
+        (commit_key(P), b"3", 3, True),
+    ]
+    # ... so its later batches (whose markers commit everything before them) never commit it,
+    # before or after compaction.
+    write(taker, {b"2/r/B": b"b1", b"2/m": b"m2"})
+    want = {b"2/r/A": b"a1", b"2/r/B": b"b1", b"2/m": b"m2"}
+    assert dict(taker.load(P)) == want
+    assert restored(changelog) == want
+    changelog.compact(P)
+    assert restored(changelog) == want
+
+
+def test_a_deleted_key_is_gone_after_restore_also_after_compaction(tmp_path: Path) -> None:
+    changelog = MemoryChangelog()
+    store = PartitionStore(changelog, tmp_path / "w1")
+    run(store.restore(P))
+    write(store, {b"2/r/A": b"a1", b"2/r/B": b"b1", b"2/m": b"m1"})
+    write(store, {b"2/r/A": None, b"2/m": b"m2"})
+    assert dict(store.load(P)) == {b"2/r/B": b"b1", b"2/m": b"m2"}
+    store.close()
+    assert restored(changelog) == {b"2/r/B": b"b1", b"2/m": b"m2"}
+    assert restored(changelog, tmp_path / "w1") == {b"2/r/B": b"b1", b"2/m": b"m2"}
+    changelog.compact(P)  # the tombstone stays until delete.retention.ms; the old value is gone
+    assert restored(changelog) == {b"2/r/B": b"b1", b"2/m": b"m2"}
+
+
+def test_local_state_plus_the_changelog_tail_equals_the_changelog_alone(tmp_path: Path) -> None:
+    rng = random.Random(9)
+    changelog = MemoryChangelog()
+    first = PartitionStore(changelog, tmp_path / "w1")
+    run(first.restore(P))
+    keys = [b"2/r/%d" % i for i in range(30)] + [b"2/m"]
+
+    def random_batches(store: PartitionStore, n: int) -> None:
+        for _ in range(n):
+            write(store, {k: rng.choice([None, b"v%d" % rng.randrange(1000)]) for k in rng.sample(keys, 6)})
+
+    random_batches(first, 40)
+    first.close()  # the worker stops; another takes the partition and writes on
+    second = PartitionStore(changelog, tmp_path / "w2")
+    run(second.restore(P))
+    random_batches(second, 25)
+    changelog.append(P, b"2/r/1", b"half", 999, False)  # and crashes in a batch
+    want = restored(changelog)
+    # The first worker's disk was kept: it reads only what came after its last commit.
+    back = PartitionStore(changelog, tmp_path / "w1")
+    changelog.read_messages = 0
+    run(back.restore(P))
+    assert dict(back.load(P)) == want
+    assert 25 * 3 <= changelog.read_messages < 25 * 8 + 2  # the tail, not the 40 batches before it
+    back.close()
+    changelog.compact(P)
+    assert restored(changelog) == want
+    assert restored(changelog, tmp_path / "w1") == want
+
+
+def test_a_partition_kept_through_a_rebalance_is_current_until_another_worker_writes() -> None:
+    changelog = MemoryChangelog()
+    mine = PartitionStore(changelog, None)
+    run(mine.restore(P))
+    write(mine, {b"2/r/A": b"a1"})
+    assert asyncio.run(mine.is_current(P))
+    other = PartitionStore(changelog, None)
+    run(other.restore(P))
+    write(other, {b"2/r/A": b"a2"})
+    assert not asyncio.run(mine.is_current(P))
+    mine.release(P)
+    run(mine.restore(P))  # re-assigned: the tail is read again
+    assert dict(mine.load(P)) == {b"2/r/A": b"a2"}
+
+
+def test_a_batch_of_several_partitions_is_committed_per_partition() -> None:
+    changelog = MemoryChangelog()
+    store = PartitionStore(changelog, None)
+    for p in (0, 1):
+        run(store.restore(p))
+    store.put(0, b"0/r/A", b"x")
+    store.put(1, b"1/r/B", b"y")
+    run(store.commit())
+    assert restored(changelog, partition=0) == {b"0/r/A": b"x"}
+    assert restored(changelog, partition=1) == {b"1/r/B": b"y"}
+    assert [m.commit for m in changelog.log[0]] == [False, True]
+
+
+def test_local_partitions_apply_a_batch_and_its_position_together(tmp_path: Path) -> None:
+    for local in (MemoryPartition(), RocksPartition(tmp_path / "p0")):
+        assert local.position() == (-1, 0)
+        local.apply([(b"0/r/A", b"1"), (b"0/r/B", b"2"), (b"0/r/A", None)], 7, 3)
+        assert sorted(local.items()) == [(b"0/r/B", b"2")]  # positions are not state
+        assert local.position() == (7, 3) and local.get(b"0/r/B") == b"2" and local.get(b"0/r/A") is None
+        local.close()
+    again = RocksPartition(tmp_path / "p0")
+    assert again.position() == (7, 3) and list(again.items()) == [(b"0/r/B", b"2")]
+    again.close()
+
+
+def test_a_commit_marker_commits_everything_before_it() -> None:
+    # Compaction can remove a batch's own marker (a later marker has the same key): the next
+    # marker commits it.
+    b = RestoreBuffer(0)
+    assert b.add(ChangelogMessage(0, b"0/r/A", b"1", 1, False)) is None
+    assert b.add(ChangelogMessage(3, b"0/r/B", b"2", 2, False)) is None
+    assert b.add(ChangelogMessage(5, commit_key(0), b"2", 2, True)) == [(b"0/r/A", b"1"), (b"0/r/B", b"2")]
+    assert b.committed_offset == 5 and b.pending_keys() == []
