@@ -170,7 +170,7 @@ share.coordinator.state.topic.min.isr=1
 
 # Tests: a group's first rebalance starts at once instead of waiting 3 s for more members.
 group.initial.rebalance.delay.ms=0
-# faust creates its internal topics (changelogs, repartition topics) itself and may also
+# faust creates its internal topics (leader, repartition topics) itself and may also
 # touch topics nobody declared; those are created with num.partitions partitions.
 auto.create.topics.enable=true
 num.partitions=$PARTITIONS

@@ -8,6 +8,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from stream.worker.statestore import (
     ChangelogMessage,
@@ -217,3 +218,90 @@ def test_a_commit_marker_commits_everything_before_it() -> None:
     assert b.add(ChangelogMessage(3, b"0/r/B", b"2", 2, False)) is None
     assert b.add(ChangelogMessage(5, commit_key(0), b"2", 2, True)) == [(b"0/r/A", b"1"), (b"0/r/B", b"2")]
     assert b.committed_offset == 5 and b.pending_keys() == []
+
+
+class ShellOverStore:
+    """The live shell over the real store and the in-memory changelog (partition 0)."""
+
+    def __init__(self, changelog: MemoryChangelog, offsets: dict[str, int] | None = None) -> None:
+        from stream.settings import Settings
+        from stream.worker.shell import ReconcileShell
+
+        self.settings = Settings(partitions=1, idle_timeout_s=3600, max_hold_s=0)
+        self.store = PartitionStore(changelog, None)
+        self.sent: list[bytes] = []
+        self.offsets = offsets or {self.settings.payment_topic: 0, self.settings.ledger_topic: 0}
+
+        async def send(topic: str, key: bytes | None, value: bytes) -> None:
+            self.sent.append(value)
+
+        async def nothing() -> None:
+            return None
+
+        self.shell = ReconcileShell(
+            self.settings, self.store, send, nothing, self.store.commit, restore=self.store.restore
+        )
+
+    def batch(self, records: list[tuple[str, bytes]]) -> None:
+        import orjson
+
+        from stream.drivers.replayfile import KafkaRecord
+
+        plain = []
+        for role, value in records:
+            topic = self.settings.payment_topic if role == "P" else self.settings.ledger_topic
+            key = orjson.loads(value)["reference"].encode()
+            plain.append(KafkaRecord(topic, 0, self.offsets[topic], None, key, value))
+            self.offsets[topic] += 1
+        run(self.shell.process_records(plain))
+
+
+def test_a_shell_restored_from_the_changelog_decides_as_one_that_never_stopped() -> None:
+    from tests.test_worker_shell import tick, unsettled
+
+    batches = [unsettled("QR1", 0), unsettled("QR2", 30), tick(200), unsettled("QR3", 250), tick(500), tick(900)]
+    alone = ShellOverStore(MemoryChangelog())
+    for b in batches:
+        alone.batch(b)
+    assert len(alone.sent) >= 3  # refunds of QR1..QR3 at least
+    for cut in range(1, len(batches)):
+        changelog = MemoryChangelog()
+        first = ShellOverStore(changelog)
+        for b in batches[:cut]:
+            first.batch(b)
+        # A crash in the next batch: half of it on the changelog, no commit marker.
+        changelog.append(0, b"0/m", b"not metadata", 99, False)
+        second = ShellOverStore(changelog, dict(first.offsets))  # a new worker, no local state
+        for b in batches[cut:]:
+            second.batch(b)
+        assert second.store.counts["dropped_half_batch_messages"] == 1
+        assert first.sent + second.sent == alone.sent, cut
+
+
+def test_a_rebalance_keeps_the_engines_of_partitions_that_stayed_unless_their_changelog_grew() -> None:
+    from stream.worker.app import drop_moved_partitions
+    from tests.test_worker_shell import unsettled
+
+    changelog = MemoryChangelog()
+    mine = ShellOverStore(changelog)
+    mine.batch(unsettled("QR1", 0))
+    engine = mine.shell.engines[0]
+    assert run_value(drop_moved_partitions(mine.shell, mine.store, {0})) == []
+    assert mine.shell.engines[0] is engine  # kept: nothing restored
+    other = ShellOverStore(changelog, dict(mine.offsets))  # owned it meanwhile, wrote a batch
+    other.batch(unsettled("QR2", 10))
+    assert run_value(drop_moved_partitions(mine.shell, mine.store, {0})) == [0]
+    mine.offsets = dict(other.offsets)
+    mine.batch(unsettled("QR3", 20))  # restored with the tail: QR2's records are there
+    alone = ShellOverStore(MemoryChangelog())
+    for ref, t in (("QR1", 0), ("QR2", 10), ("QR3", 20)):
+        alone.batch(unsettled(ref, t))
+    got, want = mine.shell.engines[0], alone.shell.engines[0]
+    assert (sorted(got.heap), got.last_offset) == (sorted(want.heap), want.last_offset)
+    assert len(got.heap) == 6
+    assert run_value(drop_moved_partitions(mine.shell, mine.store, set())) == [0]  # moved away
+    assert mine.shell.engines == {} and mine.store.locals == {}
+
+
+def run_value(coro: Any) -> Any:
+    return asyncio.run(coro)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Set
 from pathlib import Path
 from typing import Any, cast
 
@@ -188,12 +189,10 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         if not watching:
             watching.append(asyncio.ensure_future(watch_state_recovery()))
         async with shell.lock:  # never in the middle of a batch
-            # Only partitions that moved: an engine kept here stays unless its changelog moved
-            # on meanwhile (another worker wrote to it: this one missed an assignment).
-            for p in sorted(set(shell.engines) | set(store.locals)):
-                if p not in owned or not await store.is_current(p):
-                    shell.forget_partition(p)
-                    store.release(p)
+            dropped = await drop_moved_partitions(shell, store, owned)
+        log.info(
+            "assigned input partitions %s; engines dropped %s, kept %s", sorted(owned), dropped, sorted(shell.engines)
+        )
         async with bursts.lock:
             bursts.forget()
 
@@ -232,6 +231,19 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
 
     add_pages(app, settings, shell, watch, metrics)
     return app, shell
+
+
+async def drop_moved_partitions(shell: ReconcileShell, store: PartitionStore, owned: Set[int]) -> list[int]:
+    """After an assignment, drop the engines and local state of the partitions that moved away;
+    an engine of a partition still owned stays unless its changelog grew meanwhile (another
+    worker wrote to it: this one missed an assignment), so its next batch reads the tail."""
+    dropped = []
+    for p in sorted(set(shell.engines) | set(store.locals)):
+        if p not in owned or not await store.is_current(p):
+            shell.forget_partition(p)
+            store.release(p)
+            dropped.append(p)
+    return dropped
 
 
 def _highwater(app: faust.App, topic: str, partition: int) -> int | None:

@@ -1,13 +1,15 @@
-"""A watchdog for the state recovery after an assignment: a recovery that stops making progress
+"""A watchdog for the state restore after an assignment: a restore that stops making progress
 is detected, and the worker restarts itself.
 
-Faust's table recovery can hang: in the two-worker rebalance test the new owner once received
-no changelog record for two partitions for two minutes and decided nothing for them
-(faust-streaming #74 describes a similar hang). `RecoveryWatchdog` is told, every few seconds,
-whether a recovery is running and how many changelog records it still has to read; when that
-number has not gone down for `stall_s`, it says so, and the worker replaces its process with a
-fresh one of itself (`restart_self`): nothing of the batch in flight is acked, and the new
-process joins the group and recovers again. Decides from what it is told; reads no clock.
+Faust's table recovery (the state before `statestore.py`) once hung in the two-worker
+rebalance test: the new owner received no changelog record for two partitions for two minutes
+and decided nothing for them (faust-streaming #74 describes a similar hang). The project's own
+restore reads the changelog with a plain aiokafka consumer and could stall the same way (a
+broker that stops answering fetches). `RecoveryWatchdog` is told, every few seconds, whether a
+restore is running and how many changelog records it still has to read; when that number has
+not gone down for `stall_s`, it says so, and the worker replaces its process with a fresh one
+of itself (`restart_self`): nothing of the batch in flight is acked, and the new process joins
+the group and restores again. Decides from what it is told; reads no clock.
 """
 
 from __future__ import annotations

@@ -362,6 +362,9 @@ class KafkaChangelog:
                     group_id=None,
                     enable_auto_commit=False,
                     auto_offset_reset="earliest",
+                    # A fetch still waiting for the previous partition delays the next restore
+                    # by this much (the default 500 ms per partition restored).
+                    fetch_max_wait_ms=20,
                     client_id="qris-guard-state-restore",
                 )
                 await producer.start()

@@ -1,0 +1,116 @@
+"""Kafka tier: the worker's own state store on the real broker. A half batch written to the
+changelog by hand (what a SIGKILL between the messages of one batch leaves) is not restored, by
+the store alone or by a worker whose disk was wiped, which then decides exactly what replay does."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from stream.security import aiokafka_config
+from stream.settings import Settings
+from stream.topics import ensure_state_changelog
+from stream.worker.statestore import BATCH_HEADER, KafkaChangelog, PartitionStore, changelog_topic_name, commit_key
+from tests.kafka_support import Worker, consume, fresh_topics, produce, require_broker
+from tests.scenario import LEDGER, PAYMENT, scenario_records
+from tests.test_kafka_worker import canon, expected_outputs, live_by_role
+
+pytestmark = pytest.mark.kafka
+
+
+async def write_half_batch(bootstrap: str, topic: str, partition: int, messages: list[tuple[bytes, bytes]]) -> None:
+    """Messages of a batch numbered far ahead, without the commit marker."""
+    producer = AIOKafkaProducer(**aiokafka_config(Settings(bootstrap=bootstrap)))
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send_and_wait(topic, value, key, partition=partition, headers=[(BATCH_HEADER, b"1000000")])
+    finally:
+        await producer.stop()
+
+
+def test_the_store_on_kafka_ignores_a_half_batch_and_rewrites_its_keys(tmp_path: Path) -> None:
+    bootstrap = require_broker()
+    settings = Settings(bootstrap=bootstrap, app_id=f"qris-test-{uuid.uuid4().hex[:8]}")
+    ensure_state_changelog(settings, 2)
+    topic = changelog_topic_name(settings.app_id)
+
+    async def scenario() -> tuple[dict[bytes, bytes], dict[bytes, bytes], dict[bytes, bytes], int]:
+        writer = PartitionStore(KafkaChangelog(aiokafka_config(Settings(bootstrap=bootstrap)), topic), tmp_path / "a")
+        await writer.restore(1)
+        writer.put(1, b"1/r/A", b"a1")
+        writer.put(1, b"1/r/B", b"b1")
+        writer.put(1, b"1/m", b"m1")
+        await writer.commit()
+        writer.put(1, b"1/r/B", None)
+        writer.put(1, b"1/m", b"m2")
+        await writer.commit()
+        committed = dict(writer.load(1))
+        writer.close()
+        await writer.changelog.close()  # type: ignore[attr-defined]
+        await write_half_batch(bootstrap, topic, 1, [(b"1/r/A", b"half"), (b"1/r/C", b"half"), (b"1/m", b"x")])
+        # A wiped disk: the whole changelog partition; the half batch is dropped and rewritten.
+        fresh = PartitionStore(KafkaChangelog(aiokafka_config(Settings(bootstrap=bootstrap)), topic), tmp_path / "b")
+        await fresh.restore(1)
+        from_changelog = dict(fresh.load(1))
+        dropped = fresh.counts["dropped_half_batch_messages"]
+        fresh.put(1, b"1/r/D", b"d1")
+        await fresh.commit()
+        fresh.close()
+        await fresh.changelog.close()  # type: ignore[attr-defined]
+        # The first writer's disk kept: only the tail (the half batch, its rewrite, one batch).
+        back = PartitionStore(KafkaChangelog(aiokafka_config(Settings(bootstrap=bootstrap)), topic), tmp_path / "a")
+        await back.restore(1)
+        from_local = dict(back.load(1))
+        assert await back.is_current(1)
+        back.close()
+        await back.changelog.close()  # type: ignore[attr-defined]
+        return committed, from_changelog, from_local, dropped
+
+    committed, from_changelog, from_local, dropped = asyncio.run(scenario())
+    assert committed == {b"1/r/A": b"a1", b"1/m": b"m2"}
+    assert from_changelog == committed and dropped == 3
+    assert from_local == {**committed, b"1/r/D": b"d1"}
+    assert commit_key(1) not in from_local
+
+
+def test_a_worker_restored_from_a_changelog_with_a_half_batch_decides_what_replay_decides(tmp_path: Path) -> None:
+    bootstrap = require_broker()
+    topics = fresh_topics()
+    topics.create(bootstrap)
+    records = scenario_records(topics.partitions)
+    tmap = {PAYMENT: topics.payment, LEDGER: topics.ledger}
+    half = len(records) // 2
+    worker = Worker(topics, tmp_path / "w")
+    worker.start(bootstrap)
+    try:
+        produce(bootstrap, records[:half], tmap)
+        worker.wait_processed(half)
+        time.sleep(4)  # an offset commit
+    finally:
+        worker.stop()
+    # A crash in the middle of a batch, by hand: every partition's metadata and a reference
+    # overwritten with bytes no engine can restore, without the commit marker.
+    topic = changelog_topic_name(worker.app_id)
+    for p in range(topics.partitions):
+        garbage = [(b"%d/r/QR-HALF" % p, b"not state"), (b"%d/m" % p, b"not metadata")]
+        asyncio.run(write_half_batch(bootstrap, topic, p, garbage))
+    worker2 = Worker(topics, tmp_path / "w2", app_id=worker.app_id)  # a new disk
+    worker2.start(bootstrap)
+    try:
+        produce(bootstrap, records[half:], tmap)
+        want = expected_outputs(bootstrap, topics)
+        n = sum(len(v) for v in want.values())
+        got = live_by_role(consume(bootstrap, topics.outputs(), until=n, timeout_s=120, worker=worker2), topics)
+        worker2.wait_processed(len(records) - half)
+    finally:
+        worker2.stop()
+    log_text = worker2.log_tail(10_000)
+    assert log_text.count("without its commit dropped") == topics.partitions, log_text[-3000:]
+    for role in want:
+        assert sorted(set(canon(got[role]))) == sorted(set(canon(want[role]))), f"{role}:\n{worker2.log_tail()}"
