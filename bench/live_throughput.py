@@ -7,7 +7,7 @@ Pre-produces the simulator's `mixed` scenario into fresh co-partitioned topics, 
 1. consumes them with a bare aiokafka consumer (the ceiling for Python on this box);
 2. starts `python -m stream worker` on them and times, from its first to its last record
    (its /qris/stats page), how fast it takes the backlog: decode, decide, persist state to
-   the RocksDB table and its changelog, send outputs.
+   the state store (RocksDB per partition) and its changelog, send outputs.
 Both rates come from the same run, so their ratio is meaningful on a noisy machine.
 `--profile FILE` runs the (first) worker under cProfile and writes its stats to FILE every 5 s
 (read them with `python -m pstats FILE`).

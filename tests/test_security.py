@@ -222,6 +222,10 @@ def test_the_worker_app_binds_where_told_with_faust_pages_off(tmp_path: Path) ->
     assert conf.topic_replication_factor == 2
     assert credentials_to_aiokafka_auth(conf.broker_credentials)["sasl_mechanism"] == "SCRAM-SHA-512"
     assert len(app.tables) == 0  # the state is the project's own store, not a Faust table
+    # ... and Faust's co-partitioned assignor stays in charge of the group (without a table it
+    # takes it only with standby replicas configured; else aiokafka's round robin, which would
+    # split partition p of the two input topics between workers).
+    assert conf.table_standby_replicas > 0
     from stream.topics import state_changelog_topic
 
     changelog = state_changelog_topic(s, 4)

@@ -71,7 +71,12 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         consumer_max_fetch_size=4 * 1024 * 1024,
         stream_buffer_maxsize=max(2 * settings.batch_max, 4096),
         consumer_auto_offset_reset="earliest",
-        table_standby_replicas=0,
+        # Not for standbys (there is no Faust table): with no changelog table and no standby
+        # replicas, Faust 0.15 hands the group to aiokafka's round-robin assignor
+        # (`transport/drivers/aiokafka.py`), which does not keep partition p of both input
+        # topics on one worker, nor fills the router's host map the lookup API forwards by.
+        # One standby replica keeps Faust's co-partitioned assignor; it has nothing to stand by.
+        table_standby_replicas=1,
         producer_linger_ms=5,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 10),
@@ -203,8 +208,11 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         # too (a batch would restore them the same way).
         try:
             async with shell.lock:
-                for p in sorted(owned_inputs(app.consumer.assignment())):
-                    await shell.restore_engine(p)
+                todo = [p for p in sorted(owned_inputs(app.consumer.assignment())) if p not in shell.engines]
+                for p in todo:
+                    await store.restore(p)
+                for p in todo:  # all at once, without a pause: the pages see all of them or none
+                    shell.engine(p)
         except Exception:
             log.critical("cannot restore the state of an assigned partition; restarting", exc_info=True)
             restart_self()
