@@ -159,6 +159,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
 
     watchdog = RecoveryWatchdog()
     watching: list[asyncio.Task[None]] = []
+    restoring_partition: list[int | None] = [None]
 
     async def watch_state_recovery() -> None:
         # A plain task, not an app timer: timers start only after Faust's first recovery.
@@ -166,6 +167,10 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             await asyncio.sleep(5.0)
             progress = store.progress
             restoring = progress.partition is not None
+            if progress.partition != restoring_partition[0]:
+                # Another partition's restore: its own records remaining, its own 60 s.
+                restoring_partition[0] = progress.partition
+                watchdog.stalled(False, 0, time.monotonic())
             if watchdog.stalled(restoring, progress.remaining, time.monotonic()):
                 log.critical(
                     "state restore of partition %s made no progress for %.0f s (%d changelog records remaining); "
