@@ -6,7 +6,7 @@ from __future__ import annotations
 import doctest
 
 from stream.worker import recovery
-from stream.worker.recovery import RecoveryWatchdog
+from stream.worker.recovery import FeedStallWatchdog, RecoveryWatchdog
 
 
 def test_docstring_examples_run() -> None:
@@ -34,3 +34,31 @@ def test_each_recovery_is_timed_from_its_own_start() -> None:
     assert not w.stalled(True, 5, now_s=1000)  # a new recovery after a rebalance
     assert not w.stalled(True, 5, now_s=1059)
     assert w.stalled(True, 5, now_s=1060)
+
+
+def test_a_partition_with_records_waiting_and_none_taken_is_a_stall() -> None:
+    w = FeedStallWatchdog(stall_s=120)
+    tp, other = ("ledger-debits", 2), ("ledger-debits", 1)
+    # The other partition keeps taking records; partition 2 stays at offset 549 with 673 on the broker.
+    for i in range(12):
+        assert w.stalled({tp: (549, 673), other: (100 + i, 900)}, now_s=i * 10.0) == []
+    assert w.stalled({tp: (549, 673), other: (200, 900)}, now_s=125.0) == [tp]
+
+
+def test_a_partition_that_caught_up_or_was_never_restored_is_not_a_stall() -> None:
+    w = FeedStallWatchdog(stall_s=120)
+    tp = ("payment-requests", 0)
+    assert w.stalled({tp: (673, 673)}, now_s=0) == []
+    assert w.stalled({tp: (673, 673)}, now_s=500) == []  # nothing waiting
+    assert w.stalled({tp: (None, 900)}, now_s=600) == []  # not restored yet
+    assert w.stalled({tp: (10, None)}, now_s=700) == []  # high watermark not fetched yet
+
+
+def test_a_lag_of_transaction_markers_only_is_timed_again() -> None:
+    w = FeedStallWatchdog(stall_s=120)
+    tp = ("payment-requests", 0)
+    w.stalled({tp: (50, 51)}, now_s=0)
+    assert w.stalled({tp: (50, 51)}, now_s=130) == [tp]
+    w.confirmed_empty(tp, now_s=130)
+    assert w.stalled({tp: (50, 51)}, now_s=200) == []
+    assert w.stalled({tp: (50, 51)}, now_s=251) == [tp]

@@ -20,16 +20,18 @@ from typing import Any, cast
 import faust
 from faust.types import TP, TopicT
 
+from ..core.records import Stream
 from ..security import aiokafka_config, faust_credentials
 from ..settings import Settings
 from .batches import finish_before_ack
+from .boundary import Gap
 from .bursts import BurstShell
 from .feeds import TopicSilence
 from .gapfill import BrokerGapFetcher
 from .incidents import follow_incidents_topic
 from .metrics import WorkerMetrics
 from .pages import add_pages
-from .recovery import RecoveryWatchdog, restart_self
+from .recovery import FeedStallWatchdog, RecoveryWatchdog, restart_self
 from .shell import ReconcileShell
 from .statestore import KafkaChangelog, PartitionStore, changelog_topic_name
 from .watch import WorkerWatch
@@ -180,6 +182,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
                     progress.remaining,
                 )
                 restart_self()
+            await check_feed_stalls()
             held_s = shell.lock.held_for_s(time.monotonic())
             if held_s >= SHELL_STALL_S:
                 # Seen once in the Kafka tier after a restart: the worker decided nothing for two
@@ -187,6 +190,54 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
                 # a flush, a state write), a restart resumes from the last commit.
                 log.critical("a batch or hand-over of decisions has hung for %.0f s; restarting", held_s)
                 restart_self()
+
+    feeds = FeedStallWatchdog()
+    stall_probe = BrokerGapFetcher(aiokafka_config(settings), wait_s=20.0)
+
+    def feed_positions() -> dict[tuple[str, int], tuple[int | None, int | None]]:
+        """Per topic partition assigned here: the next offset the worker would take, and the
+        high watermark Faust has fetched (None: not known yet)."""
+        out: dict[tuple[str, int], tuple[int | None, int | None]] = {}
+        if app.rebalancing or store.progress.partition is not None:
+            return out  # a rebalance or a restore under way: its own watchdog
+        for tp in app.consumer.assignment():
+            taken: int | None = None
+            if tp.topic in (settings.payment_topic, settings.ledger_topic):
+                eng = shell.engines.get(tp.partition)
+                if eng is not None:
+                    taken = eng.last_offset[Stream.P if tp.topic == settings.payment_topic else Stream.L] + 1
+            elif tp.topic == settings.signals_topic and bursts.detector is not None:
+                taken = bursts.next_offset
+            else:
+                continue
+            out[(tp.topic, tp.partition)] = (taken, _highwater(app, tp.topic, tp.partition))
+        return out
+
+    async def check_feed_stalls() -> None:
+        if shell.lock.locked() or bursts.lock.locked():
+            return  # a batch is being taken (a hang under the lock is SHELL_STALL_S's)
+        positions = feed_positions()
+        for topic, partition in feeds.stalled(positions, time.monotonic()):
+            start, end = positions[(topic, partition)]
+            assert start is not None and end is not None
+            try:
+                waiting = await stall_probe.fetch(Gap(topic, partition, start, min(end, start + 100)))
+            except Exception:  # noqa: BLE001 - the broker did not answer: not Faust's stall
+                log.warning("%s[%d]: cannot read offsets %d.. to check a stall", topic, partition, start)
+                continue
+            if not waiting:  # transaction markers only: nothing to take
+                feeds.confirmed_empty((topic, partition), time.monotonic())
+                continue
+            # Faust stopped handing this partition over (seen after restarts and rebalances,
+            # cause not found): a fresh process resumes from the last commit, exactly.
+            log.critical(
+                "%s[%d]: records from offset %d are on the broker but none was taken for %.0f s; restarting",
+                topic,
+                partition,
+                start,
+                feeds.stall_s,
+            )
+            restart_self()
 
     def owned_inputs(tps: Any) -> set[int]:
         return {tp.partition for tp in tps or () if tp.topic in (settings.payment_topic, settings.ledger_topic)}

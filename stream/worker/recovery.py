@@ -55,3 +55,58 @@ def restart_self() -> None:  # pragma: no cover - replaces the process
     """Replace this process with a fresh worker with the same arguments and environment."""
     logging.shutdown()
     os.execv(sys.executable, [sys.executable, "-m", "stream", *sys.argv[1:]])
+
+
+# A topic partition with records on the broker that the worker has not taken for this long is
+# stalled: Faust stopped handing it over (seen at this stop after restarts and rebalances: two
+# ledger-debits partitions, then the signals partition, delivered nothing more for minutes).
+FEED_STALL_S = 120.0
+
+TopicPartitionKey = tuple[str, int]
+
+
+class FeedStallWatchdog:
+    """Says which topic partitions have records waiting on the broker (its high watermark is past
+    the next offset the worker would take) but have taken none for `stall_s` seconds.
+
+    `positions` maps each topic partition assigned here to (next offset to take, high
+    watermark); None where unknown (not restored yet, not fetched yet), which counts as no lag.
+
+    >>> w = FeedStallWatchdog(stall_s=120)
+    >>> tp = ("ledger-debits", 2)
+    >>> w.stalled({tp: (549, 673)}, now_s=0), w.stalled({tp: (549, 673)}, now_s=119)
+    ([], [])
+    >>> w.stalled({tp: (549, 673)}, now_s=121)
+    [('ledger-debits', 2)]
+    >>> w.stalled({tp: (600, 673)}, now_s=200), w.stalled({tp: (673, 673)}, now_s=400)
+    ([], [])
+    >>> w.stalled({tp: (673, 700)}, now_s=401), w.stalled({}, now_s=600), w.stalled({tp: (673, 700)}, now_s=601)
+    ([], [], [])
+    """
+
+    def __init__(self, stall_s: float = FEED_STALL_S) -> None:
+        self.stall_s = stall_s
+        self._since: dict[TopicPartitionKey, tuple[int, float]] = {}  # next offset, when first seen
+
+    def stalled(
+        self, positions: dict[TopicPartitionKey, tuple[int | None, int | None]], now_s: float
+    ) -> list[TopicPartitionKey]:
+        out: list[TopicPartitionKey] = []
+        for tp in list(self._since):
+            if tp not in positions:
+                del self._since[tp]
+        for tp, (next_offset, highwater) in sorted(positions.items()):
+            if next_offset is None or highwater is None or highwater <= next_offset:
+                self._since.pop(tp, None)
+                continue
+            seen = self._since.get(tp)
+            if seen is None or seen[0] != next_offset:
+                self._since[tp] = (next_offset, now_s)
+            elif now_s - seen[1] >= self.stall_s:
+                out.append(tp)
+        return out
+
+    def confirmed_empty(self, tp: TopicPartitionKey, now_s: float) -> None:
+        """The broker has no record in the lag (transaction markers only): not a stall."""
+        if tp in self._since:
+            self._since[tp] = (self._since[tp][0], now_s)
