@@ -233,3 +233,25 @@ def test_the_shell_lock_says_how_long_it_is_held() -> None:
 
     during, after = asyncio.run(run())
     assert during == 95.0 and after == 0.0
+
+
+def test_with_holds_a_partition_that_never_had_a_record_follows_the_wall_clock_only_with_nothing_on_the_broker() -> None:
+    """Holds on, a worker whose only partition never had a record: no other partition's watermark
+    to follow, so its minutes would never close and every partition's refunds would wait. Event
+    time then follows the wall clock (live only), but only when the broker has no record of it
+    not yet taken: a backlog of old records must not all be taken as late."""
+    settings = Settings(partitions=1, idle_timeout_s=1)  # holds on (default H)
+    for on_broker_empty in (False, True):
+        h = Harness(settings=settings)
+        h.shell.nothing_on_broker = lambda p, empty=on_broker_empty: empty
+        eng = h.shell.engine(0)
+        h.shell.clocks[0].last_arrival = [time.monotonic() - 200.0] * 2
+        before_ms = int(time.time() * 1000)
+        asyncio.run(h.shell.check_idle_feeds())
+        closed = [v["through_minute"] for t, v in h.sent if t == settings.signals_topic and "through_minute" in v]
+        if not on_broker_empty:
+            assert closed == [] and eng.watermark_ms < 0
+        else:
+            # W = now - A (30 s) - idle timeout (1 s): the minutes up to about a minute ago close.
+            assert before_ms - 32_000 <= eng.watermark_ms <= int(time.time() * 1000) - 31_000
+            assert closed and (before_ms - 32_000 - 30_000) // 60_000 - 1 <= max(closed)

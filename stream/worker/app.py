@@ -122,6 +122,11 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         lambda: app.consumer.assignment(),
         fetch_gap=gaps.fetch,
         restore=store.restore,
+        nothing_on_broker=lambda p: all(
+            (hw := _highwater(app, topic, p)) is not None
+            and hw <= (eng.last_offset[stream] + 1 if (eng := shell.engines.get(p)) is not None else 0)
+            for topic, stream in ((settings.payment_topic, Stream.P), (settings.ledger_topic, Stream.L))
+        ),
     )
     shell.on_engine = watch.watch_engine
     shell.on_idle = TopicSilence((settings.payment_topic, settings.ledger_topic), lambda: shell.engines)

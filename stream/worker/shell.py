@@ -112,8 +112,13 @@ class ReconcileShell:
         assignment: Callable[[], Set[Any]] | None = None,
         fetch_gap: Callable[[Gap], Awaitable[list[KafkaRecord]]] | None = None,
         restore: Callable[[int], Awaitable[None]] | None = None,
+        nothing_on_broker: Callable[[int], bool] | None = None,
     ) -> None:
         self.settings = settings
+        # True when neither input topic partition p has a record on the broker that this worker
+        # has not taken (high watermarks as fetched): a partition that never had a record may
+        # then let event time follow the wall clock (`_advance_quiet`).
+        self.nothing_on_broker = nothing_on_broker
         # Brings a partition's stored state up to date before its engine is built from it.
         self.restore = restore
         # Hands the batch's state writes (queued by `store.put`) to the Kafka client.
@@ -426,7 +431,15 @@ class ReconcileShell:
         if newest is not None:
             return eng.advance_to(newest - self.params.lateness_ms + int(min(ages) * 1000))
         others = [e.watermark_ms for q, e in self.engines.items() if q != p and e.watermark_ms > NEG_INF]
-        return eng.advance_to(max(others)) if others else []
+        if others:
+            return eng.advance_to(max(others))
+        # No partition here has a record: event time follows the wall clock, less the lateness
+        # and the idle timeout (a record on its way is not late), but only when the broker has
+        # nothing for p not taken yet (else a backlog of old records would all be taken as late).
+        if self.nothing_on_broker is not None and self.nothing_on_broker(p):
+            idle_ms = int(self.settings.idle_timeout_s * 1000)
+            return eng.advance_to(int(time.time() * 1000) - self.params.lateness_ms - idle_ms)
+        return []
 
     def stats(self) -> dict[str, Any]:
         return {
