@@ -235,7 +235,7 @@ def test_the_shell_lock_says_how_long_it_is_held() -> None:
     assert during == 95.0 and after == 0.0
 
 
-def test_with_holds_a_partition_that_never_had_a_record_follows_the_wall_clock_only_with_nothing_on_the_broker() -> None:
+def test_with_holds_a_partition_never_fed_follows_the_wall_clock_only_with_nothing_on_the_broker() -> None:
     """Holds on, a worker whose only partition never had a record: no other partition's watermark
     to follow, so its minutes would never close and every partition's refunds would wait. Event
     time then follows the wall clock (live only), but only when the broker has no record of it
