@@ -241,7 +241,8 @@ def main() -> int:
     args = ap.parse_args()
     client = from_env(os.environ)  # QRIS_BOOTSTRAP and the Kafka security settings
     prefix = f"scale-{uuid.uuid4().hex[:8]}"
-    shared = replace(client.with_topic_prefix(prefix), partitions=args.partitions)
+    # Its own app id too: `create_topics` makes the state changelog `<app_id>-state-changelog`.
+    shared = replace(client.with_topic_prefix(prefix), partitions=args.partitions, app_id=prefix)
     create_topics(shared)
     topics = [shared.payment_topic, shared.ledger_topic]
     payments = args.records // 3
