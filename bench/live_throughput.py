@@ -154,6 +154,29 @@ def worker_rate(
             proc.kill()
 
 
+def mixed_backlog(client: Settings, prefix: str, n_records: int, partitions: int) -> tuple[Settings, list]:
+    """A fresh topic set `{prefix}.*` (created, with its own app id: `create_topics` also makes
+    the state changelog `<app_id>-state-changelog`) and about `n_records` of the simulator's
+    `mixed` day for it, not yet produced."""
+    shared = replace(client.with_topic_prefix(prefix), partitions=partitions, app_id=prefix)
+    create_topics(shared)
+    payments = n_records // 3
+    records = list(
+        generate(
+            "mixed",
+            seed=11,
+            start_ms=1743213600000,
+            minutes=max(60, payments // 400),
+            rate_per_min=600,
+            payments=payments,
+            partitions=partitions,
+            payment_topic=shared.payment_topic,
+            ledger_topic=shared.ledger_topic,
+        )
+    )
+    return shared, records
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=200_000)
@@ -168,24 +191,8 @@ def main() -> int:
     args = ap.parse_args()
     client = from_env(os.environ)  # QRIS_BOOTSTRAP and the Kafka security settings
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    # Its own app id too: `create_topics` makes the state changelog `<app_id>-state-changelog`.
-    shared = replace(client.with_topic_prefix(prefix), partitions=args.partitions, app_id=prefix)
-    create_topics(shared)
+    shared, records = mixed_backlog(client, prefix, args.records, args.partitions)
     topics = [shared.payment_topic, shared.ledger_topic]
-    payments = args.records // 3
-    records = list(
-        generate(
-            "mixed",
-            seed=11,
-            start_ms=1743213600000,
-            minutes=max(60, payments // 400),
-            rate_per_min=600,
-            payments=payments,
-            partitions=args.partitions,
-            payment_topic=topics[0],
-            ledger_topic=topics[1],
-        )
-    )
     n = len(records)
     t = time.perf_counter()
     produce(records, shared, partitions=args.partitions)

@@ -41,14 +41,13 @@ from kafka import KafkaConsumer, TopicPartition
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from live_throughput import free_port, raw_consume, stats  # noqa: E402  (bench/, the script's folder)
+from live_throughput import free_port, mixed_backlog, raw_consume, stats  # noqa: E402  (bench/, the script's folder)
 
 from stream.drivers.kafkaread import read_topics  # noqa: E402
 from stream.drivers.replay import replay  # noqa: E402
 from stream.security import kafka_python_config  # noqa: E402
 from stream.settings import Settings, from_env, to_env  # noqa: E402
 from stream.simulate.output import produce  # noqa: E402
-from stream.simulate.traffic import generate  # noqa: E402
 from stream.topics import create_topics  # noqa: E402
 
 
@@ -241,24 +240,8 @@ def main() -> int:
     args = ap.parse_args()
     client = from_env(os.environ)  # QRIS_BOOTSTRAP and the Kafka security settings
     prefix = f"scale-{uuid.uuid4().hex[:8]}"
-    # Its own app id too: `create_topics` makes the state changelog `<app_id>-state-changelog`.
-    shared = replace(client.with_topic_prefix(prefix), partitions=args.partitions, app_id=prefix)
-    create_topics(shared)
+    shared, records = mixed_backlog(client, prefix, args.records, args.partitions)
     topics = [shared.payment_topic, shared.ledger_topic]
-    payments = args.records // 3
-    records = list(
-        generate(
-            "mixed",
-            seed=11,
-            start_ms=1743213600000,
-            minutes=max(60, payments // 400),
-            rate_per_min=600,
-            payments=payments,
-            partitions=args.partitions,
-            payment_topic=topics[0],
-            ledger_topic=topics[1],
-        )
-    )
     n = len(records)
     t = time.perf_counter()
     produce(records, shared, partitions=args.partitions)
