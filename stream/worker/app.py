@@ -20,7 +20,6 @@ from typing import Any, cast
 import faust
 from faust.types import TP, TopicT
 
-from ..core.records import Stream
 from ..security import aiokafka_config, faust_credentials
 from ..settings import Settings
 from .batches import finish_before_ack
@@ -123,9 +122,8 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         fetch_gap=gaps.fetch,
         restore=store.restore,
         nothing_on_broker=lambda p: all(
-            (hw := _highwater(app, topic, p)) is not None
-            and hw <= (eng.last_offset[stream] + 1 if (eng := shell.engines.get(p)) is not None else 0)
-            for topic, stream in ((settings.payment_topic, Stream.P), (settings.ledger_topic, Stream.L))
+            (hw := _highwater(app, topic, p)) is not None and hw <= (shell.next_offset(topic, p) or 0)
+            for topic in (settings.payment_topic, settings.ledger_topic)
         ),
     )
     shell.on_engine = watch.watch_engine
@@ -208,9 +206,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         for tp in app.consumer.assignment():
             taken: int | None = None
             if tp.topic in (settings.payment_topic, settings.ledger_topic):
-                eng = shell.engines.get(tp.partition)
-                if eng is not None:
-                    taken = eng.last_offset[Stream.P if tp.topic == settings.payment_topic else Stream.L] + 1
+                taken = shell.next_offset(tp.topic, tp.partition)
             elif tp.topic == settings.signals_topic and bursts.detector is not None:
                 taken = bursts.next_offset
             else:

@@ -225,11 +225,10 @@ class ReconcileShell:
             decisions: list[Decision] = []
             touched: set[int] = set()
             now = time.monotonic()
-            payment_topic = self.settings.payment_topic
             for p in sorted({r.partition for r in records}):
                 await self.restore_engine(p)
             expected = {
-                (t, p): self.engine(p).last_offset[Stream.P if t == payment_topic else Stream.L] + 1
+                (t, p): self.engine(p).last_offset[self._stream(t)] + 1
                 for t, p in {(r.topic, r.partition) for r in records}
             }
             plans = plan_batch(expected, records)
@@ -241,7 +240,7 @@ class ReconcileShell:
                     self.counts["redelivered_skipped"] += plan.redelivered
                 if not take:
                     continue
-                stream = Stream.P if topic == payment_topic else Stream.L
+                stream = self._stream(topic)
                 eng = self.engines.get(p) or self.engine(p)
                 for rec in take:
                     try:
@@ -266,6 +265,15 @@ class ReconcileShell:
                 )
             self.counts["batches"] += 1
             await self._emit_and_persist(decisions, touched)
+
+    def _stream(self, topic: str) -> Stream:
+        return Stream.P if topic == self.settings.payment_topic else Stream.L
+
+    def next_offset(self, topic: str, partition: int) -> int | None:
+        """The next offset of an input topic partition the engine would take (None: no engine
+        here yet, its saved state not restored)."""
+        eng = self.engines.get(partition)
+        return None if eng is None else eng.last_offset[self._stream(topic)] + 1
 
     async def _fill_gaps(self, plan: PartitionPlan) -> list[KafkaRecord]:
         # Faust delivered past offsets this partition's state has not taken: read them from
