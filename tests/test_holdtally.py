@@ -89,6 +89,24 @@ def test_the_tally_counts_exactly_the_hold_decisions_up_to_the_alerts_time() -> 
     assert alert.value["dedup_key"] == "inc_a"
 
 
+def test_the_summary_line_tells_the_holds_only_when_the_incident_held_something() -> None:
+    t = t_of(M)
+    tally = HoldTally([0], PROBE_MS)
+    alerts = [burst_alert("updated", M, inc) for inc in ("inc_a", "inc_b")]
+    for a in alerts:
+        a.value["summary"] = "Switch RINTIS: 9 of 10 payments failed"
+    tally.on_alerts(alerts)
+    held = [["held", f"r{i}", "inc_a", 1_250_000, t - 1_000] for i in range(2)]
+    [alert, other] = tally.on_report(
+        report(0, t + 1, *held, ["released_without_payment", "r0", "inc_a", 1_250_000, t - 10])
+    )
+    assert alert.value["summary"] == (
+        "Switch RINTIS: 9 of 10 payments failed; refunds held: 2 (Rp 2.5 m), 1 released without payment, "
+        "1 still held (Rp 1.2 m)"
+    )
+    assert other.value["summary"] == "Switch RINTIS: 9 of 10 payments failed"  # held nothing
+
+
 def test_an_alert_waits_until_every_partition_decided_past_its_time() -> None:
     t = t_of(M)
     tally = HoldTally([0, 1, 2], PROBE_MS)

@@ -20,6 +20,7 @@ from typing import Any
 from .decisions import Decision
 from .eventtime import format_ms, parse_ms
 from .holds import Incident, IncidentTimeline, incident_event
+from .incidents import short_rupiah
 from .records import PaymentEvent
 from .routing import add_routing, dedup_key
 from .signals import MINUTE_MS
@@ -188,7 +189,9 @@ class HoldTally:
     def _emit(self, t_ms: int, value: dict[str, Any], key: bytes | None, at_ms: int | None) -> Decision:
         incident_id = value["incident_id"]
         out = dict(value)
-        out["holds"] = self.tally(incident_id, t_ms)
+        out["holds"] = holds = self.tally(incident_id, t_ms)
+        if "summary" in out and (phrase := holds_phrase(holds)):
+            out["summary"] = f"{out['summary']}; {phrase}"
         if value.get("status") == "resolved":
             self.finished.add(incident_id)
             self.events.pop(incident_id, None)
@@ -223,6 +226,26 @@ class HoldTally:
             (int(t), dict(v), None if k is None else k.encode("utf-8"), at) for t, v, k, at in state["pending"]
         ]
         return tally
+
+
+def holds_phrase(holds: dict[str, Any]) -> str:
+    """The holds in words for the alert's summary line ("" when the incident held nothing), so
+    that operations reading only the summary see what the incident held back and what is left.
+
+    >>> holds_phrase({"held": {"count": 3, "amount_idr": 2_500_000},
+    ...               "released_without_payment": {"count": 1, "amount_idr": 500_000},
+    ...               "still_held": {"count": 2, "amount_idr": 2_000_000}})
+    'refunds held: 3 (Rp 2.5 m), 1 released without payment, 2 still held (Rp 2.0 m)'
+    """
+    held = holds["held"]
+    if not held["count"]:
+        return ""
+    released, still = holds["released_without_payment"], holds["still_held"]
+    return (
+        f"refunds held: {held['count']} ({short_rupiah(held['amount_idr'])}), "
+        f"{released['count']} released without payment, "
+        f"{still['count']} still held ({short_rupiah(still['amount_idr'])})"
+    )
 
 
 def tallied_alerts(

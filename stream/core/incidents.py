@@ -127,7 +127,7 @@ def incident_alert(key: str, inc: Incident, status: Status, minute: int, score: 
         summary = (
             f"RESOLVED {name}: {bad} of {payments} payments failed or unsettled from {since} to "
             f"{_wib_clock(end_ms)} WIB (expected {_count(inc.expected_bad)}); "
-            f"{_short_rupiah(c[EXPOSURE])} was exposed"
+            f"{short_rupiah(c[EXPOSURE])} was exposed"
         )
         severity = "info"
     else:
@@ -136,7 +136,7 @@ def incident_alert(key: str, inc: Incident, status: Status, minute: int, score: 
         )
         summary = (
             f"{name}: {bad} of {payments} payments failed or unsettled since {since} WIB "
-            f"(expected {_count(inc.expected_bad)}); {_short_rupiah(c[EXPOSURE])} exposed"
+            f"(expected {_count(inc.expected_bad)}); {short_rupiah(c[EXPOSURE])} exposed"
             + (f"; most affected: {worst}" if worst else "")
         )
         severity = "warning" if stype == "merchant" else "critical"
@@ -234,10 +234,10 @@ def _wib_clock(at_ms: int) -> str:
     return f"{(local // 60) % 24:02d}:{local % 60:02d}"
 
 
-def _short_rupiah(amount: int) -> str:
+def short_rupiah(amount: int) -> str:
     """Rupiah for a summary line.
 
-    >>> _short_rupiah(31_200_000), _short_rupiah(850_000)
+    >>> short_rupiah(31_200_000), short_rupiah(850_000)
     ('Rp 31.2 m', 'Rp 850.000')
     """
     if amount >= 1_000_000:
