@@ -24,7 +24,7 @@ DATA_DIR="$(abspath "${QRIS_KAFKA_DATA_DIR:-$RUN_DIR/data}")"
 # Partition count of auto-created topics (faust's internal topics, topics nobody declared).
 PARTITIONS="${QRIS_KAFKA_PARTITIONS:-4}"
 # JVM heap of the broker.
-HEAP_OPTS="${QRIS_KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
+HEAP_OPTS="${QRIS_KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
 # Seconds `start`/`wait` give the broker to answer an admin call.
 READY_TIMEOUT_S="${QRIS_KAFKA_READY_TIMEOUT_S:-90}"
 # Seconds `stop` waits after SIGTERM before SIGKILL.

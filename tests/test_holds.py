@@ -18,7 +18,7 @@ from stream.core.burst import BurstDetector, BurstParams
 from stream.core.decisions import Decision
 from stream.core.eventtime import format_ms
 from stream.core.holds import IncidentEvent, IncidentTimeline, incident_event
-from stream.core.holdtally import HoldTally, is_hold_report
+from stream.core.holdtally import HoldTally, holds_phrase, is_hold_report
 from stream.core.partition import NEG_INF, POS_INF, Params, PartitionEngine
 from stream.core.records import Stream
 from stream.core.signals import MINUTE_MS
@@ -462,11 +462,18 @@ def test_the_outage_replayed_with_holds_claws_nothing_back_and_ends_with_the_sam
     on = list(replay(outage, HOLDS, drain=True))
     bursts = [d.value for p, d in on if p == -1]
     assert any(b["status"] == "opened" for b in bursts)
-    # The same incidents; with holds on, their updated/resolved alerts carry the holds.
-    assert [{k: v for k, v in d.value.items() if k != "holds"} for p, d in on if p == -1] == [
-        d.value for p, d in off if p == -1
-    ]
+    # The same incidents; with holds on, their updated/resolved alerts carry the holds, and
+    # their summary lines end with them in words.
+    def without_holds(b: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in b.items() if k != "holds"}
+        if phrase := holds_phrase(b.get("holds") or {"held": {"count": 0}}):
+            assert out["summary"].endswith(f"; {phrase}")
+            out["summary"] = out["summary"].removesuffix(f"; {phrase}")
+        return out
+
+    assert [without_holds(b) for b in bursts] == [d.value for p, d in off if p == -1]
     assert all("holds" in b for b in bursts if b["status"] != "opened")
+    assert any("refunds held: " in b["summary"] for b in bursts)
 
     def final_active(decisions: list[tuple[int, Decision]]) -> dict[str, int]:
         active: dict[str, dict[str, int]] = defaultdict(dict)
