@@ -99,9 +99,25 @@ async def raw_consume(client: Settings, topics: list[str], n: int, partitions: i
     return n / (time.perf_counter() - started)
 
 
-def stats(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/qris/stats", timeout=5) as resp:
-        return orjson.loads(resp.read())
+def stats(port: int, processes: int = 1) -> dict:
+    """The worker's /qris/stats; with several processes, their record counts added up."""
+    pages = []
+    for i in range(processes):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port + i}/qris/stats", timeout=5) as resp:
+            pages.append(orjson.loads(resp.read()))
+    if processes == 1:
+        return pages[0]
+    records = [page["counts"]["records"] for page in pages]
+    return {"counts": {"records": sum(records), "per_process": records}}
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its children (`worker --processes N` runs N)."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid, *(int(k) for k in kids)]
 
 
 def worker_rate(
@@ -117,7 +133,10 @@ def worker_rate(
     spy: Path | None = None,
 ) -> tuple[float, dict]:
     """Records/s of one process taking the whole backlog: the worker of `tree` (or, `bare`, the
-    bare Faust agent), timed by its /qris/stats from its first record to its last."""
+    bare Faust agent), timed by its /qris/stats from its first record to its last. The bench-only
+    variant key PROCESSES=N runs `worker --processes N` instead (N processes, one group)."""
+    variant = dict(variant)
+    processes = int(variant.pop("PROCESSES", "1"))
     port = free_port()
     run_id = uuid.uuid4().hex[:4]
     settings = replace(
@@ -145,6 +164,8 @@ def worker_rate(
         argv = [str(ROOT / "bench" / "bare_agent.py")]
     else:
         argv = ["-c", PROFILED_WORKER, profile] if profile else ["-m", "stream", "worker"]
+        if processes > 1:
+            argv = ["-m", "stream", "worker", "--processes", str(processes)]
     # A tree's own `stream` package wins over the installed one: `-m` puts the cwd first.
     proc = subprocess.Popen([sys.executable, *argv], cwd=tree, env=env, stdout=log, stderr=log)
     sampler: subprocess.Popen[bytes] | None = None
@@ -157,22 +178,23 @@ def worker_rate(
             if proc.poll() is not None:
                 raise SystemExit(f"worker exited {proc.returncode}; log {log_path}")
             try:
-                last = stats(port)
+                last = stats(port, processes)
             except OSError:
                 time.sleep(0.2)
                 continue
             done = last["counts"]["records"]
             if first_t is None and done > 0:
-                first_t, first_n, first_cpu = time.perf_counter(), done, cpu_s(proc.pid)
+                first_t, first_n = time.perf_counter(), done
+                first_cpu = sum(cpu_s(pid) for pid in process_tree(proc.pid))
                 if spy is not None:  # sample only while the backlog is being taken
-                    sampler = start_sampler(proc.pid, spy)
+                    sampler = start_sampler(proc.pid, spy, children=processes > 1)
             if done >= n:
                 break
             time.sleep(POLL_S)
         if first_t is None or first_n is None or last["counts"]["records"] < n:
             raise SystemExit(f"the worker did not take all {n} records in time: {last.get('counts')}; log {log_path}")
         taken = last["counts"]["records"] - first_n
-        cpu = cpu_s(proc.pid) - first_cpu
+        cpu = sum(cpu_s(pid) for pid in process_tree(proc.pid)) - first_cpu
         counts = {**last["counts"], "cpu_us_per_record": round(1e6 * cpu / taken)}
         return taken / (time.perf_counter() - first_t), counts
     finally:
@@ -197,11 +219,13 @@ def cpu_s(pid: int) -> float:
 POLL_S = 0.25
 
 
-def start_sampler(pid: int, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy sampling `pid` (all threads, CPU time only: idle waits are not counted), writing
-    collapsed stacks to `out` when it gets SIGINT."""
+def start_sampler(pid: int, out: Path, children: bool = False) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` (all threads, CPU time only: idle waits are not counted; `children`:
+    its child processes too), writing collapsed stacks to `out` when it gets SIGINT."""
     spy = Path(sys.executable).with_name("py-spy")
     argv = [str(spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--nonblocking"]
+    if children:
+        argv.append("--subprocesses")
     return subprocess.Popen([*argv, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -273,7 +297,7 @@ def main() -> int:
         variant = dict(kv.split("=", 1) for kv in text.split(",") if kv)
         label = text or "defaults"
         runs.append((f"worker ({label})", False, ROOT, variant))
-        if args.base is not None:
+        if args.base is not None and "PROCESSES" not in variant:  # an older tree may lack --processes
             runs.append((f"base worker ({label}, {args.base})", False, args.base.resolve(), variant))
     if args.spy is not None:
         args.spy.mkdir(parents=True, exist_ok=True)
