@@ -39,6 +39,7 @@ PACKAGES = (
     ("/river/", "river"),
     ("/logging/", "logging"),
     ("/prometheus_client/", "prometheus_client"),
+    ("<string>", "generated code (dataclass and namedtuple __init__)"),
 )
 
 # A sample whose innermost Python frame is the call that runs an event loop is the loop's own C
@@ -98,7 +99,10 @@ def summarise(text: str, top: int = 30, title: str = "") -> str:
         own_pkg[LOOP if func in LOOP_FRAMES else package_of(path)] += n
         for name in {f"{f} ({short_path(p)})" for f, p, _ in frames}:
             cum_fn[name] += n
-        for pkg in {package_of(p) for _, p, _ in frames if p}:
+        # Below the event loop only: the frames that start the process and run the loop (runpy,
+        # the CLI, mode's Worker, a thread's bootstrap) are on every stack and say nothing.
+        loop_at = max((i for i, (f, _, _) in enumerate(frames) if f in LOOP_FRAMES), default=-1)
+        for pkg in {package_of(p) for _, p, _ in frames[loop_at + 1 :] if p}:
             cum_pkg[pkg] += n
 
     def table(counter: Counter[str], heading: str, k: int) -> list[str]:
@@ -108,7 +112,7 @@ def summarise(text: str, top: int = 30, title: str = "") -> str:
 
     lines = [f"py-spy, {total} samples of CPU time" + (f": {title}" if title else ""), ""]
     lines += table(own_pkg, "own time by package (the innermost Python frame's file)", 20)
-    lines += table(cum_pkg, "cumulative time by package (a package anywhere on the stack)", 20)
+    lines += table(cum_pkg, "cumulative time by package (anywhere on the stack below the event loop)", 20)
     lines += table(own_fn, f"top {top} functions by own time", top)
     lines += table(own_line, f"top {top} lines by own time (a C call is charged to its line)", top)
     lines += table(cum_fn, f"top {top} functions by cumulative time", top)
