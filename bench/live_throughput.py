@@ -220,8 +220,9 @@ POLL_S = 0.25
 
 
 def start_sampler(pid: int, out: Path, children: bool = False) -> subprocess.Popen[bytes]:
-    """py-spy sampling `pid` (all threads, CPU time only: idle waits are not counted; `children`:
-    its child processes too), writing collapsed stacks to `out` when it gets SIGINT."""
+    """py-spy sampling `pid` (all threads; a thread waiting in a system call is idle and not
+    counted; `children`: its child processes too), writing collapsed stacks to `out` when it gets
+    SIGINT."""
     spy = Path(sys.executable).with_name("py-spy")
     argv = [str(spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--nonblocking"]
     if children:

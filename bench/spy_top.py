@@ -4,7 +4,9 @@ cumulative time per function and per package (not a test; used by `bench/live_th
     python bench/spy_top.py STACKS.txt [--top 30]
 
 py-spy samples the process from outside (no tracing hook, no thread of its own in it), and by
-default counts only samples where a thread is running, so the shares are of CPU time. Own time
+default drops samples where a thread waits in a system call (idle): a sample is a thread running
+or ready to run. On a loaded machine "ready" includes waiting for a CPU, so samples / rate is
+not CPU time (the benchmark reads that from /proc), but the shares are the shares of its work. Own time
 is the innermost Python frame of a sample (a C call such as a RocksDB write or a socket send is
 charged to the Python line that made it); cumulative time counts a function once per sample
 wherever it is on the stack.
@@ -110,7 +112,7 @@ def summarise(text: str, top: int = 30, title: str = "") -> str:
         rows += [f"{n:>8} {100 * n / total:>5.1f}%  {name}" for name, n in counter.most_common(k)]
         return [*rows, ""]
 
-    lines = [f"py-spy, {total} samples of CPU time" + (f": {title}" if title else ""), ""]
+    lines = [f"py-spy, {total} samples of threads not idle" + (f": {title}" if title else ""), ""]
     lines += table(own_pkg, "own time by package (the innermost Python frame's file)", 20)
     lines += table(cum_pkg, "cumulative time by package (anywhere on the stack below the event loop)", 20)
     lines += table(own_fn, f"top {top} functions by own time", top)
