@@ -51,7 +51,8 @@ def raw_topic(app: faust.App, *names: str, partitions: int | None = None) -> Top
 def faust_app(settings: Settings) -> faust.App:
     """The Faust app with the worker's consumer, producer and web settings, no agent yet (the
     live benchmark's bare agent runs on this very app, so its ceiling is the worker's)."""
-    conf: dict[str, Any] = dict(
+    app = faust.App(
+        settings.app_id,
         broker=[f"kafka://{h}" for h in settings.bootstrap.split(",")],
         broker_credentials=faust_credentials(settings),
         store="memory://",  # Faust holds no state: the store is `statestore.PartitionStore`
@@ -88,7 +89,6 @@ def faust_app(settings: Settings) -> faust.App:
         # for each one. The same events in the same order; fewer loop round trips per event.
         cython_optimizations=True,
     )
-    app = faust.App(settings.app_id, **conf)
     # With its statistics page off, Faust serves `/` as {"status": "OK"} whatever the broker
     # says: a health check that lies. Readiness is /qris/ready; `/` answers 404.
     blueprints = app.web.blueprints
