@@ -5,12 +5,18 @@
 
 Pre-produces the simulator's `mixed` scenario into fresh co-partitioned topics, then
 1. consumes them with a bare aiokafka consumer (the ceiling for Python on this box);
-2. starts `python -m stream worker` on them and times, from its first to its last record
+2. runs a bare Faust agent on them (`bench/bare_agent.py`: the worker's own Faust app and
+   `take_events` batches, counting records only): the ceiling of Faust's per-event path;
+3. starts `python -m stream worker` on them and times, from its first to its last record
    (its /qris/stats page), how fast it takes the backlog: decode, decide, persist state to
    the state store (RocksDB per partition) and its changelog, send outputs.
-Both rates come from the same run, so their ratio is meaningful on a noisy machine.
-`--profile FILE` runs the (first) worker under cProfile and writes its stats to FILE every 5 s
-(read them with `python -m pstats FILE`).
+All rates come from the same run, so their ratios are meaningful on a noisy machine;
+`--rounds N` repeats 2 and 3 alternately (and every `--variant`, `--base` tree).
+`--base DIR` also runs another tree's worker (e.g. `git archive main` unpacked) beside this one.
+`--py-spy DIR` samples each worker (and bare agent) with py-spy while it takes the backlog, from
+its first record to its last, and writes the collapsed stacks and a top-N summary to DIR
+(`bench/spy_top.py`). `--profile FILE` runs the (first) worker under cProfile instead (skewed:
+its stats thread's GIL waits are charged to whatever the event loop was doing).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,14 +99,44 @@ async def raw_consume(client: Settings, topics: list[str], n: int, partitions: i
     return n / (time.perf_counter() - started)
 
 
-def stats(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/qris/stats", timeout=5) as resp:
-        return orjson.loads(resp.read())
+def stats(port: int, processes: int = 1) -> dict:
+    """The worker's /qris/stats; with several processes, their record counts added up."""
+    pages = []
+    for i in range(processes):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port + i}/qris/stats", timeout=5) as resp:
+            pages.append(orjson.loads(resp.read()))
+    if processes == 1:
+        return pages[0]
+    records = [page["counts"]["records"] for page in pages]
+    return {"counts": {"records": sum(records), "per_process": records}}
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its children (`worker --processes N` runs N)."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid, *(int(k) for k in kids)]
 
 
 def worker_rate(
-    client: Settings, prefix: str, n: int, partitions: int, variant: dict[str, str], profile: str | None = None
+    client: Settings,
+    prefix: str,
+    n: int,
+    partitions: int,
+    variant: dict[str, str],
+    profile: str | None = None,
+    *,
+    bare: bool = False,
+    tree: Path = ROOT,
+    spy: Path | None = None,
 ) -> tuple[float, dict]:
+    """Records/s of one process taking the whole backlog: the worker of `tree` (or, `bare`, the
+    bare Faust agent), timed by its /qris/stats from its first record to its last. The bench-only
+    variant key PROCESSES=N runs `worker --processes N` instead (N processes, one group)."""
+    variant = dict(variant)
+    processes = int(variant.pop("PROCESSES", "1"))
     port = free_port()
     run_id = uuid.uuid4().hex[:4]
     settings = replace(
@@ -123,35 +160,74 @@ def worker_rate(
     # `--profile`: the worker under cProfile (its main thread, where the event loop runs: Faust's
     # consumer and agents, the core); the stats are written every 5 s, since a stopping worker
     # may end with os._exit.
-    argv = ["-c", PROFILED_WORKER, profile] if profile else ["-m", "stream", "worker"]
-    proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=log, stderr=log)
+    if bare:
+        argv = [str(ROOT / "bench" / "bare_agent.py")]
+    else:
+        argv = ["-c", PROFILED_WORKER, profile] if profile else ["-m", "stream", "worker"]
+        if processes > 1:
+            argv = ["-m", "stream", "worker", "--processes", str(processes)]
+    # A tree's own `stream` package wins over the installed one: `-m` puts the cwd first.
+    proc = subprocess.Popen([sys.executable, *argv], cwd=tree, env=env, stdout=log, stderr=log)
+    sampler: subprocess.Popen[bytes] | None = None
     try:
         first_t = first_n = None
+        first_cpu = 0.0
         last: dict = {}
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise SystemExit(f"worker exited {proc.returncode}; log {log_path}")
             try:
-                last = stats(port)
+                last = stats(port, processes)
             except OSError:
                 time.sleep(0.2)
                 continue
             done = last["counts"]["records"]
             if first_t is None and done > 0:
                 first_t, first_n = time.perf_counter(), done
+                first_cpu = sum(cpu_s(pid) for pid in process_tree(proc.pid))
+                if spy is not None:  # sample only while the backlog is being taken
+                    sampler = start_sampler(proc.pid, spy, children=processes > 1)
             if done >= n:
                 break
-            time.sleep(0.1)
+            time.sleep(POLL_S)
         if first_t is None or first_n is None or last["counts"]["records"] < n:
             raise SystemExit(f"the worker did not take all {n} records in time: {last.get('counts')}; log {log_path}")
-        return (last["counts"]["records"] - first_n) / (time.perf_counter() - first_t), last["counts"]
+        taken = last["counts"]["records"] - first_n
+        cpu = sum(cpu_s(pid) for pid in process_tree(proc.pid)) - first_cpu
+        counts = {**last["counts"], "cpu_us_per_record": round(1e6 * cpu / taken)}
+        return taken / (time.perf_counter() - first_t), counts
     finally:
+        if sampler is not None:
+            sampler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            sampler.wait(60)
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used: on a shared machine its CPU
+    per record moves less than its records per wall second."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# The status page is polled this often: each poll costs the worker a request on its event loop.
+POLL_S = 0.25
+
+
+def start_sampler(pid: int, out: Path, children: bool = False) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` (all threads; a thread waiting in a system call is idle and not
+    counted; `children`: its child processes too), writing collapsed stacks to `out` when it gets
+    SIGINT."""
+    spy = Path(sys.executable).with_name("py-spy")
+    argv = [str(spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--nonblocking"]
+    if children:
+        argv.append("--subprocesses")
+    return subprocess.Popen([*argv, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def mixed_backlog(client: Settings, prefix: str, n_records: int, partitions: int) -> tuple[Settings, list]:
@@ -185,8 +261,20 @@ def main() -> int:
         "--variant",
         nargs="+",
         default=[""],
-        help="worker settings to compare, e.g. QRIS_UVLOOP=0 QRIS_UVLOOP=1 ('' = defaults)",
+        help="worker settings to compare, e.g. QRIS_UVLOOP=0 QRIS_UVLOOP=1 ('' = defaults); Faust's own "
+        "settings are read from the environment too (CYTHON_OPTIMIZATIONS=0, STREAM_BUFFER_MAXSIZE=8192)",
     )
+    ap.add_argument("--base", type=Path, help="also run the worker of this tree (e.g. main's), beside this one")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the bare agent and the workers, alternating")
+    ap.add_argument("--no-bare", action="store_true", help="skip the bare Faust agent")
+    ap.add_argument(
+        "--bare-variant",
+        nargs="*",
+        default=[],
+        help="more bare agents with other settings, as --variant (Faust reads its own from the environment: "
+        "CYTHON_OPTIMIZATIONS=0)",
+    )
+    ap.add_argument("--py-spy", type=Path, dest="spy", help="sample each run with py-spy; stacks and tops to DIR")
     ap.add_argument("--profile", help="run the (first) worker under cProfile, stats written to this file")
     args = ap.parse_args()
     client = from_env(os.environ)  # QRIS_BOOTSTRAP and the Kafka security settings
@@ -197,15 +285,56 @@ def main() -> int:
     t = time.perf_counter()
     produce(records, shared, partitions=args.partitions)
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}")
-    print(f"produced {n} records to {prefix}.* in {time.perf_counter() - t:.1f} s")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"produced {n} records to {prefix}.* in {time.perf_counter() - t:.1f} s", flush=True)
     raw = asyncio.run(raw_consume(shared, topics, n, args.partitions))
-    print(f"raw aiokafka consumer: {raw:,.0f} records/s")
+    print(f"raw aiokafka consumer: {raw:,.0f} records/s", flush=True)
+    runs: list[tuple[str, bool, Path, dict[str, str]]] = []
+    if not args.no_bare:
+        runs.append(("bare Faust agent", True, ROOT, {}))
+    for text in args.bare_variant:
+        runs.append((f"bare Faust agent ({text})", True, ROOT, dict(kv.split("=", 1) for kv in text.split(",") if kv)))
     for text in args.variant:
         variant = dict(kv.split("=", 1) for kv in text.split(",") if kv)
-        profile = args.profile if text == args.variant[0] else None
-        rate, counts = worker_rate(client, prefix, n, args.partitions, variant, profile)
         label = text or "defaults"
-        print(f"worker ({label}): {rate:,.0f} records/s sustained; {rate / raw:.3f} of raw; {counts}")
+        runs.append((f"worker ({label})", False, ROOT, variant))
+        if args.base is not None and "PROCESSES" not in variant:  # an older tree may lack --processes
+            runs.append((f"base worker ({label}, {args.base})", False, args.base.resolve(), variant))
+    if args.spy is not None:
+        args.spy.mkdir(parents=True, exist_ok=True)
+    rates: dict[str, list[float]] = {}
+    cpu_us: dict[str, list[float]] = {}
+    for r in range(args.rounds):
+        order = runs if r % 2 == 0 else runs[::-1]
+        for label, bare, tree, variant in order:
+            profile = args.profile if (label, r) == (runs[-1][0], 0) and not bare else None
+            spy = None
+            if args.spy is not None:
+                kind = "bare" if bare else ("base" if tree != ROOT else "worker")
+                spy = args.spy / f"{kind}-{r}-{uuid.uuid4().hex[:4]}.txt"
+            rate, counts = worker_rate(
+                client, prefix, n, args.partitions, variant, profile, bare=bare, tree=tree, spy=spy
+            )
+            rates.setdefault(label, []).append(rate)
+            cpu_us.setdefault(label, []).append(counts["cpu_us_per_record"])
+            print(f"{label}: {rate:,.0f} records/s sustained; {rate / raw:.3f} of raw; {counts}", flush=True)
+            if spy is not None and spy.exists():
+                from spy_top import summarise
+
+                top = spy.with_suffix(".top.txt")
+                top.write_text(summarise(spy.read_text(), title=f"{label}, {n} records, {rate:,.0f} records/s"))
+                print(f"  py-spy: {spy} and {top}")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("summary (median of the rounds):")
+    medians = {label: statistics.median(v) for label, v in rates.items()}
+    bare_rate = medians.get("bare Faust agent")
+    bare_cpu = statistics.median(cpu_us["bare Faust agent"]) if "bare Faust agent" in cpu_us else None
+    for label, rate in medians.items():
+        cpu = statistics.median(cpu_us[label])
+        extra = ""
+        if bare_rate and bare_cpu and label != "bare Faust agent":
+            extra = f", {rate / bare_rate:.2f} of the bare agent's rate, {cpu / bare_cpu:.2f}x its CPU per record"
+        print(f"  {label}: {rate:,.0f} records/s, {rate / raw:.4f} of raw, {cpu:.0f} µs CPU per record{extra}")
     return 0
 
 

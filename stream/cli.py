@@ -88,6 +88,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     n = check_copartitioned(s)
     if n != s.partitions:
         s = replace(s, partitions=n)
+    if args.processes < 1:
+        raise Mistake(f"--processes {args.processes}: expected 1 or more")
+    if args.processes > 1:
+        from .worker.processes import run_processes
+
+        try:
+            return run_processes(s, args.processes)
+        except ValueError as exc:
+            raise Mistake(str(exc)) from None
     return run_worker(s)
 
 
@@ -453,6 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run the live worker (Faust) on the broker")
     _common(p)
     p.add_argument("--create-topics", action="store_true", help="create missing topics first")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="worker processes on this host, one consumer group (one uses at most one CPU); "
+        "each has its own data directory <QRIS_DATA_DIR>/w<i> and web port QRIS_WEB_PORT+i (default 1)",
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("topics", help="create the contract's topics (co-partitioned inputs)")

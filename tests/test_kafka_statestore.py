@@ -114,3 +114,43 @@ def test_a_worker_restored_from_a_changelog_with_a_half_batch_decides_what_repla
     assert log_text.count("without its commit dropped") == topics.partitions, log_text[-3000:]
     for role in want:
         assert sorted(set(canon(got[role]))) == sorted(set(canon(want[role]))), f"{role}:\n{worker2.log_tail()}"
+
+
+def test_a_batch_longer_than_one_record_batch_is_committed_whole_at_its_last_offset(tmp_path: Path) -> None:
+    # The changelog sends a partition's batch as Kafka record batches of at most 512 KiB: 1,500
+    # values of 1 KiB take three; the marker's offset (the last) is where the local DB stands.
+    bootstrap = require_broker()
+    settings = Settings(bootstrap=bootstrap, app_id=f"qris-test-{uuid.uuid4().hex[:8]}")
+    ensure_state_changelog(settings, 2)
+    topic = changelog_topic_name(settings.app_id)
+    values = {b"0/r/R%04d" % i: bytes([65 + i % 26]) * 1024 for i in range(1500)}
+
+    async def scenario() -> tuple[dict[bytes, bytes], int, int, bool, dict[bytes, bytes]]:
+        writer = PartitionStore(KafkaChangelog(aiokafka_config(Settings(bootstrap=bootstrap)), topic), tmp_path / "a")
+        await writer.restore(0)
+        for key, value in values.items():
+            writer.put(0, key, value)
+        writer.put(0, b"0/m", b"m1")
+        await writer.commit()
+        writer.put(0, b"0/r/R0001", None)
+        await writer.commit()
+        applied = writer.locals[0].position()[0]
+        end = await writer.changelog.end_offset(0)
+        current = await writer.is_current(0)
+        local = dict(writer.load(0))
+        writer.close()
+        await writer.changelog.close()  # type: ignore[attr-defined]
+        fresh = PartitionStore(KafkaChangelog(aiokafka_config(Settings(bootstrap=bootstrap)), topic), tmp_path / "b")
+        await fresh.restore(0)
+        restored = dict(fresh.load(0))
+        fresh.close()
+        await fresh.changelog.close()  # type: ignore[attr-defined]
+        assert restored == local
+        return local, applied, end, current, restored
+
+    local, applied, end, current, restored = asyncio.run(scenario())
+    expected = {**values, b"0/m": b"m1"}
+    del expected[b"0/r/R0001"]
+    assert local == expected and restored == expected
+    # 1,501 messages and a marker, then a tombstone and a marker: the DB stands at the last.
+    assert (applied, end, current) == (1503, 1504, True)

@@ -48,7 +48,9 @@ def raw_topic(app: faust.App, *names: str, partitions: int | None = None) -> Top
     )
 
 
-def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[faust.App, ReconcileShell]:
+def faust_app(settings: Settings) -> faust.App:
+    """The Faust app with the worker's consumer, producer and web settings, no agent yet (the
+    live benchmark's bare agent runs on this very app, so its ceiling is the worker's)."""
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h}" for h in settings.bootstrap.split(",")],
@@ -82,11 +84,20 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 10),
         producer_max_batch_size=512 * 1024,
+        # Faust 0.15's repaired Cython fast paths (its own opt-in setting): the stream iterator
+        # takes an event already waiting in the channel's queue instead of awaiting the queue
+        # for each one. The same events in the same order; fewer loop round trips per event.
+        cython_optimizations=True,
     )
     # With its statistics page off, Faust serves `/` as {"status": "OK"} whatever the broker
     # says: a health check that lies. Readiness is /qris/ready; `/` answers 404.
     blueprints = app.web.blueprints
     blueprints._enabled = [(p, bp) for p, bp in blueprints._enabled if "production_index" not in str(bp)]
+    return app
+
+
+def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[faust.App, ReconcileShell]:
+    app = faust_app(settings)
     inputs = raw_topic(app, settings.payment_topic, settings.ledger_topic)
     outputs = {
         name: raw_topic(app, name) for name in (settings.refund_topic, settings.alert_topic, settings.dead_letter_topic)

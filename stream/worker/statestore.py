@@ -373,19 +373,37 @@ class KafkaChangelog:
         return self._producer, self._consumer
 
     async def send_batch(self, batches: Mapping[int, list[tuple[bytes, bytes | None, int, bool]]]) -> dict[int, int]:
+        # Each partition's messages go as Kafka record batches built here (aiokafka's
+        # `create_batch`/`send_batch`), not one `send` each: a batch's messages stay separate
+        # records (compaction keeps each key's last value), but cost one future and one
+        # metadata check per record batch instead of per message (a changelog message per
+        # changed reference was about a tenth of the worker's CPU). A record batch is at most
+        # the producer's `max_batch_size`; a longer partition batch takes several, in order.
         producer, _ = await self._clients()
         futures: list[Any] = []
-        last: dict[int, Any] = {}
+        last: dict[int, tuple[Any, int]] = {}  # partition -> (its last record batch, records in it)
+
+        async def submit(p: int, batch: Any, count: int) -> None:
+            fut = await producer.send_batch(batch, self.topic, partition=p)
+            futures.append(fut)
+            last[p] = (fut, count)
+
         for p, messages in batches.items():
+            batch, count = producer.create_batch(), 0
             for key, value, seq, commit in messages:
                 headers = [(BATCH_HEADER, b"%d" % seq)]
                 if commit:
                     headers.append((COMMIT_HEADER, b"1"))
-                fut = await producer.send(self.topic, value, key, partition=p, headers=headers)
-                futures.append(fut)
-                last[p] = fut
-        await asyncio.gather(*futures)  # every message delivered, not only each partition's last
-        return {p: int(fut.result().offset) for p, fut in last.items()}
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    await submit(p, batch, count)  # full (and closed by the failed append)
+                    batch, count = producer.create_batch(), 0
+                    batch.append(key=key, value=value, timestamp=None, headers=headers)  # a first always fits
+                count += 1
+            if count:
+                await submit(p, batch, count)
+        await asyncio.gather(*futures)  # every record batch delivered, not only each partition's last
+        # A record batch's future gives its base offset; its records have the offsets after it.
+        return {p: int(fut.result().offset) + count - 1 for p, (fut, count) in last.items()}
 
     async def end_offset(self, partition: int) -> int:
         from aiokafka import TopicPartition
