@@ -462,6 +462,7 @@ def test_the_outage_replayed_with_holds_claws_nothing_back_and_ends_with_the_sam
     on = list(replay(outage, HOLDS, drain=True))
     bursts = [d.value for p, d in on if p == -1]
     assert any(b["status"] == "opened" for b in bursts)
+
     # The same incidents; with holds on, their updated/resolved alerts carry the holds, and
     # their summary lines end with them in words.
     def without_holds(b: dict[str, Any]) -> dict[str, Any]:
