@@ -233,26 +233,9 @@ def with_holds(
     return tallied_alerts(bursts, reports, partitions, params.probe_age_ms)
 
 
-def replay(
-    records: Iterable[KafkaRecord],
-    params: Params,
-    *,
-    drain: bool = False,
-    burst: BurstParams | None = None,
-    source: str = "input",
+def _second_pass(
+    r: Replay, records: Iterable[KafkaRecord], kept: list[Kept], drain: bool
 ) -> Iterator[tuple[int, Decision]]:
-    """Decisions for `records` as (input partition, decision), in the order they are made; the
-    failure-burst alerts (partition -1) come last. With holds on, `records` is read twice (an
-    iterator is kept in memory first; pass a re-iterable, e.g. a file reader, to avoid that)."""
-    burst = burst or BurstParams()
-    bursts: list[Decision] | None = None  # holds off: the detector runs after the one pass
-    kept: list[Kept] = []
-    if params.holds:
-        if isinstance(records, Iterator):
-            records = list(records)
-        r, bursts = with_incidents(records, params, burst, drain=drain, kept=kept)
-    else:
-        r = Replay(params, burst)
     if kept:
         # The second pass over the first's parse results (the list shrinks as it goes).
         kept.reverse()
@@ -266,6 +249,49 @@ def replay(
                 yield rec.partition, d
     if drain:
         yield from r.drain()
+
+
+def replay(
+    records: Iterable[KafkaRecord],
+    params: Params,
+    *,
+    drain: bool = False,
+    burst: BurstParams | None = None,
+    source: str = "input",
+    partitions: Iterable[int] | None = None,
+    one_pass: bool = True,
+) -> Iterator[tuple[int, Decision]]:
+    """Decisions for `records` as (input partition, decision), in the order they are made; the
+    failure-burst alerts (partition -1) come last. With holds on, `records` may be read twice (an
+    iterator is kept in memory first; pass a re-iterable, e.g. a file reader, to avoid that):
+    one pass (`onepass`) if `partitions` includes every partition of the input (found here for
+    records in memory), else, or if that pass gives up, two. `one_pass` False: always two (the
+    tests compare them)."""
+    burst = burst or BurstParams()
+    bursts: list[Decision] | None = None  # holds off: the detector runs after the one pass
+    kept: list[Kept] = []
+    skip = 0
+    if params.holds:
+        from .onepass import Fallback, replay_one_pass
+
+        if isinstance(records, Iterator):
+            records = list(records)
+        if partitions is None and isinstance(records, list):
+            inputs = (params.payment_topic, params.ledger_topic)
+            partitions = {rec.partition for rec in records if rec.topic in inputs}
+        if partitions is not None and one_pass:
+            try:
+                yield from replay_one_pass(records, params, burst, partitions, drain=drain, source=source)
+                return
+            except Fallback as fb:
+                skip = fb.given  # the first decisions of the two passes, given already
+        r, bursts = with_incidents(records, params, burst, drain=drain, kept=kept)
+    else:
+        r = Replay(params, burst)
+    decided = _second_pass(r, records, kept, drain)
+    for _ in range(skip):
+        next(decided)
+    yield from decided
     warn_out_of_order(r, source)
     if bursts is not None:
         bursts = with_holds(bursts, r.signals, r.detector_partitions, params)
