@@ -94,16 +94,17 @@ class OnePass:
         self.index = i
         eng = self.r.engine(part)
         s = int(stream)
-        rejected, skewed, w_before = eng.rejected[s], eng.skewed[s], eng.watermark_ms
+        rejected, skewed = eng.rejected[s], eng.skewed[s]
         got = eng.on_record(stream, rec.offset, rec.key, rec.value, rec.timestamp_ms)
         w = eng.watermark_ms
-        if w > w_before:
-            at = self.mark_at.get(part)
-            if at is None:
-                at = self.mark_at[part] = array("q")
-                self.mark_w[part] = array("q")
-            at.append(i)
-            self.mark_w[part].append(w)
+        ws = self.mark_w.get(part)
+        if ws is None:
+            if w > NEG_INF:
+                self.mark_at[part] = array("q", [i])
+                self.mark_w[part] = array("q", [w])
+        elif w > ws[-1]:
+            self.mark_at[part].append(i)
+            ws.append(w)
         if not got:
             return
         if eng.rejected[s] != rejected:
