@@ -192,8 +192,12 @@ class OnePass:
                 ws = self.mark_w.get(part)
                 if ws is None:
                     continue
-                # A later decision of `part` has a time at or after what it decided through.
+                # A later decision of `part` has a time at or after what it decided through:
+                # the marks before it are never read again (kept, they would cost 16 bytes a record).
                 j = bisect_right(ws, eng.decided_through_ms - 1)
+                if j > 4096:
+                    del ws[:j], self.mark_at[part][:j]
+                    j = 0
                 if j < len(ws):
                     low = min(low, self.mark_at[part][j])
         buf = self.buffer
@@ -264,6 +268,6 @@ def replay_one_pass(
     feed = one.feed
     for i, rec in enumerate(records):
         feed(i, rec)
-        if one.buffer and i & 255 == 0:
+        if i & 255 == 0:
             yield from one.ready()
     yield from one.finish(drain, source)

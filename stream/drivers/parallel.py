@@ -265,7 +265,7 @@ def _one_pass_job(
                 while not inbox.empty():
                     _kind, events, known = inbox.get()
                     one.incidents(events, known)
-                if one.buffer and i & 255 == 0:
+                if i & 255 == 0:
                     n += write(one.ready())
             one.end_input(drain)
             send_signals()
