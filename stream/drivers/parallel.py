@@ -6,10 +6,12 @@ Partitions are independent by the contract (each has its own watermark and refer
 decide them with the same core. Each job writes its own output; the parent concatenates them
 in job order. Decisions are identical to a single-process replay; only the interleaving of
 lines from different partitions differs. Each job hands back its partitions' burst signals and
-the parent runs the one burst detector over all of them. With refund holds on, that is a first
-pass (signals only); the parent turns the detector's alerts into the incident timeline and sends
-it to the same job processes, which decide their second pass with it from the first pass's
-parse results (see `replay`).
+the parent runs the one burst detector over all of them. With refund holds on, the jobs take one
+pass (`onepass`): they send their closed minutes to the parent as they close, and the parent
+sends the detector's incidents back to every job as they come. If a partition never reports,
+the parent runs two passes instead: a first (signals only), then the detector's incident
+timeline to the same job processes, which decide their second pass with it from the first
+pass's parse results (see `replay`).
 """
 
 from __future__ import annotations

@@ -9,18 +9,18 @@ Failure bursts span partitions: each engine's closed minutes (`signals`) are kep
 one `BurstDetector` at the end, with the number of partitions seen, so the incidents do not
 depend on how the input interleaves partitions. Their lines carry partition -1 (all partitions).
 
-With refund holds on (`Params.max_hold_ms` > 0) the refund decisions depend on the incidents,
-so a replay takes two passes over the input: the first (holds off) only for the partitions'
-signals and the detector's incidents (over the partitions that reported signals); the second
-decides with the whole incident timeline,
-known through the detector's last closed minute (what a live worker knows after the same
-input; +inf with `--drain`). Signals are a function of the records alone, so the first pass
-sees exactly the incidents a live run sees. The second pass's engines report their hold
-decisions, and the detector's `updated`/`resolved` alerts are given the holds they cover
-(`holdtally`) once every partition decided past them, as the live detector does. The second
-pass does not parse again: the first keeps each record's parse result (`validation.parse`,
-without the value bytes of a valid record), up to `KEEP_PARSED_MAX_RECORDS`; a longer input is
-read and parsed again instead.
+With refund holds on (`Params.max_hold_ms` > 0) the refund decisions depend on the incidents.
+When the input partitions are known up front, a replay takes one pass, as live (`onepass`).
+Otherwise, or when that pass gives up, it takes two passes over the input: the first (holds
+off) only for the partitions' signals and the detector's incidents (over the partitions that
+reported signals); the second decides with the whole incident timeline, known through the
+detector's last closed minute (what a live worker knows after the same input; +inf with
+`--drain`). Signals are a function of the records alone, so the first pass sees exactly the
+incidents a live run sees. The second pass's engines report their hold decisions, and the
+detector's `updated`/`resolved` alerts are given the holds they cover (`holdtally`) once every
+partition decided past them, as the live detector does. The second pass does not parse again:
+the first keeps each record's parse result (`validation.parse`, without the value bytes of a
+valid record), up to `KEEP_PARSED_MAX_RECORDS`; a longer input is read and parsed again instead.
 """
 
 from __future__ import annotations
