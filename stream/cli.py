@@ -196,7 +196,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         # With holds a replay reads its input twice: a file again, Kafka once (kept in memory).
         records = _input_records(args, s, line) if args.from_kafka else _Again(lambda: _input_records(args, s, line))
         source = args.input or "Kafka"
-        for partition, d in replay(records, s.params, drain=args.drain, burst=s.burst, source=source):
+        # With holds, one pass if the detector knows the input partitions up front (a file's
+        # here; records from Kafka are kept in memory and `replay` finds them).
+        partitions = None
+        if args.input and s.params.holds:
+            from .drivers.replayfile import file_partitions
+
+            partitions = file_partitions(args.input, (s.payment_topic, s.ledger_topic))
+        decided = replay(records, s.params, drain=args.drain, burst=s.burst, source=source, partitions=partitions)
+        for partition, d in decided:
             topic = s.output_topic(d.role)
             k = (topic, partition)
             seq[k] = seq.get(k, -1) + 1

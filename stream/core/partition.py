@@ -11,8 +11,9 @@ that set them.
 
 With refund holds on, the burst detector's incidents are a third input of the watermark
 (`on_incidents`): records and timers are decided only up to `min(W, known_through + 1)`. Records
-still pass the uncapped `W` in order (`heap` -> `decide`), and burst signals judge payments from
-the records that passed it (`ahead`), so a partition's signals never wait for the incidents
+wait in one heap, timers in another (`decide`), and the two are decided together in key order.
+Burst signals judge payments from the records that passed the uncapped `W` (those of the record
+heap below it, "ahead" of the decisions), so a partition's signals never wait for the incidents
 that need them.
 
 As the watermark passes a minute's end plus the probe age, the engine also reports that
@@ -121,12 +122,12 @@ class PartitionEngine:
         self.skewed: list[int] = [0, 0]
         self.refs: dict[str, ReferenceState] = {}
         self.pending: dict[str, list[Item]] = {}
-        # Records wait in `heap` for the watermark, then in `decide` (with the timers) for the
-        # incidents' watermark; `ahead` holds, per reference, records that passed W but not yet
-        # the incidents (burst signals read them).
+        # Records wait in `heap` until min(W, the incidents' watermark) passes them; timers wait
+        # in `decide`. Records of `heap` below W are "ahead" of the decisions: burst signals
+        # read them. (One heap for each, not records moved from one to the other as W passes
+        # them: two heap operations a record fewer.)
         self.heap: list[Item] = []
         self.decide: list[Item] = []
-        self.ahead: dict[str, list[Item]] = {}
         self.retention_heap: list[tuple[int, int, int, str]] = []
         self.incidents = IncidentTimeline()
         if not params.holds:
@@ -337,13 +338,13 @@ class PartitionEngine:
         if cap > watermark_ms:
             cap = watermark_ms
         if (
-            (not heap or heap[0][0] >= watermark_ms)
+            (not heap or heap[0][0] >= cap)
             and (not decide or decide[0][0] >= cap)
             and (not rheap or rheap[0][0] >= cap)
         ):
             out = []
         else:
-            out = self._process(watermark_ms, cap)
+            out = self._process(cap)
         if watermark_ms >= self._close_at_ms and watermark_ms > NEG_INF and self.params.burst_signals:
             out.append(self._close_minutes(watermark_ms))
         if self.params.holds:
@@ -383,7 +384,7 @@ class PartitionEngine:
         open_minutes, refs = self.open_minutes, self.refs
         # Payments whose records are past W but held back from the decisions by the incidents
         # are judged from a view of the facts they will have (`ahead`).
-        views = self._views_ahead(through) if self.ahead else {}
+        views = self._views_ahead(through, watermark_ms)
         counted: dict[int, set[str]] = {}
         for ref, view in views.items():
             st = refs.get(ref)
@@ -406,12 +407,16 @@ class PartitionEngine:
         self.meta_dirty = True
         return signals_decision(self.partition, through, closed)
 
-    def _views_ahead(self, through: int) -> dict[str, ReferenceState]:
+    def _views_ahead(self, through: int, watermark_ms: int) -> dict[str, ReferenceState]:
         # The facts of references with records past W but not yet decided: what the decisions
         # will have seen by then. Only references whose request is in a minute closing now count.
+        ahead: dict[str, list[Item]] = {}
+        for item in self.heap:
+            if item[0] < watermark_ms:
+                ahead.setdefault(item[4], []).append(item)
         prev = self.signals_through
         views: dict[str, ReferenceState] = {}
-        for ref, items in self.ahead.items():
+        for ref, items in ahead.items():
             st = self.refs.get(ref)
             if st is not None and st.request_eff_ms is not None:
                 # Its request is decided already (a view keeps it): a reference whose minute is
@@ -436,7 +441,7 @@ class PartitionEngine:
             views[ref] = view
         return views
 
-    def _process(self, watermark_ms: int, cap: int) -> list[Decision]:
+    def _process(self, cap: int) -> list[Decision]:
         heap, decide, rheap = self.heap, self.decide, self.retention_heap
         out: list[Decision] = []
         p = self.params
@@ -444,22 +449,21 @@ class PartitionEngine:
         dirty = self.dirty
         refs = self.refs
         pop, push = heapq.heappop, heapq.heappush
-        # Records that passed W go on to wait for the incidents with the timers; those the
-        # incidents hold back are the burst signals' records `ahead`.
-        ahead = self.ahead
-        while heap and heap[0][0] < watermark_ms:
-            item = pop(heap)
-            push(decide, item)
-            if item[0] >= cap:
-                ahead.setdefault(item[4], []).append(item)
         incidents = self.incidents
         grace_ms, max_hold_ms = p.hold_grace_ms, (p.max_hold_ms if p.holds else 0)
         through = self.signals_through
         while True:
-            # Retention checks live in their own heap (one per reference, most far in the
+            # The next record or timer in (eff, kind, stream, offset) order, of the two heaps.
+            # Retention checks live in a third heap (one per reference, most far in the
             # future) and run when they come first in (eff, kind) order: after records,
             # deadlines and hold releases of the same instant.
-            if rheap and rheap[0][0] < cap and (not decide or rheap[0][0] < decide[0][0]):
+            if heap and heap[0][0] < cap:
+                nxt = heap if not decide or heap[0] < decide[0] else decide
+            elif decide and decide[0][0] < cap:
+                nxt = decide
+            else:
+                nxt = None
+            if rheap and rheap[0][0] < cap and (nxt is None or rheap[0][0] < nxt[0][0]):
                 due, s, offset, ref = pop(rheap)
                 st = refs.get(ref)
                 if st is None or st.retention != (due, s, offset):
@@ -475,16 +479,14 @@ class PartitionEngine:
                 if persistent:
                     dirty.add(ref)
                 continue
-            if not decide or decide[0][0] >= cap:
+            if nxt is None:
                 break
-            eff, kind, s, offset, ref, event = pop(decide)
+            eff, kind, s, offset, ref, event = pop(nxt)
             if kind == RECORD:
                 assert event is not None
                 if persistent:
                     self._unpend(ref, offset, s)
                     dirty.add(ref)
-                if ahead:
-                    self._unahead(ref, offset, s)
                 st = refs.get(ref)
                 if st is None:
                     st = refs[ref] = ReferenceState(ref)
@@ -544,17 +546,6 @@ class PartitionEngine:
                 if persistent:
                     dirty.add(ref)
         return out
-
-    def _unahead(self, ref: str, offset: int, s: int) -> None:
-        items = self.ahead.get(ref)
-        if items is None:
-            return
-        for i, it in enumerate(items):
-            if it[3] == offset and it[2] == s:
-                del items[i]
-                break
-        if not items:
-            del self.ahead[ref]
 
     def _schedule_retention(self, st: ReferenceState, not_before_ms: int = NEG_INF) -> None:
         at = max(st.last_eff_ms + self.params.retention_ms, not_before_ms)

@@ -40,19 +40,24 @@ class Outcome:
     response_code: str | None = None
 
 
+# The two outcomes without details, built once: a replay judges every payment.
+_SETTLED = Outcome(GOOD)
+_NO_ANSWER = Outcome(NO_ANSWER_OUTCOME)
+
+
 def judge(st: ReferenceState, probe_at_ms: int) -> Outcome:
     """What the payment looked like at `probe_at_ms`, from its records with effective time at or
     before it (records processed later are ignored, so a later check gives the same answer).
     """
     if st.settlement is not None and st.settlement.effective_at_ms <= probe_at_ms:
-        return Outcome(GOOD)
+        return _SETTLED
     if st.failure is not None and st.failure.effective_at_ms <= probe_at_ms:
         return Outcome(FAILED_OUTCOME, response_code=st.failure.response_code)
     debited = sum(d.amount for d in st.debits if d.effective_at_ms <= probe_at_ms)
     if debited:
         reversed_ = sum(r.amount for r in st.reversals if r.effective_at_ms <= probe_at_ms)
         return Outcome(UNSETTLED_OUTCOME, exposure_idr=max(0, debited - reversed_))
-    return Outcome(NO_ANSWER_OUTCOME)
+    return _NO_ANSWER
 
 
 def scope_keys(st: ReferenceState) -> list[str]:

@@ -6,29 +6,35 @@ Partitions are independent by the contract (each has its own watermark and refer
 decide them with the same core. Each job writes its own output; the parent concatenates them
 in job order. Decisions are identical to a single-process replay; only the interleaving of
 lines from different partitions differs. Each job hands back its partitions' burst signals and
-the parent runs the one burst detector over all of them. With refund holds on, that is a first
-pass (signals only); the parent turns the detector's alerts into the incident timeline and sends
-it to the same job processes, which decide their second pass with it from the first pass's
-parse results (see `replay`).
+the parent runs the one burst detector over all of them. With refund holds on, the jobs take one
+pass (`onepass`): they send their closed minutes to the parent as they close, and the parent
+sends the detector's incidents back to every job as they come. If a partition never reports,
+the parent runs two passes instead: a first (signals only), then the detector's incident
+timeline to the same job processes, which decide their second pass with it from the first
+pass's parse results (see `replay`).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import IO, Any
 
 from ..core import codec
-from ..core.burst import BurstParams
+from ..core.burst import BurstDetector, BurstParams
 from ..core.decisions import Decision
-from ..core.holds import IncidentEvent
-from ..core.partition import NEG_INF, Params
+from ..core.holds import IncidentEvent, incident_event
+from ..core.partition import NEG_INF, POS_INF, Params
+from ..core.signals import MINUTE_MS
+from .onepass import OnePass
 from .replay import (
     KEEP_PARSED_MAX_RECORDS,
     Kept,
@@ -39,7 +45,7 @@ from .replay import (
     warn_out_of_order,
     with_holds,
 )
-from .replayfile import KafkaRecord, TimeRange, decision_line, parse_line
+from .replayfile import KafkaRecord, TimeRange, decision_line, file_partitions, parse_line
 
 _PARTITION = re.compile(rb'"partition"\s*:\s*(\d+)')
 
@@ -209,6 +215,160 @@ def _two_passes(
                 proc.join()
 
 
+def _one_pass_job(
+    conn: Connection,
+    path: str,
+    jobs: int,
+    index: int,
+    params: Params,
+    drain: bool,
+    topics: dict[str, str],
+    out: str,
+    times: tuple[int | None, int | None],
+    partitions: frozenset[int],
+) -> None:
+    # Holds on, one pass (`onepass`): closed minutes go to the parent as they close, its
+    # incidents come back while the job goes on (a thread takes them from the pipe, so neither
+    # side can block the other on a full pipe).
+    try:
+        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+        def receive() -> None:
+            while True:
+                msg = conn.recv()
+                inbox.put(msg)
+                if msg[0] == "final":
+                    return
+
+        threading.Thread(target=receive, daemon=True).start()
+        one = OnePass(params, partitions, None)
+        seq: dict[tuple[str, int], int] = {}
+        n = 0
+        with open(out, "wb") as sink:
+
+            def write(given: Iterator[tuple[int, Decision]]) -> int:
+                count = 0
+                for part, d in given:
+                    topic = topics[d.role]
+                    k = (topic, part)
+                    seq[k] = seq.get(k, -1) + 1
+                    sink.write(decision_line(topic, part, seq[k], d))
+                    count += 1
+                return count
+
+            def send_signals() -> None:
+                if one.outbox:
+                    conn.send(("signals", one.outbox))
+                    one.outbox = []
+
+            for i, rec in enumerate(_records(path, jobs, index, times)):
+                one.feed(i, rec)
+                send_signals()
+                while not inbox.empty():
+                    _kind, events, known = inbox.get()
+                    one.incidents(events, known)
+                if i & 255 == 0:
+                    n += write(one.ready())
+            one.end_input(drain)
+            send_signals()
+            conn.send(("ended", None))
+            while True:
+                kind, events, known = inbox.get()
+                one.incidents(events, known)
+                if kind == "final":
+                    break
+            one.complete(drain)
+            n += write(one.ready(final=True))
+        warn_out_of_order(one.r, path)
+        conn.send(("done", (n, one.reports, sorted(one.r.engines), sorted(one.reporting))))
+    except BaseException as exc:  # handed to the parent, which raises it
+        try:
+            conn.send(("error", exc))
+        except Exception:  # an exception that cannot be pickled
+            conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+    finally:
+        conn.close()
+
+
+def _one_pass(
+    ctx: Any,
+    path: str,
+    params: Params,
+    drain: bool,
+    jobs: int,
+    topics: dict[str, str],
+    outs: list[str],
+    times: tuple[int | None, int | None],
+    burst: BurstParams,
+    partitions: frozenset[int],
+) -> tuple[list[tuple[int, list[Any], list[int]]], list[Decision]] | None:
+    # The parent of a one-pass replay with holds: one detector over every job's closed minutes,
+    # its incidents to every job as they come. None: some partition never reported (see
+    # `onepass.Fallback`), and the two-pass replay must be run instead.
+    detector = BurstDetector(partitions, burst)
+    probe = params.probe_age_ms
+    bursts: list[Decision] = []
+    conns: list[Connection] = []
+    procs = []
+    try:
+        for i in range(jobs):
+            ours, theirs = ctx.Pipe()
+            args = (theirs, path, jobs, i, params, drain, topics, outs[i], times, partitions)
+            proc = ctx.Process(target=_one_pass_job, args=args)
+            proc.start()
+            theirs.close()
+            conns.append(ours)
+            procs.append(proc)
+        ended: set[int] = set()
+        while len(ended) < jobs:
+            for conn in wait([c for i, c in enumerate(conns) if i not in ended]):
+                assert isinstance(conn, Connection)
+                kind, payload = _answer_kind(conn)
+                if kind == "ended":
+                    ended.add(conns.index(conn))
+                    continue
+                before = detector.closed_through
+                alerts: list[Decision] = []
+                for part, value in payload:
+                    if part in partitions:
+                        alerts.extend(detector.on_signals(value))
+                closed = detector.closed_through
+                if alerts or closed != before:
+                    bursts.extend(alerts)
+                    events = [e for d in alerts if (e := incident_event(d.value, probe)) is not None]
+                    known = NEG_INF if closed is None else (closed + 1) * MINUTE_MS + probe
+                    for c in conns:
+                        c.send(("incidents", events, known))
+        closed = detector.closed_through
+        known = POS_INF if drain else (NEG_INF if closed is None else (closed + 1) * MINUTE_MS + probe)
+        for c in conns:
+            c.send(("final", [], known))
+        done = [_answer(conn) for conn in conns]
+        for proc in procs:
+            proc.join()
+        reporting = {p for _n, _r, _e, rep in done for p in rep}
+        if reporting != partitions:
+            return None
+        results = [(n, reports, engines) for n, reports, engines, _rep in done]
+        reports = [value for _n, values, _e in results for value in values]
+        return results, with_holds(bursts, reports, partitions, params)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+
+
+def _answer_kind(conn: Connection) -> tuple[str, Any]:
+    try:
+        kind, payload = conn.recv()
+    except EOFError:
+        raise RuntimeError("a replay job ended without an answer") from None
+    if kind == "error":
+        raise payload
+    return kind, payload
+
+
 def replay_file_parallel(
     path: str,
     params: Params,
@@ -228,7 +388,13 @@ def replay_file_parallel(
         outs = [str(Path(tmp) / f"job-{i}.jsonl") for i in range(jobs)]
         ctx = mp.get_context("fork")
         times = (from_ms, to_ms)
+        one_pass = None
         if params.holds:
+            inputs = frozenset(file_partitions(path, (params.payment_topic, params.ledger_topic)))
+            one_pass = _one_pass(ctx, path, params, drain, jobs, topics, outs, times, burst, inputs)
+        if one_pass is not None:
+            results, bursts = one_pass
+        elif params.holds:
             results, bursts = _two_passes(ctx, path, params, drain, jobs, topics, outs, times, burst)
         else:
             with ctx.Pool(jobs) as pool:

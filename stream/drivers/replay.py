@@ -9,18 +9,18 @@ Failure bursts span partitions: each engine's closed minutes (`signals`) are kep
 one `BurstDetector` at the end, with the number of partitions seen, so the incidents do not
 depend on how the input interleaves partitions. Their lines carry partition -1 (all partitions).
 
-With refund holds on (`Params.max_hold_ms` > 0) the refund decisions depend on the incidents,
-so a replay takes two passes over the input: the first (holds off) only for the partitions'
-signals and the detector's incidents (over the partitions that reported signals); the second
-decides with the whole incident timeline,
-known through the detector's last closed minute (what a live worker knows after the same
-input; +inf with `--drain`). Signals are a function of the records alone, so the first pass
-sees exactly the incidents a live run sees. The second pass's engines report their hold
-decisions, and the detector's `updated`/`resolved` alerts are given the holds they cover
-(`holdtally`) once every partition decided past them, as the live detector does. The second
-pass does not parse again: the first keeps each record's parse result (`validation.parse`,
-without the value bytes of a valid record), up to `KEEP_PARSED_MAX_RECORDS`; a longer input is
-read and parsed again instead.
+With refund holds on (`Params.max_hold_ms` > 0) the refund decisions depend on the incidents.
+When the input partitions are known up front, a replay takes one pass, as live (`onepass`).
+Otherwise, or when that pass gives up, it takes two passes over the input: the first (holds
+off) only for the partitions' signals and the detector's incidents (over the partitions that
+reported signals); the second decides with the whole incident timeline, known through the
+detector's last closed minute (what a live worker knows after the same input; +inf with
+`--drain`). Signals are a function of the records alone, so the first pass sees exactly the
+incidents a live run sees. The second pass's engines report their hold decisions, and the
+detector's `updated`/`resolved` alerts are given the holds they cover (`holdtally`) once every
+partition decided past them, as the live detector does. The second pass does not parse again:
+the first keeps each record's parse result (`validation.parse`, without the value bytes of a
+valid record), up to `KEEP_PARSED_MAX_RECORDS`; a longer input is read and parsed again instead.
 """
 
 from __future__ import annotations
@@ -233,26 +233,9 @@ def with_holds(
     return tallied_alerts(bursts, reports, partitions, params.probe_age_ms)
 
 
-def replay(
-    records: Iterable[KafkaRecord],
-    params: Params,
-    *,
-    drain: bool = False,
-    burst: BurstParams | None = None,
-    source: str = "input",
+def _second_pass(
+    r: Replay, records: Iterable[KafkaRecord], kept: list[Kept], drain: bool
 ) -> Iterator[tuple[int, Decision]]:
-    """Decisions for `records` as (input partition, decision), in the order they are made; the
-    failure-burst alerts (partition -1) come last. With holds on, `records` is read twice (an
-    iterator is kept in memory first; pass a re-iterable, e.g. a file reader, to avoid that)."""
-    burst = burst or BurstParams()
-    bursts: list[Decision] | None = None  # holds off: the detector runs after the one pass
-    kept: list[Kept] = []
-    if params.holds:
-        if isinstance(records, Iterator):
-            records = list(records)
-        r, bursts = with_incidents(records, params, burst, drain=drain, kept=kept)
-    else:
-        r = Replay(params, burst)
     if kept:
         # The second pass over the first's parse results (the list shrinks as it goes).
         kept.reverse()
@@ -266,6 +249,49 @@ def replay(
                 yield rec.partition, d
     if drain:
         yield from r.drain()
+
+
+def replay(
+    records: Iterable[KafkaRecord],
+    params: Params,
+    *,
+    drain: bool = False,
+    burst: BurstParams | None = None,
+    source: str = "input",
+    partitions: Iterable[int] | None = None,
+    one_pass: bool = True,
+) -> Iterator[tuple[int, Decision]]:
+    """Decisions for `records` as (input partition, decision), in the order they are made; the
+    failure-burst alerts (partition -1) come last. With holds on, `records` may be read twice (an
+    iterator is kept in memory first; pass a re-iterable, e.g. a file reader, to avoid that):
+    one pass (`onepass`) if `partitions` includes every partition of the input (found here for
+    records in memory), else, or if that pass gives up, two. `one_pass` False: always two (the
+    tests compare them)."""
+    burst = burst or BurstParams()
+    bursts: list[Decision] | None = None  # holds off: the detector runs after the one pass
+    kept: list[Kept] = []
+    skip = 0
+    if params.holds:
+        from .onepass import Fallback, replay_one_pass
+
+        if isinstance(records, Iterator):
+            records = list(records)
+        if partitions is None and isinstance(records, list):
+            inputs = (params.payment_topic, params.ledger_topic)
+            partitions = {rec.partition for rec in records if rec.topic in inputs}
+        if partitions is not None and one_pass:
+            try:
+                yield from replay_one_pass(records, params, burst, partitions, drain=drain, source=source)
+                return
+            except Fallback as fb:
+                skip = fb.given  # the first decisions of the two passes, given already
+        r, bursts = with_incidents(records, params, burst, drain=drain, kept=kept)
+    else:
+        r = Replay(params, burst)
+    decided = _second_pass(r, records, kept, drain)
+    for _ in range(skip):
+        next(decided)
+    yield from decided
     warn_out_of_order(r, source)
     if bursts is not None:
         bursts = with_holds(bursts, r.signals, r.detector_partitions, params)

@@ -140,6 +140,26 @@ def numbered_records(fh: IO[bytes]) -> Iterator[tuple[int, KafkaRecord]]:
         yield n, parse_line(raw, where, n)
 
 
+def file_partitions(path: str, topics: Iterable[str]) -> set[int]:
+    """The partitions that lines of `path` give for `topics`, read as `parse_line` reads them (a
+    line that is not a record is left out: reading the records says what is wrong with it).
+    A superset of the partitions of the records `--from/--to` keeps."""
+    wanted = set(topics)
+    found: set[int] = set()
+    loads, error = codec.loads, codec.JSONDecodeError
+    with open(path, "rb") as fh:
+        for raw in fh:
+            try:
+                line = loads(raw)
+            except error:
+                continue
+            if type(line) is dict and line.get("topic") in wanted:
+                p = line.get("partition")
+                if type(p) is int and p >= 0:
+                    found.add(p)
+    return found
+
+
 class TimeRange:
     """`--from/--to` on a replay file, as Kafka's offsets for times select them: per topic
     partition, the records from the first whose timestamp is at or after `from_ms` up to,

@@ -1,0 +1,121 @@
+"""Replay with refund holds in one pass (`stream/drivers/onepass.py`) against the two-pass replay
+it replaces: the same decisions, byte for byte and in the same order, with and without
+`--drain`; a partition list that is not the input's falls back to two passes without repeating
+or losing a line."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import orjson
+import pytest
+
+from stream.core import codec
+from stream.core.decisions import Decision
+from stream.drivers.parallel import replay_file_parallel
+from stream.drivers.replay import replay
+from stream.drivers.replayfile import KafkaRecord, decision_line, file_partitions, write_records
+from tests.records import ledger, payment
+from tests.test_holds import HOLDS, _records
+
+
+def _lines(decisions: list[tuple[int, Decision]]) -> list[bytes]:
+    return [codec.dumps([p, d.role, d.value, d.at_ms]) for p, d in decisions]
+
+
+def _rec(topic: str, partition: int, offset: int, value: bytes, ts: int | None = None) -> KafkaRecord:
+    return KafkaRecord(topic, partition, offset, ts, orjson.loads(value)["reference"].encode(), value)
+
+
+P_TOPIC, L_TOPIC = "qris.payment-requests", "qris.ledger-debits"
+
+
+def _small() -> list[KafkaRecord]:
+    # Two partitions with timeouts, a rejected record and a clock-skewed one (alerts of a record's
+    # own, which the one pass gives at once and the second pass at the same place).
+    return [
+        _rec(P_TOPIC, 0, 0, payment("A-q", "requested", "A", 0)),
+        _rec(L_TOPIC, 0, 0, ledger("A-d", "debited", "A", 0)),
+        _rec(P_TOPIC, 1, 0, payment("B-q", "requested", "B", 10)),
+        KafkaRecord(P_TOPIC, 1, 1, None, b"BAD", b"{not json"),
+        _rec(L_TOPIC, 1, 0, ledger("B-d", "debited", "B", 10)),
+        _rec(P_TOPIC, 0, 1, payment("C-q", "requested", "C", 200), ts=0),
+        _rec(P_TOPIC, 0, 2, payment("T0-q", "requested", "T0", 400)),
+        _rec(L_TOPIC, 0, 1, ledger("T0-d", "reversed", "T0", 400, 1)),
+        _rec(P_TOPIC, 1, 2, payment("T1-q", "requested", "T1", 400)),
+        _rec(L_TOPIC, 1, 1, ledger("T1-d", "reversed", "T1", 400, 1)),
+    ]
+
+
+@pytest.mark.parametrize("drain", [True, False])
+@pytest.mark.parametrize("partitions", [None, {0, 1}, {0, 1, 7}])
+def test_one_pass_gives_the_two_pass_lines_also_when_it_falls_back(drain: bool, partitions: Any) -> None:
+    # {0, 1, 7}: partition 7 never reports, so the one pass gives up and the two passes go on.
+    records = _small()
+    two = list(replay(records, HOLDS, drain=drain, one_pass=False))
+    one = list(replay(records, HOLDS, drain=drain, partitions=partitions))
+    assert any(d.role == "dead_letter" for _p, d in two)
+    assert any(d.value.get("kind") == "CLOCK_SKEW" for _p, d in two)
+    assert _lines(one) == _lines(two)
+
+
+def test_a_partition_with_one_stream_only_falls_back_without_drain() -> None:
+    records = [*_small(), _rec(P_TOPIC, 2, 0, payment("D-q", "requested", "D", 5))]
+    two = list(replay(records, HOLDS, one_pass=False))
+    assert _lines(list(replay(records, HOLDS))) == _lines(two)
+    assert _lines(list(replay(records, HOLDS, drain=True))) == _lines(
+        list(replay(records, HOLDS, drain=True, one_pass=False))
+    )
+
+
+def test_the_partitions_of_a_replay_file(tmp_path: Any) -> None:
+    path = tmp_path / "day.jsonl"
+    with open(path, "wb") as fh:
+        write_records(fh, [*_small(), KafkaRecord("other", 9, 0, None, None, b"x")])
+        fh.write(b"\n{not a record\n")
+    assert file_partitions(str(path), (P_TOPIC, L_TOPIC)) == {0, 1}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("drain", [True, False])
+def test_the_outage_in_one_pass_is_the_two_pass_replay_line_for_line(drain: bool) -> None:
+    records = _records("outage")
+    two = list(replay(records, HOLDS, drain=drain, one_pass=False))
+    one = list(replay(records, HOLDS, drain=drain))
+    assert sum(1 for _p, d in two if d.value.get("type") == "refund.held") > 10
+    assert any(p == -1 and "holds" in d.value for p, d in two)
+    assert _lines(one) == _lines(two)
+
+
+def _file_lines(decisions: list[tuple[int, Decision]]) -> list[bytes]:
+    # As `qris-guard replay` writes them: offsets numbered per output topic and partition.
+    topics = {"refunds": "qris.refunds", "alerts": "qris.alerts", "dead_letter": "qris.dead-letter"}
+    seq: dict[tuple[str, int], int] = {}
+    out = []
+    for p, d in decisions:
+        k = (topics[d.role], p)
+        seq[k] = seq.get(k, -1) + 1
+        out.append(decision_line(k[0], p, seq[k], d))
+    return out
+
+
+@pytest.mark.parametrize("drain", [True, False])
+@pytest.mark.parametrize("one_stream_partition", [False, True])
+def test_a_parallel_replay_in_one_pass_gives_the_two_pass_lines(
+    tmp_path: Any, drain: bool, one_stream_partition: bool
+) -> None:
+    # With a partition of one stream only and no drain, the jobs' one pass gives up and the two
+    # passes run instead.
+    records = _small()
+    if one_stream_partition:
+        records.append(_rec(P_TOPIC, 2, 0, payment("D-q", "requested", "D", 5)))
+    path = tmp_path / "day.jsonl"
+    with open(path, "wb") as fh:
+        write_records(fh, records)
+    topics = {"refunds": "qris.refunds", "alerts": "qris.alerts", "dead_letter": "qris.dead-letter"}
+    out = io.BytesIO()
+    n = replay_file_parallel(str(path), HOLDS, drain=drain, jobs=2, topics=topics, out=out)
+    expected = _file_lines(list(replay(records, HOLDS, drain=drain, one_pass=False)))
+    assert n == len(expected)
+    assert sorted(out.getvalue().splitlines(keepends=True)) == sorted(expected)
