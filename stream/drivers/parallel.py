@@ -391,7 +391,10 @@ def replay_file_parallel(
         one_pass = None
         if params.holds:
             inputs = frozenset(file_partitions(path, (params.payment_topic, params.ledger_topic)))
-            one_pass = _one_pass(ctx, path, params, drain, jobs, topics, outs, times, burst, inputs)
+            # No line gives an input partition (none, or none readable): the two passes read the
+            # records and say what is wrong with them; a detector over no partition cannot run.
+            if inputs:
+                one_pass = _one_pass(ctx, path, params, drain, jobs, topics, outs, times, burst, inputs)
         if one_pass is not None:
             results, bursts = one_pass
         elif params.holds:
