@@ -17,7 +17,7 @@ export QRIS_KAFKA_PORT ?= 9092
 export QRIS_BOOTSTRAP ?= 127.0.0.1:$(QRIS_KAFKA_PORT)
 
 .PHONY: demo install broker-up broker-down broker-reset test check lint typecheck test-fast test-slow fmt clean distclean \
-	bench-replay bench-detection bench-live bench-scale test-rebalance chaos
+	bench-replay bench-detection bench-live bench-scale bench-latency test-rebalance chaos
 
 # The main job: the 29 March 2025 outage end to end on the real broker, then a report for
 # payment operations. Installs and starts the broker if needed; stops its worker at the end
@@ -97,6 +97,11 @@ bench-live: install broker-up
 # alternated over 2 rounds, beside raw aiokafka.
 bench-scale: install broker-up
 	$(PY) bench/scale_out.py --records 200000 --partitions 8 --rounds 2
+
+# Deadline-to-refund latency (issue 9): traffic offered in real time at 1k, 5k and 10k records/s,
+# the worker as shipped and with its consumer's fetch.max.wait.ms at 100 ms.
+bench-latency: install broker-up
+	$(PY) bench/refund_latency.py --rate 1000 5000 10000 --seconds 60 --fetch-max-wait-ms 0 100
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
