@@ -219,6 +219,34 @@ def test_with_holds_a_quiet_partition_with_nothing_waiting_still_closes_its_minu
     assert max(hold_progress()) == T0 + 120_000  # decided through 170 s, floored to the minute
 
 
+def test_a_stream_is_silent_only_when_the_broker_has_nothing_of_it_left_to_take() -> None:
+    """A worker behind its input does not hear from a stream for longer than the idle timeout
+    while its records wait on the broker (a backlog; Faust handing one topic's records over long
+    after the other's). Declaring it silent would pass deadlines before the settlements waiting
+    there: a wrong refund, then its cancellation. The idle rule waits until the broker has
+    nothing of the stream left to take."""
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.batch(*unsettled("QR1", 0), *tick(100))
+    on_broker = {settings.payment_topic: 3, settings.ledger_topic: 0}  # records not taken yet
+    h.shell.nothing_on_broker = lambda topic, _p: on_broker[topic] == 0
+    h.batch(("L", ledger("later-l", "reversed", "TICK", 400, 1)))  # the ledger goes on to 400 s
+
+    def quiet_payments() -> None:  # the payments stream not heard from for 400 s
+        h.shell.clocks[0].last_arrival = [time.monotonic() - 400.0, time.monotonic()]
+        asyncio.run(h.shell.check_idle_feeds())
+
+    quiet_payments()
+    quiet_payments()
+    # Its settlement may be among the records waiting: the deadline (300 s) still waits.
+    assert h.refunds() == [] and h.shell.engines[0].decide
+    assert not [v for t, v in h.sent if t == settings.alert_topic and v["kind"] == "FEED_SILENT"]
+    on_broker[settings.payment_topic] = 0  # taken: now the stream has truly gone quiet
+    quiet_payments()
+    assert [v["kind"] for t, v in h.sent if t == settings.alert_topic] == ["FEED_SILENT"]
+    assert [r["type"] for r in h.refunds()] == ["refund.requested"]
+
+
 def test_the_shell_lock_says_how_long_it_is_held() -> None:
     """The worker's watchdog restarts a worker whose shell lock stays held (a hung send, flush or
     state write): the lock must tell, and forget once released."""
@@ -243,7 +271,7 @@ def test_with_holds_a_partition_never_fed_follows_the_wall_clock_only_with_nothi
     settings = Settings(partitions=1, idle_timeout_s=1)  # holds on (default H)
     for on_broker_empty in (False, True):
         h = Harness(settings=settings)
-        h.shell.nothing_on_broker = lambda p, empty=on_broker_empty: empty
+        h.shell.nothing_on_broker = lambda _topic, _p, empty=on_broker_empty: empty
         eng = h.shell.engine(0)
         h.shell.clocks[0].last_arrival = [time.monotonic() - 200.0] * 2
         before_ms = int(time.time() * 1000)

@@ -132,9 +132,8 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         lambda: app.consumer.assignment(),
         fetch_gap=gaps.fetch,
         restore=store.restore,
-        nothing_on_broker=lambda p: all(
+        nothing_on_broker=lambda topic, p: (
             (hw := _highwater(app, topic, p)) is not None and hw <= (shell.next_offset(topic, p) or 0)
-            for topic in (settings.payment_topic, settings.ledger_topic)
         ),
     )
     shell.on_engine = watch.watch_engine

@@ -112,12 +112,16 @@ class ReconcileShell:
         assignment: Callable[[], Set[Any]] | None = None,
         fetch_gap: Callable[[Gap], Awaitable[list[KafkaRecord]]] | None = None,
         restore: Callable[[int], Awaitable[None]] | None = None,
-        nothing_on_broker: Callable[[int], bool] | None = None,
+        nothing_on_broker: Callable[[str, int], bool] | None = None,
     ) -> None:
         self.settings = settings
-        # True when neither input topic partition p has a record on the broker that this worker
-        # has not taken (high watermarks as fetched): a partition that never had a record may
-        # then let event time follow the wall clock (`_advance_quiet`).
+        # True when topic partition (topic, p) has no record on the broker that this worker has
+        # not taken (high watermarks as fetched). An input stream is silent for the idle rule
+        # only then: a worker behind its input (a backlog, or Faust handing one topic's records
+        # over long after the other's) has not heard from a stream for minutes although its
+        # records wait on the broker, and declaring it silent would decide deadlines before the
+        # settlements that wait there: wrong refunds, then their cancellations. None: no broker
+        # (tests of the shell alone), wall-clock silence only.
         self.nothing_on_broker = nothing_on_broker
         # Brings a partition's stored state up to date before its engine is built from it.
         self.restore = restore
@@ -399,13 +403,14 @@ class ReconcileShell:
             decisions: list[Decision] = []
             touched: set[int] = set()
             holds = self.params.holds
+            topics = (self.settings.payment_topic, self.settings.ledger_topic)  # Stream.P, Stream.L
             for p, eng in list(self.engines.items()):
                 clock = self.clocks[p]
                 waiting = bool(eng.heap or eng.decide)  # records, deadlines, holds
                 if not waiting and not holds:
                     continue
                 ages = [now - (t or clock.started) for t in clock.last_arrival]
-                silent = [a >= idle_s for a in ages]
+                silent = [age >= idle_s and self._all_taken(topic, p) for age, topic in zip(ages, topics, strict=True)]
                 got: list[Decision] = []
                 if not waiting:
                     # Holds on: every partition's refunds wait for the detector, which waits for
@@ -431,6 +436,9 @@ class ReconcileShell:
             if touched or decisions:
                 await self._emit_and_persist(decisions, touched)
 
+    def _all_taken(self, topic: str, p: int) -> bool:
+        return self.nothing_on_broker is None or self.nothing_on_broker(topic, p)
+
     def _advance_quiet(self, p: int, eng: PartitionEngine, ages: list[float]) -> list[Decision]:
         # Event time follows wall time from the newest record seen; a partition that never had a
         # record follows the furthest watermark of this worker's other partitions (live only,
@@ -444,7 +452,8 @@ class ReconcileShell:
         # No partition here has a record: event time follows the wall clock, less the lateness
         # and the idle timeout (a record on its way is not late), but only when the broker has
         # nothing for p not taken yet (else a backlog of old records would all be taken as late).
-        if self.nothing_on_broker is not None and self.nothing_on_broker(p):
+        topics = (self.settings.payment_topic, self.settings.ledger_topic)
+        if self.nothing_on_broker is not None and all(self.nothing_on_broker(t, p) for t in topics):
             idle_ms = int(self.settings.idle_timeout_s * 1000)
             return eng.advance_to(int(time.time() * 1000) - self.params.lateness_ms - idle_ms)
         return []
