@@ -25,6 +25,7 @@ from ..settings import Settings
 from .batches import finish_before_ack
 from .boundary import Gap
 from .bursts import BurstShell
+from .consumer import GuardedConsumer
 from .feeds import TopicSilence
 from .gapfill import BrokerGapFetcher
 from .incidents import follow_incidents_topic
@@ -89,6 +90,9 @@ def faust_app(settings: Settings) -> faust.App:
         # for each one. The same events in the same order; fewer loop round trips per event.
         cython_optimizations=True,
     )
+    # Faust's consumer loses acked offsets at a revocation and cannot rewind a partition without
+    # a committed offset (`consumer.py`): the app's consumer is one that does both.
+    app.transport.Consumer = GuardedConsumer  # type: ignore[misc]  # a ClassVar, set on this transport only
     # With its statistics page off, Faust serves `/` as {"status": "OK"} whatever the broker
     # says: a health check that lies. Readiness is /qris/ready; `/` answers 404.
     blueprints = app.web.blueprints
