@@ -24,7 +24,7 @@ Imports faust and aiokafka only, nothing of the decision path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Mapping, Set
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -61,9 +61,10 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         committed = await super().seek_to_committed()
         rewound = await self._thread.call_thread(rewind_uncommitted, self._thread._ensure_consumer(), committed)
         if rewound:
-            log.info("no committed offset: fetching from the first offset of %s", _names(rewound))
+            log.info("no committed offset: fetching %s from its first offset", _names(rewound))
         return committed
 
 
-def _names(tps: Iterable[Any]) -> str:
-    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps)
+def _names(tps: list[Any], most: int = 6) -> str:
+    named = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps[:most])
+    return named if len(tps) <= most else f"{named} and {len(tps) - most} more"
