@@ -50,7 +50,7 @@ test: install broker-up
 	exit $$rc
 
 # The two-worker rebalance test, five times (it used to fail about one run in twenty; it passed
-# 60 of 60, then 50 of 50 runs in a row, and 50 of 50 with the consumer fixes; README, Tests).
+# 60 of 60, then 50 of 50 runs in a row, and twice 50 of 50 with the consumer fixes; README, Tests).
 test-rebalance: install broker-up
 	for i in 1 2 3 4 5; do $(PY) -m pytest tests/test_kafka_worker.py -k second_worker_joining $(PYTEST_ARGS) || exit 1; done
 

@@ -140,7 +140,7 @@ def test_a_second_worker_joining_and_the_first_leaving_changes_no_decision(tmp_p
     Was `known_flaky` (2 of 42 runs failed: once a burst alert missing, once Faust's table
     recovery of the new owner hung). With the input boundary and the recovery watchdog it
     passed 20 of 20 runs, two of them through a watchdog restart after such a hang; with the
-    project's own store 60 of 60, then 50 of 50, and 50 of 50 with the worker's consumer
+    project's own store 60 of 60, then 50 of 50, and twice 50 of 50 with the worker's consumer
     fixes (`stream/worker/consumer.py`), none through a watchdog restart (README)."""
     bootstrap = require_broker()
     topics = fresh_topics()
