@@ -252,15 +252,6 @@ def produce_paced(plan_path: str, acks_path: str) -> None:
 TIMED_WORKER = """
 import os, runpy, sys, threading, time, orjson
 from stream.worker import shell
-wait_ms = os.environ.get("LATENCY_BENCH_FETCH_MAX_WAIT_MS")
-if wait_ms:
-    import aiokafka
-    init = aiokafka.AIOKafkaConsumer.__init__
-    def patched(self, *a, **kw):
-        if kw.get("fetch_max_wait_ms") == 1500:  # Faust's worker consumer (hard-coded there)
-            kw["fetch_max_wait_ms"] = int(wait_ms)
-        init(self, *a, **kw)
-    aiokafka.AIOKafkaConsumer.__init__ = patched
 path = sys.argv[1]
 batches = []
 inner = shell.ReconcileShell.process_records
@@ -492,7 +483,7 @@ def run_rate(client: Settings, args: argparse.Namespace, rate: float, fetch_max_
     plan_dir = Path(tempfile.mkdtemp(prefix="qris-latency-plan-"))
     plan_path, acks_path = plan_dir / "plan.pickle", plan_dir / "acks.pickle"
 
-    variant = {"LATENCY_BENCH_FETCH_MAX_WAIT_MS": str(fetch_max_wait_ms)} if fetch_max_wait_ms else {}
+    variant = {"QRIS_FETCH_MAX_WAIT_MS": str(fetch_max_wait_ms)} if fetch_max_wait_ms else {}
     workers = start_workers(settings, args.workers, variant)
     start_wall_s = max(time.time() + 2.0, start_ms / 1000)
     # The day's produce times, moved to the wall clock: the Kafka timestamp of each record is the
@@ -815,8 +806,8 @@ def main() -> int:
         type=int,
         nargs="+",
         default=[0],
-        help="experiment: the worker's Faust consumer with this fetch.max.wait.ms instead of Faust's hard-coded "
-        "1500 (patched into the worker process by the bench; 0: as shipped)",
+        help="the worker's QRIS_FETCH_MAX_WAIT_MS for a run (repeatable: 0 100 1500; 0: as shipped, 100; "
+        "1500 is Faust's own fixed value)",
     )
     ap.add_argument("--drain-s", type=float, default=240.0, help="longest wait after the traffic")
     ap.add_argument("--json", help="also write the results to this file")
@@ -827,19 +818,20 @@ def main() -> int:
         f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}; "
         f"T={args.timeout_s:g}s A={args.lateness_s:g}s idle={args.idle_timeout_s:g}s H={args.max_hold_s:g}s, "
         f"{args.partitions} partitions, {args.workers} worker(s), {args.seconds:g} s of traffic per rate, "
-        f"consumer fetch.max.wait.ms {args.fetch_max_wait_ms} (0: as shipped, Faust's 1500)",
+        f"consumer fetch.max.wait.ms {args.fetch_max_wait_ms} (0: as shipped, QRIS_FETCH_MAX_WAIT_MS's default)",
         flush=True,
     )
     results = []
     for rate, wait_ms in [(r, w) for r in args.rate for w in args.fetch_max_wait_ms]:
         r = run_rate(client, args, rate, wait_ms)
-        r["fetch_max_wait_ms"] = wait_ms or 1500
+        r["fetch_max_wait_ms"] = wait_ms or Settings().fetch_max_wait_ms
         results.append(r)
         la, lb = r["load"]
         caught = r["caught_up_s"]
         caught_text = f"{caught:.1f} s later" if caught is not None else "never, in the drain time"
         print(
-            f"rate {rate:,.0f}/s, fetch.max.wait.ms {wait_ms or 1500}: offered {r['offered_rate']:,.0f} records/s "
+            f"rate {rate:,.0f}/s, fetch.max.wait.ms {r['fetch_max_wait_ms']}: "
+            f"offered {r['offered_rate']:,.0f} records/s "
             f"({r['records']:,} records in "
             f"{r['offered_s']:.1f} s, producer CPU {r['producer_cpu_s']:.1f} s); worker took "
             f"{r['worker_rate_during']:,.0f} records/s during the traffic, lag at its end {r['lag_at_end']:,} "

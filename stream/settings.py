@@ -53,6 +53,7 @@ class Settings:
     data_dir: str = "var/worker"
     batch_max: int = 2000
     batch_within_s: float = 0.1
+    fetch_max_wait_ms: int = 100
     web_port: int = 6066
     web_host: str = "127.0.0.1"
     session_timeout_s: float = 30.0
@@ -208,6 +209,10 @@ DOCS: dict[str, tuple[str, str]] = {
     "data_dir": ("QRIS_DATA_DIR", "worker data directory (RocksDB per input partition under <id>/state/)"),
     "batch_max": ("QRIS_BATCH_MAX", "records per processing batch in the worker"),
     "batch_within_s": ("QRIS_BATCH_WITHIN_S", "seconds the worker waits to fill a batch"),
+    "fetch_max_wait_ms": (
+        "QRIS_FETCH_MAX_WAIT_MS",
+        "longest wait of the worker's input fetch for new records (Faust fixes 1500; a deadline's refund waits for it)",
+    ),
     "web_port": ("QRIS_WEB_PORT", "port of the worker's web endpoints (status, stats); 0 disables them"),
     "web_host": ("QRIS_WEB_HOST", "address the web endpoints bind to (0.0.0.0 in a container)"),
     "session_timeout_s": (
@@ -331,6 +336,8 @@ def _problems(s: Settings) -> list[str]:
             break
     if s.batch_max < 1:
         out.append(f"QRIS_BATCH_MAX={s.batch_max}: expected 1 or more")
+    if not 0 <= s.fetch_max_wait_ms <= 30_000:
+        out.append(f"QRIS_FETCH_MAX_WAIT_MS={s.fetch_max_wait_ms}: expected 0 to 30000")
     for name in ("timeout_s", "retention_s", "idle_timeout_s", "batch_within_s", "session_timeout_s"):
         value = getattr(s, name)
         if not 0 < value < math.inf:

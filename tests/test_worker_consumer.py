@@ -15,7 +15,7 @@ from faust.types import TP
 
 from stream.settings import Settings
 from stream.worker.app import build_app
-from stream.worker.consumer import GuardedConsumer, rewind_uncommitted
+from stream.worker.consumer import GuardedConsumer, guarded_consumer, rewind_uncommitted
 
 TP0, TP1, TP2 = TP("ledger-debits", 0), TP("ledger-debits", 1), TP("payment-requests", 0)
 
@@ -104,3 +104,24 @@ def test_rewind_leaves_partitions_no_longer_assigned_alone() -> None:
 def test_the_worker_app_uses_the_guarded_consumer() -> None:
     app, _shell = build_app(Settings(store="memory://"))
     assert isinstance(app.consumer, GuardedConsumer)
+
+
+def test_the_worker_consumer_fetches_with_its_own_wait_faust_fixes_1500() -> None:
+    """`QRIS_FETCH_MAX_WAIT_MS` reaches the aiokafka consumer the worker's Faust consumer thread
+    builds, and aiokafka's Fetcher reads the attribute it is written to (an upgrade that moves it
+    fails here, not silently in production)."""
+    import inspect
+
+    import aiokafka
+
+    async def built(cls: type[Any]) -> Any:
+        app = faust.App("qris-consumer-test", broker="kafka://127.0.0.1:1")
+        app.transport.Consumer = cls
+        thread = app.consumer._thread
+        return thread._create_worker_consumer(app.transport)
+
+    assert asyncio.run(built(faust_aiokafka.Consumer))._fetch_max_wait_ms == 1500  # Faust's own
+    assert asyncio.run(built(guarded_consumer(100)))._fetch_max_wait_ms == 100
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+    app, _shell = build_app(Settings(fetch_max_wait_ms=250))
+    assert app.transport.Consumer.fetch_max_wait_ms == 250

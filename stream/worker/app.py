@@ -25,7 +25,7 @@ from ..settings import Settings
 from .batches import finish_before_ack
 from .boundary import Gap
 from .bursts import BurstShell
-from .consumer import GuardedConsumer
+from .consumer import guarded_consumer
 from .feeds import TopicSilence
 from .gapfill import BrokerGapFetcher
 from .incidents import follow_incidents_topic
@@ -91,8 +91,9 @@ def faust_app(settings: Settings) -> faust.App:
         cython_optimizations=True,
     )
     # Faust's consumer loses acked offsets at a revocation and cannot rewind a partition without
-    # a committed offset (`consumer.py`): the app's consumer is one that does both.
-    app.transport.Consumer = GuardedConsumer  # type: ignore[misc]  # a ClassVar, set on this transport only
+    # a committed offset (`consumer.py`): the app's consumer is one that does both, and whose
+    # fetch waits `QRIS_FETCH_MAX_WAIT_MS` at most (Faust fixes 1500 ms).
+    app.transport.Consumer = guarded_consumer(settings.fetch_max_wait_ms)  # type: ignore[misc]  # a ClassVar, set on this transport only
     # With its statistics page off, Faust serves `/` as {"status": "OK"} whatever the broker
     # says: a health check that lies. Readiness is /qris/ready; `/` answers 404.
     blueprints = app.web.blueprints
