@@ -55,14 +55,20 @@ async def positions_after_seeks(bootstrap: str, topic: str) -> tuple[dict[TopicP
         await consumer.stop()
 
 
-def test_seek_to_committed_does_not_rewind_a_partition_without_a_commit_and_rewind_uncommitted_does() -> None:
-    bootstrap = require_broker()
-    topic = f"t{uuid.uuid4().hex[:10]}.feed"
+def new_topic(bootstrap: str, suffix: str, partitions: int) -> str:
+    """A fresh topic of `partitions` partitions on the broker; its name."""
+    name = f"t{uuid.uuid4().hex[:10]}.{suffix}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="qris-test")
     try:
-        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
     finally:
         admin.close()
+    return name
+
+
+def test_seek_to_committed_does_not_rewind_a_partition_without_a_commit_and_rewind_uncommitted_does() -> None:
+    bootstrap = require_broker()
+    topic = new_topic(bootstrap, "feed", 1)
     produce(bootstrap, [KafkaRecord(topic, 0, i, None, None, b"x") for i in range(3)], {topic: topic})
     committed, after_seek, after_rewind, again = asyncio.run(positions_after_seeks(bootstrap, topic))
     assert list(committed.values()) == [None]
@@ -78,12 +84,7 @@ def test_records_fetched_while_the_flow_is_stopped_are_delivered_after_the_rebal
     (`RACE_GUARDED=0`) the pairs sent while the flow was stopped were never delivered (3 of 20
     pairs in each of 3 runs at this stop, 4 of 20 in 2 runs of a similar script): a feed stall."""
     bootstrap = require_broker()
-    name = f"t{uuid.uuid4().hex[:10]}.race"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="qris-test")
-    try:
-        admin.create_topics([NewTopic(name, num_partitions=8, replication_factor=1)])
-    finally:
-        admin.close()
+    name = new_topic(bootstrap, "race", 8)
     app_id = f"qris-test-{uuid.uuid4().hex[:8]}"
     members: list[subprocess.Popen[bytes]] = []
 
