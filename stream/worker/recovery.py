@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, MutableMapping
+from typing import Literal, get_args
 
 log = logging.getLogger("qris_guard.worker")
 
@@ -55,10 +56,11 @@ class RecoveryWatchdog:
 # The worker's own restarts so far, by reason ("state_restore_stalled=1,feed_stalled=2"): the
 # process that `execv` makes is a new one, so the count travels in its environment.
 SELF_RESTARTS_ENV = "QRIS_WORKER_SELF_RESTARTS"
-RESTART_REASONS = ("state_restore_stalled", "state_restore_failed", "feed_stalled", "shell_stalled")
+RestartReason = Literal["state_restore_stalled", "state_restore_failed", "feed_stalled", "shell_stalled"]
+RESTART_REASONS: tuple[RestartReason, ...] = get_args(RestartReason)
 
 
-def self_restarts(environ: Mapping[str, str] = os.environ) -> dict[str, int]:
+def self_restarts(environ: Mapping[str, str] = os.environ) -> dict[RestartReason, int]:
     """The restarts by reason this worker made of itself since it was started (every reason,
     0 if none). Unreadable parts count as none.
 
@@ -69,13 +71,14 @@ def self_restarts(environ: Mapping[str, str] = os.environ) -> dict[str, int]:
     """
     counts = dict.fromkeys(RESTART_REASONS, 0)
     for part in environ.get(SELF_RESTARTS_ENV, "").split(","):
-        reason, _, n = part.partition("=")
-        if reason in counts and n.isdigit():
-            counts[reason] = int(n)
+        name, _, n = part.partition("=")
+        for reason in RESTART_REASONS:
+            if name == reason and n.isdigit():
+                counts[reason] = int(n)
     return counts
 
 
-def counted_restart(reason: str, environ: MutableMapping[str, str] = os.environ) -> None:
+def counted_restart(reason: RestartReason, environ: MutableMapping[str, str] = os.environ) -> None:
     """Count one more restart for `reason` in `environ` (what the next process inherits).
 
     >>> env: dict[str, str] = {}
@@ -87,7 +90,7 @@ def counted_restart(reason: str, environ: MutableMapping[str, str] = os.environ)
     environ[SELF_RESTARTS_ENV] = ",".join(f"{r}={n}" for r, n in counts.items())
 
 
-def restart_self(reason: str) -> None:  # pragma: no cover - replaces the process
+def restart_self(reason: RestartReason) -> None:  # pragma: no cover - replaces the process
     """Replace this process with a fresh worker with the same arguments and environment, one
     more restart for `reason` counted in it (`/metrics`: qris_worker_self_restarts_total)."""
     counted_restart(reason)
