@@ -8,8 +8,10 @@ while the rest of the worker (its group, its input, its producers) goes on; a ne
 directory wiped) must read the whole changelog. The worker logs the stall, counts it in
 `qris_worker_self_restarts_total{reason="state_restore_stalled"}` and replaces its process
 (`execv`, same pid); the test lifts the quota once the restart is logged, and the new process
-restores and catches up. On the broker the session was given: the quota names only this test's
-client id and is removed in any case, so nothing else on that broker is slowed or paused.
+restores and catches up. The second test has the hang in a rebalance: a second worker joins a
+running one and the restore of the partitions it is given stalls. Both run on the broker the
+session was given: the quota names only this test's client id and is removed in any case, so
+nothing else on that broker is slowed or paused.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ def self_restarts(worker: Worker) -> dict[str, float]:
         for s in f.samples
         if s.name == "qris_worker_self_restarts_total"
     }
+
+
+def stall_lines(worker: Worker) -> list[tuple[str, str]]:
+    """(partition, seconds) of each restore stall the worker logged, over its incarnations."""
+    return STALL_LOG.findall(worker.log_tail(10**6))
 
 
 def test_a_hung_state_restore_restarts_the_worker_which_then_decides_exactly_what_replay_decides(
@@ -122,6 +129,67 @@ def test_a_hung_state_restore_restarts_the_worker_which_then_decides_exactly_wha
     assert restarts["state_restore_stalled"] == len(stalls) and sum(restarts.values()) == len(stalls), restarts
     after_last_stall = log[[m.end() for m in STALL_LOG.finditer(log)][-1] :]
     assert re.search(r"partition \d+: \d+ changelog message\(s\) read from offset 0", after_last_stall), log[-3000:]
+    assert not result.missed and not result.extra and not result.conflicting, (
+        f"{result.line()}\nmissed {brief(result.missed)}\nextra {brief(result.extra)}\n"
+        f"conflicting {result.conflicting[:5]}; logs in {tmp_path}"
+    )
+
+
+@pytest.mark.chaos
+def test_a_group_member_whose_restore_hangs_in_a_rebalance_restarts_and_the_group_decides_exactly(
+    tmp_path: Path,
+) -> None:
+    """The shape of the hang issue 9 saw in the two-worker test: a second worker joins a running
+    one and the restore of the partitions it is given stalls (the same quota, which applies to
+    every restore of this app: the first worker's too, if a rebalance gives it partitions to
+    restore meanwhile). Whoever stalls restarts itself; once the quota is lifted the group
+    settles, both workers own partitions, and every decision equals offline replay's."""
+    bootstrap = require_broker()
+    topics = fresh_topics()
+    topics.create(bootstrap)
+    records = simulated(topics, "mixed", seed=62, minutes=None, payments=2_700, rate_per_min=120)
+    first, rest = records[: len(records) // 2], records[len(records) // 2 :]
+    identity = {topics.payment: topics.payment, topics.ledger: topics.ledger}
+    env = {"QRIS_RECOVERY_STALL_S": str(STALL_S)}
+    a = Worker(topics, tmp_path / "a", extra_env=env)
+    b = Worker(topics, tmp_path / "b", extra_env=env, app_id=a.app_id)
+    restore_client = f"{a.app_id}-state-restore"
+    result = ChaosResult("restore-hang-rebalance", len(records))
+    got = []
+    try:
+        a.start(bootstrap)
+        produce(bootstrap, first, identity)
+        a.wait_processed(len(first), timeout_s=180)
+        set_fetch_quota(bootstrap, restore_client, 1.0)
+        try:
+            b.start(bootstrap)
+            deadline = time.monotonic() + 180
+            while not (stall_lines(a) or stall_lines(b)):
+                a.assert_alive()
+                b.assert_alive()
+                assert time.monotonic() < deadline, f"no stall detected in 180 s:\n{b.log_tail()}"
+                time.sleep(0.5)
+        finally:
+            set_fetch_quota(bootstrap, restore_client, None)
+        produce(bootstrap, rest, identity)
+        got = await_replays_decisions(bootstrap, topics, [a, b], lambda: None)
+        restarts = [self_restarts(a), self_restarts(b)]
+        owned = [a.stats()["partitions"], b.stats()["partitions"]]
+    finally:
+        for w in (a, b):
+            if w.proc is not None and w.proc.poll() is None:
+                w.stop()
+    stalls = [stall_lines(a), stall_lines(b)]
+    judge(result, bootstrap, topics, got, [a, b])
+    print(
+        result.line(),
+        f"(restore stalls restarted: first worker {len(stalls[0])}, second {len(stalls[1])}; logs in {tmp_path})",
+        file=sys.stderr,
+    )
+    assert stalls[1], "the joining worker's restore did not stall"
+    for lines, counted in zip(stalls, restarts, strict=True):
+        assert counted["state_restore_stalled"] == len(lines) and sum(counted.values()) == len(lines), counted
+    assert all(owned), owned  # both in the group at the end, each with partitions
     assert not result.missed and not result.extra and not result.conflicting, (
         f"{result.line()}\nmissed {brief(result.missed)}\nextra {brief(result.extra)}\n"
         f"conflicting {result.conflicting[:5]}; logs in {tmp_path}"
