@@ -164,7 +164,7 @@ def test_a_group_member_whose_restore_hangs_in_a_rebalance_restarts_and_the_grou
         try:
             b.start(bootstrap)
             deadline = time.monotonic() + 180
-            while not (stall_lines(a) or stall_lines(b)):
+            while not stall_lines(b):  # the joiner's restore (the first worker restores nothing here)
                 a.assert_alive()
                 b.assert_alive()
                 assert time.monotonic() < deadline, f"no stall detected in 180 s:\n{b.log_tail()}"
