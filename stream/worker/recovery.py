@@ -8,8 +8,10 @@ restore reads the changelog with a plain aiokafka consumer and could stall the s
 broker that stops answering fetches). `RecoveryWatchdog` is told, every few seconds, whether a
 restore is running and how many changelog records it still has to read; when that number has
 not gone down for `stall_s` (`QRIS_RECOVERY_STALL_S`, 60 s), it says so, and the worker
-replaces its process with a fresh one of itself (`restart_self`): nothing of the batch in flight
-is acked, and the new process joins the group and restores again. Decides from what it is told; reads no clock.
+replaces its process with a fresh one of itself (`restart_self`): nothing of the batch in
+flight is acked, and the new process joins the group and restores again; the restarts are
+counted in the environment the new process inherits. The watchdogs decide from what they are
+told and read no clock. Imports no faust.
 """
 
 from __future__ import annotations
