@@ -57,6 +57,7 @@ class Settings:
     web_port: int = 6066
     web_host: str = "127.0.0.1"
     session_timeout_s: float = 30.0
+    recovery_stall_s: float = 60.0  # recovery.RECOVERY_STALL_S
     log_level: str = "info"
     uvloop: int = 1
     # Kafka client security (stream/security.py turns these into each client library's options)
@@ -219,6 +220,10 @@ DOCS: dict[str, tuple[str, str]] = {
         "QRIS_SESSION_TIMEOUT_S",
         "consumer group session timeout: how long a crashed worker's partitions wait before reassignment",
     ),
+    "recovery_stall_s": (
+        "QRIS_RECOVERY_STALL_S",
+        "seconds a state restore may go without reading a changelog record before the worker restarts itself",
+    ),
     "log_level": ("QRIS_LOG_LEVEL", "log level: debug, info, warning, error"),
     "uvloop": ("QRIS_UVLOOP", "1: run the worker on uvloop (faster); 0: the standard asyncio loop"),
     "security_protocol": (
@@ -338,7 +343,14 @@ def _problems(s: Settings) -> list[str]:
         out.append(f"QRIS_BATCH_MAX={s.batch_max}: expected 1 or more")
     if not 0 <= s.fetch_max_wait_ms <= 30_000:
         out.append(f"QRIS_FETCH_MAX_WAIT_MS={s.fetch_max_wait_ms}: expected 0 to 30000")
-    for name in ("timeout_s", "retention_s", "idle_timeout_s", "batch_within_s", "session_timeout_s"):
+    for name in (
+        "timeout_s",
+        "retention_s",
+        "idle_timeout_s",
+        "batch_within_s",
+        "session_timeout_s",
+        "recovery_stall_s",
+    ):
         value = getattr(s, name)
         if not 0 < value < math.inf:
             out.append(f"{DOCS[name][0]}={value}: expected a number of seconds above 0")
@@ -386,7 +398,15 @@ def _did_you_mean(name: str, known: set[str]) -> str:
 
 
 # Variables read by tools other than the settings object: kafka/broker.sh, tests, benchmarks.
-_OTHER_PREFIXES = ("QRIS_KAFKA_", "QRIS_TEST_", "QRIS_BENCH_", "QRIS_SIM_", "QRIS_WEB_HOST_PORT")
+# QRIS_WORKER_SELF_RESTARTS: the worker's own restarts, carried across `execv` (recovery.py).
+_OTHER_PREFIXES = (
+    "QRIS_KAFKA_",
+    "QRIS_TEST_",
+    "QRIS_BENCH_",
+    "QRIS_SIM_",
+    "QRIS_WEB_HOST_PORT",
+    "QRIS_WORKER_SELF_RESTARTS",
+)
 
 
 def to_env(settings: Settings) -> dict[str, str]:

@@ -128,6 +128,7 @@ class Worker:
     proc: subprocess.Popen[bytes] | None = None
     web_port: int = field(default_factory=free_port)
     log_path: Path | None = None
+    args: list[str] = field(default_factory=list)  # after `worker`, e.g. ["--processes", "2"]
 
     def start(self, bootstrap: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")}
@@ -148,7 +149,7 @@ class Worker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream", "worker"],
+            [sys.executable, "-m", "stream", "worker", *self.args],
             cwd=ROOT,
             env=env,
             stdout=log,

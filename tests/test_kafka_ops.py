@@ -4,8 +4,12 @@ by the Prometheus parser, and the dashboard in headless Chromium during an outag
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream.drivers.replayfile import KafkaRecord
 from stream.simulate import generate
-from tests.kafka_support import ROOT, Worker, fresh_topics, produce, require_broker
+from tests.kafka_support import ROOT, Worker, free_port, fresh_topics, produce, require_broker
 from tests.records import T0
 from tests.scenario import LEDGER, PAYMENT, scenario_records
 
@@ -124,6 +128,104 @@ def test_two_workers_answer_the_lookup_for_every_reference_and_refuse_without_th
     finally:
         a.stop()
         b.stop()
+
+
+def _two_free_ports() -> int:
+    """A port p with p + 1 free as well (`worker --processes 2` serves on p and p + 1)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_worker_processes_answer_the_lookup_of_a_reference_the_other_process_owns(tmp_path: Path) -> None:
+    """`worker --processes 2`: each process advertises its own web port in the group, and a
+    process asked for a reference of a partition it does not own answers with the owner's
+    answer (forwarded), as between hosts; account queries merge both processes."""
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=4)
+    topics.create(bootstrap)
+    group = Worker(topics, tmp_path / "w", extra_env={"QRIS_API_TOKEN": TOKEN}, args=["--processes", "2"])
+    group.web_port = _two_free_ports()
+    ports = [group.web_port, group.web_port + 1]
+    records = scenario_records(topics.partitions)
+    refs = sorted({r.key.decode() for r in records if r.key and r.key.startswith(b"QR0")})
+    group.start(bootstrap)
+    assert group.proc is not None
+    children: list[int] = []
+    try:
+        owned: list[set[int]] = [set(), set()]
+        deadline = time.monotonic() + 180
+        produced = False
+        while True:
+            group.assert_alive()
+            children = children or _children(group.proc.pid)
+            try:
+                stats = [_get(port, "/qris/stats", token=None) for port in ports]
+            except OSError:  # a process not serving yet
+                stats = []
+            if stats and all(status == 200 for status, _ in stats):
+                owned = [{int(p) for p in body["partitions"]} for _, body in stats]
+                if not produced and all(owned):
+                    produce(bootstrap, records, {PAYMENT: topics.payment, LEDGER: topics.ledger})
+                    produced = True
+                taken = sum(body["counts"]["records"] for _, body in stats)
+                if produced and taken >= len(records) and all(owned) and owned[0] | owned[1] == {0, 1, 2, 3}:
+                    break
+            assert time.monotonic() < deadline, (stats, group.log_tail())
+            time.sleep(0.5)
+        assert not owned[0] & owned[1], owned
+        # Settled answers (nothing left waiting for the watermark or the incidents), then each
+        # reference asked of the process that does not own its partition: the owner's answer.
+        deadline = time.monotonic() + 90
+        while True:
+            direct = {}
+            for ref in refs:
+                for port, mine in zip(ports, owned, strict=True):
+                    status, body = _get(port, f"/qris/payments/{ref}")
+                    assert status == 200, (ref, port, body)
+                    if body["partition"] in mine:
+                        direct[ref] = (port, body)
+            assert set(direct) == set(refs)
+            if all(body["status"] != "received" for _port, body in direct.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        forwarded = 0
+        for ref, (owner_port, body) in direct.items():
+            other = ports[1 - ports.index(owner_port)]
+            status, answer = _get(other, f"/qris/payments/{ref}")
+            assert status == 200 and answer == body, (ref, answer, body)
+            forwarded += 1
+        assert forwarded == len(refs) and {b["partition"] for _p, b in direct.values()} == {0, 1, 2, 3}
+        assert direct["QR0000"][1]["status"] == "settled"
+        for port in ports:
+            assert _get(port, "/qris/payments/NOPE")[0] == 404
+            assert _get(port, "/qris/payments/QR0004", token="wrong")[0] == 401
+            status, body = _get(port, "/qris/accounts/7700009876/payments")
+            assert status == 200 and set(refs) <= {p["reference"] for p in body["payments"]}, body
+    finally:
+        group.stop()
+        for pid in children:  # a child the parent failed to stop (never by name)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_the_dashboard_shows_the_incident_during_an_outage_in_headless_chromium(tmp_path: Path) -> None:

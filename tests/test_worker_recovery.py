@@ -62,3 +62,22 @@ def test_a_lag_of_transaction_markers_only_is_timed_again() -> None:
     w.confirmed_empty(tp, now_s=130)
     assert w.stalled({tp: (50, 51)}, now_s=200) == []
     assert w.stalled({tp: (50, 51)}, now_s=251) == [tp]
+
+
+def test_restarts_are_counted_in_the_environment_the_next_process_inherits() -> None:
+    from stream.settings import from_env
+    from stream.worker.recovery import SELF_RESTARTS_ENV, counted_restart, self_restarts
+
+    env: dict[str, str] = {"QRIS_RECOVERY_STALL_S": "5"}
+    counted_restart("state_restore_stalled", env)
+    inherited = dict(env)  # what `execv` hands the next process
+    counted_restart("state_restore_stalled", inherited)
+    counted_restart("feed_stalled", inherited)
+    assert self_restarts(inherited) == {
+        "state_restore_stalled": 2,
+        "state_restore_failed": 0,
+        "feed_stalled": 1,
+        "shell_stalled": 0,
+    }
+    # The restarted worker's settings accept the variable (it is not an unknown QRIS_ setting).
+    assert from_env(inherited).recovery_stall_s == 5.0 and SELF_RESTARTS_ENV in inherited

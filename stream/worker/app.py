@@ -31,9 +31,9 @@ from .gapfill import BrokerGapFetcher
 from .incidents import follow_incidents_topic
 from .metrics import WorkerMetrics
 from .pages import add_pages
-from .recovery import FeedStallWatchdog, RecoveryWatchdog, restart_self
+from .recovery import FeedStallWatchdog, RecoveryWatchdog, restart_self, self_restarts
 from .shell import ReconcileShell
-from .statestore import KafkaChangelog, PartitionStore, changelog_topic_name
+from .statestore import UNKNOWN_REMAINING, KafkaChangelog, PartitionStore, changelog_topic_name
 from .watch import WorkerWatch
 
 log = logging.getLogger("qris_guard.worker")
@@ -177,29 +177,33 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     async def watch_idle_feeds() -> None:
         await shell.check_idle_feeds()
 
-    watchdog = RecoveryWatchdog()
+    watchdog = RecoveryWatchdog(settings.recovery_stall_s)
+    # Checked at least twice per stall period, so a stall is acted on within 1.5 times it.
+    watch_tick_s = min(5.0, max(0.5, settings.recovery_stall_s / 2))
     watching: list[asyncio.Task[None]] = []
     restoring_partition: list[int | None] = [None]
 
     async def watch_state_recovery() -> None:
         # A plain task, not an app timer: timers start only after Faust's first recovery.
         while True:
-            await asyncio.sleep(5.0)
+            await asyncio.sleep(watch_tick_s)
             progress = store.progress
             restoring = progress.partition is not None
             if progress.partition != restoring_partition[0]:
-                # Another partition's restore: its own records remaining, its own 60 s.
+                # Another partition's restore: its own records remaining, its own stall period.
                 restoring_partition[0] = progress.partition
                 watchdog.stalled(False, 0, time.monotonic())
             if watchdog.stalled(restoring, progress.remaining, time.monotonic()):
+                known = progress.remaining < UNKNOWN_REMAINING
+                remaining = progress.remaining if known else "end offset not known yet"
                 log.critical(
-                    "state restore of partition %s made no progress for %.0f s (%d changelog records remaining); "
+                    "state restore of partition %s made no progress for %.0f s (changelog records remaining: %s); "
                     "restarting",
                     progress.partition,
                     watchdog.stall_s,
-                    progress.remaining,
+                    remaining,
                 )
-                restart_self()
+                restart_self("state_restore_stalled")
             await check_feed_stalls()
             held_s = shell.lock.held_for_s(time.monotonic())
             if held_s >= SHELL_STALL_S:
@@ -207,7 +211,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
                 # minutes with no error (cause not found). Whatever hangs under the lock (a send,
                 # a flush, a state write), a restart resumes from the last commit.
                 log.critical("a batch or hand-over of decisions has hung for %.0f s; restarting", held_s)
-                restart_self()
+                restart_self("shell_stalled")
 
     feeds = FeedStallWatchdog()
     stall_probe = BrokerGapFetcher(aiokafka_config(settings), wait_s=20.0)
@@ -253,7 +257,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
                 start,
                 feeds.stall_s,
             )
-            restart_self()
+            restart_self("feed_stalled")
 
     def owned_inputs(tps: Any) -> set[int]:
         return {tp.partition for tp in tps or () if tp.topic in (settings.payment_topic, settings.ledger_topic)}
@@ -287,7 +291,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
                     shell.engine(p)
         except Exception:
             log.critical("cannot restore the state of an assigned partition; restarting", exc_info=True)
-            restart_self()
+            restart_self("state_restore_failed")
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # Faust's signal type wants a sender
     async def on_revoked(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
@@ -299,7 +303,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
 
     @app.page("/qris/stats")
     async def stats(web: Any, request: Any) -> Any:
-        return web.json({**shell.stats(), "bursts": bursts.stats()})
+        return web.json({**shell.stats(), "bursts": bursts.stats(), "self_restarts": self_restarts()})
 
     @app.page("/qris/ready")
     async def ready(web: Any, request: Any) -> Any:

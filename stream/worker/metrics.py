@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..core.partition import PartitionEngine
+from .recovery import self_restarts
 from .watch import WorkerWatch
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -71,6 +72,14 @@ class _WorkerCollector(Collector):
         yield c
         c = CounterMetricFamily("qris_rebalances", "Partition assignments and revocations seen by this worker")
         c.add_metric([], w.rebalances)
+        yield c
+        c = CounterMetricFamily(
+            "qris_worker_self_restarts",
+            "Times this worker replaced its own process (execv) since it was started, by the watchdog that did it",
+            labels=["reason"],
+        )
+        for reason, n in self_restarts().items():
+            c.add_metric([reason], n)
         yield c
         g = GaugeMetricFamily(
             "qris_open_incidents",

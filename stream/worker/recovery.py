@@ -7,9 +7,11 @@ and decided nothing for them (faust-streaming #74 describes a similar hang). The
 restore reads the changelog with a plain aiokafka consumer and could stall the same way (a
 broker that stops answering fetches). `RecoveryWatchdog` is told, every few seconds, whether a
 restore is running and how many changelog records it still has to read; when that number has
-not gone down for `stall_s`, it says so, and the worker replaces its process with a fresh one
-of itself (`restart_self`): nothing of the batch in flight is acked, and the new process joins
-the group and restores again. Decides from what it is told; reads no clock.
+not gone down for `stall_s` (`QRIS_RECOVERY_STALL_S`, 60 s), it says so, and the worker
+replaces its process with a fresh one of itself (`restart_self`): nothing of the batch in
+flight is acked, and the new process joins the group and restores again; the restarts are
+counted in the environment the new process inherits. The watchdogs decide from what they are
+told and read no clock. Imports no faust.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Literal, get_args
 
 log = logging.getLogger("qris_guard.worker")
 
@@ -51,8 +55,47 @@ class RecoveryWatchdog:
         return now_s - self._progress_at_s >= self.stall_s
 
 
-def restart_self() -> None:  # pragma: no cover - replaces the process
-    """Replace this process with a fresh worker with the same arguments and environment."""
+# The worker's own restarts so far, by reason ("state_restore_stalled=1,feed_stalled=2"): the
+# process that `execv` makes is a new one, so the count travels in its environment.
+SELF_RESTARTS_ENV = "QRIS_WORKER_SELF_RESTARTS"
+RestartReason = Literal["state_restore_stalled", "state_restore_failed", "feed_stalled", "shell_stalled"]
+RESTART_REASONS: tuple[RestartReason, ...] = get_args(RestartReason)
+
+
+def self_restarts(environ: Mapping[str, str] = os.environ) -> dict[RestartReason, int]:
+    """The restarts by reason this worker made of itself since it was started (every reason,
+    0 if none). Unreadable parts count as none.
+
+    >>> self_restarts({SELF_RESTARTS_ENV: "state_restore_stalled=2,bogus,feed_stalled=x"})["state_restore_stalled"]
+    2
+    >>> sum(self_restarts({}).values())
+    0
+    """
+    counts = dict.fromkeys(RESTART_REASONS, 0)
+    for part in environ.get(SELF_RESTARTS_ENV, "").split(","):
+        name, _, n = part.partition("=")
+        for reason in RESTART_REASONS:
+            if name == reason and n.isdigit():
+                counts[reason] = int(n)
+    return counts
+
+
+def counted_restart(reason: RestartReason, environ: MutableMapping[str, str] = os.environ) -> None:
+    """Count one more restart for `reason` in `environ` (what the next process inherits).
+
+    >>> env: dict[str, str] = {}
+    >>> counted_restart("feed_stalled", env); counted_restart("feed_stalled", env); env[SELF_RESTARTS_ENV]
+    'state_restore_stalled=0,state_restore_failed=0,feed_stalled=2,shell_stalled=0'
+    """
+    counts = self_restarts(environ)
+    counts[reason] += 1
+    environ[SELF_RESTARTS_ENV] = ",".join(f"{r}={n}" for r, n in counts.items())
+
+
+def restart_self(reason: RestartReason) -> None:  # pragma: no cover - replaces the process
+    """Replace this process with a fresh worker with the same arguments and environment, one
+    more restart for `reason` counted in it (`/metrics`: qris_worker_self_restarts_total)."""
+    counted_restart(reason)
     logging.shutdown()
     os.execv(sys.executable, [sys.executable, "-m", "stream", *sys.argv[1:]])
 

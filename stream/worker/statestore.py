@@ -198,6 +198,10 @@ class RestoreBuffer:
         return list(dict.fromkeys(k for k, _ in self.pending))
 
 
+# Changelog records remaining before the restore knows the partition's end offset.
+UNKNOWN_REMAINING = 1 << 62
+
+
 @dataclass
 class RestoreProgress:
     """What the recovery watchdog watches: the partition being restored and what is left."""
@@ -271,7 +275,7 @@ class PartitionStore:
             return
         local = self._local(partition)
         applied, seq = local.position()
-        self.progress = RestoreProgress(partition, 1 << 62)  # unknown yet: any answer is progress
+        self.progress = RestoreProgress(partition, UNKNOWN_REMAINING)  # any answer is progress
         end = await self.changelog.end_offset(partition)
         if applied + 1 > end:
             # The local DB is ahead of the changelog: not this changelog's (a topic recreated).
@@ -340,6 +344,9 @@ class KafkaChangelog:
     def __init__(self, client_config: Mapping[str, Any], topic: str) -> None:
         self.client_config = dict(client_config)  # bootstrap and security (`aiokafka_config`)
         self.topic = topic
+        # Client ids per app (`<app id>-state`, `<app id>-state-restore`): a broker's quotas and
+        # request metrics tell one app's restore from another's (the Kafka tier throttles one).
+        self.client_id = topic.removesuffix("-changelog")
         self._producer: Any = None
         self._consumer: Any = None
         self._starting = asyncio.Lock()
@@ -355,7 +362,7 @@ class KafkaChangelog:
                     enable_idempotence=True,
                     linger_ms=0,  # a batch is sent whole and awaited at once
                     max_batch_size=512 * 1024,
-                    client_id="qris-guard-state",
+                    client_id=self.client_id,
                 )
                 consumer = AIOKafkaConsumer(
                     **self.client_config,
@@ -365,7 +372,7 @@ class KafkaChangelog:
                     # A fetch still waiting for the previous partition delays the next restore
                     # by this much (the default 500 ms per partition restored).
                     fetch_max_wait_ms=20,
-                    client_id="qris-guard-state-restore",
+                    client_id=f"{self.client_id}-restore",
                 )
                 await producer.start()
                 await consumer.start()
