@@ -58,6 +58,7 @@ class Settings:
     web_host: str = "127.0.0.1"
     session_timeout_s: float = 30.0
     recovery_stall_s: float = 60.0  # recovery.RECOVERY_STALL_S
+    feed_stall_s: float = 120.0  # recovery.FEED_STALL_S
     log_level: str = "info"
     uvloop: int = 1
     # Kafka client security (stream/security.py turns these into each client library's options)
@@ -224,6 +225,11 @@ DOCS: dict[str, tuple[str, str]] = {
         "QRIS_RECOVERY_STALL_S",
         "seconds a state restore may go without reading a changelog record before the worker restarts itself",
     ),
+    "feed_stall_s": (
+        "QRIS_FEED_STALL_S",
+        "seconds an input or signals partition may have records on the broker (its end offset, asked then) "
+        "and none taken before the worker restarts itself",
+    ),
     "log_level": ("QRIS_LOG_LEVEL", "log level: debug, info, warning, error"),
     "uvloop": ("QRIS_UVLOOP", "1: run the worker on uvloop (faster); 0: the standard asyncio loop"),
     "security_protocol": (
@@ -350,6 +356,7 @@ def _problems(s: Settings) -> list[str]:
         "batch_within_s",
         "session_timeout_s",
         "recovery_stall_s",
+        "feed_stall_s",
     ):
         value = getattr(s, name)
         if not 0 < value < math.inf:
