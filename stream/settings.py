@@ -164,7 +164,8 @@ DOCS: dict[str, tuple[str, str]] = {
     ),
     "idle_timeout_s": (
         "QRIS_IDLE_TIMEOUT_S",
-        "live only: wall-clock seconds an input stream may be silent before the watermark moves without it",
+        "live only: wall-clock seconds an input stream may be silent, with none of its records left on the broker "
+        "(asked at the check; no answer: not silent), before the watermark moves without it",
     ),
     "probe_age_s": (
         "QRIS_PROBE_AGE_S",

@@ -102,18 +102,21 @@ def restart_self(reason: RestartReason) -> None:  # pragma: no cover - replaces 
 
 # A topic partition with records on the broker that the worker has not taken for this long is
 # stalled: Faust stopped handing it over (seen at this stop after restarts and rebalances: two
-# ledger-debits partitions, then the signals partition, delivered nothing more for minutes).
+# ledger-debits partitions, then the signals partition, delivered nothing more for minutes), or
+# the broker stopped serving this worker's fetches. `QRIS_FEED_STALL_S` sets it.
 FEED_STALL_S = 120.0
 
 TopicPartitionKey = tuple[str, int]
 
 
 class FeedStallWatchdog:
-    """Says which topic partitions have records waiting on the broker (its high watermark is past
+    """Says which topic partitions have records waiting on the broker (its end offset is past
     the next offset the worker would take) but have taken none for `stall_s` seconds.
 
-    `positions` maps each topic partition assigned here to (next offset to take, high
-    watermark); None where unknown (not restored yet, not fetched yet), which counts as no lag.
+    `positions` maps each topic partition assigned here to (next offset to take, the broker's end
+    offset asked at this check, not the high watermark Faust last fetched, which stays put when
+    the broker stops serving the worker's fetches); None where unknown (not restored yet, not
+    asked, no answer), which counts as no lag.
 
     >>> w = FeedStallWatchdog(stall_s=120)
     >>> tp = ("ledger-debits", 2)
