@@ -16,6 +16,7 @@ test's client id and is removed in any case.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
 import time
@@ -27,6 +28,7 @@ import pytest
 from kafka import KafkaProducer
 from stream.settings import Settings, to_env
 from stream.simulate import partition_for
+from stream.worker.endoffsets import BrokerEndOffsets
 from tests.kafka_support import Worker, fresh_topics, require_broker
 from tests.records import T0, ledger, payment
 from tests.test_kafka_chaos import ChaosResult, await_replays_decisions, brief, judge
@@ -163,3 +165,29 @@ def test_a_feed_the_broker_stops_serving_is_not_silent_no_wrong_refund_and_the_w
     # The watchdog saw the input the broker held back (records on it, none taken) and restarted.
     assert stalls and all(int(s) == FEED_STALL_S for _t, _p, s in stalls), stalls
     assert restarts["feed_stalled"] >= 1, restarts
+
+
+def test_the_end_offsets_are_the_brokers_now_also_for_questions_asked_at_once() -> None:
+    """What the idle rule and the watchdog are told: the offset after the last record of each
+    partition asked, as the broker has it at the moment (0 for an empty partition); the idle
+    timer and the watchdog ask from their own tasks, possibly at once."""
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=PARTITIONS)
+    topics.create(bootstrap)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for i in range(3):
+        producer.send(topics.ledger, key=b"k", value=ledger(f"e{i}", "debited", "R", i), partition=1)
+    producer.flush()
+    producer.close()
+    ends = BrokerEndOffsets({"bootstrap_servers": bootstrap}, f"{topics.prefix}-end-offsets")
+    asked = [(topics.payment, 0), (topics.ledger, 0), (topics.ledger, 1)]
+
+    async def ask_twice() -> list[dict[tuple[str, int], int]]:
+        try:
+            return list(await asyncio.gather(ends.ask(asked), ends.ask(asked[2:])))
+        finally:
+            await ends.close()
+
+    both = asyncio.run(ask_twice())
+    assert both == [{asked[0]: 0, asked[1]: 0, asked[2]: 3}, {asked[2]: 3}]
+    assert ends.latest == both[0]

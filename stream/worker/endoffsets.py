@@ -43,6 +43,7 @@ class BrokerEndOffsets:
         self.latest: dict[TopicPartitionKey, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping: set[asyncio.Future[None]] = set()  # clients that failed to start, stopping
+        self._starting = asyncio.Lock()
 
     async def ask(self, tps: Collection[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
         """The end offset of each of `tps` as the broker gives it now; raises
@@ -61,24 +62,28 @@ class BrokerEndOffsets:
         self.latest.update(got)
         return got
 
+    async def _client(self) -> AIOKafkaConsumer:
+        async with self._starting:  # the idle timer and the watchdog ask from their own tasks
+            if self._consumer is None:
+                consumer = AIOKafkaConsumer(
+                    **self.client_config,
+                    group_id=None,
+                    enable_auto_commit=False,
+                    client_id=self.client_id,
+                    request_timeout_ms=int(self.timeout_s * 1000),
+                )
+                try:
+                    await consumer.start()
+                except BaseException:  # a broker that does not answer at all: try afresh next time
+                    stopping = asyncio.ensure_future(_stop_quietly(consumer))
+                    self._stopping.add(stopping)
+                    stopping.add_done_callback(self._stopping.discard)
+                    raise
+                self._consumer = consumer
+            return self._consumer
+
     async def _ask(self, tps: Collection[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
-        consumer = self._consumer
-        if consumer is None:
-            consumer = AIOKafkaConsumer(
-                **self.client_config,
-                group_id=None,
-                enable_auto_commit=False,
-                client_id=self.client_id,
-                request_timeout_ms=int(self.timeout_s * 1000),
-            )
-            try:
-                await consumer.start()
-            except BaseException:  # a broker that does not answer at all: try afresh next time
-                stopping = asyncio.ensure_future(_stop_quietly(consumer))
-                self._stopping.add(stopping)
-                stopping.add_done_callback(self._stopping.discard)
-                raise
-            self._consumer = consumer
+        consumer = await self._client()
         ends = await consumer.end_offsets([TopicPartition(t, p) for t, p in tps])
         return {(tp.topic, tp.partition): int(offset) for tp, offset in ends.items() if offset is not None}
 
