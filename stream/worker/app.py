@@ -222,7 +222,6 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
 
     feeds = FeedStallWatchdog(settings.feed_stall_s)
     stall_probe = BrokerGapFetcher(aiokafka_config(settings), wait_s=20.0)
-    taken_before: dict[tuple[str, int], int | None] = {}  # next offsets at the previous check
 
     async def feed_positions() -> dict[tuple[str, int], tuple[int | None, int | None]]:
         """Per topic partition assigned here: the next offset the worker would take, and the
@@ -240,11 +239,8 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             else:
                 continue
             out[(tp.topic, tp.partition)] = (taken, None)
-        still = [tp for tp, (taken, _) in out.items() if taken is not None and taken_before.get(tp) == taken]
-        taken_before.clear()
-        taken_before.update((tp, taken) for tp, (taken, _) in out.items())
         try:
-            end = await ends.ask(still)
+            end = await ends.ask(feeds.unmoved({tp: taken for tp, (taken, _) in out.items()}))
         except EndOffsetsUnknown:  # no answer: no lag known (the idle rule logs the broker's silence)
             end = {}
         return {tp: (taken, end.get(tp)) for tp, (taken, _) in out.items()}

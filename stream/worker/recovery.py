@@ -133,6 +133,20 @@ class FeedStallWatchdog:
     def __init__(self, stall_s: float = FEED_STALL_S) -> None:
         self.stall_s = stall_s
         self._since: dict[TopicPartitionKey, tuple[int, float]] = {}  # next offset, when first seen
+        self._taken_before: dict[TopicPartitionKey, int | None] = {}  # next offsets at the last check
+
+    def unmoved(self, next_offsets: Mapping[TopicPartitionKey, int | None]) -> list[TopicPartitionKey]:
+        """The topic partitions whose next offset is known and the same as at the previous call:
+        the only ones whose end offset the broker is asked for (a partition taking records is
+        not stalled).
+
+        >>> w = FeedStallWatchdog()
+        >>> w.unmoved({("l", 0): 5, ("l", 1): 7, ("s", 0): None}), w.unmoved({("l", 0): 5, ("l", 1): 9, ("s", 0): None})
+        ([], [('l', 0)])
+        """
+        out = sorted(tp for tp, n in next_offsets.items() if n is not None and self._taken_before.get(tp) == n)
+        self._taken_before = dict(next_offsets)
+        return out
 
     def stalled(
         self, positions: dict[TopicPartitionKey, tuple[int | None, int | None]], now_s: float
