@@ -58,6 +58,7 @@ class Settings:
     web_host: str = "127.0.0.1"
     session_timeout_s: float = 30.0
     recovery_stall_s: float = 60.0  # recovery.RECOVERY_STALL_S
+    feed_stall_s: float = 120.0  # recovery.FEED_STALL_S
     log_level: str = "info"
     uvloop: int = 1
     # Kafka client security (stream/security.py turns these into each client library's options)
@@ -163,7 +164,8 @@ DOCS: dict[str, tuple[str, str]] = {
     ),
     "idle_timeout_s": (
         "QRIS_IDLE_TIMEOUT_S",
-        "live only: wall-clock seconds an input stream may be silent before the watermark moves without it",
+        "live only: wall-clock seconds an input stream may be silent, with none of its records left on the broker "
+        "(asked at the check; no answer: not silent), before the watermark moves without it",
     ),
     "probe_age_s": (
         "QRIS_PROBE_AGE_S",
@@ -223,6 +225,11 @@ DOCS: dict[str, tuple[str, str]] = {
     "recovery_stall_s": (
         "QRIS_RECOVERY_STALL_S",
         "seconds a state restore may go without reading a changelog record before the worker restarts itself",
+    ),
+    "feed_stall_s": (
+        "QRIS_FEED_STALL_S",
+        "seconds an input or signals partition may have records on the broker (its end offset, asked then) "
+        "and none taken before the worker restarts itself",
     ),
     "log_level": ("QRIS_LOG_LEVEL", "log level: debug, info, warning, error"),
     "uvloop": ("QRIS_UVLOOP", "1: run the worker on uvloop (faster); 0: the standard asyncio loop"),
@@ -350,6 +357,7 @@ def _problems(s: Settings) -> list[str]:
         "batch_within_s",
         "session_timeout_s",
         "recovery_stall_s",
+        "feed_stall_s",
     ):
         value = getattr(s, name)
         if not 0 < value < math.inf:

@@ -33,6 +33,7 @@ import pytest
 
 from kafka import KafkaProducer
 from stream.drivers.replayfile import KafkaRecord
+from stream.settings import Settings
 from tests.kafka_support import ROOT, Topics, Worker, consume, free_port, fresh_topics, require_broker
 from tests.test_kafka_worker import expected_outputs, simulated
 
@@ -181,12 +182,17 @@ def run_chaos(tmp_path: Path, case: str, wipe: bool, seed: int, group_size: int 
 
 
 def await_replays_decisions(
-    bootstrap: str, topics: Topics, live: list[Worker], check_workers: Callable[[], None]
+    bootstrap: str,
+    topics: Topics,
+    live: list[Worker],
+    check_workers: Callable[[], None],
+    settings: Settings | None = None,
 ) -> list[tuple[str, bytes | None, dict[str, Any]]]:
     """The outputs on the broker once they hold every decision offline replay of the input
     topics makes (or the time is up), plus a few seconds for any extra one to show.
-    `check_workers` is called between reads (a worker that died fails, or is restarted)."""
-    want = expected_outputs(bootstrap, topics)
+    `check_workers` is called between reads (a worker that died fails, or is restarted);
+    `settings`: the workers' rules when not the defaults."""
+    want = expected_outputs(bootstrap, topics, settings)
     want_all = {orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for vs in want.values() for v in vs}
     deadline = time.monotonic() + (600 if FULL else 240)
     while time.monotonic() < deadline:
@@ -206,9 +212,10 @@ def judge(
     topics: Topics,
     got: list[tuple[str, bytes | None, dict[str, Any]]],
     workers: list[Worker],
+    settings: Settings | None = None,
 ) -> None:
     """Fill `result` with what replay decides against what the workers delivered."""
-    want = expected_outputs(bootstrap, topics)
+    want = expected_outputs(bootstrap, topics, settings)
     want_all = {orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for vs in want.values() for v in vs}
     result.expected = len(want_all)
     result.delivered = len(got)

@@ -27,10 +27,12 @@ def canon(values: list[dict[str, Any]]) -> list[bytes]:
     return sorted(orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in values)
 
 
-def expected_outputs(bootstrap: Client, topics: Topics) -> dict[str, list[dict[str, Any]]]:
+def expected_outputs(
+    bootstrap: Client, topics: Topics, settings: Settings | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Offline replay of the input topics exactly as they are on the broker (a dump), with the
-    worker's default parameters (refund holds on: H = 2 h, G = 15 min)."""
-    params = replace(Settings().params, payment_topic=topics.payment, ledger_topic=topics.ledger)
+    worker's default parameters (refund holds on: H = 2 h, G = 15 min) unless `settings` says."""
+    params = replace((settings or Settings()).params, payment_topic=topics.payment, ledger_topic=topics.ledger)
     by_role: dict[str, list[dict[str, Any]]] = {"refunds": [], "alerts": [], "dead_letter": []}
     for _p, d in replay(read_topics(bootstrap, [topics.payment, topics.ledger]), params):
         by_role[d.role].append(d.value)

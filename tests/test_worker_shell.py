@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -69,6 +69,20 @@ class Harness:
 
     def refunds(self) -> list[dict[str, Any]]:
         return [v for t, v in self.sent if t == self.settings.refund_topic]
+
+    def broker(self, not_taken: dict[str, int] | None) -> list[list[tuple[str, int]]]:
+        """The broker's end offsets as the idle rule asks them: `not_taken[topic]` records of it
+        past what the shell took (None: the broker does not answer). Returns the questions asked."""
+        asked: list[list[tuple[str, int]]] = []
+
+        async def end_offsets(tps: Collection[tuple[str, int]]) -> dict[tuple[str, int], int]:
+            asked.append(sorted(tps))
+            if not_taken is None:
+                raise TimeoutError("no answer")
+            return {(t, p): (self.shell.next_offset(t, p) or 0) + not_taken[t] for t, p in tps}
+
+        self.shell.end_offsets = end_offsets
+        return asked
 
 
 def unsettled(ref: str, t: float) -> list[tuple[str, bytes]]:
@@ -229,7 +243,7 @@ def test_a_stream_is_silent_only_when_the_broker_has_nothing_of_it_left_to_take(
     h = Harness(settings=settings)
     h.batch(*unsettled("QR1", 0), *tick(100))
     on_broker = {settings.payment_topic: 3, settings.ledger_topic: 0}  # records not taken yet
-    h.shell.nothing_on_broker = lambda topic, _p: on_broker[topic] == 0
+    asked = h.broker(on_broker)
     h.batch(("L", ledger("later-l", "reversed", "TICK", 400, 1)))  # the ledger goes on to 400 s
 
     def quiet_payments() -> None:  # the payments stream not heard from for 400 s
@@ -241,10 +255,49 @@ def test_a_stream_is_silent_only_when_the_broker_has_nothing_of_it_left_to_take(
     # Its settlement may be among the records waiting: the deadline (300 s) still waits.
     assert h.refunds() == [] and h.shell.engines[0].decide
     assert not [v for t, v in h.sent if t == settings.alert_topic and v["kind"] == "FEED_SILENT"]
+    # Asked, at each check, about the stream idle by age only (the ledger flows: never asked).
+    assert asked == [[(settings.payment_topic, 0)]] * 2 and h.shell.counts["idle_streams_behind"] == 1
     on_broker[settings.payment_topic] = 0  # taken: now the stream has truly gone quiet
     quiet_payments()
     assert [v["kind"] for t, v in h.sent if t == settings.alert_topic] == ["FEED_SILENT"]
     assert [r["type"] for r in h.refunds()] == ["refund.requested"]
+
+
+def test_a_stream_is_not_silent_while_the_broker_does_not_answer_for_its_end_offsets() -> None:
+    """A broker that stops answering this worker (a partition leader it cannot reach, a sick
+    broker) may hold settlements the worker cannot see; the high watermark its consumer last
+    fetched stays where it was. No answer to the idle rule's question is not silence: the
+    watermark waits (no refund decided), the check is counted and logged, and the rule goes on
+    once the broker answers that nothing is left."""
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.batch(*unsettled("QR1", 0), *tick(100))
+    h.batch(("L", ledger("later-l", "reversed", "TICK", 400, 1)))
+    asked = h.broker(None)
+
+    def quiet(streams: list[float]) -> None:
+        h.shell.clocks[0].last_arrival = [time.monotonic() - age for age in streams]
+        asyncio.run(h.shell.check_idle_feeds())
+
+    quiet([400.0, 0.0])  # payments silent by age, ledger flowing
+    quiet([400.0, 400.0])  # both quiet by age: event time would follow the wall clock
+    eng = h.shell.engines[0]
+    assert h.refunds() == [] and eng.decide and eng.silent == [False, False]
+    assert h.shell.counts["idle_checks_unanswered"] == 2
+    assert asked == [[(settings.payment_topic, 0)], sorted([(settings.payment_topic, 0), (settings.ledger_topic, 0)])]
+    h.broker({settings.payment_topic: 0, settings.ledger_topic: 0})  # it answers: nothing left
+    quiet([400.0, 0.0])
+    assert [r["type"] for r in h.refunds()] == ["refund.requested"] and eng.silent == [True, False]
+
+
+def test_the_idle_rule_asks_the_broker_nothing_while_both_streams_flow() -> None:
+    """The hot path pays nothing: no stream idle by age, no question to the broker."""
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.batch(*unsettled("QR1", 0), *tick(100))
+    asked = h.broker({settings.payment_topic: 0, settings.ledger_topic: 0})
+    asyncio.run(h.shell.check_idle_feeds())  # records just taken on both streams
+    assert asked == [] and h.refunds() == []
 
 
 def test_the_shell_lock_says_how_long_it_is_held() -> None:
@@ -271,8 +324,8 @@ def test_with_holds_a_partition_never_fed_follows_the_wall_clock_only_with_nothi
     settings = Settings(partitions=1, idle_timeout_s=1)  # holds on (default H)
     for on_broker_empty in (False, True):
         h = Harness(settings=settings)
-        h.shell.nothing_on_broker = lambda _topic, _p, empty=on_broker_empty: empty
         eng = h.shell.engine(0)
+        h.broker({settings.payment_topic: 0 if on_broker_empty else 5, settings.ledger_topic: 0})
         h.shell.clocks[0].last_arrival = [time.monotonic() - 200.0] * 2
         before_ms = int(time.time() * 1000)
         asyncio.run(h.shell.check_idle_feeds())

@@ -26,6 +26,7 @@ from .batches import finish_before_ack
 from .boundary import Gap
 from .bursts import BurstShell
 from .consumer import guarded_consumer
+from .endoffsets import BrokerEndOffsets, EndOffsetsUnknown
 from .feeds import TopicSilence
 from .gapfill import BrokerGapFetcher
 from .incidents import follow_incidents_topic
@@ -55,6 +56,9 @@ def faust_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h}" for h in settings.bootstrap.split(",")],
+        # Faust's consumer and producer as this app, not `faust-<version>` for every app: a
+        # broker's quotas and request metrics tell one app's input fetches from another's.
+        broker_client_id=settings.app_id,
         broker_credentials=faust_credentials(settings),
         store="memory://",  # Faust holds no state: the store is `statestore.PartitionStore`
         datadir=settings.data_dir,
@@ -128,6 +132,9 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     local_dir = Path(settings.data_dir) / settings.app_id / "state"
     store = PartitionStore(changelog, None if settings.store.startswith("memory") else local_dir)
     gaps = BrokerGapFetcher(aiokafka_config(settings))
+    # The broker's end offsets asked when needed (idle rule, feed-stall watchdog): Faust's fetched
+    # high watermark stays where it was when the broker stops answering this worker's fetches.
+    ends = BrokerEndOffsets(aiokafka_config(settings), f"{settings.app_id}-end-offsets")
     shell = ReconcileShell(
         settings,
         store,
@@ -137,13 +144,13 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         lambda: app.consumer.assignment(),
         fetch_gap=gaps.fetch,
         restore=store.restore,
-        nothing_on_broker=lambda topic, p: (
-            (hw := _highwater(app, topic, p)) is not None and hw <= (shell.next_offset(topic, p) or 0)
-        ),
+        end_offsets=ends.ask,
     )
     shell.on_engine = watch.watch_engine
     shell.on_idle = TopicSilence((settings.payment_topic, settings.ledger_topic), lambda: shell.engines)
-    metrics = WorkerMetrics(watch, lambda: shell.engines, lambda t, p: _highwater(app, t, p))
+    metrics = WorkerMetrics(
+        watch, lambda: shell.engines, lambda t, p: _known_end(app, ends, t, p), counts=lambda: shell.counts
+    )
 
     @app.agent(inputs, name="reconcile_payments")
     async def reconcile_payments(stream: faust.StreamT[bytes]) -> None:
@@ -179,7 +186,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
 
     watchdog = RecoveryWatchdog(settings.recovery_stall_s)
     # Checked at least twice per stall period, so a stall is acted on within 1.5 times it.
-    watch_tick_s = min(5.0, max(0.5, settings.recovery_stall_s / 2))
+    watch_tick_s = min(5.0, max(0.5, min(settings.recovery_stall_s, settings.feed_stall_s) / 2))
     watching: list[asyncio.Task[None]] = []
     restoring_partition: list[int | None] = [None]
 
@@ -213,12 +220,13 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
                 log.critical("a batch or hand-over of decisions has hung for %.0f s; restarting", held_s)
                 restart_self("shell_stalled")
 
-    feeds = FeedStallWatchdog()
+    feeds = FeedStallWatchdog(settings.feed_stall_s)
     stall_probe = BrokerGapFetcher(aiokafka_config(settings), wait_s=20.0)
 
-    def feed_positions() -> dict[tuple[str, int], tuple[int | None, int | None]]:
+    async def feed_positions() -> dict[tuple[str, int], tuple[int | None, int | None]]:
         """Per topic partition assigned here: the next offset the worker would take, and the
-        high watermark Faust has fetched (None: not known yet)."""
+        broker's end offset asked now (None: not known; not asked for a partition whose next
+        offset moved since the previous check, which is taking records, so not stalled)."""
         out: dict[tuple[str, int], tuple[int | None, int | None]] = {}
         if app.rebalancing or store.progress.partition is not None:
             return out  # a rebalance or a restore under way: its own watchdog
@@ -230,13 +238,17 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
                 taken = bursts.next_offset
             else:
                 continue
-            out[(tp.topic, tp.partition)] = (taken, _highwater(app, tp.topic, tp.partition))
-        return out
+            out[(tp.topic, tp.partition)] = (taken, None)
+        try:
+            end = await ends.ask(feeds.unmoved({tp: taken for tp, (taken, _) in out.items()}))
+        except EndOffsetsUnknown:  # no answer: no lag known (the idle rule logs the broker's silence)
+            end = {}
+        return {tp: (taken, end.get(tp)) for tp, (taken, _) in out.items()}
 
     async def check_feed_stalls() -> None:
         if shell.lock.locked() or bursts.lock.locked():
             return  # a batch is being taken (a hang under the lock is SHELL_STALL_S's)
-        positions = feed_positions()
+        positions = await feed_positions()
         for topic, partition in feeds.stalled(positions, time.monotonic()):
             start, end = positions[(topic, partition)]
             assert start is not None and end is not None
@@ -335,6 +347,13 @@ def _highwater(app: faust.App, topic: str, partition: int) -> int | None:
         return int(app.consumer.highwater(TP(topic, partition)))
     except Exception:  # not assigned here, or not fetched yet
         return None
+
+
+def _known_end(app: faust.App, ends: BrokerEndOffsets, topic: str, partition: int) -> int | None:
+    """The furthest end offset known of a topic partition: Faust's fetched high watermark or the
+    broker's latest answer to `ends` (larger while the broker holds this worker's fetches back)."""
+    known = [x for x in (_highwater(app, topic, partition), ends.latest.get((topic, partition))) if x is not None]
+    return max(known, default=None)
 
 
 async def not_ready_reason(

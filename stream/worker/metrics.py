@@ -10,7 +10,7 @@ No Faust imports: the consumer is passed in as a callable.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
@@ -25,6 +25,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # The consumer's high-water mark of (topic, partition), or None when not known.
 Highwater = Callable[[str, int], int | None]
+# The shell's counts (`ReconcileShell.counts`).
+ShellCounts = Callable[[], Mapping[str, int]]
 
 
 class _WorkerCollector(Collector):
@@ -34,11 +36,13 @@ class _WorkerCollector(Collector):
         engines: Callable[[], dict[int, PartitionEngine]],
         highwater: Highwater | None,
         clock: Callable[[], float],
+        counts: ShellCounts | None = None,
     ) -> None:
         self.watch = watch
         self.engines = engines
         self.highwater = highwater
         self.clock = clock
+        self.counts = counts
 
     def collect(self) -> Iterator[Any]:
         w = self.watch
@@ -81,6 +85,21 @@ class _WorkerCollector(Collector):
         for reason, n in self_restarts().items():
             c.add_metric([reason], n)
         yield c
+        counts = self.counts() if self.counts is not None else {}
+        c = CounterMetricFamily(
+            "qris_idle_checks_unanswered",
+            "Idle-rule checks whose question to the broker (end offsets of idle input streams) got no answer: "
+            "no stream counted as silent, no watermark moved by the wall clock",
+        )
+        c.add_metric([], counts.get("idle_checks_unanswered", 0))
+        yield c
+        c = CounterMetricFamily(
+            "qris_idle_streams_behind",
+            "Times an input stream idle for the idle timeout still had records on the broker not taken by this worker "
+            "(late, not silent: a backlog, or fetches the broker does not serve)",
+        )
+        c.add_metric([], counts.get("idle_streams_behind", 0))
+        yield c
         g = GaugeMetricFamily(
             "qris_open_incidents",
             "FAILURE_BURST incidents open (as sent by this worker), by scope type",
@@ -111,7 +130,10 @@ class _WorkerCollector(Collector):
             "qris_feed_silent", "1 while an input topic's partition is declared silent", labels=["topic", "partition"]
         )
         lag = GaugeMetricFamily(
-            "qris_consumer_lag_records", "High-water mark minus the next offset to take", labels=["topic", "partition"]
+            "qris_consumer_lag_records",
+            "End offset (Faust's fetched high-water mark, or the broker's latest answer when larger) "
+            "minus the next offset to take",
+            labels=["topic", "partition"],
         )
         topics = self.watch.topics
         for p, eng in sorted(engines.items()):
@@ -138,11 +160,12 @@ class WorkerMetrics:
         engines: Callable[[], dict[int, PartitionEngine]],
         highwater: Highwater | None = None,
         clock: Callable[[], float] = time.time,
+        counts: ShellCounts | None = None,
     ) -> None:
         # `_created` series: noise for a single worker's histogram.
         disable_created_metrics()  # type: ignore[no-untyped-call,unused-ignore]
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_WorkerCollector(watch, engines, highwater, clock))
+        self.registry.register(_WorkerCollector(watch, engines, highwater, clock, counts))
         self.batch_seconds = Histogram(
             "qris_batch_duration_seconds",
             "Time to decide, send and persist one input batch",

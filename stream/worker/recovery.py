@@ -102,18 +102,21 @@ def restart_self(reason: RestartReason) -> None:  # pragma: no cover - replaces 
 
 # A topic partition with records on the broker that the worker has not taken for this long is
 # stalled: Faust stopped handing it over (seen at this stop after restarts and rebalances: two
-# ledger-debits partitions, then the signals partition, delivered nothing more for minutes).
+# ledger-debits partitions, then the signals partition, delivered nothing more for minutes), or
+# the broker stopped serving this worker's fetches. `QRIS_FEED_STALL_S` sets it.
 FEED_STALL_S = 120.0
 
 TopicPartitionKey = tuple[str, int]
 
 
 class FeedStallWatchdog:
-    """Says which topic partitions have records waiting on the broker (its high watermark is past
+    """Says which topic partitions have records waiting on the broker (its end offset is past
     the next offset the worker would take) but have taken none for `stall_s` seconds.
 
-    `positions` maps each topic partition assigned here to (next offset to take, high
-    watermark); None where unknown (not restored yet, not fetched yet), which counts as no lag.
+    `positions` maps each topic partition assigned here to (next offset to take, the broker's end
+    offset asked at this check, not the high watermark Faust last fetched, which stays put when
+    the broker stops serving the worker's fetches); None where unknown (not restored yet, not
+    asked, no answer), which counts as no lag.
 
     >>> w = FeedStallWatchdog(stall_s=120)
     >>> tp = ("ledger-debits", 2)
@@ -130,6 +133,20 @@ class FeedStallWatchdog:
     def __init__(self, stall_s: float = FEED_STALL_S) -> None:
         self.stall_s = stall_s
         self._since: dict[TopicPartitionKey, tuple[int, float]] = {}  # next offset, when first seen
+        self._taken_before: dict[TopicPartitionKey, int | None] = {}  # next offsets at the last check
+
+    def unmoved(self, next_offsets: Mapping[TopicPartitionKey, int | None]) -> list[TopicPartitionKey]:
+        """The topic partitions whose next offset is known and the same as at the previous call:
+        the only ones whose end offset the broker is asked for (a partition taking records is
+        not stalled).
+
+        >>> w = FeedStallWatchdog()
+        >>> w.unmoved({("l", 0): 5, ("l", 1): 7, ("s", 0): None}), w.unmoved({("l", 0): 5, ("l", 1): 9, ("s", 0): None})
+        ([], [('l', 0)])
+        """
+        out = sorted(tp for tp, n in next_offsets.items() if n is not None and self._taken_before.get(tp) == n)
+        self._taken_before = dict(next_offsets)
+        return out
 
     def stalled(
         self, positions: dict[TopicPartitionKey, tuple[int | None, int | None]], now_s: float

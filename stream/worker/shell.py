@@ -9,7 +9,8 @@ Faust acks the batch afterwards. A partition newly assigned here is restored (lo
 changelog tail) before its engine is built, pending records included.
 
 The one wall-clock rule (live only) is here too: `check_idle_feeds` advances a partition's
-watermark when an input stream has been silent for `idle_timeout_s` (FEED_SILENT alert).
+watermark when an input stream has been silent for `idle_timeout_s` (FEED_SILENT alert) and the
+broker, asked at that moment, has none of its records left for this worker (`end_offsets`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence, Set
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -36,6 +37,9 @@ from .boundary import Gap, GapNotFilled, PartitionPlan, merge_filled, plan_batch
 log = logging.getLogger("qris_guard.worker")
 
 Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]
+# The broker's end offset of each (topic, partition) asked, now; raises when it does not answer
+# (`endoffsets.BrokerEndOffsets.ask`).
+EndOffsets = Callable[[Collection[tuple[str, int]]], Awaitable[Mapping[tuple[str, int], int]]]
 
 # State keys carry a type after the partition, so no reference can name another entry:
 # `<p>/r/<reference>` for a reference, `<p>/m` for the partition's metadata. (The earlier
@@ -112,17 +116,21 @@ class ReconcileShell:
         assignment: Callable[[], Set[Any]] | None = None,
         fetch_gap: Callable[[Gap], Awaitable[list[KafkaRecord]]] | None = None,
         restore: Callable[[int], Awaitable[None]] | None = None,
-        nothing_on_broker: Callable[[str, int], bool] | None = None,
+        end_offsets: EndOffsets | None = None,
     ) -> None:
         self.settings = settings
-        # True when topic partition (topic, p) has no record on the broker that this worker has
-        # not taken (high watermarks as fetched). An input stream is silent for the idle rule
-        # only then: a worker behind its input (a backlog, or Faust handing one topic's records
-        # over long after the other's) has not heard from a stream for minutes although its
-        # records wait on the broker, and declaring it silent would decide deadlines before the
-        # settlements that wait there: wrong refunds, then their cancellations. None: no broker
+        # An input stream is silent for the idle rule only when the broker, asked at the time of
+        # the check, has none of its records left that this worker has not taken. A worker behind
+        # its input (a backlog, Faust handing one topic's records over long after the other's) or
+        # one the broker stopped serving (a leader it cannot reach, a quota) has not heard from a
+        # stream for minutes although its records wait on the broker; declaring it silent would
+        # decide deadlines before the settlements waiting there: wrong refunds, then their
+        # cancellations. The high watermark Faust last fetched cannot tell: it stays where it was
+        # when fetches stop being answered. No answer: not known to be silent. None: no broker
         # (tests of the shell alone), wall-clock silence only.
-        self.nothing_on_broker = nothing_on_broker
+        self.end_offsets = end_offsets
+        self._unanswered = False  # the last question went unanswered (logged once per episode)
+        self._behind: set[tuple[str, int]] = set()  # idle streams with records waiting (logged once)
         # Brings a partition's stored state up to date before its engine is built from it.
         self.restore = restore
         # Hands the batch's state writes (queued by `store.put`) to the Kafka client.
@@ -160,6 +168,8 @@ class ReconcileShell:
             "redelivered_skipped": 0,
             "gap_records_fetched": 0,
             "gap_offsets_empty": 0,
+            "idle_checks_unanswered": 0,
+            "idle_streams_behind": 0,
         }
 
     # -- engines ---------------------------------------------------------------------------
@@ -398,26 +408,31 @@ class ReconcileShell:
     async def check_idle_feeds(self) -> None:
         """Live only: advance the watermark of partitions whose input stream went silent."""
         idle_s = self.settings.idle_timeout_s
+        topics = (self.settings.payment_topic, self.settings.ledger_topic)  # Stream.P, Stream.L
+        # The broker is asked only about streams already idle by age (none while records flow),
+        # once for all of them, and not under the lock (a batch need not wait for its answer).
+        ends = await self._ends_now(self._idle_by_age(time.monotonic()))
         now = time.monotonic()
         async with self.lock:
             decisions: list[Decision] = []
             touched: set[int] = set()
             holds = self.params.holds
-            topics = (self.settings.payment_topic, self.settings.ledger_topic)  # Stream.P, Stream.L
             for p, eng in list(self.engines.items()):
                 clock = self.clocks[p]
                 waiting = bool(eng.heap or eng.decide)  # records, deadlines, holds
                 if not waiting and not holds:
                     continue
                 ages = [now - (t or clock.started) for t in clock.last_arrival]
-                silent = [age >= idle_s and self._all_taken(topic, p) for age, topic in zip(ages, topics, strict=True)]
+                silent = [
+                    age >= idle_s and self._all_taken(topic, p, ends) for age, topic in zip(ages, topics, strict=True)
+                ]
                 got: list[Decision] = []
                 if not waiting:
                     # Holds on: every partition's refunds wait for the detector, which waits for
                     # every partition's closed minutes, so a quiet partition with nothing waiting
                     # must still let event time pass (no alert: nothing of its own is late).
                     if silent[0] and silent[1]:
-                        got = self._advance_quiet(p, eng, ages)
+                        got = self._advance_quiet(p, eng, ages, ends)
                 elif silent[0] and not silent[1]:
                     got = eng.declare_silent(Stream.P)
                 elif silent[1] and not silent[0]:
@@ -436,10 +451,79 @@ class ReconcileShell:
             if touched or decisions:
                 await self._emit_and_persist(decisions, touched)
 
-    def _all_taken(self, topic: str, p: int) -> bool:
-        return self.nothing_on_broker is None or self.nothing_on_broker(topic, p)
+    def _idle_by_age(self, now: float) -> set[tuple[str, int]]:
+        """The input streams (topic, partition) of engines the idle rule could move that have
+        taken no record for the idle timeout: the only ones the broker is asked about."""
+        idle_s = self.settings.idle_timeout_s
+        topics = (self.settings.payment_topic, self.settings.ledger_topic)
+        out: set[tuple[str, int]] = set()
+        for p, eng in self.engines.items():
+            clock = self.clocks.get(p)
+            if clock is None or not (eng.heap or eng.decide or self.params.holds):
+                continue
+            out.update(
+                (topic, p)
+                for topic, t in zip(topics, clock.last_arrival, strict=True)
+                if now - (t or clock.started) >= idle_s
+            )
+        return out
 
-    def _advance_quiet(self, p: int, eng: PartitionEngine, ages: list[float]) -> list[Decision]:
+    async def _ends_now(self, tps: set[tuple[str, int]]) -> Mapping[tuple[str, int], int] | None:
+        """The broker's end offsets of `tps` now; None when it does not answer (then no stream
+        is known to be silent, and no watermark moves by the wall clock)."""
+        if not tps or self.end_offsets is None:
+            return {}
+        try:
+            ends = await self.end_offsets(sorted(tps))
+        except Exception as exc:  # noqa: BLE001 - any failure means no answer
+            self.counts["idle_checks_unanswered"] += 1
+            if not self._unanswered:
+                log.warning(
+                    "idle rule: the broker did not answer for the end offsets of %d idle input stream(s) (%s); "
+                    "none counts as silent and no watermark moves by the wall clock until it answers",
+                    len(tps),
+                    exc,
+                )
+            self._unanswered = True
+            return None
+        if self._unanswered:
+            log.info("idle rule: the broker answers for end offsets again")
+        self._unanswered = False
+        behind = set()
+        for topic, p in sorted(tps):
+            end, taken = ends.get((topic, p)), self.next_offset(topic, p)
+            if end is not None and taken is not None and end > taken:
+                behind.add((topic, p))
+                if (topic, p) not in self._behind:
+                    # Late, not silent: Faust has not handed these records over (a backlog, or a
+                    # broker that stopped serving this worker's fetches: the feed-stall watchdog's).
+                    log.warning(
+                        "%s[%d]: no record taken for %.0f s or more, but the broker has %d not taken yet "
+                        "(offsets %d..%d): late, not silent",
+                        topic,
+                        p,
+                        self.settings.idle_timeout_s,
+                        end - taken,
+                        taken,
+                        end - 1,
+                    )
+        self.counts["idle_streams_behind"] += len(behind - self._behind)
+        self._behind = behind
+        return ends
+
+    def _all_taken(self, topic: str, p: int, ends: Mapping[tuple[str, int], int] | None) -> bool:
+        """True when the broker said, at this check, that it has no record of the stream left
+        that this worker has not taken (always, without a broker: tests of the shell alone)."""
+        if self.end_offsets is None:
+            return True
+        if ends is None:
+            return False
+        end, taken = ends.get((topic, p)), self.next_offset(topic, p)
+        return end is not None and taken is not None and end <= taken
+
+    def _advance_quiet(
+        self, p: int, eng: PartitionEngine, ages: list[float], ends: Mapping[tuple[str, int], int] | None
+    ) -> list[Decision]:
         # Event time follows wall time from the newest record seen; a partition that never had a
         # record follows the furthest watermark of this worker's other partitions (live only,
         # like every idle rule; nothing is decided for it until then).
@@ -453,7 +537,7 @@ class ReconcileShell:
         # and the idle timeout (a record on its way is not late), but only when the broker has
         # nothing for p not taken yet (else a backlog of old records would all be taken as late).
         topics = (self.settings.payment_topic, self.settings.ledger_topic)
-        if self.nothing_on_broker is not None and all(self.nothing_on_broker(t, p) for t in topics):
+        if self.end_offsets is not None and all(self._all_taken(t, p, ends) for t in topics):
             idle_ms = int(self.settings.idle_timeout_s * 1000)
             return eng.advance_to(int(time.time() * 1000) - self.params.lateness_ms - idle_ms)
         return []

@@ -1,0 +1,193 @@
+"""Kafka tier: a stream is silent for the live idle rule only if the broker says so at the time of
+the check, not because the worker's consumer stopped hearing from it (issue 9, money).
+
+The broker stops serving the worker's input fetches while records keep arriving: the test gives
+the Faust consumer of this test's app (client id = the app id, its own) a fetch quota of
+1 byte/s with Kafka's AlterClientQuotas (`set_fetch_quota`, the restore-hang test's), after
+the debits were taken and before their settlements are produced. The high watermark Faust
+fetched then stays where it was; judged by it, both streams look silent, the watermark follows
+the wall clock and the settled payments' deadlines pass before their settlements are taken:
+SETTLEMENT_TIMEOUT refunds, then LATE_SETTLEMENT cancellations once the quota is lifted. Judged
+by the end offsets the broker gives when asked, nothing is silent: the deadlines wait, the
+feed-stall watchdog sees records on the broker that are not taken, restarts the worker, and
+once the quota is lifted every decision equals offline replay's. The quota names only this
+test's client id and is removed in any case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kafka import KafkaProducer
+from stream.settings import Settings, to_env
+from stream.simulate import partition_for
+from stream.worker.endoffsets import BrokerEndOffsets
+from tests.kafka_support import Worker, fresh_topics, require_broker
+from tests.records import T0, ledger, payment
+from tests.test_kafka_chaos import ChaosResult, await_replays_decisions, brief, judge
+from tests.test_kafka_recovery import self_restarts, set_fetch_quota
+
+pytestmark = pytest.mark.kafka
+
+PARTITIONS = 2
+FEED_STALL_S = 8  # QRIS_FEED_STALL_S of the test's worker (120 by default)
+STALL_LOG = re.compile(r"(\S+)\[(\d+)\]: records from offset \d+ are on the broker but none was taken for (\d+) s")
+
+
+def refs_on(partition: int, prefix: str, n: int) -> list[str]:
+    """`n` references whose records go to `partition` (Kafka's default partitioner)."""
+    out: list[str] = []
+    i = 0
+    while len(out) < n:
+        ref = f"{prefix}{i}"
+        if partition_for(ref.encode(), PARTITIONS) == partition:
+            out.append(ref)
+        i += 1
+    return out
+
+
+def wait_taken_through(worker: Worker, at_ms: int, timeout_s: float = 180) -> None:
+    """Wait until both streams of every partition of the worker have a record at `at_ms` or later
+    (its /qris/stats page; a count of records would restart at each incarnation)."""
+    deadline = time.monotonic() + timeout_s
+    parts: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        worker.assert_alive()
+        try:
+            parts = worker.stats()["partitions"]
+        except OSError:
+            parts = {}
+        maxima = [m for part in parts.values() for m in part["max_ms"]]
+        if len(parts) == PARTITIONS and all(m is not None and m >= at_ms for m in maxima):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"records up to {at_ms} not taken in {timeout_s} s: {parts}\n{worker.log_tail()}")
+
+
+def test_a_feed_the_broker_stops_serving_is_not_silent_no_wrong_refund_and_the_watchdog_restarts(
+    tmp_path: Path,
+) -> None:
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=PARTITIONS)
+    topics.create(bootstrap)
+    # Short times from the settings, the same for offline replay: idle 2 s, T 10 s, A 1 s, no
+    # holds (the quota holds the signals back too, and held refunds would wait for the detector).
+    rules = Settings(timeout_s=10, lateness_s=1, max_hold_s=0)
+    env = {var: to_env(rules)[var] for var in ("QRIS_TIMEOUT_S", "QRIS_LATENESS_S", "QRIS_MAX_HOLD_S")}
+    env.update({"QRIS_IDLE_TIMEOUT_S": "2", "QRIS_FEED_STALL_S": str(FEED_STALL_S)})
+    worker = Worker(topics, tmp_path / "w", extra_env=env)
+    faust_client = worker.app_id  # the worker's Faust consumer (and producer) client id
+    settled = [r for p in range(PARTITIONS) for r in refs_on(p, "S", 6)]  # settle while the broker is deaf
+    lost = [r for p in range(PARTITIONS) for r in refs_on(p, "LOST", 2)]  # never settle: real refunds
+    later = [r for p in range(PARTITIONS) for r in refs_on(p, "N", 3)]  # paid while the broker is deaf
+    ticks = [refs_on(p, "TICK", 1)[0] for p in range(PARTITIONS)]
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+
+    def send(topic: str, ref: str, value: bytes) -> None:
+        producer.send(topic, key=ref.encode(), value=value, partition=partition_for(ref.encode(), PARTITIONS))
+
+    result = ChaosResult("broker-stops-serving", 0)
+    got = []
+    stalls: list[tuple[str, str, str]] = []
+    try:
+        worker.start(bootstrap)
+        # Every payment requested and debited within the first second of event time.
+        for i, ref in enumerate(settled + lost):
+            send(topics.payment, ref, payment(f"{ref}-q", "requested", ref, i / 100))
+            send(topics.ledger, ref, ledger(f"{ref}-d", "debited", ref, i / 100))
+        producer.flush()
+        first = 2 * len(settled + lost)
+        worker.wait_processed(first, timeout_s=180)
+        set_fetch_quota(bootstrap, faust_client, 1.0)
+        try:
+            time.sleep(2)  # the quota in force before the settlements reach the broker
+            # Settled 2 s after the debits, well before the deadlines (10 s): no refund is owed.
+            # Both feeds go on meanwhile (more payments, paid at once): nothing is silent.
+            for ref in settled:
+                send(topics.payment, ref, payment(f"{ref}-s", "settled", ref, 2))
+            for ref in later:
+                send(topics.payment, ref, payment(f"{ref}-q", "requested", ref, 2.5))
+                send(topics.ledger, ref, ledger(f"{ref}-d", "debited", ref, 2.5))
+                send(topics.payment, ref, payment(f"{ref}-s", "settled", ref, 3))
+            producer.flush()
+            # Long enough for the idle rule (2 s) to pass the deadlines (T + A + idle = 13 s of
+            # quiet) and for the watchdog (8 s without progress) to see the feed stalled.
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                worker.assert_alive()
+                stalls = STALL_LOG.findall(worker.log_tail(10**6))
+                if stalls:
+                    break
+                time.sleep(0.5)
+        finally:
+            set_fetch_quota(bootstrap, faust_client, None)
+        # Event time moves on, on both streams of every partition, so that offline replay too
+        # decides every deadline (the lost payments' refunds).
+        for ref in ticks:
+            send(topics.payment, ref, payment(f"{ref}-q", "requested", ref, 100))
+            send(topics.ledger, ref, ledger(f"{ref}-r", "reversed", ref, 100, 1))
+        producer.flush()
+        result.records = first + len(settled) + 3 * len(later) + 2 * len(ticks)
+        wait_taken_through(worker, T0 + 100_000)  # every record taken (the settlements included)
+        got = await_replays_decisions(bootstrap, topics, [worker], lambda: None, rules)
+        restarts = self_restarts(worker)
+    finally:
+        producer.close()
+        if worker.proc is not None and worker.proc.poll() is None:
+            worker.stop()
+    judge(result, bootstrap, topics, got, [worker], rules)
+    values = [v for _t, _k, v in got]
+    wrong = sorted(
+        {v["reference"] for v in values if v.get("type") == "refund.requested" and v["reference"] not in lost}
+    )
+    cancelled = sorted({v["reference"] for v in values if v.get("type") == "refund.cancel_requested"})
+    refunded_lost = sorted({v["reference"] for v in values if v.get("type") == "refund.requested"} & set(lost))
+    print(
+        result.line(),
+        f"({len(wrong)} wrong refunds of settled payments, {len(cancelled)} cancellations, "
+        f"{len(refunded_lost)}/{len(lost)} lost payments refunded, feed stalls restarted: {len(stalls)}; "
+        f"logs in {tmp_path})",
+        file=sys.stderr,
+    )
+    assert wrong == [] and cancelled == [], (wrong, cancelled)
+    assert refunded_lost == sorted(lost)
+    assert not result.missed and not result.extra and not result.conflicting, (
+        f"{result.line()}\nmissed {brief(result.missed)}\nextra {brief(result.extra)}\n"
+        f"conflicting {result.conflicting[:5]}; logs in {tmp_path}"
+    )
+    # The watchdog saw the input the broker held back (records on it, none taken) and restarted.
+    assert stalls and all(int(s) == FEED_STALL_S for _t, _p, s in stalls), stalls
+    assert restarts["feed_stalled"] >= 1, restarts
+
+
+def test_the_end_offsets_are_the_brokers_now_also_for_questions_asked_at_once() -> None:
+    """What the idle rule and the watchdog are told: the offset after the last record of each
+    partition asked, as the broker has it at the moment (0 for an empty partition); the idle
+    timer and the watchdog ask from their own tasks, possibly at once."""
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=PARTITIONS)
+    topics.create(bootstrap)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for i in range(3):
+        producer.send(topics.ledger, key=b"k", value=ledger(f"e{i}", "debited", "R", i), partition=1)
+    producer.flush()
+    producer.close()
+    ends = BrokerEndOffsets({"bootstrap_servers": bootstrap}, f"{topics.prefix}-end-offsets")
+    asked = [(topics.payment, 0), (topics.ledger, 0), (topics.ledger, 1)]
+
+    async def ask_twice() -> list[dict[tuple[str, int], int]]:
+        try:
+            return list(await asyncio.gather(ends.ask(asked), ends.ask(asked[2:])))
+        finally:
+            await ends.close()
+
+    both = asyncio.run(ask_twice())
+    assert both == [{asked[0]: 0, asked[1]: 0, asked[2]: 3}, {asked[2]: 3}]
+    assert ends.latest == both[0]
