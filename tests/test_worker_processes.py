@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,15 +27,35 @@ def test_doctests() -> None:
 
 
 def test_each_child_has_its_own_data_dir_and_web_port(tmp_path: Path) -> None:
+    # Each child writes its port and app id, then runs until stopped: a child that exits on its
+    # own stops the set (and makes the exit code 1), so the test stops them once all have written.
     script = (
-        "import os, pathlib; d = pathlib.Path(os.environ['QRIS_DATA_DIR']); d.mkdir(parents=True); "
-        "(d / 'port').write_text(os.environ['QRIS_WEB_PORT'] + ' ' + os.environ['QRIS_APP_ID'])"
+        "import os, pathlib, time; d = pathlib.Path(os.environ['QRIS_DATA_DIR']); d.mkdir(parents=True); "
+        "(d / 'port').write_text(os.environ['QRIS_WEB_PORT'] + ' ' + os.environ['QRIS_APP_ID']); time.sleep(60)"
     )
     settings = Settings(data_dir=str(tmp_path), web_port=7000, app_id="qris-x")
-    code = run_processes(settings, 3, poll_s=0.05, command=[sys.executable, "-c", script])
+    code = _run_until(settings, 3, script, lambda: len(list(tmp_path.glob("w*/port"))) == 3)
     assert code == 0
     got = {p.parent.name: p.read_text() for p in tmp_path.glob("w*/port")}
     assert got == {"w0": "7000 qris-x", "w1": "7001 qris-x", "w2": "7002 qris-x"}
+
+
+def _run_until(settings: Settings, n: int, script: str, ready: Callable[[], bool]) -> int:
+    """`run_processes` with `n` children running `script`; SIGTERM to this process once `ready()`."""
+
+    def stop_when_ready() -> None:
+        deadline = time.monotonic() + 30
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    threading.Thread(target=stop_when_ready, daemon=True).start()
+    try:
+        return run_processes(settings, n, poll_s=0.05, command=[sys.executable, "-c", script])
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 def test_a_failing_child_stops_the_others_and_gives_its_exit_code(tmp_path: Path) -> None:
@@ -57,19 +78,7 @@ def test_sigterm_reaches_every_child(tmp_path: Path) -> None:
     )
     settings = Settings(data_dir=str(tmp_path), web_port=0)
 
-    def stop_when_ready() -> None:
-        deadline = time.monotonic() + 30
-        while len(list(tmp_path.glob("ready-*"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    threading.Thread(target=stop_when_ready, daemon=True).start()
-    try:
-        code = run_processes(settings, 2, poll_s=0.05, command=[sys.executable, "-c", script])
-    finally:
-        signal.signal(signal.SIGTERM, previous[0])
-        signal.signal(signal.SIGINT, previous[1])
+    code = _run_until(settings, 2, script, lambda: len(list(tmp_path.glob("ready-*"))) == 2)
     assert code == 0
     assert sorted(p.parent.name for p in tmp_path.glob("w*/stopped")) == ["w0", "w1"]
 
