@@ -1,24 +1,24 @@
 """Partition-parallel offline replay of a replay file.
 
 Partitions are independent by the contract (each has its own watermark and references), so
-`jobs` processes each read the whole file, fully parse only the lines of their partitions
-(found with a cheap byte search, confirmed by a full parse when a line is ambiguous) and
-decide them with the same core. Each job writes its own output; the parent concatenates them
-in job order. Decisions are identical to a single-process replay; only the interleaving of
-lines from different partitions differs. Each job hands back its partitions' burst signals and
-the parent runs the one burst detector over all of them. With refund holds on, the jobs take one
-pass (`onepass`): they send their closed minutes to the parent as they close, and the parent
-sends the detector's incidents back to every job as they come. If a partition never reports,
-the parent runs two passes instead: a first (signals only), then the detector's incident
-timeline to the same job processes, which decide their second pass with it from the first
-pass's parse results (see `replay`).
+`jobs` processes decide them with the same core. The parent reads the file once
+(`replayfile.FileScan`: each line's partition as the replay reads it, and the input
+partitions); each job then reads only its own partitions' lines, from the file mapped into
+memory. Each job writes its own output; the parent concatenates them in job order. Decisions
+are identical to a single-process replay; only the interleaving of lines from different
+partitions differs. Each job hands back its partitions' burst signals and the parent runs the
+one burst detector over all of them. With refund holds on, the jobs take one pass (`onepass`):
+they send their closed minutes to the parent as they close, and the parent sends the
+detector's incidents back to every job as they come. If a partition never reports, the parent
+runs two passes instead: a first (signals only), then the detector's incident timeline to the
+same job processes, which decide their second pass with it from the first pass's parse results
+(see `replay`).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import queue
-import re
 import shutil
 import tempfile
 import threading
@@ -28,7 +28,6 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import IO, Any
 
-from ..core import codec
 from ..core.burst import BurstDetector, BurstParams
 from ..core.decisions import Decision
 from ..core.holds import IncidentEvent, incident_event
@@ -45,39 +44,17 @@ from .replay import (
     warn_out_of_order,
     with_holds,
 )
-from .replayfile import KafkaRecord, TimeRange, decision_line, file_partitions, parse_line
-
-_PARTITION = re.compile(rb'"partition"\s*:\s*(\d+)')
+from .replayfile import FileScan, KafkaRecord, TimeRange, decision_line
 
 
-def _line_partition(raw: bytes) -> int | None:
-    found = _PARTITION.findall(raw)
-    if len(found) == 1:
-        return int(found[0])
-    if not raw.strip():
-        return None
-    return int(codec.loads(raw)["partition"])
-
-
-def _records(path: str, jobs: int, index: int, times: tuple[int | None, int | None]) -> Iterator[KafkaRecord]:
+def _records(scan: FileScan, index: int, times: tuple[int | None, int | None]) -> Iterator[KafkaRecord]:
     """The records of the file that belong to job `index` (and to `--from/--to`)."""
-    within = TimeRange(*times)
-    with open(path, "rb") as fh:
-        for line_no, raw in enumerate(fh, 1):
-            try:
-                p = _line_partition(raw)
-            except (ValueError, KeyError, TypeError):
-                p = 0  # not a record: the job of partition 0 reports it, naming the line
-            if p is None or p % jobs != index:
-                continue
-            rec = parse_line(raw, path, line_no)
-            if within.keep(rec):
-                yield rec
+    for fields in scan.job_lines(index, TimeRange(*times)):
+        yield KafkaRecord(*fields)
 
 
 def _job(
-    path: str,
-    jobs: int,
+    scan: FileScan,
     index: int,
     params: Params,
     drain: bool,
@@ -100,29 +77,38 @@ def _job(
         seq[k] = seq.get(k, -1) + 1
         fh.write(decision_line(topic, partition, seq[k], d))
 
-    def fed() -> Iterator[tuple[KafkaRecord, list[Decision]]]:
+    def fed() -> Iterator[tuple[int, list[Decision]]]:
+        # (input partition, what its record decided)
         if out is not None and kept:
             kept.reverse()  # taken from the end, so memory is freed as the pass goes
             while kept:
                 rec, parsed = kept.pop()
-                yield rec, r.feed(rec, parsed)
+                yield rec.partition, r.feed(rec, parsed)
             return
         keeping = out is None and kept is not None
-        for rec in _records(path, jobs, index, times):
+        if not keeping:
+            # The common case in one loop: the job's lines as fields, no record objects.
+            take = r.take
+            for topic, part, offset, ts, key, value in scan.job_lines(index, TimeRange(*times)):
+                got = take(topic, part, offset, ts, key, value)
+                if got:
+                    yield part, got
+            return
+        for rec in _records(scan, index, times):
             if keeping and kept is not None:
-                yield rec, r.feed_keeping(rec, kept)
+                yield rec.partition, r.feed_keeping(rec, kept)
                 if len(kept) >= KEEP_PARSED_MAX_RECORDS:
                     kept.clear()  # too many to keep: the second pass reads the file again
                     keeping = False
             else:
-                yield rec, r.feed(rec)
+                yield rec.partition, r.feed(rec)
 
     with open(out or "/dev/null", "wb") as sink:
-        for rec, got in fed():
+        for part, got in fed():
             if out is None:
                 continue
             for d in got:
-                write(sink, rec.partition, d.role, d)
+                write(sink, part, d.role, d)
                 n += 1
         if drain:
             for p, d in r.drain():
@@ -130,14 +116,30 @@ def _job(
                     write(sink, p, d.role, d)
                     n += 1
     if out is not None:
-        warn_out_of_order(r, path)
+        warn_out_of_order(r, scan.path)
     return n, r.signals, sorted(r.engines)
+
+
+# The parent's scan, for the forked processes of a pool (a Pool pickles its tasks' arguments).
+_SCAN: list[FileScan | None] = [None]
+
+
+def _pool_job(
+    index: int,
+    params: Params,
+    drain: bool,
+    topics: dict[str, str],
+    out: str,
+    times: tuple[int | None, int | None],
+) -> tuple[int, list[Any], list[int]]:
+    scan = _SCAN[0]
+    assert scan is not None, "a replay pool job without the parent's scan"
+    return _job(scan, index, params, drain, topics, out, times)
 
 
 def _two_pass_job(
     conn: Connection,
-    path: str,
-    jobs: int,
+    scan: FileScan,
     index: int,
     params: Params,
     drain: bool,
@@ -150,12 +152,12 @@ def _two_pass_job(
     try:
         kept: list[Kept] = []
         first = replace(params, max_hold_ms=0)
-        _n, signals, partitions = _job(path, jobs, index, first, drain, topics, None, times, kept=kept)
+        _n, signals, partitions = _job(scan, index, first, drain, topics, None, times, kept=kept)
         conn.send(("signals", (signals, partitions)))
         del signals
         timeline = conn.recv()
         second = replace(params, burst_signals=False)
-        conn.send(("done", _job(path, jobs, index, second, drain, topics, out, times, timeline, kept=kept)))
+        conn.send(("done", _job(scan, index, second, drain, topics, out, times, timeline, kept=kept)))
     except BaseException as exc:  # handed to the parent, which raises it
         try:
             conn.send(("error", exc))
@@ -177,7 +179,7 @@ def _answer(conn: Connection) -> Any:
 
 def _two_passes(
     ctx: Any,
-    path: str,
+    scan: FileScan,
     params: Params,
     drain: bool,
     jobs: int,
@@ -191,7 +193,7 @@ def _two_passes(
     try:
         for i in range(jobs):
             ours, theirs = ctx.Pipe()
-            args = (theirs, path, jobs, i, params, drain, topics, outs[i], times)
+            args = (theirs, scan, i, params, drain, topics, outs[i], times)
             proc = ctx.Process(target=_two_pass_job, args=args)
             proc.start()
             theirs.close()
@@ -217,8 +219,7 @@ def _two_passes(
 
 def _one_pass_job(
     conn: Connection,
-    path: str,
-    jobs: int,
+    scan: FileScan,
     index: int,
     params: Params,
     drain: bool,
@@ -261,9 +262,11 @@ def _one_pass_job(
                     conn.send(("signals", one.outbox))
                     one.outbox = []
 
-            for i, rec in enumerate(_records(path, jobs, index, times)):
-                one.feed(i, rec)
-                send_signals()
+            take = one.take
+            for i, (topic, part, offset, ts, key, value) in enumerate(scan.job_lines(index, TimeRange(*times))):
+                take(i, topic, part, offset, ts, key, value)
+                if one.outbox:
+                    send_signals()
                 while not inbox.empty():
                     _kind, events, known = inbox.get()
                     one.incidents(events, known)
@@ -279,7 +282,7 @@ def _one_pass_job(
                     break
             one.complete(drain)
             n += write(one.ready(final=True))
-        warn_out_of_order(one.r, path)
+        warn_out_of_order(one.r, scan.path)
         conn.send(("done", (n, one.reports, sorted(one.r.engines), sorted(one.reporting))))
     except BaseException as exc:  # handed to the parent, which raises it
         try:
@@ -292,7 +295,7 @@ def _one_pass_job(
 
 def _one_pass(
     ctx: Any,
-    path: str,
+    scan: FileScan,
     params: Params,
     drain: bool,
     jobs: int,
@@ -313,7 +316,7 @@ def _one_pass(
     try:
         for i in range(jobs):
             ours, theirs = ctx.Pipe()
-            args = (theirs, path, jobs, i, params, drain, topics, outs[i], times, partitions)
+            args = (theirs, scan, i, params, drain, topics, outs[i], times, partitions)
             proc = ctx.Process(target=_one_pass_job, args=args)
             proc.start()
             theirs.close()
@@ -389,21 +392,26 @@ def replay_file_parallel(
         ctx = mp.get_context("fork")
         times = (from_ms, to_ms)
         one_pass = None
+        # One read of the file here: its input partitions and each job's lines (inherited by
+        # the forked jobs, which read only those).
+        scan = FileScan(path, (params.payment_topic, params.ledger_topic), jobs)
         if params.holds:
-            inputs = frozenset(file_partitions(path, (params.payment_topic, params.ledger_topic)))
+            inputs = frozenset(scan.partitions)
             # No line gives an input partition (none, or none readable): the two passes read the
             # records and say what is wrong with them; a detector over no partition cannot run.
             if inputs:
-                one_pass = _one_pass(ctx, path, params, drain, jobs, topics, outs, times, burst, inputs)
+                one_pass = _one_pass(ctx, scan, params, drain, jobs, topics, outs, times, burst, inputs)
         if one_pass is not None:
             results, bursts = one_pass
         elif params.holds:
-            results, bursts = _two_passes(ctx, path, params, drain, jobs, topics, outs, times, burst)
+            results, bursts = _two_passes(ctx, scan, params, drain, jobs, topics, outs, times, burst)
         else:
-            with ctx.Pool(jobs) as pool:
-                results = pool.starmap(
-                    _job, [(path, jobs, i, params, drain, topics, outs[i], times) for i in range(jobs)]
-                )
+            _SCAN[0] = scan  # the pool's forked processes inherit it (not pickled)
+            try:
+                with ctx.Pool(jobs) as pool:
+                    results = pool.starmap(_pool_job, [(i, params, drain, topics, outs[i], times) for i in range(jobs)])
+            finally:
+                _SCAN[0] = None
             signals = [value for _n, values, _p in results for value in values]
             partitions = {p for _n, _v, ps in results for p in ps}
             bursts, _closed = run_detector(signals, partitions, burst)
