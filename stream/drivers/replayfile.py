@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import mmap
 import os
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -275,25 +274,43 @@ class FileScan:
                     self.ends[job].append(pos)
 
     def job_lines(self, job: int, within: TimeRange | None = None) -> Iterator[Fields]:
-        """The records of job `job`'s lines, in file order (`line_fields` on the file mapped
-        into memory: only these lines are read)."""
+        """The records of job `job`'s lines, in file order (`line_fields`; only these lines
+        are parsed)."""
         starts, ends = self.starts[job], self.ends[job]
         if not starts:
             return
-        with open(self.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-
-            def line_no(i: int) -> int:
-                return _line_number(mm, starts[i])
-
-            yield from line_fields(map(mm.__getitem__, map(slice, starts, ends)), self.path, line_no, within)
+        path = self.path
+        with open(path, "rb", buffering=0) as fh:
+            yield from line_fields(_ranges(fh, starts, ends), path, lambda i: _line_number(path, starts[i]), within)
 
 
-def _line_number(mm: mmap.mmap, offset: int) -> int:
+def _ranges(fh: IO[bytes], starts: array[int], ends: array[int], block: int = 1 << 22) -> Iterator[bytes]:
+    # The bytes of lines [start, end) of `fh` (rising, not overlapping), read in blocks: not
+    # mapped into memory, where every page a job touches (all of them: partitions interleave)
+    # would count in its resident size.
+    buf, base = b"", 0  # buf holds the file's bytes [base, base + len(buf))
+    for a, b in zip(starts, ends, strict=True):
+        top = base + len(buf)
+        if b > top:
+            if a >= top:
+                fh.seek(a)
+                buf = fh.read(max(block, b - a))
+            else:
+                buf = buf[a - base :] + fh.read(max(block, b - top))
+            base = a
+        yield buf[a - base : b - base]
+
+
+def _line_number(path: str, offset: int) -> int:
     # Only for a line with a mistake: count the newlines before it, a block at a time.
     n, pos, block = 1, 0, 1 << 24
-    while pos < offset:
-        n += mm[pos : min(pos + block, offset)].count(b"\n")
-        pos += block
+    with open(path, "rb") as fh:
+        while pos < offset:
+            chunk = fh.read(min(block, offset - pos))
+            if not chunk:
+                break
+            n += chunk.count(b"\n")
+            pos += len(chunk)
     return n
 
 
