@@ -251,27 +251,40 @@ class FileScan:
         self.starts = [array("q") for _ in range(jobs)]
         self.ends = [array("q") for _ in range(jobs)]
         loads, error = codec.loads, codec.JSONDecodeError
-        found = self.partitions
-        pos = 0
+        add = self.partitions.add
         with open(path, "rb") as fh:
+            if not ranges:  # the partitions only (a replay in one process)
+                for raw in fh:
+                    try:
+                        line = loads(raw)
+                    except error:
+                        continue
+                    if type(line) is dict and line.get("topic") in wanted:
+                        p = line.get("partition")
+                        if type(p) is int and p >= 0:
+                            add(p)
+                return
+            appends = [(self.starts[j].append, self.ends[j].append) for j in range(jobs)]
+            pos = 0
             for raw in fh:
-                start, pos = pos, pos + len(raw)
+                start = pos
+                pos += len(raw)
                 try:
                     line = loads(raw)
                 except error:
-                    if ranges and raw.strip():
-                        self.starts[0].append(start)
-                        self.ends[0].append(pos)
+                    if raw.strip():
+                        appends[0][0](start)
+                        appends[0][1](pos)
                     continue
                 p = line.get("partition") if type(line) is dict else None
-                job = 0
                 if type(p) is int and p >= 0:
                     if line.get("topic") in wanted:
-                        found.add(p)
-                    job = p % jobs
-                if ranges:
-                    self.starts[job].append(start)
-                    self.ends[job].append(pos)
+                        add(p)
+                    start_at, end_at = appends[p % jobs]
+                else:
+                    start_at, end_at = appends[0]
+                start_at(start)
+                end_at(pos)
 
     def job_lines(self, job: int, within: TimeRange | None = None) -> Iterator[Fields]:
         """The records of job `job`'s lines, in file order (`line_fields`; only these lines
