@@ -7,6 +7,7 @@ decides."""
 from __future__ import annotations
 
 import io
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,56 @@ def test_from_to_selects_the_same_records_in_the_jobs(tmp_path: Path) -> None:
     scan = FileScan(path, (P_TOPIC, L_TOPIC), 2)
     got = [KafkaRecord(*f) for job in (0, 1) for f in scan.job_lines(job, TimeRange(5_000, 20_000))]
     assert sorted(got, key=records.index) == chosen
+
+
+def _stalling_day() -> list[KafkaRecord]:
+    # Partitions 0 and 2 (job 0 of two) run 20 minutes; partition 1 (job 1) stops after 5 and
+    # partition 3 (job 1) comes back only at the end of the file: job 0 runs ahead of the
+    # incidents (which wait for every partition's minutes) and must not wait for ever.
+    out: list[KafkaRecord] = []
+    offsets: dict[tuple[str, int], int] = {}
+
+    def add(topic: str, part: int, value: bytes) -> None:
+        k = (topic, part)
+        offsets[k] = offsets.get(k, -1) + 1
+        out.append(_rec(topic, part, offsets[k], value))
+
+    late: list[tuple[str, int, bytes]] = []
+    for i in range(120):
+        t = 10.0 * i
+        for part in (0, 1, 2, 3):
+            if part == 1 and t > 300:
+                continue
+            ref = f"S{part}-{i}"
+            q = payment(f"{ref}-q", "requested", ref, t)
+            d = ledger(f"{ref}-d", "debited", ref, t + 1)
+            if part == 3 and t > 300:
+                late += [(P_TOPIC, 3, q), (L_TOPIC, 3, d)]
+                continue
+            add(P_TOPIC, part, q)
+            add(L_TOPIC, part, d)
+    for topic, part, value in late:
+        add(topic, part, value)
+    return out
+
+
+@pytest.mark.parametrize("drain", [True, False])
+def test_a_job_ahead_of_the_incidents_waits_but_never_for_ever(tmp_path: Path, drain: bool) -> None:
+    records = _stalling_day()
+    path = _write(tmp_path / "day.jsonl", [orjson.dumps(record_to_line(r)) for r in records])
+    expected = _file_lines(list(replay(records, HOLDS, drain=drain)))
+    assert len(expected) > 100 if drain else expected is not None
+    out = io.BytesIO()
+
+    def hung(_signum: int, _frame: Any) -> None:
+        raise TimeoutError("the parallel replay hung")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        n = replay_file_parallel(path, HOLDS, drain=drain, jobs=2, topics=TOPICS, out=out)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert n == len(expected)
+    assert sorted(out.getvalue().splitlines(keepends=True)) == sorted(expected)
