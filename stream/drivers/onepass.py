@@ -95,9 +95,9 @@ class OnePass:
         """`feed` for a record given as its fields (`replayfile.Fields`)."""
         p = self.params
         if topic == p.payment_topic:
-            stream = Stream.P
+            stream, s = Stream.P, 0
         elif topic == p.ledger_topic:
-            stream = Stream.L
+            stream, s = Stream.L, 1
         else:
             self.r.ignored += 1
             return
@@ -105,7 +105,6 @@ class OnePass:
             raise ValueError(f"one-pass replay: a record of partition {part}, not one of {sorted(self.partitions)}")
         self.index = i
         eng = self.r.engines.get(part) or self.r.engine(part)
-        s = int(stream)
         rejected, skewed = eng.rejected[s], eng.skewed[s]
         got = eng.on_record(stream, offset, key, value, timestamp_ms)
         w = eng.watermark_ms
