@@ -131,11 +131,10 @@ def _kafka_records(args: argparse.Namespace, s: Settings) -> Iterator[Any]:
     )
 
 
-def _file_records(args: argparse.Namespace) -> Any:
+def _file_records(args: argparse.Namespace, progress: Progress) -> Any:
     """The replay input from a file: read again for each pass, with its progress on a terminal."""
     from .drivers.replayfile import ReplayFile
 
-    progress = Progress("replay")
     if not progress.enabled:
         return ReplayFile(args.input, args.from_time, args.to_time)
     records = ReplayFile(args.input, args.from_time, args.to_time, tick=progress.tick)
@@ -182,7 +181,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         # With holds, one pass if the detector knows the input partitions up front: `replay`
         # finds a file's with a quick scan, and keeps records from Kafka in memory to find theirs
         # (and to read them again if the one pass gives up).
-        records = _kafka_records(args, s) if args.from_kafka else _file_records(args)
+        progress = Progress("replay")
+        records = _kafka_records(args, s) if args.from_kafka else _file_records(args, progress)
         source = args.input or "Kafka"
         decided = replay(records, s.params, drain=args.drain, burst=s.burst, source=source)
         for partition, d in decided:
@@ -191,6 +191,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             seq[k] = seq.get(k, -1) + 1
             fh.write(decision_line(topic, partition, seq[k], d))
             n_out += 1
+        progress.done()
     print(f"replay: {n_out} decisions in {time.perf_counter() - started:.2f} s -> {args.out}", file=sys.stderr)
     return 0
 

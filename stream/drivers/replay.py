@@ -285,10 +285,10 @@ def replay(
 ) -> Iterator[tuple[int, Decision]]:
     """Decisions for `records` as (input partition, decision), in the order they are made; the
     failure-burst alerts (partition -1) come last. With holds on, `records` may be read twice (an
-    iterator is kept in memory first; pass a re-iterable, e.g. a file reader, to avoid that):
+    iterator is kept in memory first; pass a re-iterable, e.g. a `ReplayFile`, to avoid that):
     one pass (`onepass`) if `partitions` includes every partition of the input (found here for
-    records in memory), else, or if that pass gives up, two. `one_pass` False: always two (the
-    tests compare them)."""
+    records in memory, and by a scan of a `ReplayFile`), else, or if that pass gives up, two.
+    `one_pass` False: always two (the tests compare them)."""
     burst = burst or BurstParams()
     bursts: list[Decision] | None = None  # holds off: the detector runs after the one pass
     kept: list[Kept] = []
