@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import signal
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from stream.drivers.replayfile import (
     ReplayFile,
     ReplayLineError,
     TimeRange,
+    _ranges,
     line_fields,
     line_to_record,
     read_records,
@@ -214,3 +216,23 @@ def test_a_job_ahead_of_the_incidents_waits_but_never_for_ever(tmp_path: Path, d
         signal.signal(signal.SIGALRM, previous)
     assert n == len(expected)
     assert sorted(out.getvalue().splitlines(keepends=True)) == sorted(expected)
+
+
+def test_a_jobs_lines_are_read_whole_whatever_the_block_and_short_reads() -> None:
+    lines = [b"line %d %s\n" % (i, b"x" * (i % 13)) for i in range(200)]
+    data = b"".join(lines)
+    starts, ends, pos = array("q"), array("q"), 0
+    for i, line in enumerate(lines):
+        if i % 3 == 0:
+            starts.append(pos)
+            ends.append(pos + len(line))
+        pos += len(line)
+
+    class ShortReads(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            return super().read(min(n, 7) if n is not None and n > 0 else n)
+
+    for fh in (io.BytesIO(data), ShortReads(data)):
+        for block in (1, 5, 64, 1 << 22):
+            fh.seek(0)
+            assert list(_ranges(fh, starts, ends, block)) == lines[::3]

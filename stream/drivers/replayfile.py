@@ -311,6 +311,11 @@ def _ranges(fh: IO[bytes], starts: array[int], ends: array[int], block: int = 1 
             else:
                 buf = buf[a - base :] + fh.read(max(block, b - top))
             base = a
+            while base + len(buf) < b:  # a short read (or a file cut since the scan)
+                more = fh.read(max(block, b - base - len(buf)))
+                if not more:
+                    break
+                buf += more
         yield buf[a - base : b - base]
 
 
