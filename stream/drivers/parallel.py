@@ -3,13 +3,14 @@
 Partitions are independent by the contract (each has its own watermark and references), so
 `jobs` processes decide them with the same core. The parent reads the file once
 (`replayfile.FileScan`: each line's partition as the replay reads it, and the input
-partitions); each job then reads only its own partitions' lines, from the file mapped into
-memory. Each job writes its own output; the parent concatenates them in job order. Decisions
+partitions); each job then reads only the byte ranges of its own partitions' lines. Each job
+writes its own output; the parent concatenates them in job order. Decisions
 are identical to a single-process replay; only the interleaving of lines from different
 partitions differs. Each job hands back its partitions' burst signals and the parent runs the
 one burst detector over all of them. With refund holds on, the jobs take one pass (`onepass`):
 they send their closed minutes to the parent as they close, and the parent sends the
-detector's incidents back to every job as they come. If a partition never reports, the parent
+detector's incidents back to every job as they come (a job far ahead of the incidents waits
+for them: `_lead_ms`). If a partition never reports, the parent
 runs two passes instead: a first (signals only), then the detector's incident timeline to the
 same job processes, which decide their second pass with it from the first pass's parse results
 (see `replay`).
