@@ -64,7 +64,7 @@ def _write(path: Path, lines: list[bytes]) -> str:
 
 def _day_lines() -> list[bytes]:
     lines = [orjson.dumps(record_to_line(r)) for r in _small()]
-    # Blank lines between records, and a last line without its newline is tested below.
+    # Blank lines between records (a last line without its newline: see the first test).
     return [*lines[:3], b"", b"   ", *lines[3:], *_odd_lines()]
 
 
@@ -79,6 +79,13 @@ def test_every_job_reads_exactly_its_partitions_lines_as_the_replay_reads_them(t
         for job in range(jobs):
             got = [KafkaRecord(*f) for f in scan.job_lines(job)]
             assert got == [r for r in records if r.partition % jobs == job]
+    # The last line without its newline.
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(Path(path).read_bytes().rstrip(b"\n"))
+    scan = FileScan(str(cut), (P_TOPIC, L_TOPIC), 2)
+    assert [KafkaRecord(*f) for job in (0, 1) for f in scan.job_lines(job)] == [
+        r for job in (0, 1) for r in records if r.partition % 2 == job
+    ]
     # The single-process reader gives the same records, as tuples, and again on a second pass.
     rf = ReplayFile(path)
     assert list(rf) == records and list(rf) == records
