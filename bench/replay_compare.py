@@ -4,11 +4,12 @@
     git archive main | tar -x -C /tmp/base          # the reference code
     python bench/replay_compare.py --base /tmp/base --in outage.jsonl mixed.jsonl lebaran.jsonl
 
-Each file is replayed with `--drain`, with refund holds on (the default) and off (`--max-hold-s
-0`), by `python -m stream replay` run from each tree (its own `stream` package first on the
-path). `--jobs 1` outputs are compared with `cmp` as they are (one process writes in decision
-order); with `--jobs 2` also, the parallel replay's lines are compared sorted, since only the
-interleaving of different partitions' lines may differ. Outputs of the base tree are kept in
+Each file is replayed with `--drain` (or `--args`: other replay arguments), with refund holds
+on (the default) and off (`--max-hold-s 0`), by `python -m stream replay` run from each tree
+(its own `stream` package first on the path). `--jobs 1` outputs are compared with `cmp` as
+they are (one process writes in decision order); with `--jobs 2` also, the parallel replay's
+lines are compared sorted, since only the interleaving of different partitions' lines may
+differ. Outputs of the base tree are kept in
 `--cache` and reused while the base tree and the input are unchanged (their paths, sizes and
 modification times name the cached file).
 """
@@ -26,8 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def replay(tree: Path, src: Path, out: Path, holds: bool, jobs: int) -> float:
-    cmd = [sys.executable, "-m", "stream", "replay", "--in", str(src), "--out", str(out), "--drain"]
+def replay(tree: Path, src: Path, out: Path, holds: bool, jobs: int, extra: list[str] | None = None) -> float:
+    cmd = [sys.executable, "-m", "stream", "replay", "--in", str(src), "--out", str(out)]
+    cmd += ["--drain"] if extra is None else extra
     cmd += ["--jobs", str(jobs)] + ([] if holds else ["--max-hold-s", "0"])
     env = dict(os.environ, PYTHONPATH=str(tree))
     started = time.perf_counter()
@@ -55,7 +57,14 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, nargs="+", default=[1], help="replay --jobs values (default 1)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/qris-replay-compare"), help="base outputs kept here")
     ap.add_argument("--work", type=Path, default=None, help="where this tree's outputs go (default: --cache)")
+    ap.add_argument(
+        "--args",
+        default=None,
+        help='replay arguments instead of "--drain", e.g. "" (no drain) or "--drain --from T --to T"',
+    )
     args = ap.parse_args()
+    extra = None if args.args is None else args.args.split()
+    variant = "" if extra is None else "-" + hashlib.sha256(args.args.encode()).hexdigest()[:8]
     args.cache.mkdir(parents=True, exist_ok=True)
     work = args.work or args.cache
     work.mkdir(parents=True, exist_ok=True)
@@ -63,17 +72,18 @@ def main() -> int:
     failed = 0
     for src in args.inputs:
         st = src.stat()
-        tag = hashlib.sha256(f"{src.resolve()}:{st.st_size}:{st.st_mtime_ns}:{stamp}".encode()).hexdigest()[:12]
+        source = f"{src.resolve()}:{st.st_size}:{st.st_mtime_ns}:{stamp}{variant}"
+        tag = hashlib.sha256(source.encode()).hexdigest()[:12]
         for holds in (True, False):
             for jobs in args.jobs:
-                name = f"{src.stem}-holds-{'on' if holds else 'off'}-jobs{jobs}"
+                name = f"{src.stem}-holds-{'on' if holds else 'off'}-jobs{jobs}{variant}"
                 base_out = args.cache / f"{name}-base-{tag}.jsonl"
                 if not base_out.exists():
                     tmp = base_out.with_suffix(".part")
-                    replay(args.base, src, tmp, holds, jobs)
+                    replay(args.base, src, tmp, holds, jobs, extra)
                     tmp.rename(base_out)
                 ours = work / f"{name}-ours.jsonl"
-                took = replay(ROOT, src, ours, holds, jobs)
+                took = replay(ROOT, src, ours, holds, jobs, extra)
                 ok = same(base_out, ours, sort=jobs > 1)
                 failed += not ok
                 lines = ours.read_bytes().count(b"\n")

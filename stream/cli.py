@@ -13,14 +13,14 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from .core import codec
 from .core.eventtime import BadTimestamp, parse_instant
-from .drivers.progress import Progress, file_fraction
+from .drivers.progress import Progress
 from .settings import DOCS, Settings, SettingsError, display, from_env
 
 EXIT_MISTAKE = 2  # an argument, setting, file or replay line is wrong
@@ -122,38 +122,24 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
-def _input_records(args: argparse.Namespace, s: Settings, line: list[int] | None = None) -> Iterator[Any]:
-    """The replay input; for a file, `line[0]` follows the line of the record last yielded."""
-    from .drivers.replayfile import TimeRange, numbered_records
+def _kafka_records(args: argparse.Namespace, s: Settings) -> Iterator[Any]:
+    """The replay input from the input topics."""
+    from .drivers.kafkaread import read_topics
 
-    if args.from_kafka:
-        from .drivers.kafkaread import read_topics
-
-        yield from Progress("replay").wrap(
-            read_topics(s, [s.payment_topic, s.ledger_topic], from_ms=args.from_time, to_ms=args.to_time)
-        )
-    else:
-        within = TimeRange(args.from_time, args.to_time)
-        with open(args.input, "rb") as fh:
-            progress = Progress("replay", fraction=file_fraction(fh, os.fstat(fh.fileno()).st_size))
-            for n, rec in numbered_records(fh):
-                if not within.keep(rec):
-                    continue
-                if line is not None:
-                    line[0] = n
-                progress.tick()
-                yield rec
-            progress.done()
+    yield from Progress("replay").wrap(
+        read_topics(s, [s.payment_topic, s.ledger_topic], from_ms=args.from_time, to_ms=args.to_time)
+    )
 
 
-class _Again:
-    """An input that can be read again: every iteration calls `make` anew."""
+def _file_records(args: argparse.Namespace, progress: Progress) -> Any:
+    """The replay input from a file: read again for each pass, with its progress on a terminal."""
+    from .drivers.replayfile import ReplayFile
 
-    def __init__(self, make: Callable[[], Iterator[Any]]) -> None:
-        self.make = make
-
-    def __iter__(self) -> Iterator[Any]:
-        return self.make()
+    if not progress.enabled:
+        return ReplayFile(args.input, args.from_time, args.to_time)
+    records = ReplayFile(args.input, args.from_time, args.to_time, tick=progress.tick)
+    progress.fraction = records.share
+    return records
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -191,25 +177,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
-    line = [0]
     with _open_out(args.out) as fh:
-        # With holds a replay reads its input twice: a file again, Kafka once (kept in memory).
-        records = _input_records(args, s, line) if args.from_kafka else _Again(lambda: _input_records(args, s, line))
+        # With holds, one pass if the detector knows the input partitions up front: `replay`
+        # finds a file's with a quick scan, and keeps records from Kafka in memory to find theirs
+        # (and to read them again if the one pass gives up).
+        progress = Progress("replay")
+        records = _kafka_records(args, s) if args.from_kafka else _file_records(args, progress)
         source = args.input or "Kafka"
-        # With holds, one pass if the detector knows the input partitions up front (a file's
-        # here; records from Kafka are kept in memory and `replay` finds them).
-        partitions = None
-        if args.input and s.params.holds:
-            from .drivers.replayfile import file_partitions
-
-            partitions = file_partitions(args.input, (s.payment_topic, s.ledger_topic))
-        decided = replay(records, s.params, drain=args.drain, burst=s.burst, source=source, partitions=partitions)
+        decided = replay(records, s.params, drain=args.drain, burst=s.burst, source=source)
         for partition, d in decided:
             topic = s.output_topic(d.role)
             k = (topic, partition)
             seq[k] = seq.get(k, -1) + 1
             fh.write(decision_line(topic, partition, seq[k], d))
             n_out += 1
+        progress.done()
     print(f"replay: {n_out} decisions in {time.perf_counter() - started:.2f} s -> {args.out}", file=sys.stderr)
     return 0
 

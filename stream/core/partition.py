@@ -29,6 +29,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from . import codec
@@ -52,6 +53,7 @@ from .validation import Rejection, parse_ledger, parse_payment
 
 RECORD, DEADLINE, HOLD = 0, 1, 2  # heap kinds; retention checks have a heap of their own
 _STREAMS = (Stream.P, Stream.L)
+_RECORD_KEY = itemgetter(0, 1, 2, 3)  # a heap item's (eff, kind, stream, offset)
 NEG_INF = -(2**62)
 POS_INF = 2**62
 
@@ -409,36 +411,49 @@ class PartitionEngine:
 
     def _views_ahead(self, through: int, watermark_ms: int) -> dict[str, ReferenceState]:
         # The facts of references with records past W but not yet decided: what the decisions
-        # will have seen by then. Only references whose request is in a minute closing now count.
+        # will have seen by then. Only references whose request is in a minute closing now count:
+        # request times in [lo_ms, hi_ms), the minutes after the last closed one through `through`.
+        prev = self.signals_through
+        lo_ms = (prev + 1) * MINUTE_MS if prev is not None else -(2**64)  # (below every time)
+        hi_ms = (through + 1) * MINUTE_MS
         ahead: dict[str, list[Item]] = {}
         for item in self.heap:
             if item[0] < watermark_ms:
-                ahead.setdefault(item[4], []).append(item)
-        prev = self.signals_through
+                items = ahead.get(item[4])
+                if items is None:
+                    ahead[item[4]] = [item]
+                else:
+                    items.append(item)
+        refs = self.refs
         views: dict[str, ReferenceState] = {}
         for ref, items in ahead.items():
-            st = self.refs.get(ref)
+            st = refs.get(ref)
             if st is not None and st.request_eff_ms is not None:
                 # Its request is decided already (a view keeps it): a reference whose minute is
                 # not closing now needs no view. (Live, while the incidents lag, `ahead` holds
                 # minutes of records; copying every one at each minute's close cost 0.36 s.)
-                minute = st.request_eff_ms // MINUTE_MS
-                if minute > through or (prev is not None and minute <= prev):
+                if not lo_ms <= st.request_eff_ms < hi_ms:
                     continue
-            elif not any(it[0] // MINUTE_MS <= through and (prev is None or it[0] // MINUTE_MS > prev) for it in items):
-                # Its request, if any, is one of these records (its time is the record's): none
-                # in a minute closing now, so no view (live, a backlog's `ahead` holds thousands
-                # of such references; building each one's view at every close was a third of
-                # the worker's CPU).
-                continue
+            else:
+                for it in items:
+                    if lo_ms <= it[0] < hi_ms:
+                        break
+                else:
+                    # Its request, if any, is one of these records (its time is the record's):
+                    # none in a minute closing now, so no view (live, a backlog's `ahead` holds
+                    # thousands of such references; building each one's view at every close was
+                    # a third of the worker's CPU).
+                    continue
             view = st.facts_copy() if st is not None else ReferenceState(ref)
-            for eff, _kind, s, _offset, _ref, event in sorted(items, key=lambda it: it[:4]):
+            if len(items) > 1:
+                items.sort(key=_RECORD_KEY)
+            apply_facts = view.apply_facts
+            for eff, _kind, s, _offset, _ref, event in items:
                 assert event is not None
-                view.apply_facts(_STREAMS[s], eff, event)
+                apply_facts(_STREAMS[s], eff, event)
             rq_ms = view.request_eff_ms
-            if rq_ms is None or rq_ms // MINUTE_MS > through or (prev is not None and rq_ms // MINUTE_MS <= prev):
-                continue
-            views[ref] = view
+            if rq_ms is not None and lo_ms <= rq_ms < hi_ms:
+                views[ref] = view
         return views
 
     def _process(self, cap: int) -> list[Decision]:

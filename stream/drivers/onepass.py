@@ -37,7 +37,7 @@ from ..core.partition import NEG_INF, POS_INF, Params
 from ..core.records import Stream
 from ..core.signals import MINUTE_MS
 from .replay import Replay, warn_out_of_order, with_holds
-from .replayfile import KafkaRecord
+from .replayfile import KafkaRecord, ReplayFile
 
 
 class Fallback(Exception):
@@ -80,22 +80,33 @@ class OnePass:
     # -- input ---------------------------------------------------------------------------
 
     def feed(self, i: int, rec: KafkaRecord) -> None:
+        self.take(i, rec.topic, rec.partition, rec.offset, rec.timestamp_ms, rec.key, rec.value)
+
+    def take(
+        self,
+        i: int,
+        topic: str,
+        part: int,
+        offset: int,
+        timestamp_ms: int | None,
+        key: bytes | None,
+        value: bytes | None,
+    ) -> None:
+        """`feed` for a record given as its fields (`replayfile.Fields`)."""
         p = self.params
-        if rec.topic == p.payment_topic:
-            stream = Stream.P
-        elif rec.topic == p.ledger_topic:
-            stream = Stream.L
+        if topic == p.payment_topic:
+            stream, s = Stream.P, 0
+        elif topic == p.ledger_topic:
+            stream, s = Stream.L, 1
         else:
             self.r.ignored += 1
             return
-        part = rec.partition
         if part not in self.partitions:
             raise ValueError(f"one-pass replay: a record of partition {part}, not one of {sorted(self.partitions)}")
         self.index = i
-        eng = self.r.engine(part)
-        s = int(stream)
+        eng = self.r.engines.get(part) or self.r.engine(part)
         rejected, skewed = eng.rejected[s], eng.skewed[s]
-        got = eng.on_record(stream, rec.offset, rec.key, rec.value, rec.timestamp_ms)
+        got = eng.on_record(stream, offset, key, value, timestamp_ms)
         w = eng.watermark_ms
         ws = self.mark_w.get(part)
         if ws is None:
@@ -253,7 +264,7 @@ def _as_first_pass(d: Decision) -> Decision:
 
 
 def replay_one_pass(
-    records: Iterable[KafkaRecord],
+    records: Iterable[KafkaRecord] | ReplayFile,
     params: Params,
     burst: BurstParams,
     partitions: Iterable[int],
@@ -265,9 +276,16 @@ def replay_one_pass(
     superset of the input's partitions. Raises `Fallback` (see the module docstring)."""
     partitions = frozenset(partitions)
     one = OnePass(params, partitions, BurstDetector(partitions, burst) if partitions else None)
-    feed = one.feed
-    for i, rec in enumerate(records):
-        feed(i, rec)
-        if i & 255 == 0:
-            yield from one.ready()
+    if isinstance(records, ReplayFile):
+        take = one.take
+        for i, (topic, part, offset, ts, key, value) in enumerate(records.fields()):
+            take(i, topic, part, offset, ts, key, value)
+            if i & 255 == 0:
+                yield from one.ready()
+    else:
+        feed = one.feed
+        for i, rec in enumerate(records):
+            feed(i, rec)
+            if i & 255 == 0:
+                yield from one.ready()
     yield from one.finish(drain, source)

@@ -39,7 +39,7 @@ from ..core.partition import NEG_INF, POS_INF, Params, PartitionEngine
 from ..core.records import LedgerEvent, PaymentEvent, Stream
 from ..core.signals import MINUTE_MS
 from ..core.validation import Rejection, parse_ledger, parse_payment
-from .replayfile import KafkaRecord
+from .replayfile import KafkaRecord, ReplayFile, file_partitions
 
 # A record of the first pass of a replay with holds, kept for the second: the record (its value
 # dropped when it parsed) and its parse result; None for a record of another topic.
@@ -84,6 +84,21 @@ class Replay:
         got = self.engine(rec.partition).on_record(
             stream, rec.offset, rec.key, rec.value, rec.timestamp_ms, parsed=parsed
         )
+        return self._keep_signals(got) if got else got
+
+    def take(
+        self, topic: str, partition: int, offset: int, timestamp_ms: int | None, key: bytes | None, value: bytes | None
+    ) -> list[Decision]:
+        """`feed` for a record given as its fields (`replayfile.Fields`)."""
+        if topic == self.params.payment_topic:
+            stream = Stream.P
+        elif topic == self.params.ledger_topic:
+            stream = Stream.L
+        else:
+            self.ignored += 1
+            return []
+        eng = self.engines.get(partition) or self.engine(partition)
+        got = eng.on_record(stream, offset, key, value, timestamp_ms)
         return self._keep_signals(got) if got else got
 
     def feed_keeping(self, rec: KafkaRecord, kept: list[Kept]) -> list[Decision]:
@@ -243,6 +258,13 @@ def _second_pass(
             rec, parsed = kept.pop()
             for d in r.feed(rec, parsed):
                 yield rec.partition, d
+    elif isinstance(records, ReplayFile):
+        take = r.take
+        for topic, part, offset, ts, key, value in records.fields():
+            got = take(topic, part, offset, ts, key, value)
+            if got:
+                for d in got:
+                    yield part, d
     else:
         for rec in records:
             for d in r.feed(rec):
@@ -263,10 +285,10 @@ def replay(
 ) -> Iterator[tuple[int, Decision]]:
     """Decisions for `records` as (input partition, decision), in the order they are made; the
     failure-burst alerts (partition -1) come last. With holds on, `records` may be read twice (an
-    iterator is kept in memory first; pass a re-iterable, e.g. a file reader, to avoid that):
+    iterator is kept in memory first; pass a re-iterable, e.g. a `ReplayFile`, to avoid that):
     one pass (`onepass`) if `partitions` includes every partition of the input (found here for
-    records in memory), else, or if that pass gives up, two. `one_pass` False: always two (the
-    tests compare them)."""
+    records in memory, and by a scan of a `ReplayFile`), else, or if that pass gives up, two.
+    `one_pass` False: always two (the tests compare them)."""
     burst = burst or BurstParams()
     bursts: list[Decision] | None = None  # holds off: the detector runs after the one pass
     kept: list[Kept] = []
@@ -276,6 +298,8 @@ def replay(
 
         if isinstance(records, Iterator):
             records = list(records)
+        if partitions is None and isinstance(records, ReplayFile):
+            partitions = file_partitions(records.path, (params.payment_topic, params.ledger_topic))
         if partitions is None and isinstance(records, list):
             inputs = (params.payment_topic, params.ledger_topic)
             partitions = {rec.partition for rec in records if rec.topic in inputs}

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Iterator
+import os
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -125,6 +127,211 @@ def parse_line(raw: bytes, where: str, n: int) -> KafkaRecord:
         raise ReplayLineError(f"{where}:{n}: not a replay record: {reason}") from None
 
 
+# A replay line's record as a plain tuple, in `KafkaRecord`'s field order: the replay's own reader
+# hands these to the engines (no object per line but the tuple).
+Fields = tuple[str, int, int, int | None, bytes | None, bytes | None]
+
+
+def line_fields(
+    lines: Iterable[bytes], where: str, line_no: Callable[[int], int], within: TimeRange | None = None
+) -> Iterator[Fields]:
+    """The records of `lines` (the i-th is line `line_no(i)` of `where`), as `Fields`, in one
+    loop: one `orjson.loads` a line, the common line checked inline as `line_to_record` checks
+    it, anything else (`value_b64`, a wrong field, not JSON) through `parse_line`, which words
+    the mistake. Blank lines are skipped; `within` selects as `TimeRange.keep` does."""
+    loads, error = codec.loads, codec.JSONDecodeError
+    keep = within.keep_fields if within is not None and within.selects else None
+    for i, raw in enumerate(lines):
+        try:
+            line = loads(raw)
+        except error:
+            if not raw.strip():
+                continue
+            line = None
+        fields: Fields | None = None
+        if type(line) is dict:
+            get = line.get
+            topic, partition, offset, timestamp_ms, key, value = (
+                get("topic"),
+                get("partition"),
+                get("offset"),
+                get("timestamp_ms"),
+                get("key"),
+                get("value"),
+            )
+            if (
+                type(topic) is str
+                and type(partition) is int
+                and type(offset) is int
+                and partition >= 0
+                and offset >= 0
+                and (timestamp_ms is None or type(timestamp_ms) is int)
+                and (key is None or type(key) is str)
+                and type(value) is str
+                and "value_b64" not in line
+            ):
+                try:
+                    fields = (
+                        topic,
+                        partition,
+                        offset,
+                        timestamp_ms,
+                        None if key is None else key.encode("utf-8"),
+                        value.encode("utf-8"),
+                    )
+                except UnicodeEncodeError:
+                    fields = None  # (a lone surrogate: `parse_line` words it)
+        if fields is None:
+            try:
+                rec = parse_line(raw, where, 0)
+            except ReplayLineError:
+                parse_line(raw, where, line_no(i))  # raises again, naming the line (found only now)
+                raise
+            fields = (rec.topic, rec.partition, rec.offset, rec.timestamp_ms, rec.key, rec.value)
+        if keep is not None and not keep(fields[0], fields[1], fields[3]):
+            continue
+        yield fields
+
+
+class ReplayFile:
+    """A replay file as the replay reads it: iterable again and again (as `KafkaRecord`s, for
+    the two-pass replay and `trace`), and `fields()` for the one-pass replay's fast path.
+    `from_ms`/`to_ms` select as `TimeRange` does; `tick(n)` is told every 1,024 records."""
+
+    def __init__(
+        self,
+        path: str,
+        from_ms: int | None = None,
+        to_ms: int | None = None,
+        tick: Callable[[int], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.from_ms, self.to_ms = from_ms, to_ms
+        self.tick = tick
+        self._reading: IO[bytes] | None = None
+
+    def share(self) -> float | None:
+        """The share of the file read so far by the pass under way (None if unknown)."""
+        fh = self._reading
+        try:
+            size = os.fstat(fh.fileno()).st_size if fh is not None else 0
+            return fh.tell() / size if fh is not None and size > 0 else None
+        except (OSError, ValueError):
+            return None
+
+    def fields(self) -> Iterator[Fields]:
+        tick = self.tick
+        with open(self.path, "rb") as fh:
+            self._reading = fh
+            given = line_fields(fh, self.path, lambda i: i + 1, TimeRange(self.from_ms, self.to_ms))
+            if tick is None:
+                yield from given
+                return
+            for n, fields in enumerate(given, 1):
+                if n & 1023 == 0:
+                    tick(1024)
+                yield fields
+
+    def __iter__(self) -> Iterator[KafkaRecord]:
+        for fields in self.fields():
+            yield KafkaRecord(*fields)
+
+
+class FileScan:
+    """One read of a replay file for a replay with `jobs` processes: the partitions its lines
+    give for the input topics (as `file_partitions`), and for each job the byte ranges of its
+    lines (those of partitions `p % jobs == job`; a line that is not a record goes to job 0,
+    which says what is wrong with it). Each line is read with `orjson.loads`, so its partition
+    is the one the replay reads, whatever its spacing, key order, escapes or repeated keys."""
+
+    def __init__(self, path: str, topics: Iterable[str], jobs: int = 1, *, ranges: bool = True) -> None:
+        wanted = set(topics)
+        self.path = path
+        self.partitions: set[int] = set()
+        self.starts = [array("q") for _ in range(jobs)]
+        self.ends = [array("q") for _ in range(jobs)]
+        loads, error = codec.loads, codec.JSONDecodeError
+        add = self.partitions.add
+        with open(path, "rb") as fh:
+            if not ranges:  # the partitions only (a replay in one process)
+                for raw in fh:
+                    try:
+                        line = loads(raw)
+                    except error:
+                        continue
+                    if type(line) is dict and line.get("topic") in wanted:
+                        p = line.get("partition")
+                        if type(p) is int and p >= 0:
+                            add(p)
+                return
+            appends = [(self.starts[j].append, self.ends[j].append) for j in range(jobs)]
+            pos = 0
+            for raw in fh:
+                start = pos
+                pos += len(raw)
+                try:
+                    line = loads(raw)
+                except error:
+                    if raw.strip():
+                        appends[0][0](start)
+                        appends[0][1](pos)
+                    continue
+                p = line.get("partition") if type(line) is dict else None
+                if type(p) is int and p >= 0:
+                    if line.get("topic") in wanted:
+                        add(p)
+                    start_at, end_at = appends[p % jobs]
+                else:
+                    start_at, end_at = appends[0]
+                start_at(start)
+                end_at(pos)
+
+    def job_lines(self, job: int, within: TimeRange | None = None) -> Iterator[Fields]:
+        """The records of job `job`'s lines, in file order (`line_fields`; only these lines
+        are parsed)."""
+        starts, ends = self.starts[job], self.ends[job]
+        if not starts:
+            return
+        path = self.path
+        with open(path, "rb", buffering=0) as fh:
+            yield from line_fields(_ranges(fh, starts, ends), path, lambda i: _line_number(path, starts[i]), within)
+
+
+def _ranges(fh: IO[bytes], starts: array[int], ends: array[int], block: int = 1 << 22) -> Iterator[bytes]:
+    # The bytes of lines [start, end) of `fh` (rising, not overlapping), read in blocks: not
+    # mapped into memory, where every page a job touches (all of them: partitions interleave)
+    # would count in its resident size.
+    buf, base = b"", 0  # buf holds the file's bytes [base, base + len(buf))
+    for a, b in zip(starts, ends, strict=True):
+        top = base + len(buf)
+        if b > top:
+            if a >= top:
+                fh.seek(a)
+                buf = fh.read(max(block, b - a))
+            else:
+                buf = buf[a - base :] + fh.read(max(block, b - top))
+            base = a
+            while base + len(buf) < b:  # a short read (or a file cut since the scan)
+                more = fh.read(max(block, b - base - len(buf)))
+                if not more:
+                    break
+                buf += more
+        yield buf[a - base : b - base]
+
+
+def _line_number(path: str, offset: int) -> int:
+    # Only for a line with a mistake: count the newlines before it, a block at a time.
+    n, pos, block = 1, 0, 1 << 24
+    with open(path, "rb") as fh:
+        while pos < offset:
+            chunk = fh.read(min(block, offset - pos))
+            if not chunk:
+                break
+            n += chunk.count(b"\n")
+            pos += len(chunk)
+    return n
+
+
 def read_records(fh: IO[bytes]) -> Iterator[KafkaRecord]:
     for _n, rec in numbered_records(fh):
         yield rec
@@ -144,20 +351,7 @@ def file_partitions(path: str, topics: Iterable[str]) -> set[int]:
     """The partitions that lines of `path` give for `topics`, read as `parse_line` reads them (a
     line that is not a record is left out: reading the records says what is wrong with it).
     A superset of the partitions of the records `--from/--to` keeps."""
-    wanted = set(topics)
-    found: set[int] = set()
-    loads, error = codec.loads, codec.JSONDecodeError
-    with open(path, "rb") as fh:
-        for raw in fh:
-            try:
-                line = loads(raw)
-            except error:
-                continue
-            if type(line) is dict and line.get("topic") in wanted:
-                p = line.get("partition")
-                if type(p) is int and p >= 0:
-                    found.add(p)
-    return found
+    return FileScan(path, topics, ranges=False).partitions
 
 
 class TimeRange:
@@ -177,11 +371,18 @@ class TimeRange:
         self.started: set[tuple[str, int]] = set()
         self.ended: set[tuple[str, int]] = set()
 
+    @property
+    def selects(self) -> bool:
+        """Whether it can leave anything out."""
+        return self.from_ms is not None or self.to_ms is not None
+
     def keep(self, rec: KafkaRecord) -> bool:
-        tp = (rec.topic, rec.partition)
+        return self.keep_fields(rec.topic, rec.partition, rec.timestamp_ms)
+
+    def keep_fields(self, topic: str, partition: int, ts: int | None) -> bool:
+        tp = (topic, partition)
         if tp in self.ended:
             return False
-        ts = rec.timestamp_ms
         if self.to_ms is not None and ts is not None and ts >= self.to_ms:
             self.ended.add(tp)
             return False

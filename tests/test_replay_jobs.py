@@ -1,0 +1,245 @@
+"""Reading a replay file for `replay --jobs N` (`replayfile.FileScan`) and the replay's own line
+reader (`replayfile.line_fields`): every job gets exactly the lines of its partitions as the
+replay reads them (odd spacing, key order, `value_b64`, escaped and repeated keys, blank and
+broken lines), a broken line is named by its line number, and `--jobs 2` decides what `--jobs 1`
+decides."""
+
+from __future__ import annotations
+
+import io
+import signal
+from array import array
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from stream.drivers.parallel import replay_file_parallel
+from stream.drivers.replay import replay
+from stream.drivers.replayfile import (
+    FileScan,
+    KafkaRecord,
+    ReplayFile,
+    ReplayLineError,
+    TimeRange,
+    _ranges,
+    line_fields,
+    line_to_record,
+    read_records,
+    record_to_line,
+)
+from tests.records import ledger, payment
+from tests.test_holds import HOLDS
+from tests.test_replay_onepass import L_TOPIC, P_TOPIC, _file_lines, _rec, _small
+
+TOPICS = {"refunds": "qris.refunds", "alerts": "qris.alerts", "dead_letter": "qris.dead-letter"}
+
+
+def _odd_lines() -> list[bytes]:
+    """Record lines as other writers may write them, each with what the replay reads in it."""
+    spaced = _rec(P_TOPIC, 3, 0, payment("E-q", "requested", "E", 20))
+    reordered = _rec(L_TOPIC, 3, 0, ledger("E-d", "debited", "E", 20))
+    b64 = KafkaRecord(P_TOPIC, 2, 0, None, b"F", b"\xff\xfe not UTF-8")
+    return [
+        # Spaces after the separators.
+        orjson.dumps(record_to_line(spaced)).replace(b'","', b'", "').replace(b'":', b'": '),
+        # Keys in another order: the partition comes last.
+        orjson.dumps(dict(reversed(list(record_to_line(reordered).items())))),
+        # Not UTF-8: `value_b64`.
+        orjson.dumps(record_to_line(b64)),
+        # A repeated key, escaped: JSON readers take the last one, partition 3, not 2 (a second
+        # debit of E: read as partition 2, it would be missing from E's refund).
+        orjson.dumps(record_to_line(_rec(L_TOPIC, 2, 1, ledger("E-d2", "debited", "E", 25, 1_000))))[:-1]
+        + b',"p\\u0061rtition":3}',
+        # A topic that is not an input: left to the job of its partition, which ignores it.
+        orjson.dumps(record_to_line(KafkaRecord("other", 5, 0, None, None, b"x"))),
+    ]
+
+
+def _write(path: Path, lines: list[bytes]) -> str:
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return str(path)
+
+
+def _day_lines() -> list[bytes]:
+    lines = [orjson.dumps(record_to_line(r)) for r in _small()]
+    # Blank lines between records (a last line without its newline: see the first test).
+    return [*lines[:3], b"", b"   ", *lines[3:], *_odd_lines()]
+
+
+def test_every_job_reads_exactly_its_partitions_lines_as_the_replay_reads_them(tmp_path: Path) -> None:
+    path = _write(tmp_path / "day.jsonl", _day_lines())
+    with open(path, "rb") as fh:
+        records = list(read_records(fh))
+    assert [r.partition for r in records if r.key == b"E"] == [3, 3, 3]
+    for jobs in (1, 2, 3):
+        scan = FileScan(path, (P_TOPIC, L_TOPIC), jobs)
+        assert scan.partitions == {0, 1, 2, 3}
+        for job in range(jobs):
+            got = [KafkaRecord(*f) for f in scan.job_lines(job)]
+            assert got == [r for r in records if r.partition % jobs == job]
+    # The last line without its newline.
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(Path(path).read_bytes().rstrip(b"\n"))
+    scan = FileScan(str(cut), (P_TOPIC, L_TOPIC), 2)
+    assert [KafkaRecord(*f) for job in (0, 1) for f in scan.job_lines(job)] == [
+        r for job in (0, 1) for r in records if r.partition % 2 == job
+    ]
+    # The single-process reader gives the same records, as tuples, and again on a second pass.
+    rf = ReplayFile(path)
+    assert list(rf) == records and list(rf) == records
+
+
+def test_the_line_reader_agrees_with_the_checked_parser_on_every_shape() -> None:
+    good = record_to_line(_rec(P_TOPIC, 0, 0, payment("A-q", "requested", "A", 0)))
+    shapes: list[Any] = [
+        good,
+        {**good, "key": None},
+        {**good, "timestamp_ms": None},
+        {**good, "value": None},
+        {**good, "value": {"as": "object"}},
+        {k: v for k, v in good.items() if k != "timestamp_ms"},
+        {**good, "value_b64": "AAEC"},
+        {**good, "partition": True},
+        {**good, "offset": -1},
+        {**good, "key": 5},
+        [1, 2],
+    ]
+    for shape in shapes:
+        raw = orjson.dumps(shape)
+        try:
+            want: Any = line_to_record(orjson.loads(raw))
+        except ValueError:
+            want = ReplayLineError
+        try:
+            got: Any = [KafkaRecord(*f) for f in _read_lines([raw])]
+        except ReplayLineError:
+            got = ReplayLineError
+        assert got == (want if want is ReplayLineError else [want]), shape
+
+
+def _read_lines(lines: list[bytes]) -> list[Any]:
+    return list(line_fields(lines, "x.jsonl", lambda i: i + 1))
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_broken_line_is_named_by_its_line_number(tmp_path: Path, jobs: int) -> None:
+    lines = _day_lines()
+    good = lines[-2]  # partition 3 (the escaped repeated key): the job of partition 1 with 2 jobs
+    broken = good.replace(b'"offset":1', b'"offset":"1"')
+    assert broken != good
+    path = _write(tmp_path / "day.jsonl", [*lines, broken])
+    scan = FileScan(path, (P_TOPIC, L_TOPIC), jobs)
+    with pytest.raises(ReplayLineError, match=rf'day.jsonl:{len(lines) + 1}: not a replay record: "offset" must be'):
+        for job in range(jobs):
+            list(scan.job_lines(job))
+    path = _write(tmp_path / "json.jsonl", [*lines[:4], b"{oops", *lines[4:]])
+    with pytest.raises(ReplayLineError, match=r"json.jsonl:5: not a replay record"):
+        replay_file_parallel(path, HOLDS, drain=True, jobs=jobs, topics=TOPICS, out=io.BytesIO())
+
+
+@pytest.mark.parametrize("holds", [True, False])
+@pytest.mark.parametrize("drain", [True, False])
+def test_two_jobs_decide_what_one_process_decides_on_odd_lines(tmp_path: Path, holds: bool, drain: bool) -> None:
+    path = _write(tmp_path / "day.jsonl", _day_lines())
+    params = HOLDS if holds else HOLDS.__class__()
+    with open(path, "rb") as fh:
+        records = list(read_records(fh))
+    expected = _file_lines(list(replay(records, params, drain=drain)))
+    assert any(b"dead-letter" in line for line in expected)
+    if drain:  # E's refund counts both debits
+        assert any(b'"amount":26000' in line and b'"reference":"E"' in line for line in expected)
+    assert _file_lines(list(replay(ReplayFile(path), params, drain=drain))) == expected
+    for jobs in (2, 3):
+        out = io.BytesIO()
+        n = replay_file_parallel(path, params, drain=drain, jobs=jobs, topics=TOPICS, out=out)
+        assert n == len(expected)
+        assert sorted(out.getvalue().splitlines(keepends=True)) == sorted(expected)
+
+
+def test_from_to_selects_the_same_records_in_the_jobs(tmp_path: Path) -> None:
+    records = [
+        KafkaRecord(r.topic, r.partition, r.offset, 1_000 * i, r.key, r.value) for i, r in enumerate(_small() * 3)
+    ]
+    path = _write(tmp_path / "day.jsonl", [orjson.dumps(record_to_line(r)) for r in records])
+    within = TimeRange(5_000, 20_000)
+    chosen = [r for r in records if within.keep(r)]
+    assert 0 < len(chosen) < len(records)
+    assert list(ReplayFile(path, 5_000, 20_000)) == chosen
+    scan = FileScan(path, (P_TOPIC, L_TOPIC), 2)
+    got = [KafkaRecord(*f) for job in (0, 1) for f in scan.job_lines(job, TimeRange(5_000, 20_000))]
+    assert sorted(got, key=records.index) == chosen
+
+
+def _stalling_day() -> list[KafkaRecord]:
+    # Partitions 0 and 2 (job 0 of two) run 20 minutes; partition 1 (job 1) stops after 5 and
+    # partition 3 (job 1) comes back only at the end of the file: job 0 runs ahead of the
+    # incidents (which wait for every partition's minutes) and must not wait for ever.
+    out: list[KafkaRecord] = []
+    offsets: dict[tuple[str, int], int] = {}
+
+    def add(topic: str, part: int, value: bytes) -> None:
+        k = (topic, part)
+        offsets[k] = offsets.get(k, -1) + 1
+        out.append(_rec(topic, part, offsets[k], value))
+
+    late: list[tuple[str, int, bytes]] = []
+    for i in range(120):
+        t = 10.0 * i
+        for part in (0, 1, 2, 3):
+            if part == 1 and t > 300:
+                continue
+            ref = f"S{part}-{i}"
+            q = payment(f"{ref}-q", "requested", ref, t)
+            d = ledger(f"{ref}-d", "debited", ref, t + 1)
+            if part == 3 and t > 300:
+                late += [(P_TOPIC, 3, q), (L_TOPIC, 3, d)]
+                continue
+            add(P_TOPIC, part, q)
+            add(L_TOPIC, part, d)
+    for topic, part, value in late:
+        add(topic, part, value)
+    return out
+
+
+@pytest.mark.parametrize("drain", [True, False])
+def test_a_job_ahead_of_the_incidents_waits_but_never_for_ever(tmp_path: Path, drain: bool) -> None:
+    records = _stalling_day()
+    path = _write(tmp_path / "day.jsonl", [orjson.dumps(record_to_line(r)) for r in records])
+    expected = _file_lines(list(replay(records, HOLDS, drain=drain)))
+    assert len(expected) > 100 if drain else expected is not None
+    out = io.BytesIO()
+
+    def hung(_signum: int, _frame: Any) -> None:
+        raise TimeoutError("the parallel replay hung")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        n = replay_file_parallel(path, HOLDS, drain=drain, jobs=2, topics=TOPICS, out=out)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert n == len(expected)
+    assert sorted(out.getvalue().splitlines(keepends=True)) == sorted(expected)
+
+
+def test_a_jobs_lines_are_read_whole_whatever_the_block_and_short_reads() -> None:
+    lines = [b"line %d %s\n" % (i, b"x" * (i % 13)) for i in range(200)]
+    data = b"".join(lines)
+    starts, ends, pos = array("q"), array("q"), 0
+    for i, line in enumerate(lines):
+        if i % 3 == 0:
+            starts.append(pos)
+            ends.append(pos + len(line))
+        pos += len(line)
+
+    class ShortReads(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            return super().read(min(n, 7) if n is not None and n > 0 else n)
+
+    for fh in (io.BytesIO(data), ShortReads(data)):
+        for block in (1, 5, 64, 1 << 22):
+            fh.seek(0)
+            assert list(_ranges(fh, starts, ends, block)) == lines[::3]
