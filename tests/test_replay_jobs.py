@@ -243,3 +243,21 @@ def test_a_jobs_lines_are_read_whole_whatever_the_block_and_short_reads() -> Non
         for block in (1, 5, 64, 1 << 22):
             fh.seek(0)
             assert list(_ranges(fh, starts, ends, block)) == lines[::3]
+
+
+def test_a_job_whose_pipe_from_the_parent_fails_fails_instead_of_waiting_for_ever() -> None:
+    # A message the job cannot unpickle (or the parent gone) ended its reader thread, and the
+    # job waited for the parent's incidents for ever; now the failure reaches the job.
+    from multiprocessing import Pipe
+
+    from stream.drivers.parallel import _from_parent, _inbox
+
+    ours, theirs = Pipe()
+    inbox = _inbox(theirs)
+    ours.send(("incidents", [], 7))
+    assert _from_parent(inbox) == ("incidents", [], 7)
+    ours.send_bytes(b"not a pickle")
+    with pytest.raises(RuntimeError, match="the pipe from the parent failed"):
+        _from_parent(inbox)
+    ours.close()
+    theirs.close()

@@ -221,6 +221,35 @@ def _two_passes(
                 proc.join()
 
 
+def _inbox(conn: Connection) -> queue.SimpleQueue[Any]:
+    """The parent's messages to a one-pass job, taken from the pipe by a thread of their own (so
+    neither side can block the other on a full pipe) until the "final" one. If the pipe fails
+    (the parent gone, a message that cannot be unpickled), the failure is put in the inbox: the
+    job fails with it instead of waiting for ever for a message that will not come."""
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def receive() -> None:
+        try:
+            while True:
+                msg = conn.recv()
+                inbox.put(msg)
+                if msg[0] == "final":
+                    return
+        except BaseException as exc:
+            inbox.put(("failed", exc))
+
+    threading.Thread(target=receive, daemon=True).start()
+    return inbox
+
+
+def _from_parent(inbox: queue.SimpleQueue[Any]) -> Any:
+    """The next message from the parent (waits for it); raises if the pipe failed."""
+    msg = inbox.get()
+    if msg[0] == "failed":
+        raise RuntimeError(f"replay job: the pipe from the parent failed ({type(msg[1]).__name__})") from msg[1]
+    return msg
+
+
 def _one_pass_job(
     conn: Connection,
     scan: FileScan,
@@ -236,16 +265,7 @@ def _one_pass_job(
     # incidents come back while the job goes on (a thread takes them from the pipe, so neither
     # side can block the other on a full pipe).
     try:
-        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-
-        def receive() -> None:
-            while True:
-                msg = conn.recv()
-                inbox.put(msg)
-                if msg[0] == "final":
-                    return
-
-        threading.Thread(target=receive, daemon=True).start()
+        inbox = _inbox(conn)
         one = OnePass(params, partitions, None)
         seq: dict[tuple[str, int], int] = {}
         n = 0
@@ -282,17 +302,17 @@ def _one_pass_job(
                 if one.outbox:
                     send_signals()
                 while not inbox.empty():
-                    told(inbox.get())
+                    told(_from_parent(inbox))
                 if i & 255 == 0:
                     n += write(one.ready())
                     while paced and _lead_ms(one) > _PACE_MS:
                         send_signals()  # (all of them out before waiting)
-                        told(inbox.get())  # wait for the other jobs (see `_lead_ms`)
+                        told(_from_parent(inbox))  # wait for the other jobs (see `_lead_ms`)
             one.end_input(drain)
             send_signals()
             conn.send(("ended", None))
             while True:
-                kind, events, known = inbox.get()
+                kind, events, known = _from_parent(inbox)
                 if kind != "unpace":
                     one.incidents(events, known)
                 if kind == "final":
