@@ -10,12 +10,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import faust
+import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from stream.settings import Settings
 from stream.worker.app import build_app
-from stream.worker.consumer import GuardedConsumer, guarded_consumer, rewind_uncommitted
+from stream.worker.consumer import GuardedConsumer, guarded_consumer, rewind_uncommitted, start_inline
 
 TP0, TP1, TP2 = TP("ledger-debits", 0), TP("ledger-debits", 1), TP("payment-requests", 0)
 
@@ -125,3 +126,169 @@ def test_the_worker_consumer_fetches_with_its_own_wait_faust_fixes_1500() -> Non
     assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(aiokafka.AIOKafkaConsumer.start)
     app, _shell = build_app(Settings(fetch_max_wait_ms=250))
     assert app.transport.Consumer.fetch_max_wait_ms == 250
+
+
+# --- The drain loop: a message's callback runs inline unless it has to wait -------------------
+
+
+def test_start_inline_runs_a_coroutine_that_does_not_wait_to_its_end_before_anything_else() -> None:
+    order: list[str] = []
+
+    async def deliver() -> None:
+        order.append("delivered")
+
+    async def main() -> None:
+        asyncio.get_running_loop().call_soon(order.append, "other work")
+        assert start_inline(deliver()) is None
+        order.append("after")
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert order == ["delivered", "after", "other work"]
+
+
+def test_start_inline_hands_back_the_rest_of_a_coroutine_that_waits_and_awaiting_it_finishes_it() -> None:
+    steps: list[str] = []
+
+    async def deliver(gate: asyncio.Event) -> str:
+        steps.append("first step")
+        await gate.wait()
+        await asyncio.sleep(0)
+        steps.append("rest")
+        return "done"
+
+    async def main() -> str:
+        gate = asyncio.Event()
+        rest = start_inline(deliver(gate))
+        assert rest is not None and steps == ["first step"]
+        task = asyncio.ensure_future(rest)
+        await asyncio.sleep(0.01)
+        assert not task.done()
+        gate.set()
+        return await task
+
+    assert asyncio.run(main()) == "done"
+    assert steps == ["first step", "rest"]
+
+
+def test_the_rest_of_a_coroutine_is_cancelled_inside_it_and_its_errors_propagate() -> None:
+    seen: list[str] = []
+
+    async def blocked() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            seen.append("cancelled inside")
+            raise
+
+    async def fails_after_a_wait() -> None:
+        await asyncio.sleep(0)
+        raise ValueError("after the wait")
+
+    async def fails_at_once() -> None:
+        raise KeyError("first step")
+
+    async def main() -> None:
+        rest = start_inline(blocked())
+        assert rest is not None
+        task = asyncio.ensure_future(rest)
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        rest = start_inline(fails_after_a_wait())
+        assert rest is not None
+        with pytest.raises(ValueError, match="after the wait"):
+            await rest
+        with pytest.raises(KeyError):
+            start_inline(fails_at_once())
+
+    asyncio.run(main())
+    assert seen == ["cancelled inside"]
+
+
+class Msg:
+    def __init__(self, tp: TP, offset: int) -> None:
+        self.tp, self.topic, self.offset, self.key, self.value = tp, tp.topic, offset, None, b"v"
+
+
+LATER = -2
+
+
+async def drained(cls: type[Any], script: list[tuple[TP, int]], block_at: int, suspend_at: int) -> dict[str, Any]:
+    """Run `cls`'s drain loop over one fetch of `script` (topic partition, offset). The callback of
+    TP0's offset `block_at` waits for an event that never comes; the flow is suspended (as a
+    rebalance does) when the callback of TP0's offset `suspend_at` runs (`LATER`: 50 ms after the
+    blocked callback started). What was delivered, in order, which
+    callbacks were aborted, and the read offsets at the end."""
+    consumer = make_consumer(cls)
+    fetcher = type("Fetcher", (), {"_stopped": asyncio.Event()})()
+    delivered: list[int] = []
+    aborted: list[int] = []
+
+    async def callback(message: Msg) -> None:
+        if (message.tp, message.offset) == (TP0, suspend_at):
+            consumer.stop_flow()
+        if (message.tp, message.offset) == (TP0, block_at):
+            if suspend_at == LATER:
+                asyncio.get_running_loop().call_later(0.05, consumer.stop_flow)
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                aborted.append(message.offset)
+                raise
+        delivered.append(message.offset)
+
+    async def getmany(timeout: float) -> Any:
+        if fetcher._stopped.is_set():
+            return
+        fetcher._stopped.set()  # one fetch, then the loop ends
+        for tp, offset in script:
+            yield tp, Msg(tp, offset)
+
+    waits = [0]
+    wait_first = consumer.wait_first
+
+    async def counted_wait_first(*coros: Any, **kwargs: Any) -> Any:
+        waits[0] += 1  # four tasks and an asyncio.wait each
+        return await wait_first(*coros, **kwargs)
+
+    consumer.callback = callback
+    consumer.getmany = getmany
+    consumer.wait_first = counted_wait_first
+    await asyncio.wait_for(consumer._drain_messages(fetcher), 10)
+    return {"delivered": delivered, "aborted": aborted, "read": dict(consumer._read_offset), "waits": waits[0]}
+
+
+@pytest.mark.parametrize(("block_at", "suspend_at"), [(-1, -1), (3, LATER), (3, 3), (5, 2)])
+def test_the_worker_drain_loop_delivers_and_aborts_exactly_as_fausts(block_at: int, suspend_at: int) -> None:
+    """The same fetch through Faust's loop and the worker's: the same messages delivered in the
+    same order, the same blocked callback aborted when the flow is suspended (no deadlock: the
+    loop goes on), the same read offsets. TP0's offset 4 comes again after 5 (below the read
+    offset: dropped by both)."""
+    script = [(TP0, 0), (TP1, 100), (TP0, 1), (TP0, 2), (TP0, 3), (TP1, 101), (TP0, 5), (TP0, 4), (TP1, 106)]
+    fausts = asyncio.run(drained(faust_aiokafka.Consumer, script, block_at, suspend_at))
+    workers = asyncio.run(drained(GuardedConsumer, script, block_at, suspend_at))
+    assert fausts.pop("waits") == len(script) - 1  # every message but the one dropped
+    # The worker's loop waits only for a callback that has to wait, and while the flow is suspended.
+    # Blocked at TP0's 3 (script[4]): that one and the three kept after it; suspended at TP0's 2
+    # (script[3], which did not wait): the four kept after it.
+    assert workers.pop("waits") == (0 if block_at < 0 else 4)
+    assert workers == fausts
+    assert fausts["read"] == {TP0: 5, TP1: 106}
+    assert 4 not in fausts["delivered"]
+    if block_at >= 0:  # the blocked callback was aborted, the rest delivered
+        assert fausts["aborted"] == [block_at] and block_at not in fausts["delivered"]
+        assert len(fausts["delivered"]) == len(script) - 2
+
+
+def test_the_worker_drain_loop_is_fausts_0_15_3_loop() -> None:
+    """`GuardedConsumer._drain_messages` is a copy of Faust 0.15.3's but for the callback: a Faust
+    upgrade that changes Faust's loop fails here, to be copied again."""
+    import hashlib
+    import inspect
+
+    from faust.transport.consumer import Consumer
+
+    source = inspect.getsource(Consumer._drain_messages)
+    assert hashlib.sha256(source.encode()).hexdigest()[:16] == "44a2500309e83c63", source
