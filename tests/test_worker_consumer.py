@@ -6,6 +6,7 @@ noticed. No broker: the consumer is built, not started."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,13 @@ from faust.types import TP
 
 from stream.settings import Settings
 from stream.worker.app import build_app
-from stream.worker.consumer import GuardedConsumer, guarded_consumer, rewind_uncommitted, start_inline
+from stream.worker.consumer import (
+    PAUSED_FETCH_WAIT_S,
+    GuardedConsumer,
+    guarded_consumer,
+    rewind_uncommitted,
+    start_inline,
+)
 
 TP0, TP1, TP2 = TP("ledger-debits", 0), TP("ledger-debits", 1), TP("payment-requests", 0)
 
@@ -292,3 +299,54 @@ def test_the_worker_drain_loop_is_fausts_0_15_3_loop() -> None:
 
     source = inspect.getsource(Consumer._drain_messages)
     assert hashlib.sha256(source.encode()).hexdigest()[:16] == "44a2500309e83c63", source
+
+
+def test_fetching_resumes_as_soon_as_the_agents_buffer_drains_not_after_fausts_second() -> None:
+    """Every partition paused by a full buffer: Faust's `_wait_next_records` sleeps a fixed
+    second; the worker's returns to fetching when a partition is resumed (`on_buffer_drop`)."""
+
+    async def wait_with_drop_after(cls: type[Any], drop_after_s: float) -> tuple[float, Any]:
+        consumer = make_consumer(cls)
+        consumer._active_partitions = set()
+        consumer._buffered_partitions = {TP0}
+
+        async def getmany(active_partitions: Any, timeout: float) -> Any:
+            return {tp: [f"record of {tp.partition}"] for tp in active_partitions}
+
+        consumer._getmany = getmany
+        asyncio.get_running_loop().call_later(drop_after_s, consumer.on_buffer_drop, TP0)
+        started = time.monotonic()
+        records, _active = await consumer._wait_next_records(5.0)
+        return time.monotonic() - started, records
+
+    fausts_s, fausts = asyncio.run(wait_with_drop_after(faust_aiokafka.Consumer, 0.05))
+    workers_s, workers = asyncio.run(wait_with_drop_after(GuardedConsumer, 0.05))
+    assert fausts_s >= 0.95 and fausts == {}  # slept its second, fetched nothing
+    assert workers_s < 0.5 and workers == {TP0: ["record of 0"]}
+    nothing_s, nothing = asyncio.run(wait_with_drop_after(GuardedConsumer, 3.0))
+    assert 0.95 <= nothing_s < 2.0 and nothing == {}  # no drop: a second, as Faust
+
+
+def test_a_fetch_waits_briefly_while_partitions_are_paused() -> None:
+    """While the agent's buffer has paused partitions, a fetch of the others (which may have
+    nothing) must not hold back the paused ones, once resumed, for Faust's whole second."""
+
+    async def fetch_waits(paused: set[TP]) -> list[float]:
+        consumer = make_consumer(GuardedConsumer)
+        consumer._buffered_partitions = set(paused)
+        fetcher = type("Fetcher", (), {"_stopped": asyncio.Event()})()
+        waits: list[float] = []
+
+        async def getmany(timeout: float) -> Any:
+            waits.append(timeout)
+            fetcher._stopped.set()
+            return
+            yield  # an async generator that yields nothing
+
+        consumer.getmany = getmany
+        await consumer._drain_messages(fetcher)
+        return waits
+
+    assert asyncio.run(fetch_waits(set())) == [1.0]  # Faust's wait
+    assert asyncio.run(fetch_waits({TP0})) == [PAUSED_FETCH_WAIT_S]
+    assert PAUSED_FETCH_WAIT_S <= 0.1

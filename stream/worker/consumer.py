@@ -29,6 +29,14 @@ always the callback (the conductor: flow control, producer buffer, decode, a que
 without waiting at all. Here its first step runs inline; only if it has to wait (a full queue,
 the flow suspended, the conductor's lock taken) does the rest of it run under Faust's
 `wait_first` as before, with the same abort on a suspend (`_drain_messages`).
+
+And a wait Faust adds when the agent falls behind: when the agent's buffer fills, Faust pauses
+the partitions whose records went in (`on_buffer_full`) until it drains. With every partition
+paused Faust sleeps a fixed second; with some paused, the next fetch (of the others, often
+empty) waits up to a second while the paused ones, resumed meanwhile, wait with their records
+already in memory. A bare agent lost four such seconds in a 60k-record backlog (9,000 records/s
+instead of 22,000 at the same CPU per record). Here a resumed partition ends the first wait
+(`_wait_next_records`) and a fetch waits at most `PAUSED_FETCH_WAIT_S` while any is paused.
 """
 
 from __future__ import annotations
@@ -38,10 +46,11 @@ import logging
 from collections.abc import Awaitable, Coroutine, Generator, Mapping, Set
 from typing import Any, ClassVar, cast
 
-from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.consumer import CONSUMER_FETCHING, RecordMap
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode import Service
+from mode.utils.locks import Event
 
 log = logging.getLogger("qris_guard.worker")
 
@@ -75,6 +84,10 @@ class QuickFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+# The longest a fetch waits while some partitions are paused (`_drain_messages`).
+PAUSED_FETCH_WAIT_S = 0.05
+
+
 class GuardedConsumer(faust_aiokafka.Consumer):
     """The app's consumer (`build_app` installs `guarded_consumer(...)` on the transport)."""
 
@@ -97,6 +110,28 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         if rewound:
             log.info("no committed offset: fetching %s from its first offset", _names(rewound))
         return committed
+
+    _resumed: Event | None = None
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        super().on_buffer_drop(tp)
+        if self._resumed is not None:
+            self._resumed.set()
+
+    async def _wait_next_records(self, timeout: float) -> tuple[RecordMap | None, set[TP] | None]:
+        """Faust's, but when every partition is paused because the agent's buffer is full,
+        fetching resumes as soon as the buffer drains (`on_buffer_drop`) instead of after Faust's
+        fixed `sleep(1)`: a drain loop quick enough to fill the buffer would otherwise idle up
+        to a second each time (seen: a bare agent's wall rate halved, its CPU per record not)."""
+        if self.flow_active and not self.app.client_only:
+            if self._resumed is None:
+                self._resumed = Event()
+            self._resumed.clear()  # before looking, so a drop from now on is seen
+            if not self._get_active_partitions():
+                await self.wait_for_stopped(self._resumed, timeout=1.0)
+                if not self._get_active_partitions():
+                    return {}, set()  # as Faust after its sleep: nothing fetched, try again
+        return await super()._wait_next_records(timeout)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - run on the broker
         """Faust 0.15.3's drain loop (`faust/transport/consumer.py`, kept line for line but for
@@ -126,7 +161,11 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(flag_consumer_fetching)
-                ait = getmany(timeout=1.0)
+                # Faust waits up to 1 s for a fetch. While partitions are paused (the agent's
+                # buffer was full), the fetch covers only the others, which may have nothing:
+                # a paused partition resumed meanwhile waited for that second with its records
+                # in memory (seen: four 1-second stalls in a 60k-record backlog).
+                ait = getmany(timeout=PAUSED_FETCH_WAIT_S if self._buffered_partitions else 1.0)
 
                 # Sleeping because sometimes getmany is called in a loop
                 # never releasing to the event loop
