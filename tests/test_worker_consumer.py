@@ -350,3 +350,27 @@ def test_a_fetch_waits_briefly_while_partitions_are_paused() -> None:
     assert asyncio.run(fetch_waits(set())) == [1.0]  # Faust's wait
     assert asyncio.run(fetch_waits({TP0})) == [PAUSED_FETCH_WAIT_S]
     assert PAUSED_FETCH_WAIT_S <= 0.1
+
+
+def test_the_worker_app_keeps_no_per_event_statistics_in_fausts_monitor() -> None:
+    """Faust calls its monitor for every message and event (a dict per event); nothing reads them
+    here, so the app's monitor (`QuietMonitor`) skips them and still records the rest."""
+    from faust.sensors import Monitor
+
+    from stream.worker.app import QuietMonitor
+
+    app, _shell = build_app(Settings(store="memory://"))
+    monitor = app.monitor
+    assert isinstance(monitor, QuietMonitor)
+    message: Any = type("Message", (), {"time_in": None})()
+    monitor.on_message_in(TP0, 5, message)
+    assert monitor.on_stream_event_in(TP0, 5, object(), object()) is None
+    monitor.on_stream_event_out(TP0, 5, object(), object(), None)
+    monitor.on_message_out(TP0, 5, message)
+    monitor.track_tp_end_offset(TP0, 9)
+    assert (monitor.messages_received_total, monitor.events_total, dict(monitor.tp_end_offsets)) == (0, 0, {})
+    assert message.time_in is None
+    per_event = ["on_message_in", "on_stream_event_in", "on_stream_event_out", "on_message_out", "track_tp_end_offset"]
+    assert all(getattr(QuietMonitor, name) is not getattr(Monitor, name) for name in per_event)
+    monitor.on_topic_buffer_full(TP0)  # not per event: still counted
+    assert monitor.topic_buffer_full[TP0] == 1

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import faust
-from faust.types import TP, TopicT
+from faust.sensors import Monitor
+from faust.types import TP, Message, StreamT, TopicT
+from faust.types.events import EventT
 
 from ..security import aiokafka_config, faust_credentials
 from ..settings import Settings
@@ -48,6 +50,32 @@ def raw_topic(app: faust.App, *names: str, partitions: int | None = None) -> Top
     return app.topic(
         *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=partitions
     )
+
+
+class QuietMonitor(Monitor):
+    """Faust's monitor (its main sensor) without its bookkeeping of every message and event:
+    counts, timestamps and a dict per event that nothing reads here (Faust's statistics pages
+    are off; the worker's own counts are `/qris/stats` and `/metrics`). Rebalances, commits and
+    sends are still recorded."""
+
+    def on_message_in(self, tp: TP, offset: int, message: Message) -> None:
+        pass
+
+    def on_stream_event_in(
+        self, tp: TP, offset: int, stream: StreamT[Any], event: EventT[Any]
+    ) -> dict[str, Any] | None:
+        return None
+
+    def on_stream_event_out(
+        self, tp: TP, offset: int, stream: StreamT[Any], event: EventT[Any], state: dict[str, Any] | None = None
+    ) -> None:
+        pass
+
+    def on_message_out(self, tp: TP, offset: int, message: Message) -> None:
+        pass
+
+    def track_tp_end_offset(self, tp: TP, offset: int) -> None:
+        pass  # called by Faust's `getmany` for every message
 
 
 def faust_app(settings: Settings) -> faust.App:
@@ -93,6 +121,9 @@ def faust_app(settings: Settings) -> faust.App:
         # takes an event already waiting in the channel's queue instead of awaiting the queue
         # for each one. The same events in the same order; fewer loop round trips per event.
         cython_optimizations=True,
+        # Faust's monitor records every message and event (five calls, a dict per event) for
+        # statistics nothing here reads: the app's is one that does not.
+        Monitor=QuietMonitor,
     )
     # Faust's consumer loses acked offsets at a revocation and cannot rewind a partition without
     # a committed offset (`consumer.py`): the app's consumer is one that does both, and whose
