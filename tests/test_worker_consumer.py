@@ -374,3 +374,37 @@ def test_the_worker_app_keeps_no_per_event_statistics_in_fausts_monitor() -> Non
     assert all(getattr(QuietMonitor, name) is not getattr(Monitor, name) for name in per_event)
     monitor.on_topic_buffer_full(TP0)  # not per event: still counted
     assert monitor.topic_buffer_full[TP0] == 1
+
+
+def test_a_full_agent_buffer_pauses_every_partition_feeding_it_and_its_drain_resumes_them_all() -> None:
+    """Faust pauses only the partition whose record met the full buffer; the worker's consumer
+    pauses every partition of the topics feeding the same agent (not those of other agents),
+    so at most the rest of one fetch goes in, and resumes them all when the buffer drains."""
+    consumer = make_consumer(GuardedConsumer)
+    app = consumer.app
+    inputs = app.topic("payments", "ledger", key_type=bytes, value_type=bytes)
+    signals = app.topic("signals", key_type=bytes, value_type=bytes)
+    app.topics.add(inputs)
+    app.topics.add(signals)
+    tps = {TP(t, p) for t in ("payments", "ledger") for p in (0, 1)}
+    sig = TP("signals", 0)
+    consumer._active_partitions = {*tps, sig}
+    consumer.on_buffer_full(TP("ledger", 1))
+    assert (consumer._active_partitions, consumer._buffered_partitions) == ({sig}, tps)
+    consumer.on_buffer_drop(TP("payments", 0))
+    assert (consumer._active_partitions, consumer._buffered_partitions) == ({*tps, sig}, set())
+    consumer.on_buffer_full(sig)
+    assert (consumer._active_partitions, consumer._buffered_partitions) == (tps, {sig})
+    fausts = make_consumer(faust_aiokafka.Consumer)
+    fausts._active_partitions = {*tps, sig}
+    fausts.on_buffer_full(TP("ledger", 1))
+    assert fausts._buffered_partitions == {TP("ledger", 1)}  # Faust's own: that one only
+
+
+def test_the_agents_buffer_holds_a_whole_fetch_above_its_pause_mark() -> None:
+    from mode.utils.queues import FlowControlQueue
+
+    for batch_max in (1, 500, 2000, 5000, 20000):
+        conf = build_app(Settings(store="memory://", batch_max=batch_max))[0].conf
+        pause_mark = conf.stream_buffer_maxsize / FlowControlQueue.pressure_high_ratio
+        assert conf.stream_buffer_maxsize - pause_mark >= conf.broker_max_poll_records

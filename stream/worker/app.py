@@ -81,6 +81,7 @@ class QuietMonitor(Monitor):
 def faust_app(settings: Settings) -> faust.App:
     """The Faust app with the worker's consumer, producer and web settings, no agent yet (the
     live benchmark's bare agent runs on this very app, so its ceiling is the worker's)."""
+    poll_records = min(settings.batch_max, 5000)  # records per fetch handed to Faust
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h}" for h in settings.bootstrap.split(",")],
@@ -103,9 +104,12 @@ def faust_app(settings: Settings) -> faust.App:
         web_router_enabled=False,
         web_graph_enabled=False,
         web_stats_enabled=False,
-        broker_max_poll_records=min(settings.batch_max, 5000),
+        broker_max_poll_records=poll_records,
         consumer_max_fetch_size=4 * 1024 * 1024,
-        stream_buffer_maxsize=max(2 * settings.batch_max, 4096),
+        # The agent's buffer pauses fetching at 1/1.25 of its size (mode's pressure ratio) and
+        # still takes the rest of the fetch in hand: room for one whole fetch above that mark,
+        # or each record past it waits in Faust's slow path (`consumer.py`, `on_buffer_full`).
+        stream_buffer_maxsize=max(2 * settings.batch_max, 4096, 6 * poll_records),
         consumer_auto_offset_reset="earliest",
         # Not for standbys (there is no Faust table): with no changelog table and no standby
         # replicas, Faust 0.15 hands the group to aiokafka's round-robin assignor

@@ -1,5 +1,6 @@
-"""Faust's aiokafka consumer with two narrow fixes for offsets it loses in a rebalance (issue 9).
-Imports faust and aiokafka only, nothing of the decision path.
+"""Faust's aiokafka consumer with two narrow fixes for offsets it loses in a rebalance, and a
+cheaper hand-over of fetched records to the agents (issue 9). Imports faust, mode and aiokafka
+only, nothing of the decision path.
 
 1. **Acked offsets are committed before a revocation forgets them.** Faust's
    `Consumer.on_partitions_revoked` (faust-streaming 0.15.3, `transport/consumer.py`) pops the
@@ -37,6 +38,10 @@ empty) waits up to a second while the paused ones, resumed meanwhile, wait with 
 already in memory. A bare agent lost four such seconds in a 60k-record backlog (9,000 records/s
 instead of 22,000 at the same CPU per record). Here a resumed partition ends the first wait
 (`_wait_next_records`) and a fetch waits at most `PAUSED_FETCH_WAIT_S` while any is paused.
+Faust pauses only the partition whose record met the full buffer, so the next fetches (of the
+partitions not yet paused) went on filling it until it was full and each further record took
+Faust's slow path (a task per record and an `asyncio.wait`); here every partition feeding the
+same agents is paused at once, and the app's buffer holds a whole fetch above its pause mark.
 """
 
 from __future__ import annotations
@@ -113,10 +118,25 @@ class GuardedConsumer(faust_aiokafka.Consumer):
 
     _resumed: Event | None = None
 
+    def on_buffer_full(self, tp: TP) -> None:
+        # Faust pauses only `tp`, so the next fetches (each up to `broker_max_poll_records`) go on
+        # filling the agent's buffer with the other partitions until it is full and every further
+        # record waits in Faust's slow path (tasks and an asyncio.wait each). Every partition
+        # feeding the same agents is paused at once: at most the rest of one fetch goes in.
+        for shared in self._feeding_the_same_agents(tp):
+            super().on_buffer_full(shared)
+
     def on_buffer_drop(self, tp: TP) -> None:
-        super().on_buffer_drop(tp)
+        for shared in self._feeding_the_same_agents(tp):
+            super().on_buffer_drop(shared)
         if self._resumed is not None:
             self._resumed.set()
+
+    def _feeding_the_same_agents(self, tp: TP) -> list[TP]:
+        """`tp` and every other assigned partition of the topics of the channels `tp` feeds."""
+        names = {name for channel in self.app.topics if tp.topic in channel.topics for name in channel.topics}
+        known = self._get_active_partitions() | self._buffered_partitions
+        return [tp, *(other for other in known if other.topic in names and other != tp)]
 
     async def _wait_next_records(self, timeout: float) -> tuple[RecordMap | None, set[TP] | None]:
         """Faust's, but when every partition is paused because the agent's buffer is full,
