@@ -4,8 +4,9 @@ one worker process (not a test; started by `bench/live_throughput.py`).
     QRIS_BOOTSTRAP=... QRIS_APP_ID=... python bench/bare_agent.py
 
 The app is `stream.worker.app.faust_app(settings)` (raw topics, the same consumer, fetch, buffer
-and producer settings, uvloop as the worker), one agent over both input topics taking
-`take_events(QRIS_BATCH_MAX, within=QRIS_BATCH_WITHIN_S)` and only counting the records: no
+and producer settings; uvloop and the collector's pace as the worker: `prepare_process`), one
+agent over both input topics taking `take_events(QRIS_BATCH_MAX, within=QRIS_BATCH_WITHIN_S)`
+and only counting the records: no
 decode, decide, state or outputs. It serves `/qris/stats` with the count, as the worker does, so
 the benchmark times both the same way. Faust reads its own settings from the environment too,
 over the app's (`CYTHON_OPTIMIZATIONS=0`, `STREAM_BUFFER_MAXSIZE=...`): that is how the benchmark
@@ -25,16 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stream.settings import from_env  # noqa: E402
-from stream.worker.app import faust_app, raw_topic  # noqa: E402
+from stream.worker.app import faust_app, prepare_process, raw_topic  # noqa: E402
 
 
 def main() -> int:
     settings = from_env(os.environ)
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    if settings.uvloop:
-        import uvloop
-
-        uvloop.install()
+    prepare_process(settings)  # the worker's: data dir, uvloop, the collector's pace
     app = faust_app(settings)
     inputs = raw_topic(app, settings.payment_topic, settings.ledger_topic)
     counts = {"records": 0, "batches": 0}

@@ -12,7 +12,8 @@ Pre-produces the simulator's `mixed` scenario into fresh co-partitioned topics, 
    the state store (RocksDB per partition) and its changelog, send outputs.
 All rates come from the same run, so their ratios are meaningful on a noisy machine;
 `--rounds N` repeats 2 and 3 alternately (and every `--variant`, `--base` tree).
-`--base DIR` also runs another tree's worker (e.g. `git archive main` unpacked) beside this one.
+`--base DIR` also runs another tree's worker and bare agent (e.g. `git archive main` unpacked)
+beside this one's.
 `--py-spy DIR` samples each worker (and bare agent) with py-spy while it takes the backlog, from
 its first record to its last, and writes the collapsed stacks and a top-N summary to DIR
 (`bench/spy_top.py`). `--profile FILE` runs the (first) worker under cProfile instead (skewed:
@@ -161,7 +162,7 @@ def worker_rate(
     # consumer and agents, the core); the stats are written every 5 s, since a stopping worker
     # may end with os._exit.
     if bare:
-        argv = [str(ROOT / "bench" / "bare_agent.py")]
+        argv = [str(tree / "bench" / "bare_agent.py")]  # on that tree's Faust app and consumer
     else:
         argv = ["-c", PROFILED_WORKER, profile] if profile else ["-m", "stream", "worker"]
         if processes > 1:
@@ -264,7 +265,9 @@ def main() -> int:
         help="worker settings to compare, e.g. QRIS_UVLOOP=0 QRIS_UVLOOP=1 ('' = defaults); Faust's own "
         "settings are read from the environment too (CYTHON_OPTIMIZATIONS=0, STREAM_BUFFER_MAXSIZE=8192)",
     )
-    ap.add_argument("--base", type=Path, help="also run the worker of this tree (e.g. main's), beside this one")
+    ap.add_argument(
+        "--base", type=Path, help="also run the worker and bare agent of this tree (e.g. main's), beside this one's"
+    )
     ap.add_argument("--rounds", type=int, default=1, help="repeat the bare agent and the workers, alternating")
     ap.add_argument("--no-bare", action="store_true", help="skip the bare Faust agent")
     ap.add_argument(
@@ -292,6 +295,8 @@ def main() -> int:
     runs: list[tuple[str, bool, Path, dict[str, str]]] = []
     if not args.no_bare:
         runs.append(("bare Faust agent", True, ROOT, {}))
+        if args.base is not None:  # the ceiling of the base tree's Faust app, beside this one's
+            runs.append((f"base bare Faust agent ({args.base})", True, args.base.resolve(), {}))
     for text in args.bare_variant:
         runs.append((f"bare Faust agent ({text})", True, ROOT, dict(kv.split("=", 1) for kv in text.split(",") if kv)))
     for text in args.variant:
@@ -310,7 +315,7 @@ def main() -> int:
             profile = args.profile if (label, r) == (runs[-1][0], 0) and not bare else None
             spy = None
             if args.spy is not None:
-                kind = "bare" if bare else ("base" if tree != ROOT else "worker")
+                kind = ("base-" if tree != ROOT else "") + ("bare" if bare else "worker")
                 spy = args.spy / f"{kind}-{r}-{uuid.uuid4().hex[:4]}.txt"
             rate, counts = worker_rate(
                 client, prefix, n, args.partitions, variant, profile, bare=bare, tree=tree, spy=spy

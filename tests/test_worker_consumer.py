@@ -6,16 +6,24 @@ noticed. No broker: the consumer is built, not started."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import faust
+import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from stream.settings import Settings
 from stream.worker.app import build_app
-from stream.worker.consumer import GuardedConsumer, guarded_consumer, rewind_uncommitted
+from stream.worker.consumer import (
+    PAUSED_FETCH_WAIT_S,
+    GuardedConsumer,
+    guarded_consumer,
+    rewind_uncommitted,
+    start_inline,
+)
 
 TP0, TP1, TP2 = TP("ledger-debits", 0), TP("ledger-debits", 1), TP("payment-requests", 0)
 
@@ -125,3 +133,278 @@ def test_the_worker_consumer_fetches_with_its_own_wait_faust_fixes_1500() -> Non
     assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(aiokafka.AIOKafkaConsumer.start)
     app, _shell = build_app(Settings(fetch_max_wait_ms=250))
     assert app.transport.Consumer.fetch_max_wait_ms == 250
+
+
+# --- The drain loop: a message's callback runs inline unless it has to wait -------------------
+
+
+def test_start_inline_runs_a_coroutine_that_does_not_wait_to_its_end_before_anything_else() -> None:
+    order: list[str] = []
+
+    async def deliver() -> None:
+        order.append("delivered")
+
+    async def main() -> None:
+        asyncio.get_running_loop().call_soon(order.append, "other work")
+        assert start_inline(deliver()) is None
+        order.append("after")
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert order == ["delivered", "after", "other work"]
+
+
+def test_start_inline_hands_back_the_rest_of_a_coroutine_that_waits_and_awaiting_it_finishes_it() -> None:
+    steps: list[str] = []
+
+    async def deliver(gate: asyncio.Event) -> str:
+        steps.append("first step")
+        await gate.wait()
+        await asyncio.sleep(0)
+        steps.append("rest")
+        return "done"
+
+    async def main() -> str:
+        gate = asyncio.Event()
+        rest = start_inline(deliver(gate))
+        assert rest is not None and steps == ["first step"]
+        task = asyncio.ensure_future(rest)
+        await asyncio.sleep(0.01)
+        assert not task.done()
+        gate.set()
+        return await task
+
+    assert asyncio.run(main()) == "done"
+    assert steps == ["first step", "rest"]
+
+
+def test_the_rest_of_a_coroutine_is_cancelled_inside_it_and_its_errors_propagate() -> None:
+    seen: list[str] = []
+
+    async def blocked() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            seen.append("cancelled inside")
+            raise
+
+    async def fails_after_a_wait() -> None:
+        await asyncio.sleep(0)
+        raise ValueError("after the wait")
+
+    async def fails_at_once() -> None:
+        raise KeyError("first step")
+
+    async def main() -> None:
+        rest = start_inline(blocked())
+        assert rest is not None
+        task = asyncio.ensure_future(rest)
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        rest = start_inline(fails_after_a_wait())
+        assert rest is not None
+        with pytest.raises(ValueError, match="after the wait"):
+            await rest
+        with pytest.raises(KeyError):
+            start_inline(fails_at_once())
+
+    asyncio.run(main())
+    assert seen == ["cancelled inside"]
+
+
+class Msg:
+    def __init__(self, tp: TP, offset: int) -> None:
+        self.tp, self.topic, self.offset, self.key, self.value = tp, tp.topic, offset, None, b"v"
+
+
+LATER = -2
+
+
+async def drained(cls: type[Any], script: list[tuple[TP, int]], block_at: int, suspend_at: int) -> dict[str, Any]:
+    """Run `cls`'s drain loop over one fetch of `script` (topic partition, offset). The callback of
+    TP0's offset `block_at` waits for an event that never comes; the flow is suspended (as a
+    rebalance does) when the callback of TP0's offset `suspend_at` runs (`LATER`: 50 ms after the
+    blocked callback started). What was delivered, in order, which
+    callbacks were aborted, and the read offsets at the end."""
+    consumer = make_consumer(cls)
+    fetcher = type("Fetcher", (), {"_stopped": asyncio.Event()})()
+    delivered: list[int] = []
+    aborted: list[int] = []
+
+    async def callback(message: Msg) -> None:
+        if (message.tp, message.offset) == (TP0, suspend_at):
+            consumer.stop_flow()
+        if (message.tp, message.offset) == (TP0, block_at):
+            if suspend_at == LATER:
+                asyncio.get_running_loop().call_later(0.05, consumer.stop_flow)
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                aborted.append(message.offset)
+                raise
+        delivered.append(message.offset)
+
+    async def getmany(timeout: float) -> Any:
+        if fetcher._stopped.is_set():
+            return
+        fetcher._stopped.set()  # one fetch, then the loop ends
+        for tp, offset in script:
+            yield tp, Msg(tp, offset)
+
+    waits = [0]
+    wait_first = consumer.wait_first
+
+    async def counted_wait_first(*coros: Any, **kwargs: Any) -> Any:
+        waits[0] += 1  # four tasks and an asyncio.wait each
+        return await wait_first(*coros, **kwargs)
+
+    consumer.callback = callback
+    consumer.getmany = getmany
+    consumer.wait_first = counted_wait_first
+    await asyncio.wait_for(consumer._drain_messages(fetcher), 10)
+    return {"delivered": delivered, "aborted": aborted, "read": dict(consumer._read_offset), "waits": waits[0]}
+
+
+@pytest.mark.parametrize(("block_at", "suspend_at"), [(-1, -1), (3, LATER), (3, 3), (5, 2)])
+def test_the_worker_drain_loop_delivers_and_aborts_exactly_as_fausts(block_at: int, suspend_at: int) -> None:
+    """The same fetch through Faust's loop and the worker's: the same messages delivered in the
+    same order, the same blocked callback aborted when the flow is suspended (no deadlock: the
+    loop goes on), the same read offsets. TP0's offset 4 comes again after 5 (below the read
+    offset: dropped by both)."""
+    script = [(TP0, 0), (TP1, 100), (TP0, 1), (TP0, 2), (TP0, 3), (TP1, 101), (TP0, 5), (TP0, 4), (TP1, 106)]
+    fausts = asyncio.run(drained(faust_aiokafka.Consumer, script, block_at, suspend_at))
+    workers = asyncio.run(drained(GuardedConsumer, script, block_at, suspend_at))
+    assert fausts.pop("waits") == len(script) - 1  # every message but the one dropped
+    # The worker's loop waits only for a callback that has to wait, and while the flow is suspended.
+    # Blocked at TP0's 3 (script[4]): that one and the three kept after it; suspended at TP0's 2
+    # (script[3], which did not wait): the four kept after it.
+    assert workers.pop("waits") == (0 if block_at < 0 else 4)
+    assert workers == fausts
+    assert fausts["read"] == {TP0: 5, TP1: 106}
+    assert 4 not in fausts["delivered"]
+    if block_at >= 0:  # the blocked callback was aborted, the rest delivered
+        assert fausts["aborted"] == [block_at] and block_at not in fausts["delivered"]
+        assert len(fausts["delivered"]) == len(script) - 2
+
+
+def test_the_worker_drain_loop_is_fausts_0_15_3_loop() -> None:
+    """`GuardedConsumer._drain_messages` is a copy of Faust 0.15.3's but for the callback: a Faust
+    upgrade that changes Faust's loop fails here, to be copied again."""
+    import hashlib
+    import inspect
+
+    from faust.transport.consumer import Consumer
+
+    source = inspect.getsource(Consumer._drain_messages)
+    assert hashlib.sha256(source.encode()).hexdigest()[:16] == "44a2500309e83c63", source
+
+
+def test_fetching_resumes_as_soon_as_the_agents_buffer_drains_not_after_fausts_second() -> None:
+    """Every partition paused by a full buffer: Faust's `_wait_next_records` sleeps a fixed
+    second; the worker's returns to fetching when a partition is resumed (`on_buffer_drop`)."""
+
+    async def wait_with_drop_after(cls: type[Any], drop_after_s: float) -> tuple[float, Any]:
+        consumer = make_consumer(cls)
+        consumer._active_partitions = set()
+        consumer._buffered_partitions = {TP0}
+
+        async def getmany(active_partitions: Any, timeout: float) -> Any:
+            return {tp: [f"record of {tp.partition}"] for tp in active_partitions}
+
+        consumer._getmany = getmany
+        asyncio.get_running_loop().call_later(drop_after_s, consumer.on_buffer_drop, TP0)
+        started = time.monotonic()
+        records, _active = await consumer._wait_next_records(5.0)
+        return time.monotonic() - started, records
+
+    fausts_s, fausts = asyncio.run(wait_with_drop_after(faust_aiokafka.Consumer, 0.05))
+    workers_s, workers = asyncio.run(wait_with_drop_after(GuardedConsumer, 0.05))
+    assert fausts_s >= 0.95 and fausts == {}  # slept its second, fetched nothing
+    assert workers_s < 0.5 and workers == {TP0: ["record of 0"]}
+    nothing_s, nothing = asyncio.run(wait_with_drop_after(GuardedConsumer, 3.0))
+    assert 0.95 <= nothing_s < 2.0 and nothing == {}  # no drop: a second, as Faust
+
+
+def test_a_fetch_waits_briefly_while_partitions_are_paused() -> None:
+    """While the agent's buffer has paused partitions, a fetch of the others (which may have
+    nothing) must not hold back the paused ones, once resumed, for Faust's whole second."""
+
+    async def fetch_waits(paused: set[TP]) -> list[float]:
+        consumer = make_consumer(GuardedConsumer)
+        consumer._buffered_partitions = set(paused)
+        fetcher = type("Fetcher", (), {"_stopped": asyncio.Event()})()
+        waits: list[float] = []
+
+        async def getmany(timeout: float) -> Any:
+            waits.append(timeout)
+            fetcher._stopped.set()
+            return
+            yield  # an async generator that yields nothing
+
+        consumer.getmany = getmany
+        await consumer._drain_messages(fetcher)
+        return waits
+
+    assert asyncio.run(fetch_waits(set())) == [1.0]  # Faust's wait
+    assert asyncio.run(fetch_waits({TP0})) == [PAUSED_FETCH_WAIT_S]
+    assert PAUSED_FETCH_WAIT_S <= 0.1
+
+
+def test_the_worker_app_keeps_no_per_event_statistics_in_fausts_monitor() -> None:
+    """Faust calls its monitor for every message and event (a dict per event); nothing reads them
+    here, so the app's monitor (`QuietMonitor`) skips them and still records the rest."""
+    from faust.sensors import Monitor
+
+    from stream.worker.app import QuietMonitor
+
+    app, _shell = build_app(Settings(store="memory://"))
+    monitor = app.monitor
+    assert isinstance(monitor, QuietMonitor)
+    message: Any = type("Message", (), {"time_in": None})()
+    monitor.on_message_in(TP0, 5, message)
+    assert monitor.on_stream_event_in(TP0, 5, object(), object()) is None
+    monitor.on_stream_event_out(TP0, 5, object(), object(), None)
+    monitor.on_message_out(TP0, 5, message)
+    monitor.track_tp_end_offset(TP0, 9)
+    assert (monitor.messages_received_total, monitor.events_total, dict(monitor.tp_end_offsets)) == (0, 0, {})
+    assert message.time_in is None
+    per_event = ["on_message_in", "on_stream_event_in", "on_stream_event_out", "on_message_out", "track_tp_end_offset"]
+    assert all(getattr(QuietMonitor, name) is not getattr(Monitor, name) for name in per_event)
+    monitor.on_topic_buffer_full(TP0)  # not per event: still counted
+    assert monitor.topic_buffer_full[TP0] == 1
+
+
+def test_a_full_agent_buffer_pauses_every_partition_feeding_it_and_its_drain_resumes_them_all() -> None:
+    """Faust pauses only the partition whose record met the full buffer; the worker's consumer
+    pauses every partition of the topics feeding the same agent (not those of other agents),
+    so at most the rest of one fetch goes in, and resumes them all when the buffer drains."""
+    consumer = make_consumer(GuardedConsumer)
+    app = consumer.app
+    inputs = app.topic("payments", "ledger", key_type=bytes, value_type=bytes)
+    signals = app.topic("signals", key_type=bytes, value_type=bytes)
+    app.topics.add(inputs)
+    app.topics.add(signals)
+    tps = {TP(t, p) for t in ("payments", "ledger") for p in (0, 1)}
+    sig = TP("signals", 0)
+    consumer._active_partitions = {*tps, sig}
+    consumer.on_buffer_full(TP("ledger", 1))
+    assert (consumer._active_partitions, consumer._buffered_partitions) == ({sig}, tps)
+    consumer.on_buffer_drop(TP("payments", 0))
+    assert (consumer._active_partitions, consumer._buffered_partitions) == ({*tps, sig}, set())
+    consumer.on_buffer_full(sig)
+    assert (consumer._active_partitions, consumer._buffered_partitions) == (tps, {sig})
+    fausts = make_consumer(faust_aiokafka.Consumer)
+    fausts._active_partitions = {*tps, sig}
+    fausts.on_buffer_full(TP("ledger", 1))
+    assert fausts._buffered_partitions == {TP("ledger", 1)}  # Faust's own: that one only
+
+
+def test_the_agents_buffer_holds_a_whole_fetch_above_its_pause_mark() -> None:
+    from mode.utils.queues import FlowControlQueue
+
+    for batch_max in (1, 500, 2000, 5000, 20000):
+        conf = build_app(Settings(store="memory://", batch_max=batch_max))[0].conf
+        pause_mark = conf.stream_buffer_maxsize / FlowControlQueue.pressure_high_ratio
+        assert conf.stream_buffer_maxsize - pause_mark >= conf.broker_max_poll_records

@@ -11,6 +11,7 @@ from its local state and its changelog tail before its first batch.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Set
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import faust
-from faust.types import TP, TopicT
+from faust.sensors import Monitor
+from faust.types import TP, Message, StreamT, TopicT
+from faust.types.events import EventT
 
 from ..security import aiokafka_config, faust_credentials
 from ..settings import Settings
@@ -50,9 +53,36 @@ def raw_topic(app: faust.App, *names: str, partitions: int | None = None) -> Top
     )
 
 
+class QuietMonitor(Monitor):
+    """Faust's monitor (its main sensor) without its bookkeeping of every message and event:
+    counts, timestamps and a dict per event that nothing reads here (Faust's statistics pages
+    are off; the worker's own counts are `/qris/stats` and `/metrics`). Rebalances, commits and
+    sends are still recorded."""
+
+    def on_message_in(self, tp: TP, offset: int, message: Message) -> None:
+        pass
+
+    def on_stream_event_in(
+        self, tp: TP, offset: int, stream: StreamT[Any], event: EventT[Any]
+    ) -> dict[str, Any] | None:
+        return None
+
+    def on_stream_event_out(
+        self, tp: TP, offset: int, stream: StreamT[Any], event: EventT[Any], state: dict[str, Any] | None = None
+    ) -> None:
+        pass
+
+    def on_message_out(self, tp: TP, offset: int, message: Message) -> None:
+        pass
+
+    def track_tp_end_offset(self, tp: TP, offset: int) -> None:
+        pass  # called by Faust's `getmany` for every message
+
+
 def faust_app(settings: Settings) -> faust.App:
     """The Faust app with the worker's consumer, producer and web settings, no agent yet (the
     live benchmark's bare agent runs on this very app, so its ceiling is the worker's)."""
+    poll_records = min(settings.batch_max, 5000)  # records per fetch handed to Faust
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h}" for h in settings.bootstrap.split(",")],
@@ -75,9 +105,12 @@ def faust_app(settings: Settings) -> faust.App:
         web_router_enabled=False,
         web_graph_enabled=False,
         web_stats_enabled=False,
-        broker_max_poll_records=min(settings.batch_max, 5000),
+        broker_max_poll_records=poll_records,
         consumer_max_fetch_size=4 * 1024 * 1024,
-        stream_buffer_maxsize=max(2 * settings.batch_max, 4096),
+        # The agent's buffer pauses fetching at 1/1.25 of its size (mode's pressure ratio) and
+        # still takes the rest of the fetch in hand: room for one whole fetch above that mark,
+        # or each record past it waits in Faust's slow path (`consumer.py`, `on_buffer_full`).
+        stream_buffer_maxsize=max(2 * settings.batch_max, 4096, 6 * poll_records),
         consumer_auto_offset_reset="earliest",
         # Not for standbys (there is no Faust table): with no changelog table and no standby
         # replicas, Faust 0.15 hands the group to aiokafka's round-robin assignor
@@ -93,6 +126,9 @@ def faust_app(settings: Settings) -> faust.App:
         # takes an event already waiting in the channel's queue instead of awaiting the queue
         # for each one. The same events in the same order; fewer loop round trips per event.
         cython_optimizations=True,
+        # Faust's monitor records every message and event (five calls, a dict per event) for
+        # statistics nothing here reads: the app's is one that does not.
+        Monitor=QuietMonitor,
     )
     # Faust's consumer loses acked offsets at a revocation and cannot rewind a partition without
     # a committed offset (`consumer.py`): the app's consumer is one that does both, and whose
@@ -394,12 +430,24 @@ class _Worker(faust.Worker):
         super().on_setup_root_logger(logger, level)
 
 
-def run_worker(settings: Settings) -> int:
+def prepare_process(settings: Settings) -> None:
+    """What the worker process sets before Faust starts (the live benchmark's bare agent too):
+    its data directory, uvloop, and the cyclic garbage collector's pace."""
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     if settings.uvloop:
         import uvloop
 
         uvloop.install()  # before Faust makes its loop: about a quarter more records/s here
+    # As a replay (`drivers/replay.py`, `tune_collector`): the youngest generation every 100,000
+    # allocations, not 700. Faust allocates several objects per record (message, event, dicts)
+    # while the engines keep many long-lived ones; at the default the collections were charged
+    # to Faust's allocating lines (`Event.__init__`, a sensor's dict) in the profile. The core
+    # makes almost no reference cycles; Faust's and asyncio's are still collected, less often.
+    gc.set_threshold(100_000, 50, 100)
+
+
+def run_worker(settings: Settings) -> int:
+    prepare_process(settings)
     from ..topics import ensure_state_changelog
 
     partitions = _input_partitions(settings)
