@@ -154,7 +154,10 @@ def worker_rate(
     )
     create_topics(settings)  # the variant's signals and incidents topics (the others exist)
     env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_") or k.startswith("QRIS_KAFKA_")}
-    env.update(to_env(settings))
+    # Only what differs from the defaults: a `--base` tree older than this one refuses settings
+    # it does not know.
+    defaults = to_env(Settings())
+    env.update({k: v for k, v in to_env(settings).items() if defaults.get(k) != v})
     env.update(variant)
     log_path = Path(settings.data_dir) / "worker.log"
     log = open(log_path, "wb")  # noqa: SIM115
