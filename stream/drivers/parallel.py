@@ -23,7 +23,8 @@ import queue
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import ForkingPickler
@@ -181,6 +182,31 @@ def _answer(conn: Connection) -> Any:
     return payload
 
 
+@contextmanager
+def _started(
+    ctx: Any, target: Callable[..., None], jobs: int, args_of: Callable[[int], tuple[Any, ...]]
+) -> Iterator[tuple[list[Connection], list[Any]]]:
+    """`jobs` processes running `target(conn, *args_of(i))`, each with its end of a pipe: the
+    parent's ends and the processes. A job still running when the block ends is terminated (one
+    failed: the others would wait for ever for what the parent no longer sends)."""
+    conns: list[Connection] = []
+    procs: list[Any] = []
+    try:
+        for i in range(jobs):
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=target, args=(theirs, *args_of(i)))
+            proc.start()
+            theirs.close()
+            conns.append(ours)
+            procs.append(proc)
+        yield conns, procs
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+
+
 def _two_passes(
     ctx: Any,
     scan: FileScan,
@@ -192,17 +218,10 @@ def _two_passes(
     times: tuple[int | None, int | None],
     burst: BurstParams,
 ) -> tuple[list[tuple[int, list[Any], list[int]]], list[Decision]]:
-    conns: list[Connection] = []
-    procs = []
-    try:
-        for i in range(jobs):
-            ours, theirs = ctx.Pipe()
-            args = (theirs, scan, i, params, drain, topics, outs[i], times)
-            proc = ctx.Process(target=_two_pass_job, args=args)
-            proc.start()
-            theirs.close()
-            conns.append(ours)
-            procs.append(proc)
+    def args_of(i: int) -> tuple[Any, ...]:
+        return (scan, i, params, drain, topics, outs[i], times)
+
+    with _started(ctx, _two_pass_job, jobs, args_of) as (conns, procs):
         signals = [value for conn in conns for value in codec.loads(_answer(conn)[0])]
         bursts, closed_through = run_detector(signals, reporting(signals), burst)
         timeline = incident_timeline(bursts, closed_through, params, drain=drain)
@@ -214,11 +233,6 @@ def _two_passes(
         # The second pass's signals are the partitions' hold reports (`holdtally`).
         reports = [value for _n, values, _p in results for value in values]
         return results, with_holds(bursts, reports, reporting(signals), params)
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()  # a job failed: the others wait for a timeline that never comes
-                proc.join()
 
 
 def _inbox(conn: Connection) -> queue.SimpleQueue[Any]:
@@ -369,17 +383,11 @@ def _one_pass(
     detector = BurstDetector(partitions, burst)
     probe = params.probe_age_ms
     bursts: list[Decision] = []
-    conns: list[Connection] = []
-    procs = []
-    try:
-        for i in range(jobs):
-            ours, theirs = ctx.Pipe()
-            args = (theirs, scan, i, params, drain, topics, outs[i], times, partitions)
-            proc = ctx.Process(target=_one_pass_job, args=args)
-            proc.start()
-            theirs.close()
-            conns.append(ours)
-            procs.append(proc)
+
+    def args_of(i: int) -> tuple[Any, ...]:
+        return (scan, i, params, drain, topics, outs[i], times, partitions)
+
+    with _started(ctx, _one_pass_job, jobs, args_of) as (conns, procs):
         ended: set[int] = set()
         while len(ended) < jobs:
             for conn in wait([c for i, c in enumerate(conns) if i not in ended]):
@@ -415,11 +423,6 @@ def _one_pass(
         results = [(n, reports, engines) for n, reports, engines, _rep in done]
         reports = [value for _n, values, _e in results for value in values]
         return results, with_holds(bursts, reports, partitions, params)
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
 
 
 # Closed minutes from a job to the parent: JSON (the same values the live worker sends to the
