@@ -21,6 +21,7 @@ from stream.core.holds import IncidentEvent, IncidentTimeline, incident_event
 from stream.core.holdtally import HoldTally, holds_phrase, is_hold_report
 from stream.core.partition import NEG_INF, POS_INF, Params, PartitionEngine
 from stream.core.records import Stream
+from stream.core.reference import ReferenceState
 from stream.core.signals import MINUTE_MS
 from stream.drivers.replay import replay
 from stream.drivers.replayfile import KafkaRecord
@@ -701,13 +702,14 @@ def run_restored(
     events: list[IncidentEvent],
     lag_ms: int,
     restarts: set[int],
+    engine: type[PartitionEngine] = PartitionEngine,
 ) -> tuple[list[tuple[str, bytes | None, bytes, int | None]], dict[str, bytes], list[int]]:
     """As `run_with_incidents` with incidents known `lag_ms` behind the watermark, the state
     saved after every step and the engine rebuilt from it after the steps in `restarts`; the
     rebuilt engine is given the incidents known so far, as `ReconcileShell.engine` gives them.
     Returns the decisions in order, the saved state at the end, and the steps after which a
     hold was open."""
-    eng = PartitionEngine(0, PROP)
+    eng = engine(0, PROP)
     saved: dict[str, bytes] = {}
     meta: bytes | None = None
     known_events: list[IncidentEvent] = []
@@ -728,7 +730,7 @@ def run_restored(
         if eng.held_refs:
             holding.append(i)
         if i in restarts:
-            eng = PartitionEngine.restore(0, PROP, meta, sorted(saved.items(), reverse=True))
+            eng = engine.restore(0, PROP, meta, sorted(saved.items(), reverse=True))
             out += eng.on_incidents(known_events, known_through_ms)
     out += eng.on_incidents(events, POS_INF)
     out += eng.drain()
@@ -787,3 +789,78 @@ def test_an_engine_restored_mid_hold_at_any_step_decides_what_the_uninterrupted_
     if holding and at_first_hold:
         restarts.add(holding[0])  # just after the first hold opened: its incident is not over yet
     assert run_restored(p, l, schedule, events, lag_ms, restarts)[:2] == (whole, state)
+
+
+def views_by_heap_scan(eng: PartitionEngine, through: int, watermark_ms: int) -> dict[str, ReferenceState]:
+    """The burst views as `_views_ahead` selected them before its index: every record of the
+    heap below W grouped by reference, each reference checked."""
+    prev = eng.signals_through
+    lo_ms = (prev + 1) * MINUTE_MS if prev is not None else -(2**64)
+    hi_ms = (through + 1) * MINUTE_MS
+    ahead: dict[str, list[Any]] = defaultdict(list)
+    for item in eng.heap:
+        if item[0] < watermark_ms:
+            ahead[item[4]].append(item)
+    views = {}
+    for ref, items in ahead.items():
+        st = eng.refs.get(ref)
+        view = st.facts_copy() if st is not None else ReferenceState(ref)
+        for eff, _kind, s, _offset, _ref, event in sorted(items, key=lambda it: it[:4]):
+            view.apply_facts(Stream(s), eff, event)
+        if view.request_eff_ms is not None and lo_ms <= view.request_eff_ms < hi_ms:
+            views[ref] = view
+    return views
+
+
+class HeapScanChecked(PartitionEngine):
+    """Checks every minute's burst views against `views_by_heap_scan`."""
+
+    views_built = 0
+
+    def _views_ahead(self, through: int, watermark_ms: int, cap: int) -> dict[str, ReferenceState]:
+        expected = views_by_heap_scan(self, through, watermark_ms)
+        views = super()._views_ahead(through, watermark_ms, cap)
+        assert views == expected
+        HeapScanChecked.views_built += len(views)
+        return views
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    held_input_then_ticks(),
+    outage_timelines(),
+    st.lists(st.integers(0, 1), max_size=40),
+    st.integers(0, 400_000),
+    st.sets(st.integers(0, 120), max_size=3),
+)
+def test_the_burst_views_index_selects_what_a_scan_of_the_heap_selects_across_restores(
+    inp: tuple[list[bytes], list[bytes]],
+    events: list[IncidentEvent],
+    schedule: list[int],
+    lag_ms: int,
+    restarts: set[int],
+) -> None:
+    """The records waiting per minute (`PartitionEngine.waiting`) give the views a scan of the
+    whole heap gives, with incidents minutes behind and restores in the middle of open minutes;
+    a restored engine emits the same signals and decisions as a never-restored one."""
+    p, l = inp  # noqa: E741
+    whole = run_restored(p, l, schedule, events, lag_ms, set(), HeapScanChecked)
+    assert run_restored(p, l, schedule, events, lag_ms, restarts, HeapScanChecked)[:2] == whole[:2]
+
+
+def test_the_burst_views_index_is_exercised_and_emptied() -> None:
+    HeapScanChecked.views_built = 0
+    p = [payment(f"Q{k}-q", "requested", f"Q{k}", 7 * k) for k in range(300)]
+    l = [ledger(f"Q{k}-d", "debited", f"Q{k}", 7 * k + 3) for k in range(300)]  # noqa: E741
+    for restarts in (set(), {150, 400}):
+        run_restored(p, l, [0, 1] * 300, [], 300_000, restarts, HeapScanChecked)
+    assert HeapScanChecked.views_built > 100
+    eng = PartitionEngine(0, PROP)
+    for k in range(300):
+        eng.on_record(Stream.P, k, None, p[k])
+        eng.on_record(Stream.L, k, None, l[k])
+        eng.on_incidents([], eng.watermark_ms - 300_000)
+    assert eng.waiting is not None and min(eng.waiting) * MINUTE_MS >= eng.decided_through_ms - 2 * MINUTE_MS
+    eng.on_incidents([], POS_INF)
+    eng.drain()
+    assert not eng.heap and eng.waiting == {}

@@ -131,6 +131,11 @@ class PartitionEngine:
         self.heap: list[Item] = []
         self.decide: list[Item] = []
         self.retention_heap: list[tuple[int, int, int, str]] = []
+        # Holds on: the records of `heap` by minute of their effective time, then by reference,
+        # so that a minute's close finds what it judges ahead of the decisions without reading
+        # the whole heap (`_views_ahead`). A record is in `heap` while its time is at or past
+        # the decisions' cap; a minute goes once the cap passed its end.
+        self.waiting: dict[int, dict[str, list[Item]]] | None = {} if params.holds and params.burst_signals else None
         self.incidents = IncidentTimeline()
         if not params.holds:
             self.incidents.known_through_ms = POS_INF
@@ -228,6 +233,8 @@ class PartitionEngine:
             self.observer.taken(stream, offset, timestamp_ms, key, value, event, eff, self.watermark_ms, None)
         item: Item = (eff, RECORD, s, offset, ref, event)
         heapq.heappush(self.heap, item)
+        if self.waiting is not None:
+            self._index_waiting(item)
         if self.persistent:
             self.pending.setdefault(ref, []).append(item)
             self.dirty.add(ref)
@@ -348,7 +355,7 @@ class PartitionEngine:
         else:
             out = self._process(cap)
         if watermark_ms >= self._close_at_ms and watermark_ms > NEG_INF and self.params.burst_signals:
-            out.append(self._close_minutes(watermark_ms))
+            out.append(self._close_minutes(watermark_ms, cap))
         if self.params.holds:
             self._report_holds(out, cap)
         return out
@@ -377,7 +384,7 @@ class PartitionEngine:
             self.hold_reported_ms = floor
             self.meta_dirty = True
 
-    def _close_minutes(self, watermark_ms: int) -> Decision:
+    def _close_minutes(self, watermark_ms: int, cap: int) -> Decision:
         # Every request of minute m, and every record up to its probe time, has been processed
         # once W >= end of m + probe age: the minute's counts are final.
         age = self.params.probe_age_ms
@@ -386,7 +393,7 @@ class PartitionEngine:
         open_minutes, refs = self.open_minutes, self.refs
         # Payments whose records are past W but held back from the decisions by the incidents
         # are judged from a view of the facts they will have (`ahead`).
-        views = self._views_ahead(through, watermark_ms)
+        views = self._views_ahead(through, watermark_ms, cap)
         counted: dict[int, set[str]] = {}
         for ref, view in views.items():
             st = refs.get(ref)
@@ -409,21 +416,34 @@ class PartitionEngine:
         self.meta_dirty = True
         return signals_decision(self.partition, through, closed)
 
-    def _views_ahead(self, through: int, watermark_ms: int) -> dict[str, ReferenceState]:
-        # The facts of references with records past W but not yet decided: what the decisions
-        # will have seen by then. Only references whose request is in a minute closing now count:
-        # request times in [lo_ms, hi_ms), the minutes after the last closed one through `through`.
+    def _views_ahead(self, through: int, watermark_ms: int, cap: int) -> dict[str, ReferenceState]:
+        # The facts of references with records past W but not yet decided (in `heap`, times in
+        # [cap, W)): what the decisions will have seen by then. Only references whose request is
+        # in a minute closing now count: request times in [lo_ms, hi_ms), the minutes after the
+        # last closed one through `through`. Candidates: references whose decided request is in
+        # those minutes (`open_minutes`) and references with a waiting record in them.
+        waiting = self.waiting
+        if waiting is None:
+            return {}  # holds off: the decisions are at W, nothing waits past it
+        for m in [m for m in waiting if (m + 1) * MINUTE_MS <= cap]:
+            del waiting[m]  # the decisions have passed all its records
+        if cap >= watermark_ms:
+            return {}
         prev = self.signals_through
         lo_ms = (prev + 1) * MINUTE_MS if prev is not None else -(2**64)  # (below every time)
         hi_ms = (through + 1) * MINUTE_MS
+        last_minute = (watermark_ms - 1) // MINUTE_MS
+        minutes = sorted(m for m in waiting if m <= last_minute)
+        candidates = {ref for m in minutes if lo_ms <= m * MINUTE_MS < hi_ms for ref in waiting[m]}
+        for m, of_minute in self.open_minutes.items():
+            if m <= through:
+                candidates.update(of_minute)
+        by_minute = [waiting[m] for m in minutes]
         ahead: dict[str, list[Item]] = {}
-        for item in self.heap:
-            if item[0] < watermark_ms:
-                items = ahead.get(item[4])
-                if items is None:
-                    ahead[item[4]] = [item]
-                else:
-                    items.append(item)
+        for ref in candidates:
+            items = [it for d in by_minute for it in d.get(ref, ()) if cap <= it[0] < watermark_ms]
+            if items:
+                ahead[ref] = items
         refs = self.refs
         views: dict[str, ReferenceState] = {}
         for ref, items in ahead.items():
@@ -568,6 +588,16 @@ class PartitionEngine:
         st.retention = RetentionTimer(at, s, offset)
         heapq.heappush(self.retention_heap, (at, s, offset, st.reference))
 
+    def _index_waiting(self, item: Item) -> None:
+        assert self.waiting is not None
+        by_ref = self.waiting.get(item[0] // MINUTE_MS)
+        if by_ref is None:
+            self.waiting[item[0] // MINUTE_MS] = {item[4]: [item]}
+        elif (items := by_ref.get(item[4])) is None:
+            by_ref[item[4]] = [item]
+        else:
+            items.append(item)
+
     def _unpend(self, ref: str, offset: int, s: int) -> None:
         items = self.pending[ref]
         for i, it in enumerate(items):
@@ -669,6 +699,8 @@ class PartitionEngine:
                 item: Item = (eff, RECORD, s, offset, ref, event)
                 heap.append(item)
                 eng.pending.setdefault(ref, []).append(item)
+                if eng.waiting is not None:
+                    eng._index_waiting(item)
         heapq.heapify(heap)
         heapq.heapify(eng.decide)
         heapq.heapify(eng.retention_heap)
