@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.worker.statestore import (
+    ChangelogBatch,
     ChangelogMessage,
     MemoryPartition,
     PartitionStore,
@@ -36,11 +37,12 @@ class MemoryChangelog:
         self.log.setdefault(partition, []).append(ChangelogMessage(offset, key, value, seq, commit))
         return offset
 
-    async def send_batch(self, batches: Mapping[int, list[tuple[bytes, bytes | None, int, bool]]]) -> dict[int, int]:
+    async def send_batch(self, batches: Mapping[int, ChangelogBatch]) -> dict[int, int]:
         out = {}
-        for p, messages in batches.items():
-            for key, value, seq, commit in messages:
-                out[p] = self.append(p, key, value, seq, commit)
+        for p, (changes, seq) in batches.items():
+            for key, value in changes:
+                self.append(p, key, value, seq, False)
+            out[p] = self.append(p, commit_key(p), b"%d" % seq, seq, True)
         return out
 
     async def end_offset(self, partition: int) -> int:

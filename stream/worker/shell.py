@@ -78,7 +78,9 @@ class PartitionClock:
 class StateStore(Protocol):
     """Where the shell keeps engine state, per partition (`statestore.PartitionStore`)."""
 
-    def put(self, partition: int, key: bytes, value: bytes | None) -> None: ...
+    def put_many(self, partition: int, changes: list[tuple[bytes, bytes | None]]) -> None:
+        """Queue changes (key, value; None deletes) of a partition, in order, for `write_state`."""
+        ...
 
     def load(self, partition: int) -> Iterable[tuple[bytes, bytes]]: ...
 
@@ -370,13 +372,14 @@ class ReconcileShell:
 
     def _persist(self, partition: int) -> None:
         refs, meta = self.engines[partition].take_dirty()
-        put = self.store.put
-        for ref, value in refs.items():
-            put(partition, state_key(partition, ref), value)
+        prefix = b"%d/r/" % partition  # `state_key`, the prefix made once
+        changes = [(prefix + ref.encode("utf-8"), value) for ref, value in refs.items()]
         if meta is not None:
             # Last: on the same changelog partition, so the meta's offsets never run ahead of
             # the references it covers.
-            put(partition, meta_key(partition), meta)
+            changes.append((meta_key(partition), meta))
+        if changes:
+            self.store.put_many(partition, changes)
 
     # -- incidents (refund holds) ------------------------------------------------------------
 
