@@ -136,13 +136,23 @@ class MemoryPartition:
 
 
 class RocksPartition:
-    """rocksdb://: one RocksDB per input partition (rocksdict, raw bytes)."""
+    """rocksdb://: one RocksDB per input partition (rocksdict, raw bytes).
+
+    Written without RocksDB's write-ahead log (as Kafka Streams' RocksDB stores): the changelog
+    is the durable copy. A process that dies loses what the memtable held since its last flush,
+    and a `WriteBatch` is flushed whole or not at all, so the DB comes back as it was after some
+    earlier batch, with that batch's changelog offset: the restore reads the changelog tail from
+    there (at most about a memtable, 64 MiB, more than with the log). `close` flushes. The log
+    cost about 4.5 us of CPU per changed reference (a third of the store's per-record cost)."""
 
     def __init__(self, path: Path) -> None:
-        from rocksdict import Options, Rdict
+        from rocksdict import Options, Rdict, WriteOptions
 
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = Rdict(str(path), options=Options(raw_mode=True))
+        self.write_options = WriteOptions()
+        # A property at run time; rocksdict's stub declares a method.
+        self.write_options.disable_wal = True  # type: ignore[method-assign, assignment]
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.db.items():
@@ -164,7 +174,7 @@ class RocksPartition:
                 wb.put(key, value)
         wb.put(APPLIED_OFFSET_KEY, b"%d" % applied_offset)
         wb.put(BATCH_SEQ_KEY, b"%d" % seq)
-        self.db.write(wb)
+        self.db.write(wb, self.write_options)
 
     def position(self) -> tuple[int, int]:
         offset, seq = self.db.get(APPLIED_OFFSET_KEY), self.db.get(BATCH_SEQ_KEY)
