@@ -10,7 +10,9 @@ commit commits everything before it in the log, so a batch whose own marker was 
 tail writes its keys' committed values again (or tombstones) with a commit of its own at once,
 so the half batch can never be committed by a later marker. The changelog send is awaited
 (delivered) before a batch returns; the local DB then takes the batch and the changelog offset
-of its marker in one WriteBatch, so a restart with the disk kept reads only the changelog tail.
+of its marker in one WriteBatch (without RocksDB's write-ahead log: `RocksPartition`), so a
+restart with the disk kept reads only the changelog tail (after a crash, the tail since the
+DB's last memtable flush).
 Imports no faust (the changelog's Kafka client is aiokafka's public API).
 """
 
