@@ -69,12 +69,13 @@ class MemoryStore:
     def __init__(self) -> None:
         self.data: dict[int, dict[bytes, bytes]] = {}
 
-    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
+    def put_many(self, partition: int, changes: list[tuple[bytes, bytes | None]]) -> None:
         part = self.data.setdefault(partition, {})
-        if value is None:
-            part.pop(key, None)
-        else:
-            part[key] = value
+        for key, value in changes:
+            if value is None:
+                part.pop(key, None)
+            else:
+                part[key] = value
 
     def load(self, partition: int) -> list[tuple[bytes, bytes]]:
         return list(self.data.get(partition, {}).items())

@@ -5,12 +5,16 @@ local state plus the changelog tail equals the changelog alone, and a deleted ke
 from __future__ import annotations
 
 import asyncio
+import pickle
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from stream.worker.statestore import (
+    ChangelogBatch,
     ChangelogMessage,
     MemoryPartition,
     PartitionStore,
@@ -36,11 +40,12 @@ class MemoryChangelog:
         self.log.setdefault(partition, []).append(ChangelogMessage(offset, key, value, seq, commit))
         return offset
 
-    async def send_batch(self, batches: Mapping[int, list[tuple[bytes, bytes | None, int, bool]]]) -> dict[int, int]:
+    async def send_batch(self, batches: Mapping[int, ChangelogBatch]) -> dict[int, int]:
         out = {}
-        for p, messages in batches.items():
-            for key, value, seq, commit in messages:
-                out[p] = self.append(p, key, value, seq, commit)
+        for p, (changes, seq) in batches.items():
+            for key, value in changes:
+                self.append(p, key, value, seq, False)
+            out[p] = self.append(p, commit_key(p), b"%d" % seq, seq, True)
         return out
 
     async def end_offset(self, partition: int) -> int:
@@ -208,6 +213,53 @@ def test_local_partitions_apply_a_batch_and_its_position_together(tmp_path: Path
     again = RocksPartition(tmp_path / "p0")
     assert again.position() == (7, 3) and list(again.items()) == [(b"0/r/B", b"2")]
     again.close()
+
+
+def test_a_local_db_lost_with_its_process_comes_back_at_a_flushed_batch_and_the_tail_restores_the_rest(
+    tmp_path: Path,
+) -> None:
+    """The local DB is written without RocksDB's log: a process that dies (no `close`) loses the
+    batches since the memtable's last flush, never part of one, and the DB's changelog offset is
+    that of the last batch it kept, so the restore reads the rest from the changelog."""
+    script = f"""
+import asyncio, os, pickle, sys
+sys.path[:0] = {sys.path!r}
+from tests.test_statestore import MemoryChangelog, write
+from stream.worker.statestore import PartitionStore
+changelog = MemoryChangelog()
+store = PartitionStore(changelog, __import__("pathlib").Path({str(tmp_path / "db")!r}))
+asyncio.run(store.restore({P}))
+for i in range(30):
+    write(store, {{b"{P}/r/%d" % (i % 7): b"v%d" % i, b"{P}/r/gone": None if i % 2 else b"x", b"{P}/m": b"m%d" % i}})
+    if i == 11:
+        store.locals[{P}].db.flush()  # what RocksDB does when a memtable fills
+with open({str(tmp_path / "changelog.pickle")!r}, "wb") as f:
+    pickle.dump((changelog.log, changelog.next_offset), f)
+os._exit(9)  # killed: no close, no flush
+"""
+    assert subprocess.run([sys.executable, "-c", script], check=False).returncode == 9
+    changelog = MemoryChangelog()
+    with open(tmp_path / "changelog.pickle", "rb") as f:
+        changelog.log, changelog.next_offset = pickle.load(f)
+    local = RocksPartition(tmp_path / "db" / f"p{P}")
+    offset, seq = local.position()
+    assert seq == 12 and changelog.log[P][offset].commit and changelog.log[P][offset].seq == 12
+    assert dict(local.items()) == restored(_cut(changelog, offset + 1))  # batch 12 whole, none after
+    local.close()
+    want = restored(changelog)
+    back = PartitionStore(changelog, tmp_path / "db")
+    changelog.read_messages = 0
+    run(back.restore(P))
+    assert dict(back.load(P)) == want and want
+    assert changelog.read_messages == changelog.next_offset[P] - offset - 1  # the tail after it
+    back.close()
+
+
+def _cut(changelog: MemoryChangelog, end: int) -> MemoryChangelog:
+    cut = MemoryChangelog()
+    cut.log = {p: [m for m in msgs if m.offset < end] for p, msgs in changelog.log.items()}
+    cut.next_offset = {p: min(n, end) for p, n in changelog.next_offset.items()}
+    return cut
 
 
 def test_a_commit_marker_commits_everything_before_it() -> None:

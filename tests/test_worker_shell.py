@@ -27,11 +27,12 @@ SETTINGS = Settings(partitions=1, idle_timeout_s=3600)
 class MemoryStore:
     data: dict[bytes, bytes]
 
-    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
-        if value is None:
-            self.data.pop(key, None)
-        else:
-            self.data[key] = value
+    def put_many(self, partition: int, changes: list[tuple[bytes, bytes | None]]) -> None:
+        for key, value in changes:
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
 
     def load(self, partition: int) -> Iterable[tuple[bytes, bytes]]:
         return list(self.data.items())

@@ -14,7 +14,7 @@ from . import ids
 from .alerts import cancellation_alert, over_refund_alert
 from .decisions import Decision
 from .holds import Hold, IncidentTimeline, ReleasedBecause
-from .records import LedgerEvent, PaymentEvent, Stream, event_fields
+from .records import LedgerEvent, PaymentEvent, Stream
 from .refunds import (
     Refund,
     cancellation_record,
@@ -391,6 +391,9 @@ class ReferenceState:
         """The saved form (version `STATE_VERSION`): named fields; empty, absent and derivable
         ones (counts of uncut evidence lists) left out, which keeps a typical reference well
         under 1 KiB. Nested records are arrays in their named tuple's field order."""
+        # Once per changed reference per batch in the live worker: each field read once, named
+        # tuples copied by `list` (orjson writes no tuple subclass), `map` where a comprehension
+        # would cost a frame.
         d: dict[str, Any] = {"v": STATE_VERSION, "reference": self.reference}
         if self.seen_p:
             d["seen_p"] = self.seen_p
@@ -400,20 +403,23 @@ class ReferenceState:
             d["seen_p_digests"] = sorted(self.seen_more_p)
         if self.seen_more_l:
             d["seen_l_digests"] = sorted(self.seen_more_l)
-        if self.debits:
-            d["debits"] = [list(e) for e in self.debits]
-            if self.debit_count != len(self.debits):
+        debits = self.debits
+        if debits:
+            d["debits"] = list(map(list, debits))
+            if self.debit_count != len(debits):
                 d["debit_count"], d["debited_total"] = self.debit_count, self.debited_total
-        if self.reversals:
-            d["reversals"] = [list(e) for e in self.reversals]
-            if self.reversal_count != len(self.reversals):
+        reversals = self.reversals
+        if reversals:
+            d["reversals"] = list(map(list, reversals))
+            if self.reversal_count != len(reversals):
                 d["reversal_count"], d["reversed_total"] = self.reversal_count, self.reversed_total
-        if self.settlement is not None:
-            d["settlement"] = list(self.settlement)
-        if self.failure is not None:
-            d["failure"] = list(self.failure)
-        if self.request is not None:
-            d["request"] = event_fields(self.request)
+        settlement, failure, request = self.settlement, self.failure, self.request
+        if settlement is not None:
+            d["settlement"] = list(settlement)
+        if failure is not None:
+            d["failure"] = list(failure)
+        if request is not None:
+            d["request"] = list(request)  # as `records.event_fields`
             d["request_eff_ms"] = self.request_eff_ms
         if self.account_id is not None:
             d["account_id"] = self.account_id
@@ -421,7 +427,8 @@ class ReferenceState:
         d["settled"] = self.settled
         if self.cycle_deadline_ms is not None:
             d["cycle_deadline_ms"] = self.cycle_deadline_ms
-            d["cycle_opened_by"] = list(self.cycle_opened_by) if self.cycle_opened_by is not None else None
+            opened_by = self.cycle_opened_by
+            d["cycle_opened_by"] = list(opened_by) if opened_by is not None else None
         if self.refunds:
             d["refunds"] = [[r.refund_id, r.amount, r.deadline_ms, r.reason, r.active] for r in self.refunds]
         d["last_eff_ms"] = self.last_eff_ms

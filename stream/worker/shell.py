@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Literal, Protocol
 
 from ..core import codec
@@ -32,7 +33,7 @@ from ..core.records import Stream
 from ..core.validation import Rejection
 from ..drivers.replayfile import KafkaRecord
 from ..settings import Settings
-from .boundary import Gap, GapNotFilled, PartitionPlan, merge_filled, plan_batch
+from .boundary import Gap, GapNotFilled, InputRecord, LiveRecord, PartitionPlan, merge_filled, plan_batch
 
 log = logging.getLogger("qris_guard.worker")
 
@@ -77,7 +78,9 @@ class PartitionClock:
 class StateStore(Protocol):
     """Where the shell keeps engine state, per partition (`statestore.PartitionStore`)."""
 
-    def put(self, partition: int, key: bytes, value: bytes | None) -> None: ...
+    def put_many(self, partition: int, changes: list[tuple[bytes, bytes | None]]) -> None:
+        """Queue changes (key, value; None deletes) of a partition, in order, for `write_state`."""
+        ...
 
     def load(self, partition: int) -> Iterable[tuple[bytes, bytes]]: ...
 
@@ -223,12 +226,12 @@ class ReconcileShell:
         errors end the process before anything is acked (a restart resumes from the last commit)."""
         try:
             self._note_unowned(events)
-            await self.process_records([_plain(ev.message) for ev in events])
+            await self.process_records(_plain(events))
         except Exception:
             log.critical("cannot send or persist a batch; exiting before it is acked", exc_info=True)
             os._exit(70)
 
-    async def process_records(self, records: Sequence[KafkaRecord]) -> None:
+    async def process_records(self, records: Sequence[InputRecord]) -> None:
         """Decide a batch of plain records and make it durable; raises on infrastructure errors.
 
         The input boundary (`boundary.py`): per topic partition, records are taken in offset
@@ -289,12 +292,12 @@ class ReconcileShell:
         eng = self.engines.get(partition)
         return None if eng is None else eng.last_offset[self._stream(topic)] + 1
 
-    async def _fill_gaps(self, plan: PartitionPlan) -> list[KafkaRecord]:
+    async def _fill_gaps(self, plan: PartitionPlan) -> list[InputRecord]:
         # Faust delivered past offsets this partition's state has not taken: read them from
         # the broker and take them first, in order (never a silent gap).
         if self.fetch_gap is None:
             raise GapNotFilled(f"offsets missing and no broker to read them from: {plan.gaps[:3]}")
-        fetched: list[KafkaRecord] = []
+        fetched: list[InputRecord] = []
         for gap in plan.gaps:
             fetched.extend(await self.fetch_gap(gap))
         take, empty = merge_filled(plan, fetched)
@@ -332,7 +335,7 @@ class ReconcileShell:
                 sorted({(m.topic, m.partition, m.offset) for m in stale})[:10],
             )
 
-    def _internal_error(self, stream: Stream, msg: KafkaRecord, exc: Exception) -> list[Decision]:
+    def _internal_error(self, stream: Stream, msg: InputRecord, exc: Exception) -> list[Decision]:
         self.counts["internal_errors"] += 1
         log.error(
             "internal error on %s[%d]@%d: %s (record dead-lettered)",
@@ -369,13 +372,14 @@ class ReconcileShell:
 
     def _persist(self, partition: int) -> None:
         refs, meta = self.engines[partition].take_dirty()
-        put = self.store.put
-        for ref, value in refs.items():
-            put(partition, state_key(partition, ref), value)
+        prefix = b"%d/r/" % partition  # `state_key`, the prefix made once
+        changes = [(prefix + ref.encode("utf-8"), value) for ref, value in refs.items()]
         if meta is not None:
             # Last: on the same changelog partition, so the meta's offsets never run ahead of
             # the references it covers.
-            put(partition, meta_key(partition), meta)
+            changes.append((meta_key(partition), meta))
+        if changes:
+            self.store.put_many(partition, changes)
 
     # -- incidents (refund holds) ------------------------------------------------------------
 
@@ -562,9 +566,17 @@ class ReconcileShell:
         }
 
 
-def _plain(msg: Any) -> KafkaRecord:
-    """A Faust message as a plain record (Faust's timestamp is in float seconds)."""
-    ts = getattr(msg, "timestamp", None)
-    return KafkaRecord(
-        msg.topic, msg.partition, msg.offset, round(ts * 1000) if ts is not None else None, msg.key, msg.value
-    )
+def _plain(events: Sequence[Any]) -> list[InputRecord]:
+    """A batch of Faust events as plain records (Faust's timestamp is in float seconds). Once per
+    record: one comprehension, and tuples made by `tuple.__new__` (no `__init__` call)."""
+    new = tuple.__new__
+    return [
+        new(
+            LiveRecord,
+            (m.topic, m.partition, m.offset, None if (ts := m.timestamp) is None else round(ts * 1000), m.key, m.value),
+        )
+        for m in map(_message, events)
+    ]
+
+
+_message = attrgetter("message")

@@ -10,19 +10,22 @@ commit commits everything before it in the log, so a batch whose own marker was 
 tail writes its keys' committed values again (or tombstones) with a commit of its own at once,
 so the half batch can never be committed by a later marker. The changelog send is awaited
 (delivered) before a batch returns; the local DB then takes the batch and the changelog offset
-of its marker in one WriteBatch, so a restart with the disk kept reads only the changelog tail.
+of its marker in one WriteBatch (without RocksDB's write-ahead log: `RocksPartition`), so a
+restart with the disk kept reads only the changelog tail (after a crash, the tail since the
+DB's last memtable flush).
 Imports no faust (the changelog's Kafka client is aiokafka's public API).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import shutil
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 log = logging.getLogger("qris_guard.worker")
 
@@ -33,6 +36,14 @@ APPLIED_OFFSET_KEY = b"\x00changelog-offset"
 BATCH_SEQ_KEY = b"\x00batch-seq"
 
 Change = tuple[bytes, bytes | None]
+
+
+class ChangelogBatch(NamedTuple):
+    """One partition's part of a batch: its changes in order, each a message stamped with the
+    batch number `seq`, then the commit marker (key `commit_key(p)`, value `seq`)."""
+
+    changes: Sequence[Change]
+    seq: int
 
 
 def commit_key(partition: int) -> bytes:
@@ -67,9 +78,9 @@ class ChangelogMessage:
 class Changelog(Protocol):
     """The Kafka side of the store: write a partition's batch, read a partition from an offset."""
 
-    async def send_batch(self, batches: Mapping[int, list[tuple[bytes, bytes | None, int, bool]]]) -> dict[int, int]:
-        """Send each partition's messages (key, value, seq, commit) in order; wait until all
-        are delivered; return the offset of each partition's last message."""
+    async def send_batch(self, batches: Mapping[int, ChangelogBatch]) -> dict[int, int]:
+        """Send each partition's changes and its commit marker in order; wait until all are
+        delivered; return the offset of each partition's marker (its last message)."""
         ...
 
     async def end_offset(self, partition: int) -> int: ...
@@ -127,13 +138,23 @@ class MemoryPartition:
 
 
 class RocksPartition:
-    """rocksdb://: one RocksDB per input partition (rocksdict, raw bytes)."""
+    """rocksdb://: one RocksDB per input partition (rocksdict, raw bytes).
+
+    Written without RocksDB's write-ahead log (as Kafka Streams' RocksDB stores): the changelog
+    is the durable copy. A process that dies loses what the memtable held since its last flush,
+    and a `WriteBatch` is flushed whole or not at all, so the DB comes back as it was after some
+    earlier batch, with that batch's changelog offset: the restore reads the changelog tail from
+    there (at most about a memtable, 64 MiB, more than with the log). `close` flushes. The log
+    cost about 4.5 us of CPU per changed reference (a third of the store's per-record cost)."""
 
     def __init__(self, path: Path) -> None:
-        from rocksdict import Options, Rdict
+        from rocksdict import Options, Rdict, WriteOptions
 
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = Rdict(str(path), options=Options(raw_mode=True))
+        self.write_options = WriteOptions()
+        # A property at run time; rocksdict's stub declares a method.
+        self.write_options.disable_wal = True  # type: ignore[method-assign, assignment]
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.db.items():
@@ -155,7 +176,7 @@ class RocksPartition:
                 wb.put(key, value)
         wb.put(APPLIED_OFFSET_KEY, b"%d" % applied_offset)
         wb.put(BATCH_SEQ_KEY, b"%d" % seq)
-        self.db.write(wb)
+        self.db.write(wb, self.write_options)
 
     def position(self) -> tuple[int, int]:
         offset, seq = self.db.get(APPLIED_OFFSET_KEY), self.db.get(BATCH_SEQ_KEY)
@@ -229,6 +250,14 @@ class PartitionStore:
     def put(self, partition: int, key: bytes, value: bytes | None) -> None:
         self.pending.setdefault(partition, []).append((key, value))
 
+    def put_many(self, partition: int, changes: list[Change]) -> None:
+        """`put` of each change in order (the list is the store's from now on)."""
+        queued = self.pending.get(partition)
+        if queued is None:
+            self.pending[partition] = changes
+        else:
+            queued.extend(changes)
+
     def load(self, partition: int) -> list[tuple[bytes, bytes]]:
         local = self.locals.get(partition)
         return [] if local is None else list(local.items())
@@ -241,14 +270,10 @@ class PartitionStore:
             await self._write(pending)
 
     async def _write(self, pending: dict[int, list[Change]]) -> None:
-        batches: dict[int, list[tuple[bytes, bytes | None, int, bool]]] = {}
-        seqs: dict[int, int] = {}
-        for p, changes in pending.items():
-            seq = seqs[p] = self._local(p).position()[1] + 1
-            batches[p] = [(k, v, seq, False) for k, v in changes] + [(commit_key(p), b"%d" % seq, seq, True)]
+        batches = {p: ChangelogBatch(changes, self._local(p).position()[1] + 1) for p, changes in pending.items()}
         offsets = await self.changelog.send_batch(batches)
-        for p, changes in pending.items():
-            self._local(p).apply(changes, offsets[p], seqs[p])
+        for p, batch in batches.items():
+            self._local(p).apply(batch.changes, offsets[p], batch.seq)
         self.counts["commits"] += len(pending)
 
     # -- partitions --------------------------------------------------------------------------
@@ -379,7 +404,7 @@ class KafkaChangelog:
                 self._producer, self._consumer = producer, consumer
         return self._producer, self._consumer
 
-    async def send_batch(self, batches: Mapping[int, list[tuple[bytes, bytes | None, int, bool]]]) -> dict[int, int]:
+    async def send_batch(self, batches: Mapping[int, ChangelogBatch]) -> dict[int, int]:
         # Each partition's messages go as Kafka record batches built here (aiokafka's
         # `create_batch`/`send_batch`), not one `send` each: a batch's messages stay separate
         # records (compaction keeps each key's last value), but cost one future and one
@@ -395,19 +420,18 @@ class KafkaChangelog:
             futures.append(fut)
             last[p] = (fut, count)
 
-        for p, messages in batches.items():
+        for p, (changes, seq) in batches.items():
+            seq_bytes = b"%d" % seq
+            headers = [(BATCH_HEADER, seq_bytes)]  # the same for every change of the batch
+            marker = (commit_key(p), seq_bytes, [*headers, (COMMIT_HEADER, b"1")])
             batch, count = producer.create_batch(), 0
-            for key, value, seq, commit in messages:
-                headers = [(BATCH_HEADER, b"%d" % seq)]
-                if commit:
-                    headers.append((COMMIT_HEADER, b"1"))
-                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+            for key, value, hdrs in itertools.chain(((k, v, headers) for k, v in changes), (marker,)):
+                if batch.append(key=key, value=value, timestamp=None, headers=hdrs) is None:
                     await submit(p, batch, count)  # full (and closed by the failed append)
                     batch, count = producer.create_batch(), 0
-                    batch.append(key=key, value=value, timestamp=None, headers=headers)  # a first always fits
+                    batch.append(key=key, value=value, timestamp=None, headers=hdrs)  # a first always fits
                 count += 1
-            if count:
-                await submit(p, batch, count)
+            await submit(p, batch, count)
         await asyncio.gather(*futures)  # every record batch delivered, not only each partition's last
         # A record batch's future gives its base offset; its records have the offsets after it.
         return {p: int(fut.result().offset) + count - 1 for p, (fut, count) in last.items()}
