@@ -5,6 +5,7 @@ Must not import anything but orjson, so every driver serialises the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -12,9 +13,9 @@ import orjson
 JSONDecodeError = orjson.JSONDecodeError
 
 
-def loads(data: bytes | str) -> Any:
-    """Parse JSON text (bytes must be UTF-8)."""
-    return orjson.loads(data)
+# Parse JSON text (bytes must be UTF-8): orjson's own function, no Python frame around it (a
+# replay parses each record's line and value, and scans the file once more: 900k calls for 300k).
+loads: Callable[[bytes | str], Any] = orjson.loads
 
 
 def dumps(value: Any) -> bytes:
