@@ -524,8 +524,9 @@ def _keep(entries: list[LedgerEntry], entry: LedgerEntry) -> None:
 
 
 # The shared fields of requests seen (merchant_id through response_code, as one tuple) -> the
-# same fields interned: one dict lookup a request instead of eight `sys.intern` calls. Bounded:
-# a day has a few thousand merchants and terminals.
+# same fields interned: one dict lookup a request instead of eight `sys.intern` calls (the
+# mixed day: 13,831 distinct among 100,572 requests). Emptied when full, so a worker that runs
+# for weeks keeps it small and useful.
 _SHARED: dict[tuple[str | None, ...], tuple[str | None, ...]] = {}
 _SHARED_MAX = 65_536
 
@@ -538,6 +539,7 @@ def _interned(e: PaymentEvent) -> PaymentEvent:
     if shared is None:
         i = sys.intern
         shared = tuple(None if v is None else i(v) for v in shared_fields)
-        if len(_SHARED) < _SHARED_MAX:
-            _SHARED[shared] = shared
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        _SHARED[shared] = shared
     return PaymentEvent._make(e[:7] + shared)
