@@ -449,9 +449,8 @@ def test_a_dead_letter_alert_without_a_kafka_timestamp_is_dated_by_its_own_strea
 def test_a_kept_request_shares_its_merchant_and_routing_strings_and_equals_the_parsed_one() -> None:
     # `_interned` answers from a cache of the shared fields seen; a full cache is emptied, and
     # a request is the same value whichever way it went.
-    from stream.core import reference
+    from stream.core import reference, validation
     from stream.core.reference import ReferenceState
-    from stream.core import validation
     from stream.core.validation import parse_payment
 
     kept = []
