@@ -444,3 +444,25 @@ def test_a_dead_letter_alert_without_a_kafka_timestamp_is_dated_by_its_own_strea
             eng.on_record(L, 0, None, ledger("d1", "debited", "R1", 500))
         alerts += [d.value for d in out if d.role == "alerts"]
     assert [a["occurred_at"] for a in alerts] == [format_ms(T0)] * 2
+
+
+def test_a_kept_request_shares_its_merchant_and_routing_strings_and_equals_the_parsed_one() -> None:
+    # `_interned` answers from a cache of the shared fields seen; a full cache is emptied, and
+    # a request is the same value whichever way it went.
+    from stream.core import reference, validation
+    from stream.core.reference import ReferenceState
+    from stream.core.validation import parse_payment
+
+    kept = []
+    for n, name in enumerate(["Toko A", "Toko A", "Toko B", "Toko A"]):
+        if n == 3:
+            reference._SHARED.clear()  # as when full
+        event = parse_payment(None, payment(f"e{n}", "requested", f"R{n}", 0, merchant_name=name, terminal_id=None))
+        assert not isinstance(event, validation.Rejection)
+        st = ReferenceState(f"R{n}")
+        st.apply_facts(Stream.P, 0, event)
+        assert st.request == event and type(st.request) is type(event)
+        kept.append(st.request)
+    assert kept[0].merchant_name is kept[1].merchant_name is kept[3].merchant_name
+    assert kept[0].switch_id is kept[2].switch_id and kept[2].merchant_name == "Toko B"
+    assert kept[0].terminal_id is None

@@ -277,9 +277,9 @@ _TIMES = [
     ),
 )
 def test_the_cached_minute_fast_path_reads_timestamps_as_the_full_parser_does(base: str, edits: list) -> None:
-    # parse_ms answers from a cache of minutes seen in valid texts; a near-miss of a cached
-    # minute (a digit, separator or zone changed, added or removed) must get the full parser's
-    # answer: the same instant, or the same rejection.
+    # parse_ms answers from caches of seconds and minutes seen in valid texts; a near-miss of a
+    # cached one (a digit, separator or zone changed, added or removed) must get the full
+    # parser's answer: the same instant, or the same rejection.
     from stream.core import eventtime
 
     chars = list(base)
@@ -299,5 +299,5 @@ def test_the_cached_minute_fast_path_reads_timestamps_as_the_full_parser_does(ba
         except eventtime.BadTimestamp:
             return "rejected"
 
-    for t in (base, text):  # the base first, so its minute is cached
+    for t in (base, text):  # the base first, so its second and minute are cached
         assert read(parse_ms, t) == read(eventtime._parse_ms_full, t), t
