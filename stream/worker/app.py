@@ -33,6 +33,7 @@ from .endoffsets import BrokerEndOffsets, EndOffsetsUnknown
 from .feeds import TopicSilence
 from .gapfill import BrokerGapFetcher
 from .incidents import follow_incidents_topic
+from .intake import RawSchema, take_batches
 from .metrics import WorkerMetrics
 from .pages import add_pages
 from .recovery import FeedStallWatchdog, RecoveryWatchdog, restart_self, self_restarts
@@ -47,9 +48,16 @@ SHELL_STALL_S = 90.0
 
 
 def raw_topic(app: faust.App, *names: str, partitions: int | None = None) -> TopicT:
-    """A topic of raw bytes (keys and values): the core decodes, Faust only moves bytes."""
+    """A topic of raw bytes (keys and values): the core decodes, Faust only moves bytes (its events
+    are built without Faust's codec registry: `intake.RawSchema`)."""
     return app.topic(
-        *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=partitions
+        *names,
+        schema=RawSchema(),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
     )
 
 
@@ -191,9 +199,9 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     @app.agent(inputs, name="reconcile_payments")
     async def reconcile_payments(stream: faust.StreamT[bytes]) -> None:
         """Decode, decide, send: one batch of both input topics at a time."""
-        # `take_events` is Faust's public Stream API, missing from its StreamT type.
-        async for events in cast(faust.Stream[bytes], stream).take_events(
-            settings.batch_max, within=settings.batch_within_s
+        # Faust's `take_events` batches, taken from the agent's channel a batch at a time (`intake.py`).
+        async for events in take_batches(
+            cast(faust.Stream[bytes], stream), settings.batch_max, settings.batch_within_s
         ):
             with metrics.batch_seconds.time():
                 await finish_before_ack(shell.process_batch(events))
@@ -203,7 +211,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     @app.agent(signals, name="score_failure_bursts")
     async def score_failure_bursts(stream: faust.StreamT[bytes]) -> None:
         """The partitions' closed minutes in, failure-burst incidents out."""
-        async for events in cast(faust.Stream[bytes], stream).take_events(500, within=0.5):
+        async for events in take_batches(cast(faust.Stream[bytes], stream), 500, 0.5):
             await finish_before_ack(bursts.process_batch(events))
 
     if settings.max_hold_s > 0:
