@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import inspect
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any, cast
 
 import faust
@@ -54,7 +55,7 @@ async def deliver(app: Any, messages: list[ConsumerMessage]) -> None:
         tp = TP(m.topic, m.partition)
         if tp not in conductor._tp_to_callback:
             channels = {ch for ch in conductor._topics if m.topic in ch.topics}
-            conductor._tp_to_callback[tp] = conductor._compiler.build(conductor, tp, channels)
+            conductor._tp_to_callback[tp] = conductor._build_handler(tp, channels)
         await conductor._tp_to_callback[tp](m)
 
 
@@ -280,6 +281,8 @@ PINNED = {
     "faust.transport.consumer.Consumer.ack": "5fcf41cf45153475",
     "faust.types.tuples.Message.ack": "4751b72c4ed84153",
     "faust.types.tuples.Message.decref": "f23396189d0e5592",
+    "faust.transport.conductor.Conductor._build_handler": "5c071d1277988c57",
+    "faust.transport.conductor.Conductor._compile_message_handler": "9fbc0538097aa4ec",
     "faust.transport.conductor.ConductorCompiler.build": "837cf521368c1ee4",
     "faust.serializers.schemas.Schema.compile": "d46eec5ce3195b2c",
     "faust.agents.actor.Actor.cancel": "27af54ce1443b5dd",
@@ -310,11 +313,89 @@ def test_the_faust_source_intake_copies_is_pinned(dotted: str) -> None:
     assert hashlib.sha256(source.encode()).hexdigest()[:16] == PINNED[dotted], source
 
 
-def test_the_cython_stream_iterators_skip_and_ack_are_pinned() -> None:
-    """Faust's compiled iterator (`cython_optimizations`), whose checks `take_batches` repeats."""
+def test_the_cython_sources_intake_relies_on_are_pinned() -> None:
+    """Faust's compiled stream iterator (`cython_optimizations`), whose checks `take_batches`
+    repeats, and its compiled conductor callback, which `QuickHandler` extends."""
     import pathlib
 
     import faust._cython
 
     pyx = pathlib.Path(faust._cython.__file__).parent / "streams.pyx"
     assert hashlib.sha256(pyx.read_bytes()).hexdigest()[:16] == "0041622f4a251188"
+    import faust.transport._cython
+
+    pyx = pathlib.Path(faust.transport._cython.__file__).parent / "conductor.pyx"
+    assert hashlib.sha256(pyx.read_bytes()).hexdigest()[:16] == "dde1f974267881cf"
+
+
+async def queued_by(app: Any, messages: list[ConsumerMessage], fast: bool) -> list[Any]:
+    """What the conductor's callback for each message's partition put in the agent's queue: by
+    its fast path (`now`; a message it declines goes to the callback) or by Faust's own."""
+    from faust.transport.conductor import Conductor
+
+    conductor = app.topics
+    stream = app.stream(raw_topic(app, PAY, LED))
+    declined = []
+    for m in messages:
+        tp = TP(m.topic, m.partition)
+        if tp not in conductor._tp_to_callback:
+            channels = {ch for ch in conductor._topics if m.topic in ch.topics}
+            build = conductor._build_handler if fast else partial(Conductor._build_handler, conductor)
+            conductor._tp_to_callback[tp] = build(tp, channels)
+        if fast and app.consumer._deliver_now(tp, m):
+            continue
+        declined.append(m.offset)
+        await conductor.on_message(m)
+    queue = cast(Any, stream.channel).queue
+    return [declined] + [
+        (type(e), e.key, e.value, e.headers, e.message.offset, e.message.refcount) for e in list(queue._queue)
+    ]
+
+
+def test_the_conductors_fast_path_queues_what_fausts_callback_queues() -> None:
+    async def both() -> tuple[list[Any], list[Any]]:
+        faust_queued = await queued_by(new_app(), messages7(), fast=False)
+        return faust_queued, await queued_by(new_app(), messages7(), fast=True)
+
+    fausts_queued, ours = asyncio.run(both())
+    assert ours[0] == []  # every message took the fast path
+    assert ours[1:] == fausts_queued[1:]
+    assert len(ours) == 8
+
+
+@pytest.mark.parametrize("why", ["flow suspended", "queue full", "producer buffer over", "lock held", "not raw"])
+def test_the_conductors_fast_path_declines_what_could_wait_and_fausts_callback_takes_it(why: str) -> None:
+    async def scenario() -> tuple[list[int], int]:
+        app = new_app()
+        stream = app.stream(raw_topic(app, PAY, LED) if why != "not raw" else app.topic(PAY, LED))
+        queue = cast(Any, stream.channel).queue
+        tp = TP(PAY, 0)
+        conductor = app.topics
+        conductor._tp_to_callback[tp] = conductor._build_handler(tp, set(conductor._topics))
+        if why == "flow suspended":
+            app.flow_control.suspend()
+        elif why == "queue full":
+            for _ in range(queue.maxsize):
+                queue.force_put_nowait(None)
+        elif why == "producer buffer over":
+            for _ in range(app.producer.buffer.max_messages + 1):
+                app.producer.buffer.pending.put_nowait(None)
+        elif why == "lock held":
+            await conductor._tp_to_callback_lock.acquire()
+        size = queue.qsize()
+        taken = app.consumer._deliver_now(tp, message(PAY, 0, 5))
+        return [int(taken)], queue.qsize() - size
+
+    taken, added = asyncio.run(scenario())
+    assert taken == [0] and added == 0
+
+
+def test_the_worker_app_has_the_conductors_fast_path() -> None:
+    from faust.transport import conductor
+
+    from stream.worker.intake import QuickConductor, QuickHandler
+
+    assert conductor.ConductorHandler is not None  # Faust's compiled callback, which QuickHandler extends
+    app = new_app()
+    assert isinstance(app.topics, QuickConductor)
+    assert isinstance(app.topics._build_handler(TP(PAY, 0), set()), QuickHandler)

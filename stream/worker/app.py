@@ -33,7 +33,7 @@ from .endoffsets import BrokerEndOffsets, EndOffsetsUnknown
 from .feeds import TopicSilence
 from .gapfill import BrokerGapFetcher
 from .incidents import follow_incidents_topic
-from .intake import RawSchema, take_batches
+from .intake import QuickConductor, RawSchema, take_batches
 from .metrics import WorkerMetrics
 from .pages import add_pages
 from .recovery import FeedStallWatchdog, RecoveryWatchdog, restart_self, self_restarts
@@ -141,6 +141,9 @@ def faust_app(settings: Settings) -> faust.App:
     # Faust's consumer loses acked offsets at a revocation and cannot rewind a partition without
     # a committed offset (`consumer.py`): the app's consumer is one that does both, and whose
     # fetch waits `QRIS_FETCH_MAX_WAIT_MS` at most (Faust fixes 1500 ms).
+    # The conductor's callbacks with a synchronous fast path the consumer's drain loop tries first
+    # (set before anything builds the conductor: `app.topics`).
+    app.transport.Conductor = QuickConductor  # type: ignore[misc]  # a ClassVar, set on this transport only
     app.transport.Consumer = guarded_consumer(settings.fetch_max_wait_ms)  # type: ignore[misc]  # a ClassVar, set on this transport only
     # With its statistics page off, Faust serves `/` as {"status": "OK"} whatever the broker
     # says: a health check that lies. Readiness is /qris/ready; `/` answers 404.
