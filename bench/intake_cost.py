@@ -1,8 +1,9 @@
 """CPU per record of what Faust does between a fetched message and the agent's batch, without a
 broker (not a test): the conductor's callback for every message (as the worker's drain loop calls
-it, `start_inline`), then the agent's batches, counted, acked. Compares Faust's `take_events`
-with `intake.take_batches`, Faust's raw codecs with `intake.RawSchema`, in one process, in
-alternating rounds, so the ratios hold on a noisy machine.
+it, `start_inline`), then the agent's batches, counted, acked. Adds `intake.take_batches` (for
+Faust's `take_events`), `intake.RawSchema` (for Faust's raw codecs) and the conductor's fast path
+(`intake.QuickHandler`) one at a time, in one process, in alternating rounds, so the ratios hold
+on a noisy machine. The fetch itself (aiokafka, Faust's `getmany`) is not included.
 
     python bench/intake_cost.py --records 100000 --rounds 3
 """
