@@ -218,12 +218,26 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             await finish_before_ack(bursts.process_batch(events))
 
     if settings.max_hold_s > 0:
+        following: list[asyncio.Task[Any]] = []
 
         @app.task  # type: ignore[untyped-decorator]  # Faust's decorator is untyped
         async def follow_incidents() -> None:
             """Every worker reads the incidents topic whole: the detector's decisions and progress
             reach every partition engine (refund holds wait for them)."""
+            task = asyncio.current_task()
+            if task is not None:
+                following.append(task)
             await follow_incidents_topic(settings, shell)
+
+        @app.on_before_shutdown.connect  # type: ignore[arg-type]  # Faust's signal type wants a sender
+        async def stop_following_incidents(app_: Any, **kwargs: Any) -> None:
+            # Sent after the agents' last batches and before the producer stops: decisions that
+            # incidents release are sent by that producer, so the follower stops here, after a
+            # release under way (seen: one released as the producer stopped, exit 70 on a clean
+            # stop). What it has not released yet, the next start releases from the topic.
+            async with shell.lock:
+                for task in following:
+                    task.cancel()
 
     idle_tick_s = max(1.0, min(settings.idle_timeout_s / 4, 10.0))
 
