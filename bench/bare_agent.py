@@ -5,8 +5,8 @@ one worker process (not a test; started by `bench/live_throughput.py`).
 
 The app is `stream.worker.app.faust_app(settings)` (raw topics, the same consumer, fetch, buffer
 and producer settings; uvloop and the collector's pace as the worker: `prepare_process`), one
-agent over both input topics taking `take_events(QRIS_BATCH_MAX, within=QRIS_BATCH_WITHIN_S)`
-and only counting the records: no
+agent over both input topics taking batches as the worker's agent does (`intake.take_batches`,
+Faust's `take_events(QRIS_BATCH_MAX, within=QRIS_BATCH_WITHIN_S)` batches) and only counting the records: no
 decode, decide, state or outputs. It serves `/qris/stats` with the count, as the worker does, so
 the benchmark times both the same way. Faust reads its own settings from the environment too,
 over the app's (`CYTHON_OPTIMIZATIONS=0`, `STREAM_BUFFER_MAXSIZE=...`): that is how the benchmark
@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from stream.settings import from_env  # noqa: E402
 from stream.worker.app import faust_app, prepare_process, raw_topic  # noqa: E402
+from stream.worker.intake import take_batches  # noqa: E402
 
 
 def main() -> int:
@@ -38,8 +39,8 @@ def main() -> int:
 
     @app.agent(inputs, name="reconcile_payments")
     async def count_records(stream: faust.StreamT[bytes]) -> None:
-        async for events in cast(faust.Stream[bytes], stream).take_events(
-            settings.batch_max, within=settings.batch_within_s
+        async for events in take_batches(
+            cast(faust.Stream[bytes], stream), settings.batch_max, settings.batch_within_s
         ):
             counts["records"] += len(events)
             counts["batches"] += 1

@@ -6,7 +6,7 @@
 Pre-produces the simulator's `mixed` scenario into fresh co-partitioned topics, then
 1. consumes them with a bare aiokafka consumer (the ceiling for Python on this box);
 2. runs a bare Faust agent on them (`bench/bare_agent.py`: the worker's own Faust app and
-   `take_events` batches, counting records only): the ceiling of Faust's per-event path;
+   `intake.take_batches` batches, counting records only): the ceiling of Faust's per-event path;
 3. starts `python -m stream worker` on them and times, from its first to its last record
    (its /qris/stats page), how fast it takes the backlog: decode, decide, persist state to
    the state store (RocksDB per partition) and its changelog, send outputs.

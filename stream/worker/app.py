@@ -33,6 +33,7 @@ from .endoffsets import BrokerEndOffsets, EndOffsetsUnknown
 from .feeds import TopicSilence
 from .gapfill import BrokerGapFetcher
 from .incidents import follow_incidents_topic
+from .intake import QuickConductor, RawSchema, take_batches
 from .metrics import WorkerMetrics
 from .pages import add_pages
 from .recovery import FeedStallWatchdog, RecoveryWatchdog, restart_self, self_restarts
@@ -47,9 +48,16 @@ SHELL_STALL_S = 90.0
 
 
 def raw_topic(app: faust.App, *names: str, partitions: int | None = None) -> TopicT:
-    """A topic of raw bytes (keys and values): the core decodes, Faust only moves bytes."""
+    """A topic of raw bytes (keys and values): the core decodes, Faust only moves bytes (its events
+    are built without Faust's codec registry: `intake.RawSchema`)."""
     return app.topic(
-        *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=partitions
+        *names,
+        schema=RawSchema(),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
     )
 
 
@@ -133,6 +141,9 @@ def faust_app(settings: Settings) -> faust.App:
     # Faust's consumer loses acked offsets at a revocation and cannot rewind a partition without
     # a committed offset (`consumer.py`): the app's consumer is one that does both, and whose
     # fetch waits `QRIS_FETCH_MAX_WAIT_MS` at most (Faust fixes 1500 ms).
+    # The conductor's callbacks with a synchronous fast path the consumer's drain loop tries first
+    # (set before anything builds the conductor: `app.topics`).
+    app.transport.Conductor = QuickConductor  # type: ignore[misc]  # a ClassVar, set on this transport only
     app.transport.Consumer = guarded_consumer(settings.fetch_max_wait_ms)  # type: ignore[misc]  # a ClassVar, set on this transport only
     # With its statistics page off, Faust serves `/` as {"status": "OK"} whatever the broker
     # says: a health check that lies. Readiness is /qris/ready; `/` answers 404.
@@ -191,9 +202,9 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     @app.agent(inputs, name="reconcile_payments")
     async def reconcile_payments(stream: faust.StreamT[bytes]) -> None:
         """Decode, decide, send: one batch of both input topics at a time."""
-        # `take_events` is Faust's public Stream API, missing from its StreamT type.
-        async for events in cast(faust.Stream[bytes], stream).take_events(
-            settings.batch_max, within=settings.batch_within_s
+        # Faust's `take_events` batches, taken from the agent's channel a batch at a time (`intake.py`).
+        async for events in take_batches(
+            cast(faust.Stream[bytes], stream), settings.batch_max, settings.batch_within_s
         ):
             with metrics.batch_seconds.time():
                 await finish_before_ack(shell.process_batch(events))
@@ -203,16 +214,30 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     @app.agent(signals, name="score_failure_bursts")
     async def score_failure_bursts(stream: faust.StreamT[bytes]) -> None:
         """The partitions' closed minutes in, failure-burst incidents out."""
-        async for events in cast(faust.Stream[bytes], stream).take_events(500, within=0.5):
+        async for events in take_batches(cast(faust.Stream[bytes], stream), 500, 0.5):
             await finish_before_ack(bursts.process_batch(events))
 
     if settings.max_hold_s > 0:
+        following: list[asyncio.Task[Any]] = []
 
         @app.task  # type: ignore[untyped-decorator]  # Faust's decorator is untyped
         async def follow_incidents() -> None:
             """Every worker reads the incidents topic whole: the detector's decisions and progress
             reach every partition engine (refund holds wait for them)."""
+            task = asyncio.current_task()
+            if task is not None:
+                following.append(task)
             await follow_incidents_topic(settings, shell)
+
+        @app.on_before_shutdown.connect  # type: ignore[arg-type]  # Faust's signal type wants a sender
+        async def stop_following_incidents(app_: Any, **kwargs: Any) -> None:
+            # Sent after the agents' last batches and before the producer stops: decisions that
+            # incidents release are sent by that producer, so the follower stops here, after a
+            # release under way (seen: one released as the producer stopped, exit 70 on a clean
+            # stop). What it has not released yet, the next start releases from the topic.
+            async with shell.lock:
+                for task in following:
+                    task.cancel()
 
     idle_tick_s = max(1.0, min(settings.idle_timeout_s / 4, 10.0))
 

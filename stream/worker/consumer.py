@@ -29,7 +29,10 @@ blocked when a rebalance suspends the flow is cancelled instead of deadlocking i
 always the callback (the conductor: flow control, producer buffer, decode, a queue put) finishes
 without waiting at all. Here its first step runs inline; only if it has to wait (a full queue,
 the flow suspended, the conductor's lock taken) does the rest of it run under Faust's
-`wait_first` as before, with the same abort on a suspend (`_drain_messages`).
+`wait_first` as before, with the same abort on a suspend (`_drain_messages`). Before that, the
+conductor's callback for the partition is offered the message synchronously
+(`_deliver_now`, `intake.QuickHandler.now`): it takes it when nothing would wait, without the
+callback's chain of coroutines; else the message goes the way above.
 
 And a wait Faust adds when the agent falls behind: when the agent's buffer fills, Faust pauses
 the partitions whose records went in (`on_buffer_full`) until it drains. With every partition
@@ -153,6 +156,16 @@ class GuardedConsumer(faust_aiokafka.Consumer):
                     return {}, set()  # as Faust after its sleep: nothing fetched, try again
         return await super()._wait_next_records(timeout)
 
+    def _deliver_now(self, tp: TP, message: Any) -> bool:
+        """The conductor's callback for `tp` run synchronously, if it has a fast path
+        (`intake.QuickConductorCompiler`) that can take `message` now; False if not (nothing done).
+        Not while the conductor's lock is held (its callbacks are being rebuilt)."""
+        conductor: Any = self.app.topics
+        if conductor._tp_to_callback_lock.locked():
+            return False
+        now = getattr(conductor._tp_to_callback.get(tp), "now", None)
+        return now is not None and bool(now(message))
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - run on the broker
         """Faust 0.15.3's drain loop (`faust/transport/consumer.py`, kept line for line but for
         the callback, and the same logging and errors; `tests/test_worker_consumer.py` fails if
@@ -161,6 +174,7 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         callback that has to wait is awaited under `wait_first` with the suspend event, as Faust
         does for every message, so a rebalance still aborts it."""
         callback = self.callback
+        deliver_now = self._deliver_now
         getmany = self.getmany
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
@@ -211,6 +225,8 @@ class GuardedConsumer(faust_aiokafka.Consumer):
                                 await self.commit()
                             if suspended():
                                 await self.wait_first(callback(message), self.suspend_flow.wait())
+                            elif deliver_now(tp, message):
+                                pass  # the conductor's fast path took it (`intake.QuickConductorCompiler`)
                             else:
                                 rest = start_inline(callback(message))
                                 if rest is not None:

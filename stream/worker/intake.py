@@ -1,0 +1,248 @@
+"""How records reach the worker's agents through Faust, at less cost per record (issue 9): the
+conductor hands a fetched message to the agent's channel without a chain of coroutines when it
+need not wait (`QuickConductor`, `QuickHandler`), raw topics build their events without Faust's
+codec registry (`RawSchema`), and the agents take whole batches straight from the channel's queue
+(`take_batches`). Faust agents stay the way records enter. Imports faust and mode only, nothing
+of the decision path.
+
+Faust's `Stream.take_events` takes one event per loop round trip: its stream iterator sleeps
+(`sleep(0)`) before every event, runs the buffer's processor on it, calls the sensors, sets the
+current event, and acks every event of the batch one by one (issue 9: about a third of a bare
+agent's CPU per record). `take_batches` gives the agent the same batches (at most `max_` events,
+or what came within `within_s`) with Faust's checks and bookkeeping done once per batch:
+
+* an event taken while the flow is suspended or of an older consumer generation (fetched before
+  a rebalance) is left out and not acked, as by Faust's compiled iterator (the app's; Faust's
+  pure-Python one acks it): its partition is sought back to its committed offset at the
+  rebalance, so it comes again, and an ack could let a commit pass records not processed yet;
+* every event handed out is tracked as unacked first (Faust's `Consumer.track_message`), so a
+  revocation waits for its batch (`Consumer.wait_empty`);
+* a batch is acked when the agent comes back for the next one (or leaves the loop), never
+  before: `_ack_batch` is Faust's `Message.ack` and `Consumer.ack` for the whole batch under
+  Faust's `ack_lock` (`tests/test_worker_intake.py` pins the Faust source it copies);
+* taking from the queue does what Faust's `get_nowait` does per event: waiting putters (a
+  conductor blocked on a full queue) are woken, and the queue's pressure-drop callbacks run
+  (they resume the partitions paused when the buffer filled, `GuardedConsumer.on_buffer_drop`);
+* an error thrown into the channel is raised in the agent, except `StopAsyncIteration` (how
+  Faust stops an actor, `Actor.cancel`), which ends the batches.
+
+The app's sensors are only the `QuietMonitor`, which keeps nothing per event, so the per-event
+sensor calls (`on_message_in`, `on_stream_event_in/out`, `on_message_out`) are not made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import faust
+from faust.transport._cython.conductor import ConductorHandler as _FaustsHandler  # type: ignore[import-not-found]
+from faust.transport.conductor import Conductor
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
+
+
+class RawSchema(faust.Schema[bytes, bytes]):
+    """Raw bytes in, raw bytes out, as `key_serializer="raw"`/`value_serializer="raw"` with
+    `bytes` types: the message's key and value are the event's. Faust's decode passes each
+    through its codec registry (a codec lookup, the raw codec, `want_bytes`) and finds the
+    event class in the app's settings per message; sending is Faust's, unchanged."""
+
+    def __init__(self) -> None:
+        super().__init__(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    def compile(self, app: Any, **kwargs: Any) -> Any:
+        event = app.conf.Event
+
+        async def decode(message: Any, *, propagate: bool = False) -> Any:
+            return event(app, message.key, message.value, message.headers, message)
+
+        return decode
+
+
+class QuickHandler(_FaustsHandler):  # type: ignore[misc]  # Faust's compiled class is untyped
+    """Faust's compiled conductor callback for one partition (`ConductorHandler`, what Faust's
+    conductor uses when compiled) with a synchronous fast path, `now(message)`, which the
+    worker's drain loop tries first (`GuardedConsumer._deliver_now`): for one channel of raw
+    bytes (`RawSchema`) with room in its queue, the flow active and the producer's buffer not
+    over its mark, it does what the callback does (one reference more to the message, its event
+    into the channel's queue with the same pressure callbacks) and returns True; else it does
+    nothing and returns False, and the message takes the callback, which waits as Faust's does.
+    The callback is a chain of coroutines per message (the conductor's lock, the flow control,
+    the producer's buffer, the decode) that almost never waits."""
+
+    def __init__(self, conductor: Any, tp: Any, channels: Any) -> None:
+        super().__init__(conductor, tp, channels)
+        app = conductor.app
+        self._flow_suspended = app.flow_control._suspend.is_set
+        self._producer_buffer = app.producer.buffer
+        self._event_class = app.conf.Event
+        self._quick = not app.conf.producer_threaded  # else its buffer is another queue
+
+    def now(self, message: Any) -> bool:
+        channels = self.channels
+        buffer = self._producer_buffer
+        if (
+            not self._quick
+            or len(channels) != 1
+            or self._flow_suspended()
+            or len(buffer.pending._queue) > buffer.max_messages
+        ):
+            return False
+        for channel in channels:
+            if not isinstance(channel.schema, RawSchema):
+                return False
+            queue = channel.queue
+            if queue.full():
+                return False
+            message.refcount += 1  # as the callback (`message.incref`)
+            event = self._event_class(self.app, message.key, message.value, message.headers, message)
+            queue.put_nowait_enhanced(
+                event, on_pressure_high=self.on_pressure_high, on_pressure_drop=self.on_pressure_drop
+            )
+        return True
+
+
+class QuickConductor(Conductor):
+    """Faust's conductor whose callbacks are `QuickHandler`s (the app's: `app.transport.Conductor`)."""
+
+    def _build_handler(self, tp: Any, channels: Any) -> Any:
+        return QuickHandler(self, tp, channels)
+
+
+def _time_up(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _next_put(queue: Any, timeout_s: float) -> bool:
+    """Wait until something is put in `queue` (a Faust channel's queue), an error is thrown into
+    it, or `timeout_s` passes: a getter as `asyncio.Queue.get` waits with, which takes nothing.
+    False if the error was `StopAsyncIteration` (the actor is stopping); another error is raised."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    queue._getters.append(waiter)
+    timer = loop.call_later(timeout_s, _time_up, waiter)
+    try:
+        await waiter
+        return True
+    except StopAsyncIteration:  # thrown to the waiting getter by `ThrowableQueue._throw`
+        return False
+    finally:
+        timer.cancel()
+        if not waiter.done():
+            waiter.cancel()
+        with contextlib.suppress(ValueError):
+            queue._getters.remove(waiter)  # still there when the time was up
+
+
+def _ack_batch(consumer: Any, events: list[Any]) -> None:
+    """Ack every event's message once: Faust's `Message.ack` (one reference less; at none, the
+    message is acked) and `Consumer.ack` (its offset may be committed), in one critical section."""
+    acks_enabled_for = consumer.app.topics.acks_enabled_for
+    committed_offset = consumer._committed_offset
+    acked_index_of = consumer._acked_index
+    acked_of = consumer._acked
+    unacked = consumer._unacked_messages
+    n = 0
+    try:
+        with ack_lock:
+            for event in events:
+                message = event.message
+                if message.acked:
+                    continue
+                refcount = message.refcount = max(message.refcount - 1, 0)
+                if refcount:
+                    continue
+                message.acked = True
+                if acks_enabled_for(message.topic):
+                    tp = message.tp
+                    offset = message.offset
+                    committed = committed_offset[tp]
+                    if committed is None or offset >= committed:
+                        acked_index = acked_index_of[tp]
+                        if offset not in acked_index:
+                            unacked.discard(message)
+                            acked_index.add(offset)
+                            acked_of[tp].append(offset)
+                            n += 1
+    finally:
+        consumer._n_acked += n
+        notify(consumer._waiting_for_ack)
+
+
+def _untrack(consumer: Any, events: list[Any]) -> None:
+    """Events taken but never handed out: no longer waited for by a revocation."""
+    unacked = consumer._unacked_messages
+    for event in events:
+        unacked.discard(event.message)
+
+
+async def take_batches(stream: faust.Stream[Any], max_: int, within_s: float) -> AsyncIterator[list[Any]]:
+    """The events of `stream`'s channel in batches of at most `max_`, each handed out as soon as
+    it is full or `within_s` after the agent came back for it (if it holds anything): what
+    `stream.take_events(max_, within=within_s)` yields. A batch is acked when the agent asks
+    for the next one or leaves the loop, also by an exception or a cancellation (so, as with
+    Faust's, the agent's work must be done by then: `batches.finish_before_ack`)."""
+    app: Any = stream.app
+    consumer: Any = app.consumer
+    queue: Any = cast(Any, stream.channel).queue  # the conductor's events for this agent (`app.stream` made it)
+    items = queue._queue
+    errors = queue._errors
+    putters = queue._putters
+    pending_drops = queue._pending_pressure_drop_callbacks
+    flow_active = app.flow_control.is_active
+    acking_topics = app.topics._acking_topics
+    track = consumer._unacked_messages.add
+    loop = asyncio.get_running_loop()
+
+    batch: list[Any] = []
+    try:
+        while not stream.should_stop:
+            deadline = loop.time() + within_s
+            while True:
+                if errors:
+                    exc = errors.popleft()
+                    if isinstance(exc, StopAsyncIteration):
+                        return
+                    raise exc
+                take = min(len(items), max_ - len(batch))
+                if take:
+                    active = flow_active()
+                    generation = app.consumer_generation_id
+                    for _ in range(take):
+                        event = items.popleft()
+                        message = event.message
+                        if not active or message.generation_id != generation:
+                            continue  # Faust's skip; not acked (module docstring)
+                        if message.topic in acking_topics and not message.tracked:
+                            message.tracked = True
+                            track(message)
+                        batch.append(event)
+                    for _ in range(take):  # one freed place each, as `get_nowait`
+                        if not putters:
+                            break
+                        queue._wakeup_next(putters)
+                while pending_drops:  # as `get_nowait` does before each get, `get` when empty
+                    left = len(pending_drops)
+                    queue.maybe_endorse_pressure_drop()
+                    if len(pending_drops) == left:
+                        break
+                if len(batch) >= max_:
+                    break
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                if not await _next_put(queue, remaining):
+                    return
+            if not batch:
+                continue
+            events, batch = batch, []
+            try:
+                yield events
+            finally:
+                _ack_batch(consumer, events)
+    finally:
+        _untrack(consumer, batch)
