@@ -334,7 +334,8 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             # The detector reads what Faust does not deliver from the broker (no restart).
             _start, end = positions[signals_tp]
             assert end is not None
-            await bursts.catch_up(end)
+            if not await bursts.catch_up(end):  # nothing there, or no answer: another period
+                signal_feeds.confirmed_empty(signals_tp, time.monotonic())
         positions.pop(signals_tp, None)
         for topic, partition in feeds.stalled(positions, time.monotonic()):
             start, end = positions[(topic, partition)]
