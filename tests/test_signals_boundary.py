@@ -66,6 +66,7 @@ def no_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
         return None
 
     monkeypatch.setattr(bursts_module, "read_latest_snapshot", none)
+    monkeypatch.setattr(bursts_module, "read_published_offset", none)
 
 
 def reference(records: list[KafkaRecord]) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from ..security import aiokafka_config, faust_credentials
 from ..settings import Settings
 from .batches import finish_before_ack
 from .boundary import Gap
-from .bursts import BurstShell
+from .bursts import BurstShell, group_committed
 from .consumer import guarded_consumer
 from .endoffsets import BrokerEndOffsets, EndOffsetsUnknown
 from .feeds import TopicSilence
@@ -209,13 +209,6 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             with metrics.batch_seconds.time():
                 await finish_before_ack(shell.process_batch(events))
 
-    async def signals_committed() -> int | None:
-        """The group's committed offset of the signals partition, asked of the broker by the
-        group's own consumer (in Faust's consumer thread)."""
-        thread: Any = app.consumer._thread  # type: ignore[attr-defined]  # Faust's consumer thread
-        aio = thread._ensure_consumer()
-        return cast(int | None, await thread.call_thread(aio.committed, TP(settings.signals_topic, 0)))
-
     # The detector's own gap reader: the input's (`gaps`) may be reading a gap meanwhile.
     signal_gaps = BrokerGapFetcher(aiokafka_config(settings))
     bursts = BurstShell(
@@ -224,7 +217,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         watched_send,
         flush,
         fetch_gap=signal_gaps.fetch,
-        committed=signals_committed,
+        committed=group_committed(app, settings.signals_topic),
     )
 
     @app.agent(signals, name="score_failure_bursts")

@@ -192,10 +192,28 @@ class BurstShell:
 
     async def _resume_offset(self, records: Sequence[InputRecord]) -> int:
         """Where a rebuilt detector goes on live: the group's committed offset (0 if none; what
-        was acked before it had its alerts sent), else where the delivered records start."""
+        was acked had its alerts sent), else where the delivered records start. With holds on,
+        never past the signals offset of the detector's last incidents record: Faust acks the
+        offsets of a jump in its delivery as if taken (faust-streaming #312), so a committed
+        offset can cover signals no detector took; the incidents record is sent after the
+        batch's alerts and says through which offset they were sent."""
         if self.committed is None:
             return min((r.offset for r in records), default=0)
-        return (await self.committed()) or 0
+        committed = (await self.committed()) or 0
+        if not self.holds:
+            return committed
+        published = await read_published_offset(self.settings)
+        if published is not None and published < committed:
+            log.warning(
+                "signals committed to offset %d but the detector's last incidents record covers them only "
+                "to offset %d: offsets %d..%d are taken live",
+                committed,
+                published,
+                published,
+                committed - 1,
+            )
+            return published
+        return committed
 
     async def _fill_gaps(self, plan: PartitionPlan) -> list[InputRecord]:
         # Faust delivered past signals the detector has not taken: read them from the broker
@@ -398,6 +416,53 @@ class BurstShell:
             "open_incidents": d.incidents.open_scopes() if d else [],
             "alerts_waiting_for_holds": len(self.tally.pending) if self.tally else 0,
         }
+
+
+def group_committed(app: Any, topic: str) -> Committed:
+    """The consumer group's committed offset of `topic`'s partition 0, asked of the broker by
+    the group's own aiokafka consumer in Faust's consumer thread (`app`: a Faust app)."""
+
+    async def committed() -> int | None:
+        thread: Any = app.consumer._thread
+        aio = thread._ensure_consumer()
+        offset = await thread.call_thread(aio.committed, TopicPartition(topic, 0))
+        return None if offset is None else int(offset)
+
+    return committed
+
+
+async def read_published_offset(settings: Settings) -> int | None:
+    """The `signals_offset` of the last record on the incidents topic (the detector's position
+    after the last batch whose outputs it sent), or None if there is none."""
+    tp = TopicPartition(settings.incidents_topic, 0)
+    consumer = AIOKafkaConsumer(**aiokafka_config(settings), enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        if settings.incidents_topic not in await consumer.topics():
+            return None
+        consumer.assign([tp])
+        begin = (await consumer.beginning_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
+        last: int | None = None
+        for start in (end - 1, end - 10, begin):  # the last record is usually at end - 1
+            if start < begin or last is not None:
+                continue
+            consumer.seek(tp, max(start, begin))
+            idle_polls = 0
+            while await consumer.position(tp) < end and idle_polls < 30:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                messages = batch.get(tp, [])
+                idle_polls = 0 if messages else idle_polls + 1
+                for msg in messages:
+                    try:
+                        offset = codec.loads(msg.value or b"").get("signals_offset")
+                    except (ValueError, AttributeError):
+                        continue
+                    if isinstance(offset, int):
+                        last = offset
+        return last
+    finally:
+        await consumer.stop()
 
 
 async def read_latest_snapshot(settings: Settings) -> bytes | None:
