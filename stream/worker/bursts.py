@@ -62,6 +62,9 @@ Committed = Callable[[], Awaitable[int | None]]
 # the detector); the snapshots topic accepts records up to SNAPSHOT_TOPIC_MAX_BYTES.
 SNAPSHOT_MAX_BYTES = 15 * 1024 * 1024
 SNAPSHOT_TOPIC_MAX_BYTES = 16 * 1024 * 1024
+# The group's committed offset not answered in this long: not known (a check), or the batch
+# fails (a rebuild; the process exits before the batch is acked, a restart asks again).
+COMMITTED_TIMEOUT_S = 10.0
 
 
 class BurstShell:
@@ -185,7 +188,7 @@ class BurstShell:
         if self.committed is None:
             return None
         try:
-            committed = await self.committed()
+            committed = await asyncio.wait_for(self.committed(), COMMITTED_TIMEOUT_S)
         except Exception:  # noqa: BLE001 - not known now: asked again at the next check
             return None
         return committed or 0
@@ -199,7 +202,7 @@ class BurstShell:
         batch's alerts and says through which offset they were sent."""
         if self.committed is None:
             return min((r.offset for r in records), default=0)
-        committed = (await self.committed()) or 0
+        committed = (await asyncio.wait_for(self.committed(), COMMITTED_TIMEOUT_S)) or 0
         if not self.holds:
             return committed
         published = await read_published_offset(self.settings)
