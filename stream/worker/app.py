@@ -27,7 +27,7 @@ from ..security import aiokafka_config, faust_credentials
 from ..settings import Settings
 from .batches import finish_before_ack
 from .boundary import Gap
-from .bursts import BurstShell
+from .bursts import BurstShell, group_committed
 from .consumer import guarded_consumer
 from .endoffsets import BrokerEndOffsets, EndOffsetsUnknown
 from .feeds import TopicSilence
@@ -36,7 +36,7 @@ from .incidents import follow_incidents_topic
 from .intake import QuickConductor, RawSchema, take_batches
 from .metrics import WorkerMetrics
 from .pages import add_pages
-from .recovery import FeedStallWatchdog, RecoveryWatchdog, restart_self, self_restarts
+from .recovery import SIGNALS_STALL_S, FeedStallWatchdog, RecoveryWatchdog, restart_self, self_restarts
 from .shell import ReconcileShell
 from .statestore import UNKNOWN_REMAINING, KafkaChangelog, PartitionStore, changelog_topic_name
 from .watch import WorkerWatch
@@ -209,7 +209,16 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             with metrics.batch_seconds.time():
                 await finish_before_ack(shell.process_batch(events))
 
-    bursts = BurstShell(settings, input_partitions or settings.partitions, watched_send, flush)
+    # The detector's own gap reader: the input's (`gaps`) may be reading a gap meanwhile.
+    signal_gaps = BrokerGapFetcher(aiokafka_config(settings))
+    bursts = BurstShell(
+        settings,
+        input_partitions or settings.partitions,
+        watched_send,
+        flush,
+        fetch_gap=signal_gaps.fetch,
+        committed=group_committed(app, settings.signals_topic),
+    )
 
     @app.agent(signals, name="score_failure_bursts")
     async def score_failure_bursts(stream: faust.StreamT[bytes]) -> None:
@@ -282,6 +291,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
                 restart_self("shell_stalled")
 
     feeds = FeedStallWatchdog(settings.feed_stall_s)
+    signal_feeds = FeedStallWatchdog(min(settings.feed_stall_s, SIGNALS_STALL_S))
     stall_probe = BrokerGapFetcher(aiokafka_config(settings), wait_s=20.0)
 
     async def feed_positions() -> dict[tuple[str, int], tuple[int | None, int | None]]:
@@ -295,8 +305,10 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             taken: int | None = None
             if tp.topic in (settings.payment_topic, settings.ledger_topic):
                 taken = shell.next_offset(tp.topic, tp.partition)
-            elif tp.topic == settings.signals_topic and bursts.detector is not None:
-                taken = bursts.next_offset
+            elif tp.topic == settings.signals_topic:
+                # Also before the detector is rebuilt after a rebalance (from the committed offset):
+                # signals never delivered then leave no later batch to show their gap.
+                taken = await bursts.position()
             else:
                 continue
             out[(tp.topic, tp.partition)] = (taken, None)
@@ -310,6 +322,14 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         if shell.lock.locked() or bursts.lock.locked():
             return  # a batch is being taken (a hang under the lock is SHELL_STALL_S's)
         positions = await feed_positions()
+        signals_tp = (settings.signals_topic, 0)
+        if signal_feeds.stalled({tp: v for tp, v in positions.items() if tp == signals_tp}, time.monotonic()):
+            # The detector reads what Faust does not deliver from the broker (no restart).
+            _start, end = positions[signals_tp]
+            assert end is not None
+            if not await bursts.catch_up(end):  # nothing there, or no answer: another period
+                signal_feeds.confirmed_empty(signals_tp, time.monotonic())
+        positions.pop(signals_tp, None)
         for topic, partition in feeds.stalled(positions, time.monotonic()):
             start, end = positions[(topic, partition)]
             assert start is not None and end is not None

@@ -19,6 +19,15 @@ same ids, which the engines ignore. The partitions' hold reports come on the sig
 too: they go to the hold tally (`core.holdtally`), which keeps each incident's `updated` and
 `resolved` alert until every partition has decided past it and then adds the holds it covers.
 The tally is rebuilt, snapshotted and restored with the detector.
+
+The detector's intake has the input's guarantees (`boundary.py`): every signals record at or
+after the detector's position is taken once, in offset order. The position is the detector's
+own next offset; after a rebalance it is the group's committed offset of the signals partition
+(asked of the broker) or the snapshot's, whichever is further: records before it are rebuilt
+with their alerts suppressed, records from it on are taken live. Redeliveries are skipped;
+offsets missing in front of a delivered record are read from the broker and taken first; and
+signals that Faust does not deliver at all (nothing follows them to show the gap) are read
+from the broker by `catch_up`, which the worker's feed-stall check calls.
 """
 
 from __future__ import annotations
@@ -39,23 +48,44 @@ from ..core.holdtally import HoldTally, is_hold_report
 from ..core.signals import MINUTE_MS
 from ..security import aiokafka_config
 from ..settings import Settings
+from .boundary import Gap, GapNotFilled, InputRecord, LiveRecord, PartitionPlan, merge_filled, plan_batch
 
 log = logging.getLogger("qris_guard.bursts")
 
 Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]
+# Reads offsets of the signals partition from the broker (`gapfill.BrokerGapFetcher.fetch`).
+FetchGap = Callable[[Gap], Awaitable[Sequence[InputRecord]]]
+# The consumer group's committed offset of the signals partition, asked of the broker (None: none).
+Committed = Callable[[], Awaitable[int | None]]
 
 # A snapshot larger than this is not written (the previous one and more signals still restore
 # the detector); the snapshots topic accepts records up to SNAPSHOT_TOPIC_MAX_BYTES.
 SNAPSHOT_MAX_BYTES = 15 * 1024 * 1024
 SNAPSHOT_TOPIC_MAX_BYTES = 16 * 1024 * 1024
+# The group's committed offset not answered in this long: not known (a check), or the batch
+# fails (a rebuild; the process exits before the batch is acked, a restart asks again).
+COMMITTED_TIMEOUT_S = 10.0
 
 
 class BurstShell:
-    def __init__(self, settings: Settings, partitions: int, send: Send, flush: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        partitions: int,
+        send: Send,
+        flush: Callable[[], Awaitable[None]],
+        fetch_gap: FetchGap | None = None,
+        committed: Committed | None = None,
+    ) -> None:
         self.settings = settings
         self.partitions = partitions
         self.send = send
         self.flush = flush
+        # None (tests of the shell alone): a gap cannot be read (the batch fails, as the input's),
+        # and after a rebalance the detector resumes where the first delivered batch starts.
+        self.fetch_gap = fetch_gap
+        self.committed = committed
+        self.tp = (settings.signals_topic, 0)
         self.detector: BurstDetector | None = None
         self.tally: HoldTally | None = None
         self.next_offset = -1
@@ -70,6 +100,10 @@ class BurstShell:
             "snapshots_written": 0,
             "internal_errors": 0,
             "incident_records": 0,
+            "redelivered_skipped": 0,
+            "gap_records_fetched": 0,
+            "gap_offsets_empty": 0,
+            "caught_up": 0,
         }
         self.holds = settings.max_hold_s > 0
 
@@ -83,60 +117,174 @@ class BurstShell:
         """Feed a batch of reports to the detector and send its alerts. Faust acks the batch
         when this returns, even if it raised: a failure to send ends the process first."""
         try:
-            await self._process_batch(events)
+            topic, partition = self.tp
+            await self.take_records(
+                [LiveRecord(topic, partition, ev.message.offset, None, None, ev.message.value) for ev in events]
+            )
         except Exception:
             log.critical(
                 "cannot rebuild the detector or send its alerts; exiting before the batch is acked", exc_info=True
             )
             os._exit(70)
 
-    async def _process_batch(self, events: Sequence[Any]) -> None:
+    async def take_records(self, records: Sequence[InputRecord]) -> None:
+        """Take delivered signals records through the boundary: from the detector's position,
+        in offset order, each once; missing offsets read from the broker first. Raises when
+        the detector cannot be rebuilt, a gap read or an alert sent."""
         async with self.lock:
-            first = events[0].message.offset
-            # Reports before `next_offset` are in the detector already (a snapshot may be ahead
-            # of the group's committed offset); a gap after it means the detector is not ours.
-            if self.detector is None or first > self.next_offset:
-                self.detector = await self._rebuild(first)
-            alerts: list[Decision] = []
-            made: list[Decision] = []  # every alert the detector made (incident events)
-            for ev in events:
-                msg = ev.message
-                if msg.offset < self.next_offset:
-                    continue
-                self.next_offset = msg.offset + 1
-                self.counts["signals"] += 1
-                self.since_snapshot += 1
-                try:
-                    value = codec.loads(msg.value)
-                except ValueError:
-                    log.error("signals offset %d is not JSON; skipped", msg.offset)
-                    continue
-                try:
-                    alerts.extend(self._take(value, made))
-                except Exception:  # a bug must not stop the worker: the report is skipped, loudly
-                    self.counts["internal_errors"] += 1
-                    log.error("burst detector failed on signals offset %d; report skipped", msg.offset, exc_info=True)
-            for d in alerts:
-                await self.send(self.settings.alert_topic, d.key, codec.dumps(d.value))
-                self.counts["alerts"] += 1
-            record = self.incidents_record(made) if self.holds else None
-            if record is not None:
-                await self.send(self.settings.incidents_topic, b"incidents", record)
-                self.counts["incident_records"] += 1
-            if alerts or record is not None:
-                await self.flush()
+            if self.detector is None:
+                self.detector = await self._rebuild(await self._resume_offset(records))
+            plan = plan_batch({self.tp: self.next_offset}, records).get(self.tp, PartitionPlan())
+            take = await self._fill_gaps(plan) if plan.gaps else plan.records
+            self.counts["redelivered_skipped"] += plan.redelivered
+            await self._take_in_order(take)
+
+    async def catch_up(self, end: int) -> int:
+        """Take the signals the broker has from the detector's position up to offset `end`
+        (exclusive) that Faust has not delivered: records the agent never got with nothing
+        after them to show the gap (seen after a rebalance: offsets 0-36 for 90 s). Returns how
+        many were taken; 0 if the broker did not answer (tried again at the next check). A
+        failure after the detector took records ends the process, as a batch's does."""
+        async with self.lock:
+            try:
+                if self.detector is None:
+                    self.detector = await self._rebuild(await self._resume_offset(()))
+            except Exception:
+                log.critical("cannot rebuild the detector to catch up; exiting", exc_info=True)
+                os._exit(70)
+            start = self.next_offset
+            if start >= end or self.fetch_gap is None:
+                return 0
+            try:
+                fetched = await self.fetch_gap(Gap(self.tp[0], self.tp[1], start, end))
+            except Exception:  # noqa: BLE001 - nothing taken yet: the next check tries again
+                log.warning("signals offsets %d..%d not read from the broker to catch up", start, end - 1)
+                return 0
+            take = plan_batch({self.tp: start}, fetched).get(self.tp, PartitionPlan()).records
+            take = [r for r in take if r.offset < end]
+            if not take:
+                return 0
+            log.warning(
+                "signals offsets %d..%d are on the broker but were not delivered: %d read from the broker "
+                "and taken in order",
+                start,
+                end - 1,
+                len(take),
+            )
+            self.counts["caught_up"] += len(take)
+            try:
+                await self._take_in_order(take)
+            except Exception:
+                log.critical("cannot send the detector's alerts while catching up; exiting", exc_info=True)
+                os._exit(70)
+            return len(take)
+
+    async def position(self) -> int | None:
+        """The next signals offset the detector would take: its own while it runs; after a
+        rebalance (not rebuilt yet) the group's committed offset, 0 if none, where Faust should
+        deliver from. None when not known (no group to ask, or no answer)."""
+        if self.detector is not None:
+            return self.next_offset
+        if self.committed is None:
+            return None
+        try:
+            committed = await asyncio.wait_for(self.committed(), COMMITTED_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - not known now: asked again at the next check
+            return None
+        return committed or 0
+
+    async def _resume_offset(self, records: Sequence[InputRecord]) -> int:
+        """Where a rebuilt detector goes on live: the group's committed offset (0 if none; what
+        was acked had its alerts sent), else where the delivered records start. With holds on,
+        never past the signals offset of the detector's last incidents record: Faust acks the
+        offsets of a jump in its delivery as if taken (faust-streaming #312), so a committed
+        offset can cover signals no detector took; the incidents record is sent after the
+        batch's alerts and says through which offset they were sent."""
+        if self.committed is None:
+            return min((r.offset for r in records), default=0)
+        committed = (await asyncio.wait_for(self.committed(), COMMITTED_TIMEOUT_S)) or 0
+        if not self.holds:
+            return committed
+        published = await read_published_offset(self.settings)
+        if published is not None and published < committed:
+            log.warning(
+                "signals committed to offset %d but the detector's last incidents record covers them only "
+                "to offset %d: offsets %d..%d are taken live",
+                committed,
+                published,
+                published,
+                committed - 1,
+            )
+            return published
+        return committed
+
+    async def _fill_gaps(self, plan: PartitionPlan) -> list[InputRecord]:
+        # Faust delivered past signals the detector has not taken: read them from the broker
+        # and take them first, in order (never a silent gap: their alerts are the detector's).
+        if self.fetch_gap is None:
+            raise GapNotFilled(f"signals offsets missing and no broker to read them from: {plan.gaps[:3]}")
+        fetched: list[InputRecord] = []
+        for gap in plan.gaps:
+            fetched.extend(await self.fetch_gap(gap))
+        take, empty = merge_filled(plan, fetched)
+        filled = len(take) - len(plan.records)
+        self.counts["gap_records_fetched"] += filled
+        self.counts["gap_offsets_empty"] += empty
+        g = plan.gaps[0]
+        log.warning(
+            "signals: %d offset(s) missing from the delivered batch (first %d..%d of %d gap(s)): "
+            "%d read from the broker and taken in order, %d confirmed empty",
+            sum(x.size for x in plan.gaps),
+            g.start,
+            g.end - 1,
+            len(plan.gaps),
+            filled,
+            empty,
+        )
+        return take
+
+    async def _take_in_order(self, take: Sequence[InputRecord]) -> None:
+        """The detector takes `take` (new records in offset order, each once); its alerts and
+        the incidents record are sent, then a snapshot written when one is due. Under the lock."""
+        alerts: list[Decision] = []
+        made: list[Decision] = []  # every alert the detector made (incident events)
+        for msg in take:
+            self.next_offset = msg.offset + 1
+            self.counts["signals"] += 1
+            self.since_snapshot += 1
+            try:
+                value = codec.loads(msg.value or b"")
+            except ValueError:
+                log.error("signals offset %d is not JSON; skipped", msg.offset)
+                continue
+            try:
+                alerts.extend(self._take(value, made))
+            except Exception:  # a bug must not stop the worker: the report is skipped, loudly
+                self.counts["internal_errors"] += 1
+                log.error("burst detector failed on signals offset %d; report skipped", msg.offset, exc_info=True)
+        for d in alerts:
+            await self.send(self.settings.alert_topic, d.key, codec.dumps(d.value))
+            self.counts["alerts"] += 1
+        record = self.incidents_record(made) if self.holds else None
+        if record is not None:
+            await self.send(self.settings.incidents_topic, b"incidents", record)
+            self.counts["incident_records"] += 1
+        if alerts or record is not None:
+            await self.flush()
+            if alerts:
                 log.info(
                     "burst alerts sent for signals offsets %d..%d: %s",
-                    events[0].message.offset,
-                    events[-1].message.offset,
+                    take[0].offset,
+                    take[-1].offset,
                     ", ".join(
                         f"{d.value.get('status', '')} {d.value['kind']} {d.value['scope']['type']}" for d in alerts
                     ),
                 )
-            every = self.settings.snapshot_every
-            if every > 0 and self.since_snapshot >= every:
-                # After the alerts are sent: a snapshot never covers an alert not yet sent.
-                await self._write_snapshot(self.detector, self.next_offset)
+        every = self.settings.snapshot_every
+        if every > 0 and self.since_snapshot >= every:
+            assert self.detector is not None
+            # After the alerts are sent: a snapshot never covers an alert not yet sent.
+            await self._write_snapshot(self.detector, self.next_offset)
 
     async def _write_snapshot(self, detector: BurstDetector, signals_offset: int) -> None:
         raw = burstsnapshot.encode(detector, signals_offset, self.tally)
@@ -271,6 +419,53 @@ class BurstShell:
             "open_incidents": d.incidents.open_scopes() if d else [],
             "alerts_waiting_for_holds": len(self.tally.pending) if self.tally else 0,
         }
+
+
+def group_committed(app: Any, topic: str) -> Committed:
+    """The consumer group's committed offset of `topic`'s partition 0, asked of the broker by
+    the group's own aiokafka consumer in Faust's consumer thread (`app`: a Faust app)."""
+
+    async def committed() -> int | None:
+        thread: Any = app.consumer._thread
+        aio = thread._ensure_consumer()
+        offset = await thread.call_thread(aio.committed, TopicPartition(topic, 0))
+        return None if offset is None else int(offset)
+
+    return committed
+
+
+async def read_published_offset(settings: Settings) -> int | None:
+    """The `signals_offset` of the last record on the incidents topic (the detector's position
+    after the last batch whose outputs it sent), or None if there is none."""
+    tp = TopicPartition(settings.incidents_topic, 0)
+    consumer = AIOKafkaConsumer(**aiokafka_config(settings), enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        if settings.incidents_topic not in await consumer.topics():
+            return None
+        consumer.assign([tp])
+        begin = (await consumer.beginning_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
+        last: int | None = None
+        for start in (end - 1, end - 10, begin):  # the last record is usually at end - 1
+            if start < begin or last is not None:
+                continue
+            consumer.seek(tp, max(start, begin))
+            idle_polls = 0
+            while await consumer.position(tp) < end and idle_polls < 30:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                messages = batch.get(tp, [])
+                idle_polls = 0 if messages else idle_polls + 1
+                for msg in messages:
+                    try:
+                        offset = codec.loads(msg.value or b"").get("signals_offset")
+                    except (ValueError, AttributeError):
+                        continue
+                    if isinstance(offset, int):
+                        last = offset
+        return last
+    finally:
+        await consumer.stop()
 
 
 async def read_latest_snapshot(settings: Settings) -> bytes | None:

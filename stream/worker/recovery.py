@@ -105,6 +105,10 @@ def restart_self(reason: RestartReason) -> None:  # pragma: no cover - replaces 
 # ledger-debits partitions, then the signals partition, delivered nothing more for minutes), or
 # the broker stopped serving this worker's fetches. `QRIS_FEED_STALL_S` sets it.
 FEED_STALL_S = 120.0
+# The signals partition's: the refunds that holds keep wait for the detector, and what it does
+# not get is read from the broker (`bursts.BurstShell.catch_up`), not by a restart. At most
+# `QRIS_FEED_STALL_S`.
+SIGNALS_STALL_S = 20.0
 
 TopicPartitionKey = tuple[str, int]
 
