@@ -840,7 +840,8 @@ def test_the_burst_views_index_selects_what_a_scan_of_the_heap_selects_across_re
     lag_ms: int,
     restarts: set[int],
 ) -> None:
-    """The records waiting per minute (`PartitionEngine.waiting`) give the views a scan of the
+    """The requests waiting per minute (`PartitionEngine.waiting`) and the records per reference
+    (`pending`) give the views a scan of the
     whole heap gives, with incidents minutes behind and restores in the middle of open minutes;
     a restored engine emits the same signals and decisions as a never-restored one."""
     p, l = inp  # noqa: E741

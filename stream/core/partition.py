@@ -123,7 +123,10 @@ class PartitionEngine:
         # Records per stream dated more than F ahead of their Kafka timestamp (clock guard).
         self.skewed: list[int] = [0, 0]
         self.refs: dict[str, ReferenceState] = {}
+        # The records waiting in `heap`, per reference, in the order taken: saved with the
+        # reference (live), and what the burst views read ahead of the decisions (holds on).
         self.pending: dict[str, list[Item]] = {}
+        self.keep_pending = persistent or (params.holds and params.burst_signals)
         # Records wait in `heap` until min(W, the incidents' watermark) passes them; timers wait
         # in `decide`. Records of `heap` below W are "ahead" of the decisions: burst signals
         # read them. (One heap for each, not records moved from one to the other as W passes
@@ -131,11 +134,11 @@ class PartitionEngine:
         self.heap: list[Item] = []
         self.decide: list[Item] = []
         self.retention_heap: list[tuple[int, int, int, str]] = []
-        # Holds on: the records of `heap` by minute of their effective time, then by reference,
-        # so that a minute's close finds what it judges ahead of the decisions without reading
-        # the whole heap (`_views_ahead`). A record is in `heap` while its time is at or past
-        # the decisions' cap; a minute goes once the cap passed its end.
-        self.waiting: dict[int, dict[str, list[Item]]] | None = {} if params.holds and params.burst_signals else None
+        # Holds on: the references of the `requested` records waiting in `heap`, by minute of
+        # their effective time, so that a minute's close finds the requests it judges ahead of
+        # the decisions without reading the whole heap (`_views_ahead`; their records are in
+        # `pending`). A minute goes when it closes.
+        self.waiting: dict[int, list[str]] | None = {} if params.holds and params.burst_signals else None
         self.incidents = IncidentTimeline()
         if not params.holds:
             self.incidents.known_through_ms = POS_INF
@@ -233,11 +236,17 @@ class PartitionEngine:
             self.observer.taken(stream, offset, timestamp_ms, key, value, event, eff, self.watermark_ms, None)
         item: Item = (eff, RECORD, s, offset, ref, event)
         heapq.heappush(self.heap, item)
-        if self.waiting is not None:
-            self._index_waiting(item)
-        if self.persistent:
-            self.pending.setdefault(ref, []).append(item)
-            self.dirty.add(ref)
+        if self.keep_pending:
+            pend = self.pending.get(ref)
+            if pend is None:
+                self.pending[ref] = [item]
+            else:
+                pend.append(item)
+            if self.persistent:
+                self.dirty.add(ref)
+            waiting = self.waiting
+            if waiting is not None and s == 0 and event.type == "requested":
+                self._index_request(waiting, eff, ref)
         mp, ml = self.max_ms
         if mp is None or ml is None:
             released = [] if self.forced_ms == NEG_INF else self._release(self.forced_ms)
@@ -423,49 +432,41 @@ class PartitionEngine:
         # [cap, W)): what the decisions will have seen by then. Only references whose request is
         # in a minute closing now count: request times in [lo_ms, hi_ms), the minutes after the
         # last closed one through `through`. Candidates: references whose decided request is in
-        # those minutes (`open_minutes`) and references with a waiting record in them.
+        # those minutes (`open_minutes`) and references with a waiting request in them
+        # (`waiting`); their waiting records are in `pending`.
         waiting = self.waiting
         if waiting is None:
             return {}  # holds off: the decisions are at W, nothing waits past it
-        for m in [m for m in waiting if (m + 1) * MINUTE_MS <= cap]:
-            del waiting[m]  # the decisions have passed all its records
+        closing = [m for m in waiting if m <= through]
         if cap >= watermark_ms:
+            for m in closing:
+                del waiting[m]  # decided: in `open_minutes` now
             return {}
-        prev = self.signals_through
-        lo_ms = (prev + 1) * MINUTE_MS if prev is not None else -(2**64)  # (below every time)
-        hi_ms = (through + 1) * MINUTE_MS
-        last_minute = (watermark_ms - 1) // MINUTE_MS
-        minutes = sorted(m for m in waiting if m <= last_minute)
-        candidates = {ref for m in minutes if lo_ms <= m * MINUTE_MS < hi_ms for ref in waiting[m]}
+        candidates: set[str] = set()
+        for m in closing:
+            candidates.update(waiting.pop(m))
         for m, of_minute in self.open_minutes.items():
             if m <= through:
                 candidates.update(of_minute)
-        by_minute = [waiting[m] for m in minutes]
-        ahead: dict[str, list[Item]] = {}
-        for ref in candidates:
-            items = [it for d in by_minute for it in d.get(ref, ()) if cap <= it[0] < watermark_ms]
-            if items:
-                ahead[ref] = items
-        refs = self.refs
+        prev = self.signals_through
+        lo_ms = (prev + 1) * MINUTE_MS if prev is not None else -(2**64)  # (below every time)
+        hi_ms = (through + 1) * MINUTE_MS
+        refs, pending = self.refs, self.pending
         views: dict[str, ReferenceState] = {}
-        for ref, items in ahead.items():
+        for ref in candidates:
+            waiting_items = pending.get(ref)
+            if not waiting_items:
+                continue
+            items = [it for it in waiting_items if cap <= it[0] < watermark_ms]
+            if not items:
+                continue
             st = refs.get(ref)
-            if st is not None and st.request_eff_ms is not None:
-                # Its request is decided already (a view keeps it): a reference whose minute is
-                # not closing now needs no view. (Live, while the incidents lag, `ahead` holds
-                # minutes of records; copying every one at each minute's close cost 0.36 s.)
-                if not lo_ms <= st.request_eff_ms < hi_ms:
-                    continue
-            else:
-                for it in items:
-                    if lo_ms <= it[0] < hi_ms:
-                        break
-                else:
-                    # Its request, if any, is one of these records (its time is the record's):
-                    # none in a minute closing now, so no view (live, a backlog's `ahead` holds
-                    # thousands of such references; building each one's view at every close was
-                    # a third of the worker's CPU).
-                    continue
+            if st is not None and st.request_eff_ms is not None and not lo_ms <= st.request_eff_ms < hi_ms:
+                # Its request is decided already (a view keeps it), in a minute not closing now:
+                # no view. (Live, while the incidents lag, thousands of references wait with
+                # records ahead; building each one's view at every close was a third of the
+                # worker's CPU.)
+                continue
             view = st.facts_copy() if st is not None else ReferenceState(ref)
             if len(items) > 1:
                 items.sort(key=_RECORD_KEY)
@@ -483,6 +484,7 @@ class PartitionEngine:
         out: list[Decision] = []
         p = self.params
         persistent = self.persistent
+        keep_pending, pending = self.keep_pending, self.pending
         dirty = self.dirty
         refs = self.refs
         pop, push = heapq.heappop, heapq.heappush
@@ -518,12 +520,20 @@ class PartitionEngine:
                 continue
             if nxt is None:
                 break
-            eff, kind, s, offset, ref, event = pop(nxt)
+            item = pop(nxt)
+            eff, kind, s, offset, ref, event = item
             if kind == RECORD:
                 assert event is not None
-                if persistent:
-                    self._unpend(ref, offset, s)
-                    dirty.add(ref)
+                if keep_pending:
+                    waiting_items = pending[ref]
+                    if waiting_items[0] is item:  # (taken in key order: nearly always the first)
+                        del waiting_items[0]
+                    else:
+                        waiting_items.remove(item)
+                    if not waiting_items:
+                        del pending[ref]
+                    if persistent:
+                        dirty.add(ref)
                 st = refs.get(ref)
                 if st is None:
                     st = refs[ref] = ReferenceState(ref)
@@ -590,24 +600,13 @@ class PartitionEngine:
         st.retention = RetentionTimer(at, s, offset)
         heapq.heappush(self.retention_heap, (at, s, offset, st.reference))
 
-    def _index_waiting(self, item: Item) -> None:
-        assert self.waiting is not None
-        by_ref = self.waiting.get(item[0] // MINUTE_MS)
-        if by_ref is None:
-            self.waiting[item[0] // MINUTE_MS] = {item[4]: [item]}
-        elif (items := by_ref.get(item[4])) is None:
-            by_ref[item[4]] = [item]
+    @staticmethod
+    def _index_request(waiting: dict[int, list[str]], eff: int, ref: str) -> None:
+        refs_of_minute = waiting.get(eff // MINUTE_MS)
+        if refs_of_minute is None:
+            waiting[eff // MINUTE_MS] = [ref]
         else:
-            items.append(item)
-
-    def _unpend(self, ref: str, offset: int, s: int) -> None:
-        items = self.pending[ref]
-        for i, it in enumerate(items):
-            if it[3] == offset and it[2] == s:
-                del items[i]
-                break
-        if not items:
-            del self.pending[ref]
+            refs_of_minute.append(ref)
 
     # -- persistence -----------------------------------------------------------------------
 
@@ -701,8 +700,8 @@ class PartitionEngine:
                 item: Item = (eff, RECORD, s, offset, ref, event)
                 heap.append(item)
                 eng.pending.setdefault(ref, []).append(item)
-                if eng.waiting is not None:
-                    eng._index_waiting(item)
+                if eng.waiting is not None and s == 0 and event.type == "requested":
+                    eng._index_request(eng.waiting, eff, ref)
         heapq.heapify(heap)
         heapq.heapify(eng.decide)
         heapq.heapify(eng.retention_heap)
