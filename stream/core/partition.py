@@ -491,6 +491,12 @@ class PartitionEngine:
         incidents = self.incidents
         grace_ms, max_hold_ms = p.hold_grace_ms, (p.max_hold_ms if p.holds else 0)
         through = self.signals_through
+        # A drain to +inf (replay): once no record waits, retention checks change nothing a
+        # timer decides (a reference goes only without a cycle or holds, whose timers are then
+        # stale anyway), and when every timer has fired every reference has gone. So they are
+        # not run one by one (two heap operations a reference, a tenth of a short replay): the
+        # references go at the end, all at once (`observer` watches each one go: not then).
+        drop_at_end = cap >= POS_INF and self.observer is None
         while True:
             # The next record or timer in (eff, kind, stream, offset) order, of the two heaps.
             # Retention checks live in a third heap (one per reference, most far in the
@@ -502,7 +508,12 @@ class PartitionEngine:
                 nxt = decide
             else:
                 nxt = None
-            if rheap and rheap[0][0] < cap and (nxt is None or rheap[0][0] < nxt[0][0]):
+            if (
+                rheap
+                and rheap[0][0] < cap
+                and (nxt is None or rheap[0][0] < nxt[0][0])
+                and not (drop_at_end and not heap)
+            ):
                 due, s, offset, ref = pop(rheap)
                 st = refs.get(ref)
                 if st is None or st.retention != (due, s, offset):
@@ -592,6 +603,17 @@ class PartitionEngine:
                         self._schedule_retention(st, not_before_ms=eff)
                 if persistent:
                     dirty.add(ref)
+        if drop_at_end and not heap:
+            gone = [ref for ref, st in refs.items() if st.cycle_deadline_ms is None and not st.holds]
+            for ref in gone:
+                del refs[ref]
+            if persistent:
+                dirty.update(gone)
+            if refs:  # (not reached: every timer has fired)
+                self.retention_heap = [it for it in rheap if it[3] in refs]
+                heapq.heapify(self.retention_heap)
+            else:
+                rheap.clear()
         return out
 
     def _schedule_retention(self, st: ReferenceState, not_before_ms: int = NEG_INF) -> None:
