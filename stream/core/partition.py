@@ -473,7 +473,7 @@ class PartitionEngine:
             apply_facts = view.apply_facts
             for eff, _kind, s, _offset, _ref, event in items:
                 assert event is not None
-                apply_facts(_STREAMS[s], eff, event)
+                apply_facts(s, eff, event)
             rq_ms = view.request_eff_ms
             if rq_ms is not None and lo_ms <= rq_ms < hi_ms:
                 views[ref] = view
@@ -491,6 +491,10 @@ class PartitionEngine:
         incidents = self.incidents
         grace_ms, max_hold_ms = p.hold_grace_ms, (p.max_hold_ms if p.holds else 0)
         through = self.signals_through
+        timeout_ms, retention_ms, partition = p.timeout_ms, p.retention_ms, self.partition
+        obs = self.observer
+        open_minutes = self.open_minutes
+        new_tuple: Any = tuple.__new__
         # A drain to +inf (replay): once no record waits, retention checks change nothing a
         # timer decides (a reference goes only without a cycle or holds, whose timers are then
         # stale anyway), and when every timer has fired every reference has gone. So they are
@@ -550,16 +554,19 @@ class PartitionEngine:
                     st = refs[ref] = ReferenceState(ref)
                 had_request = st.request is not None
                 had_holds = bool(st.holds)
-                obs = self.observer
                 duplicate = obs is not None and st.has_seen(s, event.event_id)
-                decisions, opened = st.apply(_STREAMS[s], offset, eff, event, p.timeout_ms, self.partition)
+                decisions, opened = st.apply(s, offset, eff, event, timeout_ms, partition)
                 if obs is not None:
                     obs.processed(_STREAMS[s], offset, eff, cap, event, duplicate, st, decisions)
                 if not had_request and st.request is not None:
                     minute = eff // MINUTE_MS
                     # A request the burst signals already counted ahead of the decisions.
                     if through is None or minute > through:
-                        self.open_minutes.setdefault(minute, []).append(ref)
+                        of_minute = open_minutes.get(minute)
+                        if of_minute is None:
+                            open_minutes[minute] = [ref]
+                        else:
+                            of_minute.append(ref)
                 if decisions:
                     if max_hold_ms:
                         explain_cancellations(decisions, st.request, incidents)
@@ -569,7 +576,11 @@ class PartitionEngine:
                 if had_holds and not st.holds:
                     self.held_refs.discard(ref)
                 if st.retention is None:
-                    self._schedule_retention(st)
+                    # `_schedule_retention`, inline (a reference's first record).
+                    at = st.last_eff_ms + retention_ms
+                    last_s, last_offset = st.last_key
+                    st.retention = new_tuple(RetentionTimer, (at, last_s, last_offset))
+                    push(rheap, (at, last_s, last_offset, ref))
             elif kind == DEADLINE:
                 st = refs.get(ref)
                 if st is None or st.cycle_deadline_ms != eff:
@@ -619,7 +630,7 @@ class PartitionEngine:
     def _schedule_retention(self, st: ReferenceState, not_before_ms: int = NEG_INF) -> None:
         at = max(st.last_eff_ms + self.params.retention_ms, not_before_ms)
         s, offset = st.last_key
-        st.retention = RetentionTimer(at, s, offset)
+        st.retention = tuple.__new__(RetentionTimer, (at, s, offset))
         heapq.heappush(self.retention_heap, (at, s, offset, st.reference))
 
     @staticmethod
