@@ -113,6 +113,8 @@ class PartitionEngine:
         # Offline replay keeps nothing for saving: no waiting-record index, no dirty set.
         self.persistent = persistent
         self.params = params
+        # (Read for every record.)
+        self._lateness_ms, self._holds_on, self._signals_on = params.lateness_ms, params.holds, params.burst_signals
         self.max_ms: list[int | None] = [None, None]
         # Highest offset taken per stream (for the stats page and the dead-letter count).
         self.last_offset: list[int] = [-1, -1]
@@ -192,14 +194,16 @@ class PartitionEngine:
         # and is refused loudly. A replay file is processed in the order read (CONTRACT.md
         # "Replay file format"): an offset at or below an earlier one of its stream is taken like
         # any record, never skipped, and counted (`out_of_order`) so that replay can warn.
-        s = int(stream)
-        if offset <= self.last_offset[s]:
-            if self.persistent:
-                raise OffsetOrderError(self._topic(s), self.partition, offset, self.last_offset[s])
+        s = 1 if stream else 0
+        persistent = self.persistent
+        last_offset = self.last_offset
+        if offset <= last_offset[s]:
+            if persistent:
+                raise OffsetOrderError(self._topic(s), self.partition, offset, last_offset[s])
             self.stats["out_of_order"] += 1
         else:
-            self.last_offset[s] = offset
-        if self.persistent:
+            last_offset[s] = offset
+        if persistent:
             self.meta_dirty = True  # the saved state covers this offset now
         event = parsed
         if event is None:
@@ -213,6 +217,7 @@ class PartitionEngine:
         assert not isinstance(event, Rejection)
         self.stats["records"] += 1
         occ = event.occurred_at_ms
+        lateness_ms = self._lateness_ms
         skew_alert: list[Decision] = []
         if timestamp_ms is not None and timestamp_ms >= 0 and occ - timestamp_ms > self.params.clock_skew_ms:
             # Clock guard: one wrong clock must not push the partition's watermark into the
@@ -220,16 +225,20 @@ class PartitionEngine:
             # effective time and everything after; its own `occurred_at` text is kept.
             occ = timestamp_ms
             skew_alert = self._skewed(stream, event, timestamp_ms)
-        prev = self.max_ms[s]
+        max_ms = self.max_ms
+        prev = max_ms[s]
         if prev is None:
-            self.max_ms[s] = occ
+            max_ms[s] = occ
             eff = occ
         else:
-            eff = max(occ, prev - self.params.lateness_ms)
-            if occ > prev:
-                self.max_ms[s] = occ
-        if eff < self.forced_ms:
-            eff = self.forced_ms
+            eff = prev - lateness_ms
+            if occ > eff:
+                eff = occ
+                if occ > prev:
+                    max_ms[s] = occ
+        forced_ms = self.forced_ms
+        if eff < forced_ms:
+            eff = forced_ms
         self.silent[s] = False
         ref = event.reference
         if self.observer is not None:
@@ -242,17 +251,17 @@ class PartitionEngine:
                 self.pending[ref] = [item]
             else:
                 pend.append(item)
-            if self.persistent:
+            if persistent:
                 self.dirty.add(ref)
             waiting = self.waiting
             if waiting is not None and s == 0 and event.type == "requested":
                 self._index_request(waiting, eff, ref)
-        mp, ml = self.max_ms
+        mp, ml = max_ms
         if mp is None or ml is None:
-            released = [] if self.forced_ms == NEG_INF else self._release(self.forced_ms)
+            released = [] if forced_ms == NEG_INF else self._release(forced_ms)
         else:
-            w = min(mp, ml) - self.params.lateness_ms
-            released = self._release(w if w > self.forced_ms else self.forced_ms)
+            w = (mp if mp < ml else ml) - lateness_ms
+            released = self._release(w if w > forced_ms else forced_ms)
         if skew_alert:
             return skew_alert + released
         return released
@@ -363,11 +372,11 @@ class PartitionEngine:
             out = []
         else:
             out = self._process(cap)
-        if watermark_ms >= self._close_at_ms and watermark_ms > NEG_INF and self.params.burst_signals:
+        if watermark_ms >= self._close_at_ms and watermark_ms > NEG_INF and self._signals_on:
             out.append(self._close_minutes(watermark_ms, cap))
         # (Inline, what makes `_report_holds` do nothing: most records decide nothing and stay
         # in the minute already reported.)
-        if self.params.holds and (out or cap >= POS_INF or cap - cap % MINUTE_MS > self.hold_reported_ms):
+        if self._holds_on and (out or cap >= POS_INF or cap - cap % MINUTE_MS > self.hold_reported_ms):
             self._report_holds(out, cap)
         return out
 
@@ -473,7 +482,7 @@ class PartitionEngine:
             apply_facts = view.apply_facts
             for eff, _kind, s, _offset, _ref, event in items:
                 assert event is not None
-                apply_facts(s, eff, event)
+                apply_facts(s, eff, event, False)
             rq_ms = view.request_eff_ms
             if rq_ms is not None and lo_ms <= rq_ms < hi_ms:
                 views[ref] = view

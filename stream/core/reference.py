@@ -187,11 +187,14 @@ class ReferenceState:
     def _any_active(self) -> bool:
         return any(r.active for r in self.refunds)
 
-    def apply_facts(self, stream: int, eff_ms: int, event: PaymentEvent | LedgerEvent) -> bool | None:
+    def apply_facts(
+        self, stream: int, eff_ms: int, event: PaymentEvent | LedgerEvent, intern: bool = True
+    ) -> bool | None:
         """The facts part of a record: what was debited, reversed, settled, failed, requested.
         Returns None for a duplicate (ignored), else whether the record can make active refunds
         exceed what is owed (a settlement or reversal). Burst signals use this alone on a copy
-        (`facts_copy`) to judge payments ahead of the decisions."""
+        (`facts_copy`) to judge payments ahead of the decisions (`intern` False: the copy is
+        dropped after, its request needs no shared strings)."""
         # `has_seen` and `_mark_seen` inline for the common reference (few events, no digests).
         event_id = event.event_id
         if stream:
@@ -236,7 +239,7 @@ class ReferenceState:
                 if self.failure is None:
                     self.failure = Failure(event.event_id, event.occurred_at, eff_ms, event.response_code)
             elif self.request is None:
-                self.request = _interned(event)
+                self.request = _interned(event) if intern else event
                 self.request_eff_ms = eff_ms
         return may_over_refund
 

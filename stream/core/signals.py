@@ -86,16 +86,28 @@ def new_scope_minute() -> dict[str, Any]:
     return {"c": [0, 0, 0, 0, 0, 0]}
 
 
+# `scope_keys` of the requests seen, by (issuer, switch, acquirer, merchant): requests share
+# these (a minute of a partition has hundreds of payments and a few dozen merchants). Emptied
+# when full.
+_KEYS: dict[tuple[str | None, ...], tuple[str, ...]] = {}
+_KEYS_MAX = 65_536
+
+
 def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome: Outcome) -> None:
     """Add one judged payment to every scope it belongs to in `minute`."""
-    keys = scope_keys(st)
-    bad = outcome.state != GOOD
     rq = st.request
     assert rq is not None and st.request_eff_ms is not None
+    ids = (rq.issuer_id, rq.switch_id, rq.acquirer_id, rq.merchant_id)
+    keys = _KEYS.get(ids)
+    if keys is None:
+        if len(_KEYS) >= _KEYS_MAX:
+            _KEYS.clear()
+        keys = _KEYS[ids] = tuple(scope_keys(st))
+    bad = outcome.state != GOOD
     for key in keys:
         sm = minute.get(key)
         if sm is None:
-            sm = minute[key] = new_scope_minute()
+            sm = minute[key] = {"c": [0, 0, 0, 0, 0, 0]}  # `new_scope_minute`
             if key.startswith("merchant:"):
                 sm["a"] = [rq.mcc or "", rq.acquirer_id or "", rq.merchant_name or ""]
         c = sm["c"]
