@@ -86,23 +86,11 @@ def new_scope_minute() -> dict[str, Any]:
     return {"c": [0, 0, 0, 0, 0, 0]}
 
 
-# `scope_keys` of the requests seen, by (issuer, switch, acquirer, merchant): requests share
-# these (a minute of a partition has hundreds of payments and a few dozen merchants). Emptied
-# when full.
-_KEYS: dict[tuple[str | None, ...], tuple[str, ...]] = {}
-_KEYS_MAX = 65_536
-
-
 def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome: Outcome) -> None:
     """Add one judged payment to every scope it belongs to in `minute`."""
     rq = st.request
     assert rq is not None and st.request_eff_ms is not None
-    ids = (rq.issuer_id, rq.switch_id, rq.acquirer_id, rq.merchant_id)
-    keys = _KEYS.get(ids)
-    if keys is None:
-        if len(_KEYS) >= _KEYS_MAX:
-            _KEYS.clear()
-        keys = _KEYS[ids] = tuple(scope_keys(st))
+    keys = scope_keys(st)
     bad = outcome.state != GOOD
     for key in keys:
         sm = minute.get(key)
