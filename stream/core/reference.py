@@ -232,12 +232,12 @@ class ReferenceState:
             assert type(event) is PaymentEvent
             if event.type == "settled":
                 if self.settlement is None:
-                    self.settlement = Settlement(event.event_id, event.amount, event.occurred_at, eff_ms)
+                    self.settlement = _new_tuple(Settlement, (event_id, event.amount, event.occurred_at, eff_ms))
                     self.settled = event.amount
                     may_over_refund = True
             elif event.type == "failed":
                 if self.failure is None:
-                    self.failure = Failure(event.event_id, event.occurred_at, eff_ms, event.response_code)
+                    self.failure = _new_tuple(Failure, (event_id, event.occurred_at, eff_ms, event.response_code))
             elif self.request is None:
                 self.request = _interned(event) if intern else event
                 self.request_eff_ms = eff_ms
