@@ -840,7 +840,8 @@ def test_the_burst_views_index_selects_what_a_scan_of_the_heap_selects_across_re
     lag_ms: int,
     restarts: set[int],
 ) -> None:
-    """The records waiting per minute (`PartitionEngine.waiting`) give the views a scan of the
+    """The requests waiting per minute (`PartitionEngine.waiting`) and the records per reference
+    (`pending`) give the views a scan of the
     whole heap gives, with incidents minutes behind and restores in the middle of open minutes;
     a restored engine emits the same signals and decisions as a never-restored one."""
     p, l = inp  # noqa: E741
@@ -864,3 +865,48 @@ def test_the_burst_views_index_is_exercised_and_emptied() -> None:
     eng.on_incidents([], POS_INF)
     eng.drain()
     assert not eng.heap and eng.waiting == {}
+
+
+class _Watching:
+    """An observer that watches nothing: with one, a drain runs every retention check."""
+
+    def taken(self, *args: Any) -> None:
+        pass
+
+    def processed(self, *args: Any) -> None:
+        pass
+
+    def deadline(self, *args: Any) -> None:
+        pass
+
+    def dropped(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("max_hold_ms", [0, PROP.max_hold_ms])
+def test_a_drain_that_drops_every_reference_at_once_decides_what_each_retention_check_decides(
+    max_hold_ms: int,
+) -> None:
+    """A drain to +inf drops the references at the end, all at once, once no record waits; run
+    one by one through the retention heap (as with an observer), the checks give the same
+    decisions and signals, in the same order, and leave no reference either."""
+    params = replace(PROP, max_hold_ms=max_hold_ms, retention_ms=20 * MINUTE_MS)
+    records = [r for r in _records("outage", minutes=20, rate=60) if r.partition == 0]
+    out: list[list[bytes]] = []
+    for watched in (False, True):
+        eng = PartitionEngine(0, params, persistent=False)
+        if watched:
+            eng.observer = _Watching()  # type: ignore[assignment]
+        decided: list[Decision] = []
+        for n, r in enumerate(records):
+            stream = Stream.P if r.topic == params.payment_topic else Stream.L
+            decided += eng.on_record(stream, r.offset, r.key, r.value, r.timestamp_ms)
+            if n % 50 == 0:
+                decided += eng.on_incidents([], eng.watermark_ms - 5 * MINUTE_MS)
+        decided += eng.on_incidents([], POS_INF)
+        assert eng.refs and eng.retention_heap
+        decided += eng.drain()
+        assert not eng.refs and not eng.retention_heap and not eng.heap and not eng.decide
+        out.append([codec.dumps([d.role, d.value, d.at_ms]) for d in decided])
+    assert out[0] == out[1]
+    assert any(b'"refunds"' in line or b"refund" in line for line in out[0])

@@ -113,6 +113,8 @@ class PartitionEngine:
         # Offline replay keeps nothing for saving: no waiting-record index, no dirty set.
         self.persistent = persistent
         self.params = params
+        # (Read for every record.)
+        self._lateness_ms, self._holds_on, self._signals_on = params.lateness_ms, params.holds, params.burst_signals
         self.max_ms: list[int | None] = [None, None]
         # Highest offset taken per stream (for the stats page and the dead-letter count).
         self.last_offset: list[int] = [-1, -1]
@@ -123,7 +125,10 @@ class PartitionEngine:
         # Records per stream dated more than F ahead of their Kafka timestamp (clock guard).
         self.skewed: list[int] = [0, 0]
         self.refs: dict[str, ReferenceState] = {}
+        # The records waiting in `heap`, per reference, in the order taken: saved with the
+        # reference (live), and what the burst views read ahead of the decisions (holds on).
         self.pending: dict[str, list[Item]] = {}
+        self.keep_pending = persistent or (params.holds and params.burst_signals)
         # Records wait in `heap` until min(W, the incidents' watermark) passes them; timers wait
         # in `decide`. Records of `heap` below W are "ahead" of the decisions: burst signals
         # read them. (One heap for each, not records moved from one to the other as W passes
@@ -131,11 +136,11 @@ class PartitionEngine:
         self.heap: list[Item] = []
         self.decide: list[Item] = []
         self.retention_heap: list[tuple[int, int, int, str]] = []
-        # Holds on: the records of `heap` by minute of their effective time, then by reference,
-        # so that a minute's close finds what it judges ahead of the decisions without reading
-        # the whole heap (`_views_ahead`). A record is in `heap` while its time is at or past
-        # the decisions' cap; a minute goes once the cap passed its end.
-        self.waiting: dict[int, dict[str, list[Item]]] | None = {} if params.holds and params.burst_signals else None
+        # Holds on: the references of the `requested` records waiting in `heap`, by minute of
+        # their effective time, so that a minute's close finds the requests it judges ahead of
+        # the decisions without reading the whole heap (`_views_ahead`; their records are in
+        # `pending`). A minute goes when it closes.
+        self.waiting: dict[int, list[str]] | None = {} if params.holds and params.burst_signals else None
         self.incidents = IncidentTimeline()
         if not params.holds:
             self.incidents.known_through_ms = POS_INF
@@ -189,14 +194,16 @@ class PartitionEngine:
         # and is refused loudly. A replay file is processed in the order read (CONTRACT.md
         # "Replay file format"): an offset at or below an earlier one of its stream is taken like
         # any record, never skipped, and counted (`out_of_order`) so that replay can warn.
-        s = int(stream)
-        if offset <= self.last_offset[s]:
-            if self.persistent:
-                raise OffsetOrderError(self._topic(s), self.partition, offset, self.last_offset[s])
+        s = 1 if stream else 0
+        persistent = self.persistent
+        last_offset = self.last_offset
+        if offset <= last_offset[s]:
+            if persistent:
+                raise OffsetOrderError(self._topic(s), self.partition, offset, last_offset[s])
             self.stats["out_of_order"] += 1
         else:
-            self.last_offset[s] = offset
-        if self.persistent:
+            last_offset[s] = offset
+        if persistent:
             self.meta_dirty = True  # the saved state covers this offset now
         event = parsed
         if event is None:
@@ -210,6 +217,7 @@ class PartitionEngine:
         assert not isinstance(event, Rejection)
         self.stats["records"] += 1
         occ = event.occurred_at_ms
+        lateness_ms = self._lateness_ms
         skew_alert: list[Decision] = []
         if timestamp_ms is not None and timestamp_ms >= 0 and occ - timestamp_ms > self.params.clock_skew_ms:
             # Clock guard: one wrong clock must not push the partition's watermark into the
@@ -217,33 +225,43 @@ class PartitionEngine:
             # effective time and everything after; its own `occurred_at` text is kept.
             occ = timestamp_ms
             skew_alert = self._skewed(stream, event, timestamp_ms)
-        prev = self.max_ms[s]
+        max_ms = self.max_ms
+        prev = max_ms[s]
         if prev is None:
-            self.max_ms[s] = occ
+            max_ms[s] = occ
             eff = occ
         else:
-            eff = max(occ, prev - self.params.lateness_ms)
-            if occ > prev:
-                self.max_ms[s] = occ
-        if eff < self.forced_ms:
-            eff = self.forced_ms
+            eff = prev - lateness_ms
+            if occ > eff:
+                eff = occ
+                if occ > prev:
+                    max_ms[s] = occ
+        forced_ms = self.forced_ms
+        if eff < forced_ms:
+            eff = forced_ms
         self.silent[s] = False
         ref = event.reference
         if self.observer is not None:
             self.observer.taken(stream, offset, timestamp_ms, key, value, event, eff, self.watermark_ms, None)
         item: Item = (eff, RECORD, s, offset, ref, event)
         heapq.heappush(self.heap, item)
-        if self.waiting is not None:
-            self._index_waiting(item)
-        if self.persistent:
-            self.pending.setdefault(ref, []).append(item)
-            self.dirty.add(ref)
-        mp, ml = self.max_ms
+        if self.keep_pending:
+            pend = self.pending.get(ref)
+            if pend is None:
+                self.pending[ref] = [item]
+            else:
+                pend.append(item)
+            if persistent:
+                self.dirty.add(ref)
+            waiting = self.waiting
+            if waiting is not None and s == 0 and event.type == "requested":
+                self._index_request(waiting, eff, ref)
+        mp, ml = max_ms
         if mp is None or ml is None:
-            released = [] if self.forced_ms == NEG_INF else self._release(self.forced_ms)
+            released = [] if forced_ms == NEG_INF else self._release(forced_ms)
         else:
-            w = min(mp, ml) - self.params.lateness_ms
-            released = self._release(w if w > self.forced_ms else self.forced_ms)
+            w = (mp if mp < ml else ml) - lateness_ms
+            released = self._release(w if w > forced_ms else forced_ms)
         if skew_alert:
             return skew_alert + released
         return released
@@ -354,11 +372,11 @@ class PartitionEngine:
             out = []
         else:
             out = self._process(cap)
-        if watermark_ms >= self._close_at_ms and watermark_ms > NEG_INF and self.params.burst_signals:
+        if watermark_ms >= self._close_at_ms and watermark_ms > NEG_INF and self._signals_on:
             out.append(self._close_minutes(watermark_ms, cap))
         # (Inline, what makes `_report_holds` do nothing: most records decide nothing and stay
         # in the minute already reported.)
-        if self.params.holds and (out or cap >= POS_INF or cap - cap % MINUTE_MS > self.hold_reported_ms):
+        if self._holds_on and (out or cap >= POS_INF or cap - cap % MINUTE_MS > self.hold_reported_ms):
             self._report_holds(out, cap)
         return out
 
@@ -423,56 +441,48 @@ class PartitionEngine:
         # [cap, W)): what the decisions will have seen by then. Only references whose request is
         # in a minute closing now count: request times in [lo_ms, hi_ms), the minutes after the
         # last closed one through `through`. Candidates: references whose decided request is in
-        # those minutes (`open_minutes`) and references with a waiting record in them.
+        # those minutes (`open_minutes`) and references with a waiting request in them
+        # (`waiting`); their waiting records are in `pending`.
         waiting = self.waiting
         if waiting is None:
             return {}  # holds off: the decisions are at W, nothing waits past it
-        for m in [m for m in waiting if (m + 1) * MINUTE_MS <= cap]:
-            del waiting[m]  # the decisions have passed all its records
+        closing = [m for m in waiting if m <= through]
         if cap >= watermark_ms:
+            for m in closing:
+                del waiting[m]  # decided: in `open_minutes` now
             return {}
-        prev = self.signals_through
-        lo_ms = (prev + 1) * MINUTE_MS if prev is not None else -(2**64)  # (below every time)
-        hi_ms = (through + 1) * MINUTE_MS
-        last_minute = (watermark_ms - 1) // MINUTE_MS
-        minutes = sorted(m for m in waiting if m <= last_minute)
-        candidates = {ref for m in minutes if lo_ms <= m * MINUTE_MS < hi_ms for ref in waiting[m]}
+        candidates: set[str] = set()
+        for m in closing:
+            candidates.update(waiting.pop(m))
         for m, of_minute in self.open_minutes.items():
             if m <= through:
                 candidates.update(of_minute)
-        by_minute = [waiting[m] for m in minutes]
-        ahead: dict[str, list[Item]] = {}
-        for ref in candidates:
-            items = [it for d in by_minute for it in d.get(ref, ()) if cap <= it[0] < watermark_ms]
-            if items:
-                ahead[ref] = items
-        refs = self.refs
+        prev = self.signals_through
+        lo_ms = (prev + 1) * MINUTE_MS if prev is not None else -(2**64)  # (below every time)
+        hi_ms = (through + 1) * MINUTE_MS
+        refs, pending = self.refs, self.pending
         views: dict[str, ReferenceState] = {}
-        for ref, items in ahead.items():
+        for ref in candidates:
+            waiting_items = pending.get(ref)
+            if not waiting_items:
+                continue
+            items = [it for it in waiting_items if cap <= it[0] < watermark_ms]
+            if not items:
+                continue
             st = refs.get(ref)
-            if st is not None and st.request_eff_ms is not None:
-                # Its request is decided already (a view keeps it): a reference whose minute is
-                # not closing now needs no view. (Live, while the incidents lag, `ahead` holds
-                # minutes of records; copying every one at each minute's close cost 0.36 s.)
-                if not lo_ms <= st.request_eff_ms < hi_ms:
-                    continue
-            else:
-                for it in items:
-                    if lo_ms <= it[0] < hi_ms:
-                        break
-                else:
-                    # Its request, if any, is one of these records (its time is the record's):
-                    # none in a minute closing now, so no view (live, a backlog's `ahead` holds
-                    # thousands of such references; building each one's view at every close was
-                    # a third of the worker's CPU).
-                    continue
+            if st is not None and st.request_eff_ms is not None and not lo_ms <= st.request_eff_ms < hi_ms:
+                # Its request is decided already (a view keeps it), in a minute not closing now:
+                # no view. (Live, while the incidents lag, thousands of references wait with
+                # records ahead; building each one's view at every close was a third of the
+                # worker's CPU.)
+                continue
             view = st.facts_copy() if st is not None else ReferenceState(ref)
             if len(items) > 1:
                 items.sort(key=_RECORD_KEY)
             apply_facts = view.apply_facts
             for eff, _kind, s, _offset, _ref, event in items:
                 assert event is not None
-                apply_facts(_STREAMS[s], eff, event)
+                apply_facts(s, eff, event, False)
             rq_ms = view.request_eff_ms
             if rq_ms is not None and lo_ms <= rq_ms < hi_ms:
                 views[ref] = view
@@ -483,12 +493,23 @@ class PartitionEngine:
         out: list[Decision] = []
         p = self.params
         persistent = self.persistent
+        keep_pending, pending = self.keep_pending, self.pending
         dirty = self.dirty
         refs = self.refs
         pop, push = heapq.heappop, heapq.heappush
         incidents = self.incidents
         grace_ms, max_hold_ms = p.hold_grace_ms, (p.max_hold_ms if p.holds else 0)
         through = self.signals_through
+        timeout_ms, retention_ms, partition = p.timeout_ms, p.retention_ms, self.partition
+        obs = self.observer
+        open_minutes = self.open_minutes
+        new_tuple: Any = tuple.__new__
+        # A drain to +inf (replay): once no record waits, retention checks change nothing a
+        # timer decides (a reference goes only without a cycle or holds, whose timers are then
+        # stale anyway), and when every timer has fired every reference has gone. So they are
+        # not run one by one (two heap operations a reference, a tenth of a short replay): the
+        # references go at the end, all at once (`observer` watches each one go: not then).
+        drop_at_end = cap >= POS_INF and self.observer is None
         while True:
             # The next record or timer in (eff, kind, stream, offset) order, of the two heaps.
             # Retention checks live in a third heap (one per reference, most far in the
@@ -500,7 +521,12 @@ class PartitionEngine:
                 nxt = decide
             else:
                 nxt = None
-            if rheap and rheap[0][0] < cap and (nxt is None or rheap[0][0] < nxt[0][0]):
+            if (
+                rheap
+                and rheap[0][0] < cap
+                and (nxt is None or rheap[0][0] < nxt[0][0])
+                and not (drop_at_end and not heap)
+            ):
                 due, s, offset, ref = pop(rheap)
                 st = refs.get(ref)
                 if st is None or st.retention != (due, s, offset):
@@ -518,27 +544,38 @@ class PartitionEngine:
                 continue
             if nxt is None:
                 break
-            eff, kind, s, offset, ref, event = pop(nxt)
+            item = pop(nxt)
+            eff, kind, s, offset, ref, event = item
             if kind == RECORD:
                 assert event is not None
-                if persistent:
-                    self._unpend(ref, offset, s)
-                    dirty.add(ref)
+                if keep_pending:
+                    waiting_items = pending[ref]
+                    if waiting_items[0] is item:  # (taken in key order: nearly always the first)
+                        del waiting_items[0]
+                    else:
+                        waiting_items.remove(item)
+                    if not waiting_items:
+                        del pending[ref]
+                    if persistent:
+                        dirty.add(ref)
                 st = refs.get(ref)
                 if st is None:
                     st = refs[ref] = ReferenceState(ref)
                 had_request = st.request is not None
                 had_holds = bool(st.holds)
-                obs = self.observer
                 duplicate = obs is not None and st.has_seen(s, event.event_id)
-                decisions, opened = st.apply(_STREAMS[s], offset, eff, event, p.timeout_ms, self.partition)
+                decisions, opened = st.apply(s, offset, eff, event, timeout_ms, partition)
                 if obs is not None:
                     obs.processed(_STREAMS[s], offset, eff, cap, event, duplicate, st, decisions)
                 if not had_request and st.request is not None:
                     minute = eff // MINUTE_MS
                     # A request the burst signals already counted ahead of the decisions.
                     if through is None or minute > through:
-                        self.open_minutes.setdefault(minute, []).append(ref)
+                        of_minute = open_minutes.get(minute)
+                        if of_minute is None:
+                            open_minutes[minute] = [ref]
+                        else:
+                            of_minute.append(ref)
                 if decisions:
                     if max_hold_ms:
                         explain_cancellations(decisions, st.request, incidents)
@@ -548,7 +585,11 @@ class PartitionEngine:
                 if had_holds and not st.holds:
                     self.held_refs.discard(ref)
                 if st.retention is None:
-                    self._schedule_retention(st)
+                    # `_schedule_retention`, inline (a reference's first record).
+                    at = st.last_eff_ms + retention_ms
+                    last_s, last_offset = st.last_key
+                    st.retention = new_tuple(RetentionTimer, (at, last_s, last_offset))
+                    push(rheap, (at, last_s, last_offset, ref))
             elif kind == DEADLINE:
                 st = refs.get(ref)
                 if st is None or st.cycle_deadline_ms != eff:
@@ -582,32 +623,32 @@ class PartitionEngine:
                         self._schedule_retention(st, not_before_ms=eff)
                 if persistent:
                     dirty.add(ref)
+        if drop_at_end and not heap:
+            gone = [ref for ref, st in refs.items() if st.cycle_deadline_ms is None and not st.holds]
+            for ref in gone:
+                del refs[ref]
+            if persistent:
+                dirty.update(gone)
+            if refs:  # (not reached: every timer has fired)
+                self.retention_heap = [it for it in rheap if it[3] in refs]
+                heapq.heapify(self.retention_heap)
+            else:
+                rheap.clear()
         return out
 
     def _schedule_retention(self, st: ReferenceState, not_before_ms: int = NEG_INF) -> None:
         at = max(st.last_eff_ms + self.params.retention_ms, not_before_ms)
         s, offset = st.last_key
-        st.retention = RetentionTimer(at, s, offset)
+        st.retention = tuple.__new__(RetentionTimer, (at, s, offset))
         heapq.heappush(self.retention_heap, (at, s, offset, st.reference))
 
-    def _index_waiting(self, item: Item) -> None:
-        assert self.waiting is not None
-        by_ref = self.waiting.get(item[0] // MINUTE_MS)
-        if by_ref is None:
-            self.waiting[item[0] // MINUTE_MS] = {item[4]: [item]}
-        elif (items := by_ref.get(item[4])) is None:
-            by_ref[item[4]] = [item]
+    @staticmethod
+    def _index_request(waiting: dict[int, list[str]], eff: int, ref: str) -> None:
+        refs_of_minute = waiting.get(eff // MINUTE_MS)
+        if refs_of_minute is None:
+            waiting[eff // MINUTE_MS] = [ref]
         else:
-            items.append(item)
-
-    def _unpend(self, ref: str, offset: int, s: int) -> None:
-        items = self.pending[ref]
-        for i, it in enumerate(items):
-            if it[3] == offset and it[2] == s:
-                del items[i]
-                break
-        if not items:
-            del self.pending[ref]
+            refs_of_minute.append(ref)
 
     # -- persistence -----------------------------------------------------------------------
 
@@ -701,8 +742,8 @@ class PartitionEngine:
                 item: Item = (eff, RECORD, s, offset, ref, event)
                 heap.append(item)
                 eng.pending.setdefault(ref, []).append(item)
-                if eng.waiting is not None:
-                    eng._index_waiting(item)
+                if eng.waiting is not None and s == 0 and event.type == "requested":
+                    eng._index_request(eng.waiting, eff, ref)
         heapq.heapify(heap)
         heapq.heapify(eng.decide)
         heapq.heapify(eng.retention_heap)

@@ -14,7 +14,7 @@ from . import ids
 from .alerts import cancellation_alert, over_refund_alert
 from .decisions import Decision
 from .holds import Hold, IncidentTimeline, ReleasedBecause
-from .records import LedgerEvent, PaymentEvent, Stream
+from .records import LedgerEvent, PaymentEvent
 from .refunds import (
     Refund,
     cancellation_record,
@@ -154,7 +154,7 @@ class ReferenceState:
 
     def apply(
         self,
-        stream: Stream,
+        stream: int,
         offset: int,
         eff_ms: int,
         event: PaymentEvent | LedgerEvent,
@@ -170,27 +170,31 @@ class ReferenceState:
         if may_over_refund is None:
             return [], None
         self.last_eff_ms = eff_ms
-        self.last_key = RecordKey(int(stream), offset)
+        # (`tuple.__new__`: a named tuple's own `__new__` is a Python function, a frame a record.)
+        key = self.last_key = _new_tuple(RecordKey, (1 if stream else 0, offset))
         opened: int | None = None
         if type(event) is LedgerEvent and event.type == "debited" and self.cycle_deadline_ms is None:
             opened = self.cycle_deadline_ms = eff_ms + timeout_ms
-            self.cycle_opened_by = RecordKey(int(stream), offset)
+            self.cycle_opened_by = key
         if self.holds:
             out = self._cancel_excess(event, eff_ms, partition) if may_over_refund and self._any_active() else []
             out.extend(self._release_covered_holds(event, eff_ms, partition))
             return out, opened
-        if not may_over_refund or not self._any_active():
+        if not may_over_refund or not self.refunds or not self._any_active():
             return [], opened
         return self._cancel_excess(event, eff_ms, partition), opened
 
     def _any_active(self) -> bool:
         return any(r.active for r in self.refunds)
 
-    def apply_facts(self, stream: Stream, eff_ms: int, event: PaymentEvent | LedgerEvent) -> bool | None:
+    def apply_facts(
+        self, stream: int, eff_ms: int, event: PaymentEvent | LedgerEvent, intern: bool = True
+    ) -> bool | None:
         """The facts part of a record: what was debited, reversed, settled, failed, requested.
         Returns None for a duplicate (ignored), else whether the record can make active refunds
         exceed what is owed (a settlement or reversal). Burst signals use this alone on a copy
-        (`facts_copy`) to judge payments ahead of the decisions."""
+        (`facts_copy`) to judge payments ahead of the decisions (`intern` False: the copy is
+        dropped after, its request needs no shared strings)."""
         # `has_seen` and `_mark_seen` inline for the common reference (few events, no digests).
         event_id = event.event_id
         if stream:
@@ -205,32 +209,37 @@ class ReferenceState:
             self._mark_seen(int(stream), event_id)
         may_over_refund = False
         if type(event) is LedgerEvent:
-            entry = LedgerEntry(event.event_id, event.entry_id, event.amount, event.occurred_at, eff_ms)
-            if event.type == "debited":
-                self.net += event.amount
+            _id, typ, _ref, occurred_at, _occ_ms, amount, entry_id, account_id = event
+            entry = _new_tuple(LedgerEntry, (event_id, entry_id, amount, occurred_at, eff_ms))
+            if typ == "debited":
+                self.net += amount
                 self.debit_count += 1
-                self.debited_total += event.amount
-                _keep(self.debits, entry)
+                self.debited_total += amount
+                entries = self.debits
                 if self.account_id is None:
-                    self.account_id = event.account_id
+                    self.account_id = account_id
             else:
-                self.net -= event.amount
+                self.net -= amount
                 self.reversal_count += 1
-                self.reversed_total += event.amount
-                _keep(self.reversals, entry)
+                self.reversed_total += amount
+                entries = self.reversals
                 may_over_refund = True
+            # `_keep`, inline.
+            entries.append(entry)
+            if len(entries) > EVIDENCE_FIRST + EVIDENCE_LAST:
+                del entries[EVIDENCE_FIRST]
         else:
             assert type(event) is PaymentEvent
             if event.type == "settled":
                 if self.settlement is None:
-                    self.settlement = Settlement(event.event_id, event.amount, event.occurred_at, eff_ms)
+                    self.settlement = _new_tuple(Settlement, (event_id, event.amount, event.occurred_at, eff_ms))
                     self.settled = event.amount
                     may_over_refund = True
             elif event.type == "failed":
                 if self.failure is None:
-                    self.failure = Failure(event.event_id, event.occurred_at, eff_ms, event.response_code)
+                    self.failure = _new_tuple(Failure, (event_id, event.occurred_at, eff_ms, event.response_code))
             elif self.request is None:
-                self.request = _interned(event)
+                self.request = _interned(event) if intern else event
                 self.request_eff_ms = eff_ms
         return may_over_refund
 
@@ -519,6 +528,10 @@ class ReferenceState:
         )
 
 
+# Builds a named tuple from a tuple of its fields without the Python frame of its `__new__`.
+_new_tuple: Any = tuple.__new__
+
+
 def _id_digest(event_id: str) -> str:
     return blake2b(event_id.encode("utf-8"), digest_size=12).hexdigest()
 
@@ -549,4 +562,5 @@ def _interned(e: PaymentEvent) -> PaymentEvent:
         if len(_SHARED) >= _SHARED_MAX:
             _SHARED.clear()
         _SHARED[shared] = shared
-    return PaymentEvent._make(e[:7] + shared)
+    interned: PaymentEvent = _new_tuple(PaymentEvent, e[:7] + shared)
+    return interned

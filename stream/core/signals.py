@@ -88,14 +88,14 @@ def new_scope_minute() -> dict[str, Any]:
 
 def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome: Outcome) -> None:
     """Add one judged payment to every scope it belongs to in `minute`."""
-    keys = scope_keys(st)
-    bad = outcome.state != GOOD
     rq = st.request
     assert rq is not None and st.request_eff_ms is not None
+    keys = scope_keys(st)
+    bad = outcome.state != GOOD
     for key in keys:
         sm = minute.get(key)
         if sm is None:
-            sm = minute[key] = new_scope_minute()
+            sm = minute[key] = {"c": [0, 0, 0, 0, 0, 0]}  # `new_scope_minute`
             if key.startswith("merchant:"):
                 sm["a"] = [rq.mcc or "", rq.acquirer_id or "", rq.merchant_name or ""]
         c = sm["c"]
