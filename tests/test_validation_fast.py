@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.core import eventtime
-from stream.core.records import LedgerEvent, PaymentEvent, event_fields
+from stream.core.records import MAX_AMOUNT, LedgerEvent, PaymentEvent, event_fields
 from stream.core.validation import (
     MAX_MERCHANT_NAME_CHARS,
     MAX_REFERENCE_CHARS,
@@ -143,15 +143,29 @@ def test_the_fast_paths_take_the_common_records() -> None:
 
 
 def test_the_limits_at_their_edges_are_the_detailed_paths() -> None:
-    for field, limit in [("event_id", 128), ("reference", 64), ("merchant_name", 256), ("mcc", 128)]:
+    # The fast paths write the limits as literals: at each limit they take the record, one past
+    # it they decline (and the detailed path rejects it).
+    limits = {"reference": MAX_REFERENCE_CHARS, "merchant_name": MAX_MERCHANT_NAME_CHARS}
+    strings = [f for f in PAYMENT_FIELDS if f not in ("type", "amount", "currency", "occurred_at")]
+    for field in strings:
+        limit = limits.get(field, MAX_STRING_CHARS)
         for n in (limit, limit + 1):
             value = _edited(payment("e1", "requested", "R1", 0), [(field, "x" * n)])
             assert (_fast_payment(None, value) is not None) == (n == limit), (field, n)
             assert parse_payment(None, value) == _detailed_payment(None, value)
-    for amount in (10**12, 10**12 + 1, 1, 0):
+    for field in ("event_id", "reference", "entry_id", "account_id"):
+        limit = limits.get(field, MAX_STRING_CHARS)
+        for n in (limit, limit + 1):
+            value = _edited(ledger("d1", "debited", "R1", 0), [(field, "é" * n)])
+            assert (_fast_ledger(None, value) is not None) == (n == limit), (field, n)
+    for amount in (MAX_AMOUNT, MAX_AMOUNT + 1, 1, 0):
+        ok = 0 < amount <= MAX_AMOUNT
         value = ledger("d1", "debited", "R1", 0, amount=amount)
-        assert (_fast_ledger(None, value) is not None) == (0 < amount <= 10**12)
-        assert isinstance(parse_ledger(None, value), Rejection) == (not 0 < amount <= 10**12)
+        assert (_fast_ledger(None, value) is not None) == ok
+        assert isinstance(parse_ledger(None, value), Rejection) == (not ok)
+        value = payment("e1", "settled", "R1", 0, amount=amount)
+        assert (_fast_payment(None, value) is not None) == ok
+        assert isinstance(parse_payment(None, value), Rejection) == (not ok)
 
 
 def test_event_fields_rebuild_the_event() -> None:

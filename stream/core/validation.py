@@ -210,8 +210,9 @@ def _fast_payment(key: bytes | None, value: bytes) -> PaymentEvent | None:
     # The common case in one frame, with no calls per field; anything unusual returns None and
     # the caller takes the detailed path, which is the one that words rejections. The limits
     # are literals (MAX_STRING_CHARS 128, MAX_REFERENCE_CHARS 64, MAX_MERCHANT_NAME_CHARS 256,
-    # MAX_AMOUNT 10**12: a test holds them equal), each field is read once, and the event is
-    # built with `tuple.__new__` (a named tuple's own `__new__` is a Python frame).
+    # MAX_AMOUNT 10**12: tests/test_validation_fast.py checks each at its edge), each field is
+    # read once, and the event is built with `tuple.__new__` (a named tuple's own `__new__` is a
+    # Python frame).
     try:
         obj = _loads(value)
     except _JSONDecodeError:
