@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -178,7 +177,7 @@ def test_time_range_doctest() -> None:
 def test_from_to_with_a_replay_file_select_by_record_timestamp(tmp_path: Path, jobs: str) -> None:
     """Timestamps rise with the file here, so Kafka's selection is [from, to) exactly: the
     replay of the selection equals the replay of a file holding only those records."""
-    records = [replace(r, timestamp_ms=1_000 * i) for i, r in enumerate(scenario_records(4))]
+    records = [r._replace(timestamp_ms=1_000 * i) for i, r in enumerate(scenario_records(4))]
     lo, hi = 1_000 * (len(records) // 4), 1_000 * (3 * len(records) // 4)
     full = tmp_path / "full.jsonl"
     part = tmp_path / "part.jsonl"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -313,7 +312,7 @@ def _with_clock_record(records: list[KafkaRecord], ref: str) -> list[KafkaRecord
     ts = records[i].timestamp_ms
     bad = payment("clock-1", "settled", ref, 0, occurred_at="9999-12-31T23:59:59+07:00")
     later = set(mine)
-    shifted = [replace(r, offset=r.offset + 1) if j in later else r for j, r in enumerate(records)]
+    shifted = [r._replace(offset=r.offset + 1) if j in later else r for j, r in enumerate(records)]
     return records[:i] + [KafkaRecord(topic, p, records[i].offset, ts, ref.encode(), bad)] + shifted[i:]
 
 

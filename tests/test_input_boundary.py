@@ -208,14 +208,13 @@ def test_replay_processes_a_file_whose_offsets_go_back_and_says_so(
     """Offsets 5, 7, 6 of one topic partition: replay used to drop 6 silently. It is taken in
     the order read (the contract's replay format), exactly as if its offsets rose in that
     order, and replay warns on stderr (the jobs are processes: their stderr is the fd's)."""
-    from dataclasses import replace
 
     from stream.cli import main
     from stream.drivers.replayfile import write_records
 
     recs = [r for r in stamped(1) if r.topic == LEDGER][:8]
     moved = [*recs[:5], recs[6], recs[5], recs[7]]
-    renumbered = [replace(r, offset=i) for i, r in enumerate(moved)]
+    renumbered = [r._replace(offset=i) for i, r in enumerate(moved)]
     outs = []
     for name, records in (("disordered", moved), ("renumbered", renumbered)):
         path, out = tmp_path / f"{name}.jsonl", tmp_path / f"{name}-out.jsonl"

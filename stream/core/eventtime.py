@@ -67,6 +67,10 @@ _MINUTES: dict[str, int] = {}
 _SECONDS: dict[str, int] = {}
 _SECONDS_MAX = 10_000
 
+# Three-digit fractions ("000" .. "999", ASCII digits only) -> milliseconds: one lookup checks
+# and converts the fraction of the usual text.
+_MILLIS3: dict[str, int] = {f"{ms:03d}": ms for ms in range(1000)}
+
 
 def _date_days(text: str, year: int, month: int, day: int) -> int:
     if not 1 <= month <= 12:
@@ -92,9 +96,17 @@ def parse_ms(text: str) -> int:
     1743206400123
     """
     # Fast paths: a second (date, time to the second and zone) seen before in a valid text, and
-    # this one has a fraction: only the fraction is read and checked here. Else a minute seen
-    # before: the seconds and their fraction.
+    # this one has a fraction: only the fraction is read and checked here (first for the usual
+    # text, milliseconds and `Z` or `+HH:MM`: 24 or 29 characters; a key of `_SECONDS` ends in
+    # a zone, so `text[23:]` finds one only if it is the zone). Else a minute seen before: the
+    # seconds and their fraction.
     n = len(text)
+    if n == 24 or n == 29:
+        millis = _MILLIS3.get(text[20:23])
+        if millis is not None and text[19] == ".":
+            second = _SECONDS.get(text[:19] + text[23:])
+            if second is not None:
+                return second + millis
     zone_at = n - 1 if text[-1:] in ("Z", "z") else n - 6
     if n > 20 and text[19] == ".":
         second = _SECONDS.get(text[:19] + text[zone_at:])

@@ -64,6 +64,7 @@ _FORBIDDEN_IN_IDENTIFIER: Final = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u
 # alternatives at every byte (a fifth of a parse).
 _SUSPECT_BYTES: Final = re.compile(b"\\\\[bfnrtu]|\x7f|\xc2[\x80-\x9f]|\xe2\x80[\xaa-\xae]|\xe2\x81[\xa6-\xa9]")
 _loads, _JSONDecodeError = codec.loads, codec.JSONDecodeError
+_new_tuple = tuple.__new__
 
 
 ErrorCode = Literal[
@@ -207,7 +208,11 @@ def _common(obj: dict[str, Any], key: bytes | None, types: frozenset[str]) -> tu
 
 def _fast_payment(key: bytes | None, value: bytes) -> PaymentEvent | None:
     # The common case in one frame, with no calls per field; anything unusual returns None and
-    # the caller takes the detailed path, which is the one that words rejections.
+    # the caller takes the detailed path, which is the one that words rejections. The limits
+    # are literals (MAX_STRING_CHARS 128, MAX_REFERENCE_CHARS 64, MAX_MERCHANT_NAME_CHARS 256,
+    # MAX_AMOUNT 10**12: tests/test_validation_fast.py checks each at its edge), each field is
+    # read once, and the event is built with `tuple.__new__` (a named tuple's own `__new__` is a
+    # Python frame).
     try:
         obj = _loads(value)
     except _JSONDecodeError:
@@ -215,59 +220,57 @@ def _fast_payment(key: bytes | None, value: bytes) -> PaymentEvent | None:
     if type(obj) is not dict:
         return None
     get = obj.get
-    event_id, typ, reference, occurred_at, amount, account_id, merchant_id = (
-        get("event_id"),
-        get("type"),
-        get("reference"),
-        get("occurred_at"),
-        get("amount"),
-        get("account_id"),
-        get("merchant_id"),
-    )
-    if not (
-        type(event_id) is str
-        and 0 < len(event_id) <= MAX_STRING_CHARS
-        and type(reference) is str
-        and 0 < len(reference) <= MAX_REFERENCE_CHARS
-        and type(occurred_at) is str
-        and len(occurred_at) <= MAX_STRING_CHARS
-        and type(amount) is int
-        and 0 < amount <= MAX_AMOUNT
-        and get("currency") == CURRENCY
-        and (key is None or key == reference.encode("utf-8"))
-    ):
+    event_id = get("event_id")
+    if type(event_id) is not str or not 0 < len(event_id) <= 128:
         return None
+    reference = get("reference")
+    if type(reference) is not str or not 0 < len(reference) <= 64:
+        return None
+    occurred_at = get("occurred_at")
+    if type(occurred_at) is not str or len(occurred_at) > 128:
+        return None
+    amount = get("amount")
+    if type(amount) is not int or not 0 < amount <= 1_000_000_000_000 or get("currency") != "IDR":
+        return None
+    if key is not None and key != reference.encode("utf-8"):
+        return None
+    typ = get("type")
+    account_id = get("account_id")
+    merchant_id = get("merchant_id")
     if typ == "requested":
-        if not (
-            type(account_id) is str
-            and 0 < len(account_id) <= MAX_STRING_CHARS
-            and type(merchant_id) is str
-            and 0 < len(merchant_id) <= MAX_STRING_CHARS
+        if (
+            type(account_id) is not str
+            or not 0 < len(account_id) <= 128
+            or type(merchant_id) is not str
+            or not 0 < len(merchant_id) <= 128
         ):
             return None
     elif typ == "settled" or typ == "failed":
-        if not (
-            (account_id is None or (type(account_id) is str and len(account_id) <= MAX_STRING_CHARS))
-            and (merchant_id is None or (type(merchant_id) is str and len(merchant_id) <= MAX_STRING_CHARS))
+        if (account_id is not None and (type(account_id) is not str or len(account_id) > 128)) or (
+            merchant_id is not None and (type(merchant_id) is not str or len(merchant_id) > 128)
         ):
             return None
     else:
         return None
-    merchant_name, mcc, acquirer_id, issuer_id, switch_id, terminal_id, channel, response_code = (
-        get("merchant_name"),
-        get("mcc"),
-        get("acquirer_id"),
-        get("issuer_id"),
-        get("switch_id"),
-        get("terminal_id"),
-        get("channel"),
-        get("response_code"),
-    )
-    if merchant_name is not None and (type(merchant_name) is not str or len(merchant_name) > MAX_MERCHANT_NAME_CHARS):
+    merchant_name = get("merchant_name")
+    mcc = get("mcc")
+    acquirer_id = get("acquirer_id")
+    issuer_id = get("issuer_id")
+    switch_id = get("switch_id")
+    terminal_id = get("terminal_id")
+    channel = get("channel")
+    response_code = get("response_code")
+    if (
+        (merchant_name is not None and (type(merchant_name) is not str or len(merchant_name) > 256))
+        or (mcc is not None and (type(mcc) is not str or len(mcc) > 128))
+        or (acquirer_id is not None and (type(acquirer_id) is not str or len(acquirer_id) > 128))
+        or (issuer_id is not None and (type(issuer_id) is not str or len(issuer_id) > 128))
+        or (switch_id is not None and (type(switch_id) is not str or len(switch_id) > 128))
+        or (terminal_id is not None and (type(terminal_id) is not str or len(terminal_id) > 128))
+        or (channel is not None and (type(channel) is not str or len(channel) > 128))
+        or (response_code is not None and (type(response_code) is not str or len(response_code) > 128))
+    ):
         return None
-    for v in (mcc, acquirer_id, issuer_id, switch_id, terminal_id, channel, response_code):
-        if v is not None and (type(v) is not str or len(v) > MAX_STRING_CHARS):
-            return None
     try:
         occurred_at_ms = parse_ms(occurred_at)
     except BadTimestamp:
@@ -277,23 +280,26 @@ def _fast_payment(key: bytes | None, value: bytes) -> PaymentEvent | None:
         ids = (event_id, reference, account_id, merchant_id, acquirer_id, issuer_id, switch_id, terminal_id)
         if any(v is not None and bad(v) for v in ids):
             return None
-    return PaymentEvent(
-        event_id,
-        typ,
-        reference,
-        occurred_at,
-        occurred_at_ms,
-        amount,
-        account_id,
-        merchant_id,
-        merchant_name,
-        mcc,
-        acquirer_id,
-        issuer_id,
-        switch_id,
-        terminal_id,
-        channel,
-        response_code,
+    return _new_tuple(
+        PaymentEvent,
+        (
+            event_id,
+            typ,
+            reference,
+            occurred_at,
+            occurred_at_ms,
+            amount,
+            account_id,
+            merchant_id,
+            merchant_name,
+            mcc,
+            acquirer_id,
+            issuer_id,
+            switch_id,
+            terminal_id,
+            channel,
+            response_code,
+        ),
     )
 
 
@@ -306,32 +312,28 @@ def _fast_ledger(key: bytes | None, value: bytes) -> LedgerEvent | None:
     if type(obj) is not dict:
         return None
     get = obj.get
-    event_id, typ, reference, occurred_at, amount, entry_id, account_id = (
-        get("event_id"),
-        get("type"),
-        get("reference"),
-        get("occurred_at"),
-        get("amount"),
-        get("entry_id"),
-        get("account_id"),
-    )
-    if not (
-        type(event_id) is str
-        and 0 < len(event_id) <= MAX_STRING_CHARS
-        and (typ == "debited" or typ == "reversed")
-        and type(reference) is str
-        and 0 < len(reference) <= MAX_REFERENCE_CHARS
-        and type(occurred_at) is str
-        and len(occurred_at) <= MAX_STRING_CHARS
-        and type(amount) is int
-        and 0 < amount <= MAX_AMOUNT
-        and get("currency") == CURRENCY
-        and type(entry_id) is str
-        and 0 < len(entry_id) <= MAX_STRING_CHARS
-        and type(account_id) is str
-        and 0 < len(account_id) <= MAX_STRING_CHARS
-        and (key is None or key == reference.encode("utf-8"))
-    ):
+    event_id = get("event_id")
+    if type(event_id) is not str or not 0 < len(event_id) <= 128:
+        return None
+    typ = get("type")
+    if typ != "debited" and typ != "reversed":
+        return None
+    reference = get("reference")
+    if type(reference) is not str or not 0 < len(reference) <= 64:
+        return None
+    occurred_at = get("occurred_at")
+    if type(occurred_at) is not str or len(occurred_at) > 128:
+        return None
+    amount = get("amount")
+    if type(amount) is not int or not 0 < amount <= 1_000_000_000_000 or get("currency") != "IDR":
+        return None
+    entry_id = get("entry_id")
+    if type(entry_id) is not str or not 0 < len(entry_id) <= 128:
+        return None
+    account_id = get("account_id")
+    if type(account_id) is not str or not 0 < len(account_id) <= 128:
+        return None
+    if key is not None and key != reference.encode("utf-8"):
         return None
     try:
         occurred_at_ms = parse_ms(occurred_at)
@@ -341,7 +343,9 @@ def _fast_ledger(key: bytes | None, value: bytes) -> LedgerEvent | None:
         bad = _FORBIDDEN_IN_IDENTIFIER.search
         if bad(event_id) or bad(reference) or bad(entry_id) or bad(account_id):
             return None
-    return LedgerEvent(event_id, typ, reference, occurred_at, occurred_at_ms, amount, entry_id, account_id)
+    return _new_tuple(
+        LedgerEvent, (event_id, typ, reference, occurred_at, occurred_at_ms, amount, entry_id, account_id)
+    )
 
 
 def _too_large(value: bytes) -> Rejection:

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Protocol
+
+from ..drivers.replayfile import KafkaRecord
 
 TopicPartition = tuple[str, int]
 
 
 class InputRecord(Protocol):
-    """What the boundary and the shell read of a delivered record: a `LiveRecord` from Faust, a
-    `KafkaRecord` read from the broker for a gap (or given by a test)."""
+    """What the boundary and the shell read of a delivered record: a `LiveRecord` from Faust or a
+    record read from the broker for a gap (both `replayfile.KafkaRecord`), or one a test gives."""
 
     @property
     def topic(self) -> str: ...
@@ -42,16 +44,9 @@ class InputRecord(Protocol):
     def value(self) -> bytes | None: ...
 
 
-class LiveRecord(NamedTuple):
-    """A record as Faust delivered it, made once per record in the worker's hot path: a named
-    tuple (built with `tuple.__new__`) costs a tenth of a frozen dataclass such as `KafkaRecord`."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int | None
-    key: bytes | None
-    value: bytes | None
+# A record as Faust delivered it, made once per record in the worker's hot path (`tuple.__new__`):
+# the same named tuple as a record read from the broker or a replay file.
+LiveRecord = KafkaRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,187 @@
+"""The parsers' fast paths against their detailed paths: on any input the fast path either
+declines (None) or gives exactly what the detailed path gives, so the accept/reject decisions and
+the dead-letter texts are the detailed path's; and the record types the readers build."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stream.core import eventtime
+from stream.core.records import MAX_AMOUNT, LedgerEvent, PaymentEvent, event_fields
+from stream.core.validation import (
+    MAX_MERCHANT_NAME_CHARS,
+    MAX_REFERENCE_CHARS,
+    MAX_STRING_CHARS,
+    Rejection,
+    _detailed_ledger,
+    _detailed_payment,
+    _fast_ledger,
+    _fast_payment,
+    parse_ledger,
+    parse_payment,
+)
+from stream.drivers.replayfile import KafkaRecord, line_fields, parse_line
+from stream.worker.boundary import LiveRecord
+from tests.records import ledger, payment
+
+PAYMENT_FIELDS = (
+    "event_id",
+    "type",
+    "reference",
+    "occurred_at",
+    "amount",
+    "currency",
+    "account_id",
+    "merchant_id",
+    "merchant_name",
+    "mcc",
+    "acquirer_id",
+    "issuer_id",
+    "switch_id",
+    "terminal_id",
+    "channel",
+    "response_code",
+)
+LEDGER_FIELDS = ("event_id", "type", "reference", "occurred_at", "amount", "currency", "entry_id", "account_id")
+# Lengths at and around every limit, and characters the identifier rule or JSON escapes care about.
+LENGTHS = sorted({0, 1, MAX_REFERENCE_CHARS, MAX_STRING_CHARS, MAX_MERCHANT_NAME_CHARS} | {65, 129, 257})
+CHARS = ["x", "é", "\x00", "\x1b", "\x7f", "\x85", "\u202e", "\u2068", '"', "\\", "\U0001f600"]
+TIMES = [
+    "2025-03-29T09:00:00.234+07:00",
+    "2025-03-29T02:00:00.450Z",
+    "2025-03-29T02:00:00.45Z",
+    "2025-03-29T02:00:00Z",
+    "2025-03-29T02:00:00.4501234Z",
+    "2025-03-29T02:00:00.45a+07:00",
+    "2025-03-29T02:00:00,450+07:00",
+    "2025-02-30T02:00:00.450Z",
+    "2025-03-29T02:00:00.450+24:00",
+    "",
+]
+
+
+def _text() -> st.SearchStrategy[str]:
+    return st.builds(lambda n, c: (c * n)[:n], st.sampled_from(LENGTHS), st.sampled_from(CHARS))
+
+
+def _json_value() -> st.SearchStrategy[Any]:
+    return st.one_of(
+        _text(),
+        st.sampled_from(TIMES),
+        st.sampled_from(["requested", "settled", "failed", "debited", "reversed", "IDR", "idr", "R1"]),
+        st.none(),
+        st.booleans(),
+        st.integers(-2, 10**12 + 1),
+        st.sampled_from([10**12, 10**12 + 1, 0, 25_000]),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.lists(st.integers(-(2**63), 2**63 - 1), max_size=2),
+        st.dictionaries(st.text(max_size=3), st.integers(-(2**63), 2**63 - 1), max_size=2),
+    )
+
+
+def _edits(fields: tuple[str, ...]) -> st.SearchStrategy[list[tuple[str, Any]]]:
+    # (field, new value); the value `...` deletes the field.
+    return st.lists(st.tuples(st.sampled_from(fields), st.one_of(_json_value(), st.just(...))), max_size=4)
+
+
+def _edited(raw: bytes, edits: list[tuple[str, Any]]) -> bytes:
+    obj = orjson.loads(raw)
+    for field, value in edits:
+        if value is ...:
+            obj.pop(field, None)
+        else:
+            obj[field] = value
+    return orjson.dumps(obj)
+
+
+KEYS = st.sampled_from([None, b"R1", b"R2", b"\xff", "é".encode()])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["requested", "settled", "failed"]), _edits(PAYMENT_FIELDS), KEYS, st.sampled_from(TIMES))
+def test_the_payment_fast_path_gives_the_detailed_paths_answer_or_declines(
+    typ: str, edits: list[tuple[str, Any]], key: bytes | None, occurred_at: str
+) -> None:
+    eventtime.parse_ms("2025-03-29T09:00:00.111+07:00")  # its second cached, as a worker would have
+    value = _edited(payment("e1", typ, "R1", 0, occurred_at=occurred_at), edits)
+    detailed = _detailed_payment(key, value)
+    fast = _fast_payment(key, value)
+    assert fast is None or (fast == detailed and type(fast) is PaymentEvent), (fast, detailed)
+    assert parse_payment(key, value) == detailed
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["debited", "reversed"]), _edits(LEDGER_FIELDS), KEYS, st.sampled_from(TIMES))
+def test_the_ledger_fast_path_gives_the_detailed_paths_answer_or_declines(
+    typ: str, edits: list[tuple[str, Any]], key: bytes | None, occurred_at: str
+) -> None:
+    eventtime.parse_ms("2025-03-29T02:00:00.111Z")
+    value = _edited(ledger("d1", typ, "R1", 0, occurred_at=occurred_at), edits)
+    detailed = _detailed_ledger(key, value)
+    fast = _fast_ledger(key, value)
+    assert fast is None or (fast == detailed and type(fast) is LedgerEvent), (fast, detailed)
+    assert parse_ledger(key, value) == detailed
+
+
+def test_the_fast_paths_take_the_common_records() -> None:
+    # Declining is always correct, so a fast path that declined everything would pass the
+    # properties above: the usual records must take it.
+    for typ in ("requested", "settled", "failed"):
+        for t in TIMES[:5]:
+            got = _fast_payment(b"R1", payment("e1", typ, "R1", 0, occurred_at=t, terminal_id="T1", channel="MPM"))
+            assert type(got) is PaymentEvent and got == _detailed_payment(
+                b"R1", payment("e1", typ, "R1", 0, occurred_at=t, terminal_id="T1", channel="MPM")
+            )
+    for typ in ("debited", "reversed"):
+        got = _fast_ledger(None, ledger("d1", typ, "R1", 0))
+        assert type(got) is LedgerEvent
+
+
+def test_the_limits_at_their_edges_are_the_detailed_paths() -> None:
+    # The fast paths write the limits as literals: at each limit they take the record, one past
+    # it they decline (and the detailed path rejects it).
+    limits = {"reference": MAX_REFERENCE_CHARS, "merchant_name": MAX_MERCHANT_NAME_CHARS}
+    strings = [f for f in PAYMENT_FIELDS if f not in ("type", "amount", "currency", "occurred_at")]
+    for field in strings:
+        limit = limits.get(field, MAX_STRING_CHARS)
+        for n in (limit, limit + 1):
+            value = _edited(payment("e1", "requested", "R1", 0), [(field, "x" * n)])
+            assert (_fast_payment(None, value) is not None) == (n == limit), (field, n)
+            assert parse_payment(None, value) == _detailed_payment(None, value)
+    for field in ("event_id", "reference", "entry_id", "account_id"):
+        limit = limits.get(field, MAX_STRING_CHARS)
+        for n in (limit, limit + 1):
+            value = _edited(ledger("d1", "debited", "R1", 0), [(field, "é" * n)])
+            assert (_fast_ledger(None, value) is not None) == (n == limit), (field, n)
+    for amount in (MAX_AMOUNT, MAX_AMOUNT + 1, 1, 0):
+        ok = 0 < amount <= MAX_AMOUNT
+        value = ledger("d1", "debited", "R1", 0, amount=amount)
+        assert (_fast_ledger(None, value) is not None) == ok
+        assert isinstance(parse_ledger(None, value), Rejection) == (not ok)
+        value = payment("e1", "settled", "R1", 0, amount=amount)
+        assert (_fast_payment(None, value) is not None) == ok
+        assert isinstance(parse_payment(None, value), Rejection) == (not ok)
+
+
+def test_event_fields_rebuild_the_event() -> None:
+    e = LedgerEvent("e1", "debited", "R1", "2025-03-29T00:00:00Z", 1743206400000, 5000, "J1", "0012")
+    assert event_fields(e) == ["e1", "debited", "R1", "2025-03-29T00:00:00Z", 1743206400000, 5000, "J1", "0012"]
+    assert LedgerEvent(*event_fields(e)) == e
+    p = parse_payment(None, payment("e1", "requested", "R1", 0))
+    assert isinstance(p, PaymentEvent) and PaymentEvent(*event_fields(p)) == p
+
+
+def test_one_record_type_for_the_live_worker_the_broker_and_a_replay_file() -> None:
+    assert LiveRecord is KafkaRecord
+    line = b'{"topic":"t","partition":1,"offset":2,"timestamp_ms":3,"key":"k","value":"v"}'
+    rec = parse_line(line, "f", 1)
+    assert type(rec) is KafkaRecord and rec == KafkaRecord("t", 1, 2, 3, b"k", b"v")
+    assert [KafkaRecord(*f) for f in line_fields([line], "f", lambda i: i + 1)] == [rec]
+    # Pickled (a parallel replay's jobs) and renumbered (`_replace`) as a named tuple.
+    assert pickle.loads(pickle.dumps(rec)) == rec and type(pickle.loads(pickle.dumps(rec))) is KafkaRecord
+    assert rec._replace(offset=9).offset == 9 and rec.offset == 2
