@@ -12,6 +12,7 @@ from typing import Any
 
 import faust
 import pytest
+from aiokafka.structs import ConsumerRecord
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -214,26 +215,28 @@ def test_the_rest_of_a_coroutine_is_cancelled_inside_it_and_its_errors_propagate
     assert seen == ["cancelled inside"]
 
 
-class Msg:
-    def __init__(self, tp: TP, offset: int) -> None:
-        self.tp, self.topic, self.offset, self.key, self.value = tp, tp.topic, offset, None, b"v"
+def record(tp: TP, offset: int, value: bytes = b"v") -> ConsumerRecord[bytes, bytes]:
+    """A record as aiokafka's fetcher hands it to Faust's `getmany`."""
+    return ConsumerRecord(tp.topic, tp.partition, offset, 1_700_000_000_000 + offset, 0, b"k", value, None, 1, 1, ())
 
 
 LATER = -2
 
 
-async def drained(cls: type[Any], script: list[tuple[TP, int]], block_at: int, suspend_at: int) -> dict[str, Any]:
-    """Run `cls`'s drain loop over one fetch of `script` (topic partition, offset). The callback of
-    TP0's offset `block_at` waits for an event that never comes; the flow is suspended (as a
-    rebalance does) when the callback of TP0's offset `suspend_at` runs (`LATER`: 50 ms after the
-    blocked callback started). What was delivered, in order, which
+async def drained(
+    cls: type[Any], fetch: dict[TP, list[int]], block_at: int, suspend_at: int, app: Any = None
+) -> dict[str, Any]:
+    """Run `cls`'s drain loop (Faust's `getmany` included) over one fetch (offsets by partition).
+    The callback of TP0's offset `block_at` waits for an event that never comes; the flow is
+    suspended (as a rebalance does) when the callback of TP0's offset `suspend_at` runs (`LATER`:
+    50 ms after the blocked callback started). What was delivered, by partition in order, which
     callbacks were aborted, and the read offsets at the end."""
-    consumer = make_consumer(cls)
+    consumer = make_consumer(cls) if app is None else app.consumer
     fetcher = type("Fetcher", (), {"_stopped": asyncio.Event()})()
-    delivered: list[int] = []
+    delivered: dict[TP, list[int]] = {}
     aborted: list[int] = []
 
-    async def callback(message: Msg) -> None:
+    async def callback(message: Any) -> None:
         if (message.tp, message.offset) == (TP0, suspend_at):
             consumer.stop_flow()
         if (message.tp, message.offset) == (TP0, block_at):
@@ -244,14 +247,13 @@ async def drained(cls: type[Any], script: list[tuple[TP, int]], block_at: int, s
             except asyncio.CancelledError:
                 aborted.append(message.offset)
                 raise
-        delivered.append(message.offset)
+        delivered.setdefault(message.tp, []).append(message.offset)
 
-    async def getmany(timeout: float) -> Any:
+    async def wait_next_records(timeout: float) -> Any:
         if fetcher._stopped.is_set():
-            return
+            return None, None
         fetcher._stopped.set()  # one fetch, then the loop ends
-        for tp, offset in script:
-            yield tp, Msg(tp, offset)
+        return {tp: [record(tp, offset) for offset in offsets] for tp, offsets in fetch.items()}, None
 
     waits = [0]
     wait_first = consumer.wait_first
@@ -261,7 +263,8 @@ async def drained(cls: type[Any], script: list[tuple[TP, int]], block_at: int, s
         return await wait_first(*coros, **kwargs)
 
     consumer.callback = callback
-    consumer.getmany = getmany
+    consumer._wait_next_records = wait_next_records
+    consumer.highwater = lambda tp: 1000
     consumer.wait_first = counted_wait_first
     await asyncio.wait_for(consumer._drain_messages(fetcher), 10)
     return {"delivered": delivered, "aborted": aborted, "read": dict(consumer._read_offset), "waits": waits[0]}
@@ -269,24 +272,36 @@ async def drained(cls: type[Any], script: list[tuple[TP, int]], block_at: int, s
 
 @pytest.mark.parametrize(("block_at", "suspend_at"), [(-1, -1), (3, LATER), (3, 3), (5, 2)])
 def test_the_worker_drain_loop_delivers_and_aborts_exactly_as_fausts(block_at: int, suspend_at: int) -> None:
-    """The same fetch through Faust's loop and the worker's: the same messages delivered in the
-    same order, the same blocked callback aborted when the flow is suspended (no deadlock: the
-    loop goes on), the same read offsets. TP0's offset 4 comes again after 5 (below the read
-    offset: dropped by both)."""
-    script = [(TP0, 0), (TP1, 100), (TP0, 1), (TP0, 2), (TP0, 3), (TP1, 101), (TP0, 5), (TP0, 4), (TP1, 106)]
-    fausts = asyncio.run(drained(faust_aiokafka.Consumer, script, block_at, suspend_at))
-    workers = asyncio.run(drained(GuardedConsumer, script, block_at, suspend_at))
-    assert fausts.pop("waits") == len(script) - 1  # every message but the one dropped
-    # The worker's loop waits only for a callback that has to wait, and while the flow is suspended.
-    # Blocked at TP0's 3 (script[4]): that one and the three kept after it; suspended at TP0's 2
-    # (script[3], which did not wait): the four kept after it.
-    assert workers.pop("waits") == (0 if block_at < 0 else 4)
+    """The same fetch of one partition through Faust's loop and the worker's: the same messages
+    delivered in the same order, the same blocked callback aborted when the flow is suspended (no
+    deadlock), nothing delivered after the suspend (the rest of the fetch is fetched again after
+    the rebalance), the same read offsets. Offset 4 comes again after 5 (below the read offset:
+    dropped by both); 6 is missing (a gap)."""
+    fetch = {TP0: [0, 1, 2, 3, 5, 4, 7, 8]}
+    fausts = asyncio.run(drained(faust_aiokafka.Consumer, fetch, block_at, suspend_at))
+    workers = asyncio.run(drained(GuardedConsumer, fetch, block_at, suspend_at))
+    fausts_waits, workers_waits = fausts.pop("waits"), workers.pop("waits")
     assert workers == fausts
-    assert fausts["read"] == {TP0: 5, TP1: 106}
-    assert 4 not in fausts["delivered"]
-    if block_at >= 0:  # the blocked callback was aborted, the rest delivered
-        assert fausts["aborted"] == [block_at] and block_at not in fausts["delivered"]
-        assert len(fausts["delivered"]) == len(script) - 2
+    # The worker's loop waits only for a callback that has to wait, and while the flow is suspended.
+    assert workers_waits == len(workers["aborted"])
+    assert fausts_waits == len(fausts["delivered"].get(TP0, [])) + len(fausts["aborted"])
+    if block_at < 0:
+        assert fausts["delivered"] == {TP0: [0, 1, 2, 3, 5, 7, 8]} and fausts["read"] == {TP0: 8}
+    elif suspend_at in (LATER, block_at):  # the blocked callback was aborted, nothing after it delivered
+        assert fausts["aborted"] == [block_at] and fausts["delivered"][TP0] == [0, 1, 2]
+    else:  # suspended first: nothing after the suspending message delivered, nothing blocked
+        assert fausts["aborted"] == [] and fausts["delivered"][TP0] == [0, 1, 2]
+
+
+def test_the_worker_drain_loop_delivers_each_partition_in_fausts_order() -> None:
+    """Several partitions: Faust interleaves them record by record, the worker's loop hands them
+    over one partition after the other; each partition's messages and the read offsets are the same."""
+    fetch = {TP0: [0, 1, 2, 5, 3, 6], TP1: [100, 101, 106], TP2: [7]}
+    fausts = asyncio.run(drained(faust_aiokafka.Consumer, fetch, -1, -1))
+    workers = asyncio.run(drained(GuardedConsumer, fetch, -1, -1))
+    assert workers["waits"] == 0
+    assert workers["delivered"] == fausts["delivered"] == {TP0: [0, 1, 2, 5, 6], TP1: [100, 101, 106], TP2: [7]}
+    assert workers["read"] == fausts["read"]
 
 
 def test_the_worker_drain_loop_is_fausts_0_15_3_loop() -> None:
