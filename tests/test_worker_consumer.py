@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import faust
 import pytest
@@ -423,3 +424,82 @@ def test_the_agents_buffer_holds_a_whole_fetch_above_its_pause_mark() -> None:
         conf = build_app(Settings(store="memory://", batch_max=batch_max))[0].conf
         pause_mark = conf.stream_buffer_maxsize / FlowControlQueue.pressure_high_ratio
         assert conf.stream_buffer_maxsize - pause_mark >= conf.broker_max_poll_records
+
+
+async def queued_by_drain(quick: bool, fetch: dict[TP, list[int]], maxsize: int = 0) -> dict[str, Any]:
+    """One fetch through the drain loop of the worker's app with its conductor (`quick`) or with
+    Faust's drain loop and Faust's conductor callbacks: what the agent's queue holds (per event:
+    type, key, value, headers, message fields), the read offsets, the partitions paused."""
+    from faust.transport.conductor import Conductor
+
+    from stream.worker.app import faust_app, raw_topic
+
+    app: Any = faust_app(Settings(store="memory://", web_port=0))
+    if maxsize:
+        app.conf.stream_buffer_maxsize = maxsize
+    app.flow_control.resume()
+    topics = ("ledger-debits", "payment-requests")
+    app.topics._acking_topics.update(topics)
+    stream = app.stream(raw_topic(app, *topics))
+    conductor = app.topics
+    consumer = app.consumer
+    paused: list[TP] = []
+    consumer.on_buffer_full = paused.append  # before the callbacks are built: they keep it
+    for tp in fetch:
+        build = conductor._build_handler if quick else partial(Conductor._build_handler, conductor)
+        conductor._tp_to_callback[tp] = build(tp, set(conductor._topics))
+    consumer.callback = conductor.on_message
+    fetcher = type("Fetcher", (), {"_stopped": asyncio.Event()})()
+
+    async def wait_next_records(timeout: float) -> Any:
+        if fetcher._stopped.is_set():
+            return None, None
+        fetcher._stopped.set()
+        return {tp: [record(tp, offset, b"v%d" % offset) for offset in offsets] for tp, offsets in fetch.items()}, None
+
+    consumer._wait_next_records = wait_next_records
+    consumer.highwater = lambda tp: 1000
+    drain = consumer._drain_messages if quick else partial(faust_aiokafka.Consumer._drain_messages, consumer)
+    queue = cast(Any, stream.channel).queue
+    task = asyncio.ensure_future(drain(fetcher))
+    await asyncio.sleep(0.2)
+    held = list(queue._queue)
+    took = 0
+    while not task.done():  # a full queue: the agent takes what is there, the loop goes on
+        took += len(queue._queue)
+        for _ in range(len(queue._queue)):
+            queue.get_nowait()
+        await asyncio.sleep(0.05)
+    await task
+    fields = ("topic", "partition", "offset", "timestamp", "timestamp_type", "headers", "key", "value", "checksum")
+    fields += ("serialized_key_size", "serialized_value_size", "acked", "refcount", "tp", "tracked", "generation_id")
+    fields += ("time_in", "time_out", "time_total")
+    by_tp: dict[TP, list[Any]] = {}
+    for e in held:
+        m = e.message
+        by_tp.setdefault(m.tp, []).append(
+            (type(e), type(m), e.key, e.value, e.headers, e.acked, e.app is app, *(getattr(m, f) for f in fields))
+        )
+    return {"queued": by_tp, "read": dict(consumer._read_offset), "paused": paused, "took": took + len(held)}
+
+
+def test_the_worker_drain_loop_queues_what_fausts_loop_and_conductor_queue() -> None:
+    """The conductor's fast path for a fetched partition's records at once (`QuickHandler.put_all`,
+    the messages and events built without `__init__`): the same events, messages (every slot) and
+    read offsets as Faust's drain loop, `getmany`, `_to_message` and conductor callbacks."""
+    fetch = {TP0: [0, 1, 2, 5, 3, 6], TP1: [100, 101, 106], TP2: [7]}
+    fausts = asyncio.run(queued_by_drain(False, fetch))
+    workers = asyncio.run(queued_by_drain(True, fetch))
+    assert workers == fausts
+    assert [row[9] for row in workers["queued"][TP0]] == [0, 1, 2, 5, 6]
+
+
+def test_a_fetch_over_the_agents_buffer_pauses_its_partition_and_waits_as_fausts() -> None:
+    """A fetch larger than the agent's buffer: the fast path fills it, the partition is paused at
+    the buffer's high mark once per fill (as Faust's per-event pressure check), the rest waits for room."""
+    fetch = {TP0: list(range(30))}
+    fausts = asyncio.run(queued_by_drain(False, fetch, maxsize=10))
+    workers = asyncio.run(queued_by_drain(True, fetch, maxsize=10))
+    assert workers == fausts
+    assert workers["paused"] == [TP0] * 3 and workers["took"] == 30  # paused once per fill, resumed by each take
+    assert len(workers["queued"][TP0]) == 10
