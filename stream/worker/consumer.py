@@ -30,9 +30,11 @@ always the callback (the conductor: flow control, producer buffer, decode, a que
 without waiting at all. Here its first step runs inline; only if it has to wait (a full queue,
 the flow suspended, the conductor's lock taken) does the rest of it run under Faust's
 `wait_first` as before, with the same abort on a suspend (`_drain_messages`). Before that, the
-conductor's callback for the partition is offered the message synchronously
-(`_deliver_now`, `intake.QuickHandler.now`): it takes it when nothing would wait, without the
-callback's chain of coroutines; else the message goes the way above.
+conductor's callback for the partition takes what it has room for synchronously, a fetched
+partition's records at a time (`_deliver_fetch`, `intake.QuickHandler.room`/`put_all`; the
+same for one message: `_deliver_now`, `intake.QuickHandler.now`): without the callback's chain
+of coroutines, and with Faust's `getmany` checks once per run; else the message goes the way
+above.
 
 And a wait Faust adds when the agent falls behind: when the agent's buffer fills, Faust pauses
 the partitions whose records went in (`on_buffer_full`) until it drains. With every partition
