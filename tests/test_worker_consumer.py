@@ -353,13 +353,12 @@ def test_a_fetch_waits_briefly_while_partitions_are_paused() -> None:
         fetcher = type("Fetcher", (), {"_stopped": asyncio.Event()})()
         waits: list[float] = []
 
-        async def getmany(timeout: float) -> Any:
+        async def wait_next_records(timeout: float) -> Any:
             waits.append(timeout)
             fetcher._stopped.set()
-            return
-            yield  # an async generator that yields nothing
+            return {}, set()  # nothing fetched
 
-        consumer.getmany = getmany
+        consumer._wait_next_records = wait_next_records
         await consumer._drain_messages(fetcher)
         return waits
 
