@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import faust
 import pytest
+from aiokafka.structs import ConsumerRecord
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -214,26 +216,28 @@ def test_the_rest_of_a_coroutine_is_cancelled_inside_it_and_its_errors_propagate
     assert seen == ["cancelled inside"]
 
 
-class Msg:
-    def __init__(self, tp: TP, offset: int) -> None:
-        self.tp, self.topic, self.offset, self.key, self.value = tp, tp.topic, offset, None, b"v"
+def record(tp: TP, offset: int, value: bytes = b"v") -> ConsumerRecord[bytes, bytes]:
+    """A record as aiokafka's fetcher hands it to Faust's `getmany`."""
+    return ConsumerRecord(tp.topic, tp.partition, offset, 1_700_000_000_000 + offset, 0, b"k", value, None, 1, 1, ())
 
 
 LATER = -2
 
 
-async def drained(cls: type[Any], script: list[tuple[TP, int]], block_at: int, suspend_at: int) -> dict[str, Any]:
-    """Run `cls`'s drain loop over one fetch of `script` (topic partition, offset). The callback of
-    TP0's offset `block_at` waits for an event that never comes; the flow is suspended (as a
-    rebalance does) when the callback of TP0's offset `suspend_at` runs (`LATER`: 50 ms after the
-    blocked callback started). What was delivered, in order, which
+async def drained(
+    cls: type[Any], fetch: dict[TP, list[int]], block_at: int, suspend_at: int, app: Any = None
+) -> dict[str, Any]:
+    """Run `cls`'s drain loop (Faust's `getmany` included) over one fetch (offsets by partition).
+    The callback of TP0's offset `block_at` waits for an event that never comes; the flow is
+    suspended (as a rebalance does) when the callback of TP0's offset `suspend_at` runs (`LATER`:
+    50 ms after the blocked callback started). What was delivered, by partition in order, which
     callbacks were aborted, and the read offsets at the end."""
-    consumer = make_consumer(cls)
+    consumer = make_consumer(cls) if app is None else app.consumer
     fetcher = type("Fetcher", (), {"_stopped": asyncio.Event()})()
-    delivered: list[int] = []
+    delivered: dict[TP, list[int]] = {}
     aborted: list[int] = []
 
-    async def callback(message: Msg) -> None:
+    async def callback(message: Any) -> None:
         if (message.tp, message.offset) == (TP0, suspend_at):
             consumer.stop_flow()
         if (message.tp, message.offset) == (TP0, block_at):
@@ -244,14 +248,13 @@ async def drained(cls: type[Any], script: list[tuple[TP, int]], block_at: int, s
             except asyncio.CancelledError:
                 aborted.append(message.offset)
                 raise
-        delivered.append(message.offset)
+        delivered.setdefault(message.tp, []).append(message.offset)
 
-    async def getmany(timeout: float) -> Any:
+    async def wait_next_records(timeout: float) -> Any:
         if fetcher._stopped.is_set():
-            return
+            return None, None
         fetcher._stopped.set()  # one fetch, then the loop ends
-        for tp, offset in script:
-            yield tp, Msg(tp, offset)
+        return {tp: [record(tp, offset) for offset in offsets] for tp, offsets in fetch.items()}, None
 
     waits = [0]
     wait_first = consumer.wait_first
@@ -261,7 +264,8 @@ async def drained(cls: type[Any], script: list[tuple[TP, int]], block_at: int, s
         return await wait_first(*coros, **kwargs)
 
     consumer.callback = callback
-    consumer.getmany = getmany
+    consumer._wait_next_records = wait_next_records
+    consumer.highwater = lambda tp: 1000
     consumer.wait_first = counted_wait_first
     await asyncio.wait_for(consumer._drain_messages(fetcher), 10)
     return {"delivered": delivered, "aborted": aborted, "read": dict(consumer._read_offset), "waits": waits[0]}
@@ -269,24 +273,36 @@ async def drained(cls: type[Any], script: list[tuple[TP, int]], block_at: int, s
 
 @pytest.mark.parametrize(("block_at", "suspend_at"), [(-1, -1), (3, LATER), (3, 3), (5, 2)])
 def test_the_worker_drain_loop_delivers_and_aborts_exactly_as_fausts(block_at: int, suspend_at: int) -> None:
-    """The same fetch through Faust's loop and the worker's: the same messages delivered in the
-    same order, the same blocked callback aborted when the flow is suspended (no deadlock: the
-    loop goes on), the same read offsets. TP0's offset 4 comes again after 5 (below the read
-    offset: dropped by both)."""
-    script = [(TP0, 0), (TP1, 100), (TP0, 1), (TP0, 2), (TP0, 3), (TP1, 101), (TP0, 5), (TP0, 4), (TP1, 106)]
-    fausts = asyncio.run(drained(faust_aiokafka.Consumer, script, block_at, suspend_at))
-    workers = asyncio.run(drained(GuardedConsumer, script, block_at, suspend_at))
-    assert fausts.pop("waits") == len(script) - 1  # every message but the one dropped
-    # The worker's loop waits only for a callback that has to wait, and while the flow is suspended.
-    # Blocked at TP0's 3 (script[4]): that one and the three kept after it; suspended at TP0's 2
-    # (script[3], which did not wait): the four kept after it.
-    assert workers.pop("waits") == (0 if block_at < 0 else 4)
+    """The same fetch of one partition through Faust's loop and the worker's: the same messages
+    delivered in the same order, the same blocked callback aborted when the flow is suspended (no
+    deadlock), nothing delivered after the suspend (the rest of the fetch is fetched again after
+    the rebalance), the same read offsets. Offset 4 comes again after 5 (below the read offset:
+    dropped by both); 6 is missing (a gap)."""
+    fetch = {TP0: [0, 1, 2, 3, 5, 4, 7, 8]}
+    fausts = asyncio.run(drained(faust_aiokafka.Consumer, fetch, block_at, suspend_at))
+    workers = asyncio.run(drained(GuardedConsumer, fetch, block_at, suspend_at))
+    fausts_waits, workers_waits = fausts.pop("waits"), workers.pop("waits")
     assert workers == fausts
-    assert fausts["read"] == {TP0: 5, TP1: 106}
-    assert 4 not in fausts["delivered"]
-    if block_at >= 0:  # the blocked callback was aborted, the rest delivered
-        assert fausts["aborted"] == [block_at] and block_at not in fausts["delivered"]
-        assert len(fausts["delivered"]) == len(script) - 2
+    # The worker's loop waits only for a callback that has to wait, and while the flow is suspended.
+    assert workers_waits == len(workers["aborted"])
+    assert fausts_waits == len(fausts["delivered"].get(TP0, [])) + len(fausts["aborted"])
+    if block_at < 0:
+        assert fausts["delivered"] == {TP0: [0, 1, 2, 3, 5, 7, 8]} and fausts["read"] == {TP0: 8}
+    elif suspend_at in (LATER, block_at):  # the blocked callback was aborted, nothing after it delivered
+        assert fausts["aborted"] == [block_at] and fausts["delivered"][TP0] == [0, 1, 2]
+    else:  # suspended first: nothing after the suspending message delivered, nothing blocked
+        assert fausts["aborted"] == [] and fausts["delivered"][TP0] == [0, 1, 2]
+
+
+def test_the_worker_drain_loop_delivers_each_partition_in_fausts_order() -> None:
+    """Several partitions: Faust interleaves them record by record, the worker's loop hands them
+    over one partition after the other; each partition's messages and the read offsets are the same."""
+    fetch = {TP0: [0, 1, 2, 5, 3, 6], TP1: [100, 101, 106], TP2: [7]}
+    fausts = asyncio.run(drained(faust_aiokafka.Consumer, fetch, -1, -1))
+    workers = asyncio.run(drained(GuardedConsumer, fetch, -1, -1))
+    assert workers["waits"] == 0
+    assert workers["delivered"] == fausts["delivered"] == {TP0: [0, 1, 2, 5, 6], TP1: [100, 101, 106], TP2: [7]}
+    assert workers["read"] == fausts["read"]
 
 
 def test_the_worker_drain_loop_is_fausts_0_15_3_loop() -> None:
@@ -337,13 +353,12 @@ def test_a_fetch_waits_briefly_while_partitions_are_paused() -> None:
         fetcher = type("Fetcher", (), {"_stopped": asyncio.Event()})()
         waits: list[float] = []
 
-        async def getmany(timeout: float) -> Any:
+        async def wait_next_records(timeout: float) -> Any:
             waits.append(timeout)
             fetcher._stopped.set()
-            return
-            yield  # an async generator that yields nothing
+            return {}, set()  # nothing fetched
 
-        consumer.getmany = getmany
+        consumer._wait_next_records = wait_next_records
         await consumer._drain_messages(fetcher)
         return waits
 
@@ -408,3 +423,82 @@ def test_the_agents_buffer_holds_a_whole_fetch_above_its_pause_mark() -> None:
         conf = build_app(Settings(store="memory://", batch_max=batch_max))[0].conf
         pause_mark = conf.stream_buffer_maxsize / FlowControlQueue.pressure_high_ratio
         assert conf.stream_buffer_maxsize - pause_mark >= conf.broker_max_poll_records
+
+
+async def queued_by_drain(quick: bool, fetch: dict[TP, list[int]], maxsize: int = 0) -> dict[str, Any]:
+    """One fetch through the drain loop of the worker's app with its conductor (`quick`) or with
+    Faust's drain loop and Faust's conductor callbacks: what the agent's queue holds (per event:
+    type, key, value, headers, message fields), the read offsets, the partitions paused."""
+    from faust.transport.conductor import Conductor
+
+    from stream.worker.app import faust_app, raw_topic
+
+    app: Any = faust_app(Settings(store="memory://", web_port=0))
+    if maxsize:
+        app.conf.stream_buffer_maxsize = maxsize
+    app.flow_control.resume()
+    topics = ("ledger-debits", "payment-requests")
+    app.topics._acking_topics.update(topics)
+    stream = app.stream(raw_topic(app, *topics))
+    conductor = app.topics
+    consumer = app.consumer
+    paused: list[TP] = []
+    consumer.on_buffer_full = paused.append  # before the callbacks are built: they keep it
+    for tp in fetch:
+        build = conductor._build_handler if quick else partial(Conductor._build_handler, conductor)
+        conductor._tp_to_callback[tp] = build(tp, set(conductor._topics))
+    consumer.callback = conductor.on_message
+    fetcher = type("Fetcher", (), {"_stopped": asyncio.Event()})()
+
+    async def wait_next_records(timeout: float) -> Any:
+        if fetcher._stopped.is_set():
+            return None, None
+        fetcher._stopped.set()
+        return {tp: [record(tp, offset, b"v%d" % offset) for offset in offsets] for tp, offsets in fetch.items()}, None
+
+    consumer._wait_next_records = wait_next_records
+    consumer.highwater = lambda tp: 1000
+    drain = consumer._drain_messages if quick else partial(faust_aiokafka.Consumer._drain_messages, consumer)
+    queue = cast(Any, stream.channel).queue
+    task = asyncio.ensure_future(drain(fetcher))
+    await asyncio.sleep(0.2)
+    held = list(queue._queue)
+    took = 0
+    while not task.done():  # a full queue: the agent takes what is there, the loop goes on
+        took += len(queue._queue)
+        for _ in range(len(queue._queue)):
+            queue.get_nowait()
+        await asyncio.sleep(0.05)
+    await task
+    fields = ("topic", "partition", "offset", "timestamp", "timestamp_type", "headers", "key", "value", "checksum")
+    fields += ("serialized_key_size", "serialized_value_size", "acked", "refcount", "tp", "tracked", "generation_id")
+    fields += ("time_in", "time_out", "time_total")
+    by_tp: dict[TP, list[Any]] = {}
+    for e in held:
+        m = e.message
+        by_tp.setdefault(m.tp, []).append(
+            (type(e), type(m), e.key, e.value, e.headers, e.acked, e.app is app, *(getattr(m, f) for f in fields))
+        )
+    return {"queued": by_tp, "read": dict(consumer._read_offset), "paused": paused, "took": took + len(held)}
+
+
+def test_the_worker_drain_loop_queues_what_fausts_loop_and_conductor_queue() -> None:
+    """The conductor's fast path for a fetched partition's records at once (`QuickHandler.put_all`,
+    the messages and events built without `__init__`): the same events, messages (every slot) and
+    read offsets as Faust's drain loop, `getmany`, `_to_message` and conductor callbacks."""
+    fetch = {TP0: [0, 1, 2, 5, 3, 6], TP1: [100, 101, 106], TP2: [7]}
+    fausts = asyncio.run(queued_by_drain(False, fetch))
+    workers = asyncio.run(queued_by_drain(True, fetch))
+    assert workers == fausts
+    assert [row[9] for row in workers["queued"][TP0]] == [0, 1, 2, 5, 6]
+
+
+def test_a_fetch_over_the_agents_buffer_pauses_its_partition_and_waits_as_fausts() -> None:
+    """A fetch larger than the agent's buffer: the fast path fills it, the partition is paused at
+    the buffer's high mark once per fill (as Faust's per-event pressure check), the rest waits for room."""
+    fetch = {TP0: list(range(30))}
+    fausts = asyncio.run(queued_by_drain(False, fetch, maxsize=10))
+    workers = asyncio.run(queued_by_drain(True, fetch, maxsize=10))
+    assert workers == fausts
+    assert workers["paused"] == [TP0] * 3 and workers["took"] == 30  # paused once per fill, resumed by each take
+    assert len(workers["queued"][TP0]) == 10

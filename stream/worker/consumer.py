@@ -30,9 +30,11 @@ always the callback (the conductor: flow control, producer buffer, decode, a que
 without waiting at all. Here its first step runs inline; only if it has to wait (a full queue,
 the flow suspended, the conductor's lock taken) does the rest of it run under Faust's
 `wait_first` as before, with the same abort on a suspend (`_drain_messages`). Before that, the
-conductor's callback for the partition is offered the message synchronously
-(`_deliver_now`, `intake.QuickHandler.now`): it takes it when nothing would wait, without the
-callback's chain of coroutines; else the message goes the way above.
+conductor's callback for the partition takes what it has room for synchronously, a fetched
+partition's records at a time (`_deliver_fetch`, `intake.QuickHandler.room`/`put_all`; the
+same for one message: `_deliver_now`, `intake.QuickHandler.now`): without the callback's chain
+of coroutines, and with Faust's `getmany` checks once per run; else the message goes the way
+above.
 
 And a wait Faust adds when the agent falls behind: when the agent's buffer fills, Faust pauses
 the partitions whose records went in (`on_buffer_full`) until it drains. With every partition
@@ -59,6 +61,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode import Service
 from mode.utils.locks import Event
+
+from .intake import to_message
 
 log = logging.getLogger("qris_guard.worker")
 
@@ -167,30 +171,16 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         return now is not None and bool(now(message))
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - run on the broker
-        """Faust 0.15.3's drain loop (`faust/transport/consumer.py`, kept line for line but for
-        the callback, and the same logging and errors; `tests/test_worker_consumer.py` fails if
-        Faust's changes): every fetched message of a partition at or past its read offset goes to
-        the conductor's callback. The callback's first step runs inline (`start_inline`); only a
-        callback that has to wait is awaited under `wait_first` with the suspend event, as Faust
-        does for every message, so a rebalance still aborts it."""
-        callback = self.callback
-        deliver_now = self._deliver_now
-        getmany = self.getmany
+        """Faust 0.15.3's drain loop (`faust/transport/consumer.py`, with its `getmany` inlined;
+        the same logging and errors; `tests/test_worker_consumer.py` fails if Faust's changes):
+        every fetched message of a partition at or past its read offset goes to the conductor's
+        callback, but a fetched partition's messages at a time (`_deliver_fetch`)."""
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
-        suspended = self.suspend_flow.is_set
-
-        get_read_offset = self._read_offset.__getitem__
-        set_read_offset = self._read_offset.__setitem__
         flag_consumer_fetching = CONSUMER_FETCHING
         set_flag = self.diag.set_flag
         unset_flag = self.diag.unset_flag
-        commit_every = self._commit_every
-        acks_enabled_for = self.app.topics.acks_enabled_for
-
-        yield_every = 100
-        num_since_yield = 0
-        sleep = asyncio.sleep
+        app: Any = self.app
 
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -199,46 +189,24 @@ class GuardedConsumer(faust_aiokafka.Consumer):
                 # buffer was full), the fetch covers only the others, which may have nothing:
                 # a paused partition resumed meanwhile waited for that second with its records
                 # in memory (seen: four 1-second stalls in a 60k-record backlog).
-                ait = getmany(timeout=PAUSED_FETCH_WAIT_S if self._buffered_partitions else 1.0)
+                timeout = PAUSED_FETCH_WAIT_S if self._buffered_partitions else 1.0
 
                 # Sleeping because sometimes getmany is called in a loop
                 # never releasing to the event loop
                 await self.sleep(0)
                 if not self.should_stop:
-                    async for tp, message in ait:
-                        num_since_yield += 1
-                        if num_since_yield > yield_every:
-                            await sleep(0)
-                            num_since_yield = 0
-
-                        offset = message.offset
-                        r_offset = get_read_offset(tp)
-                        if r_offset is None or offset >= r_offset:
-                            gap = offset - (r_offset or 0)
-                            # We have a gap in income messages
-                            if gap > 1 and r_offset:
-                                acks_enabled = acks_enabled_for(message.topic)
-                                if acks_enabled:
-                                    await self._add_gap(tp, r_offset + 1, offset)
-                            if commit_every is not None and self._n_acked >= commit_every:
-                                self._n_acked = 0
-                                await self.commit()
-                            if suspended():
-                                await self.wait_first(callback(message), self.suspend_flow.wait())
-                            elif deliver_now(tp, message):
-                                pass  # the conductor's fast path took it (`intake.QuickConductorCompiler`)
-                            else:
-                                rest = start_inline(callback(message))
-                                if rest is not None:
-                                    await self.wait_first(rest, self.suspend_flow.wait())
-                            set_read_offset(tp, offset)
+                    # Faust's `getmany`, up to its iteration.
+                    records, active_partitions = await self._wait_next_records(timeout)
+                    generation_id = app.consumer_generation_id
+                    if records is not None and not self.should_stop:
+                        if self.flow_active:
+                            await self._deliver_fetch(records, active_partitions, generation_id)
                         else:
-                            self.log.dev(
-                                "DROPPED MESSAGE ROFF %r: k=%r v=%r",
-                                offset,
-                                message.key,
-                                message.value,
-                            )
+                            self.log.dev("getmany called while flow not active. Seek back to committed offsets.")
+                            try:
+                                await self.perform_seek()
+                            except Exception as ex:
+                                self.log.warning(f"exception performing seek when flow not active {ex}")
                     unset_flag(flag_consumer_fetching)
 
         except self.consumer_stopped_errors:
@@ -258,6 +226,100 @@ class GuardedConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             unset_flag(flag_consumer_fetching)
+
+    async def _deliver_fetch(self, records: RecordMap, active_partitions: Set[TP] | None, generation_id: int) -> None:
+        """One fetch's records (aiokafka's, by partition) to the conductor, as Faust's `getmany`
+        and drain loop hand them over one at a time: a record goes on only while the flow is
+        active and the consumer generation is the fetch's (else the rest of the fetch is
+        dropped; it is fetched again after the rebalance's seek), only if its partition was
+        being fetched; one below the read offset is dropped, a gap after it is noted first
+        (`_add_gap`), acked offsets are committed every `broker_commit_every` acks, and the read
+        offset is set once the conductor took it. While the flow is suspended, a record goes to
+        the callback under `wait_first` with the suspend event, as in Faust.
+
+        The difference is the grain. Faust converts, checks and hands over one message per loop
+        round (an async generator step, the round-robin `TopicBuffer`, `_to_message`, a callback
+        call each). Here a partition's records go in runs: what the conductor's fast path has
+        room for (`QuickHandler.room`/`put_all`) and needs no wait goes into the agent's queue at
+        once (one pressure check, the events built without `__init__` calls:
+        `intake.to_message`), with the checks above made once per run, which is exact because
+        nothing they read changes until the event loop runs something else (the acks and
+        rebalances that change them run in other tasks). A record that needs a wait (a gap, a
+        commit, a full queue, the conductor's lock) goes Faust's way alone. Partitions are
+        handed over one after the other, not interleaved record by record (`getmany`'s
+        round-robin): each partition's order is the same, and the agent's batch takes whole
+        fetches anyway. The event loop runs between runs, not every 100 records."""
+        app: Any = self.app
+        conductor: Any = app.topics
+        callback = self.callback
+        suspended = self.suspend_flow.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        commit_every = self._commit_every
+        acks_enabled_for = conductor.acks_enabled_for
+        buffered = self._buffered_partitions
+        track_end = app.monitor.track_tp_end_offset
+        for tp, tp_records in records.items():
+            n = len(tp_records)
+            i = 0
+            gap_noted = -1
+            while i < n:
+                # `getmany`'s checks before each record; nothing they read changes in a run
+                if not self.flow_active or app.consumer_generation_id != generation_id:
+                    return
+                if not (active_partitions is None or tp in active_partitions or tp in buffered):
+                    i += 1
+                    continue
+                track_end(tp, self.highwater(tp))
+                record = tp_records[i]
+                offset = record.offset
+                r_offset = get_read_offset(tp)
+                if r_offset is not None and offset < r_offset:
+                    self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, record.key, record.value)
+                    i += 1
+                    continue
+                if offset - (r_offset or 0) > 1 and r_offset and gap_noted != i:
+                    # We have a gap in income messages
+                    gap_noted = i
+                    if acks_enabled_for(record.topic):
+                        await self._add_gap(tp, r_offset + 1, offset)
+                if commit_every is not None and self._n_acked >= commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+                if not suspended() and not conductor._tp_to_callback_lock.locked():
+                    handler = conductor._tp_to_callback.get(tp)
+                    room = getattr(handler, "room", None)
+                    queue, free = room() if room is not None else (None, 0)
+                    if free:
+                        # The run from record i: what the queue has room for, up to a gap.
+                        run = [to_message(tp, record, generation_id)]
+                        last = offset
+                        j = i + 1
+                        while j < n and len(run) < free:
+                            nxt = tp_records[j]
+                            offset = nxt.offset
+                            if offset < last:
+                                self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, nxt.key, nxt.value)
+                            elif offset - last > 1:
+                                break  # a gap: noted first, at the head of the next run
+                            else:
+                                run.append(to_message(tp, nxt, generation_id))
+                                last = offset
+                            j += 1
+                        handler.put_all(queue, run)
+                        set_read_offset(tp, last)
+                        i = j
+                        await asyncio.sleep(0)  # as Faust's loop every 100 messages
+                        continue
+                message = to_message(tp, record, generation_id)
+                if suspended():
+                    await self.wait_first(callback(message), self.suspend_flow.wait())
+                else:
+                    rest = start_inline(callback(message))
+                    if rest is not None:
+                        await self.wait_first(rest, self.suspend_flow.wait())
+                set_read_offset(tp, offset)
+                i += 1
 
 
 class Rest(Coroutine[Any, Any, Any]):

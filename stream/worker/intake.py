@@ -15,8 +15,10 @@ or what came within `within_s`) with Faust's checks and bookkeeping done once pe
   a rebalance) is left out and not acked, as by Faust's compiled iterator (the app's; Faust's
   pure-Python one acks it): its partition is sought back to its committed offset at the
   rebalance, so it comes again, and an ack could let a commit pass records not processed yet;
-* every event handed out is tracked as unacked first (Faust's `Consumer.track_message`), so a
-  revocation waits for its batch (`Consumer.wait_empty`);
+* a batch being filled or handed out is tracked as unacked (Faust's `Consumer.track_message`),
+  so a revocation waits for it (`Consumer.wait_empty`, which waits while the consumer's set of
+  unacked messages is not empty): by one of its messages, not each (a `WeakSet` add and discard
+  per message was 2% of the live worker), until the whole batch is acked;
 * a batch is acked when the agent comes back for the next one (or leaves the loop), never
   before: `_ack_batch` is Faust's `Message.ack` and `Consumer.ack` for the whole batch under
   Faust's `ack_lock` (`tests/test_worker_intake.py` pins the Faust source it copies);
@@ -40,7 +42,7 @@ from typing import Any, cast
 import faust
 from faust.transport._cython.conductor import ConductorHandler as _FaustsHandler  # type: ignore[import-not-found]
 from faust.transport.conductor import Conductor
-from faust.types.tuples import ack_lock
+from faust.types.tuples import ConsumerMessage, ack_lock
 from mode.utils.futures import notify
 
 
@@ -81,6 +83,59 @@ class QuickHandler(_FaustsHandler):  # type: ignore[misc]  # Faust's compiled cl
         self._event_class = app.conf.Event
         self._quick = not app.conf.producer_threaded  # else its buffer is another queue
 
+    def room(self) -> tuple[Any, int]:
+        """The channel's queue and how many events it takes now without anything waiting, for
+        `put_all`: (None, 0) when `now` would decline every message. What `now` checks, once for
+        the messages of one fetched partition (nothing that it checks changes until the event loop
+        runs something else)."""
+        channels = self.channels
+        buffer = self._producer_buffer
+        if (
+            not self._quick
+            or len(channels) != 1
+            or self._flow_suspended()
+            or len(buffer.pending._queue) > buffer.max_messages
+        ):
+            return None, 0
+        for channel in channels:
+            if not isinstance(channel.schema, RawSchema):
+                return None, 0
+            queue = channel.queue
+            maxsize = queue.maxsize
+            return queue, (maxsize - queue.qsize() if maxsize > 0 else 1 << 62)
+        return None, 0
+
+    def put_all(self, queue: Any, messages: list[Any]) -> None:
+        """`now` for every message of `messages` (which `queue`, from `room`, has room for): one
+        reference more to each, their events into the queue in order, and the pressure callbacks
+        as `put_nowait_enhanced` per event (the first put at or over the queue's high mark, while
+        this partition's drop callback is not pending, pauses the partition; later ones see it
+        pending), the getters woken as by one put each."""
+        n = len(messages)
+        if not n:
+            return
+        on_pressure_drop = self.on_pressure_drop
+        pending = queue._pending_pressure_drop_callbacks
+        if on_pressure_drop not in pending and queue.qsize() + n - 1 >= queue.pressure_high_size:
+            pending.add(on_pressure_drop)
+            queue.on_pressure_high()
+            self.on_pressure_high()
+        app = self.app
+        event_class = self._event_class
+        if event_class is faust.Event:
+            queue._queue.extend([_event(app, m) for m in messages])
+        else:
+            for m in messages:
+                m.refcount += 1
+            queue._queue.extend([event_class(app, m.key, m.value, m.headers, m) for m in messages])
+        queue._unfinished_tasks += n
+        queue._finished.clear()
+        getters = queue._getters
+        for _ in range(n):
+            if not getters:
+                break
+            queue._wakeup_next(getters)
+
     def now(self, message: Any) -> bool:
         channels = self.channels
         buffer = self._producer_buffer
@@ -103,6 +158,63 @@ class QuickHandler(_FaustsHandler):  # type: ignore[misc]  # Faust's compiled cl
                 event, on_pressure_high=self.on_pressure_high, on_pressure_drop=self.on_pressure_drop
             )
         return True
+
+
+_new = object.__new__
+_Event = faust.Event
+_Message = ConsumerMessage
+
+
+def _event(app: Any, message: Any) -> Any:
+    """Faust's `Event(app, message.key, message.value, message.headers, message)` for a message
+    taken by the conductor's fast path (one reference more to it, as `incref`), without the call
+    of `Event.__init__`: the same six slots."""
+    message.refcount += 1
+    event = _new(_Event)
+    event.app = app
+    event.key = message.key
+    event.value = message.value
+    event.message = message
+    headers = message.headers
+    if headers is None:
+        event.headers = {}
+    elif isinstance(headers, dict):
+        event.headers = headers
+    else:
+        event.headers = dict(headers) if headers else {}
+    event.acked = False
+    return event
+
+
+def to_message(tp: Any, record: Any, generation_id: int | None) -> Any:
+    """Faust's `Consumer._to_message` for the aiokafka driver (a `ConsumerMessage` of an aiokafka
+    `ConsumerRecord` of `tp`, with the consumer generation it was fetched in) without the call of
+    `Message.__init__` and its keyword arguments: every slot it sets, as it sets it (a test checks
+    slot by slot)."""
+    m = _new(_Message)
+    m.topic = record.topic
+    m.partition = record.partition
+    m.offset = record.offset
+    timestamp = record.timestamp
+    m.timestamp = None if timestamp is None else timestamp / 1000.0  # type: ignore[assignment]  # as Faust, cast(float, None)
+    m.timestamp_type = record.timestamp_type
+    m.headers = record.headers
+    key = m.key = record.key
+    value = m.value = record.value
+    m.checksum = record.checksum
+    size = record.serialized_key_size
+    m.serialized_key_size = (len(key) if isinstance(key, bytes) else 0) if size is None else size
+    size = record.serialized_value_size
+    m.serialized_value_size = (len(value) if isinstance(value, bytes) else 0) if size is None else size
+    m.acked = False
+    m.refcount = 0
+    m.tp = tp
+    m.tracked = False  # `not ConsumerMessage.use_tracking`
+    m.time_in = None
+    m.time_out = None
+    m.time_total = None
+    m.generation_id = generation_id
+    return m
 
 
 class QuickConductor(Conductor):
@@ -140,34 +252,49 @@ async def _next_put(queue: Any, timeout_s: float) -> bool:
 
 def _ack_batch(consumer: Any, events: list[Any]) -> None:
     """Ack every event's message once: Faust's `Message.ack` (one reference less; at none, the
-    message is acked) and `Consumer.ack` (its offset may be committed), in one critical section."""
-    acks_enabled_for = consumer.app.topics.acks_enabled_for
+    message is acked) and `Consumer.ack` (its offset may be committed), in one critical section.
+    A message is in the consumer's unacked set only if it was tracked (`message.tracked`: one per
+    batch, `take_batches`); one still referenced by another channel after this ack is tracked
+    now, so a revocation waits for it as it would in Faust, where every message is tracked."""
+    acking_topics = consumer.app.topics._acking_topics  # `acks_enabled_for`
     committed_offset = consumer._committed_offset
     acked_index_of = consumer._acked_index
     acked_of = consumer._acked
     unacked = consumer._unacked_messages
     n = 0
+    last_tp: Any = None
+    committed: Any = None
+    acked_index: Any = None
+    acked: Any = None
     try:
         with ack_lock:
             for event in events:
                 message = event.message
                 if message.acked:
                     continue
-                refcount = message.refcount = max(message.refcount - 1, 0)
-                if refcount:
+                refcount = message.refcount - 1
+                if refcount > 0:
+                    message.refcount = refcount
+                    if not message.tracked:
+                        message.tracked = True
+                        unacked.add(message)
                     continue
+                message.refcount = 0
                 message.acked = True
-                if acks_enabled_for(message.topic):
+                if message.topic in acking_topics:
                     tp = message.tp
-                    offset = message.offset
-                    committed = committed_offset[tp]
-                    if committed is None or offset >= committed:
+                    if tp is not last_tp:  # a batch's messages come in runs of one partition
+                        last_tp = tp
+                        committed = committed_offset[tp]
                         acked_index = acked_index_of[tp]
-                        if offset not in acked_index:
+                        acked = acked_of[tp]
+                    offset = message.offset
+                    if (committed is None or offset >= committed) and offset not in acked_index:
+                        if message.tracked:
                             unacked.discard(message)
-                            acked_index.add(offset)
-                            acked_of[tp].append(offset)
-                            n += 1
+                        acked_index.add(offset)
+                        acked.append(offset)
+                        n += 1
     finally:
         consumer._n_acked += n
         notify(consumer._waiting_for_ack)
@@ -198,7 +325,10 @@ async def take_batches(stream: faust.Stream[Any], max_: int, within_s: float) ->
     track = consumer._unacked_messages.add
     loop = asyncio.get_running_loop()
 
+    popleft = items.popleft
     batch: list[Any] = []
+    append = batch.append
+    tracking = False  # one message of the batch is in the consumer's unacked set
     try:
         while not stream.should_stop:
             deadline = loop.time() + within_s
@@ -210,17 +340,26 @@ async def take_batches(stream: faust.Stream[Any], max_: int, within_s: float) ->
                     raise exc
                 take = min(len(items), max_ - len(batch))
                 if take:
-                    active = flow_active()
-                    generation = app.consumer_generation_id
-                    for _ in range(take):
-                        event = items.popleft()
-                        message = event.message
-                        if not active or message.generation_id != generation:
-                            continue  # Faust's skip; not acked (module docstring)
-                        if message.topic in acking_topics and not message.tracked:
-                            message.tracked = True
-                            track(message)
-                        batch.append(event)
+                    if flow_active():
+                        generation = app.consumer_generation_id
+                        start = len(batch)
+                        for _ in range(take):
+                            event = popleft()
+                            if event.message.generation_id == generation:
+                                append(event)
+                            # else Faust's skip; not acked (module docstring)
+                        if not tracking:
+                            for event in batch[start:]:
+                                message = event.message
+                                if message.topic in acking_topics:
+                                    if not message.tracked:
+                                        message.tracked = True
+                                        track(message)
+                                    tracking = True
+                                    break
+                    else:
+                        for _ in range(take):
+                            popleft()  # Faust's skip; not acked
                     for _ in range(take):  # one freed place each, as `get_nowait`
                         if not putters:
                             break
@@ -240,6 +379,8 @@ async def take_batches(stream: faust.Stream[Any], max_: int, within_s: float) ->
             if not batch:
                 continue
             events, batch = batch, []
+            append = batch.append
+            tracking = False
             try:
                 yield events
             finally:
