@@ -48,7 +48,8 @@ from ..core.holdtally import HoldTally, is_hold_report
 from ..core.signals import MINUTE_MS
 from ..security import aiokafka_config
 from ..settings import Settings
-from .boundary import Gap, GapNotFilled, InputRecord, LiveRecord, PartitionPlan, merge_filled, plan_batch
+from .boundary import Gap, InputRecord, LiveRecord, PartitionPlan, plan_batch
+from .gapfill import fill_gaps
 
 log = logging.getLogger("qris_guard.bursts")
 
@@ -219,29 +220,9 @@ class BurstShell:
         return committed
 
     async def _fill_gaps(self, plan: PartitionPlan) -> list[InputRecord]:
-        # Faust delivered past signals the detector has not taken: read them from the broker
-        # and take them first, in order (never a silent gap: their alerts are the detector's).
-        if self.fetch_gap is None:
-            raise GapNotFilled(f"signals offsets missing and no broker to read them from: {plan.gaps[:3]}")
-        fetched: list[InputRecord] = []
-        for gap in plan.gaps:
-            fetched.extend(await self.fetch_gap(gap))
-        take, empty = merge_filled(plan, fetched)
-        filled = len(take) - len(plan.records)
-        self.counts["gap_records_fetched"] += filled
-        self.counts["gap_offsets_empty"] += empty
-        g = plan.gaps[0]
-        log.warning(
-            "signals: %d offset(s) missing from the delivered batch (first %d..%d of %d gap(s)): "
-            "%d read from the broker and taken in order, %d confirmed empty",
-            sum(x.size for x in plan.gaps),
-            g.start,
-            g.end - 1,
-            len(plan.gaps),
-            filled,
-            empty,
-        )
-        return take
+        # Faust delivered past signals the detector has not taken (their alerts are the
+        # detector's): read from the broker and taken first, in order.
+        return await fill_gaps(plan, self.fetch_gap, self.counts)
 
     async def _take_in_order(self, take: Sequence[InputRecord]) -> None:
         """The detector takes `take` (new records in offset order, each once); its alerts and

@@ -12,16 +12,51 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from ..drivers.replayfile import KafkaRecord
-from .boundary import Gap, GapNotFilled
+from .boundary import Gap, GapNotFilled, InputRecord, PartitionPlan, merge_filled
 
 log = logging.getLogger("qris_guard.worker")
+
+
+async def fill_gaps(
+    plan: PartitionPlan,
+    fetch_gap: Callable[[Gap], Awaitable[Sequence[InputRecord]]] | None,
+    counts: MutableMapping[str, int],
+) -> list[InputRecord]:
+    """The records to take for one topic partition whose delivered batch has gaps (`plan`):
+    the missing offsets read from the broker with `fetch_gap` and merged in, in offset order
+    (never a silent gap; the input's shell and the detector's both take them first). Counts
+    `gap_records_fetched` and `gap_offsets_empty` in `counts` and logs the gap. Raises
+    `GapNotFilled` when there is no broker to read from."""
+    if fetch_gap is None:
+        raise GapNotFilled(f"offsets missing and no broker to read them from: {plan.gaps[:3]}")
+    fetched: list[InputRecord] = []
+    for gap in plan.gaps:
+        fetched.extend(await fetch_gap(gap))
+    take, empty = merge_filled(plan, fetched)
+    filled = len(take) - len(plan.records)
+    counts["gap_records_fetched"] += filled
+    counts["gap_offsets_empty"] += empty
+    g = plan.gaps[0]
+    log.warning(
+        "%s[%d]: %d offset(s) missing from the delivered batch (first %d..%d of %d gap(s)): "
+        "%d read from the broker and taken in order, %d confirmed empty",
+        g.topic,
+        g.partition,
+        sum(x.size for x in plan.gaps),
+        g.start,
+        g.end - 1,
+        len(plan.gaps),
+        filled,
+        empty,
+    )
+    return take
 
 
 class BrokerGapFetcher:

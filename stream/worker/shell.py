@@ -33,7 +33,8 @@ from ..core.records import Stream
 from ..core.validation import Rejection
 from ..drivers.replayfile import KafkaRecord
 from ..settings import Settings
-from .boundary import Gap, GapNotFilled, InputRecord, LiveRecord, PartitionPlan, merge_filled, plan_batch
+from .boundary import Gap, InputRecord, LiveRecord, PartitionPlan, plan_batch
+from .gapfill import fill_gaps
 
 log = logging.getLogger("qris_guard.worker")
 
@@ -293,31 +294,8 @@ class ReconcileShell:
         return None if eng is None else eng.last_offset[self._stream(topic)] + 1
 
     async def _fill_gaps(self, plan: PartitionPlan) -> list[InputRecord]:
-        # Faust delivered past offsets this partition's state has not taken: read them from
-        # the broker and take them first, in order (never a silent gap).
-        if self.fetch_gap is None:
-            raise GapNotFilled(f"offsets missing and no broker to read them from: {plan.gaps[:3]}")
-        fetched: list[InputRecord] = []
-        for gap in plan.gaps:
-            fetched.extend(await self.fetch_gap(gap))
-        take, empty = merge_filled(plan, fetched)
-        filled = len(take) - len(plan.records)
-        self.counts["gap_records_fetched"] += filled
-        self.counts["gap_offsets_empty"] += empty
-        g = plan.gaps[0]
-        log.warning(
-            "%s[%d]: %d offset(s) missing from the delivered batch (first %d..%d of %d gap(s)): "
-            "%d read from the broker and taken in order, %d confirmed empty",
-            g.topic,
-            g.partition,
-            sum(x.size for x in plan.gaps),
-            g.start,
-            g.end - 1,
-            len(plan.gaps),
-            filled,
-            empty,
-        )
-        return take
+        # Faust delivered past offsets this partition's state has not taken.
+        return await fill_gaps(plan, self.fetch_gap, self.counts)
 
     def _note_unowned(self, events: Sequence[Any]) -> None:
         # Evidence for the rebalance known bug: does Faust hand the agent events of partitions
