@@ -343,7 +343,8 @@ def test_the_cython_sources_intake_relies_on_are_pinned() -> None:
 
 async def queued_by(app: Any, messages: list[ConsumerMessage], fast: bool) -> list[Any]:
     """What the conductor's callback for each message's partition put in the agent's queue: by
-    its fast path (`now`; a message it declines goes to the callback) or by Faust's own."""
+    its fast path (`room`/`put_all`, one message at a time; a message it has no room for goes
+    to the callback) or by Faust's own."""
     from faust.transport.conductor import Conductor
 
     conductor = app.topics
@@ -355,8 +356,12 @@ async def queued_by(app: Any, messages: list[ConsumerMessage], fast: bool) -> li
             channels = {ch for ch in conductor._topics if m.topic in ch.topics}
             build = conductor._build_handler if fast else partial(Conductor._build_handler, conductor)
             conductor._tp_to_callback[tp] = build(tp, channels)
-        if fast and app.consumer._deliver_now(tp, m):
-            continue
+        if fast:
+            handler = conductor._tp_to_callback[tp]
+            queue, free = handler.room()
+            if free:
+                handler.put_all(queue, [m])
+                continue
         declined.append(m.offset)
         await conductor.on_message(m)
     queue = cast(Any, stream.channel).queue
@@ -376,8 +381,8 @@ def test_the_conductors_fast_path_queues_what_fausts_callback_queues() -> None:
     assert len(ours) == 8
 
 
-@pytest.mark.parametrize("why", ["flow suspended", "queue full", "producer buffer over", "lock held", "not raw"])
-def test_the_conductors_fast_path_declines_what_could_wait_and_fausts_callback_takes_it(why: str) -> None:
+@pytest.mark.parametrize("why", ["flow suspended", "queue full", "producer buffer over", "not raw"])
+def test_the_conductors_fast_path_has_no_room_when_a_message_could_wait(why: str) -> None:
     async def scenario() -> tuple[list[int], int]:
         app = new_app()
         stream = app.stream(raw_topic(app, PAY, LED) if why != "not raw" else app.topic(PAY, LED))
@@ -393,11 +398,9 @@ def test_the_conductors_fast_path_declines_what_could_wait_and_fausts_callback_t
         elif why == "producer buffer over":
             for _ in range(app.producer.buffer.max_messages + 1):
                 app.producer.buffer.pending.put_nowait(None)
-        elif why == "lock held":
-            await conductor._tp_to_callback_lock.acquire()
         size = queue.qsize()
-        taken = app.consumer._deliver_now(tp, message(PAY, 0, 5))
-        return [int(taken)], queue.qsize() - size
+        _queue, free = conductor._tp_to_callback[tp].room()
+        return [free], queue.qsize() - size
 
     taken, added = asyncio.run(scenario())
     assert taken == [0] and added == 0

@@ -31,8 +31,7 @@ without waiting at all. Here its first step runs inline; only if it has to wait 
 the flow suspended, the conductor's lock taken) does the rest of it run under Faust's
 `wait_first` as before, with the same abort on a suspend (`_drain_messages`). Before that, the
 conductor's callback for the partition takes what it has room for synchronously, a fetched
-partition's records at a time (`_deliver_fetch`, `intake.QuickHandler.room`/`put_all`; the
-same for one message: `_deliver_now`, `intake.QuickHandler.now`): without the callback's chain
+partition's records at a time (`_deliver_fetch`, `intake.QuickHandler.room`/`put_all`): without the callback's chain
 of coroutines, and with Faust's `getmany` checks once per run; else the message goes the way
 above.
 
@@ -159,16 +158,6 @@ class GuardedConsumer(faust_aiokafka.Consumer):
                 if not self._get_active_partitions():
                     return {}, set()  # as Faust after its sleep: nothing fetched, try again
         return await super()._wait_next_records(timeout)
-
-    def _deliver_now(self, tp: TP, message: Any) -> bool:
-        """The conductor's callback for `tp` run synchronously, if it has a fast path
-        (`intake.QuickConductorCompiler`) that can take `message` now; False if not (nothing done).
-        Not while the conductor's lock is held (its callbacks are being rebuilt)."""
-        conductor: Any = self.app.topics
-        if conductor._tp_to_callback_lock.locked():
-            return False
-        now = getattr(conductor._tp_to_callback.get(tp), "now", None)
-        return now is not None and bool(now(message))
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - run on the broker
         """Faust 0.15.3's drain loop (`faust/transport/consumer.py`, with its `getmany` inlined;

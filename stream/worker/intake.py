@@ -66,12 +66,13 @@ class RawSchema(faust.Schema[bytes, bytes]):
 
 class QuickHandler(_FaustsHandler):  # type: ignore[misc]  # Faust's compiled class is untyped
     """Faust's compiled conductor callback for one partition (`ConductorHandler`, what Faust's
-    conductor uses when compiled) with a synchronous fast path, `now(message)`, which the
-    worker's drain loop tries first (`GuardedConsumer._deliver_now`): for one channel of raw
-    bytes (`RawSchema`) with room in its queue, the flow active and the producer's buffer not
-    over its mark, it does what the callback does (one reference more to the message, its event
-    into the channel's queue with the same pressure callbacks) and returns True; else it does
-    nothing and returns False, and the message takes the callback, which waits as Faust's does.
+    conductor uses when compiled) with a synchronous fast path, `room()` then `put_all(queue,
+    messages)`, which the worker's drain loop tries first (`GuardedConsumer._deliver_fetch`):
+    for one channel of raw bytes (`RawSchema`) with room in its queue, the flow active and the
+    producer's buffer not over its mark, it does for a run of messages what the callback does
+    for each (one reference more to the message, its event into the channel's queue with the
+    same pressure callbacks); a message it has no room for takes the callback, which waits as
+    Faust's does.
     The callback is a chain of coroutines per message (the conductor's lock, the flow control,
     the producer's buffer, the decode) that almost never waits."""
 
@@ -85,8 +86,9 @@ class QuickHandler(_FaustsHandler):  # type: ignore[misc]  # Faust's compiled cl
 
     def room(self) -> tuple[Any, int]:
         """The channel's queue and how many events it takes now without anything waiting, for
-        `put_all`: (None, 0) when `now` would decline every message. What `now` checks, once for
-        the messages of one fetched partition (nothing that it checks changes until the event loop
+        `put_all`: (None, 0) when the fast path cannot take any (the flow suspended, the
+        producer's buffer over its mark, not one raw channel). Checked once for the messages of
+        one fetched partition (nothing that it checks changes until the event loop
         runs something else)."""
         channels = self.channels
         buffer = self._producer_buffer
@@ -106,7 +108,8 @@ class QuickHandler(_FaustsHandler):  # type: ignore[misc]  # Faust's compiled cl
         return None, 0
 
     def put_all(self, queue: Any, messages: list[Any]) -> None:
-        """`now` for every message of `messages` (which `queue`, from `room`, has room for): one
+        """The callback's work for every message of `messages` (which `queue`, from `room`, has
+        room for): one
         reference more to each, their events into the queue in order, and the pressure callbacks
         as `put_nowait_enhanced` per event (the first put at or over the queue's high mark, while
         this partition's drop callback is not pending, pauses the partition; later ones see it
@@ -135,29 +138,6 @@ class QuickHandler(_FaustsHandler):  # type: ignore[misc]  # Faust's compiled cl
             if not getters:
                 break
             queue._wakeup_next(getters)
-
-    def now(self, message: Any) -> bool:
-        channels = self.channels
-        buffer = self._producer_buffer
-        if (
-            not self._quick
-            or len(channels) != 1
-            or self._flow_suspended()
-            or len(buffer.pending._queue) > buffer.max_messages
-        ):
-            return False
-        for channel in channels:
-            if not isinstance(channel.schema, RawSchema):
-                return False
-            queue = channel.queue
-            if queue.full():
-                return False
-            message.refcount += 1  # as the callback (`message.incref`)
-            event = self._event_class(self.app, message.key, message.value, message.headers, message)
-            queue.put_nowait_enhanced(
-                event, on_pressure_high=self.on_pressure_high, on_pressure_drop=self.on_pressure_drop
-            )
-        return True
 
 
 _new = object.__new__
