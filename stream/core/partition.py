@@ -55,6 +55,7 @@ RECORD, DEADLINE, HOLD = 0, 1, 2  # heap kinds; retention checks have a heap of 
 _STREAMS = (Stream.P, Stream.L)
 _RECORD_KEY = itemgetter(0, 1, 2, 3)  # a heap item's (eff, kind, stream, offset)
 NEG_INF = -(2**62)
+_NO_DECISIONS: list[Decision] = []  # (never changed: read only)
 POS_INF = 2**62
 
 
@@ -155,6 +156,11 @@ class PartitionEngine:
         self.hold_events: list[HoldEvent] = []
         self.hold_reported_ms = NEG_INF
         self._close_at_ms = NEG_INF + 1  # the watermark that closes the next minute
+        # The watermark of the last `_release` by a record. A record that leaves W there releases
+        # nothing: every item below its cap was processed then, the record's own effective time
+        # is at or above W, the minutes and hold reports it could close were closed and reported,
+        # and items are added below W only by `on_incidents` (moved holds), which resets this.
+        self._released_w: int | None = None
         self.stats = {"records": 0, "rejected": 0, "out_of_order": 0}
         # Watches records and timers (trace, metrics, lookup index); never changes a decision.
         self.observer: EngineObserver | None = None
@@ -240,9 +246,14 @@ class PartitionEngine:
         if eff < forced_ms:
             eff = forced_ms
         self.silent[s] = False
+        # The watermark after this record (`watermark_ms`, inline).
+        mp, ml = max_ms
+        w = NEG_INF if mp is None or ml is None else (mp if mp < ml else ml) - lateness_ms
+        if w < forced_ms:
+            w = forced_ms
         ref = event.reference
         if self.observer is not None:
-            self.observer.taken(stream, offset, timestamp_ms, key, value, event, eff, self.watermark_ms, None)
+            self.observer.taken(stream, offset, timestamp_ms, key, value, event, eff, w, None)
         item: Item = (eff, RECORD, s, offset, ref, event)
         heapq.heappush(self.heap, item)
         if self.keep_pending:
@@ -255,13 +266,20 @@ class PartitionEngine:
                 self.dirty.add(ref)
             waiting = self.waiting
             if waiting is not None and s == 0 and event.type == "requested":
-                self._index_request(waiting, eff, ref)
-        mp, ml = max_ms
-        if mp is None or ml is None:
-            released = [] if forced_ms == NEG_INF else self._release(forced_ms)
+                # `_index_request`, inline.
+                minute = eff // MINUTE_MS
+                refs_of_minute = waiting.get(minute)
+                if refs_of_minute is None:
+                    waiting[minute] = [ref]
+                else:
+                    refs_of_minute.append(ref)
+        if w == self._released_w or w == NEG_INF:
+            # Nothing to release (about half the records: those that do not move W; see
+            # `_released_w`).
+            released = []
         else:
-            w = (mp if mp < ml else ml) - lateness_ms
-            released = self._release(w if w > forced_ms else forced_ms)
+            released = self._release(w)
+            self._released_w = w
         if skew_alert:
             return skew_alert + released
         return released
@@ -342,6 +360,7 @@ class PartitionEngine:
         releases. A resolution can end holds earlier than scheduled."""
         inc = self.incidents
         before = inc.known_through_ms
+        self._released_w = None
         if inc.add(events, known_through_ms) and self.held_refs:
             grace = self.params.hold_grace_ms
             for ref in sorted(self.held_refs):
@@ -563,10 +582,13 @@ class PartitionEngine:
                     st = refs[ref] = ReferenceState(ref)
                 had_request = st.request is not None
                 had_holds = bool(st.holds)
-                duplicate = obs is not None and st.has_seen(s, event.event_id)
-                decisions, opened = st.apply(s, offset, eff, event, timeout_ms, partition)
+                applied = st.apply(s, offset, eff, event, timeout_ms, partition)
+                if applied is None:  # a duplicate event_id: ignored
+                    decisions, opened = _NO_DECISIONS, None
+                else:
+                    decisions, opened = applied
                 if obs is not None:
-                    obs.processed(_STREAMS[s], offset, eff, cap, event, duplicate, st, decisions)
+                    obs.processed(_STREAMS[s], offset, eff, cap, event, applied is None, st, decisions)
                 if not had_request and st.request is not None:
                     minute = eff // MINUTE_MS
                     # A request the burst signals already counted ahead of the decisions.

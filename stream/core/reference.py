@@ -144,11 +144,13 @@ class ReferenceState:
 
     @property
     def active(self) -> int:
-        return sum(r.amount for r in self.refunds if r.active)
+        refunds = self.refunds  # (most references have none: then no generator)
+        return sum(r.amount for r in refunds if r.active) if refunds else 0
 
     @property
     def held(self) -> int:
-        return sum(h.amount for h in self.holds)
+        holds = self.holds
+        return sum(h.amount for h in holds) if holds else 0
 
     # -- records ---------------------------------------------------------------------------
 
@@ -160,15 +162,15 @@ class ReferenceState:
         event: PaymentEvent | LedgerEvent,
         timeout_ms: int,
         partition: int,
-    ) -> tuple[list[Decision], int | None]:
+    ) -> tuple[list[Decision], int | None] | None:
         """Apply one record in processing order. Returns decisions and, when the record opened
         a cycle, the new deadline (the caller schedules the timer).
 
-        Duplicates (same `event_id` on the same stream) are ignored entirely.
+        Duplicates (same `event_id` on the same stream) are ignored entirely: returns None.
         """
         may_over_refund = self.apply_facts(stream, eff_ms, event)
         if may_over_refund is None:
-            return [], None
+            return None
         self.last_eff_ms = eff_ms
         # (`tuple.__new__`: a named tuple's own `__new__` is a Python function, a frame a record.)
         key = self.last_key = _new_tuple(RecordKey, (1 if stream else 0, offset))
@@ -558,7 +560,7 @@ def _interned(e: PaymentEvent) -> PaymentEvent:
     shared = _SHARED.get(shared_fields)
     if shared is None:
         i = sys.intern
-        shared = tuple(None if v is None else i(v) for v in shared_fields)
+        shared = tuple([None if v is None else i(v) for v in shared_fields])  # (a list: no generator)
         if len(_SHARED) >= _SHARED_MAX:
             _SHARED.clear()
         _SHARED[shared] = shared

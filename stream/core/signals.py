@@ -14,6 +14,7 @@ detector combines the partitions. Imports nothing outside the core.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from .decisions import Decision, mask_account
@@ -91,7 +92,20 @@ def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome
     rq = st.request
     assert rq is not None and st.request_eff_ms is not None
     keys = scope_keys(st)
-    bad = outcome.state != GOOD
+    if outcome.state == GOOD:
+        # Most payments: the count only (one pass, no checks per scope).
+        for key in keys:
+            sm = minute.get(key)
+            if sm is None:
+                sm = minute[key] = {"c": [1, 0, 0, 0, 0, 0]}  # `new_scope_minute`, counted
+                if key.startswith("merchant:"):
+                    sm["a"] = [rq.mcc or "", rq.acquirer_id or "", rq.merchant_name or ""]
+            else:
+                sm["c"][N] += 1
+        return
+    state = outcome.state
+    # The payment's sample (each scope keeps its own copy).
+    sample = [st.request_eff_ms, st.reference, state, mask_account(st.account_id or rq.account_id)]
     for key in keys:
         sm = minute.get(key)
         if sm is None:
@@ -100,15 +114,13 @@ def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome
                 sm["a"] = [rq.mcc or "", rq.acquirer_id or "", rq.merchant_name or ""]
         c = sm["c"]
         c[N] += 1
-        if not bad:
-            continue
         c[BAD] += 1
-        if outcome.state == FAILED_OUTCOME:
+        if state == FAILED_OUTCOME:
             c[FAILED] += 1
             code = outcome.response_code or "?"
             codes = sm.setdefault("k", {})
             codes[code] = codes.get(code, 0) + 1
-        elif outcome.state == UNSETTLED_OUTCOME:
+        elif state == UNSETTLED_OUTCOME:
             c[UNSETTLED] += 1
             c[EXPOSURE] += outcome.exposure_idr
         else:
@@ -122,11 +134,14 @@ def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome
                 if other != key and other != "all" and (merchant or not other.startswith("merchant:")):
                     with_[other] = with_.get(other, 0) + 1
         samples = sm.setdefault("s", [])
-        sample = [st.request_eff_ms, st.reference, outcome.state, mask_account(st.account_id or rq.account_id)]
         if len(samples) < SAMPLES_PER_SCOPE or sample[:2] < samples[-1][:2]:
-            samples.append(sample)
-            samples.sort(key=lambda x: (x[0], x[1]))
+            samples.append(list(sample))
+            samples.sort(key=_SAMPLE_ORDER)
             del samples[SAMPLES_PER_SCOPE:]
+
+
+# Samples in (request ms, reference) order.
+_SAMPLE_ORDER = itemgetter(0, 1)
 
 
 def merge_scope_minute(into: dict[str, Any], other: dict[str, Any]) -> None:
@@ -144,7 +159,7 @@ def merge_scope_minute(into: dict[str, Any], other: dict[str, Any]) -> None:
                     merged[k] = merged.get(k, 0) + v
                 into[part] = merged
         if other.get("s"):
-            samples = sorted([*into.get("s", ()), *other["s"]], key=lambda x: (x[0], x[1]))
+            samples = sorted([*into.get("s", ()), *other["s"]], key=_SAMPLE_ORDER)
             into["s"] = samples[:SAMPLES_PER_SCOPE]
     if "a" in other and ("a" not in into or other["a"] < into["a"]):
         into["a"] = other["a"]
