@@ -11,6 +11,13 @@ watermark, as the detector's does. Times the deciding and the saving apart (proc
 prints microseconds per record for this tree and, with `--base`, another tree in the same run
 (each in its own process, alternating, `--rounds` times). No Kafka: the changelog's sending
 is not measured.
+
+Counted instead of timed (load-independent; docs/profiles/save-path-cachegrind-stop12.txt):
+
+    PYTHONHASHSEED=0 OPENBLAS_NUM_THREADS=1 valgrind --tool=cachegrind python bench/save_cost.py \
+        --in day.jsonl --records 12000 --batch 2000 --store memory --child TREE [--skip-save]
+
+the save path being the difference between the run without and with `--skip-save`.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_tree(path: str, records: int, batch: int, lag_s: float, holds: bool, rocks: bool, profile: str) -> None:
+def run_tree(
+    path: str, records: int, batch: int, lag_s: float, holds: bool, rocks: bool, profile: str, skip_save: bool
+) -> None:
     """In a child process whose `stream` package is the tree's: print 'decide_us save_us'."""
     import gc
     import time
@@ -81,6 +90,12 @@ def run_tree(path: str, records: int, batch: int, lag_s: float, holds: bool, roc
                     eng.on_incidents([], known)
                     touched.add(p)
         t1 = pc()
+        if skip_save:  # (instruction counts: this run's total is the rest of the program)
+            for eng in engines.values():
+                eng.dirty.clear()
+                eng.meta_dirty = False
+            decide += t1 - t0
+            continue
         if prof is not None:
             prof.enable()
         for p in sorted(touched):
@@ -111,7 +126,8 @@ def main() -> int:
     ap.add_argument("--base", help="another tree, measured beside this one")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", help="cProfile the save path of this tree (first round) to this file")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--child", help="run one tree in this process (e.g. under valgrind), print its numbers")
+    ap.add_argument("--skip-save", action="store_true", help="with --child: decide only, drop what changed")
     args = ap.parse_args()
     if args.child:
         sys.path.insert(0, args.child)
@@ -123,6 +139,7 @@ def main() -> int:
             args.holds == "on",
             args.store == "rocks",
             args.profile or "",
+            args.skip_save,
         )
         return 0
     trees = {"this": str(ROOT)}
