@@ -678,9 +678,8 @@ class PartitionEngine:
         """What changed since the last call: per reference, its saved entry (None = delete),
         and the partition's metadata entry (None if unchanged). Coalesces many changes of one
         reference into one write, as a record cache does."""
-        refs: dict[str, bytes | None] = {}
-        for ref in self.dirty:
-            refs[ref] = self.save_reference(ref)
+        save = self.save_reference
+        refs = {ref: save(ref) for ref in self.dirty}
         self.dirty.clear()
         meta = None
         if self.meta_dirty:
@@ -691,12 +690,13 @@ class PartitionEngine:
     def save_reference(self, ref: str) -> bytes | None:
         st = self.refs.get(ref)
         pend = self.pending.get(ref)
-        if st is None and not pend:
-            return None
-        saved: dict[str, Any] = {"state": st.to_json() if st is not None else None}
         if pend:  # records still waiting for the watermark: [eff_ms, stream, offset, event fields]
-            saved["pending"] = [[e, s, o, event_fields(ev)] for e, _k, s, o, _r, ev in pend if ev is not None]
-        return codec.dumps(saved)
+            # (Plain tuples, written as arrays: one allocation each where a list takes two.)
+            waiting = [(e, s, o, event_fields(ev)) for e, _k, s, o, _r, ev in pend if ev is not None]
+            return codec.dumps({"state": None if st is None else st.to_json(), "pending": waiting})
+        if st is None:
+            return None
+        return codec.dumps({"state": st.to_json()})
 
     def save_meta(self) -> bytes:
         return codec.dumps(

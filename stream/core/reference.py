@@ -411,8 +411,8 @@ class ReferenceState:
         ones (counts of uncut evidence lists) left out, which keeps a typical reference well
         under 1 KiB. Nested records are arrays in their named tuple's field order."""
         # Once per changed reference per batch in the live worker: each field read once, named
-        # tuples copied by `list` (orjson writes no tuple subclass), `map` where a comprehension
-        # would cost a frame.
+        # tuples copied by `tuple` (orjson writes no tuple subclass; a plain tuple is one
+        # allocation, a list two), `map` where a comprehension would cost a frame.
         d: dict[str, Any] = {"v": STATE_VERSION, "reference": self.reference}
         if self.seen_p:
             d["seen_p"] = self.seen_p
@@ -424,21 +424,21 @@ class ReferenceState:
             d["seen_l_digests"] = sorted(self.seen_more_l)
         debits = self.debits
         if debits:
-            d["debits"] = list(map(list, debits))
+            d["debits"] = list(map(tuple, debits))
             if self.debit_count != len(debits):
                 d["debit_count"], d["debited_total"] = self.debit_count, self.debited_total
         reversals = self.reversals
         if reversals:
-            d["reversals"] = list(map(list, reversals))
+            d["reversals"] = list(map(tuple, reversals))
             if self.reversal_count != len(reversals):
                 d["reversal_count"], d["reversed_total"] = self.reversal_count, self.reversed_total
         settlement, failure, request = self.settlement, self.failure, self.request
         if settlement is not None:
-            d["settlement"] = list(settlement)
+            d["settlement"] = tuple(settlement)
         if failure is not None:
-            d["failure"] = list(failure)
+            d["failure"] = tuple(failure)
         if request is not None:
-            d["request"] = list(request)  # as `records.event_fields`
+            d["request"] = tuple(request)  # as `records.event_fields`
             d["request_eff_ms"] = self.request_eff_ms
         if self.account_id is not None:
             d["account_id"] = self.account_id
@@ -447,13 +447,13 @@ class ReferenceState:
         if self.cycle_deadline_ms is not None:
             d["cycle_deadline_ms"] = self.cycle_deadline_ms
             opened_by = self.cycle_opened_by
-            d["cycle_opened_by"] = list(opened_by) if opened_by is not None else None
+            d["cycle_opened_by"] = tuple(opened_by) if opened_by is not None else None
         if self.refunds:
-            d["refunds"] = [[r.refund_id, r.amount, r.deadline_ms, r.reason, r.active] for r in self.refunds]
+            d["refunds"] = [(r.refund_id, r.amount, r.deadline_ms, r.reason, r.active) for r in self.refunds]
         d["last_eff_ms"] = self.last_eff_ms
-        d["last_key"] = list(self.last_key)
+        d["last_key"] = tuple(self.last_key)
         if self.retention is not None:
-            d["retention"] = list(self.retention)
+            d["retention"] = tuple(self.retention)
         if self.holds:
             d["holds"] = [h.to_json() for h in self.holds]
         return d

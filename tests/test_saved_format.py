@@ -1,0 +1,133 @@
+"""The saved-state format, byte for byte: entries written by the stop-11 worker (main 38f4eae,
+copied below as it wrote them) restore exactly in this tree, and this tree writes the very same
+bytes for the same input. A change to how state is encoded (`PartitionEngine.save_reference`,
+`ReferenceState.to_json`) must keep both: a worker is upgraded and rolled back over its store."""
+
+# ruff: noqa: E501  (saved entries are kept as the worker wrote them, one line each)
+
+from __future__ import annotations
+
+import orjson
+
+from stream.core.decisions import Decision
+from stream.core.holds import IncidentEvent
+from stream.core.partition import Params, PartitionEngine
+from stream.core.records import Stream
+from tests.records import T0, ledger, payment
+
+HOLDS = Params(
+    timeout_ms=300_000, lateness_ms=30_000, retention_ms=3_600_000, max_hold_ms=7_200_000, hold_grace_ms=900_000
+)
+INCIDENTS = [IncidentEvent(T0 + 100_000, "opened", "in_a", "switch", "RINTIS")]
+KNOWN = T0 + 10**9
+
+# Every field of a reference's entry: a hold, a refund, a failure, a reversal, cut evidence
+# (counts), event-id digests on both streams, an open cycle, and records still waiting beside a
+# state and without one. Written by main 38f4eae for `feed_all` below (do not regenerate).
+ENTRIES = [
+    (
+        "QR1",
+        b'{"state":{"v":3,"reference":"QR1","seen_p":["QR1-q"],"seen_l":["QR1-d"],"debits":[["QR1-d","J-QR1-d",25000,"2025-03-29T00:00:00.000Z",1743206400000]],"request":["QR1-q","requested","QR1","2025-03-29T00:00:00.000Z",1743206400000,25000,"7700009876","ID1020012345678","Warung Bu Sri","5812","BCA","BANKDKI","RINTIS",null,null,null],"request_eff_ms":1743206400000,"account_id":"7700009876","net":25000,"settled":0,"last_eff_ms":1743206400000,"last_key":[1,0],"retention":[1743210000000,0,0],"holds":[["rf_ca2cd5a2f2ed470807c47184d06bbdff",1743206700000,25000,["in_a"],1743213900000,[1,0],1743213900000]]}}',
+    ),
+    (
+        "QR2",
+        b'{"state":{"v":3,"reference":"QR2","seen_p":["QR2-q","QR2-f","QR2-late"],"seen_l":["QR2-d1","QR2-d2","QR2-r2"],"debits":[["QR2-d1","J-QR2-d1",40000,"2025-03-29T00:00:02.000Z",1743206402000],["QR2-d2","J-QR2-d2",40000,"2025-03-29T00:00:03.000Z",1743206403000]],"reversals":[["QR2-r2","J-QR2-r2",40000,"2025-03-29T00:00:04.000Z",1743206404000]],"failure":["QR2-f","2025-03-29T00:00:05.000Z",1743206405000,"05"],"request":["QR2-q","requested","QR2","2025-03-29T00:00:01.000Z",1743206401000,40000,"7700009876","ID1020012345678","Warung Bu Sri","5812","BCA","BANKDKI","ALTO",null,null,null],"request_eff_ms":1743206401000,"account_id":"7700009876","net":40000,"settled":0,"refunds":[["rf_381b7a785b143ce58d2ffeaa0604a039",40000,1743206702000,"PAYMENT_FAILED",true]],"last_eff_ms":1743206720000,"last_key":[0,22],"retention":[1743210001000,0,1]},"pending":[[1743206785000,1,35,["QR2-d3","debited","QR2","2025-03-29T00:06:25.000Z",1743206785000,40000,"J-QR2-d3","7700009876"]]]}',
+    ),
+    (
+        "QR3",
+        b'{"state":{"v":3,"reference":"QR3","seen_p":["QR3-s"],"seen_l":["QR3-d0","QR3-d1","QR3-d2","QR3-d3","QR3-d4","QR3-d5","QR3-d6","QR3-d7","QR3-d8","QR3-d9","QR3-d10","QR3-d11","QR3-d12","QR3-d13","QR3-d14","QR3-d15"],"seen_l_digests":["0902d338d3784dc709b755a4","0dc8dbb73679a117d4ae82a2","1efe2965794c76c8be0fdfd3","5f0ba8ec17ddb59993e2ad67","6c9062f79c60ecd80f17910e","6d55b506c95154934a4adb82","752dc36673905680a4fcde32","76ed3d17535adf05a93de76c","b1e5aac99ed4f93b0b6733b8","baab804a5b2b8d3d15599eb1","cd4acaea9cb60ba107e8f0f9","e6cc8374f4af51ffce7a60ae","f1e54f964f3cb8b9b1449f79","f6e6341829822bc43928b2bd"],"debits":[["QR3-d0","J-QR3-d0",1000,"2025-03-29T00:00:10.000Z",1743206410000],["QR3-d1","J-QR3-d1",1001,"2025-03-29T00:00:11.000Z",1743206411000],["QR3-d2","J-QR3-d2",1002,"2025-03-29T00:00:12.000Z",1743206412000],["QR3-d3","J-QR3-d3",1003,"2025-03-29T00:00:13.000Z",1743206413000],["QR3-d4","J-QR3-d4",1004,"2025-03-29T00:00:14.000Z",1743206414000],["QR3-d5","J-QR3-d5",1005,"2025-03-29T00:00:15.000Z",1743206415000],["QR3-d6","J-QR3-d6",1006,"2025-03-29T00:00:16.000Z",1743206416000],["QR3-d7","J-QR3-d7",1007,"2025-03-29T00:00:17.000Z",1743206417000],["QR3-d8","J-QR3-d8",1008,"2025-03-29T00:00:18.000Z",1743206418000],["QR3-d9","J-QR3-d9",1009,"2025-03-29T00:00:19.000Z",1743206419000],["QR3-d10","J-QR3-d10",1010,"2025-03-29T00:00:20.000Z",1743206420000],["QR3-d11","J-QR3-d11",1011,"2025-03-29T00:00:21.000Z",1743206421000],["QR3-d12","J-QR3-d12",1012,"2025-03-29T00:00:22.000Z",1743206422000],["QR3-d13","J-QR3-d13",1013,"2025-03-29T00:00:23.000Z",1743206423000],["QR3-d14","J-QR3-d14",1014,"2025-03-29T00:00:24.000Z",1743206424000],["QR3-d15","J-QR3-d15",1015,"2025-03-29T00:00:25.000Z",1743206425000],["QR3-d16","J-QR3-d16",1016,"2025-03-29T00:00:26.000Z",1743206426000],["QR3-d17","J-QR3-d17",1017,"2025-03-29T00:00:27.000Z",1743206427000],["QR3-d18","J-QR3-d18",1018,"2025-03-29T00:00:28.000Z",1743206428000],["QR3-d19","J-QR3-d19",1019,"2025-03-29T00:00:29.000Z",1743206429000],["QR3-d25","J-QR3-d25",1025,"2025-03-29T00:00:35.000Z",1743206435000],["QR3-d26","J-QR3-d26",1026,"2025-03-29T00:00:36.000Z",1743206436000],["QR3-d27","J-QR3-d27",1027,"2025-03-29T00:00:37.000Z",1743206437000],["QR3-d28","J-QR3-d28",1028,"2025-03-29T00:00:38.000Z",1743206438000],["QR3-d29","J-QR3-d29",1029,"2025-03-29T00:00:39.000Z",1743206439000]],"debit_count":30,"debited_total":30435,"settlement":["QR3-s",1000,"2025-03-29T00:00:50.000Z",1743206450000],"account_id":"7700009876","net":30435,"settled":1000,"refunds":[["rf_95614837453029b184856062d1168964",29435,1743206710000,"EXCESS_DEBIT",true]],"last_eff_ms":1743206450000,"last_key":[0,3],"retention":[1743210010000,1,4]}}',
+    ),
+    (
+        "QR4",
+        b'{"state":null,"pending":[[1743206790000,0,23,["QR4-q","requested","QR4","2025-03-29T00:06:30.000Z",1743206790000,9000,"7700009876","ID1020012345678","Warung Bu Sri","5812","BCA","BANKDKI","RINTIS",null,null,null]],[1743206795000,1,36,["QR4-d","debited","QR4","2025-03-29T00:06:35.000Z",1743206795000,9000,"J-QR4-d","7700009876"]]]}',
+    ),
+    (
+        "QR5",
+        b'{"state":{"v":3,"reference":"QR5","seen_p":["QR5-x0","QR5-x1","QR5-x2","QR5-x3","QR5-x4","QR5-x5","QR5-x6","QR5-x7","QR5-x8","QR5-x9","QR5-x10","QR5-x11","QR5-x12","QR5-x13","QR5-x14","QR5-x15"],"seen_p_digests":["ced267de0f423acecaf72e3e","d004db2cc29c3886db038209"],"settlement":["QR5-x0",500,"2025-03-29T00:01:00.000Z",1743206460000],"net":0,"settled":500,"last_eff_ms":1743206477000,"last_key":[0,21],"retention":[1743210060000,0,4]}}',
+    ),
+    (
+        "QR6",
+        b'{"state":{"v":3,"reference":"QR6","seen_l":["QR6-d"],"debits":[["QR6-d","J-QR6-d",7000,"2025-03-29T00:05:30.000Z",1743206730000]],"account_id":"7700009876","net":7000,"settled":0,"cycle_deadline_ms":1743207030000,"cycle_opened_by":[1,34],"last_eff_ms":1743206730000,"last_key":[1,34],"retention":[1743210330000,1,34]}}',
+    ),
+    (
+        "TICK",
+        b'{"state":null,"pending":[[1743206800000,0,24,["TICK-p","requested","TICK","2025-03-29T00:06:40.000Z",1743206800000,25000,"7700009876","ID1020012345678","Warung Bu Sri","5812","BCA","BANKDKI","RINTIS",null,null,null]],[1743206800000,1,37,["TICK-l","reversed","TICK","2025-03-29T00:06:40.000Z",1743206800000,1,"J-TICK-l","7700009876"]]]}',
+    ),
+]
+META = b'{"partition":0,"max_ms":[1743206800000,1743206800000],"last_offset":[24,37],"forced_ms":-4611686018427387904,"silent":[false,false],"rejected":[0,0],"skewed":[0,0],"signals_through":29053444,"hold_events":[],"hold_reported_ms":1743206760000}'
+
+
+class Feed:
+    """One engine, offsets numbered per stream, decisions collected."""
+
+    def __init__(self, eng: PartitionEngine) -> None:
+        self.eng = eng
+        self.offsets = [0, 0]
+        self.out: list[Decision] = []
+
+    def feed(self, s: Stream, value: bytes) -> None:
+        off = self.offsets[s]
+        self.offsets[s] += 1
+        self.out += self.eng.on_record(s, off, orjson.loads(value)["reference"].encode(), value, None)
+
+
+def feed_all(f: Feed) -> None:
+    P, L = Stream.P, Stream.L
+    f.out += f.eng.on_incidents(INCIDENTS, KNOWN)
+    f.feed(P, payment("QR1-q", "requested", "QR1", 0, 25_000))
+    f.feed(L, ledger("QR1-d", "debited", "QR1", 0, 25_000))
+    f.feed(P, payment("QR2-q", "requested", "QR2", 1, 40_000, switch_id="ALTO", terminal_id=None))
+    f.feed(L, ledger("QR2-d1", "debited", "QR2", 2, 40_000))
+    f.feed(L, ledger("QR2-d2", "debited", "QR2", 3, 40_000))
+    f.feed(L, ledger("QR2-r2", "reversed", "QR2", 4, 40_000))
+    f.feed(P, payment("QR2-f", "failed", "QR2", 5, response_code="05"))
+    for i in range(30):
+        f.feed(L, ledger(f"QR3-d{i}", "debited", "QR3", 10 + i, 1_000 + i))
+    f.feed(P, payment("QR3-s", "settled", "QR3", 50, 1_000))
+    for i in range(18):
+        f.feed(P, payment(f"QR5-x{i}", "settled", "QR5", 60 + i, 500))
+    f.feed(P, payment("QR2-late", "requested", "QR2", 320))
+    f.feed(L, ledger("QR6-d", "debited", "QR6", 330, 7_000))
+    f.feed(L, ledger("QR2-d3", "debited", "QR2", 385, 40_000))  # waits beside a state
+    f.feed(P, payment("QR4-q", "requested", "QR4", 390, 9_000))  # waits: W = 370
+    f.feed(L, ledger("QR4-d", "debited", "QR4", 395, 9_000))
+    f.feed(P, payment("TICK-p", "requested", "TICK", 400))
+    f.feed(L, ledger("TICK-l", "reversed", "TICK", 400, amount=1))
+
+
+def feed_rest(f: Feed) -> None:
+    f.feed(Stream.P, payment("QR6-s", "settled", "QR6", 500, 7_000))
+    f.feed(Stream.L, ledger("QR1-r", "reversed", "QR1", 600, 25_000))
+    f.out += f.eng.drain()
+
+
+def test_this_tree_saves_what_the_stop_11_worker_saved_byte_for_byte() -> None:
+    f = Feed(PartitionEngine(0, HOLDS))
+    feed_all(f)
+    refs, meta = f.eng.take_dirty()
+    assert sorted((k, v) for k, v in refs.items() if v is not None) == ENTRIES
+    assert meta == META
+
+
+def test_state_saved_by_the_stop_11_worker_restores_exactly_and_decides_the_same() -> None:
+    whole = Feed(PartitionEngine(0, HOLDS))
+    feed_all(whole)
+    decided_before = len(whole.out)
+    feed_rest(whole)
+
+    eng = PartitionEngine.restore(0, HOLDS, META, reversed(ENTRIES))
+    # Restored, every entry is saved again as it was read.
+    assert [(ref, eng.save_reference(ref)) for ref, _v in ENTRIES] == ENTRIES
+    assert eng.save_meta() == META
+    restored = Feed(eng)
+    restored.offsets = [o + 1 for o in eng.last_offset]
+    restored.out += eng.on_incidents(INCIDENTS, KNOWN)  # a restored engine is given the timeline again
+    feed_rest(restored)
+    assert [d.value for d in restored.out] == [d.value for d in whole.out[decided_before:]]
+    refunds = [(d.value["type"], d.value["reference"]) for d in restored.out if d.role == "refunds"]
+    assert refunds == [
+        ("refund.hold_released", "QR1"),
+        ("refund.requested", "QR2"),
+        ("refund.held", "QR4"),
+        ("refund.requested", "QR4"),
+    ]
