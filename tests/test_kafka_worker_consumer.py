@@ -1,7 +1,8 @@
 """Kafka tier: what Faust's "seek back to committed offsets" does to a partition with no
 committed offset on the real broker. aiokafka's `seek_to_committed` leaves its position past
 records already fetched (so records Faust dropped there are never fetched again: a feed stall);
-`rewind_uncommitted`, which the worker's consumer adds, fetches them again."""
+`rewind_uncommitted`, which the worker's consumer adds, fetches them again. And aiokafka's
+fetcher, hooked as the worker's consumer thread hooks it, hands over Faust's messages."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -21,7 +23,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from stream.drivers.replayfile import KafkaRecord
 from stream.security import aiokafka_config
 from stream.settings import Settings
-from stream.worker.consumer import rewind_uncommitted
+from stream.worker.consumer import rewind_uncommitted, unpack_into_messages
 from tests.kafka_support import ROOT, free_port, produce, require_broker
 
 pytestmark = pytest.mark.kafka
@@ -145,3 +147,42 @@ def test_records_fetched_while_the_flow_is_stopped_are_delivered_after_the_rebal
                     member.wait()
     missing = sorted(sent - delivered())
     assert not missing, f"never delivered: {missing}; logs in {tmp_path}"
+
+
+async def fetched_with_hook(bootstrap: str, topic: str, n: int) -> tuple[list[Any], int]:
+    """What an aiokafka consumer whose fetcher unpacks into Faust's messages (the worker consumer
+    thread's `unpack_into_messages`) hands over of `topic`'s partition 0, and its position."""
+    consumer = AIOKafkaConsumer(
+        **aiokafka_config(Settings(bootstrap=bootstrap)), enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        unpack_into_messages(consumer._fetcher)
+        got: list[Any] = []
+        deadline = time.monotonic() + 30
+        while len(got) < n and time.monotonic() < deadline:
+            got.extend((await consumer.getmany(tp, timeout_ms=500)).get(tp, ()))
+        return got, await consumer.position(tp)
+    finally:
+        await consumer.stop()
+
+
+def test_aiokafkas_fetcher_hands_over_faust_messages_when_hooked() -> None:
+    """aiokafka still stores each fetched partition in `Fetcher._records` and builds each record
+    by `PartitionRecords._consumer_record`: else the records come as aiokafka's own and this fails
+    (the worker would then convert them as Faust does, at the old cost)."""
+    from faust.types.tuples import ConsumerMessage
+
+    bootstrap = require_broker()
+    topic = new_topic(bootstrap, "hooked", 1)
+    values = [b"value %d" % i for i in range(300)]
+    produce(bootstrap, [KafkaRecord(topic, 0, i, None, b"k%d" % i, v) for i, v in enumerate(values)], {topic: topic})
+    got, position = asyncio.run(fetched_with_hook(bootstrap, topic, len(values)))
+    assert {type(m) for m in got} == {ConsumerMessage}
+    assert [(m.offset, m.key, m.value, m.topic, m.partition, m.serialized_value_size) for m in got] == [
+        (i, b"k%d" % i, v, topic, 0, len(v)) for i, v in enumerate(values)
+    ]
+    assert all(isinstance(m.timestamp, float) and abs(m.timestamp - time.time()) < 600 for m in got)
+    assert position == len(values)

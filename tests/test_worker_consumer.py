@@ -218,7 +218,9 @@ def test_the_rest_of_a_coroutine_is_cancelled_inside_it_and_its_errors_propagate
 
 def record(tp: TP, offset: int, value: bytes = b"v") -> ConsumerRecord[bytes, bytes]:
     """A record as aiokafka's fetcher hands it to Faust's `getmany`."""
-    return ConsumerRecord(tp.topic, tp.partition, offset, 1_700_000_000_000 + offset, 0, b"k", value, None, 1, 1, ())
+    return ConsumerRecord(
+        tp.topic, tp.partition, offset, 1_700_000_000_000 + offset, 0, b"k", value, None, 1, len(value), ()
+    )
 
 
 LATER = -2
@@ -425,13 +427,18 @@ def test_the_agents_buffer_holds_a_whole_fetch_above_its_pause_mark() -> None:
         assert conf.stream_buffer_maxsize - pause_mark >= conf.broker_max_poll_records
 
 
-async def queued_by_drain(quick: bool, fetch: dict[TP, list[int]], maxsize: int = 0) -> dict[str, Any]:
+async def queued_by_drain(
+    quick: bool, fetch: dict[TP, list[int]], maxsize: int = 0, built: bool = False
+) -> dict[str, Any]:
     """One fetch through the drain loop of the worker's app with its conductor (`quick`) or with
     Faust's drain loop and Faust's conductor callbacks: what the agent's queue holds (per event:
-    type, key, value, headers, message fields), the read offsets, the partitions paused."""
+    type, key, value, headers, message fields), the read offsets, the partitions paused. `built`:
+    the fetch holds the messages the worker's consumer thread builds (`intake.fetched_message`),
+    else aiokafka's records."""
     from faust.transport.conductor import Conductor
 
     from stream.worker.app import faust_app, raw_topic
+    from stream.worker.intake import fetched_message
 
     app: Any = faust_app(Settings(store="memory://", web_port=0))
     if maxsize:
@@ -454,7 +461,10 @@ async def queued_by_drain(quick: bool, fetch: dict[TP, list[int]], maxsize: int 
         if fetcher._stopped.is_set():
             return None, None
         fetcher._stopped.set()
-        return {tp: [record(tp, offset, b"v%d" % offset) for offset in offsets] for tp, offsets in fetch.items()}, None
+        made = fetched_message if built else (lambda tp, r: r)
+        return {
+            tp: [made(tp, record(tp, offset, b"v%d" % offset)) for offset in offsets] for tp, offsets in fetch.items()
+        }, None
 
     consumer._wait_next_records = wait_next_records
     consumer.highwater = lambda tp: 1000
@@ -482,13 +492,15 @@ async def queued_by_drain(quick: bool, fetch: dict[TP, list[int]], maxsize: int 
     return {"queued": by_tp, "read": dict(consumer._read_offset), "paused": paused, "took": took + len(held)}
 
 
-def test_the_worker_drain_loop_queues_what_fausts_loop_and_conductor_queue() -> None:
+@pytest.mark.parametrize("built", [True, False])
+def test_the_worker_drain_loop_queues_what_fausts_loop_and_conductor_queue(built: bool) -> None:
     """The conductor's fast path for a fetched partition's records at once (`QuickHandler.put_all`,
     the messages and events built without `__init__`): the same events, messages (every slot) and
-    read offsets as Faust's drain loop, `getmany`, `_to_message` and conductor callbacks."""
+    read offsets as Faust's drain loop, `getmany`, `_to_message` and conductor callbacks, from
+    the messages the worker's consumer thread builds or from aiokafka's records."""
     fetch = {TP0: [0, 1, 2, 5, 3, 6], TP1: [100, 101, 106], TP2: [7]}
     fausts = asyncio.run(queued_by_drain(False, fetch))
-    workers = asyncio.run(queued_by_drain(True, fetch))
+    workers = asyncio.run(queued_by_drain(True, fetch, built=built))
     assert workers == fausts
     assert [row[9] for row in workers["queued"][TP0]] == [0, 1, 2, 5, 6]
 
@@ -498,7 +510,110 @@ def test_a_fetch_over_the_agents_buffer_pauses_its_partition_and_waits_as_fausts
     the buffer's high mark once per fill (as Faust's per-event pressure check), the rest waits for room."""
     fetch = {TP0: list(range(30))}
     fausts = asyncio.run(queued_by_drain(False, fetch, maxsize=10))
-    workers = asyncio.run(queued_by_drain(True, fetch, maxsize=10))
+    workers = asyncio.run(queued_by_drain(True, fetch, maxsize=10, built=True))
     assert workers == fausts
     assert workers["paused"] == [TP0] * 3 and workers["took"] == 30  # paused once per fill, resumed by each take
     assert len(workers["queued"][TP0]) == 10
+
+
+MESSAGE_SLOTS = ("topic", "partition", "offset", "timestamp", "timestamp_type", "headers", "key", "value", "checksum")
+MESSAGE_SLOTS += ("serialized_key_size", "serialized_value_size", "acked", "refcount", "tp", "tracked", "generation_id")
+MESSAGE_SLOTS += ("time_in", "time_out", "time_total")
+
+
+def fetched_bytes(batches: list[list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]]) -> bytes:
+    """Record batches as the broker returns them in a fetch (offsets from 0 on)."""
+    import struct
+
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    out = bytearray()
+    offset = 0
+    for batch in batches:
+        builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 20)
+        for i, (key, value, headers) in enumerate(batch):
+            assert builder.append(i, timestamp=1_700_000_000_000 + offset + i, key=key, value=value, headers=headers)
+        data = builder.build()
+        data[0:8] = struct.pack(">q", offset)  # the base offset, as the broker sets it
+        out += data
+        offset += len(batch)
+    return bytes(out)
+
+
+def test_fetched_records_unpack_into_the_messages_faust_makes_of_aiokafkas_records() -> None:
+    """aiokafka's unpacking of a fetched partition, hooked by the worker's consumer thread
+    (`MessageResults`, `intake.fetched_message`, then `intake.adopt` in the drain loop): every
+    slot of every message is what Faust's `_to_message` makes of the `ConsumerRecord` aiokafka
+    builds unhooked, for keys and values or none, headers, several batches, and a fetch from
+    the middle of a batch (the records before its offset skipped as aiokafka skips them)."""
+    from aiokafka.consumer.fetcher import FetchResult, PartitionRecords
+    from aiokafka.record.memory_records import MemoryRecords
+    from aiokafka.structs import TopicPartition
+
+    from stream.worker.consumer import MessageResults
+    from stream.worker.intake import adopt
+
+    data = fetched_bytes(
+        [
+            [(b"k0", b"v0", []), (None, b"v1", []), (b"k2", None, [("h", b"x"), ("g", b"")])],
+            [(b"k%d" % i, b"value %d" % i, []) for i in range(3, 40)],
+        ]
+    )
+    tp = TopicPartition("ledger-debits", 0)
+    app = type("App", (), {"consumer_generation_id": 7})()
+    faust_consumer = type("Consumer", (), {"app": app})()
+    for fetch_offset, first in ((0, 0), (1, 1), (2, 2)):
+
+        def records(fetch_offset: int) -> Any:
+            return PartitionRecords(tp, MemoryRecords(data), [], fetch_offset, None, None, True, "read_uncommitted")
+
+        plain = records(fetch_offset)
+        fausts = [faust_aiokafka.Consumer._to_message(cast(Any, faust_consumer), tp, r) for r in plain]
+        results: MessageResults = MessageResults()
+        results[tp] = FetchResult(tp, assignment=None, partition_records=records(fetch_offset), backoff=0)
+        hooked = results[tp]._partition_records
+        workers = adopt(tp, list(hooked), 7)
+        assert [type(m) for m in workers] == [type(m) for m in fausts]
+        assert [[getattr(m, s) for s in MESSAGE_SLOTS] for m in workers] == [
+            [getattr(m, s) for s in MESSAGE_SLOTS] for m in fausts
+        ]
+        assert [m.offset for m in workers] == list(range(first, 40))
+        assert hooked.next_fetch_offset == plain.next_fetch_offset == 40
+
+
+def test_records_of_a_deserializing_fetcher_are_left_to_aiokafka_and_converted_as_faust() -> None:
+    from aiokafka.consumer.fetcher import FetchResult, PartitionRecords
+    from aiokafka.record.memory_records import MemoryRecords
+    from aiokafka.structs import ConsumerRecord as AioRecord
+    from aiokafka.structs import TopicPartition
+
+    from stream.worker.consumer import MessageResults
+    from stream.worker.intake import adopt
+
+    tp = TopicPartition("ledger-debits", 0)
+    data = fetched_bytes([[(b"k", b"v", [])]])
+    records = PartitionRecords(tp, MemoryRecords(data), [], 0, bytes.upper, None, True, "read_uncommitted")
+    results: MessageResults = MessageResults()
+    results[tp] = FetchResult(tp, assignment=None, partition_records=records, backoff=0)
+    fetched = list(records)
+    assert [type(r) for r in fetched] == [AioRecord] and fetched[0].key == b"K"
+    (message,) = adopt(tp, fetched, 3)
+    assert (message.key, message.offset, message.generation_id, message.tp) == (b"K", 0, 3, tp)
+
+
+def test_the_consumer_thread_unpacks_its_fetches_into_messages() -> None:
+    """The worker's consumer thread hooks its aiokafka fetcher before each fetch is drained,
+    also what it had fetched already."""
+    from collections import OrderedDict
+
+    from stream.worker.consumer import MessageResults, QuickFetchThread
+
+    consumer = make_consumer(guarded_consumer(100))
+    consumer.stop_flow()  # Faust's fetch returns nothing then, after the hook
+    thread = consumer._new_consumer_thread()
+    assert isinstance(thread, QuickFetchThread)
+    held = object()
+    fetcher = type("Fetcher", (), {"_records": OrderedDict([("tp", held)]), "_closed": False})()
+    aiokafka_consumer = type("AIOKafkaConsumer", (), {"_fetcher": fetcher, "_closed": False})()
+    assert asyncio.run(thread._fetch_records(aiokafka_consumer, set(), timeout=0)) == {}  # the flow is stopped
+    assert type(fetcher._records) is MessageResults and list(fetcher._records.items()) == [("tp", held)]

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Coroutine, Generator, Mapping, Set
 from typing import Any, ClassVar, cast
 
@@ -61,7 +62,7 @@ from faust.types import TP
 from mode import Service
 from mode.utils.locks import Event
 
-from .intake import to_message
+from .intake import adopt, fetched_message
 
 log = logging.getLogger("qris_guard.worker")
 
@@ -79,13 +80,56 @@ async def rewind_uncommitted(consumer: Any, committed: Mapping[Any, int | None])
     return tps
 
 
+class MessageResults(OrderedDict[Any, Any]):
+    """aiokafka's fetched results by partition (`Fetcher._records`: a `FetchResult` or a
+    `FetchError` each, stored as each fetch response is read) whose fetched records are unpacked
+    into Faust's messages (`intake.fetched_message`) instead of aiokafka's `ConsumerRecord`s,
+    which Faust's `_to_message` then copied into a message each: a third of the CPU aiokafka and
+    the hand-over spent per record. aiokafka's `PartitionRecords` still unpacks, checks and skips
+    (CRCs, control batches, aborted transactions, offsets before the fetch position) and keeps
+    the position; only the object it builds of each record is another (its `_consumer_record`,
+    per fetched partition; with a key or value deserializer it is left as it is).
+    `tests/test_kafka_worker_consumer.py` fails if aiokafka stops calling either."""
+
+    def __setitem__(self, tp: Any, result: Any) -> None:
+        build_messages(result)
+        super().__setitem__(tp, result)
+
+
+def build_messages(result: Any) -> None:
+    records = getattr(result, "_partition_records", None)
+    if records is not None and records._key_deserializer is None and records._value_deserializer is None:
+        records._consumer_record = fetched_message
+
+
+def unpack_into_messages(fetcher: Any) -> None:
+    """Make an aiokafka `Fetcher` unpack what it fetches into Faust messages (`MessageResults`),
+    also what it holds already; once (the results dict is replaced)."""
+    if fetcher is not None and type(fetcher._records) is not MessageResults:
+        for result in fetcher._records.values():
+            build_messages(result)
+        fetcher._records = MessageResults(fetcher._records)
+
+
 class QuickFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread whose worker consumer waits at most the consumer class's
-    `fetch_max_wait_ms` for a fetch. Faust fixes aiokafka's `fetch_max_wait_ms` at 1500 with no
+    `fetch_max_wait_ms` for a fetch, and unpacks fetched records straight into Faust's messages
+    (`MessageResults`). Faust fixes aiokafka's `fetch_max_wait_ms` at 1500 with no
     setting; aiokafka keeps one fetch in flight per broker, so a fetch of partitions with nothing
     new (the signals topic, a caught-up partition) holds back the next records of every other
     partition for up to that long, and a refund whose deadline they pass with it (measured with
     `bench/refund_latency.py`: p99 549 ms at 1,000 records/s with 1500, 329 ms with 100)."""
+
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: Any,
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        # In the consumer thread, where aiokafka's fetcher runs (it exists once the consumer started).
+        unpack_into_messages(consumer._fetcher)
+        return await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -217,7 +261,8 @@ class GuardedConsumer(faust_aiokafka.Consumer):
             unset_flag(flag_consumer_fetching)
 
     async def _deliver_fetch(self, records: RecordMap, active_partitions: Set[TP] | None, generation_id: int) -> None:
-        """One fetch's records (aiokafka's, by partition) to the conductor, as Faust's `getmany`
+        """One fetch's records (Faust's messages built in the consumer thread, `MessageResults`,
+        or aiokafka's records, by partition) to the conductor, as Faust's `getmany`
         and drain loop hand them over one at a time: a record goes on only while the flow is
         active and the consumer generation is the fetch's (else the rest of the fetch is
         dropped; it is fetched again after the rebalance's seek), only if its partition was
@@ -230,8 +275,8 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         round (an async generator step, the round-robin `TopicBuffer`, `_to_message`, a callback
         call each). Here a partition's records go in runs: what the conductor's fast path has
         room for (`QuickHandler.room`/`put_all`) and needs no wait goes into the agent's queue at
-        once (one pressure check, the events built without `__init__` calls:
-        `intake.to_message`), with the checks above made once per run, which is exact because
+        once (one pressure check, the events built without `__init__` calls, the messages
+        already built: `intake.adopt`), with the checks above made once per run, which is exact because
         nothing they read changes until the event loop runs something else (the acks and
         rebalances that change them run in other tasks). A record that needs a wait (a gap, a
         commit, a full queue, the conductor's lock) goes Faust's way alone. Partitions are
@@ -248,7 +293,8 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         acks_enabled_for = conductor.acks_enabled_for
         buffered = self._buffered_partitions
         track_end = app.monitor.track_tp_end_offset
-        for tp, tp_records in records.items():
+        for tp, fetched in records.items():
+            tp_records = adopt(tp, fetched, generation_id)
             n = len(tp_records)
             i = 0
             gap_noted = -1
@@ -281,7 +327,7 @@ class GuardedConsumer(faust_aiokafka.Consumer):
                     queue, free = room() if room is not None else (None, 0)
                     if free:
                         # The run from record i: what the queue has room for, up to a gap.
-                        run = [to_message(tp, record, generation_id)]
+                        run = [record]
                         last = offset
                         j = i + 1
                         while j < n and len(run) < free:
@@ -292,7 +338,7 @@ class GuardedConsumer(faust_aiokafka.Consumer):
                             elif offset - last > 1:
                                 break  # a gap: noted first, at the head of the next run
                             else:
-                                run.append(to_message(tp, nxt, generation_id))
+                                run.append(nxt)
                                 last = offset
                             j += 1
                         handler.put_all(queue, run)
@@ -300,11 +346,10 @@ class GuardedConsumer(faust_aiokafka.Consumer):
                         i = j
                         await asyncio.sleep(0)  # as Faust's loop every 100 messages
                         continue
-                message = to_message(tp, record, generation_id)
                 if suspended():
-                    await self.wait_first(callback(message), self.suspend_flow.wait())
+                    await self.wait_first(callback(record), self.suspend_flow.wait())
                 else:
-                    rest = start_inline(callback(message))
+                    rest = start_inline(callback(record))
                     if rest is not None:
                         await self.wait_first(rest, self.suspend_flow.wait())
                 set_read_offset(tp, offset)

@@ -197,6 +197,53 @@ def to_message(tp: Any, record: Any, generation_id: int | None) -> Any:
     return m
 
 
+def fetched_message(tp: Any, record: Any) -> Any:
+    """What `to_message(tp, r, ...)` makes of the `ConsumerRecord` `r` that aiokafka builds of a
+    record it unpacked from a fetch (`PartitionRecords._consumer_record`: no key or value
+    deserializer), made straight from that record (aiokafka's `DefaultRecord`, or a legacy one)
+    in the consumer thread: one object per record instead of two. The consumer generation is
+    set when the drain loop takes the fetch (`adopt`), as Faust reads it then."""
+    m = _new(_Message)
+    m.topic = tp.topic
+    m.partition = tp.partition
+    m.offset = record.offset
+    timestamp = record.timestamp
+    m.timestamp = None if timestamp is None else timestamp / 1000.0  # type: ignore[assignment]  # as Faust
+    m.timestamp_type = record.timestamp_type
+    headers: Any = tuple(record.headers)  # aiokafka's `ConsumerRecord.headers`, which Faust passes on
+    m.headers = headers
+    key = m.key = record.key
+    value = m.value = record.value
+    m.checksum = record.checksum
+    m.serialized_key_size = -1 if key is None else len(key)  # aiokafka's sizes
+    m.serialized_value_size = -1 if value is None else len(value)
+    m.acked = False
+    m.refcount = 0
+    m.tp = tp
+    m.tracked = False
+    m.time_in = None
+    m.time_out = None
+    m.time_total = None
+    m.generation_id = None
+    return m
+
+
+def adopt(tp: Any, records: list[Any], generation_id: int | None) -> list[Any]:
+    """A fetched partition's records as Faust's messages of the consumer generation
+    `generation_id`: those the consumer thread built (`fetched_message`) are given it; any other
+    (an aiokafka `ConsumerRecord`, fetched before the thread's fetcher built messages) is
+    converted as Faust does (`to_message`)."""
+    out = records
+    for i, record in enumerate(records):
+        if type(record) is _Message:
+            record.generation_id = generation_id
+        else:
+            if out is records:
+                out = list(records)
+            out[i] = to_message(tp, record, generation_id)
+    return out
+
+
 class QuickConductor(Conductor):
     """Faust's conductor whose callbacks are `QuickHandler`s (the app's: `app.transport.Conductor`)."""
 

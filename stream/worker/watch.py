@@ -43,11 +43,14 @@ def accounts_of(st: ReferenceState) -> set[str]:
 
 
 class EngineWatch:
-    """The observer on one partition's engine."""
+    """The observer on one partition's engine. `processed` runs for every record: it counts into
+    the watch's plain list counts and indexes the record's accounts without building a set."""
 
     def __init__(self, watch: WorkerWatch, partition: int) -> None:
         self.watch = watch
         self.partition = partition
+        self.applied = watch.applied  # [stream][duplicate]
+        self.accounts = watch.accounts
 
     def taken(
         self,
@@ -62,7 +65,7 @@ class EngineWatch:
         rejection: str | None,
     ) -> None:
         if rejection is not None:
-            self.watch.records_in[(self.watch.topics[int(stream)], "dead_lettered")] += 1
+            self.watch.dead_lettered[stream] += 1
 
     def processed(
         self,
@@ -75,11 +78,27 @@ class EngineWatch:
         state: ReferenceState,
         decisions: list[Decision],
     ) -> None:
-        w = self.watch
-        w.records_in[(w.topics[int(stream)], "duplicate" if duplicate else "accepted")] += 1
-        if not duplicate:
-            for account in accounts_of(state):
-                w.accounts.setdefault(account, {})[state.reference] = self.partition
+        self.applied[stream][duplicate] += 1
+        if duplicate:
+            return
+        # `accounts_of(state)`, each indexed
+        accounts = self.accounts
+        account = state.account_id
+        if account:
+            refs = accounts.get(account)
+            if refs is None:
+                accounts[account] = {state.reference: self.partition}
+            else:
+                refs[state.reference] = self.partition
+        request = state.request
+        if request is not None:
+            other = request.account_id
+            if other and other != account:
+                refs = accounts.get(other)
+                if refs is None:
+                    accounts[other] = {state.reference: self.partition}
+                else:
+                    refs[state.reference] = self.partition
 
     def deadline(
         self,
@@ -108,7 +127,9 @@ class WorkerWatch:
             settings.alert_topic: "alerts",
             settings.dead_letter_topic: "dead_letter",
         }
-        self.records_in: Counter[tuple[str, str]] = Counter()  # (topic, outcome)
+        # Input records by stream: [accepted, duplicate] (`records_in`), dead-lettered.
+        self.applied: list[list[int]] = [[0, 0], [0, 0]]
+        self.dead_lettered: list[int] = [0, 0]
         self.refund_decisions: Counter[tuple[str, str]] = Counter()  # (type, reason)
         self.refund_rupiah: Counter[str] = Counter()  # requested | held | cancelled | released
         self.alerts: Counter[tuple[str, str]] = Counter()  # (kind, severity)
@@ -120,6 +141,16 @@ class WorkerWatch:
         self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=30)
         self.accounts: dict[str, dict[str, int]] = {}  # account id -> {reference: partition}
         self.seen_ids: set[str] = set()
+
+    @property
+    def records_in(self) -> Counter[tuple[str, str]]:
+        """Input records by (topic, outcome): accepted, duplicate, dead_lettered."""
+        out: Counter[tuple[str, str]] = Counter()
+        for topic, (accepted, duplicate), dead in zip(self.topics, self.applied, self.dead_lettered, strict=True):
+            for outcome, n in (("accepted", accepted), ("duplicate", duplicate), ("dead_lettered", dead)):
+                if n:
+                    out[(topic, outcome)] = n
+        return out
 
     # -- engines ---------------------------------------------------------------------------
 
