@@ -261,3 +261,32 @@ def test_a_job_whose_pipe_from_the_parent_fails_fails_instead_of_waiting_for_eve
         _from_parent(inbox)
     ours.close()
     theirs.close()
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("holds", [True, False])
+def test_a_replay_loads_no_kafka_client_and_no_numpy(tmp_path: Path, jobs: int, holds: bool) -> None:
+    # Start-up is a share of every replay: `qris-guard replay` over a file imports no Kafka client
+    # (the demo's parser options once pulled them in), no Faust, and not river's statistics with
+    # numpy and scipy (imported only when a scope's rate model leaves its warm-up).
+    import subprocess
+    import sys
+
+    path = _write(tmp_path / "day.jsonl", _day_lines())
+    out = tmp_path / "decisions.jsonl"
+    argv = ["replay", "--in", path, "--out", str(out), "--drain", "--jobs", str(jobs)]
+    argv += [] if holds else ["--max-hold-s", "0"]
+    code = (
+        "import sys; from stream.cli import main; rc = main(sys.argv[1:]); "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'faust', 'mode', 'aiokafka', 'kafka', 'aiohttp', 'numpy', 'scipy', 'narwhals', 'ssl'}))); sys.exit(rc)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.stdout.strip() == ""
+    assert out.read_bytes().count(b"\n") > 0  # it did replay
