@@ -445,7 +445,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_MISTAKE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser. `command`: the subcommand about to be parsed, if known; the options of
+    `demo` and `simulate`, which import the simulator (a tenth of a replay's start-up when its
+    sources are compiled at each run), are added only for these (and for None: all of them)."""
     parser = _Parser(prog="qris-guard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -537,24 +540,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the outage scenario end to end on the broker, with a report")
     _common(p)
-    from . import demo
+    if command in (None, "demo"):
+        from . import demo
 
-    demo.add_arguments(p)
+        demo.add_arguments(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("simulate", help="generate realistic QRIS traffic to Kafka or a replay file")
-    try:
-        from .simulate import cli as simulate_cli
+    if command in (None, "simulate"):
+        try:
+            from .simulate import cli as simulate_cli
 
-        simulate_cli.add_arguments(p)
-    except ImportError as exc:  # pragma: no cover - only while the simulator is absent
-        p.add_argument("--unavailable", help=str(exc))
+            simulate_cli.add_arguments(p)
+        except ImportError as exc:  # pragma: no cover - only while the simulator is absent
+            p.add_argument("--unavailable", help=str(exc))
     p.set_defaults(func=cmd_simulate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    command = given[0] if given and not given[0].startswith("-") else None
+    args = build_parser(command).parse_args(given)
     try:
         from_env(os.environ)  # an unknown or unusable QRIS_* variable stops every command
         return int(args.func(args))

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,13 @@ from typing import Any
 from .core import codec
 from .core.alerts import rupiah
 from .core.eventtime import format_ms
-from .drivers.kafkaread import read_topics
 from .drivers.report import render, summarise
 from .settings import Settings, to_env
-from .topics import create_topics
 
 
 def _stats(port: int) -> dict[str, Any]:
+    import urllib.request
+
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/qris/stats", timeout=5) as resp:
         return dict(codec.loads(resp.read()))
 
@@ -50,9 +49,13 @@ def _wait_records(proc: subprocess.Popen[bytes], port: int, n: int, timeout_s: f
 
 
 def run(args: argparse.Namespace, base: Settings) -> int:
+    # The Kafka clients here, not at the top: every command's parser imports this module for
+    # `add_arguments`, and a replay needs none of them.
+    from .drivers.kafkaread import read_topics
     from .simulate.output import produce
     from .simulate.traffic import generate
     from .simulate.truth import GroundTruth
+    from .topics import create_topics
 
     run_id = time.strftime("%Y%m%d%H%M%S")
     prefix = f"qris-demo-{run_id}"

@@ -1,4 +1,4 @@
-"""Reading a replay file for `replay --jobs N` (`replayfile.FileScan`) and the replay's own line
+"""Reading a replay file for `replay --jobs N` (`replayfile.FileScan`, `WholeFile`) and the replay's own line
 reader (`replayfile.line_fields`): every job gets exactly the lines of its partitions as the
 replay reads them (odd spacing, key order, `value_b64`, escaped and repeated keys, blank and
 broken lines), a broken line is named by its line number, and `--jobs 2` decides what `--jobs 1`
@@ -23,6 +23,7 @@ from stream.drivers.replayfile import (
     ReplayFile,
     ReplayLineError,
     TimeRange,
+    WholeFile,
     _ranges,
     line_fields,
     line_to_record,
@@ -77,15 +78,17 @@ def test_every_job_reads_exactly_its_partitions_lines_as_the_replay_reads_them(t
         scan = FileScan(path, (P_TOPIC, L_TOPIC), jobs)
         assert scan.partitions == {0, 1, 2, 3}
         for job in range(jobs):
-            got = [KafkaRecord(*f) for f in scan.job_lines(job)]
-            assert got == [r for r in records if r.partition % jobs == job]
+            want = [r for r in records if r.partition % jobs == job]
+            assert [KafkaRecord(*f) for f in scan.job_lines(job)] == want
+            # Read whole by each job (a replay without holds): the same lines.
+            assert [KafkaRecord(*f) for f in WholeFile(path, jobs).job_lines(job)] == want
     # The last line without its newline.
     cut = tmp_path / "cut.jsonl"
     cut.write_bytes(Path(path).read_bytes().rstrip(b"\n"))
-    scan = FileScan(str(cut), (P_TOPIC, L_TOPIC), 2)
-    assert [KafkaRecord(*f) for job in (0, 1) for f in scan.job_lines(job)] == [
-        r for job in (0, 1) for r in records if r.partition % 2 == job
-    ]
+    for source in (FileScan(str(cut), (P_TOPIC, L_TOPIC), 2), WholeFile(str(cut), 2)):
+        assert [KafkaRecord(*f) for job in (0, 1) for f in source.job_lines(job)] == [
+            r for job in (0, 1) for r in records if r.partition % 2 == job
+        ]
     # The single-process reader gives the same records, as tuples, and again on a second pass.
     rf = ReplayFile(path)
     assert list(rf) == records and list(rf) == records
@@ -130,13 +133,14 @@ def test_a_broken_line_is_named_by_its_line_number(tmp_path: Path, jobs: int) ->
     broken = good.replace(b'"offset":1', b'"offset":"1"')
     assert broken != good
     path = _write(tmp_path / "day.jsonl", [*lines, broken])
-    scan = FileScan(path, (P_TOPIC, L_TOPIC), jobs)
-    with pytest.raises(ReplayLineError, match=rf'day.jsonl:{len(lines) + 1}: not a replay record: "offset" must be'):
-        for job in range(jobs):
-            list(scan.job_lines(job))
+    for source in (FileScan(path, (P_TOPIC, L_TOPIC), jobs), WholeFile(path, jobs)):
+        with pytest.raises(ReplayLineError, match=rf'day.jsonl:{len(lines) + 1}: not a replay record: "offset" must'):
+            for job in range(jobs):
+                list(source.job_lines(job))
     path = _write(tmp_path / "json.jsonl", [*lines[:4], b"{oops", *lines[4:]])
-    with pytest.raises(ReplayLineError, match=r"json.jsonl:5: not a replay record"):
-        replay_file_parallel(path, HOLDS, drain=True, jobs=jobs, topics=TOPICS, out=io.BytesIO())
+    for params in (HOLDS, HOLDS.__class__()):
+        with pytest.raises(ReplayLineError, match=r"json.jsonl:5: not a replay record"):
+            replay_file_parallel(path, params, drain=True, jobs=jobs, topics=TOPICS, out=io.BytesIO())
 
 
 @pytest.mark.parametrize("holds", [True, False])
@@ -167,9 +171,9 @@ def test_from_to_selects_the_same_records_in_the_jobs(tmp_path: Path) -> None:
     chosen = [r for r in records if within.keep(r)]
     assert 0 < len(chosen) < len(records)
     assert list(ReplayFile(path, 5_000, 20_000)) == chosen
-    scan = FileScan(path, (P_TOPIC, L_TOPIC), 2)
-    got = [KafkaRecord(*f) for job in (0, 1) for f in scan.job_lines(job, TimeRange(5_000, 20_000))]
-    assert sorted(got, key=records.index) == chosen
+    for source in (FileScan(path, (P_TOPIC, L_TOPIC), 2), WholeFile(path, 2)):
+        got = [KafkaRecord(*f) for job in (0, 1) for f in source.job_lines(job, TimeRange(5_000, 20_000))]
+        assert sorted(got, key=records.index) == chosen
 
 
 def _stalling_day() -> list[KafkaRecord]:
@@ -261,3 +265,32 @@ def test_a_job_whose_pipe_from_the_parent_fails_fails_instead_of_waiting_for_eve
         _from_parent(inbox)
     ours.close()
     theirs.close()
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("holds", [True, False])
+def test_a_replay_loads_no_kafka_client_and_no_numpy(tmp_path: Path, jobs: int, holds: bool) -> None:
+    # Start-up is a share of every replay: `qris-guard replay` over a file imports no Kafka client
+    # (the demo's parser options once pulled them in), no Faust, and not river's statistics with
+    # numpy and scipy (imported only when a scope's rate model leaves its warm-up).
+    import subprocess
+    import sys
+
+    path = _write(tmp_path / "day.jsonl", _day_lines())
+    out = tmp_path / "decisions.jsonl"
+    argv = ["replay", "--in", path, "--out", str(out), "--drain", "--jobs", str(jobs)]
+    argv += [] if holds else ["--max-hold-s", "0"]
+    code = (
+        "import sys; from stream.cli import main; rc = main(sys.argv[1:]); "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'faust', 'mode', 'aiokafka', 'kafka', 'aiohttp', 'numpy', 'scipy', 'narwhals', 'ssl'}))); sys.exit(rc)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.stdout.strip() == ""
+    assert out.read_bytes().count(b"\n") > 0  # it did replay

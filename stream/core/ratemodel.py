@@ -1,19 +1,24 @@
 """The normal rate of bad (failed or unsettled) payments of one scope, learned online:
 `FailureRateModel`, a river `AnomalyDetector` with river `stats.EWMean` per rhythm bucket,
 scored with the binomial surprise before each minute is learned. Imports nothing outside the
-core (river's statistics are pure computation).
+core (river's statistics are pure computation). `river.stats` is imported where an `EWMean` is
+first made (`_ewmean`), not here: it loads numpy, scipy and narwhals (a fifth of a second),
+which a process whose scopes never leave their warm-up (a replay of a few hours) never needs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from river import base, stats
+from river import base
 
 from .eventtime import WIB_OFFSET_MS
 from .signals import MINUTE_MS
 from .surprise import binomial_surprise
+
+if TYPE_CHECKING:
+    from river.stats import EWMean
 
 
 def rhythm_bucket(minute: int) -> int:
@@ -131,8 +136,8 @@ class _RateStat:
 
     def __init__(self, fading_factor: float) -> None:
         self.fading_factor = fading_factor
-        self.bad: stats.EWMean | None = None
-        self.payments: stats.EWMean | None = None
+        self.bad: EWMean | None = None
+        self.payments: EWMean | None = None
         self.seen = 0.0
         self.minutes = 0
         self.sum_bad = 0.0
@@ -145,9 +150,8 @@ class _RateStat:
             self.sum_bad += bad
             self.sum_payments += payments
             if self.minutes * self.fading_factor >= 1.0:
-                self.bad, self.payments = stats.EWMean(self.fading_factor), stats.EWMean(self.fading_factor)
-                self.bad.update(self.sum_bad / self.minutes)
-                self.payments.update(self.sum_payments / self.minutes)
+                self.bad = _ewmean(self.fading_factor, self.sum_bad / self.minutes)
+                self.payments = _ewmean(self.fading_factor, self.sum_payments / self.minutes)
             return
         self.bad.update(bad)
         self.payments.update(payments)
@@ -183,9 +187,8 @@ class _RateStat:
         stat.sum_bad = float(state["sum_bad"])
         stat.sum_payments = float(state["sum_payments"])
         if state["bad"] is not None and state["payments"] is not None:
-            stat.bad, stat.payments = stats.EWMean(fading_factor), stats.EWMean(fading_factor)
-            stat.bad.update(float(state["bad"]))
-            stat.payments.update(float(state["payments"]))
+            stat.bad = _ewmean(fading_factor, float(state["bad"]))
+            stat.payments = _ewmean(fading_factor, float(state["payments"]))
         return stat
 
     def __getstate__(self) -> tuple[Any, ...]:
@@ -194,3 +197,12 @@ class _RateStat:
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         for name, value in zip(self.__slots__, state, strict=True):
             setattr(self, name, value)
+
+
+def _ewmean(fading_factor: float, first: float) -> EWMean:
+    """A river `stats.EWMean` started at `first` (river's statistics imported on first use)."""
+    from river import stats
+
+    mean = stats.EWMean(fading_factor)
+    mean.update(first)
+    return mean

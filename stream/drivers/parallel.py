@@ -1,10 +1,11 @@
 """Partition-parallel offline replay of a replay file.
 
 Partitions are independent by the contract (each has its own watermark and references), so
-`jobs` processes decide them with the same core. The parent reads the file once
-(`replayfile.FileScan`: each line's partition as the replay reads it, and the input
-partitions); each job then reads only the byte ranges of its own partitions' lines. Each job
-writes its own output; the parent concatenates them in job order. Decisions
+`jobs` processes decide them with the same core. With refund holds on, the parent reads the
+file once (`replayfile.FileScan`: each line's partition as the replay reads it, and the input
+partitions); each job then reads only the byte ranges of its own partitions' lines. Without,
+each job reads the whole file and keeps its partitions' lines (`replayfile.WholeFile`): no
+scan before the jobs start. Each job writes its own output; the parent concatenates them in job order. Decisions
 are identical to a single-process replay; only the interleaving of lines from different
 partitions differs. Each job hands back its partitions' burst signals and the parent runs the
 one burst detector over all of them. With refund holds on, the jobs take one pass (`onepass`):
@@ -48,10 +49,10 @@ from .replay import (
     warn_out_of_order,
     with_holds,
 )
-from .replayfile import FileScan, KafkaRecord, TimeRange, decision_line
+from .replayfile import FileScan, KafkaRecord, TimeRange, WholeFile, decision_line
 
 
-def _records(scan: FileScan, index: int, times: tuple[int | None, int | None]) -> Iterator[KafkaRecord]:
+def _records(scan: FileScan | WholeFile, index: int, times: tuple[int | None, int | None]) -> Iterator[KafkaRecord]:
     """The records of the file that belong to job `index` (and to `--from/--to`)."""
     new = tuple.__new__
     for fields in scan.job_lines(index, TimeRange(*times)):
@@ -59,7 +60,7 @@ def _records(scan: FileScan, index: int, times: tuple[int | None, int | None]) -
 
 
 def _job(
-    scan: FileScan,
+    scan: FileScan | WholeFile,
     index: int,
     params: Params,
     drain: bool,
@@ -125,8 +126,9 @@ def _job(
     return n, r.signals, sorted(r.engines)
 
 
-# The parent's scan, for the forked processes of a pool (a Pool pickles its tasks' arguments).
-_SCAN: list[FileScan | None] = [None]
+# The file as the jobs read it, for the forked processes of a pool (a Pool pickles its tasks'
+# arguments).
+_SCAN: list[FileScan | WholeFile | None] = [None]
 
 
 def _pool_job(
@@ -138,7 +140,7 @@ def _pool_job(
     times: tuple[int | None, int | None],
 ) -> tuple[int, bytes, list[int]]:
     scan = _SCAN[0]
-    assert scan is not None, "a replay pool job without the parent's scan"
+    assert scan is not None, "a replay pool job without its file"
     n, signals, engines = _job(scan, index, params, drain, topics, out, times)
     return n, codec.dumps(signals), engines  # (see `_SIGNALS`)
 
@@ -465,10 +467,10 @@ def replay_file_parallel(
         ctx = mp.get_context("fork")
         times = (from_ms, to_ms)
         one_pass = None
-        # One read of the file here: its input partitions and each job's lines (inherited by
-        # the forked jobs, which read only those).
-        scan = FileScan(path, (params.payment_topic, params.ledger_topic), jobs)
         if params.holds:
+            # One read of the file here: its input partitions (the detector needs them from the
+            # start) and each job's lines (inherited by the forked jobs, which read only those).
+            scan = FileScan(path, (params.payment_topic, params.ledger_topic), jobs)
             inputs = frozenset(scan.partitions)
             # No line gives an input partition (none, or none readable): the two passes read the
             # records and say what is wrong with them; a detector over no partition cannot run.
@@ -479,7 +481,8 @@ def replay_file_parallel(
         elif params.holds:
             results, bursts = _two_passes(ctx, scan, params, drain, jobs, topics, outs, times, burst)
         else:
-            _SCAN[0] = scan  # the pool's forked processes inherit it (not pickled)
+            # Without holds each job reads the whole file for its lines: no scan first.
+            _SCAN[0] = WholeFile(path, jobs)  # the pool's forked processes inherit it (not pickled)
             try:
                 with ctx.Pool(jobs) as pool:
                     answers = pool.starmap(_pool_job, [(i, params, drain, topics, outs[i], times) for i in range(jobs)])

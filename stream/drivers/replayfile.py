@@ -141,15 +141,18 @@ def line_fields(
     line_no: Callable[[int], int],
     within: TimeRange | None = None,
     tick: Callable[[int], None] | None = None,
+    share: tuple[int, int] | None = None,
 ) -> Iterator[Fields]:
     """The records of `lines` (the i-th is line `line_no(i)` of `where`), as `Fields`, in one
     loop: one `orjson.loads` a line, the common line checked inline as `line_to_record` checks
     it, anything else (`value_b64`, a wrong field, not JSON) through `parse_line`, which words
     the mistake. Blank lines are skipped; `within` selects as `TimeRange.keep` does; `tick(1024)`
     is called every 1,024 records given (here, not in a generator around this one: a layer less
-    a record)."""
+    a record). `share` (job, jobs): only the lines of job `job` of `jobs`, as `FileScan` shares
+    them out (by partition; a line that is not a record to job 0)."""
     loads, error = codec.loads, codec.JSONDecodeError
     keep = within.keep_fields if within is not None and within.selects else None
+    job, jobs = share if share is not None else (0, 0)
     given = 0
     for i, raw in enumerate(lines):
         try:
@@ -158,6 +161,10 @@ def line_fields(
             if not raw.strip():
                 continue
             line = None
+        if jobs:
+            p = line.get("partition") if type(line) is dict else None
+            if (p % jobs if type(p) is int and p >= 0 else 0) != job:
+                continue
         fields: Fields | None = None
         if type(line) is dict:
             get = line.get
@@ -302,6 +309,23 @@ class FileScan:
         path = self.path
         with open(path, "rb", buffering=0) as fh:
             yield from line_fields(_ranges(fh, starts, ends), path, lambda i: _line_number(path, starts[i]), within)
+
+
+class WholeFile:
+    """A replay file for a replay with `jobs` processes, without a scan first: each job reads
+    every line and keeps those of its partitions, as `FileScan` shares them out. A replay
+    without holds needs nothing of the file before its jobs start, and a JSON read of every
+    line in each job costs less than a scan in the parent (every line, before any job starts)
+    and each job's second read of its own lines."""
+
+    def __init__(self, path: str, jobs: int) -> None:
+        self.path = path
+        self.jobs = jobs
+
+    def job_lines(self, job: int, within: TimeRange | None = None) -> Iterator[Fields]:
+        """The records of job `job`'s lines, in file order (`line_fields`)."""
+        with open(self.path, "rb") as fh:
+            yield from line_fields(fh, self.path, lambda i: i + 1, within, share=(job, self.jobs))
 
 
 def _ranges(fh: IO[bytes], starts: array[int], ends: array[int], block: int = 1 << 22) -> Iterator[bytes]:

@@ -38,6 +38,9 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+# Loaded with the worker, not at a rate model's first EWMean (`ratemodel` imports river.stats
+# there, for the replay's start-up): a fifth of a second's import would stall the live loop.
+import river.stats  # noqa: F401
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from ..core import burstsnapshot, codec
