@@ -53,7 +53,6 @@ class Settings:
     data_dir: str = "var/worker"
     batch_max: int = 2000
     batch_within_s: float = 0.1
-    batch_eager: int = 1
     fetch_max_wait_ms: int = 100
     web_port: int = 6066
     web_host: str = "127.0.0.1"
@@ -213,11 +212,6 @@ DOCS: dict[str, tuple[str, str]] = {
     "data_dir": ("QRIS_DATA_DIR", "worker data directory (RocksDB per input partition under <id>/state/)"),
     "batch_max": ("QRIS_BATCH_MAX", "records per processing batch in the worker"),
     "batch_within_s": ("QRIS_BATCH_WITHIN_S", "seconds the worker waits to fill a batch"),
-    "batch_eager": (
-        "QRIS_BATCH_EAGER",
-        "1: a batch is what waits when the worker comes for it (it waits only for a first record); "
-        "0: it waits QRIS_BATCH_WITHIN_S to fill",
-    ),
     "fetch_max_wait_ms": (
         "QRIS_FETCH_MAX_WAIT_MS",
         "longest wait of the worker's input fetch for new records (Faust fixes 1500; a deadline's refund waits for it)",
@@ -354,8 +348,6 @@ def _problems(s: Settings) -> list[str]:
             break
     if s.batch_max < 1:
         out.append(f"QRIS_BATCH_MAX={s.batch_max}: expected 1 or more")
-    if s.batch_eager not in (0, 1):
-        out.append(f"QRIS_BATCH_EAGER={s.batch_eager}: expected 0 or 1")
     if not 0 <= s.fetch_max_wait_ms <= 30_000:
         out.append(f"QRIS_FETCH_MAX_WAIT_MS={s.fetch_max_wait_ms}: expected 0 to 30000")
     for name in (

@@ -163,7 +163,6 @@ def test_files_that_cannot_be_used_are_named_in_one_line(tmp_path: Path) -> None
         ({"QRIS_TIMEOUT_S": "-5"}, "QRIS_TIMEOUT_S=-5.0: expected a number of seconds above 0"),
         ({"QRIS_LATENESS_S": "nan"}, "QRIS_LATENESS_S=nan: expected a number of seconds, 0 or more"),
         ({"QRIS_BATCH_MAX": "0"}, "QRIS_BATCH_MAX=0: expected 1 or more"),
-        ({"QRIS_BATCH_EAGER": "2"}, "QRIS_BATCH_EAGER=2: expected 0 or 1"),
         ({"QRIS_BOOTSTRAP": "kafka:90x2"}, "QRIS_BOOTSTRAP='kafka:90x2': expected host:port"),
         ({"QRIS_BOOTSTRAP": "k1:9092,"}, "expected host:port[,host:port]"),
         ({"QRIS_SASL_PASWORD": "p"}, "unknown setting QRIS_SASL_PASWORD (did you mean QRIS_SASL_PASSWORD?)"),

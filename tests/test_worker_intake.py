@@ -236,43 +236,6 @@ def test_a_batch_is_handed_out_when_full_without_waiting_for_within() -> None:
     assert asyncio.run(scenario()) < 1.0
 
 
-def test_an_eager_batch_is_what_waits_and_does_not_wait_to_fill() -> None:
-    """`eager` (the reconcile agent's, `QRIS_BATCH_EAGER=1`): records waiting when the agent comes
-    back are handed out at once, fewer than `max_` included; with none waiting, the first put is
-    handed out as it comes, not `within_s` later; and a batch still holds at most `max_`."""
-
-    async def scenario() -> tuple[list[list[int]], list[float]]:
-        app = new_app()
-        stream = app.stream(raw_topic(app, PAY, LED))
-        loop = asyncio.get_running_loop()
-        await deliver(app, [message(PAY, 0, i) for i in range(5)])
-        batches: list[list[int]] = []
-        waited: list[float] = []
-
-        async def produce_later() -> None:
-            await asyncio.sleep(0.05)
-            await deliver(app, [message(PAY, 0, 5), message(PAY, 0, 6)])
-
-        producing: asyncio.Future[None] | None = None
-        came_back = loop.time()
-        async for events in take_batches(stream, 3, 30.0, eager=True):
-            waited.append(loop.time() - came_back)
-            batches.append([e.message.offset for e in events])
-            if len(batches) == 2:  # the channel is empty now: the next records come later
-                producing = asyncio.ensure_future(produce_later())
-            if len(batches) == 3:
-                break
-            came_back = loop.time()
-        assert producing is not None
-        await producing
-        return batches, waited
-
-    batches, waited = asyncio.run(scenario())
-    assert batches == [[0, 1, 2], [3, 4], [5, 6]]
-    assert waited[0] < 0.5 and waited[1] < 0.5  # not `within_s` (30 s)
-    assert 0.04 < waited[2] < 0.5  # the first put's records, as they came
-
-
 def test_taking_from_a_full_buffer_resumes_fetching_and_wakes_a_blocked_conductor() -> None:
     """What Faust's `get_nowait` does per event: the pressure-drop callbacks of a buffer that went
     over its pause mark run (they resume fetching) and a conductor waiting on a full queue goes on."""

@@ -204,10 +204,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         """Decode, decide, send: one batch of both input topics at a time."""
         # Faust's `take_events` batches, taken from the agent's channel a batch at a time (`intake.py`).
         async for events in take_batches(
-            cast(faust.Stream[bytes], stream),
-            settings.batch_max,
-            settings.batch_within_s,
-            eager=bool(settings.batch_eager),
+            cast(faust.Stream[bytes], stream), settings.batch_max, settings.batch_within_s
         ):
             with metrics.batch_seconds.time():
                 await finish_before_ack(shell.process_batch(events))

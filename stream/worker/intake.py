@@ -287,19 +287,12 @@ def _untrack(consumer: Any, events: list[Any]) -> None:
         unacked.discard(event.message)
 
 
-async def take_batches(
-    stream: faust.Stream[Any], max_: int, within_s: float, *, eager: bool = False
-) -> AsyncIterator[list[Any]]:
+async def take_batches(stream: faust.Stream[Any], max_: int, within_s: float) -> AsyncIterator[list[Any]]:
     """The events of `stream`'s channel in batches of at most `max_`, each handed out as soon as
     it is full or `within_s` after the agent came back for it (if it holds anything): what
-    `stream.take_events(max_, within=within_s)` yields. `eager`: a batch does not wait to fill;
-    it is what the channel holds when the agent comes back for it (at most `max_`), or, if the
-    channel is empty, what the first put brings (the agent waits for it `within_s` at a time).
-    The batches then size themselves: small while the agent keeps up, `max_` when it is behind
-    (issue 9: waiting to fill kept a refund's record in the queue while the agent idled).
-    A batch is acked when the agent asks for the next one or leaves the loop, also by an
-    exception or a cancellation (so, as with Faust's, the agent's work must be done by then:
-    `batches.finish_before_ack`)."""
+    `stream.take_events(max_, within=within_s)` yields. A batch is acked when the agent asks
+    for the next one or leaves the loop, also by an exception or a cancellation (so, as with
+    Faust's, the agent's work must be done by then: `batches.finish_before_ack`)."""
     app: Any = stream.app
     consumer: Any = app.consumer
     queue: Any = cast(Any, stream.channel).queue  # the conductor's events for this agent (`app.stream` made it)
@@ -356,7 +349,7 @@ async def take_batches(
                     queue.maybe_endorse_pressure_drop()
                     if len(pending_drops) == left:
                         break
-                if len(batch) >= max_ or (eager and batch):
+                if len(batch) >= max_:
                     break
                 remaining = deadline - loop.time()
                 if remaining <= 0:
