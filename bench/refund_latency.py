@@ -353,19 +353,24 @@ def make_day(settings: Settings, rate: float, seconds: float, start_ms: int, par
 
 
 def start_workers(
-    settings: Settings, count: int, env_extra: dict[str, str]
+    settings: Settings, count: int, env_extra: dict[str, str], tree: Path = ROOT
 ) -> list[tuple[subprocess.Popen, int, Path]]:
+    """`count` timed workers of the tree `tree` (this one, or another checkout: `--base`). Only the
+    settings that differ from the defaults are passed, so each tree runs with its own defaults
+    (and an older tree is not given a setting it does not know)."""
     workers = []
     base = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_") or k.startswith("QRIS_KAFKA_")}
+    defaults = to_env(Settings())
     for w in range(count):
         port = free_port()
         s = replace(settings, web_port=port, data_dir=tempfile.mkdtemp(prefix=f"qris-latency-w{w}-"))
-        env = {**base, **to_env(s), **env_extra}
+        own = {k: v for k, v in to_env(s).items() if v != defaults[k]}
+        env = {**base, **own, **env_extra}
         log_path = Path(s.data_dir) / "worker.log"
         log = open(log_path, "wb")  # noqa: SIM115
         timings = Path(s.data_dir) / "batches.jsonl"
         proc = subprocess.Popen(
-            [sys.executable, "-c", TIMED_WORKER, str(timings)], cwd=ROOT, env=env, stdout=log, stderr=log
+            [sys.executable, "-c", TIMED_WORKER, str(timings)], cwd=tree, env=env, stdout=log, stderr=log
         )
         workers.append((proc, port, log_path))
     deadline = time.monotonic() + 120
@@ -443,7 +448,14 @@ async def follow_outputs(settings: Settings, observed: Observed, stop: asyncio.E
         await consumer.stop()
 
 
-def run_rate(client: Settings, args: argparse.Namespace, rate: float, fetch_max_wait_ms: int) -> dict[str, Any]:
+def run_rate(
+    client: Settings,
+    args: argparse.Namespace,
+    rate: float,
+    fetch_max_wait_ms: int,
+    variant: dict[str, str] | None = None,
+    tree: Path = ROOT,
+) -> dict[str, Any]:
     prefix = f"latency-{uuid.uuid4().hex[:8]}"
     settings = replace(
         client.with_topic_prefix(prefix),
@@ -483,8 +495,10 @@ def run_rate(client: Settings, args: argparse.Namespace, rate: float, fetch_max_
     plan_dir = Path(tempfile.mkdtemp(prefix="qris-latency-plan-"))
     plan_path, acks_path = plan_dir / "plan.pickle", plan_dir / "acks.pickle"
 
-    variant = {"QRIS_FETCH_MAX_WAIT_MS": str(fetch_max_wait_ms)} if fetch_max_wait_ms else {}
-    workers = start_workers(settings, args.workers, variant)
+    env_extra = dict(variant or {})
+    if fetch_max_wait_ms:
+        env_extra["QRIS_FETCH_MAX_WAIT_MS"] = str(fetch_max_wait_ms)
+    workers = start_workers(settings, args.workers, env_extra, tree)
     start_wall_s = max(time.time() + 2.0, start_ms / 1000)
     # The day's produce times, moved to the wall clock: the Kafka timestamp of each record is the
     # moment it is due (sent within PRODUCE_TICK_S of it when the producer keeps up).
@@ -809,6 +823,15 @@ def main() -> int:
         help="the worker's QRIS_FETCH_MAX_WAIT_MS for a run (repeatable: 0 100 1500; 0: as shipped, 100; "
         "1500 is Faust's own fixed value)",
     )
+    ap.add_argument(
+        "--variant",
+        nargs="+",
+        default=[""],
+        help="worker settings to compare, each a comma-separated list of NAME=VALUE ('' = defaults), "
+        "e.g. '' QRIS_BATCH_MAX=500",
+    )
+    ap.add_argument("--base", type=Path, help="also run this tree's worker (e.g. main unpacked), with its own defaults")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat every run, alternating trees and variants")
     ap.add_argument("--drain-s", type=float, default=240.0, help="longest wait after the traffic")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--keep-topics", action="store_true", help="keep the run's topics (deleted by default)")
@@ -822,10 +845,25 @@ def main() -> int:
         flush=True,
     )
     results = []
-    for rate, wait_ms in [(r, w) for r in args.rate for w in args.fetch_max_wait_ms]:
-        r = run_rate(client, args, rate, wait_ms)
+    trees = [("", ROOT)] + ([(f"base {args.base}", args.base.resolve())] if args.base else [])
+    variants = [(text, dict(kv.split("=", 1) for kv in text.split(",") if kv)) for text in args.variant]
+    runs = [
+        (rate, wait_ms, tree_label, tree, text, variant)
+        for rate in args.rate
+        for _ in range(args.rounds)
+        for tree_label, tree in trees
+        for text, variant in (variants if not tree_label else [("", {})])
+        for wait_ms in args.fetch_max_wait_ms
+    ]
+    for rate, wait_ms, tree_label, tree, text, variant in runs:
+        r = run_rate(client, args, rate, wait_ms, variant, tree)
         r["fetch_max_wait_ms"] = wait_ms or Settings().fetch_max_wait_ms
+        r["worker"] = tree_label or "this tree"
+        r["variant"] = text
         results.append(r)
+        label = ", ".join(x for x in (tree_label, text) if x)
+        if label:
+            print(f"worker: {label}", flush=True)
         la, lb = r["load"]
         caught = r["caught_up_s"]
         caught_text = f"{caught:.1f} s later" if caught is not None else "never, in the drain time"
