@@ -43,6 +43,7 @@ from .replay import (
     KEEP_PARSED_MAX_RECORDS,
     Kept,
     Replay,
+    collector_paused,
     incident_timeline,
     reporting,
     run_detector,
@@ -460,9 +461,10 @@ def replay_file_parallel(
     to_ms: int | None = None,
 ) -> int:
     """Replay `path` with `jobs` processes; write decision lines to `out`; return their count.
-    `from_ms`/`to_ms` select records by Kafka timestamp as `TimeRange` does."""
+    `from_ms`/`to_ms` select records by Kafka timestamp as `TimeRange` does. No cyclic
+    collector while it runs, here and in the forked jobs (`replay.collector_paused`)."""
     burst = burst or BurstParams()
-    with tempfile.TemporaryDirectory(prefix="qris-replay-") as tmp:
+    with collector_paused(), tempfile.TemporaryDirectory(prefix="qris-replay-") as tmp:
         outs = [str(Path(tmp) / f"job-{i}.jsonl") for i in range(jobs)]
         ctx = mp.get_context("fork")
         times = (from_ms, to_ms)

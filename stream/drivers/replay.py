@@ -28,6 +28,7 @@ from __future__ import annotations
 import gc
 import sys
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -140,6 +141,25 @@ def tune_collector() -> None:
     third of a replay's CPU, at this setting no more than with the collector off (141k records:
     10.9, 6.8 and 7.3 CPU seconds). The core makes almost no reference cycles: same memory."""
     gc.set_threshold(100_000, 50, 100)
+
+
+@contextmanager
+def collector_paused(pause: bool = True) -> Iterator[None]:
+    """No cyclic collector inside the block (if `pause`), as it was after it. The state a replay
+    builds is long-lived and the core makes no reference cycles (a full collection after
+    replaying each of the three simulated days, 659k records, holds on and off, found nothing
+    unreachable; peak RSS the same), so a collection only walks the young survivors: even at
+    `tune_collector`'s threshold 13 collections, 0.63-0.71 CPU s of a 6.4-7.1 s replay of 300k
+    mixed records (holds on, `--jobs 1`), against 5.7-5.8 s without (same run, alternating).
+    Reference counting frees everything else as before."""
+    if not pause or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def warn_out_of_order(r: Replay, source: str) -> int:
@@ -288,7 +308,21 @@ def replay(
     iterator is kept in memory first; pass a re-iterable, e.g. a `ReplayFile`, to avoid that):
     one pass (`onepass`) if `partitions` includes every partition of the input (found here for
     records in memory, and by a scan of a `ReplayFile`), else, or if that pass gives up, two.
-    `one_pass` False: always two (the tests compare them)."""
+    `one_pass` False: always two (the tests compare them). No cyclic collector while it runs
+    (`collector_paused`), unless `records` is an iterator (read from Kafka as it goes)."""
+    with collector_paused(not isinstance(records, Iterator)):
+        yield from _replay(records, params, drain, burst, source, partitions, one_pass)
+
+
+def _replay(
+    records: Iterable[KafkaRecord],
+    params: Params,
+    drain: bool,
+    burst: BurstParams | None,
+    source: str,
+    partitions: Iterable[int] | None,
+    one_pass: bool,
+) -> Iterator[tuple[int, Decision]]:
     burst = burst or BurstParams()
     bursts: list[Decision] | None = None  # holds off: the detector runs after the one pass
     kept: list[Kept] = []
