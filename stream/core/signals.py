@@ -61,21 +61,35 @@ def judge(st: ReferenceState, probe_at_ms: int) -> Outcome:
     return _NO_ANSWER
 
 
-def scope_keys(st: ReferenceState) -> list[str]:
+def scope_keys(st: ReferenceState) -> tuple[str, ...]:
     """The scopes a payment belongs to, as `type:id` keys (`all` has no id). Scopes whose id the
     request does not carry are left out."""
     rq = st.request
     assert rq is not None
-    keys = ["all"]
-    if rq.issuer_id:
-        keys.append("issuer:" + rq.issuer_id)
-    if rq.switch_id:
-        keys.append("switch:" + rq.switch_id)
-    if rq.acquirer_id:
-        keys.append("acquirer:" + rq.acquirer_id)
-    if rq.merchant_id:
-        keys.append("merchant:" + rq.merchant_id)
+    ids = (rq.issuer_id, rq.switch_id, rq.acquirer_id, rq.merchant_id)
+    keys = _SCOPE_KEYS.get(ids)
+    if keys is None:
+        made = ["all"]
+        if rq.issuer_id:
+            made.append("issuer:" + rq.issuer_id)
+        if rq.switch_id:
+            made.append("switch:" + rq.switch_id)
+        if rq.acquirer_id:
+            made.append("acquirer:" + rq.acquirer_id)
+        if rq.merchant_id:
+            made.append("merchant:" + rq.merchant_id)
+        keys = tuple(made)
+        if len(_SCOPE_KEYS) >= _SCOPE_KEYS_MAX:
+            _SCOPE_KEYS.clear()
+        _SCOPE_KEYS[ids] = keys
     return keys
+
+
+# (issuer, switch, acquirer, merchant) of requests judged -> their scope keys, made once: four
+# concatenations a payment fewer, and keys that keep their hash for the scope-minute lookups
+# (a signal judges every payment; few distinct combinations). Emptied when full.
+_SCOPE_KEYS: dict[tuple[str | None, ...], tuple[str, ...]] = {}
+_SCOPE_KEYS_MAX = 65_536
 
 
 def new_scope_minute() -> dict[str, Any]:

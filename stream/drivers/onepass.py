@@ -107,7 +107,11 @@ class OnePass:
         eng = self.r.engines.get(part) or self.r.engine(part)
         rejected, skewed = eng.rejected[s], eng.skewed[s]
         got = eng.on_record(stream, offset, key, value, timestamp_ms)
-        w = eng.watermark_ms
+        # `eng.watermark_ms`, inline (a property: a frame a record).
+        mp, ml = eng.max_ms
+        w = NEG_INF if mp is None or ml is None else (mp if mp < ml else ml) - p.lateness_ms
+        if w < eng.forced_ms:
+            w = eng.forced_ms
         ws = self.mark_w.get(part)
         if ws is None:
             if w > NEG_INF:
