@@ -243,12 +243,10 @@ class ReconcileShell:
             decisions: list[Decision] = []
             touched: set[int] = set()
             now = time.monotonic()
-            for p in sorted({r.partition for r in records}):
+            tps = set(map(_topic_partition, records))  # (no Python step per record)
+            for p in sorted({p for _t, p in tps}):
                 await self.restore_engine(p)
-            expected = {
-                (t, p): self.engine(p).last_offset[self._stream(t)] + 1
-                for t, p in {(r.topic, r.partition) for r in records}
-            }
+            expected = {(t, p): self.engine(p).last_offset[self._stream(t)] + 1 for t, p in tps}
             plans = plan_batch(expected, records)
             for (topic, p), plan in sorted(plans.items()):
                 take = plan.records
@@ -260,11 +258,14 @@ class ReconcileShell:
                     continue
                 stream = self._stream(topic)
                 eng = self.engines.get(p) or self.engine(p)
+                on_record = eng.on_record
                 for rec in take:
                     try:
-                        decisions.extend(eng.on_record(stream, rec.offset, rec.key, rec.value, rec.timestamp_ms))
+                        got = on_record(stream, rec.offset, rec.key, rec.value, rec.timestamp_ms)
                     except Exception as exc:  # a bug must not lose the record: dead-letter it
-                        decisions.extend(self._internal_error(stream, rec, exc))
+                        got = self._internal_error(stream, rec, exc)
+                    if got:  # most records decide nothing yet
+                        decisions.extend(got)
                 self.clocks[p].last_arrival[stream] = now
                 touched.add(p)
                 self.counts["records"] += len(take)
@@ -558,3 +559,4 @@ def _plain(events: Sequence[Any]) -> list[InputRecord]:
 
 
 _message = attrgetter("message")
+_topic_partition = attrgetter("topic", "partition")

@@ -19,7 +19,6 @@ Imports no faust (the changelog's Kafka client is aiokafka's public API).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -169,11 +168,12 @@ class RocksPartition:
         from rocksdict import WriteBatch
 
         wb = WriteBatch(raw_mode=True)
+        put, delete = wb.put, wb.delete
         for key, value in changes:
             if value is None:
-                wb.delete(key)
+                delete(key)
             else:
-                wb.put(key, value)
+                put(key, value)
         wb.put(APPLIED_OFFSET_KEY, b"%d" % applied_offset)
         wb.put(BATCH_SEQ_KEY, b"%d" % seq)
         self.db.write(wb, self.write_options)
@@ -423,15 +423,21 @@ class KafkaChangelog:
         for p, (changes, seq) in batches.items():
             seq_bytes = b"%d" % seq
             headers = [(BATCH_HEADER, seq_bytes)]  # the same for every change of the batch
-            marker = (commit_key(p), seq_bytes, [*headers, (COMMIT_HEADER, b"1")])
-            batch, count = producer.create_batch(), 0
-            for key, value, hdrs in itertools.chain(((k, v, headers) for k, v in changes), (marker,)):
-                if batch.append(key=key, value=value, timestamp=None, headers=hdrs) is None:
+            batch = producer.create_batch()
+            append, count = batch.append, 0
+            for key, value in changes:  # once per changed key: no tuple or generator step each
+                if append(key=key, value=value, timestamp=None, headers=headers) is None:
                     await submit(p, batch, count)  # full (and closed by the failed append)
-                    batch, count = producer.create_batch(), 0
-                    batch.append(key=key, value=value, timestamp=None, headers=hdrs)  # a first always fits
+                    batch = producer.create_batch()
+                    append, count = batch.append, 0
+                    append(key=key, value=value, timestamp=None, headers=headers)  # a first always fits
                 count += 1
-            await submit(p, batch, count)
+            marker_key, marker_headers = commit_key(p), [*headers, (COMMIT_HEADER, b"1")]
+            if append(key=marker_key, value=seq_bytes, timestamp=None, headers=marker_headers) is None:
+                await submit(p, batch, count)
+                batch, count = producer.create_batch(), 0
+                batch.append(key=marker_key, value=seq_bytes, timestamp=None, headers=marker_headers)
+            await submit(p, batch, count + 1)
         await asyncio.gather(*futures)  # every record batch delivered, not only each partition's last
         # A record batch's future gives its base offset; its records have the offsets after it.
         return {p: int(fut.result().offset) + count - 1 for p, (fut, count) in last.items()}

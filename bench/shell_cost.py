@@ -1,0 +1,147 @@
+"""Instructions (or CPU) per input record of the live shell's whole batch path, in one process
+with a stand-in broker (not a test): `ReconcileShell.process_records` on Faust-like events (a
+partition's records in a run, as the worker's consumer delivers them), the decisions sent to a
+no-op, the changed state persisted as the worker does (`_persist`, `PartitionStore.commit`:
+aiokafka record batches built by `KafkaChangelog.send_batch` and closed, then the local RocksDB
+`WriteBatch`), and, holds on, the incidents' progress `--lag-s` of event time behind the
+slowest watermark after each batch. Not included: Faust, aiokafka's fetch, the network.
+
+    python bench/shell_cost.py --in day.jsonl --records 60000 [--tree DIR]
+
+Timing on the shared machine is noisy; count instructions instead, this tree against another:
+
+    PYTHONHASHSEED=0 valgrind --tool=cachegrind --cache-sim=no python bench/shell_cost.py \\
+        --in day.jsonl --records 12000 --tree DIR
+
+(the path's instructions per record: the difference of runs with 12,000 and 2,000 records,
+divided by 10,000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--in", dest="input", required=True)
+    ap.add_argument("--records", type=int, default=60_000)
+    ap.add_argument("--batch", type=int, default=2000)
+    ap.add_argument("--lag-s", type=float, default=60.0)
+    ap.add_argument("--tree", default=str(Path(__file__).resolve().parent.parent), help="whose `stream` to run")
+    args = ap.parse_args()
+    sys.path.insert(0, args.tree)
+    asyncio.run(run(args))
+    return 0
+
+
+class _Producer:
+    """aiokafka's record batches built as the changelog builds them, closed, not sent."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[int, int] = {}
+
+    def create_batch(self) -> Any:
+        from aiokafka.producer.message_accumulator import BatchBuilder
+
+        return BatchBuilder(512 * 1024, 0)
+
+    async def send_batch(self, batch: Any, topic: str, partition: int) -> Any:
+        count = batch.record_count()
+        batch._build()
+        base = self.offsets.get(partition, 0)
+        self.offsets[partition] = base + count
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(SimpleNamespace(offset=base))
+        return fut
+
+
+async def run(args: argparse.Namespace) -> None:
+    from stream.core.partition import NEG_INF
+    from stream.drivers.replayfile import read_records
+    from stream.settings import Settings
+    from stream.worker import shell as shell_module
+    from stream.worker.shell import ReconcileShell
+    from stream.worker.statestore import KafkaChangelog, PartitionStore
+    from stream.worker.watch import WorkerWatch
+
+    gc.set_threshold(100_000, 50, 100)  # the worker's (`app.prepare_process`)
+    with open(args.input, "rb") as fh:
+        recs = []
+        for rec in read_records(fh):
+            recs.append(rec)
+            if len(recs) >= args.records:
+                break
+    topics = {r.topic for r in recs}
+    settings = replace(
+        Settings(),
+        payment_topic=next(t for t in topics if "payment" in t),
+        ledger_topic=next(t for t in topics if "ledger" in t),
+    )
+    changelog = KafkaChangelog({}, "bench-state-changelog")
+    producer = _Producer()
+
+    async def clients() -> tuple[Any, Any]:
+        return producer, None
+
+    async def end_offset(partition: int) -> int:
+        return 0
+
+    async def read(partition: int, start: int, end: int) -> Any:
+        return
+        yield
+
+    changelog._clients = clients  # type: ignore[method-assign]
+    changelog.end_offset = end_offset  # type: ignore[method-assign]
+    changelog.read = read  # type: ignore[method-assign]
+    store = PartitionStore(changelog, Path(tempfile.mkdtemp(prefix="shell-cost-")))
+    watch = WorkerWatch(settings)
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> None:
+        return None
+
+    async def flush() -> None:
+        return None
+
+    shell = ReconcileShell(settings, store, watch.wrap_send(send), flush, store.commit, restore=store.restore)
+    shell.on_engine = watch.watch_engine
+    batches = []
+    for start in range(0, len(recs), args.batch):
+        part = sorted(recs[start : start + args.batch], key=lambda r: (r.partition, r.topic))
+        batches.append(
+            [
+                SimpleNamespace(
+                    message=SimpleNamespace(
+                        topic=r.topic,
+                        partition=r.partition,
+                        offset=r.offset,
+                        timestamp=None if r.timestamp_ms is None else r.timestamp_ms / 1000.0,
+                        key=r.key,
+                        value=r.value,
+                    )
+                )
+                for r in part
+            ]
+        )
+    lag_ms = int(args.lag_s * 1000)
+    t0 = time.process_time()
+    for events in batches:
+        await shell.process_records(shell_module._plain(events))
+        known = min(e.watermark_ms for e in shell.engines.values()) - lag_ms
+        if known > NEG_INF // 2:
+            await shell.on_incidents([], known)
+    cpu_s = time.process_time() - t0
+    print(f"{shell_module.__file__}: {cpu_s / len(recs) * 1e6:.2f} us CPU per record, {shell.counts}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
