@@ -207,7 +207,7 @@ def worker_rate(
             sampler.wait(60)
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(60)
+            proc.wait(120)  # the worker's own stop deadline (QRIS_STOP_TIMEOUT_S, 90 s) comes first
         except subprocess.TimeoutExpired:
             proc.kill()
 

@@ -215,7 +215,7 @@ def group_run(
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
             try:
-                proc.wait(60)
+                proc.wait(120)  # the worker's own stop deadline (QRIS_STOP_TIMEOUT_S, 90 s) comes first
             except subprocess.TimeoutExpired:
                 proc.kill()
 

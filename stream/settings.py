@@ -59,6 +59,7 @@ class Settings:
     session_timeout_s: float = 30.0
     recovery_stall_s: float = 60.0  # recovery.RECOVERY_STALL_S
     feed_stall_s: float = 120.0  # recovery.FEED_STALL_S
+    stop_timeout_s: float = 90.0  # stopdeadline.StopDeadline
     log_level: str = "info"
     uvloop: int = 1
     # Kafka client security (stream/security.py turns these into each client library's options)
@@ -231,6 +232,11 @@ DOCS: dict[str, tuple[str, str]] = {
         "seconds an input or signals partition may have records on the broker (its end offset, asked then) "
         "and none taken before the worker restarts itself",
     ),
+    "stop_timeout_s": (
+        "QRIS_STOP_TIMEOUT_S",
+        "seconds a stopping worker may take (its last batch, commits, closing) before it exits on its own with "
+        "code 70; the next start goes on from the last commit",
+    ),
     "log_level": ("QRIS_LOG_LEVEL", "log level: debug, info, warning, error"),
     "uvloop": ("QRIS_UVLOOP", "1: run the worker on uvloop (faster); 0: the standard asyncio loop"),
     "security_protocol": (
@@ -358,6 +364,7 @@ def _problems(s: Settings) -> list[str]:
         "session_timeout_s",
         "recovery_stall_s",
         "feed_stall_s",
+        "stop_timeout_s",
     ):
         value = getattr(s, name)
         if not 0 < value < math.inf:

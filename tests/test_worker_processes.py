@@ -88,3 +88,22 @@ def test_processes_below_one_is_a_mistake(monkeypatch: pytest.MonkeyPatch, capsy
     monkeypatch.setattr("stream.topics.check_copartitioned", lambda s: s.partitions)
     assert main(["worker", "--processes", "0"]) == 2
     assert "--processes 0: expected 1 or more" in capsys.readouterr().err
+
+
+def test_a_child_that_does_not_stop_is_killed_after_the_stop_timeout(tmp_path: Path) -> None:
+    # Child w1 ignores SIGTERM (as a worker hung in its stop whose own deadline cannot fire);
+    # the parent kills it QRIS_STOP_TIMEOUT_S + max(2, a sixth) after the stop and exits 70.
+    script = (
+        "import os, pathlib, signal, sys, time\n"
+        "d = pathlib.Path(os.environ['QRIS_DATA_DIR'])\n"
+        "if d.name == 'w1': signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "(d.parent / ('ready-' + d.name)).write_text(str(os.getpid()))\ntime.sleep(120)\n"
+    )
+    settings = Settings(data_dir=str(tmp_path), web_port=0, stop_timeout_s=0.5)
+    started = time.monotonic()
+    code = _run_until(settings, 2, script, lambda: len(list(tmp_path.glob("ready-*"))) == 2)
+    assert code == 70
+    assert 2.5 <= time.monotonic() - started < 30
+    stuck = int((tmp_path / "ready-w1").read_text())
+    with pytest.raises(ProcessLookupError):  # gone, not orphaned
+        os.kill(stuck, 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import signal
 import time
 from collections.abc import Set
 from pathlib import Path
@@ -39,6 +40,7 @@ from .pages import add_pages
 from .recovery import SIGNALS_STALL_S, FeedStallWatchdog, RecoveryWatchdog, restart_self, self_restarts
 from .shell import ReconcileShell
 from .statestore import UNKNOWN_REMAINING, KafkaChangelog, PartitionStore, changelog_topic_name
+from .stopdeadline import StopDeadline
 from .watch import WorkerWatch
 
 log = logging.getLogger("qris_guard.worker")
@@ -462,6 +464,19 @@ async def not_ready_reason(
 
 class _Worker(faust.Worker):
     json_logs = False
+    stop_deadline: StopDeadline | None = None  # set by run_worker
+
+    # mode's Worker: a SIGTERM or SIGINT schedules the stop here; `on_worker_shutdown` runs when
+    # the worker's start ends, for any reason. Either starts the stop's deadline.
+    def _schedule_shutdown(self, sig: signal.Signals) -> None:
+        if self.stop_deadline is not None:
+            self.stop_deadline.arm(f"signal {sig.name}")
+        super()._schedule_shutdown(sig)
+
+    def on_worker_shutdown(self) -> None:
+        if self.stop_deadline is not None:
+            self.stop_deadline.arm("the worker's end")
+        super().on_worker_shutdown()
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         if self.json_logs:
@@ -500,7 +515,11 @@ def run_worker(settings: Settings) -> int:
     app, _shell = build_app(settings, partitions)
     _Worker.json_logs = settings.log_format == "json"
     worker = _Worker(app, loglevel=settings.log_level.upper(), override_logging=True)
-    worker.execute_from_commandline()
+    worker.stop_deadline = deadline = StopDeadline(settings.stop_timeout_s)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        deadline.cancel()  # stopped in time (or in a test's process, which goes on)
     return 0
 
 

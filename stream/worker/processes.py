@@ -48,10 +48,16 @@ def run_processes(settings: Settings, n: int, poll_s: float = 0.5, command: list
         raise ValueError(f"QRIS_WEB_PORT={settings.web_port}: {n} processes need web ports up to {last}")
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
+    stop_sent: tuple[float, int] | None = None  # when the stop was passed on, and which signal
+    # Each child exits on its own QRIS_STOP_TIMEOUT_S after a stop began (`stopdeadline`); this
+    # is the parent's backstop for a child that cannot (its children are in their own sessions:
+    # nobody else would ever stop them).
+    kill_after_s = settings.stop_timeout_s + max(2.0, settings.stop_timeout_s / 6)
 
     def stop(signum: int, _frame: FrameType | None = None) -> None:
-        nonlocal stopping
+        nonlocal stopping, stop_sent
         stopping = True
+        stop_sent = stop_sent or (time.monotonic(), signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
@@ -63,6 +69,8 @@ def run_processes(settings: Settings, n: int, poll_s: float = 0.5, command: list
         # Its own session: a terminal's Ctrl-C reaches the parent only, which passes it on once.
         children.append(subprocess.Popen(argv, env=env, start_new_session=True))
         log.info("worker process %d started (pid %d)", i, children[-1].pid)
+        if stop_sent is not None:  # a stop came while the children were starting
+            children[-1].send_signal(stop_sent[1])
     failed: int | None = None
     while any(child.poll() is None for child in children):
         for i, child in enumerate(children):
@@ -71,6 +79,15 @@ def run_processes(settings: Settings, n: int, poll_s: float = 0.5, command: list
                 log.critical("worker process %d (pid %d) exited with %d; stopping the others", i, child.pid, code)
                 failed = code or 1
                 stop(signal.SIGTERM)
+            elif code is None and stop_sent is not None and time.monotonic() - stop_sent[0] > kill_after_s:
+                log.critical(
+                    "worker process %d (pid %d) still running %.0f s after the stop; killing it",
+                    i,
+                    child.pid,
+                    kill_after_s,
+                )
+                child.kill()
+                failed = failed or 70
         time.sleep(poll_s)
     if failed is not None:
         return failed

@@ -1,0 +1,90 @@
+"""A stopping worker that does not stop exits on its own (stream/worker/stopdeadline.py): the
+deadline, the worker's stop paths that arm it, and a real process that hangs in its stop."""
+
+from __future__ import annotations
+
+import doctest
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faust
+import pytest
+
+from stream.settings import Settings, SettingsError, from_env
+from stream.worker import stopdeadline
+from stream.worker.app import _Worker, build_app
+from stream.worker.stopdeadline import EXIT_CODE, StopDeadline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_doctests() -> None:
+    failures, tried = doctest.testmod(stopdeadline, raise_on_error=False, verbose=False)
+    assert tried and not failures
+
+
+def test_a_stop_that_ends_in_time_exits_nothing() -> None:
+    exits: list[int] = []
+    d = StopDeadline(0.2, exit=exits.append)
+    d.arm("signal SIGTERM")
+    d.cancel()
+    assert not d.wait(0.6)
+    assert exits == []
+
+
+def test_only_the_first_stop_request_sets_the_deadline() -> None:
+    exits: list[int] = []
+    d = StopDeadline(0.3, exit=exits.append)
+    d.arm("signal SIGTERM")
+    time.sleep(0.2)
+    d.arm("the worker's end")  # later: must not push the deadline back
+    assert d.wait(0.4), "the deadline counted from the second request"
+    assert exits == [EXIT_CODE] and d.armed_for == "signal SIGTERM"
+
+
+def test_a_process_hung_in_its_stop_exits_70_and_says_why() -> None:
+    # The main thread never returns (as a consumer whose coordinator is gone); the deadline's
+    # own thread ends the process, with the default exit (os._exit) and a logged reason.
+    script = (
+        "import logging, time\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "from stream.worker.stopdeadline import StopDeadline\n"
+        "StopDeadline(0.5).arm('signal SIGTERM')\n"
+        "while True: time.sleep(1)\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_CODE
+    assert time.monotonic() - started < 30
+    assert "worker still stopping 0 s after signal SIGTERM (QRIS_STOP_TIMEOUT_S)" in done.stderr
+    assert "the next start goes on from the last committed offsets" in done.stderr
+
+
+def test_the_setting_is_read_and_checked() -> None:
+    assert Settings().stop_timeout_s == 90.0
+    assert from_env({"QRIS_STOP_TIMEOUT_S": "12.5"}).stop_timeout_s == 12.5
+    with pytest.raises(SettingsError, match="QRIS_STOP_TIMEOUT_S=0.0: expected a number of seconds above 0"):
+        from_env({"QRIS_STOP_TIMEOUT_S": "0"})
+
+
+def test_the_workers_stop_signal_and_its_end_arm_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # mode's Worker schedules its stop in `_schedule_shutdown` (SIGTERM, SIGINT) and calls
+    # `on_worker_shutdown` when its start ends; Faust's own scheduling is left out here.
+    scheduled: list[signal.Signals] = []
+    monkeypatch.setattr(faust.Worker, "_schedule_shutdown", lambda self, sig: scheduled.append(sig))
+    app, _shell = build_app(Settings(store="memory://"))
+    for stop in ("signal", "end"):
+        worker = _Worker(app, loglevel="INFO")
+        exits: list[int] = []
+        worker.stop_deadline = StopDeadline(0.2, exit=exits.append)
+        if stop == "signal":
+            worker._schedule_shutdown(signal.SIGTERM)
+            assert scheduled == [signal.SIGTERM], "Faust's stop was not scheduled"
+            assert worker.stop_deadline.armed_for == "signal SIGTERM"
+        else:
+            worker.on_worker_shutdown()
+            assert worker.stop_deadline.armed_for == "the worker's end"
+        assert worker.stop_deadline.wait(5.0) and exits == [EXIT_CODE]
