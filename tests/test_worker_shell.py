@@ -339,3 +339,71 @@ def test_with_holds_a_partition_never_fed_follows_the_wall_clock_only_with_nothi
             # W = now - A (30 s) - idle timeout (1 s): the minutes up to about a minute ago close.
             assert before_ms - 32_000 <= eng.watermark_ms <= int(time.time() * 1000) - 31_000
             assert closed and (before_ms - 32_000 - 30_000) // 60_000 - 1 <= max(closed)
+
+
+def test_a_batch_is_acked_only_once_its_decisions_and_state_are_durable_and_batches_commit_together() -> None:
+    """The agent's group commit: a batch's decisions are sent at once, but its ack waits for a
+    commit that flushed the producer, then wrote the state (changelog delivered); the batches
+    decided while a commit is on its way go together in the next one, and no more than
+    MAX_UNCOMMITTED_BATCHES are decided ahead of it."""
+    from stream.worker.shell import MAX_UNCOMMITTED_BATCHES
+
+    h = Harness()
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def flush() -> None:
+        order.append("flush")
+
+    async def write_state() -> None:
+        order.append("write")
+        await gate.wait()
+        order.append("written")
+
+    h.shell.flush, h.shell.write_state = flush, write_state
+    settings = h.settings
+
+    def events(n: int, t: float) -> list[Any]:
+        out = []
+        for topic_role, value in unsettled(f"R{n}", t) + tick(t + 1_000):
+            topic = settings.payment_topic if topic_role == "P" else settings.ledger_topic
+            key = orjson.loads(value)["reference"].encode()
+            msg = SimpleNamespace(topic=topic, partition=0, offset=h.offsets[topic], key=key, value=value, timestamp=None)
+            h.offsets[topic] += 1
+            out.append(SimpleNamespace(message=msg))
+        return out
+
+    acked: list[int] = []
+
+    async def run() -> None:
+        shell = h.shell
+        # Batch 0: decided, its decisions sent, its commit started and held in the state write.
+        await shell.process_batch(events(0, T0), lambda: acked.append(0))
+        await asyncio.sleep(0)
+        assert order[-1] == "write" and order.count("write") == 1 and acked == [] and shell.uncommitted() == 0
+        assert shell.counts["refunds"] + shell.counts["signals"] + shell.counts["alerts"] == 0 or order[0] == "flush"
+        # Batches 1..: decided while that commit waits; none acked, none committed yet.
+        for i in range(1, MAX_UNCOMMITTED_BATCHES):
+            await shell.process_batch(events(i, T0 + i * 60_000), lambda i=i: acked.append(i))
+        assert acked == [] and shell.uncommitted() == MAX_UNCOMMITTED_BATCHES - 1
+        stored_before = dict(h.store.data)
+        # One more would be too many ahead: it waits for a commit of its own.
+        last = asyncio.ensure_future(
+            shell.process_batch(events(99, T0 + 99 * 60_000), lambda: acked.append(MAX_UNCOMMITTED_BATCHES))
+        )
+        await asyncio.sleep(0.01)
+        assert not last.done() and acked == []
+        gate.set()
+        await last
+        while shell.uncommitted() or (shell._committer and not shell._committer.done()):
+            await asyncio.sleep(0.001)
+        # Batch 0 alone in the first commit; 1..8 together in the second (the waiting batch's
+        # own commit found nothing left, or took the rest).
+        assert acked == list(range(MAX_UNCOMMITTED_BATCHES + 1))
+        assert 2 <= shell.counts["commits"] <= 3  # nine batches
+        # Every write started only after the one before it was written (one commit at a time).
+        writes = [x for x in order if x != "flush"]
+        assert writes == ["write", "written"] * (len(writes) // 2)
+        assert h.store.data != stored_before  # the later batches' state was written
+
+    asyncio.run(run())

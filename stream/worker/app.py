@@ -34,7 +34,7 @@ from .endoffsets import BrokerEndOffsets, EndOffsetsUnknown
 from .feeds import TopicSilence
 from .gapfill import BrokerGapFetcher
 from .incidents import follow_incidents_topic
-from .intake import QuickConductor, RawSchema, take_batches
+from .intake import QuickConductor, RawSchema, batch_ack, take_batches
 from .metrics import WorkerMetrics
 from .pages import add_pages
 from .recovery import SIGNALS_STALL_S, FeedStallWatchdog, RecoveryWatchdog, restart_self, self_restarts
@@ -208,11 +208,17 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     async def reconcile_payments(stream: faust.StreamT[bytes]) -> None:
         """Decode, decide, send: one batch of both input topics at a time."""
         # Faust's `take_events` batches, taken from the agent's channel a batch at a time (`intake.py`).
-        async for events in take_batches(
-            cast(faust.Stream[bytes], stream), settings.batch_max, settings.batch_within_s
-        ):
-            with metrics.batch_seconds.time():
-                await finish_before_ack(shell.process_batch(events))
+        # Each batch is acked by the shell's group commit once it is durable, in the background,
+        # while the next batches are decided (`ReconcileShell.commit`).
+        batches = cast(faust.Stream[bytes], stream)
+        try:
+            async for events in take_batches(batches, settings.batch_max, settings.batch_within_s, ack_later=True):
+                with metrics.batch_seconds.time():
+                    await finish_before_ack(shell.process_batch(events, batch_ack(batches, events)))
+        finally:
+            # What was decided is durable and acked before the agent goes (a stop, a rebalance
+            # that restarts agents): otherwise its offsets would not be committed this time.
+            await finish_before_ack(shell.commit())
 
     # The detector's own gap reader: the input's (`gaps`) may be reading a gap meanwhile.
     signal_gaps = BrokerGapFetcher(aiokafka_config(settings))
@@ -249,7 +255,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             # incidents release are sent by that producer, so the follower stops here, after a
             # release under way (seen: one released as the producer stopped, exit 70 on a clean
             # stop). What it has not released yet, the next start releases from the topic.
-            async with shell.lock:
+            async with shell.committed():  # not in the middle of a release or its commit
                 for task in following:
                     task.cancel()
 
@@ -287,7 +293,8 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
                 )
                 restart_self("state_restore_stalled")
             await check_feed_stalls()
-            held_s = shell.lock.held_for_s(time.monotonic())
+            now_s = time.monotonic()
+            held_s = max(shell.lock.held_for_s(now_s), shell.commit_lock.held_for_s(now_s))
             if held_s >= SHELL_STALL_S:
                 # Seen once in the Kafka tier after a restart: the worker decided nothing for two
                 # minutes with no error (cause not found). Whatever hangs under the lock (a send,
@@ -367,7 +374,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         watch.keep_partitions(owned)
         if not watching:
             watching.append(asyncio.ensure_future(watch_state_recovery()))
-        async with shell.lock:  # never in the middle of a batch
+        async with shell.committed():  # never in the middle of a batch, nothing left to write
             dropped = await drop_moved_partitions(shell, store, owned)
         log.info(
             "assigned input partitions %s; engines dropped %s, kept %s", sorted(owned), dropped, sorted(shell.engines)
@@ -393,8 +400,9 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # Faust's signal type wants a sender
     async def on_revoked(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
-        # Waits for a batch in flight; the engines stay until the new assignment says which moved.
-        async with shell.lock:
+        # Waits for a batch in flight and commits what is decided (Faust waited for its acks
+        # already); the engines stay until the new assignment says which moved.
+        async with shell.committed():
             pass
         async with bursts.lock:
             bursts.forget()

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import faust
@@ -334,12 +334,23 @@ def _untrack(consumer: Any, events: list[Any]) -> None:
         unacked.discard(event.message)
 
 
-async def take_batches(stream: faust.Stream[Any], max_: int, within_s: float) -> AsyncIterator[list[Any]]:
+def batch_ack(stream: faust.Stream[Any], events: list[Any]) -> Callable[[], None]:
+    """What acks a batch of `take_batches(..., ack_later=True)`, to be called once its work is
+    durable."""
+    consumer: Any = stream.app.consumer
+    return lambda: _ack_batch(consumer, events)
+
+
+async def take_batches(
+    stream: faust.Stream[Any], max_: int, within_s: float, *, ack_later: bool = False
+) -> AsyncIterator[list[Any]]:
     """The events of `stream`'s channel in batches of at most `max_`, each handed out as soon as
     it is full or `within_s` after the agent came back for it (if it holds anything): what
     `stream.take_events(max_, within=within_s)` yields. A batch is acked when the agent asks
     for the next one or leaves the loop, also by an exception or a cancellation (so, as with
-    Faust's, the agent's work must be done by then: `batches.finish_before_ack`)."""
+    Faust's, the agent's work must be done by then: `batches.finish_before_ack`). With
+    `ack_later`, the agent acks each batch itself when its work is durable (`batch_ack`);
+    until then a revocation waits for it (one message of each batch is tracked)."""
     app: Any = stream.app
     consumer: Any = app.consumer
     queue: Any = cast(Any, stream.channel).queue  # the conductor's events for this agent (`app.stream` made it)
@@ -411,6 +422,7 @@ async def take_batches(stream: faust.Stream[Any], max_: int, within_s: float) ->
             try:
                 yield events
             finally:
-                _ack_batch(consumer, events)
+                if not ack_later:
+                    _ack_batch(consumer, events)
     finally:
         _untrack(consumer, batch)

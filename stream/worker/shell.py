@@ -1,12 +1,17 @@
 """The live worker's shell around the core: batches of raw Kafka events in, decisions out.
 
 Faust only moves bytes here. For each batch the shell routes events to their partition's
-`PartitionEngine`, sends the decisions, waits until the producer has them (so state never
-runs ahead of what was sent), then writes the changed state of each partition to the state
-store in one coalesced write per reference (a record cache, as Kafka Streams' KIP-63), the
-partition's metadata last, and waits until the store has them on its changelog (`statestore`).
-Faust acks the batch afterwards. A partition newly assigned here is restored (local state and
-changelog tail) before its engine is built, pending records included.
+`PartitionEngine` and sends the decisions. A commit (`commit`) then makes everything decided so
+far durable: it waits until the producer has the decisions sent (so state never runs ahead of
+what was sent), writes the changed state of each partition to the state store in one coalesced
+write per reference (a record cache, as Kafka Streams' KIP-63), the partition's metadata last,
+waits until the store has them on its changelog (`statestore`), and only then acks the batches
+it covers (their offsets may be committed). The agent's batches are committed as a group
+commit: one commit runs at a time, in the background, beside the next batches, and takes
+everything decided while the previous one was on its way (two broker round trips per commit,
+not per batch; a reference changed by several batches is written once). A partition newly
+assigned here is restored (local state and changelog tail) before its engine is built, pending
+records included.
 
 The one wall-clock rule (live only) is here too: `check_idle_feeds` advances a partition's
 watermark when an input stream has been silent for `idle_timeout_s` (FEED_SILENT alert) and the
@@ -16,10 +21,11 @@ broker, asked at that moment, has none of its records left for this worker (`end
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence, Set
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Literal, Protocol
@@ -66,6 +72,11 @@ def reference_of(partition: int, key: bytes) -> str | None:
     """The reference a table key of `partition` holds, or None for any other key."""
     prefix = b"%d/r/" % partition
     return key[len(prefix) :].decode("utf-8") if key.startswith(prefix) else None
+
+
+# Batches decided ahead of the group commit at most; the next waits for a commit. (Bounds what
+# a crash makes the worker decide again, and the memory of state not yet written.)
+MAX_UNCOMMITTED_BATCHES = 8
 
 
 @dataclass
@@ -156,6 +167,12 @@ class ReconcileShell:
         self.incidents_known_through_ms = NEG_INF
         self.released_at_restore: list[Decision] = []
         self.lock = TimedLock()
+        # Group commit (`commit`): one at a time; the batches decided and not yet committed, as
+        # the callbacks that ack them; whether decisions were sent since the last commit.
+        self.commit_lock = TimedLock()
+        self._acks: list[Callable[[], None]] = []
+        self._sent = False
+        self._committer: asyncio.Task[None] | None = None
         # Called with each engine made or restored here (metrics, the lookup index watch it).
         self.on_engine: Callable[[PartitionEngine], None] | None = None
         # Rewrites the idle check's decisions (one FEED_SILENT per topic, and its recovery).
@@ -174,6 +191,7 @@ class ReconcileShell:
             "gap_offsets_empty": 0,
             "idle_checks_unanswered": 0,
             "idle_streams_behind": 0,
+            "commits": 0,
         }
 
     # -- engines ---------------------------------------------------------------------------
@@ -221,19 +239,23 @@ class ReconcileShell:
 
     # -- batches ---------------------------------------------------------------------------
 
-    async def process_batch(self, events: Sequence[Any]) -> None:
-        """Decide a batch of Faust events and make it durable. Faust acks the batch when this
-        returns, even if it raised, so input errors are dead letters here and infrastructure
-        errors end the process before anything is acked (a restart resumes from the last commit)."""
+    async def process_batch(self, events: Sequence[Any], ack: Callable[[], None] | None = None) -> None:
+        """Decide a batch of Faust events. With `ack`, it is called once the batch is durable
+        (a group commit in the background); without, the batch is durable when this returns
+        and Faust acks it then, even if it raised. So input errors are dead letters here and
+        infrastructure errors end the process before anything is acked (a restart resumes
+        from the last commit)."""
         try:
             self._note_unowned(events)
-            await self.process_records(_plain(events))
+            await self.process_records(_plain(events), ack=ack)
         except Exception:
             log.critical("cannot send or persist a batch; exiting before it is acked", exc_info=True)
             os._exit(70)
 
-    async def process_records(self, records: Sequence[InputRecord]) -> None:
-        """Decide a batch of plain records and make it durable; raises on infrastructure errors.
+    async def process_records(self, records: Sequence[InputRecord], ack: Callable[[], None] | None = None) -> None:
+        """Decide a batch of plain records and send its decisions; raises on infrastructure
+        errors. Without `ack`, the batch is durable when this returns (`commit`); with it, a
+        commit in the background makes it durable and calls `ack` then (`commit_soon`).
 
         The input boundary (`boundary.py`): per topic partition, records are taken in offset
         order from the next offset the saved state expects; redeliveries of what it already
@@ -241,7 +263,6 @@ class ReconcileShell:
         first. The engines never see an offset twice or out of order."""
         async with self.lock:
             decisions: list[Decision] = []
-            touched: set[int] = set()
             now = time.monotonic()
             tps = set(map(_topic_partition, records))  # (no Python step per record)
             for p in sorted({p for _t, p in tps}):
@@ -267,12 +288,10 @@ class ReconcileShell:
                     if got:  # most records decide nothing yet
                         decisions.extend(got)
                 self.clocks[p].last_arrival[stream] = now
-                touched.add(p)
                 self.counts["records"] += len(take)
             if self.released_at_restore:  # what restored engines decided with the known incidents
                 decisions[:0] = self.released_at_restore
                 self.released_at_restore = []
-                touched.update(q for q, e in self.engines.items() if e.dirty or e.meta_dirty)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "batch: %s",
@@ -283,7 +302,13 @@ class ReconcileShell:
                     },
                 )
             self.counts["batches"] += 1
-            await self._emit_and_persist(decisions, touched)
+            await self._emit(decisions)
+            if ack is not None:
+                self._acks.append(ack)
+        if ack is None or len(self._acks) >= MAX_UNCOMMITTED_BATCHES:
+            await self.commit()  # (a commit that falls behind holds the batches back)
+        else:
+            self.commit_soon()
 
     def _stream(self, topic: str) -> Stream:
         return Stream.P if topic == self.settings.payment_topic else Stream.L
@@ -338,16 +363,72 @@ class ReconcileShell:
             )
         ]
 
-    async def _emit_and_persist(self, decisions: list[Decision], touched: Iterable[int]) -> None:
+    async def _emit(self, decisions: list[Decision]) -> None:
+        # Sent, not waited for: the next commit waits until the producer has them.
         if decisions:
             for d in decisions:
                 await self.send(self.settings.output_topic(d.role), d.key, codec.dumps(d.value))
                 self.counts[d.role] += 1
-            # Decisions must be on Kafka before the state that says they were made.
+            self._sent = True
+
+    async def commit(self) -> None:
+        """Make everything decided so far durable, then ack the batches it covers.
+
+        Under the shell's lock (between batches, never in the middle of one) it takes every
+        engine's changed state; then, outside it, it waits until the producer has every
+        decision sent so far (decisions must be on Kafka before the state that says they were
+        made), writes the state and waits until the changelog has it, and calls the acks of
+        the batches decided before it took the state. One commit at a time: a call waits for
+        the commit under way, and then commits what it did not cover. Cancelled half way, it
+        leaves its batches unacked (they come again and are skipped as covered, or taken again
+        if their state did not reach the changelog) and its queued state for the next commit."""
+        async with self.commit_lock:
+            async with self.lock:
+                taken = self._take_changes()
+            await self._make_durable(*taken)
+
+    @contextlib.asynccontextmanager
+    async def committed(self) -> AsyncIterator[None]:
+        """Everything decided so far made durable (`commit`), and nothing more decided or
+        committed until the block ends: a rebalance drops engines in it, which must not hold a
+        change that is not durable yet while the batches that made it are acked later."""
+        async with self.commit_lock, self.lock:
+            await self._make_durable(*self._take_changes())
+            yield
+
+    def _take_changes(self) -> tuple[list[Callable[[], None]], bool]:
+        for p, eng in self.engines.items():
+            if eng.dirty or eng.meta_dirty:
+                self._persist(p)
+        acks, self._acks = self._acks, []
+        sent, self._sent = self._sent, False
+        return acks, sent
+
+    async def _make_durable(self, acks: list[Callable[[], None]], sent: bool) -> None:
+        if sent:
             await self.flush()
-        for p in touched:
-            self._persist(p)
         await self.write_state()
+        self.counts["commits"] += 1
+        for ack in acks:
+            ack()
+
+    def commit_soon(self) -> None:
+        """Commit in the background what is not committed yet: one commit runs at a time, and
+        the batches decided while it runs go together in the next (a group commit)."""
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.ensure_future(self._commit_behind())
+
+    async def _commit_behind(self) -> None:
+        try:
+            while self._acks:
+                await self.commit()
+        except Exception:
+            log.critical("cannot send or persist decided batches; exiting before they are acked", exc_info=True)
+            os._exit(70)
+
+    def uncommitted(self) -> int:
+        """Batches decided and not yet durable (acked by a commit later)."""
+        return len(self._acks)
 
     def _persist(self, partition: int) -> None:
         refs, meta = self.engines[partition].take_dirty()
@@ -380,8 +461,10 @@ class ReconcileShell:
                     if got or eng.dirty or eng.meta_dirty:
                         decisions.extend(got)
                         touched.add(p)
-                if touched:
-                    await self._emit_and_persist(decisions, touched)
+                if not touched:
+                    return
+                await self._emit(decisions)
+            await self.commit()
         except Exception:
             log.critical("cannot send or persist decisions released by incidents; exiting", exc_info=True)
             os._exit(70)
@@ -431,8 +514,10 @@ class ReconcileShell:
                     touched.add(p)
             if self.on_idle is not None:  # per-topic silent-feed alerts (`feeds`)
                 decisions = self.on_idle(decisions)
-            if touched or decisions:
-                await self._emit_and_persist(decisions, touched)
+            if not (touched or decisions):
+                return
+            await self._emit(decisions)
+        await self.commit()
 
     def _idle_by_age(self, now: float) -> set[tuple[str, int]]:
         """The input streams (topic, partition) of engines the idle rule could move that have
