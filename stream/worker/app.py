@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import time
 from collections.abc import Set
@@ -199,6 +200,18 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         end_offsets=ends.ask,
     )
     shell.on_engine = watch.watch_engine
+
+    async def durable_before_revocation() -> None:
+        # The consumer's commit before a revocation then covers every batch decided so far.
+        try:
+            await shell.commit()
+        except Exception:
+            log.critical(
+                "cannot persist decided batches before a revocation; exiting before they are acked", exc_info=True
+            )
+            os._exit(70)
+
+    cast(Any, app.transport.Consumer).before_revocation.append(durable_before_revocation)
     shell.on_idle = TopicSilence((settings.payment_topic, settings.ledger_topic), lambda: shell.engines)
     metrics = WorkerMetrics(
         watch, lambda: shell.engines, lambda t, p: _known_end(app, ends, t, p), counts=lambda: shell.counts

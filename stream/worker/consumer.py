@@ -53,7 +53,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Coroutine, Generator, Mapping, Set
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Set
 from typing import Any, ClassVar, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING, RecordMap
@@ -147,6 +147,9 @@ class GuardedConsumer(faust_aiokafka.Consumer):
     """The app's consumer (`build_app` installs `guarded_consumer(...)` on the transport)."""
 
     fetch_max_wait_ms: ClassVar[int] = 1500  # Faust's own value; `guarded_consumer` sets the worker's
+    # Makes the batches decided so far durable and acks them (the shell's group commit), so that
+    # the commit before a revocation covers them; set by `build_app` on the app's class.
+    before_revocation: ClassVar[list[Callable[[], Awaitable[None]]]] = []
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return QuickFetchThread(self, loop=self.loop, beacon=self.beacon)
@@ -154,6 +157,8 @@ class GuardedConsumer(faust_aiokafka.Consumer):
     async def on_partitions_revoked(self, revoked: Set[TP]) -> None:
         if revoked and not self.app.client_only:
             try:
+                for durable in self.before_revocation:
+                    await durable()
                 await self.commit()  # before Faust forgets the acked offsets of `revoked`
             except Exception:  # noqa: BLE001 - not committing means redelivery, never loss
                 log.warning("cannot commit acked offsets before a revocation", exc_info=True)
@@ -415,7 +420,9 @@ def start_inline(awaitable: Awaitable[Any]) -> Rest | None:
 
 def guarded_consumer(fetch_max_wait_ms: int) -> type[GuardedConsumer]:
     """The worker's consumer class with its fetch wait (`QRIS_FETCH_MAX_WAIT_MS`)."""
-    return type("GuardedConsumer", (GuardedConsumer,), {"fetch_max_wait_ms": fetch_max_wait_ms})
+    return type(
+        "GuardedConsumer", (GuardedConsumer,), {"fetch_max_wait_ms": fetch_max_wait_ms, "before_revocation": []}
+    )
 
 
 def _names(tps: list[Any], most: int = 6) -> str:
