@@ -9,7 +9,9 @@ Pre-produces the simulator's `mixed` scenario into fresh co-partitioned topics, 
    `intake.take_batches` batches, counting records only): the ceiling of Faust's per-event path;
 3. starts `python -m stream worker` on them and times, from its first to its last record
    (its /qris/stats page), how fast it takes the backlog: decode, decide, persist state to
-   the state store (RocksDB per partition) and its changelog, send outputs.
+   the state store (RocksDB per partition) and its changelog, send outputs. The decisions the
+   last records release come after the last record: each worker run is also timed to its last
+   decision (its decision counts unchanged for SETTLE_S afterwards), "to its last decision".
 All rates come from the same run, so their ratios are meaningful on a noisy machine;
 `--rounds N` repeats 2 and 3 alternately (and every `--variant`, `--base` tree).
 `--base DIR` also runs another tree's worker and bare agent (e.g. `git archive main` unpacked)
@@ -198,9 +200,28 @@ def worker_rate(
         if first_t is None or first_n is None or last["counts"]["records"] < n:
             raise SystemExit(f"the worker did not take all {n} records in time: {last.get('counts')}; log {log_path}")
         taken = last["counts"]["records"] - first_n
+        last_t = time.perf_counter()
         cpu = sum(cpu_s(pid) for pid in process_tree(proc.pid)) - first_cpu
         counts = {**last["counts"], "cpu_us_per_record": round(1e6 * cpu / taken)}
-        return taken / (time.perf_counter() - first_t), counts
+        if not bare:
+            # The decisions the last records release (and what the incidents then release) come
+            # after the last record is counted: also timed up to the last decision, the moment
+            # the worker's decision counts last moved before SETTLE_S without a change.
+            decided = _decided(last["counts"])
+            end_t, end_cpu, end_decided = last_t, cpu, decided
+            while time.perf_counter() - end_t < SETTLE_S and time.monotonic() < deadline:
+                time.sleep(POLL_S)
+                now_decided = _decided(stats(port, processes)["counts"])
+                if now_decided != end_decided:
+                    end_t, end_decided = time.perf_counter(), now_decided
+                    end_cpu = sum(cpu_s(pid) for pid in process_tree(proc.pid)) - first_cpu
+            counts["to_last_decision"] = {
+                "records_per_s": round(taken / (end_t - first_t)),
+                "cpu_us_per_record": round(1e6 * end_cpu / taken),
+                "decisions_after_last_record": end_decided - decided,
+                "s_after_last_record": round(end_t - last_t, 2),
+            }
+        return taken / (last_t - first_t), counts
     finally:
         if sampler is not None:
             sampler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
@@ -221,6 +242,12 @@ def cpu_s(pid: int) -> float:
 
 # The status page is polled this often: each poll costs the worker a request on its event loop.
 POLL_S = 0.25
+# Decision counts unchanged this long after the last record: the worker has decided the backlog.
+SETTLE_S = 3.0
+
+
+def _decided(counts: dict) -> int:
+    return sum(counts.get(k, 0) for k in ("refunds", "alerts", "dead_letter", "signals"))
 
 
 def start_sampler(pid: int, out: Path, children: bool = False) -> subprocess.Popen[bytes]:
@@ -312,6 +339,8 @@ def main() -> int:
         args.spy.mkdir(parents=True, exist_ok=True)
     rates: dict[str, list[float]] = {}
     cpu_us: dict[str, list[float]] = {}
+    settled: dict[str, list[float]] = {}
+    settled_cpu: dict[str, list[float]] = {}
     for r in range(args.rounds):
         order = runs if r % 2 == 0 else runs[::-1]
         for label, bare, tree, variant in order:
@@ -325,6 +354,9 @@ def main() -> int:
             )
             rates.setdefault(label, []).append(rate)
             cpu_us.setdefault(label, []).append(counts["cpu_us_per_record"])
+            if "to_last_decision" in counts:
+                settled.setdefault(label, []).append(counts["to_last_decision"]["records_per_s"])
+                settled_cpu.setdefault(label, []).append(counts["to_last_decision"]["cpu_us_per_record"])
             print(f"{label}: {rate:,.0f} records/s sustained; {rate / raw:.3f} of raw; {counts}", flush=True)
             if spy is not None and spy.exists():
                 from spy_top import summarise
@@ -343,6 +375,12 @@ def main() -> int:
         if bare_rate and bare_cpu and label != "bare Faust agent":
             extra = f", {rate / bare_rate:.2f} of the bare agent's rate, {cpu / bare_cpu:.2f}x its CPU per record"
         print(f"  {label}: {rate:,.0f} records/s, {rate / raw:.4f} of raw, {cpu:.0f} µs CPU per record{extra}")
+        if label in settled:
+            print(
+                f"    to its last decision: {statistics.median(settled[label]):,.0f} records/s "
+                f"({', '.join(f'{x:,.0f}' for x in settled[label])}), "
+                f"{statistics.median(settled_cpu[label]):.0f} µs CPU per record"
+            )
     return 0
 
 
