@@ -67,6 +67,22 @@ def test_the_worker_consumer_commits_acked_offsets_before_a_revocation_forgets_t
     assert seen[0] == {TP0: [0, 1], TP1: [7]}
 
 
+def test_before_a_revocation_the_decided_batches_are_acked_first_and_the_commit_covers_them() -> None:
+    """The shell's group commit acks batches after they are durable: the consumer's commit before
+    a revocation asks for that first (`before_revocation`), so it commits their offsets too."""
+    cls = guarded_consumer(100)
+    consumer = make_consumer(cls)
+
+    async def durable() -> None:  # what the shell's commit ends with: the batch's acks
+        consumer._acked[TP1].append(8)
+        consumer._acked_index[TP1].add(8)
+
+    cls.before_revocation.append(durable)
+    seen = asyncio.run(acked_seen_by_commits(consumer))
+    assert seen[0] == {TP0: [0, 1], TP1: [7, 8]}
+    assert guarded_consumer(100).before_revocation == []  # each app's class has its own
+
+
 def test_seek_to_committed_rewinds_partitions_without_a_committed_offset() -> None:
     consumer = make_consumer(GuardedConsumer)
     committed: Mapping[TP, int | None] = {TP0: 12, TP1: None, TP2: 0}

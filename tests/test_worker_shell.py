@@ -368,7 +368,9 @@ def test_a_batch_is_acked_only_once_its_decisions_and_state_are_durable_and_batc
         for topic_role, value in unsettled(f"R{n}", t) + tick(t + 1_000):
             topic = settings.payment_topic if topic_role == "P" else settings.ledger_topic
             key = orjson.loads(value)["reference"].encode()
-            msg = SimpleNamespace(topic=topic, partition=0, offset=h.offsets[topic], key=key, value=value, timestamp=None)
+            msg = SimpleNamespace(
+                topic=topic, partition=0, offset=h.offsets[topic], key=key, value=value, timestamp=None
+            )
             h.offsets[topic] += 1
             out.append(SimpleNamespace(message=msg))
         return out
