@@ -255,7 +255,7 @@ from stream.worker import shell
 path = sys.argv[1]
 batches = []
 inner = shell.ReconcileShell.process_records
-async def process_records(self, records):
+async def process_records(self, records, *args, **kwargs):
     start = time.time()
     spans = {}
     for r in records:
@@ -268,7 +268,7 @@ async def process_records(self, records):
         elif r.offset < lo_hi[0]:
             lo_hi[0] = r.offset
     try:
-        return await inner(self, records)
+        return await inner(self, records, *args, **kwargs)
     finally:
         batches.append((start, time.time(), len(records), [(t, p, lo, hi) for (t, p), (lo, hi) in spans.items()]))
 shell.ReconcileShell.process_records = process_records
