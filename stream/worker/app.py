@@ -158,6 +158,16 @@ def faust_app(settings: Settings) -> faust.App:
     return app
 
 
+# How long the burst detector's agent waits to fill a batch of signals (it takes what came by
+# then). With holds on, every refund waits for the incidents the detector publishes after each
+# batch: the incidents' progress lags the partitions by at least this per round trip, and the
+# records waiting meanwhile cost CPU (views of the minutes closing, their state saved with the
+# references). 0.5 s made a 100k backlog 1.43x slower to its last decision than 0.05 s
+# (`bench/live_throughput.py`, README "Where issue 9's numbers stand", stop 14). In live traffic
+# the incidents' progress moves once a minute whatever the batch, so the topic does not grow.
+DETECTOR_BATCH_WITHIN_S = 0.05
+
+
 def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[faust.App, ReconcileShell]:
     app = faust_app(settings)
     inputs = raw_topic(app, settings.payment_topic, settings.ledger_topic)
@@ -247,7 +257,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     @app.agent(signals, name="score_failure_bursts")
     async def score_failure_bursts(stream: faust.StreamT[bytes]) -> None:
         """The partitions' closed minutes in, failure-burst incidents out."""
-        async for events in take_batches(cast(faust.Stream[bytes], stream), 500, 0.5):
+        async for events in take_batches(cast(faust.Stream[bytes], stream), 500, DETECTOR_BATCH_WITHIN_S):
             await finish_before_ack(bursts.process_batch(events))
 
     if settings.max_hold_s > 0:
