@@ -49,7 +49,8 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
 
 def incidents_topic(name: str, settings: Settings | None = None) -> NewTopic:
     """The detector's incident decisions and progress, read whole by every worker (refund holds):
-    one partition, kept for good (small: one record per signals batch of the detector)."""
+    one partition, kept for good (small: one record per signals batch of the detector that moves
+    its progress or decides an incident)."""
     s = settings or Settings()
     return NewTopic(
         name,

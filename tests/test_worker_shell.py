@@ -150,6 +150,15 @@ def test_the_detector_publishes_its_incidents_and_progress_for_the_partitions() 
     [(topic, raw)] = [x for x in sent if x[0] == settings.incidents_topic]
     events, known = parse_incidents_record(raw)
     assert events == [] and known == (T0 // 60_000 + 6) * 60_000 + 30_000
+    # The same report again (a batch that closes no further minute): nothing new, no record
+    # (the topic is kept for good and read whole at every start); the next minute makes one.
+    again = SimpleNamespace(message=SimpleNamespace(offset=1, value=orjson.dumps(report)))
+    asyncio.run(shell.process_batch([again]))
+    assert len([x for x in sent if x[0] == settings.incidents_topic]) == 1
+    later = {**report, "through_minute": T0 // 60_000 + 6}
+    asyncio.run(shell.process_batch([SimpleNamespace(message=SimpleNamespace(offset=2, value=orjson.dumps(later)))]))
+    *_, (_, raw) = [x for x in sent if x[0] == settings.incidents_topic]
+    assert parse_incidents_record(raw)[1] == known + 60_000
 
 
 def test_the_burst_shell_sends_an_incident_update_once_every_partition_reported_its_holds() -> None:

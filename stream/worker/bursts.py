@@ -93,6 +93,9 @@ class BurstShell:
         self.detector: BurstDetector | None = None
         self.tally: HoldTally | None = None
         self.next_offset = -1
+        # The known-through time of the last incidents record sent (None: none since the
+        # detector was built here; a rebuilt detector sends its progress again).
+        self.known_through_sent: int | None = None
         self.since_snapshot = 0
         self.lock = asyncio.Lock()
         self.counts = {
@@ -116,6 +119,7 @@ class BurstShell:
         self.detector = None
         self.tally = None
         self.next_offset = -1
+        self.known_through_sent = None
 
     async def process_batch(self, events: Sequence[Any]) -> None:
         """Feed a batch of reports to the detector and send its alerts. Faust acks the batch
@@ -308,6 +312,12 @@ class BurstShell:
             return None
         probe_age_ms = round(self.settings.probe_age_s * 1000)
         events = [e for a in alerts if (e := incident_event(a.value, probe_age_ms)) is not None]
+        known_through_ms = (d.closed_through + 1) * MINUTE_MS + probe_age_ms
+        if not events and known_through_ms == self.known_through_sent:
+            # Nothing new for the followers (the topic is kept for good and read whole at every
+            # start): a batch that moved no minute adds no record.
+            return None
+        self.known_through_sent = known_through_ms
         return codec.dumps(
             {
                 "events": [
@@ -319,7 +329,7 @@ class BurstShell:
                     }
                     for e in events
                 ],
-                "known_through_ms": (d.closed_through + 1) * MINUTE_MS + probe_age_ms,
+                "known_through_ms": known_through_ms,
                 "signals_offset": self.next_offset,
             }
         )
