@@ -79,7 +79,8 @@ class PartitionPlan:
 
 
 _offset = attrgetter("offset")
-_topic_partition = attrgetter("topic", "partition")
+# A record's (topic, partition), for grouping and sets without a Python step per record.
+topic_partition = attrgetter("topic", "partition")
 
 
 def plan_batch(
@@ -95,7 +96,7 @@ def plan_batch(
     # Once per record of every batch: grouped by runs (Faust delivers a fetched partition's
     # records one after the other) and checked by offsets list, without a Python step per record.
     by_tp: dict[TopicPartition, list[InputRecord]] = {}
-    for tp, run in groupby(records, _topic_partition):
+    for tp, run in groupby(records, topic_partition):
         recs = by_tp.get(tp)
         if recs is None:
             by_tp[tp] = list(run)

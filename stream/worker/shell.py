@@ -39,7 +39,7 @@ from ..core.records import Stream
 from ..core.validation import Rejection
 from ..drivers.replayfile import KafkaRecord
 from ..settings import Settings
-from .boundary import Gap, InputRecord, LiveRecord, PartitionPlan, plan_batch
+from .boundary import Gap, InputRecord, LiveRecord, PartitionPlan, plan_batch, topic_partition
 from .gapfill import fill_gaps
 
 log = logging.getLogger("qris_guard.worker")
@@ -269,7 +269,7 @@ class ReconcileShell:
         async with self.lock:
             decisions: list[Decision] = []
             now = time.monotonic()
-            tps = set(map(_topic_partition, records))  # (no Python step per record)
+            tps = set(map(topic_partition, records))  # (no Python step per record)
             for p in sorted({p for _t, p in tps}):
                 await self.restore_engine(p)
             expected = {(t, p): self.engine(p).last_offset[self._stream(t)] + 1 for t, p in tps}
@@ -649,4 +649,3 @@ def _plain(events: Sequence[Any]) -> list[InputRecord]:
 
 
 _message = attrgetter("message")
-_topic_partition = attrgetter("topic", "partition")
