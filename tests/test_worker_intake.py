@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import threading
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any, cast
@@ -415,3 +416,61 @@ def test_the_worker_app_has_the_conductors_fast_path() -> None:
     app = new_app()
     assert isinstance(app.topics, QuickConductor)
     assert isinstance(app.topics._build_handler(TP(PAY, 0), set()), QuickHandler)
+
+
+def test_an_empty_window_shorter_than_the_clock_step_does_not_starve_the_event_loop() -> None:
+    """A window of 1e-12 s (QRIS_BATCH_WITHIN_S accepts any number above 0) ends before it is
+    awaited. Before, an empty batch then started a new window without yielding, for ever: the
+    other tasks (here the one that delivers; in the worker signals, heartbeats, a stop) never ran
+    again. Run in a thread so that the old behaviour fails the test instead of hanging it."""
+    ticks: list[int] = []
+    got: list[list[int]] = []
+
+    async def scenario() -> None:
+        app = new_app()
+        stream = app.stream(raw_topic(app, PAY, LED))
+
+        async def later() -> None:
+            for i in range(3):
+                await asyncio.sleep(0.01)
+                ticks.append(i)
+            await deliver(app, [message(PAY, 0, 0), message(PAY, 0, 1)])
+
+        delivering = asyncio.ensure_future(later())
+        async for events in take_batches(stream, 10, 1e-12):
+            got.append([e.message.offset for e in events])
+            break
+        await delivering
+
+    runner = threading.Thread(target=asyncio.run, args=(scenario(),), daemon=True)
+    runner.start()
+    runner.join(10)
+    assert not runner.is_alive(), "take_batches kept the event loop for itself"
+    assert ticks == [0, 1, 2] and got == [[0, 1]]
+
+
+def test_after_a_window_with_nothing_the_first_records_are_handed_out_as_they_come() -> None:
+    """Not a window later: the agent has waited long enough already."""
+
+    async def scenario() -> tuple[list[int], float]:
+        app = new_app()
+        stream = app.stream(raw_topic(app, PAY, LED))
+        loop = asyncio.get_running_loop()
+        delivered: list[float] = []
+
+        async def later() -> None:
+            await asyncio.sleep(0.6)  # the agent's 0.5 s window ended with nothing in it
+            await deliver(app, [message(PAY, 0, 7)])
+            delivered.append(loop.time())
+
+        delivering = asyncio.ensure_future(later())
+        async for events in take_batches(stream, 10, 0.5):
+            handed_out = loop.time()
+            offsets = [e.message.offset for e in events]
+            break
+        await delivering
+        return offsets, handed_out - delivered[0]
+
+    offsets, waited = asyncio.run(scenario())
+    assert offsets == [7]
+    assert waited < 0.25  # a new window would have handed it out 0.4 s after it came

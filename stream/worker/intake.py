@@ -341,16 +341,22 @@ def batch_ack(stream: faust.Stream[Any], events: list[Any]) -> Callable[[], None
     return lambda: _ack_batch(consumer, events)
 
 
+# How long `take_batches` waits at a time for the first record of a batch when nothing came
+# within its window (a put wakes it at once; the timeout only looks at `should_stop` again).
+EMPTY_WAIT_S = 1.0
+
+
 async def take_batches(
     stream: faust.Stream[Any], max_: int, within_s: float, *, ack_later: bool = False
 ) -> AsyncIterator[list[Any]]:
     """The events of `stream`'s channel in batches of at most `max_`, each handed out as soon as
-    it is full or `within_s` after the agent came back for it (if it holds anything): what
-    `stream.take_events(max_, within=within_s)` yields. A batch is acked when the agent asks
-    for the next one or leaves the loop, also by an exception or a cancellation (so, as with
-    Faust's, the agent's work must be done by then: `batches.finish_before_ack`). With
-    `ack_later`, the agent acks each batch itself when its work is durable (`batch_ack`);
-    until then a revocation waits for it (one message of each batch is tracked)."""
+    it is full or `within_s` after the agent came back for it (if it holds anything; if not, as
+    soon as something comes): what `stream.take_events(max_, within=within_s)` yields. A batch
+    is acked when the agent asks for the next one or leaves the loop, also by an exception or a
+    cancellation (so, as with Faust's, the agent's work must be done by then:
+    `batches.finish_before_ack`). With `ack_later`, the agent acks each batch itself when its
+    work is durable (`batch_ack`); until then a revocation waits for it (one message of each
+    batch is tracked)."""
     app: Any = stream.app
     consumer: Any = app.consumer
     queue: Any = cast(Any, stream.channel).queue  # the conductor's events for this agent (`app.stream` made it)
@@ -411,7 +417,14 @@ async def take_batches(
                     break
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    break
+                    if batch:
+                        break
+                    # Nothing came within the window: wait for the first record (a put wakes
+                    # this at once) and hand it out then. Starting a new window instead let a
+                    # window shorter than the clock's step (QRIS_BATCH_WITHIN_S=1e-9) end
+                    # before it was awaited: the loop went round without yielding, and the
+                    # event loop (signals, heartbeats, a stop) never ran again.
+                    remaining = EMPTY_WAIT_S
                 if not await _next_put(queue, remaining):
                     return
             if not batch:
