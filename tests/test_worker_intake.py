@@ -474,3 +474,22 @@ def test_after_a_window_with_nothing_the_first_records_are_handed_out_as_they_co
     offsets, waited = asyncio.run(scenario())
     assert offsets == [7]
     assert waited < 0.25  # a new window would have handed it out 0.4 s after it came
+
+
+def test_a_stream_told_to_stop_ends_the_batches_while_nothing_comes() -> None:
+    async def scenario() -> list[Any]:
+        app = new_app()
+        stream = app.stream(raw_topic(app, PAY, LED))
+        got: list[Any] = []
+
+        async def agent() -> None:
+            async for events in take_batches(stream, 10, 0.02):
+                got.append(events)
+
+        task = asyncio.ensure_future(agent())
+        await asyncio.sleep(0.1)  # several windows ended with nothing
+        stream._stopped.set()  # `should_stop`, without a StopAsyncIteration thrown in
+        await asyncio.wait_for(task, 1)
+        return got
+
+    assert asyncio.run(scenario()) == []

@@ -341,9 +341,9 @@ def batch_ack(stream: faust.Stream[Any], events: list[Any]) -> Callable[[], None
     return lambda: _ack_batch(consumer, events)
 
 
-# How long `take_batches` waits at a time for the first record of a batch when nothing came
-# within its window (a put wakes it at once; the timeout only looks at `should_stop` again).
-EMPTY_WAIT_S = 1.0
+# The shortest wait of `take_batches` for the first record of a batch once a window ended with
+# nothing (a put wakes it at once; the timeout only looks at `should_stop` again).
+EMPTY_WAIT_MIN_S = 0.01
 
 
 async def take_batches(
@@ -420,11 +420,14 @@ async def take_batches(
                     if batch:
                         break
                     # Nothing came within the window: wait for the first record (a put wakes
-                    # this at once) and hand it out then. Starting a new window instead let a
-                    # window shorter than the clock's step (QRIS_BATCH_WITHIN_S=1e-9) end
-                    # before it was awaited: the loop went round without yielding, and the
-                    # event loop (signals, heartbeats, a stop) never ran again.
-                    remaining = EMPTY_WAIT_S
+                    # this at once) and hand it out then, looking at `should_stop` as often as
+                    # before. Starting a new window instead let a window shorter than the
+                    # clock's step (QRIS_BATCH_WITHIN_S=1e-9) end before it was awaited: the
+                    # loop went round without yielding, and the event loop (signals,
+                    # heartbeats, a stop) never ran again.
+                    if stream.should_stop:
+                        return
+                    remaining = max(within_s, EMPTY_WAIT_MIN_S)
                 if not await _next_put(queue, remaining):
                     return
             if not batch:
