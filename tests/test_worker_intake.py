@@ -194,25 +194,31 @@ def test_a_batch_is_acked_only_when_the_agent_comes_back_or_leaves_even_by_cance
 
 
 def test_an_actor_stop_ends_the_batches_and_another_error_is_raised_in_the_agent() -> None:
-    async def scenario(exc: BaseException, after_s: float) -> list[Any]:
+    async def scenario(stop: Callable[[Any], None], after_s: float, within_s: float = 10.0) -> list[Any]:
         app = new_app()
         stream = app.stream(raw_topic(app, PAY, LED))
         got: list[Any] = []
 
         async def agent() -> None:
-            async for events in take_batches(stream, 10, 10.0):
+            async for events in take_batches(stream, 10, within_s):
                 got.append(events)
 
         task = asyncio.ensure_future(agent())
         await asyncio.sleep(after_s)
-        cast(Any, stream.channel)._throw(exc)  # how Faust's `Actor.cancel` stops an actor
+        stop(stream)
         await asyncio.wait_for(task, 1)
         return got
 
-    assert asyncio.run(scenario(StopAsyncIteration(), 0.05)) == []
-    assert asyncio.run(scenario(StopAsyncIteration(), 0)) == []  # thrown before it waits
+    def throw(exc: BaseException) -> Callable[[Any], None]:
+        return lambda stream: cast(Any, stream.channel)._throw(exc)  # how Faust's `Actor.cancel` stops an actor
+
+    assert asyncio.run(scenario(throw(StopAsyncIteration()), 0.05)) == []
+    assert asyncio.run(scenario(throw(StopAsyncIteration()), 0)) == []  # thrown before it waits
     with pytest.raises(RuntimeError, match="boom"):
-        asyncio.run(scenario(RuntimeError("boom"), 0.05))
+        asyncio.run(scenario(throw(RuntimeError("boom")), 0.05))
+    # The stream told to stop (`should_stop`) without anything thrown in, while windows end
+    # with nothing in them: the batches end too.
+    assert asyncio.run(scenario(lambda stream: stream._stopped.set(), 0.1, within_s=0.02)) == []
 
 
 def test_a_batch_is_handed_out_when_full_without_waiting_for_within() -> None:
@@ -474,22 +480,3 @@ def test_after_a_window_with_nothing_the_first_records_are_handed_out_as_they_co
     offsets, waited = asyncio.run(scenario())
     assert offsets == [7]
     assert waited < 0.25  # a new window would have handed it out 0.4 s after it came
-
-
-def test_a_stream_told_to_stop_ends_the_batches_while_nothing_comes() -> None:
-    async def scenario() -> list[Any]:
-        app = new_app()
-        stream = app.stream(raw_topic(app, PAY, LED))
-        got: list[Any] = []
-
-        async def agent() -> None:
-            async for events in take_batches(stream, 10, 0.02):
-                got.append(events)
-
-        task = asyncio.ensure_future(agent())
-        await asyncio.sleep(0.1)  # several windows ended with nothing
-        stream._stopped.set()  # `should_stop`, without a StopAsyncIteration thrown in
-        await asyncio.wait_for(task, 1)
-        return got
-
-    assert asyncio.run(scenario()) == []
