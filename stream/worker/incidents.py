@@ -3,9 +3,9 @@ its progress go to every partition engine (refund holds: a deadline is decided o
 incidents up to it are known).
 
 A plain consumer with a manual assignment of the topic's one partition and no group, from the
-beginning at every start: the topic is small (one record per signals batch of the detector that moves its progress or
-decides an incident),
-and a restarted or rebalanced worker needs the whole timeline for the engines it restores.
+beginning at every start: the topic is small (one record per signals batch of the detector that
+moves its progress or decides an incident), and a restarted or rebalanced worker needs the whole
+timeline for the engines it restores.
 """
 
 from __future__ import annotations
