@@ -50,7 +50,7 @@ from stream.security import aiokafka_config  # noqa: E402
 from stream.settings import Settings, from_env, to_env  # noqa: E402
 from stream.simulate.output import produce  # noqa: E402
 from stream.simulate.traffic import generate  # noqa: E402
-from stream.topics import create_topics  # noqa: E402
+from stream.topics import broker_holds, create_topics, delete_topics_with_prefix  # noqa: E402
 
 PROFILED_WORKER = """
 import cProfile, marshal, runpy, sys, threading, time
@@ -309,15 +309,25 @@ def main() -> int:
     )
     ap.add_argument("--py-spy", type=Path, dest="spy", help="sample each run with py-spy; stacks and tops to DIR")
     ap.add_argument("--profile", help="run the (first) worker under cProfile, stats written to this file")
+    ap.add_argument("--keep-topics", action="store_true", help="keep the run's topics (deleted by default)")
     args = ap.parse_args()
     client = from_env(os.environ)  # QRIS_BOOTSTRAP and the Kafka security settings
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    try:
+        return measure(args, client, prefix)
+    finally:
+        if not args.keep_topics:
+            print(f"deleted {len(delete_topics_with_prefix(client, prefix))} topics of {prefix}")
+
+
+def measure(args: argparse.Namespace, client: Settings, prefix: str) -> int:
     shared, records = mixed_backlog(client, prefix, args.records, args.partitions)
     topics = [shared.payment_topic, shared.ledger_topic]
     n = len(records)
     t = time.perf_counter()
     produce(records, shared, partitions=args.partitions)
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}")
+    print("broker holds {} topics, {} partitions (this run's included)".format(*broker_holds(client)))
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"produced {n} records to {prefix}.* in {time.perf_counter() - t:.1f} s", flush=True)
     raw = asyncio.run(raw_consume(shared, topics, n, args.partitions))

@@ -56,7 +56,7 @@ from stream.core.records import Stream  # noqa: E402
 from stream.security import aiokafka_config, topic_configs  # noqa: E402
 from stream.settings import Settings, from_env, to_env  # noqa: E402
 from stream.simulate.traffic import SimRecord, generate  # noqa: E402
-from stream.topics import admin_client, create_topics  # noqa: E402
+from stream.topics import admin_client, broker_holds, create_topics, delete_topics_with_prefix  # noqa: E402
 
 # How often the producer process wakes to send what is due (its batches span at most this).
 PRODUCE_TICK_S = 0.005
@@ -583,20 +583,8 @@ def run_rate(
         produced = pickle.load(fh)
     observed.refunds.sort(key=lambda r: r[1])
     if not args.keep_topics:
-        delete_run_topics(settings, prefix)
+        delete_topics_with_prefix(settings, prefix)
     return analyse(settings, args, rate, records, produced, live, observed, gen_s)
-
-
-def delete_run_topics(settings: Settings, prefix: str) -> None:
-    """The run's topics (inputs, outputs, changelog, Faust's own: all named `<prefix>...`) are
-    deleted after the run: a shared broker's heap grows with every partition it holds."""
-    admin = admin_client(settings)
-    try:
-        mine = [t for t in admin.list_topics() if t.startswith(prefix)]
-        if mine:
-            admin.delete_topics(mine, timeout_ms=30_000)
-    finally:
-        admin.close()
 
 
 def analyse(
@@ -844,6 +832,7 @@ def main() -> int:
         f"consumer fetch.max.wait.ms {args.fetch_max_wait_ms} (0: as shipped, QRIS_FETCH_MAX_WAIT_MS's default)",
         flush=True,
     )
+    print("broker holds {} topics, {} partitions".format(*broker_holds(client)), flush=True)
     results = []
     trees = [("", ROOT)] + ([(f"base {args.base}", args.base.resolve())] if args.base else [])
     variants = [(text, dict(kv.split("=", 1) for kv in text.split(",") if kv)) for text in args.variant]

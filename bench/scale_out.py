@@ -48,7 +48,7 @@ from stream.drivers.replay import replay  # noqa: E402
 from stream.security import kafka_python_config  # noqa: E402
 from stream.settings import Settings, from_env, to_env  # noqa: E402
 from stream.simulate.output import produce  # noqa: E402
-from stream.topics import create_topics  # noqa: E402
+from stream.topics import broker_holds, create_topics, delete_topics_with_prefix  # noqa: E402
 
 
 @dataclass
@@ -236,10 +236,18 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="runs of each variant, alternated")
     ap.add_argument("--only", type=int, choices=[1, 2], help="run only the variant with this many workers")
     ap.add_argument("--log-level", default="warning", help="the workers' QRIS_LOG_LEVEL")
-    ap.add_argument("--keep", action="store_true", help="keep the workers' data directories and logs")
+    ap.add_argument("--keep", action="store_true", help="keep the workers' data directories, logs and topics")
     args = ap.parse_args()
     client = from_env(os.environ)  # QRIS_BOOTSTRAP and the Kafka security settings
     prefix = f"scale-{uuid.uuid4().hex[:8]}"
+    try:
+        return measure(args, client, prefix)
+    finally:
+        if not args.keep:
+            print(f"deleted {len(delete_topics_with_prefix(client, prefix))} topics of {prefix}")
+
+
+def measure(args: argparse.Namespace, client: Settings, prefix: str) -> int:
     shared, records = mixed_backlog(client, prefix, args.records, args.partitions)
     topics = [shared.payment_topic, shared.ledger_topic]
     n = len(records)
@@ -252,6 +260,7 @@ def main() -> int:
     expected = replay_decisions(shared, topics)
     print(f"offline replay of the inputs: {len(expected)} decisions in {time.perf_counter() - t:.1f} s")
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}")
+    print("broker holds {} topics, {} partitions (this run's included)".format(*broker_holds(client)))
     print(f"produced {n} records to {prefix}.* ({args.partitions} partitions) in {produce_s:.1f} s")
     runs: list[tuple[Run, float]] = []
     for r in range(args.rounds):

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stream.security import aiokafka_config  # noqa: E402
 from stream.settings import Settings  # noqa: E402
-from stream.topics import ensure_state_changelog  # noqa: E402
+from stream.topics import delete_topics_with_prefix, ensure_state_changelog  # noqa: E402
 from stream.worker.statestore import KafkaChangelog, PartitionStore, changelog_topic_name  # noqa: E402
 
 
@@ -68,7 +68,10 @@ def main() -> None:
         bootstrap=os.environ.get("QRIS_BOOTSTRAP", "127.0.0.1:9092"), app_id=f"qris-bench-{uuid.uuid4().hex[:8]}"
     )
     ensure_state_changelog(settings, 1)
-    asyncio.run(run(settings, args.batches, args.changes, args.value_bytes, args.keys))
+    try:
+        asyncio.run(run(settings, args.batches, args.changes, args.value_bytes, args.keys))
+    finally:
+        delete_topics_with_prefix(settings, settings.app_id)
 
 
 if __name__ == "__main__":

@@ -152,6 +152,35 @@ def create_topics(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, i
     return counts
 
 
+def delete_topics_with_prefix(settings: Settings, *prefixes: str, timeout_s: float = 30.0) -> list[str]:
+    """Delete every topic whose name starts with one of `prefixes` (a benchmark's or a test's
+    own runs: inputs, outputs, changelog and Faust's topics are all named after them); return
+    their names. For tooling on a shared broker, whose heap and start-up time grow with every
+    partition it keeps: never called by the worker."""
+    if not prefixes or not all(prefixes):
+        raise ValueError("an empty prefix would delete every topic")
+    admin = admin_client(settings)
+    try:
+        mine = sorted(t for t in admin.list_topics() if t.startswith(prefixes))
+        if mine:
+            admin.delete_topics(mine, timeout_ms=int(timeout_s * 1000))
+    finally:
+        admin.close()
+    return mine
+
+
+def broker_holds(settings: Settings) -> tuple[int, int]:
+    """How many topics and partitions the broker holds: printed by the benchmarks beside their
+    numbers (a broker left with thousands of partitions by earlier runs is a slower machine)."""
+    admin = admin_client(settings)
+    try:
+        names = admin.list_topics()
+        partitions = sum(len(d.get("partitions") or ()) for d in admin.describe_topics(names)) if names else 0
+    finally:
+        admin.close()
+    return len(names), partitions
+
+
 def partition_counts(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for desc in admin.describe_topics(topics):

@@ -8,3 +8,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+def pytest_sessionfinish(session: object, exitstatus: int) -> None:
+    """The Kafka tier's topics made in this session are deleted at its end (`kafka_support`
+    keeps their prefixes; `QRIS_TEST_KEEP_TOPICS=1` keeps them for a post-mortem). A broker that
+    cannot be reached now only gets a warning: the tests have already said what they found."""
+    support = sys.modules.get("tests.kafka_support")
+    if support is None or not support.RUN_PREFIXES:
+        return
+    try:
+        n = support.delete_run_topics()
+    except Exception as exc:  # noqa: BLE001 - clean-up must not change the session's outcome
+        print(f"\nconftest: the session's topics were not deleted: {exc!r}", file=sys.stderr)
+        return
+    if n:
+        print(f"\nconftest: deleted {n} topics this session's tests made", file=sys.stderr)

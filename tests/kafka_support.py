@@ -26,7 +26,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from stream.drivers.replayfile import KafkaRecord
 from stream.security import kafka_python_config
 from stream.settings import DOCS, Settings, to_env
-from stream.topics import incidents_topic, signals_topic, snapshots_topic
+from stream.topics import delete_topics_with_prefix, incidents_topic, signals_topic, snapshots_topic
 
 # A broker address (PLAINTEXT) or the settings to connect with (security included).
 Client = str | Settings
@@ -113,8 +113,25 @@ class Topics:
             admin.close()
 
 
+# The prefixes of the topics this session's tests made (topic sets and workers' app ids):
+# deleted when the session ends (`conftest.pytest_sessionfinish`), so a developer's broker does
+# not pile up thousands of partitions over runs (it slows the broker and every benchmark on it).
+RUN_PREFIXES: set[str] = set()
+
+
 def fresh_topics(partitions: int = 4) -> Topics:
-    return Topics(f"t{uuid.uuid4().hex[:10]}", partitions)
+    topics = Topics(f"t{uuid.uuid4().hex[:10]}", partitions)
+    RUN_PREFIXES.add(topics.prefix)
+    return topics
+
+
+def delete_run_topics() -> int:
+    """Delete the topics of `RUN_PREFIXES` (unless `QRIS_TEST_KEEP_TOPICS=1`); how many went."""
+    if not RUN_PREFIXES or os.environ.get("QRIS_TEST_KEEP_TOPICS") == "1":
+        return 0
+    gone = delete_topics_with_prefix(Settings(bootstrap=BOOTSTRAP), *sorted(RUN_PREFIXES))
+    RUN_PREFIXES.clear()
+    return len(gone)
 
 
 @dataclass
@@ -131,6 +148,8 @@ class Worker:
     args: list[str] = field(default_factory=list)  # after `worker`, e.g. ["--processes", "2"]
 
     def start(self, bootstrap: str) -> None:
+        if self.app_id:
+            RUN_PREFIXES.add(self.app_id)
         env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")}
         env.update(self.topics.env())
         env.update(
