@@ -37,6 +37,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -313,10 +314,15 @@ def main() -> int:
     args = ap.parse_args()
     client = from_env(os.environ)  # QRIS_BOOTSTRAP and the Kafka security settings
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    return deleting_topics(client, prefix, args.keep_topics, lambda: measure(args, client, prefix))
+
+
+def deleting_topics(client: Settings, prefix: str, keep: bool, measure: Callable[[], int]) -> int:
+    """`measure()`, then the run's topics (`prefix...`) deleted unless `keep`, also if it fails."""
     try:
-        return measure(args, client, prefix)
+        return measure()
     finally:
-        if not args.keep_topics:
+        if not keep:
             print(f"deleted {len(delete_topics_with_prefix(client, prefix))} topics of {prefix}")
 
 

@@ -41,14 +41,14 @@ from kafka import KafkaConsumer, TopicPartition
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from live_throughput import free_port, mixed_backlog, raw_consume, stats  # noqa: E402  (bench/, the script's folder)
+from live_throughput import deleting_topics, free_port, mixed_backlog, raw_consume, stats  # noqa: E402  (bench/, the script's folder)
 
 from stream.drivers.kafkaread import read_topics  # noqa: E402
 from stream.drivers.replay import replay  # noqa: E402
 from stream.security import kafka_python_config  # noqa: E402
 from stream.settings import Settings, from_env, to_env  # noqa: E402
 from stream.simulate.output import produce  # noqa: E402
-from stream.topics import broker_holds, create_topics, delete_topics_with_prefix  # noqa: E402
+from stream.topics import broker_holds, create_topics  # noqa: E402
 
 
 @dataclass
@@ -240,11 +240,7 @@ def main() -> int:
     args = ap.parse_args()
     client = from_env(os.environ)  # QRIS_BOOTSTRAP and the Kafka security settings
     prefix = f"scale-{uuid.uuid4().hex[:8]}"
-    try:
-        return measure(args, client, prefix)
-    finally:
-        if not args.keep:
-            print(f"deleted {len(delete_topics_with_prefix(client, prefix))} topics of {prefix}")
+    return deleting_topics(client, prefix, args.keep, lambda: measure(args, client, prefix))
 
 
 def measure(args: argparse.Namespace, client: Settings, prefix: str) -> int:
