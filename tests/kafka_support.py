@@ -119,10 +119,16 @@ class Topics:
 RUN_PREFIXES: set[str] = set()
 
 
+def fresh_prefix(start: str = "t", digits: int = 10) -> str:
+    """A new name prefix (`start` and random hex digits) whose topics go when the session ends:
+    for a test's own topic names and app ids (a Faust app's topics are named after its id)."""
+    prefix = f"{start}{uuid.uuid4().hex[:digits]}"
+    RUN_PREFIXES.add(prefix)
+    return prefix
+
+
 def fresh_topics(partitions: int = 4) -> Topics:
-    topics = Topics(f"t{uuid.uuid4().hex[:10]}", partitions)
-    RUN_PREFIXES.add(topics.prefix)
-    return topics
+    return Topics(fresh_prefix(), partitions)
 
 
 def delete_run_topics() -> int:
@@ -141,15 +147,13 @@ class Worker:
     topics: Topics
     data_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
-    app_id: str = field(default_factory=lambda: f"qris-test-{uuid.uuid4().hex[:8]}")
+    app_id: str = field(default_factory=lambda: fresh_prefix("qris-test-", 8))
     proc: subprocess.Popen[bytes] | None = None
     web_port: int = field(default_factory=free_port)
     log_path: Path | None = None
     args: list[str] = field(default_factory=list)  # after `worker`, e.g. ["--processes", "2"]
 
     def start(self, bootstrap: str) -> None:
-        if self.app_id:
-            RUN_PREFIXES.add(self.app_id)
         env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")}
         env.update(self.topics.env())
         env.update(

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import orjson
@@ -29,7 +28,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from stream.drivers.kafkaread import read_topics
 from stream.drivers.replayfile import KafkaRecord
 from stream.settings import Settings
-from tests.kafka_support import ROOT, free_port, fresh_topics, produce, require_broker
+from tests.kafka_support import ROOT, free_port, fresh_prefix, fresh_topics, produce, require_broker
 from tests.test_burst import outage_reports
 from tests.test_kafka_signals_boundary import reference
 
@@ -46,7 +45,7 @@ def test_a_detector_under_faust_s_forced_drop_sends_every_alert_once_in_order(se
         admin.create_topics([NewTopic(settings.signals_topic, num_partitions=1, replication_factor=1)])
     finally:
         admin.close()
-    app_id = f"qris-test-{uuid.uuid4().hex[:8]}"
+    app_id = fresh_prefix("qris-test-", 8)
     members: list[subprocess.Popen[bytes]] = []
 
     def start(member: str) -> Path:

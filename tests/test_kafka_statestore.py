@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from stream.security import aiokafka_config
 from stream.settings import Settings
 from stream.topics import ensure_state_changelog
 from stream.worker.statestore import BATCH_HEADER, KafkaChangelog, PartitionStore, changelog_topic_name, commit_key
-from tests.kafka_support import Worker, consume, fresh_topics, produce, require_broker
+from tests.kafka_support import Worker, consume, fresh_prefix, fresh_topics, produce, require_broker
 from tests.scenario import LEDGER, PAYMENT, scenario_records
 from tests.test_kafka_worker import canon, expected_outputs, live_by_role
 
@@ -36,7 +35,7 @@ async def write_half_batch(bootstrap: str, topic: str, partition: int, messages:
 
 def test_the_store_on_kafka_ignores_a_half_batch_and_rewrites_its_keys(tmp_path: Path) -> None:
     bootstrap = require_broker()
-    settings = Settings(bootstrap=bootstrap, app_id=f"qris-test-{uuid.uuid4().hex[:8]}")
+    settings = Settings(bootstrap=bootstrap, app_id=fresh_prefix("qris-test-", 8))
     ensure_state_changelog(settings, 2)
     topic = changelog_topic_name(settings.app_id)
 
@@ -120,7 +119,7 @@ def test_a_batch_longer_than_one_record_batch_is_committed_whole_at_its_last_off
     # The changelog sends a partition's batch as Kafka record batches of at most 512 KiB: 1,500
     # values of 1 KiB take three; the marker's offset (the last) is where the local DB stands.
     bootstrap = require_broker()
-    settings = Settings(bootstrap=bootstrap, app_id=f"qris-test-{uuid.uuid4().hex[:8]}")
+    settings = Settings(bootstrap=bootstrap, app_id=fresh_prefix("qris-test-", 8))
     ensure_state_changelog(settings, 2)
     topic = changelog_topic_name(settings.app_id)
     values = {b"0/r/R%04d" % i: bytes([65 + i % 26]) * 1024 for i in range(1500)}

@@ -24,7 +24,7 @@ from stream.drivers.replayfile import KafkaRecord
 from stream.security import aiokafka_config
 from stream.settings import Settings
 from stream.worker.consumer import rewind_uncommitted, unpack_into_messages
-from tests.kafka_support import ROOT, free_port, produce, require_broker
+from tests.kafka_support import ROOT, free_port, fresh_prefix, produce, require_broker
 
 pytestmark = pytest.mark.kafka
 
@@ -59,7 +59,7 @@ async def positions_after_seeks(bootstrap: str, topic: str) -> tuple[dict[TopicP
 
 def new_topic(bootstrap: str, suffix: str, partitions: int) -> str:
     """A fresh topic of `partitions` partitions on the broker; its name."""
-    name = f"t{uuid.uuid4().hex[:10]}.{suffix}"
+    name = f"{fresh_prefix()}.{suffix}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="qris-test")
     try:
         admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
@@ -87,7 +87,7 @@ def test_records_fetched_while_the_flow_is_stopped_are_delivered_after_the_rebal
     pairs in each of 3 runs at this stop, 4 of 20 in 2 runs of a similar script): a feed stall."""
     bootstrap = require_broker()
     name = new_topic(bootstrap, "race", 8)
-    app_id = f"qris-test-{uuid.uuid4().hex[:8]}"
+    app_id = fresh_prefix("qris-test-", 8)
     members: list[subprocess.Popen[bytes]] = []
 
     def start(member: str) -> Path:
