@@ -577,13 +577,14 @@ def run_rate(
         stop_workers(workers)
         if producer.poll() is None:
             producer.kill()
+            producer.wait()
+        if not args.keep_topics:  # also when the run failed (as live_throughput's and scale_out's)
+            delete_topics_with_prefix(settings, prefix)
     if producer.returncode != 0:
         raise SystemExit(f"the producer process failed ({producer.returncode})")
     with open(acks_path, "rb") as fh:
         produced = pickle.load(fh)
     observed.refunds.sort(key=lambda r: r[1])
-    if not args.keep_topics:
-        delete_topics_with_prefix(settings, prefix)
     return analyse(settings, args, rate, records, produced, live, observed, gen_s)
 
 
