@@ -111,6 +111,8 @@ def test_decisions_wait_for_the_incidents_topic_and_a_restored_engine_gets_the_t
     h2.batch(*tick(410))  # the engine is restored with the timeline: the deadline is decided
     assert [r["type"] for r in h2.refunds()] == ["refund.held"]
     assert h2.refunds()[0]["incident_id"] == "in_a"
+    assert h2.shell.stats()["partitions"][0]["held_references"] == 1
+    assert h.shell.stats()["partitions"][0]["held_references"] == 0  # decided nothing yet
 
 
 def test_the_idle_rule_still_fires_deadlines_that_wait_with_nothing_else() -> None:

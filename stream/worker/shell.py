@@ -626,7 +626,9 @@ class ReconcileShell:
                     "references": len(eng.refs),
                     "waiting": len(eng.heap) + len(eng.decide),
                     "decided_through_ms": eng.decided_through_ms,
-                    "holds": sum(len(eng.refs[r].holds) for r in eng.held_refs if r in eng.refs),
+                    # References with a refund held (O(1): the page is polled while the worker
+                    # runs, and counting the holds of each cost 4% of a backlog's CPU at 4 polls/s).
+                    "held_references": len(eng.held_refs),
                     "rejected": eng.rejected,
                     "silent": eng.silent,
                 }
