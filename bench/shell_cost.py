@@ -7,6 +7,11 @@ aiokafka record batches built by `KafkaChangelog.send_batch` and closed, then th
 slowest watermark after each batch. Not included: Faust, aiokafka's fetch, the network.
 
     python bench/shell_cost.py --in day.jsonl --records 60000 [--tree DIR]
+    python bench/shell_cost.py --in rt.jsonl --records 300000 --batch 1000 --timeout-s 15 --lateness-s 5 --max-hold-s 0
+
+(the second as `bench/refund_latency.py` runs the worker: a day offered in real time, so a
+reference's records come in different batches and it is saved about twice a record). The local
+DB's writes are timed apart (`RocksPartition.apply`, wall time in the thread).
 
 Timing on the shared machine is noisy; count instructions instead, this tree against another:
 
@@ -37,6 +42,9 @@ def main() -> int:
     ap.add_argument("--records", type=int, default=60_000)
     ap.add_argument("--batch", type=int, default=2000)
     ap.add_argument("--lag-s", type=float, default=60.0)
+    ap.add_argument("--timeout-s", type=float, help="T (default: the Settings default)")
+    ap.add_argument("--lateness-s", type=float, help="A (default: the Settings default)")
+    ap.add_argument("--max-hold-s", type=float, help="H; 0: holds off (default: the Settings default)")
     ap.add_argument("--tree", default=str(Path(__file__).resolve().parent.parent), help="whose `stream` to run")
     args = ap.parse_args()
     sys.path.insert(0, args.tree)
@@ -87,6 +95,9 @@ async def run(args: argparse.Namespace) -> None:
         payment_topic=next(t for t in topics if "payment" in t),
         ledger_topic=next(t for t in topics if "ledger" in t),
     )
+    for name in ("timeout_s", "lateness_s", "max_hold_s"):
+        if getattr(args, name) is not None:
+            settings = replace(settings, **{name: getattr(args, name)})
     changelog = KafkaChangelog({}, "bench-state-changelog")
     producer = _Producer()
 
@@ -104,6 +115,7 @@ async def run(args: argparse.Namespace) -> None:
     changelog.end_offset = end_offset  # type: ignore[method-assign]
     changelog.read = read  # type: ignore[method-assign]
     store = PartitionStore(changelog, Path(tempfile.mkdtemp(prefix="shell-cost-")))
+    local_db = _timed_local_writes(store)
     watch = WorkerWatch(settings)
 
     async def send(topic: str, key: bytes | None, value: bytes) -> None:
@@ -137,10 +149,39 @@ async def run(args: argparse.Namespace) -> None:
     for events in batches:
         await shell.process_records(shell_module._plain(events))
         known = min(e.watermark_ms for e in shell.engines.values()) - lag_ms
-        if known > NEG_INF // 2:
+        if known > NEG_INF // 2 and settings.max_hold_s > 0:
             await shell.on_incidents([], known)
     cpu_s = time.process_time() - t0
     print(f"{shell_module.__file__}: {cpu_s / len(recs) * 1e6:.2f} us CPU per record, {shell.counts}")
+    seconds, changes = local_db
+    print(
+        f"local DB writes (RocksDB, in the thread): {seconds:.2f} s for {changes:,} changed keys, "
+        f"{seconds / max(1, changes) * 1e6:.2f} us a key, {seconds / len(recs) * 1e6:.2f} us a record"
+    )
+
+
+def _timed_local_writes(store: Any) -> list[Any]:
+    """[seconds inside the local DBs' `apply`, keys changed], filled in as the run goes."""
+    totals: list[Any] = [0.0, 0]
+    make = store._local
+
+    def local(partition: int) -> Any:
+        db = make(partition)
+        if not getattr(db, "_timed", False):
+            apply = db.apply
+
+            def timed(changes: Any, applied_offset: int, seq: int) -> None:
+                changes = list(changes)
+                t = time.perf_counter()
+                apply(changes, applied_offset, seq)
+                totals[0] += time.perf_counter() - t
+                totals[1] += len(changes)
+
+            db.apply, db._timed = timed, True
+        return db
+
+    store._local = local
+    return totals
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from stream.worker.statestore import (
+    APPLIED_OFFSET_KEY,
+    BATCH_SEQ_KEY,
     ChangelogBatch,
     ChangelogMessage,
     MemoryPartition,
@@ -213,6 +215,34 @@ def test_local_partitions_apply_a_batch_and_its_position_together(tmp_path: Path
     again = RocksPartition(tmp_path / "p0")
     assert again.position() == (7, 3) and list(again.items()) == [(b"0/r/B", b"2")]
     again.close()
+
+
+def test_a_local_db_written_with_the_skip_list_memtable_opens_with_the_vector_one_and_back(tmp_path: Path) -> None:
+    """The worker's DBs use the vector memtable (`rocks_options`); a data directory written by
+    an earlier version (RocksDB's default skip list) opens with its state and position, and the
+    position kept in memory is the one the DB has after a reopen, also for a later write
+    (overwrites of one key in one memtable: the last wins)."""
+    from rocksdict import Options, Rdict, WriteBatch
+
+    old = Rdict(str(tmp_path / "p0"), options=Options(raw_mode=True))
+    wb = WriteBatch(raw_mode=True)
+    for key, value in ((b"0/r/A", b"1"), (APPLIED_OFFSET_KEY, b"41"), (BATCH_SEQ_KEY, b"5")):
+        wb.put(key, value)
+    old.write(wb)
+    old.close()
+    local = RocksPartition(tmp_path / "p0")
+    assert local.position() == (41, 5) and list(local.items()) == [(b"0/r/A", b"1")]
+    local.apply([(b"0/r/A", b"2"), (b"0/r/B", b"3"), (b"0/r/A", b"4")], 44, 6)
+    local.apply([(b"0/r/B", None)], 45, 7)
+    assert local.position() == (45, 7) and list(local.items()) == [(b"0/r/A", b"4")]
+    assert local.get(b"0/r/A") == b"4" and local.get(b"0/r/B") is None
+    local.close()
+    again = RocksPartition(tmp_path / "p0")
+    assert again.position() == (45, 7) and list(again.items()) == [(b"0/r/A", b"4")]
+    again.close()
+    back = Rdict(str(tmp_path / "p0"), options=Options(raw_mode=True))  # and an older version again
+    assert back.get(b"0/r/A") == b"4" and back.get(APPLIED_OFFSET_KEY) == b"45"
+    back.close()
 
 
 def test_a_local_db_lost_with_its_process_comes_back_at_a_flushed_batch_and_the_tail_restores_the_rest(
