@@ -2,6 +2,7 @@
 the moment a partition's watermark passes a refund's deadline to the refund on the topic.
 
     QRIS_BOOTSTRAP=127.0.0.1:9092 python bench/refund_latency.py --rate 1000 5000 10000 --seconds 90
+    python bench/refund_latency.py --rate 10000 --seconds 30 --write-day rt10k.jsonl  # the day only
 
 Per rate R: the simulator's `mixed` day, generated at about R records/s, into fresh
 co-partitioned topics with their own app id; the worker(s) started on them; then a separate
@@ -786,6 +787,31 @@ def fmt(summary: dict[str, Any], unit: str = " ms") -> str:
     )
 
 
+def write_day(client: Settings, args: argparse.Namespace) -> int:
+    """The day a run offers (`make_day`) as a replay file, records in produce-time order."""
+    import base64
+
+    day = sorted(
+        make_day(client, args.rate[0], args.seconds, 1743213600000, args.partitions), key=lambda r: r.timestamp_ms
+    )
+    with open(args.write_day, "wb") as fh:
+        for r in day:
+            line: dict[str, Any] = {
+                "topic": r.topic,
+                "partition": r.partition,
+                "offset": r.offset,
+                "timestamp_ms": r.timestamp_ms,
+                "key": r.key,
+            }
+            try:
+                line["value"] = r.value.decode()
+            except UnicodeDecodeError:  # the simulator's malformed records
+                line["value_b64"] = base64.b64encode(r.value).decode()
+            fh.write(orjson.dumps(line) + b"\n")
+    print(f"{args.write_day}: {len(day):,} records, about {args.rate[0]:,.0f}/s for {args.seconds:g} s")
+    return 0
+
+
 def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--produce":
         produce_paced(sys.argv[2], sys.argv[3])
@@ -824,8 +850,16 @@ def main() -> int:
     ap.add_argument("--drain-s", type=float, default=240.0, help="longest wait after the traffic")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--keep-topics", action="store_true", help="keep the run's topics (deleted by default)")
+    ap.add_argument(
+        "--write-day",
+        type=Path,
+        help="only write the day of the first --rate and --seconds to this replay file, in the order the "
+        "producer offers it (for `bench/shell_cost.py`), and exit; needs no broker",
+    )
     args = ap.parse_args()
     client = from_env(os.environ)
+    if args.write_day:
+        return write_day(client, args)
     print(
         f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}; "
         f"T={args.timeout_s:g}s A={args.lateness_s:g}s idle={args.idle_timeout_s:g}s H={args.max_hold_s:g}s, "
