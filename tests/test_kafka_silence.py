@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from kafka import KafkaProducer
@@ -51,6 +52,18 @@ def refs_on(partition: int, prefix: str, n: int) -> list[str]:
             out.append(ref)
         i += 1
     return out
+
+
+def silent_after_all_taken(alert: dict[str, Any], last_ms: int) -> bool:
+    """Whether `alert` is a FEED_SILENT opened with its stream's last event at `last_ms`: the
+    silent stream had nothing left before or at it (no record of the test comes later)."""
+    if alert.get("kind") != "FEED_SILENT" or alert.get("status") != "opened":
+        return False
+    observed = alert.get("observed") or {}
+    if "silent_event_time_s" not in observed:
+        return False
+    since_ms = observed["watermark_ms"] - round(observed["silent_event_time_s"] * 1000)
+    return bool(since_ms >= last_ms)
 
 
 def wait_taken_through(worker: Worker, at_ms: int, timeout_s: float = 180) -> None:
@@ -143,6 +156,13 @@ def test_a_feed_the_broker_stops_serving_is_not_silent_no_wrong_refund_and_the_w
         if worker.proc is not None and worker.proc.poll() is None:
             worker.stop()
     judge(result, bootstrap, topics, got, [worker], rules)
+    # A FEED_SILENT raised once every record of its topic was taken is the idle rule doing its
+    # job, not this test's failure (a stream declared silent while the broker held its records):
+    # after the watchdog's restart the new process can take the ledger's last records (the
+    # ticks) more than the idle timeout (2 s) before the payments' last ones (seen once in CI).
+    # Live only (wall clock), so replay never has it.
+    last_ms = T0 + 100_000  # the ticks: the last record of each stream of each partition
+    result.extra = [x for x in result.extra if not silent_after_all_taken(orjson.loads(x), last_ms)]
     values = [v for _t, _k, v in got]
     wrong = sorted(
         {v["reference"] for v in values if v.get("type") == "refund.requested" and v["reference"] not in lost}
@@ -165,6 +185,19 @@ def test_a_feed_the_broker_stops_serving_is_not_silent_no_wrong_refund_and_the_w
     # The watchdog saw the input the broker held back (records on it, none taken) and restarted.
     assert stalls and all(int(s) == FEED_STALL_S for _t, _p, s in stalls), stalls
     assert restarts["feed_stalled"] >= 1, restarts
+
+
+def test_only_a_feed_silent_raised_after_the_streams_last_record_is_excused() -> None:
+    from stream.core.alerts import feed_silent_topic_alert
+
+    def alert(status: str, since: int) -> dict[str, Any]:
+        return feed_silent_topic_alert("l", [0, 1], status, since, since + 5_000, "p").value
+
+    last = T0 + 100_000
+    assert silent_after_all_taken(alert("opened", last), last)
+    assert not silent_after_all_taken(alert("opened", T0 + 2_500), last)  # records left on the broker
+    assert not silent_after_all_taken(alert("resolved", last), last)  # it delivered again: not excused
+    assert not silent_after_all_taken({"kind": "CLOCK_SKEW", "status": "opened"}, last)
 
 
 def test_the_end_offsets_are_the_brokers_now_also_for_questions_asked_at_once() -> None:
