@@ -789,25 +789,13 @@ def fmt(summary: dict[str, Any], unit: str = " ms") -> str:
 
 def write_day(client: Settings, args: argparse.Namespace) -> int:
     """The day a run offers (`make_day`) as a replay file, records in produce-time order."""
-    import base64
+    from stream.simulate.output import write_replay
 
     day = sorted(
         make_day(client, args.rate[0], args.seconds, 1743213600000, args.partitions), key=lambda r: r.timestamp_ms
     )
     with open(args.write_day, "wb") as fh:
-        for r in day:
-            line: dict[str, Any] = {
-                "topic": r.topic,
-                "partition": r.partition,
-                "offset": r.offset,
-                "timestamp_ms": r.timestamp_ms,
-                "key": r.key,
-            }
-            try:
-                line["value"] = r.value.decode()
-            except UnicodeDecodeError:  # the simulator's malformed records
-                line["value_b64"] = base64.b64encode(r.value).decode()
-            fh.write(orjson.dumps(line) + b"\n")
+        write_replay(day, fh)
     print(f"{args.write_day}: {len(day):,} records, about {args.rate[0]:,.0f}/s for {args.seconds:g} s")
     return 0
 
