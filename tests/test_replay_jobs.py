@@ -25,6 +25,8 @@ from stream.drivers.replayfile import (
     TimeRange,
     WholeFile,
     _ranges,
+    _scan_span,
+    _spans,
     line_fields,
     line_to_record,
     read_records,
@@ -92,6 +94,42 @@ def test_every_job_reads_exactly_its_partitions_lines_as_the_replay_reads_them(t
     # The single-process reader gives the same records, as tuples, and again on a second pass.
     rf = ReplayFile(path)
     assert list(rf) == records and list(rf) == records
+
+
+def _scanned(scan: FileScan) -> tuple[set[int], list[list[int]], list[list[int]]]:
+    return scan.partitions, [a.tolist() for a in scan.starts], [a.tolist() for a in scan.ends]
+
+
+def test_a_scan_split_across_processes_equals_the_serial_scan_wherever_the_file_is_cut(tmp_path: Path) -> None:
+    # `replay --jobs N` scans the file in N processes (`workers`), each from a line's start.
+    lines = [*_day_lines(), b"{oops", b"", *_day_lines()[:4]]
+    path = _write(tmp_path / "day.jsonl", lines)
+    cut = tmp_path / "cut.jsonl"  # the last line without its newline
+    cut.write_bytes(Path(path).read_bytes().rstrip(b"\n"))
+    line_starts = [0]
+    for line in lines:
+        line_starts.append(line_starts[-1] + len(line) + 1)
+    for source in (path, str(cut)):
+        for jobs in (1, 2, 3):
+            serial = _scanned(FileScan(source, (P_TOPIC, L_TOPIC), jobs))
+            assert serial[1][0], "job 0 has lines"
+            for workers in (2, 3, 5, 64):
+                assert _scanned(FileScan(source, (P_TOPIC, L_TOPIC), jobs, workers=workers)) == serial
+    # Two spans cut at any line's start give the serial scan (`_spans` cuts only there):
+    serial = _scanned(FileScan(path, (P_TOPIC, L_TOPIC), 2))
+    for at in line_starts[1:-1]:
+        found = [_scan_span(path, a, b, {P_TOPIC, L_TOPIC}, 2) for a, b in ((0, at), (at, -1))]
+        merged = (
+            set().union(*(f[0] for f in found)),
+            [sum((f[1][j].tolist() for f in found), []) for j in range(2)],
+            [sum((f[2][j].tolist() for f in found), []) for j in range(2)],
+        )
+        assert merged == serial, at
+    for n in (2, 3, 7, 1000):
+        spans = _spans(path, n)
+        assert spans[0][0] == 0 and spans[-1][1] == -1
+        assert all(a in line_starts and a < b for a, b in spans[:-1])
+        assert [b for _a, b in spans[:-1]] == [a for a, _b in spans[1:]]
 
 
 def test_the_line_reader_agrees_with_the_checked_parser_on_every_shape() -> None:

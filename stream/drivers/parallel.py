@@ -472,7 +472,7 @@ def replay_file_parallel(
         if params.holds:
             # One read of the file here: its input partitions (the detector needs them from the
             # start) and each job's lines (inherited by the forked jobs, which read only those).
-            scan = FileScan(path, (params.payment_topic, params.ledger_topic), jobs)
+            scan = FileScan(path, (params.payment_topic, params.ledger_topic), jobs, workers=jobs)
             inputs = frozenset(scan.partitions)
             # No line gives an input partition (none, or none readable): the two passes read the
             # records and say what is wrong with them; a detector over no partition cannot run.

@@ -258,16 +258,18 @@ class FileScan:
     which says what is wrong with it). Each line is read with `orjson.loads`, so its partition
     is the one the replay reads, whatever its spacing, key order, escapes or repeated keys."""
 
-    def __init__(self, path: str, topics: Iterable[str], jobs: int = 1, *, ranges: bool = True) -> None:
+    def __init__(
+        self, path: str, topics: Iterable[str], jobs: int = 1, *, ranges: bool = True, workers: int = 1
+    ) -> None:
         wanted = set(topics)
         self.path = path
         self.partitions: set[int] = set()
         self.starts = [array("q") for _ in range(jobs)]
         self.ends = [array("q") for _ in range(jobs)]
-        loads, error = codec.loads, codec.JSONDecodeError
-        add = self.partitions.add
-        with open(path, "rb") as fh:
-            if not ranges:  # the partitions only (a replay in one process)
+        if not ranges:  # the partitions only (a replay in one process)
+            loads, error = codec.loads, codec.JSONDecodeError
+            add = self.partitions.add
+            with open(path, "rb") as fh:
                 for raw in fh:
                     try:
                         line = loads(raw)
@@ -277,28 +279,23 @@ class FileScan:
                         p = line.get("partition")
                         if type(p) is int and p >= 0:
                             add(p)
-                return
-            appends = [(self.starts[j].append, self.ends[j].append) for j in range(jobs)]
-            pos = 0
-            for raw in fh:
-                start = pos
-                pos += len(raw)
-                try:
-                    line = loads(raw)
-                except error:
-                    if raw.strip():
-                        appends[0][0](start)
-                        appends[0][1](pos)
-                    continue
-                p = line.get("partition") if type(line) is dict else None
-                if type(p) is int and p >= 0:
-                    if line.get("topic") in wanted:
-                        add(p)
-                    start_at, end_at = appends[p % jobs]
-                else:
-                    start_at, end_at = appends[0]
-                start_at(start)
-                end_at(pos)
+            return
+        spans = _spans(path, workers) if workers > 1 else [(0, -1)]
+        if len(spans) == 1:
+            found = [_scan_span(path, 0, -1, wanted, jobs)]
+        else:
+            # The first span here, each other in a forked process (the scan is serial work
+            # before any job starts): the same partitions and ranges, put together in order.
+            import multiprocessing as mp
+
+            with mp.get_context("fork").Pool(len(spans) - 1) as pool:
+                others = pool.starmap_async(_scan_span, [(path, a, b, wanted, jobs) for a, b in spans[1:]])
+                found = [_scan_span(path, *spans[0], wanted, jobs), *others.get()]
+        for parts, starts, ends in found:
+            self.partitions.update(parts)
+            for j in range(jobs):
+                self.starts[j].extend(starts[j])
+                self.ends[j].extend(ends[j])
 
     def job_lines(self, job: int, within: TimeRange | None = None) -> Iterator[Fields]:
         """The records of job `job`'s lines, in file order (`line_fields`; only these lines
@@ -326,6 +323,62 @@ class WholeFile:
         """The records of job `job`'s lines, in file order (`line_fields`)."""
         with open(self.path, "rb") as fh:
             yield from line_fields(fh, self.path, lambda i: i + 1, within, share=(job, self.jobs))
+
+
+def _spans(path: str, n: int) -> list[tuple[int, int]]:
+    """`path` cut into at most `n` byte spans [a, b) of whole lines (b -1: to the end), each cut
+    moved to the start of the line it falls in the middle of."""
+    size = os.path.getsize(path)
+    cuts = [0]
+    with open(path, "rb") as fh:
+        for k in range(1, n):
+            at = size * k // n
+            if at <= cuts[-1]:
+                continue
+            fh.seek(at - 1)
+            fh.readline()  # to just after the newline at or after byte at - 1: a line's start
+            at = fh.tell()
+            if cuts[-1] < at < size:
+                cuts.append(at)
+    return [(a, b) for a, b in zip(cuts, cuts[1:] + [-1], strict=True)]
+
+
+def _scan_span(
+    path: str, start: int, end: int, wanted: set[str], jobs: int
+) -> tuple[set[int], list[array[int]], list[array[int]]]:
+    """`FileScan` of the lines that start in bytes [start, end) of `path` (end -1: to the end;
+    `start` is a line's start): their input partitions and each job's line ranges."""
+    loads, error = codec.loads, codec.JSONDecodeError
+    partitions: set[int] = set()
+    add = partitions.add
+    starts = [array("q") for _ in range(jobs)]
+    ends = [array("q") for _ in range(jobs)]
+    appends = [(starts[j].append, ends[j].append) for j in range(jobs)]
+    pos = start
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        for raw in fh:
+            if pos == end:
+                break
+            line_at = pos
+            pos += len(raw)
+            try:
+                line = loads(raw)
+            except error:
+                if raw.strip():
+                    appends[0][0](line_at)
+                    appends[0][1](pos)
+                continue
+            p = line.get("partition") if type(line) is dict else None
+            if type(p) is int and p >= 0:
+                if line.get("topic") in wanted:
+                    add(p)
+                start_at, end_at = appends[p % jobs]
+            else:
+                start_at, end_at = appends[0]
+            start_at(line_at)
+            end_at(pos)
+    return partitions, starts, ends
 
 
 def _ranges(fh: IO[bytes], starts: array[int], ends: array[int], block: int = 1 << 22) -> Iterator[bytes]:
