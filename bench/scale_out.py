@@ -30,8 +30,9 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 from kafka.admin import KafkaAdminClient
@@ -43,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from live_throughput import deleting_topics, free_port, mixed_backlog, raw_consume, stats  # noqa: E402  (bench/, the script's folder)
 
+from stream.core.partition import NEG_INF  # noqa: E402
 from stream.drivers.kafkaread import read_topics  # noqa: E402
 from stream.drivers.replay import replay  # noqa: E402
 from stream.security import kafka_python_config  # noqa: E402
@@ -62,12 +64,28 @@ class Run:
     worker_cpu_us: float  # CPU time of the worker processes per record, while timed
     machine_busy: float  # share of all the machine's CPUs busy (any process) while timed
     logs: list[Path]
+    # Per worker, while timed: its CPU µs per record it took, and the median of the incidents'
+    # lag it saw (its slowest partition's watermark minus the incidents known through, event
+    # seconds; records past the incidents wait in the engines and cost CPU as they wait).
+    cpu_us_each: list[float] = field(default_factory=list)
+    lag_s_each: list[float | None] = field(default_factory=list)
 
 
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process, all its threads (/proc/<pid>/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def incidents_lag_s(page: dict[str, Any]) -> float | None:
+    """From a worker's `/qris/stats`: its slowest partition's watermark minus the event time the
+    incidents are known through, in seconds (None before both are known)."""
+    known = page.get("incidents_known_through_ms")
+    marks = [v["watermark_ms"] for v in page.get("partitions", {}).values()]
+    marks = [w for w in marks if w is not None and w > NEG_INF]
+    if known is None or known <= NEG_INF or not marks:
+        return None
+    return float(min(marks) - known) / 1000
 
 
 def machine_cpu() -> tuple[int, int]:
@@ -162,8 +180,11 @@ def group_run(
     try:
         first_t: float | None = None
         first_n = 0
-        first_cpu_s, first_machine = 0.0, (0, 0)
+        first_machine = (0, 0)
         taken = [0] * workers
+        first_each = [0.0] * workers
+        taken_first = [0] * workers
+        lags: list[list[float]] = [[] for _ in range(workers)]
         deadline = time.monotonic() + 900
         while sum(taken) < n:
             if time.monotonic() > deadline:
@@ -172,16 +193,21 @@ def group_run(
                 if proc.poll() is not None:
                     raise SystemExit(f"worker exited {proc.returncode}; log {logs[i]}")
                 try:
-                    taken[i] = int(stats(port)["counts"]["records"])
+                    page = stats(port)
                 except OSError:
                     continue
+                taken[i] = int(page["counts"]["records"])
+                if first_t is not None and (lag := incidents_lag_s(page)) is not None:
+                    lags[i].append(lag)
             if first_t is None and sum(taken) > 0:
                 first_t, first_n = time.perf_counter(), sum(taken)
-                first_cpu_s = sum(process_cpu_s(p.pid) for p in procs)
+                first_each = [process_cpu_s(p.pid) for p in procs]
+                taken_first = list(taken)
                 first_machine = machine_cpu()
             time.sleep(0.1)
         done_t = time.perf_counter()
-        cpu_s = sum(process_cpu_s(p.pid) for p in procs) - first_cpu_s
+        cpu_each = [process_cpu_s(p.pid) - c for p, c in zip(procs, first_each, strict=True)]
+        cpu_s = sum(cpu_each)
         busy, total = (a - b for a, b in zip(machine_cpu(), first_machine, strict=True))
         assert first_t is not None
         # Complete means every input offset decided, not merely a count: the run's outputs hold
@@ -209,6 +235,8 @@ def group_run(
             worker_cpu_us=cpu_s / max(1, sum(taken) - first_n) * 1e6,
             machine_busy=busy / total,
             logs=logs,
+            cpu_us_each=[c / max(1, t - f) * 1e6 for c, t, f in zip(cpu_each, taken, taken_first, strict=True)],
+            lag_s_each=[statistics.median(x) if x else None for x in lags],
         )
     finally:
         for proc in procs:
@@ -275,6 +303,10 @@ def measure(args: argparse.Namespace, client: Settings, prefix: str) -> int:
                 f"replay's decisions all out {run.decided_lag_s:.1f} s after the last record; "
                 f"input partitions not committed to the end: {run.partitions_not_committed}; "
                 f"worker CPU {run.worker_cpu_us:.0f} µs/record; machine CPUs {run.machine_busy:.0%} busy"
+            )
+            print(
+                f"  per worker: CPU µs per record taken {[round(x) for x in run.cpu_us_each]}; "
+                f"incidents' lag (median, event s) {[None if x is None else round(x) for x in run.lag_s_each]}"
             )
     if args.only:
         return 0
