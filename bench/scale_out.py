@@ -41,6 +41,8 @@ from kafka import KafkaConsumer, TopicPartition
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# bench/ itself, as when run as a script (imported as `bench.scale_out` by its fast test).
+sys.path.insert(0, str(ROOT / "bench"))
 
 from live_throughput import deleting_topics, free_port, mixed_backlog, raw_consume, stats  # noqa: E402  (bench/, the script's folder)
 
