@@ -358,7 +358,7 @@ def _scan_span(
     with open(path, "rb") as fh:
         fh.seek(start)
         for raw in fh:
-            if pos == end:
+            if 0 <= end <= pos:  # (a cut is a line's start: reached exactly, unless the file changed)
                 break
             line_at = pos
             pos += len(raw)
