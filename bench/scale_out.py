@@ -8,10 +8,13 @@ default), then alternates the variants (one worker, two workers; `--rounds` time
 run with a fresh app id (consumer group), data directories and burst topics, so each run takes
 the whole backlog from offset 0. A run's rate is timed from the first record any of its workers
 took to the moment their records add up to the backlog (their /qris/stats pages), rebalance
-included (the second worker joins while the first may have started); the run counts as complete
-only when its own output topics hold exactly the decisions offline replay of the inputs makes
-(every input offset decided), and the input partitions whose committed offset is then still
-short of the end are reported (a rebalance can leave some uncommitted; README). The raw
+included: on a broker with Kafka's default `group.initial.rebalance.delay.ms` (3000) both
+workers join the group's first generation and split the partitions from the start; on the test
+broker (0) the second joins while the first has started on every partition (the delay is
+printed; `QRIS_KAFKA_INITIAL_REBALANCE_DELAY_MS=3000 kafka/broker.sh start` gives the default).
+The run counts as complete only when its own output topics hold exactly the decisions offline
+replay of the inputs makes (every input offset decided), and the input partitions whose
+committed offset is then still short of the end are reported (a rebalance can leave some uncommitted; README). The raw
 aiokafka rate (no processing, one consumer) is measured in every round, so each ratio is from
 the same minutes of a shared machine.
 """
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka.admin import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -76,6 +79,10 @@ class Run:
     # worker to join starts on every partition before the second joins; this leaves that start
     # out and keeps the rebalance after it (stop 18: lower than `rate`, 1.39x against 1.51x).
     rate_all_in: float | None = None
+    # Per worker, from its last stats page while timed: commits, and reference entries written
+    # to the state per record taken (a reference changed between two commits is written once).
+    commits_each: list[int] = field(default_factory=list)
+    saves_per_record_each: list[float] = field(default_factory=list)
 
 
 def process_cpu_s(pid: int) -> float:
@@ -99,6 +106,26 @@ def machine_cpu() -> tuple[int, int]:
     """(busy, total) clock ticks of all CPUs since boot (/proc/stat; idle and iowait are idle)."""
     ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def initial_rebalance_delay_ms(client: Settings) -> int | None:
+    """The broker's `group.initial.rebalance.delay.ms` (None if it does not say): how long a new
+    group's first rebalance waits for more members. Kafka's default is 3000; the test broker's
+    is 0 (`kafka/broker.sh`, `QRIS_KAFKA_INITIAL_REBALANCE_DELAY_MS`), so there the first
+    worker to join starts on every partition and gives half back when the second joins."""
+    name = "group.initial.rebalance.delay.ms"
+    admin = KafkaAdminClient(**kafka_python_config(client), client_id="qris-bench")
+    try:
+        ids = sorted(b.node_id for b in admin._client.cluster.brokers())
+        if not ids:
+            return None
+        got = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.BROKER, str(ids[0]), configs=[name])], config_filter="all"
+        )
+        value = got.get("broker", {}).get(str(ids[0]), {}).get(name, {}).get("value")
+        return int(value) if value is not None else None
+    finally:
+        admin.close()
 
 
 def committed_behind(client: Settings, group: str, ends: dict[TopicPartition, int]) -> int:
@@ -189,6 +216,7 @@ def group_run(
         first_n = 0
         first_machine = (0, 0)
         taken = [0] * workers
+        last_counts: list[dict[str, int]] = [{} for _ in range(workers)]
         first_each = [0.0] * workers
         taken_first = [0] * workers
         lags: list[list[float]] = [[] for _ in range(workers)]
@@ -205,6 +233,7 @@ def group_run(
                 except OSError:
                     continue
                 taken[i] = int(page["counts"]["records"])
+                last_counts[i] = page["counts"]
                 if first_t is not None and (lag := incidents_lag_s(page)) is not None:
                     lags[i].append(lag)
             if all_in is None and all(taken):
@@ -251,6 +280,10 @@ def group_run(
             cpu_us_each=[c / max(1, t - f) * 1e6 for c, t, f in zip(cpu_each, taken, taken_first, strict=True)],
             lag_s_each=[statistics.median(x) if x else None for x in lags],
             rate_all_in=rate_all_in,
+            commits_each=[int(c.get("commits", 0)) for c in last_counts],
+            saves_per_record_each=[
+                int(c.get("references_saved", 0)) / max(1, t) for c, t in zip(last_counts, taken, strict=True)
+            ],
         )
     finally:
         for proc in procs:
@@ -299,6 +332,11 @@ def measure(args: argparse.Namespace, client: Settings, prefix: str) -> int:
     print(f"offline replay of the inputs: {len(expected)} decisions in {time.perf_counter() - t:.1f} s")
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}")
     print("broker holds {} topics, {} partitions (this run's included)".format(*broker_holds(client)))
+    delay = initial_rebalance_delay_ms(client)
+    print(
+        f"broker: group.initial.rebalance.delay.ms = {delay}"
+        + (" (the first worker to join takes every partition until the second joins)" if delay == 0 else "")
+    )
     print(f"produced {n} records to {prefix}.* ({args.partitions} partitions) in {produce_s:.1f} s")
     runs: list[tuple[Run, float]] = []
     for r in range(args.rounds):
@@ -321,6 +359,8 @@ def measure(args: argparse.Namespace, client: Settings, prefix: str) -> int:
             print(
                 f"  per worker: CPU µs per record taken {[round(x) for x in run.cpu_us_each]}; "
                 f"incidents' lag (median, event s) {[None if x is None else round(x) for x in run.lag_s_each]}; "
+                f"commits {run.commits_each}; reference saves per record "
+                f"{[round(x, 2) for x in run.saves_per_record_each]}; "
                 f"from every worker's first record: "
                 + ("-" if run.rate_all_in is None else f"{run.rate_all_in:,.0f} records/s")
             )

@@ -25,6 +25,10 @@ DATA_DIR="$(abspath "${QRIS_KAFKA_DATA_DIR:-$RUN_DIR/data}")"
 PARTITIONS="${QRIS_KAFKA_PARTITIONS:-4}"
 # JVM heap of the broker.
 HEAP_OPTS="${QRIS_KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
+# How long a new consumer group's first rebalance waits for more members (ms). 0 for the tests
+# (a worker starts at once); Kafka's default is 3000, which lets workers started together share
+# the partitions from the start (`bench/scale_out.py` on a production-like broker).
+INITIAL_REBALANCE_DELAY_MS="${QRIS_KAFKA_INITIAL_REBALANCE_DELAY_MS:-0}"
 # Seconds `start`/`wait` give the broker to answer an admin call.
 READY_TIMEOUT_S="${QRIS_KAFKA_READY_TIMEOUT_S:-90}"
 # Seconds `stop` waits after SIGTERM before SIGKILL.
@@ -168,8 +172,9 @@ transaction.state.log.num.partitions=4
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 
-# Tests: a group's first rebalance starts at once instead of waiting 3 s for more members.
-group.initial.rebalance.delay.ms=0
+# Tests: a group's first rebalance starts at once instead of waiting 3 s for more members
+# (QRIS_KAFKA_INITIAL_REBALANCE_DELAY_MS).
+group.initial.rebalance.delay.ms=$INITIAL_REBALANCE_DELAY_MS
 # faust creates its internal topics (leader, repartition topics) itself and may also
 # touch topics nobody declared; those are created with num.partitions partitions.
 auto.create.topics.enable=true

@@ -197,6 +197,9 @@ class ReconcileShell:
             "idle_checks_unanswered": 0,
             "idle_streams_behind": 0,
             "commits": 0,
+            # Reference entries written to the state (a reference changed by several records
+            # between two commits is written once: the benches' saves per record).
+            "references_saved": 0,
         }
 
     # -- engines ---------------------------------------------------------------------------
@@ -437,6 +440,7 @@ class ReconcileShell:
 
     def _persist(self, partition: int) -> None:
         refs, meta = self.engines[partition].take_dirty()
+        self.counts["references_saved"] += len(refs)
         prefix = b"%d/r/" % partition  # `state_key`, the prefix made once
         changes = [(prefix + ref.encode("utf-8"), value) for ref, value in refs.items()]
         if meta is not None:
