@@ -83,6 +83,9 @@ class Run:
     # to the state per record taken (a reference changed between two commits is written once).
     commits_each: list[int] = field(default_factory=list)
     saves_per_record_each: list[float] = field(default_factory=list)
+    # Per worker: signal reports its burst detector took and snapshots it wrote (0: not its).
+    signals_each: list[int] = field(default_factory=list)
+    snapshots_each: list[int] = field(default_factory=list)
 
 
 def process_cpu_s(pid: int) -> float:
@@ -217,6 +220,7 @@ def group_run(
         first_machine = (0, 0)
         taken = [0] * workers
         last_counts: list[dict[str, int]] = [{} for _ in range(workers)]
+        last_bursts: list[dict[str, int]] = [{} for _ in range(workers)]
         first_each = [0.0] * workers
         taken_first = [0] * workers
         lags: list[list[float]] = [[] for _ in range(workers)]
@@ -234,6 +238,7 @@ def group_run(
                     continue
                 taken[i] = int(page["counts"]["records"])
                 last_counts[i] = page["counts"]
+                last_bursts[i] = page.get("bursts", {}).get("counts", {})
                 if first_t is not None and (lag := incidents_lag_s(page)) is not None:
                     lags[i].append(lag)
             if all_in is None and all(taken):
@@ -284,6 +289,8 @@ def group_run(
             saves_per_record_each=[
                 int(c.get("references_saved", 0)) / max(1, t) for c, t in zip(last_counts, taken, strict=True)
             ],
+            signals_each=[int(c.get("signals", 0)) for c in last_bursts],
+            snapshots_each=[int(c.get("snapshots_written", 0)) for c in last_bursts],
         )
     finally:
         for proc in procs:
@@ -361,6 +368,7 @@ def measure(args: argparse.Namespace, client: Settings, prefix: str) -> int:
                 f"incidents' lag (median, event s) {[None if x is None else round(x) for x in run.lag_s_each]}; "
                 f"commits {run.commits_each}; reference saves per record "
                 f"{[round(x, 2) for x in run.saves_per_record_each]}; "
+                f"detector signals {run.signals_each}, snapshots {run.snapshots_each}; "
                 f"from every worker's first record: "
                 + ("-" if run.rate_all_in is None else f"{run.rate_all_in:,.0f} records/s")
             )
