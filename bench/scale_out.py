@@ -287,13 +287,18 @@ def group_run(
         assert first_t is not None
         # Then up to the last decision: the workers' decision counts unchanged for SETTLE_S.
         end_t, end_cpu = done_t, cpu_s
-        end_decided = decided_now(ports)
+        end_decided: int | None = None  # (read at once; a page that does not answer is asked again)
         while time.perf_counter() - end_t < SETTLE_S and time.monotonic() < deadline:
-            time.sleep(0.1)
-            now = decided_now(ports)
-            if now != end_decided:
+            try:
+                now = decided_now(ports)
+            except OSError:
+                now = None
+            if now is not None and end_decided is None:
+                end_decided = now
+            elif now is not None and now != end_decided:
                 end_t, end_decided = time.perf_counter(), now
                 end_cpu = sum(process_cpu_s(p.pid) - c for p, c in zip(procs, first_each, strict=True))
+            time.sleep(0.1)
         # Complete means every input offset decided, not merely a count: the run's outputs hold
         # exactly what offline replay of the inputs decides.
         outputs = [base.refund_topic, base.alert_topic, base.dead_letter_topic]

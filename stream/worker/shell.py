@@ -197,8 +197,9 @@ class ReconcileShell:
             "idle_checks_unanswered": 0,
             "idle_streams_behind": 0,
             "commits": 0,
-            # Reference entries written to the state (a reference changed by several records
-            # between two commits is written once: the benches' saves per record).
+            # Reference entries written to the state, deletions included (a reference changed
+            # by several records between two commits is written once: the benches' saves per
+            # record).
             "references_saved": 0,
         }
 
