@@ -208,11 +208,11 @@ def worker_rate(
             # The decisions the last records release (and what the incidents then release) come
             # after the last record is counted: also timed up to the last decision, the moment
             # the worker's decision counts last moved before SETTLE_S without a change.
-            decided = _decided(last["counts"])
+            decided = decided_count(last["counts"])
             end_t, end_cpu, end_decided = last_t, cpu, decided
             while time.perf_counter() - end_t < SETTLE_S and time.monotonic() < deadline:
                 time.sleep(POLL_S)
-                now_decided = _decided(stats(port, processes)["counts"])
+                now_decided = decided_count(stats(port, processes)["counts"])
                 if now_decided != end_decided:
                     end_t, end_decided = time.perf_counter(), now_decided
                     end_cpu = sum(cpu_s(pid) for pid in process_tree(proc.pid)) - first_cpu
@@ -247,7 +247,8 @@ POLL_S = 0.25
 SETTLE_S = 3.0
 
 
-def _decided(counts: dict) -> int:
+def decided_count(counts: dict) -> int:
+    """A worker's decisions so far, from its stats counts: what it has sent on its outputs."""
     return sum(counts.get(k, 0) for k in ("refunds", "alerts", "dead_letter", "signals"))
 
 

@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from live_throughput import (  # noqa: E402  (bench/, the script's folder)
     SETTLE_S,
+    decided_count,
     deleting_topics,
     free_port,
     mixed_backlog,
@@ -66,7 +67,7 @@ from stream.drivers.replay import replay  # noqa: E402
 from stream.security import kafka_python_config  # noqa: E402
 from stream.settings import Settings, from_env, to_env  # noqa: E402
 from stream.simulate.output import produce  # noqa: E402
-from stream.topics import broker_holds, create_topics  # noqa: E402
+from stream.topics import admin_client, broker_holds, create_topics  # noqa: E402
 
 
 @dataclass
@@ -130,9 +131,8 @@ def decided_now(ports: list[int]) -> int:
     total = 0
     for port in ports:
         page = stats(port)
-        c, b = page["counts"], page.get("bursts", {}).get("counts", {})
-        total += sum(int(c.get(k, 0)) for k in ("refunds", "alerts", "dead_letter", "signals"))
-        total += int(b.get("alerts", 0)) + int(b.get("incident_records", 0))
+        b = page.get("bursts", {}).get("counts", {})
+        total += decided_count(page["counts"]) + int(b.get("alerts", 0)) + int(b.get("incident_records", 0))
     return total
 
 
@@ -148,9 +148,10 @@ def initial_rebalance_delay_ms(client: Settings) -> int | None:
     is 0 (`kafka/broker.sh`, `QRIS_KAFKA_INITIAL_REBALANCE_DELAY_MS`), so there the first
     worker to join starts on every partition and gives half back when the second joins."""
     name = "group.initial.rebalance.delay.ms"
-    admin = KafkaAdminClient(**kafka_python_config(client), client_id="qris-bench")
+    admin = admin_client(client)
     try:
-        ids = sorted(b.node_id for b in admin._client.cluster.brokers())
+        brokers = admin.describe_cluster().get("brokers") or []
+        ids = sorted(b.get("broker_id", b.get("node_id")) for b in brokers)
         if not ids:
             return None
         got = admin.describe_configs(
