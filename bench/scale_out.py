@@ -98,6 +98,7 @@ class Run:
     # Per worker: signal reports its burst detector took and snapshots it wrote (0: not its).
     signals_each: list[int] = field(default_factory=list)
     snapshots_each: list[int] = field(default_factory=list)
+    snapshot_ms_each: list[int] = field(default_factory=list)  # wall ms writing them
     # records/s from the first record taken to the workers' last decision (the moment their
     # decision counts last moved before SETTLE_S without a change), and the workers' CPU µs per
     # record to then. With holds on, records wait in the engines for the incidents, so a
@@ -340,6 +341,7 @@ def group_run(
             worker_cpu_us_decided=end_cpu / max(1, n - first_n) * 1e6,
             signals_each=[int(c.get("signals", 0)) for c in last_bursts],
             snapshots_each=[int(c.get("snapshots_written", 0)) for c in last_bursts],
+            snapshot_ms_each=[int(c.get("snapshot_write_ms", 0)) for c in last_bursts],
         )
     finally:
         for proc in procs:
@@ -418,7 +420,8 @@ def measure(args: argparse.Namespace, client: Settings, prefix: str) -> int:
                 f"incidents' lag (median, event s) {[None if x is None else round(x) for x in run.lag_s_each]}; "
                 f"commits {run.commits_each}; reference saves per record "
                 f"{[round(x, 2) for x in run.saves_per_record_each]}; "
-                f"detector signals {run.signals_each}, snapshots {run.snapshots_each}; "
+                f"detector signals {run.signals_each}, snapshots {run.snapshots_each} "
+                f"written in {run.snapshot_ms_each} ms; "
                 f"from every worker's first record: "
                 + ("-" if run.rate_all_in is None else f"{run.rate_all_in:,.0f} records/s")
             )

@@ -126,14 +126,17 @@ def test_a_takeover_takes_every_signal_from_the_committed_offset_once_whatever_f
     async def run() -> tuple[list[dict[str, Any]], BurstShell]:
         fetcher = BrokerGapFetcher(aiokafka_config(settings), wait_s=60)
         sent: list[dict[str, Any]] = []
+        shells: list[BurstShell] = []
         try:
             async with Group(settings) as group:
                 first = shell_for(settings, group, fetcher, sent)
+                shells.append(first)
                 for i in range(0, COMMITTED, 50):  # the first worker, batch by batch; then commits
                     await first.take_records(records[i : i + 50])
                 await group.commit(COMMITTED)
                 assert first.counts["snapshots_written"] == 2  # covering offsets before 150 and 300
                 takeover = shell_for(settings, group, fetcher, sent)
+                shells.append(takeover)
                 assert await takeover.position() == COMMITTED  # watched before any batch
                 if faust_delivers == "nothing":
                     assert await takeover.catch_up(len(records)) == len(records) - COMMITTED
@@ -143,6 +146,8 @@ def test_a_takeover_takes_every_signal_from_the_committed_offset_once_whatever_f
                         await takeover.take_records(records[i : i + 100])
                 return sent, takeover
         finally:
+            for shell in shells:
+                await shell.close()
             await fetcher.close()
 
     sent, takeover = asyncio.run(run())

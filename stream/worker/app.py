@@ -261,6 +261,13 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         async for events in take_batches(cast(faust.Stream[bytes], stream), 500, DETECTOR_BATCH_WITHIN_S):
             await finish_before_ack(bursts.process_batch(events))
 
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # Faust's signal type wants a sender
+    async def stop_snapshot_writer(app_: Any, **kwargs: Any) -> None:
+        # After the agents' last batches: the detector's snapshot producer (kept between
+        # snapshots) stops with the worker, not in the middle of a snapshot.
+        async with bursts.lock:
+            await bursts.close()
+
     if settings.max_hold_s > 0:
         following: list[asyncio.Task[Any]] = []
 
