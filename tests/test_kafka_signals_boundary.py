@@ -134,6 +134,7 @@ def test_a_takeover_takes_every_signal_from_the_committed_offset_once_whatever_f
                 for i in range(0, COMMITTED, 50):  # the first worker, batch by batch; then commits
                     await first.take_records(records[i : i + 50])
                 await group.commit(COMMITTED)
+                await first.snapshot_written()  # (written beside the detector)
                 assert first.counts["snapshots_written"] == 2  # covering offsets before 150 and 300
                 takeover = shell_for(settings, group, fetcher, sent)
                 shells.append(takeover)

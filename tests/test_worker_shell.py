@@ -420,3 +420,50 @@ def test_a_batch_is_acked_only_once_its_decisions_and_state_are_durable_and_batc
         assert h.store.data != stored_before  # the later batches' state was written
 
     asyncio.run(run())
+
+
+def test_the_detector_goes_on_while_its_snapshot_is_written_one_write_at_a_time() -> None:
+    """A snapshot's write (the broker's acknowledgement) goes on beside the detector: the batch
+    that made the snapshot due ends without waiting for it; a snapshot due while the last is
+    still being written waits for that one first, so they reach the topic in order."""
+    from stream.core import burstsnapshot
+    from stream.core.burst import BurstDetector
+
+    settings = Settings(partitions=1, snapshot_every=1)
+    written: list[int] = []
+    release = asyncio.Event()
+
+    class SlowBroker:  # a SnapshotWriter whose broker acknowledges when the test says so
+        async def write(self, raw: bytes) -> None:
+            await release.wait()
+            written.append(burstsnapshot.decode(raw, settings.burst).signals_offset)
+
+        async def close(self) -> None:
+            return None
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> None:
+        return None
+
+    async def nothing() -> None:
+        return None
+
+    def batch(offset: int) -> list[Any]:
+        report = {"partition": 0, "through_minute": T0 // 60_000 + offset, "minutes": []}
+        return [SimpleNamespace(message=SimpleNamespace(offset=offset, value=orjson.dumps(report)))]
+
+    async def run() -> None:
+        shell = BurstShell(settings, 1, send, nothing)
+        shell.snapshots = SlowBroker()  # type: ignore[assignment]
+        shell.detector = BurstDetector(1, settings.burst)
+        shell.next_offset = 0
+        await asyncio.wait_for(shell.process_batch(batch(0)), 1)  # not waiting for the broker
+        assert written == [] and shell.counts["snapshots_written"] == 0
+        second = asyncio.ensure_future(shell.process_batch(batch(1)))
+        await asyncio.sleep(0.05)
+        assert not second.done()  # its snapshot waits for the first one's write
+        release.set()
+        await asyncio.wait_for(second, 1)
+        await shell.close()  # the write under way finished first
+        assert written == [1, 2] and shell.counts["snapshots_written"] == 2
+
+    asyncio.run(run())
