@@ -17,6 +17,10 @@ from typing import IO, Any, NamedTuple
 from ..core import codec
 from ..core.decisions import Decision
 
+# The buffer a replay file is read through, line by line: with Python's default (8 KiB) the
+# line iteration alone cost about twice as much (0.08-0.10 s against 0.04 s for 300,000 lines).
+READ_BUFFER = 1 << 16
+
 
 class KafkaRecord(NamedTuple):
     """A Kafka record: a replay file's line, a record read from the broker, or one Faust delivered
@@ -241,7 +245,7 @@ class ReplayFile:
             return None
 
     def fields(self) -> Iterator[Fields]:
-        with open(self.path, "rb") as fh:
+        with open(self.path, "rb", buffering=READ_BUFFER) as fh:
             self._reading = fh
             yield from line_fields(fh, self.path, lambda i: i + 1, TimeRange(self.from_ms, self.to_ms), self.tick)
 
@@ -269,7 +273,7 @@ class FileScan:
         if not ranges:  # the partitions only (a replay in one process)
             loads, error = codec.loads, codec.JSONDecodeError
             add = self.partitions.add
-            with open(path, "rb") as fh:
+            with open(path, "rb", buffering=READ_BUFFER) as fh:
                 for raw in fh:
                     try:
                         line = loads(raw)
@@ -321,7 +325,7 @@ class WholeFile:
 
     def job_lines(self, job: int, within: TimeRange | None = None) -> Iterator[Fields]:
         """The records of job `job`'s lines, in file order (`line_fields`)."""
-        with open(self.path, "rb") as fh:
+        with open(self.path, "rb", buffering=READ_BUFFER) as fh:
             yield from line_fields(fh, self.path, lambda i: i + 1, within, share=(job, self.jobs))
 
 
@@ -355,7 +359,7 @@ def _scan_span(
     ends = [array("q") for _ in range(jobs)]
     appends = [(starts[j].append, ends[j].append) for j in range(jobs)]
     pos = start
-    with open(path, "rb") as fh:
+    with open(path, "rb", buffering=READ_BUFFER) as fh:
         fh.seek(start)
         for raw in fh:
             if 0 <= end <= pos:  # (a cut is a line's start: reached exactly, unless the file changed)
