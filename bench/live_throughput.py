@@ -209,13 +209,15 @@ def worker_rate(
             # after the last record is counted: also timed up to the last decision, the moment
             # the worker's decision counts last moved before SETTLE_S without a change.
             decided = decided_count(last["counts"])
-            end_t, end_cpu, end_decided = last_t, cpu, decided
-            while time.perf_counter() - end_t < SETTLE_S and time.monotonic() < deadline:
-                time.sleep(POLL_S)
-                now_decided = decided_count(stats(port, processes)["counts"])
-                if now_decided != end_decided:
-                    end_t, end_decided = time.perf_counter(), now_decided
-                    end_cpu = sum(cpu_s(pid) for pid in process_tree(proc.pid)) - first_cpu
+            end_t, end_cpu, end_decided = settle(
+                lambda: decided_count(stats(port, processes)["counts"]),
+                lambda: sum(cpu_s(pid) for pid in process_tree(proc.pid)) - first_cpu,
+                last_t,
+                cpu,
+                decided,
+                deadline,
+                POLL_S,
+            )
             counts["to_last_decision"] = {
                 "records_per_s": round(taken / (end_t - first_t)),
                 "cpu_us_per_record": round(1e6 * end_cpu / taken),
@@ -245,6 +247,36 @@ def cpu_s(pid: int) -> float:
 POLL_S = 0.25
 # Decision counts unchanged this long after the last record: the worker has decided the backlog.
 SETTLE_S = 3.0
+
+
+def settle(
+    decided: Callable[[], int | None],
+    cpu: Callable[[], float],
+    last_t: float,
+    last_cpu: float,
+    last_decided: int | None,
+    deadline: float,
+    poll_s: float,
+) -> tuple[float, float, int]:
+    """Wait until the workers' decision count (`decided()`; None or OSError: no answer, asked
+    again) has not moved for SETTLE_S after `last_t`, when it was `last_decided` (None: read
+    first) and the CPU `last_cpu`: the time, the CPU (`cpu()`) and the count when it last moved
+    (`last_t`'s if it never did). `scale_out.py` and this bench's one worker both settle here."""
+    end_t, end_cpu, end_decided = last_t, last_cpu, last_decided
+    while time.perf_counter() - end_t < SETTLE_S and time.monotonic() < deadline:
+        if end_decided is not None:
+            time.sleep(poll_s)
+        try:
+            now = decided()
+        except OSError:
+            now = None
+        if now is not None and end_decided is None:
+            end_decided = now
+        elif now is not None and now != end_decided:
+            end_t, end_decided, end_cpu = time.perf_counter(), now, cpu()
+    if end_decided is None:
+        raise SystemExit("the workers' stats pages did not answer while the backlog was decided")
+    return end_t, end_cpu, end_decided
 
 
 def decided_count(counts: dict) -> int:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -52,12 +52,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from live_throughput import (  # noqa: E402  (bench/, the script's folder)
-    SETTLE_S,
     decided_count,
     deleting_topics,
     free_port,
     mixed_backlog,
     raw_consume,
+    settle,
     stats,
 )
 
@@ -167,7 +167,7 @@ def initial_rebalance_delay_ms(client: Settings) -> int | None:
 def committed_behind(client: Settings, group: str, ends: dict[TopicPartition, int]) -> int:
     """Input partitions whose committed offset in `group` is short of the end (or missing),
     after up to 10 s for the next commit."""
-    admin = KafkaAdminClient(**kafka_python_config(client), client_id="qris-bench")
+    admin = admin_client(client)
     try:
         give_up = time.monotonic() + 10
         while True:
@@ -288,19 +288,15 @@ def group_run(
         busy, total = (a - b for a, b in zip(machine_cpu(), first_machine, strict=True))
         assert first_t is not None
         # Then up to the last decision: the workers' decision counts unchanged for SETTLE_S.
-        end_t, end_cpu = done_t, cpu_s
-        end_decided: int | None = None  # (read at once; a page that does not answer is asked again)
-        while time.perf_counter() - end_t < SETTLE_S and time.monotonic() < deadline:
-            try:
-                now = decided_now(ports)
-            except OSError:
-                now = None
-            if now is not None and end_decided is None:
-                end_decided = now
-            elif now is not None and now != end_decided:
-                end_t, end_decided = time.perf_counter(), now
-                end_cpu = sum(process_cpu_s(p.pid) - c for p, c in zip(procs, first_each, strict=True))
-            time.sleep(0.1)
+        end_t, end_cpu, _decided = settle(
+            lambda: decided_now(ports),
+            lambda: sum(process_cpu_s(p.pid) - c for p, c in zip(procs, first_each, strict=True)),
+            done_t,
+            cpu_s,
+            None,
+            deadline,
+            0.1,
+        )
         # Complete means every input offset decided, not merely a count: the run's outputs hold
         # exactly what offline replay of the inputs decides.
         outputs = [base.refund_topic, base.alert_topic, base.dead_letter_topic]
