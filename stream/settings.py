@@ -48,6 +48,7 @@ class Settings:
     max_merchants_tracked: int = 100_000  # BurstParams.max_merchants_tracked
     snapshots_topic: str = "qris.burst-snapshots"
     snapshot_every: int = 60  # signal reports between two snapshots of the live detector
+    snapshot_min_interval_s: float = 10.0  # ... and at least this long between them (backlogs)
     app_id: str = "qris-guard"
     store: str = "rocksdb://"
     data_dir: str = "var/worker"
@@ -207,6 +208,11 @@ DOCS: dict[str, tuple[str, str]] = {
     "snapshot_every": (
         "QRIS_SNAPSHOT_EVERY",
         "signal reports between two snapshots of the live burst detector (0: never)",
+    ),
+    "snapshot_min_interval_s": (
+        "QRIS_SNAPSHOT_MIN_INTERVAL_S",
+        "seconds at least between two snapshots of the live burst detector (a backlog's reports"
+        " come many a second; 0: no floor)",
     ),
     "app_id": ("QRIS_APP_ID", "Faust application id (consumer group; state changelog <id>-state-changelog)"),
     "store": ("QRIS_STORE", "local state store: rocksdb:// in production, memory:// for quick trials"),
@@ -369,7 +375,7 @@ def _problems(s: Settings) -> list[str]:
         value = getattr(s, name)
         if not 0 < value < math.inf:
             out.append(f"{DOCS[name][0]}={value}: expected a number of seconds above 0")
-    for name in ("lateness_s", "probe_age_s", "clock_skew_s"):
+    for name in ("lateness_s", "probe_age_s", "clock_skew_s", "snapshot_min_interval_s"):
         value = getattr(s, name)
         if not 0 <= value < math.inf:
             out.append(f"{DOCS[name][0]}={value}: expected a number of seconds, 0 or more")

@@ -39,9 +39,9 @@ def settings_for(bootstrap: str) -> Settings:
     topics = fresh_topics(partitions=2)
     # Holds off: alerts go out as the detector makes them. Snapshots every 150 reports: the
     # takeover restores the one covering offsets before 300, then reads 300-399 to rebuild.
-    return Settings(bootstrap=bootstrap, partitions=2, max_hold_s=0, snapshot_every=150).with_topic_prefix(
-        topics.prefix
-    )
+    return Settings(
+        bootstrap=bootstrap, partitions=2, max_hold_s=0, snapshot_every=150, snapshot_min_interval_s=0
+    ).with_topic_prefix(topics.prefix)
 
 
 class Group:

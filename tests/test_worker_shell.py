@@ -429,7 +429,7 @@ def test_the_detector_goes_on_while_its_snapshot_is_written_one_write_at_a_time(
     from stream.core import burstsnapshot
     from stream.core.burst import BurstDetector
 
-    settings = Settings(partitions=1, snapshot_every=1)
+    settings = Settings(partitions=1, snapshot_every=1, snapshot_min_interval_s=0)
     written: list[int] = []
     release = asyncio.Event()
 
@@ -465,5 +465,47 @@ def test_the_detector_goes_on_while_its_snapshot_is_written_one_write_at_a_time(
         await asyncio.wait_for(second, 1)
         await shell.close()  # the write under way finished first
         assert written == [1, 2] and shell.counts["snapshots_written"] == 2
+
+    asyncio.run(run())
+
+
+def test_in_a_backlog_the_detector_snapshots_at_most_once_every_min_interval() -> None:
+    """Reports due a snapshot every report, many a second (a backlog): one snapshot, then none
+    until `snapshot_min_interval_s` has passed."""
+    from stream.core.burst import BurstDetector
+
+    settings = Settings(partitions=1, snapshot_every=1, snapshot_min_interval_s=3600)
+    written: list[bytes] = []
+
+    class Broker:
+        async def write(self, raw: bytes) -> None:
+            written.append(raw)
+
+        async def close(self) -> None:
+            return None
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> None:
+        return None
+
+    async def nothing() -> None:
+        return None
+
+    async def run() -> None:
+        shell = BurstShell(settings, 1, send, nothing)
+        shell.snapshots = Broker()  # type: ignore[assignment]
+        shell.detector = BurstDetector(1, settings.burst)
+        shell.next_offset = 0
+        for offset in range(5):
+            report = {"partition": 0, "through_minute": T0 // 60_000 + offset, "minutes": []}
+            await shell.process_batch(
+                [SimpleNamespace(message=SimpleNamespace(offset=offset, value=orjson.dumps(report)))]
+            )
+        await shell.close()
+        assert len(written) == 1 and shell.since_snapshot == 4
+        shell.snapshot_at -= 3600  # the interval has passed: the next report writes one
+        report = {"partition": 0, "through_minute": T0 // 60_000 + 5, "minutes": []}
+        await shell.process_batch([SimpleNamespace(message=SimpleNamespace(offset=5, value=orjson.dumps(report)))])
+        await shell.close()
+        assert len(written) == 2 and shell.since_snapshot == 0
 
     asyncio.run(run())
