@@ -29,3 +29,31 @@ def test_no_lag_before_both_are_known() -> None:
     assert incidents_lag_s(page(NEG_INF, 90_000)) is None
     assert incidents_lag_s(page(60_000, NEG_INF, None)) is None
     assert incidents_lag_s({"incidents_known_through_ms": 60_000}) is None
+
+
+def test_settle_ends_at_the_last_move_of_the_decision_count(monkeypatch: Any) -> None:
+    """`settle` (both live benches): the time and CPU when the count last moved, asking again
+    when a page does not answer; the clock here is the test's."""
+    import time
+
+    import live_throughput
+
+    now = [100.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    # What the stats pages say, a poll at a time: 5 decisions, no answer, 7, then no change.
+    answers: list[int | None | type[OSError]] = [5, OSError, 7, 7, 7]
+
+    def decided() -> int | None:
+        got = answers.pop(0) if answers else 7
+        if got is OSError:
+            raise OSError("no answer")
+        return got  # type: ignore[return-value]
+
+    cpu = iter([1.5, 9.9])
+    end_t, end_cpu, count = live_throughput.settle(
+        decided, lambda: next(cpu), 100.0, 1.0, None, time.monotonic() + 60, 0.5
+    )
+    # Read at once (5), then every 0.5 s: no answer at 100.5, 7 at 101.0; unchanged for 3 s.
+    assert (end_t, end_cpu, count) == (101.0, 1.5, 7)
+    assert now[0] >= 101.0 + live_throughput.SETTLE_S
