@@ -422,24 +422,28 @@ def test_a_batch_is_acked_only_once_its_decisions_and_state_are_durable_and_batc
     asyncio.run(run())
 
 
-def test_the_detector_goes_on_while_its_snapshot_is_written_one_write_at_a_time() -> None:
-    """A snapshot's write (the broker's acknowledgement) goes on beside the detector: the batch
-    that made the snapshot due ends without waiting for it; a snapshot due while the last is
-    still being written waits for that one first, so they reach the topic in order."""
-    from stream.core import burstsnapshot
+class SnapshotBroker:
+    """A `SnapshotWriter` for the shell alone: the snapshots' signals offsets, in the order
+    written; with `release`, each write's acknowledgement waits for it."""
+
+    def __init__(self, release: asyncio.Event | None = None) -> None:
+        self.release = release
+        self.written: list[int | None] = []
+
+    async def write(self, raw: bytes) -> None:
+        from stream.core import burstsnapshot
+
+        if self.release is not None:
+            await self.release.wait()
+        self.written.append(burstsnapshot.decode(raw).signals_offset)
+
+    async def close(self) -> None:
+        return None
+
+
+def detector_shell(settings: Settings, broker: SnapshotBroker) -> BurstShell:
+    """A burst shell with a fresh detector of one partition, its snapshots written to `broker`."""
     from stream.core.burst import BurstDetector
-
-    settings = Settings(partitions=1, snapshot_every=1, snapshot_min_interval_s=0)
-    written: list[int] = []
-    release = asyncio.Event()
-
-    class SlowBroker:  # a SnapshotWriter whose broker acknowledges when the test says so
-        async def write(self, raw: bytes) -> None:
-            await release.wait()
-            written.append(burstsnapshot.decode(raw, settings.burst).signals_offset)
-
-        async def close(self) -> None:
-            return None
 
     async def send(topic: str, key: bytes | None, value: bytes) -> None:
         return None
@@ -447,24 +451,38 @@ def test_the_detector_goes_on_while_its_snapshot_is_written_one_write_at_a_time(
     async def nothing() -> None:
         return None
 
-    def batch(offset: int) -> list[Any]:
-        report = {"partition": 0, "through_minute": T0 // 60_000 + offset, "minutes": []}
-        return [SimpleNamespace(message=SimpleNamespace(offset=offset, value=orjson.dumps(report)))]
+    shell = BurstShell(settings, 1, send, nothing)
+    shell.snapshots = broker  # type: ignore[assignment]
+    shell.detector = BurstDetector(1, settings.burst)
+    shell.next_offset = 0
+    return shell
+
+
+def report_batch(offset: int) -> list[Any]:
+    """One partition's report of minute T0 + `offset` at signals offset `offset`, as Faust gives it."""
+    report = {"partition": 0, "through_minute": T0 // 60_000 + offset, "minutes": []}
+    return [SimpleNamespace(message=SimpleNamespace(offset=offset, value=orjson.dumps(report)))]
+
+
+def test_the_detector_goes_on_while_its_snapshot_is_written_one_write_at_a_time() -> None:
+    """A snapshot's write (the broker's acknowledgement) goes on beside the detector: the batch
+    that made the snapshot due ends without waiting for it; a snapshot due while the last is
+    still being written waits for that one first, so they reach the topic in order."""
+    settings = Settings(partitions=1, snapshot_every=1, snapshot_min_interval_s=0)
 
     async def run() -> None:
-        shell = BurstShell(settings, 1, send, nothing)
-        shell.snapshots = SlowBroker()  # type: ignore[assignment]
-        shell.detector = BurstDetector(1, settings.burst)
-        shell.next_offset = 0
-        await asyncio.wait_for(shell.process_batch(batch(0)), 1)  # not waiting for the broker
-        assert written == [] and shell.counts["snapshots_written"] == 0
-        second = asyncio.ensure_future(shell.process_batch(batch(1)))
+        broker = SnapshotBroker(release=asyncio.Event())
+        shell = detector_shell(settings, broker)
+        await asyncio.wait_for(shell.process_batch(report_batch(0)), 1)  # not waiting for the broker
+        assert broker.written == [] and shell.counts["snapshots_written"] == 0
+        second = asyncio.ensure_future(shell.process_batch(report_batch(1)))
         await asyncio.sleep(0.05)
         assert not second.done()  # its snapshot waits for the first one's write
-        release.set()
+        assert broker.release is not None
+        broker.release.set()
         await asyncio.wait_for(second, 1)
         await shell.close()  # the write under way finished first
-        assert written == [1, 2] and shell.counts["snapshots_written"] == 2
+        assert broker.written == [1, 2] and shell.counts["snapshots_written"] == 2
 
     asyncio.run(run())
 
@@ -472,40 +490,18 @@ def test_the_detector_goes_on_while_its_snapshot_is_written_one_write_at_a_time(
 def test_in_a_backlog_the_detector_snapshots_at_most_once_every_min_interval() -> None:
     """Reports due a snapshot every report, many a second (a backlog): one snapshot, then none
     until `snapshot_min_interval_s` has passed."""
-    from stream.core.burst import BurstDetector
-
     settings = Settings(partitions=1, snapshot_every=1, snapshot_min_interval_s=3600)
-    written: list[bytes] = []
-
-    class Broker:
-        async def write(self, raw: bytes) -> None:
-            written.append(raw)
-
-        async def close(self) -> None:
-            return None
-
-    async def send(topic: str, key: bytes | None, value: bytes) -> None:
-        return None
-
-    async def nothing() -> None:
-        return None
 
     async def run() -> None:
-        shell = BurstShell(settings, 1, send, nothing)
-        shell.snapshots = Broker()  # type: ignore[assignment]
-        shell.detector = BurstDetector(1, settings.burst)
-        shell.next_offset = 0
+        broker = SnapshotBroker()
+        shell = detector_shell(settings, broker)
         for offset in range(5):
-            report = {"partition": 0, "through_minute": T0 // 60_000 + offset, "minutes": []}
-            await shell.process_batch(
-                [SimpleNamespace(message=SimpleNamespace(offset=offset, value=orjson.dumps(report)))]
-            )
+            await shell.process_batch(report_batch(offset))
         await shell.close()
-        assert len(written) == 1 and shell.since_snapshot == 4
+        assert broker.written == [1] and shell.since_snapshot == 4
         shell.snapshot_at -= 3600  # the interval has passed: the next report writes one
-        report = {"partition": 0, "through_minute": T0 // 60_000 + 5, "minutes": []}
-        await shell.process_batch([SimpleNamespace(message=SimpleNamespace(offset=5, value=orjson.dumps(report)))])
+        await shell.process_batch(report_batch(5))
         await shell.close()
-        assert len(written) == 2 and shell.since_snapshot == 0
+        assert broker.written == [1, 6] and shell.since_snapshot == 0
 
     asyncio.run(run())
