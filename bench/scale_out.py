@@ -107,12 +107,37 @@ class Run:
     rate_decided: float = 0.0
     decided_after_s: float = 0.0
     worker_cpu_us_decided: float = 0.0
+    # Per record, to the last decision: the local broker's CPU µs (None: no broker process of
+    # `kafka/broker.sh` on this host) and the rest of the machine's busy CPU (this bench's
+    # polling, the system), beside the workers'. The three share the machine's CPUs.
+    broker_cpu_us_decided: float | None = None
+    other_cpu_us_decided: float = 0.0
 
 
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process, all its threads (/proc/<pid>/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def local_broker_pid() -> int | None:
+    """The broker that `kafka/broker.sh` started on this host (its pid file; the process must be
+    Kafka's), or None (a broker elsewhere, or none)."""
+    run_dir = Path(os.environ.get("QRIS_KAFKA_RUN_DIR") or ROOT / "kafka" / ".run")
+    try:
+        pid = int((run_dir / "broker.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"kafka.Kafka" in cmdline else None
+
+
+def allowed_ratio(one: Run, two: Run, cpus: int) -> float:
+    """The two/one ratio (to the last decision) that the machine's CPUs allow: one worker is
+    bound by its own process (one CPU over its CPU a record), two by all `cpus`, which they
+    share with the broker and the rest of the machine (over the sum of their CPU a record)."""
+    shared = two.worker_cpu_us_decided + (two.broker_cpu_us_decided or 0.0) + two.other_cpu_us_decided
+    return (cpus / shared) / (1 / one.worker_cpu_us_decided)
 
 
 def incidents_lag_s(page: dict[str, Any]) -> float | None:
@@ -251,6 +276,7 @@ def group_run(
         first_t: float | None = None
         first_n = 0
         first_machine = (0, 0)
+        broker, first_broker = local_broker_pid(), 0.0
         taken = [0] * workers
         last_counts: list[dict[str, int]] = [{} for _ in range(workers)]
         last_bursts: list[dict[str, int]] = [{} for _ in range(workers)]
@@ -281,21 +307,24 @@ def group_run(
                 first_each = [process_cpu_s(p.pid) for p in procs]
                 taken_first = list(taken)
                 first_machine = machine_cpu()
+                first_broker = process_cpu_s(broker) if broker is not None else 0.0
             time.sleep(0.1)
         done_t = time.perf_counter()
         cpu_each = [process_cpu_s(p.pid) - c for p, c in zip(procs, first_each, strict=True)]
         cpu_s = sum(cpu_each)
         busy, total = (a - b for a, b in zip(machine_cpu(), first_machine, strict=True))
         assert first_t is not None
+        # The broker's and the machine's CPU with the workers' when their decisions last moved.
+        marks: dict[str, float] = {}
+
+        def workers_cpu() -> float:
+            marks["broker"] = process_cpu_s(broker) - first_broker if broker is not None else 0.0
+            marks["busy"] = (machine_cpu()[0] - first_machine[0]) / os.sysconf("SC_CLK_TCK")
+            return sum(process_cpu_s(p.pid) - c for p, c in zip(procs, first_each, strict=True))
+
         # Then up to the last decision: the workers' decision counts unchanged for SETTLE_S.
         end_t, end_cpu, _decided = settle(
-            lambda: decided_now(ports),
-            lambda: sum(process_cpu_s(p.pid) - c for p, c in zip(procs, first_each, strict=True)),
-            done_t,
-            cpu_s,
-            None,
-            deadline,
-            0.1,
+            lambda: decided_now(ports), workers_cpu, done_t, workers_cpu(), None, deadline, 0.1
         )
         # Complete means every input offset decided, not merely a count: the run's outputs hold
         # exactly what offline replay of the inputs decides.
@@ -335,6 +364,8 @@ def group_run(
             rate_decided=(n - first_n) / (end_t - first_t),
             decided_after_s=end_t - done_t,
             worker_cpu_us_decided=end_cpu / max(1, n - first_n) * 1e6,
+            broker_cpu_us_decided=None if broker is None else marks["broker"] / max(1, n - first_n) * 1e6,
+            other_cpu_us_decided=max(0.0, marks["busy"] - marks["broker"] - end_cpu) / max(1, n - first_n) * 1e6,
             signals_each=[int(c.get("signals", 0)) for c in last_bursts],
             snapshots_each=[int(c.get("snapshots_written", 0)) for c in last_bursts],
             snapshot_ms_each=[int(c.get("snapshot_write_ms", 0)) for c in last_bursts],
@@ -424,6 +455,8 @@ def measure(args: argparse.Namespace, client: Settings, prefix: str) -> int:
             print(
                 f"  to the last decision: {run.rate_decided:,.0f} records/s ({run.decided_after_s:.1f} s after the "
                 f"last record taken), worker CPU {run.worker_cpu_us_decided:.0f} µs/record"
+                + ("" if run.broker_cpu_us_decided is None else f", the broker's {run.broker_cpu_us_decided:.0f}")
+                + f", the rest of the machine's {run.other_cpu_us_decided:.0f}"
             )
     if args.only:
         return 0
@@ -454,6 +487,14 @@ def measure(args: argparse.Namespace, client: Settings, prefix: str) -> int:
             f"two/one from every worker's first record: {sum(two_in) / sum(one_in):.2f} "
             f"(per round {', '.join(f'{x:.2f}' for x in rounds_in)})"
         )
+    cpus = os.cpu_count() or 1
+    ones = [run for run, _raw in runs if run.workers == 1]
+    twos = [run for run, _raw in runs if run.workers == 2]
+    bounds = [allowed_ratio(a, b, cpus) for a, b in zip(ones, twos, strict=True)]
+    print(
+        f"two/one that the CPUs allow ({cpus} CPUs over the two workers' CPU a record, the broker's and the rest, "
+        f"against one worker's CPU a record): per round {', '.join(f'{x:.2f}' for x in bounds)}"
+    )
     return 0
 
 

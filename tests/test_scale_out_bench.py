@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from bench.scale_out import incidents_lag_s
 from stream.core.partition import NEG_INF
 
@@ -57,3 +59,57 @@ def test_settle_ends_at_the_last_move_of_the_decision_count(monkeypatch: Any) ->
     # Read at once (5), then every 0.5 s: no answer at 100.5, 7 at 101.0; unchanged for 3 s.
     assert (end_t, end_cpu, count) == (101.0, 1.5, 7)
     assert now[0] >= 101.0 + live_throughput.SETTLE_S
+
+
+def test_the_local_broker_is_the_kafka_process_of_the_pid_file(tmp_path: Any, monkeypatch: Any) -> None:
+    """`local_broker_pid`: the process in `kafka/broker.sh`'s pid file, only if it is Kafka's
+    (a stale pid file may name any process); None without a pid file."""
+    import subprocess
+    import sys
+
+    from bench.scale_out import local_broker_pid
+
+    monkeypatch.setenv("QRIS_KAFKA_RUN_DIR", str(tmp_path))
+    assert local_broker_pid() is None  # no pid file
+    (tmp_path / "broker.pid").write_text("not a pid\n")
+    assert local_broker_pid() is None
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    kafka = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "kafka.Kafka"])
+    try:
+        (tmp_path / "broker.pid").write_text(f"{other.pid}\n")
+        assert local_broker_pid() is None  # a process, but not Kafka
+        (tmp_path / "broker.pid").write_text(f"{kafka.pid}\n")
+        assert local_broker_pid() == kafka.pid
+    finally:
+        for proc in (other, kafka):
+            proc.kill()
+            proc.wait()
+    assert local_broker_pid() is None  # gone
+
+
+def test_the_ratio_the_cpus_allow() -> None:
+    """Two workers share every CPU with the broker and the rest; one is bound by its own CPU."""
+    from bench.scale_out import Run, allowed_ratio
+
+    def run(workers: int, worker_us: float, broker_us: float | None, other_us: float) -> Run:
+        return Run(
+            workers=workers,
+            rate=0.0,
+            taken=[],
+            to_first_record_s=0.0,
+            decided_lag_s=0.0,
+            partitions_not_committed=0,
+            worker_cpu_us=0.0,
+            machine_busy=0.0,
+            logs=[],
+            worker_cpu_us_decided=worker_us,
+            broker_cpu_us_decided=broker_us,
+            other_cpu_us_decided=other_us,
+        )
+
+    one = run(1, 40.0, 6.0, 1.0)
+    # 2 CPUs over 40 + 9 + 1 = 50 µs a record (40,000 records/s) against 1 / 40 µs (25,000).
+    assert allowed_ratio(one, run(2, 40.0, 9.0, 1.0), 2) == pytest.approx(1.6)
+    # The broker elsewhere (not measured): the workers' and the rest's only.
+    assert allowed_ratio(one, run(2, 45.0, None, 5.0), 2) == pytest.approx(1.6)
+    assert allowed_ratio(one, run(2, 45.0, None, 5.0), 4) == pytest.approx(3.2)
