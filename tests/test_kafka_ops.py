@@ -156,14 +156,20 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def test_worker_processes_answer_the_lookup_of_a_reference_the_other_process_owns(tmp_path: Path) -> None:
+@pytest.mark.parametrize("web_host", ["127.0.0.1", "0.0.0.0"])  # the default; docker-compose.yml's
+def test_worker_processes_answer_the_lookup_of_a_reference_the_other_process_owns(
+    tmp_path: Path, web_host: str
+) -> None:
     """`worker --processes 2`: each process advertises its own web port in the group, and a
     process asked for a reference of a partition it does not own answers with the owner's
-    answer (forwarded), as between hosts; account queries merge both processes."""
+    answer (forwarded), as between hosts; account queries merge both processes. Also with the
+    pages bound to every interface, as in the Compose worker container (`QRIS_WORKER_PROCESSES`):
+    each process then advertises http://0.0.0.0:<its port>, which its sibling reaches."""
     bootstrap = require_broker()
     topics = fresh_topics(partitions=4)
     topics.create(bootstrap)
-    group = Worker(topics, tmp_path / "w", extra_env={"QRIS_API_TOKEN": TOKEN}, args=["--processes", "2"])
+    env = {"QRIS_API_TOKEN": TOKEN, "QRIS_WEB_HOST": web_host}
+    group = Worker(topics, tmp_path / "w", extra_env=env, args=["--processes", "2"])
     group.web_port = _two_free_ports()
     ports = [group.web_port, group.web_port + 1]
     records = scenario_records(topics.partitions)
