@@ -42,6 +42,7 @@ class Settings:
     burst_threshold: float = 7.0  # BurstParams.threshold
     hold_grace_s: float = 900.0
     max_hold_s: float = 7200.0
+    max_lead_s: float = 300.0  # refund holds: event time a worker runs ahead of the incidents
     burst_learn_min_payments: int = 2000  # BurstParams.learn_min_payments
     burst_learn_min_minutes: int = 10  # BurstParams.learn_min_minutes
     max_scopes: int = 1000  # BurstParams.max_scopes_per_type
@@ -209,6 +210,11 @@ DOCS: dict[str, tuple[str, str]] = {
         "QRIS_SNAPSHOT_EVERY",
         "signal reports between two snapshots of the live burst detector (0: never)",
     ),
+    "max_lead_s": (
+        "QRIS_MAX_LEAD_S",
+        "refund holds: seconds of event time a worker's slowest partition may run ahead of the"
+        " incidents known before it waits for them (at most 5 s a batch; 0: never waits)",
+    ),
     "snapshot_min_interval_s": (
         "QRIS_SNAPSHOT_MIN_INTERVAL_S",
         "seconds at least between two snapshots of the live burst detector (a backlog's reports"
@@ -375,7 +381,7 @@ def _problems(s: Settings) -> list[str]:
         value = getattr(s, name)
         if not 0 < value < math.inf:
             out.append(f"{DOCS[name][0]}={value}: expected a number of seconds above 0")
-    for name in ("lateness_s", "probe_age_s", "clock_skew_s", "snapshot_min_interval_s"):
+    for name in ("lateness_s", "probe_age_s", "clock_skew_s", "snapshot_min_interval_s", "max_lead_s"):
         value = getattr(s, name)
         if not 0 <= value < math.inf:
             out.append(f"{DOCS[name][0]}={value}: expected a number of seconds, 0 or more")

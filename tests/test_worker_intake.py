@@ -8,6 +8,7 @@ module copies, pinned. No broker: the app is built, not started."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import threading
@@ -480,3 +481,40 @@ def test_after_a_window_with_nothing_the_first_records_are_handed_out_as_they_co
     offsets, waited = asyncio.run(scenario())
     assert offsets == [7]
     assert waited < 0.25  # a new window would have handed it out 0.4 s after it came
+
+
+def test_before_is_awaited_before_each_batch_and_a_rebalance_meanwhile_drops_the_old_events() -> None:
+    """`before` (the shell's `paced`) runs before a batch is taken, with none of its events in
+    hand: events fetched before a rebalance that happened while it waited are skipped, not
+    handed out (their partitions are read again from the committed offsets)."""
+
+    async def scenario(rebalance_at_call: int | None) -> tuple[list[list[int]], list[int]]:
+        app = new_app()
+        stream = app.stream(raw_topic(app, PAY, LED))
+        queue = cast(Any, stream.channel).queue
+        await deliver(app, [message(PAY, 0, i) for i in range(5)])
+        waiting: list[int] = []  # events in the channel at each call
+
+        async def before() -> None:
+            waiting.append(len(queue._queue))
+            if len(waiting) == rebalance_at_call:
+                app.consumer_generation_id = 1  # a rebalance while the batch waited
+            await asyncio.sleep(0)
+
+        batches: list[list[int]] = []
+
+        async def agent() -> None:
+            async for events in take_batches(stream, 2, 0.02, before=before):
+                batches.append([e.message.offset for e in events])
+
+        task = asyncio.create_task(agent())
+        await asyncio.sleep(0.3)  # every batch there is to take, then waiting for more
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return batches, waiting
+
+    batches, waiting = asyncio.run(asyncio.wait_for(scenario(None), 5))
+    assert batches == [[0, 1], [2, 3], [4]] and waiting == [5, 3, 1, 0]  # (the last: before a fourth)
+    batches, waiting = asyncio.run(asyncio.wait_for(scenario(2), 5))
+    assert batches == [[0, 1]] and waiting[:2] == [5, 3]

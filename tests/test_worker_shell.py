@@ -505,3 +505,47 @@ def test_in_a_backlog_the_detector_snapshots_at_most_once_every_min_interval() -
         assert broker.written == [1, 6] and shell.since_snapshot == 0
 
     asyncio.run(run())
+
+
+def test_a_worker_far_past_the_incidents_waits_for_them_before_its_next_batch() -> None:
+    """`paced` (refund holds, `QRIS_MAX_LEAD_S`): the worker's slowest partition 240 s past the
+    incidents known, 60 allowed: the next batch waits until the incidents move, at most the
+    wait given; not at all within the lead, without incidents, or with the setting at 0."""
+    settings = Settings(partitions=1, idle_timeout_s=3600, max_lead_s=60)
+    h = Harness(settings=settings)
+    h.batch(*unsettled("QR1", 0), *tick(400))  # watermark 400 - 30 (A) = 370 s
+    shell = h.shell
+    assert shell.lead_ms() == 0  # no incidents known yet: nothing to wait for
+    assert asyncio.run(shell.paced(wait_s=5)) == 0.0
+    asyncio.run(shell.on_incidents([], T0 + 130_000))
+    assert shell.lead_ms() == 240_000
+
+    async def incidents_move_later(known_ms: int, wait_s: float) -> float:
+        async def move() -> None:
+            await asyncio.sleep(0.05)
+            await shell.on_incidents([], known_ms)
+
+        mover = asyncio.create_task(move())
+        waited = await shell.paced(wait_s=wait_s)
+        await mover
+        return waited
+
+    # Moved to 250 s: 120 s past them, still too far; the wait goes on to its end.
+    waited = asyncio.run(incidents_move_later(T0 + 250_000, 0.3))
+    assert 0.3 <= waited < 2 and shell.lead_ms() == 120_000
+    # Moved to 320 s: 50 s past them, within the lead: the batch goes at once.
+    waited = asyncio.run(incidents_move_later(T0 + 320_000, 30))
+    assert 0.04 <= waited < 5
+    assert shell.lead_ms() == 50_000
+    assert asyncio.run(shell.paced(wait_s=5)) == 0.0  # within the lead: no wait
+    assert shell.counts["paced_batches"] == 2
+
+    # Incidents that do not move: the batch goes on after the wait given.
+    h.batch(*tick(800))  # watermark 770 s, 450 past the incidents
+    started = time.monotonic()
+    waited = asyncio.run(shell.paced(wait_s=0.2))
+    assert 0.2 <= waited < 2 and time.monotonic() - started >= 0.2
+    assert shell.counts["paced_batches"] == 3 and shell.counts["paced_ms"] >= 200
+
+    shell.settings = Settings(partitions=1, idle_timeout_s=3600, max_lead_s=0)  # off
+    assert asyncio.run(shell.paced(wait_s=5)) == 0.0

@@ -236,7 +236,11 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         # while the next batches are decided (`ReconcileShell.commit`).
         batches = cast(faust.Stream[bytes], stream)
         try:
-            async for events in take_batches(batches, settings.batch_max, settings.batch_within_s, ack_later=True):
+            # Refund holds: each batch is taken once the worker is not far past the incidents
+            # (`QRIS_MAX_LEAD_S`, `ReconcileShell.paced`).
+            async for events in take_batches(
+                batches, settings.batch_max, settings.batch_within_s, ack_later=True, before=shell.paced
+            ):
                 with metrics.batch_seconds.time():
                     await finish_before_ack(shell.process_batch(events, batch_ack(batches, events)))
         finally:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import faust
@@ -347,7 +347,12 @@ EMPTY_WAIT_MIN_S = 0.01
 
 
 async def take_batches(
-    stream: faust.Stream[Any], max_: int, within_s: float, *, ack_later: bool = False
+    stream: faust.Stream[Any],
+    max_: int,
+    within_s: float,
+    *,
+    ack_later: bool = False,
+    before: Callable[[], Awaitable[object]] | None = None,
 ) -> AsyncIterator[list[Any]]:
     """The events of `stream`'s channel in batches of at most `max_`, each handed out as soon as
     it is full or `within_s` after the agent came back for it (if it holds anything; if not, as
@@ -356,7 +361,9 @@ async def take_batches(
     cancellation (so, as with Faust's, the agent's work must be done by then:
     `batches.finish_before_ack`). With `ack_later`, the agent acks each batch itself when its
     work is durable (`batch_ack`); until then a revocation waits for it (one message of each
-    batch is tracked)."""
+    batch is tracked). `before` is awaited before each batch is taken, with no event in hand
+    (the shell's `paced`): events of a generation that ended meanwhile are then skipped as
+    usual, not handed out."""
     app: Any = stream.app
     consumer: Any = app.consumer
     queue: Any = cast(Any, stream.channel).queue  # the conductor's events for this agent (`app.stream` made it)
@@ -375,6 +382,10 @@ async def take_batches(
     tracking = False  # one message of the batch is in the consumer's unacked set
     try:
         while not stream.should_stop:
+            if before is not None:
+                await before()
+                if stream.should_stop:
+                    return
             deadline = loop.time() + within_s
             while True:
                 if errors:

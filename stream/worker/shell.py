@@ -83,6 +83,11 @@ def reference_of(partition: int, key: bytes) -> str | None:
 # (README, Benchmarks, stop 14).
 MAX_UNCOMMITTED_BATCHES = 2
 
+# The longest a batch waits for the incidents (`ReconcileShell.paced`): well under the feed-stall
+# watchdog's period (`QRIS_FEED_STALL_S`, 120 s), so a worker whose incidents do not move still
+# takes a batch every few seconds and is never restarted for it.
+PACE_WAIT_S = 5.0
+
 
 @dataclass
 class PartitionClock:
@@ -171,6 +176,8 @@ class ReconcileShell:
         self.incident_keys: set[IncidentEvent] = set()
         self.incidents_known_through_ms = NEG_INF
         self.released_at_restore: list[Decision] = []
+        # Set when the incidents known move, while `paced` waits for them (a new one each wait).
+        self._incidents_moved: asyncio.Event | None = None
         self.lock = TimedLock()
         # Group commit (`commit`): one at a time; the batches decided and not yet committed, as
         # the callbacks that ack them; whether decisions were sent since the last commit.
@@ -201,6 +208,10 @@ class ReconcileShell:
             # by several records between two commits is written once: the benches' saves per
             # record).
             "references_saved": 0,
+            # Batches that waited for the incidents before they were taken, and how long in all
+            # (`paced`).
+            "paced_batches": 0,
+            "paced_ms": 0,
         }
 
     # -- engines ---------------------------------------------------------------------------
@@ -464,6 +475,8 @@ class ReconcileShell:
                 if not new and known_through_ms <= self.incidents_known_through_ms:
                     return
                 self.incidents_known_through_ms = max(self.incidents_known_through_ms, known_through_ms)
+                if self._incidents_moved is not None:
+                    self._incidents_moved.set()
                 decisions: list[Decision] = []
                 touched: set[int] = set()
                 for p, eng in list(self.engines.items()):
@@ -478,6 +491,49 @@ class ReconcileShell:
         except Exception:
             log.critical("cannot send or persist decisions released by incidents; exiting", exc_info=True)
             os._exit(70)
+
+    def lead_ms(self) -> int:
+        """How far this worker's slowest partition is past the incidents known, in event ms: 0
+        while either is unknown (no incidents yet; a partition without a watermark, one stream
+        only)."""
+        known = self.incidents_known_through_ms
+        if known <= NEG_INF or not self.engines:
+            return 0
+        slowest = min(eng.watermark_ms for eng in self.engines.values())
+        return 0 if slowest <= NEG_INF else slowest - known
+
+    async def paced(self, wait_s: float = PACE_WAIT_S) -> float:
+        """Refund holds, a backlog: while this worker's slowest partition is more than
+        `max_lead_s` of event time past the incidents known, wait for them to move, at most
+        `wait_s` (then go on: a worker is never stopped by this). Returns the seconds waited.
+
+        Its records past the incidents can only wait in the engines (a deadline is decided once
+        the incidents up to it are known), so taking more of them gains nothing and costs memory,
+        state writes and CPU, which the worker that holds the detector or the slowest partitions
+        needs. The worker with the slowest partition of all is less than a minute (plus the
+        detector's round trip) past the incidents, so it does not wait: the group moves on. A
+        worker whose incidents do not move (the detector's worker restoring, an input partition
+        stuck somewhere) leaves its input on Kafka (consumer lag) instead of in its memory."""
+        max_lead_ms = int(self.settings.max_lead_s * 1000)
+        if max_lead_ms <= 0 or self.lead_ms() <= max_lead_ms:
+            return 0.0
+        started = time.monotonic()
+        deadline = started + wait_s
+        while self.lead_ms() > max_lead_ms:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            moved = self._incidents_moved = asyncio.Event()
+            try:
+                await asyncio.wait_for(moved.wait(), left)
+            except TimeoutError:
+                break
+            finally:
+                self._incidents_moved = None
+        waited = time.monotonic() - started
+        self.counts["paced_batches"] += 1
+        self.counts["paced_ms"] += int(waited * 1000)
+        return waited
 
     # -- the wall-clock exception ----------------------------------------------------------
 
