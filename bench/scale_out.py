@@ -99,6 +99,8 @@ class Run:
     signals_each: list[int] = field(default_factory=list)
     snapshots_each: list[int] = field(default_factory=list)
     snapshot_ms_each: list[int] = field(default_factory=list)  # wall ms writing them
+    # Per worker: ms its batches waited for the incidents (`QRIS_MAX_LEAD_S`, `paced_ms`).
+    paced_ms_each: list[int] = field(default_factory=list)
     # records/s from the first record taken to the workers' last decision (the moment their
     # decision counts last moved before SETTLE_S without a change), and the workers' CPU µs per
     # record to then. With holds on, records wait in the engines for the incidents, so a
@@ -238,6 +240,7 @@ def group_run(
     expected: set[bytes],
     log_level: str = "warning",
     keep: bool = False,
+    variant: dict[str, str] | None = None,
 ) -> Run:
     """`workers` worker processes in one fresh group on the backlog under `prefix`."""
     run_id = uuid.uuid4().hex[:4]
@@ -265,6 +268,7 @@ def group_run(
         settings = replace(base, data_dir=tempfile.mkdtemp(prefix="qris-scale-"), web_port=free_port())
         env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_") or k.startswith("QRIS_KAFKA_")}
         env.update(to_env(settings))
+        env.update(variant or {})  # `--variant`: settings of the workers, e.g. QRIS_MAX_LEAD_S=0
         log_path = Path(settings.data_dir) / "worker.log"
         log = open(log_path, "wb")  # noqa: SIM115
         procs.append(
@@ -358,6 +362,7 @@ def group_run(
             lag_s_each=[statistics.median(x) if x else None for x in lags],
             rate_all_in=rate_all_in,
             commits_each=[int(c.get("commits", 0)) for c in last_counts],
+            paced_ms_each=[int(c.get("paced_ms", 0)) for c in last_counts],
             saves_per_record_each=[
                 int(c.get("references_saved", 0)) / max(1, t) for c, t in zip(last_counts, taken, strict=True)
             ],
@@ -397,6 +402,13 @@ def main() -> int:
     ap.add_argument("--only", type=int, choices=[1, 2], help="run only the variant with this many workers")
     ap.add_argument("--log-level", default="warning", help="the workers' QRIS_LOG_LEVEL")
     ap.add_argument("--keep", action="store_true", help="keep the workers' data directories, logs and topics")
+    ap.add_argument(
+        "--variant",
+        nargs="+",
+        default=[""],
+        help="worker settings to compare, each NAME=VALUE[,NAME=VALUE] ('' = the defaults); every round runs "
+        "each variant, one and two workers, in alternating order",
+    )
     args = ap.parse_args()
     client = from_env(os.environ)  # QRIS_BOOTSTRAP and the Kafka security settings
     prefix = f"scale-{uuid.uuid4().hex[:8]}"
@@ -423,43 +435,60 @@ def measure(args: argparse.Namespace, client: Settings, prefix: str) -> int:
         + (" (the first worker to join takes every partition until the second joins)" if delay == 0 else "")
     )
     print(f"produced {n} records to {prefix}.* ({args.partitions} partitions) in {produce_s:.1f} s")
-    runs: list[tuple[Run, float]] = []
+    variants = [(text, dict(kv.split("=", 1) for kv in text.split(",") if kv)) for text in args.variant]
+    runs: list[tuple[Run, float, str]] = []
     for r in range(args.rounds):
         raw = asyncio.run(raw_consume(shared, topics, n, args.partitions))
         print(f"round {r + 1}: raw aiokafka consumer {raw:,.0f} records/s")
-        # Alternate which variant goes first, so neither always follows the other.
+        # Alternate which variant and worker count go first, so none always follows another.
         order = (1, 2) if r % 2 == 0 else (2, 1)
-        for workers in [w for w in order if args.only in (None, w)]:
-            run = group_run(client, prefix, n, args.partitions, workers, ends, expected, args.log_level, args.keep)
-            if args.keep:
-                print(f"logs: {run.logs}")
-            runs.append((run, raw))
-            print(
-                f"round {r + 1}: {workers} worker(s): {run.rate:,.0f} records/s ({run.rate / raw:.3f} of raw); "
-                f"records per worker {run.taken}; first record {run.to_first_record_s:.1f} s after start; "
-                f"outputs equal to replay's decisions {run.decided_lag_s:.1f} s after the last record (checked after "
-                f"the settle); "
-                f"input partitions not committed to the end: {run.partitions_not_committed}; "
-                f"worker CPU {run.worker_cpu_us:.0f} µs/record; machine CPUs {run.machine_busy:.0%} busy"
-            )
-            print(
-                f"  per worker: CPU µs per record taken {[round(x) for x in run.cpu_us_each]}; "
-                f"incidents' lag (median, event s) {[None if x is None else round(x) for x in run.lag_s_each]}; "
-                f"commits {run.commits_each}; reference saves per record "
-                f"{[round(x, 2) for x in run.saves_per_record_each]}; "
-                f"detector signals {run.signals_each}, snapshots {run.snapshots_each} "
-                f"written in {run.snapshot_ms_each} ms; "
-                f"from every worker's first record: "
-                + ("-" if run.rate_all_in is None else f"{run.rate_all_in:,.0f} records/s")
-            )
-            print(
-                f"  to the last decision: {run.rate_decided:,.0f} records/s ({run.decided_after_s:.1f} s after the "
-                f"last record taken), worker CPU {run.worker_cpu_us_decided:.0f} µs/record"
-                + ("" if run.broker_cpu_us_decided is None else f", the broker's {run.broker_cpu_us_decided:.0f}")
-                + f", the rest of the machine's {run.other_cpu_us_decided:.0f}"
-            )
+        for text, variant in variants if r % 2 == 0 else variants[::-1]:
+            label = f" [{text or 'defaults'}]" if len(variants) > 1 else ""
+            for workers in [w for w in order if args.only in (None, w)]:
+                run = group_run(
+                    client, prefix, n, args.partitions, workers, ends, expected, args.log_level, args.keep, variant
+                )
+                if args.keep:
+                    print(f"logs: {run.logs}")
+                runs.append((run, raw, text))
+                report_run(r, workers, label, run, raw)
     if args.only:
         return 0
+    for text, _variant in variants:
+        if len(variants) > 1:
+            print(f"[{text or 'defaults'}]")
+        summarize([(run, raw) for run, raw, t in runs if t == text])
+    return 0
+
+
+def report_run(r: int, workers: int, label: str, run: Run, raw: float) -> None:
+    print(
+        f"round {r + 1}{label}: {workers} worker(s): {run.rate:,.0f} records/s ({run.rate / raw:.3f} of raw); "
+        f"records per worker {run.taken}; first record {run.to_first_record_s:.1f} s after start; "
+        f"outputs equal to replay's decisions {run.decided_lag_s:.1f} s after the last record (checked after "
+        f"the settle); "
+        f"input partitions not committed to the end: {run.partitions_not_committed}; "
+        f"worker CPU {run.worker_cpu_us:.0f} µs/record; machine CPUs {run.machine_busy:.0%} busy"
+    )
+    print(
+        f"  per worker: CPU µs per record taken {[round(x) for x in run.cpu_us_each]}; "
+        f"incidents' lag (median, event s) {[None if x is None else round(x) for x in run.lag_s_each]}; "
+        f"commits {run.commits_each}; reference saves per record "
+        f"{[round(x, 2) for x in run.saves_per_record_each]}; "
+        f"detector signals {run.signals_each}, snapshots {run.snapshots_each} "
+        f"written in {run.snapshot_ms_each} ms; waited for the incidents {run.paced_ms_each} ms; "
+        f"from every worker's first record: "
+        + ("-" if run.rate_all_in is None else f"{run.rate_all_in:,.0f} records/s")
+    )
+    print(
+        f"  to the last decision: {run.rate_decided:,.0f} records/s ({run.decided_after_s:.1f} s after the "
+        f"last record taken), worker CPU {run.worker_cpu_us_decided:.0f} µs/record"
+        + ("" if run.broker_cpu_us_decided is None else f", the broker's {run.broker_cpu_us_decided:.0f}")
+        + f", the rest of the machine's {run.other_cpu_us_decided:.0f}"
+    )
+
+
+def summarize(runs: list[tuple[Run, float]]) -> None:
     for workers in (1, 2):
         rates = [run.rate for run, _raw in runs if run.workers == workers]
         ratios = [run.rate / raw for run, raw in runs if run.workers == workers]
@@ -495,7 +524,6 @@ def measure(args: argparse.Namespace, client: Settings, prefix: str) -> int:
         f"two/one that the CPUs allow ({cpus} CPUs over the two workers' CPU a record, the broker's and the rest, "
         f"against one worker's CPU a record): per round {', '.join(f'{x:.2f}' for x in bounds)}"
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -509,9 +509,10 @@ def test_in_a_backlog_the_detector_snapshots_at_most_once_every_min_interval() -
 
 def test_a_worker_far_past_the_incidents_waits_for_them_before_its_next_batch() -> None:
     """`paced` (refund holds, `QRIS_MAX_LEAD_S`): the worker's slowest partition 240 s past the
-    incidents known, 60 allowed: the next batch waits until the incidents move, at most the
-    wait given; not at all within the lead, without incidents, or with the setting at 0."""
-    settings = Settings(partitions=1, idle_timeout_s=3600, max_lead_s=60)
+    incidents known, 180 allowed (60 asked, but never less than the idle timeout, 60 s, plus 2
+    minutes): the next batch waits until the incidents move, at most the wait given; not at all
+    within the lead, without incidents, or with the setting at 0."""
+    settings = Settings(partitions=1, idle_timeout_s=60, max_lead_s=60)
     h = Harness(settings=settings)
     h.batch(*unsettled("QR1", 0), *tick(400))  # watermark 400 - 30 (A) = 370 s
     shell = h.shell
@@ -530,9 +531,10 @@ def test_a_worker_far_past_the_incidents_waits_for_them_before_its_next_batch() 
         await mover
         return waited
 
-    # Moved to 250 s: 120 s past them, still too far; the wait goes on to its end.
-    waited = asyncio.run(incidents_move_later(T0 + 250_000, 0.3))
-    assert 0.3 <= waited < 2 and shell.lead_ms() == 120_000
+    assert shell.max_lead_ms() == 180_000
+    # Moved to 180 s: 190 s past them, still too far; the wait goes on to its end.
+    waited = asyncio.run(incidents_move_later(T0 + 180_000, 0.3))
+    assert 0.3 <= waited < 2 and shell.lead_ms() == 190_000
     # Moved to 320 s: 50 s past them, within the lead: the batch goes at once.
     waited = asyncio.run(incidents_move_later(T0 + 320_000, 30))
     assert 0.04 <= waited < 5
@@ -547,5 +549,11 @@ def test_a_worker_far_past_the_incidents_waits_for_them_before_its_next_batch() 
     assert 0.2 <= waited < 2 and time.monotonic() - started >= 0.2
     assert shell.counts["paced_batches"] == 3 and shell.counts["paced_ms"] >= 200
 
-    shell.settings = Settings(partitions=1, idle_timeout_s=3600, max_lead_s=0)  # off
+    shell.settings = Settings(partitions=1, idle_timeout_s=60, max_lead_s=600)
+    assert shell.max_lead_ms() == 600_000  # above the floor: as asked
+    shell.settings = Settings(partitions=1, idle_timeout_s=3600, max_lead_s=300)
+    assert shell.max_lead_ms() == 3_720_000  # a long idle timeout: its floor
+    assert asyncio.run(shell.paced(wait_s=5)) == 0.0
+    shell.settings = Settings(partitions=1, idle_timeout_s=60, max_lead_s=0)  # off
+    assert shell.max_lead_ms() == 0
     assert asyncio.run(shell.paced(wait_s=5)) == 0.0

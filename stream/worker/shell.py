@@ -87,6 +87,9 @@ MAX_UNCOMMITTED_BATCHES = 2
 # watchdog's period (`QRIS_FEED_STALL_S`, 120 s), so a worker whose incidents do not move still
 # takes a batch every few seconds and is never restarted for it.
 PACE_WAIT_S = 5.0
+# `ReconcileShell.max_lead_ms`: the idle rule's timeout, its check (every 15 s at most) and the
+# detector's minute to close, with room to spare.
+IDLE_LEAD_MARGIN_S = 120.0
 
 
 @dataclass
@@ -502,9 +505,19 @@ class ReconcileShell:
         slowest = min(eng.watermark_ms for eng in self.engines.values())
         return 0 if slowest <= NEG_INF else slowest - known
 
+    def max_lead_ms(self) -> int:
+        """How far past the incidents known `paced` lets the worker run (0: no limit):
+        `QRIS_MAX_LEAD_S`, but never less than the idle timeout plus 2 minutes. A partition whose
+        feed went quiet holds the incidents back until the idle rule moves its watermark (up to
+        `QRIS_IDLE_TIMEOUT_S` and a check later), and live traffic must not wait for that."""
+        s = self.settings
+        if s.max_lead_s <= 0:
+            return 0
+        return int(max(s.max_lead_s, s.idle_timeout_s + IDLE_LEAD_MARGIN_S) * 1000)
+
     async def paced(self, wait_s: float = PACE_WAIT_S) -> float:
         """Refund holds, a backlog: while this worker's slowest partition is more than
-        `max_lead_s` of event time past the incidents known, wait for them to move, at most
+        `max_lead_ms()` of event time past the incidents known, wait for them to move, at most
         `wait_s` (then go on: a worker is never stopped by this). Returns the seconds waited.
 
         Its records past the incidents can only wait in the engines (a deadline is decided once
@@ -514,7 +527,7 @@ class ReconcileShell:
         detector's round trip) past the incidents, so it does not wait: the group moves on. A
         worker whose incidents do not move (the detector's worker restoring, an input partition
         stuck somewhere) leaves its input on Kafka (consumer lag) instead of in its memory."""
-        max_lead_ms = int(self.settings.max_lead_s * 1000)
+        max_lead_ms = self.max_lead_ms()
         if max_lead_ms <= 0 or self.lead_ms() <= max_lead_ms:
             return 0.0
         started = time.monotonic()
