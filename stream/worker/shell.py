@@ -87,7 +87,7 @@ MAX_UNCOMMITTED_BATCHES = 2
 # watchdog's period (`QRIS_FEED_STALL_S`, 120 s), so a worker whose incidents do not move still
 # takes a batch every few seconds and is never restarted for it.
 PACE_WAIT_S = 5.0
-# `ReconcileShell.max_lead_ms`: the idle rule's timeout, its check (every 15 s at most) and the
+# `ReconcileShell.max_lead_ms`: the idle rule's timeout, its check (every 10 s at most) and the
 # detector's minute to close, with room to spare.
 IDLE_LEAD_MARGIN_S = 120.0
 
@@ -523,8 +523,9 @@ class ReconcileShell:
         Its records past the incidents can only wait in the engines (a deadline is decided once
         the incidents up to it are known), so taking more of them gains nothing and costs memory,
         state writes and CPU, which the worker that holds the detector or the slowest partitions
-        needs. The worker with the slowest partition of all is less than a minute (plus the
-        detector's round trip) past the incidents, so it does not wait: the group moves on. A
+        needs. The worker with the slowest partition of all is less than a minute past the
+        incidents, plus the detector's round trip, which is all it can wait for (in a one-worker
+        backlog, 3-4 s a run while its own detector catches up): the group moves on. A
         worker whose incidents do not move (the detector's worker restoring, an input partition
         stuck somewhere) leaves its input on Kafka (consumer lag) instead of in its memory."""
         max_lead_ms = self.max_lead_ms()
