@@ -213,8 +213,8 @@ DOCS: dict[str, tuple[str, str]] = {
     "max_lead_s": (
         "QRIS_MAX_LEAD_S",
         "refund holds: seconds of event time a worker's slowest partition may run ahead of the"
-        " incidents known before it waits for them (at most 5 s a batch; never less than"
-        " QRIS_IDLE_TIMEOUT_S + 120; 0: never waits)",
+        " incidents known before it waits for them (at most 5 s a batch, then 60 s without if they"
+        " did not catch up; never less than QRIS_IDLE_TIMEOUT_S + 120; 0: never waits)",
     ),
     "snapshot_min_interval_s": (
         "QRIS_SNAPSHOT_MIN_INTERVAL_S",

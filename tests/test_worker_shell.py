@@ -510,8 +510,9 @@ def test_in_a_backlog_the_detector_snapshots_at_most_once_every_min_interval() -
 def test_a_worker_far_past_the_incidents_waits_for_them_before_its_next_batch() -> None:
     """`paced` (refund holds, `QRIS_MAX_LEAD_S`): the worker's slowest partition 240 s past the
     incidents known, 180 allowed (60 asked, but never less than the idle timeout, 60 s, plus 2
-    minutes): the next batch waits until the incidents move, at most the wait given; not at all
-    within the lead, without incidents, or with the setting at 0."""
+    minutes): the next batch waits until the incidents move, at most the wait given, and after
+    a wait that ended with them still too far behind, not again for the cool-down given; not at
+    all within the lead, without incidents, or with the setting at 0."""
     settings = Settings(partitions=1, idle_timeout_s=60, max_lead_s=60)
     h = Harness(settings=settings)
     h.batch(*unsettled("QR1", 0), *tick(400))  # watermark 400 - 30 (A) = 370 s
@@ -527,7 +528,7 @@ def test_a_worker_far_past_the_incidents_waits_for_them_before_its_next_batch() 
             await shell.on_incidents([], known_ms)
 
         mover = asyncio.create_task(move())
-        waited = await shell.paced(wait_s=wait_s)
+        waited = await shell.paced(wait_s=wait_s, cooldown_s=0)
         await mover
         return waited
 
@@ -542,12 +543,18 @@ def test_a_worker_far_past_the_incidents_waits_for_them_before_its_next_batch() 
     assert asyncio.run(shell.paced(wait_s=5)) == 0.0  # within the lead: no wait
     assert shell.counts["paced_batches"] == 2
 
-    # Incidents that do not move: the batch goes on after the wait given.
+    # Incidents that do not move: the batch goes on after the wait given, and the next ones
+    # during the cool-down without waiting; after it, the next batch waits again.
     h.batch(*tick(800))  # watermark 770 s, 450 past the incidents
     started = time.monotonic()
-    waited = asyncio.run(shell.paced(wait_s=0.2))
+    waited = asyncio.run(shell.paced(wait_s=0.2, cooldown_s=0.5))
     assert 0.2 <= waited < 2 and time.monotonic() - started >= 0.2
     assert shell.counts["paced_batches"] == 3 and shell.counts["paced_ms"] >= 200
+    assert asyncio.run(shell.paced(wait_s=5, cooldown_s=0.5)) == 0.0  # cooling down
+    assert shell.counts["paced_batches"] == 3
+    time.sleep(0.5)
+    assert asyncio.run(shell.paced(wait_s=0.1, cooldown_s=0.5)) >= 0.1
+    assert shell.counts["paced_batches"] == 4
 
     shell.settings = Settings(partitions=1, idle_timeout_s=60, max_lead_s=600)
     assert shell.max_lead_ms() == 600_000  # above the floor: as asked

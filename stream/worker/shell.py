@@ -83,10 +83,14 @@ def reference_of(partition: int, key: bytes) -> str | None:
 # (README, Benchmarks, stop 14).
 MAX_UNCOMMITTED_BATCHES = 2
 
-# The longest a batch waits for the incidents (`ReconcileShell.paced`): well under the feed-stall
-# watchdog's period (`QRIS_FEED_STALL_S`, 120 s), so a worker whose incidents do not move still
-# takes a batch every few seconds and is never restarted for it.
+# The longest a batch waits for the incidents (`ReconcileShell.paced`), and after a wait that
+# ended with them still too far behind (they do not move, or hardly), how long the worker then
+# takes its input without waiting. At most 5 s of every 65 waiting: a worker whose incidents are
+# stuck still takes more than nine tenths of what it would, so each of its partitions keeps
+# moving and the feed-stall watchdog (`QRIS_FEED_STALL_S`, 120 s) never restarts it for this;
+# at 2,000 records a batch every 5 s, a partition behind others' 4 MB fetches could wait longer.
 PACE_WAIT_S = 5.0
+PACE_COOLDOWN_S = 60.0
 # `ReconcileShell.max_lead_ms`: the idle rule's timeout, its check (every 10 s at most) and the
 # detector's minute to close, with room to spare.
 IDLE_LEAD_MARGIN_S = 120.0
@@ -179,8 +183,10 @@ class ReconcileShell:
         self.incident_keys: set[IncidentEvent] = set()
         self.incidents_known_through_ms = NEG_INF
         self.released_at_restore: list[Decision] = []
-        # Set when the incidents known move, while `paced` waits for them (a new one each wait).
+        # Set when the incidents known move, while `paced` waits for them (a new one each wait);
+        # no wait before this (monotonic s): the last one ended with them still too far behind.
         self._incidents_moved: asyncio.Event | None = None
+        self._pace_again_at = 0.0
         self.lock = TimedLock()
         # Group commit (`commit`): one at a time; the batches decided and not yet committed, as
         # the callbacks that ack them; whether decisions were sent since the last commit.
@@ -515,10 +521,11 @@ class ReconcileShell:
             return 0
         return int(max(s.max_lead_s, s.idle_timeout_s + IDLE_LEAD_MARGIN_S) * 1000)
 
-    async def paced(self, wait_s: float = PACE_WAIT_S) -> float:
+    async def paced(self, wait_s: float = PACE_WAIT_S, cooldown_s: float = PACE_COOLDOWN_S) -> float:
         """Refund holds, a backlog: while this worker's slowest partition is more than
         `max_lead_ms()` of event time past the incidents known, wait for them to move, at most
-        `wait_s` (then go on: a worker is never stopped by this). Returns the seconds waited.
+        `wait_s`; if they are still too far behind then, take the input without waiting for
+        `cooldown_s` (a worker is never stopped by this). Returns the seconds waited.
 
         Its records past the incidents can only wait in the engines (a deadline is decided once
         the incidents up to it are known), so taking more of them gains nothing and costs memory,
@@ -527,20 +534,25 @@ class ReconcileShell:
         incidents, plus the detector's round trip, which is all it can wait for (in a one-worker
         backlog, 3-4 s a run while its own detector catches up): the group moves on. A
         worker whose incidents do not move (the detector's worker restoring, an input partition
-        stuck somewhere) leaves its input on Kafka (consumer lag) instead of in its memory."""
+        stuck somewhere) waits `wait_s` of every `wait_s + cooldown_s`."""
         max_lead_ms = self.max_lead_ms()
         if max_lead_ms <= 0 or self.lead_ms() <= max_lead_ms:
             return 0.0
         started = time.monotonic()
+        if started < self._pace_again_at:
+            return 0.0
         deadline = started + wait_s
         while self.lead_ms() > max_lead_ms:
             left = deadline - time.monotonic()
             if left <= 0:
+                self._pace_again_at = time.monotonic() + cooldown_s
                 break
             moved = self._incidents_moved = asyncio.Event()
             try:
-                await asyncio.wait_for(moved.wait(), left)
+                async with asyncio.timeout(left):  # (a cancellation is never swallowed)
+                    await moved.wait()
             except TimeoutError:
+                self._pace_again_at = time.monotonic() + cooldown_s
                 break
             finally:
                 self._incidents_moved = None
