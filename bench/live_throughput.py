@@ -279,6 +279,12 @@ def settle(
     return end_t, end_cpu, end_decided
 
 
+def variants_of(texts: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """`--variant` arguments as (text, worker settings): each NAME=VALUE[,NAME=VALUE], '' for the
+    defaults (`refund_latency.py`, `scale_out.py`)."""
+    return [(text, dict(kv.split("=", 1) for kv in text.split(",") if kv)) for text in texts]
+
+
 def decided_count(counts: dict) -> int:
     """A worker's decisions so far, from its stats counts: what it has sent on its outputs."""
     return sum(counts.get(k, 0) for k in ("refunds", "alerts", "dead_letter", "signals"))

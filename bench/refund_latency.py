@@ -50,6 +50,10 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+# bench/ itself, as when run as a script (imported as `bench.refund_latency` by its fast test).
+sys.path.insert(0, str(ROOT / "bench"))
+
+from live_throughput import variants_of  # noqa: E402  (bench/, the script's folder)
 
 from stream.core.eventtime import parse_ms  # noqa: E402
 from stream.core.partition import Params, PartitionEngine  # noqa: E402
@@ -858,7 +862,7 @@ def main() -> int:
     print("broker holds {} topics, {} partitions".format(*broker_holds(client)), flush=True)
     results = []
     trees = [("", ROOT)] + ([(f"base {args.base}", args.base.resolve())] if args.base else [])
-    variants = [(text, dict(kv.split("=", 1) for kv in text.split(",") if kv)) for text in args.variant]
+    variants = variants_of(args.variant)
     runs = [
         (rate, wait_ms, tree_label, tree, text, variant)
         for rate in args.rate

@@ -59,6 +59,7 @@ from live_throughput import (  # noqa: E402  (bench/, the script's folder)
     raw_consume,
     settle,
     stats,
+    variants_of,
 )
 
 from stream.core.partition import NEG_INF  # noqa: E402
@@ -435,7 +436,7 @@ def measure(args: argparse.Namespace, client: Settings, prefix: str) -> int:
         + (" (the first worker to join takes every partition until the second joins)" if delay == 0 else "")
     )
     print(f"produced {n} records to {prefix}.* ({args.partitions} partitions) in {produce_s:.1f} s")
-    variants = [(text, dict(kv.split("=", 1) for kv in text.split(",") if kv)) for text in args.variant]
+    variants = variants_of(args.variant)
     runs: list[tuple[Run, float, str]] = []
     for r in range(args.rounds):
         raw = asyncio.run(raw_consume(shared, topics, n, args.partitions))

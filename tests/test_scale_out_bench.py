@@ -113,3 +113,14 @@ def test_the_ratio_the_cpus_allow() -> None:
     # The broker elsewhere (not measured): the workers' and the rest's only.
     assert allowed_ratio(one, run(2, 45.0, None, 5.0), 2) == pytest.approx(1.6)
     assert allowed_ratio(one, run(2, 45.0, None, 5.0), 4) == pytest.approx(3.2)
+
+
+def test_variants_are_worker_settings_by_name() -> None:
+    """`--variant` of both live benches: '' is the defaults; a value may hold '='."""
+    from live_throughput import variants_of
+
+    assert variants_of(["", "QRIS_MAX_LEAD_S=0,QRIS_BATCH_MAX=500", "QRIS_API_TOKEN=a=b"]) == [
+        ("", {}),
+        ("QRIS_MAX_LEAD_S=0,QRIS_BATCH_MAX=500", {"QRIS_MAX_LEAD_S": "0", "QRIS_BATCH_MAX": "500"}),
+        ("QRIS_API_TOKEN=a=b", {"QRIS_API_TOKEN": "a=b"}),
+    ]
