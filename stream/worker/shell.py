@@ -528,13 +528,14 @@ class ReconcileShell:
         `cooldown_s` (a worker is never stopped by this). Returns the seconds waited.
 
         Its records past the incidents can only wait in the engines (a deadline is decided once
-        the incidents up to it are known), so taking more of them gains nothing and costs memory,
-        state writes and CPU, which the worker that holds the detector or the slowest partitions
-        needs. The worker with the slowest partition of all is less than a minute past the
-        incidents, plus the detector's round trip, which is all it can wait for (in a one-worker
-        backlog, 3-4 s a run while its own detector catches up): the group moves on. A
-        worker whose incidents do not move (the detector's worker restoring, an input partition
-        stuck somewhere) waits `wait_s` of every `wait_s + cooldown_s`."""
+        the incidents up to it are known), so taking more of them gains nothing and costs memory
+        (in a backlog of hours, a worker ahead of the others could hold tens of minutes of
+        records; no speed difference was measured either way, README "Benchmarks"). The worker
+        with the slowest partition of all is less than a minute past the incidents, plus the
+        detector's round trip, which is all it can wait for (in a one-worker backlog, 3-4 s a
+        run while its own detector catches up): the group moves on. A worker whose incidents do
+        not move (the detector's worker restoring, an input partition stuck somewhere) waits
+        `wait_s` of every `wait_s + cooldown_s`."""
         max_lead_ms = self.max_lead_ms()
         if max_lead_ms <= 0 or self.lead_ms() <= max_lead_ms:
             return 0.0
