@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
 
 from stream.security import aiokafka_config
 from stream.settings import Settings
@@ -153,3 +154,60 @@ def test_a_batch_longer_than_one_record_batch_is_committed_whole_at_its_last_off
     assert local == expected and restored == expected
     # 1,501 messages and a marker, then a tombstone and a marker: the DB stands at the last.
     assert (applied, end, current) == (1503, 1504, True)
+
+
+def test_a_local_table_the_broker_compacted_deletions_away_from_is_rebuilt(tmp_path: Path) -> None:
+    # The changelog keeps a deletion 0 ms after cleaning it (delete.retention.ms=0): the broker's
+    # log cleaner removes a tombstone within seconds, as Kafka's default does after 24 hours.
+    bootstrap = require_broker()
+    settings = Settings(bootstrap=bootstrap, app_id=fresh_prefix("qris-test-", 8))
+    topic = changelog_topic_name(settings.app_id)
+    quick = {"delete.retention.ms": "0", "min.cleanable.dirty.ratio": "0.0001", "segment.ms": "100"}
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"cleanup.policy": "compact", **quick})])
+    finally:
+        admin.close()
+    config = aiokafka_config(Settings(bootstrap=bootstrap))
+
+    async def keys_on_the_changelog(changelog: KafkaChangelog) -> set[bytes]:
+        return {m.key async for m in changelog.read(0, 0, await changelog.end_offset(0))}
+
+    async def scenario() -> tuple[int | None, float, dict[bytes, bytes], int]:
+        first = PartitionStore(KafkaChangelog(config, topic), tmp_path / "a")
+        await first.restore(0)
+        for key in (b"0/r/A", b"0/r/B"):
+            first.put(0, key, b"open")
+        await first.commit()
+        first.close()
+        await first.changelog.close()  # type: ignore[attr-defined]
+        # The partition moves to another worker, which drops A and goes on writing.
+        other_log = KafkaChangelog(config, topic)
+        retention = await other_log.tombstone_retention_ms()
+        other = PartitionStore(other_log, None)
+        await other.restore(0)
+        other.put(0, b"0/r/A", None)
+        await other.commit()
+        started = time.monotonic()
+        while b"0/r/A" in await keys_on_the_changelog(other_log):  # A's value and its tombstone
+            assert time.monotonic() - started < 120, "the log cleaner did not remove the tombstone"
+            other.put(0, b"0/m", b"%d" % time.monotonic_ns())  # segments roll only when written to
+            await other.commit()
+            await asyncio.sleep(0.5)
+        waited = time.monotonic() - started
+        other.close()
+        await other_log.close()
+        # The partition comes back to the first worker, disk kept: the tail after its offset has
+        # no trace of A's deletion, so the table is rebuilt from the changelog instead.
+        back = PartitionStore(KafkaChangelog(config, topic), tmp_path / "a")
+        await back.restore(0)
+        state = dict(back.load(0))
+        rebuilds = back.counts["stale_rebuilds"]
+        back.close()
+        await back.changelog.close()  # type: ignore[attr-defined]
+        return retention, waited, state, rebuilds
+
+    retention, waited, state, rebuilds = asyncio.run(scenario())
+    assert retention == 0, "the store reads the changelog's delete.retention.ms from the broker"
+    assert b"0/r/A" not in state and state[b"0/r/B"] == b"open", (waited, state)
+    assert rebuilds == 1

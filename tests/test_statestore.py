@@ -5,6 +5,7 @@ local state plus the changelog tail equals the changelog alone, and a deleted ke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 import random
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 from stream.worker.statestore import (
     APPLIED_OFFSET_KEY,
     BATCH_SEQ_KEY,
+    CURRENT_AT_KEY,
     ChangelogBatch,
     ChangelogMessage,
     MemoryPartition,
@@ -31,10 +33,11 @@ P = 2
 class MemoryChangelog:
     """A changelog topic in memory: offsets per partition as Kafka gives them, and a compaction."""
 
-    def __init__(self) -> None:
+    def __init__(self, tombstone_retention_ms: int | None = 86_400_000) -> None:
         self.log: dict[int, list[ChangelogMessage]] = {}
         self.next_offset: dict[int, int] = {}
         self.read_messages = 0
+        self.retention_ms = tombstone_retention_ms
 
     def append(self, partition: int, key: bytes, value: bytes | None, seq: int | None, commit: bool) -> int:
         offset = self.next_offset.get(partition, 0)
@@ -53,16 +56,24 @@ class MemoryChangelog:
     async def end_offset(self, partition: int) -> int:
         return self.next_offset.get(partition, 0)
 
+    async def tombstone_retention_ms(self) -> int | None:
+        return self.retention_ms
+
     async def read(self, partition: int, start: int, end: int) -> AsyncIterator[ChangelogMessage]:
         for msg in list(self.log.get(partition, [])):
             if start <= msg.offset < end:
                 self.read_messages += 1
                 yield msg
 
-    def compact(self, partition: int) -> None:
-        """Kafka's log cleaner over the whole partition: the last message of every key stays."""
+    def compact(self, partition: int, *, tombstones_expired: bool = False) -> None:
+        """Kafka's log cleaner over the whole partition: the last message of every key stays,
+        but not a tombstone whose `delete.retention.ms` has passed (`tombstones_expired`)."""
         last = {m.key: m.offset for m in self.log.get(partition, [])}
-        self.log[partition] = [m for m in self.log.get(partition, []) if last[m.key] == m.offset]
+        self.log[partition] = [
+            m
+            for m in self.log.get(partition, [])
+            if last[m.key] == m.offset and not (tombstones_expired and m.value is None)
+        ]
 
 
 def run(coro: object) -> None:
@@ -175,6 +186,135 @@ def test_local_state_plus_the_changelog_tail_equals_the_changelog_alone(tmp_path
     changelog.compact(P)
     assert restored(changelog) == want
     assert restored(changelog, tmp_path / "w1") == want
+
+
+HOUR_MS = 3_600_000
+
+
+def moved_away_and_back(tmp_path: Path, changelog: MemoryChangelog, away_h: float) -> PartitionStore:
+    """A worker writes A, B and C, lets the partition go; `away_h` hours later (its clock) another
+    worker drops A and writes D, compaction runs with A's tombstone expired, and the first worker
+    gets the partition back with its disk kept (returned, not yet restored)."""
+    start = 1_800_000_000.0
+    first = PartitionStore(changelog, tmp_path / "w1")
+    first.clock = lambda: start
+    run(first.restore(P))
+    write(first, {b"2/r/A": b"a1", b"2/r/B": b"b1", b"2/r/C": b"c1"})
+    first.close()
+    other = PartitionStore(changelog, None)
+    run(other.restore(P))
+    write(other, {b"2/r/A": None, b"2/r/D": b"d1"})
+    other.close()
+    changelog.compact(P, tombstones_expired=True)
+    back = PartitionStore(changelog, tmp_path / "w1")
+    back.clock = lambda: start + away_h * 3600
+    return back
+
+
+def test_a_local_table_older_than_the_changelog_keeps_deletions_is_rebuilt_from_the_changelog(tmp_path: Path) -> None:
+    # Kafka's default delete.retention.ms (24 h): 13 hours away is more than half of it.
+    changelog = MemoryChangelog(tombstone_retention_ms=24 * HOUR_MS)
+    back = moved_away_and_back(tmp_path, changelog, away_h=13)
+    run(back.restore(P))
+    # The dropped reference stays dropped (the tail alone would bring A back: its tombstone is gone).
+    assert dict(back.load(P)) == {b"2/r/B": b"b1", b"2/r/C": b"c1", b"2/r/D": b"d1"}
+    assert back.counts["stale_rebuilds"] == 1
+    assert asyncio.run(back.is_current(P))
+    back.close()
+
+
+def test_a_local_table_younger_than_half_the_tombstones_life_reads_only_the_tail(tmp_path: Path) -> None:
+    changelog = MemoryChangelog(tombstone_retention_ms=24 * HOUR_MS)
+    back = moved_away_and_back(tmp_path, changelog, away_h=11)
+    changelog.read_messages = 0
+    run(back.restore(P))
+    assert back.counts["stale_rebuilds"] == 0
+    assert changelog.read_messages == 2  # D and the marker (the compacted tail), not the whole partition
+    # What the tail gives: here compaction was made to expire A's tombstone early, so A is back.
+    # With Kafka's rules it cannot be gone within 11 hours of being written; that is the point.
+    assert b"2/r/A" in dict(back.load(P))
+    back.close()
+
+
+def test_a_local_table_of_unknown_age_or_unknown_retention_is_rebuilt(tmp_path: Path) -> None:
+    want = {b"2/r/B": b"b1", b"2/r/C": b"c1", b"2/r/D": b"d1"}
+    # The changelog's delete.retention.ms cannot be told (no DescribeConfigs, a broker error).
+    back = moved_away_and_back(tmp_path / "none", MemoryChangelog(tombstone_retention_ms=None), away_h=0)
+    run(back.restore(P))
+    assert dict(back.load(P)) == want and back.counts["stale_rebuilds"] == 1
+    back.close()
+
+    class Failing(MemoryChangelog):
+        async def tombstone_retention_ms(self) -> int | None:
+            raise ConnectionError("broker gone")
+
+    back = moved_away_and_back(tmp_path / "fails", Failing(), away_h=0)
+    run(back.restore(P))
+    assert dict(back.load(P)) == want and back.counts["stale_rebuilds"] == 1
+    back.close()
+    # A DB written before the time was kept (an older version): its age is unknown.
+    changelog = MemoryChangelog()
+    back = moved_away_and_back(tmp_path / "old", changelog, away_h=0)
+    back.close()
+    db = RocksPartition(tmp_path / "old" / "w1" / f"p{P}")
+    db.db.delete(CURRENT_AT_KEY)
+    db.close()
+    back = PartitionStore(changelog, tmp_path / "old" / "w1")
+    run(back.restore(P))
+    assert dict(back.load(P)) == want and back.counts["stale_rebuilds"] == 1
+    back.close()
+
+
+def test_an_old_local_table_nobody_wrote_after_is_read_as_it_is(tmp_path: Path) -> None:
+    # A worker stopped for a week, its partition untouched: its table is the whole changelog.
+    changelog = MemoryChangelog(tombstone_retention_ms=24 * HOUR_MS)
+    first = PartitionStore(changelog, tmp_path / "w1")
+    first.clock = lambda: 1_800_000_000.0
+    run(first.restore(P))
+    write(first, {b"2/r/A": b"a1", b"2/r/B": b"b1"})
+    write(first, {b"2/r/A": None})
+    first.close()
+    changelog.compact(P, tombstones_expired=True)
+    back = PartitionStore(changelog, tmp_path / "w1")
+    back.clock = lambda: 1_800_000_000.0 + 7 * 24 * 3600
+    changelog.read_messages = 0
+    run(back.restore(P))
+    assert dict(back.load(P)) == {b"2/r/B": b"b1"}
+    assert changelog.read_messages == 0 and back.counts["stale_rebuilds"] == 0
+    back.close()
+
+
+def test_a_restore_from_the_start_killed_part_way_goes_on_from_where_it_stopped(tmp_path: Path) -> None:
+    changelog = MemoryChangelog(tombstone_retention_ms=24 * HOUR_MS)
+    writer = PartitionStore(changelog, None)
+    run(writer.restore(P))
+    write(writer, {b"2/r/%d" % i: b"v" for i in range(10_000)})  # a restore applies every 10,000 keys
+    write(writer, {b"2/r/0": None, b"2/r/X": b"x"})
+    end = asyncio.run(changelog.end_offset(P))
+
+    class Dies(MemoryChangelog):
+        async def read(self, partition: int, start: int, end: int) -> AsyncIterator[ChangelogMessage]:
+            async for msg in changelog.read(partition, start, end):
+                if msg.offset > 10_000:  # past the first batch's marker
+                    raise ConnectionError("killed")
+                yield msg
+
+        async def end_offset(self, partition: int) -> int:
+            return end
+
+    dying = PartitionStore(Dies(), tmp_path / "w1")
+    dying.clock = lambda: 1_800_000_000.0
+    with contextlib.suppress(ConnectionError):
+        run(dying.restore(P))
+    dying.close()
+    back = PartitionStore(changelog, tmp_path / "w1")
+    back.clock = lambda: 1_800_000_000.0 + 60
+    changelog.read_messages = 0
+    run(back.restore(P))
+    # From the first batch's marker on (3 messages), not the whole partition again.
+    assert changelog.read_messages == 3 and back.counts["stale_rebuilds"] == 0
+    assert b"2/r/0" not in dict(back.load(P)) and dict(back.load(P))[b"2/r/X"] == b"x"
+    back.close()
 
 
 def test_a_partition_kept_through_a_rebalance_is_current_until_another_worker_writes() -> None:

@@ -225,7 +225,10 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     cast(Any, app.transport.Consumer).before_revocation.append(durable_before_revocation)
     shell.on_idle = TopicSilence((settings.payment_topic, settings.ledger_topic), lambda: shell.engines)
     metrics = WorkerMetrics(
-        watch, lambda: shell.engines, lambda t, p: _known_end(app, ends, t, p), counts=lambda: shell.counts
+        watch,
+        lambda: shell.engines,
+        lambda t, p: _known_end(app, ends, t, p),
+        counts=lambda: {**shell.counts, "state_stale_rebuilds": store.counts["stale_rebuilds"]},
     )
 
     @app.agent(inputs, name="reconcile_payments")
@@ -444,7 +447,9 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
 
     @app.page("/qris/stats")
     async def stats(web: Any, request: Any) -> Any:
-        return web.json({**shell.stats(), "bursts": bursts.stats(), "self_restarts": self_restarts()})
+        return web.json(
+            {**shell.stats(), "state": dict(store.counts), "bursts": bursts.stats(), "self_restarts": self_restarts()}
+        )
 
     @app.page("/qris/ready")
     async def ready(web: Any, request: Any) -> Any:

@@ -100,6 +100,13 @@ class _WorkerCollector(Collector):
         )
         c.add_metric([], counts.get("idle_streams_behind", 0))
         yield c
+        c = CounterMetricFamily(
+            "qris_state_stale_rebuilds",
+            "Partitions whose local state, last whole longer ago than half the changelog's delete.retention.ms "
+            "while others wrote to it, was rebuilt from the changelog's start instead of read from its tail",
+        )
+        c.add_metric([], counts.get("state_stale_rebuilds", 0))
+        yield c
         g = GaugeMetricFamily(
             "qris_open_incidents",
             "FAILURE_BURST incidents open (as sent by this worker), by scope type",

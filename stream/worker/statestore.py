@@ -13,6 +13,13 @@ so the half batch can never be committed by a later marker. The changelog send i
 of its marker in one WriteBatch (without RocksDB's write-ahead log: `RocksPartition`), so a
 restart with the disk kept reads only the changelog tail (after a crash, the tail since the
 DB's last memtable flush).
+
+Compaction removes a tombstone (a reference dropped) `delete.retention.ms` after it is first
+cleaned (Kafka's default: 24 h), so a local DB that missed some of the changelog for longer (its
+partition held by another worker meanwhile, an old disk) would read a tail without the deletions
+it missed and bring dropped references back. The local DB therefore keeps the wall time at which
+it was last the whole changelog; a restore that finds others' writes after it and that time older
+than half the topic's `delete.retention.ms` rebuilds the partition from the changelog's start.
 Imports no faust (the changelog's Kafka client is aiokafka's public API).
 """
 
@@ -21,7 +28,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -33,6 +41,12 @@ COMMIT_HEADER = "qris.commit"
 # Local-only keys (never on the changelog, never loaded as state): state keys start with a digit.
 APPLIED_OFFSET_KEY = b"\x00changelog-offset"
 BATCH_SEQ_KEY = b"\x00batch-seq"
+CURRENT_AT_KEY = b"\x00current-at-ms"
+# Tombstones are kept at least `delete.retention.ms` after they are written; a local DB is read
+# from its tail only while it was the whole changelog less than this share of that ago (the rest
+# is room for the hosts' clocks and a slow batch).
+SAFE_SHARE_OF_TOMBSTONE_RETENTION = 0.5
+RETENTION_ASK_TIMEOUT_S = 10.0
 
 Change = tuple[bytes, bytes | None]
 
@@ -84,6 +98,11 @@ class Changelog(Protocol):
 
     async def end_offset(self, partition: int) -> int: ...
 
+    async def tombstone_retention_ms(self) -> int | None:
+        """The topic's `delete.retention.ms` (how long compaction keeps a deletion at least),
+        None if it cannot be told."""
+        ...
+
     def read(self, partition: int, start: int, end: int) -> Any:
         """An async iterator of the partition's `ChangelogMessage`s at offsets start .. end - 1."""
         ...
@@ -96,12 +115,17 @@ class LocalPartition(Protocol):
 
     def get(self, key: bytes) -> bytes | None: ...
 
-    def apply(self, changes: Iterable[Change], applied_offset: int, seq: int) -> None:
-        """All of `changes` and the two positions, at once or not at all."""
+    def apply(self, changes: Iterable[Change], applied_offset: int, seq: int, current_at_ms: int | None = None) -> None:
+        """All of `changes` and the two positions, at once or not at all; with `current_at_ms`
+        also the wall time (ms) at which the DB is then the whole changelog."""
         ...
 
     def position(self) -> tuple[int, int]:
         """The changelog offset applied last (-1: none) and the highest batch number seen (0)."""
+        ...
+
+    def current_at_ms(self) -> int | None:
+        """When this DB was last the whole changelog (None: never said, a DB of an older version)."""
         ...
 
     def close(self) -> None: ...
@@ -114,6 +138,7 @@ class MemoryPartition:
         self.data: dict[bytes, bytes] = {}
         self.applied_offset = -1
         self.seq = 0
+        self.current_at: int | None = None
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(list(self.data.items()))
@@ -121,16 +146,21 @@ class MemoryPartition:
     def get(self, key: bytes) -> bytes | None:
         return self.data.get(key)
 
-    def apply(self, changes: Iterable[Change], applied_offset: int, seq: int) -> None:
+    def apply(self, changes: Iterable[Change], applied_offset: int, seq: int, current_at_ms: int | None = None) -> None:
         for key, value in changes:
             if value is None:
                 self.data.pop(key, None)
             else:
                 self.data[key] = value
         self.applied_offset, self.seq = applied_offset, seq
+        if current_at_ms is not None:
+            self.current_at = current_at_ms
 
     def position(self) -> tuple[int, int]:
         return self.applied_offset, self.seq
+
+    def current_at_ms(self) -> int | None:
+        return self.current_at
 
     def close(self) -> None:
         return None
@@ -174,6 +204,8 @@ class RocksPartition:
         self.write_options.disable_wal = True  # type: ignore[method-assign, assignment]
         offset, seq = self.db.get(APPLIED_OFFSET_KEY), self.db.get(BATCH_SEQ_KEY)
         self._position = ((int(offset) if offset else -1), (int(seq) if seq else 0))
+        current_at = self.db.get(CURRENT_AT_KEY)
+        self._current_at = int(current_at) if current_at else None
         self._unflushed = False  # writes in the memtable since the last flush (`get`)
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
@@ -188,7 +220,7 @@ class RocksPartition:
         value = self.db.get(key)
         return value if isinstance(value, bytes) else None
 
-    def apply(self, changes: Iterable[Change], applied_offset: int, seq: int) -> None:
+    def apply(self, changes: Iterable[Change], applied_offset: int, seq: int, current_at_ms: int | None = None) -> None:
         from rocksdict import WriteBatch
 
         wb = WriteBatch(raw_mode=True)
@@ -200,12 +232,19 @@ class RocksPartition:
                 put(key, value)
         wb.put(APPLIED_OFFSET_KEY, b"%d" % applied_offset)
         wb.put(BATCH_SEQ_KEY, b"%d" % seq)
+        if current_at_ms is not None:
+            wb.put(CURRENT_AT_KEY, b"%d" % current_at_ms)
         self.db.write(wb, self.write_options)
         self._position = (applied_offset, seq)
+        if current_at_ms is not None:
+            self._current_at = current_at_ms
         self._unflushed = True
 
     def position(self) -> tuple[int, int]:
         return self._position
+
+    def current_at_ms(self) -> int | None:
+        return self._current_at
 
     def close(self) -> None:
         self.db.close()
@@ -268,7 +307,8 @@ class PartitionStore:
         self.current: set[int] = set()  # restored and not released since
         self.pending: dict[int, list[Change]] = {}
         self.progress = RestoreProgress()
-        self.counts = {"restored_messages": 0, "dropped_half_batch_messages": 0, "commits": 0}
+        self.counts = {"restored_messages": 0, "dropped_half_batch_messages": 0, "commits": 0, "stale_rebuilds": 0}
+        self.clock: Callable[[], float] = time.time  # wall time: the local DBs' `current_at_ms`
 
     # -- the StateStore protocol -------------------------------------------------------------
 
@@ -296,9 +336,12 @@ class PartitionStore:
 
     async def _write(self, pending: dict[int, list[Change]]) -> None:
         batches = {p: ChangelogBatch(changes, self._local(p).position()[1] + 1) for p, changes in pending.items()}
+        # A partition written here was restored to the changelog's end: with this batch, its DB
+        # is the whole changelog as of before the send (nothing written later is in it).
+        sent_at_ms = self._now_ms()
         offsets = await self.changelog.send_batch(batches)
         for p, batch in batches.items():
-            self._local(p).apply(batch.changes, offsets[p], batch.seq)
+            self._local(p).apply(batch.changes, offsets[p], batch.seq, sent_at_ms)
         self.counts["commits"] += len(pending)
 
     # -- partitions --------------------------------------------------------------------------
@@ -326,10 +369,14 @@ class PartitionStore:
         local = self._local(partition)
         applied, seq = local.position()
         self.progress = RestoreProgress(partition, UNKNOWN_REMAINING)  # any answer is progress
+        asked_at_ms = self._now_ms()  # read to `end`, the DB is the whole changelog as of then
         end = await self.changelog.end_offset(partition)
         if applied + 1 > end:
             # The local DB is ahead of the changelog: not this changelog's (a topic recreated).
             log.warning("partition %d: local state ahead of the changelog (%d > %d); rebuilt", partition, applied, end)
+            local = self._wipe(partition)
+            applied, seq = -1, 0
+        elif applied >= 0 and applied + 1 < end and await self._may_miss_deletions(partition, local, asked_at_ms):
             local = self._wipe(partition)
             applied, seq = -1, 0
         buffer = RestoreBuffer(partition)
@@ -337,6 +384,11 @@ class PartitionStore:
         self.progress = RestoreProgress(partition, end - applied - 1)
         read = 0
         changes: dict[bytes, bytes | None] = {}
+        # A restore from the changelog's start saw every value it holds before compaction could
+        # drop the deletion that follows it (the cleaner drops a key's older values in the pass
+        # that starts its tombstone's `delete.retention.ms`), so a DB killed part way is stamped
+        # as of now too; a DB read from its tail keeps its own time until it has read to `end`.
+        part_way_at_ms = asked_at_ms if applied < 0 else None
         async for msg in self.changelog.read(partition, applied + 1, end):
             read += 1
             self.progress.remaining = end - msg.offset - 1
@@ -344,10 +396,11 @@ class PartitionStore:
             if got is not None:
                 changes.update(got)  # dicts keep the first insertion's place; values are the last
                 if len(changes) >= 10_000:
-                    local.apply(changes.items(), msg.offset, buffer.max_seq)
+                    local.apply(changes.items(), msg.offset, buffer.max_seq, part_way_at_ms)
                     changes = {}
-        if buffer.committed_offset is not None:
-            local.apply(changes.items(), buffer.committed_offset, buffer.max_seq)
+        committed = local.position()[0] if buffer.committed_offset is None else buffer.committed_offset
+        # With max_seq, the next batch is numbered past a half batch read here.
+        local.apply(changes.items(), committed, buffer.max_seq, asked_at_ms)
         self.progress = RestoreProgress()
         self.counts["restored_messages"] += read
         tail = buffer.pending_keys()
@@ -360,12 +413,36 @@ class PartitionStore:
                 partition,
                 len(buffer.pending),
             )
-            if buffer.max_seq > local.position()[1]:
-                local.apply((), local.position()[0], buffer.max_seq)  # the next batch numbers past it
             await self._write({partition: [(key, local.get(key)) for key in tail]})
         self.current.add(partition)
         if read:
             log.info("partition %d: %d changelog message(s) read from offset %d", partition, read, applied + 1)
+
+    async def _may_miss_deletions(self, partition: int, local: LocalPartition, now_ms: int) -> bool:
+        """Whether others' writes after the local DB's offset may have lost deletions to
+        compaction: the DB was last the whole changelog at least half the topic's
+        `delete.retention.ms` ago, or one of the two cannot be told."""
+        since = local.current_at_ms()
+        try:
+            async with asyncio.timeout(RETENTION_ASK_TIMEOUT_S):
+                retention = await self.changelog.tombstone_retention_ms()
+        except Exception as exc:  # noqa: BLE001 - unknown: rebuilding is exact, only slower
+            log.warning("partition %d: the changelog's delete.retention.ms unknown (%s)", partition, type(exc).__name__)
+            retention = None
+        safe_ms = None if retention is None else retention * SAFE_SHARE_OF_TOMBSTONE_RETENTION
+        if since is not None and safe_ms is not None and now_ms - since < safe_ms:
+            return False
+        self.counts["stale_rebuilds"] += 1
+        log.warning(
+            "partition %d: local state last whole %s, the changelog keeps deletions %s: rebuilt from the changelog",
+            partition,
+            "at an unknown time" if since is None else f"{(now_ms - since) / 3_600_000:.1f} h ago",
+            "for an unknown time" if retention is None else f"{retention / 3_600_000:.1f} h",
+        )
+        return True
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
 
     def close(self) -> None:
         for p in list(self.locals):
@@ -384,6 +461,29 @@ class PartitionStore:
         if self.local_dir is not None:
             shutil.rmtree(self.local_dir / f"p{partition}", ignore_errors=True)
         return self._local(partition)
+
+
+DELETE_RETENTION = "delete.retention.ms"
+
+
+def config_value_ms(response: Mapping[str, Any], topic: str, name: str) -> int | None:
+    """A topic's config value (ms) from a DescribeConfigs response as aiokafka's `to_object`
+    gives it; None if the topic or the value is missing or not a number.
+
+    >>> r = {"resources": [{"error_code": 0, "resource_name": "t", "config_entries": [
+    ...     {"config_names": "delete.retention.ms", "config_value": "86400000"}]}]}
+    >>> config_value_ms(r, "t", "delete.retention.ms"), config_value_ms(r, "u", "delete.retention.ms")
+    (86400000, None)
+    """
+    for resource in response.get("resources", ()):
+        if resource.get("resource_name") != topic or resource.get("error_code"):
+            continue
+        for entry in resource.get("config_entries", ()):
+            # aiokafka names the entry's name field `config_names`; Kafka's schema `name`.
+            if (entry.get("config_names") or entry.get("name")) == name:
+                value = entry.get("config_value")
+                return int(value) if isinstance(value, str) and value.lstrip("-").isdigit() else None
+    return None
 
 
 class KafkaChangelog:
@@ -473,6 +573,19 @@ class KafkaChangelog:
         _, consumer = await self._clients()
         tp = TopicPartition(self.topic, partition)
         return int((await consumer.end_offsets([tp]))[tp])
+
+    async def tombstone_retention_ms(self) -> int | None:
+        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+        admin = AIOKafkaAdminClient(**self.client_config, client_id=f"{self.client_id}-admin")
+        await admin.start()
+        try:
+            asked = ConfigResource(ConfigResourceType.TOPIC, self.topic, {DELETE_RETENTION: None})
+            responses = await admin.describe_configs([asked])
+        finally:
+            await admin.close()
+        return config_value_ms(responses[0].to_object(), self.topic, DELETE_RETENTION)
 
     async def read(self, partition: int, start: int, end: int) -> Any:
         from aiokafka import TopicPartition
