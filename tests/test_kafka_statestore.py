@@ -12,11 +12,21 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from stream.drivers.replayfile import KafkaRecord
 from stream.security import aiokafka_config
 from stream.settings import Settings
+from stream.simulate.partitioner import partition_for
 from stream.topics import ensure_state_changelog
-from stream.worker.statestore import BATCH_HEADER, KafkaChangelog, PartitionStore, changelog_topic_name, commit_key
+from stream.worker.statestore import (
+    BATCH_HEADER,
+    KafkaChangelog,
+    PartitionStore,
+    RocksPartition,
+    changelog_topic_name,
+    commit_key,
+)
 from tests.kafka_support import Worker, consume, fresh_prefix, fresh_topics, produce, require_broker
+from tests.records import ledger, payment
 from tests.scenario import LEDGER, PAYMENT, scenario_records
 from tests.test_kafka_worker import canon, expected_outputs, live_by_role
 
@@ -211,3 +221,115 @@ def test_a_local_table_the_broker_compacted_deletions_away_from_is_rebuilt(tmp_p
     assert retention == 0, "the store reads the changelog's delete.retention.ms from the broker"
     assert b"0/r/A" not in state and state[b"0/r/B"] == b"open", (waited, state)
     assert rebuilds == 1
+
+
+def test_a_worker_back_on_its_old_disk_after_the_broker_compacted_a_deletion_does_not_refund_a_settled_payment(
+    tmp_path: Path,
+) -> None:
+    # Worker 1 sees payment P debited (its deadline pending) and stops. Worker 2, on another
+    # disk, sees P settled in time, moves on until retention drops P (a tombstone on the
+    # changelog), and the broker's cleaner removes that tombstone (delete.retention.ms=0, as
+    # Kafka's default does a day later). Worker 1 comes back on its old disk. Read from its
+    # tail, its table would bring P back as it was, debited with a deadline long past: a
+    # SETTLEMENT_TIMEOUT refund for a settled payment. Decisions must equal replay's.
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=2)
+    topics.create(bootstrap)
+    settings = Settings(retention_s=600)
+    env = {"QRIS_RETENTION_S": "600"}
+    app_id = fresh_prefix("qris-test-", 8)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        quick = {"delete.retention.ms": "0", "min.cleanable.dirty.ratio": "0.0001", "segment.ms": "100"}
+        configs = {"cleanup.policy": "compact", **quick}
+        admin.create_topics([NewTopic(changelog_topic_name(app_id), topics.partitions, 1, topic_configs=configs)])
+    finally:
+        admin.close()
+    tmap = {PAYMENT: topics.payment, LEDGER: topics.ledger}
+    offsets: dict[tuple[str, int], int] = {}
+
+    def rec(topic: str, key: str, value: bytes) -> KafkaRecord:
+        p = partition_for(key.encode(), topics.partitions)
+        n = offsets.get((topic, p), 0)
+        offsets[(topic, p)] = n + 1
+        return KafkaRecord(topic, p, n, None, key.encode(), value)
+
+    def tails(t: float, tag: str) -> list[KafkaRecord]:
+        """A harmless reference on every partition at event time t: both streams move past t."""
+        out, seen, k = [], set(), 0
+        while len(seen) < topics.partitions:
+            ref = f"T{tag}{k}"
+            k += 1
+            if partition_for(ref.encode(), topics.partitions) in seen:
+                continue
+            seen.add(partition_for(ref.encode(), topics.partitions))
+            out += [
+                rec(PAYMENT, ref, payment(f"{ref}-p", "requested", ref, t)),
+                rec(LEDGER, ref, ledger(f"{ref}-l", "reversed", ref, t, amount=1)),
+            ]
+        return out
+
+    ref = "QRSTALE1"
+    p_ref = partition_for(ref.encode(), topics.partitions)
+    first = [
+        rec(PAYMENT, ref, payment(f"{ref}-q", "requested", ref, 0)),
+        rec(LEDGER, ref, ledger(f"{ref}-d", "debited", ref, 1)),
+    ]
+    first += tails(10, "a")
+    second = [rec(PAYMENT, ref, payment(f"{ref}-s", "settled", ref, 100))] + tails(2000, "b")
+    worker1 = Worker(topics, tmp_path / "w1", extra_env=env, app_id=app_id)
+    worker1.start(bootstrap)
+    try:
+        produce(bootstrap, first, tmap)
+        worker1.wait_processed(len(first))
+    finally:
+        worker1.stop()
+    # Stopped (SIGTERM), the worker flushed its DBs: they hold P and the offset they stand at.
+    db = RocksPartition(tmp_path / "w1" / app_id / "state" / f"p{p_ref}")
+    kept = dict(db.items())
+    db.close()
+    assert db.position()[0] >= 0 and b"%d/r/%s" % (p_ref, ref.encode()) in kept
+    worker2 = Worker(topics, tmp_path / "w2", extra_env=env, app_id=app_id)
+    worker2.start(bootstrap)
+    produced = len(second)
+    try:
+        produce(bootstrap, second, tmap)
+        worker2.wait_processed(len(second))
+        changelog = KafkaChangelog(aiokafka_config(Settings(bootstrap=bootstrap)), changelog_topic_name(app_id))
+        key = b"%d/r/%s" % (p_ref, ref.encode())
+
+        async def on_changelog() -> bool:
+            try:
+                return key in {m.key async for m in changelog.read(p_ref, 0, await changelog.end_offset(p_ref))}
+            finally:
+                await changelog.close()
+
+        assert asyncio.run(on_changelog()), "P was never saved"
+        started, k = time.monotonic(), 0
+        while asyncio.run(on_changelog()):  # P's state and its tombstone, both gone
+            assert time.monotonic() - started < 120, "the log cleaner did not remove P's tombstone"
+            more = tails(2000 + k, f"c{k}")  # the worker writes on: segments roll, the cleaner runs
+            produce(bootstrap, more, tmap)
+            produced += len(more)
+            k += 1
+            time.sleep(0.5)
+        worker2.wait_processed(produced)
+    finally:
+        worker2.stop()
+    worker3 = Worker(topics, tmp_path / "w1", extra_env=env, app_id=app_id)  # worker 1's disk again
+    worker3.start(bootstrap)
+    try:
+        last = tails(3000, "d")
+        produce(bootstrap, last, tmap)
+        worker3.wait_processed(len(last))
+        want = expected_outputs(bootstrap, topics, settings)
+        n = sum(len(v) for v in want.values())
+        # (3 s more after the n-th, to see an extra: a wrong refund comes with the first batch)
+        got = live_by_role(consume(bootstrap, topics.outputs(), until=n, timeout_s=60, worker=worker3), topics)
+    finally:
+        worker3.stop()
+    assert not [r for r in want["refunds"] if r.get("reference") == ref]  # replay: P settled in time
+    log_text = worker3.log_tail(10_000)
+    for role in want:
+        assert sorted(set(canon(got[role]))) == sorted(set(canon(want[role]))), f"{role}:\n{log_text[-3000:]}"
+    assert "rebuilt from the changelog" in log_text, log_text[-3000:]

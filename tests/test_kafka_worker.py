@@ -113,6 +113,39 @@ def test_worker_restart_recovers_waiting_records_and_state(tmp_path: Path) -> No
         assert sorted(set(canon(got[role]))) == sorted(set(canon(want[role]))), f"{role}:\n{worker2.log_tail()}"
 
 
+def test_a_worker_stopped_and_started_on_its_disk_reads_no_changelog_and_decides_as_replay(tmp_path: Path) -> None:
+    # A stop (SIGTERM) flushes the local DBs (written without RocksDB's log): the next start
+    # restores from them, reading nothing from the changelog nobody wrote to meanwhile.
+    bootstrap = require_broker()
+    topics = fresh_topics()
+    topics.create(bootstrap)
+    records = scenario_records(topics.partitions)
+    tmap = {PAYMENT: topics.payment, LEDGER: topics.ledger}
+    half = len(records) // 2
+    worker = Worker(topics, tmp_path / "w")
+    worker.start(bootstrap)
+    try:
+        produce(bootstrap, records[:half], tmap)
+        worker.wait_processed(half)
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+    again = Worker(topics, tmp_path / "w", app_id=worker.app_id)
+    again.start(bootstrap)
+    try:
+        produce(bootstrap, records[half:], tmap)
+        want = expected_outputs(bootstrap, topics)
+        n = sum(len(v) for v in want.values())
+        got = live_by_role(consume(bootstrap, topics.outputs(), until=n, timeout_s=120, worker=again), topics)
+    finally:
+        again.stop()
+    log_text = again.log_tail(10_000)
+    restored = [int(m) for m in re.findall(r"state restored \((\d+) references", log_text)]
+    assert len(restored) == topics.partitions and sum(restored) > 0, log_text[-3000:]
+    assert "changelog message(s) read" not in log_text, log_text[-3000:]
+    for role in want:
+        assert sorted(set(canon(got[role]))) == sorted(set(canon(want[role]))), f"{role}:\n{log_text[-3000:]}"
+
+
 def test_simulated_mixed_scenario_live_equals_replay_field_by_field(tmp_path: Path) -> None:
     """The simulator's mixed scenario (outage, double debits, failures, late settlements and
     reversals, redeliveries, disorder, malformed records) through the live worker."""

@@ -11,6 +11,7 @@ from its local state and its changelog tail before its first batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -195,6 +196,11 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     changelog = KafkaChangelog(aiokafka_config(settings), changelog_topic_name(settings.app_id))
     local_dir = Path(settings.data_dir) / settings.app_id / "state"
     store = PartitionStore(changelog, None if settings.store.startswith("memory") else local_dir)
+    # The local DBs are written without RocksDB's log: only a flush (`close`) keeps the last
+    # batches on disk. Closed when the app stops, after its agents (and their last commits):
+    # mode exits the app's context stack after its children. A worker stopped this way starts
+    # again from its DBs and the changelog tail, not the whole changelog.
+    app.add_context(contextlib.closing(store))
     gaps = BrokerGapFetcher(aiokafka_config(settings))
     # The broker's end offsets asked when needed (idle rule, feed-stall watchdog): Faust's fetched
     # high watermark stays where it was when the broker stops answering this worker's fetches.
