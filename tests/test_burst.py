@@ -335,6 +335,7 @@ def test_a_restored_engine_reports_the_same_minutes() -> None:
         "stream.core.incidents",
         "stream.core.alerts",
         "stream.core.ids",
+        "stream.worker.statestore",
     ],
 )
 def test_docstring_examples_run(module: str) -> None:

@@ -5,6 +5,7 @@ router pages off; a worker without an input partition is not ready."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -17,10 +18,14 @@ from pathlib import Path
 import orjson
 import pytest
 
+from stream.security import aiokafka_config
+from stream.topics import ensure_state_changelog
+from stream.worker.statestore import KafkaChangelog, changelog_topic_name
 from tests.conftest import ROOT
 from tests.kafka_support import (
     Worker,
     consume,
+    fresh_prefix,
     fresh_topics,
     produce,
     require_broker,
@@ -164,3 +169,12 @@ def test_a_worker_without_an_input_partition_is_not_ready(tmp_path: Path) -> Non
     assert [code for code, _ in states] == [200, 503], states
     assert states[0][1] == {"ready": True}
     assert states[1][1] == {"ready": False, "reason": "no input partition is assigned to this worker"}
+
+
+def test_the_state_store_reads_its_changelogs_delete_retention_over_sasl_ssl() -> None:
+    # A restore asks it (DescribeConfigs) to decide whether a local table's tail can be trusted.
+    secure = require_sasl_ssl()
+    settings = replace(secure, app_id=fresh_prefix("qris-test-", 8))
+    ensure_state_changelog(settings, 1)
+    changelog = KafkaChangelog(aiokafka_config(secure), changelog_topic_name(settings.app_id))
+    assert asyncio.run(changelog.tombstone_retention_ms()) == 24 * 3600 * 1000  # Kafka's default

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import pickle
 import random
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -191,11 +192,17 @@ def test_local_state_plus_the_changelog_tail_equals_the_changelog_alone(tmp_path
 HOUR_MS = 3_600_000
 
 
-def moved_away_and_back(tmp_path: Path, changelog: MemoryChangelog, away_h: float) -> PartitionStore:
-    """A worker writes A, B and C, lets the partition go; `away_h` hours later (its clock) another
-    worker drops A and writes D, compaction runs with A's tombstone expired, and the first worker
-    gets the partition back with its disk kept (returned, not yet restored)."""
-    start = 1_800_000_000.0
+START_S = 1_800_000_000.0
+
+
+def moved_away_and_back(
+    tmp_path: Path, changelog: MemoryChangelog, away_h: float, *, tombstones_expired: bool = True
+) -> PartitionStore:
+    """A worker writes A, B and C, lets the partition go; another worker drops A and writes D,
+    compaction runs (with A's tombstone expired, unless told), and `away_h` hours after its last
+    batch (its clock) the first worker gets the partition back with its disk kept (returned,
+    not yet restored)."""
+    start = START_S
     first = PartitionStore(changelog, tmp_path / "w1")
     first.clock = lambda: start
     run(first.restore(P))
@@ -205,7 +212,7 @@ def moved_away_and_back(tmp_path: Path, changelog: MemoryChangelog, away_h: floa
     run(other.restore(P))
     write(other, {b"2/r/A": None, b"2/r/D": b"d1"})
     other.close()
-    changelog.compact(P, tombstones_expired=True)
+    changelog.compact(P, tombstones_expired=tombstones_expired)
     back = PartitionStore(changelog, tmp_path / "w1")
     back.clock = lambda: start + away_h * 3600
     return back
@@ -224,15 +231,182 @@ def test_a_local_table_older_than_the_changelog_keeps_deletions_is_rebuilt_from_
 
 
 def test_a_local_table_younger_than_half_the_tombstones_life_reads_only_the_tail(tmp_path: Path) -> None:
+    # 11 hours: A's tombstone is still there (Kafka keeps it 24 hours at least).
     changelog = MemoryChangelog(tombstone_retention_ms=24 * HOUR_MS)
-    back = moved_away_and_back(tmp_path, changelog, away_h=11)
+    back = moved_away_and_back(tmp_path, changelog, away_h=11, tombstones_expired=False)
     changelog.read_messages = 0
     run(back.restore(P))
     assert back.counts["stale_rebuilds"] == 0
-    assert changelog.read_messages == 2  # D and the marker (the compacted tail), not the whole partition
-    # What the tail gives: here compaction was made to expire A's tombstone early, so A is back.
-    # With Kafka's rules it cannot be gone within 11 hours of being written; that is the point.
-    assert b"2/r/A" in dict(back.load(P))
+    assert changelog.read_messages == 3  # A's tombstone, D and the marker, not the whole partition
+    assert dict(back.load(P)) == {b"2/r/B": b"b1", b"2/r/C": b"c1", b"2/r/D": b"d1"}
+    back.close()
+
+
+def test_a_local_tables_time_is_when_it_was_last_whole_and_a_future_one_is_unknown(tmp_path: Path) -> None:
+    now = [START_S]
+
+    class Slow(MemoryChangelog):
+        async def send_batch(self, batches: Mapping[int, ChangelogBatch]) -> dict[int, int]:
+            now[0] += 3600  # an hour passes while the batch is sent
+            return await super().send_batch(batches)
+
+        async def end_offset(self, partition: int) -> int:
+            now[0] += 60  # and a minute while the restore asks for the end
+            return await super().end_offset(partition)
+
+    changelog = Slow(tombstone_retention_ms=24 * HOUR_MS)
+    store = PartitionStore(changelog, tmp_path / "w1")
+    store.clock = lambda: now[0]
+    run(store.restore(P))
+    assert store.locals[P].current_at_ms() == START_S * 1000  # read to the end asked for then
+    write(store, {b"2/r/A": b"a1"})
+    assert store.locals[P].current_at_ms() == (START_S + 60) * 1000  # before the send, not after
+    # Kept through a rebalance, nobody wrote: whole as of the question, a quiet partition too.
+    now[0] += 5 * 3600
+    assert asyncio.run(store.is_current(P))
+    assert store.locals[P].current_at_ms() == (START_S + 60 + 3600 + 5 * 3600) * 1000
+    store.close()
+    # A time an hour ahead of this host's clock: unknown, rebuilt (after another worker wrote).
+    other = PartitionStore(changelog, None)
+    run(other.restore(P))
+    write(other, {b"2/r/B": b"b1"})
+    back = PartitionStore(changelog, tmp_path / "w1")
+    back.clock = lambda: now[0] - 2 * 3600
+    run(back.restore(P))
+    assert back.counts["stale_rebuilds"] == 1 and dict(back.load(P)) == {b"2/r/A": b"a1", b"2/r/B": b"b1"}
+    back.close()
+
+
+def test_a_tail_read_past_its_time_is_rebuilt_and_a_tail_restore_killed_part_way_keeps_its_old_time(
+    tmp_path: Path,
+) -> None:
+    now = [START_S]
+    changelog = MemoryChangelog(tombstone_retention_ms=24 * HOUR_MS)
+    first = PartitionStore(changelog, tmp_path / "w1")
+    first.clock = lambda: now[0]
+    run(first.restore(P))
+    write(first, {b"2/r/A": b"a1"})
+    first.close()
+    other = PartitionStore(changelog, None)
+    run(other.restore(P))
+    write(other, {b"2/r/%d" % i: b"v" for i in range(10_000)})  # a restore applies every 10,000 keys
+    write(other, {b"2/r/A": None})
+    other.close()
+
+    class Dies(MemoryChangelog):
+        async def read(self, partition: int, start: int, end: int) -> AsyncIterator[ChangelogMessage]:
+            async for msg in changelog.read(partition, start, end):
+                if msg.offset > 10_002:  # past the other worker's first marker
+                    raise ConnectionError("killed")
+                yield msg
+
+        async def end_offset(self, partition: int) -> int:
+            return await changelog.end_offset(partition)
+
+        async def tombstone_retention_ms(self) -> int | None:
+            return 24 * HOUR_MS
+
+    # 11 hours later a restore reads the tail (10,000 keys applied) and is killed ...
+    now[0] += 11 * 3600
+    dying = PartitionStore(Dies(), tmp_path / "w1")
+    dying.clock = lambda: now[0]
+    with contextlib.suppress(ConnectionError):
+        run(dying.restore(P))
+    assert dying.counts["stale_rebuilds"] == 0 and dying.locals[P].position()[0] == 10_002
+    dying.close()
+    # ... and 2 hours after that the DB is 13 hours old, not 2: rebuilt.
+    now[0] += 2 * 3600
+    back = PartitionStore(changelog, tmp_path / "w1")
+    back.clock = lambda: now[0]
+    run(back.restore(P))
+    assert back.counts["stale_rebuilds"] == 1 and b"2/r/A" not in dict(back.load(P))
+    back.close()
+
+    # A tail whose reading ends past three quarters of delete.retention.ms: read again from the start.
+    class Slow(MemoryChangelog):
+        async def read(self, partition: int, start: int, end: int) -> AsyncIterator[ChangelogMessage]:
+            async for msg in changelog.read(partition, start, end):
+                now[0] += 10  # 10 s a message: 10,000 messages take 28 hours
+                yield msg
+
+        async def end_offset(self, partition: int) -> int:
+            return await changelog.end_offset(partition)
+
+        async def tombstone_retention_ms(self) -> int | None:
+            return 24 * HOUR_MS
+
+    table = PartitionStore(changelog, tmp_path / "w2")
+    table.clock = lambda: now[0]
+    run(table.restore(P))
+    table.close()
+    again = PartitionStore(changelog, None)
+    run(again.restore(P))
+    write(again, {b"2/r/%d" % i: b"w" for i in range(10_000)})
+    write(again, {b"2/r/0": None})
+    again.close()
+    slow = PartitionStore(Slow(), tmp_path / "w2")
+    slow.clock = lambda: now[0]
+    run(slow.restore(P))
+    assert slow.counts["stale_rebuilds"] == 1
+    assert dict(slow.load(P)) == restored(changelog) and b"2/r/0" not in dict(slow.load(P))
+    slow.close()
+
+
+def test_delete_retention_is_asked_once_for_many_partitions_and_kept_when_the_broker_does_not_answer(
+    tmp_path: Path,
+) -> None:
+    asked: list[int] = []
+    answer: list[Any] = [24 * HOUR_MS]
+
+    class Counting(MemoryChangelog):
+        async def tombstone_retention_ms(self) -> int | None:
+            asked.append(1)
+            if isinstance(answer[0], Exception):
+                raise answer[0]
+            return int(answer[0])
+
+    changelog = Counting()
+    now = [START_S]
+    first = PartitionStore(changelog, tmp_path / "w1")
+    first.clock = lambda: now[0]
+    for p in range(4):
+        run(first.restore(p))
+        write(first, {b"%d/r/A" % p: b"a"}, partition=p)
+    first.close()
+    other = PartitionStore(changelog, None)
+    for p in range(4):
+        run(other.restore(p))
+        write(other, {b"%d/r/B" % p: b"b"}, partition=p)
+    back = PartitionStore(changelog, tmp_path / "w1")
+    back.clock = lambda: now[0]
+    for p in range(4):
+        run(back.restore(p))
+    assert len(asked) == 1 and back.counts["stale_rebuilds"] == 0
+    back.close()
+    # Ten minutes later the broker does not answer: the value it gave last is used.
+    now[0] += 600
+    answer[0] = ConnectionError("no DescribeConfigs")
+    for p in range(4):
+        write(other, {b"%d/r/C" % p: b"c"}, partition=p)
+    back = PartitionStore(changelog, tmp_path / "w1")
+    back.clock = lambda: now[0]
+    back._retention = (int((now[0] - 600) * 1000), 24 * HOUR_MS)  # what the last store was told
+    for p in range(4):
+        run(back.restore(p))
+    assert len(asked) == 2 and back.counts["stale_rebuilds"] == 0
+    assert dict(back.load(3)) == {b"3/r/A": b"a", b"3/r/B": b"b", b"3/r/C": b"c"}
+    back.close()
+
+
+def test_a_local_table_that_cannot_be_emptied_is_not_rebuilt_over(tmp_path: Path, monkeypatch: Any) -> None:
+    changelog = MemoryChangelog(tombstone_retention_ms=None)
+    back = moved_away_and_back(tmp_path, changelog, away_h=0)
+    monkeypatch.setattr(shutil, "rmtree", lambda path: None)  # the directory stays as it was
+    try:
+        run(back.restore(P))
+        raise AssertionError("restored over the old keys")
+    except RuntimeError as exc:
+        assert "not emptied" in str(exc)
     back.close()
 
 
@@ -284,7 +458,7 @@ def test_an_old_local_table_nobody_wrote_after_is_read_as_it_is(tmp_path: Path) 
     back.close()
 
 
-def test_a_restore_from_the_start_killed_part_way_goes_on_from_where_it_stopped(tmp_path: Path) -> None:
+def test_a_restore_from_the_start_killed_part_way_starts_again_from_the_start(tmp_path: Path) -> None:
     changelog = MemoryChangelog(tombstone_retention_ms=24 * HOUR_MS)
     writer = PartitionStore(changelog, None)
     run(writer.restore(P))
@@ -311,8 +485,8 @@ def test_a_restore_from_the_start_killed_part_way_goes_on_from_where_it_stopped(
     back.clock = lambda: 1_800_000_000.0 + 60
     changelog.read_messages = 0
     run(back.restore(P))
-    # From the first batch's marker on (3 messages), not the whole partition again.
-    assert changelog.read_messages == 3 and back.counts["stale_rebuilds"] == 0
+    # The DB killed part way has no time: read again from the start.
+    assert changelog.read_messages == end and back.counts["stale_rebuilds"] == 1
     assert b"2/r/0" not in dict(back.load(P)) and dict(back.load(P))[b"2/r/X"] == b"x"
     back.close()
 

@@ -102,8 +102,10 @@ class _WorkerCollector(Collector):
         yield c
         c = CounterMetricFamily(
             "qris_state_stale_rebuilds",
-            "Partitions whose local state, last whole longer ago than half the changelog's delete.retention.ms "
-            "while others wrote to it, was rebuilt from the changelog's start instead of read from its tail",
+            "Partitions whose local state was rebuilt from the changelog's start instead of read from its tail, "
+            "which could lack deletions compaction removed: the state was last whole half the changelog's "
+            "delete.retention.ms ago or more, at an unknown time, or with that setting unknown, or its tail took "
+            "too long to read",
         )
         c.add_metric([], counts.get("state_stale_rebuilds", 0))
         yield c

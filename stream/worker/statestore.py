@@ -18,8 +18,9 @@ Compaction removes a tombstone (a reference dropped) `delete.retention.ms` after
 cleaned (Kafka's default: 24 h), so a local DB that missed some of the changelog for longer (its
 partition held by another worker meanwhile, an old disk) would read a tail without the deletions
 it missed and bring dropped references back. The local DB therefore keeps the wall time at which
-it was last the whole changelog; a restore that finds others' writes after it and that time older
-than half the topic's `delete.retention.ms` rebuilds the partition from the changelog's start.
+it was last the whole changelog; a restore that finds writes after it (another worker's, or its
+own lost from the memtable in a crash) and that time older than half the topic's
+`delete.retention.ms`, or not known, rebuilds the partition from the changelog's start.
 Imports no faust (the changelog's Kafka client is aiokafka's public API).
 """
 
@@ -42,11 +43,19 @@ COMMIT_HEADER = "qris.commit"
 APPLIED_OFFSET_KEY = b"\x00changelog-offset"
 BATCH_SEQ_KEY = b"\x00batch-seq"
 CURRENT_AT_KEY = b"\x00current-at-ms"
-# Tombstones are kept at least `delete.retention.ms` after they are written; a local DB is read
-# from its tail only while it was the whole changelog less than this share of that ago (the rest
-# is room for the hosts' clocks and a slow batch).
+# A tombstone written after a DB was last whole is kept at least `delete.retention.ms` after
+# that. A DB is read from its tail only if it was whole less than this share of that ago, and the
+# tail is read to its end before this share: the rest is room for clocks that differ between
+# hosts and for the log cleaner's timing (a pass reads the clock once, at its start).
 SAFE_SHARE_OF_TOMBSTONE_RETENTION = 0.5
-RETENTION_ASK_TIMEOUT_S = 10.0
+READ_BY_SHARE_OF_TOMBSTONE_RETENTION = 0.75
+# A DB whose time is later than now by more than this (a clock stepped back, a disk from a host
+# whose clock ran fast) is of unknown age.
+FUTURE_STAMP_TOLERANCE_MS = 5 * 60_000
+# The changelog's `delete.retention.ms` is asked at most once in this long (a rebalance restores
+# several partitions; the restores run under the shell's lock), and waited for at most this long.
+RETENTION_KNOWN_FOR_MS = 5 * 60_000
+RETENTION_ASK_TIMEOUT_S = 5.0
 
 Change = tuple[bytes, bytes | None]
 
@@ -309,6 +318,7 @@ class PartitionStore:
         self.progress = RestoreProgress()
         self.counts = {"restored_messages": 0, "dropped_half_batch_messages": 0, "commits": 0, "stale_rebuilds": 0}
         self.clock: Callable[[], float] = time.time  # wall time: the local DBs' `current_at_ms`
+        self._retention: tuple[int, int | None] | None = None  # (asked at, ms), `_tombstone_retention_ms`
 
     # -- the StateStore protocol -------------------------------------------------------------
 
@@ -348,11 +358,18 @@ class PartitionStore:
 
     async def is_current(self, partition: int) -> bool:
         """Whether the local state of a partition kept through a rebalance is still the whole
-        changelog (nobody else wrote to it meanwhile)."""
+        changelog (nobody else wrote to it meanwhile). If so, its time moves to now (a quiet
+        partition's DB is as current as a busy one's)."""
         local = self.locals.get(partition)
         if local is None or partition not in self.current:
             return False
-        return await self.changelog.end_offset(partition) == local.position()[0] + 1
+        asked_at_ms = self._now_ms()
+        end = await self.changelog.end_offset(partition)
+        applied, seq = local.position()
+        if end != applied + 1:
+            return False
+        local.apply((), applied, seq, asked_at_ms)
+        return True
 
     def release(self, partition: int) -> None:
         """A partition no longer assigned here: its next assignment reads the changelog tail."""
@@ -376,19 +393,21 @@ class PartitionStore:
             log.warning("partition %d: local state ahead of the changelog (%d > %d); rebuilt", partition, applied, end)
             local = self._wipe(partition)
             applied, seq = -1, 0
-        elif applied >= 0 and applied + 1 < end and await self._may_miss_deletions(partition, local, asked_at_ms):
-            local = self._wipe(partition)
-            applied, seq = -1, 0
+        read_by_ms: int | None = None  # a tail read after this may have missed deletions
+        if applied >= 0 and applied + 1 < end:
+            read_by_ms = await self._tail_read_by(partition, local, asked_at_ms)
+            if read_by_ms is None:
+                local = self._wipe(partition)
+                applied, seq = -1, 0
         buffer = RestoreBuffer(partition)
         buffer.max_seq = seq
         self.progress = RestoreProgress(partition, end - applied - 1)
         read = 0
         changes: dict[bytes, bytes | None] = {}
-        # A restore from the changelog's start saw every value it holds before compaction could
-        # drop the deletion that follows it (the cleaner drops a key's older values in the pass
-        # that starts its tombstone's `delete.retention.ms`), so a DB killed part way is stamped
-        # as of now too; a DB read from its tail keeps its own time until it has read to `end`.
-        part_way_at_ms = asked_at_ms if applied < 0 else None
+        # Applied part way, a DB keeps its time (none, read from the start): it is the whole
+        # changelog only once read to `end`. A restore killed part way from the start begins
+        # again from the start (a deletion after the part read may start its retention before
+        # the value it deletes leaves the log: the cleaner's clock is read once a pass).
         async for msg in self.changelog.read(partition, applied + 1, end):
             read += 1
             self.progress.remaining = end - msg.offset - 1
@@ -396,8 +415,17 @@ class PartitionStore:
             if got is not None:
                 changes.update(got)  # dicts keep the first insertion's place; values are the last
                 if len(changes) >= 10_000:
-                    local.apply(changes.items(), msg.offset, buffer.max_seq, part_way_at_ms)
+                    local.apply(changes.items(), msg.offset, buffer.max_seq)
                     changes = {}
+        if read_by_ms is not None and self._now_ms() >= read_by_ms:
+            # The tail took so long that deletions in it may have gone meanwhile: from the start.
+            self.counts["stale_rebuilds"] += 1
+            log.warning("partition %d: the changelog tail took too long to read; rebuilt from the changelog", partition)
+            self._wipe(partition)
+            self.progress = RestoreProgress()
+            self.counts["restored_messages"] += read
+            await self.restore(partition)
+            return
         committed = local.position()[0] if buffer.committed_offset is None else buffer.committed_offset
         # With max_seq, the next batch is numbered past a half batch read here.
         local.apply(changes.items(), committed, buffer.max_seq, asked_at_ms)
@@ -418,28 +446,48 @@ class PartitionStore:
         if read:
             log.info("partition %d: %d changelog message(s) read from offset %d", partition, read, applied + 1)
 
-    async def _may_miss_deletions(self, partition: int, local: LocalPartition, now_ms: int) -> bool:
-        """Whether others' writes after the local DB's offset may have lost deletions to
-        compaction: the DB was last the whole changelog at least half the topic's
-        `delete.retention.ms` ago, or one of the two cannot be told."""
+    async def _tail_read_by(self, partition: int, local: LocalPartition, now_ms: int) -> int | None:
+        """The wall time (ms) by which the local DB's changelog tail must have been read, or None
+        if the DB is to be rebuilt: it was last the whole changelog at least half the topic's
+        `delete.retention.ms` ago (others' deletions after it may be gone), or either is unknown."""
         since = local.current_at_ms()
+        retention = None if since is None else await self._tombstone_retention_ms(now_ms)
+        if since is not None and since > now_ms + FUTURE_STAMP_TOLERANCE_MS:
+            why = f"in the future ({(since - now_ms) / 60_000:.0f} min ahead of this host's clock)"
+        elif since is None:
+            why = "at an unknown time"
+        elif retention is None:
+            why = f"{(now_ms - since) / 3_600_000:.1f} h ago, the changelog's delete.retention.ms unknown"
+        elif now_ms - since >= retention * SAFE_SHARE_OF_TOMBSTONE_RETENTION:
+            why = (
+                f"{(now_ms - since) / 3_600_000:.1f} h ago, the changelog keeps deletions {retention / 3_600_000:.1f} h"
+            )
+        else:
+            return since + int(retention * READ_BY_SHARE_OF_TOMBSTONE_RETENTION)
+        self.counts["stale_rebuilds"] += 1
+        log.warning("partition %d: local state last whole %s: rebuilt from the changelog", partition, why)
+        return None
+
+    async def _tombstone_retention_ms(self, now_ms: int) -> int | None:
+        """The changelog's `delete.retention.ms`, asked at most once in `RETENTION_KNOWN_FOR_MS`;
+        if the broker does not say, the last value it said (None: never)."""
+        known = self._retention
+        if known is not None and 0 <= now_ms - known[0] < RETENTION_KNOWN_FOR_MS:
+            return known[1]
+        last = None if known is None else known[1]
         try:
             async with asyncio.timeout(RETENTION_ASK_TIMEOUT_S):
-                retention = await self.changelog.tombstone_retention_ms()
-        except Exception as exc:  # noqa: BLE001 - unknown: rebuilding is exact, only slower
-            log.warning("partition %d: the changelog's delete.retention.ms unknown (%s)", partition, type(exc).__name__)
-            retention = None
-        safe_ms = None if retention is None else retention * SAFE_SHARE_OF_TOMBSTONE_RETENTION
-        if since is not None and safe_ms is not None and now_ms - since < safe_ms:
-            return False
-        self.counts["stale_rebuilds"] += 1
-        log.warning(
-            "partition %d: local state last whole %s, the changelog keeps deletions %s: rebuilt from the changelog",
-            partition,
-            "at an unknown time" if since is None else f"{(now_ms - since) / 3_600_000:.1f} h ago",
-            "for an unknown time" if retention is None else f"{retention / 3_600_000:.1f} h",
-        )
-        return True
+                value = await self.changelog.tombstone_retention_ms()
+        except Exception as exc:  # noqa: BLE001 - then the last known, else unknown (a rebuild: exact, slower)
+            log.warning(
+                "the changelog's delete.retention.ms not answered (%s: %s); %s",
+                type(exc).__name__,
+                exc,
+                "unknown: a local state with a tail is rebuilt" if last is None else f"{last} ms, as last answered",
+            )
+            value = last
+        self._retention = (now_ms, value)
+        return value
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -458,9 +506,12 @@ class PartitionStore:
     def _wipe(self, partition: int) -> LocalPartition:
         local = self.locals.pop(partition)
         local.close()
-        if self.local_dir is not None:
-            shutil.rmtree(self.local_dir / f"p{partition}", ignore_errors=True)
-        return self._local(partition)
+        if self.local_dir is not None and (self.local_dir / f"p{partition}").exists():
+            shutil.rmtree(self.local_dir / f"p{partition}")  # a failure raises: never rebuild over old keys
+        fresh = self._local(partition)
+        if fresh.position() != (-1, 0) or next(fresh.items(), None) is not None:
+            raise RuntimeError(f"partition {partition}: the local state was not emptied for its rebuild")
+        return fresh
 
 
 DELETE_RETENTION = "delete.retention.ms"
@@ -468,16 +519,23 @@ DELETE_RETENTION = "delete.retention.ms"
 
 def config_value_ms(response: Mapping[str, Any], topic: str, name: str) -> int | None:
     """A topic's config value (ms) from a DescribeConfigs response as aiokafka's `to_object`
-    gives it; None if the topic or the value is missing or not a number.
+    gives it; None if the topic or the value is missing or not a number; LookupError if the
+    broker answered with an error for the topic (29: not authorized, DescribeConfigs denied).
 
     >>> r = {"resources": [{"error_code": 0, "resource_name": "t", "config_entries": [
     ...     {"config_names": "delete.retention.ms", "config_value": "86400000"}]}]}
     >>> config_value_ms(r, "t", "delete.retention.ms"), config_value_ms(r, "u", "delete.retention.ms")
     (86400000, None)
+    >>> config_value_ms({"resources": [{"error_code": 29, "resource_name": "t"}]}, "t", "x")
+    Traceback (most recent call last):
+    ...
+    LookupError: DescribeConfigs of topic t: error code 29
     """
     for resource in response.get("resources", ()):
-        if resource.get("resource_name") != topic or resource.get("error_code"):
+        if resource.get("resource_name") != topic:
             continue
+        if resource.get("error_code"):
+            raise LookupError(f"DescribeConfigs of topic {topic}: error code {resource['error_code']}")
         for entry in resource.get("config_entries", ()):
             # aiokafka names the entry's name field `config_names`; Kafka's schema `name`.
             if (entry.get("config_names") or entry.get("name")) == name:
@@ -579,8 +637,8 @@ class KafkaChangelog:
         from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
         admin = AIOKafkaAdminClient(**self.client_config, client_id=f"{self.client_id}-admin")
-        await admin.start()
         try:
+            await admin.start()
             asked = ConfigResource(ConfigResourceType.TOPIC, self.topic, {DELETE_RETENTION: None})
             responses = await admin.describe_configs([asked])
         finally:
