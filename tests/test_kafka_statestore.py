@@ -1,6 +1,8 @@
 """Kafka tier: the worker's own state store on the real broker. A half batch written to the
 changelog by hand (what a SIGKILL between the messages of one batch leaves) is not restored, by
-the store alone or by a worker whose disk was wiped, which then decides exactly what replay does."""
+the store alone or by a worker whose disk was wiped, which then decides exactly what replay does.
+A local table whose changelog tail lost a deletion to the broker's log cleaner is rebuilt, by
+the store alone and by a worker back on its old disk, which then makes no wrong refund."""
 
 from __future__ import annotations
 
