@@ -611,6 +611,37 @@ os._exit(9)  # killed: no close, no flush
     back.close()
 
 
+def test_a_local_db_flushed_in_the_background_comes_back_near_its_last_batch_after_a_kill(tmp_path: Path) -> None:
+    """A RocksDB flush asked every `FLUSH_EVERY_S` (here every write): a killed process's DB
+    comes back at its last batch, with that batch's time, not at its last memtable flush."""
+    script = f"""
+import asyncio, os, pickle, sys, time
+sys.path[:0] = {sys.path!r}
+from tests.test_statestore import MemoryChangelog, write
+from stream.worker.statestore import PartitionStore, RocksPartition
+RocksPartition.FLUSH_EVERY_S = 0.0
+changelog = MemoryChangelog()
+store = PartitionStore(changelog, __import__("pathlib").Path({str(tmp_path / "db")!r}))
+store.clock = lambda: 1_800_000_000.0
+asyncio.run(store.restore({P}))
+for i in range(30):
+    write(store, {{b"{P}/r/%d" % (i % 7): b"v%d" % i, b"{P}/m": b"m%d" % i}})
+time.sleep(1)  # the last background flush
+with open({str(tmp_path / "changelog.pickle")!r}, "wb") as f:
+    pickle.dump((changelog.log, changelog.next_offset), f)
+os._exit(9)  # killed: no close
+"""
+    assert subprocess.run([sys.executable, "-c", script], check=False).returncode == 9
+    changelog = MemoryChangelog()
+    with open(tmp_path / "changelog.pickle", "rb") as f:
+        changelog.log, changelog.next_offset = pickle.load(f)
+    local = RocksPartition(tmp_path / "db" / f"p{P}")
+    assert local.position() == (changelog.next_offset[P] - 1, 30)
+    assert local.current_at_ms() == 1_800_000_000_000
+    assert dict(local.items()) == restored(changelog)
+    local.close()
+
+
 def _cut(changelog: MemoryChangelog, end: int) -> MemoryChangelog:
     cut = MemoryChangelog()
     cut.log = {p: [m for m in msgs if m.offset < end] for p, msgs in changelog.log.items()}
