@@ -60,6 +60,7 @@ class Settings:
     web_host: str = "127.0.0.1"
     session_timeout_s: float = 30.0
     recovery_stall_s: float = 60.0  # recovery.RECOVERY_STALL_S
+    state_flush_s: float = 600.0  # statestore.RocksPartition
     feed_stall_s: float = 120.0  # recovery.FEED_STALL_S
     stop_timeout_s: float = 90.0  # stopdeadline.StopDeadline
     log_level: str = "info"
@@ -240,6 +241,11 @@ DOCS: dict[str, tuple[str, str]] = {
         "QRIS_RECOVERY_STALL_S",
         "seconds a state restore may go without reading a changelog record before the worker restarts itself",
     ),
+    "state_flush_s": (
+        "QRIS_STATE_FLUSH_S",
+        "seconds between background flushes of a partition's local RocksDB (written without its log): a killed "
+        "worker's local state comes back at most about this far behind, and its restore reads the changelog from there",
+    ),
     "feed_stall_s": (
         "QRIS_FEED_STALL_S",
         "seconds an input or signals partition may have records on the broker (its end offset, asked then) "
@@ -378,6 +384,7 @@ def _problems(s: Settings) -> list[str]:
         "recovery_stall_s",
         "feed_stall_s",
         "stop_timeout_s",
+        "state_flush_s",
     ):
         value = getattr(s, name)
         if not 0 < value < math.inf:

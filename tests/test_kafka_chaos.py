@@ -64,13 +64,17 @@ class ChaosResult:
     conflicting: list[str] = field(default_factory=list)
     gap_fills: int = 0  # batches in which Faust left offsets out, over all incarnations
     gap_records_fetched: int = 0  # records read from the broker for them
+    tail_restores: int = 0  # partitions restored from a local DB and the changelog after it
+    start_restores: int = 0  # partitions restored from the changelog's start
 
     def line(self) -> str:
         return (
             f"chaos {self.case}: {self.records} records, {self.kills} kills, {self.restarts} restarts, "
             f"{self.expected} decisions ({self.delivered} deliveries); "
             f"{len(self.missed)} missed, {len(self.extra)} extra, {len(self.conflicting)} conflicting duplicates; "
-            f"gaps in delivered batches: {self.gap_fills}, {self.gap_records_fetched} records read from the broker"
+            f"gaps in delivered batches: {self.gap_fills}, {self.gap_records_fetched} records read from the broker; "
+            f"restores from a local DB and its changelog tail: {self.tail_restores}, "
+            f"from the changelog's start: {self.start_restores}"
         )
 
 
@@ -127,15 +131,19 @@ def consuming(worker: Worker) -> int:
 
 def run_chaos(tmp_path: Path, case: str, wipe: bool, seed: int, group_size: int = 1) -> ChaosResult:
     """`group_size` workers in one group; at each kill a seeded random one of them is killed and
-    another takes its place (with `wipe`, in a fresh data directory: a new pod)."""
+    another takes its place (with `wipe`, in a fresh data directory: a new pod; without, on the
+    killed one's, its local DBs flushed every second so that its restore reads a changelog tail)."""
     bootstrap = require_broker()
     topics: Topics = fresh_topics()
     topics.create(bootstrap)
     records = simulated(topics, "mixed", seed=seed % 1000, minutes=None, payments=PAYMENTS, rate_per_min=120)
     result = ChaosResult(case, len(records))
     rng = random.Random(seed)
-    first = Worker(topics, tmp_path / case / "w0")
-    live = [first] + [Worker(topics, tmp_path / case / f"w{i}", app_id=first.app_id) for i in range(1, group_size)]
+    env = {} if wipe else {"QRIS_STATE_FLUSH_S": "1"}
+    first = Worker(topics, tmp_path / case / "w0", extra_env=env)
+    live = [first] + [
+        Worker(topics, tmp_path / case / f"w{i}", extra_env=env, app_id=first.app_id) for i in range(1, group_size)
+    ]
     workers = list(live)
     producer = threading.Thread(target=paced_produce, args=(bootstrap, records, PRODUCE_S), daemon=True)
     for w in live:
@@ -163,7 +171,7 @@ def run_chaos(tmp_path: Path, case: str, wipe: bool, seed: int, group_size: int 
                         shutil.rmtree(entry)
                     elif entry.suffix != ".log":
                         entry.unlink()
-            worker = Worker(topics, victim.data_dir, app_id=first.app_id)
+            worker = Worker(topics, victim.data_dir, extra_env=env, app_id=first.app_id)
             live.append(worker)
             workers.append(worker)
             worker.start(bootstrap)
@@ -220,9 +228,15 @@ def judge(
     result.expected = len(want_all)
     result.delivered = len(got)
     for w in workers:
-        for n in re.findall(r"gap\(s\)\): (\d+) read from the broker", w.log_tail(10**6)):
+        text = w.log_tail(10**6)
+        for n in re.findall(r"gap\(s\)\): (\d+) read from the broker", text):
             result.gap_fills += 1
             result.gap_records_fetched += int(n)
+        for start in re.findall(r"changelog message\(s\) read from offset (\d+)", text):
+            if int(start) > 0:
+                result.tail_restores += 1
+            else:
+                result.start_restores += 1
     seen = {orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for _t, _k, v in got}
     result.missed = sorted(want_all - seen)
     result.extra = sorted(seen - want_all)
@@ -392,6 +406,8 @@ def test_killed_workers_decide_exactly_what_replay_decides(
     result = run_chaos(tmp_path, case, wipe, SEED + seed, group_size)
     RESULTS.append(result)
     assert result.kills == KILLS and result.restarts == KILLS
+    if not wipe:  # the local DBs kept: restores read a tail after them, not the whole changelog
+        assert result.tail_restores > 0, result.line()
     kinds = Counter(orjson.loads(raw).get("reason") for raw in result.missed + result.extra)
     assert not result.missed and not result.extra and not result.conflicting, (
         f"{result.line()}\nmissed {brief(result.missed)}\nextra {brief(result.extra)}\n"

@@ -612,16 +612,15 @@ os._exit(9)  # killed: no close, no flush
 
 
 def test_a_local_db_flushed_in_the_background_comes_back_near_its_last_batch_after_a_kill(tmp_path: Path) -> None:
-    """A RocksDB flush asked every `FLUSH_EVERY_S` (here every write): a killed process's DB
+    """A RocksDB flush asked every `flush_every_s` (here every write): a killed process's DB
     comes back at its last batch, with that batch's time, not at its last memtable flush."""
     script = f"""
 import asyncio, os, pickle, sys, time
 sys.path[:0] = {sys.path!r}
 from tests.test_statestore import MemoryChangelog, write
-from stream.worker.statestore import PartitionStore, RocksPartition
-RocksPartition.FLUSH_EVERY_S = 0.0
+from stream.worker.statestore import PartitionStore
 changelog = MemoryChangelog()
-store = PartitionStore(changelog, __import__("pathlib").Path({str(tmp_path / "db")!r}))
+store = PartitionStore(changelog, __import__("pathlib").Path({str(tmp_path / "db")!r}), flush_every_s=0.0)
 store.clock = lambda: 1_800_000_000.0
 asyncio.run(store.restore({P}))
 for i in range(30):

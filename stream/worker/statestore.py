@@ -203,14 +203,15 @@ class RocksPartition:
     and batch number are kept in memory too (`position` is asked at every commit), and `get` (a
     restore's half-batch keys) flushes the memtable first if it has writes.
 
-    Every `FLUSH_EVERY_S` a write also asks RocksDB to flush in the background (0.1 ms here; the
-    flush runs on RocksDB's thread), so a killed process's DB is at most about that far behind,
-    with its time (`current_at_ms`): a quiet partition's memtable would otherwise keep its
-    writes for days, and the restore after a crash would read a long tail, or rebuild."""
+    Every `flush_every_s` (`QRIS_STATE_FLUSH_S`) a write also asks RocksDB to flush in the
+    background (0.1 ms here; the flush runs on RocksDB's thread), so a killed process's DB is at
+    most about that far behind, with its time (`current_at_ms`): a quiet partition's memtable
+    would otherwise keep its writes for days, and the restore after a crash would read a long
+    tail, or rebuild."""
 
-    FLUSH_EVERY_S = 600.0
+    FLUSH_EVERY_S = 600.0  # the default of `flush_every_s`
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, flush_every_s: float | None = None) -> None:
         from rocksdict import Rdict, WriteOptions
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,6 +225,7 @@ class RocksPartition:
         self._current_at = int(current_at) if current_at else None
         self._unflushed = False  # writes in the memtable since the last flush (`get`)
         self._flush_asked_at = time.monotonic()
+        self.flush_every_s = self.FLUSH_EVERY_S if flush_every_s is None else flush_every_s
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.db.items():
@@ -257,7 +259,7 @@ class RocksPartition:
             self._current_at = current_at_ms
         self._unflushed = True
         now = time.monotonic()
-        if now - self._flush_asked_at >= self.FLUSH_EVERY_S:
+        if now - self._flush_asked_at >= self.flush_every_s:
             self.db.flush(False)  # in the background: the next batches go on meanwhile
             self._flush_asked_at = now
 
@@ -321,9 +323,10 @@ class PartitionStore:
     (changelog delivered, then the local DB), `restore` brings a partition up to date before
     its engine is built, `release` lets go of a partition that moved away."""
 
-    def __init__(self, changelog: Changelog, local_dir: Path | None) -> None:
+    def __init__(self, changelog: Changelog, local_dir: Path | None, flush_every_s: float | None = None) -> None:
         self.changelog = changelog
         self.local_dir = local_dir  # None: memory://
+        self.flush_every_s = flush_every_s  # the local DBs' (`RocksPartition`); None: its default
         self.locals: dict[int, LocalPartition] = {}
         self.current: set[int] = set()  # restored and not released since
         self.pending: dict[int, list[Change]] = {}
@@ -511,7 +514,11 @@ class PartitionStore:
     def _local(self, partition: int) -> LocalPartition:
         local = self.locals.get(partition)
         if local is None:
-            local = MemoryPartition() if self.local_dir is None else RocksPartition(self.local_dir / f"p{partition}")
+            local = (
+                MemoryPartition()
+                if self.local_dir is None
+                else RocksPartition(self.local_dir / f"p{partition}", self.flush_every_s)
+            )
             self.locals[partition] = local
         return local
 
