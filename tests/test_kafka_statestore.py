@@ -2,7 +2,8 @@
 changelog by hand (what a SIGKILL between the messages of one batch leaves) is not restored, by
 the store alone or by a worker whose disk was wiped, which then decides exactly what replay does.
 A local table whose changelog tail lost a deletion to the broker's log cleaner is rebuilt, by
-the store alone and by a worker back on its old disk, which then makes no wrong refund."""
+the store alone and by a worker back on its old disk, which then makes no wrong refund; so is a
+table from before its changelog topic was deleted and created again."""
 
 from __future__ import annotations
 
@@ -164,8 +165,9 @@ def test_a_batch_longer_than_one_record_batch_is_committed_whole_at_its_last_off
     expected = {**values, b"0/m": b"m1"}
     del expected[b"0/r/R0001"]
     assert local == expected and restored == expected
-    # 1,501 messages and a marker, then a tombstone and a marker: the DB stands at the last.
-    assert (applied, end, current) == (1503, 1504, True)
+    # 1,501 messages, the changelog partition's identity record and a marker, then a tombstone
+    # and a marker: the DB stands at the last.
+    assert (applied, end, current) == (1504, 1505, True)
 
 
 def test_a_local_table_the_broker_compacted_deletions_away_from_is_rebuilt(tmp_path: Path) -> None:
@@ -222,6 +224,70 @@ def test_a_local_table_the_broker_compacted_deletions_away_from_is_rebuilt(tmp_p
     retention, waited, state, rebuilds = asyncio.run(scenario())
     assert retention == 0, "the store reads the changelog's delete.retention.ms from the broker"
     assert b"0/r/A" not in state and state[b"0/r/B"] == b"open", (waited, state)
+    assert rebuilds == 1
+
+
+def test_a_local_table_from_before_the_changelog_topic_was_recreated_is_rebuilt(tmp_path: Path) -> None:
+    # A reset: the changelog topic is deleted and created again while a worker's disk keeps a
+    # table, and another worker writes the new topic past the table's offset before the
+    # partition comes back to the first: the new topic's tail must not be laid over the old table.
+    bootstrap = require_broker()
+    settings = Settings(bootstrap=bootstrap, app_id=fresh_prefix("qris-test-", 8))
+    topic = changelog_topic_name(settings.app_id)
+    ensure_state_changelog(settings, 1)
+    config = aiokafka_config(Settings(bootstrap=bootstrap))
+
+    def recreate() -> None:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            admin.delete_topics([topic])
+            started = time.monotonic()
+            while True:  # deleted, then created again once the broker lets it
+                assert time.monotonic() - started < 60, "the changelog topic was not recreated"
+                if topic not in set(admin.list_topics()):
+                    try:
+                        ensure_state_changelog(settings, 1)
+                        return
+                    except Exception:  # noqa: BLE001 - still being deleted: try again
+                        pass
+                time.sleep(0.5)
+        finally:
+            admin.close()
+
+    async def scenario() -> tuple[int, int, dict[bytes, bytes], dict[bytes, bytes], int]:
+        first = PartitionStore(KafkaChangelog(config, topic), tmp_path / "a")
+        await first.restore(0)
+        first.put(0, b"0/r/OLD", b"waiting")
+        first.put(0, b"0/m", b"old")
+        await first.commit()
+        old_offset = first.locals[0].position()[0]
+        first.close()
+        await first.changelog.close()  # type: ignore[attr-defined]
+        await asyncio.to_thread(recreate)
+        other = PartitionStore(KafkaChangelog(config, topic), None)
+        await other.restore(0)
+        for i in range(4):
+            other.put(0, b"0/r/NEW%d" % i, b"n")
+            other.put(0, b"0/m", b"new%d" % i)
+            await other.commit()
+        end = await other.changelog.end_offset(0)
+        other.close()
+        await other.changelog.close()  # type: ignore[attr-defined]
+        back = PartitionStore(KafkaChangelog(config, topic), tmp_path / "a")
+        await back.restore(0)
+        state, rebuilds = dict(back.load(0)), back.counts["stale_rebuilds"]
+        back.close()
+        await back.changelog.close()  # type: ignore[attr-defined]
+        fresh = PartitionStore(KafkaChangelog(config, topic), None)
+        await fresh.restore(0)
+        want = dict(fresh.load(0))
+        fresh.close()
+        await fresh.changelog.close()  # type: ignore[attr-defined]
+        return old_offset, end, state, want, rebuilds
+
+    old_offset, end, state, want, rebuilds = asyncio.run(scenario())
+    assert end > old_offset + 1, "the new topic grew past the old table's offset"
+    assert state == want == {**{b"0/r/NEW%d" % i: b"n" for i in range(4)}, b"0/m": b"new3"}
     assert rebuilds == 1
 
 

@@ -19,6 +19,7 @@ from stream.worker.statestore import (
     APPLIED_OFFSET_KEY,
     BATCH_SEQ_KEY,
     CURRENT_AT_KEY,
+    IDENTITY_OFFSET_KEY,
     ChangelogBatch,
     ChangelogMessage,
     MemoryPartition,
@@ -26,6 +27,7 @@ from stream.worker.statestore import (
     RestoreBuffer,
     RocksPartition,
     commit_key,
+    identity_key,
 )
 
 P = 2
@@ -88,6 +90,11 @@ def restored(changelog: MemoryChangelog, local_dir: Path | None = None, partitio
         return dict(store.load(partition))
     finally:
         store.close()
+
+
+def state_of(local: RocksPartition) -> dict[bytes, bytes]:
+    """A local DB's state as `PartitionStore.load` gives it (without the identity record)."""
+    return {k: v for k, v in local.items() if k != identity_key(P)}
 
 
 def write(store: PartitionStore, changes: dict[bytes, bytes | None], partition: int = P) -> None:
@@ -237,7 +244,9 @@ def test_a_local_table_younger_than_half_the_tombstones_life_reads_only_the_tail
     changelog.read_messages = 0
     run(back.restore(P))
     assert back.counts["stale_rebuilds"] == 0
-    assert changelog.read_messages == 3  # A's tombstone, D and the marker, not the whole partition
+    # The identity record (`_same_changelog`), then A's tombstone, D and the marker: not the
+    # whole partition.
+    assert changelog.read_messages == 4
     assert dict(back.load(P)) == {b"2/r/B": b"b1", b"2/r/C": b"c1", b"2/r/D": b"d1"}
     back.close()
 
@@ -296,7 +305,7 @@ def test_a_tail_read_past_its_time_is_rebuilt_and_a_tail_restore_killed_part_way
     class Dies(MemoryChangelog):
         async def read(self, partition: int, start: int, end: int) -> AsyncIterator[ChangelogMessage]:
             async for msg in changelog.read(partition, start, end):
-                if msg.offset > 10_002:  # past the other worker's first marker
+                if msg.offset > 10_003:  # past the other worker's first marker
                     raise ConnectionError("killed")
                 yield msg
 
@@ -312,7 +321,7 @@ def test_a_tail_read_past_its_time_is_rebuilt_and_a_tail_restore_killed_part_way
     dying.clock = lambda: now[0]
     with contextlib.suppress(ConnectionError):
         run(dying.restore(P))
-    assert dying.counts["stale_rebuilds"] == 0 and dying.locals[P].position()[0] == 10_002
+    assert dying.counts["stale_rebuilds"] == 0 and dying.locals[P].position()[0] == 10_003
     dying.close()
     # ... and 2 hours after that the DB is 13 hours old, not 2: rebuilt.
     now[0] += 2 * 3600
@@ -469,7 +478,7 @@ def test_a_restore_from_the_start_killed_part_way_starts_again_from_the_start(tm
     class Dies(MemoryChangelog):
         async def read(self, partition: int, start: int, end: int) -> AsyncIterator[ChangelogMessage]:
             async for msg in changelog.read(partition, start, end):
-                if msg.offset > 10_000:  # past the first batch's marker
+                if msg.offset > 10_001:  # past the first batch's marker (after its identity record)
                     raise ConnectionError("killed")
                 yield msg
 
@@ -485,8 +494,10 @@ def test_a_restore_from_the_start_killed_part_way_starts_again_from_the_start(tm
     back.clock = lambda: 1_800_000_000.0 + 60
     changelog.read_messages = 0
     run(back.restore(P))
-    # The DB killed part way has no time: read again from the start.
-    assert changelog.read_messages == end and back.counts["stale_rebuilds"] == 1
+    # The DB killed part way has no time: read again from the start (after its identity record,
+    # which it has: the first batch was applied).
+    assert back.locals[P].identity_offset() == 10_000
+    assert changelog.read_messages == 1 + end and back.counts["stale_rebuilds"] == 1
     assert b"2/r/0" not in dict(back.load(P)) and dict(back.load(P))[b"2/r/X"] == b"x"
     back.close()
 
@@ -516,7 +527,8 @@ def test_a_batch_of_several_partitions_is_committed_per_partition() -> None:
     run(store.commit())
     assert restored(changelog, partition=0) == {b"0/r/A": b"x"}
     assert restored(changelog, partition=1) == {b"1/r/B": b"y"}
-    assert [m.commit for m in changelog.log[0]] == [False, True]
+    # The change, the changelog partition's identity record (its first batch), the marker.
+    assert [(m.key, m.commit) for m in changelog.log[0]] == [(b"0/r/A", False), (b"0/e", False), (b"0/c", True)]
 
 
 def test_local_partitions_apply_a_batch_and_its_position_together(tmp_path: Path) -> None:
@@ -600,14 +612,15 @@ os._exit(9)  # killed: no close, no flush
     local = RocksPartition(tmp_path / "db" / f"p{P}")
     offset, seq = local.position()
     assert seq == 12 and changelog.log[P][offset].commit and changelog.log[P][offset].seq == 12
-    assert dict(local.items()) == restored(_cut(changelog, offset + 1))  # batch 12 whole, none after
+    assert state_of(local) == restored(_cut(changelog, offset + 1))  # batch 12 whole, none after
     local.close()
     want = restored(changelog)
     back = PartitionStore(changelog, tmp_path / "db")
     changelog.read_messages = 0
     run(back.restore(P))
     assert dict(back.load(P)) == want and want
-    assert changelog.read_messages == changelog.next_offset[P] - offset - 1  # the tail after it
+    # The identity record, then the tail after the DB's offset.
+    assert changelog.read_messages == 1 + changelog.next_offset[P] - offset - 1
     back.close()
 
 
@@ -637,7 +650,7 @@ os._exit(9)  # killed: no close
     local = RocksPartition(tmp_path / "db" / f"p{P}")
     assert local.position() == (changelog.next_offset[P] - 1, 30)
     assert local.current_at_ms() == 1_800_000_000_000
-    assert dict(local.items()) == restored(changelog)
+    assert state_of(local) == restored(changelog)
     local.close()
 
 
@@ -743,3 +756,84 @@ def test_a_rebalance_keeps_the_engines_of_partitions_that_stayed_unless_their_ch
 
 def run_value(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+def test_a_changelog_recreated_and_grown_past_a_local_tables_offset_is_not_read_as_its_tail(tmp_path: Path) -> None:
+    # A worker's disk keeps partition P's table at some offset; the changelog topic is deleted and
+    # created again (a reset), and another worker writes it past that offset. Read from there,
+    # the new topic's tail would be laid over the old table: A and B would come back.
+    old = MemoryChangelog()
+    first = PartitionStore(old, tmp_path / "w1")
+    run(first.restore(P))
+    write(first, {b"2/r/A": b"a1", b"2/r/B": b"b1", b"2/m": b"m1"})
+    first.close()
+    recreated = MemoryChangelog()
+    other = PartitionStore(recreated, None)
+    run(other.restore(P))
+    for i in range(5):
+        write(other, {b"2/r/N%d" % i: b"n", b"2/m": b"m%d" % i})
+    other.close()
+    assert first.locals == {} and recreated.next_offset[P] > 4  # past the old table's offset (3)
+    back = PartitionStore(recreated, tmp_path / "w1")
+    run(back.restore(P))
+    assert dict(back.load(P)) == restored(recreated) == {**{b"2/r/N%d" % i: b"n" for i in range(5)}, b"2/m": b"m4"}
+    assert back.counts["stale_rebuilds"] == 1
+    back.close()
+
+
+def test_the_identity_record_is_written_once_survives_compaction_and_a_db_without_it_is_rebuilt(
+    tmp_path: Path,
+) -> None:
+    changelog = MemoryChangelog()
+    first = PartitionStore(changelog, tmp_path / "w1")
+    first.clock = lambda: START_S
+    run(first.restore(P))
+    for i in range(3):
+        write(first, {b"2/r/A": b"a%d" % i})
+    first.close()
+    other = PartitionStore(changelog, None)
+    run(other.restore(P))
+    write(other, {b"2/r/B": b"b"})
+    other.close()
+    # One identity record, in the first batch (the other worker found it and wrote none).
+    assert [m.offset for m in changelog.log[P] if m.key == identity_key(P)] == [1]
+    changelog.compact(P, tombstones_expired=True)
+    assert [m.offset for m in changelog.log[P] if m.key == identity_key(P)] == [1]
+    # After compaction the table is still this changelog's: only its tail is read.
+    back = PartitionStore(changelog, tmp_path / "w1")
+    back.clock = lambda: START_S
+    changelog.read_messages = 0
+    run(back.restore(P))
+    assert back.counts["stale_rebuilds"] == 0 and changelog.read_messages == 1 + 2  # identity, B, marker
+    assert dict(back.load(P)) == {b"2/r/A": b"a2", b"2/r/B": b"b"}
+    back.close()
+    # A DB that does not know where the identity record is (an older version's) with a tail: rebuilt.
+    local = RocksPartition(tmp_path / "w1" / f"p{P}")
+    local.db.delete(IDENTITY_OFFSET_KEY)
+    local.close()
+    write_other = PartitionStore(changelog, None)
+    run(write_other.restore(P))
+    write(write_other, {b"2/r/C": b"c"})
+    write_other.close()
+    again = PartitionStore(changelog, tmp_path / "w1")
+    again.clock = lambda: START_S
+    run(again.restore(P))
+    assert again.counts["stale_rebuilds"] == 1 and dict(again.load(P)) == restored(changelog)
+    assert again.locals[P].identity_offset() == 1  # the rebuild found it
+    again.close()
+
+
+def test_an_identity_record_cut_off_in_a_half_batch_is_written_again_with_the_next_batch() -> None:
+    changelog = MemoryChangelog()
+    # A crash between the messages of the first batch: its change and identity record, no marker.
+    changelog.append(P, b"2/r/A", b"a", 1, False)
+    changelog.append(P, identity_key(P), b"lost", 1, False)
+    store = PartitionStore(changelog, None)
+    run(store.restore(P))
+    assert P in store.identity_needed
+    write(store, {b"2/r/B": b"b"})
+    ids = [m for m in changelog.log[P] if m.key == identity_key(P)]
+    # The half batch's record rewritten as a deletion (its key had no committed value), then a new one.
+    assert [m.value for m in ids[:2]] == [b"lost", None] and ids[2].value not in (None, b"lost")
+    assert store.locals[P].identity_offset() == ids[2].offset and P not in store.identity_needed
+    assert restored(changelog) == {b"2/r/B": b"b"}

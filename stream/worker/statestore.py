@@ -21,6 +21,13 @@ it missed and bring dropped references back. The local DB therefore keeps the wa
 it was last the whole changelog; a restore that finds writes after it (another worker's, or its
 own lost from the memtable in a crash) and that time older than half the topic's
 `delete.retention.ms`, or not known, rebuilds the partition from the changelog's start.
+
+A changelog topic deleted and created again (a reset) may grow past a local DB's offset, and the
+tail read from there would be another topic's. Each changelog partition therefore holds one
+identity record (key `<p>/e`, a random value, written with the first batch after a restore that
+found none, and never rewritten, so compaction keeps it where it was), and a local DB keeps its
+offset: a restore with a tail first reads the record there, and rebuilds the partition if it is
+not the DB's (or the DB does not know one).
 Imports no faust (the changelog's Kafka client is aiokafka's public API).
 """
 
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -43,6 +51,7 @@ COMMIT_HEADER = "qris.commit"
 APPLIED_OFFSET_KEY = b"\x00changelog-offset"
 BATCH_SEQ_KEY = b"\x00batch-seq"
 CURRENT_AT_KEY = b"\x00current-at-ms"
+IDENTITY_OFFSET_KEY = b"\x00identity-offset"  # the changelog offset of the `identity_key` record
 # A tombstone written after a DB was last whole is kept at least `delete.retention.ms` after
 # that. A DB is read from its tail only if it was whole less than this share of that ago, and the
 # tail is read to its end before this share: the rest is room for clocks that differ between
@@ -75,6 +84,20 @@ def commit_key(partition: int) -> bytes:
     b'3/c'
     """
     return b"%d/c" % partition
+
+
+def identity_key(partition: int) -> bytes:
+    """The changelog key of partition p's identity record (a random value, written once).
+
+    >>> identity_key(3)
+    b'3/e'
+    """
+    return b"%d/e" % partition
+
+
+def new_identity(now_ms: int) -> bytes:
+    """A changelog partition's identity record's value: random, with when it was made."""
+    return b"%s %d" % (os.urandom(16).hex().encode(), now_ms)
 
 
 def changelog_topic_name(app_id: str) -> str:
@@ -124,9 +147,17 @@ class LocalPartition(Protocol):
 
     def get(self, key: bytes) -> bytes | None: ...
 
-    def apply(self, changes: Iterable[Change], applied_offset: int, seq: int, current_at_ms: int | None = None) -> None:
+    def apply(
+        self,
+        changes: Iterable[Change],
+        applied_offset: int,
+        seq: int,
+        current_at_ms: int | None = None,
+        identity_offset: int | None = None,
+    ) -> None:
         """All of `changes` and the two positions, at once or not at all; with `current_at_ms`
-        also the wall time (ms) at which the DB is then the whole changelog."""
+        also the wall time (ms) at which the DB is then the whole changelog, with
+        `identity_offset` the offset of the changelog's identity record (`identity_key`)."""
         ...
 
     def position(self) -> tuple[int, int]:
@@ -135,6 +166,10 @@ class LocalPartition(Protocol):
 
     def current_at_ms(self) -> int | None:
         """When this DB was last the whole changelog (None: never said, a DB of an older version)."""
+        ...
+
+    def identity_offset(self) -> int | None:
+        """The changelog offset of the identity record this DB holds (None: not known)."""
         ...
 
     def close(self) -> None: ...
@@ -148,6 +183,7 @@ class MemoryPartition:
         self.applied_offset = -1
         self.seq = 0
         self.current_at: int | None = None
+        self.identity_at: int | None = None
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(list(self.data.items()))
@@ -155,7 +191,14 @@ class MemoryPartition:
     def get(self, key: bytes) -> bytes | None:
         return self.data.get(key)
 
-    def apply(self, changes: Iterable[Change], applied_offset: int, seq: int, current_at_ms: int | None = None) -> None:
+    def apply(
+        self,
+        changes: Iterable[Change],
+        applied_offset: int,
+        seq: int,
+        current_at_ms: int | None = None,
+        identity_offset: int | None = None,
+    ) -> None:
         for key, value in changes:
             if value is None:
                 self.data.pop(key, None)
@@ -164,12 +207,17 @@ class MemoryPartition:
         self.applied_offset, self.seq = applied_offset, seq
         if current_at_ms is not None:
             self.current_at = current_at_ms
+        if identity_offset is not None:
+            self.identity_at = identity_offset
 
     def position(self) -> tuple[int, int]:
         return self.applied_offset, self.seq
 
     def current_at_ms(self) -> int | None:
         return self.current_at
+
+    def identity_offset(self) -> int | None:
+        return self.identity_at
 
     def close(self) -> None:
         return None
@@ -223,6 +271,8 @@ class RocksPartition:
         self._position = ((int(offset) if offset else -1), (int(seq) if seq else 0))
         current_at = self.db.get(CURRENT_AT_KEY)
         self._current_at = int(current_at) if current_at else None
+        identity_at = self.db.get(IDENTITY_OFFSET_KEY)
+        self._identity_at = int(identity_at) if identity_at else None
         self._unflushed = False  # writes in the memtable since the last flush (`get`)
         self._flush_asked_at = time.monotonic()
         self.flush_every_s = self.FLUSH_EVERY_S if flush_every_s is None else flush_every_s
@@ -239,7 +289,14 @@ class RocksPartition:
         value = self.db.get(key)
         return value if isinstance(value, bytes) else None
 
-    def apply(self, changes: Iterable[Change], applied_offset: int, seq: int, current_at_ms: int | None = None) -> None:
+    def apply(
+        self,
+        changes: Iterable[Change],
+        applied_offset: int,
+        seq: int,
+        current_at_ms: int | None = None,
+        identity_offset: int | None = None,
+    ) -> None:
         from rocksdict import WriteBatch
 
         wb = WriteBatch(raw_mode=True)
@@ -253,10 +310,14 @@ class RocksPartition:
         wb.put(BATCH_SEQ_KEY, b"%d" % seq)
         if current_at_ms is not None:
             wb.put(CURRENT_AT_KEY, b"%d" % current_at_ms)
+        if identity_offset is not None:
+            wb.put(IDENTITY_OFFSET_KEY, b"%d" % identity_offset)
         self.db.write(wb, self.write_options)
         self._position = (applied_offset, seq)
         if current_at_ms is not None:
             self._current_at = current_at_ms
+        if identity_offset is not None:
+            self._identity_at = identity_offset
         self._unflushed = True
         now = time.monotonic()
         if now - self._flush_asked_at >= self.flush_every_s:
@@ -268,6 +329,9 @@ class RocksPartition:
 
     def current_at_ms(self) -> int | None:
         return self._current_at
+
+    def identity_offset(self) -> int | None:
+        return self._identity_at
 
     def close(self) -> None:
         self.db.close()
@@ -330,6 +394,8 @@ class PartitionStore:
         self.locals: dict[int, LocalPartition] = {}
         self.current: set[int] = set()  # restored and not released since
         self.pending: dict[int, list[Change]] = {}
+        # Restored partitions whose changelog has no identity record: their next batch writes one.
+        self.identity_needed: set[int] = set()
         self.progress = RestoreProgress()
         self.counts = {"restored_messages": 0, "dropped_half_batch_messages": 0, "commits": 0, "stale_rebuilds": 0}
         self.clock: Callable[[], float] = time.time  # wall time: the local DBs' `current_at_ms`
@@ -349,8 +415,10 @@ class PartitionStore:
             queued.extend(changes)
 
     def load(self, partition: int) -> list[tuple[bytes, bytes]]:
+        """The partition's state (its changelog's identity record is the store's own)."""
         local = self.locals.get(partition)
-        return [] if local is None else list(local.items())
+        own = identity_key(partition)
+        return [] if local is None else [(k, v) for k, v in local.items() if k != own]
 
     async def commit(self) -> None:
         """Write this batch's changes of every partition with a commit marker each, wait until
@@ -360,13 +428,19 @@ class PartitionStore:
             await self._write(pending)
 
     async def _write(self, pending: dict[int, list[Change]]) -> None:
-        batches = {p: ChangelogBatch(changes, self._local(p).position()[1] + 1) for p, changes in pending.items()}
         # A partition written here was restored to the changelog's end: with this batch, its DB
         # is the whole changelog as of before the send (nothing written later is in it).
         sent_at_ms = self._now_ms()
+        identified = [p for p in pending if p in self.identity_needed]
+        for p in identified:
+            # The identity record last, just before the commit marker: at the marker's offset - 1.
+            pending[p] = [*pending[p], (identity_key(p), new_identity(sent_at_ms))]
+        batches = {p: ChangelogBatch(changes, self._local(p).position()[1] + 1) for p, changes in pending.items()}
         offsets = await self.changelog.send_batch(batches)
         for p, batch in batches.items():
-            self._local(p).apply(batch.changes, offsets[p], batch.seq, sent_at_ms)
+            at = offsets[p] - 1 if p in identified else None
+            self._local(p).apply(batch.changes, offsets[p], batch.seq, sent_at_ms, at)
+        self.identity_needed.difference_update(identified)
         self.counts["commits"] += len(pending)
 
     # -- partitions --------------------------------------------------------------------------
@@ -389,6 +463,7 @@ class PartitionStore:
     def release(self, partition: int) -> None:
         """A partition no longer assigned here: its next assignment reads the changelog tail."""
         self.current.discard(partition)
+        self.identity_needed.discard(partition)
         self.pending.pop(partition, None)
         local = self.locals.pop(partition, None)
         if local is not None:
@@ -398,6 +473,7 @@ class PartitionStore:
         """Bring partition p's local state up to the end of its changelog partition."""
         if partition in self.current:
             return
+        self.identity_needed.discard(partition)  # (known again at the end)
         local = self._local(partition)
         applied, seq = local.position()
         self.progress = RestoreProgress(partition, UNKNOWN_REMAINING)  # any answer is progress
@@ -410,10 +486,16 @@ class PartitionStore:
             applied, seq = -1, 0
         read_by_ms: int | None = None  # a tail read after this may have missed deletions
         if applied >= 0 and applied + 1 < end:
-            read_by_ms = await self._tail_read_by(partition, local, asked_at_ms)
+            if await self._same_changelog(partition, local):
+                read_by_ms = await self._tail_read_by(partition, local, asked_at_ms)
             if read_by_ms is None:
                 local = self._wipe(partition)
                 applied, seq = -1, 0
+        own = identity_key(partition)
+        identity_before = local.get(own)
+        identity_read: ChangelogMessage | None = None  # an identity record read, not committed yet
+        identity_at: int | None = None  # the offset of the last one committed here
+        own_read = False
         buffer = RestoreBuffer(partition)
         buffer.max_seq = seq
         self.progress = RestoreProgress(partition, end - applied - 1)
@@ -426,11 +508,17 @@ class PartitionStore:
         async for msg in self.changelog.read(partition, applied + 1, end):
             read += 1
             self.progress.remaining = end - msg.offset - 1
+            if msg.key == own:
+                identity_read, own_read = msg, True
             got = buffer.add(msg)
             if got is not None:
+                if identity_read is not None:  # committed by this marker: where it is
+                    if identity_read.value is not None:
+                        identity_at = identity_read.offset
+                    identity_read = None
                 changes.update(got)  # dicts keep the first insertion's place; values are the last
                 if len(changes) >= 10_000:
-                    local.apply(changes.items(), msg.offset, buffer.max_seq)
+                    local.apply(changes.items(), msg.offset, buffer.max_seq, identity_offset=identity_at)
                     changes = {}
         if read_by_ms is not None and self._now_ms() >= read_by_ms:
             # The tail took so long that deletions in it may have gone meanwhile: from the start.
@@ -443,7 +531,7 @@ class PartitionStore:
             return
         committed = local.position()[0] if buffer.committed_offset is None else buffer.committed_offset
         # With max_seq, the next batch is numbered past a half batch read here.
-        local.apply(changes.items(), committed, buffer.max_seq, asked_at_ms)
+        local.apply(changes.items(), committed, buffer.max_seq, asked_at_ms, identity_at)
         self.progress = RestoreProgress()
         self.counts["restored_messages"] += read
         tail = buffer.pending_keys()
@@ -457,9 +545,29 @@ class PartitionStore:
                 len(buffer.pending),
             )
             await self._write({partition: [(key, local.get(key)) for key in tail]})
+        identity = local.get(own) if own_read else identity_before
+        if local.identity_offset() is None or identity is None:
+            # None on the changelog (or a DB that does not know where): the next batch writes one.
+            self.identity_needed.add(partition)
         self.current.add(partition)
         if read:
             log.info("partition %d: %d changelog message(s) read from offset %d", partition, read, applied + 1)
+
+    async def _same_changelog(self, partition: int, local: LocalPartition) -> bool:
+        """Whether the changelog partition is the one the local DB was written from: its identity
+        record is at the DB's offset for it. If not (a topic recreated, or a DB that does not
+        know it), the DB is to be rebuilt."""
+        at, value = local.identity_offset(), local.get(identity_key(partition))
+        if at is None or value is None:
+            why = "does not know the changelog's identity record (a DB of an older version, or none written yet)"
+        else:
+            async for msg in self.changelog.read(partition, at, at + 1):
+                if msg.key == identity_key(partition) and msg.value == value:
+                    return True
+            why = f"holds another changelog's identity record than offset {at} (the topic was recreated)"
+        self.counts["stale_rebuilds"] += 1
+        log.warning("partition %d: local state %s: rebuilt from the changelog", partition, why)
+        return False
 
     async def _tail_read_by(self, partition: int, local: LocalPartition, now_ms: int) -> int | None:
         """The wall time (ms) by which the local DB's changelog tail must have been read, or None
