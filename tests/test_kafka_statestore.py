@@ -27,6 +27,7 @@ from stream.worker.statestore import (
     RocksPartition,
     changelog_topic_name,
     commit_key,
+    identity_key,
 )
 from tests.kafka_support import Worker, consume, fresh_prefix, fresh_topics, produce, require_broker
 from tests.records import ledger, payment
@@ -138,7 +139,7 @@ def test_a_batch_longer_than_one_record_batch_is_committed_whole_at_its_last_off
     topic = changelog_topic_name(settings.app_id)
     values = {b"0/r/R%04d" % i: bytes([65 + i % 26]) * 1024 for i in range(1500)}
 
-    async def scenario() -> tuple[dict[bytes, bytes], int, int, bool, dict[bytes, bytes]]:
+    async def scenario() -> tuple[dict[bytes, bytes], int, int, bool, dict[bytes, bytes], int, list[int], int]:
         writer = PartitionStore(KafkaChangelog(aiokafka_config(Settings(bootstrap=bootstrap)), topic), tmp_path / "a")
         await writer.restore(0)
         for key, value in values.items():
@@ -151,23 +152,37 @@ def test_a_batch_longer_than_one_record_batch_is_committed_whole_at_its_last_off
         end = await writer.changelog.end_offset(0)
         current = await writer.is_current(0)
         local = dict(writer.load(0))
+        identity_at = writer.locals[0].identity_offset()
+        identity_offsets = [m.offset async for m in writer.changelog.read(0, 0, end) if m.key == identity_key(0)]
         writer.close()
         await writer.changelog.close()  # type: ignore[attr-defined]
         fresh = PartitionStore(KafkaChangelog(aiokafka_config(Settings(bootstrap=bootstrap)), topic), tmp_path / "b")
         await fresh.restore(0)
         restored = dict(fresh.load(0))
+        fresh.put(0, b"0/r/R0002", None)  # a tail for the first DB
+        await fresh.commit()
         fresh.close()
         await fresh.changelog.close()  # type: ignore[attr-defined]
         assert restored == local
-        return local, applied, end, current, restored
+        # Back on the first disk: the identity record is where its DB says, so only the tail.
+        back = PartitionStore(KafkaChangelog(aiokafka_config(Settings(bootstrap=bootstrap)), topic), tmp_path / "a")
+        await back.restore(0)
+        rebuilds = back.counts["stale_rebuilds"]
+        assert b"0/r/R0002" not in dict(back.load(0)) and back.counts["restored_messages"] == 2
+        back.close()
+        await back.changelog.close()  # type: ignore[attr-defined]
+        assert identity_at is not None
+        return local, applied, end, current, restored, identity_at, identity_offsets, rebuilds
 
-    local, applied, end, current, restored = asyncio.run(scenario())
+    local, applied, end, current, restored, identity_at, identity_offsets, rebuilds = asyncio.run(scenario())
     expected = {**values, b"0/m": b"m1"}
     del expected[b"0/r/R0001"]
     assert local == expected and restored == expected
     # 1,501 messages, the changelog partition's identity record and a marker, then a tombstone
     # and a marker: the DB stands at the last.
     assert (applied, end, current) == (1504, 1505, True)
+    # The identity record, in the third record batch, is at the offset the DB keeps for it.
+    assert identity_offsets == [identity_at] == [1501] and rebuilds == 0
 
 
 def test_a_local_table_the_broker_compacted_deletions_away_from_is_rebuilt(tmp_path: Path) -> None:

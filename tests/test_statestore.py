@@ -463,7 +463,8 @@ def test_an_old_local_table_nobody_wrote_after_is_read_as_it_is(tmp_path: Path) 
     changelog.read_messages = 0
     run(back.restore(P))
     assert dict(back.load(P)) == {b"2/r/B": b"b1"}
-    assert changelog.read_messages == 0 and back.counts["stale_rebuilds"] == 0
+    # Only the identity record (the changelog is still the DB's), no tail.
+    assert changelog.read_messages == 1 and back.counts["stale_rebuilds"] == 0
     back.close()
 
 
@@ -773,7 +774,8 @@ def test_a_changelog_recreated_and_grown_past_a_local_tables_offset_is_not_read_
     for i in range(5):
         write(other, {b"2/r/N%d" % i: b"n", b"2/m": b"m%d" % i})
     other.close()
-    assert first.locals == {} and recreated.next_offset[P] > 4  # past the old table's offset (3)
+    # Past the old table's offset (4: A, B, m, the identity record, the marker): a tail.
+    assert first.locals == {} and recreated.next_offset[P] > 5
     back = PartitionStore(recreated, tmp_path / "w1")
     run(back.restore(P))
     assert dict(back.load(P)) == restored(recreated) == {**{b"2/r/N%d" % i: b"n" for i in range(5)}, b"2/m": b"m4"}
@@ -837,3 +839,41 @@ def test_an_identity_record_cut_off_in_a_half_batch_is_written_again_with_the_ne
     assert [m.value for m in ids[:2]] == [b"lost", None] and ids[2].value not in (None, b"lost")
     assert store.locals[P].identity_offset() == ids[2].offset and P not in store.identity_needed
     assert restored(changelog) == {b"2/r/B": b"b"}
+
+
+def test_a_changelog_recreated_to_end_exactly_where_a_local_table_does_is_not_read_as_it(tmp_path: Path) -> None:
+    # No tail at all: the new topic ends where the old table stands (offset 4, end 5).
+    old = MemoryChangelog()
+    first = PartitionStore(old, tmp_path / "w1")
+    run(first.restore(P))
+    write(first, {b"2/r/A": b"a1", b"2/r/B": b"b1", b"2/m": b"m1"})
+    first.close()
+    recreated = MemoryChangelog()
+    other = PartitionStore(recreated, None)
+    run(other.restore(P))
+    write(other, {b"2/r/N": b"n"})  # N, the identity record, the marker: offsets 0-2
+    write(other, {b"2/m": b"new"})  # 3-4
+    other.close()
+    assert recreated.next_offset[P] == 5
+    back = PartitionStore(recreated, tmp_path / "w1")
+    run(back.restore(P))
+    assert dict(back.load(P)) == {b"2/r/N": b"n", b"2/m": b"new"} and back.counts["stale_rebuilds"] == 1
+    assert P not in back.identity_needed  # the rebuild read the new topic's identity record
+    back.close()
+
+
+def test_a_half_batch_holding_the_identity_record_rewrites_the_committed_one_and_the_db_follows_it() -> None:
+    changelog = MemoryChangelog()
+    store = PartitionStore(changelog, None)
+    run(store.restore(P))
+    write(store, {b"2/r/A": b"a"})
+    committed = [m for m in changelog.log[P] if m.key == identity_key(P)][0].value
+    # A second owner's half batch: its own identity record, no marker.
+    changelog.append(P, identity_key(P), b"other", 9, False)
+    again = PartitionStore(changelog, None)
+    run(again.restore(P))
+    last = [m for m in changelog.log[P] if m.key == identity_key(P)][-1]
+    assert last.value == committed and again.locals[P].identity_offset() == last.offset
+    assert changelog.log[P][last.offset + 1].commit  # just before its marker
+    assert P not in again.identity_needed
+    assert restored(changelog) == {b"2/r/A": b"a"}

@@ -427,7 +427,9 @@ class PartitionStore:
             pending, self.pending = self.pending, {}
             await self._write(pending)
 
-    async def _write(self, pending: dict[int, list[Change]]) -> None:
+    async def _write(self, pending: dict[int, list[Change]]) -> dict[int, int]:
+        """Send the partitions' changes (and an identity record where one is needed), then apply
+        them to the local DBs; the offset of each partition's commit marker."""
         # A partition written here was restored to the changelog's end: with this batch, its DB
         # is the whole changelog as of before the send (nothing written later is in it).
         sent_at_ms = self._now_ms()
@@ -442,6 +444,7 @@ class PartitionStore:
             self._local(p).apply(batch.changes, offsets[p], batch.seq, sent_at_ms, at)
         self.identity_needed.difference_update(identified)
         self.counts["commits"] += len(pending)
+        return offsets
 
     # -- partitions --------------------------------------------------------------------------
 
@@ -484,6 +487,7 @@ class PartitionStore:
             log.warning("partition %d: local state ahead of the changelog (%d > %d); rebuilt", partition, applied, end)
             local = self._wipe(partition)
             applied, seq = -1, 0
+        own = identity_key(partition)
         read_by_ms: int | None = None  # a tail read after this may have missed deletions
         if applied >= 0 and applied + 1 < end:
             if await self._same_changelog(partition, local):
@@ -491,11 +495,19 @@ class PartitionStore:
             if read_by_ms is None:
                 local = self._wipe(partition)
                 applied, seq = -1, 0
-        own = identity_key(partition)
-        identity_before = local.get(own)
+        elif (
+            # No tail, but a recreated topic may end exactly where the DB does: checked too (a DB
+            # that knows no identity record and has no tail is read as it is, as before).
+            applied >= 0
+            and local.identity_offset() is not None
+            and local.get(own) is not None
+            and not await self._same_changelog(partition, local)
+        ):
+            local = self._wipe(partition)
+            applied, seq = -1, 0
+        identity = local.get(own)  # the committed identity record's value as of now
         identity_read: ChangelogMessage | None = None  # an identity record read, not committed yet
         identity_at: int | None = None  # the offset of the last one committed here
-        own_read = False
         buffer = RestoreBuffer(partition)
         buffer.max_seq = seq
         self.progress = RestoreProgress(partition, end - applied - 1)
@@ -509,11 +521,12 @@ class PartitionStore:
             read += 1
             self.progress.remaining = end - msg.offset - 1
             if msg.key == own:
-                identity_read, own_read = msg, True
+                identity_read = msg
             got = buffer.add(msg)
             if got is not None:
                 if identity_read is not None:  # committed by this marker: where it is
-                    if identity_read.value is not None:
+                    identity = identity_read.value
+                    if identity is not None:
                         identity_at = identity_read.offset
                     identity_read = None
                 changes.update(got)  # dicts keep the first insertion's place; values are the last
@@ -544,8 +557,14 @@ class PartitionStore:
                 partition,
                 len(buffer.pending),
             )
-            await self._write({partition: [(key, local.get(key)) for key in tail]})
-        identity = local.get(own) if own_read else identity_before
+            # The identity record's key last (its committed value, or a deletion), so a
+            # committed one keeps the rule that it stands just before its marker.
+            rewrite = [(key, local.get(key)) for key in tail if key != own]
+            if own in tail:
+                rewrite.append((own, identity))
+            marker = (await self._write({partition: rewrite}))[partition]
+            if own in tail and identity is not None:
+                local.apply((), *local.position(), identity_offset=marker - 1)
         if local.identity_offset() is None or identity is None:
             # None on the changelog (or a DB that does not know where): the next batch writes one.
             self.identity_needed.add(partition)
