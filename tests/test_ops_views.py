@@ -119,7 +119,7 @@ def test_metrics_text_parses_and_counts_records_by_outcome() -> None:
         {"alert_id": "a1", "kind": "FAILURE_BURST", "severity": "critical", "status": "opened", "incident_id": "i1"}
         | {"scope": {"type": "switch", "id": "RINTIS"}, "summary": "x"},
     )
-    counts = {"idle_checks_unanswered": 3, "state_stale_rebuilds": 2}
+    counts = {"idle_checks_unanswered": 3, "state_stale_rebuilds": 2, "state_foreign_writes": 1}
     m = WorkerMetrics(watch, lambda: {0: eng}, lambda t, p: 20, clock=lambda: NOW_S, counts=lambda: counts)
     m.batch_seconds.observe(0.02)
     fams = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
@@ -144,6 +144,7 @@ def test_metrics_text_parses_and_counts_records_by_outcome() -> None:
     assert samples[("qris_dead_letters_total", (("topic", L_T),))] == 1
     assert samples[("qris_idle_checks_unanswered_total", ())] == 3
     assert samples[("qris_state_stale_rebuilds_total", ())] == 2
+    assert samples[("qris_state_foreign_writes_total", ())] == 1
 
 
 def test_the_dashboard_shows_incidents_holds_feeds_and_escapes_input() -> None:

@@ -877,3 +877,35 @@ def test_a_half_batch_holding_the_identity_record_rewrites_the_committed_one_and
     assert changelog.log[P][last.offset + 1].commit  # just before its marker
     assert P not in again.identity_needed
     assert restored(changelog) == {b"2/r/A": b"a"}
+
+
+def test_a_db_does_not_stand_past_another_writers_messages_it_never_had(tmp_path: Path) -> None:
+    # Two owners of one partition at once (a zombie still writing after the partition moved):
+    # each batch's marker lands past the other's messages. Before, the DB took its marker's
+    # offset and its next restore read nothing of the other's writes.
+    changelog = MemoryChangelog()
+    zombie = PartitionStore(changelog, tmp_path / "z")
+    run(zombie.restore(P))
+    write(zombie, {b"2/r/A": b"a1"})
+    owner = PartitionStore(changelog, tmp_path / "o")
+    run(owner.restore(P))
+    write(owner, {b"2/r/B": b"b1"})
+    write(zombie, {b"2/r/C": b"c-zombie"})  # after the owner's restore and batch
+    assert zombie.counts["foreign_writes"] == 1 and owner.counts["foreign_writes"] == 0
+    write(owner, {b"2/r/D": b"d1"})  # the owner's marker now lands past the zombie's batch
+    assert owner.counts["foreign_writes"] == 1
+    write(owner, {b"2/r/E": b"e1"})
+    assert owner.counts["foreign_writes"] == 1  # counted once; the DB stays where it was
+    owner_at = owner.locals[P].position()[0]
+    assert changelog.log[P][owner_at].commit and owner_at < changelog.next_offset[P] - 1
+    assert not asyncio.run(owner.is_current(P))
+    zombie.close()
+    owner.close()
+    # Each DB restored again reads what it missed: the changelog's state, whatever it holds.
+    for d in ("z", "o"):
+        again = PartitionStore(changelog, tmp_path / d)
+        run(again.restore(P))
+        assert dict(again.load(P)) == restored(changelog), d
+        write(again, {b"2/r/F": b"f"})
+        assert again.counts["foreign_writes"] == 0 and again.locals[P].position()[0] == changelog.next_offset[P] - 1
+        again.close()

@@ -236,7 +236,11 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         watch,
         lambda: shell.engines,
         lambda t, p: _known_end(app, ends, t, p),
-        counts=lambda: {**shell.counts, "state_stale_rebuilds": store.counts["stale_rebuilds"]},
+        counts=lambda: {
+            **shell.counts,
+            "state_stale_rebuilds": store.counts["stale_rebuilds"],
+            "state_foreign_writes": store.counts["foreign_writes"],
+        },
     )
 
     @app.agent(inputs, name="reconcile_payments")

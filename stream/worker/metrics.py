@@ -109,6 +109,14 @@ class _WorkerCollector(Collector):
         )
         c.add_metric([], counts.get("state_stale_rebuilds", 0))
         yield c
+        c = CounterMetricFamily(
+            "qris_state_foreign_writes",
+            "Partitions whose changelog another writer wrote after this worker restored it (two owners at once: "
+            "a zombie still writing after its partition moved, or this worker the zombie); the local state keeps "
+            "its offset until the partition's next restore",
+        )
+        c.add_metric([], counts.get("state_foreign_writes", 0))
+        yield c
         g = GaugeMetricFamily(
             "qris_open_incidents",
             "FAILURE_BURST incidents open (as sent by this worker), by scope type",

@@ -396,8 +396,19 @@ class PartitionStore:
         self.pending: dict[int, list[Change]] = {}
         # Restored partitions whose changelog has no identity record: their next batch writes one.
         self.identity_needed: set[int] = set()
+        # Per partition restored here: the changelog offset this store's next message gets if
+        # nobody else writes the partition; and the partitions another writer wrote since their
+        # restore (a zombie, or this store the zombie), whose DB offset stays where it was then.
+        self.next_offset: dict[int, int] = {}
+        self.behind: set[int] = set()
         self.progress = RestoreProgress()
-        self.counts = {"restored_messages": 0, "dropped_half_batch_messages": 0, "commits": 0, "stale_rebuilds": 0}
+        self.counts = {
+            "restored_messages": 0,
+            "dropped_half_batch_messages": 0,
+            "commits": 0,
+            "stale_rebuilds": 0,
+            "foreign_writes": 0,
+        }
         self.clock: Callable[[], float] = time.time  # wall time: the local DBs' `current_at_ms`
         self._retention: tuple[int, int | None] | None = None  # (asked at, ms), `_tombstone_retention_ms`
 
@@ -441,7 +452,27 @@ class PartitionStore:
         offsets = await self.changelog.send_batch(batches)
         for p, batch in batches.items():
             at = offsets[p] - 1 if p in identified else None
-            self._local(p).apply(batch.changes, offsets[p], batch.seq, sent_at_ms, at)
+            expected = self.next_offset.get(p)
+            # Messages this store did not write are in the partition since its restore (a worker
+            # still writing after its partition moved: a zombie, or this one). Its DB must not
+            # stand past them without having them: it keeps its offset (and time) until the
+            # partition's next restore, which reads them and everything after.
+            if expected is not None and offsets[p] != expected + len(batch.changes) and p not in self.behind:
+                self.behind.add(p)
+                self.counts["foreign_writes"] += 1
+                log.warning(
+                    "partition %d: another writer wrote its changelog (this batch's marker at %d, %d expected);"
+                    " the local state keeps its offset until the partition's next restore",
+                    p,
+                    offsets[p],
+                    expected + len(batch.changes),
+                )
+            self.next_offset[p] = offsets[p] + 1
+            local = self._local(p)
+            if p in self.behind:
+                local.apply(batch.changes, local.position()[0], batch.seq, None, at)
+            else:
+                local.apply(batch.changes, offsets[p], batch.seq, sent_at_ms, at)
         self.identity_needed.difference_update(identified)
         self.counts["commits"] += len(pending)
         return offsets
@@ -467,6 +498,8 @@ class PartitionStore:
         """A partition no longer assigned here: its next assignment reads the changelog tail."""
         self.current.discard(partition)
         self.identity_needed.discard(partition)
+        self.next_offset.pop(partition, None)
+        self.behind.discard(partition)
         self.pending.pop(partition, None)
         local = self.locals.pop(partition, None)
         if local is not None:
@@ -477,6 +510,8 @@ class PartitionStore:
         if partition in self.current:
             return
         self.identity_needed.discard(partition)  # (known again at the end)
+        self.next_offset.pop(partition, None)
+        self.behind.discard(partition)  # (the restore reads from the DB's offset: what it missed too)
         local = self._local(partition)
         applied, seq = local.position()
         self.progress = RestoreProgress(partition, UNKNOWN_REMAINING)  # any answer is progress
@@ -547,6 +582,7 @@ class PartitionStore:
         local.apply(changes.items(), committed, buffer.max_seq, asked_at_ms, identity_at)
         self.progress = RestoreProgress()
         self.counts["restored_messages"] += read
+        self.next_offset[partition] = end
         tail = buffer.pending_keys()
         if tail:
             # A half batch (a crash between the messages of one batch): not applied. Its keys
