@@ -153,6 +153,7 @@ def test_a_batch_longer_than_one_record_batch_is_committed_whole_at_its_last_off
         current = await writer.is_current(0)
         local = dict(writer.load(0))
         identity_at = writer.locals[0].identity_offset()
+        assert writer.counts["foreign_writes"] == 0  # offsets as expected across record batches
         identity_offsets = [m.offset async for m in writer.changelog.read(0, 0, end) if m.key == identity_key(0)]
         writer.close()
         await writer.changelog.close()  # type: ignore[attr-defined]
@@ -304,6 +305,57 @@ def test_a_local_table_from_before_the_changelog_topic_was_recreated_is_rebuilt(
     assert end > old_offset + 1, "the new topic grew past the old table's offset"
     assert state == want == {**{b"0/r/NEW%d" % i: b"n" for i in range(4)}, b"0/m": b"new3"}
     assert rebuilds == 1
+
+
+def test_two_owners_of_a_partition_on_kafka_see_each_others_writes_and_their_dbs_do_not_skip_them(
+    tmp_path: Path,
+) -> None:
+    # A zombie (a worker still writing after its partition moved) and the new owner, both on the
+    # real changelog: each notices the other's messages at its next batch, and each DB restored
+    # again holds the changelog's state (before, it stood at its own marker and skipped them).
+    bootstrap = require_broker()
+    settings = Settings(bootstrap=bootstrap, app_id=fresh_prefix("qris-test-", 8))
+    ensure_state_changelog(settings, 1)
+    topic = changelog_topic_name(settings.app_id)
+    config = aiokafka_config(Settings(bootstrap=bootstrap))
+
+    async def store(d: str) -> PartitionStore:
+        s = PartitionStore(KafkaChangelog(config, topic), tmp_path / d)
+        await s.restore(0)
+        return s
+
+    async def put(s: PartitionStore, key: bytes, value: bytes) -> None:
+        s.put(0, key, value)
+        await s.commit()
+
+    async def done(s: PartitionStore) -> None:
+        s.close()
+        await s.changelog.close()  # type: ignore[attr-defined]
+
+    async def scenario() -> tuple[list[int], list[dict[bytes, bytes]], dict[bytes, bytes]]:
+        zombie = await store("z")
+        await put(zombie, b"0/r/A", b"a1")
+        owner = await store("o")
+        await put(owner, b"0/r/B", b"b1")
+        await put(zombie, b"0/r/C", b"c-zombie")
+        await put(owner, b"0/r/D", b"d1")
+        counts = [zombie.counts["foreign_writes"], owner.counts["foreign_writes"]]
+        await done(zombie)
+        await done(owner)
+        states = []
+        for d in ("z", "o"):
+            again = await store(d)
+            states.append(dict(again.load(0)))
+            await done(again)
+        fresh = PartitionStore(KafkaChangelog(config, topic), None)
+        await fresh.restore(0)
+        want = dict(fresh.load(0))
+        await done(fresh)
+        return counts, states, want
+
+    counts, states, want = asyncio.run(scenario())
+    assert counts == [1, 1]
+    assert states == [want, want] and want == {b"0/r/A": b"a1", b"0/r/B": b"b1", b"0/r/C": b"c-zombie", b"0/r/D": b"d1"}
 
 
 def test_a_worker_back_on_its_old_disk_after_the_broker_compacted_a_deletion_does_not_refund_a_settled_payment(
