@@ -898,7 +898,17 @@ def test_a_db_does_not_stand_past_another_writers_messages_it_never_had(tmp_path
     assert owner.counts["foreign_writes"] == 1  # counted once; the DB stays where it was
     owner_at = owner.locals[P].position()[0]
     assert changelog.log[P][owner_at].commit and owner_at < changelog.next_offset[P] - 1
+    stamped = owner.locals[P].current_at_ms()
+    owner.clock = lambda: START_S  # a later time than the stamp's (now)
+    write(owner, {b"2/r/G": b"g1"})
+    assert owner.locals[P].current_at_ms() == stamped  # nor its time: it is not the whole changelog
     assert not asyncio.run(owner.is_current(P))
+    # The same store restoring the partition again reads what it missed, and is current after.
+    owner.release(P)
+    run(owner.restore(P))
+    assert dict(owner.load(P)) == restored(changelog) and P not in owner.behind
+    write(owner, {b"2/r/H": b"h1"})
+    assert owner.counts["foreign_writes"] == 1 and owner.locals[P].position()[0] == changelog.next_offset[P] - 1
     zombie.close()
     owner.close()
     # Each DB restored again reads what it missed: the changelog's state, whatever it holds.

@@ -453,26 +453,29 @@ class PartitionStore:
         for p, batch in batches.items():
             at = offsets[p] - 1 if p in identified else None
             expected = self.next_offset.get(p)
-            # Messages this store did not write are in the partition since its restore (a worker
-            # still writing after its partition moved: a zombie, or this one). Its DB must not
-            # stand past them without having them: it keeps its offset (and time) until the
-            # partition's next restore, which reads them and everything after.
+            # Messages the DB does not have are in the partition since its restore: another
+            # writer's (a worker still writing after its partition moved: a zombie, or this one),
+            # or a batch of this store's own that landed but was not applied (its send raised or
+            # was cancelled after delivery, or the local write failed). The DB must not stand past
+            # them: it keeps its offset (and time) until the partition's next restore, which
+            # reads them and everything after.
             if expected is not None and offsets[p] != expected + len(batch.changes) and p not in self.behind:
                 self.behind.add(p)
                 self.counts["foreign_writes"] += 1
                 log.warning(
-                    "partition %d: another writer wrote its changelog (this batch's marker at %d, %d expected);"
-                    " the local state keeps its offset until the partition's next restore",
+                    "partition %d: changelog messages this worker did not apply (another writer, or a batch of its"
+                    " own that failed after landing): this batch's marker at %d, %d expected; the local state keeps"
+                    " its offset until the partition's next restore",
                     p,
                     offsets[p],
                     expected + len(batch.changes),
                 )
-            self.next_offset[p] = offsets[p] + 1
             local = self._local(p)
             if p in self.behind:
                 local.apply(batch.changes, local.position()[0], batch.seq, None, at)
             else:
                 local.apply(batch.changes, offsets[p], batch.seq, sent_at_ms, at)
+            self.next_offset[p] = offsets[p] + 1  # (after the local write: one that fails is seen next)
         self.identity_needed.difference_update(identified)
         self.counts["commits"] += len(pending)
         return offsets
