@@ -397,8 +397,9 @@ class PartitionStore:
         # Restored partitions whose changelog has no identity record: their next batch writes one.
         self.identity_needed: set[int] = set()
         # Per partition restored here: the changelog offset this store's next message gets if
-        # nobody else writes the partition; and the partitions another writer wrote since their
-        # restore (a zombie, or this store the zombie), whose DB offset stays where it was then.
+        # nobody else writes the partition; and the partitions with messages since their restore
+        # that the DB does not have (another writer's, or a batch of this store's own that landed
+        # but was not applied), whose DB offset stays where it was until their next restore.
         self.next_offset: dict[int, int] = {}
         self.behind: set[int] = set()
         self.progress = RestoreProgress()
