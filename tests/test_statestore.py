@@ -759,23 +759,31 @@ def run_value(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def test_a_changelog_recreated_and_grown_past_a_local_tables_offset_is_not_read_as_its_tail(tmp_path: Path) -> None:
-    # A worker's disk keeps partition P's table at some offset; the changelog topic is deleted and
-    # created again (a reset), and another worker writes it past that offset. Read from there,
-    # the new topic's tail would be laid over the old table: A and B would come back.
-    old = MemoryChangelog()
-    first = PartitionStore(old, tmp_path / "w1")
+def old_table_and_recreated_changelog(local_dir: Path, batches: list[dict[bytes, bytes | None]]) -> MemoryChangelog:
+    """A worker's disk keeps partition P's table at offset 4 (A, B, m, the identity record, the
+    marker); the changelog topic is deleted and created again (a reset), and another worker
+    writes `batches` to it."""
+    first = PartitionStore(MemoryChangelog(), local_dir)
     run(first.restore(P))
     write(first, {b"2/r/A": b"a1", b"2/r/B": b"b1", b"2/m": b"m1"})
+    assert first.locals[P].position()[0] == 4
     first.close()
     recreated = MemoryChangelog()
     other = PartitionStore(recreated, None)
     run(other.restore(P))
-    for i in range(5):
-        write(other, {b"2/r/N%d" % i: b"n", b"2/m": b"m%d" % i})
+    for batch in batches:
+        write(other, batch)
     other.close()
-    # Past the old table's offset (4: A, B, m, the identity record, the marker): a tail.
-    assert first.locals == {} and recreated.next_offset[P] > 5
+    return recreated
+
+
+def test_a_changelog_recreated_and_grown_past_a_local_tables_offset_is_not_read_as_its_tail(tmp_path: Path) -> None:
+    # Read from the old table's offset, the new topic's tail would be laid over the old table: A
+    # and B would come back.
+    recreated = old_table_and_recreated_changelog(
+        tmp_path / "w1", [{b"2/r/N%d" % i: b"n", b"2/m": b"m%d" % i} for i in range(5)]
+    )
+    assert recreated.next_offset[P] > 5  # past the old table's offset: a tail
     back = PartitionStore(recreated, tmp_path / "w1")
     run(back.restore(P))
     assert dict(back.load(P)) == restored(recreated) == {**{b"2/r/N%d" % i: b"n" for i in range(5)}, b"2/m": b"m4"}
@@ -842,18 +850,9 @@ def test_an_identity_record_cut_off_in_a_half_batch_is_written_again_with_the_ne
 
 
 def test_a_changelog_recreated_to_end_exactly_where_a_local_table_does_is_not_read_as_it(tmp_path: Path) -> None:
-    # No tail at all: the new topic ends where the old table stands (offset 4, end 5).
-    old = MemoryChangelog()
-    first = PartitionStore(old, tmp_path / "w1")
-    run(first.restore(P))
-    write(first, {b"2/r/A": b"a1", b"2/r/B": b"b1", b"2/m": b"m1"})
-    first.close()
-    recreated = MemoryChangelog()
-    other = PartitionStore(recreated, None)
-    run(other.restore(P))
-    write(other, {b"2/r/N": b"n"})  # N, the identity record, the marker: offsets 0-2
-    write(other, {b"2/m": b"new"})  # 3-4
-    other.close()
+    # No tail at all: the new topic ends where the old table stands (offset 4, end 5): N, the
+    # identity record and the marker at 0-2, then m and the marker at 3-4.
+    recreated = old_table_and_recreated_changelog(tmp_path / "w1", [{b"2/r/N": b"n"}, {b"2/m": b"new"}])
     assert recreated.next_offset[P] == 5
     back = PartitionStore(recreated, tmp_path / "w1")
     run(back.restore(P))
