@@ -111,9 +111,10 @@ class _WorkerCollector(Collector):
         yield c
         c = CounterMetricFamily(
             "qris_state_foreign_writes",
-            "Partitions whose changelog another writer wrote after this worker restored it (two owners at once: "
-            "a zombie still writing after its partition moved, or this worker the zombie); the local state keeps "
-            "its offset until the partition's next restore",
+            "Partitions whose changelog got messages this worker did not apply after it restored them (another "
+            "writer: a zombie still writing after its partition moved, or this worker the zombie; or a batch of "
+            "its own that landed but was not applied); the local state keeps its offset until the partition's "
+            "next restore",
         )
         c.add_metric([], counts.get("state_foreign_writes", 0))
         yield c

@@ -26,8 +26,9 @@ A changelog topic deleted and created again (a reset) may grow past a local DB's
 tail read from there would be another topic's. Each changelog partition therefore holds one
 identity record (key `<p>/e`, a random value, written with the first batch after a restore that
 found none, and never rewritten, so compaction keeps it where it was), and a local DB keeps its
-offset: a restore with a tail first reads the record there, and rebuilds the partition if it is
-not the DB's (or the DB does not know one).
+offset: a restore reads the record there first (with a tail or without: a new topic can end
+exactly where the DB does), and rebuilds the partition if it is not the DB's (or, with a tail,
+if the DB does not know one).
 Imports no faust (the changelog's Kafka client is aiokafka's public API).
 """
 
