@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import pickle
 import random
 import shutil
@@ -14,6 +15,8 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from stream.worker.statestore import (
     APPLIED_OFFSET_KEY,
@@ -859,6 +862,38 @@ def test_a_changelog_recreated_to_end_exactly_where_a_local_table_does_is_not_re
     assert dict(back.load(P)) == {b"2/r/N": b"n", b"2/m": b"new"} and back.counts["stale_rebuilds"] == 1
     assert P not in back.identity_needed  # the rebuild read the new topic's identity record
     back.close()
+
+
+def test_a_db_whose_identity_record_a_second_owners_replaced_is_rebuilt_once_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two owners that both found no identity record each write one; compaction keeps the later.
+    changelog = MemoryChangelog()
+    first = PartitionStore(changelog, tmp_path / "w1")
+    first.clock = lambda: START_S
+    run(first.restore(P))
+    second = PartitionStore(changelog, None)
+    run(second.restore(P))
+    write(first, {b"2/r/A": b"a"})
+    write(second, {b"2/r/B": b"b"})
+    assert [m.offset for m in changelog.log[P] if m.key == identity_key(P)] == [1, 4]
+    first.close()
+    second.close()
+    changelog.compact(P)
+    back = PartitionStore(changelog, tmp_path / "w1")
+    back.clock = lambda: START_S
+    with caplog.at_level(logging.WARNING, logger="qris_guard.worker"):
+        run(back.restore(P))
+    assert back.counts["stale_rebuilds"] == 1 and dict(back.load(P)) == restored(changelog)
+    assert back.locals[P].identity_offset() == 4
+    (line,) = [r.getMessage() for r in caplog.records if "identity record" in r.getMessage()]
+    assert "offset 1, which the changelog no longer has" in line and "second owner" in line
+    back.close()
+    again = PartitionStore(changelog, tmp_path / "w1")
+    again.clock = lambda: START_S
+    run(again.restore(P))
+    assert again.counts["stale_rebuilds"] == 0  # once
+    again.close()
 
 
 def test_a_half_batch_holding_the_identity_record_rewrites_the_committed_one_and_the_db_follows_it() -> None:

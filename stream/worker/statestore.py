@@ -621,10 +621,21 @@ class PartitionStore:
         if at is None or value is None:
             why = "does not know the changelog's identity record (a DB of an older version, or none written yet)"
         else:
+            found: ChangelogMessage | None = None
             async for msg in self.changelog.read(partition, at, at + 1):
                 if msg.key == identity_key(partition) and msg.value == value:
                     return True
-            why = f"holds another changelog's identity record than offset {at} (the topic was recreated)"
+                found = msg
+            if found is not None:  # another message there: another topic
+                why = f"knows another identity record than the changelog's message at {at} (the topic was recreated)"
+            else:
+                # Compaction removes an identity record only for a later one of the same key:
+                # two owners that each found none wrote one each (a zombie), or the topic was
+                # recreated and is now shorter or compacted.
+                why = (
+                    f"knows an identity record at offset {at}, which the changelog no longer has (a later one"
+                    " replaced it, written by a second owner of the partition, or the topic was recreated)"
+                )
         self.counts["stale_rebuilds"] += 1
         log.warning("partition %d: local state %s: rebuilt from the changelog", partition, why)
         return False
