@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -40,6 +41,8 @@ from tests.test_kafka_worker import expected_outputs, simulated
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 
 FULL = os.environ.get("QRIS_TEST_CHAOS", "") == "full"
+# The paused-worker case's group session timeout (the broker's least by default: 6 s).
+PAUSE_SESSION_TIMEOUT_S = 6
 # About 3 records per payment; QRIS_TEST_CHAOS_PAYMENTS / _PRODUCE_S make a bigger day.
 PAYMENTS = int(os.environ.get("QRIS_TEST_CHAOS_PAYMENTS", 15_000 if FULL else 2_700))
 KILLS = 5 if FULL else 2
@@ -66,6 +69,9 @@ class ChaosResult:
     gap_records_fetched: int = 0  # records read from the broker for them
     tail_restores: int = 0  # partitions restored from a local DB and the changelog after it
     start_restores: int = 0  # partitions restored from the changelog's start
+    pauses: int = 0  # workers stopped (SIGSTOP) past the session timeout, then let go on
+    rewrites: int = 0  # older owners' changelog messages written over (`older owner` in the logs)
+    superseded: int = 0  # partitions in which a worker saw a later generation's writes
 
     def line(self) -> str:
         return (
@@ -75,6 +81,12 @@ class ChaosResult:
             f"gaps in delivered batches: {self.gap_fills}, {self.gap_records_fetched} records read from the broker; "
             f"restores from a local DB and its changelog tail: {self.tail_restores}, "
             f"from the changelog's start: {self.start_restores}"
+            + (
+                f"; pauses: {self.pauses}, older owners' writes written over: {self.rewrites}, "
+                f"partitions superseded: {self.superseded}"
+                if self.pauses
+                else ""
+            )
         )
 
 
@@ -129,10 +141,16 @@ def consuming(worker: Worker) -> int:
     return int(counts.get("records", 0)) + int(counts.get("redelivered_skipped", 0))
 
 
-def run_chaos(tmp_path: Path, case: str, wipe: bool, seed: int, group_size: int = 1) -> ChaosResult:
+def run_chaos(
+    tmp_path: Path, case: str, wipe: bool, seed: int, group_size: int = 1, pause: bool = False
+) -> ChaosResult:
     """`group_size` workers in one group; at each kill a seeded random one of them is killed and
     another takes its place (with `wipe`, in a fresh data directory: a new pod; without, on the
-    killed one's, its local DBs flushed every second so that its restore reads a changelog tail)."""
+    killed one's, its local DBs flushed every second so that its restore reads a changelog tail).
+    With `pause`, before each kill a random worker is stopped (SIGSTOP) past the group's session
+    timeout, so the group gives its partitions to another, and let go on (SIGCONT): a zombie,
+    which may still write what it was doing; then another worker (the one that took them over)
+    is the one killed, so the partitions are restored from a changelog the zombie wrote."""
     bootstrap = require_broker()
     topics: Topics = fresh_topics()
     topics.create(bootstrap)
@@ -140,6 +158,8 @@ def run_chaos(tmp_path: Path, case: str, wipe: bool, seed: int, group_size: int 
     result = ChaosResult(case, len(records))
     rng = random.Random(seed)
     env = {} if wipe else {"QRIS_STATE_FLUSH_S": "1"}
+    if pause:
+        env["QRIS_SESSION_TIMEOUT_S"] = str(PAUSE_SESSION_TIMEOUT_S)
     first = Worker(topics, tmp_path / case / "w0", extra_env=env)
     live = [first] + [
         Worker(topics, tmp_path / case / f"w{i}", extra_env=env, app_id=first.app_id) for i in range(1, group_size)
@@ -161,6 +181,14 @@ def run_chaos(tmp_path: Path, case: str, wipe: bool, seed: int, group_size: int 
                 assert time.monotonic() < deadline, f"worker never consumed:\n{victim.log_tail()}"
                 time.sleep(0.2)
             time.sleep(rng.uniform(0.2, 4.0))
+            if pause:
+                zombie = live[rng.randrange(len(live))]
+                assert zombie.proc is not None
+                os.killpg(zombie.proc.pid, signal.SIGSTOP)
+                time.sleep(PAUSE_SESSION_TIMEOUT_S + 6)  # the group moves its partitions meanwhile
+                os.killpg(zombie.proc.pid, signal.SIGCONT)
+                result.pauses += 1
+                time.sleep(rng.uniform(1.0, 6.0))
             result.killed_after.append(consuming(victim))
             victim.kill()
             result.kills += 1
@@ -185,6 +213,10 @@ def run_chaos(tmp_path: Path, case: str, wipe: bool, seed: int, group_size: int 
             if w.proc is not None and w.proc.poll() is None:
                 w.stop()
     judge(result, bootstrap, topics, got, workers)
+    for w in workers:
+        text = w.log_tail(10**6)
+        result.rewrites += text.count("by an owner of an older consumer-group generation")
+        result.superseded += text.count("a writer of a later generation")
     print(result.line(), f"(killed after {result.killed_after} records; logs in {tmp_path / case})", file=sys.stderr)
     return result
 
@@ -393,19 +425,22 @@ def summary_line() -> Any:
         )
 
 
-# (case, wipe the store, workers in the group, seed offset)
-CASES = [("store-kept", False, 1, 0), ("store-wiped", True, 1, 1)]
+# (case, wipe the store, workers in the group, seed offset, pause a worker before each kill)
+CASES = [("store-kept", False, 1, 0, False), ("store-wiped", True, 1, 1, False)]
 if FULL:  # one of two workers killed, a new one (empty store) joining: rebalances under load
-    CASES.append(("two-workers", True, 2, 2))
+    CASES.append(("two-workers", True, 2, 2, False))
+    # A zombie: one of two workers stopped past the session timeout, then the other killed.
+    CASES.append(("paused-worker", False, 2, 4, True))
 
 
-@pytest.mark.parametrize(("case", "wipe", "group_size", "seed"), CASES)
+@pytest.mark.parametrize(("case", "wipe", "group_size", "seed", "pause"), CASES)
 def test_killed_workers_decide_exactly_what_replay_decides(
-    tmp_path: Path, case: str, wipe: bool, group_size: int, seed: int
+    tmp_path: Path, case: str, wipe: bool, group_size: int, seed: int, pause: bool
 ) -> None:
-    result = run_chaos(tmp_path, case, wipe, SEED + seed, group_size)
+    result = run_chaos(tmp_path, case, wipe, SEED + seed, group_size, pause)
     RESULTS.append(result)
     assert result.kills == KILLS and result.restarts == KILLS
+    assert result.pauses == (KILLS if pause else 0)
     if not wipe:  # the local DBs kept: restores read a tail after them, not the whole changelog
         assert result.tail_restores > 0, result.line()
     kinds = Counter(orjson.loads(raw).get("reason") for raw in result.missed + result.extra)

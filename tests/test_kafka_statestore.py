@@ -307,20 +307,24 @@ def test_a_local_table_from_before_the_changelog_topic_was_recreated_is_rebuilt(
     assert rebuilds == 1
 
 
+@pytest.mark.parametrize("generations", [(None, None), (1, 2)], ids=["unstamped", "generations"])
 def test_two_owners_of_a_partition_on_kafka_see_each_others_writes_and_their_dbs_do_not_skip_them(
-    tmp_path: Path,
+    tmp_path: Path, generations: tuple[int | None, int | None]
 ) -> None:
     # A zombie (a worker still writing after its partition moved) and the new owner, both on the
     # real changelog: each notices the other's messages at its next batch, and each DB restored
     # again holds the changelog's state (before, it stood at its own marker and skipped them).
+    # With the consumer-group generations on the messages (the worker's), the owner writes the
+    # zombie's keys over with its own values, and the zombie stops writing.
     bootstrap = require_broker()
     settings = Settings(bootstrap=bootstrap, app_id=fresh_prefix("qris-test-", 8))
     ensure_state_changelog(settings, 1)
     topic = changelog_topic_name(settings.app_id)
     config = aiokafka_config(Settings(bootstrap=bootstrap))
 
-    async def store(d: str) -> PartitionStore:
+    async def store(d: str, generation: int | None = None) -> PartitionStore:
         s = PartitionStore(KafkaChangelog(config, topic), tmp_path / d)
+        s.generation = lambda: generation
         await s.restore(0)
         return s
 
@@ -333,13 +337,15 @@ def test_two_owners_of_a_partition_on_kafka_see_each_others_writes_and_their_dbs
         await s.changelog.close()  # type: ignore[attr-defined]
 
     async def scenario() -> tuple[list[int], list[dict[bytes, bytes]], dict[bytes, bytes]]:
-        zombie = await store("z")
+        zombie = await store("z", generations[0])
         await put(zombie, b"0/r/A", b"a1")
-        owner = await store("o")
+        owner = await store("o", generations[1])
         await put(owner, b"0/r/B", b"b1")
+        await put(zombie, b"0/r/B", b"b-stale")  # the zombie's value of B, after the owner's
         await put(zombie, b"0/r/C", b"c-zombie")
         await put(owner, b"0/r/D", b"d1")
         counts = [zombie.counts["foreign_writes"], owner.counts["foreign_writes"]]
+        counts += [owner.counts["older_owner_rewrites"], zombie.counts["superseded_batches"]]
         await done(zombie)
         await done(owner)
         states = []
@@ -354,8 +360,16 @@ def test_two_owners_of_a_partition_on_kafka_see_each_others_writes_and_their_dbs
         return counts, states, want
 
     counts, states, want = asyncio.run(scenario())
-    assert counts == [1, 1]
-    assert states == [want, want] and want == {b"0/r/A": b"a1", b"0/r/B": b"b1", b"0/r/C": b"c-zombie", b"0/r/D": b"d1"}
+    assert states == [want, want]
+    if generations == (None, None):
+        # Both notice, neither knows which is the older: the zombie's stale B is what a restore reads.
+        assert counts == [1, 1, 0, 0]
+        assert want == {b"0/r/A": b"a1", b"0/r/B": b"b-stale", b"0/r/C": b"c-zombie", b"0/r/D": b"d1"}
+    else:
+        # The zombie sees a later generation at its B (its C is not written); the owner writes
+        # B back over the zombie's.
+        assert counts == [1, 1, 1, 1]
+        assert want == {b"0/r/A": b"a1", b"0/r/B": b"b1", b"0/r/D": b"d1"}
 
 
 def test_a_worker_back_on_its_old_disk_after_the_broker_compacted_a_deletion_does_not_refund_a_settled_payment(

@@ -45,18 +45,26 @@ class MemoryChangelog:
         self.read_messages = 0
         self.retention_ms = tombstone_retention_ms
 
-    def append(self, partition: int, key: bytes, value: bytes | None, seq: int | None, commit: bool) -> int:
+    def append(
+        self,
+        partition: int,
+        key: bytes,
+        value: bytes | None,
+        seq: int | None,
+        commit: bool,
+        generation: int | None = None,
+    ) -> int:
         offset = self.next_offset.get(partition, 0)
         self.next_offset[partition] = offset + 1
-        self.log.setdefault(partition, []).append(ChangelogMessage(offset, key, value, seq, commit))
+        self.log.setdefault(partition, []).append(ChangelogMessage(offset, key, value, seq, commit, generation))
         return offset
 
     async def send_batch(self, batches: Mapping[int, ChangelogBatch]) -> dict[int, int]:
         out = {}
-        for p, (changes, seq) in batches.items():
+        for p, (changes, seq, generation) in batches.items():
             for key, value in changes:
-                self.append(p, key, value, seq, False)
-            out[p] = self.append(p, commit_key(p), b"%d" % seq, seq, True)
+                self.append(p, key, value, seq, False, generation)
+            out[p] = self.append(p, commit_key(p), b"%d" % seq, seq, True, generation)
         return out
 
     async def end_offset(self, partition: int) -> int:
@@ -70,6 +78,9 @@ class MemoryChangelog:
             if start <= msg.offset < end:
                 self.read_messages += 1
                 yield msg
+
+    async def read_range(self, partition: int, start: int, end: int) -> list[ChangelogMessage]:
+        return [msg async for msg in self.read(partition, start, end)]
 
     def compact(self, partition: int, *, tombstones_expired: bool = False) -> None:
         """Kafka's log cleaner over the whole partition: the last message of every key stays,
@@ -894,6 +905,78 @@ def test_a_db_whose_identity_record_a_second_owners_replaced_is_rebuilt_once_and
     run(again.restore(P))
     assert again.counts["stale_rebuilds"] == 0  # once
     again.close()
+
+
+def test_an_older_generations_writes_after_the_owners_are_written_over_and_the_zombie_stops_writing(
+    tmp_path: Path,
+) -> None:
+    # A worker the group dropped (generation 1) finishes a batch after the partition's new owner
+    # (generation 2) restored and wrote: its stale values land after the owner's. Before, the
+    # owner only stopped its DB's offset; a restore then read the zombie's values as the last.
+    changelog = MemoryChangelog()
+    zombie = PartitionStore(changelog, tmp_path / "z")
+    zombie.generation = lambda: 1
+    run(zombie.restore(P))
+    write(zombie, {b"2/r/A": b"a1", b"2/r/B": b"b1"})
+    owner = PartitionStore(changelog, tmp_path / "o")
+    owner.generation = lambda: 2
+    run(owner.restore(P))
+    write(owner, {b"2/r/B": b"b2", b"2/m": b"m2"})
+    write(zombie, {b"2/r/B": b"b-stale", b"2/r/C": b"c-zombie", b"2/m": b"m-stale"})  # after the owner's
+    assert zombie.counts["foreign_writes"] == 1 and P in zombie.superseded and P in zombie.behind
+    assert restored(changelog)[b"2/r/B"] == b"b-stale"  # what a restore would read now
+    write(owner, {b"2/r/D": b"d2"})  # sees the older generation's messages: writes them over
+    assert owner.counts["foreign_writes"] == 1 and owner.counts["older_owner_rewrites"] == 1
+    assert P not in owner.behind and owner.locals[P].position()[0] == changelog.next_offset[P] - 1
+    want = {b"2/r/A": b"a1", b"2/r/B": b"b2", b"2/m": b"m2", b"2/r/D": b"d2"}  # C: never the owner's
+    assert dict(owner.load(P)) == want == restored(changelog)
+    # The zombie's next batch is not written (its DB keeps its offset until its next restore).
+    end = changelog.next_offset[P]
+    write(zombie, {b"2/r/E": b"e-zombie"})
+    assert changelog.next_offset[P] == end and zombie.counts["superseded_batches"] == 1
+    # The owner goes on as the whole changelog's: no more foreign writes, a tail restore is exact.
+    write(owner, {b"2/r/F": b"f2"})
+    assert owner.counts["foreign_writes"] == 1 and owner.locals[P].position()[0] == changelog.next_offset[P] - 1
+    owner.close()
+    changelog.compact(P)
+    back = PartitionStore(changelog, tmp_path / "o")
+    run(back.restore(P))
+    assert back.counts["stale_rebuilds"] == 0
+    assert dict(back.load(P)) == {**want, b"2/r/F": b"f2"} == restored(changelog)
+    back.close()
+    # The zombie's own disk, restored again (assigned anew): the changelog's state, not its own.
+    zombie.release(P)
+    run(zombie.restore(P))
+    assert dict(zombie.load(P)) == {**want, b"2/r/F": b"f2"} and P not in zombie.superseded
+    zombie.close()
+
+
+def test_a_foreign_write_not_only_of_an_older_generation_is_not_written_over() -> None:
+    # A batch of this store's own generation that landed but was not applied, beside an older
+    # owner's: the DB lacks it, so its values are not the ones to write back. The DB stays.
+    changelog = MemoryChangelog()
+    owner = PartitionStore(changelog, None)
+    owner.generation = lambda: 2
+    run(owner.restore(P))
+    write(owner, {b"2/r/A": b"a"})
+    changelog.append(P, b"2/r/B", b"b-own-lost", 9, False, 2)
+    changelog.append(P, commit_key(P), b"9", 9, True, 2)
+    changelog.append(P, b"2/r/C", b"c-zombie", 4, False, 1)
+    changelog.append(P, commit_key(P), b"4", 4, True, 1)
+    at = owner.locals[P].position()[0]
+    write(owner, {b"2/r/D": b"d"})
+    assert owner.counts["older_owner_rewrites"] == 0 and P in owner.behind
+    assert owner.locals[P].position()[0] == at
+    # And a writer that does not stamp its generation (an older version) is not known to be older.
+    legacy = MemoryChangelog()
+    owner = PartitionStore(legacy, None)
+    owner.generation = lambda: 2
+    run(owner.restore(P))
+    write(owner, {b"2/r/A": b"a"})
+    legacy.append(P, b"2/r/C", b"c-legacy", 4, False)
+    legacy.append(P, commit_key(P), b"4", 4, True)
+    write(owner, {b"2/r/D": b"d"})
+    assert owner.counts["older_owner_rewrites"] == 0 and P in owner.behind and not owner.superseded
 
 
 def test_a_half_batch_holding_the_identity_record_rewrites_the_committed_one_and_the_db_follows_it() -> None:

@@ -203,6 +203,10 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     # mode exits the app's context stack after its children. A worker stopped this way starts
     # again from its DBs and the changelog tail, not the whole changelog.
     app.add_context(contextlib.closing(store))
+    # Each changelog batch says the consumer-group generation its writer owned the partition in
+    # (Faust sets it at each assignment): a worker the group dropped that still writes is then
+    # told from the partition's new owner, which writes over its messages (`PartitionStore`).
+    store.generation = lambda: app.consumer_generation_id
     gaps = BrokerGapFetcher(aiokafka_config(settings))
     # The broker's end offsets asked when needed (idle rule, feed-stall watchdog): Faust's fetched
     # high watermark stays where it was when the broker stops answering this worker's fetches.
@@ -240,6 +244,8 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             **shell.counts,
             "state_stale_rebuilds": store.counts["stale_rebuilds"],
             "state_foreign_writes": store.counts["foreign_writes"],
+            "state_older_owner_rewrites": store.counts["older_owner_rewrites"],
+            "state_superseded_batches": store.counts["superseded_batches"],
         },
     )
 

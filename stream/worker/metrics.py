@@ -118,6 +118,21 @@ class _WorkerCollector(Collector):
         )
         c.add_metric([], counts.get("state_foreign_writes", 0))
         yield c
+        c = CounterMetricFamily(
+            "qris_state_older_owner_rewrites",
+            "Times this worker wrote over a partition's changelog messages that an owner of an older consumer-group "
+            "generation wrote after this worker restored it (a worker the group dropped, still writing): the "
+            "changelog's last values are the current owner's again",
+        )
+        c.add_metric([], counts.get("state_older_owner_rewrites", 0))
+        yield c
+        c = CounterMetricFamily(
+            "qris_state_superseded_batches",
+            "Batches of a partition this worker did not write to the changelog: an owner of a later consumer-group "
+            "generation writes it (this worker is the one the group dropped), until the partition's next restore",
+        )
+        c.add_metric([], counts.get("state_superseded_batches", 0))
+        yield c
         g = GaugeMetricFamily(
             "qris_open_incidents",
             "FAILURE_BURST incidents open (as sent by this worker), by scope type",

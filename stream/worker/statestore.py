@@ -48,6 +48,9 @@ log = logging.getLogger("qris_guard.worker")
 
 BATCH_HEADER = "qris.batch"
 COMMIT_HEADER = "qris.commit"
+# The consumer-group generation in which the writer owned the partition (absent: not known, as in
+# a changelog written before stop 24 or by a store without a group).
+GENERATION_HEADER = "qris.generation"
 # Local-only keys (never on the changelog, never loaded as state): state keys start with a digit.
 APPLIED_OFFSET_KEY = b"\x00changelog-offset"
 BATCH_SEQ_KEY = b"\x00batch-seq"
@@ -76,6 +79,7 @@ class ChangelogBatch(NamedTuple):
 
     changes: Sequence[Change]
     seq: int
+    generation: int | None = None  # each message's `qris.generation` header, if known
 
 
 def commit_key(partition: int) -> bytes:
@@ -119,6 +123,7 @@ class ChangelogMessage:
     value: bytes | None
     seq: int | None  # the `qris.batch` header, None if absent
     commit: bool  # the `qris.commit` header is present
+    generation: int | None = None  # the `qris.generation` header, None if absent
 
 
 class Changelog(Protocol):
@@ -138,6 +143,10 @@ class Changelog(Protocol):
 
     def read(self, partition: int, start: int, end: int) -> Any:
         """An async iterator of the partition's `ChangelogMessage`s at offsets start .. end - 1."""
+        ...
+
+    async def read_range(self, partition: int, start: int, end: int) -> list[ChangelogMessage]:
+        """The same messages as a list, read apart from `read` (which a restore may be using)."""
         ...
 
 
@@ -403,6 +412,12 @@ class PartitionStore:
         # but was not applied), whose DB offset stays where it was until their next restore.
         self.next_offset: dict[int, int] = {}
         self.behind: set[int] = set()
+        # The consumer-group generation this worker owns its partitions in (the app sets it; None:
+        # not known, no messages are stamped), and the partitions in which a writer of a later
+        # generation was seen: this worker is an owner the group dropped (a zombie), and their
+        # batches are not written until the partition's next restore.
+        self.generation: Callable[[], int | None] = lambda: None
+        self.superseded: set[int] = set()
         self.progress = RestoreProgress()
         self.counts = {
             "restored_messages": 0,
@@ -410,6 +425,8 @@ class PartitionStore:
             "commits": 0,
             "stale_rebuilds": 0,
             "foreign_writes": 0,
+            "older_owner_rewrites": 0,
+            "superseded_batches": 0,
         }
         self.clock: Callable[[], float] = time.time  # wall time: the local DBs' `current_at_ms`
         self._retention: tuple[int, int | None] | None = None  # (asked at, ms), `_tombstone_retention_ms`
@@ -440,18 +457,31 @@ class PartitionStore:
             pending, self.pending = self.pending, {}
             await self._write(pending)
 
-    async def _write(self, pending: dict[int, list[Change]]) -> dict[int, int]:
+    async def _write(self, pending: dict[int, list[Change]], *, rewrite_older: bool = True) -> dict[int, int]:
         """Send the partitions' changes (and an identity record where one is needed), then apply
-        them to the local DBs; the offset of each partition's commit marker."""
+        them to the local DBs; the offset of each partition's commit marker. With
+        `rewrite_older`, the keys an owner of an older generation wrote meanwhile (a zombie) are
+        written again with this store's values (`_rewrite_older_owners`)."""
         # A partition written here was restored to the changelog's end: with this batch, its DB
         # is the whole changelog as of before the send (nothing written later is in it).
+        for p in [p for p in pending if p in self.superseded]:
+            # A later generation's owner writes this partition: this worker's batch is not its
+            # to write (the group dropped this worker; its next restore reads the other's).
+            del pending[p]
+            self.counts["superseded_batches"] += 1
+        if not pending:
+            return {}
         sent_at_ms = self._now_ms()
+        generation = self.generation()
         identified = [p for p in pending if p in self.identity_needed]
         for p in identified:
             # The identity record last, just before the commit marker: at the marker's offset - 1.
             pending[p] = [*pending[p], (identity_key(p), new_identity(sent_at_ms))]
-        batches = {p: ChangelogBatch(changes, self._local(p).position()[1] + 1) for p, changes in pending.items()}
+        batches = {
+            p: ChangelogBatch(changes, self._local(p).position()[1] + 1, generation) for p, changes in pending.items()
+        }
         offsets = await self.changelog.send_batch(batches)
+        older: dict[int, list[bytes]] = {}  # partition -> keys an older owner wrote since its restore
         for p, batch in batches.items():
             at = offsets[p] - 1 if p in identified else None
             expected = self.next_offset.get(p)
@@ -460,18 +490,25 @@ class PartitionStore:
             # or a batch of this store's own that landed but was not applied (its send raised or
             # was cancelled after delivery, or the local write failed). The DB must not stand past
             # them: it keeps its offset (and time) until the partition's next restore, which
-            # reads them and everything after.
+            # reads them and everything after, unless they are an older owner's only and are
+            # written over at once (below).
             if expected is not None and offsets[p] != expected + len(batch.changes) and p not in self.behind:
                 self.behind.add(p)
                 self.counts["foreign_writes"] += 1
-                log.warning(
-                    "partition %d: changelog messages this worker did not apply (another writer, or a batch of its"
-                    " own that failed after landing): this batch's marker at %d, %d expected; the local state keeps"
-                    " its offset until the partition's next restore",
-                    p,
-                    offsets[p],
-                    expected + len(batch.changes),
-                )
+                keys = await self._older_owners_keys(p, expected, offsets[p], len(batch.changes) + 1, generation)
+                if keys is not None and rewrite_older:
+                    older[p] = keys
+                else:
+                    log.warning(
+                        "partition %d: changelog messages this worker did not apply (%s): this batch's marker at %d,"
+                        " %d expected; the local state keeps its offset until the partition's next restore",
+                        p,
+                        "a writer of a later generation: this worker is no longer the partition's owner"
+                        if p in self.superseded
+                        else "another writer, or a batch of its own that failed after landing",
+                        offsets[p],
+                        expected + len(batch.changes),
+                    )
             local = self._local(p)
             if p in self.behind:
                 local.apply(batch.changes, local.position()[0], batch.seq, None, at)
@@ -480,7 +517,72 @@ class PartitionStore:
             self.next_offset[p] = offsets[p] + 1  # (after the local write: one that fails is seen next)
         self.identity_needed.difference_update(identified)
         self.counts["commits"] += len(pending)
+        for p, keys in older.items():
+            await self._rewrite_older_owners(p, keys)
         return offsets
+
+    async def _older_owners_keys(
+        self, partition: int, start: int, marker: int, own_messages: int, generation: int | None
+    ) -> list[bytes] | None:
+        """The keys written at offsets start .. marker of a changelog partition by owners of an
+        older consumer-group generation, if every message there that is not this store's batch
+        (`own_messages`, of `generation`) is theirs; else None. A message of a later generation
+        marks the partition superseded (this worker is the one the group dropped)."""
+        if generation is None:
+            return None
+        mine, keys, others = 0, [], 0
+        for msg in await self.changelog.read_range(partition, start, marker + 1):
+            if msg.generation == generation:
+                mine += 1
+                continue
+            others += 1
+            if msg.generation is not None and msg.generation > generation:
+                self.superseded.add(partition)
+                return None
+            if msg.generation is None:
+                return None  # a writer that does not say (an older version): not known to be older
+            if msg.key != commit_key(partition):
+                keys.append(msg.key)
+        if mine != own_messages or not others:
+            # Fewer or more of this generation's than this batch (a batch of this store's own that
+            # landed but was not applied, compaction): not only an older owner's.
+            return None
+        return list(dict.fromkeys(keys))
+
+    async def _rewrite_older_owners(self, partition: int, keys: list[bytes]) -> None:
+        """Write the keys an older owner (a zombie) wrote after this store's restore again with this
+        store's values (a deletion where it has none), so the changelog's last value of each is the
+        current owner's whatever the zombie wrote; then the DB is the whole changelog again."""
+        local = self._local(partition)
+        own = identity_key(partition)
+        rewrite = [(key, local.get(key)) for key in keys if key != own]
+        if own in keys:  # last, so a committed identity record stands just before its marker
+            rewrite.append((own, local.get(own)))
+        # (`_write` adds an identity record if the partition has none yet.)
+        expected = self.next_offset[partition] + len(rewrite) + (partition in self.identity_needed)
+        sent_at_ms = self._now_ms()  # with the rewrite, the DB is the whole changelog as of then
+        marker = (await self._write({partition: rewrite}, rewrite_older=False)).get(partition)
+        if marker != expected or partition not in self.current:
+            log.warning(
+                "partition %d: an older owner's changelog messages written over, but more messages came between;"
+                " the local state keeps its offset until the partition's next restore",
+                partition,
+            )
+            return
+        identity_at = local.identity_offset()
+        if own in keys:
+            identity_at = marker - 1 if local.get(own) is not None else None
+            if identity_at is None:
+                self.identity_needed.add(partition)
+        self.behind.discard(partition)
+        local.apply((), marker, local.position()[1], sent_at_ms, identity_at)
+        self.counts["older_owner_rewrites"] += 1
+        log.warning(
+            "partition %d: %d key(s) written meanwhile to the changelog by an owner of an older consumer-group"
+            " generation (a worker the group dropped, still writing) written again with this worker's values",
+            partition,
+            len(rewrite),
+        )
 
     # -- partitions --------------------------------------------------------------------------
 
@@ -505,6 +607,7 @@ class PartitionStore:
         self.identity_needed.discard(partition)
         self.next_offset.pop(partition, None)
         self.behind.discard(partition)
+        self.superseded.discard(partition)
         self.pending.pop(partition, None)
         local = self.locals.pop(partition, None)
         if local is not None:
@@ -517,6 +620,7 @@ class PartitionStore:
         self.identity_needed.discard(partition)  # (known again at the end)
         self.next_offset.pop(partition, None)
         self.behind.discard(partition)  # (the restore reads from the DB's offset: what it missed too)
+        self.superseded.discard(partition)  # (assigned again: in a generation at least the other's)
         local = self._local(partition)
         applied, seq = local.position()
         self.progress = RestoreProgress(partition, UNKNOWN_REMAINING)  # any answer is progress
@@ -756,6 +860,8 @@ class KafkaChangelog:
         self._producer: Any = None
         self._consumer: Any = None
         self._starting = asyncio.Lock()
+        self._checker: Any = None  # `read_range`'s own consumer, one read at a time
+        self._checking = asyncio.Lock()
 
     async def _clients(self) -> tuple[Any, Any]:
         async with self._starting:
@@ -801,9 +907,11 @@ class KafkaChangelog:
             futures.append(fut)
             last[p] = (fut, count)
 
-        for p, (changes, seq) in batches.items():
+        for p, (changes, seq, generation) in batches.items():
             seq_bytes = b"%d" % seq
             headers = [(BATCH_HEADER, seq_bytes)]  # the same for every change of the batch
+            if generation is not None:
+                headers.append((GENERATION_HEADER, b"%d" % generation))
             batch = producer.create_batch()
             append, count = batch.append, 0
             for key, value in changes:  # once per changed key: no tuple or generator step each
@@ -849,26 +957,61 @@ class KafkaChangelog:
         if start >= end:
             return
         _, consumer = await self._clients()
-        tp = TopicPartition(self.topic, partition)
-        consumer.assign([tp])
-        consumer.seek(tp, start)
-        while True:
-            got = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
-            for m in got.get(tp, ()):
-                if m.offset >= end:
-                    return
-                headers = dict(m.headers or ())
-                seq = headers.get(BATCH_HEADER)
-                yield ChangelogMessage(
-                    m.offset, m.key or b"", m.value, int(seq) if seq else None, COMMIT_HEADER in headers
+        async for msg in _read(consumer, TopicPartition(self.topic, partition), start, end):
+            yield msg
+
+    async def read_range(self, partition: int, start: int, end: int) -> list[ChangelogMessage]:
+        # A batch's check of what another writer wrote (`PartitionStore._older_owners_keys`) runs
+        # outside the shell's lock, maybe while a restore reads with the restore consumer: its
+        # own consumer, started on first use (rare: only when another writer wrote).
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        async with self._checking:
+            if self._checker is None:
+                checker = AIOKafkaConsumer(
+                    **self.client_config,
+                    group_id=None,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    fetch_max_wait_ms=20,
+                    client_id=f"{self.client_id}-check",
                 )
-            if await consumer.position(tp) >= end:
-                return
+                await checker.start()
+                self._checker = checker
+            return [msg async for msg in _read(self._checker, TopicPartition(self.topic, partition), start, end)]
 
     async def close(self) -> None:
-        producer, consumer = self._producer, self._consumer
-        self._producer = self._consumer = None
+        producer, consumer, checker = self._producer, self._consumer, self._checker
+        self._producer = self._consumer = self._checker = None
         if producer is not None:
             await producer.stop()
         if consumer is not None:
             await consumer.stop()
+        if checker is not None:
+            await checker.stop()
+
+
+async def _read(consumer: Any, tp: Any, start: int, end: int) -> Any:
+    """The `ChangelogMessage`s of `tp` at offsets start .. end - 1, read by `consumer` (assigned
+    to `tp` alone for it)."""
+    if start >= end:
+        return
+    consumer.assign([tp])
+    consumer.seek(tp, start)
+    while True:
+        got = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
+        for m in got.get(tp, ()):
+            if m.offset >= end:
+                return
+            headers = dict(m.headers or ())
+            seq, generation = headers.get(BATCH_HEADER), headers.get(GENERATION_HEADER)
+            yield ChangelogMessage(
+                m.offset,
+                m.key or b"",
+                m.value,
+                int(seq) if seq else None,
+                COMMIT_HEADER in headers,
+                int(generation) if generation else None,
+            )
+        if await consumer.position(tp) >= end:
+            return
