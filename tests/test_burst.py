@@ -252,6 +252,59 @@ def test_a_small_merchant_is_pooled_by_mcc() -> None:
     assert "merchant:MCC-5499" in det.scopes and "merchant:IDSMALL" not in det.scopes
 
 
+def test_a_merchant_whose_id_looks_like_a_pool_is_judged_as_itself_not_as_the_pool() -> None:
+    # A merchant_id `MCC-5999` (any string is a valid id) must not merge into the pool of small
+    # merchants of MCC 5999: the incident would be the pool's, and holds would cover the pool's
+    # merchants instead of this one's payments (`holds.covers`).
+    own = "merchant:\\MCC-5999"  # `signals.merchant_scope_id`
+
+    def minute(bad: int) -> dict[str, dict[str, Any]]:
+        return {
+            "all": sm(300, bad),
+            "acquirer:BCA": sm(150, bad, {own: bad}),
+            own: sm(20, bad, {"acquirer:BCA": bad}, ["4121", "BCA", "Ojek"]),
+            "merchant:IDSMALL": sm(1, 0, None, ["5999", "BRI", "Kedai"]),
+        }
+
+    det = BurstDetector(1)
+    warm(det, lambda i: minute(1 if i % 7 == 0 else 0))
+    assert own in det.scopes and "merchant:MCC-5999" in det.scopes  # the pool holds only IDSMALL
+    alerts = run(det, [report(0, M0 + WARM + i, minute(15)) for i in range(3)])
+    assert [(a["status"], a["scope"]["id"]) for a in alerts] == [("opened", "\\MCC-5999")]
+    assert alerts[0]["summary"].startswith("Merchant \\MCC-5999: ")
+
+
+def test_a_pools_id_and_the_response_codes_of_an_alert_are_escaped_and_bounded() -> None:
+    # `mcc` and `response_code` are free text (control characters allowed, up to 128 characters):
+    # in a scope id (the alert's key, its labels) and the codes they are escaped, the codes cut
+    # and at most CODES_KEPT of them kept (before, one alert grew past 1 MiB with 1,461 codes).
+    mcc = "59\x1b[2J\u202e" + "9" * 100
+    pool = "merchant:MCC-59\\u001b[2J\\u202e" + "9" * 9 + "\u2026"
+
+    def minute(i: int, bad: int) -> dict[str, dict[str, Any]]:
+        # 40 small merchants of that MCC (a payment a minute each: pooled), `bad` of them failing,
+        # each failure with its own long response code.
+        out = {"all": sm(300, bad), "acquirer:BRI": sm(150, bad)}
+        for m in range(40):
+            small = sm(1, int(m < bad), {"acquirer:BRI": int(m < bad)}, [mcc, "BRI", f"Kedai {m}"])
+            small["k"] = {f"{i:04d}-{m:03d}\x01" + "\x07" * 120: 1} if m < bad else {}
+            out[f"merchant:IDSMALL{m}"] = small
+        return out
+
+    det = BurstDetector(1)
+    warm(det, lambda i: minute(i, 1 if i % 7 == 0 else 0))
+    assert pool in det.scopes
+    alerts = run(det, [report(0, M0 + WARM + i, minute(WARM + i, 40)) for i in range(6)])
+    assert alerts and {a["scope"]["id"] for a in alerts} == {pool.removeprefix("merchant:")}
+    for a in alerts:
+        assert len(a["response_codes"]) <= 21 and "(other)" in a["response_codes"]
+        assert all("\x01" not in code and "\x07" not in code and len(code) <= 96 for code in a["response_codes"])
+        assert sum(a["response_codes"].values()) == a["observed"]["failed"]
+        assert len(orjson.dumps(a)) < 20_000
+    incident = det.incidents.get(pool)
+    assert incident is not None and len(incident.codes) <= 21
+
+
 # -- signals from the partition engine ----------------------------------------------------
 
 P, L = Stream.P, Stream.L
@@ -294,6 +347,20 @@ def test_payments_are_judged_at_the_probe_age() -> None:
     assert merchant["w"] == {"issuer:BANKDKI": 3, "switch:RINTIS": 3, "acquirer:BCA": 3}
     assert [s[1] for s in merchant["s"]] == ["B", "C", "D"]
     assert all(s[3] == "******9876" for s in merchant["s"])
+
+
+def test_a_merchant_whose_id_looks_like_a_pool_gets_a_scope_of_its_own_and_codes_are_bounded() -> None:
+    recs = [(P, payment("a-q", "requested", "A", 1, merchant_id="MCC-5812"))]
+    for i in range(30):  # 30 failures with distinct, long response codes
+        recs += [
+            (P, payment(f"f{i}-q", "requested", f"F{i}", 2)),
+            (P, payment(f"f{i}-f", "failed", f"F{i}", 3, response_code=f"{i:02d}" + "\x07" * 100)),
+        ]
+    recs += [(P, payment("tail", "requested", "TAIL", 200)), (L, ledger("tail-d", "debited", "TAIL", 200))]
+    scopes = closed(engine_signals(recs))[T0 // 60_000]
+    assert "merchant:\\MCC-5812" in scopes and "merchant:MCC-5812" not in scopes
+    codes = scopes["switch:RINTIS"]["k"]
+    assert len(codes) == 21 and codes["(other)"] == 10 and all(len(c) <= 16 for c in codes)
 
 
 def test_a_minute_closes_once_the_watermark_passed_its_end_plus_the_probe_age() -> None:

@@ -219,6 +219,30 @@ def test_which_incidents_cover_a_payment(scope: tuple[str, str], covers: bool) -
     assert f.refunds()[0]["type"] == ("refund.held" if covers else "refund.requested")
 
 
+@pytest.mark.parametrize(
+    ("request_fields", "scope", "covers"),
+    [
+        # A merchant whose id looks like a pool's: its own incident covers it, the pool's does not.
+        ({"merchant_id": "MCC-5812", "mcc": "4121"}, ("merchant", "\\MCC-5812"), True),
+        ({"merchant_id": "MCC-5812", "mcc": "4121"}, ("merchant", "MCC-5812"), False),
+        ({"merchant_id": "MCC-4121", "mcc": "4121"}, ("merchant", "MCC-4121"), True),  # as its MCC's merchant
+        ({"merchant_id": "\\X", "mcc": "4121"}, ("merchant", "\\\\X"), True),
+        ({"merchant_id": "\\X", "mcc": "4121"}, ("merchant", "\\X"), False),
+        # A pool's id is its MCC escaped and cut (`signals.pool_id`).
+        ({"mcc": "58\x1b[2J"}, ("merchant", "MCC-58\\u001b[2J"), True),
+        ({"mcc": "58\x1b[2J"}, ("merchant", "MCC-58\x1b[2J"), False),
+    ],
+)
+def test_a_merchant_is_never_taken_for_a_pool_and_a_pool_is_named_by_its_escaped_mcc(
+    request_fields: dict[str, str], scope: tuple[str, str], covers: bool
+) -> None:
+    f = Feed()
+    f.incidents([inc("opened", 100, "in_x", scope)], EVERYTHING)
+    unsettled(f, **request_fields)
+    f.tick(400)
+    assert f.refunds()[0]["type"] == ("refund.held" if covers else "refund.requested")
+
+
 def test_without_a_request_only_an_all_incident_covers() -> None:
     for scope, expected in ((("switch", "RINTIS"), "refund.requested"), (("all", "all"), "refund.held")):
         f = Feed()

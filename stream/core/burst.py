@@ -22,7 +22,7 @@ from .incidents import Incident, IncidentBook, incident_alert, scope_limit_alert
 from .merge import PartitionMerge
 from .ratemodel import FailureRateModel, rhythm_bucket
 from .scopes import LEVEL, LONGEST, MinuteEntry, ScopeState, ScoredScope, Window, scope_id, scope_type
-from .signals import BAD, MINUTE_MS, merge_scope_minute, scope_minute_view
+from .signals import BAD, MINUTE_MS, add_codes, capped_codes, merge_scope_minute, pool_id, scope_minute_view
 from .surprise import binomial_surprise
 
 __all__ = [
@@ -262,6 +262,7 @@ class BurstDetector:
             if t == "all":
                 parent = None
             elif t == "merchant" and "a" in sm and sm["a"][1] and not scope_id(key).startswith("MCC-"):
+                # (a merchant's own id never starts with `MCC-`: `merchant_scope_id`)
                 parent = "acquirer:" + sm["a"][1]
             else:
                 parent = "all"
@@ -289,8 +290,7 @@ class BurstDetector:
             elif own and volume < prm.merchant_pool_below_per_min and not self.incidents.is_open(key):
                 own = False
             if not own:
-                mcc = sm.get("a", ["", "", ""])[0] or "unknown"
-                target = f"merchant:MCC-{mcc}"
+                target = "merchant:" + pool_id(sm.get("a", ["", "", ""])[0])
             volume = volume * (1.0 - alpha) + alpha * sm["c"][0]
             # Past the bound a new merchant is not tracked: it stays in its MCC pool.
             if key in self.merchant_volume or len(self.merchant_volume) < prm.max_merchants_tracked:
@@ -468,7 +468,7 @@ class BurstDetector:
             expected_bad=win.counts[0] * sc.rate,
             peak_score=sc.score,
             children=children,
-            codes=dict(win.codes),
+            codes=capped_codes(win.codes),
             samples=win.samples[:5],
             first_bad_ms=first_bad,
             reported_bad=win.counts[BAD],
@@ -513,8 +513,7 @@ class BurstDetector:
             inc.children[k] = inc.children.get(k, 0) + v
         ring_last = st.ring[-1]
         if ring_last[3]:
-            for k, v in ring_last[3].items():
-                inc.codes[k] = inc.codes.get(k, 0) + v
+            add_codes(inc.codes, ring_last[3])
         if ring_last[4] and len(inc.samples) < 5:
             inc.samples.extend(ring_last[4][: 5 - len(inc.samples)])
         if inc.first_bad_ms is None and ring_last[4]:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from .eventtime import parse_ms
 from .records import PaymentEvent
+from .signals import merchant_scope_id, pool_id
 
 NEG_INF = -(2**62)
 POS_INF = 2**62
@@ -78,9 +79,9 @@ class Incident:
         if t == "issuer":
             return request.issuer_id == sid
         if t == "merchant":
-            if sid.startswith("MCC-"):
-                return (request.mcc or "unknown") == sid[4:]
-            return request.merchant_id == sid
+            if sid.startswith("MCC-"):  # (no merchant's scope id does: `merchant_scope_id`)
+                return pool_id(request.mcc) == sid
+            return request.merchant_id is not None and merchant_scope_id(request.merchant_id) == sid
         return False
 
 

@@ -14,7 +14,7 @@ from .alerts import rupiah
 from .decisions import SCHEMA_VERSION, Decision
 from .eventtime import WIB_OFFSET_MS, format_ms
 from .scopes import scope_id, scope_type
-from .signals import BAD, COUNTS, EXPOSURE, MINUTE_MS
+from .signals import BAD, CODE_MAX_CHARS, COUNTS, EXPOSURE, MINUTE_MS, capped_codes
 from .text import escape_text
 
 Status = Literal["opened", "updated", "resolved"]
@@ -163,7 +163,7 @@ def incident_alert(key: str, inc: Incident, status: Status, minute: int, score: 
             {"reference": s[1], "requested_at": format_ms(s[0]), "state": s[2], "account_id_masked": s[3]}
             for s in inc.samples
         ],
-        "response_codes": dict(sorted(inc.codes.items())),
+        "response_codes": _response_codes(inc.codes),
         "schema_version": SCHEMA_VERSION,
     }
     if not value["samples"] or any(s["account_id_masked"] is None for s in value["samples"]):
@@ -215,6 +215,20 @@ def _quote(text: str) -> str:
     'EVIL\\\\u001b[2J\\\\u202eX'
     """
     return escape_text(text)
+
+
+def _response_codes(codes: dict[str, int]) -> dict[str, int]:
+    r"""An incident's response codes as an alert shows them: escaped (`_quote`), cut, at most
+    `signals.CODES_KEPT` of them (an incident from before the bound may hold more).
+
+    >>> _response_codes({"05": 3, "[31m": 1})
+    {'05': 3, '\\u001b[31m': 1}
+    """
+    shown: dict[str, int] = {}
+    for code, n in codes.items():
+        code = escape_text(code, CODE_MAX_CHARS)
+        shown[code] = shown.get(code, 0) + n
+    return dict(sorted(capped_codes(shown).items()))
 
 
 def _scope_name(stype: str, sid: str) -> str:

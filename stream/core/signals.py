@@ -18,12 +18,58 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from .decisions import Decision, mask_account
+from .text import escape_text
 
 if TYPE_CHECKING:
     from .reference import ReferenceState
 
 MINUTE_MS = 60_000
 SAMPLES_PER_SCOPE = 3
+# Response codes of failures, per scope-minute and per incident: at most CODES_KEPT distinct
+# ones, each cut to CODE_MAX_CHARS characters, the rest counted together as OTHER_CODES (a
+# response code is free text: input must not make a signal or an alert too large to send).
+CODES_KEPT = 20
+CODE_MAX_CHARS = 16
+OTHER_CODES = "(other)"
+# A merchant pool's id is `MCC-` and its MCC (free text too), escaped and cut to this long.
+POOL_MCC_MAX_CHARS = 16
+
+
+def pool_id(mcc: str | None) -> str:
+    r"""The scope id of the pool of small merchants of `mcc` (`MCC-unknown` for none).
+
+    >>> pool_id("5812"), pool_id(None), pool_id("59\x1b[2J")
+    ('MCC-5812', 'MCC-unknown', 'MCC-59\\u001b[2J')
+    """
+    return "MCC-" + escape_text(mcc or "unknown", POOL_MCC_MAX_CHARS)
+
+
+def merchant_scope_id(merchant_id: str) -> str:
+    r"""A merchant's scope id: its `merchant_id`, with a backslash before it when it begins with
+    `MCC-` (the pools' ids) or a backslash, so that no merchant is taken for a pool (one-to-one:
+    a merchant's id can always be read back).
+
+    >>> merchant_scope_id("ID1020"), merchant_scope_id("MCC-5999"), merchant_scope_id("\\MCC-5999")
+    ('ID1020', '\\MCC-5999', '\\\\MCC-5999')
+    """
+    return "\\" + merchant_id if merchant_id.startswith(("MCC-", "\\")) else merchant_id
+
+
+def capped_codes(codes: dict[str, int]) -> dict[str, int]:
+    """`codes` with at most CODES_KEPT distinct codes (`add_codes`)."""
+    out: dict[str, int] = {}
+    add_codes(out, codes)
+    return out
+
+
+def add_codes(into: dict[str, int], codes: dict[str, int]) -> None:
+    """Add response-code counts to `into`, keeping at most CODES_KEPT distinct codes (in code
+    order, so the result does not depend on the order `codes` was built in); the others count
+    as OTHER_CODES."""
+    for code, n in sorted(codes.items()):
+        if code not in into and len(into) >= CODES_KEPT:
+            code = OTHER_CODES
+        into[code] = into.get(code, 0) + n
 
 # Counter slots of one scope-minute (a list, kept small and JSON-ready).
 N, BAD, FAILED, UNSETTLED, NO_ANSWER, EXPOSURE = range(6)
@@ -77,7 +123,7 @@ def scope_keys(st: ReferenceState) -> tuple[str, ...]:
         if rq.acquirer_id:
             made.append("acquirer:" + rq.acquirer_id)
         if rq.merchant_id:
-            made.append("merchant:" + rq.merchant_id)
+            made.append("merchant:" + merchant_scope_id(rq.merchant_id))
         keys = tuple(made)
         if len(_SCOPE_KEYS) >= _SCOPE_KEYS_MAX:
             _SCOPE_KEYS.clear()
@@ -131,8 +177,10 @@ def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome
         c[BAD] += 1
         if state == FAILED_OUTCOME:
             c[FAILED] += 1
-            code = outcome.response_code or "?"
+            code = (outcome.response_code or "?")[:CODE_MAX_CHARS]
             codes = sm.setdefault("k", {})
+            if code not in codes and len(codes) >= CODES_KEPT:
+                code = OTHER_CODES
             codes[code] = codes.get(code, 0) + 1
         elif state == UNSETTLED_OUTCOME:
             c[UNSETTLED] += 1
