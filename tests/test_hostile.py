@@ -417,3 +417,18 @@ def test_a_reference_hammered_with_distinct_events_stays_small_and_still_dedupli
         e.on_record(P, 1, b"T", payment("t2", "requested", "T", 200), None)
         e.on_record(L, n + 16, b"T", ledger("tl2", "reversed", "T", 200, amount=1), None)
         assert e.refs["H"].net == n
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=-62_167_219_200_000, max_value=253_402_300_799_999))
+def test_every_instant_of_the_accepted_years_formats_back_to_itself(ms: int) -> None:
+    # Years 0000-9999 are accepted (RFC 3339). Before, every instant before 0000-03-01 was
+    # written a day late (a C idiom for negative days under Python's floor division).
+    assert parse_ms(format_ms(ms)) == ms
+
+
+def test_the_first_and_last_instants_of_the_accepted_years_format_exactly() -> None:
+    for text in ("0000-01-01T00:00:00.000Z", "0000-02-29T23:59:59.999Z", "0000-03-01T00:00:00.000Z"):
+        assert format_ms(parse_ms(text)) == text
+    assert format_ms(parse_ms("9999-12-31T23:59:59.999Z")) == "9999-12-31T23:59:59.999Z"
+    assert format_ms(parse_ms("1969-12-31T23:59:59.999Z")) == "1969-12-31T23:59:59.999Z"
