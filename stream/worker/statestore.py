@@ -29,6 +29,13 @@ found none, and never rewritten, so compaction keeps it where it was), and a loc
 offset: a restore reads the record there first (with a tail or without: a new topic can end
 exactly where the DB does), and rebuilds the partition if it is not the DB's (or, with a tail,
 if the DB does not know one).
+
+Each batch also carries its writer's consumer-group generation (`qris.generation`). A batch whose
+marker lands past the offset its store expected had another writer since the restore: if every
+such message is of an older generation (a worker the group dropped, still writing: a zombie),
+their keys are written again with this store's values at once, so the changelog's last values
+are the current owner's; if one is of a later generation, this store is the zombie and writes
+nothing more of the partition until its next restore.
 Imports no faust (the changelog's Kafka client is aiokafka's public API).
 """
 
