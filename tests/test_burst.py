@@ -15,6 +15,7 @@ from stream.core.burst import BurstDetector, BurstParams, FailureRateModel, Scop
 from stream.core.eventtime import format_ms
 from stream.core.partition import Params, PartitionEngine
 from stream.core.records import Stream
+from stream.core.signals import signals_decisions
 from tests.records import T0, ledger, payment
 
 M0 = 29_000_000  # an epoch minute (2025-02-21)
@@ -363,6 +364,22 @@ def test_a_merchant_whose_id_looks_like_a_pool_gets_a_scope_of_its_own_and_codes
     assert len(codes) == 21 and codes["(other)"] == 10 and all(len(c) <= 16 for c in codes)
 
 
+def test_the_scopes_a_scope_minute_shares_bad_payments_with_are_bounded() -> None:
+    # Random acquirer ids (identifiers of up to 128 characters) on failed payments: the switch's
+    # shared scopes keep the first SHARED_KEPT, so one scope-minute stays far below a record's size.
+    recs = []
+    for i in range(260):
+        recs += [
+            (P, payment(f"f{i}-q", "requested", f"F{i}", 2, acquirer_id=f"ACQ{i:04d}" + "x" * 120)),
+            (P, payment(f"f{i}-f", "failed", f"F{i}", 3)),
+        ]
+    recs += [(P, payment("tail", "requested", "TAIL", 200)), (L, ledger("tail-d", "debited", "TAIL", 200))]
+    scopes = closed(engine_signals(recs))[T0 // 60_000]
+    shared = scopes["switch:RINTIS"]["w"]
+    assert len(shared) == 200 and shared["issuer:BANKDKI"] == 260  # a scope met first keeps counting
+    assert "acquirer:ACQ0000" + "x" * 120 in shared and "acquirer:ACQ0259" + "x" * 120 not in shared
+
+
 def test_a_minute_closes_once_the_watermark_passed_its_end_plus_the_probe_age() -> None:
     base = [(P, payment("a-q", "requested", "A", 1)), (L, ledger("a-d", "debited", "A", 2))]
     minute = T0 // 60_000
@@ -425,6 +442,67 @@ def outage_reports(partitions: int = 2) -> list[dict[str, Any]]:
             share = rintis // partitions + (rintis % partitions if p == 0 else 0)
             out.append(report(p, M0 + i, switch_minute(share, 1 if (i + p) % 3 == 0 else 0)))
     return out
+
+
+def in_parts(r: dict[str, Any], max_bytes: int) -> list[dict[str, Any]]:
+    """A report as `signals_decisions` sends it with parts of at most `max_bytes`."""
+    minutes = {e["minute"]: e["scopes"] for e in r["minutes"]}
+    return [d.value for d in signals_decisions(r["partition"], r["through_minute"], minutes, max_bytes)]
+
+
+def test_a_large_report_goes_in_parts_that_hold_every_scope_minute_once() -> None:
+    scopes = {f"merchant:ID{i:06d}": sm(3, i % 2, None, ["5812", "BCA", f"Toko {i}"]) for i in range(400)}
+    r = {
+        "partition": 1,
+        "through_minute": M0 + 1,
+        "minutes": [{"minute": M0, "scopes": scopes}, {"minute": M0 + 1, "scopes": {}}],
+    }
+    assert in_parts(r, 10**9) == [r]  # small enough: one record, as before
+    parts = in_parts(r, 8_000)
+    assert len(parts) > 5 and [(p["part"], p["parts"]) for p in parts] == [(i, len(parts)) for i in range(len(parts))]
+    assert all(len(orjson.dumps(p)) <= 8_000 + 1_000 and p["through_minute"] == M0 + 1 for p in parts)
+    got = [(e["minute"], k) for p in parts for e in p["minutes"] for k in e["scopes"]]
+    assert sorted(got) == sorted((M0, k) for k in scopes)  # each once
+    assert [e["minute"] for e in parts[-1]["minutes"]][-1] == M0 + 1  # every minute in the last part
+
+
+@pytest.mark.parametrize("order", ["as sent", "reversed", "repeated", "interleaved"])
+def test_reports_in_parts_decide_exactly_what_whole_reports_decide(order: str) -> None:
+    whole = outage_reports(2)
+    sent: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []
+    for r in whole:
+        parts = in_parts(r, len(orjson.dumps(r)) // 2)  # every report of this outage in parts
+        assert len(parts) >= 2
+        if order == "reversed":
+            parts = parts[::-1]
+        elif order == "repeated":
+            parts = [parts[0], *parts, parts[-1]]
+        elif order == "interleaved":  # partition 1's parts held back until partition 0's next report
+            if r["partition"] == 1:
+                pending += parts
+                continue
+            parts = parts[:1] + pending + parts[1:]
+            pending = []
+        sent += parts
+    sent += pending
+    assert run(BurstDetector(2), sent) == run(BurstDetector(2), whole)
+
+
+def test_a_snapshot_keeps_the_parts_of_a_report_taken_so_far() -> None:
+    reports = outage_reports(2)
+    det = BurstDetector(2)
+    run(det, reports[:-4])
+    first, *rest = in_parts(reports[-4], len(orjson.dumps(reports[-4])) // 2)
+    run(det, [first])
+    assert det.merge.parts  # a part taken, the report not yet
+    again = BurstDetector.restore(orjson.loads(orjson.dumps(det.snapshot())))
+    assert again.merge.to_state() == det.merge.to_state()
+    whole = BurstDetector(2)
+    run(whole, reports[:-4])
+    want = run(whole, reports[-4:])
+    assert run(again, rest + reports[-3:]) == want
+    assert again.merge.to_state() == whole.merge.to_state()
 
 
 def test_open_incidents_can_be_queried_by_scope() -> None:

@@ -119,3 +119,26 @@ def test_a_parallel_replay_in_one_pass_gives_the_two_pass_lines(
     expected = _file_lines(list(replay(records, HOLDS, drain=drain, one_pass=False)))
     assert n == len(expected)
     assert sorted(out.getvalue().splitlines(keepends=True)) == sorted(expected)
+
+
+@pytest.mark.slow
+def test_the_outage_with_every_report_in_parts_gives_the_same_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reports past `SIGNALS_PART_MAX_BYTES` go in parts (a national switch's partition-minute has
+    # tens of thousands of merchants); here every report of the outage is cut small.
+    from stream.core import partition, signals
+
+    records = _records("outage")
+    whole = list(replay(records, HOLDS, drain=True))
+    monkeypatch.setattr(signals, "SIGNALS_PART_MAX_BYTES", 2_000)
+    sizes: list[int] = []
+
+    def counted(*args: Any) -> list[Decision]:
+        made = signals.signals_decisions(*args)
+        sizes.append(len(made))
+        return made
+
+    monkeypatch.setattr(partition, "signals_decisions", counted)
+    cut = list(replay(records, HOLDS, drain=True))
+    assert sum(1 for _p, d in whole if d.value.get("type") == "refund.held") > 10
+    assert max(sizes) > 3 and sum(sizes) > 2 * len(sizes)  # reports in parts indeed
+    assert _lines(cut) == _lines(whole)

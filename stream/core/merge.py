@@ -28,6 +28,9 @@ class PartitionMerge:
         self.through: dict[int, int] = {}
         self.pending: dict[int, dict[str, dict[str, Any]]] = {}
         self.closed_through: int | None = None
+        # The parts of a partition's report sent in parts (`signals.signals_decisions`) taken so
+        # far: partition -> (its `through_minute`, part index -> its minutes).
+        self.parts: dict[int, tuple[int, dict[int, list[dict[str, Any]]]]] = {}
 
     def take(self, value: dict[str, Any]) -> list[CompleteMinute]:
         """Take one partition's report; return the minutes it completes, oldest first."""
@@ -38,7 +41,24 @@ class PartitionMerge:
         previous = self.through.get(p)
         if previous is not None and through <= previous:
             return []  # a repeat: already taken
-        for entry in value["minutes"]:
+        entries = value["minutes"]
+        parts = int(value.get("parts", 1))
+        if parts > 1:
+            # A report in parts is taken once all its parts are here (repeats harmless); parts of
+            # an earlier report never completed (its sender stopped half way) give way to a later
+            # report, which covers their minutes again.
+            got_through, got = self.parts.get(p, (through, {}))
+            if got_through != through:
+                got = {}
+            got[int(value["part"])] = entries
+            if len(got) < parts:
+                self.parts[p] = (through, got)
+                return []
+            self.parts.pop(p, None)
+            entries = [entry for i in range(parts) for entry in got[i]]
+        elif p in self.parts and self.parts[p][0] <= through:
+            del self.parts[p]
+        for entry in entries:
             m = int(entry["minute"])
             if (previous is not None and m <= previous) or (
                 self.closed_through is not None and m <= self.closed_through
@@ -67,6 +87,7 @@ class PartitionMerge:
             "through": sorted(self.through.items()),
             "pending": [[m, data] for m, data in sorted(self.pending.items())],
             "closed_through": self.closed_through,
+            "parts": [[p, through, sorted(got.items())] for p, (through, got) in sorted(self.parts.items())],
         }
 
     @classmethod
@@ -76,4 +97,8 @@ class PartitionMerge:
         merge.pending = {int(m): data for m, data in state["pending"]}
         ct = state["closed_through"]
         merge.closed_through = None if ct is None else int(ct)
+        merge.parts = {  # (a snapshot from before reports in parts has none)
+            int(p): (int(through), {int(i): minutes for i, minutes in got})
+            for p, through, got in state.get("parts", [])
+        }
         return merge

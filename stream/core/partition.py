@@ -48,7 +48,7 @@ from .holdtally import (
 from .observe import EngineObserver
 from .records import LedgerEvent, PaymentEvent, Stream, event_fields
 from .reference import ReferenceState, RetentionTimer
-from .signals import MINUTE_MS, count_payment, judge, signals_decision
+from .signals import MINUTE_MS, count_payment, judge, signals_decisions
 from .validation import Rejection, parse_ledger, parse_payment
 
 RECORD, DEADLINE, HOLD = 0, 1, 2  # heap kinds; retention checks have a heap of their own
@@ -391,7 +391,7 @@ class PartitionEngine:
         else:
             out = self._process(cap)
         if watermark_ms >= self._close_at_ms and watermark_ms > NEG_INF and self._signals_on:
-            out.append(self._close_minutes(watermark_ms, cap))
+            out.extend(self._close_minutes(watermark_ms, cap))
         # (Inline, what makes `_report_holds` do nothing: most records decide nothing and stay
         # in the minute already reported.)
         if self._holds_on and (out or cap >= POS_INF or cap - cap % MINUTE_MS > self.hold_reported_ms):
@@ -422,7 +422,7 @@ class PartitionEngine:
             self.hold_reported_ms = floor
             self.meta_dirty = True
 
-    def _close_minutes(self, watermark_ms: int, cap: int) -> Decision:
+    def _close_minutes(self, watermark_ms: int, cap: int) -> list[Decision]:
         # Every request of minute m, and every record up to its probe time, has been processed
         # once W >= end of m + probe age: the minute's counts are final.
         age = self.params.probe_age_ms
@@ -452,7 +452,7 @@ class PartitionEngine:
         self.signals_through = through
         self._close_at_ms = (through + 2) * MINUTE_MS + age if through < POS_INF // MINUTE_MS else POS_INF + 1
         self.meta_dirty = True
-        return signals_decision(self.partition, through, closed)
+        return signals_decisions(self.partition, through, closed)
 
     def _views_ahead(self, through: int, watermark_ms: int, cap: int) -> dict[str, ReferenceState]:
         # The facts of references with records past W but not yet decided (in `heap`, times in

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
+from . import codec
 from .decisions import Decision, mask_account
 from .text import escape_text
 
@@ -31,6 +32,15 @@ SAMPLES_PER_SCOPE = 3
 CODES_KEPT = 20
 CODE_MAX_CHARS = 16
 OTHER_CODES = "(other)"
+# Other scopes a scope-minute's bad payments share (`w`, for attribution): at most this many
+# distinct ones, the first met (identifiers are up to 128 characters; random ones must not make
+# one scope-minute as large as a record may be). Past a few, attribution has nothing to say.
+SHARED_KEPT = 200
+# A partition's report of the minutes it closed is one record of the signals topic; at a
+# national switch's volume a partition-minute has tens of thousands of merchants (a 1.7 MB
+# report at 23,000 requests a partition-minute over 200,000 merchants), past Kafka's 1 MiB. A
+# report larger than this many bytes of JSON is sent in parts (`signals_decisions`).
+SIGNALS_PART_MAX_BYTES = 512 * 1024
 # A merchant pool's id is `MCC-` and its MCC (free text too), escaped and cut to this long.
 POOL_MCC_MAX_CHARS = 16
 
@@ -70,6 +80,7 @@ def add_codes(into: dict[str, int], codes: dict[str, int]) -> None:
         if code not in into and len(into) >= CODES_KEPT:
             code = OTHER_CODES
         into[code] = into.get(code, 0) + n
+
 
 # Counter slots of one scope-minute (a list, kept small and JSON-ready).
 N, BAD, FAILED, UNSETTLED, NO_ANSWER, EXPOSURE = range(6)
@@ -194,7 +205,11 @@ def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome
             merchant = key.startswith("merchant:")
             for other in keys:
                 if other != key and other != "all" and (merchant or not other.startswith("merchant:")):
-                    with_[other] = with_.get(other, 0) + 1
+                    n = with_.get(other)
+                    if n is not None:
+                        with_[other] = n + 1
+                    elif len(with_) < SHARED_KEPT:
+                        with_[other] = 1
         samples = sm.setdefault("s", [])
         if len(samples) < SAMPLES_PER_SCOPE or sample[:2] < samples[-1][:2]:
             samples.append(list(sample))
@@ -234,13 +249,53 @@ def scope_minute_view(sm: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-def signals_decision(partition: int, through_minute: int, minutes: dict[int, dict[str, Any]]) -> Decision:
+def signals_decisions(
+    partition: int, through_minute: int, minutes: dict[int, dict[str, Any]], max_bytes: int | None = None
+) -> list[Decision]:
     """The partition's report: the scope-minutes it closed, and that every minute up to
-    `through_minute` is closed (minutes without requests included)."""
+    `through_minute` is closed (minutes without requests included). One record, or, when its
+    JSON is larger than `max_bytes` (`SIGNALS_PART_MAX_BYTES`), parts (`part` i of `parts` n,
+    each with `through_minute`): the scope-minutes shared out in minute order, each once, every
+    minute listed in the last part (with no scopes where it has none left); the detector takes
+    the report once it has every part (`merge.PartitionMerge`)."""
     value = {
         "partition": partition,
         "through_minute": through_minute,
         "minutes": [{"minute": m, "scopes": minutes[m]} for m in sorted(minutes)],
     }
     at_ms = None if through_minute >= 2**40 else (through_minute + 1) * MINUTE_MS
-    return Decision("signals", str(partition).encode(), value, at_ms)
+    key = str(partition).encode()
+    if max_bytes is None:
+        max_bytes = SIGNALS_PART_MAX_BYTES
+    if len(codec.dumps(value)) <= max_bytes:
+        return [Decision("signals", key, value, at_ms)]
+    envelope = 100  # a part's fields but its scopes, and a minute's (about)
+    parts: list[dict[int, dict[str, Any]]] = [{}]
+    size = envelope
+    for m in sorted(minutes):
+        for scope, sm in minutes[m].items():
+            n = len(scope) + len(codec.dumps(sm)) + 4
+            if size > envelope and size + n > max_bytes:
+                parts.append({})
+                size = envelope
+            parts[-1].setdefault(m, {})[scope] = sm
+            size += n
+    if len(parts) == 1:
+        return [Decision("signals", key, value, at_ms)]
+    for m in minutes:
+        parts[-1].setdefault(m, {})
+    return [
+        Decision(
+            "signals",
+            key,
+            {
+                "partition": partition,
+                "through_minute": through_minute,
+                "part": i,
+                "parts": len(parts),
+                "minutes": [{"minute": m, "scopes": part[m]} for m in sorted(part)],
+            },
+            at_ms,
+        )
+        for i, part in enumerate(parts)
+    ]
