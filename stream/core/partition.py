@@ -48,7 +48,7 @@ from .holdtally import (
 from .observe import EngineObserver
 from .records import LedgerEvent, PaymentEvent, Stream, event_fields
 from .reference import ReferenceState, RetentionTimer
-from .signals import MINUTE_MS, count_payment, judge, signals_decisions
+from .signals import MINUTE_MS, close_scope_minutes, count_payment, judge, signals_decisions
 from .validation import Rejection, parse_ledger, parse_payment
 
 RECORD, DEADLINE, HOLD = 0, 1, 2  # heap kinds; retention checks have a heap of their own
@@ -448,7 +448,7 @@ class PartitionEngine:
                 if st is None or st.request is None or st.request_eff_ms is None:
                     continue  # dropped by retention shorter than the probe age
                 count_payment(scopes, st, judge(st, st.request_eff_ms + age))
-            closed[m] = scopes
+            closed[m] = close_scope_minutes(scopes)
         self.signals_through = through
         self._close_at_ms = (through + 2) * MINUTE_MS + age if through < POS_INF // MINUTE_MS else POS_INF + 1
         self.meta_dirty = True

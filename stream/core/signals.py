@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import codec
 from .decisions import Decision, mask_account
-from .text import escape_text
+from .text import escape_controls
 
 if TYPE_CHECKING:
     from .reference import ReferenceState
@@ -33,8 +33,8 @@ CODES_KEPT = 20
 CODE_MAX_CHARS = 16
 OTHER_CODES = "(other)"
 # Other scopes a scope-minute's bad payments share (`w`, for attribution): at most this many
-# distinct ones, the first met (identifiers are up to 128 characters; random ones must not make
-# one scope-minute as large as a record may be). Past a few, attribution has nothing to say.
+# distinct ones, the most shared with (identifiers are up to 128 characters; random ones must not
+# make one scope-minute as large as a record may be). Past a few, attribution has nothing to say.
 SHARED_KEPT = 200
 # A partition's report of the minutes it closed is one record of the signals topic; at a
 # national switch's volume a partition-minute has tens of thousands of merchants (a 1.7 MB
@@ -51,7 +51,7 @@ def pool_id(mcc: str | None) -> str:
     >>> pool_id("5812"), pool_id(None), pool_id("59\x1b[2J")
     ('MCC-5812', 'MCC-unknown', 'MCC-59\\u001b[2J')
     """
-    return "MCC-" + escape_text(mcc or "unknown", POOL_MCC_MAX_CHARS)
+    return "MCC-" + escape_controls(mcc or "unknown", POOL_MCC_MAX_CHARS)
 
 
 def merchant_scope_id(merchant_id: str) -> str:
@@ -173,6 +173,8 @@ def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome
                     sm["a"] = [rq.mcc or "", rq.acquirer_id or "", rq.merchant_name or ""]
             else:
                 sm["c"][N] += 1
+                if key.startswith("merchant:"):
+                    _least_attributes(sm, rq)
         return
     state = outcome.state
     # The payment's sample (each scope keeps its own copy).
@@ -183,15 +185,15 @@ def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome
             sm = minute[key] = {"c": [0, 0, 0, 0, 0, 0]}  # `new_scope_minute`
             if key.startswith("merchant:"):
                 sm["a"] = [rq.mcc or "", rq.acquirer_id or "", rq.merchant_name or ""]
+        elif key.startswith("merchant:"):
+            _least_attributes(sm, rq)
         c = sm["c"]
         c[N] += 1
         c[BAD] += 1
         if state == FAILED_OUTCOME:
             c[FAILED] += 1
             code = (outcome.response_code or "?")[:CODE_MAX_CHARS]
-            codes = sm.setdefault("k", {})
-            if code not in codes and len(codes) >= CODES_KEPT:
-                code = OTHER_CODES
+            codes = sm.setdefault("k", {})  # (bounded when the minute closes: `close_scope_minutes`)
             codes[code] = codes.get(code, 0) + 1
         elif state == UNSETTLED_OUTCOME:
             c[UNSETTLED] += 1
@@ -205,11 +207,7 @@ def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome
             merchant = key.startswith("merchant:")
             for other in keys:
                 if other != key and other != "all" and (merchant or not other.startswith("merchant:")):
-                    n = with_.get(other)
-                    if n is not None:
-                        with_[other] = n + 1
-                    elif len(with_) < SHARED_KEPT:
-                        with_[other] = 1
+                    with_[other] = with_.get(other, 0) + 1
         samples = sm.setdefault("s", [])
         if len(samples) < SAMPLES_PER_SCOPE or sample[:2] < samples[-1][:2]:
             samples.append(list(sample))
@@ -219,6 +217,38 @@ def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome
 
 # Samples in (request ms, reference) order.
 _SAMPLE_ORDER = itemgetter(0, 1)
+
+
+def _least_attributes(sm: dict[str, Any], rq: Any) -> None:
+    # A merchant's attributes in a minute: the least of its payments' (as `merge_scope_minute`
+    # takes them across partitions), whatever order the payments are judged in (a restored
+    # engine judges a minute's payments in another order than one that ran through).
+    a = sm["a"]
+    mcc, acquirer, name = rq.mcc or "", rq.acquirer_id or "", rq.merchant_name or ""
+    if (mcc != a[0] or acquirer != a[1] or name != a[2]) and [mcc, acquirer, name] < a:
+        sm["a"] = [mcc, acquirer, name]
+
+
+def _most(counts: dict[str, int], n: int) -> list[tuple[str, int]]:
+    """The `n` largest counts, ties by key: the same whatever order `counts` was built in."""
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def close_scope_minutes(scopes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A closed minute's scope-minutes with their response codes and shared scopes bounded:
+    the CODES_KEPT - 1 most frequent codes and the rest as OTHER_CODES, the SHARED_KEPT scopes
+    most shared with (ties by name). Applied once the minute is counted, so the result does not
+    depend on the order its payments were judged in."""
+    for sm in scopes.values():
+        codes = sm.get("k")
+        if codes is not None and len(codes) > CODES_KEPT:
+            kept = dict(_most(codes, CODES_KEPT - 1))
+            kept[OTHER_CODES] = kept.get(OTHER_CODES, 0) + sum(codes.values()) - sum(kept.values())
+            sm["k"] = kept
+        shared = sm.get("w")
+        if shared is not None and len(shared) > SHARED_KEPT:
+            sm["w"] = dict(_most(shared, SHARED_KEPT))
+    return scopes
 
 
 def merge_scope_minute(into: dict[str, Any], other: dict[str, Any]) -> None:
