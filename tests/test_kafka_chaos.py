@@ -216,7 +216,7 @@ def run_chaos(
     for w in workers:
         text = w.log_tail(10**6)
         result.rewrites += text.count("by an owner of an older consumer-group generation")
-        result.superseded += text.count("a writer of a later generation")
+        result.superseded += text.count("no longer the partition's owner")
     print(result.line(), f"(killed after {result.killed_after} records; logs in {tmp_path / case})", file=sys.stderr)
     return result
 

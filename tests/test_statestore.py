@@ -82,6 +82,9 @@ class MemoryChangelog:
     async def read_range(self, partition: int, start: int, end: int) -> list[ChangelogMessage]:
         return [msg async for msg in self.read(partition, start, end)]
 
+    async def end_offsets(self, partitions: list[int]) -> dict[int, int]:
+        return {p: self.next_offset.get(p, 0) for p in partitions}
+
     def compact(self, partition: int, *, tombstones_expired: bool = False) -> None:
         """Kafka's log cleaner over the whole partition: the last message of every key stays,
         but not a tombstone whose `delete.retention.ms` has passed (`tombstones_expired`)."""
@@ -907,33 +910,33 @@ def test_a_db_whose_identity_record_a_second_owners_replaced_is_rebuilt_once_and
     again.close()
 
 
-def test_an_older_generations_writes_after_the_owners_are_written_over_and_the_zombie_stops_writing(
+def test_an_older_generations_writes_after_the_owners_restore_are_written_over_and_the_zombie_stops(
     tmp_path: Path,
 ) -> None:
     # A worker the group dropped (generation 1) finishes a batch after the partition's new owner
-    # (generation 2) restored and wrote: its stale values land after the owner's. Before, the
+    # (generation 2) restored it: its stale values land after what the owner read. Before, the
     # owner only stopped its DB's offset; a restore then read the zombie's values as the last.
     changelog = MemoryChangelog()
     zombie = PartitionStore(changelog, tmp_path / "z")
     zombie.generation = lambda: 1
     run(zombie.restore(P))
-    write(zombie, {b"2/r/A": b"a1", b"2/r/B": b"b1"})
+    write(zombie, {b"2/r/A": b"a1", b"2/r/B": b"b1", b"2/m": b"m1"})
     owner = PartitionStore(changelog, tmp_path / "o")
     owner.generation = lambda: 2
     run(owner.restore(P))
-    write(owner, {b"2/r/B": b"b2", b"2/m": b"m2"})
-    write(zombie, {b"2/r/B": b"b-stale", b"2/r/C": b"c-zombie", b"2/m": b"m-stale"})  # after the owner's
-    assert zombie.counts["foreign_writes"] == 1 and P in zombie.superseded and P in zombie.behind
+    write(zombie, {b"2/r/B": b"b-stale", b"2/r/C": b"c-zombie", b"2/m": b"m-stale"})  # lands: nothing new
+    assert zombie.counts["foreign_writes"] == 0 and not zombie.superseded
     assert restored(changelog)[b"2/r/B"] == b"b-stale"  # what a restore would read now
     write(owner, {b"2/r/D": b"d2"})  # sees the older generation's messages: writes them over
     assert owner.counts["foreign_writes"] == 1 and owner.counts["older_owner_rewrites"] == 1
     assert P not in owner.behind and owner.locals[P].position()[0] == changelog.next_offset[P] - 1
-    want = {b"2/r/A": b"a1", b"2/r/B": b"b2", b"2/m": b"m2", b"2/r/D": b"d2"}  # C: never the owner's
+    want = {b"2/r/A": b"a1", b"2/r/B": b"b1", b"2/m": b"m1", b"2/r/D": b"d2"}  # C: never the owner's
     assert dict(owner.load(P)) == want == restored(changelog)
-    # The zombie's next batch is not written (its DB keeps its offset until its next restore).
+    # The zombie's next batch: it sees the later generation first and writes nothing.
     end = changelog.next_offset[P]
     write(zombie, {b"2/r/E": b"e-zombie"})
     assert changelog.next_offset[P] == end and zombie.counts["superseded_batches"] == 1
+    assert P in zombie.superseded and zombie.counts["foreign_writes"] == 0
     # The owner goes on as the whole changelog's: no more foreign writes, a tail restore is exact.
     write(owner, {b"2/r/F": b"f2"})
     assert owner.counts["foreign_writes"] == 1 and owner.locals[P].position()[0] == changelog.next_offset[P] - 1
@@ -949,6 +952,33 @@ def test_an_older_generations_writes_after_the_owners_are_written_over_and_the_z
     run(zombie.restore(P))
     assert dict(zombie.load(P)) == {**want, b"2/r/F": b"f2"} and P not in zombie.superseded
     zombie.close()
+
+
+def test_the_stamp_is_the_generation_a_partition_was_taken_in_not_the_groups_latest(tmp_path: Path) -> None:
+    # A worker whose group moved on (generation 7) still writes a partition it took in
+    # generation 5, before it lets it go: stamped 5, so the partition's owner of generation 6
+    # does not take it for a later owner's writes.
+    changelog = MemoryChangelog()
+    current = [5]
+    old = PartitionStore(changelog, tmp_path / "a")
+    old.generation = lambda: current[0]
+    run(old.restore(P))
+    write(old, {b"2/r/A": b"a5"})
+    owner = PartitionStore(changelog, tmp_path / "b")
+    owner.generation = lambda: 6
+    run(owner.restore(P))
+    current[0] = 7  # the old worker rejoined; its assignment has not dropped the partition yet
+    write(old, {b"2/r/A": b"a-late"})
+    assert [m.generation for m in changelog.log[P]][-2:] == [5, 5]
+    write(owner, {b"2/r/B": b"b6"})
+    assert owner.counts["older_owner_rewrites"] == 1 and not owner.superseded
+    assert restored(changelog) == {b"2/r/A": b"a5", b"2/r/B": b"b6"}
+    # Kept through a rebalance (its DB still the whole changelog), a partition takes the new one.
+    assert run_value(owner.is_current(P)) and owner.generations[P] == 6
+    owner_gen = [6]
+    owner.generation = lambda: owner_gen[0]
+    owner_gen[0] = 8
+    assert run_value(owner.is_current(P)) and owner.generations[P] == 8
 
 
 def test_a_foreign_write_not_only_of_an_older_generation_is_not_written_over() -> None:

@@ -143,6 +143,10 @@ class Changelog(Protocol):
 
     async def end_offset(self, partition: int) -> int: ...
 
+    async def end_offsets(self, partitions: list[int]) -> dict[int, int]:
+        """The end offsets of several partitions in one ask (apart from `read`, as `read_range`)."""
+        ...
+
     async def tombstone_retention_ms(self) -> int | None:
         """The topic's `delete.retention.ms` (how long compaction keeps a deletion at least),
         None if it cannot be told."""
@@ -424,6 +428,7 @@ class PartitionStore:
         # generation was seen: this worker is an owner the group dropped (a zombie), and their
         # batches are not written until the partition's next restore.
         self.generation: Callable[[], int | None] = lambda: None
+        self.generations: dict[int, int | None] = {}  # per partition: the generation it was taken in
         self.superseded: set[int] = set()
         self.progress = RestoreProgress()
         self.counts = {
@@ -471,6 +476,7 @@ class PartitionStore:
         written again with this store's values (`_rewrite_older_owners`)."""
         # A partition written here was restored to the changelog's end: with this batch, its DB
         # is the whole changelog as of before the send (nothing written later is in it).
+        await self._check_superseded(pending)
         for p in [p for p in pending if p in self.superseded]:
             # A later generation's owner writes this partition: this worker's batch is not its
             # to write (the group dropped this worker; its next restore reads the other's).
@@ -479,13 +485,13 @@ class PartitionStore:
         if not pending:
             return {}
         sent_at_ms = self._now_ms()
-        generation = self.generation()
         identified = [p for p in pending if p in self.identity_needed]
         for p in identified:
             # The identity record last, just before the commit marker: at the marker's offset - 1.
             pending[p] = [*pending[p], (identity_key(p), new_identity(sent_at_ms))]
         batches = {
-            p: ChangelogBatch(changes, self._local(p).position()[1] + 1, generation) for p, changes in pending.items()
+            p: ChangelogBatch(changes, self._local(p).position()[1] + 1, self.generations.get(p))
+            for p, changes in pending.items()
         }
         offsets = await self.changelog.send_batch(batches)
         older: dict[int, list[bytes]] = {}  # partition -> keys an older owner wrote since its restore
@@ -502,7 +508,9 @@ class PartitionStore:
             if expected is not None and offsets[p] != expected + len(batch.changes) and p not in self.behind:
                 self.behind.add(p)
                 self.counts["foreign_writes"] += 1
-                keys = await self._older_owners_keys(p, expected, offsets[p], len(batch.changes) + 1, generation)
+                keys = await self._older_owners_keys(
+                    p, expected, offsets[p], len(batch.changes) + 1, batch.generation
+                )
                 if keys is not None and rewrite_older:
                     older[p] = keys
                 else:
@@ -527,6 +535,38 @@ class PartitionStore:
         for p, keys in older.items():
             await self._rewrite_older_owners(p, keys)
         return offsets
+
+    async def _check_superseded(self, pending: Mapping[int, list[Change]]) -> None:
+        """Before a batch is sent: a partition whose changelog grew since this store's last write
+        with a message of a later generation than the one it holds the partition in goes into
+        `superseded` (this worker is the owner the group dropped: it writes nothing more of it,
+        so none of its batches lands after the new owner's writes; one sent between this check
+        and the other's first write is written over by the other's next batch)."""
+        ours = {
+            p: self.next_offset[p]
+            for p in pending
+            if p not in self.superseded and p in self.next_offset and self.generations.get(p) is not None
+        }
+        if not ours:
+            return
+        ends = await self.changelog.end_offsets(sorted(ours))
+        for p, expected in ours.items():
+            if ends[p] == expected:
+                continue
+            generation = self.generations[p]
+            assert generation is not None
+            for msg in await self.changelog.read_range(p, expected, ends[p]):
+                if msg.generation is not None and msg.generation > generation:
+                    self.superseded.add(p)
+                    log.warning(
+                        "partition %d: the changelog has a writer of a later consumer-group generation (%d, this"
+                        " worker's %d): this worker is no longer the partition's owner and writes nothing more of it"
+                        " until its next restore",
+                        p,
+                        msg.generation,
+                        generation,
+                    )
+                    break
 
     async def _older_owners_keys(
         self, partition: int, start: int, marker: int, own_messages: int, generation: int | None
@@ -606,6 +646,7 @@ class PartitionStore:
         if end != applied + 1:
             return False
         local.apply((), applied, seq, asked_at_ms)
+        self.generations[partition] = self.generation()  # kept in this generation
         return True
 
     def release(self, partition: int) -> None:
@@ -615,6 +656,7 @@ class PartitionStore:
         self.next_offset.pop(partition, None)
         self.behind.discard(partition)
         self.superseded.discard(partition)
+        self.generations.pop(partition, None)
         self.pending.pop(partition, None)
         local = self.locals.pop(partition, None)
         if local is not None:
@@ -628,6 +670,7 @@ class PartitionStore:
         self.next_offset.pop(partition, None)
         self.behind.discard(partition)  # (the restore reads from the DB's offset: what it missed too)
         self.superseded.discard(partition)  # (assigned again: in a generation at least the other's)
+        self.generations[partition] = self.generation()
         local = self._local(partition)
         applied, seq = local.position()
         self.progress = RestoreProgress(partition, UNKNOWN_REMAINING)  # any answer is progress
@@ -970,22 +1013,38 @@ class KafkaChangelog:
     async def read_range(self, partition: int, start: int, end: int) -> list[ChangelogMessage]:
         # A batch's check of what another writer wrote (`PartitionStore._older_owners_keys`) runs
         # outside the shell's lock, maybe while a restore reads with the restore consumer: its
-        # own consumer, started on first use (rare: only when another writer wrote).
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        # own consumer.
+        from aiokafka import TopicPartition
 
         async with self._checking:
-            if self._checker is None:
-                checker = AIOKafkaConsumer(
-                    **self.client_config,
-                    group_id=None,
-                    enable_auto_commit=False,
-                    auto_offset_reset="earliest",
-                    fetch_max_wait_ms=20,
-                    client_id=f"{self.client_id}-check",
-                )
-                await checker.start()
-                self._checker = checker
-            return [msg async for msg in _read(self._checker, TopicPartition(self.topic, partition), start, end)]
+            checker = await self._checker_started()
+            return [msg async for msg in _read(checker, TopicPartition(self.topic, partition), start, end)]
+
+    async def end_offsets(self, partitions: list[int]) -> dict[int, int]:
+        from aiokafka import TopicPartition
+
+        async with self._checking:
+            checker = await self._checker_started()
+            tps = [TopicPartition(self.topic, p) for p in partitions]
+            ends = await checker.end_offsets(tps)
+            return {tp.partition: int(ends[tp]) for tp in tps}
+
+    async def _checker_started(self) -> Any:
+        """The checks' consumer (`read_range`, `end_offsets`), started on first use."""
+        from aiokafka import AIOKafkaConsumer
+
+        if self._checker is None:
+            checker = AIOKafkaConsumer(
+                **self.client_config,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=20,
+                client_id=f"{self.client_id}-check",
+            )
+            await checker.start()
+            self._checker = checker
+        return self._checker
 
     async def close(self) -> None:
         producer, consumer, checker = self._producer, self._consumer, self._checker
