@@ -502,6 +502,46 @@ def test_reports_in_parts_decide_exactly_what_whole_reports_decide(order: str) -
     assert run(BurstDetector(2), sent) == run(BurstDetector(2), whole)
 
 
+def test_parts_of_a_report_sent_again_differently_or_of_two_senders_are_never_mixed() -> None:
+    reports = outage_reports(2)
+    for r in reports[-4:]:  # reports with enough scopes to split several ways
+        scopes = r["minutes"][0]["scopes"]
+        for i in range(12):
+            scopes[f"merchant:ID{r['partition']}{i:04d}"] = sm(5, 0, None, ["5812", "BCA", f"Toko {i}"])
+    big = reports[-4]
+    size = len(orjson.dumps(big))
+    first_try, again = in_parts(big, size // 2), in_parts(big, size // 4)  # split otherwise
+    assert len(first_try) != len(again)
+    # A sender stopped after all but its last part sends the report again, split otherwise.
+    sent = reports[:-4] + first_try[:-1] + again + reports[-3:]
+    assert run(BurstDetector(2), sent) == run(BurstDetector(2), reports)
+    # Two senders of one partition at once (a zombie and the owner), their parts alternating:
+    # each report is taken whole; the zombie's covers the minutes since its own last report.
+    assert reports[-2]["partition"] == big["partition"]
+    later = {**reports[-2], "minutes": big["minutes"] + reports[-2]["minutes"]}
+    zombie, owner = in_parts(later, size // 4), in_parts(big, size // 4)
+    mixed = [p for pair in zip(owner, zombie, strict=False) for p in pair]
+    mixed += owner[len(zombie) :] + zombie[len(owner) :]
+    det, alone = BurstDetector(2), BurstDetector(2)
+    run(det, reports[:-4])
+    run(alone, reports[:-4])
+    assert run(det, mixed) == run(alone, [big, reports[-2]])
+    assert det.merge.to_state() == alone.merge.to_state()
+
+
+def test_parts_stay_below_the_limit_in_bytes_whatever_the_ids() -> None:
+    # Identifiers are text: 128 emoji are 512 bytes. The split counts bytes, not characters.
+    scopes = {
+        "merchant:" + f"{i:04d}" + "\U0001f600" * 124: sm(3, 1, None, ["5812", "BCA", "\u4e2d" * 256])
+        for i in range(600)
+    }
+    r = {"partition": 0, "through_minute": M0, "minutes": [{"minute": M0, "scopes": scopes}]}
+    limit = 100_000
+    parts = in_parts(r, limit)
+    assert len(parts) > 5 and all(len(orjson.dumps(p)) <= limit for p in parts)
+    assert len({p["report"] for p in parts}) == 1
+
+
 def test_a_snapshot_keeps_the_parts_of_a_report_taken_so_far() -> None:
     reports = outage_reports(2)
     det = BurstDetector(2)

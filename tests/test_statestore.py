@@ -1066,3 +1066,27 @@ def test_a_db_does_not_stand_past_another_writers_messages_it_never_had(tmp_path
         write(again, {b"2/r/F": b"f"})
         assert again.counts["foreign_writes"] == 0 and again.locals[P].position()[0] == changelog.next_offset[P] - 1
         again.close()
+
+
+def test_a_restore_whose_half_batch_rewrite_meets_a_later_owner_leaves_the_partition_to_it() -> None:
+    # Between the restore's read and its rewrite of a half batch, the partition's owner of a
+    # later generation writes: the rewrite is not sent, and the restore ends without an error.
+    class Racy(MemoryChangelog):
+        fired = False
+
+        async def end_offsets(self, partitions: list[int]) -> dict[int, int]:
+            if not self.fired:
+                self.fired = True
+                self.append(P, b"2/r/X", b"x9", 50, False, 9)
+                self.append(P, commit_key(P), b"50", 50, True, 9)
+            return await super().end_offsets(partitions)
+
+    changelog = Racy()
+    changelog.append(P, b"2/r/A", b"a", 1, False, 7)
+    changelog.append(P, commit_key(P), b"1", 1, True, 7)
+    changelog.append(P, b"2/r/B", b"half", 2, False, 7)  # no commit marker
+    store = PartitionStore(changelog, None)
+    store.generation = lambda: 8
+    run(store.restore(P))
+    assert P in store.superseded and dict(store.load(P)) == {b"2/r/A": b"a"}
+    assert [m.key for m in changelog.log[P]][-2:] == [b"2/r/X", commit_key(P)]  # nothing of ours after

@@ -28,9 +28,9 @@ class PartitionMerge:
         self.through: dict[int, int] = {}
         self.pending: dict[int, dict[str, dict[str, Any]]] = {}
         self.closed_through: int | None = None
-        # The parts of a partition's report sent in parts (`signals.signals_decisions`) taken so
-        # far: partition -> (its `through_minute`, part index -> its minutes).
-        self.parts: dict[int, tuple[int, dict[int, list[dict[str, Any]]]]] = {}
+        # The parts of reports sent in parts (`signals.signals_decisions`) taken so far: partition
+        # -> (`through_minute`, report digest, number of parts) -> part index -> its minutes.
+        self.parts: dict[int, dict[tuple[int, str, int], dict[int, list[dict[str, Any]]]]] = {}
 
     def take(self, value: dict[str, Any]) -> list[CompleteMinute]:
         """Take one partition's report; return the minutes it completes, oldest first."""
@@ -44,20 +44,23 @@ class PartitionMerge:
         entries = value["minutes"]
         parts = int(value.get("parts", 1))
         if parts > 1:
-            # A report in parts is taken once all its parts are here (repeats harmless); parts of
-            # an earlier report never completed (its sender stopped half way) give way to a later
-            # report, which covers their minutes again.
-            got_through, got = self.parts.get(p, (through, {}))
-            if got_through != through:
-                got = {}
+            # A report in parts is taken once all its parts are here, repeats harmless. Parts are
+            # put together only with parts of the same report (its `through_minute`, digest and
+            # number of parts): a report sent again by a sender that stopped half way, or another
+            # sender's (a zombie's) at the same time, is a set of its own. Sets left incomplete
+            # go when the partition's report of a later or the same minute is taken.
+            sets = self.parts.setdefault(p, {})
+            got = sets.setdefault((through, str(value.get("report", "")), parts), {})
             got[int(value["part"])] = entries
-            if len(got) < parts:
-                self.parts[p] = (through, got)
+            if any(i not in got for i in range(parts)):
                 return []
-            self.parts.pop(p, None)
             entries = [entry for i in range(parts) for entry in got[i]]
-        elif p in self.parts and self.parts[p][0] <= through:
-            del self.parts[p]
+        if p in self.parts:
+            sets = self.parts[p]
+            for k in [k for k in sets if k[0] <= through]:
+                del sets[k]
+            if not sets:
+                del self.parts[p]
         for entry in entries:
             m = int(entry["minute"])
             if (previous is not None and m <= previous) or (
@@ -87,7 +90,11 @@ class PartitionMerge:
             "through": sorted(self.through.items()),
             "pending": [[m, data] for m, data in sorted(self.pending.items())],
             "closed_through": self.closed_through,
-            "parts": [[p, through, sorted(got.items())] for p, (through, got) in sorted(self.parts.items())],
+            "parts": [
+                [p, through, report, n, sorted(got.items())]
+                for p, sets in sorted(self.parts.items())
+                for (through, report, n), got in sorted(sets.items())
+            ],
         }
 
     @classmethod
@@ -97,8 +104,8 @@ class PartitionMerge:
         merge.pending = {int(m): data for m, data in state["pending"]}
         ct = state["closed_through"]
         merge.closed_through = None if ct is None else int(ct)
-        merge.parts = {  # (a snapshot from before reports in parts has none)
-            int(p): (int(through), {int(i): minutes for i, minutes in got})
-            for p, through, got in state.get("parts", [])
-        }
+        merge.parts = {}
+        for p, through, report, n, got in state.get("parts", []):  # (none in a snapshot before them)
+            sets = merge.parts.setdefault(int(p), {})
+            sets[(int(through), str(report), int(n))] = {int(i): minutes for i, minutes in got}
         return merge

@@ -14,6 +14,7 @@ detector combines the partitions. Imports nothing outside the core.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from hashlib import blake2b
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -285,9 +286,12 @@ def signals_decisions(
     """The partition's report: the scope-minutes it closed, and that every minute up to
     `through_minute` is closed (minutes without requests included). One record, or, when its
     JSON is larger than `max_bytes` (`SIGNALS_PART_MAX_BYTES`), parts (`part` i of `parts` n,
-    each with `through_minute`): the scope-minutes shared out in minute order, each once, every
-    minute listed in the last part (with no scopes where it has none left); the detector takes
-    the report once it has every part (`merge.PartitionMerge`)."""
+    each with `through_minute` and `report`, a digest of the whole report): the scope-minutes
+    shared out in (minute, scope) order, each once, every minute listed in the last part (with
+    no scopes where it has none left). The split depends only on the report's content (not the
+    order its payments were judged in), and the detector puts together only parts of the same
+    report (`merge.PartitionMerge`): a sender stopped half way that sends the report again, or a
+    second sender's report, never mixes with it."""
     value = {
         "partition": partition,
         "through_minute": through_minute,
@@ -299,21 +303,23 @@ def signals_decisions(
         max_bytes = SIGNALS_PART_MAX_BYTES
     if len(codec.dumps(value)) <= max_bytes:
         return [Decision("signals", key, value, at_ms)]
-    envelope = 100  # a part's fields but its scopes, and a minute's (about)
+    envelope = 200  # a part's fields but its scopes, and a minute's (about; bytes)
     parts: list[dict[int, dict[str, Any]]] = [{}]
     size = envelope
     for m in sorted(minutes):
-        for scope, sm in minutes[m].items():
-            n = len(scope) + len(codec.dumps(sm)) + 4
+        scopes = minutes[m]
+        for scope in sorted(scopes):
+            n = len(codec.dumps({scope: scopes[scope]}))  # bytes, as sent (ids need not be ASCII)
             if size > envelope and size + n > max_bytes:
                 parts.append({})
                 size = envelope
-            parts[-1].setdefault(m, {})[scope] = sm
+            parts[-1].setdefault(m, {})[scope] = scopes[scope]
             size += n
     if len(parts) == 1:
         return [Decision("signals", key, value, at_ms)]
     for m in minutes:
         parts[-1].setdefault(m, {})
+    report = blake2b(codec.dumps_sorted(value), digest_size=12).hexdigest()
     return [
         Decision(
             "signals",
@@ -321,6 +327,7 @@ def signals_decisions(
             {
                 "partition": partition,
                 "through_minute": through_minute,
+                "report": report,
                 "part": i,
                 "parts": len(parts),
                 "minutes": [{"minute": m, "scopes": part[m]} for m in sorted(part)],

@@ -757,8 +757,10 @@ class PartitionStore:
             rewrite = [(key, local.get(key)) for key in tail if key != own]
             if own in tail:
                 rewrite.append((own, identity))
-            marker = (await self._write({partition: rewrite}))[partition]
-            if own in tail and identity is not None:
+            marker = (await self._write({partition: rewrite})).get(partition)
+            if marker is None:  # a later generation wrote the partition meanwhile: superseded
+                log.warning("partition %d: half batch not rewritten: a later owner writes it", partition)
+            elif own in tail and identity is not None:
                 local.apply((), *local.position(), identity_offset=marker - 1)
         if local.identity_offset() is None or identity is None:
             # None on the changelog (or a DB that does not know where): the next batch writes one.
