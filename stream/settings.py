@@ -47,6 +47,7 @@ class Settings:
     burst_learn_min_minutes: int = 10  # BurstParams.learn_min_minutes
     max_scopes: int = 1000  # BurstParams.max_scopes_per_type
     max_merchants_tracked: int = 100_000  # BurstParams.max_merchants_tracked
+    signals_part_max_bytes: int = 524_288  # Params.signals_part_max_bytes
     snapshots_topic: str = "qris.burst-snapshots"
     snapshot_every: int = 60  # signal reports between two snapshots of the live detector
     snapshot_min_interval_s: float = 10.0  # ... and at least this long between them (backlogs)
@@ -100,6 +101,7 @@ class Settings:
             probe_age_ms=round(self.probe_age_s * 1000),
             hold_grace_ms=round(self.hold_grace_s * 1000),
             max_hold_ms=round(self.max_hold_s * 1000),
+            signals_part_max_bytes=self.signals_part_max_bytes,
         )
 
     @property
@@ -202,6 +204,11 @@ DOCS: dict[str, tuple[str, str]] = {
     "max_merchants_tracked": (
         "QRIS_MAX_MERCHANTS_TRACKED",
         "merchants whose volume the burst detector follows; the others stay in their MCC pool",
+    ),
+    "signals_part_max_bytes": (
+        "QRIS_SIGNALS_PART_MAX_BYTES",
+        "a partition's burst report larger than this many bytes of JSON goes to the signals topic in parts "
+        "(at most half the signals topic's max.message.bytes and the producer's 1,000,000-byte request limit)",
     ),
     "snapshots_topic": (
         "QRIS_SNAPSHOTS_TOPIC",
@@ -357,6 +364,8 @@ def _problems(s: Settings) -> list[str]:
     for name, value in (("QRIS_MAX_SCOPES", s.max_scopes), ("QRIS_MAX_MERCHANTS_TRACKED", s.max_merchants_tracked)):
         if value < 1:
             out.append(f"{name}={value}: expected 1 or more")
+    if not 1024 <= s.signals_part_max_bytes <= 524_288:
+        out.append(f"QRIS_SIGNALS_PART_MAX_BYTES={s.signals_part_max_bytes}: expected 1024 to 524288")
     for name, value in (
         ("QRIS_BURST_LEARN_MIN_PAYMENTS", s.burst_learn_min_payments),
         ("QRIS_BURST_LEARN_MIN_MINUTES", s.burst_learn_min_minutes),

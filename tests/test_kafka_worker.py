@@ -218,10 +218,12 @@ def _brief(values: set[bytes]) -> list[str]:
     return out
 
 
-def test_a_switch_outage_is_one_incident_live_and_in_replay_across_a_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("parts", [False, True], ids=["whole-reports", "reports-in-parts"])
+def test_a_switch_outage_is_one_incident_live_and_in_replay_across_a_restart(tmp_path: Path, parts: bool) -> None:
     """The burst detector on the real broker: a 12-minute RINTIS outage gives one incident,
     opened and resolved, with the same alerts as offline replay, although the worker is killed
-    in the middle and its successor rebuilds the detector from the signals topic (snapshots off)."""
+    in the middle and its successor rebuilds the detector from the signals topic (snapshots off).
+    `parts`: every partition's report goes to the signals topic in parts of at most 1 KiB."""
     bootstrap = require_broker()
     topics = fresh_topics()
     topics.create(bootstrap)
@@ -229,6 +231,8 @@ def test_a_switch_outage_is_one_incident_live_and_in_replay_across_a_restart(tmp
     tmap = {topics.payment: topics.payment, topics.ledger: topics.ledger}
     cut = len(records) * 55 // 100  # about ten minutes into the outage
     no_snapshots = {"QRIS_SNAPSHOT_EVERY": "0"}  # the rebuild from the signals topic alone
+    if parts:
+        no_snapshots["QRIS_SIGNALS_PART_MAX_BYTES"] = "1024"
     worker = Worker(topics, tmp_path / "w", extra_env=no_snapshots)
     worker.start(bootstrap)
     worker2 = Worker(topics, tmp_path / "w2", app_id=worker.app_id, extra_env=no_snapshots)
@@ -254,6 +258,13 @@ def test_a_switch_outage_is_one_incident_live_and_in_replay_across_a_restart(tmp
     assert not missing and not extra, f"missing {sorted(missing)}\nextra {sorted(extra)}\nlogs in {tmp_path}"
     rebuilt = re.findall(r"burst detector rebuilt from (\d+) signal reports", worker2.log_tail(10_000))
     assert rebuilt and int(rebuilt[0]) > 0, "the second worker did not rebuild the detector"
+    signals = consume(bootstrap, [topics.signals], until=10**9, timeout_s=8, settle_s=0)
+    reports = [v for _t, _k, v in signals if "through_minute" in v]  # (not the hold reports)
+    in_parts = [v for v in reports if v.get("parts", 1) > 1]
+    if parts:  # most reports went in parts
+        assert len(in_parts) > len(reports) // 2, (len(in_parts), len(reports))
+    else:
+        assert reports and not in_parts
 
 
 def test_a_worker_stopped_in_the_middle_of_a_backlog_loses_no_decision(tmp_path: Path) -> None:

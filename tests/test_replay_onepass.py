@@ -6,6 +6,7 @@ or losing a line."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -129,7 +130,6 @@ def test_the_outage_with_every_report_in_parts_gives_the_same_lines(monkeypatch:
 
     records = _records("outage")
     whole = list(replay(records, HOLDS, drain=True))
-    monkeypatch.setattr(signals, "SIGNALS_PART_MAX_BYTES", 2_000)
     sizes: list[int] = []
 
     def counted(*args: Any) -> list[Decision]:
@@ -138,7 +138,7 @@ def test_the_outage_with_every_report_in_parts_gives_the_same_lines(monkeypatch:
         return made
 
     monkeypatch.setattr(partition, "signals_decisions", counted)
-    cut = list(replay(records, HOLDS, drain=True))
+    cut = list(replay(records, replace(HOLDS, signals_part_max_bytes=2_000), drain=True))
     assert sum(1 for _p, d in whole if d.value.get("type") == "refund.held") > 10
     assert max(sizes) > 3 and sum(sizes) > 2 * len(sizes)  # reports in parts indeed
     assert _lines(cut) == _lines(whole)

@@ -48,7 +48,14 @@ from .holdtally import (
 from .observe import EngineObserver
 from .records import LedgerEvent, PaymentEvent, Stream, event_fields
 from .reference import ReferenceState, RetentionTimer
-from .signals import MINUTE_MS, close_scope_minutes, count_payment, judge, signals_decisions
+from .signals import (
+    MINUTE_MS,
+    SIGNALS_PART_MAX_BYTES,
+    close_scope_minutes,
+    count_payment,
+    judge,
+    signals_decisions,
+)
 from .validation import Rejection, parse_ledger, parse_payment
 
 RECORD, DEADLINE, HOLD = 0, 1, 2  # heap kinds; retention checks have a heap of their own
@@ -77,6 +84,9 @@ class Params:
     # Refund holds during an incident: grace G and maximum hold H; H = 0 turns holds off.
     hold_grace_ms: int = 900_000
     max_hold_ms: int = 0
+    # A partition's burst report larger than this many bytes of JSON goes in parts (`signals`);
+    # the parts carry the same decisions whatever the size.
+    signals_part_max_bytes: int = SIGNALS_PART_MAX_BYTES
 
     @property
     def holds(self) -> bool:
@@ -452,7 +462,7 @@ class PartitionEngine:
         self.signals_through = through
         self._close_at_ms = (through + 2) * MINUTE_MS + age if through < POS_INF // MINUTE_MS else POS_INF + 1
         self.meta_dirty = True
-        return signals_decisions(self.partition, through, closed)
+        return signals_decisions(self.partition, through, closed, self.params.signals_part_max_bytes)
 
     def _views_ahead(self, through: int, watermark_ms: int, cap: int) -> dict[str, ReferenceState]:
         # The facts of references with records past W but not yet decided (in `heap`, times in
