@@ -513,7 +513,7 @@ class BurstDetector:
             inc.children[k] = inc.children.get(k, 0) + v
         ring_last = st.ring[-1]
         if ring_last[3]:
-            add_codes(inc.codes, ring_last[3])
+            inc.codes = add_codes(inc.codes, ring_last[3])
         if ring_last[4] and len(inc.samples) < 5:
             inc.samples.extend(ring_last[4][: 5 - len(inc.samples)])
         if inc.first_bad_ms is None and ring_last[4]:

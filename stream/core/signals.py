@@ -67,20 +67,27 @@ def merchant_scope_id(merchant_id: str) -> str:
 
 
 def capped_codes(codes: dict[str, int]) -> dict[str, int]:
-    """`codes` with at most CODES_KEPT distinct codes (`add_codes`)."""
-    out: dict[str, int] = {}
-    add_codes(out, codes)
-    return out
+    """`codes` with at most CODES_KEPT entries: the CODES_KEPT - 1 most frequent codes (ties by
+    code: the same whatever order `codes` was built in) and the rest counted as OTHER_CODES.
+
+    >>> capped_codes({f"{i:02d}": i for i in range(1, 23)})[OTHER_CODES]  # 01, 02 and 03 left
+    6
+    """
+    if len(codes) <= CODES_KEPT:
+        return codes
+    rest = dict(codes)
+    other = rest.pop(OTHER_CODES, 0)
+    kept = dict(_most(rest, CODES_KEPT - 1))
+    kept[OTHER_CODES] = other + sum(rest.values()) - sum(kept.values())
+    return kept
 
 
-def add_codes(into: dict[str, int], codes: dict[str, int]) -> None:
-    """Add response-code counts to `into`, keeping at most CODES_KEPT distinct codes (in code
-    order, so the result does not depend on the order `codes` was built in); the others count
-    as OTHER_CODES."""
-    for code, n in sorted(codes.items()):
-        if code not in into and len(into) >= CODES_KEPT:
-            code = OTHER_CODES
-        into[code] = into.get(code, 0) + n
+def add_codes(into: dict[str, int], codes: dict[str, int]) -> dict[str, int]:
+    """`into` plus `codes`, bounded as `capped_codes` (an incident's codes, minute after minute)."""
+    merged = dict(into)
+    for code, n in codes.items():
+        merged[code] = merged.get(code, 0) + n
+    return capped_codes(merged)
 
 
 # Counter slots of one scope-minute (a list, kept small and JSON-ready).
@@ -242,10 +249,8 @@ def close_scope_minutes(scopes: dict[str, dict[str, Any]]) -> dict[str, dict[str
     depend on the order its payments were judged in."""
     for sm in scopes.values():
         codes = sm.get("k")
-        if codes is not None and len(codes) > CODES_KEPT:
-            kept = dict(_most(codes, CODES_KEPT - 1))
-            kept[OTHER_CODES] = kept.get(OTHER_CODES, 0) + sum(codes.values()) - sum(kept.values())
-            sm["k"] = kept
+        if codes is not None:
+            sm["k"] = capped_codes(codes)
         shared = sm.get("w")
         if shared is not None and len(shared) > SHARED_KEPT:
             sm["w"] = dict(_most(shared, SHARED_KEPT))

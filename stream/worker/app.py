@@ -203,9 +203,10 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     # mode exits the app's context stack after its children. A worker stopped this way starts
     # again from its DBs and the changelog tail, not the whole changelog.
     app.add_context(contextlib.closing(store))
-    # Each changelog batch says the consumer-group generation its writer owned the partition in
-    # (Faust sets it at each assignment): a worker the group dropped that still writes is then
-    # told from the partition's new owner, which writes over its messages (`PartitionStore`).
+    # Each changelog batch says the consumer-group generation in which its writer took the
+    # partition (the store reads Faust's, set at each assignment, when it restores or keeps a
+    # partition): a worker the group dropped that still writes is then told from the
+    # partition's new owner, which writes over its messages, and stops (`PartitionStore`).
     store.generation = lambda: app.consumer_generation_id
     gaps = BrokerGapFetcher(aiokafka_config(settings))
     # The broker's end offsets asked when needed (idle rule, feed-stall watchdog): Faust's fetched

@@ -30,12 +30,13 @@ offset: a restore reads the record there first (with a tail or without: a new to
 exactly where the DB does), and rebuilds the partition if it is not the DB's (or, with a tail,
 if the DB does not know one).
 
-Each batch also carries its writer's consumer-group generation (`qris.generation`). A batch whose
-marker lands past the offset its store expected had another writer since the restore: if every
-such message is of an older generation (a worker the group dropped, still writing: a zombie),
-their keys are written again with this store's values at once, so the changelog's last values
-are the current owner's; if one is of a later generation, this store is the zombie and writes
-nothing more of the partition until its next restore.
+Each batch also carries the consumer-group generation in which its writer took the partition
+(`qris.generation`). Before a batch is sent, a partition whose changelog grew since the store's
+last write is read: a message of a later generation there means this store is an owner the
+group dropped (a zombie), and it writes nothing more of the partition until its next restore.
+A batch whose marker lands past the offset its store expected had another writer since the
+restore: if every such message is of an older generation (a zombie's), their keys are written
+again with this store's values at once, so the changelog's last values are the current owner's.
 Imports no faust (the changelog's Kafka client is aiokafka's public API).
 """
 
@@ -423,10 +424,11 @@ class PartitionStore:
         # but was not applied), whose DB offset stays where it was until their next restore.
         self.next_offset: dict[int, int] = {}
         self.behind: set[int] = set()
-        # The consumer-group generation this worker owns its partitions in (the app sets it; None:
-        # not known, no messages are stamped), and the partitions in which a writer of a later
-        # generation was seen: this worker is an owner the group dropped (a zombie), and their
-        # batches are not written until the partition's next restore.
+        # The group's current consumer-group generation (the app sets it; None: not known, no
+        # messages are stamped), the one each partition was taken in (restored or kept: its
+        # batches' stamp), and the partitions in which a writer of a later generation was seen:
+        # this worker is an owner the group dropped (a zombie), and their batches are not
+        # written until the partition's next restore.
         self.generation: Callable[[], int | None] = lambda: None
         self.generations: dict[int, int | None] = {}  # per partition: the generation it was taken in
         self.superseded: set[int] = set()
@@ -912,7 +914,7 @@ class KafkaChangelog:
         self._producer: Any = None
         self._consumer: Any = None
         self._starting = asyncio.Lock()
-        self._checker: Any = None  # `read_range`'s own consumer, one read at a time
+        self._checker: Any = None  # `read_range`'s and `end_offsets`' own consumer, one ask at a time
         self._checking = asyncio.Lock()
 
     async def _clients(self) -> tuple[Any, Any]:
