@@ -920,7 +920,7 @@ class KafkaChangelog:
     async def _clients(self) -> tuple[Any, Any]:
         async with self._starting:
             if self._producer is None:
-                from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+                from aiokafka import AIOKafkaProducer
 
                 producer = AIOKafkaProducer(
                     **self.client_config,
@@ -930,20 +930,26 @@ class KafkaChangelog:
                     max_batch_size=512 * 1024,
                     client_id=self.client_id,
                 )
-                consumer = AIOKafkaConsumer(
-                    **self.client_config,
-                    group_id=None,
-                    enable_auto_commit=False,
-                    auto_offset_reset="earliest",
-                    # A fetch still waiting for the previous partition delays the next restore
-                    # by this much (the default 500 ms per partition restored).
-                    fetch_max_wait_ms=20,
-                    client_id=f"{self.client_id}-restore",
-                )
+                consumer = self._reader("restore")
                 await producer.start()
                 await consumer.start()
                 self._producer, self._consumer = producer, consumer
         return self._producer, self._consumer
+
+    def _reader(self, role: str) -> Any:
+        """A consumer with no group that reads the changelog where it is told (not started)."""
+        from aiokafka import AIOKafkaConsumer
+
+        return AIOKafkaConsumer(
+            **self.client_config,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # A fetch still waiting for the previous partition delays the next restore by this
+            # much (the default 500 ms per partition restored).
+            fetch_max_wait_ms=20,
+            client_id=f"{self.client_id}-{role}",
+        )
 
     async def send_batch(self, batches: Mapping[int, ChangelogBatch]) -> dict[int, int]:
         # Each partition's messages go as Kafka record batches built here (aiokafka's
@@ -1035,17 +1041,8 @@ class KafkaChangelog:
 
     async def _checker_started(self) -> Any:
         """The checks' consumer (`read_range`, `end_offsets`), started on first use."""
-        from aiokafka import AIOKafkaConsumer
-
         if self._checker is None:
-            checker = AIOKafkaConsumer(
-                **self.client_config,
-                group_id=None,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                fetch_max_wait_ms=20,
-                client_id=f"{self.client_id}-check",
-            )
+            checker = self._reader("check")
             await checker.start()
             self._checker = checker
         return self._checker
