@@ -86,53 +86,10 @@ class _WorkerCollector(Collector):
             c.add_metric([reason], n)
         yield c
         counts = self.counts() if self.counts is not None else {}
-        c = CounterMetricFamily(
-            "qris_idle_checks_unanswered",
-            "Idle-rule checks whose question to the broker (end offsets of idle input streams) got no answer: "
-            "no stream counted as silent, no watermark moved by the wall clock",
-        )
-        c.add_metric([], counts.get("idle_checks_unanswered", 0))
-        yield c
-        c = CounterMetricFamily(
-            "qris_idle_streams_behind",
-            "Times an input stream idle for the idle timeout still had records on the broker not taken by this worker "
-            "(late, not silent: a backlog, or fetches the broker does not serve)",
-        )
-        c.add_metric([], counts.get("idle_streams_behind", 0))
-        yield c
-        c = CounterMetricFamily(
-            "qris_state_stale_rebuilds",
-            "Partitions whose local state was rebuilt from the changelog's start instead of read from its tail, "
-            "which could lack deletions compaction removed: the state was last whole half the changelog's "
-            "delete.retention.ms ago or more, at an unknown time, or with that setting unknown, or its tail took "
-            "too long to read",
-        )
-        c.add_metric([], counts.get("state_stale_rebuilds", 0))
-        yield c
-        c = CounterMetricFamily(
-            "qris_state_foreign_writes",
-            "Partitions whose changelog got messages this worker did not apply after it restored them (another "
-            "writer: a zombie still writing after its partition moved, or this worker the zombie; or a batch of "
-            "its own that landed but was not applied); the local state keeps its offset until the partition's "
-            "next restore",
-        )
-        c.add_metric([], counts.get("state_foreign_writes", 0))
-        yield c
-        c = CounterMetricFamily(
-            "qris_state_older_owner_rewrites",
-            "Times this worker wrote over a partition's changelog messages that an owner of an older consumer-group "
-            "generation wrote after this worker restored it (a worker the group dropped, still writing): the "
-            "changelog's last values are the current owner's again",
-        )
-        c.add_metric([], counts.get("state_older_owner_rewrites", 0))
-        yield c
-        c = CounterMetricFamily(
-            "qris_state_superseded_batches",
-            "Batches of a partition this worker did not write to the changelog: an owner of a later consumer-group "
-            "generation writes it (this worker is the one the group dropped), until the partition's next restore",
-        )
-        c.add_metric([], counts.get("state_superseded_batches", 0))
-        yield c
+        for name, text in _COUNT_HELP:  # plain counters of the shell's and the store's counts
+            c = CounterMetricFamily(f"qris_{name}", text)
+            c.add_metric([], counts.get(name, 0))
+            yield c
         g = GaugeMetricFamily(
             "qris_open_incidents",
             "FAILURE_BURST incidents open (as sent by this worker), by scope type",
@@ -208,3 +165,43 @@ class WorkerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# Plain counters read from the worker's counts (`WorkerMetrics(counts=...)`): name, help.
+_COUNT_HELP: tuple[tuple[str, str], ...] = (
+    (
+        "idle_checks_unanswered",
+        "Idle-rule checks whose question to the broker (end offsets of idle input streams) got no answer: "
+        "no stream counted as silent, no watermark moved by the wall clock",
+    ),
+    (
+        "idle_streams_behind",
+        "Times an input stream idle for the idle timeout still had records on the broker not taken by this worker "
+        "(late, not silent: a backlog, or fetches the broker does not serve)",
+    ),
+    (
+        "state_stale_rebuilds",
+        "Partitions whose local state was rebuilt from the changelog's start instead of read from its tail, "
+        "which could lack deletions compaction removed: the state was last whole half the changelog's "
+        "delete.retention.ms ago or more, at an unknown time, or with that setting unknown, or its tail took "
+        "too long to read",
+    ),
+    (
+        "state_foreign_writes",
+        "Partitions whose changelog got messages this worker did not apply after it restored them (another "
+        "writer: a zombie still writing after its partition moved, or this worker the zombie; or a batch of "
+        "its own that landed but was not applied); the local state keeps its offset until the partition's "
+        "next restore, unless they are all an older generation's and are written over (older_owner_rewrites)",
+    ),
+    (
+        "state_older_owner_rewrites",
+        "Times this worker wrote over a partition's changelog messages that an owner of an older consumer-group "
+        "generation wrote after this worker restored it (a worker the group dropped, still writing): the "
+        "changelog's last values are the current owner's again",
+    ),
+    (
+        "state_superseded_batches",
+        "Batches of a partition this worker did not write to the changelog: an owner of a later consumer-group "
+        "generation writes it (this worker is the one the group dropped), until the partition's next restore",
+    ),
+)
