@@ -120,7 +120,7 @@ def test_metrics_text_parses_and_counts_records_by_outcome() -> None:
         | {"scope": {"type": "switch", "id": "RINTIS"}, "summary": "x"},
     )
     counts = {"idle_checks_unanswered": 3, "state_stale_rebuilds": 2, "state_foreign_writes": 1}
-    counts |= {"state_older_owner_rewrites": 4, "state_superseded_batches": 5}
+    counts |= {"state_older_owner_rewrites": 4, "state_superseded_batches": 5, "state_pieced_entries": 6}
     m = WorkerMetrics(watch, lambda: {0: eng}, lambda t, p: 20, clock=lambda: NOW_S, counts=lambda: counts)
     m.batch_seconds.observe(0.02)
     fams = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
@@ -148,6 +148,7 @@ def test_metrics_text_parses_and_counts_records_by_outcome() -> None:
     assert samples[("qris_state_foreign_writes_total", ())] == 1
     assert samples[("qris_state_older_owner_rewrites_total", ())] == 4
     assert samples[("qris_state_superseded_batches_total", ())] == 5
+    assert samples[("qris_state_pieced_entries_total", ())] == 6
 
 
 def test_the_dashboard_shows_incidents_holds_feeds_and_escapes_input() -> None:

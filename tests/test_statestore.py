@@ -23,6 +23,7 @@ from stream.worker.statestore import (
     BATCH_SEQ_KEY,
     CURRENT_AT_KEY,
     IDENTITY_OFFSET_KEY,
+    PIECE_BYTES,
     ChangelogBatch,
     ChangelogMessage,
     MemoryPartition,
@@ -1090,3 +1091,51 @@ def test_a_restore_whose_half_batch_rewrite_meets_a_later_owner_leaves_the_parti
     run(store.restore(P))
     assert P in store.superseded and dict(store.load(P)) == {b"2/r/A": b"a"}
     assert [m.key for m in changelog.log[P]][-2:] == [b"2/r/X", commit_key(P)]  # nothing of ours after
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_a_value_past_the_piece_size_is_written_in_pieces_and_read_whole_and_its_pieces_go_with_it(
+    tmp_path: Path, on_disk: bool
+) -> None:
+    # A reference hammered with thousands of records waiting for the watermark makes an entry
+    # past Kafka's 1 MiB: it goes as pieces no larger than PIECE_BYTES, in one batch, and comes
+    # back whole from the DB, from the changelog alone, and from a half batch of its pieces.
+    rng = random.Random(7)
+    big = bytes(rng.getrandbits(8) for _ in range(PIECE_BYTES * 3 + 123))
+    changelog = MemoryChangelog()
+    store = PartitionStore(changelog, tmp_path / "a" if on_disk else None)
+    run(store.restore(P))
+    write(store, {b"2/r/A": big, b"2/r/B": b"b1", b"2/m": b"m1"})
+    assert all(len(m.value or b"") <= PIECE_BYTES + 64 for m in changelog.log[P])
+    assert len([m for m in changelog.log[P] if m.key.startswith(b"2/r/A")]) == 4
+    assert dict(store.load(P)) == {b"2/r/A": big, b"2/r/B": b"b1", b"2/m": b"m1"}
+    assert restored(changelog) == dict(store.load(P))
+    # Smaller, then in pieces again, then deleted: no piece outlives its value.
+    half = big[: PIECE_BYTES + 1]
+    write(store, {b"2/r/A": half})
+    assert dict(store.load(P))[b"2/r/A"] == half
+    write(store, {b"2/r/A": b"a-small"})
+    assert restored(changelog)[b"2/r/A"] == b"a-small"
+    changelog.compact(P, tombstones_expired=True)
+    assert [m.key for m in changelog.log[P] if m.key.startswith(b"2/r/A")] == [b"2/r/A"]
+    write(store, {b"2/r/A": big})
+    store.close()
+    # A store that never loaded the partition (restored only) still knows the pieces it must delete.
+    store = PartitionStore(changelog, tmp_path / "b" if on_disk else None)
+    run(store.restore(P))
+    write(store, {b"2/r/A": None})
+    changelog.compact(P, tombstones_expired=True)
+    assert not [m.key for m in changelog.log[P] if m.key.startswith(b"2/r/A")]
+    assert restored(changelog) == {b"2/r/B": b"b1", b"2/m": b"m1"}
+    store.close()
+    # A half batch of pieces (a crash between them) is not restored, and its keys are rewritten.
+    store = PartitionStore(changelog, None)
+    run(store.restore(P))
+    write(store, {b"2/r/C": big})
+    store.close()
+    head = next(i for i, m in enumerate(changelog.log[P]) if m.key == b"2/r/C" and m.value is not None)
+    seq = changelog.log[P][head].seq
+    changelog.append(P, b"2/r/A" + b"\x001", b"stale", seq + 1, False)
+    changelog.append(P, b"2/r/C" + b"\x001", b"half", seq + 1, False)
+    after = restored(changelog)
+    assert after == {b"2/r/B": b"b1", b"2/m": b"m1", b"2/r/C": big}

@@ -247,6 +247,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             "state_foreign_writes": store.counts["foreign_writes"],
             "state_older_owner_rewrites": store.counts["older_owner_rewrites"],
             "state_superseded_batches": store.counts["superseded_batches"],
+            "state_pieced_entries": store.counts["pieced_entries"],
         },
     )
 

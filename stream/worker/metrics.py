@@ -204,4 +204,9 @@ _COUNT_HELP: tuple[tuple[str, str], ...] = (
         "Batches of a partition this worker did not write to the changelog: an owner of a later consumer-group "
         "generation writes it (this worker is the one the group dropped), until the partition's next restore",
     ),
+    (
+        "state_pieced_entries",
+        "Times a state entry grew past 256 KiB and was written to the changelog in pieces (a reference hammered "
+        "with thousands of records while its partition's watermark stands: a faulty or hostile producer)",
+    ),
 )

@@ -80,6 +80,20 @@ RETENTION_ASK_TIMEOUT_S = 5.0
 
 Change = tuple[bytes, bytes | None]
 
+# A value longer than PIECE_BYTES (a reference hammered with thousands of records, all waiting for
+# the watermark in its one entry) is written as pieces of at most this many bytes: the key holds
+# PIECES_HEAD, the number of pieces and a newline, then the first piece; `piece_key(key, i)` holds
+# piece i (1 .. n-1). The pieces go in one batch, so a restore commits all or none of them, and
+# `load` joins them. The changelog topic's and the producer's limits are 1 MiB; a record batch here
+# is at most 512 KiB (`KafkaChangelog`), so a piece and its key fit in one whatever else it holds.
+PIECE_BYTES = 256 * 1024
+PIECES_HEAD = b"\x00pieces "
+
+
+def piece_key(key: bytes, i: int) -> bytes:
+    """The changelog key of piece `i` (from 1) of `key`'s value: state keys have no NUL byte."""
+    return key + b"\x00%d" % i
+
 
 class ChangelogBatch(NamedTuple):
     """One partition's part of a batch: its changes in order, each a message stamped with the
@@ -432,6 +446,9 @@ class PartitionStore:
         self.generation: Callable[[], int | None] = lambda: None
         self.generations: dict[int, int | None] = {}  # per partition: the generation it was taken in
         self.superseded: set[int] = set()
+        # Per partition: the keys whose value takes several pieces (`PIECE_BYTES`), and how many
+        # (counted from the DB on first use after a restore).
+        self.piece_counts: dict[int, dict[bytes, int]] = {}
         self.progress = RestoreProgress()
         self.counts = {
             "restored_messages": 0,
@@ -441,6 +458,7 @@ class PartitionStore:
             "foreign_writes": 0,
             "older_owner_rewrites": 0,
             "superseded_batches": 0,
+            "pieced_entries": 0,
         }
         self.clock: Callable[[], float] = time.time  # wall time: the local DBs' `current_at_ms`
         self._retention: tuple[int, int | None] | None = None  # (asked at, ms), `_tombstone_retention_ms`
@@ -459,10 +477,67 @@ class PartitionStore:
             queued.extend(changes)
 
     def load(self, partition: int) -> list[tuple[bytes, bytes]]:
-        """The partition's state (its changelog's identity record is the store's own)."""
+        """The partition's state (its changelog's identity record is the store's own), each value
+        written in pieces joined again."""
         local = self.locals.get(partition)
+        if local is None:
+            return []
         own = identity_key(partition)
-        return [] if local is None else [(k, v) for k, v in local.items() if k != own]
+        out: list[tuple[bytes, bytes]] = []
+        pieced: list[tuple[bytes, bytes]] = []
+        counts: dict[bytes, int] = {}
+        for k, v in local.items():
+            if b"\x00" in k:
+                _count_piece(counts, k)
+            elif v.startswith(PIECES_HEAD):
+                pieced.append((k, v))
+            elif k != own:
+                out.append((k, v))
+        self.piece_counts[partition] = counts
+        out.extend((k, _joined(partition, local, k, head)) for k, head in pieced)
+        return out
+
+    def _pieced(self, partition: int, changes: list[Change]) -> list[Change]:
+        """`changes` with each value longer than PIECE_BYTES written as pieces, and deletions of a
+        key's pieces that its new value (or its deletion) no longer has. Piece keys and heads
+        given as they are (a rewrite of the DB's own messages) pass unchanged."""
+        counts = self.piece_counts.get(partition)
+        if counts is None:
+            counts = self.piece_counts[partition] = {}
+            local = self.locals.get(partition)
+            for k, _ in local.items() if local is not None else ():
+                if b"\x00" in k:
+                    _count_piece(counts, k)
+        big = PIECE_BYTES
+        if not counts and not any(v is not None and len(v) > big for _, v in changes):
+            return changes
+        out: list[Change] = []
+        for key, value in changes:
+            if b"\x00" in key or (value is not None and value.startswith(PIECES_HEAD)):
+                out.append((key, value))
+                continue
+            had = counts.get(key, 1)
+            n = 1 if value is None or len(value) <= big else -(-len(value) // big)
+            if n > 1:
+                assert value is not None
+                out.extend((piece_key(key, i), value[i * big : (i + 1) * big]) for i in range(1, n))
+                out.append((key, PIECES_HEAD + b"%d\n" % n + value[:big]))
+                counts[key] = n
+                if had == 1:
+                    self.counts["pieced_entries"] += 1
+                    log.warning(
+                        "partition %d: state entry %r is %d bytes (a reference with thousands of records), written"
+                        " to the changelog in %d pieces",
+                        partition,
+                        key.decode("utf-8", "replace")[:80],
+                        len(value),
+                        n,
+                    )
+            else:
+                out.append((key, value))
+                counts.pop(key, None)
+            out.extend((piece_key(key, i), None) for i in range(n, had))
+        return out
 
     async def commit(self) -> None:
         """Write this batch's changes of every partition with a commit marker each, wait until
@@ -486,6 +561,8 @@ class PartitionStore:
             self.counts["superseded_batches"] += 1
         if not pending:
             return {}
+        for p, changes in pending.items():
+            pending[p] = self._pieced(p, changes)
         sent_at_ms = self._now_ms()
         identified = [p for p in pending if p in self.identity_needed]
         for p in identified:
@@ -660,6 +737,7 @@ class PartitionStore:
         self.superseded.discard(partition)
         self.generations.pop(partition, None)
         self.pending.pop(partition, None)
+        self.piece_counts.pop(partition, None)
         local = self.locals.pop(partition, None)
         if local is not None:
             local.close()
@@ -672,6 +750,7 @@ class PartitionStore:
         self.next_offset.pop(partition, None)
         self.behind.discard(partition)  # (the restore reads from the DB's offset: what it missed too)
         self.superseded.discard(partition)  # (assigned again: in a generation at least the other's)
+        self.piece_counts.pop(partition, None)  # (counted again from the DB: `load`, `_pieced`)
         self.generations[partition] = self.generation()
         local = self._local(partition)
         applied, seq = local.position()
@@ -871,6 +950,26 @@ class PartitionStore:
 
 
 DELETE_RETENTION = "delete.retention.ms"
+
+
+def _count_piece(counts: dict[bytes, int], key: bytes) -> None:
+    """Count piece key `key` (`piece_key`) for its value's key: pieces up to its number + 1."""
+    base, _, i = key.rpartition(b"\x00")
+    if i.isdigit():
+        counts[base] = max(counts.get(base, 1), int(i) + 1)
+
+
+def _joined(partition: int, local: LocalPartition, key: bytes, head: bytes) -> bytes:
+    """The value written in pieces under `key`, its first (`head`) given."""
+    end = head.index(b"\n")
+    n = int(head[len(PIECES_HEAD) : end])
+    parts = [head[end + 1 :]]
+    for i in range(1, n):
+        piece = local.get(piece_key(key, i))
+        if piece is None:  # (the pieces of a value are committed in one batch: never seen)
+            raise RuntimeError(f"partition {partition}: state entry {key!r} lacks piece {i} of {n}")
+        parts.append(piece)
+    return b"".join(parts)
 
 
 def config_value_ms(response: Mapping[str, Any], topic: str, name: str) -> int | None:
