@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from stream.worker import statestore
 from stream.worker.statestore import (
     APPLIED_OFFSET_KEY,
     BATCH_SEQ_KEY,
@@ -1139,3 +1140,75 @@ def test_a_value_past_the_piece_size_is_written_in_pieces_and_read_whole_and_its
     changelog.append(P, b"2/r/C" + b"\x001", b"half", seq + 1, False)
     after = restored(changelog)
     assert after == {b"2/r/B": b"b1", b"2/m": b"m1", b"2/r/C": big}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_two_writers_pieces_interleaved_any_way_and_committed_at_any_point_restore_as_some_writers_value(
+    seed: int, monkeypatch: Any
+) -> None:
+    # A zombie and the owner (or a send that failed part way, then a later marker) can leave
+    # any prefix of any interleaving of two batches committed by a marker after it. Pieces are
+    # 8 bytes here. Every restore must give each key a value one of them wrote whole (or the
+    # value before, or none after a deletion): never a head without its pieces, never a mix.
+    monkeypatch.setattr(statestore, "PIECE_BYTES", 8)
+    rng = random.Random(seed)
+    keys = [b"2/r/A", b"2/r/B", b"2/r/C"]
+
+    def value(tag: str) -> bytes | None:
+        if rng.random() < 0.15:
+            return None
+        return (tag + "".join(rng.choice("xyz") for _ in range(rng.randint(0, 40)))).encode()
+
+    changelog = MemoryChangelog()
+    first = PartitionStore(changelog, None)
+    run(first.restore(P))
+    written: dict[bytes, set[bytes | None]] = {k: {None} for k in keys}
+    before = {k: value("0") for k in keys}
+    write(first, before)
+    for k, v in before.items():
+        written[k].add(v)
+    second = PartitionStore(changelog, None)  # restored after the first wrote: knows its pieces
+    run(second.restore(P))
+    second.load(P)
+    batches = []
+    for store, tag in ((first, "a"), (second, "b")):
+        new = {k: value(tag) for k in rng.sample(keys, rng.randint(1, 3))}
+        for k, v in new.items():
+            written[k].add(v)
+        batches.append(store._pieced(P, list(new.items())))
+    mixed: list[tuple[bytes, bytes | None]] = []
+    a, b = list(batches[0]), list(batches[1])
+    while a or b:
+        mixed.append((a if a and (not b or rng.random() < 0.5) else b).pop(0))
+    base = list(changelog.log[P])
+    for cut in range(len(mixed) + 1):
+        log = MemoryChangelog()
+        log.log[P], log.next_offset[P] = list(base), len(base)
+        for k, v in mixed[:cut]:
+            log.append(P, k, v, 9, False)
+        log.append(P, commit_key(P), b"9", 9, True)
+        got = restored(log)
+        for k in keys:
+            assert got.get(k) in written[k], (cut, k, got.get(k))
+        assert all(b"\x00" not in k for k in got)
+        # Without the marker, the same prefix is a half batch: the restore writes its keys again
+        # with their committed values, and any prefix of that rewrite committed by a later
+        # marker restores as some writer's value too.
+        half = MemoryChangelog()
+        half.log[P], half.next_offset[P] = list(base), len(base)
+        for k, v in mixed[:cut]:
+            half.append(P, k, v, 9, False)
+        at = half.next_offset[P]
+        committed = restored(half)
+        rewrite = [(m.key, m.value) for m in half.log[P][at:] if not m.commit]
+        assert restored(half) == committed
+        for rcut in range(len(rewrite) + 1):
+            log = MemoryChangelog()
+            log.log[P] = [m for m in half.log[P] if m.offset < at]
+            log.next_offset[P] = at
+            for k, v in rewrite[:rcut]:
+                log.append(P, k, v, 10, False)
+            log.append(P, commit_key(P), b"10", 10, True)
+            got = restored(log)
+            for k in keys:
+                assert got.get(k) in written[k], (cut, rcut, k, got.get(k))

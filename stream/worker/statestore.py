@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -81,18 +82,25 @@ RETENTION_ASK_TIMEOUT_S = 5.0
 Change = tuple[bytes, bytes | None]
 
 # A value longer than PIECE_BYTES (a reference hammered with thousands of records, all waiting for
-# the watermark in its one entry) is written as pieces of at most this many bytes: the key holds
-# PIECES_HEAD, the number of pieces and a newline, then the first piece; `piece_key(key, i)` holds
-# piece i (1 .. n-1). The pieces go in one batch, so a restore commits all or none of them, and
-# `load` joins them. The changelog topic's and the producer's limits are 1 MiB; a record batch here
-# is at most 512 KiB (`KafkaChangelog`), so a piece and its key fit in one whatever else it holds.
+# the watermark in its one entry) is written as pieces of at most this many bytes. Each write of
+# such a value draws a token of its own: `piece_key(key, token, i)` holds piece i (1 .. n-1) and the
+# key itself holds PIECES_HEAD, the token, the number of pieces and a newline, then piece 0. Within
+# a batch a key's new pieces come first, then its head (or plain value), then deletions of the
+# pieces it had before. A commit marker commits everything before it, also another writer's half
+# batch (a zombie's, a send that failed part way): whatever prefix is committed, each head's own
+# pieces are there and none was overwritten (the token is unique to that write), so `load` joins
+# the value either as before the batch or as after it. The changelog topic's and the producer's
+# limits are 1 MiB; a record batch here is at most 512 KiB (`KafkaChangelog`), so a piece and its
+# key fit in one whatever else it holds.
 PIECE_BYTES = 256 * 1024
 PIECES_HEAD = b"\x00pieces "
+_PIECE_KEY = re.compile(rb"(.*)\x00([0-9a-f]{16})\.([1-9][0-9]*)", re.DOTALL)
 
 
-def piece_key(key: bytes, i: int) -> bytes:
-    """The changelog key of piece `i` (from 1) of `key`'s value: state keys have no NUL byte."""
-    return key + b"\x00%d" % i
+def piece_key(key: bytes, token: bytes, i: int) -> bytes:
+    """The changelog key of piece `i` (from 1) of `key`'s value written with `token` (state keys
+    have no NUL byte)."""
+    return b"%s\x00%s.%d" % (key, token, i)
 
 
 class ChangelogBatch(NamedTuple):
@@ -446,9 +454,9 @@ class PartitionStore:
         self.generation: Callable[[], int | None] = lambda: None
         self.generations: dict[int, int | None] = {}  # per partition: the generation it was taken in
         self.superseded: set[int] = set()
-        # Per partition: the keys whose value takes several pieces (`PIECE_BYTES`), and how many
-        # (counted from the DB on first use after a restore).
-        self.piece_counts: dict[int, dict[bytes, int]] = {}
+        # Per partition: the keys that have pieces (`PIECE_BYTES`) in the DB, and their pieces'
+        # keys (found in the DB on first use after a restore).
+        self.piece_keys: dict[int, dict[bytes, list[bytes]]] = {}
         self.progress = RestoreProgress()
         self.counts = {
             "restored_messages": 0,
@@ -485,59 +493,57 @@ class PartitionStore:
         own = identity_key(partition)
         out: list[tuple[bytes, bytes]] = []
         pieced: list[tuple[bytes, bytes]] = []
-        counts: dict[bytes, int] = {}
+        pieces: dict[bytes, list[bytes]] = {}
         for k, v in local.items():
             if b"\x00" in k:
-                _count_piece(counts, k)
+                _note_piece(pieces, k)
             elif v.startswith(PIECES_HEAD):
                 pieced.append((k, v))
             elif k != own:
                 out.append((k, v))
-        self.piece_counts[partition] = counts
+        self.piece_keys[partition] = pieces
         out.extend((k, _joined(partition, local, k, head)) for k, head in pieced)
         return out
 
     def _pieced(self, partition: int, changes: list[Change]) -> list[Change]:
-        """`changes` with each value longer than PIECE_BYTES written as pieces, and deletions of a
-        key's pieces that its new value (or its deletion) no longer has. Piece keys and heads
-        given as they are (a rewrite of the DB's own messages) pass unchanged."""
-        counts = self.piece_counts.get(partition)
-        if counts is None:
-            counts = self.piece_counts[partition] = {}
+        """`changes` with each value longer than PIECE_BYTES written as pieces under a new token,
+        and deletions of the pieces each key had before (after its new head: see PIECE_BYTES)."""
+        known = self.piece_keys.get(partition)
+        if known is None:
+            known = self.piece_keys[partition] = {}
             local = self.locals.get(partition)
             for k, _ in local.items() if local is not None else ():
                 if b"\x00" in k:
-                    _count_piece(counts, k)
+                    _note_piece(known, k)
         big = PIECE_BYTES
-        if not counts and not any(v is not None and len(v) > big for _, v in changes):
+        if not known and not any(v is not None and len(v) > big for _, v in changes):
             return changes
         out: list[Change] = []
+        gone: list[Change] = []  # deletions of earlier pieces, after every head of the batch
         for key, value in changes:
-            if b"\x00" in key or (value is not None and value.startswith(PIECES_HEAD)):
+            had = known.pop(key, None)
+            if had:
+                gone.extend((k, None) for k in had)
+            if value is None or len(value) <= big:
                 out.append((key, value))
                 continue
-            had = counts.get(key, 1)
-            n = 1 if value is None or len(value) <= big else -(-len(value) // big)
-            if n > 1:
-                assert value is not None
-                out.extend((piece_key(key, i), value[i * big : (i + 1) * big]) for i in range(1, n))
-                out.append((key, PIECES_HEAD + b"%d\n" % n + value[:big]))
-                counts[key] = n
-                if had == 1:
-                    self.counts["pieced_entries"] += 1
-                    log.warning(
-                        "partition %d: state entry %r is %d bytes (a reference with thousands of records), written"
-                        " to the changelog in %d pieces",
-                        partition,
-                        key.decode("utf-8", "replace")[:80],
-                        len(value),
-                        n,
-                    )
-            else:
-                out.append((key, value))
-                counts.pop(key, None)
-            out.extend((piece_key(key, i), None) for i in range(n, had))
-        return out
+            n = -(-len(value) // big)
+            token = os.urandom(8).hex().encode()
+            keys = [piece_key(key, token, i) for i in range(1, n)]
+            out.extend((k, value[i * big : (i + 1) * big]) for i, k in enumerate(keys, 1))
+            out.append((key, PIECES_HEAD + b"%s %d\n" % (token, n) + value[:big]))
+            known[key] = keys
+            if had is None:
+                self.counts["pieced_entries"] += 1
+                log.warning(
+                    "partition %d: state entry %r is %d bytes (a reference with thousands of records), written"
+                    " to the changelog in %d pieces",
+                    partition,
+                    key.decode("utf-8", "replace")[:80],
+                    len(value),
+                    n,
+                )
+        return out + gone
 
     async def commit(self) -> None:
         """Write this batch's changes of every partition with a commit marker each, wait until
@@ -546,11 +552,15 @@ class PartitionStore:
             pending, self.pending = self.pending, {}
             await self._write(pending)
 
-    async def _write(self, pending: dict[int, list[Change]], *, rewrite_older: bool = True) -> dict[int, int]:
+    async def _write(
+        self, pending: dict[int, list[Change]], *, rewrite_older: bool = True, pieced: bool = True
+    ) -> dict[int, int]:
         """Send the partitions' changes (and an identity record where one is needed), then apply
         them to the local DBs; the offset of each partition's commit marker. With
         `rewrite_older`, the keys an owner of an older generation wrote meanwhile (a zombie) are
-        written again with this store's values (`_rewrite_older_owners`)."""
+        written again with this store's values (`_rewrite_older_owners`). With `pieced`, long
+        values are written in pieces (`_pieced`); without, the changes are the DB's own messages
+        written again as they are (`_as_written_again`)."""
         # A partition written here was restored to the changelog's end: with this batch, its DB
         # is the whole changelog as of before the send (nothing written later is in it).
         await self._check_superseded(pending)
@@ -561,8 +571,9 @@ class PartitionStore:
             self.counts["superseded_batches"] += 1
         if not pending:
             return {}
-        for p, changes in pending.items():
-            pending[p] = self._pieced(p, changes)
+        if pieced:
+            for p, changes in pending.items():
+                pending[p] = self._pieced(p, changes)
         sent_at_ms = self._now_ms()
         identified = [p for p in pending if p in self.identity_needed]
         for p in identified:
@@ -681,13 +692,13 @@ class PartitionStore:
         current owner's whatever the zombie wrote; then the DB is the whole changelog again."""
         local = self._local(partition)
         own = identity_key(partition)
-        rewrite = [(key, local.get(key)) for key in keys if key != own]
+        rewrite = _as_written_again([(key, local.get(key)) for key in keys if key != own])
         if own in keys:  # last, so a committed identity record stands just before its marker
             rewrite.append((own, local.get(own)))
         # (`_write` adds an identity record if the partition has none yet.)
         expected = self.next_offset[partition] + len(rewrite) + (partition in self.identity_needed)
         sent_at_ms = self._now_ms()  # with the rewrite, the DB is the whole changelog as of then
-        marker = (await self._write({partition: rewrite}, rewrite_older=False)).get(partition)
+        marker = (await self._write({partition: rewrite}, rewrite_older=False, pieced=False)).get(partition)
         if marker != expected or partition not in self.current:
             log.warning(
                 "partition %d: an older owner's changelog messages written over, but more messages came between;"
@@ -737,7 +748,7 @@ class PartitionStore:
         self.superseded.discard(partition)
         self.generations.pop(partition, None)
         self.pending.pop(partition, None)
-        self.piece_counts.pop(partition, None)
+        self.piece_keys.pop(partition, None)
         local = self.locals.pop(partition, None)
         if local is not None:
             local.close()
@@ -750,7 +761,7 @@ class PartitionStore:
         self.next_offset.pop(partition, None)
         self.behind.discard(partition)  # (the restore reads from the DB's offset: what it missed too)
         self.superseded.discard(partition)  # (assigned again: in a generation at least the other's)
-        self.piece_counts.pop(partition, None)  # (counted again from the DB: `load`, `_pieced`)
+        self.piece_keys.pop(partition, None)  # (found again in the DB: `load`, `_pieced`)
         self.generations[partition] = self.generation()
         local = self._local(partition)
         applied, seq = local.position()
@@ -835,10 +846,10 @@ class PartitionStore:
             )
             # The identity record's key last (its committed value, or a deletion), so a
             # committed one keeps the rule that it stands just before its marker.
-            rewrite = [(key, local.get(key)) for key in tail if key != own]
+            rewrite = _as_written_again([(key, local.get(key)) for key in tail if key != own])
             if own in tail:
                 rewrite.append((own, identity))
-            marker = (await self._write({partition: rewrite})).get(partition)
+            marker = (await self._write({partition: rewrite}, pieced=False)).get(partition)
             if marker is None:  # a later generation wrote the partition meanwhile: superseded
                 log.warning("partition %d: half batch not rewritten: a later owner writes it", partition)
             elif own in tail and identity is not None:
@@ -952,24 +963,35 @@ class PartitionStore:
 DELETE_RETENTION = "delete.retention.ms"
 
 
-def _count_piece(counts: dict[bytes, int], key: bytes) -> None:
-    """Count piece key `key` (`piece_key`) for its value's key: pieces up to its number + 1."""
-    base, _, i = key.rpartition(b"\x00")
-    if i.isdigit():
-        counts[base] = max(counts.get(base, 1), int(i) + 1)
+def _note_piece(pieces: dict[bytes, list[bytes]], key: bytes) -> None:
+    """Note piece key `key` (`piece_key`) under its value's key."""
+    m = _PIECE_KEY.fullmatch(key)
+    if m is not None:
+        pieces.setdefault(m[1], []).append(key)
 
 
 def _joined(partition: int, local: LocalPartition, key: bytes, head: bytes) -> bytes:
     """The value written in pieces under `key`, its first (`head`) given."""
     end = head.index(b"\n")
-    n = int(head[len(PIECES_HEAD) : end])
+    token, n = head[len(PIECES_HEAD) : end].split(b" ")
     parts = [head[end + 1 :]]
-    for i in range(1, n):
-        piece = local.get(piece_key(key, i))
-        if piece is None:  # (the pieces of a value are committed in one batch: never seen)
-            raise RuntimeError(f"partition {partition}: state entry {key!r} lacks piece {i} of {n}")
+    for i in range(1, int(n)):
+        piece = local.get(piece_key(key, token, i))
+        if piece is None:  # (never, by the order of a batch's messages: see PIECE_BYTES)
+            raise RuntimeError(f"partition {partition}: state entry {key!r} lacks piece {i} of {int(n)}")
         parts.append(piece)
     return b"".join(parts)
+
+
+def _as_written_again(changes: list[Change]) -> list[Change]:
+    """A rewrite of the DB's own messages (values or deletions) in the order a batch writes
+    pieces: the pieces the DB has, then the rest, then deletions of piece keys. A prefix of it
+    committed by another writer's marker (see PIECE_BYTES) leaves no head without its pieces."""
+    first = [c for c in changes if c[1] is not None and b"\x00" in c[0]]
+    last = [c for c in changes if c[1] is None and b"\x00" in c[0]]
+    if not first and not last:
+        return changes
+    return first + [c for c in changes if b"\x00" not in c[0]] + last
 
 
 def config_value_ms(response: Mapping[str, Any], topic: str, name: str) -> int | None:
