@@ -4,11 +4,14 @@ Prometheus text and the dashboard page."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.core.partition import Params, PartitionEngine
 from stream.core.records import Stream
 from stream.settings import Settings
+from stream.worker import watch as watch_module
 from stream.worker.dashboard import render
 from stream.worker.lookup import account_payments, lookup_reference, payment_status, token_ok
 from stream.worker.metrics import WorkerMetrics
@@ -189,3 +192,18 @@ def test_grafana_and_prometheus_files_use_only_metrics_the_worker_exports() -> N
     assert used and used <= exported, used - exported
     documented = (root / "docs/metrics.md").read_text()
     assert all(f"`{name}" in documented for name in exported), [n for n in exported if f"`{n}" not in documented]
+
+
+def test_the_ids_kept_to_count_each_output_once_are_bounded_for_dead_letters_and_alerts_too(monkeypatch: Any) -> None:
+    # A producer whose every record is rejected makes only dead letters: the ids the watch keeps
+    # to count a redelivered output once grew by one a record and were cleared only by refunds.
+    monkeypatch.setattr(watch_module, "SEEN_IDS_MAX", 1_000)
+    watch = WorkerWatch(Settings())
+    for i in range(5_000):
+        v = {"dead_letter_id": f"d{i}", "source_topic": "qris.payment-requests"}
+        watch.on_output("dead_letter", v)
+        watch.on_output("dead_letter", v)  # sent again: counted once
+        watch.on_output("alerts", {"alert_id": f"a{i}", "kind": "DEAD_LETTER", "severity": "warning"})
+    assert len(watch.seen_ids) <= 1_000
+    assert watch.dead_letters["qris.payment-requests"] == 5_000
+    assert watch.alerts[("DEAD_LETTER", "warning")] == 5_000

@@ -115,6 +115,10 @@ class EngineWatch:
         self.watch.unindex(reference, accounts_of(state))
 
 
+# Output ids remembered to count each output once (`WorkerWatch._first_time`), at most.
+SEEN_IDS_MAX = 200_000
+
+
 class WorkerWatch:
     """Counts and live views of one worker (its partitions, the outputs it sent)."""
 
@@ -198,20 +202,25 @@ class WorkerWatch:
             self._on_refund(v)
         elif role == "alerts":
             self._on_alert(v)
-        elif role == "dead_letter":
-            if v.get("dead_letter_id") in self.seen_ids:  # the same record's dead letter again
-                return
-            self.seen_ids.add(str(v.get("dead_letter_id")))
-            self.dead_letters[str(v.get("source_topic"))] += 1
+        elif role == "dead_letter" and self._first_time(str(v.get("dead_letter_id"))):
+            self.dead_letters[str(v.get("source_topic"))] += 1  # (not the same record's again)
+
+    def _first_time(self, ident: str) -> bool:
+        """Whether an output with this id is counted for the first time (one sent again after a
+        restart or rebalance has the same id). The ids kept are bounded (SEEN_IDS_MAX, every
+        role: a producer whose every record is rejected makes only dead letters): a repeat
+        after a clear is counted twice at worst."""
+        if ident in self.seen_ids:
+            return False
+        if len(self.seen_ids) >= SEEN_IDS_MAX:
+            self.seen_ids.clear()
+        self.seen_ids.add(ident)
+        return True
 
     def _on_refund(self, v: dict[str, Any]) -> None:
         kind = REFUND_KIND.get(v["type"], v["type"])
-        ident = v["type"] + v.get("cancel_id", v["refund_id"])
-        if ident in self.seen_ids:  # sent again after a restart or rebalance: same ids
+        if not self._first_time(v["type"] + v.get("cancel_id", v["refund_id"])):
             return
-        self.seen_ids.add(ident)
-        if len(self.seen_ids) > 200_000:
-            self.seen_ids.clear()  # bounded; a repeat after that is counted twice at worst
         self.refund_decisions[(v["type"], str(v.get("reason")))] += 1
         self.refund_rupiah[kind] += int(v.get("amount") or 0)
         minute = int(self.clock() // 60)
@@ -225,9 +234,8 @@ class WorkerWatch:
             del self.holds[ref]  # requested after the hold, or released
 
     def _on_alert(self, v: dict[str, Any]) -> None:
-        if v.get("alert_id") in self.seen_ids:
+        if not self._first_time(str(v.get("alert_id", ""))):
             return
-        self.seen_ids.add(v.get("alert_id", ""))
         self.alerts[(v["kind"], v["severity"])] += 1
         self.recent_alerts.appendleft(v)
         if v["kind"] == "FAILURE_BURST" and v.get("incident_id"):
