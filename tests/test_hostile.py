@@ -26,7 +26,7 @@ from stream.core.validation import (
     parse_payment,
 )
 from stream.drivers.replay import replay
-from stream.drivers.replayfile import KafkaRecord
+from stream.drivers.replayfile import KafkaRecord, ReplayFile
 from stream.drivers.report import render, summarise
 from stream.simulate.partitioner import partition_for
 from stream.simulate.traffic import generate
@@ -432,3 +432,97 @@ def test_the_first_and_last_instants_of_the_accepted_years_format_exactly() -> N
         assert format_ms(parse_ms(text)) == text
     assert format_ms(parse_ms("9999-12-31T23:59:59.999Z")) == "9999-12-31T23:59:59.999Z"
     assert format_ms(parse_ms("1969-12-31T23:59:59.999Z")) == "1969-12-31T23:59:59.999Z"
+
+
+def test_a_time_rfc_3339_cannot_write_the_deadline_of_is_dead_lettered_not_decided() -> None:
+    # "0000-01-01T00:00:00+07:00" (a zero date in local time) is an instant of year -1 in UTC:
+    # its refund's deadline was written "-001-12-31T..." (schema-invalid) and, with holds on, a
+    # later cancellation parsed that text back and raised inside the engine: live, an exit and a
+    # crash loop; replay, no output. The end of year 9999 without a Kafka timestamp (a replay
+    # line) had a deadline in year 10000 the same way. Both are refused now; a 9999 record with a
+    # Kafka timestamp is still the clock guard's (moved to that timestamp).
+    params = Params(max_hold_ms=7_200_000)
+    eng = PartitionEngine(0, params, persistent=False)
+    out = []
+    for offset, (typ, when, ts) in enumerate(
+        [
+            ("requested", "0000-01-01T00:00:00+07:00", None),
+            ("requested", "0000-01-01T00:00:00Z", None),  # the first instant RFC 3339 can write: taken
+            ("requested", "9999-12-31T22:00:00Z", None),
+            ("requested", "9999-12-31T22:00:00Z", parse_ms("2025-03-29T07:00:00Z")),  # the clock guard's
+        ]
+    ):
+        value = orjson.dumps(
+            {
+                "event_id": f"e{offset}",
+                "type": typ,
+                "reference": f"R{offset}",
+                "occurred_at": when,
+                "amount": 1000,
+                "currency": "IDR",
+                "account_id": "7700009876",
+                "merchant_id": "M1",
+            }
+        )
+        out.append(eng.on_record(Stream.P, offset, f"R{offset}".encode(), value, ts))
+    dead = [[d.value for d in got if d.role == "dead_letter"] for got in out]
+    assert [len(d) for d in dead] == [1, 0, 1, 0]
+    for (d,) in (dead[0], dead[2]):
+        assert d["error"] == "bad_value" and d["field"] == "occurred_at", d
+    assert "before 0000-01-01T00:00:00Z" in dead[0][0]["reason"]
+    assert "end of year 9999" in dead[2][0]["reason"]
+    assert [d.value["kind"] for d in out[3] if d.role == "alerts"] == ["CLOCK_SKEW"]
+    assert eng.stats["rejected"] == 2 and eng.stats["records"] == 2
+
+
+def test_a_replay_with_holds_of_zero_dated_payments_cancelled_later_finishes(tmp_path: Any) -> None:
+    # The helper's repro: a partition's first records zero-dated in local time, one of them
+    # settled after its deadline (a cancellation, whose explanation parsed the deadline text),
+    # then normal traffic; holds on, drained. It raised BadTimestamp before.
+    zero = "0000-01-01T00:%02d:00+07:00"
+    lines = []
+    offsets = {"P": 0, "L": 0}
+
+    def add(stream: str, value: dict[str, Any]) -> None:
+        topic = "qris.payment-requests" if stream == "P" else "qris.ledger-debits"
+        lines.append(
+            {
+                "topic": topic,
+                "partition": 0,
+                "offset": offsets[stream],
+                "timestamp_ms": None,
+                "key": value["reference"],
+                "value": orjson.dumps(value).decode(),
+            }
+        )
+        offsets[stream] += 1
+
+    def rec(eid: str, typ: str, ref: str, when: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "event_id": eid,
+            "type": typ,
+            "reference": ref,
+            "occurred_at": when,
+            "amount": 1000,
+            "currency": "IDR",
+            **extra,
+        }
+
+    for k in range(12):
+        add("P", rec(f"z{k}", "requested", f"Z{k}", zero % k, account_id="7700009876", merchant_id="M1"))
+        add("L", rec(f"zd{k}", "debited", f"Z{k}", zero % k, entry_id=f"J{k}", account_id="7700009876"))
+        if k == 10:
+            add("P", rec("s0", "settled", "Z0", zero % k))
+    t0 = parse_ms("2025-03-29T07:00:00Z")
+    for k in range(12):
+        when = format_ms(t0 + k * 60_000)
+        add("P", rec(f"n{k}", "requested", f"N{k}", when, account_id="7700009876", merchant_id="M1"))
+        add("L", rec(f"nd{k}", "debited", f"N{k}", when, entry_id=f"K{k}", account_id="7700009876"))
+    path = tmp_path / "zero.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    got = [d for _, d in replay(ReplayFile(str(path)), Params(max_hold_ms=7_200_000), drain=True)]
+    dead = [d.value for d in got if d.role == "dead_letter"]
+    assert len(dead) == 25 and {d["field"] for d in dead} == {"occurred_at"}
+    refunds = [d.value for d in got if d.role == "refunds"]
+    assert sorted(r["reference"] for r in refunds) == sorted(f"N{k}" for k in range(12))
+    assert all(r["type"] == "refund.requested" and r["deadline"].startswith("2025-") for r in refunds)

@@ -56,6 +56,7 @@ from .signals import (
     judge,
     signals_decisions,
 )
+from .text import escape_text
 from .validation import Rejection, parse_ledger, parse_payment
 
 RECORD, DEADLINE, HOLD = 0, 1, 2  # heap kinds; retention checks have a heap of their own
@@ -64,6 +65,24 @@ _RECORD_KEY = itemgetter(0, 1, 2, 3)  # a heap item's (eff, kind, stream, offset
 NEG_INF = -(2**62)
 _NO_DECISIONS: list[Decision] = []  # (never changed: read only)
 POS_INF = 2**62
+# The event times a record may count at (after the clock guard): every time decided from it (its
+# deadline, a hold's end and release-by, the minutes and incidents it counts in) must be writable
+# as RFC 3339 UTC text, years 0000 to 9999. The last hour of margin covers the burst detector's
+# minute and decision delay.
+OCCURRED_MIN_MS = -62_167_219_200_000  # 0000-01-01T00:00:00Z
+_YEAR_10000_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z
+_OCCURRED_MARGIN_MS = 3_600_000
+
+
+def out_of_range(occurred_at: str, occ_ms: int) -> Rejection:
+    """Why a record counting at `occ_ms` (`OCCURRED_MIN_MS`, `PartitionEngine._occurred_max_ms`)
+    is refused."""
+    where = "before 0000-01-01T00:00:00Z" if occ_ms < OCCURRED_MIN_MS else "too close to the end of year 9999"
+    return Rejection(
+        "bad_value",
+        f"'occurred_at' {escape_text(occurred_at, 64)} is {where}: its deadline could not be written in RFC 3339",
+        "occurred_at",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +145,7 @@ class PartitionEngine:
         self.params = params
         # (Read for every record.)
         self._lateness_ms, self._holds_on, self._signals_on = params.lateness_ms, params.holds, params.burst_signals
+        self._occurred_max_ms = _YEAR_10000_MS - 1 - params.timeout_ms - params.max_hold_ms - _OCCURRED_MARGIN_MS
         self.max_ms: list[int | None] = [None, None]
         # Highest offset taken per stream (for the stats page and the dead-letter count).
         self.last_offset: list[int] = [-1, -1]
@@ -230,15 +250,28 @@ class PartitionEngine:
                     stream, offset, timestamp_ms, key, value, None, None, self.watermark_ms, event.reason
                 )
             return self._reject(stream, offset, key, value, timestamp_ms, event)
-        self.stats["records"] += 1
         occ = event.occurred_at_ms
         lateness_ms = self._lateness_ms
         skew_alert: list[Decision] | None = None  # (no list a record)
-        if timestamp_ms is not None and timestamp_ms >= 0 and occ - timestamp_ms > self.params.clock_skew_ms:
+        skewed = timestamp_ms is not None and timestamp_ms >= 0 and occ - timestamp_ms > self.params.clock_skew_ms
+        if skewed:
             # Clock guard: one wrong clock must not push the partition's watermark into the
             # future. The record counts as if it occurred at its Kafka timestamp, for max_S, its
             # effective time and everything after; its own `occurred_at` text is kept.
+            assert timestamp_ms is not None
             occ = timestamp_ms
+        if not OCCURRED_MIN_MS <= occ <= self._occurred_max_ms:
+            # A time whose deadline or hold RFC 3339 cannot write (before year 0000 in UTC, or in
+            # the last hours of 9999): refused, not decided (README "Silent", occurred_at range).
+            rejection = out_of_range(event.occurred_at, occ)
+            if self.observer is not None:
+                self.observer.taken(
+                    stream, offset, timestamp_ms, key, value, None, None, self.watermark_ms, rejection.reason
+                )
+            return self._reject(stream, offset, key, value, timestamp_ms, rejection)
+        self.stats["records"] += 1
+        if skewed:
+            assert timestamp_ms is not None
             skew_alert = self._skewed(stream, event, timestamp_ms)
         max_ms = self.max_ms
         prev = max_ms[s]
