@@ -13,9 +13,11 @@ from typing import Any
 import orjson
 import pytest
 
+from stream.core.decisions import Decision
+from stream.core.eventtime import format_ms
 from stream.core.holds import IncidentEvent
 from stream.settings import Settings
-from stream.worker.bursts import BurstShell
+from stream.worker.bursts import INCIDENTS_RECORD_MAX_BYTES, BurstShell
 from stream.worker.incidents import parse_incidents_record
 from stream.worker.shell import ReconcileShell
 from tests.records import T0, ledger, payment
@@ -564,3 +566,43 @@ def test_a_worker_far_past_the_incidents_waits_for_them_before_its_next_batch() 
     shell.settings = Settings(partitions=1, idle_timeout_s=60, max_lead_s=0)  # off
     assert shell.max_lead_ms() == 0
     assert asyncio.run(shell.paced(wait_s=5)) == 0.0
+
+
+def test_a_batch_opening_thousands_of_incidents_publishes_them_in_records_the_producer_accepts() -> None:
+    # A hostile minute opened 2,998 incidents (emoji ids of 128 characters): one 1.8 MB incidents
+    # record, which the producer refused; the detector's worker exited and met it again after
+    # every restart. The events now go in records of at most INCIDENTS_RECORD_MAX_BYTES, and only
+    # the last moves the known-through time and the published signals offset.
+    settings = Settings(partitions=1)
+    shell = BurstShell(settings, 1, lambda *a: asyncio.sleep(0), lambda: asyncio.sleep(0))
+    from stream.core.burst import BurstDetector
+
+    shell.detector = BurstDetector(1, settings.burst)
+    shell.detector.merge.closed_through = T0 // 60_000 + 5
+    shell.known_through_sent = (T0 // 60_000 + 5) * 60_000 + 30_000
+    shell.next_offset = 41
+    at = format_ms((T0 // 60_000 + 6) * 60_000)
+    alerts = [
+        Decision(
+            "alerts",
+            None,
+            {
+                "kind": "FAILURE_BURST",
+                "status": "opened",
+                "incident_id": f"inc{i:05d}",
+                "scope": {"type": "issuer", "id": f"{i:05d}" + "\U0001f600" * 123},
+                "occurred_at": at,
+                "dedup_key": f"inc{i:05d}",  # (routing fields: not what this test is about)
+            },
+            None,
+        )
+        for i in range(3_000)
+    ]
+    records = shell.incidents_records(alerts, 40)
+    assert len(records) > 4 and all(len(r) <= INCIDENTS_RECORD_MAX_BYTES + 200 for r in records)
+    parsed = [parse_incidents_record(r) for r in records]
+    assert [e.incident_id for events, _ in parsed for e in events] == [f"inc{i:05d}" for i in range(3_000)]
+    *first, last = records
+    assert {parse_incidents_record(r)[1] for r in first} == {(T0 // 60_000 + 5) * 60_000 + 30_000}
+    assert parsed[-1][1] == (T0 // 60_000 + 6) * 60_000 + 30_000
+    assert {orjson.loads(r)["signals_offset"] for r in first} == {40} and orjson.loads(last)["signals_offset"] == 41

@@ -166,7 +166,7 @@ def faust_app(settings: Settings) -> faust.App:
 # references). 0.5 s made a 100k backlog 1.43x slower to its last decision than 0.05 s
 # (`bench/live_throughput.py`, README "Where issue 9's numbers stand", stop 14). Smaller batches
 # do not grow the incidents topic (kept for good): a batch that moves no minute and decides no
-# incident adds no record (`BurstShell.incidents_record`).
+# incident adds no record (`BurstShell.incidents_records`).
 DETECTOR_BATCH_WITHIN_S = 0.05
 
 

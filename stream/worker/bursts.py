@@ -12,7 +12,7 @@ the signals topic from the beginning. The detector drops repeated reports, so at
 delivery of signals changes nothing.
 
 With refund holds on, the detector also publishes its incident decisions and its progress to
-the single-partition incidents topic after every batch (`incidents_record`): the incident
+the single-partition incidents topic after every batch (`incidents_records`): the incident
 events of the batch's alerts and the event time through which every decision is known (the
 last minute it closed, plus the probe age). Every worker reads that topic whole and gives it
 to its partition engines. A takeover or a crash can repeat a record: the same events with the
@@ -51,6 +51,7 @@ from ..core.burst import BurstDetector
 from ..core.decisions import Decision
 from ..core.holds import incident_event
 from ..core.holdtally import HoldTally, is_hold_report
+from ..core.partition import NEG_INF
 from ..core.signals import MINUTE_MS
 from ..security import aiokafka_config
 from ..settings import Settings
@@ -68,6 +69,9 @@ Committed = Callable[[], Awaitable[int | None]]
 # A snapshot larger than this is not written (the previous one and more signals still restore
 # the detector); the snapshots topic accepts records up to SNAPSHOT_TOPIC_MAX_BYTES.
 SNAPSHOT_MAX_BYTES = 15 * 1024 * 1024
+# An incidents-topic record's events, at most (`BurstShell.incidents_records`): well below the
+# producer's 1,000,000-byte requests and the topic's 1 MiB.
+INCIDENTS_RECORD_MAX_BYTES = 256 * 1024
 SNAPSHOT_TOPIC_MAX_BYTES = 16 * 1024 * 1024
 # The group's committed offset not answered in this long: not known (a check), or the batch
 # fails (a rebuild; the process exits before the batch is acked, a restart asks again).
@@ -272,11 +276,11 @@ class BurstShell:
         for d in alerts:
             await self.send(self.settings.alert_topic, d.key, codec.dumps(d.value))
             self.counts["alerts"] += 1
-        record = self.incidents_record(made) if self.holds else None
-        if record is not None:
+        records = self.incidents_records(made, take[0].offset) if self.holds else []
+        for record in records:
             await self.send(self.settings.incidents_topic, b"incidents", record)
             self.counts["incident_records"] += 1
-        if alerts or record is not None:
+        if alerts or records:
             await self.flush()
             if alerts:
                 log.info(
@@ -347,35 +351,53 @@ class BurstShell:
             return None
         return HoldTally(range(self.partitions), round(self.settings.probe_age_s * 1000))
 
-    def incidents_record(self, alerts: list[Decision]) -> bytes | None:
-        """The incidents topic's record for a batch: its incident events and how far every
-        decision is known (None before the detector closed any minute)."""
+    def incidents_records(self, alerts: list[Decision], batch_start: int) -> list[bytes]:
+        """The incidents topic's records for a batch that began at signals offset `batch_start`:
+        its incident events and how far every decision is known (none before the detector closed
+        any minute, or when nothing is new). The events go in records of at most
+        INCIDENTS_RECORD_MAX_BYTES (a hostile minute opened 2,998 incidents in one 1.8 MB record,
+        which the producer refused, and the detector's worker exited at every restart): only the
+        last record moves the known-through time and the published signals offset, so a follower
+        (or a restarted detector, `read_published_offset`) that saw part of them waits for the
+        rest, which the batch taken again sends again (repeated events are ignored)."""
         d = self.detector
         if d is None or d.closed_through is None:
-            return None
+            return []
         probe_age_ms = round(self.settings.probe_age_s * 1000)
         events = [e for a in alerts if (e := incident_event(a.value, probe_age_ms)) is not None]
         known_through_ms = (d.closed_through + 1) * MINUTE_MS + probe_age_ms
         if not events and known_through_ms == self.known_through_sent:
             # Nothing new for the followers (the topic is kept for good and read whole at every
             # start): a batch that moved no minute adds no record.
-            return None
-        self.known_through_sent = known_through_ms
-        return codec.dumps(
-            {
-                "events": [
-                    {
-                        "at_ms": e.at_ms,
-                        "status": e.status,
-                        "incident_id": e.incident_id,
-                        "scope": [e.scope_type, e.scope_id],
-                    }
-                    for e in events
-                ],
-                "known_through_ms": known_through_ms,
-                "signals_offset": self.next_offset,
+            return []
+        before = self.known_through_sent if self.known_through_sent is not None else NEG_INF
+        chunks: list[list[dict[str, Any]]] = [[]]
+        size = 0
+        for e in events:
+            entry = {
+                "at_ms": e.at_ms,
+                "status": e.status,
+                "incident_id": e.incident_id,
+                "scope": [e.scope_type, e.scope_id],
             }
-        )
+            n = len(codec.dumps(entry)) + 1
+            if chunks[-1] and size + n > INCIDENTS_RECORD_MAX_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(entry)
+            size += n
+        self.known_through_sent = known_through_ms
+        last = len(chunks) - 1
+        return [
+            codec.dumps(
+                {
+                    "events": chunk,
+                    "known_through_ms": known_through_ms if i == last else before,
+                    "signals_offset": self.next_offset if i == last else batch_start,
+                }
+            )
+            for i, chunk in enumerate(chunks)
+        ]
 
     async def _rebuild(self, upto: int) -> BurstDetector:
         """The detector as it was after the signals before offset `upto`: the latest snapshot,
