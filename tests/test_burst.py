@@ -476,7 +476,24 @@ def test_a_large_report_goes_in_parts_that_hold_every_scope_minute_once() -> Non
     assert all(len(orjson.dumps(p)) <= 8_000 + 1_000 and p["through_minute"] == M0 + 1 for p in parts)
     got = [(e["minute"], k) for p in parts for e in p["minutes"] for k in e["scopes"]]
     assert sorted(got) == sorted((M0, k) for k in scopes)  # each once
-    assert [e["minute"] for e in parts[-1]["minutes"]][-1] == M0 + 1  # every minute in the last part
+    assert [e["minute"] for p in parts for e in p["minutes"] if not e["scopes"]] == [M0 + 1]  # listed once
+
+
+def test_a_report_closing_weeks_of_minutes_after_the_watermark_stood_goes_in_parts_below_the_limit() -> None:
+    # A stream whose clock stood still for weeks while requests came: the report that closes
+    # them lists tens of thousands of minutes. The last part listed every minute (1.6 MB at 40,000
+    # minutes, which the producer refused) and no part counted its minutes' own bytes.
+    minutes = [
+        {"minute": M0 + i, "scopes": {} if i % 3 else {f"merchant:ID{i:06d}": sm(1, 1, None, ["5812", "BCA", "T"])}}
+        for i in range(40_000)
+    ]
+    r = {"partition": 0, "through_minute": M0 + 40_000, "minutes": minutes}
+    limit = 524_288
+    parts = in_parts(r, limit)
+    assert len(parts) > 2 and all(len(orjson.dumps(p)) <= limit for p in parts)
+    listed = [e["minute"] for p in parts for e in p["minutes"]]
+    assert sorted(set(listed)) == [M0 + i for i in range(40_000)]
+    assert run(BurstDetector(1), parts) == run(BurstDetector(1), [r])
 
 
 @pytest.mark.parametrize("order", ["as sent", "reversed", "repeated", "interleaved"])

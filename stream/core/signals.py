@@ -292,11 +292,12 @@ def signals_decisions(
     `through_minute` is closed (minutes without requests included). One record, or, when its
     JSON is larger than `max_bytes` (`SIGNALS_PART_MAX_BYTES`), parts (`part` i of `parts` n,
     each with `through_minute` and `report`, a digest of the whole report): the scope-minutes
-    shared out in (minute, scope) order, each once, every minute listed in the last part (with
-    no scopes where it has none left). The split depends only on the report's content (not the
-    order its payments were judged in), and the detector puts together only parts of the same
-    report (`merge.PartitionMerge`): a sender stopped half way that sends the report again, or a
-    second sender's report, never mixes with it."""
+    shared out in (minute, scope) order, each once, a minute with no scopes listed once (each
+    part's bytes count its minutes' own, so a report closing thousands of minutes after a
+    watermark stood still for days stays in parts of at most `max_bytes`). The split depends only
+    on the report's content (not the order its payments were judged in), and the detector puts
+    together only parts of the same report (`merge.PartitionMerge`): a sender stopped half way
+    that sends the report again, or a second sender's report, never mixes with it."""
     value = {
         "partition": partition,
         "through_minute": through_minute,
@@ -308,22 +309,26 @@ def signals_decisions(
         max_bytes = SIGNALS_PART_MAX_BYTES
     if len(codec.dumps(value)) <= max_bytes:
         return [Decision("signals", key, value, at_ms)]
-    envelope = 200  # a part's fields but its scopes, and a minute's (about; bytes)
+    envelope = 200  # a part's fields but its minutes (about; bytes)
     parts: list[dict[int, dict[str, Any]]] = [{}]
     size = envelope
     for m in sorted(minutes):
         scopes = minutes[m]
-        for scope in sorted(scopes):
-            n = len(codec.dumps({scope: scopes[scope]}))  # bytes, as sent (ids need not be ASCII)
-            if size > envelope and size + n > max_bytes:
+        entry = len(codec.dumps({"minute": m, "scopes": {}})) + 1  # a minute's own bytes in a part
+        listed: list[str | None] = [*sorted(scopes)] or [None]  # (a minute without scopes: once, empty)
+        for scope in listed:
+            n = 0 if scope is None else len(codec.dumps({scope: scopes[scope]}))  # bytes, as sent
+            if size > envelope and size + n + (0 if m in parts[-1] else entry) > max_bytes:
                 parts.append({})
                 size = envelope
-            parts[-1].setdefault(m, {})[scope] = scopes[scope]
+            if m not in parts[-1]:
+                n += entry
+            in_part = parts[-1].setdefault(m, {})
+            if scope is not None:
+                in_part[scope] = scopes[scope]
             size += n
     if len(parts) == 1:
         return [Decision("signals", key, value, at_ms)]
-    for m in minutes:
-        parts[-1].setdefault(m, {})
     report = blake2b(codec.dumps_sorted(value), digest_size=12).hexdigest()
     return [
         Decision(

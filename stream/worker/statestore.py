@@ -598,9 +598,7 @@ class PartitionStore:
             if expected is not None and offsets[p] != expected + len(batch.changes) and p not in self.behind:
                 self.behind.add(p)
                 self.counts["foreign_writes"] += 1
-                keys = await self._older_owners_keys(
-                    p, expected, offsets[p], len(batch.changes) + 1, batch.generation
-                )
+                keys = await self._older_owners_keys(p, expected, offsets[p], len(batch.changes) + 1, batch.generation)
                 if keys is not None and rewrite_older:
                     older[p] = keys
                 else:
