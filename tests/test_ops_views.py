@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream.core.partition import Params, PartitionEngine
 from stream.core.records import Stream
+from stream.core.validation import Rejection, parse_payment
 from stream.settings import Settings
 from stream.worker import watch as watch_module
 from stream.worker.dashboard import render
@@ -207,3 +208,27 @@ def test_the_ids_kept_to_count_each_output_once_are_bounded_for_dead_letters_and
     assert len(watch.seen_ids) <= 1_000
     assert watch.dead_letters["qris.payment-requests"] == 5_000
     assert watch.alerts[("DEAD_LETTER", "warning")] == 5_000
+
+
+def test_the_incidents_a_payment_page_shows_are_the_ones_the_engine_holds_it_for() -> None:
+    # The page built pool ids itself (`MCC-<mcc>`, raw merchant ids, no `MCC-unknown`): a
+    # merchant whose id is `MCC-5999` was shown the pool's incident, and a payment without an
+    # mcc was not shown the `MCC-unknown` pool's. It uses the core's coverage rule now.
+    watch = WorkerWatch(Settings())
+    for i, (scope_type, scope_id) in enumerate(
+        [("merchant", "MCC-5999"), ("merchant", "\\MCC-5999"), ("merchant", "MCC-unknown"), ("switch", "ARTAJASA")]
+    ):
+        watch.on_output(
+            "alerts",
+            {
+                "alert_id": f"a{i}",
+                "kind": "FAILURE_BURST",
+                "severity": "critical",
+                "status": "opened",
+                "incident_id": f"inc{i}",
+                "scope": {"type": scope_type, "id": scope_id},
+            },
+        )
+    request = parse_payment(b"QR1", payment("e1", "requested", "QR1", 0, merchant_id="MCC-5999", mcc=None))
+    assert not isinstance(request, Rejection)
+    assert sorted(v["incident_id"] for v in watch.incidents_covering(request)) == ["inc1", "inc2"]

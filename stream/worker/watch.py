@@ -17,6 +17,7 @@ from typing import Any
 
 from ..core import codec
 from ..core.decisions import Decision
+from ..core.holds import Incident
 from ..core.partition import PartitionEngine
 from ..core.records import LedgerEvent, PaymentEvent, Stream
 from ..core.reference import ReferenceState
@@ -255,12 +256,10 @@ class WorkerWatch:
         """Open incidents whose scope covers a payment (CONTRACT.md "Refund holds")."""
         if request is None:
             return []
-        mine = {
-            ("all", "all"),
-            ("switch", request.switch_id),
-            ("acquirer", request.acquirer_id),
-            ("issuer", request.issuer_id),
-            ("merchant", request.merchant_id),
-            ("merchant", f"MCC-{request.mcc}" if request.mcc else None),
-        }
-        return [v for v in self.incidents.values() if (v["scope"]["type"], v["scope"]["id"]) in mine]
+        # The core's own rule (`holds.Incident.covers`: pools by their escaped id, `MCC-unknown`,
+        # merchants whose id begins with `MCC-`), so the page says what the engine decides.
+        return [
+            v
+            for v in self.incidents.values()
+            if Incident(str(v["incident_id"]), str(v["scope"]["type"]), str(v["scope"]["id"]), 0).covers(request)
+        ]
