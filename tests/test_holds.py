@@ -23,6 +23,7 @@ from stream.core.partition import NEG_INF, POS_INF, Params, PartitionEngine
 from stream.core.records import Stream
 from stream.core.reference import ReferenceState
 from stream.core.signals import MINUTE_MS
+from stream.core.validation import Rejection, parse_payment
 from stream.drivers.replay import replay
 from stream.drivers.replayfile import KafkaRecord
 from stream.simulate import generate
@@ -455,6 +456,47 @@ def test_the_timeline_ignores_repeated_events() -> None:
     assert tl.release_at(None, ms(150), G_MS) == (ms(150), [])  # a switch does not cover "no request"
     tl.add([inc("opened", 100, "in_all", ("all", "all")), inc("resolved", 250, "in_all", ("all", "all"))], ms(300))
     assert tl.release_at(None, ms(150), G_MS) == (ms(250) + G_MS, ["in_all"])
+
+
+_SCOPE_IDS = ["S1", "A1", "I1", "M1", "MCC-5812", "\\MCC-5812", "\\\\x", "5812", "MCC-unknown", "all", ""]
+_IDS = st.sampled_from(_SCOPE_IDS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    request=st.none()
+    | st.fixed_dictionaries(
+        {k: st.none() | _IDS for k in ("switch_id", "acquirer_id", "issuer_id", "merchant_id")}
+        | {"mcc": st.none() | st.sampled_from(["5812", "unknown", "x" * 40])}
+    ),
+)
+def test_the_incidents_filed_under_a_payments_scopes_are_exactly_those_that_cover_it(
+    request: dict[str, Any] | None,
+) -> None:
+    # The timeline looks a payment's incidents up by scope (a hostile minute opened thousands:
+    # scanning all of them at every deadline was quadratic); the answer must be `covers`'s, for
+    # an incident of every scope type and id against any payment.
+    tl = IncidentTimeline()
+    scopes = [(t, sid) for t in ("all", "switch", "acquirer", "issuer", "merchant", "other") for sid in _SCOPE_IDS]
+    tl.add([IncidentEvent(ms(10), "opened", f"in{i:03d}", t, sid) for i, (t, sid) in enumerate(scopes)], ms(100))
+    rq = None
+    if request is not None:
+        value = {
+            "event_id": "e",
+            "type": "requested",
+            "reference": "R",
+            "occurred_at": "2025-03-29T00:00:00Z",
+            "amount": 1,
+            "currency": "IDR",
+            "account_id": "A",
+            "merchant_id": "M9",
+            **{k: v for k, v in request.items() if v},
+        }
+        rq = parse_payment(b"R", orjson.dumps(value))
+        assert not isinstance(rq, Rejection), rq
+    want = sorted(i.incident_id for i in tl.incidents.values() if i.covers(rq))
+    assert sorted(i.incident_id for i in tl.covering_open_at(rq, ms(50))) == want
+    assert tl.release_at(rq, ms(50), G_MS)[1] == want  # (all opened at once: by id)
 
 
 # -- the simulator's outage: replay, live-like loop, H = 0 -----------------------------------

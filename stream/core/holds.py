@@ -85,12 +85,25 @@ class Incident:
         return False
 
 
+_ALL = ("all", "")
+
+
+def scope_key(scope_type: str, scope_id: str) -> tuple[str, str]:
+    """Where an incident is filed in `IncidentTimeline.by_scope`: scope `all` whatever its id
+    (it covers every payment), any other by its type and id."""
+    return _ALL if scope_type == "all" else (scope_type, scope_id)
+
+
 @dataclass(slots=True)
 class IncidentTimeline:
     """The incidents a partition knows, and the event time through which it knows them all."""
 
     incidents: dict[str, Incident] = field(default_factory=dict)
     known_through_ms: int = NEG_INF
+    # The same incidents by scope (`scope_key`): a payment's covering incidents are looked up
+    # under its own few scopes, not found by scanning every incident ever known (a hostile minute
+    # opened thousands, and each deadline and each hold's reschedule scanned them all).
+    by_scope: dict[tuple[str, str], list[Incident]] = field(default_factory=dict)
 
     def add(self, events: Iterable[IncidentEvent], known_through_ms: int) -> bool:
         """Take incident events (repeats harmless) and the new known-through time. Returns
@@ -102,6 +115,7 @@ class IncidentTimeline:
                 if ev.status == "resolved":
                     continue  # its opening was never seen: nothing it could have held
                 inc = self.incidents[ev.incident_id] = Incident(ev.incident_id, ev.scope_type, ev.scope_id, ev.at_ms)
+                self.by_scope.setdefault(scope_key(ev.scope_type, ev.scope_id), []).append(inc)
             if ev.status == "resolved" and inc.resolved_at_ms is None:
                 inc.resolved_at_ms = ev.at_ms
                 resolved = True
@@ -111,19 +125,34 @@ class IncidentTimeline:
 
     def covering_open_at(self, request: PaymentEvent | None, t_ms: int) -> list[Incident]:
         """The incidents covering the payment that are open at t, earliest opened first."""
-        found = [i for i in self.incidents.values() if i.open_at(t_ms) and i.covers(request)]
+        found = [i for i in self._covering(request) if i.open_at(t_ms)]
         found.sort(key=lambda i: (i.opened_at_ms, i.incident_id))
         return found
+
+    def _covering(self, request: PaymentEvent | None) -> list[Incident]:
+        """Every incident that covers the payment (`Incident.covers`), in no particular order:
+        those filed under the payment's scopes (an incident is filed under one)."""
+        by_scope = self.by_scope
+        out = list(by_scope.get(_ALL, ()))
+        if request is not None:
+            merchant = request.merchant_id
+            for scope_type, scope_id in (
+                ("switch", request.switch_id),
+                ("acquirer", request.acquirer_id),
+                ("issuer", request.issuer_id),
+                ("merchant", pool_id(request.mcc)),
+                ("merchant", None if merchant is None else merchant_scope_id(merchant)),
+            ):
+                if scope_id is not None:
+                    out.extend(by_scope.get((scope_type, scope_id), ()))
+        return out
 
     def release_at(self, request: PaymentEvent | None, held_from_ms: int, grace_ms: int) -> tuple[int, list[str]]:
         """When a hold that started at `held_from_ms` ends by its incidents, from what is known:
         G after the last covering incident resolved, where a covering incident that opens
         within that grace (at or before resolution + G) keeps the hold on. Unresolved: +inf.
         Also returns every covering incident that kept the hold on, in opening order."""
-        covering = sorted(
-            (i for i in self.incidents.values() if i.covers(request)),
-            key=lambda i: (i.opened_at_ms, i.incident_id),
-        )
+        covering = sorted(self._covering(request), key=lambda i: (i.opened_at_ms, i.incident_id))
         end = NEG_INF
         chain: list[str] = []
         for inc in covering:
