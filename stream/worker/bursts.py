@@ -257,6 +257,8 @@ class BurstShell:
     async def _take_in_order(self, take: Sequence[InputRecord]) -> None:
         """The detector takes `take` (new records in offset order, each once); its alerts and
         the incidents record are sent, then a snapshot written when one is due. Under the lock."""
+        if not take:  # (a batch of redeliveries only: e.g. a takeover at a snapshot past the group's offset)
+            return
         alerts: list[Decision] = []
         made: list[Decision] = []  # every alert the detector made (incident events)
         for msg in take:
