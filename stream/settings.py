@@ -404,6 +404,11 @@ def _problems(s: Settings) -> list[str]:
             out.append(f"{DOCS[name][0]}={value}: expected a number of seconds, 0 or more")
     if not s.burst_threshold > 0:
         out.append(f"QRIS_BURST_THRESHOLD={s.burst_threshold}: expected a number above 0")
+    if not 0 <= s.hold_grace_s < math.inf:
+        out.append(f"QRIS_HOLD_GRACE_S={s.hold_grace_s}: expected a number of seconds, 0 or more")
+    if not 0 <= s.max_hold_s <= 604_800:
+        # (The engine leaves room for holds this long before year 10000: `partition.HOLD_MAX_MS`.)
+        out.append(f"QRIS_MAX_HOLD_S={s.max_hold_s}: expected 0 (holds off) to 604800 seconds (7 days)")
     return out
 
 

@@ -72,6 +72,15 @@ POS_INF = 2**62
 OCCURRED_MIN_MS = -62_167_219_200_000  # 0000-01-01T00:00:00Z
 _YEAR_10000_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z
 _OCCURRED_MARGIN_MS = 3_600_000
+# The longest hold the settings allow (`QRIS_MAX_HOLD_S`). The range above leaves room for it
+# whatever H is, so a replay's first pass (holds off) refuses exactly what live refuses.
+HOLD_MAX_MS = 7 * 86_400_000
+
+
+def occurred_max_ms(params: Params) -> int:
+    """The latest time a record may count at (`OCCURRED_MIN_MS`): its deadline, a hold's
+    release-by and the detector's minutes still before year 10000."""
+    return _YEAR_10000_MS - 1 - params.timeout_ms - max(params.max_hold_ms, HOLD_MAX_MS) - _OCCURRED_MARGIN_MS
 
 
 def out_of_range(occurred_at: str, occ_ms: int) -> Rejection:
@@ -145,7 +154,7 @@ class PartitionEngine:
         self.params = params
         # (Read for every record.)
         self._lateness_ms, self._holds_on, self._signals_on = params.lateness_ms, params.holds, params.burst_signals
-        self._occurred_max_ms = _YEAR_10000_MS - 1 - params.timeout_ms - params.max_hold_ms - _OCCURRED_MARGIN_MS
+        self._occurred_max_ms = occurred_max_ms(params)
         self.max_ms: list[int | None] = [None, None]
         # Highest offset taken per stream (for the stats page and the dead-letter count).
         self.last_offset: list[int] = [-1, -1]

@@ -36,7 +36,7 @@ from ..core.burst import BurstDetector, BurstParams
 from ..core.decisions import Decision
 from ..core.holds import IncidentEvent, incident_event
 from ..core.holdtally import tallied_alerts
-from ..core.partition import NEG_INF, POS_INF, Params, PartitionEngine
+from ..core.partition import NEG_INF, POS_INF, Params, PartitionEngine, occurred_max_ms
 from ..core.records import LedgerEvent, PaymentEvent, Stream
 from ..core.signals import MINUTE_MS
 from ..core.validation import Rejection, parse_ledger, parse_payment
@@ -64,6 +64,12 @@ class Replay:
     # Holds on: the partitions the detector waited for; its updated/resolved alerts wait for
     # their hold reports too (`holdtally`).
     detector_partitions: frozenset[int] = frozenset()
+
+    # The latest time the engines take a record at (`partition.occurred_max_ms`), once.
+    _occurred_max_ms: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self._occurred_max_ms = occurred_max_ms(self.params)
 
     def engine(self, partition: int) -> PartitionEngine:
         eng = self.engines.get(partition)
@@ -111,8 +117,11 @@ class Replay:
             parsed = parse_ledger(rec.key, rec.value)
         else:
             parsed = None
-        if parsed is None or type(parsed) is Rejection:
-            kept.append((rec, parsed))  # a dead letter carries the original bytes
+        if parsed is None or isinstance(parsed, Rejection) or not 0 <= parsed.occurred_at_ms < self._occurred_max_ms:
+            # A dead letter carries the original bytes: a parse rejection's, and a record the
+            # engine may refuse for its time (`partition.out_of_range`; a time in [0, max) stays
+            # in range whatever the clock guard does, which only moves it to a Kafka time < it).
+            kept.append((rec, parsed))
         else:
             kept.append((KafkaRecord(topic, rec.partition, rec.offset, rec.timestamp_ms, rec.key, None), parsed))
         return self.feed(rec, parsed)
