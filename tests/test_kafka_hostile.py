@@ -24,16 +24,23 @@ from tests.test_kafka_worker import canon, expected_outputs, live_by_role
 pytestmark = pytest.mark.kafka
 
 
-def _hostile_day(partitions: int) -> list[KafkaRecord]:
-    """The hand-made day, each record with a Kafka timestamp a second after its event time, plus
-    a ~1 MiB value and a valid `settled` dated 9999-12-31, both in the middle of partition 0."""
-    out = []
+def _timestamped_day(partitions: int) -> list[KafkaRecord]:
+    """The hand-made day, each record with a Kafka timestamp a second after its event time (a
+    record without one: the previous record's)."""
+    out: list[KafkaRecord] = []
     for r in scenario_records(partitions):
         try:
             ts = parse_ms(orjson.loads(r.value or b"")["occurred_at"]) + 1_000
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             ts = out[-1].timestamp_ms if out else parse_ms("2025-03-29T00:00:00Z")
         out.append(KafkaRecord(r.topic, r.partition, r.offset, ts, r.key, r.value))
+    return out
+
+
+def _hostile_day(partitions: int) -> list[KafkaRecord]:
+    """The hand-made day with Kafka timestamps (`_timestamped_day`), plus a ~1 MiB value and a
+    valid `settled` dated 9999-12-31, both in the middle of partition 0."""
+    out = _timestamped_day(partitions)
     ref = next(f"QRCLOCK{i}" for i in range(100) if partition_for(f"QRCLOCK{i}".encode(), partitions) == 0)
     mine = [i for i, r in enumerate(out) if r.topic == PAYMENT and r.partition == 0]
     middle = mine[len(mine) // 2]
@@ -97,13 +104,7 @@ def _hammered_day(partitions: int) -> tuple[list[KafkaRecord], int]:
     its partition's watermark stands, they all wait in that reference's one state entry, about
     1.3 MB of it (past the producer's and the changelog topic's 1 MiB). Returns the records and
     the index in them just after the hammer."""
-    out: list[KafkaRecord] = []
-    for r in scenario_records(partitions):
-        try:
-            ts = parse_ms(orjson.loads(r.value or b"")["occurred_at"]) + 1_000
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            ts = out[-1].timestamp_ms if out else parse_ms("2025-03-29T00:00:00Z")
-        out.append(KafkaRecord(r.topic, r.partition, r.offset, ts, r.key, r.value))
+    out = _timestamped_day(partitions)
     ref = next(f"QRHAMMER{i}" for i in range(100) if partition_for(f"QRHAMMER{i}".encode(), partitions) == 0)
     mine = [i for i, r in enumerate(out) if r.topic == LEDGER and r.partition == 0]
     middle = mine[len(mine) // 2]
