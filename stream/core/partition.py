@@ -67,8 +67,8 @@ _NO_DECISIONS: list[Decision] = []  # (never changed: read only)
 POS_INF = 2**62
 # The event times a record may count at (after the clock guard): every time decided from it (its
 # deadline, a hold's end and release-by, the minutes and incidents it counts in) must be writable
-# as RFC 3339 UTC text, years 0000 to 9999. The last hour of margin covers the burst detector's
-# minute and decision delay.
+# as RFC 3339 UTC text, years 0000 to 9999. The hour of margin covers the burst detector's minute
+# and decision delay.
 OCCURRED_MIN_MS = -62_167_219_200_000  # 0000-01-01T00:00:00Z
 _YEAR_10000_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z
 _OCCURRED_MARGIN_MS = 3_600_000
@@ -254,10 +254,6 @@ class PartitionEngine:
         if event is None:
             event = parse_payment(key, value) if s == 0 else parse_ledger(key, value)
         if isinstance(event, Rejection):  # (one call: an exact type is its fast path)
-            if self.observer is not None:  # (the shell drops redeliveries before the engine)
-                self.observer.taken(
-                    stream, offset, timestamp_ms, key, value, None, None, self.watermark_ms, event.reason
-                )
             return self._reject(stream, offset, key, value, timestamp_ms, event)
         occ = event.occurred_at_ms
         lateness_ms = self._lateness_ms
@@ -271,13 +267,8 @@ class PartitionEngine:
             occ = timestamp_ms
         if not OCCURRED_MIN_MS <= occ <= self._occurred_max_ms:
             # A time whose deadline or hold RFC 3339 cannot write (before year 0000 in UTC, or in
-            # the last hours of 9999): refused, not decided (README "Silent", occurred_at range).
-            rejection = out_of_range(event.occurred_at, occ)
-            if self.observer is not None:
-                self.observer.taken(
-                    stream, offset, timestamp_ms, key, value, None, None, self.watermark_ms, rejection.reason
-                )
-            return self._reject(stream, offset, key, value, timestamp_ms, rejection)
+            # the last T + 7 days + 1 h of 9999): refused, not decided (README "Silent").
+            return self._reject(stream, offset, key, value, timestamp_ms, out_of_range(event.occurred_at, occ))
         self.stats["records"] += 1
         if skewed:
             assert timestamp_ms is not None
@@ -356,6 +347,10 @@ class PartitionEngine:
         timestamp_ms: int | None,
         rejection: Rejection,
     ) -> list[Decision]:
+        if self.observer is not None:  # (the shell drops redeliveries before the engine)
+            self.observer.taken(
+                stream, offset, timestamp_ms, key, value, None, None, self.watermark_ms, rejection.reason
+            )
         s = int(stream)
         topic = self._topic(s)
         if timestamp_ms is not None and timestamp_ms < 0:
