@@ -406,6 +406,13 @@ def _problems(s: Settings) -> list[str]:
         out.append(f"QRIS_BURST_THRESHOLD={s.burst_threshold}: expected a number above 0")
     if not 0 <= s.hold_grace_s < math.inf:
         out.append(f"QRIS_HOLD_GRACE_S={s.hold_grace_s}: expected a number of seconds, 0 or more")
+    # T and the probe age move event times the engine writes as RFC 3339 (deadlines, the detector's
+    # minutes): the refused time range (`partition.occurred_max_ms`) leaves room for T, and its
+    # hour of margin for the probe age. Past these bounds a setting is a mistake (a unit in ms).
+    if 0 < s.timeout_s < math.inf and s.timeout_s > 2_592_000:
+        out.append(f"QRIS_TIMEOUT_S={s.timeout_s}: expected at most 2592000 seconds (30 days)")
+    if 0 <= s.probe_age_s < math.inf and s.probe_age_s > 1_800:
+        out.append(f"QRIS_PROBE_AGE_S={s.probe_age_s}: expected at most 1800 seconds (30 minutes)")
     if not 0 <= s.max_hold_s <= 604_800:
         # (The engine leaves room for holds this long before year 10000: `partition.HOLD_MAX_MS`.)
         out.append(f"QRIS_MAX_HOLD_S={s.max_hold_s}: expected 0 (holds off) to 604800 seconds (7 days)")

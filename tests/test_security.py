@@ -161,6 +161,8 @@ def test_files_that_cannot_be_used_are_named_in_one_line(tmp_path: Path) -> None
         ({"QRIS_REPLICATION_FACTOR": "3", "QRIS_MIN_INSYNC_REPLICAS": "4"}, "QRIS_MIN_INSYNC_REPLICAS=4"),
         ({"QRIS_LOG_LEVEL": "loud"}, "QRIS_LOG_LEVEL='loud'"),
         ({"QRIS_TIMEOUT_S": "-5"}, "QRIS_TIMEOUT_S=-5.0: expected a number of seconds above 0"),
+        ({"QRIS_TIMEOUT_S": "300000000"}, "QRIS_TIMEOUT_S=300000000.0: expected at most 2592000 seconds (30 days)"),
+        ({"QRIS_PROBE_AGE_S": "1801"}, "QRIS_PROBE_AGE_S=1801.0: expected at most 1800 seconds (30 minutes)"),
         ({"QRIS_LATENESS_S": "nan"}, "QRIS_LATENESS_S=nan: expected a number of seconds, 0 or more"),
         ({"QRIS_BATCH_MAX": "0"}, "QRIS_BATCH_MAX=0: expected 1 or more"),
         ({"QRIS_BOOTSTRAP": "kafka:90x2"}, "QRIS_BOOTSTRAP='kafka:90x2': expected host:port"),
