@@ -87,6 +87,25 @@ def test_occurred_at_over_128_characters_is_rejected() -> None:
     assert isinstance(got, Rejection) and got.field == "occurred_at"
 
 
+@pytest.mark.parametrize("stream", [P, L])
+def test_an_empty_occurred_at_is_a_bad_timestamp_as_the_dead_letter_schema_words_it(stream: Stream) -> None:
+    # (An independent oracle of the validation rules found it dead-lettered as `bad_value`.)
+    v = orjson.loads(payment("e1", "settled", "R1", 0) if stream is P else ledger("e1", "debited", "R1", 0))
+    v["occurred_at"] = ""
+    got = _parse(stream, None, orjson.dumps(v))
+    assert isinstance(got, Rejection) and (got.error, got.field) == ("bad_timestamp", "occurred_at")
+
+
+@pytest.mark.parametrize("amount", [b"18446744073709551616", b"-9223372036854775809", b"1e19"])
+def test_an_amount_past_64_bits_is_rejected_and_its_reason_does_not_say_it_had_a_fraction(amount: bytes) -> None:
+    # orjson reads an integer past 64 bits as a float: the reason says it may have been one.
+    v = payment("e1", "settled", "R1", 0).replace(b'"amount":25000', b'"amount":' + amount)
+    assert amount in v
+    got = _parse(P, None, v)
+    assert isinstance(got, Rejection) and (got.error, got.field) == ("wrong_type", "amount")
+    assert "or an integer beyond 64 bits" in got.reason
+
+
 @pytest.mark.parametrize("field", PAYMENT_IDS)
 @pytest.mark.parametrize("char", FORBIDDEN)
 @pytest.mark.parametrize("raw", [True, False], ids=["raw-utf8", "json-escape"])

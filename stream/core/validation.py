@@ -159,6 +159,9 @@ def _json_type(v: object) -> str:
     if type(v) is bool:
         return "boolean"
     if type(v) is float:
+        if v.is_integer() and abs(v) >= 2**63:
+            # orjson reads an integer past 64 bits as a float: the producer may have written one.
+            return f"a number with a fraction or exponent, or an integer beyond 64 bits ({v!r})"
         return f"a number with a fraction or exponent ({v!r})"
     if type(v) is int:
         return "an integer"
@@ -187,6 +190,9 @@ def _common(obj: dict[str, Any], key: bytes | None, types: frozenset[str]) -> tu
                 f"the record key '{escape_text(key_text, 64)}' differs from reference '{escape_text(reference)}'",
                 "reference",
             )
+    if obj.get("occurred_at") == "":
+        # (Not a timestamp, as the dead-letter schema words `bad_timestamp`, not an empty name.)
+        raise _Reject("bad_timestamp", "'occurred_at' is empty: expected RFC 3339 with an offset", "occurred_at")
     occurred_at = _string(obj, "occurred_at")
     try:
         occurred_at_ms = parse_ms(occurred_at)
