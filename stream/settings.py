@@ -38,6 +38,7 @@ class Settings:
     retention_s: float = 48 * 3600.0
     clock_skew_s: float = 60.0
     idle_timeout_s: float = 60.0
+    stall_alert_s: float = 600.0  # clockstall.ClockStall
     probe_age_s: float = 30.0
     burst_threshold: float = 7.0  # BurstParams.threshold
     hold_grace_s: float = 900.0
@@ -172,6 +173,11 @@ DOCS: dict[str, tuple[str, str]] = {
         "QRIS_IDLE_TIMEOUT_S",
         "live only: wall-clock seconds an input stream may be silent, with none of its records left on the broker "
         "(asked at the check; no answer: not silent), before the watermark moves without it",
+    ),
+    "stall_alert_s": (
+        "QRIS_STALL_ALERT_S",
+        "live only: wall-clock seconds a partition's watermark may stand still while it takes valid records before "
+        "EVENT_TIME_STALLED is raised (0: never)",
     ),
     "probe_age_s": (
         "QRIS_PROBE_AGE_S",
@@ -398,7 +404,7 @@ def _problems(s: Settings) -> list[str]:
         value = getattr(s, name)
         if not 0 < value < math.inf:
             out.append(f"{DOCS[name][0]}={value}: expected a number of seconds above 0")
-    for name in ("lateness_s", "probe_age_s", "clock_skew_s", "snapshot_min_interval_s", "max_lead_s"):
+    for name in ("lateness_s", "probe_age_s", "clock_skew_s", "snapshot_min_interval_s", "max_lead_s", "stall_alert_s"):
         value = getattr(s, name)
         if not 0 <= value < math.inf:
             out.append(f"{DOCS[name][0]}={value}: expected a number of seconds, 0 or more")

@@ -57,6 +57,51 @@ def test_a_silent_payment_feed_still_lets_refund_timeouts_fire_and_raises_feed_s
     assert not any(r.startswith("OK") for r in refunds)
 
 
+def test_a_frozen_ledger_clock_raises_event_time_stalled_and_its_recovery(tmp_path: Path) -> None:
+    # Both feeds flow, but every ledger record is dated the same second (a core-banking clock
+    # stuck): the partition's watermark stands still while its records arrive, so nothing of it
+    # is decided. After QRIS_STALL_ALERT_S of wall time payment operations get one alert on the
+    # alerts topic naming the ledger topic; when the ledger's clock moves again, its resolution.
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=1)
+    topics.create(bootstrap)
+    env = {"QRIS_STALL_ALERT_S": "4", "QRIS_IDLE_TIMEOUT_S": "4"}  # (the idle check runs every second)
+    worker = Worker(topics, tmp_path / "w", extra_env=env)
+    worker.start(bootstrap)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+
+    def stalled() -> list[dict]:
+        got = consume(bootstrap, [topics.alerts], until=0, timeout_s=1, settle_s=0, worker=worker)
+        return [v for _t, _k, v in got if v.get("kind") == "EVENT_TIME_STALLED"]
+
+    try:
+        k, found = 0, []
+        deadline = time.monotonic() + 60
+        while not found and time.monotonic() < deadline:
+            k += 1
+            ref = f"F{k}"
+            producer.send(topics.payment, key=ref.encode(), value=payment(f"{ref}-q", "requested", ref, k))
+            producer.send(topics.ledger, key=ref.encode(), value=ledger(f"{ref}-d", "debited", ref, 1))
+            producer.flush()
+            found = stalled()
+        assert len(found) == 1, found
+        opened = found[0]
+        assert opened["status"] == "opened" and opened["topic"] == topics.ledger and opened["partitions"] == [0]
+        assert opened["severity"] == "critical" and opened["dedup_key"] == f"EVENT_TIME_STALLED:{topics.ledger}"
+        assert opened["observed"]["stood_at_ms"] == T0 + 1000 and opened["observed"]["wall_s"] >= 4
+        # The ledger's clock comes back.
+        producer.send(topics.ledger, key=b"B", value=ledger("B-d", "debited", "B", k + 60))
+        producer.flush()
+        deadline = time.monotonic() + 30
+        while len(found) < 2 and time.monotonic() < deadline:
+            found = stalled()
+    finally:
+        producer.close()
+        worker.stop()
+    assert [a["status"] for a in found] == ["opened", "resolved"], found
+    assert found[1]["dedup_key"] == opened["dedup_key"] and found[1]["severity"] == "info"
+
+
 def test_dump_writes_the_contract_replay_file_and_replays_like_the_records(tmp_path: Path) -> None:
     bootstrap = require_broker()
     topics = fresh_topics()

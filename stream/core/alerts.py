@@ -215,6 +215,50 @@ def feed_silent_alert(
     )
 
 
+def event_time_stalled_alert(
+    topic: str,
+    partitions: list[int],
+    status: str,
+    stood_at_ms: int | None,
+    at_ms: int | None,
+    wall_s: float,
+    records: int,
+) -> Decision:
+    """Live only: one EVENT_TIME_STALLED per input topic and episode of a worker (`opened`): the
+    partitions whose watermark has not moved for `wall_s` seconds of wall time although they took
+    `records` valid records meanwhile, held back by this topic's stream (its newest event time
+    `stood_at_ms`); and its recovery (`resolved`) once the watermark of each moves again."""
+    where = f"{topic} partitions {', '.join(map(str, partitions))}"
+    stood = format_ms(stood_at_ms) if stood_at_ms is not None else "no record yet"
+    if status == "opened":
+        summary = (
+            f"{where}: event time has stood still ({stood}) for {wall_s / 60:.0f} min of wall time while "
+            f"{records:,} valid records arrived; no refund of these partitions is decided until it moves "
+            "(a producer's clock, occurred_at or Kafka timestamp, may be frozen)"
+        )
+        severity = "critical"
+    else:
+        summary = f"{where}: event time moves again; decisions resumed"
+        severity = "info"
+    observed: dict[str, Any] = {"stalled_partitions": len(partitions), "wall_s": round(wall_s, 1), "records": records}
+    if stood_at_ms is not None:
+        observed["stood_at_ms"] = stood_at_ms
+    return _alert(
+        ids.alert_id("EVENT_TIME_STALLED", topic, status, stood_at_ms, at_ms),
+        "EVENT_TIME_STALLED",
+        severity,
+        "all",
+        "all",
+        at_ms,
+        None,
+        summary,
+        observed,
+        topic=topic,
+        partitions=partitions,
+        status=status,
+    )
+
+
 def feed_silent_topic_alert(
     topic: str, partitions: list[int], status: str, silent_since_ms: int | None, at_ms: int, other_topic: str
 ) -> Decision:

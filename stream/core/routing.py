@@ -4,7 +4,7 @@ PagerDuty (Events API v2) understand, derived from the alert itself (docs/alert-
 The dedup key groups the alerts of one problem: the incident id of a `FAILURE_BURST` (opened,
 updated, resolved share it), the refund of a cancellation (or the incident that explains it),
 the reference of an over-refund, the topic partition of dead letters and clock skew, the topic
-of a silent feed. Deterministic, like every output. Imports nothing outside the core.
+of a silent feed or of a stalled event time. Deterministic, like every output. Imports nothing outside the core.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def dedup_key(value: dict[str, Any]) -> str:
         return f"{kind}:{value['refund_id']}"
     if kind == "OVER_REFUND" and value.get("reference"):
         return f"OVER_REFUND:{value['reference']}"
-    if kind == "FEED_SILENT" and value.get("topic"):
-        return f"FEED_SILENT:{value['topic']}"
+    if kind in ("FEED_SILENT", "EVENT_TIME_STALLED") and value.get("topic"):
+        return f"{kind}:{value['topic']}"
     if value.get("topic") is not None and value.get("partition") is not None:
         return f"{kind}:{value['topic']}:{value['partition']}"
     scope = value["scope"]

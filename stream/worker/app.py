@@ -31,6 +31,7 @@ from ..settings import Settings
 from .batches import finish_before_ack
 from .boundary import Gap
 from .bursts import BurstShell, group_committed
+from .clockstall import ClockStall
 from .consumer import guarded_consumer
 from .endoffsets import BrokerEndOffsets, EndOffsetsUnknown
 from .feeds import TopicSilence
@@ -237,6 +238,9 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
 
     cast(Any, app.transport.Consumer).before_revocation.append(durable_before_revocation)
     shell.on_idle = TopicSilence((settings.payment_topic, settings.ledger_topic), lambda: shell.engines)
+    shell.on_stall = ClockStall(
+        (settings.payment_topic, settings.ledger_topic), lambda: shell.engines, settings.stall_alert_s
+    )
     metrics = WorkerMetrics(
         watch,
         lambda: shell.engines,

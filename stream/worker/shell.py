@@ -198,6 +198,9 @@ class ReconcileShell:
         self.on_engine: Callable[[PartitionEngine], None] | None = None
         # Rewrites the idle check's decisions (one FEED_SILENT per topic, and its recovery).
         self.on_idle: Callable[[list[Decision]], list[Decision]] | None = None
+        # Stalled event time (`clockstall.ClockStall`): its alerts at each idle check, given the
+        # wall clock (monotonic seconds).
+        self.on_stall: Callable[[float], list[Decision]] | None = None
         self.counts: dict[str, int] = {
             "records": 0,
             "refunds": 0,
@@ -607,6 +610,8 @@ class ReconcileShell:
                     touched.add(p)
             if self.on_idle is not None:  # per-topic silent-feed alerts (`feeds`)
                 decisions = self.on_idle(decisions)
+            if self.on_stall is not None:  # per-topic stalled event time (`clockstall`)
+                decisions.extend(self.on_stall(now))
             if not (touched or decisions):
                 return
             await self._emit(decisions)

@@ -1,0 +1,133 @@
+"""Stalled event time (live only): one EVENT_TIME_STALLED for the topic whose stream holds the
+watermark of partitions that keep taking records, after `stall_s` of wall time, and one resolved
+when each moves again; silent partitions are FEED_SILENT's, not this alert's."""
+
+from __future__ import annotations
+
+from stream.core.partition import Params, PartitionEngine
+from stream.core.records import Stream
+from stream.worker.clockstall import ClockStall
+from tests.records import ledger, payment
+from tests.test_schemas import beyond_schema_errors, validator_for
+
+TOPICS = ("qris.payment-requests", "qris.ledger-debits")
+
+
+class _Feed:
+    """Engines fed as a live worker feeds them: payments whose event time moves, and ledger
+    records whose event time moves or stands still (a producer's frozen clock)."""
+
+    def __init__(self, n: int) -> None:
+        self.engines = {p: PartitionEngine(p, Params()) for p in range(n)}
+        self.offsets = {p: [0, 0] for p in range(n)}
+        self.seq = 0
+
+    def record(self, p: int, stream: Stream, t_s: float) -> None:
+        self.seq += 1
+        ref = f"R{self.seq}"
+        eng, s = self.engines[p], int(stream)
+        value = (
+            payment(f"{ref}-q", "requested", ref, t_s)
+            if stream is Stream.P
+            else ledger(f"{ref}-d", "debited", ref, t_s)
+        )
+        eng.on_record(stream, self.offsets[p][s], ref.encode(), value)
+        self.offsets[p][s] += 1
+
+
+def _check(value: dict) -> None:
+    assert not list(validator_for("qris.alerts", closed_schema=True).iter_errors(value))
+    assert beyond_schema_errors("qris.alerts", value) == []
+
+
+def _alerts(stall: ClockStall, now_s: float) -> list[dict]:
+    out = stall(now_s)
+    assert all(d.role == "alerts" for d in out)
+    return [d.value for d in out]
+
+
+def test_a_frozen_ledger_clock_is_one_alert_for_its_topic_after_the_stall_time_and_one_recovery() -> None:
+    feed = _Feed(4)
+    stall = ClockStall(TOPICS, lambda: feed.engines, stall_s=600)
+    for p in range(4):
+        feed.record(p, Stream.P, 0)
+        feed.record(p, Stream.L, 0)
+    assert _alerts(stall, 0) == []  # first seen
+    # Payments move on; the ledger of partitions 1 and 2 keeps coming dated 10 s (frozen clock),
+    # that of 0 and 3 moves with the payments.
+    # (Their watermark rises once, to 10 s - A, seen at the check of minute 1.)
+    for minute in range(1, 12):
+        for p in range(4):
+            feed.record(p, Stream.P, 60 * minute)
+            feed.record(p, Stream.L, 10 if p in (1, 2) else 60 * minute)
+        if minute < 11:
+            assert _alerts(stall, 60 * minute) == [], minute  # under 600 s of wall time
+    [a] = _alerts(stall, 660)
+    assert (a["kind"], a["status"], a["severity"]) == ("EVENT_TIME_STALLED", "opened", "critical")
+    assert a["topic"] == TOPICS[1] and a["partitions"] == [1, 2] and a["partition"] is None
+    assert a["dedup_key"] == "EVENT_TIME_STALLED:qris.ledger-debits"
+    assert a["observed"]["records"] == 2 * 2 * 10 and a["observed"]["wall_s"] == 600.0
+    assert a["observed"]["stood_at_ms"] == feed.engines[1].max_ms[1]
+    assert "partitions 1, 2" in a["summary"] and "no refund of these partitions is decided" in a["summary"]
+    _check(a)
+    # Still stalled: no new page.
+    feed.record(1, Stream.L, 10)
+    assert _alerts(stall, 700) == []
+    # Partition 1's ledger clock comes back: 2 still holds the episode open.
+    feed.record(1, Stream.L, 700)
+    assert _alerts(stall, 710) == []
+    feed.record(2, Stream.L, 700)
+    [r] = _alerts(stall, 720)
+    assert (r["status"], r["severity"], r["partitions"]) == ("resolved", "info", [1, 2])
+    assert r["dedup_key"] == a["dedup_key"] and r["alert_id"] != a["alert_id"]
+    _check(r)
+    assert _alerts(stall, 2000) == []  # nothing taken since: silent, not stalled
+
+
+def test_a_partition_that_takes_no_record_is_never_stalled_and_zero_turns_the_alert_off() -> None:
+    feed = _Feed(2)
+    for p in range(2):
+        feed.record(p, Stream.P, 0)
+        feed.record(p, Stream.L, 0)
+    stall = ClockStall(TOPICS, lambda: feed.engines, stall_s=60)
+    off = ClockStall(TOPICS, lambda: feed.engines, stall_s=0)
+    assert stall(0) == [] and off(0) == []
+    assert stall(10_000) == []  # quiet partitions: the idle rule's (FEED_SILENT)
+    feed.record(0, Stream.P, 5)  # a payment, but the ledger stream holds W at 0 - A
+    [a] = _alerts(stall, 10_000)
+    assert a["topic"] == TOPICS[1] and a["partitions"] == [0] and a["observed"]["records"] == 1
+    assert off(10_000) == []
+
+
+def test_a_partition_with_one_stream_only_names_the_other_and_validates() -> None:
+    feed = _Feed(1)
+    stall = ClockStall(TOPICS, lambda: feed.engines, stall_s=60)
+    feed.record(0, Stream.P, 0)
+    assert stall(0) == []
+    feed.record(0, Stream.P, 30)
+    [a] = _alerts(stall, 61)
+    assert a["topic"] == TOPICS[1] and "stood_at_ms" not in a["observed"] and "no record yet" in a["summary"]
+    assert a["occurred_at"]  # no watermark yet: still a valid alert
+    _check(a)
+
+
+def test_a_restored_engine_or_a_partition_moved_away_starts_over() -> None:
+    feed = _Feed(2)
+    stall = ClockStall(TOPICS, lambda: feed.engines, stall_s=60)
+    for p in range(2):
+        feed.record(p, Stream.P, 0)
+        feed.record(p, Stream.L, 0)
+    assert stall(0) == []
+    feed.record(0, Stream.L, 0)
+    feed.record(1, Stream.L, 0)
+    feed.engines[0] = PartitionEngine(0, Params())  # restored: a new engine object
+    feed.record(0, Stream.P, 0)
+    feed.record(0, Stream.L, 0)
+    del feed.engines[1]  # moved to another worker
+    assert stall(61) == []  # partition 0's wall clock starts again at this check
+    assert set(stall.seen) == {0}
+    feed.record(0, Stream.L, 0)
+    [a] = _alerts(stall, 122)
+    assert a["partitions"] == [0]
+    feed.engines.clear()  # just after a rebalance: nothing known, nothing resolved
+    assert stall(200) == [] and stall.open
