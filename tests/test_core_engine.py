@@ -331,6 +331,49 @@ def test_restore_from_saved_state_continues_with_the_same_decisions() -> None:
         assert run(i) == baseline, i
 
 
+def test_records_leaving_out_of_the_order_taken_save_and_restore_as_taken() -> None:
+    # One reference's ledger records taken before its payments: they leave the waiting list out
+    # of the order taken (the list becomes a dict by identity, O(1) a record), and the state
+    # saved at any step still lists what waits in the order taken and restores to the same
+    # decisions.
+    def run(save_at: int | None) -> tuple[list, list[list[tuple[int, int]]], set[str]]:
+        f = Feed()
+        steps = [lambda k=k: f.l(ledger(f"d{k}", "debited", "R1", 10 * k)) for k in range(10)]
+        steps.append(lambda: f.p(payment("q", "requested", "R1", 0)))
+        steps += [lambda k=k: f.p(payment(f"s{k}", "settled", "R1", 10 * k + 5, amount=1)) for k in range(10)]
+        steps += [lambda t=t: f.tick(t) for t in (50, 90, 130, 700)]
+        saved: dict[str, bytes] = {}
+        waiting: list[list[tuple[int, int]]] = []
+        shapes: set[str] = set()
+        for i, step in enumerate(steps):
+            step()
+            shapes.add(type(f.eng.pending.get("R1")).__name__)
+            refs, meta = f.eng.take_dirty()
+            for k, v in refs.items():
+                if v is None:
+                    saved.pop(k, None)
+                else:
+                    saved[k] = v
+            if meta is not None:
+                saved["~meta"] = meta
+            raw = saved.get("R1")
+            waiting.append([(s, o) for _e, s, o, _ev in orjson.loads(raw).get("pending", ())] if raw else [])
+            if i == save_at:
+                m = saved.pop("~meta")
+                f.eng = PartitionEngine.restore(0, PARAMS, m, saved.items())
+                saved["~meta"] = m
+        return [d.value for d in f.out], waiting, shapes
+
+    baseline, waiting, shapes = run(None)
+    assert shapes == {"list", "dict", "NoneType"}  # the out-of-order path was taken, and it emptied
+    taken = [(1, k) for k in range(10)] + [(0, k) for k in range(11)]
+    for w in waiting:
+        assert [taken.index(x) for x in w] == sorted(taken.index(x) for x in w), w
+    assert [len(w) for w in waiting][19:] == [20 - 12, 21 - 13, 8, 8, 0, 0]  # (W = 55 s, 60 s, then 100 s)
+    for i in range(25):
+        assert run(i)[0] == baseline, i
+
+
 def test_state_saved_by_version_2_restores_to_the_same_decisions_and_is_saved_named() -> None:
     # Version 3 names every saved field (issue 9: no tuple positions); what an older worker
     # saved (version 2, two-letter keys) must still restore, to the very same state.

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..core.decisions import mask_account
 from ..core.eventtime import format_ms
-from ..core.partition import PartitionEngine
+from ..core.partition import PartitionEngine, waiting_list
 from ..core.reference import ReferenceState
 from .watch import WorkerWatch
 
@@ -126,7 +126,7 @@ def waiting_status(reference: str, partition: int, engine: PartitionEngine) -> d
     items = engine.pending.get(reference)
     if not items:
         return None
-    events = [ev for *_x, ev in items if ev is not None]
+    events = [ev for *_x, ev in waiting_list(items) if ev is not None]
     return {
         "reference": reference,
         "status": "received",
