@@ -177,7 +177,7 @@ DOCS: dict[str, tuple[str, str]] = {
     "stall_alert_s": (
         "QRIS_STALL_ALERT_S",
         "live only: wall-clock seconds a partition's watermark may stand still while it takes valid records before "
-        "EVENT_TIME_STALLED is raised (0: never)",
+        "EVENT_TIME_STALLED is raised (0: never; never less than QRIS_IDLE_TIMEOUT_S)",
     ),
     "probe_age_s": (
         "QRIS_PROBE_AGE_S",

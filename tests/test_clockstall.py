@@ -4,6 +4,9 @@ when each moves again; silent partitions are FEED_SILENT's, not this alert's."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 from stream.core.partition import Params, PartitionEngine
 from stream.core.records import Stream
 from stream.worker.clockstall import ClockStall
@@ -54,37 +57,40 @@ def test_a_frozen_ledger_clock_is_one_alert_for_its_topic_after_the_stall_time_a
         feed.record(p, Stream.L, 0)
     assert _alerts(stall, 0) == []  # first seen
     # Payments move on; the ledger of partitions 1 and 2 keeps coming dated 10 s (frozen clock),
-    # that of 0 and 3 moves with the payments.
-    # (Their watermark rises once, to 10 s - A, seen at the check of minute 1.)
-    for minute in range(1, 12):
+    # that of 0 and 3 moves with the payments. (Their watermark rises once, to 10 s - A, seen at
+    # the check of minute 1; the check of minute 2 is the first to see records taken while it
+    # stands: the wall time counts from there.)
+    for minute in range(1, 13):
         for p in range(4):
             feed.record(p, Stream.P, 60 * minute)
             feed.record(p, Stream.L, 10 if p in (1, 2) else 60 * minute)
-        if minute < 11:
+        if minute < 12:
             assert _alerts(stall, 60 * minute) == [], minute  # under 600 s of wall time
-    [a] = _alerts(stall, 660)
+    [a] = _alerts(stall, 720)
     assert (a["kind"], a["status"], a["severity"]) == ("EVENT_TIME_STALLED", "opened", "critical")
     assert a["topic"] == TOPICS[1] and a["partitions"] == [1, 2] and a["partition"] is None
     assert a["dedup_key"] == "EVENT_TIME_STALLED:qris.ledger-debits"
-    assert a["observed"]["records"] == 2 * 2 * 10 and a["observed"]["wall_s"] == 600.0
+    assert a["observed"]["records"] == 2 * 2 * 11 and a["observed"]["wall_s"] == 600.0
     assert a["observed"]["stood_at_ms"] == feed.engines[1].max_ms[1]
+    assert "for 10 min of wall time" in a["summary"]
     assert "partitions 1, 2" in a["summary"] and "no refund of these partitions is decided" in a["summary"]
     _check(a)
     # Still stalled: no new page.
     feed.record(1, Stream.L, 10)
-    assert _alerts(stall, 700) == []
+    assert _alerts(stall, 730) == []
     # Partition 1's ledger clock comes back: 2 still holds the episode open.
     feed.record(1, Stream.L, 700)
-    assert _alerts(stall, 710) == []
+    assert _alerts(stall, 740) == []
     feed.record(2, Stream.L, 700)
-    [r] = _alerts(stall, 720)
+    [r] = _alerts(stall, 750)
     assert (r["status"], r["severity"], r["partitions"]) == ("resolved", "info", [1, 2])
     assert r["dedup_key"] == a["dedup_key"] and r["alert_id"] != a["alert_id"]
+    assert "moved to another worker" not in r["summary"]
     _check(r)
     assert _alerts(stall, 2000) == []  # nothing taken since: silent, not stalled
 
 
-def test_a_partition_that_takes_no_record_is_never_stalled_and_zero_turns_the_alert_off() -> None:
+def test_quiet_is_not_stalled_and_the_wall_time_counts_from_the_first_record_that_cannot_move_it() -> None:
     feed = _Feed(2)
     for p in range(2):
         feed.record(p, Stream.P, 0)
@@ -93,10 +99,13 @@ def test_a_partition_that_takes_no_record_is_never_stalled_and_zero_turns_the_al
     off = ClockStall(TOPICS, lambda: feed.engines, stall_s=0)
     assert stall(0) == [] and off(0) == []
     assert stall(10_000) == []  # quiet partitions: the idle rule's (FEED_SILENT)
-    feed.record(0, Stream.P, 5)  # a payment, but the ledger stream holds W at 0 - A
-    [a] = _alerts(stall, 10_000)
+    feed.record(0, Stream.P, 5)  # traffic again, but the ledger stream holds W at 0 - A
+    assert stall(10_001) == []  # (a review found a page here: the wall time ran from W's last move)
+    assert stall(10_060) == []
+    [a] = _alerts(stall, 10_061)
     assert a["topic"] == TOPICS[1] and a["partitions"] == [0] and a["observed"]["records"] == 1
-    assert off(10_000) == []
+    assert "for 60 s of wall time" in a["summary"]
+    assert off(10_061) == []
 
 
 def test_a_partition_with_one_stream_only_names_the_other_and_validates() -> None:
@@ -105,29 +114,81 @@ def test_a_partition_with_one_stream_only_names_the_other_and_validates() -> Non
     feed.record(0, Stream.P, 0)
     assert stall(0) == []
     feed.record(0, Stream.P, 30)
-    [a] = _alerts(stall, 61)
+    assert stall(61) == []
+    [a] = _alerts(stall, 121)
     assert a["topic"] == TOPICS[1] and "stood_at_ms" not in a["observed"] and "no record yet" in a["summary"]
     assert a["occurred_at"]  # no watermark yet: still a valid alert
     _check(a)
 
 
-def test_a_restored_engine_or_a_partition_moved_away_starts_over() -> None:
-    feed = _Feed(2)
-    stall = ClockStall(TOPICS, lambda: feed.engines, stall_s=60)
-    for p in range(2):
+def _stalled(feed: _Feed, stall: ClockStall, partitions: tuple[int, ...]) -> dict:
+    """Partitions' ledger clock frozen at 0 while payments move: opened at the 11th check."""
+    for p in partitions:
         feed.record(p, Stream.P, 0)
         feed.record(p, Stream.L, 0)
     assert stall(0) == []
+    for minute in range(1, 12):
+        for p in partitions:
+            feed.record(p, Stream.P, 60 * minute)
+            feed.record(p, Stream.L, 0)
+        got = _alerts(stall, 60 * minute)
+        if minute < 11:
+            assert got == [], minute
+    [a] = got
+    assert a["status"] == "opened"
+    return a
+
+
+def test_an_engine_restored_while_the_clock_stands_still_keeps_the_episode() -> None:
+    feed = _Feed(1)
+    stall = ClockStall(TOPICS, lambda: feed.engines, stall_s=600)
+    _stalled(feed, stall, (0,))
+    refs, meta = feed.engines[0].take_dirty()
+    assert meta is not None
+    feed.engines[0] = PartitionEngine.restore(0, Params(), meta, [(k, v) for k, v in refs.items() if v])
+    assert _alerts(stall, 670) == []  # (a review found a false resolved, then a second page)
     feed.record(0, Stream.L, 0)
-    feed.record(1, Stream.L, 0)
-    feed.engines[0] = PartitionEngine(0, Params())  # restored: a new engine object
+    assert _alerts(stall, 1300) == []  # the same episode
+    feed.record(0, Stream.L, 700)
+    [r] = _alerts(stall, 1310)
+    assert r["status"] == "resolved"
+
+
+def test_the_stream_named_is_the_frozen_one_when_the_other_was_declared_silent() -> None:
+    feed = _Feed(1)
+    stall = ClockStall(TOPICS, lambda: feed.engines, stall_s=60)
+    eng = feed.engines[0]
     feed.record(0, Stream.P, 0)
     feed.record(0, Stream.L, 0)
-    del feed.engines[1]  # moved to another worker
-    assert stall(61) == []  # partition 0's wall clock starts again at this check
-    assert set(stall.seen) == {0}
-    feed.record(0, Stream.L, 0)
-    [a] = _alerts(stall, 122)
-    assert a["partitions"] == [0]
-    feed.engines.clear()  # just after a rebalance: nothing known, nothing resolved
-    assert stall(200) == [] and stall.open
+    feed.record(0, Stream.P, 100)
+    eng.declare_silent(Stream.L)  # the idle rule: the watermark follows the payments now
+    assert stall(0) == []
+    for k in range(1, 4):
+        feed.record(0, Stream.P, 100)  # and the payments' clock freezes
+        eng.declare_silent(Stream.L)
+        got = _alerts(stall, 40 * k)
+    [a] = got
+    assert a["topic"] == TOPICS[0]  # (a review found the silent ledger named)
+
+
+def test_a_partition_moved_to_another_worker_is_not_reported_recovered() -> None:
+    feed = _Feed(3)
+    stall = ClockStall(TOPICS, lambda: feed.engines, stall_s=600)
+    a = _stalled(feed, stall, (0, 1))
+    assert a["partitions"] == [0, 1]
+    moved = feed.engines.pop(1)
+    assert _alerts(stall, 670) == []  # still stood here: no resolved
+    feed.record(0, Stream.L, 700)
+    [r] = _alerts(stall, 680)
+    assert r["status"] == "resolved" and r["partitions"] == [0]
+    assert "(partitions 1 moved to another worker)" in r["summary"]
+    # An episode whose partitions all moved away ends here without a resolved (the other worker
+    # speaks for them); and no engine of a partition gone is kept alive.
+    b = _stalled(feed, stall, (2,))
+    assert b["partitions"] == [2]
+    gone = weakref.ref(feed.engines[2])
+    del feed.engines[2]
+    feed.engines.clear()
+    assert stall(2000) == [] and not stall.open
+    gc.collect()
+    assert gone() is None and moved is not None

@@ -223,22 +223,26 @@ def event_time_stalled_alert(
     at_ms: int | None,
     wall_s: float,
     records: int,
+    moved_away: list[int] | None = None,
 ) -> Decision:
     """Live only: one EVENT_TIME_STALLED per input topic and episode of a worker (`opened`): the
     partitions whose watermark has not moved for `wall_s` seconds of wall time although they took
     `records` valid records meanwhile, held back by this topic's stream (its newest event time
-    `stood_at_ms`); and its recovery (`resolved`) once the watermark of each moves again."""
+    `stood_at_ms`); and its recovery (`resolved`) once the watermark of each moves again (those
+    that moved to another worker meanwhile: `moved_away`)."""
     where = f"{topic} partitions {', '.join(map(str, partitions))}"
     stood = format_ms(stood_at_ms) if stood_at_ms is not None else "no record yet"
     if status == "opened":
         summary = (
-            f"{where}: event time has stood still ({stood}) for {wall_s / 60:.0f} min of wall time while "
+            f"{where}: event time has stood still ({stood}) for {_duration(wall_s)} of wall time while "
             f"{records:,} valid records arrived; no refund of these partitions is decided until it moves "
             "(a producer's clock, occurred_at or Kafka timestamp, may be frozen)"
         )
         severity = "critical"
     else:
         summary = f"{where}: event time moves again; decisions resumed"
+        if moved_away:
+            summary += f" (partitions {', '.join(map(str, moved_away))} moved to another worker)"
         severity = "info"
     observed: dict[str, Any] = {"stalled_partitions": len(partitions), "wall_s": round(wall_s, 1), "records": records}
     if stood_at_ms is not None:
@@ -257,6 +261,10 @@ def event_time_stalled_alert(
         partitions=partitions,
         status=status,
     )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
 def feed_silent_topic_alert(

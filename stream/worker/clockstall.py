@@ -1,15 +1,23 @@
 """Stalled event time (live only): one `EVENT_TIME_STALLED` for an input topic when partitions of
-this worker take valid records but their watermark has not moved for `stall_s` seconds of wall
-time, held back by that topic's stream; one `resolved` when each of them moves again.
+this worker keep taking valid records for `stall_s` seconds of wall time while their watermark
+stands still, held back by that topic's stream; one `resolved` when each of them moves again.
 
 By the contract a partition's watermark is min(max_P, max_L) - A: if one stream's records keep
 coming with an event time that stands still (a producer's clock frozen in `occurred_at`, or in
 its Kafka timestamps, to which the clock guard moves records dated ahead of them), nothing of the
 partition is decided, refunds included, and its records wait in memory. The idle rule does not
-apply (the stream is not silent) and nothing else on `qris.alerts` says so. A stream that is
-silent is `FEED_SILENT`'s (`feeds`), so only partitions that took records since their watermark
-last moved count. Alerts of several workers about one topic share the dedup key
-`EVENT_TIME_STALLED:<topic>`, as `FEED_SILENT`'s do. No Faust imports; the wall clock is passed in.
+apply (the stream is not silent) and nothing else on `qris.alerts` says so.
+
+The wall time counts from the first check that saw records taken since the watermark last moved
+(a partition quiet for hours whose first record cannot move its watermark is not stalled then),
+per partition, across a restored engine (its record count starts again; its watermark is the
+saved one). A silent stream is `FEED_SILENT`'s (`feeds`): once the idle rule declared one stream
+silent, the other is the one that holds the watermark. A partition that moves to another worker
+leaves the episode without counting as recovered (that worker speaks for it now); an episode
+left only that way ends without a `resolved`. Alerts of several workers about one topic share
+the dedup key `EVENT_TIME_STALLED:<topic>`, as `FEED_SILENT`'s do. Episodes live in memory: a
+worker restarted during one does not resolve it (docs/alert-routing.md). No Faust imports; the
+wall clock is passed in.
 """
 
 from __future__ import annotations
@@ -23,19 +31,22 @@ from ..core.partition import NEG_INF, PartitionEngine
 
 
 @dataclass
-class _Since:
-    """A partition's watermark and, since it last moved (or since this engine was first seen),
-    the wall time and the engine's count of valid records then."""
+class _Partition:
+    """What the checks saw of one partition: its watermark, the engine's count of valid records
+    at the last check, and since the watermark last moved, the first check that saw records
+    taken (None: none yet) and how many."""
 
-    engine: PartitionEngine
     watermark_ms: int
-    since_s: float
-    records: int
+    records_seen: int
+    taking_since_s: float | None = None
+    taken: int = 0
 
 
 @dataclass
 class _Episode:
-    partitions: set[int]
+    partitions: set[int]  # every partition the episode listed
+    stood: set[int]  # those not seen moving yet
+    recovered: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -43,66 +54,110 @@ class ClockStall:
     topics: tuple[str, str]  # Stream.P, Stream.L
     engines: Callable[[], dict[int, PartitionEngine]]
     stall_s: float
-    seen: dict[int, _Since] = field(default_factory=dict)
+    seen: dict[int, _Partition] = field(default_factory=dict)
     open: dict[str, _Episode] = field(default_factory=dict)
 
     def __call__(self, now_s: float) -> list[Decision]:
         """The alerts of this check: opened for a topic whose partitions newly stalled, resolved
-        for a topic none of whose partitions is stalled any more (`stall_s` 0: never)."""
+        for a topic none of whose listed partitions stands still any more (`stall_s` 0: never)."""
         if self.stall_s <= 0:
             return []
         engines = self.engines()
-        if not engines:  # just after a rebalance: nothing known yet
-            return []
         for p in [p for p in self.seen if p not in engines]:
             del self.seen[p]  # moved to another worker: it speaks for it now
-        stalled: dict[str, dict[int, _Since]] = {topic: {} for topic in self.topics}
+            for ep in self.open.values():
+                ep.stood.discard(p)
+        if not engines:  # just after a rebalance: nothing known yet
+            return self._ends(engines)
+        stalled: dict[str, list[int]] = {topic: [] for topic in self.topics}
         for p, eng in engines.items():
             w, n = eng.watermark_ms, eng.stats["records"]
             at = self.seen.get(p)
-            if at is None or at.engine is not eng or w > at.watermark_ms:
-                self.seen[p] = _Since(eng, w, now_s, n)
+            if at is None:
+                self.seen[p] = _Partition(w, n)
                 continue
-            if n > at.records and now_s - at.since_s >= self.stall_s:
-                stalled[self.topics[_behind(eng)]][p] = at
+            new = n - at.records_seen if n >= at.records_seen else n  # (a restored engine counts from 0)
+            at.records_seen = n
+            if w > at.watermark_ms:
+                at.watermark_ms, at.taking_since_s, at.taken = w, None, 0
+                for ep in self.open.values():
+                    if p in ep.stood:
+                        ep.stood.discard(p)
+                        ep.recovered.add(p)
+                continue
+            at.watermark_ms = w  # (lower only after a restore from older state)
+            if new > 0:
+                if at.taking_since_s is None:
+                    at.taking_since_s = now_s
+                at.taken += new
+            if at.taking_since_s is not None and now_s - at.taking_since_s >= self.stall_s:
+                stalled[self.topics[_holding(eng)]].append(p)
         out: list[Decision] = []
-        w_max = max(eng.watermark_ms for eng in engines.values())
-        at_ms = w_max if w_max > NEG_INF else None
         for s, topic in enumerate(self.topics):
-            now_stalled = stalled[topic]
+            now_stalled = [p for p in stalled[topic] if not any(p in e.stood for e in self.open.values())]
             episode = self.open.get(topic)
             if now_stalled and episode is None:
-                self.open[topic] = _Episode(set(now_stalled))
+                self.open[topic] = _Episode(set(now_stalled), set(now_stalled))
                 known = [m for p in now_stalled if (m := engines[p].max_ms[s]) is not None]
-                since = min(at.since_s for at in now_stalled.values())
-                records = sum(engines[p].stats["records"] - at.records for p, at in now_stalled.items())
+                since = min(self.seen[p].taking_since_s or now_s for p in now_stalled)
                 out.append(
                     event_time_stalled_alert(
                         topic,
                         sorted(now_stalled),
                         "opened",
                         max(known) if known else None,
-                        at_ms,
+                        _at_ms(engines),
                         now_s - since,
-                        records,
+                        sum(self.seen[p].taken for p in now_stalled),
                     )
                 )
             elif now_stalled and episode is not None:
-                episode.partitions |= set(now_stalled)  # more partitions of the same problem: no new page
-            elif not now_stalled and episode is not None:
-                del self.open[topic]
-                known = [m for p in episode.partitions if p in engines and (m := engines[p].max_ms[s]) is not None]
-                out.append(
-                    event_time_stalled_alert(
-                        topic, sorted(episode.partitions), "resolved", max(known) if known else None, at_ms, 0.0, 0
-                    )
+                episode.partitions.update(now_stalled)  # more partitions of the same problem: no new page
+                episode.stood.update(now_stalled)
+        return out + self._ends(engines)
+
+    def _ends(self, engines: dict[int, PartitionEngine]) -> list[Decision]:
+        # Episodes none of whose partitions stands still here any more: resolved if one of them
+        # was seen moving; else (all moved to other workers) ended without an alert.
+        out: list[Decision] = []
+        for s, topic in enumerate(self.topics):
+            episode = self.open.get(topic)
+            if episode is None or episode.stood:
+                continue
+            del self.open[topic]
+            if not episode.recovered:
+                continue
+            known = [m for p in episode.recovered if p in engines and (m := engines[p].max_ms[s]) is not None]
+            moved = sorted(episode.partitions - episode.recovered)
+            out.append(
+                event_time_stalled_alert(
+                    topic,
+                    sorted(episode.recovered),
+                    "resolved",
+                    max(known) if known else None,
+                    _at_ms(engines),
+                    0.0,
+                    0,
+                    moved_away=moved,
                 )
+            )
         return out
 
 
-def _behind(eng: PartitionEngine) -> int:
-    """The stream that holds the watermark back: the one whose newest event time is the
-    earlier (or that has none), payments on a tie."""
+def _at_ms(engines: dict[int, PartitionEngine]) -> int | None:
+    w = max((eng.watermark_ms for eng in engines.values()), default=NEG_INF)
+    return w if w > NEG_INF else None
+
+
+def _holding(eng: PartitionEngine) -> int:
+    """The stream that holds the watermark back: the flowing one when the idle rule declared
+    the other silent (the watermark follows it then), else the one whose newest event time is
+    the earlier (or that has none), payments on a tie."""
+    silent_p, silent_l = eng.silent
+    if silent_l and not silent_p:
+        return 0
+    if silent_p and not silent_l:
+        return 1
     mp, ml = eng.max_ms
     if mp is None:
         return 0
