@@ -331,6 +331,23 @@ def test_restore_from_saved_state_continues_with_the_same_decisions() -> None:
         assert run(i) == baseline, i
 
 
+@pytest.mark.parametrize("swapped", [False, True])
+def test_a_replay_repeating_an_offset_with_events_that_differ_in_an_optional_field_decides(swapped: bool) -> None:
+    # Two records of one reference at one stream offset and time, one without `account_id`: the
+    # heap compared their events and raised (None against text), an internal error of replay (a
+    # helper's review). Either order read decides the same.
+    eng = PartitionEngine(0, PARAMS, persistent=False)
+    a, b = payment("e1", "settled", "R", 0), payment("e1", "settled", "R", 0, account_id="A")
+    for value in (b, a) if swapped else (a, b):
+        eng.on_record(P, 5, b"R", value)
+    eng.on_record(L, 1, b"R", ledger("d1", "debited", "R", 0))
+    eng.on_record(P, 6, b"Z", payment("z", "requested", "Z", 200))
+    eng.on_record(L, 2, b"Z", ledger("dz", "debited", "Z", 200))
+    st = eng.refs["R"]
+    assert st.settlement is not None and st.settlement.amount == 25_000
+    assert eng.stats["out_of_order"] == 1
+
+
 def test_records_leaving_out_of_the_order_taken_save_and_restore_as_taken() -> None:
     # One reference's ledger records taken before its payments: they leave the waiting list out
     # of the order taken (the list becomes a dict by identity, O(1) a record), and the state
