@@ -228,8 +228,8 @@ def event_time_stalled_alert(
     """Live only: one EVENT_TIME_STALLED per input topic and episode of a worker (`opened`): the
     partitions whose watermark has not moved for `wall_s` seconds of wall time although they took
     `records` valid records meanwhile, held back by this topic's stream (its newest event time
-    `stood_at_ms`); and its recovery (`resolved`) once the watermark of each moves again (those
-    that moved to another worker meanwhile: `moved_away`)."""
+    `stood_at_ms`); and its end (`resolved`, listing the episode's partitions) once the watermark
+    of each moves again or the partition moved to another worker (`moved_away`)."""
     where = f"{topic} partitions {', '.join(map(str, partitions))}"
     stood = format_ms(stood_at_ms) if stood_at_ms is not None else "no record yet"
     if status == "opened":
@@ -240,9 +240,15 @@ def event_time_stalled_alert(
         )
         severity = "critical"
     else:
-        summary = f"{where}: event time moves again; decisions resumed"
-        if moved_away:
-            summary += f" (partitions {', '.join(map(str, moved_away))} moved to another worker)"
+        moved = set(moved_away or ())
+        recovered = [p for p in partitions if p not in moved]
+        gone = f"partitions {', '.join(map(str, sorted(moved)))} moved to another worker"
+        if recovered:
+            summary = f"{topic} partitions {', '.join(map(str, recovered))}: event time moves again; decisions resumed"
+            if moved:
+                summary += f" ({gone})"
+        else:
+            summary = f"{topic} {gone}, which raises this alert again if their event time still stands"
         severity = "info"
     observed: dict[str, Any] = {"stalled_partitions": len(partitions), "wall_s": round(wall_s, 1), "records": records}
     if stood_at_ms is not None:

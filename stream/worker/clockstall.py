@@ -14,14 +14,16 @@ per partition, across a restored engine (its record count starts again; its wate
 saved one). A silent stream is `FEED_SILENT`'s (`feeds`): once the idle rule declared one stream
 silent, the other is the one that holds the watermark. A partition that moves to another worker
 leaves the episode without counting as recovered (that worker speaks for it now); an episode
-left only that way ends without a `resolved`. Alerts of several workers about one topic share
-the dedup key `EVENT_TIME_STALLED:<topic>`, as `FEED_SILENT`'s do. Episodes live in memory: a
-worker restarted during one does not resolve it (docs/alert-routing.md). No Faust imports; the
-wall clock is passed in.
+left that way is resolved too, naming them (the other worker raises its own if the stall goes
+on there: a page left open for a partition nobody here watches would never close). Alerts of
+several workers about one topic share the dedup key `EVENT_TIME_STALLED:<topic>`, as
+`FEED_SILENT`'s do. Episodes live in memory: a worker restarted during one does not resolve it
+(docs/alert-routing.md). No Faust imports; the wall clock is passed in.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,10 +34,12 @@ from ..core.partition import NEG_INF, PartitionEngine
 
 @dataclass
 class _Partition:
-    """What the checks saw of one partition: its watermark, the engine's count of valid records
-    at the last check, and since the watermark last moved, the first check that saw records
-    taken (None: none yet) and how many."""
+    """What the checks saw of one partition: its engine (weakly: a restored one is a new object
+    whose record count starts again), the highest watermark seen, the engine's count of valid
+    records at the last check, and since the watermark last moved, the first check that saw
+    records taken (None: none yet) and how many."""
 
+    engine: weakref.ref[PartitionEngine]
     watermark_ms: int
     records_seen: int
     taking_since_s: float | None = None
@@ -74,9 +78,12 @@ class ClockStall:
             w, n = eng.watermark_ms, eng.stats["records"]
             at = self.seen.get(p)
             if at is None:
-                self.seen[p] = _Partition(w, n)
+                self.seen[p] = _Partition(weakref.ref(eng), w, n)
                 continue
-            new = n - at.records_seen if n >= at.records_seen else n  # (a restored engine counts from 0)
+            if at.engine() is eng:
+                new = n - at.records_seen
+            else:  # restored: its count starts from 0
+                new, at.engine = n, weakref.ref(eng)
             at.records_seen = n
             if w > at.watermark_ms:
                 at.watermark_ms, at.taking_since_s, at.taken = w, None, 0
@@ -85,7 +92,8 @@ class ClockStall:
                         ep.stood.discard(p)
                         ep.recovered.add(p)
                 continue
-            at.watermark_ms = w  # (lower only after a restore from older state)
+            # (A watermark lower than the highest seen, after a restore from older state, is not a
+            # move when it comes back.)
             if new > 0:
                 if at.taking_since_s is None:
                     at.taking_since_s = now_s
@@ -99,7 +107,7 @@ class ClockStall:
             if now_stalled and episode is None:
                 self.open[topic] = _Episode(set(now_stalled), set(now_stalled))
                 known = [m for p in now_stalled if (m := engines[p].max_ms[s]) is not None]
-                since = min(self.seen[p].taking_since_s or now_s for p in now_stalled)
+                since = min(t for p in now_stalled if (t := self.seen[p].taking_since_s) is not None)
                 out.append(
                     event_time_stalled_alert(
                         topic,
@@ -114,25 +122,24 @@ class ClockStall:
             elif now_stalled and episode is not None:
                 episode.partitions.update(now_stalled)  # more partitions of the same problem: no new page
                 episode.stood.update(now_stalled)
+                episode.recovered.difference_update(now_stalled)
         return out + self._ends(engines)
 
     def _ends(self, engines: dict[int, PartitionEngine]) -> list[Decision]:
-        # Episodes none of whose partitions stands still here any more: resolved if one of them
-        # was seen moving; else (all moved to other workers) ended without an alert.
+        # Episodes none of whose partitions stands still here any more (each seen moving, or
+        # moved to another worker): resolved.
         out: list[Decision] = []
         for s, topic in enumerate(self.topics):
             episode = self.open.get(topic)
             if episode is None or episode.stood:
                 continue
             del self.open[topic]
-            if not episode.recovered:
-                continue
             known = [m for p in episode.recovered if p in engines and (m := engines[p].max_ms[s]) is not None]
             moved = sorted(episode.partitions - episode.recovered)
             out.append(
                 event_time_stalled_alert(
                     topic,
-                    sorted(episode.recovered),
+                    sorted(episode.partitions),
                     "resolved",
                     max(known) if known else None,
                     _at_ms(engines),
