@@ -295,6 +295,25 @@ def test_state_of_a_quiet_reference_is_dropped_after_retention() -> None:
     assert "R1" not in f.eng.refs
 
 
+def _save(f: Feed, saved: dict[str, bytes]) -> None:
+    """What the worker would write after a batch: the changed references and the metadata."""
+    refs, meta = f.eng.take_dirty()
+    for k, v in refs.items():
+        if v is None:
+            saved.pop(k, None)
+        else:
+            saved[k] = v
+    if meta is not None:
+        saved["~meta"] = meta
+
+
+def _restore(f: Feed, saved: dict[str, bytes]) -> None:
+    """The feed's engine replaced by one restored from `saved`."""
+    m = saved.pop("~meta")
+    f.eng = PartitionEngine.restore(0, PARAMS, m, saved.items())
+    saved["~meta"] = m
+
+
 def test_restore_from_saved_state_continues_with_the_same_decisions() -> None:
     def run(save_at: int | None) -> list:
         f = Feed()
@@ -311,18 +330,9 @@ def test_restore_from_saved_state_continues_with_the_same_decisions() -> None:
         saved: dict[str, bytes] = {}
         for i, step in enumerate(steps):
             step()
-            refs, meta = f.eng.take_dirty()
-            for k, v in refs.items():
-                if v is None:
-                    saved.pop(k, None)
-                else:
-                    saved[k] = v
-            if meta is not None:
-                saved["~meta"] = meta
+            _save(f, saved)
             if i == save_at:
-                m = saved.pop("~meta")
-                f.eng = PartitionEngine.restore(0, PARAMS, m, saved.items())
-                saved["~meta"] = m
+                _restore(f, saved)
         return [d.value for d in f.out]
 
     baseline = run(None)
@@ -365,20 +375,11 @@ def test_records_leaving_out_of_the_order_taken_save_and_restore_as_taken() -> N
         for i, step in enumerate(steps):
             step()
             shapes.add(type(f.eng.pending.get("R1")).__name__)
-            refs, meta = f.eng.take_dirty()
-            for k, v in refs.items():
-                if v is None:
-                    saved.pop(k, None)
-                else:
-                    saved[k] = v
-            if meta is not None:
-                saved["~meta"] = meta
+            _save(f, saved)
             raw = saved.get("R1")
             waiting.append([(s, o) for _e, s, o, _ev in orjson.loads(raw).get("pending", ())] if raw else [])
             if i == save_at:
-                m = saved.pop("~meta")
-                f.eng = PartitionEngine.restore(0, PARAMS, m, saved.items())
-                saved["~meta"] = m
+                _restore(f, saved)
         return [d.value for d in f.out], waiting, shapes
 
     baseline, waiting, shapes = run(None)

@@ -253,19 +253,8 @@ def event_time_stalled_alert(
     observed: dict[str, Any] = {"stalled_partitions": len(partitions), "wall_s": round(wall_s, 1), "records": records}
     if stood_at_ms is not None:
         observed["stood_at_ms"] = stood_at_ms
-    return _alert(
-        ids.alert_id("EVENT_TIME_STALLED", topic, status, stood_at_ms, at_ms),
-        "EVENT_TIME_STALLED",
-        severity,
-        "all",
-        "all",
-        at_ms,
-        None,
-        summary,
-        observed,
-        topic=topic,
-        partitions=partitions,
-        status=status,
+    return _topic_alert(
+        "EVENT_TIME_STALLED", topic, partitions, status, stood_at_ms, at_ms, severity, summary, observed
     )
 
 
@@ -292,9 +281,24 @@ def feed_silent_topic_alert(
     observed: dict[str, Any] = {"silent_partitions": len(partitions), "watermark_ms": at_ms}
     if silent_since_ms is not None:
         observed["silent_event_time_s"] = (at_ms - silent_since_ms) / 1000
+    return _topic_alert("FEED_SILENT", topic, partitions, status, silent_since_ms, at_ms, severity, summary, observed)
+
+
+def _topic_alert(
+    kind: str,
+    topic: str,
+    partitions: list[int],
+    status: str,
+    since_ms: int | None,
+    at_ms: int | None,
+    severity: str,
+    summary: str,
+    observed: dict[str, Any],
+) -> Decision:
+    """A worker's alert about partitions of one input topic (live only), scope `all`."""
     return _alert(
-        ids.alert_id("FEED_SILENT", topic, status, silent_since_ms, at_ms),
-        "FEED_SILENT",
+        ids.alert_id(kind, topic, status, since_ms, at_ms),
+        kind,
         severity,
         "all",
         "all",
