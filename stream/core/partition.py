@@ -29,7 +29,6 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 
 from . import codec
@@ -61,7 +60,6 @@ from .validation import Rejection, parse_ledger, parse_payment
 
 RECORD, DEADLINE, HOLD = 0, 1, 2  # heap kinds; retention checks have a heap of their own
 _STREAMS = (Stream.P, Stream.L)
-_RECORD_KEY = itemgetter(0, 1, 2, 3)  # a heap item's (eff, kind, stream, offset)
 NEG_INF = -(2**62)
 _NO_DECISIONS: list[Decision] = []  # (never changed: read only)
 POS_INF = 2**62
@@ -557,7 +555,11 @@ class PartitionEngine:
                 continue
             view = st.facts_copy() if st is not None else ReferenceState(ref)
             if len(items) > 1:
-                items.sort(key=_RECORD_KEY)
+                # (The whole item, as the heap orders it: records of one reference tied on time,
+                # stream and offset, which only a replay file repeating an offset has, are seen
+                # here in the order they will be decided; a key of the first four kept the order
+                # read, and the burst views, and so holds, depended on it: a helper's replay fuzz.)
+                items.sort()
             apply_facts = view.apply_facts
             for eff, _kind, s, _offset, _ref, event in items:
                 assert event is not None

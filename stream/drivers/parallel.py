@@ -399,8 +399,7 @@ def _one_pass(
                 kind, payload = _answer_kind(conn)
                 if kind == "ended":
                     ended.add(conns.index(conn))
-                    for c in conns:  # the others must not wait for it any more (`_lead_ms`)
-                        c.send(("unpace", [], NEG_INF))
+                    _tell(conns, ("unpace", [], NEG_INF))  # the others must not wait for it any more (`_lead_ms`)
                     continue
                 before = detector.closed_through
                 alerts: list[Decision] = []
@@ -412,12 +411,10 @@ def _one_pass(
                     bursts.extend(alerts)
                     events = [e for d in alerts if (e := incident_event(d.value, probe)) is not None]
                     known = NEG_INF if closed is None else (closed + 1) * MINUTE_MS + probe
-                    for c in conns:
-                        c.send(("incidents", events, known))
+                    _tell(conns, ("incidents", events, known))
         closed = detector.closed_through
         known = POS_INF if drain else (NEG_INF if closed is None else (closed + 1) * MINUTE_MS + probe)
-        for c in conns:
-            c.send(("final", [], known))
+        _tell(conns, ("final", [], known))
         done = [_answer(conn) for conn in conns]
         for proc in procs:
             proc.join()
@@ -433,6 +430,18 @@ def _one_pass(
 # signals topic), tagged with this byte; any other message is pickled (a pickle starts with
 # 0x80). Unpickling these nested dicts cost the parent nine times what `orjson.loads` costs.
 _SIGNALS = b"S"
+
+
+def _tell(conns: list[Connection], message: tuple[str, list[Any], int]) -> None:
+    """Send `message` to every job of a one-pass replay. A job that failed has sent its error
+    and closed its end: the send breaks, and the job's error, still in the pipe, is raised here
+    (a bad line with `--jobs 2` was an internal error, the broken pipe, in most runs)."""
+    for c in conns:
+        try:
+            c.send(message)
+        except (BrokenPipeError, ConnectionResetError):
+            while True:
+                _answer_kind(c)  # what the job sent before its error, then its error (or EOF)
 
 
 def _answer_kind(conn: Connection) -> tuple[str, Any]:
