@@ -234,3 +234,63 @@ def test_a_watermark_lowered_by_a_restore_is_not_a_move_when_it_comes_back() -> 
     feed.engines[0] = stood  # the records taken again bring it back where it stood
     assert _alerts(stall, 680) == []
     assert stall.open
+
+
+def _restarted(feed: _Feed, partitions: tuple[int, ...]) -> None:
+    """The worker restarts: each engine restored from what it saved (a new ClockStall follows)."""
+    for p in partitions:
+        refs, meta = feed.engines[p].take_dirty()
+        assert meta is not None
+        feed.engines[p] = PartitionEngine.restore(p, Params(), meta, [(k, v) for k, v in refs.items() if v])
+
+
+def test_a_worker_restarted_during_an_episode_resolves_the_page_when_the_clock_came_back_meanwhile() -> None:
+    # Episodes lived in memory: a worker restarted while the clock stood, whose clock came back
+    # while it was down, never resolved the page (left open for good). The page is now kept
+    # with the partition's state.
+    feed = _Feed(2)
+    stall = ClockStall(TOPICS, lambda: feed.engines, stall_s=600)
+    a = _stalled(feed, stall, (0, 1))
+    assert feed.engines[0].stall_paged == (1, feed.engines[0].watermark_ms)
+    _restarted(feed, (0, 1))
+    # The clock came back while no worker ran: the first records after the restart move W.
+    feed.record(0, Stream.L, 700)
+    after = ClockStall(TOPICS, lambda: feed.engines, stall_s=600)
+    assert _alerts(after, 0) == []  # partition 1 still stands: no new page, no resolve yet
+    assert after.open[TOPICS[1]].stood == {1}
+    feed.record(1, Stream.L, 700)
+    [r] = _alerts(after, 10)
+    assert (r["status"], r["partitions"], r["dedup_key"]) == ("resolved", [0, 1], a["dedup_key"])
+    assert "moved to another worker" not in r["summary"]
+    _check(r)
+    # Resolved: the page is gone from the saved state too.
+    assert feed.engines[0].stall_paged is None and feed.engines[1].stall_paged is None
+    _refs, meta = feed.engines[0].take_dirty()
+    assert meta is not None and b"stall_paged" not in meta
+    assert _alerts(after, 2000) == []
+
+
+def test_a_page_taken_over_pages_again_if_the_partition_still_stands_the_stall_time_later() -> None:
+    # The worker that lost the partition resolved its page ("moved to another worker"); the one
+    # given it takes the episode over without a page, and pages if it still stands 600 s later.
+    feed = _Feed(1)
+    stall = ClockStall(TOPICS, lambda: feed.engines, stall_s=600)
+    _stalled(feed, stall, (0,))
+    _restarted(feed, (0,))
+    given = ClockStall(TOPICS, lambda: feed.engines, stall_s=600)
+    assert _alerts(given, 0) == []
+    for t in range(10, 600, 10):
+        feed.record(0, Stream.P, 700 + t)
+        feed.record(0, Stream.L, 0)
+        assert _alerts(given, t) == [], t
+    feed.record(0, Stream.L, 0)
+    [a] = _alerts(given, 610)
+    assert (a["status"], a["partitions"], a["topic"]) == ("opened", [0], TOPICS[1])
+    _check(a)
+    for t in range(620, 1300, 10):
+        feed.record(0, Stream.L, 0)
+        assert _alerts(given, t) == []  # one page
+    feed.record(0, Stream.L, 2000)
+    [r] = _alerts(given, 1300)
+    assert (r["status"], r["partitions"]) == ("resolved", [0])
+    assert feed.engines[0].stall_paged is None

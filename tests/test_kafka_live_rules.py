@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -100,6 +101,53 @@ def test_a_frozen_ledger_clock_raises_event_time_stalled_and_its_recovery(tmp_pa
         worker.stop()
     assert [a["status"] for a in found] == ["opened", "resolved"], found
     assert found[1]["dedup_key"] == opened["dedup_key"] and found[1]["severity"] == "info"
+
+
+def test_a_page_for_a_frozen_clock_is_resolved_after_a_kill_and_a_wiped_disk_when_the_clock_came_back_meanwhile(
+    tmp_path: Path,
+) -> None:
+    # Episodes lived in the worker's memory: a worker killed while the clock stood, whose clock
+    # came back while it was down, never resolved its page. The page is now kept with the
+    # partition's state (its changelog: here the disk is wiped before the restart).
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=1)
+    topics.create(bootstrap)
+    env = {"QRIS_STALL_ALERT_S": "4", "QRIS_IDLE_TIMEOUT_S": "4"}
+    worker = Worker(topics, tmp_path / "w", extra_env=env)
+    worker.start(bootstrap)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+
+    def stalled() -> list[dict]:
+        got = consume(bootstrap, [topics.alerts], until=0, timeout_s=1, settle_s=0, worker=worker)
+        return [v for _t, _k, v in got if v.get("kind") == "EVENT_TIME_STALLED"]
+
+    try:
+        k, found = 0, []
+        deadline = time.monotonic() + 60
+        while not found and time.monotonic() < deadline:
+            k += 1
+            ref = f"F{k}"
+            producer.send(topics.payment, key=ref.encode(), value=payment(f"{ref}-q", "requested", ref, k))
+            producer.send(topics.ledger, key=ref.encode(), value=ledger(f"{ref}-d", "debited", ref, 1))
+            producer.flush()
+            found = stalled()
+        assert [a["status"] for a in found] == ["opened"], found
+        time.sleep(3)  # its next commit (the idle check's) saves the page with the state
+        worker.kill()
+        # While no worker runs, the ledger's clock comes back; the disk is lost.
+        producer.send(topics.ledger, key=b"B", value=ledger("B-d", "debited", "B", k + 60))
+        producer.flush()
+        shutil.rmtree(worker.data_dir)
+        worker.start(bootstrap)
+        deadline = time.monotonic() + 90
+        while len(found) < 2 and time.monotonic() < deadline:
+            found = stalled()
+    finally:
+        producer.close()
+        worker.stop()
+    assert [a["status"] for a in found] == ["opened", "resolved"], found
+    assert found[1]["dedup_key"] == found[0]["dedup_key"] and found[1]["partitions"] == [0]
+    assert "moved to another worker" not in found[1]["summary"]
 
 
 def test_dump_writes_the_contract_replay_file_and_replays_like_the_records(tmp_path: Path) -> None:

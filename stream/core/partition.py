@@ -166,6 +166,11 @@ class PartitionEngine:
         # Live mode only: a watermark floor set by the idle-feed rule (wall clock).
         self.forced_ms = NEG_INF
         self.silent: list[bool] = [False, False]
+        # Live only (`worker.clockstall`): the stream whose EVENT_TIME_STALLED alert a worker raised
+        # for this partition and has not resolved yet, and the watermark that stood then; kept
+        # with the state so that a worker restarted (or given the partition) during the episode
+        # still resolves it.
+        self.stall_paged: tuple[int, int] | None = None
         self.rejected: list[int] = [0, 0]
         # Records per stream dated more than F ahead of their Kafka timestamp (clock guard).
         self.skewed: list[int] = [0, 0]
@@ -818,6 +823,7 @@ class PartitionEngine:
                     if self.params.holds
                     else {}
                 ),
+                **({"stall_paged": self.stall_paged} if self.stall_paged is not None else {}),
             }
         )
 
@@ -843,6 +849,8 @@ class PartitionEngine:
             eng.signals_through = m.get("signals_through")
             eng.hold_events = list(m.get("hold_events", ()))
             eng.hold_reported_ms = m.get("hold_reported_ms", NEG_INF)
+            if (paged := m.get("stall_paged")) is not None:
+                eng.stall_paged = (paged[0], paged[1])
             if eng.signals_through is not None:
                 eng._close_at_ms = (eng.signals_through + 2) * MINUTE_MS + params.probe_age_ms
         heap = eng.heap

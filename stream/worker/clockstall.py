@@ -17,8 +17,13 @@ leaves the episode without counting as recovered (that worker speaks for it now)
 left that way is resolved too, naming them (the other worker raises its own if the stall goes
 on there: a page left open for a partition nobody here watches would never close). Alerts of
 several workers about one topic share the dedup key `EVENT_TIME_STALLED:<topic>`, as
-`FEED_SILENT`'s do. Episodes live in memory: a worker restarted during one does not resolve it
-(docs/alert-routing.md). No Faust imports; the wall clock is passed in.
+`FEED_SILENT`'s do. A partition's page is kept with its state (`PartitionEngine.stall_paged`,
+the stream paged and the watermark that stood): a worker that restarts during an episode, or is
+given the partition, takes it over without a new page, resolves it when the watermark moves past
+the one that stood (also if it moved while no worker ran), and pages again (the same dedup key)
+if the partition still stands `stall_s` after it took it over: the page it took over may have
+been resolved by the worker that lost the partition (docs/alert-routing.md). No Faust imports;
+the wall clock is passed in.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ class _Episode:
     partitions: set[int]  # every partition the episode listed
     stood: set[int]  # those not seen moving yet
     recovered: set[int] = field(default_factory=set)
+    # Partitions whose page this worker took over from their saved state, not paged here yet.
+    taken_over: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -71,6 +78,7 @@ class ClockStall:
             del self.seen[p]  # moved to another worker: it speaks for it now
             for ep in self.open.values():
                 ep.stood.discard(p)
+                ep.taken_over.discard(p)
         if not engines:  # just after a rebalance: nothing known yet
             return self._ends(engines)
         stalled: dict[str, list[int]] = {topic: [] for topic in self.topics}
@@ -78,8 +86,18 @@ class ClockStall:
             w, n = eng.watermark_ms, eng.stats["records"]
             at = self.seen.get(p)
             if at is None:
-                self.seen[p] = _Partition(weakref.ref(eng), w, n)
-                continue
+                at = self.seen[p] = _Partition(weakref.ref(eng), w, n)
+                if eng.stall_paged is None:
+                    continue
+                # Paged by a worker before this one (this one restarted, or was given the
+                # partition): the episode goes on here; a watermark past the one that stood then
+                # is a recovery (below), also if it moved while no worker ran.
+                s_paged, at.watermark_ms = eng.stall_paged
+                taken = self.open.setdefault(self.topics[s_paged], _Episode(set(), set()))
+                taken.partitions.add(p)
+                taken.stood.add(p)
+                taken.recovered.discard(p)
+                taken.taken_over.add(p)
             if at.engine() is eng:
                 new = n - at.records_seen
             else:  # restored: its count starts from 0
@@ -91,6 +109,10 @@ class ClockStall:
                     if p in ep.stood:
                         ep.stood.discard(p)
                         ep.recovered.add(p)
+                        ep.taken_over.discard(p)
+                if eng.stall_paged is not None:
+                    eng.stall_paged = None
+                    eng.meta_dirty = True
                 continue
             # (A watermark lower than the highest seen, after a restore from older state, is not a
             # move when it comes back.)
@@ -104,25 +126,35 @@ class ClockStall:
         for s, topic in enumerate(self.topics):
             now_stalled = [p for p in stalled[topic] if not any(p in e.stood for e in self.open.values())]
             episode = self.open.get(topic)
-            if now_stalled and episode is None:
-                self.open[topic] = _Episode(set(now_stalled), set(now_stalled))
-                known = [m for p in now_stalled if (m := engines[p].max_ms[s]) is not None]
-                since = min(t for p in now_stalled if (t := self.seen[p].taking_since_s) is not None)
+            # Taken over and still standing `stall_s` later: paged again (the page taken over may
+            # have been resolved by the worker that lost the partition).
+            again = [p for p in stalled[topic] if episode is not None and p in episode.taken_over]
+            paged = now_stalled + again
+            for p in paged:
+                engines[p].stall_paged = (s, self.seen[p].watermark_ms)
+                engines[p].meta_dirty = True
+            if episode is None:
+                if now_stalled:
+                    self.open[topic] = _Episode(set(now_stalled), set(now_stalled))
+            else:
+                episode.taken_over.difference_update(again)
+                episode.partitions.update(now_stalled)  # more partitions of the same problem: no new page
+                episode.stood.update(now_stalled)
+                episode.recovered.difference_update(now_stalled)
+            if (now_stalled and episode is None) or again:
+                known = [m for p in paged if (m := engines[p].max_ms[s]) is not None]
+                since = min(t for p in paged if (t := self.seen[p].taking_since_s) is not None)
                 out.append(
                     event_time_stalled_alert(
                         topic,
-                        sorted(now_stalled),
+                        sorted(paged),
                         "opened",
                         max(known) if known else None,
                         _at_ms(engines),
                         now_s - since,
-                        sum(self.seen[p].taken for p in now_stalled),
+                        sum(self.seen[p].taken for p in paged),
                     )
                 )
-            elif now_stalled and episode is not None:
-                episode.partitions.update(now_stalled)  # more partitions of the same problem: no new page
-                episode.stood.update(now_stalled)
-                episode.recovered.difference_update(now_stalled)
         return out + self._ends(engines)
 
     def _ends(self, engines: dict[int, PartitionEngine]) -> list[Decision]:
