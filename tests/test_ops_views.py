@@ -176,6 +176,11 @@ def test_the_dashboard_shows_incidents_holds_feeds_and_escapes_input() -> None:
     assert "1 (Rp 25.000)" in page  # the incident's holds
     assert "Dead letters: 1" in page and "WIB" in page
     assert "<script" not in page and "http" not in page.replace("http-equiv", "")
+    assert '<td class="ok">moves</td>' in page and "stands still" not in page
+    # A partition paged for its event time standing still (`clockstall`) says so in its row.
+    eng.stall_paged = (1, eng.watermark_ms)
+    page = render(watch, {0: eng}, NOW_S, "qris-test")
+    assert f'<td class="bad">stands still, held by {watch.topics[1]}: nothing decided' in page
 
 
 def test_grafana_and_prometheus_files_use_only_metrics_the_worker_exports() -> None:

@@ -1,7 +1,8 @@
 """The operations dashboard (`/qris/dashboard`): one server-rendered HTML page, no JavaScript,
 no CDN, refreshed by the browser every few seconds. What is burning (open incidents with scope,
 exposure and holds), refunds / holds / cancellations per minute, feed health per partition
-(watermark delay, records waiting, silent feeds) and dead letters.
+(watermark delay, records waiting, silent feeds, event time paged as standing still) and dead
+letters.
 
 Every text that comes from input or alerts is HTML-escaped. Pure rendering: no Faust imports.
 """
@@ -122,7 +123,7 @@ def _per_minute(watch: WorkerWatch) -> list[str]:
 def _feeds(watch: WorkerWatch, engines: dict[int, PartitionEngine], now_ms: int) -> list[str]:
     out = [
         "<h2>Feed health</h2><table><tr><th>partition</th><th>watermark</th><th class=num>delay</th>"
-        "<th class=num>waiting</th><th class=num>references</th><th>silent feeds</th></tr>"
+        "<th class=num>waiting</th><th class=num>references</th><th>silent feeds</th><th>event time</th></tr>"
     ]
     for p, eng in sorted(engines.items()):
         w = eng.watermark_ms
@@ -133,10 +134,20 @@ def _feeds(watch: WorkerWatch, engines: dict[int, PartitionEngine], now_ms: int)
         out.append(
             f"<tr><td>{p}</td><td>{_e(wib_and_utc(w) if known else 'not yet (a stream has no record)')}</td>"
             f"<td class=num>{_e(delay)}</td><td class=num>{waiting}</td><td class=num>{len(eng.refs)}</td>"
-            f'<td class="{"bad" if silent else "ok"}">{_e(", ".join(silent) or "none")}</td></tr>'
+            f'<td class="{"bad" if silent else "ok"}">{_e(", ".join(silent) or "none")}</td>'
+            f"{_stalled(watch, eng)}</tr>"
         )
     out.append("</table>")
     return out
+
+
+def _stalled(watch: WorkerWatch, eng: PartitionEngine) -> str:
+    # A partition paged for EVENT_TIME_STALLED (`clockstall`; kept with its state until its
+    # watermark moves): nothing of it is decided, refunds included.
+    if eng.stall_paged is None:
+        return '<td class="ok">moves</td>'
+    topic = watch.topics[eng.stall_paged[0]]
+    return f'<td class="bad">stands still, held by {_e(topic)}: nothing decided (EVENT_TIME_STALLED)</td>'
 
 
 def _dead_letters(watch: WorkerWatch) -> list[str]:
