@@ -257,7 +257,7 @@ def test_a_worker_restarted_during_an_episode_resolves_the_page_when_the_clock_c
     feed.record(0, Stream.L, 700)
     after = ClockStall(TOPICS, lambda: feed.engines, stall_s=600)
     assert _alerts(after, 0) == []  # partition 1 still stands: no new page, no resolve yet
-    assert after.open[TOPICS[1]].stood == {1}
+    assert after.taken[TOPICS[1]].stood == {1} and not after.open
     feed.record(1, Stream.L, 700)
     [r] = _alerts(after, 10)
     assert (r["status"], r["partitions"], r["dedup_key"]) == ("resolved", [0, 1], a["dedup_key"])
@@ -294,3 +294,104 @@ def test_a_page_taken_over_pages_again_if_the_partition_still_stands_the_stall_t
     [r] = _alerts(given, 1300)
     assert (r["status"], r["partitions"]) == ("resolved", [0])
     assert feed.engines[0].stall_paged is None
+
+
+def _move(feed: _Feed, p: int) -> None:
+    """Partition p's engine restored from its saved state (a restart, or another worker given it)."""
+    refs, meta = feed.engines[p].take_dirty()
+    assert meta is not None
+    feed.engines[p] = PartitionEngine.restore(p, Params(), meta, [(k, v) for k, v in refs.items() if v])
+
+
+def _view(feed: _Feed, owned: set[int]):
+    return lambda: {p: e for p, e in feed.engines.items() if p in owned}
+
+
+def test_a_page_taken_over_does_not_swallow_the_takers_own_new_stall_of_the_topic() -> None:
+    # (A review of the first version: the episode taken over, never paged by W2, took W2's own
+    # new stall in silently, and the worker that lost the partition had resolved the page.)
+    feed = _Feed(2)
+    own1, own2 = {0}, {1}
+    w1 = ClockStall(TOPICS, _view(feed, own1), stall_s=600)
+    w2 = ClockStall(TOPICS, _view(feed, own2), stall_s=600)
+    for p in (0, 1):
+        feed.record(p, Stream.P, 0)
+        feed.record(p, Stream.L, 0)
+    assert w1(0) == [] and w2(0) == []
+    # p0's ledger clock frozen at 0 (W1 pages it); p1 flows normally on W2.
+    got1: list[dict] = []
+    for minute in range(1, 12):
+        feed.record(0, Stream.P, 60 * minute)
+        feed.record(0, Stream.L, 0)
+        feed.record(1, Stream.P, 60 * minute)
+        feed.record(1, Stream.L, 60 * minute)
+        got1 += _alerts(w1, 60 * minute)
+        assert _alerts(w2, 60 * minute) == []
+    assert [(a["status"], a["partitions"]) for a in got1] == [("opened", [0])]
+    # Rebalance: p0 moves to W2.
+    _move(feed, 0)
+    own1.clear()
+    own2.add(0)
+    [r] = _alerts(w1, 670)
+    assert r["status"] == "resolved" and "moved to another worker" in r["summary"]  # the key is closed
+    w2_alerts = _alerts(w2, 670)
+    assert w2_alerts == []  # W2 takes p0's episode over, no page (as designed)
+    # p0 takes no records for now (no re-page of it pending); p1's ledger clock freezes on W2.
+    for t in range(680, 1400, 10):
+        feed.record(1, Stream.P, t)
+        feed.record(1, Stream.L, 660)
+        w2_alerts += _alerts(w2, t)
+    # p1 has stood 700 s of wall time on W2 with records coming: paged, with p0 taken over.
+    assert 1 in w2.open[TOPICS[1]].stood
+    assert feed.engines[1].stall_paged is not None
+    assert [(a["status"], a["partitions"]) for a in w2_alerts] == [("opened", [0, 1])]
+    # p0's clock comes back: p0 recovers, p1 still stands: no resolved yet.
+    feed.record(0, Stream.L, 2000)
+    for t in range(1400, 3000, 10):
+        feed.record(1, Stream.P, t)
+        feed.record(1, Stream.L, 660)
+        w2_alerts += _alerts(w2, t)
+    assert 1 in w2.open[TOPICS[1]].stood  # still stalled, 2300 s of wall time
+    opened = [a for a in w2_alerts if a["status"] == "opened"]
+    assert any(1 in a["partitions"] for a in opened) and len(w2_alerts) == 1, w2_alerts
+    feed.record(1, Stream.L, 3000)
+    [r] = _alerts(w2, 3000)
+    assert (r["status"], r["partitions"]) == ("resolved", [0, 1]) and "moved" not in r["summary"]
+    _check(r)
+
+
+def test_a_partition_taken_over_is_paged_again_under_the_topic_that_holds_it_now() -> None:
+    # (A review of the first version: paged again only under the topic of the page taken over.)
+    feed = _Feed(1)
+    own1, own2 = {0}, set()
+    w1 = ClockStall(TOPICS, _view(feed, own1), stall_s=60)
+    w2 = ClockStall(TOPICS, _view(feed, own2), stall_s=60)
+    eng = feed.engines[0]
+    feed.record(0, Stream.P, 0)
+    feed.record(0, Stream.L, 0)
+    feed.record(0, Stream.P, 100)
+    eng.declare_silent(Stream.L)  # the ledger went quiet: W follows the payments (100 s - A)
+    assert w1(0) == []
+    got: list[dict] = []
+    for k in range(1, 4):
+        feed.record(0, Stream.P, 100)  # and the payments' clock freezes
+        eng.declare_silent(Stream.L)
+        got += _alerts(w1, 40 * k)
+    assert [(a["status"], a["topic"]) for a in got] == [("opened", TOPICS[0])]
+    stood = feed.engines[0].watermark_ms
+    _move(feed, 0)
+    own1.clear()
+    own2.add(0)
+    [r] = _alerts(w1, 130)
+    assert r["status"] == "resolved" and "moved to another worker" in r["summary"]
+    assert _alerts(w2, 130) == []  # taken over
+    # The ledger comes back, dated before the payments' frozen clock: W stands (forced floor),
+    # records keep coming on both streams; the ledger is the stream that holds it now.
+    w2_alerts: list[dict] = []
+    for t in range(140, 1000, 10):
+        feed.record(0, Stream.P, 100)
+        feed.record(0, Stream.L, 50)
+        w2_alerts += _alerts(w2, t)
+    assert feed.engines[0].watermark_ms == stood  # never moved: stalled for 860 s on W2
+    assert 0 in w2.taken[TOPICS[0]].stood
+    assert [(a["status"], a["topic"], a["partitions"]) for a in w2_alerts] == [("opened", TOPICS[1], [0])]

@@ -21,13 +21,14 @@ several workers about one topic share the dedup key `EVENT_TIME_STALLED:<topic>`
 the stream paged and the watermark that stood): a worker that restarts during an episode, or is
 given the partition, takes it over without a new page, resolves it when the watermark moves past
 the one that stood (also if it moved while no worker ran), and pages again (the same dedup key)
-if the partition still stands `stall_s` after it took it over: the page it took over may have
-been resolved by the worker that lost the partition (docs/alert-routing.md). No Faust imports;
-the wall clock is passed in.
+if the partition still stands `stall_s` after it took it over, under the topic holding it then:
+the page it took over may have been resolved by the worker that lost the partition
+(docs/alert-routing.md). No Faust imports; the wall clock is passed in.
 """
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,8 +57,6 @@ class _Episode:
     partitions: set[int]  # every partition the episode listed
     stood: set[int]  # those not seen moving yet
     recovered: set[int] = field(default_factory=set)
-    # Partitions whose page this worker took over from their saved state, not paged here yet.
-    taken_over: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -66,7 +65,13 @@ class ClockStall:
     engines: Callable[[], dict[int, PartitionEngine]]
     stall_s: float
     seen: dict[int, _Partition] = field(default_factory=dict)
-    open: dict[str, _Episode] = field(default_factory=dict)
+    open: dict[str, _Episode] = field(default_factory=dict)  # paged by this worker, by topic
+    # Pages taken over from the partitions' saved state (this worker restarted, or was given
+    # them), by topic: no page of this worker's. When this worker pages the topic, the episode
+    # taken over joins its own (one page, one resolved: under the shared dedup key a resolved of
+    # either would close the other's page; a review of the first version found its own new
+    # stalls swallowed by a page taken over, never sent).
+    taken: dict[str, _Episode] = field(default_factory=dict)
 
     def __call__(self, now_s: float) -> list[Decision]:
         """The alerts of this check: opened for a topic whose partitions newly stalled, resolved
@@ -76,9 +81,8 @@ class ClockStall:
         engines = self.engines()
         for p in [p for p in self.seen if p not in engines]:
             del self.seen[p]  # moved to another worker: it speaks for it now
-            for ep in self.open.values():
+            for ep in self._episodes():
                 ep.stood.discard(p)
-                ep.taken_over.discard(p)
         if not engines:  # just after a rebalance: nothing known yet
             return self._ends(engines)
         stalled: dict[str, list[int]] = {topic: [] for topic in self.topics}
@@ -89,15 +93,15 @@ class ClockStall:
                 at = self.seen[p] = _Partition(weakref.ref(eng), w, n)
                 if eng.stall_paged is None:
                     continue
-                # Paged by a worker before this one (this one restarted, or was given the
-                # partition): the episode goes on here; a watermark past the one that stood then
-                # is a recovery (below), also if it moved while no worker ran.
+                # Paged by a worker before this one: the episode goes on here; a watermark past
+                # the one that stood then is its recovery (below), also if it moved while no
+                # worker ran. If it still stands `stall_s` later it is paged as any other.
                 s_paged, at.watermark_ms = eng.stall_paged
-                taken = self.open.setdefault(self.topics[s_paged], _Episode(set(), set()))
+                topic = self.topics[s_paged]
+                taken = self.open.get(topic) or self.taken.setdefault(topic, _Episode(set(), set()))
                 taken.partitions.add(p)
                 taken.stood.add(p)
                 taken.recovered.discard(p)
-                taken.taken_over.add(p)
             if at.engine() is eng:
                 new = n - at.records_seen
             else:  # restored: its count starts from 0
@@ -105,11 +109,10 @@ class ClockStall:
             at.records_seen = n
             if w > at.watermark_ms:
                 at.watermark_ms, at.taking_since_s, at.taken = w, None, 0
-                for ep in self.open.values():
+                for ep in self._episodes():
                     if p in ep.stood:
                         ep.stood.discard(p)
                         ep.recovered.add(p)
-                        ep.taken_over.discard(p)
                 if eng.stall_paged is not None:
                     eng.stall_paged = None
                     eng.meta_dirty = True
@@ -125,47 +128,44 @@ class ClockStall:
         out: list[Decision] = []
         for s, topic in enumerate(self.topics):
             now_stalled = [p for p in stalled[topic] if not any(p in e.stood for e in self.open.values())]
-            episode = self.open.get(topic)
-            # Taken over and still standing `stall_s` later: paged again (the page taken over may
-            # have been resolved by the worker that lost the partition).
-            again = [p for p in stalled[topic] if episode is not None and p in episode.taken_over]
-            paged = now_stalled + again
-            for p in paged:
+            for p in now_stalled:
                 engines[p].stall_paged = (s, self.seen[p].watermark_ms)
                 engines[p].meta_dirty = True
-            if episode is None:
-                if now_stalled:
-                    self.open[topic] = _Episode(set(now_stalled), set(now_stalled))
-            else:
-                episode.taken_over.difference_update(again)
-                episode.partitions.update(now_stalled)  # more partitions of the same problem: no new page
-                episode.stood.update(now_stalled)
-                episode.recovered.difference_update(now_stalled)
-            if (now_stalled and episode is None) or again:
-                known = [m for p in paged if (m := engines[p].max_ms[s]) is not None]
-                since = min(t for p in paged if (t := self.seen[p].taking_since_s) is not None)
+            episode = self.open.get(topic)
+            if now_stalled and episode is None:
+                episode = self.open[topic] = _Episode(set(now_stalled), set(now_stalled))
+                if (kept := self.taken.pop(topic, None)) is not None:  # one page for both
+                    episode.partitions.update(kept.partitions)
+                    episode.recovered.update(kept.recovered - episode.stood)
+                    episode.stood.update(kept.stood)
+                known = [m for p in now_stalled if (m := engines[p].max_ms[s]) is not None]
+                since = min(t for p in now_stalled if (t := self.seen[p].taking_since_s) is not None)
                 out.append(
                     event_time_stalled_alert(
                         topic,
-                        sorted(paged),
+                        sorted(episode.stood),
                         "opened",
                         max(known) if known else None,
                         _at_ms(engines),
                         now_s - since,
-                        sum(self.seen[p].taken for p in paged),
+                        sum(self.seen[p].taken for p in now_stalled),
                     )
                 )
+            elif now_stalled and episode is not None:
+                episode.partitions.update(now_stalled)  # more partitions of the same problem: no new page
+                episode.stood.update(now_stalled)
+                episode.recovered.difference_update(now_stalled)
         return out + self._ends(engines)
 
     def _ends(self, engines: dict[int, PartitionEngine]) -> list[Decision]:
         # Episodes none of whose partitions stands still here any more (each seen moving, or
         # moved to another worker): resolved.
         out: list[Decision] = []
-        for s, topic in enumerate(self.topics):
-            episode = self.open.get(topic)
+        for (s, topic), episodes in itertools.product(enumerate(self.topics), (self.open, self.taken)):
+            episode = episodes.get(topic)
             if episode is None or episode.stood:
                 continue
-            del self.open[topic]
+            del episodes[topic]
             known = [m for p in episode.recovered if p in engines and (m := engines[p].max_ms[s]) is not None]
             moved = sorted(episode.partitions - episode.recovered)
             out.append(
@@ -181,6 +181,9 @@ class ClockStall:
                 )
             )
         return out
+
+    def _episodes(self) -> list[_Episode]:
+        return [*self.open.values(), *self.taken.values()]
 
 
 def _at_ms(engines: dict[int, PartitionEngine]) -> int | None:
