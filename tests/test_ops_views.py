@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.core.partition import Params, PartitionEngine
@@ -237,3 +238,51 @@ def test_the_incidents_a_payment_page_shows_are_the_ones_the_engine_holds_it_for
     request = parse_payment(b"QR1", payment("e1", "requested", "QR1", 0, merchant_id="MCC-5999", mcc=None))
     assert not isinstance(request, Rejection)
     assert sorted(v["incident_id"] for v in watch.incidents_covering(request)) == ["inc1", "inc2"]
+
+
+@pytest.mark.parametrize(
+    "reference", ["QR2025?x", "QR2025#x", "QR 2025+x", "QR%20x", "QR/2025", 'QR-Café"1', "QR2025&since=x"]
+)
+def test_a_lookup_forwarded_to_a_peer_asks_for_the_same_reference_and_since(reference: str) -> None:
+    # A helper's hunt: the forwarded paths were pasted unquoted. `QR2025?x` was asked of the
+    # peers as `QR2025` (another payment, answered if held), and a `since` with a `+07:00`
+    # offset reached them as ` 07:00`: refused, and the merged account answer silently left out
+    # every payment the other workers held. Here a real aiohttp server (Faust's web is aiohttp)
+    # parses what `ask` sends, as a peer would.
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from stream.worker.lookup import account_path, payment_path
+
+    seen: list[tuple[str, str | None]] = []
+
+    async def payment(request: web.Request) -> web.Response:
+        seen.append((request.match_info["reference"], None))
+        return web.json_response({})
+
+    async def account(request: web.Request) -> web.Response:
+        seen.append((request.match_info["account_id"], request.query.get("since")))
+        return web.json_response({})
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/qris/payments/{reference}", payment)
+        app.router.add_get("/qris/accounts/{account_id}/payments", account)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                for path in (payment_path(reference), account_path(reference, "2025-03-29T09:00:00+07:00")):
+                    async with session.get(f"http://127.0.0.1:{port}" + path) as resp:
+                        assert resp.status == 200, path
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+    assert seen == [(reference, None), (reference, "2025-03-29T09:00:00+07:00")]
+    assert account_path("7700009876", None) == "/qris/accounts/7700009876/payments"

@@ -11,12 +11,28 @@ from __future__ import annotations
 
 import hmac
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from ..core.decisions import mask_account
 from ..core.eventtime import format_ms
 from ..core.partition import PartitionEngine, waiting_list
 from ..core.reference import ReferenceState
 from .watch import WorkerWatch
+
+
+def payment_path(reference: str) -> str:
+    """The lookup's path for a reference, as a worker forwards it to its peers: quoted, since a
+    reference may hold `?`, `#`, `/`, `%` or `+` (a helper's hunt: `QR2025?x` was asked as
+    `QR2025`, another payment)."""
+    return "/qris/payments/" + quote(reference, safe="")
+
+
+def account_path(account_id: str, since: str | None) -> str:
+    """The account query's path and query as forwarded: quoted (a `since` with a `+07:00` offset
+    went unquoted, the peer read a space, refused it, and the merged answer silently left out
+    every payment held by the other workers)."""
+    query = "?" + urlencode({"since": since}) if since else ""
+    return "/qris/accounts/" + quote(account_id, safe="") + "/payments" + query
 
 
 def token_ok(configured: str, authorization: str | None) -> bool:

@@ -22,7 +22,7 @@ import faust
 from ..core.eventtime import BadTimestamp, parse_instant
 from ..settings import Settings
 from . import dashboard
-from .lookup import account_payments, lookup_reference, token_ok
+from .lookup import account_path, account_payments, lookup_reference, payment_path, token_ok
 from .metrics import CONTENT_TYPE, WorkerMetrics
 from .shell import ReconcileShell
 from .watch import WorkerWatch
@@ -80,7 +80,7 @@ def add_pages(
         if found is not None:
             return web.json(found)
         if not request.headers.get(FORWARDED):
-            for status, body in await ask(peers(), f"/qris/payments/{reference}", request):
+            for status, body in await ask(peers(), payment_path(reference), request):
                 if status == 200:
                     return web.json(body)
         return web.json({"error": f"unknown reference (no live state of it on any worker): {reference}"}, status=404)
@@ -97,8 +97,7 @@ def add_pages(
             return web.json({"error": f"since: {exc}"}, status=400)
         payments = account_payments(shell.engines, watch, account_id, since_ms)
         if not request.headers.get(FORWARDED):
-            query = f"?since={since}" if since else ""
-            for status, body in await ask(peers(), f"/qris/accounts/{account_id}/payments{query}", request):
+            for status, body in await ask(peers(), account_path(account_id, since), request):
                 if status == 200 and isinstance(body, dict):
                     payments.extend(body.get("payments", []))
             payments.sort(key=lambda x: x.get("first_seen_ms") or 0, reverse=True)
