@@ -285,6 +285,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         fetch_gap=signal_gaps.fetch,
         committed=group_committed(app, settings.signals_topic),
     )
+    bursts.on_restored = watch.detector_restored
 
     @app.agent(signals, name="score_failure_bursts")
     async def score_failure_bursts(stream: faust.StreamT[bytes]) -> None:
@@ -434,6 +435,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         watch.rebalances += 1
         owned = owned_inputs(assigned)
         watch.keep_partitions(owned)
+        watch.detector_moved()  # shown again if the detector is rebuilt here (`bursts.on_restored`)
         if not watching:
             watching.append(asyncio.ensure_future(watch_state_recovery()))
         async with shell.committed():  # never in the middle of a batch, nothing left to write

@@ -98,6 +98,8 @@ class BurstShell:
         self.committed = committed
         self.tp = (settings.signals_topic, 0)
         self.detector: BurstDetector | None = None
+        # Told the open incidents of each detector rebuilt here (`WorkerWatch.detector_restored`).
+        self.on_restored: Callable[[list[dict[str, Any]]], None] | None = None
         self.tally: HoldTally | None = None
         self.next_offset = -1
         # The known-through time of the last incidents record sent (None: none since the
@@ -402,6 +404,13 @@ class BurstShell:
         ]
 
     async def _rebuild(self, upto: int) -> BurstDetector:
+        """`_rebuild_detector`, then `on_restored` told which incidents it has open."""
+        detector = await self._rebuild_detector(upto)
+        if self.on_restored is not None:
+            self.on_restored(detector.incidents.open_incidents())
+        return detector
+
+    async def _rebuild_detector(self, upto: int) -> BurstDetector:
         """The detector as it was after the signals before offset `upto`: the latest snapshot,
         then the signals after it."""
         self.counts["rebuilt_from"] = upto

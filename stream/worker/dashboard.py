@@ -14,9 +14,10 @@ from typing import Any
 
 from ..core.alerts import rupiah
 from ..core.eventtime import BadTimestamp, parse_ms
+from ..core.holds import Hold
 from ..core.partition import PartitionEngine
 from ..drivers.wib import wib_and_utc
-from .watch import WorkerWatch
+from .watch import WorkerWatch, open_holds
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#1d2330;background:#f7f8fa}
@@ -45,15 +46,16 @@ def render(
         f"<div class=muted>This worker, {wib_and_utc(now_ms)}; partitions {_e(sorted(engines)) or 'none yet'}."
         " Times are WIB (UTC+7), UTC in brackets.</div>",
     ]
-    out += _incidents(watch)
-    out += _per_minute(watch)
+    held = open_holds(engines)
+    out += _incidents(watch, held)
+    out += _per_minute(watch, held)
     out += _feeds(watch, engines, now_ms)
     out += _dead_letters(watch)
     out.append("</body></html>")
     return "\n".join(out)
 
 
-def _incidents(watch: WorkerWatch) -> list[str]:
+def _incidents(watch: WorkerWatch, held: list[Hold]) -> list[str]:
     out = [
         f'<h2 id=incidents>Open incidents: <span class="{"bad" if watch.incidents else "ok"}">'
         f"{len(watch.incidents)}</span></h2>"
@@ -65,14 +67,15 @@ def _incidents(watch: WorkerWatch) -> list[str]:
         "<th class=num>exposure</th><th class=num>holds</th><th>summary</th></tr>"
     )
     for inc in sorted(watch.incidents.values(), key=lambda v: -int(v.get("exposure_idr") or 0)):
-        holds = [h for h in watch.holds.values() if h.get("incident_id") == inc.get("incident_id")]
-        held = f"{len(holds)} ({rupiah(sum(int(h['amount']) for h in holds))})" if holds else "0"
+        # (A hold counts for the incident it is attributed to, its first: README, "Refund holds".)
+        holds = [h for h in held if h.incident_ids and h.incident_ids[0] == inc.get("incident_id")]
+        n_held = f"{len(holds)} ({rupiah(sum(h.amount for h in holds))})" if holds else "0"
         window = inc.get("window") or {}
         out.append(
             f"<tr class=incident><td>{_e(inc['scope']['type'])} {_e(inc['scope']['id'])}</td>"
             f"<td class=bad>{_e(inc.get('status'))}</td>"
             f"<td>{_e(_since(window.get('start')))}</td><td class=num>{_e(inc.get('affected_payments'))}</td>"
-            f"<td class=num>{_e(rupiah(int(inc.get('exposure_idr') or 0)))}</td><td class=num>{_e(held)}</td>"
+            f"<td class=num>{_e(rupiah(int(inc.get('exposure_idr') or 0)))}</td><td class=num>{_e(n_held)}</td>"
             f"<td>{_e(inc.get('summary'))}</td></tr>"
         )
     out.append("</table>")
@@ -94,7 +97,7 @@ def _since(start: str | None) -> str:
         return str(start)
 
 
-def _per_minute(watch: WorkerWatch) -> list[str]:
+def _per_minute(watch: WorkerWatch, held: list[Hold]) -> list[str]:
     rows = watch.minutes(15)
     top = max([sum(c.values()) for _m, c in rows] + [1])
     out = [
@@ -115,7 +118,7 @@ def _per_minute(watch: WorkerWatch) -> list[str]:
     r = watch.refund_rupiah
     out.append(
         f"<p>Since start: requested {_e(rupiah(r.get('requested', 0)))}, held {_e(rupiah(r.get('held', 0)))}, "
-        f"cancelled {_e(rupiah(r.get('cancelled', 0)))}; holds open now: {len(watch.holds)}.</p>"
+        f"cancelled {_e(rupiah(r.get('cancelled', 0)))}; holds open now: {len(held)}.</p>"
     )
     return out
 

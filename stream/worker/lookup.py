@@ -50,33 +50,70 @@ def _at(ms: int | None) -> str | None:
     return format_ms(ms) if ms is not None else None
 
 
-def _state_hold(st: ReferenceState) -> dict[str, Any] | None:
-    # Holds kept in the reference's state (refund holds in the core): the newest open one.
-    if not st.holds:
-        return None
-    h = st.holds[-1]
-    return {
-        "refund_id": h.refund_id,
-        "amount": h.amount,
-        "incident_id": h.incident_ids[0] if h.incident_ids else None,
-        "incident_ids": list(h.incident_ids),
-        "release_by": format_ms(h.release_by_ms),
-        "deadline": format_ms(h.deadline_ms),
-    }
+def _holds(st: ReferenceState, engine: PartitionEngine | None) -> list[dict[str, Any]]:
+    """The reference's open holds, from its state (the truth the worker decides from), oldest
+    first. `incident_ids`: every incident covering the payment that kept the hold on, as far as
+    the engine's incident timeline knows (the refund.held's, then those that opened within a
+    grace); `open_incident_ids`: those of them open at the engine's decided-through time, which
+    the hold waits for (a helper's hunt: the lookup named the first incident, resolved half an
+    hour before, while a second one kept the hold on)."""
+    out = []
+    for h in st.holds:
+        ids = list(h.incident_ids)
+        open_now: list[str] = []
+        if engine is not None:
+            timeline = engine.incidents
+            _until, chain = timeline.release_at(st.request, h.deadline_ms, engine.params.hold_grace_ms)
+            ids += [i for i in chain if i not in ids]
+            now = {i.incident_id for i in timeline.covering_open_at(st.request, engine.decided_through_ms)}
+            open_now = [i for i in ids if i in now]
+        out.append(
+            {
+                "refund_id": h.refund_id,
+                "amount": h.amount,
+                "incident_id": open_now[0] if open_now else (ids[0] if ids else None),
+                "incident_ids": ids,
+                "open_incident_ids": open_now,
+                "release_at": format_ms(h.release_at_ms) if h.release_at_ms < h.release_by_ms else None,
+                "release_by": format_ms(h.release_by_ms),
+                "deadline": format_ms(h.deadline_ms),
+            }
+        )
+    return out
 
 
-def payment_status(st: ReferenceState, partition: int, watch: WorkerWatch | None = None) -> dict[str, Any]:
-    """What customer service tells the customer about one payment."""
+def _held_summary(hold: dict[str, Any], n: int) -> str:
+    more = f" ({n} refunds of this payment are held)" if n > 1 else ""
+    if hold["open_incident_ids"]:
+        return (
+            f"refund of {hold['amount']} held while incident {', '.join(hold['open_incident_ids'])} is open; "
+            f"it comes by {hold['release_by']} at the latest{more}"
+        )
+    if hold["release_at"] is not None and hold["incident_ids"]:
+        return (
+            f"refund of {hold['amount']} held; the incidents that held it ({', '.join(hold['incident_ids'])}) "
+            f"resolved: it comes at {hold['release_at']} unless another one opens, by {hold['release_by']} "
+            f"at the latest{more}"
+        )
+    return (
+        f"refund of {hold['amount']} held (incident {hold['incident_id']}); it comes by {hold['release_by']} "
+        f"at the latest{more}"
+    )
+
+
+def payment_status(
+    st: ReferenceState, partition: int, watch: WorkerWatch | None = None, engine: PartitionEngine | None = None
+) -> dict[str, Any]:
+    """What customer service tells the customer about one payment (`engine`: the partition's,
+    for its incident timeline: which incidents hold a refund now, which cover the payment)."""
     rq = st.request
-    hold = _state_hold(st) or (watch.holds.get(st.reference) if watch is not None else None)
+    holds = _holds(st, engine)
+    hold = holds[-1] if holds else None
     active = [r for r in st.refunds if r.active]
     cancelled = [r for r in st.refunds if not r.active]
     if hold is not None:
         status = "refund_held"
-        say = (
-            f"refund of {hold['amount']} held while incident {hold.get('incident_id')} is open; "
-            f"it comes by {hold.get('release_by')} at the latest"
-        )
+        say = _held_summary(hold, len(holds))
     elif active:
         status = "refund_requested"
         say = f"refund {active[-1].refund_id} of {active[-1].amount} requested"
@@ -89,15 +126,22 @@ def payment_status(st: ReferenceState, partition: int, watch: WorkerWatch | None
     elif st.failure is not None:
         status = "failed" if st.net <= 0 else "failed_debited"
         say = "the payment failed" + (", the money was taken; a refund follows at the deadline" if st.net > 0 else "")
+        if st.net <= 0 and st.debits:
+            say += "; the money taken was given back (reversed)"
     elif st.net > 0:
         status = "debited"
         say = "the money was taken and the payment is not settled yet"
         if st.cycle_deadline_ms is not None:
             say += f"; a refund is due at {format_ms(st.cycle_deadline_ms)} if it does not settle"
+    elif st.debits:
+        # (A helper's hunt: "no money was taken" was said next to a debit and its reversal, both
+        # on the customer's statement.)
+        status = "requested"
+        say = "the payment was requested; the money taken was given back (reversed)"
     else:
         status = "requested"
         say = "the payment was requested; no money was taken"
-    incidents = watch.incidents_covering(rq) if watch is not None else []
+    incidents = _incidents_covering(st, watch, engine)
     return {
         "reference": st.reference,
         "status": status,
@@ -126,15 +170,31 @@ def payment_status(st: ReferenceState, partition: int, watch: WorkerWatch | None
             }
             for r in st.refunds
         ],
-        "hold": (
-            {k: hold.get(k) for k in ("refund_id", "amount", "incident_id", "incident_ids", "release_by", "deadline")}
-            if hold is not None
-            else None
-        ),
-        "incidents": [
-            {"incident_id": i["incident_id"], "status": i.get("status"), "summary": i.get("summary")} for i in incidents
-        ],
+        "hold": hold,
+        "holds": holds,
+        "incidents": incidents,
     }
+
+
+def _incidents_covering(
+    st: ReferenceState, watch: WorkerWatch | None, engine: PartitionEngine | None
+) -> list[dict[str, Any]]:
+    """The incidents covering the payment, open at the engine's decided-through time, from its
+    incident timeline (every worker reads the incidents topic when holds are on), with the
+    latest alert's status and summary where this worker sent it (the detector's worker);
+    without a timeline (holds off), the open incidents this worker sent."""
+    sent = {str(v["incident_id"]): v for v in watch.incidents_covering(st.request)} if watch is not None else {}
+    if engine is None or not engine.params.holds:
+        return [{"incident_id": i, "status": v.get("status"), "summary": v.get("summary")} for i, v in sent.items()]
+    return [
+        {
+            "incident_id": inc.incident_id,
+            "status": sent.get(inc.incident_id, {}).get("status", "open"),
+            "summary": sent.get(inc.incident_id, {}).get("summary"),
+            "scope": {"type": inc.scope_type, "id": inc.scope_id},
+        }
+        for inc in engine.incidents.covering_open_at(st.request, engine.decided_through_ms)
+    ]
 
 
 def waiting_status(reference: str, partition: int, engine: PartitionEngine) -> dict[str, Any] | None:
@@ -162,7 +222,7 @@ def lookup_reference(
     for p, eng in engines.items():
         st = eng.refs.get(reference)
         if st is not None:
-            got = payment_status(st, p, watch)
+            got = payment_status(st, p, watch, eng)
             waiting = waiting_status(reference, p, eng)
             if waiting is not None:
                 got["waiting_records"] = waiting["records"]
@@ -190,7 +250,7 @@ def account_payments(
             first_ms = st.debits[0].effective_at_ms
         if since_ms is not None and (first_ms is None or first_ms < since_ms):
             continue
-        item = payment_status(st, p, watch)
+        item = payment_status(st, p, watch, eng)
         item["first_seen_ms"] = first_ms
         out.append(item)
     out.sort(key=lambda x: x["first_seen_ms"] or 0, reverse=True)

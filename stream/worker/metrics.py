@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from ..core.partition import PartitionEngine
 from .recovery import self_restarts
-from .watch import WorkerWatch
+from .watch import WorkerWatch, open_holds
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -101,8 +101,10 @@ class _WorkerCollector(Collector):
         for t, n in by_type.items():
             g.add_metric([t], n)
         yield g
-        g = GaugeMetricFamily("qris_refunds_held", "References whose refund is held now (refund.held, not yet ended)")
-        g.add_metric([], len(w.holds))
+        g = GaugeMetricFamily(
+            "qris_refunds_held", "Refund holds open now in this worker's partitions (refund.held, not yet ended)"
+        )
+        g.add_metric([], len(open_holds(dict(self.engines()))))
         yield g
         yield from self._partitions()
 

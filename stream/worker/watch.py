@@ -1,5 +1,5 @@
 """What the live worker saw, kept for the people around it: counts for `/metrics`, the open
-incidents and holds, refunds per minute for the dashboard, and the account index of the
+incidents, refunds per minute for the dashboard, and the account index of the
 customer-service lookup.
 
 `WorkerWatch` is fed from two places only: an `EngineObserver` on each partition engine (the
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ..core import codec
 from ..core.decisions import Decision
-from ..core.holds import Incident
+from ..core.holds import Hold, Incident
 from ..core.partition import PartitionEngine
 from ..core.records import LedgerEvent, PaymentEvent, Stream
 from ..core.reference import ReferenceState
@@ -33,6 +33,22 @@ REFUND_KIND = {
     "refund.hold_released": "released",
 }
 MINUTES_KEPT = 60
+
+
+def open_holds(engines: Mapping[int, PartitionEngine]) -> list[Hold]:
+    """The refund holds open in these engines' state, every hold of every held reference. (They
+    were counted from the refund.held records this worker sent until it saw them end: a hold
+    ended by another worker after a rebalance stayed "held" here for good, in the lookup, the
+    dashboard and `qris_refunds_held`, and a reference's second hold was counted once: a
+    helper's hunt.)"""
+    out = []
+    for eng in engines.values():
+        refs = eng.refs
+        for ref in eng.held_refs:
+            st = refs.get(ref)
+            if st is not None:
+                out.extend(st.holds)
+    return out
 
 
 def accounts_of(st: ReferenceState) -> set[str]:
@@ -141,7 +157,7 @@ class WorkerWatch:
         self.dead_letters: Counter[str] = Counter()  # source topic
         self.rebalances = 0
         self.incidents: dict[str, dict[str, Any]] = {}  # open FAILURE_BURST incidents, latest alert
-        self.holds: dict[str, dict[str, Any]] = {}  # reference -> its refund.held, while held
+        self._incidents_aside: dict[str, dict[str, Any]] = {}  # (`detector_moved`)
         self.per_minute: dict[int, Counter[str]] = {}  # wall-clock minute -> refunds by kind
         self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=30)
         self.accounts: dict[str, dict[str, int]] = {}  # account id -> {reference: partition}
@@ -228,11 +244,6 @@ class WorkerWatch:
         self.per_minute.setdefault(minute, Counter())[kind] += 1
         for old in [m for m in self.per_minute if m <= minute - MINUTES_KEPT]:
             del self.per_minute[old]
-        ref = str(v.get("reference"))
-        if v["type"] == "refund.held":
-            self.holds[ref] = v
-        elif ref in self.holds and v.get("refund_id") == self.holds[ref].get("refund_id"):
-            del self.holds[ref]  # requested after the hold, or released
 
     def _on_alert(self, v: dict[str, Any]) -> None:
         if not self._first_time(str(v.get("alert_id", ""))):
@@ -244,6 +255,34 @@ class WorkerWatch:
                 self.incidents.pop(v["incident_id"], None)
             else:
                 self.incidents[v["incident_id"]] = v
+
+    def detector_moved(self) -> None:
+        """A rebalance: the burst detector may run on another worker from now on, and this one
+        would never see the alerts that resolve the incidents it shows (a helper's hunt: open for
+        good on the dashboard, in `qris_open_incidents` and in the lookup). They are put aside
+        until the detector is rebuilt here (`detector_restored`)."""
+        if self.incidents:
+            self._incidents_aside = self.incidents
+        self.incidents = {}
+
+    def detector_restored(self, open_incidents: list[dict[str, Any]]) -> None:
+        """The detector runs here, rebuilt with these open incidents (`IncidentBook.open_incidents`):
+        they are shown again, with the latest alert this worker sent of each where it has one,
+        else what the detector knows (the next alert brings the rest)."""
+        aside, self._incidents_aside = self._incidents_aside, {}
+        for inc in open_incidents:
+            ident = str(inc["incident_id"])
+            if ident in self.incidents:
+                continue
+            self.incidents[ident] = aside.get(ident) or {
+                "incident_id": ident,
+                "kind": "FAILURE_BURST",
+                "status": "opened",
+                "scope": inc["scope"],
+                "window": {"start": inc["since"]},
+                "affected_payments": inc["affected_payments"],
+                "summary": "open (the detector was restored on this worker; its next alert brings the details)",
+            }
 
     # -- views -----------------------------------------------------------------------------
 
