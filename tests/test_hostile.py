@@ -545,3 +545,16 @@ def test_a_replay_with_holds_of_zero_dated_payments_cancelled_later_finishes(tmp
     refunds = [d.value for d in got if d.role == "refunds"]
     assert sorted(r["reference"] for r in refunds) == sorted(f"N{k}" for k in range(12))
     assert all(r["type"] == "refund.requested" and r["deadline"].startswith("2025-") for r in refunds)
+
+
+@pytest.mark.parametrize("written", [b"7700009876.5", b"77000098761234567890123", b"7.700009876e9"])
+def test_an_account_number_written_as_a_number_is_not_quoted_in_the_reason(written: bytes) -> None:
+    # The reason goes into the DEAD_LETTER alert, which masks account ids (a helper's hunt: it
+    # quoted the number). The dead letter keeps the original bytes, as for every record.
+    raw = _requested().replace(b'"account_id":"7700009876"', b'"account_id":' + written)
+    assert raw != _requested()
+    got = _parse(P, None, raw)
+    assert isinstance(got, Rejection) and (got.error, got.field) == ("wrong_type", "account_id")
+    assert "77000" not in got.reason and "must be a string, got a number" in got.reason
+    amount = _parse(P, None, _requested().replace(b'"amount":25000', b'"amount":25000.5'))
+    assert isinstance(amount, Rejection) and "(25000.5)" in amount.reason  # amounts still quoted

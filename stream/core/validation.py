@@ -136,7 +136,7 @@ def _string(obj: dict[str, Any], field: str, max_len: int = MAX_STRING_CHARS) ->
     if v is None:
         raise _Reject("missing_field", f"required field '{field}' is missing or null", field)
     if type(v) is not str:
-        raise _Reject("wrong_type", f"'{field}' must be a string, got {_json_type(v)}", field)
+        raise _Reject("wrong_type", f"'{field}' must be a string, got {_json_type(v, quote=False)}", field)
     if not v:
         raise _Reject("bad_value", f"'{field}' must not be empty", field)
     _check_text(field, v, max_len)
@@ -150,19 +150,23 @@ def _optional_string(obj: dict[str, Any], field: str, max_len: int = MAX_STRING_
     if type(v) is str:
         _check_text(field, v, max_len)
         return v
-    raise _Reject("wrong_type", f"'{field}' must be a string when present, got {_json_type(v)}", field)
+    raise _Reject("wrong_type", f"'{field}' must be a string when present, got {_json_type(v, quote=False)}", field)
 
 
-def _json_type(v: object) -> str:
+def _json_type(v: object, quote: bool = True) -> str:
+    """`v`'s JSON type in words, with a number's value when `quote` (not for the text fields: an
+    account number written as a number would be quoted in the dead letter's reason and the
+    DEAD_LETTER alert, which mask account ids; a helper's hunt)."""
     if v is None:
         return "null"
     if type(v) is bool:
         return "boolean"
     if type(v) is float:
+        shown = f" ({v!r})" if quote else ""
         if v.is_integer() and abs(v) >= 2**63:
             # orjson reads an integer past 64 bits as a float: the producer may have written one.
-            return f"a number with a fraction or exponent, or an integer beyond 64 bits ({v!r})"
-        return f"a number with a fraction or exponent ({v!r})"
+            return f"a number with a fraction or exponent, or an integer beyond 64 bits{shown}"
+        return f"a number with a fraction or exponent{shown}"
     if type(v) is int:
         return "an integer"
     if type(v) is str:
