@@ -223,3 +223,42 @@ def test_the_demo_scenario_refunded_cancelled_and_unrefunded(tmp_path: Path) -> 
         }
         assert ids and all(i in text for i in ids)
         assert all(d["value"]["refund_id"] in text for d in t["decisions"] if d["role"] == "refunds")
+
+
+def test_a_keyless_record_that_escapes_the_reference_is_found(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Records sent without a key (CONTRACT.md allows them) whose JSON escapes the reference, as
+    Python's `json.dumps` does by default: a quote, a non-ASCII letter, or any character as
+    `\\uXXXX`. Every valid spelling is found, and nothing else is."""
+    ref = 'QR-Café"1'
+
+    def keyless(topic: str, offset: int, value: bytes, partition: int = 0) -> KafkaRecord:
+        v = json.loads(value)
+        v["reference"] = ref
+        return KafkaRecord(topic, partition, offset, parse_ms(v["occurred_at"]) + 500, None, json.dumps(v).encode())
+
+    recs = [
+        keyless(P, 0, payment("C-q", "requested", "-", 0)),
+        keyless(L, 0, ledger("C-d", "debited", "-", 1)),
+        KafkaRecord(P, 1, 0, T0, None, b'{"reference": "\\u0051\\u0052-Caf\\u00e9\\"1", "type": "x"}'),
+        KafkaRecord(P, 2, 0, T0, None, b'{"reference": "QR-Caf\\u00e9\\"2", "type": "x"}'),
+        KafkaRecord(P, 3, 0, T0, None, b'{"reference": "QR-Caf\\u00e9\\"1'),  # not JSON: not parsed as a match
+    ]
+    assert recs[0].value is not None and b'\\u00e9\\"1' in recs[0].value  # (json.dumps' spelling)
+    assert partitions_of(recs, ref, TOPICS) == {0, 1}
+    f = tmp_path / "keyless.jsonl"
+    _write(f, recs[:2])
+    assert cli.main(["trace", ref, "--in", str(f), "--drain", "--max-hold-s", "0", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert [d["value"]["type"] for d in got["decisions"]] == ["refund.requested"]
+    assert [r["event_id"] for r in got["records"]] == ["C-q", "C-d"]
+
+
+def test_the_trace_doctests() -> None:
+    import doctest
+
+    from stream.drivers import trace as trace_module
+
+    failures, tried = doctest.testmod(trace_module, raise_on_error=False, verbose=False)
+    assert failures == 0 and tried >= 2

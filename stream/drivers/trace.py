@@ -40,6 +40,9 @@ REASON_WORDS = {
 }
 
 
+BACKSLASH = b"\\"  # (every JSON escape starts with one)
+
+
 def _value_reference(value: bytes | None) -> str | None:
     try:
         v = codec.loads(value) if value else None
@@ -170,10 +173,25 @@ def _decides_about(d: Decision, reference: str) -> bool:
 
 
 def partitions_of(records: Iterable[KafkaRecord], reference: str, topics: tuple[str, str]) -> set[int]:
-    """Partitions whose input mentions `reference` (key, or the text of the value)."""
+    r"""Partitions whose input names `reference`: by key, or in the value however its JSON spells
+    it. A record sent without a key may escape the reference (`\"`, `\u00e9`, any character as
+    `\uXXXX`): a value with a backslash that the raw search misses is parsed. Without a
+    backslash a JSON string is its UTF-8 bytes, so the raw search is exact and most records are
+    never parsed.
+
+    >>> keyless = KafkaRecord("p", 3, 0, None, None, b'{"reference": "QR-Caf\\u00e9\\"1"}')
+    >>> partitions_of([keyless], 'QR-Caf\N{LATIN SMALL LETTER E WITH ACUTE}"1', ("p", "l"))
+    {3}
+    """
     ref = reference.encode()
     return {
-        r.partition for r in records if r.topic in topics and (r.key == ref or (r.value is not None and ref in r.value))
+        r.partition
+        for r in records
+        if r.topic in topics
+        and (
+            r.key == ref
+            or ((v := r.value) is not None and (ref in v or (BACKSLASH in v and _value_reference(v) == reference)))
+        )
     }
 
 
