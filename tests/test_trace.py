@@ -4,16 +4,20 @@ outage scenario, built through the core's observer hook."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from stream import cli
 from stream.core import codec
-from stream.core.eventtime import parse_ms
+from stream.core.decisions import Decision
+from stream.core.eventtime import format_ms, parse_ms
+from stream.core.holds import IncidentEvent
 from stream.core.partition import Params, PartitionEngine
 from stream.core.records import Stream
-from stream.drivers.replay import replay
+from stream.drivers import trace as trace_module
+from stream.drivers.replay import Replay, replay
 from stream.drivers.replayfile import KafkaRecord, record_to_line
 from stream.drivers.trace import TraceObserver, explain, partitions_of, render, trace
 from stream.simulate import generate
@@ -258,7 +262,94 @@ def test_a_keyless_record_that_escapes_the_reference_is_found(
 def test_the_trace_doctests() -> None:
     import doctest
 
-    from stream.drivers import trace as trace_module
-
     failures, tried = doctest.testmod(trace_module, raise_on_error=False, verbose=False)
     assert failures == 0 and tried >= 2
+
+
+def _two_incidents(
+    monkeypatch: pytest.MonkeyPatch, bca_opened_s: int
+) -> tuple[list[KafkaRecord], Params, list[IncidentEvent]]:
+    """Payment H1 (switch RINTIS, acquirer BCA; deadline T0 + 401 s) and an incident timeline
+    given in place of the first pass's detector (the only thing patched): RINTIS open from 0 to
+    600 s, BCA from `bca_opened_s` to 1500 s. Either way the hold lasts until BCA's resolution
+    + G (2400 s): RINTIS resolves while BCA is open (CONTRACT.md, "Refund holds")."""
+    other = {"switch_id": "JALIN", "acquirer_id": "MANDIRI", "mcc": "5411", "merchant_id": "ID9"}
+    recs = _recs(
+        [
+            (P, "H1", payment("H1-q", "requested", "H1", 100)),
+            (L, "H1", ledger("H1-d", "debited", "H1", 101)),
+            (P, "X", payment("X-q", "requested", "X", 3000, **other)),
+            (L, "X", ledger("X-d", "debited", "X", 3000)),
+        ]
+    )
+    events = sorted(
+        [
+            IncidentEvent(T0, "opened", "in_RINTIS", "switch", "RINTIS"),
+            IncidentEvent(T0 + bca_opened_s * 1000, "opened", "in_BCA", "acquirer", "BCA"),
+            IncidentEvent(T0 + 600_000, "resolved", "in_RINTIS", "switch", "RINTIS"),
+            IncidentEvent(T0 + 1_500_000, "resolved", "in_BCA", "acquirer", "BCA"),
+        ],
+        key=lambda e: e.at_ms,
+    )
+    alerts = [
+        Decision(
+            "alerts",
+            e.scope_id.encode(),
+            {
+                "alert_id": f"a{i}",
+                "kind": "FAILURE_BURST",
+                "severity": "critical",
+                "status": e.status,
+                "incident_id": e.incident_id,
+                "scope": {"type": e.scope_type, "id": e.scope_id},
+                "occurred_at": format_ms(e.at_ms),
+                "summary": f"{e.scope_type} {e.scope_id} {e.status}",
+            },
+            e.at_ms,
+        )
+        for i, e in enumerate(events)
+    ]
+    params = replace(Params(max_hold_ms=7_200_000), burst_signals=False)
+
+    def detector(records: object, params: Params, burst: object, drain: bool) -> tuple[Replay, list[Decision]]:
+        return Replay(params, incidents=events, incidents_known_through_ms=T0 + 10_000_000), alerts
+
+    monkeypatch.setattr(trace_module, "with_incidents", detector)
+    return recs, params, events
+
+
+@pytest.mark.parametrize("bca_opened_s", [60, 900])
+def test_a_hold_kept_on_by_a_second_incident_names_both_and_the_one_that_ended_it(
+    monkeypatch: pytest.MonkeyPatch, bca_opened_s: int
+) -> None:
+    """BCA open at the deadline too (60 s), or opened during the hold within G of RINTIS's
+    resolution (900 s): trace names every incident that kept the hold on, as the records carry
+    them, and BCA's resolution as the one that ended it, not the first incident's."""
+    recs, params, _events = _two_incidents(monkeypatch, bca_opened_s)
+    t = trace(recs, "H1", params, {0})
+    assert t is not None
+    held, paid = (d["value"] for d in t["decisions"])
+    assert (held["type"], paid["type"]) == ("refund.held", "refund.requested")
+    at_deadline = ["in_RINTIS", "in_BCA"] if bca_opened_s < 401 else ["in_RINTIS"]
+    assert held["incident_ids"] == at_deadline
+    assert paid["hold"]["incident_ids"] == ["in_RINTIS", "in_BCA"]
+    assert paid["hold"]["released_because"] == "incident_resolved"
+    assert paid["hold"]["held_until"] == format_ms(T0 + 2_400_000)
+    assert {i["incident_id"] for i in t["incidents_behind_holds"]} == {"in_RINTIS", "in_BCA"}
+    text = render(t)
+    [ended] = [x for x in text.splitlines() if "ended by" in x]
+    assert "in_BCA, resolved at 2025-03-29 07:25:00 WIB (00:25:00 UTC)" in ended
+    assert "incidents that kept it on: in_RINTIS, in_BCA" in ended
+    assert "incident in_BCA opened" in text and "incident in_BCA resolved" in text
+    assert "Its hold ended 15 min after in_BCA, the last of its incidents (in_RINTIS, in_BCA), resolved." in t["why"]
+    assert t["holds"] == [
+        {
+            "refund_id": held["refund_id"],
+            "partition": 0,
+            "open_at_deadline": at_deadline,
+            "incident_ids": ["in_RINTIS", "in_BCA"],
+            "released_because": "incident_resolved",
+            "ended_by_incident": "in_BCA",
+            "resolved_at_ms": T0 + 1_500_000,
+        }
+    ]

@@ -18,6 +18,7 @@ from ..core import codec
 from ..core.burst import BurstParams
 from ..core.decisions import Decision
 from ..core.eventtime import BadTimestamp, format_ms, parse_ms
+from ..core.holds import IncidentTimeline
 from ..core.partition import NEG_INF, Params
 from ..core.records import LedgerEvent, PaymentEvent, Stream
 from ..core.reference import ReferenceState
@@ -195,6 +196,60 @@ def partitions_of(records: Iterable[KafkaRecord], reference: str, topics: tuple[
     }
 
 
+def _incident_ids(v: dict[str, Any]) -> list[str]:
+    ids = v.get("incident_ids")
+    if isinstance(ids, list) and ids:
+        return [str(i) for i in ids]
+    return [str(v["incident_id"])] if v.get("incident_id") else []
+
+
+def hold_incidents(
+    decisions: Iterable[tuple[int, Decision]], timelines: dict[int, IncidentTimeline]
+) -> list[dict[str, Any]]:
+    """Per hold among the reference's `decisions` (partition, decision), the incidents behind it,
+    as its records carry them (CONTRACT.md: a hold lasts while any incident covering the payment
+    is open): `open_at_deadline` (`incident_ids` of `refund.held`), `incident_ids` (every one that
+    kept it on: the ending record's `hold.incident_ids` once it ended), how it ended, and, when
+    the last resolution ended it, `ended_by_incident`: the one of them that resolved last, with
+    its resolution's event time from the partition's incident timeline."""
+    holds: dict[str, dict[str, Any]] = {}
+    for p, d in decisions:
+        v = d.value
+        if d.role != "refunds":
+            continue
+        end = v.get("hold")
+        if v.get("type") != "refund.held" and not isinstance(end, dict):
+            continue
+        h = holds.setdefault(
+            str(v["refund_id"]),
+            {
+                "refund_id": v["refund_id"],
+                "partition": p,
+                "open_at_deadline": [],
+                "incident_ids": [],
+                "released_because": None,
+                "ended_by_incident": None,
+                "resolved_at_ms": None,
+            },
+        )
+        if v.get("type") == "refund.held":
+            h["open_at_deadline"] = _incident_ids(v)
+            h["incident_ids"] = h["incident_ids"] or list(h["open_at_deadline"])
+        if isinstance(end, dict):
+            h["incident_ids"] = _incident_ids(end) or h["incident_ids"]
+            h["released_because"] = end.get("released_because")
+            timeline = timelines.get(p)
+            if end.get("released_because") == "incident_resolved" and timeline is not None:
+                resolved = [
+                    (inc.resolved_at_ms, inc.incident_id)
+                    for inc in (timeline.incidents.get(i) for i in h["incident_ids"])
+                    if inc is not None and inc.resolved_at_ms is not None
+                ]
+                if resolved:
+                    h["resolved_at_ms"], h["ended_by_incident"] = max(resolved)
+    return list(holds.values())
+
+
 def trace(
     records: Iterable[KafkaRecord],
     reference: str,
@@ -254,7 +309,8 @@ def trace(
     out_decisions: list[dict[str, Any]] = [
         {"partition": p, "role": d.role, "at_ms": d.at_ms, "value": d.value} for p, d in mine
     ]
-    held = {d.value.get("incident_id") for _p, d in mine if d.value.get("type") == "refund.held"}
+    holds = hold_incidents(mine, {p: eng.incidents for p, eng in r.engines.items()})
+    held = {i for h in holds for i in h["incident_ids"]}
     behind = [i for i in incidents if i.get("incident_id") in held]
     deadlines = [x for o in observers.values() for x in o.deadlines]
     dropped = next((o.dropped_at for o in observers.values() if o.dropped_at), None)
@@ -282,6 +338,7 @@ def trace(
         "records": facts,
         "deadlines": deadlines,
         "decisions": out_decisions,
+        "holds": holds,
         "incidents_behind_holds": behind,
         "incidents_known": all_partitions or timeline is not None,
         "dropped": dropped,
@@ -297,6 +354,7 @@ def explain(t: dict[str, Any]) -> list[str]:
     """One line per reason the reference got what it got (or nothing)."""
     lines: list[str] = []
     types = [d["value"].get("type") for d in t["decisions"] if d["role"] == "refunds"]
+    holds = {str(h["refund_id"]): h for h in t.get("holds", ())}
     for d in t["decisions"]:
         v = d["value"]
         if d["role"] != "refunds":
@@ -309,11 +367,17 @@ def explain(t: dict[str, Any]) -> list[str]:
             lines.append(f"Refund {v['refund_id']} cancelled: {what} arrived after it was requested.")
         elif v["type"] == "refund.held":
             lines.append(
-                f"Refund {v['refund_id']} held while incident {v.get('incident_id')} is open; "
+                f"Refund {v['refund_id']} held while an incident covering the payment is open "
+                f"({_ids_text(_incident_ids(v))} at the deadline); "
                 f"paid by {_text_time(v.get('release_by'))} at the latest unless the payment settles."
             )
         elif v["type"] == "refund.hold_released":
             lines.append(f"Hold {v['refund_id']} released without a refund: the payment settled or was reversed.")
+        h = holds.get(str(v["refund_id"])) if isinstance(v.get("hold"), dict) else None
+        if h is not None and h["ended_by_incident"] is not None:
+            last, ids = h["ended_by_incident"], h["incident_ids"]
+            who = f"{last}, the last of its incidents ({_ids_text(ids)})," if len(ids) > 1 else f"its incident {last}"
+            lines.append(f"Its hold ended {_grace_text(v['hold'], h)} after {who} resolved.")
     accepted = [f for f in t["records"] if f["outcome"] == "accepted"]
     debits = [f for f in accepted if f.get("type") == "debited"]
     waiting = [f for f in t["records"] if f["outcome"] == "waiting"]
@@ -346,7 +410,7 @@ def explain(t: dict[str, Any]) -> list[str]:
     if not types and not lines:
         lines.append("No refund was decided.")
     if "refund.held" in types and not t["incidents_known"]:
-        lines.append("A hold names its incident; trace with --all-partitions to see the incident itself.")
+        lines.append("A hold names its incidents; trace with --all-partitions to see the incidents themselves.")
     return lines
 
 
@@ -364,6 +428,25 @@ def _rp(amount: int | None) -> str:
     from ..core.alerts import rupiah
 
     return rupiah(amount) if amount is not None else "-"
+
+
+def _grace_text(hold: dict[str, Any], h: dict[str, Any]) -> str:
+    try:
+        return f"{(parse_ms(hold['held_until']) - h['resolved_at_ms']) / 60_000:.0f} min"
+    except (BadTimestamp, KeyError, TypeError):
+        return "the grace"
+
+
+def _ids_text(ids: list[str]) -> str:
+    return ", ".join(ids) if ids else "?"
+
+
+def _ended_by(h: dict[str, Any] | None) -> str:
+    """Which resolution ended a hold (`hold_incidents`), in words; empty when not known."""
+    if h is None or h.get("ended_by_incident") is None:
+        return ""
+    last = "the last of its incidents" if len(h["incident_ids"]) > 1 else "its incident"
+    return f": {last} to resolve, {h['ended_by_incident']}, resolved at {wib_and_utc(h['resolved_at_ms'])}"
 
 
 def render(t: dict[str, Any]) -> str:
@@ -404,6 +487,7 @@ def render(t: dict[str, Any]) -> str:
                 f"  {wib_and_utc(dl['deadline_ms'])}: owed = net {dl['net']} - settled {dl['settled']} - active "
                 f"{dl['active']} = {dl['owed']} -> {what}"
             )
+    holds = {str(h["refund_id"]): h for h in t.get("holds", ())}
     lines.append("Decisions:" if t["decisions"] else "Decisions: none")
     for d in t["decisions"]:
         v = d["value"]
@@ -421,16 +505,17 @@ def render(t: dict[str, Any]) -> str:
                 )
             if v["type"] == "refund.held":
                 lines.append(
-                    f"      held for incident {v.get('incident_id')}; paid by {_text_time(v.get('release_by'))} "
-                    "at the latest unless the payment settles"
+                    f"      held while an incident covering the payment is open: {_ids_text(_incident_ids(v))} open "
+                    f"at the deadline; paid by {_text_time(v.get('release_by'))} at the latest unless the payment "
+                    "settles"
                 )
             hold = v.get("hold")
             if isinstance(hold, dict):
                 since, until = _text_time(hold.get("held_from")), _text_time(hold.get("held_until"))
                 lines.append(
-                    f"      after a hold from {since} to {until}"
-                    f" ({(hold.get('held_ms') or 0) / 60_000:.0f} min), ended by {hold.get('released_because')}"
-                    f", incident {hold.get('incident_id')}"
+                    f"      after a hold from {since} to {until} ({(hold.get('held_ms') or 0) / 60_000:.0f} min), "
+                    f"ended by {hold.get('released_because')}{_ended_by(holds.get(str(v['refund_id'])))}; "
+                    f"incidents that kept it on: {_ids_text(_incident_ids(hold))}"
                 )
         else:
             lines.append(f"  alert {v['kind']} [{v['severity']}]: {v['summary']}")
