@@ -281,7 +281,7 @@ def cmd_warmup(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .core.alerts import rupiah
     from .drivers.report import render, summarise
-    from .drivers.reportselect import Selection, outstanding, to_csv
+    from .drivers.reportselect import Selection, to_csv
 
     s = _connect(_settings(args)) if args.from_kafka else _settings(args)
     roles = {s.refund_topic: "refunds", s.alert_topic: "alerts", s.dead_letter_topic: "dead_letter"}
@@ -323,9 +323,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     summary = summarise(selected)
-    money = outstanding(selected)
+    money = summary["refund_totals"]  # (every net figure below is this one's)
     if args.json:
-        sys.stdout.buffer.write(codec.dumps({**summary, "refund_totals": money}) + b"\n")
+        sys.stdout.buffer.write(codec.dumps(summary) + b"\n")
     elif args.csv:
         sys.stdout.write(to_csv(summary, money))
     else:
@@ -338,10 +338,16 @@ def cmd_report(args: argparse.Namespace) -> int:
             if args.until is not None:
                 what.append(f"until {wib_and_utc(args.until)}")
             print(f"Selection: {'; '.join(what)}")
+        earlier = money["cancelled_earlier"]  # (cancellations of refunds not requested in the selection)
+        before = (
+            f"; {earlier['count']} of them ({rupiah(earlier['idr'])}) of refunds requested before the selection"
+            if earlier["count"]
+            else ""
+        )
         print(
             f"Refunds: requested {money['requested']['count']} ({rupiah(money['requested']['idr'])}), "
             f"held {money['held']['count']} ({rupiah(money['held']['idr'])}), "
-            f"cancelled {money['cancelled']['count']} ({rupiah(money['cancelled']['idr'])}); "
+            f"cancelled {money['cancelled']['count']} ({rupiah(money['cancelled']['idr'])}{before}); "
             f"net outstanding {money['net_outstanding']['count']} ({rupiah(money['net_outstanding']['idr'])}); "
             f"held now {money['held_now']['count']} ({rupiah(money['held_now']['idr'])})"
         )

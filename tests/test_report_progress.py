@@ -8,18 +8,24 @@ import io
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream import cli
 from stream.core import codec
+from stream.core.eventtime import parse_ms
 from stream.core.partition import Params
 from stream.drivers.progress import Progress
 from stream.drivers.replay import replay
 from stream.drivers.replayfile import decision_line, record_to_line
 from stream.drivers.report import _when as report_when
+from stream.drivers.report import summarise
 from stream.drivers.reportselect import Selection, outstanding
 from stream.worker.logs import JsonFormatter
+from tests.records import at
 from tests.scenario import scenario_records
 
 
@@ -131,3 +137,104 @@ def test_the_report_shows_each_incidents_holds_from_its_resolved_alert() -> None
     held = resolved["holds"]["held"]
     [line] = [x for x in text.splitlines() if "holds at" in x]
     assert f"held {held['count']} (Rp " in line and "released without payment" in line and "still held" in line
+
+
+def _refund(typ: str, rid: str, amount: int, minute: int, **extra: Any) -> dict[str, Any]:
+    reason = {"refund.cancel_requested": "LATE_SETTLEMENT"}.get(typ, "SETTLEMENT_TIMEOUT")
+    v = {"type": typ, "refund_id": rid, "amount": amount, "reason": reason, "decided_at": at(minute * 60), **extra}
+    if typ == "refund.cancel_requested":
+        v.update(cancel_id=f"c_{rid}", cancels_refund_id=rid)
+    return v
+
+
+# A window from minute 10 to 30: a requested before and cancelled in it; b requested in it; c
+# requested and cancelled in it; d requested in it, cancelled after it; e held before, paid in it;
+# f held in it.
+WINDOW_REFUNDS = [
+    _refund("refund.requested", "a", 40_000, 0),
+    _refund("refund.held", "e", 3_000, 5),
+    _refund("refund.requested", "b", 25_000, 12),
+    _refund("refund.requested", "c", 10_000, 13),
+    _refund("refund.cancel_requested", "a", 40_000, 15),
+    _refund("refund.requested", "e", 3_000, 16, hold={"held_ms": 660_000}),
+    _refund("refund.held", "f", 2_000, 18),
+    _refund("refund.cancel_requested", "c", 10_000, 20),
+    _refund("refund.requested", "d", 7_000, 25),
+    _refund("refund.cancel_requested", "d", 7_000, 40),
+]
+
+
+def test_a_window_s_net_outstanding_is_one_figure_never_negative(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`report --since/--until`: a refund requested before the window and cancelled in it takes
+    nothing off the window's net (it was not outstanding there); one cancelled after the window
+    is outstanding in it. The text's two net lines, the JSON and the CSV say the same."""
+    dec = tmp_path / "decisions.jsonl"
+    dec.write_bytes(b"".join(codec.dumps({"topic": "qris.refunds", "value": v}) + b"\n" for v in WINDOW_REFUNDS))
+    window = ["--since", at(600), "--until", at(1800)]
+    assert cli.main(["report", "--in", str(dec), *window, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    t = got["refund_totals"]
+    assert got["net_outstanding_idr"] == t["net_outstanding"]["idr"] == 25_000 + 7_000 + 3_000
+    assert t["net_outstanding"]["count"] == 3
+    assert t["requested"] == {"count": 4, "idr": 45_000} and t["cancelled"] == {"count": 2, "idr": 50_000}
+    assert t["cancelled_earlier"] == {"count": 1, "idr": 40_000}
+    assert t["held_now"] == {"count": 1, "idr": 2_000}
+    assert cli.main(["report", "--in", str(dec), *window]) == 0
+    text = capsys.readouterr().out
+    assert "net outstanding 3 (Rp 35.000)" in text
+    assert (
+        "Net refunds outstanding (requested and not cancelled, by each refund's latest record): 3 (Rp 35.000)" in text
+    )
+    assert "cancelled 2 (Rp 50.000; 1 of them (Rp 40.000) of refunds requested before the selection)" in text
+    assert "Rp -" not in text
+    assert cli.main(["report", "--in", str(dec), *window, "--csv"]) == 0
+    rows = {r["item"]: r for r in csv.DictReader(io.StringIO(capsys.readouterr().out)) if r["section"] == "refunds"}
+    assert (rows["net_outstanding"]["count"], rows["net_outstanding"]["idr"]) == ("3", "35000")
+    assert (rows["cancelled_earlier"]["count"], rows["cancelled_earlier"]["idr"]) == ("1", "40000")
+
+
+@given(
+    lifecycles=st.lists(
+        st.tuples(
+            st.integers(1, 100_000),
+            st.sampled_from(["requested", "held-requested", "held-released", "held"]),
+            st.integers(0, 60),
+            st.integers(0, 30),
+            st.booleans(),
+        ),
+        max_size=12,
+    ),
+    since=st.integers(0, 90),
+    length=st.integers(0, 90),
+)
+@settings(max_examples=200, deadline=None)
+def test_every_window_s_net_is_its_refunds_latest_records(
+    lifecycles: list[tuple[int, str, int, int, bool]], since: int, length: int
+) -> None:
+    """Any window over any refunds' records: the net is the sum of the refunds whose latest
+    record in the window is a request, never negative, the same in the summary as in the
+    totals, and requested - (cancelled - cancelled_earlier)."""
+    values: list[dict[str, Any]] = []
+    for i, (amount, path, start, step, cancelled) in enumerate(lifecycles):
+        rid = f"r{i}"
+        minute = start
+        if path.startswith("held"):
+            values.append(_refund("refund.held", rid, amount, minute))
+            minute += step
+        if path == "held-released":
+            values.append(_refund("refund.hold_released", rid, amount, minute))
+        elif path != "held":
+            values.append(_refund("refund.requested", rid, amount, minute))
+            if cancelled:
+                values.append(_refund("refund.cancel_requested", rid, amount, minute + step))
+    values.sort(key=lambda v: v["decided_at"])  # (stable: each refund's records stay in order)
+    sel = Selection(parse_ms(at(since * 60)), parse_ms(at((since + length) * 60)))
+    chosen = list(sel.select(("refunds", v) for v in values))
+    summary, t = summarise(chosen), outstanding(chosen)
+    latest = {v["refund_id"]: v for _role, v in chosen}
+    expected = sum(v["amount"] for v in latest.values() if v["type"] == "refund.requested")
+    assert summary["net_outstanding_idr"] == t["net_outstanding"]["idr"] == expected >= 0
+    assert summary.get("refund_totals") == t
+    assert expected == t["requested"]["idr"] - (t["cancelled"]["idr"] - t["cancelled_earlier"]["idr"])

@@ -11,10 +11,15 @@ from typing import Any
 
 from ..core.alerts import rupiah
 from ..core.text import escape_text
+from .reportselect import outstanding
 
 
 def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    """`outputs` are (role, value) with role refunds | alerts | dead_letter."""
+    """`outputs` are (role, value) with role refunds | alerts | dead_letter. The money
+    (`refund_totals`, and `net_outstanding_idr` from it) is `outstanding`'s, the one rule for
+    every net figure: per refund id, its latest record in `outputs`."""
+    outputs = list(outputs)
+    money = outstanding(outputs)
     req_n: Counter[str] = Counter()
     req_idr: Counter[str] = Counter()
     can_n: Counter[str] = Counter()
@@ -94,7 +99,8 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             "still_held": len(holds_started - holds_ended),
             "longest_hold_s": longest_hold_ms / 1000,
         },
-        "net_outstanding_idr": sum(req_idr.values()) - sum(can_idr.values()),
+        "net_outstanding_idr": money["net_outstanding"]["idr"],
+        "refund_totals": money,
         "dead_letters": {"count": sum(dl.values()), "by_error": dict(sorted(dl.items()))},
         "alerts": {"count": sum(alerts.values()), "by_kind": dict(sorted(alerts.items())), "lines": alert_lines},
         "incidents": incident_lines,
@@ -150,8 +156,19 @@ def render(summary: dict[str, Any], max_alert_lines: int = 15) -> str:
         )
     lines.append(f"Refund cancellations (clawbacks): {c['count']} ({rupiah(c['idr'])})")
     lines += [f"  {k:<20} {v['count']:>6}  {rupiah(v['idr'])}" for k, v in c["by_reason"].items()]
-    if "net_outstanding_idr" in summary:
-        lines.append(f"Net refunds outstanding (requested - cancelled): {rupiah(summary['net_outstanding_idr'])}")
+    money = summary.get("refund_totals")
+    if money:
+        net, earlier = money["net_outstanding"], money["cancelled_earlier"]
+        line = (
+            f"Net refunds outstanding (requested and not cancelled, by each refund's latest record): "
+            f"{net['count']} ({rupiah(net['idr'])})"
+        )
+        if earlier["count"]:
+            line += (
+                f"; the cancellations of {earlier['count']} refunds requested before the selection "
+                f"({rupiah(earlier['idr'])}) take nothing off it"
+            )
+        lines.append(line)
     lines.append(f"Dead letters: {d['count']}")
     lines += [f"  {k:<20} {v:>6}" for k, v in d["by_error"].items()]
     lines.append(f"Alerts: {a['count']}")

@@ -1,6 +1,7 @@
 """What `report` adds around the summary: the selection of decisions by time and scope, the net
-outstanding refunds (requested, minus cancelled, with holds beside), a CSV view, and the check
-that it was given decisions, not input. Pure functions over output values.
+outstanding refunds (per refund id, its latest record in the selection: requested and not
+cancelled; holds beside), a CSV view, and the check that it was given decisions, not input.
+Pure functions over output values.
 """
 
 from __future__ import annotations
@@ -56,14 +57,24 @@ def _decided_ms(role: str, v: dict[str, Any]) -> int | None:
 
 
 def outstanding(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    """Per refund id, its latest state: requested (and not cancelled) counts as outstanding;
-    held counts as held (not paid yet); cancelled and released do not count.
+    """The refund service's money from the refund records in `outputs` (a selection): per
+    refund id, its latest record there; requested (and not cancelled) counts as outstanding,
+    held as held now (not paid yet); cancelled and released count as neither.
+
+    A selection is judged on its own records, as if they were all the refund service had seen:
+    what is outstanding as a result of them, at the selection's end. A refund requested in it and
+    cancelled after it (past `--until`) is outstanding; one requested before it (before
+    `--since`) and cancelled in it is not, and its cancellation takes nothing off: nothing of it
+    was outstanding here. Such cancellations are in `cancelled` and counted apart in
+    `cancelled_earlier`, so net outstanding = requested - (cancelled - cancelled_earlier), never
+    negative.
 
     >>> out = outstanding([("refunds", {"type": "refund.requested", "refund_id": "a", "amount": 5}),
     ...                    ("refunds", {"type": "refund.requested", "refund_id": "b", "amount": 7}),
-    ...                    ("refunds", {"type": "refund.cancel_requested", "refund_id": "b", "amount": 7})])
-    >>> out["net_outstanding"], out["requested"], out["cancelled"]
-    ({'count': 1, 'idr': 5}, {'count': 2, 'idr': 12}, {'count': 1, 'idr': 7})
+    ...                    ("refunds", {"type": "refund.cancel_requested", "refund_id": "b", "amount": 7}),
+    ...                    ("refunds", {"type": "refund.cancel_requested", "refund_id": "z", "amount": 40})])
+    >>> out["net_outstanding"], out["requested"], out["cancelled"], out["cancelled_earlier"]
+    ({'count': 1, 'idr': 5}, {'count': 2, 'idr': 12}, {'count': 2, 'idr': 47}, {'count': 1, 'idr': 40})
     """
     state: dict[str, tuple[str, int]] = {}
     totals = {k: {"count": 0, "idr": 0} for k in ("requested", "held", "cancelled", "released")}
@@ -74,6 +85,8 @@ def outstanding(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]
         "refund.hold_released": "released",
     }
     seen: set[str] = set()
+    requested: set[str] = set()
+    cancellations: list[tuple[str, int]] = []
     for role, v in outputs:
         if role != "refunds" or v.get("type") not in word:
             continue
@@ -82,13 +95,20 @@ def outstanding(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]
             continue
         seen.add(ident)
         kind = word[v["type"]]
+        refund_id, amount = str(v["refund_id"]), int(v["amount"])
         totals[kind]["count"] += 1
-        totals[kind]["idr"] += int(v["amount"])
-        state[v["refund_id"]] = (kind, int(v["amount"]))
+        totals[kind]["idr"] += amount
+        if kind == "requested":
+            requested.add(refund_id)
+        elif kind == "cancelled":
+            cancellations.append((refund_id, amount))
+        state[refund_id] = (kind, amount)
     net = [a for k, a in state.values() if k == "requested"]
     held = [a for k, a in state.values() if k == "held"]
+    earlier = [a for rid, a in cancellations if rid not in requested]
     return {
         **totals,
+        "cancelled_earlier": {"count": len(earlier), "idr": sum(earlier)},
         "net_outstanding": {"count": len(net), "idr": sum(net)},
         "held_now": {"count": len(held), "idr": sum(held)},
     }
@@ -109,7 +129,7 @@ def to_csv(summary: dict[str, Any], money: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["section", "item", "count", "idr"])
-    for kind in ("requested", "held", "cancelled", "released", "net_outstanding", "held_now"):
+    for kind in ("requested", "held", "cancelled", "cancelled_earlier", "released", "net_outstanding", "held_now"):
         w.writerow(["refunds", kind, money[kind]["count"], money[kind]["idr"]])
     for reason, x in summary["refunds_requested"]["by_reason"].items():
         w.writerow(["refunds_requested_by_reason", reason, x["count"], x["idr"]])
