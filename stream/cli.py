@@ -373,6 +373,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
         every = args.all_partitions or s.params.holds
         parts = None if every else {partition_for(ref.encode(), check_copartitioned(s))}
         records = list(read_topics(s, list(topics), partitions=parts))
+        if parts is not None and not partitions_of(records, ref, topics):
+            # Records sent without a key go to any partition (the contract allows them): not in
+            # the keyed one, the reference is looked for in all of them.
+            records = list(read_topics(s, list(topics), partitions=None))
         source = f"topics {', '.join(topics)} on {s.bootstrap}"
     else:
         with open(args.input, "rb") as fh:

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream.drivers.replayfile import KafkaRecord
 from stream.simulate import generate
 from tests.kafka_support import ROOT, Worker, free_port, fresh_topics, produce, require_broker
-from tests.records import T0
+from tests.records import T0, ledger, payment
 from tests.scenario import LEDGER, PAYMENT, scenario_records
 
 pytestmark = pytest.mark.kafka
@@ -360,3 +360,18 @@ def test_trace_from_kafka_names_the_records_and_the_refund(tmp_path: Path) -> No
     assert types and types[0] in {"refund.requested", "refund.held"}  # held if an incident covers it
     unknown = run("NOPE")
     assert unknown.returncode == 1 and unknown.stdout.count("\n") == 1 and "unknown reference" in unknown.stdout
+    # With holds off, trace reads the partition the reference's key goes to; records sent
+    # without a key can be in any other (here 0, its key's is 2): found there too.
+    from kafka import KafkaProducer
+    from stream.simulate.partitioner import partition_for
+
+    assert partition_for(b"KEYLESS7", 4) != 0
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer.send(topics.payment, value=payment("K7-q", "requested", "KEYLESS7", 5), partition=0)
+    producer.send(topics.ledger, value=ledger("K7-d", "debited", "KEYLESS7", 5), partition=0)
+    producer.flush()
+    producer.close()
+    env["QRIS_MAX_HOLD_S"] = "0"
+    got = run("KEYLESS7", "--json", "--drain")
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert {f["event_id"] for f in json.loads(got.stdout)["records"]} == {"K7-q", "K7-d"}
