@@ -66,10 +66,14 @@ def _incidents(watch: WorkerWatch, held: list[Hold]) -> list[str]:
         "<table><tr><th>scope</th><th>status</th><th>since</th><th class=num>payments bad</th>"
         "<th class=num>exposure</th><th class=num>holds</th><th>summary</th></tr>"
     )
+    # (A hold counts for the incident it is attributed to, its first: README, "Refund holds".)
+    by_incident: dict[str, list[int]] = {}
+    for h in held:
+        if h.incident_ids:
+            by_incident.setdefault(h.incident_ids[0], []).append(h.amount)
     for inc in sorted(watch.incidents.values(), key=lambda v: -int(v.get("exposure_idr") or 0)):
-        # (A hold counts for the incident it is attributed to, its first: README, "Refund holds".)
-        holds = [h for h in held if h.incident_ids and h.incident_ids[0] == inc.get("incident_id")]
-        n_held = f"{len(holds)} ({rupiah(sum(h.amount for h in holds))})" if holds else "0"
+        amounts = by_incident.get(str(inc.get("incident_id")), [])
+        n_held = f"{len(amounts)} ({rupiah(sum(amounts))})" if amounts else "0"
         window = inc.get("window") or {}
         out.append(
             f"<tr class=incident><td>{_e(inc['scope']['type'])} {_e(inc['scope']['id'])}</td>"

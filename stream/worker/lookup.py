@@ -61,9 +61,13 @@ def _holds(st: ReferenceState, engine: PartitionEngine | None) -> list[dict[str,
     for h in st.holds:
         ids = list(h.incident_ids)
         open_now: list[str] = []
+        release_at_ms = h.release_at_ms
         if engine is not None:
+            # (The end from the timeline, not the hold's scheduled one: an incident that opened
+            # within the grace keeps the hold on before the hold's timer reschedules it; a review.)
             timeline = engine.incidents
-            _until, chain = timeline.release_at(st.request, h.deadline_ms, engine.params.hold_grace_ms)
+            until, chain = timeline.release_at(st.request, h.deadline_ms, engine.params.hold_grace_ms)
+            release_at_ms = min(until, h.release_by_ms)
             ids += [i for i in chain if i not in ids]
             now = {i.incident_id for i in timeline.covering_open_at(st.request, engine.decided_through_ms)}
             open_now = [i for i in ids if i in now]
@@ -74,7 +78,7 @@ def _holds(st: ReferenceState, engine: PartitionEngine | None) -> list[dict[str,
                 "incident_id": open_now[0] if open_now else (ids[0] if ids else None),
                 "incident_ids": ids,
                 "open_incident_ids": open_now,
-                "release_at": format_ms(h.release_at_ms) if h.release_at_ms < h.release_by_ms else None,
+                "release_at": format_ms(release_at_ms) if release_at_ms < h.release_by_ms else None,
                 "release_by": format_ms(h.release_by_ms),
                 "deadline": format_ms(h.deadline_ms),
             }
@@ -189,7 +193,7 @@ def _incidents_covering(
     return [
         {
             "incident_id": inc.incident_id,
-            "status": sent.get(inc.incident_id, {}).get("status", "open"),
+            "status": sent.get(inc.incident_id, {}).get("status", "opened"),
             "summary": sent.get(inc.incident_id, {}).get("summary"),
             "scope": {"type": inc.scope_type, "id": inc.scope_id},
         }

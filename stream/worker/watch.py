@@ -246,10 +246,12 @@ class WorkerWatch:
             del self.per_minute[old]
 
     def _on_alert(self, v: dict[str, Any]) -> None:
-        if not self._first_time(str(v.get("alert_id", ""))):
-            return
-        self.alerts[(v["kind"], v["severity"])] += 1
-        self.recent_alerts.appendleft(v)
+        if self._first_time(str(v.get("alert_id", ""))):
+            self.alerts[(v["kind"], v["severity"])] += 1
+            self.recent_alerts.appendleft(v)
+        # An incident's alert sent again (a detector rebuilt from an older offset sends the alerts
+        # after it again, with their ids) still moves the incident: one put aside at the
+        # rebalance may have resolved, or opened, since the offset rebuilt from (a review).
         if v["kind"] == "FAILURE_BURST" and v.get("incident_id"):
             if v.get("status") == "resolved":
                 self.incidents.pop(v["incident_id"], None)
