@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -353,3 +354,76 @@ def test_a_hold_kept_on_by_a_second_incident_names_both_and_the_one_that_ended_i
             "resolved_at_ms": T0 + 1_500_000,
         }
     ]
+
+
+_PT, _LT = "qris.payment-requests", "qris.ledger-debits"
+
+
+def _kafka_broker(monkeypatch: pytest.MonkeyPatch, records: list[KafkaRecord]) -> list[Any]:
+    asked: list[Any] = []
+
+    def read_topics(s: Any, topics: Any, *, partitions: set[int] | None = None, **_: Any) -> Any:
+        asked.append(partitions)
+        return iter([r for r in records if r.topic in topics and (partitions is None or r.partition in partitions)])
+
+    import stream.drivers.kafkaread as kafkaread
+    import stream.topics as topics_mod
+
+    monkeypatch.setattr(cli, "_connect", lambda s: s)
+    monkeypatch.setattr(kafkaread, "read_topics", read_topics)
+    monkeypatch.setattr(topics_mod, "check_copartitioned", lambda s: 4)
+    return asked
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.records: list[KafkaRecord] = []
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    def add(self, topic: str, partition: int, key: bytes | None, value: bytes) -> None:
+        off = self.offsets.get((topic, partition), 0)
+        self.offsets[(topic, partition)] = off + 1
+        self.records.append(KafkaRecord(topic, partition, off, None, key, value))
+
+    def ticks(self, partition: int, ref: str, t: float) -> None:
+        self.add(_PT, partition, ref.encode(), payment(f"{ref}-q{t}", "requested", f"{ref}", t))
+        self.add(_LT, partition, ref.encode(), ledger(f"{ref}-r{t}", "reversed", f"{ref}", t, amount=1))
+
+
+def _trace_from_kafka(capsys: pytest.CaptureFixture[str], ref: str) -> tuple[int, str]:
+    rc = cli.main(["trace", ref, "--from-kafka", "--max-hold-s", "0", "--json", "--drain"])
+    return rc, capsys.readouterr().out
+
+
+def test_a_keyed_request_with_a_keyless_debit_elsewhere_traces_the_refund(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # (A review: `trace --from-kafka` with holds off read the partition of the reference's key,
+    # and every partition only when that one had no record of it.)
+    # The payment service keys its records; the ledger producer sends without a key (allowed):
+    # the debit lands in partition 3, where replay and the worker refund it at the deadline.
+    log = _Log()
+    log.add(_PT, 0, b"QR1", payment("QR1-q", "requested", "QR1", 0))
+    log.ticks(0, "T0", 1)
+    log.add(_LT, 3, None, ledger("QR1-d", "debited", "QR1", 0))
+    log.ticks(3, "T2", 1)
+    _kafka_broker(monkeypatch, log.records)
+    rc, out = _trace_from_kafka(capsys, "QR1")
+    assert rc == 0, out
+    got = json.loads(out)
+    assert "QR1-d" in {f.get("event_id") for f in got["records"]}, "the debit that was refunded is not shown"
+    assert any(d["value"].get("type") == "refund.requested" for d in got["decisions"]), got["why"]
+
+
+def test_a_keyless_reference_whose_name_is_inside_another_reference_of_its_key_partition_is_found(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Partition 0 (QR1's by key) holds QR11 only; QR1 was sent without a key to partition 3.
+    log = _Log()
+    log.add(_PT, 0, b"QR11", payment("QR11-q", "requested", "QR11", 0))
+    log.add(_LT, 0, b"QR11", ledger("QR11-d", "debited", "QR11", 0))
+    log.add(_PT, 3, None, payment("QR1-q", "requested", "QR1", 0))
+    log.add(_LT, 3, None, ledger("QR1-d", "debited", "QR1", 0))
+    _kafka_broker(monkeypatch, log.records)
+    rc, out = _trace_from_kafka(capsys, "QR1")
+    assert rc == 0, f"trace says: {out.strip()}"
