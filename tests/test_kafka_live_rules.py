@@ -58,47 +58,72 @@ def test_a_silent_payment_feed_still_lets_refund_timeouts_fire_and_raises_feed_s
     assert not any(r.startswith("OK") for r in refunds)
 
 
+class _FrozenLedger:
+    """A worker on fresh one-partition topics that pages a stalled clock after 4 s, fed payments
+    whose event time moves and ledger records all dated 1 s (a core-banking clock stuck)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.bootstrap = require_broker()
+        self.topics = fresh_topics(partitions=1)
+        self.topics.create(self.bootstrap)
+        env = {"QRIS_STALL_ALERT_S": "4", "QRIS_IDLE_TIMEOUT_S": "4"}  # (the idle check runs every second)
+        self.worker = Worker(self.topics, tmp_path / "w", extra_env=env)
+        self.worker.start(self.bootstrap)
+        self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        self.k = 0
+
+    def stalled(self) -> list[dict]:
+        got = consume(self.bootstrap, [self.topics.alerts], until=0, timeout_s=1, settle_s=0, worker=self.worker)
+        return [v for _t, _k, v in got if v.get("kind") == "EVENT_TIME_STALLED"]
+
+    def until_paged(self) -> list[dict]:
+        found: list[dict] = []
+        deadline = time.monotonic() + 60
+        while not found and time.monotonic() < deadline:
+            self.k += 1
+            ref = f"F{self.k}"
+            self.producer.send(
+                self.topics.payment, key=ref.encode(), value=payment(f"{ref}-q", "requested", ref, self.k)
+            )
+            self.producer.send(self.topics.ledger, key=ref.encode(), value=ledger(f"{ref}-d", "debited", ref, 1))
+            self.producer.flush()
+            found = self.stalled()
+        return found
+
+    def clock_back(self) -> None:
+        self.producer.send(self.topics.ledger, key=b"B", value=ledger("B-d", "debited", "B", self.k + 60))
+        self.producer.flush()
+
+    def until_resolved(self, timeout_s: float) -> list[dict]:
+        found = self.stalled()
+        deadline = time.monotonic() + timeout_s
+        while len(found) < 2 and time.monotonic() < deadline:
+            found = self.stalled()
+        return found
+
+    def close(self) -> None:
+        self.producer.close()
+        self.worker.stop()
+
+
 def test_a_frozen_ledger_clock_raises_event_time_stalled_and_its_recovery(tmp_path: Path) -> None:
     # Both feeds flow, but every ledger record is dated the same second (a core-banking clock
     # stuck): the partition's watermark stands still while its records arrive, so nothing of it
     # is decided. After QRIS_STALL_ALERT_S of wall time payment operations get one alert on the
     # alerts topic naming the ledger topic; when the ledger's clock moves again, its resolution.
-    bootstrap = require_broker()
-    topics = fresh_topics(partitions=1)
-    topics.create(bootstrap)
-    env = {"QRIS_STALL_ALERT_S": "4", "QRIS_IDLE_TIMEOUT_S": "4"}  # (the idle check runs every second)
-    worker = Worker(topics, tmp_path / "w", extra_env=env)
-    worker.start(bootstrap)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-
-    def stalled() -> list[dict]:
-        got = consume(bootstrap, [topics.alerts], until=0, timeout_s=1, settle_s=0, worker=worker)
-        return [v for _t, _k, v in got if v.get("kind") == "EVENT_TIME_STALLED"]
-
+    run = _FrozenLedger(tmp_path)
+    ledger_topic = run.topics.ledger
     try:
-        k, found = 0, []
-        deadline = time.monotonic() + 60
-        while not found and time.monotonic() < deadline:
-            k += 1
-            ref = f"F{k}"
-            producer.send(topics.payment, key=ref.encode(), value=payment(f"{ref}-q", "requested", ref, k))
-            producer.send(topics.ledger, key=ref.encode(), value=ledger(f"{ref}-d", "debited", ref, 1))
-            producer.flush()
-            found = stalled()
+        found = run.until_paged()
         assert len(found) == 1, found
         opened = found[0]
-        assert opened["status"] == "opened" and opened["topic"] == topics.ledger and opened["partitions"] == [0]
-        assert opened["severity"] == "critical" and opened["dedup_key"] == f"EVENT_TIME_STALLED:{topics.ledger}"
+        assert opened["status"] == "opened" and opened["topic"] == ledger_topic and opened["partitions"] == [0]
+        assert opened["severity"] == "critical" and opened["dedup_key"] == f"EVENT_TIME_STALLED:{ledger_topic}"
         assert opened["observed"]["stood_at_ms"] == T0 + 1000 and opened["observed"]["wall_s"] >= 4
-        # The ledger's clock comes back.
-        producer.send(topics.ledger, key=b"B", value=ledger("B-d", "debited", "B", k + 60))
-        producer.flush()
-        deadline = time.monotonic() + 30
-        while len(found) < 2 and time.monotonic() < deadline:
-            found = stalled()
+        run.clock_back()
+        found = run.until_resolved(30)
     finally:
-        producer.close()
-        worker.stop()
+        run.close()
     assert [a["status"] for a in found] == ["opened", "resolved"], found
     assert found[1]["dedup_key"] == opened["dedup_key"] and found[1]["severity"] == "info"
 
@@ -109,42 +134,18 @@ def test_a_page_for_a_frozen_clock_is_resolved_after_a_kill_and_a_wiped_disk_whe
     # Episodes lived in the worker's memory: a worker killed while the clock stood, whose clock
     # came back while it was down, never resolved its page. The page is now kept with the
     # partition's state (its changelog: here the disk is wiped before the restart).
-    bootstrap = require_broker()
-    topics = fresh_topics(partitions=1)
-    topics.create(bootstrap)
-    env = {"QRIS_STALL_ALERT_S": "4", "QRIS_IDLE_TIMEOUT_S": "4"}
-    worker = Worker(topics, tmp_path / "w", extra_env=env)
-    worker.start(bootstrap)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-
-    def stalled() -> list[dict]:
-        got = consume(bootstrap, [topics.alerts], until=0, timeout_s=1, settle_s=0, worker=worker)
-        return [v for _t, _k, v in got if v.get("kind") == "EVENT_TIME_STALLED"]
-
+    run = _FrozenLedger(tmp_path)
     try:
-        k, found = 0, []
-        deadline = time.monotonic() + 60
-        while not found and time.monotonic() < deadline:
-            k += 1
-            ref = f"F{k}"
-            producer.send(topics.payment, key=ref.encode(), value=payment(f"{ref}-q", "requested", ref, k))
-            producer.send(topics.ledger, key=ref.encode(), value=ledger(f"{ref}-d", "debited", ref, 1))
-            producer.flush()
-            found = stalled()
+        found = run.until_paged()
         assert [a["status"] for a in found] == ["opened"], found
         time.sleep(3)  # its next commit (the idle check's) saves the page with the state
-        worker.kill()
-        # While no worker runs, the ledger's clock comes back; the disk is lost.
-        producer.send(topics.ledger, key=b"B", value=ledger("B-d", "debited", "B", k + 60))
-        producer.flush()
-        shutil.rmtree(worker.data_dir)
-        worker.start(bootstrap)
-        deadline = time.monotonic() + 90
-        while len(found) < 2 and time.monotonic() < deadline:
-            found = stalled()
+        run.worker.kill()
+        run.clock_back()  # while no worker runs; and the disk is lost
+        shutil.rmtree(run.worker.data_dir)
+        run.worker.start(run.bootstrap)
+        found = run.until_resolved(90)
     finally:
-        producer.close()
-        worker.stop()
+        run.close()
     assert [a["status"] for a in found] == ["opened", "resolved"], found
     assert found[1]["dedup_key"] == found[0]["dedup_key"] and found[1]["partitions"] == [0]
     assert "moved to another worker" not in found[1]["summary"]
