@@ -262,17 +262,7 @@ def test_the_incidents_a_payment_page_shows_are_the_ones_the_engine_holds_it_for
     for i, (scope_type, scope_id) in enumerate(
         [("merchant", "MCC-5999"), ("merchant", "\\MCC-5999"), ("merchant", "MCC-unknown"), ("switch", "ARTAJASA")]
     ):
-        watch.on_output(
-            "alerts",
-            {
-                "alert_id": f"a{i}",
-                "kind": "FAILURE_BURST",
-                "severity": "critical",
-                "status": "opened",
-                "incident_id": f"inc{i}",
-                "scope": {"type": scope_type, "id": scope_id},
-            },
-        )
+        watch.on_output("alerts", _burst_alert(f"a{i}", "opened", f"inc{i}", {"type": scope_type, "id": scope_id}))
     request = parse_payment(b"QR1", payment("e1", "requested", "QR1", 0, merchant_id="MCC-5999", mcc=None))
     assert not isinstance(request, Rejection)
     assert sorted(v["incident_id"] for v in watch.incidents_covering(request)) == ["inc1", "inc2"]
@@ -379,14 +369,14 @@ def _sample(metrics: WorkerMetrics, name: str, label_values: tuple[str, ...]) ->
 _SCOPE = {"type": "switch", "id": "RINTIS"}
 
 
-def _burst_alert(alert_id: str, status: str, incident: str = "i1") -> dict:
+def _burst_alert(alert_id: str, status: str, incident: str = "i1", scope: dict[str, str] | None = None) -> dict:
     return {
         "alert_id": alert_id,
         "kind": "FAILURE_BURST",
         "severity": "critical",
         "status": status,
         "incident_id": incident,
-        "scope": _SCOPE,
+        "scope": scope or _SCOPE,
         "summary": f"{incident} {status}",
     }
 
@@ -443,18 +433,7 @@ def test_a_render_reads_each_hold_a_bounded_number_of_times(monkeypatch: pytest.
     monkeypatch.setattr(dashboard, "open_holds", lambda engines: holds)
     watch = WorkerWatch(Settings())
     for i in range(_INCIDENTS):
-        watch.on_output(
-            "alerts",
-            {
-                "alert_id": f"a{i}",
-                "kind": "FAILURE_BURST",
-                "severity": "critical",
-                "status": "opened",
-                "incident_id": f"in_{i}",
-                "scope": {"type": "switch", "id": f"S{i}"},
-                "summary": "x",
-            },
-        )
+        watch.on_output("alerts", _burst_alert(f"a{i}", "opened", f"in_{i}", {"type": "switch", "id": f"S{i}"}))
     _CountingHold.reads = 0
     page = dashboard.render(watch, {}, 1.7e9, "qris-test")
     assert "holds open now: 500." in page
