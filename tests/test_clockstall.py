@@ -251,7 +251,7 @@ def test_a_worker_restarted_during_an_episode_resolves_the_page_when_the_clock_c
     feed = _Feed(2)
     stall = ClockStall(TOPICS, lambda: feed.engines, stall_s=600)
     a = _stalled(feed, stall, (0, 1))
-    assert feed.engines[0].stall_paged == (1, feed.engines[0].watermark_ms)
+    assert feed.engines[0].stall_paged == (2, feed.engines[0].watermark_ms)  # the ledger's bit
     _restarted(feed, (0, 1))
     # The clock came back while no worker ran: the first records after the restart move W.
     feed.record(0, Stream.L, 700)
@@ -395,3 +395,44 @@ def test_a_partition_taken_over_is_paged_again_under_the_topic_that_holds_it_now
     assert feed.engines[0].watermark_ms == stood  # never moved: stalled for 860 s on W2
     assert 0 in w2.taken[TOPICS[0]].stood
     assert [(a["status"], a["topic"], a["partitions"]) for a in w2_alerts] == [("opened", TOPICS[1], [0])]
+
+
+def test_both_pages_of_a_partition_are_resolved_across_two_restarts() -> None:
+    # (A review: the saved state kept one page a partition; the page taken over and the one
+    # paged again under the other topic were both open, and a second restart forgot the first.)
+    feed = _Feed(1)
+    eng = feed.engines[0]
+    w1 = ClockStall(TOPICS, lambda: feed.engines, stall_s=60)
+    feed.record(0, Stream.P, 0)
+    feed.record(0, Stream.L, 0)
+    feed.record(0, Stream.P, 100)
+    eng.declare_silent(Stream.L)
+    sent: list[dict] = []
+    sent += _alerts(w1, 0)
+    for k in range(1, 4):
+        feed.record(0, Stream.P, 100)  # payments' clock frozen
+        eng.declare_silent(Stream.L)
+        sent += _alerts(w1, 40 * k)
+    assert [(a["status"], a["topic"]) for a in sent] == [("opened", TOPICS[0])]
+    # Restart 1 (no resolved from the process that died).
+    _move(feed, 0)
+    w2 = ClockStall(TOPICS, lambda: feed.engines, stall_s=60)
+    for t in range(0, 300, 10):
+        feed.record(0, Stream.P, 100)
+        feed.record(0, Stream.L, 50)  # the ledger comes back dated before: it holds W now
+        sent += _alerts(w2, t)
+    assert [(a["status"], a["topic"]) for a in sent] == [("opened", TOPICS[0]), ("opened", TOPICS[1])]
+    # Restart 2.
+    _move(feed, 0)
+    w3 = ClockStall(TOPICS, lambda: feed.engines, stall_s=60)
+    sent += _alerts(w3, 0)
+    # Both clocks come back: the partition's watermark moves.
+    feed.record(0, Stream.P, 5000)
+    feed.record(0, Stream.L, 5000)
+    sent += _alerts(w3, 10)
+    sent += _alerts(w3, 20)
+    open_keys: dict[str, int] = {}
+    for a in sent:
+        open_keys[a["dedup_key"]] = open_keys.get(a["dedup_key"], 0) + (1 if a["status"] == "opened" else -100)
+    left = [k for k, v in open_keys.items() if v > 0]
+    assert not left, f"pages never resolved: {left}; sent {[(a['status'], a['topic']) for a in sent]}"

@@ -21,7 +21,7 @@ from stream.worker.lookup import account_payments, lookup_reference, payment_sta
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.watch import WorkerWatch, open_holds
 from tests.records import T0, ledger, payment
-from tests.test_holds import EVERYTHING, Feed, inc, ms, unsettled
+from tests.test_holds import EVERYTHING, HOLDS, Feed, inc, ms, unsettled
 
 NOW_S = T0 / 1000 + 3600
 
@@ -217,7 +217,7 @@ def test_the_dashboard_shows_incidents_holds_feeds_and_escapes_input() -> None:
     assert "<script" not in page and "http" not in page.replace("http-equiv", "")
     assert '<td class="ok">moves</td>' in page and "stands still" not in page
     # A partition paged for its event time standing still (`clockstall`) says so in its row.
-    eng.stall_paged = (1, eng.watermark_ms)
+    eng.stall_paged = (2, eng.watermark_ms)  # the ledger's (a bit a stream)
     page = render(watch, {0: eng}, NOW_S, "qris-test")
     assert f'<td class="bad">stands still, held by {watch.topics[1]}: nothing decided' in page
 
@@ -459,3 +459,22 @@ def test_release_at_is_not_given_while_an_incident_that_keeps_the_hold_on_is_ope
     assert got["open_incident_ids"] == ["in_bca"]
     # The hold does not end at 1900 (in_bca is open); the answer gives it as the time it comes.
     assert got["release_at"] is None, f"release_at {got['release_at']} (= {format_ms(ms(1900))}) while in_bca is open"
+
+
+def test_a_restored_engine_with_no_timeline_yet_does_not_claim_the_incident_resolved() -> None:
+    # (A review: release_at from an empty timeline was the deadline, in the past.)
+    f = Feed()
+    f.incidents([inc("opened", 100)], EVERYTHING)  # in_a open, never resolved
+    unsettled(f)
+    f.tick(400)
+    [held] = f.refunds()
+    assert held["type"] == "refund.held"
+    before = payment_status(f.eng.refs["QR1"], 0, None, f.eng)
+    assert before["hold"]["release_at"] is None
+    # The worker restarts: the engine restored from its saved state; the incidents topic is
+    # read afterwards (the timeline is not saved with the state).
+    refs, meta = f.eng.take_dirty()
+    eng = PartitionEngine.restore(0, HOLDS, meta, [(k, v) for k, v in refs.items() if v])
+    assert not eng.incidents.incidents
+    got = payment_status(eng.refs["QR1"], 0, None, eng)
+    assert got["hold"]["release_at"] is None, (got["hold"]["release_at"], got["summary"])

@@ -166,10 +166,11 @@ class PartitionEngine:
         # Live mode only: a watermark floor set by the idle-feed rule (wall clock).
         self.forced_ms = NEG_INF
         self.silent: list[bool] = [False, False]
-        # Live only (`worker.clockstall`): the stream whose EVENT_TIME_STALLED alert a worker raised
-        # for this partition and has not resolved yet, and the watermark that stood then; kept
-        # with the state so that a worker restarted (or given the partition) during the episode
-        # still resolves it.
+        # Live only (`worker.clockstall`): the streams whose EVENT_TIME_STALLED alerts workers
+        # raised for this partition and have not resolved yet (a bit each: 1 payments, 2 ledger;
+        # a page taken over and one of the taker's own can both be open), and the watermark that
+        # stood then; kept with the state so that a worker restarted (or given the partition)
+        # during the episode still resolves them.
         self.stall_paged: tuple[int, int] | None = None
         self.rejected: list[int] = [0, 0]
         # Records per stream dated more than F ahead of their Kafka timestamp (clock guard).

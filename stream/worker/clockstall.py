@@ -18,7 +18,7 @@ left that way is resolved too, naming them (the other worker raises its own if t
 on there: a page left open for a partition nobody here watches would never close). Alerts of
 several workers about one topic share the dedup key `EVENT_TIME_STALLED:<topic>`, as
 `FEED_SILENT`'s do. A partition's page is kept with its state (`PartitionEngine.stall_paged`,
-the stream paged and the watermark that stood): a worker that restarts during an episode, or is
+the streams paged and the watermark that stood): a worker that restarts during an episode, or is
 given the partition, takes it over without a new page, resolves it when the watermark moves past
 the one that stood (also if it moved while no worker ran), and pages again (the same dedup key)
 if the partition still stands `stall_s` after it took it over, under the topic holding it then:
@@ -96,12 +96,12 @@ class ClockStall:
                 # Paged by a worker before this one: the episode goes on here; a watermark past
                 # the one that stood then is its recovery (below), also if it moved while no
                 # worker ran. If it still stands `stall_s` later it is paged as any other.
-                s_paged, at.watermark_ms = eng.stall_paged
-                topic = self.topics[s_paged]
-                taken = self.open.get(topic) or self.taken.setdefault(topic, _Episode(set(), set()))
-                taken.partitions.add(p)
-                taken.stood.add(p)
-                taken.recovered.discard(p)
+                streams, at.watermark_ms = eng.stall_paged
+                for topic in _paged_topics(self.topics, streams):
+                    taken = self.open.get(topic) or self.taken.setdefault(topic, _Episode(set(), set()))
+                    taken.partitions.add(p)
+                    taken.stood.add(p)
+                    taken.recovered.discard(p)
             if at.engine() is eng:
                 new = n - at.records_seen
             else:  # restored: its count starts from 0
@@ -129,7 +129,10 @@ class ClockStall:
         for s, topic in enumerate(self.topics):
             now_stalled = [p for p in stalled[topic] if not any(p in e.stood for e in self.open.values())]
             for p in now_stalled:
-                engines[p].stall_paged = (s, self.seen[p].watermark_ms)
+                # (Added to a page taken over under the other topic, if any: both are kept, or a
+                # second restart would forget the first, never resolved then; a review.)
+                paged = engines[p].stall_paged
+                engines[p].stall_paged = ((paged[0] if paged else 0) | 1 << s, self.seen[p].watermark_ms)
                 engines[p].meta_dirty = True
             episode = self.open.get(topic)
             if now_stalled and episode is None:
@@ -184,6 +187,11 @@ class ClockStall:
 
     def _episodes(self) -> list[_Episode]:
         return [*self.open.values(), *self.taken.values()]
+
+
+def _paged_topics(topics: tuple[str, str], streams: int) -> list[str]:
+    """The topics of `PartitionEngine.stall_paged`'s streams (a bit each)."""
+    return [topic for s, topic in enumerate(topics) if streams & 1 << s]
 
 
 def _at_ms(engines: dict[int, PartitionEngine]) -> int | None:

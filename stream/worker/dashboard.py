@@ -153,8 +153,8 @@ def _stalled(watch: WorkerWatch, eng: PartitionEngine) -> str:
     # watermark moves): nothing of it is decided, refunds included.
     if eng.stall_paged is None:
         return '<td class="ok">moves</td>'
-    topic = watch.topics[eng.stall_paged[0]]
-    return f'<td class="bad">stands still, held by {_e(topic)}: nothing decided (EVENT_TIME_STALLED)</td>'
+    topics = ", ".join(t for s, t in enumerate(watch.topics) if eng.stall_paged[0] & 1 << s)
+    return f'<td class="bad">stands still, held by {_e(topics)}: nothing decided (EVENT_TIME_STALLED)</td>'
 
 
 def _dead_letters(watch: WorkerWatch) -> list[str]:

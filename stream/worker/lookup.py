@@ -67,7 +67,10 @@ def _holds(st: ReferenceState, engine: PartitionEngine | None) -> list[dict[str,
             # within the grace keeps the hold on before the hold's timer reschedules it; a review.)
             timeline = engine.incidents
             until, chain = timeline.release_at(st.request, h.deadline_ms, engine.params.hold_grace_ms)
-            release_at_ms = min(until, h.release_by_ms)
+            if chain:
+                # (Not from a timeline that knows none of its incidents yet: a restored engine's,
+                # before the incidents topic is read, gave the deadline; a review.)
+                release_at_ms = min(until, h.release_by_ms)
             ids += [i for i in chain if i not in ids]
             now = {i.incident_id for i in timeline.covering_open_at(st.request, engine.decided_through_ms)}
             open_now = [i for i in ids if i in now]
