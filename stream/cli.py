@@ -368,8 +368,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
         # Every partition: records sent without a key (the contract allows them) can be in any
         # of them, and with refund holds on the incidents need them all anyway. (Reading only
-        # the partition of the reference's key, with holds off, missed a keyless debit of a keyed
-        # request and references whose name is inside another's: a review.)
+        # the partition of the reference's key, with holds off, would miss a keyless debit of a
+        # keyed request and references whose name is inside another's.)
         records = list(read_topics(s, list(topics), partitions=None))
         source = f"topics {', '.join(topics)} on {s.bootstrap}"
     else:

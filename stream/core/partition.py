@@ -480,8 +480,8 @@ class PartitionEngine:
         # a jump of more than R in a partition's event time (a dump spanning a quiet gap of days).
         # Taken in one step, the retention checks would drop those payments before their minute
         # closes, and the burst signals would count them as no payment (with holds on, the
-        # incidents' watermark keeps the decisions behind the closes, and they were counted: the
-        # two-pass replay and the one pass differed, a helper's replay fuzz). So the decisions go
+        # incidents' watermark keeps the decisions behind the closes, and they are counted: the
+        # two-pass replay and the one pass would differ). So the decisions go
         # in steps that no such check passes: up to R after the earliest request that can be in
         # an open minute (a payment's retention comes at least R after its request), then the
         # minutes a watermark there closes. The counts are those of a watermark moving in small
@@ -601,8 +601,8 @@ class PartitionEngine:
             if len(items) > 1:
                 # (The whole item, as the heap orders it: records of one reference tied on time,
                 # stream and offset, which only a replay file repeating an offset has, are seen
-                # here in the order they will be decided; a key of the first four kept the order
-                # read, and the burst views, and so holds, depended on it: a helper's replay fuzz.)
+                # here in the order they will be decided; a key of the first four would keep the
+                # order read, and the burst views, and so holds, would depend on it.)
                 items.sort()
             apply_facts = view.apply_facts
             for eff, _kind, s, _offset, _ref, event in items:

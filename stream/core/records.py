@@ -61,7 +61,7 @@ class PaymentEvent(NamedTuple):
 
     # Ordered with None before any text. Only a replay file that repeats a stream's offset makes
     # two waiting records of one reference equal up to their events (the heap then compares the
-    # events): a plain tuple comparison of None and text raised there (a helper's review).
+    # events): a plain tuple comparison of None and text would raise there.
     def _order(self) -> tuple[tuple[int, object], ...]:
         return tuple((0, "") if v is None else (1, v) for v in self)
 

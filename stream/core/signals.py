@@ -329,7 +329,7 @@ def signals_decisions(
             size += n
     if len(parts) == 1:
         return [Decision("signals", key, value, at_ms)]
-    # The digest names the split too ("/2": parts that count each minute's bytes, stop 25): parts
+    # The digest names the split too ("/2": parts that count each minute's bytes): parts
     # of one report split by an older version (a sender not yet upgraded) are never put together
     # with these, which cut it elsewhere.
     report = blake2b(codec.dumps_sorted(value), digest_size=12).hexdigest() + "/2"

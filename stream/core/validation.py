@@ -156,7 +156,7 @@ def _optional_string(obj: dict[str, Any], field: str, max_len: int = MAX_STRING_
 def _json_type(v: object, quote: bool = True) -> str:
     """`v`'s JSON type in words, with a number's value when `quote` (not for the text fields: an
     account number written as a number would be quoted in the dead letter's reason and the
-    DEAD_LETTER alert, which mask account ids; a helper's hunt)."""
+    DEAD_LETTER alert, which mask account ids)."""
     if v is None:
         return "null"
     if type(v) is bool:

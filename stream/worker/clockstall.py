@@ -69,8 +69,8 @@ class ClockStall:
     # Pages taken over from the partitions' saved state (this worker restarted, or was given
     # them), by topic: no page of this worker's. When this worker pages the topic, the episode
     # taken over joins its own (one page, one resolved: under the shared dedup key a resolved of
-    # either would close the other's page; a review of the first version found its own new
-    # stalls swallowed by a page taken over, never sent).
+    # either would close the other's page; kept apart, its own new stalls would be swallowed by
+    # a page taken over, never sent).
     taken: dict[str, _Episode] = field(default_factory=dict)
 
     def __call__(self, now_s: float) -> list[Decision]:
@@ -130,7 +130,7 @@ class ClockStall:
             now_stalled = [p for p in stalled[topic] if not any(p in e.stood for e in self.open.values())]
             for p in now_stalled:
                 # (Added to a page taken over under the other topic, if any: both are kept, or a
-                # second restart would forget the first, never resolved then; a review.)
+                # second restart would forget the first, never resolved then.)
                 paged = engines[p].stall_paged
                 engines[p].stall_paged = ((paged[0] if paged else 0) | 1 << s, self.seen[p].watermark_ms)
                 engines[p].meta_dirty = True

@@ -22,7 +22,7 @@ from .watch import WorkerWatch
 
 def payment_path(reference: str) -> str:
     """The lookup's path for a reference, as a worker forwards it to its peers: quoted, since a
-    reference may hold `?`, `#`, `/`, `%` or `+` (a helper's hunt: `QR2025?x` was asked as
+    reference may hold `?`, `#`, `/`, `%` or `+` (unquoted, `QR2025?x` would be asked as
     `QR2025`, another payment)."""
     return "/qris/payments/" + quote(reference, safe="")
 
@@ -55,8 +55,8 @@ def _holds(st: ReferenceState, engine: PartitionEngine | None) -> list[dict[str,
     first. `incident_ids`: every incident covering the payment that kept the hold on, as far as
     the engine's incident timeline knows (the refund.held's, then those that opened within a
     grace); `open_incident_ids`: those of them open at the engine's decided-through time, which
-    the hold waits for (a helper's hunt: the lookup named the first incident, resolved half an
-    hour before, while a second one kept the hold on)."""
+    the hold waits for (the first incident may have resolved half an hour before while a second
+    one keeps the hold on)."""
     out = []
     for h in st.holds:
         ids = list(h.incident_ids)
@@ -64,12 +64,12 @@ def _holds(st: ReferenceState, engine: PartitionEngine | None) -> list[dict[str,
         release_at_ms = h.release_at_ms
         if engine is not None:
             # (The end from the timeline, not the hold's scheduled one: an incident that opened
-            # within the grace keeps the hold on before the hold's timer reschedules it; a review.)
+            # within the grace keeps the hold on before the hold's timer reschedules it.)
             timeline = engine.incidents
             until, chain = timeline.release_at(st.request, h.deadline_ms, engine.params.hold_grace_ms)
             if chain:
                 # (Not from a timeline that knows none of its incidents yet: a restored engine's,
-                # before the incidents topic is read, gave the deadline; a review.)
+                # before the incidents topic is read, would give the deadline.)
                 release_at_ms = min(until, h.release_by_ms)
             ids += [i for i in chain if i not in ids]
             now = {i.incident_id for i in timeline.covering_open_at(st.request, engine.decided_through_ms)}
@@ -141,8 +141,8 @@ def payment_status(
         if st.cycle_deadline_ms is not None:
             say += f"; a refund is due at {format_ms(st.cycle_deadline_ms)} if it does not settle"
     elif st.debits:
-        # (A helper's hunt: "no money was taken" was said next to a debit and its reversal, both
-        # on the customer's statement.)
+        # (Not "no money was taken": a debit and its reversal are both on the customer's
+        # statement.)
         status = "requested"
         say = "the payment was requested; the money taken was given back (reversed)"
     else:

@@ -80,7 +80,7 @@ def reference_of(partition: int, key: bytes) -> str | None:
 # commits lets the burst detector's incidents fall behind, and records waiting for them cost CPU:
 # a 100k backlog to its last decision took 19,289 records/s (48 µs a record) with 2, 16,894-17,150
 # with 1 (a commit per batch, as before) and 13,625 (68 µs) with 8, alternated in one run each
-# (README, Benchmarks, stop 14).
+# (README, Benchmarks).
 MAX_UNCOMMITTED_BATCHES = 2
 
 # The longest a batch waits for the incidents (`ReconcileShell.paced`), and after a wait that

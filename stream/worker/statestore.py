@@ -58,7 +58,7 @@ log = logging.getLogger("qris_guard.worker")
 BATCH_HEADER = "qris.batch"
 COMMIT_HEADER = "qris.commit"
 # The consumer-group generation in which the writer owned the partition (absent: not known, as in
-# a changelog written before stop 24 or by a store without a group).
+# a changelog of an older version or of a store without a group).
 GENERATION_HEADER = "qris.generation"
 # Local-only keys (never on the changelog, never loaded as state): state keys start with a digit.
 APPLIED_OFFSET_KEY = b"\x00changelog-offset"

@@ -1,6 +1,6 @@
 """A stopping worker that does not stop exits on its own.
 
-Seen in a benchmark (stop 13): a worker of `worker --processes 2` was stopping (SIGTERM) when
+Seen in a benchmark: a worker of `worker --processes 2` was stopping (SIGTERM) when
 its connection to the group coordinator closed; aiokafka then retried its heartbeat every 100 ms
 ("GroupCoordinatorNotAvailableError", "Heartbeat session expired") and Faust's consumer never
 finished stopping: 15 minutes later the process was still alive, out of its group, holding its

@@ -36,11 +36,10 @@ MINUTES_KEPT = 60
 
 
 def open_holds(engines: Mapping[int, PartitionEngine]) -> list[Hold]:
-    """The refund holds open in these engines' state, every hold of every held reference. (They
-    were counted from the refund.held records this worker sent until it saw them end: a hold
-    ended by another worker after a rebalance stayed "held" here for good, in the lookup, the
-    dashboard and `qris_refunds_held`, and a reference's second hold was counted once: a
-    helper's hunt.)"""
+    """The refund holds open in these engines' state, every hold of every held reference. (Not
+    counted from the refund.held records this worker sent until it saw them end: a hold ended by
+    another worker after a rebalance would stay "held" here for good, in the lookup, the
+    dashboard and `qris_refunds_held`, and a reference's second hold would be counted once.)"""
     out = []
     for eng in engines.values():
         refs = eng.refs
@@ -251,7 +250,7 @@ class WorkerWatch:
             self.recent_alerts.appendleft(v)
         # An incident's alert sent again (a detector rebuilt from an older offset sends the alerts
         # after it again, with their ids) still moves the incident: one put aside at the
-        # rebalance may have resolved, or opened, since the offset rebuilt from (a review).
+        # rebalance may have resolved, or opened, since the offset rebuilt from.
         if v["kind"] == "FAILURE_BURST" and v.get("incident_id"):
             if v.get("status") == "resolved":
                 self.incidents.pop(v["incident_id"], None)
@@ -260,7 +259,7 @@ class WorkerWatch:
 
     def detector_moved(self) -> None:
         """A rebalance: the burst detector may run on another worker from now on, and this one
-        would never see the alerts that resolve the incidents it shows (a helper's hunt: open for
+        would never see the alerts that resolve the incidents it shows (they would stay open for
         good on the dashboard, in `qris_open_incidents` and in the lookup). They are put aside
         until the detector is rebuilt here (`detector_restored`)."""
         if self.incidents:
