@@ -151,6 +151,36 @@ def test_a_page_for_a_frozen_clock_is_resolved_after_a_kill_and_a_wiped_disk_whe
     assert "moved to another worker" not in found[1]["summary"]
 
 
+def test_dump_ends_after_a_transaction_marker_and_keeps_a_key_that_is_not_utf8(tmp_path: Path) -> None:
+    # A partition whose last offset is a transaction marker (a transactional producer's commit)
+    # made `dump` and `replay --from-kafka` wait for ever: the marker takes an offset but is never
+    # handed out. A key that is not UTF-8 was written as text with U+FFFD, which can equal the
+    # reference: the replay of the dump refunded a debit live had dead-lettered.
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=1)
+    topics.create(bootstrap)
+    bad_key = b"QRX\xff"
+    plain = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    ts = 1_743_213_600_000
+    plain.send(topics.ledger, key=bad_key, value=ledger("X-d", "debited", "QRX\ufffd", 0), partition=0, timestamp_ms=ts)
+    plain.flush(30)
+    plain.close()
+    txn = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"{topics.ledger}-txn")
+    txn.init_transactions()
+    txn.begin_transaction()
+    txn.send(topics.ledger, key=b"QRY", value=ledger("Y-d", "debited", "QRY", 1), partition=0, timestamp_ms=ts + 1000)
+    txn.flush(30)
+    txn.commit_transaction()
+    txn.close()
+    out = tmp_path / "dump.jsonl"
+    cmd = [sys.executable, "-m", "stream", "dump", "--bootstrap", bootstrap, "--topics", topics.ledger]
+    subprocess.run([*cmd, "--out", str(out)], cwd=ROOT, check=True, timeout=60)
+    lines = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert [x["offset"] for x in lines] == [0, 1]  # (the marker is offset 2)
+    assert "key" not in lines[0] and lines[0]["key_b64"] == "UVJY/w==" and lines[1]["key"] == "QRY"
+    assert [r.key for r in read_records(out.open("rb"))] == [bad_key, b"QRY"]
+
+
 def test_dump_writes_the_contract_replay_file_and_replays_like_the_records(tmp_path: Path) -> None:
     bootstrap = require_broker()
     topics = fresh_topics()

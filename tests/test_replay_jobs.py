@@ -30,6 +30,7 @@ from stream.drivers.replayfile import (
     _ranges,
     _scan_span,
     _spans,
+    decision_line,
     line_fields,
     line_to_record,
     read_records,
@@ -145,6 +146,10 @@ def test_the_line_reader_agrees_with_the_checked_parser_on_every_shape() -> None
         {**good, "value": {"as": "object"}},
         {k: v for k, v in good.items() if k != "timestamp_ms"},
         {**good, "value_b64": "AAEC"},
+        {k: v for k, v in {**good, "key_b64": "/w=="}.items() if k != "key"},
+        {**good, "key": None, "key_b64": "/w=="},
+        {**good, "key_b64": "/w=="},  # both: refused
+        {k: v for k, v in {**good, "key_b64": "%%"}.items() if k != "key"},
         {**good, "partition": True},
         {**good, "offset": -1},
         {**good, "key": 5},
@@ -161,6 +166,27 @@ def test_the_line_reader_agrees_with_the_checked_parser_on_every_shape() -> None
         except ReplayLineError:
             got = ReplayLineError
         assert got == (want if want is ReplayLineError else [want]), shape
+
+
+def test_a_key_that_is_not_utf8_survives_the_replay_file_and_is_a_key_mismatch() -> None:
+    # `dump` wrote such a key as text with U+FFFD in place of the bad bytes, which can equal the
+    # reference: live dead-lettered the debit (key mismatch), the replay of its dump refunded it.
+    bad_key = "E\ufffd".encode()[:-3] + b"\xff"
+    reference_value = ledger("E-d", "debited", "E\ufffd", 20)
+    rec = KafkaRecord(L_TOPIC, 0, 0, 1_743_213_600_000, bad_key, reference_value)
+    line = record_to_line(rec)
+    assert "key" not in line and line["key_b64"] == "Rf8="
+    raw = orjson.dumps(line)
+    assert line_to_record(orjson.loads(raw)) == rec
+    assert [KafkaRecord(*f) for f in _read_lines([raw])] == [rec]
+    records = [_rec(P_TOPIC, 0, 0, payment("E-q", "requested", "E\ufffd", 0)), rec]
+    out = [d for _p, d in replay(records, Params(payment_topic=P_TOPIC, ledger_topic=L_TOPIC), drain=True)]
+    assert sorted(d.role for d in out) == ["alerts", "dead_letter"]  # no refund
+    (dead,) = [d for d in out if d.role == "dead_letter"]
+    assert dead.value["error"] == "key_mismatch" and "not UTF-8" in dead.value["reason"] and dead.key == bad_key
+    # The output line keeps it too.
+    written = orjson.loads(decision_line(TOPICS["dead_letter"], 0, 0, dead))
+    assert "key" not in written and written["key_b64"] == "Rf8="
 
 
 def _read_lines(lines: list[bytes]) -> list[Any]:

@@ -69,6 +69,10 @@ def read_topics(
                     if m.offset >= end[tp]:
                         break
                     yield KafkaRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value)
+            # Every partition, also those that gave nothing: the last offsets of a partition can be
+            # transaction markers (a transactional producer's commit or abort), which take an
+            # offset but are never handed out; the fetch moves the position past them.
+            for tp in sorted(remaining):
                 if consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)
                     consumer.pause(tp)

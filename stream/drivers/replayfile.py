@@ -1,8 +1,9 @@
 """The contract's replay file: JSON Lines, one Kafka record per line, in the order read.
 
 `{"topic", "partition", "offset", "timestamp_ms", "key", "value"}`; `value_b64` replaces `value`
-for bytes that are not UTF-8. Output files use the same shape with `value` holding the emitted
-JSON object.
+for bytes that are not UTF-8, and `key_b64` replaces `key` likewise (a key that is not UTF-8 is a
+key mismatch live: text with U+FFFD in its place could equal the reference and be accepted).
+Output files use the same shape with `value` holding the emitted JSON object.
 """
 
 from __future__ import annotations
@@ -42,16 +43,21 @@ def record_to_line(rec: KafkaRecord) -> dict[str, Any]:
         "partition": rec.partition,
         "offset": rec.offset,
         "timestamp_ms": rec.timestamp_ms,
-        "key": rec.key.decode("utf-8", "replace") if rec.key is not None else None,
     }
-    if rec.value is None:
-        line["value"] = None
-    else:
-        try:
-            line["value"] = rec.value.decode("utf-8")
-        except UnicodeDecodeError:
-            line["value_b64"] = base64.b64encode(rec.value).decode("ascii")
+    _put_bytes(line, "key", rec.key)
+    _put_bytes(line, "value", rec.value)
     return line
+
+
+def _put_bytes(line: dict[str, Any], name: str, raw: bytes | None) -> None:
+    # Bytes as text if they are UTF-8, else base64 under `<name>_b64`.
+    if raw is None:
+        line[name] = None
+        return
+    try:
+        line[name] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        line[name + "_b64"] = base64.b64encode(raw).decode("ascii")
 
 
 class ReplayLineError(ValueError):
@@ -95,6 +101,7 @@ def line_to_record(line: dict[str, Any]) -> KafkaRecord:
             and (timestamp_ms is None or type(timestamp_ms) is int)
             and (key is None or type(key) is str)
             and "value_b64" not in line
+            and "key_b64" not in line
         ):
             v = get("value")
             value = v.encode("utf-8") if type(v) is str else (None if v is None else codec.dumps(v))
@@ -113,16 +120,26 @@ def _checked_line_to_record(line: dict[str, Any]) -> KafkaRecord:
         raise ValueError('"partition" and "offset" must not be negative')
     # The clock guard compares it with event times: only an integer (or null) means a time.
     timestamp_ms = _field(line, "timestamp_ms", (int,), required=False)
-    key = _field(line, "key", (str,), required=False)
+    if "key_b64" in line:
+        if line.get("key") is not None:
+            raise ValueError('"key" and "key_b64" are both given')
+        raw_key: bytes | None = _b64(line, "key_b64")
+    else:
+        key = _field(line, "key", (str,), required=False)
+        raw_key = key.encode("utf-8") if key is not None else None
     if "value_b64" in line:
-        try:
-            value: bytes | None = base64.b64decode(_field(line, "value_b64", (str,)), validate=True)
-        except binascii.Error as exc:
-            raise ValueError(f'"value_b64" is not base64: {exc}') from None
+        value: bytes | None = _b64(line, "value_b64")
     else:
         v = line.get("value")
         value = None if v is None else (v.encode("utf-8") if isinstance(v, str) else codec.dumps(v))
-    return KafkaRecord(topic, partition, offset, timestamp_ms, key.encode("utf-8") if key is not None else None, value)
+    return KafkaRecord(topic, partition, offset, timestamp_ms, raw_key, value)
+
+
+def _b64(line: dict[str, Any], name: str) -> bytes:
+    try:
+        return base64.b64decode(_field(line, name, (str,)), validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f'"{name}" is not base64: {exc}') from None
 
 
 def parse_line(raw: bytes, where: str, n: int) -> KafkaRecord:
@@ -190,6 +207,7 @@ def line_fields(
                 and (key is None or type(key) is str)
                 and type(value) is str
                 and "value_b64" not in line
+                and "key_b64" not in line
             ):
                 try:
                     fields = (
@@ -491,17 +509,9 @@ def write_records(fh: IO[bytes], records: Iterable[KafkaRecord]) -> int:
 
 def decision_line(topic: str, partition: int, seq: int, d: Decision) -> bytes:
     """An output line: `partition` is the input partition that decided, `offset` the decision's
-    sequence number among that partition's outputs to `topic`."""
-    return (
-        codec.dumps(
-            {
-                "topic": topic,
-                "partition": partition,
-                "offset": seq,
-                "timestamp_ms": d.at_ms,
-                "key": d.key.decode("utf-8", "replace") if d.key is not None else None,
-                "value": d.value,
-            }
-        )
-        + b"\n"
-    )
+    sequence number among that partition's outputs to `topic`; a key that is not UTF-8 (a dead
+    letter's original key) as `key_b64`, as `dump` writes it."""
+    line: dict[str, Any] = {"topic": topic, "partition": partition, "offset": seq, "timestamp_ms": d.at_ms}
+    _put_bytes(line, "key", d.key)
+    line["value"] = d.value
+    return codec.dumps(line) + b"\n"
