@@ -404,6 +404,9 @@ def _problems(s: Settings) -> list[str]:
         value = getattr(s, name)
         if not 0 < value < math.inf:
             out.append(f"{DOCS[name][0]}={value}: expected a number of seconds above 0")
+        elif name in ("timeout_s", "retention_s") and round(value * 1000) < 1:
+            # Event times are milliseconds: 0.0004 s would be a T or R of 0 ms.
+            out.append(f"{DOCS[name][0]}={value}: expected at least 0.001 seconds (event times are milliseconds)")
     for name in ("lateness_s", "probe_age_s", "clock_skew_s", "snapshot_min_interval_s", "max_lead_s", "stall_alert_s"):
         value = getattr(s, name)
         if not 0 <= value < math.inf:

@@ -113,6 +113,13 @@ def mistakes(tmp: Path) -> list[tuple[str, list[str], dict[str, str], int, str]]
             "did you mean QRIS_LATENESS_S?",
         ),
         ("not a number", ["settings"], {"QRIS_PARTITIONS": "four"}, 2, "QRIS_PARTITIONS='four': expected an integer"),
+        (
+            "a timeout below a millisecond",
+            ["replay", "--in", str(tmp / "x"), "--out", out, "--timeout-s", "0.0004"],
+            {},
+            2,
+            "QRIS_TIMEOUT_S=0.0004: expected at least 0.001 seconds",
+        ),
         ("bad protocol", ["settings"], {"QRIS_SECURITY_PROTOCOL": "TLS"}, 2, "QRIS_SECURITY_PROTOCOL='TLS'"),
         ("bad --from", ["replay", "--in", "x", "--out", out, "--from", "yesterday"], {}, 2, "--from"),
         ("no command", [], {}, 2, "required"),
