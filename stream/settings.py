@@ -323,6 +323,10 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
+# Event times are milliseconds: a T, R or H below one would be 0 ms (a T of 0, holds off).
+_BELOW_MS = "expected at least 0.001 seconds (event times are milliseconds)"
+
+
 def _problems(s: Settings) -> list[str]:
     """What is wrong with the settings' values, without reading any file (one line each)."""
     out: list[str] = []
@@ -404,15 +408,16 @@ def _problems(s: Settings) -> list[str]:
         value = getattr(s, name)
         if not 0 < value < math.inf:
             out.append(f"{DOCS[name][0]}={value}: expected a number of seconds above 0")
-        elif name in ("timeout_s", "retention_s") and round(value * 1000) < 1:
-            # Event times are milliseconds: 0.0004 s would be a T or R of 0 ms.
-            out.append(f"{DOCS[name][0]}={value}: expected at least 0.001 seconds (event times are milliseconds)")
+        elif name in ("timeout_s", "retention_s") and value < 0.001:
+            out.append(f"{DOCS[name][0]}={value}: {_BELOW_MS}")
     for name in ("lateness_s", "probe_age_s", "clock_skew_s", "snapshot_min_interval_s", "max_lead_s", "stall_alert_s"):
         value = getattr(s, name)
         if not 0 <= value < math.inf:
             out.append(f"{DOCS[name][0]}={value}: expected a number of seconds, 0 or more")
     if not s.burst_threshold > 0:
         out.append(f"QRIS_BURST_THRESHOLD={s.burst_threshold}: expected a number above 0")
+    if 0 < s.max_hold_s < 0.001:
+        out.append(f"QRIS_MAX_HOLD_S={s.max_hold_s}: {_BELOW_MS}, or 0 for no holds")
     if not 0 <= s.hold_grace_s < math.inf:
         out.append(f"QRIS_HOLD_GRACE_S={s.hold_grace_s}: expected a number of seconds, 0 or more")
     # T and the probe age move event times the engine writes as RFC 3339 (deadlines, the detector's

@@ -120,6 +120,13 @@ def mistakes(tmp: Path) -> list[tuple[str, list[str], dict[str, str], int, str]]
             2,
             "QRIS_TIMEOUT_S=0.0004: expected at least 0.001 seconds",
         ),
+        (
+            "a hold below a millisecond (holds off in disguise)",
+            ["settings"],
+            {"QRIS_MAX_HOLD_S": "0.0004"},
+            2,
+            "QRIS_MAX_HOLD_S=0.0004: expected at least 0.001 seconds",
+        ),
         ("bad protocol", ["settings"], {"QRIS_SECURITY_PROTOCOL": "TLS"}, 2, "QRIS_SECURITY_PROTOCOL='TLS'"),
         ("bad --from", ["replay", "--in", "x", "--out", out, "--from", "yesterday"], {}, 2, "--from"),
         ("no command", [], {}, 2, "required"),

@@ -152,10 +152,9 @@ def test_a_page_for_a_frozen_clock_is_resolved_after_a_kill_and_a_wiped_disk_whe
 
 
 def test_dump_ends_after_a_transaction_marker_and_keeps_a_key_that_is_not_utf8(tmp_path: Path) -> None:
-    # A partition whose last offset is a transaction marker (a transactional producer's commit)
-    # made `dump` and `replay --from-kafka` wait for ever: the marker takes an offset but is never
-    # handed out. A key that is not UTF-8 was written as text with U+FFFD, which can equal the
-    # reference: the replay of the dump refunded a debit live had dead-lettered.
+    # A partition whose last offset is a transaction marker (a transactional producer's commit):
+    # the marker takes an offset but is never handed out, and the read must still end. A key that
+    # is not UTF-8, as text with U+FFFD, could equal the reference: it is kept as bytes.
     bootstrap = require_broker()
     topics = fresh_topics(partitions=1)
     topics.create(bootstrap)

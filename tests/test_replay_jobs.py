@@ -148,7 +148,6 @@ def test_the_line_reader_agrees_with_the_checked_parser_on_every_shape() -> None
         {**good, "value_b64": "AAEC"},
         {k: v for k, v in {**good, "key_b64": "/w=="}.items() if k != "key"},
         {**good, "key": None, "key_b64": "/w=="},
-        {**good, "key_b64": "/w=="},  # both: refused
         {k: v for k, v in {**good, "key_b64": "%%"}.items() if k != "key"},
         {**good, "partition": True},
         {**good, "offset": -1},
@@ -169,8 +168,8 @@ def test_the_line_reader_agrees_with_the_checked_parser_on_every_shape() -> None
 
 
 def test_a_key_that_is_not_utf8_survives_the_replay_file_and_is_a_key_mismatch() -> None:
-    # `dump` wrote such a key as text with U+FFFD in place of the bad bytes, which can equal the
-    # reference: live dead-lettered the debit (key mismatch), the replay of its dump refunded it.
+    # As text with U+FFFD in place of the bad bytes, the key could equal the reference: live
+    # dead-letters the debit (key mismatch), and the replay of its dump must too.
     bad_key = "E\ufffd".encode()[:-3] + b"\xff"
     reference_value = ledger("E-d", "debited", "E\ufffd", 20)
     rec = KafkaRecord(L_TOPIC, 0, 0, 1_743_213_600_000, bad_key, reference_value)
@@ -187,6 +186,12 @@ def test_a_key_that_is_not_utf8_survives_the_replay_file_and_is_a_key_mismatch()
     # The output line keeps it too.
     written = orjson.loads(decision_line(TOPICS["dead_letter"], 0, 0, dead))
     assert "key" not in written and written["key_b64"] == "Rf8="
+    # A line with both is refused by both readers.
+    both = orjson.dumps({**record_to_line(records[0]), "key_b64": "/w=="})
+    with pytest.raises(ValueError, match='"key" and "key_b64" are both given'):
+        line_to_record(orjson.loads(both))
+    with pytest.raises(ReplayLineError, match="x.jsonl:1: .*both given"):
+        _read_lines([both])
 
 
 def _read_lines(lines: list[bytes]) -> list[Any]:

@@ -32,6 +32,9 @@ def read_topics(
         **kafka_python_config(settings),
         enable_auto_commit=False,
         group_id=None,
+        # Records deleted by retention while this reads (below the log start): go on from what is
+        # left, never to the end of the log (kafka-python's default), which would end the read.
+        auto_offset_reset="earliest",
         key_deserializer=None,
         value_deserializer=None,
         max_poll_records=5000,
@@ -69,10 +72,10 @@ def read_topics(
                     if m.offset >= end[tp]:
                         break
                     yield KafkaRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value)
-            # Every partition, also those that gave nothing: the last offsets of a partition can be
-            # transaction markers (a transactional producer's commit or abort), which take an
-            # offset but are never handed out; the fetch moves the position past them.
-            for tp in sorted(remaining):
+            # The partitions that gave records; when none did, every one left: the last offsets of
+            # a partition can be transaction markers (a transactional producer's commit or abort),
+            # which take an offset but are never handed out; the fetch moves the position past them.
+            for tp in sorted(remaining.intersection(batch) if batch else remaining):
                 if consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)
                     consumer.pause(tp)

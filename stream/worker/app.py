@@ -165,7 +165,7 @@ def faust_app(settings: Settings) -> faust.App:
 # batch: the incidents' progress lags the partitions by at least this per round trip, and the
 # records waiting meanwhile cost CPU (views of the minutes closing, their state saved with the
 # references). 0.5 s made a 100k backlog 1.43x slower to its last decision than 0.05 s
-# (`bench/live_throughput.py`, README "Where issue 9's numbers stand"). Smaller batches
+# (`bench/live_throughput.py`, README "Where issue 9's numbers stand", stop 14). Smaller batches
 # do not grow the incidents topic (kept for good): a batch that moves no minute and decides no
 # incident adds no record (`BurstShell.incidents_records`).
 DETECTOR_BATCH_WITHIN_S = 0.05
