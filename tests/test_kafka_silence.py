@@ -30,7 +30,7 @@ from kafka import KafkaProducer
 from stream.settings import Settings, to_env
 from stream.simulate import partition_for
 from stream.worker.endoffsets import BrokerEndOffsets
-from tests.kafka_support import Worker, fresh_topics, require_broker
+from tests.kafka_support import Worker, consume, fresh_topics, require_broker
 from tests.records import T0, ledger, payment
 from tests.test_kafka_chaos import ChaosResult, await_replays_decisions, brief, judge
 from tests.test_kafka_recovery import self_restarts, set_fetch_quota
@@ -224,3 +224,66 @@ def test_the_end_offsets_are_the_brokers_now_also_for_questions_asked_at_once() 
     both = asyncio.run(ask_twice())
     assert both == [{asked[0]: 0, asked[1]: 0, asked[2]: 3}, {asked[2]: 3}]
     assert ends.latest == both[0]
+
+
+def test_a_transactional_feed_in_an_outage_is_silent_behind_its_last_commit_marker(tmp_path: Path) -> None:
+    """The outage case with a transactional payments producer (`KafkaProducer(transactional_id=...)`):
+    each commit leaves a marker after its records, an offset no consumer is given, so the
+    payments partition ends one offset past the next offset the worker would take, for ever.
+    Counted as a record not taken, the stream was late, never silent: no refund of a payment
+    debited and never settled, and once the debits stopped too, a FEED_SILENT of the ledger
+    saying the watermark followed the payments. The idle rule reads the offsets left: markers
+    only, so the payments stream is silent, its FEED_SILENT opens, and the refund is decided;
+    the payment settled in time is not refunded."""
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=1)
+    topics.create(bootstrap)
+    rules = Settings(timeout_s=10, lateness_s=1, max_hold_s=0)
+    env = {var: to_env(rules)[var] for var in ("QRIS_TIMEOUT_S", "QRIS_LATENESS_S", "QRIS_MAX_HOLD_S")}
+    env["QRIS_IDLE_TIMEOUT_S"] = "2"
+    worker = Worker(topics, tmp_path / "w", extra_env=env)
+    plain = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    txn = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"{topics.prefix}-payments")
+    got: list[tuple[str, bytes | None, dict[str, Any]]] = []
+    try:
+        worker.start(bootstrap)
+        txn.init_transactions()
+        # Two transactions: a marker between records (a gap the worker confirms empty) and one last.
+        for records in (
+            [payment("QRA-q", "requested", "QRA", 0), payment("QRS-q", "requested", "QRS", 0)],
+            [payment("QRS-s", "settled", "QRS", 2)],
+        ):
+            txn.begin_transaction()
+            for value in records:
+                txn.send(topics.payment, key=orjson.loads(value)["reference"].encode(), value=value, partition=0)
+            txn.commit_transaction()
+        for ref in ("QRA", "QRS"):
+            plain.send(topics.ledger, key=ref.encode(), value=ledger(f"{ref}-d", "debited", ref, 0), partition=0)
+        plain.flush()
+        worker.wait_processed(5, timeout_s=180)
+        # The payments stop; the debits go on (event time 5 s apart), every 0.5 s: not idle.
+        for i in range(16):
+            ref = f"L{i}"
+            plain.send(topics.ledger, key=ref.encode(), value=ledger(f"{ref}-d", "debited", ref, 5 * (i + 1)))
+            plain.flush()
+            time.sleep(0.5)
+        # QRA's deadline (10 s) is passed once the watermark follows the ledger.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            worker.assert_alive()
+            got = consume(bootstrap, [topics.refunds, topics.alerts], until=10**6, timeout_s=2, settle_s=0)
+            if any(v.get("reference") == "QRA" for t, _k, v in got if t == topics.refunds):
+                break
+        time.sleep(4)  # the idle timeout and a check more: any other alert shows
+        got = consume(bootstrap, [topics.refunds, topics.alerts], until=10**6, timeout_s=3, settle_s=0)
+    finally:
+        txn.close()
+        plain.close()
+        if worker.proc is not None and worker.proc.poll() is None:
+            worker.stop()
+    refunded = sorted({v["reference"] for t, _k, v in got if t == topics.refunds and v["type"] == "refund.requested"})
+    alerts = [v for t, _k, v in got if t == topics.alerts]
+    silent = sorted({a["topic"] for a in alerts if a["kind"] == "FEED_SILENT" and a["status"] == "opened"})
+    print(f"refunded {refunded}, FEED_SILENT opened for {silent}; logs in {tmp_path}", file=sys.stderr)
+    assert "QRA" in refunded and "QRS" not in refunded, (refunded, worker.log_tail())
+    assert silent == [topics.payment], (silent, worker.log_tail())

@@ -29,13 +29,12 @@ from faust.types.events import EventT
 from ..security import aiokafka_config, faust_credentials
 from ..settings import Settings
 from .batches import finish_before_ack
-from .boundary import Gap
 from .bursts import BurstShell, group_committed
 from .clockstall import ClockStall
 from .consumer import guarded_consumer
-from .endoffsets import BrokerEndOffsets, EndOffsetsUnknown
+from .endoffsets import END_OFFSETS_TIMEOUT_S, BrokerEndOffsets, EndOffsetsUnknown
 from .feeds import TopicSilence
-from .gapfill import BrokerGapFetcher
+from .gapfill import MARKERS_PROBE_OFFSETS, BrokerGapFetcher, only_markers
 from .incidents import follow_incidents_topic
 from .intake import QuickConductor, RawSchema, batch_ack, take_batches
 from .metrics import WorkerMetrics
@@ -213,6 +212,10 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     # The broker's end offsets asked when needed (idle rule, feed-stall watchdog): Faust's fetched
     # high watermark stays where it was when the broker stops answering this worker's fetches.
     ends = BrokerEndOffsets(aiokafka_config(settings), f"{settings.app_id}-end-offsets")
+    # ... and what lies before an idle stream's end offset, when it is a few offsets: a
+    # transactional producer's last marker is nothing left to take (its own reader: the
+    # watchdog's reads from another task).
+    lag_reader = BrokerGapFetcher(aiokafka_config(settings), wait_s=END_OFFSETS_TIMEOUT_S)
     shell = ReconcileShell(
         settings,
         store,
@@ -223,6 +226,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         fetch_gap=gaps.fetch,
         restore=store.restore,
         end_offsets=ends.ask,
+        fetch_lag=lag_reader.fetch,
     )
     shell.on_engine = watch.watch_engine
 
@@ -409,11 +413,13 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             start, end = positions[(topic, partition)]
             assert start is not None and end is not None
             try:
-                waiting = await stall_probe.fetch(Gap(topic, partition, start, min(end, start + 100)))
+                # Its first offsets, as many as `only_markers` reads: markers only there are no stall.
+                first = min(end, start + MARKERS_PROBE_OFFSETS)
+                markers = await only_markers(stall_probe.fetch, topic, partition, start, first)
             except Exception:  # noqa: BLE001 - the broker did not answer: not Faust's stall
                 log.warning("%s[%d]: cannot read offsets %d.. to check a stall", topic, partition, start)
                 continue
-            if not waiting:  # transaction markers only: nothing to take
+            if markers:  # transaction markers only: nothing to take
                 feeds.confirmed_empty((topic, partition), time.monotonic())
                 continue
             # Faust stopped handing this partition over (seen after restarts and rebalances,

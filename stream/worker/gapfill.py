@@ -5,7 +5,10 @@ topic partition from a gap's first offset until its position passes the gap's en
 broker has, since a record at that offset was delivered. What it returns inside the gap is
 taken before the rest of the batch; what it does not is confirmed empty (transaction markers,
 compaction). The wait is bounded: a gap that cannot be read in time is an infrastructure error
-(the shell exits before the batch is acked, and a restart tries again). Imports no faust.
+(the shell exits before the batch is acked, and a restart tries again). The same reads tell
+whether a partition's lag (the offsets between the next one to take and the broker's end offset)
+holds records or only transaction markers (`only_markers`: the idle rule and the feed-stall
+watchdog). Imports no faust.
 """
 
 from __future__ import annotations
@@ -57,6 +60,28 @@ async def fill_gaps(
         empty,
     )
     return take
+
+
+# The most offsets of a lag `only_markers` reads. A transactional producer leaves one marker (a
+# control record: it takes an offset, and no consumer is given it) after its last record in each
+# partition it wrote, so a lag of markers only is a few offsets; a longer one is not read, and
+# counts as records.
+MARKERS_PROBE_OFFSETS = 100
+
+
+async def only_markers(
+    fetch_gap: Callable[[Gap], Awaitable[Sequence[InputRecord]]], topic: str, partition: int, start: int, end: int
+) -> bool:
+    """Whether the broker has no record to take at offsets `start` .. `end - 1` of a topic
+    partition (what is there are transaction markers, or nothing): read with `fetch_gap`, and
+    only when there are at most `MARKERS_PROBE_OFFSETS` of them (more: False, unread). Raises
+    what `fetch_gap` raises when the broker does not answer (the caller decides what no answer
+    means)."""
+    if end <= start:
+        return True
+    if end - start > MARKERS_PROBE_OFFSETS:
+        return False
+    return not await fetch_gap(Gap(topic, partition, start, end))
 
 
 class BrokerGapFetcher:

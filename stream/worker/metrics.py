@@ -173,8 +173,9 @@ class WorkerMetrics:
 _COUNT_HELP: tuple[tuple[str, str], ...] = (
     (
         "idle_checks_unanswered",
-        "Idle-rule checks whose question to the broker (end offsets of idle input streams) got no answer: "
-        "no stream counted as silent, no watermark moved by the wall clock",
+        "Idle-rule checks whose question to the broker (end offsets of idle input streams, or whether the few "
+        "offsets before one hold records or transaction markers only) got no answer: no stream asked about "
+        "counted as silent, no watermark moved by the wall clock for it",
     ),
     (
         "idle_streams_behind",

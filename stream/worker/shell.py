@@ -15,7 +15,9 @@ records included.
 
 The one wall-clock rule (live only) is here too: `check_idle_feeds` advances a partition's
 watermark when an input stream has been silent for `idle_timeout_s` (FEED_SILENT alert) and the
-broker, asked at that moment, has none of its records left for this worker (`end_offsets`).
+broker, asked at that moment, has none of its records left for this worker (`end_offsets`; what
+lies before the end offset read when it is a few offsets, `fetch_lag`: transaction markers only
+are nothing left).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from ..core.validation import Rejection
 from ..drivers.replayfile import KafkaRecord
 from ..settings import Settings
 from .boundary import Gap, InputRecord, LiveRecord, PartitionPlan, plan_batch, topic_partition
-from .gapfill import fill_gaps
+from .gapfill import fill_gaps, only_markers
 
 log = logging.getLogger("qris_guard.worker")
 
@@ -149,6 +151,7 @@ class ReconcileShell:
         fetch_gap: Callable[[Gap], Awaitable[list[KafkaRecord]]] | None = None,
         restore: Callable[[int], Awaitable[None]] | None = None,
         end_offsets: EndOffsets | None = None,
+        fetch_lag: Callable[[Gap], Awaitable[Sequence[InputRecord]]] | None = None,
     ) -> None:
         self.settings = settings
         # An input stream is silent for the idle rule only when the broker, asked at the time of
@@ -161,7 +164,14 @@ class ReconcileShell:
         # when fetches stop being answered. No answer: not known to be silent. None: no broker
         # (tests of the shell alone), wall-clock silence only.
         self.end_offsets = end_offsets
+        # An end offset past the next offset to take is not always a record: a transactional
+        # producer's commit or abort marker takes an offset and no consumer is given it, so a
+        # stream whose producer is transactional ends one offset past its last record, for ever.
+        # The offsets between are read from the broker (`gapfill.only_markers`, a reader of the
+        # idle rule's own); markers only: nothing left to take. None, or no answer: records.
+        self.fetch_lag = fetch_lag
         self._unanswered = False  # the last question went unanswered (logged once per episode)
+        self._unread: set[tuple[str, int]] = set()  # lags that could not be read (logged once)
         self._behind: set[tuple[str, int]] = set()  # idle streams with records waiting (logged once)
         # Brings a partition's stored state up to date before its engine is built from it.
         self.restore = restore
@@ -635,8 +645,10 @@ class ReconcileShell:
         return out
 
     async def _ends_now(self, tps: set[tuple[str, int]]) -> Mapping[tuple[str, int], int] | None:
-        """The broker's end offsets of `tps` now; None when it does not answer (then no stream
-        is known to be silent, and no watermark moves by the wall clock)."""
+        """The offset after the last record of each of `tps` the broker has now: its end offset,
+        or the next offset to take when what lies between holds transaction markers only; None
+        when it does not answer (then no stream is known to be silent, and no watermark moves by
+        the wall clock)."""
         if not tps or self.end_offsets is None:
             return {}
         try:
@@ -656,9 +668,13 @@ class ReconcileShell:
             log.info("idle rule: the broker answers for end offsets again")
         self._unanswered = False
         behind = set()
+        records_end = dict(ends)
         for topic, p in sorted(tps):
             end, taken = ends.get((topic, p)), self.next_offset(topic, p)
             if end is not None and taken is not None and end > taken:
+                if await self._markers_only(topic, p, taken, end):
+                    records_end[(topic, p)] = taken
+                    continue
                 behind.add((topic, p))
                 if (topic, p) not in self._behind:
                     # Late, not silent: Faust has not handed these records over (a backlog, or a
@@ -675,7 +691,33 @@ class ReconcileShell:
                     )
         self.counts["idle_streams_behind"] += len(behind - self._behind)
         self._behind = behind
-        return ends
+        self._unread &= behind  # (a lag not read counts as behind; the others' episodes are over)
+        return records_end
+
+    async def _markers_only(self, topic: str, p: int, start: int, end: int) -> bool:
+        """Whether offsets `start` .. `end - 1` of an idle stream hold transaction markers only,
+        as the broker answers now. Not known (no reader, a lag too long to read, no answer): False,
+        records may wait there, and the stream is late, not silent."""
+        if self.fetch_lag is None:
+            return False
+        try:
+            markers = await only_markers(self.fetch_lag, topic, p, start, end)
+        except Exception as exc:  # noqa: BLE001 - any failure means no answer
+            self.counts["idle_checks_unanswered"] += 1
+            if (topic, p) not in self._unread:
+                log.warning(
+                    "idle rule: %s[%d]: offsets %d..%d not read from the broker (%s): records or transaction "
+                    "markers, not known; not silent until they are read",
+                    topic,
+                    p,
+                    start,
+                    end - 1,
+                    exc,
+                )
+            self._unread.add((topic, p))
+            return False
+        self._unread.discard((topic, p))
+        return markers
 
     def _all_taken(self, topic: str, p: int, ends: Mapping[tuple[str, int], int] | None) -> bool:
         """True when the broker said, at this check, that it has no record of the stream left
