@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.core.eventtime import format_ms
+from stream.core.eventtime import format_ms, parse_ms
 from stream.core.partition import Params, PartitionEngine
 from stream.core.records import Stream
 from stream.core.validation import Rejection, parse_payment
+from stream.drivers.wib import wib_and_utc
 from stream.settings import Settings
 from stream.worker import dashboard
 from stream.worker import watch as watch_module
@@ -106,7 +107,7 @@ def test_a_held_refund_is_told_from_state_with_the_incident_that_keeps_it_on_and
     assert got["hold"]["open_incident_ids"] == ["in_bca"] and got["hold"]["incident_id"] == "in_bca"
     assert got["hold"]["incident_ids"] == ["in_rintis", "in_bca"]
     assert "held while incident in_bca is open" in got["summary"] and "in_rintis" not in got["summary"]
-    assert got["hold"]["release_by"] in got["summary"]
+    assert _said(got["hold"]["release_by"]) in got["summary"] and " WIB (" in got["summary"]
     assert [i["incident_id"] for i in got["incidents"]] == ["in_bca"]  # the timeline's, on any worker
     # A refund.held of another hold seen on the refund topic changes nothing: the state decides.
     watch.on_output("refunds", {"type": "refund.held", "refund_id": "rf_x", "reference": "QR2", "amount": 1})
@@ -116,10 +117,62 @@ def test_a_held_refund_is_told_from_state_with_the_incident_that_keeps_it_on_and
     f.tick(2100)  # decided through 2,070 s: in_bca was open until 2,000
     got = payment_status(f.eng.refs["QR1"], 0, watch, f.eng)
     assert got["status"] == "refund_held" and got["hold"]["open_incident_ids"] == []
-    assert "resolved: it comes at" in got["summary"] and got["hold"]["release_at"] in got["summary"]
+    assert "resolved: it comes at" in got["summary"] and _said(got["hold"]["release_at"]) in got["summary"]
     f.tick(2000 + 900 + 31)
     assert payment_status(f.eng.refs["QR1"], 0, watch, f.eng)["status"] == "refund_requested"
     assert len(open_holds({0: f.eng})) == 0
+
+
+def _said(rfc3339: str) -> str:
+    return wib_and_utc(parse_ms(rfc3339))
+
+
+def test_a_payment_an_open_incident_covers_is_told_its_refund_would_be_held() -> None:
+    # The deadline is still ahead and incident in_a (switch RINTIS) is open: at the deadline the
+    # refund is held, not paid; customer service must not promise it at the deadline.
+    f = Feed()
+    f.incidents([inc("opened", 100)], EVERYTHING)
+    unsettled(f, "QR1", 150)
+    f.tick(300)  # decided through 270 s: the deadline (450 s) is ahead
+    got = payment_status(f.eng.refs["QR1"], 0, WorkerWatch(Settings()), f.eng)
+    assert got["status"] == "debited" and got["refund_due_at"] == format_ms(ms(450))
+    deadline, latest = wib_and_utc(ms(450)), wib_and_utc(ms(450) + HOLDS.max_hold_ms)
+    assert f"a refund is due at {deadline}" in got["summary"] and "incident in_a" in got["summary"]
+    assert f"held: it then comes by {latest} at the latest" in got["summary"]
+    # Not covered (another switch): due at the deadline, nothing said of holds.
+    unsettled(f, "QR2", 310, switch_id="ALTO")
+    f.tick(400)  # decided through 370 s: QR1's deadline still ahead
+    other = payment_status(f.eng.refs["QR2"], 0, WorkerWatch(Settings()), f.eng)["summary"]
+    assert other.endswith(f"a refund is due at {wib_and_utc(ms(610))} if it does not settle"), other
+    # What the engine decides at the deadline is what was said: held.
+    f.tick(500)
+    assert [(r["type"], r["reference"]) for r in f.refunds()] == [("refund.held", "QR1")]
+
+
+def test_a_debit_received_and_not_processed_yet_is_not_told_as_no_money_taken() -> None:
+    f = Feed(HOLDS)
+    f.incidents([], EVERYTHING)
+    f.p(payment("W2-q", "requested", "W2", 200))
+    f.tick(300)  # the request is processed (W 270 s)
+    f.l(ledger("W2-d", "debited", "W2", 280))  # past the watermark: waits
+    got = lookup_reference({0: f.eng}, "W2", WorkerWatch(Settings()))
+    assert got is not None and got["status"] == "requested" and got["waiting_records"]
+    assert "no money was taken" not in got["summary"], got["summary"]
+    assert "not processed yet: debited 25000" in got["summary"], got["summary"]
+
+
+def test_a_double_debit_of_a_settled_payment_is_told_with_its_refund() -> None:
+    recs = [(P, b"D", payment("D-q", "requested", "D", 0)), (L, b"D", ledger("D-d1", "debited", "D", 1))]
+    recs += [(L, b"D", ledger("D-d2", "debited", "D", 2)), (P, b"D", payment("D-s", "settled", "D", 3))]
+    recs += [(P, b"T", payment("T-q", "requested", "T", 100)), (L, b"T", ledger("T-d", "debited", "T", 100))]
+    watch, eng = _run(recs)
+    got = payment_status(eng.refs["D"], 0, watch, eng)
+    assert got["status"] == "settled" and got["net_debited"] == 50_000
+    due = wib_and_utc(ms(301))
+    assert (
+        got["summary"]
+        == f"the merchant was paid; 25000 more was taken than the payment settled for: a refund of it is due at {due}"
+    )
 
 
 def test_a_debit_given_back_is_not_told_as_no_money_taken() -> None:

@@ -14,9 +14,10 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from ..core.decisions import mask_account
-from ..core.eventtime import format_ms
+from ..core.eventtime import format_ms, parse_ms
 from ..core.partition import PartitionEngine, waiting_list
 from ..core.reference import ReferenceState
+from ..drivers.wib import wib_and_utc
 from .watch import WorkerWatch
 
 
@@ -89,23 +90,57 @@ def _holds(st: ReferenceState, engine: PartitionEngine | None) -> list[dict[str,
     return out
 
 
+def _said(rfc3339: str) -> str:
+    # A time in a sentence read to the customer: Jakarta time first (the fields stay RFC 3339).
+    return wib_and_utc(parse_ms(rfc3339))
+
+
 def _held_summary(hold: dict[str, Any], n: int) -> str:
     more = f" ({n} refunds of this payment are held)" if n > 1 else ""
+    by = _said(hold["release_by"])
     if hold["open_incident_ids"]:
         return (
             f"refund of {hold['amount']} held while incident {', '.join(hold['open_incident_ids'])} is open; "
-            f"it comes by {hold['release_by']} at the latest{more}"
+            f"it comes by {by} at the latest{more}"
         )
     if hold["release_at"] is not None and hold["incident_ids"]:
         return (
             f"refund of {hold['amount']} held; the incidents that held it ({', '.join(hold['incident_ids'])}) "
-            f"resolved: it comes at {hold['release_at']} unless another one opens, by {hold['release_by']} "
+            f"resolved: it comes at {_said(hold['release_at'])} unless another one opens, by {by} "
             f"at the latest{more}"
         )
+    return f"refund of {hold['amount']} held (incident {hold['incident_id']}); it comes by {by} at the latest{more}"
+
+
+def _due(st: ReferenceState, engine: PartitionEngine | None) -> str:
+    """When the refund of an open cycle comes if the payment does not settle: at its deadline,
+    unless an incident covering the payment is open then (the refund is held: CONTRACT.md
+    "Refund holds"; only a `SETTLEMENT_TIMEOUT` refund is)."""
+    assert st.cycle_deadline_ms is not None
+    deadline = wib_and_utc(st.cycle_deadline_ms)
+    p = engine.params if engine is not None else None
+    if engine is None or p is None or not p.holds or st.settled > 0 or st.failure is not None:
+        return f"a refund is due at {deadline} if it does not settle"
+    covering = engine.incidents.covering_open_at(st.request, engine.decided_through_ms)
+    if not covering:
+        return f"a refund is due at {deadline} if it does not settle"
+    latest = wib_and_utc(st.cycle_deadline_ms + p.max_hold_ms)
     return (
-        f"refund of {hold['amount']} held (incident {hold['incident_id']}); it comes by {hold['release_by']} "
-        f"at the latest{more}"
+        f"if it does not settle, a refund is due at {deadline}; incident {', '.join(i.incident_id for i in covering)} "
+        f"covering this payment is open, and while one is open at the deadline the refund is held: it then "
+        f"comes by {latest} at the latest"
     )
+
+
+def _not_processed(engine: PartitionEngine | None, reference: str) -> str:
+    # Records of the payment received and waiting for the watermark: the answer above does not
+    # count them yet, and a debit among them is money the customer sees taken.
+    items = engine.pending.get(reference) if engine is not None else None
+    if not items:
+        return ""
+    events = [ev for *_x, ev in waiting_list(items) if ev is not None]
+    said = ", ".join(f"{ev.type} {ev.amount}" for ev in events)
+    return f"; also received and not processed yet: {said} (this answer changes once they are)" if said else ""
 
 
 def payment_status(
@@ -130,16 +165,25 @@ def payment_status(
     elif st.settled > 0:
         status = "settled"
         say = "the merchant was paid"
+        if st.net > st.settled:
+            # Charged twice (or more than the payment): the excess is refunded at the deadline.
+            say += f"; {st.net - st.settled} more was taken than the payment settled for"
+            if st.cycle_deadline_ms is not None:
+                say += f": a refund of it is due at {wib_and_utc(st.cycle_deadline_ms)}"
     elif st.failure is not None:
         status = "failed" if st.net <= 0 else "failed_debited"
-        say = "the payment failed" + (", the money was taken; a refund follows at the deadline" if st.net > 0 else "")
+        say = "the payment failed"
+        if st.net > 0:
+            say += ", the money was taken; a refund follows at the deadline"
+            if st.cycle_deadline_ms is not None:
+                say += f" ({wib_and_utc(st.cycle_deadline_ms)})"
         if st.net <= 0 and st.debits:
             say += "; the money taken was given back (reversed)"
     elif st.net > 0:
         status = "debited"
         say = "the money was taken and the payment is not settled yet"
         if st.cycle_deadline_ms is not None:
-            say += f"; a refund is due at {format_ms(st.cycle_deadline_ms)} if it does not settle"
+            say += "; " + _due(st, engine)
     elif st.debits:
         # (Not "no money was taken": a debit and its reversal are both on the customer's
         # statement.)
@@ -148,6 +192,9 @@ def payment_status(
     else:
         status = "requested"
         say = "the payment was requested; no money was taken"
+        if engine is not None and st.reference in engine.pending:
+            say = "the payment was requested; no debit is processed yet"
+    say += _not_processed(engine, st.reference)
     incidents = _incidents_covering(st, watch, engine)
     return {
         "reference": st.reference,
