@@ -273,6 +273,12 @@ def test_the_dashboard_shows_incidents_holds_feeds_and_escapes_input() -> None:
     eng.stall_paged = (2, eng.watermark_ms)  # the ledger's (a bit a stream)
     page = render(watch, {0: eng}, NOW_S, "qris-test")
     assert f'<td class="bad">stands still, held by {watch.topics[1]}: nothing decided' in page
+    # Holds open with no incident known here (a restart: the detector not rebuilt yet): not
+    # "nothing is burning".
+    fresh = WorkerWatch(Settings(), clock=lambda: NOW_S)
+    page = render(fresh, {1: held}, NOW_S, "qris-test")
+    assert "Nothing is burning" not in page and "1 refund(s) are still held by incident(s) i1, in_bca" in page
+    assert "Nothing is burning" in render(fresh, {0: eng}, NOW_S, "qris-test")
 
 
 def test_grafana_and_prometheus_files_use_only_metrics_the_worker_exports() -> None:

@@ -60,8 +60,20 @@ def _incidents(watch: WorkerWatch, held: list[Hold]) -> list[str]:
         f'<h2 id=incidents>Open incidents: <span class="{"bad" if watch.incidents else "ok"}">'
         f"{len(watch.incidents)}</span></h2>"
     ]
-    if not watch.incidents:
+    if not watch.incidents and not held:
         return [*out, "<p class=ok>Nothing is burning.</p>"]
+    if not watch.incidents:
+        # Holds still open: their incidents resolved less than G ago, or this worker does not
+        # know them open (the detector runs on another worker, or is rebuilt here only at the
+        # next burst report after a restart or a rebalance). Not "nothing is burning".
+        ids = sorted({i for h in held for i in h.incident_ids})
+        return [
+            *out,
+            f"<p class=bad>No incident is known open on this worker, but {len(held)} refund(s) are still held "
+            f"by incident(s) {_e(', '.join(ids))}: a hold ends G after its incidents resolve, or at its deadline "
+            "+ H. After a restart or a rebalance the open incidents show here again once the burst detector is "
+            "rebuilt on this worker (at its next report); it may run on another worker.</p>",
+        ]
     out.append(
         "<table><tr><th>scope</th><th>status</th><th>since</th><th class=num>payments bad</th>"
         "<th class=num>exposure</th><th class=num>holds</th><th>summary</th></tr>"
