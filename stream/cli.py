@@ -293,7 +293,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
             for rec in read_topics(s, list(roles)):
                 if rec.value is not None:
-                    yield roles[rec.topic], codec.loads(rec.value)
+                    where = f"{rec.topic}[{rec.partition}]@{rec.offset}"
+                    try:
+                        value = codec.loads(rec.value)
+                    except ValueError:
+                        raise Mistake(f"{where}: not JSON") from None
+                    yield roles[rec.topic], _output_value(where, roles[rec.topic], value)
         else:
             with open(args.input, "rb") as fh:
                 for n, raw in enumerate(fh, 1):
@@ -304,10 +309,10 @@ def cmd_report(args: argparse.Namespace) -> int:
                         topic, value = line["topic"], line["value"]
                     except (ValueError, KeyError, TypeError):
                         raise Mistake(f"{args.input}:{n}: not an output line of replay") from None
+                    if not isinstance(topic, str):
+                        raise Mistake(f'{args.input}:{n}: not an output line of replay: "topic" must be a string')
                     if topic in roles:
-                        if not isinstance(value, dict):
-                            raise Mistake(f'{args.input}:{n}: "value" of an output line must be a JSON object')
-                        yield roles[topic], value
+                        yield roles[topic], _output_value(f"{args.input}:{n}", roles[topic], value)
                     elif topic in (s.payment_topic, s.ledger_topic):
                         inputs_seen[topic] = inputs_seen.get(topic, 0) + 1
 
@@ -354,6 +359,18 @@ def cmd_report(args: argparse.Namespace) -> int:
         print("Times: WIB (UTC+7), UTC in brackets.")
         print(render(summary))
     return 0
+
+
+def _output_value(where: str, role: str, value: object) -> dict[str, Any]:
+    """`value` if `report` can read it, else the line's mistake in one line."""
+    from .drivers.reportselect import output_problem
+
+    if not isinstance(value, dict):
+        raise Mistake(f'{where}: not an output line of replay: "value" must be a JSON object')
+    problem = output_problem(role, value)
+    if problem:
+        raise Mistake(f"{where}: not an output line of replay: {problem}")
+    return value
 
 
 def cmd_trace(args: argparse.Namespace) -> int:

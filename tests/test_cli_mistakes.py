@@ -104,6 +104,17 @@ def mistakes(tmp: Path) -> list[tuple[str, list[str], dict[str, str], int, str]]
             2,
             "e.jsonl:1: not an output line of replay",
         ),
+        (
+            "report of an output line missing a field",
+            [
+                "report",
+                "--in",
+                write_lines(tmp / "f.jsonl", [{"topic": "qris.refunds", "value": {"type": "refund.requested"}}]),
+            ],
+            {},
+            2,
+            'f.jsonl:1: not an output line of replay: a refunds value needs "refund_id"',
+        ),
         ("unknown setting", ["settings"], {"QRIS_TIMEOUT": "10"}, 2, "did you mean QRIS_TIMEOUT_S?"),
         (
             "unknown setting stops replay too",

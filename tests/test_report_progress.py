@@ -22,8 +22,8 @@ from stream.drivers.progress import Progress
 from stream.drivers.replay import replay
 from stream.drivers.replayfile import decision_line, record_to_line
 from stream.drivers.report import _when as report_when
-from stream.drivers.report import summarise
-from stream.drivers.reportselect import Selection, outstanding
+from stream.drivers.report import render, summarise
+from stream.drivers.reportselect import SCOPES, Selection, output_problem, outstanding
 from stream.worker.logs import JsonFormatter
 from tests.records import at
 from tests.scenario import scenario_records
@@ -238,3 +238,54 @@ def test_every_window_s_net_is_its_refunds_latest_records(
     assert summary["net_outstanding_idr"] == t["net_outstanding"]["idr"] == expected >= 0
     assert summary.get("refund_totals") == t
     assert expected == t["requested"]["idr"] - (t["cancelled"]["idr"] - t["cancelled_earlier"]["idr"])
+
+
+def _valid_outputs() -> list[tuple[str, dict[str, Any]]]:
+    examples = Path(__file__).resolve().parents[1] / "schemas/examples"
+    roles = {"qris.refunds": "refunds", "qris.alerts": "alerts", "qris.dead-letter": "dead_letter"}
+    return [
+        (role, json.loads(f.read_text()))
+        for topic, role in roles.items()
+        for f in sorted((examples / topic / "valid").glob("*.json"))
+    ]
+
+
+def _broken(v: dict[str, Any]) -> list[dict[str, Any]]:
+    """`v` with one field (top level, or one level down) missing or of another type."""
+    out = []
+    for name, field in v.items():
+        for other in (None, "x", 1.5, True, [], {}):
+            out.append({**v, name: other})
+        out.append({k: x for k, x in v.items() if k != name})
+        if isinstance(field, dict):
+            for sub in field:
+                for other in (None, "x", [], {"count": "x"}):
+                    out.append({**v, name: {**field, sub: other}})
+    return out
+
+
+def test_report_reads_every_output_value_it_lets_through() -> None:
+    """Any field `summarise`, `render` or a scope selection reads, missing or of the wrong type,
+    is found by `output_problem` (the CLI words it as the line's mistake); what it lets through
+    is summarised without an error."""
+    valid = _valid_outputs()
+    assert {role for role, _v in valid} == {"refunds", "alerts", "dead_letter"}
+    assert all(output_problem(role, v) is None for role, v in valid)
+    selections = [Selection(), Selection(0, 1), *(Selection(scope_type=t, scope_id="X") for t in SCOPES)]
+    for role, good in valid:
+        for v in _broken(good):
+            if output_problem(role, v) is None:
+                render(summarise([(role, v)]))
+                assert all(sel.keep(role, v) in (True, False) for sel in selections)
+
+
+def test_a_malformed_output_line_is_a_mistake_with_its_line_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = codec.dumps({"topic": "qris.refunds", "value": WINDOW_REFUNDS[0]})
+    bad = codec.dumps({"topic": "qris.refunds", "value": {"type": "refund.requested"}})
+    dec = tmp_path / "partial.jsonl"
+    dec.write_bytes(good + b"\n" + bad + b"\n")
+    assert cli.main(["report", "--in", str(dec)]) == cli.EXIT_MISTAKE
+    [line] = capsys.readouterr().err.splitlines()
+    assert f'{dec}:2: not an output line of replay: a refunds value needs "refund_id"' in line

@@ -1,7 +1,7 @@
 """What `report` adds around the summary: the selection of decisions by time and scope, the net
 outstanding refunds (per refund id, its latest record in the selection: requested and not
-cancelled; holds beside), a CSV view, and the check that it was given decisions, not input.
-Pure functions over output values.
+cancelled; holds beside), a CSV view, the check that it was given decisions, not input, and the
+check of each output value for the fields the summary reads. Pure functions over output values.
 """
 
 from __future__ import annotations
@@ -112,6 +112,67 @@ def outstanding(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]
         "net_outstanding": {"count": len(net), "idr": sum(net)},
         "held_now": {"count": len(held), "idr": sum(held)},
     }
+
+
+REFUND_TYPES = ("refund.requested", "refund.held", "refund.cancel_requested", "refund.hold_released")
+_TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object"}
+
+
+def output_problem(role: str, v: dict[str, Any]) -> str | None:
+    """What in output value `v` `summarise`, `render` and `Selection` could not read (the first
+    field they need that is missing or of the wrong type), or None. Checked line by line, so a
+    hostile or truncated line is named by its line number instead of failing the whole summary.
+
+    >>> output_problem("refunds", {"type": "refund.requested", "amount": 5, "reason": "LATE"})
+    'a refunds value needs "refund_id" (a string)'
+    >>> output_problem("alerts", {"alert_id": "a", "kind": "FEED_SILENT", "severity": "info", "summary": "s"})
+    """
+    if role == "refunds":
+        if v.get("type") not in REFUND_TYPES:
+            return f'a refunds value needs "type" (one of {", ".join(REFUND_TYPES)})'
+        hold = v.get("hold")
+        if hold is not None and (not isinstance(hold, dict) or not _number(hold.get("held_ms"))):
+            return 'a refunds value\'s "hold" must be an object with a number "held_ms"'
+        if "cancel_id" in v and not isinstance(v["cancel_id"], str):  # (read in place of refund_id)
+            return 'a refunds value\'s "cancel_id" must be a string or absent'
+        return _fields(role, v, {"refund_id": str, "amount": int, "reason": str}, {})
+    if role == "dead_letter":
+        return _fields(role, v, {"dead_letter_id": str, "error": str}, {})
+    problem = _fields(
+        role,
+        v,
+        {"alert_id": str, "kind": str, "severity": str, "summary": str},
+        {"status": str, "scope": dict, "window": dict, "holds": dict},
+    )
+    if problem:
+        return problem
+    if v["kind"] == "FAILURE_BURST" and not isinstance(v.get("status"), str):
+        return 'a FAILURE_BURST alert needs "status" (a string)'
+    window, holds = v.get("window") or {}, v.get("holds") or {}
+    if any(window.get(k) is not None and not isinstance(window[k], str) for k in ("start", "end")):
+        return 'an alert\'s "window" "start" and "end" must be strings'
+    if holds.get("as_of") is not None and not isinstance(holds["as_of"], str):
+        return 'an alert\'s "holds" "as_of" must be a string'
+    for tally in (c for k, c in holds.items() if k != "as_of"):
+        if tally is not None and (
+            not isinstance(tally, dict) or not all(_number(tally.get(k, 0)) for k in ("count", "amount_idr"))
+        ):
+            return 'an alert\'s "holds" counts must be objects of numbers "count" and "amount_idr"'
+    return None
+
+
+def _fields(role: str, v: dict[str, Any], needed: dict[str, type], optional: dict[str, type]) -> str | None:
+    for name, kind in needed.items():
+        if not isinstance(v.get(name), kind) or isinstance(v[name], bool):
+            return f'a {role} value needs "{name}" ({_TYPE_NAMES[kind]})'
+    for name, kind in optional.items():
+        if v.get(name) is not None and not isinstance(v[name], kind):
+            return f'a {role} value\'s "{name}" must be {_TYPE_NAMES[kind]}, null or absent'
+    return None
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def input_topics_seen(lines: Iterable[str], input_topics: Iterable[str]) -> dict[str, int]:
