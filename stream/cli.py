@@ -280,12 +280,15 @@ def cmd_warmup(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .core.alerts import rupiah
+    from .core.text import escape_text
     from .drivers.report import render, summarise
     from .drivers.reportselect import Selection, to_csv
 
     s = _connect(_settings(args)) if args.from_kafka else _settings(args)
     roles = {s.refund_topic: "refunds", s.alert_topic: "alerts", s.dead_letter_topic: "dead_letter"}
     inputs_seen: dict[str, int] = {}
+    others_seen: dict[str, int] = {}  # lines of topics that are neither input nor configured output
+    counted = [0]  # lines of the configured output topics
 
     def outputs() -> Iterator[tuple[str, dict[str, Any]]]:
         if args.from_kafka:
@@ -312,15 +315,38 @@ def cmd_report(args: argparse.Namespace) -> int:
                     if not isinstance(topic, str):
                         raise Mistake(f'{args.input}:{n}: not an output line of replay: "topic" must be a string')
                     if topic in roles:
+                        counted[0] += 1
                         yield roles[topic], _output_value(f"{args.input}:{n}", roles[topic], value)
                     elif topic in (s.payment_topic, s.ledger_topic):
                         inputs_seen[topic] = inputs_seen.get(topic, 0) + 1
+                    else:
+                        others_seen[topic] = others_seen.get(topic, 0) + 1
 
     scope = next(
         ((t, getattr(args, t)) for t in ("merchant", "switch", "acquirer", "issuer") if getattr(args, t)), None
     )
     selection = Selection(args.since, args.until, *(scope or (None, None)))
     selected = list(selection.select(outputs()))
+    if others_seen:
+        # Output topics named otherwise than configured would count as nothing: all-zero money
+        # that looks like a quiet day.
+        shown = sorted(others_seen.items(), key=lambda x: -x[1])
+        found = ", ".join(f"{n} of {escape_text(t, 64)}" for t, n in shown[:5])
+        found += f" and {len(shown) - 5} more topics" if len(shown) > 5 else ""
+        configured = (
+            f"configured: QRIS_REFUND_TOPIC={s.refund_topic}, QRIS_ALERT_TOPIC={s.alert_topic}, "
+            f"QRIS_DEAD_LETTER_TOPIC={s.dead_letter_topic}"
+        )
+        if not counted[0]:
+            raise Mistake(
+                f"{args.input}: no line is of the configured output topics ({configured}); its lines are {found}: "
+                "set those QRIS_* variables to the output topics the file was written with"
+            )
+        print(
+            f"warning: {args.input}: {sum(others_seen.values())} lines not counted, of topics that are not the "
+            f"configured output topics ({found}; {configured})",
+            file=sys.stderr,
+        )
     if inputs_seen:
         print(
             f"warning: {args.input} holds input records ({', '.join(f'{n} of {t}' for t, n in inputs_seen.items())}); "

@@ -115,6 +115,13 @@ def mistakes(tmp: Path) -> list[tuple[str, list[str], dict[str, str], int, str]]
             2,
             'f.jsonl:1: not an output line of replay: a refunds value needs "refund_id"',
         ),
+        (
+            "report of output topics named otherwise than configured",
+            ["report", "--in", write_lines(tmp / "g.jsonl", [{"topic": "bank.qris.refunds", "value": {}}])],
+            {},
+            2,
+            "g.jsonl: no line is of the configured output topics (configured: QRIS_REFUND_TOPIC=qris.refunds",
+        ),
         ("unknown setting", ["settings"], {"QRIS_TIMEOUT": "10"}, 2, "did you mean QRIS_TIMEOUT_S?"),
         (
             "unknown setting stops replay too",

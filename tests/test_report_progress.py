@@ -289,3 +289,25 @@ def test_a_malformed_output_line_is_a_mistake_with_its_line_number(
     assert cli.main(["report", "--in", str(dec)]) == cli.EXIT_MISTAKE
     [line] = capsys.readouterr().err.splitlines()
     assert f'{dec}:2: not an output line of replay: a refunds value needs "refund_id"' in line
+
+
+def test_output_topics_named_otherwise_are_said_never_counted_as_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file written with other output topic names than the configured ones: nothing of it
+    counted is a mistake naming both (not an all-zero report); some of it counted, a warning."""
+    dec = tmp_path / "bank.jsonl"
+    dec.write_bytes(b"".join(codec.dumps({"topic": "bank.qris.refunds", "value": v}) + b"\n" for v in WINDOW_REFUNDS))
+    assert cli.main(["report", "--in", str(dec)]) == cli.EXIT_MISTAKE
+    [line] = capsys.readouterr().err.splitlines()
+    assert f"{dec}: no line is of the configured output topics" in line
+    assert f"{len(WINDOW_REFUNDS)} of bank.qris.refunds" in line and "QRIS_REFUND_TOPIC=qris.refunds" in line
+    monkeypatch.setenv("QRIS_REFUND_TOPIC", "bank.qris.refunds")
+    assert cli.main(["report", "--in", str(dec), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["refund_totals"]["requested"]["count"] == 5
+    with dec.open("ab") as fh:
+        fh.write(codec.dumps({"topic": "bank.qris.alerts", "value": {}}) + b"\n")
+    assert cli.main(["report", "--in", str(dec), "--json"]) == 0
+    [line] = capsys.readouterr().err.splitlines()
+    assert "warning:" in line and "1 lines not counted" in line and "1 of bank.qris.alerts" in line
+    assert "QRIS_ALERT_TOPIC=qris.alerts" in line
