@@ -220,13 +220,15 @@ def test_every_window_s_net_is_its_refunds_latest_records(
     for i, (amount, path, start, step, cancelled) in enumerate(lifecycles):
         rid = f"r{i}"
         minute = start
+        ended = {}
         if path.startswith("held"):
             values.append(_refund("refund.held", rid, amount, minute))
             minute += step
+            ended = {"hold": {"held_ms": step * 60_000}}
         if path == "held-released":
-            values.append(_refund("refund.hold_released", rid, amount, minute))
+            values.append(_refund("refund.hold_released", rid, amount, minute, **ended))
         elif path != "held":
-            values.append(_refund("refund.requested", rid, amount, minute))
+            values.append(_refund("refund.requested", rid, amount, minute, **ended))
             if cancelled:
                 values.append(_refund("refund.cancel_requested", rid, amount, minute + step))
     values.sort(key=lambda v: v["decided_at"])  # (stable: each refund's records stay in order)
@@ -238,6 +240,14 @@ def test_every_window_s_net_is_its_refunds_latest_records(
     assert summary["net_outstanding_idr"] == t["net_outstanding"]["idr"] == expected >= 0
     assert summary.get("refund_totals") == t
     assert expected == t["requested"]["idr"] - (t["cancelled"]["idr"] - t["cancelled_earlier"]["idr"])
+    # The holds line adds up: the holds begun in the window ended there or are still held;
+    # those begun before it that ended in it are counted apart.
+    h = summary["holds"]
+    assert h["held"] == h["requested_after"] + h["released"] + h["still_held"]
+    assert h["held_idr"] >= h["released_idr"]
+    started = {v["refund_id"] for _role, v in chosen if v["type"] == "refund.held"}
+    earlier_ends = [v for _role, v in chosen if "hold" in v and v["refund_id"] not in started]
+    assert h["earlier_requested_after"] + h["earlier_released"] == len(earlier_ends)
 
 
 def _valid_outputs() -> list[tuple[str, dict[str, Any]]]:
@@ -311,3 +321,23 @@ def test_output_topics_named_otherwise_are_said_never_counted_as_zero(
     [line] = capsys.readouterr().err.splitlines()
     assert "warning:" in line and "1 lines not counted" in line and "1 of bank.qris.alerts" in line
     assert "QRIS_ALERT_TOPIC=qris.alerts" in line
+
+
+def test_a_window_s_holds_line_adds_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Holds begun before `--since` and ended in the window are said apart, not counted as ends
+    of the window's holds (which made "held 1; released 2, still held 1")."""
+    held_ms = {"hold": {"held_ms": 60_000}}
+    values = [
+        _refund("refund.held", "early", 5_000, 5),
+        _refund("refund.held", "in", 7_000, 12),
+        _refund("refund.held", "kept", 1_000, 13),
+        _refund("refund.hold_released", "early", 5_000, 14, **held_ms),
+        _refund("refund.hold_released", "in", 7_000, 15, **held_ms),
+    ]
+    dec = tmp_path / "decisions.jsonl"
+    dec.write_bytes(b"".join(codec.dumps({"topic": "qris.refunds", "value": v}) + b"\n" for v in values))
+    assert cli.main(["report", "--in", str(dec), "--since", at(600), "--until", at(1800)]) == 0
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("Refunds held")]
+    assert "held during incidents: 2 (Rp 8.000); then requested 0, released without payment 1 (Rp 7.000)" in line
+    assert "still held 1; 1 holds from before the selection ended in it: requested 0, released without" in line
+    assert "payment 1 (Rp 5.000)" in line

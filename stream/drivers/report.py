@@ -30,8 +30,11 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     alert_lines: list[str] = []
     incident_lines: list[str] = []
     incident_holds: dict[str, dict[str, Any]] = {}
-    holds = {"held": 0, "held_idr": 0, "released": 0, "released_idr": 0, "requested_after": 0}
-    holds_ended: set[str] = set()
+    holds = {"held": 0, "held_idr": 0}
+    # How each hold ended here (requested or released, and the amount), by refund id: the
+    # ends of holds that began in `outputs` add up with those still held to `held`; the ends
+    # of earlier holds (a window's `--since` cuts their start off) are counted apart.
+    holds_ended: dict[str, tuple[str, int]] = {}
     holds_started: set[str] = set()
     longest_hold_ms = 0
     for role, v in outputs:
@@ -42,20 +45,19 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             seen.add(rid)
             hold = v.get("hold")
             if hold is not None:
-                holds_ended.add(v["refund_id"])
+                holds_ended[v["refund_id"]] = (
+                    "requested" if v["type"] == "refund.requested" else "released",
+                    v["amount"],
+                )
                 longest_hold_ms = max(longest_hold_ms, hold["held_ms"])
             if v["type"] == "refund.requested":
                 req_n[_text(v["reason"])] += 1
                 req_idr[_text(v["reason"])] += v["amount"]
-                holds["requested_after"] += hold is not None
             elif v["type"] == "refund.held":
                 holds["held"] += 1
                 holds["held_idr"] += v["amount"]
                 holds_started.add(v["refund_id"])
-            elif v["type"] == "refund.hold_released":
-                holds["released"] += 1
-                holds["released_idr"] += v["amount"]
-            else:
+            elif v["type"] != "refund.hold_released":
                 can_n[_text(v["reason"])] += 1
                 can_idr[_text(v["reason"])] += v["amount"]
         elif role == "dead_letter":
@@ -96,7 +98,8 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         },
         "holds": {
             **holds,
-            "still_held": len(holds_started - holds_ended),
+            **_hold_ends(holds_ended, holds_started),
+            "still_held": len(holds_started - holds_ended.keys()),
             "longest_hold_s": longest_hold_ms / 1000,
         },
         "net_outstanding_idr": money["net_outstanding"]["idr"],
@@ -106,6 +109,21 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         "incidents": incident_lines,
         "incident_holds": incident_holds,
     }
+
+
+def _hold_ends(ended: dict[str, tuple[str, int]], started: set[str]) -> dict[str, int]:
+    """The ends of the holds that began in the outputs (`requested_after`, `released`), and of
+    those that began before them (`earlier_...`)."""
+    out = dict.fromkeys(("requested_after", "released", "released_idr"), 0)
+    out |= dict.fromkeys(("earlier_requested_after", "earlier_released", "earlier_released_idr"), 0)
+    for rid, (how, amount) in ended.items():
+        prefix = "" if rid in started else "earlier_"
+        if how == "requested":
+            out[f"{prefix}requested_after"] += 1
+        else:
+            out[f"{prefix}released"] += 1
+            out[f"{prefix}released_idr"] += amount
+    return out
 
 
 def _holds_line(h: dict[str, Any]) -> str:
@@ -148,12 +166,20 @@ def render(summary: dict[str, Any], max_alert_lines: int = 15) -> str:
     lines.append(f"Refunds requested: {r['count']} ({rupiah(r['idr'])})")
     lines += [f"  {k:<20} {v['count']:>6}  {rupiah(v['idr'])}" for k, v in r["by_reason"].items()]
     h = summary.get("holds")
-    if h and h["held"]:
-        lines.append(
+    earlier_ends = h["earlier_requested_after"] + h["earlier_released"] if h else 0
+    if h and (h["held"] or earlier_ends):
+        line = (
             f"Refunds held during incidents: {h['held']} ({rupiah(h['held_idr'])}); then requested "
             f"{h['requested_after']}, released without payment {h['released']} ({rupiah(h['released_idr'])}), "
-            f"still held {h['still_held']}; longest wait past the deadline {h['longest_hold_s'] / 60:.1f} min"
+            f"still held {h['still_held']}"
         )
+        if earlier_ends:
+            line += (
+                f"; {earlier_ends} holds from before the selection ended in it: requested "
+                f"{h['earlier_requested_after']}, released without payment {h['earlier_released']} "
+                f"({rupiah(h['earlier_released_idr'])})"
+            )
+        lines.append(line + f"; longest wait past the deadline {h['longest_hold_s'] / 60:.1f} min")
     lines.append(f"Refund cancellations (clawbacks): {c['count']} ({rupiah(c['idr'])})")
     lines += [f"  {k:<20} {v['count']:>6}  {rupiah(v['idr'])}" for k, v in c["by_reason"].items()]
     money = summary.get("refund_totals")
