@@ -22,7 +22,7 @@ from stream.worker.lookup import account_payments, lookup_reference, payment_sta
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.watch import WorkerWatch, open_holds
 from tests.records import T0, ledger, payment
-from tests.test_holds import EVERYTHING, HOLDS, Feed, inc, ms, unsettled
+from tests.test_holds import EVERYTHING, HOLDS, OFF, Feed, inc, ms, unsettled
 
 NOW_S = T0 / 1000 + 3600
 
@@ -137,8 +137,15 @@ def test_a_payment_an_open_incident_covers_is_told_its_refund_would_be_held() ->
     got = payment_status(f.eng.refs["QR1"], 0, WorkerWatch(Settings()), f.eng)
     assert got["status"] == "debited" and got["refund_due_at"] == format_ms(ms(450))
     deadline, latest = wib_and_utc(ms(450)), wib_and_utc(ms(450) + HOLDS.max_hold_ms)
-    assert f"a refund is due at {deadline}" in got["summary"] and "incident in_a" in got["summary"]
+    assert f"the refund is held at its deadline ({deadline}): incident in_a" in got["summary"]
+    assert f"it comes by {latest} at the latest" in got["summary"]
+    # Known only up to now (the deadline past what the detector decided): an incident open now
+    # may still be open at the deadline.
+    f.eng.incidents.known_through_ms = ms(300)
+    got = payment_status(f.eng.refs["QR1"], 0, WorkerWatch(Settings()), f.eng)
+    assert f"a refund is due at {deadline}; incident in_a covering this payment is open" in got["summary"]
     assert f"held: it then comes by {latest} at the latest" in got["summary"]
+    f.eng.incidents.known_through_ms = EVERYTHING
     # Not covered (another switch): due at the deadline, nothing said of holds.
     unsettled(f, "QR2", 310, switch_id="ALTO")
     f.tick(400)  # decided through 370 s: QR1's deadline still ahead
@@ -147,6 +154,67 @@ def test_a_payment_an_open_incident_covers_is_told_its_refund_would_be_held() ->
     # What the engine decides at the deadline is what was said: held.
     f.tick(500)
     assert [(r["type"], r["reference"]) for r in f.refunds()] == [("refund.held", "QR1")]
+
+
+def test_an_incident_known_to_be_open_at_the_deadline_or_to_end_before_it_is_told_as_decided() -> None:
+    # The timeline already knows the deadline (450 s): in_b opens at 400 s, so the refund is held
+    # although nothing is open now; in_a resolves at 420 s, so it holds nothing of QR3's.
+    f = Feed()
+    f.incidents([inc("opened", 400, "in_b"), inc("opened", 100, "in_a", ("acquirer", "BCA"))], EVERYTHING)
+    f.incidents([inc("resolved", 420, "in_a", ("acquirer", "BCA"))], EVERYTHING)
+    unsettled(f, "QR1", 150)
+    unsettled(f, "QR3", 150, switch_id="ALTO")
+    f.tick(300)
+    watch = WorkerWatch(Settings())
+    said = payment_status(f.eng.refs["QR1"], 0, watch, f.eng)["summary"]
+    assert f"the refund is held at its deadline ({wib_and_utc(ms(450))}): incident in_b" in said, said
+    said = payment_status(f.eng.refs["QR3"], 0, watch, f.eng)["summary"]
+    assert said.endswith(f"a refund is due at {wib_and_utc(ms(450))} if it does not settle"), said
+    f.tick(500)
+    assert sorted((r["type"], r["reference"]) for r in f.refunds()) == [
+        ("refund.held", "QR1"),
+        ("refund.requested", "QR3"),
+    ]
+
+
+def test_a_second_charge_after_a_refund_is_told_with_its_own_refund() -> None:
+    # Refunded at the deadline, the refund cancelled by a late settlement, then charged again:
+    # the second debit is owed (EXCESS_DEBIT at its own deadline), not hidden behind "cancelled".
+    recs = [(P, b"C", payment("C-q", "requested", "C", 0)), (L, b"C", ledger("C-d1", "debited", "C", 1))]
+    recs += [(P, b"T", payment("T-q", "requested", "T", 400)), (L, b"T", ledger("T-d", "debited", "T", 400))]
+    recs += [(P, b"C", payment("C-s", "settled", "C", 401)), (L, b"C", ledger("C-d2", "debited", "C", 402))]
+    recs += [(L, b"C", ledger("C-d2", "debited", "C", 402))]  # the second debit sent again
+    recs += [(P, b"T2", payment("T2-q", "requested", "T2", 500)), (L, b"T2", ledger("T2-d", "debited", "T2", 500))]
+    watch, eng = _run(recs)
+    got = payment_status(eng.refs["C"], 0, watch, eng)
+    assert got["status"] == "refund_cancelled", got
+    due = wib_and_utc(ms(702))
+    assert f"; 25000 more was taken since and is not settled: a refund is due at {due}" in got["summary"]
+    # A repeat waiting is named as one.
+    f = Feed()
+    f.incidents([], EVERYTHING)
+    unsettled(f, "R", 200)
+    f.tick(300)
+    f.l(ledger("R-d", "debited", "R", 280))  # the same debit again, ahead of the watermark: waits
+    f.l(ledger("R-d2", "debited", "R", 290))  # a second debit: waits
+    said = payment_status(f.eng.refs["R"], 0, WorkerWatch(Settings()), f.eng)["summary"]
+    repeat = "debited 25000 (a repeat of one already processed: ignored)"
+    assert f"not processed yet: {repeat}, debited 25000 (this answer changes once they are)" in said, said
+
+
+def test_a_time_past_what_jakarta_time_writes_is_said_in_utc() -> None:
+    # The core accepts year 0000 (UTC); `datetime` cannot write it in Jakarta: the lookup must not
+    # fail (a 500, and an account query that drops this worker's payments).
+    f = Feed(OFF)
+    year0 = {"occurred_at": "0000-01-01T00:00:01Z"}
+    f.p(payment("Y-q", "requested", "Y", 0, **year0))
+    f.l(ledger("Y-d", "debited", "Y", 0, **year0))
+    later = {"occurred_at": "0000-01-01T00:02:00Z"}
+    f.p(payment("Z-q", "requested", "Z", 0, **later))
+    f.l(ledger("Z-d", "debited", "Z", 0, **later))
+    got = payment_status(f.eng.refs["Y"], 0, None, f.eng)
+    assert got["status"] == "debited" and got["refund_due_at"] == "0000-01-01T00:05:01.000Z"
+    assert got["summary"].endswith("a refund is due at 0000-01-01T00:05:01.000Z (UTC) if it does not settle")
 
 
 def test_a_debit_received_and_not_processed_yet_is_not_told_as_no_money_taken() -> None:

@@ -115,32 +115,59 @@ def _held_summary(hold: dict[str, Any], n: int) -> str:
 def _due(st: ReferenceState, engine: PartitionEngine | None) -> str:
     """When the refund of an open cycle comes if the payment does not settle: at its deadline,
     unless an incident covering the payment is open then (the refund is held: CONTRACT.md
-    "Refund holds"; only a `SETTLEMENT_TIMEOUT` refund is)."""
+    "Refund holds"; only a `SETTLEMENT_TIMEOUT` refund is). Known for sure when the incident
+    timeline reaches the deadline; else an incident open now may still be open then."""
     assert st.cycle_deadline_ms is not None
-    deadline = wib_and_utc(st.cycle_deadline_ms)
+    deadline_ms = st.cycle_deadline_ms
+    plain = f"a refund is due at {wib_and_utc(deadline_ms)} if it does not settle"
     p = engine.params if engine is not None else None
     if engine is None or p is None or not p.holds or st.settled > 0 or st.failure is not None:
-        return f"a refund is due at {deadline} if it does not settle"
-    covering = engine.incidents.covering_open_at(st.request, engine.decided_through_ms)
-    if not covering:
-        return f"a refund is due at {deadline} if it does not settle"
-    latest = wib_and_utc(st.cycle_deadline_ms + p.max_hold_ms)
+        return plain
+    timeline = engine.incidents
+    latest = wib_and_utc(deadline_ms + p.max_hold_ms)
+    if deadline_ms <= timeline.known_through_ms:
+        then = timeline.covering_open_at(st.request, deadline_ms)
+        if not then:
+            return plain
+        return (
+            f"if it does not settle, the refund is held at its deadline ({wib_and_utc(deadline_ms)}): incident "
+            f"{', '.join(i.incident_id for i in then)} covering this payment is open then; it comes by {latest} "
+            "at the latest"
+        )
+    now = timeline.covering_open_at(st.request, engine.decided_through_ms)
+    if not now:
+        return plain
     return (
-        f"if it does not settle, a refund is due at {deadline}; incident {', '.join(i.incident_id for i in covering)} "
-        f"covering this payment is open, and while one is open at the deadline the refund is held: it then "
-        f"comes by {latest} at the latest"
+        f"if it does not settle, a refund is due at {wib_and_utc(deadline_ms)}; incident "
+        f"{', '.join(i.incident_id for i in now)} covering this payment is open, and while one is open at the "
+        f"deadline the refund is held: it then comes by {latest} at the latest"
     )
 
 
-def _not_processed(engine: PartitionEngine | None, reference: str) -> str:
+def _not_processed(st: ReferenceState, engine: PartitionEngine | None) -> str:
     # Records of the payment received and waiting for the watermark: the answer above does not
-    # count them yet, and a debit among them is money the customer sees taken.
-    items = engine.pending.get(reference) if engine is not None else None
+    # count them yet, and a debit among them is money the customer sees taken. A repeat of an
+    # event already processed (same event id on its stream) is ignored when its turn comes.
+    items = engine.pending.get(st.reference) if engine is not None else None
     if not items:
         return ""
-    events = [ev for *_x, ev in waiting_list(items) if ev is not None]
-    said = ", ".join(f"{ev.type} {ev.amount}" for ev in events)
-    return f"; also received and not processed yet: {said} (this answer changes once they are)" if said else ""
+    said = []
+    for *_x, s, _offset, _ref, ev in waiting_list(items):
+        if ev is not None:
+            repeat = " (a repeat of one already processed: ignored)" if st.has_seen(s, ev.event_id) else ""
+            said.append(f"{ev.type} {ev.amount}{repeat}")
+    return (
+        f"; also received and not processed yet: {', '.join(said)} (this answer changes once they are)" if said else ""
+    )
+
+
+def _owed_since(st: ReferenceState, engine: PartitionEngine | None) -> str:
+    # A refund requested or cancelled earlier says nothing of a debit since: a new cycle whose
+    # amount is owed now (a second charge) is told with when its refund comes.
+    if st.cycle_deadline_ms is None:
+        return ""
+    owed = st.net - st.settled - st.active - st.held
+    return f"; {owed} more was taken since and is not settled: {_due(st, engine)}" if owed > 0 else ""
 
 
 def payment_status(
@@ -158,10 +185,11 @@ def payment_status(
         say = _held_summary(hold, len(holds))
     elif active:
         status = "refund_requested"
-        say = f"refund {active[-1].refund_id} of {active[-1].amount} requested"
+        say = f"refund {active[-1].refund_id} of {active[-1].amount} requested" + _owed_since(st, engine)
     elif cancelled:
         status = "refund_cancelled"
         say = "a refund was requested, then cancelled: the payment settled or was reversed late"
+        say += _owed_since(st, engine)
     elif st.settled > 0:
         status = "settled"
         say = "the merchant was paid"
@@ -194,7 +222,7 @@ def payment_status(
         say = "the payment was requested; no money was taken"
         if engine is not None and st.reference in engine.pending:
             say = "the payment was requested; no debit is processed yet"
-    say += _not_processed(engine, st.reference)
+    say += _not_processed(st, engine)
     incidents = _incidents_covering(st, watch, engine)
     return {
         "reference": st.reference,
