@@ -391,6 +391,12 @@ def _output_value(where: str, role: str, value: object) -> dict[str, Any]:
     """`value` if `report` can read it, else the line's mistake in one line."""
     from .drivers.reportselect import output_problem
 
+    if isinstance(value, str):
+        # A `dump` of the output topics: the value as the text that was on the topic.
+        try:
+            value = codec.loads(value)
+        except ValueError:
+            raise Mistake(f'{where}: not an output line of replay: "value" is text that is not JSON') from None
     if not isinstance(value, dict):
         raise Mistake(f'{where}: not an output line of replay: "value" must be a JSON object')
     problem = output_problem(role, value)

@@ -289,6 +289,25 @@ def test_report_reads_every_output_value_it_lets_through() -> None:
                 assert all(sel.keep(role, v) in (True, False) for sel in selections)
 
 
+def test_a_dump_of_the_output_topics_reports_as_the_replay_s_output(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `dump` writes each value as the text that was on the topic (a replay writes the object).
+    _inp, dec = files
+    lines = [codec.loads(raw) for raw in dec.read_bytes().splitlines()]
+    dumped = tmp_path / "dump.jsonl"
+    dumped.write_bytes(b"".join(codec.dumps({**x, "value": codec.dumps(x["value"]).decode()}) + b"\n" for x in lines))
+    assert cli.main(["report", "--in", str(dec), "--json"]) == 0
+    want = json.loads(capsys.readouterr().out)
+    assert cli.main(["report", "--in", str(dumped), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == want and want["refund_totals"]["requested"]["count"] == 40
+    with dumped.open("ab") as fh:
+        fh.write(codec.dumps({"topic": "qris.refunds", "value": "{not json"}) + b"\n")
+    assert cli.main(["report", "--in", str(dumped)]) == cli.EXIT_MISTAKE
+    [line] = capsys.readouterr().err.splitlines()
+    assert f'{dumped}:{len(lines) + 1}: not an output line of replay: "value" is text that is not JSON' in line
+
+
 def test_a_malformed_output_line_is_a_mistake_with_its_line_number(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
