@@ -231,6 +231,37 @@ def test_replay_processes_a_file_whose_offsets_go_back_and_says_so(
     assert outs[0] and outs[0] == outs[1]
 
 
+@pytest.mark.parametrize("holds", [[], ["--max-hold-s", "0"]], ids=["holds", "no-holds"])
+@pytest.mark.parametrize("drain", [[], ["--drain"]], ids=["", "drain"])
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_replay_says_once_how_many_offsets_went_back_over_all_jobs(
+    jobs: str, drain: list[str], holds: list[str], tmp_path: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """One record back in each of two partitions: one warning line for the file, counting both,
+    whatever the jobs' split and whether a one-pass replay gave way to two passes (each job, and
+    the abandoned pass, used to say its own count: two lines for the file)."""
+    from stream.cli import main
+
+    def line(partition: int, offset: int) -> bytes:
+        return orjson.dumps(
+            {
+                "topic": "qris.payment-requests",
+                "partition": partition,
+                "offset": offset,
+                "timestamp_ms": 1000 + offset,
+                "key": "R1",
+                "value": "not json",
+            }
+        )
+
+    path, out = tmp_path / "back.jsonl", tmp_path / "out.jsonl"
+    path.write_bytes(b"\n".join(line(p, o) for p, o in ((0, 5), (0, 7), (0, 6), (1, 2), (1, 1), (2, 0), (2, 1))))
+    assert main(["replay", "--in", str(path), "--out", str(out), "--jobs", jobs, *drain, *holds]) == 0
+    said = [x for x in capfd.readouterr().err.splitlines() if "earlier offset" in x]
+    assert len(said) == 1 and "2 record(s) at or below an earlier offset" in said[0], said
+    assert len(out.read_bytes().splitlines()) >= 7  # every record dead-lettered, none skipped
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_any_delivery_faust_can_make_gives_the_decisions_of_a_replay_in_offset_order(data: st.DataObject) -> None:

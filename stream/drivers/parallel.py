@@ -45,9 +45,10 @@ from .replay import (
     Replay,
     collector_paused,
     incident_timeline,
+    out_of_order,
     reporting,
     run_detector,
-    warn_out_of_order,
+    say_out_of_order,
     with_holds,
 )
 from .replayfile import FileScan, KafkaRecord, TimeRange, WholeFile, decision_line
@@ -70,7 +71,7 @@ def _job(
     times: tuple[int | None, int | None],
     incidents: tuple[list[IncidentEvent], int] = ([], NEG_INF),
     kept: list[Kept] | None = None,
-) -> tuple[int, list[Any], list[int]]:
+) -> tuple[int, list[Any], list[int], int]:
     # `out` None: a first pass of a replay with holds, for the signals only; it appends its
     # records and their parse results to `kept` if given. A second pass given a non-empty
     # `kept` decides from it instead of reading the file again.
@@ -122,9 +123,9 @@ def _job(
                 if out is not None:
                     write(sink, p, d.role, d)
                     n += 1
-    if out is not None:
-        warn_out_of_order(r, scan.path)
-    return n, r.signals, sorted(r.engines)
+    # The records at or below an earlier offset: the parent says how many, once for the file.
+    back = out_of_order(r) if out is not None else 0
+    return n, r.signals, sorted(r.engines), back
 
 
 # The file as the jobs read it, for the forked processes of a pool (a Pool pickles its tasks'
@@ -139,11 +140,11 @@ def _pool_job(
     topics: dict[str, str],
     out: str,
     times: tuple[int | None, int | None],
-) -> tuple[int, bytes, list[int]]:
+) -> tuple[int, bytes, list[int], int]:
     scan = _SCAN[0]
     assert scan is not None, "a replay pool job without its file"
-    n, signals, engines = _job(scan, index, params, drain, topics, out, times)
-    return n, codec.dumps(signals), engines  # (see `_SIGNALS`)
+    n, signals, engines, back = _job(scan, index, params, drain, topics, out, times)
+    return n, codec.dumps(signals), engines, back  # (see `_SIGNALS`)
 
 
 def _two_pass_job(
@@ -161,7 +162,7 @@ def _two_pass_job(
     try:
         kept: list[Kept] = []
         first = replace(params, max_hold_ms=0)
-        _n, signals, partitions = _job(scan, index, first, drain, topics, None, times, kept=kept)
+        _n, signals, partitions, _back = _job(scan, index, first, drain, topics, None, times, kept=kept)
         conn.send(("signals", (codec.dumps(signals), partitions)))
         del signals
         timeline = conn.recv()
@@ -221,7 +222,7 @@ def _two_passes(
     outs: list[str],
     times: tuple[int | None, int | None],
     burst: BurstParams,
-) -> tuple[list[tuple[int, list[Any], list[int]]], list[Decision]]:
+) -> tuple[list[tuple[int, list[Any], list[int], int]], list[Decision]]:
     def args_of(i: int) -> tuple[Any, ...]:
         return (scan, i, params, drain, topics, outs[i], times)
 
@@ -231,11 +232,11 @@ def _two_passes(
         timeline = incident_timeline(bursts, closed_through, params, drain=drain)
         for conn in conns:
             conn.send(timeline)
-        results: list[tuple[int, list[Any], list[int]]] = [_answer(conn) for conn in conns]
+        results: list[tuple[int, list[Any], list[int], int]] = [_answer(conn) for conn in conns]
         for proc in procs:
             proc.join()
         # The second pass's signals are the partitions' hold reports (`holdtally`).
-        reports = [value for _n, values, _p in results for value in values]
+        reports = [value for _n, values, _p, _b in results for value in values]
         return results, with_holds(bursts, reports, reporting(signals), params)
 
 
@@ -337,8 +338,8 @@ def _one_pass_job(
                     break
             one.complete(drain)
             n += write(one.ready(final=True))
-        warn_out_of_order(one.r, scan.path)
-        conn.send(("done", (n, one.reports, sorted(one.r.engines), sorted(one.reporting))))
+        done = (n, one.reports, sorted(one.r.engines), sorted(one.reporting), out_of_order(one.r))
+        conn.send(("done", done))
     except BaseException as exc:  # handed to the parent, which raises it
         try:
             conn.send(("error", exc))
@@ -380,7 +381,7 @@ def _one_pass(
     times: tuple[int | None, int | None],
     burst: BurstParams,
     partitions: frozenset[int],
-) -> tuple[list[tuple[int, list[Any], list[int]]], list[Decision]] | None:
+) -> tuple[list[tuple[int, list[Any], list[int], int]], list[Decision]] | None:
     # The parent of a one-pass replay with holds: one detector over every job's closed minutes,
     # its incidents to every job as they come. None: some partition never reported (see
     # `onepass.Fallback`), and the two-pass replay must be run instead.
@@ -418,11 +419,11 @@ def _one_pass(
         done = [_answer(conn) for conn in conns]
         for proc in procs:
             proc.join()
-        reporting = {p for _n, _r, _e, rep in done for p in rep}
+        reporting = {p for _n, _r, _e, rep, _b in done for p in rep}
         if reporting != partitions:
             return None
-        results = [(n, reports, engines) for n, reports, engines, _rep in done]
-        reports = [value for _n, values, _e in results for value in values]
+        results = [(n, reports, engines, back) for n, reports, engines, _rep, back in done]
+        reports = [value for _n, values, _e, _b in results for value in values]
         return results, with_holds(bursts, reports, partitions, params)
 
 
@@ -497,15 +498,16 @@ def replay_file_parallel(
             try:
                 with ctx.Pool(jobs) as pool:
                     answers = pool.starmap(_pool_job, [(i, params, drain, topics, outs[i], times) for i in range(jobs)])
-                results = [(n, codec.loads(signals), engines) for n, signals, engines in answers]
+                results = [(n, codec.loads(signals), engines, back) for n, signals, engines, back in answers]
             finally:
                 _SCAN[0] = None
-            signals = [value for _n, values, _p in results for value in values]
-            partitions = {p for _n, _v, ps in results for p in ps}
+            signals = [value for _n, values, _p, _b in results for value in values]
+            partitions = {p for _n, _v, ps, _b in results for p in ps}
             bursts, _closed = run_detector(signals, partitions, burst)
         for o in outs:
             with open(o, "rb") as fh:
                 shutil.copyfileobj(fh, out, 1 << 20)
     for seq, d in enumerate(bursts):
         out.write(decision_line(topics[d.role], -1, seq, d))
-    return sum(n for n, _v, _p in results) + len(bursts)
+    say_out_of_order(sum(back for _n, _v, _p, back in results), path)
+    return sum(n for n, _v, _p, _b in results) + len(bursts)

@@ -171,11 +171,20 @@ def collector_paused(pause: bool = True) -> Iterator[None]:
         gc.enable()
 
 
+def out_of_order(r: Replay) -> int:
+    """How many records came at or below an earlier offset of their topic partition."""
+    return sum(eng.stats["out_of_order"] for eng in r.engines.values())
+
+
 def warn_out_of_order(r: Replay, source: str) -> int:
     """Say on stderr how many records came at or below an earlier offset of their topic
     partition (processed in the order read, as the contract's replay format says); a file that
     `dump` wrote never has any. Returns the count."""
-    n = sum(eng.stats["out_of_order"] for eng in r.engines.values())
+    return say_out_of_order(out_of_order(r), source)
+
+
+def say_out_of_order(n: int, source: str) -> int:
+    """`warn_out_of_order`'s line for `n` such records (none: nothing said)."""
     if n:
         print(
             f"replay: warning: {source}: {n} record(s) at or below an earlier offset of their topic partition; "
