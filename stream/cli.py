@@ -26,6 +26,7 @@ from .settings import DOCS, Settings, SettingsError, display, from_env
 EXIT_MISTAKE = 2  # an argument, setting, file or replay line is wrong
 EXIT_UNAVAILABLE = 69  # Kafka cannot be reached or refuses the credentials (sysexits EX_UNAVAILABLE)
 EXIT_INTERNAL = 70  # a bug (sysexits EX_SOFTWARE)
+EXIT_BROKEN_PIPE = 141  # the output's reader closed it (128 + SIGPIPE, as a shell reports `yes | head`)
 
 
 class Mistake(Exception):
@@ -457,9 +458,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .simulate import cli as simulate_cli
 
+    settings = from_env(os.environ)
+    simulate_cli.fill_from_settings(args, settings)
     client = None
     if getattr(args, "bootstrap", None):
-        client = _connect(replace(from_env(os.environ), bootstrap=args.bootstrap))
+        client = _connect(replace(settings, bootstrap=args.bootstrap))
     return int(simulate_cli.run(args, client))
 
 
@@ -620,6 +623,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of the output went away (`| head`): not a bug. Quiet, and the status a
+        # command killed by SIGPIPE has; stdout goes to /dev/null so the flush at exit does
+        # not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        return EXIT_BROKEN_PIPE
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line and an exit status
         status, message = _failure(exc)
         if message:

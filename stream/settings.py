@@ -269,7 +269,7 @@ DOCS: dict[str, tuple[str, str]] = {
         "seconds a stopping worker may take (its last batch, commits, closing) before it exits on its own with "
         "code 70; the next start goes on from the last commit",
     ),
-    "log_level": ("QRIS_LOG_LEVEL", "log level: debug, info, warning, error"),
+    "log_level": ("QRIS_LOG_LEVEL", "log level: debug, info, warning, error, critical"),
     "uvloop": ("QRIS_UVLOOP", "1: run the worker on uvloop (faster); 0: the standard asyncio loop"),
     "security_protocol": (
         "QRIS_SECURITY_PROTOCOL",
@@ -369,6 +369,13 @@ def _problems(s: Settings) -> list[str]:
         )
     if s.log_level.lower() not in LOG_LEVELS:
         out.append(f"QRIS_LOG_LEVEL={s.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
+    # (A store that is not memory:// is RocksDB: a typo would silently pick it.)
+    if not s.store.startswith(("rocksdb://", "memory://")):
+        out.append(f"QRIS_STORE={s.store!r}: expected rocksdb:// or memory://")
+    if s.log_format not in ("text", "json"):
+        out.append(f"QRIS_LOG_FORMAT={s.log_format!r}: expected text or json")
+    if s.uvloop not in (0, 1):
+        out.append(f"QRIS_UVLOOP={s.uvloop}: expected 1 or 0")
     if s.partitions < 1:
         out.append(f"QRIS_PARTITIONS={s.partitions}: expected 1 or more")
     for name, value in (("QRIS_MAX_SCOPES", s.max_scopes), ("QRIS_MAX_MERCHANTS_TRACKED", s.max_merchants_tracked)):

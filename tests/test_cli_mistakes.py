@@ -146,6 +146,10 @@ def mistakes(tmp: Path) -> list[tuple[str, list[str], dict[str, str], int, str]]
             "QRIS_MAX_HOLD_S=0.0004: expected at least 0.001 seconds",
         ),
         ("bad protocol", ["settings"], {"QRIS_SECURITY_PROTOCOL": "TLS"}, 2, "QRIS_SECURITY_PROTOCOL='TLS'"),
+        # (Any store but memory:// used to mean RocksDB, and other values of these two the default.)
+        ("store typo", ["settings"], {"QRIS_STORE": "memroy://"}, 2, "QRIS_STORE='memroy://': expected rocksdb://"),
+        ("log format", ["settings"], {"QRIS_LOG_FORMAT": "yaml"}, 2, "QRIS_LOG_FORMAT='yaml': expected text or json"),
+        ("uvloop", ["settings"], {"QRIS_UVLOOP": "7"}, 2, "QRIS_UVLOOP=7: expected 1 or 0"),
         ("bad --from", ["replay", "--in", "x", "--out", out, "--from", "yesterday"], {}, 2, "--from"),
         ("no command", [], {}, 2, "required"),
         ("unreachable broker: topics", ["topics", "--bootstrap", dead], {}, 69, f"cannot reach Kafka at {dead}"),
@@ -224,3 +228,40 @@ def test_from_to_with_a_replay_file_select_by_record_timestamp(tmp_path: Path, j
     got = (tmp_path / "ranged.out").read_bytes()
     assert got == (tmp_path / "expected.out").read_bytes() and got
     assert got != (tmp_path / "whole.out").read_bytes()
+
+
+def test_a_reader_that_stops_reading_is_not_a_bug(tmp_path: Path) -> None:
+    """`replay --out - | head -1`: the reader closes the pipe; the command ends quietly with the
+    status of a command killed by SIGPIPE, not an internal error (70) with a traceback."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")}
+    day = tmp_path / "day.jsonl"
+    sim = run_cli(["simulate", "--scenario", "outage", "--seed", "3", "--minutes", "20", "--out", str(day)])
+    assert sim.returncode == 0, sim.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream", "replay", "--in", str(day), "--out", "-", "--drain", "--jobs", "1"],
+        cwd=ROOT,
+        env=base,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert orjson.loads(proc.stdout.readline())["topic"]
+    proc.stdout.close()
+    status = proc.wait(timeout=60)
+    err = proc.stderr.read().decode()
+    assert status == 141 and "Traceback" not in err and "internal error" not in err, (status, err)
+
+
+def test_simulate_writes_to_the_configured_topics_and_partitions() -> None:
+    """The simulator's defaults are the worker's settings: `QRIS_PAYMENT_TOPIC`, ..., and
+    `QRIS_PARTITIONS` (it used to write to the contract's default topics whatever they said)."""
+    env = {"QRIS_PAYMENT_TOPIC": "t.pay", "QRIS_LEDGER_TOPIC": "t.led", "QRIS_PARTITIONS": "8"}
+    done = run_cli(["simulate", "--scenario", "normal", "--minutes", "3", "--out", "-"], env)
+    assert done.returncode == 0, done.stderr
+    lines = [orjson.loads(x) for x in done.stdout.splitlines()]
+    assert {x["topic"] for x in lines} == {"t.pay", "t.led"}
+    assert {x["partition"] for x in lines} == set(range(8))
+    given = run_cli(["simulate", "--minutes", "3", "--partitions", "2", "--payment-topic", "p", "--out", "-"], env)
+    assert {(x["topic"], x["partition"]) for x in map(orjson.loads, given.stdout.splitlines())} == {
+        (t, p) for t in ("p", "t.led") for p in (0, 1)
+    }

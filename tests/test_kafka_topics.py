@@ -56,3 +56,45 @@ def test_delete_topics_with_prefix_deletes_those_topics_and_no_other() -> None:
     finally:
         admin.delete_topics([f"{other}.refunds"])
         admin.close()
+
+
+@pytest.mark.kafka
+def test_simulate_writes_to_the_configured_topics_and_refuses_another_partition_count() -> None:
+    """`simulate --bootstrap` writes where the worker reads (`QRIS_*_TOPIC`, `QRIS_PARTITIONS`),
+    not into the contract's default topics; topics of another partition count than the one
+    simulated are topics it cannot work with: exit 1, one line."""
+    import os
+    import subprocess
+    import sys
+
+    from kafka import KafkaConsumer, TopicPartition
+    from tests.kafka_support import ROOT
+
+    bootstrap = require_broker()
+    run = uuid.uuid4().hex[:8]
+    pay, led = f"tsim{run}.payment-requests", f"tsim{run}.ledger-debits"
+    admin = KafkaAdminClient(**client_config(bootstrap), client_id="qris-test")
+    admin.create_topics([NewTopic(n, num_partitions=2, replication_factor=1) for n in (pay, led)])
+    base = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")}
+    env = {**base, "QRIS_PAYMENT_TOPIC": pay, "QRIS_LEDGER_TOPIC": led, "QRIS_PARTITIONS": "2"}
+
+    def simulate(*extra: str) -> subprocess.CompletedProcess[str]:
+        args = ["simulate", "--scenario", "normal", "--minutes", "2", "--bootstrap", bootstrap, *extra]
+        command = [sys.executable, "-m", "stream", *args]
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    consumer = KafkaConsumer(**client_config(bootstrap), client_id="qris-test")
+    try:
+        assert _until(lambda: {pay, led} <= set(admin.list_topics()))
+        done = simulate()
+        assert done.returncode == 0, done.stderr
+        ends = consumer.end_offsets([TopicPartition(t, p) for t in (pay, led) for p in (0, 1)])
+        assert all(n > 0 for n in ends.values()), ends
+        refused = simulate("--partitions", "4")
+        lines = refused.stderr.strip().splitlines()
+        assert refused.returncode == 1 and len(lines) == 1, refused.stderr
+        assert f"topic {pay} has 2 partitions, the simulation assumed 4" in lines[0]
+    finally:
+        consumer.close()
+        admin.delete_topics([pay, led])
+        admin.close()

@@ -14,7 +14,7 @@ import orjson
 
 from stream.core.eventtime import parse_instant
 from stream.simulate.degradation import DEGRADE_SCOPES
-from stream.simulate.output import produce, write_replay
+from stream.simulate.output import TopicUnusable, produce, write_replay
 from stream.simulate.scenarios import SCENARIOS, Knobs
 from stream.simulate.traffic import LEDGER_TOPIC, PAYMENT_TOPIC, generate
 from stream.simulate.truth import GroundTruth
@@ -96,9 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="stop after this many payments, about 3 records each (lifecycles still finish)",
     )
-    parser.add_argument("--partitions", type=int, default=4, help="input partitions (default 4)")
-    parser.add_argument("--payment-topic", default=PAYMENT_TOPIC)
-    parser.add_argument("--ledger-topic", default=LEDGER_TOPIC)
+    # No defaults here: `qris-guard simulate` fills what is not given from the QRIS_* settings
+    # (the topics the worker reads), `run` from the contract's names.
+    parser.add_argument("--partitions", type=int, help="input partitions (default $QRIS_PARTITIONS or 4)")
+    parser.add_argument(
+        "--payment-topic", help=f"payment-requests topic (default $QRIS_PAYMENT_TOPIC or {PAYMENT_TOPIC})"
+    )
+    parser.add_argument("--ledger-topic", help=f"ledger-debits topic (default $QRIS_LEDGER_TOPIC or {LEDGER_TOPIC})")
     parser.add_argument("--issuer-id", help="our bank's id in the records (default BANKDKI)")
     parser.add_argument("--outage-switch", help="switch that stops settling (default RINTIS)")
     parser.add_argument("--outage-start", type=event_time_ms, help="event time the outage starts (RFC 3339/ms)")
@@ -137,9 +141,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--truth", help="also write the run's ground truth (JSON) here")
 
 
+def fill_from_settings(args: argparse.Namespace, settings: "Settings") -> None:
+    """The topics and partition count not given as options, from the settings: the worker's
+    own topics, so a simulation goes where the worker reads, not into the contract's default
+    topics of a shared cluster."""
+    for option in ("partitions", "payment_topic", "ledger_topic"):
+        if getattr(args, option) is None:
+            setattr(args, option, getattr(settings, option))
+
+
 def run(args: argparse.Namespace, client: "Settings | None" = None) -> int:
     """Generate the scenario to ``--out`` or ``--bootstrap``; returns the exit status.
     ``client``: how to connect to Kafka (security); its bootstrap gives way to ``--bootstrap``."""
+    for option, default in (("partitions", 4), ("payment_topic", PAYMENT_TOPIC), ("ledger_topic", LEDGER_TOPIC)):
+        if getattr(args, option) is None:
+            setattr(args, option, default)
     knobs: dict[str, Any] = dict(args.knobs)
     for option, knob in (
         ("issuer_id", "issuer_id"),
@@ -188,7 +204,11 @@ def run(args: argparse.Namespace, client: "Settings | None" = None) -> int:
         target = args.out
     else:
         target_client = replace(client, bootstrap=args.bootstrap) if client else args.bootstrap
-        count = produce(records, target_client, partitions=args.partitions)
+        try:
+            count = produce(records, target_client, partitions=args.partitions)
+        except TopicUnusable as error:  # the CLI's status for topics it cannot work with
+            print(f"simulate: {error}", file=sys.stderr)
+            return 1
         target = args.bootstrap
     elapsed_s = time.perf_counter() - started
     if args.truth:
@@ -213,4 +233,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from stream.settings import from_env
 
-    return run(parser.parse_args(argv), from_env(os.environ))
+    args, settings = parser.parse_args(argv), from_env(os.environ)
+    fill_from_settings(args, settings)
+    return run(args, settings)

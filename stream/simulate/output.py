@@ -124,9 +124,15 @@ def produce(
     return count
 
 
+class TopicUnusable(RuntimeError):
+    """A topic the simulation cannot write as generated: missing, or another partition count."""
+
+
 def _check_topic(producer: Any, topic: str, partitions: int | None) -> None:
     found = producer.partitions_for(topic)
     if not found:
-        raise RuntimeError(f"topic {topic} does not exist or has no partitions")
+        raise TopicUnusable(f"topic {topic} does not exist or has no partitions")
     if partitions is not None and len(found) != partitions:
-        raise RuntimeError(f"topic {topic} has {len(found)} partitions, the simulation assumed {partitions}")
+        raise TopicUnusable(
+            f"topic {topic} has {len(found)} partitions, the simulation assumed {partitions} (--partitions)"
+        )
