@@ -34,7 +34,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY . ./
 RUN pip install . \
     && qris-guard --help >/dev/null \
-    && python -c "import rocksdict, faust, river, orjson, aiokafka, kafka"
+    && python -c "import rocksdict, faust, river, orjson, aiokafka, kafka, uvloop, prometheus_client"
 
 # --- runtime ----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
