@@ -10,15 +10,17 @@ from typing import Any
 
 import orjson
 import pytest
+from kafka.admin import KafkaAdminClient
 
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from stream.drivers import kafkaread
 from stream.drivers.kafkaread import read_topics
 from stream.drivers.replay import replay
 from stream.security import aiokafka_config
 from stream.settings import Settings
 from stream.worker.gapfill import BrokerGapFetcher
 from stream.worker.shell import ReconcileShell
-from tests.kafka_support import fresh_topics, produce, require_broker
+from tests.kafka_support import client_config, fresh_topics, produce, require_broker
 from tests.scenario import LEDGER, PAYMENT, scenario_records
 from tests.test_input_boundary import MemoryStore, canon
 
@@ -111,3 +113,38 @@ def test_offsets_of_transaction_markers_are_confirmed_empty_by_the_broker() -> N
     markers = on_broker[-1].offset + 1 - len(on_broker)
     assert shell.counts["gap_offsets_empty"] == markers > 0
     assert shell.counts["records"] == len(records) and shell.counts["gap_records_fetched"] == 0
+
+
+@pytest.mark.kafka
+def test_a_read_goes_on_from_what_retention_left_when_it_deleted_the_first_records_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Retention deletes a partition's first records after `dump` / `replay --from-kafka` asked
+    where the partition begins: the read goes on from what is left and yields every record still
+    on the broker. (Reset to the end of the log, as a consumer does by default, it ended at once
+    and dropped them, silently.)"""
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=1)
+    topics.create(bootstrap)
+    producer = KafkaProducer(**client_config(bootstrap), acks="all")
+    try:
+        for i in range(10):
+            producer.send(topics.ledger, key=b"R%d" % i, value=b"v%d" % i, partition=0)
+        producer.flush()
+    finally:
+        producer.close()
+    admin = KafkaAdminClient(**client_config(bootstrap), client_id="qris-test")
+    tp = TopicPartition(topics.ledger, 0)
+
+    class RetentionMeanwhile(KafkaConsumer):  # type: ignore[misc]  # (kafka-python has no types)
+        def end_offsets(self, partitions: Any) -> Any:
+            ends = super().end_offsets(partitions)
+            admin.delete_records({tp: 5})  # after the log start was read: the read seeks below it
+            return ends
+
+    monkeypatch.setattr(kafkaread, "KafkaConsumer", RetentionMeanwhile)
+    try:
+        got = [r.offset for r in read_topics(bootstrap, [topics.ledger])]
+    finally:
+        admin.close()
+    assert got == [5, 6, 7, 8, 9]
