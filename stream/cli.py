@@ -21,6 +21,7 @@ from typing import IO, Any, NoReturn
 from .core import codec
 from .core.eventtime import BadTimestamp, parse_instant
 from .drivers.progress import Progress
+from .outsink import WholeWrites, stdout_reader_gone
 from .settings import DOCS, Settings, SettingsError, display, from_env
 
 EXIT_MISTAKE = 2  # an argument, setting, file or replay line is wrong
@@ -43,7 +44,7 @@ def _time_arg(text: str) -> int:
 
 def _open_out(path: str) -> IO[bytes]:
     if path == "-":
-        return sys.stdout.buffer
+        return WholeWrites(sys.stdout.buffer)  # type: ignore[return-value]  # (the methods used)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return open(path, "wb")  # noqa: SIM115
 
@@ -620,10 +621,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command).parse_args(given)
     try:
         from_env(os.environ)  # an unknown or unusable QRIS_* variable stops every command
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # (a closed stdout raises here, not unseen at exit)
+        return status
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError as exc:
+        if not stdout_reader_gone():  # another pipe (a replay job's): a failure, said as one
+            status, message = _failure(exc)
+            print(f"qris-guard {args.command}: {message}", file=sys.stderr)
+            return status
         # The reader of the output went away (`| head`): not a bug. Quiet, and the status a
         # command killed by SIGPIPE has; stdout goes to /dev/null so the flush at exit does
         # not fail again.

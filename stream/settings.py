@@ -160,7 +160,10 @@ DOCS: dict[str, tuple[str, str]] = {
         "QRIS_INCIDENTS_TOPIC",
         "internal topic (1 partition) of the detector's incident decisions and progress, read whole by every worker",
     ),
-    "partitions": ("QRIS_PARTITIONS", "partitions when qris-guard creates the topics (inputs co-partitioned)"),
+    "partitions": (
+        "QRIS_PARTITIONS",
+        "partitions when qris-guard creates the topics (inputs co-partitioned), and simulate's default",
+    ),
     "timeout_s": ("QRIS_TIMEOUT_S", "T: seconds after a debit before an unsettled amount is refunded"),
     "lateness_s": ("QRIS_LATENESS_S", "A: allowed lateness of a record behind its own stream, seconds"),
     "retention_s": ("QRIS_RETENTION_S", "R: seconds of event time a quiet reference's state is kept"),
@@ -369,10 +372,11 @@ def _problems(s: Settings) -> list[str]:
         )
     if s.log_level.lower() not in LOG_LEVELS:
         out.append(f"QRIS_LOG_LEVEL={s.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
-    # (A store that is not memory:// is RocksDB: a typo would silently pick it.)
-    if not s.store.startswith(("rocksdb://", "memory://")):
-        out.append(f"QRIS_STORE={s.store!r}: expected rocksdb:// or memory://")
-    if s.log_format not in ("text", "json"):
+    # (The worker reads only whether the store starts with "memory": anything else, a typo or
+    # a path, which it would ignore, meant RocksDB under QRIS_DATA_DIR.)
+    if s.store not in ("rocksdb://", "memory://"):
+        out.append(f"QRIS_STORE={s.store!r}: expected rocksdb:// (under QRIS_DATA_DIR) or memory://")
+    if s.log_format.lower() not in ("text", "json"):
         out.append(f"QRIS_LOG_FORMAT={s.log_format!r}: expected text or json")
     if s.uvloop not in (0, 1):
         out.append(f"QRIS_UVLOOP={s.uvloop}: expected 1 or 0")

@@ -146,8 +146,15 @@ def mistakes(tmp: Path) -> list[tuple[str, list[str], dict[str, str], int, str]]
             "QRIS_MAX_HOLD_S=0.0004: expected at least 0.001 seconds",
         ),
         ("bad protocol", ["settings"], {"QRIS_SECURITY_PROTOCOL": "TLS"}, 2, "QRIS_SECURITY_PROTOCOL='TLS'"),
-        # (Any store but memory:// used to mean RocksDB, and other values of these two the default.)
+        # (The worker would read a store's typo as RocksDB, and these two's unknown values as their defaults.)
         ("store typo", ["settings"], {"QRIS_STORE": "memroy://"}, 2, "QRIS_STORE='memroy://': expected rocksdb://"),
+        (
+            "store path",
+            ["settings"],
+            {"QRIS_STORE": "rocksdb:///var/x"},
+            2,
+            "expected rocksdb:// (under QRIS_DATA_DIR)",
+        ),
         ("log format", ["settings"], {"QRIS_LOG_FORMAT": "yaml"}, 2, "QRIS_LOG_FORMAT='yaml': expected text or json"),
         ("uvloop", ["settings"], {"QRIS_UVLOOP": "7"}, 2, "QRIS_UVLOOP=7: expected 1 or 0"),
         ("bad --from", ["replay", "--in", "x", "--out", out, "--from", "yesterday"], {}, 2, "--from"),
@@ -230,22 +237,37 @@ def test_from_to_with_a_replay_file_select_by_record_timestamp(tmp_path: Path, j
     assert got != (tmp_path / "whole.out").read_bytes()
 
 
-def test_a_reader_that_stops_reading_is_not_a_bug(tmp_path: Path) -> None:
-    """`replay --out - | head -1`: the reader closes the pipe; the command ends quietly with the
-    status of a command killed by SIGPIPE, not an internal error (70) with a traceback."""
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["replay", "--in", "DAY", "--out", "-", "--drain", "--jobs", "1"],
+        # The parent copies the jobs' outputs in 1 MiB writes; the environment's threshold
+        # keeps burst alerts (written after the copy) out, so the copy is the last write.
+        ["replay", "--in", "DAY", "--out", "-", "--drain", "--jobs", "2", "--max-hold-s", "0"],
+        ["simulate", "--scenario", "normal", "--minutes", "3", "--out", "-"],
+    ],
+    ids=["replay-jobs-1", "replay-jobs-2", "simulate"],
+)
+def test_a_reader_that_stops_reading_ends_the_command_with_141_not_0_or_a_bug(
+    command: list[str], tmp_path: Path
+) -> None:
+    """`... --out - | head -c N`: the reader closes the pipe in the middle of a large
+    write. The command ends quietly with the status of a command killed by SIGPIPE: not an
+    internal error (70) with a traceback, and not 0 with its output cut short (a large write to
+    a closed pipe returns a short count without raising)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")}
     day = tmp_path / "day.jsonl"
     sim = run_cli(["simulate", "--scenario", "outage", "--seed", "3", "--minutes", "20", "--out", str(day)])
     assert sim.returncode == 0, sim.stderr
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream", "replay", "--in", str(day), "--out", "-", "--drain", "--jobs", "1"],
-        cwd=ROOT,
-        env=base,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    args = [sys.executable, "-m", "stream", *[str(day) if a == "DAY" else a for a in command]]
+    env = {**base, "QRIS_BURST_THRESHOLD": "1000000"}
+    whole = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, timeout=120)
+    assert whole.returncode == 0 and len(whole.stdout) > 400_000, whole.stderr
+    # Closed 200 kB before the end: inside the last write, after which nothing would raise.
+    wanted = len(whole.stdout) - 200_000
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
-    assert orjson.loads(proc.stdout.readline())["topic"]
+    assert proc.stdout.read(wanted) == whole.stdout[:wanted]
     proc.stdout.close()
     status = proc.wait(timeout=60)
     err = proc.stderr.read().decode()
@@ -254,7 +276,7 @@ def test_a_reader_that_stops_reading_is_not_a_bug(tmp_path: Path) -> None:
 
 def test_simulate_writes_to_the_configured_topics_and_partitions() -> None:
     """The simulator's defaults are the worker's settings: `QRIS_PAYMENT_TOPIC`, ..., and
-    `QRIS_PARTITIONS` (it used to write to the contract's default topics whatever they said)."""
+    `QRIS_PARTITIONS`, not the contract's default topics whatever they say."""
     env = {"QRIS_PAYMENT_TOPIC": "t.pay", "QRIS_LEDGER_TOPIC": "t.led", "QRIS_PARTITIONS": "8"}
     done = run_cli(["simulate", "--scenario", "normal", "--minutes", "3", "--out", "-"], env)
     assert done.returncode == 0, done.stderr
@@ -265,3 +287,26 @@ def test_simulate_writes_to_the_configured_topics_and_partitions() -> None:
     assert {(x["topic"], x["partition"]) for x in map(orjson.loads, given.stdout.splitlines())} == {
         (t, p) for t in ("p", "t.led") for p in (0, 1)
     }
+
+
+def test_a_broken_pipe_to_a_replay_job_is_a_failure_not_a_closed_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `--jobs 2` job killed (as by the OOM killer) after sending its signals breaks the
+    parent's pipe to it. That is a failure (70, said on stderr), not a reader that closed the
+    output (141, quiet): the output file is incomplete."""
+    import multiprocessing.connection
+
+    from stream.cli import main
+    from stream.drivers import parallel
+
+    def dying_job(conn: multiprocessing.connection.Connection, *_args: object) -> None:
+        conn.send(("signals", (parallel.codec.dumps([]), [])))
+        os._exit(9)
+
+    monkeypatch.setattr(parallel, "_two_pass_job", dying_job)
+    monkeypatch.setattr(parallel, "_one_pass", lambda *a, **k: None)  # the two-pass path
+    day = tmp_path / "day.jsonl"
+    assert run_cli(["simulate", "--scenario", "outage", "--minutes", "5", "--out", str(day)]).returncode == 0
+    status = main(["replay", "--in", str(day), "--out", str(tmp_path / "out.jsonl"), "--jobs", "2", "--drain"])
+    assert status == 70 and "internal error" in capsys.readouterr().err  # (a broken pipe or an early EOF)

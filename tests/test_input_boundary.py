@@ -238,8 +238,8 @@ def test_replay_says_once_how_many_offsets_went_back_over_all_jobs(
     jobs: str, drain: list[str], holds: list[str], tmp_path: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """One record back in each of two partitions: one warning line for the file, counting both,
-    whatever the jobs' split and whether a one-pass replay gave way to two passes (each job, and
-    the abandoned pass, used to say its own count: two lines for the file)."""
+    whatever the jobs' split and whether a one-pass replay gave way to two passes (not a line
+    from each job, nor one from the abandoned pass)."""
     from stream.cli import main
 
     def line(partition: int, offset: int) -> bytes:

@@ -121,8 +121,8 @@ def test_a_read_goes_on_from_what_retention_left_when_it_deleted_the_first_recor
 ) -> None:
     """Retention deletes a partition's first records after `dump` / `replay --from-kafka` asked
     where the partition begins: the read goes on from what is left and yields every record still
-    on the broker. (Reset to the end of the log, as a consumer does by default, it ended at once
-    and dropped them, silently.)"""
+    on the broker. (Reset to the end of the log, as a consumer does by default, it would end at
+    once and drop them, silently.)"""
     bootstrap = require_broker()
     topics = fresh_topics(partitions=1)
     topics.create(bootstrap)

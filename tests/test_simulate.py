@@ -720,7 +720,16 @@ def test_ground_truth_records_the_outage_and_the_degradation_as_incidents() -> N
     assert simulated("normal").truth.incidents == []
 
 
+@pytest.fixture
+def no_topic_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command's defaults for topics and partitions come from these settings: the tests
+    that compare its file with the API's defaults run without them, whatever the caller set."""
+    for name in ("QRIS_PARTITIONS", "QRIS_PAYMENT_TOPIC", "QRIS_LEDGER_TOPIC"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("no_topic_settings")
 def test_command_maps_the_degradation_flags(tmp_path: Any) -> None:
     out, truth_file = tmp_path / "degraded.jsonl", tmp_path / "truth.json"
     status = simulate_main(
@@ -788,6 +797,7 @@ def test_replay_lines_have_the_contract_shape() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("no_topic_settings")
 def test_command_writes_the_same_file_as_the_api(tmp_path: Any) -> None:
     out = tmp_path / "outage.jsonl"
     truth_file = tmp_path / "truth.json"

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from stream.core.eventtime import parse_instant
+from stream.outsink import WholeWrites
 from stream.simulate.degradation import DEGRADE_SCOPES
 from stream.simulate.output import TopicUnusable, produce, write_replay
 from stream.simulate.scenarios import SCENARIOS, Knobs
@@ -196,8 +197,9 @@ def run(args: argparse.Namespace, client: "Settings | None" = None) -> int:
     records = Progress(f"simulate {args.scenario}").wrap(records)
     if args.out is not None:
         if args.out == "-":
-            count = write_replay(records, sys.stdout.buffer)
-            sys.stdout.buffer.flush()
+            out = WholeWrites(sys.stdout.buffer)  # (a reader gone mid-write raises, never a cut file)
+            count = write_replay(records, out)  # type: ignore[arg-type]  # (write is what it uses)
+            out.flush()
         else:
             with open(args.out, "wb") as sink:
                 count = write_replay(records, sink)

@@ -134,5 +134,6 @@ def _check_topic(producer: Any, topic: str, partitions: int | None) -> None:
         raise TopicUnusable(f"topic {topic} does not exist or has no partitions")
     if partitions is not None and len(found) != partitions:
         raise TopicUnusable(
-            f"topic {topic} has {len(found)} partitions, the simulation assumed {partitions} (--partitions)"
+            f"topic {topic} has {len(found)} partitions, the simulation assumed {partitions} "
+            "(--partitions, else QRIS_PARTITIONS)"
         )

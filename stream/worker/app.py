@@ -603,7 +603,7 @@ def run_worker(settings: Settings) -> int:
     partitions = _input_partitions(settings)
     ensure_state_changelog(settings, partitions or settings.partitions)
     app, _shell = build_app(settings, partitions)
-    _Worker.json_logs = settings.log_format == "json"
+    _Worker.json_logs = settings.log_format.lower() == "json"
     worker = _Worker(app, loglevel=settings.log_level.upper(), override_logging=True)
     worker.stop_deadline = deadline = StopDeadline(settings.stop_timeout_s)
     try:
