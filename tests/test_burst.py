@@ -149,6 +149,29 @@ def test_a_switch_outage_is_one_incident_opened_updated_and_resolved() -> None:
     assert len({a["alert_id"] for a in alerts}) == 3
 
 
+def test_an_incident_stays_open_while_a_quieter_scope_still_fails_well_above_its_normal() -> None:
+    """After the outage the switch carries a night's few payments, and two of every 18 still
+    fail (about 11 times its normal rate): too few payments for a surprising score, yet not
+    recovered. The incident stays open (its holds go on) until the failures are back near normal;
+    resolving in the lull ended the holds and paid refunds that the late settlements clawed back."""
+    det = BurstDetector(1)
+    warm(det, lambda i: switch_minute(1 if i % 2 else 0, 1 if i % 3 == 0 else 0))
+    start = M0 + WARM
+
+    def quiet(rintis_bad: int) -> dict[str, dict[str, Any]]:
+        return {"all": sm(106, rintis_bad), "switch:RINTIS": sm(6, rintis_bad), "switch:JALIN": sm(100, 0)}
+
+    burst = [report(0, start + i, switch_minute(60)) for i in range(4)]
+    lull = [report(0, start + 4 + i, quiet(1 if i % 3 != 2 else 0)) for i in range(12)]
+    recovered = [report(0, start + 16 + i, quiet(0)) for i in range(6)]
+    alerts = run(det, burst + lull + recovered)
+    statuses = [(a["status"], a["scope"]["id"]) for a in alerts]
+    assert statuses[0] == ("opened", "RINTIS") and statuses[-1] == ("resolved", "RINTIS")
+    assert [s for s, _ in statuses].count("resolved") == 1
+    resolved = alerts[-1]
+    assert resolved["occurred_at"] >= format_ms((start + 16 + 3) * 60_000)  # after three calm minutes
+
+
 def test_a_repeated_or_reordered_report_changes_nothing() -> None:
     def reports(order: list[int]) -> list[dict[str, Any]]:
         out = []

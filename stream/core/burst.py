@@ -52,7 +52,10 @@ class BurstParams:
     """Detector parameters. One threshold for every scope (see README, "Failure bursts")."""
 
     threshold: float = 7.0  # open an incident at this surprise (-log10 p)
-    calm_below: float = 3.0  # a minute is calm when the short windows score below this
+    calm_below: float = 3.0  # a minute is calm when the short windows score below this ...
+    # ... and the 3-minute window's bad payments are at most this many times the expected ones,
+    # plus one: back near normal, not merely too few payments to be surprising (README, "Resolution").
+    calm_max_ratio: float = 2.0
     calm_minutes_to_resolve: int = 3
     update_every_minutes: int = 5  # at most one `updated` per this many minutes ...
     update_growth: float = 1.25  # ... and only when affected payments grew by this factor
@@ -222,6 +225,10 @@ class BurstDetector:
                     calm_score = max(calm_score, score)
                     recent_n, recent_bad = n, bad
             recent_rate = recent_bad / recent_n if recent_n else 0.0
+            if recent_bad > prm.calm_max_ratio * recent_n * rate + 1:
+                # Not back to normal: a low volume's 2 bad of 18 where 0.15 are expected scores
+                # under `calm_below`, and resolving there ended the holds in a partial outage.
+                calm_score = max(calm_score, prm.calm_below)
             minute_score = binomial_surprise(sm["c"][BAD], sm["c"][0], rate)
             scored[key] = ScoredScope(
                 st, sm["c"], best_score, calm_score, minute_score, best_minutes, rate, recent_rate
