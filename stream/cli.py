@@ -622,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from_env(os.environ)  # an unknown or unusable QRIS_* variable stops every command
         status = int(args.func(args))
-        sys.stdout.flush()  # (a closed stdout raises here, not unseen at exit)
+        if sys.stdout is not None:  # (None when started with fd 1 closed: nothing to flush)
+            sys.stdout.flush()  # (a reader gone raises here, not unseen at exit)
         return status
     except KeyboardInterrupt:
         return 130

@@ -48,11 +48,11 @@ class WholeWrites:
 
 
 def stdout_reader_gone() -> bool:
-    """Whether stdout is a pipe whose reading end is closed (Linux: the write end polls as an
-    error)."""
+    """Whether stdout's reader is gone: a pipe whose reading end is closed polls as an error
+    (Linux), a socket whose peer closed as a hang-up."""
     try:
         poll = select.poll()
         poll.register(1, select.POLLOUT)
-        return any(events & select.POLLERR for _fd, events in poll.poll(0))
+        return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poll.poll(0))
     except (OSError, ValueError):
         return False

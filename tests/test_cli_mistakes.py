@@ -310,3 +310,22 @@ def test_a_broken_pipe_to_a_replay_job_is_a_failure_not_a_closed_output(
     assert run_cli(["simulate", "--scenario", "outage", "--minutes", "5", "--out", str(day)]).returncode == 0
     status = main(["replay", "--in", str(day), "--out", str(tmp_path / "out.jsonl"), "--jobs", "2", "--drain"])
     assert status == 70 and "internal error" in capsys.readouterr().err  # (a broken pipe or an early EOF)
+
+
+def test_a_command_started_with_stdout_closed_still_succeeds(tmp_path: Path) -> None:
+    """A scheduler may start a command with fd 1 closed (Python's stdout is then None); a replay
+    to a file has nothing to say on it and ends 0, not 70 after its work is done."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")}
+    day, out = tmp_path / "day.jsonl", tmp_path / "out.jsonl"
+    assert run_cli(["simulate", "--scenario", "outage", "--minutes", "5", "--out", str(day)]).returncode == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "stream", "replay", "--in", str(day), "--out", str(out), "--drain"],
+        cwd=ROOT,
+        env=base,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.close(1),  # noqa: PLW1509 - only closes the child's stdout
+    )
+    assert done.returncode == 0, done.stderr
+    assert out.stat().st_size > 0
