@@ -4,6 +4,7 @@ incidents (opened, updated, resolved; attribution) from literal scope-minutes.""
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 from typing import Any
 
@@ -170,6 +171,26 @@ def test_an_incident_stays_open_while_a_quieter_scope_still_fails_well_above_its
     assert [s for s, _ in statuses].count("resolved") == 1
     resolved = alerts[-1]
     assert resolved["occurred_at"] >= format_ms((start + 16 + 3) * 60_000)  # after three calm minutes
+
+
+def test_an_incident_resolves_on_time_over_a_small_residue_of_a_large_outage() -> None:
+    """After a 60% outage the switch runs at twice its learned rate or so (2 bad a minute of 100):
+    above normal, but a thirtieth of the incident's failures, not the outage going on. It
+    resolves when the score alone resolves it: three calm minutes once the 3-minute window
+    holds no outage minute."""
+
+    def resolved_at(params: BurstParams) -> list[tuple[str, str]]:
+        det = BurstDetector(1, params)
+        warm(det, lambda i: switch_minute(1 if i % 2 else 0, 1 if i % 3 == 0 else 0))
+        start = M0 + WARM
+        burst = [report(0, start + i, switch_minute(60, 0)) for i in range(4)]
+        after = [report(0, start + 4 + i, switch_minute(2, 0)) for i in range(12)]
+        return [(a["status"], a["occurred_at"]) for a in run(det, burst + after)]
+
+    alerts = resolved_at(BurstParams())
+    assert alerts[-1] == ("resolved", format_ms((M0 + WARM + 9) * 60_000))
+    assert alerts == resolved_at(BurstParams(calm_incident_share=math.inf))  # the score alone
+    assert [s for s, _ in resolved_at(BurstParams(calm_incident_share=0))].count("resolved") == 0
 
 
 def test_a_repeated_or_reordered_report_changes_nothing() -> None:

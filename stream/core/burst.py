@@ -53,9 +53,13 @@ class BurstParams:
 
     threshold: float = 7.0  # open an incident at this surprise (-log10 p)
     calm_below: float = 3.0  # a minute is calm when the short windows score below this ...
-    # ... and the 3-minute window's bad payments are at most this many times the expected ones,
-    # plus one: back near normal, not merely too few payments to be surprising (README, "Resolution").
-    calm_max_ratio: float = 2.0
+    # ... unless the 3-minute window still holds more than this many times the expected bad
+    # payments plus one *and* a bad share of at least `calm_incident_share` of the incident's
+    # own: still failing as in the incident, merely too few payments to be surprising (README,
+    # "Resolution"). Either alone would keep incidents open over a normal a little above the
+    # learned one, or over a small residue of a large outage.
+    calm_max_ratio: float = 3.0
+    calm_incident_share: float = 0.1
     calm_minutes_to_resolve: int = 3
     update_every_minutes: int = 5  # at most one `updated` per this many minutes ...
     update_growth: float = 1.25  # ... and only when affected payments grew by this factor
@@ -225,13 +229,10 @@ class BurstDetector:
                     calm_score = max(calm_score, score)
                     recent_n, recent_bad = n, bad
             recent_rate = recent_bad / recent_n if recent_n else 0.0
-            if recent_bad > prm.calm_max_ratio * recent_n * rate + 1:
-                # Not back to normal: a low volume's 2 bad of 18 where 0.15 are expected scores
-                # under `calm_below`, and resolving there ended the holds in a partial outage.
-                calm_score = max(calm_score, prm.calm_below)
+            above_normal = recent_bad > prm.calm_max_ratio * recent_n * rate + 1
             minute_score = binomial_surprise(sm["c"][BAD], sm["c"][0], rate)
             scored[key] = ScoredScope(
-                st, sm["c"], best_score, calm_score, minute_score, best_minutes, rate, recent_rate
+                st, sm["c"], best_score, calm_score, minute_score, best_minutes, rate, recent_rate, above_normal
             )
             self.stats["scope_minutes"] += 1
             if key in learning and best_score >= prm.threshold:
@@ -527,7 +528,12 @@ class BurstDetector:
             inc.first_bad_ms = ring_last[4][0][0]
         if sc.minute_score >= prm.calm_below:
             inc.last_bad_minute = minute
-        if sc.calm_score < prm.calm_below:
+        # (A low volume's 2 bad of 18 where 0.15 are expected scores under `calm_below`: in a
+        # partial outage the incident resolved in such lulls, and its holds ended with it.)
+        still_failing = sc.above_normal and sc.recent_rate >= prm.calm_incident_share * inc.counts[BAD] / max(
+            inc.counts[0], 1
+        )
+        if sc.calm_score < prm.calm_below and not still_failing:
             inc.calm_minutes += 1
             if inc.calm_minutes >= prm.calm_minutes_to_resolve:
                 self.incidents.resolve(st.key)

@@ -113,6 +113,7 @@ class ScoredScope:
         "best_minutes",
         "rate",
         "recent_rate",
+        "above_normal",
         "_windows",
     )
 
@@ -126,6 +127,7 @@ class ScoredScope:
         best_minutes: int,
         rate: float,
         recent_rate: float,
+        above_normal: bool = False,
     ) -> None:
         self.state = state
         self.minute_counts = minute_counts
@@ -135,6 +137,8 @@ class ScoredScope:
         self.best_minutes = best_minutes
         self.rate = rate
         self.recent_rate = recent_rate  # bad share of the short windows, for attribution
+        # More bad payments in the 3-minute window than twice the expected plus one.
+        self.above_normal = above_normal
         self._windows: dict[int, Window] = {}
 
     def window(self, minutes: int) -> Window:
