@@ -9,6 +9,7 @@ tells a closed stdout from a broken pipe elsewhere (a replay job's pipe), which 
 
 from __future__ import annotations
 
+import errno
 import select
 from types import TracebackType
 from typing import IO, Any
@@ -25,8 +26,8 @@ class WholeWrites:
         total = len(view)
         while view:
             n = self._fh.write(view)
-            if not n:
-                n = 0  # (None: nothing taken now; the next write says why, or takes it)
+            if not n:  # a blocking stdout takes a byte or raises: never loop on nothing taken
+                raise BrokenPipeError(errno.EPIPE, "stdout took no more bytes")
             view = view[n:]
         return total
 

@@ -137,7 +137,7 @@ class ScoredScope:
         self.best_minutes = best_minutes
         self.rate = rate
         self.recent_rate = recent_rate  # bad share of the short windows, for attribution
-        # More bad payments in the 3-minute window than twice the expected plus one.
+        # More bad payments in the 3-minute window than `calm_max_ratio` times the expected plus one.
         self.above_normal = above_normal
         self._windows: dict[int, Window] = {}
 
