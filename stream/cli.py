@@ -627,17 +627,13 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError as exc:
-        if not stdout_reader_gone():  # another pipe (a replay job's): a failure, said as one
-            status, message = _failure(exc)
-            print(f"qris-guard {args.command}: {message}", file=sys.stderr)
-            return status
-        # The reader of the output went away (`| head`): not a bug. Quiet, and the status a
-        # command killed by SIGPIPE has; stdout goes to /dev/null so the flush at exit does
-        # not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-        return EXIT_BROKEN_PIPE
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line and an exit status
+        if isinstance(exc, BrokenPipeError) and stdout_reader_gone():
+            # The reader of the output went away (`| head`): not a bug. Quiet, and the status a
+            # command killed by SIGPIPE has; stdout goes to /dev/null so the flush at exit does
+            # not fail again. (Another pipe broken, a replay job's, is a failure as any other.)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            return EXIT_BROKEN_PIPE
         status, message = _failure(exc)
         if message:
             print(f"qris-guard {args.command}: {message}", file=sys.stderr)
