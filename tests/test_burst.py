@@ -150,6 +150,20 @@ def test_a_switch_outage_is_one_incident_opened_updated_and_resolved() -> None:
     assert len({a["alert_id"] for a in alerts}) == 3
 
 
+def test_an_incident_over_midnight_gives_the_dates_its_clocks_need() -> None:
+    """Summaries give WIB clocks; a clock of another WIB day than the alert's carries its
+    date, so "since 23:57" read at 00:02 is not taken for a time to come."""
+    start = 29_002_617  # 2025-02-21 23:57 WIB
+    det = BurstDetector(1)
+    assert run(det, [report(0, start - WARM + i, switch_minute(i % 2)) for i in range(WARM)]) == []
+    burst = [report(0, start + i, switch_minute(60 + 5 * i)) for i in range(6)]
+    calm = [report(0, start + 6 + i, switch_minute(1 if i % 2 else 0, 0)) for i in range(8)]
+    summaries = {a["status"]: a["summary"] for a in run(det, burst + calm)}
+    assert "unsettled since 23:57 WIB (" in summaries["opened"]  # decided at 23:58, the same day
+    assert "unsettled since 23:57 on 21 Feb 2025 WIB (" in summaries["updated"]
+    assert "unsettled from 23:57 on 21 Feb 2025 to 00:03 on 22 Feb 2025 WIB (" in summaries["resolved"]
+
+
 def test_an_incident_stays_open_while_a_quieter_scope_still_fails_well_above_its_normal() -> None:
     """After the outage the switch carries a night's few payments, and two of every 18 still
     fail (about 11 times its normal rate): too few payments for a surprising score, yet not

@@ -36,7 +36,7 @@ def _days_from_civil(year: int, month: int, day: int) -> int:
     return era * 146097 + doe - 719468
 
 
-def _civil_from_days(days: int) -> tuple[int, int, int]:
+def civil_from_days(days: int) -> tuple[int, int, int]:
     days += 719468
     era = days // 146097  # (floor division: C's version adjusts negative days by hand)
     doe = days - era * 146097
@@ -169,7 +169,7 @@ def format_ms(ms: int) -> str:
     '2025-03-29T00:00:00.123Z'
     """
     days, rem = divmod(ms, MS_PER_DAY)
-    year, month, day = _civil_from_days(days)
+    year, month, day = civil_from_days(days)
     secs, millis = divmod(rem, MS_PER_S)
     hour, secs = divmod(secs, 3600)
     minute, second = divmod(secs, 60)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from . import ids
 from .alerts import rupiah
 from .decisions import SCHEMA_VERSION, Decision
-from .eventtime import WIB_OFFSET_MS, format_ms
+from .eventtime import WIB_OFFSET_MS, civil_from_days, format_ms
 from .scopes import scope_id, scope_type
 from .signals import BAD, CODE_MAX_CHARS, COUNTS, EXPOSURE, MINUTE_MS, capped_codes
 from .text import escape_text
@@ -122,11 +122,11 @@ def incident_alert(key: str, inc: Incident, status: Status, minute: int, score: 
         per_type[t] = per_type.get(t, 0) + 1
         top.append({"scope": {"type": t, "id": scope_id(child)}, "observed": {"bad": n}})
     name = _scope_name(stype, sid)
-    since = _wib_clock(start_ms)
     if status == "resolved":
+        span = _wib_span(start_ms, end_ms)
         summary = (
-            f"RESOLVED {name}: {bad} of {payments} payments failed or unsettled from {since} to "
-            f"{_wib_clock(end_ms)} WIB (expected {_count(inc.expected_bad)}); "
+            f"RESOLVED {name}: {bad} of {payments} payments failed or unsettled from {span} WIB "
+            f"(expected {_count(inc.expected_bad)}); "
             f"{short_rupiah(c[EXPOSURE])} was exposed"
         )
         severity = "info"
@@ -135,7 +135,8 @@ def incident_alert(key: str, inc: Incident, status: Status, minute: int, score: 
             f"{_scope_name(t['scope']['type'], t['scope']['id'])} {t['observed']['bad']}" for t in top[:3]
         )
         summary = (
-            f"{name}: {bad} of {payments} payments failed or unsettled since {since} WIB "
+            f"{name}: {bad} of {payments} payments failed or unsettled since "
+            f"{_wib_clock(start_ms, decided_ms)} WIB "
             f"(expected {_count(inc.expected_bad)}); {short_rupiah(c[EXPOSURE])} exposed"
             + (f"; most affected: {worst}" if worst else "")
         )
@@ -243,9 +244,46 @@ def _count(x: float) -> str:
     return f"{x:.1f}" if x < 10 else f"{x:.0f}"
 
 
-def _wib_clock(at_ms: int) -> str:
+def _wib_clock(at_ms: int, read_at_ms: int | None = None) -> str:
+    """The WIB clock of `at_ms`, with its date when that is not the WIB day of `read_at_ms`
+    (the alert's own time): an operator reading "since 23:50" at 00:10 must not take it for
+    a time still to come, nor a two-day incident for a short one.
+
+    >>> _wib_clock(1743213600000)  # 2025-03-29 09:00 WIB
+    '09:00'
+    >>> _wib_clock(1743263400000, 1743264600000)  # 22:50 read at 23:10 the same day
+    '22:50'
+    >>> _wib_clock(1743267000000, 1743268200000)  # 23:50 read at 00:10
+    '23:50 on 29 Mar 2025'
+    """
     local = (at_ms + WIB_OFFSET_MS) // MINUTE_MS
-    return f"{(local // 60) % 24:02d}:{local % 60:02d}"
+    clock = f"{(local // 60) % 24:02d}:{local % 60:02d}"
+    if read_at_ms is None or local // 1440 == (read_at_ms + WIB_OFFSET_MS) // MINUTE_MS // 1440:
+        return clock
+    return f"{clock} on {_wib_date(at_ms)}"
+
+
+def _wib_span(start_ms: int, end_ms: int) -> str:
+    """An incident's window in WIB: both dates when it crosses midnight.
+
+    >>> _wib_span(1743213600000, 1743217200000)  # 09:00 to 10:00, 29 March 2025
+    '09:00 to 10:00'
+    >>> _wib_span(1743266400000, 1743268200000)  # 23:40 to 00:10
+    '23:40 on 29 Mar 2025 to 00:10 on 30 Mar 2025'
+    """
+    start, end = _wib_clock(start_ms, end_ms), _wib_clock(end_ms)
+    if start == _wib_clock(start_ms):
+        return f"{start} to {end}"
+    return f"{start} to {end} on {_wib_date(end_ms)}"
+
+
+def _wib_date(at_ms: int) -> str:
+    days = (at_ms + WIB_OFFSET_MS) // 86_400_000
+    y, m, d = civil_from_days(days)
+    return f"{d} {_MONTHS[m - 1]} {y}"
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def short_rupiah(amount: int) -> str:
