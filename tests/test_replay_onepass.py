@@ -204,3 +204,55 @@ def test_a_jump_of_more_than_r_in_event_time_decides_alike_in_one_pass_and_two(t
     topics = {"refunds": "qris.refunds", "alerts": "qris.alerts", "dead_letter": "qris.dead-letter"}
     replay_file_parallel(str(path), HOLDS, drain=drain, jobs=2, topics=topics, out=out)
     assert sorted(out.getvalue().splitlines(keepends=True)) == sorted(one)
+
+
+@pytest.mark.parametrize("drain", [True, False])
+def test_a_reference_whose_next_record_comes_after_its_retention_is_judged_anew_in_one_pass_as_in_two(
+    drain: bool,
+) -> None:
+    # 60 debits in a quiet gap, each reference's request R + 1 min later inside the second
+    # outage, and the watermark passing both in one step. The decisions drop each debit at its
+    # retention check before the request comes: the request is a payment with no answer. The
+    # one pass judged the minute from a view that kept the debit (60 unsettled, Rp 5.4 m
+    # exposed more); the view now drops what the decisions will drop.
+    from stream.core.eventtime import format_ms, parse_ms
+
+    params = replace(HOLDS, retention_ms=3 * 3600 * 1000)  # R >= T + H: the drop is certain
+    r_ms = params.retention_ms
+    base = _outage_then_a_gap(3 * r_ms)
+    second = T0 + 2 * 3600 * 1000 + 20 * 60_000 + 3 * r_ms
+    asked = second + 5 * 60_000
+
+    def values(topic: str) -> list[dict[str, Any]]:
+        return [orjson.loads(r.value) for r in base if r.topic == topic and r.partition == 0]
+
+    pays, debits = values(P_TOPIC), values(L_TOPIC)
+    refs = [f"GAP{i:04d}" for i in range(60)]
+    late = [
+        dict(pays[0], event_id=ref + ":q", reference=ref, occurred_at=format_ms(asked + i), amount=90_000)
+        for i, ref in enumerate(refs)
+    ]
+    early = [
+        dict(debits[0], event_id=ref + ":d", reference=ref, occurred_at=format_ms(asked - r_ms - 60_000 + i))
+        for i, ref in enumerate(refs)
+    ]
+    before = [v for v in debits if parse_ms(v["occurred_at"]) < second]
+    ledger_0 = before + [dict(v, amount=90_000, entry_id="J" + v["reference"]) for v in early] + debits[len(before) :]
+    payments_0 = sorted(pays + late, key=lambda v: parse_ms(v["occurred_at"]))
+
+    def partition_0(topic: str, vals: list[dict[str, Any]]) -> list[KafkaRecord]:
+        return [
+            KafkaRecord(topic, 0, i, parse_ms(v["occurred_at"]) + 5, v["reference"].encode(), orjson.dumps(v))
+            for i, v in enumerate(vals)
+        ]
+
+    records = [
+        *partition_0(P_TOPIC, payments_0),
+        *partition_0(L_TOPIC, ledger_0),
+        *(r for r in base if r.partition != 0),
+    ]
+    one = _file_lines(list(replay(records, params, drain=drain)))
+    two = _file_lines(list(replay(records, params, drain=drain, one_pass=False)))
+    assert one == two
+    opened = [orjson.loads(line)["value"] for line in one if b'"GAP0000"' in line and b'"opened"' in line]
+    assert opened and all(a["observed"]["no_answer"] >= 60 for a in opened)

@@ -538,7 +538,7 @@ class PartitionEngine:
         counted: dict[int, set[str]] = {}
         for ref, view in views.items():
             st = refs.get(ref)
-            if st is None or st.request is None:  # its request is itself ahead
+            if st is None or st.request_eff_ms != view.request_eff_ms:  # its request is itself ahead
                 assert view.request_eff_ms is not None
                 counted.setdefault(view.request_eff_ms // MINUTE_MS, set()).add(ref)
         for m in sorted({k for k in open_minutes if k <= through} | set(counted)):
@@ -582,6 +582,15 @@ class PartitionEngine:
         lo_ms = (prev + 1) * MINUTE_MS if prev is not None else -(2**64)  # (below every time)
         hi_ms = (through + 1) * MINUTE_MS
         refs, pending = self.refs, self.pending
+        # A reference is dropped by its retention check once R passed since its last record and
+        # its cycles and holds ended: the decisions drop it before a record that comes later
+        # still. A view does so where that is certain whatever the incidents: past R after its
+        # last record and T + H after it (the latest a cycle or hold it may have then ends), or
+        # the latest end of the decided state's own (`_dropped_by`). (Only with R above the
+        # probe age, so the records after such a gap are past the probe of a request before it.)
+        p = self.params
+        retention_ms = p.retention_ms if p.retention_ms > p.probe_age_ms else POS_INF
+        gap_ms = max(retention_ms, p.timeout_ms + p.max_hold_ms)
         views: dict[str, ReferenceState] = {}
         for ref in candidates:
             waiting_items = pending.get(ref)
@@ -590,28 +599,52 @@ class PartitionEngine:
             items = [it for it in waiting_list(waiting_items) if cap <= it[0] < watermark_ms]
             if not items:
                 continue
-            st = refs.get(ref)
-            if st is not None and st.request_eff_ms is not None and not lo_ms <= st.request_eff_ms < hi_ms:
-                # Its request is decided already (a view keeps it), in a minute not closing now:
-                # no view. (Live, while the incidents lag, thousands of references wait with
-                # records ahead; building each one's view at every close was a third of the
-                # worker's CPU.)
-                continue
-            view = st.facts_copy() if st is not None else ReferenceState(ref)
             if len(items) > 1:
                 # (The whole item, as the heap orders it: records of one reference tied on time,
                 # stream and offset, which only a replay file repeating an offset has, are seen
                 # here in the order they will be decided; a key of the first four would keep the
                 # order read, and the burst views, and so holds, would depend on it.)
                 items.sort()
-            apply_facts = view.apply_facts
+            st = refs.get(ref)
+            if st is not None and st.last_eff_ms + retention_ms < items[0][0] and self._dropped_by(st) < items[0][0]:
+                # Dropped before its next record.
+                if st.request_eff_ms is not None and lo_ms <= st.request_eff_ms < hi_ms:
+                    continue  # judged as decided: the rest comes after its probe
+                st = None
+            if st is not None and st.request_eff_ms is not None and not lo_ms <= st.request_eff_ms < hi_ms:
+                # Its request is decided already (a view keeps it), in a minute not closing now:
+                # no view. (Live, while the incidents lag, thousands of references wait with
+                # records ahead; building each one's view at every close was a third of the
+                # worker's CPU.)
+                continue
+            if st is not None:
+                view, last = st.facts_copy(), st.last_eff_ms
+            else:
+                view, last = ReferenceState(ref), None
             for eff, _kind, s, _offset, _ref, event in items:
                 assert event is not None
-                apply_facts(s, eff, event, False)
+                if last is not None and last + gap_ms < eff:
+                    rq_ms = view.request_eff_ms
+                    if rq_ms is not None and lo_ms <= rq_ms < hi_ms:
+                        break  # the rest comes after this request's probe: it counts this one
+                    view = ReferenceState(ref)  # (as above)
+                if view.apply_facts(s, eff, event, False) is not None:  # (a duplicate: no record)
+                    last = eff
             rq_ms = view.request_eff_ms
             if rq_ms is not None and lo_ms <= rq_ms < hi_ms:
                 views[ref] = view
         return views
+
+    def _dropped_by(self, st: ReferenceState) -> int:
+        """The latest time the retention check can drop decided state `st` if no record of it
+        comes: R after its last record, or the latest its open cycle's hold or its holds can
+        end."""
+        at = st.last_eff_ms + self.params.retention_ms
+        if st.cycle_deadline_ms is not None:
+            at = max(at, st.cycle_deadline_ms + self.params.max_hold_ms)
+        for hold in st.holds:
+            at = max(at, hold.release_by_ms)
+        return at
 
     def _process(self, cap: int) -> list[Decision]:
         heap, decide, rheap = self.heap, self.decide, self.retention_heap
