@@ -762,6 +762,8 @@ def test_distinct_scopes_are_bounded_with_one_alert_and_learned_scopes_kept() ->
     alerts = run(det, reports())
     limits = [a for a in alerts if a["kind"] == "SCOPE_LIMIT"]
     assert len(limits) == 1 and limits[0]["scope_type"] == "switch"
+    # Its page is the switch limit's own: another type's limit is another problem.
+    assert limits[0]["dedup_key"] == "SCOPE_LIMIT:switch" and limits[0]["labels"]["limit_scope_type"] == "switch"
     # 40 new, 3 free places, no idle scope to replace yet
     assert limits[0]["observed"] == {"new_scopes": 40, "replaced_scopes": 0, "untracked_scopes": 37}
     switches = [k for k in det.scopes if k.startswith("switch:")]

@@ -269,6 +269,26 @@ def test_a_cancellation_an_incident_explains_carries_its_id_and_is_paged_with_it
     assert "incident_id" not in plain and plain["dedup_key"].startswith("LATE_SETTLEMENT:")
 
 
+def test_two_cancellations_one_incident_explains_are_two_alertmanager_alerts() -> None:
+    # Alertmanager tells alerts apart by their labels; the routing recipe keeps them and adds
+    # `dedup_key`, the incident's for both: the refund's own label keeps them two.
+    f = Feed()
+    f.incidents([inc("opened", 400), inc("resolved", 3000)], EVERYTHING)
+    for ref in ("QR1", "QR2"):
+        f.p(payment(ref + "-q", "requested", ref, 0))
+        f.l(ledger(ref + "-d", "debited", ref, 0))
+    f.tick(350)
+    for ref in ("QR1", "QR2"):
+        f.p(payment(ref + "-s", "settled", ref, 500))
+    f.tick(600)
+    first, second = f.alerts()
+    assert first["dedup_key"] == second["dedup_key"] == "in_a"
+    assert first["labels"]["refund_id"] == first["refund_id"] != second["labels"]["refund_id"]
+    assert {k: v for k, v in first["labels"].items() if k != "refund_id"} == {
+        k: v for k, v in second["labels"].items() if k != "refund_id"
+    }
+
+
 def test_holds_off_makes_no_reports() -> None:
     from dataclasses import replace
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .text import escape_text
+
 SERVICE = "qris-guard"
 
 
@@ -33,6 +35,8 @@ def dedup_key(value: dict[str, Any]) -> str:
         return f"OVER_REFUND:{value['reference']}"
     if kind in ("FEED_SILENT", "EVENT_TIME_STALLED") and value.get("topic"):
         return f"{kind}:{value['topic']}"
+    if kind == "SCOPE_LIMIT" and value.get("scope_type"):
+        return f"{kind}:{value['scope_type']}"  # one limit per scope type: each its own problem
     if value.get("topic") is not None and value.get("partition") is not None:
         return f"{kind}:{value['topic']}:{value['partition']}"
     scope = value["scope"]
@@ -40,20 +44,33 @@ def dedup_key(value: dict[str, Any]) -> str:
 
 
 def labels(value: dict[str, Any]) -> dict[str, str]:
-    """Flat string labels: `alertname` (the kind), `severity`, `kind`, `scope_type`, `scope_id`,
-    `service`, and `status` / `topic` / `partition` when the alert has them."""
+    r"""Flat string labels: `alertname` (the kind), `severity`, `kind`, `scope_type`, `scope_id`
+    (escaped as alert text is: `text.escape_text`), `service`, and `status` / `topic` /
+    `partition` when the alert has them. Alertmanager tells alerts apart by their labels, so
+    a cancellation's carry its `refund_id` (two cancellations of one merchant, explained by one
+    incident, would otherwise be one alert, the second overwriting the first) and a scope
+    limit's the type it limits (`limit_scope_type`).
+
+    >>> labels({"kind": "LATE_SETTLEMENT", "severity": "warning", "refund_id": "rf_1",
+    ...         "scope": {"type": "merchant", "id": "M\u200f1"}})["scope_id"]
+    'M\\u200f1'
+    """
     scope = value["scope"]
     out = {
         "alertname": str(value["kind"]),
         "severity": str(value["severity"]),
         "kind": str(value["kind"]),
         "scope_type": str(scope["type"]),
-        "scope_id": str(scope["id"]),
+        "scope_id": escape_text(str(scope["id"])),
         "service": SERVICE,
     }
     for name in ("status", "topic", "partition"):
         if value.get(name) is not None:
             out[name] = str(value[name])
+    if value["kind"] in ("LATE_SETTLEMENT", "LATE_REVERSAL") and value.get("refund_id"):
+        out["refund_id"] = str(value["refund_id"])
+    if value["kind"] == "SCOPE_LIMIT" and value.get("scope_type"):
+        out["limit_scope_type"] = str(value["scope_type"])
     return out
 
 
