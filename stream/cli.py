@@ -22,7 +22,7 @@ from .core import codec
 from .core.eventtime import BadTimestamp, parse_instant
 from .drivers.progress import Progress
 from .outsink import WholeWrites, stdout_reader_gone
-from .settings import DOCS, Settings, SettingsError, display, from_env
+from .settings import DOCS, Settings, SettingsError, display, from_env, hold_outlasts_retention
 
 EXIT_MISTAKE = 2  # an argument, setting, file or replay line is wrong
 EXIT_UNAVAILABLE = 69  # Kafka cannot be reached or refuses the credentials (sysexits EX_UNAVAILABLE)
@@ -84,7 +84,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .topics import check_copartitioned, create_topics
     from .worker.app import run_worker
 
-    s = _connect(_settings(args))
+    s = _settings(args)
+    if (hazard := hold_outlasts_retention(s)) is not None:
+        raise Mistake(hazard)
+    s = _connect(s)
     if args.create_topics:
         create_topics(s)
     n = check_copartitioned(s)
@@ -150,6 +153,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     tune_collector()  # (inherited by the jobs of a parallel replay)
     s = _settings(args)
+    if (hazard := hold_outlasts_retention(s)) is not None:
+        print(f"replay: warning: {hazard}", file=sys.stderr)
     if args.from_kafka:
         _connect(s)
     elif not os.path.isfile(args.input):

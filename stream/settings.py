@@ -444,6 +444,22 @@ def _problems(s: Settings) -> list[str]:
     return out
 
 
+def hold_outlasts_retention(s: Settings) -> str | None:
+    """The settings' one combination that is valid but pays money it cannot take back: a hold
+    can end (at its deadline + H, a deadline up to T after the reference's last record) after
+    the reference's retention R has passed, and rule 4 then drops the state at once, so a
+    settlement a minute after the refund paid at the hold's end cancels nothing. The live
+    worker refuses it; replay warns (it answers "what would these settings decide")."""
+    if s.max_hold_s > 0 and s.timeout_s + s.max_hold_s >= s.retention_s:
+        return (
+            f"QRIS_MAX_HOLD_S={s.max_hold_s:g} with QRIS_TIMEOUT_S={s.timeout_s:g} reaches "
+            f"QRIS_RETENTION_S={s.retention_s:g}: a refund paid at a hold's end would be forgotten at "
+            "once, and a late settlement could not cancel it; expected timeout + maximum hold below "
+            "the retention"
+        )
+    return None
+
+
 _SASL_FIELDS = ("sasl_mechanism", "sasl_username", "sasl_password", "sasl_password_file", "sasl_oauth_token_file")
 _SSL_FIELDS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password", "ssl_key_password_file")
 

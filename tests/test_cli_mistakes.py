@@ -157,6 +157,14 @@ def mistakes(tmp: Path) -> list[tuple[str, list[str], dict[str, str], int, str]]
         ),
         ("log format", ["settings"], {"QRIS_LOG_FORMAT": "yaml"}, 2, "QRIS_LOG_FORMAT='yaml': expected text or json"),
         ("uvloop", ["settings"], {"QRIS_UVLOOP": "7"}, 2, "QRIS_UVLOOP=7: expected 1 or 0"),
+        # (A refund paid at a hold's end, past the retention, could not be cancelled: README, Settings.)
+        (
+            "hold past retention",
+            ["worker", "--bootstrap", dead],
+            {"QRIS_RETENTION_S": "3600"},
+            2,
+            "QRIS_MAX_HOLD_S=7200 with QRIS_TIMEOUT_S=300 reaches QRIS_RETENTION_S=3600",
+        ),
         ("bad --from", ["replay", "--in", "x", "--out", out, "--from", "yesterday"], {}, 2, "--from"),
         ("no command", [], {}, 2, "required"),
         ("unreachable broker: topics", ["topics", "--bootstrap", dead], {}, 69, f"cannot reach Kafka at {dead}"),
@@ -329,3 +337,15 @@ def test_a_command_started_with_stdout_closed_still_succeeds(tmp_path: Path) -> 
     )
     assert done.returncode == 0, done.stderr
     assert out.stat().st_size > 0
+
+
+def test_replay_with_a_hold_past_the_retention_warns_and_decides(tmp_path: Path) -> None:
+    # Replay answers what the settings would decide: a warning, not a refusal (the worker refuses).
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(b"")
+    out = tmp_path / "out.jsonl"
+    r = run_cli(["replay", "--in", str(data), "--out", str(out), "--retention-s", "3600"], {})
+    assert r.returncode == 0
+    assert "replay: warning: QRIS_MAX_HOLD_S=7200 with QRIS_TIMEOUT_S=300 reaches QRIS_RETENTION_S=3600" in r.stderr
+    r = run_cli(["replay", "--in", str(data), "--out", str(out), "--retention-s", "7501"], {})
+    assert r.returncode == 0 and "warning" not in r.stderr

@@ -384,8 +384,9 @@ def test_a_worker_back_on_its_old_disk_after_the_broker_compacted_a_deletion_doe
     bootstrap = require_broker()
     topics = fresh_topics(partitions=2)
     topics.create(bootstrap)
-    settings = Settings(retention_s=600)
-    env = {"QRIS_RETENTION_S": "600"}
+    # (Holds of at most 4 min: T + H under R, as the worker requires.)
+    settings = Settings(retention_s=600, max_hold_s=240)
+    env = {"QRIS_RETENTION_S": "600", "QRIS_MAX_HOLD_S": "240"}
     app_id = fresh_prefix("qris-test-", 8)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
