@@ -101,8 +101,8 @@ def test_the_summary_line_tells_the_holds_only_when_the_incident_held_something(
         report(0, t + 1, *held, ["released_without_payment", "r0", "inc_a", 1_250_000, t - 10])
     )
     assert alert.value["summary"] == (
-        "Switch RINTIS: 9 of 10 payments failed; refunds held: 2 (Rp 2.5 m), 1 released without payment, "
-        "1 still held (Rp 1.2 m)"
+        "Switch RINTIS: 9 of 10 payments failed; refunds held: 2 (Rp 2.500.000), 1 released without payment, "
+        "1 still held (Rp 1.250.000)"
     )
     assert other.value["summary"] == "Switch RINTIS: 9 of 10 payments failed"  # held nothing
 

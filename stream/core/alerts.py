@@ -32,6 +32,26 @@ def rupiah(amount: int) -> str:
     return "Rp " + f"{amount:,}".replace(",", ".")
 
 
+def duration_text(ms: int) -> str:
+    """A span of time as a summary line gives it, to the minute (to the second below one).
+
+    >>> duration_text(45_000), duration_text(41 * 60_000), duration_text(125 * 60_000)
+    ('45 s', '41 min', '2 h 5 min')
+    >>> duration_text(2 * 86_400_000 + 3_600_000), duration_text(7_200_000)
+    ('2 d 1 h', '2 h')
+    """
+    if ms < 60_000:
+        return f"{max(0, ms) // 1000} s"
+    minutes = ms // 60_000
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
 def _alert(
     alert_id: str,
     kind: str,
@@ -84,7 +104,8 @@ def cancellation_alert(
     what = "settlement" if reason == "LATE_SETTLEMENT" else "ledger reversal"
     summary = (
         f"Refund {refund.refund_id} of {rupiah(refund.amount)} for {escape_text(st.reference)} cancelled: "
-        f"{what} {escape_text(trigger.event_id)} arrived {late_s:.0f} s after the refund deadline; "
+        f"{what} {escape_text(trigger.event_id)} arrived {duration_text(eff_ms - refund.deadline_ms)} after the "
+        "refund deadline; "
         "check whether it was already paid out"
     )
     return _alert(

@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from .alerts import rupiah
 from .decisions import Decision
 from .eventtime import format_ms, parse_ms
 from .holds import Incident, IncidentTimeline, incident_event
-from .incidents import short_rupiah
 from .records import PaymentEvent
 from .routing import add_routing, dedup_key
 from .signals import MINUTE_MS
@@ -235,16 +235,16 @@ def holds_phrase(holds: dict[str, Any]) -> str:
     >>> holds_phrase({"held": {"count": 3, "amount_idr": 2_500_000},
     ...               "released_without_payment": {"count": 1, "amount_idr": 500_000},
     ...               "still_held": {"count": 2, "amount_idr": 2_000_000}})
-    'refunds held: 3 (Rp 2.5 m), 1 released without payment, 2 still held (Rp 2.0 m)'
+    'refunds held: 3 (Rp 2.500.000), 1 released without payment, 2 still held (Rp 2.000.000)'
     """
     held = holds["held"]
     if not held["count"]:
         return ""
     released, still = holds["released_without_payment"], holds["still_held"]
     return (
-        f"refunds held: {held['count']} ({short_rupiah(held['amount_idr'])}), "
+        f"refunds held: {held['count']} ({rupiah(held['amount_idr'])}), "
         f"{released['count']} released without payment, "
-        f"{still['count']} still held ({short_rupiah(still['amount_idr'])})"
+        f"{still['count']} still held ({rupiah(still['amount_idr'])})"
     )
 
 

@@ -10,11 +10,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from . import ids
-from .alerts import rupiah
+from .alerts import duration_text, rupiah
 from .decisions import SCHEMA_VERSION, Decision
 from .eventtime import WIB_OFFSET_MS, civil_from_days, format_ms
 from .scopes import scope_id, scope_type
-from .signals import BAD, CODE_MAX_CHARS, COUNTS, EXPOSURE, MINUTE_MS, capped_codes
+from .signals import BAD, CODE_MAX_CHARS, COUNTS, EXPOSURE, FAILED, MINUTE_MS, NO_ANSWER, UNSETTLED, capped_codes
 from .text import escape_text
 
 Status = Literal["opened", "updated", "resolved"]
@@ -122,12 +122,13 @@ def incident_alert(key: str, inc: Incident, status: Status, minute: int, score: 
         per_type[t] = per_type.get(t, 0) + 1
         top.append({"scope": {"type": t, "id": scope_id(child)}, "observed": {"bad": n}})
     name = _scope_name(stype, sid)
+    what = f"{bad} of {payments} payments failed or unsettled"
+    normal = f"{_breakdown(c)}; about {_count(inc.expected_bad)} expected"
     if status == "resolved":
-        span = _wib_span(start_ms, end_ms)
+        span = f"{_wib_clock(start_ms, decided_ms)} to {_wib_clock(end_ms, decided_ms)} WIB"
         summary = (
-            f"RESOLVED {name}: {bad} of {payments} payments failed or unsettled from {span} WIB "
-            f"(expected {_count(inc.expected_bad)}); "
-            f"{short_rupiah(c[EXPOSURE])} was exposed"
+            f"RESOLVED {name}: {what} from {span} ({duration_text(end_ms - start_ms)}; {normal}); "
+            f"{rupiah(c[EXPOSURE])} was exposed"
         )
         severity = "info"
     else:
@@ -135,10 +136,8 @@ def incident_alert(key: str, inc: Incident, status: Status, minute: int, score: 
             f"{_scope_name(t['scope']['type'], t['scope']['id'])} {t['observed']['bad']}" for t in top[:3]
         )
         summary = (
-            f"{name}: {bad} of {payments} payments failed or unsettled since "
-            f"{_wib_clock(start_ms, decided_ms)} WIB "
-            f"(expected {_count(inc.expected_bad)}); {short_rupiah(c[EXPOSURE])} exposed"
-            + (f"; most affected: {worst}" if worst else "")
+            f"{name}: {what} since {_wib_clock(start_ms, decided_ms)} WIB ({normal}); "
+            f"{rupiah(c[EXPOSURE])} exposed" + (f"; most affected: {worst}" if worst else "")
         )
         severity = "warning" if stype == "merchant" else "critical"
     value: dict[str, Any] = {
@@ -179,7 +178,7 @@ def scope_limit_alert(stype: str, limit: int, new: int, replaced: int, untracked
     decided_ms = (minute + 1) * MINUTE_MS
     summary = (
         f"Burst detection tracks at most {limit} {stype} scopes and reached it at "
-        f"{_wib_clock(minute * MINUTE_MS)} WIB: {new} new {stype} ids, {replaced} in place of scopes "
+        f"{_wib_clock(minute * MINUTE_MS, decided_ms)} WIB: {new} new {stype} ids, {replaced} in place of scopes "
         f"still learning, {untracked} judged only within the broader scopes they belong to; "
         "many distinct ids can mean a producer sending random ones"
     )
@@ -244,54 +243,40 @@ def _count(x: float) -> str:
     return f"{x:.1f}" if x < 10 else f"{x:.0f}"
 
 
-def _wib_clock(at_ms: int, read_at_ms: int | None = None) -> str:
-    """The WIB clock of `at_ms`, with its date when that is not the WIB day of `read_at_ms`
-    (the alert's own time): an operator reading "since 23:50" at 00:10 must not take it for
-    a time still to come, nor a two-day incident for a short one.
+def _breakdown(c: list[int]) -> str:
+    """What the bad payments were, for a summary line: a failure-only incident exposes no
+    rupiah, and its line says why.
 
-    >>> _wib_clock(1743213600000)  # 2025-03-29 09:00 WIB
-    '09:00'
+    >>> _breakdown([100, 60, 50, 10, 0, 0])
+    '50 failed, 10 unsettled'
+    """
+    parts = [(c[FAILED], "failed"), (c[UNSETTLED], "unsettled"), (c[NO_ANSWER], "without an answer")]
+    return ", ".join(f"{n} {word}" for n, word in parts if n) or "none bad"
+
+
+def _wib_clock(at_ms: int, read_at_ms: int) -> str:
+    """The WIB clock of `at_ms` as a summary gives it: with its day when that is not the WIB
+    day of `read_at_ms` (the alert's own time), and the year when that is not its year either,
+    so "since 23:50" read at 00:10 is not taken for a time still to come, nor a two-day
+    incident for a short one.
+
     >>> _wib_clock(1743263400000, 1743264600000)  # 22:50 read at 23:10 the same day
     '22:50'
     >>> _wib_clock(1743267000000, 1743268200000)  # 23:50 read at 00:10
-    '23:50 on 29 Mar 2025'
+    'Sat 29 Mar 23:50'
+    >>> _wib_clock(1743267000000, 1767225600000)  # read on 1 January 2026
+    'Sat 29 Mar 2025 23:50'
     """
     local = (at_ms + WIB_OFFSET_MS) // MINUTE_MS
     clock = f"{(local // 60) % 24:02d}:{local % 60:02d}"
-    if read_at_ms is None or local // 1440 == (read_at_ms + WIB_OFFSET_MS) // MINUTE_MS // 1440:
+    day, read_day = local // 1440, (read_at_ms + WIB_OFFSET_MS) // MINUTE_MS // 1440
+    if day == read_day:
         return clock
-    return f"{clock} on {_wib_date(at_ms)}"
-
-
-def _wib_span(start_ms: int, end_ms: int) -> str:
-    """An incident's window in WIB: both dates when it crosses midnight.
-
-    >>> _wib_span(1743213600000, 1743217200000)  # 09:00 to 10:00, 29 March 2025
-    '09:00 to 10:00'
-    >>> _wib_span(1743266400000, 1743268200000)  # 23:40 to 00:10
-    '23:40 on 29 Mar 2025 to 00:10 on 30 Mar 2025'
-    """
-    start, end = _wib_clock(start_ms, end_ms), _wib_clock(end_ms)
-    if start == _wib_clock(start_ms):
-        return f"{start} to {end}"
-    return f"{start} to {end} on {_wib_date(end_ms)}"
-
-
-def _wib_date(at_ms: int) -> str:
-    days = (at_ms + WIB_OFFSET_MS) // 86_400_000
-    y, m, d = civil_from_days(days)
-    return f"{d} {_MONTHS[m - 1]} {y}"
+    year, month, dom = civil_from_days(day)
+    weekday = _WEEKDAYS[(day + 3) % 7]  # (1970-01-01 was a Thursday)
+    same_year = civil_from_days(read_day)[0] == year
+    return f"{weekday} {dom} {_MONTHS[month - 1]}{'' if same_year else f' {year}'} {clock}"
 
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def short_rupiah(amount: int) -> str:
-    """Rupiah for a summary line.
-
-    >>> short_rupiah(31_200_000), short_rupiah(850_000)
-    ('Rp 31.2 m', 'Rp 850.000')
-    """
-    if amount >= 1_000_000:
-        return f"Rp {amount / 1_000_000:.1f} m"
-    return rupiah(amount)
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
