@@ -304,6 +304,31 @@ def test_merchants_inside_a_switch_outage_are_listed_in_it_not_opened() -> None:
     assert alerts[0]["summary"].startswith("Switch RINTIS: 120 of 150 payments failed or unsettled")
 
 
+def two_switches_minute(rintis_bad: int, jalin_bad: int, quiet: int = 0) -> dict[str, dict[str, Any]]:
+    # A merchant pool's payments go through RINTIS, JALIN and a healthy third switch: when
+    # both fail, each holds about half of the pool's failures.
+    in_rintis, in_jalin = rintis_bad // 3, jalin_bad // 3
+    return {
+        "all": sm(450, rintis_bad + jalin_bad + quiet),
+        "switch:RINTIS": sm(150, rintis_bad),
+        "switch:JALIN": sm(150, jalin_bad),
+        "switch:ARTAJASA": sm(150, quiet),
+        "merchant:MCC-5411": sm(
+            90, in_rintis + in_jalin + quiet, {"switch:RINTIS": in_rintis, "switch:JALIN": in_jalin}
+        ),
+    }
+
+
+def test_a_pool_whose_failures_lie_in_two_failing_switches_is_folded_not_opened() -> None:
+    det = BurstDetector(1)
+    warm(det, lambda i: two_switches_minute(0, 0, 1 if i % 4 == 0 else 0))
+    first = [report(0, M0 + WARM + i, two_switches_minute(90, 0)) for i in range(5)]
+    both = [report(0, M0 + WARM + 5 + i, two_switches_minute(90, 80)) for i in range(10)]
+    alerts = run(det, first + both)
+    opened = [a["scope"]["id"] for a in alerts if a["status"] == "opened"]
+    assert opened == ["RINTIS", "JALIN"]
+
+
 def test_a_small_merchant_is_pooled_by_mcc() -> None:
     det = BurstDetector(1)
     small = {"all": sm(100, 0), "merchant:IDSMALL": sm(1, 0, None, ["5499", "BRI", "Kedai"])}

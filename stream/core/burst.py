@@ -438,14 +438,29 @@ class BurstDetector:
             own = sc_c.excess if sc_c.excess > 0 else sc_c.long.counts[BAD]
             if own <= 0:
                 continue
+            # Broader reported scopes of one type are disjoint (a payment has one switch, one
+            # acquirer, one issuer): together they explain the part of `c` they share, so a
+            # merchant pool whose failures lie in two failing switches (neither holding 70% of
+            # them) is folded too, into the one holding most, and the two outages page twice,
+            # not once per pool. (Not scopes of `c`'s level: a switch is not folded into the
+            # acquirers that opened beside it, which would page its outage a minute later.)
+            by_type: dict[str, list[tuple[int, str]]] = {}
             for s in heads:
                 if s == c or s in folded or LEVEL[scope_type(s)] > LEVEL[scope_type(c)]:
                     continue
                 if LEVEL[scope_type(s)] == LEVEL[scope_type(c)] and s not in open_keys:
                     continue
-                if self._shared(scored, c, s) >= share * own:
+                n = self._shared(scored, c, s)
+                if n >= share * own:
                     folded[c] = s
                     break
+                if n > 0 and LEVEL[scope_type(s)] < LEVEL[scope_type(c)]:
+                    by_type.setdefault(scope_type(s), []).append((n, s))
+            else:
+                for found in by_type.values():
+                    if sum(n for n, _ in found) >= share * own:
+                        folded[c] = max(found, key=lambda f: f[0])[1]  # (the first of a tie)
+                        break
         # What is explained or folded belongs to this minute's incidents: its windows restart.
         for key in (suppressed | set(folded)) - open_keys:
             self.scopes[key].covered_through = minute
