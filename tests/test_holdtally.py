@@ -255,6 +255,9 @@ def test_a_cancellation_an_incident_explains_carries_its_id_and_is_paged_with_it
     f.tick(600)
     [alert] = f.alerts()
     assert alert["kind"] == "LATE_SETTLEMENT" and alert["incident_id"] == "in_a" and alert["dedup_key"] == "in_a"
+    assert alert["summary"].endswith(
+        "after the refund deadline; check whether it was already paid out (during the incident of Switch RINTIS, in_a)"
+    )
     assert [e.message for e in ALERTS.iter_errors(alert)] == [] and beyond_schema_errors("qris.alerts", alert) == []
     [cancel] = [e for r in _reports(f) for e in r["hold_events"] if e[0] == "cancellations"]
     assert cancel[2] == "in_a" and cancel[3] == 25_000 and cancel[4] == ms(500)
@@ -267,6 +270,7 @@ def test_a_cancellation_an_incident_explains_carries_its_id_and_is_paged_with_it
     g.tick(600)
     [plain] = g.alerts()
     assert "incident_id" not in plain and plain["dedup_key"].startswith("LATE_SETTLEMENT:")
+    assert plain["summary"].endswith("check whether it was already paid out")
 
 
 def test_two_cancellations_one_incident_explains_are_two_alertmanager_alerts() -> None:

@@ -17,13 +17,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .alerts import rupiah
+from .alerts import MAX_SUMMARY_CHARS, rupiah
 from .decisions import Decision
 from .eventtime import format_ms, parse_ms
 from .holds import Incident, IncidentTimeline, incident_event
+from .incidents import scope_name
 from .records import PaymentEvent
 from .routing import add_routing, dedup_key
 from .signals import MINUTE_MS
+from .text import ELLIPSIS
 
 NEG_INF = -(2**62)
 POS_INF = 2**62
@@ -82,8 +84,15 @@ def explain_cancellations(decisions: list[Decision], request: PaymentEvent | Non
         if not found:
             found = incidents.covering_open_at(request, d.at_ms)
         if found:
-            v["incident_id"] = found[0].incident_id
+            inc = found[0]
+            v["incident_id"] = inc.incident_id
             v["dedup_key"] = dedup_key(v)
+            # The page it folds into names the incident; so does its own line, for the refund desk.
+            during = f" (during the incident of {scope_name(inc.scope_type, inc.scope_id)}, {inc.incident_id})"
+            summary = v["summary"]
+            if len(summary) + len(during) > MAX_SUMMARY_CHARS:
+                summary = summary[: MAX_SUMMARY_CHARS - len(during) - 1] + ELLIPSIS
+            v["summary"] = summary + during
 
 
 def hold_report(partition: int, events: list[HoldEvent], decided_through_ms: int) -> Decision:

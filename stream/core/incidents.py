@@ -121,7 +121,7 @@ def incident_alert(key: str, inc: Incident, status: Status, minute: int, score: 
             continue
         per_type[t] = per_type.get(t, 0) + 1
         top.append({"scope": {"type": t, "id": scope_id(child)}, "observed": {"bad": n}})
-    name = _scope_name(stype, sid)
+    name = scope_name(stype, sid)
     what = f"{bad} of {payments} payments failed or unsettled"
     normal = f"{_breakdown(c)}; about {_count(inc.expected_bad)} expected"
     if status == "resolved":
@@ -132,9 +132,7 @@ def incident_alert(key: str, inc: Incident, status: Status, minute: int, score: 
         )
         severity = "info"
     else:
-        worst = ", ".join(
-            f"{_scope_name(t['scope']['type'], t['scope']['id'])} {t['observed']['bad']}" for t in top[:3]
-        )
+        worst = ", ".join(f"{scope_name(t['scope']['type'], t['scope']['id'])} {t['observed']['bad']}" for t in top[:3])
         summary = (
             f"{name}: {what} since {_wib_clock(start_ms, decided_ms)} WIB ({normal}); "
             f"{rupiah(c[EXPOSURE])} exposed" + (f"; most affected: {worst}" if worst else "")
@@ -231,7 +229,7 @@ def _response_codes(codes: dict[str, int]) -> dict[str, int]:
     return dict(sorted(capped_codes(shown).items()))
 
 
-def _scope_name(stype: str, sid: str) -> str:
+def scope_name(stype: str, sid: str) -> str:
     if stype == "all":
         return "All payments"
     if stype == "merchant" and sid.startswith("MCC-"):
