@@ -150,6 +150,22 @@ def test_the_idle_rule_still_fires_deadlines_that_wait_with_nothing_else() -> No
     assert [r["type"] for r in h.refunds()] == ["refund.requested"]
 
 
+def test_both_feeds_quiet_move_the_watermark_from_the_lagging_stream_not_the_leading_one() -> None:
+    # The ledger runs 300 s of event time ahead of the payments: a quiet pause of 40 s moves
+    # the watermark 40 s from where it stands (the payments' newest, less A), not 40 s past the
+    # ledger's newest, which would decide QR1's deadline before its settlement, still to come.
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.batch(*unsettled("QR1", 0), ("P", payment("tick-p", "requested", "TICKP", 20)))
+    h.batch(("L", ledger("tick-l", "reversed", "TICKL", 320, 1)))
+    h.shell.clocks[0].last_arrival = [time.monotonic() - 40] * 2
+    asyncio.run(h.shell.check_idle_feeds())
+    assert h.shell.engines[0].watermark_ms == T0 + (20 - 30 + 40) * 1000
+    h.batch(("P", payment("QR1-s", "settled", "QR1", 25)))
+    h.batch(*tick(400))
+    assert h.refunds() == []
+
+
 def test_the_detector_publishes_its_incidents_and_progress_for_the_partitions() -> None:
     settings = Settings(partitions=1)
     sent: list[tuple[str, bytes]] = []
