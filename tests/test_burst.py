@@ -329,6 +329,31 @@ def test_a_pool_whose_failures_lie_in_two_failing_switches_is_folded_not_opened(
     assert opened == ["RINTIS", "JALIN"]
 
 
+def switch_outage_onset_minute(i: int, outage: bool) -> dict[str, dict[str, Any]]:
+    # RINTIS fails; its acquirers BCA and SHOPEEPAY fail only there, and BCA has a background
+    # failure elsewhere, so in the first minutes an acquirer's bad share is a hair above the
+    # switch's.
+    bca, shopee, other = (11 + i, 5 + i // 2, 5) if outage else (0, 0, 1 if i % 3 == 0 else 0)
+    background = 1 if outage or i % 4 == 0 else 0
+    rintis_bad = bca + shopee + other
+    return {
+        "all": sm(300, rintis_bad + background),
+        "switch:RINTIS": sm(100, rintis_bad, {"acquirer:BCA": bca, "acquirer:SHOPEEPAY": shopee}),
+        "switch:JALIN": sm(200, background, {"acquirer:BCA": background}),
+        "acquirer:BCA": sm(52, bca + background, {"switch:RINTIS": bca, "switch:JALIN": background}),
+        "acquirer:SHOPEEPAY": sm(20, shopee, {"switch:RINTIS": shopee}),
+    }
+
+
+def test_a_switch_outage_is_the_switchs_incident_not_its_acquirers_beside_it() -> None:
+    det = BurstDetector(1)
+    warm(det, lambda i: switch_outage_onset_minute(i, False))
+    alerts = run(det, [report(0, M0 + WARM + i, switch_outage_onset_minute(i, True)) for i in range(6)])
+    assert [a["scope"]["id"] for a in alerts if a["status"] == "opened"] == ["RINTIS"]
+    children = {c["scope"]["id"] for c in alerts[0]["top_children"]}
+    assert {"BCA", "SHOPEEPAY"} <= children
+
+
 def test_a_small_merchant_is_pooled_by_mcc() -> None:
     det = BurstDetector(1)
     small = {"all": sm(100, 0), "merchant:IDSMALL": sm(1, 0, None, ["5499", "BRI", "Kedai"])}

@@ -71,6 +71,10 @@ class BurstParams:
     merchant_own_model_per_min: float = 2.0  # a merchant gets its own scope from this volume
     merchant_pool_below_per_min: float = 1.0  # ... and goes back to its MCC pool below this
     explain_share: float = 0.7  # share of excess (or of bad payments) that counts as explained
+    # Between two scopes of one level (a switch, an acquirer), the one whose bad payments lie
+    # inside the other's by at least this much more than the other's inside it is the part,
+    # the other the cause; closer than that, the higher bad share decides.
+    contain_margin: float = 0.1
     idle_expiry_minutes: int = 7 * 1440  # scopes unseen this long are forgotten
     top_children: int = 5
     # Cold start: a scope opens no incident until its own baseline has this many payments and
@@ -414,6 +418,11 @@ class BurstDetector:
         #    (a busy merchant's failure explains its acquirer, its switch and `all`); between
         #    scopes of one level (a switch and an acquirer), by the one with the higher share of
         #    bad payments: the cause is concentrated, the other scope dilutes it.
+        #    Unless the bad payments say otherwise: an outage of switch RINTIS makes each of its
+        #    acquirers' failures lie all inside RINTIS, and RINTIS's spread over its acquirers,
+        #    while in its first minute an acquirer's share can be a hair above the switch's
+        #    (0.231 against 0.225): the one containing the other's failures is the cause, and
+        #    the acquirer no longer opens an incident of its own beside the switch's.
         suppressed: set[str] = set()
         for s in bursting:
             es = scored[s].excess
@@ -421,7 +430,9 @@ class BurstDetector:
                 if c == s or es <= 0:
                     continue
                 ls, lc = LEVEL[scope_type(s)], LEVEL[scope_type(c)]
-                if lc < ls or (lc == ls and scored[c].recent_rate <= scored[s].recent_rate):
+                if lc < ls:
+                    continue
+                if lc == ls and not self._is_cause(c, scored[c], s, scored[s]):
                     continue
                 if self._shared(scored, c, s) >= share * es:
                     suppressed.add(s)
@@ -475,6 +486,19 @@ class BurstDetector:
             else:
                 out.extend(self._follow(st, sc, minute, scored))
         return out
+
+    def _is_cause(self, c_key: str, c: ScoredScope, s_key: str, s: ScoredScope) -> bool:
+        """Of two bursting scopes of one level, whether `c` rather than `s` is where their
+        shared failures come from: `s`'s bad payments lie inside `c` clearly more than `c`'s
+        inside `s`, or, as close as that, `c` has the higher bad share. (Each share over the
+        scope's own window: an explained scope's windows restart, so one count shared by
+        both would set a fresh window against a full one.)"""
+        bad_s, bad_c = s.long.counts[BAD], c.long.counts[BAD]
+        if bad_s > 0 and bad_c > 0:
+            s_in_c, c_in_s = self._overlap(s, c_key) / bad_s, self._overlap(c, s_key) / bad_c
+            if abs(s_in_c - c_in_s) >= self.params.contain_margin:
+                return s_in_c > c_in_s
+        return c.recent_rate > s.recent_rate
 
     def _open(self, st: ScopeState, sc: ScoredScope, minute: int, scored: dict[str, ScoredScope]) -> Decision:
         win = sc.best
