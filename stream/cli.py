@@ -449,9 +449,13 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
-    shown = display(from_env(os.environ))
+    s = from_env(os.environ)
+    shown = display(s)
     for env, doc in DOCS.values():
         print(f"{env}={shown[env]}\t# {doc}")
+    if (hazard := hold_outlasts_retention(s)) is not None:
+        print(f"settings: the worker refuses these: {hazard}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -354,6 +354,42 @@ def test_a_switch_outage_is_the_switchs_incident_not_its_acquirers_beside_it() -
     assert {"BCA", "SHOPEEPAY"} <= children
 
 
+def issuers_and_switches_minute(i1: int, i2: int, rintis: int, quiet: int = 0) -> dict[str, dict[str, Any]]:
+    # Three issuers by two switches, 60 payments a cell: `i1`/`i2` bad per cell of issuers I1/I2,
+    # `rintis` bad per cell of RINTIS (half of it for I3's), on top.
+    cells = {}
+    for issuer in ("I1", "I2", "I3"):
+        for switch in ("RINTIS", "JALIN"):
+            bad = {"I1": i1, "I2": i2, "I3": 0}[issuer]
+            if switch == "RINTIS":
+                bad = max(bad, rintis if issuer != "I3" else rintis // 2)
+            cells[(issuer, switch)] = min(60, bad)
+    cells[("I3", "JALIN")] = quiet
+    scopes = [(f"issuer:{i}", 0, i) for i in ("I1", "I2", "I3")] + [(f"switch:{w}", 1, w) for w in ("RINTIS", "JALIN")]
+
+    def scope(axis: int | None, name: str | None, others: list[tuple[str, int, str]]) -> dict[str, Any]:
+        mine = {k: v for k, v in cells.items() if axis is None or k[axis] == name}
+        shared = {o: sum(v for k, v in mine.items() if k[oa] == on) for o, oa, on in others}
+        return sm(60 * len(mine), sum(mine.values()), {o: n for o, n in shared.items() if n})
+
+    out = {"all": scope(None, None, scopes)}
+    for key, axis, name in scopes:
+        out[key] = scope(axis, name, [x for x in scopes if x[0] != key])
+    return out
+
+
+def test_a_switch_failing_inside_two_issuers_incidents_still_opens_its_own() -> None:
+    # Summed over two issuers' incidents the switch's failures would be "explained", but a third
+    # issuer's payments through it are in no incident: their refunds would be paid, then clawed back.
+    det = BurstDetector(1)
+    warm(det, lambda i: issuers_and_switches_minute(0, 0, 0, 1 if i % 5 == 0 else 0))
+    t = M0 + WARM
+    minutes = [issuers_and_switches_minute(40, 0, 0)] * 4 + [issuers_and_switches_minute(40, 40, 0)] * 4
+    minutes += [issuers_and_switches_minute(40, 40, 55)] * 6
+    alerts = run(det, [report(0, t + i, m) for i, m in enumerate(minutes)])
+    assert ("switch", "RINTIS") in {(a["scope"]["type"], a["scope"]["id"]) for a in alerts if a["status"] == "opened"}
+
+
 def test_a_small_merchant_is_pooled_by_mcc() -> None:
     det = BurstDetector(1)
     small = {"all": sm(100, 0), "merchant:IDSMALL": sm(1, 0, None, ["5499", "BRI", "Kedai"])}

@@ -165,6 +165,7 @@ def mistakes(tmp: Path) -> list[tuple[str, list[str], dict[str, str], int, str]]
             2,
             "QRIS_MAX_HOLD_S=7200 with QRIS_TIMEOUT_S=300 reaches QRIS_RETENTION_S=3600",
         ),
+        ("hold past retention: settings", ["settings"], {"QRIS_RETENTION_S": "3600"}, 2, "the worker refuses these"),
         ("bad --from", ["replay", "--in", "x", "--out", out, "--from", "yesterday"], {}, 2, "--from"),
         ("no command", [], {}, 2, "required"),
         ("unreachable broker: topics", ["topics", "--bootstrap", dead], {}, 69, f"cannot reach Kafka at {dead}"),

@@ -293,6 +293,32 @@ def test_two_cancellations_one_incident_explains_are_two_alertmanager_alerts() -
     }
 
 
+def test_a_cancellation_summary_naming_a_long_escaped_scope_stays_within_the_cap_and_keeps_its_start() -> None:
+    # 128 private-use characters (allowed in ids) escape to 1,280: the incident's name is cut,
+    # not the refund's own text.
+    from stream.core.holds import IncidentEvent, IncidentTimeline
+    from stream.core.holdtally import explain_cancellations
+    from stream.core.records import PaymentEvent
+    from stream.core.validation import parse_payment
+
+    mid = "\U000f0000" * 128
+    req = parse_payment(b"QR1", payment("QR1-q", "requested", "QR1", 0, merchant_id=mid))
+    assert isinstance(req, PaymentEvent)
+    timeline = IncidentTimeline()
+    timeline.add([IncidentEvent(0, "opened", "in_a", "merchant", mid)], 10**15)
+    text = "Refund rf_x of Rp 25.000 for QR1 cancelled: check whether it was already paid out"
+    v = {
+        "kind": "LATE_SETTLEMENT",
+        "severity": "warning",
+        "refund_id": "rf_x",
+        "summary": text,
+        "scope": {"type": "merchant", "id": mid},
+    }
+    explain_cancellations([Decision("alerts", b"QR1", v, ms(5))], req, timeline)
+    assert v["incident_id"] == "in_a" and len(v["summary"]) <= 1000
+    assert v["summary"].startswith(text) and " (during the incident of Merchant \\U000f0000" in v["summary"]
+
+
 def test_holds_off_makes_no_reports() -> None:
     from dataclasses import replace
 

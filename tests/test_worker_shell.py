@@ -166,6 +166,28 @@ def test_both_feeds_quiet_move_the_watermark_from_the_lagging_stream_not_the_lea
     assert h.refunds() == []
 
 
+def test_both_feeds_quiet_after_a_declared_silence_move_on_from_the_stream_still_heard() -> None:
+    # The payments were silent for an hour while the ledger flowed (the watermark followed the
+    # ledger); then both are quiet. The silent stream's newest record, an hour old, is not
+    # where the watermark stands: counted, nothing would move for the hour the ledger leads by.
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.batch(*tick(0))
+    h.batch(*[("L", ledger(f"x{i}", "debited", f"X{i}", 60 * i)) for i in range(1, 61)])
+    eng = h.shell.engines[0]
+
+    def quiet(p_s: float, l_s: float) -> None:
+        now = time.monotonic()
+        h.shell.clocks[0].last_arrival = [now - p_s, now - l_s]
+        asyncio.run(h.shell.check_idle_feeds())
+
+    quiet(3600, 0.2)  # payments silent, the ledger flows: W = 3600 - 30
+    assert eng.watermark_ms == T0 + 3_570_000
+    quiet(4000, 400)  # both quiet for 400 s: W = 3600 - 30 + 400
+    assert eng.watermark_ms == T0 + 3_970_000
+    assert len(h.refunds()) == 60  # X60's deadline (3900) passed: every debit refunded
+
+
 def test_the_detector_publishes_its_incidents_and_progress_for_the_partitions() -> None:
     settings = Settings(partitions=1)
     sent: list[tuple[str, bytes]] = []

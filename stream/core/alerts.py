@@ -13,7 +13,7 @@ from . import ids
 from .decisions import SCHEMA_VERSION, Decision, mask_account
 from .eventtime import format_ms
 from .records import LedgerEvent, PaymentEvent
-from .text import escape_text
+from .text import ELLIPSIS, escape_text
 
 if TYPE_CHECKING:
     from .reference import ReferenceState
@@ -30,6 +30,23 @@ def rupiah(amount: int) -> str:
     'Rp 31.200.000'
     """
     return "Rp " + f"{amount:,}".replace(",", ".")
+
+
+def with_suffix(summary: str, suffix: str, cap: int = MAX_SUMMARY_CHARS) -> str:
+    """`summary` + `suffix` within `cap` characters: the suffix gets at most half of it, and
+    the summary's end gives way, so the line keeps its own start and what was added.
+
+    >>> with_suffix("a" * 10, "; b", 8)
+    'aaaa…; b'
+    >>> len(with_suffix("x", "y" * 20, 10)), with_suffix("x", "y" * 20, 10)[-1]
+    (6, '…')
+    """
+    if len(suffix) > cap // 2:
+        suffix = suffix[: cap // 2 - 1] + ELLIPSIS
+    room = cap - len(suffix)
+    if len(summary) > room:
+        summary = summary[: room - 1] + ELLIPSIS
+    return summary + suffix
 
 
 def duration_text(ms: int) -> str:

@@ -453,9 +453,11 @@ class BurstDetector:
             # acquirer, one issuer): together they explain the part of `c` they share, so a
             # merchant pool whose failures lie in two failing switches (neither holding 70% of
             # them) is folded too, into the one holding most, and the two outages page twice,
-            # not once per pool. (Not scopes of `c`'s level: a switch is not folded into the
-            # acquirers that opened beside it, which would page its outage a minute later.)
+            # not once per pool. Merchants only: a switch folded into two issuers' incidents
+            # would never page, and its payments from a third issuer would be covered by no
+            # incident (their refunds paid, then clawed back when the switch recovers).
             by_type: dict[str, list[tuple[int, str]]] = {}
+            summed = scope_type(c) == "merchant"
             for s in heads:
                 if s == c or s in folded or LEVEL[scope_type(s)] > LEVEL[scope_type(c)]:
                     continue
@@ -465,7 +467,7 @@ class BurstDetector:
                 if n >= share * own:
                     folded[c] = s
                     break
-                if n > 0 and LEVEL[scope_type(s)] < LEVEL[scope_type(c)]:
+                if n > 0 and summed and LEVEL[scope_type(s)] < LEVEL[scope_type(c)]:
                     by_type.setdefault(scope_type(s), []).append((n, s))
             else:
                 for found in by_type.values():

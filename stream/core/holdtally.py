@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .alerts import MAX_SUMMARY_CHARS, rupiah
+from .alerts import rupiah, with_suffix
 from .decisions import Decision
 from .eventtime import format_ms, parse_ms
 from .holds import Incident, IncidentTimeline, incident_event
@@ -25,7 +25,6 @@ from .incidents import scope_name
 from .records import PaymentEvent
 from .routing import add_routing, dedup_key
 from .signals import MINUTE_MS
-from .text import ELLIPSIS
 
 NEG_INF = -(2**62)
 POS_INF = 2**62
@@ -89,10 +88,7 @@ def explain_cancellations(decisions: list[Decision], request: PaymentEvent | Non
             v["dedup_key"] = dedup_key(v)
             # The page it folds into names the incident; so does its own line, for the refund desk.
             during = f" (during the incident of {scope_name(inc.scope_type, inc.scope_id)}, {inc.incident_id})"
-            summary = v["summary"]
-            if len(summary) + len(during) > MAX_SUMMARY_CHARS:
-                summary = summary[: MAX_SUMMARY_CHARS - len(during) - 1] + ELLIPSIS
-            v["summary"] = summary + during
+            v["summary"] = with_suffix(v["summary"], during)
 
 
 def hold_report(partition: int, events: list[HoldEvent], decided_through_ms: int) -> Decision:
@@ -200,7 +196,7 @@ class HoldTally:
         out = dict(value)
         out["holds"] = holds = self.tally(incident_id, t_ms)
         if "summary" in out and (phrase := holds_phrase(holds)):
-            out["summary"] = f"{out['summary']}; {phrase}"
+            out["summary"] = with_suffix(out["summary"], f"; {phrase}")
         if value.get("status") == "resolved":
             self.finished.add(incident_id)
             self.events.pop(incident_id, None)

@@ -733,7 +733,10 @@ class ReconcileShell:
         # the watermark 5 minutes past the payments, and the settlements sent after the pause
         # came after their deadlines: refunds, then their clawbacks (a helper's live hunt: 8
         # refunds clawed back and 618 holds for a 9 s pause).
-        lagging = min(x for x in eng.max_ms if x is not None)
+        # A stream declared silent before is not where the watermark stands (it follows the
+        # other since): counted, it would hold the watermark back by its whole silence.
+        heard = [x for x, gone in zip(eng.max_ms, eng.silent, strict=True) if x is not None and not gone]
+        lagging = min(heard) if heard else min(x for x in eng.max_ms if x is not None)
         return eng.advance_to(lagging - self.params.lateness_ms + int(min(ages) * 1000))
 
     def _advance_quiet(
