@@ -139,6 +139,35 @@ def test_the_report_shows_each_incidents_holds_from_its_resolved_alert() -> None
     assert f"held {held['count']} (Rp " in line and "released without payment" in line and "still held" in line
 
 
+def test_the_report_shows_how_each_incidents_holds_ended_after_its_resolved_alert() -> None:
+    # The resolved alert counts the holds as of its time, most still held; the refunds after it
+    # (read here, a repeat ignored) say how they ended.
+    from stream.drivers.report import render, summarise
+
+    example = Path(__file__).resolve().parents[1] / "schemas/examples/qris.alerts/valid"
+    resolved = json.loads((example / "failure-burst-resolved-with-holds.json").read_text())
+    inc = resolved["incident_id"]
+    held = [_refund("refund.held", f"r{i}", 10_000, 20, incident_id=inc) for i in range(3)]
+    hold = {"incident_id": inc, "held_ms": 60_000}
+    paid = _refund("refund.requested", "r0", 10_000, 40, hold=hold)
+    freed = _refund("refund.hold_released", "r1", 10_000, 41, hold=hold)
+    outputs = [("refunds", v) for v in held] + [("alerts", resolved), ("refunds", paid), ("refunds", paid)]
+    summary = summarise([*outputs, ("refunds", freed)])
+    assert summary["incident_holds_ended"] == {
+        inc: {
+            "held": {"count": 3, "amount_idr": 30_000},
+            "requested": {"count": 1, "amount_idr": 10_000},
+            "released": {"count": 1, "amount_idr": 10_000},
+        }
+    }
+    lines = render(summary).splitlines()
+    at = next(i for i, x in enumerate(lines) if "holds at" in x)
+    assert lines[at + 1].strip() == (
+        "holds in the end (the refunds read): held 3 (Rp 30.000), requested after the hold 1 (Rp 10.000), "
+        "released without payment 1 (Rp 10.000), still held 1"
+    )
+
+
 def _refund(typ: str, rid: str, amount: int, minute: int, **extra: Any) -> dict[str, Any]:
     reason = {"refund.cancel_requested": "LATE_SETTLEMENT"}.get(typ, "SETTLEMENT_TIMEOUT")
     v = {"type": typ, "refund_id": rid, "amount": amount, "reason": reason, "decided_at": at(minute * 60), **extra}

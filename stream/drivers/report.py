@@ -37,6 +37,11 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     holds_ended: dict[str, tuple[str, int]] = {}
     holds_started: set[str] = set()
     longest_hold_ms = 0
+    # How each incident's holds ended, from the refunds themselves: its resolved alert counts
+    # them as of its own time, when most are still held (they end up to G later).
+    hold_incident: dict[str, str] = {}
+    after: dict[str, dict[str, list[int]]] = {}
+    holds_line_at: dict[str, int] = {}
     for role, v in outputs:
         if role == "refunds":
             rid = v["type"] + v.get("cancel_id", v["refund_id"])
@@ -45,11 +50,10 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             seen.add(rid)
             hold = v.get("hold")
             if hold is not None:
-                holds_ended[v["refund_id"]] = (
-                    "requested" if v["type"] == "refund.requested" else "released",
-                    v["amount"],
-                )
+                how = "requested" if v["type"] == "refund.requested" else "released"
+                holds_ended[v["refund_id"]] = (how, v["amount"])
                 longest_hold_ms = max(longest_hold_ms, hold["held_ms"])
+                _count_in(after, str(hold.get("incident_id")), how, v["amount"])
             if v["type"] == "refund.requested":
                 req_n[_text(v["reason"])] += 1
                 req_idr[_text(v["reason"])] += v["amount"]
@@ -57,6 +61,8 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                 holds["held"] += 1
                 holds["held_idr"] += v["amount"]
                 holds_started.add(v["refund_id"])
+                hold_incident[v["refund_id"]] = str(v.get("incident_id"))
+                _count_in(after, str(v.get("incident_id")), "held", v["amount"])
             elif v["type"] != "refund.hold_released":
                 can_n[_text(v["reason"])] += 1
                 can_idr[_text(v["reason"])] += v["amount"]
@@ -83,8 +89,13 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                     # The holds the incident covered, as its resolved alert counts them.
                     incident_holds[_text(v.get("incident_id"))] = v["holds"]
                     incident_lines.append("         " + _holds_line(v["holds"]))
+                    holds_line_at[str(v.get("incident_id"))] = len(incident_lines)
             else:
                 alert_lines.append(f"[{_text(v['severity'])}] {_text(v['kind'])}: {_text(v['summary'], 1000)}")
+    # After each resolved incident's holds, how they ended (the refunds read here).
+    for incident_id, at in sorted(holds_line_at.items(), key=lambda kv: -kv[1]):
+        if incident_id in after:
+            incident_lines.insert(at, "         " + _ended_line(after[incident_id]))
     return {
         "refunds_requested": {
             "count": sum(req_n.values()),
@@ -108,7 +119,28 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         "alerts": {"count": sum(alerts.values()), "by_kind": dict(sorted(alerts.items())), "lines": alert_lines},
         "incidents": incident_lines,
         "incident_holds": incident_holds,
+        "incident_holds_ended": {
+            _text(k): {how: {"count": n, "amount_idr": a} for how, (n, a) in v.items()}
+            for k, v in sorted(after.items())
+        },
     }
+
+
+def _count_in(after: dict[str, dict[str, list[int]]], incident_id: str, how: str, amount: int) -> None:
+    c = after.setdefault(incident_id, {}).setdefault(how, [0, 0])
+    c[0] += 1
+    c[1] += amount
+
+
+def _ended_line(c: dict[str, list[int]]) -> str:
+    """How an incident's holds ended, from the refund records: its resolved alert counts them
+    as of its own time, most of them still held then."""
+    held, requested, released = (c.get(k, [0, 0]) for k in ("held", "requested", "released"))
+    return (
+        f"holds in the end (the refunds read): held {held[0]} ({rupiah(held[1])}), requested after "
+        f"the hold {requested[0]} ({rupiah(requested[1])}), released without payment {released[0]} "
+        f"({rupiah(released[1])}), still held {max(0, held[0] - requested[0] - released[0])}"
+    )
 
 
 def _hold_ends(ended: dict[str, tuple[str, int]], started: set[str]) -> dict[str, int]:
