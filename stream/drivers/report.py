@@ -39,7 +39,6 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     longest_hold_ms = 0
     # How each incident's holds ended, from the refunds themselves: its resolved alert counts
     # them as of its own time, when most are still held (they end up to G later).
-    hold_incident: dict[str, str] = {}
     after: dict[str, dict[str, list[int]]] = {}
     holds_line_at: dict[str, int] = {}
     for role, v in outputs:
@@ -61,7 +60,6 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                 holds["held"] += 1
                 holds["held_idr"] += v["amount"]
                 holds_started.add(v["refund_id"])
-                hold_incident[v["refund_id"]] = str(v.get("incident_id"))
                 _count_in(after, str(v.get("incident_id")), "held", v["amount"])
             elif v["type"] != "refund.hold_released":
                 can_n[_text(v["reason"])] += 1
