@@ -736,8 +736,10 @@ class ReconcileShell:
         # A stream declared silent before is not where the watermark stands (it follows the
         # other since): counted, it would hold the watermark back by its whole silence.
         heard = [x for x, gone in zip(eng.max_ms, eng.silent, strict=True) if x is not None and not gone]
-        lagging = min(heard) if heard else min(x for x in eng.max_ms if x is not None)
-        return eng.advance_to(lagging - self.params.lateness_ms + int(min(ages) * 1000))
+        known = heard or [x for x in eng.max_ms if x is not None]
+        if not known:
+            return []  # (no record yet: nothing stands anywhere to move from)
+        return eng.advance_to(min(known) - self.params.lateness_ms + int(min(ages) * 1000))
 
     def _advance_quiet(
         self, p: int, eng: PartitionEngine, ages: list[float], ends: Mapping[tuple[str, int], int] | None
