@@ -83,7 +83,7 @@ class Settings:
     replication_factor: int = 1
     min_insync_replicas: int = 0
 
-    api_token: str = ""
+    api_token: str = field(default="", repr=False)
     log_format: str = "text"
 
     def __post_init__(self) -> None:

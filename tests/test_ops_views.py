@@ -276,6 +276,50 @@ def test_bearer_tokens() -> None:
     assert token_ok("t0k", "Bearer t0k")
     assert not token_ok("t0k", "Bearer t0K") and not token_ok("t0k", None) and not token_ok("t0k", "t0k")
     assert not token_ok("", "Bearer ")
+    # A header byte that is not UTF-8 reaches the check as a lone surrogate: refused, not raised.
+    assert not token_ok("t0k", "Bearer t0\udcffk")
+
+
+def test_malformed_requests_are_logged_without_their_content() -> None:
+    # aiohttp quotes the offending request line in its parser error: a bearer token followed by a
+    # stray CR, or an account id in a lookup path with a space, would be written to the log.
+    import logging
+
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    from stream.worker.logs import RequestContentDropped
+
+    exc = BadHttpMessage("Invalid header value char", headers=None)
+    exc.message = "b'Authorization: Bearer s3cret\\r' and b'GET /qris/accounts/0012345678 /payments'"
+    record = logging.LogRecord(
+        "aiohttp.server",
+        logging.ERROR,
+        __file__,
+        1,
+        "Error handling request from %s",
+        ("127.0.0.1",),
+        (BadHttpMessage, exc, None),
+    )
+    assert RequestContentDropped().filter(record)
+    text = logging.Formatter().format(record)
+    assert "s3cret" not in text and "0012345678" not in text
+    assert "Error handling request from 127.0.0.1 (BadHttpMessage 400" in text
+    # An error of the worker's own handlers keeps its traceback.
+    bug = ValueError("a bug")
+    record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "m", (), (ValueError, bug, None))
+    assert RequestContentDropped().filter(record) and record.exc_info is not None
+
+
+def test_settings_repr_hides_every_secret() -> None:
+    s = Settings(
+        api_token="tok-9f",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="PLAIN",
+        sasl_username="u",
+        sasl_password="pw-9f",
+        ssl_key_password="kp-9f",
+    )
+    assert not any(secret in repr(s) for secret in ("tok-9f", "pw-9f", "kp-9f"))
 
 
 def test_metrics_text_parses_and_counts_records_by_outcome() -> None:

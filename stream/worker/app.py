@@ -569,10 +569,11 @@ class _Worker(faust.Worker):
         super().on_worker_shutdown()
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-        if self.json_logs:
-            from .logs import use_json
+        from .logs import drop_request_content, use_json
 
+        if self.json_logs:
             use_json(logger)
+        drop_request_content()
         # Client libraries log every message's key and value at DEBUG (customer data):
         # never below INFO, whatever the worker's level. It also spares a log record per send.
         for name in ("aiokafka", "kafka", "faust", "mode"):
@@ -583,7 +584,14 @@ class _Worker(faust.Worker):
 def prepare_process(settings: Settings) -> None:
     """What the worker process sets before Faust starts (the live benchmark's bare agent too):
     its data directory, uvloop, and the cyclic garbage collector's pace."""
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    # The local state holds every payment's account id and refunds: the worker's user only
+    # (RocksDB writes its files 0644 under the usual umask, readable by every local user).
+    try:
+        data_dir.chmod(0o700)
+    except OSError as exc:
+        log.warning("cannot make %s private to the worker's user (%s)", data_dir, exc.strerror or exc)
     if settings.uvloop:
         import uvloop
 

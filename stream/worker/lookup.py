@@ -41,10 +41,17 @@ def token_ok(configured: str, authorization: str | None) -> bool:
 
     >>> token_ok("s3cret", "Bearer s3cret"), token_ok("s3cret", "Bearer nope"), token_ok("", "Bearer ")
     (True, False, False)
+
+    A header byte that is not UTF-8 (aiohttp hands it over as a lone surrogate) is a wrong
+    token, not a 500 with a traceback in the worker's log:
+
+    >>> token_ok("s3cret", "Bearer s3\\udcffcret")
+    False
     """
     if not configured or not authorization or not authorization.startswith("Bearer "):
         return False
-    return hmac.compare_digest(authorization[len("Bearer ") :].encode(), configured.encode())
+    given = authorization[len("Bearer ") :].encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(given, configured.encode())
 
 
 def _at(ms: int | None) -> str | None:
