@@ -46,7 +46,9 @@ def _open_out(path: str) -> IO[bytes]:
     if path == "-":
         return WholeWrites(sys.stdout.buffer)  # type: ignore[return-value]  # (the methods used)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "wb")  # noqa: SIM115
+    # A dump, a replay's decisions and a trace hold account ids and payments: readable by their
+    # writer only when created (an existing file keeps its mode).
+    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")  # noqa: SIM115
 
 
 def _settings(args: argparse.Namespace) -> Settings:

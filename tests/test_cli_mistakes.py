@@ -350,3 +350,19 @@ def test_replay_with_a_hold_past_the_retention_warns_and_decides(tmp_path: Path)
     assert "replay: warning: QRIS_MAX_HOLD_S=7200 with QRIS_TIMEOUT_S=300 reaches QRIS_RETENTION_S=3600" in r.stderr
     r = run_cli(["replay", "--in", str(data), "--out", str(out), "--retention-s", "7501"], {})
     assert r.returncode == 0 and "warning" not in r.stderr
+
+
+def test_a_file_written_by_dump_replay_or_trace_is_its_writers_only(tmp_path: Path) -> None:
+    # It holds account ids and payments: not readable by the host's other users when created.
+    import stat
+
+    from stream.cli import _open_out
+
+    old = os.umask(0o022)
+    try:
+        with _open_out(str(tmp_path / "sub" / "dump.jsonl")) as f:
+            f.write(b"{}\n")
+    finally:
+        os.umask(old)
+    made = tmp_path / "sub" / "dump.jsonl"
+    assert stat.S_IMODE(made.stat().st_mode) == 0o600 and made.read_bytes() == b"{}\n"

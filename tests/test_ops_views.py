@@ -649,3 +649,18 @@ def test_a_restored_engine_with_no_timeline_yet_does_not_claim_the_incident_reso
     assert not eng.incidents.incidents
     got = payment_status(eng.refs["QR1"], 0, None, eng)
     assert got["hold"]["release_at"] is None, (got["hold"]["release_at"], got["summary"])
+
+
+def test_the_data_directory_is_the_workers_users_only_unless_shared(tmp_path: Any) -> None:
+    import stat
+
+    from stream.worker.app import private_data_dir
+
+    own = tmp_path / "a" / "state"
+    private_data_dir(own)
+    assert stat.S_IMODE(own.stat().st_mode) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: other users' files live there too
+    private_data_dir(shared)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777

@@ -185,3 +185,12 @@ def test_one_record_type_for_the_live_worker_the_broker_and_a_replay_file() -> N
     # Pickled (a parallel replay's jobs) and renumbered (`_replace`) as a named tuple.
     assert pickle.loads(pickle.dumps(rec)) == rec and type(pickle.loads(pickle.dumps(rec))) is KafkaRecord
     assert rec._replace(offset=9).offset == 9 and rec.offset == 2
+
+
+def test_an_amount_out_of_range_is_told_by_its_size_not_its_digits() -> None:
+    # A producer that shifted a column puts an account number in `amount`: the reason reaches
+    # alerts, the dashboard and reports, so it names the number's size only.
+    for amount, told in ((8675309000006, "a 13-digit number"), (-8675309, "a 7-digit negative number"), (0, "0")):
+        got = parse_ledger(None, ledger("d1", "debited", "R1", 0, amount=amount))
+        assert isinstance(got, Rejection) and got.reason.endswith(f"got {told}"), got
+        assert str(abs(amount)) not in got.reason or amount == 0

@@ -208,7 +208,10 @@ def _common(obj: dict[str, Any], key: bytes | None, types: frozenset[str]) -> tu
     if type(amount) is not int:
         raise _Reject("wrong_type", f"'amount' must be a JSON integer of rupiah, got {_json_type(amount)}", "amount")
     if amount <= 0 or amount > MAX_AMOUNT:
-        raise _Reject("bad_value", f"'amount' must be > 0 and <= 10^12 rupiah, got {amount}", "amount")
+        # Its size, not its digits: a producer that shifted a column sends an account number
+        # here, and the reason travels to alerts, the dashboard and reports.
+        got = "0" if amount == 0 else f"a {len(str(abs(amount)))}-digit {'negative ' if amount < 0 else ''}number"
+        raise _Reject("bad_value", f"'amount' must be > 0 and <= 10^12 rupiah, got {got}", "amount")
     currency = obj.get("currency")
     if currency is None:
         raise _Reject("missing_field", "required field 'currency' is missing or null", "currency")

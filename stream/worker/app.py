@@ -16,6 +16,7 @@ import gc
 import logging
 import os
 import signal
+import stat
 import time
 from collections.abc import Set
 from pathlib import Path
@@ -581,17 +582,23 @@ class _Worker(faust.Worker):
         super().on_setup_root_logger(logger, level)
 
 
+def private_data_dir(data_dir: Path) -> None:
+    """Create the worker's data directory (Faust creates only the last level) and make it the
+    worker's user's only: the local state holds every payment's account id and refunds, and
+    RocksDB writes its files 0644 under the usual umask, readable by every local user. A shared
+    directory (sticky, like /tmp) given as the data directory is left as it is."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if not data_dir.stat().st_mode & stat.S_ISVTX:
+            data_dir.chmod(0o700)
+    except OSError as exc:
+        log.warning("cannot make %s private to the worker's user (%s)", data_dir, exc.strerror or exc)
+
+
 def prepare_process(settings: Settings) -> None:
     """What the worker process sets before Faust starts (the live benchmark's bare agent too):
     its data directory, uvloop, and the cyclic garbage collector's pace."""
-    data_dir = Path(settings.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
-    # The local state holds every payment's account id and refunds: the worker's user only
-    # (RocksDB writes its files 0644 under the usual umask, readable by every local user).
-    try:
-        data_dir.chmod(0o700)
-    except OSError as exc:
-        log.warning("cannot make %s private to the worker's user (%s)", data_dir, exc.strerror or exc)
+    private_data_dir(Path(settings.data_dir))
     if settings.uvloop:
         import uvloop
 

@@ -315,7 +315,7 @@ class GuardedConsumer(faust_aiokafka.Consumer):
                 offset = record.offset
                 r_offset = get_read_offset(tp)
                 if r_offset is not None and offset < r_offset:
-                    self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, record.key, record.value)
+                    self.log.dev("DROPPED MESSAGE ROFF %r", offset)  # (not its key and value: customer data)
                     i += 1
                     continue
                 if offset - (r_offset or 0) > 1 and r_offset and gap_noted != i:
@@ -339,7 +339,7 @@ class GuardedConsumer(faust_aiokafka.Consumer):
                             nxt = tp_records[j]
                             offset = nxt.offset
                             if offset < last:
-                                self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, nxt.key, nxt.value)
+                                self.log.dev("DROPPED MESSAGE ROFF %r", offset)
                             elif offset - last > 1:
                                 break  # a gap: noted first, at the head of the next run
                             else:
