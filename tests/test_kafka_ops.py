@@ -29,8 +29,8 @@ pytestmark = pytest.mark.kafka
 TOKEN = "cs-test-token-1234"
 
 
-def _get(port: int, path: str, token: str | None = TOKEN) -> tuple[int, Any]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+def _get(port: int, path: str, token: str | None = TOKEN, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
     if token is not None:
         req.add_header("Authorization", f"Bearer {token}")
     try:
@@ -99,6 +99,17 @@ def test_two_workers_answer_the_lookup_for_every_reference_and_refuse_without_th
         assert _get(a.web_port, "/qris/payments/QR0004", token=None)[0] == 401
         assert _get(b.web_port, "/qris/payments/QR0004", token="wrong")[0] == 401
         assert _get(a.web_port, "/qris/payments/NOPE")[0] == 404
+        # The workers forward a signature of the question, never the caller's token: a forwarded
+        # mark without it, or signed with another token or for another question, is refused.
+        from stream.worker.lookup import forward_signature, question_of
+
+        now = int(time.time())
+        for sig in ("1", forward_signature("wrong", question_of("payment", "QR0004"), now)):
+            assert _get(a.web_port, "/qris/payments/QR0004", None, {"X-QRIS-Forwarded": sig})[0] == 401
+        other = forward_signature(TOKEN, question_of("payment", "QR0000"), now)
+        assert _get(a.web_port, "/qris/payments/QR0004", None, {"X-QRIS-Forwarded": other})[0] == 401
+        signed = forward_signature(TOKEN, question_of("payment", "QR0004"), now)
+        assert _get(a.web_port, "/qris/payments/QR0004", None, {"X-QRIS-Forwarded": signed})[0] in (200, 404)
         status, body = _get(a.web_port, "/qris/accounts/7700009876/payments")
         assert status == 200
         got = {p["reference"] for p in body["payments"]}

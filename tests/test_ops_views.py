@@ -664,3 +664,12 @@ def test_the_data_directory_is_the_workers_users_only_unless_shared(tmp_path: An
     shared.chmod(0o1777)  # like /tmp: other users' files live there too
     private_data_dir(shared)
     assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+
+
+def test_the_lookups_examples_run() -> None:
+    import doctest
+
+    from stream.worker import lookup
+
+    failures, tried = doctest.testmod(lookup, raise_on_error=False, verbose=False)
+    assert tried > 0 and failures == 0

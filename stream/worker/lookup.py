@@ -54,6 +54,47 @@ def token_ok(configured: str, authorization: str | None) -> bool:
     return hmac.compare_digest(given, configured.encode())
 
 
+FORWARD_WINDOW_S = 30  # how old a forwarded query's signature may be (the workers' clocks agree)
+
+
+def forward_signature(configured: str, question: str, now_s: int) -> str:
+    """What a worker sends its peers instead of the caller's bearer token: a signature of the
+    question (`question_of`) and the time, keyed by the token. The token stays on the worker;
+    a peer's address comes from what it announced in the consumer group, so whoever may join
+    the group would otherwise collect it, and a signature seen there answers one question for
+    `FORWARD_WINDOW_S` only."""
+    mac = hmac.new(configured.encode(), f"{now_s}\n{question}".encode("utf-8", "surrogateescape"), "sha256")
+    return f"{now_s}:{mac.hexdigest()}"
+
+
+def forward_ok(configured: str, question: str, signature: str | None, now_s: float) -> bool:
+    """A forwarded query's signature matches its question, is recent, and was made with the
+    configured token (compared in constant time).
+
+    >>> q1, q2 = question_of("payment", "QR1"), question_of("payment", "QR2")
+    >>> sig = forward_signature("s3cret", q1, 1000)
+    >>> forward_ok("s3cret", q1, sig, 1010), forward_ok("s3cret", q2, sig, 1010)
+    (True, False)
+    >>> forward_ok("other", q1, sig, 1010), forward_ok("s3cret", q1, sig, 1031)
+    (False, False)
+    >>> forward_ok("s3cret", q1, "1", 1000), forward_ok("", q1, sig, 1000)
+    (False, False)
+    """
+    if not configured or not signature:
+        return False
+    at, _, _ = signature.partition(":")
+    if not at.isdigit() or abs(now_s - int(at)) > FORWARD_WINDOW_S:
+        return False
+    expected = forward_signature(configured, question, int(at))
+    return hmac.compare_digest(signature.encode("utf-8", "surrogateescape"), expected.encode())
+
+
+def question_of(kind: str, ident: str, since: str | None = None) -> str:
+    """What a forwarded query's signature covers, as the peer decodes it from the path: the
+    kind (`payment`, `account`), the reference or account id, and `since`."""
+    return f"{kind}\n{ident}\n{since or ''}"
+
+
 def _at(ms: int | None) -> str | None:
     return format_ms(ms) if ms is not None else None
 

@@ -6,7 +6,9 @@ The lookup is answered from live state by the worker that owns the reference's p
 worker asked for a reference it does not hold asks every other worker of the group (their URLs
 come from Faust's assignment metadata, `app.router.tables_metadata()`), marking the request as
 forwarded so it is never forwarded again; account queries are answered by every worker and
-merged. The API is off without `QRIS_API_TOKEN` and needs `Authorization: Bearer <token>`.
+merged. The API is off without `QRIS_API_TOKEN` and needs `Authorization: Bearer <token>`; a
+forwarded query carries a signature of itself made with the token (`lookup.forward_signature`),
+not the token.
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ import faust
 from ..core.eventtime import BadTimestamp, parse_instant
 from ..settings import Settings
 from . import dashboard
-from .lookup import account_path, account_payments, lookup_reference, payment_path, token_ok
+from .lookup import (
+    account_path,
+    account_payments,
+    forward_ok,
+    forward_signature,
+    lookup_reference,
+    payment_path,
+    question_of,
+    token_ok,
+)
 from .metrics import CONTENT_TYPE, WorkerMetrics
 from .shell import ReconcileShell
 from .watch import WorkerWatch
@@ -43,8 +54,8 @@ def add_pages(
             return []
         return sorted({str(h).rstrip("/") for h in hosts} - {own})
 
-    async def ask(urls: list[str], path: str, request: Any) -> list[tuple[int, Any]]:
-        headers = {"Authorization": request.headers.get("Authorization", ""), FORWARDED: "1"}
+    async def ask(urls: list[str], path: str, question: str) -> list[tuple[int, Any]]:
+        headers = {FORWARDED: forward_signature(settings.api_token, question, int(time.time()))}
         timeout = aiohttp.ClientTimeout(total=3)
 
         async def one(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
@@ -58,10 +69,11 @@ def add_pages(
         async with aiohttp.ClientSession(timeout=timeout) as session:
             return list(await asyncio.gather(*(one(session, u) for u in urls)))
 
-    def refused(web: Any, request: Any) -> Any | None:
+    def refused(web: Any, request: Any, question: str) -> Any | None:
         if not settings.api_token:
             return web.json({"error": "the lookup API is off: QRIS_API_TOKEN is not set"}, status=404)
-        if not token_ok(settings.api_token, request.headers.get("Authorization")):
+        signed = forward_ok(settings.api_token, question, request.headers.get(FORWARDED), time.time())
+        if not (signed or token_ok(settings.api_token, request.headers.get("Authorization"))):
             return web.json(
                 {"error": "a valid bearer token is required"}, status=401, headers={"WWW-Authenticate": "Bearer"}
             )
@@ -73,31 +85,33 @@ def add_pages(
 
     @app.page("/qris/payments/{reference}")
     async def payment_lookup(web: Any, request: Any, reference: str) -> Any:
-        no = refused(web, request)
+        question = question_of("payment", reference)
+        no = refused(web, request, question)
         if no is not None:
             return no
         found = lookup_reference(shell.engines, reference, watch)
         if found is not None:
             return web.json(found)
         if not request.headers.get(FORWARDED):
-            for status, body in await ask(peers(), payment_path(reference), request):
+            for status, body in await ask(peers(), payment_path(reference), question):
                 if status == 200:
                     return web.json(body)
         return web.json({"error": f"unknown reference (no live state of it on any worker): {reference}"}, status=404)
 
     @app.page("/qris/accounts/{account_id}/payments")
     async def account_lookup(web: Any, request: Any, account_id: str) -> Any:
-        no = refused(web, request)
+        since = request.query.get("since")
+        question = question_of("account", account_id, since)
+        no = refused(web, request, question)
         if no is not None:
             return no
-        since = request.query.get("since")
         try:
             since_ms = parse_instant(since) if since else None
         except BadTimestamp as exc:
             return web.json({"error": f"since: {exc}"}, status=400)
         payments = account_payments(shell.engines, watch, account_id, since_ms)
         if not request.headers.get(FORWARDED):
-            for status, body in await ask(peers(), account_path(account_id, since), request):
+            for status, body in await ask(peers(), account_path(account_id, since), question):
                 if status == 200 and isinstance(body, dict):
                     payments.extend(body.get("payments", []))
             payments.sort(key=lambda x: x.get("first_seen_ms") or 0, reverse=True)
