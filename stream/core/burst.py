@@ -61,6 +61,11 @@ class BurstParams:
     calm_max_ratio: float = 3.0
     calm_incident_share: float = 0.1
     calm_minutes_to_resolve: int = 3
+    # A scope failing again within `flap_window_minutes` of its last incident's resolution is
+    # flapping: its incident resolves after `calm_minutes_to_resolve_flapping` calm minutes, so
+    # a switch down 3 minutes in every 9 is one page for the episode, not one per cycle.
+    flap_window_minutes: int = 30
+    calm_minutes_to_resolve_flapping: int = 15
     update_every_minutes: int = 5  # at most one `updated` per this many minutes ...
     update_growth: float = 1.25  # ... and only when affected payments grew by this factor
     windows_minutes: tuple[int, ...] = (1, 3, LONGEST)
@@ -523,9 +528,11 @@ class BurstDetector:
             reported_bad=win.counts[BAD],
             reported_minute=minute,
         )
-        self.incidents.open(st.key, inc)
+        prm = self.params
+        self.incidents.open(st.key, inc, forget_before=minute - prm.flap_window_minutes)
         self.stats["incidents"] += 1
-        return incident_alert(st.key, inc, "opened", minute, sc.score, self.params.top_children)
+        again = self.incidents.again_after(st.key, prm.flap_window_minutes)
+        return incident_alert(st.key, inc, "opened", minute, sc.score, prm.top_children, again)
 
     def _children_at(self, key: str, scored: dict[str, ScoredScope], minute: int) -> dict[str, int]:
         """Bad payments in `minute` of the scopes inside `key`: narrower scopes, and for a switch
@@ -574,10 +581,12 @@ class BurstDetector:
         still_failing = sc.above_normal and sc.recent_rate >= prm.calm_incident_share * inc.counts[BAD] / max(
             inc.counts[0], 1
         )
+        again = self.incidents.again_after(st.key, prm.flap_window_minutes)
         if sc.calm_score < prm.calm_below and not still_failing:
             inc.calm_minutes += 1
-            if inc.calm_minutes >= prm.calm_minutes_to_resolve:
-                self.incidents.resolve(st.key)
+            needed = prm.calm_minutes_to_resolve if again is None else prm.calm_minutes_to_resolve_flapping
+            if inc.calm_minutes >= needed:
+                self.incidents.resolve(st.key, minute)
                 st.covered_through = minute  # its minutes belong to this episode, not to the next
                 return [incident_alert(st.key, inc, "resolved", minute, inc.peak_score, prm.top_children)]
             return []
@@ -587,5 +596,5 @@ class BurstDetector:
         ):
             inc.reported_minute = minute
             inc.reported_bad = inc.counts[BAD]
-            return [incident_alert(st.key, inc, "updated", minute, sc.score, prm.top_children)]
+            return [incident_alert(st.key, inc, "updated", minute, sc.score, prm.top_children, again)]
         return []

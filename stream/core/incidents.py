@@ -42,6 +42,9 @@ class IncidentBook:
 
     def __init__(self) -> None:
         self._open: dict[str, Incident] = {}
+        # When each scope's last incident resolved (minute), kept `BurstParams.flap_window_minutes`
+        # past it: a scope failing again within that is flapping (`again_after`).
+        self._resolved_at: dict[str, int] = {}
 
     def get(self, key: str) -> Incident | None:
         """The open incident of scope `key`, if any."""
@@ -70,35 +73,72 @@ class IncidentBook:
             for key, inc in sorted(self._open.items())
         ]
 
-    def open(self, key: str, incident: Incident) -> None:
+    def open(self, key: str, incident: Incident, forget_before: int | None = None) -> None:
+        """Open `incident` for scope `key`; resolutions of scopes without an open incident from
+        before minute `forget_before` are forgotten (no later incident can be flapping by them)."""
         if key in self._open:
             raise ValueError(f"scope {key!r} already has an open incident")
         self._open[key] = incident
+        if forget_before is not None:
+            old = [k for k, m in self._resolved_at.items() if m < forget_before and k not in self._open]
+            for k in old:
+                del self._resolved_at[k]
 
-    def resolve(self, key: str) -> Incident:
+    def resolve(self, key: str, minute: int) -> Incident:
+        self._resolved_at[key] = minute
         return self._open.pop(key)
+
+    def again_after(self, key: str, window: int) -> int | None:
+        """Minutes from the resolution of scope `key`'s incident before its open one to the
+        open one's start, when that is within `window` minutes (the scope is flapping), else None.
+
+        >>> book = IncidentBook()
+        >>> book.open("switch:RINTIS", Incident("i1", 600, 603, [0] * 6, 0.0, 0.0, {}, {}, [], None))
+        >>> _ = book.resolve("switch:RINTIS", 606)
+        >>> book.open("switch:RINTIS", Incident("i2", 610, 610, [0] * 6, 0.0, 0.0, {}, {}, [], None))
+        >>> book.again_after("switch:RINTIS", 30), book.again_after("switch:RINTIS", 3)
+        (4, None)
+        """
+        inc, before = self._open.get(key), self._resolved_at.get(key)
+        if inc is None or before is None or inc.start_minute - before > window:
+            return None
+        return max(inc.start_minute - before, 0)
 
     def __len__(self) -> int:
         return len(self._open)
 
     def to_state(self) -> dict[str, Any]:
         """The open incidents as JSON-ready named fields (`from_state` rebuilds them exactly)."""
-        return {"open": [[key, asdict(inc)] for key, inc in sorted(self._open.items())]}
+        return {
+            "open": [[key, asdict(inc)] for key, inc in sorted(self._open.items())],
+            "resolved_at": sorted(self._resolved_at.items()),
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> IncidentBook:
         book = cls()
         for key, fields in state["open"]:
             book._open[key] = Incident(**fields)
+        # (A snapshot written before flapping was told has no resolutions: none is flapping.)
+        book._resolved_at = {key: int(m) for key, m in state.get("resolved_at", [])}
         return book
 
 
 # -- the alert ----------------------------------------------------------------------------
 
 
-def incident_alert(key: str, inc: Incident, status: Status, minute: int, score: float, top_children: int) -> Decision:
+def incident_alert(
+    key: str,
+    inc: Incident,
+    status: Status,
+    minute: int,
+    score: float,
+    top_children: int,
+    again_after: int | None = None,
+) -> Decision:
     """The `FAILURE_BURST` alert of incident `inc` of scope `key`, decided at the end of
-    `minute`; `score` is the minute's (the peak's when resolved)."""
+    `minute`; `score` is the minute's (the peak's when resolved). `again_after`: the minutes
+    since the scope's incident before resolved, when it is flapping (`IncidentBook.again_after`)."""
     stype, sid = scope_type(key), scope_id(key)
     end_minute = inc.last_bad_minute + 1 if status == "resolved" else minute + 1
     start_ms, end_ms = inc.start_minute * MINUTE_MS, end_minute * MINUTE_MS
@@ -135,7 +175,9 @@ def incident_alert(key: str, inc: Incident, status: Status, minute: int, score: 
         worst = ", ".join(f"{scope_name(t['scope']['type'], t['scope']['id'])} {t['observed']['bad']}" for t in top[:3])
         summary = (
             f"{name}: {what} since {_wib_clock(start_ms, decided_ms)} WIB ({normal}); "
-            f"{rupiah(c[EXPOSURE])} exposed" + (f"; most affected: {worst}" if worst else "")
+            f"{rupiah(c[EXPOSURE])} exposed"
+            + (f"; failing again {again_after} min after its last incident resolved" if again_after is not None else "")
+            + (f"; most affected: {worst}" if worst else "")
         )
         severity = "warning" if stype == "merchant" else "critical"
     value: dict[str, Any] = {
