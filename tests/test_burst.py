@@ -13,7 +13,7 @@ import pytest
 
 from stream.core import ids
 from stream.core.burst import BurstDetector, BurstParams, FailureRateModel, ScopeState, binomial_surprise
-from stream.core.eventtime import format_ms
+from stream.core.eventtime import format_ms, parse_ms
 from stream.core.partition import Params, PartitionEngine
 from stream.core.records import Stream
 from stream.core.signals import signals_decisions
@@ -148,6 +148,56 @@ def test_a_switch_outage_is_one_incident_opened_updated_and_resolved() -> None:
     assert resolved["window"]["end"] == format_ms((start + 6) * 60_000)
     assert resolved["severity"] == "info"
     assert len({a["alert_id"] for a in alerts}) == 3
+
+
+def test_a_flapping_switch_is_one_page_for_the_episode_not_one_per_cycle() -> None:
+    """A switch down 3 minutes in every 9 for an hour: the first cycle resolves after its three
+    calm minutes; failing again within 30 minutes of that makes it flapping, and the second
+    incident stays open until 15 calm minutes (one page for the rest of the episode, not one
+    per cycle with its acquirers' besides, about ten an hour)."""
+    det = BurstDetector(1)
+    warm(det, lambda i: switch_minute(1 if i % 2 else 0, 1 if i % 3 == 0 else 0))
+    start = M0 + WARM
+    cycles = [report(0, start + i, switch_minute(60 if i % 9 < 3 else (1 if i % 2 else 0), 0)) for i in range(63)]
+    calm = [report(0, start + 63 + i, switch_minute(1 if i % 2 else 0, 0)) for i in range(20)]
+    alerts = run(det, cycles + calm)
+    pages = [a for a in alerts if a["status"] == "opened"]
+    assert [a["scope"]["id"] for a in pages] == ["RINTIS", "RINTIS"]
+    first, again = pages
+    assert "failing again" not in first["summary"]
+    resolved = [a for a in alerts if a["status"] == "resolved"]
+    assert [a["incident_id"] for a in resolved] == [first["incident_id"], again["incident_id"]]
+    # Resolved at the end of minute 7, failing again from minute 9: 1 minute between the clocks.
+    assert resolved[0]["occurred_at"] == format_ms((start + 8) * 60_000)
+    assert "; failing again 1 min after its last incident resolved;" in again["summary"] + ";"
+    # The last cycle fails in minutes 54-56; the 3-minute window is calm from minute 59, and the
+    # 15th calm minute is 73, decided at its end.
+    assert resolved[1]["occurred_at"] == format_ms((start + 74) * 60_000)
+    # Without flapping it is one incident per cycle.
+    det = BurstDetector(1, BurstParams(flap_window_minutes=-1))
+    warm(det, lambda i: switch_minute(1 if i % 2 else 0, 1 if i % 3 == 0 else 0))
+    assert [a["status"] for a in run(det, cycles + calm)].count("opened") == 7
+
+
+def test_a_scope_failing_again_after_the_flap_window_is_a_new_incident_resolved_as_usual() -> None:
+    det = BurstDetector(1)
+    warm(det, lambda i: switch_minute(1 if i % 2 else 0, 1 if i % 3 == 0 else 0))
+    start = M0 + WARM
+    calm = lambda i: switch_minute(1 if i % 2 else 0, 0)  # noqa: E731
+    feed = [report(0, start + i, switch_minute(60, 0) if i < 3 or 40 <= i < 43 else calm(i)) for i in range(60)]
+    alerts = run(det, feed)
+    assert [a["status"] for a in alerts if a["status"] != "updated"] == ["opened", "resolved"] * 2
+    assert all("failing again" not in a["summary"] for a in alerts)
+    opened = [parse_ms(a["occurred_at"]) for a in alerts if a["status"] == "opened"]
+    ended = [parse_ms(a["occurred_at"]) for a in alerts if a["status"] == "resolved"]
+    assert ended[1] - opened[1] == ended[0] - opened[0] == 7 * 60_000  # three calm minutes each
+    # A restored detector knows the resolutions: flapping is the same after a restart.
+    det2 = BurstDetector(1)
+    warm(det2, lambda i: switch_minute(1 if i % 2 else 0, 1 if i % 3 == 0 else 0))
+    head = run(det2, feed[:10])
+    det3 = BurstDetector.restore(orjson.loads(orjson.dumps(det2.snapshot())))
+    again = [report(0, start + 10 + i, switch_minute(60, 0) if i < 3 else calm(i)) for i in range(20)]
+    assert head and any("failing again" in a["summary"] for a in run(det3, again) if a["status"] == "opened")
 
 
 def test_an_incident_over_midnight_gives_the_dates_its_clocks_need() -> None:

@@ -89,20 +89,21 @@ class IncidentBook:
         return self._open.pop(key)
 
     def again_after(self, key: str, window: int) -> int | None:
-        """Minutes from the resolution of scope `key`'s incident before its open one to the
-        open one's start, when that is within `window` minutes (the scope is flapping), else None.
+        """Minutes from the resolution of scope `key`'s incident before its open one (the end of
+        the minute it was decided at) to the open one's start, when that is within `window`
+        minutes (the scope is flapping), else None.
 
         >>> book = IncidentBook()
         >>> book.open("switch:RINTIS", Incident("i1", 600, 603, [0] * 6, 0.0, 0.0, {}, {}, [], None))
         >>> _ = book.resolve("switch:RINTIS", 606)
         >>> book.open("switch:RINTIS", Incident("i2", 610, 610, [0] * 6, 0.0, 0.0, {}, {}, [], None))
-        >>> book.again_after("switch:RINTIS", 30), book.again_after("switch:RINTIS", 3)
-        (4, None)
+        >>> book.again_after("switch:RINTIS", 30), book.again_after("switch:RINTIS", 2)
+        (3, None)
         """
         inc, before = self._open.get(key), self._resolved_at.get(key)
-        if inc is None or before is None or inc.start_minute - before > window:
+        if inc is None or before is None or inc.start_minute - (before + 1) > window:
             return None
-        return max(inc.start_minute - before, 0)
+        return max(inc.start_minute - (before + 1), 0)
 
     def __len__(self) -> int:
         return len(self._open)
