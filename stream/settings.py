@@ -84,6 +84,7 @@ class Settings:
     min_insync_replicas: int = 0
 
     api_token: str = field(default="", repr=False)
+    api_token_file: str = ""
     log_format: str = "text"
 
     def __post_init__(self) -> None:
@@ -317,6 +318,10 @@ DOCS: dict[str, tuple[str, str]] = {
         "QRIS_API_TOKEN",
         "bearer token of the customer-service lookup API (/qris/payments, /qris/accounts); empty: the API is off",
     ),
+    "api_token_file": (
+        "QRIS_API_TOKEN_FILE",
+        "file holding the lookup API's bearer token (instead of QRIS_API_TOKEN; read when the worker starts)",
+    ),
 }
 
 # Settings whose value is a secret: `qris-guard settings` masks them.
@@ -357,6 +362,8 @@ def _problems(s: Settings) -> list[str]:
             out.append(f"set exactly one of QRIS_SASL_PASSWORD, QRIS_SASL_PASSWORD_FILE for {s.sasl_mechanism}")
     if sasl and s.sasl_mechanism == "OAUTHBEARER" and not s.sasl_oauth_token_file:
         out.append("QRIS_SASL_OAUTH_TOKEN_FILE is required with QRIS_SASL_MECHANISM=OAUTHBEARER")
+    if s.api_token and s.api_token_file:
+        out.append("set at most one of QRIS_API_TOKEN, QRIS_API_TOKEN_FILE")
     if s.ssl_key_password and s.ssl_key_password_file:
         out.append("set at most one of QRIS_SSL_KEY_PASSWORD, QRIS_SSL_KEY_PASSWORD_FILE")
     if s.ssl_keyfile and not s.ssl_certfile:

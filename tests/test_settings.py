@@ -51,3 +51,17 @@ def test_a_topic_prefix_names_every_topic_and_nothing_else() -> None:
     }
     assert all(t.startswith("run1.") for t in topics.values()) and len(set(topics.values())) == 8
     assert (s.bootstrap, s.partitions) == ("kafka:9092", 6)
+
+
+def test_the_lookup_token_comes_from_the_environment_or_a_file_not_both(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from stream.security import read_secret
+
+    with pytest.raises(ValueError, match="at most one of QRIS_API_TOKEN, QRIS_API_TOKEN_FILE"):
+        from_env({"QRIS_API_TOKEN": "t", "QRIS_API_TOKEN_FILE": "/run/secrets/api_token"})
+    path = Path(str(tmp_path)) / "api_token"
+    path.write_text("tok-9f\n")
+    s = from_env({"QRIS_API_TOKEN_FILE": str(path)})
+    assert read_secret("QRIS_API_TOKEN_FILE", s.api_token, s.api_token_file) == "tok-9f"
+    assert not to_env(s).get("QRIS_API_TOKEN") and to_env(s)["QRIS_API_TOKEN_FILE"] == str(path)

@@ -22,6 +22,7 @@ import aiohttp
 import faust
 
 from ..core.eventtime import BadTimestamp, parse_instant
+from ..security import read_secret
 from ..settings import Settings
 from . import dashboard
 from .lookup import (
@@ -46,6 +47,9 @@ FORWARDED = "X-QRIS-Forwarded"
 def add_pages(
     app: faust.App, settings: Settings, shell: ReconcileShell, watch: WorkerWatch, metrics: WorkerMetrics
 ) -> None:
+    # Read once, at start: a file that cannot be read stops the worker with one line.
+    api_token = read_secret("QRIS_API_TOKEN_FILE", settings.api_token, settings.api_token_file)
+
     def peers() -> list[str]:
         own = str(app.conf.canonical_url).rstrip("/")
         try:
@@ -55,7 +59,7 @@ def add_pages(
         return sorted({str(h).rstrip("/") for h in hosts} - {own})
 
     async def ask(urls: list[str], path: str, question: str) -> list[tuple[int, Any]]:
-        headers = {FORWARDED: forward_signature(settings.api_token, question, int(time.time()))}
+        headers = {FORWARDED: forward_signature(api_token, question, int(time.time()))}
         timeout = aiohttp.ClientTimeout(total=3)
 
         async def one(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
@@ -70,10 +74,10 @@ def add_pages(
             return list(await asyncio.gather(*(one(session, u) for u in urls)))
 
     def refused(web: Any, request: Any, question: str) -> Any | None:
-        if not settings.api_token:
+        if not api_token:
             return web.json({"error": "the lookup API is off: QRIS_API_TOKEN is not set"}, status=404)
-        signed = forward_ok(settings.api_token, question, request.headers.get(FORWARDED), time.time())
-        if not (signed or token_ok(settings.api_token, request.headers.get("Authorization"))):
+        signed = forward_ok(api_token, question, request.headers.get(FORWARDED), time.time())
+        if not (signed or token_ok(api_token, request.headers.get("Authorization"))):
             return web.json(
                 {"error": "a valid bearer token is required"}, status=401, headers={"WWW-Authenticate": "Bearer"}
             )
