@@ -121,10 +121,19 @@ def cmd_dump(args: argparse.Namespace) -> int:
     from .drivers.replayfile import write_records
 
     s = _connect(_settings(args))
+    if not args.topics:
+        from .topics import check_copartitioned
+
+        check_copartitioned(s)  # a replay of inputs that are not co-partitioned joins the wrong records
     topics = args.topics or [s.payment_topic, s.ledger_topic]
-    with _open_out(args.out) as fh:
+    # Written under a temporary name and renamed at the end: a dump that is interrupted (Ctrl-C,
+    # a lost broker) leaves no file that looks whole to `replay` and `trace`.
+    out = args.out if args.out == "-" else f"{args.out}.partial"
+    with _open_out(out) as fh:
         records = read_topics(s, topics, from_ms=args.from_time, to_ms=args.to_time)
         n = write_records(fh, Progress("dump").wrap(records))
+    if out != args.out:
+        os.replace(out, args.out)
     print(f"dumped {n} records from {', '.join(topics)} to {args.out}", file=sys.stderr)
     return 0
 
@@ -158,7 +167,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if (hazard := hold_outlasts_retention(s)) is not None:
         print(f"replay: warning: {hazard}", file=sys.stderr)
     if args.from_kafka:
+        from .topics import check_copartitioned
+
         _connect(s)
+        check_copartitioned(s)
     elif not os.path.isfile(args.input):
         raise Mistake(f"--in {args.input}: no such file")
     started = time.perf_counter()
@@ -423,6 +435,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     ref = args.reference
     if args.from_kafka:
         from .drivers.kafkaread import read_topics
+        from .topics import check_copartitioned
+
+        check_copartitioned(s)
 
         # Every partition: records sent without a key (the contract allows them) can be in any
         # of them, and with refund holds on the incidents need them all anyway. (Reading only
