@@ -456,7 +456,16 @@ def cmd_trace(args: argparse.Namespace) -> int:
             records, ref, s.params, parts_found, drain=args.drain, burst=s.burst, all_partitions=args.all_partitions
         )
     if result is None:
-        print(f"unknown reference {ref!r}: no input record of it in {source} ({len(records)} records read)")
+        inputs = sum(1 for r in records if r.topic in topics)
+        print(
+            f"unknown reference {ref!r}: no input record of it in {source} ({len(records)} records read, "
+            f"{inputs} of them on the input topics {' and '.join(topics)}"
+            + (
+                "; if the input's topics have other names, set QRIS_PAYMENT_TOPIC and QRIS_LEDGER_TOPIC)"
+                if not inputs
+                else ")"
+            )
+        )
         return 1
     if args.json:
         sys.stdout.buffer.write(codec.dumps(result) + b"\n")

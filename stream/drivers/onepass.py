@@ -36,7 +36,7 @@ from ..core.holdtally import is_hold_report
 from ..core.partition import NEG_INF, POS_INF, Params
 from ..core.records import Stream
 from ..core.signals import MINUTE_MS
-from .replay import Replay, warn_out_of_order, with_holds
+from .replay import Replay, warn_input, with_holds
 from .replayfile import KafkaRecord, ReplayFile
 
 
@@ -249,7 +249,7 @@ class OnePass:
             self.incidents([], POS_INF)  # every minute is closed: the whole timeline is known
         self.complete(drain)
         yield from self.ready(final=True)
-        warn_out_of_order(self.r, source)
+        warn_input(self.r, source)
         for d in with_holds(self.bursts, self.reports, self.partitions, self.params):
             yield -1, d
 

@@ -41,14 +41,15 @@ from ..core.signals import MINUTE_MS
 from .onepass import OnePass
 from .replay import (
     KEEP_PARSED_MAX_RECORDS,
+    InputNotes,
     Kept,
     Replay,
     collector_paused,
     incident_timeline,
-    out_of_order,
+    input_notes,
     reporting,
     run_detector,
-    say_out_of_order,
+    say_input,
     with_holds,
 )
 from .replayfile import FileScan, KafkaRecord, TimeRange, WholeFile, decision_line
@@ -71,7 +72,7 @@ def _job(
     times: tuple[int | None, int | None],
     incidents: tuple[list[IncidentEvent], int] = ([], NEG_INF),
     kept: list[Kept] | None = None,
-) -> tuple[int, list[Any], list[int], int]:
+) -> tuple[int, list[Any], list[int], InputNotes]:
     # `out` None: a first pass of a replay with holds, for the signals only; it appends its
     # records and their parse results to `kept` if given. A second pass given a non-empty
     # `kept` decides from it instead of reading the file again.
@@ -124,7 +125,7 @@ def _job(
                     write(sink, p, d.role, d)
                     n += 1
     # The records at or below an earlier offset: the parent says how many, once for the file.
-    back = out_of_order(r) if out is not None else 0
+    back = input_notes(r) if out is not None else InputNotes()
     return n, r.signals, sorted(r.engines), back
 
 
@@ -140,7 +141,7 @@ def _pool_job(
     topics: dict[str, str],
     out: str,
     times: tuple[int | None, int | None],
-) -> tuple[int, bytes, list[int], int]:
+) -> tuple[int, bytes, list[int], InputNotes]:
     scan = _SCAN[0]
     assert scan is not None, "a replay pool job without its file"
     n, signals, engines, back = _job(scan, index, params, drain, topics, out, times)
@@ -222,7 +223,7 @@ def _two_passes(
     outs: list[str],
     times: tuple[int | None, int | None],
     burst: BurstParams,
-) -> tuple[list[tuple[int, list[Any], list[int], int]], list[Decision]]:
+) -> tuple[list[tuple[int, list[Any], list[int], InputNotes]], list[Decision]]:
     def args_of(i: int) -> tuple[Any, ...]:
         return (scan, i, params, drain, topics, outs[i], times)
 
@@ -232,7 +233,7 @@ def _two_passes(
         timeline = incident_timeline(bursts, closed_through, params, drain=drain)
         for conn in conns:
             conn.send(timeline)
-        results: list[tuple[int, list[Any], list[int], int]] = [_answer(conn) for conn in conns]
+        results: list[tuple[int, list[Any], list[int], InputNotes]] = [_answer(conn) for conn in conns]
         for proc in procs:
             proc.join()
         # The second pass's signals are the partitions' hold reports (`holdtally`).
@@ -338,7 +339,7 @@ def _one_pass_job(
                     break
             one.complete(drain)
             n += write(one.ready(final=True))
-        done = (n, one.reports, sorted(one.r.engines), sorted(one.reporting), out_of_order(one.r))
+        done = (n, one.reports, sorted(one.r.engines), sorted(one.reporting), input_notes(one.r))
         conn.send(("done", done))
     except BaseException as exc:  # handed to the parent, which raises it
         try:
@@ -381,7 +382,7 @@ def _one_pass(
     times: tuple[int | None, int | None],
     burst: BurstParams,
     partitions: frozenset[int],
-) -> tuple[list[tuple[int, list[Any], list[int], int]], list[Decision]] | None:
+) -> tuple[list[tuple[int, list[Any], list[int], InputNotes]], list[Decision]] | None:
     # The parent of a one-pass replay with holds: one detector over every job's closed minutes,
     # its incidents to every job as they come. None: some partition never reported (see
     # `onepass.Fallback`), and the two-pass replay must be run instead.
@@ -509,5 +510,5 @@ def replay_file_parallel(
                 shutil.copyfileobj(fh, out, 1 << 20)
     for seq, d in enumerate(bursts):
         out.write(decision_line(topics[d.role], -1, seq, d))
-    say_out_of_order(sum(back for _n, _v, _p, back in results), path)
+    say_input(sum((back for _n, _v, _p, back in results), InputNotes()), path)
     return sum(n for n, _v, _p, _b in results) + len(bursts)

@@ -171,27 +171,79 @@ def collector_paused(pause: bool = True) -> Iterator[None]:
         gc.enable()
 
 
-def out_of_order(r: Replay) -> int:
-    """How many records came at or below an earlier offset of their topic partition."""
-    return sum(eng.stats["out_of_order"] for eng in r.engines.values())
+@dataclass(frozen=True)
+class InputNotes:
+    """What a replay says about its input besides the decisions: records at or below an earlier
+    offset of their topic partition (`out_of_order`), and the input partitions whose first
+    record read is past offset 0 (`late_starts`: topic, partition, first offset). Jobs of a
+    parallel replay add theirs up (`+`)."""
+
+    out_of_order: int = 0
+    late_starts: tuple[tuple[str, int, int], ...] = ()
+    partitions: int = 0  # input partitions with a record (none: nothing on the input topics)
+    topics: tuple[str, ...] = ()  # the input topics, as the settings name them
+
+    def __add__(self, other: InputNotes) -> InputNotes:
+        first: dict[tuple[str, int], int] = {}
+        for topic, p, offset in self.late_starts + other.late_starts:
+            first[(topic, p)] = min(offset, first.get((topic, p), offset))
+        starts = tuple(sorted((t, p, o) for (t, p), o in first.items()))
+        total = self.out_of_order + other.out_of_order
+        return InputNotes(total, starts, self.partitions + other.partitions, self.topics or other.topics)
 
 
-def warn_out_of_order(r: Replay, source: str) -> int:
+def input_notes(r: Replay) -> InputNotes:
+    """`InputNotes` of what the replay `r` took."""
+    starts = tuple(
+        (eng._topic(s), p, eng.first_offset[s])
+        for p, eng in sorted(r.engines.items())
+        for s in (0, 1)
+        if eng.first_offset[s] > 0
+    )
+    back = sum(eng.stats["out_of_order"] for eng in r.engines.values())
+    return InputNotes(back, starts, len(r.engines), (r.params.payment_topic, r.params.ledger_topic))
+
+
+def warn_input(r: Replay, source: str) -> InputNotes:
+    """Say on stderr what `say_input` says of the replay `r`'s input."""
+    return say_input(input_notes(r), source)
+
+
+def say_input(notes: InputNotes, source: str) -> InputNotes:
     """Say on stderr how many records came at or below an earlier offset of their topic
-    partition (processed in the order read, as the contract's replay format says); a file that
-    `dump` wrote never has any. Returns the count."""
-    return say_out_of_order(out_of_order(r), source)
-
-
-def say_out_of_order(n: int, source: str) -> int:
-    """`warn_out_of_order`'s line for `n` such records (none: nothing said)."""
-    if n:
+    partition (processed in the order read, as the contract's replay format says; a file that
+    `dump` wrote never has any), and which input partitions start past offset 0: their earlier
+    records (a dump or a replay with `--from`, records deleted by the topic's retention) are not
+    in this replay, so a reference open before them is not known and the burst detector starts
+    without their history; its incidents, and the refund holds that follow them, can then differ
+    from the live worker's; and when no record was on the input topics at all (a file of other
+    topics' names: `QRIS_PAYMENT_TOPIC`, `QRIS_LEDGER_TOPIC` or `QRIS_TOPIC_PREFIX` name them).
+    Nothing is said when there is nothing to say."""
+    if not notes.partitions and notes.topics:
         print(
-            f"replay: warning: {source}: {n} record(s) at or below an earlier offset of their topic partition; "
-            "processed in the order read, not skipped (a Kafka read or a dump never has any)",
+            f"replay: warning: {source}: no record on the input topics {' and '.join(notes.topics)}, so nothing "
+            "was decided; if the input's topics have other names, set QRIS_PAYMENT_TOPIC and QRIS_LEDGER_TOPIC "
+            "(or QRIS_TOPIC_PREFIX) to them",
             file=sys.stderr,
         )
-    return n
+    if notes.out_of_order:
+        print(
+            f"replay: warning: {source}: {notes.out_of_order} record(s) at or below an earlier offset of their "
+            "topic partition; processed in the order read, not skipped (a Kafka read or a dump never has any)",
+            file=sys.stderr,
+        )
+    if notes.late_starts:
+        shown = ", ".join(f"{t}[{p}] at offset {o}" for t, p, o in notes.late_starts[:4])
+        more = f" and {len(notes.late_starts) - 4} more" if len(notes.late_starts) > 4 else ""
+        print(
+            f"replay: warning: {source}: {len(notes.late_starts)} input partition(s) start past offset 0 "
+            f"({shown}{more}): the records before them (a dump or replay with --from, or deleted by the topic's "
+            "retention) are not in this replay, so references open before then are unknown and the burst "
+            "detector starts without their history; its incidents and the refund holds can differ from the "
+            "live worker's (replay from the topics' start and narrow the view with `report --since`)",
+            file=sys.stderr,
+        )
+    return notes
 
 
 def detect_bursts(signals: Iterable[dict[str, Any]], partitions: Iterable[int], params: BurstParams) -> list[Decision]:
@@ -368,7 +420,7 @@ def _replay(
     for _ in range(skip):
         next(decided)
     yield from decided
-    warn_out_of_order(r, source)
+    warn_input(r, source)
     if bursts is not None:
         bursts = with_holds(bursts, r.signals, r.detector_partitions, params)
     for d in r.bursts() if bursts is None else bursts:
