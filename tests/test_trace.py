@@ -109,6 +109,24 @@ def test_a_settled_payment_says_why_nothing_was_refunded() -> None:
     assert any("owed = net 25000 - settled 25000 - active refunds 0 = 0" in w for w in t["why"])
 
 
+def test_a_rejected_ledger_record_is_not_told_as_money_not_taken() -> None:
+    # The only debit of R9 was dead-lettered (its amount a string): the core bank may have taken
+    # the money, so the trace must not tell the engineer it did not.
+    records = _recs(
+        [
+            (P, "R9", payment("R9-q", "requested", "R9", 0)),
+            (L, "R9", ledger("R9-d", "debited", "R9", 1).replace(b'"amount":25000', b'"amount":"25000"')),
+            (P, "R8", payment("R8-q", "requested", "R8", 2)),
+        ]
+    )
+    assert b'"amount":"25000"' in records[1].value
+    why = _trace("R9", records, drain=True)["why"]
+    assert any("1 ledger record(s) of this reference were dead-lettered" in w for w in why), why
+    assert not any("money was not taken" in w for w in why)
+    why = _trace("R8", records, drain=True)["why"]
+    assert any("No debit was processed: the customer's money was not taken" in w for w in why), why
+
+
 def test_not_yet_due_without_drain_and_due_with_it() -> None:
     recs = _recs([(P, "R9", payment("R9-q", "requested", "R9", 0)), (L, "R9", ledger("R9-d", "debited", "R9", 1))])
     early = _trace("R9", recs)

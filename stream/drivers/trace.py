@@ -405,7 +405,15 @@ def explain(t: dict[str, Any]) -> list[str]:
             f"State expired: dropped by retention at {wib_and_utc(t['dropped']['at_ms'])} (last record "
             f"{wib_and_utc(t['dropped']['last_effective_ms'])}); a later record starts afresh."
         )
-    if not debits and not waiting:
+    ledger_rejected = [f for f in t["records"] if f["outcome"] == "dead-lettered" and f["stream"] == Stream.L.name]
+    if not debits and not waiting and ledger_rejected:
+        # A rejected ledger record says nothing of what the core bank did: it may be a debit.
+        lines.append(
+            f"No debit was processed, but {len(ledger_rejected)} ledger record(s) of this reference were "
+            "dead-lettered (above): whether the customer's money was taken is not known from this input; "
+            "look at the core bank's journal."
+        )
+    elif not debits and not waiting:
         lines.append("No debit was processed: the customer's money was not taken, so nothing is refunded.")
     if not types and not lines:
         lines.append("No refund was decided.")
