@@ -183,9 +183,13 @@ def test_both_feeds_quiet_after_a_declared_silence_move_on_from_the_stream_still
 
     quiet(3600, 0.2)  # payments silent, the ledger flows: W = 3600 - 30
     assert eng.watermark_ms == T0 + 3_570_000
+    before = len(h.refunds())
+    assert h.shell.counts["idle_quiet_decisions"] == 0  # (one silent stream: FEED_SILENT says it)
     quiet(4000, 400)  # both quiet for 400 s: W = 3600 - 30 + 400
     assert eng.watermark_ms == T0 + 3_970_000
     assert len(h.refunds()) == 60  # X60's deadline (3900) passed: every debit refunded
+    # What came due while both were quiet is counted (a replay makes it only with --drain).
+    assert h.shell.counts["idle_quiet_decisions"] >= 60 - before > 0
 
 
 def test_the_detector_publishes_its_incidents_and_progress_for_the_partitions() -> None:

@@ -178,6 +178,11 @@ _COUNT_HELP: tuple[tuple[str, str], ...] = (
         "counted as silent, no watermark moved by the wall clock for it",
     ),
     (
+        "idle_quiet_decisions",
+        "Decisions made after both input streams of a partition went quiet and its event time followed the wall "
+        "clock (the idle rule); a replay of the same records makes them only with --drain",
+    ),
+    (
         "idle_streams_behind",
         "Times an input stream idle for the idle timeout still had records on the broker not taken by this worker "
         "(late, not silent: a backlog, or fetches the broker does not serve)",

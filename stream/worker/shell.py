@@ -225,6 +225,10 @@ class ReconcileShell:
             "gap_offsets_empty": 0,
             "idle_checks_unanswered": 0,
             "idle_streams_behind": 0,
+            # Decisions made after both input streams of a partition went quiet and event time
+            # followed the wall clock: a replay makes them only with --drain (no alert: quiet
+            # feeds at night are normal; logged with the partition).
+            "idle_quiet_decisions": 0,
             "commits": 0,
             # Reference entries written to the state, deletions included (a reference changed
             # by several records between two commits is written once: the benches' saves per
@@ -612,6 +616,15 @@ class ReconcileShell:
                 elif silent[0] and silent[1]:
                     # Both quiet: event time follows wall time from where the watermark stands.
                     got = self._advance_from_lagging(eng, ages)
+                    if got:
+                        self.counts["idle_quiet_decisions"] += len(got)
+                        log.info(
+                            "idle rule: partition %d: both input streams quiet for %.0f s or more; event time "
+                            "followed the wall clock and %d decision(s) came due (a replay makes them with --drain)",
+                            p,
+                            min(ages),
+                            len(got),
+                        )
                 if got or eng.meta_dirty:
                     decisions.extend(got)
                     touched.add(p)
