@@ -510,18 +510,25 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _params(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--timeout-s", type=float, dest="timeout_s", help="T, seconds (default 300)")
-    p.add_argument("--lateness-s", type=float, dest="lateness_s", help="A, seconds (default 30)")
-    p.add_argument("--retention-s", type=float, dest="retention_s", help="R, seconds (default 172800)")
+    p.add_argument("--timeout-s", type=float, dest="timeout_s", help="T, seconds (default: $QRIS_TIMEOUT_S or 300)")
+    p.add_argument("--lateness-s", type=float, dest="lateness_s", help="A, seconds (default: $QRIS_LATENESS_S or 30)")
+    p.add_argument(
+        "--retention-s", type=float, dest="retention_s", help="R, seconds (default: $QRIS_RETENTION_S or 172800)"
+    )
     p.add_argument(
         "--clock-skew-s",
         type=float,
         dest="clock_skew_s",
-        help="F, seconds a record may be dated ahead of its Kafka timestamp (default 60)",
+        help="F, seconds a record may be dated ahead of its Kafka timestamp (default: $QRIS_CLOCK_SKEW_S or 60)",
     )
-    p.add_argument("--hold-grace-s", type=float, dest="hold_grace_s", help="G, seconds (default 900)")
     p.add_argument(
-        "--max-hold-s", type=float, dest="max_hold_s", help="H, seconds (default 7200); 0 turns refund holds off"
+        "--hold-grace-s", type=float, dest="hold_grace_s", help="G, seconds (default: $QRIS_HOLD_GRACE_S or 900)"
+    )
+    p.add_argument(
+        "--max-hold-s",
+        type=float,
+        dest="max_hold_s",
+        help="H, seconds (default: $QRIS_MAX_HOLD_S or 7200); 0 turns refund holds off",
     )
 
 
@@ -617,7 +624,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("reference", help="the payment reference")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--in", dest="input", help="replay file (the input topics)")
-    src.add_argument("--from-kafka", action="store_true", help="read the reference's partition from the broker")
+    src.add_argument(
+        "--from-kafka", action="store_true", help="read the input topics (every partition) from the broker"
+    )
     p.add_argument("--drain", action="store_true", help="as replay --drain: move the watermark to +inf at the end")
     p.add_argument(
         "--all-partitions",

@@ -228,7 +228,8 @@ def render(summary: dict[str, Any], max_alert_lines: int = 15) -> str:
     lines.append(f"Dead letters: {d['count']}")
     lines += [f"  {k:<20} {v:>6}" for k, v in d["by_error"].items()]
     lines.append(f"Alerts: {a['count']}")
-    lines += [f"  {k:<20} {v:>6}" for k, v in a["by_kind"].items()]
+    width = max((len(k) for k in a["by_kind"]), default=0)  # (a kind/status can pass 20 characters)
+    lines += [f"  {k:<{width}} {v:>6}" for k, v in a["by_kind"].items()]
     shown = a["lines"][:max_alert_lines]
     if shown:
         lines.append("Latest alerts:" if len(a["lines"]) <= max_alert_lines else f"First {len(shown)} alerts:")

@@ -477,7 +477,7 @@ def render(t: dict[str, Any]) -> str:
         )
         wp = f.get("watermark_when_processed_ms")
         lines.append(
-            f"      watermark on arrival {wib_and_utc(f['watermark_on_arrival_ms'])}"
+            f"      watermark when read (in this input's order) {wib_and_utc(f['watermark_on_arrival_ms'])}"
             + (f", processed when it reached {wib_and_utc(wp)}" if wp is not None else ", not processed yet")
         )
         if f.get("reason"):
