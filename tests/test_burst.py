@@ -936,3 +936,22 @@ def test_parts_of_a_report_split_by_an_older_version_are_not_put_together_with_t
     assert run(det, [*parts[:-1], old_last]) == []  # not a whole report
     assert det.merge.closed_through is None
     assert run(det, [parts[-1]]) == run(BurstDetector(1), [r])
+
+
+def test_whether_a_scope_is_flapping_does_not_depend_on_another_scope_opening_meanwhile() -> None:
+    from stream.core.incidents import Incident, IncidentBook
+
+    prm = BurstParams()
+
+    def again(other_opens: bool) -> int | None:
+        book = IncidentBook()
+        book.open("switch:K", Incident("k1", 90, 95, [0] * 6, 0.0, 0.0, {}, {}, [], None))
+        book.resolve("switch:K", 100)
+        forget = lambda m: m - prm.flap_window_minutes - max(prm.windows_minutes)  # noqa: E731  (as `_open`)
+        if other_opens:
+            book.open("merchant:M", Incident("m1", 129, 131, [0] * 6, 0.0, 0.0, {}, {}, [], None), forget(131))
+        # K's 10-minute window opened at minute 135 starts at 126: 25 minutes after the resolution.
+        book.open("switch:K", Incident("k2", 126, 135, [0] * 6, 0.0, 0.0, {}, {}, [], None), forget(135))
+        return book.again_after("switch:K", prm.flap_window_minutes)
+
+    assert again(False) == again(True) == 25

@@ -529,7 +529,12 @@ class BurstDetector:
             reported_minute=minute,
         )
         prm = self.params
-        self.incidents.open(st.key, inc, forget_before=minute - prm.flap_window_minutes)
+        # A later incident's window can start up to LONGEST - 1 minutes before the minute it
+        # opens in: a resolution is forgotten only when no such window can be within the flap
+        # window of it (else whether a scope is flapping would depend on another scope opening
+        # in between).
+        forget_before = minute - prm.flap_window_minutes - max(prm.windows_minutes)
+        self.incidents.open(st.key, inc, forget_before=forget_before)
         self.stats["incidents"] += 1
         again = self.incidents.again_after(st.key, prm.flap_window_minutes)
         return incident_alert(st.key, inc, "opened", minute, sc.score, prm.top_children, again)
