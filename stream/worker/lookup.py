@@ -79,11 +79,15 @@ def forward_ok(configured: str, question: str, signature: str | None, now_s: flo
     (False, False)
     >>> forward_ok("s3cret", q1, "1", 1000), forward_ok("", q1, sig, 1000)
     (False, False)
+    >>> forward_ok("s3cret", q1, "\u00b2:00", 1000), forward_ok("s3cret", q1, "1" * 5000 + ":00", 1000)
+    (False, False)
     """
     if not configured or not signature:
         return False
     at, _, _ = signature.partition(":")
-    if not at.isdigit() or abs(now_s - int(at)) > FORWARD_WINDOW_S:
+    # ASCII digits, at most 12 (`str.isdigit` takes '²', which `int` refuses, and `int` refuses
+    # more than 4,300 digits): an unauthenticated header is a 401, never a 500.
+    if not (at.isascii() and at.isdigit() and len(at) <= 12) or abs(now_s - int(at)) > FORWARD_WINDOW_S:
         return False
     expected = forward_signature(configured, question, int(at))
     return hmac.compare_digest(signature.encode("utf-8", "surrogateescape"), expected.encode())
