@@ -10,7 +10,9 @@ co-partitioned), 69 when Kafka cannot be reached or refuses the credentials, 70 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -128,12 +130,22 @@ def cmd_dump(args: argparse.Namespace) -> int:
     topics = args.topics or [s.payment_topic, s.ledger_topic]
     # Written under a temporary name and renamed at the end: a dump that is interrupted (Ctrl-C,
     # a lost broker) leaves no file that looks whole to `replay` and `trace`.
-    out = args.out if args.out == "-" else f"{args.out}.partial"
-    with _open_out(out) as fh:
-        records = read_topics(s, topics, from_ms=args.from_time, to_ms=args.to_time)
-        n = write_records(fh, Progress("dump").wrap(records))
-    if out != args.out:
-        os.replace(out, args.out)
+    # Only for a regular file (or none yet), through its symlinks: a FIFO, /dev/stdout or a
+    # process substitution's /dev/fd/N is written as it is, and a symlink stays one.
+    final = args.out if args.out == "-" else os.path.realpath(args.out)
+    regular = final != "-" and (not os.path.exists(final) or stat.S_ISREG(os.stat(final).st_mode))
+    out = f"{final}.partial" if regular else args.out
+    try:
+        with _open_out(out) as fh:
+            records = read_topics(s, topics, from_ms=args.from_time, to_ms=args.to_time)
+            n = write_records(fh, Progress("dump").wrap(records))
+    except BaseException:
+        if regular:
+            with contextlib.suppress(OSError):
+                os.unlink(out)  # (customer data: no half file left behind)
+        raise
+    if regular:
+        os.replace(out, final)
     print(f"dumped {n} records from {', '.join(topics)} to {args.out}", file=sys.stderr)
     return 0
 

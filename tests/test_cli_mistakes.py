@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -392,3 +393,52 @@ def test_a_file_of_other_topics_names_is_said_by_replay_and_trace_not_replayed_a
     assert main(["trace", "R1", "--in", str(path)]) == 1
     said = capfd.readouterr().out
     assert "1 records read, 0 of them on the input topics" in said and "QRIS_PAYMENT_TOPIC" in said
+
+
+def test_dump_writes_a_partial_file_only_for_a_regular_file_and_leaves_none_when_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stream.drivers.kafkaread as kafkaread
+    import stream.topics as topics
+    from stream import cli
+    from stream.drivers.replayfile import KafkaRecord
+
+    rec = KafkaRecord("qris.payment-requests", 0, 0, 1, b"R1", b"{}")
+    broken = [False]
+
+    def read_topics(*_a: object, **_k: object) -> Iterator[KafkaRecord]:
+        yield rec
+        if broken[0]:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_connect", lambda s: s)
+    monkeypatch.setattr(topics, "check_copartitioned", lambda s: 1)
+    monkeypatch.setattr(kafkaread, "read_topics", read_topics)
+    target = tmp_path / "dumps" / "day.jsonl"
+    target.parent.mkdir()
+    target.write_bytes(b"")
+    link = tmp_path / "current.jsonl"
+    link.symlink_to(target)
+    assert cli.main(["dump", "--out", str(link)]) == 0
+    assert link.is_symlink() and target.read_bytes().count(b"\n") == 1  # written through the link
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    import threading
+
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    assert cli.main(["dump", "--out", str(fifo)]) == 0
+    reader.join(10)
+    assert got and got[0].count(b"\n") == 1 and stat_is_fifo(fifo)
+    broken[0] = True
+    out = tmp_path / "new.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        cli.cmd_dump(cli.build_parser().parse_args(["dump", "--out", str(out)]))
+    assert not out.exists() and not (tmp_path / "new.jsonl.partial").exists()
+
+
+def stat_is_fifo(path: Path) -> bool:
+    import stat
+
+    return stat.S_ISFIFO(os.stat(path).st_mode)
