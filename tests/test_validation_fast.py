@@ -194,3 +194,21 @@ def test_an_amount_out_of_range_is_told_by_its_size_not_its_digits() -> None:
         got = parse_ledger(None, ledger("d1", "debited", "R1", 0, amount=amount))
         assert isinstance(got, Rejection) and got.reason.endswith(f"got {told}"), got
         assert str(abs(amount)) not in got.reason or amount == 0
+
+
+def test_an_amount_of_the_wrong_type_is_told_without_its_value() -> None:
+    # A producer that shifted a column puts the account id, a JSON string, in `amount`: the
+    # reason travels to the DEAD_LETTER alert, the dashboard and reports.
+    from stream.core.validation import parse_payment
+
+    for amount, said in (
+        ('"726162705258"', "a string of 12 character(s) (digits)"),
+        ("7261627052.58", "a number with a fraction or exponent"),
+        ("123456789012345678901234567890", "or an integer beyond 64 bits"),
+    ):
+        value = (
+            b'{"event_id":"e","type":"requested","reference":"R","occurred_at":"2025-03-29T02:00:00Z",'
+            b'"currency":"IDR","account_id":"726162705258","merchant_id":"m","amount":' + amount.encode() + b"}"
+        )
+        reason = parse_payment(b"R", value).reason
+        assert said in reason and "7261627052" not in reason and "12345678901" not in reason, reason

@@ -206,7 +206,14 @@ def _common(obj: dict[str, Any], key: bytes | None, types: frozenset[str]) -> tu
     if amount is None:
         raise _Reject("missing_field", "required field 'amount' is missing or null", "amount")
     if type(amount) is not int:
-        raise _Reject("wrong_type", f"'amount' must be a JSON integer of rupiah, got {_json_type(amount)}", "amount")
+        # Not its value either: a shifted column puts the account id (a JSON string) here.
+        if type(amount) is str:
+            got = f"a string of {len(amount)} character(s)" + (
+                " (digits)" if amount.isascii() and amount.isdigit() else ""
+            )
+        else:
+            got = _json_type(amount, quote=False)
+        raise _Reject("wrong_type", f"'amount' must be a JSON integer of rupiah, got {got}", "amount")
     if amount <= 0 or amount > MAX_AMOUNT:
         # Its size, not its digits: a producer that shifted a column sends an account number
         # here, and the reason travels to alerts, the dashboard and reports.
