@@ -163,7 +163,7 @@ class PartitionEngine:
         self.max_ms: list[int | None] = [None, None]
         # Highest offset taken per stream (for the stats page and the dead-letter count).
         self.last_offset: list[int] = [-1, -1]
-        # The first offset taken per stream in this engine's life (-1: none yet): a replay says
+        # The lowest offset taken per stream in this engine's life (-1: none yet): a replay says
         # when its input starts past offset 0 (records before it unknown).
         self.first_offset: list[int] = [-1, -1]
         # Live mode only: a watermark floor set by the idle-feed rule (wall clock).
@@ -270,6 +270,8 @@ class PartitionEngine:
             if persistent:
                 raise OffsetOrderError(self._topic(s), self.partition, offset, last_offset[s])
             self.stats["out_of_order"] += 1
+            if offset < self.first_offset[s]:
+                self.first_offset[s] = offset  # (the lowest read: a file's records out of order)
         else:
             if last_offset[s] < 0:
                 self.first_offset[s] = offset
