@@ -651,19 +651,21 @@ def test_a_restored_engine_with_no_timeline_yet_does_not_claim_the_incident_reso
     assert got["hold"]["release_at"] is None, (got["hold"]["release_at"], got["summary"])
 
 
-def test_the_data_directory_is_the_workers_users_only_unless_shared(tmp_path: Any) -> None:
+def test_the_data_directory_is_the_workers_users_only_unless_it_existed(tmp_path: Any) -> None:
     import stat
 
     from stream.worker.app import private_data_dir
 
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
     own = tmp_path / "a" / "state"
-    private_data_dir(own)
-    assert stat.S_IMODE(own.stat().st_mode) == 0o700
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)  # like /tmp: other users' files live there too
-    private_data_dir(shared)
-    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    private_data_dir(own, "app")
+    assert mode(own) == 0o700 and mode(own / "app") == 0o700
+    for given in (0o1777, 0o2775, 0o755):  # like /tmp; a group's directory; a home or the current one
+        shared = tmp_path / f"shared-{given:o}"
+        shared.mkdir()
+        shared.chmod(given)
+        private_data_dir(shared, "app")
+        assert mode(shared) == given and mode(shared / "app") == 0o700
 
 
 def test_the_lookups_examples_run() -> None:

@@ -16,7 +16,6 @@ import gc
 import logging
 import os
 import signal
-import stat
 import time
 from collections.abc import Set
 from pathlib import Path
@@ -582,23 +581,29 @@ class _Worker(faust.Worker):
         super().on_setup_root_logger(logger, level)
 
 
-def private_data_dir(data_dir: Path) -> None:
-    """Create the worker's data directory (Faust creates only the last level) and make it the
-    worker's user's only: the local state holds every payment's account id and refunds, and
-    RocksDB writes its files 0644 under the usual umask, readable by every local user. A shared
-    directory (sticky, like /tmp) given as the data directory is left as it is."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+def private_data_dir(data_dir: Path, app_id: str) -> None:
+    """Create the worker's data directory (Faust creates only the last level) and make what
+    holds the local state the worker's user's only: RocksDB holds every payment's account id
+    and refunds, and writes its files 0644 under the usual umask, readable by every local user.
+    A data directory this call creates is made 0700; one that exists already (a shared /tmp, a
+    group's directory, a home directory, the current one) is left as it is, and the worker's
+    own `<data_dir>/<app_id>` (its RocksDB tables) is made 0700 inside it."""
+    own = data_dir / app_id
     try:
-        if not data_dir.stat().st_mode & stat.S_ISVTX:
+        created = not data_dir.exists()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if created:
             data_dir.chmod(0o700)
+        own.mkdir(mode=0o700, exist_ok=True)
+        own.chmod(0o700)
     except OSError as exc:
-        log.warning("cannot make %s private to the worker's user (%s)", data_dir, exc.strerror or exc)
+        log.warning("cannot make %s private to the worker's user (%s)", own, exc.strerror or exc)
 
 
 def prepare_process(settings: Settings) -> None:
     """What the worker process sets before Faust starts (the live benchmark's bare agent too):
     its data directory, uvloop, and the cyclic garbage collector's pace."""
-    private_data_dir(Path(settings.data_dir))
+    private_data_dir(Path(settings.data_dir), settings.app_id)
     if settings.uvloop:
         import uvloop
 
