@@ -191,6 +191,11 @@ class ReconcileShell:
         # engine, including engines restored later; decisions they release at a restore.
         self.incident_events: list[IncidentEvent] = []
         self.incident_keys: set[IncidentEvent] = set()
+        # Partitions whose event time follows the wall clock because both input streams went
+        # quiet (until a check sees one of them heard again): what they decide past their
+        # records' own watermark is counted in `idle_quiet_decisions`, with holds on too, when
+        # the detector's incidents release it (`on_incidents`).
+        self._quiet: set[int] = set()
         self.incidents_known_through_ms = NEG_INF
         self.released_at_restore: list[Decision] = []
         # Set when the incidents known move, while `paced` waits for them (a new one each wait);
@@ -247,6 +252,7 @@ class ReconcileShell:
         the store when it is next needed."""
         self.engines.pop(partition, None)
         self.clocks.pop(partition, None)
+        self._quiet.discard(partition)
 
     async def restore_engine(self, partition: int) -> PartitionEngine:
         """The partition's engine, restored from the store first if it is not held here."""
@@ -507,6 +513,8 @@ class ReconcileShell:
                 touched: set[int] = set()
                 for p, eng in list(self.engines.items()):
                     got = eng.on_incidents(new, self.incidents_known_through_ms)
+                    if got and p in self._quiet:
+                        self._count_quiet(p, got, self._records_watermark(eng), None)
                     if got or eng.dirty or eng.meta_dirty:
                         decisions.extend(got)
                         touched.add(p)
@@ -603,28 +611,27 @@ class ReconcileShell:
                     age >= idle_s and self._all_taken(topic, p, ends) for age, topic in zip(ages, topics, strict=True)
                 ]
                 got: list[Decision] = []
+                if not (silent[0] and silent[1]):
+                    self._quiet.discard(p)
                 if not waiting:
                     # Holds on: every partition's refunds wait for the detector, which waits for
                     # every partition's closed minutes, so a quiet partition with nothing waiting
                     # must still let event time pass (no alert: nothing of its own is late).
                     if silent[0] and silent[1]:
+                        natural = self._records_watermark(eng)
                         got = self._advance_quiet(p, eng, ages, ends)
+                        self._quiet.add(p)
+                        self._count_quiet(p, got, natural, min(ages))
                 elif silent[0] and not silent[1]:
                     got = eng.declare_silent(Stream.P)
                 elif silent[1] and not silent[0]:
                     got = eng.declare_silent(Stream.L)
                 elif silent[0] and silent[1]:
                     # Both quiet: event time follows wall time from where the watermark stands.
+                    natural = self._records_watermark(eng)
                     got = self._advance_from_lagging(eng, ages)
-                    if got:
-                        self.counts["idle_quiet_decisions"] += len(got)
-                        log.info(
-                            "idle rule: partition %d: both input streams quiet for %.0f s or more; event time "
-                            "followed the wall clock and %d decision(s) came due (a replay makes them with --drain)",
-                            p,
-                            min(ages),
-                            len(got),
-                        )
+                    self._quiet.add(p)
+                    self._count_quiet(p, got, natural, min(ages))
                 if got or eng.meta_dirty:
                     decisions.extend(got)
                     touched.add(p)
@@ -738,6 +745,28 @@ class ReconcileShell:
             return False
         end, taken = ends.get((topic, p)), self.next_offset(topic, p)
         return end is not None and taken is not None and end <= taken
+
+    def _records_watermark(self, eng: PartitionEngine) -> int:
+        # Where the records alone put event time (the streams still heard, as
+        # `_advance_from_lagging` moves from): what is decided past it is the idle rule's.
+        heard = [x for x, gone in zip(eng.max_ms, eng.silent, strict=True) if x is not None and not gone]
+        known = heard or [x for x in eng.max_ms if x is not None]
+        return min(known) - self.params.lateness_ms if known else NEG_INF
+
+    def _count_quiet(self, p: int, got: list[Decision], natural: int, quiet_s: float | None) -> None:
+        # Refunds, holds and alerts only: the burst signals and hold reports are no output a
+        # replay writes.
+        n = sum(1 for d in got if d.role != "signals" and (d.at_ms is None or d.at_ms > natural))
+        if not n:
+            return
+        self.counts["idle_quiet_decisions"] += n
+        log.info(
+            "idle rule: partition %d: both input streams quiet%s; event time followed the wall clock and %d "
+            "decision(s) came due (a replay makes them with --drain)",
+            p,
+            f" for {quiet_s:.0f} s or more" if quiet_s is not None else " (released as the incidents came)",
+            n,
+        )
 
     def _advance_from_lagging(self, eng: PartitionEngine, ages: list[float]) -> list[Decision]:
         # Both streams quiet: the watermark moves by the quiet time from the lagging stream's
