@@ -95,8 +95,14 @@ def forward_ok(configured: str, question: str, signature: str | None, now_s: flo
 
 def question_of(kind: str, ident: str, since: str | None = None) -> str:
     """What a forwarded query's signature covers, as the peer decodes it from the path: the
-    kind (`payment`, `account`), the reference or account id, and `since`."""
-    return f"{kind}\n{ident}\n{since or ''}"
+    kind (`payment`, `account`), the reference or account id, and `since`, each with its length
+    first, so no two questions read the same (an account id holding a line break is not a
+    shorter account with a `since`).
+
+    >>> question_of("account", "X" + chr(10) + "Y") != question_of("account", "X", "Y" + chr(10))
+    True
+    """
+    return "\n".join(f"{len(part)}:{part}" for part in (kind, ident, since or ""))
 
 
 def _at(ms: int | None) -> str | None:
