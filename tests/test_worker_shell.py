@@ -134,6 +134,31 @@ def test_decisions_wait_for_the_incidents_topic_and_a_restored_engine_gets_the_t
     assert h.shell.stats()["partitions"][0]["held_references"] == 0  # decided nothing yet
 
 
+def test_incidents_taken_while_holding_back_release_nothing_until_the_assignment() -> None:
+    # A rebalance revoked the partitions (or the worker was frozen past its session): what the
+    # incidents would release is a new owner's to decide, until the assignment says what stays.
+    h = Harness()
+    h.batch(*unsettled("QR1", 0), *tick(400))
+    h.shell.holding_back = True
+    asyncio.run(h.shell.on_incidents([OPENED], T0 + 500_000))
+    assert h.refunds() == [] and h.shell.incidents_known_through_ms == T0 + 500_000  # taken, not released
+    asyncio.run(h.shell.on_incidents([OPENED], T0 + 500_000))  # (a repeat changes nothing)
+    asyncio.run(h.shell.release_held_back())  # the partition stayed here
+    assert not h.shell.holding_back
+    assert [(r["type"], r["incident_id"]) for r in h.refunds()] == [("refund.held", "in_a")]
+    asyncio.run(h.shell.release_held_back())
+    assert len(h.refunds()) == 1  # once
+
+
+def test_an_incidents_reader_that_stood_still_past_the_session_suspects_a_zombie() -> None:
+    import doctest
+
+    from stream.worker import incidents
+
+    failures, tried = doctest.testmod(incidents, raise_on_error=False, verbose=False)
+    assert tried > 0 and failures == 0
+
+
 def test_the_idle_rule_still_fires_deadlines_that_wait_with_nothing_else() -> None:
     settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
     h = Harness(settings=settings)

@@ -448,6 +448,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         log.info(
             "assigned input partitions %s; engines dropped %s, kept %s", sorted(owned), dropped, sorted(shell.engines)
         )
+        await shell.release_held_back()  # the kept engines: what incidents taken meanwhile release
         async with bursts.lock:
             bursts.forget()
             # Under the detector's lock, with `forget` (a rebuild finishing between the two would
@@ -473,8 +474,11 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # Faust's signal type wants a sender
     async def on_revoked(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
-        # Waits for a batch in flight and commits what is decided (Faust waited for its acks
-        # already); the engines stay until the new assignment says which moved.
+        # Incidents release nothing until the new assignment (`on_assigned`): a partition that
+        # moves is its new owner's to decide. Then: waits for a batch in flight and commits what
+        # is decided (Faust waited for its acks already); the engines stay until the new
+        # assignment says which moved.
+        shell.holding_back = True
         async with shell.committed():
             pass
         async with bursts.lock:

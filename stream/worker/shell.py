@@ -196,6 +196,12 @@ class ReconcileShell:
         # records' own watermark is counted in `idle_quiet_decisions`, with holds on too, when
         # the detector's incidents release it (`on_incidents`).
         self._quiet: set[int] = set()
+        # Set while this worker may no longer own its partitions (a rebalance revoked them, or
+        # the worker was stalled past the session timeout, a zombie's case): incidents are taken
+        # but release nothing until the next assignment says which engines stay
+        # (`release_held_back`). A frozen worker resumed otherwise sent a `refund.held` after the
+        # new owner's `refund.hold_released` of the same refund.
+        self.holding_back = False
         self.incidents_known_through_ms = NEG_INF
         self.released_at_restore: list[Decision] = []
         # Set when the incidents known move, while `paced` waits for them (a new one each wait);
@@ -509,6 +515,8 @@ class ReconcileShell:
                 self.incidents_known_through_ms = max(self.incidents_known_through_ms, known_through_ms)
                 if self._incidents_moved is not None:
                     self._incidents_moved.set()
+                if self.holding_back:
+                    return  # (taken; released by `release_held_back` for the engines that stay)
                 decisions: list[Decision] = []
                 touched: set[int] = set()
                 for p, eng in list(self.engines.items()):
@@ -518,6 +526,29 @@ class ReconcileShell:
                     if got or eng.dirty or eng.meta_dirty:
                         decisions.extend(got)
                         touched.add(p)
+                if not touched:
+                    return
+                await self._emit(decisions)
+            await self.commit()
+        except Exception:
+            log.critical("cannot send or persist decisions released by incidents; exiting", exc_info=True)
+            os._exit(70)
+
+    async def release_held_back(self) -> None:
+        """After an assignment: what the incidents taken while holding back release in the
+        engines kept here (repeats harmless: each engine takes the incidents it lacks)."""
+        try:
+            async with self.lock:
+                self.holding_back = False
+                decisions: list[Decision] = []
+                touched = False
+                for p, eng in list(self.engines.items()):
+                    got = eng.on_incidents(self.incident_events, self.incidents_known_through_ms)
+                    if got and p in self._quiet:
+                        self._count_quiet(p, got, self._records_watermark(eng), None)
+                    if got or eng.dirty or eng.meta_dirty:
+                        decisions.extend(got)
+                        touched = True
                 if not touched:
                     return
                 await self._emit(decisions)
