@@ -256,6 +256,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             "state_older_owner_rewrites": store.counts["older_owner_rewrites"],
             "state_superseded_batches": store.counts["superseded_batches"],
             "state_pieced_entries": store.counts["pieced_entries"],
+            "detector_internal_errors": bursts.counts["internal_errors"],
         },
     )
 

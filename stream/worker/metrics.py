@@ -178,6 +178,15 @@ _COUNT_HELP: tuple[tuple[str, str], ...] = (
         "counted as silent, no watermark moved by the wall clock for it",
     ),
     (
+        "internal_errors",
+        "Input records the core failed on (a bug): each dead-lettered with its original bytes, logged at ERROR",
+    ),
+    (
+        "detector_internal_errors",
+        "Signals reports the burst detector failed on (a bug): each skipped, logged at ERROR; the incidents it "
+        "would have opened, updated or resolved are missing, so refund holds can last to their maximum",
+    ),
+    (
         "idle_quiet_decisions",
         "Decisions made after both input streams of a partition went quiet and its event time followed the wall "
         "clock (the idle rule); a replay of the same records makes them only with --drain",
