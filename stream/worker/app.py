@@ -480,6 +480,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         # is decided (Faust waited for its acks already); the engines stay until the new
         # assignment says which moved.
         shell.holding_back = True
+        log.info("partitions revoked: incidents release nothing until the next assignment")
         async with shell.committed():
             pass
         async with bursts.lock:
