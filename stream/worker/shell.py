@@ -505,45 +505,37 @@ class ReconcileShell:
     async def on_incidents(self, events: list[IncidentEvent], known_through_ms: int) -> None:
         """The detector's incident decisions and progress, from the incidents topic: every
         engine of this worker gets them; what they release is sent and persisted."""
-        try:
-            async with self.lock:
-                new = [e for e in events if e not in self.incident_keys]
-                self.incident_keys.update(new)
-                self.incident_events.extend(new)
-                if not new and known_through_ms <= self.incidents_known_through_ms:
-                    return
-                self.incidents_known_through_ms = max(self.incidents_known_through_ms, known_through_ms)
-                if self._incidents_moved is not None:
-                    self._incidents_moved.set()
-                if self.holding_back:
-                    return  # (taken; released by `release_held_back` for the engines that stay)
-                decisions: list[Decision] = []
-                touched: set[int] = set()
-                for p, eng in list(self.engines.items()):
-                    got = eng.on_incidents(new, self.incidents_known_through_ms)
-                    if got and p in self._quiet:
-                        self._count_quiet(p, got, self._records_watermark(eng), None)
-                    if got or eng.dirty or eng.meta_dirty:
-                        decisions.extend(got)
-                        touched.add(p)
-                if not touched:
-                    return
-                await self._emit(decisions)
-            await self.commit()
-        except Exception:
-            log.critical("cannot send or persist decisions released by incidents; exiting", exc_info=True)
-            os._exit(70)
+        async with self.lock:
+            new = [e for e in events if e not in self.incident_keys]
+            self.incident_keys.update(new)
+            self.incident_events.extend(new)
+            if not new and known_through_ms <= self.incidents_known_through_ms:
+                return
+            self.incidents_known_through_ms = max(self.incidents_known_through_ms, known_through_ms)
+            if self._incidents_moved is not None:
+                self._incidents_moved.set()
+            if self.holding_back:
+                return  # (taken; released by `release_held_back` for the engines that stay)
+        await self._release_by_incidents(new)
 
     async def release_held_back(self) -> None:
         """After an assignment: what the incidents taken while holding back release in the
         engines kept here (repeats harmless: each engine takes the incidents it lacks)."""
+        async with self.lock:
+            self.holding_back = False
+        await self._release_by_incidents(self.incident_events)
+
+    async def _release_by_incidents(self, events: list[IncidentEvent]) -> None:
+        # Every engine takes `events` and the incidents known; what that releases is sent and
+        # persisted. A failure to send or persist ends the process (its batches are not acked).
         try:
             async with self.lock:
-                self.holding_back = False
+                if self.holding_back:
+                    return  # (a revocation came in between: the next assignment releases)
                 decisions: list[Decision] = []
                 touched = False
                 for p, eng in list(self.engines.items()):
-                    got = eng.on_incidents(self.incident_events, self.incidents_known_through_ms)
+                    got = eng.on_incidents(events, self.incidents_known_through_ms)
                     if got and p in self._quiet:
                         self._count_quiet(p, got, self._records_watermark(eng), None)
                     if got or eng.dirty or eng.meta_dirty:
