@@ -798,3 +798,33 @@ def test_a_batch_of_signals_the_detector_already_took_changes_nothing_and_raises
     before = (shell.next_offset, len(sent), {**shell.counts, "redelivered_skipped": 10})
     asyncio.run(shell.take_records(records[90:100]))  # delivered again
     assert (shell.next_offset, len(sent), dict(shell.counts)) == before
+
+
+def test_what_a_restored_engine_releases_is_sent_before_its_state_is_kept_and_before_later_releases() -> None:
+    # `on_recovered` restores an engine with the incidents known; no input batch comes (quiet
+    # feeds). A commit by the incidents must not keep its state with the release unsent (a
+    # crash then loses the refund), nor send a later release of the same refund first.
+    h = Harness()
+    h.batch(*unsettled("QR1", 0), *tick(400), *tick(2000))
+    h2 = Harness(h.store)
+    asyncio.run(h2.shell.on_incidents([OPENED], T0 + 500_000))
+    h2.shell.engine(0)
+    resolved = IncidentEvent(T0 + 400_000, "resolved", "in_a", "switch", "RINTIS")
+    asyncio.run(h2.shell.on_incidents([resolved], T0 + 1_900_000))
+    assert [r["type"] for r in h2.refunds()] == ["refund.held", "refund.requested"]
+    h3 = Harness(h.store)
+    asyncio.run(h3.shell.on_incidents([], T0 + 600_000))
+    h3.shell.engine(0)
+    assert h3.shell.released_at_restore == [] or all(d.value.get("type") is None for d in h3.shell.released_at_restore)
+
+
+def test_an_engine_restored_while_holding_back_gets_the_incidents_at_the_release() -> None:
+    h = Harness()
+    h.batch(*unsettled("QR1", 0), *tick(400))
+    h2 = Harness(h.store)
+    h2.shell.holding_back = True
+    asyncio.run(h2.shell.on_incidents([], T0 + 500_000))
+    h2.shell.engine(0)
+    assert h2.shell.released_at_restore == []
+    asyncio.run(h2.shell.release_held_back())
+    assert [r["type"] for r in h2.refunds()] == ["refund.requested"]

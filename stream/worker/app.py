@@ -469,6 +469,8 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
                     await store.restore(p)
                 for p in todo:  # all at once, without a pause: the pages see all of them or none
                     shell.engine(p)
+            if shell.released_at_restore:  # sent and kept now, not at the next input batch
+                await shell.commit()
         except Exception:
             log.critical("cannot restore the state of an assigned partition; restarting", exc_info=True)
             restart_self("state_restore_failed")
@@ -480,6 +482,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         # is decided (Faust waited for its acks already); the engines stay until the new
         # assignment says which moved.
         shell.holding_back = True
+        shell.revocations += 1
         log.info("partitions revoked: incidents release nothing until the next assignment")
         async with shell.committed():
             pass

@@ -52,37 +52,56 @@ def stalled_past_session(last_s: float, now_s: float, session_timeout_s: float) 
     return now_s - last_s > session_timeout_s
 
 
+async def watch_for_stalls(settings: Settings, shell: ReconcileShell, tick_s: float = 0.5) -> None:
+    """Sets `shell.holding_back` when the event loop stood still longer than the group's session
+    timeout (a frozen worker resumed: a zombie's case), and clears it again after
+    `STALL_GRACE_S` more if no revocation came since (the group kept this worker). Its own
+    loop does nothing but sleep: a reader waiting for the shell's lock (a long restore, a
+    commit) is no stall."""
+    stalled_at: float | None = None  # when this watch last set `shell.holding_back` for a stall
+    revocations = shell.revocations
+    last_s = time.monotonic()
+    while True:
+        await asyncio.sleep(tick_s)
+        now_s = time.monotonic()
+        if stalled_past_session(last_s, now_s, settings.session_timeout_s) and not shell.holding_back:
+            # A zombie's case: hold back until the rejoin's assignment says what stays.
+            shell.holding_back, stalled_at, revocations = True, now_s, shell.revocations
+            log.warning(
+                "the worker stood still for %.0f s, past the session timeout (%.0f s): incidents release "
+                "nothing until the next partition assignment",
+                now_s - last_s,
+                settings.session_timeout_s,
+            )
+        elif not shell.holding_back or (stalled_at is not None and shell.revocations != revocations):
+            stalled_at = None  # (released by an assignment, or one is under way: `on_assigned` releases)
+        elif stalled_at is not None and now_s - stalled_at > settings.session_timeout_s + STALL_GRACE_S:
+            # No rebalance came (the group kept this worker after all): holding back for
+            # ever would stop every deadline waiting for the incidents.
+            log.warning("no partition assignment since the stall: incidents release again")
+            stalled_at = None
+            await shell.release_held_back()
+        last_s = time.monotonic()
+
+
 async def follow_incidents_topic(settings: Settings, shell: ReconcileShell) -> None:
     tp = TopicPartition(settings.incidents_topic, 0)
-    stalled_at: float | None = None  # when this reader last set `shell.holding_back` for a stall
+    stalls = asyncio.ensure_future(watch_for_stalls(settings, shell))
+    try:
+        await _follow(settings, shell, tp)
+    finally:
+        stalls.cancel()
+
+
+async def _follow(settings: Settings, shell: ReconcileShell, tp: TopicPartition) -> None:
     while True:
         consumer = AIOKafkaConsumer(**aiokafka_config(settings), enable_auto_commit=False, group_id=None)
         try:
             await consumer.start()
             consumer.assign([tp])
             await consumer.seek_to_beginning(tp)
-            last_s = time.monotonic()  # (a broker that kept this reader from starting is no stall)
             while True:
                 batch = await consumer.getmany(tp, timeout_ms=500, max_records=1000)
-                now_s = time.monotonic()
-                if stalled_past_session(last_s, now_s, settings.session_timeout_s) and not shell.holding_back:
-                    # A zombie's case: hold back until the rejoin's assignment says what stays.
-                    shell.holding_back, stalled_at = True, now_s
-                    log.warning(
-                        "the worker stood still for %.0f s, past the session timeout (%.0f s): incidents release "
-                        "nothing until the next partition assignment",
-                        now_s - last_s,
-                        settings.session_timeout_s,
-                    )
-                elif not shell.holding_back:
-                    stalled_at = None
-                elif stalled_at is not None and now_s - stalled_at > settings.session_timeout_s + STALL_GRACE_S:
-                    # No rebalance came (the group kept this worker after all): holding back for
-                    # ever would stop every deadline waiting for the incidents.
-                    log.warning("no partition assignment since the stall: incidents release again")
-                    stalled_at = None
-                    await shell.release_held_back()
-                last_s = now_s
                 events: list[IncidentEvent] = []
                 known = None
                 for msg in batch.get(tp, []):

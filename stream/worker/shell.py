@@ -202,6 +202,7 @@ class ReconcileShell:
         # (`release_held_back`). A frozen worker resumed otherwise sent a `refund.held` after the
         # new owner's `refund.hold_released` of the same refund.
         self.holding_back = False
+        self.revocations = 0  # revocations seen (`on_revoked`): a stall's hold is then the assignment's to end
         self.incidents_known_through_ms = NEG_INF
         self.released_at_restore: list[Decision] = []
         # Set when the incidents known move, while `paced` waits for them (a new one each wait);
@@ -280,7 +281,9 @@ class ReconcileShell:
                 if ref is not None:
                     entries.append((ref, v))
             eng = self.engines[partition] = PartitionEngine.restore(partition, self.params, meta, entries)
-            if self.params.holds:
+            if self.params.holds and not self.holding_back:
+                # Sent before anything else is (`_emit`) and before any commit persists this
+                # engine's state (`commit`). Held back: `release_held_back` gives them.
                 self.released_at_restore.extend(eng.on_incidents(self.incident_events, self.incidents_known_through_ms))
             self.clocks[partition] = PartitionClock()
             if self.on_engine is not None:
@@ -347,9 +350,6 @@ class ReconcileShell:
                         decisions.extend(got)
                 self.clocks[p].last_arrival[stream] = now
                 self.counts["records"] += len(take)
-            if self.released_at_restore:  # what restored engines decided with the known incidents
-                decisions[:0] = self.released_at_restore
-                self.released_at_restore = []
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "batch: %s",
@@ -422,7 +422,11 @@ class ReconcileShell:
         ]
 
     async def _emit(self, decisions: list[Decision]) -> None:
-        # Sent, not waited for: the next commit waits until the producer has them.
+        # Sent, not waited for: the next commit waits until the producer has them. What restored
+        # engines decided with the known incidents goes first: it was decided before.
+        if self.released_at_restore:
+            decisions = [*self.released_at_restore, *decisions]
+            self.released_at_restore = []
         if decisions:
             for d in decisions:
                 await self.send(self.settings.output_topic(d.role), d.key, codec.dumps(d.value))
@@ -442,6 +446,7 @@ class ReconcileShell:
         if their state did not reach the changelog) and its queued state for the next commit."""
         async with self.commit_lock:
             async with self.lock:
+                await self._emit([])  # (a restored engine's releases: sent before its state is kept)
                 taken = self._take_changes()
             await self._make_durable(*taken)
 
@@ -451,6 +456,7 @@ class ReconcileShell:
         committed until the block ends: a rebalance drops engines in it, which must not hold a
         change that is not durable yet while the batches that made it are acked later."""
         async with self.commit_lock, self.lock:
+            await self._emit([])
             await self._make_durable(*self._take_changes())
             yield
 
