@@ -42,8 +42,8 @@ STALL_GRACE_S = 60.0
 
 
 def stalled_past_session(last_s: float, now_s: float, session_timeout_s: float) -> bool:
-    """Whether the reader's loop (a poll every 0.5 s) stood still longer than the group's session
-    timeout: the worker was frozen (SIGSTOP, a blocked event loop), the group has most likely
+    """Whether the stall watch's loop (a tick every 0.5 s) stood still longer than the group's
+    session timeout: the worker was frozen (SIGSTOP, a blocked event loop), the group has most likely
     dropped it, and its partitions may have another owner by now.
 
     >>> stalled_past_session(100.0, 100.6, 30.0), stalled_past_session(100.0, 135.0, 30.0)
