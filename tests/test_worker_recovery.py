@@ -78,6 +78,7 @@ def test_restarts_are_counted_in_the_environment_the_next_process_inherits() -> 
         "state_restore_failed": 0,
         "feed_stalled": 1,
         "shell_stalled": 0,
+        "frozen_past_session": 0,
     }
     # The restarted worker's settings accept the variable (it is not an unknown QRIS_ setting).
     assert from_env(inherited).recovery_stall_s == 5.0 and SELF_RESTARTS_ENV in inherited

@@ -22,7 +22,7 @@ from stream.worker.boundary import Gap
 from stream.worker.bursts import INCIDENTS_RECORD_MAX_BYTES, BurstShell
 from stream.worker.gapfill import MARKERS_PROBE_OFFSETS
 from stream.worker.incidents import parse_incidents_record
-from stream.worker.shell import ReconcileShell
+from stream.worker.shell import ReconcileShell, _plain
 from tests.records import T0, ledger, payment
 
 SETTINGS = Settings(partitions=1, idle_timeout_s=3600)
@@ -59,6 +59,14 @@ class Harness:
         self.shell = ReconcileShell(settings, self.store, send, nothing, nothing)
 
     def batch(self, *records: tuple[str, bytes]) -> None:
+        asyncio.run(self.shell.process_batch(self.events(*records)))
+
+    def records(self, *records: tuple[str, bytes]) -> list[Any]:
+        """The next records as the shell takes them (`process_records`)."""
+        return _plain(self.events(*records))
+
+    def events(self, *records: tuple[str, bytes]) -> list[Any]:
+        """The next records of partition 0 as Faust events (offsets counted per topic)."""
         events = []
         for topic_role, value in records:
             topic = self.settings.payment_topic if topic_role == "P" else self.settings.ledger_topic
@@ -72,7 +80,7 @@ class Harness:
             )
             self.offsets[topic] += 1
             events.append(SimpleNamespace(message=msg))
-        asyncio.run(self.shell.process_batch(events))
+        return events
 
     def refunds(self) -> list[dict[str, Any]]:
         return [v for t, v in self.sent if t == self.settings.refund_topic]
@@ -135,8 +143,8 @@ def test_decisions_wait_for_the_incidents_topic_and_a_restored_engine_gets_the_t
 
 
 def test_incidents_taken_while_holding_back_release_nothing_until_the_assignment() -> None:
-    # A rebalance revoked the partitions (or the worker was frozen past its session): what the
-    # incidents would release is a new owner's to decide, until the assignment says what stays.
+    # A rebalance revoked the partitions: what the incidents would release is a new owner's to
+    # decide, until the assignment says what stays.
     h = Harness()
     h.batch(*unsettled("QR1", 0), *tick(400))
     h.shell.holding_back = True
@@ -150,13 +158,92 @@ def test_incidents_taken_while_holding_back_release_nothing_until_the_assignment
     assert len(h.refunds()) == 1  # once
 
 
-def test_an_incidents_reader_that_stood_still_past_the_session_suspects_a_zombie() -> None:
+def test_the_freeze_watch_tells_a_stopped_process_from_a_busy_loop() -> None:
     import doctest
 
-    from stream.worker import incidents
+    from stream.worker import freeze
 
-    failures, tried = doctest.testmod(incidents, raise_on_error=False, verbose=False)
+    failures, tried = doctest.testmod(freeze, raise_on_error=False, verbose=False)
     assert tried > 0 and failures == 0
+
+
+class Restarted(BaseException):
+    """The app's `on_frozen` replaces the process and never returns; a test's raises this."""
+
+
+NO_HOLDS = Settings(partitions=1, idle_timeout_s=3600, max_hold_s=0)
+
+
+def frozen_harness(settings: Settings = NO_HOLDS) -> tuple[Harness, list[str]]:
+    """A harness whose shell restarts (raises `Restarted`) when it finds itself frozen."""
+    h = Harness(settings=settings)
+    restarts: list[str] = []
+
+    def restart() -> None:
+        restarts.append("frozen")
+        raise Restarted
+
+    h.shell.on_frozen = restart
+    return h, restarts
+
+
+def freeze_now(h: Harness, stopped_s: float, busy_s: float = 0.0) -> None:
+    """The freeze watch last ticked `stopped_s + busy_s` ago, and the process used `busy_s` of
+    CPU since: stopped for `stopped_s`."""
+    h.shell.loop.seen_s = time.monotonic() - stopped_s - busy_s
+    h.shell.loop.seen_cpu_s = time.process_time() - busy_s
+
+
+def test_a_batch_that_straddled_a_freeze_past_the_session_sends_nothing_and_restarts() -> None:
+    # A worker stopped longer than its group session (SIGSTOP, a paused VM) may have lost its
+    # partitions to another worker, which has decided them since: what this batch decided would
+    # come late (a `refund.requested` after the new owner's cancellation of it, a `refund.held`
+    # after its release). Nothing is sent or kept; the next incarnation decides from the commit.
+    h, restarts = frozen_harness()
+    h.batch(*unsettled("QR1", 0))
+    batch = h.records(*tick(400))
+    freeze_now(h, stopped_s=35.0)  # the watch has not ticked since the process resumed
+    with pytest.raises(Restarted):
+        asyncio.run(h.shell.process_records(batch))
+    assert restarts == ["frozen"] and h.refunds() == []
+    # The restarted worker (its store as committed) takes the batch again and decides it.
+    h2 = Harness(h.store, settings=NO_HOLDS)
+    asyncio.run(h2.shell.process_records(batch))
+    assert [r["type"] for r in h2.refunds()] == ["refund.requested"]
+
+
+def test_a_busy_event_loop_is_no_freeze() -> None:
+    # The loop blocked as long by the worker's own work (CPU all along): the consumer's thread
+    # kept the heartbeats going, the group kept the worker, and the batch is sent.
+    h, restarts = frozen_harness()
+    h.batch(*unsettled("QR1", 0))
+    freeze_now(h, stopped_s=1.0, busy_s=60.0)
+    asyncio.run(h.shell.process_records(h.records(*tick(400))))
+    assert restarts == [] and [r["type"] for r in h.refunds()] == ["refund.requested"]
+
+
+def test_a_freeze_between_two_sends_stops_the_second() -> None:
+    h, restarts = frozen_harness()
+    h.batch(*unsettled("QR1", 0), *unsettled("QR2", 1))
+    sent = h.shell.send
+
+    async def send_then_freeze(topic: str, key: bytes | None, value: bytes) -> None:
+        await sent(topic, key, value)
+        h.shell.loop.freezes += 1  # the watch found a freeze while this send waited
+
+    h.shell.send = send_then_freeze
+    with pytest.raises(Restarted):
+        asyncio.run(h.shell.process_records(h.records(*tick(400))))
+    assert restarts == ["frozen"] and len(h.refunds()) == 1
+
+
+def test_incidents_released_after_a_freeze_are_not_sent() -> None:
+    h, restarts = frozen_harness(SETTINGS)
+    h.batch(*unsettled("QR1", 0), *tick(400))
+    freeze_now(h, stopped_s=35.0)
+    with pytest.raises(Restarted):
+        asyncio.run(h.shell.on_incidents([OPENED], T0 + 500_000))
+    assert restarts == ["frozen"] and h.refunds() == []
 
 
 def test_the_idle_rule_still_fires_deadlines_that_wait_with_nothing_else() -> None:

@@ -34,6 +34,7 @@ from .clockstall import ClockStall
 from .consumer import guarded_consumer
 from .endoffsets import END_OFFSETS_TIMEOUT_S, BrokerEndOffsets, EndOffsetsUnknown
 from .feeds import TopicSilence
+from .freeze import watch_for_freezes
 from .gapfill import MARKERS_PROBE_OFFSETS, BrokerGapFetcher, only_markers
 from .incidents import follow_incidents_topic
 from .intake import QuickConductor, RawSchema, batch_ack, take_batches
@@ -229,6 +230,11 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         fetch_lag=lag_reader.fetch,
     )
     shell.on_engine = watch.watch_engine
+
+    def frozen_past_session() -> None:  # (`freeze.py`: a zombie sends nothing late)
+        restart_self("frozen_past_session")
+
+    shell.on_frozen = frozen_past_session
 
     async def durable_before_revocation() -> None:
         # The consumer's commit before a revocation then covers every batch decided so far.
@@ -444,6 +450,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         watch.keep_partitions(owned)
         if not watching:
             watching.append(asyncio.ensure_future(watch_state_recovery()))
+            watching.append(asyncio.ensure_future(watch_for_freezes(shell.loop, frozen_past_session)))
         async with shell.committed():  # never in the middle of a batch, nothing left to write
             dropped = await drop_moved_partitions(shell, store, owned)
         log.info(
@@ -482,7 +489,6 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         # is decided (Faust waited for its acks already); the engines stay until the new
         # assignment says which moved.
         shell.holding_back = True
-        shell.revocations += 1
         log.info("partitions revoked: incidents release nothing until the next assignment")
         async with shell.committed():
             pass

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -36,64 +35,8 @@ def parse_incidents_record(raw: bytes) -> tuple[list[IncidentEvent], int]:
     return events, int(value["known_through_ms"])
 
 
-# How long past the session timeout a stalled worker waits for the rejoin's assignment before
-# the incidents release again without it.
-STALL_GRACE_S = 60.0
-
-
-def stalled_past_session(last_s: float, now_s: float, session_timeout_s: float) -> bool:
-    """Whether the stall watch's loop (a tick every 0.5 s) stood still longer than the group's
-    session timeout: the worker was frozen (SIGSTOP, a blocked event loop), the group has most likely
-    dropped it, and its partitions may have another owner by now.
-
-    >>> stalled_past_session(100.0, 100.6, 30.0), stalled_past_session(100.0, 135.0, 30.0)
-    (False, True)
-    """
-    return now_s - last_s > session_timeout_s
-
-
-async def watch_for_stalls(settings: Settings, shell: ReconcileShell, tick_s: float = 0.5) -> None:
-    """Sets `shell.holding_back` when the event loop stood still longer than the group's session
-    timeout (a frozen worker resumed: a zombie's case), and clears it again after
-    `STALL_GRACE_S` more if no revocation came since (the group kept this worker). Its own
-    loop does nothing but sleep: a reader waiting for the shell's lock (a long restore, a
-    commit) is no stall."""
-    stalled_at: float | None = None  # when this watch last set `shell.holding_back` for a stall
-    revocations = shell.revocations
-    last_s = time.monotonic()
-    while True:
-        await asyncio.sleep(tick_s)
-        now_s = time.monotonic()
-        if stalled_past_session(last_s, now_s, settings.session_timeout_s) and not shell.holding_back:
-            # A zombie's case: hold back until the rejoin's assignment says what stays.
-            shell.holding_back, stalled_at, revocations = True, now_s, shell.revocations
-            log.warning(
-                "the worker stood still for %.0f s, past the session timeout (%.0f s): incidents release "
-                "nothing until the next partition assignment",
-                now_s - last_s,
-                settings.session_timeout_s,
-            )
-        elif not shell.holding_back or (stalled_at is not None and shell.revocations != revocations):
-            stalled_at = None  # (released by an assignment, or one is under way: `on_assigned` releases)
-        elif stalled_at is not None and now_s - stalled_at > settings.session_timeout_s + STALL_GRACE_S:
-            # No rebalance came (the group kept this worker after all): holding back for
-            # ever would stop every deadline waiting for the incidents.
-            log.warning("no partition assignment since the stall: incidents release again")
-            stalled_at = None
-            await shell.release_held_back()
-        last_s = time.monotonic()
-
-
 async def follow_incidents_topic(settings: Settings, shell: ReconcileShell) -> None:
     tp = TopicPartition(settings.incidents_topic, 0)
-    stalls = asyncio.ensure_future(watch_for_stalls(settings, shell))
-    try:
-        await _follow(settings, shell, tp)
-    finally:
-        stalls.cancel()
-
-
-async def _follow(settings: Settings, shell: ReconcileShell, tp: TopicPartition) -> None:
     while True:
         consumer = AIOKafkaConsumer(**aiokafka_config(settings), enable_auto_commit=False, group_id=None)
         try:

@@ -58,7 +58,9 @@ class RecoveryWatchdog:
 # The worker's own restarts so far, by reason ("state_restore_stalled=1,feed_stalled=2"): the
 # process that `execv` makes is a new one, so the count travels in its environment.
 SELF_RESTARTS_ENV = "QRIS_WORKER_SELF_RESTARTS"
-RestartReason = Literal["state_restore_stalled", "state_restore_failed", "feed_stalled", "shell_stalled"]
+RestartReason = Literal[
+    "state_restore_stalled", "state_restore_failed", "feed_stalled", "shell_stalled", "frozen_past_session"
+]
 RESTART_REASONS: tuple[RestartReason, ...] = get_args(RestartReason)
 
 
@@ -85,7 +87,7 @@ def counted_restart(reason: RestartReason, environ: MutableMapping[str, str] = o
 
     >>> env: dict[str, str] = {}
     >>> counted_restart("feed_stalled", env); counted_restart("feed_stalled", env); env[SELF_RESTARTS_ENV]
-    'state_restore_stalled=0,state_restore_failed=0,feed_stalled=2,shell_stalled=0'
+    'state_restore_stalled=0,state_restore_failed=0,feed_stalled=2,shell_stalled=0,frozen_past_session=0'
     """
     counts = self_restarts(environ)
     counts[reason] += 1

@@ -42,6 +42,7 @@ from ..core.validation import Rejection
 from ..drivers.replayfile import KafkaRecord
 from ..settings import Settings
 from .boundary import Gap, InputRecord, LiveRecord, PartitionPlan, plan_batch, topic_partition
+from .freeze import FrozenBatch, LoopWatch
 from .gapfill import fill_gaps, only_markers
 
 log = logging.getLogger("qris_guard.worker")
@@ -202,7 +203,10 @@ class ReconcileShell:
         # (`release_held_back`). A frozen worker resumed otherwise sent a `refund.held` after the
         # new owner's `refund.hold_released` of the same refund.
         self.holding_back = False
-        self.revocations = 0  # revocations seen (`on_revoked`): a stall's hold is then the assignment's to end
+        # The event loop as the freeze watch sees it (`freeze.py`): nothing decided before a
+        # freeze past the session is sent after it; `on_frozen` replaces the process then.
+        self.loop = LoopWatch(settings.session_timeout_s)
+        self.on_frozen: Callable[[], None] | None = None
         self.incidents_known_through_ms = NEG_INF
         self.released_at_restore: list[Decision] = []
         # Set when the incidents known move, while `paced` waits for them (a new one each wait);
@@ -322,6 +326,7 @@ class ReconcileShell:
         order from the next offset the saved state expects; redeliveries of what it already
         covers are skipped (counted), and missing offsets are read from the broker and taken
         first. The engines never see an offset twice or out of order."""
+        since = self.loop.freezes
         async with self.lock:
             decisions: list[Decision] = []
             now = time.monotonic()
@@ -360,7 +365,7 @@ class ReconcileShell:
                     },
                 )
             self.counts["batches"] += 1
-            await self._emit(decisions)
+            await self._emit(decisions, since)
             if ack is not None:
                 self._acks.append(ack)
         if ack is None or len(self._acks) >= MAX_UNCOMMITTED_BATCHES:
@@ -421,17 +426,35 @@ class ReconcileShell:
             )
         ]
 
-    async def _emit(self, decisions: list[Decision]) -> None:
+    async def _emit(self, decisions: list[Decision], since: int) -> None:
         # Sent, not waited for: the next commit waits until the producer has them. What restored
-        # engines decided with the known incidents goes first: it was decided before.
+        # engines decided with the known incidents goes first: it was decided before. `since`:
+        # the freezes counted when the caller began deciding (a zombie sends nothing late).
+        frozen = self.loop.frozen_since
+        if frozen(since, time.monotonic(), time.process_time()):
+            self._frozen()
         if self.released_at_restore:
             decisions = [*self.released_at_restore, *decisions]
             self.released_at_restore = []
         if decisions:
-            for d in decisions:
+            for i, d in enumerate(decisions):
+                if i and frozen(since, time.monotonic(), time.process_time()):  # (a send can wait)
+                    self._frozen()
                 await self.send(self.settings.output_topic(d.role), d.key, codec.dumps(d.value))
                 self.counts[d.role] += 1
             self._sent = True
+
+    def _frozen(self) -> None:
+        # Nothing decided since the freeze is sent or kept: the process is replaced (the app's
+        # `on_frozen`); without one, the caller's batch fails before it is acked.
+        log.warning(
+            "the worker was frozen past the group's session timeout (%.0f s) while deciding: its partitions may "
+            "have another owner; nothing more is sent, the worker restarts from its last commit",
+            self.settings.session_timeout_s,
+        )
+        if self.on_frozen is not None:
+            self.on_frozen()
+        raise FrozenBatch("frozen past the session timeout while deciding")
 
     async def commit(self) -> None:
         """Make everything decided so far durable, then ack the batches it covers.
@@ -445,8 +468,9 @@ class ReconcileShell:
         leaves its batches unacked (they come again and are skipped as covered, or taken again
         if their state did not reach the changelog) and its queued state for the next commit."""
         async with self.commit_lock:
+            since = self.loop.freezes
             async with self.lock:
-                await self._emit([])  # (a restored engine's releases: sent before its state is kept)
+                await self._emit([], since)  # (a restored engine's releases: sent before its state is kept)
                 taken = self._take_changes()
             await self._make_durable(*taken)
 
@@ -455,8 +479,9 @@ class ReconcileShell:
         """Everything decided so far made durable (`commit`), and nothing more decided or
         committed until the block ends: a rebalance drops engines in it, which must not hold a
         change that is not durable yet while the batches that made it are acked later."""
+        since = self.loop.freezes
         async with self.commit_lock, self.lock:
-            await self._emit([])
+            await self._emit([], since)
             await self._make_durable(*self._take_changes())
             yield
 
@@ -534,6 +559,7 @@ class ReconcileShell:
     async def _release_by_incidents(self, events: list[IncidentEvent]) -> None:
         # Every engine takes `events` and the incidents known; what that releases is sent and
         # persisted. A failure to send or persist ends the process (its batches are not acked).
+        since = self.loop.freezes
         try:
             async with self.lock:
                 if self.holding_back:
@@ -549,7 +575,7 @@ class ReconcileShell:
                         touched = True
                 if not touched:
                     return
-                await self._emit(decisions)
+                await self._emit(decisions, since)
             await self.commit()
         except Exception:
             log.critical("cannot send or persist decisions released by incidents; exiting", exc_info=True)
@@ -622,6 +648,7 @@ class ReconcileShell:
         """Live only: advance the watermark of partitions whose input stream went silent."""
         idle_s = self.settings.idle_timeout_s
         topics = (self.settings.payment_topic, self.settings.ledger_topic)  # Stream.P, Stream.L
+        since = self.loop.freezes  # (a freeze makes every feed look quiet: nothing of it is sent)
         # The broker is asked only about streams already idle by age (none while records flow),
         # once for all of them, and not under the lock (a batch need not wait for its answer).
         ends = await self._ends_now(self._idle_by_age(time.monotonic()))
@@ -670,7 +697,7 @@ class ReconcileShell:
                 decisions.extend(self.on_stall(now))
             if not (touched or decisions):
                 return
-            await self._emit(decisions)
+            await self._emit(decisions, since)
         await self.commit()
 
     def _idle_by_age(self, now: float) -> set[tuple[str, int]]:
