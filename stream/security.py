@@ -14,7 +14,7 @@ from typing import Any
 from aiokafka.abc import AbstractTokenProvider as AsyncTokenProvider
 from kafka.net.sasl.oauth import AbstractTokenProvider as SyncTokenProvider
 
-from .settings import Settings
+from .settings import Settings, shown_path
 
 
 class SecurityConfigError(ValueError):
@@ -28,7 +28,7 @@ def read_secret(var: str, value: str, path: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
-        raise SecurityConfigError(f"{var}={path}: cannot read it ({exc.strerror or exc})") from None
+        raise SecurityConfigError(f"{var}={shown_path(path)}: cannot read it ({exc.strerror or exc})") from None
 
 
 def ssl_context(s: Settings) -> ssl.SSLContext | None:
@@ -59,7 +59,7 @@ def oauth_token(path: str) -> str:
         token = Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise SecurityConfigError(
-            f"QRIS_SASL_OAUTH_TOKEN_FILE={path}: cannot read it ({exc.strerror or exc})"
+            f"QRIS_SASL_OAUTH_TOKEN_FILE={shown_path(path)}: cannot read it ({exc.strerror or exc})"
         ) from None
     if not token:
         raise SecurityConfigError(f"QRIS_SASL_OAUTH_TOKEN_FILE={path} is empty")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 
@@ -518,11 +519,32 @@ def to_env(settings: Settings) -> dict[str, str]:
     return {DOCS[f.name][0]: str(getattr(settings, f.name)) for f in fields(Settings)}
 
 
+# Settings naming a file that holds a secret: a value that names no file is not printed (the
+# secret itself, pasted into the wrong variable, is the usual case).
+SECRET_FILES = frozenset({"sasl_password_file", "ssl_key_password_file", "api_token_file", "sasl_oauth_token_file"})
+
+
+def shown_path(path: str) -> str:
+    """A secret file's path as messages show it: as given when a file is there, else not shown.
+
+    >>> shown_path("/etc/hostname"), shown_path("hunter2-not-a-file")
+    ('/etc/hostname', '(no file there; the value, 18 characters, is not shown: is it the secret itself?)')
+    """
+    if not path or os.path.exists(path):
+        return path
+    return f"(no file there; the value, {len(path)} characters, is not shown: is it the secret itself?)"
+
+
 def display(settings: Settings) -> dict[str, str]:
-    """Every variable's effective value as `qris-guard settings` prints it: secrets masked."""
-    return {
-        DOCS[f.name][0]: (
-            "********" if f.name in SECRETS and getattr(settings, f.name) else str(getattr(settings, f.name))
-        )
-        for f in fields(Settings)
-    }
+    """Every variable's effective value as `qris-guard settings` prints it: secrets masked, and
+    a secret file's path only if a file is there."""
+    out = {}
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if f.name in SECRETS and value:
+            out[DOCS[f.name][0]] = "********"
+        elif f.name in SECRET_FILES:
+            out[DOCS[f.name][0]] = shown_path(value)
+        else:
+            out[DOCS[f.name][0]] = str(value)
+    return out

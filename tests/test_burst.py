@@ -626,6 +626,7 @@ def test_a_restored_engine_reports_the_same_minutes(varied: bool) -> None:
         "stream.core.incidents",
         "stream.core.alerts",
         "stream.core.ids",
+        "stream.core.decisions",
         "stream.worker.statestore",
     ],
 )

@@ -21,6 +21,7 @@ from stream.security import (
     aiokafka_config,
     faust_credentials,
     kafka_python_config,
+    oauth_token,
     ssl_context,
     topic_configs,
 )
@@ -127,8 +128,12 @@ def test_oauthbearer_token_file_is_read_again_at_every_authentication(tmp_path: 
 
 def test_files_that_cannot_be_used_are_named_in_one_line(tmp_path: Path) -> None:
     base = Settings(security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="u", sasl_password_file="/nope")
-    with pytest.raises(SecurityConfigError, match=r"QRIS_SASL_PASSWORD_FILE=/nope: cannot read it"):
+    with pytest.raises(SecurityConfigError, match=r"QRIS_SASL_PASSWORD_FILE=\(no file there; .*\): cannot read it"):
         kafka_python_config(base)
+    unreadable = tmp_path / "a-directory"
+    unreadable.mkdir()  # (a path that is there: named as given)
+    with pytest.raises(SecurityConfigError, match=f"QRIS_SASL_PASSWORD_FILE={unreadable}: cannot read it"):
+        kafka_python_config(replace(base, sasl_password_file=str(unreadable)))
     base = replace(base, sasl_password="p", sasl_password_file="")
     not_pem = secret_file(tmp_path, "ca.pem", "not a certificate")
     with pytest.raises(SecurityConfigError, match="QRIS_SSL_CAFILE=.*not a readable PEM CA file"):
@@ -283,6 +288,32 @@ def test_security_doctests() -> None:
     import doctest
 
     import stream.security
+    import stream.settings
 
-    failures, tried = doctest.testmod(stream.security, raise_on_error=False, verbose=False)
-    assert tried and not failures
+    for module in (stream.security, stream.settings):
+        failures, tried = doctest.testmod(module, raise_on_error=False, verbose=False)
+        assert tried and not failures
+
+
+def test_a_secret_pasted_into_a_file_variable_is_never_echoed() -> None:
+    # The password given where its file's path goes: neither `qris-guard settings` nor the error
+    # that the file cannot be read shows it.
+    pasted = "S3cr3t-pasted-by-mistake"
+    s = Settings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="u",
+        sasl_password_file=pasted,
+        api_token_file=pasted,
+        ssl_key_password_file=pasted,
+        sasl_oauth_token_file=pasted,
+    )
+    shown = display(s)
+    assert not any(pasted in v for v in shown.values())
+    assert "24 characters" in shown["QRIS_SASL_PASSWORD_FILE"]
+    with pytest.raises(SecurityConfigError) as err:
+        kafka_python_config(s)
+    assert pasted not in str(err.value) and "QRIS_SASL_PASSWORD_FILE" in str(err.value)
+    with pytest.raises(SecurityConfigError) as err:
+        oauth_token(pasted)
+    assert pasted not in str(err.value)

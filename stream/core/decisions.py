@@ -33,10 +33,13 @@ class Decision:
 
 
 def mask_account(account_id: str | None) -> str | None:
-    """Mask an account id for alerts and logs: only the last four characters stay visible.
+    """Mask an account id for alerts and logs: the last four characters stay visible, and never
+    more than half of them (a short id is not left nearly whole).
 
     >>> mask_account("0012345678")
     '******5678'
+    >>> mask_account("12345"), mask_account("1234567")
+    ('***45', '****567')
     >>> mask_account("123")
     '****'
     """
@@ -44,4 +47,5 @@ def mask_account(account_id: str | None) -> str | None:
         return None
     if len(account_id) <= 4:
         return "****"
-    return "*" * (len(account_id) - 4) + account_id[-4:]
+    keep = min(4, len(account_id) // 2)
+    return "*" * (len(account_id) - keep) + account_id[-keep:]

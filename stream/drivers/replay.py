@@ -194,14 +194,15 @@ class InputNotes:
 
 def input_notes(r: Replay) -> InputNotes:
     """`InputNotes` of what the replay `r` took."""
+    topics = (r.params.payment_topic, r.params.ledger_topic)  # (by stream: Stream.P, Stream.L)
     starts = tuple(
-        (eng._topic(s), p, eng.first_offset[s])
+        (topics[s], p, eng.first_offset[s])
         for p, eng in sorted(r.engines.items())
         for s in (0, 1)
         if eng.first_offset[s] > 0
     )
     back = sum(eng.stats["out_of_order"] for eng in r.engines.values())
-    return InputNotes(back, starts, len(r.engines), (r.params.payment_topic, r.params.ledger_topic))
+    return InputNotes(back, starts, len(r.engines), topics)
 
 
 def warn_input(r: Replay, source: str) -> InputNotes:
