@@ -342,7 +342,11 @@ def cmd_report(args: argparse.Namespace) -> int:
                         continue
                     try:
                         line = codec.loads(raw)
-                        topic, value = line["topic"], line["value"]
+                        topic = line["topic"]
+                        if topic in (s.payment_topic, s.ledger_topic):  # (its value may be `value_b64`)
+                            inputs_seen[topic] = inputs_seen.get(topic, 0) + 1
+                            continue
+                        value = line["value"]
                     except (ValueError, KeyError, TypeError):
                         raise Mistake(f"{args.input}:{n}: not an output line of replay") from None
                     if not isinstance(topic, str):
@@ -350,8 +354,6 @@ def cmd_report(args: argparse.Namespace) -> int:
                     if topic in roles:
                         counted[0] += 1
                         yield roles[topic], _output_value(f"{args.input}:{n}", roles[topic], value)
-                    elif topic in (s.payment_topic, s.ledger_topic):
-                        inputs_seen[topic] = inputs_seen.get(topic, 0) + 1
                     else:
                         others_seen[topic] = others_seen.get(topic, 0) + 1
 
@@ -381,11 +383,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if inputs_seen:
-        print(
-            f"warning: {args.input} holds input records ({', '.join(f'{n} of {t}' for t, n in inputs_seen.items())}); "
-            "report summarises decisions: run `qris-guard replay --in FILE --out decisions.jsonl` first",
-            file=sys.stderr,
-        )
+        held = f"{args.input} holds input records ({', '.join(f'{n} of {t}' for t, n in inputs_seen.items())})"
+        advice = "report summarises decisions: run `qris-guard replay --in FILE --out decisions.jsonl` first"
+        if not counted[0]:  # (all-zero money that looks like a quiet day)
+            raise Mistake(f"{held} and no decision; {advice}")
+        print(f"warning: {held}; {advice}", file=sys.stderr)
     summary = summarise(selected)
     money = summary["refund_totals"]  # (every net figure below is this one's)
     if args.json:

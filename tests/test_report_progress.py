@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -74,11 +75,27 @@ def test_time_and_scope_filters_and_csv(files: tuple[Path, Path], capsys: pytest
     assert not sel.keep("dead_letter", {"source_timestamp_ms": 1})
 
 
-def test_an_input_file_gets_a_warning(files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    inp, _dec = files
-    assert cli.main(["report", "--in", str(inp)]) == 0
+def test_an_input_file_is_refused_and_one_with_decisions_too_gets_a_warning(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An input file given instead of decisions would summarise as all zeros, "nothing
+    # outstanding" to a script that trusts the exit status: refused. A record whose value is not
+    # JSON (`value_b64`, as `dump` writes it) is an input record too, not a broken line.
+    inp, dec = files
+    lines = inp.read_bytes().splitlines()
+    first = orjson.loads(lines[0])
+    binary = {k: v for k, v in first.items() if k != "value"} | {"value_b64": "gA=="}
+    with_binary = tmp_path / "with-binary.jsonl"
+    with_binary.write_bytes(b"\n".join([*lines[:5], orjson.dumps(binary), *lines[5:]]) + b"\n")
+    assert cli.main(["report", "--in", str(with_binary)]) == 2
     err = capsys.readouterr().err
-    assert "holds input records" in err and "run `qris-guard replay" in err
+    assert "holds input records" in err and "no decision" in err and "run `qris-guard replay" in err
+    assert err.count("\n") == 1 and "not an output line" not in err
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(inp.read_bytes() + dec.read_bytes())
+    assert cli.main(["report", "--in", str(mixed)]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "holds input records" in err
 
 
 def test_a_held_refund_counts_as_held_not_outstanding() -> None:
