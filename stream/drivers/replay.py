@@ -218,13 +218,13 @@ def say_input(notes: InputNotes, source: str) -> InputNotes:
     in this replay, so a reference open before them is not known and the burst detector starts
     without their history; its incidents, and the refund holds that follow them, can then differ
     from the live worker's; and when no record was on the input topics at all (a file of other
-    topics' names: `QRIS_PAYMENT_TOPIC`, `QRIS_LEDGER_TOPIC` or `QRIS_TOPIC_PREFIX` name them).
+    topics' names: `QRIS_PAYMENT_TOPIC` and `QRIS_LEDGER_TOPIC` name them).
     Nothing is said when there is nothing to say."""
     if not notes.partitions and notes.topics:
         print(
             f"replay: warning: {source}: no record on the input topics {' and '.join(notes.topics)}, so nothing "
             "was decided; if the input's topics have other names, set QRIS_PAYMENT_TOPIC and QRIS_LEDGER_TOPIC "
-            "(or QRIS_TOPIC_PREFIX) to them",
+            "to them",
             file=sys.stderr,
         )
     if notes.out_of_order:
