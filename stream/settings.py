@@ -117,6 +117,19 @@ class Settings:
             max_merchants_tracked=self.max_merchants_tracked,
         )
 
+    @property
+    def max_lead_in_effect_s(self) -> float:
+        """`max_lead_s` as the worker applies it (0: no limit): never less than the idle timeout
+        plus 2 minutes (the idle rule's timeout, its check and the detector's minute to close,
+        with room to spare: a quiet feed holds the incidents back that long, and live traffic
+        must not wait for it)."""
+        return 0.0 if self.max_lead_s <= 0 else max(self.max_lead_s, self.idle_timeout_s + 120.0)
+
+    @property
+    def stall_alert_in_effect_s(self) -> float:
+        """`stall_alert_s` as the worker applies it (0: never): never less than the idle timeout."""
+        return max(self.stall_alert_s, self.idle_timeout_s) if self.stall_alert_s > 0 else 0.0
+
     def with_topic_prefix(self, prefix: str) -> Settings:
         """These settings with every topic named `{prefix}.<role>`: a fresh set of its own, as
         the demo, benchmarks and tests use, sharing nothing (the signals topic included).
@@ -547,4 +560,10 @@ def display(settings: Settings) -> dict[str, str]:
             out[DOCS[f.name][0]] = shown_path(value)
         else:
             out[DOCS[f.name][0]] = str(value)
+    for name, applied in (
+        ("max_lead_s", settings.max_lead_in_effect_s),
+        ("stall_alert_s", settings.stall_alert_in_effect_s),
+    ):
+        if applied != getattr(settings, name):
+            out[DOCS[name][0]] += f" (in effect: {applied:g}, the floor given by QRIS_IDLE_TIMEOUT_S)"
     return out

@@ -317,3 +317,13 @@ def test_a_secret_pasted_into_a_file_variable_is_never_echoed() -> None:
     with pytest.raises(SecurityConfigError) as err:
         oauth_token(pasted)
     assert pasted not in str(err.value)
+
+
+def test_settings_shows_the_floors_in_effect() -> None:
+    # QRIS_MAX_LEAD_S and QRIS_STALL_ALERT_S have floors from the idle timeout: the value given
+    # is shown with the one the worker applies, so an operator does not read 100 s where 180 act.
+    shown = display(Settings(idle_timeout_s=60, max_lead_s=100, stall_alert_s=10))
+    assert shown["QRIS_MAX_LEAD_S"] == "100 (in effect: 180, the floor given by QRIS_IDLE_TIMEOUT_S)"
+    assert shown["QRIS_STALL_ALERT_S"].startswith("10 (in effect: 60,")
+    plain = display(Settings(idle_timeout_s=60, max_lead_s=0, stall_alert_s=600))
+    assert plain["QRIS_MAX_LEAD_S"] == "0" and plain["QRIS_STALL_ALERT_S"] == "600"

@@ -249,7 +249,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     cast(Any, app.transport.Consumer).before_revocation.append(durable_before_revocation)
     shell.on_idle = TopicSilence((settings.payment_topic, settings.ledger_topic), lambda: shell.engines)
     # (Never less than the idle timeout: a stream quiet for less is not silent yet, and would page.)
-    stall_s = max(settings.stall_alert_s, settings.idle_timeout_s) if settings.stall_alert_s > 0 else 0.0
+    stall_s = settings.stall_alert_in_effect_s
     shell.on_stall = ClockStall((settings.payment_topic, settings.ledger_topic), lambda: shell.engines, stall_s)
     metrics = WorkerMetrics(
         watch,

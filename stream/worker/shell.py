@@ -94,9 +94,6 @@ MAX_UNCOMMITTED_BATCHES = 2
 # at 2,000 records a batch every 5 s, a partition behind others' 4 MB fetches could wait longer.
 PACE_WAIT_S = 5.0
 PACE_COOLDOWN_S = 60.0
-# `ReconcileShell.max_lead_ms`: the idle rule's timeout, its check (every 10 s at most) and the
-# detector's minute to close, with room to spare.
-IDLE_LEAD_MARGIN_S = 120.0
 
 
 @dataclass
@@ -596,10 +593,7 @@ class ReconcileShell:
         `QRIS_MAX_LEAD_S`, but never less than the idle timeout plus 2 minutes. A partition whose
         feed went quiet holds the incidents back until the idle rule moves its watermark (up to
         `QRIS_IDLE_TIMEOUT_S` and a check later), and live traffic must not wait for that."""
-        s = self.settings
-        if s.max_lead_s <= 0:
-            return 0
-        return int(max(s.max_lead_s, s.idle_timeout_s + IDLE_LEAD_MARGIN_S) * 1000)
+        return int(self.settings.max_lead_in_effect_s * 1000)
 
     async def paced(self, wait_s: float = PACE_WAIT_S, cooldown_s: float = PACE_COOLDOWN_S) -> float:
         """Refund holds, a backlog: while this worker's slowest partition is more than
