@@ -170,6 +170,14 @@ def _file_records(args: argparse.Namespace, progress: Progress) -> Any:
     return records
 
 
+def _warn_other_live_settings(s: Settings, command: str) -> None:
+    from .drivers.livesettings import newest_stamps, other_settings_warning
+
+    warning = other_settings_warning(s, newest_stamps(s))
+    if warning is not None:
+        print(f"{command}: warning: {warning}", file=sys.stderr)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .drivers.replay import replay, tune_collector
     from .drivers.replayfile import decision_line
@@ -183,6 +191,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         _connect(s)
         check_copartitioned(s)
+        _warn_other_live_settings(s, "replay")
     elif not os.path.isfile(args.input):
         raise Mistake(f"--in {args.input}: no such file")
     started = time.perf_counter()
@@ -452,6 +461,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         from .topics import check_copartitioned
 
         check_copartitioned(s)
+        _warn_other_live_settings(s, "trace")
 
         # Every partition: records sent without a key (the contract allows them) can be in any
         # of them, and with refund holds on the incidents need them all anyway. (Reading only

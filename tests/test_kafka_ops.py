@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream.drivers.replayfile import KafkaRecord
 from stream.simulate import generate
-from tests.kafka_support import ROOT, Worker, free_port, fresh_topics, produce, require_broker
+from tests.kafka_support import ROOT, Worker, consume, free_port, fresh_topics, produce, require_broker
 from tests.records import T0, ledger, payment
 from tests.scenario import LEDGER, PAYMENT, scenario_records
 
@@ -386,3 +386,51 @@ def test_trace_from_kafka_names_the_records_and_the_refund(tmp_path: Path) -> No
     got = run("KEYLESS7", "--json", "--drain")
     assert got.returncode == 0, got.stdout + got.stderr
     assert {f["event_id"] for f in json.loads(got.stdout)["records"]} == {"K7-q", "K7-d"}
+
+
+def test_a_replay_from_kafka_with_other_settings_than_the_live_worker_says_so(tmp_path: Path) -> None:
+    # The live worker stamps the settings its decisions depend on on every output record; a
+    # replay with another timeout decides otherwise, and says which setting differs.
+    import subprocess
+    import sys
+
+    from kafka import KafkaConsumer, TopicPartition
+    from stream.drivers.livesettings import SETTINGS_HEADER, parse_header
+
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=2)
+    topics.create(bootstrap)
+    live_env = {"QRIS_TIMEOUT_S": "200", "QRIS_MAX_HOLD_S": "0"}
+    w = Worker(topics, tmp_path / "w", extra_env=live_env)
+    w.start(bootstrap)
+    try:
+        produce(bootstrap, scenario_records(2), {PAYMENT: topics.payment, LEDGER: topics.ledger})
+        got = consume(bootstrap, [topics.refunds], until=1, timeout_s=120, settle_s=1, worker=w)
+    finally:
+        w.stop()
+    assert got, "the live worker refunded nothing"
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topics.refunds, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        headers = [m.headers for msgs in consumer.poll(timeout_ms=5000).values() for m in msgs]
+    finally:
+        consumer.close()
+    assert headers and all(parse_header(h) is not None for h in headers)
+    assert parse_header(headers[0])["QRIS_TIMEOUT_S"] == "200"  # type: ignore[index]
+    assert {name for name, _v in headers[0]} == {SETTINGS_HEADER}
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")} | topics.env()
+
+    def replay(extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "stream", "replay", "--from-kafka", "--bootstrap", bootstrap, "--drain"]
+        cmd += ["--out", str(tmp_path / "o.jsonl")]
+        return subprocess.run(cmd, cwd=ROOT, env=env | extra, capture_output=True, text=True, timeout=120)
+
+    other = replay({"QRIS_MAX_HOLD_S": "0"})
+    assert other.returncode == 0, other.stderr
+    assert "QRIS_TIMEOUT_S: live 200, here 300" in other.stderr and "decided with other settings" in other.stderr
+    same = replay(live_env)
+    assert same.returncode == 0, same.stderr
+    assert "other settings" not in same.stderr

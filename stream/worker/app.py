@@ -26,6 +26,7 @@ from faust.sensors import Monitor
 from faust.types import TP, Message, StreamT, TopicT
 from faust.types.events import EventT
 
+from ..drivers.livesettings import SETTINGS_HEADER, settings_header
 from ..security import aiokafka_config, faust_credentials
 from ..settings import Settings
 from .batches import finish_before_ack
@@ -181,12 +182,16 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     signals = outputs[settings.signals_topic] = raw_topic(app, settings.signals_topic, partitions=1)
     incidents = raw_topic(app, settings.incidents_topic, partitions=1)
 
+    # On every refund, alert and dead letter: the settings its decision depended on, so a replay
+    # from Kafka with others says so (`drivers/livesettings.py`).
+    stamp = [(SETTINGS_HEADER, settings_header(settings))]
+
     async def send(topic: str, key: bytes | None, value: bytes) -> Any:
         if topic == settings.signals_topic:
             return await signals.send(key=key, value=value, partition=0, force=True)
         if topic == settings.incidents_topic:
             return await incidents.send(key=key, value=value, partition=0, force=True)
-        return await outputs[topic].send(key=key, value=value, force=True)
+        return await outputs[topic].send(key=key, value=value, headers=stamp, force=True)
 
     async def flush() -> None:
         await app.producer.flush()

@@ -1,0 +1,139 @@
+"""The settings that change decisions, as the live worker stamps them on what it sends, and the
+check that a replay from Kafka decides with the same.
+
+A replay run with another timeout, lateness, retention, clock guard, hold limits or detector
+threshold than the live worker's decides differently, and nothing in the decisions says why. The
+worker puts these settings on every refund, alert and dead letter it sends (the Kafka header
+`qris.settings`, compact JSON of `QRIS_*` name to value); `replay --from-kafka` and `trace
+--from-kafka` read the newest record of each partition of those topics and warn, naming each
+setting that differs, before deciding anything. Settings changed between two runs of the worker
+show as the newest run's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from ..core import codec
+from ..settings import DOCS, Settings
+
+SETTINGS_HEADER = "qris.settings"
+
+# The settings a decision depends on (the rest say where records go, how to connect, and how
+# fast: not what is decided).
+DECISION_SETTINGS = (
+    "timeout_s",
+    "lateness_s",
+    "retention_s",
+    "clock_skew_s",
+    "probe_age_s",
+    "hold_grace_s",
+    "max_hold_s",
+    "burst_threshold",
+    "burst_learn_min_payments",
+    "burst_learn_min_minutes",
+    "max_scopes",
+    "max_merchants_tracked",
+)
+
+
+def decision_settings(s: Settings) -> dict[str, str]:
+    """`QRIS_*` name to value of the settings decisions depend on (numbers as `%g`).
+
+    >>> decision_settings(Settings(timeout_s=600))["QRIS_TIMEOUT_S"]
+    '600'
+    """
+    return {DOCS[name][0]: f"{float(getattr(s, name)):g}" for name in DECISION_SETTINGS}
+
+
+def settings_header(s: Settings) -> bytes:
+    """The header value the worker sends with every output record."""
+    return codec.dumps(decision_settings(s))
+
+
+def differences(live: Mapping[str, str], here: Mapping[str, str]) -> list[str]:
+    """Each setting both know that differs, as `NAME: live X, here Y`.
+
+    >>> differences({"QRIS_TIMEOUT_S": "600", "QRIS_NEW": "1"}, {"QRIS_TIMEOUT_S": "300"})
+    ['QRIS_TIMEOUT_S: live 600, here 300']
+    """
+    return [f"{k}: live {v}, here {here[k]}" for k, v in sorted(live.items()) if k in here and here[k] != v]
+
+
+def parse_header(headers: Iterable[tuple[str, bytes | None]] | None) -> dict[str, str] | None:
+    """The stamped settings of one record's headers (None: none, or not readable)."""
+    for name, value in headers or ():
+        if name == SETTINGS_HEADER and value is not None:
+            try:
+                got = codec.loads(value)
+            except ValueError:
+                return None
+            if isinstance(got, dict):
+                return {str(k): str(v) for k, v in got.items()}
+    return None
+
+
+def newest_stamps(s: Settings, poll_timeout_ms: int = 2000) -> list[dict[str, str]]:
+    """The settings stamped on the newest record of each partition of the output topics (the
+    refunds, alerts and dead letters the live worker sent); a topic that does not exist, an
+    empty partition or a record without the header gives nothing."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from ..security import kafka_python_config
+
+    consumer = KafkaConsumer(
+        **kafka_python_config(s), enable_auto_commit=False, group_id=None, consumer_timeout_ms=poll_timeout_ms
+    )
+    try:
+        tps = [
+            TopicPartition(topic, p)
+            for topic in (s.refund_topic, s.alert_topic, s.dead_letter_topic)
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        begin, end = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+        wanted = {tp for tp in tps if end[tp] > begin[tp]}
+        for tp in wanted:
+            consumer.seek(tp, end[tp] - 1)
+        consumer.pause(*(set(tps) - wanted))
+        stamps: list[dict[str, str]] = []
+        seen: set[TopicPartition] = set()
+        while seen != wanted:
+            batch = consumer.poll(timeout_ms=poll_timeout_ms)
+            if not batch:
+                break
+            for tp, records in batch.items():
+                if tp in seen:
+                    continue
+                for rec in records:
+                    if rec.offset >= end[tp] - 1:
+                        seen.add(tp)
+                        got = parse_header(rec.headers)
+                        if got is not None:
+                            stamps.append(got)
+                        break
+            consumer.pause(*seen)
+        return stamps
+    finally:
+        consumer.close()
+
+
+def other_settings_warning(s: Settings, stamps: Iterable[Mapping[str, str]]) -> str | None:
+    """The warning for a replay with `s` when the live worker stamped `stamps`, or None.
+
+    >>> live = decision_settings(Settings(timeout_s=600))
+    >>> other_settings_warning(Settings(), [live]).split(";")[0]
+    'the live worker decided with other settings than these (QRIS_TIMEOUT_S: live 600, here 300)'
+    >>> other_settings_warning(Settings(timeout_s=600), [live]) is None
+    True
+    """
+    here = decision_settings(s)
+    found = sorted({d for stamp in stamps for d in differences(stamp, here)})
+    if not found:
+        return None
+    return (
+        f"the live worker decided with other settings than these ({'; '.join(found)}); "
+        "these decisions can differ from its: set those variables as the live worker had them"
+    )
