@@ -350,6 +350,40 @@ def test_the_detector_publishes_its_incidents_and_progress_for_the_partitions() 
     assert parse_incidents_record(raw)[1] == known + 60_000
 
 
+def test_a_detector_frozen_past_the_session_sends_no_incidents_record() -> None:
+    # The detector's worker stopped past its session: the new owner of the signals partition
+    # decides the incidents since; what this one made before the freeze (an `opened` after the
+    # new owner's `resolved` would page again) is not sent, and the worker restarts.
+    from stream.core.burst import BurstDetector
+    from stream.worker.freeze import LoopWatch
+
+    settings = Settings(partitions=1)
+    sent: list[str] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> None:
+        sent.append(topic)
+
+    async def nothing() -> None:
+        return None
+
+    restarts: list[str] = []
+
+    def restart() -> None:
+        restarts.append("frozen")
+        raise Restarted
+
+    shell = BurstShell(settings, 1, send, nothing)
+    shell.loop, shell.on_frozen = LoopWatch(settings.session_timeout_s), restart
+    shell.detector = BurstDetector(1, settings.burst)
+    shell.next_offset = 0
+    report = {"partition": 0, "through_minute": T0 // 60_000 + 5, "minutes": []}
+    event = SimpleNamespace(message=SimpleNamespace(offset=0, value=orjson.dumps(report)))
+    shell.loop.seen_s, shell.loop.seen_cpu_s = time.monotonic() - 40.0, time.process_time()
+    with pytest.raises(Restarted):
+        asyncio.run(shell.process_batch([event]))
+    assert restarts == ["frozen"] and sent == []
+
+
 def test_the_burst_shell_sends_an_incident_update_once_every_partition_reported_its_holds() -> None:
     """Holds on: the detector's `updated` alert goes to the incidents topic at once (the
     partitions need it) but to the alerts topic only when every partition's hold report says it

@@ -302,6 +302,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         committed=group_committed(app, settings.signals_topic),
     )
     bursts.on_restored = watch.detector_restored
+    bursts.loop, bursts.on_frozen = shell.loop, frozen_past_session
 
     @app.agent(signals, name="score_failure_bursts")
     async def score_failure_bursts(stream: faust.StreamT[bytes]) -> None:

@@ -56,6 +56,7 @@ from ..core.signals import MINUTE_MS
 from ..security import aiokafka_config
 from ..settings import Settings
 from .boundary import Gap, InputRecord, LiveRecord, PartitionPlan, plan_batch
+from .freeze import LoopWatch, stop_if_frozen
 from .gapfill import fill_gaps
 
 log = logging.getLogger("qris_guard.bursts")
@@ -132,6 +133,11 @@ class BurstShell:
             "caught_up": 0,
         }
         self.holds = settings.max_hold_s > 0
+        # The worker's freeze watch (`freeze.py`; None: tests of this shell alone): a detector
+        # frozen past the session sends no alert or incidents record it made before the freeze
+        # (an `opened` after the new owner's `resolved` would page again).
+        self.loop: LoopWatch | None = None
+        self.on_frozen: Callable[[], None] | None = None
 
     async def close(self) -> None:
         """The snapshot under way written, then its producer stopped (the worker's stop; the
@@ -164,13 +170,18 @@ class BurstShell:
         """Take delivered signals records through the boundary: from the detector's position,
         in offset order, each once; missing offsets read from the broker first. Raises when
         the detector cannot be rebuilt, a gap read or an alert sent."""
+        since = self.loop.freezes if self.loop is not None else 0
         async with self.lock:
             if self.detector is None:
                 self.detector = await self._rebuild(await self._resume_offset(records))
             plan = plan_batch({self.tp: self.next_offset}, records).get(self.tp, PartitionPlan())
             take = await self._fill_gaps(plan) if plan.gaps else plan.records
             self.counts["redelivered_skipped"] += plan.redelivered
-            await self._take_in_order(take)
+            await self._take_in_order(take, since)
+
+    def _stop_if_frozen(self, since: int) -> None:
+        if self.loop is not None:
+            stop_if_frozen(self.loop, since, self.on_frozen, "scoring failure bursts")
 
     async def catch_up(self, end: int) -> int:
         """Take the signals the broker has from the detector's position up to offset `end`
@@ -178,6 +189,7 @@ class BurstShell:
         after them to show the gap (seen after a rebalance: offsets 0-36 for 90 s). Returns how
         many were taken; 0 if the broker did not answer (tried again at the next check). A
         failure after the detector took records ends the process, as a batch's does."""
+        since = self.loop.freezes if self.loop is not None else 0
         async with self.lock:
             try:
                 if self.detector is None:
@@ -206,7 +218,7 @@ class BurstShell:
             )
             self.counts["caught_up"] += len(take)
             try:
-                await self._take_in_order(take)
+                await self._take_in_order(take, since)
             except Exception:
                 log.critical("cannot send the detector's alerts while catching up; exiting", exc_info=True)
                 os._exit(70)
@@ -256,9 +268,10 @@ class BurstShell:
         # detector's): read from the broker and taken first, in order.
         return await fill_gaps(plan, self.fetch_gap, self.counts)
 
-    async def _take_in_order(self, take: Sequence[InputRecord]) -> None:
+    async def _take_in_order(self, take: Sequence[InputRecord], since: int) -> None:
         """The detector takes `take` (new records in offset order, each once); its alerts and
-        the incidents record are sent, then a snapshot written when one is due. Under the lock."""
+        the incidents record are sent, then a snapshot written when one is due. Under the lock.
+        `since`: the freezes counted when the batch began (none is sent after a freeze)."""
         if not take:  # (a batch of redeliveries only: e.g. a takeover at a snapshot past the group's offset)
             return
         alerts: list[Decision] = []
@@ -278,10 +291,12 @@ class BurstShell:
                 self.counts["internal_errors"] += 1
                 log.error("burst detector failed on signals offset %d; report skipped", msg.offset, exc_info=True)
         for d in alerts:
+            self._stop_if_frozen(since)
             await self.send(self.settings.alert_topic, d.key, codec.dumps(d.value))
             self.counts["alerts"] += 1
         records = self.incidents_records(made, take[0].offset) if self.holds else []
         for record in records:
+            self._stop_if_frozen(since)
             await self.send(self.settings.incidents_topic, b"incidents", record)
             self.counts["incident_records"] += 1
         if alerts or records:

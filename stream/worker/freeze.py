@@ -77,6 +77,23 @@ class FrozenBatch(Exception):
     """A batch or hand-over of decisions straddled a freeze past the session: not sent."""
 
 
+def stop_if_frozen(watch: LoopWatch, since: int, on_frozen: Callable[[], None] | None, what: str) -> None:
+    """Before a send: if the process was frozen past the session since `since` (the freezes
+    counted when the sender began deciding), nothing more is sent: `on_frozen` replaces the
+    process; without one (tests), `FrozenBatch` is raised and the caller's batch fails unacked."""
+    if not watch.frozen_since(since, time.monotonic(), time.process_time()):
+        return
+    log.warning(
+        "the worker was frozen past the group's session timeout (%.0f s) while %s: its partitions may have "
+        "another owner; nothing more is sent, the worker restarts from its last commit",
+        watch.session_timeout_s,
+        what,
+    )
+    if on_frozen is not None:
+        on_frozen()
+    raise FrozenBatch(f"frozen past the session timeout while {what}")
+
+
 async def watch_for_freezes(watch: LoopWatch, on_freeze: Callable[[], None], tick_s: float = 0.5) -> None:
     """Ticks `watch` every `tick_s`; a freeze past the session calls `on_freeze` (the worker
     restarts: its partitions may have another owner, and what it decided before the freeze and

@@ -42,7 +42,7 @@ from ..core.validation import Rejection
 from ..drivers.replayfile import KafkaRecord
 from ..settings import Settings
 from .boundary import Gap, InputRecord, LiveRecord, PartitionPlan, plan_batch, topic_partition
-from .freeze import FrozenBatch, LoopWatch
+from .freeze import LoopWatch, stop_if_frozen
 from .gapfill import fill_gaps, only_markers
 
 log = logging.getLogger("qris_guard.worker")
@@ -427,31 +427,17 @@ class ReconcileShell:
         # Sent, not waited for: the next commit waits until the producer has them. What restored
         # engines decided with the known incidents goes first: it was decided before. `since`:
         # the freezes counted when the caller began deciding (a zombie sends nothing late).
-        frozen = self.loop.frozen_since
-        if frozen(since, time.monotonic(), time.process_time()):
-            self._frozen()
+        stop_if_frozen(self.loop, since, self.on_frozen, "deciding")
         if self.released_at_restore:
             decisions = [*self.released_at_restore, *decisions]
             self.released_at_restore = []
         if decisions:
             for i, d in enumerate(decisions):
-                if i and frozen(since, time.monotonic(), time.process_time()):  # (a send can wait)
-                    self._frozen()
+                if i:  # (a send can wait)
+                    stop_if_frozen(self.loop, since, self.on_frozen, "sending decisions")
                 await self.send(self.settings.output_topic(d.role), d.key, codec.dumps(d.value))
                 self.counts[d.role] += 1
             self._sent = True
-
-    def _frozen(self) -> None:
-        # Nothing decided since the freeze is sent or kept: the process is replaced (the app's
-        # `on_frozen`); without one, the caller's batch fails before it is acked.
-        log.warning(
-            "the worker was frozen past the group's session timeout (%.0f s) while deciding: its partitions may "
-            "have another owner; nothing more is sent, the worker restarts from its last commit",
-            self.settings.session_timeout_s,
-        )
-        if self.on_frozen is not None:
-            self.on_frozen()
-        raise FrozenBatch("frozen past the session timeout while deciding")
 
     async def commit(self) -> None:
         """Make everything decided so far durable, then ack the batches it covers.
