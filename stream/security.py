@@ -48,7 +48,8 @@ def ssl_context(s: Settings) -> ssl.SSLContext | None:
             ctx.load_cert_chain(s.ssl_certfile, s.ssl_keyfile or None, password or None)
         except (OSError, ssl.SSLError) as exc:
             raise SecurityConfigError(
-                f"QRIS_SSL_CERTFILE={s.ssl_certfile}, QRIS_SSL_KEYFILE={s.ssl_keyfile or '(in the cert file)'}: "
+                f"QRIS_SSL_CERTFILE={shown_path(s.ssl_certfile)}, "
+                f"QRIS_SSL_KEYFILE={shown_path(s.ssl_keyfile) if s.ssl_keyfile else '(in the cert file)'}: "
                 f"cannot load the client certificate ({exc})"
             ) from None
     return ctx

@@ -534,7 +534,18 @@ def to_env(settings: Settings) -> dict[str, str]:
 
 # Settings naming a file that holds a secret: a value that names no file is not printed (the
 # secret itself, pasted into the wrong variable, is the usual case).
-SECRET_FILES = frozenset({"sasl_password_file", "ssl_key_password_file", "api_token_file", "sasl_oauth_token_file"})
+# The client key's file (and the certificate file, which may hold the key too) likewise: a PEM
+# key pasted into QRIS_SSL_KEYFILE was printed whole.
+SECRET_FILES = frozenset(
+    {
+        "sasl_password_file",
+        "ssl_key_password_file",
+        "api_token_file",
+        "sasl_oauth_token_file",
+        "ssl_keyfile",
+        "ssl_certfile",
+    }
+)
 
 
 def shown_path(path: str) -> str:
