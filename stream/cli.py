@@ -173,7 +173,16 @@ def _file_records(args: argparse.Namespace, progress: Progress) -> Any:
 def _warn_other_live_settings(s: Settings, command: str) -> None:
     from .drivers.livesettings import newest_stamps, other_settings_warning
 
-    warning = other_settings_warning(s, newest_stamps(s))
+    try:
+        stamps = newest_stamps(s)
+    except Exception as exc:  # noqa: BLE001 - a check only: no read access to the output topics stops no replay
+        print(
+            f"{command}: note: the live worker's settings not read from its output topics ({type(exc).__name__}: "
+            f"{exc}); not checked against these",
+            file=sys.stderr,
+        )
+        return
+    warning = other_settings_warning(s, stamps)
     if warning is not None:
         print(f"{command}: warning: {warning}", file=sys.stderr)
 
