@@ -187,11 +187,12 @@ def frozen_harness(settings: Settings = NO_HOLDS) -> tuple[Harness, list[str]]:
     return h, restarts
 
 
-def freeze_now(h: Harness, stopped_s: float, busy_s: float = 0.0) -> None:
-    """The freeze watch last ticked `stopped_s + busy_s` ago, and the process used `busy_s` of
-    CPU since: stopped for `stopped_s`."""
-    h.shell.loop.seen_s = time.monotonic() - stopped_s - busy_s
-    h.shell.loop.seen_cpu_s = time.process_time() - busy_s
+def freeze_now(h: Harness, stopped_s: float) -> None:
+    """The freeze watch's ticker thread last ticked `stopped_s` ago: no thread of the process
+    ran since (stopped)."""
+    from stream.worker.freeze import now_s
+
+    h.shell.loop.seen_s = now_s() - stopped_s
 
 
 def test_a_batch_that_straddled_a_freeze_past_the_session_sends_nothing_and_restarts() -> None:
@@ -212,14 +213,31 @@ def test_a_batch_that_straddled_a_freeze_past_the_session_sends_nothing_and_rest
     assert [r["type"] for r in h2.refunds()] == ["refund.requested"]
 
 
-def test_a_busy_event_loop_is_no_freeze() -> None:
-    # The loop blocked as long by the worker's own work (CPU all along): the consumer's thread
-    # kept the heartbeats going, the group kept the worker, and the batch is sent.
+def test_a_blocked_event_loop_is_no_freeze() -> None:
+    # The loop blocked past the session (a write to a full pipe, a slow disk, CPU work) while
+    # the process's other threads ran: the consumer thread's heartbeats kept the group, and the
+    # ticker thread saw it; the batch is sent.
+    import threading
+
+    from stream.worker.freeze import LoopWatch
+
     h, restarts = frozen_harness()
-    h.batch(*unsettled("QR1", 0))
-    freeze_now(h, stopped_s=1.0, busy_s=60.0)
-    asyncio.run(h.shell.process_records(h.records(*tick(400))))
-    assert restarts == [] and [r["type"] for r in h.refunds()] == ["refund.requested"]
+    h.batch(*unsettled("QR1", 0), *unsettled("QR2", 1))
+    h.shell.loop = LoopWatch(session_timeout_s=0.3)
+    stop = threading.Event()
+    threading.Thread(target=h.shell.loop.run, args=(stop, 0.02), daemon=True).start()
+    sent = h.shell.send
+
+    async def blocking_send(topic: str, key: bytes | None, value: bytes) -> None:
+        time.sleep(0.5)  # the loop blocked, not the process
+        await sent(topic, key, value)
+
+    h.shell.send = blocking_send
+    try:
+        asyncio.run(h.shell.process_records(h.records(*tick(400))))
+    finally:
+        stop.set()
+    assert restarts == [] and [r["type"] for r in h.refunds()] == ["refund.requested"] * 2
 
 
 def test_a_freeze_between_two_sends_stops_the_second() -> None:
@@ -378,7 +396,9 @@ def test_a_detector_frozen_past_the_session_sends_no_incidents_record() -> None:
     shell.next_offset = 0
     report = {"partition": 0, "through_minute": T0 // 60_000 + 5, "minutes": []}
     event = SimpleNamespace(message=SimpleNamespace(offset=0, value=orjson.dumps(report)))
-    shell.loop.seen_s, shell.loop.seen_cpu_s = time.monotonic() - 40.0, time.process_time()
+    from stream.worker.freeze import now_s
+
+    shell.loop.seen_s = now_s() - 40.0
     with pytest.raises(Restarted):
         asyncio.run(shell.process_batch([event]))
     assert restarts == ["frozen"] and sent == []

@@ -35,7 +35,7 @@ from .clockstall import ClockStall
 from .consumer import guarded_consumer
 from .endoffsets import END_OFFSETS_TIMEOUT_S, BrokerEndOffsets, EndOffsetsUnknown
 from .feeds import TopicSilence
-from .freeze import watch_for_freezes
+from .freeze import on_sigcont, watch_for_freezes
 from .gapfill import MARKERS_PROBE_OFFSETS, BrokerGapFetcher, only_markers
 from .incidents import follow_incidents_topic
 from .intake import QuickConductor, RawSchema, batch_ack, take_batches
@@ -457,6 +457,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         if not watching:
             watching.append(asyncio.ensure_future(watch_state_recovery()))
             watching.append(asyncio.ensure_future(watch_for_freezes(shell.loop, frozen_past_session)))
+            signal.signal(signal.SIGCONT, on_sigcont(shell.loop, frozen_past_session))
         async with shell.committed():  # never in the middle of a batch, nothing left to write
             dropped = await drop_moved_partitions(shell, store, owned)
         log.info(

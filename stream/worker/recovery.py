@@ -99,7 +99,10 @@ def restart_self(reason: RestartReason) -> None:  # pragma: no cover - replaces 
     more restart for `reason` counted in it (`/metrics`: qris_worker_self_restarts_total)."""
     counted_restart(reason)
     logging.shutdown()
-    os.execv(sys.executable, [sys.executable, "-m", "stream", *sys.argv[1:]])
+    try:
+        os.execv(sys.executable, [sys.executable, "-m", "stream", *sys.argv[1:]])
+    except OSError:  # never go on as if restarted: a supervisor starts the worker again
+        os._exit(70)
 
 
 # A topic partition with records on the broker that the worker has not taken for this long is
