@@ -174,7 +174,7 @@ def _warn_other_live_settings(s: Settings, command: str) -> None:
     from .drivers.livesettings import newest_stamps, other_settings_warning
 
     try:
-        stamps = newest_stamps(s)
+        stamps, unstamped = newest_stamps(s)
     except Exception as exc:  # noqa: BLE001 - a check only: no read access to the output topics stops no replay
         print(
             f"{command}: note: the live worker's settings not read from its output topics ({type(exc).__name__}: "
@@ -185,6 +185,12 @@ def _warn_other_live_settings(s: Settings, command: str) -> None:
     warning = other_settings_warning(s, stamps)
     if warning is not None:
         print(f"{command}: warning: {warning}", file=sys.stderr)
+    elif unstamped and not stamps:
+        print(
+            f"{command}: note: the output topics' newest records carry no settings of the live worker (written by a "
+            "worker older than that stamp); not checked against these",
+            file=sys.stderr,
+        )
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

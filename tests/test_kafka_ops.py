@@ -428,9 +428,38 @@ def test_a_replay_from_kafka_with_other_settings_than_the_live_worker_says_so(tm
         cmd += ["--out", str(tmp_path / "o.jsonl")]
         return subprocess.run(cmd, cwd=ROOT, env=env | extra, capture_output=True, text=True, timeout=120)
 
+    # (the doctests of the check itself)
+    import doctest
+
+    from stream.drivers import livesettings
+
+    assert doctest.testmod(livesettings).failed == 0
     other = replay({"QRIS_MAX_HOLD_S": "0"})
     assert other.returncode == 0, other.stderr
     assert "QRIS_TIMEOUT_S: live 200, here 300" in other.stderr and "decided with other settings" in other.stderr
     same = replay(live_env)
     assert same.returncode == 0, same.stderr
     assert "other settings" not in same.stderr
+
+
+def test_a_replay_from_kafka_says_when_the_live_settings_are_not_on_the_outputs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from kafka import KafkaProducer
+
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=2)
+    topics.create(bootstrap)
+    produce(bootstrap, scenario_records(2), {PAYMENT: topics.payment, LEDGER: topics.ledger})
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer.send(topics.refunds, key=b"r", value=b"{}", partition=0)  # a worker older than the stamp
+    producer.flush()
+    producer.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")} | topics.env()
+    cmd = [sys.executable, "-m", "stream", "replay", "--from-kafka", "--bootstrap", bootstrap]
+    got = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "o.jsonl")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert got.returncode == 0, got.stderr
+    assert "carry no settings of the live worker" in got.stderr and "other settings" not in got.stderr

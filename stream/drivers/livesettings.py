@@ -38,12 +38,13 @@ DECISION_SETTINGS = (
 
 
 def decision_settings(s: Settings) -> dict[str, str]:
-    """`QRIS_*` name to value of the settings decisions depend on (numbers as `%g`).
+    """`QRIS_*` name to value of the settings decisions depend on (numbers as `%.15g`: exact for
+    every integer setting, 600.0 and 600 alike).
 
     >>> decision_settings(Settings(timeout_s=600))["QRIS_TIMEOUT_S"]
     '600'
     """
-    return {DOCS[name][0]: f"{float(getattr(s, name)):g}" for name in DECISION_SETTINGS}
+    return {DOCS[name][0]: f"{float(getattr(s, name)):.15g}" for name in DECISION_SETTINGS}
 
 
 def settings_header(s: Settings) -> bytes:
@@ -73,10 +74,11 @@ def parse_header(headers: Iterable[tuple[str, bytes | None]] | None) -> dict[str
     return None
 
 
-def newest_stamps(s: Settings, poll_timeout_ms: int = 2000) -> list[dict[str, str]]:
+def newest_stamps(s: Settings, poll_timeout_ms: int = 2000) -> tuple[list[dict[str, str]], int]:
     """The settings stamped on the newest record of each partition of the output topics (the
-    refunds, alerts and dead letters the live worker sent); a topic that does not exist, an
-    empty partition or a record without the header gives nothing."""
+    refunds, alerts and dead letters the live worker sent), and how many of those newest records
+    carry none (a worker older than the stamp); a topic that does not exist or an empty
+    partition gives nothing."""
     from kafka import KafkaConsumer, TopicPartition
 
     from ..security import kafka_python_config
@@ -91,7 +93,7 @@ def newest_stamps(s: Settings, poll_timeout_ms: int = 2000) -> list[dict[str, st
             for p in sorted(consumer.partitions_for_topic(topic) or ())
         ]
         if not tps:
-            return []
+            return [], 0
         consumer.assign(tps)
         begin, end = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
         wanted = {tp for tp in tps if end[tp] > begin[tp]}
@@ -99,6 +101,7 @@ def newest_stamps(s: Settings, poll_timeout_ms: int = 2000) -> list[dict[str, st
             consumer.seek(tp, end[tp] - 1)
         consumer.pause(*(set(tps) - wanted))
         stamps: list[dict[str, str]] = []
+        unstamped = 0
         seen: set[TopicPartition] = set()
         while seen != wanted:
             batch = consumer.poll(timeout_ms=poll_timeout_ms)
@@ -113,9 +116,11 @@ def newest_stamps(s: Settings, poll_timeout_ms: int = 2000) -> list[dict[str, st
                         got = parse_header(rec.headers)
                         if got is not None:
                             stamps.append(got)
+                        else:
+                            unstamped += 1
                         break
             consumer.pause(*seen)
-        return stamps
+        return stamps, unstamped
     finally:
         consumer.close()
 
