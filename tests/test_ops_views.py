@@ -675,3 +675,31 @@ def test_the_lookups_examples_run() -> None:
 
     failures, tried = doctest.testmod(lookup, raise_on_error=False, verbose=False)
     assert tried > 0 and failures == 0
+
+
+def test_a_reference_split_over_partitions_is_told_from_every_partition_that_holds_it() -> None:
+    # (A helper's complaint-desk hunt: records of K sent without a key, the request and the
+    # settlement on partition 0, the debit on partition 2. Partition 2 refunded it; the lookup
+    # answered partition 0's "the merchant was paid" and hid the refund.)
+    tick = [(P, b"Z", payment("Z-q", "requested", "Z", 900)), (L, b"Z", ledger("Z-d", "debited", "Z", 900))]
+    _, p0 = _run([(P, None, payment("K-q", "requested", "K", 0)), (P, None, payment("K-s", "settled", "K", 2))] + tick)
+    _, p2 = _run([(L, None, ledger("K-d", "debited", "K", 1))] + tick)
+    got = lookup_reference({0: p0, 2: p2}, "K", None)
+    assert got is not None and got["status"] == "refund_requested" and got["partition"] == 2, got
+    assert [o["status"] for o in got["other_partitions"]] == ["settled"]
+    assert got["summary"].startswith("WARNING: this reference's records arrived on partitions 2, 0"), got["summary"]
+    # The account list tells it the same way (its index points at one partition only).
+    watch = WorkerWatch(Settings())
+    watch.watch_engine(p0)
+    watch.watch_engine(p2)
+    [item] = [i for i in account_payments({0: p0, 2: p2}, watch, "7700009876", None) if i["reference"] == "K"]
+    assert item["summary"].startswith("WARNING:") and item["status"] == "refund_requested", item
+    # One partition: as before, no warning.
+    assert "other_partitions" not in (lookup_reference({0: p0}, "K", None) or {})
+
+
+def test_a_cancelled_refund_is_told_with_what_made_it_unnecessary() -> None:
+    watch, eng = _run(DAY)
+    said = payment_status(eng.refs["A4"], 0, watch, eng)["summary"]
+    assert said.startswith("a refund of 25000 was requested, then cancelled: the payment settled late"), said
+    assert " WIB (" in said

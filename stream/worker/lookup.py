@@ -133,10 +133,14 @@ def _holds(st: ReferenceState, engine: PartitionEngine | None) -> list[dict[str,
             ids += [i for i in chain if i not in ids]
             now = {i.incident_id for i in timeline.covering_open_at(st.request, engine.decided_through_ms)}
             open_now = [i for i in ids if i in now]
+        known = engine.incidents.incidents if engine is not None else {}
         out.append(
             {
                 "refund_id": h.refund_id,
                 "amount": h.amount,
+                "incident_scopes": {
+                    i: {"type": known[i].scope_type, "id": known[i].scope_id} for i in ids if i in known
+                },
                 "incident_id": open_now[0] if open_now else (ids[0] if ids else None),
                 "incident_ids": ids,
                 "open_incident_ids": open_now,
@@ -153,17 +157,24 @@ def _said(rfc3339: str) -> str:
     return wib_and_utc(parse_ms(rfc3339))
 
 
+def _named(hold: dict[str, Any], ids: list[str]) -> str:
+    # An incident id with what it is about (`in_x: switch RINTIS`): an id alone explains nothing
+    # to a customer once the incident has resolved and its alert is no longer in `incidents`.
+    scopes = hold.get("incident_scopes") or {}
+    return ", ".join(f"{i}: {scopes[i]['type']} {scopes[i]['id']}" if i in scopes else i for i in ids)
+
+
 def _held_summary(hold: dict[str, Any], n: int) -> str:
     more = f" ({n} refunds of this payment are held)" if n > 1 else ""
     by = _said(hold["release_by"])
     if hold["open_incident_ids"]:
         return (
-            f"refund of {hold['amount']} held while incident {', '.join(hold['open_incident_ids'])} is open; "
-            f"it comes by {by} at the latest{more}"
+            f"refund of {hold['amount']} held while incident {', '.join(hold['open_incident_ids'])} is open "
+            f"({_named(hold, hold['open_incident_ids'])}); it comes by {by} at the latest{more}"
         )
     if hold["release_at"] is not None and hold["incident_ids"]:
         return (
-            f"refund of {hold['amount']} held; the incidents that held it ({', '.join(hold['incident_ids'])}) "
+            f"refund of {hold['amount']} held; the incidents that held it ({_named(hold, hold['incident_ids'])}) "
             f"resolved: it comes at {_said(hold['release_at'])} unless another one opens, by {by} "
             f"at the latest{more}"
         )
@@ -246,7 +257,15 @@ def payment_status(
         say = f"refund {active[-1].refund_id} of {active[-1].amount} requested" + _owed_since(st, engine)
     elif cancelled:
         status = "refund_cancelled"
-        say = "a refund was requested, then cancelled: the payment settled or was reversed late"
+        # Which of the two it was, and when: "you refunded me and then took it back" is answered
+        # with the record that made the refund unnecessary, not with "settled or reversed".
+        if st.settlement is not None and not st.reversals:
+            why = f"the payment settled late (the merchant was paid, {_said(st.settlement.occurred_at)})"
+        elif st.reversals and st.settlement is None:
+            why = f"the bank reversed the debit late ({_said(st.reversals[-1].occurred_at)})"
+        else:
+            why = "the payment settled or was reversed late"
+        say = f"a refund of {cancelled[-1].amount} was requested, then cancelled: {why}"
         say += _owed_since(st, engine)
     elif st.settled > 0:
         status = "settled"
@@ -358,7 +377,11 @@ def waiting_status(reference: str, partition: int, engine: PartitionEngine) -> d
 def lookup_reference(
     engines: dict[int, PartitionEngine], reference: str, watch: WorkerWatch | None = None
 ) -> dict[str, Any] | None:
-    """The status of `reference` if one of `engines` holds it (processed or waiting)."""
+    """The status of `reference` if one of `engines` holds it (processed or waiting). A reference
+    whose records came without a key can live in several partitions, each deciding from its own
+    records only (a settlement in one, the debit and its refund in another): every partition's
+    answer is given, the others under `other_partitions`, and the summary says so."""
+    found = []
     for p, eng in engines.items():
         st = eng.refs.get(reference)
         if st is not None:
@@ -366,7 +389,20 @@ def lookup_reference(
             waiting = waiting_status(reference, p, eng)
             if waiting is not None:
                 got["waiting_records"] = waiting["records"]
-            return got
+            found.append(got)
+    if found:
+        # The partition that moved money (a refund or a hold) first: that is what the customer sees.
+        found.sort(key=lambda g: (not (g["refunds"] or g["holds"]), g["partition"]))
+        got = found[0]
+        if len(found) > 1:
+            got["other_partitions"] = found[1:]
+            parts = ", ".join(str(g["partition"]) for g in found)
+            got["summary"] = (
+                f"WARNING: this reference's records arrived on partitions {parts}"
+                " and each decided from its own records only; partition "
+                + "; partition ".join(f"{g['partition']}: {g['summary']}" for g in found)
+            )
+        return got
     for p, eng in engines.items():
         waiting = waiting_status(reference, p, eng)
         if waiting is not None:
@@ -391,6 +427,9 @@ def account_payments(
         if since_ms is not None and (first_ms is None or first_ms < since_ms):
             continue
         item = payment_status(st, p, watch, eng)
+        if sum(1 for e in engines.values() if ref in e.refs) > 1:
+            # (Split over partitions: every partition's answer, as the reference's lookup gives.)
+            item = lookup_reference(engines, ref, watch) or item
         item["first_seen_ms"] = first_ms
         out.append(item)
     out.sort(key=lambda x: x["first_seen_ms"] or 0, reverse=True)

@@ -100,7 +100,17 @@ def add_pages(
             for status, body in await ask(peers(), payment_path(reference), question):
                 if status == 200:
                     return web.json(body)
-        return web.json({"error": f"unknown reference (no live state of it on any worker): {reference}"}, status=404)
+        return web.json(
+            {
+                "error": f"unknown reference (no live state of it on any worker): {reference}",
+                # Not "no such payment": a payment older than the retention is forgotten here
+                # (its refund, if any, was decided and is on the refunds topic).
+                "hint": f"state is kept {settings.retention_s / 3600:g} h of event time after a reference's last "
+                "record (QRIS_RETENTION_S); an older payment, or one never received, is explained by "
+                f"`qris-guard trace {reference} --from-kafka`",
+            },
+            status=404,
+        )
 
     @app.page("/qris/accounts/{account_id}/payments")
     async def account_lookup(web: Any, request: Any, account_id: str) -> Any:
