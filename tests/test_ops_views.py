@@ -671,10 +671,11 @@ def test_the_data_directory_is_the_workers_users_only_unless_it_existed(tmp_path
 def test_the_lookups_examples_run() -> None:
     import doctest
 
-    from stream.worker import lookup
+    from stream.worker import lookup, watch
 
-    failures, tried = doctest.testmod(lookup, raise_on_error=False, verbose=False)
-    assert tried > 0 and failures == 0
+    for module in (lookup, watch):
+        failures, tried = doctest.testmod(module, raise_on_error=False, verbose=False)
+        assert tried > 0 and failures == 0
 
 
 def test_a_reference_split_over_partitions_is_told_from_every_partition_that_holds_it() -> None:
@@ -703,3 +704,31 @@ def test_a_cancelled_refund_is_told_with_what_made_it_unnecessary() -> None:
     said = payment_status(eng.refs["A4"], 0, watch, eng)["summary"]
     assert said.startswith("a refund of 25000 was requested, then cancelled: the payment settled late"), said
     assert " WIB (" in said
+
+
+def test_a_payment_with_a_rejected_record_is_not_told_as_no_money_taken() -> None:
+    # The debit was rejected (a currency the contract refuses): the state knows the request
+    # only, and "no money was taken" would be false for a customer whose statement shows the
+    # debit. The lookup says records were rejected; one whose every record was rejected is found.
+    watch, eng = _run(
+        [
+            (P, b"D1", payment("D1-q", "requested", "D1", 0)),
+            (L, b"D1", ledger("D1-d", "debited", "D1", 1, currency="usd")),
+            (L, b"D2", ledger("D2-d", "debited", "D2", 2, currency="usd")),
+            (P, b"D9", payment("D9-q", "requested", "D9", 100)),
+            (L, b"D9", ledger("D9-d", "debited", "D9", 100)),  # (the watermark past D1 and D2)
+        ]
+    )
+    got = lookup_reference({0: eng}, "D1", watch)
+    assert got is not None and got["status"] == "requested"
+    assert got["summary"].startswith("NOTE: 1 record(s) of this payment were rejected (")
+    assert "look at the core bank's journal" in got["summary"] and "no money was taken" in got["summary"]
+    [rejected] = got["rejected_records"]
+    assert rejected["source_topic"] == Settings().ledger_topic and rejected["source_offset"] == 0
+    only = lookup_reference({0: eng}, "D2", watch)
+    assert only is not None and only["status"] == "rejected" and len(only["rejected_records"]) == 1
+    assert "NOTE" not in (lookup_reference({0: eng}, "D9", watch) or {}).get("summary", "")
+    # (Bounded: the oldest references are forgotten first.)
+    for i in range(watch_module.REJECTED_REFS_MAX + 5):
+        watch.on_output("dead_letter", {"dead_letter_id": f"x{i}", "key": f"X{i}", "error": "e"})
+    assert len(watch.rejected) == watch_module.REJECTED_REFS_MAX and "D1" not in watch.rejected

@@ -377,10 +377,48 @@ def waiting_status(reference: str, partition: int, engine: PartitionEngine) -> d
 def lookup_reference(
     engines: dict[int, PartitionEngine], reference: str, watch: WorkerWatch | None = None
 ) -> dict[str, Any] | None:
-    """The status of `reference` if one of `engines` holds it (processed or waiting). A reference
-    whose records came without a key can live in several partitions, each deciding from its own
-    records only (a settlement in one, the debit and its refund in another): every partition's
-    answer is given, the others under `other_partitions`, and the summary says so."""
+    """The status of `reference` if one of `engines` holds it (processed or waiting), or if this
+    worker rejected records of it (`with_rejected`). A reference whose records came without a
+    key can live in several partitions, each deciding from its own records only (a settlement in
+    one, the debit and its refund in another): every partition's answer is given, the others
+    under `other_partitions`, and the summary says so."""
+    got = _lookup(engines, reference, watch)
+    return with_rejected(got, reference, watch) if watch is not None else got
+
+
+def with_rejected(got: dict[str, Any] | None, reference: str, watch: WorkerWatch) -> dict[str, Any] | None:
+    """`got` with the records of `reference` this worker rejected (dead letters) since it
+    started: a rejected debit is money taken that the state does not know of, so an answer
+    without them ("no money was taken") says it may leave something out.
+
+    >>> from stream.settings import Settings
+    >>> w = WorkerWatch(Settings(), clock=lambda: 0.0)
+    >>> w.rejected["QR1"] = [{"source_topic": "qris.ledger-debits", "error": "bad_currency"}]
+    >>> got = with_rejected({"summary": "the payment was requested; no money was taken"}, "QR1", w)
+    >>> got["summary"][:80]
+    'NOTE: 1 record(s) of this payment were rejected (bad_currency on qris.ledger-deb'
+    >>> with_rejected(None, "QR1", w)["status"], with_rejected(None, "QR2", w)
+    ('rejected', None)
+    """
+    rejected = watch.rejected.get(reference)
+    if not rejected:
+        return got
+    what = ", ".join(sorted({f"{r.get('error')} on {r.get('source_topic')}" for r in rejected}))
+    note = (
+        f"NOTE: {len(rejected)} record(s) of this payment were rejected ({what}; the dead-letter topic has them"
+        f" whole), so this answer may leave out money taken or paid: look at the core bank's journal"
+    )
+    if got is None:
+        return {
+            "reference": reference,
+            "status": "rejected",
+            "summary": f"{note}; no valid record of it was taken",
+            "rejected_records": rejected,
+        }
+    return {**got, "summary": f"{note}. {got['summary']}", "rejected_records": rejected}
+
+
+def _lookup(engines: dict[int, PartitionEngine], reference: str, watch: WorkerWatch | None) -> dict[str, Any] | None:
     found = []
     for p, eng in engines.items():
         st = eng.refs.get(reference)
@@ -430,6 +468,8 @@ def account_payments(
         if sum(1 for e in engines.values() if ref in e.refs) > 1:
             # (Split over partitions: every partition's answer, as the reference's lookup gives.)
             item = lookup_reference(engines, ref, watch) or item
+        else:
+            item = with_rejected(item, ref, watch) or item
         item["first_seen_ms"] = first_ms
         out.append(item)
     out.sort(key=lambda x: x["first_seen_ms"] or 0, reverse=True)

@@ -10,6 +10,7 @@ nothing; it reads the wall clock only to bucket outputs by minute. No Faust or K
 
 from __future__ import annotations
 
+import base64
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -133,6 +134,34 @@ class EngineWatch:
 
 # Output ids remembered to count each output once (`WorkerWatch._first_time`), at most.
 SEEN_IDS_MAX = 200_000
+# References with rejected records remembered for the lookup (`WorkerWatch.rejected`), at most,
+# the oldest forgotten first; and rejected records kept per reference.
+REJECTED_REFS_MAX = 20_000
+REJECTED_PER_REF = 5
+REFERENCE_MAX_CHARS = 128  # (a longer key or reference is no payment reference to look up)
+
+
+def rejected_references(dead_letter: Mapping[str, Any]) -> list[str]:
+    """The references a dead letter may be of: its record's key, and the `reference` of its
+    value when the value is a JSON object with one (a record with a wrong key, or none).
+
+    >>> import base64
+    >>> raw = base64.b64encode(b'{"reference": "QR1", "amount": "x"}').decode()
+    >>> rejected_references({"key": "QR9", "value_b64": raw}), rejected_references({"value_b64": "gA=="})
+    (['QR9', 'QR1'], [])
+    """
+    out: list[str] = []
+    key = dead_letter.get("key")
+    if isinstance(key, str) and 0 < len(key) <= REFERENCE_MAX_CHARS:
+        out.append(key)
+    try:
+        value = codec.loads(base64.b64decode(str(dead_letter.get("value_b64") or ""), validate=True))
+    except (ValueError, TypeError):
+        return out
+    ref = value.get("reference") if isinstance(value, dict) else None
+    if isinstance(ref, str) and 0 < len(ref) <= REFERENCE_MAX_CHARS and ref not in out:
+        out.append(ref)
+    return out
 
 
 class WorkerWatch:
@@ -161,6 +190,11 @@ class WorkerWatch:
         self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=30)
         self.accounts: dict[str, dict[str, int]] = {}  # account id -> {reference: partition}
         self.seen_ids: set[str] = set()
+        # Rejected records by the reference they may be of, since this worker started: a lookup
+        # of it says its answer may leave them out (a rejected debit is money taken that the
+        # state does not know of). Bounded: REJECTED_REFS_MAX references, oldest forgotten.
+        self.rejected: dict[str, list[dict[str, Any]]] = {}
+        self.started_at_ms = int(clock() * 1000)
 
     @property
     def records_in(self) -> Counter[tuple[str, str]]:
@@ -220,6 +254,23 @@ class WorkerWatch:
             self._on_alert(v)
         elif role == "dead_letter" and self._first_time(str(v.get("dead_letter_id"))):
             self.dead_letters[str(v.get("source_topic"))] += 1  # (not the same record's again)
+            self._on_rejected(v)
+
+    def _on_rejected(self, v: dict[str, Any]) -> None:
+        seen = {
+            "dead_letter_id": v.get("dead_letter_id"),
+            "source_topic": v.get("source_topic"),
+            "source_offset": v.get("source_offset"),
+            "error": v.get("error"),
+            "reason": v.get("reason"),
+        }
+        for ref in rejected_references(v):
+            entries = self.rejected.pop(ref, [])  # (re-inserted: the most recent last)
+            if len(entries) < REJECTED_PER_REF:
+                entries.append(seen)
+            self.rejected[ref] = entries
+        while len(self.rejected) > REJECTED_REFS_MAX:
+            del self.rejected[next(iter(self.rejected))]
 
     def _first_time(self, ident: str) -> bool:
         """Whether an output with this id is counted for the first time (one sent again after a
