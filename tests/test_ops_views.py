@@ -732,3 +732,22 @@ def test_a_payment_with_a_rejected_record_is_not_told_as_no_money_taken() -> Non
     for i in range(watch_module.REJECTED_REFS_MAX + 5):
         watch.on_output("dead_letter", {"dead_letter_id": f"x{i}", "key": f"X{i}", "error": "e"})
     assert len(watch.rejected) == watch_module.REJECTED_REFS_MAX and "D1" not in watch.rejected
+
+
+def test_a_refund_is_told_with_its_reason_a_partial_reversal_and_an_over_refund() -> None:
+    # V: a failed payment refunded (25,000), then the bank reversed 10,000 of the debit: the
+    # customer got 35,000 back for 25,000 taken. The desk reads why the refund was made, the
+    # reversal, and that 10,000 too much was refunded (an OVER_REFUND alert, for a person).
+    recs = [(P, b"V", payment("V-q", "requested", "V", 0)), (L, b"V", ledger("V-d", "debited", "V", 1))]
+    recs += [(P, b"V", payment("V-f", "failed", "V", 2, response_code="91"))]
+    recs += [(P, b"T", payment("T-q", "requested", "T", 400)), (L, b"T", ledger("T-d", "debited", "T", 400))]
+    recs += [(L, b"V", ledger("V-r", "reversed", "V", 401, amount=10_000))]
+    recs += [(P, b"T2", payment("T2-q", "requested", "T2", 500)), (L, b"T2", ledger("T2-d", "debited", "T2", 500))]
+    watch, eng = _run(recs)
+    got = payment_status(eng.refs["V"], 0, watch, eng)
+    assert got["status"] == "refund_requested", got
+    assert "of 25000 requested (the payment failed after the money was taken)" in got["summary"], got
+    assert "the bank also gave back 10000 of the money taken" in got["summary"]
+    assert "10000 more is refunded than is owed now" in got["summary"] and "OVER_REFUND" in got["summary"]
+    a1 = payment_status(_run(DAY)[1].refs["A1"], 0)
+    assert "(the payment did not reach the merchant in time)" in a1["summary"] and "OVER_REFUND" not in a1["summary"]

@@ -230,6 +230,14 @@ def _not_processed(st: ReferenceState, engine: PartitionEngine | None) -> str:
     )
 
 
+# A refund's reason as the desk says it.
+REFUND_REASONS = {
+    "SETTLEMENT_TIMEOUT": "the payment did not reach the merchant in time",
+    "PAYMENT_FAILED": "the payment failed after the money was taken",
+    "EXCESS_DEBIT": "more was taken than the payment",
+}
+
+
 def _owed_since(st: ReferenceState, engine: PartitionEngine | None) -> str:
     # A refund requested or cancelled earlier says nothing of a debit since: a new cycle whose
     # amount is owed now (a second charge) is told with when its refund comes.
@@ -254,7 +262,19 @@ def payment_status(
         say = _held_summary(hold, len(holds))
     elif active:
         status = "refund_requested"
-        say = f"refund {active[-1].refund_id} of {active[-1].amount} requested" + _owed_since(st, engine)
+        why = REFUND_REASONS.get(active[-1].reason, active[-1].reason)
+        say = f"refund {active[-1].refund_id} of {active[-1].amount} requested ({why})"
+        if st.reversed_total > 0:
+            say += f"; the bank also gave back {st.reversed_total} of the money taken (a reversal)"
+        excess = st.active - max(0, st.net - st.settled)
+        if excess > 0:
+            # Rule 3 cancels whole refunds only: what a late settlement or reversal made too much
+            # is an OVER_REFUND alert, for a person to settle with the customer.
+            say += (
+                f"; {excess} more is refunded than is owed now (a settlement or reversal came after the refund): "
+                "payment operations were alerted (OVER_REFUND) and settle it with the customer"
+            )
+        say += _owed_since(st, engine)
     elif cancelled:
         status = "refund_cancelled"
         # Which of the two it was, and when: "you refunded me and then took it back" is answered
