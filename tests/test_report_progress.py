@@ -406,3 +406,12 @@ def test_a_window_s_holds_line_adds_up(tmp_path: Path, capsys: pytest.CaptureFix
     assert "held during incidents: 2 (Rp 8.000); then requested 0, released without payment 1 (Rp 7.000)" in line
     assert "still held 1; 1 holds from before the selection ended in it: requested 0, released without" in line
     assert "payment 1 (Rp 5.000)" in line
+
+
+def test_a_scope_report_names_the_incidents_of_other_scopes_that_held_its_refunds() -> None:
+    import doctest
+
+    from stream.drivers import reportselect
+
+    failures, tried = doctest.testmod(reportselect, raise_on_error=False, verbose=False)
+    assert tried > 0 and failures == 0

@@ -42,7 +42,37 @@ class Selection:
         return False  # dead letters have no scope
 
     def select(self, outputs: Iterable[tuple[str, dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any]]]:
-        return (o for o in outputs if self.keep(*o))
+        """The decisions kept; with a scope, also the incident alerts of another scope that held
+        refunds kept (a merchant's refunds held by its switch's incident: the report of the
+        merchant names that incident, not none).
+
+        >>> held = {"type": "refund.held", "merchant_id": "M", "incident_ids": ["in_1"]}
+        >>> held["decided_at"] = "2025-03-29T00:05:00Z"
+        >>> alert = {"kind": "FAILURE_BURST", "incident_id": "in_1", "scope": {"type": "switch", "id": "S"},
+        ...          "occurred_at": "2025-03-29T00:01:00Z"}
+        >>> other = {**alert, "incident_id": "in_2"}
+        >>> [v.get("incident_id") for _r, v in Selection(scope_type="merchant", scope_id="M").select(
+        ...     [("alerts", alert), ("alerts", other), ("refunds", held)])]
+        ['in_1', None]
+        """
+        if self.scope_type is None:
+            return (o for o in outputs if self.keep(*o))
+        every = list(outputs)
+        held_by = {
+            i for role, v in every if role == "refunds" and self.keep(role, v) for i in v.get("incident_ids") or ()
+        }
+        by_time = Selection(self.since_ms, self.until_ms)
+        return (
+            (role, v)
+            for role, v in every
+            if self.keep(role, v)
+            or (
+                role == "alerts"
+                and v.get("kind") == "FAILURE_BURST"
+                and v.get("incident_id") in held_by
+                and by_time.keep(role, v)
+            )
+        )
 
 
 def _decided_ms(role: str, v: dict[str, Any]) -> int | None:
