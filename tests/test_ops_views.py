@@ -751,3 +751,23 @@ def test_a_refund_is_told_with_its_reason_a_partial_reversal_and_an_over_refund(
     assert "10000 more is refunded than is owed now" in got["summary"] and "OVER_REFUND" in got["summary"]
     a1 = payment_status(_run(DAY)[1].refs["A1"], 0)
     assert "(the payment did not reach the merchant in time)" in a1["summary"] and "OVER_REFUND" not in a1["summary"]
+
+
+def test_a_refund_paid_after_a_hold_is_told_when_and_by_which_incident() -> None:
+    # Held from its deadline (300) while switch RINTIS was down (100 to 1000), requested at the
+    # hold's end: the desk reads when it was requested (not the deadline, 35 minutes early) and
+    # why it waited, as the refund record's `decided_at` and `hold` say.
+    f = Feed()
+    f.incidents([inc("opened", 100), inc("resolved", 1000)], EVERYTHING)
+    unsettled(f)
+    f.tick(3000)
+    requested = [r for r in f.refunds() if r["type"] == "refund.requested"]
+    assert len(requested) == 1 and requested[0]["hold"] is not None
+    got = payment_status(f.eng.refs["QR1"], 0, WorkerWatch(Settings()), f.eng)
+    assert got["status"] == "refund_requested"
+    [item] = got["refunds"]
+    assert item["requested_at"] == requested[0]["decided_at"] and item["held_by"] == ["in_a"]
+    assert f", at {wib_and_utc(parse_ms(requested[0]['decided_at']))}, after it was held" in got["summary"]
+    assert "while incident in_a: switch RINTIS was open" in got["summary"], got["summary"]
+    # Holds off, or a refund never held: nothing more is said.
+    assert "held_by" not in payment_status(_run(DAY)[1].refs["A1"], 0)["refunds"][0]

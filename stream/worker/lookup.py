@@ -17,6 +17,7 @@ from ..core.decisions import mask_account
 from ..core.eventtime import format_ms, parse_ms
 from ..core.partition import PartitionEngine, waiting_list
 from ..core.reference import ReferenceState
+from ..core.refunds import Refund
 from ..drivers.wib import wib_and_utc
 from .watch import WorkerWatch
 
@@ -152,6 +153,24 @@ def _holds(st: ReferenceState, engine: PartitionEngine | None) -> list[dict[str,
     return out
 
 
+def _held_before(st: ReferenceState, refund: Refund, engine: PartitionEngine | None) -> dict[str, Any]:
+    """For a refund that was held before it was requested (holds on, a `SETTLEMENT_TIMEOUT`
+    whose deadline an incident covered): when it was requested (the hold's end, not its
+    deadline) and the incidents that held it, from the engine's incident timeline, as the
+    refund record's `decided_at` and `hold` say; else nothing."""
+    if engine is None or not engine.params.holds or refund.reason != "SETTLEMENT_TIMEOUT" or not refund.active:
+        return {}
+    until, chain = engine.incidents.release_at(st.request, refund.deadline_ms, engine.params.hold_grace_ms)
+    if not chain or until <= refund.deadline_ms:
+        return {}
+    known = engine.incidents.incidents
+    return {
+        "requested_at": format_ms(min(until, refund.deadline_ms + engine.params.max_hold_ms)),
+        "held_by": chain,
+        "held_by_scopes": {i: {"type": known[i].scope_type, "id": known[i].scope_id} for i in chain if i in known},
+    }
+
+
 def _said(rfc3339: str) -> str:
     # A time in a sentence read to the customer: Jakarta time first (the fields stay RFC 3339).
     return wib_and_utc(parse_ms(rfc3339))
@@ -264,6 +283,13 @@ def payment_status(
         status = "refund_requested"
         why = REFUND_REASONS.get(active[-1].reason, active[-1].reason)
         say = f"refund {active[-1].refund_id} of {active[-1].amount} requested ({why})"
+        before = _held_before(st, active[-1], engine)
+        if before:
+            say += (
+                f", at {_said(before['requested_at'])}, after it was held from its deadline "
+                f"({_said(format_ms(active[-1].deadline_ms))}) while incident "
+                f"{_named({'incident_scopes': before['held_by_scopes']}, before['held_by'])} was open"
+            )
         if st.reversed_total > 0:
             say += f"; the bank also gave back {st.reversed_total} of the money taken (a reversal)"
         excess = st.active - max(0, st.net - st.settled)
@@ -346,6 +372,7 @@ def payment_status(
                 "reason": r.reason,
                 "deadline": format_ms(r.deadline_ms),
                 "status": "requested" if r.active else "cancelled",
+                **_held_before(st, r, engine),
             }
             for r in st.refunds
         ],
