@@ -976,3 +976,26 @@ def test_a_drain_that_drops_every_reference_at_once_decides_what_each_retention_
         out.append([codec.dumps([d.role, d.value, d.at_ms]) for d in decided])
     assert out[0] == out[1]
     assert any(b'"refunds"' in line or b"refund" in line for line in out[0])
+
+
+def test_a_hold_whose_incident_the_timeline_lost_stays_held_until_that_incident_resolves() -> None:
+    # The incidents topic lost its first records (trimmed, or deleted and created again) while a
+    # partition's state kept a hold of incident `in_a`: restored, the engine's timeline first
+    # sees `in_a` in a later `updated` event, or only at its resolution, or never. The hold names
+    # `in_a` (it covered the payment at the deadline): it must not end at once as "resolved"
+    # (a helper's hunt: 108 of 237 held refunds paid at once on restart, then 189 clawbacks).
+    held_from = ms(150)
+    lost = IncidentTimeline()
+    lost.add([], ms(400))
+    assert lost.release_at(None, held_from, G_MS, ["in_all"]) == (POS_INF, ["in_all"])  # never seen: held on
+    lost.add([inc("resolved", 300, "in_all", ("all", "all"))], ms(400))
+    assert lost.release_at(None, held_from, G_MS, ["in_all"]) == (ms(300) + G_MS, ["in_all"])
+    late = IncidentTimeline()  # first seen in its `updated` event, after the hold began
+    late.add([inc("updated", 200, "in_all", ("all", "all"))], ms(250))
+    assert late.release_at(None, held_from, G_MS, ["in_all"]) == (POS_INF, ["in_all"])
+    late.add([inc("resolved", 300, "in_all", ("all", "all"))], ms(400))
+    assert late.release_at(None, held_from, G_MS, ["in_all"]) == (ms(300) + G_MS, ["in_all"])
+    # A whole timeline: the same answer with or without the hold's incidents.
+    whole = IncidentTimeline()
+    whole.add([inc("opened", 100, "in_all", ("all", "all")), inc("resolved", 300, "in_all", ("all", "all"))], ms(400))
+    assert whole.release_at(None, held_from, G_MS, ["in_all"]) == whole.release_at(None, held_from, G_MS)

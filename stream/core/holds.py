@@ -104,6 +104,8 @@ class IncidentTimeline:
     # under its own few scopes, not found by scanning every incident ever known (a hostile minute
     # opened thousands, and each deadline and each hold's reschedule scanned them all).
     by_scope: dict[tuple[str, str], list[Incident]] = field(default_factory=dict)
+    # Resolutions of incidents whose opening this timeline never saw (see `add`).
+    resolved_unseen: dict[str, int] = field(default_factory=dict)
 
     def add(self, events: Iterable[IncidentEvent], known_through_ms: int) -> bool:
         """Take incident events (repeats harmless) and the new known-through time. Returns
@@ -113,7 +115,13 @@ class IncidentTimeline:
             inc = self.incidents.get(ev.incident_id)
             if inc is None:
                 if ev.status == "resolved":
-                    continue  # its opening was never seen: nothing it could have held
+                    # Its opening was never seen: nothing it could hold from now on. A hold
+                    # already in the state may name it (the incidents topic lost its opening):
+                    # its resolution is kept for those holds (`release_at`'s `held_by`).
+                    if ev.incident_id not in self.resolved_unseen:
+                        self.resolved_unseen[ev.incident_id] = ev.at_ms
+                        resolved = True
+                    continue
                 inc = self.incidents[ev.incident_id] = Incident(ev.incident_id, ev.scope_type, ev.scope_id, ev.at_ms)
                 self.by_scope.setdefault(scope_key(ev.scope_type, ev.scope_id), []).append(inc)
             if ev.status == "resolved" and inc.resolved_at_ms is None:
@@ -147,17 +155,34 @@ class IncidentTimeline:
                     out.extend(by_scope.get((scope_type, scope_id), ()))
         return out
 
-    def release_at(self, request: PaymentEvent | None, held_from_ms: int, grace_ms: int) -> tuple[int, list[str]]:
+    def release_at(
+        self, request: PaymentEvent | None, held_from_ms: int, grace_ms: int, held_by: Iterable[str] = ()
+    ) -> tuple[int, list[str]]:
         """When a hold that started at `held_from_ms` ends by its incidents, from what is known:
         G after the last covering incident resolved, where a covering incident that opens
         within that grace (at or before resolution + G) keeps the hold on. Unresolved: +inf.
-        Also returns every covering incident that kept the hold on, in opening order."""
-        covering = sorted(self._covering(request), key=lambda i: (i.opened_at_ms, i.incident_id))
+        Also returns every covering incident that kept the hold on, in opening order.
+
+        `held_by`: the incidents the hold itself names (its `incident_ids`). They covered the
+        payment at its deadline whatever this timeline knows of them: one the timeline lost (its
+        incidents topic trimmed or recreated while the state kept the hold) keeps the hold on
+        until its resolution is known (else to the hold's `release_by`), and one the timeline
+        first saw after its opening (an `updated` event) counts from the hold's start. With a
+        whole timeline this changes nothing: a hold names only incidents of its chain."""
+        held = set(held_by)
+
+        def opened(i: Incident) -> int:
+            return min(i.opened_at_ms, held_from_ms) if i.incident_id in held else i.opened_at_ms
+
+        covering = sorted(self._covering(request), key=lambda i: (opened(i), i.incident_id))
         end = NEG_INF
         chain: list[str] = []
+        for incident_id in sorted(held - self.incidents.keys()):
+            end = max(end, self.resolved_unseen.get(incident_id, POS_INF))
+            chain.append(incident_id)
         for inc in covering:
             res = POS_INF if inc.resolved_at_ms is None else inc.resolved_at_ms
-            if inc.opened_at_ms <= held_from_ms:
+            if opened(inc) <= held_from_ms:
                 if res < held_from_ms:
                     continue  # resolved before the hold began
             elif end == NEG_INF or inc.opened_at_ms > end + grace_ms:

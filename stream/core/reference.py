@@ -345,7 +345,7 @@ class ReferenceState:
         Returns those holds (the caller schedules their timers)."""
         moved = []
         for hold in self.holds:
-            until, _chain = incidents.release_at(self.request, hold.deadline_ms, grace_ms)
+            until, _chain = incidents.release_at(self.request, hold.deadline_ms, grace_ms, hold.incident_ids)
             at = min(until, hold.release_by_ms)
             if at != hold.release_at_ms:
                 hold.release_at_ms = at
@@ -361,14 +361,15 @@ class ReferenceState:
         hold = next((h for h in self.holds if h.opened_by == opened_by and h.release_at_ms == at_ms), None)
         if hold is None:
             return [], None  # a stale timer: the hold ended or was moved
-        until, chain = incidents.release_at(self.request, hold.deadline_ms, grace_ms)
+        until, chain = incidents.release_at(self.request, hold.deadline_ms, grace_ms, hold.incident_ids)
         at = min(until, hold.release_by_ms)
         if at > at_ms:
             hold.release_at_ms = at
             return [], hold
         # The incidents that kept it on: those opened by now (a replay knows later ones too).
         for incident_id in chain:
-            if incident_id not in hold.incident_ids and incidents.incidents[incident_id].opened_at_ms <= at_ms:
+            known = incidents.incidents.get(incident_id)
+            if incident_id not in hold.incident_ids and known is not None and known.opened_at_ms <= at_ms:
                 hold.incident_ids.append(incident_id)
         because: ReleasedBecause = "incident_resolved" if until <= at_ms else "max_hold"
         return self._end_hold(hold, because, None, at_ms, partition), None
