@@ -969,3 +969,23 @@ def test_an_engine_restored_while_holding_back_gets_the_incidents_at_the_release
     assert h2.shell.released_at_restore == []
     asyncio.run(h2.shell.release_held_back())
     assert [r["type"] for r in h2.refunds()] == ["refund.requested"]
+
+
+def test_a_partition_whose_first_records_were_deleted_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    # A fresh worker on topics whose retention deleted their first records: the partition
+    # starts past offset 0, the broker has nothing before it, and a debit whose request was
+    # deleted is refunded as the contract says. The worker says where each stream starts.
+    h = Harness(settings=NO_HOLDS)
+
+    async def nothing_there(gap: Gap) -> list[KafkaRecord]:
+        return []
+
+    h.shell.fetch_gap = nothing_there
+    h.offsets = {h.settings.payment_topic: 40, h.settings.ledger_topic: 7}
+    with caplog.at_level("WARNING"):
+        h.batch(*unsettled("QR1", 0), *tick(400))
+        h.batch(*tick(410))  # (once per partition: the next batch follows on)
+    assert h.shell.counts["inputs_started_past_zero"] == 2
+    said = [r.getMessage() for r in caplog.records if "starts at offset" in r.getMessage()]
+    assert len(said) == 2 and f"{h.settings.payment_topic}[0] starts at offset 40" in said[0] + said[1]
+    assert "not on the broker (transaction markers, or records deleted by retention" in caplog.text

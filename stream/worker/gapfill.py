@@ -49,7 +49,8 @@ async def fill_gaps(
     g = plan.gaps[0]
     log.warning(
         "%s[%d]: %d offset(s) missing from the delivered batch (first %d..%d of %d gap(s)): "
-        "%d read from the broker and taken in order, %d confirmed empty",
+        "%d read from the broker and taken in order, %d not on the broker (transaction markers, or records "
+        "deleted by retention or compaction)",
         g.topic,
         g.partition,
         sum(x.size for x in plan.gaps),

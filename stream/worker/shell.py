@@ -35,6 +35,7 @@ from typing import Any, Literal, Protocol
 from ..core import codec
 from ..core.deadletter import dead_letter_record
 from ..core.decisions import Decision
+from ..core.eventtime import format_ms
 from ..core.holds import IncidentEvent
 from ..core.partition import NEG_INF, PartitionEngine
 from ..core.records import Stream
@@ -242,6 +243,9 @@ class ReconcileShell:
             # followed the wall clock: a replay makes them only with --drain (no alert: quiet
             # feeds at night are normal; logged with the partition).
             "idle_quiet_decisions": 0,
+            # Input partitions taken from their start whose first record was past offset 0
+            # (deleted by retention before this worker read them: logged with the partition).
+            "inputs_started_past_zero": 0,
             "commits": 0,
             # Reference entries written to the state, deletions included (a reference changed
             # by several records between two commits is written once: the benches' saves per
@@ -336,6 +340,8 @@ class ReconcileShell:
                 take = plan.records
                 if plan.gaps:
                     take = await self._fill_gaps(plan)
+                if take and expected[(topic, p)] == 0 and take[0].offset > 0:
+                    self._started_past_zero(topic, p, take[0])
                 if plan.redelivered:
                     self.counts["redelivered_skipped"] += plan.redelivered
                 if not take:
@@ -378,6 +384,23 @@ class ReconcileShell:
         here yet, its saved state not restored)."""
         eng = self.engines.get(partition)
         return None if eng is None else eng.last_offset[self._stream(topic)] + 1
+
+    def _started_past_zero(self, topic: str, partition: int, first: InputRecord) -> None:
+        # A partition taken from its start whose first record is past offset 0: the records
+        # before it were deleted (retention, compaction) before this worker read them. A debit
+        # whose request or settlement was among them is decided as the contract says for a debit
+        # without one (replay decides the same, and warns), so operations must hear it.
+        self.counts["inputs_started_past_zero"] += 1
+        when = format_ms(first.timestamp_ms) if first.timestamp_ms is not None else "unknown"
+        log.warning(
+            "%s[%d] starts at offset %d (Kafka time %s): the records before it were deleted before this worker "
+            "read them; payments of references open before then are not known here, and a debit whose request "
+            "or settlement was deleted is refunded as the contract says for a debit without one",
+            topic,
+            partition,
+            first.offset,
+            when,
+        )
 
     async def _fill_gaps(self, plan: PartitionPlan) -> list[InputRecord]:
         # Faust delivered past offsets this partition's state has not taken.
