@@ -395,7 +395,7 @@ def test_a_replay_from_kafka_with_other_settings_than_the_live_worker_says_so(tm
     import sys
 
     from kafka import KafkaConsumer, TopicPartition
-    from stream.drivers.livesettings import SETTINGS_HEADER, parse_header
+    from stream.drivers.livesettings import SENT_BEHIND_HEADER, SETTINGS_HEADER, parse_header
 
     bootstrap = require_broker()
     topics = fresh_topics(partitions=2)
@@ -409,17 +409,28 @@ def test_a_replay_from_kafka_with_other_settings_than_the_live_worker_says_so(tm
     finally:
         w.stop()
     assert got, "the live worker refunded nothing"
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    try:
-        tp = TopicPartition(topics.refunds, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        headers = [m.headers for msgs in consumer.poll(timeout_ms=5000).values() for m in msgs]
-    finally:
-        consumer.close()
-    assert headers and all(parse_header(h) is not None for h in headers)
-    assert parse_header(headers[0])["QRIS_TIMEOUT_S"] == "200"  # type: ignore[index]
-    assert {name for name, _v in headers[0]} == {SETTINGS_HEADER}
+
+    def read(topic: str) -> list[tuple[dict[str, bytes], dict[str, Any]]]:
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        try:
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            msgs = [m for batch in consumer.poll(timeout_ms=5000).values() for m in batch]
+            return [(dict(m.headers), json.loads(m.value)) for m in msgs]
+        finally:
+            consumer.close()
+
+    refunds = read(topics.refunds)
+    assert refunds and all(set(h) == {SETTINGS_HEADER} for h, _v in refunds)
+    assert all(parse_header(h.items())["QRIS_TIMEOUT_S"] == "200" for h, _v in refunds)  # type: ignore[index]
+    # Alerts also say how long after their `occurred_at` they were sent, for a forwarder to
+    # route a backlog's alerts as a catch-up: the scenario's day is in 2025, more than a year
+    # behind (the live-only alerts of the wall clock, such as FEED_SILENT, are not).
+    behind = {v["alert_id"]: (v["occurred_at"][:4], int(h[SENT_BEHIND_HEADER])) for h, v in read(topics.alerts)}
+    assert any(year == "2025" for year, _b in behind.values())
+    assert all(b > 365 * 86_400_000 for year, b in behind.values() if year == "2025"), behind
+    assert all(b < 3_600_000 for year, b in behind.values() if year != "2025"), behind
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")} | topics.env()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from ..core import codec
+from ..core.eventtime import parse_ms
 from ..settings import DOCS, Settings
 
 SETTINGS_HEADER = "qris.settings"
@@ -45,6 +46,27 @@ def decision_settings(s: Settings) -> dict[str, str]:
     '600'
     """
     return {DOCS[name][0]: f"{float(getattr(s, name)):.15g}" for name in DECISION_SETTINGS}
+
+
+SENT_BEHIND_HEADER = "qris.sent_behind_ms"
+
+
+def sent_behind(alert: bytes, now_s: float) -> tuple[str, bytes]:
+    """The header that says how long after its `occurred_at` an alert was sent, in ms: a worker
+    catching up on a backlog (down during an incident, started afterwards) sends the incident's
+    alerts hours after their time, with the same content a replay makes; the forwarder reads
+    this to send them as a catch-up notice, not a page (docs/alert-routing.md). Not counted: 0.
+
+    >>> sent_behind(b'{"occurred_at": "2025-03-29T00:00:00Z"}', 1743206400.0 + 5400.25)
+    ('qris.sent_behind_ms', b'5400250')
+    >>> sent_behind(b'{}', 0.0)
+    ('qris.sent_behind_ms', b'0')
+    """
+    try:
+        behind = max(0, round(now_s * 1000) - parse_ms(codec.loads(alert)["occurred_at"]))
+    except (ValueError, KeyError, TypeError):
+        behind = 0
+    return SENT_BEHIND_HEADER, str(behind).encode()
 
 
 def settings_header(s: Settings) -> bytes:

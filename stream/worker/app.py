@@ -26,7 +26,7 @@ from faust.sensors import Monitor
 from faust.types import TP, Message, StreamT, TopicT
 from faust.types.events import EventT
 
-from ..drivers.livesettings import SETTINGS_HEADER, settings_header
+from ..drivers.livesettings import SETTINGS_HEADER, sent_behind, settings_header
 from ..security import aiokafka_config, faust_credentials
 from ..settings import Settings
 from .batches import finish_before_ack
@@ -191,7 +191,8 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             return await signals.send(key=key, value=value, partition=0, force=True)
         if topic == settings.incidents_topic:
             return await incidents.send(key=key, value=value, partition=0, force=True)
-        return await outputs[topic].send(key=key, value=value, headers=stamp, force=True)
+        headers = stamp if topic != settings.alert_topic else [*stamp, sent_behind(value, time.time())]
+        return await outputs[topic].send(key=key, value=value, headers=headers, force=True)
 
     async def flush() -> None:
         await app.producer.flush()
