@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from stream.core.decisions import Decision
-from stream.core.eventtime import format_ms
+from stream.core.eventtime import format_ms, parse_ms
 from stream.core.holds import IncidentEvent
 from stream.drivers.replayfile import KafkaRecord
 from stream.settings import Settings
@@ -989,3 +989,24 @@ def test_a_partition_whose_first_records_were_deleted_says_so(caplog: pytest.Log
     said = [r.getMessage() for r in caplog.records if "starts at offset" in r.getMessage()]
     assert len(said) == 2 and f"{h.settings.payment_topic}[0] starts at offset 40" in said[0] + said[1]
     assert "not on the broker (transaction markers, or records deleted by retention" in caplog.text
+
+
+def test_holds_restored_with_holds_off_are_said_and_end_at_their_release_by(caplog: pytest.LogCaptureFixture) -> None:
+    # A run with holds on held QR1 while an incident was open; the worker restarts with holds
+    # off (QRIS_MAX_HOLD_S=0). It reads no incident now: the hold ends at its release_by, as
+    # `max_hold`, not at once as if its incident had resolved, and the restore says so.
+    h = Harness()
+    asyncio.run(h.shell.on_incidents([OPENED], T0 + 500_000))
+    h.batch(*unsettled("QR1", 0), *tick(400))
+    [held] = h.refunds()
+    assert held["type"] == "refund.held"
+    off = Harness(h.store, settings=NO_HOLDS)
+    off.offsets = dict(h.offsets)
+    with caplog.at_level("WARNING"):
+        off.batch(*tick(1000))
+    assert "1 refund(s) held by a run with holds on, restored with holds off" in caplog.text
+    assert off.refunds() == []  # not paid at once
+    release_by = parse_ms(held["release_by"])
+    off.batch(*tick((release_by - T0) / 1000 + 60))
+    [paid] = off.refunds()
+    assert paid["type"] == "refund.requested" and paid["hold"]["released_because"] == "max_hold"

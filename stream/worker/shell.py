@@ -290,6 +290,8 @@ class ReconcileShell:
                 # Sent before anything else is (`_emit`) and before any commit persists this
                 # engine's state (`commit`). Held back: `release_held_back` gives them.
                 self.released_at_restore.extend(eng.on_incidents(self.incident_events, self.incidents_known_through_ms))
+            elif not self.params.holds:
+                self._holds_left(partition, eng)
             self.clocks[partition] = PartitionClock()
             if self.on_engine is not None:
                 self.on_engine(eng)
@@ -302,6 +304,21 @@ class ReconcileShell:
                 eng.last_offset,
             )
         return eng
+
+    def _holds_left(self, partition: int, eng: PartitionEngine) -> None:
+        # Holds saved by a run with refund holds on, restored with them off: this worker reads
+        # no incidents, so each ends at its own `release_by` (the H of the run that made it) or
+        # when its payment settles, not when its incident resolves. Said once per partition.
+        holds = [h for st in eng.refs.values() for h in st.holds]
+        if holds:
+            log.warning(
+                "partition %d: %d refund(s) held by a run with holds on, restored with holds off "
+                "(QRIS_MAX_HOLD_S=0): no incident is read now, so each is paid at its release_by (the latest "
+                "%s) unless its payment settles first",
+                partition,
+                len(holds),
+                format_ms(max(h.release_by_ms for h in holds)),
+            )
 
     # -- batches ---------------------------------------------------------------------------
 
