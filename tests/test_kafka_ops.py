@@ -116,6 +116,8 @@ def test_two_workers_answer_the_lookup_for_every_reference_and_refuse_without_th
         assert set(refs) <= got, set(refs) - got
         status, since = _get(b.web_port, "/qris/accounts/7700009876/payments?since=2025-03-29T07:05:00%2B07:00")
         assert status == 200 and 0 < since["count"] < body["count"]
+        status, plus = _get(b.web_port, "/qris/accounts/7700009876/payments?since=2025-03-29T07:05:00+07:00")
+        assert status == 400 and "write it %2B" in plus["error"]  # (an unencoded '+' is a space)
         assert _get(b.web_port, "/qris/accounts/7700009876/payments", token=None)[0] == 401
         # /metrics of both workers parse; together they saw every input record.
         ma, mb = _metrics(a.web_port), _metrics(b.web_port)

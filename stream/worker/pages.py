@@ -122,7 +122,9 @@ def add_pages(
         try:
             since_ms = parse_instant(since) if since else None
         except BadTimestamp as exc:
-            return web.json({"error": f"since: {exc}"}, status=400)
+            # (A `+` in a URL's query is a space: `since=...+07:00` arrives as `... 07:00`.)
+            plus = " (a '+' in a URL query reads as a space: write it %2B)" if since and " " in since else ""
+            return web.json({"error": f"since: {exc}{plus}"}, status=400)
         payments = account_payments(shell.engines, watch, account_id, since_ms)
         if not request.headers.get(FORWARDED):
             for status, body in await ask(peers(), account_path(account_id, since), question):
