@@ -404,15 +404,17 @@ class ReconcileShell:
 
     def _started_past_zero(self, topic: str, partition: int, first: InputRecord) -> None:
         # A partition taken from its start whose first record is past offset 0: the records
-        # before it were deleted (retention, compaction) before this worker read them. A debit
-        # whose request or settlement was among them is decided as the contract says for a debit
-        # without one (replay decides the same, and warns), so operations must hear it.
+        # before it were deleted (retention, compaction) before this worker read them, or were
+        # an aborted transaction's. A debit whose request or settlement was deleted is decided as
+        # the contract says for a debit without one (replay decides the same, and warns), so
+        # operations must hear it.
         self.counts["inputs_started_past_zero"] += 1
         when = format_ms(first.timestamp_ms) if first.timestamp_ms is not None else "unknown"
         log.warning(
-            "%s[%d] starts at offset %d (Kafka time %s): the records before it were deleted before this worker "
-            "read them; payments of references open before then are not known here, and a debit whose request "
-            "or settlement was deleted is refunded as the contract says for a debit without one",
+            "%s[%d] starts at offset %d (Kafka time %s): the offsets before it hold no record for this worker "
+            "(deleted by retention or compaction before it read them, or an aborted transaction's); if deleted, "
+            "payments of references open before then are not known here, and a debit whose request or "
+            "settlement was deleted is refunded as the contract says for a debit without one",
             topic,
             partition,
             first.offset,
