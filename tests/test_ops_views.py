@@ -771,3 +771,35 @@ def test_a_refund_paid_after_a_hold_is_told_when_and_by_which_incident() -> None
     assert "while incident in_a: switch RINTIS was open" in got["summary"], got["summary"]
     # Holds off, or a refund never held: nothing more is said.
     assert "held_by" not in payment_status(_run(DAY)[1].refs["A1"], 0)["refunds"][0]
+
+
+def test_a_refund_paid_at_its_deadline_is_not_said_held_by_an_incident_its_late_request_names() -> None:
+    # Switch RINTIS is down 100..1000 s. The debit comes alone (deadline 300, decided with no
+    # `requested` record: no switch known, nothing covers it): requested at 300, not held. The
+    # request (switch RINTIS) comes at 350: the refund must not be told held until 1900.
+    f = Feed()
+    f.incidents([inc("opened", 100), inc("resolved", 1000)], EVERYTHING)
+    f.l(ledger("QR1-d", "debited", "QR1", 0, 25_000))
+    f.tick(340)
+    f.p(payment("QR1-q", "requested", "QR1", 350, 25_000))
+    f.tick(3000)
+    [requested] = [r for r in f.refunds() if r["type"] == "refund.requested"]
+    assert requested.get("hold") is None and requested["decided_at"] == format_ms(ms(300))
+    got = payment_status(f.eng.refs["QR1"], 0, WorkerWatch(Settings()), f.eng)
+    assert "held_by" not in got["refunds"][0] and "after it was held" not in got["summary"]
+
+
+def test_a_refund_paid_at_max_hold_is_told_held_by_the_incidents_its_record_names() -> None:
+    # in_a never resolves: the hold ends at release_by (300 + 7200 s) as max_hold, naming in_a.
+    # in_b (acquirer BCA) opens at 7600, after the refund was requested: not one that held it.
+    f = Feed()
+    f.incidents([inc("opened", 100), inc("opened", 7600, "in_b", ("acquirer", "BCA"))], EVERYTHING)
+    unsettled(f)
+    f.tick(7000)
+    f.p(payment("QR1-q2", "requested", "QR1", 7000, 25_000))  # (keeps the state past R)
+    f.tick(7540)
+    [requested] = [r for r in f.refunds() if r["type"] == "refund.requested"]
+    got = payment_status(f.eng.refs["QR1"], 0, WorkerWatch(Settings()), f.eng)
+    item = got["refunds"][0]
+    assert item["held_by"] == requested["hold"]["incident_ids"] == ["in_a"]
+    assert item["requested_at"] == requested["decided_at"]

@@ -415,3 +415,22 @@ def test_a_scope_report_names_the_incidents_of_other_scopes_that_held_its_refund
 
     failures, tried = doctest.testmod(reportselect, raise_on_error=False, verbose=False)
     assert tried > 0 and failures == 0
+
+
+def test_a_scope_report_keeps_every_incident_a_kept_refund_names_in_its_hold() -> None:
+    from stream.drivers.reportselect import Selection
+
+    def alert(i: str, t: str) -> dict[str, Any]:
+        return {"kind": "FAILURE_BURST", "incident_id": i, "scope": {"type": "switch", "id": "S"}, "occurred_at": t}
+
+    held = {"type": "refund.held", "merchant_id": "M", "incident_ids": ["in_1"], "decided_at": "2025-03-29T00:05:00Z"}
+    paid: dict[str, Any] = {"type": "refund.requested", "merchant_id": "M", "decided_at": "2025-03-29T01:00:00Z"}
+    paid["hold"] = {"incident_ids": ["in_1", "in_2"]}
+    outs = [
+        ("alerts", alert("in_1", "2025-03-29T00:01:00Z")),
+        ("alerts", alert("in_2", "2025-03-29T00:30:00Z")),
+        ("refunds", held),
+        ("refunds", paid),
+    ]
+    got = Selection(scope_type="merchant", scope_id="M").select(outs)
+    assert [v.get("incident_id") for _r, v in got] == ["in_1", "in_2", None, None]

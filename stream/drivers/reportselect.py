@@ -59,7 +59,11 @@ class Selection:
             return (o for o in outputs if self.keep(*o))
         every = list(outputs)
         held_by = {
-            i for role, v in every if role == "refunds" and self.keep(role, v) for i in v.get("incident_ids") or ()
+            i
+            for role, v in every
+            if role == "refunds" and self.keep(role, v)
+            # (a refund requested after its hold names every incident that kept it on in `hold`)
+            for i in [*(v.get("incident_ids") or ()), *((v.get("hold") or {}).get("incident_ids") or ())]
         }
         by_time = Selection(self.since_ms, self.until_ms)
         return (

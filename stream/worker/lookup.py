@@ -16,6 +16,7 @@ from urllib.parse import quote, urlencode
 from ..core.decisions import mask_account
 from ..core.eventtime import format_ms, parse_ms
 from ..core.partition import PartitionEngine, waiting_list
+from ..core.records import PaymentEvent
 from ..core.reference import ReferenceState
 from ..core.refunds import Refund
 from ..drivers.wib import wib_and_utc
@@ -126,7 +127,7 @@ def _holds(st: ReferenceState, engine: PartitionEngine | None) -> list[dict[str,
             # (The end from the timeline, not the hold's scheduled one: an incident that opened
             # within the grace keeps the hold on before the hold's timer reschedules it.)
             timeline = engine.incidents
-            until, chain = timeline.release_at(st.request, h.deadline_ms, engine.params.hold_grace_ms)
+            until, chain = timeline.release_at(st.request, h.deadline_ms, engine.params.hold_grace_ms, h.incident_ids)
             if chain:
                 # (Not from a timeline that knows none of its incidents yet: a restored engine's,
                 # before the incidents topic is read, would give the deadline.)
@@ -160,12 +161,28 @@ def _held_before(st: ReferenceState, refund: Refund, engine: PartitionEngine | N
     refund record's `decided_at` and `hold` say; else nothing."""
     if engine is None or not engine.params.holds or refund.reason != "SETTLEMENT_TIMEOUT" or not refund.active:
         return {}
-    until, chain = engine.incidents.release_at(st.request, refund.deadline_ms, engine.params.hold_grace_ms)
-    if not chain or until <= refund.deadline_ms:
+    timeline, deadline_ms, grace_ms = engine.incidents, refund.deadline_ms, engine.params.hold_grace_ms
+
+    def known_by(t_ms: int) -> PaymentEvent | None:
+        # The request as the engine knew it at t (records of an instant go before its timers).
+        return st.request if st.request_eff_ms is not None and st.request_eff_ms <= t_ms else None
+
+    # Held only if an incident covering the payment as known at the deadline was open then (a
+    # request that came after the deadline does not make a refund paid at its deadline held).
+    if not timeline.covering_open_at(known_by(deadline_ms), deadline_ms):
         return {}
-    known = engine.incidents.incidents
+    release_by_ms = deadline_ms + engine.params.max_hold_ms
+    until, chain = timeline.release_at(known_by(deadline_ms), deadline_ms, grace_ms)
+    if known_by(min(until, release_by_ms)) is not None:  # the request came during the hold
+        until, chain = timeline.release_at(st.request, deadline_ms, grace_ms)
+    at_ms = min(until, release_by_ms)
+    if not chain or at_ms <= deadline_ms:
+        return {}
+    known = timeline.incidents
+    # As the refund record's `hold.incident_ids`: those opened by the hold's end.
+    chain = [i for i in chain if i not in known or known[i].opened_at_ms <= at_ms]
     return {
-        "requested_at": format_ms(min(until, refund.deadline_ms + engine.params.max_hold_ms)),
+        "requested_at": format_ms(at_ms),
         "held_by": chain,
         "held_by_scopes": {i: {"type": known[i].scope_type, "id": known[i].scope_id} for i in chain if i in known},
     }
