@@ -535,7 +535,7 @@ def to_env(settings: Settings) -> dict[str, str]:
 # Settings naming a file that holds a secret: a value that names no file is not printed (the
 # secret itself, pasted into the wrong variable, is the usual case).
 # The client key's file (and the certificate file, which may hold the key too) likewise: a PEM
-# key pasted into QRIS_SSL_KEYFILE was printed whole.
+# key pasted into QRIS_SSL_KEYFILE would be printed whole.
 SECRET_FILES = frozenset(
     {
         "sasl_password_file",

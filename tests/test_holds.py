@@ -982,8 +982,8 @@ def test_a_hold_whose_incident_the_timeline_lost_stays_held_until_that_incident_
     # The incidents topic lost its first records (trimmed, or deleted and created again) while a
     # partition's state kept a hold of incident `in_a`: restored, the engine's timeline first
     # sees `in_a` in a later `updated` event, or only at its resolution, or never. The hold names
-    # `in_a` (it covered the payment at the deadline): it must not end at once as "resolved"
-    # (a helper's hunt: 108 of 237 held refunds paid at once on restart, then 189 clawbacks).
+    # `in_a` (it covered the payment at the deadline): it must not end at once as "resolved",
+    # to be paid and then clawed back by the late settlements an outage brings.
     held_from = ms(150)
     lost = IncidentTimeline()
     lost.add([], ms(400))

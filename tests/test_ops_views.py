@@ -679,9 +679,9 @@ def test_the_lookups_examples_run() -> None:
 
 
 def test_a_reference_split_over_partitions_is_told_from_every_partition_that_holds_it() -> None:
-    # (A helper's complaint-desk hunt: records of K sent without a key, the request and the
-    # settlement on partition 0, the debit on partition 2. Partition 2 refunded it; the lookup
-    # answered partition 0's "the merchant was paid" and hid the refund.)
+    # Records of K sent without a key: the request and the settlement on partition 0, the debit
+    # on partition 2, which refunds it. Partition 0 alone would say "the merchant was paid" and
+    # hide the refund.
     tick = [(P, b"Z", payment("Z-q", "requested", "Z", 900)), (L, b"Z", ledger("Z-d", "debited", "Z", 900))]
     _, p0 = _run([(P, None, payment("K-q", "requested", "K", 0)), (P, None, payment("K-s", "settled", "K", 2))] + tick)
     _, p2 = _run([(L, None, ledger("K-d", "debited", "K", 1))] + tick)
