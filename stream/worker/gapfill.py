@@ -39,9 +39,13 @@ async def fill_gaps(
     `GapNotFilled` when there is no broker to read from."""
     if fetch_gap is None:
         raise GapNotFilled(f"offsets missing and no broker to read them from: {plan.gaps[:3]}")
-    fetched: list[InputRecord] = []
-    for gap in plan.gaps:
-        fetched.extend(await fetch_gap(gap))
+    # One read from the first gap's start to the last one's end, not one per gap: a transactional
+    # producer that commits every record leaves a marker (a gap of one offset) after each, and a
+    # read per gap cost a broker round trip each (3-46 ms), 6.6 times the time of the same day
+    # without markers. `merge_filled` ignores what the read returns outside the gaps.
+    first, last = plan.gaps[0], plan.gaps[-1]
+    span = first if len(plan.gaps) == 1 else Gap(first.topic, first.partition, first.start, last.end)
+    fetched: list[InputRecord] = list(await fetch_gap(span))
     take, empty = merge_filled(plan, fetched)
     filled = len(take) - len(plan.records)
     counts["gap_records_fetched"] += filled
@@ -103,6 +107,11 @@ class BrokerGapFetcher:
                 # A gap below the log start (retention deleted it) starts at what is left.
                 auto_offset_reset="earliest",
                 client_id="qris-guard-gap-fill",
+                # What a gap read asks for is on the broker (a record after it was delivered); a
+                # long poll only delays the next read: after a read the consumer prefetches on to
+                # the log's end and waits there, and the next read waited for that fetch (up to
+                # aiokafka's 500 ms: 0.35 s a batch behind a transactional producer's markers).
+                fetch_max_wait_ms=10,
             )
             await consumer.start()
             self._consumer = consumer
