@@ -16,6 +16,11 @@ from kafka.errors import TopicAlreadyExistsError
 from .security import kafka_python_config, topic_configs
 from .settings import Settings
 
+# How every reader of the input topics reads them (the worker's consumer, its gap and end-offset
+# readers, dump and replay from Kafka): a transaction's records once it committed, never an
+# aborted one's, and end offsets are the last stable offset.
+INPUT_ISOLATION = "read_committed"
+
 
 def topic_names(settings: Settings) -> list[str]:
     return [

@@ -148,3 +148,56 @@ def test_a_read_goes_on_from_what_retention_left_when_it_deleted_the_first_recor
     finally:
         admin.close()
     assert got == [5, 6, 7, 8, 9]
+
+
+def test_an_aborted_transactions_debit_is_never_refunded_live_or_in_replay(tmp_path: Any) -> None:
+    """A core-banking producer writes debits in transactions: one it aborts never happened, and
+    refunding it pays money never taken. The worker, `replay --from-kafka` and `dump` read
+    committed records only; a committed debit is refunded as usual."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.kafka_support import ROOT, Worker, consume
+    from tests.records import ledger, payment
+
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=1)
+    topics.create(bootstrap)
+    plain = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    core = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"qris-test-{uuid.uuid4().hex[:8]}")
+    try:
+        core.init_transactions()
+        for ref, aborted in (("ABORTED", True), ("COMMITTED", False)):
+            plain.send(topics.payment, key=ref.encode(), value=payment(f"{ref}-q", "requested", ref, 0), partition=0)
+            core.begin_transaction()
+            core.send(topics.ledger, key=ref.encode(), value=ledger(f"{ref}-d", "debited", ref, 1), partition=0)
+            core.flush()
+            (core.abort_transaction if aborted else core.commit_transaction)()
+        core.begin_transaction()  # event time moves past both deadlines (300 s)
+        core.send(topics.ledger, key=b"TICK", value=ledger("TICK-d", "debited", "TICK", 700), partition=0)
+        core.commit_transaction()
+        plain.send(topics.payment, key=b"TICK", value=payment("TICK-q", "requested", "TICK", 700), partition=0)
+        plain.flush()
+    finally:
+        plain.close()
+        core.close()
+    on_broker = list(read_topics(bootstrap, [topics.payment, topics.ledger]))
+    assert {orjson.loads(r.value or b"{}")["reference"] for r in on_broker if r.topic == topics.ledger} == {
+        "COMMITTED",
+        "TICK",
+    }
+    w = Worker(topics, tmp_path / "w", extra_env={"QRIS_MAX_HOLD_S": "0"})
+    w.start(bootstrap)
+    try:
+        got = consume(bootstrap, [topics.refunds], until=1, timeout_s=120, settle_s=3, worker=w)
+    finally:
+        w.stop()
+    assert [(v["type"], v["reference"]) for _t, _k, v in got] == [("refund.requested", "COMMITTED")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")} | topics.env() | {"QRIS_MAX_HOLD_S": "0"}
+    out = tmp_path / "replay.jsonl"
+    cmd = [sys.executable, "-m", "stream", "replay", "--from-kafka", "--bootstrap", bootstrap, "--out", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    replayed = [orjson.loads(line)["value"] for line in out.read_bytes().splitlines()]
+    assert [(v["type"], v["reference"]) for v in replayed if "refund_id" in v] == [("refund.requested", "COMMITTED")]

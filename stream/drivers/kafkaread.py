@@ -12,6 +12,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from ..security import kafka_python_config
 from ..settings import Settings
+from ..topics import INPUT_ISOLATION
 from .replayfile import KafkaRecord
 
 
@@ -40,6 +41,9 @@ def read_topics(
         max_poll_records=5000,
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=16 * 1024 * 1024,
+        # As the live worker reads: committed records only (an aborted transaction's debit never
+        # happened), and the end offsets captured are the last stable ones.
+        isolation_level=INPUT_ISOLATION,
     )
     try:
         tps: list[TopicPartition] = []

@@ -62,6 +62,7 @@ from faust.types import TP
 from mode import Service
 from mode.utils.locks import Event
 
+from ..topics import INPUT_ISOLATION
 from .intake import adopt, fetched_message
 
 log = logging.getLogger("qris_guard.worker")
@@ -136,6 +137,11 @@ class QuickFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
         # aiokafka reads it when the consumer starts (`AIOKafkaConsumer.start` builds its Fetcher
         # from it); a test checks that an upgrade keeps that so.
         consumer._fetch_max_wait_ms = cast(GuardedConsumer, self.consumer).fetch_max_wait_ms
+        # Committed records only (Faust reads uncommitted ones unless the app is exactly-once): a
+        # core-banking producer's aborted transaction holds debits that never happened, and
+        # refunding them pays money never taken. `dump`, replay from Kafka and the worker's other
+        # readers of the input topics read the same (`topics.INPUT_ISOLATION`), so live equals replay.
+        consumer._isolation_level = INPUT_ISOLATION
         return consumer
 
 

@@ -21,6 +21,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from ..topics import INPUT_ISOLATION
+
 TopicPartitionKey = tuple[str, int]
 
 END_OFFSETS_TIMEOUT_S = 5.0
@@ -71,6 +73,8 @@ class BrokerEndOffsets:
                     enable_auto_commit=False,
                     client_id=self.client_id,
                     request_timeout_ms=int(self.timeout_s * 1000),
+                    # The last stable offset: what the worker's consumer can be given.
+                    isolation_level=INPUT_ISOLATION,
                 )
                 try:
                     await consumer.start()

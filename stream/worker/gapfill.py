@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from ..drivers.replayfile import KafkaRecord
+from ..topics import INPUT_ISOLATION
 from .boundary import Gap, GapNotFilled, InputRecord, PartitionPlan, merge_filled
 
 log = logging.getLogger("qris_guard.worker")
@@ -107,6 +108,8 @@ class BrokerGapFetcher:
                 # A gap below the log start (retention deleted it) starts at what is left.
                 auto_offset_reset="earliest",
                 client_id="qris-guard-gap-fill",
+                # As the worker's consumer reads (an aborted transaction's records are nothing).
+                isolation_level=INPUT_ISOLATION,
                 # What a gap read asks for is on the broker (a record after it was delivered); a
                 # long poll only delays the next read: after a read the consumer prefetches on to
                 # the log's end and waits there, and the next read waited for that fetch (up to
