@@ -201,3 +201,46 @@ def test_an_aborted_transactions_debit_is_never_refunded_live_or_in_replay(tmp_p
     assert done.returncode == 0, done.stderr
     replayed = [orjson.loads(line)["value"] for line in out.read_bytes().splitlines()]
     assert [(v["type"], v["reference"]) for v in replayed if "refund_id" in v] == [("refund.requested", "COMMITTED")]
+
+
+def test_records_deleted_by_retention_while_the_worker_was_down_raise_input_lost(tmp_path: Any) -> None:
+    """The worker stops; the ledger goes on, and retention deletes records it never read. At its
+    restart the log begins past where its state stands: a critical INPUT_LOST names the offsets
+    lost, and the worker goes on with what is left."""
+    from tests.kafka_support import Worker, consume
+    from tests.records import ledger, payment
+
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=1)
+    topics.create(bootstrap)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+
+    def send(topic: str, ref: str, value: bytes) -> None:
+        producer.send(topic, key=ref.encode(), value=value, partition=0)
+
+    w = Worker(topics, tmp_path / "w", extra_env={"QRIS_MAX_HOLD_S": "0"})
+    try:
+        for i in range(5):
+            send(topics.payment, f"A{i}", payment(f"A{i}-q", "requested", f"A{i}", i))
+            send(topics.ledger, f"A{i}", ledger(f"A{i}-d", "debited", f"A{i}", i))
+        producer.flush()
+        w.start(bootstrap)
+        w.wait_processed(10, timeout_s=120)
+        w.stop()
+        for i in range(20):  # while it is down: 20 debits, of which retention deletes 15
+            send(topics.ledger, f"B{i}", ledger(f"B{i}-d", "debited", f"B{i}", 10 + i))
+        producer.flush()
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="qris-test")
+        try:
+            admin.delete_records({TopicPartition(topics.ledger, 0): 20}, timeout_ms=10_000)
+        finally:
+            admin.close()
+        w.start(bootstrap)
+        got = consume(bootstrap, [topics.alerts], until=1, timeout_s=120, settle_s=3, worker=w)
+    finally:
+        producer.close()
+        w.stop()
+    lost = [v for _t, _k, v in got if v["kind"] == "INPUT_LOST"]
+    assert len(lost) == 1, [v["kind"] for _t, _k, v in got]
+    assert lost[0]["severity"] == "critical" and lost[0]["topic"] == topics.ledger
+    assert lost[0]["observed"] == {"lost_offsets": 15, "first_offset": 5, "last_offset": 19, "log_start_offset": 20}

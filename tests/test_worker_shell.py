@@ -1010,3 +1010,48 @@ def test_holds_restored_with_holds_off_are_said_and_end_at_their_release_by(capl
     off.batch(*tick((release_by - T0) / 1000 + 60))
     [paid] = off.refunds()
     assert paid["type"] == "refund.requested" and paid["hold"]["released_because"] == "max_hold"
+
+
+def test_offsets_deleted_by_retention_before_the_worker_read_them_raise_input_lost() -> None:
+    # The worker was down longer than the topic keeps records: when it comes back, the log
+    # begins past the offsets its state expects. What lies between is gone (not transaction
+    # markers): payments among them are not decided, so operations get a critical INPUT_LOST
+    # naming the offsets. A first read of a topic that already lost its oldest records is a
+    # warning; offsets missing above the log start (markers) raise nothing.
+    from tests.test_schemas import beyond_schema_errors, validator_for
+
+    h = Harness(settings=NO_HOLDS)
+
+    async def nothing_there(gap: Gap) -> list[KafkaRecord]:
+        return []
+
+    begins = {h.settings.payment_topic: 0, h.settings.ledger_topic: 0}
+    asked: list[Any] = []
+
+    async def begin_offsets(tps: Collection[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        asked.append(sorted(tps))
+        return {(t, p): begins[t] for t, p in tps}
+
+    h.shell.fetch_gap, h.shell.begin_offsets = nothing_there, begin_offsets
+    h.batch(*unsettled("QR1", 0), *tick(100))
+    assert asked == []  # (no gap: nothing asked)
+    h.offsets[h.settings.payment_topic] += 3  # three offsets missing: the broker keeps them as markers
+    h.batch(*tick(110))
+    assert len(asked) == 1 and not [v for _t, v in h.sent if v.get("kind") == "INPUT_LOST"]
+    begins[h.settings.ledger_topic] = 50  # down for days: the ledger's log now begins at 50
+    h.offsets[h.settings.ledger_topic] = 50
+    h.batch(*tick(900))
+    [lost] = [v for _t, v in h.sent if v.get("kind") == "INPUT_LOST"]
+    assert lost["severity"] == "critical" and lost["topic"] == h.settings.ledger_topic and lost["partition"] == 0
+    assert lost["observed"] == {"lost_offsets": 47, "first_offset": 3, "last_offset": 49, "log_start_offset": 50}
+    assert lost["dedup_key"] == f"INPUT_LOST:{h.settings.ledger_topic}:0"
+    assert h.shell.counts["input_offsets_lost"] == 47
+    validator = validator_for("qris.alerts", closed_schema=True)
+    assert [e.message for e in validator.iter_errors(lost)] == [] and beyond_schema_errors("qris.alerts", lost) == []
+    # A first read of a topic that lost its oldest records: a warning.
+    fresh = Harness(settings=NO_HOLDS)
+    fresh.shell.fetch_gap, fresh.shell.begin_offsets = nothing_there, begin_offsets
+    fresh.offsets = {h.settings.payment_topic: 0, h.settings.ledger_topic: 50}
+    fresh.batch(*unsettled("QR2", 0), *tick(100))
+    [first] = [v for _t, v in fresh.sent if v.get("kind") == "INPUT_LOST"]
+    assert first["severity"] == "warning" and first["observed"]["lost_offsets"] == 50

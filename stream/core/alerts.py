@@ -296,6 +296,41 @@ def event_time_stalled_alert(
     )
 
 
+def input_lost_alert(
+    topic: str, partition: int, first: int, last: int, count: int, begins_at: int, fresh: bool, at_ms: int | None
+) -> Decision:
+    """Live only: offsets `first`..`last` of an input topic partition (at most `count` records)
+    were deleted by retention before this worker read them; the partition's log now begins at
+    `begins_at`. `fresh`: the worker had taken nothing of the partition yet (a new deployment on
+    a topic that already lost its oldest records: a warning); otherwise records it would have
+    decided are gone (a worker down longer than the topic's retention: critical)."""
+    where = f"{topic} partition {partition}"
+    if fresh:
+        summary = (
+            f"{where} begins at offset {begins_at}: the records before it were deleted before qris-guard first read "
+            "it; payments of references opened before then are unknown here, and a debit whose request or "
+            "settlement was deleted is refunded as one without them"
+        )
+    else:
+        summary = (
+            f"{where}: offsets {first}..{last} (up to {count:,} records) were deleted by retention before this "
+            "worker read them; their payments are not decided (a debit among them is not refunded, a debit "
+            "whose settlement was among them is): reconcile those offsets from the bank's own copy"
+        )
+    return _alert(
+        ids.alert_id("INPUT_LOST", topic, partition, first, last),
+        "INPUT_LOST",
+        "warning" if fresh else "critical",
+        "all",
+        "all",
+        at_ms,
+        partition,
+        summary,
+        {"lost_offsets": count, "first_offset": first, "last_offset": last, "log_start_offset": begins_at},
+        topic=topic,
+    )
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 

@@ -236,6 +236,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         fetch_lag=lag_reader.fetch,
     )
     shell.on_engine = watch.watch_engine
+    shell.begin_offsets = ends.beginning
 
     def frozen_past_session() -> None:  # (`freeze.py`: a zombie sends nothing late)
         restart_self("frozen_past_session")

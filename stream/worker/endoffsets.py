@@ -86,6 +86,22 @@ class BrokerEndOffsets:
                 self._consumer = consumer
             return self._consumer
 
+    async def beginning(self, tps: Collection[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        """The first offset the broker still holds of each of `tps` (the log start: retention
+        deleted what lies before it); raises `EndOffsetsUnknown` as `ask` does."""
+        if not tps:
+            return {}
+        try:
+            consumer = await self._client()
+            got = await asyncio.wait_for(
+                consumer.beginning_offsets([TopicPartition(t, p) for t, p in tps]), self.timeout_s
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise EndOffsetsUnknown(f"{type(exc).__name__} asking where {len(tps)} partition(s) begin") from exc
+        return {(tp.topic, tp.partition): int(offset) for tp, offset in got.items()}
+
     async def _ask(self, tps: Collection[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
         consumer = await self._client()
         ends = await consumer.end_offsets([TopicPartition(t, p) for t, p in tps])

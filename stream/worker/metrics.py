@@ -192,6 +192,11 @@ _COUNT_HELP: tuple[tuple[str, str], ...] = (
         "clock (the idle rule); a replay of the same records makes them only with --drain",
     ),
     (
+        "input_offsets_lost",
+        "Input offsets deleted by retention before this worker read them (an INPUT_LOST alert per range): "
+        "payments among them are not decided",
+    ),
+    (
         "idle_streams_behind",
         "Times an input stream idle for the idle timeout still had records on the broker not taken by this worker "
         "(late, not silent: a backlog, or fetches the broker does not serve)",

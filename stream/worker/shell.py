@@ -33,6 +33,7 @@ from operator import attrgetter
 from typing import Any, Literal, Protocol
 
 from ..core import codec
+from ..core.alerts import input_lost_alert
 from ..core.deadletter import dead_letter_record
 from ..core.decisions import Decision
 from ..core.eventtime import format_ms
@@ -205,6 +206,9 @@ class ReconcileShell:
         # freeze past the session is sent after it; `on_frozen` replaces the process then.
         self.loop = LoopWatch(settings.session_timeout_s)
         self.on_frozen: Callable[[], None] | None = None
+        # Where each input partition's log begins now (the app's broker reader; None: no broker):
+        # offsets a batch misses below it were deleted before this worker read them (INPUT_LOST).
+        self.begin_offsets: EndOffsets | None = None
         self.incidents_known_through_ms = NEG_INF
         self.released_at_restore: list[Decision] = []
         # Set when the incidents known move, while `paced` waits for them (a new one each wait);
@@ -246,6 +250,8 @@ class ReconcileShell:
             # Input partitions taken from their start whose first record was past offset 0
             # (deleted by retention before this worker read them: logged with the partition).
             "inputs_started_past_zero": 0,
+            # Input offsets deleted by retention before this worker read them (INPUT_LOST).
+            "input_offsets_lost": 0,
             "commits": 0,
             # Reference entries written to the state, deletions included (a reference changed
             # by several records between two commits is written once: the benches' saves per
@@ -357,6 +363,9 @@ class ReconcileShell:
                 take = plan.records
                 if plan.gaps:
                     take = await self._fill_gaps(plan)
+                    lost = await self._lost_to_retention(plan, take, expected[(topic, p)] == 0)
+                    if lost is not None:
+                        decisions.append(lost)
                 if take and expected[(topic, p)] == 0 and take[0].offset > 0:
                     self._started_past_zero(topic, p, take[0])
                 if plan.redelivered:
@@ -420,6 +429,38 @@ class ReconcileShell:
             first.offset,
             when,
         )
+
+    async def _lost_to_retention(self, plan: PartitionPlan, take: list[InputRecord], fresh: bool) -> Decision | None:
+        """An INPUT_LOST alert when offsets this partition's state expects were not on the broker
+        because its log now begins past them (retention deleted them before this worker read
+        them: a worker down longer than the topic keeps records), else None. Offsets missing
+        above the log start are transaction markers or compacted away: nothing lost."""
+        missing = sum(g.size for g in plan.gaps) - (len(take) - len(plan.records))
+        if missing <= 0 or self.begin_offsets is None:
+            return None
+        g0 = plan.gaps[0]
+        tp = (g0.topic, g0.partition)
+        try:
+            begins = (await self.begin_offsets([tp]))[tp]
+        except Exception as exc:  # noqa: BLE001 - a check only: the records are taken either way
+            log.warning("%s[%d]: where the log begins not known (%s): lost records not checked", *tp, exc)
+            return None
+        spans = [(g.start, min(g.end, begins)) for g in plan.gaps if g.start < begins]
+        count = sum(end - start for start, end in spans)
+        if count <= 0:
+            return None
+        first, last = spans[0][0], spans[-1][1] - 1
+        self.counts["input_offsets_lost"] += count
+        log.error(
+            "%s[%d]: offsets %d..%d were deleted by retention before this worker read them (the log begins at %d)%s",
+            *tp,
+            first,
+            last,
+            begins,
+            " (its first read)" if fresh else "",
+        )
+        after = next((r.timestamp_ms for r in take if r.offset >= begins and r.timestamp_ms is not None), None)
+        return input_lost_alert(*tp, first, last, count, begins, fresh, after)
 
     async def _fill_gaps(self, plan: PartitionPlan) -> list[InputRecord]:
         # Faust delivered past offsets this partition's state has not taken.
