@@ -971,26 +971,6 @@ def test_an_engine_restored_while_holding_back_gets_the_incidents_at_the_release
     assert [r["type"] for r in h2.refunds()] == ["refund.requested"]
 
 
-def test_a_partition_whose_first_records_were_deleted_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    # A fresh worker on topics whose retention deleted their first records: the partition
-    # starts past offset 0, the broker has nothing before it, and a debit whose request was
-    # deleted is refunded as the contract says. The worker says where each stream starts.
-    h = Harness(settings=NO_HOLDS)
-
-    async def nothing_there(gap: Gap) -> list[KafkaRecord]:
-        return []
-
-    h.shell.fetch_gap = nothing_there
-    h.offsets = {h.settings.payment_topic: 40, h.settings.ledger_topic: 7}
-    with caplog.at_level("WARNING"):
-        h.batch(*unsettled("QR1", 0), *tick(400))
-        h.batch(*tick(410))  # (once per partition: the next batch follows on)
-    assert h.shell.counts["inputs_started_past_zero"] == 2
-    said = [r.getMessage() for r in caplog.records if "starts at offset" in r.getMessage()]
-    assert len(said) == 2 and f"{h.settings.payment_topic}[0] starts at offset 40" in said[0] + said[1]
-    assert "not on the broker (transaction markers, or records deleted by retention" in caplog.text
-
-
 def test_holds_restored_with_holds_off_are_said_and_end_at_their_release_by(caplog: pytest.LogCaptureFixture) -> None:
     # A run with holds on held QR1 while an incident was open; the worker restarts with holds
     # off (QRIS_MAX_HOLD_S=0). It reads no incident now: the hold ends at its release_by, as
@@ -1046,6 +1026,7 @@ def test_offsets_deleted_by_retention_before_the_worker_read_them_raise_input_lo
     assert lost["observed"] == {"lost_offsets": 47, "first_offset": 3, "last_offset": 49, "log_start_offset": 50}
     assert lost["dedup_key"] == f"INPUT_LOST:{h.settings.ledger_topic}:0"
     assert h.shell.counts["input_offsets_lost"] == 47
+    assert h.shell.counts["gap_offsets_empty"] == 3 + 47  # (markers, and the offsets lost)
     validator = validator_for("qris.alerts", closed_schema=True)
     assert [e.message for e in validator.iter_errors(lost)] == [] and beyond_schema_errors("qris.alerts", lost) == []
     # A first read of a topic that lost its oldest records: a warning.

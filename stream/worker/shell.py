@@ -247,9 +247,6 @@ class ReconcileShell:
             # followed the wall clock: a replay makes them only with --drain (no alert: quiet
             # feeds at night are normal; logged with the partition).
             "idle_quiet_decisions": 0,
-            # Input partitions taken from their start whose first record was past offset 0
-            # (deleted by retention before this worker read them: logged with the partition).
-            "inputs_started_past_zero": 0,
             # Input offsets deleted by retention before this worker read them (INPUT_LOST).
             "input_offsets_lost": 0,
             "commits": 0,
@@ -366,8 +363,6 @@ class ReconcileShell:
                     lost = await self._lost_to_retention(plan, take, expected[(topic, p)] == 0)
                     if lost is not None:
                         decisions.append(lost)
-                if take and expected[(topic, p)] == 0 and take[0].offset > 0:
-                    self._started_past_zero(topic, p, take[0])
                 if plan.redelivered:
                     self.counts["redelivered_skipped"] += plan.redelivered
                 if not take:
@@ -410,25 +405,6 @@ class ReconcileShell:
         here yet, its saved state not restored)."""
         eng = self.engines.get(partition)
         return None if eng is None else eng.last_offset[self._stream(topic)] + 1
-
-    def _started_past_zero(self, topic: str, partition: int, first: InputRecord) -> None:
-        # A partition taken from its start whose first record is past offset 0: the records
-        # before it were deleted (retention, compaction) before this worker read them, or were
-        # an aborted transaction's. A debit whose request or settlement was deleted is decided as
-        # the contract says for a debit without one (replay decides the same, and warns), so
-        # operations must hear it.
-        self.counts["inputs_started_past_zero"] += 1
-        when = format_ms(first.timestamp_ms) if first.timestamp_ms is not None else "unknown"
-        log.warning(
-            "%s[%d] starts at offset %d (Kafka time %s): the offsets before it hold no record for this worker "
-            "(deleted by retention or compaction before it read them, or an aborted transaction's); if deleted, "
-            "payments of references open before then are not known here, and a debit whose request or "
-            "settlement was deleted is refunded as the contract says for a debit without one",
-            topic,
-            partition,
-            first.offset,
-            when,
-        )
 
     async def _lost_to_retention(self, plan: PartitionPlan, take: list[InputRecord], fresh: bool) -> Decision | None:
         """An INPUT_LOST alert when offsets this partition's state expects were not on the broker
