@@ -2,6 +2,7 @@
 default) against the vector memtable the worker uses (`statestore.rocks_options`); not a test.
 
     python bench/rocks_write.py [--batches 300] [--per 1000] [--rounds 3]
+    python bench/rocks_write.py --write-buffer-mb 64 16   # the worker's memtable at two sizes
 
 Each batch is a `WriteBatch` of `--per` puts of `--value-bytes` (about a saved reference) to keys
 drawn from a universe of references, written without the write-ahead log, as
@@ -76,11 +77,21 @@ def main() -> int:
     ap.add_argument("--value-bytes", type=int, default=900)
     ap.add_argument("--universe", type=int, default=200_000, help="distinct references")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--write-buffer-mb",
+        type=int,
+        nargs=2,
+        metavar=("A", "B"),
+        help="compare the worker's memtable with a write buffer of A MiB and of B MiB (its memory bound)",
+    )
     args = ap.parse_args()
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}")
-    results: dict[str, list[tuple[float, float]]] = {"skip list": [], "vector (worker)": []}
+    contenders: list[tuple[str, Callable[[], Any]]] = [("skip list", skip_list), ("vector (worker)", rocks_options)]
+    if args.write_buffer_mb:
+        contenders = [(f"vector, {mb} MiB", _sized(mb)) for mb in args.write_buffer_mb]
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name, _o in contenders}
     for _ in range(args.rounds):
-        for name, options in (("skip list", skip_list), ("vector (worker)", rocks_options)):
+        for name, options in contenders:
             results[name].append(one_run(options, args))
     med = {}
     for name, runs in results.items():
@@ -90,9 +101,18 @@ def main() -> int:
             f"{name}: in db.write {w:.2f} us/key, process CPU {c:.2f} us/key "
             f"(rounds: {', '.join(f'{a:.2f}/{b:.2f}' for a, b in runs)})"
         )
-    (sw, sc), (vw, vc) = med["skip list"], med["vector (worker)"]
-    print(f"vector / skip list: in db.write {vw / sw:.2f}, process CPU {vc / sc:.2f}")
+    (a, (sw, sc)), (b, (vw, vc)) = med.items()
+    print(f"{b} / {a}: in db.write {vw / sw:.2f}, process CPU {vc / sc:.2f}")
     return 0
+
+
+def _sized(mb: int) -> Callable[[], Any]:
+    def options() -> Any:
+        o = rocks_options()
+        o.set_write_buffer_size(mb * 1024 * 1024)
+        return o
+
+    return options
 
 
 if __name__ == "__main__":

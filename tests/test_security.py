@@ -237,7 +237,12 @@ def test_the_worker_app_binds_where_told_with_faust_pages_off(tmp_path: Path) ->
 
     changelog = state_changelog_topic(s, 4)
     assert changelog.name == "qris-guard-state-changelog" and changelog.num_partitions == 4
-    assert changelog.topic_configs == {"min.insync.replicas": "1", "cleanup.policy": "compact"}
+    assert changelog.topic_configs == {
+        "min.insync.replicas": "1",
+        "cleanup.policy": "compact",
+        "segment.bytes": str(128 * 1024 * 1024),  # (compacted only once a segment closes)
+        "segment.ms": "3600000",
+    }
 
 
 class _Metadata:
