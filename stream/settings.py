@@ -64,6 +64,7 @@ class Settings:
     session_timeout_s: float = 30.0
     recovery_stall_s: float = 60.0  # recovery.RECOVERY_STALL_S
     state_flush_s: float = 600.0  # statestore.RocksPartition
+    state_write_buffer_mb: int = 64  # statestore.rocks_options
     feed_stall_s: float = 120.0  # recovery.FEED_STALL_S
     stop_timeout_s: float = 90.0  # stopdeadline.StopDeadline
     log_level: str = "info"
@@ -277,6 +278,12 @@ DOCS: dict[str, tuple[str, str]] = {
         "seconds between background flushes of a partition's local RocksDB (written without its log): a killed "
         "worker's local state comes back at most about this far behind, and its restore reads the changelog from there",
     ),
+    "state_write_buffer_mb": (
+        "QRIS_STATE_WRITE_BUFFER_MB",
+        "MiB a partition's local RocksDB holds in memory before it flushes (two while one flushes): every "
+        "partition's memtable fills to it, so a worker's memory grows by up to twice this per partition it owns; "
+        "smaller costs CPU (1 to 1024)",
+    ),
     "feed_stall_s": (
         "QRIS_FEED_STALL_S",
         "seconds an input or signals partition may have records on the broker (its end offset, asked then) "
@@ -406,6 +413,8 @@ def _problems(s: Settings) -> list[str]:
     for name, value in (("QRIS_MAX_SCOPES", s.max_scopes), ("QRIS_MAX_MERCHANTS_TRACKED", s.max_merchants_tracked)):
         if value < 1:
             out.append(f"{name}={value}: expected 1 or more")
+    if not 1 <= s.state_write_buffer_mb <= 1024:
+        out.append(f"QRIS_STATE_WRITE_BUFFER_MB={s.state_write_buffer_mb}: expected 1 to 1024")
     if not 1024 <= s.signals_part_max_bytes <= 524_288:
         out.append(f"QRIS_SIGNALS_PART_MAX_BYTES={s.signals_part_max_bytes}: expected 1024 to 524288")
     for name, value in (

@@ -1212,3 +1212,28 @@ def test_two_writers_pieces_interleaved_any_way_and_committed_at_any_point_resto
             got = restored(log)
             for k in keys:
                 assert got.get(k) in written[k], (cut, rcut, k, got.get(k))
+
+
+def test_a_partition_dbs_memtable_is_bounded_by_its_write_buffer(tmp_path: Path) -> None:
+    # The worker rewrites every reference a batch changed: each partition's memtable fills to
+    # its write buffer whatever the state's size, so that bound (QRIS_STATE_WRITE_BUFFER_MB) is
+    # what a partition costs in memory.
+    import os
+
+    from rocksdict import WriteBatch
+
+    from stream.worker.statestore import RocksPartition
+
+    def active_after_9_mib(mib: int) -> int:
+        rp = RocksPartition(tmp_path / f"p{mib}", write_buffer_bytes=mib * 1024 * 1024)
+        value = os.urandom(900)
+        for b in range(10):
+            wb = WriteBatch(raw_mode=True)
+            for i in range(1000):
+                wb.put(b"%d/r/QR%d-%d" % (mib, b, i), value)
+            rp.db.write(wb, rp.write_options)
+        size = int(rp.db.property_int_value("rocksdb.cur-size-active-mem-table") or 0)
+        rp.db.close()
+        return size
+
+    assert active_after_9_mib(1) < 2 * 1024 * 1024 < 8 * 1024 * 1024 < active_after_9_mib(64)

@@ -203,7 +203,10 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     changelog = KafkaChangelog(aiokafka_config(settings), changelog_topic_name(settings.app_id))
     local_dir = Path(settings.data_dir) / settings.app_id / "state"
     store = PartitionStore(
-        changelog, None if settings.store.startswith("memory") else local_dir, flush_every_s=settings.state_flush_s
+        changelog,
+        None if settings.store.startswith("memory") else local_dir,
+        flush_every_s=settings.state_flush_s,
+        write_buffer_bytes=settings.state_write_buffer_mb * 1024 * 1024,
     )
     # The local DBs are written without RocksDB's log: only a flush (`close`) keeps the last
     # batches on disk. Closed when the app stops, after its agents (and their last commits):

@@ -269,23 +269,23 @@ class MemoryPartition:
 
 # A partition DB's memtable: the most of its writes RocksDB holds in memory before it flushes
 # them (two while one flushes). The worker rewrites every reference a batch changed, so each
-# memtable fills to this whatever the state's size: RocksDB's default, 64 MiB, makes a
-# worker's memory 64-128 MiB a partition (RSS 445 MB for 954 open references on 4 partitions
-# in a 19-day soak).
-# 16 MiB costs about 15% more of the write's CPU, most of it on RocksDB's flush thread
-# (`python bench/rocks_write.py --write-buffer-mb 64 16`: 2.91 against 3.36 us a key).
-WRITE_BUFFER_BYTES = 16 * 1024 * 1024
+# memtable fills to this whatever the state's size: a worker's memory is up to twice it per
+# partition (RSS 445 MB for 954 open references on 4 partitions in a 19-day soak with 64 MiB).
+# Smaller costs CPU: 16 MiB about 15% more of the write's (`python bench/rocks_write.py
+# --write-buffer-mb 64 16`), and in a backlog its flushes delay the last decisions (to the last
+# decision 0.88-0.94 of 64 MiB's, `bench/live_throughput.py`). `QRIS_STATE_WRITE_BUFFER_MB`.
+WRITE_BUFFER_BYTES = 64 * 1024 * 1024
 
 
-def rocks_options() -> Any:
+def rocks_options(write_buffer_bytes: int = WRITE_BUFFER_BYTES) -> Any:
     """A partition DB's options: raw bytes, the vector memtable (`RocksPartition`) of
-    `WRITE_BUFFER_BYTES`."""
+    `write_buffer_bytes`."""
     from rocksdict import MemtableFactory, Options
 
     options = Options(raw_mode=True)
     options.set_allow_concurrent_memtable_write(False)  # the vector memtable requires it
     options.set_memtable_factory(MemtableFactory.vector())
-    options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+    options.set_write_buffer_size(write_buffer_bytes)
     return options
 
 
@@ -315,11 +315,13 @@ class RocksPartition:
 
     FLUSH_EVERY_S = 600.0  # the default of `flush_every_s`
 
-    def __init__(self, path: Path, flush_every_s: float | None = None) -> None:
+    def __init__(
+        self, path: Path, flush_every_s: float | None = None, write_buffer_bytes: int = WRITE_BUFFER_BYTES
+    ) -> None:
         from rocksdict import Rdict, WriteOptions
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = Rdict(str(path), options=rocks_options())
+        self.db = Rdict(str(path), options=rocks_options(write_buffer_bytes))
         self.write_options = WriteOptions()
         # A property at run time; rocksdict's stub declares a method.
         self.write_options.disable_wal = True  # type: ignore[method-assign, assignment]
@@ -443,10 +445,17 @@ class PartitionStore:
     (changelog delivered, then the local DB), `restore` brings a partition up to date before
     its engine is built, `release` lets go of a partition that moved away."""
 
-    def __init__(self, changelog: Changelog, local_dir: Path | None, flush_every_s: float | None = None) -> None:
+    def __init__(
+        self,
+        changelog: Changelog,
+        local_dir: Path | None,
+        flush_every_s: float | None = None,
+        write_buffer_bytes: int = WRITE_BUFFER_BYTES,
+    ) -> None:
         self.changelog = changelog
         self.local_dir = local_dir  # None: memory://
         self.flush_every_s = flush_every_s  # the local DBs' (`RocksPartition`); None: its default
+        self.write_buffer_bytes = write_buffer_bytes  # the local DBs' memtable
         self.locals: dict[int, LocalPartition] = {}
         self.current: set[int] = set()  # restored and not released since
         self.pending: dict[int, list[Change]] = {}
@@ -954,7 +963,7 @@ class PartitionStore:
             local = (
                 MemoryPartition()
                 if self.local_dir is None
-                else RocksPartition(self.local_dir / f"p{partition}", self.flush_every_s)
+                else RocksPartition(self.local_dir / f"p{partition}", self.flush_every_s, self.write_buffer_bytes)
             )
             self.locals[partition] = local
         return local
