@@ -1017,16 +1017,21 @@ def test_offsets_deleted_by_retention_before_the_worker_read_them_raise_input_lo
     assert asked == []  # (no gap: nothing asked)
     h.offsets[h.settings.payment_topic] += 3  # three offsets missing: the broker keeps them as markers
     h.batch(*tick(110))
+    h.offsets[h.settings.payment_topic] += 1  # another marker at once: the log start is known
+    h.batch(*tick(120))
     assert len(asked) == 1 and not [v for _t, v in h.sent if v.get("kind") == "INPUT_LOST"]
-    begins[h.settings.ledger_topic] = 50  # down for days: the ledger's log now begins at 50
-    h.offsets[h.settings.ledger_topic] = 50
-    h.batch(*tick(900))
-    [lost] = [v for _t, v in h.sent if v.get("kind") == "INPUT_LOST"]
+    # Down for days: the worker restarts over its store, and the ledger's log begins at 50.
+    begins[h.settings.ledger_topic] = 50
+    h2 = Harness(h.store, settings=NO_HOLDS)
+    h2.offsets = {**h.offsets, h.settings.ledger_topic: 50}
+    h2.shell.fetch_gap, h2.shell.begin_offsets = nothing_there, begin_offsets
+    h2.batch(*tick(900))
+    [lost] = [v for _t, v in h2.sent if v.get("kind") == "INPUT_LOST"]
     assert lost["severity"] == "critical" and lost["topic"] == h.settings.ledger_topic and lost["partition"] == 0
-    assert lost["observed"] == {"lost_offsets": 47, "first_offset": 3, "last_offset": 49, "log_start_offset": 50}
+    assert lost["observed"] == {"lost_offsets": 46, "first_offset": 4, "last_offset": 49, "log_start_offset": 50}
     assert lost["dedup_key"] == f"INPUT_LOST:{h.settings.ledger_topic}:0"
-    assert h.shell.counts["input_offsets_lost"] == 47
-    assert h.shell.counts["gap_offsets_empty"] == 3 + 47  # (markers, and the offsets lost)
+    assert h2.shell.counts["input_offsets_lost"] == 46 and h2.shell.counts["gap_offsets_empty"] == 46
+    assert h.shell.counts["gap_offsets_empty"] == 4  # (the markers)
     validator = validator_for("qris.alerts", closed_schema=True)
     assert [e.message for e in validator.iter_errors(lost)] == [] and beyond_schema_errors("qris.alerts", lost) == []
     # A first read of a topic that lost its oldest records: a warning.

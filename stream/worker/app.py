@@ -462,7 +462,10 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         if not watching:
             watching.append(asyncio.ensure_future(watch_state_recovery()))
             watching.append(asyncio.ensure_future(watch_for_freezes(shell.loop, frozen_past_session)))
-            signal.signal(signal.SIGCONT, on_sigcont(shell.loop, frozen_past_session))
+            try:
+                signal.signal(signal.SIGCONT, on_sigcont(shell.loop, frozen_past_session))
+            except ValueError:  # not the main thread: the freeze watch's checks still apply
+                log.warning("no SIGCONT handler (not in the main thread): a stop is found by the freeze watch only")
         async with shell.committed():  # never in the middle of a batch, nothing left to write
             dropped = await drop_moved_partitions(shell, store, owned)
         log.info(

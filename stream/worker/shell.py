@@ -96,6 +96,9 @@ MAX_UNCOMMITTED_BATCHES = 2
 # at 2,000 records a batch every 5 s, a partition behind others' 4 MB fetches could wait longer.
 PACE_WAIT_S = 5.0
 PACE_COOLDOWN_S = 60.0
+# How long a partition's log start, once asked, is taken as known (`_lost_to_retention`):
+# retention moves it by whole segments, minutes or hours apart.
+LOG_START_TTL_S = 10.0
 
 
 @dataclass
@@ -209,6 +212,9 @@ class ReconcileShell:
         # Where each input partition's log begins now (the app's broker reader; None: no broker):
         # offsets a batch misses below it were deleted before this worker read them (INPUT_LOST).
         self.begin_offsets: EndOffsets | None = None
+        # Its latest answer per topic partition and when (monotonic s): a transactional producer
+        # leaves a marker gap in nearly every batch, which must not cost a broker round trip each.
+        self._log_start: dict[tuple[str, int], tuple[int, float]] = {}
         self.incidents_known_through_ms = NEG_INF
         self.released_at_restore: list[Decision] = []
         # Set when the incidents known move, while `paced` waits for them (a new one each wait);
@@ -416,11 +422,17 @@ class ReconcileShell:
             return None
         g0 = plan.gaps[0]
         tp = (g0.topic, g0.partition)
-        try:
-            begins = (await self.begin_offsets([tp]))[tp]
-        except Exception as exc:  # noqa: BLE001 - a check only: the records are taken either way
-            log.warning("%s[%d]: where the log begins not known (%s): lost records not checked", *tp, exc)
-            return None
+        now = time.monotonic()
+        known = self._log_start.get(tp)
+        if known is not None and now - known[1] < LOG_START_TTL_S:
+            begins = known[0]
+        else:
+            try:
+                begins = (await self.begin_offsets([tp]))[tp]
+            except Exception as exc:  # noqa: BLE001 - a check only: the records are taken either way
+                log.warning("%s[%d]: where the log begins not known (%s): lost records not checked", *tp, exc)
+                return None
+            self._log_start[tp] = (begins, now)
         spans = [(g.start, min(g.end, begins)) for g in plan.gaps if g.start < begins]
         count = sum(end - start for start, end in spans)
         if count <= 0:
