@@ -11,13 +11,24 @@ from typing import Any
 
 import orjson
 import pytest
+from kafka.admin import KafkaAdminClient
 
+from kafka import KafkaConsumer, TopicPartition
 from stream.drivers.kafkaread import read_topics
 from stream.drivers.replay import replay
 from stream.drivers.replayfile import KafkaRecord
 from stream.settings import Settings
 from stream.simulate.traffic import generate
-from tests.kafka_support import Client, Topics, Worker, consume, fresh_topics, produce, require_broker
+from tests.kafka_support import (
+    Client,
+    Topics,
+    Worker,
+    client_config,
+    consume,
+    fresh_topics,
+    produce,
+    require_broker,
+)
 from tests.scenario import LEDGER, PAYMENT, scenario_records
 
 pytestmark = pytest.mark.kafka
@@ -297,12 +308,20 @@ def test_a_worker_stopped_in_the_middle_of_a_backlog_loses_no_decision(tmp_path:
         assert set(canon(got[role])) == set(canon(want[role])), role
 
 
-def test_refund_holds_live_equal_replay_although_the_worker_is_killed_during_the_incident(tmp_path: Path) -> None:
+@pytest.mark.parametrize("incidents", ["kept", "trimmed"])
+def test_refund_holds_live_equal_replay_although_the_worker_is_killed_during_the_incident(
+    tmp_path: Path, incidents: str
+) -> None:
     """Refund holds on the real broker: the detector's incidents reach the partitions through
     the incidents topic; the worker is killed (SIGKILL) in the middle of the outage, while
     refunds are held, and its successor restores the holds and reads the timeline again. The
     distinct decisions are exactly replay's: refunds held, then requested or released, and no
-    clawback of a payment the outage delayed."""
+    clawback of a payment the outage delayed.
+
+    `trimmed`: the incidents topic loses every record while the worker is down (an operator's
+    delete-records or a recreated topic), so the open incident's opening is gone; the detector,
+    rebuilt from its own history, announces it again, and the deadlines decided after the
+    restart are held as before."""
     bootstrap = require_broker()
     topics = fresh_topics()
     topics.create(bootstrap)
@@ -321,6 +340,8 @@ def test_refund_holds_live_equal_replay_although_the_worker_is_killed_during_the
             stats = worker.stats()
         time.sleep(4)  # offsets committed
         worker.kill()
+        if incidents == "trimmed":
+            trim_topic(bootstrap, topics.incidents)
         worker2.start(bootstrap)
         produce(bootstrap, records[cut:], tmap)
         want = expected_outputs(bootstrap, topics)
@@ -340,6 +361,20 @@ def test_refund_holds_live_equal_replay_although_the_worker_is_killed_during_the
     assert stats["counts"]["refunds"] > 0  # the first worker decided some of them before it died
     for role in want:
         assert sorted(set(canon(got[role]))) == sorted(set(canon(want[role]))), f"{role}:\n{worker2.log_tail()}"
+
+
+def trim_topic(bootstrap: Client, topic: str) -> None:
+    """Delete every record of `topic`'s partition 0 (its log start moved to its end)."""
+    admin = KafkaAdminClient(**client_config(bootstrap), client_id="qris-test")
+    consumer = KafkaConsumer(**client_config(bootstrap))
+    try:
+        tp = TopicPartition(topic, 0)
+        end = consumer.end_offsets([tp])[tp]
+        assert end > 0, "the first worker published no incidents record"
+        admin.delete_records({tp: end}, timeout_ms=10_000)
+    finally:
+        consumer.close()
+        admin.close()
 
 
 def test_a_takeover_restores_the_detector_from_its_snapshot_and_decides_as_without_a_restart(

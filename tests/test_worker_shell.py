@@ -1041,3 +1041,44 @@ def test_offsets_deleted_by_retention_before_the_worker_read_them_raise_input_lo
     fresh.batch(*unsettled("QR2", 0), *tick(100))
     [first] = [v for _t, v in fresh.sent if v.get("kind") == "INPUT_LOST"]
     assert first["severity"] == "warning" and first["observed"]["lost_offsets"] == 50
+
+
+def test_a_rebuilt_detector_announces_its_open_incidents_again_in_its_first_incidents_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The incidents topic can lose an open incident's opening (trimmed, or recreated) while the
+    # detector keeps its history in the signals and snapshots: the partitions' timelines would
+    # then decide the deadlines it covers unheld. The rebuilt detector's first record carries
+    # the `opened` event again, as the opening alert made it; later records do not repeat it.
+    from stream.core.burst import BurstDetector
+    from stream.core.holds import IncidentTimeline, incident_event
+    from tests.test_burst import M0, WARM, report, switch_minute, warm
+
+    settings = Settings(partitions=1)
+    detector = BurstDetector(1, settings.burst)
+    warm(detector, lambda i: switch_minute(1 if i % 2 else 0, 1 if i % 3 == 0 else 0))
+    made = [d for i in range(3) for d in detector.on_signals(report(0, M0 + WARM + i, switch_minute(60 + 5 * i)))]
+    probe_age_ms = round(settings.probe_age_s * 1000)
+    opened = [e for d in made if (e := incident_event(d.value, probe_age_ms)) is not None and e.status == "opened"]
+    assert [e.scope_id for e in opened] == ["RINTIS"]
+
+    shell = BurstShell(settings, 1, lambda *a: asyncio.sleep(0), lambda: asyncio.sleep(0))
+
+    async def rebuilt(upto: int) -> BurstDetector:
+        shell.detector = detector
+        return detector
+
+    monkeypatch.setattr(shell, "_rebuild_detector", rebuilt)
+    asyncio.run(shell._rebuild(0))
+    first = shell.incidents_records([], 0)
+    assert len(first) == 1
+    events, known = parse_incidents_record(first[0])
+    assert events == opened
+    timeline = IncidentTimeline()
+    timeline.add(events, known)
+    assert [i.incident_id for i in timeline.incidents.values() if i.open_at(known)] == [opened[0].incident_id]
+    assert shell.incidents_records([], 0) == []  # nothing new: nothing sent again
+
+    asyncio.run(shell._rebuild(0))
+    shell.forget()  # a rebalance before any record: the next rebuild decides what is open
+    assert shell.reannounce == []

@@ -527,6 +527,7 @@ class BurstDetector:
             first_bad_ms=first_bad,
             reported_bad=win.counts[BAD],
             reported_minute=minute,
+            opened_minute=minute,
         )
         prm = self.params
         # A later incident's window can start up to LONGEST - 1 minutes before the minute it

@@ -13,6 +13,7 @@ from . import ids
 from .alerts import duration_text, rupiah
 from .decisions import SCHEMA_VERSION, Decision
 from .eventtime import WIB_OFFSET_MS, civil_from_days, format_ms
+from .holds import IncidentEvent
 from .scopes import scope_id, scope_type
 from .signals import BAD, CODE_MAX_CHARS, COUNTS, EXPOSURE, FAILED, MINUTE_MS, NO_ANSWER, UNSETTLED, capped_codes
 from .text import escape_text
@@ -35,6 +36,10 @@ class Incident:
     calm_minutes: int = 0
     reported_bad: int = 0
     reported_minute: int = 0
+    # The minute its `opened` alert was decided at (None: restored from a snapshot written before
+    # it was kept). A rebuilt detector announces its open incidents again from it
+    # (`BurstShell.incidents_records`).
+    opened_minute: int | None = None
 
 
 class IncidentBook:
@@ -72,6 +77,24 @@ class IncidentBook:
             }
             for key, inc in sorted(self._open.items())
         ]
+
+    def opening_events(self, probe_age_ms: int) -> list[IncidentEvent]:
+        """The `opened` timeline event of each open incident, as its alert made it
+        (`holds.incident_event`), earliest first; an incident restored without its opening
+        minute has none."""
+        events = [
+            IncidentEvent(
+                (inc.opened_minute + 1) * MINUTE_MS + probe_age_ms,
+                "opened",
+                inc.incident_id,
+                scope_type(key),
+                scope_id(key),
+            )
+            for key, inc in self._open.items()
+            if inc.opened_minute is not None
+        ]
+        events.sort(key=lambda e: (e.at_ms, e.incident_id))
+        return events
 
     def open(self, key: str, incident: Incident, forget_before: int | None = None) -> None:
         """Open `incident` for scope `key`; resolutions of scopes without an open incident from

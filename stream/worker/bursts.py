@@ -49,7 +49,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from ..core import burstsnapshot, codec
 from ..core.burst import BurstDetector
 from ..core.decisions import Decision
-from ..core.holds import incident_event
+from ..core.holds import IncidentEvent, incident_event
 from ..core.holdtally import HoldTally, is_hold_report
 from ..core.partition import NEG_INF
 from ..core.signals import MINUTE_MS
@@ -106,6 +106,11 @@ class BurstShell:
         # The known-through time of the last incidents record sent (None: none since the
         # detector was built here; a rebuilt detector sends its progress again).
         self.known_through_sent: int | None = None
+        # The `opened` events of the incidents a rebuilt detector has open, sent again with its
+        # first incidents record: a timeline that lost them (the incidents topic trimmed or
+        # recreated while the detector kept its history) would decide the deadlines they cover
+        # unheld. Repeats are ignored by the followers.
+        self.reannounce: list[IncidentEvent] = []
         self.since_snapshot = 0
         self.snapshots = SnapshotWriter(settings)
         self._snapshot_task: asyncio.Future[None] | None = None
@@ -151,6 +156,7 @@ class BurstShell:
         self.tally = None
         self.next_offset = -1
         self.known_through_sent = None
+        self.reannounce = []
 
     async def process_batch(self, events: Sequence[Any]) -> None:
         """Feed a batch of reports to the detector and send its alerts. Faust acks the batch
@@ -384,6 +390,10 @@ class BurstShell:
             return []
         probe_age_ms = round(self.settings.probe_age_s * 1000)
         events = [e for a in alerts if (e := incident_event(a.value, probe_age_ms)) is not None]
+        if self.reannounce:
+            opened_now = {e.incident_id for e in events if e.status == "opened"}
+            events = [e for e in self.reannounce if e.incident_id not in opened_now] + events
+            self.reannounce = []
         known_through_ms = (d.closed_through + 1) * MINUTE_MS + probe_age_ms
         if not events and known_through_ms == self.known_through_sent:
             # Nothing new for the followers (the topic is kept for good and read whole at every
@@ -423,6 +433,15 @@ class BurstShell:
         detector = await self._rebuild_detector(upto)
         if self.on_restored is not None:
             self.on_restored(detector.incidents.open_incidents())
+        if self.holds:
+            self.reannounce = detector.incidents.opening_events(round(self.settings.probe_age_s * 1000))
+            unknown = len(detector.incidents) - len(self.reannounce)
+            if unknown:
+                log.warning(
+                    "%d open incidents restored from a snapshot that does not say when they opened: "
+                    "not announced again on the incidents topic",
+                    unknown,
+                )
         return detector
 
     async def _rebuild_detector(self, upto: int) -> BurstDetector:
