@@ -1,7 +1,8 @@
 """The saved-state format, byte for byte: entries written by the stop-11 worker (main 38f4eae,
 copied below as it wrote them) restore exactly in this tree, and this tree writes the very same
 bytes for the same input. A change to how state is encoded (`PartitionEngine.save_reference`,
-`ReferenceState.to_json`) must keep both: a worker is upgraded and rolled back over its store."""
+`ReferenceState.to_json`) must keep both: a worker is upgraded and rolled back over its store
+(the metadata may gain a field an older worker ignores: `STAMP`)."""
 
 # ruff: noqa: E501  (saved entries are kept as the worker wrote them, one line each)
 
@@ -55,6 +56,11 @@ ENTRIES = [
     ),
 ]
 META = b'{"partition":0,"max_ms":[1743206800000,1743206800000],"last_offset":[24,37],"forced_ms":-4611686018427387904,"silent":[false,false],"rejected":[0,0],"skewed":[0,0],"signals_through":29053444,"hold_events":[],"hold_reported_ms":1743206760000}'
+# What this tree adds to the metadata since stop 33, last: the parameters the state was decided
+# with (a restore with others says so). A worker of stop 11 to 32 reads the metadata by name and
+# ignores it, so a rollback over this store restores as before.
+STAMP = b',"params":{"timeout_ms":300000,"lateness_ms":30000,"retention_ms":3600000,"clock_skew_ms":60000,"probe_age_ms":30000,"hold_grace_ms":900000,"max_hold_ms":7200000}}'
+META_NOW = META[:-1] + STAMP
 
 
 class Feed:
@@ -106,7 +112,7 @@ def test_this_tree_saves_what_the_stop_11_worker_saved_byte_for_byte() -> None:
     feed_all(f)
     refs, meta = f.eng.take_dirty()
     assert sorted((k, v) for k, v in refs.items() if v is not None) == ENTRIES
-    assert meta == META
+    assert meta == META_NOW
 
 
 def test_state_saved_by_the_stop_11_worker_restores_exactly_and_decides_the_same() -> None:
@@ -118,7 +124,8 @@ def test_state_saved_by_the_stop_11_worker_restores_exactly_and_decides_the_same
     eng = PartitionEngine.restore(0, HOLDS, META, reversed(ENTRIES))
     # Restored, every entry is saved again as it was read.
     assert [(ref, eng.save_reference(ref)) for ref, _v in ENTRIES] == ENTRIES
-    assert eng.save_meta() == META
+    assert eng.save_meta() == META_NOW
+    assert eng.saved_params is None and eng.changed_params() == []  # saved before the stamp: nothing to compare
     restored = Feed(eng)
     restored.offsets = [o + 1 for o in eng.last_offset]
     restored.out += eng.on_incidents(INCIDENTS, KNOWN)  # a restored engine is given the timeline again

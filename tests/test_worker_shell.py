@@ -992,6 +992,34 @@ def test_holds_restored_with_holds_off_are_said_and_end_at_their_release_by(capl
     assert paid["type"] == "refund.requested" and paid["hold"]["released_because"] == "max_hold"
 
 
+def test_a_state_saved_with_another_timeout_is_said_at_its_restore_once(caplog: pytest.LogCaptureFixture) -> None:
+    # An operator restarts the worker with QRIS_TIMEOUT_S 600 over a state saved with 300: the
+    # open reference keeps the deadline decided with 300 (a replay with 600 decides it later).
+    # The restore names the setting, both values, and counts the partition; a restore of the
+    # state saved since (stamped with 600) says nothing.
+    h = Harness(settings=NO_HOLDS)
+    h.batch(*unsettled("QR1", 0), *tick(100))
+    longer = Settings(partitions=1, idle_timeout_s=3600, max_hold_s=0, timeout_s=600)
+    h2 = Harness(h.store, settings=longer)
+    h2.offsets = dict(h.offsets)
+    with caplog.at_level("WARNING"):
+        h2.batch(*tick(200))
+    assert "partition 0: state saved with other settings (QRIS_TIMEOUT_S 300 now 600)" in caplog.text
+    assert h2.shell.counts["restored_with_other_settings"] == 1
+    h2.batch(*tick(400))
+    [paid] = h2.refunds()  # at the deadline the first run set: 300 s after the debit
+    assert (
+        paid["type"] == "refund.requested"
+        and parse_ms(paid["deadline"]) - parse_ms(paid["evidence"]["debits"][0]["occurred_at"]) == 300_000
+    )
+    caplog.clear()
+    h3 = Harness(h.store, settings=longer)
+    h3.offsets = dict(h2.offsets)
+    with caplog.at_level("WARNING"):
+        h3.batch(*tick(500))
+    assert "other settings" not in caplog.text and h3.shell.counts["restored_with_other_settings"] == 0
+
+
 def test_offsets_deleted_by_retention_before_the_worker_read_them_raise_input_lost() -> None:
     # The worker was down longer than the topic keeps records: when it comes back, the log
     # begins past the offsets its state expects. What lies between is gone (not transaction

@@ -149,6 +149,20 @@ def _alert_due(count: int) -> bool:
     return count == 1
 
 
+# The decision parameters a partition's saved state is stamped with (`save_meta`): references
+# open in it keep the deadlines and holds these made when another run restores it with others
+# (`PartitionEngine.changed_params`).
+STAMPED_PARAMS = (
+    "timeout_ms",
+    "lateness_ms",
+    "retention_ms",
+    "clock_skew_ms",
+    "probe_age_ms",
+    "hold_grace_ms",
+    "max_hold_ms",
+)
+
+
 class PartitionEngine:
     """Event-time processing of one partition number `p` of both input topics."""
 
@@ -175,6 +189,8 @@ class PartitionEngine:
         # stood then; kept with the state so that a worker restarted (or given the partition)
         # during the episode still resolves them.
         self.stall_paged: tuple[int, int] | None = None
+        # The parameters the restored state was saved with (`save_meta`; None: none restored).
+        self.saved_params: dict[str, int] | None = None
         self.rejected: list[int] = [0, 0]
         # Records per stream dated more than F ahead of their Kafka timestamp (clock guard).
         self.skewed: list[int] = [0, 0]
@@ -865,8 +881,19 @@ class PartitionEngine:
                     else {}
                 ),
                 **({"stall_paged": self.stall_paged} if self.stall_paged is not None else {}),
+                "params": {name: getattr(self.params, name) for name in STAMPED_PARAMS},
             }
         )
+
+    def changed_params(self) -> list[tuple[str, int, int]]:
+        """Each stamped parameter of the restored state that differs from this engine's, as
+        (name, saved, now); none for a state saved without a stamp."""
+        saved = self.saved_params or {}
+        return [
+            (name, saved[name], now)
+            for name in STAMPED_PARAMS
+            if name in saved and saved[name] != (now := getattr(self.params, name))
+        ]
 
     @classmethod
     def restore(
@@ -892,6 +919,7 @@ class PartitionEngine:
             eng.hold_reported_ms = m.get("hold_reported_ms", NEG_INF)
             if (paged := m.get("stall_paged")) is not None:
                 eng.stall_paged = (paged[0], paged[1])
+            eng.saved_params = m.get("params")
             if eng.signals_through is not None:
                 eng._close_at_ms = (eng.signals_through + 2) * MINUTE_MS + params.probe_age_ms
         heap = eng.heap

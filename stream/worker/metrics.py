@@ -197,6 +197,11 @@ _COUNT_HELP: tuple[tuple[str, str], ...] = (
         "payments among them are not decided",
     ),
     (
+        "restored_with_other_settings",
+        "Partitions whose saved state this worker restored with another timeout, lateness, retention, clock guard "
+        "or hold limits than the run that saved it: their open references keep the old run's deadlines and holds",
+    ),
+    (
         "idle_streams_behind",
         "Times an input stream idle for the idle timeout still had records on the broker not taken by this worker "
         "(late, not silent: a backlog, or fetches the broker does not serve)",

@@ -99,6 +99,20 @@ PACE_COOLDOWN_S = 60.0
 # How long a partition's log start, once asked, is taken as known (`_lost_to_retention`):
 # retention moves it by whole segments, minutes or hours apart.
 LOG_START_TTL_S = 10.0
+# The setting of each parameter a partition's state is stamped with (`PartitionEngine.changed_params`).
+PARAM_SETTING = {
+    "timeout_ms": "QRIS_TIMEOUT_S",
+    "lateness_ms": "QRIS_LATENESS_S",
+    "retention_ms": "QRIS_RETENTION_S",
+    "clock_skew_ms": "QRIS_CLOCK_SKEW_S",
+    "probe_age_ms": "QRIS_PROBE_AGE_S",
+    "hold_grace_ms": "QRIS_HOLD_GRACE_S",
+    "max_hold_ms": "QRIS_MAX_HOLD_S",
+}
+
+
+def _seconds(ms: int) -> str:
+    return f"{ms / 1000:g}"
 
 
 @dataclass
@@ -255,6 +269,8 @@ class ReconcileShell:
             "idle_quiet_decisions": 0,
             # Input offsets deleted by retention before this worker read them (INPUT_LOST).
             "input_offsets_lost": 0,
+            # Partitions restored from a state saved with other decision settings (`_params_changed`).
+            "restored_with_other_settings": 0,
             "commits": 0,
             # Reference entries written to the state, deletions included (a reference changed
             # by several records between two commits is written once: the benches' saves per
@@ -301,6 +317,7 @@ class ReconcileShell:
                 self.released_at_restore.extend(eng.on_incidents(self.incident_events, self.incidents_known_through_ms))
             elif not self.params.holds:
                 self._holds_left(partition, eng)
+            self._params_changed(partition, eng)
             self.clocks[partition] = PartitionClock()
             if self.on_engine is not None:
                 self.on_engine(eng)
@@ -313,6 +330,23 @@ class ReconcileShell:
                 eng.last_offset,
             )
         return eng
+
+    def _params_changed(self, partition: int, eng: PartitionEngine) -> None:
+        # A state saved by a run with another timeout, lateness, retention, clock guard or hold
+        # limits: its open references keep the deadlines (and refund ids) and holds that run
+        # decided, which a replay with today's settings does not reproduce. Said once per
+        # partition and restore; the state saved from now on carries today's.
+        changed = eng.changed_params()
+        if not changed:
+            return
+        self.counts["restored_with_other_settings"] += 1
+        log.warning(
+            "partition %d: state saved with other settings (%s): its %d open references keep the "
+            "deadlines and holds decided with them; a replay with today's settings decides those differently",
+            partition,
+            ", ".join(f"{PARAM_SETTING[name]} {_seconds(saved)} now {_seconds(now)}" for name, saved, now in changed),
+            len(eng.refs),
+        )
 
     def _holds_left(self, partition: int, eng: PartitionEngine) -> None:
         # Holds saved by a run with refund holds on, restored with them off: this worker reads
