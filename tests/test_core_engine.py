@@ -295,6 +295,24 @@ def test_state_of_a_quiet_reference_is_dropped_after_retention() -> None:
     assert "R1" not in f.eng.refs
 
 
+def test_retention_drops_a_reference_only_once_the_watermark_passes_last_eff_plus_r() -> None:
+    # Rule 4 at its edge (R = 3600 s, A = 30 s): the last record of R1 is at 1 s, so its state
+    # stays while W = 3601 s and goes when W passes it by 1 ms. A debit with the same event id
+    # then starts a new reference: the contract's consequence of a state dropped.
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.p(payment("s1", "settled", "R1", 1))
+    f.tick(3631)
+    assert f.eng.watermark_ms == T0 + 3_601_000 and "R1" in f.eng.refs
+    f.tick(3631.001)
+    assert "R1" not in f.eng.refs
+    f.l(ledger("d1", "debited", "R1", 3632))
+    f.tick(3632 + 300 + 31)
+    assert [(r["type"], r["reason"], r["reference"]) for r in f.refunds()] == [
+        ("refund.requested", "SETTLEMENT_TIMEOUT", "R1")
+    ]
+
+
 def _save(f: Feed, saved: dict[str, bytes]) -> None:
     """What the worker would write after a batch: the changed references and the metadata."""
     refs, meta = f.eng.take_dirty()

@@ -56,7 +56,11 @@ def duration_text(ms: int) -> str:
     ('45 s', '41 min', '2 h 5 min')
     >>> duration_text(2 * 86_400_000 + 3_600_000), duration_text(7_200_000)
     ('2 d 1 h', '2 h')
+    >>> duration_text(1), duration_text(0)
+    ('under 1 s', '0 s')
     """
+    if 0 < ms < 1000:  # (a settlement 1 ms past its deadline did not arrive "0 s after" it)
+        return "under 1 s"
     if ms < 60_000:
         return f"{max(0, ms) // 1000} s"
     minutes = ms // 60_000
