@@ -956,3 +956,39 @@ def test_whether_a_scope_is_flapping_does_not_depend_on_another_scope_opening_me
         return book.again_after("switch:K", prm.flap_window_minutes)
 
     assert again(False) == again(True) == 25
+
+
+
+def sparse_switch_minute(i: int, rintis: bool) -> dict[str, dict[str, Any]]:
+    """A bank's issuer feed: JALIN busy (about 2% bad), RINTIS 4 payments a minute, 3 of them
+    bad while it is down, and every fourth minute no RINTIS payment (and 2 more JALIN failures)."""
+    jalin_bad = (2 if i % 2 else 1) + (0 if rintis else 2)
+    rintis_bad = 3 if rintis else 0
+    n = 90 + (4 if rintis else 0)
+    minute: dict[str, dict[str, Any]] = {
+        "all": sm(n, jalin_bad + rintis_bad),
+        "issuer:BANKDKI": sm(
+            n, jalin_bad + rintis_bad, {"switch:JALIN": jalin_bad, **({"switch:RINTIS": rintis_bad} if rintis else {})}
+        ),
+        "switch:JALIN": sm(90, jalin_bad, {"issuer:BANKDKI": jalin_bad}),
+    }
+    if rintis:
+        minute["switch:RINTIS"] = sm(4, rintis_bad, {"issuer:BANKDKI": rintis_bad})
+    return minute
+
+
+def test_a_switch_incident_explains_its_issuer_also_in_a_minute_without_payments_of_its_own() -> None:
+    """A long partial outage of a low-volume switch (helper h33d's 8-day week): the issuer's
+    10-minute window holds the switch's bad payments; in a minute without a payment of the
+    switch, its open incident still explains them, and the issuer does not open beside it
+    (before: a critical "Issuer BANKDKI" page 4 days into the switch's incident)."""
+    det = BurstDetector(1)
+    warm(det, lambda i: {
+        "all": sm(94, 2 if i % 2 else 1), "issuer:BANKDKI": sm(94, 2 if i % 2 else 1),
+        "switch:JALIN": sm(90, 2 if i % 2 else 1), "switch:RINTIS": sm(4, 1 if i % 50 == 0 else 0),
+    })  # fmt: skip
+    start = M0 + WARM
+    reports = [report(0, start + i, sparse_switch_minute(i, rintis=i % 4 != 3)) for i in range(120)]
+    alerts = run(det, reports)
+    opened = [(a["scope"]["type"], a["scope"]["id"]) for a in alerts if a["status"] == "opened"]
+    assert opened == [("switch", "RINTIS")]

@@ -404,10 +404,16 @@ class BurstDetector:
             return a.long.counts[BAD]
         return a.long.shared.get(b_key, 0)
 
-    def _shared(self, scored: dict[str, ScoredScope], a: str, b: str) -> int:
+    def _shared(self, scored: dict[str, ScoredScope], a: str, b: str, minute: int | None = None) -> int:
         if a == "all" or b == "all":
             other = b if a == "all" else a
-            return scored[other].long.counts[BAD] if other in scored else 0
+            if other in scored:
+                return scored[other].long.counts[BAD]
+            st = self.scopes.get(other)
+            if minute is None or st is None:
+                return 0
+            # A scope without payments this minute: its own window up to this minute.
+            return st.window(minute + 1, LONGEST).counts[BAD]
         if a in scored and b in scored[a].long.shared:
             return self._overlap(scored[a], b)
         if b in scored:
@@ -428,23 +434,27 @@ class BurstDetector:
         #    while in its first minute an acquirer's share can be a hair above the switch's
         #    (0.231 against 0.225): the one containing the other's failures is the cause, and
         #    the acquirer no longer opens an incident of its own beside the switch's.
+        #    A narrower scope with an open incident explains too, also in a minute without
+        #    payments of its own (at a switch's few payments a minute such minutes are common
+        #    in a long outage; its bad payments are still in the broader scope's window).
+        open_keys = set(self.incidents.open_scopes())
+        explainers = sorted(set(bursting) | open_keys)
         suppressed: set[str] = set()
         for s in bursting:
             es = scored[s].excess
-            for c in bursting:
+            for c in explainers:
                 if c == s or es <= 0:
                     continue
                 ls, lc = LEVEL[scope_type(s)], LEVEL[scope_type(c)]
                 if lc < ls:
                     continue
-                if lc == ls and not self._is_cause(c, scored[c], s, scored[s]):
+                if lc == ls and (c not in scored or not self._is_cause(c, scored[c], s, scored[s])):
                     continue
-                if self._shared(scored, c, s) >= share * es:
+                if self._shared(scored, c, s, minute) >= share * es:
                     suppressed.add(s)
                     break
         # 2. Scopes that remain, and scopes with an open incident, are reported; a remaining
         #    scope whose excess mostly lies inside a broader reported one is folded into it.
-        open_keys = set(self.incidents.open_scopes())
         heads = sorted((set(bursting) - suppressed) | open_keys, key=lambda k: (LEVEL[scope_type(k)], k))
         folded: dict[str, str] = {}
         for c in heads:
