@@ -992,3 +992,16 @@ def test_a_switch_incident_explains_its_issuer_also_in_a_minute_without_payments
     alerts = run(det, reports)
     opened = [(a["scope"]["type"], a["scope"]["id"]) for a in alerts if a["status"] == "opened"]
     assert opened == [("switch", "RINTIS")]
+
+
+def test_a_long_incident_is_updated_at_least_every_few_hours_while_it_keeps_failing() -> None:
+    """Growth by 25% makes updates ever rarer: a switch failing steadily for two days would
+    go a day without one; `update_max_minutes` (4 h) keeps a heartbeat while bad payments come."""
+    det = BurstDetector(1)
+    warm(det, lambda i: switch_minute(1 if i % 2 else 0, 1 if i % 3 == 0 else 0))
+    start = M0 + WARM
+    alerts = run(det, [report(0, start + i, switch_minute(60)) for i in range(2 * 1440)])
+    times = [parse_ms(a["occurred_at"]) // 60_000 for a in alerts]
+    assert [a["status"] for a in alerts][0] == "opened"
+    assert max(b - a for a, b in zip(times, times[1:], strict=False)) <= BurstParams().update_max_minutes
+    assert len(alerts) < 40  # a heartbeat, not a flood

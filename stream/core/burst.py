@@ -67,7 +67,10 @@ class BurstParams:
     flap_window_minutes: int = 30
     calm_minutes_to_resolve_flapping: int = 15
     update_every_minutes: int = 5  # at most one `updated` per this many minutes ...
-    update_growth: float = 1.25  # ... and only when affected payments grew by this factor
+    update_growth: float = 1.25  # ... and only when affected payments grew by this factor,
+    # or this many minutes after the last report when any more failed: growth by a factor makes
+    # updates ever rarer, and an 8-day outage went 19-32 hours without one (0 = growth only).
+    update_max_minutes: int = 240
     windows_minutes: tuple[int, ...] = (1, 3, LONGEST)
     fading_factor: float = 0.002  # per active minute: a memory of about 500 minutes
     prior_payments: float = 400.0  # a young scope leans on its parent until it saw this many
@@ -607,9 +610,10 @@ class BurstDetector:
                 return [incident_alert(st.key, inc, "resolved", minute, inc.peak_score, prm.top_children)]
             return []
         inc.calm_minutes = 0
-        if minute - inc.reported_minute >= prm.update_every_minutes and inc.counts[BAD] >= prm.update_growth * max(
-            inc.reported_bad, 1
-        ):
+        since = minute - inc.reported_minute
+        grown = since >= prm.update_every_minutes and inc.counts[BAD] >= prm.update_growth * max(inc.reported_bad, 1)
+        stale = 0 < prm.update_max_minutes <= since and inc.counts[BAD] > inc.reported_bad
+        if grown or stale:
             inc.reported_minute = minute
             inc.reported_bad = inc.counts[BAD]
             return [incident_alert(st.key, inc, "updated", minute, sc.score, prm.top_children, again)]
