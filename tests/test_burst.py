@@ -958,7 +958,6 @@ def test_whether_a_scope_is_flapping_does_not_depend_on_another_scope_opening_me
     assert again(False) == again(True) == 25
 
 
-
 def sparse_switch_minute(i: int, rintis: bool) -> dict[str, dict[str, Any]]:
     """A bank's issuer feed: JALIN busy (about 2% bad), RINTIS 4 payments a minute, 3 of them
     bad while it is down, and every fourth minute no RINTIS payment (and 2 more JALIN failures)."""
@@ -1005,3 +1004,25 @@ def test_a_long_incident_is_updated_at_least_every_few_hours_while_it_keeps_fail
     assert [a["status"] for a in alerts][0] == "opened"
     assert max(b - a for a, b in zip(times, times[1:], strict=False)) <= BurstParams().update_max_minutes
     assert len(alerts) < 40  # a heartbeat, not a flood
+
+
+def test_a_long_switch_outage_is_not_learned_as_the_bank_wide_normal() -> None:
+    """A switch failing for hours explains the bank-wide scopes' failures (no incident of their
+    own), and their minutes then score calm: learned as they were, the switch's failures raised
+    `all`'s expected rate from under 1% to 5-21% over a helper's 8-day outage, and a later
+    bank-wide failure was judged against that. Failures inside a narrower scope's open incident
+    are left out of a broader scope's learning."""
+    det = BurstDetector(1)
+    warm(det, lambda i: {
+        "all": sm(94, 2 if i % 2 else 1), "issuer:BANKDKI": sm(94, 2 if i % 2 else 1),
+        "switch:JALIN": sm(90, 2 if i % 2 else 1), "switch:RINTIS": sm(4, 1 if i % 50 == 0 else 0),
+    })  # fmt: skip
+    start = M0 + WARM
+    before = {k: det.scopes[k].model.expected_rate(start) for k in ("all", "issuer:BANKDKI")}
+    hours = 12
+    alerts = run(det, [report(0, start + i, sparse_switch_minute(i, rintis=i % 4 != 3)) for i in range(hours * 60)])
+    assert [(a["scope"]["type"], a["scope"]["id"]) for a in alerts if a["status"] == "opened"] == [("switch", "RINTIS")]
+    assert det.incidents.is_open("switch:RINTIS")
+    end = start + hours * 60
+    for key, rate in before.items():
+        assert det.scopes[key].model.expected_rate(end) < 1.5 * rate, key
