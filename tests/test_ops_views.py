@@ -393,6 +393,30 @@ def test_the_dashboard_shows_incidents_holds_feeds_and_escapes_input() -> None:
     assert "Nothing is burning" in render(fresh, {0: eng}, NOW_S, "qris-test")
 
 
+def test_a_worker_without_the_detector_shows_the_incidents_topic_open_never_nothing_is_burning() -> None:
+    # (A helper's live run: the second worker of a group said "Nothing is burning" during 54 open
+    # incidents, while its own lookup named them from the engines' incident timeline.)
+    from stream.core.holds import Incident
+
+    watch, eng = _run(DAY)
+    assert "Nothing is burning" in render(watch, {0: eng}, NOW_S, "qris-test")
+    eng.incidents.incidents["in_x"] = Incident("in_x", "switch", "<i>RINTIS</i>\u202e", T0)
+    page = render(watch, {0: eng}, NOW_S, "qris-test")
+    assert "Nothing is burning" not in page and 'Open incidents: <span class="bad">1</span>' in page
+    assert "switch &lt;i&gt;RINTIS&lt;/i&gt;\\u202e." in page and "<i>RINTIS" not in page and "\u202e" not in page
+    eng.incidents.incidents["in_x"].resolved_at_ms = T0 + 60_000
+    assert "Nothing is burning" in render(watch, {0: eng}, NOW_S, "qris-test")
+
+
+def test_the_dashboard_shows_holds_released_without_payment_and_since_when_it_counts() -> None:
+    watch = WorkerWatch(Settings(), clock=lambda: NOW_S)
+    for t in ("refund.held", "refund.hold_released"):
+        watch.on_output("refunds", {"type": t, "refund_id": "rf_1", "amount": 25_000, "reason": "SETTLEMENT_TIMEOUT"})
+    page = render(watch, {}, NOW_S, "qris-test")
+    assert "released without payment Rp 25.000" in page and "<th class=num>released without payment</th>" in page
+    assert f"since it started ({wib_and_utc(watch.started_at_ms)})" in page
+
+
 def test_grafana_and_prometheus_files_use_only_metrics_the_worker_exports() -> None:
     import re
     from pathlib import Path

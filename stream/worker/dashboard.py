@@ -14,8 +14,9 @@ from typing import Any
 
 from ..core.alerts import rupiah
 from ..core.eventtime import BadTimestamp, parse_ms
-from ..core.holds import Hold
+from ..core.holds import Hold, Incident
 from ..core.partition import PartitionEngine
+from ..core.text import escape_text
 from ..drivers.wib import wib_and_utc
 from .watch import WorkerWatch, open_holds
 
@@ -26,7 +27,8 @@ table{border-collapse:collapse;background:#fff;min-width:40em}
 td,th{border:1px solid #d5d9e0;padding:.3em .6em;text-align:left}
 th{background:#eceff4} .num{text-align:right} .bad{color:#b00020;font-weight:600} .ok{color:#1b7f3b}
 .bar{display:inline-block;height:.8em;background:#3b6fd8;vertical-align:middle} .held{background:#d89b3b}
-.cancel{background:#8a8a8a} .muted{color:#667}
+.cancel{background:#8a8a8a} .released{background:#6fb26f} .muted{color:#667}
+td{overflow-wrap:anywhere;max-width:40em}
 """
 
 
@@ -43,11 +45,13 @@ def render(
         f'<meta http-equiv="refresh" content="{refresh_s}">',
         f"<title>qris-guard: {_e(app_id)}</title><style>{STYLE}</style></head><body>",
         f"<h1>qris-guard operations: {_e(app_id)}</h1>",
-        f"<div class=muted>This worker, {wib_and_utc(now_ms)}; partitions {_e(sorted(engines)) or 'none yet'}."
-        " Times are WIB (UTC+7), UTC in brackets.</div>",
+        f"<div class=muted>This worker, {wib_and_utc(now_ms)}; started {wib_and_utc(watch.started_at_ms)}; "
+        f"partitions {_e(sorted(engines)) or 'none yet'} (this worker's only: a group of several workers shows each "
+        "worker's partitions, refunds and alerts on that worker's own page). Times are WIB (UTC+7), UTC in "
+        "brackets.</div>",
     ]
     held = open_holds(engines)
-    out += _incidents(watch, held)
+    out += _incidents(watch, held, engines)
     out += _per_minute(watch, held)
     out += _feeds(watch, engines, now_ms)
     out += _dead_letters(watch)
@@ -55,25 +59,62 @@ def render(
     return "\n".join(out)
 
 
-def _incidents(watch: WorkerWatch, held: list[Hold]) -> list[str]:
-    out = [
-        f'<h2 id=incidents>Open incidents: <span class="{"bad" if watch.incidents else "ok"}">'
-        f"{len(watch.incidents)}</span></h2>"
-    ]
-    if not watch.incidents and not held:
+def _timeline(engines: dict[int, PartitionEngine]) -> dict[str, Incident]:
+    """The incidents this worker's engines know from the incidents topic (every worker reads it
+    when holds are on), whichever worker runs the burst detector."""
+    out: dict[str, Incident] = {}
+    for eng in engines.values():
+        for inc in eng.incidents.incidents.values():
+            known = out.get(inc.incident_id)
+            if known is None or (known.resolved_at_ms is None and inc.resolved_at_ms is not None):
+                out[inc.incident_id] = inc
+    return out
+
+
+def _incidents(watch: WorkerWatch, held: list[Hold], engines: dict[int, PartitionEngine]) -> list[str]:
+    timeline = _timeline(engines) if not watch.incidents else {}
+    # Open by the incidents topic but not sent by this worker: the burst detector runs on another
+    # worker (or is rebuilt here only at its next report). Never "nothing is burning" then.
+    elsewhere = sorted(
+        (i for i in timeline.values() if i.resolved_at_ms is None), key=lambda i: (i.opened_at_ms, i.incident_id)
+    )
+    n_open = len(watch.incidents) or len(elsewhere)
+    out = [f'<h2 id=incidents>Open incidents: <span class="{"bad" if n_open else "ok"}">{n_open}</span></h2>']
+    if not n_open and not held:
         return [*out, "<p class=ok>Nothing is burning.</p>"]
     if not watch.incidents:
-        # Holds still open: their incidents resolved less than G ago, or this worker does not
-        # know them open (the detector runs on another worker, or is rebuilt here only at the
-        # next burst report after a restart or a rebalance). Not "nothing is burning".
-        ids = sorted({i for h in held for i in h.incident_ids})
-        return [
-            *out,
-            f"<p class=bad>No incident is known open on this worker, but {len(held)} refund(s) are still held "
-            f"by incident(s) {_e(', '.join(ids))}: a hold ends G after its incidents resolve, or at its deadline "
-            "+ H. After a restart or a rebalance the open incidents show here again once the burst detector is "
-            "rebuilt on this worker (at its next report); it may run on another worker.</p>",
-        ]
+        if elsewhere:
+            shown = elsewhere[:20]
+            # (The timeline keeps a scope's raw id: bidirectional and control characters escaped, as in
+            # the alerts' text.)
+            scopes = ", ".join(f"{i.scope_type} {escape_text(i.scope_id, 48)}" for i in shown)
+            more = f" and {len(elsewhere) - len(shown)} more" if len(elsewhere) > len(shown) else ""
+            out.append(
+                f"<p class=bad>Open by the incidents topic: {_e(scopes)}{_e(more)}. The burst detector does not "
+                "run on this worker (or is rebuilt here only at its next report): exposure, payments and summaries "
+                "are on the page of the worker that runs it.</p>"
+            )
+        if held:
+            # Holds still open: their incidents resolved less than G ago, or this worker does not
+            # know them open (the detector runs on another worker, or is rebuilt here only at the
+            # next burst report after a restart or a rebalance). Not "nothing is burning".
+            ids = sorted({i for h in held for i in h.incident_ids})
+            grace_ms = int(watch.settings.hold_grace_s * 1000)
+            ends = [
+                f"{i} resolved {wib_and_utc(r)[11:19]} WIB: its holds end about {wib_and_utc(r + grace_ms)[11:19]} "
+                "WIB of event time"
+                for i in ids
+                if (known := timeline.get(i)) is not None and (r := known.resolved_at_ms) is not None
+            ]
+            when = f" ({'; '.join(ends)})" if ends else ""
+            but = "" if elsewhere else "No incident is known open on this worker, but "
+            out.append(
+                f"<p class=bad>{but}{len(held)} refund(s) are still held by incident(s) {_e(', '.join(ids))}"
+                f"{_e(when)}: a hold ends G after its incidents resolve, or at its deadline + H. After a restart or a "
+                "rebalance the open incidents show here again once the burst detector is rebuilt on this worker (at "
+                "its next report); it may run on another worker.</p>"
+            )
+        return out
     out.append(
         "<table><tr><th>scope</th><th>status</th><th>since</th><th class=num>payments bad</th>"
         "<th class=num>exposure</th><th class=num>holds</th><th>summary</th></tr>"
@@ -119,22 +160,25 @@ def _per_minute(watch: WorkerWatch, held: list[Hold]) -> list[str]:
     out = [
         "<h2>Refunds, holds and cancellations per minute (last 15, wall clock)</h2>",
         "<table><tr><th>minute (WIB)</th><th class=num>requested</th><th class=num>held</th>"
-        "<th class=num>cancelled</th><th></th></tr>",
+        "<th class=num>released without payment</th><th class=num>cancelled</th><th></th></tr>",
     ]
     for minute, c in rows:
         bars = "".join(
             f'<span class="bar {cls}" style="width:{int(200 * c.get(kind, 0) / top)}px"></span>'
-            for kind, cls in (("requested", ""), ("held", "held"), ("cancelled", "cancel"))
+            for kind, cls in (("requested", ""), ("held", "held"), ("released", "released"), ("cancelled", "cancel"))
         )
         out.append(
             f"<tr><td>{_e(wib_and_utc(minute * 60_000)[11:16])}</td><td class=num>{c.get('requested', 0)}</td>"
-            f"<td class=num>{c.get('held', 0)}</td><td class=num>{c.get('cancelled', 0)}</td><td>{bars}</td></tr>"
+            f"<td class=num>{c.get('held', 0)}</td><td class=num>{c.get('released', 0)}</td>"
+            f"<td class=num>{c.get('cancelled', 0)}</td><td>{bars}</td></tr>"
         )
     out.append("</table>")
     r = watch.refund_rupiah
     out.append(
-        f"<p>Since start: requested {_e(rupiah(r.get('requested', 0)))}, held {_e(rupiah(r.get('held', 0)))}, "
-        f"cancelled {_e(rupiah(r.get('cancelled', 0)))}; holds open now: {len(held)}.</p>"
+        f"<p>Sent by this worker since it started ({_e(wib_and_utc(watch.started_at_ms))}): requested "
+        f"{_e(rupiah(r.get('requested', 0)))}, held {_e(rupiah(r.get('held', 0)))}, released without payment "
+        f"{_e(rupiah(r.get('released', 0)))}, cancelled {_e(rupiah(r.get('cancelled', 0)))}; holds open now: "
+        f"{len(held)}.</p>"
     )
     return out
 
