@@ -69,3 +69,19 @@ def test_no_engines_after_a_rebalance_resolves_nothing() -> None:
     engines.clear()
     assert silence([]) == []
     assert TOPICS[0] in silence.open
+
+
+def test_a_silent_partition_moved_to_another_worker_is_no_recovery() -> None:
+    engines = _engines(2)
+    silence = TopicSilence(TOPICS, lambda: engines)
+    silence([d for d in engines[1].declare_silent(Stream.P)])
+    del engines[1]  # a rebalance gave partition 1 to another worker: still silent there
+    assert [d for d in silence([]) if d.role == "alerts"] == []
+    # Partitions 0 and 1 silent, 1 moves away, 0 delivers again: recovered is said of 0 only.
+    engines = _engines(2)
+    silence = TopicSilence(TOPICS, lambda: engines)
+    silence([d for eng in engines.values() for d in eng.declare_silent(Stream.P)])
+    del engines[1]
+    engines[0].on_record(Stream.P, 1, b"Y0", payment("Y0-q", "requested", "Y0", 620))
+    [r] = [d.value for d in silence([]) if d.role == "alerts"]
+    assert r["status"] == "resolved" and r["partitions"] == [0]

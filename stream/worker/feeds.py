@@ -51,10 +51,13 @@ class TopicSilence:
                 episode.partitions |= silent  # more partitions of the same outage: no new page
             elif not silent and episode is not None:
                 del self.open[topic]
+                # Only the partitions still owned here deliver again: one that a rebalance moved to
+                # another worker is still silent there (its state keeps the flag and the new owner
+                # pages for it). A "feed recovered" for it was false (a helper's live run: opened,
+                # "recovered" 10 s later, opened again by the new owner, at every rebalance).
+                here = episode.partitions & set(engines)
+                if not here:
+                    continue
                 other = self.topics[1 - s]
-                out.append(
-                    feed_silent_topic_alert(
-                        topic, sorted(episode.partitions), "resolved", episode.since_ms, at_ms, other
-                    )
-                )
+                out.append(feed_silent_topic_alert(topic, sorted(here), "resolved", episode.since_ms, at_ms, other))
         return out
