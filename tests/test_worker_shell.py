@@ -322,6 +322,26 @@ def test_both_feeds_quiet_after_a_declared_silence_move_on_from_the_stream_still
     assert h.shell.counts["idle_quiet_decisions"] == 60 - before > 0  # (refunds: not the signals)
 
 
+def test_after_both_feeds_were_quiet_the_first_payment_does_not_make_the_ledger_silent() -> None:
+    # A night with both feeds quiet, then one payment: its debit comes seconds later. The ledger
+    # is silent only while the payments flow, so its silence counts from the payment, not from
+    # its own last record before the night (a critical FEED_SILENT that resolved 30 s later).
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.batch(*tick(0))
+    clock = h.shell.clocks[0]
+    clock.last_arrival = [time.monotonic() - 1000] * 2
+    h.batch(("P", payment("QR9-q", "requested", "QR9", 1000)))
+    asyncio.run(h.shell.check_idle_feeds())
+    eng = h.shell.engines[0]
+    assert eng.silent == [False, False]
+    # The payments go on flowing and the ledger stays quiet for the idle timeout: silent.
+    now = time.monotonic()
+    clock.resumed, clock.last_arrival = now - 2, [now - 0.1, now - 1000]
+    asyncio.run(h.shell.check_idle_feeds())
+    assert eng.silent == [False, True]
+
+
 def test_with_holds_what_both_quiet_feeds_make_due_is_counted_when_the_incidents_release_it() -> None:
     # Holds on (the default): the refunds the quiet advance makes due wait for the detector's
     # incidents, and are released by them, not by the idle check.

@@ -121,6 +121,21 @@ class PartitionClock:
 
     last_arrival: list[float] = field(default_factory=lambda: [0.0, 0.0])
     started: float = field(default_factory=time.monotonic)
+    # When a stream last delivered after being quiet for the idle timeout itself: the other
+    # stream's silence counts from then at the earliest. A stream is silent *while the other
+    # flows*; after a night with both quiet, the first payment's debit 30 s later paged a
+    # critical FEED_SILENT for the ledger, "silent" since its last record 28 minutes before.
+    resumed: float = 0.0
+
+    def arrived(self, stream: int, now: float, idle_s: float) -> None:
+        """A batch brought records of `stream` at `now`."""
+        if now - (self.last_arrival[stream] or self.started) >= idle_s:
+            self.resumed = now
+        self.last_arrival[stream] = now
+
+    def ages(self, now: float) -> list[float]:
+        """Seconds each stream has been quiet while the other could flow."""
+        return [now - max(t or self.started, self.resumed) for t in self.last_arrival]
 
 
 class StateStore(Protocol):
@@ -417,7 +432,7 @@ class ReconcileShell:
                         got = self._internal_error(stream, rec, exc)
                     if got:  # most records decide nothing yet
                         decisions.extend(got)
-                self.clocks[p].last_arrival[stream] = now
+                self.clocks[p].arrived(stream, now, self.settings.idle_timeout_s)
                 self.counts["records"] += len(take)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
@@ -747,7 +762,7 @@ class ReconcileShell:
                 waiting = bool(eng.heap or eng.decide)  # records, deadlines, holds
                 if not waiting and not holds:
                     continue
-                ages = [now - (t or clock.started) for t in clock.last_arrival]
+                ages = clock.ages(now)
                 silent = [
                     age >= idle_s and self._all_taken(topic, p, ends) for age, topic in zip(ages, topics, strict=True)
                 ]
@@ -795,11 +810,7 @@ class ReconcileShell:
             clock = self.clocks.get(p)
             if clock is None or not (eng.heap or eng.decide or self.params.holds):
                 continue
-            out.update(
-                (topic, p)
-                for topic, t in zip(topics, clock.last_arrival, strict=True)
-                if now - (t or clock.started) >= idle_s
-            )
+            out.update((topic, p) for topic, age in zip(topics, clock.ages(now), strict=True) if age >= idle_s)
         return out
 
     async def _ends_now(self, tps: set[tuple[str, int]]) -> Mapping[tuple[str, int], int] | None:
