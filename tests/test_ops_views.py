@@ -189,7 +189,7 @@ def test_a_second_charge_after_a_refund_is_told_with_its_own_refund() -> None:
     got = payment_status(eng.refs["C"], 0, watch, eng)
     assert got["status"] == "refund_cancelled", got
     due = wib_and_utc(ms(702))
-    assert f"; 25000 more was taken since and is not settled: a refund is due at {due}" in got["summary"]
+    assert f"; Rp 25.000 more was taken since and is not settled: a refund is due at {due}" in got["summary"]
     # A repeat waiting is named as one.
     f = Feed()
     f.incidents([], EVERYTHING)
@@ -198,8 +198,8 @@ def test_a_second_charge_after_a_refund_is_told_with_its_own_refund() -> None:
     f.l(ledger("R-d", "debited", "R", 280))  # the same debit again, ahead of the watermark: waits
     f.l(ledger("R-d2", "debited", "R", 290))  # a second debit: waits
     said = payment_status(f.eng.refs["R"], 0, WorkerWatch(Settings()), f.eng)["summary"]
-    repeat = "debited 25000 (a repeat of one already processed: ignored)"
-    assert f"not processed yet: {repeat}, debited 25000 (this answer changes once they are)" in said, said
+    repeat = "debited Rp 25.000 (a repeat of one already processed: ignored)"
+    assert f"not processed yet: {repeat}, debited Rp 25.000 (this answer changes once they are)" in said, said
 
 
 def test_a_time_past_what_jakarta_time_writes_is_said_in_utc() -> None:
@@ -226,7 +226,7 @@ def test_a_debit_received_and_not_processed_yet_is_not_told_as_no_money_taken() 
     got = lookup_reference({0: f.eng}, "W2", WorkerWatch(Settings()))
     assert got is not None and got["status"] == "requested" and got["waiting_records"]
     assert "no money was taken" not in got["summary"], got["summary"]
-    assert "not processed yet: debited 25000" in got["summary"], got["summary"]
+    assert "not processed yet: debited Rp 25.000" in got["summary"], got["summary"]
 
 
 def test_a_double_debit_of_a_settled_payment_is_told_with_its_refund() -> None:
@@ -238,8 +238,8 @@ def test_a_double_debit_of_a_settled_payment_is_told_with_its_refund() -> None:
     assert got["status"] == "settled" and got["net_debited"] == 50_000
     due = wib_and_utc(ms(301))
     assert (
-        got["summary"]
-        == f"the merchant was paid; 25000 more was taken than the payment settled for: a refund of it is due at {due}"
+        got["summary"] == "the merchant was paid; Rp 25.000 more was taken than the payment settled for: "
+        f"a refund of it is due at {due}"
     )
 
 
@@ -726,7 +726,7 @@ def test_a_reference_split_over_partitions_is_told_from_every_partition_that_hol
 def test_a_cancelled_refund_is_told_with_what_made_it_unnecessary() -> None:
     watch, eng = _run(DAY)
     said = payment_status(eng.refs["A4"], 0, watch, eng)["summary"]
-    assert said.startswith("a refund of 25000 was requested, then cancelled: the payment settled late"), said
+    assert said.startswith("a refund of Rp 25.000 was requested, then cancelled: the payment settled late"), said
     assert " WIB (" in said
 
 
@@ -770,8 +770,8 @@ def test_a_refund_is_told_with_its_reason_a_partial_reversal_and_an_over_refund(
     watch, eng = _run(recs)
     got = payment_status(eng.refs["V"], 0, watch, eng)
     assert got["status"] == "refund_requested", got
-    assert "of 25000 requested (the payment failed after the money was taken)" in got["summary"], got
-    assert "the bank also gave back 10000 of the money taken" in got["summary"]
+    assert "of Rp 25.000 requested (the payment failed after the money was taken)" in got["summary"], got
+    assert "the bank also gave back Rp 10.000 of the money taken" in got["summary"]
     assert "10000 more is refunded than is owed now" in got["summary"] and "OVER_REFUND" in got["summary"]
     a1 = payment_status(_run(DAY)[1].refs["A1"], 0)
     assert "(the payment did not reach the merchant in time)" in a1["summary"] and "OVER_REFUND" not in a1["summary"]

@@ -13,6 +13,7 @@ import hmac
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from ..core.alerts import rupiah
 from ..core.decisions import mask_account
 from ..core.eventtime import format_ms, parse_ms
 from ..core.partition import PartitionEngine, waiting_list
@@ -205,16 +206,19 @@ def _held_summary(hold: dict[str, Any], n: int) -> str:
     by = _said(hold["release_by"])
     if hold["open_incident_ids"]:
         return (
-            f"refund of {hold['amount']} held while incident {', '.join(hold['open_incident_ids'])} is open "
+            f"refund of {rupiah(hold['amount'])} held while incident {', '.join(hold['open_incident_ids'])} is open "
             f"({_named(hold, hold['open_incident_ids'])}); it comes by {by} at the latest{more}"
         )
     if hold["release_at"] is not None and hold["incident_ids"]:
         return (
-            f"refund of {hold['amount']} held; the incidents that held it ({_named(hold, hold['incident_ids'])}) "
-            f"resolved: it comes at {_said(hold['release_at'])} unless another one opens, by {by} "
-            f"at the latest{more}"
+            f"refund of {rupiah(hold['amount'])} held; the incidents that held it "
+            f"({_named(hold, hold['incident_ids'])}) resolved: it comes at {_said(hold['release_at'])} "
+            f"unless another one opens, by {by} at the latest{more}"
         )
-    return f"refund of {hold['amount']} held (incident {hold['incident_id']}); it comes by {by} at the latest{more}"
+    return (
+        f"refund of {rupiah(hold['amount'])} held (incident {hold['incident_id']}); it comes by {by} "
+        f"at the latest{more}"
+    )
 
 
 def _due(st: ReferenceState, engine: PartitionEngine | None) -> str:
@@ -260,7 +264,7 @@ def _not_processed(st: ReferenceState, engine: PartitionEngine | None) -> str:
     for *_x, s, _offset, _ref, ev in waiting_list(items):
         if ev is not None:
             repeat = " (a repeat of one already processed: ignored)" if st.has_seen(s, ev.event_id) else ""
-            said.append(f"{ev.type} {ev.amount}{repeat}")
+            said.append(f"{ev.type} {'' if ev.amount is None else rupiah(ev.amount)}{repeat}")
     return (
         f"; also received and not processed yet: {', '.join(said)} (this answer changes once they are)" if said else ""
     )
@@ -280,7 +284,7 @@ def _owed_since(st: ReferenceState, engine: PartitionEngine | None) -> str:
     if st.cycle_deadline_ms is None:
         return ""
     owed = st.net - st.settled - st.active - st.held
-    return f"; {owed} more was taken since and is not settled: {_due(st, engine)}" if owed > 0 else ""
+    return f"; {rupiah(owed)} more was taken since and is not settled: {_due(st, engine)}" if owed > 0 else ""
 
 
 def payment_status(
@@ -299,7 +303,7 @@ def payment_status(
     elif active:
         status = "refund_requested"
         why = REFUND_REASONS.get(active[-1].reason, active[-1].reason)
-        say = f"refund {active[-1].refund_id} of {active[-1].amount} requested ({why})"
+        say = f"refund {active[-1].refund_id} of {rupiah(active[-1].amount)} requested ({why})"
         before = _held_before(st, active[-1], engine)
         if before:
             say += (
@@ -308,7 +312,7 @@ def payment_status(
                 f"{_named({'incident_scopes': before['held_by_scopes']}, before['held_by'])} was open"
             )
         if st.reversed_total > 0:
-            say += f"; the bank also gave back {st.reversed_total} of the money taken (a reversal)"
+            say += f"; the bank also gave back {rupiah(st.reversed_total)} of the money taken (a reversal)"
         excess = st.active - max(0, st.net - st.settled)
         if excess > 0:
             # Rule 3 cancels whole refunds only: what a late settlement or reversal made too much
@@ -328,14 +332,14 @@ def payment_status(
             why = f"the bank reversed the debit late ({_said(st.reversals[-1].occurred_at)})"
         else:
             why = "the payment settled or was reversed late"
-        say = f"a refund of {cancelled[-1].amount} was requested, then cancelled: {why}"
+        say = f"a refund of {rupiah(cancelled[-1].amount)} was requested, then cancelled: {why}"
         say += _owed_since(st, engine)
     elif st.settled > 0:
         status = "settled"
         say = "the merchant was paid"
         if st.net > st.settled:
             # Charged twice (or more than the payment): the excess is refunded at the deadline.
-            say += f"; {st.net - st.settled} more was taken than the payment settled for"
+            say += f"; {rupiah(st.net - st.settled)} more was taken than the payment settled for"
             if st.cycle_deadline_ms is not None:
                 say += f": a refund of it is due at {wib_and_utc(st.cycle_deadline_ms)}"
     elif st.failure is not None:
