@@ -271,6 +271,7 @@ def test_the_idle_rule_still_fires_deadlines_that_wait_with_nothing_else() -> No
 
     def quiet_for(seconds: float) -> None:  # both feeds quiet: event time follows the wall clock
         h.shell.clocks[0].last_arrival = [time.monotonic() - seconds] * 2
+        h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
         asyncio.run(h.shell.check_idle_feeds())
 
     quiet_for(40)  # W = 100 - 30 + 40 = 110: every record is processed
@@ -289,6 +290,7 @@ def test_both_feeds_quiet_move_the_watermark_from_the_lagging_stream_not_the_lea
     h.batch(*unsettled("QR1", 0), ("P", payment("tick-p", "requested", "TICKP", 20)))
     h.batch(("L", ledger("tick-l", "reversed", "TICKL", 320, 1)))
     h.shell.clocks[0].last_arrival = [time.monotonic() - 40] * 2
+    h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
     asyncio.run(h.shell.check_idle_feeds())
     assert h.shell.engines[0].watermark_ms == T0 + (20 - 30 + 40) * 1000
     h.batch(("P", payment("QR1-s", "settled", "QR1", 25)))
@@ -309,6 +311,7 @@ def test_both_feeds_quiet_after_a_declared_silence_move_on_from_the_stream_still
     def quiet(p_s: float, l_s: float) -> None:
         now = time.monotonic()
         h.shell.clocks[0].last_arrival = [now - p_s, now - l_s]
+        h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
         asyncio.run(h.shell.check_idle_feeds())
 
     quiet(3600, 0.2)  # payments silent, the ledger flows: W = 3600 - 30
@@ -350,6 +353,7 @@ def test_with_holds_what_both_quiet_feeds_make_due_is_counted_when_the_incidents
     h.batch(*[("L", ledger(f"x{i}", "debited", f"X{i}", 60 * i)) for i in range(1, 61)])
     now = time.monotonic()
     h.shell.clocks[0].last_arrival = [now - 4000, now - 4000]
+    h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
     asyncio.run(h.shell.check_idle_feeds())
     assert h.refunds() == [] and h.shell.counts["idle_quiet_decisions"] == 0
     asyncio.run(h.shell.on_incidents([], h.shell.engines[0].watermark_ms + 600_000))
@@ -492,6 +496,7 @@ def test_with_holds_a_quiet_partition_with_nothing_waiting_still_closes_its_minu
 
     def quiet_for(seconds: float) -> list[int]:
         h.shell.clocks[0].last_arrival = [time.monotonic() - seconds] * 2
+        h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
         asyncio.run(h.shell.check_idle_feeds())
         return [v["through_minute"] for t, v in h.sent if t == settings.signals_topic and "through_minute" in v]
 
@@ -522,6 +527,7 @@ def test_a_stream_is_silent_only_when_the_broker_has_nothing_of_it_left_to_take(
 
     def quiet_payments() -> None:  # the payments stream not heard from for 400 s
         h.shell.clocks[0].last_arrival = [time.monotonic() - 400.0, time.monotonic()]
+        h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
         asyncio.run(h.shell.check_idle_feeds())
 
     quiet_payments()
@@ -551,6 +557,7 @@ def test_a_stream_is_not_silent_while_the_broker_does_not_answer_for_its_end_off
 
     def quiet(streams: list[float]) -> None:
         h.shell.clocks[0].last_arrival = [time.monotonic() - age for age in streams]
+        h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
         asyncio.run(h.shell.check_idle_feeds())
 
     quiet([400.0, 0.0])  # payments silent by age, ledger flowing
@@ -578,6 +585,7 @@ def test_a_stream_that_ends_with_a_transaction_marker_is_silent_when_nothing_els
     h.broker({settings.payment_topic: 1, settings.ledger_topic: 0})  # the payments' last marker
     read = h.lag("markers")
     h.shell.clocks[0].last_arrival = [time.monotonic() - 400.0, time.monotonic()]
+    h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
     asyncio.run(h.shell.check_idle_feeds())
     taken = h.offsets[settings.payment_topic]
     assert read == [Gap(settings.payment_topic, 0, taken, taken + 1)]
@@ -602,6 +610,7 @@ def test_a_stream_with_offsets_left_is_silent_only_when_they_are_read_and_hold_m
 
     def quiet_payments() -> None:
         h.shell.clocks[0].last_arrival = [time.monotonic() - 400.0, time.monotonic()]
+        h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
         asyncio.run(h.shell.check_idle_feeds())
 
     quiet_payments()
@@ -658,6 +667,7 @@ def test_with_holds_a_partition_never_fed_follows_the_wall_clock_only_with_nothi
         eng = h.shell.engine(0)
         h.broker({settings.payment_topic: 0 if on_broker_empty else 5, settings.ledger_topic: 0})
         h.shell.clocks[0].last_arrival = [time.monotonic() - 200.0] * 2
+        h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
         before_ms = int(time.time() * 1000)
         asyncio.run(h.shell.check_idle_feeds())
         closed = [v["through_minute"] for t, v in h.sent if t == settings.signals_topic and "through_minute" in v]
@@ -1130,3 +1140,22 @@ def test_a_rebuilt_detector_announces_its_open_incidents_again_in_its_first_inci
     asyncio.run(shell._rebuild(0))
     shell.forget()  # a rebalance before any record: the next rebuild decides what is open
     assert shell.reannounce == []
+
+
+@pytest.mark.parametrize("dead", [0, 1])
+def test_a_dead_feed_beside_one_whose_records_come_further_apart_than_the_idle_timeout_is_silent(dead: int) -> None:
+    # A quiet partition: the live feed's records come 1.3-1.5 idle timeouts apart, the other
+    # feed is dead. Only the first record after both were quiet restarts the dead one's
+    # silence: each of them restarting it, the dead feed would never be silent, and the
+    # watermark would stand at its last record (no FEED_SILENT, no refund) for as long as it is dead.
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.batch(*tick(0))
+    h.batch(("P", payment("QR9-q", "requested", "QR9", 1000)))
+    clock = h.shell.clocks[0]
+    now = time.monotonic()
+    clock.last_arrival, clock.resumed = [now - 1000, now - 1000], 0.0
+    for ago in (4.5, 3.0, 1.5, 0.2):
+        clock.arrived(1 - dead, now - ago, settings.idle_timeout_s)
+    asyncio.run(h.shell.check_idle_feeds())
+    assert h.shell.engines[0].silent == [dead == 0, dead == 1]

@@ -121,7 +121,7 @@ class PartitionClock:
 
     last_arrival: list[float] = field(default_factory=lambda: [0.0, 0.0])
     started: float = field(default_factory=time.monotonic)
-    # When a stream last delivered after being quiet for the idle timeout itself: the other
+    # When a stream first delivered after both were quiet for the idle timeout: the other
     # stream's silence counts from then at the earliest. A stream is silent *while the other
     # flows*; after a night with both quiet, the first payment's debit 30 s later paged a
     # critical FEED_SILENT for the ledger, "silent" since its last record 28 minutes before.
@@ -129,7 +129,11 @@ class PartitionClock:
 
     def arrived(self, stream: int, now: float, idle_s: float) -> None:
         """A batch brought records of `stream` at `now`."""
-        if now - (self.last_arrival[stream] or self.started) >= idle_s:
+        mine, other = (self.last_arrival[s] or self.started for s in (stream, 1 - stream))
+        # Only the first record after the quiet: the same stream's next one, with nothing of the
+        # other since, does not count its silence again (a dead feed beside one whose records
+        # come further apart than the idle timeout would never be silent).
+        if now - mine >= idle_s and other >= self.resumed:
             self.resumed = now
         self.last_arrival[stream] = now
 
