@@ -999,3 +999,15 @@ def test_a_hold_whose_incident_the_timeline_lost_stays_held_until_that_incident_
     whole = IncidentTimeline()
     whole.add([inc("opened", 100, "in_all", ("all", "all")), inc("resolved", 300, "in_all", ("all", "all"))], ms(400))
     assert whole.release_at(None, held_from, G_MS, ["in_all"]) == whole.release_at(None, held_from, G_MS)
+
+
+def test_a_reannounced_opening_of_an_incident_seen_resolved_does_not_reopen_it() -> None:
+    f = Feed()
+    # The topic kept only the later records: in_a's resolution (300 s) and progress to 2000 s.
+    f.incidents([inc("resolved", 300)], 2_000_000 + inc("opened", 0).at_ms)
+    unsettled(f, t=600)  # deadline 900 s: in_a resolved 600 s before it
+    # The detector, rebuilt from an offset before in_a resolved, says in_a opened (100 s) again
+    # in its first record; its own resolution comes again only once it reaches that offset.
+    f.incidents([inc("opened", 100)], inc("opened", 250).at_ms)
+    f.tick(1000)
+    assert [r["type"] for r in f.refunds()] == ["refund.requested"]  # as a replay decides it

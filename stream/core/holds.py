@@ -122,7 +122,11 @@ class IncidentTimeline:
                         self.resolved_unseen[ev.incident_id] = ev.at_ms
                         resolved = True
                     continue
-                inc = self.incidents[ev.incident_id] = Incident(ev.incident_id, ev.scope_type, ev.scope_id, ev.at_ms)
+                # Its resolution may be known already: a rebuilt detector announces the openings
+                # of its open incidents again, behind a resolution its previous run had sent.
+                inc = self.incidents[ev.incident_id] = Incident(
+                    ev.incident_id, ev.scope_type, ev.scope_id, ev.at_ms, self.resolved_unseen.get(ev.incident_id)
+                )
                 self.by_scope.setdefault(scope_key(ev.scope_type, ev.scope_id), []).append(inc)
             if ev.status == "resolved" and inc.resolved_at_ms is None:
                 inc.resolved_at_ms = ev.at_ms
