@@ -138,3 +138,26 @@ def test_state_saved_by_the_stop_11_worker_restores_exactly_and_decides_the_same
         ("refund.held", "QR4"),
         ("refund.requested", "QR4"),
     ]
+
+
+def test_a_detector_snapshot_keeps_the_incident_fields_the_previous_release_restores() -> None:
+    # A worker of the previous release builds each open incident from its saved fields by name
+    # (`Incident(**fields)`) and refuses the whole snapshot on one it does not know: a rollback
+    # would rebuild the detector from the whole signals topic while the refunds wait for it.
+    # The opening minutes go beside the incidents; a snapshot with them inside still restores.
+    from stream.core.incidents import Incident, IncidentBook
+
+    previous = {
+        "incident_id", "start_minute", "last_bad_minute", "counts", "expected_bad", "peak_score", "children",
+        "codes", "samples", "first_bad_ms", "calm_minutes", "reported_bad", "reported_minute",
+    }  # fmt: skip
+    book = IncidentBook()
+    book.open(
+        "switch:RINTIS", Incident("i1", 600, 603, [9, 5, 5, 0, 0, 0], 0.5, 9.0, {}, {}, [], None, opened_minute=603)
+    )
+    state = book.to_state()
+    assert [set(fields) for _key, fields in state["open"]] == [previous]
+    again = IncidentBook.from_state(state)
+    assert again.to_state() == state and again.opening_events(30_000) == book.opening_events(30_000) != []
+    inside = {"open": [[k, {**f, "opened_minute": 603}] for k, f in state["open"]], "resolved_at": []}
+    assert IncidentBook.from_state(inside).to_state() == state

@@ -133,16 +133,26 @@ class IncidentBook:
 
     def to_state(self) -> dict[str, Any]:
         """The open incidents as JSON-ready named fields (`from_state` rebuilds them exactly)."""
+        # The opening minutes beside the incidents, not in them: a worker of an earlier release
+        # builds each incident from its fields by name and would refuse the whole snapshot (a
+        # rollback would rebuild the detector from the whole signals topic).
         return {
-            "open": [[key, asdict(inc)] for key, inc in sorted(self._open.items())],
+            "open": [
+                [key, {k: v for k, v in asdict(inc).items() if k != "opened_minute"}]
+                for key, inc in sorted(self._open.items())
+            ],
             "resolved_at": sorted(self._resolved_at.items()),
+            "opened_minute": sorted(
+                (key, inc.opened_minute) for key, inc in self._open.items() if inc.opened_minute is not None
+            ),
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> IncidentBook:
         book = cls()
+        opened = {key: int(m) for key, m in state.get("opened_minute", [])}
         for key, fields in state["open"]:
-            book._open[key] = Incident(**fields)
+            book._open[key] = Incident(**{"opened_minute": opened.get(key), **fields})
         # (A snapshot written before flapping was told has no resolutions: none is flapping.)
         book._resolved_at = {key: int(m) for key, m in state.get("resolved_at", [])}
         return book
