@@ -1026,3 +1026,33 @@ def test_a_long_switch_outage_is_not_learned_as_the_bank_wide_normal() -> None:
     end = start + hours * 60
     for key, rate in before.items():
         assert det.scopes[key].model.expected_rate(end) < 1.5 * rate, key
+
+
+def test_a_long_merchant_outage_is_not_learned_as_its_acquirer_switch_or_issuer_normal() -> None:
+    """A busy merchant failing for two days inside a big acquirer: its failures are few beside
+    the acquirer's volume, so the acquirer's, switch's and issuer's minutes score calm and are
+    learned. They lie in the merchant's open incident: left out of those scopes' learning as
+    of `all`'s (a merchant records the broader scopes it shares them with, they do not record it)."""
+    m = "merchant:ID1020012345678"
+
+    def minute(i: int, merchant_bad: int) -> dict[str, dict[str, Any]]:
+        bad = 15 + i % 3 + merchant_bad
+        both = {"switch:RINTIS": bad, "acquirer:BCA": bad, "issuer:BANKDKI": bad}
+        return {
+            "all": sm(1500, bad),
+            **{k: sm(1500, bad, {o: n for o, n in both.items() if o != k}) for k in both},
+            m: sm(20, merchant_bad, {k: merchant_bad for k in both}, ["5812", "BCA", "W"]),
+        }
+
+    det = BurstDetector(1)
+    warm(det, lambda i: minute(i, 0))
+    start = M0 + WARM
+    keys = ("all", "issuer:BANKDKI", "switch:RINTIS", "acquirer:BCA")
+    before = {k: det.scopes[k].model.expected_rate(start) for k in keys}
+    alerts = run(det, [report(0, start + i, minute(i, 12)) for i in range(2 * 1440)])
+    assert [(a["scope"]["type"], a["scope"]["id"]) for a in alerts if a["status"] == "opened"] == [
+        ("merchant", "ID1020012345678")
+    ]
+    assert det.incidents.is_open(m)
+    for key, rate in before.items():
+        assert det.scopes[key].model.expected_rate(start + 2 * 1440) < 1.1 * rate, key

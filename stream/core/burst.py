@@ -414,8 +414,9 @@ class BurstDetector:
     def _explained_bad(self, key: str, data: dict[str, dict[str, Any]], open_keys: list[str]) -> int:
         """Bad payments of scope `key` in this minute's `data` that lie in the open incident of a
         narrower scope (at most its bad payments): `all` shares every scope's own; an issuer
-        records those it shares with a switch or an acquirer (`w`). Overlapping incidents are
-        added up, to the cap. A scope of the incident's level or narrower (an acquirer beside a
+        records those it shares with a switch or an acquirer (`w`), and a merchant (or pool)
+        those it shares with its issuer, switch and acquirer. Overlapping incidents are added
+        up, to the cap. A scope of the incident's level or narrower (an acquirer beside a
         switch, a merchant) keeps learning them: the incident's scope does not explain those
         (`_incidents`), and left out of their normal they opened incidents of their own."""
         sm = data[key]
@@ -430,7 +431,13 @@ class BurstDetector:
             explained = sum(int(data[o]["c"][BAD]) for o in narrower if o in data)
         else:
             shared = sm.get("w") or {}
-            explained = sum(int(shared.get(o, 0)) for o in narrower)
+            explained = 0
+            for o in narrower:
+                if o in shared:
+                    explained += int(shared[o])
+                elif scope_type(o) == "merchant" and o in data:
+                    # (the broader scopes do not record merchants; a merchant records them)
+                    explained += int((data[o].get("w") or {}).get(key, 0))
         return min(explained, bad)
 
     def _overlap(self, a: ScoredScope, b_key: str) -> int:
