@@ -340,10 +340,18 @@ def _duration(seconds: float) -> str:
 
 
 def feed_silent_topic_alert(
-    topic: str, partitions: list[int], status: str, silent_since_ms: int | None, at_ms: int, other_topic: str
+    topic: str,
+    partitions: list[int],
+    status: str,
+    silent_since_ms: int | None,
+    at_ms: int,
+    other_topic: str,
+    moved_away: list[int] | None = None,
 ) -> Decision:
     """Live only: one FEED_SILENT per input topic and silence episode of a worker (`opened`),
-    listing the partitions found silent, and its recovery (`resolved`) once all deliver again."""
+    listing the partitions found silent, and its end (`resolved`, listing the episode's
+    partitions) once each delivers again or moved to another worker (`moved_away`: still silent
+    there, for its new owner to page)."""
     where = f"{topic} partitions {', '.join(map(str, partitions))}"
     if status == "opened":
         since = format_ms(silent_since_ms) if silent_since_ms is not None else "the start"
@@ -353,7 +361,15 @@ def feed_silent_topic_alert(
         )
         severity = "critical"
     else:
-        summary = f"{where} deliver again: feed recovered"
+        moved = set(moved_away or ())
+        recovered = [p for p in partitions if p not in moved]
+        gone = f"partitions {', '.join(map(str, sorted(moved)))} moved to another worker"
+        if recovered:
+            summary = f"{topic} partitions {', '.join(map(str, recovered))} deliver again: feed recovered"
+            if moved:
+                summary += f" ({gone})"
+        else:
+            summary = f"{topic} {gone}, which raises this alert again if they are still silent"
         severity = "info"
     observed: dict[str, Any] = {"silent_partitions": len(partitions), "watermark_ms": at_ms}
     if silent_since_ms is not None:

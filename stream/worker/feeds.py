@@ -51,13 +51,14 @@ class TopicSilence:
                 episode.partitions |= silent  # more partitions of the same outage: no new page
             elif not silent and episode is not None:
                 del self.open[topic]
-                # Only the partitions still owned here deliver again: one that a rebalance moved to
-                # another worker is still silent there (its state keeps the flag and the new owner
-                # pages for it). A "feed recovered" for it was false (a helper's live run: opened,
-                # "recovered" 10 s later, opened again by the new owner, at every rebalance).
-                here = episode.partitions & set(engines)
-                if not here:
-                    continue
+                # This worker's page ends either way, or it would stay open for good; a partition
+                # a rebalance moved to another worker is not said to deliver again: it is still
+                # silent there (its state keeps the flag), and its new owner pages for it.
+                moved = sorted(episode.partitions - set(engines))
                 other = self.topics[1 - s]
-                out.append(feed_silent_topic_alert(topic, sorted(here), "resolved", episode.since_ms, at_ms, other))
+                out.append(
+                    feed_silent_topic_alert(
+                        topic, sorted(episode.partitions), "resolved", episode.since_ms, at_ms, other, moved
+                    )
+                )
         return out
