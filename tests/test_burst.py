@@ -977,10 +977,9 @@ def sparse_switch_minute(i: int, rintis: bool) -> dict[str, dict[str, Any]]:
 
 
 def test_a_switch_incident_explains_its_issuer_also_in_a_minute_without_payments_of_its_own() -> None:
-    """A long partial outage of a low-volume switch (helper h33d's 8-day week): the issuer's
-    10-minute window holds the switch's bad payments; in a minute without a payment of the
-    switch, its open incident still explains them, and the issuer does not open beside it
-    (before: a critical "Issuer BANKDKI" page 4 days into the switch's incident)."""
+    """A long partial outage of a low-volume switch: the issuer's 10-minute window holds the
+    switch's bad payments; in a minute without a payment of the switch, its open incident still
+    explains them, and the issuer does not open a critical incident of its own beside it."""
     det = BurstDetector(1)
     warm(det, lambda i: {
         "all": sm(94, 2 if i % 2 else 1), "issuer:BANKDKI": sm(94, 2 if i % 2 else 1),
@@ -1008,10 +1007,10 @@ def test_a_long_incident_is_updated_at_least_every_few_hours_while_it_keeps_fail
 
 def test_a_long_switch_outage_is_not_learned_as_the_bank_wide_normal() -> None:
     """A switch failing for hours explains the bank-wide scopes' failures (no incident of their
-    own), and their minutes then score calm: learned as they were, the switch's failures raised
-    `all`'s expected rate from under 1% to 5-21% over a helper's 8-day outage, and a later
-    bank-wide failure was judged against that. Failures inside a narrower scope's open incident
-    are left out of a broader scope's learning."""
+    own), and their minutes then score calm: learned as they are, the switch's failures would
+    raise `all`'s and the issuer's expected rate several times over, and a later bank-wide
+    failure would be judged against that. Failures inside a narrower scope's open incident are
+    left out of a broader scope's learning."""
     det = BurstDetector(1)
     warm(det, lambda i: {
         "all": sm(94, 2 if i % 2 else 1), "issuer:BANKDKI": sm(94, 2 if i % 2 else 1),
@@ -1056,3 +1055,28 @@ def test_a_long_merchant_outage_is_not_learned_as_its_acquirer_switch_or_issuer_
     assert det.incidents.is_open(m)
     for key, rate in before.items():
         assert det.scopes[key].model.expected_rate(start + 2 * 1440) < 1.1 * rate, key
+
+
+def test_a_switch_incident_explains_all_also_in_a_minute_without_payments_of_its_own() -> None:
+    """A low-volume switch's long outage with no issuer scope between it and `all`: in a minute
+    without a payment of the switch, `all`'s 10-minute window still holds the switch's bad
+    payments, and the switch's open incident explains them from its own window."""
+
+    def minute(i: int, rintis: bool) -> dict[str, dict[str, Any]]:
+        jalin_bad = (2 if i % 2 else 1) + (0 if rintis else 2)
+        out = {
+            "all": sm(90 + (4 if rintis else 0), jalin_bad + (3 if rintis else 0)),
+            "switch:JALIN": sm(90, jalin_bad),
+        }
+        if rintis:
+            out["switch:RINTIS"] = sm(4, 3)
+        return out
+
+    det = BurstDetector(1)
+    warm(det, lambda i: {
+        "all": sm(94, 2 if i % 2 else 1), "switch:JALIN": sm(90, 2 if i % 2 else 1),
+        "switch:RINTIS": sm(4, 1 if i % 50 == 0 else 0),
+    })  # fmt: skip
+    start = M0 + WARM
+    alerts = run(det, [report(0, start + i, minute(i, rintis=i % 4 != 3)) for i in range(120)])
+    assert [(a["scope"]["type"], a["scope"]["id"]) for a in alerts if a["status"] == "opened"] == [("switch", "RINTIS")]

@@ -394,8 +394,8 @@ def test_the_dashboard_shows_incidents_holds_feeds_and_escapes_input() -> None:
 
 
 def test_a_worker_without_the_detector_shows_the_incidents_topic_open_never_nothing_is_burning() -> None:
-    # (A helper's live run: the second worker of a group said "Nothing is burning" during 54 open
-    # incidents, while its own lookup named them from the engines' incident timeline.)
+    # The second worker of a group, without the detector, knows the open incidents from the
+    # incidents topic (its lookup names them): its page must not say "Nothing is burning".
     from stream.core.holds import Incident
 
     watch, eng = _run(DAY)

@@ -56,9 +56,9 @@ ENTRIES = [
     ),
 ]
 META = b'{"partition":0,"max_ms":[1743206800000,1743206800000],"last_offset":[24,37],"forced_ms":-4611686018427387904,"silent":[false,false],"rejected":[0,0],"skewed":[0,0],"signals_through":29053444,"hold_events":[],"hold_reported_ms":1743206760000}'
-# What this tree adds to the metadata since stop 33, last: the parameters the state was decided
-# with (a restore with others says so). A worker of stop 11 to 32 reads the metadata by name and
-# ignores it, so a rollback over this store restores as before.
+# What this tree adds to the metadata, last: the parameters the state was decided with (a
+# restore with others says so). A worker that does not know the field reads the metadata by
+# name and ignores it, so a rollback over this store restores as before.
 STAMP = b',"params":{"timeout_ms":300000,"lateness_ms":30000,"retention_ms":3600000,"clock_skew_ms":60000,"probe_age_ms":30000,"hold_grace_ms":900000,"max_hold_ms":7200000}}'
 META_NOW = META[:-1] + STAMP
 

@@ -69,7 +69,8 @@ class BurstParams:
     update_every_minutes: int = 5  # at most one `updated` per this many minutes ...
     update_growth: float = 1.25  # ... and only when affected payments grew by this factor,
     # or this many minutes after the last report when any more failed: growth by a factor makes
-    # updates ever rarer, and an 8-day outage went 19-32 hours without one (0 = growth only).
+    # updates ever rarer, and a days-long outage would go a day and more without one (0 =
+    # growth only).
     update_max_minutes: int = 240
     windows_minutes: tuple[int, ...] = (1, 3, LONGEST)
     fading_factor: float = 0.002  # per active minute: a memory of about 500 minutes
@@ -259,11 +260,11 @@ class BurstDetector:
             if key in learning or (not self.incidents.is_open(key) and sc.score < prm.calm_below):
                 payments, bad = sc.minute_counts[0], sc.minute_counts[BAD]
                 if open_keys and key not in learning:
-                    # Failures inside another scope's open incident are that incident's, not
-                    # this scope's normal: learned, they raised the bank-wide scopes' expected
-                    # rate from 0.7% to 5-21% over an 8-day switch outage (the switch explained
-                    # them, so they scored calm), and a later issuer-wide failure was judged
-                    # against that. They are left out with their payments.
+                    # Failures inside a narrower scope's open incident are that incident's, not
+                    # this scope's normal. Explained by it, they score calm here, and learned
+                    # over a days-long outage they would raise the bank-wide expected rate
+                    # several times over, against which a later bank-wide failure would be
+                    # judged. They are left out with their payments.
                     explained = self._explained_bad(key, data, open_keys)
                     payments, bad = payments - explained, bad - explained
                 st.model.learn_one({"minute": minute, "payments": payments, "bad": bad})
@@ -418,7 +419,7 @@ class BurstDetector:
         those it shares with its issuer, switch and acquirer. Overlapping incidents are added
         up, to the cap. A scope of the incident's level or narrower (an acquirer beside a
         switch, a merchant) keeps learning them: the incident's scope does not explain those
-        (`_incidents`), and left out of their normal they opened incidents of their own."""
+        (`_incidents`), so left out of their normal they would open incidents of their own."""
         sm = data[key]
         bad = int(sm["c"][BAD])
         if not bad:

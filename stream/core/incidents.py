@@ -36,8 +36,8 @@ class Incident:
     calm_minutes: int = 0
     reported_bad: int = 0
     reported_minute: int = 0
-    # The minute its `opened` alert was decided at (None: restored from a snapshot written before
-    # it was kept). A rebuilt detector announces its open incidents again from it
+    # The minute its `opened` alert was decided at (None: restored from a snapshot that does not
+    # carry it). A rebuilt detector announces its open incidents again from it
     # (`BurstShell.incidents_records`).
     opened_minute: int | None = None
 

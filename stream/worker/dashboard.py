@@ -59,6 +59,10 @@ def render(
     return "\n".join(out)
 
 
+# Incidents named one by one in a paragraph, at most (the rest counted).
+SHOWN_INCIDENTS = 20
+
+
 def _timeline(engines: dict[int, PartitionEngine]) -> dict[str, Incident]:
     """The incidents this worker's engines know from the incidents topic (every worker reads it
     when holds are on), whichever worker runs the burst detector."""
@@ -84,7 +88,7 @@ def _incidents(watch: WorkerWatch, held: list[Hold], engines: dict[int, Partitio
         return [*out, "<p class=ok>Nothing is burning.</p>"]
     if not watch.incidents:
         if elsewhere:
-            shown = elsewhere[:20]
+            shown = elsewhere[:SHOWN_INCIDENTS]
             # (The timeline keeps a scope's raw id: bidirectional and control characters escaped, as in
             # the alerts' text.)
             scopes = ", ".join(f"{i.scope_type} {escape_text(i.scope_id, 48)}" for i in shown)
@@ -98,18 +102,19 @@ def _incidents(watch: WorkerWatch, held: list[Hold], engines: dict[int, Partitio
             # Holds still open: their incidents resolved less than G ago, or this worker does not
             # know them open (the detector runs on another worker, or is rebuilt here only at the
             # next burst report after a restart or a rebalance). Not "nothing is burning".
-            ids = sorted({i for h in held for i in h.incident_ids})
+            every_id = sorted({i for h in held for i in h.incident_ids})
+            ids = every_id[:SHOWN_INCIDENTS]  # (a hostile minute opened thousands)
+            more = f" and {len(every_id) - len(ids)} more" if len(every_id) > len(ids) else ""
             grace_ms = int(watch.settings.hold_grace_s * 1000)
             ends = [
-                f"{i} resolved {wib_and_utc(r)[11:19]} WIB: its holds end about {wib_and_utc(r + grace_ms)[11:19]} "
-                "WIB of event time"
+                f"{i} resolved {wib_and_utc(r)}: its holds end about {wib_and_utc(r + grace_ms)} of event time"
                 for i in ids
                 if (known := timeline.get(i)) is not None and (r := known.resolved_at_ms) is not None
             ]
             when = f" ({'; '.join(ends)})" if ends else ""
             but = "" if elsewhere else "No incident is known open on this worker, but "
             out.append(
-                f"<p class=bad>{but}{len(held)} refund(s) are still held by incident(s) {_e(', '.join(ids))}"
+                f"<p class=bad>{but}{len(held)} refund(s) are still held by incident(s) {_e(', '.join(ids))}{_e(more)}"
                 f"{_e(when)}: a hold ends G after its incidents resolve, or at its deadline + H. After a restart or a "
                 "rebalance the open incidents show here again once the burst detector is rebuilt on this worker (at "
                 "its next report); it may run on another worker.</p>"

@@ -123,8 +123,8 @@ class PartitionClock:
     started: float = field(default_factory=time.monotonic)
     # When a stream first delivered after both were quiet for the idle timeout: the other
     # stream's silence counts from then at the earliest. A stream is silent *while the other
-    # flows*; after a night with both quiet, the first payment's debit 30 s later paged a
-    # critical FEED_SILENT for the ledger, "silent" since its last record 28 minutes before.
+    # flows*: after a night with both quiet, the first payment's debit a few seconds behind it
+    # must not page the ledger as silent since its last record of the evening.
     resumed: float = 0.0
 
     def arrived(self, stream: int, now: float, idle_s: float) -> None:
@@ -360,7 +360,7 @@ class ReconcileShell:
             return
         self.counts["restored_with_other_settings"] += 1
         log.warning(
-            "partition %d: state saved with other settings (%s): its %d open references keep the "
+            "partition %d: state saved with other settings (%s): the %d references it keeps keep the "
             "deadlines and holds decided with them; a replay with today's settings decides those differently",
             partition,
             ", ".join(f"{PARAM_SETTING[name]} {_seconds(saved)} now {_seconds(now)}" for name, saved, now in changed),
