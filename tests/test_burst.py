@@ -198,6 +198,12 @@ def test_a_scope_failing_again_after_the_flap_window_is_a_new_incident_resolved_
     det3 = BurstDetector.restore(orjson.loads(orjson.dumps(det2.snapshot())))
     again = [report(0, start + 10 + i, switch_minute(60, 0) if i < 3 else calm(i)) for i in range(20)]
     assert head and any("failing again" in a["summary"] for a in run(det3, again) if a["status"] == "opened")
+    # A snapshot of a worker that does not keep resolutions (a rolling upgrade from one): not
+    # usable (the worker rebuilds from the signals), never read as "none is flapping".
+    old = orjson.loads(orjson.dumps(det2.snapshot()))
+    del old["incidents"]["resolved_at"]
+    with pytest.raises(ValueError, match="without their resolutions"):
+        BurstDetector.restore(old)
 
 
 def test_an_incident_over_midnight_gives_the_dates_its_clocks_need() -> None:

@@ -149,12 +149,18 @@ class IncidentBook:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> IncidentBook:
+        if "resolved_at" not in state:
+            # Written by a worker that does not keep resolutions (a rolling upgrade from one): it
+            # cannot say which scopes resolved within the flap window, and read as none it would
+            # resolve a flapping scope's next incident after 3 calm minutes instead of 15, holds
+            # released minutes before replay releases them. Not usable: the caller rebuilds from
+            # the signals, exactly.
+            raise ValueError("incidents saved without their resolutions (a worker that does not keep them)")
         book = cls()
         opened = {key: int(m) for key, m in state.get("opened_minute", [])}
         for key, fields in state["open"]:
             book._open[key] = Incident(**{"opened_minute": opened.get(key), **fields})
-        # (A snapshot written before flapping was told has no resolutions: none is flapping.)
-        book._resolved_at = {key: int(m) for key, m in state.get("resolved_at", [])}
+        book._resolved_at = {key: int(m) for key, m in state["resolved_at"]}
         return book
 
 
