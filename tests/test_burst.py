@@ -1115,3 +1115,33 @@ def test_a_bank_wide_failure_at_low_volume_is_one_issuer_incident_not_its_switch
     assert [(a["scope"]["type"], a["scope"]["id"]) for a in opened] == [("issuer", "BANKDKI")]
     assert opened[0]["window"]["start"] == format_ms(start * 60_000)
     assert opened[0]["top_children"][0]["scope"] == {"type": "switch", "id": "JALIN"}
+
+
+def test_an_open_switch_incident_explains_its_issuer_through_a_night_of_a_few_payments() -> None:
+    """A switch outage that goes on into the night: at two payments a minute the issuer's few
+    failures lie in the switch no more than its share of the payments would give by chance,
+    but the switch's incident is open (its cause is established), so it still explains them and
+    the issuer does not open night after night beside it."""
+
+    def minute(rintis: tuple[int, int], jalin: tuple[int, int]) -> dict[str, dict[str, Any]]:
+        n, bad = rintis[0] + jalin[0], rintis[1] + jalin[1]
+        out = {
+            "all": sm(n, bad),
+            "issuer:BANKDKI": sm(
+                n, bad, {k: v for k, v in (("switch:RINTIS", rintis[1]), ("switch:JALIN", jalin[1])) if v}
+            ),
+        }
+        for key, (k_n, k_bad) in (("switch:RINTIS", rintis), ("switch:JALIN", jalin)):
+            if k_n:
+                out[key] = sm(k_n, k_bad, {"issuer:BANKDKI": k_bad} if k_bad else None)
+        return out
+
+    det = BurstDetector(1)
+    warm(det, lambda i: minute((30, 1 if i % 4 == 0 else 0), (70, 1 if i % 3 == 0 else 0)))
+    start = M0 + WARM
+    day = [report(0, start + i, minute((30, 25), (70, i % 2))) for i in range(60)]
+    night = [
+        report(0, start + 60 + i, minute((1, 1 if i % 4 else 0), (1, 1 if i % 10 == 0 else 0))) for i in range(240)
+    ]
+    alerts = run(det, day + night)
+    assert [(a["scope"]["type"], a["scope"]["id"]) for a in alerts if a["status"] == "opened"] == [("switch", "RINTIS")]

@@ -538,7 +538,11 @@ class BurstDetector:
                     continue
                 if lc == ls and (c not in scored or not self._is_cause(c, scored[c], s, scored[s])):
                     continue
-                if self._shared(scored, c, s, minute) >= share * es and (lc == ls or self._concentrated(c, s, minute)):
+                # (An open incident's cause is established: in a long outage's nights its few
+                # failures lie in it no more than chance gives, and it still explains them.)
+                if self._shared(scored, c, s, minute) >= share * es and (
+                    lc == ls or c in open_keys or self._concentrated(c, s, minute)
+                ):
                     suppressed.add(s)
                     break
         # 2. Scopes that remain, and scopes with an open incident, are reported; a remaining
