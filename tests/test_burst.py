@@ -1145,3 +1145,42 @@ def test_an_open_switch_incident_explains_its_issuer_through_a_night_of_a_few_pa
     ]
     alerts = run(det, day + night)
     assert [(a["scope"]["type"], a["scope"]["id"]) for a in alerts if a["status"] == "opened"] == [("switch", "RINTIS")]
+
+
+def test_the_concentration_test_holds_when_a_broader_scope_missed_minutes_its_part_counted() -> None:
+    """An issuer not tracked in one minute (the scope bound: no place for it) and tracked the
+    next: the switch's shared counts hold its bad payments of both minutes, its own ring one.
+    The concentration test counts at most the issuer's bad payments in the switch, not more
+    (a count above them raised a math domain error each minute for 10 minutes)."""
+
+    def minute(i: int, extra: dict[str, tuple[int, int]] | None = None) -> dict[str, dict[str, Any]]:
+        b1 = 1 if i % 2 else 0
+        out = {
+            "all": sm(100, b1),
+            "issuer:I1": sm(100, b1, {"switch:SW": b1} if b1 else {}),
+            "switch:SW": sm(50, b1, {"issuer:I1": b1} if b1 else {}),
+            "switch:SW2": sm(50, 0),
+        }
+        if i == 5:  # a young issuer seen once: its place can be taken
+            out["issuer:Y"] = sm(1, 0)
+            out["all"]["c"][0] += 1
+            out["switch:SW2"]["c"][0] += 1
+        for key, (n, bad) in (extra or {}).items():
+            out[key] = sm(n, bad, {"switch:SW": bad} if bad else {})
+            for scope in ("all", "switch:SW"):
+                c = out[scope]["c"]
+                c[0], c[1], c[2] = c[0] + n, c[1] + bad, c[2] + bad
+            if bad:
+                out["switch:SW"]["w"] = {**out["switch:SW"]["w"], key: bad}
+        return out
+
+    det = BurstDetector(1, BurstParams(max_scopes_per_type=2))
+    warm(det, minute)
+    start = M0 + WARM
+    # Three new issuers, one place: the busiest (I4) takes it; I3's bad payment counts in SW only.
+    run(det, [report(0, start, minute(WARM, {"issuer:I3": (5, 1), "issuer:I4": (60, 0), "issuer:I5": (1, 0)}))])
+    assert "issuer:I3" not in det.scopes and "issuer:I4" in det.scopes
+    # I3 again, I4 idle and young: I3 takes its place, and fails 40 of 50 through SW.
+    alerts = run(det, [report(0, start + i, minute(WARM + i, {"issuer:I3": (50, 40)})) for i in range(1, 12)])
+    assert "issuer:I3" in det.scopes
+    assert [a["status"] for a in alerts if a.get("kind") == "FAILURE_BURST"][:1] == ["opened"]

@@ -506,7 +506,10 @@ class BurstDetector:
             shared = sum((e[2] or {}).get(s, 0) for e in cs.ring if first <= e[0] <= minute)
         if in_c >= payments or bad <= 0:
             return True
-        return binomial_surprise(shared, bad, in_c / payments) >= threshold
+        # (`c`'s minutes can hold more of `s`'s bad payments than `s`'s ring: `s` not tracked in
+        # a minute (`_bound_scopes`), or a snapshot whose rings stop at `covered_through`. All of
+        # them lie in `c` then; more than `bad` would be outside the binomial's domain.)
+        return binomial_surprise(min(shared, bad), bad, in_c / payments) >= threshold
 
     def _incidents(self, minute: int, scored: dict[str, ScoredScope], learning: set[str]) -> list[Decision]:
         prm = self.params
