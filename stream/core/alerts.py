@@ -368,8 +368,8 @@ def feed_silent_topic_alert(
             summary = f"{topic} partitions {', '.join(map(str, recovered))} deliver again: feed recovered"
             if moved:
                 summary += f" ({gone})"
-        else:
-            summary = f"{topic} {gone}, which raises this alert again if they are still silent"
+        else:  # (not sent: `feeds.TopicSilence` leaves an episode that moved whole to the new owner)
+            summary = f"{topic} {gone}"
         severity = "info"
     observed: dict[str, Any] = {"silent_partitions": len(partitions), "watermark_ms": at_ms}
     if silent_since_ms is not None:

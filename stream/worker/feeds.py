@@ -51,10 +51,15 @@ class TopicSilence:
                 episode.partitions |= silent  # more partitions of the same outage: no new page
             elif not silent and episode is not None:
                 del self.open[topic]
-                # This worker's page ends either way, or it would stay open for good; a partition
-                # a rebalance moved to another worker is not said to deliver again: it is still
-                # silent there (its state keeps the flag), and its new owner pages for it.
+                # A partition a rebalance moved to another worker is not said to deliver again:
+                # it is still silent there (its state keeps the flag), and its new owner pages
+                # for it. When all moved, nothing is sent: under the shared dedup key a
+                # `resolved` (sent late, at this worker's next assignment) would close the new
+                # owner's page while the feed is still silent; the new owner's own `resolved`
+                # ends the episode.
                 moved = sorted(episode.partitions - set(engines))
+                if len(moved) == len(episode.partitions):
+                    continue
                 other = self.topics[1 - s]
                 out.append(
                     feed_silent_topic_alert(
