@@ -982,15 +982,23 @@ def sparse_switch_minute(i: int, rintis: bool) -> dict[str, dict[str, Any]]:
     return minute
 
 
+def sparse_switch_normal(i: int) -> dict[str, dict[str, Any]]:
+    """`sparse_switch_minute`'s feed before its outage: both switches about 1-2% bad."""
+    bad = 2 if i % 2 else 1
+    return {
+        "all": sm(94, bad),
+        "issuer:BANKDKI": sm(94, bad),
+        "switch:JALIN": sm(90, bad),
+        "switch:RINTIS": sm(4, 1 if i % 50 == 0 else 0),
+    }
+
+
 def test_a_switch_incident_explains_its_issuer_also_in_a_minute_without_payments_of_its_own() -> None:
     """A long partial outage of a low-volume switch: the issuer's 10-minute window holds the
     switch's bad payments; in a minute without a payment of the switch, its open incident still
     explains them, and the issuer does not open a critical incident of its own beside it."""
     det = BurstDetector(1)
-    warm(det, lambda i: {
-        "all": sm(94, 2 if i % 2 else 1), "issuer:BANKDKI": sm(94, 2 if i % 2 else 1),
-        "switch:JALIN": sm(90, 2 if i % 2 else 1), "switch:RINTIS": sm(4, 1 if i % 50 == 0 else 0),
-    })  # fmt: skip
+    warm(det, sparse_switch_normal)
     start = M0 + WARM
     reports = [report(0, start + i, sparse_switch_minute(i, rintis=i % 4 != 3)) for i in range(120)]
     alerts = run(det, reports)
@@ -1018,10 +1026,7 @@ def test_a_long_switch_outage_is_not_learned_as_the_bank_wide_normal() -> None:
     failure would be judged against that. Failures inside a narrower scope's open incident are
     left out of a broader scope's learning."""
     det = BurstDetector(1)
-    warm(det, lambda i: {
-        "all": sm(94, 2 if i % 2 else 1), "issuer:BANKDKI": sm(94, 2 if i % 2 else 1),
-        "switch:JALIN": sm(90, 2 if i % 2 else 1), "switch:RINTIS": sm(4, 1 if i % 50 == 0 else 0),
-    })  # fmt: skip
+    warm(det, sparse_switch_normal)
     start = M0 + WARM
     before = {k: det.scopes[k].model.expected_rate(start) for k in ("all", "issuer:BANKDKI")}
     hours = 12

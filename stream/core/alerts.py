@@ -282,15 +282,13 @@ def event_time_stalled_alert(
         )
         severity = "critical"
     else:
-        moved = set(moved_away or ())
-        recovered = [p for p in partitions if p not in moved]
-        gone = f"partitions {', '.join(map(str, sorted(moved)))} moved to another worker"
-        if recovered:
-            summary = f"{topic} partitions {', '.join(map(str, recovered))}: event time moves again; decisions resumed"
-            if moved:
-                summary += f" ({gone})"
-        else:
-            summary = f"{topic} {gone}, which raises this alert again if their event time still stands"
+        summary = _ended(
+            topic,
+            partitions,
+            moved_away,
+            ": event time moves again; decisions resumed",
+            "which raises this alert again if their event time still stands",
+        )
         severity = "info"
     observed: dict[str, Any] = {"stalled_partitions": len(partitions), "wall_s": round(wall_s, 1), "records": records}
     if stood_at_ms is not None:
@@ -335,6 +333,19 @@ def input_lost_alert(
     )
 
 
+def _ended(topic: str, partitions: list[int], moved_away: list[int] | None, recovered_text: str, gone_text: str) -> str:
+    """The summary of a per-topic episode's end: the partitions that recovered here (followed by
+    `recovered_text`), and those a rebalance moved to another worker (not recovered: their new
+    owner judges them; `gone_text` follows when all moved)."""
+    moved = set(moved_away or ())
+    recovered = [p for p in partitions if p not in moved]
+    gone = f"partitions {', '.join(map(str, sorted(moved)))} moved to another worker"
+    if not recovered:
+        return f"{topic} {gone}" + (f", {gone_text}" if gone_text else "")
+    summary = f"{topic} partitions {', '.join(map(str, recovered))}{recovered_text}"
+    return summary + (f" ({gone})" if moved else "")
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
@@ -360,16 +371,8 @@ def feed_silent_topic_alert(
             f"{other_topic} so refund timeouts still fire"
         )
         severity = "critical"
-    else:
-        moved = set(moved_away or ())
-        recovered = [p for p in partitions if p not in moved]
-        gone = f"partitions {', '.join(map(str, sorted(moved)))} moved to another worker"
-        if recovered:
-            summary = f"{topic} partitions {', '.join(map(str, recovered))} deliver again: feed recovered"
-            if moved:
-                summary += f" ({gone})"
-        else:  # (not sent: `feeds.TopicSilence` leaves an episode that moved whole to the new owner)
-            summary = f"{topic} {gone}"
+    else:  # (all moved: not sent, `feeds.TopicSilence` leaves that episode to the new owner)
+        summary = _ended(topic, partitions, moved_away, " deliver again: feed recovered", "")
         severity = "info"
     observed: dict[str, Any] = {"silent_partitions": len(partitions), "watermark_ms": at_ms}
     if silent_since_ms is not None:
