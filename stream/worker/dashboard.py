@@ -28,7 +28,7 @@ td,th{border:1px solid #d5d9e0;padding:.3em .6em;text-align:left}
 th{background:#eceff4} .num{text-align:right} .bad{color:#b00020;font-weight:600} .ok{color:#1b7f3b}
 .bar{display:inline-block;height:.8em;background:#3b6fd8;vertical-align:middle} .held{background:#d89b3b}
 .cancel{background:#8a8a8a} .released{background:#6fb26f} .muted{color:#667}
-td{overflow-wrap:anywhere;max-width:40em}
+td{overflow-wrap:anywhere;max-width:40em} td.num,td:nth-child(2){overflow-wrap:normal}
 """
 
 
