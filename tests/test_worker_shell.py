@@ -1050,6 +1050,23 @@ def test_a_state_saved_with_another_timeout_is_said_at_its_restore_once(caplog: 
     assert "other settings" not in caplog.text and h3.shell.counts["restored_with_other_settings"] == 0
 
 
+def test_every_stamped_parameter_is_named_by_its_setting_in_the_restore_warning() -> None:
+    # (A stamped parameter without a `QRIS_*_S` setting of the same name would make the restore
+    # that warns about it fail.)
+    from stream.core.partition import STAMPED_PARAMS
+    from stream.worker.shell import _setting_change
+
+    assert [_setting_change(n, 1000, 2000).split()[0] for n in STAMPED_PARAMS] == [
+        "QRIS_TIMEOUT_S",
+        "QRIS_LATENESS_S",
+        "QRIS_RETENTION_S",
+        "QRIS_CLOCK_SKEW_S",
+        "QRIS_PROBE_AGE_S",
+        "QRIS_HOLD_GRACE_S",
+        "QRIS_MAX_HOLD_S",
+    ]
+
+
 def test_offsets_deleted_by_retention_before_the_worker_read_them_raise_input_lost() -> None:
     # The worker was down longer than the topic keeps records: when it comes back, the log
     # begins past the offsets its state expects. What lies between is gone (not transaction

@@ -42,7 +42,7 @@ from ..core.partition import NEG_INF, PartitionEngine
 from ..core.records import Stream
 from ..core.validation import Rejection
 from ..drivers.replayfile import KafkaRecord
-from ..settings import Settings
+from ..settings import DOCS, Settings
 from .boundary import Gap, InputRecord, LiveRecord, PartitionPlan, plan_batch, topic_partition
 from .freeze import LoopWatch, stop_if_frozen
 from .gapfill import fill_gaps, only_markers
@@ -99,20 +99,11 @@ PACE_COOLDOWN_S = 60.0
 # How long a partition's log start, once asked, is taken as known (`_lost_to_retention`):
 # retention moves it by whole segments, minutes or hours apart.
 LOG_START_TTL_S = 10.0
-# The setting of each parameter a partition's state is stamped with (`PartitionEngine.changed_params`).
-PARAM_SETTING = {
-    "timeout_ms": "QRIS_TIMEOUT_S",
-    "lateness_ms": "QRIS_LATENESS_S",
-    "retention_ms": "QRIS_RETENTION_S",
-    "clock_skew_ms": "QRIS_CLOCK_SKEW_S",
-    "probe_age_ms": "QRIS_PROBE_AGE_S",
-    "hold_grace_ms": "QRIS_HOLD_GRACE_S",
-    "max_hold_ms": "QRIS_MAX_HOLD_S",
-}
 
 
-def _seconds(ms: int) -> str:
-    return f"{ms / 1000:g}"
+def _setting_change(name: str, saved_ms: int, now_ms: int) -> str:
+    """A stamped parameter's change as its setting says it (`timeout_ms` is `QRIS_TIMEOUT_S`)."""
+    return f"{DOCS[name.removesuffix('_ms') + '_s'][0]} {saved_ms / 1000:g} now {now_ms / 1000:g}"
 
 
 @dataclass
@@ -363,7 +354,7 @@ class ReconcileShell:
             "partition %d: state saved with other settings (%s): the %d references it keeps keep the "
             "deadlines and holds decided with them; a replay with today's settings decides those differently",
             partition,
-            ", ".join(f"{PARAM_SETTING[name]} {_seconds(saved)} now {_seconds(now)}" for name, saved, now in changed),
+            ", ".join(_setting_change(name, saved, now) for name, saved, now in changed),
             len(eng.refs),
         )
 
