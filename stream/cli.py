@@ -419,7 +419,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif args.csv:
         sys.stdout.write(to_csv(summary, money))
     else:
-        from .drivers.wib import wib_and_utc
+        from .core.eventtime import wib_and_utc
 
         if selection != Selection():
             what = [f"{scope[0]} {scope[1]}"] if scope else []

@@ -9,11 +9,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.core.eventtime import format_ms, parse_ms
+from stream.core.eventtime import format_ms, parse_ms, wib_and_utc
 from stream.core.partition import Params, PartitionEngine
 from stream.core.records import Stream
 from stream.core.validation import Rejection, parse_payment
-from stream.drivers.wib import wib_and_utc
 from stream.settings import Settings
 from stream.worker import dashboard
 from stream.worker import watch as watch_module
@@ -214,7 +213,7 @@ def test_a_time_past_what_jakarta_time_writes_is_said_in_utc() -> None:
     f.l(ledger("Z-d", "debited", "Z", 0, **later))
     got = payment_status(f.eng.refs["Y"], 0, None, f.eng)
     assert got["status"] == "debited" and got["refund_due_at"] == "0000-01-01T00:05:01.000Z"
-    assert got["summary"].endswith("a refund is due at 0000-01-01T00:05:01.000Z (UTC) if it does not settle")
+    assert got["summary"].endswith("a refund is due at 0000-01-01 07:05:01 WIB (00:05:01 UTC) if it does not settle")
 
 
 def test_a_debit_received_and_not_processed_yet_is_not_told_as_no_money_taken() -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import ids
 from .decisions import SCHEMA_VERSION, Decision, mask_account
-from .eventtime import format_ms
+from .eventtime import format_ms, wib_and_utc
 from .records import LedgerEvent, PaymentEvent
 from .text import ELLIPSIS, escape_text
 
@@ -209,7 +209,7 @@ def clock_skew_alert(
         f"{count} record(s) on {topic} partition {partition} dated more than {allowed_ms / 1000:g} s ahead of "
         f"their Kafka timestamp; latest: {event.type} {escape_text(event.event_id)} of "
         f"{escape_text(event.reference)} dated {escape_text(event.occurred_at)}, {ahead_s:.0f} s ahead, "
-        f"counted at its Kafka time {format_ms(timestamp_ms)}; check the producer's clock"
+        f"counted at its Kafka time {wib_and_utc(timestamp_ms)}; check the producer's clock"
     )
     return _alert(
         ids.alert_id("CLOCK_SKEW", topic, partition, count),
@@ -235,10 +235,10 @@ def feed_silent_alert(
     topic: str, partition: int, silent_since_ms: int | None, advanced_to_ms: int, other_topic: str
 ) -> Decision:
     """One input stream of a partition went quiet while the other flows (live mode only)."""
-    since = format_ms(silent_since_ms) if silent_since_ms is not None else "the start"
+    since = wib_and_utc(silent_since_ms) if silent_since_ms is not None else "the start"
     summary = (
         f"{topic} partition {partition} is silent (last event {since}) while {other_topic} flows; "
-        f"watermark advanced to {format_ms(advanced_to_ms)} so refund timeouts still fire"
+        f"watermark advanced to {wib_and_utc(advanced_to_ms)} so refund timeouts still fire"
     )
     observed: dict[str, Any] = {"watermark_ms": advanced_to_ms}
     if silent_since_ms is not None:
@@ -273,7 +273,7 @@ def event_time_stalled_alert(
     `stood_at_ms`); and its end (`resolved`, listing the episode's partitions) once the watermark
     of each moves again or the partition moved to another worker (`moved_away`)."""
     where = f"{topic} partitions {', '.join(map(str, partitions))}"
-    stood = format_ms(stood_at_ms) if stood_at_ms is not None else "no record yet"
+    stood = wib_and_utc(stood_at_ms) if stood_at_ms is not None else "no record yet"
     if status == "opened":
         summary = (
             f"{where}: event time has stood still ({stood}) for {_duration(wall_s)} of wall time while "
@@ -365,7 +365,7 @@ def feed_silent_topic_alert(
     there, for its new owner to page)."""
     where = f"{topic} partitions {', '.join(map(str, partitions))}"
     if status == "opened":
-        since = format_ms(silent_since_ms) if silent_since_ms is not None else "the start"
+        since = wib_and_utc(silent_since_ms) if silent_since_ms is not None else "the start"
         summary = (
             f"{where} silent (last event {since}) while {other_topic} flows; the watermark follows "
             f"{other_topic} so refund timeouts still fire"

@@ -1,8 +1,9 @@
 """Event-time instants: RFC 3339 text to epoch milliseconds and back.
 
 The contract compares instants at millisecond resolution (finer digits truncated), so the core
-carries `*_ms` integers everywhere and formats UTC text only at the edge. Pure arithmetic: no
-datetime objects on the hot path, no clock, no time zone database.
+carries `*_ms` integers everywhere and formats text only at the edge: RFC 3339 UTC in records,
+Jakarta time (WIB) with UTC beside it in text people read. Pure arithmetic: no datetime objects,
+no clock, no time zone database.
 """
 
 from __future__ import annotations
@@ -174,6 +175,33 @@ def format_ms(ms: int) -> str:
     hour, secs = divmod(secs, 3600)
     minute, second = divmod(secs, 60)
     return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}.{millis:03d}Z"
+
+
+def wib_and_utc(at_ms: int | None) -> str:
+    """An instant as operations and customer service read it: Jakarta time (WIB, UTC+7) first,
+    UTC beside it, the UTC date added when it differs.
+
+    >>> wib_and_utc(1743214625000)
+    '2025-03-29 09:17:05 WIB (02:17:05 UTC)'
+    >>> wib_and_utc(1743181200000)
+    '2025-03-29 00:00:00 WIB (2025-03-28 17:00:00 UTC)'
+    >>> wib_and_utc(253402300799000)  # the last second of 9999 UTC is in 10000 in Jakarta
+    '9999-12-31T23:59:59.000Z (UTC)'
+    """
+    if at_ms is None:
+        return "never"
+    if at_ms <= -(2**61):
+        return "-inf (no time yet)"
+    if at_ms >= 2**61:
+        return "+inf (end of input)"
+    utc, local = format_ms(at_ms), format_ms(at_ms + WIB_OFFSET_MS)
+    if len(local) != len(utc):
+        # Jakarta's clock past 9999 (or UTC's before year 0): RFC 3339 in UTC writes every
+        # time the core accepts.
+        return f"{utc} (UTC)"
+    frac = f".{at_ms % 1000:03d}" if at_ms % 1000 else ""
+    utc_text = utc[11:19] if utc[:10] == local[:10] else f"{utc[:10]} {utc[11:19]}"
+    return f"{local[:10]} {local[11:19]}{frac} WIB ({utc_text}{frac} UTC)"
 
 
 def parse_instant(text: str) -> int:

@@ -178,8 +178,7 @@ def _text(v: object, max_chars: int = 64) -> str:
 
 def _when(text: str | None) -> str:
     # Incident windows in WIB with UTC beside, like the summaries (issue 10).
-    from ..core.eventtime import BadTimestamp, parse_ms
-    from .wib import wib_and_utc
+    from ..core.eventtime import BadTimestamp, parse_ms, wib_and_utc
 
     try:
         return wib_and_utc(parse_ms(text)) if text else "?"

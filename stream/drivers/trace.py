@@ -17,14 +17,13 @@ from typing import Any
 from ..core import codec
 from ..core.burst import BurstParams
 from ..core.decisions import Decision
-from ..core.eventtime import BadTimestamp, format_ms, parse_ms
+from ..core.eventtime import BadTimestamp, format_ms, parse_ms, wib_and_utc
 from ..core.holds import IncidentTimeline
 from ..core.partition import NEG_INF, Params
 from ..core.records import LedgerEvent, PaymentEvent, Stream
 from ..core.reference import ReferenceState
 from .replay import Replay, with_incidents
 from .replayfile import KafkaRecord
-from .wib import wib_and_utc
 
 REFUND_WORDS = {
     "refund.requested": "refund requested",

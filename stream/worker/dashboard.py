@@ -13,11 +13,10 @@ import html
 from typing import Any
 
 from ..core.alerts import rupiah
-from ..core.eventtime import BadTimestamp, parse_ms
+from ..core.eventtime import BadTimestamp, parse_ms, wib_and_utc
 from ..core.holds import Hold, Incident
 from ..core.partition import PartitionEngine
 from ..core.text import escape_text
-from ..drivers.wib import wib_and_utc
 from .watch import WorkerWatch, open_holds
 
 STYLE = """

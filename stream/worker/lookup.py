@@ -15,12 +15,11 @@ from urllib.parse import quote, urlencode
 
 from ..core.alerts import rupiah
 from ..core.decisions import mask_account
-from ..core.eventtime import format_ms, parse_ms
+from ..core.eventtime import format_ms, parse_ms, wib_and_utc
 from ..core.partition import PartitionEngine, waiting_list
 from ..core.records import PaymentEvent
 from ..core.reference import ReferenceState
 from ..core.refunds import Refund
-from ..drivers.wib import wib_and_utc
 from .watch import WorkerWatch
 
 
