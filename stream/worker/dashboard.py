@@ -1,5 +1,6 @@
-"""The operations dashboard (`/qris/dashboard`): one server-rendered HTML page, no JavaScript,
-no CDN, refreshed by the browser every few seconds. What is burning (open incidents with scope,
+"""The operations dashboard (`/qris/dashboard`): one server-rendered HTML page, no CDN,
+refreshed every few seconds by a few lines of inline script (`REFRESH`; a browser without
+scripts falls back to `<meta refresh>`). What is burning (open incidents with scope,
 exposure and holds), refunds / holds / cancellations per minute, feed health per partition
 (watermark delay, records waiting, silent feeds, event time paged as standing still) and dead
 letters.
@@ -28,6 +29,42 @@ th{background:#eceff4} .num{text-align:right} .bad{color:#b00020;font-weight:600
 .bar{display:inline-block;height:.8em;background:#3b6fd8;vertical-align:middle} .held{background:#d89b3b}
 .cancel{background:#8a8a8a} .released{background:#6fb26f} .muted{color:#667}
 td{overflow-wrap:anywhere;max-width:40em} td.num,td:nth-child(2){overflow-wrap:normal}
+.stale{background:#b00020;color:#fff;padding:.5em .8em;font-weight:600;margin:0 0 .8em}
+"""
+
+# The page fetches itself and swaps its body in, so a worker that died or froze does not leave
+# the browser on its own error page (which a `<meta refresh>` cannot leave) or loading for ever:
+# the last figures stay, under a banner that says since when the worker has not answered, and
+# the page keeps trying. A fetch not answered within 4 s counts as not answering.
+REFRESH = """
+(function () {
+  var every = %(every)d, lastOk = Date.now();
+  function wib(ms) {
+    return new Date(ms).toLocaleTimeString("en-GB", {timeZone: "Asia/Jakarta", hour12: false}) + " WIB";
+  }
+  function stale(why) {
+    var b = document.getElementById("stale");
+    if (!b) return;
+    b.hidden = false;
+    b.textContent = "This worker has not answered since " + wib(lastOk) + " (" + why + "): the figures below "
+      + "are from then. Trying again every " + every / 1000 + " s.";
+  }
+  function tick() {
+    var ctl = new AbortController(), timer = setTimeout(function () { ctl.abort(); }, 4000);
+    fetch(location.href, {cache: "no-store", signal: ctl.signal})
+      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.text(); })
+      .then(function (text) {
+        var doc = new DOMParser().parseFromString(text, "text/html");
+        if (!doc.getElementById("stale")) throw new Error("not this page");
+        document.body.replaceWith(document.adoptNode(doc.body));
+        document.title = doc.title;
+        lastOk = Date.now();
+      })
+      .catch(function (e) { stale(e.name === "AbortError" ? "no answer within 4 s" : "unreachable: " + e.message); })
+      .finally(function () { clearTimeout(timer); setTimeout(tick, every); });
+  }
+  setTimeout(tick, every);
+})();
 """
 
 
@@ -41,8 +78,10 @@ def render(
     now_ms = int(now_s * 1000)
     out = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        f'<meta http-equiv="refresh" content="{refresh_s}">',
-        f"<title>qris-guard: {_e(app_id)}</title><style>{STYLE}</style></head><body>",
+        f'<noscript><meta http-equiv="refresh" content="{refresh_s}"></noscript>',
+        f"<title>qris-guard: {_e(app_id)}</title><style>{STYLE}</style>",
+        f"<script>{REFRESH % {'every': refresh_s * 1000}}</script></head><body>",
+        "<div id=stale class=stale hidden></div>",
         f"<h1>qris-guard operations: {_e(app_id)}</h1>",
         f"<div class=muted>This worker, {wib_and_utc(now_ms)}; started {wib_and_utc(watch.started_at_ms)}; "
         f"partitions {_e(sorted(engines)) or 'none yet'} (this worker's only: a group of several workers shows each "
