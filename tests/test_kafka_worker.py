@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -361,6 +362,56 @@ def test_refund_holds_live_equal_replay_although_the_worker_is_killed_during_the
     assert stats["counts"]["refunds"] > 0  # the first worker decided some of them before it died
     for role in want:
         assert sorted(set(canon(got[role]))) == sorted(set(canon(want[role]))), f"{role}:\n{worker2.log_tail()}"
+
+
+def test_a_detector_rebuilt_without_its_history_says_so_in_an_input_lost_alert(tmp_path: Path) -> None:
+    """The signals topic loses every report while the worker is down during an outage, and no
+    snapshot covers them (an operator's delete-records): the detector rebuilt by the next worker
+    knows neither the normal it learned nor the incident it had open. Operations are told, once,
+    in a critical INPUT_LOST alert naming the signals topic and the offsets gone, and the
+    worker counts them (`qris_detector_signals_lost_total`)."""
+    bootstrap = require_broker()
+    topics = fresh_topics(partitions=2)
+    topics.create(bootstrap)
+    records = simulated(topics, "outage", seed=4, minutes=40, rate_per_min=150, outage_at=0.4, outage_minutes=12)
+    tmap = {topics.payment: topics.payment, topics.ledger: topics.ledger}
+    cut = len(records) * 55 // 100
+    no_snapshots = {"QRIS_SNAPSHOT_EVERY": "0"}
+    worker = Worker(topics, tmp_path / "w", extra_env=no_snapshots)
+    worker.start(bootstrap)
+    worker2 = Worker(topics, tmp_path / "w2", app_id=worker.app_id, extra_env=no_snapshots)
+    try:
+        produce(bootstrap, records[:cut], tmap)
+        worker.wait_processed(cut, timeout_s=180)
+        time.sleep(4)  # offsets committed
+        signals = worker.stats()["bursts"]["counts"]["signals"]
+        worker.kill()
+        trim_topic(bootstrap, topics.signals)
+        worker2.start(bootstrap)
+        produce(bootstrap, records[cut:], tmap)
+        worker2.wait_processed(len(records) - cut, timeout_s=180)
+        deadline = time.monotonic() + 60
+        while worker2.stats()["bursts"]["counts"]["signals_lost"] == 0 and time.monotonic() < deadline:
+            time.sleep(1)
+        counts = worker2.stats()["bursts"]["counts"]
+        metrics = _get_text(worker2.web_port, "/metrics")
+        alerts = [v for _t, _k, v in consume(bootstrap, [topics.alerts], until=10**9, timeout_s=10, worker=worker2)]
+    finally:
+        worker2.stop()
+    lost = [a for a in alerts if a["kind"] == "INPUT_LOST"]
+    assert len(lost) == 1, lost
+    a = lost[0]
+    assert a["topic"] == topics.signals and a["severity"] == "critical" and a["partition"] == 0
+    assert a["observed"]["first_offset"] == 0 and a["observed"]["lost_offsets"] == counts["signals_lost"] > 0
+    assert counts["signals_lost"] >= signals  # what the first worker had taken, at least, is gone
+    assert "incidents it had open are unknown to it" in a["summary"] and a["occurred_at"] > "2025-03-29"
+    assert a["dedup_key"] == f"INPUT_LOST:{topics.signals}:0"
+    assert f"qris_detector_signals_lost_total {float(counts['signals_lost'])}" in metrics
+
+
+def _get_text(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        return str(r.read().decode())
 
 
 def trim_topic(bootstrap: Client, topic: str) -> None:

@@ -333,6 +333,37 @@ def input_lost_alert(
     )
 
 
+def signals_lost_alert(
+    topic: str, first: int, last: int, count: int, begins_at: int | None, at_ms: int | None
+) -> Decision:
+    """Live only: the burst detector's reports at offsets `first`..`last` of the signals topic
+    (`count`) were gone (deleted, or the topic recreated) when a worker rebuilt the detector, and
+    no snapshot covered them. The rebuilt detector knows nothing of them: not the normal it had
+    learned, not the incidents it had open. `begins_at`: where the topic's log begins now, when
+    reports before it were deleted (None: the topic ends before `first`, recreated or trimmed)."""
+    summary = (
+        f"{topic} partition 0: the burst detector's reports at offsets {first}..{last} (up to {count:,}) were gone "
+        "when this worker rebuilt the detector, and no snapshot covers them. It learns the normal again from the "
+        "reports left, cold for its first 10 minutes (an outage under way can be learned as normal); incidents "
+        "it had open are unknown to it and will not resolve, so the refunds they hold are paid at their "
+        "release_by. Restore the signals and snapshots topics, or warm the detector (qris-guard warmup) and "
+        "restart the worker"
+    )
+    return _alert(
+        ids.alert_id("INPUT_LOST", topic, 0, first, last),
+        "INPUT_LOST",
+        "critical",
+        "all",
+        "all",
+        at_ms,
+        0,
+        summary,
+        {"lost_offsets": count, "first_offset": first, "last_offset": last}
+        | ({"log_start_offset": begins_at} if begins_at is not None else {}),
+        topic=topic,
+    )
+
+
 def _ended(topic: str, partitions: list[int], moved_away: list[int] | None, recovered_text: str, gone_text: str) -> str:
     """The summary of a per-topic episode's end: the partitions that recovered here (followed by
     `recovered_text`), and those a rebalance moved to another worker (not recovered: their new

@@ -273,6 +273,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             "state_superseded_batches": store.counts["superseded_batches"],
             "state_pieced_entries": store.counts["pieced_entries"],
             "detector_internal_errors": bursts.counts["internal_errors"],
+            "detector_signals_lost": bursts.counts["signals_lost"],
         },
     )
 

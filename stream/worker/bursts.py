@@ -47,6 +47,7 @@ import river.stats  # noqa: F401
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from ..core import burstsnapshot, codec
+from ..core.alerts import signals_lost_alert
 from ..core.burst import BurstDetector
 from ..core.decisions import Decision
 from ..core.holds import IncidentEvent, incident_event
@@ -111,6 +112,8 @@ class BurstShell:
         # recreated while the detector kept its history) would decide the deadlines they cover
         # unheld. Repeats are ignored by the followers.
         self.reannounce: list[IncidentEvent] = []
+        # Signals gone when the detector was rebuilt here, not said yet: (first, end, log start).
+        self.lost: list[tuple[int, int, int | None]] = []
         self.since_snapshot = 0
         self.snapshots = SnapshotWriter(settings)
         self._snapshot_task: asyncio.Future[None] | None = None
@@ -128,6 +131,7 @@ class BurstShell:
             "rebuilt_from": 0,
             "restored_snapshot_offset": -1,
             "signals_read_to_rebuild": 0,
+            "signals_lost": 0,
             "snapshots_written": 0,
             "snapshot_write_ms": 0,
             "internal_errors": 0,
@@ -157,6 +161,7 @@ class BurstShell:
         self.next_offset = -1
         self.known_through_sent = None
         self.reannounce = []
+        self.lost = []  # (the next owner finds them gone too)
 
     async def process_batch(self, events: Sequence[Any]) -> None:
         """Feed a batch of reports to the detector and send its alerts. Faust acks the batch
@@ -296,6 +301,7 @@ class BurstShell:
             except Exception:  # a bug must not stop the worker: the report is skipped, loudly
                 self.counts["internal_errors"] += 1
                 log.error("burst detector failed on signals offset %d; report skipped", msg.offset, exc_info=True)
+        alerts = self._lost_alerts() + alerts
         for d in alerts:
             self._stop_if_frozen(since)
             await self.send(self.settings.alert_topic, d.key, codec.dumps(d.value))
@@ -462,16 +468,21 @@ class BurstShell:
         consumer = AIOKafkaConsumer(**aiokafka_config(self.settings), enable_auto_commit=False, group_id=None)
         await consumer.start()
         taken = 0
+        lost: list[tuple[int, int, int | None]] = []  # (first, end, where the log begins)
         try:
             consumer.assign([tp])
-            consumer.seek(tp, start)
+            begins = (await consumer.beginning_offsets([tp]))[tp]
+            if begins > start:  # deleted before any snapshot covered them (also past `upto`: never read again)
+                lost.append((start, begins, begins))
+            consumer.seek(tp, max(start, begins))
             idle_polls = 0
-            while await consumer.position(tp) < upto:
+            while (at := await consumer.position(tp)) < upto:
                 batch = await consumer.getmany(tp, timeout_ms=1000, max_records=5000)
                 messages = batch.get(tp, [])
                 idle_polls = 0 if messages else idle_polls + 1
                 if idle_polls >= 60:  # the topic ends before `upto`: it was truncated or recreated
                     log.error("signals topic ends before offset %d; detector rebuilt from what is there", upto)
+                    lost.append((at, upto, None))
                     break
                 for msg in messages:
                     if msg.offset >= upto:
@@ -480,6 +491,8 @@ class BurstShell:
                     taken += 1
         finally:
             await consumer.stop()
+        for first, end, log_begins in lost:
+            self._lost(first, end, log_begins)
         self.counts["signals_read_to_rebuild"] += taken
         log.info(
             "burst detector rebuilt from %d signal reports (offsets %d to %d, up to offset %d)",
@@ -489,6 +502,36 @@ class BurstShell:
             upto,
         )
         return detector
+
+    def _lost(self, first: int, end: int, begins: int | None) -> None:
+        """Signals `first`..`end - 1` were not on the broker for the detector being rebuilt:
+        logged, counted, and said in an INPUT_LOST alert on the signals topic with the next
+        reports the detector takes (`_lost_alerts`), since it goes on without what they taught
+        it and without the incidents they opened."""
+        self.counts["signals_lost"] += end - first
+        self.lost.append((first, end, begins))
+        log.error(
+            "signals offsets %d..%d are gone (%s) and no snapshot covers them: the burst detector is rebuilt "
+            "without them (its normal learned again, incidents open before unknown to it)",
+            first,
+            end - 1,
+            f"the log begins at {begins}" if begins is not None else "the topic ends before them",
+        )
+
+    def _lost_alerts(self) -> list[Decision]:
+        """The INPUT_LOST alerts of `_lost`, dated by the event time the detector has reached
+        (its reports' newest minute), once it has taken a report."""
+        d = self.detector
+        if not self.lost or d is None or not d.merge.through:
+            return []
+        closed = d.merge.closed_through
+        at_ms = ((closed if closed is not None else max(d.merge.through.values())) + 1) * MINUTE_MS
+        out = [
+            signals_lost_alert(self.settings.signals_topic, first, end - 1, end - first, begins, at_ms)
+            for first, end, begins in self.lost
+        ]
+        self.lost = []
+        return out
 
     async def _restore_snapshot(self) -> tuple[BurstDetector | None, int | None]:
         raw = await read_latest_snapshot(self.settings)

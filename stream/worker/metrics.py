@@ -187,6 +187,12 @@ _COUNT_HELP: tuple[tuple[str, str], ...] = (
         "would have opened, updated or resolved are missing, so refund holds can last to their maximum",
     ),
     (
+        "detector_signals_lost",
+        "Burst signals reports gone from the broker (deleted, or the topic recreated) when the detector was "
+        "rebuilt, with no snapshot covering them (an INPUT_LOST alert on the signals topic): the detector "
+        "learns its normal again and does not know the incidents open before",
+    ),
+    (
         "idle_quiet_decisions",
         "Decisions made after both input streams of a partition went quiet and its event time followed the wall "
         "clock (the idle rule); a replay of the same records makes them only with --drain",
