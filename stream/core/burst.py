@@ -11,7 +11,7 @@ per MCC. Imports nothing outside the core.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -477,7 +477,26 @@ class BurstDetector:
             return self._overlap(scored[b], a)
         return 0
 
-    def _concentrated(self, c: str, s: str, minute: int) -> bool:
+    def _shared_in_window(self, c: str, s: str, minute: int) -> int:
+        """Bad payments of scope `s` that lie in scope `c`, over `s`'s own window (its last
+        `LONGEST` minutes after its `covered_through`), the window its excess is measured over.
+        (Over `c`'s window, which an open incident never restarts, a merchant pool's ten minutes
+        of failures explained one restarted minute of its switch's excess, every minute: a burst
+        of a few dozen failed payments a minute in one pool kept the switch's far larger outage
+        from ever opening, and its refunds were paid, then clawed back.)"""
+        cs, ss = self.scopes.get(c), self.scopes.get(s)
+        if cs is None or ss is None:
+            return 0
+        return self._in_ring(cs, s, max(minute + 1 - LONGEST, ss.covered_through + 1), minute)
+
+    @staticmethod
+    def _in_ring(cs: ScopeState, s: str, first: int, last: int) -> int:
+        """Bad payments of scope `s` in narrower scope `cs`'s ring minutes `first`..`last`."""
+        if s == "all":
+            return sum(e[1][BAD] for e in cs.ring if first <= e[0] <= last)
+        return sum((e[2] or {}).get(s, 0) for e in cs.ring if first <= e[0] <= last)
+
+    def _concentrated(self, c: str, s: str, minute: int, beside: Sequence[str] = ()) -> bool:
         """Whether the bad payments of broader scope `s` lie in narrower scope `c` beyond what
         `c`'s share of the payments gives by chance: over the last `LONGEST` minutes (restarted
         windows or not), `c`'s count of `s`'s bad payments scores at least
@@ -489,7 +508,11 @@ class BurstDetector:
         failure would page as its parts. A switch outage's failures lie in the switch beyond
         any chance (17 of 17 where 38% of the payments go scores 7.1). `c`'s share of `s`'s own
         payments is not counted; its share of all payments is the same for `all` and a bank's
-        own issuer. A scope carrying every payment is `s`'s population itself and explains."""
+        own issuer. A scope carrying every payment is `s`'s population itself and explains.
+
+        `beside`: open incidents of `c`'s type (so disjoint from it), whose payments and bad
+        payments of `s` are set apart first: a second switch failing beside one already open
+        holds the failures the first does not explain, whatever the first's share."""
         threshold = self.params.explain_min_surprise
         if threshold <= 0:
             return True
@@ -500,10 +523,12 @@ class BurstDetector:
         payments = sum(e[1][0] for e in root.ring if first <= e[0] <= minute)
         in_c = sum(e[1][0] for e in cs.ring if first <= e[0] <= minute)
         bad = sum(e[1][BAD] for e in ss.ring if first <= e[0] <= minute)
-        if s == "all":
-            shared = sum(e[1][BAD] for e in cs.ring if first <= e[0] <= minute)
-        else:
-            shared = sum((e[2] or {}).get(s, 0) for e in cs.ring if first <= e[0] <= minute)
+        shared = self._in_ring(cs, s, first, minute)
+        for o in beside:
+            os_ = self.scopes.get(o)
+            if os_ is not None:
+                payments -= sum(e[1][0] for e in os_.ring if first <= e[0] <= minute)
+                bad -= self._in_ring(os_, s, first, minute)
         if in_c >= payments or bad <= 0:
             return True
         # (`c`'s minutes can hold more of `s`'s bad payments than `s`'s ring: `s` not tracked in
@@ -530,24 +555,43 @@ class BurstDetector:
         #    in a long outage; its bad payments are still in the broader scope's window).
         open_keys = set(self.incidents.open_scopes())
         explainers = sorted(set(bursting) | open_keys)
+        #    Narrower scopes of one type are disjoint (a payment has one switch, one acquirer,
+        #    one issuer), so together they explain the part they hold: two switches failing at
+        #    once explain `all` though neither holds 70% of its excess. Not merchants: a switch
+        #    outage's busy merchants would explain their switch and page one by one.
         suppressed: set[str] = set()
         for s in bursting:
             es = scored[s].excess
+            if es <= 0:
+                continue
+            ls = LEVEL[scope_type(s)]
+            by_type: dict[str, list[tuple[str, int]]] = {}
             for c in explainers:
-                if c == s or es <= 0:
+                if c == s:
                     continue
-                ls, lc = LEVEL[scope_type(s)], LEVEL[scope_type(c)]
+                lc = LEVEL[scope_type(c)]
                 if lc < ls:
                     continue
                 if lc == ls and (c not in scored or not self._is_cause(c, scored[c], s, scored[s])):
                     continue
+                n = self._shared_in_window(c, s, minute)
                 # (An open incident's cause is established: in a long outage's nights its few
                 # failures lie in it no more than chance gives, and it still explains them.)
-                if self._shared(scored, c, s, minute) >= share * es and (
-                    lc == ls or c in open_keys or self._concentrated(c, s, minute)
-                ):
+                beside = [o for o in open_keys if o != c and scope_type(o) == scope_type(c)]
+                if n <= 0 or not (lc == ls or c in open_keys or self._concentrated(c, s, minute, beside)):
+                    continue
+                if n >= share * es or self._calm_without(s, scored[s], [c]):
                     suppressed.add(s)
                     break
+                if lc > ls and scope_type(c) != "merchant":
+                    by_type.setdefault(scope_type(c), []).append((c, n))
+            else:
+                for found in by_type.values():
+                    if sum(n for _c, n in found) >= share * es or self._calm_without(
+                        s, scored[s], [c for c, _n in found]
+                    ):
+                        suppressed.add(s)
+                        break
         # 2. Scopes that remain, and scopes with an open incident, are reported; a remaining
         #    scope whose excess mostly lies inside a broader reported one is folded into it.
         heads = sorted((set(bursting) - suppressed) | open_keys, key=lambda k: (LEVEL[scope_type(k)], k))
@@ -598,6 +642,24 @@ class BurstDetector:
             else:
                 out.extend(self._follow(st, sc, minute, scored))
         return out
+
+    def _calm_without(self, s: str, sc: ScoredScope, explainers: list[str]) -> bool:
+        """Whether bursting scope `s`, its bad payments inside `explainers` set apart, scores
+        under the threshold in every window: what lies outside them is its normal. (Few bad
+        payments make the 70% rule a coin toss: 4 of an acquirer's 6 inside a failing switch,
+        the other 2 its usual background, are not an incident of its own.)"""
+        for w in self.params.windows_minutes:
+            win = sc.window(w)
+            last = win.end_minute - 1
+            inside = 0
+            for c in explainers:
+                cs = self.scopes.get(c)
+                if cs is not None:
+                    inside += self._in_ring(cs, s, win.start_minute, last)
+            rest = win.counts[BAD] - inside
+            if binomial_surprise(rest, win.counts[0], sc.rate) >= self.params.threshold:
+                return False
+        return True
 
     def _is_cause(self, c_key: str, c: ScoredScope, s_key: str, s: ScoredScope) -> bool:
         """Of two bursting scopes of one level, whether `c` rather than `s` is where their
