@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterable, Mapping
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -122,10 +123,70 @@ def ensure_state_changelog(settings: Settings, partitions: int, *, timeout_s: fl
     finally:
         admin.close()
     if count != partitions:
-        raise SystemExit(
-            f"the state changelog {topic.name} has {count} partitions, the input topics {partitions}: "
-            "it must have one per input partition"
+        raise SystemExit(changelog_mismatch(topic.name, count, partitions))
+
+
+# What an operator reads when the input topics' partition count changed under kept state (the
+# worker refuses at start, and stops when it sees the change while it runs).
+REPARTITION_HELP = (
+    "Kafka's default partitioner moved about half of the references to other partitions, so a payment "
+    "in flight at the change has its debit on one partition and its settlement or reversal on another; "
+    "each partition decides alone, and a settlement that lands on the other one cancels nothing: the "
+    "debit is refunded at its deadline although the payment settled. Do not add partitions to the state "
+    "changelog or start with a new QRIS_APP_ID to get past this (both decide the split references wrongly, "
+    "without a warning). The input topics' partition count is fixed for the life of their data: to grow, "
+    "create a new co-partitioned set of input topics with the new count (`qris-guard topics` with "
+    "QRIS_PARTITIONS and new topic names), copy the records into it keyed by reference, and start a worker "
+    "with a new QRIS_APP_ID on it; replaying gives the same refund_ids, which the refund service pays once "
+    "(README, 'Input partitions are fixed')"
+)
+
+
+def changelog_mismatch(changelog: str, count: int, inputs: int) -> str:
+    """The worker's refusal when the state changelog and the input topics differ in count.
+
+    >>> changelog_mismatch("app-state-changelog", 4, 8)[:112]
+    'the input topics have 8 partitions but the state (app-state-changelog) was kept for 4: partitions were added to '
+    """
+    if count < inputs:
+        return (
+            f"the input topics have {inputs} partitions but the state ({changelog}) was kept for {count}: "
+            f"partitions were added to the input topics. {REPARTITION_HELP}"
         )
+    return (
+        f"the state changelog {changelog} has {count} partitions, the input topics {inputs}: "
+        "it must have one per input partition (were the input topics recreated with fewer partitions? "
+        "then their records are not those the state was kept for: use a new QRIS_APP_ID)"
+    )
+
+
+def partitions_changed(started_with: int, counts: Mapping[str, int | None], topics: Iterable[str]) -> str | None:
+    """Why a running worker must stop: an input topic's partition count is not the one it started
+    with (`counts` as the broker answered; a topic it did not answer for is not judged). None if
+    all is as at the start.
+
+    >>> partitions_changed(4, {"p": 4, "l": 4}, ("p", "l")) is None
+    True
+    >>> partitions_changed(4, {"p": 4, "l": 8}, ("p", "l"))[:73]
+    'the input topics changed partition count while the worker ran (l: 4 -> 8)'
+    """
+    changed = [f"{t}: {started_with} -> {counts[t]}" for t in topics if counts.get(t) not in (None, started_with)]
+    if not changed:
+        return None
+    return (
+        f"the input topics changed partition count while the worker ran ({', '.join(changed)}); it stops "
+        f"before deciding any reference split by the change. {REPARTITION_HELP}"
+    )
+
+
+def assigned_beyond(owned: Iterable[int], started_with: int) -> list[int]:
+    """Input partitions assigned to this worker that did not exist when it started (the topics
+    got partitions while it ran: Kafka's group assigns them once the client's metadata shows them).
+
+    >>> assigned_beyond({0, 1, 5, 4}, 4), assigned_beyond({0, 3}, 4)
+    ([4, 5], [])
+    """
+    return sorted(p for p in owned if p >= started_with)
 
 
 def create_topics(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, int]:
@@ -217,6 +278,18 @@ def check_copartitioned(settings: Settings) -> int:
         raise SystemExit(f"input topics missing on {settings.bootstrap}: run `qris-guard topics` first ({counts})")
     if p != l:
         raise SystemExit(
-            f"input topics are not co-partitioned: {settings.payment_topic}={p}, {settings.ledger_topic}={l}"
+            f"input topics are not co-partitioned: {settings.payment_topic}={p}, {settings.ledger_topic}={l} "
+            f"(the contract keys both by reference with the same count; if partitions were added to one of them: "
+            f"{REPARTITION_HELP})"
         )
     return p
+
+
+def input_partition_counts(settings: Settings) -> dict[str, int]:
+    """The input topics' partition counts as the broker answers now (a topic it does not answer
+    for is missing from the result)."""
+    admin = admin_client(settings)
+    try:
+        return partition_counts(admin, [settings.payment_topic, settings.ledger_topic])
+    finally:
+        admin.close()

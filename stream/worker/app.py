@@ -29,6 +29,7 @@ from faust.types.events import EventT
 from ..drivers.livesettings import SETTINGS_HEADER, sent_behind, settings_header
 from ..security import aiokafka_config, faust_credentials
 from ..settings import Settings
+from ..topics import REPARTITION_HELP, assigned_beyond, input_partition_counts, partitions_changed
 from .batches import finish_before_ack
 from .bursts import BurstShell, group_committed
 from .clockstall import ClockStall
@@ -51,6 +52,19 @@ log = logging.getLogger("qris_guard.worker")
 
 # The shell's lock held this long means something under it hangs (`watch_state_recovery`).
 SHELL_STALL_S = 90.0
+# Seconds between two asks of the input topics' partition counts (`watch_input_partitions`):
+# Kafka's clients see added partitions only at their next metadata refresh (5 min by default),
+# and a worker deciding meanwhile refunds the debits whose settlements went to the new partitions.
+INPUT_PARTITIONS_CHECK_S = 10.0
+
+
+def stop_repartitioned(problem: str) -> None:  # pragma: no cover - ends the process
+    """Stop the worker at once, deciding nothing more: the input topics' partitions changed under
+    it (`topics.REPARTITION_HELP`). Exit status 1, as the refusal at the next start: a supervisor
+    that starts it again gets that refusal, with the same explanation."""
+    log.critical("%s", problem)
+    logging.shutdown()
+    os._exit(1)
 
 
 def raw_topic(app: faust.App, *names: str, partitions: int | None = None) -> TopicT:
@@ -356,6 +370,20 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     watch_tick_s = min(5.0, max(0.5, min(settings.recovery_stall_s, settings.feed_stall_s) / 2))
     watching: list[asyncio.Task[None]] = []
     restoring_partition: list[int | None] = [None]
+    started_with = input_partitions or settings.partitions
+    input_topics = (settings.payment_topic, settings.ledger_topic)
+
+    async def watch_input_partitions() -> None:
+        """Stop when an input topic's partition count is not the one the worker started with."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(INPUT_PARTITIONS_CHECK_S)
+            try:
+                counts = await loop.run_in_executor(None, input_partition_counts, settings)
+            except Exception:  # noqa: BLE001 - not known now: asked again at the next check
+                continue
+            if (problem := partitions_changed(started_with, counts, input_topics)) is not None:
+                stop_repartitioned(problem)
 
     async def watch_state_recovery() -> None:
         # A plain task, not an app timer: timers start only after Faust's first recovery.
@@ -459,8 +487,15 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     async def on_assigned(app_: Any, assigned: Any = None, **kwargs: Any) -> None:
         watch.rebalances += 1
         owned = owned_inputs(assigned)
+        if beyond := assigned_beyond(owned, started_with):
+            stop_repartitioned(
+                f"input partitions {beyond} were assigned to this worker, which started with {started_with}: "
+                f"the input topics got partitions while it ran; it stops before deciding any reference split "
+                f"by the change. {REPARTITION_HELP}"
+            )
         watch.keep_partitions(owned)
         if not watching:
+            watching.append(asyncio.ensure_future(watch_input_partitions()))
             watching.append(asyncio.ensure_future(watch_state_recovery()))
             watching.append(asyncio.ensure_future(watch_for_freezes(shell.loop, frozen_past_session)))
             try:
