@@ -1152,6 +1152,38 @@ def test_an_open_switch_incident_explains_its_issuer_through_a_night_of_a_few_pa
     assert [(a["scope"]["type"], a["scope"]["id"]) for a in alerts if a["status"] == "opened"] == [("switch", "RINTIS")]
 
 
+def test_a_switch_failing_most_of_a_nights_few_payments_does_not_resolve_in_a_lull() -> None:
+    """A switch outage into the night, the switch failing 3 of 4 of its one or two payments a
+    minute. In a lull (a good payment, two good ones, then one failed payment alone in its
+    window) the short windows score calm and are not "still failing" (one bad payment never
+    is): the incident resolved there, and the issuer opened on the failures that followed. So
+    few payments are no evidence that the failure stopped; a recovery at that volume is."""
+
+    def minute(rintis: tuple[int, int]) -> dict[str, dict[str, Any]]:
+        n, bad = rintis[0] + 2, rintis[1]
+        out = {"all": sm(n, bad), "issuer:BANKDKI": sm(n, bad, {"switch:RINTIS": bad} if bad else None)}
+        out["switch:JALIN"] = sm(2, 0)
+        if rintis[0]:
+            out["switch:RINTIS"] = sm(rintis[0], bad, {"issuer:BANKDKI": bad} if bad else None)
+        return out
+
+    det = BurstDetector(1)
+    warm(det, lambda i: {
+        "all": sm(100, (1 if i % 4 == 0 else 0) + (1 if i % 3 == 0 else 0)),
+        "issuer:BANKDKI": sm(100, (1 if i % 4 == 0 else 0) + (1 if i % 3 == 0 else 0)),
+        "switch:RINTIS": sm(30, 1 if i % 4 == 0 else 0),
+        "switch:JALIN": sm(70, 1 if i % 3 == 0 else 0),
+    })  # fmt: skip
+    start = M0 + WARM
+    failing = [(2, 2), (1, 1), (2, 1), (1, 1)] * 10
+    lull = [(1, 0), (2, 0), (1, 1), (0, 0), (0, 0), (1, 1)]
+    night = failing + lull + failing
+    alerts = run(det, [report(0, start + i, minute(r)) for i, r in enumerate([(30, 25)] * 20 + night)])
+    assert [(a["status"], a["scope"]["id"]) for a in alerts if a["status"] != "updated"] == [("opened", "RINTIS")]
+    recovered = [report(0, start + 20 + len(night) + i, minute((1, 0))) for i in range(10)]
+    assert [(a["status"], a["scope"]["id"]) for a in run(det, recovered)] == [("resolved", "RINTIS")]
+
+
 def test_the_concentration_test_holds_when_a_broader_scope_missed_minutes_its_part_counted() -> None:
     """An issuer not tracked in one minute (the scope bound: no place for it) and tracked the
     next: the switch's shared counts hold its bad payments of both minutes, its own ring one.

@@ -60,6 +60,11 @@ class BurstParams:
     # learned one, or over a small residue of a large outage.
     calm_max_ratio: float = 3.0
     calm_incident_share: float = 0.1
+    # A calm minute counts towards resolution only when its 3-minute window shows the incident's
+    # failure stopped: so few bad payments score at least this (-log10 P) against the
+    # incident's own bad share. Fewer payments than that can tell (one of one, failed or not)
+    # are no evidence either way, like a minute without payments (0 = off).
+    calm_min_evidence: float = 2.0
     calm_minutes_to_resolve: int = 3
     # A scope failing again within `flap_window_minutes` of its last incident's resolution is
     # flapping: its incident resolves after `calm_minutes_to_resolve_flapping` calm minutes, so
@@ -259,7 +264,16 @@ class BurstDetector:
             above_normal = recent_bad > prm.calm_max_ratio * recent_n * rate + 1
             minute_score = binomial_surprise(sm["c"][BAD], sm["c"][0], rate)
             scored[key] = ScoredScope(
-                st, sm["c"], best_score, calm_score, minute_score, best_minutes, rate, recent_rate, above_normal
+                st,
+                sm["c"],
+                best_score,
+                calm_score,
+                minute_score,
+                best_minutes,
+                rate,
+                recent_rate,
+                above_normal,
+                (recent_n, recent_bad),
             )
             self.stats["scope_minutes"] += 1
             if key in learning and best_score >= prm.threshold:
@@ -757,6 +771,14 @@ class BurstDetector:
         )
         again = self.incidents.again_after(st.key, prm.flap_window_minutes)
         if sc.calm_score < prm.calm_below and not still_failing:
+            # (At a night's 1-2 payments a minute of a switch failing 75%, one failed payment
+            # of one, or one of four, scores calm and is not "still failing" either: the
+            # incident resolved in such lulls mid-outage, and an issuer incident opened on the
+            # failures that followed.)
+            recent_n, recent_bad = sc.recent_counts
+            share = inc.counts[BAD] / max(inc.counts[0], 1)
+            if binomial_surprise(recent_n - recent_bad, recent_n, 1.0 - share) < prm.calm_min_evidence:
+                return []
             inc.calm_minutes += 1
             needed = prm.calm_minutes_to_resolve if again is None else prm.calm_minutes_to_resolve_flapping
             if inc.calm_minutes >= needed:

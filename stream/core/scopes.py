@@ -114,6 +114,7 @@ class ScoredScope:
         "rate",
         "recent_rate",
         "above_normal",
+        "recent_counts",
         "_windows",
     )
 
@@ -128,6 +129,7 @@ class ScoredScope:
         rate: float,
         recent_rate: float,
         above_normal: bool = False,
+        recent_counts: tuple[int, int] = (0, 0),
     ) -> None:
         self.state = state
         self.minute_counts = minute_counts
@@ -139,6 +141,7 @@ class ScoredScope:
         self.recent_rate = recent_rate  # bad share of the short windows, for attribution
         # More bad payments in the 3-minute window than `calm_max_ratio` times the expected plus one.
         self.above_normal = above_normal
+        self.recent_counts = recent_counts  # (payments, bad) of the 3-minute window
         self._windows: dict[int, Window] = {}
 
     def window(self, minutes: int) -> Window:
