@@ -1270,3 +1270,29 @@ def test_an_acquirers_few_failures_mostly_inside_an_open_switch_incident_open_no
     # Beyond its background outside the switch, it is an incident of its own.
     alerts = run(det, [report(0, t + 4 + i, minute(300, 10, 40)) for i in range(2)])
     assert ("opened", "GOPAY") in {(a["status"], a["scope"]["id"]) for a in alerts}
+
+
+def test_a_switch_failing_beside_a_merchant_pools_open_incident_opens() -> None:
+    # A merchant pool on RINTIS fails 10 payments a minute (its incident opens); then RINTIS's
+    # other payments fail 6 a minute, 18 times its normal. The pool holds under 70% of RINTIS's
+    # excess, and what lies outside it scores under the threshold in one minute: judged one
+    # restarted minute at a time by `_calm_without`, RINTIS never opened (60 minutes), its
+    # payments outside the pool covered by no incident.
+    pool = "merchant:MCC-9999"
+
+    def minute(pool_bad: int, rintis_bad: int) -> dict[str, dict[str, Any]]:
+        return {
+            "all": sm(400, pool_bad + rintis_bad + 1),
+            "switch:RINTIS": sm(300, pool_bad + rintis_bad, {"acquirer:BCA": pool_bad + rintis_bad}),
+            "switch:JALIN": sm(100, 1, {"acquirer:BRI": 1}),
+            "acquirer:BCA": sm(300, pool_bad + rintis_bad, {"switch:RINTIS": pool_bad + rintis_bad}),
+            "acquirer:BRI": sm(100, 1, {"switch:JALIN": 1}),
+            pool: sm(30, pool_bad, {"switch:RINTIS": pool_bad, "acquirer:BCA": pool_bad}, ["9999", "BCA", "Kedai"]),
+        }
+
+    det = BurstDetector(1)
+    warm(det, lambda i: minute(0, 1 if i % 3 == 0 else 0))
+    alerts = run(det, [report(0, M0 + WARM, minute(10, 0))])
+    assert [(a["status"], a["scope"]["id"]) for a in alerts] == [("opened", "MCC-9999")]
+    alerts = run(det, [report(0, M0 + WARM + 1 + i, minute(10, 6)) for i in range(3)])
+    assert ("opened", "switch", "RINTIS") in [(a["status"], a["scope"]["type"], a["scope"]["id"]) for a in alerts]
