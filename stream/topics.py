@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -48,9 +49,23 @@ def signals_topic(name: str, settings: Settings | None = None) -> NewTopic:
     )
 
 
-def admin_client(settings: Settings) -> KafkaAdminClient:
-    """kafka-python's admin client with the settings' security."""
-    return KafkaAdminClient(**kafka_python_config(settings), client_id="qris-guard-admin")
+def admin_client(settings: Settings, **config: Any) -> KafkaAdminClient:
+    """kafka-python's admin client with the settings' security (`config`: more of its options).
+
+    kafka-python 3 starts the client's network thread before it bootstraps: a broker it cannot
+    reach in `bootstrap_timeout_ms` raises from the constructor, leaving that thread and its
+    sockets running for ever (one more at every `watch_input_partitions` check while the broker
+    is away). They are stopped here before the error goes on."""
+    admin = KafkaAdminClient.__new__(KafkaAdminClient)
+    try:
+        admin.__init__(**kafka_python_config(settings), client_id="qris-guard-admin", **config)
+    except BaseException:
+        for part, stop in (("_client", "close"), ("_net", "stop"), ("_metrics", "close")):
+            with contextlib.suppress(Exception):
+                if (obj := getattr(admin, part, None)) is not None:
+                    getattr(obj, stop)()
+        raise
+    return admin
 
 
 def incidents_topic(name: str, settings: Settings | None = None) -> NewTopic:
@@ -285,10 +300,11 @@ def check_copartitioned(settings: Settings) -> int:
     return p
 
 
-def input_partition_counts(settings: Settings) -> dict[str, int]:
+def input_partition_counts(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, int]:
     """The input topics' partition counts as the broker answers now (a topic it does not answer
-    for is missing from the result)."""
-    admin = admin_client(settings)
+    for is missing from the result). Raises when the broker does not answer in `timeout_s`."""
+    ms = int(timeout_s * 1000)
+    admin = admin_client(settings, bootstrap_timeout_ms=ms, request_timeout_ms=ms)
     try:
         return partition_counts(admin, [settings.payment_topic, settings.ledger_topic])
     finally:
