@@ -82,6 +82,7 @@ def test_the_worker_stops_when_the_inputs_get_partitions_and_refuses_to_start_ag
         log = worker.log_tail(200)
         assert "changed partition count while the worker ran" in log and "2 -> 3" in log, log
         assert "Do not add partitions to the state changelog" in log
+        assert "IO loop starting" not in log  # the check's client, at INFO every 10 s
         # Started again (a supervisor's restart): refused, with the same explanation.
         worker.start(bootstrap)
         assert worker.proc.wait(60) == 1, worker.log_tail()

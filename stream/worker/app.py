@@ -644,6 +644,9 @@ class _Worker(faust.Worker):
         # never below INFO, whatever the worker's level. It also spares a log record per send.
         for name in ("aiokafka", "kafka", "faust", "mode"):
             logging.getLogger(name).setLevel(max(level, logging.INFO))
+        # kafka-python is only the admin client of `watch_input_partitions` here: 17 INFO lines
+        # (connect, bootstrap, close) every INPUT_PARTITIONS_CHECK_S, about 150,000 a day.
+        logging.getLogger("kafka").setLevel(max(level, logging.WARNING))
         super().on_setup_root_logger(logger, level)
 
 
