@@ -481,6 +481,12 @@ class BurstShell:
                 messages = batch.get(tp, [])
                 idle_polls = 0 if messages else idle_polls + 1
                 if idle_polls >= 60:  # the topic ends before `upto`: it was truncated or recreated
+                    end = (await consumer.end_offsets([tp]))[tp]
+                    if end > at:  # they are there (a leader moving, the network): not lost
+                        raise RuntimeError(
+                            f"signals offsets {at}..{end - 1} are on the broker but none was read in 60 s "
+                            "to rebuild the detector"
+                        )
                     log.error("signals topic ends before offset %d; detector rebuilt from what is there", upto)
                     lost.append((at, upto, None))
                     break
