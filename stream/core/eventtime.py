@@ -187,6 +187,8 @@ def wib_and_utc(at_ms: int | None) -> str:
     '2025-03-29 00:00:00 WIB (2025-03-28 17:00:00 UTC)'
     >>> wib_and_utc(253402300799000)  # the last second of 9999 UTC is in 10000 in Jakarta
     '9999-12-31T23:59:59.000Z (UTC)'
+    >>> wib_and_utc(253402300800000), wib_and_utc(-62167219200001)  # both past the range
+    ('10000-01-01T00:00:00.000Z (UTC)', '-001-12-31T23:59:59.999Z (UTC)')
     """
     if at_ms is None:
         return "never"
@@ -195,9 +197,10 @@ def wib_and_utc(at_ms: int | None) -> str:
     if at_ms >= 2**61:
         return "+inf (end of input)"
     utc, local = format_ms(at_ms), format_ms(at_ms + WIB_OFFSET_MS)
-    if len(local) != len(utc):
-        # Jakarta's clock past 9999 (or UTC's before year 0): RFC 3339 in UTC writes every
-        # time the core accepts.
+    if not (len(local) == len(utc) == 24 and local[0] != "-" and utc[0] != "-"):
+        # Either clock outside years 0000-9999 (Jakarta's past 9999 at the end of the range the
+        # core accepts; a watermark before year 0): the fields below are not where they are
+        # sliced. RFC 3339 in UTC, as format_ms writes it.
         return f"{utc} (UTC)"
     frac = f".{at_ms % 1000:03d}" if at_ms % 1000 else ""
     utc_text = utc[11:19] if utc[:10] == local[:10] else f"{utc[:10]} {utc[11:19]}"
