@@ -472,7 +472,16 @@ class BurstShell:
         try:
             consumer.assign([tp])
             begins = (await consumer.beginning_offsets([tp]))[tp]
-            if begins > start:  # deleted before any snapshot covered them (also past `upto`: never read again)
+            ends = (await consumer.end_offsets([tp]))[tp]
+            if ends < upto:
+                # Recreated (its offsets start again): none of its reports is the history before
+                # `upto`; they are new, and taken live from where it begins, alerts sent. Resumed
+                # at `upto`, the detector would skip each as a repeat until the new topic passed it.
+                log.error("signals topic ends at offset %d, before the group's offset %d: recreated", ends, upto)
+                lost.append((start, upto, None))
+                self.next_offset = begins
+                upto = start  # nothing to read
+            elif begins > start:  # deleted before any snapshot covered them (also past `upto`: never read again)
                 lost.append((start, begins, begins))
             consumer.seek(tp, max(start, begins))
             idle_polls = 0
