@@ -161,3 +161,13 @@ def test_a_detector_snapshot_keeps_the_incident_fields_the_previous_release_rest
     assert again.to_state() == state and again.opening_events(30_000) == book.opening_events(30_000) != []
     inside = {"open": [[k, {**f, "opened_minute": 603}] for k, f in state["open"]], "resolved_at": []}
     assert IncidentBook.from_state(inside).to_state() == state
+    # A calm streak goes beside them too, and comes back.
+    inc = book.get("switch:RINTIS")
+    assert inc is not None
+    inc.calm_payments, inc.calm_good = 40, 39
+    state = book.to_state()
+    assert [set(fields) for _key, fields in state["open"]] == [previous] and state["calm_streak"] == [
+        ("switch:RINTIS", 40, 39)
+    ]
+    restored = IncidentBook.from_state(state).get("switch:RINTIS")
+    assert restored is not None and (restored.calm_payments, restored.calm_good) == (40, 39)

@@ -813,9 +813,18 @@ class BurstDetector:
             # of one, or one of four, scores calm and is not "still failing" either: the
             # incident resolved in such lulls mid-outage, and an issuer incident opened on the
             # failures that followed.)
+            # The evidence is the 3-minute window's, or the calm streak's: a switch that failed 3%
+            # of its payments needs about 150 good ones in a row to tell, which at a night's 10 a
+            # minute no 3-minute window holds (it stayed open for good).
+            inc.calm_payments += counts[0]
+            inc.calm_good += counts[0] - counts[BAD]
             recent_n, recent_bad = sc.recent_counts
             share = inc.counts[BAD] / max(inc.counts[0], 1)
-            if binomial_surprise(recent_n - recent_bad, recent_n, 1.0 - share) < prm.calm_min_evidence:
+            evidence = max(
+                binomial_surprise(recent_n - recent_bad, recent_n, 1.0 - share),
+                binomial_surprise(inc.calm_good, inc.calm_payments, 1.0 - share),
+            )
+            if evidence < prm.calm_min_evidence:
                 return []
             inc.calm_minutes += 1
             needed = prm.calm_minutes_to_resolve if again is None else prm.calm_minutes_to_resolve_flapping
@@ -824,7 +833,7 @@ class BurstDetector:
                 st.covered_through = minute  # its minutes belong to this episode, not to the next
                 return [incident_alert(st.key, inc, "resolved", minute, inc.peak_score, prm.top_children)]
             return []
-        inc.calm_minutes = 0
+        inc.calm_minutes = inc.calm_payments = inc.calm_good = 0
         since = minute - inc.reported_minute
         grown = since >= prm.update_every_minutes and inc.counts[BAD] >= prm.update_growth * max(inc.reported_bad, 1)
         stale = 0 < prm.update_max_minutes <= since and inc.counts[BAD] > inc.reported_bad

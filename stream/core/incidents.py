@@ -40,6 +40,15 @@ class Incident:
     # carry it). A rebuilt detector announces its open incidents again from it
     # (`BurstShell.incidents_records`).
     opened_minute: int | None = None
+    # Payments and good payments of the calm minutes since its last minute that was not calm:
+    # evidence that a low-share failure stopped adds up over a long calm at low volume
+    # (`BurstDetector._follow`).
+    calm_payments: int = 0
+    calm_good: int = 0
+
+
+# Incident fields saved beside the incidents, not in them (`IncidentBook.to_state`).
+BESIDE = frozenset({"opened_minute", "calm_payments", "calm_good"})
 
 
 class IncidentBook:
@@ -136,14 +145,18 @@ class IncidentBook:
         # The opening minutes beside the incidents, not in them: a worker of an earlier release
         # builds each incident from its fields by name and would refuse the whole snapshot (a
         # rollback would rebuild the detector from the whole signals topic).
+        # The calm streaks likewise.
         return {
             "open": [
-                [key, {k: v for k, v in asdict(inc).items() if k != "opened_minute"}]
+                [key, {k: v for k, v in asdict(inc).items() if k not in BESIDE}]
                 for key, inc in sorted(self._open.items())
             ],
             "resolved_at": sorted(self._resolved_at.items()),
             "opened_minute": sorted(
                 (key, inc.opened_minute) for key, inc in self._open.items() if inc.opened_minute is not None
+            ),
+            "calm_streak": sorted(
+                (key, inc.calm_payments, inc.calm_good) for key, inc in self._open.items() if inc.calm_payments
             ),
         }
 
@@ -158,8 +171,12 @@ class IncidentBook:
             raise ValueError("incidents saved without their resolutions (a worker that does not keep them)")
         book = cls()
         opened = {key: int(m) for key, m in state.get("opened_minute", [])}
+        streaks = {key: (int(n), int(good)) for key, n, good in state.get("calm_streak", [])}
         for key, fields in state["open"]:
-            book._open[key] = Incident(**{"opened_minute": opened.get(key), **fields})
+            n, good = streaks.get(key, (0, 0))
+            book._open[key] = Incident(
+                **{"opened_minute": opened.get(key), "calm_payments": n, "calm_good": good, **fields}
+            )
         book._resolved_at = {key: int(m) for key, m in state["resolved_at"]}
         return book
 
