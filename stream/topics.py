@@ -185,13 +185,18 @@ def partitions_changed(started_with: int, counts: Mapping[str, int | None], topi
     >>> partitions_changed(4, {"p": 4, "l": 8}, ("p", "l"))[:73]
     'the input topics changed partition count while the worker ran (l: 4 -> 8)'
     """
-    changed = [f"{t}: {started_with} -> {counts[t]}" for t in topics if counts.get(t) not in (None, started_with)]
+    changed = {t: n for t in topics if (n := counts.get(t)) is not None and n != started_with}
     if not changed:
         return None
-    return (
-        f"the input topics changed partition count while the worker ran ({', '.join(changed)}); it stops "
-        f"before deciding any reference split by the change. {REPARTITION_HELP}"
-    )
+    said = ", ".join(f"{t}: {started_with} -> {n}" for t, n in changed.items())
+    if all(n > started_with for n in changed.values()):
+        why = f"it stops before deciding any reference split by the change. {REPARTITION_HELP}"
+    else:  # (Kafka cannot take partitions away: the topics were deleted and created again)
+        why = (
+            "fewer partitions means the topics were recreated: their records are not those the state was kept "
+            "for; it stops (start it with a new QRIS_APP_ID on the new topics)"
+        )
+    return f"the input topics changed partition count while the worker ran ({said}); {why}"
 
 
 def assigned_beyond(owned: Iterable[int], started_with: int) -> list[int]:

@@ -27,6 +27,7 @@ class Stand:
 
     def __init__(self) -> None:
         self.app_id = "first"
+        self.status = 200
         self.hang = threading.Event()
         self.released = threading.Event()
 
@@ -39,7 +40,7 @@ def _server(stand: Stand, port: int = 0) -> ThreadingHTTPServer:
                 return
             body = render(WorkerWatch(Settings(), clock=lambda: T0 / 1000), {}, T0 / 1000, stand.app_id, refresh_s=1)
             data = body.encode()
-            self.send_response(200)
+            self.send_response(stand.status)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -91,11 +92,18 @@ def test_the_dashboard_refreshes_in_place_and_says_when_its_worker_froze_or_died
         stand.released.set()
         page.wait_for_function("document.querySelector('h1').textContent.endsWith('third')", timeout=15_000)
         assert page.locator("#stale").is_hidden()
+        # An error page (a worker restoring, a proxy): the banner says what it answered.
+        stand.status = 503
+        page.locator("#stale").wait_for(state="visible", timeout=15_000)
+        assert "(answered HTTP 503)" in page.locator("#stale").inner_text()
+        assert page.locator("h1").inner_text().endswith("third")
+        stand.status = 200
+        page.locator("#stale").wait_for(state="hidden", timeout=15_000)
         # Dead: nothing listens on the port any more.
         server.shutdown()
         server.server_close()
         page.locator("#stale").wait_for(state="visible", timeout=15_000)
-        assert "(unreachable: " in page.locator("#stale").inner_text()
+        assert "(unreachable)" in page.locator("#stale").inner_text()
         assert page.url.endswith("/qris/dashboard") and page.locator("h1").inner_text().endswith("third")
         time.sleep(2.5)  # it keeps trying, and stays on the page meanwhile
         assert page.locator("h1").count() == 1

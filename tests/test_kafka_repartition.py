@@ -34,6 +34,8 @@ def test_a_changed_count_is_named_per_topic_and_an_unanswered_topic_is_not_judge
     problem = partitions_changed(4, {"p": 8, "l": 8}, topics)
     assert problem is not None and "p: 4 -> 8, l: 4 -> 8" in problem and REPARTITION_HELP in problem
     assert "l: 4 -> 8" in (partitions_changed(4, {"p": 4, "l": 8}, topics) or "")
+    fewer = partitions_changed(4, {"p": 2, "l": 2}, topics)
+    assert fewer is not None and "recreated" in fewer and "new QRIS_APP_ID" in fewer and REPARTITION_HELP not in fewer
     assert assigned_beyond({3, 0, 7, 4}, 4) == [4, 7]
     assert assigned_beyond(set(), 4) == []
 

@@ -52,15 +52,17 @@ REFRESH = """
   function tick() {
     var ctl = new AbortController(), timer = setTimeout(function () { ctl.abort(); }, 4000);
     fetch(location.href, {cache: "no-store", signal: ctl.signal})
-      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.text(); })
+      .then(function (r) { if (!r.ok) throw new Error("answered HTTP " + r.status); return r.text(); })
       .then(function (text) {
         var doc = new DOMParser().parseFromString(text, "text/html");
-        if (!doc.getElementById("stale")) throw new Error("not this page");
+        if (!doc.getElementById("stale")) throw new Error("answered with another page");
         document.body.replaceWith(document.adoptNode(doc.body));
         document.title = doc.title;
         lastOk = Date.now();
       })
-      .catch(function (e) { stale(e.name === "AbortError" ? "no answer within 4 s" : "unreachable: " + e.message); })
+      .catch(function (e) {
+        stale(e.name === "AbortError" ? "no answer within 4 s" : e.name === "TypeError" ? "unreachable" : e.message);
+      })
       .finally(function () { clearTimeout(timer); setTimeout(tick, every); });
   }
   setTimeout(tick, every);
