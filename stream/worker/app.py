@@ -376,12 +376,21 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     async def watch_input_partitions() -> None:
         """Stop when an input topic's partition count is not the one the worker started with."""
         loop = asyncio.get_running_loop()
+        unanswered = 0
         while True:
             await asyncio.sleep(INPUT_PARTITIONS_CHECK_S)
             try:
                 counts = await loop.run_in_executor(None, input_partition_counts, settings)
-            except Exception:  # noqa: BLE001 - not known now: asked again at the next check
+            except Exception as exc:  # noqa: BLE001 - not known now: asked again at the next check
+                unanswered += 1
+                if unanswered in (6, 360):  # (a minute, an hour: the check is off meanwhile)
+                    log.warning(
+                        "the input topics' partition counts not known for %d checks (%s): a change would not be seen",
+                        unanswered,
+                        exc,
+                    )
                 continue
+            unanswered = 0
             if (problem := partitions_changed(started_with, counts, input_topics)) is not None:
                 stop_repartitioned(problem)
 
