@@ -818,12 +818,17 @@ class BurstDetector:
             # minute no 3-minute window holds (it stayed open for good).
             inc.calm_payments += counts[0]
             inc.calm_good += counts[0] - counts[BAD]
+            # The streak counts only while it is calm as a whole: at a night's 1-2 payments a
+            # minute each minute of a switch failing 50% can score calm, and 15 bad payments of
+            # 30 are evidence that a 75% failure eased, not that it stopped.
             recent_n, recent_bad = sc.recent_counts
             share = inc.counts[BAD] / max(inc.counts[0], 1)
-            evidence = max(
-                binomial_surprise(recent_n - recent_bad, recent_n, 1.0 - share),
-                binomial_surprise(inc.calm_good, inc.calm_payments, 1.0 - share),
-            )
+            # A streak is tested at every calm minute of a long night, so it must say ten times
+            # as much (7 good payments in a row at 40% succeeding happen in a night's few hundred).
+            evidence = binomial_surprise(recent_n - recent_bad, recent_n, 1.0 - share)
+            streak_bad = inc.calm_payments - inc.calm_good
+            if binomial_surprise(streak_bad, inc.calm_payments, sc.rate) < prm.calm_below:
+                evidence = max(evidence, binomial_surprise(inc.calm_good, inc.calm_payments, 1.0 - share) - 1.0)
             if evidence < prm.calm_min_evidence:
                 return []
             inc.calm_minutes += 1
