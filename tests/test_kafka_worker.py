@@ -364,6 +364,46 @@ def test_refund_holds_live_equal_replay_although_the_worker_is_killed_during_the
         assert sorted(set(canon(got[role]))) == sorted(set(canon(want[role]))), f"{role}:\n{worker2.log_tail()}"
 
 
+class OutageDay:
+    """An outage day on fresh topics (the outage 40% in, 12 minutes), a worker taking it and a
+    second worker of its group ready to take over; `first_part` gives the first worker the
+    records before the cut (55%, inside the outage) and waits for their offsets' commit."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        bootstrap: Client,
+        *,
+        seed: int,
+        minutes: int,
+        rate_per_min: int,
+        env: dict[str, str],
+        partitions: int = 4,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topics = fresh_topics(partitions=partitions)
+        self.topics.create(bootstrap)
+        self.records = simulated(
+            self.topics,
+            "outage",
+            seed=seed,
+            minutes=minutes,
+            rate_per_min=rate_per_min,
+            outage_at=0.4,
+            outage_minutes=12,
+        )
+        self.tmap = {self.topics.payment: self.topics.payment, self.topics.ledger: self.topics.ledger}
+        self.cut = len(self.records) * 55 // 100
+        self.worker = Worker(self.topics, tmp_path / "w", extra_env=env)
+        self.worker.start(bootstrap)
+        self.worker2 = Worker(self.topics, tmp_path / "w2", app_id=self.worker.app_id, extra_env=env)
+
+    def first_part(self) -> None:
+        produce(self.bootstrap, self.records[: self.cut], self.tmap)
+        self.worker.wait_processed(self.cut, timeout_s=180)
+        time.sleep(4)  # offsets committed
+
+
 def test_a_detector_rebuilt_without_its_history_says_so_in_an_input_lost_alert(tmp_path: Path) -> None:
     """The signals topic loses every report while the worker is down during an outage, and no
     snapshot covers them (an operator's delete-records): the detector rebuilt by the next worker
@@ -371,19 +411,12 @@ def test_a_detector_rebuilt_without_its_history_says_so_in_an_input_lost_alert(t
     in a critical INPUT_LOST alert naming the signals topic and the offsets gone, and the
     worker counts them (`qris_detector_signals_lost_total`)."""
     bootstrap = require_broker()
-    topics = fresh_topics(partitions=2)
-    topics.create(bootstrap)
-    records = simulated(topics, "outage", seed=4, minutes=40, rate_per_min=150, outage_at=0.4, outage_minutes=12)
-    tmap = {topics.payment: topics.payment, topics.ledger: topics.ledger}
-    cut = len(records) * 55 // 100
-    no_snapshots = {"QRIS_SNAPSHOT_EVERY": "0"}
-    worker = Worker(topics, tmp_path / "w", extra_env=no_snapshots)
-    worker.start(bootstrap)
-    worker2 = Worker(topics, tmp_path / "w2", app_id=worker.app_id, extra_env=no_snapshots)
+    day = OutageDay(
+        tmp_path, bootstrap, seed=4, minutes=40, rate_per_min=150, partitions=2, env={"QRIS_SNAPSHOT_EVERY": "0"}
+    )
+    topics, records, tmap, cut, worker, worker2 = day.topics, day.records, day.tmap, day.cut, day.worker, day.worker2
     try:
-        produce(bootstrap, records[:cut], tmap)
-        worker.wait_processed(cut, timeout_s=180)
-        time.sleep(4)  # offsets committed
+        day.first_part()
         signals = worker.stats()["bursts"]["counts"]["signals"]
         worker.kill()
         trim_topic(bootstrap, topics.signals)
@@ -435,19 +468,10 @@ def test_a_takeover_restores_the_detector_from_its_snapshot_and_decides_as_witho
     outage is replaced by one that restores the latest snapshot and reads only the signals
     after it. Its alerts are those of a run without a restart (offline replay of the topics)."""
     bootstrap = require_broker()
-    topics = fresh_topics()
-    topics.create(bootstrap)
-    records = simulated(topics, "outage", seed=5, minutes=60, rate_per_min=200, outage_at=0.4, outage_minutes=12)
-    tmap = {topics.payment: topics.payment, topics.ledger: topics.ledger}
-    cut = len(records) * 55 // 100
-    snapshots = {"QRIS_SNAPSHOT_EVERY": "10"}
-    worker = Worker(topics, tmp_path / "w", extra_env=snapshots)
-    worker.start(bootstrap)
-    worker2 = Worker(topics, tmp_path / "w2", app_id=worker.app_id, extra_env=snapshots)
+    day = OutageDay(tmp_path, bootstrap, seed=5, minutes=60, rate_per_min=200, env={"QRIS_SNAPSHOT_EVERY": "10"})
+    topics, records, tmap, cut, worker, worker2 = day.topics, day.records, day.tmap, day.cut, day.worker, day.worker2
     try:
-        produce(bootstrap, records[:cut], tmap)
-        worker.wait_processed(cut, timeout_s=180)
-        time.sleep(4)  # offsets committed
+        day.first_part()
         written = worker.stats()["bursts"]["counts"]
         # At the end of a batch of reports, once 10 or more were taken since the last one.
         assert written["snapshots_written"] >= 1, written
