@@ -303,6 +303,86 @@ def test_clock_skew_alerts_come_at_1_10_100_and_the_count_survives_a_restore() -
     assert eng.skewed == [119, 0]
 
 
+def _mismatch_alerts(out: list[Any]) -> list[dict[str, Any]]:
+    return [d.value for d in out if d.role == "alerts" and d.value["kind"] == "CLOCK_MISMATCH"]
+
+
+@pytest.mark.parametrize(
+    ("request_after_debit_s", "raised"), [(60, False), (60.001, True), (-30, False), (0, False), (3_600, True)]
+)
+def test_a_payment_debited_more_than_f_before_its_request_raises_clock_mismatch(
+    request_after_debit_s: float, raised: bool
+) -> None:
+    eng = PartitionEngine(0, Params())
+    req_ms = T0 + round(request_after_debit_s * 1000)
+    out = eng.on_record(L, 0, b"A", ledger("a1", "debited", "A", 0), T0)
+    out += eng.on_record(P, 0, b"A", payment("a2", "requested", "A", request_after_debit_s), req_ms)
+    out += eng.on_record(P, 1, b"A", payment("a3", "settled", "A", request_after_debit_s + 2), req_ms + 2000)
+    out += eng.drain()
+    alerts = _mismatch_alerts(out)
+    assert len(alerts) == raised and eng.mismatched == int(raised)
+    # The decisions are the contract's either way: the deadline counts from the debit, so a
+    # settlement dated past it cancels the refund made there.
+    refunds = [d.value for d in out if d.role == "refunds"]
+    clawed_back = request_after_debit_s + 2 > 300
+    assert [r["type"] for r in refunds] == (["refund.requested", "refund.cancel_requested"] if clawed_back else [])
+    if raised:
+        [a] = alerts
+        assert a["topic"] == "qris.ledger-debits" and a["partition"] == 0 and a["references"] == ["A"]
+        assert a["observed"]["debit_before_request_s"] == request_after_debit_s
+        assert a["occurred_at"] == at(request_after_debit_s) and a["severity"] == "warning"
+        assert "clock" in a["summary"] and "LATE_SETTLEMENT" in a["summary"]
+
+
+def test_clock_mismatch_alerts_come_at_1_10_100_critical_from_10_and_the_count_survives_a_restore() -> None:
+    eng = PartitionEngine(0, Params())
+    alerts: list[dict[str, Any]] = []
+    for i in range(1, 120):
+        if i == 50:
+            refs, meta = eng.take_dirty()
+            eng = PartitionEngine.restore(0, eng.params, meta, [(k, v) for k, v in refs.items() if v is not None])
+        ref = f"M{i}"
+        out = eng.on_record(L, i, ref.encode(), ledger(f"d{i}", "debited", ref, i * 10), T0 + i * 10_000)
+        req_ms = T0 + (i * 10 + 120) * 1000
+        out += eng.on_record(P, i, ref.encode(), payment(f"r{i}", "requested", ref, i * 10 + 120), req_ms)
+        alerts += _mismatch_alerts(out)
+    alerts += _mismatch_alerts(eng.drain())
+    assert [(a["observed"]["mismatched_payments"], a["severity"]) for a in alerts] == [
+        (1, "warning"),
+        (10, "critical"),
+        (100, "critical"),
+    ]
+    assert eng.mismatched == 119
+    assert len({a["alert_id"] for a in alerts}) == 3
+
+
+@pytest.mark.slow
+def test_a_ledger_clock_behind_is_said_before_its_first_clawback_and_a_clean_day_raises_nothing() -> None:
+    records = _outage()
+    clean = [d.value for _p, d in replay(records, Params(), drain=True)]
+    assert not _mismatch_alerts_of(clean)
+    # The ledger's clock 5 minutes behind from the 10th minute: its dates and its Kafka times.
+    start = records[0].timestamp_ms + 10 * 60_000
+    behind = []
+    for r in records:
+        if r.topic == "qris.ledger-debits" and r.timestamp_ms >= start:
+            v = orjson.loads(r.value)
+            v["occurred_at"] = format_ms(parse_ms(v["occurred_at"]) - 300_000)
+            r = r._replace(value=orjson.dumps(v), timestamp_ms=r.timestamp_ms - 300_000)
+        behind.append(r)
+    out = [d.value for _p, d in replay(behind, Params(), drain=True)]
+    kinds = [v.get("kind") or v.get("type") for v in out]
+    first_alert = kinds.index("CLOCK_MISMATCH")
+    first_clawback = kinds.index("refund.cancel_requested")
+    assert first_alert < first_clawback
+    assert kinds.count("refund.cancel_requested") > 100
+    assert {a["partition"] for a in _mismatch_alerts_of(out)} == {0, 1, 2, 3}
+
+
+def _mismatch_alerts_of(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [v for v in values if v.get("kind") == "CLOCK_MISMATCH"]
+
+
 def test_evidence_keeps_the_original_text_and_shows_the_time_used() -> None:
     eng = _engine_with_traffic()
     far = "9999-12-31T23:59:59+07:00"

@@ -383,6 +383,7 @@ def _valid_values(topic: str, field: str) -> set[Any]:
                 "EVENT_TIME_STALLED",
                 "FAILURE_BURST",
                 "CLOCK_SKEW",
+                "CLOCK_MISMATCH",
                 "SCOPE_LIMIT",
                 "INPUT_LOST",
             },

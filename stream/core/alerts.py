@@ -1,5 +1,5 @@
 """Alerts for payment operations (`qris.alerts`) that the reconciliation itself raises:
-cancelled refunds, over-refunds, dead letters and silent feeds. Failure bursts live in `burst`.
+cancelled refunds, over-refunds, dead letters, clocks and silent feeds. Failure bursts live in `burst`.
 
 Alerts never carry a plain account id (masked to the last four characters). The key is the
 scope id. Imports nothing outside the core.
@@ -16,7 +16,7 @@ from .records import LedgerEvent, PaymentEvent
 from .text import ELLIPSIS, escape_text
 
 if TYPE_CHECKING:
-    from .reference import ReferenceState
+    from .reference import LedgerEntry, ReferenceState
     from .refunds import Refund
 
 
@@ -228,6 +228,53 @@ def clock_skew_alert(
         },
         references=[event.reference],
         topic=topic,
+    )
+
+
+def clock_mismatch_alert(
+    ledger_topic: str,
+    payment_topic: str,
+    partition: int,
+    count: int,
+    st: ReferenceState,
+    debit: LedgerEntry,
+    apart_ms: int,
+    at_ms: int,
+    allowed_ms: int,
+) -> Decision:
+    """Payments debited more than F before their own request are being decided on a partition:
+    raised at the 1st, 10th, 100th, ... such payment. No bank debits a customer before the
+    payment is requested, so the two feeds' clocks disagree. The deadline counts from the debit
+    (CONTRACT.md rule 1), so it comes early by as much: settled payments among them are refunded
+    before their settlement is processed, and the refunds cancelled when it is (a clawback each),
+    which no other alert explains."""
+    request = st.request
+    assert request is not None
+    summary = (
+        f"{count} payment(s) on partition {partition} debited on {ledger_topic} more than "
+        f"{allowed_ms / 1000:g} s before their request on {payment_topic}; latest: "
+        f"{escape_text(st.reference)} debited {escape_text(debit.occurred_at)}, requested "
+        f"{escape_text(request.occurred_at)} ({apart_ms / 1000:.0f} s later). No debit precedes its request: "
+        "the ledger's clock runs behind the payment feed's, or the payment feed's ahead. Their refund "
+        "deadlines come that much early, so settled payments among them are refunded and then cancelled "
+        "(LATE_SETTLEMENT); check both producers' clocks"
+    )
+    return _alert(
+        ids.alert_id("CLOCK_MISMATCH", ledger_topic, partition, count),
+        "CLOCK_MISMATCH",
+        "warning" if count < 10 else "critical",
+        "all",
+        "all",
+        at_ms,
+        partition,
+        summary,
+        {
+            "mismatched_payments": count,
+            "debit_before_request_s": apart_ms / 1000,
+            "allowed_skew_s": allowed_ms / 1000,
+        },
+        references=[st.reference],
+        topic=ledger_topic,
     )
 
 

@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import codec
-from .alerts import clock_skew_alert, dead_letter_alert, feed_silent_alert
+from .alerts import clock_mismatch_alert, clock_skew_alert, dead_letter_alert, feed_silent_alert
 from .deadletter import dead_letter_record
 from .decisions import Decision
+from .eventtime import parse_ms
 from .holds import IncidentEvent, IncidentTimeline
 from .holdtally import (
     HOLD_REPORT_MAX_EVENTS,
@@ -194,6 +195,9 @@ class PartitionEngine:
         self.rejected: list[int] = [0, 0]
         # Records per stream dated more than F ahead of their Kafka timestamp (clock guard).
         self.skewed: list[int] = [0, 0]
+        # Payments whose first debit was processed more than F before their request (the two
+        # feeds' clocks apart: `clock_mismatch_alert`).
+        self.mismatched = 0
         self.refs: dict[str, ReferenceState] = {}
         # The records waiting in `heap`, per reference, in the order taken: saved with the
         # reference (live), and what the burst views read ahead of the decisions (holds on).
@@ -383,6 +387,39 @@ class PartitionEngine:
                 self._topic(s), self.partition, self.skewed[s], event, timestamp_ms, self.params.clock_skew_ms
             )
         ]
+
+    def _check_clocks(self, st: ReferenceState, debit_ms: int | None, now_ms: int) -> list[Decision]:
+        """Counts a payment whose first debit is dated more than F before its request, and
+        raises `CLOCK_MISMATCH` at the 1st, 10th, 100th, ... such payment of the partition.
+        The dates compared are the records' own as the clock guard left them, not their effective
+        times: lateness moves a record's effective time later, but no delivery delay dates a
+        debit before its request. `debit_ms` None: read from the first debit's text (the debit
+        was processed first, which a clean feed seldom does)."""
+        request = st.request
+        assert request is not None and st.request_eff_ms is not None
+        debit = st.debits[0]
+        if debit_ms is None:
+            debit_ms = min(parse_ms(debit.occurred_at), debit.effective_at_ms)
+        apart_ms = min(request.occurred_at_ms, st.request_eff_ms) - debit_ms
+        if apart_ms <= self.params.clock_skew_ms:
+            return []
+        self.mismatched += 1
+        self.meta_dirty = True
+        if not _alert_due(self.mismatched):
+            return []
+        p = self.params
+        alert = clock_mismatch_alert(
+            p.ledger_topic,
+            p.payment_topic,
+            self.partition,
+            self.mismatched,
+            st,
+            debit,
+            apart_ms,
+            now_ms,
+            p.clock_skew_ms,
+        )
+        return [alert]
 
     def _reject(
         self,
@@ -755,6 +792,13 @@ class PartitionEngine:
                     decisions, opened = applied
                 if obs is not None:
                     obs.processed(_STREAMS[s], offset, eff, cap, event, applied is None, st, decisions)
+                if applied is not None and st.request is not None:
+                    # The dates of a payment's request and first debit, once both are processed.
+                    if s:
+                        if st.debit_count == 1 and had_request and event.type == "debited":
+                            out.extend(self._check_clocks(st, min(event.occurred_at_ms, eff), eff))
+                    elif not had_request and st.debits:
+                        out.extend(self._check_clocks(st, None, eff))
                 if not had_request and st.request is not None:
                     minute = eff // MINUTE_MS
                     # A request the burst signals already counted ahead of the decisions.
@@ -881,6 +925,7 @@ class PartitionEngine:
                     else {}
                 ),
                 **({"stall_paged": self.stall_paged} if self.stall_paged is not None else {}),
+                **({"mismatched": self.mismatched} if self.mismatched else {}),
                 "params": {name: getattr(self.params, name) for name in STAMPED_PARAMS},
             }
         )
@@ -914,6 +959,7 @@ class PartitionEngine:
             eng.silent = list(m["silent"])
             eng.rejected = list(m["rejected"])
             eng.skewed = list(m.get("skewed", (0, 0)))
+            eng.mismatched = m.get("mismatched", 0)
             eng.signals_through = m.get("signals_through")
             eng.hold_events = list(m.get("hold_events", ()))
             eng.hold_reported_ms = m.get("hold_reported_ms", NEG_INF)
