@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -54,8 +55,8 @@ def admin_client(settings: Settings, **config: Any) -> KafkaAdminClient:
 
     kafka-python 3 starts the client's network thread before it bootstraps: a broker it cannot
     reach in `bootstrap_timeout_ms` raises from the constructor, leaving that thread and its
-    sockets running for ever (one more at every `watch_input_partitions` check while the broker
-    is away). They are stopped here before the error goes on."""
+    sockets running for ever (one more at every call of a process that asks again, as tests and
+    tools do). They are stopped here before the error goes on."""
     admin = KafkaAdminClient.__new__(KafkaAdminClient)
     try:
         admin.__init__(**kafka_python_config(settings), client_id="qris-guard-admin", **config)
@@ -177,15 +178,17 @@ def changelog_mismatch(changelog: str, count: int, inputs: int) -> str:
 
 def partitions_changed(started_with: int, counts: Mapping[str, int | None], topics: Iterable[str]) -> str | None:
     """Why a running worker must stop: an input topic's partition count is not the one it started
-    with (`counts` as the broker answered; a topic it did not answer for is not judged). None if
-    all is as at the start.
+    with (`counts` as the broker answered; a topic it did not answer for, or answered for with no
+    partitions, is not judged: a Kafka topic has at least one). None if all is as at the start.
 
     >>> partitions_changed(4, {"p": 4, "l": 4}, ("p", "l")) is None
     True
     >>> partitions_changed(4, {"p": 4, "l": 8}, ("p", "l"))[:73]
     'the input topics changed partition count while the worker ran (l: 4 -> 8)'
+    >>> partitions_changed(4, {"p": 0, "l": None}, ("p", "l")) is None
+    True
     """
-    changed = {t: n for t in topics if (n := counts.get(t)) is not None and n != started_with}
+    changed = {t: n for t in topics if (n := counts.get(t)) and n != started_with}
     if not changed:
         return None
     said = ", ".join(f"{t}: {started_with} -> {n}" for t, n in changed.items())
@@ -207,6 +210,60 @@ def assigned_beyond(owned: Iterable[int], started_with: int) -> list[int]:
     ([4, 5], [])
     """
     return sorted(p for p in owned if p >= started_with)
+
+
+# Checks in a row without every input topic's count after which the running worker says that
+# its check is off (a minute and an hour, a check every 10 s): no answer never stops it.
+UNANSWERED_WARNINGS_AT = (6, 360)
+
+
+class CheckAction(NamedTuple):
+    """What the running worker does after a check: stop (exit status 1), or log a warning."""
+
+    kind: Literal["stop", "warn"]
+    text: str
+
+
+@dataclass
+class InputPartitionsCheck:
+    """The running worker's check that its input topics keep the partition count it started with,
+    fed one broker answer (or its absence) at a time; it returns what to do and does nothing.
+
+    >>> check = InputPartitionsCheck(4, ("p", "l"))
+    >>> check.answered({"p": 4, "l": 4}) is None
+    True
+    >>> [check.not_answered("RequestTimedOutError") for _ in range(6)][-1].kind
+    'warn'
+    >>> check.answered({"p": 4, "l": 8}).kind
+    'stop'
+    """
+
+    started_with: int
+    topics: tuple[str, ...]
+    unanswered_in_a_row: int = 0
+
+    def answered(self, counts: Mapping[str, int | None]) -> CheckAction | None:
+        """After the broker answered with `counts`: stop if a count changed; a topic missing from
+        the answer (or with no partitions) makes the check one not answered."""
+        if (problem := partitions_changed(self.started_with, counts, self.topics)) is not None:
+            return CheckAction("stop", problem)
+        missing = [t for t in self.topics if not counts.get(t)]
+        if missing:
+            return self.not_answered(f"no partitions known for {', '.join(missing)}")
+        self.unanswered_in_a_row = 0
+        return None
+
+    def not_answered(self, why: str) -> CheckAction | None:
+        """After a check the broker did not answer (`why`): a warning at the counts of
+        `UNANSWERED_WARNINGS_AT` in a row, else nothing."""
+        self.unanswered_in_a_row += 1
+        if self.unanswered_in_a_row not in UNANSWERED_WARNINGS_AT:
+            return None
+        return CheckAction(
+            "warn",
+            f"the input topics' partition counts not known for {self.unanswered_in_a_row} checks in a row ({why}): "
+            "a change would not be seen",
+        )
 
 
 def create_topics(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, int]:
@@ -303,14 +360,3 @@ def check_copartitioned(settings: Settings) -> int:
             f"{REPARTITION_HELP})"
         )
     return p
-
-
-def input_partition_counts(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, int]:
-    """The input topics' partition counts as the broker answers now (a topic it does not answer
-    for is missing from the result). Raises when the broker does not answer in `timeout_s`."""
-    ms = int(timeout_s * 1000)
-    admin = admin_client(settings, bootstrap_timeout_ms=ms, request_timeout_ms=ms)
-    try:
-        return partition_counts(admin, [settings.payment_topic, settings.ledger_topic])
-    finally:
-        admin.close()

@@ -9,12 +9,14 @@ change while it runs."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import pytest
 from kafka.admin import KafkaAdminClient, NewPartitions
 
+from stream.security import aiokafka_config
 from stream.settings import Settings
 from stream.topics import (
     REPARTITION_HELP,
@@ -24,6 +26,7 @@ from stream.topics import (
     ensure_state_changelog,
     partitions_changed,
 )
+from stream.worker.partitioncounts import BrokerPartitionCounts
 from tests.kafka_support import Topics, Worker, client_config, fresh_prefix, require_broker
 
 
@@ -84,7 +87,7 @@ def test_the_worker_stops_when_the_inputs_get_partitions_and_refuses_to_start_ag
         log = worker.log_tail(200)
         assert "changed partition count while the worker ran" in log and "2 -> 3" in log, log
         assert "Do not add partitions to the state changelog" in log
-        assert "IO loop starting" not in log  # the check's client, at INFO every 10 s
+        assert "IO loop starting" not in log  # (kafka-python at INFO: the running check uses none)
         # Started again (a supervisor's restart): refused, with the same explanation.
         worker.start(bootstrap)
         assert worker.proc.wait(60) == 1, worker.log_tail()
@@ -108,3 +111,40 @@ def test_only_one_input_given_partitions_is_refused_with_the_explanation() -> No
     _alter(bootstrap, 3, topics.payment)  # the other one too: now the kept state's count differs
     with pytest.raises(SystemExit, match="partitions were added to the input topics"):
         ensure_state_changelog(settings, check_copartitioned(settings))
+
+
+@pytest.mark.kafka
+def test_the_running_check_sees_the_new_count_at_once_and_creates_no_missing_topic() -> None:
+    """The client of the running worker's check (`BrokerPartitionCounts`): one long-lived client
+    whose every ask is the broker's answer now, not its cached metadata; a topic the broker does
+    not know is missing from the answer (never 0) and is not created, although this broker
+    creates topics on a metadata request that lets it (`auto.create.topics.enable`)."""
+    bootstrap = require_broker()
+    topics = Topics(fresh_prefix("trepart"), partitions=2)
+    topics.create(bootstrap)
+    missing = f"{fresh_prefix('trepart')}.not-created"
+    settings = Settings(bootstrap=bootstrap)
+    counts = BrokerPartitionCounts(aiokafka_config(settings), f"{topics.prefix}-partition-counts")
+
+    async def ask_around_a_change() -> list[dict[str, int]]:
+        asked = [topics.payment, topics.ledger, missing]
+        try:
+            answers = [await counts.ask(asked)]
+            await asyncio.to_thread(_alter, bootstrap, 3, topics.ledger)
+            # (the broker's own metadata cache may take a moment after the change's answer)
+            while len(answers) < 4 and answers[-1].get(topics.ledger) != 3:
+                await asyncio.sleep(0.5)
+                answers.append(await counts.ask(asked))
+            return answers
+        finally:
+            await counts.close()
+
+    answers = asyncio.run(ask_around_a_change())
+    assert answers[0] == {topics.payment: 2, topics.ledger: 2}
+    assert answers[-1] == {topics.payment: 2, topics.ledger: 3}, answers
+    assert len(answers) <= 3, answers  # seen within a check or two
+    admin = KafkaAdminClient(**client_config(bootstrap), client_id="qris-test")
+    try:
+        assert missing not in admin.list_topics()
+    finally:
+        admin.close()

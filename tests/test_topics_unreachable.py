@@ -1,5 +1,6 @@
-"""An input-partitions check against a broker it cannot reach leaves no client running behind it
-(kafka-python 3 starts the admin client's network thread before it bootstraps)."""
+"""An admin client (the start-up checks, `qris-guard topics`) that cannot reach its broker leaves no
+client running behind it (kafka-python 3 starts the admin client's network thread before it
+bootstraps); the running worker's check has no thread at all (`test_worker_partitioncounts.py`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import threading
 import pytest
 
 from stream.settings import Settings
-from stream.topics import input_partition_counts
+from stream.topics import admin_client
 
 
 def _closed_port() -> int:
@@ -23,5 +24,5 @@ def test_an_unreachable_broker_leaves_no_client_thread_behind() -> None:
     before = threading.active_count()
     for _ in range(3):
         with pytest.raises(Exception):  # noqa: B017 - kafka-python's timeout error
-            input_partition_counts(settings, timeout_s=0.5)
-    assert threading.active_count() == before  # was one more thread (and its sockets) per check
+            admin_client(settings, bootstrap_timeout_ms=500, request_timeout_ms=500)
+    assert threading.active_count() == before  # kafka-python alone leaves one more per call

@@ -29,7 +29,7 @@ from faust.types.events import EventT
 from ..drivers.livesettings import SETTINGS_HEADER, sent_behind, settings_header
 from ..security import aiokafka_config, faust_credentials
 from ..settings import Settings
-from ..topics import REPARTITION_HELP, assigned_beyond, input_partition_counts, partitions_changed
+from ..topics import REPARTITION_HELP, InputPartitionsCheck, assigned_beyond
 from .batches import finish_before_ack
 from .bursts import BurstShell, group_committed
 from .clockstall import ClockStall
@@ -42,6 +42,7 @@ from .incidents import follow_incidents_topic
 from .intake import QuickConductor, RawSchema, batch_ack, take_batches
 from .metrics import WorkerMetrics
 from .pages import add_pages
+from .partitioncounts import BrokerPartitionCounts, PartitionCountsUnknown
 from .recovery import SIGNALS_STALL_S, FeedStallWatchdog, RecoveryWatchdog, restart_self, self_restarts
 from .shell import ReconcileShell
 from .statestore import UNKNOWN_REMAINING, KafkaChangelog, PartitionStore, changelog_topic_name
@@ -240,6 +241,9 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     # transactional producer's last marker is nothing left to take (its own reader: the
     # watchdog's reads from another task).
     lag_reader = BrokerGapFetcher(aiokafka_config(settings), wait_s=END_OFFSETS_TIMEOUT_S)
+    # The input topics' partition counts, asked every INPUT_PARTITIONS_CHECK_S
+    # (`watch_input_partitions`).
+    partition_counts = BrokerPartitionCounts(aiokafka_config(settings), f"{settings.app_id}-partition-counts")
     shell = ReconcileShell(
         settings,
         store,
@@ -375,24 +379,18 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
 
     async def watch_input_partitions() -> None:
         """Stop when an input topic's partition count is not the one the worker started with."""
-        loop = asyncio.get_running_loop()
-        unanswered = 0
+        check = InputPartitionsCheck(started_with, input_topics)
         while True:
             await asyncio.sleep(INPUT_PARTITIONS_CHECK_S)
             try:
-                counts = await loop.run_in_executor(None, input_partition_counts, settings)
-            except Exception as exc:  # noqa: BLE001 - not known now: asked again at the next check
-                unanswered += 1
-                if unanswered in (6, 360):  # (a minute, an hour: the check is off meanwhile)
-                    log.warning(
-                        "the input topics' partition counts not known for %d checks (%s): a change would not be seen",
-                        unanswered,
-                        exc,
-                    )
+                action = check.answered(await partition_counts.ask(input_topics))
+            except PartitionCountsUnknown as exc:  # not known now: asked again at the next check
+                action = check.not_answered(str(exc))
+            if action is None:
                 continue
-            unanswered = 0
-            if (problem := partitions_changed(started_with, counts, input_topics)) is not None:
-                stop_repartitioned(problem)
+            if action.kind == "stop":
+                stop_repartitioned(action.text)
+            log.warning("%s", action.text)
 
     async def watch_state_recovery() -> None:
         # A plain task, not an app timer: timers start only after Faust's first recovery.
@@ -653,9 +651,6 @@ class _Worker(faust.Worker):
         # never below INFO, whatever the worker's level. It also spares a log record per send.
         for name in ("aiokafka", "kafka", "faust", "mode"):
             logging.getLogger(name).setLevel(max(level, logging.INFO))
-        # kafka-python is only the admin client of `watch_input_partitions` here: 17 INFO lines
-        # (connect, bootstrap, close) every INPUT_PARTITIONS_CHECK_S, about 150,000 a day.
-        logging.getLogger("kafka").setLevel(max(level, logging.WARNING))
         super().on_setup_root_logger(logger, level)
 
 
