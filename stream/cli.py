@@ -85,7 +85,7 @@ def _connect(s: Settings) -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .topics import check_copartitioned, create_topics
+    from .topics import PartitionsRefused, check_copartitioned, create_topics, send_refusal_alert
     from .worker.app import run_worker
 
     s = _settings(args)
@@ -94,7 +94,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     s = _connect(s)
     if args.create_topics:
         create_topics(s)
-    n = check_copartitioned(s)
+    try:
+        n = check_copartitioned(s)
+    except PartitionsRefused as refused:
+        send_refusal_alert(s, refused)
+        raise
     if n != s.partitions:
         s = replace(s, partitions=n)
     if args.processes < 1:

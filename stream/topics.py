@@ -8,6 +8,7 @@ worker's state changelog (`<app_id>-state-changelog`, compacted) has the input t
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from kafka.errors import TopicAlreadyExistsError
 
 from .security import kafka_python_config, topic_configs
 from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 # How every reader of the input topics reads them (the worker's consumer, its gap and end-offset
 # readers, dump and replay from Kafka): a transaction's records once it committed, never an
@@ -139,7 +142,9 @@ def ensure_state_changelog(settings: Settings, partitions: int, *, timeout_s: fl
     finally:
         admin.close()
     if count != partitions:
-        raise SystemExit(changelog_mismatch(topic.name, count, partitions))
+        raise PartitionsRefused(
+            changelog_mismatch(topic.name, count, partitions), settings.payment_topic, partitions, count
+        )
 
 
 # What an operator reads when the input topics' partition count changed under kept state (the
@@ -156,6 +161,47 @@ REPARTITION_HELP = (
     "with a new QRIS_APP_ID on it; replaying gives the same refund_ids, which the refund service pays once "
     "(README, 'Input partitions are fixed')"
 )
+
+
+class PartitionsRefused(SystemExit):
+    """The worker's refusal to start, or its stop while it runs, because an input topic's
+    partition count is not the one its state was kept for (exit status 1 with `text`, as any
+    SystemExit with a message). `topic` has `found` partitions where `expected` were: what the
+    INPUT_REPARTITIONED alert says (`send_refusal_alert`)."""
+
+    def __init__(self, text: str, topic: str, found: int, expected: int) -> None:
+        super().__init__(text)
+        self.text, self.topic, self.found, self.expected = text, topic, found, expected
+
+
+def send_refusal_alert(settings: Settings, refused: PartitionsRefused, *, timeout_s: float = 10.0) -> None:
+    """Say a refusal to start on the alerts topic, where payment operations look, before the
+    worker exits: its log and exit status reach whoever runs it, not them. Best effort: a broker
+    that does not take it in `timeout_s` leaves the log line alone (said there)."""
+    from kafka import KafkaProducer
+
+    from .core import codec
+    from .core.alerts import input_repartitioned_alert
+    from .drivers.livesettings import SETTINGS_HEADER, settings_header
+
+    alert = input_repartitioned_alert(
+        refused.text, refused.topic, refused.found, refused.expected, int(time.time() * 1000)
+    )
+    producer = None
+    try:
+        producer = KafkaProducer(**kafka_python_config(settings), acks="all", client_id=f"{settings.app_id}-refusal")
+        future = producer.send(
+            settings.alert_topic,
+            key=alert.key,
+            value=codec.dumps(alert.value),
+            headers=[(SETTINGS_HEADER, settings_header(settings))],
+        )
+        future.get(timeout=timeout_s)
+    except Exception as exc:  # noqa: BLE001 - the refusal itself goes on; the log says it was not sent
+        log.error("the INPUT_REPARTITIONED alert was not sent to %s: %s", settings.alert_topic, exc)
+    finally:
+        if producer is not None:
+            producer.close(timeout=timeout_s)
 
 
 def changelog_mismatch(changelog: str, count: int, inputs: int) -> str:
@@ -218,10 +264,13 @@ UNANSWERED_WARNINGS_AT = (6, 360)
 
 
 class CheckAction(NamedTuple):
-    """What the running worker does after a check: stop (exit status 1), or log a warning."""
+    """What the running worker does after a check: stop (exit status 1), or log a warning. A stop
+    names the first input topic whose count changed and its count now."""
 
     kind: Literal["stop", "warn"]
     text: str
+    topic: str = ""
+    found: int = 0
 
 
 @dataclass
@@ -246,7 +295,10 @@ class InputPartitionsCheck:
         """After the broker answered with `counts`: stop if a count changed; a topic missing from
         the answer (or with no partitions) makes the check one not answered."""
         if (problem := partitions_changed(self.started_with, counts, self.topics)) is not None:
-            return CheckAction("stop", problem)
+            topic, found = next(
+                (t, n) for t in self.topics if (n := counts.get(t)) and n != self.started_with
+            )  # fmt: skip
+            return CheckAction("stop", problem, topic, found)
         missing = [t for t in self.topics if not counts.get(t)]
         if missing:
             return self.not_answered(f"no partitions known for {', '.join(missing)}")
@@ -354,9 +406,12 @@ def check_copartitioned(settings: Settings) -> int:
     if p is None or l is None:
         raise SystemExit(f"input topics missing on {settings.bootstrap}: run `qris-guard topics` first ({counts})")
     if p != l:
-        raise SystemExit(
+        raise PartitionsRefused(
             f"input topics are not co-partitioned: {settings.payment_topic}={p}, {settings.ledger_topic}={l} "
             f"(the contract keys both by reference with the same count; if partitions were added to one of them: "
-            f"{REPARTITION_HELP})"
+            f"{REPARTITION_HELP})",
+            settings.ledger_topic,
+            l,
+            p,
         )
     return p

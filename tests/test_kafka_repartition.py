@@ -27,7 +27,7 @@ from stream.topics import (
     partitions_changed,
 )
 from stream.worker.partitioncounts import BrokerPartitionCounts
-from tests.kafka_support import Topics, Worker, client_config, fresh_prefix, require_broker
+from tests.kafka_support import Topics, Worker, client_config, consume, fresh_prefix, require_broker
 
 
 def test_a_changed_count_is_named_per_topic_and_an_unanswered_topic_is_not_judged() -> None:
@@ -92,6 +92,15 @@ def test_the_worker_stops_when_the_inputs_get_partitions_and_refuses_to_start_ag
         worker.start(bootstrap)
         assert worker.proc.wait(60) == 1, worker.log_tail()
         assert "partitions were added to the input topics" in worker.log_tail(), worker.log_tail()
+        # Both said on the alerts topic, where payment operations look: one problem, one alert id.
+        said = [v for _t, _k, v in consume(bootstrap, [topics.alerts], until=2, timeout_s=30)]
+        stops = [v for v in said if v["kind"] == "INPUT_REPARTITIONED"]
+        assert len(stops) == 2, said
+        assert {v["alert_id"] for v in stops} == {stops[0]["alert_id"]}
+        assert [v["observed"] for v in stops] == [{"partitions": 3, "expected_partitions": 2}] * 2
+        assert all(v["severity"] == "critical" and v["topic"] == topics.payment for v in stops)
+        assert "2 -> 3" in stops[0]["summary"] and "partitions were added" in stops[1]["summary"]
+        assert all(v["summary"].startswith("qris-guard stopped: no payment is decided") for v in stops)
     finally:
         if worker.proc is not None and worker.proc.poll() is None:
             worker.kill()

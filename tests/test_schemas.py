@@ -386,6 +386,7 @@ def _valid_values(topic: str, field: str) -> set[Any]:
                 "CLOCK_MISMATCH",
                 "SCOPE_LIMIT",
                 "INPUT_LOST",
+                "INPUT_REPARTITIONED",
             },
         ),
         ("qris.alerts", "status", {None, "opened", "updated", "resolved"}),

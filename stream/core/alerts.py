@@ -278,6 +278,25 @@ def clock_mismatch_alert(
     )
 
 
+def input_repartitioned_alert(problem: str, topic: str, found: int, expected: int, at_ms: int) -> Decision:
+    """Live only: the worker stopped, or refused to start, because `topic` has `found` partitions
+    where its state was kept for `expected` (`topics.PartitionsRefused`). Nothing is decided,
+    refunds included, until it runs again; the same alert id at every refusal of the same counts."""
+    summary = f"qris-guard stopped: no payment is decided and no refund made until it runs again. {problem}"
+    return _alert(
+        ids.alert_id("INPUT_REPARTITIONED", topic, found, expected),
+        "INPUT_REPARTITIONED",
+        "critical",
+        "all",
+        "all",
+        at_ms,
+        None,
+        summary,
+        {"partitions": found, "expected_partitions": expected},
+        topic=topic,
+    )
+
+
 def feed_silent_alert(
     topic: str, partition: int, silent_since_ms: int | None, advanced_to_ms: int, other_topic: str
 ) -> Decision:

@@ -33,7 +33,7 @@ def dedup_key(value: dict[str, Any]) -> str:
         return f"{kind}:{value['refund_id']}"
     if kind == "OVER_REFUND" and value.get("reference"):
         return f"OVER_REFUND:{value['reference']}"
-    if kind in ("FEED_SILENT", "EVENT_TIME_STALLED") and value.get("topic"):
+    if kind in ("FEED_SILENT", "EVENT_TIME_STALLED", "INPUT_REPARTITIONED") and value.get("topic"):
         return f"{kind}:{value['topic']}"
     if kind == "SCOPE_LIMIT" and value.get("scope_type"):
         return f"{kind}:{value['scope_type']}"  # one limit per scope type: each its own problem

@@ -26,10 +26,12 @@ from faust.sensors import Monitor
 from faust.types import TP, Message, StreamT, TopicT
 from faust.types.events import EventT
 
+from ..core import codec
+from ..core.alerts import input_repartitioned_alert
 from ..drivers.livesettings import SETTINGS_HEADER, sent_behind, settings_header
 from ..security import aiokafka_config, faust_credentials
 from ..settings import Settings
-from ..topics import REPARTITION_HELP, InputPartitionsCheck, assigned_beyond
+from ..topics import REPARTITION_HELP, InputPartitionsCheck, PartitionsRefused, assigned_beyond, send_refusal_alert
 from .batches import finish_before_ack
 from .bursts import BurstShell, group_committed
 from .clockstall import ClockStall
@@ -57,6 +59,8 @@ SHELL_STALL_S = 90.0
 # Kafka's clients see added partitions only at their next metadata refresh (5 min by default),
 # and a worker deciding meanwhile refunds the debits whose settlements went to the new partitions.
 INPUT_PARTITIONS_CHECK_S = 10.0
+# The longest a stop for changed input partitions waits for its alert to be sent (`stop_for_partitions`).
+STOP_ALERT_TIMEOUT_S = 5.0
 
 
 def stop_repartitioned(problem: str) -> None:  # pragma: no cover - ends the process
@@ -377,6 +381,19 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     started_with = input_partitions or settings.partitions
     input_topics = (settings.payment_topic, settings.ledger_topic)
 
+    async def stop_for_partitions(problem: str, topic: str, found: int) -> None:
+        """Say the stop on the alerts topic, where payment operations look (best effort, for at
+        most a few seconds: the stop must not wait for a broker that does not answer), then stop."""
+        alert = input_repartitioned_alert(problem, topic, found, started_with, int(time.time() * 1000))
+        try:
+            await asyncio.wait_for(
+                send(settings.alert_topic, alert.key, codec.dumps(alert.value)), STOP_ALERT_TIMEOUT_S
+            )
+            await asyncio.wait_for(flush(), STOP_ALERT_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - the stop goes on; the log says the alert was not sent
+            log.error("the INPUT_REPARTITIONED alert was not sent to %s: %r", settings.alert_topic, exc)
+        stop_repartitioned(problem)
+
     async def watch_input_partitions() -> None:
         """Stop when an input topic's partition count is not the one the worker started with."""
         check = InputPartitionsCheck(started_with, input_topics)
@@ -389,7 +406,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             if action is None:
                 continue
             if action.kind == "stop":
-                stop_repartitioned(action.text)
+                await stop_for_partitions(action.text, action.topic, action.found)
             log.warning("%s", action.text)
 
     async def watch_state_recovery() -> None:
@@ -495,10 +512,12 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         watch.rebalances += 1
         owned = owned_inputs(assigned)
         if beyond := assigned_beyond(owned, started_with):
-            stop_repartitioned(
+            await stop_for_partitions(
                 f"input partitions {beyond} were assigned to this worker, which started with {started_with}: "
                 f"the input topics got partitions while it ran; it stops before deciding any reference split "
-                f"by the change. {REPARTITION_HELP}"
+                f"by the change. {REPARTITION_HELP}",
+                settings.payment_topic,
+                beyond[-1] + 1,
             )
         watch.keep_partitions(owned)
         if not watching:
@@ -694,7 +713,11 @@ def run_worker(settings: Settings) -> int:
     from ..topics import ensure_state_changelog
 
     partitions = _input_partitions(settings)
-    ensure_state_changelog(settings, partitions or settings.partitions)
+    try:
+        ensure_state_changelog(settings, partitions or settings.partitions)
+    except PartitionsRefused as refused:
+        send_refusal_alert(settings, refused)
+        raise
     app, _shell = build_app(settings, partitions)
     _Worker.json_logs = settings.log_format.lower() == "json"
     worker = _Worker(app, loglevel=settings.log_level.upper(), override_logging=True)
