@@ -445,3 +445,24 @@ def test_a_keyless_reference_whose_name_is_inside_another_reference_of_its_key_p
     _kafka_broker(monkeypatch, log.records)
     rc, out = _trace_from_kafka(capsys, "QR1")
     assert rc == 0, f"trace says: {out.strip()}"
+
+
+def test_a_reference_split_across_partitions_is_said_with_what_it_means() -> None:
+    # Partitions added to the input topics mid-payment: the debit stays on partition 0, the
+    # settlement goes to partition 1. Partition 0 refunds a payment that settled.
+    records = _recs(
+        [
+            (P, "S1", payment("S1-q", "requested", "S1", 0)),
+            (L, "S1", ledger("S1-d", "debited", "S1", 1)),
+            (P, "TICK", payment("T-q", "requested", "TICK", 2000)),
+            (L, "TICK", ledger("T-d", "debited", "TICK", 2000)),
+        ]
+    )
+    settled = KafkaRecord(P, 1, 0, T0 + 3_000, b"S1", payment("S1-s", "settled", "S1", 2))
+    t = _trace("S1", [*records, settled])
+    assert t["partitions"] == [0, 1]
+    text = render(t)
+    assert "WARNING: this reference's records are on 2 partitions" in text
+    assert "Were partitions added to the input topics?" in text
+    one = _trace("S1", records)
+    assert "WARNING" not in render(one)

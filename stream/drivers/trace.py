@@ -463,6 +463,13 @@ def render(t: dict[str, Any]) -> str:
         f"Reference {ref}: partition {', '.join(map(str, t['partitions']))}, "
         f"{len(t['records'])} input record(s), {len(t['decisions'])} decision(s). Times: WIB (UTC+7), UTC in brackets."
     ]
+    if len(t["partitions"]) > 1:
+        lines.append(
+            f"WARNING: this reference's records are on {len(t['partitions'])} partitions. Each partition decides "
+            "alone: a settlement or reversal on one is not counted for a debit on another, so a refund below can be "
+            "for a payment that settled on the other partition. Were partitions added to the input topics? "
+            "(README, 'Input partitions are fixed')"
+        )
     lines.append("Input records (in processing order; dead-lettered ones last):")
     for f in t["records"]:
         where = f"{f['topic']}[{f['partition']}]@{f['offset']}"
