@@ -70,3 +70,23 @@ def test_a_topic_that_really_ends_before_the_groups_offset_is_said(monkeypatch: 
     lost = [a for a in sent if a.get("kind") == "INPUT_LOST"]
     assert [a["observed"]["first_offset"] for a in lost] == [0] and shell.counts["signals_lost"] == 300
     assert shell.counts["signals"] == 200 and shell.counts["redelivered_skipped"] == 0 and shell.next_offset == 200
+
+
+def test_a_topic_recreated_under_a_snapshot_covering_the_groups_offset_is_taken_from_its_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    records = signals()
+    monkeypatch.setattr(bursts_module, "AIOKafkaConsumer", StalledConsumer)
+    monkeypatch.setattr(StalledConsumer, "end", 0)  # recreated: empty
+    sent: list[dict[str, Any]] = []
+    shell = shell_for(Broker(records, committed=300), sent)
+
+    async def covering(self: Any) -> tuple[Any, int]:  # a snapshot of the old topic, past the group's offset
+        return bursts_module.BurstDetector(2, shell.settings.burst), 400
+
+    monkeypatch.setattr(bursts_module.BurstShell, "_restore_snapshot", covering)
+    # The new topic's reports are new: taken, not skipped as repeats of the old one's below 400.
+    asyncio.run(shell.take_records(records[:200]))
+    assert shell.counts["signals"] == 200 and shell.counts["redelivered_skipped"] == 0 and shell.next_offset == 200
+    # The snapshot holds the history: nothing is said lost.
+    assert shell.counts["signals_lost"] == 0 and not [a for a in sent if a.get("kind") == "INPUT_LOST"]

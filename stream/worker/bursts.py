@@ -460,9 +460,9 @@ class BurstShell:
             self.tally = self._new_tally()
         else:
             log.info("burst detector restored from a snapshot covering signals before offset %d", start)
-        self.next_offset = max(upto, start)
+        resume = self.next_offset = max(upto, start)
         self.detector = detector
-        if start >= upto:
+        if resume == 0:  # nothing to read, and nothing to skip as a repeat
             return detector
         tp = TopicPartition(self.settings.signals_topic, 0)
         consumer = AIOKafkaConsumer(**aiokafka_config(self.settings), enable_auto_commit=False, group_id=None)
@@ -473,12 +473,16 @@ class BurstShell:
             consumer.assign([tp])
             begins = (await consumer.beginning_offsets([tp]))[tp]
             ends = (await consumer.end_offsets([tp]))[tp]
-            if ends < upto:
+            if ends < resume:
                 # Recreated (its offsets start again): none of its reports is the history before
-                # `upto`; they are new, and taken live from where it begins, alerts sent. Resumed
-                # at `upto`, the detector would skip each as a repeat until the new topic passed it.
-                log.error("signals topic ends at offset %d, before the group's offset %d: recreated", ends, upto)
-                lost.append((start, upto, None))
+                # `resume` (the group's offset, or the snapshot's when it covers more); they are
+                # new, and taken live from where it begins, alerts sent. Resumed there, the
+                # detector would skip each as a repeat until the new topic passed it.
+                log.error(
+                    "signals topic ends at offset %d, before offset %d the detector resumes at: recreated", ends, resume
+                )
+                if start < upto:
+                    lost.append((start, upto, None))
                 self.next_offset = begins
                 upto = start  # nothing to read
             elif begins > start:  # deleted before any snapshot covered them (also past `upto`: never read again)
