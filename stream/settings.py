@@ -48,7 +48,7 @@ class Settings:
     burst_learn_min_payments: int = 2000  # BurstParams.learn_min_payments
     burst_learn_min_minutes: int = 10  # BurstParams.learn_min_minutes
     max_scopes: int = 1000  # BurstParams.max_scopes_per_type
-    max_merchants_tracked: int = 100_000  # BurstParams.max_merchants_tracked
+    max_merchants_tracked: int = 10_000  # BurstParams.max_merchants_tracked
     signals_part_max_bytes: int = 524_288  # Params.signals_part_max_bytes
     snapshots_topic: str = "qris.burst-snapshots"
     snapshot_every: int = 60  # signal reports between two snapshots of the live detector

@@ -6,12 +6,13 @@ from __future__ import annotations
 import copy
 import math
 import pickle
+import zlib
 from typing import Any
 
 import orjson
 import pytest
 
-from stream.core import ids
+from stream.core import burstsnapshot, ids
 from stream.core.burst import BurstDetector, BurstParams, FailureRateModel, ScopeState, binomial_surprise
 from stream.core.eventtime import format_ms, parse_ms
 from stream.core.partition import Params, PartitionEngine
@@ -928,6 +929,77 @@ def test_merchants_past_the_tracking_bound_stay_in_their_mcc_pool() -> None:
     run(det, [report(0, M0 + i, minute) for i in range(40)])
     assert len(det.merchant_volume) == 10
     assert "merchant:MCC-5499" in det.scopes and det.scopes["merchant:MCC-5499"].ring[-1][1][0] >= 60
+
+
+def random_merchants_minute(i: int, n: int) -> dict[str, dict[str, Any]]:
+    """`n` merchants never seen before with 128-character ids, one failed payment each."""
+    out = {f"merchant:{i:06d}-{j:05d}-{'x' * 115}": sm(1, 1, None, ["5411", "BCA", "M" * 256]) for j in range(n)}
+    out["all"] = sm(200 + n, n)
+    return out
+
+
+def test_a_flood_of_distinct_merchant_ids_keeps_the_snapshot_bounded() -> None:
+    # 30,000 ids seen once must not grow the snapshot (a takeover reads more signals when it is
+    # too large to write): the merchants followed stay at ten times the merchant scopes.
+    params = BurstParams()
+    assert params.max_merchants_tracked == 10 * params.max_scopes_per_type
+    det = BurstDetector(1, params)
+    sizes = []
+    for i in range(12):
+        run(det, [report(0, M0 + i, random_merchants_minute(i, 2500))])
+        sizes.append(len(burstsnapshot.encode(det, i)))
+    assert len(det.merchant_volume) == params.max_merchants_tracked
+    assert max(sizes) < 2_000_000 and sizes[-1] <= sizes[3] * 1.05
+
+
+def test_a_merchant_becoming_busy_in_a_flood_of_ids_gets_a_place_and_its_own_scope() -> None:
+    params = BurstParams(max_merchants_tracked=50)
+    det = BurstDetector(1, params)
+    for i in range(60):
+        minute = random_merchants_minute(i, 100)  # more than the table holds, every minute
+        if i >= 10:
+            minute["merchant:BUSY"] = sm(5, 0, None, ["5411", "BCA", "Busy"])
+        run(det, [report(0, M0 + i, minute)])
+        assert len(det.merchant_volume) <= 50
+    assert "merchant:BUSY" in det.merchant_volume and "merchant:BUSY" in det.scopes
+    # Deterministic: which ids are followed depends on the minutes only.
+    again = BurstDetector(1, params)
+    for i in range(60):
+        minute = random_merchants_minute(i, 100)
+        if i >= 10:
+            minute["merchant:BUSY"] = sm(5, 0, None, ["5411", "BCA", "Busy"])
+        run(again, [report(0, M0 + i, minute)])
+    assert again.snapshot() == det.snapshot()
+
+
+def test_merchants_restored_past_a_lower_bound_come_back_to_it() -> None:
+    # A snapshot of a worker with a higher bound: the least busy go as new merchants come.
+    big = BurstDetector(1, BurstParams(max_merchants_tracked=1000))
+    run(big, [report(0, M0 + i, random_merchants_minute(i, 100)) for i in range(5)])
+    assert len(big.merchant_volume) == 500
+    small = BurstDetector.restore(orjson.loads(orjson.dumps(big.snapshot())), BurstParams(max_merchants_tracked=100))
+    busy = {"merchant:BUSY": sm(5, 0, None, ["5411", "BCA", "Busy"]), "all": sm(205, 0)}
+    run(small, [report(0, M0 + 5, busy)])
+    assert len(small.merchant_volume) == 100 and "merchant:BUSY" in small.merchant_volume
+
+
+def test_a_snapshot_encoded_in_pieces_is_the_whole_snapshot_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The previous release's reader decompresses and parses one JSON document: the pieces are
+    # that document, cut where the state grows (scopes, merchants, pending minutes, parts).
+    det = BurstDetector(2, BurstParams(max_merchants_tracked=100))
+    run(det, [report(p, M0 + i, random_merchants_minute(2 * i + p, 80)) for i in range(3) for p in (0, 1)])
+    run(det, [report(0, M0 + 3, random_merchants_minute(6, 80))])  # pending: partition 1 has not closed it
+    last = report(1, M0 + 3, random_merchants_minute(7, 80))
+    first, *_rest = in_parts(last, len(orjson.dumps(last)) // 2)
+    run(det, [first])
+    assert det.merge.parts and det.merge.pending and len(det.merchant_volume) == 100
+    monkeypatch.setattr(burstsnapshot, "PIECE_BYTES", 4096)
+    pieces = list(burstsnapshot.encode_pieces(det, 17))
+    assert len(pieces) > 5
+    whole = orjson.dumps({"signals_offset": 17, "detector": det.snapshot()})
+    assert zlib.decompress(b"".join(pieces)) == whole and burstsnapshot.encode(det, 17) == b"".join(pieces)
+    back = burstsnapshot.decode(b"".join(pieces))
+    assert back.signals_offset == 17 and back.detector.snapshot() == det.snapshot()
 
 
 def test_parts_of_a_report_split_by_an_older_version_are_not_put_together_with_these() -> None:

@@ -814,6 +814,52 @@ def test_the_detector_goes_on_while_its_snapshot_is_written_one_write_at_a_time(
     asyncio.run(run())
 
 
+def test_a_large_snapshot_is_encoded_in_pieces_with_the_loop_running_between_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The event loop runs other tasks while a snapshot is encoded (at the scope bound one took
+    0.5-1 s at once), and what is written is the detector's state at the snapshot's offset."""
+    from stream.core import burstsnapshot
+
+    settings = Settings(partitions=1, snapshot_every=1, snapshot_min_interval_s=0)
+    monkeypatch.setattr(burstsnapshot, "PIECE_BYTES", 1024)
+
+    async def run() -> None:
+        broker = SnapshotBroker()
+        shell = detector_shell(settings, broker)
+        assert shell.detector is not None
+        shell.detector.merchant_volume = {f"merchant:M{i:05d}{'x' * 100}": (0.5, 0, False) for i in range(2000)}
+        want = shell.detector.snapshot()
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.ensure_future(tick())
+        await asyncio.sleep(0)
+        before = ticks
+        raw = []
+        real_write = broker.write
+
+        async def keep(value: bytes) -> None:
+            raw.append(value)
+            await real_write(value)
+
+        broker.write = keep  # type: ignore[method-assign]
+        await shell.process_batch(report_batch(0))
+        await shell.close()
+        ticker.cancel()
+        assert ticks - before > 50  # the loop ran between the pieces
+        [value] = raw
+        saved = burstsnapshot.decode(value).detector.snapshot()
+        assert saved["merchant_volume"] == want["merchant_volume"] and broker.written == [1]
+
+    asyncio.run(run())
+
+
 def test_in_a_backlog_the_detector_snapshots_at_most_once_every_min_interval() -> None:
     """Reports due a snapshot every report, many a second (a backlog): one snapshot, then none
     until `snapshot_min_interval_s` has passed."""

@@ -11,6 +11,7 @@ per MCC. Imports nothing outside the core.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,9 +99,11 @@ class BurstParams:
     # active minutes behind it, or its parent's has (README, "Cold start"). 0 and 0 = off.
     learn_min_payments: int = 2000
     learn_min_minutes: int = 10
-    # Bounds on what distinct ids can make the detector keep (README, "Scope bound").
+    # Bounds on what distinct ids can make the detector keep (README, "Scope bound"). Merchants
+    # whose volume is followed: ten times the merchant scopes, room for the candidates around
+    # the scopes' thresholds; past it the least busy make room (`_make_room_for_merchants`).
     max_scopes_per_type: int = 1000
-    max_merchants_tracked: int = 100_000
+    max_merchants_tracked: int = 10_000
 
     def __post_init__(self) -> None:
         if max(self.windows_minutes) != LONGEST:
@@ -152,16 +155,22 @@ class BurstDetector:
 
     # -- snapshots ------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, lazily: bool = False) -> dict[str, Any]:
         """The detector's whole state as JSON-ready named fields, versioned: `restore` rebuilds
         a detector whose next decisions are the same as this one's. JSON, not pickle: a snapshot
-        is read back from a topic, and reading it must not be able to run code."""
+        is read back from a topic, and reading it must not be able to run code.
+
+        `lazily`: the scopes and merchants as iterators that build each entry when it is read,
+        so that a snapshot can be encoded in pieces (`burstsnapshot.encode_pieces`; at the scope
+        bound building them all took 0.4 s). The detector must not change until they are read."""
+        scopes = (st.to_state() for st in self.scopes.values())
+        merchants = ([k, v, last, own] for k, (v, last, own) in self.merchant_volume.items())
         return {
             "snapshot_version": SNAPSHOT_VERSION,
             "merge": self.merge.to_state(),
-            "scopes": [st.to_state() for st in self.scopes.values()],
+            "scopes": scopes if lazily else list(scopes),
             "incidents": self.incidents.to_state(),
-            "merchant_volume": [[k, v, last, own] for k, (v, last, own) in self.merchant_volume.items()],
+            "merchant_volume": merchants if lazily else list(merchants),
             "stats": dict(self.stats),
             "last_expiry_minute": self._last_expiry_minute,
             "scope_limit_minute": sorted(self.scope_limit_minute.items()),
@@ -335,6 +344,7 @@ class BurstDetector:
         # the others are pooled per MCC. The decision uses the volume learned before this minute.
         prm = self.params
         alpha = prm.fading_factor * 10  # volume follows faster than rates: about 50 minutes
+        admitted = self._make_room_for_merchants(minute, data, alpha)
         out: dict[str, dict[str, Any]] = {}
         for key in sorted(data):
             sm = data[key]
@@ -351,8 +361,8 @@ class BurstDetector:
             if not own:
                 target = "merchant:" + pool_id(sm.get("a", ["", "", ""])[0])
             volume = volume * (1.0 - alpha) + alpha * sm["c"][0]
-            # Past the bound a new merchant is not tracked: it stays in its MCC pool.
-            if key in self.merchant_volume or len(self.merchant_volume) < prm.max_merchants_tracked:
+            # A new merchant that found no place is not tracked: it stays in its MCC pool.
+            if key in self.merchant_volume or admitted is None or key in admitted:
                 self.merchant_volume[key] = (volume, minute + 1, own)
             else:
                 self.stats["merchant_minutes_untracked"] += 1
@@ -364,6 +374,49 @@ class BurstDetector:
             if target != key:
                 into.pop("a", None)  # a pool has no single merchant's attributes
         return out
+
+    def _make_room_for_merchants(self, minute: int, data: dict[str, dict[str, Any]], alpha: float) -> set[str] | None:
+        """The new merchants of this minute that get a place in `merchant_volume` (None: all).
+
+        The table holds at most `max_merchants_tracked` merchants, whatever the number of
+        distinct ids: its entries are most of a snapshot's bytes when ids are random. When this
+        minute's new merchants do not fit, each takes, busiest first, the place of the merchant
+        with the least volume among those without a scope of their own and not in this minute,
+        if that volume is below what the newcomer's will be: the table keeps the busiest
+        merchants, so ids seen once make room for each other, and a merchant becoming busy gets
+        a place during a flood of them (refused, it would stay pooled until they faded).
+        Deterministic: it depends on the minutes' contents only."""
+        new = [k for k in data if k.startswith("merchant:") and k not in self.merchant_volume]
+        free = self.params.max_merchants_tracked - len(self.merchant_volume)
+        if len(new) <= free:
+            return None
+        fade = 1.0 - alpha
+        # Volumes as they stand after this minute, without payments in it.
+        idle = sorted(
+            (v * fade ** max(0, minute + 1 - last), k)
+            for k, (v, last, own) in self.merchant_volume.items()
+            if not own and k not in data
+        )
+        cheapest = iter(idle)
+        # Over the bound (restored from a worker whose bound was higher): back to it first.
+        for _ in range(-free):
+            _volume, out_key = next(cheapest, (math.inf, ""))
+            if out_key:
+                del self.merchant_volume[out_key]
+        places = max(free, 0)
+        admitted: set[str] = set()
+        for key in sorted(new, key=lambda k: (-data[k]["c"][0], k)):
+            if places:
+                places -= 1
+            else:
+                volume, out_key = next(cheapest, (math.inf, ""))
+                # (Newcomers busiest first, places cheapest first: once one does not make room
+                # for a newcomer, none makes room for the rest.)
+                if volume >= alpha * data[key]["c"][0]:
+                    break
+                del self.merchant_volume[out_key]
+            admitted.add(key)
+        return admitted
 
     def _bound_scopes(
         self, minute: int, data: dict[str, dict[str, Any]]

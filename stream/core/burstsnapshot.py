@@ -9,7 +9,10 @@ Imports nothing outside the core.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
+from typing import Any
 
 from . import codec
 from .burst import BurstDetector, BurstParams
@@ -28,16 +31,91 @@ class DetectorSnapshot:
     tally: HoldTally | None = None
 
 
+# Where a snapshot's JSON is cut into pieces: the parts that grow with the state (the scopes,
+# the merchants, the scopes of a pending minute, the parts of a report taken so far). A key, an
+# item's index, or `EVERY` for each key or item; None: that part whole.
+EVERY = "*"
+_CUTS: dict[Any, Any] = {
+    "detector": {
+        "scopes": {EVERY: None},
+        "merchant_volume": {EVERY: None},
+        "merge": {"pending": {EVERY: {1: {EVERY: None}}}, "parts": {EVERY: {4: {EVERY: {1: {EVERY: None}}}}}},
+    }
+}
+# JSON compressed at once, at least this much (bar the last piece) and at most this much and
+# one batch of `_BATCH` parts (scopes, merchants, scope-minutes).
+PIECE_BYTES = 256 * 1024
+_BATCH = 32
+
+
 def encode(detector: BurstDetector, signals_offset: int | None, tally: HoldTally | None = None) -> bytes:
     """The snapshot record's value."""
-    value = {"signals_offset": signals_offset, "detector": detector.snapshot()}
+    return b"".join(encode_pieces(detector, signals_offset, tally))
+
+
+def encode_pieces(
+    detector: BurstDetector, signals_offset: int | None, tally: HoldTally | None = None
+) -> Iterator[bytes]:
+    """The snapshot record's value in pieces (joined, `encode`'s bytes): the JSON of the
+    snapshot, built and compressed about `PIECE_BYTES` at a time, so that the live shell can
+    give the event loop back between pieces (a detector at its scope bound took 0.5-1 s to
+    encode at once). The detector and the tally must not change until the last piece: the
+    shell holds the detector's lock. The JSON is the same as the whole snapshot's at once.
+
+    >>> det = BurstDetector(1)
+    >>> whole = codec.dumps({"signals_offset": 7, "detector": det.snapshot()})
+    >>> b"".join(encode_pieces(det, 7)) == zlib.compress(whole, 1)
+    True
+    """
+    value: dict[str, Any] = {"signals_offset": signals_offset, "detector": detector.snapshot(lazily=True)}
     if tally is not None:
         value["hold_tally"] = tally.to_state()
     # Level 1: the live detector writes one every `snapshot_every` reports, on the worker that
     # owns the signals partition (in a backlog, several a second). Level 6 was 4.8% of that
     # worker's CPU in a two-worker backlog (py-spy); on the mixed day's detector 4.5 ms against
     # 1.1 ms at level 1, for 54 KB instead of 46 KB (207 KB of JSON). Any level decodes alike.
-    return zlib.compress(codec.dumps(value), 1)
+    compressor = zlib.compressobj(1)
+    held: list[bytes] = []
+    size = 0
+    for text in _json_pieces(value, _CUTS):
+        held.append(text)
+        size += len(text)
+        if size >= PIECE_BYTES:
+            yield compressor.compress(b"".join(held))
+            held, size = [], 0
+    yield compressor.compress(b"".join(held)) + compressor.flush()
+
+
+def _json_pieces(value: Any, cuts: dict[Any, Any] | None) -> Iterator[bytes]:
+    """`codec.dumps(value)` in pieces, cut where `cuts` says (an iterator is a JSON array)."""
+    if cuts is None and not isinstance(value, Iterator):
+        yield codec.dumps(value)
+        return
+    cuts = cuts or {}
+    if cuts == {EVERY: None}:
+        # Each item whole: a few dozen at a time, the brackets of their array or object cut off.
+        items = iter(value.items() if isinstance(value, dict) else value)
+        yield b"{" if isinstance(value, dict) else b"["
+        first = True
+        while batch := list(islice(items, _BATCH)):
+            text = codec.dumps(dict(batch) if isinstance(value, dict) else batch)[1:-1]
+            yield text if first else b"," + text
+            first = False
+        yield b"}" if isinstance(value, dict) else b"]"
+        return
+    if isinstance(value, dict):
+        yield b"{"
+        for i, (key, item) in enumerate(value.items()):
+            yield (b"," if i else b"") + codec.dumps(key) + b":"
+            yield from _json_pieces(item, cuts.get(key, cuts.get(EVERY)))
+        yield b"}"
+        return
+    yield b"["
+    for i, item in enumerate(value):
+        if i:
+            yield b","
+        yield from _json_pieces(item, cuts.get(i, cuts.get(EVERY)))
+    yield b"]"
 
 
 def decode(raw: bytes, params: BurstParams | None = None) -> DetectorSnapshot:

@@ -338,7 +338,14 @@ class BurstShell:
         # partitions' decisions waited for its incidents. One write at a time: a snapshot due
         # while the last is still being written waits for it first (they stay in order).
         await self.snapshot_written()
-        raw = burstsnapshot.encode(detector, signals_offset, self.tally)
+        # In pieces, the loop's other work between them: at the scope bound a snapshot took
+        # 0.5-1 s to encode at once, a freeze of every partition's agent. The detector does not
+        # change meanwhile (its lock is held), so the snapshot is the one of this offset.
+        pieces = []
+        for piece in burstsnapshot.encode_pieces(detector, signals_offset, self.tally):
+            pieces.append(piece)
+            await asyncio.sleep(0)
+        raw = b"".join(pieces)
         self.since_snapshot = 0
         self.snapshot_at = time.monotonic()
         if len(raw) > SNAPSHOT_MAX_BYTES:
