@@ -31,7 +31,7 @@ from stream.drivers.report import render, summarise
 from stream.simulate.partitioner import partition_for
 from stream.simulate.traffic import generate
 from stream.worker.shell import meta_key, reference_of, state_key
-from tests.records import T0, at, ledger, payment
+from tests.records import T0, at, ledger, payment, saved_state_v2
 
 P, L = Stream.P, Stream.L
 MAX_SEND_BYTES = 1_000_000  # below the producer's 1 MiB max.request.size with room for headers
@@ -354,6 +354,32 @@ def test_clock_mismatch_alerts_come_at_1_10_100_critical_from_10_and_the_count_s
     ]
     assert eng.mismatched == 119
     assert len({a["alert_id"] for a in alerts}) == 3
+
+
+@pytest.mark.parametrize("request_after_debit_s", [10, 120])
+def test_a_request_saved_by_a_version_1_worker_is_compared_by_its_date(request_after_debit_s: int) -> None:
+    # Version 1 kept no effective time of the request ("re"): its first debit after the upgrade
+    # is compared with the request's own date, never an AssertionError (or a TypeError under -O)
+    # in the middle of a batch.
+    eng = PartitionEngine(0, Params())
+    eng.on_record(P, 0, b"A", payment("A-q", "requested", "A", 0), T0)
+    eng.on_record(P, 1, b"Y", payment("Y-q", "requested", "Y", 100), T0 + 100_000)
+    eng.on_record(L, 0, b"Y", ledger("Y-d", "reversed", "Y", 100, 1), T0 + 100_000)
+    refs, meta = eng.take_dirty()
+    saved = []
+    for ref, raw in refs.items():
+        assert raw is not None
+        d = orjson.loads(raw)
+        if d["state"] is not None:
+            d["state"] = saved_state_v2(d["state"])
+            del d["state"]["re"], d["state"]["v"]
+        saved.append((ref, orjson.dumps(d)))
+    eng = PartitionEngine.restore(0, Params(), meta, saved)
+    assert eng.refs["A"].request_eff_ms is None
+    debit_s = -request_after_debit_s
+    out = eng.on_record(L, 1, b"A", ledger("A-d", "debited", "A", debit_s), T0 + 110_000)
+    out += eng.drain()
+    assert len(_mismatch_alerts(out)) == (request_after_debit_s > 60)
 
 
 @pytest.mark.slow

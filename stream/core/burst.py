@@ -386,8 +386,10 @@ class BurstDetector:
         merchants, so ids seen once make room for each other, and a merchant becoming busy gets
         a place during a flood of them (refused, it would stay pooled until they faded).
         Deterministic: it depends on the minutes' contents only."""
-        new = [k for k in data if k.startswith("merchant:") and k not in self.merchant_volume]
         free = self.params.max_merchants_tracked - len(self.merchant_volume)
+        if len(data) <= free:  # (room for every scope of the minute: nearly always)
+            return None
+        new = [k for k in data if k.startswith("merchant:") and k not in self.merchant_volume]
         if len(new) <= free:
             return None
         fade = 1.0 - alpha

@@ -396,11 +396,14 @@ class PartitionEngine:
         debit before its request. `debit_ms` None: read from the first debit's text (the debit
         was processed first, which a clean feed seldom does)."""
         request = st.request
-        assert request is not None and st.request_eff_ms is not None
+        assert request is not None
         debit = st.debits[0]
         if debit_ms is None:
             debit_ms = min(parse_ms(debit.occurred_at), debit.effective_at_ms)
-        apart_ms = min(request.occurred_at_ms, st.request_eff_ms) - debit_ms
+        request_ms = request.occurred_at_ms
+        if st.request_eff_ms is not None:  # (None in a state saved by version 1: its own date then)
+            request_ms = min(request_ms, st.request_eff_ms)
+        apart_ms = request_ms - debit_ms
         if apart_ms <= self.params.clock_skew_ms:
             return []
         self.mismatched += 1
@@ -719,6 +722,7 @@ class PartitionEngine:
         grace_ms, max_hold_ms = p.hold_grace_ms, (p.max_hold_ms if p.holds else 0)
         through = self.signals_through
         timeout_ms, retention_ms, partition = p.timeout_ms, p.retention_ms, self.partition
+        clock_skew_ms = p.clock_skew_ms
         obs = self.observer
         open_minutes = self.open_minutes
         new_tuple: Any = tuple.__new__
@@ -792,14 +796,22 @@ class PartitionEngine:
                     decisions, opened = applied
                 if obs is not None:
                     obs.processed(_STREAMS[s], offset, eff, cap, event, applied is None, st, decisions)
-                if applied is not None and st.request is not None:
-                    # The dates of a payment's request and first debit, once both are processed.
-                    if s:
-                        if st.debit_count == 1 and had_request and event.type == "debited":
-                            out.extend(self._check_clocks(st, min(event.occurred_at_ms, eff), eff))
-                    elif not had_request and st.debits:
-                        out.extend(self._check_clocks(st, None, eff))
+                # The dates of a payment's request and first debit, once both are processed
+                # (`_check_clocks`): at the debit that opens the first cycle after its request
+                # (the usual order, inline), or at a request after its debit.
+                if opened is not None and had_request and st.debit_count == 1:
+                    req_ms = st.request.occurred_at_ms  # type: ignore[union-attr]  # (had_request)
+                    req_eff = st.request_eff_ms
+                    if req_eff is not None and req_eff < req_ms:
+                        req_ms = req_eff
+                    debit_ms = event.occurred_at_ms
+                    if eff < debit_ms:
+                        debit_ms = eff
+                    if req_ms - debit_ms > clock_skew_ms:
+                        out.extend(self._check_clocks(st, debit_ms, eff))
                 if not had_request and st.request is not None:
+                    if st.debits:
+                        out.extend(self._check_clocks(st, None, eff))
                     minute = eff // MINUTE_MS
                     # A request the burst signals already counted ahead of the decisions.
                     if through is None or minute > through:
