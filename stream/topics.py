@@ -162,6 +162,25 @@ REPARTITION_HELP = (
     "(README, 'Input partitions are fixed')"
 )
 
+# The same in an INPUT_REPARTITIONED alert, whose summary is cut at 1,000 characters: the whole
+# help above (927) left "how to grow" cut in the middle of its last step.
+REPARTITION_ALERT_HELP = (
+    "Kafka moved about half of the references to other partitions: a payment in flight has its debit on "
+    "one and its settlement on another, and settled payments are refunded. Do not add partitions to the "
+    "state changelog or start with a new QRIS_APP_ID on these topics. To grow: a new co-partitioned set "
+    "of input topics with the new count, the records copied into it keyed by reference, and a worker with "
+    "a new QRIS_APP_ID on it (README, 'Input partitions are fixed')"
+)
+
+
+def alert_text(problem: str) -> str:
+    """A refusal's or stop's explanation as its INPUT_REPARTITIONED alert says it (shorter help).
+
+    >>> len(alert_text(changelog_mismatch("qris-guard-state-changelog", 4, 8))) < 900
+    True
+    """
+    return problem.replace(REPARTITION_HELP, REPARTITION_ALERT_HELP)
+
 
 class PartitionsRefused(SystemExit):
     """The worker's refusal to start, or its stop while it runs, because an input topic's
@@ -185,23 +204,34 @@ def send_refusal_alert(settings: Settings, refused: PartitionsRefused, *, timeou
     from .drivers.livesettings import SETTINGS_HEADER, settings_header
 
     alert = input_repartitioned_alert(
-        refused.text, refused.topic, refused.found, refused.expected, int(time.time() * 1000)
+        alert_text(refused.text), refused.topic, refused.found, refused.expected, int(time.time() * 1000)
     )
+    # One budget for the whole: kafka-python's own waits are 30 s to bootstrap and 60 s for a
+    # topic's metadata (a broker gone, an alerts topic it does not have).
+    deadline = time.monotonic() + timeout_s
+    ms = int(timeout_s * 1000)
     producer = None
     try:
-        producer = KafkaProducer(**kafka_python_config(settings), acks="all", client_id=f"{settings.app_id}-refusal")
+        producer = KafkaProducer(
+            **kafka_python_config(settings),
+            acks="all",
+            client_id=f"{settings.app_id}-refusal",
+            bootstrap_timeout_ms=ms,
+            max_block_ms=ms,
+            request_timeout_ms=ms,
+        )
         future = producer.send(
             settings.alert_topic,
             key=alert.key,
             value=codec.dumps(alert.value),
             headers=[(SETTINGS_HEADER, settings_header(settings))],
         )
-        future.get(timeout=timeout_s)
+        future.get(timeout=max(0.0, deadline - time.monotonic()))
     except Exception as exc:  # noqa: BLE001 - the refusal itself goes on; the log says it was not sent
         log.error("the INPUT_REPARTITIONED alert was not sent to %s: %s", settings.alert_topic, exc)
     finally:
         if producer is not None:
-            producer.close(timeout=timeout_s)
+            producer.close(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def changelog_mismatch(changelog: str, count: int, inputs: int) -> str:
@@ -406,12 +436,15 @@ def check_copartitioned(settings: Settings) -> int:
     if p is None or l is None:
         raise SystemExit(f"input topics missing on {settings.bootstrap}: run `qris-guard topics` first ({counts})")
     if p != l:
+        # Partitions are only ever added: the topic with more is the one that got them (what the
+        # running worker's stop named too, `InputPartitionsCheck`: one alert id for one change).
+        grown, found, other = (settings.payment_topic, p, l) if p > l else (settings.ledger_topic, l, p)
         raise PartitionsRefused(
             f"input topics are not co-partitioned: {settings.payment_topic}={p}, {settings.ledger_topic}={l} "
             f"(the contract keys both by reference with the same count; if partitions were added to one of them: "
             f"{REPARTITION_HELP})",
-            settings.ledger_topic,
-            l,
-            p,
+            grown,
+            found,
+            other,
         )
     return p

@@ -14,7 +14,8 @@ import time
 import pytest
 
 from stream import topics
-from stream.topics import REPARTITION_HELP, UNANSWERED_WARNINGS_AT, InputPartitionsCheck
+from stream.settings import Settings
+from stream.topics import REPARTITION_HELP, UNANSWERED_WARNINGS_AT, InputPartitionsCheck, PartitionsRefused
 from stream.worker.partitioncounts import BrokerPartitionCounts, PartitionCountsUnknown
 
 INPUTS = ("p", "l")
@@ -56,6 +57,28 @@ def test_a_full_answer_ends_the_run_of_unanswered_checks() -> None:
     # A change seen after a run of unanswered checks still stops the worker.
     stop = check.answered({"p": 6, "l": 6})
     assert stop is not None and stop.kind == "stop"
+
+
+@pytest.mark.parametrize("grown", ["payment", "ledger"])
+def test_a_refusal_of_inputs_not_co_partitioned_names_the_topic_that_got_partitions(
+    grown: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same change the running check stopped for: the same topic, counts and alert id.
+    s = Settings()
+    counts = {s.payment_topic: 4, s.ledger_topic: 4, getattr(s, f"{grown}_topic"): 8}
+
+    class NoAdmin:
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(topics, "admin_client", lambda *a, **k: NoAdmin())
+    monkeypatch.setattr(topics, "partition_counts", lambda admin, names: dict(counts))
+    with pytest.raises(PartitionsRefused) as refused:
+        topics.check_copartitioned(s)
+    stop = InputPartitionsCheck(4, (s.payment_topic, s.ledger_topic)).answered(counts)
+    assert stop is not None and stop.kind == "stop"
+    assert (refused.value.topic, refused.value.found, refused.value.expected) == (stop.topic, stop.found, 4)
+    assert refused.value.topic == getattr(s, f"{grown}_topic")
 
 
 def test_the_topics_doctests() -> None:

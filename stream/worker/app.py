@@ -31,7 +31,14 @@ from ..core.alerts import input_repartitioned_alert
 from ..drivers.livesettings import SETTINGS_HEADER, sent_behind, settings_header
 from ..security import aiokafka_config, faust_credentials
 from ..settings import Settings
-from ..topics import REPARTITION_HELP, InputPartitionsCheck, PartitionsRefused, assigned_beyond, send_refusal_alert
+from ..topics import (
+    REPARTITION_HELP,
+    InputPartitionsCheck,
+    PartitionsRefused,
+    alert_text,
+    assigned_beyond,
+    send_refusal_alert,
+)
 from .batches import finish_before_ack
 from .bursts import BurstShell, group_committed
 from .clockstall import ClockStall
@@ -384,12 +391,14 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     async def stop_for_partitions(problem: str, topic: str, found: int) -> None:
         """Say the stop on the alerts topic, where payment operations look (best effort, for at
         most a few seconds: the stop must not wait for a broker that does not answer), then stop."""
-        alert = input_repartitioned_alert(problem, topic, found, started_with, int(time.time() * 1000))
+        alert = input_repartitioned_alert(alert_text(problem), topic, found, started_with, int(time.time() * 1000))
+
+        async def say() -> None:
+            await send(settings.alert_topic, alert.key, codec.dumps(alert.value))
+            await flush()
+
         try:
-            await asyncio.wait_for(
-                send(settings.alert_topic, alert.key, codec.dumps(alert.value)), STOP_ALERT_TIMEOUT_S
-            )
-            await asyncio.wait_for(flush(), STOP_ALERT_TIMEOUT_S)
+            await asyncio.wait_for(say(), STOP_ALERT_TIMEOUT_S)  # (one budget for both)
         except Exception as exc:  # noqa: BLE001 - the stop goes on; the log says the alert was not sent
             log.error("the INPUT_REPARTITIONED alert was not sent to %s: %r", settings.alert_topic, exc)
         stop_repartitioned(problem)
