@@ -282,7 +282,10 @@ def input_repartitioned_alert(problem: str, topic: str, found: int, expected: in
     """Live only: the worker stopped, or refused to start, because `topic` has `found` partitions
     where its state was kept for `expected` (`topics.PartitionsRefused`). Nothing is decided,
     refunds included, until it runs again; the same alert id at every refusal of the same counts."""
-    summary = f"qris-guard stopped: no payment is decided and no refund made until it runs again. {problem}"
+    summary = (
+        "qris-guard stopped: no payment is decided and no refund made until it runs again. "
+        f"{problem[:1].upper()}{problem[1:]}"
+    )
     return _alert(
         ids.alert_id("INPUT_REPARTITIONED", topic, found, expected),
         "INPUT_REPARTITIONED",
