@@ -1,5 +1,5 @@
-"""`qris-guard` (also `python -m stream`): the worker, topic set-up, dump, replay, simulate,
-report. Settings come from `QRIS_*` variables; flags override the ones they name.
+"""`qris-guard` (also `python -m stream`): the worker, topic set-up, dump, copy-inputs, replay,
+simulate, report. Settings come from `QRIS_*` variables; flags override the ones they name.
 
 A user's mistake (an argument, a setting, a file, a replay line, an unreachable or refusing
 broker) ends with one line on stderr and a non-zero exit status, never a traceback:
@@ -151,6 +151,20 @@ def cmd_dump(args: argparse.Namespace) -> int:
     if regular:
         os.replace(out, final)
     print(f"dumped {n} records from {', '.join(topics)} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_copy_inputs(args: argparse.Namespace) -> int:
+    from .drivers.copyinputs import copy_inputs, summary
+
+    if args.to_partitions < 1:
+        raise Mistake(f"--to-partitions {args.to_partitions}: expected 1 or more")
+    s = _connect(_settings(args))
+    started = time.perf_counter()
+    progress = Progress("copy-inputs")
+    tallies = copy_inputs(s, (args.to_payment_topic, args.to_ledger_topic), args.to_partitions, tick=progress.tick)
+    progress.done()
+    print(summary(tallies, time.perf_counter() - started))
     return 0
 
 
@@ -617,6 +631,29 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--topics", nargs="+", help="topics to dump (default: the two input topics)")
     p.add_argument("--out", required=True, help="replay file to write ('-' for stdout)")
     p.set_defaults(func=cmd_dump)
+
+    p = sub.add_parser(
+        "copy-inputs",
+        help="copy the input topics into new co-partitioned topics with another partition count (to grow)",
+        description="Copy the input topics ($QRIS_PAYMENT_TOPIC, $QRIS_LEDGER_TOPIC), up to their end offsets "
+        "when it starts (committed records only), into new topics of --to-partitions partitions, created "
+        "co-partitioned if missing (existing ones must have that count and be empty). Each record keeps its "
+        "value bytes, its Kafka timestamp (as CreateTime) and its headers; its key is its reference (its own "
+        "key, else the 'reference' in its value) and its partition the one Kafka's default partitioner "
+        "(murmur2) gives that key. A record with no reference to read (not JSON, no 'reference': it is "
+        "dead-lettered) keeps no key and goes to its old partition modulo --to-partitions. Order: the old "
+        "partitions of each topic are merged by (Kafka timestamp, old partition, offset), each old partition "
+        "kept in its offset order, so a reference's records keep their order and each new partition sees its "
+        "records in the time order they had. Consumer offsets are not moved: start a worker with a new "
+        "QRIS_APP_ID on the new topics, which decides everything again with the same refund_ids (except for a "
+        "record that came more than QRIS_LATENESS_S behind its stream: README, Known limits). "
+        "Exit 1 when a topic cannot be used or a record was not written.",
+    )
+    _common(p)
+    p.add_argument("--to-payment-topic", required=True, help="the new payment-requests topic")
+    p.add_argument("--to-ledger-topic", required=True, help="the new ledger-debits topic")
+    p.add_argument("--to-partitions", type=int, required=True, help="partitions of the new topics")
+    p.set_defaults(func=cmd_copy_inputs)
 
     p = sub.add_parser("replay", help="run the core offline over a replay file or the Kafka topics")
     _common(p)

@@ -6,7 +6,9 @@ captured when reading began (or the offset for an end time), so a dump is a fini
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+
+from kafka.consumer.fetcher import ConsumerRecord
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -27,6 +29,26 @@ def read_topics(
 ) -> Iterator[KafkaRecord]:
     """Records of `topics` with Kafka timestamps in [from_ms, to_ms), per partition in offset
     order. `client`: the settings to connect with (a bare address means PLAINTEXT)."""
+    for m in read_messages(
+        client, topics, from_ms=from_ms, to_ms=to_ms, poll_timeout_ms=poll_timeout_ms, partitions=partitions
+    ):
+        yield KafkaRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value)
+
+
+def read_messages(
+    client: Settings | str,
+    topics: Sequence[str],
+    *,
+    from_ms: int | None = None,
+    to_ms: int | None = None,
+    poll_timeout_ms: int = 1000,
+    partitions: set[int] | None = None,
+    end_offsets: Mapping[tuple[str, int], int] | None = None,
+    max_partition_fetch_bytes: int = 16 * 1024 * 1024,
+) -> Iterator[ConsumerRecord]:
+    """As `read_topics`, kafka-python's records themselves (their headers and timestamp type
+    too, for `copy-inputs`). `end_offsets`: (topic, partition) -> an offset to stop at if it
+    comes before the end offset found when reading begins (one taken earlier, for all)."""
     settings = client if isinstance(client, Settings) else Settings(bootstrap=client)
     bootstrap = settings.bootstrap
     consumer = KafkaConsumer(
@@ -40,7 +62,7 @@ def read_topics(
         value_deserializer=None,
         max_poll_records=5000,
         fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
+        max_partition_fetch_bytes=max_partition_fetch_bytes,
         # As the live worker reads: committed records only (an aborted transaction's debit never
         # happened), and the end offsets captured are the last stable ones.
         isolation_level=INPUT_ISOLATION,
@@ -55,6 +77,10 @@ def read_topics(
         consumer.assign(tps)
         begin = consumer.beginning_offsets(tps)
         end = consumer.end_offsets(tps)
+        if end_offsets is not None:
+            for tp in tps:
+                if (taken := end_offsets.get((tp.topic, tp.partition))) is not None:
+                    end[tp] = min(end[tp], taken)
         if to_ms is not None:
             for tp, ot in consumer.offsets_for_times({tp: to_ms for tp in tps}).items():
                 if ot is not None:
@@ -75,7 +101,7 @@ def read_topics(
                 for m in msgs:
                     if m.offset >= end[tp]:
                         break
-                    yield KafkaRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value)
+                    yield m
             # The partitions that gave records; when none did, every one left: the last offsets of
             # a partition can be transaction markers (a transactional producer's commit or abort),
             # which take an offset but are never handed out; the fetch moves the position past them.
