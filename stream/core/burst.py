@@ -11,9 +11,11 @@ per MCC. Imports nothing outside the core.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from . import ids
@@ -46,6 +48,16 @@ __all__ = [
 # Version of `BurstDetector.snapshot`'s layout: a worker refuses a snapshot of another version
 # and rebuilds from the signals instead.
 SNAPSHOT_VERSION = 1
+
+
+# Fade factors of merchants' volumes for ages up to a day, computed once (`_make_room_for_merchants`
+# reads one per tracked merchant each minute the table is full); the same floats as `fade ** age`.
+FADE_POWERS = 1441
+
+
+@lru_cache(maxsize=4)
+def _fade_powers(fade: float) -> tuple[float, ...]:
+    return tuple(fade**age for age in range(FADE_POWERS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,11 +405,18 @@ class BurstDetector:
         if len(new) <= free:
             return None
         fade = 1.0 - alpha
-        # Volumes as they stand after this minute, without payments in it.
-        idle = sorted(
-            (v * fade ** max(0, minute + 1 - last), k)
-            for k, (v, last, own) in self.merchant_volume.items()
-            if not own and k not in data
+        powers = _fade_powers(fade)
+        after = minute + 1
+        # Volumes as they stand after this minute, without payments in it; only the cheapest
+        # that can be taken are sorted (the table is full all day on a feed of tens of thousands
+        # of merchants: sorting it whole every minute cost 14% of such a day's replay).
+        idle = heapq.nsmallest(
+            len(new) + max(0, -free),
+            (
+                (v * (powers[age] if 0 <= (age := after - last) < FADE_POWERS else fade ** max(0, age)), k)
+                for k, (v, last, own) in self.merchant_volume.items()
+                if not own and k not in data
+            ),
         )
         cheapest = iter(idle)
         # Over the bound (restored from a worker whose bound was higher): back to it first.
