@@ -394,8 +394,11 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         alert = input_repartitioned_alert(alert_text(problem), topic, found, started_with, int(time.time() * 1000))
 
         async def say() -> None:
-            await send(settings.alert_topic, alert.key, codec.dumps(alert.value))
+            delivered = await send(settings.alert_topic, alert.key, codec.dumps(alert.value))
             await flush()
+            # Faust's flush does not raise a refused send: its delivery future does.
+            if isinstance(delivered, asyncio.Future):
+                await delivered
 
         try:
             await asyncio.wait_for(say(), STOP_ALERT_TIMEOUT_S)  # (one budget for both)
