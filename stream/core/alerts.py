@@ -16,7 +16,7 @@ from .records import LedgerEvent, PaymentEvent
 from .text import ELLIPSIS, escape_text
 
 if TYPE_CHECKING:
-    from .reference import LedgerEntry, ReferenceState
+    from .reference import ReferenceState
     from .refunds import Refund
 
 
@@ -237,8 +237,8 @@ def clock_mismatch_alert(
     partition: int,
     count: int,
     st: ReferenceState,
-    debit: LedgerEntry,
-    apart_ms: int,
+    debit_ms: int,
+    request_ms: int,
     at_ms: int,
     allowed_ms: int,
 ) -> Decision:
@@ -247,14 +247,15 @@ def clock_mismatch_alert(
     payment is requested, so the two feeds' clocks disagree. The deadline counts from the debit
     (CONTRACT.md rule 1), so it comes early by as much: settled payments among them are refunded
     before their settlement is processed, and the refunds cancelled when it is (a clawback each),
-    which no other alert explains."""
-    request = st.request
-    assert request is not None
+    which no other alert explains. `debit_ms`, `request_ms`: the dates compared (as the clock
+    guard left them), in the summary in WIB with UTC beside."""
+    apart_ms = request_ms - debit_ms
+    payments = "1 payment" if count == 1 else f"{count:,} payments"
     summary = (
-        f"{count} payment(s) on partition {partition} debited on {ledger_topic} more than "
+        f"{payments} on partition {partition} debited on {ledger_topic} more than "
         f"{allowed_ms / 1000:g} s before their request on {payment_topic}; latest: "
-        f"{escape_text(st.reference)} debited {escape_text(debit.occurred_at)}, requested "
-        f"{escape_text(request.occurred_at)} ({apart_ms / 1000:.0f} s later). No debit precedes its request: "
+        f"{escape_text(st.reference)} debited {wib_and_utc(debit_ms)}, requested {wib_and_utc(request_ms)} "
+        f"({apart_ms / 1000:.0f} s later). No debit precedes its request: "
         "the ledger's clock runs behind the payment feed's, or the payment feed's ahead. Their refund "
         "deadlines come that much early, so settled payments among them are refunded and then cancelled "
         "(LATE_SETTLEMENT); check both producers' clocks"

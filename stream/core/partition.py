@@ -417,8 +417,8 @@ class PartitionEngine:
             self.partition,
             self.mismatched,
             st,
-            debit,
-            apart_ms,
+            debit_ms,
+            request_ms,
             now_ms,
             p.clock_skew_ms,
         )
