@@ -48,7 +48,12 @@ def run_tree(
     from stream.worker.shell import ReconcileShell
     from stream.worker.statestore import MemoryPartition, PartitionStore, RocksPartition
 
-    gc.set_threshold(100_000, 50, 100)  # the worker's (`app.prepare_process`)
+    try:  # the worker's collector (`app.prepare_process`)
+        from stream.worker.app import young_collections_freeze_survivors
+
+        young_collections_freeze_survivors()
+    except ImportError:  # a tree before stop 36
+        gc.set_threshold(100_000, 50, 100)
     params = Params() if not holds else replace(Params(), max_hold_ms=7_200_000)
     with open(path, "rb") as fh:
         recs = []

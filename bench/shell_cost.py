@@ -82,7 +82,12 @@ async def run(args: argparse.Namespace) -> None:
     from stream.worker.statestore import KafkaChangelog, PartitionStore
     from stream.worker.watch import WorkerWatch
 
-    gc.set_threshold(100_000, 50, 100)  # the worker's (`app.prepare_process`)
+    try:  # the worker's collector (`app.prepare_process`)
+        from stream.worker.app import young_collections_freeze_survivors
+
+        young_collections_freeze_survivors()
+    except ImportError:  # a tree before stop 36
+        gc.set_threshold(100_000, 50, 100)
     with open(args.input, "rb") as fh:
         recs = []
         for rec in read_records(fh):
