@@ -4,6 +4,7 @@ the incidents as the incidents topic delivers them (refund holds)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -271,7 +272,7 @@ def test_the_idle_rule_still_fires_deadlines_that_wait_with_nothing_else() -> No
 
     def quiet_for(seconds: float) -> None:  # both feeds quiet: event time follows the wall clock
         h.shell.clocks[0].last_arrival = [time.monotonic() - seconds] * 2
-        h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
+        h.shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
         asyncio.run(h.shell.check_idle_feeds())
 
     quiet_for(40)  # W = 100 - 30 + 40 = 110: every record is processed
@@ -290,7 +291,7 @@ def test_both_feeds_quiet_move_the_watermark_from_the_lagging_stream_not_the_lea
     h.batch(*unsettled("QR1", 0), ("P", payment("tick-p", "requested", "TICKP", 20)))
     h.batch(("L", ledger("tick-l", "reversed", "TICKL", 320, 1)))
     h.shell.clocks[0].last_arrival = [time.monotonic() - 40] * 2
-    h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
+    h.shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
     asyncio.run(h.shell.check_idle_feeds())
     assert h.shell.engines[0].watermark_ms == T0 + (20 - 30 + 40) * 1000
     h.batch(("P", payment("QR1-s", "settled", "QR1", 25)))
@@ -310,7 +311,7 @@ def test_a_restart_during_a_quiet_spell_goes_on_from_where_the_watermark_stood()
 
     def quiet(shell: ReconcileShell, s: float) -> None:
         shell.clocks[0].last_arrival = [time.monotonic() - s] * 2
-        shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
+        shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
         asyncio.run(shell.check_idle_feeds())
 
     quiet(h.shell, 300)  # W = 100 - 30 + 300 = 370: QR1's deadline not yet passed
@@ -341,7 +342,7 @@ def test_both_feeds_quiet_after_a_declared_silence_move_on_from_the_stream_still
     def quiet(p_s: float, l_s: float) -> None:
         now = time.monotonic()
         h.shell.clocks[0].last_arrival = [now - p_s, now - l_s]
-        h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
+        h.shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
         asyncio.run(h.shell.check_idle_feeds())
 
     quiet(3600, 0.2)  # payments silent, the ledger flows: W = 3600 - 30
@@ -383,7 +384,7 @@ def test_with_holds_what_both_quiet_feeds_make_due_is_counted_when_the_incidents
     h.batch(*[("L", ledger(f"x{i}", "debited", f"X{i}", 60 * i)) for i in range(1, 61)])
     now = time.monotonic()
     h.shell.clocks[0].last_arrival = [now - 4000, now - 4000]
-    h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
+    h.shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
     asyncio.run(h.shell.check_idle_feeds())
     assert h.refunds() == [] and h.shell.counts["idle_quiet_decisions"] == 0
     asyncio.run(h.shell.on_incidents([], h.shell.engines[0].watermark_ms + 600_000))
@@ -526,7 +527,7 @@ def test_with_holds_a_quiet_partition_with_nothing_waiting_still_closes_its_minu
 
     def quiet_for(seconds: float) -> list[int]:
         h.shell.clocks[0].last_arrival = [time.monotonic() - seconds] * 2
-        h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
+        h.shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
         asyncio.run(h.shell.check_idle_feeds())
         return [v["through_minute"] for t, v in h.sent if t == settings.signals_topic and "through_minute" in v]
 
@@ -557,7 +558,7 @@ def test_a_stream_is_silent_only_when_the_broker_has_nothing_of_it_left_to_take(
 
     def quiet_payments() -> None:  # the payments stream not heard from for 400 s
         h.shell.clocks[0].last_arrival = [time.monotonic() - 400.0, time.monotonic()]
-        h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
+        h.shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
         asyncio.run(h.shell.check_idle_feeds())
 
     quiet_payments()
@@ -587,7 +588,7 @@ def test_a_stream_is_not_silent_while_the_broker_does_not_answer_for_its_end_off
 
     def quiet(streams: list[float]) -> None:
         h.shell.clocks[0].last_arrival = [time.monotonic() - age for age in streams]
-        h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
+        h.shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
         asyncio.run(h.shell.check_idle_feeds())
 
     quiet([400.0, 0.0])  # payments silent by age, ledger flowing
@@ -615,7 +616,7 @@ def test_a_stream_that_ends_with_a_transaction_marker_is_silent_when_nothing_els
     h.broker({settings.payment_topic: 1, settings.ledger_topic: 0})  # the payments' last marker
     read = h.lag("markers")
     h.shell.clocks[0].last_arrival = [time.monotonic() - 400.0, time.monotonic()]
-    h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
+    h.shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
     asyncio.run(h.shell.check_idle_feeds())
     taken = h.offsets[settings.payment_topic]
     assert read == [Gap(settings.payment_topic, 0, taken, taken + 1)]
@@ -640,7 +641,7 @@ def test_a_stream_with_offsets_left_is_silent_only_when_they_are_read_and_hold_m
 
     def quiet_payments() -> None:
         h.shell.clocks[0].last_arrival = [time.monotonic() - 400.0, time.monotonic()]
-        h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
+        h.shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
         asyncio.run(h.shell.check_idle_feeds())
 
     quiet_payments()
@@ -697,7 +698,7 @@ def test_with_holds_a_partition_never_fed_follows_the_wall_clock_only_with_nothi
         eng = h.shell.engine(0)
         h.broker({settings.payment_topic: 0 if on_broker_empty else 5, settings.ledger_topic: 0})
         h.shell.clocks[0].last_arrival = [time.monotonic() - 200.0] * 2
-        h.shell.clocks[0].resumed = 0.0  # (no stream delivered after a quiet: the ages set are the ages)
+        h.shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
         before_ms = int(time.time() * 1000)
         asyncio.run(h.shell.check_idle_feeds())
         closed = [v["through_minute"] for t, v in h.sent if t == settings.signals_topic and "through_minute" in v]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence, Set
@@ -116,7 +117,8 @@ class PartitionClock:
     # stream's silence counts from then at the earliest. A stream is silent *while the other
     # flows*: after a night with both quiet, the first payment's debit a few seconds behind it
     # must not page the ledger as silent since its last record of the evening.
-    resumed: float = 0.0
+    # (-inf: none has yet. Not 0: monotonic time starts near 0 at boot.)
+    resumed: float = -math.inf
 
     def arrived(self, stream: int, now: float, idle_s: float) -> None:
         """A batch brought records of `stream` at `now`."""
