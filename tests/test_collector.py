@@ -13,7 +13,6 @@ import pytest
 from stream.worker.app import (
     YOUNG_GENERATION_OBJECTS,
     _freeze_after_young,
-    collector_stats,
     young_collections_freeze_survivors,
 )
 
@@ -55,8 +54,7 @@ def test_survivors_of_a_young_collection_are_frozen_and_freed_when_their_last_re
     watch = weakref.ref(state)
     kept = allocate_past_a_young_collection()
     frozen = gc.get_freeze_count()
-    assert frozen >= YOUNG_GENERATION_OBJECTS  # the state and most of `kept`: walked once, then frozen
-    assert collector_stats()["frozen_objects"] == frozen
+    assert frozen >= YOUNG_GENERATION_OBJECTS  # (everything alive then: the process's heap)
     del state, kept
     assert watch() is None  # (frozen objects are freed by reference counting as before)
     assert gc.get_freeze_count() < frozen

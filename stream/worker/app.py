@@ -591,13 +591,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     @app.page("/qris/stats")
     async def stats(web: Any, request: Any) -> Any:
         return web.json(
-            {
-                **shell.stats(),
-                "state": dict(store.counts),
-                "bursts": bursts.stats(),
-                "self_restarts": self_restarts(),
-                "collector": collector_stats(),
-            }
+            {**shell.stats(), "state": dict(store.counts), "bursts": bursts.stats(), "self_restarts": self_restarts()}
         )
 
     @app.page("/qris/ready")
@@ -743,15 +737,9 @@ def young_collections_freeze_survivors() -> None:
         gc.callbacks.append(_freeze_after_young)
 
 
-def collector_stats() -> dict[str, Any]:
-    """The cyclic collector as `/qris/stats` shows it: the objects frozen (they follow the state
-    kept: growing with the open payments, falling as retention frees them) and the collections
-    per generation."""
-    return {"frozen_objects": gc.get_freeze_count(), "collections": [g["collections"] for g in gc.get_stats()]}
-
-
 def _freeze_after_young(phase: str, info: dict[str, int]) -> None:
-    if phase == "stop":  # (an older generation's collection takes the youngest too)
+    # (Every generation is frozen: the older ones, empty, never reach their thresholds.)
+    if phase == "stop":
         gc.freeze()
 
 
