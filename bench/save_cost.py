@@ -52,7 +52,7 @@ def run_tree(
         from stream.worker.app import young_collections_freeze_survivors
 
         young_collections_freeze_survivors()
-    except ImportError:  # a tree before stop 36
+    except ImportError:  # a tree without it: the collector as its worker set it
         gc.set_threshold(100_000, 50, 100)
     params = Params() if not holds else replace(Params(), max_hold_ms=7_200_000)
     with open(path, "rb") as fh:

@@ -86,7 +86,7 @@ async def run(args: argparse.Namespace) -> None:
         from stream.worker.app import young_collections_freeze_survivors
 
         young_collections_freeze_survivors()
-    except ImportError:  # a tree before stop 36
+    except ImportError:  # a tree without it: the collector as its worker set it
         gc.set_threshold(100_000, 50, 100)
     with open(args.input, "rb") as fh:
         recs = []
