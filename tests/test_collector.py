@@ -1,6 +1,7 @@
 """The live worker's cyclic garbage collector (`app.young_collections_freeze_survivors`): what
 survives a young collection is frozen, never walked again, and still freed by reference
-counting."""
+counting; after a rebalance, the cycles that died frozen are collected
+(`app.reclaim_frozen_cycles`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 
 from stream.worker.app import (
     YOUNG_GENERATION_OBJECTS,
+    Reclaimed,
     _freeze_after_young,
+    reclaim_frozen_cycles,
     young_collections_freeze_survivors,
 )
 
@@ -82,3 +85,44 @@ def test_a_cycle_that_dies_young_is_collected(worker_collector: None) -> None:
     del cycle
     allocate_past_a_young_collection()
     assert watch() is None
+
+
+def test_a_reclaim_collects_the_cycles_that_died_frozen_and_freezes_what_lives_again(worker_collector: None) -> None:
+    cycle = Kept()
+    cycle.me = cycle
+    watch = weakref.ref(cycle)
+    alive = Kept()
+    alive.me = alive
+    kept = allocate_past_a_young_collection()
+    del cycle
+    gc.collect()
+    assert watch() is not None  # (frozen: the worker's own collections never reach it)
+    times = iter([10.0, 10.25])
+    reclaimed = reclaim_frozen_cycles(clock=lambda: next(times))
+    assert watch() is None
+    assert reclaimed is not None and reclaimed.unreachable >= 1 and reclaimed.seconds == 0.25
+    # The collector as it was: its callback, its thresholds, automatic collections on, and the
+    # living (the cycle kept, the lists) frozen again, nothing left for the generations to walk.
+    assert gc.callbacks.count(_freeze_after_young) == 1
+    assert gc.get_threshold()[0] == YOUNG_GENERATION_OBJECTS and gc.isenabled()
+    assert gc.get_freeze_count() >= len(kept)
+    assert not any(o is alive for o in gc.get_objects())
+    again = reclaim_frozen_cycles()
+    assert isinstance(again, Reclaimed) and again.unreachable == 0
+
+
+def test_a_reclaim_leaves_automatic_collections_off_when_they_were(worker_collector: None) -> None:
+    gc.disable()
+    try:
+        assert reclaim_frozen_cycles() is not None
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_no_reclaim_without_the_worker_collector() -> None:
+    # (Replay and the tests run with Python's own collector: nothing frozen to reclaim.)
+    assert _freeze_after_young not in gc.callbacks
+    frozen = gc.get_freeze_count()
+    assert reclaim_frozen_cycles() is None
+    assert gc.get_freeze_count() == frozen

@@ -360,6 +360,17 @@ def test_metrics_text_parses_and_counts_records_by_outcome() -> None:
     assert samples[("qris_state_pieced_entries_total", ())] == 6
 
 
+def test_metrics_show_the_collections_after_rebalances() -> None:
+    watch = WorkerWatch(Settings(), clock=lambda: NOW_S)
+    watch.gc_reclaimed(180, 0.25)
+    watch.gc_reclaimed(0, 0.5)
+    fams = {f.name: f for f in text_string_to_metric_families(WorkerMetrics(watch, dict).render().decode())}
+    samples = {s.name: s.value for f in fams.values() for s in f.samples if not s.labels}
+    assert samples["qris_gc_rebalance_collections_total"] == 2
+    assert samples["qris_gc_rebalance_unreachable_objects_total"] == 180
+    assert samples["qris_gc_rebalance_seconds_total"] == 0.75
+
+
 def test_the_dashboard_shows_incidents_holds_feeds_and_escapes_input() -> None:
     watch, eng = _run(DAY)
     watch.on_output(

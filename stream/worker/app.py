@@ -17,7 +17,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Set
+from collections.abc import Callable, Set
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -570,6 +571,16 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         except Exception:
             log.critical("cannot restore the state of an assigned partition; restarting", exc_info=True)
             restart_self("state_restore_failed")
+        # The cycles that died frozen since the last rebalance (the assignment this one replaced):
+        # collected now, before the streams resume, while no record is being taken anyway.
+        reclaimed = reclaim_frozen_cycles()
+        if reclaimed is not None:
+            watch.gc_reclaimed(reclaimed.unreachable, reclaimed.seconds)
+            log.info(
+                "rebalance done: %d unreachable objects collected, the process held %.3f s",
+                reclaimed.unreachable,
+                reclaimed.seconds,
+            )
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # Faust's signal type wants a sender
     async def on_revoked(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
@@ -729,8 +740,9 @@ def young_collections_freeze_survivors() -> None:
     stopped its event loop 60-220 ms every 2 s for young collections that found nothing, and
     2.9-3.2 s every 100 s or so for the middle generation's 5 million objects (README,
     "What survives a young collection is frozen"). Frozen objects are still freed when their
-    last reference goes; only a reference cycle that dies after surviving a young collection is
-    never collected (84 objects after 1.2 million records). A full collection (Faust's consumer
+    last reference goes; only a reference cycle that dies after surviving a young collection waits
+    for the next rebalance to be collected (`reclaim_frozen_cycles`; 84 objects after 1.2 million
+    records, 108-218 a rebalance). A full collection (Faust's consumer
     makes one in `wait_empty`, at a revocation with events not yet acked) walks only what is not
     frozen: 5-6 s was measured for one at a worker's stop."""
     gc.set_threshold(YOUNG_GENERATION_OBJECTS, 50, 100)
@@ -742,6 +754,44 @@ def _freeze_after_young(phase: str, info: dict[str, int]) -> None:
     # (Every generation is frozen: the older ones, empty, never reach their thresholds.)
     if phase == "stop":
         gc.freeze()
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    """What one `reclaim_frozen_cycles` did: the unreachable objects its full collection found
+    (`gc.collect`'s count), and the seconds it held the process."""
+
+    unreachable: int
+    seconds: float
+
+
+def reclaim_frozen_cycles(clock: Callable[[], float] = time.perf_counter) -> Reclaimed | None:
+    """Collect the reference cycles that died after they were frozen, then freeze what lives
+    again: `gc.unfreeze()`, a full collection, `gc.freeze()`. None, and nothing done, when the
+    worker's collector is not in use (`young_collections_freeze_survivors`).
+
+    Each rebalance leaves such cycles (aiokafka's assignments and partition states, finished
+    futures, Faust's spans: 108-218 objects, README "Known limits"), which the freeze keeps for
+    good otherwise. The full collection walks every object of the process holding the GIL, so
+    every thread waits for it (the event loop, the consumer's heartbeats, the freeze watch's
+    ticker): 0.1-0.7 s with 0.2-1.2 million objects. The worker calls it once a rebalance's
+    restore is done (`on_recovered`), before its streams resume, not on any batch's path.
+    Automatic collections are off meanwhile: one made by another thread between the unfreeze
+    and the full collection would freeze everything again (`_freeze_after_young`), leaving the
+    full collection nothing to find."""
+    if _freeze_after_young not in gc.callbacks:
+        return None
+    enabled = gc.isenabled()
+    gc.disable()
+    start_s = clock()
+    try:
+        gc.unfreeze()
+        unreachable = gc.collect()
+    finally:
+        gc.freeze()  # (the callback froze at the collection's end already; not if it raised)
+        if enabled:
+            gc.enable()
+    return Reclaimed(unreachable, clock() - start_s)
 
 
 def run_worker(settings: Settings) -> int:

@@ -77,6 +77,27 @@ class _WorkerCollector(Collector):
         c = CounterMetricFamily("qris_rebalances", "Partition assignments and revocations seen by this worker")
         c.add_metric([], w.rebalances)
         yield c
+        for name, text, value in (
+            (
+                "qris_gc_rebalance_collections",
+                "Full garbage collections after a rebalance, which collect the reference cycles that died "
+                "after they were frozen",
+                w.gc_rebalance_collections,
+            ),
+            (
+                "qris_gc_rebalance_unreachable_objects",
+                "Unreachable objects those collections found",
+                w.gc_rebalance_unreachable_objects,
+            ),
+            (
+                "qris_gc_rebalance_seconds",
+                "Seconds those collections held the process (every thread waits for one)",
+                w.gc_rebalance_seconds,
+            ),
+        ):
+            c = CounterMetricFamily(name, text)
+            c.add_metric([], value)
+            yield c
         c = CounterMetricFamily(
             "qris_worker_self_restarts",
             "Times this worker replaced its own process (execv) since it was started, by the watchdog that did it",

@@ -184,6 +184,11 @@ class WorkerWatch:
         self.alerts: Counter[tuple[str, str]] = Counter()  # (kind, severity)
         self.dead_letters: Counter[str] = Counter()  # source topic
         self.rebalances = 0
+        # Full collections after rebalances (`app.reclaim_frozen_cycles`): how many, the
+        # unreachable objects they found, the seconds they held the process.
+        self.gc_rebalance_collections = 0
+        self.gc_rebalance_unreachable_objects = 0
+        self.gc_rebalance_seconds = 0.0
         self.incidents: dict[str, dict[str, Any]] = {}  # open FAILURE_BURST incidents, latest alert
         self._incidents_aside: dict[str, dict[str, Any]] = {}  # (`detector_moved`)
         self.per_minute: dict[int, Counter[str]] = {}  # wall-clock minute -> refunds by kind
@@ -205,6 +210,12 @@ class WorkerWatch:
                 if n:
                     out[(topic, outcome)] = n
         return out
+
+    def gc_reclaimed(self, unreachable: int, seconds: float) -> None:
+        """Count one full collection after a rebalance (`app.reclaim_frozen_cycles`)."""
+        self.gc_rebalance_collections += 1
+        self.gc_rebalance_unreachable_objects += unreachable
+        self.gc_rebalance_seconds += seconds
 
     # -- engines ---------------------------------------------------------------------------
 
