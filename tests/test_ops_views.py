@@ -360,7 +360,9 @@ def test_metrics_text_parses_and_counts_records_by_outcome() -> None:
     assert samples[("qris_state_pieced_entries_total", ())] == 6
 
 
-def test_metrics_show_the_collections_after_rebalances() -> None:
+def test_metrics_show_the_collections_after_rebalances_and_the_process_memory() -> None:
+    import os
+
     watch = WorkerWatch(Settings(), clock=lambda: NOW_S)
     watch.gc_reclaimed(180, 0.25)
     watch.gc_reclaimed(0, 0.5)
@@ -369,6 +371,10 @@ def test_metrics_show_the_collections_after_rebalances() -> None:
     assert samples["qris_gc_rebalance_collections_total"] == 2
     assert samples["qris_gc_rebalance_unreachable_objects_total"] == 180
     assert samples["qris_gc_rebalance_seconds_total"] == 0.75
+    if os.path.exists("/proc/self/stat"):  # (prometheus_client reads the process's figures there)
+        assert samples["process_resident_memory_bytes"] > 10 * 1024 * 1024  # (a Python with this test's imports)
+        assert samples["process_open_fds"] >= 3 and samples["process_cpu_seconds_total"] > 0
+        assert fams["process_resident_memory_bytes"].type == "gauge"
 
 
 def test_the_dashboard_shows_incidents_holds_feeds_and_escapes_input() -> None:

@@ -3,7 +3,9 @@
 
 Counters come from `WorkerWatch` (the engines' observer and the outputs sent); per-partition
 gauges (watermark delay, records waiting, state size, consumer lag, silent feeds) are read from
-the engines when scraped, so nothing is kept twice. One registry per app, not the global one.
+the engines when scraped, so nothing is kept twice; the process's own (`process_*`: resident
+memory, CPU time, open files) from prometheus_client's `ProcessCollector`. One registry per app,
+not the global one.
 No Faust imports: the consumer is passed in as a callable.
 """
 
@@ -13,7 +15,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -179,6 +187,9 @@ class WorkerMetrics:
         disable_created_metrics()  # type: ignore[no-untyped-call,unused-ignore]
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_WorkerCollector(watch, engines, highwater, clock, counts))
+        # The process's resident memory, CPU time and open files (`process_*`, read from /proc
+        # at each scrape; none where there is no /proc): the worker's memory is watched here.
+        ProcessCollector(registry=self.registry)
         self.batch_seconds = Histogram(
             "qris_batch_duration_seconds",
             "Time to decide, send and persist one input batch",
