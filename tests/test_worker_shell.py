@@ -299,6 +299,36 @@ def test_both_feeds_quiet_move_the_watermark_from_the_lagging_stream_not_the_lea
     assert h.refunds() == []
 
 
+def test_a_restart_during_a_quiet_spell_goes_on_from_where_the_watermark_stood() -> None:
+    # Both feeds quiet for 400 s moved the watermark 400 s past the records. Restarted from its
+    # store, the worker counts the quiet again from its start: from the records, the watermark
+    # stood still for as long as the quiet had lasted (QR1's deadline, 40 s further, waited
+    # 440 s of quiet instead of 40). It goes on from where it stood; the time down is not counted.
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.batch(*tick(0))
+    h.batch(*unsettled("QR1", 100))  # deadline 400 (T = 300)
+
+    def quiet(shell: ReconcileShell, s: float) -> None:
+        shell.clocks[0].last_arrival = [time.monotonic() - s] * 2
+        shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
+        asyncio.run(shell.check_idle_feeds())
+
+    quiet(h.shell, 300)  # W = 100 - 30 + 300 = 370: QR1's deadline not yet passed
+    stood = T0 + 370_000
+    assert h.shell.engines[0].watermark_ms == stood and h.refunds() == []
+    h2 = Harness(h.store, settings=settings)
+    h2.offsets = dict(h.offsets)
+    h2.shell.engine(0)
+    quiet(h2.shell, 2)  # two quiet seconds since the restart: from where it stood, not from 70
+    assert h2.shell.engines[0].watermark_ms == stood + 2_000
+    quiet(h2.shell, 40)
+    assert [r["reference"] for r in h2.refunds()] == ["QR1"]
+    # A record of the partition ends that quiet: the next one moves from the records again.
+    h2.batch(("P", payment("tick-q", "requested", "TICKQ", 200)), ("L", ledger("tick-r", "reversed", "TICKR", 200, 1)))
+    assert 0 not in h2.shell._quiet_from
+
+
 def test_both_feeds_quiet_after_a_declared_silence_move_on_from_the_stream_still_heard() -> None:
     # The payments were silent for an hour while the ledger flowed (the watermark followed the
     # ledger); then both are quiet. The silent stream's newest record, an hour old, is not

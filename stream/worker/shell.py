@@ -225,6 +225,11 @@ class ReconcileShell:
         # records' own watermark is counted in `idle_quiet_decisions`, with holds on too, when
         # the detector's incidents release it (`on_incidents`).
         self._quiet: set[int] = set()
+        # Restored engines whose watermark the idle rule had moved past their records' (a
+        # restart during a quiet spell): the watermark they stood at, from which the quiet goes
+        # on, until a record of the partition comes. From the records alone it stood still for
+        # as long as the quiet had lasted before the restart (hours after a night's restart).
+        self._quiet_from: dict[int, int] = {}
         # Set while this worker may no longer own its partitions (a rebalance revoked them, or
         # the worker was stalled past the session timeout, a zombie's case): incidents are taken
         # but release nothing until the next assignment says which engines stay
@@ -302,6 +307,7 @@ class ReconcileShell:
         self.engines.pop(partition, None)
         self.clocks.pop(partition, None)
         self._quiet.discard(partition)
+        self._quiet_from.pop(partition, None)
 
     async def restore_engine(self, partition: int) -> PartitionEngine:
         """The partition's engine, restored from the store first if it is not held here."""
@@ -331,6 +337,8 @@ class ReconcileShell:
                 self._holds_left(partition, eng)
             self._params_changed(partition, eng)
             self.clocks[partition] = PartitionClock()
+            if eng.forced_ms > self._records_watermark(eng):
+                self._quiet_from[partition] = eng.forced_ms
             if self.on_engine is not None:
                 self.on_engine(eng)
             log.info(
@@ -430,6 +438,7 @@ class ReconcileShell:
                     if got:  # most records decide nothing yet
                         decisions.extend(got)
                 self.clocks[p].arrived(stream, now, self.settings.idle_timeout_s)
+                self._quiet_from.pop(p, None)
                 self.counts["records"] += len(take)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
@@ -782,7 +791,7 @@ class ReconcileShell:
                 elif silent[0] and silent[1]:
                     # Both quiet: event time follows wall time from where the watermark stands.
                     natural = self._records_watermark(eng)
-                    got = self._advance_from_lagging(eng, ages)
+                    got = self._advance_from_lagging(p, eng, ages)
                     self._quiet.add(p)
                     self._count_quiet(p, got, natural, min(ages))
                 if got or eng.meta_dirty:
@@ -917,7 +926,7 @@ class ReconcileShell:
             n,
         )
 
-    def _advance_from_lagging(self, eng: PartitionEngine, ages: list[float]) -> list[Decision]:
+    def _advance_from_lagging(self, p: int, eng: PartitionEngine, ages: list[float]) -> list[Decision]:
         # Both streams quiet: the watermark moves by the quiet time from the lagging stream's
         # newest record (where it stands), not from the leading stream's. With the ledger 5
         # minutes of event time ahead of the payments, a pause just past the idle timeout moved
@@ -930,7 +939,10 @@ class ReconcileShell:
         known = heard or [x for x in eng.max_ms if x is not None]
         if not known:
             return []  # (no record yet: nothing stands anywhere to move from)
-        return eng.advance_to(min(known) - self.params.lateness_ms + int(min(ages) * 1000))
+        # After a restart in the quiet, it goes on from where it stood (the time the worker was
+        # down is not counted: refunds later by that, never earlier).
+        base = max(min(known) - self.params.lateness_ms, self._quiet_from.get(p, NEG_INF))
+        return eng.advance_to(base + int(min(ages) * 1000))
 
     def _advance_quiet(
         self, p: int, eng: PartitionEngine, ages: list[float], ends: Mapping[tuple[str, int], int] | None
@@ -939,7 +951,7 @@ class ReconcileShell:
         # had a record follows the furthest watermark of this worker's other partitions (live
         # only, like every idle rule; nothing is decided for it until then).
         if any(x is not None for x in eng.max_ms):
-            return self._advance_from_lagging(eng, ages)
+            return self._advance_from_lagging(p, eng, ages)
         others = [e.watermark_ms for q, e in self.engines.items() if q != p and e.watermark_ms > NEG_INF]
         if others:
             return eng.advance_to(max(others))
