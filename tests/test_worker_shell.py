@@ -327,6 +327,66 @@ def test_a_restart_during_a_quiet_spell_goes_on_from_where_the_watermark_stood()
     # A record of the partition ends that quiet: the next one moves from the records again.
     h2.batch(("P", payment("tick-q", "requested", "TICKQ", 200)), ("L", ledger("tick-r", "reversed", "TICKR", 200, 1)))
     assert 0 not in h2.shell._quiet_from
+    # Saved so: restarted again, it moves from the records too.
+    h3 = Harness(h2.store, settings=settings)
+    h3.shell.engine(0)
+    assert 0 not in h3.shell._quiet_from
+
+
+def test_a_restart_goes_on_from_a_quiet_spell_only_not_from_a_silent_stream_it_followed() -> None:
+    # The payments were silent while the ledger ran 320 s ahead (W followed it to 570); then
+    # they came again, still 300 s behind. W stands at 570 above the records' 260: not a quiet's
+    # progress. Both quiet for 20 s then, from the records W stays at 570 (QR1's deadline, 580,
+    # waits, and its settlement comes in time), restarted or not.
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.batch(*tick(0), ("P", payment("QR1-q", "requested", "QR1", 280)), ("L", ledger("QR1-d", "debited", "QR1", 280)))
+    h.batch(("L", ledger("x", "debited", "X", 600)))
+
+    def quiet(shell: ReconcileShell, p_s: float, l_s: float) -> None:
+        now = time.monotonic()
+        shell.clocks[0].last_arrival = [now - p_s, now - l_s]
+        shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
+        asyncio.run(shell.check_idle_feeds())
+
+    quiet(h.shell, 100, 0.2)  # the payments silent: W = 600 - 30
+    h.batch(("P", payment("y-q", "requested", "Y", 290)))
+    assert h.shell.engines[0].silent == [False, False] and h.shell.engines[0].watermark_ms == T0 + 570_000
+    h2 = Harness(h.store, settings=settings)
+    h2.offsets = dict(h.offsets)
+    h2.shell.engine(0)
+    quiet(h2.shell, 20, 20)
+    assert h2.shell.engines[0].watermark_ms == T0 + 570_000
+    h2.batch(("P", payment("QR1-s", "settled", "QR1", 295)))
+    assert h2.refunds() == []
+
+
+def test_a_restart_does_not_go_on_from_the_floor_of_a_partition_that_had_no_record() -> None:
+    # Holds on: a partition without records follows the wall clock; a backlog of older records
+    # then comes (moved up to that floor). Quiet, its watermark stays at the floor (README: "A
+    # backlog that arrives after a quiet start"); restarted, it must not go on from it either.
+    settings = Settings(partitions=1, idle_timeout_s=1)
+    nothing_left = {settings.payment_topic: 0, settings.ledger_topic: 0}
+
+    def quiet(shell: ReconcileShell, s: float) -> None:
+        shell.clocks[0].last_arrival = [time.monotonic() - s] * 2
+        shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
+        asyncio.run(shell.check_idle_feeds())
+
+    h = Harness(settings=settings)
+    h.broker(nothing_left)
+    h.shell.engine(0)
+    quiet(h.shell, 5)
+    floor = h.shell.engines[0].forced_ms
+    h.batch(*tick(0), *unsettled("QR1", 10))
+    h2 = Harness(h.store, settings=settings)
+    h2.offsets = dict(h.offsets)
+    h2.broker(nothing_left)
+    h2.shell.engine(0)
+    quiet(h2.shell, 400)
+    assert h2.shell.engines[0].watermark_ms == floor
+    asyncio.run(h2.shell.on_incidents([], floor + 600_000))
+    assert h2.refunds() == []
 
 
 def test_both_feeds_quiet_after_a_declared_silence_move_on_from_the_stream_still_heard() -> None:

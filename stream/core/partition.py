@@ -183,6 +183,13 @@ class PartitionEngine:
         self.first_offset: list[int] = [-1, -1]
         # Live mode only: a watermark floor set by the idle-feed rule (wall clock).
         self.forced_ms = NEG_INF
+        # Live only: the floor the idle rule set while both streams were quiet, until a record of
+        # the partition is taken (NEG_INF otherwise). Only such a floor is the quiet's own
+        # progress, which a worker restored before the quiet ends goes on from; a floor set by
+        # one silent stream (the other stream's newest record) or by a partition with no record
+        # (another partition's watermark, the wall clock) is not: going on from it would move
+        # event time past where the records and the quiet put it.
+        self.quiet_floor_ms = NEG_INF
         self.silent: list[bool] = [False, False]
         # Live only (`worker.clockstall`): the streams whose EVENT_TIME_STALLED alerts workers
         # raised for this partition and have not resolved yet (a bit each: 1 payments, 2 ledger;
@@ -937,6 +944,7 @@ class PartitionEngine:
                     else {}
                 ),
                 **({"stall_paged": self.stall_paged} if self.stall_paged is not None else {}),
+                **({"quiet_floor_ms": self.quiet_floor_ms} if self.quiet_floor_ms > NEG_INF else {}),
                 **({"mismatched": self.mismatched} if self.mismatched else {}),
                 "params": {name: getattr(self.params, name) for name in STAMPED_PARAMS},
             }
@@ -977,6 +985,7 @@ class PartitionEngine:
             eng.hold_reported_ms = m.get("hold_reported_ms", NEG_INF)
             if (paged := m.get("stall_paged")) is not None:
                 eng.stall_paged = (paged[0], paged[1])
+            eng.quiet_floor_ms = m.get("quiet_floor_ms", NEG_INF)
             eng.saved_params = m.get("params")
             if eng.signals_through is not None:
                 eng._close_at_ms = (eng.signals_through + 2) * MINUTE_MS + params.probe_age_ms

@@ -225,10 +225,11 @@ class ReconcileShell:
         # records' own watermark is counted in `idle_quiet_decisions`, with holds on too, when
         # the detector's incidents release it (`on_incidents`).
         self._quiet: set[int] = set()
-        # Restored engines whose watermark the idle rule had moved past their records' (a
-        # restart during a quiet spell): the watermark they stood at, from which the quiet goes
-        # on, until a record of the partition comes. From the records alone it stood still for
-        # as long as the quiet had lasted before the restart (hours after a night's restart).
+        # Restored engines whose watermark the idle rule had moved past their records' while both
+        # streams were quiet (a restart during a quiet spell; `PartitionEngine.quiet_floor_ms`):
+        # the watermark they stood at, from which the quiet goes on, until a record of the
+        # partition comes. From the records alone it stood still for as long as the quiet had
+        # lasted before the restart (hours after a night's restart).
         self._quiet_from: dict[int, int] = {}
         # Set while this worker may no longer own its partitions (a rebalance revoked them, or
         # the worker was stalled past the session timeout, a zombie's case): incidents are taken
@@ -337,7 +338,7 @@ class ReconcileShell:
                 self._holds_left(partition, eng)
             self._params_changed(partition, eng)
             self.clocks[partition] = PartitionClock()
-            if eng.forced_ms > self._records_watermark(eng):
+            if eng.quiet_floor_ms == eng.forced_ms > self._records_watermark(eng):
                 self._quiet_from[partition] = eng.forced_ms
             if self.on_engine is not None:
                 self.on_engine(eng)
@@ -439,6 +440,7 @@ class ReconcileShell:
                         decisions.extend(got)
                 self.clocks[p].arrived(stream, now, self.settings.idle_timeout_s)
                 self._quiet_from.pop(p, None)
+                eng.quiet_floor_ms = NEG_INF  # (saved with the records' offsets: `on_record`)
                 self.counts["records"] += len(take)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
@@ -941,8 +943,12 @@ class ReconcileShell:
             return []  # (no record yet: nothing stands anywhere to move from)
         # After a restart in the quiet, it goes on from where it stood (the time the worker was
         # down is not counted: refunds later by that, never earlier).
-        base = max(min(known) - self.params.lateness_ms, self._quiet_from.get(p, NEG_INF))
-        return eng.advance_to(base + int(min(ages) * 1000))
+        target = max(min(known) - self.params.lateness_ms, self._quiet_from.get(p, NEG_INF)) + int(min(ages) * 1000)
+        got = eng.advance_to(target)
+        if eng.forced_ms == target != eng.quiet_floor_ms:
+            eng.quiet_floor_ms = target  # (the floor is the quiet's own: a restart goes on from it)
+            eng.meta_dirty = True
+        return got
 
     def _advance_quiet(
         self, p: int, eng: PartitionEngine, ages: list[float], ends: Mapping[tuple[str, int], int] | None
