@@ -23,7 +23,7 @@ from stream.worker.boundary import Gap
 from stream.worker.bursts import INCIDENTS_RECORD_MAX_BYTES, BurstShell
 from stream.worker.gapfill import MARKERS_PROBE_OFFSETS
 from stream.worker.incidents import parse_incidents_record
-from stream.worker.shell import ReconcileShell, _plain
+from stream.worker.shell import ReconcileShell, _plain, meta_key
 from tests.records import T0, ledger, payment
 
 SETTINGS = Settings(partitions=1, idle_timeout_s=3600)
@@ -386,6 +386,247 @@ def test_a_restart_does_not_go_on_from_the_floor_of_a_partition_that_had_no_reco
     quiet(h2.shell, 400)
     assert h2.shell.engines[0].watermark_ms == floor
     asyncio.run(h2.shell.on_incidents([], floor + 600_000))
+    assert h2.refunds() == []
+
+
+def quiet_check(shell: ReconcileShell, p_s: float, l_s: float | None = None, partitions: Iterable[int] = (0,)) -> None:
+    """The payments of `partitions` not heard from for `p_s` seconds, the ledger for `l_s` (the
+    same by default), then one idle check."""
+    now = time.monotonic()
+    for p in partitions:
+        shell.clocks[p].last_arrival = [now - p_s, now - (p_s if l_s is None else l_s)]
+        shell.clocks[p].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
+    asyncio.run(shell.check_idle_feeds())
+
+
+def restarted(h: Harness) -> Harness:
+    """A worker restarted from what `h` saved so far, while `h` goes on as if it never stopped."""
+    h2 = Harness(MemoryStore(dict(h.store.data)), settings=h.settings)
+    h2.offsets = dict(h.offsets)
+    return h2
+
+
+def saved_meta(h: Harness, p: int = 0) -> dict[str, Any]:
+    meta: dict[str, Any] = orjson.loads(h.store.data[meta_key(p)])
+    return meta
+
+
+def batch_on(h: Harness, p: int, offsets: dict[str, int], *records: tuple[str, bytes]) -> None:
+    """Records of partition `p` (`offsets`: its next offset per topic, counted here)."""
+    events = []
+    for role, value in records:
+        topic = h.settings.payment_topic if role == "P" else h.settings.ledger_topic
+        key = orjson.loads(value)["reference"].encode()
+        msg = SimpleNamespace(
+            topic=topic, partition=p, offset=offsets.get(topic, 0), key=key, value=value, timestamp=None
+        )
+        offsets[topic] = msg.offset + 1
+        events.append(SimpleNamespace(message=msg))
+    asyncio.run(h.shell.process_batch(events))
+
+
+@pytest.mark.parametrize("holds", [False, True], ids=["holds off", "holds on"])
+def test_a_restart_in_a_quiet_spell_stays_behind_the_worker_that_did_not_stop(holds: bool) -> None:
+    # The ledger leads by 250 s; both feeds quiet. A worker restarted 20 s after its last check
+    # goes on from the quiet's floor, but counts only the quiet since it started: its watermark
+    # stays exactly the time it was down behind the worker that did not stop, and it refunds
+    # nothing that one has not refunded first, with the same refund_id.
+    settings = Settings(partitions=1, idle_timeout_s=1, **({} if holds else {"max_hold_s": 0}))
+    h = Harness(settings=settings)
+    h.batch(*tick(0), *unsettled("QR1", 100), *unsettled("QR2", 150))  # deadlines 400 and 450
+    h.batch(("L", ledger("x", "debited", "X", 400)))
+    quiet_check(h.shell, 200)  # W = 150 - 30 + 200 = 320: the quiet's floor
+    assert h.shell.engines[0].watermark_ms == T0 + 320_000 == saved_meta(h)["quiet_floor_ms"]
+    h2 = restarted(h)
+    h2.shell.engine(0)
+    down_s = 20
+    for since_restart_s in (2, 30, 70, 90):
+        quiet_check(h.shell, 200 + down_s + since_restart_s)
+        quiet_check(h2.shell, since_restart_s)
+        if holds:  # (the detector's incidents, no incident open: a refund is paid once due)
+            for shell in (h.shell, h2.shell):
+                asyncio.run(shell.on_incidents([], T0 + 3_600_000))
+        w_live, w_restarted = h.shell.engines[0].watermark_ms, h2.shell.engines[0].watermark_ms
+        assert w_restarted == T0 + (320 + since_restart_s) * 1000 == w_live - down_s * 1000
+        assert {r["refund_id"] for r in h2.refunds()} <= {r["refund_id"] for r in h.refunds()}
+    assert [r["reference"] for r in h.refunds()] == [r["reference"] for r in h2.refunds()] == ["QR1"]
+    # QR2's settlement comes (W 430 and 410, its deadline 450): neither refunds it.
+    for worker in (h, h2):
+        worker.batch(("P", payment("QR2-s", "settled", "QR2", 160)))
+        assert [r["reference"] for r in worker.refunds()] == ["QR1"]
+
+
+def test_a_quiet_floor_that_a_silent_stream_then_raised_is_not_gone_on_from_after_a_restart() -> None:
+    # Both feeds quiet set the floor at 170; then a ledger record waits on the broker (the ledger
+    # is late, not silent) and the payments, still quiet, are declared silent: W follows the
+    # ledger to 270. The quiet's floor saved (170) is not where W stands: a restarted
+    # worker does not go on from it, and stays behind the worker that did not stop.
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    not_taken = {settings.payment_topic: 0, settings.ledger_topic: 0}
+    h.broker(not_taken)
+    h.batch(*tick(0), *unsettled("QR1", 100))  # deadline 400
+    h.batch(("L", ledger("x", "debited", "X", 300)))
+    quiet_check(h.shell, 100)  # W = 100 - 30 + 100
+    assert saved_meta(h)["quiet_floor_ms"] == T0 + 170_000
+    not_taken[settings.ledger_topic] = 1
+    quiet_check(h.shell, 150)
+    assert h.shell.engines[0].silent == [True, False] and h.shell.engines[0].watermark_ms == T0 + 270_000
+    h2 = restarted(h)
+    h2.broker(not_taken)
+    h2.shell.engine(0)
+    assert h2.shell._quiet_from == {}
+    for worker in (h, h2):
+        not_taken[settings.ledger_topic] = 1
+        quiet_check(worker.shell, 160)  # the ledger still late: nothing moves
+        assert worker.shell.engines[0].watermark_ms == T0 + 270_000
+        not_taken[settings.ledger_topic] = 0
+        worker.batch(("L", ledger("y", "debited", "Y", 310)))
+    quiet_check(h.shell, 200, 100)
+    quiet_check(h2.shell, 100)
+    assert h2.shell.engines[0].watermark_ms <= h.shell.engines[0].watermark_ms == T0 + 380_000
+    for worker in (h, h2):
+        worker.batch(("P", payment("QR1-s", "settled", "QR1", 105)))
+        assert worker.refunds() == []
+
+
+def test_state_saved_without_the_quiet_floor_restarts_from_the_records() -> None:
+    # A state saved by a worker that does not write which rule set the floor: the restart counts
+    # the quiet from the records again (refunds late by the quiet so far, never early).
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.batch(*tick(0), *unsettled("QR1", 100))  # deadline 400
+    quiet_check(h.shell, 300)
+    stood = h.shell.engines[0].watermark_ms
+    assert stood == T0 + 370_000
+    meta = saved_meta(h)
+    del meta["quiet_floor_ms"]
+    h.store.data[meta_key(0)] = orjson.dumps(meta)
+    h2 = restarted(h)
+    h2.shell.engine(0)
+    assert h2.shell._quiet_from == {}
+    quiet_check(h2.shell, 100)  # from the records: 100 - 30 + 100, below the floor it keeps
+    assert h2.shell.engines[0].watermark_ms == stood and h2.refunds() == []
+    quiet_check(h2.shell, 340)
+    assert [r["reference"] for r in h2.refunds()] == ["QR1"]
+
+
+def test_a_restart_after_one_stream_came_back_from_a_quiet_spell_goes_on_from_the_records() -> None:
+    # Both quiet moved W to 320. The payments come back (a payment behind that floor: taken at
+    # it); the ledger stays quiet and is declared silent, W following the payments (100, under
+    # the floor). Restarted, the worker must not go on from 320: QR1's deadline (400) would pass
+    # in 80 s of quiet, before its settlement, still on its way.
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.batch(*tick(0), *unsettled("QR1", 100))
+    quiet_check(h.shell, 250)  # W = 70 + 250
+    assert saved_meta(h)["quiet_floor_ms"] == T0 + 320_000
+    h.batch(("P", payment("QR2-q", "requested", "QR2", 130)))
+    assert "quiet_floor_ms" not in saved_meta(h)
+    quiet_check(h.shell, 0.2, 300)  # the ledger silent while the payments flow
+    assert h.shell.engines[0].silent == [False, True]
+    h2 = restarted(h)
+    h2.shell.engine(0)
+    assert h2.shell._quiet_from == {}
+    quiet_check(h.shell, 120)
+    quiet_check(h2.shell, 100)
+    for worker in (h, h2):
+        assert worker.shell.engines[0].watermark_ms == T0 + 320_000
+        worker.batch(("P", payment("QR1-s", "settled", "QR1", 110)))
+        assert worker.refunds() == []
+
+
+@pytest.mark.parametrize("records", ["behind the floor", "past the floor"])
+def test_the_quiet_floor_saved_goes_with_the_first_record_after_the_quiet(records: str) -> None:
+    # Whether its records leave W at the floor or lift it past, the quiet is over: the saved state
+    # says so, and a worker restarted from it counts the next quiet from the records.
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.batch(*tick(0), *unsettled("QR1", 100))
+    quiet_check(h.shell, 200)
+    assert saved_meta(h)["quiet_floor_ms"] == T0 + 270_000
+    t = 120 if records == "behind the floor" else 400
+    h.batch(("L", ledger("x", "debited", "X", t)))
+    meta = saved_meta(h)
+    assert "quiet_floor_ms" not in meta and meta["forced_ms"] == T0 + 270_000
+    h2 = restarted(h)
+    h2.shell.engine(0)
+    assert h2.shell._quiet_from == {}
+    quiet_check(h2.shell, 150)  # from the records: 100 - 30 + 150 = 220, under the floor
+    assert h2.shell.engines[0].watermark_ms == T0 + 270_000
+
+
+def test_after_a_restart_each_partition_goes_on_from_its_own_quiet_floor_only() -> None:
+    # Holds on, two partitions: 0 has records and a quiet's floor; 1 had none and followed 0's
+    # watermark (no quiet of its own), then took records behind that floor. Restarted, only 0
+    # goes on from its floor, and 1's records do not end 0's quiet. Neither runs ahead of the
+    # worker that did not stop.
+    settings = Settings(partitions=2, idle_timeout_s=1)
+    h = Harness(settings=settings)
+    h.batch(*tick(0), *unsettled("QR1", 100))  # partition 0, deadline 400
+    h.shell.engine(1)
+    asyncio.run(h.shell.on_incidents([], T0 + 3_600_000))
+    quiet_check(h.shell, 200, partitions=(0, 1))  # 0: W = 70 + 200; 1 follows it
+    assert [h.shell.engines[p].watermark_ms for p in (0, 1)] == [T0 + 270_000] * 2
+    assert saved_meta(h, 0)["quiet_floor_ms"] == T0 + 270_000 and "quiet_floor_ms" not in saved_meta(h, 1)
+    offsets_1: dict[str, int] = {}
+    batch_on(h, 1, offsets_1, *unsettled("QR5", 50))  # taken at 270: deadline 570
+    h2 = restarted(h)
+    for p in (0, 1):
+        h2.shell.engine(p)
+    assert h2.shell._quiet_from == {0: T0 + 270_000}
+    asyncio.run(h2.shell.on_incidents([], T0 + 3_600_000))
+    h.shell.clocks[1].last_arrival = [time.monotonic() - 110] * 2  # (its records came 110 s ago)
+    quiet_check(h.shell, 310)
+    quiet_check(h2.shell, 100, partitions=(0, 1))
+    assert [h2.shell.engines[p].watermark_ms for p in (0, 1)] == [T0 + 370_000, T0 + 270_000]
+    assert [h.shell.engines[p].watermark_ms for p in (0, 1)] == [T0 + 380_000, T0 + 270_000]
+    batch_on(h2, 1, dict(offsets_1), ("P", payment("QR6-q", "requested", "QR6", 60)))
+    assert 0 in h2.shell._quiet_from
+    for worker in (h, h2):
+        assert worker.refunds() == []
+
+
+def test_a_partition_moved_to_another_worker_and_back_goes_on_from_the_floor_last_saved() -> None:
+    # The changelog is the store both workers restore from: B goes on from A's floor, and A, given
+    # the partition back, from B's, not from its own older one.
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    a = Harness(settings=settings)
+    a.batch(*tick(0), *unsettled("QR1", 100))  # deadline 400
+    quiet_check(a.shell, 100)  # W = 170
+    a.shell.forget_partition(0)
+    b = Harness(a.store, settings=settings)
+    b.shell.engine(0)
+    assert b.shell._quiet_from == {0: T0 + 170_000}
+    quiet_check(b.shell, 50)
+    assert saved_meta(b)["quiet_floor_ms"] == T0 + 220_000
+    b.shell.forget_partition(0)
+    a.shell.engine(0)
+    assert a.shell._quiet_from == {0: T0 + 220_000}
+    quiet_check(a.shell, 50)
+    assert a.shell.engines[0].watermark_ms == T0 + 270_000  # (no time between the moves)
+    a.batch(("P", payment("QR1-s", "settled", "QR1", 105)))
+    assert a.refunds() == b.refunds() == []
+
+
+def test_a_restart_that_lost_records_taken_after_the_quiet_does_not_go_on_while_they_wait() -> None:
+    # Records ended the quiet but the worker stopped before saving them: restored, it has the
+    # quiet's floor again, and its records wait on the broker. Not silent until they are taken
+    # (they end the quiet again): the floor does not move meanwhile.
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.batch(*tick(0), *unsettled("QR1", 100))  # deadline 400
+    quiet_check(h.shell, 300)  # W = 370
+    h2 = restarted(h)
+    h2.broker({settings.payment_topic: 1, settings.ledger_topic: 0})  # QR1's settlement, not taken
+    h2.shell.engine(0)
+    assert h2.shell._quiet_from == {0: T0 + 370_000}
+    quiet_check(h2.shell, 100)
+    assert h2.shell.engines[0].watermark_ms == T0 + 370_000 and h2.refunds() == []
+    h2.broker({settings.payment_topic: 0, settings.ledger_topic: 0})
+    h2.batch(("P", payment("QR1-s", "settled", "QR1", 105)))
+    assert h2.shell._quiet_from == {} and "quiet_floor_ms" not in saved_meta(h2)
+    quiet_check(h2.shell, 100)
     assert h2.refunds() == []
 
 
