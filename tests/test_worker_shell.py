@@ -17,6 +17,7 @@ import pytest
 from stream.core.decisions import Decision
 from stream.core.eventtime import format_ms, parse_ms
 from stream.core.holds import IncidentEvent
+from stream.core.partition import OffsetOrderError
 from stream.drivers.replayfile import KafkaRecord
 from stream.settings import Settings
 from stream.worker.boundary import Gap
@@ -554,6 +555,28 @@ def test_the_quiet_floor_saved_goes_with_the_first_record_after_the_quiet(record
     assert h2.shell._quiet_from == {}
     quiet_check(h2.shell, 150)  # from the records: 100 - 30 + 150 = 220, under the floor
     assert h2.shell.engines[0].watermark_ms == T0 + 270_000
+
+
+def test_a_batch_whose_record_the_engine_refuses_still_ends_the_saved_quiet_floor() -> None:
+    # A record that reaches the engine but is refused (an offset it takes as out of order, dead
+    # lettered) changes no offset and saves nothing of its own: the quiet's end is saved anyway,
+    # or a restart would go on from a floor the live worker no longer counts from.
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.batch(*tick(0), *unsettled("QR1", 100))
+    quiet_check(h.shell, 200)
+    assert saved_meta(h)["quiet_floor_ms"] == T0 + 270_000
+    eng = h.shell.engines[0]
+
+    def refuse(*args: Any) -> list[Decision]:
+        raise OffsetOrderError("qris.ledger-debits", 0, 2, 2)
+
+    eng.on_record = refuse  # type: ignore[method-assign]
+    h.batch(("L", ledger("x", "debited", "X", 400)))
+    assert "quiet_floor_ms" not in saved_meta(h)
+    h2 = restarted(h)
+    h2.shell.engine(0)
+    assert h2.shell._quiet_from == {}
 
 
 def test_after_a_restart_each_partition_goes_on_from_its_own_quiet_floor_only() -> None:

@@ -440,7 +440,9 @@ class ReconcileShell:
                         decisions.extend(got)
                 self.clocks[p].arrived(stream, now, self.settings.idle_timeout_s)
                 self._quiet_from.pop(p, None)
-                eng.quiet_floor_ms = NEG_INF  # (saved with the records' offsets: `on_record`)
+                if eng.quiet_floor_ms > NEG_INF:  # (saved with the records' offsets, or alone
+                    eng.quiet_floor_ms = NEG_INF  # when no record of them was new)
+                    eng.meta_dirty = True
                 self.counts["records"] += len(take)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
