@@ -120,6 +120,18 @@ def test_a_reclaim_leaves_automatic_collections_off_when_they_were(worker_collec
         gc.enable()
 
 
+def test_a_reclaim_whose_clock_fails_leaves_automatic_collections_on(worker_collector: None) -> None:
+    def broken() -> float:
+        raise OSError("no clock")
+
+    try:
+        with pytest.raises(OSError):
+            reclaim_frozen_cycles(clock=broken)
+        assert gc.isenabled()
+    finally:
+        gc.enable()  # (the test process's collector, whatever the assertion found)
+
+
 def test_no_reclaim_without_the_worker_collector() -> None:
     # (Replay and the tests run with Python's own collector: nothing frozen to reclaim.)
     assert _freeze_after_young not in gc.callbacks

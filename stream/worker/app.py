@@ -781,9 +781,9 @@ def reclaim_frozen_cycles(clock: Callable[[], float] = time.perf_counter) -> Rec
     full collection nothing to find."""
     if _freeze_after_young not in gc.callbacks:
         return None
+    start_s = clock()  # (before the disable: nothing between it and the `try` may raise)
     enabled = gc.isenabled()
     gc.disable()
-    start_s = clock()
     try:
         gc.unfreeze()
         unreachable = gc.collect()
