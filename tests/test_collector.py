@@ -111,6 +111,21 @@ def test_a_reclaim_collects_the_cycles_that_died_frozen_and_freezes_what_lives_a
     assert isinstance(again, Reclaimed) and again.unreachable == 0
 
 
+def test_no_reclaim_past_the_most_frozen_objects_it_walks(worker_collector: None) -> None:
+    # (A pause near the group's session would cost the worker its partitions: the cycles wait.)
+    cycle = Kept()
+    cycle.me = cycle
+    watch = weakref.ref(cycle)
+    kept = allocate_past_a_young_collection()
+    del cycle
+    frozen = gc.get_freeze_count()
+    assert frozen >= len(kept)
+    assert reclaim_frozen_cycles(max_frozen=frozen - 1) is None
+    assert watch() is not None and gc.get_freeze_count() == frozen
+    assert reclaim_frozen_cycles(max_frozen=frozen) is not None
+    assert watch() is None
+
+
 def test_a_reclaim_leaves_automatic_collections_off_when_they_were(worker_collector: None) -> None:
     gc.disable()
     try:
