@@ -20,6 +20,7 @@ from stream.core.holds import IncidentEvent
 from stream.core.partition import OffsetOrderError
 from stream.drivers.replayfile import KafkaRecord
 from stream.settings import Settings
+from stream.worker import shell as shell_module
 from stream.worker.boundary import Gap
 from stream.worker.bursts import INCIDENTS_RECORD_MAX_BYTES, BurstShell
 from stream.worker.gapfill import MARKERS_PROBE_OFFSETS
@@ -291,9 +292,7 @@ def test_both_feeds_quiet_move_the_watermark_from_the_lagging_stream_not_the_lea
     h = Harness(settings=settings)
     h.batch(*unsettled("QR1", 0), ("P", payment("tick-p", "requested", "TICKP", 20)))
     h.batch(("L", ledger("tick-l", "reversed", "TICKL", 320, 1)))
-    h.shell.clocks[0].last_arrival = [time.monotonic() - 40] * 2
-    h.shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
-    asyncio.run(h.shell.check_idle_feeds())
+    quiet_check(h.shell, 40)
     assert h.shell.engines[0].watermark_ms == T0 + (20 - 30 + 40) * 1000
     h.batch(("P", payment("QR1-s", "settled", "QR1", 25)))
     h.batch(*tick(400))
@@ -311,9 +310,7 @@ def test_a_restart_during_a_quiet_spell_goes_on_from_where_the_watermark_stood()
     h.batch(*unsettled("QR1", 100))  # deadline 400 (T = 300)
 
     def quiet(shell: ReconcileShell, s: float) -> None:
-        shell.clocks[0].last_arrival = [time.monotonic() - s] * 2
-        shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
-        asyncio.run(shell.check_idle_feeds())
+        quiet_check(shell, s)
 
     quiet(h.shell, 300)  # W = 100 - 30 + 300 = 370: QR1's deadline not yet passed
     stood = T0 + 370_000
@@ -370,9 +367,7 @@ def test_a_restart_does_not_go_on_from_the_floor_of_a_partition_that_had_no_reco
     nothing_left = {settings.payment_topic: 0, settings.ledger_topic: 0}
 
     def quiet(shell: ReconcileShell, s: float) -> None:
-        shell.clocks[0].last_arrival = [time.monotonic() - s] * 2
-        shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
-        asyncio.run(shell.check_idle_feeds())
+        quiet_check(shell, s)
 
     h = Harness(settings=settings)
     h.broker(nothing_left)
@@ -390,14 +385,34 @@ def test_a_restart_does_not_go_on_from_the_floor_of_a_partition_that_had_no_reco
     assert h2.refunds() == []
 
 
+class _ShellTimeAt:
+    """`time` as the shell module sees it, its monotonic clock standing at `now`."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
 def quiet_check(shell: ReconcileShell, p_s: float, l_s: float | None = None, partitions: Iterable[int] = (0,)) -> None:
     """The payments of `partitions` not heard from for `p_s` seconds, the ledger for `l_s` (the
-    same by default), then one idle check."""
+    same by default), then one idle check. The check reads the clock at the moment the ages are
+    set: the watermark moves by whole milliseconds of age, and a loaded machine's millisecond
+    between setting them and the check made an exact watermark one millisecond more."""
     now = time.monotonic()
     for p in partitions:
         shell.clocks[p].last_arrival = [now - p_s, now - (p_s if l_s is None else l_s)]
         shell.clocks[p].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
-    asyncio.run(shell.check_idle_feeds())
+    real = shell_module.time
+    shell_module.time = _ShellTimeAt(now)  # type: ignore[assignment]
+    try:
+        asyncio.run(shell.check_idle_feeds())
+    finally:
+        shell_module.time = real
 
 
 def restarted(h: Harness) -> Harness:
@@ -664,10 +679,7 @@ def test_both_feeds_quiet_after_a_declared_silence_move_on_from_the_stream_still
     eng = h.shell.engines[0]
 
     def quiet(p_s: float, l_s: float) -> None:
-        now = time.monotonic()
-        h.shell.clocks[0].last_arrival = [now - p_s, now - l_s]
-        h.shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
-        asyncio.run(h.shell.check_idle_feeds())
+        quiet_check(h.shell, p_s, l_s)
 
     quiet(3600, 0.2)  # payments silent, the ledger flows: W = 3600 - 30
     assert eng.watermark_ms == T0 + 3_570_000
