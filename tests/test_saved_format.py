@@ -2,13 +2,14 @@
 copied below as it wrote them) restore exactly in this tree, and this tree writes the very same
 bytes for the same input. A change to how state is encoded (`PartitionEngine.save_reference`,
 `ReferenceState.to_json`) must keep both: a worker is upgraded and rolled back over its store
-(the metadata may gain a field an older worker ignores: `STAMP`)."""
+(the metadata may gain a field an older worker ignores: `VERSION`, `STAMP`)."""
 
 # ruff: noqa: E501  (saved entries are kept as the worker wrote them, one line each)
 
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from stream.core.decisions import Decision
 from stream.core.holds import IncidentEvent
@@ -56,11 +57,12 @@ ENTRIES = [
     ),
 ]
 META = b'{"partition":0,"max_ms":[1743206800000,1743206800000],"last_offset":[24,37],"forced_ms":-4611686018427387904,"silent":[false,false],"rejected":[0,0],"skewed":[0,0],"signals_through":29053444,"hold_events":[],"hold_reported_ms":1743206760000}'
-# What this tree adds to the metadata, last: the parameters the state was decided with (a
-# restore with others says so). A worker that does not know the field reads the metadata by
-# name and ignores it, so a rollback over this store restores as before.
+# What this tree adds to the metadata: its version, first, and last the parameters the state
+# was decided with (a restore with others says so). A worker that does not know the fields reads
+# the metadata by name and ignores them, so a rollback over this store restores as before.
+VERSION = b'{"v":2,'
 STAMP = b',"params":{"timeout_ms":300000,"lateness_ms":30000,"retention_ms":3600000,"clock_skew_ms":60000,"probe_age_ms":30000,"hold_grace_ms":900000,"max_hold_ms":7200000}}'
-META_NOW = META[:-1] + STAMP
+META_NOW = VERSION + META[1:-1] + STAMP
 
 
 class Feed:
@@ -138,6 +140,21 @@ def test_state_saved_by_the_stop_11_worker_restores_exactly_and_decides_the_same
         ("refund.held", "QR4"),
         ("refund.requested", "QR4"),
     ]
+
+
+def test_metadata_of_this_version_restores_as_it_was_saved() -> None:
+    eng = PartitionEngine.restore(0, HOLDS, META_NOW, reversed(ENTRIES))
+    assert eng.save_meta() == META_NOW
+    assert eng.last_offset == [24, 37] and eng.changed_params() == []
+
+
+@pytest.mark.parametrize("version", [3, 0, "2", None])
+def test_metadata_of_a_version_this_worker_does_not_read_is_refused(version: object) -> None:
+    # A newer release's metadata may mean something else by a field this worker knows: refused
+    # (the worker's restore fails and it restarts, saying why), not read as if it were its own.
+    meta = orjson.dumps({**orjson.loads(META_NOW), "v": version})
+    with pytest.raises(ValueError, match=f"saved metadata of version {version!r}, this worker reads versions 1 to 2"):
+        PartitionEngine.restore(0, HOLDS, meta, reversed(ENTRIES))
 
 
 def test_a_detector_snapshot_keeps_the_incident_fields_the_previous_release_restores() -> None:

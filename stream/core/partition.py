@@ -74,6 +74,11 @@ _OCCURRED_MARGIN_MS = 3_600_000
 # The longest hold the settings allow (`QRIS_MAX_HOLD_S`). The range above leaves room for it
 # whatever H is, so a replay's first pass (holds off) refuses exactly what live refuses.
 HOLD_MAX_MS = 7 * 86_400_000
+# Version of a partition's saved metadata (`save_meta`; metadata without "v" is version 1).
+# Fields are only added, each optional, so a worker restores an older worker's metadata by name
+# and an older worker ignores what it does not know (a rollback). A field whose meaning changes
+# takes a new version, and `restore` refuses a version above its own rather than misread it.
+META_VERSION = 2
 
 
 def occurred_max_ms(params: Params) -> int:
@@ -930,6 +935,7 @@ class PartitionEngine:
     def save_meta(self) -> bytes:
         return codec.dumps(
             {
+                "v": META_VERSION,
                 "partition": self.partition,
                 "max_ms": self.max_ms,
                 "last_offset": self.last_offset,
@@ -969,10 +975,17 @@ class PartitionEngine:
         The metadata's `last_offset` stamps which input offsets the state covers: waiting
         records above it are dropped (they will be delivered again). A reference's processed
         history above it cannot be undone; its records come again and are ignored as
-        duplicates by `event_id` (second line of defence, see README "Input boundary")."""
+        duplicates by `event_id` (second line of defence, see README "Input boundary").
+        Raises `ValueError` for metadata of a version above `META_VERSION`."""
         eng = cls(partition, params)
         if meta is not None:
             m: dict[str, Any] = codec.loads(meta)
+            version = m.get("v", 1)
+            if type(version) is not int or not 1 <= version <= META_VERSION:
+                raise ValueError(
+                    f"partition {partition}: saved metadata of version {version!r}, this worker reads"
+                    f" versions 1 to {META_VERSION} (state saved by a newer release?)"
+                )
             eng.max_ms = list(m["max_ms"])
             eng.last_offset = list(m["last_offset"])
             eng.forced_ms = m["forced_ms"]
