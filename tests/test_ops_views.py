@@ -360,6 +360,34 @@ def test_metrics_text_parses_and_counts_records_by_outcome() -> None:
     assert samples[("qris_state_pieced_entries_total", ())] == 6
 
 
+def test_metrics_count_clock_faults_from_the_partitions_state_through_a_restore() -> None:
+    # The skewed records and debit-before-request payments of each partition, as its saved
+    # state counts them: every one (the alerts come at the 1st, 10th, 100th, ...), the same
+    # after a restore, so a rule's `increase` over them stops when the clock is fixed.
+    eng = PartitionEngine(0, Params())
+    for i in range(12):  # dated a century ahead of their Kafka time: the guard's
+        v = payment(f"s{i}", "failed", f"S{i}", 0, occurred_at="2100-01-01T00:00:00Z")
+        eng.on_record(P, i, f"S{i}".encode(), v, T0 + i)
+    for i in range(3):  # each debited two minutes before its request
+        ref = f"M{i}"
+        eng.on_record(L, i, ref.encode(), ledger(f"d{i}", "debited", ref, i * 10), T0 + i * 10_000)
+        req_ms = T0 + (i * 10 + 120) * 1000
+        eng.on_record(P, 12 + i, ref.encode(), payment(f"r{i}", "requested", ref, i * 10 + 120), req_ms)
+    eng.drain()  # (a payment is compared when the watermark takes its records)
+    refs, meta = eng.take_dirty()
+    restored = PartitionEngine.restore(0, eng.params, meta, [(k, v) for k, v in refs.items() if v is not None])
+    watch = WorkerWatch(Settings(), clock=lambda: NOW_S)
+    P_T, L_T = "qris.payment-requests", "qris.ledger-debits"
+    for engine in (eng, restored):
+        text = WorkerMetrics(watch, lambda e=engine: {3: e}, clock=lambda: NOW_S).render().decode()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
+        assert samples[("qris_clock_skewed_records_total", (("partition", "3"), ("topic", P_T)))] == 12
+        assert samples[("qris_clock_skewed_records_total", (("partition", "3"), ("topic", L_T)))] == 0
+        assert samples[("qris_clock_mismatches_total", (("partition", "3"),))] == 3
+        assert fams["qris_clock_skewed_records"].type == fams["qris_clock_mismatches"].type == "counter"
+
+
 def test_metrics_show_the_collections_after_rebalances_and_the_process_memory() -> None:
     import os
 

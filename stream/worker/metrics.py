@@ -156,6 +156,20 @@ class _WorkerCollector(Collector):
             "minus the next offset to take",
             labels=["topic", "partition"],
         )
+        # Counts kept in each partition's saved state (a record counted once, whatever restarts
+        # and redeliveries; they move with the partition): the rules' `increase` over them says
+        # when a producer's clock went wrong and, by resolving, when it was fixed, which the
+        # alerts at the 1st, 10th, 100th, ... such record cannot.
+        skewed = CounterMetricFamily(
+            "qris_clock_skewed_records",
+            "Input records dated more than the clock guard ahead of their Kafka timestamp (counted at it)",
+            labels=["topic", "partition"],
+        )
+        mismatched = CounterMetricFamily(
+            "qris_clock_mismatches",
+            "Payments whose first debit is dated more than the clock guard before their request",
+            labels=["partition"],
+        )
         topics = self.watch.topics
         for p, eng in sorted(engines.items()):
             lp = str(p)
@@ -164,12 +178,14 @@ class _WorkerCollector(Collector):
                 delay.add_metric([lp], now_s - w_ms / 1000)
             waiting.add_metric([lp], sum(len(v) for v in eng.pending.values()))
             refs.add_metric([lp], len(eng.refs))
+            mismatched.add_metric([lp], eng.mismatched)
             for s, topic in enumerate(topics):
                 silent.add_metric([topic, lp], 1.0 if eng.silent[s] else 0.0)
+                skewed.add_metric([topic, lp], eng.skewed[s])
                 hw = self.highwater(topic, p) if self.highwater is not None else None
                 if hw is not None and hw >= 0:
                     lag.add_metric([topic, lp], max(0, hw - (eng.last_offset[s] + 1)))
-        yield from (delay, waiting, refs, silent, lag)
+        yield from (delay, waiting, refs, silent, lag, skewed, mismatched)
 
 
 class WorkerMetrics:
