@@ -265,7 +265,7 @@ class BurstShell:
         if published is not None and published < committed:
             log.warning(
                 "signals committed to offset %d but the detector's last incidents record covers them only "
-                "to offset %d: offsets %d..%d are taken live",
+                "to offset %d: of offsets %d..%d, those no snapshot covers are taken live",
                 committed,
                 published,
                 published,
@@ -520,13 +520,10 @@ class BurstShell:
         for first, end, log_begins in lost:
             self._lost(first, end, log_begins)
         self.counts["signals_read_to_rebuild"] += taken
-        log.info(
-            "burst detector rebuilt from %d signal reports (offsets %d to %d, up to offset %d)",
-            taken,
-            start,
-            upto,
-            upto,
-        )
+        if start < upto:
+            log.info("burst detector rebuilt from %d signal reports (offsets %d to %d)", taken, start, upto - 1)
+        else:
+            log.info("burst detector resumes at signals offset %d: no report to read before it", self.next_offset)
         return detector
 
     def _lost(self, first: int, end: int, begins: int | None) -> None:
