@@ -3,6 +3,7 @@ deadline, the worker's stop paths that arm it, and a real process that hangs in 
 
 from __future__ import annotations
 
+import asyncio
 import doctest
 import signal
 import subprocess
@@ -88,3 +89,52 @@ def test_the_workers_stop_signal_and_its_end_arm_the_deadline(monkeypatch: pytes
             worker.on_worker_shutdown()
             assert worker.stop_deadline.armed_for == "the worker's end"
         assert worker.stop_deadline.wait(5.0) and exits == [EXIT_CODE]
+
+
+def _side_client_closes(monkeypatch: pytest.MonkeyPatch, hang: str | None = None, fail: str | None = None) -> list[str]:
+    # Each side client's `close` recorded by its class; one of them hanging or failing.
+    from stream.worker import app as app_module
+
+    closed: list[str] = []
+    for cls in (app_module.BrokerGapFetcher, app_module.BrokerEndOffsets, app_module.BrokerPartitionCounts):
+
+        async def close(self: object, name: str = cls.__name__) -> None:
+            if name == hang:
+                await asyncio.sleep(3600)
+            if name == fail:
+                raise ConnectionError("the broker went away")
+            closed.append(name)
+
+        monkeypatch.setattr(cls, "close", close)
+    return closed
+
+
+def test_the_broker_clients_beside_fausts_are_closed_when_the_worker_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    closed = _side_client_closes(monkeypatch)
+    app, _shell = build_app(Settings(store="memory://", max_hold_s=0))
+    asyncio.run(app.on_before_shutdown.send())
+    # The input's and the detector's gap readers, the idle rule's lag reader, the feed-stall
+    # probe; the end offsets; the partition counts.
+    assert sorted(closed) == ["BrokerEndOffsets"] + ["BrokerGapFetcher"] * 4 + ["BrokerPartitionCounts"]
+
+
+def test_a_side_client_that_does_not_close_does_not_hold_the_stop(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from stream.worker import app as app_module
+
+    monkeypatch.setattr(app_module, "SIDE_CLIENTS_CLOSE_S", 0.2)
+    closed = _side_client_closes(monkeypatch, hang="BrokerPartitionCounts")
+    app, _shell = build_app(Settings(store="memory://", max_hold_s=0))
+    started = time.monotonic()
+    asyncio.run(app.on_before_shutdown.send())
+    assert time.monotonic() - started < 30  # (not the hour the close would take)
+    assert sorted(closed) == ["BrokerEndOffsets"] + ["BrokerGapFetcher"] * 4
+    assert "the side broker clients were not closed within 0.2 s at shutdown" in caplog.text
+
+
+def test_a_side_client_that_fails_to_close_leaves_the_others_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    closed = _side_client_closes(monkeypatch, fail="BrokerEndOffsets")
+    app, _shell = build_app(Settings(store="memory://", max_hold_s=0))
+    asyncio.run(app.on_before_shutdown.send())
+    assert sorted(closed) == ["BrokerGapFetcher"] * 4 + ["BrokerPartitionCounts"]

@@ -69,6 +69,8 @@ SHELL_STALL_S = 90.0
 INPUT_PARTITIONS_CHECK_S = 10.0
 # The longest a stop for changed input partitions waits for its alert to be sent (`stop_for_partitions`).
 STOP_ALERT_TIMEOUT_S = 5.0
+# How long a stop waits for the broker clients beside Faust's to close (`close_side_clients`).
+SIDE_CLIENTS_CLOSE_S = 5.0
 
 
 def stop_repartitioned(problem: str) -> None:  # pragma: no cover - ends the process
@@ -612,6 +614,24 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         if reason:
             return web.json({"ready": False, "reason": reason}, status=503)
         return web.json({"ready": True})
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # Faust's signal type wants a sender
+    async def close_side_clients(app_: Any, **kwargs: Any) -> None:
+        # The broker clients kept beside Faust's (gap reads, end offsets, partition counts), each
+        # started on first use: disconnected with the worker, not dropped with the process. All
+        # at once and for a few seconds at most: a broker that does not answer must not hold the
+        # stop. One used again after this starts again, and goes with the process.
+        sides = (gaps, ends, lag_reader, partition_counts, signal_gaps, stall_probe)
+        try:
+            done = await asyncio.wait_for(
+                asyncio.gather(*(side.close() for side in sides), return_exceptions=True), SIDE_CLIENTS_CLOSE_S
+            )
+        except TimeoutError:
+            log.warning("the side broker clients were not closed within %g s at shutdown", SIDE_CLIENTS_CLOSE_S)
+            return
+        for side, result in zip(sides, done, strict=True):
+            if isinstance(result, BaseException):
+                log.debug("closing %s at shutdown: %r", type(side).__name__, result)
 
     add_pages(app, settings, shell, watch, metrics)
     return app, shell
