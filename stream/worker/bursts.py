@@ -494,7 +494,10 @@ class BurstShell:
                 upto = start  # nothing to read
             elif begins > start:  # deleted before any snapshot covered them (also past `upto`: never read again)
                 lost.append((start, begins, begins))
-            consumer.seek(tp, max(start, begins))
+            # What is read: from where the log begins, if retention deleted the offsets after
+            # the snapshot (`_lost`), to `upto` or where the topic ends before it.
+            read_from = max(start, begins)
+            consumer.seek(tp, read_from)
             idle_polls = 0
             while (at := await consumer.position(tp)) < upto:
                 batch = await consumer.getmany(tp, timeout_ms=1000, max_records=5000)
@@ -520,8 +523,10 @@ class BurstShell:
         for first, end, log_begins in lost:
             self._lost(first, end, log_begins)
         self.counts["signals_read_to_rebuild"] += taken
-        if start < upto:
-            log.info("burst detector rebuilt from %d signal reports (offsets %d to %d)", taken, start, upto - 1)
+        if read_from < min(at, upto):
+            log.info(
+                "burst detector rebuilt from %d signal reports (offsets %d to %d)", taken, read_from, min(at, upto) - 1
+            )
         else:
             log.info("burst detector resumes at signals offset %d: no report to read before it", self.next_offset)
         return detector
