@@ -1590,3 +1590,38 @@ def test_a_dead_feed_beside_one_whose_records_come_further_apart_than_the_idle_t
         clock.arrived(1 - dead, now - ago, settings.idle_timeout_s)
     asyncio.run(h.shell.check_idle_feeds())
     assert h.shell.engines[0].silent == [dead == 0, dead == 1]
+
+
+@pytest.mark.parametrize("entry", ["metadata", "reference"])
+def test_state_of_a_newer_version_stops_the_worker_before_it_decides_anything(
+    entry: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A newer release's state met by a batch (its partition restored for it): the worker stops
+    # with the unreadable-state exit, not the exit of a failed send (70) nor a restart in place
+    # that would meet the same state again; nothing of the batch is sent.
+    from stream.worker import shell as shell_module
+
+    h = Harness(settings=Settings(partitions=1, max_hold_s=0))
+    h.batch(*unsettled("QR1", 0), *unsettled("QR9", 100))  # (QR1 taken: W = 70)
+    key, value = next((k, v) for k, v in h.store.data.items() if k != meta_key(0) and orjson.loads(v)["state"])
+    if entry == "metadata":
+        h.store.data[meta_key(0)] = orjson.dumps({**saved_meta(h), "v": 3})
+    else:
+        saved = orjson.loads(value)
+        h.store.data[key] = orjson.dumps({**saved, "state": {**saved["state"], "v": 4}})
+    stops: list[str] = []
+
+    def stop(problem: str) -> None:
+        stops.append(problem)
+        raise SystemExit(1)
+
+    monkeypatch.setattr(shell_module, "stop_unreadable_state", stop)
+    h2 = restarted(h)
+    with pytest.raises(SystemExit):
+        h2.batch(("P", payment("QR2-q", "requested", "QR2", 400)))
+    version = "saved metadata of version 3" if entry == "metadata" else "a saved reference entry of version 4"
+    assert stops == [
+        f"partition 0: {version}, this worker reads versions 1 to {3 if entry == 'reference' else 2}"
+        " (state saved by a newer release?)"
+    ]
+    assert h2.sent == []

@@ -47,7 +47,7 @@ from .holdtally import (
 )
 from .observe import EngineObserver
 from .records import LedgerEvent, PaymentEvent, Stream, event_fields
-from .reference import ReferenceState, RetentionTimer
+from .reference import ReferenceState, RetentionTimer, StateVersionError
 from .signals import (
     MINUTE_MS,
     SIGNALS_PART_MAX_BYTES,
@@ -976,13 +976,13 @@ class PartitionEngine:
         records above it are dropped (they will be delivered again). A reference's processed
         history above it cannot be undone; its records come again and are ignored as
         duplicates by `event_id` (second line of defence, see README "Input boundary").
-        Raises `ValueError` for metadata of a version above `META_VERSION`."""
+        Raises `StateVersionError` for metadata or an entry of a version this code does not read."""
         eng = cls(partition, params)
         if meta is not None:
             m: dict[str, Any] = codec.loads(meta)
             version = m.get("v", 1)
             if type(version) is not int or not 1 <= version <= META_VERSION:
-                raise ValueError(
+                raise StateVersionError(
                     f"partition {partition}: saved metadata of version {version!r}, this worker reads"
                     f" versions 1 to {META_VERSION} (state saved by a newer release?)"
                 )
@@ -1006,7 +1006,10 @@ class PartitionEngine:
         for ref, raw in entries:
             d = codec.loads(raw)
             if d["state"] is not None:
-                st = eng.refs[ref] = ReferenceState.from_json(d["state"])
+                try:
+                    st = eng.refs[ref] = ReferenceState.from_json(d["state"])
+                except StateVersionError as exc:
+                    raise StateVersionError(f"partition {partition}: {exc}") from None
                 if st.cycle_deadline_ms is not None and st.cycle_opened_by is not None:
                     eng.decide.append((st.cycle_deadline_ms, DEADLINE, *st.cycle_opened_by, ref, None))
                 for hold in st.holds:

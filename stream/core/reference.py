@@ -29,6 +29,11 @@ from .refunds import (
 STATE_VERSION = 3
 
 
+class StateVersionError(ValueError):
+    """Saved state of a version this code does not read (a newer release wrote it): refused
+    rather than misread. A partition's metadata (`partition.META_VERSION`) or a reference entry."""
+
+
 # Facts kept as evidence: named tuples, small in memory, saved as JSON arrays in field order and
 # rebuilt by name (`Type(*saved)`): a field added at the end with a default keeps older saved
 # entries readable. Expanded only when a refund is written.
@@ -461,8 +466,15 @@ class ReferenceState:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ReferenceState:
-        """A saved reference of any version (1 and 2: two-letter keys; 3: named fields)."""
-        if d.get("v", 1) < 3:
+        """A saved reference of any version (1 and 2: two-letter keys; 3: named fields).
+        Raises `StateVersionError` for another version."""
+        version = d.get("v", 1)
+        if type(version) is not int or not 1 <= version <= STATE_VERSION:
+            raise StateVersionError(
+                f"a saved reference entry of version {version!r}, this worker reads versions 1 to"
+                f" {STATE_VERSION} (state saved by a newer release?)"
+            )
+        if version < 3:
             return cls._from_json_v2(d)
         debits = [LedgerEntry(*x) for x in d.get("debits", ())]
         reversals = [LedgerEntry(*x) for x in d.get("reversals", ())]

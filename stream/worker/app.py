@@ -29,6 +29,7 @@ from faust.types.events import EventT
 
 from ..core import codec
 from ..core.alerts import input_repartitioned_alert
+from ..core.reference import StateVersionError
 from ..drivers.livesettings import SETTINGS_HEADER, sent_behind, settings_header
 from ..security import aiokafka_config, faust_credentials
 from ..settings import Settings
@@ -53,7 +54,14 @@ from .intake import QuickConductor, RawSchema, batch_ack, take_batches
 from .metrics import WorkerMetrics
 from .pages import add_pages
 from .partitioncounts import BrokerPartitionCounts, PartitionCountsUnknown
-from .recovery import SIGNALS_STALL_S, FeedStallWatchdog, RecoveryWatchdog, restart_self, self_restarts
+from .recovery import (
+    SIGNALS_STALL_S,
+    FeedStallWatchdog,
+    RecoveryWatchdog,
+    restart_self,
+    self_restarts,
+    stop_unreadable_state,
+)
 from .shell import ReconcileShell
 from .statestore import UNKNOWN_REMAINING, KafkaChangelog, PartitionStore, changelog_topic_name
 from .stopdeadline import StopDeadline
@@ -412,8 +420,10 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     async def watch_input_partitions() -> None:
         """Stop when an input topic's partition count is not the one the worker started with."""
         check = InputPartitionsCheck(started_with, input_topics)
-        while True:
+        while not app.should_stop:  # (stopping: its client is closed, `close_side_clients`)
             await asyncio.sleep(INPUT_PARTITIONS_CHECK_S)
+            if app.should_stop:
+                return
             try:
                 action = check.answered(await partition_counts.ask(input_topics))
             except PartitionCountsUnknown as exc:  # not known now: asked again at the next check
@@ -425,9 +435,13 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             log.warning("%s", action.text)
 
     async def watch_state_recovery() -> None:
-        # A plain task, not an app timer: timers start only after Faust's first recovery.
-        while True:
+        # A plain task, not an app timer: timers start only after Faust's first recovery. It ends
+        # with the worker's stop (whose own deadline then watches it): the feed-stall probe's
+        # client is closed then (`close_side_clients`).
+        while not app.should_stop:
             await asyncio.sleep(watch_tick_s)
+            if app.should_stop:
+                return
             progress = store.progress
             restoring = progress.partition is not None
             if progress.partition != restoring_partition[0]:
@@ -570,6 +584,8 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
                     shell.engine(p)
             if shell.released_at_restore:  # sent and kept now, not at the next input batch
                 await shell.commit()
+        except StateVersionError as exc:
+            stop_unreadable_state(str(exc))
         except Exception:
             log.critical("cannot restore the state of an assigned partition; restarting", exc_info=True)
             restart_self("state_restore_failed")

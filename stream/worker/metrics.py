@@ -156,10 +156,11 @@ class _WorkerCollector(Collector):
             "minus the next offset to take",
             labels=["topic", "partition"],
         )
-        # Counts kept in each partition's saved state (a record counted once, whatever restarts
-        # and redeliveries; they move with the partition): the rules' `increase` over them says
-        # when a producer's clock went wrong and, by resolving, when it was fixed, which the
-        # alerts at the 1st, 10th, 100th, ... such record cannot.
+        # Counts kept in each partition's state (a record counted once, whatever restarts and
+        # redeliveries; they move with the partition): the rules' `increase` over them says when
+        # a producer's clock went wrong and, by resolving, when it was fixed, which the alerts at
+        # the 1st, 10th, 100th, ... such record cannot. Read as the engines hold them, ahead of
+        # the last commit by the batch in flight (a kill shows them back at it: a reset).
         skewed = CounterMetricFamily(
             "qris_clock_skewed_records",
             "Input records dated more than the clock guard ahead of their Kafka timestamp (counted at it)",

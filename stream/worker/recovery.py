@@ -94,6 +94,27 @@ def counted_restart(reason: RestartReason, environ: MutableMapping[str, str] = o
     environ[SELF_RESTARTS_ENV] = ",".join(f"{r}={n}" for r, n in counts.items())
 
 
+# The exit status of a worker that stops because its saved state is of a version it does not
+# read (`stop_unreadable_state`): a supervisor's backoff applies to its restarts.
+UNREADABLE_STATE_EXIT = 1
+
+UNREADABLE_STATE_HELP = (
+    "The state was saved by a newer release of qris-guard: this worker decides nothing from state "
+    "it would misread. Run the newer release on this group (a rollback over its state is not "
+    "supported), or start this release with a new QRIS_APP_ID, which decides everything again "
+    "from the input topics."
+)
+
+
+def stop_unreadable_state(problem: str) -> None:  # pragma: no cover - ends the process
+    """Stop at once, deciding nothing more, with exit status `UNREADABLE_STATE_EXIT`: a restart
+    in place (`restart_self`) would meet the same state and loop without a pause, each new
+    member rebalancing the whole group."""
+    log.critical("%s. %s", problem, UNREADABLE_STATE_HELP)
+    logging.shutdown()
+    os._exit(UNREADABLE_STATE_EXIT)
+
+
 def restart_self(reason: RestartReason) -> None:  # pragma: no cover - replaces the process
     """Replace this process with a fresh worker with the same arguments and environment, one
     more restart for `reason` counted in it (`/metrics`: qris_worker_self_restarts_total)."""

@@ -41,12 +41,14 @@ from ..core.eventtime import format_ms
 from ..core.holds import IncidentEvent
 from ..core.partition import NEG_INF, PartitionEngine
 from ..core.records import Stream
+from ..core.reference import StateVersionError
 from ..core.validation import Rejection
 from ..drivers.replayfile import KafkaRecord
 from ..settings import DOCS, Settings
 from .boundary import Gap, InputRecord, LiveRecord, PartitionPlan, plan_batch, topic_partition
 from .freeze import LoopWatch, stop_if_frozen
 from .gapfill import fill_gaps, only_markers
+from .recovery import stop_unreadable_state
 
 log = logging.getLogger("qris_guard.worker")
 
@@ -395,6 +397,8 @@ class ReconcileShell:
         try:
             self._note_unowned(events)
             await self.process_records(_plain(events), ack=ack)
+        except StateVersionError as exc:  # (a partition restored for this batch)
+            stop_unreadable_state(str(exc))
         except Exception:
             log.critical("cannot send or persist a batch; exiting before it is acked", exc_info=True)
             os._exit(70)
