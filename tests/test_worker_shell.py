@@ -963,6 +963,43 @@ def test_a_stream_that_ends_with_a_transaction_marker_is_silent_when_nothing_els
     assert h.shell.counts["idle_streams_behind"] == 0 and h.shell.counts["idle_checks_unanswered"] == 0
 
 
+def test_a_stop_waits_for_the_idle_check_under_way_and_no_check_asks_the_broker_after_it() -> None:
+    """The worker's stop closes the idle rule's readers (`close_side_clients`) while its timer
+    may be in a check: the check ends first and reads no more lags, and no check asks after it
+    (a read then would start a closed reader again, left open when the process ends)."""
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.batch(*unsettled("QR1", 0), *tick(100))
+    asked = h.broker({settings.payment_topic: 1, settings.ledger_topic: 1})  # each ends with a marker
+    read: list[Gap] = []
+
+    async def scenario() -> None:
+        reading, go_on = asyncio.Event(), asyncio.Event()
+
+        async def fetch_lag(gap: Gap) -> list[KafkaRecord]:
+            read.append(gap)
+            reading.set()
+            await go_on.wait()
+            return []
+
+        h.shell.fetch_lag = fetch_lag
+        check = asyncio.create_task(h.shell.check_idle_feeds())
+        await reading.wait()  # the first lag read is under way
+        stop = asyncio.create_task(h.shell.stop_idle_checks())
+        await asyncio.sleep(0.05)
+        assert not stop.done()
+        go_on.set()
+        await asyncio.wait_for(stop, 5.0)
+        assert check.done()
+        await h.shell.check_idle_feeds()  # the timer's next tick, after the stop
+
+    h.shell.clocks[0].last_arrival = [time.monotonic() - 400.0] * 2
+    h.shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
+    asyncio.run(scenario())
+    assert len(asked) == 1 and len(read) == 1  # the other stream's lag not read; nothing asked after
+    assert h.refunds() == [] and h.shell.engines[0].silent == [False, False]  # no answer: nothing moved
+
+
 @pytest.mark.parametrize("holds", ["records", "no answer", "too long", "no reader"])
 def test_a_stream_with_offsets_left_is_silent_only_when_they_are_read_and_hold_markers_only(holds: str) -> None:
     """A record not taken yet before the end offset (Faust slow to hand it over) may be the

@@ -638,10 +638,16 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         # at once and for a few seconds at most: a broker that does not answer must not hold the
         # stop. One used again after this starts again, and goes with the process.
         sides = (gaps, ends, lag_reader, partition_counts, signal_gaps, stall_probe)
+
+        async def close_all() -> list[Any]:
+            # The idle rule's timer runs until Faust stops its tasks, after this: an idle check
+            # under way (a few lag reads, half a second each) would start the end offsets' and
+            # the lag reader's clients again as they close.
+            await shell.stop_idle_checks()
+            return await asyncio.gather(*(side.close() for side in sides), return_exceptions=True)
+
         try:
-            done = await asyncio.wait_for(
-                asyncio.gather(*(side.close() for side in sides), return_exceptions=True), SIDE_CLIENTS_CLOSE_S
-            )
+            done = await asyncio.wait_for(close_all(), SIDE_CLIENTS_CLOSE_S)
         except TimeoutError:
             log.warning("the side broker clients were not closed within %g s at shutdown", SIDE_CLIENTS_CLOSE_S)
             return

@@ -204,6 +204,11 @@ class ReconcileShell:
         self._unanswered = False  # the last question went unanswered (logged once per episode)
         self._unread: set[tuple[str, int]] = set()  # lags that could not be read (logged once)
         self._behind: set[tuple[str, int]] = set()  # idle streams with records waiting (logged once)
+        # A worker's stop closes the readers the idle rule asks with (`stop_idle_checks`): a check
+        # still asking then would start them again, left open when the process ends (and, its
+        # start cut short by the stop, logged as an unclosed consumer).
+        self._idle_checks_stopped = False
+        self._idle_checking = asyncio.Lock()
         # Brings a partition's stored state up to date before its engine is built from it.
         self.restore = restore
         # Hands the batch's state writes (queued by `store.put`) to the Kafka client.
@@ -760,6 +765,19 @@ class ReconcileShell:
 
     async def check_idle_feeds(self) -> None:
         """Live only: advance the watermark of partitions whose input stream went silent."""
+        if self._idle_checks_stopped:
+            return
+        async with self._idle_checking:
+            await self._check_idle_feeds()
+
+    async def stop_idle_checks(self) -> None:
+        """No idle check after this, and one under way has ended (its broker questions cut short:
+        no answer, nothing moves by the wall clock): the readers it asks with may be closed."""
+        self._idle_checks_stopped = True
+        async with self._idle_checking:
+            pass
+
+    async def _check_idle_feeds(self) -> None:
         idle_s = self.settings.idle_timeout_s
         topics = (self.settings.payment_topic, self.settings.ledger_topic)  # Stream.P, Stream.L
         since = self.loop.freezes  # (a freeze makes every feed look quiet: nothing of it is sent)
@@ -853,6 +871,8 @@ class ReconcileShell:
         behind = set()
         records_end = dict(ends)
         for topic, p in sorted(tps):
+            if self._idle_checks_stopped:
+                return None  # the worker stops: its lag reader is being closed
             end, taken = ends.get((topic, p)), self.next_offset(topic, p)
             if end is not None and taken is not None and end > taken:
                 if await self._markers_only(topic, p, taken, end):
