@@ -142,6 +142,15 @@ def consuming(worker: Worker) -> int:
     return int(counts.get("records", 0)) + int(counts.get("redelivered_skipped", 0))
 
 
+def serving(worker: Worker) -> bool:
+    """This incarnation answers its stats page (started, its web server up)."""
+    try:
+        worker.stats()
+    except OSError:
+        return False
+    return True
+
+
 def run_chaos(
     tmp_path: Path, case: str, wipe: bool, seed: int, group_size: int = 1, pause: bool = False
 ) -> ChaosResult:
@@ -186,6 +195,10 @@ def run_chaos(
             deadline = time.monotonic() + 180
             while not has_consumed(victim) and not any(has_consumed(w) for w in live):
                 victim.assert_alive()
+                if not producer.is_alive() and serving(victim):
+                    # The input is all out and may be all taken: an incarnation started after
+                    # that (a kill or a freeze's restart) has nothing left to consume.
+                    break
                 assert time.monotonic() < deadline, f"worker never consumed:\n{victim.log_tail()}"
                 time.sleep(0.2)
             time.sleep(rng.uniform(0.2, 4.0))
