@@ -824,7 +824,8 @@ def reclaim_frozen_cycles(
     futures, Faust's spans: 108-218 objects, README "Known limits"), which the freeze keeps for
     good otherwise. The full collection walks every object of the process holding the GIL, so
     every thread waits for it (the event loop, the consumer's heartbeats, the freeze watch's
-    ticker): 0.1-0.7 s with 0.2-1.2 million objects. The worker calls it once a rebalance's
+    ticker): 0.1-0.7 s with 0.2-1.2 million objects, 2.8-2.9 s with 4.9 million (400,000
+    references in state; `bench/rebalance_collection.py`). The worker calls it once a rebalance's
     restore is done (`on_recovered`), before its streams resume, not on any batch's path.
     Automatic collections are off meanwhile: one made by another thread between the unfreeze
     and the full collection would freeze everything again (`_freeze_after_young`), leaving the
