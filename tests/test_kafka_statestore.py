@@ -483,3 +483,30 @@ def test_a_worker_back_on_its_old_disk_after_the_broker_compacted_a_deletion_doe
     for role in want:
         assert sorted(set(canon(got[role]))) == sorted(set(canon(want[role]))), f"{role}:\n{log_text[-3000:]}"
     assert "rebuilt from the changelog" in log_text, log_text[-3000:]
+
+
+def test_the_worker_stop_closes_the_changelogs_three_clients_on_the_broker(tmp_path: Path) -> None:
+    # Its producer and its restore reader (started together by a batch) and its check reader
+    # (end offsets), each connected to the real broker, then the stop path of the worker's app.
+    from stream.worker.app import close_changelog
+
+    bootstrap = require_broker()
+    settings = Settings(bootstrap=bootstrap, app_id=fresh_prefix("qris-test-", 8))
+    ensure_state_changelog(settings, 1)
+    topic = changelog_topic_name(settings.app_id)
+
+    async def scenario() -> list[tuple[bool, bool]]:
+        store = PartitionStore(KafkaChangelog(aiokafka_config(Settings(bootstrap=bootstrap)), topic), tmp_path)
+        await store.restore(0)
+        store.put(0, b"0/r/R0001", b"v")
+        await store.commit()
+        changelog = store.changelog
+        assert isinstance(changelog, KafkaChangelog)
+        assert await changelog.end_offsets([0]) == {0: 3}  # the identity record, the value, the marker
+        clients = [changelog._producer, changelog._consumer, changelog._checker]
+        before = [c._closed for c in clients]
+        store.close()
+        await close_changelog(changelog)
+        return list(zip(before, [c._closed for c in clients], strict=True))
+
+    assert asyncio.run(scenario()) == [(False, True)] * 3

@@ -1237,3 +1237,48 @@ def test_a_partition_dbs_memtable_is_bounded_by_its_write_buffer(tmp_path: Path)
         return size
 
     assert active_after_9_mib(1) < 2 * 1024 * 1024 < 8 * 1024 * 1024 < active_after_9_mib(64)
+
+
+def test_a_changelog_client_still_starting_when_the_changelog_closes_is_closed_with_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The stop closes the changelog while a batch's first send starts its producer and restore
+    # reader and an idle check starts its check reader: all three end stopped, none left open.
+    import aiokafka
+
+    started = asyncio.Event()
+    made: list[Any] = []
+
+    class Client:
+        def __init__(self, **config: Any) -> None:
+            self.role, self.stopped = config["client_id"], False
+            made.append(self)
+
+        async def start(self) -> None:
+            await started.wait()
+
+        async def stop(self) -> None:
+            self.stopped = True
+
+        async def end_offsets(self, tps: list[Any]) -> dict[Any, int]:
+            return {tp: 0 for tp in tps}
+
+    monkeypatch.setattr(aiokafka, "AIOKafkaProducer", Client)
+    monkeypatch.setattr(aiokafka, "AIOKafkaConsumer", Client)
+
+    async def scenario() -> None:
+        changelog = statestore.KafkaChangelog({"bootstrap_servers": "broker:9092"}, "app-changelog")
+        sending = asyncio.create_task(changelog.end_offset(0))
+        checking = asyncio.create_task(changelog.end_offsets([0]))
+        await asyncio.sleep(0.01)  # both in their clients' start
+        closing = asyncio.create_task(changelog.close())
+        await asyncio.sleep(0.01)
+        started.set()
+        await asyncio.gather(sending, checking, closing)
+
+    asyncio.run(scenario())
+    assert sorted((c.role, c.stopped) for c in made) == [
+        ("app", True),
+        ("app-check", True),
+        ("app-restore", True),
+    ]

@@ -138,3 +138,56 @@ def test_a_side_client_that_fails_to_close_leaves_the_others_closed(monkeypatch:
     app, _shell = build_app(Settings(store="memory://", max_hold_s=0))
     asyncio.run(app.on_before_shutdown.send())
     assert sorted(closed) == ["BrokerGapFetcher"] * 4 + ["BrokerPartitionCounts"]
+
+
+def _changelog_closes(monkeypatch: pytest.MonkeyPatch, hang: bool = False, fail: bool = False) -> list[str]:
+    # The store's close and the changelog's, in the order the app's stop calls them.
+    from stream.worker.statestore import KafkaChangelog, PartitionStore
+
+    closed: list[str] = []
+    store_close = PartitionStore.close
+
+    def close_store(self: PartitionStore) -> None:
+        closed.append("store")
+        store_close(self)
+
+    async def close_changelog(self: KafkaChangelog) -> None:
+        if hang:
+            await asyncio.sleep(3600)
+        if fail:
+            raise ConnectionError("the broker went away")
+        closed.append("changelog")
+
+    monkeypatch.setattr(PartitionStore, "close", close_store)
+    monkeypatch.setattr(KafkaChangelog, "close", close_changelog)
+    return closed
+
+
+def test_the_state_changelog_is_closed_after_the_store_when_the_app_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    # After the store: its local DBs are flushed first, and the agents' last commits (which
+    # write to the changelog) came before both.
+    closed = _changelog_closes(monkeypatch)
+    app, _shell = build_app(Settings(store="memory://", max_hold_s=0))
+    asyncio.run(app.stop())
+    assert closed == ["store", "changelog"]
+
+
+def test_a_changelog_that_does_not_close_or_fails_to_does_not_hold_or_fail_the_stop(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from stream.worker import app as app_module
+
+    monkeypatch.setattr(app_module, "SIDE_CLIENTS_CLOSE_S", 0.2)
+    closed = _changelog_closes(monkeypatch, hang=True)
+    app, _shell = build_app(Settings(store="memory://", max_hold_s=0))
+    started = time.monotonic()
+    asyncio.run(app.stop())
+    assert time.monotonic() - started < 30  # (not the hour the close would take)
+    assert closed == ["store"]
+    assert "the state changelog's broker clients were not closed within 0.2 s at shutdown" in caplog.text
+    monkeypatch.undo()
+    closed = _changelog_closes(monkeypatch, fail=True)
+    app, _shell = build_app(Settings(store="memory://", max_hold_s=0))
+    asyncio.run(app.stop())
+    assert closed == ["store"]
+    assert "closing the state changelog's broker clients at shutdown: ConnectionError" in caplog.text

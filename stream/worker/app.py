@@ -250,6 +250,10 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     # mode exits the app's context stack after its children. A worker stopped this way starts
     # again from its DBs and the changelog tail, not the whole changelog.
     app.add_context(contextlib.closing(store))
+    # The changelog's clients (its producer and its two readers) close after the store, in the
+    # app's async exit stack: mode unwinds it after the sync one, and the agents' last commits,
+    # which write to the changelog, come before both.
+    app.async_exit_stack.push_async_callback(close_changelog, changelog)
     # Each changelog batch says the consumer-group generation in which its writer took the
     # partition (the store reads Faust's, set at each assignment, when it restores or keeps a
     # partition): a worker the group dropped that still writes is then told from the
@@ -657,6 +661,20 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
 
     add_pages(app, settings, shell, watch, metrics)
     return app, shell
+
+
+async def close_changelog(changelog: KafkaChangelog) -> None:
+    """The state changelog's broker clients closed at the stop, for a few seconds at most (as
+    `close_side_clients`): a broker that does not answer must not hold the stop, and nothing of the
+    close may fail it (the local DBs are flushed already)."""
+    try:
+        await asyncio.wait_for(changelog.close(), SIDE_CLIENTS_CLOSE_S)
+    except TimeoutError:
+        log.warning(
+            "the state changelog's broker clients were not closed within %g s at shutdown", SIDE_CLIENTS_CLOSE_S
+        )
+    except Exception as exc:  # noqa: BLE001  # the process exits next and drops them all the same
+        log.warning("closing the state changelog's broker clients at shutdown: %r", exc)
 
 
 async def drop_moved_partitions(shell: ReconcileShell, store: PartitionStore, owned: Set[int]) -> list[int]:

@@ -1188,8 +1188,11 @@ class KafkaChangelog:
         return self._checker
 
     async def close(self) -> None:
-        producer, consumer, checker = self._producer, self._consumer, self._checker
-        self._producer = self._consumer = self._checker = None
+        # Under both locks: a client still starting is set once started, and closed here with
+        # the others rather than left open; a check under way ends first.
+        async with self._starting, self._checking:
+            producer, consumer, checker = self._producer, self._consumer, self._checker
+            self._producer = self._consumer = self._checker = None
         if producer is not None:
             await producer.stop()
         if consumer is not None:
