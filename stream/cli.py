@@ -211,6 +211,26 @@ def _warn_other_live_settings(s: Settings, command: str) -> None:
         )
 
 
+def _warn_warmed_live_detector(s: Settings, command: str) -> None:
+    import asyncio
+
+    from .drivers.livesettings import warmed_detector_warning
+    from .worker.bursts import read_latest_snapshot
+
+    try:
+        raw = asyncio.run(read_latest_snapshot(s))
+    except Exception as exc:  # noqa: BLE001 - a check only, as the settings' check above
+        print(
+            f"{command}: note: the live burst detector's snapshot not read ({type(exc).__name__}: {exc}); "
+            "not checked for a warm-up",
+            file=sys.stderr,
+        )
+        return
+    warning = warmed_detector_warning(raw, s.burst)
+    if warning is not None:
+        print(f"{command}: warning: {warning}", file=sys.stderr)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .drivers.replay import replay, tune_collector
     from .drivers.replayfile import decision_line
@@ -225,6 +245,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _connect(s)
         check_copartitioned(s)
         _warn_other_live_settings(s, "replay")
+        _warn_warmed_live_detector(s, "replay")
     elif not os.path.isfile(args.input):
         raise Mistake(f"--in {args.input}: no such file")
     started = time.perf_counter()
@@ -495,6 +516,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
         check_copartitioned(s)
         _warn_other_live_settings(s, "trace")
+        _warn_warmed_live_detector(s, "trace")
 
         # Every partition: records sent without a key (the contract allows them) can be in any
         # of them, and with refund holds on the incidents need them all anyway. (Reading only

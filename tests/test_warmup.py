@@ -70,3 +70,27 @@ def test_warmup_from_a_replay_file_is_the_replay_core_over_its_records(tmp_path:
     det = snap.detector
     assert det.partitions == frozenset(range(4)) and det.closed_through is not None
     assert det.learned(det.scopes["all"]) and 0.02 < det.scopes["all"].model.expected_rate(det.closed_through) < 0.05
+
+
+def test_a_warmed_detector_says_so_through_every_snapshot_and_a_replay_from_kafka_warns() -> None:
+    # A live worker that restored a warm-up's snapshot decides with history the input topics need
+    # not hold; a replay of those topics starts its detector cold and holds nothing the warm one
+    # held (the warm-up test above: an outage the cold one does not see). The mark goes from the
+    # warm-up through the live worker's own snapshots, and `replay --from-kafka` reads it.
+    from stream.drivers.livesettings import warmed_detector_warning
+
+    history = [report(0, M0 + i, busy_minute(i)) for i in range(120)]
+    warmed = warmup.from_signals(as_signals_topic(history), 1, BurstParams())
+    assert warmed.detector.warmed_through == warmed.detector.closed_through == M0 + 119
+    live = burstsnapshot.decode(burstsnapshot.encode(warmed.detector, 120)).detector
+    run(live, [report(0, M0 + 120, busy_minute(120))])
+    again = burstsnapshot.encode(live, 121)  # the live worker's own snapshot after the takeover
+    assert burstsnapshot.decode(again).detector.warmed_through == M0 + 119
+    warning = warmed_detector_warning(again, BurstParams())
+    assert warning is not None and "starts it cold" in warning
+    # A detector that learned from the signals alone: nothing to say, and its snapshot is as before.
+    cold = BurstDetector(1)
+    run(cold, history)
+    assert "warmed_through" not in cold.snapshot() and cold.warmed_through is None
+    assert warmed_detector_warning(burstsnapshot.encode(cold, 120), BurstParams()) is None
+    assert warmed_detector_warning(None, BurstParams()) is None

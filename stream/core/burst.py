@@ -150,6 +150,11 @@ class BurstDetector:
         }
         self._last_expiry_minute = 0
         self._floors: dict[str, int] = {}  # (this minute's, see `close_minute`)
+        # The last minute of the history a warm-up (`qris-guard warmup`) fed this state, kept
+        # through every snapshot after it: what it learned came from records the input topics
+        # need not hold, so a replay of those topics starts colder and can open other incidents
+        # (`livesettings.warmed_detector_warning` says so). None: learned from the signals only.
+        self.warmed_through: int | None = None
 
     @property
     def partitions(self) -> frozenset[int]:
@@ -186,6 +191,7 @@ class BurstDetector:
             "stats": dict(self.stats),
             "last_expiry_minute": self._last_expiry_minute,
             "scope_limit_minute": sorted(self.scope_limit_minute.items()),
+            **({} if self.warmed_through is None else {"warmed_through": self.warmed_through}),
         }
 
     @classmethod
@@ -206,6 +212,8 @@ class BurstDetector:
         det.stats.update({k: int(v) for k, v in snapshot["stats"].items()})
         det._last_expiry_minute = int(snapshot["last_expiry_minute"])
         det.scope_limit_minute = {t: int(m) for t, m in snapshot["scope_limit_minute"]}
+        warmed = snapshot.get("warmed_through")  # (absent from snapshots of a detector never warmed)
+        det.warmed_through = None if warmed is None else int(warmed)
         return det
 
     # -- input ----------------------------------------------------------------------------

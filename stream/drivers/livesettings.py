@@ -7,15 +7,17 @@ worker puts these settings on every refund, alert and dead letter it sends (the 
 `qris.settings`, compact JSON of `QRIS_*` name to value); `replay --from-kafka` and `trace
 --from-kafka` read the newest record of each partition of those topics and warn, naming each
 setting that differs, before deciding anything. Settings changed between two runs of the worker
-show as the newest run's.
+show as the newest run's. They also warn when the live burst detector's newest snapshot holds a
+warm-up's history (`qris-guard warmup`), which a replay, starting its detector cold, does not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from ..core import codec
-from ..core.eventtime import parse_ms
+from ..core import burstsnapshot, codec
+from ..core.burst import BurstParams
+from ..core.eventtime import format_ms, parse_ms
 from ..settings import DOCS, Settings
 
 SETTINGS_HEADER = "qris.settings"
@@ -163,4 +165,34 @@ def other_settings_warning(s: Settings, stamps: Iterable[Mapping[str, str]]) -> 
     return (
         f"the live worker decided with other settings than these ({'; '.join(found)}); "
         "these decisions can differ from its: set those variables as the live worker had them"
+    )
+
+
+def warmed_detector_warning(snapshot: bytes | None, burst: BurstParams) -> str | None:
+    """The warning for a replay of the input topics when the live burst detector's latest
+    snapshot (`snapshot`, the snapshots topic's newest value) holds a warm-up's history, or None.
+    The replay's detector starts cold: until its baselines are learned it opens no incident, so
+    refunds the live worker held are paid and then clawed back, and its incidents differ.
+
+    >>> from stream.core.burst import BurstDetector
+    >>> det = BurstDetector(1)
+    >>> warmed_detector_warning(burstsnapshot.encode(det, 0), BurstParams()) is None
+    True
+    >>> det.warmed_through = 29068560
+    >>> warmed_detector_warning(burstsnapshot.encode(det, 0), BurstParams()).split(";")[0][-71:]
+    'warm-up (qris-guard warmup) of history through 2025-04-08T12:00:00.000Z'
+    """
+    if snapshot is None:
+        return None
+    try:
+        warmed = burstsnapshot.decode(snapshot, burst).detector.warmed_through
+    except ValueError:
+        return None  # (the live worker rebuilds from the signals then: as a replay does)
+    if warmed is None:
+        return None
+    return (
+        f"the live worker's burst detector started from a warm-up (qris-guard warmup) of history through "
+        f"{format_ms(warmed * 60_000)}; this replay starts it cold (no history), so its FAILURE_BURST "
+        "incidents, and the refunds held during them, can differ from the live worker's: until its baselines "
+        "are learned it opens none, and refunds the live worker held are paid here"
     )

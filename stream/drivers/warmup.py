@@ -62,4 +62,5 @@ def _feed(values: Iterable[dict[str, Any]], partitions: set[int], burst: BurstPa
     for value in values:
         detector.on_signals(value)
         n += 1
+    detector.warmed_through = detector.closed_through
     return Warmed(detector, n, detector.stats["incidents"])
