@@ -15,6 +15,7 @@ from stream.core import burstsnapshot
 from stream.core.burst import BurstDetector, BurstParams
 from stream.core.partition import Params
 from stream.drivers import warmup
+from stream.drivers.replay import Replay
 from stream.drivers.replayfile import KafkaRecord
 from stream.simulate import generate, write_replay
 from tests.test_burst import M0, busy_minute, report, run
@@ -94,3 +95,26 @@ def test_a_warmed_detector_says_so_through_every_snapshot_and_a_replay_from_kafk
     assert "warmed_through" not in cold.snapshot() and cold.warmed_through is None
     assert warmed_detector_warning(burstsnapshot.encode(cold, 120), BurstParams()) is None
     assert warmed_detector_warning(None, BurstParams()) is None
+
+
+def kafka_records(scenario: str, seed: int, start_ms: int, minutes: float, **knobs: Any) -> list[KafkaRecord]:
+    return [
+        KafkaRecord(r.topic, r.partition, r.offset, r.timestamp_ms, r.key.encode() if r.key else None, r.value)
+        for r in generate(scenario, seed=seed, start_ms=start_ms, minutes=minutes, rate_per_min=300, **knobs)
+    ]
+
+
+@pytest.mark.slow
+def test_a_warmup_from_a_file_that_ends_in_an_outage_leaves_no_incident_open() -> None:
+    # The history's incident was never on the alerts topic: the live worker must not send its
+    # `updated` or `resolved` (nor hold refunds under its id) when the live minutes come.
+    history = kafka_records("outage", 5, TUESDAY_08_WIB_MS, 40, outage_at=0.8, outage_minutes=60)
+    warmed = warmup.from_records(history, Params(), BurstParams(), None)
+    assert warmed.incidents_seen >= 1 and warmed.detector.incidents.open_scopes() == []
+    snap = burstsnapshot.decode(burstsnapshot.encode(warmed.detector, None))
+    # Three hours later, a calm day through the live worker's restored detector.
+    replay = Replay(Params(), BurstParams())
+    for rec in kafka_records("normal", 6, TUESDAY_08_WIB_MS + 3 * 3600_000, 20):
+        replay.feed(rec)
+    alerts = [d.value for value in replay.signals for d in snap.detector.on_signals(value)]
+    assert [(a["status"], a["scope"]) for a in alerts if a["status"] != "opened"] == []

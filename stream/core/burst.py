@@ -860,6 +860,32 @@ class BurstDetector:
                     found[other] = found.get(other, 0) + n
         return found
 
+    def end_history(self) -> list[str]:
+        """The end of a warm-up's history from a file, learned and not sent: its minutes that
+        some partitions had not closed yet are closed with what they reported, and every
+        incident still open is resolved at the last of them with no alert, as `_follow`
+        resolves one. Those incidents were never on the alerts topic: one left open would reach
+        it as `updated` and `resolved` with no `opened`, and hold refunds under an id nobody saw
+        opened; a minute left pending would be closed by the live worker's first reports, hours
+        later, and open an incident of the history then. Returns the scopes whose incidents
+        ended. (From the signals topic the incidents are the live detector's own, sent as they
+        opened, and go on.)"""
+        merge = self.merge
+        for minute in sorted(merge.pending):
+            self.close_minute(minute, merge.pending.pop(minute))  # (its alerts: learning, not sent)
+        last = max(
+            [*merge.through.values(), *([] if merge.closed_through is None else [merge.closed_through])], default=None
+        )
+        if last is None:
+            return []  # (nothing reported: no incident opened)
+        merge.through = dict.fromkeys(merge.partitions, last)
+        merge.closed_through = last
+        ended = self.incidents.open_scopes()
+        for key in ended:
+            self.incidents.resolve(key, last)
+            self.scopes[key].covered_through = last  # its minutes belong to that episode
+        return ended
+
     def _follow(
         self, st: ScopeState, sc: ScoredScope | None, minute: int, scored: dict[str, ScoredScope]
     ) -> list[Decision]:

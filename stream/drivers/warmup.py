@@ -34,7 +34,11 @@ def from_records(records: Iterable[KafkaRecord], params: Params, burst: BurstPar
     seen = set(replay.engines)
     if not seen:
         raise SystemExit("warmup: no input record in the replay file")
-    return _feed(replay.signals, set(range(partitions)) if partitions else seen, burst)
+    warmed = _feed(replay.signals, set(range(partitions)) if partitions else seen, burst)
+    warmed.detector.end_history()  # (none of its minutes or incidents goes on into the live ones)
+    warmed.incidents_seen = warmed.detector.stats["incidents"]  # (with those its last minutes opened)
+    warmed.detector.warmed_through = warmed.detector.closed_through  # (its last minutes included)
+    return warmed
 
 
 def from_signals(records: Iterable[KafkaRecord], partitions: int, burst: BurstParams) -> Warmed:
