@@ -98,6 +98,8 @@ def mistakes(tmp: Path) -> list[tuple[str, list[str], dict[str, str], int, str]]
             'd.jsonl:1: not a replay record: "value_b64" is not base64',
         ),
         ("report of a missing file", ["report", "--in", str(tmp / "nope.jsonl")], {}, 2, "nope.jsonl"),
+        ("dump from past year 9999", ["dump", "--from", "9" * 30, "--out", out], {}, 2, "outside the years 0000-9999"),
+        ("report since 5,000 digits", ["report", "--in", out, "--since", "9" * 5000], {}, 2, "(5000 digits)"),
         (
             "report of an input file",
             ["report", "--in", write_lines(tmp / "e.jsonl", [b"[1, 2]"])],

@@ -874,3 +874,22 @@ def test_a_refund_paid_at_max_hold_is_told_held_by_the_incidents_its_record_name
     item = got["refunds"][0]
     assert item["held_by"] == requested["hold"]["incident_ids"] == ["in_a"]
     assert item["requested_at"] == requested["decided_at"]
+
+
+@pytest.mark.parametrize("since", ["²", "١٢", "--5", "1" + "0" * 17, "9" * 5000])
+def test_a_since_that_is_no_instant_is_a_bad_timestamp_not_a_bug(since: str) -> None:
+    # The account lookup answers a BadTimestamp with a 400 naming it; a plain ValueError from
+    # int() (a digit Python reads that is not ASCII, more digits than it converts) was a 500.
+    from stream.core.eventtime import BadTimestamp, parse_instant
+
+    with pytest.raises(BadTimestamp) as caught:
+        parse_instant(since)
+    assert len(str(caught.value)) < 200
+
+
+def test_epoch_milliseconds_are_taken_in_the_years_rfc_3339_writes() -> None:
+    from stream.core.eventtime import INSTANT_MAX_MS, INSTANT_MIN_MS, format_ms, parse_instant
+
+    assert parse_instant(" 1743213600000 ") == 1743213600000 and parse_instant("-5") == -5
+    assert format_ms(parse_instant(str(INSTANT_MAX_MS))) == "9999-12-31T23:59:59.999Z"
+    assert format_ms(parse_instant(str(INSTANT_MIN_MS))) == "0000-01-01T00:00:00.000Z"

@@ -207,13 +207,35 @@ def wib_and_utc(at_ms: int | None) -> str:
     return f"{local[:10]} {local[11:19]}{frac} WIB ({utc_text}{frac} UTC)"
 
 
+# Epoch milliseconds of the instants RFC 3339 writes (years 0000-9999, as `format_ms`).
+INSTANT_MIN_MS, INSTANT_MAX_MS = -62167219200000, 253402300799999
+
+
 def parse_instant(text: str) -> int:
-    """An instant given on a command line: epoch milliseconds, or RFC 3339 with a zone.
+    """An instant given on a command line or in a URL query (`since`): epoch milliseconds (ASCII
+    digits, in the years RFC 3339 writes), or RFC 3339 with a zone. Anything else is a
+    `BadTimestamp`: `int()` alone takes `²` or 5,000 digits for a number and raises a plain
+    `ValueError`, which the lookup API answered with a 500 and `dump --from` with exit 70.
 
     >>> parse_instant("1743213600000") == parse_instant("2025-03-29T09:00:00+07:00")
     True
+    >>> for bad in ("²", "--5", "1" + "0" * 17, "9" * 5000):
+    ...     try:
+    ...         parse_instant(bad)
+    ...     except BadTimestamp as exc:
+    ...         print(exc)
+    '²' is not an RFC 3339 date-time with a zone offset
+    '--5' is not an RFC 3339 date-time with a zone offset
+    epoch milliseconds 100000000000000000 are outside the years 0000-9999
+    epoch milliseconds 9999999999999999999999999999999999999999... (5000 digits) are outside the years 0000-9999
     """
     text = text.strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
+    digits = text[1:] if text.startswith("-") else text
+    if digits.isascii() and digits.isdigit():
+        # (17 digits are past year 9999 already: no need to convert a longer one to say so)
+        ms = int(text) if len(digits) <= 16 else None
+        if ms is None or not INSTANT_MIN_MS <= ms <= INSTANT_MAX_MS:
+            shown = text if len(text) <= 40 else f"{text[:40]}... ({len(digits)} digits)"
+            raise BadTimestamp(f"epoch milliseconds {shown} are outside the years 0000-9999")
+        return ms
     return parse_ms(text)
