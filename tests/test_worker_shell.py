@@ -1662,3 +1662,29 @@ def test_state_of_a_newer_version_stops_the_worker_before_it_decides_anything(
         " (state saved by a newer release?)"
     ]
     assert h2.sent == []
+
+
+def test_rejected_records_in_a_quiet_spell_pause_it_for_the_idle_timeout_not_for_its_whole_length() -> None:
+    # Both feeds quiet for 300 s moved the watermark 300 s past the records. A record the worker
+    # rejects brings no event time: counted from the records again, the watermark stood still
+    # until the quiet had lasted as long once more (QR1's deadline, 30 s further, waited 330 s
+    # more). It is still a sign of life (the idle timeout passes first), then the quiet goes on
+    # from where the watermark stood.
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.batch(*tick(0))
+    h.batch(*unsettled("QR1", 100))  # deadline 400 (T = 300)
+    quiet_check(h.shell, 300)  # W = 100 - 30 + 300 = 370
+    stood = T0 + 370_000
+    assert h.shell.engines[0].watermark_ms == stood and h.refunds() == []
+    junk = orjson.dumps({**orjson.loads(payment("junk", "settled", "QR9", 500)), "currency": "USD"})
+    h.batch(("P", junk))
+    dead = [v["reason"] for t, v in h.sent if t == settings.dead_letter_topic]
+    assert dead == ["'currency' is 'USD'; only IDR is accepted"]
+    quiet_check(h.shell, 40)
+    assert h.shell.engines[0].watermark_ms == stood + 40_000  # (from the records: 70 + 40, it stood at 370)
+    assert [r["reference"] for r in h.refunds()] == ["QR1"]
+    assert saved_meta(h)["quiet_floor_ms"] == stood + 40_000  # (a restart goes on from there too)
+    # A valid record ends the quiet: the watermark is the records' again.
+    h.batch(("P", payment("tick-q", "requested", "TICKQ", 600)), ("L", ledger("tick-r", "reversed", "TICKR", 600, 1)))
+    assert 0 not in h.shell._quiet_from and "quiet_floor_ms" not in saved_meta(h)

@@ -345,7 +345,7 @@ class ReconcileShell:
                 self._holds_left(partition, eng)
             self._params_changed(partition, eng)
             self.clocks[partition] = PartitionClock()
-            if eng.quiet_floor_ms == eng.forced_ms > self._records_watermark(eng):
+            if self._quiet_stands(eng):
                 self._quiet_from[partition] = eng.forced_ms
             if self.on_engine is not None:
                 self.on_engine(eng)
@@ -440,6 +440,7 @@ class ReconcileShell:
                 stream = self._stream(topic)
                 eng = self.engines.get(p) or self.engine(p)
                 on_record = eng.on_record
+                rejected_before = eng.rejected[stream]
                 for rec in take:
                     try:
                         got = on_record(stream, rec.offset, rec.key, rec.value, rec.timestamp_ms)
@@ -448,10 +449,19 @@ class ReconcileShell:
                     if got:  # most records decide nothing yet
                         decisions.extend(got)
                 self.clocks[p].arrived(stream, now, self.settings.idle_timeout_s)
-                self._quiet_from.pop(p, None)
-                if eng.quiet_floor_ms > NEG_INF:  # (saved with the records' offsets, or alone
-                    eng.quiet_floor_ms = NEG_INF  # when no record of them was new)
-                    eng.meta_dirty = True
+                if eng.rejected[stream] - rejected_before == len(take) and self._quiet_stands(eng):
+                    # Rejected records only: they bring no event time, so the quiet's watermark is
+                    # where event time stands. They still count as the feed's life (a record the
+                    # worker cannot read may be a settlement: the idle timeout passes before the
+                    # watermark moves on), but from where it stood, as after a restart. Counted from
+                    # the records again, it stood still for as long as the quiet had lasted (live:
+                    # 48 dead letters after a 3-minute quiet held 499 hold releases 3 minutes more).
+                    self._quiet_from[p] = eng.forced_ms
+                else:
+                    self._quiet_from.pop(p, None)
+                    if eng.quiet_floor_ms > NEG_INF:  # (saved with the records' offsets, or alone
+                        eng.quiet_floor_ms = NEG_INF  # when no record of them was new)
+                        eng.meta_dirty = True
                 self.counts["records"] += len(take)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
@@ -975,6 +985,10 @@ class ReconcileShell:
             eng.quiet_floor_ms = target  # (the floor is the quiet's own: a restart goes on from it)
             eng.meta_dirty = True
         return got
+
+    def _quiet_stands(self, eng: PartitionEngine) -> bool:
+        """Whether the watermark stands where a quiet spell moved it, past its records."""
+        return eng.quiet_floor_ms == eng.forced_ms > self._records_watermark(eng)
 
     def _advance_quiet(
         self, p: int, eng: PartitionEngine, ages: list[float], ends: Mapping[tuple[str, int], int] | None
