@@ -214,8 +214,8 @@ INSTANT_MIN_MS, INSTANT_MAX_MS = -62167219200000, 253402300799999
 def parse_instant(text: str) -> int:
     """An instant given on a command line or in a URL query (`since`): epoch milliseconds (ASCII
     digits, in the years RFC 3339 writes), or RFC 3339 with a zone. Anything else is a
-    `BadTimestamp`: `int()` alone takes `²` or 5,000 digits for a number and raises a plain
-    `ValueError`, which the lookup API answered with a 500 and `dump --from` with exit 70.
+    `BadTimestamp` (a 400 from the lookup API, exit 2 from the CLI): `int()` alone takes `²` or
+    5,000 digits for a number and raises a plain `ValueError`, which both take for a bug.
 
     >>> parse_instant("1743213600000") == parse_instant("2025-03-29T09:00:00+07:00")
     True
