@@ -453,6 +453,30 @@ def test_a_worker_without_the_detector_shows_the_incidents_topic_open_never_noth
     assert "Nothing is burning" in render(watch, {0: eng}, NOW_S, "qris-test")
 
 
+def test_holds_waiting_out_g_after_their_incidents_resolved_here_say_nothing_is_open() -> None:
+    # Both incidents of QR1's hold resolved in this worker's state: the page says nothing is open
+    # and when the holds end, not that the detector may run on another worker.
+    held = _two_incidents_hold_one_payment().eng
+    fresh = WorkerWatch(Settings(), clock=lambda: NOW_S)
+    page = render(fresh, {1: held}, NOW_S, "qris-test")  # in_bca still open
+    assert "No incident is known open" not in page and "it may run on another worker" in page
+    held.incidents.incidents["in_bca"].resolved_at_ms = T0 + 1_500_000
+    page = render(fresh, {1: held}, NOW_S, "qris-test")
+    assert "No incident is open, but 1 refund(s) are still held by incident(s) in_bca, in_rintis" in page
+    assert "its holds end about" in page and "it may run on another worker" not in page
+
+
+def test_the_latest_alerts_heading_says_how_many_of_how_many() -> None:
+    watch = WorkerWatch(Settings(), clock=lambda: NOW_S)
+    for i in range(3):
+        watch.on_output("alerts", {"alert_id": f"a{i}", "kind": "DEAD_LETTER", "severity": "warning", "summary": "s"})
+    assert "<h2>Latest alerts (3)</h2>" in render(watch, {}, NOW_S, "qris-test")
+    for i in range(3, 12):
+        watch.on_output("alerts", {"alert_id": f"a{i}", "kind": "DEAD_LETTER", "severity": "warning", "summary": "s"})
+    page = render(watch, {}, NOW_S, "qris-test")
+    assert "<h2>Latest alerts (the 10 newest of 12 since this worker started)</h2>" in page
+
+
 def test_the_dashboard_shows_holds_released_without_payment_and_since_when_it_counts() -> None:
     watch = WorkerWatch(Settings(), clock=lambda: NOW_S)
     for t in ("refund.held", "refund.hold_released"):

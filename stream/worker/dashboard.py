@@ -152,12 +152,23 @@ def _incidents(watch: WorkerWatch, held: list[Hold], engines: dict[int, Partitio
                 if (known := timeline.get(i)) is not None and (r := known.resolved_at_ms) is not None
             ]
             when = f" ({'; '.join(ends)})" if ends else ""
-            but = "" if elsewhere else "No incident is known open on this worker, but "
+            # Every incident of the holds known resolved here: nothing is open, the holds wait out G.
+            all_resolved = not more and len(ends) == len(ids)
+            if elsewhere:
+                but = ""
+            elif all_resolved:
+                but = "No incident is open, but "
+            else:
+                but = "No incident is known open on this worker, but "
+            rebuilt = (
+                ""
+                if all_resolved
+                else " After a restart or a rebalance the open incidents show here again once the burst detector is "
+                "rebuilt on this worker (at its next report); it may run on another worker."
+            )
             out.append(
                 f"<p class=bad>{but}{len(held)} refund(s) are still held by incident(s) {_e(', '.join(ids))}{_e(more)}"
-                f"{_e(when)}: a hold ends G after its incidents resolve, or at its deadline + H. After a restart or a "
-                "rebalance the open incidents show here again once the burst detector is rebuilt on this worker (at "
-                "its next report); it may run on another worker.</p>"
+                f"{_e(when)}: a hold ends G after its incidents resolve, or at its deadline + H.{rebuilt}</p>"
             )
         return out
     out.append(
@@ -264,7 +275,9 @@ def _dead_letters(watch: WorkerWatch) -> list[str]:
     if total:
         out.append("<ul>" + "".join(f"<li>{_e(t)}: {n}</li>" for t, n in sorted(watch.dead_letters.items())) + "</ul>")
     recent = list(watch.recent_alerts)[:10]
-    out.append(f"<h2>Latest alerts ({len(recent)})</h2>")
+    total = sum(watch.alerts.values())
+    shown = f"the {len(recent)} newest of {total} since this worker started" if total > len(recent) else str(total)
+    out.append(f"<h2>Latest alerts ({shown})</h2>")
     if recent:
         out.append(
             "<ul>"
