@@ -119,6 +119,12 @@ def test_two_workers_answer_the_lookup_for_every_reference_and_refuse_without_th
         status, plus = _get(b.web_port, "/qris/accounts/7700009876/payments?since=2025-03-29T07:05:00+07:00")
         assert status == 400 and "write it %2B" in plus["error"]  # (an unencoded '+' is a space)
         assert _get(b.web_port, "/qris/accounts/7700009876/payments", token=None)[0] == 401
+        # At most `limit` over both workers, the newest, with how many there are.
+        status, two = _get(b.web_port, "/qris/accounts/7700009876/payments?limit=2")
+        assert status == 200 and two["count"] == 2 and two["total"] == body["total"] == body["count"] > 2
+        assert [p["reference"] for p in two["payments"]] == [p["reference"] for p in body["payments"][:2]]
+        assert "the newest 2 of" in two["hint"] and "hint" not in body
+        assert _get(b.web_port, "/qris/accounts/7700009876/payments?limit=0")[0] == 400
         # /metrics of both workers parse; together they saw every input record.
         ma, mb = _metrics(a.web_port), _metrics(b.web_port)
         total = 0.0

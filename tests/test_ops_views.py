@@ -259,10 +259,13 @@ def test_the_account_index_follows_state_and_its_retention() -> None:
     assert set(watch.accounts["7700009876"]) == {"A5", "A6"}  # a lone reversal names no account in state
     assert "5550001111" not in watch.accounts
     watch2, eng2 = _run(DAY)
-    got = account_payments({0: eng2}, watch2, "7700009876", None)
-    assert [x["reference"] for x in got] == ["A5", "A2", "A1"]  # newest first
-    since = account_payments({0: eng2}, watch2, "7700009876", T0 + 2000)
-    assert [x["reference"] for x in since] == ["A5", "A2"]
+    got, total = account_payments({0: eng2}, watch2, "7700009876", None)
+    assert [x["reference"] for x in got] == ["A5", "A2", "A1"] and total == 3  # newest first
+    since, total = account_payments({0: eng2}, watch2, "7700009876", T0 + 2000)
+    assert [x["reference"] for x in since] == ["A5", "A2"] and total == 2
+    # At most `limit`, the newest, and how many there are.
+    newest, total = account_payments({0: eng2}, watch2, "7700009876", None, limit=2)
+    assert [x["reference"] for x in newest] == ["A5", "A2"] and total == 3
     watch2.keep_partitions({1})  # partition 0 moved to another worker
     assert watch2.accounts == {}
     # A restored engine is indexed again from its state.
@@ -580,6 +583,16 @@ def test_a_lookup_forwarded_to_a_peer_asks_for_the_same_reference_and_since(refe
     asyncio.run(main())
     assert seen == [(reference, None), (reference, "2025-03-29T09:00:00+07:00")]
     assert account_path("7700009876", None) == "/qris/accounts/7700009876/payments"
+    assert account_path("7700009876", None, 20) == "/qris/accounts/7700009876/payments?limit=20"
+
+
+@pytest.mark.parametrize("limit", ["0", "5001", "-1", "x", "²", "9" * 5000, ""])
+def test_an_account_querys_limit_is_a_whole_number_from_1_to_its_most(limit: str) -> None:
+    from stream.worker.lookup import parse_limit
+
+    with pytest.raises(ValueError, match="is not a whole number from 1 to 5000") as caught:
+        parse_limit(limit)
+    assert len(str(caught.value)) < 100
 
 
 def test_incidents_shown_by_a_worker_the_detector_left_are_put_aside_and_back_when_it_returns() -> None:
@@ -788,7 +801,7 @@ def test_a_reference_split_over_partitions_is_told_from_every_partition_that_hol
     watch = WorkerWatch(Settings())
     watch.watch_engine(p0)
     watch.watch_engine(p2)
-    [item] = [i for i in account_payments({0: p0, 2: p2}, watch, "7700009876", None) if i["reference"] == "K"]
+    [item] = [i for i in account_payments({0: p0, 2: p2}, watch, "7700009876", None)[0] if i["reference"] == "K"]
     assert item["summary"].startswith("WARNING:") and item["status"] == "refund_requested", item
     # One partition: as before, no warning.
     assert "other_partitions" not in (lookup_reference({0: p0}, "K", None) or {})

@@ -26,11 +26,13 @@ from ..security import read_secret
 from ..settings import Settings
 from . import dashboard
 from .lookup import (
+    ACCOUNT_LIMIT_MAX,
     account_path,
     account_payments,
     forward_ok,
     forward_signature,
     lookup_reference,
+    parse_limit,
     payment_path,
     question_of,
     token_ok,
@@ -125,13 +127,26 @@ def add_pages(
             # (A `+` in a URL's query is a space: `since=...+07:00` arrives as `... 07:00`.)
             plus = " (a '+' in a URL query reads as a space: write it %2B)" if since and " " in since else ""
             return web.json({"error": f"since: {exc}{plus}"}, status=400)
-        payments = account_payments(shell.engines, watch, account_id, since_ms)
+        try:
+            limit = parse_limit(request.query.get("limit"))
+        except ValueError as exc:
+            return web.json({"error": str(exc)}, status=400)
+        payments, total = account_payments(shell.engines, watch, account_id, since_ms, limit)
         if not request.headers.get(FORWARDED):
-            for status, body in await ask(peers(), account_path(account_id, since), question):
+            for status, body in await ask(peers(), account_path(account_id, since, limit), question):
                 if status == 200 and isinstance(body, dict):
-                    payments.extend(body.get("payments", []))
-            payments.sort(key=lambda x: x.get("first_seen_ms") or 0, reverse=True)
-        return web.json({"payments": payments, "count": len(payments)})
+                    theirs = body.get("payments", [])
+                    payments.extend(theirs)
+                    total += int(body.get("total", len(theirs)))
+            payments.sort(key=lambda x: (x.get("first_seen_ms") or 0, x.get("reference") or ""), reverse=True)
+            del payments[limit:]
+        answer: dict[str, Any] = {"payments": payments, "count": len(payments), "total": total, "limit": limit}
+        if total > len(payments):
+            answer["hint"] = (
+                f"the newest {len(payments)} of {total} payments: a later `since` narrows them, "
+                f"`limit` (at most {ACCOUNT_LIMIT_MAX}) shows more"
+            )
+        return web.json(answer)
 
     @app.page("/qris/dashboard")
     async def ops_dashboard(web: Any, request: Any) -> Any:
