@@ -1688,3 +1688,15 @@ def test_rejected_records_in_a_quiet_spell_pause_it_for_the_idle_timeout_not_for
     # A valid record ends the quiet: the watermark is the records' again.
     h.batch(("P", payment("tick-q", "requested", "TICKQ", 600)), ("L", ledger("tick-r", "reversed", "TICKR", 600, 1)))
     assert 0 not in h.shell._quiet_from and "quiet_floor_ms" not in saved_meta(h)
+
+
+def test_the_stats_page_counts_records_waiting_as_the_dashboard_and_metrics_do() -> None:
+    # Two records at 0 wait for the watermark (it stands at 0 - A); the page says 2, as
+    # `qris_records_waiting` does, and `queued` adds the deadline's timer once they are taken.
+    h = Harness(settings=Settings(partitions=1, max_hold_s=0))  # (no incidents to wait for)
+    h.batch(*unsettled("QR1", 0))
+    part = h.shell.stats()["partitions"][0]
+    assert part["waiting"] == 2 and part["queued"] == 2
+    h.batch(*tick(100))  # QR1's records taken, its deadline (300) queued; the ticks wait
+    part = h.shell.stats()["partitions"][0]
+    assert part["waiting"] == 2 and part["queued"] == 3

@@ -1019,7 +1019,10 @@ class ReconcileShell:
                     "watermark_ms": eng.watermark_ms,
                     "max_ms": eng.max_ms,
                     "references": len(eng.refs),
-                    "waiting": len(eng.heap) + len(eng.decide),
+                    # Records waiting for the watermark, as `qris_records_waiting` and the
+                    # dashboard count them; `queued` adds the deadlines' timers.
+                    "waiting": sum(len(v) for v in eng.pending.values()),
+                    "queued": len(eng.heap) + len(eng.decide),
                     "decided_through_ms": eng.decided_through_ms,
                     # References with a refund held (O(1): the page is polled while the worker
                     # runs, and counting the holds of each cost 4% of a backlog's CPU at 4 polls/s).
