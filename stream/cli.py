@@ -18,13 +18,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from .core import codec
 from .core.eventtime import BadTimestamp, parse_instant
 from .drivers.progress import Progress
 from .outsink import WholeWrites, stdout_reader_gone
 from .settings import DOCS, Settings, SettingsError, display, from_env, hold_outlasts_retention
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from .drivers.replay import WarmStart
 
 EXIT_MISTAKE = 2  # an argument, setting, file or replay line is wrong
 EXIT_UNAVAILABLE = 69  # Kafka cannot be reached or refuses the credentials (sysexits EX_UNAVAILABLE)
@@ -211,7 +216,35 @@ def _warn_other_live_settings(s: Settings, command: str) -> None:
         )
 
 
-def _warn_warmed_live_detector(s: Settings, command: str) -> None:
+def _warm_start(
+    args: argparse.Namespace, s: Settings, input_partitions: Callable[[], Iterable[int]]
+) -> WarmStart | None:
+    """The snapshot `--detector-snapshot` names, for the replay's burst detector to start from
+    (None without the option), after checking it against the input's partitions."""
+    from .drivers.replay import WarmStart, partitions_mistake
+
+    path = getattr(args, "detector_snapshot", None)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise Mistake(f"--detector-snapshot {path}: {exc.strerror or exc}") from None
+    try:
+        warm = WarmStart.of(raw, s.burst)
+    except ValueError as exc:
+        raise Mistake(f"--detector-snapshot {path}: {exc}") from None
+    problem = partitions_mistake(warm, input_partitions())
+    if problem is not None:
+        raise Mistake(
+            f"--detector-snapshot {path}: {problem}: the detector would wait for partitions that report nothing "
+            "or leave reports out (`qris-guard warmup --partitions N` writes one of partitions 0..N-1)"
+        )
+    return warm
+
+
+def _warn_warmed_live_detector(s: Settings, command: str, warm: WarmStart | None = None) -> None:
     import asyncio
 
     from .drivers.livesettings import warmed_detector_warning
@@ -226,7 +259,7 @@ def _warn_warmed_live_detector(s: Settings, command: str) -> None:
             file=sys.stderr,
         )
         return
-    warning = warmed_detector_warning(raw, s.burst)
+    warning = warmed_detector_warning(raw, s.burst, warm)
     if warning is not None:
         print(f"{command}: warning: {warning}", file=sys.stderr)
 
@@ -243,11 +276,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from .topics import check_copartitioned
 
         _connect(s)
-        check_copartitioned(s)
+        n = check_copartitioned(s)
+        # The live worker restores a snapshot of its input topics' partitions only.
+        warm = _warm_start(args, s, lambda: range(n))
         _warn_other_live_settings(s, "replay")
-        _warn_warmed_live_detector(s, "replay")
+        _warn_warmed_live_detector(s, "replay", warm)
     elif not os.path.isfile(args.input):
         raise Mistake(f"--in {args.input}: no such file")
+    else:
+        from .drivers.replayfile import file_partitions
+
+        warm = _warm_start(args, s, lambda: file_partitions(args.input, (s.payment_topic, s.ledger_topic)))
     started = time.perf_counter()
     n_out = 0
     seq: dict[tuple[str, int], int] = {}
@@ -267,6 +306,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 burst=s.burst,
                 from_ms=args.from_time,
                 to_ms=args.to_time,
+                warm=warm,
             )
         print(
             f"replay: {n_out} decisions in {time.perf_counter() - started:.2f} s ({jobs} jobs) -> {args.out}",
@@ -280,7 +320,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         progress = Progress("replay")
         records = _kafka_records(args, s) if args.from_kafka else _file_records(args, progress)
         source = args.input or "Kafka"
-        decided = replay(records, s.params, drain=args.drain, burst=s.burst, source=source)
+        decided = replay(records, s.params, drain=args.drain, burst=s.burst, source=source, warm=warm)
         for partition, d in decided:
             topic = s.output_topic(d.role)
             k = (topic, partition)
@@ -514,9 +554,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
         from .drivers.kafkaread import read_topics
         from .topics import check_copartitioned
 
-        check_copartitioned(s)
+        n = check_copartitioned(s)
+        warm = _warm_start(args, s, lambda: range(n))
         _warn_other_live_settings(s, "trace")
-        _warn_warmed_live_detector(s, "trace")
+        _warn_warmed_live_detector(s, "trace", warm)
 
         # Every partition: records sent without a key (the contract allows them) can be in any
         # of them, and with refund holds on the incidents need them all anyway. (Reading only
@@ -528,11 +569,19 @@ def cmd_trace(args: argparse.Namespace) -> int:
         with open(args.input, "rb") as fh:
             records = list(read_records(fh))
         source = args.input
+        warm = _warm_start(args, s, lambda: {r.partition for r in records if r.topic in topics})
     parts_found = partitions_of(records, ref, topics)
     result = None
     if parts_found or args.all_partitions:
         result = trace(
-            records, ref, s.params, parts_found, drain=args.drain, burst=s.burst, all_partitions=args.all_partitions
+            records,
+            ref,
+            s.params,
+            parts_found,
+            drain=args.drain,
+            burst=s.burst,
+            all_partitions=args.all_partitions,
+            warm=warm,
         )
     if result is None:
         inputs = sum(1 for r in records if r.topic in topics)
@@ -616,6 +665,15 @@ def _range(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", dest="to_time", type=_time_arg, help="end, exclusive: RFC 3339 or epoch ms")
 
 
+def _detector_snapshot(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--detector-snapshot",
+        metavar="FILE",
+        help="start the burst detector from this snapshot (as `warmup --out FILE` writes it) instead of cold: "
+        "the warm-up the live worker restored, to decide as it did (default: cold)",
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors in one line (the usage is one `--help` away)."""
 
@@ -692,6 +750,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="processes for a replay file, partitions split among them "
         "(default: CPUs, at most 4; 1 = one process, lines in decision order)",
     )
+    _detector_snapshot(p)
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("warmup", help="build the burst detector's state from history and write its snapshot")
@@ -736,6 +795,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="replay every partition (slower) so incidents behind holds are known, as in a full replay",
     )
     p.add_argument("--json", action="store_true", help="the facts as JSON, for tools")
+    _detector_snapshot(p)
     p.set_defaults(func=cmd_trace)
 
     p = sub.add_parser("settings", help="print the effective QRIS_* settings")

@@ -330,7 +330,9 @@ def _two_incidents(
     ]
     params = replace(Params(max_hold_ms=7_200_000), burst_signals=False)
 
-    def detector(records: object, params: Params, burst: object, drain: bool) -> tuple[Replay, list[Decision]]:
+    def detector(
+        records: object, params: Params, burst: object, drain: bool, warm: object = None
+    ) -> tuple[Replay, list[Decision]]:
         return Replay(params, incidents=events, incidents_known_through_ms=T0 + 10_000_000), alerts
 
     monkeypatch.setattr(trace_module, "with_incidents", detector)

@@ -8,17 +8,22 @@ worker puts these settings on every refund, alert and dead letter it sends (the 
 --from-kafka` read the newest record of each partition of those topics and warn, naming each
 setting that differs, before deciding anything. Settings changed between two runs of the worker
 show as the newest run's. They also warn when the live burst detector's newest snapshot holds a
-warm-up's history (`qris-guard warmup`), which a replay, starting its detector cold, does not.
+warm-up's history (`qris-guard warmup`) and the replay's detector starts cold, or from a snapshot
+(`--detector-snapshot`) of other history.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from ..core import burstsnapshot, codec
 from ..core.burst import BurstParams
 from ..core.eventtime import format_ms, parse_ms
 from ..settings import DOCS, Settings
+
+if TYPE_CHECKING:  # (the worker stamps its settings with this module: no replay driver loaded for it)
+    from .replay import WarmStart
 
 SETTINGS_HEADER = "qris.settings"
 
@@ -168,31 +173,57 @@ def other_settings_warning(s: Settings, stamps: Iterable[Mapping[str, str]]) -> 
     )
 
 
-def warmed_detector_warning(snapshot: bytes | None, burst: BurstParams) -> str | None:
+def warmed_detector_warning(snapshot: bytes | None, burst: BurstParams, warm: WarmStart | None = None) -> str | None:
     """The warning for a replay of the input topics when the live burst detector's latest
-    snapshot (`snapshot`, the snapshots topic's newest value) holds a warm-up's history, or None.
-    The replay's detector starts cold: until its baselines are learned it opens no incident, so
-    refunds the live worker held are paid and then clawed back, and its incidents differ.
+    snapshot (`snapshot`, the snapshots topic's newest value) holds a warm-up's history and the
+    replay's detector does not start from the same (`warm`: the `--detector-snapshot` given;
+    None: cold), or None. A detector started cold opens no incident until its baselines are
+    learned, so refunds the live worker held are paid and then clawed back, and its incidents
+    differ. The warm-ups are compared by the last minute of their history (`warmed_through`).
 
     >>> from stream.core.burst import BurstDetector
     >>> det = BurstDetector(1)
     >>> warmed_detector_warning(burstsnapshot.encode(det, 0), BurstParams()) is None
     True
     >>> det.warmed_through = 29068560
-    >>> warmed_detector_warning(burstsnapshot.encode(det, 0), BurstParams()).split(";")[0][-71:]
+    >>> live = burstsnapshot.encode(det, 0)
+    >>> warmed_detector_warning(live, BurstParams()).split(";")[0][-71:]
     'warm-up (qris-guard warmup) of history through 2025-04-08T12:00:00.000Z'
+    >>> from stream.drivers.replay import WarmStart
+    >>> warmed_detector_warning(live, BurstParams(), WarmStart(b"", frozenset({0}), 29068560)) is None
+    True
     """
     if snapshot is None:
         return None
     try:
         warmed = burstsnapshot.decode(snapshot, burst).detector.warmed_through
     except ValueError:
-        return None  # (the live worker rebuilds from the signals then: as a replay does)
-    if warmed is None:
+        return None  # (the live worker rebuilds from the signals then: as a cold replay does)
+    given = None if warm is None else warm.warmed_through
+    if given == warmed:
         return None
+    if warmed is None:
+        assert given is not None
+        return (
+            f"this replay's burst detector starts from --detector-snapshot, a warm-up of history through "
+            f"{format_ms(given * 60_000)}, and the live worker's latest snapshot holds no warm-up: its FAILURE_BURST "
+            "incidents, and the refunds held during them, can differ from the live worker's"
+        )
+    how = (
+        "to decide as the live worker did, rebuild its warm-up's snapshot with `qris-guard warmup --in HISTORY "
+        "--out FILE` from the same history file and settings (the same snapshot, byte for byte) and replay with "
+        "`--detector-snapshot FILE`"
+    )
+    if warm is None:
+        return (
+            f"the live worker's burst detector started from a warm-up (qris-guard warmup) of history through "
+            f"{format_ms(warmed * 60_000)}; this replay starts it cold (no history), so its FAILURE_BURST "
+            "incidents, and the refunds held during them, can differ from the live worker's: until its baselines "
+            f"are learned it opens none, and refunds the live worker held are paid here; {how}"
+        )
+    through = "no warm-up's" if given is None else f"history through {format_ms(given * 60_000)}"
     return (
         f"the live worker's burst detector started from a warm-up (qris-guard warmup) of history through "
-        f"{format_ms(warmed * 60_000)}; this replay starts it cold (no history), so its FAILURE_BURST "
-        "incidents, and the refunds held during them, can differ from the live worker's: until its baselines "
-        "are learned it opens none, and refunds the live worker held are paid here"
+        f"{format_ms(warmed * 60_000)}; the --detector-snapshot given holds {through}, so this replay's "
+        f"FAILURE_BURST incidents, and the refunds held during them, can differ from the live worker's; {how}"
     )

@@ -36,7 +36,7 @@ from ..core.holdtally import is_hold_report
 from ..core.partition import NEG_INF, POS_INF, Params
 from ..core.records import Stream
 from ..core.signals import MINUTE_MS
-from .replay import Replay, warn_input, with_holds
+from .replay import Replay, WarmStart, start_detector, warn_input, with_holds
 from .replayfile import KafkaRecord, ReplayFile
 
 
@@ -275,11 +275,14 @@ def replay_one_pass(
     *,
     drain: bool,
     source: str,
+    warm: WarmStart | None = None,
 ) -> Iterator[tuple[int, Decision]]:
     """Decisions for `records` with holds on, in the two-pass replay's order; `partitions`: a
-    superset of the input's partitions. Raises `Fallback` (see the module docstring)."""
+    superset of the input's partitions (with `warm`, the snapshot's partitions, which the
+    detector starts from). Raises `Fallback` (see the module docstring)."""
     partitions = frozenset(partitions)
-    one = OnePass(params, partitions, BurstDetector(partitions, burst) if partitions else None)
+    detector = start_detector(partitions, burst, warm) if partitions else None
+    one = OnePass(params, partitions, detector)
     if isinstance(records, ReplayFile):
         take = one.take
         for i, (topic, part, offset, ts, key, value) in enumerate(records.fields()):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..core import codec
-from ..core.burst import BurstDetector, BurstParams
+from ..core.burst import BurstParams
 from ..core.decisions import Decision
 from ..core.holds import IncidentEvent, incident_event
 from ..core.partition import NEG_INF, POS_INF, Params
@@ -44,12 +44,14 @@ from .replay import (
     InputNotes,
     Kept,
     Replay,
+    WarmStart,
     collector_paused,
     incident_timeline,
     input_notes,
     reporting,
     run_detector,
     say_input,
+    start_detector,
     with_holds,
 )
 from .replayfile import FileScan, KafkaRecord, TimeRange, WholeFile, decision_line
@@ -223,13 +225,14 @@ def _two_passes(
     outs: list[str],
     times: tuple[int | None, int | None],
     burst: BurstParams,
+    warm: WarmStart | None,
 ) -> tuple[list[tuple[int, list[Any], list[int], InputNotes]], list[Decision]]:
     def args_of(i: int) -> tuple[Any, ...]:
         return (scan, i, params, drain, topics, outs[i], times)
 
     with _started(ctx, _two_pass_job, jobs, args_of) as (conns, procs):
         signals = [value for conn in conns for value in codec.loads(_answer(conn)[0])]
-        bursts, closed_through = run_detector(signals, reporting(signals), burst)
+        bursts, closed_through = run_detector(signals, reporting(signals), burst, warm)
         timeline = incident_timeline(bursts, closed_through, params, drain=drain)
         for conn in conns:
             conn.send(timeline)
@@ -238,7 +241,8 @@ def _two_passes(
             proc.join()
         # The second pass's signals are the partitions' hold reports (`holdtally`).
         reports = [value for _n, values, _p, _b in results for value in values]
-        return results, with_holds(bursts, reports, reporting(signals), params)
+        waited = reporting(signals) if warm is None else warm.partitions
+        return results, with_holds(bursts, reports, waited, params)
 
 
 def _inbox(conn: Connection) -> queue.SimpleQueue[Any]:
@@ -382,11 +386,12 @@ def _one_pass(
     times: tuple[int | None, int | None],
     burst: BurstParams,
     partitions: frozenset[int],
+    warm: WarmStart | None,
 ) -> tuple[list[tuple[int, list[Any], list[int], InputNotes]], list[Decision]] | None:
     # The parent of a one-pass replay with holds: one detector over every job's closed minutes,
     # its incidents to every job as they come. None: some partition never reported (see
     # `onepass.Fallback`), and the two-pass replay must be run instead.
-    detector = BurstDetector(partitions, burst)
+    detector = start_detector(partitions, burst, warm)
     probe = params.probe_age_ms
     bursts: list[Decision] = []
 
@@ -470,10 +475,12 @@ def replay_file_parallel(
     burst: BurstParams | None = None,
     from_ms: int | None = None,
     to_ms: int | None = None,
+    warm: WarmStart | None = None,
 ) -> int:
     """Replay `path` with `jobs` processes; write decision lines to `out`; return their count.
-    `from_ms`/`to_ms` select records by Kafka timestamp as `TimeRange` does. No cyclic
-    collector while it runs, here and in the forked jobs (`replay.collector_paused`)."""
+    `from_ms`/`to_ms` select records by Kafka timestamp as `TimeRange` does. `warm`: the
+    snapshot the parent's burst detector starts from (None: cold). No cyclic collector while it
+    runs, here and in the forked jobs (`replay.collector_paused`)."""
     burst = burst or BurstParams()
     with collector_paused(), tempfile.TemporaryDirectory(prefix="qris-replay-") as tmp:
         outs = [str(Path(tmp) / f"job-{i}.jsonl") for i in range(jobs)]
@@ -488,11 +495,11 @@ def replay_file_parallel(
             # No line gives an input partition (none, or none readable): the two passes read the
             # records and say what is wrong with them; a detector over no partition cannot run.
             if inputs:
-                one_pass = _one_pass(ctx, scan, params, drain, jobs, topics, outs, times, burst, inputs)
+                one_pass = _one_pass(ctx, scan, params, drain, jobs, topics, outs, times, burst, inputs, warm)
         if one_pass is not None:
             results, bursts = one_pass
         elif params.holds:
-            results, bursts = _two_passes(ctx, scan, params, drain, jobs, topics, outs, times, burst)
+            results, bursts = _two_passes(ctx, scan, params, drain, jobs, topics, outs, times, burst, warm)
         else:
             # Without holds each job reads the whole file for its lines: no scan first.
             _SCAN[0] = WholeFile(path, jobs)  # the pool's forked processes inherit it (not pickled)
@@ -504,7 +511,7 @@ def replay_file_parallel(
                 _SCAN[0] = None
             signals = [value for _n, values, _p, _b in results for value in values]
             partitions = {p for _n, _v, ps, _b in results for p in ps}
-            bursts, _closed = run_detector(signals, partitions, burst)
+            bursts, _closed = run_detector(signals, partitions, burst, warm)
         for o in outs:
             with open(o, "rb") as fh:
                 shutil.copyfileobj(fh, out, 1 << 20)

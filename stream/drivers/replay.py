@@ -8,6 +8,8 @@ live worker used the documented wall-clock idle rule). `--drain` moves every wat
 Failure bursts span partitions: each engine's closed minutes (`signals`) are kept and given to
 one `BurstDetector` at the end, with the number of partitions seen, so the incidents do not
 depend on how the input interleaves partitions. Their lines carry partition -1 (all partitions).
+The detector starts cold, or from a warm-up's snapshot (`WarmStart`, `--detector-snapshot`) as
+the live worker that restored that warm-up did, on every path below.
 
 With refund holds on (`Params.max_hold_ms` > 0) the refund decisions depend on the incidents.
 When the input partitions are known up front, a replay takes one pass, as live (`onepass`).
@@ -32,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..core import burstsnapshot
 from ..core.burst import BurstDetector, BurstParams
 from ..core.decisions import Decision
 from ..core.holds import IncidentEvent, incident_event
@@ -51,6 +54,52 @@ Kept = tuple[KafkaRecord, Parsed | None]
 KEEP_PARSED_MAX_RECORDS = 2_000_000
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """A snapshot of the burst detector (`burstsnapshot`, as `qris-guard warmup --out FILE`
+    writes it) that a replay's detector starts from instead of cold: what the live worker
+    restores from its snapshots topic after a `warmup`, so that a replay decides what it decided.
+    Each detector is decoded afresh from the bytes, with the replay's parameters, as the live
+    worker restores it (a one-pass replay that falls back to two passes starts a second one).
+    The snapshot's partitions are the detector's: `partitions_mistake` compares them with the
+    input's. A hold tally in the snapshot (`warmup` writes none) is not used: a replay tallies
+    the holds of its own input."""
+
+    raw: bytes
+    partitions: frozenset[int]
+    warmed_through: int | None  # the last minute of the warm-up's history, if it says
+
+    @classmethod
+    def of(cls, raw: bytes, params: BurstParams) -> WarmStart:
+        """The warm start of snapshot bytes `raw`; `ValueError` if it is not one to restore."""
+        det = burstsnapshot.decode(raw, params).detector
+        return cls(raw, det.partitions, det.warmed_through)
+
+    def detector(self, params: BurstParams) -> BurstDetector:
+        return burstsnapshot.decode(self.raw, params).detector
+
+
+def partitions_mistake(warm: WarmStart, partitions: Iterable[int]) -> str | None:
+    """What is wrong with starting a replay of input `partitions` from `warm`, or None. The
+    detector waits for every partition of its snapshot before it closes a minute, and takes no
+    other partition's reports, so the two must be the same set (the live worker, too, restores
+    only a snapshot of its input topics' partitions).
+
+    >>> warm = WarmStart(b"", frozenset(range(4)), None)
+    >>> partitions_mistake(warm, range(4)) is None
+    True
+    >>> partitions_mistake(warm, [0, 1])
+    'a snapshot of input partitions 0, 1, 2, 3; the input is of partitions 0, 1'
+    """
+    given = set(partitions)
+    if given == warm.partitions:
+        return None
+    return (
+        f"a snapshot of input partitions {', '.join(map(str, sorted(warm.partitions)))}; the input is of "
+        f"partitions {', '.join(map(str, sorted(given))) or '(none)'}"
+    )
+
+
 @dataclass
 class Replay:
     params: Params
@@ -64,6 +113,8 @@ class Replay:
     # Holds on: the partitions the detector waited for; its updated/resolved alerts wait for
     # their hold reports too (`holdtally`).
     detector_partitions: frozenset[int] = frozenset()
+    # The snapshot the detector starts from (None: cold).
+    warm: WarmStart | None = None
 
     # The latest time the engines take a record at (`partition.occurred_max_ms`), once.
     _occurred_max_ms: int = field(init=False, default=0)
@@ -140,7 +191,7 @@ class Replay:
     def bursts(self, partitions: Iterable[int] = ()) -> list[Decision]:
         """The failure-burst alerts of everything fed so far, from the kept signals of
         `partitions` (default: the partitions seen)."""
-        return detect_bursts(self.signals, set(self.engines) | set(partitions), self.burst)
+        return detect_bursts(self.signals, set(self.engines) | set(partitions), self.burst, self.warm)
 
 
 def tune_collector() -> None:
@@ -247,19 +298,28 @@ def say_input(notes: InputNotes, source: str) -> InputNotes:
     return notes
 
 
-def detect_bursts(signals: Iterable[dict[str, Any]], partitions: Iterable[int], params: BurstParams) -> list[Decision]:
+def detect_bursts(
+    signals: Iterable[dict[str, Any]], partitions: Iterable[int], params: BurstParams, warm: WarmStart | None = None
+) -> list[Decision]:
     """Run one `BurstDetector` over the partitions' signals (each partition's in its order)."""
-    return run_detector(signals, partitions, params)[0]
+    return run_detector(signals, partitions, params, warm)[0]
+
+
+def start_detector(partitions: Iterable[int], params: BurstParams, warm: WarmStart | None = None) -> BurstDetector:
+    """The replay's detector: cold over `partitions`, or restored from `warm` (its partitions
+    then are the snapshot's)."""
+    return BurstDetector(partitions, params) if warm is None else warm.detector(params)
 
 
 def run_detector(
-    signals: Iterable[dict[str, Any]], partitions: Iterable[int], params: BurstParams
+    signals: Iterable[dict[str, Any]], partitions: Iterable[int], params: BurstParams, warm: WarmStart | None = None
 ) -> tuple[list[Decision], int | None]:
-    """The detector's alerts over the partitions' signals, and the last minute it closed."""
+    """The detector's alerts over the partitions' signals, and the last minute it closed;
+    `warm`: the snapshot it starts from (its partitions, not `partitions`, are waited for)."""
     partitions = set(partitions)
-    if not partitions:
+    if not partitions and warm is None:
         return [], None
-    detector = BurstDetector(partitions, params)
+    detector = start_detector(partitions, params, warm)
     out: list[Decision] = []
     for value in signals:
         out.extend(detector.on_signals(value))
@@ -294,11 +354,13 @@ def with_incidents(
     *,
     drain: bool,
     kept: list[Kept] | None = None,
+    warm: WarmStart | None = None,
 ) -> tuple[Replay, list[Decision]]:
     """Holds on: the first pass (holds off) over `records` for the detector's alerts, and the
     `Replay` for the second pass, which decides with their incident timeline (also `trace`).
     With `kept`, the records and their parse results are appended to it for the second pass, up
-    to `KEEP_PARSED_MAX_RECORDS` (beyond, `kept` is emptied and the caller reads again)."""
+    to `KEEP_PARSED_MAX_RECORDS` (beyond, `kept` is emptied and the caller reads again). `warm`:
+    the snapshot the detector starts from (None: cold)."""
     first = Replay(replace(params, max_hold_ms=0), burst)
     if kept is None:
         for rec in records:
@@ -316,7 +378,7 @@ def with_incidents(
     if drain:
         for _ in first.drain():
             pass
-    bursts, closed_through = run_detector(first.signals, reporting(first.signals), burst)
+    bursts, closed_through = run_detector(first.signals, reporting(first.signals), burst, warm)
     events, known_through_ms = incident_timeline(bursts, closed_through, params, drain=drain)
     # The second pass needs no signals: the first pass's incidents are the detector's.
     second = replace(params, burst_signals=False)
@@ -325,7 +387,7 @@ def with_incidents(
         burst,
         incidents=events,
         incidents_known_through_ms=known_through_ms,
-        detector_partitions=frozenset(reporting(first.signals)),
+        detector_partitions=frozenset(reporting(first.signals)) if warm is None else warm.partitions,
     )
     return r, bursts
 
@@ -373,16 +435,19 @@ def replay(
     source: str = "input",
     partitions: Iterable[int] | None = None,
     one_pass: bool = True,
+    warm: WarmStart | None = None,
 ) -> Iterator[tuple[int, Decision]]:
     """Decisions for `records` as (input partition, decision), in the order they are made; the
     failure-burst alerts (partition -1) come last. With holds on, `records` may be read twice (an
     iterator is kept in memory first; pass a re-iterable, e.g. a `ReplayFile`, to avoid that):
     one pass (`onepass`) if `partitions` includes every partition of the input (found here for
     records in memory, and by a scan of a `ReplayFile`), else, or if that pass gives up, two.
-    `one_pass` False: always two (the tests compare them). No cyclic collector while it runs
-    (`collector_paused`), unless `records` is an iterator (read from Kafka as it goes)."""
+    `one_pass` False: always two (the tests compare them). `warm`: the snapshot the burst
+    detector starts from (None: cold; the caller checks its partitions, `partitions_mistake`).
+    No cyclic collector while it runs (`collector_paused`), unless `records` is an iterator
+    (read from Kafka as it goes)."""
     with collector_paused(not isinstance(records, Iterator)):
-        yield from _replay(records, params, drain, burst, source, partitions, one_pass)
+        yield from _replay(records, params, drain, burst, source, partitions, one_pass, warm)
 
 
 def _replay(
@@ -393,6 +458,7 @@ def _replay(
     source: str,
     partitions: Iterable[int] | None,
     one_pass: bool,
+    warm: WarmStart | None,
 ) -> Iterator[tuple[int, Decision]]:
     burst = burst or BurstParams()
     bursts: list[Decision] | None = None  # holds off: the detector runs after the one pass
@@ -410,13 +476,13 @@ def _replay(
             partitions = {rec.partition for rec in records if rec.topic in inputs}
         if partitions is not None and one_pass:
             try:
-                yield from replay_one_pass(records, params, burst, partitions, drain=drain, source=source)
+                yield from replay_one_pass(records, params, burst, partitions, drain=drain, source=source, warm=warm)
                 return
             except Fallback as fb:
                 skip = fb.given  # the first decisions of the two passes, given already
-        r, bursts = with_incidents(records, params, burst, drain=drain, kept=kept)
+        r, bursts = with_incidents(records, params, burst, drain=drain, kept=kept, warm=warm)
     else:
-        r = Replay(params, burst)
+        r = Replay(params, burst, warm=warm)
     decided = _second_pass(r, records, kept, drain)
     for _ in range(skip):
         next(decided)

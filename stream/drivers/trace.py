@@ -22,7 +22,7 @@ from ..core.holds import IncidentTimeline
 from ..core.partition import NEG_INF, Params
 from ..core.records import LedgerEvent, PaymentEvent, Stream
 from ..core.reference import ReferenceState
-from .replay import Replay, with_incidents
+from .replay import Replay, WarmStart, with_incidents
 from .replayfile import KafkaRecord
 
 REFUND_WORDS = {
@@ -258,9 +258,11 @@ def trace(
     drain: bool = False,
     burst: BurstParams | None = None,
     all_partitions: bool = False,
+    warm: WarmStart | None = None,
 ) -> dict[str, Any] | None:
     """The facts of `reference` from a replay of `records` of `partitions` (all records when
-    `all_partitions`, which also runs the burst detector). None if no record names it.
+    `all_partitions`, which also runs the burst detector). None if no record names it. `warm`:
+    the snapshot the burst detector starts from, as `replay --detector-snapshot` (None: cold).
 
     With refund holds on, decisions depend on the incidents, which need every partition: as
     `replay` does, a first pass over all records finds the detector's incident timeline, and
@@ -270,9 +272,9 @@ def trace(
     timeline: list[Decision] | None = None
     if params.holds:
         records = list(records)
-        r, timeline = with_incidents(records, params, burst, drain=drain)
+        r, timeline = with_incidents(records, params, burst, drain=drain, warm=warm)
     else:
-        r = Replay(params, burst)
+        r = Replay(params, burst, warm=warm)
     observers: dict[int, TraceObserver] = {}
     decisions: list[tuple[int, Decision]] = []
     read = 0
