@@ -48,9 +48,12 @@ def write_day(path: Path, partitions: int = 4) -> None:
         write_replay(records, fh)
 
 
-def write_history(path: Path, partitions: int = 4) -> None:
-    """The day before: eight ordinary minutes, enough for the detector to learn its baselines."""
-    records = generate("normal", seed=2, start_ms=HISTORY_START_MS, minutes=8, rate_per_min=100, partitions=partitions)
+def write_history(path: Path, partitions: int = 4, **topics: str) -> None:
+    """The day before: eight ordinary minutes, enough for the detector to learn its baselines.
+    `topics`: `payment_topic` and `ledger_topic`, if not the default names."""
+    records = generate(
+        "normal", seed=2, start_ms=HISTORY_START_MS, minutes=8, rate_per_min=100, partitions=partitions, **topics
+    )
     with open(path, "wb") as fh:
         write_replay(records, fh)
 
