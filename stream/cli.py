@@ -379,7 +379,10 @@ def cmd_warmup(args: argparse.Namespace) -> int:
         from .drivers.replayfile import read_records
 
         with open(args.input, "rb") as fh:
-            warmed = warmup.from_records(read_records(fh), s.params, s.burst, args.partitions)
+            try:
+                warmed = warmup.from_records(read_records(fh), s.params, s.burst, args.partitions)
+            except warmup.PartitionsMistake as exc:
+                raise Mistake(str(exc)) from None
         signals_offset = None
     det = warmed.detector
     if args.out:

@@ -98,6 +98,21 @@ def mistakes(tmp: Path) -> list[tuple[str, list[str], dict[str, str], int, str]]
             'd.jsonl:1: not a replay record: "value_b64" is not base64',
         ),
         ("report of a missing file", ["report", "--in", str(tmp / "nope.jsonl")], {}, 2, "nope.jsonl"),
+        (
+            "warmup of fewer partitions than the file's",
+            [
+                "warmup",
+                "--in",
+                write_lines(tmp / "w.jsonl", [GOOD_LINE, {**GOOD_LINE, "partition": 3, "offset": 1}]),
+                "--partitions",
+                "2",
+                "--out",
+                str(tmp / "w.snapshot"),
+            ],
+            {},
+            2,
+            "--partitions 2: the replay file has records of input partition(s) 3 beyond them",
+        ),
         ("dump from past year 9999", ["dump", "--from", "9" * 30, "--out", out], {}, 2, "outside the years 0000-9999"),
         ("report since 5,000 digits", ["report", "--in", out, "--since", "9" * 5000], {}, 2, "(5000 digits)"),
         (

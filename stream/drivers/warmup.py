@@ -17,6 +17,10 @@ from .replay import Replay
 from .replayfile import KafkaRecord
 
 
+class PartitionsMistake(ValueError):
+    """`--partitions` fewer than the replay file's input partitions."""
+
+
 @dataclass
 class Warmed:
     detector: BurstDetector
@@ -34,6 +38,12 @@ def from_records(records: Iterable[KafkaRecord], params: Params, burst: BurstPar
     seen = set(replay.engines)
     if not seen:
         raise SystemExit("warmup: no input record in the replay file")
+    if partitions and not seen <= set(range(partitions)):
+        # (The detector refuses a report of a partition beyond its own: a bug's exit, not a word.)
+        raise PartitionsMistake(
+            f"--partitions {partitions}: the replay file has records of input partition(s) "
+            f"{', '.join(map(str, sorted(seen - set(range(partitions)))))} beyond them"
+        )
     warmed = _feed(replay.signals, set(range(partitions)) if partitions else seen, burst)
     warmed.detector.end_history()  # (none of its minutes or incidents goes on into the live ones)
     warmed.incidents_seen = warmed.detector.stats["incidents"]  # (with those its last minutes opened)
