@@ -72,7 +72,7 @@ def test_no_engines_after_a_rebalance_resolves_nothing() -> None:
 
 
 def test_a_silent_partition_moved_to_another_worker_is_no_recovery() -> None:
-    # Still silent on its new owner, which pages for it: no "feed recovered" for it, and no
+    # Still silent on its new owner, which takes the page over: no "feed recovered" for it, and no
     # `resolved` at all when every partition of the episode moved (under the shared dedup key it
     # would close the new owner's page).
     engines = _engines(2)
@@ -90,3 +90,37 @@ def test_a_silent_partition_moved_to_another_worker_is_no_recovery() -> None:
     [r] = [d.value for d in silence([]) if d.role == "alerts"]
     assert r["status"] == "resolved" and r["partitions"] == [0, 1]
     assert r["summary"].endswith("partitions 0 deliver again: feed recovered (partitions 1 moved to another worker)")
+
+
+def test_a_restarted_worker_takes_a_silence_paged_before_over_without_a_new_page() -> None:
+    # The partitions' state keeps them silent; their page is the previous incarnation's (or the
+    # previous owner's) and still open. Paged again, the restart would say the other topic flows
+    # while both feeds are quiet (a helper's live run: a critical `opened` with a new alert_id at
+    # each restart of a worker in the quiet after a silence).
+    engines = _engines(2)
+    before = TopicSilence(TOPICS, lambda: engines)
+    [opened] = [d.value for d in before([d for eng in engines.values() for d in eng.declare_silent(Stream.L)])]
+    restarted = TopicSilence(TOPICS, lambda: engines)  # the engines as restored: still silent
+    assert restarted([]) == [] and restarted([]) == []
+    assert restarted.open[TOPICS[1]].partitions == {0, 1}
+    for p in (0, 1):
+        engines[p].on_record(Stream.L, 2, f"Y{p}".encode(), ledger(f"Y{p}-d", "debited", f"Y{p}", 620))
+    [r] = [d.value for d in restarted([])]
+    assert r["status"] == "resolved" and r["dedup_key"] == opened["dedup_key"] and r["partitions"] == [0, 1]
+    _check(r)
+    assert restarted([]) == []
+
+
+def test_a_silence_declared_beside_one_taken_over_is_paged_and_the_two_are_one_episode() -> None:
+    engines = _engines(2)
+    engines[0].declare_silent(Stream.L)  # paged by the worker before this one
+    silence = TopicSilence(TOPICS, lambda: engines)
+    assert silence([]) == []
+    [a] = [d.value for d in silence(engines[1].declare_silent(Stream.L))]  # declared here
+    assert a["status"] == "opened" and a["partitions"] == [0, 1] and a["severity"] == "critical"
+    _check(a)
+    engines[1].on_record(Stream.L, 2, b"Y1", ledger("Y1-d", "debited", "Y1", 620))
+    assert silence([]) == []  # partition 0 still silent: one episode, no resolved yet
+    engines[0].on_record(Stream.L, 2, b"Y0", ledger("Y0-d", "debited", "Y0", 620))
+    [r] = [d.value for d in silence([])]
+    assert r["status"] == "resolved" and r["partitions"] == [0, 1]

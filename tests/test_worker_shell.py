@@ -23,6 +23,7 @@ from stream.settings import Settings
 from stream.worker import shell as shell_module
 from stream.worker.boundary import Gap
 from stream.worker.bursts import INCIDENTS_RECORD_MAX_BYTES, BurstShell
+from stream.worker.feeds import TopicSilence
 from stream.worker.gapfill import MARKERS_PROBE_OFFSETS
 from stream.worker.incidents import parse_incidents_record
 from stream.worker.shell import ReconcileShell, _plain, meta_key
@@ -526,6 +527,45 @@ def test_state_saved_without_the_quiet_floor_restarts_from_the_records() -> None
     assert h2.shell.engines[0].watermark_ms == stood and h2.refunds() == []
     quiet_check(h2.shell, 340)
     assert [r["reference"] for r in h2.refunds()] == ["QR1"]
+
+
+@pytest.mark.parametrize("after", ["quiet", "the ledger at once"])
+def test_a_restart_during_a_silence_already_paged_takes_it_over_without_a_new_page(after: str) -> None:
+    # The ledger went silent while the payments flowed (paged), then both went quiet (the end of
+    # the traffic). A worker restarted then (SIGKILL or SIGTERM) restores the ledger's partitions
+    # silent: it paged at its first idle check, a critical `opened` with a new alert_id saying
+    # the payments flow while both were quiet (a helper's live run, at each restart). The page is
+    # the previous incarnation's and still open: taken over at the restore, it is resolved when
+    # the ledger delivers, also when its records are taken before the first idle check (the
+    # feed came back while the worker was down: no `resolved` came, the page stayed open).
+    settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
+
+    def worker(h: Harness) -> Harness:  # (wired as `app.py` wires them)
+        silence = TopicSilence((settings.payment_topic, settings.ledger_topic), lambda: h.shell.engines)
+        h.shell.on_idle, h.shell.on_engine = silence, silence.restored
+        return h
+
+    def feed_alerts(h: Harness) -> list[dict[str, Any]]:
+        return [v for t, v in h.sent if t == settings.alert_topic and v["kind"] == "FEED_SILENT"]
+
+    h = worker(Harness(settings=settings))
+    h.batch(*tick(0), *unsettled("QR1", 10), ("P", payment("QR2-q", "requested", "QR2", 60)))
+    quiet_check(h.shell, 0.2, 100)  # the ledger silent while the payments flow: paged
+    [paged] = feed_alerts(h)
+    assert paged["status"] == "opened" and paged["topic"] == settings.ledger_topic
+    quiet_check(h.shell, 100)  # then both quiet: nothing pages
+    assert feed_alerts(h) == [paged] and h.shell.engines[0].silent == [False, True]
+    h2 = worker(restarted(h))
+    if after == "quiet":
+        h2.shell.engine(0)
+        quiet_check(h2.shell, 0.5)  # the first check after the restart, before any idle timeout
+        quiet_check(h2.shell, 100)  # and in the quiet
+        assert feed_alerts(h2) == []
+    h2.batch(("L", ledger("QR2-d", "debited", "QR2", 400)))  # the ledger delivers again
+    quiet_check(h2.shell, 0.2)
+    [resolved] = feed_alerts(h2)
+    assert resolved["status"] == "resolved" and resolved["dedup_key"] == paged["dedup_key"]
+    assert resolved["partitions"] == [0]
 
 
 def test_a_restart_after_one_stream_came_back_from_a_quiet_spell_goes_on_from_the_records() -> None:

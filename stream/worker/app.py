@@ -29,6 +29,7 @@ from faust.types.events import EventT
 
 from ..core import codec
 from ..core.alerts import input_repartitioned_alert
+from ..core.partition import PartitionEngine
 from ..core.reference import StateVersionError
 from ..drivers.livesettings import SETTINGS_HEADER, sent_behind, settings_header
 from ..security import aiokafka_config, faust_credentials
@@ -282,7 +283,13 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         end_offsets=ends.ask,
         fetch_lag=lag_reader.fetch,
     )
-    shell.on_engine = watch.watch_engine
+    silence = TopicSilence((settings.payment_topic, settings.ledger_topic), lambda: shell.engines)
+
+    def engine_made(eng: PartitionEngine) -> None:
+        watch.watch_engine(eng)
+        silence.restored(eng)
+
+    shell.on_engine = engine_made
     shell.begin_offsets = ends.beginning
 
     def frozen_past_session() -> None:  # (`freeze.py`: a zombie sends nothing late)
@@ -301,7 +308,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
             os._exit(70)
 
     cast(Any, app.transport.Consumer).before_revocation.append(durable_before_revocation)
-    shell.on_idle = TopicSilence((settings.payment_topic, settings.ledger_topic), lambda: shell.engines)
+    shell.on_idle = silence
     # (Never less than the idle timeout: a stream quiet for less is not silent yet, and would page.)
     stall_s = settings.stall_alert_in_effect_s
     shell.on_stall = ClockStall((settings.payment_topic, settings.ledger_topic), lambda: shell.engines, stall_s)
