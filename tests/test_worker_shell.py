@@ -1740,3 +1740,26 @@ def test_the_stats_page_counts_records_waiting_as_the_dashboard_and_metrics_do()
     h.batch(*tick(100))  # QR1's records taken, its deadline (300) queued; the ticks wait
     part = h.shell.stats()["partitions"][0]
     assert part["waiting"] == 2 and part["queued"] == 3
+
+
+def test_two_streams_that_fell_quiet_together_are_not_paged_as_one_silent_beside_the_other() -> None:
+    # The day's traffic ends (or a backlog is taken at a restart): the ledger's last batch 0.5 s
+    # before the payments'. A check between their two timeouts (idle 20 s) found the ledger
+    # silent "while the payments flow": a critical FEED_SILENT for a quiet spell. Apart by less
+    # than a quarter of the timeout, nothing is declared; at the next check both are quiet.
+    settings = Settings(partitions=1, idle_timeout_s=20, max_hold_s=0)
+    h = Harness(settings=settings)
+    h.broker({settings.payment_topic: 0, settings.ledger_topic: 0})
+    h.batch(*unsettled("QR1", 0), *tick(100))
+
+    def pages() -> list[dict[str, Any]]:
+        return [v for t, v in h.sent if t == settings.alert_topic and v["kind"] == "FEED_SILENT"]
+
+    quiet_check(h.shell, 19.8, 20.3)
+    assert pages() == [] and h.shell.engines[0].silent == [False, False]
+    quiet_check(h.shell, 25.0, 25.5)  # both quiet: event time follows wall time, nothing pages
+    assert pages() == [] and h.shell.engines[0].silent == [False, False]
+    assert h.shell.engines[0].watermark_ms > T0 + 70_000
+    # A ledger that is silent while the payments go on is paged as before.
+    quiet_check(h.shell, 1.0, 30.0)
+    assert len(pages()) == 1 and h.shell.engines[0].silent == [False, True]

@@ -109,6 +109,22 @@ def _setting_change(name: str, saved_ms: int, now_ms: int) -> str:
     return f"{DOCS[name.removesuffix('_ms') + '_s'][0]} {saved_ms / 1000:g} now {now_ms / 1000:g}"
 
 
+# A stream is silent while the other flows only when the other delivered this share of the idle
+# timeout after it fell quiet: two streams that stopped together (the end of the day's traffic,
+# or a backlog taken at a restart) fall quiet a batch apart, and an idle check between the two
+# timeouts would page the first as silent beside the second, a critical FEED_SILENT for a
+# quiet spell. Until then the check does nothing; at the next, both are quiet, or the other has
+# delivered again and the silence is paged.
+APART = 0.25
+
+
+def _flows_apart(ages: list[float], flowing: int, idle_s: float) -> bool:
+    """Whether stream `flowing`, not silent beside the other, flows apart from it (`APART`): it
+    delivered well after the other fell quiet, or the broker holds records of it not taken yet
+    (quiet as long, but late)."""
+    return ages[flowing] >= idle_s or ages[1 - flowing] - ages[flowing] >= idle_s * APART
+
+
 @dataclass
 class PartitionClock:
     """Wall-clock arrival times of one partition's two streams (monotonic seconds)."""
@@ -821,9 +837,11 @@ class ReconcileShell:
                         self._quiet.add(p)
                         self._count_quiet(p, got, natural, min(ages))
                 elif silent[0] and not silent[1]:
-                    got = eng.declare_silent(Stream.P)
+                    if _flows_apart(ages, 1, idle_s):
+                        got = eng.declare_silent(Stream.P)
                 elif silent[1] and not silent[0]:
-                    got = eng.declare_silent(Stream.L)
+                    if _flows_apart(ages, 0, idle_s):
+                        got = eng.declare_silent(Stream.L)
                 elif silent[0] and silent[1]:
                     # Both quiet: event time follows wall time from where the watermark stands.
                     natural = self._records_watermark(eng)
