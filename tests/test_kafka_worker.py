@@ -364,6 +364,75 @@ def test_refund_holds_live_equal_replay_although_the_worker_is_killed_during_the
         assert sorted(set(canon(got[role]))) == sorted(set(canon(want[role]))), f"{role}:\n{worker2.log_tail()}"
 
 
+def last_incidents_signals_offset(bootstrap: Client, topics: Topics) -> int | None:
+    """The `signals_offset` of the last record on the incidents topic (None: no record)."""
+    consumer = KafkaConsumer(**client_config(bootstrap), group_id=None, enable_auto_commit=False)
+    tp = TopicPartition(topics.incidents, 0)
+    try:
+        consumer.assign([tp])
+        end = consumer.end_offsets([tp])[tp]
+        if end == 0:
+            return None
+        consumer.seek(tp, end - 1)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for msg in consumer.poll(timeout_ms=500).get(tp, []):
+                return int(orjson.loads(msg.value)["signals_offset"])
+        raise AssertionError(f"the last record of {topics.incidents} not read in 30 s")
+    finally:
+        consumer.close()
+
+
+def test_with_holds_a_clean_stop_leaves_the_next_start_nothing_to_warn_about_or_send_again(tmp_path: Path) -> None:
+    """Refund holds on: a worker stopped cleanly (SIGTERM) during the outage, once the detector
+    took everything (its last batches hold reports, which move no minute; some send the tally's
+    `updated` alerts), leaves its last incidents record at the group's committed signals
+    offset. The next start resumes there without the WARNING that the committed offset is past
+    that record, takes no signal again, and sends no FAILURE_BURST alert twice (a helper's live
+    runs: that WARNING at every restart, and an `updated` alert sent again with its alert_id)."""
+    bootstrap = require_broker()
+    topics = fresh_topics()
+    topics.create(bootstrap)
+    records = simulated(topics, "outage", seed=4, minutes=50, rate_per_min=150, outage_at=0.3, outage_minutes=12)
+    tmap = {topics.payment: topics.payment, topics.ledger: topics.ledger}
+    cut = len(records) * 45 // 100  # inside the outage: its incident is open, refunds held
+    worker = Worker(topics, tmp_path / "w")
+    worker.start(bootstrap)
+    worker2 = Worker(topics, tmp_path / "w2", app_id=worker.app_id)
+    try:
+        produce(bootstrap, records[:cut], tmap)
+        worker.wait_processed(cut, timeout_s=180)
+        seen, still_since = -1, time.monotonic()
+        deadline = time.monotonic() + 90
+        while time.monotonic() - still_since < 4 and time.monotonic() < deadline:  # the detector took it all
+            taken = worker.stats()["bursts"]["counts"]["signals"]
+            if taken != seen:
+                seen, still_since = taken, time.monotonic()
+            time.sleep(0.3)
+        assert worker.stop() == 0, worker.log_tail()
+        committed_by = KafkaConsumer(**client_config(bootstrap), group_id=worker.app_id, enable_auto_commit=False)
+        try:
+            committed = committed_by.committed(TopicPartition(topics.signals, 0))
+        finally:
+            committed_by.close()
+        assert committed is not None and committed > 0
+        assert last_incidents_signals_offset(bootstrap, topics) == committed, worker.log_tail()
+        worker2.start(bootstrap)
+        produce(bootstrap, records[cut:], tmap)
+        want = expected_outputs(bootstrap, topics)
+        n = sum(len(v) for v in want.values())
+        got = live_by_role(
+            consume(bootstrap, topics.outputs(), until=n, timeout_s=240, settle_s=8, worker=worker2), topics
+        )
+    finally:
+        worker2.stop()
+    log2 = worker2.log_path.read_text(errors="replace") if worker2.log_path else ""
+    assert "covers them only to offset" not in log2 and "offset(s) missing" not in log2, worker2.log_tail()
+    bursts = [a["alert_id"] for a in got["alerts"] if a["kind"] == "FAILURE_BURST"]
+    assert len(bursts) == len(set(bursts)) > 2, bursts
+    assert sorted(set(canon(got["alerts"]))) == sorted(set(canon(want["alerts"]))), worker2.log_tail()
+
+
 class OutageDay:
     """An outage day on fresh topics (the outage 40% in, 12 minutes), a worker taking it and a
     second worker of its group ready to take over; `first_part` gives the first worker the

@@ -893,6 +893,145 @@ def test_the_burst_shell_sends_an_incident_update_once_every_partition_reported_
     assert alert["holds"]["still_held"]["count"] == 1 and alert["holds"]["as_of"] == format_ms(t)
 
 
+TWO_PARTITIONS = Settings(partitions=2)  # holds on (default H)
+
+
+class BurstHarness:
+    """A burst shell with holds on (2 partitions, a real detector and tally) whose restarts read
+    the incidents it sent and the group's committed offset (the signals it took, as Faust acks
+    them at a clean stop): what `_resume_offset` finds at the next start."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, settings: Settings = TWO_PARTITIONS) -> None:
+        from stream.core.burst import BurstDetector
+        from stream.worker import bursts as bursts_module
+
+        self.settings = settings
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+        async def send(topic: str, key: bytes | None, value: bytes) -> None:
+            self.sent.append((topic, orjson.loads(value)))
+
+        async def nothing() -> None:
+            return None
+
+        async def committed() -> int:
+            return self.shell.next_offset
+
+        async def published(settings: Settings) -> int | None:
+            return self.records()[-1]["signals_offset"] if self.records() else None
+
+        monkeypatch.setattr(bursts_module, "read_published_offset", published)
+        self.shell = BurstShell(settings, 2, send, nothing, committed=committed)
+        self.shell.detector = BurstDetector(2, settings.burst)
+        self.shell.tally = self.shell._new_tally()
+        self.shell.next_offset = 0
+
+    def batch(self, *values: dict[str, Any]) -> None:
+        start = self.shell.next_offset
+        events = [
+            SimpleNamespace(message=SimpleNamespace(offset=start + i, value=orjson.dumps(v)))
+            for i, v in enumerate(values)
+        ]
+        asyncio.run(self.shell.process_batch(events))
+
+    def records(self) -> list[dict[str, Any]]:
+        return [v for topic, v in self.sent if topic == self.settings.incidents_topic]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return [v for topic, v in self.sent if topic == self.settings.alert_topic]
+
+    def resume_offset(self) -> int:
+        """Where the next start's detector goes on live."""
+        return asyncio.run(self.shell._resume_offset([]))
+
+
+def test_a_batch_that_only_sends_an_alert_the_tally_held_still_publishes_the_detectors_position(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The tally's `updated` alert goes out with the hold reports that complete it: a batch that
+    moves no minute. Its incidents record says the alert is sent through that batch, or every
+    restart takes those reports again and sends the alert again (a helper's live run: the same
+    `updated` alert_id sent at each SIGTERM and restart, beside a WARNING that the committed
+    offset was past the last incidents record)."""
+    h = BurstHarness(monkeypatch)
+    minute = T0 // 60_000 + 10
+    t = (minute + 1) * 60_000 + 30_000
+    update = {
+        "alert_id": "al_x", "kind": "FAILURE_BURST", "severity": "critical", "status": "updated",
+        "incident_id": "inc_x", "scope": {"type": "all", "id": "all"}, "occurred_at": format_ms(t - 30_000),
+    }  # fmt: skip
+    detector = h.shell.detector
+    assert detector is not None
+
+    def closes_the_minute(value: dict[str, Any]) -> list[Decision]:
+        detector.merge.closed_through = minute
+        return [Decision("alerts", b"all", dict(update), t - 30_000)]
+
+    monkeypatch.setattr(detector, "on_signals", closes_the_minute)
+    h.batch({"partition": 0, "through_minute": minute, "minutes": []})
+    assert [r["signals_offset"] for r in h.records()] == [1]
+    h.batch(*({"partition": p, "hold_events": [], "decided_through_ms": t + 30_000} for p in (0, 1)))
+    assert [a["alert_id"] for a in h.alerts()] == ["al_x"]
+    *_, record = h.records()
+    assert record["signals_offset"] == 3 == h.shell.next_offset
+    assert record["events"] == [] and record["known_through_ms"] == h.records()[0]["known_through_ms"]
+    with caplog.at_level("WARNING"):
+        assert h.resume_offset() == 3
+    assert "covers them only" not in caplog.text
+
+
+def test_a_clean_stop_publishes_the_position_of_batches_that_moved_no_minute(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Batches that move no minute and send nothing (hold reports, a minute one partition has
+    not closed yet) add no incidents record; at a clean stop the detector publishes its position,
+    so the next start finds nothing behind the committed offset to warn about or take again."""
+    h = BurstHarness(monkeypatch)
+    minute = T0 // 60_000 + 5
+    h.batch(*({"partition": p, "through_minute": minute, "minutes": []} for p in (0, 1)))
+    assert [r["signals_offset"] for r in h.records()] == [2]
+    h.batch({"partition": 0, "hold_events": [], "decided_through_ms": (minute + 1) * 60_000})
+    h.batch({"partition": 0, "through_minute": minute + 1, "minutes": []})
+    assert len(h.records()) == 1 and h.shell.next_offset == 4 and h.alerts() == []
+    with caplog.at_level("WARNING"):
+        assert h.resume_offset() == 2  # (a crash here: offsets 2..3 are taken again, and said)
+    assert "signals committed to offset 4 but the detector's last incidents record covers them only to offset 2" in (
+        caplog.text
+    )
+    caplog.clear()
+
+    asyncio.run(h.shell.publish_progress())
+    *_, record = h.records()
+    assert record == {**h.records()[0], "signals_offset": 4}  # no event, the same known-through time
+    asyncio.run(h.shell.publish_progress())  # nothing taken since: nothing more
+    assert len(h.records()) == 2
+    with caplog.at_level("WARNING"):
+        assert h.resume_offset() == 4
+    assert caplog.text == ""
+
+
+def test_no_position_is_published_at_a_stop_after_a_freeze_past_the_session_or_with_holds_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Frozen past the session: another worker may run the detector now, and its records must
+    # stay the last. Holds off: no worker reads the incidents topic.
+    from stream.worker.freeze import LoopWatch, now_s
+
+    minute = T0 // 60_000 + 5
+    frozen = BurstHarness(monkeypatch)
+    frozen.batch(*({"partition": p, "through_minute": minute, "minutes": []} for p in (0, 1)))
+    frozen.batch({"partition": 0, "through_minute": minute + 1, "minutes": []})
+    frozen.shell.loop = LoopWatch(frozen.settings.session_timeout_s)
+    frozen.shell.loop.seen_s = now_s() - 40.0
+    asyncio.run(frozen.shell.publish_progress())
+    assert [r["signals_offset"] for r in frozen.records()] == [2]
+
+    off = BurstHarness(monkeypatch, Settings(partitions=2, max_hold_s=0))
+    off.batch(*({"partition": p, "through_minute": minute, "minutes": []} for p in (0, 1)))
+    asyncio.run(off.shell.publish_progress())
+    assert off.records() == []
+
+
 def test_with_holds_a_quiet_partition_with_nothing_waiting_still_closes_its_minutes() -> None:
     """Holds on: every partition's refunds wait for the detector, which waits for every
     partition's closed minutes. A partition whose feeds went quiet with nothing waiting must

@@ -369,9 +369,11 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # Faust's signal type wants a sender
     async def stop_snapshot_writer(app_: Any, **kwargs: Any) -> None:
-        # After the agents' last batches: the detector's snapshot producer (kept between
-        # snapshots) stops with the worker, not in the middle of a snapshot.
+        # After the agents' last batches: the detector's position published (the next start
+        # resumes there, at the group's committed offset), then its snapshot producer (kept
+        # between snapshots) stops with the worker, not in the middle of a snapshot.
         async with bursts.lock:
+            await bursts.publish_progress()
             await bursts.close()
 
     if settings.max_hold_s > 0:

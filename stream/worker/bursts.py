@@ -11,15 +11,16 @@ the alerts of that part suppressed (they were sent before); without a usable sna
 the signals topic from the beginning. The detector drops repeated reports, so at-least-once
 delivery of signals changes nothing.
 
-With refund holds on, the detector also publishes its incident decisions and its progress to
-the single-partition incidents topic after every batch (`incidents_records`): the incident
-events of the batch's alerts and the event time through which every decision is known (the
-last minute it closed, plus the probe age). Every worker reads that topic whole and gives it
-to its partition engines. A takeover or a crash can repeat a record: the same events with the
-same ids, which the engines ignore. The partitions' hold reports come on the signals topic
-too: they go to the hold tally (`core.holdtally`), which keeps each incident's `updated` and
-`resolved` alert until every partition has decided past it and then adds the holds it covers.
-The tally is rebuilt, snapshotted and restored with the detector.
+With refund holds on, the detector also publishes its incident decisions and its progress to the
+single-partition incidents topic after every batch that has something new or sent an alert, and
+at a clean stop (`incidents_records`, `publish_progress`): the incident events of the batch's
+alerts, the event time through which every decision is known (the last minute it closed, plus
+the probe age), and the signals offset through which its outputs are sent. Every worker reads
+that topic whole and gives it to its partition engines. A takeover or a crash can repeat a
+record: the same events with the same ids, which the engines ignore. The partitions' hold
+reports come on the signals topic too: they go to the hold tally (`core.holdtally`), which keeps
+each incident's `updated` and `resolved` alert until every partition has decided past it and
+then adds the holds it covers. The tally is rebuilt, snapshotted and restored with the detector.
 
 The detector's intake has the input's guarantees (`boundary.py`): every signals record at or
 after the detector's position is taken once, in offset order. The position is the detector's
@@ -57,7 +58,7 @@ from ..core.signals import MINUTE_MS
 from ..security import aiokafka_config
 from ..settings import Settings
 from .boundary import Gap, InputRecord, LiveRecord, PartitionPlan, plan_batch
-from .freeze import LoopWatch, stop_if_frozen
+from .freeze import LoopWatch, now_s, stop_if_frozen
 from .gapfill import fill_gaps
 
 log = logging.getLogger("qris_guard.bursts")
@@ -107,6 +108,11 @@ class BurstShell:
         # The known-through time of the last incidents record sent (None: none since the
         # detector was built here; a rebuilt detector sends its progress again).
         self.known_through_sent: int | None = None
+        # The signals offset through which the incidents topic says the detector's outputs are
+        # sent, as far as this detector knows: its last record's, or where it was rebuilt (None:
+        # no detector). A restart resumes there at the latest (`_resume_offset`), so a stop
+        # brings it up to `next_offset` (`publish_progress`).
+        self.offset_sent: int | None = None
         # The `opened` events of the incidents a rebuilt detector has open, sent again with its
         # first incidents record: a timeline that lost them (the incidents topic trimmed or
         # recreated while the detector kept its history) would decide the deadlines they cover
@@ -160,6 +166,7 @@ class BurstShell:
         self.tally = None
         self.next_offset = -1
         self.known_through_sent = None
+        self.offset_sent = None
         self.reannounce = []
         self.lost = []  # (the next owner finds them gone too)
 
@@ -306,7 +313,10 @@ class BurstShell:
             self._stop_if_frozen(since)
             await self.send(self.settings.alert_topic, d.key, codec.dumps(d.value))
             self.counts["alerts"] += 1
-        records = self.incidents_records(made, take[0].offset) if self.holds else []
+        # A batch that sent alerts writes a record even with nothing new for the followers (the
+        # tally's `updated`/`resolved` alerts go out with hold reports, which move no minute):
+        # a restart resumes at the last record's signals offset and would send them again.
+        records = self.incidents_records(made, take[0].offset, progress=bool(alerts)) if self.holds else []
         for record in records:
             self._stop_if_frozen(since)
             await self.send(self.settings.incidents_topic, b"incidents", record)
@@ -389,15 +399,17 @@ class BurstShell:
             return None
         return HoldTally(range(self.partitions), round(self.settings.probe_age_s * 1000))
 
-    def incidents_records(self, alerts: list[Decision], batch_start: int) -> list[bytes]:
-        """The incidents topic's records for a batch that began at signals offset `batch_start`:
-        its incident events and how far every decision is known (none before the detector closed
-        any minute, or when nothing is new). The events go in records of at most
-        INCIDENTS_RECORD_MAX_BYTES (a hostile minute opened 2,998 incidents in one 1.8 MB record,
-        which the producer refused, and the detector's worker exited at every restart): only the
-        last record moves the known-through time and the published signals offset, so a follower
-        (or a restarted detector, `read_published_offset`) that saw part of them waits for the
-        rest, which the batch taken again sends again (repeated events are ignored)."""
+    def incidents_records(self, alerts: list[Decision], batch_start: int, progress: bool = False) -> list[bytes]:
+        """The incidents topic's records for a batch that began at signals offset `batch_start`: its
+        incident events and how far every decision is known (none before the detector closed any
+        minute, or when nothing is new and `progress` is false; `progress`: a record of the
+        detector's position `next_offset` all the same, if it moved since the last). The events go
+        in records of at most INCIDENTS_RECORD_MAX_BYTES (a hostile minute opened 2,998 incidents in
+        one 1.8 MB record, which the producer refused, and the detector's worker exited at every
+        restart): only the last record moves the known-through time and the published signals
+        offset, so a follower (or a restarted detector, `read_published_offset`) that saw part of
+        them waits for the rest, which the batch taken again sends again (repeated events are
+        ignored)."""
         d = self.detector
         if d is None or d.closed_through is None:
             return []
@@ -408,7 +420,7 @@ class BurstShell:
             events = [e for e in self.reannounce if e.incident_id not in opened_now] + events
             self.reannounce = []
         known_through_ms = (d.closed_through + 1) * MINUTE_MS + probe_age_ms
-        if not events and known_through_ms == self.known_through_sent:
+        if not events and known_through_ms == self.known_through_sent and not (progress and self.moved()):
             # Nothing new for the followers (the topic is kept for good and read whole at every
             # start): a batch that moved no minute adds no record.
             return []
@@ -429,6 +441,7 @@ class BurstShell:
             chunks[-1].append(entry)
             size += n
         self.known_through_sent = known_through_ms
+        self.offset_sent = self.next_offset
         last = len(chunks) - 1
         return [
             codec.dumps(
@@ -441,9 +454,43 @@ class BurstShell:
             for i, chunk in enumerate(chunks)
         ]
 
+    def moved(self) -> bool:
+        """Whether the detector took signals past the last incidents record sent."""
+        return self.detector is not None and self.next_offset != self.offset_sent
+
+    async def publish_progress(self) -> None:
+        """At a clean stop (under the lock, after the last batch): an incidents record of the
+        detector's position, if it took signals since the last record. Batches that moved no
+        minute and sent nothing (hold reports, a minute some partitions have not closed yet)
+        add no record; without this one the next start finds the group's committed offset past
+        the published one, warns, and takes those signals again. Not sent after a freeze past
+        the session (another worker may run the detector now: its records stay the last), nor
+        with holds off (no worker reads the topic). A failure is logged: the next start takes
+        those signals again, as after a crash."""
+        if not self.holds or not self.moved():
+            return
+        if self.loop is not None and self.loop.frozen_since(0, now_s()):
+            return
+        start = self.offset_sent if self.offset_sent is not None else self.next_offset
+        try:
+            records = self.incidents_records([], start, progress=True)
+            for record in records:
+                await self.send(self.settings.incidents_topic, b"incidents", record)
+                self.counts["incident_records"] += 1
+            if records:
+                await self.flush()
+                log.info("burst detector's position published at the stop: signals offset %d", self.next_offset)
+        except Exception:  # noqa: BLE001 - the stop goes on: the next start takes those signals again
+            log.warning(
+                "burst detector's position (signals offset %d) not published at the stop",
+                self.next_offset,
+                exc_info=True,
+            )
+
     async def _rebuild(self, upto: int) -> BurstDetector:
         """`_rebuild_detector`, then `on_restored` told which incidents it has open."""
         detector = await self._rebuild_detector(upto)
+        self.offset_sent = self.next_offset
         if self.on_restored is not None:
             self.on_restored(detector.incidents.open_incidents())
         if self.holds:
