@@ -836,6 +836,15 @@ def test_a_detector_frozen_past_the_session_sends_no_incidents_record() -> None:
     assert restarts == ["frozen"] and sent == []
 
 
+def updated_alert(t: int) -> dict[str, Any]:
+    """An incident's `updated` alert that occurred 30 s before `t`, as the hold tally keeps it
+    until every partition has reported its holds past it."""
+    return {
+        "alert_id": "al_x", "kind": "FAILURE_BURST", "severity": "critical", "status": "updated",
+        "incident_id": "inc_x", "scope": {"type": "all", "id": "all"}, "occurred_at": format_ms(t - 30_000),
+    }  # fmt: skip
+
+
 def test_the_burst_shell_sends_an_incident_update_once_every_partition_reported_its_holds() -> None:
     """Holds on: the detector's `updated` alert goes to the incidents topic at once (the
     partitions need it) but to the alerts topic only when every partition's hold report says it
@@ -856,10 +865,7 @@ def test_the_burst_shell_sends_an_incident_update_once_every_partition_reported_
 
     minute = T0 // 60_000 + 10
     t = (minute + 1) * 60_000 + 30_000
-    update = {
-        "alert_id": "al_x", "kind": "FAILURE_BURST", "severity": "critical", "status": "updated",
-        "incident_id": "inc_x", "scope": {"type": "all", "id": "all"}, "occurred_at": format_ms(t - 30_000),
-    }  # fmt: skip
+    update = updated_alert(t)
 
     class OneUpdate(BurstDetector):  # a detector whose next complete minute is that update
         def on_signals(self, value: dict[str, Any]) -> list[Any]:
@@ -956,10 +962,7 @@ def test_a_batch_that_only_sends_an_alert_the_tally_held_still_publishes_the_det
     h = BurstHarness(monkeypatch)
     minute = T0 // 60_000 + 10
     t = (minute + 1) * 60_000 + 30_000
-    update = {
-        "alert_id": "al_x", "kind": "FAILURE_BURST", "severity": "critical", "status": "updated",
-        "incident_id": "inc_x", "scope": {"type": "all", "id": "all"}, "occurred_at": format_ms(t - 30_000),
-    }  # fmt: skip
+    update = updated_alert(t)
     detector = h.shell.detector
     assert detector is not None
 
