@@ -220,3 +220,28 @@ def test_a_live_snapshot_of_the_same_warm_up_is_not_warned_about_and_another_is(
     never = burstsnapshot.encode(BurstDetector(4), 0)
     assert warmed_detector_warning(never, BurstParams()) is None
     assert "holds no warm-up" in (warmed_detector_warning(never, BurstParams(), same) or "")
+
+
+def test_a_partition_that_never_reports_holds_no_warm_decision_back(files: dict[str, Path], tmp_path: Path) -> None:
+    # Partition 3 of the day has its payments only: no watermark, no closed minute reported. A
+    # cold detector waits for the partitions that report; one from the snapshot must too, or
+    # no minute closes after the warm-up's and every refund decision waits for good.
+    day = tmp_path / "day.jsonl"
+    ledger = from_env({}).ledger_topic
+    day.write_bytes(
+        b"".join(
+            line + b"\n"
+            for line in files["day"].read_bytes().splitlines()
+            if not ((x := orjson.loads(line))["topic"] == ledger and x["partition"] == 3)
+        )
+    )
+    one_stream = {**files, "day": day}
+    cold = replayed(one_stream, tmp_path / "cold.jsonl", "--jobs", "1")
+    snapshot = ("--detector-snapshot", str(files["snapshot"]))
+    warm = replayed(one_stream, tmp_path / "warm.jsonl", "--jobs", "1", *snapshot)
+    refunded = {"refund.requested", "refund.held"}
+    assert {x["value"]["reference"] for x in warm if x["value"].get("type") in refunded} == {
+        x["value"]["reference"] for x in cold if x["value"].get("type") in refunded
+    }
+    assert held(warm) and [status for _i, status, _at in incidents(warm)][:1] == ["opened"]
+    assert canon(replayed(one_stream, tmp_path / "jobs.jsonl", "--jobs", "2", *snapshot)) == canon(warm)

@@ -83,6 +83,24 @@ class PartitionMerge:
             self.closed_through = complete
         return out
 
+    def wait_for(self, partitions: Iterable[int]) -> None:
+        """Complete minutes once `partitions` (some of this merge's) have closed them, the
+        other partitions' reports and progress left out: a replay's detector restored from a
+        snapshot waits, as a cold one does, only for the input partitions that report.
+
+        >>> m = PartitionMerge(2)
+        >>> m.wait_for([0])
+        >>> report = {"partition": 0, "through_minute": 5, "minutes": [{"minute": 5, "scopes": {}}]}
+        >>> [minute for minute, _ in m.take(report)]
+        [5]
+        """
+        keep = frozenset(partitions)
+        if not keep or not keep <= self.partitions:
+            raise ValueError(f"partitions {sorted(keep)} are not some of {sorted(self.partitions)}")
+        self.partitions = keep
+        self.through = {p: m for p, m in self.through.items() if p in keep}
+        self.parts = {p: sets for p, sets in self.parts.items() if p in keep}
+
     def to_state(self) -> dict[str, Any]:
         """JSON-ready named fields (minutes and partitions as lists of pairs: JSON keys are text)."""
         return {

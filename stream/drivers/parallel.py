@@ -46,6 +46,7 @@ from .replay import (
     Replay,
     WarmStart,
     collector_paused,
+    detector_waits_for,
     incident_timeline,
     input_notes,
     reporting,
@@ -241,7 +242,7 @@ def _two_passes(
             proc.join()
         # The second pass's signals are the partitions' hold reports (`holdtally`).
         reports = [value for _n, values, _p, _b in results for value in values]
-        waited = reporting(signals) if warm is None else warm.partitions
+        waited = detector_waits_for(reporting(signals), warm)
         return results, with_holds(bursts, reports, waited, params)
 
 

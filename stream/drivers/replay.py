@@ -306,16 +306,39 @@ def detect_bursts(
 
 
 def start_detector(partitions: Iterable[int], params: BurstParams, warm: WarmStart | None = None) -> BurstDetector:
-    """The replay's detector: cold over `partitions`, or restored from `warm` (its partitions
-    then are the snapshot's)."""
-    return BurstDetector(partitions, params) if warm is None else warm.detector(params)
+    """The replay's detector: cold over `partitions`, or restored from `warm`, waiting for
+    `detector_waits_for` of them."""
+    if warm is None:
+        return BurstDetector(partitions, params)
+    detector = warm.detector(params)
+    waits = detector_waits_for(partitions, warm)
+    if waits != detector.partitions:
+        detector.merge.wait_for(waits)
+    return detector
+
+
+def detector_waits_for(partitions: Iterable[int], warm: WarmStart | None) -> frozenset[int]:
+    """The partitions a replay's detector waits for: `partitions` (with holds on, those that
+    report, `reporting`), also when it starts from `warm`, whose snapshot then keeps them
+    only. A partition of the input that never reports (one stream only, or only rejected
+    records) would otherwise hold every refund decision back, as for a cold detector. From
+    `warm` with none of its partitions given: the snapshot's.
+
+    >>> warm = WarmStart(b"", frozenset(range(4)), None)
+    >>> sorted(detector_waits_for({0, 1, 2}, warm)), sorted(detector_waits_for(set(), warm))
+    ([0, 1, 2], [0, 1, 2, 3])
+    """
+    given = frozenset(partitions)
+    if warm is None or (given and given <= warm.partitions):
+        return given
+    return warm.partitions
 
 
 def run_detector(
     signals: Iterable[dict[str, Any]], partitions: Iterable[int], params: BurstParams, warm: WarmStart | None = None
 ) -> tuple[list[Decision], int | None]:
     """The detector's alerts over the partitions' signals, and the last minute it closed;
-    `warm`: the snapshot it starts from (its partitions, not `partitions`, are waited for)."""
+    `warm`: the snapshot it starts from (`start_detector`)."""
     partitions = set(partitions)
     if not partitions and warm is None:
         return [], None
@@ -387,7 +410,7 @@ def with_incidents(
         burst,
         incidents=events,
         incidents_known_through_ms=known_through_ms,
-        detector_partitions=frozenset(reporting(first.signals)) if warm is None else warm.partitions,
+        detector_partitions=detector_waits_for(reporting(first.signals), warm),
     )
     return r, bursts
 
