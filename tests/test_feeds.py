@@ -94,9 +94,9 @@ def test_a_silent_partition_moved_to_another_worker_is_no_recovery() -> None:
 
 def test_a_restarted_worker_takes_a_silence_paged_before_over_without_a_new_page() -> None:
     # The partitions' state keeps them silent; their page is the previous incarnation's (or the
-    # previous owner's) and still open. Paged again, the restart would say the other topic flows
-    # while both feeds are quiet (a helper's live run: a critical `opened` with a new alert_id at
-    # each restart of a worker in the quiet after a silence).
+    # previous owner's) and still open. Paged again, each restart in the quiet after a silence
+    # would send a critical `opened` with a new alert_id saying the other topic flows while both
+    # feeds are quiet.
     engines = _engines(2)
     before = TopicSilence(TOPICS, lambda: engines)
     [opened] = [d.value for d in before([d for eng in engines.values() for d in eng.declare_silent(Stream.L)])]

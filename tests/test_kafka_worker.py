@@ -388,8 +388,8 @@ def test_with_holds_a_clean_stop_leaves_the_next_start_nothing_to_warn_about_or_
     took everything (its last batches hold reports, which move no minute; some send the tally's
     `updated` alerts), leaves its last incidents record at the group's committed signals
     offset. The next start resumes there without the WARNING that the committed offset is past
-    that record, takes no signal again, and sends no FAILURE_BURST alert twice (a helper's live
-    runs: that WARNING at every restart, and an `updated` alert sent again with its alert_id)."""
+    that record, takes no signal again, and sends no FAILURE_BURST alert twice (without that
+    record: the WARNING at every restart, and an `updated` alert sent again with its alert_id)."""
     bootstrap = require_broker()
     topics = fresh_topics()
     topics.create(bootstrap)

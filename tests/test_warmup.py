@@ -89,7 +89,7 @@ def test_a_warmed_detector_says_so_through_every_snapshot_and_a_replay_from_kafk
     assert burstsnapshot.decode(again).detector.warmed_through == M0 + 119
     warning = warmed_detector_warning(again, BurstParams())
     assert warning is not None and "starts it cold" in warning
-    # A detector that learned from the signals alone: nothing to say, and its snapshot is as before.
+    # A detector that learned from the signals alone: nothing to say, and no field in its snapshot.
     cold = BurstDetector(1)
     run(cold, history)
     assert "warmed_through" not in cold.snapshot() and cold.warmed_through is None

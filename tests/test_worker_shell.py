@@ -533,11 +533,11 @@ def test_state_saved_without_the_quiet_floor_restarts_from_the_records() -> None
 def test_a_restart_during_a_silence_already_paged_takes_it_over_without_a_new_page(after: str) -> None:
     # The ledger went silent while the payments flowed (paged), then both went quiet (the end of
     # the traffic). A worker restarted then (SIGKILL or SIGTERM) restores the ledger's partitions
-    # silent: it paged at its first idle check, a critical `opened` with a new alert_id saying
-    # the payments flow while both were quiet (a helper's live run, at each restart). The page is
-    # the previous incarnation's and still open: taken over at the restore, it is resolved when
-    # the ledger delivers, also when its records are taken before the first idle check (the
-    # feed came back while the worker was down: no `resolved` came, the page stayed open).
+    # silent. Paged again at its first idle check, each restart would send a critical `opened`
+    # with a new alert_id saying the payments flow while both are quiet. The page is the previous
+    # incarnation's and still open: taken over at the restore, it is resolved when the ledger
+    # delivers, also when its records are taken before the first idle check (the feed came back
+    # while the worker was down: taken over only at that check, the page would stay open).
     settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
 
     def worker(h: Harness) -> Harness:  # (wired as `app.py` wires them)
@@ -956,9 +956,9 @@ def test_a_batch_that_only_sends_an_alert_the_tally_held_still_publishes_the_det
 ) -> None:
     """The tally's `updated` alert goes out with the hold reports that complete it: a batch that
     moves no minute. Its incidents record says the alert is sent through that batch, or every
-    restart takes those reports again and sends the alert again (a helper's live run: the same
-    `updated` alert_id sent at each SIGTERM and restart, beside a WARNING that the committed
-    offset was past the last incidents record)."""
+    restart takes those reports again and sends the alert again (the same `updated` alert_id at
+    each SIGTERM and restart, beside a WARNING that the committed offset is past the last
+    incidents record)."""
     h = BurstHarness(monkeypatch)
     minute = T0 // 60_000 + 10
     t = (minute + 1) * 60_000 + 30_000
@@ -1848,10 +1848,10 @@ def test_state_of_a_newer_version_stops_the_worker_before_it_decides_anything(
 
 def test_rejected_records_in_a_quiet_spell_pause_it_for_the_idle_timeout_not_for_its_whole_length() -> None:
     # Both feeds quiet for 300 s moved the watermark 300 s past the records. A record the worker
-    # rejects brings no event time: counted from the records again, the watermark stood still
-    # until the quiet had lasted as long once more (QR1's deadline, 30 s further, waited 330 s
-    # more). It is still a sign of life (the idle timeout passes first), then the quiet goes on
-    # from where the watermark stood.
+    # rejects brings no event time: counted from the records again, the watermark would stand
+    # still until the quiet had lasted as long once more (QR1's deadline, 30 s further, would
+    # wait 330 s more). It is still a sign of life (the idle timeout passes first), then the
+    # quiet goes on from where the watermark stood.
     settings = Settings(partitions=1, idle_timeout_s=1, max_hold_s=0)
     h = Harness(settings=settings)
     h.batch(*tick(0))
@@ -1886,9 +1886,9 @@ def test_the_stats_page_counts_records_waiting_as_the_dashboard_and_metrics_do()
 
 def test_two_streams_that_fell_quiet_together_are_not_paged_as_one_silent_beside_the_other() -> None:
     # The day's traffic ends (or a backlog is taken at a restart): the ledger's last batch 0.5 s
-    # before the payments'. A check between their two timeouts (idle 20 s) found the ledger
-    # silent "while the payments flow": a critical FEED_SILENT for a quiet spell. Apart by less
-    # than a quarter of the timeout, nothing is declared; at the next check both are quiet.
+    # before the payments'. A check between their two timeouts (idle 20 s) must not find the
+    # ledger silent "while the payments flow": a critical FEED_SILENT for a quiet spell. Apart by
+    # less than a quarter of the timeout, nothing is declared; at the next check both are quiet.
     settings = Settings(partitions=1, idle_timeout_s=20, max_hold_s=0)
     h = Harness(settings=settings)
     h.broker({settings.payment_topic: 0, settings.ledger_topic: 0})
@@ -1902,6 +1902,6 @@ def test_two_streams_that_fell_quiet_together_are_not_paged_as_one_silent_beside
     quiet_check(h.shell, 25.0, 25.5)  # both quiet: event time follows wall time, nothing pages
     assert pages() == [] and h.shell.engines[0].silent == [False, False]
     assert h.shell.engines[0].watermark_ms > T0 + 70_000
-    # A ledger that is silent while the payments go on is paged as before.
+    # A ledger that is silent while the payments go on is paged.
     quiet_check(h.shell, 1.0, 30.0)
     assert len(pages()) == 1 and h.shell.engines[0].silent == [False, True]
