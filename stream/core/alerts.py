@@ -463,7 +463,7 @@ def feed_silent_topic_alert(
     """Live only: one FEED_SILENT per input topic and silence episode of a worker (`opened`),
     listing the partitions found silent, and its end (`resolved`, listing the episode's
     partitions) once each delivers again or moved to another worker (`moved_away`: still silent
-    there, for its new owner to page)."""
+    there; its new owner takes the page over and resolves it, `feeds.TopicSilence.restored`)."""
     where = f"{topic} partitions {', '.join(map(str, partitions))}"
     if status == "opened":
         since = wib_and_utc(silent_since_ms) if silent_since_ms is not None else "the start"
