@@ -470,8 +470,8 @@ class ReconcileShell:
                     # where event time stands. They still count as the feed's life (a record the
                     # worker cannot read may be a settlement: the idle timeout passes before the
                     # watermark moves on), but from where it stood, as after a restart. Counted from
-                    # the records again, it would stand still for as long as the quiet had lasted
-                    # (live: 48 dead letters after a 3-minute quiet, 499 hold releases 3 minutes late).
+                    # the records again, it would stand still for as long as the quiet had lasted:
+                    # a few junk records after a night's quiet would hold deadlines for hours.
                     self._quiet_from[p] = eng.forced_ms
                 else:
                     self._quiet_from.pop(p, None)
