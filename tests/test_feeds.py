@@ -7,7 +7,7 @@ from stream.core.decisions import Decision
 from stream.core.partition import Params, PartitionEngine
 from stream.core.records import Stream
 from stream.worker.feeds import TopicSilence
-from tests.records import ledger, payment
+from tests.records import T0, ledger, payment
 from tests.test_schemas import beyond_schema_errors, validator_for
 
 TOPICS = ("qris.payment-requests", "qris.ledger-debits")
@@ -45,6 +45,10 @@ def test_a_dead_payment_feed_is_one_alert_for_the_topic_and_one_recovery() -> No
     assert a["partitions"] == [0, 1, 2, 3] and a["partition"] is None
     assert a["dedup_key"] == "FEED_SILENT:qris.payment-requests" and a["severity"] == "critical"
     assert "partitions 0, 1, 2, 3" in a["summary"]
+    # The payment feed's last event at 0 s, the ledger's newest valid record at 1 s (its record at
+    # 600 s is keyed apart from its reference: dead-lettered): 1 s of the ledger's event time, where
+    # the watermark, which trails the ledger by the allowed lateness, would give -29 s.
+    assert a["observed"]["last_event_ms"] == T0 and a["observed"]["silent_event_time_s"] == 1.0
     _check(a)
     assert [d for d in out if d.role != "alerts"] == [d for d in per_partition if d.role != "alerts"]
     # Still silent: no new page.
@@ -58,6 +62,7 @@ def test_a_dead_payment_feed_is_one_alert_for_the_topic_and_one_recovery() -> No
     [r] = [d.value for d in silence([]) if d.role == "alerts"]
     assert r["status"] == "resolved" and r["severity"] == "info" and r["partitions"] == [0, 1, 2, 3]
     assert r["dedup_key"] == a["dedup_key"] and r["alert_id"] != a["alert_id"]
+    assert r["observed"]["last_event_ms"] == T0 and r["observed"]["silent_event_time_s"] == 1.0
     _check(r)
     assert not silence([])
 

@@ -60,10 +60,7 @@ def silent_after_all_taken(alert: dict[str, Any], last_ms: int) -> bool:
     if alert.get("kind") != "FEED_SILENT" or alert.get("status") != "opened":
         return False
     observed = alert.get("observed") or {}
-    if "silent_event_time_s" not in observed:
-        return False
-    since_ms = observed["watermark_ms"] - round(observed["silent_event_time_s"] * 1000)
-    return bool(since_ms >= last_ms)
+    return bool(observed.get("last_event_ms", last_ms - 1) >= last_ms)
 
 
 def wait_taken_through(worker: Worker, at_ms: int, timeout_s: float = 180) -> None:
@@ -191,7 +188,7 @@ def test_only_a_feed_silent_raised_after_the_streams_last_record_is_excused() ->
     from stream.core.alerts import feed_silent_topic_alert
 
     def alert(status: str, since: int) -> dict[str, Any]:
-        return feed_silent_topic_alert("l", [0, 1], status, since, since + 5_000, "p").value
+        return feed_silent_topic_alert("l", [0, 1], status, since, since + 5_000, "p", None, since + 35_000).value
 
     last = T0 + 100_000
     assert silent_after_all_taken(alert("opened", last), last)

@@ -301,18 +301,34 @@ def input_repartitioned_alert(problem: str, topic: str, found: int, expected: in
     )
 
 
+def _silence_observed(observed: dict[str, Any], silent_since_ms: int | None, flowing_ms: int | None) -> None:
+    """How far the flowing stream's event time has gone past the silent stream's last event, and
+    that last event: the watermark trails the flowing stream by the allowed lateness, so its
+    distance to the last event reads negative when a silence is paged early in event time."""
+    if silent_since_ms is None:
+        return
+    observed["last_event_ms"] = silent_since_ms
+    if flowing_ms is not None:
+        observed["silent_event_time_s"] = max(0, flowing_ms - silent_since_ms) / 1000
+
+
 def feed_silent_alert(
-    topic: str, partition: int, silent_since_ms: int | None, advanced_to_ms: int, other_topic: str
+    topic: str,
+    partition: int,
+    silent_since_ms: int | None,
+    advanced_to_ms: int,
+    other_topic: str,
+    flowing_ms: int | None = None,
 ) -> Decision:
-    """One input stream of a partition went quiet while the other flows (live mode only)."""
+    """One input stream of a partition went quiet while the other flows (live mode only);
+    `flowing_ms`: the other stream's newest event time."""
     since = wib_and_utc(silent_since_ms) if silent_since_ms is not None else "the start"
     summary = (
         f"{topic} partition {partition} is silent (last event {since}) while {other_topic} flows; "
         f"watermark advanced to {wib_and_utc(advanced_to_ms)} so refund timeouts still fire"
     )
     observed: dict[str, Any] = {"watermark_ms": advanced_to_ms}
-    if silent_since_ms is not None:
-        observed["silent_event_time_s"] = (advanced_to_ms - silent_since_ms) / 1000
+    _silence_observed(observed, silent_since_ms, flowing_ms)
     return _alert(
         ids.alert_id("FEED_SILENT", topic, partition, silent_since_ms),
         "FEED_SILENT",
@@ -459,11 +475,13 @@ def feed_silent_topic_alert(
     at_ms: int,
     other_topic: str,
     moved_away: list[int] | None = None,
+    flowing_ms: int | None = None,
 ) -> Decision:
     """Live only: one FEED_SILENT per input topic and silence episode of a worker (`opened`),
     listing the partitions found silent, and its end (`resolved`, listing the episode's
     partitions) once each delivers again or moved to another worker (`moved_away`: still silent
-    there; its new owner takes the page over and resolves it, `feeds.TopicSilence.restored`)."""
+    there; its new owner takes the page over and resolves it, `feeds.TopicSilence.restored`).
+    `flowing_ms`: the other topic's newest event time on those partitions."""
     where = f"{topic} partitions {', '.join(map(str, partitions))}"
     if status == "opened":
         since = wib_and_utc(silent_since_ms) if silent_since_ms is not None else "the start"
@@ -476,8 +494,7 @@ def feed_silent_topic_alert(
         summary = _ended(topic, partitions, moved_away, " deliver again: feed recovered", "")
         severity = "info"
     observed: dict[str, Any] = {"silent_partitions": len(partitions), "watermark_ms": at_ms}
-    if silent_since_ms is not None:
-        observed["silent_event_time_s"] = (at_ms - silent_since_ms) / 1000
+    _silence_observed(observed, silent_since_ms, flowing_ms)
     return _topic_alert("FEED_SILENT", topic, partitions, status, silent_since_ms, at_ms, severity, summary, observed)
 
 

@@ -488,7 +488,9 @@ class PartitionEngine:
             topics = (self.params.payment_topic, self.params.ledger_topic)
             target = other_max - self.params.lateness_ms
             out.append(
-                feed_silent_alert(topics[s], self.partition, self.max_ms[s], max(target, self.watermark_ms), topics[o])
+                feed_silent_alert(
+                    topics[s], self.partition, self.max_ms[s], max(target, self.watermark_ms), topics[o], other_max
+                )
             )
         out.extend(self.advance_to(other_max - self.params.lateness_ms))
         return out

@@ -86,15 +86,16 @@ class TopicSilence:
             episode = self.open.get(topic)
             other = self.topics[1 - s]
             if silent and episode is None and not fresh:  # silent as restored (no `restored` call seen)
-                self._take_over(topic, silent, _since(engines, silent, s))
+                self._take_over(topic, silent, _newest(engines, silent, s))
             elif silent and (episode is None or (fresh and not episode.paged)):
-                since = _since(engines, silent, s)
+                since = _newest(engines, silent, s)
                 if episode is None:
                     self.open[topic] = _Silence(set(silent), since)
                 else:  # declared here beside partitions taken over: one episode, paged now
                     episode.partitions |= silent
                     episode.since_ms, episode.paged = since, True
-                out.append(feed_silent_topic_alert(topic, sorted(silent), "opened", since, at_ms, other))
+                flowing = _newest(engines, silent, 1 - s)
+                out.append(feed_silent_topic_alert(topic, sorted(silent), "opened", since, at_ms, other, None, flowing))
             elif silent and episode is not None:
                 episode.partitions |= silent  # more partitions of the same outage: no new page
             elif not silent and episode is not None:
@@ -110,13 +111,20 @@ class TopicSilence:
                     continue
                 out.append(
                     feed_silent_topic_alert(
-                        topic, sorted(episode.partitions), "resolved", episode.since_ms, at_ms, other, moved
+                        topic,
+                        sorted(episode.partitions),
+                        "resolved",
+                        episode.since_ms,
+                        at_ms,
+                        other,
+                        moved,
+                        _newest(engines, episode.partitions & set(engines), 1 - s),
                     )
                 )
         return out
 
 
-def _since(engines: dict[int, PartitionEngine], silent: set[int], s: int) -> int | None:
-    """The newest event time of the silent partitions' stream `s` (None: none has a record)."""
-    known = [m for p in silent if (m := engines[p].max_ms[s]) is not None]
+def _newest(engines: dict[int, PartitionEngine], partitions: set[int], s: int) -> int | None:
+    """The newest event time of stream `s` of `partitions` (None: none has a record)."""
+    known = [m for p in partitions if (m := engines[p].max_ms[s]) is not None]
     return max(known) if known else None
