@@ -554,7 +554,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     topics = (s.payment_topic, s.ledger_topic)
     ref = args.reference
     if args.from_kafka:
-        from .drivers.kafkaread import read_topics
+        from .drivers.kafkaread import merged_by_time, read_topics
         from .topics import check_copartitioned
 
         n = check_copartitioned(s)
@@ -566,7 +566,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         # of them, and with refund holds on the incidents need them all anyway. (Reading only
         # the partition of the reference's key, with holds off, would miss a keyless debit of a
         # keyed request and references whose name is inside another's.)
-        records = list(read_topics(s, list(topics), partitions=None))
+        records = merged_by_time(read_topics(s, list(topics), partitions=None))
         source = f"topics {', '.join(topics)} on {s.bootstrap}"
     else:
         with open(args.input, "rb") as fh:

@@ -94,6 +94,27 @@ def test_a_refunded_payment_shows_every_record_the_deadline_arithmetic_and_the_r
     assert "owed = net 25000 - settled 0 - active 0 = 25000" in text
 
 
+def test_records_read_topic_after_topic_meet_the_watermark_a_live_worker_would() -> None:
+    # `trace --from-kafka` reads the payment topic, then the ledger's: taken in that order, every
+    # payment record would arrive before any debit, at a watermark of -inf. Merged by Kafka time,
+    # R3's late settlement arrives after the debits that moved the watermark; the decisions are
+    # the same in either order.
+    from stream.core.partition import NEG_INF
+    from stream.drivers.kafkaread import merged_by_time
+
+    day = _day()
+    read = [r for r in day if r.topic == P] + [r for r in day if r.topic == L]
+    merged = merged_by_time(read)
+    assert [r for r in merged if r.topic == P] == [r for r in day if r.topic == P]  # each topic's own order
+    assert [r for r in merged if r.topic == L] == [r for r in day if r.topic == L]
+    apart, together = _trace("R3", read), _trace("R3", merged)
+    assert apart["decisions"] == together["decisions"]
+    arrival = {f["event_id"]: f["watermark_on_arrival_ms"] for f in together["records"]}
+    assert {f["event_id"]: f["watermark_on_arrival_ms"] for f in apart["records"]}["R3-late"] == NEG_INF
+    assert arrival["R3-late"] == T0 + 6_000 - 30_000  # min(payments' 400 s, its own, ledger's 6 s) - A
+    assert arrival["R3-q"] == T0 + 3_000 - 30_000  # min(payments' 5 s, its own, ledger's 3 s) - A
+
+
 def test_a_cancelled_refund_names_both_ids_and_the_late_settlement() -> None:
     t = _trace("R3", _day())
     types = [d["value"].get("type") or d["value"]["kind"] for d in t["decisions"]]

@@ -6,7 +6,8 @@ captured when reading began (or the offset for an end time), so a dump is a fini
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import heapq
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from kafka.consumer.fetcher import ConsumerRecord
 
@@ -33,6 +34,17 @@ def read_topics(
         client, topics, from_ms=from_ms, to_ms=to_ms, poll_timeout_ms=poll_timeout_ms, partitions=partitions
     ):
         yield KafkaRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value)
+
+
+def merged_by_time(records: Iterable[KafkaRecord]) -> list[KafkaRecord]:
+    """`records` read topic after topic, as a live worker meets them: every topic partition in its
+    own order, the partitions merged by Kafka timestamp (the heads compared; equal ones in the
+    order read). Decisions do not depend on this order, only what a record finds on arrival (the
+    watermark, read topic after topic, is -inf for every record of the first topic)."""
+    streams: dict[tuple[str, int], list[KafkaRecord]] = {}
+    for r in records:
+        streams.setdefault((r.topic, r.partition), []).append(r)
+    return list(heapq.merge(*streams.values(), key=lambda r: r.timestamp_ms or 0))
 
 
 def read_messages(
