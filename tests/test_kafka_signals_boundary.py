@@ -163,6 +163,47 @@ def test_a_takeover_takes_every_signal_from_the_committed_offset_once_whatever_f
         assert counts["gap_records_fetched"] == SKIPPED - COMMITTED
 
 
+def test_a_takeover_counts_the_signals_it_read_again_toward_its_next_snapshot() -> None:
+    """Workers that restart more often than `snapshot_every` new reports: each rebuild reads the
+    signals after the last snapshot again, and counts them, so the next snapshot comes that many
+    reports sooner and the rebuild after it reads nothing again."""
+    bootstrap = require_broker()
+    settings = settings_for(bootstrap)  # a snapshot every 150 reports
+    records = on_broker(bootstrap, settings)
+
+    async def run() -> list[BurstShell]:
+        fetcher = BrokerGapFetcher(aiokafka_config(settings), wait_s=60)
+        sent: list[dict[str, Any]] = []
+        shells: list[BurstShell] = []
+        try:
+            async with Group(settings) as group:
+                first = shell_for(settings, group, fetcher, sent)
+                shells.append(first)
+                for i in range(0, COMMITTED, 50):
+                    await first.take_records(records[i : i + 50])
+                await group.commit(COMMITTED)
+                await first.snapshot_written()  # covering offsets before 150 and 300
+                for end in (COMMITTED + 50, COMMITTED + 100):  # two restarts, 50 new reports each
+                    shell = shell_for(settings, group, fetcher, sent)
+                    shells.append(shell)
+                    await shell.take_records(records[end - 50 : end])
+                    await shell.snapshot_written()
+                    await group.commit(end)
+                return shells
+        finally:
+            for shell in shells:
+                await shell.close()
+            await fetcher.close()
+
+    first, second, third = asyncio.run(run())
+    assert first.counts["snapshots_written"] == 2
+    # The second read 300..399 again (100) and took 50: 150 since the snapshot, one written.
+    assert second.counts["signals_read_to_rebuild"] == COMMITTED - 300
+    assert second.counts["snapshots_written"] == 1
+    assert third.counts["restored_snapshot_offset"] == COMMITTED + 50
+    assert third.counts["signals_read_to_rebuild"] == 0
+
+
 def test_with_holds_a_committed_offset_past_the_detector_s_last_incidents_record_is_taken_live() -> None:
     """Faust acks the offsets of a jump in its delivery as taken (faust-streaming #312), so the
     group's committed offset can cover signals no detector took. With holds on, the detector's

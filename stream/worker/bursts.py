@@ -570,6 +570,10 @@ class BurstShell:
         for first, end, log_begins in lost:
             self._lost(first, end, log_begins)
         self.counts["signals_read_to_rebuild"] += taken
+        # What the next rebuild reads again unless a snapshot covers it: counted toward the next
+        # snapshot, so a worker restarting more often than `snapshot_every` new reports (a crash
+        # loop, rebalances) writes one at its first batch and does not read more at each restart.
+        self.since_snapshot = taken
         if read_from < min(at, upto):
             log.info(
                 "burst detector rebuilt from %d signal reports (offsets %d to %d)", taken, read_from, min(at, upto) - 1
