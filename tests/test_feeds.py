@@ -77,24 +77,32 @@ def test_no_engines_after_a_rebalance_resolves_nothing() -> None:
 
 
 def test_a_silent_partition_moved_to_another_worker_is_no_recovery() -> None:
-    # Still silent on its new owner, which takes the page over: no "feed recovered" for it, and no
-    # `resolved` at all when every partition of the episode moved (under the shared dedup key it
-    # would close the new owner's page).
+    # Still silent on its new owner, which takes the page over and resolves it when it delivers
+    # again: no `resolved` here while any partition of the episode moved (under the shared dedup
+    # key it would close the page while the moved partition is still silent, and its new owner,
+    # having taken the page over, would not page it again).
     engines = _engines(2)
     silence = TopicSilence(TOPICS, lambda: engines)
     silence([d for d in engines[1].declare_silent(Stream.P)])
     del engines[1]  # a rebalance gave partition 1 to another worker: still silent there
     assert [d for d in silence([]) if d.role == "alerts"] == []
     assert TOPICS[0] not in silence.open
-    # Partitions 0 and 1 silent, 1 moves away, 0 delivers again: recovered is said of 0 only.
+    # Partitions 0 and 1 silent, 1 moves away, 0 delivers again: the page stays open.
     engines = _engines(2)
     silence = TopicSilence(TOPICS, lambda: engines)
     silence([d for eng in engines.values() for d in eng.declare_silent(Stream.P)])
-    del engines[1]
+    moved = {1: engines.pop(1)}
     engines[0].on_record(Stream.P, 1, b"Y0", payment("Y0-q", "requested", "Y0", 620))
-    [r] = [d.value for d in silence([]) if d.role == "alerts"]
-    assert r["status"] == "resolved" and r["partitions"] == [0, 1]
-    assert r["summary"].endswith("partitions 0 deliver again: feed recovered (partitions 1 moved to another worker)")
+    assert [d for d in silence([]) if d.role == "alerts"] == []
+    assert TOPICS[0] not in silence.open  # (this worker's episode ended: 0 is no longer silent)
+    # The new owner: partition 1 restored silent, taken over without a page; resolved when it delivers.
+    owner = TopicSilence(TOPICS, lambda: moved)
+    owner.restored(moved[1])
+    assert owner([]) == []
+    moved[1].on_record(Stream.P, 1, b"Y1", payment("Y1-q", "requested", "Y1", 630))
+    [r] = [d.value for d in owner([]) if d.role == "alerts"]
+    assert r["status"] == "resolved" and r["partitions"] == [1] and r["dedup_key"] == f"FEED_SILENT:{TOPICS[0]}"
+    _check(r)
 
 
 def test_a_restarted_worker_takes_a_silence_paged_before_over_without_a_new_page() -> None:

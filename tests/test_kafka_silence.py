@@ -188,7 +188,7 @@ def test_only_a_feed_silent_raised_after_the_streams_last_record_is_excused() ->
     from stream.core.alerts import feed_silent_topic_alert
 
     def alert(status: str, since: int) -> dict[str, Any]:
-        return feed_silent_topic_alert("l", [0, 1], status, since, since + 5_000, "p", None, since + 35_000).value
+        return feed_silent_topic_alert("l", [0, 1], status, since, since + 5_000, "p", since + 35_000).value
 
     last = T0 + 100_000
     assert silent_after_all_taken(alert("opened", last), last)

@@ -474,14 +474,14 @@ def feed_silent_topic_alert(
     silent_since_ms: int | None,
     at_ms: int,
     other_topic: str,
-    moved_away: list[int] | None = None,
     flowing_ms: int | None = None,
 ) -> Decision:
     """Live only: one FEED_SILENT per input topic and silence episode of a worker (`opened`),
     listing the partitions found silent, and its end (`resolved`, listing the episode's
-    partitions) once each delivers again or moved to another worker (`moved_away`: still silent
-    there; its new owner takes the page over and resolves it, `feeds.TopicSilence.restored`).
-    `flowing_ms`: the other topic's newest event time on those partitions."""
+    partitions) once each delivers again. A partition moved to another worker meanwhile is
+    still silent there: its new owner takes the page over and resolves it
+    (`feeds.TopicSilence`). `flowing_ms`: the other topic's newest event time on those
+    partitions."""
     where = f"{topic} partitions {', '.join(map(str, partitions))}"
     if status == "opened":
         since = wib_and_utc(silent_since_ms) if silent_since_ms is not None else "the start"
@@ -490,8 +490,8 @@ def feed_silent_topic_alert(
             f"{other_topic} so refund timeouts still fire"
         )
         severity = "critical"
-    else:  # (all moved: not sent, `feeds.TopicSilence` leaves that episode to the new owner)
-        summary = _ended(topic, partitions, moved_away, " deliver again: feed recovered", "")
+    else:
+        summary = f"{where} deliver again: feed recovered"
         severity = "info"
     observed: dict[str, Any] = {"silent_partitions": len(partitions), "watermark_ms": at_ms}
     _silence_observed(observed, silent_since_ms, flowing_ms)

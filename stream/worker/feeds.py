@@ -95,19 +95,25 @@ class TopicSilence:
                     episode.partitions |= silent
                     episode.since_ms, episode.paged = since, True
                 flowing = _newest(engines, silent, 1 - s)
-                out.append(feed_silent_topic_alert(topic, sorted(silent), "opened", since, at_ms, other, None, flowing))
+                out.append(feed_silent_topic_alert(topic, sorted(silent), "opened", since, at_ms, other, flowing))
             elif silent and episode is not None:
                 episode.partitions |= silent  # more partitions of the same outage: no new page
             elif not silent and episode is not None:
                 del self.open[topic]
-                # A partition a rebalance moved to another worker is not said to deliver again:
-                # it is still silent there (its state keeps the flag), and its new owner takes
-                # the page over. When all moved, nothing is sent: under the shared dedup key a
-                # `resolved` (sent late, at this worker's next assignment) would close the new
-                # owner's page while the feed is still silent; the new owner's own `resolved`
-                # ends the episode.
+                # A partition a rebalance moved to another worker is still silent there (its
+                # state keeps the flag), and its new owner took the page over: the page is left
+                # to that owner's `resolved`, sent when the partition delivers again. Resolved
+                # here, under the shared dedup key, it would close the page while the moved
+                # partition is still silent, and its new owner would not page it again.
                 moved = sorted(episode.partitions - set(engines))
-                if len(moved) == len(episode.partitions):
+                if moved:
+                    log.info(
+                        "FEED_SILENT of %s: partitions %s deliver again; partitions %s moved to another worker, "
+                        "whose resolved ends the page",
+                        topic,
+                        ", ".join(map(str, sorted(episode.partitions & set(engines)))),
+                        ", ".join(map(str, moved)),
+                    )
                     continue
                 out.append(
                     feed_silent_topic_alert(
@@ -117,8 +123,7 @@ class TopicSilence:
                         episode.since_ms,
                         at_ms,
                         other,
-                        moved,
-                        _newest(engines, episode.partitions & set(engines), 1 - s),
+                        _newest(engines, episode.partitions, 1 - s),
                     )
                 )
         return out
