@@ -412,6 +412,24 @@ def test_a_file_of_other_topics_names_is_said_by_replay_and_trace_not_replayed_a
     assert "1 records read, 0 of them on the input topics" in said and "QRIS_PAYMENT_TOPIC" in said
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_records_of_other_topics_beside_the_inputs_are_counted_on_stderr_not_dropped_in_silence(
+    jobs: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # One line's topic misspelt: its debit is not read, and the replay must say so, or a
+    # payment's debit disappears from the decisions with exit 0 and nothing on stderr.
+    from stream.cli import main
+
+    good = {"topic": "qris.payment-requests", "partition": 0, "offset": 0, "timestamp_ms": 1, "key": "R1"}
+    misspelt = {**good, "topic": "qris.ledger-debit", "partition": 1}
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"".join(orjson.dumps({**x, "value": "{}"}) + b"\n" for x in (good, misspelt)))
+    assert main(["replay", "--in", str(path), "--out", str(tmp_path / "out.jsonl"), "--jobs", jobs]) == 0
+    err = capfd.readouterr().err
+    assert "1 record(s) of topics other than qris.payment-requests and qris.ledger-debits were not read" in err
+    assert "no record on the input topics" not in err
+
+
 def test_dump_writes_a_partial_file_only_for_a_regular_file_and_leaves_none_when_interrupted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -225,14 +225,16 @@ def collector_paused(pause: bool = True) -> Iterator[None]:
 @dataclass(frozen=True)
 class InputNotes:
     """What a replay says about its input besides the decisions: records at or below an earlier
-    offset of their topic partition (`out_of_order`), and the input partitions whose first
-    record read is past offset 0 (`late_starts`: topic, partition, first offset). Jobs of a
-    parallel replay add theirs up (`+`)."""
+    offset of their topic partition (`out_of_order`), the input partitions whose first
+    record read is past offset 0 (`late_starts`: topic, partition, first offset), and the records
+    of other topics, which are not read (`other_topics`). Jobs of a parallel replay add theirs
+    up (`+`)."""
 
     out_of_order: int = 0
     late_starts: tuple[tuple[str, int, int], ...] = ()
     partitions: int = 0  # input partitions with a record (none: nothing on the input topics)
     topics: tuple[str, ...] = ()  # the input topics, as the settings name them
+    other_topics: int = 0  # records of topics that are not the input topics
 
     def __add__(self, other: InputNotes) -> InputNotes:
         first: dict[tuple[str, int], int] = {}
@@ -240,7 +242,13 @@ class InputNotes:
             first[(topic, p)] = min(offset, first.get((topic, p), offset))
         starts = tuple(sorted((t, p, o) for (t, p), o in first.items()))
         total = self.out_of_order + other.out_of_order
-        return InputNotes(total, starts, self.partitions + other.partitions, self.topics or other.topics)
+        return InputNotes(
+            total,
+            starts,
+            self.partitions + other.partitions,
+            self.topics or other.topics,
+            self.other_topics + other.other_topics,
+        )
 
 
 def input_notes(r: Replay) -> InputNotes:
@@ -253,7 +261,7 @@ def input_notes(r: Replay) -> InputNotes:
         if eng.first_offset[s] > 0
     )
     back = sum(eng.stats["out_of_order"] for eng in r.engines.values())
-    return InputNotes(back, starts, len(r.engines), topics)
+    return InputNotes(back, starts, len(r.engines), topics, r.ignored)
 
 
 def warn_input(r: Replay, source: str) -> InputNotes:
@@ -268,14 +276,22 @@ def say_input(notes: InputNotes, source: str) -> InputNotes:
     records (a dump or a replay with `--from`, records deleted by the topic's retention) are not
     in this replay, so a reference open before them is not known and the burst detector starts
     without their history; its incidents, and the refund holds that follow them, can then differ
-    from the live worker's; and when no record was on the input topics at all (a file of other
-    topics' names: `QRIS_PAYMENT_TOPIC` and `QRIS_LEDGER_TOPIC` name them).
-    Nothing is said when there is nothing to say."""
+    from the live worker's; when no record was on the input topics at all (a file of other
+    topics' names: `QRIS_PAYMENT_TOPIC` and `QRIS_LEDGER_TOPIC` name them); and how many records
+    of other topics were not read beside them (a line whose topic is misspelt would otherwise be
+    a payment or a debit dropped in silence). Nothing is said when there is nothing to say."""
     if not notes.partitions and notes.topics:
         print(
             f"replay: warning: {source}: no record on the input topics {' and '.join(notes.topics)}, so nothing "
             "was decided; if the input's topics have other names, set QRIS_PAYMENT_TOPIC and QRIS_LEDGER_TOPIC "
             "to them",
+            file=sys.stderr,
+        )
+    if notes.partitions and notes.other_topics:
+        print(
+            f"replay: warning: {source}: {notes.other_topics} record(s) of topics other than "
+            f"{' and '.join(notes.topics)} were not read; if some are input under another name, set "
+            "QRIS_PAYMENT_TOPIC and QRIS_LEDGER_TOPIC to it",
             file=sys.stderr,
         )
     if notes.out_of_order:
