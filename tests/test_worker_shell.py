@@ -1013,6 +1013,35 @@ def test_a_clean_stop_publishes_the_position_of_batches_that_moved_no_minute(
     assert caplog.text == ""
 
 
+def test_a_revocation_hands_the_detector_over_at_its_position(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Partitions revoked (a rebalance may move the detector): its position is published as at a
+    clean stop, then it is forgotten; the next owner resumes at the committed offset with nothing
+    to warn about or take again."""
+    h = BurstHarness(monkeypatch)
+    minute = T0 // 60_000 + 5
+    h.batch(*({"partition": p, "through_minute": minute, "minutes": []} for p in (0, 1)))
+    h.batch({"partition": 0, "hold_events": [], "decided_through_ms": (minute + 1) * 60_000})
+    assert [r["signals_offset"] for r in h.records()] == [2] and h.shell.next_offset == 3
+    with caplog.at_level("INFO"):
+        asyncio.run(h.shell.hand_over())
+    assert "position published at the revocation: signals offset 3" in caplog.text
+    assert [r["signals_offset"] for r in h.records()] == [2, 3]
+    assert h.shell.detector is None and h.shell.next_offset == -1
+    caplog.clear()
+    next_owner = BurstHarness(monkeypatch)
+    next_owner.sent = h.sent  # the incidents topic as the first left it
+
+    async def committed() -> int:
+        return 3
+
+    next_owner.shell.committed = committed
+    with caplog.at_level("WARNING"):
+        assert next_owner.resume_offset() == 3
+    assert caplog.text == ""
+
+
 def test_no_position_is_published_at_a_stop_after_a_freeze_past_the_session_or_with_holds_off(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

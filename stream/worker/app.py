@@ -624,8 +624,8 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         async with shell.committed():
             pass
         async with bursts.lock:
-            bursts.forget()
-            # Under the detector's lock, with `forget` (a rebuild finishing between the two would
+            await bursts.hand_over()
+            # Under the detector's lock, with `hand_over`'s `forget` (a rebuild finishing between the two would
             # show incidents of a detector forgotten here). Shown again if the detector is
             # rebuilt here (`bursts.on_restored`).
             watch.detector_moved()

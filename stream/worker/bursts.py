@@ -160,6 +160,15 @@ class BurstShell:
         await self.snapshot_written()
         await self.snapshots.close()
 
+    async def hand_over(self) -> None:
+        """Partitions revoked (under the lock): the detector may move to another worker, which
+        resumes at the last incidents record. Its position is published first, as at a clean
+        stop (the group's committed offset past that record: signals taken again, their alerts
+        sent again, and a WARNING), then it is forgotten. Faust hands the partitions on once the
+        revocation's handlers return; after a freeze past the session, nothing is published."""
+        await self.publish_progress("the revocation")
+        self.forget()
+
     def forget(self) -> None:
         """After a rebalance the snapshot and the signals topic are the truth: rebuilt at the next report."""
         self.detector = None
@@ -458,15 +467,16 @@ class BurstShell:
         """Whether the detector took signals past the last incidents record sent."""
         return self.detector is not None and self.next_offset != self.offset_sent
 
-    async def publish_progress(self) -> None:
-        """At a clean stop (under the lock, after the last batch): an incidents record of the
-        detector's position, if it took signals since the last record. Batches that moved no
-        minute and sent nothing (hold reports, a minute some partitions have not closed yet)
-        add no record; without this one the next start finds the group's committed offset past
-        the published one, warns, and takes those signals again. Not sent after a freeze past
-        the session (another worker may run the detector now: its records stay the last), nor
-        with holds off (no worker reads the topic). A failure is logged: the next start takes
-        those signals again, as after a crash."""
+    async def publish_progress(self, at: str = "the stop") -> None:
+        """At a clean stop or a revocation (under the lock, after the last batch; `at` says
+        which, for the log): an incidents record of the detector's position, if it took signals
+        since the last record. Batches that moved no minute and sent nothing (hold reports, a
+        minute some partitions have not closed yet) add no record; without this one the next
+        owner finds the group's committed offset past the published one, warns, and takes those
+        signals again, sending their alerts again. Not sent after a freeze past the session
+        (another worker may run the detector now: its records stay the last), nor with holds off
+        (no worker reads the topic). A failure is logged: the next owner takes those signals
+        again, as after a crash."""
         if not self.holds or not self.moved():
             return
         if self.loop is not None and self.loop.frozen_since(0, now_s()):
@@ -479,11 +489,12 @@ class BurstShell:
                 self.counts["incident_records"] += 1
             if records:
                 await self.flush()
-                log.info("burst detector's position published at the stop: signals offset %d", self.next_offset)
-        except Exception:  # noqa: BLE001 - the stop goes on: the next start takes those signals again
+                log.info("burst detector's position published at %s: signals offset %d", at, self.next_offset)
+        except Exception:  # noqa: BLE001 - the stop goes on: the next owner takes those signals again
             log.warning(
-                "burst detector's position (signals offset %d) not published at the stop",
+                "burst detector's position (signals offset %d) not published at %s",
                 self.next_offset,
+                at,
                 exc_info=True,
             )
 
