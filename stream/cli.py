@@ -598,6 +598,15 @@ def cmd_trace(args: argparse.Namespace) -> int:
             )
         )
         return 1
+    others = [r for r in records if r.topic not in topics]
+    if others:  # (a line whose topic is misspelt: a payment or a debit of it left out)
+        keyed = sum(1 for r in others if r.key == ref.encode())
+        print(
+            f"trace: warning: {source}: {len(others)} record(s) of topics other than {' and '.join(topics)} were "
+            f"not read ({keyed} keyed {ref!r}); if some are input under another name, set QRIS_PAYMENT_TOPIC and "
+            "QRIS_LEDGER_TOPIC to it",
+            file=sys.stderr,
+        )
     if args.json:
         sys.stdout.buffer.write(codec.dumps(result) + b"\n")
     else:

@@ -428,6 +428,10 @@ def test_records_of_other_topics_beside_the_inputs_are_counted_on_stderr_not_dro
     err = capfd.readouterr().err
     assert "1 record(s) of topics other than qris.payment-requests and qris.ledger-debits were not read" in err
     assert "no record on the input topics" not in err
+    assert main(["trace", "R1", "--in", str(path)]) == 0
+    err = capfd.readouterr().err
+    assert "1 record(s) of topics other than qris.payment-requests and qris.ledger-debits were not read" in err
+    assert "(1 keyed 'R1')" in err
 
 
 def test_dump_writes_a_partial_file_only_for_a_regular_file_and_leaves_none_when_interrupted(
