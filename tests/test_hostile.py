@@ -285,6 +285,37 @@ def test_no_kafka_timestamp_no_guard(ts: int | None) -> None:
     assert eng.max_ms[0] == parse_ms("9999-11-30T00:00:00Z") and not [d for d in out if d.role == "alerts"]
 
 
+@pytest.mark.parametrize(
+    ("order", "kinds"),
+    [
+        ("L0 L1 L2 P0 P1", ["CLOCK_SKEW", "LATE_SETTLEMENT"]),
+        ("L0 L1 P0 P1 L2", ["LATE_SETTLEMENT", "CLOCK_SKEW"]),
+    ],
+)
+def test_a_clock_skew_alert_goes_out_with_its_record_so_its_place_follows_the_interleaving(
+    order: str, kinds: list[str]
+) -> None:
+    # README, "Where the contract is silent": like a dead letter, a CLOCK_SKEW alert is
+    # decided when its record is read; its content and every refund do not depend on the
+    # interleaving, its place among the partition's alerts does.
+    records = {
+        "L0": (L, 0, b"A", ledger("d1", "debited", "A", 0), T0),
+        "L1": (L, 1, b"B", ledger("d2", "debited", "B", 500), T0 + 500_000),
+        "L2": (L, 2, b"C", ledger("d3", "debited", "C", 1000), T0 + 500_000),
+        "P0": (P, 0, b"A", payment("s1", "settled", "A", 400), T0 + 400_000),
+        "P1": (P, 1, b"Z", payment("q9", "requested", "Z", 600), T0 + 600_000),
+    }
+    eng = PartitionEngine(0, Params())
+    out = [d for name in order.split() for d in eng.on_record(*records[name])]
+    alerts = [d.value for d in out if d.role == "alerts"]
+    assert [a["kind"] for a in alerts] == kinds
+    skew = next(a for a in alerts if a["kind"] == "CLOCK_SKEW")
+    late = next(a for a in alerts if a["kind"] == "LATE_SETTLEMENT")
+    assert parse_ms(skew["occurred_at"]) == T0 + 500_000 and parse_ms(late["occurred_at"]) == T0 + 400_000
+    refunds = [(d.value["type"], d.value["refund_id"]) for d in out if d.role == "refunds"]
+    assert [t for t, _ in refunds] == ["refund.requested", "refund.cancel_requested"]
+
+
 def test_clock_skew_alerts_come_at_1_10_100_and_the_count_survives_a_restore() -> None:
     eng = _engine_with_traffic()
     counts = []
