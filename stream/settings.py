@@ -524,7 +524,9 @@ def _did_you_mean(name: str, known: set[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else " (`qris-guard settings` lists the known ones)"
 
 
-# Variables read by tools other than the settings object: kafka/broker.sh, tests, benchmarks.
+# Variables read by tools other than the settings object: kafka/broker.sh, tests, benchmarks,
+# Compose (QRIS_WEB_HOST_PORT, QRIS_WORKER_PROCESSES: set in the shell for `docker compose`,
+# where a qris-guard run on the host meets them too).
 # QRIS_WORKER_SELF_RESTARTS: the worker's own restarts, carried across `execv` (recovery.py).
 _OTHER_PREFIXES = (
     "QRIS_KAFKA_",
@@ -532,6 +534,7 @@ _OTHER_PREFIXES = (
     "QRIS_BENCH_",
     "QRIS_SIM_",
     "QRIS_WEB_HOST_PORT",
+    "QRIS_WORKER_PROCESSES",
     "QRIS_WORKER_SELF_RESTARTS",
 )
 
