@@ -634,6 +634,8 @@ def test_a_restored_engine_reports_the_same_minutes(varied: bool) -> None:
         "stream.core.alerts",
         "stream.core.ids",
         "stream.core.decisions",
+        "stream.core.text",
+        "stream.core.validation",
         "stream.worker.statestore",
     ],
 )

@@ -697,3 +697,36 @@ def test_an_account_number_written_as_a_number_is_not_quoted_in_the_reason(writt
     # Nor an amount's (a shifted column puts the account id there): its shape only.
     assert isinstance(amount, Rejection) and "25000" not in amount.reason
     assert amount.reason.endswith("got a number with a fraction or exponent")
+
+
+ACCOUNT = "7700123456789"
+
+
+@pytest.mark.parametrize(
+    ("stream", "key", "field", "written"),
+    [
+        (P, ACCOUNT.encode(), None, None),  # a producer that keys its records by account
+        (P, None, "type", ACCOUNT),
+        (P, None, "occurred_at", ACCOUNT),
+        (P, None, "occurred_at", "2025-03-29 7700-1234-56789"),
+        (P, None, "currency", ACCOUNT),
+        (P, None, "currency", "ID " + ACCOUNT),
+        (L, None, "currency", float(ACCOUNT)),
+        (P, b"R1", "reference", ACCOUNT),
+    ],
+)
+def test_an_account_number_in_a_field_a_reason_quotes_is_masked(
+    stream: Stream, key: bytes | None, field: str | None, written: Any
+) -> None:
+    # A shifted column (or records keyed by account) puts an account number where the reason
+    # quotes the field: the reason goes into the DEAD_LETTER alert, which masks account ids, the
+    # dashboard and reports. Its last four digits stay, as in alerts; the dead letter keeps the
+    # original bytes.
+    extra = {} if field is None else {field: written}
+    raw = _requested(**extra) if stream is P else ledger("d1", "debited", "R1", 0, **extra)
+    got = _parse(stream, key, raw)
+    assert isinstance(got, Rejection), got
+    assert not any(ACCOUNT[i : i + 5] in got.reason.replace("-", "") for i in range(len(ACCOUNT) - 4)), got.reason
+    eng = PartitionEngine(0, Params())
+    (alert,) = [d.value for d in eng.on_record(stream, 0, key, raw, T0) if d.role == "alerts"]
+    assert alert["kind"] == "DEAD_LETTER" and "01234" not in alert["summary"].replace("-", ""), alert["summary"]

@@ -9,7 +9,9 @@ most 128 characters (code points), `merchant_name` 256, `reference` 64; identifi
 control characters (U+0000-U+001F, U+007F-U+009F) and no bidirectional embeddings, overrides or
 isolates (U+202A-U+202E, U+2066-U+2069). Optional string fields may be `null`, read as absent,
 so a producer that writes nulls does not lose settlements. Input quoted in a reason is escaped
-(`text.escape_text`). Imports nothing outside the core.
+(`text.escape_text`), with long numbers masked (`text.mask_numbers`): a reason travels to the
+DEAD_LETTER alert, the dashboard and reports, and a producer that shifted a column or keyed its
+records by account puts an account number in the field it quotes. Imports nothing outside the core.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .records import (
     PaymentEvent,
     Stream,
 )
-from .text import escape_text
+from .text import escape_text, mask_numbers
 
 MAX_VALUE_BYTES: Final = 65_536  # a record value is at most 64 KiB
 MAX_STRING_CHARS: Final = 128  # every string field, unless named below
@@ -136,7 +138,7 @@ def _string(obj: dict[str, Any], field: str, max_len: int = MAX_STRING_CHARS) ->
     if v is None:
         raise _Reject("missing_field", f"required field '{field}' is missing or null", field)
     if type(v) is not str:
-        raise _Reject("wrong_type", f"'{field}' must be a string, got {_json_type(v, quote=False)}", field)
+        raise _Reject("wrong_type", f"'{field}' must be a string, got {_json_type(v)}", field)
     if not v:
         raise _Reject("bad_value", f"'{field}' must not be empty", field)
     _check_text(field, v, max_len)
@@ -150,27 +152,26 @@ def _optional_string(obj: dict[str, Any], field: str, max_len: int = MAX_STRING_
     if type(v) is str:
         _check_text(field, v, max_len)
         return v
-    raise _Reject("wrong_type", f"'{field}' must be a string when present, got {_json_type(v, quote=False)}", field)
+    raise _Reject("wrong_type", f"'{field}' must be a string when present, got {_json_type(v)}", field)
 
 
-def _json_type(v: object, quote: bool = True) -> str:
-    """`v`'s JSON type in words, with a number's value when `quote` (not for the text fields: an
-    account number written as a number would be quoted in the dead letter's reason and the
-    DEAD_LETTER alert, which mask account ids)."""
+def _json_type(v: object) -> str:
+    """`v`'s JSON type in words, never a number's value: an account number written as a number
+    (or in the wrong field) would be quoted in the dead letter's reason and the DEAD_LETTER alert,
+    which mask account ids."""
     if v is None:
         return "null"
     if type(v) is bool:
         return "boolean"
     if type(v) is float:
-        shown = f" ({v!r})" if quote else ""
         if v.is_integer() and abs(v) >= 2**63:
             # orjson reads an integer past 64 bits as a float: the producer may have written one.
-            return f"a number with a fraction or exponent, or an integer beyond 64 bits{shown}"
-        return f"a number with a fraction or exponent{shown}"
+            return "a number with a fraction or exponent, or an integer beyond 64 bits"
+        return "a number with a fraction or exponent"
     if type(v) is int:
         return "an integer"
     if type(v) is str:
-        return f"a string ('{escape_text(v, 20)}')"
+        return f"a string ('{escape_text(mask_numbers(v), 20)}')"
     return "an array" if type(v) is list else "an object"
 
 
@@ -179,7 +180,7 @@ def _common(obj: dict[str, Any], key: bytes | None, types: frozenset[str]) -> tu
     typ = _string(obj, "type")
     if typ not in types:
         allowed = " | ".join(sorted(types))
-        raise _Reject("bad_value", f"'type' is '{escape_text(typ, 40)}', expected {allowed}", "type")
+        raise _Reject("bad_value", f"'type' is '{escape_text(mask_numbers(typ), 40)}', expected {allowed}", "type")
     reference = _string(obj, "reference", MAX_REFERENCE_CHARS)
     if key is not None:
         try:
@@ -191,7 +192,8 @@ def _common(obj: dict[str, Any], key: bytes | None, types: frozenset[str]) -> tu
         if key_text != reference:
             raise _Reject(
                 "key_mismatch",
-                f"the record key '{escape_text(key_text, 64)}' differs from reference '{escape_text(reference)}'",
+                f"the record key '{escape_text(mask_numbers(key_text), 64)}' differs from reference "
+                f"'{escape_text(mask_numbers(reference))}'",
                 "reference",
             )
     if obj.get("occurred_at") == "":
@@ -201,7 +203,9 @@ def _common(obj: dict[str, Any], key: bytes | None, types: frozenset[str]) -> tu
     try:
         occurred_at_ms = parse_ms(occurred_at)
     except BadTimestamp as exc:
-        raise _Reject("bad_timestamp", f"'occurred_at': {escape_text(str(exc), 200)}", "occurred_at") from None
+        raise _Reject(
+            "bad_timestamp", f"'occurred_at': {escape_text(mask_numbers(str(exc)), 200)}", "occurred_at"
+        ) from None
     amount = obj.get("amount")
     if amount is None:
         raise _Reject("missing_field", "required field 'amount' is missing or null", "amount")
@@ -212,7 +216,7 @@ def _common(obj: dict[str, Any], key: bytes | None, types: frozenset[str]) -> tu
                 " (digits)" if amount.isascii() and amount.isdigit() else ""
             )
         else:
-            got = _json_type(amount, quote=False)
+            got = _json_type(amount)
         raise _Reject("wrong_type", f"'amount' must be a JSON integer of rupiah, got {got}", "amount")
     if amount <= 0 or amount > MAX_AMOUNT:
         # Its size, not its digits: a producer that shifted a column sends an account number
@@ -225,7 +229,11 @@ def _common(obj: dict[str, Any], key: bytes | None, types: frozenset[str]) -> tu
     if type(currency) is not str:
         raise _Reject("wrong_type", f"'currency' must be a string, got {_json_type(currency)}", "currency")
     if currency != CURRENCY:
-        raise _Reject("bad_currency", f"'currency' is '{escape_text(currency, 10)}'; only IDR is accepted", "currency")
+        raise _Reject(
+            "bad_currency",
+            f"'currency' is '{escape_text(mask_numbers(currency), 10)}'; only IDR is accepted",
+            "currency",
+        )
     return event_id, typ, reference, occurred_at, occurred_at_ms, amount
 
 
@@ -432,7 +440,7 @@ def parse_ledger(key: bytes | None, value: bytes | None) -> LedgerEvent | Reject
     >>> parse_ledger(None, b'{"event_id":"e9","type":"debited","reference":"R1","entry_id":"J1",'
     ...     b'"account_id":"0012","amount":25000.0,"currency":"IDR",'
     ...     b'"occurred_at":"2025-03-29T07:00:00Z"}').reason
-    "'amount' must be a JSON integer of rupiah, got a number with a fraction or exponent (25000.0)"
+    "'amount' must be a JSON integer of rupiah, got a number with a fraction or exponent"
     """
     if value is not None:
         if len(value) > MAX_VALUE_BYTES:
