@@ -105,6 +105,42 @@ def test_a_silent_partition_moved_to_another_worker_is_no_recovery() -> None:
     _check(r)
 
 
+def test_a_partition_that_delivered_again_before_it_moved_does_not_hold_the_resolved_back() -> None:
+    # Partitions 0 and 1 silent; 1 delivers again (the page stays open for 0), then moves to
+    # another worker, whose restored state is not silent: it has no page to take over. When 0
+    # delivers again, this worker's `resolved` is the only one that can end the page.
+    engines = _engines(2)
+    silence = TopicSilence(TOPICS, lambda: engines)
+    silence([d for eng in engines.values() for d in eng.declare_silent(Stream.P)])
+    engines[1].on_record(Stream.P, 1, b"Y1", payment("Y1-q", "requested", "Y1", 620))
+    assert [d for d in silence([]) if d.role == "alerts"] == []
+    moved = {1: engines.pop(1)}
+    owner = TopicSilence(TOPICS, lambda: moved)
+    owner.restored(moved[1])
+    assert owner([]) == [] and not owner.open
+    engines[0].on_record(Stream.P, 1, b"Y0", payment("Y0-q", "requested", "Y0", 630))
+    [r] = [d.value for d in silence([]) if d.role == "alerts"]
+    assert r["status"] == "resolved" and r["partitions"] == [0, 1]
+    _check(r)
+    # The same when 1 delivered again after the last check and before it left: its engine, as it
+    # is dropped (`left`), says so.
+    engines = _engines(2)
+    silence = TopicSilence(TOPICS, lambda: engines)
+    silence([d for eng in engines.values() for d in eng.declare_silent(Stream.P)])
+    engines[1].on_record(Stream.P, 1, b"Y1", payment("Y1-q", "requested", "Y1", 620))
+    silence.left(engines.pop(1))
+    engines[0].on_record(Stream.P, 1, b"Y0", payment("Y0-q", "requested", "Y0", 630))
+    [r] = [d.value for d in silence([]) if d.role == "alerts"]
+    assert r["status"] == "resolved" and r["partitions"] == [0, 1]
+    # Still silent as it left: the page is left to its new owner.
+    engines = _engines(2)
+    silence = TopicSilence(TOPICS, lambda: engines)
+    silence([d for eng in engines.values() for d in eng.declare_silent(Stream.P)])
+    silence.left(engines.pop(1))
+    engines[0].on_record(Stream.P, 1, b"Y0", payment("Y0-q", "requested", "Y0", 630))
+    assert [d for d in silence([]) if d.role == "alerts"] == []
+
+
 def test_a_restarted_worker_takes_a_silence_paged_before_over_without_a_new_page() -> None:
     # The partitions' state keeps them silent; their page is the previous incarnation's (or the
     # previous owner's) and still open. Paged again, each restart in the quiet after a silence

@@ -290,6 +290,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         silence.restored(eng)
 
     shell.on_engine = engine_made
+    shell.on_forget = silence.left
     shell.begin_offsets = ends.beginning
 
     def frozen_past_session() -> None:  # (`freeze.py`: a zombie sends nothing late)

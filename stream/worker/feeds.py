@@ -36,6 +36,10 @@ class _Silence:
     since_ms: int | None
     # False: taken over from the partitions' saved state, paged before this worker had them.
     paged: bool = True
+    # The episode's partitions silent when this worker last saw them (at a check, or as their
+    # engine left, `left`): one that moved away delivering again is not silent at its new owner,
+    # which then has no page to take over and resolve.
+    silent: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -53,13 +57,26 @@ class TopicSilence:
             if eng.silent[s]:
                 self._take_over(topic, {eng.partition}, eng.max_ms[s])
 
+    def left(self, eng: PartitionEngine) -> None:
+        """An engine dropped here (`ReconcileShell.on_forget`: its partition moved, or its state
+        is read again): whether it is silent as it goes, which is what its next owner restores."""
+        for s, topic in enumerate(self.topics):
+            episode = self.open.get(topic)
+            if episode is not None and eng.partition in episode.partitions:
+                if eng.silent[s]:
+                    episode.silent.add(eng.partition)
+                else:
+                    episode.silent.discard(eng.partition)
+
     def _take_over(self, topic: str, partitions: set[int], since_ms: int | None) -> None:
         episode = self.open.get(topic)
         if episode is None:
-            self.open[topic] = _Silence(set(partitions), since_ms, paged=False)
+            self.open[topic] = _Silence(set(partitions), since_ms, paged=False, silent=set(partitions))
         elif partitions <= episode.partitions:
+            episode.silent |= partitions
             return
         else:
+            episode.silent |= partitions
             episode.partitions |= partitions  # (one episode: one `resolved` when all deliver)
             if not episode.paged and since_ms is not None:
                 episode.since_ms = max(since_ms, episode.since_ms or since_ms)
@@ -84,13 +101,15 @@ class TopicSilence:
             fresh = {p for p in silent if (topic, p) in declared}
             at_ms = max((eng.watermark_ms for eng in engines.values()), default=NEG_INF)
             episode = self.open.get(topic)
+            if episode is not None:  # (partitions gone from here keep what was last seen of them)
+                episode.silent = (episode.silent - set(engines)) | silent
             other = self.topics[1 - s]
             if silent and episode is None and not fresh:  # silent as restored (no `restored` call seen)
                 self._take_over(topic, silent, _newest(engines, silent, s))
             elif silent and (episode is None or (fresh and not episode.paged)):
                 since = _newest(engines, silent, s)
                 if episode is None:
-                    self.open[topic] = _Silence(set(silent), since)
+                    self.open[topic] = _Silence(set(silent), since, silent=set(silent))
                 else:  # declared here beside partitions taken over: one episode, paged now
                     episode.partitions |= silent
                     episode.since_ms, episode.paged = since, True
@@ -100,12 +119,14 @@ class TopicSilence:
                 episode.partitions |= silent  # more partitions of the same outage: no new page
             elif not silent and episode is not None:
                 del self.open[topic]
-                # A partition a rebalance moved to another worker is still silent there (its
-                # state keeps the flag), and its new owner took the page over: the page is left
-                # to that owner's `resolved`, sent when the partition delivers again. Resolved
-                # here, under the shared dedup key, it would close the page while the moved
-                # partition is still silent, and its new owner would not page it again.
-                moved = sorted(episode.partitions - set(engines))
+                # A partition a rebalance moved to another worker while silent is still silent
+                # there (its state keeps the flag), and its new owner took the page over: the page
+                # is left to that owner's `resolved`, sent when the partition delivers again.
+                # Resolved here, under the shared dedup key, it would close the page while the
+                # moved partition is still silent, and its new owner would not page it again. One
+                # that delivered again before it moved is not silent there: its new owner has no
+                # page to take over, so it does not hold this `resolved` back.
+                moved = sorted(episode.silent - set(engines))
                 if moved:
                     log.info(
                         "FEED_SILENT of %s: partitions %s deliver again; partitions %s moved to another worker, "
@@ -130,6 +151,7 @@ class TopicSilence:
 
 
 def _newest(engines: dict[int, PartitionEngine], partitions: set[int], s: int) -> int | None:
-    """The newest event time of stream `s` of `partitions` (None: none has a record)."""
-    known = [m for p in partitions if (m := engines[p].max_ms[s]) is not None]
+    """The newest event time of stream `s` of those of `partitions` held here (None: none has a
+    record)."""
+    known = [m for p in partitions if p in engines and (m := engines[p].max_ms[s]) is not None]
     return max(known) if known else None

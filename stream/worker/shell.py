@@ -285,6 +285,8 @@ class ReconcileShell:
         self._committer: asyncio.Task[None] | None = None
         # Called with each engine made or restored here (metrics, the lookup index watch it).
         self.on_engine: Callable[[PartitionEngine], None] | None = None
+        # Told each engine dropped here (`forget_partition`), as it goes (`feeds.TopicSilence.left`).
+        self.on_forget: Callable[[PartitionEngine], None] | None = None
         # Rewrites the idle check's decisions (one FEED_SILENT per topic, and its recovery).
         self.on_idle: Callable[[list[Decision]], list[Decision]] | None = None
         # Stalled event time (`clockstall.ClockStall`): its alerts at each idle check, given the
@@ -328,7 +330,9 @@ class ReconcileShell:
     def forget_partition(self, partition: int) -> None:
         """A partition moved away (or its stored state moved on): its engine is rebuilt from
         the store when it is next needed."""
-        self.engines.pop(partition, None)
+        eng = self.engines.pop(partition, None)
+        if eng is not None and self.on_forget is not None:
+            self.on_forget(eng)
         self.clocks.pop(partition, None)
         self._quiet.discard(partition)
         self._quiet_from.pop(partition, None)
