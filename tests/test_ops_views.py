@@ -155,6 +155,49 @@ def test_a_payment_an_open_incident_covers_is_told_its_refund_would_be_held() ->
     assert [(r["type"], r["reference"]) for r in f.refunds()] == [("refund.held", "QR1")]
 
 
+def test_a_deadline_the_detector_has_not_decided_yet_is_not_promised_without_a_hold() -> None:
+    # No incident open now, and the detector has decided only up to 300 s: the deadline (450 s)
+    # may still fall in an outage declared meanwhile (its first payments are debited a minute or
+    # more before it is). The refund is then held: said, with how late it may come.
+    f = Feed()
+    f.incidents([], ms(300))
+    unsettled(f, "QR1", 150)
+    f.tick(330)
+    said = payment_status(f.eng.refs["QR1"], 0, WorkerWatch(Settings()), f.eng)["summary"]
+    deadline, latest = wib_and_utc(ms(450)), wib_and_utc(ms(450) + HOLDS.max_hold_ms)
+    assert said.endswith(
+        f"a refund is due at {deadline} if it does not settle, unless an incident covering this payment is "
+        f"declared open at the deadline: then the refund is held, and comes by {latest} at the latest"
+    ), said
+    # ... which is what happens: an incident opening at 400 s holds it.
+    f.incidents([inc("opened", 400)], EVERYTHING)
+    f.tick(500)
+    assert [(r["type"], r["reference"]) for r in f.refunds()] == [("refund.held", "QR1")]
+
+
+def test_a_settlement_alone_in_state_is_not_told_as_a_paid_merchant_and_nothing_else() -> None:
+    # Refunded at the deadline, the state dropped after R, then the settlement: the worker holds
+    # only the settlement. "The merchant was paid" alone hides the refund paid earlier, which
+    # this settlement did not cancel.
+    params = Params(timeout_ms=300_000, lateness_ms=30_000, retention_ms=1_000_000, max_hold_ms=0)
+    f = Feed(params)
+    unsettled(f, "QR1", 0)
+    f.tick(400)
+    assert [r["type"] for r in f.refunds()] == ["refund.requested"]
+    f.tick(1100)  # W 1070 s: past the last record's 0 s + R
+    assert "QR1" not in f.eng.refs
+    f.p(payment("QR1-s", "settled", "QR1", 1100))
+    f.tick(1200)
+    got = payment_status(f.eng.refs["QR1"], 0, WorkerWatch(Settings()), f.eng)
+    assert (
+        got["status"] == "settled" and got["refunds"] == [] and [r["type"] for r in f.refunds()] == ["refund.requested"]
+    )
+    assert got["summary"].startswith("NOTE: neither the request nor a debit of this payment is in the live state")
+    assert "older than the state is kept (16 min of event time)" in got["summary"]
+    assert "`qris-guard trace QR1 --from-kafka`" in got["summary"]
+    assert got["summary"].endswith("the merchant was paid"), got["summary"]
+
+
 def test_an_incident_known_to_be_open_at_the_deadline_or_to_end_before_it_is_told_as_decided() -> None:
     # The timeline already knows the deadline (450 s): in_b opens at 400 s, so the refund is held
     # although nothing is open now; in_a resolves at 420 s, so it holds nothing of QR3's.

@@ -13,7 +13,7 @@ import hmac
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from ..core.alerts import rupiah
+from ..core.alerts import duration_text, rupiah
 from ..core.decisions import mask_account
 from ..core.eventtime import format_ms, parse_ms, wib_and_utc
 from ..core.partition import PartitionEngine, waiting_list
@@ -270,7 +270,12 @@ def _due(st: ReferenceState, engine: PartitionEngine | None) -> str:
         )
     now = timeline.covering_open_at(st.request, engine.decided_through_ms)
     if not now:
-        return plain
+        # The detector has not decided the deadline yet: an outage is declared a minute or more
+        # after its first payments, whose refunds are then held. Said, not promised.
+        return (
+            f"{plain}, unless an incident covering this payment is declared open at the deadline: then the "
+            f"refund is held, and comes by {latest} at the latest"
+        )
     return (
         f"if it does not settle, a refund is due at {wib_and_utc(deadline_ms)}; incident "
         f"{', '.join(i.incident_id for i in now)} covering this payment is open, and while one is open at the "
@@ -310,6 +315,21 @@ def _owed_since(st: ReferenceState, engine: PartitionEngine | None) -> str:
         return ""
     owed = st.net - st.settled - st.active - st.held
     return f"; {rupiah(owed)} more was taken since and is not settled: {_due(st, engine)}" if owed > 0 else ""
+
+
+def _without_start(st: ReferenceState, engine: PartitionEngine | None) -> str:
+    """A state holding neither the request nor a debit: only a settlement, failure or reversal.
+    Either the start of the payment has not arrived yet, or it is older than the state kept
+    (rule 4 dropped it): then a refund decided for it then is on the refunds topic, and this
+    record could not cancel it: "the merchant was paid" alone would tell customer service a
+    refunded payment was only settled."""
+    kept = f" ({duration_text(engine.params.retention_ms)} of event time)" if engine is not None else ""
+    return (
+        "NOTE: neither the request nor a debit of this payment is in the live state: they have not "
+        f"arrived yet, or they are older than the state is kept{kept}, and then a refund decided for it "
+        "is on the refunds topic and was not cancelled by this record: "
+        f"`qris-guard trace {st.reference} --from-kafka` explains it. "
+    )
 
 
 def payment_status(
@@ -392,6 +412,8 @@ def payment_status(
         if engine is not None and st.reference in engine.pending:
             say = "the payment was requested; no debit is processed yet"
     say += _not_processed(st, engine)
+    if rq is None and not st.debits:
+        say = _without_start(st, engine) + say
     incidents = _incidents_covering(st, watch, engine)
     return {
         "reference": st.reference,
