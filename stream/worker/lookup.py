@@ -563,6 +563,58 @@ def _lookup(engines: dict[int, PartitionEngine], reference: str, watch: WorkerWa
     return None
 
 
+def not_found(reference: str, retention_ms: int, unanswered: list[str]) -> tuple[dict[str, Any], int]:
+    """The answer for a reference no worker answered with its state: 404 when every other
+    worker said it holds none, 503 when one did not answer (a peer timed out, frozen or busy:
+    the payment may be on it): "unknown reference" would tell a customer with a refund in
+    progress that no such payment exists.
+
+    >>> not_found("QR1", 172_800_000, [])[1], not_found("QR1", 1_000_000, [])[0]["hint"][:30]
+    (404, 'state is kept 16 min of event ')
+    >>> body, status = not_found("QR1", 172_800_000, ["http://w2:6066"])
+    >>> status, body["error"][:60]
+    (503, 'worker(s) http://w2:6066 did not answer: QR1 may be held the')
+    """
+    if unanswered:
+        return {
+            "error": f"worker(s) {', '.join(unanswered)} did not answer: {reference} may be held there; "
+            "ask again (this is not an unknown reference)",
+            "unanswered_workers": unanswered,
+        }, 503
+    return {
+        "error": f"unknown reference (no live state of it on any worker): {reference}",
+        # Not "no such payment": a payment older than the retention is forgotten here (its
+        # refund, if any, was decided and is on the refunds topic).
+        "hint": f"state is kept {duration_text(retention_ms)} of event time after a reference's last record "
+        "(QRIS_RETENTION_S); an older payment, or one never received, is explained by "
+        f"`qris-guard trace {reference} --from-kafka`",
+    }, 404
+
+
+def account_answer(payments: list[dict[str, Any]], total: int, limit: int, unanswered: list[str]) -> dict[str, Any]:
+    """The account query's answer; with a worker that did not answer, a `warning` that its
+    payments are missing (an empty list read as "no payments" when the owner was slow).
+
+    >>> account_answer([], 0, 500, ["http://w2:6066"])["warning"][:58]
+    'INCOMPLETE: worker(s) http://w2:6066 did not answer; the p'
+    >>> "warning" in account_answer([], 0, 500, [])
+    False
+    """
+    answer: dict[str, Any] = {"payments": payments, "count": len(payments), "total": total, "limit": limit}
+    if total > len(payments):
+        answer["hint"] = (
+            f"the newest {len(payments)} of {total} payments: a later `since` narrows them, "
+            f"`limit` (at most {ACCOUNT_LIMIT_MAX}) shows more"
+        )
+    if unanswered:
+        answer["warning"] = (
+            f"INCOMPLETE: worker(s) {', '.join(unanswered)} did not answer; the payments of this account "
+            "held there are missing from this answer (and from `total`): ask again"
+        )
+        answer["unanswered_workers"] = unanswered
+    return answer
+
+
 def account_payments(
     engines: dict[int, PartitionEngine],
     watch: WorkerWatch,

@@ -26,12 +26,13 @@ from ..security import read_secret
 from ..settings import Settings
 from . import dashboard
 from .lookup import (
-    ACCOUNT_LIMIT_MAX,
+    account_answer,
     account_path,
     account_payments,
     forward_ok,
     forward_signature,
     lookup_reference,
+    not_found,
     parse_limit,
     payment_path,
     question_of,
@@ -98,21 +99,16 @@ def add_pages(
         found = lookup_reference(shell.engines, reference, watch)
         if found is not None:
             return web.json(found)
+        unanswered: list[str] = []
         if not request.headers.get(FORWARDED):
-            for status, body in await ask(peers(), payment_path(reference), question):
+            urls = peers()
+            for url, (status, body) in zip(urls, await ask(urls, payment_path(reference), question), strict=True):
                 if status == 200:
                     return web.json(body)
-        return web.json(
-            {
-                "error": f"unknown reference (no live state of it on any worker): {reference}",
-                # Not "no such payment": a payment older than the retention is forgotten here
-                # (its refund, if any, was decided and is on the refunds topic).
-                "hint": f"state is kept {settings.retention_s / 3600:g} h of event time after a reference's last "
-                "record (QRIS_RETENTION_S); an older payment, or one never received, is explained by "
-                f"`qris-guard trace {reference} --from-kafka`",
-            },
-            status=404,
-        )
+                if status != 404:  # (599: no answer in time; anything else is no answer either)
+                    unanswered.append(url)
+        body, status = not_found(reference, round(settings.retention_s * 1000), unanswered)
+        return web.json(body, status=status)
 
     @app.page("/qris/accounts/{account_id}/payments")
     async def account_lookup(web: Any, request: Any, account_id: str) -> Any:
@@ -132,21 +128,21 @@ def add_pages(
         except ValueError as exc:
             return web.json({"error": str(exc)}, status=400)
         payments, total = account_payments(shell.engines, watch, account_id, since_ms, limit)
+        unanswered: list[str] = []
         if not request.headers.get(FORWARDED):
-            for status, body in await ask(peers(), account_path(account_id, since, limit), question):
+            urls = peers()
+            for url, (status, body) in zip(
+                urls, await ask(urls, account_path(account_id, since, limit), question), strict=True
+            ):
                 if status == 200 and isinstance(body, dict):
                     theirs = body.get("payments", [])
                     payments.extend(theirs)
                     total += int(body.get("total", len(theirs)))
+                else:
+                    unanswered.append(url)
             payments.sort(key=lambda x: (x.get("first_seen_ms") or 0, x.get("reference") or ""), reverse=True)
             del payments[limit:]
-        answer: dict[str, Any] = {"payments": payments, "count": len(payments), "total": total, "limit": limit}
-        if total > len(payments):
-            answer["hint"] = (
-                f"the newest {len(payments)} of {total} payments: a later `since` narrows them, "
-                f"`limit` (at most {ACCOUNT_LIMIT_MAX}) shows more"
-            )
-        return web.json(answer)
+        return web.json(account_answer(payments, total, limit, unanswered))
 
     @app.page("/qris/dashboard")
     async def ops_dashboard(web: Any, request: Any) -> Any:
