@@ -155,6 +155,24 @@ def test_a_payment_an_open_incident_covers_is_told_its_refund_would_be_held() ->
     assert [(r["type"], r["reference"]) for r in f.refunds()] == [("refund.held", "QR1")]
 
 
+def test_a_held_refund_is_not_promised_to_a_payment_that_may_still_settle() -> None:
+    # Held at its deadline, then the settlement: the hold ends without a refund
+    # (refund.hold_released). What was said while it was held must allow for that.
+    f = Feed()
+    f.incidents([inc("opened", 100)], EVERYTHING)
+    unsettled(f, "QR1", 0)
+    f.tick(400)
+    said = payment_status(f.eng.refs["QR1"], 0, WorkerWatch(Settings()), f.eng)["summary"]
+    latest = wib_and_utc(ms(300) + HOLDS.max_hold_ms)
+    assert said.endswith(
+        f"it comes by {latest} at the latest, unless the payment settles first (the merchant is then paid and "
+        "nothing is refunded)"
+    ), said
+    f.p(payment("QR1-s", "settled", "QR1", 500))
+    f.tick(600)
+    assert [r["type"] for r in f.refunds()] == ["refund.held", "refund.hold_released"]
+
+
 def test_a_deadline_the_detector_has_not_decided_yet_is_not_promised_without_a_hold() -> None:
     # No incident open now, and the detector has decided only up to 300 s: the deadline (450 s)
     # may still fall in an outage declared meanwhile (its first payments are debited a minute or

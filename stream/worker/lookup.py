@@ -226,8 +226,13 @@ def _named(hold: dict[str, Any], ids: list[str]) -> str:
     return ", ".join(f"{i}: {scopes[i]['type']} {scopes[i]['id']}" if i in scopes else i for i in ids)
 
 
+# A hold ends without a refund when the payment settles first (`refund.hold_released`): on an
+# outage day about half of them. "It comes by ..." alone is a promise the desk cannot keep.
+UNLESS_SETTLED = ", unless the payment settles first (the merchant is then paid and nothing is refunded)"
+
+
 def _held_summary(hold: dict[str, Any], n: int) -> str:
-    more = f" ({n} refunds of this payment are held)" if n > 1 else ""
+    more = UNLESS_SETTLED + (f" ({n} refunds of this payment are held)" if n > 1 else "")
     by = _said(hold["release_by"])
     if hold["open_incident_ids"]:
         return (
