@@ -173,6 +173,31 @@ def test_a_held_refund_is_not_promised_to_a_payment_that_may_still_settle() -> N
     assert [r["type"] for r in f.refunds()] == ["refund.held", "refund.hold_released"]
 
 
+def test_a_held_refund_of_a_payment_charged_twice_is_not_told_a_settlement_refunds_nothing() -> None:
+    # Debited twice, held at its deadline for both: a settlement of the payment covers one debit
+    # only, so the hold goes on and the other is refunded at its end. "Nothing is refunded" would
+    # be false; after the settlement the hold is told as what it is, the rest.
+    f = Feed()
+    f.incidents([inc("opened", 100)], EVERYTHING)
+    unsettled(f, "QR1", 0)
+    f.l(ledger("QR1-d2", "debited", "QR1", 1, 25_000))
+    f.tick(400)
+    said = payment_status(f.eng.refs["QR1"], 0, WorkerWatch(Settings()), f.eng)["summary"]
+    assert said.endswith(
+        "unless the payment settles first (the merchant is then paid, and only the Rp 25.000 taken beyond the "
+        "payment is refunded)"
+    ), said
+    f.p(payment("QR1-s", "settled", "QR1", 500))
+    f.tick(600)
+    got = payment_status(f.eng.refs["QR1"], 0, WorkerWatch(Settings()), f.eng)
+    assert got["status"] == "refund_held"
+    assert "the payment settled meanwhile (the merchant was paid): what comes is the Rp 25.000" in got["summary"]
+    assert "nothing is refunded" not in got["summary"]
+    # ... which is what the hold's end pays.
+    f.tick(300 + HOLDS.max_hold_ms / 1000 + 60)
+    assert [(r["type"], r["amount"]) for r in f.refunds()] == [("refund.held", 50_000), ("refund.requested", 25_000)]
+
+
 def test_a_deadline_the_detector_has_not_decided_yet_is_not_promised_without_a_hold() -> None:
     # No incident open now, and the detector has decided only up to 300 s: the deadline (450 s)
     # may still fall in an outage declared meanwhile (its first payments are debited a minute or

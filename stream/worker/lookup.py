@@ -231,8 +231,40 @@ def _named(hold: dict[str, Any], ids: list[str]) -> str:
 UNLESS_SETTLED = ", unless the payment settles first (the merchant is then paid and nothing is refunded)"
 
 
-def _held_summary(hold: dict[str, Any], n: int) -> str:
-    more = UNLESS_SETTLED + (f" ({n} refunds of this payment are held)" if n > 1 else "")
+def _unless_settled(st: ReferenceState) -> str:
+    """What a settlement does to the held refunds: a settlement ends a hold only when it covers
+    what the hold would pay (`ReferenceState._release_covered_holds`), so a customer charged more
+    than the payment (twice) still gets the rest at the hold's end, and a hold that a settlement
+    did not end is the rest of what was taken.
+
+    >>> st = ReferenceState("QR1")
+    >>> st.net = 50_000
+    >>> _unless_settled(st)[:90]
+    ', unless the payment settles first (the merchant is then paid, and only what was taken bey'
+    """
+    if st.settlement is not None:
+        rest = max(0, st.net - st.settled - st.active)
+        return (
+            f"; the payment settled meanwhile (the merchant was paid): what comes is the {rupiah(rest)} "
+            "taken beyond what it settled for"
+        )
+    amount = st.request.amount if st.request is not None else None
+    if amount is None:
+        return (
+            ", unless the payment settles first (the merchant is then paid, and only what was taken beyond "
+            "what it settles for is refunded)"
+        )
+    beyond = st.net - amount - st.active
+    if beyond <= 0:
+        return UNLESS_SETTLED
+    return (
+        f", unless the payment settles first (the merchant is then paid, and only the {rupiah(beyond)} taken "
+        "beyond the payment is refunded)"
+    )
+
+
+def _held_summary(hold: dict[str, Any], n: int, unless: str = UNLESS_SETTLED) -> str:
+    more = unless + (f" ({n} refunds of this payment are held)" if n > 1 else "")
     by = _said(hold["release_by"])
     if hold["open_incident_ids"]:
         return (
@@ -349,7 +381,7 @@ def payment_status(
     cancelled = [r for r in st.refunds if not r.active]
     if hold is not None:
         status = "refund_held"
-        say = _held_summary(hold, len(holds))
+        say = _held_summary(hold, len(holds), _unless_settled(st))
     elif active:
         status = "refund_requested"
         why = REFUND_REASONS.get(active[-1].reason, active[-1].reason)
