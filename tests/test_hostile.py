@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from typing import Any
 
 import orjson
@@ -730,3 +731,24 @@ def test_an_account_number_in_a_field_a_reason_quotes_is_masked(
     eng = PartitionEngine(0, Params())
     (alert,) = [d.value for d in eng.on_record(stream, 0, key, raw, T0) if d.role == "alerts"]
     assert alert["kind"] == "DEAD_LETTER" and "01234" not in alert["summary"].replace("-", ""), alert["summary"]
+
+
+@pytest.mark.parametrize("written", ["2025-03-29 07:00:00Z", "29/03/2025 07:00:00+07:00"])
+def test_a_date_time_written_with_a_space_is_quoted_whole_in_the_reason(written: str) -> None:
+    # The commonest wrong `occurred_at`: its date and hour make a run of ten digits, masked as
+    # an account number, which hid what the reason is about.
+    got = _parse(P, None, _requested(occurred_at=written))
+    assert isinstance(got, Rejection) and got.error == "bad_timestamp"
+    assert f"'{written}'" in got.reason, got.reason
+
+
+def test_a_huge_record_key_is_masked_as_far_as_the_reason_shows_it() -> None:
+    # A record key has no size limit (only the value's is checked): masked whole, a megabyte of
+    # digits cost the rejected record 0.6 s of the partition's loop.
+    key = (ACCOUNT * 80_000).encode()
+    started = time.perf_counter()
+    got = _parse(P, key, _requested())
+    took_s = time.perf_counter() - started
+    assert isinstance(got, Rejection) and got.error == "key_mismatch"
+    assert got.reason.startswith("the record key '" + "*" * 64 + "…'"), got.reason
+    assert took_s < 0.05, took_s

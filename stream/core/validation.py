@@ -9,7 +9,7 @@ most 128 characters (code points), `merchant_name` 256, `reference` 64; identifi
 control characters (U+0000-U+001F, U+007F-U+009F) and no bidirectional embeddings, overrides or
 isolates (U+202A-U+202E, U+2066-U+2069). Optional string fields may be `null`, read as absent,
 so a producer that writes nulls does not lose settlements. Input quoted in a reason is escaped
-(`text.escape_text`), with long numbers masked (`text.mask_numbers`): a reason travels to the
+(`text.escape_text`), with long numbers masked (`text.escape_masked`): a reason travels to the
 DEAD_LETTER alert, the dashboard and reports, and a producer that shifted a column or keyed its
 records by account puts an account number in the field it quotes. Imports nothing outside the core.
 """
@@ -32,7 +32,7 @@ from .records import (
     PaymentEvent,
     Stream,
 )
-from .text import escape_text, mask_numbers
+from .text import escape_masked, escape_text
 
 MAX_VALUE_BYTES: Final = 65_536  # a record value is at most 64 KiB
 MAX_STRING_CHARS: Final = 128  # every string field, unless named below
@@ -171,7 +171,7 @@ def _json_type(v: object) -> str:
     if type(v) is int:
         return "an integer"
     if type(v) is str:
-        return f"a string ('{escape_text(mask_numbers(v), 20)}')"
+        return f"a string ('{escape_masked(v, 20)}')"
     return "an array" if type(v) is list else "an object"
 
 
@@ -180,7 +180,7 @@ def _common(obj: dict[str, Any], key: bytes | None, types: frozenset[str]) -> tu
     typ = _string(obj, "type")
     if typ not in types:
         allowed = " | ".join(sorted(types))
-        raise _Reject("bad_value", f"'type' is '{escape_text(mask_numbers(typ), 40)}', expected {allowed}", "type")
+        raise _Reject("bad_value", f"'type' is '{escape_masked(typ, 40)}', expected {allowed}", "type")
     reference = _string(obj, "reference", MAX_REFERENCE_CHARS)
     if key is not None:
         try:
@@ -192,8 +192,7 @@ def _common(obj: dict[str, Any], key: bytes | None, types: frozenset[str]) -> tu
         if key_text != reference:
             raise _Reject(
                 "key_mismatch",
-                f"the record key '{escape_text(mask_numbers(key_text), 64)}' differs from reference "
-                f"'{escape_text(mask_numbers(reference))}'",
+                f"the record key '{escape_masked(key_text, 64)}' differs from reference '{escape_masked(reference)}'",
                 "reference",
             )
     if obj.get("occurred_at") == "":
@@ -203,9 +202,7 @@ def _common(obj: dict[str, Any], key: bytes | None, types: frozenset[str]) -> tu
     try:
         occurred_at_ms = parse_ms(occurred_at)
     except BadTimestamp as exc:
-        raise _Reject(
-            "bad_timestamp", f"'occurred_at': {escape_text(mask_numbers(str(exc)), 200)}", "occurred_at"
-        ) from None
+        raise _Reject("bad_timestamp", f"'occurred_at': {escape_masked(str(exc), 200)}", "occurred_at") from None
     amount = obj.get("amount")
     if amount is None:
         raise _Reject("missing_field", "required field 'amount' is missing or null", "amount")
@@ -231,7 +228,7 @@ def _common(obj: dict[str, Any], key: bytes | None, types: frozenset[str]) -> tu
     if currency != CURRENCY:
         raise _Reject(
             "bad_currency",
-            f"'currency' is '{escape_text(mask_numbers(currency), 10)}'; only IDR is accepted",
+            f"'currency' is '{escape_masked(currency, 10)}'; only IDR is accepted",
             "currency",
         )
     return event_id, typ, reference, occurred_at, occurred_at_ms, amount
