@@ -600,6 +600,43 @@ def _lookup(engines: dict[int, PartitionEngine], reference: str, watch: WorkerWa
     return None
 
 
+def from_peers(
+    local: dict[str, Any] | None, answers: list[tuple[str, int, Any]], watch: WorkerWatch
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The answer for a reference this worker holds no state of (`local`: None, or only the
+    records of it this worker rejected), from its peers' `(url, status, body)`, and the peers
+    that did not answer. A peer's live state comes first, with this worker's rejected records
+    added: the rejected ones alone say "no valid record of it was taken", false when a rebalance
+    moved the partition away since, or when the rejected record was keyed by something else (an
+    account number) and went to another worker's partition.
+
+    >>> from stream.settings import Settings
+    >>> w = WorkerWatch(Settings(), clock=lambda: 0.0)
+    >>> w.rejected["QR1"] = [{"source_topic": "qris.ledger-debits", "error": "key_mismatch"}]
+    >>> local = with_rejected(None, "QR1", w)
+    >>> peer = {"reference": "QR1", "status": "debited", "summary": "the money was taken"}
+    >>> got, unanswered = from_peers(local, [("http://w2:6066", 200, peer)], w)
+    >>> got["status"], got["summary"][:40], len(got["rejected_records"]), unanswered
+    ('debited', 'NOTE: 1 record(s) of this payment were r', 1, [])
+    >>> from_peers(local, [("http://w2:6066", 599, None)], w)[0]["status"], from_peers(None, [], w)
+    ('rejected', (None, []))
+    """
+    unanswered: list[str] = []
+    rejected_there: dict[str, Any] | None = None
+    for url, status, body in answers:
+        if status == 200 and isinstance(body, dict):
+            if body.get("status") != "rejected":
+                if local is None:
+                    return body, unanswered
+                got = with_rejected(body, local["reference"], watch) or body
+                got["rejected_records"] = [*body.get("rejected_records", ()), *local["rejected_records"]]
+                return got, unanswered
+            rejected_there = rejected_there or body
+        elif status != 404:  # (599: no answer in time; anything else is no answer either)
+            unanswered.append(url)
+    return local or rejected_there, unanswered
+
+
 def not_found(reference: str, retention_ms: int, unanswered: list[str]) -> tuple[dict[str, Any], int]:
     """The answer for a reference no worker answered with its state: 404 when every other
     worker said it holds none, 503 when one did not answer (a peer timed out, frozen or busy:

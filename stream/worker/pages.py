@@ -31,6 +31,7 @@ from .lookup import (
     account_payments,
     forward_ok,
     forward_signature,
+    from_peers,
     lookup_reference,
     not_found,
     parse_limit,
@@ -97,16 +98,18 @@ def add_pages(
         if no is not None:
             return no
         found = lookup_reference(shell.engines, reference, watch)
-        if found is not None:
+        # (Only rejected records of it here: its state may be on another worker.)
+        if found is not None and found.get("status") != "rejected":
             return web.json(found)
         unanswered: list[str] = []
         if not request.headers.get(FORWARDED):
             urls = peers()
-            for url, (status, body) in zip(urls, await ask(urls, payment_path(reference), question), strict=True):
-                if status == 200:
-                    return web.json(body)
-                if status != 404:  # (599: no answer in time; anything else is no answer either)
-                    unanswered.append(url)
+            answers = await ask(urls, payment_path(reference), question)
+            found, unanswered = from_peers(
+                found, [(url, status, body) for url, (status, body) in zip(urls, answers, strict=True)], watch
+            )
+        if found is not None:
+            return web.json(found)
         body, status = not_found(reference, round(settings.retention_s * 1000), unanswered)
         return web.json(body, status=status)
 
