@@ -198,6 +198,23 @@ def test_a_held_refund_of_a_payment_charged_twice_is_not_told_a_settlement_refun
     assert [(r["type"], r["amount"]) for r in f.refunds()] == [("refund.held", 50_000), ("refund.requested", 25_000)]
 
 
+def test_a_reversal_without_its_debit_is_not_told_as_a_request_that_took_no_money() -> None:
+    # Only the reversal in state (its debit not arrived yet, or dropped after R): "the payment was
+    # requested; no money was taken" said two false things beside the NOTE that no request is here.
+    f = Feed(OFF)
+    f.l(ledger("QRX-r", "reversed", "QRX", 0, 25_000))
+    f.p(payment("QRY-q", "requested", "QRY", 0))
+    f.l(ledger("QRY-r", "reversed", "QRY", 0, 25_000))
+    f.tick(400)
+    only = payment_status(f.eng.refs["QRX"], 0, WorkerWatch(Settings()), f.eng)["summary"]
+    assert only.startswith("NOTE: neither the request nor a debit") and "requested" not in only.split("explains it")[1]
+    assert only.endswith("the bank gave back Rp 25.000 (a reversal) of a debit not in the live state"), only
+    asked = payment_status(f.eng.refs["QRY"], 0, WorkerWatch(Settings()), f.eng)["summary"]
+    assert (
+        asked == "the payment was requested; the bank gave back Rp 25.000 (a reversal) of a debit not in the live state"
+    )
+
+
 def test_a_deadline_the_detector_has_not_decided_yet_is_not_promised_without_a_hold() -> None:
     # No incident open now, and the detector has decided only up to 300 s: the deadline (450 s)
     # may still fall in an outage declared meanwhile (its first payments are debited a minute or

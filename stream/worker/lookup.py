@@ -443,6 +443,15 @@ def payment_status(
         # statement.)
         status = "requested"
         say = "the payment was requested; the money taken was given back (reversed)"
+    elif st.reversals:
+        # A reversal without its debit (not arrived yet, or dropped after R): neither "requested"
+        # (no request may be here either) nor "no money was taken" (the customer's statement
+        # shows the debit and its reversal).
+        status = "requested"
+        say = (
+            f"{'the payment was requested; ' if rq is not None else ''}the bank gave back "
+            f"{rupiah(st.reversed_total)} (a reversal) of a debit not in the live state"
+        )
     else:
         status = "requested"
         say = "the payment was requested; no money was taken"
