@@ -357,13 +357,13 @@ def _owed_since(st: ReferenceState, engine: PartitionEngine | None) -> str:
 def _without_start(st: ReferenceState, engine: PartitionEngine | None) -> str:
     """A state holding neither the request nor a debit: only a settlement, failure or reversal.
     Either the start of the payment has not arrived yet, or it is older than the state kept
-    (rule 4 dropped it): then a refund decided for it then is on the refunds topic, and this
+    (rule 4 dropped it): then any refund decided for it is on the refunds topic, and this
     record could not cancel it: "the merchant was paid" alone would tell customer service a
     refunded payment was only settled."""
     kept = f" ({duration_text(engine.params.retention_ms)} of event time)" if engine is not None else ""
     return (
         "NOTE: neither the request nor a debit of this payment is in the live state: they have not "
-        f"arrived yet, or they are older than the state is kept{kept}, and then a refund decided for it "
+        f"arrived yet, or they are older than the state is kept{kept}, and then any refund decided for it "
         "is on the refunds topic and was not cancelled by this record: "
         f"`qris-guard trace {st.reference} --from-kafka` explains it. "
     )
