@@ -80,6 +80,26 @@ def shell_for(settings: Settings, group: Group, fetcher: BrokerGapFetcher, sent:
     return BurstShell(settings, 2, send, nothing, fetch_gap=fetcher.fetch, committed=group.committed)
 
 
+async def first_worker(
+    settings: Settings,
+    group: Group,
+    fetcher: BrokerGapFetcher,
+    sent: list[dict[str, Any]],
+    records: list[KafkaRecord],
+    shells: list[BurstShell],
+) -> BurstShell:
+    """The first worker (added to `shells`, closed by the caller): takes the signals before
+    COMMITTED batch by batch, then the group commits them; its snapshots (written beside the
+    detector) are on the broker when it returns."""
+    first = shell_for(settings, group, fetcher, sent)
+    shells.append(first)
+    for i in range(0, COMMITTED, 50):
+        await first.take_records(records[i : i + 50])
+    await group.commit(COMMITTED)
+    await first.snapshot_written()
+    return first
+
+
 def on_broker(bootstrap: str, settings: Settings) -> list[KafkaRecord]:
     reports = outage_reports()
     produce(
@@ -129,12 +149,7 @@ def test_a_takeover_takes_every_signal_from_the_committed_offset_once_whatever_f
         shells: list[BurstShell] = []
         try:
             async with Group(settings) as group:
-                first = shell_for(settings, group, fetcher, sent)
-                shells.append(first)
-                for i in range(0, COMMITTED, 50):  # the first worker, batch by batch; then commits
-                    await first.take_records(records[i : i + 50])
-                await group.commit(COMMITTED)
-                await first.snapshot_written()  # (written beside the detector)
+                first = await first_worker(settings, group, fetcher, sent, records, shells)
                 assert first.counts["snapshots_written"] == 2  # covering offsets before 150 and 300
                 takeover = shell_for(settings, group, fetcher, sent)
                 shells.append(takeover)
@@ -177,12 +192,7 @@ def test_a_takeover_counts_the_signals_it_read_again_toward_its_next_snapshot() 
         shells: list[BurstShell] = []
         try:
             async with Group(settings) as group:
-                first = shell_for(settings, group, fetcher, sent)
-                shells.append(first)
-                for i in range(0, COMMITTED, 50):
-                    await first.take_records(records[i : i + 50])
-                await group.commit(COMMITTED)
-                await first.snapshot_written()  # covering offsets before 150 and 300
+                await first_worker(settings, group, fetcher, sent, records, shells)
                 for end in (COMMITTED + 50, COMMITTED + 100):  # two restarts, 50 new reports each
                     shell = shell_for(settings, group, fetcher, sent)
                     shells.append(shell)
