@@ -74,6 +74,25 @@ def live_by_role(
     return by_role
 
 
+def rest_taken_by(
+    worker: Worker,
+    bootstrap: Client,
+    topics: Topics,
+    rest: list[KafkaRecord],
+    tmap: dict[str, str],
+    timeout_s: float,
+    settle_s: float = 3.0,
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+    """`worker` started, the rest of the day produced: replay's outputs of the whole input on the
+    broker, and the live outputs read until as many came."""
+    worker.start(bootstrap)
+    produce(bootstrap, rest, tmap)
+    want = expected_outputs(bootstrap, topics)
+    n = sum(len(v) for v in want.values())
+    got = consume(bootstrap, topics.outputs(), until=n, timeout_s=timeout_s, settle_s=settle_s, worker=worker)
+    return want, live_by_role(got, topics)
+
+
 def test_live_worker_decides_exactly_what_offline_replay_decides(tmp_path: Path) -> None:
     bootstrap = require_broker()
     topics = fresh_topics()
@@ -253,11 +272,7 @@ def test_a_switch_outage_is_one_incident_live_and_in_replay_across_a_restart(tmp
         worker.wait_processed(cut, timeout_s=180)
         time.sleep(4)  # offsets committed
         worker.kill()
-        worker2.start(bootstrap)
-        produce(bootstrap, records[cut:], tmap)
-        want = expected_outputs(bootstrap, topics)
-        n = sum(len(v) for v in want.values())
-        got = live_by_role(consume(bootstrap, topics.outputs(), until=n, timeout_s=180, worker=worker2), topics)
+        want, got = rest_taken_by(worker2, bootstrap, topics, records[cut:], tmap, timeout_s=180)
     finally:
         worker2.stop()
     bursts = [a for a in want["alerts"] if a["kind"] == "FAILURE_BURST"]
@@ -343,13 +358,7 @@ def test_refund_holds_live_equal_replay_although_the_worker_is_killed_during_the
         worker.kill()
         if incidents == "trimmed":
             trim_topic(bootstrap, topics.incidents)
-        worker2.start(bootstrap)
-        produce(bootstrap, records[cut:], tmap)
-        want = expected_outputs(bootstrap, topics)
-        n = sum(len(v) for v in want.values())
-        got = live_by_role(
-            consume(bootstrap, topics.outputs(), until=n, timeout_s=240, settle_s=8, worker=worker2), topics
-        )
+        want, got = rest_taken_by(worker2, bootstrap, topics, records[cut:], tmap, timeout_s=240, settle_s=8)
     finally:
         worker2.stop()
     types = [r["type"] for r in want["refunds"]]
@@ -417,13 +426,7 @@ def test_with_holds_a_clean_stop_leaves_the_next_start_nothing_to_warn_about_or_
             committed_by.close()
         assert committed is not None and committed > 0
         assert last_incidents_signals_offset(bootstrap, topics) == committed, worker.log_tail()
-        worker2.start(bootstrap)
-        produce(bootstrap, records[cut:], tmap)
-        want = expected_outputs(bootstrap, topics)
-        n = sum(len(v) for v in want.values())
-        got = live_by_role(
-            consume(bootstrap, topics.outputs(), until=n, timeout_s=240, settle_s=8, worker=worker2), topics
-        )
+        want, got = rest_taken_by(worker2, bootstrap, topics, records[cut:], tmap, timeout_s=240, settle_s=8)
     finally:
         worker2.stop()
     log2 = worker2.log_path.read_text(errors="replace") if worker2.log_path else ""
@@ -545,11 +548,7 @@ def test_a_takeover_restores_the_detector_from_its_snapshot_and_decides_as_witho
         # At the end of a batch of reports, once 10 or more were taken since the last one.
         assert written["snapshots_written"] >= 1, written
         worker.kill()
-        worker2.start(bootstrap)
-        produce(bootstrap, records[cut:], tmap)
-        want = expected_outputs(bootstrap, topics)
-        n = sum(len(v) for v in want.values())
-        got = live_by_role(consume(bootstrap, topics.outputs(), until=n, timeout_s=180, worker=worker2), topics)
+        want, got = rest_taken_by(worker2, bootstrap, topics, records[cut:], tmap, timeout_s=180)
         counts = worker2.stats()["bursts"]["counts"]
     finally:
         if worker2.proc is not None:
