@@ -141,6 +141,23 @@ def test_late_settlement_cancels_the_refund_and_alerts_operations() -> None:
     assert alert["account_id_masked"] == "******9876"
 
 
+def test_event_ids_built_from_the_account_number_are_masked_in_alert_summaries() -> None:
+    # OVER_REFUND quotes the settlement's event id, LATE_REVERSAL the reversal's; the producer
+    # here builds its ids from the account number.
+    f = Feed()
+    f.p(payment("q1", "requested", "R1", 0))
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.tick(400)
+    f.p(payment("7700009876-s1", "settled", "R1", 500, amount=10_000))
+    f.l(ledger("7700009876-r1", "reversed", "R1", 501, amount=15_000))
+    f.tick(600)
+    alerts = f.alerts("OVER_REFUND") + f.alerts("LATE_REVERSAL")
+    assert [a["kind"] for a in alerts] == ["OVER_REFUND", "LATE_REVERSAL"]
+    for alert in alerts:
+        assert "7700009876" not in orjson.dumps(alert).decode()
+        assert "******9876-" in alert["summary"]
+
+
 def test_late_reversal_cancels_with_late_reversal() -> None:
     f = Feed()
     f.l(ledger("d1", "debited", "R1", 0))

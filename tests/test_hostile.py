@@ -279,6 +279,14 @@ def test_a_record_dated_more_than_f_ahead_counts_at_its_kafka_timestamp(ahead_ms
         assert skew[0]["references"] == ["A"] and skew[0]["scope"] == {"type": "all", "id": "all"}
 
 
+def test_a_clock_skew_alert_masks_the_account_number_in_the_event_id_it_quotes() -> None:
+    eng = _engine_with_traffic()
+    ahead = format_ms(T0 + 3_600_000)
+    out = eng.on_record(L, 1, b"A", ledger("7700009876:d2", "debited", "A", 0, occurred_at=ahead), T0 + 2_000)
+    [skew] = [d.value for d in out if d.role == "alerts" and d.value["kind"] == "CLOCK_SKEW"]
+    assert "7700009876" not in orjson.dumps(skew).decode() and "debited ******9876:d2 of A" in skew["summary"]
+
+
 @pytest.mark.parametrize("ts", [None, -1])
 def test_no_kafka_timestamp_no_guard(ts: int | None) -> None:
     eng = _engine_with_traffic()

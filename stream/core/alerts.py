@@ -1,8 +1,8 @@
 """Alerts for payment operations (`qris.alerts`) that the reconciliation itself raises:
 cancelled refunds, over-refunds, dead letters, clocks and silent feeds. Failure bursts live in `burst`.
 
-Alerts never carry a plain account id (masked to the last four characters). The key is the
-scope id. Imports nothing outside the core.
+Alerts never carry a plain account id (masked to the last four characters), also where an
+event id quoted in a summary contains one. The key is the scope id. Imports nothing outside the core.
 """
 
 from __future__ import annotations
@@ -105,6 +105,29 @@ def _alert(
     return Decision("alerts", scope_id.encode("utf-8"), value, at_ms)
 
 
+def _account_ids(st: ReferenceState | None, event: PaymentEvent | LedgerEvent) -> list[str]:
+    ids_ = [st.account_id, st.request.account_id if st.request is not None else None] if st is not None else []
+    ids_.append(event.account_id)
+    return [a for a in ids_ if a]
+
+
+def quoted_id(event_id: str, account_ids: list[str]) -> str:
+    """An event id for a summary, escaped, with the payment's account ids in it masked: a
+    producer that builds its event ids from account numbers would put them in the alert. Only
+    the accounts of the payment are masked, not every long number: event ids that carry a
+    timestamp stay as operations search for them.
+
+    >>> quoted_id("8598468444042-20250329-1", ["8598468444042"])
+    '*********4042-20250329-1'
+    >>> quoted_id("QR1:settled", ["8598468444042"]), quoted_id("x1234y", ["1234"])
+    ('QR1:settled', 'x1234y')
+    """
+    for account_id in account_ids:
+        if len(account_id) > 4 and account_id in event_id:
+            event_id = event_id.replace(account_id, mask_account(account_id) or "")
+    return escape_text(event_id)
+
+
 def _merchant_scope(st: ReferenceState) -> tuple[str, str]:
     merchant = st.request.merchant_id if st.request is not None else None
     return ("merchant", merchant) if merchant else ("all", "all")
@@ -123,9 +146,10 @@ def cancellation_alert(
     scope_type, scope_id = _merchant_scope(st)
     late_s = (eff_ms - refund.deadline_ms) / 1000
     what = "settlement" if reason == "LATE_SETTLEMENT" else "ledger reversal"
+    trigger_id = quoted_id(trigger.event_id, _account_ids(st, trigger))
     summary = (
         f"Refund {refund.refund_id} of {rupiah(refund.amount)} for {escape_text(st.reference)} cancelled: "
-        f"{what} {escape_text(trigger.event_id)} arrived {duration_text(eff_ms - refund.deadline_ms)} after the "
+        f"{what} {trigger_id} arrived {duration_text(eff_ms - refund.deadline_ms)} after the "
         "refund deadline; "
         "check whether it was already paid out"
     )
@@ -152,9 +176,10 @@ def over_refund_alert(
     """Active refunds exceed what is owed and no whole refund can be cancelled: a person must look."""
     scope_type, scope_id = _merchant_scope(st)
     active = st.active
+    trigger_id = quoted_id(trigger.event_id, _account_ids(st, trigger))
     summary = (
         f"Over-refund on {escape_text(st.reference)}: {rupiah(active)} of refunds active but only "
-        f"{rupiah(max(0, st.net - st.settled))} owed after {trigger.type} {escape_text(trigger.event_id)}; "
+        f"{rupiah(max(0, st.net - st.settled))} owed after {trigger.type} {trigger_id}; "
         f"{rupiah(excess)} too much, needs a person"
     )
     return _alert(
@@ -207,7 +232,7 @@ def clock_skew_alert(
     ahead_s = (event.occurred_at_ms - timestamp_ms) / 1000
     summary = (
         f"{count} record(s) on {topic} partition {partition} dated more than {allowed_ms / 1000:g} s ahead of "
-        f"their Kafka timestamp; latest: {event.type} {escape_text(event.event_id)} of "
+        f"their Kafka timestamp; latest: {event.type} {quoted_id(event.event_id, _account_ids(None, event))} of "
         f"{escape_text(event.reference)} dated {escape_text(event.occurred_at)}, {ahead_s:.0f} s ahead, "
         f"counted at its Kafka time {wib_and_utc(timestamp_ms)}; check the producer's clock"
     )
