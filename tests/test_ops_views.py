@@ -363,18 +363,82 @@ def test_the_account_index_follows_state_and_its_retention() -> None:
     assert "5550001111" not in watch.accounts
     watch2, eng2 = _run(DAY)
     got, total = account_payments({0: eng2}, watch2, "7700009876", None)
-    assert [x["reference"] for x in got] == ["A5", "A2", "A1"] and total == 3  # newest first
+    # Newest first; A6's request still waits for the watermark (W 970 s), and is listed.
+    assert [x["reference"] for x in got] == ["A6", "A5", "A2", "A1"] and total == 4
+    assert got[0]["status"] == "received"
     since, total = account_payments({0: eng2}, watch2, "7700009876", T0 + 2000)
-    assert [x["reference"] for x in since] == ["A5", "A2"] and total == 2
+    assert [x["reference"] for x in since] == ["A6", "A5", "A2"] and total == 3
     # At most `limit`, the newest, and how many there are.
     newest, total = account_payments({0: eng2}, watch2, "7700009876", None, limit=2)
-    assert [x["reference"] for x in newest] == ["A5", "A2"] and total == 3
+    assert [x["reference"] for x in newest] == ["A6", "A5"] and total == 4
     watch2.keep_partitions({1})  # partition 0 moved to another worker
     assert watch2.accounts == {}
     # A restored engine is indexed again from its state.
     watch3 = WorkerWatch(Settings())
     watch3.watch_engine(eng2)
     assert set(watch3.accounts["7700009876"]) == {"A1", "A2", "A5"}
+
+
+def test_an_account_lists_payments_waiting_for_the_watermark_as_their_reference_lookup_tells_them() -> None:
+    # W 970 s after these: Q1 decided; Q2's request decided and its debit waiting; Q3 settled
+    # (a state naming no account) with its debit waiting; Q4's request waiting alone; Q5 a
+    # waiting reversal alone (a reversal names no account); Q6 another account's request.
+    watch, eng = _run(
+        [
+            (P, b"Q1", payment("Q1-q", "requested", "Q1", 0)),
+            (L, b"Q1", ledger("Q1-d", "debited", "Q1", 1)),
+            (P, b"Q2", payment("Q2-q", "requested", "Q2", 100)),
+            (P, b"Q3", payment("Q3-s", "settled", "Q3", 100)),
+            (P, b"Q4", payment("Q4-q", "requested", "Q4", 1000)),
+            (P, b"Q6", payment("Q6-q", "requested", "Q6", 1000, account_id="5550001111")),
+            (L, b"Q2", ledger("Q2-d", "debited", "Q2", 1000)),
+            (L, b"Q3", ledger("Q3-d", "debited", "Q3", 1000)),
+            (L, b"Q5", ledger("Q5-r", "reversed", "Q5", 1000, amount=1)),
+        ]
+    )
+    assert set(eng.pending) == {"Q2", "Q3", "Q4", "Q5", "Q6"} and set(watch.accounts["7700009876"]) == {"Q1", "Q2"}
+    got, total = account_payments({0: eng}, watch, "7700009876", None)
+    # Each payment once, newest first (Q3 by its waiting debit, without a request).
+    assert [x["reference"] for x in got] == ["Q4", "Q3", "Q2", "Q1"] and total == 4
+    for item in got:
+        # What the reference lookup says at the same moment, word for word.
+        assert {k: v for k, v in item.items() if k != "first_seen_ms"} == lookup_reference(
+            {0: eng}, item["reference"], watch
+        )
+    q4, q3, q2 = got[0], got[1], got[2]
+    assert q4["status"] == "received" and q4["first_seen_ms"] == T0 + 1_000_000
+    assert q3["status"] == "settled" and [r["event_id"] for r in q3["waiting_records"]] == ["Q3-d"]
+    assert q2["first_seen_ms"] == T0 + 100_000 and [r["event_id"] for r in q2["waiting_records"]] == ["Q2-d"]
+    # `since` and `limit` count them; their account ids are not in the answer unmasked.
+    since, total = account_payments({0: eng}, watch, "7700009876", T0 + 500_000)
+    assert [x["reference"] for x in since] == ["Q4", "Q3"] and total == 2
+    newest, total = account_payments({0: eng}, watch, "7700009876", None, limit=1)
+    assert [x["reference"] for x in newest] == ["Q4"] and total == 4
+    assert "7700009876" not in repr(got) and "5550001111" not in repr(got)
+    other, total = account_payments({0: eng}, watch, "5550001111", None)
+    assert [(x["reference"], x["status"]) for x in other] == [("Q6", "received")] and total == 1
+
+
+def test_a_payment_waiting_on_two_partitions_is_listed_once_for_its_account() -> None:
+    # K's records came without a key: its request waits on partition 0, its debit on 2.
+    tick = [
+        (P, b"Z", payment("Z-q", "requested", "Z", 900, account_id="5550001111")),
+        (L, b"Z", ledger("Z-d", "debited", "Z", 900, account_id="5550001111")),
+    ]
+    _, p0 = _run(
+        tick + [(P, None, payment("K-q", "requested", "K", 1000)), (L, b"Y", ledger("Y-d", "debited", "Y", 1000))]
+    )
+    _, p2 = _run(
+        tick + [(L, None, ledger("K-d", "debited", "K", 1000)), (P, b"X", payment("X-s", "settled", "X", 1000))]
+    )
+    assert "K" in p0.pending and "K" in p2.pending and "K" not in p0.refs and "K" not in p2.refs
+    watch = WorkerWatch(Settings())
+    watch.watch_engine(p0)
+    watch.watch_engine(p2)
+    engines = {0: p0, 2: p2}
+    got, total = account_payments(engines, watch, "7700009876", None)
+    assert [x["reference"] for x in got] == ["Y", "K"] and total == 2  # (tied on time: by reference)
+    assert {k: v for k, v in got[1].items() if k != "first_seen_ms"} == lookup_reference(engines, "K", watch)
 
 
 def test_bearer_tokens() -> None:
