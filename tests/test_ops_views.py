@@ -1097,3 +1097,146 @@ def test_epoch_milliseconds_are_taken_in_the_years_rfc_3339_writes() -> None:
     assert parse_instant(" 1743213600000 ") == 1743213600000 and parse_instant("-5") == -5
     assert format_ms(parse_instant(str(INSTANT_MAX_MS))) == "9999-12-31T23:59:59.999Z"
     assert format_ms(parse_instant(str(INSTANT_MIN_MS))) == "0000-01-01T00:00:00.000Z"
+
+
+def _ask_pages(
+    engine: PartitionEngine,
+    watch: WorkerWatch,
+    peers: dict[str, tuple[int, Any]],
+    requests: list[tuple[str, dict[str, str]]],
+) -> tuple[list[tuple[int, Any]], list[tuple[str, str]]]:
+    """`requests` (path, headers) answered by the lookup pages of a worker holding `engine`,
+    whose peers are real aiohttp servers answering every question with a fixed `(status,
+    body)` (by name); what each answered, and which peer was asked what."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiohttp import web
+
+    from stream.worker.pages import add_pages
+
+    asked: list[tuple[str, str]] = []
+    handlers: dict[str, Any] = {}
+
+    class App:
+        conf = SimpleNamespace(canonical_url="http://127.0.0.1:1")
+        router = SimpleNamespace(tables_metadata=lambda: dict.fromkeys(urls))
+
+        def page(self, path: str) -> Any:
+            def attach(fun: Any) -> Any:
+                handlers[path] = fun
+                return fun
+
+            return attach
+
+    class Web:  # (the answer as (status, body) instead of a response)
+        def json(self, body: Any, status: int = 200, headers: Any = None) -> tuple[int, Any]:
+            return status, body
+
+    def peer(name: str) -> Any:
+        async def answer(request: web.Request) -> web.Response:
+            asked.append((name, request.path))
+            status, body = peers[name]
+            return web.json_response(body, status=status)
+
+        return answer
+
+    urls: list[str] = []
+    shell = SimpleNamespace(engines={0: engine})
+    add_pages(App(), Settings(api_token=TOKEN), shell, watch, None)  # type: ignore[arg-type]
+
+    async def main() -> list[tuple[int, Any]]:
+        runners = []
+        for name in peers:
+            app = web.Application()
+            app.router.add_get("/{tail:.*}", peer(name))
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            runners.append(runner)
+            urls.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
+        try:
+            out = []
+            for path, headers in requests:
+                request = SimpleNamespace(headers=headers, query={})
+                if path.startswith("/qris/payments/"):
+                    reference = path.rsplit("/", 1)[1]
+                    out.append(await handlers["/qris/payments/{reference}"](Web(), request, reference))
+                else:
+                    account_id = path.split("/")[3]
+                    out.append(await handlers["/qris/accounts/{account_id}/payments"](Web(), request, account_id))
+            return out
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+
+    answers = asyncio.run(main())
+    names = dict(zip(urls, peers, strict=True))
+    return [(s, b) for s, b in answers], [(names.get(n, n), p) for n, p in asked]
+
+
+TOKEN = "cs-test-token-1234"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_a_callers_own_forwarded_mark_does_not_stop_the_lookup_asking_the_other_workers() -> None:
+    # A caller with a valid bearer token that adds any `X-QRIS-Forwarded` is no peer: its
+    # question is still asked of every other worker (the payment is held by one of them), where
+    # a mark read by its presence only answered "unknown reference" and an account with no
+    # payments. A question signed by a peer is not asked again.
+    import time as clock
+
+    from stream.worker.lookup import forward_signature, question_of
+
+    watch, eng = _run(DAY)
+    held = {"reference": "QRX", "status": "settled", "summary": "the merchant was paid"}
+    peers = {"owner": (200, held)}
+    signed = forward_signature(TOKEN, question_of("payment", "QRX"), int(clock.time()))
+    answers, asked = _ask_pages(
+        eng,
+        watch,
+        peers,
+        [
+            ("/qris/payments/QRX", BEARER | {"X-QRIS-Forwarded": "1"}),
+            ("/qris/accounts/7700009876/payments", BEARER | {"X-QRIS-Forwarded": "yes"}),
+            ("/qris/payments/QRX", {"X-QRIS-Forwarded": signed}),
+        ],
+    )
+    (status, body), (_s, accounts), (status_signed, _b) = answers
+    assert status == 200 and body == held, body
+    assert "unanswered_workers" not in accounts  # (the peer's 200 {...} was merged)
+    assert status_signed == 404
+    assert [name for name, _path in asked] == ["owner", "owner"], asked
+
+
+def test_a_peer_with_the_lookup_api_off_did_not_look_and_is_named_as_not_answering() -> None:
+    # Its 404 ("the lookup API is off") is no "I hold none of it": the payment may be on its
+    # partitions. So the answer is a 503 naming it, not "unknown reference"; a peer that looked
+    # and holds none is not named. An answer of only rejected records names it as well.
+    from stream.worker.lookup import API_OFF, not_found
+
+    watch, eng = _run(
+        [
+            (L, b"D2", ledger("D2-d", "debited", "D2", 2, currency="usd")),
+            (P, b"D9", payment("D9-q", "requested", "D9", 100)),
+            (L, b"D9", ledger("D9-d", "debited", "D9", 100)),
+        ]
+    )
+    peers = {"off": (404, {"error": API_OFF}), "looked": (404, not_found("NOPE", 1000, [])[0])}
+    answers, asked = _ask_pages(eng, watch, peers, [("/qris/payments/NOPE", BEARER), ("/qris/payments/D2", BEARER)])
+    (status, body), (status_rejected, rejected) = answers
+    assert len(asked) == 4
+    assert status == 503 and len(body["unanswered_workers"]) == 1, body
+    [off] = body["unanswered_workers"]
+    assert body["error"].startswith(f"worker(s) {off} did not answer")
+    assert status_rejected == 200 and rejected["status"] == "rejected", rejected
+    assert rejected["unanswered_workers"] == [off]
+    assert rejected["summary"].startswith(f"INCOMPLETE: worker(s) {off} did not answer: "), rejected["summary"]
+    assert "NOTE: 1 record(s) of this payment were rejected" in rejected["summary"]
+    # Every peer looked: 404, and the rejected records alone, with nobody named.
+    peers["off"] = peers["looked"]
+    (status, body), (_s, rejected) = _ask_pages(
+        eng, watch, peers, [("/qris/payments/NOPE", BEARER), ("/qris/payments/D2", BEARER)]
+    )[0]
+    assert status == 404 and body["error"].startswith("unknown reference"), body
+    assert "unanswered_workers" not in rejected and rejected["summary"].startswith("NOTE:"), rejected

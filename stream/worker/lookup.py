@@ -609,15 +609,33 @@ def _lookup(engines: dict[int, PartitionEngine], reference: str, watch: WorkerWa
     return None
 
 
+API_OFF = "the lookup API is off: QRIS_API_TOKEN is not set"
+UNKNOWN_REFERENCE = "unknown reference"
+
+
+def looked_and_holds_none(status: int, body: Any) -> bool:
+    """A peer's 404 says it holds no state of the reference only when it is the lookup's own
+    answer (`not_found`): a peer with the lookup API off answers 404 without looking.
+
+    >>> looked_and_holds_none(404, not_found("QR1", 1_000, [])[0]), looked_and_holds_none(404, {"error": API_OFF})
+    (True, False)
+    """
+    error = body.get("error") if isinstance(body, dict) else None
+    return status == 404 and isinstance(error, str) and error.startswith(UNKNOWN_REFERENCE + " ")
+
+
 def from_peers(
     local: dict[str, Any] | None, answers: list[tuple[str, int, Any]], watch: WorkerWatch
 ) -> tuple[dict[str, Any] | None, list[str]]:
     """The answer for a reference this worker holds no state of (`local`: None, or only the
     records of it this worker rejected), from its peers' `(url, status, body)`, and the peers
-    that did not answer. A peer's live state comes first, with this worker's rejected records
-    added: the rejected ones alone say "no valid record of it was taken", false when a rebalance
-    moved the partition away since, or when the rejected record was keyed by something else (an
-    account number) and went to another worker's partition.
+    that did not answer (or answered without looking: `looked_and_holds_none`). A peer's live
+    state comes first, with this worker's rejected records added: the rejected ones alone say
+    "no valid record of it was taken", false when a rebalance moved the partition away since,
+    or when the rejected record was keyed by something else (an account number) and went to
+    another worker's partition. So an answer of rejected records only, with a peer that did not
+    answer, names it (`unanswered_workers`) and says INCOMPLETE first, as the 503 of
+    `not_found` would have.
 
     >>> from stream.settings import Settings
     >>> w = WorkerWatch(Settings(), clock=lambda: 0.0)
@@ -627,8 +645,9 @@ def from_peers(
     >>> got, unanswered = from_peers(local, [("http://w2:6066", 200, peer)], w)
     >>> got["status"], got["summary"][:40], len(got["rejected_records"]), unanswered
     ('debited', 'NOTE: 1 record(s) of this payment were r', 1, [])
-    >>> from_peers(local, [("http://w2:6066", 599, None)], w)[0]["status"], from_peers(None, [], w)
-    ('rejected', (None, []))
+    >>> got, unanswered = from_peers(local, [("http://w2:6066", 599, None)], w)
+    >>> got["status"], got["summary"][:54], got["unanswered_workers"], from_peers(None, [], w)
+    ('rejected', 'INCOMPLETE: worker(s) http://w2:6066 did not answer: t', ['http://w2:6066'], (None, []))
     """
     unanswered: list[str] = []
     rejected_there: dict[str, Any] | None = None
@@ -641,9 +660,17 @@ def from_peers(
                 got["rejected_records"] = [*body.get("rejected_records", ()), *local["rejected_records"]]
                 return got, unanswered
             rejected_there = rejected_there or body
-        elif status != 404:  # (599: no answer in time; anything else is no answer either)
+        elif not looked_and_holds_none(status, body):  # (599: no answer in time)
             unanswered.append(url)
-    return local or rejected_there, unanswered
+    rejected = local or rejected_there
+    if rejected is not None and unanswered:
+        rejected = {
+            **rejected,
+            "summary": f"INCOMPLETE: worker(s) {', '.join(unanswered)} did not answer: the payment's live state "
+            f"may be held there; ask again. {rejected['summary']}",
+            "unanswered_workers": unanswered,
+        }
+    return rejected, unanswered
 
 
 def not_found(reference: str, retention_ms: int, unanswered: list[str]) -> tuple[dict[str, Any], int]:
@@ -665,7 +692,7 @@ def not_found(reference: str, retention_ms: int, unanswered: list[str]) -> tuple
             "unanswered_workers": unanswered,
         }, 503
     return {
-        "error": f"unknown reference (no live state of it on any worker): {reference}",
+        "error": f"{UNKNOWN_REFERENCE} (no live state of it on any worker): {reference}",
         # Not "no such payment": a payment older than the retention is forgotten here (its
         # refund, if any, was decided and is on the refunds topic).
         "hint": f"state is kept {duration_text(retention_ms)} of event time after a reference's last record "

@@ -26,6 +26,7 @@ from ..security import read_secret
 from ..settings import Settings
 from . import dashboard
 from .lookup import (
+    API_OFF,
     account_answer,
     account_path,
     account_payments,
@@ -77,10 +78,15 @@ def add_pages(
         async with aiohttp.ClientSession(timeout=timeout) as session:
             return list(await asyncio.gather(*(one(session, u) for u in urls)))
 
-    def refused(web: Any, request: Any, question: str) -> Any | None:
+    def forwarded(request: Any, question: str) -> bool:
+        # A peer's question only when its signature holds: a caller's own `X-QRIS-Forwarded`
+        # (any value, beside a valid bearer token) is no peer's, and must not stop the fan-out
+        # (it would be told "unknown reference" for a payment another worker holds).
+        return forward_ok(api_token, question, request.headers.get(FORWARDED), time.time())
+
+    def refused(web: Any, request: Any, signed: bool) -> Any | None:
         if not api_token:
-            return web.json({"error": "the lookup API is off: QRIS_API_TOKEN is not set"}, status=404)
-        signed = forward_ok(api_token, question, request.headers.get(FORWARDED), time.time())
+            return web.json({"error": API_OFF}, status=404)
         if not (signed or token_ok(api_token, request.headers.get("Authorization"))):
             return web.json(
                 {"error": "a valid bearer token is required"}, status=401, headers={"WWW-Authenticate": "Bearer"}
@@ -94,7 +100,8 @@ def add_pages(
     @app.page("/qris/payments/{reference}")
     async def payment_lookup(web: Any, request: Any, reference: str) -> Any:
         question = question_of("payment", reference)
-        no = refused(web, request, question)
+        signed = forwarded(request, question)
+        no = refused(web, request, signed)
         if no is not None:
             return no
         found = lookup_reference(shell.engines, reference, watch)
@@ -102,7 +109,7 @@ def add_pages(
         if found is not None and found.get("status") != "rejected":
             return web.json(found)
         unanswered: list[str] = []
-        if not request.headers.get(FORWARDED):
+        if not signed:
             urls = peers()
             answers = await ask(urls, payment_path(reference), question)
             found, unanswered = from_peers(
@@ -117,7 +124,8 @@ def add_pages(
     async def account_lookup(web: Any, request: Any, account_id: str) -> Any:
         since = request.query.get("since")
         question = question_of("account", account_id, since)
-        no = refused(web, request, question)
+        signed = forwarded(request, question)
+        no = refused(web, request, signed)
         if no is not None:
             return no
         try:
@@ -132,7 +140,7 @@ def add_pages(
             return web.json({"error": str(exc)}, status=400)
         payments, total = account_payments(shell.engines, watch, account_id, since_ms, limit)
         unanswered: list[str] = []
-        if not request.headers.get(FORWARDED):
+        if not signed:
             urls = peers()
             for url, (status, body) in zip(
                 urls, await ask(urls, account_path(account_id, since, limit), question), strict=True
