@@ -110,6 +110,11 @@ def test_two_workers_answer_the_lookup_for_every_reference_and_refuse_without_th
         assert _get(a.web_port, "/qris/payments/QR0004", None, {"X-QRIS-Forwarded": other})[0] == 401
         signed = forward_signature(TOKEN, question_of("payment", "QR0004"), now)
         assert _get(a.web_port, "/qris/payments/QR0004", None, {"X-QRIS-Forwarded": signed})[0] in (200, 404)
+        # A caller's own mark beside a valid token is no peer's: each worker still asks the other.
+        for ref in refs:
+            for w in (a, b):
+                status, body = _get(w.web_port, f"/qris/payments/{ref}", TOKEN, {"X-QRIS-Forwarded": "1"})
+                assert status == 200 and body["reference"] == ref, (ref, w.web_port, body)
         status, body = _get(a.web_port, "/qris/accounts/7700009876/payments")
         assert status == 200
         got = {p["reference"] for p in body["payments"]}
