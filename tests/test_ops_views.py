@@ -1209,7 +1209,9 @@ def test_a_callers_own_forwarded_mark_does_not_stop_the_lookup_asking_the_other_
     assert [name for name, _path in asked] == ["owner", "owner"], asked
 
 
-def test_a_peer_with_the_lookup_api_off_did_not_look_and_is_named_as_not_answering() -> None:
+def test_a_peer_with_the_lookup_api_off_did_not_look_and_is_named_as_not_answering(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # Its 404 ("the lookup API is off") is no "I hold none of it": the payment may be on its
     # partitions. So the answer is a 503 naming it, not "unknown reference"; a peer that looked
     # and holds none is not named. An answer of only rejected records names it as well.
@@ -1233,6 +1235,7 @@ def test_a_peer_with_the_lookup_api_off_did_not_look_and_is_named_as_not_answeri
     assert rejected["unanswered_workers"] == [off]
     assert rejected["summary"].startswith(f"INCOMPLETE: worker(s) {off} did not answer: "), rejected["summary"]
     assert "NOTE: 1 record(s) of this payment were rejected" in rejected["summary"]
+    assert f"peer {off} has the lookup API off" in caplog.text
     # Every peer looked: 404, and the rejected records alone, with nobody named.
     peers["off"] = peers["looked"]
     (status, body), (_s, rejected) = _ask_pages(

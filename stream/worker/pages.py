@@ -70,7 +70,11 @@ def add_pages(
         async def one(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
             try:
                 async with session.get(url + path, headers=headers) as resp:
-                    return resp.status, await resp.json(content_type=None)
+                    body = await resp.json(content_type=None)
+                    if resp.status == 404 and isinstance(body, dict) and body.get("error") == API_OFF:
+                        # (It is named as not answering; the log says why, for whoever runs it.)
+                        log.warning("lookup: peer %s has the lookup API off (no QRIS_API_TOKEN there)", url)
+                    return resp.status, body
             except Exception as exc:  # a peer that is gone is not an answer
                 log.warning("lookup: peer %s did not answer (%s)", url, type(exc).__name__)
                 return 599, None
