@@ -1104,10 +1104,12 @@ def _ask_pages(
     watch: WorkerWatch,
     peers: dict[str, tuple[int, Any]],
     requests: list[tuple[str, dict[str, str]]],
+    owned: set[int] | None = frozenset({0}),  # type: ignore[assignment]
 ) -> tuple[list[tuple[int, Any]], list[tuple[str, str]]]:
-    """`requests` (path, headers) answered by the lookup pages of a worker holding `engine`,
-    whose peers are real aiohttp servers answering every question with a fixed `(status,
-    body)` (by name); what each answered, and which peer was asked what."""
+    """`requests` (path, headers) answered by the lookup pages of a worker holding `engine` (as
+    partition 0) and assigned the input partitions `owned`, whose peers are real aiohttp servers
+    answering every question with a fixed `(status, body)` (by name); what each answered, and
+    which peer was asked what."""
     import asyncio
     from types import SimpleNamespace
 
@@ -1143,6 +1145,7 @@ def _ask_pages(
 
     urls: list[str] = []
     shell = SimpleNamespace(engines={0: engine})
+    watch.owned = None if owned is None else set(owned)
     add_pages(App(), Settings(api_token=TOKEN), shell, watch, None)  # type: ignore[arg-type]
 
     async def main() -> list[tuple[int, Any]]:
@@ -1243,3 +1246,32 @@ def test_a_peer_with_the_lookup_api_off_did_not_look_and_is_named_as_not_answeri
     )[0]
     assert status == 404 and body["error"].startswith("unknown reference"), body
     assert "unanswered_workers" not in rejected and rejected["summary"].startswith("NOTE:"), rejected
+
+
+def test_a_worker_restoring_a_partition_or_not_yet_assigned_one_does_not_answer_unknown_reference() -> None:
+    # Between an assignment and the end of its restore, a partition assigned here has no
+    # engine: "no state of it here" is no answer then, for this worker's own question and for
+    # a peer's, and an account answer says it is incomplete.
+    import time as clock
+
+    from stream.worker.lookup import forward_signature, not_found, question_of
+
+    watch, eng = _run(DAY)
+    peers = {"looked": (404, not_found("NOPE", 1000, [])[0])}
+    signed = forward_signature(TOKEN, question_of("payment", "NOPE"), int(clock.time()))
+    requests = [
+        ("/qris/payments/NOPE", BEARER),
+        ("/qris/payments/NOPE", {"X-QRIS-Forwarded": signed}),
+        ("/qris/accounts/7700009876/payments", BEARER),
+    ]
+    for owned, why in [({0, 1}, "this worker (input partition(s) [1] being restored)"), (None, "no input partition")]:
+        (status, body), (status_signed, body_signed), (_s, account) = _ask_pages(eng, watch, peers, requests, owned)[0]
+        assert status == 503 and status_signed == 503, (body, body_signed)
+        assert why in body["unanswered_workers"][0] and body["error"].startswith("worker(s) this worker (")
+        assert body_signed["unanswered_workers"] == body["unanswered_workers"]
+        assert account["warning"].startswith("INCOMPLETE: worker(s) this worker ("), account
+        assert account["payments"]  # (what is here is answered)
+    # Restored: the peer looked and holds none, so does this worker.
+    (status, body), (status_signed, _b), (_s, account) = _ask_pages(eng, watch, peers, requests, {0})[0]
+    # (The fixed peer's 404 to the account question is a peer that did not answer.)
+    assert (status, status_signed) == (404, 404) and "this worker" not in account["warning"], body

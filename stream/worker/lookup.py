@@ -10,6 +10,7 @@ answered masked: customer service already knows the account it asked about.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Collection
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -671,6 +672,21 @@ def from_peers(
             "unanswered_workers": unanswered,
         }
     return rejected, unanswered
+
+
+def not_ready_here(owned: set[int] | None, engines: Collection[int]) -> str | None:
+    """This worker as a part of the group that cannot answer yet, or None: before its first
+    assignment it holds no partition, and a partition just assigned has no engine until its
+    state is restored (the rebalance's end). Its "no state of it here" is then no answer: the
+    payment may be on that partition. Told as a worker that did not answer.
+
+    >>> not_ready_here(None, []), not_ready_here({1, 3}, [3]), not_ready_here({3}, [3, 5])
+    ('this worker (no input partition assigned yet)', 'this worker (input partition(s) [1] being restored)', None)
+    """
+    if owned is None:
+        return "this worker (no input partition assigned yet)"
+    missing = sorted(owned.difference(engines))
+    return f"this worker (input partition(s) {missing} being restored)" if missing else None
 
 
 def not_found(reference: str, retention_ms: int, unanswered: list[str]) -> tuple[dict[str, Any], int]:

@@ -35,6 +35,7 @@ from .lookup import (
     from_peers,
     lookup_reference,
     not_found,
+    not_ready_here,
     parse_limit,
     payment_path,
     question_of,
@@ -112,13 +113,16 @@ def add_pages(
         # (Only rejected records of it here: its state may be on another worker.)
         if found is not None and found.get("status") != "rejected":
             return web.json(found)
-        unanswered: list[str] = []
+        # (This worker restoring the partition the payment may be on is no answer either.)
+        not_ready = not_ready_here(watch.owned, shell.engines)
+        answers: list[tuple[str, int, Any]] = [] if not_ready is None else [(not_ready, 503, None)]
         if not signed:
             urls = peers()
-            answers = await ask(urls, payment_path(reference), question)
-            found, unanswered = from_peers(
-                found, [(url, status, body) for url, (status, body) in zip(urls, answers, strict=True)], watch
-            )
+            answers += [
+                (u, st, body)
+                for u, (st, body) in zip(urls, await ask(urls, payment_path(reference), question), strict=True)
+            ]
+        found, unanswered = from_peers(found, answers, watch)
         if found is not None:
             return web.json(found)
         body, status = not_found(reference, round(settings.retention_s * 1000), unanswered)
@@ -143,7 +147,8 @@ def add_pages(
         except ValueError as exc:
             return web.json({"error": str(exc)}, status=400)
         payments, total = account_payments(shell.engines, watch, account_id, since_ms, limit)
-        unanswered: list[str] = []
+        not_ready = not_ready_here(watch.owned, shell.engines)
+        unanswered: list[str] = [] if not_ready is None else [not_ready]
         if not signed:
             urls = peers()
             for url, (status, body) in zip(

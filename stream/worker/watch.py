@@ -194,6 +194,9 @@ class WorkerWatch:
         self.per_minute: dict[int, Counter[str]] = {}  # wall-clock minute -> refunds by kind
         self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=30)
         self.accounts: dict[str, dict[str, int]] = {}  # account id -> {reference: partition}
+        # The input partitions assigned here by the last assignment (None before the first): the
+        # lookup answers "not yet" for those whose engines are not restored yet.
+        self.owned: set[int] | None = None
         self.seen_ids: set[str] = set()
         # Rejected records by the reference they may be of, since this worker started: a lookup
         # of it says its answer may leave them out (a rejected debit is money taken that the
@@ -229,6 +232,7 @@ class WorkerWatch:
     def keep_partitions(self, partitions: set[int]) -> None:
         """After a rebalance: forget the index entries of partitions no longer owned here (the
         ones still owned are re-indexed when their engines are restored)."""
+        self.owned = set(partitions)
         for account in list(self.accounts):
             refs = {r: p for r, p in self.accounts[account].items() if p in partitions}
             if refs:
