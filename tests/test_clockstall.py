@@ -436,3 +436,30 @@ def test_both_pages_of_a_partition_are_resolved_across_two_restarts() -> None:
         open_keys[a["dedup_key"]] = open_keys.get(a["dedup_key"], 0) + (1 if a["status"] == "opened" else -100)
     left = [k for k, v in open_keys.items() if v > 0]
     assert not left, f"pages never resolved: {left}; sent {[(a['status'], a['topic']) for a in sent]}"
+
+
+def test_a_backlog_taken_below_a_floor_set_before_the_partition_had_records_is_not_stalled() -> None:
+    # The idle rule moved a partition without records to today (live, holds on); its first
+    # records, a backlog of older days, drop that floor (`PartitionEngine`) and move its
+    # watermark from their own times on: below the floor seen, but moving, for longer than the
+    # stall time. Not stalled.
+    from tests.records import T0
+
+    feed = _Feed(1)
+    eng = feed.engines[0]
+    eng.advance_to(T0 + 86_400_000)
+    stall = ClockStall(TOPICS, lambda: feed.engines, stall_s=600)
+    assert _alerts(stall, 0) == []
+    for minute in range(1, 13):
+        feed.record(0, Stream.P, 60 * minute)
+        feed.record(0, Stream.L, 60 * minute)
+        assert _alerts(stall, 60 * minute) == [], minute
+    assert eng.watermark_ms == T0 + 690_000
+    # The same partition whose watermark then stands while its records come is stalled as any.
+    for minute in range(13, 24):
+        feed.record(0, Stream.P, 720)
+        feed.record(0, Stream.L, 60 * minute)
+        if minute < 23:
+            assert _alerts(stall, 60 * minute) == [], minute  # (counted from minute 13's check)
+    [a] = _alerts(stall, 60 * 23)
+    assert (a["status"], a["topic"]) == ("opened", TOPICS[0])

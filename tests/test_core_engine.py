@@ -562,3 +562,44 @@ def test_a_kept_request_shares_its_merchant_and_routing_strings_and_equals_the_p
     assert kept[0].merchant_name is kept[1].merchant_name is kept[3].merchant_name
     assert kept[0].switch_id is kept[2].switch_id and kept[2].merchant_name == "Toko B"
     assert kept[0].terminal_id is None
+
+
+def _backlog(f: Feed) -> None:
+    f.p(payment("junk", "requested", "QR0", 0, currency="USD"))  # dead-lettered: no event time
+    f.p(payment("q1", "requested", "QR1", 0))
+    f.l(ledger("d1", "debited", "QR1", 1))  # never settled: refunded at 301
+    f.p(payment("q2", "requested", "QR2", 5))
+    f.l(ledger("d2", "debited", "QR2", 6))
+    f.p(payment("s2", "settled", "QR2", 200))
+    f.tick(400)
+
+
+@pytest.mark.parametrize("restored", [False, True], ids=["same engine", "restored"])
+def test_a_floor_set_before_the_partition_had_any_record_is_dropped_at_its_first_record(restored: bool) -> None:
+    # Live, the idle rule moves a partition without records to another's watermark or the wall
+    # clock. Nothing is decided under that floor: a backlog of older records produced after it is
+    # taken at its own times, refunded with the deadlines and refund ids a replay gives it.
+    replay = Feed()
+    _backlog(replay)
+    live = Feed()
+    floor_ms = T0 + 86_400_000
+    live.eng.advance_to(floor_ms)
+    if restored:
+        saved = live.eng.save_meta()
+        live.eng = PartitionEngine.restore(0, PARAMS, saved, [])
+        assert live.eng.forced_ms == floor_ms
+    _backlog(live)
+    decided = [[(d.role, d.value) for d in f.out if d.role != "signals"] for f in (live, replay)]
+    assert decided[0] == decided[1] and [r["reference"] for r in live.refunds()] == ["QR1"]
+    assert live.eng.watermark_ms == replay.eng.watermark_ms == T0 + 370_000
+    assert live.eng.forced_ms < T0 and "forced_ms" in orjson.loads(live.eng.save_meta())
+
+
+def test_a_floor_set_after_a_record_of_the_partition_stays() -> None:
+    # One stream had a record: the idle rule's floor is where its records were decided, so the
+    # records behind it that come next are taken at it (CONTRACT.md "Time": live only).
+    f = Feed()
+    f.p(payment("q1", "requested", "QR1", 0))
+    f.eng.advance_to(T0 + 100_000)
+    f.l(ledger("d1", "debited", "QR1", 1))
+    assert f.eng.forced_ms == T0 + 100_000 and f.eng.watermark_ms == T0 + 100_000

@@ -18,6 +18,7 @@ from stream.core.decisions import Decision
 from stream.core.eventtime import format_ms, parse_ms
 from stream.core.holds import IncidentEvent
 from stream.core.partition import OffsetOrderError
+from stream.drivers.replay import replay
 from stream.drivers.replayfile import KafkaRecord
 from stream.settings import Settings
 from stream.worker import shell as shell_module
@@ -360,30 +361,75 @@ def test_a_restart_goes_on_from_a_quiet_spell_only_not_from_a_silent_stream_it_f
     assert h2.refunds() == []
 
 
-def test_a_restart_does_not_go_on_from_the_floor_of_a_partition_that_had_no_record() -> None:
-    # Holds on: a partition without records follows the wall clock; a backlog of older records
-    # then comes (moved up to that floor). Quiet, its watermark stays at the floor (README: "A
-    # backlog that arrives after a quiet start"); restarted, it must not go on from it either.
-    settings = Settings(partitions=1, idle_timeout_s=1)
-    nothing_left = {settings.payment_topic: 0, settings.ledger_topic: 0}
+def test_a_restart_after_a_backlog_on_a_partition_that_had_no_record_goes_on_from_the_records() -> None:
+    # Holds on: a partition without records follows the wall clock (partition 1, another
+    # worker's, has records); a backlog of older records then comes, taken at their own times
+    # (the floor goes with the first of them, and with it the quiet's). Quiet, restarted, the
+    # watermark moves from the records, never from the floor it had before them.
+    settings = Settings(partitions=2, idle_timeout_s=1)
 
     def quiet(shell: ReconcileShell, s: float) -> None:
         quiet_check(shell, s)
 
     h = Harness(settings=settings)
-    h.broker(nothing_left)
+    answer_ends(h, {(settings.ledger_topic, 1): 7})
     h.shell.engine(0)
     quiet(h.shell, 5)
-    floor = h.shell.engines[0].forced_ms
-    h.batch(*tick(0), *unsettled("QR1", 10))
+    assert h.shell.engines[0].forced_ms > T0 + 86_400_000
+    h.batch(*tick(0), *unsettled("QR1", 10))  # deadline 310
+    assert h.shell.engines[0].watermark_ms == T0 - 20_000 and saved_meta(h)["forced_ms"] < T0
     h2 = Harness(h.store, settings=settings)
     h2.offsets = dict(h.offsets)
-    h2.broker(nothing_left)
+    answer_ends(h2, {(settings.ledger_topic, 1): 7, (settings.payment_topic, 0): 2, (settings.ledger_topic, 0): 2})
     h2.shell.engine(0)
+    assert h2.shell._quiet_from == {}
     quiet(h2.shell, 400)
-    assert h2.shell.engines[0].watermark_ms == floor
-    asyncio.run(h2.shell.on_incidents([], floor + 600_000))
-    assert h2.refunds() == []
+    assert h2.shell.engines[0].watermark_ms == T0 + 380_000
+    asyncio.run(h2.shell.on_incidents([], T0 + 3_600_000))
+    assert [(r["reference"], r["deadline"]) for r in h2.refunds()] == [("QR1", format_ms(T0 + 310_000))]
+
+
+@pytest.mark.parametrize("floor", ["the wall clock", "another partition's watermark"])
+def test_a_backlog_after_a_quiet_start_is_decided_as_a_replay_decides_it(floor: str) -> None:
+    # Holds on: partition 1 had no record when the idle rule moved it (to the wall clock, partition
+    # 0 being another worker's, with records; or to partition 0's watermark here); then a backlog
+    # of older records comes. Nothing was decided under that floor: the records count at their
+    # own times, and the refunds are a replay's (the same deadlines and refund ids), decided as the
+    # backlog's own watermark passes them.
+    settings = Settings(partitions=2, idle_timeout_s=1)
+    h = Harness(settings=settings)
+    if floor == "the wall clock":
+        answer_ends(h, {(settings.ledger_topic, 0): 7})
+    else:
+        h.broker({settings.payment_topic: 0, settings.ledger_topic: 0})
+    taken: list[KafkaRecord] = []
+    offsets: dict[int, dict[str, int]] = {0: {}, 1: {}}
+
+    def feed(p: int, *records: tuple[str, bytes]) -> None:  # (and kept for the replay)
+        next_offset = dict(offsets[p])
+        for role, value in records:
+            topic = settings.payment_topic if role == "P" else settings.ledger_topic
+            offset = next_offset.get(topic, 0)
+            next_offset[topic] = offset + 1
+            taken.append(KafkaRecord(topic, p, offset, None, orjson.loads(value)["reference"].encode(), value))
+        batch_on(h, p, offsets[p], *records)
+
+    if floor == "the wall clock":
+        h.shell.engine(1)
+        quiet_check(h.shell, 5, partitions=(1,))
+        assert h.shell.engines[1].forced_ms > T0 + 86_400_000  # (today, past the backlog's day)
+    else:
+        feed(0, *tick(0), *tick(3000))
+        h.shell.engine(1)
+        quiet_check(h.shell, 5, partitions=(1,))
+        assert h.shell.engines[1].forced_ms == T0 + 2_970_000
+    backlog = [*unsettled("QR1", 10), *unsettled("QR2", 20), ("P", payment("QR2-s", "settled", "QR2", 100)), *tick(400)]
+    feed(1, *backlog)
+    asyncio.run(h.shell.on_incidents([], T0 + 10 * 86_400_000))  # (no incident: refunds paid when due)
+    replayed = [d.value for p, d in replay(taken, settings.params) if p == 1 and d.role == "refunds"]
+    assert [r["reference"] for r in replayed] == ["QR1"]
+    assert h.refunds() == replayed
+    assert h.shell.engines[1].watermark_ms == T0 + 370_000
 
 
 class _ShellTimeAt:
@@ -637,9 +683,9 @@ def test_a_batch_whose_record_the_engine_refuses_still_ends_the_saved_quiet_floo
 
 def test_after_a_restart_each_partition_goes_on_from_its_own_quiet_floor_only() -> None:
     # Holds on, two partitions: 0 has records and a quiet's floor; 1 had none and followed 0's
-    # watermark (no quiet of its own), then took records behind that floor. Restarted, only 0
-    # goes on from its floor, and 1's records do not end 0's quiet. Neither runs ahead of the
-    # worker that did not stop.
+    # watermark (no quiet of its own), then took older records (at their own times: the floor it
+    # had without records goes). Restarted, only 0 goes on from its floor, and 1's records do not
+    # end 0's quiet. Neither runs ahead of the worker that did not stop.
     settings = Settings(partitions=2, idle_timeout_s=1)
     h = Harness(settings=settings)
     h.batch(*tick(0), *unsettled("QR1", 100))  # partition 0, deadline 400
@@ -649,17 +695,18 @@ def test_after_a_restart_each_partition_goes_on_from_its_own_quiet_floor_only() 
     assert [h.shell.engines[p].watermark_ms for p in (0, 1)] == [T0 + 270_000] * 2
     assert saved_meta(h, 0)["quiet_floor_ms"] == T0 + 270_000 and "quiet_floor_ms" not in saved_meta(h, 1)
     offsets_1: dict[str, int] = {}
-    batch_on(h, 1, offsets_1, *unsettled("QR5", 50))  # taken at 270: deadline 570
+    batch_on(h, 1, offsets_1, *unsettled("QR5", 50))  # deadline 350; W = 50 - 30
     h2 = restarted(h)
     for p in (0, 1):
         h2.shell.engine(p)
     assert h2.shell._quiet_from == {0: T0 + 270_000}
     asyncio.run(h2.shell.on_incidents([], T0 + 3_600_000))
     h.shell.clocks[1].last_arrival = [time.monotonic() - 110] * 2  # (its records came 110 s ago)
+    h.shell.clocks[1].resumed = -math.inf
     quiet_check(h.shell, 310)
     quiet_check(h2.shell, 100, partitions=(0, 1))
-    assert [h2.shell.engines[p].watermark_ms for p in (0, 1)] == [T0 + 370_000, T0 + 270_000]
-    assert [h.shell.engines[p].watermark_ms for p in (0, 1)] == [T0 + 380_000, T0 + 270_000]
+    assert [h2.shell.engines[p].watermark_ms for p in (0, 1)] == [T0 + 370_000, T0 + 120_000]
+    assert [h.shell.engines[p].watermark_ms for p in (0, 1)] == [T0 + 380_000, T0 + 130_000]
     batch_on(h2, 1, dict(offsets_1), ("P", payment("QR6-q", "requested", "QR6", 60)))
     assert 0 in h2.shell._quiet_from
     for worker in (h, h2):
@@ -1272,27 +1319,70 @@ def test_the_shell_lock_says_how_long_it_is_held() -> None:
     assert during == pytest.approx(95.0) and after == 0.0
 
 
-def test_with_holds_a_partition_never_fed_follows_the_wall_clock_only_with_nothing_on_the_broker() -> None:
-    """Holds on, a worker whose only partition never had a record: no other partition's watermark
-    to follow, so its minutes would never close and every partition's refunds would wait. Event
-    time then follows the wall clock (live only), but only when the broker has no record of it
-    not yet taken: a backlog of old records must not all be taken as late."""
-    settings = Settings(partitions=1, idle_timeout_s=1)  # holds on (default H)
-    for on_broker_empty in (False, True):
-        h = Harness(settings=settings)
-        eng = h.shell.engine(0)
-        h.broker({settings.payment_topic: 0 if on_broker_empty else 5, settings.ledger_topic: 0})
-        h.shell.clocks[0].last_arrival = [time.monotonic() - 200.0] * 2
-        h.shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
-        before_ms = int(time.time() * 1000)
-        asyncio.run(h.shell.check_idle_feeds())
-        closed = [v["through_minute"] for t, v in h.sent if t == settings.signals_topic and "through_minute" in v]
-        if not on_broker_empty:
-            assert closed == [] and eng.watermark_ms < 0
-        else:
-            # W = now - A (30 s) - idle timeout (1 s): the minutes up to about a minute ago close.
-            assert before_ms - 32_000 <= eng.watermark_ms <= int(time.time() * 1000) - 31_000
-            assert closed and (before_ms - 32_000 - 30_000) // 60_000 - 1 <= max(closed)
+def answer_ends(h: Harness, ends: dict[tuple[str, int], int]) -> list[list[tuple[str, int]]]:
+    """The broker's end offsets as given (`ends`, 0 for a topic partition not listed), whatever
+    this worker took. Returns the questions asked."""
+    asked: list[list[tuple[str, int]]] = []
+
+    async def end_offsets(tps: Collection[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        asked.append(sorted(tps))
+        return {tp: ends.get(tp, 0) for tp in tps}
+
+    h.shell.end_offsets = end_offsets
+    return asked
+
+
+@pytest.mark.parametrize("broker", ["records elsewhere", "records of its own waiting", "no record anywhere"])
+def test_with_holds_a_partition_never_fed_follows_the_wall_clock_only_for_records_elsewhere(broker: str) -> None:
+    """Holds on, a worker whose only partition never had a record, while partition 1 of the input
+    is another worker's: no watermark here to follow, so its minutes would never close and the
+    other partition's refunds would wait. Event time then follows the wall clock (live only), but
+    only when the input has records elsewhere, and the broker has none of its own partition not
+    yet taken (a backlog of old records must not all be taken as late). An input without any
+    record has nothing waiting for it: nothing moves, and the detector closes no minute (the
+    backlog produced later would find them closed)."""
+    settings = Settings(partitions=2, idle_timeout_s=1)  # holds on (default H)
+    h = Harness(settings=settings)
+    eng = h.shell.engine(0)
+    ends = {
+        "records elsewhere": {(settings.ledger_topic, 1): 7},
+        "records of its own waiting": {(settings.payment_topic, 0): 5, (settings.ledger_topic, 1): 7},
+        "no record anywhere": {},
+    }[broker]
+    asked = answer_ends(h, ends)
+    h.shell.clocks[0].last_arrival = [time.monotonic() - 200.0] * 2
+    h.shell.clocks[0].resumed = -math.inf  # (no stream delivered after a quiet: the ages set are the ages)
+    before_ms = int(time.time() * 1000)
+    asyncio.run(h.shell.check_idle_feeds())
+    assert asked == [sorted((t, p) for t in (settings.payment_topic, settings.ledger_topic) for p in (0, 1))]
+    closed = [v["through_minute"] for t, v in h.sent if t == settings.signals_topic and "through_minute" in v]
+    if broker != "records elsewhere":
+        assert closed == [] and eng.watermark_ms < 0
+    else:
+        # W = now - A (30 s) - idle timeout (1 s): the minutes up to about a minute ago close.
+        assert before_ms - 32_000 <= eng.watermark_ms <= int(time.time() * 1000) - 31_000
+        assert closed and (before_ms - 32_000 - 30_000) // 60_000 - 1 <= max(closed)
+
+
+def test_with_holds_an_input_without_records_closes_no_minute_and_its_backlog_reaches_the_detector() -> None:
+    # Deployed on empty topics (one worker, both partitions here), the feed then starts with a
+    # backfill of yesterday on partition 1. No idle check moved anything before it: partition 1
+    # reports the backfill's minutes to the detector (as a replay does), and partition 0, still
+    # without records, follows partition 1's watermark, not the wall clock.
+    settings = Settings(partitions=2, idle_timeout_s=1)
+    h = Harness(settings=settings)
+    answer_ends(h, {})
+    for p in (0, 1):
+        h.shell.engine(p)
+    quiet_check(h.shell, 600, partitions=(0, 1))
+    assert [h.shell.engines[p].watermark_ms < 0 for p in (0, 1)] == [True, True] and h.sent == []
+    offsets: dict[str, int] = {}
+    batch_on(h, 1, offsets, *unsettled("QR1", 10), *tick(400))
+    quiet_check(h.shell, 5, partitions=(0,))
+    assert h.shell.engines[0].watermark_ms == h.shell.engines[1].watermark_ms == T0 + 370_000
+    reports = [v for t, v in h.sent if t == settings.signals_topic and v.get("partition") == 1 and "minutes" in v]
+    requested = [m["minute"] for v in reports for m in v["minutes"] if m["scopes"]]
+    assert (T0 + 10_000) // 60_000 in requested
 
 
 def test_a_batch_is_acked_only_once_its_decisions_and_state_are_durable_and_batches_commit_together() -> None:

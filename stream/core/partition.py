@@ -186,7 +186,8 @@ class PartitionEngine:
         # The lowest offset taken per stream in this engine's life (-1: none yet): a replay says
         # when its input starts past offset 0 (records before it unknown).
         self.first_offset: list[int] = [-1, -1]
-        # Live mode only: a watermark floor set by the idle-feed rule (wall clock).
+        # Live mode only: a watermark floor set by the idle-feed rule (wall clock); dropped at the
+        # partition's first valid record if it had none (`_drop_floor_without_records`).
         self.forced_ms = NEG_INF
         # Live only: the floor the idle rule set while both streams were quiet, until a record of
         # the partition is taken (NEG_INF otherwise). Only such a floor is the quiet's own
@@ -336,6 +337,8 @@ class PartitionEngine:
         max_ms = self.max_ms
         prev = max_ms[s]
         if prev is None:
+            if max_ms[1 - s] is None and self.forced_ms > NEG_INF:
+                self._drop_floor_without_records()
             max_ms[s] = occ
             eff = occ
         else:
@@ -387,6 +390,21 @@ class PartitionEngine:
         if skew_alert:
             return skew_alert + released
         return released
+
+    def _drop_floor_without_records(self) -> None:
+        # The partition's first valid record, and the idle rule had moved its watermark while it
+        # had none (live: to another partition's watermark, or the wall clock). Nothing was
+        # decided under that floor: no record, no timer. Kept, it would move every record of a
+        # backlog produced after it up to it (deadlines and refund ids of the floor's time, not a
+        # replay's, and nothing decided until records dated past it come); dropped, the records
+        # count at their own times, as in a replay. What the floor closed stays closed: the burst
+        # minutes reported through it (`signals_through`; the detector takes no minute of a
+        # partition twice, so the requests of those minutes are not counted) and the hold
+        # reports' decided-through time (reports resume once the decisions pass it).
+        self.forced_ms = NEG_INF
+        self.quiet_floor_ms = NEG_INF
+        self._released_w = None
+        self.meta_dirty = True
 
     def _skewed(self, stream: Stream, event: PaymentEvent | LedgerEvent, timestamp_ms: int) -> list[Decision]:
         s = int(stream)

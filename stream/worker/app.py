@@ -292,6 +292,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     shell.on_engine = engine_made
     shell.on_forget = silence.left
     shell.begin_offsets = ends.beginning
+    shell.input_partitions = input_partitions or settings.partitions
 
     def frozen_past_session() -> None:  # (`freeze.py`: a zombie sends nothing late)
         restart_self("frozen_past_session")

@@ -43,13 +43,15 @@ class _Partition:
     """What the checks saw of one partition: its engine (weakly: a restored one is a new object
     whose record count starts again), the highest watermark seen, the engine's count of valid
     records at the last check, and since the watermark last moved, the first check that saw
-    records taken (None: none yet) and how many."""
+    records taken (None: none yet) and how many; whether it had a valid record when the highest
+    watermark was seen."""
 
     engine: weakref.ref[PartitionEngine]
     watermark_ms: int
     records_seen: int
     taking_since_s: float | None = None
     taken: int = 0
+    fed: bool = True
 
 
 @dataclass
@@ -89,8 +91,9 @@ class ClockStall:
         for p, eng in engines.items():
             w, n = eng.watermark_ms, eng.stats["records"]
             at = self.seen.get(p)
+            fed = eng.max_ms[0] is not None or eng.max_ms[1] is not None
             if at is None:
-                at = self.seen[p] = _Partition(weakref.ref(eng), w, n)
+                at = self.seen[p] = _Partition(weakref.ref(eng), w, n, fed=fed)
                 if eng.stall_paged is None:
                     continue
                 # Paged by a worker before this one: the episode goes on here; a watermark past
@@ -107,6 +110,12 @@ class ClockStall:
             else:  # restored: its count starts from 0
                 new, at.engine = n, weakref.ref(eng)
             at.records_seen = n
+            if fed and not at.fed:
+                # The highest watermark seen was a floor the idle rule set while the partition had
+                # no record, and its first records dropped it (a backlog of older days counts at
+                # its own times): event time is the records' from here, lower but moving.
+                at.watermark_ms, at.taking_since_s, at.taken, at.fed = w, None, 0, True
+                continue
             if w > at.watermark_ms:
                 at.watermark_ms, at.taking_since_s, at.taken = w, None, 0
                 for ep in self._episodes():

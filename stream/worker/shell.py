@@ -234,6 +234,8 @@ class ReconcileShell:
         # Reads offsets missing from a delivered batch from the broker (`gapfill.py`).
         self.fetch_gap = fetch_gap
         self.params = settings.params
+        # The input topics' partition count (the app's, when it differs from the settings').
+        self.input_partitions = settings.partitions
         self.store = store
         self.send = send
         self.flush = flush
@@ -813,7 +815,7 @@ class ReconcileShell:
         since = self.loop.freezes  # (a freeze makes every feed look quiet: nothing of it is sent)
         # The broker is asked only about streams already idle by age (none while records flow),
         # once for all of them, and not under the lock (a batch need not wait for its answer).
-        ends = await self._ends_now(self._idle_by_age(time.monotonic()))
+        ends = await self._ends_now(self._idle_by_age(time.monotonic()) | self._input_elsewhere())
         now = time.monotonic()
         async with self.lock:
             decisions: list[Decision] = []
@@ -1023,14 +1025,42 @@ class ReconcileShell:
         others = [e.watermark_ms for q, e in self.engines.items() if q != p and e.watermark_ms > NEG_INF]
         if others:
             return eng.advance_to(max(others))
-        # No partition here has a record: event time follows the wall clock, less the lateness
+        # No partition here has a watermark: event time follows the wall clock, less the lateness
         # and the idle timeout (a record on its way is not late), but only when the broker has
-        # nothing for p not taken yet (else a backlog of old records would all be taken as late).
+        # nothing for p not taken yet (else a backlog of old records would all be taken as late),
+        # and only for the input's other partitions (`_fed_elsewhere`).
         topics = (self.settings.payment_topic, self.settings.ledger_topic)
-        if self.end_offsets is not None and all(self._all_taken(t, p, ends) for t in topics):
+        if (
+            self.end_offsets is not None
+            and all(self._all_taken(t, p, ends) for t in topics)
+            and self._fed_elsewhere(ends)
+        ):
             idle_ms = int(self.settings.idle_timeout_s * 1000)
             return eng.advance_to(int(time.time() * 1000) - self.params.lateness_ms - idle_ms)
         return []
+
+    def _input_elsewhere(self) -> set[tuple[str, int]]:
+        """The input streams of the partitions not held here, when the idle rule may move a
+        partition of this worker by the wall clock (holds on, no watermark here): what the
+        broker is asked about for `_fed_elsewhere`."""
+        if not self.params.holds or not self.engines or self._fed_here():
+            return set()
+        topics = (self.settings.payment_topic, self.settings.ledger_topic)
+        return {(t, q) for q in range(self.input_partitions) if q not in self.engines for t in topics}
+
+    def _fed_here(self) -> bool:
+        return any(x is not None for eng in self.engines.values() for x in eng.max_ms)
+
+    def _fed_elsewhere(self, ends: Mapping[tuple[str, int], int] | None) -> bool:
+        """Whether the input has records that partitions here without any wait for: records
+        here, or, as the broker answered at this check, in a partition not held here (held by
+        another worker, whose refunds wait, holds on, for the minutes every partition closes).
+        An input without any record has nothing waiting: the idle rule then moves no partition
+        by the wall clock, and the burst detector closes no minute for partitions without data
+        (a backlog produced later would find its minutes closed, its requests not counted)."""
+        if self._fed_here():
+            return True
+        return ends is not None and any(end > 0 for (_t, q), end in ends.items() if q not in self.engines)
 
     def stats(self) -> dict[str, Any]:
         return {
