@@ -478,8 +478,16 @@ def hold_outlasts_retention(s: Settings) -> str | None:
     """The settings' one combination that is valid but pays money it cannot take back: a hold
     can end (at its deadline + H, a deadline up to T after the reference's last record) after
     the reference's retention R has passed, and rule 4 then drops the state at once, so a
-    settlement a minute after the refund paid at the hold's end cancels nothing. The live
-    worker refuses it; replay warns (it answers "what would these settings decide")."""
+    settlement a minute after the refund paid at the hold's end cancels nothing. With holds
+    off (H = 0) the same happens to a refund paid at its deadline when T reaches R (a
+    retention of 48 meant as hours). The live worker refuses it; replay warns (it answers
+    "what would these settings decide")."""
+    if s.max_hold_s == 0 and s.timeout_s >= s.retention_s:
+        return (
+            f"QRIS_TIMEOUT_S={s.timeout_s:g} reaches QRIS_RETENTION_S={s.retention_s:g} (holds off, "
+            "QRIS_MAX_HOLD_S=0): a refund paid at its deadline would be forgotten at once, and a late "
+            "settlement could not cancel it; expected the timeout below the retention"
+        )
     if s.max_hold_s > 0 and s.timeout_s + s.max_hold_s >= s.retention_s:
         return (
             f"QRIS_MAX_HOLD_S={s.max_hold_s:g} with QRIS_TIMEOUT_S={s.timeout_s:g} reaches "

@@ -6,7 +6,7 @@ from dataclasses import fields
 
 import pytest
 
-from stream.settings import DOCS, Settings, from_env, to_env
+from stream.settings import DOCS, Settings, from_env, hold_outlasts_retention, to_env
 
 
 def test_defaults_match_the_contract() -> None:
@@ -65,3 +65,14 @@ def test_the_lookup_token_comes_from_the_environment_or_a_file_not_both(tmp_path
     s = from_env({"QRIS_API_TOKEN_FILE": str(path)})
     assert read_secret("QRIS_API_TOKEN_FILE", s.api_token, s.api_token_file) == "tok-9f"
     assert not to_env(s).get("QRIS_API_TOKEN") and to_env(s)["QRIS_API_TOKEN_FILE"] == str(path)
+
+
+def test_a_retention_the_timeout_reaches_is_refused_with_holds_off_too() -> None:
+    # (A refund paid at its deadline is dropped with its reference at once: a settlement a
+    # second later cancels nothing. `python -m stream replay` of the simulator's `late` day,
+    # 130 cancellations of Rp 9,622,000 with R = 48 h, none with R = 48 and holds off.)
+    hazard = hold_outlasts_retention(from_env({"QRIS_MAX_HOLD_S": "0", "QRIS_RETENTION_S": "48"}))
+    assert hazard is not None and "QRIS_TIMEOUT_S=300 reaches QRIS_RETENTION_S=48 (holds off" in hazard
+    assert hold_outlasts_retention(from_env({"QRIS_MAX_HOLD_S": "0", "QRIS_RETENTION_S": "300"})) is not None
+    assert hold_outlasts_retention(from_env({"QRIS_MAX_HOLD_S": "0"})) is None
+    assert hold_outlasts_retention(from_env({})) is None
