@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 
@@ -471,6 +472,30 @@ def _problems(s: Settings) -> list[str]:
     if not 0 <= s.max_hold_s <= 604_800:
         # (The engine leaves room for holds this long before year 10000: `partition.HOLD_MAX_MS`.)
         out.append(f"QRIS_MAX_HOLD_S={s.max_hold_s}: expected 0 (holds off) to 604800 seconds (7 days)")
+    out.extend(_topic_problems(s))
+    return out
+
+
+# Kafka's own rule for a topic name. A name outside it (a trailing space from an env file) is
+# accepted by the worker's start and refused by the broker at the first send, which the
+# producer then retries for ever: the partition decides nothing more.
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def _topic_problems(s: Settings) -> list[str]:
+    """Topic names Kafka refuses, and one topic named for two roles: an output on an input
+    topic is read back as input (a dead letter dead-lettered again, without end), and one name
+    for both inputs reads one of them only (no debit, no refund)."""
+    out: list[str] = []
+    by_name: dict[str, list[str]] = {}
+    for name in _TOPIC_FIELDS:
+        var, topic = DOCS[name][0], getattr(s, name)
+        if not _TOPIC_NAME.fullmatch(topic) or topic in (".", ".."):
+            out.append(f"{var}={topic!r}: not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)")
+        by_name.setdefault(topic, []).append(var)
+    for topic, names in by_name.items():
+        if len(names) > 1:
+            out.append(f"{' and '.join(names)} are both {topic!r}: each topic has one role, expected distinct names")
     return out
 
 
@@ -498,6 +523,16 @@ def hold_outlasts_retention(s: Settings) -> str | None:
     return None
 
 
+_TOPIC_FIELDS = (
+    "payment_topic",
+    "ledger_topic",
+    "refund_topic",
+    "alert_topic",
+    "dead_letter_topic",
+    "signals_topic",
+    "incidents_topic",
+    "snapshots_topic",
+)
 _SASL_FIELDS = ("sasl_mechanism", "sasl_username", "sasl_password", "sasl_password_file", "sasl_oauth_token_file")
 _SSL_FIELDS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password", "ssl_key_password_file")
 

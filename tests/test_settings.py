@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 
 import pytest
@@ -65,6 +66,27 @@ def test_the_lookup_token_comes_from_the_environment_or_a_file_not_both(tmp_path
     s = from_env({"QRIS_API_TOKEN_FILE": str(path)})
     assert read_secret("QRIS_API_TOKEN_FILE", s.api_token, s.api_token_file) == "tok-9f"
     assert not to_env(s).get("QRIS_API_TOKEN") and to_env(s)["QRIS_API_TOKEN_FILE"] == str(path)
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        # (One name for both inputs: the worker reads one of them only, and no debit means no refund.)
+        ({"QRIS_LEDGER_TOPIC": "qris.payment-requests"}, "QRIS_PAYMENT_TOPIC and QRIS_LEDGER_TOPIC are both"),
+        # (An output on an input: each dead letter is read back and dead-lettered again, without end.)
+        ({"QRIS_DEAD_LETTER_TOPIC": "qris.payment-requests"}, "QRIS_PAYMENT_TOPIC and QRIS_DEAD_LETTER_TOPIC"),
+        ({"QRIS_SIGNALS_TOPIC": "q.x", "QRIS_INCIDENTS_TOPIC": "q.x"}, "QRIS_SIGNALS_TOPIC and QRIS_INCIDENTS_TOPIC"),
+        # (Kafka refuses these at the first send, which the worker's producer retries for ever.)
+        ({"QRIS_REFUND_TOPIC": "qris.refunds "}, "QRIS_REFUND_TOPIC='qris.refunds ': not a Kafka topic name"),
+        ({"QRIS_ALERT_TOPIC": ""}, "QRIS_ALERT_TOPIC='': not a Kafka topic name"),
+        ({"QRIS_ALERT_TOPIC": "ops/alerts"}, "not a Kafka topic name"),
+        ({"QRIS_ALERT_TOPIC": "a" * 250}, "not a Kafka topic name"),
+    ],
+)
+def test_a_topic_name_kafka_refuses_or_given_two_roles_is_an_error(env: dict[str, str], said: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(said)):
+        from_env(env)
+    from_env({"QRIS_ALERT_TOPIC": "Ops_Alerts-2." + "a" * 236})  # (249 characters of Kafka's set)
 
 
 def test_a_retention_the_timeout_reaches_is_refused_with_holds_off_too() -> None:
