@@ -456,6 +456,11 @@ def _problems(s: Settings) -> list[str]:
         value = getattr(s, name)
         if not 0 <= value < math.inf:
             out.append(f"{DOCS[name][0]}={value}: expected a number of seconds, 0 or more")
+    if 0 < s.session_timeout_s < math.inf and not 6 <= s.session_timeout_s <= 90:
+        # Below the broker's default group.min.session.timeout.ms (6 s) the group join fails
+        # (InvalidSessionTimeoutError) and the worker idles, owning nothing, until stopped; above
+        # Faust's request timeout (90 s) Faust refuses to start its consumer.
+        out.append(f"QRIS_SESSION_TIMEOUT_S={s.session_timeout_s}: expected 6 to 90 seconds")
     if not s.burst_threshold > 0:
         out.append(f"QRIS_BURST_THRESHOLD={s.burst_threshold}: expected a number above 0")
     if 0 < s.max_hold_s < 0.001:

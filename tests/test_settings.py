@@ -98,3 +98,13 @@ def test_a_retention_the_timeout_reaches_is_refused_with_holds_off_too() -> None
     assert hold_outlasts_retention(from_env({"QRIS_MAX_HOLD_S": "0", "QRIS_RETENTION_S": "300"})) is not None
     assert hold_outlasts_retention(from_env({"QRIS_MAX_HOLD_S": "0"})) is None
     assert hold_outlasts_retention(from_env({})) is None
+
+
+@pytest.mark.parametrize("value", ["2", "5.9", "90.5", "30000"])
+def test_a_session_timeout_the_group_or_faust_refuses_is_an_error(value: str) -> None:
+    # (2 s: the join failed with InvalidSessionTimeoutError and the worker idled, owning no
+    # partition, until stopped; 30000 s: Faust's consumer refused to start, a traceback.)
+    with pytest.raises(ValueError, match=f"QRIS_SESSION_TIMEOUT_S={float(value)}: expected 6 to 90 seconds"):
+        from_env({"QRIS_SESSION_TIMEOUT_S": value})
+    assert from_env({"QRIS_SESSION_TIMEOUT_S": "6"}).session_timeout_s == 6.0
+    assert from_env({"QRIS_SESSION_TIMEOUT_S": "90"}).session_timeout_s == 90.0
