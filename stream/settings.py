@@ -461,8 +461,9 @@ def _problems(s: Settings) -> list[str]:
         # (InvalidSessionTimeoutError) and the worker idles, owning nothing, until stopped; above
         # Faust's request timeout (90 s) Faust refuses to start its consumer.
         out.append(f"QRIS_SESSION_TIMEOUT_S={s.session_timeout_s}: expected 6 to 90 seconds")
-    if not s.burst_threshold > 0:
-        out.append(f"QRIS_BURST_THRESHOLD={s.burst_threshold}: expected a number above 0")
+    # (inf, or 1e309 read as inf, opens no incident ever: refund holds off while H says on.)
+    if not 0 < s.burst_threshold < math.inf:
+        out.append(f"QRIS_BURST_THRESHOLD={s.burst_threshold}: expected a finite number above 0")
     if 0 < s.max_hold_s < 0.001:
         out.append(f"QRIS_MAX_HOLD_S={s.max_hold_s}: {_BELOW_MS}, or 0 for no holds")
     if not 0 <= s.hold_grace_s < math.inf:
