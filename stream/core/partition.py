@@ -645,7 +645,8 @@ class PartitionEngine:
                 st = views.get(ref) or refs.get(ref)
                 if st is None or st.request is None or st.request_eff_ms is None:
                     continue  # dropped by retention shorter than the probe age
-                count_payment(scopes, st, judge(st, st.request_eff_ms + age))
+                probe_at_ms = st.request_eff_ms + age
+                count_payment(scopes, st, judge(st, probe_at_ms), probe_at_ms)
             closed[m] = close_scope_minutes(scopes)
         self.signals_through = through
         self._close_at_ms = (through + 2) * MINUTE_MS + age if through < POS_INF // MINUTE_MS else POS_INF + 1

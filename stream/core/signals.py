@@ -166,8 +166,9 @@ def new_scope_minute() -> dict[str, Any]:
     return {"c": [0, 0, 0, 0, 0, 0]}
 
 
-def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome: Outcome) -> None:
-    """Add one judged payment to every scope it belongs to in `minute`."""
+def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome: Outcome, probe_at_ms: int) -> None:
+    """Add one judged payment (`outcome`: `judge(st, probe_at_ms)`) to every scope it belongs to
+    in `minute`."""
     rq = st.request
     assert rq is not None and st.request_eff_ms is not None
     keys = scope_keys(st)
@@ -185,8 +186,13 @@ def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome
                     _least_attributes(sm, rq)
         return
     state = outcome.state
-    # The payment's sample (each scope keeps its own copy).
-    sample = [st.request_eff_ms, st.reference, state, mask_account(st.account_id or rq.account_id)]
+    # The payment's sample (each scope keeps its own copy), with the account as of the probe,
+    # as its state is: the first debit's when it came by then, else the request's. (A debit
+    # after the probe is processed or not when the minute closes depending on how far the
+    # watermark got, which depends on how the two topics interleave.)
+    debits = st.debits
+    account = st.account_id if debits and debits[0].effective_at_ms <= probe_at_ms else rq.account_id
+    sample = [st.request_eff_ms, st.reference, state, mask_account(account)]
     for key in keys:
         sm = minute.get(key)
         if sm is None:
