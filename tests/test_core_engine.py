@@ -7,13 +7,16 @@ import base64
 import orjson
 import pytest
 
+from stream.core import ids
 from stream.core.eventtime import format_ms
 from stream.core.partition import OffsetOrderError, Params, PartitionEngine
 from stream.core.records import Stream
 from tests.records import T0, ledger, payment, saved_state_v2
+from tests.test_schemas import beyond_schema_errors, validator_for
 
 P, L = Stream.P, Stream.L
 PARAMS = Params(timeout_ms=300_000, lateness_ms=30_000, retention_ms=3_600_000)
+CLOSED_REFUNDS = validator_for("qris.refunds", closed_schema=True)
 
 
 class Feed:
@@ -118,6 +121,43 @@ def test_double_debit_settled_once_refunds_the_excess() -> None:
     [r] = f.refunds()
     assert (r["reason"], r["amount"]) == ("EXCESS_DEBIT", 25_000)
     assert [d["event_id"] for d in r["evidence"]["debits"]] == ["d1", "d2"]
+
+
+OTHER_ACCOUNT = "7700001111"
+
+
+def test_a_debit_from_a_second_account_names_that_account_in_the_refund_evidence() -> None:
+    # The refund goes to the first debit's account; the evidence shows the refund service that
+    # another account was debited (and reversed) too, so it can check whose money is owed.
+    f = Feed()
+    f.p(payment("q1", "requested", "R1", 0))
+    f.l(ledger("d1", "debited", "R1", 1))
+    f.l(ledger("d2", "debited", "R1", 2, account_id=OTHER_ACCOUNT))
+    f.l(ledger("r2", "reversed", "R1", 3, amount=5_000, account_id=OTHER_ACCOUNT))
+    f.l(ledger("r1", "reversed", "R1", 4, amount=1_000))
+    f.tick(400)
+    [r] = f.refunds()
+    assert (r["account_id"], r["amount"]) == ("7700009876", 44_000)
+    assert r["refund_id"] == ids.refund_id("R1", T0 + 301_000)
+    ev = r["evidence"]
+    assert [(d["event_id"], d.get("account_id")) for d in ev["debits"]] == [("d1", None), ("d2", OTHER_ACCOUNT)]
+    assert [(d["event_id"], d.get("account_id")) for d in ev["reversals"]] == [("r2", OTHER_ACCOUNT), ("r1", None)]
+    assert CLOSED_REFUNDS.is_valid(r) and beyond_schema_errors("qris.refunds", r) == []
+
+
+def test_a_single_account_reference_names_no_account_on_its_evidence_entries() -> None:
+    # A reversal ahead of every debit is compared with no account yet; once the debit shows it
+    # is the same one, the refund's evidence names no account on either entry.
+    f = Feed()
+    f.l(ledger("r1", "reversed", "R1", 0, amount=5_000))
+    f.l(ledger("d1", "debited", "R1", 1))
+    f.l(ledger("d2", "debited", "R1", 2))
+    f.tick(400)
+    [r] = f.refunds()
+    assert (r["account_id"], r["amount"]) == ("7700009876", 45_000)
+    ev = r["evidence"]
+    keys = {"event_id", "entry_id", "amount", "occurred_at", "effective_at"}
+    assert [set(d) for d in ev["debits"] + ev["reversals"]] == [keys, keys, keys]
 
 
 def test_late_settlement_cancels_the_refund_and_alerts_operations() -> None:

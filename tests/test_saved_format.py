@@ -15,6 +15,7 @@ from stream.core.decisions import Decision
 from stream.core.holds import IncidentEvent
 from stream.core.partition import Params, PartitionEngine
 from stream.core.records import Stream
+from stream.core.reference import ReferenceState
 from tests.records import T0, ledger, payment
 
 HOLDS = Params(
@@ -188,3 +189,58 @@ def test_a_detector_snapshot_keeps_the_incident_fields_the_previous_release_rest
     ]
     restored = IncidentBook.from_state(state).get("switch:RINTIS")
     assert restored is not None and (restored.calm_payments, restored.calm_good) == (40, 39)
+
+
+def test_an_entrys_account_survives_a_restore_in_a_list_beside_the_entries_every_release_reads() -> None:
+    # A reference debited (and reversed) on a second account saves those entries' accounts in
+    # `debit_accounts` / `reversal_accounts`, beside entries of the five fields every release
+    # reads (a rollback restores them, without the accounts); a single-account reference saves
+    # no such list. Restored at any step, the engine decides the very same refunds.
+    other = "7700001111"
+    steps = [
+        (Stream.P, payment("A-q", "requested", "A", 0)),
+        (Stream.L, ledger("A-d1", "debited", "A", 1)),
+        (Stream.L, ledger("A-d2", "debited", "A", 2, account_id=other)),
+        (Stream.L, ledger("A-r2", "reversed", "A", 3, amount=5_000, account_id=other)),
+        (Stream.L, ledger("B-d1", "debited", "B", 4)),
+        (Stream.L, ledger("B-r1", "reversed", "B", 5, amount=1_000)),
+        (Stream.P, payment("TICK-p", "requested", "TICK", 100)),
+        (Stream.L, ledger("TICK-l", "reversed", "TICK", 100, amount=1)),
+        (Stream.P, payment("TOCK-p", "requested", "TOCK", 400)),
+        (Stream.L, ledger("TOCK-l", "reversed", "TOCK", 400, amount=1)),
+    ]
+
+    params = Params(timeout_ms=300_000, lateness_ms=30_000, retention_ms=3_600_000)
+
+    def run(restore_at: int | None) -> tuple[list[dict[str, object]], dict[str, bytes]]:
+        f = Feed(PartitionEngine(0, params))
+        saved: dict[str, bytes] = {}
+        meta = b""
+        for i, (s, value) in enumerate(steps):
+            f.feed(s, value)
+            refs, changed = f.eng.take_dirty()
+            saved.update({k: v for k, v in refs.items() if v is not None})
+            meta = changed or meta
+            if i == restore_at:
+                f.eng = PartitionEngine.restore(0, params, meta, saved.items())
+            if i == 7:
+                before_deadline = dict(saved)
+        return [d.value for d in f.out], before_deadline
+
+    whole, saved = run(None)
+    a, b = (orjson.loads(saved[ref])["state"] for ref in ("A", "B"))
+    assert a["debit_accounts"] == [None, other] and a["reversal_accounts"] == [other]
+    assert [len(x) for x in a["debits"] + a["reversals"]] == [5, 5, 5]
+    assert not {"debit_accounts", "reversal_accounts"} & set(b)
+    for i in range(len(steps)):
+        assert run(i)[0] == whole, i
+    [refund_a] = [v for v in whole if v.get("reference") == "A"]
+    assert [d.get("account_id") for d in refund_a["evidence"]["debits"]] == [None, other]  # type: ignore[index]
+
+    # State saved without the lists (a single-account reference, or an older release): every
+    # entry is on the reference's account.
+    older = {**a}
+    del older["debit_accounts"], older["reversal_accounts"]
+    st = ReferenceState.from_json(older)
+    assert [x.account_id for x in st.debits + st.reversals] == [None, None, None]
+    assert orjson.loads(orjson.dumps(ReferenceState.from_json(a).to_json())) == a

@@ -138,6 +138,9 @@ def _refund_errors(value: dict[str, Any]) -> Iterator[str]:
             yield f"truncated {kind}: {len(shown)} shown of {evidence[count]}, expected the first 20 and last 5"
     if evidence["truncated"] and max(evidence["debit_count"], evidence["reversal_count"]) <= 25:
         yield "truncated although no list has more than 25 entries"
+    for kind in ("debits", "reversals"):
+        if any(e.get("account_id") == value["account_id"] for e in evidence[kind]):
+            yield f"an entry of {kind} names the refund's own account_id (it names only another one)"
     settlement = evidence["settlement"]
     if settled != (settlement["amount"] if settlement else 0):
         yield f"settled_amount {settled} disagrees with settlement {settlement}"

@@ -6,8 +6,10 @@ returns decisions; it never decides when things happen. Imports nothing outside 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from hashlib import blake2b
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from . import ids
@@ -25,7 +27,8 @@ from .refunds import (
 
 # Version of a saved reference entry (`ReferenceState.to_json`): 3 names every field and leaves
 # out empty ones; 2 added holds ("h") to the two-letter keys of 1 (entries without "v").
-# `from_json` reads all three.
+# `from_json` reads all three. A new optional field of 3 needs no new version: an absent one
+# reads as empty, and a release that does not know it restores the rest by name.
 STATE_VERSION = 3
 
 
@@ -36,7 +39,9 @@ class StateVersionError(ValueError):
 
 # Facts kept as evidence: named tuples, small in memory, saved as JSON arrays in field order and
 # rebuilt by name (`Type(*saved)`): a field added at the end with a default keeps older saved
-# entries readable. Expanded only when a refund is written.
+# entries readable. Expanded only when a refund is written. A ledger entry's array holds its
+# first five fields, whatever release reads it; its account, when it has one, is saved in a
+# list of its own (`to_json`).
 class LedgerEntry(NamedTuple):
     """A processed `debited` or `reversed` record."""
 
@@ -45,6 +50,10 @@ class LedgerEntry(NamedTuple):
     amount: int
     occurred_at: str
     effective_at_ms: int
+    # The account the entry was booked on when it is not the reference's `account_id` (the
+    # first debit's), else None: a reference debited from two accounts shows the refund service
+    # whose money moved, and the common single-account reference stores nothing more.
+    account_id: str | None = None
 
 
 class Settlement(NamedTuple):
@@ -217,7 +226,6 @@ class ReferenceState:
         may_over_refund = False
         if type(event) is LedgerEvent:
             _id, typ, _ref, occurred_at, _occ_ms, amount, entry_id, account_id = event
-            entry = _new_tuple(LedgerEntry, (event_id, entry_id, amount, occurred_at, eff_ms))
             if typ == "debited":
                 self.net += amount
                 self.debit_count += 1
@@ -231,6 +239,10 @@ class ReferenceState:
                 self.reversed_total += amount
                 entries = self.reversals
                 may_over_refund = True
+            # One string compare per ledger record: the entry names its account only when it is
+            # not the reference's (a reversal ahead of every debit names it too).
+            other = None if account_id == self.account_id else account_id
+            entry = _new_tuple(LedgerEntry, (event_id, entry_id, amount, occurred_at, eff_ms, other))
             # `_keep`, inline.
             entries.append(entry)
             if len(entries) > EVIDENCE_FIRST + EVIDENCE_LAST:
@@ -415,7 +427,10 @@ class ReferenceState:
     def to_json(self) -> dict[str, Any]:
         """The saved form (version `STATE_VERSION`): named fields; empty, absent and derivable
         ones (counts of uncut evidence lists) left out, which keeps a typical reference well
-        under 1 KiB. Nested records are arrays in their named tuple's field order."""
+        under 1 KiB. Nested records are arrays in their named tuple's field order; ledger
+        entries' accounts, when any entry of a list has one, are a list beside it
+        (`debit_accounts`, `reversal_accounts`: one per entry, null for the reference's account),
+        so a release that does not know them restores the entries as before."""
         # Once per changed reference per batch in the live worker: each field read once, named
         # tuples copied by `tuple` (orjson writes no tuple subclass; a plain tuple is one
         # allocation, a list two), `map` where a comprehension would cost a frame.
@@ -430,12 +445,16 @@ class ReferenceState:
             d["seen_l_digests"] = sorted(self.seen_more_l)
         debits = self.debits
         if debits:
-            d["debits"] = list(map(tuple, debits))
+            d["debits"] = list(map(_entry_fields, debits))
+            if any(map(_entry_account, debits)):
+                d["debit_accounts"] = list(map(_entry_account, debits))
             if self.debit_count != len(debits):
                 d["debit_count"], d["debited_total"] = self.debit_count, self.debited_total
         reversals = self.reversals
         if reversals:
-            d["reversals"] = list(map(tuple, reversals))
+            d["reversals"] = list(map(_entry_fields, reversals))
+            if any(map(_entry_account, reversals)):
+                d["reversal_accounts"] = list(map(_entry_account, reversals))
             if self.reversal_count != len(reversals):
                 d["reversal_count"], d["reversed_total"] = self.reversal_count, self.reversed_total
         settlement, failure, request = self.settlement, self.failure, self.request
@@ -476,8 +495,8 @@ class ReferenceState:
             )
         if version < 3:
             return cls._from_json_v2(d)
-        debits = [LedgerEntry(*x) for x in d.get("debits", ())]
-        reversals = [LedgerEntry(*x) for x in d.get("reversals", ())]
+        debits = _saved_entries(d.get("debits", ()), d.get("debit_accounts"))
+        reversals = _saved_entries(d.get("reversals", ()), d.get("reversal_accounts"))
         rq, st, f, rt = d.get("request"), d.get("settlement"), d.get("failure"), d.get("retention")
         spd, sld, co = d.get("seen_p_digests"), d.get("seen_l_digests"), d.get("cycle_opened_by")
         return cls(
@@ -545,6 +564,19 @@ class ReferenceState:
 
 # Builds a named tuple from a tuple of its fields without the Python frame of its `__new__`.
 _new_tuple: Any = tuple.__new__
+
+# A ledger entry's saved array (a plain tuple of its first five fields) and its account: C
+# callables, so saving a reference costs no Python frame per entry.
+_entry_fields: Callable[[LedgerEntry], tuple[Any, ...]] = itemgetter(slice(None, 5))
+_entry_account: Callable[[LedgerEntry], str | None] = itemgetter(5)
+
+
+def _saved_entries(saved: Iterable[list[Any]], accounts: list[str | None] | None) -> list[LedgerEntry]:
+    # `accounts` (`debit_accounts`, `reversal_accounts`) is absent when no entry has one, and in
+    # state saved before entries had accounts: each entry is then on the reference's account.
+    if accounts is None:
+        return [LedgerEntry(*x) for x in saved]
+    return [LedgerEntry._make((*x, a)) for x, a in zip(saved, accounts, strict=True)]
 
 
 def _id_digest(event_id: str) -> str:

@@ -32,17 +32,29 @@ class Refund:
     active: bool
 
 
-def _ledger_items(entries: list[LedgerEntry]) -> list[dict[str, Any]]:
-    return [
-        {
+def refund_account(st: ReferenceState) -> str | None:
+    """The account a refund of the reference is paid to: the first debit's, else the request's."""
+    rq = st.request
+    return st.account_id if st.account_id is not None or rq is None else rq.account_id
+
+
+def _ledger_items(entries: list[LedgerEntry], account_id: str | None) -> list[dict[str, Any]]:
+    # An entry names its account only when it is not the record's `account_id`: the refund
+    # service sees that another account was debited (or reversed) and can check who is owed.
+    items = []
+    for x in entries:
+        item = {
             "event_id": x.event_id,
             "entry_id": x.entry_id,
             "amount": x.amount,
             "occurred_at": x.occurred_at,
             "effective_at": format_ms(x.effective_at_ms),
         }
-        for x in entries
-    ]
+        other = x.account_id
+        if other is not None and other != account_id:
+            item["account_id"] = other
+        items.append(item)
+    return items
 
 
 def evidence(
@@ -96,9 +108,10 @@ def evidence(
             "occurred_at": trigger.occurred_at,
             "effective_at": format_ms(trigger_eff_ms),
         }
+    account_id = refund_account(st)
     found = {
-        "debits": _ledger_items(st.debits),
-        "reversals": _ledger_items(st.reversals),
+        "debits": _ledger_items(st.debits, account_id),
+        "reversals": _ledger_items(st.reversals, account_id),
         # The lists hold the first 20 and the last 5 entries; counts and sums cover them all.
         "debit_count": st.debit_count,
         "debited_total": st.debited_total,
@@ -123,7 +136,7 @@ def _common(st: ReferenceState, refund: Refund, partition: int) -> dict[str, Any
     return {
         "refund_id": refund.refund_id,
         "reference": st.reference,
-        "account_id": st.account_id if st.account_id is not None or rq is None else rq.account_id,
+        "account_id": refund_account(st),
         "amount": refund.amount,
         "currency": CURRENCY,
         "reason": refund.reason,
