@@ -55,3 +55,15 @@ def test_every_inhibit_rule_is_scoped_or_mutes_only_what_its_source_covers() -> 
     rules = rules.split("receivers:")[0]
     for rule in re.split(r"\n  - ", rules)[1:]:
         assert "equal:" in rule or 'scope_type="all"' in rule.split("target_matchers")[0], rule
+
+
+def test_every_alert_kind_of_the_schema_has_its_routing_documented() -> None:
+    # A new kind gets its dedup key and lifecycle (or its place among the kinds never resolved)
+    # here, and its fields in the schemas' README, in the same change.
+    kinds = json.loads((ROOT / "schemas/qris.alerts.schema.json").read_text())["properties"]["kind"]["enum"]
+    kind_row = next(
+        line for line in (ROOT / "schemas/README.md").read_text().splitlines() if line.startswith("| `kind` |")
+    )
+    for kind in kinds:
+        assert f"`{kind}`" in DOC, kind
+        assert f"`{kind}`" in kind_row, kind

@@ -17,6 +17,7 @@ from tests.test_schemas import beyond_schema_errors, validator_for
 P, L = Stream.P, Stream.L
 PARAMS = Params(timeout_ms=300_000, lateness_ms=30_000, retention_ms=3_600_000)
 CLOSED_REFUNDS = validator_for("qris.refunds", closed_schema=True)
+CLOSED_ALERTS = validator_for("qris.alerts", closed_schema=True)
 
 
 class Feed:
@@ -145,6 +146,40 @@ def test_a_debit_from_a_second_account_names_that_account_in_the_refund_evidence
     assert CLOSED_REFUNDS.is_valid(r) and beyond_schema_errors("qris.refunds", r) == []
 
 
+def test_a_second_account_debited_alerts_a_person_once_per_account_with_accounts_masked() -> None:
+    f = Feed()
+    f.p(payment("q1", "requested", "R1", 0))
+    f.l(ledger("d1", "debited", "R1", 1))
+    f.l(ledger("d2", "debited", "R1", 2, account_id=OTHER_ACCOUNT))
+    f.l(ledger("d2", "debited", "R1", 2, account_id=OTHER_ACCOUNT))  # redelivered: nothing
+    f.l(ledger("d3", "debited", "R1", 3, account_id=OTHER_ACCOUNT))  # the same other account
+    f.l(ledger("d4", "debited", "R1", 4))
+    f.l(ledger("d5", "debited", "R1", 5, account_id="7700002222"))
+    f.l(ledger("r5", "reversed", "R1", 6, account_id="7700003333"))  # a reversal: no alert
+    f.tick(100)
+    alerts = f.alerts("DEBIT_ACCOUNT_MISMATCH")
+    assert [a["summary"].split(" (")[0] for a in alerts] == [
+        "R1 debited Rp 25.000 from account ******1111",
+        "R1 debited Rp 25.000 from account ******2222",
+    ]
+    a = alerts[0]
+    assert (a["severity"], a["scope"], a["reference"], a["references"]) == (
+        "warning",
+        {"type": "merchant", "id": "ID1020012345678"},
+        "R1",
+        ["R1"],
+    )
+    assert a["account_id_masked"] == "******9876" and a["dedup_key"] == "DEBIT_ACCOUNT_MISMATCH:R1"
+    assert a["observed"] == {"amount_idr": 25_000, "debited_idr": 50_000, "net_debited_idr": 50_000, "settled_idr": 0}
+    assert "refunds go to ******9876" in a["summary"]
+    for value in alerts:
+        text = orjson.dumps(value).decode()
+        assert "7700009876" not in text and "7700001111" not in text and "7700002222" not in text
+        assert CLOSED_ALERTS.is_valid(value) and beyond_schema_errors("qris.alerts", value) == []
+    f.tick(400)
+    assert [r["account_id"] for r in f.refunds()] == ["7700009876"]
+
+
 def test_a_single_account_reference_names_no_account_on_its_evidence_entries() -> None:
     # A reversal ahead of every debit is compared with no account yet; once the debit shows it
     # is the same one, the refund's evidence names no account on either entry.
@@ -158,6 +193,7 @@ def test_a_single_account_reference_names_no_account_on_its_evidence_entries() -
     ev = r["evidence"]
     keys = {"event_id", "entry_id", "amount", "occurred_at", "effective_at"}
     assert [set(d) for d in ev["debits"] + ev["reversals"]] == [keys, keys, keys]
+    assert f.alerts("DEBIT_ACCOUNT_MISMATCH") == []
 
 
 def test_late_settlement_cancels_the_refund_and_alerts_operations() -> None:

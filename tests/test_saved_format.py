@@ -234,7 +234,8 @@ def test_an_entrys_account_survives_a_restore_in_a_list_beside_the_entries_every
     assert not {"debit_accounts", "reversal_accounts"} & set(b)
     for i in range(len(steps)):
         assert run(i)[0] == whole, i
-    [refund_a] = [v for v in whole if v.get("reference") == "A"]
+    [refund_a] = [v for v in whole if v.get("reference") == "A" and v.get("type") == "refund.requested"]
+    assert [v["kind"] for v in whole if "kind" in v] == ["DEBIT_ACCOUNT_MISMATCH"]
     assert [d.get("account_id") for d in refund_a["evidence"]["debits"]] == [None, other]  # type: ignore[index]
 
     # State saved without the lists (a single-account reference, or an older release): every

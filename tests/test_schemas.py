@@ -381,6 +381,7 @@ def _valid_values(topic: str, field: str) -> set[Any]:
                 "LATE_SETTLEMENT",
                 "LATE_REVERSAL",
                 "OVER_REFUND",
+                "DEBIT_ACCOUNT_MISMATCH",
                 "DEAD_LETTER",
                 "FEED_SILENT",
                 "EVENT_TIME_STALLED",

@@ -1,5 +1,6 @@
 """Alerts for payment operations (`qris.alerts`) that the reconciliation itself raises:
-cancelled refunds, over-refunds, dead letters, clocks and silent feeds. Failure bursts live in `burst`.
+cancelled refunds, over-refunds, a second debited account, dead letters, clocks and silent
+feeds. Failure bursts live in `burst`.
 
 Alerts never carry a plain account id (masked to the last four characters), also where an
 event id quoted in a summary contains one. The key is the scope id. Imports nothing outside the core.
@@ -195,6 +196,37 @@ def over_refund_alert(
         references=[st.reference],
         reference=st.reference,
         account_id_masked=mask_account(st.account_id),
+    )
+
+
+def debit_account_mismatch_alert(st: ReferenceState, debit: LedgerEvent, eff_ms: int, partition: int) -> Decision:
+    """A reference was debited from an account other than its first debit's: a refund goes to
+    the first, and the other account's customer may be the one owed, so a person checks."""
+    scope_type, scope_id = _merchant_scope(st)
+    first = mask_account(st.account_id)
+    debit_id = quoted_id(debit.event_id, _account_ids(st, debit))
+    summary = (
+        f"{escape_text(st.reference)} debited {rupiah(debit.amount)} from account {mask_account(debit.account_id)}"
+        f" ({debit_id}) after its first debit from {first}: refunds go to {first}; check which customer is owed"
+    )
+    return _alert(
+        ids.alert_id("DEBIT_ACCOUNT_MISMATCH", st.reference, debit.event_id),
+        "DEBIT_ACCOUNT_MISMATCH",
+        "warning",
+        scope_type,
+        scope_id,
+        eff_ms,
+        partition,
+        summary,
+        {
+            "amount_idr": debit.amount,
+            "debited_idr": st.debited_total,
+            "net_debited_idr": st.net,
+            "settled_idr": st.settled,
+        },
+        references=[st.reference],
+        reference=st.reference,
+        account_id_masked=first,
     )
 
 

@@ -13,7 +13,7 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 from . import ids
-from .alerts import cancellation_alert, over_refund_alert
+from .alerts import cancellation_alert, debit_account_mismatch_alert, over_refund_alert
 from .decisions import Decision
 from .holds import Hold, IncidentTimeline, ReleasedBecause
 from .records import LedgerEvent, PaymentEvent
@@ -189,9 +189,12 @@ class ReferenceState:
         # (`tuple.__new__`: a named tuple's own `__new__` is a Python function, a frame a record.)
         key = self.last_key = _new_tuple(RecordKey, (1 if stream else 0, offset))
         opened: int | None = None
-        if type(event) is LedgerEvent and event.type == "debited" and self.cycle_deadline_ms is None:
-            opened = self.cycle_deadline_ms = eff_ms + timeout_ms
-            self.cycle_opened_by = key
+        if type(event) is LedgerEvent and event.type == "debited":
+            if self.cycle_deadline_ms is None:
+                opened = self.cycle_deadline_ms = eff_ms + timeout_ms
+                self.cycle_opened_by = key
+            if self.debits[-1].account_id is not None:  # (its entry: set by `apply_facts`)
+                return self._other_account_debited(event, eff_ms, partition), opened
         if self.holds:
             out = self._cancel_excess(event, eff_ms, partition) if may_over_refund and self._any_active() else []
             out.extend(self._release_covered_holds(event, eff_ms, partition))
@@ -199,6 +202,17 @@ class ReferenceState:
         if not may_over_refund or not self.refunds or not self._any_active():
             return [], opened
         return self._cancel_excess(event, eff_ms, partition), opened
+
+    def _other_account_debited(self, debit: LedgerEvent, eff_ms: int, partition: int) -> list[Decision]:
+        # A debit on an account other than the first debit's: one alert per such account (as
+        # far as the kept debits show), not per debit, so a person is asked once who is owed.
+        # Otherwise decided as any debit: it cancels no refund, and holds are asked as always.
+        account = debit.account_id
+        seen = any(x.account_id == account for x in self.debits[:-1])
+        out = [] if seen else [debit_account_mismatch_alert(self, debit, eff_ms, partition)]
+        if self.holds:
+            out.extend(self._release_covered_holds(debit, eff_ms, partition))
+        return out
 
     def _any_active(self) -> bool:
         return any(r.active for r in self.refunds)

@@ -3,8 +3,9 @@ PagerDuty (Events API v2) understand, derived from the alert itself (docs/alert-
 
 The dedup key groups the alerts of one problem: the incident id of a `FAILURE_BURST` (opened,
 updated, resolved share it), the refund of a cancellation (or the incident that explains it),
-the reference of an over-refund, the topic partition of dead letters and clock skew, the topic
-of a silent feed or of a stalled event time. Deterministic, like every output. Imports nothing outside the core.
+the reference of an over-refund or of a debit from another account, the topic partition of
+dead letters and clock skew, the topic of a silent feed or of a stalled event time.
+Deterministic, like every output. Imports nothing outside the core.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def dedup_key(value: dict[str, Any]) -> str:
         return str(value["incident_id"])  # explained by an incident: paged as part of it (holds on)
     if kind in ("LATE_SETTLEMENT", "LATE_REVERSAL") and value.get("refund_id"):
         return f"{kind}:{value['refund_id']}"
-    if kind == "OVER_REFUND" and value.get("reference"):
-        return f"OVER_REFUND:{value['reference']}"
+    if kind in ("OVER_REFUND", "DEBIT_ACCOUNT_MISMATCH") and value.get("reference"):
+        return f"{kind}:{value['reference']}"
     if kind in ("FEED_SILENT", "EVENT_TIME_STALLED", "INPUT_REPARTITIONED") and value.get("topic"):
         return f"{kind}:{value['topic']}"
     if kind == "SCOPE_LIMIT" and value.get("scope_type"):
