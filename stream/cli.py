@@ -90,7 +90,7 @@ def _connect(s: Settings) -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .topics import PartitionsRefused, check_copartitioned, create_topics, send_refusal_alert
+    from .topics import PartitionsRefused, check_copartitioned, check_outputs, create_topics, send_refusal_alert
     from .worker.app import run_worker
 
     s = _settings(args)
@@ -104,6 +104,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except PartitionsRefused as refused:
         send_refusal_alert(s, refused)
         raise
+    check_outputs(s)
     if n != s.partitions:
         s = replace(s, partitions=n)
     if args.processes < 1:

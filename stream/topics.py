@@ -425,6 +425,25 @@ def partition_counts(admin: KafkaAdminClient, topics: list[str]) -> dict[str, in
     return out
 
 
+def check_outputs(settings: Settings) -> None:
+    """Raise SystemExit if an output topic (refunds, alerts, dead letters) is missing. A broker
+    with `auto.create.topics.enable` creates a mistyped one at the first send, and the refunds
+    go where the refund service does not read, with one ERROR in the worker's log."""
+    wanted = [settings.refund_topic, settings.alert_topic, settings.dead_letter_topic]
+    admin = admin_client(settings)
+    try:
+        counts = partition_counts(admin, wanted)
+    finally:
+        admin.close()
+    missing = [t for t in wanted if t not in counts]
+    if missing:
+        raise SystemExit(
+            f"output topics missing on {settings.bootstrap}: {', '.join(missing)}; a mistyped name would send "
+            "refunds and alerts where nobody reads them: check the QRIS_*_TOPIC settings, and create the "
+            "topics (`qris-guard topics`, or `qris-guard worker --create-topics`)"
+        )
+
+
 def check_copartitioned(settings: Settings) -> int:
     """The input topics' common partition count; raises if they differ or are missing."""
     admin = admin_client(settings)

@@ -98,3 +98,33 @@ def test_simulate_writes_to_the_configured_topics_and_refuses_another_partition_
         consumer.close()
         admin.delete_topics([pay, led])
         admin.close()
+
+
+@pytest.mark.kafka
+def test_a_worker_whose_output_topic_is_missing_refuses_to_start_and_creates_nothing() -> None:
+    """A mistyped `QRIS_REFUND_TOPIC` (`.refund` for `.refunds`): the broker here creates a topic
+    at its first send (`auto.create.topics.enable`), so the refunds would go where the refund
+    service does not read. The worker stops before its first record: exit 1, naming the topic."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.kafka_support import ROOT, fresh_topics
+
+    bootstrap = require_broker()
+    topics = fresh_topics(2)
+    topics.create(bootstrap)
+    admin = KafkaAdminClient(**client_config(bootstrap), client_id="qris-test")
+    try:
+        assert _until(lambda: {topics.payment, topics.ledger, topics.refunds} <= set(admin.list_topics()))
+        mistyped = topics.refunds[: -len("s")]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("QRIS_")}
+        env = {**base, **topics.env(), "QRIS_BOOTSTRAP": bootstrap, "QRIS_REFUND_TOPIC": mistyped}
+        done = subprocess.run(
+            [sys.executable, "-m", "stream", "worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 1, done.stderr
+        assert f"output topics missing on {bootstrap}: {mistyped};" in done.stderr
+        assert mistyped not in admin.list_topics()
+    finally:
+        admin.close()
