@@ -96,6 +96,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     s = _settings(args)
     if (hazard := hold_outlasts_retention(s)) is not None:
         raise Mistake(hazard)
+    if args.processes < 1:
+        raise Mistake(f"--processes {args.processes}: expected 1 or more")
     s = _connect(s)
     if args.create_topics:
         create_topics(s)
@@ -107,8 +109,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     check_outputs(s)
     if n != s.partitions:
         s = replace(s, partitions=n)
-    if args.processes < 1:
-        raise Mistake(f"--processes {args.processes}: expected 1 or more")
     if args.processes > 1:
         from .worker.processes import run_processes
 
