@@ -134,6 +134,37 @@ def _merchant_scope(st: ReferenceState) -> tuple[str, str]:
     return ("merchant", merchant) if merchant else ("all", "all")
 
 
+def _payment_alert(
+    st: ReferenceState,
+    alert_id: str,
+    kind: str,
+    severity: str,
+    eff_ms: int,
+    partition: int,
+    summary: str,
+    observed: dict[str, Any],
+    **extra: Any,
+) -> Decision:
+    # An alert about one payment: scoped to its merchant, naming the reference and its masked
+    # account (the refunds' account).
+    scope_type, scope_id = _merchant_scope(st)
+    return _alert(
+        alert_id,
+        kind,
+        severity,
+        scope_type,
+        scope_id,
+        eff_ms,
+        partition,
+        summary,
+        observed,
+        references=[st.reference],
+        reference=st.reference,
+        **extra,
+        account_id_masked=mask_account(st.account_id),
+    )
+
+
 def cancellation_alert(
     st: ReferenceState,
     refund: Refund,
@@ -144,7 +175,6 @@ def cancellation_alert(
     partition: int,
 ) -> Decision:
     """A refund was cancelled: it may already have been paid out, so a person checks."""
-    scope_type, scope_id = _merchant_scope(st)
     late_s = (eff_ms - refund.deadline_ms) / 1000
     what = "settlement" if reason == "LATE_SETTLEMENT" else "ledger reversal"
     trigger_id = quoted_id(trigger.event_id, _account_ids(st, trigger))
@@ -154,20 +184,16 @@ def cancellation_alert(
         "refund deadline; "
         "check whether it was already paid out"
     )
-    return _alert(
+    return _payment_alert(
+        st,
         ids.alert_id(reason, cancel_id),
         reason,
         "warning",
-        scope_type,
-        scope_id,
         eff_ms,
         partition,
         summary,
         {"amount_idr": refund.amount, "late_by_s": late_s, "net_debited_idr": st.net, "settled_idr": st.settled},
-        references=[st.reference],
-        reference=st.reference,
         refund_id=refund.refund_id,
-        account_id_masked=mask_account(st.account_id),
     )
 
 
@@ -175,7 +201,6 @@ def over_refund_alert(
     st: ReferenceState, excess: int, trigger: PaymentEvent | LedgerEvent, eff_ms: int, partition: int
 ) -> Decision:
     """Active refunds exceed what is owed and no whole refund can be cancelled: a person must look."""
-    scope_type, scope_id = _merchant_scope(st)
     active = st.active
     trigger_id = quoted_id(trigger.event_id, _account_ids(st, trigger))
     summary = (
@@ -183,38 +208,32 @@ def over_refund_alert(
         f"{rupiah(max(0, st.net - st.settled))} owed after {trigger.type} {trigger_id}; "
         f"{rupiah(excess)} too much, needs a person"
     )
-    return _alert(
+    return _payment_alert(
+        st,
         ids.alert_id("OVER_REFUND", st.reference, trigger.event_id),
         "OVER_REFUND",
         "critical",
-        scope_type,
-        scope_id,
         eff_ms,
         partition,
         summary,
         {"active_refunds_idr": active, "net_debited_idr": st.net, "settled_idr": st.settled, "excess_idr": excess},
-        references=[st.reference],
-        reference=st.reference,
-        account_id_masked=mask_account(st.account_id),
     )
 
 
 def debit_account_mismatch_alert(st: ReferenceState, debit: LedgerEvent, eff_ms: int, partition: int) -> Decision:
     """A reference was debited from an account other than its first debit's: a refund goes to
     the first, and the other account's customer may be the one owed, so a person checks."""
-    scope_type, scope_id = _merchant_scope(st)
     first = mask_account(st.account_id)
     debit_id = quoted_id(debit.event_id, _account_ids(st, debit))
     summary = (
         f"{escape_text(st.reference)} debited {rupiah(debit.amount)} from account {mask_account(debit.account_id)}"
         f" ({debit_id}) after its first debit from {first}: refunds go to {first}; check which customer is owed"
     )
-    return _alert(
+    return _payment_alert(
+        st,
         ids.alert_id("DEBIT_ACCOUNT_MISMATCH", st.reference, debit.event_id),
         "DEBIT_ACCOUNT_MISMATCH",
         "warning",
-        scope_type,
-        scope_id,
         eff_ms,
         partition,
         summary,
@@ -224,9 +243,6 @@ def debit_account_mismatch_alert(st: ReferenceState, debit: LedgerEvent, eff_ms:
             "net_debited_idr": st.net,
             "settled_idr": st.settled,
         },
-        references=[st.reference],
-        reference=st.reference,
-        account_id_masked=first,
     )
 
 
