@@ -1275,3 +1275,19 @@ def test_a_worker_restoring_a_partition_or_not_yet_assigned_one_does_not_answer_
     (status, body), (status_signed, _b), (_s, account) = _ask_pages(eng, watch, peers, requests, {0})[0]
     # (The fixed peer's 404 to the account question is a peer that did not answer.)
     assert (status, status_signed) == (404, 404) and "this worker" not in account["warning"], body
+
+
+def test_an_account_answer_names_the_workers_a_peer_could_not_answer_for() -> None:
+    # A peer asked the account question while it restores a partition answers what it holds,
+    # with itself named as not answering (`not_ready_here`): the caller's answer merges its
+    # payments and says it is incomplete too, naming that peer; a 200 is not a whole answer.
+    from stream.worker.lookup import account_answer
+
+    watch, eng = _run(DAY)
+    restoring = account_answer([], 0, 500, ["this worker (input partition(s) [1] being restored)"])
+    peers = {"restoring": (200, restoring)}
+    (_status, account), *_ = _ask_pages(eng, watch, peers, [("/qris/accounts/7700009876/payments", BEARER)])[0]
+    assert account["payments"]
+    [named] = account["unanswered_workers"]
+    assert named.startswith("http://127.0.0.1:") and "being restored" in named, named
+    assert account["warning"].startswith("INCOMPLETE: worker(s) http://127.0.0.1:"), account

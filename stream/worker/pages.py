@@ -158,6 +158,11 @@ def add_pages(
                     theirs = body.get("payments", [])
                     payments.extend(theirs)
                     total += int(body.get("total", len(theirs)))
+                    # A peer restoring a partition answers what it holds and names itself as not
+                    # answering for the rest (`not_ready_here`): so is it named here.
+                    named = body.get("unanswered_workers")
+                    if isinstance(named, list):
+                        unanswered.extend(url + str(n).removeprefix("this worker") for n in named)
                 else:
                     unanswered.append(url)
             payments.sort(key=lambda x: (x.get("first_seen_ms") or 0, x.get("reference") or ""), reverse=True)
