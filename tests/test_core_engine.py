@@ -679,3 +679,17 @@ def test_a_floor_set_after_a_record_of_the_partition_stays() -> None:
     f.eng.advance_to(T0 + 100_000)
     f.l(ledger("d1", "debited", "QR1", 1))
     assert f.eng.forced_ms == T0 + 100_000 and f.eng.watermark_ms == T0 + 100_000
+
+
+def test_an_account_id_holding_another_of_the_payments_accounts_is_masked_whole_in_a_quoted_id() -> None:
+    # The second account debited starts with the first's digits, and the event id is built from
+    # it: masked from the shorter id first, the rest of the longer one showed in plain.
+    longer = "77000098761234"
+    f = Feed()
+    f.p(payment("q1", "requested", "R1", 0))
+    f.l(ledger("d1", "debited", "R1", 1))
+    f.l(ledger(f"{longer}-d2", "debited", "R1", 2, account_id=longer))
+    f.tick(100)
+    [a] = f.alerts("DEBIT_ACCOUNT_MISMATCH")
+    assert f"({'*' * 10}1234-d2)" in a["summary"], a["summary"]
+    assert "98761234" not in orjson.dumps(a).decode()

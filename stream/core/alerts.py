@@ -122,8 +122,14 @@ def quoted_id(event_id: str, account_ids: list[str]) -> str:
     '*********4042-20250329-1'
     >>> quoted_id("QR1:settled", ["8598468444042"]), quoted_id("x1234y", ["1234"])
     ('QR1:settled', 'x1234y')
+
+    The longest first: an account that holds another of the payment's in its digits is masked
+    whole, not left in plain past the shorter one's mask.
+
+    >>> quoted_id("77000098761234-d2", ["7700009876", "77000098761234"])
+    '**********1234-d2'
     """
-    for account_id in account_ids:
+    for account_id in sorted(account_ids, key=len, reverse=True):
         if len(account_id) > 4 and account_id in event_id:
             event_id = event_id.replace(account_id, mask_account(account_id) or "")
     return escape_text(event_id)
