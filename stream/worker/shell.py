@@ -1052,8 +1052,8 @@ class ReconcileShell:
         return any(x is not None for eng in self.engines.values() for x in eng.max_ms)
 
     def _fed_elsewhere(self, ends: Mapping[tuple[str, int], int] | None) -> bool:
-        """Whether the input has records that partitions here without any wait for: records
-        here, or, as the broker answered at this check, in a partition not held here (held by
+        """Whether the input has records that the partitions here without any record wait for:
+        records here, or, as the broker answered at this check, in a partition not held here (held by
         another worker, whose refunds wait, holds on, for the minutes every partition closes).
         An input without any record has nothing waiting: the idle rule then moves no partition
         by the wall clock, and the burst detector closes no minute for partitions without data
