@@ -155,7 +155,7 @@ def test_a_second_account_debited_alerts_a_person_once_per_account_with_accounts
     f.l(ledger("d3", "debited", "R1", 3, account_id=OTHER_ACCOUNT))  # the same other account
     f.l(ledger("d4", "debited", "R1", 4))
     f.l(ledger("d5", "debited", "R1", 5, account_id="7700002222"))
-    f.l(ledger("r5", "reversed", "R1", 6, account_id="7700003333"))  # a reversal: no alert
+    f.l(ledger("r5", "reversed", "R1", 6, account_id="7700002222"))  # back to a debited account: no alert
     f.tick(100)
     alerts = f.alerts("DEBIT_ACCOUNT_MISMATCH")
     assert [a["summary"].split(" (")[0] for a in alerts] == [
@@ -178,6 +178,62 @@ def test_a_second_account_debited_alerts_a_person_once_per_account_with_accounts
         assert CLOSED_ALERTS.is_valid(value) and beyond_schema_errors("qris.alerts", value) == []
     f.tick(400)
     assert [r["account_id"] for r in f.refunds()] == ["7700009876"]
+
+
+def test_a_reversal_to_an_account_never_debited_alerts_once_per_account_and_refunds_as_the_contract_says() -> None:
+    # Debited from 7700009876, reversed to 7700003333: the net debit is 0 whatever the account
+    # (CONTRACT.md), so no refund; the first customer's money went to another account, and only
+    # the alert says so. Its event id is built from the account it names: masked there too.
+    third = "7700003333"
+    f = Feed()
+    f.p(payment("q1", "requested", "R1", 0))
+    f.l(ledger("d1", "debited", "R1", 1))
+    f.l(ledger(f"{third}-r1", "reversed", "R1", 2, account_id=third))
+    f.l(ledger(f"{third}-r1", "reversed", "R1", 2, account_id=third))  # redelivered: nothing
+    f.l(ledger("r2", "reversed", "R1", 3, amount=1_000, account_id=third))  # the same account again
+    f.l(ledger("d2", "debited", "R1", 4, amount=1_000))
+    f.l(ledger("r3", "reversed", "R1", 5, amount=1_000))  # to the debited account: no alert
+    f.tick(400)
+    assert f.refunds() == []
+    [a] = f.alerts("DEBIT_ACCOUNT_MISMATCH")
+    assert a["summary"] == (
+        "R1 reversed Rp 25.000 to account ******3333 (******3333-r1), an account it was never debited from"
+        " (debited from ******9876, where refunds go): the net debit counts it as given back, so no refund is"
+        " made for it; check that ******9876's customer got the money back"
+    )
+    assert (a["severity"], a["reference"], a["account_id_masked"]) == ("warning", "R1", "******9876")
+    assert a["dedup_key"] == "DEBIT_ACCOUNT_MISMATCH:R1" and a["occurred_at"] == format_ms(T0 + 2_000)
+    assert a["observed"] == {
+        "amount_idr": 25_000,
+        "debited_idr": 25_000,
+        "reversed_idr": 25_000,
+        "net_debited_idr": 0,
+        "settled_idr": 0,
+    }
+    assert a["alert_id"] == ids.alert_id("DEBIT_ACCOUNT_MISMATCH", "R1", "reversed", f"{third}-r1")
+    text = orjson.dumps(a).decode()
+    assert "7700009876" not in text and third not in text
+    assert CLOSED_ALERTS.is_valid(a) and beyond_schema_errors("qris.alerts", a) == []
+
+
+def test_a_reversal_dated_before_every_debit_is_alerted_at_the_first_debit_when_its_account_is_another() -> None:
+    # Processed ahead of the debits, a reversal has no debited account to be compared with: the
+    # first debit judges it (once per account). One on the first debit's own account is not
+    # alerted, nor is a reference that was never debited.
+    f = Feed()
+    f.l(ledger("r1", "reversed", "R1", 0, account_id=OTHER_ACCOUNT))
+    f.l(ledger("r2", "reversed", "R1", 1, amount=1_000, account_id=OTHER_ACCOUNT))
+    f.l(ledger("r3", "reversed", "R1", 2, amount=1_000))
+    f.l(ledger("r9", "reversed", "R9", 2, account_id=OTHER_ACCOUNT))
+    f.tick(100)
+    assert f.alerts("DEBIT_ACCOUNT_MISMATCH") == []
+    f.l(ledger("d1", "debited", "R1", 110))
+    f.l(ledger("d2", "debited", "R1", 111))
+    f.tick(200)
+    [a] = f.alerts("DEBIT_ACCOUNT_MISMATCH")
+    assert a["summary"].startswith("R1 reversed Rp 25.000 to account ******1111 (r1), an account it was never")
+    assert a["occurred_at"] == format_ms(T0 + 110_000) and a["account_id_masked"] == "******9876"
+    assert "7700001111" not in orjson.dumps(a).decode()
 
 
 def test_a_single_account_reference_names_no_account_on_its_evidence_entries() -> None:

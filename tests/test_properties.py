@@ -136,16 +136,55 @@ DEBITED_AFTER_THE_PROBE_FROM_ANOTHER_ACCOUNT = (
 )
 
 
+# A reversal to an account never debited, dated before its reference's debit (judged at the
+# debit) and after it (judged at the reversal): decided in processing order, so its alert is the
+# same for any interleaving of the two streams and after a restore at any step.
+REVERSED_TO_AN_ACCOUNT_NEVER_DEBITED = (
+    [
+        payment("R0-0", "requested", "R0", 0, 10_000),
+        payment("R1-0", "requested", "R1", 50, 10_000),
+        payment("tail-p", "requested", "TAIL", 400),
+    ],
+    [
+        ledger("R0-1", "reversed", "R0", 0, 10_000, account_id="7700001111"),
+        ledger("R0-2", "debited", "R0", 5, 10_000),
+        ledger("R1-1", "debited", "R1", 50, 10_000),
+        ledger("R1-2", "reversed", "R1", 55, 10_000, account_id="7700001111"),
+        ledger("tail-l", "reversed", "TAIL", 400, 1),
+    ],
+)
+
+
 @COMMON
 @given(
     partition_input(), st.lists(st.integers(0, 1), max_size=80), st.lists(st.integers(0, 1), max_size=80), st.booleans()
 )
 @example(DEBITED_AFTER_THE_PROBE_FROM_ANOTHER_ACCOUNT, [], [1, 1], False)
+@example(REVERSED_TO_AN_ACCOUNT_NEVER_DEBITED, [1, 1, 1, 1], [0, 0, 0], True)
 def test_any_interleaving_of_the_two_streams_gives_the_same_decisions(
     inp: tuple[list[bytes], list[bytes]], a: list[int], b: list[int], drain: bool
 ) -> None:
     p, l = inp  # noqa: E741
     assert canon(run_engine(p, l, a, drain)) == canon(run_engine(p, l, b, drain))
+
+
+@COMMON
+@given(st.lists(st.integers(0, 1), max_size=20), st.booleans())
+@example([], False)
+@example([1, 1, 1, 1, 1], True)
+def test_a_reversal_to_an_account_never_debited_is_alerted_alike_in_every_interleaving_and_restore(
+    schedule: list[int], drain: bool
+) -> None:
+    p, l = REVERSED_TO_AN_ACCOUNT_NEVER_DEBITED  # noqa: E741
+    got = run_engine(p, l, schedule, drain)
+    alerts = [v for v in got if v.get("kind") == "DEBIT_ACCOUNT_MISMATCH"]
+    assert sorted(a["reference"] for a in alerts) == ["R0", "R1"]
+    assert not [v for v in got if v.get("reference") in ("R0", "R1") and "refund_id" in v]
+    assert canon(got) == canon(run_engine(p, l, [], drain))
+    streams: tuple[list[Delivered], list[Delivered]] = ([(None, v) for v in p], [(None, v) for v in l])
+    whole = run_live(streams, schedule, set())
+    for i in range(len(p) + len(l)):
+        assert run_live(streams, schedule, {i}) == whole, i
 
 
 @COMMON

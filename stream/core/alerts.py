@@ -1,6 +1,6 @@
 """Alerts for payment operations (`qris.alerts`) that the reconciliation itself raises:
-cancelled refunds, over-refunds, a second debited account, dead letters, clocks and silent
-feeds. Failure bursts live in `burst`.
+cancelled refunds, over-refunds, a second debited account or a reversal to an account never
+debited, dead letters, clocks and silent feeds. Failure bursts live in `burst`.
 
 Alerts never carry a plain account id (masked to the last four characters), also where an
 event id quoted in a summary contains one. The key is the scope id. Imports nothing outside the core.
@@ -17,7 +17,7 @@ from .records import LedgerEvent, PaymentEvent
 from .text import ELLIPSIS, escape_text
 
 if TYPE_CHECKING:
-    from .reference import ReferenceState
+    from .reference import LedgerEntry, ReferenceState
     from .refunds import Refund
 
 
@@ -106,9 +106,9 @@ def _alert(
     return Decision("alerts", scope_id.encode("utf-8"), value, at_ms)
 
 
-def _account_ids(st: ReferenceState | None, event: PaymentEvent | LedgerEvent) -> list[str]:
+def _account_ids(st: ReferenceState | None, event: PaymentEvent | LedgerEvent | None) -> list[str]:
     ids_ = [st.account_id, st.request.account_id if st.request is not None else None] if st is not None else []
-    ids_.append(event.account_id)
+    ids_.append(event.account_id if event is not None else None)
     return [a for a in ids_ if a]
 
 
@@ -246,6 +246,40 @@ def debit_account_mismatch_alert(st: ReferenceState, debit: LedgerEvent, eff_ms:
         {
             "amount_idr": debit.amount,
             "debited_idr": st.debited_total,
+            "net_debited_idr": st.net,
+            "settled_idr": st.settled,
+        },
+    )
+
+
+def reversal_account_mismatch_alert(
+    st: ReferenceState, reversal: LedgerEntry, account_id: str, eff_ms: int, partition: int
+) -> Decision:
+    """A reference was reversed to an account it was never debited from (as far as the kept
+    debits show): the net debit counts the reversal as given back whatever its account, so the
+    debited customer gets no refund of it while the money went to `account_id`; a person checks.
+    Kind `DEBIT_ACCOUNT_MISMATCH`: the same question (which customer is owed) and the same
+    routing as a debit from another account, and one dedup key per payment for both."""
+    first = mask_account(st.account_id)
+    reversal_id = quoted_id(reversal.event_id, [*_account_ids(st, None), account_id])
+    summary = (
+        f"{escape_text(st.reference)} reversed {rupiah(reversal.amount)} to account {mask_account(account_id)}"
+        f" ({reversal_id}), an account it was never debited from (debited from {first}, where refunds go): the"
+        f" net debit counts it as given back, so no refund is made for it; check that {first}'s customer got"
+        " the money back"
+    )
+    return _payment_alert(
+        st,
+        ids.alert_id("DEBIT_ACCOUNT_MISMATCH", st.reference, "reversed", reversal.event_id),
+        "DEBIT_ACCOUNT_MISMATCH",
+        "warning",
+        eff_ms,
+        partition,
+        summary,
+        {
+            "amount_idr": reversal.amount,
+            "debited_idr": st.debited_total,
+            "reversed_idr": st.reversed_total,
             "net_debited_idr": st.net,
             "settled_idr": st.settled,
         },

@@ -13,7 +13,12 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 from . import ids
-from .alerts import cancellation_alert, debit_account_mismatch_alert, over_refund_alert
+from .alerts import (
+    cancellation_alert,
+    debit_account_mismatch_alert,
+    over_refund_alert,
+    reversal_account_mismatch_alert,
+)
 from .decisions import Decision
 from .holds import Hold, IncidentTimeline, ReleasedBecause
 from .records import LedgerEvent, PaymentEvent
@@ -189,19 +194,26 @@ class ReferenceState:
         # (`tuple.__new__`: a named tuple's own `__new__` is a Python function, a frame a record.)
         key = self.last_key = _new_tuple(RecordKey, (1 if stream else 0, offset))
         opened: int | None = None
-        if type(event) is LedgerEvent and event.type == "debited":
-            if self.cycle_deadline_ms is None:
-                opened = self.cycle_deadline_ms = eff_ms + timeout_ms
-                self.cycle_opened_by = key
-            if self.debits[-1].account_id is not None:  # (its entry: set by `apply_facts`)
-                return self._other_account_debited(event, eff_ms, partition), opened
+        alerts: list[Decision] | None = None
+        if type(event) is LedgerEvent:
+            if event.type == "debited":
+                if self.cycle_deadline_ms is None:
+                    opened = self.cycle_deadline_ms = eff_ms + timeout_ms
+                    self.cycle_opened_by = key
+                if self.debits[-1].account_id is not None:  # (its entry: set by `apply_facts`)
+                    return self._other_account_debited(event, eff_ms, partition), opened
+                if self.reversals and self.debit_count == 1:
+                    alerts = self._reversed_before_the_first_debit(eff_ms, partition)
+            elif self.debits and self.reversals[-1].account_id is not None:
+                alerts = self._reversed_to_another_account(eff_ms, partition)
         if self.holds:
             out = self._cancel_excess(event, eff_ms, partition) if may_over_refund and self._any_active() else []
             out.extend(self._release_covered_holds(event, eff_ms, partition))
-            return out, opened
-        if not may_over_refund or not self.refunds or not self._any_active():
-            return [], opened
-        return self._cancel_excess(event, eff_ms, partition), opened
+        elif not may_over_refund or not self.refunds or not self._any_active():
+            out = []
+        else:
+            out = self._cancel_excess(event, eff_ms, partition)
+        return (alerts + out if alerts else out), opened
 
     def _other_account_debited(self, debit: LedgerEvent, eff_ms: int, partition: int) -> list[Decision]:
         # A debit on an account other than the first debit's: one alert per such account (as
@@ -212,6 +224,33 @@ class ReferenceState:
         out = [] if seen else [debit_account_mismatch_alert(self, debit, eff_ms, partition)]
         if self.holds:
             out.extend(self._release_covered_holds(debit, eff_ms, partition))
+        return out
+
+    def _reversed_to_another_account(self, eff_ms: int, partition: int) -> list[Decision]:
+        # A reversal booked on an account other than the first debit's, of a reference already
+        # debited. Unless that account was debited too, the reversal gave the money to someone
+        # not charged while the net debit counts it as given back (no refund for it): one alert
+        # per such account, as far as the kept entries show. An earlier reversal on it was
+        # alerted at itself or, ahead of every debit, at the first debit.
+        reversal = self.reversals[-1]
+        account = reversal.account_id
+        if account is None or any(x.account_id == account for x in self.debits):
+            return []
+        if any(x.account_id == account for x in self.reversals[:-1]):
+            return []
+        return [reversal_account_mismatch_alert(self, reversal, account, eff_ms, partition)]
+
+    def _reversed_before_the_first_debit(self, eff_ms: int, partition: int) -> list[Decision]:
+        # Reversals processed ahead of every debit (dated earlier) are judged once the first
+        # debit names the reference's account: those on another account are alerted now, once
+        # per account, in the order processed.
+        out: list[Decision] = []
+        alerted = {self.account_id}
+        for reversal in self.reversals:
+            account = reversal.account_id
+            if account is not None and account not in alerted:
+                alerted.add(account)
+                out.append(reversal_account_mismatch_alert(self, reversal, account, eff_ms, partition))
         return out
 
     def _any_active(self) -> bool:
