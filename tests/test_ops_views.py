@@ -359,18 +359,19 @@ def test_the_account_index_follows_state_and_its_retention() -> None:
     watch, eng = _run(recs, Params(retention_ms=1_200_000))
     # A1..A4 are past retention (20 min) at W = 1970 s: dropped from state and from the index.
     assert set(eng.refs) == {"A5", "A6", "A7"}
-    assert set(watch.accounts["7700009876"]) == {"A5", "A6"}  # a lone reversal names no account in state
+    assert set(watch.accounts["7700009876"]) == {"A5", "A6", "A7"}  # A7: a lone reversal to it
     assert "5550001111" not in watch.accounts
     watch2, eng2 = _run(DAY)
     got, total = account_payments({0: eng2}, watch2, "7700009876", None)
-    # Newest first; A6's request still waits for the watermark (W 970 s), and is listed.
-    assert [x["reference"] for x in got] == ["A6", "A5", "A2", "A1"] and total == 4
-    assert got[0]["status"] == "received"
+    # Newest first; A6's request and A7's reversal still wait for the watermark (W 970 s), and
+    # are listed (A7 at its reversal's time, tied with A6's request: by reference).
+    assert [x["reference"] for x in got] == ["A7", "A6", "A5", "A2", "A1"] and total == 5
+    assert got[0]["status"] == got[1]["status"] == "received"
     since, total = account_payments({0: eng2}, watch2, "7700009876", T0 + 2000)
-    assert [x["reference"] for x in since] == ["A6", "A5", "A2"] and total == 3
+    assert [x["reference"] for x in since] == ["A7", "A6", "A5", "A2"] and total == 4
     # At most `limit`, the newest, and how many there are.
     newest, total = account_payments({0: eng2}, watch2, "7700009876", None, limit=2)
-    assert [x["reference"] for x in newest] == ["A6", "A5"] and total == 4
+    assert [x["reference"] for x in newest] == ["A7", "A6"] and total == 5
     watch2.keep_partitions({1})  # partition 0 moved to another worker
     assert watch2.accounts == {}
     # A restored engine is indexed again from its state.
@@ -382,7 +383,7 @@ def test_the_account_index_follows_state_and_its_retention() -> None:
 def test_an_account_lists_payments_waiting_for_the_watermark_as_their_reference_lookup_tells_them() -> None:
     # W 970 s after these: Q1 decided; Q2's request decided and its debit waiting; Q3 settled
     # (a state naming no account) with its debit waiting; Q4's request waiting alone; Q5 a
-    # waiting reversal alone (a reversal names no account); Q6 another account's request.
+    # waiting reversal alone (to the account: listed); Q6 another account's request.
     watch, eng = _run(
         [
             (P, b"Q1", payment("Q1-q", "requested", "Q1", 0)),
@@ -398,25 +399,88 @@ def test_an_account_lists_payments_waiting_for_the_watermark_as_their_reference_
     )
     assert set(eng.pending) == {"Q2", "Q3", "Q4", "Q5", "Q6"} and set(watch.accounts["7700009876"]) == {"Q1", "Q2"}
     got, total = account_payments({0: eng}, watch, "7700009876", None)
-    # Each payment once, newest first (Q3 by its waiting debit, without a request).
-    assert [x["reference"] for x in got] == ["Q4", "Q3", "Q2", "Q1"] and total == 4
+    # Each payment once, newest first (Q3 by its waiting debit, without a request; Q5 by its
+    # reversal, tied with Q4's request: by reference).
+    assert [x["reference"] for x in got] == ["Q5", "Q4", "Q3", "Q2", "Q1"] and total == 5
     for item in got:
         # What the reference lookup says at the same moment, word for word.
         assert {k: v for k, v in item.items() if k != "first_seen_ms"} == lookup_reference(
             {0: eng}, item["reference"], watch
         )
-    q4, q3, q2 = got[0], got[1], got[2]
+    q5, q4, q3, q2 = got[0], got[1], got[2], got[3]
+    assert q5["status"] == "received" and q5["first_seen_ms"] == T0 + 1_000_000
     assert q4["status"] == "received" and q4["first_seen_ms"] == T0 + 1_000_000
     assert q3["status"] == "settled" and [r["event_id"] for r in q3["waiting_records"]] == ["Q3-d"]
     assert q2["first_seen_ms"] == T0 + 100_000 and [r["event_id"] for r in q2["waiting_records"]] == ["Q2-d"]
     # `since` and `limit` count them; their account ids are not in the answer unmasked.
     since, total = account_payments({0: eng}, watch, "7700009876", T0 + 500_000)
-    assert [x["reference"] for x in since] == ["Q4", "Q3"] and total == 2
+    assert [x["reference"] for x in since] == ["Q5", "Q4", "Q3"] and total == 3
     newest, total = account_payments({0: eng}, watch, "7700009876", None, limit=1)
-    assert [x["reference"] for x in newest] == ["Q4"] and total == 4
+    assert [x["reference"] for x in newest] == ["Q5"] and total == 5
     assert "7700009876" not in repr(got) and "5550001111" not in repr(got)
     other, total = account_payments({0: eng}, watch, "5550001111", None)
     assert [(x["reference"], x["status"]) for x in other] == [("Q6", "received")] and total == 1
+
+
+def test_an_account_lists_a_payment_under_every_account_it_was_debited_from_or_reversed_to_masked() -> None:
+    # R: requested and first debited by 7700009876, debited again from 7700001111, reversed to
+    # 7700003333; S: reversed to 7700004444 ahead of its debit; W: a second debit from 7700005555
+    # still waiting for the watermark. Each is listed under every account its money moved on, and
+    # no answer shows another account than the one asked about unmasked.
+    mine, second, third, fourth, fifth = "7700009876", "7700001111", "7700003333", "7700004444", "7700005555"
+    watch, eng = _run(
+        [
+            (P, b"R", payment("R-q", "requested", "R", 0)),
+            (L, b"R", ledger("R-d1", "debited", "R", 1)),
+            (L, b"R", ledger("R-d2", "debited", "R", 2, account_id=second)),
+            (L, b"R", ledger("R-r", "reversed", "R", 3, account_id=third)),
+            (L, b"S", ledger("S-r", "reversed", "S", 4, account_id=fourth)),
+            (L, b"S", ledger("S-d", "debited", "S", 5)),
+            (P, b"W", payment("W-q", "requested", "W", 6)),
+            (L, b"W", ledger("W-d1", "debited", "W", 7)),
+            (L, b"W", ledger("W-d2", "debited", "W", 1000, account_id=fifth)),
+            (P, b"T", payment("T-q", "requested", "T", 1000)),
+        ]
+    )
+    assert "W" in eng.pending and {"R", "S", "W"} <= set(eng.refs)
+
+    def listed(account: str, in_watch: WorkerWatch = watch) -> list[str]:
+        got, total = account_payments({0: eng}, in_watch, account, None)
+        assert total == len(got)
+        others = {mine, second, third, fourth, fifth} - {account}
+        assert not [a for a in others if a in repr(got)], (account, got)
+        return [x["reference"] for x in got]
+
+    assert listed(mine) == ["T", "W", "S", "R"]
+    assert (listed(second), listed(third), listed(fourth), listed(fifth)) == (["R"], ["R"], ["S"], ["W"])
+    [r] = account_payments({0: eng}, watch, second, None)[0]
+    assert r["account_id_masked"] == "******9876"  # the refunds' account
+    assert [d.get("account_id_masked") for d in r["debits"]] == [None, "******1111"]
+    assert [d.get("account_id_masked") for d in r["reversals"]] == ["******3333"]
+    # A worker that restores the engine indexes the same accounts from its state.
+    restored = WorkerWatch(Settings())
+    restored.watch_engine(eng)
+    assert [listed(a, restored) for a in (second, third, fourth, fifth)] == [["R"], ["R"], ["S"], ["W"]]
+
+
+def test_an_account_only_a_cut_ledger_entry_named_leaves_the_index_with_its_reference() -> None:
+    # A reference keeps its first 20 and last 5 ledger entries; the 22nd, on another account, is
+    # cut from its state: the index entry made for it goes when the reference's state does.
+    other = "5550009999"
+    debits = [
+        (L, b"M", ledger(f"M-d{i}", "debited", "M", i, amount=1, **({"account_id": other} if i == 21 else {})))
+        for i in range(30)
+    ]
+    recs = [*debits, (P, b"T", payment("T-q", "requested", "T", 100)), (L, b"T", ledger("T-d", "debited", "T", 100))]
+    watch, eng = _run(recs, Params(retention_ms=1_200_000))
+    assert other not in {x.account_id for x in eng.refs["M"].debits} and set(watch.accounts[other]) == {"M"}
+    watch.keep_partitions({0})
+    assert watch.entry_accounts == {"M": {other}}
+    watch.keep_partitions({1})  # partition 0 moved to another worker
+    assert watch.entry_accounts == {} and watch.accounts == {}
+    late = [(P, b"U", payment("U-q", "requested", "U", 2000)), (L, b"U", ledger("U-d", "debited", "U", 2000))]
+    watch, eng = _run(recs + late, Params(retention_ms=1_200_000))
+    assert "M" not in eng.refs and other not in watch.accounts and "M" not in watch.entry_accounts
 
 
 def test_a_payment_waiting_on_two_partitions_is_listed_once_for_its_account() -> None:

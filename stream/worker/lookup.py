@@ -19,9 +19,9 @@ from ..core.decisions import mask_account
 from ..core.eventtime import format_ms, parse_ms, wib_and_utc
 from ..core.partition import Item, PartitionEngine, waiting_list
 from ..core.records import LedgerEvent, PaymentEvent
-from ..core.reference import ReferenceState
+from ..core.reference import LedgerEntry, ReferenceState
 from ..core.refunds import Refund
-from .watch import WorkerWatch
+from .watch import WorkerWatch, accounts_of
 
 
 def payment_path(reference: str) -> str:
@@ -472,8 +472,8 @@ def payment_status(
         "merchant_name": rq.merchant_name if rq else None,
         "amount": rq.amount if rq else None,
         "requested_at": rq.occurred_at if rq else None,
-        "debits": [{"event_id": d.event_id, "amount": d.amount, "occurred_at": d.occurred_at} for d in st.debits],
-        "reversals": [{"event_id": r.event_id, "amount": r.amount, "occurred_at": r.occurred_at} for r in st.reversals],
+        "debits": [_entry(d, st.account_id) for d in st.debits],
+        "reversals": [_entry(r, st.account_id) for r in st.reversals],
         "net_debited": st.net,
         "settled_amount": st.settled,
         "settled_at": st.settlement.occurred_at if st.settlement else None,
@@ -495,6 +495,16 @@ def payment_status(
         "holds": holds,
         "incidents": incidents,
     }
+
+
+def _entry(x: LedgerEntry, account_id: str | None) -> dict[str, Any]:
+    """A debit or reversal as the lookup answers it; one booked on another account than the
+    refunds' names that account, masked as every account in an answer (a payment is listed
+    under each account it moved money on, and the caller asked about one of them only)."""
+    out: dict[str, Any] = {"event_id": x.event_id, "amount": x.amount, "occurred_at": x.occurred_at}
+    if x.account_id is not None and x.account_id != account_id:
+        out["account_id_masked"] = mask_account(x.account_id)
+    return out
 
 
 def _incidents_covering(
@@ -743,32 +753,41 @@ def account_answer(payments: list[dict[str, Any]], total: int, limit: int, unans
 
 def _as_decided(account_id: str, st: ReferenceState | None, waiting: list[Item]) -> tuple[bool, int | None]:
     """Whether a reference belongs to `account_id` once its records waiting for the watermark are
-    decided, and when it was requested (or, without a request, first debited): what the account
-    index (`accounts_of`) and the account query's order and `since` read from its state
-    then. A reference's first debit names its debited account and its first request the
-    requesting one; a reversal names none. Waiting records are decided after the state's, in
-    key order.
+    decided, and when it was requested (or, without a request, first debited; without either,
+    first reversed): what the account index (`accounts_of`) and the account query's order and
+    `since` read from its state then. Each ledger entry names the account it was debited from
+    or reversed to, and the first request the requesting one. Waiting records are decided after
+    the state's, in key order.
 
     >>> debit = LedgerEvent("d", "debited", "QR1", "", 2_000, 100, "J-d", "77")
     >>> request = PaymentEvent("q", "requested", "QR1", "", 1_000, 100, "88")
     >>> _as_decided("77", None, [(2_000, 0, 1, 5, "QR1", debit), (1_000, 0, 0, 9, "QR1", request)])
     (True, 1000)
-    >>> _as_decided("77", None, [(2_000, 0, 1, 5, "QR1", debit._replace(type="reversed"))])
-    (False, None)
+    >>> _as_decided("66", None, [(3_000, 0, 1, 5, "QR1", debit._replace(type="reversed", account_id="66"))])
+    (True, 3000)
+    >>> _as_decided("66", None, [(2_000, 0, 1, 5, "QR1", debit)])
+    (False, 2000)
     """
-    debited = st.account_id if st is not None else None
+    accounts = accounts_of(st) if st is not None else set()
     request = st.request if st is not None else None
     first_debit_ms = st.debits[0].effective_at_ms if st is not None and st.debits else None
+    first_reversal_ms = st.reversals[0].effective_at_ms if st is not None and st.reversals else None
     for eff_ms, _kind, _s, _offset, _ref, ev in sorted(waiting):
-        if type(ev) is LedgerEvent and ev.type == "debited":
-            if debited is None:
-                debited = ev.account_id
-            if first_debit_ms is None:
-                first_debit_ms = eff_ms
+        if type(ev) is LedgerEvent:
+            accounts.add(ev.account_id)
+            if ev.type == "debited":
+                if first_debit_ms is None:
+                    first_debit_ms = eff_ms
+            elif first_reversal_ms is None:
+                first_reversal_ms = eff_ms
         elif type(ev) is PaymentEvent and ev.type == "requested" and request is None:
             request = ev
-    belongs = bool(account_id) and account_id in (debited, request.account_id if request is not None else None)
-    return belongs, (request.occurred_at_ms if request is not None else first_debit_ms)
+            if ev.account_id:
+                accounts.add(ev.account_id)
+    belongs = bool(account_id) and account_id in accounts
+    if request is not None:
+        return belongs, request.occurred_at_ms
+    return belongs, (first_debit_ms if first_debit_ms is not None else first_reversal_ms)
 
 
 def account_payments(
@@ -778,9 +797,10 @@ def account_payments(
     since_ms: int | None,
     limit: int | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """This worker's payments of an account, requested (or first debited) at or after
-    `since_ms`, newest first: the first `limit` of them (all with None), and how many there
-    are. Each is answered as the reference lookup answers it (`lookup_reference`), once.
+    """This worker's payments of an account (debited from it, reversed to it or requested by
+    it), requested (or first debited, or first reversed) at or after `since_ms`, newest first:
+    the first `limit` of them (all with None), and how many there are. Each is answered as the
+    reference lookup answers it (`lookup_reference`), once.
 
     The payments come from the account index (decided state) and from the records waiting for
     the watermark, which the index does not hold yet: a payment received a moment ago is

@@ -52,11 +52,20 @@ def open_holds(engines: Mapping[int, PartitionEngine]) -> list[Hold]:
 
 
 def accounts_of(st: ReferenceState) -> set[str]:
-    """The accounts a reference belongs to: the debited one and the requesting one."""
+    """The accounts a reference belongs to: the first debit's (its refunds'), the requesting
+    one, and every account a kept ledger entry was booked on, debited from or reversed to: a
+    customer whose money moved on the payment finds it under their own account."""
     out = {st.account_id} if st.account_id else set()
     if st.request is not None and st.request.account_id:
         out.add(st.request.account_id)
+    out.update(entry_accounts_of(st))
     return out
+
+
+def entry_accounts_of(st: ReferenceState) -> set[str]:
+    """The accounts kept ledger entries name: those other than the first debit's, and any of a
+    reversal processed before every debit."""
+    return {x.account_id for x in (*st.debits, *st.reversals) if x.account_id is not None}
 
 
 class EngineWatch:
@@ -98,7 +107,8 @@ class EngineWatch:
         self.applied[stream][duplicate] += 1
         if duplicate:
             return
-        # `accounts_of(state)`, each indexed
+        # `accounts_of(state)`, each indexed: the first debit's and the request's account here,
+        # a ledger entry's other account below.
         accounts = self.accounts
         account = state.account_id
         if account:
@@ -116,6 +126,12 @@ class EngineWatch:
                     accounts[other] = {state.reference: self.partition}
                 else:
                     refs[state.reference] = self.partition
+        else:
+            other = None
+        if type(event) is LedgerEvent:
+            booked = event.account_id
+            if booked != account and booked != other:
+                self.watch.index_entry_account(state.reference, booked, self.partition)
 
     def deadline(
         self,
@@ -129,7 +145,7 @@ class EngineWatch:
         return None
 
     def dropped(self, reference: str, at_ms: int, watermark_ms: int, state: ReferenceState) -> None:
-        self.watch.unindex(reference, accounts_of(state))
+        self.watch.unindex(reference, accounts_of(state) | self.watch.entry_accounts.pop(reference, set()))
 
 
 # Output ids remembered to count each output once (`WorkerWatch._first_time`), at most.
@@ -194,6 +210,10 @@ class WorkerWatch:
         self.per_minute: dict[int, Counter[str]] = {}  # wall-clock minute -> refunds by kind
         self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=30)
         self.accounts: dict[str, dict[str, int]] = {}  # account id -> {reference: partition}
+        # The accounts indexed for a reference from its ledger entries (`index_entry_account`):
+        # a reference with more than EVIDENCE_FIRST + EVIDENCE_LAST entries of a kind cuts the
+        # middle ones from its state, which then cannot say which index entries go with it.
+        self.entry_accounts: dict[str, set[str]] = {}
         # The input partitions assigned here by the last assignment (None before the first): the
         # lookup answers "not yet" for those whose engines are not restored yet.
         self.owned: set[int] | None = None
@@ -228,6 +248,23 @@ class WorkerWatch:
         for ref, st in engine.refs.items():
             for account in accounts_of(st):
                 self.accounts.setdefault(account, {})[ref] = engine.partition
+            entries = entry_accounts_of(st)
+            if entries:
+                self.entry_accounts.setdefault(ref, set()).update(entries)
+
+    def index_entry_account(self, reference: str, account_id: str, partition: int) -> None:
+        """Index `reference` under an account one of its ledger entries was booked on (debited
+        from or reversed to), beside its first debit's and its request's."""
+        refs = self.accounts.get(account_id)
+        if refs is None:
+            self.accounts[account_id] = {reference: partition}
+        else:
+            refs[reference] = partition
+        accounts = self.entry_accounts.get(reference)
+        if accounts is None:
+            self.entry_accounts[reference] = {account_id}
+        else:
+            accounts.add(account_id)
 
     def keep_partitions(self, partitions: set[int]) -> None:
         """After a rebalance: forget the index entries of partitions no longer owned here (the
@@ -239,6 +276,12 @@ class WorkerWatch:
                 self.accounts[account] = refs
             else:
                 del self.accounts[account]
+        for ref, accounts in list(self.entry_accounts.items()):
+            kept = {a for a in accounts if ref in self.accounts.get(a, {})}
+            if kept:
+                self.entry_accounts[ref] = kept
+            else:
+                del self.entry_accounts[ref]
 
     def unindex(self, reference: str, accounts: set[str]) -> None:
         for account in accounts:
