@@ -472,12 +472,17 @@ def _problems(s: Settings) -> list[str]:
     # minutes): the refused time range (`partition.occurred_max_ms`) leaves room for T, and its
     # hour of margin for the probe age. Past these bounds a setting is a mistake (a unit in ms).
     if 0 < s.timeout_s < math.inf and s.timeout_s > 2_592_000:
-        out.append(f"QRIS_TIMEOUT_S={s.timeout_s}: expected at most 2592000 seconds (30 days)")
+        out.append(f"QRIS_TIMEOUT_S={s.timeout_s}: expected at most 2592000 seconds (30 days){_ms_hint(s.timeout_s)}")
     if 0 <= s.probe_age_s < math.inf and s.probe_age_s > 1_800:
         out.append(f"QRIS_PROBE_AGE_S={s.probe_age_s}: expected at most 1800 seconds (30 minutes)")
     if not 0 <= s.max_hold_s <= 604_800:
         # (The engine leaves room for holds this long before year 10000: `partition.HOLD_MAX_MS`.)
-        out.append(f"QRIS_MAX_HOLD_S={s.max_hold_s}: expected 0 (holds off) to 604800 seconds (7 days)")
+        hint = _ms_hint(s.max_hold_s) if s.max_hold_s > 0 else ""
+        out.append(f"QRIS_MAX_HOLD_S={s.max_hold_s}: expected 0 (holds off) to 604800 seconds (7 days){hint}")
+    for name, (most_s, words) in _AT_MOST.items():
+        value = getattr(s, name)
+        if most_s < value < math.inf:
+            out.append(f"{DOCS[name][0]}={value}: expected at most {most_s} seconds ({words}){_ms_hint(value)}")
     out.extend(_topic_problems(s))
     return out
 
@@ -486,6 +491,29 @@ def _problems(s: Settings) -> list[str]:
 # accepted by the worker's start and refused by the broker at the first send, which the
 # producer then retries for ever: the partition decides nothing more.
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+# Upper bounds of the event-time settings without one of their own above: past them a value is
+# a mistake an operations team would not make on purpose, most often milliseconds typed for
+# seconds (`QRIS_LATENESS_S=30000` paid refunds 8.3 hours late; `QRIS_RETENTION_S=172800000`
+# kept quiet references 5.5 years; near 9.3e15 s the saved state's metadata overflows 64 bits).
+# R leaves room for the longest T + H (37 days); A and F stay far below T's default margin in
+# normal use; G is how long holds outlast an incident, a day at most.
+_AT_MOST: dict[str, tuple[int, str]] = {
+    "lateness_s": (3_600, "1 hour"),
+    "clock_skew_s": (3_600, "1 hour"),
+    "hold_grace_s": (86_400, "1 day"),
+    "retention_s": (34_560_000, "400 days"),
+}
+
+
+def _ms_hint(value: float) -> str:
+    """The reading of a value past its bound as milliseconds, the usual mistake.
+
+    >>> _ms_hint(172800000.0)
+    '; milliseconds typed for seconds? (172800000 ms is 172800 s)'
+    """
+    return f"; milliseconds typed for seconds? ({value:.15g} ms is {value / 1000:.15g} s)"
 
 
 def _topic_problems(s: Settings) -> list[str]:

@@ -184,6 +184,13 @@ def mistakes(tmp: Path) -> list[tuple[str, list[str], dict[str, str], int, str]]
             "QRIS_MAX_HOLD_S=7200 with QRIS_TIMEOUT_S=300 reaches QRIS_RETENTION_S=3600",
         ),
         ("hold past retention: settings", ["settings"], {"QRIS_RETENTION_S": "3600"}, 2, "the worker refuses these"),
+        (
+            "lateness in milliseconds",
+            ["replay", "--in", str(tmp / "x"), "--out", out, "--lateness-s", "30000"],
+            {},
+            2,
+            "QRIS_LATENESS_S=30000.0: expected at most 3600 seconds (1 hour); milliseconds typed for seconds?",
+        ),
         ("bad --from", ["replay", "--in", "x", "--out", out, "--from", "yesterday"], {}, 2, "--from"),
         ("no command", [], {}, 2, "required"),
         ("unreachable broker: topics", ["topics", "--bootstrap", dead], {}, 69, f"cannot reach Kafka at {dead}"),

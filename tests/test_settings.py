@@ -7,7 +7,13 @@ from dataclasses import fields
 
 import pytest
 
-from stream.settings import DOCS, Settings, from_env, hold_outlasts_retention, to_env
+from stream.settings import (
+    DOCS,
+    Settings,
+    from_env,
+    hold_outlasts_retention,
+    to_env,
+)
 
 
 def test_defaults_match_the_contract() -> None:
@@ -98,6 +104,40 @@ def test_a_retention_the_timeout_reaches_is_refused_with_holds_off_too() -> None
     assert hold_outlasts_retention(from_env({"QRIS_MAX_HOLD_S": "0", "QRIS_RETENTION_S": "300"})) is not None
     assert hold_outlasts_retention(from_env({"QRIS_MAX_HOLD_S": "0"})) is None
     assert hold_outlasts_retention(from_env({})) is None
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "most"),
+    [
+        # (Milliseconds typed for seconds: refunds 8.3 h late; state kept 5.5 years; the guard off.)
+        ("QRIS_LATENESS_S", "30000", "expected at most 3600 seconds (1 hour)"),
+        ("QRIS_RETENTION_S", "172800000", "expected at most 34560000 seconds (400 days)"),
+        ("QRIS_CLOCK_SKEW_S", "60000", "expected at most 3600 seconds (1 hour)"),
+        ("QRIS_HOLD_GRACE_S", "900000", "expected at most 86400 seconds (1 day)"),
+        ("QRIS_MAX_HOLD_S", "7200000", "expected 0 (holds off) to 604800 seconds (7 days)"),
+        ("QRIS_TIMEOUT_S", "300000000", "expected at most 2592000 seconds (30 days)"),
+        # (Near 9.3e15 s the saved state's metadata no longer fits in 64 bits.)
+        ("QRIS_RETENTION_S", "9.3e15", "expected at most 34560000 seconds (400 days)"),
+    ],
+)
+def test_an_event_time_setting_past_its_bound_is_refused_as_milliseconds_typed(var: str, value: str, most: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"{var}={float(value)}: {most}; milliseconds typed for seconds?")):
+        from_env({var: value})
+
+
+def test_the_event_time_bounds_themselves_are_accepted() -> None:
+    s = from_env(
+        {
+            "QRIS_LATENESS_S": "3600",
+            "QRIS_CLOCK_SKEW_S": "3600",
+            "QRIS_HOLD_GRACE_S": "86400",
+            "QRIS_RETENTION_S": "34560000",
+            "QRIS_TIMEOUT_S": "2592000",
+            "QRIS_MAX_HOLD_S": "604800",
+        }
+    )
+    assert (s.lateness_s, s.clock_skew_s, s.hold_grace_s, s.retention_s) == (3600, 3600, 86400, 34_560_000)
+    assert hold_outlasts_retention(s) is None  # (R above T + H)
 
 
 @pytest.mark.parametrize("value", ["2", "5.9", "90.5", "30000"])
