@@ -17,7 +17,8 @@ deadline is the one that released the refund, and its ack time is the start of t
 Refunds whose deadline no input record passed were released by the live worker's wall-clock
 idle rule; they are counted and timed apart. Holds are off by default (`--max-hold-s 0`), since a
 held refund waits for the burst detector's incidents by design (CONTRACT.md "Refund holds").
-T and A are shortened (`--timeout-s`, `--lateness-s`) so that a short run has deadlines in it.
+T and A are shortened (`--timeout-s`, `--lateness-s`) so that a short run has deadlines in it, and
+the clock guard F with them (`--clock-skew-s`, half of T - A by default).
 The pure part (`arrival_order`, `watermark_steps`, `passed_at`) has a fast test.
 """
 
@@ -453,6 +454,14 @@ async def follow_outputs(settings: Settings, observed: Observed, stop: asyncio.E
         await consumer.stop()
 
 
+def clock_skew_s(args: argparse.Namespace) -> float:
+    """F for the run: as given, else half of the shortened T - A (the Settings default's 60 s is
+    above it, and the worker refuses a clock guard at or above T - A)."""
+    if args.clock_skew_s is not None:
+        return float(args.clock_skew_s)
+    return max(0.0, min(60.0, (args.timeout_s - args.lateness_s) / 2))
+
+
 def run_rate(
     client: Settings,
     args: argparse.Namespace,
@@ -468,6 +477,7 @@ def run_rate(
         app_id=prefix,
         timeout_s=args.timeout_s,
         lateness_s=args.lateness_s,
+        clock_skew_s=clock_skew_s(args),
         idle_timeout_s=args.idle_timeout_s,
         max_hold_s=args.max_hold_s,
         log_level="warning",
@@ -816,6 +826,11 @@ def main() -> int:
     ap.add_argument("--timeout-s", type=float, default=15.0, help="T (shortened: deadlines inside a short run)")
     ap.add_argument("--lateness-s", type=float, default=5.0, help="A (shortened likewise)")
     ap.add_argument(
+        "--clock-skew-s",
+        type=float,
+        help="F (default: half of T - A, at most 60: the worker refuses F at or above T - A)",
+    )
+    ap.add_argument(
         "--idle-timeout-s",
         type=float,
         default=60.0,
@@ -854,7 +869,8 @@ def main() -> int:
         return write_day(client, args)
     print(
         f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}; "
-        f"T={args.timeout_s:g}s A={args.lateness_s:g}s idle={args.idle_timeout_s:g}s H={args.max_hold_s:g}s, "
+        f"T={args.timeout_s:g}s A={args.lateness_s:g}s F={clock_skew_s(args):g}s "
+        f"idle={args.idle_timeout_s:g}s H={args.max_hold_s:g}s, "
         f"{args.partitions} partitions, {args.workers} worker(s), {args.seconds:g} s of traffic per rate, "
         f"consumer fetch.max.wait.ms {args.fetch_max_wait_ms} (0: as shipped, QRIS_FETCH_MAX_WAIT_MS's default)",
         flush=True,

@@ -45,6 +45,11 @@ def main() -> int:
     ap.add_argument("--timeout-s", type=float, help="T (default: the Settings default)")
     ap.add_argument("--lateness-s", type=float, help="A (default: the Settings default)")
     ap.add_argument("--max-hold-s", type=float, help="H; 0: holds off (default: the Settings default)")
+    ap.add_argument(
+        "--clock-skew-s",
+        type=float,
+        help="F (default: the Settings default, or half of T - A when that is below it, as the worker requires)",
+    )
     ap.add_argument("--tree", default=str(Path(__file__).resolve().parent.parent), help="whose `stream` to run")
     args = ap.parse_args()
     sys.path.insert(0, args.tree)
@@ -100,9 +105,12 @@ async def run(args: argparse.Namespace) -> None:
         payment_topic=next(t for t in topics if "payment" in t),
         ledger_topic=next(t for t in topics if "ledger" in t),
     )
-    for name in ("timeout_s", "lateness_s", "max_hold_s"):
+    for name in ("timeout_s", "lateness_s", "max_hold_s", "clock_skew_s"):
         if getattr(args, name) is not None:
             settings = replace(settings, **{name: getattr(args, name)})
+    if args.clock_skew_s is None and settings.clock_skew_s >= settings.timeout_s - settings.lateness_s:
+        # (A shortened T: the live worker refuses the default F at or above T - A.)
+        settings = replace(settings, clock_skew_s=max(0.0, (settings.timeout_s - settings.lateness_s) / 2))
     changelog = KafkaChangelog({}, "bench-state-changelog")
     producer = _Producer()
 

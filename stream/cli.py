@@ -24,7 +24,7 @@ from .core import codec
 from .core.eventtime import BadTimestamp, parse_instant
 from .drivers.progress import Progress
 from .outsink import WholeWrites, stdout_reader_gone
-from .settings import DOCS, Settings, SettingsError, display, from_env, hold_outlasts_retention
+from .settings import DOCS, Settings, SettingsError, display, from_env, refused_at_start
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -94,8 +94,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .worker.app import run_worker
 
     s = _settings(args)
-    if (hazard := hold_outlasts_retention(s)) is not None:
-        raise Mistake(hazard)
+    if hazards := refused_at_start(s):
+        raise Mistake("; ".join(hazards))
     if args.processes < 1:
         raise Mistake(f"--processes {args.processes}: expected 1 or more")
     s = _connect(s)
@@ -271,7 +271,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     tune_collector()  # (inherited by the jobs of a parallel replay)
     s = _settings(args)
-    if (hazard := hold_outlasts_retention(s)) is not None:
+    for hazard in refused_at_start(s):
         print(f"replay: warning: {hazard}", file=sys.stderr)
     if args.from_kafka:
         from .topics import check_copartitioned
@@ -620,8 +620,8 @@ def cmd_settings(args: argparse.Namespace) -> int:
     shown = display(s)
     for env, doc in DOCS.values():
         print(f"{env}={shown[env]}\t# {doc}")
-    if (hazard := hold_outlasts_retention(s)) is not None:
-        print(f"settings: the worker refuses these: {hazard}", file=sys.stderr)
+    if hazards := refused_at_start(s):
+        print(f"settings: the worker refuses these: {'; '.join(hazards)}", file=sys.stderr)
         return 2
     return 0
 

@@ -557,6 +557,36 @@ def hold_outlasts_retention(s: Settings) -> str | None:
     return None
 
 
+def clock_guard_passes_deadlines(s: Settings) -> str | None:
+    """A clock guard `F` at or above `T - A`, which the contract wants well below it: a stream
+    pushed up to `F` ahead by one wrong clock takes its own later records up to `F - A` late,
+    past the deadlines of payments whose settlements are among them, so refunds are paid and
+    then cancelled (`F` = 400 s with the defaults' T and A: 7 on a helper's day). The live
+    worker refuses it; replay warns, as for `hold_outlasts_retention`."""
+    if s.lateness_s >= s.timeout_s:
+        return (
+            f"QRIS_LATENESS_S={s.lateness_s:g} reaches QRIS_TIMEOUT_S={s.timeout_s:g}: no clock guard "
+            "QRIS_CLOCK_SKEW_S can be below QRIS_TIMEOUT_S - QRIS_LATENESS_S; expected the lateness well "
+            "below the timeout"
+        )
+    if s.clock_skew_s >= s.timeout_s - s.lateness_s:
+        return (
+            f"QRIS_CLOCK_SKEW_S={s.clock_skew_s:g} reaches QRIS_TIMEOUT_S={s.timeout_s:g} - "
+            f"QRIS_LATENESS_S={s.lateness_s:g} = {s.timeout_s - s.lateness_s:g}: a record dated up to "
+            f"{s.clock_skew_s:g} s ahead of its Kafka timestamp passes the guard and delays its stream's later "
+            f"records by up to {s.clock_skew_s - s.lateness_s:g} s, past the deadlines of payments whose "
+            "settlements are among them (refunds paid, then cancelled); expected QRIS_CLOCK_SKEW_S well below "
+            "QRIS_TIMEOUT_S - QRIS_LATENESS_S"
+        )
+    return None
+
+
+def refused_at_start(s: Settings) -> list[str]:
+    """What the live worker refuses to start with (exit 2), `settings` reports, and `replay`
+    only warns about: valid values whose combination pays money it should not."""
+    return [h for h in (hold_outlasts_retention(s), clock_guard_passes_deadlines(s)) if h is not None]
+
+
 _TOPIC_FIELDS = (
     "payment_topic",
     "ledger_topic",

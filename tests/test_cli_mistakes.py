@@ -184,6 +184,21 @@ def mistakes(tmp: Path) -> list[tuple[str, list[str], dict[str, str], int, str]]
             "QRIS_MAX_HOLD_S=7200 with QRIS_TIMEOUT_S=300 reaches QRIS_RETENTION_S=3600",
         ),
         ("hold past retention: settings", ["settings"], {"QRIS_RETENTION_S": "3600"}, 2, "the worker refuses these"),
+        # (A stream pushed F ahead takes its settlements up to F - A late, past their deadlines.)
+        (
+            "clock guard past the timeout",
+            ["worker", "--bootstrap", dead],
+            {"QRIS_CLOCK_SKEW_S": "400"},
+            2,
+            "QRIS_CLOCK_SKEW_S=400 reaches QRIS_TIMEOUT_S=300 - QRIS_LATENESS_S=30 = 270",
+        ),
+        (
+            "clock guard past a short timeout: settings",
+            ["settings"],
+            {"QRIS_TIMEOUT_S": "10", "QRIS_LATENESS_S": "1"},
+            2,
+            "the worker refuses these: QRIS_CLOCK_SKEW_S=60 reaches QRIS_TIMEOUT_S=10",
+        ),
         (
             "lateness in milliseconds",
             ["replay", "--in", str(tmp / "x"), "--out", out, "--lateness-s", "30000"],
@@ -375,6 +390,25 @@ def test_replay_with_a_hold_past_the_retention_warns_and_decides(tmp_path: Path)
     assert "replay: warning: QRIS_MAX_HOLD_S=7200 with QRIS_TIMEOUT_S=300 reaches QRIS_RETENTION_S=3600" in r.stderr
     r = run_cli(["replay", "--in", str(data), "--out", str(out), "--retention-s", "7501"], {})
     assert r.returncode == 0 and "QRIS_MAX_HOLD_S" not in r.stderr
+
+
+def test_replay_with_a_clock_guard_past_the_timeout_warns_and_decides(tmp_path: Path) -> None:
+    # As for the hold past the retention: replay answers what these settings would decide.
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(b"")
+    out = tmp_path / "out.jsonl"
+    r = run_cli(["replay", "--in", str(data), "--out", str(out), "--clock-skew-s", "400"], {})
+    assert r.returncode == 0
+    assert "replay: warning: QRIS_CLOCK_SKEW_S=400 reaches QRIS_TIMEOUT_S=300 - QRIS_LATENESS_S=30" in r.stderr
+    short = ["--timeout-s", "10", "--lateness-s", "1"]
+    r = run_cli(["replay", "--in", str(data), "--out", str(out), *short, "--clock-skew-s", "4"], {})
+    assert r.returncode == 0 and "QRIS_CLOCK_SKEW_S" not in r.stderr
+
+
+def test_settings_says_the_worker_refuses_a_clock_guard_past_the_timeout() -> None:
+    r = run_cli(["settings"], {"QRIS_CLOCK_SKEW_S": "270"})
+    assert r.returncode == 2 and "settings: the worker refuses these: QRIS_CLOCK_SKEW_S=270 reaches" in r.stderr
+    assert run_cli(["settings"], {"QRIS_CLOCK_SKEW_S": "200"}).returncode == 0
 
 
 def test_a_file_written_by_dump_replay_or_trace_is_its_writers_only(tmp_path: Path) -> None:

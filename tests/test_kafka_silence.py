@@ -39,6 +39,9 @@ pytestmark = pytest.mark.kafka
 
 PARTITIONS = 2
 FEED_STALL_S = 8  # QRIS_FEED_STALL_S of the test's worker (120 by default)
+# The tests' short times: T 10 s, A 1 s, F 4 s (below T - A, which the worker requires), no holds.
+SHORT_RULES = Settings(timeout_s=10, lateness_s=1, clock_skew_s=4, max_hold_s=0)
+RULE_VARS = ("QRIS_TIMEOUT_S", "QRIS_LATENESS_S", "QRIS_CLOCK_SKEW_S", "QRIS_MAX_HOLD_S")
 STALL_LOG = re.compile(r"(\S+)\[(\d+)\]: records from offset \d+ are on the broker but none was taken for (\d+) s")
 
 
@@ -87,10 +90,11 @@ def test_a_feed_the_broker_stops_serving_is_not_silent_no_wrong_refund_and_the_w
     bootstrap = require_broker()
     topics = fresh_topics(partitions=PARTITIONS)
     topics.create(bootstrap)
-    # Short times from the settings, the same for offline replay: idle 2 s, T 10 s, A 1 s, no
-    # holds (the quota holds the signals back too, and held refunds would wait for the detector).
-    rules = Settings(timeout_s=10, lateness_s=1, max_hold_s=0)
-    env = {var: to_env(rules)[var] for var in ("QRIS_TIMEOUT_S", "QRIS_LATENESS_S", "QRIS_MAX_HOLD_S")}
+    # Short times from the settings, the same for offline replay: idle 2 s, T 10 s, A 1 s, a clock
+    # guard F below T - A (the worker refuses the default 60 s with this T), no holds (the quota
+    # holds the signals back too, and held refunds would wait for the detector).
+    rules = SHORT_RULES
+    env = {var: to_env(rules)[var] for var in RULE_VARS}
     env.update({"QRIS_IDLE_TIMEOUT_S": "2", "QRIS_FEED_STALL_S": str(FEED_STALL_S)})
     worker = Worker(topics, tmp_path / "w", extra_env=env)
     faust_client = worker.app_id  # the worker's Faust consumer (and producer) client id
@@ -235,8 +239,8 @@ def test_a_transactional_feed_in_an_outage_is_silent_behind_its_last_commit_mark
     bootstrap = require_broker()
     topics = fresh_topics(partitions=1)
     topics.create(bootstrap)
-    rules = Settings(timeout_s=10, lateness_s=1, max_hold_s=0)
-    env = {var: to_env(rules)[var] for var in ("QRIS_TIMEOUT_S", "QRIS_LATENESS_S", "QRIS_MAX_HOLD_S")}
+    rules = SHORT_RULES
+    env = {var: to_env(rules)[var] for var in RULE_VARS}
     env["QRIS_IDLE_TIMEOUT_S"] = "2"
     worker = Worker(topics, tmp_path / "w", extra_env=env)
     plain = KafkaProducer(bootstrap_servers=bootstrap, acks="all")

@@ -87,3 +87,17 @@ def test_the_order_is_by_ack_time_and_a_stream_going_back_is_refused() -> None:
     late = [*debits[:1], l_arrival(1, debits[1].value, 900)]  # offset 1 acked before offset 0
     with pytest.raises(ValueError, match="acked before an earlier offset"):
         arrival_order(payments, late)
+
+
+def test_the_bench_runs_its_short_timeout_with_a_clock_guard_the_worker_accepts() -> None:
+    # The worker refuses a clock guard F at or above T - A; the bench shortens T and A, so F too.
+    import argparse
+    from dataclasses import replace
+
+    from bench.refund_latency import clock_skew_s
+    from stream.settings import Settings, refused_at_start
+
+    for t, a, f, want in ((15.0, 5.0, None, 5.0), (300.0, 30.0, None, 60.0), (15.0, 5.0, 2.0, 2.0)):
+        args = argparse.Namespace(timeout_s=t, lateness_s=a, clock_skew_s=f)
+        assert clock_skew_s(args) == want
+        assert refused_at_start(replace(Settings(), timeout_s=t, lateness_s=a, clock_skew_s=clock_skew_s(args))) == []

@@ -10,8 +10,10 @@ import pytest
 from stream.settings import (
     DOCS,
     Settings,
+    clock_guard_passes_deadlines,
     from_env,
     hold_outlasts_retention,
+    refused_at_start,
     to_env,
 )
 
@@ -106,6 +108,26 @@ def test_a_retention_the_timeout_reaches_is_refused_with_holds_off_too() -> None
     assert hold_outlasts_retention(from_env({})) is None
 
 
+def test_a_clock_guard_at_or_above_the_timeout_minus_the_lateness_is_refused() -> None:
+    # (F = 400 s with T = 300 s, A = 30 s: a stream pushed 400 s ahead took its settlements up to
+    # 370 s late, past their deadlines: 7 refunds paid, then cancelled, on a helper's day.)
+    hazard = clock_guard_passes_deadlines(from_env({"QRIS_CLOCK_SKEW_S": "400"}))
+    assert hazard is not None
+    assert hazard.startswith("QRIS_CLOCK_SKEW_S=400 reaches QRIS_TIMEOUT_S=300 - QRIS_LATENESS_S=30 = 270:")
+    assert clock_guard_passes_deadlines(from_env({"QRIS_CLOCK_SKEW_S": "270"})) is not None
+    assert clock_guard_passes_deadlines(from_env({"QRIS_CLOCK_SKEW_S": "269.9"})) is None
+    assert clock_guard_passes_deadlines(from_env({})) is None
+    # A short T with the default F is refused too; with a guard below T - A it is not.
+    short = {"QRIS_TIMEOUT_S": "10", "QRIS_LATENESS_S": "1"}
+    assert "QRIS_CLOCK_SKEW_S=60 reaches QRIS_TIMEOUT_S=10" in (clock_guard_passes_deadlines(from_env(short)) or "")
+    assert refused_at_start(from_env({**short, "QRIS_CLOCK_SKEW_S": "4"})) == []
+    lateness = clock_guard_passes_deadlines(from_env({"QRIS_TIMEOUT_S": "10", "QRIS_LATENESS_S": "10"}))
+    assert lateness is not None and lateness.startswith("QRIS_LATENESS_S=10 reaches QRIS_TIMEOUT_S=10")
+    # Both refusals at once are both said.
+    both = refused_at_start(from_env({"QRIS_CLOCK_SKEW_S": "400", "QRIS_RETENTION_S": "3600"}))
+    assert [h.split("=")[0] for h in both] == ["QRIS_MAX_HOLD_S", "QRIS_CLOCK_SKEW_S"]
+
+
 @pytest.mark.parametrize(
     ("var", "value", "most"),
     [
@@ -137,7 +159,7 @@ def test_the_event_time_bounds_themselves_are_accepted() -> None:
         }
     )
     assert (s.lateness_s, s.clock_skew_s, s.hold_grace_s, s.retention_s) == (3600, 3600, 86400, 34_560_000)
-    assert hold_outlasts_retention(s) is None  # (R above T + H)
+    assert refused_at_start(s) == []  # (R above T + H; F well below T - A)
 
 
 @pytest.mark.parametrize("value", ["2", "5.9", "90.5", "30000"])
