@@ -296,6 +296,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from .drivers.parallel import replay_file_parallel
 
         topics = {role: s.output_topic(role) for role in ("refunds", "alerts", "dead_letter")}
+        used = [jobs]
+
+        def jobs_used(n: int) -> None:
+            used[0] = n
+
         with _open_out(args.out) as fh:
             n_out = replay_file_parallel(
                 args.input,
@@ -308,9 +313,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 from_ms=args.from_time,
                 to_ms=args.to_time,
                 warm=warm,
+                jobs_used=jobs_used,
             )
+        shown = (
+            f"{used[0]} jobs"
+            if used[0] == jobs
+            else f"{used[0]} of {jobs} jobs: the others had no partition in the file"
+        )
         print(
-            f"replay: {n_out} decisions in {time.perf_counter() - started:.2f} s ({jobs} jobs) -> {args.out}",
+            f"replay: {n_out} decisions in {time.perf_counter() - started:.2f} s ({shown}) -> {args.out}",
             file=sys.stderr,
         )
         return 0
@@ -761,7 +772,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "--jobs",
         type=int,
         help="processes for a replay file, partitions split among them "
-        "(default: CPUs, at most 4; 1 = one process, lines in decision order)",
+        "(default: CPUs, at most 4; 1 = one process, lines in decision order; with holds, or above the "
+        "CPUs, no more than the file has input partitions)",
     )
     _detector_snapshot(p)
     p.set_defaults(func=cmd_replay)

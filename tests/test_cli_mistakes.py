@@ -405,6 +405,19 @@ def test_replay_with_a_clock_guard_past_the_timeout_warns_and_decides(tmp_path: 
     assert r.returncode == 0 and "QRIS_CLOCK_SKEW_S" not in r.stderr
 
 
+def test_replay_says_how_many_jobs_ran_when_the_file_has_fewer_partitions(tmp_path: Path) -> None:
+    # (`--jobs 1000` started a process each; jobs without a partition of the file are not started.)
+    data = write_lines(tmp_path / "in.jsonl", [record_to_line(r) for r in scenario_records(3)])
+    parts = {r.partition for r in scenario_records(3)}
+    out = tmp_path / "out.jsonl"
+    r = run_cli(["replay", "--in", data, "--out", str(out), "--jobs", "1000", "--drain"], {})
+    assert r.returncode == 0, r.stderr
+    assert f"({len(parts)} of 1000 jobs: the others had no partition in the file)" in r.stderr
+    one = tmp_path / "one.jsonl"
+    assert run_cli(["replay", "--in", data, "--out", str(one), "--jobs", "1", "--drain"], {}).returncode == 0
+    assert sorted(out.read_bytes().splitlines()) == sorted(one.read_bytes().splitlines())
+
+
 def test_settings_says_the_worker_refuses_a_clock_guard_past_the_timeout() -> None:
     r = run_cli(["settings"], {"QRIS_CLOCK_SKEW_S": "270"})
     assert r.returncode == 2 and "settings: the worker refuses these: QRIS_CLOCK_SKEW_S=270 reaches" in r.stderr

@@ -404,3 +404,48 @@ def test_a_job_that_failed_before_the_parent_wrote_to_it_gives_its_own_error(tmp
     child.close()
     with pytest.raises(ReplayLineError, match="day.jsonl:439"):
         _tell([parent], ("incidents", [], 0))
+
+
+@pytest.mark.parametrize("holds", [True, False])
+def test_more_jobs_than_the_file_has_partitions_start_one_process_a_partition(
+    tmp_path: Path, holds: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--jobs 1000` started 1,000 processes (each reading the whole file without holds) for a
+    # file of 4 input partitions. Now the jobs without a line are not started, and the lines
+    # written are those of the jobs that would have had the lines.
+    import stream.drivers.parallel as parallel
+
+    path = _write(tmp_path / "day.jsonl", _day_lines())  # input partitions 0-3, another topic's 5
+    params = HOLDS if holds else HOLDS.__class__()
+    started: list[int] = []
+    fork = mp.get_context("fork")
+
+    class Counted:
+        def Process(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802 - multiprocessing's name
+            started.append(1)
+            return fork.Process(*args, **kwargs)
+
+        def Pipe(self) -> Any:  # noqa: N802
+            return fork.Pipe()
+
+        def Pool(self, n: int) -> Any:  # noqa: N802
+            started.append(n)
+            return fork.Pool(n)
+
+    monkeypatch.setattr(parallel.mp, "get_context", lambda _method: Counted())
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 2)
+    want = io.BytesIO()
+    replay_file_parallel(path, params, drain=True, jobs=2, topics=TOPICS, out=want)
+    for jobs in (6, 64):
+        started.clear()
+        used: list[int] = []
+        out = io.BytesIO()
+        replay_file_parallel(path, params, drain=True, jobs=jobs, topics=TOPICS, out=out, jobs_used=used.append)
+        # A job each for partitions 0, 1, 2, 3 and 5, and the scan's second process (2 CPUs).
+        assert used == [5] and sum(started) == 5 + 1
+        assert sorted(out.getvalue().splitlines()) == sorted(want.getvalue().splitlines())
+    # With no more jobs than CPUs and no holds, each job reads the whole file: no scan first.
+    if not holds:
+        started.clear()
+        replay_file_parallel(path, params, drain=True, jobs=2, topics=TOPICS, out=io.BytesIO())
+        assert sum(started) == 2

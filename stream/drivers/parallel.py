@@ -20,6 +20,7 @@ same job processes, which decide their second pass with it from the first pass's
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import shutil
 import tempfile
@@ -477,21 +478,35 @@ def replay_file_parallel(
     from_ms: int | None = None,
     to_ms: int | None = None,
     warm: WarmStart | None = None,
+    jobs_used: Callable[[int], None] | None = None,
 ) -> int:
-    """Replay `path` with `jobs` processes; write decision lines to `out`; return their count.
-    `from_ms`/`to_ms` select records by Kafka timestamp as `TimeRange` does. `warm`: the
+    """Replay `path` with at most `jobs` processes; write decision lines to `out`; return their
+    count. `from_ms`/`to_ms` select records by Kafka timestamp as `TimeRange` does. `warm`: the
     snapshot the parent's burst detector starts from (None: cold). No cyclic collector while it
-    runs, here and in the forked jobs (`replay.collector_paused`)."""
+    runs, here and in the forked jobs (`replay.collector_paused`). With holds, or with more jobs
+    than CPUs, a job none of whose partitions is in the file is not started (`--jobs 1000` on a
+    file of 4 partitions starts at most 4); `jobs_used` is told how many are."""
     burst = burst or BurstParams()
+    cpus = os.cpu_count() or 1
     with collector_paused(), tempfile.TemporaryDirectory(prefix="qris-replay-") as tmp:
-        outs = [str(Path(tmp) / f"job-{i}.jsonl") for i in range(jobs)]
         ctx = mp.get_context("fork")
         times = (from_ms, to_ms)
         one_pass = None
-        if params.holds:
+        source: FileScan | WholeFile
+        if params.holds or jobs > cpus:
             # One read of the file here: its input partitions (the detector needs them from the
-            # start) and each job's lines (inherited by the forked jobs, which read only those).
-            scan = FileScan(path, (params.payment_topic, params.ledger_topic), jobs, workers=jobs)
+            # start) and each job's lines (inherited by the forked jobs, which read only those),
+            # in at most a process a CPU. Without holds, more jobs than CPUs would each read the
+            # whole file on fewer CPUs: the scan costs less, and says which jobs have lines.
+            source = scan = FileScan(path, (params.payment_topic, params.ledger_topic), jobs, workers=min(jobs, cpus))
+            jobs = scan.busy_jobs()
+        else:
+            # Without holds each job reads the whole file for its lines: no scan first.
+            source = WholeFile(path, jobs)
+        if jobs_used is not None:
+            jobs_used(jobs)
+        outs = [str(Path(tmp) / f"job-{i}.jsonl") for i in range(jobs)]
+        if params.holds:
             inputs = frozenset(scan.partitions)
             # No line gives an input partition (none, or none readable): the two passes read the
             # records and say what is wrong with them; a detector over no partition cannot run.
@@ -502,8 +517,7 @@ def replay_file_parallel(
         elif params.holds:
             results, bursts = _two_passes(ctx, scan, params, drain, jobs, topics, outs, times, burst, warm)
         else:
-            # Without holds each job reads the whole file for its lines: no scan first.
-            _SCAN[0] = WholeFile(path, jobs)  # the pool's forked processes inherit it (not pickled)
+            _SCAN[0] = source  # the pool's forked processes inherit it (not pickled)
             try:
                 with ctx.Pool(jobs) as pool:
                     answers = pool.starmap(_pool_job, [(i, params, drain, topics, outs[i], times) for i in range(jobs)])

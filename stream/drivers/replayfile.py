@@ -319,6 +319,15 @@ class FileScan:
                 self.starts[j].extend(starts[j])
                 self.ends[j].extend(ends[j])
 
+    def busy_jobs(self) -> int:
+        """Leave out the jobs that have no line (more jobs than the file has partitions) and say
+        how many are left (at least one). The others keep their lines and their order, so their
+        outputs, put together in job order, are what all the jobs would have written."""
+        busy = [j for j, starts in enumerate(self.starts) if starts] or [0]
+        self.starts = [self.starts[j] for j in busy]
+        self.ends = [self.ends[j] for j in busy]
+        return len(busy)
+
     def job_lines(self, job: int, within: TimeRange | None = None) -> Iterator[Fields]:
         """The records of job `job`'s lines, in file order (`line_fields`; only these lines
         are parsed)."""
