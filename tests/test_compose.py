@@ -4,7 +4,13 @@ rather than in a user's container, where the worker would refuse to start."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from stream.settings import DOCS, from_env
@@ -42,3 +48,46 @@ def test_variables_only_compose_reads_do_not_stop_a_run_on_the_host() -> None:
     compose_only = set(re.findall(r"\$\{(QRIS_[A-Z0-9_]+)", COMPOSE.read_text()))
     assert compose_only == {"QRIS_KAFKA_HOST_PORT", "QRIS_WEB_HOST_PORT", "QRIS_WORKER_PROCESSES"}
     from_env(dict.fromkeys(compose_only, "2"))
+
+
+def _worker_healthcheck() -> str:
+    """The worker service's healthcheck script (the `python -c` block of its `test`)."""
+    service = COMPOSE.read_text().split("\n  worker:\n", 1)[1].split("\n  # Demo traffic", 1)[0]
+    block = service.split("        - -c\n        - |\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if line.strip() and not line.startswith(" " * 10):
+            break
+        lines.append(line[10:])
+    return "\n".join(lines) + "\n"
+
+
+def test_the_worker_healthcheck_passes_with_the_web_endpoints_off_while_a_worker_runs(tmp_path: Path) -> None:
+    # With QRIS_WEB_PORT=0 there is no /qris/ready to ask: asking port 0 failed at every check,
+    # so the services waiting for a healthy worker never started. Then healthy means a
+    # `qris-guard worker` process runs, neither stopped nor a zombie.
+    script = _worker_healthcheck()
+    assert "/qris/ready" in script
+
+    def check(port: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "QRIS_WEB_PORT": port}
+        return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=30)
+
+    # A stand-in for the container's worker: argv as the entry point's (`qris-guard worker ...`).
+    fake = subprocess.Popen(["/bin/sh", "-c", "sleep 60; :", "/opt/venv/bin/qris-guard", "worker"])
+    try:
+        time.sleep(0.2)
+        assert check("0").returncode == 0, check("0").stderr
+        fake.send_signal(signal.SIGSTOP)  # a stopped worker is not healthy
+        time.sleep(0.2)
+        stopped = check("0")
+        assert stopped.returncode == 1 and "no qris-guard worker running" in stopped.stderr
+    finally:
+        fake.kill()
+        fake.wait()
+    assert check("0").returncode == 1
+    # With the web endpoints on, the page is asked (nothing listens here: not healthy).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    assert check(str(closed)).returncode == 1
