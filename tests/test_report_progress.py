@@ -408,6 +408,38 @@ def test_a_window_s_holds_line_adds_up(tmp_path: Path, capsys: pytest.CaptureFix
     assert "payment 1 (Rp 5.000)" in line
 
 
+def test_a_window_s_incident_line_says_apart_the_holds_begun_before_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under a resolved incident in a `--since` window, the ends of holds begun before the window
+    are not counted as ends of the window's holds (which made "held 1, released without payment
+    2, still held 0" beside "held now 1")."""
+    example = Path(__file__).resolve().parents[1] / "schemas/examples/qris.alerts/valid"
+    resolved = json.loads((example / "failure-burst-resolved-with-holds.json").read_text())
+    inc = resolved["incident_id"]
+    resolved["occurred_at"] = at(16 * 60)
+    hold = {"hold": {"held_ms": 60_000, "incident_id": inc}}
+    values = [
+        ("qris.refunds", _refund("refund.held", "early", 5_000, 5, incident_id=inc)),
+        ("qris.refunds", _refund("refund.held", "early2", 6_000, 6, incident_id=inc)),
+        ("qris.refunds", _refund("refund.held", "kept", 1_000, 12, incident_id=inc)),
+        ("qris.refunds", _refund("refund.hold_released", "early", 5_000, 14, **hold)),
+        ("qris.refunds", _refund("refund.hold_released", "early2", 6_000, 15, **hold)),
+        ("qris.alerts", resolved),
+    ]
+    dec = tmp_path / "decisions.jsonl"
+    dec.write_bytes(b"".join(codec.dumps({"topic": t, "value": v}) + b"\n" for t, v in values))
+    assert cli.main(["report", "--in", str(dec), "--since", at(600), "--until", at(1800)]) == 0
+    out = capsys.readouterr().out
+    assert "held now 1 (Rp 1.000)" in out
+    [line] = [x.strip() for x in out.splitlines() if "holds in the end" in x]
+    assert line == (
+        "holds in the end (the refunds read): held 1 (Rp 1.000), requested after the hold 0 (Rp 0), "
+        "released without payment 0 (Rp 0), still held 1; 2 holds from before the selection ended in it: "
+        "requested 0 (Rp 0), released without payment 2 (Rp 11.000)"
+    )
+
+
 def test_a_scope_report_names_the_incidents_of_other_scopes_that_held_its_refunds() -> None:
     import doctest
 

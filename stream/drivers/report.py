@@ -52,7 +52,11 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                 how = "requested" if v["type"] == "refund.requested" else "released"
                 holds_ended[v["refund_id"]] = (how, v["amount"])
                 longest_hold_ms = max(longest_hold_ms, hold["held_ms"])
-                _count_in(after, str(hold.get("incident_id")), how, v["amount"])
+                # An end of a hold begun before the selection (`--since`) is said apart: counted
+                # with the holds begun in it, it made more ends than holds and "still held 0"
+                # beside holds still held.
+                prefix = "" if v["refund_id"] in holds_started else "earlier_"
+                _count_in(after, str(hold.get("incident_id")), prefix + how, v["amount"])
             if v["type"] == "refund.requested":
                 req_n[_text(v["reason"])] += 1
                 req_idr[_text(v["reason"])] += v["amount"]
@@ -132,13 +136,22 @@ def _count_in(after: dict[str, dict[str, list[int]]], incident_id: str, how: str
 
 def _ended_line(c: dict[str, list[int]]) -> str:
     """How an incident's holds ended, from the refund records: its resolved alert counts them
-    as of its own time, most of them still held then."""
+    as of its own time, most of them still held then. The ends of holds begun before the
+    selection (`earlier_...`) are said apart, as in the report's holds line."""
     held, requested, released = (c.get(k, [0, 0]) for k in ("held", "requested", "released"))
-    return (
+    line = (
         f"holds in the end (the refunds read): held {held[0]} ({rupiah(held[1])}), requested after "
         f"the hold {requested[0]} ({rupiah(requested[1])}), released without payment {released[0]} "
         f"({rupiah(released[1])}), still held {max(0, held[0] - requested[0] - released[0])}"
     )
+    early_requested, early_released = (c.get(k, [0, 0]) for k in ("earlier_requested", "earlier_released"))
+    if early_requested[0] or early_released[0]:
+        line += (
+            f"; {early_requested[0] + early_released[0]} holds from before the selection ended in it: requested "
+            f"{early_requested[0]} ({rupiah(early_requested[1])}), released without payment {early_released[0]} "
+            f"({rupiah(early_released[1])})"
+        )
+    return line
 
 
 def _hold_ends(ended: dict[str, tuple[str, int]], started: set[str]) -> dict[str, int]:
