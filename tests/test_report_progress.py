@@ -440,6 +440,22 @@ def test_a_window_s_incident_line_says_apart_the_holds_begun_before_it(
     )
 
 
+def test_the_alerts_listed_are_the_most_severe_first() -> None:
+    """The text lists the first 15 alerts: a critical OVER_REFUND after 16 LATE_SETTLEMENT
+    warnings (a day of late settlements) is among them, not cut off."""
+
+    def alert(i: int, kind: str, severity: str) -> dict[str, Any]:
+        return {"alert_id": f"al_{i}", "kind": kind, "severity": severity, "summary": f"{kind} {i}"}
+
+    outputs = [("alerts", alert(i, "LATE_SETTLEMENT", "warning")) for i in range(16)]
+    outputs += [("alerts", alert(16, "OVER_REFUND", "critical")), ("alerts", alert(17, "SCOPE_LIMIT", "info"))]
+    lines = render(summarise(outputs)).splitlines()
+    at_ = lines.index("15 of 18 alerts, the most severe first:")
+    assert lines[at_ + 1] == "  [critical] OVER_REFUND: OVER_REFUND 16"
+    assert lines[at_ + 2] == "  [warning] LATE_SETTLEMENT: LATE_SETTLEMENT 0"
+    assert len(lines) == at_ + 16
+
+
 def test_a_scope_report_names_the_incidents_of_other_scopes_that_held_its_refunds() -> None:
     import doctest
 

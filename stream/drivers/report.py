@@ -27,7 +27,7 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     dl: Counter[str] = Counter()
     alerts: Counter[str] = Counter()
     seen: set[str] = set()
-    alert_lines: list[str] = []
+    alert_lines: list[tuple[int, str]] = []  # (severity rank, line)
     incident_lines: list[str] = []
     incident_holds: dict[str, dict[str, Any]] = {}
     holds = {"held": 0, "held_idr": 0}
@@ -93,7 +93,12 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                     incident_lines.append("         " + _holds_line(v["holds"]))
                     holds_line_at[str(v.get("incident_id"))] = len(incident_lines)
             else:
-                alert_lines.append(f"[{_text(v['severity'])}] {_text(v['kind'])}: {_text(v['summary'], 1000)}")
+                alert_lines.append(
+                    (
+                        SEVERITY_ORDER.get(v["severity"], len(SEVERITY_ORDER)),
+                        f"[{_text(v['severity'])}] {_text(v['kind'])}: {_text(v['summary'], 1000)}",
+                    )
+                )
     # After each resolved incident's holds, how they ended (the refunds read here).
     for incident_id, at in sorted(holds_line_at.items(), key=lambda kv: -kv[1]):
         if incident_id in after:
@@ -118,7 +123,14 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         "net_outstanding_idr": money["net_outstanding"]["idr"],
         "refund_totals": money,
         "dead_letters": {"count": sum(dl.values()), "by_error": dict(sorted(dl.items()))},
-        "alerts": {"count": sum(alerts.values()), "by_kind": dict(sorted(alerts.items())), "lines": alert_lines},
+        # The most severe first, each severity in the outputs' order: the text shows the first
+        # few, and an OVER_REFUND (critical: a person must look) after a day's LATE_SETTLEMENT
+        # warnings must be among them.
+        "alerts": {
+            "count": sum(alerts.values()),
+            "by_kind": dict(sorted(alerts.items())),
+            "lines": [line for _rank, line in sorted(alert_lines, key=lambda x: x[0])],
+        },
         "incidents": incident_lines,
         "incident_holds": incident_holds,
         "incident_holds_ended": {
@@ -126,6 +138,10 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             for k, v in sorted(after.items())
         },
     }
+
+
+# How `render` orders the alerts it lists (other severities after these).
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
 
 def _count_in(after: dict[str, dict[str, list[int]]], incident_id: str, how: str, amount: int) -> None:
@@ -244,6 +260,10 @@ def render(summary: dict[str, Any], max_alert_lines: int = 15) -> str:
     lines += [f"  {k:<{width}} {v:>6}" for k, v in a["by_kind"].items()]
     shown = a["lines"][:max_alert_lines]
     if shown:
-        lines.append("Latest alerts:" if len(a["lines"]) <= max_alert_lines else f"First {len(shown)} alerts:")
+        lines.append(
+            "Alerts, the most severe first:"
+            if len(a["lines"]) <= max_alert_lines
+            else f"{len(shown)} of {len(a['lines'])} alerts, the most severe first:"
+        )
         lines += [f"  {x}" for x in shown]
     return "\n".join(lines)
