@@ -181,7 +181,7 @@ def test_the_report_shows_how_each_incidents_holds_ended_after_its_resolved_aler
     at = next(i for i, x in enumerate(lines) if "holds at" in x)
     assert lines[at + 1].strip() == (
         "holds in the end (the refunds read): held 3 (Rp 30.000), requested after the hold 1 (Rp 10.000), "
-        "released without payment 1 (Rp 10.000), still held 1"
+        "released without payment 1 (Rp 10.000), still held 1, clawbacks explained by it 0 (Rp 0)"
     )
 
 
@@ -435,9 +435,41 @@ def test_a_window_s_incident_line_says_apart_the_holds_begun_before_it(
     [line] = [x.strip() for x in out.splitlines() if "holds in the end" in x]
     assert line == (
         "holds in the end (the refunds read): held 1 (Rp 1.000), requested after the hold 0 (Rp 0), "
-        "released without payment 0 (Rp 0), still held 1; 2 holds from before the selection ended in it: "
+        "released without payment 0 (Rp 0), still held 1, clawbacks explained by it 0 (Rp 0); 2 holds from "
+        "before the selection ended in it: "
         "requested 0 (Rp 0), released without payment 2 (Rp 11.000)"
     )
+
+
+def test_an_incident_s_holds_in_the_end_count_the_clawbacks_it_explains() -> None:
+    """A refund paid at its hold's end (H passed) and cancelled by a settlement after the
+    incident's resolved alert: its LATE_SETTLEMENT alert carries the incident's id, and the
+    incident's line in the end counts it, where the resolved alert, as of its time, says 0."""
+    from stream.drivers.report import render, summarise
+
+    example = Path(__file__).resolve().parents[1] / "schemas/examples/qris.alerts/valid"
+    resolved = json.loads((example / "failure-burst-resolved-with-holds.json").read_text())
+    inc = resolved["incident_id"]
+    hold = {"incident_id": inc, "held_ms": 60_000}
+    late = {
+        "alert_id": "al_late",
+        "kind": "LATE_SETTLEMENT",
+        "severity": "warning",
+        "summary": "Refund r0 of Rp 10.000 cancelled",
+        "observed": {"amount_idr": 10_000},
+        "incident_id": inc,
+    }
+    outputs = [
+        ("refunds", _refund("refund.held", "r0", 10_000, 20, incident_id=inc)),
+        ("alerts", resolved),
+        ("refunds", _refund("refund.requested", "r0", 10_000, 40, hold=hold)),
+        ("refunds", _refund("refund.cancel_requested", "r0", 10_000, 41)),
+        ("alerts", late),
+    ]
+    summary = summarise(outputs)
+    assert summary["incident_holds_ended"][inc]["clawed_back"] == {"count": 1, "amount_idr": 10_000}
+    [line] = [x.strip() for x in render(summary).splitlines() if "holds in the end" in x]
+    assert line.endswith("still held 0, clawbacks explained by it 1 (Rp 10.000)")
 
 
 def test_the_alerts_listed_are_the_most_severe_first() -> None:

@@ -93,6 +93,13 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                     incident_lines.append("         " + _holds_line(v["holds"]))
                     holds_line_at[str(v.get("incident_id"))] = len(incident_lines)
             else:
+                if v["kind"] in ("LATE_SETTLEMENT", "LATE_REVERSAL") and v.get("incident_id"):
+                    # A clawback its incident explains (the alert carries the incident's id): the
+                    # resolved alert counts those up to its own time, this line those read.
+                    observed = v.get("observed")
+                    amount = observed.get("amount_idr") if isinstance(observed, dict) else None
+                    amount = amount if isinstance(amount, int) and not isinstance(amount, bool) else 0
+                    _count_in(after, str(v["incident_id"]), "clawed_back", amount)
                 alert_lines.append(
                     (
                         SEVERITY_ORDER.get(v["severity"], len(SEVERITY_ORDER)),
@@ -160,6 +167,8 @@ def _ended_line(c: dict[str, list[int]]) -> str:
         f"the hold {requested[0]} ({rupiah(requested[1])}), released without payment {released[0]} "
         f"({rupiah(released[1])}), still held {max(0, held[0] - requested[0] - released[0])}"
     )
+    clawed_back = c.get("clawed_back", [0, 0])
+    line += f", clawbacks explained by it {clawed_back[0]} ({rupiah(clawed_back[1])})"
     early_requested, early_released = (c.get(k, [0, 0]) for k in ("earlier_requested", "earlier_released"))
     if early_requested[0] or early_released[0]:
         line += (
