@@ -711,6 +711,22 @@ def test_the_latest_alerts_heading_says_how_many_of_how_many() -> None:
     assert "<h2>Latest alerts (the 10 newest of 12 since this worker started)</h2>" in page
 
 
+def test_a_critical_alert_stays_on_the_dashboard_through_a_flood_of_warnings() -> None:
+    """An OVER_REFUND (a person must look) followed by an outage's LATE_SETTLEMENT warnings: the
+    10 newest alerts are warnings, and the page still shows it, and the counts by kind."""
+    watch = WorkerWatch(Settings(), clock=lambda: NOW_S)
+    over = {"alert_id": "over", "kind": "OVER_REFUND", "severity": "critical", "summary": "Over-refund on QR1"}
+    watch.on_output("alerts", over)
+    for i in range(40):
+        watch.on_output(
+            "alerts", {"alert_id": f"l{i}", "kind": "LATE_SETTLEMENT", "severity": "warning", "summary": "s"}
+        )
+    page = render(watch, {}, NOW_S, "qris-test")
+    assert "<h2>Critical alerts other than incidents (1 since this worker started)</h2>" in page
+    assert "<li>OVER_REFUND: Over-refund on QR1</li>" in page
+    assert "<p>By kind: OVER_REFUND [critical] 1, LATE_SETTLEMENT [warning] 40</p>" in page
+
+
 def test_the_dashboard_shows_holds_released_without_payment_and_since_when_it_counts() -> None:
     watch = WorkerWatch(Settings(), clock=lambda: NOW_S)
     for t in ("refund.held", "refund.hold_released"):

@@ -101,6 +101,8 @@ def render(
 
 # Incidents named one by one in a paragraph, at most (the rest counted).
 SHOWN_INCIDENTS = 20
+# The order of the alert counts by kind: the most severe first (other severities after these).
+SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 
 
 def _timeline(engines: dict[int, PartitionEngine]) -> dict[str, Incident]:
@@ -274,10 +276,20 @@ def _dead_letters(watch: WorkerWatch) -> list[str]:
     out = [f"<h2>Dead letters: {total}</h2>"]
     if total:
         out.append("<ul>" + "".join(f"<li>{_e(t)}: {n}</li>" for t, n in sorted(watch.dead_letters.items())) + "</ul>")
+    critical = sum(n for (kind, sev), n in watch.alerts.items() if sev == "critical" and kind != "FAILURE_BURST")
+    if critical:
+        # (Incidents are in their own table above; these are the other pages, each for a person.)
+        kept = list(watch.recent_critical)
+        shown = f"the {len(kept)} newest of {critical}" if critical > len(kept) else str(critical)
+        out.append(f"<h2>Critical alerts other than incidents ({shown} since this worker started)</h2>")
+        out.append("<ul>" + "".join(f"<li>{_e(a['kind'])}: {_e(a.get('summary'))}</li>" for a in kept) + "</ul>")
     recent = list(watch.recent_alerts)[:10]
     total = sum(watch.alerts.values())
     shown = f"the {len(recent)} newest of {total} since this worker started" if total > len(recent) else str(total)
     out.append(f"<h2>Latest alerts ({shown})</h2>")
+    if total > len(recent):
+        by_kind = sorted(watch.alerts.items(), key=lambda kv: (SEVERITY_RANK.get(kv[0][1], 3), kv[0]))
+        out.append("<p>By kind: " + ", ".join(f"{_e(k)} [{_e(s)}] {n}" for (k, s), n in by_kind) + "</p>")
     if recent:
         out.append(
             "<ul>"

@@ -209,6 +209,9 @@ class WorkerWatch:
         self._incidents_aside: dict[str, dict[str, Any]] = {}  # (`detector_moved`)
         self.per_minute: dict[int, Counter[str]] = {}  # wall-clock minute -> refunds by kind
         self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=30)
+        # Critical alerts other than incidents (OVER_REFUND, INPUT_LOST, ...), kept apart: a
+        # flood of LATE_SETTLEMENT warnings at an outage's end pushes them out of the latest.
+        self.recent_critical: deque[dict[str, Any]] = deque(maxlen=10)
         self.accounts: dict[str, dict[str, int]] = {}  # account id -> {reference: partition}
         # The accounts indexed for a reference from its ledger entries (`index_entry_account`):
         # a reference with more than EVIDENCE_FIRST + EVIDENCE_LAST entries of a kind cuts the
@@ -357,6 +360,8 @@ class WorkerWatch:
         if self._first_time(str(v.get("alert_id", ""))):
             self.alerts[(v["kind"], v["severity"])] += 1
             self.recent_alerts.appendleft(v)
+            if v["severity"] == "critical" and v["kind"] != "FAILURE_BURST":
+                self.recent_critical.appendleft(v)
         # An incident's alert sent again (a detector rebuilt from an older offset sends the alerts
         # after it again, with their ids) still moves the incident: one put aside at the
         # rebalance may have resolved, or opened, since the offset rebuilt from.
