@@ -472,6 +472,33 @@ def test_an_incident_s_holds_in_the_end_count_the_clawbacks_it_explains() -> Non
     assert line.endswith("still held 0, clawbacks explained by it 1 (Rp 10.000)")
 
 
+def test_a_switch_report_keeps_the_alerts_of_the_payments_whose_refunds_it_keeps() -> None:
+    """A cancellation's LATE_SETTLEMENT alert is scoped to the payment's merchant: a switch's
+    report that counts the cancellation keeps its alert (and so the clawback its incident
+    explains), not 1 cancellation beside no alert of it."""
+    from stream.drivers.report import summarise
+
+    late = {
+        "alert_id": "al_late",
+        "kind": "LATE_SETTLEMENT",
+        "severity": "warning",
+        "summary": "Refund r0 of Rp 10.000 cancelled",
+        "scope": {"type": "merchant", "id": "M1"},
+        "reference": "QR1",
+        "observed": {"amount_idr": 10_000},
+        "incident_id": "in_1",
+        "occurred_at": at(41 * 60),
+    }
+    other = {**late, "alert_id": "al_other", "reference": "QR2"}
+    paid = _refund("refund.requested", "r0", 10_000, 40, reference="QR1", switch_id="S")
+    cancelled = _refund("refund.cancel_requested", "r0", 10_000, 41, reference="QR1", switch_id="S")
+    outputs = [("refunds", paid), ("refunds", cancelled), ("alerts", late), ("alerts", other)]
+    kept = list(Selection(scope_type="switch", scope_id="S").select(outputs))
+    assert [v.get("alert_id") for role, v in kept if role == "alerts"] == ["al_late"]
+    summary = summarise(kept)
+    assert summary["cancellations"]["count"] == 1 and summary["alerts"]["by_kind"] == {"LATE_SETTLEMENT": 1}
+
+
 def test_the_alerts_listed_are_the_most_severe_first() -> None:
     """The text lists the first 15 alerts: a critical OVER_REFUND after 16 LATE_SETTLEMENT
     warnings (a day of late settlements) is among them, not cut off."""

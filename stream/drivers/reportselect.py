@@ -58,13 +58,17 @@ class Selection:
         if self.scope_type is None:
             return (o for o in outputs if self.keep(*o))
         every = list(outputs)
+        kept = [v for role, v in every if role == "refunds" and self.keep(role, v)]
         held_by = {
             i
-            for role, v in every
-            if role == "refunds" and self.keep(role, v)
+            for v in kept
             # (a refund requested after its hold names every incident that kept it on in `hold`)
             for i in [*(v.get("incident_ids") or ()), *((v.get("hold") or {}).get("incident_ids") or ())]
         }
+        # The alerts about one payment (a cancellation's LATE_*, OVER_REFUND) are scoped to its
+        # merchant: a switch's report keeps those of the payments whose refunds it keeps, or it
+        # counts their cancellations with none of their alerts.
+        references = {v["reference"] for v in kept if isinstance(v.get("reference"), str)}
         by_time = Selection(self.since_ms, self.until_ms)
         return (
             (role, v)
@@ -72,9 +76,15 @@ class Selection:
             if self.keep(role, v)
             or (
                 role == "alerts"
-                and v.get("kind") == "FAILURE_BURST"
-                and v.get("incident_id") in held_by
                 and by_time.keep(role, v)
+                and (
+                    (v.get("kind") == "FAILURE_BURST" and v.get("incident_id") in held_by)
+                    or (
+                        v.get("kind") != "FAILURE_BURST"
+                        and isinstance(v.get("reference"), str)
+                        and v["reference"] in references
+                    )
+                )
             )
         )
 
