@@ -13,7 +13,7 @@ import pytest
 from stream import cli
 from stream.core import codec
 from stream.core.decisions import Decision
-from stream.core.eventtime import format_ms, parse_ms
+from stream.core.eventtime import format_ms, parse_ms, wib_and_utc
 from stream.core.holds import IncidentEvent
 from stream.core.partition import Params, PartitionEngine
 from stream.core.records import Stream
@@ -156,6 +156,19 @@ def test_not_yet_due_without_drain_and_due_with_it() -> None:
     recs += _recs([])  # nothing more: the watermark stays behind the deadline
     drained = _trace("R9", recs, drain=True)
     assert [d["value"]["type"] for d in drained["decisions"]] == ["refund.requested"]
+
+
+def test_invisible_and_bidirectional_characters_of_an_identifier_are_escaped() -> None:
+    """The contract forbids control characters and bidirectional overrides in identifiers, not a
+    zero-width space or a right-to-left mark: a reference holding one reads, raw, as another
+    reference. Trace writes them as `\\uXXXX`, as alerts and reports do."""
+    ref = "R1\u200f"
+    t = _trace(
+        ref, _recs([(P, ref, payment("R1\u200b-q", "requested", ref, 0)), (L, ref, ledger("R1-d", "debited", ref, 1))])
+    )
+    text = render(t)
+    assert "\u200f" not in text and "\u200b" not in text
+    assert text.startswith("Reference R1\\u200f: ") and "event_id R1\\u200b-q: " in text
 
 
 def test_state_expired_is_explained() -> None:
@@ -382,7 +395,10 @@ def test_a_hold_kept_on_by_a_second_incident_names_both_and_the_one_that_ended_i
     [ended] = [x for x in text.splitlines() if "ended by" in x]
     assert "in_BCA, resolved at 2025-03-29 07:25:00 WIB (00:25:00 UTC)" in ended
     assert "incidents that kept it on: in_RINTIS, in_BCA" in ended
-    assert "incident in_BCA opened" in text and "incident in_BCA resolved" in text
+    # Each incident line says when it took effect for the hold, the times the hold line uses.
+    assert f"incident in_BCA opened at {wib_and_utc(T0 + bca_opened_s * 1000)}: acquirer BCA opened" in text
+    assert "incident in_BCA resolved at 2025-03-29 07:25:00 WIB (00:25:00 UTC): acquirer BCA resolved" in text
+    assert t["incident_times"]["in_RINTIS"] == {"opened_at_ms": T0, "resolved_at_ms": T0 + 600_000}
     assert "Its hold ended 15 min after in_BCA, the last of its incidents (in_RINTIS, in_BCA), resolved." in t["why"]
     assert t["holds"] == [
         {

@@ -22,6 +22,7 @@ from ..core.holds import IncidentTimeline
 from ..core.partition import NEG_INF, Params
 from ..core.records import LedgerEvent, PaymentEvent, Stream
 from ..core.reference import ReferenceState
+from ..core.text import escape_text
 from .replay import Replay, WarmStart, with_incidents
 from .replayfile import KafkaRecord
 
@@ -313,6 +314,15 @@ def trace(
     holds = hold_incidents(mine, {p: eng.incidents for p, eng in r.engines.items()})
     held = {i for h in holds for i in h["incident_ids"]}
     behind = [i for i in incidents if i.get("incident_id") in held]
+    # When each of them opened and resolved in event time, as the holds count it (the minute
+    # decided plus the probe age, from the partition's incident timeline): the times the hold
+    # lines say, so the incident lines read in the same story.
+    incident_times: dict[str, dict[str, int | None]] = {}
+    for p in observers:
+        for incident_id in held:
+            inc = r.engines[p].incidents.incidents.get(incident_id)
+            if inc is not None:
+                incident_times[incident_id] = {"opened_at_ms": inc.opened_at_ms, "resolved_at_ms": inc.resolved_at_ms}
     deadlines = [x for o in observers.values() for x in o.deadlines]
     dropped = next((o.dropped_at for o in observers.values() if o.dropped_at), None)
     finals = [(p, r.engines[p]) for p in observers]
@@ -341,6 +351,7 @@ def trace(
         "decisions": out_decisions,
         "holds": holds,
         "incidents_behind_holds": behind,
+        "incident_times": incident_times,
         "incidents_known": all_partitions or timeline is not None,
         "dropped": dropped,
         "final": final,
@@ -458,9 +469,21 @@ def _ended_by(h: dict[str, Any] | None) -> str:
     return f": {last} to resolve, {h['ended_by_incident']}, resolved at {wib_and_utc(h['resolved_at_ms'])}"
 
 
+def _incident_when(status: Any, times: dict[str, int | None] | None) -> str:
+    """When an incident's alert took effect for the holds, in words; an `updated` alert last
+    means the incident was still open at the end of what was replayed."""
+    if times is None:
+        return ""
+    if status == "opened":
+        return f" at {wib_and_utc(times['opened_at_ms'])}" if times.get("opened_at_ms") is not None else ""
+    if status == "resolved" and times.get("resolved_at_ms") is not None:
+        return f" at {wib_and_utc(times['resolved_at_ms'])}"
+    return " (its latest alert: still open at the end of the input)" if times.get("resolved_at_ms") is None else ""
+
+
 def render(t: dict[str, Any]) -> str:
     """Human text: a few lines per record and decision, times in WIB with UTC beside."""
-    ref = t["reference"]
+    ref = escape_text(t["reference"])
     lines = [
         f"Reference {ref}: partition {', '.join(map(str, t['partitions']))}, "
         f"{len(t['records'])} input record(s), {len(t['decisions'])} decision(s). Times: WIB (UTC+7), UTC in brackets."
@@ -479,7 +502,9 @@ def render(t: dict[str, Any]) -> str:
         if f["outcome"] == "dead-lettered":
             lines.append(f"  {where} DEAD-LETTERED: {f['reason']} (Kafka time {kafka})")
             continue
-        lines.append(f"  {where} {f['type']} {_rp(f['amount'])} event_id {f['event_id']}: {f['outcome'].upper()}")
+        lines.append(
+            f"  {where} {f['type']} {_rp(f['amount'])} event_id {escape_text(f['event_id'])}: {f['outcome'].upper()}"
+        )
         lines.append(
             f"      occurred_at {f['occurred_at']}; effective {wib_and_utc(f['effective_ms'])}; Kafka time {kafka}"
         )
@@ -539,9 +564,13 @@ def render(t: dict[str, Any]) -> str:
     by_incident: dict[str, list[dict[str, Any]]] = {}
     for inc in t["incidents_behind_holds"]:
         by_incident.setdefault(str(inc.get("incident_id")), []).append(inc)
-    for alerts in by_incident.values():
+    times = t.get("incident_times") or {}
+    for incident_id, alerts in by_incident.items():
         for inc in [alerts[0]] if len(alerts) == 1 else [alerts[0], alerts[-1]]:
-            lines.append(f"  incident {inc.get('incident_id')} {inc.get('status')}: {inc.get('summary')}")
+            lines.append(
+                f"  incident {inc.get('incident_id')} {inc.get('status')}"
+                f"{_incident_when(inc.get('status'), times.get(incident_id))}: {inc.get('summary')}"
+            )
     lines.append("Why:")
     lines += [f"  {x}" for x in t["why"]]
     return "\n".join(lines)
