@@ -499,6 +499,24 @@ def test_a_switch_report_keeps_the_alerts_of_the_payments_whose_refunds_it_keeps
     assert summary["cancellations"]["count"] == 1 and summary["alerts"]["by_kind"] == {"LATE_SETTLEMENT": 1}
 
 
+def test_holds_still_held_say_since_when_they_wait() -> None:
+    """Mid-outage no hold has ended yet: "longest wait past the deadline 0.0 min" alone read as
+    no customer waiting, beside refunds held for a quarter of an hour."""
+    held = [
+        _refund("refund.held", "r0", 10_000, 20, deadline=at(20 * 60)),
+        _refund("refund.held", "r1", 10_000, 25, deadline=at(25 * 60)),
+        _refund("refund.held", "r2", 10_000, 30, deadline=at(30 * 60)),
+        _refund("refund.hold_released", "r0", 10_000, 31, hold={"held_ms": 660_000}),
+    ]
+    summary = summarise([("refunds", v) for v in held])
+    assert summary["holds"]["oldest_still_held_deadline"] == at(25 * 60)
+    [line] = [x for x in render(summary).splitlines() if x.startswith("Refunds held")]
+    assert line.endswith(
+        f"still held 2; longest wait past the deadline 11.0 min (of the holds that ended); the oldest still "
+        f"held waits since its deadline {report_when(at(25 * 60))}"
+    )
+
+
 def test_the_alerts_listed_are_the_most_severe_first() -> None:
     """The text lists the first 15 alerts: a critical OVER_REFUND after 16 LATE_SETTLEMENT
     warnings (a day of late settlements) is among them, not cut off."""

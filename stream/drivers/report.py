@@ -36,6 +36,9 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     # of earlier holds (a window's `--since` cuts their start off) are counted apart.
     holds_ended: dict[str, tuple[str, int]] = {}
     holds_started: set[str] = set()
+    # Each hold's deadline (ms), for the wait of those still held: `longest_hold_s` counts only
+    # the holds that ended, so mid-outage it read 0.0 min beside a thousand refunds held.
+    hold_deadline_ms: dict[str, int] = {}
     longest_hold_ms = 0
     # How each incident's holds ended, from the refunds themselves: its resolved alert counts
     # them as of its own time, when most are still held (they end up to G later).
@@ -64,6 +67,9 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                 holds["held"] += 1
                 holds["held_idr"] += v["amount"]
                 holds_started.add(v["refund_id"])
+                deadline_ms = _ms(v.get("deadline"))
+                if deadline_ms is not None:
+                    hold_deadline_ms[v["refund_id"]] = deadline_ms
                 _count_in(after, str(v.get("incident_id")), "held", v["amount"])
             elif v["type"] != "refund.hold_released":
                 can_n[_text(v["reason"])] += 1
@@ -125,6 +131,7 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             **holds,
             **_hold_ends(holds_ended, holds_started),
             "still_held": len(holds_started - holds_ended.keys()),
+            "oldest_still_held_deadline": _oldest(hold_deadline_ms, holds_started - holds_ended.keys()),
             "longest_hold_s": longest_hold_ms / 1000,
         },
         "net_outstanding_idr": money["net_outstanding"]["idr"],
@@ -210,6 +217,23 @@ def _holds_line(h: dict[str, Any]) -> str:
     )
 
 
+def _ms(text: object) -> int | None:
+    from ..core.eventtime import BadTimestamp, parse_ms
+
+    try:
+        return parse_ms(text) if isinstance(text, str) else None
+    except BadTimestamp:
+        return None
+
+
+def _oldest(deadline_ms: dict[str, int], refund_ids: set[str]) -> str | None:
+    """The earliest deadline among `refund_ids` (RFC 3339), or None."""
+    from ..core.eventtime import format_ms
+
+    known = [deadline_ms[r] for r in refund_ids if r in deadline_ms]
+    return format_ms(min(known)) if known else None
+
+
 def _text(v: object, max_chars: int = 64) -> str:
     return escape_text(str(v), max_chars)
 
@@ -246,7 +270,11 @@ def render(summary: dict[str, Any], max_alert_lines: int = 15) -> str:
                 f"{h['earlier_requested_after']}, released without payment {h['earlier_released']} "
                 f"({rupiah(h['earlier_released_idr'])})"
             )
-        lines.append(line + f"; longest wait past the deadline {h['longest_hold_s'] / 60:.1f} min")
+        line += f"; longest wait past the deadline {h['longest_hold_s'] / 60:.1f} min"
+        oldest = h.get("oldest_still_held_deadline")
+        if oldest:
+            line += f" (of the holds that ended); the oldest still held waits since its deadline {_when(oldest)}"
+        lines.append(line)
     lines.append(f"Refund cancellations (clawbacks): {c['count']} ({rupiah(c['idr'])})")
     lines += [f"  {k:<20} {v['count']:>6}  {rupiah(v['idr'])}" for k, v in c["by_reason"].items()]
     money = summary.get("refund_totals")
