@@ -212,3 +212,19 @@ def test_an_amount_of_the_wrong_type_is_told_without_its_value() -> None:
         )
         reason = parse_payment(b"R", value).reason
         assert said in reason and "7261627052" not in reason and "12345678901" not in reason, reason
+
+
+def test_a_value_that_is_not_an_object_is_told_in_json_s_words() -> None:
+    # The reason reaches the DEAD_LETTER alert, the dashboard and reports: "JSON NoneType" named
+    # Python's type of `null`.
+    for value, said in (
+        (b"null", "JSON null"),
+        (b'"726162705258"', "a JSON string"),
+        (b"[1]", "a JSON array"),
+        (b"true", "a JSON boolean"),
+        (b"12.5", "a JSON number"),
+        (b"7", "a JSON number"),
+    ):
+        got = parse_payment(b"R", value)
+        assert isinstance(got, Rejection) and got.error == "not_an_object"
+        assert got.reason == f"the value is {said}, not an object"

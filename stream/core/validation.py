@@ -102,6 +102,18 @@ class _Reject(Exception):
         self.rejection = Rejection(error, reason, field)
 
 
+# A JSON value's kind in JSON's words, for a value that is not an object: the reason is read by
+# payment operations ("the value is JSON NoneType" named Python's type of `null`).
+_JSON_KINDS: Final = {
+    type(None): "JSON null",
+    bool: "a JSON boolean",
+    int: "a JSON number",
+    float: "a JSON number",
+    str: "a JSON string",
+    list: "a JSON array",
+}
+
+
 def _decode(value: bytes | None) -> dict[str, Any]:
     if value is None:
         raise _Reject("invalid_json", "the record has no value (null / tombstone)")
@@ -114,7 +126,7 @@ def _decode(value: bytes | None) -> dict[str, Any]:
             raise _Reject("not_utf8", "the value is not UTF-8 text") from None
         raise _Reject("invalid_json", f"the value is not valid JSON: {escape_text(str(exc), 200)}") from None
     if type(obj) is not dict:
-        raise _Reject("not_an_object", f"the value is JSON {type(obj).__name__}, not an object")
+        raise _Reject("not_an_object", f"the value is {_JSON_KINDS.get(type(obj), 'JSON')}, not an object")
     return obj
 
 
