@@ -103,7 +103,7 @@ class _Reject(Exception):
 
 
 # A JSON value's kind in JSON's words, for a value that is not an object: the reason is read by
-# payment operations ("the value is JSON NoneType" named Python's type of `null`).
+# payment operations, who know JSON's names, not Python's (`NoneType` for `null`).
 _JSON_KINDS: Final = {
     type(None): "JSON null",
     bool: "a JSON boolean",
