@@ -218,7 +218,14 @@ def test_an_incident_over_midnight_gives_the_dates_its_clocks_need() -> None:
     summaries = {a["status"]: a["summary"] for a in run(det, burst + calm)}
     assert "unsettled since 23:57 WIB (60 failed; about " in summaries["opened"]  # decided 23:58, that day
     assert "unsettled since Fri 21 Feb 23:57 WIB (" in summaries["updated"]
-    assert "unsettled from Fri 21 Feb 23:57 to 00:03 WIB (6 min; 437 failed; about " in summaries["resolved"]
+    # The failing span, then the counts to the resolution (calm minutes included), each end dated.
+    assert summaries["resolved"].startswith(
+        "RESOLVED Switch RINTIS: failing from Fri 21 Feb 23:57 to 00:03 WIB (6 min); "
+    )
+    assert (
+        "437 of 1100 payments failed or unsettled from Fri 21 Feb 23:57 to its resolution at 00:08 WIB (437 failed; about "
+        in summaries["resolved"]
+    )
 
 
 def test_an_incident_stays_open_while_a_quieter_scope_still_fails_well_above_its_normal() -> None:

@@ -222,10 +222,14 @@ def incident_alert(
     what = f"{bad} of {payments} payments failed or unsettled"
     normal = f"{_breakdown(c)}; about {_count(inc.expected_bad)} expected"
     if status == "resolved":
+        # The window is the failing span (to the last bad minute); the counts run on through the
+        # calm minutes that resolved it, so the summary gives both ends: counts read against the
+        # shorter span showed more payments than the `updated` alert before it and a lower rate.
         span = f"{_wib_clock(start_ms, decided_ms)} to {_wib_clock(end_ms, decided_ms)} WIB"
         summary = (
-            f"RESOLVED {name}: {what} from {span} ({duration_text(end_ms - start_ms)}; {normal}); "
-            f"{rupiah(c[EXPOSURE])} was exposed"
+            f"RESOLVED {name}: failing from {span} ({duration_text(end_ms - start_ms)}); {what} from "
+            f"{_wib_clock(start_ms, decided_ms)} to its resolution at {_wib_clock(decided_ms, decided_ms)} WIB "
+            f"({normal}); {rupiah(c[EXPOSURE])} was exposed"
         )
         severity = "info"
     else:
