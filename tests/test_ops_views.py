@@ -483,6 +483,27 @@ def test_an_account_only_a_cut_ledger_entry_named_leaves_the_index_with_its_refe
     assert "M" not in eng.refs and other not in watch.accounts and "M" not in watch.entry_accounts
 
 
+def test_a_reference_indexes_at_most_its_first_entry_accounts_whatever_its_ledger_sends() -> None:
+    # M's state keeps 25 reversals of 3,000, each booked on another account: the index takes the
+    # first ENTRY_ACCOUNTS_MAX of those accounts, not one per record, and they go with M.
+    n = 3_000
+    recs = [
+        (P, b"M", payment("M-q", "requested", "M", 0)),
+        (L, b"M", ledger("M-d", "debited", "M", 0, amount=n)),
+        *[(L, b"M", ledger(f"M-r{i}", "reversed", "M", 1, amount=1, account_id=f"55{i:08d}")) for i in range(n)],
+        (P, b"T", payment("T-q", "requested", "T", 100)),
+        (L, b"T", ledger("T-d", "debited", "T", 100)),
+    ]
+    watch, eng = _run(recs, Params(retention_ms=1_200_000))
+    assert "M" in eng.refs and len(watch.accounts) < 100, len(watch.accounts)
+    cap = watch_module.ENTRY_ACCOUNTS_MAX
+    assert len(watch.entry_accounts["M"]) == cap and len(watch.accounts) == cap + 1  # and the debited one
+    assert [x["reference"] for x in account_payments({0: eng}, watch, "5500000000", None)[0]] == ["M"]
+    late = [(P, b"U", payment("U-q", "requested", "U", 2000)), (L, b"U", ledger("U-d", "debited", "U", 2000))]
+    watch, eng = _run(recs + late, Params(retention_ms=1_200_000))
+    assert "M" not in eng.refs and watch.entry_accounts == {} and watch.accounts == {}
+
+
 def test_a_payment_waiting_on_two_partitions_is_listed_once_for_its_account() -> None:
     # K's records came without a key: its request waits on partition 0, its debit on 2.
     tick = [

@@ -154,6 +154,11 @@ SEEN_IDS_MAX = 200_000
 # the oldest forgotten first; and rejected records kept per reference.
 REJECTED_REFS_MAX = 20_000
 REJECTED_PER_REF = 5
+# Accounts indexed for one reference from its ledger entries (`WorkerWatch.index_entry_account`),
+# at most: its first ones. A payment moves money on one or two accounts; a ledger that books
+# each of a reference's thousands of entries on another account would otherwise grow the index
+# by one entry a record for the reference's whole life, while its state keeps 25 entries a kind.
+ENTRY_ACCOUNTS_MAX = 64
 REFERENCE_MAX_CHARS = 128  # (a longer key or reference is no payment reference to look up)
 
 
@@ -257,17 +262,20 @@ class WorkerWatch:
 
     def index_entry_account(self, reference: str, account_id: str, partition: int) -> None:
         """Index `reference` under an account one of its ledger entries was booked on (debited
-        from or reversed to), beside its first debit's and its request's."""
+        from or reversed to), beside its first debit's and its request's: its first
+        ENTRY_ACCOUNTS_MAX such accounts."""
+        accounts = self.entry_accounts.get(reference)
+        if accounts is None:
+            self.entry_accounts[reference] = {account_id}
+        elif account_id not in accounts:
+            if len(accounts) >= ENTRY_ACCOUNTS_MAX:
+                return
+            accounts.add(account_id)
         refs = self.accounts.get(account_id)
         if refs is None:
             self.accounts[account_id] = {reference: partition}
         else:
             refs[reference] = partition
-        accounts = self.entry_accounts.get(reference)
-        if accounts is None:
-            self.entry_accounts[reference] = {account_id}
-        else:
-            accounts.add(account_id)
 
     def keep_partitions(self, partitions: set[int]) -> None:
         """After a rebalance: forget the index entries of partitions no longer owned here (the
