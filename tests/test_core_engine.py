@@ -216,6 +216,23 @@ def test_a_reversal_to_an_account_never_debited_alerts_once_per_account_and_refu
     assert CLOSED_ALERTS.is_valid(a) and beyond_schema_errors("qris.alerts", a) == []
 
 
+def test_a_debit_from_another_account_and_a_reversal_to_another_stay_two_alertmanager_alerts() -> None:
+    # One payment, two questions for the refund desk: who is owed before the refund is paid (the
+    # debit from 7700001111), and whether the first customer got the money back (the reversal to
+    # 7700003333). One dedup_key groups them; their labels differ, or Alertmanager keeps one.
+    f = Feed()
+    f.p(payment("q1", "requested", "R1", 0))
+    f.l(ledger("d1", "debited", "R1", 1))
+    f.l(ledger("d2", "debited", "R1", 2, account_id=OTHER_ACCOUNT))
+    f.l(ledger("r1", "reversed", "R1", 3, amount=1_000, account_id="7700003333"))
+    f.tick(100)
+    debit, reversal = f.alerts("DEBIT_ACCOUNT_MISMATCH")
+    assert debit["dedup_key"] == reversal["dedup_key"] == "DEBIT_ACCOUNT_MISMATCH:R1"
+    assert debit["labels"] != reversal["labels"]
+    assert (debit["labels"]["ledger_entry"], reversal["labels"]["ledger_entry"]) == ("debited", "reversed")
+    assert all(CLOSED_ALERTS.is_valid(a) and beyond_schema_errors("qris.alerts", a) == [] for a in (debit, reversal))
+
+
 def test_a_reversal_dated_before_every_debit_is_alerted_at_the_first_debit_when_its_account_is_another() -> None:
     # Processed ahead of the debits, a reversal has no debited account to be compared with: the
     # first debit judges it (once per account). One on the first debit's own account is not

@@ -49,8 +49,11 @@ def labels(value: dict[str, Any]) -> dict[str, str]:
     (escaped as alert text is: `text.escape_text`), `service`, and `status` / `topic` /
     `partition` when the alert has them. Alertmanager tells alerts apart by their labels, so
     a cancellation's carry its `refund_id` (two cancellations of one merchant, explained by one
-    incident, would otherwise be one alert, the second overwriting the first) and a scope
-    limit's the type it limits (`limit_scope_type`).
+    incident, would otherwise be one alert, the second overwriting the first), a scope
+    limit's the type it limits (`limit_scope_type`), and a `DEBIT_ACCOUNT_MISMATCH` the entry
+    it is about (`ledger_entry`: `debited`, or `reversed` when `observed` has `reversed_idr`): a
+    payment's debit from another account and its reversal to another share the dedup key but
+    ask the refund desk two different things.
 
     >>> labels({"kind": "LATE_SETTLEMENT", "severity": "warning", "refund_id": "rf_1",
     ...         "scope": {"type": "merchant", "id": "M\u200f1"}})["scope_id"]
@@ -72,6 +75,8 @@ def labels(value: dict[str, Any]) -> dict[str, str]:
         out["refund_id"] = str(value["refund_id"])
     if value["kind"] == "SCOPE_LIMIT" and value.get("scope_type"):
         out["limit_scope_type"] = str(value["scope_type"])
+    if value["kind"] == "DEBIT_ACCOUNT_MISMATCH":
+        out["ledger_entry"] = "reversed" if "reversed_idr" in (value.get("observed") or {}) else "debited"
     return out
 
 
