@@ -223,8 +223,8 @@ def test_an_incident_over_midnight_gives_the_dates_its_clocks_need() -> None:
         "RESOLVED Switch RINTIS: failing from Fri 21 Feb 23:57 to 00:03 WIB (6 min); "
     )
     assert (
-        "437 of 1100 payments failed or unsettled from Fri 21 Feb 23:57 to its resolution at 00:08 WIB (437 failed; about "
-        in summaries["resolved"]
+        "437 of 1100 payments failed or unsettled from Fri 21 Feb 23:57 to its resolution at 00:08 WIB"
+        " (437 failed; about " in summaries["resolved"]
     )
 
 
