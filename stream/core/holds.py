@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from typing import Any, Literal
 
 from .eventtime import parse_ms
+from .ids import encode_parts
 from .records import PaymentEvent
 from .signals import merchant_scope_id, pool_id
 
@@ -66,23 +68,14 @@ class Incident:
         """Scope `all` covers every payment; otherwise the request's switch, acquirer, issuer or
         merchant must be the scope. A merchant pool `MCC-xxxx` covers every payment whose request
         has that `mcc` (`MCC-unknown`: no mcc). Without a request only `all` covers."""
-        t = self.scope_type
-        if t == "all":
+        if self.scope_type == "all":
             return True
         if request is None:
             return False
-        sid = self.scope_id
-        if t == "switch":
-            return request.switch_id == sid
-        if t == "acquirer":
-            return request.acquirer_id == sid
-        if t == "issuer":
-            return request.issuer_id == sid
-        if t == "merchant":
-            if sid.startswith("MCC-"):  # (no merchant's scope id does: `merchant_scope_id`)
-                return pool_id(request.mcc) == sid
-            return request.merchant_id is not None and merchant_scope_id(request.merchant_id) == sid
-        return False
+        keys = payment_scope_keys(
+            request.switch_id, request.acquirer_id, request.issuer_id, request.merchant_id, request.mcc
+        )
+        return (self.scope_type, self.scope_id) in keys
 
 
 _ALL = ("all", "")
@@ -92,6 +85,37 @@ def scope_key(scope_type: str, scope_id: str) -> tuple[str, str]:
     """Where an incident is filed in `IncidentTimeline.by_scope`: scope `all` whatever its id
     (it covers every payment), any other by its type and id."""
     return _ALL if scope_type == "all" else (scope_type, scope_id)
+
+
+def payment_scope_keys(
+    switch_id: str | None, acquirer_id: str | None, issuer_id: str | None, merchant_id: str | None, mcc: str | None
+) -> list[tuple[str, str]]:
+    """The scope keys (`scope_key`) besides `all` under which the incidents covering a payment
+    are filed, from its `requested` record's fields: an incident covers the payment if and only if
+    its key is `all` or one of these (`Incident.covers`).
+
+    >>> payment_scope_keys("RINTIS", "BCA", None, "ID1020", "5812")
+    [('switch', 'RINTIS'), ('acquirer', 'BCA'), ('merchant', 'MCC-5812'), ('merchant', 'ID1020')]
+    """
+    keys = [
+        ("switch", switch_id),
+        ("acquirer", acquirer_id),
+        ("issuer", issuer_id),
+        ("merchant", pool_id(mcc)),
+        ("merchant", None if merchant_id is None else merchant_scope_id(merchant_id)),
+    ]
+    return [(t, i) for t, i in keys if i is not None]
+
+
+def scope_tag(key: tuple[str, str]) -> str:
+    """A short fixed-size digest of a scope key (`scope_key`), 16 hex digits: what a partition's
+    hold report carries of a held payment's scopes, so that the report's size does not grow with
+    the length of the input's ids (`holdtally`). Collisions need 2**32 scopes.
+
+    >>> scope_tag(("switch", "RINTIS")) == scope_tag(scope_key("switch", "RINTIS"))
+    True
+    """
+    return blake2b(encode_parts(*key), digest_size=8).hexdigest()
 
 
 @dataclass(slots=True)
@@ -147,16 +171,11 @@ class IncidentTimeline:
         by_scope = self.by_scope
         out = list(by_scope.get(_ALL, ()))
         if request is not None:
-            merchant = request.merchant_id
-            for scope_type, scope_id in (
-                ("switch", request.switch_id),
-                ("acquirer", request.acquirer_id),
-                ("issuer", request.issuer_id),
-                ("merchant", pool_id(request.mcc)),
-                ("merchant", None if merchant is None else merchant_scope_id(merchant)),
-            ):
-                if scope_id is not None:
-                    out.extend(by_scope.get((scope_type, scope_id), ()))
+            keys = payment_scope_keys(
+                request.switch_id, request.acquirer_id, request.issuer_id, request.merchant_id, request.mcc
+            )
+            for key in keys:
+                out.extend(by_scope.get(key, ()))
         return out
 
     def release_at(
