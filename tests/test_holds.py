@@ -18,7 +18,7 @@ from stream.core.burst import BurstDetector, BurstParams
 from stream.core.decisions import Decision
 from stream.core.eventtime import format_ms
 from stream.core.holds import IncidentEvent, IncidentTimeline, incident_event
-from stream.core.holdtally import HoldTally, holds_phrase, is_hold_report
+from stream.core.holdtally import HoldTally, held_scope_tags, holds_phrase, is_hold_report
 from stream.core.partition import NEG_INF, POS_INF, Params, PartitionEngine
 from stream.core.records import Stream
 from stream.core.reference import ReferenceState
@@ -460,6 +460,7 @@ def test_the_timeline_ignores_repeated_events() -> None:
 
 _SCOPE_IDS = ["S1", "A1", "I1", "M1", "MCC-5812", "\\MCC-5812", "\\\\x", "5812", "MCC-unknown", "all", ""]
 _IDS = st.sampled_from(_SCOPE_IDS)
+_REQUEST_SCOPE_FIELDS = ("switch_id", "acquirer_id", "issuer_id", "merchant_id", "mcc")
 
 
 @settings(max_examples=300, deadline=None)
@@ -497,6 +498,24 @@ def test_the_incidents_filed_under_a_payments_scopes_are_exactly_those_that_cove
     want = sorted(i.incident_id for i in tl.incidents.values() if i.covers(rq))
     assert sorted(i.incident_id for i in tl.covering_open_at(rq, ms(50))) == want
     assert tl.release_at(rq, ms(50), G_MS)[1] == want  # (all opened at once: by id)
+    # The hold tally's `kept_held` covers the same payments, from the `refund.held` record's
+    # evidence of the request.
+    evidence = {"request": None if rq is None else {k: getattr(rq, k) for k in _REQUEST_SCOPE_FIELDS}}
+    held = Decision("refunds", b"R", {"type": "refund.held", "evidence": evidence}, ms(10))
+    tally = HoldTally([0], 0)
+    tags = held_scope_tags(held)
+    tally.on_report(
+        {
+            "partition": 0,
+            "hold_events": [["held", "rf", "in_x", 7, ms(10)]],
+            "decided_through_ms": ms(20),
+            "hold_scopes": {"rf": tags},
+        }
+    )
+    kept = sorted(
+        i.incident_id for i in tl.incidents.values() if tally.kept("in_y", i.scope_type, i.scope_id, ms(50)) == [1, 7]
+    )
+    assert kept == want
 
 
 # -- the simulator's outage: replay, live-like loop, H = 0 -----------------------------------

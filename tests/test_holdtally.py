@@ -18,6 +18,7 @@ from stream.core import burstsnapshot, codec
 from stream.core.burst import BurstDetector, BurstParams
 from stream.core.decisions import Decision
 from stream.core.eventtime import format_ms, parse_ms
+from stream.core.holds import IncidentEvent, payment_scope_keys, scope_tag
 from stream.core.holdtally import HoldTally, is_hold_report, tallied_alerts
 from stream.core.partition import Params, PartitionEngine
 from stream.core.signals import MINUTE_MS
@@ -84,6 +85,7 @@ def test_the_tally_counts_exactly_the_hold_decisions_up_to_the_alerts_time() -> 
         "released_without_payment": {"count": 1, "amount_idr": 10_000},
         "still_held": {"count": 3, "amount_idr": 60_005},
         "cancellations": {"count": 1, "amount_idr": 7_000},
+        "kept_held": {"count": 0, "amount_idr": 0},  # x1's report gave no scope of its payment
         "as_of": format_ms(t),
     }
     assert alert.value["dedup_key"] == "inc_a"
@@ -123,21 +125,43 @@ def test_an_alert_waits_until_every_partition_decided_past_its_time() -> None:
 POS = 2**62
 
 
+RINTIS_TAGS = [scope_tag(k) for k in payment_scope_keys("RINTIS", "BCA", "BANKDKI", "ID1020", "5812")]
+OTHER_TAGS = [scope_tag(k) for k in payment_scope_keys("ARTAJASA", "BCA", "BANKDKI", "ID1020", "5812")]
+
+
 def _scenario() -> tuple[list[Decision], list[dict[str, Any]]]:
+    # Two RINTIS incidents and one of scope `all` (each counts the others' holds it keeps on),
+    # holds of RINTIS payments and of others, ended by later events of the same partition.
     alerts = [burst_alert("opened", M), burst_alert("updated", M + 5), burst_alert("resolved", M + 12)]
     alerts += [burst_alert("opened", M + 2, "inc_b"), burst_alert("updated", M + 9, "inc_b")]
+    alerts += [burst_alert("updated", M + 7, "inc_b"), burst_alert("resolved", M + 14, "inc_b")]
+    everywhere = [burst_alert(s, m, "inc_all") for s, m in (("opened", M + 1), ("updated", M + 10))]
+    for a in everywhere:
+        a.value["scope"] = {"type": "all", "id": "all"}
+    alerts += everywhere
     rnd = random.Random(4)
     reports: list[dict[str, Any]] = []
     for p in (0, 1, 2):
         n = 0
+        open_holds: list[tuple[str, str]] = []  # of the minutes before: a hold ends after it began
         for minute in range(M, M + 16):
             events = []
-            for _ in range(rnd.randrange(4)):
+            scopes = {}
+            new_holds = []
+            for _ in range(rnd.randrange(6)):
                 n += 1
                 kind = rnd.choice(["held", "held", "requested_after_hold", "released_without_payment", "cancellations"])
                 at = minute * MINUTE_MS + rnd.randrange(MINUTE_MS)
-                events.append([kind, f"r{p}-{n}", rnd.choice(["inc_a", "inc_b"]), rnd.randrange(1, 10**6), at])
-            reports.append(report(p, (minute + 1) * MINUTE_MS, *events))
+                rid, incident = f"r{p}-{n}", rnd.choice(["inc_a", "inc_b", "inc_all"])
+                if kind in ("requested_after_hold", "released_without_payment") and open_holds:
+                    rid, incident = open_holds.pop(rnd.randrange(len(open_holds)))
+                elif kind == "held":
+                    new_holds.append((rid, incident))
+                    scopes[rid] = rnd.choice([RINTIS_TAGS, RINTIS_TAGS, OTHER_TAGS, []])
+                events.append([kind, rid, incident, rnd.randrange(1, 10**6), at])
+            events.sort(key=lambda e: e[4])
+            open_holds += new_holds
+            reports.append(report(p, (minute + 1) * MINUTE_MS, *events) | ({"hold_scopes": scopes} if scopes else {}))
     return alerts, reports
 
 
@@ -169,9 +193,17 @@ def _live(alerts: list[Decision], reports: list[dict[str, Any]], restore_at: int
 def test_reports_in_any_order_or_repeated_give_the_same_alerts() -> None:
     alerts, reports = _scenario()
     want = _live(alerts, reports)
-    assert len(want) == 5 and sum(b'"holds"' in w for w in want) == 3
+    assert len(want) == 9 and sum(b'"holds"' in w for w in want) == 6
+    kept = [orjson.loads(w)["holds"]["kept_held"]["count"] for w in want if b'"holds"' in w]
+    assert all(kept) and len(set(kept)) > 2, kept
     for seed in range(8):
         assert _live(alerts, _interleave(reports, seed)) == want, seed
+    tally = HoldTally([0, 1, 2], PROBE_MS)
+    tally.on_alerts(alerts)
+    for value in reports:
+        tally.on_report(value)
+    held = sum(e[0] == "held" for r in reports for e in r["hold_events"])
+    assert 0 < len(tally.held) < held / 2 and all(h[3] is None for h in tally.held.values())  # the ended forgotten
     assert sorted(codec.dumps(d.value) for d in tallied_alerts(alerts, reports, [0, 1, 2], PROBE_MS)) == want
 
 
@@ -244,6 +276,71 @@ def test_hold_events_not_reported_yet_are_saved_with_the_metadata() -> None:
     g.tick(500)
     after = [e for r in _reports(g) for e in r["hold_events"]]
     assert [e[0] for e in before + after] == ["held"]
+    # with the scopes of its payment, which the tally's `kept_held` needs
+    tags = [scope_tag(k) for k in payment_scope_keys("RINTIS", "BCA", "BANKDKI", "ID1020012345678", "5812")]
+    assert [r["hold_scopes"] for r in _reports(g) if r["hold_events"]] == [{after[0][1]: tags}]
+
+
+def _incident_alert(ev: IncidentEvent) -> Decision:
+    # The detector's alert of an incident event: its event time is `occurred_at` + the probe age.
+    value = {
+        "alert_id": f"al_{ev.incident_id}_{ev.status}",
+        "kind": "FAILURE_BURST",
+        "severity": "info" if ev.status == "resolved" else "critical",
+        "scope": {"type": ev.scope_type, "id": ev.scope_id},
+        "status": ev.status,
+        "incident_id": ev.incident_id,
+        "occurred_at": format_ms(ev.at_ms - PROBE_MS),
+        "summary": f"{ev.scope_type} {ev.scope_id} failing",
+    }
+    return Decision("alerts", ev.scope_id.encode(), value, ev.at_ms - PROBE_MS)
+
+
+def test_a_second_incident_counts_the_holds_of_the_first_that_it_keeps_on() -> None:
+    # RINTIS resolves with holds still held and fails again within G as a new incident, which
+    # keeps them on: they stay attributed to the first (totals count each hold once) and the
+    # second's alerts show them as `kept_held`; so does a merchant pool incident covering them,
+    # and no incident counts a hold of a payment it does not cover, or one ended by then.
+    events = [
+        inc("opened", 100),
+        inc("resolved", 1000),
+        inc("opened", 1500, "in_b"),  # within G (900 s) of in_a's resolution
+        inc("updated", 1800, "in_b"),
+        inc("resolved", 2400, "in_b"),
+        inc("opened", 100, "in_c", ("switch", "ARTAJASA")),
+        inc("opened", 1600, "in_d", ("merchant", "MCC-5812")),
+        inc("resolved", 1700, "in_d", ("merchant", "MCC-5812")),
+    ]
+    f = Feed()
+    f.incidents(events, EVERYTHING)
+    unsettled(f, "QR1")  # deadline 300: held under in_a, kept on by in_b to 2400 + G
+    unsettled(f, "QR2", amount=40_000)  # held under in_a too, released when it settles at 1200
+    unsettled(f, "QR3", amount=70_000, switch_id="ARTAJASA")  # held under in_c: in_b does not cover it
+    f.p(payment("QR2-s", "settled", "QR2", 1200, 40_000))
+    f.tick(4000)
+    assert [(v["type"], v["reference"], v["decided_at"]) for v in f.refunds()] == [
+        ("refund.held", "QR1", format_ms(ms(300))),
+        ("refund.held", "QR2", format_ms(ms(300))),
+        ("refund.held", "QR3", format_ms(ms(300))),
+        ("refund.hold_released", "QR2", format_ms(ms(1200))),
+        ("refund.requested", "QR1", format_ms(ms(3300))),
+    ]
+    tally = HoldTally([0], PROBE_MS)
+    assert len(tally.on_alerts([_incident_alert(ev) for ev in events])) == 4  # the openings
+    out = [d.value for r in _reports(f) for d in tally.on_report(r)]
+    holds = {v["alert_id"]: v["holds"] for v in out}
+
+    def counts(alert_id: str, key: str) -> tuple[int, int]:
+        return holds[alert_id][key]["count"], holds[alert_id][key]["amount_idr"]
+
+    assert counts("al_in_a_resolved", "still_held") == (2, 65_000)
+    assert counts("al_in_a_resolved", "kept_held") == (0, 0)  # QR3 is ARTAJASA's
+    for alert_id in ("al_in_b_updated", "al_in_b_resolved"):
+        assert counts(alert_id, "held") == (0, 0)
+        assert counts(alert_id, "kept_held") == (1, 25_000)  # QR1; QR2 ended at 1200
+    assert counts("al_in_d_resolved", "kept_held") == (2, 95_000)  # QR1 and QR3 (mcc 5812)
+    [summary] = [v["summary"] for v in out if v["alert_id"] == "al_in_b_updated"]
+    assert summary == "switch RINTIS failing; holds of other incidents kept on: 1 (Rp 25.000)"
 
 
 def test_a_cancellation_an_incident_explains_carries_its_id_and_is_paged_with_it() -> None:

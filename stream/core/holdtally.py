@@ -9,18 +9,29 @@ below which everything of the partition is decided), and `HoldTally` keeps each 
 it adds `holds`, counted over the events with time <= t attributed to that incident, and emits
 it. Reports may come in any interleaving of partitions and repeated (events have a
 deterministic key), so the alerts are a function of the input alone: live equals replay.
+
+A hold is attributed to one incident, so that the incidents' counts add up to all holds; yet
+another incident covering the payment keeps it on too (it lasts while any covering incident is
+open, and one opening within G of the last one's resolution continues it). So that the page of
+that incident shows the money it keeps back, its alerts also count `kept_held`: the holds
+attributed to other incidents that it covers and that are still held at t. For that a report
+carries, beside each `refund.held` event, the tags (`holds.scope_tag`) of the payment's scopes
+as its request gave them when the hold was decided; a request processed after the hold adds no
+scope to what the tally counts (the partition's own hold does follow it), a rare case: the
+request then came later than the debit's deadline.
 Imports nothing outside the core; reads no clock.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 from typing import Any
 
 from .alerts import rupiah, with_suffix
 from .decisions import Decision
 from .eventtime import format_ms, parse_ms
-from .holds import Incident, IncidentTimeline, incident_event
+from .holds import Incident, IncidentTimeline, incident_event, payment_scope_keys, scope_key, scope_tag
 from .incidents import scope_name
 from .records import PaymentEvent
 from .routing import add_routing, dedup_key
@@ -34,12 +45,15 @@ REQUESTED = "requested_after_hold"
 RELEASED = "released_without_payment"
 CANCELLED = "cancellations"
 STILL_HELD = "still_held"
+KEPT_HELD = "kept_held"
 EVENT_TYPES = (HELD, REQUESTED, RELEASED, CANCELLED)
 CANCELLATION_KINDS = ("LATE_SETTLEMENT", "LATE_REVERSAL")
 
 # A hold event as reported: [type, refund_id, incident_id, amount_idr, at_ms].
 HoldEvent = list[Any]
-# At most this many events per report (about 250 KB): a report stays far below Kafka's record limit.
+# At most this many events per report (about 250 KB, and up to 200 KB more of `hold_scopes`: at
+# most 5 tags of 16 hex digits per `refund.held` event, whatever the length of the input's ids):
+# a report stays far below Kafka's record limit.
 HOLD_REPORT_MAX_EVENTS = 2000
 
 
@@ -59,6 +73,22 @@ def hold_event(d: Decision) -> HoldEvent | None:
     elif d.role == "alerts" and v.get("kind") in CANCELLATION_KINDS and v.get("incident_id"):
         return [CANCELLED, v["refund_id"], v["incident_id"], v["observed"]["amount_idr"], d.at_ms]
     return None
+
+
+def held_scope_tags(d: Decision) -> list[str] | None:
+    """For a `refund.held` decision: the tags (`holds.scope_tag`) of the scopes other than `all`
+    whose incidents cover the payment, from the request in its evidence ([] without a request:
+    only scope `all` covers it). None for any other decision."""
+    v = d.value
+    if d.role != "refunds" or v.get("type") != "refund.held":
+        return None
+    rq = (v.get("evidence") or {}).get("request")
+    if not rq:
+        return []
+    keys = payment_scope_keys(
+        rq.get("switch_id"), rq.get("acquirer_id"), rq.get("issuer_id"), rq.get("merchant_id"), rq.get("mcc")
+    )
+    return [scope_tag(k) for k in keys]
 
 
 def explain_cancellations(decisions: list[Decision], request: PaymentEvent | None, incidents: IncidentTimeline) -> None:
@@ -91,10 +121,18 @@ def explain_cancellations(decisions: list[Decision], request: PaymentEvent | Non
             v["summary"] = with_suffix(v["summary"], during)
 
 
-def hold_report(partition: int, events: list[HoldEvent], decided_through_ms: int) -> Decision:
+def hold_report(
+    partition: int, events: list[HoldEvent], decided_through_ms: int, scopes: dict[str, list[str]] | None = None
+) -> Decision:
     """A partition's hold report for the signals topic: the hold events decided since its last
-    report, and that everything of the partition before `decided_through_ms` is decided."""
-    value = {"partition": partition, "hold_events": events, "decided_through_ms": decided_through_ms}
+    report, and that everything of the partition before `decided_through_ms` is decided. With
+    `scopes` (refund_id -> `held_scope_tags`), `hold_scopes` gives those of its `refund.held`
+    events: a key of its own, which a tally that does not know it passes over."""
+    value: dict[str, Any] = {"partition": partition, "hold_events": events, "decided_through_ms": decided_through_ms}
+    if scopes:
+        tags = {e[1]: scopes[e[1]] for e in events if e[0] == HELD and e[1] in scopes}
+        if tags:
+            value["hold_scopes"] = tags
     at_ms = decided_through_ms if 0 <= decided_through_ms < POS_INF else None
     return Decision("signals", str(partition).encode(), value, at_ms)
 
@@ -124,6 +162,14 @@ class HoldTally:
         self.events: dict[str, dict[tuple[str, str], list[int]]] = {}
         # Incidents whose resolved alert is out: their events are dropped, later ones ignored.
         self.finished: set[str] = set()
+        # Every incident's holds, kept past its resolved alert until they ended before any alert
+        # still to come: other incidents covering them count them (`kept_held`).
+        # refund_id -> [incident_id, amount, held_at_ms, ended_at_ms or None, scope tags]
+        self.held: dict[str, list[Any]] = {}
+        self.held_by_tag: dict[str, set[str]] = {}
+        # (ended_at_ms, refund_id) of the ended ones in `held`, earliest first: forgetting them
+        # reads only those it forgets.
+        self.ends: list[tuple[int, str]] = []
         # (t_ms, alert value, key, at_ms) in the detector's order.
         self.pending: list[tuple[int, dict[str, Any], bytes | None, int | None]] = []
 
@@ -149,14 +195,57 @@ class HoldTally:
     def on_report(self, value: dict[str, Any]) -> list[Decision]:
         """One partition's hold report (repeats and any interleaving harmless)."""
         p = int(value["partition"])
+        before = self.decided.get(p, NEG_INF)
+        tags_of = value.get("hold_scopes") or {}
         for typ, refund_id, incident_id, amount, at_ms in value["hold_events"]:
-            if incident_id in self.finished or typ not in EVENT_TYPES:
+            if typ not in EVENT_TYPES:
+                continue
+            self._follow(typ, refund_id, incident_id, int(amount), int(at_ms), before, tags_of)
+            if incident_id in self.finished:
                 continue
             self.events.setdefault(incident_id, {})[(typ, refund_id)] = [int(amount), int(at_ms)]
         through = int(value["decided_through_ms"])
-        if through > self.decided.get(p, NEG_INF):
+        if through > before:
             self.decided[p] = through
-        return self._ready()
+        out = self._ready()
+        self._forget_ended()
+        return out
+
+    def _follow(
+        self, typ: str, refund_id: str, incident_id: str, amount: int, at_ms: int, before: int, tags_of: dict[str, Any]
+    ) -> None:
+        # A partition decides in event-time order, so an event of a new report is at or after the
+        # decided-through time of its previous one: a `refund.held` before it is a repeat, whose
+        # hold may have ended and been forgotten since; taken again, it would look held for ever.
+        if typ == HELD:
+            if refund_id in self.held or at_ms < before:
+                return
+            tags = [str(t) for t in tags_of.get(refund_id, ())]
+            self.held[refund_id] = [incident_id, amount, at_ms, None, tags]
+            for tag in tags:
+                self.held_by_tag.setdefault(tag, set()).add(refund_id)
+        elif typ in (REQUESTED, RELEASED):
+            h = self.held.get(refund_id)
+            if h is not None and (h[3] is None or at_ms < h[3]):
+                h[3] = at_ms
+                heapq.heappush(self.ends, (at_ms, refund_id))
+
+    def _forget_ended(self) -> None:
+        # Every alert still to come is at or after this time: the pending ones, and those the
+        # detector has not made yet, which reach the tally before any partition decides past
+        # them. A hold ended by then is still held at no such alert's time.
+        horizon = min([self.decided_through_ms, *(t for t, *_ in self.pending)])
+        ends, held = self.ends, self.held
+        while ends and ends[0][0] <= horizon:
+            at_ms, rid = heapq.heappop(ends)
+            h = held.get(rid)
+            if h is None or h[3] != at_ms:
+                continue
+            for tag in held.pop(rid)[4]:
+                of_tag = self.held_by_tag[tag]
+                of_tag.discard(rid)
+                if not of_tag:
+                    del self.held_by_tag[tag]
 
     def _ready(self) -> list[Decision]:
         if not self.pending:
@@ -173,9 +262,12 @@ class HoldTally:
         self.pending = keep
         return out
 
-    def tally(self, incident_id: str, t_ms: int) -> dict[str, Any]:
-        """The incident's holds as of event time t: the hold events with time <= t."""
-        counts = {k: [0, 0] for k in (HELD, REQUESTED, RELEASED, STILL_HELD, CANCELLED)}
+    def tally(self, incident_id: str, t_ms: int, scope: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The incident's holds as of event time t: the hold events with time <= t; and, given its
+        `scope`, the holds of other incidents it covers that are still held at t (`kept_held`)."""
+        counts = {k: [0, 0] for k in (HELD, REQUESTED, RELEASED, STILL_HELD, CANCELLED, KEPT_HELD)}
+        if scope is not None:
+            counts[KEPT_HELD] = self.kept(incident_id, str(scope["type"]), str(scope["id"]), t_ms)
         of_incident = self.events.get(incident_id, {})
         ended = {rid for (typ, rid), (_a, at) in of_incident.items() if typ in (REQUESTED, RELEASED) and at <= t_ms}
         for (typ, rid), (amount, at) in of_incident.items():
@@ -191,10 +283,27 @@ class HoldTally:
         out["as_of"] = format_ms(t_ms)
         return out
 
+    def kept(self, incident_id: str, scope_type: str, scope_id: str, t_ms: int) -> list[int]:
+        """[count, rupiah] of the holds attributed to other incidents that an incident of this
+        scope covers (`holds.payment_scope_keys`) and that are held at t: held at or before t,
+        not ended at or before t."""
+        held = self.held
+        if scope_type == "all":
+            ids: Iterable[str] = held.keys()
+        else:
+            ids = self.held_by_tag.get(scope_tag(scope_key(scope_type, scope_id)), ())
+        n = amount = 0
+        for rid in ids:
+            inc, a, at, ended, _tags = held[rid]
+            if inc != incident_id and at <= t_ms and (ended is None or ended > t_ms):
+                n += 1
+                amount += a
+        return [n, amount]
+
     def _emit(self, t_ms: int, value: dict[str, Any], key: bytes | None, at_ms: int | None) -> Decision:
         incident_id = value["incident_id"]
         out = dict(value)
-        out["holds"] = holds = self.tally(incident_id, t_ms)
+        out["holds"] = holds = self.tally(incident_id, t_ms, value.get("scope"))
         if "summary" in out and (phrase := holds_phrase(holds)):
             out["summary"] = with_suffix(out["summary"], f"; {phrase}")
         if value.get("status") == "resolved":
@@ -217,6 +326,9 @@ class HoldTally:
             },
             "finished": sorted(self.finished),
             "pending": [[t, v, None if k is None else k.decode("utf-8"), at] for t, v, k, at in self.pending],
+            # A key of its own (a tally that does not know it passes over it; restored without
+            # it, the holds reported before count in no other incident's `kept_held`).
+            **({"held": [[rid, *h] for rid, h in sorted(self.held.items())]} if self.held else {}),
         }
 
     @classmethod
@@ -230,27 +342,42 @@ class HoldTally:
         tally.pending = [
             (int(t), dict(v), None if k is None else k.encode("utf-8"), at) for t, v, k, at in state["pending"]
         ]
+        for rid, inc, amount, at, ended, tags in state.get("held", ()):
+            tally.held[rid] = [inc, int(amount), int(at), None if ended is None else int(ended), list(tags)]
+            if ended is not None:
+                tally.ends.append((int(ended), rid))
+            for tag in tags:
+                tally.held_by_tag.setdefault(tag, set()).add(rid)
+        heapq.heapify(tally.ends)
         return tally
 
 
 def holds_phrase(holds: dict[str, Any]) -> str:
-    """The holds in words for the alert's summary line ("" when the incident held nothing), so
-    that operations reading only the summary see what the incident held back and what is left.
+    """The holds in words for the alert's summary line ("" when the incident held nothing and
+    keeps no other incident's holds on), so that operations reading only the summary see what
+    the incident held back, what is left, and the money of other incidents it keeps back.
 
     >>> holds_phrase({"held": {"count": 3, "amount_idr": 2_500_000},
     ...               "released_without_payment": {"count": 1, "amount_idr": 500_000},
     ...               "still_held": {"count": 2, "amount_idr": 2_000_000}})
     'refunds held: 3 (Rp 2.500.000), 1 released without payment, 2 still held (Rp 2.000.000)'
+    >>> holds_phrase({"held": {"count": 0, "amount_idr": 0},
+    ...               "kept_held": {"count": 297, "amount_idr": 21_396_500}})
+    'holds of other incidents kept on: 297 (Rp 21.396.500)'
     """
+    parts = []
     held = holds["held"]
-    if not held["count"]:
-        return ""
-    released, still = holds["released_without_payment"], holds["still_held"]
-    return (
-        f"refunds held: {held['count']} ({rupiah(held['amount_idr'])}), "
-        f"{released['count']} released without payment, "
-        f"{still['count']} still held ({rupiah(still['amount_idr'])})"
-    )
+    if held["count"]:
+        released, still = holds["released_without_payment"], holds["still_held"]
+        parts.append(
+            f"refunds held: {held['count']} ({rupiah(held['amount_idr'])}), "
+            f"{released['count']} released without payment, "
+            f"{still['count']} still held ({rupiah(still['amount_idr'])})"
+        )
+    kept = holds.get(KEPT_HELD)
+    if kept and kept["count"]:
+        parts.append(f"holds of other incidents kept on: {kept['count']} ({rupiah(kept['amount_idr'])})")
+    return "; ".join(parts)
 
 
 def tallied_alerts(

@@ -41,6 +41,7 @@ from .holdtally import (
     HOLD_REPORT_MAX_EVENTS,
     HoldEvent,
     explain_cancellations,
+    held_scope_tags,
     hold_event,
     hold_report,
     report_floor_ms,
@@ -246,6 +247,8 @@ class PartitionEngine:
         # through time of the last report (`holdtally`).
         self.hold_events: list[HoldEvent] = []
         self.hold_reported_ms = NEG_INF
+        # The scope tags of the `refund.held` among them (`held_scope_tags`), by refund_id.
+        self.hold_scopes: dict[str, list[str]] = {}
         self._close_at_ms = NEG_INF + 1  # the watermark that closes the next minute
         # Below `_close_at_ms` + this, no retention check can drop a payment of a minute still
         # open (`_minutes_before_retention`); a retention within a minute and the probe age
@@ -603,6 +606,8 @@ class PartitionEngine:
         for d in out:
             if d.role != "signals" and (e := hold_event(d)) is not None:
                 self.hold_events.append(e)
+                if (tags := held_scope_tags(d)) is not None:
+                    self.hold_scopes[e[1]] = tags
                 self.meta_dirty = True
         through = decided_through_ms
         if through <= NEG_INF // 2:
@@ -612,11 +617,13 @@ class PartitionEngine:
             # A large outage can decide thousands of holds in a minute: reports stay small
             # records, the progress goes with the last one.
             events, n = self.hold_events, HOLD_REPORT_MAX_EVENTS
+            scopes = self.hold_scopes
             while len(events) > n:
-                out.append(hold_report(self.partition, events[:n], self.hold_reported_ms))
+                out.append(hold_report(self.partition, events[:n], self.hold_reported_ms, scopes))
                 events = events[n:]
-            out.append(hold_report(self.partition, events, floor))
+            out.append(hold_report(self.partition, events, floor, scopes))
             self.hold_events = []
+            self.hold_scopes = {}
             self.hold_reported_ms = floor
             self.meta_dirty = True
 
@@ -970,6 +977,9 @@ class PartitionEngine:
                     if self.params.holds
                     else {}
                 ),
+                # Apart from `hold_events`, whose items keep their shape for an engine that does
+                # not know it (restored without it, the reports carry no scopes: `holdtally`).
+                **({"hold_scopes": self.hold_scopes} if self.hold_scopes else {}),
                 **({"stall_paged": self.stall_paged} if self.stall_paged is not None else {}),
                 **({"quiet_floor_ms": self.quiet_floor_ms} if self.quiet_floor_ms > NEG_INF else {}),
                 **({"mismatched": self.mismatched} if self.mismatched else {}),
@@ -1016,6 +1026,7 @@ class PartitionEngine:
             eng.mismatched = m.get("mismatched", 0)
             eng.signals_through = m.get("signals_through")
             eng.hold_events = list(m.get("hold_events", ()))
+            eng.hold_scopes = {str(r): list(t) for r, t in m.get("hold_scopes", {}).items()}
             eng.hold_reported_ms = m.get("hold_reported_ms", NEG_INF)
             if (paged := m.get("stall_paged")) is not None:
                 eng.stall_paged = (paged[0], paged[1])
