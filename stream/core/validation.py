@@ -130,19 +130,45 @@ def _decode(value: bytes | None) -> dict[str, Any]:
     return obj
 
 
+def _forbidden_character(v: str) -> str | None:
+    # The first character an identifier may not hold, worded for a reason, or None.
+    bad = _FORBIDDEN_IN_IDENTIFIER.search(v)
+    if bad is None:
+        return None
+    kind = "a bidirectional formatting" if bad.group() >= "\u202a" else "a control"
+    return (
+        f"contains {kind} character (U+{ord(bad.group()):04X}) at position {bad.start()}; "
+        "identifiers may not hold control or bidirectional formatting characters"
+    )
+
+
+def identifier_problem(v: str) -> str | None:
+    """Why `v` is no identifier by the contract's rules (not empty, at most 128 characters, no
+    control or bidirectional formatting character), worded to follow the value's name; None
+    when it is one. For identifiers given elsewhere than in a record (a setting listing account
+    ids), so that they are held to the rules the records' are.
+
+    >>> identifier_problem("7700001111") is None
+    True
+    >>> identifier_problem("77\\t01").split(";")[0]
+    'contains a control character (U+0009) at position 2'
+    >>> identifier_problem("7" * 129)
+    'is 129 characters, at most 128 allowed'
+    """
+    if not v:
+        return "is empty"
+    if len(v) > MAX_STRING_CHARS:
+        return f"is {len(v)} characters, at most {MAX_STRING_CHARS} allowed"
+    return _forbidden_character(v)
+
+
 def _check_text(field: str, v: str, max_len: int) -> None:
     if len(v) > max_len:
         raise _Reject("bad_value", f"'{field}' is {len(v)} characters, at most {max_len} allowed", field)
     if field in IDENTIFIER_FIELDS:
-        bad = _FORBIDDEN_IN_IDENTIFIER.search(v)
+        bad = _forbidden_character(v)
         if bad is not None:
-            kind = "a bidirectional formatting" if bad.group() >= "\u202a" else "a control"
-            raise _Reject(
-                "bad_value",
-                f"'{field}' contains {kind} character (U+{ord(bad.group()):04X}) at position {bad.start()}; "
-                "identifiers may not hold control or bidirectional formatting characters",
-                field,
-            )
+            raise _Reject("bad_value", f"'{field}' {bad}", field)
 
 
 def _string(obj: dict[str, Any], field: str, max_len: int = MAX_STRING_CHARS) -> str:
