@@ -253,6 +253,40 @@ def test_a_reversal_dated_before_every_debit_is_alerted_at_the_first_debit_when_
     assert "7700001111" not in orjson.dumps(a).decode()
 
 
+def test_a_reversal_booked_on_one_of_the_ledgers_own_accounts_raises_no_account_mismatch() -> None:
+    # A ledger that books every reversal on a suspense account: with that account declared
+    # (QRIS_LEDGER_OWN_ACCOUNTS), its reversals alert nothing, after the debit or ahead of it;
+    # a reversal to any other account still alerts, and so does a debit from the suspense
+    # account (the refund goes to the first debit's account: who is owed is still a question).
+    # The refunds are the contract's either way.
+    suspense, third = "GL-SUSPENSE-01", "7700003333"
+    params = Params(
+        timeout_ms=300_000, lateness_ms=30_000, retention_ms=3_600_000, ledger_own_accounts=frozenset({suspense})
+    )
+
+    def run(p: Params) -> Feed:
+        f = Feed(p)
+        f.p(payment("q1", "requested", "R1", 0))
+        f.l(ledger("d1", "debited", "R1", 1))
+        f.l(ledger("r1", "reversed", "R1", 2, amount=5_000, account_id=suspense))
+        f.l(ledger("r0", "reversed", "R0", 2, amount=5_000, account_id=suspense))  # ahead of R0's debit
+        f.l(ledger("d0", "debited", "R0", 3))
+        f.l(ledger("r2", "reversed", "R1", 4, amount=1_000, account_id=third))
+        f.l(ledger("d3", "debited", "R3", 5))
+        f.l(ledger("d4", "debited", "R3", 6, amount=1_000, account_id=suspense))
+        f.tick(400)
+        return f
+
+    declared, default = run(params), run(PARAMS)
+    got = [(a["reference"], a["labels"]["ledger_entry"]) for a in declared.alerts("DEBIT_ACCOUNT_MISMATCH")]
+    assert got == [("R1", "reversed"), ("R3", "debited")]
+    assert "******3333" in declared.alerts("DEBIT_ACCOUNT_MISMATCH")[0]["summary"]
+    # Undeclared, the suspense account's reversals are alerted as any other account's.
+    got = [(a["reference"], a["labels"]["ledger_entry"]) for a in default.alerts("DEBIT_ACCOUNT_MISMATCH")]
+    assert got == [("R1", "reversed"), ("R0", "reversed"), ("R1", "reversed"), ("R3", "debited")]
+    assert declared.refunds() == default.refunds() != []
+
+
 def test_a_single_account_reference_names_no_account_on_its_evidence_entries() -> None:
     # A reversal ahead of every debit is compared with no account yet; once the debit shows it
     # is the same one, the refund's evidence names no account on either entry.

@@ -120,6 +120,10 @@ class Params:
     # A partition's burst report larger than this many bytes of JSON goes in parts (`signals`);
     # the parts carry the same decisions whatever the size.
     signals_part_max_bytes: int = SIGNALS_PART_MAX_BYTES
+    # Accounts the ledger books reversals on for its own purposes (a suspense or general-ledger
+    # account): a reversal booked on one is not a reversal to another customer, and raises no
+    # DEBIT_ACCOUNT_MISMATCH (`ReferenceState.apply`). A debit from one still does.
+    ledger_own_accounts: frozenset[str] = frozenset()
 
     @property
     def holds(self) -> bool:
@@ -762,6 +766,7 @@ class PartitionEngine:
         grace_ms, max_hold_ms = p.hold_grace_ms, (p.max_hold_ms if p.holds else 0)
         through = self.signals_through
         timeout_ms, retention_ms, partition = p.timeout_ms, p.retention_ms, self.partition
+        own_accounts = p.ledger_own_accounts
         clock_skew_ms = p.clock_skew_ms
         obs = self.observer
         open_minutes = self.open_minutes
@@ -829,7 +834,7 @@ class PartitionEngine:
                     st = refs[ref] = ReferenceState(ref)
                 had_request = st.request is not None
                 had_holds = bool(st.holds)
-                applied = st.apply(s, offset, eff, event, timeout_ms, partition)
+                applied = st.apply(s, offset, eff, event, timeout_ms, partition, own_accounts)
                 if applied is None:  # a duplicate event_id: ignored
                     decisions, opened = _NO_DECISIONS, None
                 else:

@@ -181,9 +181,11 @@ class ReferenceState:
         event: PaymentEvent | LedgerEvent,
         timeout_ms: int,
         partition: int,
+        own_accounts: frozenset[str],
     ) -> tuple[list[Decision], int | None] | None:
         """Apply one record in processing order. Returns decisions and, when the record opened
-        a cycle, the new deadline (the caller schedules the timer).
+        a cycle, the new deadline (the caller schedules the timer). `own_accounts`: the ledger's
+        own accounts (`Params.ledger_own_accounts`), on which a reversal raises no alert.
 
         Duplicates (same `event_id` on the same stream) are ignored entirely: returns None.
         """
@@ -203,9 +205,9 @@ class ReferenceState:
                 if self.debits[-1].account_id is not None:  # (its entry: set by `apply_facts`)
                     return self._other_account_debited(event, eff_ms, partition), opened
                 if self.reversals and self.debit_count == 1:
-                    alerts = self._reversed_before_the_first_debit(eff_ms, partition)
+                    alerts = self._reversed_before_the_first_debit(eff_ms, partition, own_accounts)
             elif self.debits and self.reversals[-1].account_id is not None:
-                alerts = self._reversed_to_another_account(eff_ms, partition)
+                alerts = self._reversed_to_another_account(eff_ms, partition, own_accounts)
         if self.holds:
             out = self._cancel_excess(event, eff_ms, partition) if may_over_refund and self._any_active() else []
             out.extend(self._release_covered_holds(event, eff_ms, partition))
@@ -226,29 +228,33 @@ class ReferenceState:
             out.extend(self._release_covered_holds(debit, eff_ms, partition))
         return out
 
-    def _reversed_to_another_account(self, eff_ms: int, partition: int) -> list[Decision]:
+    def _reversed_to_another_account(self, eff_ms: int, partition: int, own_accounts: frozenset[str]) -> list[Decision]:
         # A reversal booked on an account other than the first debit's, of a reference already
-        # debited. Unless that account was debited too, the reversal gave the money to someone
-        # not charged while the net debit counts it as given back (no refund for it): one alert
-        # per such account, as far as the kept entries show. An earlier reversal on it was
-        # alerted at itself or, ahead of every debit, at the first debit.
+        # debited. Unless that account was debited too, or is one the ledger books reversals on
+        # for itself (a suspense account, from which the customer is paid back apart), the
+        # reversal gave the money to someone not charged while the net debit counts it as given
+        # back (no refund for it): one alert per such account, as far as the kept entries show.
+        # An earlier reversal on it was alerted at itself or, ahead of every debit, at the first
+        # debit.
         reversal = self.reversals[-1]
         account = reversal.account_id
-        if account is None or any(x.account_id == account for x in self.debits):
+        if account is None or account in own_accounts or any(x.account_id == account for x in self.debits):
             return []
         if any(x.account_id == account for x in self.reversals[:-1]):
             return []
         return [reversal_account_mismatch_alert(self, reversal, account, eff_ms, partition)]
 
-    def _reversed_before_the_first_debit(self, eff_ms: int, partition: int) -> list[Decision]:
+    def _reversed_before_the_first_debit(
+        self, eff_ms: int, partition: int, own_accounts: frozenset[str]
+    ) -> list[Decision]:
         # Reversals processed ahead of every debit (dated earlier) are judged once the first
-        # debit names the reference's account: those on another account are alerted now, once
-        # per account, in the order processed.
+        # debit names the reference's account: those on another account, not one of the
+        # ledger's own, are alerted now, once per account, in the order processed.
         out: list[Decision] = []
         alerted = {self.account_id}
         for reversal in self.reversals:
             account = reversal.account_id
-            if account is not None and account not in alerted:
+            if account is not None and account not in alerted and account not in own_accounts:
                 alerted.add(account)
                 out.append(reversal_account_mismatch_alert(self, reversal, account, eff_ms, partition))
         return out
