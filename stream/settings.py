@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from .core.burst import BurstParams
 from .core.partition import Params
+from .core.validation import identifier_problem
 
 
 class SettingsError(ValueError):
@@ -22,6 +23,28 @@ class SettingsError(ValueError):
 
 def _meta(env: str, doc: str) -> dict[str, str]:
     return {"env": env, "doc": doc}
+
+
+# A ledger books its own reversals on a few suspense or general-ledger accounts; a list longer
+# than this is most likely customer accounts pasted in, whose misdirected reversals it would
+# silence.
+MAX_LEDGER_OWN_ACCOUNTS = 100
+# What may surround an id in the list (an env file's `a, b`, a YAML block folded over lines).
+_LIST_BLANKS = " \t\r\n"
+
+
+def own_account_ids(text: str) -> frozenset[str]:
+    """The account ids of `QRIS_LEDGER_OWN_ACCOUNTS`: comma-separated, blanks around each left
+    out, repeats once.
+
+    >>> sorted(own_account_ids(" GL-1, GL-2,GL-1 "))
+    ['GL-1', 'GL-2']
+    >>> own_account_ids("")
+    frozenset()
+    """
+    if not text.strip(_LIST_BLANKS):
+        return frozenset()
+    return frozenset(item.strip(_LIST_BLANKS) for item in text.split(","))
 
 
 @dataclass(frozen=True)
@@ -50,6 +73,7 @@ class Settings:
     burst_learn_min_minutes: int = 10  # BurstParams.learn_min_minutes
     max_scopes: int = 1000  # BurstParams.max_scopes_per_type
     max_merchants_tracked: int = 10_000  # BurstParams.max_merchants_tracked
+    ledger_own_accounts: str = ""  # Params.ledger_own_accounts (`own_account_ids`)
     signals_part_max_bytes: int = 524_288  # Params.signals_part_max_bytes
     snapshots_topic: str = "qris.burst-snapshots"
     snapshot_every: int = 60  # signal reports between two snapshots of the live detector
@@ -107,6 +131,7 @@ class Settings:
             hold_grace_ms=round(self.hold_grace_s * 1000),
             max_hold_ms=round(self.max_hold_s * 1000),
             signals_part_max_bytes=self.signals_part_max_bytes,
+            ledger_own_accounts=own_account_ids(self.ledger_own_accounts),
         )
 
     @property
@@ -230,6 +255,13 @@ DOCS: dict[str, tuple[str, str]] = {
     "max_merchants_tracked": (
         "QRIS_MAX_MERCHANTS_TRACKED",
         "merchants whose volume the burst detector follows; the others stay in their MCC pool",
+    ),
+    "ledger_own_accounts": (
+        "QRIS_LEDGER_OWN_ACCOUNTS",
+        f"account ids, comma-separated (at most {MAX_LEDGER_OWN_ACCOUNTS}), the ledger books reversals on for its own"
+        " purposes (a suspense or general-ledger account): a reversal booked on one raises no"
+        " DEBIT_ACCOUNT_MISMATCH, a debit from one still does; empty: every reversal to an account"
+        " the payment was never debited from alerts",
     ),
     "signals_part_max_bytes": (
         "QRIS_SIGNALS_PART_MAX_BYTES",
@@ -355,6 +387,27 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 # Event times are milliseconds: a T, R or H below one would be 0 ms (a T of 0, holds off).
 _BELOW_MS = "expected at least 0.001 seconds (event times are milliseconds)"
+
+
+def _own_account_problems(text: str) -> list[str]:
+    """Ids the contract would refuse as a record's `account_id` (no record can name them, so
+    listing them is a mistake), empty items, and a list past its bound. The ids are not quoted:
+    the message goes to logs, and the value may be customer accounts pasted in by mistake."""
+    if not text.strip(_LIST_BLANKS):
+        return []
+    var = DOCS["ledger_own_accounts"][0]
+    items = [item.strip(_LIST_BLANKS) for item in text.split(",")]
+    if len(set(items)) > MAX_LEDGER_OWN_ACCOUNTS:
+        return [
+            f"{var} lists {len(set(items))} accounts: expected at most {MAX_LEDGER_OWN_ACCOUNTS}, the ledger's own"
+            " suspense or general-ledger accounts (a customer's account listed there is never alerted for)"
+        ]
+    out = []
+    for i, item in enumerate(items, 1):
+        problem = identifier_problem(item)
+        if problem is not None:
+            out.append(f"{var}: account {i} of {len(items)} {problem}; expected account ids separated by commas")
+    return out
 
 
 def _problems(s: Settings) -> list[str]:
@@ -484,6 +537,7 @@ def _problems(s: Settings) -> list[str]:
         if most_s < value < math.inf:
             out.append(f"{DOCS[name][0]}={value}: expected at most {most_s} seconds ({words}){_ms_hint(value)}")
     out.extend(_topic_problems(s))
+    out.extend(_own_account_problems(s.ledger_own_accounts))
     return out
 
 

@@ -7,8 +7,10 @@ from dataclasses import fields
 
 import pytest
 
+from stream.drivers.livesettings import decision_settings, other_settings_warning, settings_header
 from stream.settings import (
     DOCS,
+    MAX_LEDGER_OWN_ACCOUNTS,
     Settings,
     clock_guard_passes_deadlines,
     from_env,
@@ -178,3 +180,49 @@ def test_a_burst_threshold_no_surprise_reaches_is_an_error(value: str) -> None:
     # and cancelled again, none with the default, while QRIS_MAX_HOLD_S said holds were on.)
     with pytest.raises(ValueError, match="QRIS_BURST_THRESHOLD=.*: expected a finite number above 0"):
         from_env({"QRIS_BURST_THRESHOLD": value})
+
+
+def test_the_ledgers_own_accounts_are_a_comma_separated_list_of_account_ids() -> None:
+    # Blanks around an id (an env file's `a, b`) are left out, a repeat counts once; by default
+    # the list is empty, and every reversal to an account never debited alerts.
+    assert from_env({}).params.ledger_own_accounts == frozenset()
+    assert from_env({"QRIS_LEDGER_OWN_ACCOUNTS": " "}).params.ledger_own_accounts == frozenset()
+    s = from_env({"QRIS_LEDGER_OWN_ACCOUNTS": "GL-SUSPENSE-01, 1990000001,GL-SUSPENSE-01"})
+    assert s.params.ledger_own_accounts == frozenset({"GL-SUSPENSE-01", "1990000001"})
+    assert from_env(to_env(s)) == s  # (the worker's child processes)
+    most = ",".join(f"GL-{i}" for i in range(MAX_LEDGER_OWN_ACCOUNTS))
+    assert len(from_env({"QRIS_LEDGER_OWN_ACCOUNTS": most}).params.ledger_own_accounts) == 100
+    assert len(from_env({"QRIS_LEDGER_OWN_ACCOUNTS": "7" * 128}).params.ledger_own_accounts) == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("GL-1,,GL-2", "account 2 of 3 is empty"),
+        ("GL-1,", "account 2 of 2 is empty"),
+        ("GL-1;GL-2" + "x" * 120, "account 1 of 1 is 129 characters, at most 128 allowed"),
+        ("GL-1,GL\t2", r"account 2 of 2 contains a control character \(U\+0009\) at position 2"),
+        ("GL-\u202e1", r"account 1 of 1 contains a bidirectional formatting character \(U\+202E\)"),
+        (",".join(f"GL-{i}" for i in range(101)), "lists 101 accounts: expected at most 100"),
+    ],
+)
+def test_an_own_account_a_record_could_not_name_or_a_list_past_its_bound_is_an_error(value: str, said: str) -> None:
+    # The ids are held to the contract's rules for a record's account_id: one no record can
+    # carry is a mistake (a separator other than a comma, a stray character). The message names
+    # the id by its place, never the id itself (it may be a customer's account pasted in).
+    with pytest.raises(ValueError, match=f"QRIS_LEDGER_OWN_ACCOUNTS:? {said}") as got:
+        from_env({"QRIS_LEDGER_OWN_ACCOUNTS": value})
+    assert "GL-1" not in str(got.value)
+
+
+def test_a_replay_with_other_ledger_own_accounts_than_the_live_worker_is_told() -> None:
+    # The list decides alerts, so the worker stamps it on what it sends (a count and a digest,
+    # not the ids) and a replay with another list warns; the same set listed otherwise does not.
+    live = decision_settings(Settings(ledger_own_accounts="GL-1,GL-2"))
+    assert "GL-1" not in settings_header(Settings(ledger_own_accounts="GL-1,GL-2")).decode()
+    warning = other_settings_warning(Settings(), [live])
+    assert warning is not None
+    assert f"QRIS_LEDGER_OWN_ACCOUNTS: live {live['QRIS_LEDGER_OWN_ACCOUNTS']}, here none" in warning
+    assert live["QRIS_LEDGER_OWN_ACCOUNTS"].startswith("2 accounts, digest ")
+    assert other_settings_warning(Settings(ledger_own_accounts="GL-1"), [live]) is not None
+    assert other_settings_warning(Settings(ledger_own_accounts=" GL-2, GL-1,GL-2"), [live]) is None

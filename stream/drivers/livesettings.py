@@ -1,8 +1,9 @@
 """The settings that change decisions, as the live worker stamps them on what it sends, and the
 check that a replay from Kafka decides with the same.
 
-A replay run with another timeout, lateness, retention, clock guard, hold limits or detector
-threshold than the live worker's decides differently, and nothing in the decisions says why. The
+A replay run with another timeout, lateness, retention, clock guard, hold limits, detector
+threshold or list of the ledger's own accounts than the live worker's decides differently, and
+nothing in the decisions says why. The
 worker puts these settings on every refund, alert and dead letter it sends (the Kafka header
 `qris.settings`, compact JSON of `QRIS_*` name to value); `replay --from-kafka` and `trace
 --from-kafka` read the newest record of each partition of those topics and warn, naming each
@@ -15,12 +16,13 @@ warm-up's history (`qris-guard warmup`) and the replay's detector starts cold, o
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from hashlib import blake2b
 from typing import TYPE_CHECKING
 
 from ..core import burstsnapshot, codec
 from ..core.burst import BurstParams
 from ..core.eventtime import format_ms, parse_ms
-from ..settings import DOCS, Settings
+from ..settings import DOCS, Settings, own_account_ids
 
 if TYPE_CHECKING:  # (the worker stamps its settings with this module: no replay driver loaded for it)
     from .replay import WarmStart
@@ -42,17 +44,41 @@ DECISION_SETTINGS = (
     "burst_learn_min_minutes",
     "max_scopes",
     "max_merchants_tracked",
+    "ledger_own_accounts",
 )
 
 
 def decision_settings(s: Settings) -> dict[str, str]:
     """`QRIS_*` name to value of the settings decisions depend on (numbers as `%.15g`: exact for
-    every integer setting, 600.0 and 600 alike).
+    every integer setting, 600.0 and 600 alike; the ledger's own accounts as `accounts_stamp`).
 
     >>> decision_settings(Settings(timeout_s=600))["QRIS_TIMEOUT_S"]
     '600'
     """
-    return {DOCS[name][0]: f"{float(getattr(s, name)):.15g}" for name in DECISION_SETTINGS}
+    return {
+        DOCS[name][0]: accounts_stamp(own_account_ids(s.ledger_own_accounts))
+        if name == "ledger_own_accounts"
+        else f"{float(getattr(s, name)):.15g}"
+        for name in DECISION_SETTINGS
+    }
+
+
+def accounts_stamp(accounts: frozenset[str]) -> str:
+    """The ledger's own accounts as the stamp carries them: how many, and a digest of the ids in
+    order (one set, however listed, gives one stamp), not the ids themselves: the stamp goes on
+    every refund, alert and dead letter, records that show no plain account id, and a hundred
+    ids would add kilobytes to each.
+
+    >>> accounts_stamp(frozenset())
+    'none'
+    >>> accounts_stamp(frozenset({"GL-1", "GL-2"}))
+    '2 accounts, digest 3e6ba61b16f3'
+    """
+    if not accounts:
+        return "none"
+    # (Ids hold no control character: a newline between them cannot be part of one.)
+    digest = blake2b("\n".join(sorted(accounts)).encode(), digest_size=6).hexdigest()
+    return f"{len(accounts)} account{'s' if len(accounts) > 1 else ''}, digest {digest}"
 
 
 SENT_BEHIND_HEADER = "qris.sent_behind_ms"
