@@ -66,6 +66,8 @@ def test_the_local_broker_is_the_kafka_process_of_the_pid_file(tmp_path: Any, mo
     (a stale pid file may name any process); None without a pid file."""
     import subprocess
     import sys
+    import time
+    from pathlib import Path
 
     from bench.scale_out import local_broker_pid
 
@@ -76,6 +78,12 @@ def test_the_local_broker_is_the_kafka_process_of_the_pid_file(tmp_path: Any, mo
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     kafka = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "kafka.Kafka"])
     try:
+        # Popen returns once forked, maybe before the exec: until then the child's command line
+        # is this test's (a loaded machine showed it), so wait for the one it is started with.
+        deadline = time.monotonic() + 30
+        cmdline = Path(f"/proc/{kafka.pid}/cmdline")
+        while b"kafka.Kafka" not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
         (tmp_path / "broker.pid").write_text(f"{other.pid}\n")
         assert local_broker_pid() is None  # a process, but not Kafka
         (tmp_path / "broker.pid").write_text(f"{kafka.pid}\n")
