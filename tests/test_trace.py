@@ -161,14 +161,17 @@ def test_not_yet_due_without_drain_and_due_with_it() -> None:
 def test_invisible_and_bidirectional_characters_of_an_identifier_are_escaped() -> None:
     """The contract forbids control characters and bidirectional overrides in identifiers, not a
     zero-width space or a right-to-left mark: a reference holding one reads, raw, as another
-    reference. Trace writes them as `\\uXXXX`, as alerts and reports do."""
+    reference. Trace writes them as `\\uXXXX`, as alerts and reports do, also in the line that
+    names a redelivered event's id."""
     ref = "R1\u200f"
+    debit = ledger("R1\u200b-d", "debited", ref, 1)
     t = _trace(
-        ref, _recs([(P, ref, payment("R1\u200b-q", "requested", ref, 0)), (L, ref, ledger("R1-d", "debited", ref, 1))])
+        ref, _recs([(P, ref, payment("R1\u200b-q", "requested", ref, 0)), (L, ref, debit), (L, ref, debit)]), drain=True
     )
     text = render(t)
     assert "\u200f" not in text and "\u200b" not in text
     assert text.startswith("Reference R1\\u200f: ") and "event_id R1\\u200b-q: " in text
+    assert "event_id R1\\u200b-d already processed on this stream: ignored" in text
 
 
 def test_state_expired_is_explained() -> None:

@@ -129,7 +129,9 @@ class TraceObserver:
         fact["watermark_when_processed_ms"] = watermark_ms
         if duplicate:
             fact["outcome"] = "duplicate"
-            fact["reason"] = f"event_id {event.event_id} already processed on this stream: ignored"
+            # (Escaped as the record lines escape it: the id may hold a zero-width or a
+            # right-to-left mark, which the contract allows.)
+            fact["reason"] = f"event_id {escape_text(event.event_id)} already processed on this stream: ignored"
         else:
             fact["outcome"] = "accepted"
             fact["after"] = {"net": state.net, "settled": state.settled, "active": state.active}
