@@ -329,10 +329,14 @@ def test_report_reads_every_output_value_it_lets_through() -> None:
     assert all(output_problem(role, v) is None for role, v in valid)
     selections = [Selection(), Selection(0, 1), *(Selection(scope_type=t, scope_id="X") for t in SCOPES)]
     for role, good in valid:
+        # A scope's selection also reads the incident ids of the refunds it keeps, and of the
+        # incident alerts of other scopes: the refund's own scope, and another.
+        scoped = [*selections, *(Selection(scope_type=t, scope_id=good.get(f"{t}_id")) for t in SCOPES)]
         for v in _broken(good):
             if output_problem(role, v) is None:
                 render(summarise([(role, v)]))
                 assert all(sel.keep(role, v) in (True, False) for sel in selections)
+                assert all(len(list(sel.select([(role, v)]))) in (0, 1) for sel in scoped)
 
 
 def test_a_dump_of_the_output_topics_reports_as_the_replay_s_output(

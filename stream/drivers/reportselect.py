@@ -179,6 +179,9 @@ def output_problem(role: str, v: dict[str, Any]) -> str | None:
             return 'a refunds value\'s "hold" must be an object with a number "held_ms"'
         if "cancel_id" in v and not isinstance(v["cancel_id"], str):  # (read in place of refund_id)
             return 'a refunds value\'s "cancel_id" must be a string or absent'
+        # (A scope's selection collects the incident ids of the refunds it keeps, into a set.)
+        if not all(_strings(x.get("incident_ids")) for x in (v, hold or {})):
+            return 'a refunds value\'s "incident_ids" (and its "hold"\'s) must be a list of strings, null or absent'
         return _fields(role, v, {"refund_id": str, "amount": int, "reason": str}, {})
     if role == "dead_letter":
         return _fields(role, v, {"dead_letter_id": str, "error": str}, {})
@@ -186,7 +189,8 @@ def output_problem(role: str, v: dict[str, Any]) -> str | None:
         role,
         v,
         {"alert_id": str, "kind": str, "severity": str, "summary": str},
-        {"status": str, "scope": dict, "window": dict, "holds": dict},
+        # (`incident_id`: looked up in a set of ids by a scope's selection.)
+        {"status": str, "scope": dict, "window": dict, "holds": dict, "incident_id": str},
     )
     if problem:
         return problem
@@ -213,6 +217,11 @@ def _fields(role: str, v: dict[str, Any], needed: dict[str, type], optional: dic
         if v.get(name) is not None and not isinstance(v[name], kind):
             return f'a {role} value\'s "{name}" must be {_TYPE_NAMES[kind]}, null or absent'
     return None
+
+
+def _strings(x: object) -> bool:
+    """`x` is a list of strings, or None."""
+    return x is None or (isinstance(x, list) and all(isinstance(i, str) for i in x))
 
 
 def _number(x: object) -> bool:
