@@ -62,32 +62,63 @@ def _worker_healthcheck() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _healthcheck_seeing_only(script: str, proc_view: Path, pids: list[int]) -> str:
+    """`script` reading a /proc that holds only `pids` (links to their real entries): the host
+    running the tests may run workers of its own (the Kafka tier's `python -m stream worker`),
+    which a container's /proc would not show."""
+    proc_view.mkdir(exist_ok=True)
+    for old in proc_view.iterdir():
+        old.unlink()
+    for pid in pids:
+        (proc_view / str(pid)).symlink_to(f"/proc/{pid}")
+    assert script.count('Path("/proc")') == 1
+    return script.replace('Path("/proc")', f"Path({str(proc_view)!r})")
+
+
 def test_the_worker_healthcheck_passes_with_the_web_endpoints_off_while_a_worker_runs(tmp_path: Path) -> None:
     # With QRIS_WEB_PORT=0 there is no /qris/ready to ask: asking port 0 failed at every check,
     # so the services waiting for a healthy worker never started. Then healthy means a
     # `qris-guard worker` process runs, neither stopped nor a zombie.
     script = _worker_healthcheck()
     assert "/qris/ready" in script
+    view = tmp_path / "proc"
 
-    def check(port: str) -> subprocess.CompletedProcess[str]:
+    def check(port: str, pids: list[int]) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "QRIS_WEB_PORT": port}
-        return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=30)
+        seen = _healthcheck_seeing_only(script, view, pids)
+        return subprocess.run([sys.executable, "-c", seen], env=env, capture_output=True, text=True, timeout=30)
 
-    # A stand-in for the container's worker: argv as the entry point's (`qris-guard worker ...`).
-    fake = subprocess.Popen(["/bin/sh", "-c", "sleep 60; :", "/opt/venv/bin/qris-guard", "worker"])
+    # Stand-ins for the container's worker: argv as the entry point's (`qris-guard worker ...`),
+    # and as the same worker's after a watchdog replaced the process (`recovery.restart_self`
+    # runs `python -m stream worker ...`): still a worker, still healthy.
+    started = [
+        ["/bin/sh", "-c", "sleep 60; :", "/opt/venv/bin/qris-guard", "worker"],
+        [sys.executable, "-c", "import time; time.sleep(60)", "-m", "stream", "worker", "--processes", "1"],
+    ]
+    for argv in started:
+        fake = subprocess.Popen(argv)
+        try:
+            time.sleep(0.2)
+            ok = check("0", [fake.pid])
+            assert ok.returncode == 0, (argv, ok.stderr)
+            fake.send_signal(signal.SIGSTOP)  # a stopped worker is not healthy
+            time.sleep(0.2)
+            stopped = check("0", [fake.pid])
+            assert stopped.returncode == 1 and "no qris-guard worker running" in stopped.stderr
+        finally:
+            fake.kill()
+            fake.wait()
+    assert check("0", []).returncode == 1
+    # Another process is no worker (the check itself runs `python -c` in the container).
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "stream", "worker"])
     try:
         time.sleep(0.2)
-        assert check("0").returncode == 0, check("0").stderr
-        fake.send_signal(signal.SIGSTOP)  # a stopped worker is not healthy
-        time.sleep(0.2)
-        stopped = check("0")
-        assert stopped.returncode == 1 and "no qris-guard worker running" in stopped.stderr
+        assert check("0", [other.pid]).returncode == 1
     finally:
-        fake.kill()
-        fake.wait()
-    assert check("0").returncode == 1
+        other.kill()
+        other.wait()
     # With the web endpoints on, the page is asked (nothing listens here: not healthy).
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    assert check(str(closed)).returncode == 1
+    assert check(str(closed), []).returncode == 1
