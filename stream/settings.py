@@ -615,7 +615,8 @@ def clock_guard_passes_deadlines(s: Settings) -> str | None:
     """A clock guard `F` at or above `T - A`, which the contract wants well below it: a stream
     pushed up to `F` ahead by one wrong clock takes its own later records up to `F - A` late,
     past the deadlines of payments whose settlements are among them, so refunds are paid and
-    then cancelled (`F` = 400 s with the defaults' T and A: 7 on a helper's day). The live
+    then cancelled (`F` = 400 s with the defaults' T and A: 7 on a helper's day). An `F` at most
+    `A` delays no record (`eff = max(occurred_at, max_S - A)`), so it is not one. The live
     worker refuses it; replay warns, as for `hold_outlasts_retention`."""
     if s.lateness_s >= s.timeout_s:
         return (
@@ -623,7 +624,7 @@ def clock_guard_passes_deadlines(s: Settings) -> str | None:
             "QRIS_CLOCK_SKEW_S can be below QRIS_TIMEOUT_S - QRIS_LATENESS_S; expected the lateness well "
             "below the timeout"
         )
-    if s.clock_skew_s >= s.timeout_s - s.lateness_s:
+    if s.clock_skew_s > s.lateness_s and s.clock_skew_s >= s.timeout_s - s.lateness_s:
         return (
             f"QRIS_CLOCK_SKEW_S={s.clock_skew_s:g} reaches QRIS_TIMEOUT_S={s.timeout_s:g} - "
             f"QRIS_LATENESS_S={s.lateness_s:g} = {s.timeout_s - s.lateness_s:g}: a record dated up to "

@@ -130,6 +130,21 @@ def test_a_clock_guard_at_or_above_the_timeout_minus_the_lateness_is_refused() -
     assert [h.split("=")[0] for h in both] == ["QRIS_MAX_HOLD_S", "QRIS_CLOCK_SKEW_S"]
 
 
+def test_a_clock_guard_no_further_ahead_than_the_lateness_is_not_refused() -> None:
+    # A stream pushed F ahead takes its later records F - A late: with F at most A, none (a record
+    # at t' after it counts at max(t', t + F - A) = t'), whatever T - A. T = 60 s, A = 40 s,
+    # F = 30 s replayed a settlement 6 s before its deadline, after a record dated 30 s ahead,
+    # as with no guard at all: the delay a refusal would name is none (or negative) here.
+    for t, a, f in (("60", "40", "30"), ("120", "60", "60"), ("100", "60", "40")):
+        env = {"QRIS_TIMEOUT_S": t, "QRIS_LATENESS_S": a, "QRIS_CLOCK_SKEW_S": f}
+        assert clock_guard_passes_deadlines(from_env(env)) is None, env
+    # Past A, and at or above T - A, it is.
+    hazard = clock_guard_passes_deadlines(
+        from_env({"QRIS_TIMEOUT_S": "60", "QRIS_LATENESS_S": "40", "QRIS_CLOCK_SKEW_S": "41"})
+    )
+    assert hazard is not None and "by up to 1 s" in hazard
+
+
 @pytest.mark.parametrize(
     ("var", "value", "most"),
     [
