@@ -548,3 +548,43 @@ def test_many_holds_in_a_minute_go_in_several_small_reports_with_the_progress_la
     tally.on_alerts([burst_alert("updated", (ms(300) - PROBE_MS) // MINUTE_MS, "in_a")])  # t just past 300 s
     [alert] = [a for r in reports for a in tally.on_report(r)]
     assert alert.value["holds"]["held"]["count"] == 5
+
+
+def test_holds_a_partition_reports_first_below_its_idle_floor_count_in_other_incidents_kept_held() -> None:
+    # Live, a partition without any record follows the worker's other partitions (the idle rule)
+    # and reports its progress; its first records are dated before that floor, which drops, and
+    # it reports their holds then, below its previous report: new holds, not repeats. A second
+    # RINTIS incident keeps QR1 on, as in a replay without the floor.
+    events = [inc("opened", 100), inc("resolved", 1000), inc("opened", 1500, "in_b"), inc("updated", 1800, "in_b")]
+    alerts = [_incident_alert(ev) for ev in events]
+    floored, replayed = Feed(), Feed()
+    for f in (floored, replayed):
+        f.incidents(events, EVERYTHING)
+    floored.out.extend(floored.eng.advance_to(ms(600)))
+    for f in (floored, replayed):
+        unsettled(f, "QR1")  # deadline 300: held under in_a, kept on by in_b
+        f.tick(2000)
+    [floor, *later] = [r["decided_through_ms"] for r in _reports(floored)]
+    held_at = [e[4] for r in _reports(floored) for e in r["hold_events"] if e[0] == "held"]
+    assert held_at == [ms(300)] and ms(300) < floor < min(later)
+
+    def kept(f: Feed) -> list[tuple[str, int]]:
+        out = tallied_alerts(alerts, _reports(f), [0], PROBE_MS)
+        return [(d.value["alert_id"], d.value["holds"]["kept_held"]["count"]) for d in out if "holds" in d.value]
+
+    assert kept(floored) == kept(replayed) == [("al_in_a_resolved", 0), ("al_in_b_updated", 1)]
+
+
+def test_a_report_sent_again_after_its_holds_ended_and_were_forgotten_takes_none_again() -> None:
+    # A partition restored from a state saved before two reports sends them again: the tally
+    # forgot the hold they began and ended, which would otherwise look held for ever.
+    t = HoldTally([0], PROBE_MS)
+    first = report(0, (M + 1) * MINUTE_MS, ["held", "rX", "inc_a", 5, M * MINUTE_MS + 10])
+    first["hold_scopes"] = {"rX": RINTIS_TAGS}
+    second = report(0, (M + 2) * MINUTE_MS, ["requested_after_hold", "rX", "inc_a", 5, (M + 1) * MINUTE_MS + 10])
+    for value in (first, second):
+        t.on_report(value)
+    assert t.held == {}
+    for value in (first, second, report(0, (M + 3) * MINUTE_MS)):
+        t.on_report(value)
+    assert t.held == {} and t.kept("inc_b", "switch", "RINTIS", (M + 3) * MINUTE_MS) == [0, 0]

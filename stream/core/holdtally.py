@@ -196,15 +196,15 @@ class HoldTally:
         """One partition's hold report (repeats and any interleaving harmless)."""
         p = int(value["partition"])
         before = self.decided.get(p, NEG_INF)
+        through = int(value["decided_through_ms"])
         tags_of = value.get("hold_scopes") or {}
         for typ, refund_id, incident_id, amount, at_ms in value["hold_events"]:
             if typ not in EVENT_TYPES:
                 continue
-            self._follow(typ, refund_id, incident_id, int(amount), int(at_ms), before, tags_of)
+            self._follow(typ, refund_id, incident_id, int(amount), int(at_ms), through < before, tags_of)
             if incident_id in self.finished:
                 continue
             self.events.setdefault(incident_id, {})[(typ, refund_id)] = [int(amount), int(at_ms)]
-        through = int(value["decided_through_ms"])
         if through > before:
             self.decided[p] = through
         out = self._ready()
@@ -212,13 +212,18 @@ class HoldTally:
         return out
 
     def _follow(
-        self, typ: str, refund_id: str, incident_id: str, amount: int, at_ms: int, before: int, tags_of: dict[str, Any]
+        self, typ: str, refund_id: str, incident_id: str, amount: int, at_ms: int, again: bool, tags_of: dict[str, Any]
     ) -> None:
-        # A partition decides in event-time order, so an event of a new report is at or after the
-        # decided-through time of its previous one: a `refund.held` before it is a repeat, whose
-        # hold may have ended and been forgotten since; taken again, it would look held for ever.
+        # `again`: the report states less decided than the partition's previous one, so it is one
+        # sent again (the partition restored a state saved before it), whose `refund.held` may
+        # have ended and been forgotten since; taken again, it would look held for ever. The
+        # events' own times do not tell: a partition whose idle floor dropped at its first record
+        # (`PartitionEngine._drop_floor_without_records`) reports holds dated before its previous
+        # report, for the first time. A repeat that states as much as the previous report or more
+        # holds the end of any hold of it that was forgotten (an end is decided after its hold,
+        # and reported with it or later), so taking its hold again ends it again.
         if typ == HELD:
-            if refund_id in self.held or at_ms < before:
+            if refund_id in self.held or again:
                 return
             tags = [str(t) for t in tags_of.get(refund_id, ())]
             self.held[refund_id] = [incident_id, amount, at_ms, None, tags]
