@@ -321,7 +321,7 @@ def trace(
     # lines say, so the incident lines read in the same story.
     incident_times: dict[str, dict[str, int | None]] = {}
     for p in observers:
-        for incident_id in held:
+        for incident_id in sorted(held):
             inc = r.engines[p].incidents.incidents.get(incident_id)
             if inc is not None:
                 incident_times[incident_id] = {"opened_at_ms": inc.opened_at_ms, "resolved_at_ms": inc.resolved_at_ms}
