@@ -773,7 +773,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         type=int,
         help="processes for a replay file, partitions split among them "
         "(default: CPUs, at most 4; 1 = one process, lines in decision order; with holds, or above the "
-        "CPUs, no more than the file has input partitions)",
+        "CPUs, no more than the file has partitions, of any topic)",
     )
     _detector_snapshot(p)
     p.set_defaults(func=cmd_replay)

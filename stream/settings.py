@@ -207,12 +207,18 @@ DOCS: dict[str, tuple[str, str]] = {
         "partitions when qris-guard creates the topics (inputs co-partitioned), and simulate's default",
     ),
     "timeout_s": ("QRIS_TIMEOUT_S", "T: seconds after a debit before an unsettled amount is refunded"),
-    "lateness_s": ("QRIS_LATENESS_S", "A: allowed lateness of a record behind its own stream, seconds"),
-    "retention_s": ("QRIS_RETENTION_S", "R: seconds of event time a quiet reference's state is kept"),
+    "lateness_s": (
+        "QRIS_LATENESS_S",
+        "A: allowed lateness of a record behind its own stream, seconds (at most 1 hour, below T)",
+    ),
+    "retention_s": (
+        "QRIS_RETENTION_S",
+        "R: seconds of event time a quiet reference's state is kept (at most 400 days)",
+    ),
     "clock_skew_s": (
         "QRIS_CLOCK_SKEW_S",
         "F: a record dated more than this many seconds ahead of its Kafka timestamp counts at its Kafka timestamp "
-        "(clock guard, CLOCK_SKEW alert)",
+        "(clock guard, CLOCK_SKEW alert; at most 1 hour, and below T - A unless at most A)",
     ),
     "idle_timeout_s": (
         "QRIS_IDLE_TIMEOUT_S",
@@ -234,7 +240,7 @@ DOCS: dict[str, tuple[str, str]] = {
     ),
     "hold_grace_s": (
         "QRIS_HOLD_GRACE_S",
-        "G: seconds a refund stays held after the last incident covering its payment resolved",
+        "G: seconds a refund stays held after the last incident covering its payment resolved (at most 1 day)",
     ),
     "max_hold_s": (
         "QRIS_MAX_HOLD_S",
@@ -549,8 +555,8 @@ _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 # Upper bounds of the event-time settings without one of their own above: past them a value is
 # a mistake an operations team would not make on purpose, most often milliseconds typed for
-# seconds (`QRIS_LATENESS_S=30000` paid refunds 8.3 hours late; `QRIS_RETENTION_S=172800000`
-# kept quiet references 5.5 years; near 9.3e15 s the saved state's metadata overflows 64 bits).
+# seconds (`QRIS_LATENESS_S=30000` would pay refunds 8.3 hours late; `QRIS_RETENTION_S=172800000`
+# would keep quiet references 5.5 years; near 9.3e15 s the saved state's metadata overflows 64 bits).
 # R leaves room for the longest T + H (37 days); A and F stay far below T's default margin in
 # normal use; G is how long holds outlast an incident, a day at most.
 _AT_MOST: dict[str, tuple[int, str]] = {
@@ -615,7 +621,8 @@ def clock_guard_passes_deadlines(s: Settings) -> str | None:
     """A clock guard `F` at or above `T - A`, which the contract wants well below it: a stream
     pushed up to `F` ahead by one wrong clock takes its own later records up to `F - A` late,
     past the deadlines of payments whose settlements are among them, so refunds are paid and
-    then cancelled (`F` = 400 s with the defaults' T and A: 7 on a helper's day). An `F` at most
+    then cancelled (with the default T and A, `F` = 400 s delays them by up to 370 s, past 300 s
+    deadlines). An `F` at most
     `A` delays no record (`eff = max(occurred_at, max_S - A)`), so it is not one. The live
     worker refuses it; replay warns, as for `hold_outlasts_retention`."""
     if s.lateness_s >= s.timeout_s:

@@ -406,7 +406,7 @@ def test_replay_with_a_clock_guard_past_the_timeout_warns_and_decides(tmp_path: 
 
 
 def test_replay_says_how_many_jobs_ran_when_the_file_has_fewer_partitions(tmp_path: Path) -> None:
-    # (`--jobs 1000` started a process each; jobs without a partition of the file are not started.)
+    # (Jobs without a partition of the file are not started, and the summary says how many ran.)
     data = write_lines(tmp_path / "in.jsonl", [record_to_line(r) for r in scenario_records(3)])
     parts = {r.partition for r in scenario_records(3)}
     out = tmp_path / "out.jsonl"

@@ -76,8 +76,8 @@ def _healthcheck_seeing_only(script: str, proc_view: Path, pids: list[int]) -> s
 
 
 def test_the_worker_healthcheck_passes_with_the_web_endpoints_off_while_a_worker_runs(tmp_path: Path) -> None:
-    # With QRIS_WEB_PORT=0 there is no /qris/ready to ask: asking port 0 failed at every check,
-    # so the services waiting for a healthy worker never started. Then healthy means a
+    # With QRIS_WEB_PORT=0 there is no /qris/ready to ask (asking port 0 fails at every check,
+    # and the services waiting for a healthy worker would never start): healthy means a
     # `qris-guard worker` process runs, neither stopped nor a zombie.
     script = _worker_healthcheck()
     assert "/qris/ready" in script

@@ -410,9 +410,8 @@ def test_a_job_that_failed_before_the_parent_wrote_to_it_gives_its_own_error(tmp
 def test_more_jobs_than_the_file_has_partitions_start_one_process_a_partition(
     tmp_path: Path, holds: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # `--jobs 1000` started 1,000 processes (each reading the whole file without holds) for a
-    # file of 4 input partitions. Now the jobs without a line are not started, and the lines
-    # written are those of the jobs that would have had the lines.
+    # Jobs with no line of the file are not started (`--jobs 1000` on a file of 4 partitions
+    # would fork 1,000 processes), and the lines written are those all the jobs would write.
     import stream.drivers.parallel as parallel
 
     path = _write(tmp_path / "day.jsonl", _day_lines())  # input partitions 0-3, another topic's 5

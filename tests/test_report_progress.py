@@ -416,8 +416,8 @@ def test_a_window_s_incident_line_says_apart_the_holds_begun_before_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Under a resolved incident in a `--since` window, the ends of holds begun before the window
-    are not counted as ends of the window's holds (which made "held 1, released without payment
-    2, still held 0" beside "held now 1")."""
+    are not counted as ends of the window's holds (which would make "held 1, released without
+    payment 2, still held 0" beside "held now 1")."""
     example = Path(__file__).resolve().parents[1] / "schemas/examples/qris.alerts/valid"
     resolved = json.loads((example / "failure-burst-resolved-with-holds.json").read_text())
     inc = resolved["incident_id"]
@@ -504,8 +504,8 @@ def test_a_switch_report_keeps_the_alerts_of_the_payments_whose_refunds_it_keeps
 
 
 def test_holds_still_held_say_since_when_they_wait() -> None:
-    """Mid-outage no hold has ended yet: "longest wait past the deadline 0.0 min" alone read as
-    no customer waiting, beside refunds held for a quarter of an hour."""
+    """Mid-outage no hold has ended yet: "longest wait past the deadline 0.0 min" alone would read
+    as no customer waiting, beside refunds held for a quarter of an hour."""
     held = [
         _refund("refund.held", "r0", 10_000, 20, deadline=at(20 * 60)),
         _refund("refund.held", "r1", 10_000, 25, deadline=at(25 * 60)),

@@ -79,7 +79,7 @@ def test_the_local_broker_is_the_kafka_process_of_the_pid_file(tmp_path: Any, mo
     kafka = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "kafka.Kafka"])
     try:
         # Popen returns once forked, maybe before the exec: until then the child's command line
-        # is this test's (a loaded machine showed it), so wait for the one it is started with.
+        # is this test's, so wait for the one it is started with.
         deadline = time.monotonic() + 30
         cmdline = Path(f"/proc/{kafka.pid}/cmdline")
         while b"kafka.Kafka" not in cmdline.read_bytes() and time.monotonic() < deadline:

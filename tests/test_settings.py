@@ -111,8 +111,8 @@ def test_a_retention_the_timeout_reaches_is_refused_with_holds_off_too() -> None
 
 
 def test_a_clock_guard_at_or_above_the_timeout_minus_the_lateness_is_refused() -> None:
-    # (F = 400 s with T = 300 s, A = 30 s: a stream pushed 400 s ahead took its settlements up to
-    # 370 s late, past their deadlines: 7 refunds paid, then cancelled, on a helper's day.)
+    # (F = 400 s with T = 300 s, A = 30 s: a stream pushed 400 s ahead takes its settlements up to
+    # 370 s late, past their deadlines: refunds paid, then cancelled.)
     hazard = clock_guard_passes_deadlines(from_env({"QRIS_CLOCK_SKEW_S": "400"}))
     assert hazard is not None
     assert hazard.startswith("QRIS_CLOCK_SKEW_S=400 reaches QRIS_TIMEOUT_S=300 - QRIS_LATENESS_S=30 = 270:")
@@ -132,9 +132,8 @@ def test_a_clock_guard_at_or_above_the_timeout_minus_the_lateness_is_refused() -
 
 def test_a_clock_guard_no_further_ahead_than_the_lateness_is_not_refused() -> None:
     # A stream pushed F ahead takes its later records F - A late: with F at most A, none (a record
-    # at t' after it counts at max(t', t + F - A) = t'), whatever T - A. T = 60 s, A = 40 s,
-    # F = 30 s replayed a settlement 6 s before its deadline, after a record dated 30 s ahead,
-    # as with no guard at all: the delay a refusal would name is none (or negative) here.
+    # at t' after it counts at max(t', t + F - A) = t'), whatever T - A: the delay a refusal
+    # would name is none (or negative) here.
     for t, a, f in (("60", "40", "30"), ("120", "60", "60"), ("100", "60", "40")):
         env = {"QRIS_TIMEOUT_S": t, "QRIS_LATENESS_S": a, "QRIS_CLOCK_SKEW_S": f}
         assert clock_guard_passes_deadlines(from_env(env)) is None, env
@@ -155,7 +154,7 @@ def test_a_clock_guard_no_further_ahead_than_the_lateness_is_not_refused() -> No
         ("QRIS_HOLD_GRACE_S", "900000", "expected at most 86400 seconds (1 day)"),
         ("QRIS_MAX_HOLD_S", "7200000", "expected 0 (holds off) to 604800 seconds (7 days)"),
         ("QRIS_TIMEOUT_S", "300000000", "expected at most 2592000 seconds (30 days)"),
-        # (Near 9.3e15 s the saved state's metadata no longer fits in 64 bits.)
+        # (Near 9.3e15 s the saved state's metadata does not fit in 64 bits.)
         ("QRIS_RETENTION_S", "9.3e15", "expected at most 34560000 seconds (400 days)"),
     ],
 )

@@ -215,8 +215,8 @@ def test_an_amount_of_the_wrong_type_is_told_without_its_value() -> None:
 
 
 def test_a_value_that_is_not_an_object_is_told_in_json_s_words() -> None:
-    # The reason reaches the DEAD_LETTER alert, the dashboard and reports: "JSON NoneType" named
-    # Python's type of `null`.
+    # The reason reaches the DEAD_LETTER alert, the dashboard and reports, read by people who
+    # know JSON's names (`null`), not Python's (`NoneType`).
     for value, said in (
         (b"null", "JSON null"),
         (b'"726162705258"', "a JSON string"),

@@ -51,9 +51,9 @@ CANCELLATION_KINDS = ("LATE_SETTLEMENT", "LATE_REVERSAL")
 
 # A hold event as reported: [type, refund_id, incident_id, amount_idr, at_ms].
 HoldEvent = list[Any]
-# At most this many events per report (about 250 KB, and up to 200 KB more of `hold_scopes`: at
-# most 5 tags of 16 hex digits per `refund.held` event, whatever the length of the input's ids):
-# a report stays far below Kafka's record limit.
+# At most this many events per report (about 250 KB, and about 270 KB more of `hold_scopes` at
+# most: a refund id and up to 5 tags of 16 hex digits per `refund.held` event, whatever the
+# length of the input's ids): a report stays below Kafka's 1 MB record limit.
 HOLD_REPORT_MAX_EVENTS = 2000
 
 

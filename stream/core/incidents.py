@@ -223,8 +223,8 @@ def incident_alert(
     normal = f"{_breakdown(c)}; about {_count(inc.expected_bad)} expected"
     if status == "resolved":
         # The window is the failing span (to the last bad minute); the counts run on through the
-        # calm minutes that resolved it, so the summary gives both ends: counts read against the
-        # shorter span showed more payments than the `updated` alert before it and a lower rate.
+        # calm minutes that resolved it, so the summary gives both ends: read against the shorter
+        # span, the counts would seem larger than the `updated` alert's, at a lower rate.
         span = f"{_wib_clock(start_ms, decided_ms)} to {_wib_clock(end_ms, decided_ms)} WIB"
         summary = (
             f"RESOLVED {name}: failing from {span} ({duration_text(end_ms - start_ms)}); {what} from "

@@ -15,6 +15,9 @@ from typing import Any
 from .text import escape_text
 
 SERVICE = "qris-guard"
+# The severities, the most urgent first: how lists and counts of alerts put them for a person
+# (other severities after these).
+SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 
 
 def dedup_key(value: dict[str, Any]) -> str:

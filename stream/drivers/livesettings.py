@@ -3,14 +3,13 @@ check that a replay from Kafka decides with the same.
 
 A replay run with another timeout, lateness, retention, clock guard, hold limits, detector
 threshold or list of the ledger's own accounts than the live worker's decides differently, and
-nothing in the decisions says why. The
-worker puts these settings on every refund, alert and dead letter it sends (the Kafka header
-`qris.settings`, compact JSON of `QRIS_*` name to value); `replay --from-kafka` and `trace
---from-kafka` read the newest record of each partition of those topics and warn, naming each
-setting that differs, before deciding anything. Settings changed between two runs of the worker
-show as the newest run's. They also warn when the live burst detector's newest snapshot holds a
-warm-up's history (`qris-guard warmup`) and the replay's detector starts cold, or from a snapshot
-(`--detector-snapshot`) of other history.
+nothing in the decisions says why. The worker puts these settings on every refund, alert and
+dead letter it sends (the Kafka header `qris.settings`, compact JSON of `QRIS_*` name to value);
+`replay --from-kafka` and `trace --from-kafka` read the newest record of each partition of those
+topics and warn, naming each setting that differs, before deciding anything. Settings changed
+between two runs of the worker show as the newest run's. They also warn when the live burst
+detector's newest snapshot holds a warm-up's history (`qris-guard warmup`) and the replay's
+detector starts cold, or from a snapshot (`--detector-snapshot`) of other history.
 """
 
 from __future__ import annotations

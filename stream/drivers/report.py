@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..core.alerts import rupiah
+from ..core.routing import SEVERITY_RANK
 from ..core.text import escape_text
 from .reportselect import outstanding
 
@@ -37,7 +38,7 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     holds_ended: dict[str, tuple[str, int]] = {}
     holds_started: set[str] = set()
     # Each hold's deadline (ms), for the wait of those still held: `longest_hold_s` counts only
-    # the holds that ended, so mid-outage it read 0.0 min beside a thousand refunds held.
+    # the holds that ended, so mid-outage it alone would say 0.0 min beside a thousand refunds held.
     hold_deadline_ms: dict[str, int] = {}
     longest_hold_ms = 0
     # How each incident's holds ended, from the refunds themselves: its resolved alert counts
@@ -56,8 +57,8 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                 holds_ended[v["refund_id"]] = (how, v["amount"])
                 longest_hold_ms = max(longest_hold_ms, hold["held_ms"])
                 # An end of a hold begun before the selection (`--since`) is said apart: counted
-                # with the holds begun in it, it made more ends than holds and "still held 0"
-                # beside holds still held.
+                # with the holds begun in it, it would make more ends than holds and say "still
+                # held 0" beside holds still held.
                 prefix = "" if v["refund_id"] in holds_started else "earlier_"
                 _count_in(after, str(hold.get("incident_id")), prefix + how, v["amount"])
             if v["type"] == "refund.requested":
@@ -108,7 +109,7 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                     _count_in(after, str(v["incident_id"]), "clawed_back", amount)
                 alert_lines.append(
                     (
-                        SEVERITY_ORDER.get(v["severity"], len(SEVERITY_ORDER)),
+                        SEVERITY_RANK.get(v["severity"], len(SEVERITY_RANK)),
                         f"[{_text(v['severity'])}] {_text(v['kind'])}: {_text(v['summary'], 1000)}",
                     )
                 )
@@ -152,10 +153,6 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             for k, v in sorted(after.items())
         },
     }
-
-
-# How `render` orders the alerts it lists (other severities after these).
-SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
 
 def _count_in(after: dict[str, dict[str, list[int]]], incident_id: str, how: str, amount: int) -> None:

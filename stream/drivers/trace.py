@@ -478,8 +478,8 @@ def _incident_when(status: Any, times: dict[str, int | None] | None) -> str:
         return ""
     if status == "opened":
         return f" at {wib_and_utc(times['opened_at_ms'])}" if times.get("opened_at_ms") is not None else ""
-    if status == "resolved" and times.get("resolved_at_ms") is not None:
-        return f" at {wib_and_utc(times['resolved_at_ms'])}"
+    if status == "resolved":
+        return f" at {wib_and_utc(times['resolved_at_ms'])}" if times.get("resolved_at_ms") is not None else ""
     return " (its latest alert: still open at the end of the input)" if times.get("resolved_at_ms") is None else ""
 
 

@@ -17,6 +17,7 @@ from ..core.alerts import rupiah
 from ..core.eventtime import BadTimestamp, parse_ms, wib_and_utc
 from ..core.holds import Hold, Incident
 from ..core.partition import PartitionEngine
+from ..core.routing import SEVERITY_RANK
 from ..core.text import escape_text
 from .watch import WorkerWatch, open_holds
 
@@ -101,8 +102,6 @@ def render(
 
 # Incidents named one by one in a paragraph, at most (the rest counted).
 SHOWN_INCIDENTS = 20
-# The order of the alert counts by kind: the most severe first (other severities after these).
-SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 
 
 def _timeline(engines: dict[int, PartitionEngine]) -> dict[str, Incident]:
