@@ -15,6 +15,7 @@ import heapq
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from functools import lru_cache
 from typing import Any
 
@@ -116,6 +117,10 @@ class BurstParams:
     # the scopes' thresholds; past it the least busy make room (`_make_room_for_merchants`).
     max_scopes_per_type: int = 1000
     max_merchants_tracked: int = 10_000
+
+    def __reduce__(self) -> tuple[type[BurstParams], tuple[Any, ...]]:
+        # Rebuilt by its constructor when pickled: see `partition.Params.__reduce__`.
+        return BurstParams, tuple(getattr(self, f.name) for f in dataclass_fields(self))
 
     def __post_init__(self) -> None:
         if max(self.windows_minutes) != LONGEST:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import islice
 from typing import Any
 
@@ -29,6 +29,10 @@ class DetectorSnapshot:
     signals_offset: int | None
     # Holds on: the tally of the incidents' holds; None in a snapshot written without one.
     tally: HoldTally | None = None
+
+    def __reduce__(self) -> tuple[type[DetectorSnapshot], tuple[Any, ...]]:
+        # Rebuilt by its constructor when pickled: see `partition.Params.__reduce__`.
+        return DetectorSnapshot, tuple(getattr(self, f.name) for f in fields(self))
 
 
 # Where a snapshot's JSON is cut into pieces: the parts that grow with the state (the scopes,

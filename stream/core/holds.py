@@ -11,7 +11,7 @@ Imports nothing outside the core; reads no clock.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from hashlib import blake2b
 from typing import Any, Literal
 
@@ -36,6 +36,10 @@ class IncidentEvent:
     scope_type: str
     scope_id: str
 
+    def __reduce__(self) -> tuple[type[IncidentEvent], tuple[Any, ...]]:
+        # Rebuilt by its constructor when pickled: see `partition.Params.__reduce__`.
+        return IncidentEvent, tuple(getattr(self, f.name) for f in fields(self))
+
 
 def incident_event(alert: dict[str, Any], probe_age_ms: int) -> IncidentEvent | None:
     """The timeline event of a `FAILURE_BURST` alert value (None for any other alert): its event
@@ -59,6 +63,11 @@ class Incident:
     scope_id: str
     opened_at_ms: int
     resolved_at_ms: int | None = None
+
+    def __reduce__(self) -> tuple[type[Incident], tuple[Any, ...]]:
+        # Pickled in a timeline by `replay --jobs`. Compiled, a native class whose constructor
+        # needs arguments has no default pickling: see `partition.Params.__reduce__`.
+        return Incident, tuple(getattr(self, f.name) for f in fields(self))
 
     def open_at(self, t_ms: int) -> bool:
         """Opened at or before t and not resolved before t."""

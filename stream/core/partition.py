@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from . import codec
@@ -125,14 +125,26 @@ class Params:
     # DEBIT_ACCOUNT_MISMATCH (`ReferenceState.apply`). A debit from one still does.
     ledger_own_accounts: frozenset[str] = frozenset()
 
+    def __reduce__(self) -> tuple[type[Params], tuple[Any, ...]]:
+        # Pickled by `replay --jobs` (a pool's tasks). Compiled (`make compiled`), a frozen
+        # dataclass is a native class whose default unpickling sets its fields one by one, which
+        # frozen refuses (the job failed and the pool waited for ever): rebuilt by its constructor,
+        # compiled or not, as for every frozen dataclass of the compiled modules.
+        return Params, tuple(getattr(self, f.name) for f in fields(self))
+
     @property
     def holds(self) -> bool:
         """Refund holds are on: decisions wait for the detector's incidents (`on_incidents`)."""
         return self.max_hold_ms > 0
 
 
-# A heap item: (eff_ms, kind, stream, offset, reference, event or None).
-Item = tuple[int, int, int, int, str, PaymentEvent | LedgerEvent | None]
+# A heap item: (eff_ms, kind, stream, offset, reference, event or None), a tuple
+# `tuple[int, int, int, int, str, PaymentEvent | LedgerEvent | None]`, declared `Any`: a
+# reference's waiting records are found by the identity of their item (`pending`), and mypyc
+# (`make compiled`) keeps a value of a fixed-length tuple type unboxed, boxing it anew at each
+# use, so `id()` and `is` would not find an item twice (a `KeyError` at the first release). Not
+# keyed by (stream, offset) instead: a replay file may repeat an offset (`on_record`).
+Item = Any
 # One reference's records waiting in the heap, in the order taken (`PartitionEngine.pending`).
 Waiting = list[Item] | dict[int, Item]
 

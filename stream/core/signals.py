@@ -13,7 +13,7 @@ detector combines the partitions. Imports nothing outside the core.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from hashlib import blake2b
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
@@ -104,6 +104,10 @@ class Outcome:
     state: str
     exposure_idr: int = 0
     response_code: str | None = None
+
+    def __reduce__(self) -> tuple[type[Outcome], tuple[Any, ...]]:
+        # Rebuilt by its constructor when pickled: see `partition.Params.__reduce__`.
+        return Outcome, tuple(getattr(self, f.name) for f in fields(self))
 
 
 # The two outcomes without details, built once: a replay judges every payment.

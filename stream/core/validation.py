@@ -17,7 +17,7 @@ records by account puts an account number in the field it quotes. Imports nothin
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Final, Literal
 
 from . import codec
@@ -94,6 +94,10 @@ class Rejection:
     error: ErrorCode
     reason: str
     field: str | None = None
+
+    def __reduce__(self) -> tuple[type[Rejection], tuple[Any, ...]]:
+        # Rebuilt by its constructor when pickled: see `partition.Params.__reduce__`.
+        return Rejection, tuple(getattr(self, f.name) for f in fields(self))
 
 
 class _Reject(Exception):
@@ -186,7 +190,7 @@ def _string(obj: dict[str, Any], field: str, max_len: int = MAX_STRING_CHARS) ->
 def _optional_string(obj: dict[str, Any], field: str, max_len: int = MAX_STRING_CHARS) -> str | None:
     v = obj.get(field)
     if v is None:
-        return v
+        return None
     if type(v) is str:
         _check_text(field, v, max_len)
         return v

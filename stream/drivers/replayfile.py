@@ -79,8 +79,10 @@ def _field(line: dict[str, Any], name: str, kinds: tuple[type, ...], *, required
     return value
 
 
-def line_to_record(line: dict[str, Any]) -> KafkaRecord:
-    """The Kafka record of a replay line; `ValueError` says which field is wrong and why."""
+def line_to_record(line: Any) -> KafkaRecord:
+    """The Kafka record of a replay line (any JSON value: one that is not an object is refused);
+    `ValueError` says which field is wrong and why. (`Any`, not a dict: compiled by mypyc, an
+    argument of another type would be a `TypeError` at the call, an internal error.)"""
     if type(line) is dict:
         # The common line in one pass; anything unusual (a missing or wrong field, `value_b64`)
         # takes the field-by-field path below, which words the mistake.
@@ -110,7 +112,7 @@ def line_to_record(line: dict[str, Any]) -> KafkaRecord:
     return _checked_line_to_record(line)
 
 
-def _checked_line_to_record(line: dict[str, Any]) -> KafkaRecord:
+def _checked_line_to_record(line: Any) -> KafkaRecord:
     if not isinstance(line, dict):
         raise ValueError("a line must be a JSON object")
     topic = _field(line, "topic", (str,))
