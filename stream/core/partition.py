@@ -27,6 +27,7 @@ still waiting for the watermark. Imports nothing outside the core; reads no cloc
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -80,6 +81,8 @@ HOLD_MAX_MS = 7 * 86_400_000
 # and an older worker ignores what it does not know (a rollback). A field whose meaning changes
 # takes a new version, and `restore` refuses a version above its own rather than misread it.
 META_VERSION = 2
+# Numbers the engine objects of this process (`PartitionEngine.incarnation`).
+_INCARNATIONS = itertools.count()
 
 
 def occurred_max_ms(params: Params) -> int:
@@ -191,6 +194,10 @@ class PartitionEngine:
 
     def __init__(self, partition: int, params: Params, *, persistent: bool = True) -> None:
         self.partition = partition
+        # This engine object's number in the process, never reused: how the worker's checks tell
+        # a partition's engine from the one restored in its place (not a weak reference: compiled
+        # by mypyc, the class takes none).
+        self.incarnation = next(_INCARNATIONS)
         # Offline replay keeps nothing for saving: no waiting-record index, no dirty set.
         self.persistent = persistent
         self.params = params

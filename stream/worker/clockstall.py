@@ -29,7 +29,6 @@ the page it took over may have been resolved by the worker that lost the partiti
 from __future__ import annotations
 
 import itertools
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,13 +39,13 @@ from ..core.partition import NEG_INF, PartitionEngine
 
 @dataclass
 class _Partition:
-    """What the checks saw of one partition: its engine (weakly: a restored one is a new object
-    whose record count starts again), the highest watermark seen, the engine's count of valid
-    records at the last check, and since the watermark last moved, the first check that saw
-    records taken (None: none yet) and how many; whether it had a valid record when the highest
-    watermark was seen."""
+    """What the checks saw of one partition: its engine's `incarnation` (a restored engine is a
+    new object whose record count starts again; a number keeps no engine alive), the highest
+    watermark seen, the engine's count of valid records at the last check, and since the
+    watermark last moved, the first check that saw records taken (None: none yet) and how many;
+    whether it had a valid record when the highest watermark was seen."""
 
-    engine: weakref.ref[PartitionEngine]
+    incarnation: int
     watermark_ms: int
     records_seen: int
     taking_since_s: float | None = None
@@ -93,7 +92,7 @@ class ClockStall:
             at = self.seen.get(p)
             fed = eng.max_ms[0] is not None or eng.max_ms[1] is not None
             if at is None:
-                at = self.seen[p] = _Partition(weakref.ref(eng), w, n, fed=fed)
+                at = self.seen[p] = _Partition(eng.incarnation, w, n, fed=fed)
                 if eng.stall_paged is None:
                     continue
                 # Paged by a worker before this one: the episode goes on here; a watermark past
@@ -105,10 +104,10 @@ class ClockStall:
                     taken.partitions.add(p)
                     taken.stood.add(p)
                     taken.recovered.discard(p)
-            if at.engine() is eng:
+            if at.incarnation == eng.incarnation:
                 new = n - at.records_seen
             else:  # restored: its count starts from 0
-                new, at.engine = n, weakref.ref(eng)
+                new, at.incarnation = n, eng.incarnation
             at.records_seen = n
             if fed and not at.fed:
                 # The highest watermark seen was a floor the idle rule set while the partition had
