@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
+from . import BUILD
 from .core import codec
 from .core.eventtime import BadTimestamp, parse_instant
 from .drivers.progress import Progress
@@ -289,6 +290,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         warm = _warm_start(args, s, lambda: file_partitions(args.input, (s.payment_topic, s.ledger_topic)))
     started = time.perf_counter()
+    # The last line says which build ran (`stream.BUILD`: the sources or `make compiled`'s copy);
+    # not a line of its own at the start: a mistake found in the input still ends with one line.
     n_out = 0
     seq: dict[tuple[str, int], int] = {}
     jobs = args.jobs if args.jobs is not None else min(os.cpu_count() or 1, 4)
@@ -321,7 +324,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             else f"{used[0]} of {jobs} jobs: the others had no partition in the file"
         )
         print(
-            f"replay: {n_out} decisions in {time.perf_counter() - started:.2f} s ({shown}) -> {args.out}",
+            f"replay: {n_out} decisions in {time.perf_counter() - started:.2f} s ({shown}) -> {args.out} "
+            f"({BUILD} build)",
             file=sys.stderr,
         )
         return 0
@@ -340,7 +344,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             fh.write(decision_line(topic, partition, seq[k], d))
             n_out += 1
         progress.done()
-    print(f"replay: {n_out} decisions in {time.perf_counter() - started:.2f} s -> {args.out}", file=sys.stderr)
+    elapsed_s = time.perf_counter() - started
+    print(f"replay: {n_out} decisions in {elapsed_s:.2f} s -> {args.out} ({BUILD} build)", file=sys.stderr)
     return 0
 
 

@@ -765,6 +765,10 @@ class _Worker(faust.Worker):
         for name in ("aiokafka", "kafka", "faust", "mode"):
             logging.getLogger(name).setLevel(max(level, logging.INFO))
         super().on_setup_root_logger(logger, level)
+        from .. import buildinfo
+
+        # Which code runs (the sources or `make compiled`'s copy), first thing in the log.
+        log.info("%s", buildinfo.describe())
 
 
 def private_data_dir(data_dir: Path, app_id: str) -> None:
