@@ -17,7 +17,7 @@ export QRIS_KAFKA_PORT ?= 9092
 export QRIS_BOOTSTRAP ?= 127.0.0.1:$(QRIS_KAFKA_PORT)
 
 .PHONY: demo install broker-up broker-down broker-reset test check lint typecheck test-fast test-slow fmt clean distclean \
-	bench-replay bench-detection bench-live bench-scale bench-latency test-rebalance chaos
+	compiled test-compiled bench-replay bench-detection bench-live bench-scale bench-latency test-rebalance chaos
 
 # The main job: the 29 March 2025 outage end to end on the real broker, then a report for
 # payment operations. Installs and starts the broker if needed; stops its worker at the end
@@ -77,6 +77,26 @@ test-fast: install
 # The slow tier without a broker: simulated days, the fuzz suite, CLI subprocesses.
 test-slow: install
 	$(PY) -m pytest tests -m "slow and not kafka" $(PYTEST_ARGS)
+
+# The compiled build, opt-in (README, "The compiled build"): stream/ copied into build/compiled
+# and the hot core modules compiled there by mypyc (gcc and the Python headers needed; 10-12
+# minutes of one CPU). Nothing is compiled in the source tree (`make check` fails on a compiled
+# module there). Rebuilt when a source is newer than the build. A compiled copy whose sources
+# changed since it was built refuses to import, naming the file. It runs with the copy first on
+# the path and the current directory off it (the sources would come first from the repository's
+# root): `PYTHONSAFEPATH=1 PYTHONPATH=build/compiled python -m stream ...`.
+COMPILED := $(CURDIR)/build/compiled
+RUN_COMPILED := PYTHONSAFEPATH=1 PYTHONPATH=$(COMPILED)
+compiled: $(COMPILED)/stream/compiled-manifest.json
+
+$(COMPILED)/stream/compiled-manifest.json: $(shell find stream -name '*.py') tools/build_compiled.py | install
+	$(PY) tools/build_compiled.py --out $(COMPILED)
+
+# The fast tiers against the compiled build (subprocesses of the tests too: they inherit both
+# variables); the repository root after it, for the tests' own modules.
+test-compiled: compiled
+	$(RUN_COMPILED):$(CURDIR) $(PY) -c 'import stream as s, sys; s.BUILD == "compiled" or sys.exit(s.buildinfo.describe())'
+	$(RUN_COMPILED):$(CURDIR) $(PY) -m pytest tests -m "not kafka and not slow" $(PYTEST_ARGS)
 
 fmt: install
 	$(PY) -m ruff format .

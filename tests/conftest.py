@@ -9,6 +9,24 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import pytest  # noqa: E402  (after the path: the repository's `tests` and `stream`)
+
+from stream import BUILD  # noqa: E402
+
+# For a test that subclasses or patches a core class: compiled by mypyc (`make test-compiled`),
+# a native class takes no subclass written in Python and its methods are read-only. The source
+# build runs it.
+not_compiled = pytest.mark.skipif(
+    BUILD == "compiled", reason="subclasses or patches a class the compiled build compiles (runs on the sources)"
+)
+
+
+def pytest_report_header() -> str:
+    """Which build the tests run (`make test-compiled` runs them against the compiled copy)."""
+    from stream import buildinfo
+
+    return f"qris-guard {buildinfo.describe()}"
+
 
 def pytest_sessionfinish(session: object, exitstatus: int) -> None:
     """The Kafka tier's topics made in this session are deleted at its end (`kafka_support`

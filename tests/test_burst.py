@@ -650,7 +650,10 @@ def test_docstring_examples_run(module: str) -> None:
     import doctest
     import importlib
 
-    failures, tried = doctest.testmod(importlib.import_module(module), raise_on_error=False, verbose=False)
+    mod = importlib.import_module(module)
+    if not (mod.__file__ or "").endswith(".py"):
+        pytest.skip("compiled by mypyc: doctest finds no examples in compiled functions (runs on the sources)")
+    failures, tried = doctest.testmod(mod, raise_on_error=False, verbose=False)
     assert tried > 0 and failures == 0
 
 

@@ -260,6 +260,8 @@ def test_settings_never_print_a_secret(tmp_path: Path) -> None:
 
 
 def test_time_range_doctest() -> None:
+    if not (replayfile.__file__ or "").endswith(".py"):
+        pytest.skip("compiled by mypyc: doctest finds no examples in compiled functions (runs on the sources)")
     failures, tried = doctest.testmod(replayfile, raise_on_error=False, verbose=False)
     assert tried and not failures
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import weakref
 
+from stream import BUILD
 from stream.core.partition import Params, PartitionEngine
 from stream.core.records import Stream
 from stream.worker.clockstall import ClockStall
@@ -191,7 +192,8 @@ def test_a_partition_moved_to_another_worker_is_not_reported_recovered() -> None
     # engine of a partition gone is kept alive.
     b = _stalled(feed, stall, (2,))
     assert b["partitions"] == [2]
-    gone = weakref.ref(feed.engines[2])
+    # (A compiled engine takes no weak reference: that check runs on the source build.)
+    gone = weakref.ref(feed.engines[2]) if BUILD == "source" else None
     del feed.engines[2]
     feed.engines.clear()
     [r] = _alerts(stall, 2000)
@@ -199,7 +201,7 @@ def test_a_partition_moved_to_another_worker_is_not_reported_recovered() -> None
     assert "partitions 2 moved to another worker, which raises this alert again" in r["summary"]
     _check(r)
     gc.collect()
-    assert gone() is None and moved is not None
+    assert (gone is None or gone() is None) and moved is not None
 
 
 def test_a_partition_that_stands_again_and_then_moves_away_is_not_named_recovered() -> None:

@@ -27,6 +27,7 @@ from stream.core.validation import Rejection, parse_payment
 from stream.drivers.replay import replay
 from stream.drivers.replayfile import KafkaRecord
 from stream.simulate import generate
+from tests.conftest import not_compiled
 from tests.records import T0, ledger, payment, saved_state_v2
 from tests.test_properties import decided, partition_input, persist
 from tests.test_schemas import beyond_schema_errors, validator_for
@@ -910,6 +911,7 @@ class HeapScanChecked(PartitionEngine):
         return views
 
 
+@not_compiled
 @settings(max_examples=150, deadline=None)
 @given(
     held_input_then_ticks(),
@@ -934,6 +936,7 @@ def test_the_burst_views_index_selects_what_a_scan_of_the_heap_selects_across_re
     assert run_restored(p, l, schedule, events, lag_ms, restarts, HeapScanChecked)[:2] == whole[:2]
 
 
+@not_compiled
 def test_the_burst_views_index_is_exercised_and_emptied() -> None:
     HeapScanChecked.views_built = 0
     p = [payment(f"Q{k}-q", "requested", f"Q{k}", 7 * k) for k in range(300)]

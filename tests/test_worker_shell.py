@@ -28,6 +28,7 @@ from stream.worker.feeds import TopicSilence
 from stream.worker.gapfill import MARKERS_PROBE_OFFSETS
 from stream.worker.incidents import parse_incidents_record
 from stream.worker.shell import ReconcileShell, _plain, meta_key
+from tests.conftest import not_compiled
 from tests.records import T0, ledger, payment
 
 SETTINGS = Settings(partitions=1, idle_timeout_s=3600)
@@ -659,6 +660,7 @@ def test_the_quiet_floor_saved_goes_with_the_first_record_after_the_quiet(record
     assert h2.shell.engines[0].watermark_ms == T0 + 270_000
 
 
+@not_compiled
 def test_a_batch_whose_record_the_engine_refuses_still_ends_the_saved_quiet_floor() -> None:
     # A record that reaches the engine but is refused (an offset it takes as out of order, dead
     # lettered) changes no offset and saves nothing of its own: the quiet's end is saved anyway,
@@ -892,6 +894,7 @@ def updated_alert(t: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+@not_compiled
 def test_the_burst_shell_sends_an_incident_update_once_every_partition_reported_its_holds() -> None:
     """Holds on: the detector's `updated` alert goes to the incidents topic at once (the
     partitions need it) but to the alerts topic only when every partition's hold report says it
@@ -998,6 +1001,7 @@ class BurstHarness:
         return asyncio.run(self.shell._resume_offset([]))
 
 
+@not_compiled
 def test_a_batch_that_only_sends_an_alert_the_tally_held_still_publishes_the_detectors_position(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
