@@ -201,6 +201,17 @@ def test_without_a_broker_to_read_from_a_gap_is_an_error_not_a_skip() -> None:
     assert shell.counts["records"] == 0
 
 
+def test_a_replay_file_that_repeats_its_records_is_decided_with_holds_on() -> None:
+    """A file holding its records twice (a dump appended to itself: the same offsets again) is
+    processed in the order read with holds on: a reference's waiting records are found by their
+    heap item, not by stream and offset, which repeat here (`partition.Item`)."""
+    recs = stamped(1)
+    s = Settings()
+    assert s.params.holds and s.params.burst_signals  # (waiting records kept: `pending`)
+    decided = list(replay(iter(recs + recs), s.params, drain=True, burst=s.burst))
+    assert len(decided) >= len(list(replay(iter(recs), s.params, drain=True, burst=s.burst)))
+
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_replay_processes_a_file_whose_offsets_go_back_and_says_so(
     jobs: str, tmp_path: Any, capfd: pytest.CaptureFixture[str]
