@@ -89,8 +89,8 @@ COMPILED := $(CURDIR)/build/compiled
 RUN_COMPILED := PYTHONSAFEPATH=1 PYTHONPATH=$(COMPILED)
 compiled: $(COMPILED)/stream/compiled-manifest.json
 
-$(COMPILED)/stream/compiled-manifest.json: $(shell find stream -name '*.py') tools/build_compiled.py | install
-	$(PY) tools/build_compiled.py --out $(COMPILED)
+$(COMPILED)/stream/compiled-manifest.json: $(shell find stream -name '*.py') bench/build_compiled.py | install
+	$(PY) bench/build_compiled.py --out $(COMPILED)
 
 # The fast tiers against the compiled build (subprocesses of the tests too: they inherit both
 # variables); the repository root after it, for the tests' own modules.

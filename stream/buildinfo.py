@@ -5,7 +5,7 @@ modules compiled by mypyc), and the check that a compiled copy still matches its
 A compiled module takes precedence over a `.py` file of the same name, and the copy runs
 whatever it was built from: after an edit of the sources it would run the old code without a
 word, in tests, in a replay or live. So the copy carries a manifest (`MANIFEST`, written by
-tools/build_compiled.py): the sources' root and the SHA-256 of every source file it was built
+bench/build_compiled.py): the sources' root and the SHA-256 of every source file it was built
 from. Importing the copy checks the sources against it and refuses (`StaleBuild`, naming the
 files and `REBUILD`) if any changed, went or came, or if a compiled module was not built for
 this Python (it would fall back to its `.py` copy unseen). A source tree has no manifest: one

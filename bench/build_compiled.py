@@ -2,7 +2,7 @@
 build/compiled/stream, the hot core modules compiled there by mypyc, and the manifest that lets
 the copy refuse to run once its sources change (stream/buildinfo.py).
 
-    python tools/build_compiled.py [--out build/compiled]
+    python bench/build_compiled.py [--out build/compiled]
 
 Nothing is written in the source tree: a compiled module beside its `.py` would take precedence
 over it, and an edit without a rebuild would run old code (tests/test_compiled_build.py fails
