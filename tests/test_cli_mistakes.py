@@ -382,29 +382,34 @@ def test_a_command_started_with_stdout_closed_still_succeeds(tmp_path: Path) -> 
     assert out.stat().st_size > 0
 
 
-def test_replay_with_a_hold_past_the_retention_warns_and_decides(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("refused", "warning", "accepted"),
+    [
+        (
+            ["--retention-s", "3600"],
+            "QRIS_MAX_HOLD_S=7200 with QRIS_TIMEOUT_S=300 reaches QRIS_RETENTION_S=3600",
+            ["--retention-s", "7501"],
+        ),
+        (
+            ["--clock-skew-s", "400"],
+            "QRIS_CLOCK_SKEW_S=400 reaches QRIS_TIMEOUT_S=300 - QRIS_LATENESS_S=30",
+            ["--timeout-s", "10", "--lateness-s", "1", "--clock-skew-s", "4"],
+        ),
+    ],
+    ids=["hold_past_the_retention", "clock_guard_past_the_timeout"],
+)
+def test_replay_with_settings_the_worker_refuses_warns_and_decides(
+    tmp_path: Path, refused: list[str], warning: str, accepted: list[str]
+) -> None:
     # Replay answers what the settings would decide: a warning, not a refusal (the worker refuses).
     data = tmp_path / "in.jsonl"
     data.write_bytes(b"")
     out = tmp_path / "out.jsonl"
-    r = run_cli(["replay", "--in", str(data), "--out", str(out), "--retention-s", "3600"], {})
+    r = run_cli(["replay", "--in", str(data), "--out", str(out), *refused], {})
     assert r.returncode == 0
-    assert "replay: warning: QRIS_MAX_HOLD_S=7200 with QRIS_TIMEOUT_S=300 reaches QRIS_RETENTION_S=3600" in r.stderr
-    r = run_cli(["replay", "--in", str(data), "--out", str(out), "--retention-s", "7501"], {})
-    assert r.returncode == 0 and "QRIS_MAX_HOLD_S" not in r.stderr
-
-
-def test_replay_with_a_clock_guard_past_the_timeout_warns_and_decides(tmp_path: Path) -> None:
-    # As for the hold past the retention: replay answers what these settings would decide.
-    data = tmp_path / "in.jsonl"
-    data.write_bytes(b"")
-    out = tmp_path / "out.jsonl"
-    r = run_cli(["replay", "--in", str(data), "--out", str(out), "--clock-skew-s", "400"], {})
-    assert r.returncode == 0
-    assert "replay: warning: QRIS_CLOCK_SKEW_S=400 reaches QRIS_TIMEOUT_S=300 - QRIS_LATENESS_S=30" in r.stderr
-    short = ["--timeout-s", "10", "--lateness-s", "1"]
-    r = run_cli(["replay", "--in", str(data), "--out", str(out), *short, "--clock-skew-s", "4"], {})
-    assert r.returncode == 0 and "QRIS_CLOCK_SKEW_S" not in r.stderr
+    assert f"replay: warning: {warning}" in r.stderr
+    r = run_cli(["replay", "--in", str(data), "--out", str(out), *accepted], {})
+    assert r.returncode == 0 and warning.split("=")[0] not in r.stderr
 
 
 def test_replay_says_how_many_jobs_ran_when_the_file_has_fewer_partitions(tmp_path: Path) -> None:
