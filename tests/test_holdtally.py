@@ -8,6 +8,8 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +225,112 @@ def test_the_detectors_snapshot_carries_the_tally() -> None:
     assert burstsnapshot.decode(burstsnapshot.encode(BurstDetector([0, 1]), 7)).tally is None
     [alert] = snap.tally.on_report(report(1, t_of(M) + 1))
     assert alert.value["holds"]["held"] == {"count": 1, "amount_idr": 10}
+
+
+def many_holds(n: int) -> HoldTally:
+    """A tally during a long outage: `inc_z` resolved and finished, an `updated` alert of `inc_a`
+    pending, `n` holds of incidents `inc_a` and `inc_b` reported in no sorted order, each with
+    scope tags, a third of them released (after the pending alert: remembered)."""
+    tally = HoldTally([0, 1], PROBE_MS)
+    tally.on_alerts([burst_alert("resolved", M - 10, "inc_z")])
+    tally.on_report(report(0, t_of(M - 10) + 1, ["held", "rf_z", "inc_z", 7, t_of(M - 10) - 1]))
+    assert tally.on_report(report(1, t_of(M - 10) + 1)) and tally.finished == {"inc_z"}
+    tally.on_alerts([burst_alert("updated", M + 2, "inc_a")])
+    ids = [f"rf_{i:07d}" for i in range(n)]
+    random.Random(n).shuffle(ids)
+    for p in (0, 1):
+        mine = ids[p::2]
+        for k in range(0, len(mine), 500):
+            events: list[list[Any]] = []
+            scopes: dict[str, list[str]] = {}
+            for j, rid in enumerate(mine[k : k + 500]):
+                incident = "inc_a" if j % 4 else "inc_b"
+                events.append(["held", rid, incident, 10_000 + j, t_of(M) - j])
+                scopes[rid] = [scope_tag(("switch", "RINTIS")), scope_tag(("merchant", f"M{j % 17}"))]
+                if j % 3 == 0:
+                    events.append(["released_without_payment", rid, incident, 10_000 + j, t_of(M + 3) + j])
+            tally.on_report({**report(p, t_of(M + 1), *events), "hold_scopes": scopes})
+    assert len(tally.held) == n + 1 and tally.ends and tally.pending  # and rf_z, never ended
+    return tally
+
+
+def tally_fields(tally: HoldTally) -> tuple[Any, ...]:
+    """Everything a tally holds, with no order where the tally's order means nothing."""
+    return (
+        tally.partitions,
+        tally.probe_age_ms,
+        tally.decided,
+        tally.events,
+        tally.finished,
+        tally.held,
+        tally.held_by_tag,
+        sorted(tally.ends),
+        tally.pending,
+    )
+
+
+def alerts_after(tally: HoldTally) -> list[bytes]:
+    """What the tally sends once both partitions decided past its pending alert."""
+    out = tally.on_report(report(0, t_of(M + 6)))
+    out += tally.on_report(report(1, t_of(M + 6), ["requested_after_hold", "rf_0000001", "inc_a", 5, t_of(M + 4)]))
+    return [codec.dumps(d.value) for d in out]
+
+
+def previous_release_state(tally: HoldTally) -> dict[str, Any]:
+    """`HoldTally.to_state` as the previous release wrote it (every part sorted), kept here
+    literally: a worker of this release restores what one of that release saved."""
+    return {
+        "partitions": sorted(tally.partitions),
+        "probe_age_ms": tally.probe_age_ms,
+        "decided": sorted(tally.decided.items()),
+        "events": {
+            inc: [[typ, rid, a, at] for (typ, rid), (a, at) in sorted(evs.items())]
+            for inc, evs in sorted(tally.events.items())
+        },
+        "finished": sorted(tally.finished),
+        "pending": [[t, v, None if k is None else k.decode("utf-8"), at] for t, v, k, at in tally.pending],
+        **({"held": [[rid, *h] for rid, h in sorted(tally.held.items())]} if tally.held else {}),
+    }
+
+
+def test_a_tally_snapshot_in_pieces_restores_the_same_tally(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pieces are one JSON document, which this release's and the previous one's `decode`
+    # read alike (the reader is unchanged; the order of events and holds is the tally's own).
+    tally, det = many_holds(3000), BurstDetector([0, 1])
+    monkeypatch.setattr(burstsnapshot, "PIECE_BYTES", 4096)
+    pieces = list(burstsnapshot.encode_pieces(det, 7, tally))
+    assert len(pieces) > 50
+    whole = codec.dumps({"signals_offset": 7, "detector": det.snapshot(), "hold_tally": tally.to_state()})
+    assert zlib.decompress(b"".join(pieces)) == whole
+    back = burstsnapshot.decode(b"".join(pieces)).tally
+    assert back is not None and tally_fields(back) == tally_fields(tally)
+    assert back.to_state() == tally.to_state()  # restored in the order saved
+    want = alerts_after(tally)
+    assert want and b'"kept_held"' in want[0] and alerts_after(back) == want
+
+
+def test_a_tally_snapshot_of_the_previous_release_restores_the_same_tally() -> None:
+    tally, det = many_holds(3000), BurstDetector([0, 1])
+    old = zlib.compress(
+        codec.dumps({"signals_offset": 7, "detector": det.snapshot(), "hold_tally": previous_release_state(tally)}), 1
+    )
+    assert zlib.decompress(old) != zlib.decompress(burstsnapshot.encode(det, 7, tally))  # sorted there, not here
+    back = burstsnapshot.decode(old).tally
+    assert back is not None and tally_fields(back) == tally_fields(tally)
+    assert alerts_after(back) == alerts_after(tally)
+
+
+def test_no_cut_of_a_tally_snapshot_holds_more_than_a_batch_of_holds() -> None:
+    # What the shell does between two turns of the event loop: at most `PIECE_BYTES` of JSON and
+    # one batch, each cut built when it is read (a tally of 50,000 holds took 0.2-0.5 s at once).
+    tally = many_holds(3000)
+    state = tally.to_state(lazily=True)
+    assert isinstance(state["held"], Iterator) and all(isinstance(rows, Iterator) for rows in state["events"].values())
+    value = {"signals_offset": 7, "detector": BurstDetector([0, 1]).snapshot(lazily=True), "hold_tally": state}
+    cuts = list(burstsnapshot._json_pieces(value, burstsnapshot._CUTS))
+    assert sum(map(len, cuts)) > 400_000
+    assert max(c.count(b'"rf_') for c in cuts) <= burstsnapshot._BATCH
+    assert max(map(len, cuts)) < 16 * 1024
 
 
 def test_the_detector_ignores_hold_reports_on_the_signals_topic() -> None:

@@ -320,20 +320,28 @@ class HoldTally:
 
     # -- snapshots ----------------------------------------------------------------------------
 
-    def to_state(self) -> dict[str, Any]:
+    def to_state(self, lazily: bool = False) -> dict[str, Any]:
+        """The tally as JSON-ready named fields; `from_state` rebuilds an equal tally.
+
+        The events and the holds are in the tally's own order: every use of them is a sum or a
+        heap, so their order means nothing, and sorting them is one step that cannot be cut
+        (0.15-0.25 s at 50,000 holds). `lazily`: each incident's events and the holds as
+        iterators that build each row when it is read, so that a snapshot can be encoded in
+        pieces (`burstsnapshot.encode_pieces`). The tally must not change until they are read."""
+        events = {
+            inc: ([typ, rid, a, at] for (typ, rid), (a, at) in evs.items()) for inc, evs in sorted(self.events.items())
+        }
+        held = ([rid, *h] for rid, h in self.held.items())
         return {
             "partitions": sorted(self.partitions),
             "probe_age_ms": self.probe_age_ms,
             "decided": sorted(self.decided.items()),
-            "events": {
-                inc: [[typ, rid, a, at] for (typ, rid), (a, at) in sorted(evs.items())]
-                for inc, evs in sorted(self.events.items())
-            },
+            "events": events if lazily else {inc: list(rows) for inc, rows in events.items()},
             "finished": sorted(self.finished),
             "pending": [[t, v, None if k is None else k.decode("utf-8"), at] for t, v, k, at in self.pending],
             # A key of its own (a tally that does not know it passes over it; restored without
             # it, the holds reported before count in no other incident's `kept_held`).
-            **({"held": [[rid, *h] for rid, h in sorted(self.held.items())]} if self.held else {}),
+            **({"held": held if lazily else list(held)} if self.held else {}),
         }
 
     @classmethod
