@@ -22,6 +22,7 @@ from stream.core.holdtally import HoldTally, held_scope_tags, holds_phrase, is_h
 from stream.core.partition import NEG_INF, POS_INF, Params, PartitionEngine
 from stream.core.records import Stream
 from stream.core.reference import ReferenceState
+from stream.core.refunds import Refund
 from stream.core.signals import MINUTE_MS
 from stream.core.validation import Rejection, parse_payment
 from stream.drivers.replay import replay
@@ -38,6 +39,7 @@ HOLDS = Params(timeout_ms=300_000, lateness_ms=30_000, retention_ms=3_600_000, m
 OFF = replace(HOLDS, max_hold_ms=0)
 EVERYTHING = T0 + 10**9  # incidents known far past every test
 CLOSED_REFUNDS = validator_for("qris.refunds", closed_schema=True)
+ALERTS = validator_for("qris.alerts", closed_schema=True)
 
 
 def ms(t: float) -> int:
@@ -413,6 +415,103 @@ def test_state_saved_before_holds_existed_still_restores() -> None:
     g.incidents([], EVERYTHING)
     g.tick(400)
     assert [r["type"] for r in g.refunds()] == ["refund.requested"]
+
+
+def _paid_after_hold_then_settled(restore: bool = False, drop_request_times: bool = False) -> Feed:
+    # Held at its deadline (300), requested at the hold's end (G after the resolution: 1900),
+    # settled 5 s later; `restore`: the engine is rebuilt from its saved state in between,
+    # `drop_request_times` as the previous release saved it (no refund request times).
+    events = [inc("opened", 100), inc("resolved", 1000)]
+    f = Feed()
+    f.incidents(events, EVERYTHING)
+    unsettled(f)
+    f.tick(1931)
+    if restore:
+        refs, meta = f.eng.take_dirty()
+        entries = []
+        for k, v in refs.items():
+            assert v is not None
+            d = codec.loads(v)
+            if k == "QR1":
+                assert d["state"]["refunds_requested_at_ms"] == [ms(1900)]
+                assert [len(r) for r in d["state"]["refunds"]] == [5]  # what every release reads
+                if drop_request_times:
+                    del d["state"]["refunds_requested_at_ms"]
+            entries.append((k, codec.dumps(d)))
+        g = Feed(eng=PartitionEngine.restore(0, HOLDS, meta, entries))
+        g.offsets, g.out = list(f.offsets), list(f.out)
+        g.incidents(events, EVERYTHING)
+        f = g
+    f.p(payment("QR1-s", "settled", "QR1", 1905))
+    f.tick(2000)
+    return f
+
+
+def test_a_settlement_seconds_after_a_held_refund_was_requested_says_so() -> None:
+    f = _paid_after_hold_then_settled()
+    held, requested, cancel = f.refunds()
+    assert requested["decided_at"] == format_ms(ms(1900)) and requested["hold"]["held_ms"] == 1_600_000
+    assert cancel["type"] == "refund.cancel_requested" and cancel["cancels_refund_id"] == held["refund_id"]
+    assert cancel["cancel_id"] == ids.cancel_id(held["refund_id"], "QR1-s")
+    [alert] = f.alerts()
+    assert alert["kind"] == "LATE_SETTLEMENT" and alert["incident_id"] == "in_a"
+    assert (
+        "arrived 5 s after the refund was requested at the end of its hold (26 min after the refund deadline);"
+        in alert["summary"]
+    )
+    assert alert["observed"]["after_request_s"] == 5.0 and alert["observed"]["late_by_s"] == 1605.0
+    assert [e.message for e in ALERTS.iter_errors(alert)] == [] and beyond_schema_errors("qris.alerts", alert) == []
+    # A restore between the request and the settlement tells it the same.
+    restored = _paid_after_hold_then_settled(restore=True)
+    assert restored.refunds() == f.refunds() and restored.alerts() == f.alerts()
+
+
+def test_a_held_refund_saved_without_its_request_time_is_told_by_its_deadline() -> None:
+    # State the previous release saved: the same decisions and ids; the alert says what it knows.
+    f = _paid_after_hold_then_settled()
+    old = _paid_after_hold_then_settled(restore=True, drop_request_times=True)
+    assert old.refunds() == f.refunds()
+    [alert], [known] = old.alerts(), f.alerts()
+    assert alert["alert_id"] == known["alert_id"] and alert["incident_id"] == known["incident_id"]
+    assert "settlement QR1-s arrived 26 min after the refund deadline; check whether" in alert["summary"]
+    assert "requested" not in alert["summary"]
+    assert "after_request_s" not in alert["observed"] and alert["observed"]["late_by_s"] == 1605.0
+    assert {k: v for k, v in alert.items() if k not in ("summary", "observed")} == {
+        k: v for k, v in known.items() if k not in ("summary", "observed")
+    }
+
+
+def test_a_refund_requested_at_its_deadline_saves_no_request_time_and_reads_as_before() -> None:
+    f = Feed(OFF)
+    f.incidents([inc("opened", 100)], EVERYTHING)
+    unsettled(f)
+    f.tick(400)
+    refs, _meta = f.eng.take_dirty()
+    saved = codec.loads(refs["QR1"] or b"")["state"]
+    assert len(saved["refunds"]) == 1 and "refunds_requested_at_ms" not in saved
+    f.p(payment("QR1-s", "settled", "QR1", 500))
+    f.tick(600)
+    [alert] = f.alerts()
+    assert "arrived 3 min after the refund deadline; check whether" in alert["summary"]
+    assert "after_request_s" not in alert["observed"]
+
+
+def test_refund_request_times_round_trip_beside_the_refunds() -> None:
+    st = ReferenceState(
+        "QR1",
+        refunds=[
+            Refund("rf_a", 10_000, ms(300), "SETTLEMENT_TIMEOUT", False),
+            Refund("rf_b", 25_000, ms(600), "PAYMENT_FAILED", True, requested_at_ms=ms(1900)),
+        ],
+    )
+    saved = orjson.loads(orjson.dumps(st.to_json()))
+    assert saved["refunds_requested_at_ms"] == [None, ms(1900)]
+    assert [len(r) for r in saved["refunds"]] == [5, 5]
+    assert ReferenceState.from_json(saved) == st
+    del saved["refunds_requested_at_ms"]  # as a release that did not keep them saved it
+    assert [r.requested_at_ms for r in ReferenceState.from_json(saved).refunds] == [None, None]
+    st.refunds[1].requested_at_ms = None
+    assert "refunds_requested_at_ms" not in st.to_json()
 
 
 def test_a_new_cycle_during_a_hold_never_pays_twice() -> None:

@@ -180,16 +180,51 @@ def cancellation_alert(
     eff_ms: int,
     partition: int,
 ) -> Decision:
-    """A refund was cancelled: it may already have been paid out, so a person checks."""
-    late_s = (eff_ms - refund.deadline_ms) / 1000
+    """A refund was cancelled: it may already have been paid out, so a person checks. The
+    record's delay is told after the refund's deadline (`late_by_s`) and, for a refund held
+    during an incident and requested at its hold's end, after that request (`after_request_s`):
+    "26 min after the deadline" alone would hide that the refund went out seconds before. A
+    refund without a request time (requested at its deadline, or restored from state saved
+    without it) is told by its deadline only, which is true either way.
+
+    >>> from .refunds import Refund
+    >>> from .reference import ReferenceState
+    >>> from .records import PaymentEvent
+    >>> s = PaymentEvent("QR1-s", "settled", "QR1", "2025-03-29T00:31:45Z", 0, 25000)
+    >>> held = Refund("rf_1", 25000, 300_000, "SETTLEMENT_TIMEOUT", False, requested_at_ms=1_900_000)
+    >>> a = cancellation_alert(ReferenceState("QR1"), held, "cn_1", "LATE_SETTLEMENT", s, 1_905_000, 0).value
+    >>> def arrived(alert): return alert["summary"].split(" arrived ")[1].split(";")[0]
+    >>> arrived(a)
+    '5 s after the refund was requested at the end of its hold (26 min after the refund deadline)'
+    >>> a["observed"]["after_request_s"], a["observed"]["late_by_s"]
+    (5.0, 1605.0)
+    >>> plain = Refund("rf_2", 25000, 300_000, "SETTLEMENT_TIMEOUT", False)
+    >>> a = cancellation_alert(ReferenceState("QR1"), plain, "cn_2", "LATE_SETTLEMENT", s, 1_905_000, 0).value
+    >>> arrived(a)
+    '26 min after the refund deadline'
+    >>> "after_request_s" in a["observed"]
+    False
+    """
     what = "settlement" if reason == "LATE_SETTLEMENT" else "ledger reversal"
     trigger_id = quoted_id(trigger.event_id, _account_ids(st, trigger))
+    late_ms = eff_ms - refund.deadline_ms
+    requested_at_ms = refund.requested_at_ms
+    if requested_at_ms is None:
+        when = f"{duration_text(late_ms)} after the refund deadline"
+    else:
+        when = (
+            f"{duration_text(eff_ms - requested_at_ms)} after the refund was requested at the end of its hold "
+            f"({duration_text(late_ms)} after the refund deadline)"
+        )
     summary = (
         f"Refund {refund.refund_id} of {rupiah(refund.amount)} for {escape_text(st.reference)} cancelled: "
-        f"{what} {trigger_id} arrived {duration_text(eff_ms - refund.deadline_ms)} after the "
-        "refund deadline; "
-        "check whether it was already paid out"
+        f"{what} {trigger_id} arrived {when}; check whether it was already paid out"
     )
+    observed: dict[str, Any] = {"amount_idr": refund.amount, "late_by_s": late_ms / 1000}
+    if requested_at_ms is not None:
+        observed["after_request_s"] = (eff_ms - requested_at_ms) / 1000
+    observed["net_debited_idr"] = st.net
+    observed["settled_idr"] = st.settled
     return _payment_alert(
         st,
         ids.alert_id(reason, cancel_id),
@@ -198,7 +233,7 @@ def cancellation_alert(
         eff_ms,
         partition,
         summary,
-        {"amount_idr": refund.amount, "late_by_s": late_s, "net_debited_idr": st.net, "settled_idr": st.settled},
+        observed,
         refund_id=refund.refund_id,
     )
 

@@ -464,7 +464,7 @@ class ReferenceState:
         owed = self.net - self.settled - active - held
         release = (hold, because, at_ms)
         if owed > 0 and trigger is None:
-            refund = Refund(hold.refund_id, owed, hold.deadline_ms, self._reason(), True)
+            refund = Refund(hold.refund_id, owed, hold.deadline_ms, self._reason(), True, at_ms)
             self.refunds.append(refund)
             return [refund_request_record(self, refund, partition, active, release, held)]
         hold_release_id = ids.hold_release_id(hold.refund_id)
@@ -489,7 +489,9 @@ class ReferenceState:
         under 1 KiB. Nested records are arrays in their named tuple's field order; ledger
         entries' accounts, when any entry of a list has one, are a list beside it
         (`debit_accounts`, `reversal_accounts`: one per entry, null for the reference's account),
-        so a release that does not know them restores the entries as before."""
+        so a release that does not know them restores the entries as before; so are the request
+        times of refunds requested at a hold's end (`refunds_requested_at_ms`: one per refund,
+        null for one requested at its deadline; absent when no refund has one)."""
         # Once per changed reference per batch in the live worker: each field read once, named
         # tuples copied by `tuple` (orjson writes no tuple subclass; a plain tuple is one
         # allocation, a list two), `map` where a comprehension would cost a frame.
@@ -532,8 +534,11 @@ class ReferenceState:
             d["cycle_deadline_ms"] = self.cycle_deadline_ms
             opened_by = self.cycle_opened_by
             d["cycle_opened_by"] = tuple(opened_by) if opened_by is not None else None
-        if self.refunds:
-            d["refunds"] = [(r.refund_id, r.amount, r.deadline_ms, r.reason, r.active) for r in self.refunds]
+        refunds = self.refunds
+        if refunds:
+            d["refunds"] = [(r.refund_id, r.amount, r.deadline_ms, r.reason, r.active) for r in refunds]
+            if any(r.requested_at_ms is not None for r in refunds):
+                d["refunds_requested_at_ms"] = [r.requested_at_ms for r in refunds]
         d["last_eff_ms"] = self.last_eff_ms
         d["last_key"] = tuple(self.last_key)
         if self.retention is not None:
@@ -579,7 +584,7 @@ class ReferenceState:
             settled=d["settled"],
             cycle_deadline_ms=d.get("cycle_deadline_ms"),
             cycle_opened_by=RecordKey(*co) if co else None,
-            refunds=[Refund(*r) for r in d.get("refunds", ())],
+            refunds=_saved_refunds(d.get("refunds", ()), d.get("refunds_requested_at_ms")),
             last_eff_ms=d["last_eff_ms"],
             last_key=RecordKey(*d["last_key"]),
             retention=RetentionTimer(*rt) if rt else None,
@@ -636,6 +641,16 @@ def _saved_entries(saved: Iterable[list[Any]], accounts: list[str | None] | None
     if accounts is None:
         return [LedgerEntry(*x) for x in saved]
     return [LedgerEntry._make((*x, a)) for x, a in zip(saved, accounts, strict=True)]
+
+
+def _saved_refunds(saved: Iterable[list[Any]], requested_at_ms: list[int | None] | None) -> list[Refund]:
+    # `requested_at_ms` (`refunds_requested_at_ms`) is absent when no refund was requested at a
+    # hold's end, and in state saved without it: each refund then has none (told by its deadline).
+    refunds = [Refund(*r) for r in saved]
+    if requested_at_ms is not None:
+        for refund, at_ms in zip(refunds, requested_at_ms, strict=True):
+            refund.requested_at_ms = at_ms
+    return refunds
 
 
 def _id_digest(event_id: str) -> str:

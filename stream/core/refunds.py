@@ -30,6 +30,11 @@ class Refund:
     deadline_ms: int
     reason: str
     active: bool
+    # The event time a held refund was requested: the end of its hold (CONTRACT.md "Refund
+    # holds"), which can be long after its deadline. None for a refund requested at its deadline,
+    # and for one restored from state saved without it, which may have been held: a cancellation
+    # then speaks of the deadline only, which is true either way.
+    requested_at_ms: int | None = None
 
 
 def refund_account(st: ReferenceState) -> str | None:
