@@ -437,7 +437,7 @@ def cmd_warmup(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .core.alerts import rupiah
     from .core.text import escape_text
-    from .drivers.report import render, summarise
+    from .drivers.report import render, scope_words, summarise
     from .drivers.reportselect import Selection, to_csv
 
     s = _connect(_settings(args)) if args.from_kafka else _settings(args)
@@ -511,7 +511,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if not counted[0]:  # (all-zero money that looks like a quiet day)
             raise Mistake(f"{held} and no decision; {advice}")
         print(f"warning: {held}; {advice}", file=sys.stderr)
-    summary = summarise(selected)
+    summary = summarise(selected, scope)
     money = summary["refund_totals"]  # (every net figure below is this one's)
     if args.json:
         sys.stdout.buffer.write(codec.dumps(summary) + b"\n")
@@ -521,7 +521,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from .core.eventtime import wib_and_utc
 
         if selection != Selection():
-            what = [f"{scope[0]} {scope[1]}"] if scope else []
+            what = [scope_words(scope)] if scope else []
             if args.since is not None:
                 what.append(f"decided from {wib_and_utc(args.since)}")
             if args.until is not None:

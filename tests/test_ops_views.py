@@ -689,7 +689,8 @@ def test_the_dashboard_shows_incidents_holds_feeds_and_escapes_input() -> None:
     # "nothing is burning".
     fresh = WorkerWatch(Settings(), clock=lambda: NOW_S)
     page = render(fresh, {1: held}, NOW_S, "qris-test")
-    assert "Nothing is burning" not in page and "1 refund(s) are still held by incident(s) i1, in_bca" in page
+    # (in_bca, open here, before i1, which this worker's timeline does not know: `incident_rank`)
+    assert "Nothing is burning" not in page and "1 refund(s) are still held by incident(s) in_bca, i1" in page
     assert "Nothing is burning" in render(fresh, {0: eng}, NOW_S, "qris-test")
 
 
@@ -703,9 +704,81 @@ def test_a_worker_without_the_detector_shows_the_incidents_topic_open_never_noth
     eng.incidents.incidents["in_x"] = Incident("in_x", "switch", "<i>RINTIS</i>\u202e", T0)
     page = render(watch, {0: eng}, NOW_S, "qris-test")
     assert "Nothing is burning" not in page and 'Open incidents: <span class="bad">1</span>' in page
-    assert "switch &lt;i&gt;RINTIS&lt;/i&gt;\\u202e." in page and "<i>RINTIS" not in page and "\u202e" not in page
+    assert "switch <bdi>&lt;i&gt;RINTIS&lt;/i&gt;\\u202e</bdi>." in page and "<i>RINTIS" not in page
+    assert "\u202e" not in page
     eng.incidents.incidents["in_x"].resolved_at_ms = T0 + 60_000
     assert "Nothing is burning" in render(watch, {0: eng}, NOW_S, "qris-test")
+
+
+def test_a_worker_without_the_detector_names_the_widest_incidents_first_then_the_newest() -> None:
+    """25 merchant incidents opened before a switch's and `all`'s: the page names the first 20,
+    and `all` and the switches are among them, first (`dashboard.incident_rank`), not behind
+    the merchants by their opening times."""
+    from stream.core.holds import Incident
+
+    watch, eng = _run(DAY)
+    book = eng.incidents.incidents
+    for i in range(25):
+        book[f"in_m{i:02d}"] = Incident(f"in_m{i:02d}", "merchant", f"M{i:02d}", T0 + i * 60_000)
+    book["in_rintis"] = Incident("in_rintis", "switch", "RINTIS", T0 + 30 * 60_000)
+    book["in_jalin"] = Incident("in_jalin", "switch", "JALIN", T0 + 31 * 60_000)
+    book["in_all"] = Incident("in_all", "all", "all", T0 + 32 * 60_000)
+    book["in_old"] = Incident("in_old", "issuer", "BNI", T0, resolved_at_ms=T0 + 60_000)
+    page = render(watch, {0: eng}, NOW_S, "qris-test")
+    assert 'Open incidents: <span class="bad">28</span>' in page
+    named = page.split("Open by the incidents topic: ", 1)[1].split(". The burst detector", 1)[0]
+    shown = [x.removesuffix("</bdi>").split(" <bdi>") for x in named.split(" and ")[0].split(", ")]
+    assert shown[:5] == [
+        ["all", "all"],
+        ["switch", "JALIN"],
+        ["switch", "RINTIS"],
+        ["merchant", "M24"],
+        ["merchant", "M23"],
+    ]
+    assert len(shown) == dashboard.SHOWN_INCIDENTS and named.endswith(" and 8 more") and "BNI" not in page
+
+
+def test_the_detectors_table_puts_a_switch_above_a_more_exposed_merchant() -> None:
+    """The worker running the detector lists every open incident in the same order
+    (`dashboard.incident_rank`): a switch's, critical, above a merchant's warning, whatever
+    the merchant's exposure."""
+    watch = WorkerWatch(Settings(), clock=lambda: NOW_S)
+    for ident, stype, sid, exposure in (("i_m", "merchant", "M1", 9_000_000), ("i_s", "switch", "RINTIS", 100)):
+        watch.on_output(
+            "alerts",
+            {"alert_id": ident, "kind": "FAILURE_BURST", "severity": "critical", "status": "opened"}
+            | {"incident_id": ident, "scope": {"type": stype, "id": sid}, "summary": sid, "exposure_idr": exposure}
+            | {"window": {"start": format_ms(T0), "end": format_ms(T0 + 60_000)}},
+        )
+    page = render(watch, {}, NOW_S, "qris-test")
+    assert page.index("<td>switch <bdi>RINTIS</bdi></td>") < page.index("<td>merchant <bdi>M1</bdi></td>")
+
+
+def test_the_dashboard_isolates_right_to_left_ids_from_the_counts_beside_them() -> None:
+    """A Hebrew merchant id (printable, allowed) is shown in a `<bdi>` wherever the page names a
+    scope, and an alert's summary keeps the isolates the core put around it."""
+    from stream.core.holds import Incident
+    from stream.core.incidents import scope_name
+
+    merchant = "\u05d0\u05d1\u05d2-7"
+    watch, eng = _run(DAY)
+    summary = f"{scope_name('merchant', merchant)}: 40 of 50 payments failed"
+    watch.on_output(
+        "alerts",
+        {"alert_id": "a1", "kind": "FAILURE_BURST", "severity": "warning", "status": "opened", "incident_id": "i1"}
+        | {"scope": {"type": "merchant", "id": merchant}, "summary": summary, "exposure_idr": 1},
+    )
+    page = render(watch, {0: eng}, NOW_S, "qris-test")
+    assert f"<td>merchant <bdi>{merchant}</bdi></td>" in page
+    assert f"<td>Merchant \u2068{merchant}\u2069: 40 of 50 payments failed</td>" in page
+    eng.incidents.incidents["in_x"] = Incident("in_x", "merchant", merchant, T0)
+    page = render(WorkerWatch(Settings(), clock=lambda: NOW_S), {0: eng}, NOW_S, "qris-test")
+    assert f"Open by the incidents topic: merchant <bdi>{merchant}</bdi>." in page
+    # The lookup's sentence names the incidents that held a payment with their scopes, the same way.
+    from stream.worker.lookup import _named
+
+    named = _named({"incident_scopes": {"in_x": {"type": "merchant", "id": merchant}}}, ["in_x"])
+    assert named == f"in_x: merchant \u2068{merchant}\u2069"
 
 
 def test_holds_waiting_out_g_after_their_incidents_resolved_here_say_nothing_is_open() -> None:

@@ -185,6 +185,51 @@ def test_the_report_shows_how_each_incidents_holds_ended_after_its_resolved_aler
     )
 
 
+def test_a_merchants_report_says_which_holds_are_the_whole_incidents_and_which_its_own() -> None:
+    """A merchant's report of its switch's incident: the resolved alert counts the holds of the
+    whole incident (1828), the refunds read are the merchant's alone (3); each line says whose
+    they are. A report of every scope has nothing to tell apart and keeps its words."""
+    example = Path(__file__).resolve().parents[1] / "schemas/examples/qris.alerts/valid"
+    resolved = json.loads((example / "failure-burst-resolved-with-holds.json").read_text())
+    inc = resolved["incident_id"]
+    held = [
+        _refund("refund.held", f"r{i}", 10_000, 20, incident_id=inc, incident_ids=[inc], merchant_id=m)
+        for i, m in enumerate(["M1", "M1", "M1", "M2"])
+    ]
+    outputs = [("refunds", v) for v in held] + [("alerts", resolved)]
+    selected = list(Selection(scope_type="merchant", scope_id="M1").select(outputs))
+    lines = [x.strip() for x in render(summarise(selected, ("merchant", "M1"))).splitlines()]
+    [whole] = [x for x in lines if x.startswith("holds at")]
+    [own] = [x for x in lines if x.startswith("holds in the end")]
+    assert whole.startswith(
+        "holds at 2025-03-29 09:40:30 WIB (02:40:30 UTC), the whole incident (all its scopes, as its resolved "
+        "alert counts them): held 1828 (Rp 133.242.500)"
+    )
+    assert own.startswith("holds in the end, merchant M1 only (the refunds read): held 3 (Rp 30.000)")
+    lines = [x.strip() for x in render(summarise(outputs)).splitlines()]
+    assert any(x.startswith("holds at 2025-03-29 09:40:30 WIB (02:40:30 UTC): held 1828") for x in lines)
+    assert any(x.startswith("holds in the end (the refunds read): held 4 (Rp 40.000)") for x in lines)
+
+
+def test_a_report_of_a_right_to_left_merchant_isolates_its_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hebrew or Arabic letters are printable and allowed in a merchant id: the report's lines
+    put it between FSI and PDI, so it cannot take the counts after it into its direction."""
+    merchant = "\u05d0\u05d1\u05d2-7"
+    example = Path(__file__).resolve().parents[1] / "schemas/examples/qris.alerts/valid"
+    resolved = json.loads((example / "failure-burst-resolved-with-holds.json").read_text())
+    inc = resolved["incident_id"]
+    held = _refund("refund.held", "r0", 10_000, 20, incident_id=inc, incident_ids=[inc], merchant_id=merchant)
+    dec = tmp_path / "decisions.jsonl"
+    values = [("qris.refunds", held), ("qris.alerts", resolved)]
+    dec.write_bytes(b"".join(codec.dumps({"topic": t, "value": v}) + b"\n" for t, v in values))
+    assert cli.main(["report", "--in", str(dec), "--merchant", merchant]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"Selection: merchant \u2068{merchant}\u2069\n")
+    assert f"holds in the end, merchant \u2068{merchant}\u2069 only (the refunds read): held 1 (Rp 10.000)" in out
+
+
 def _refund(typ: str, rid: str, amount: int, minute: int, **extra: Any) -> dict[str, Any]:
     reason = {"refund.cancel_requested": "LATE_SETTLEMENT"}.get(typ, "SETTLEMENT_TIMEOUT")
     v = {"type": typ, "refund_id": rid, "amount": amount, "reason": reason, "decided_at": at(minute * 60), **extra}

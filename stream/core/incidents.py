@@ -327,7 +327,7 @@ def _response_codes(codes: dict[str, int]) -> dict[str, int]:
     """
     shown: dict[str, int] = {}
     for code, n in codes.items():
-        code = escape_text(code, CODE_MAX_CHARS)
+        code = escape_text(code, CODE_MAX_CHARS, isolate=False)  # (keys of a field: not isolated)
         shown[code] = shown.get(code, 0) + n
     return dict(sorted(capped_codes(shown).items()))
 

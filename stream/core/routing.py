@@ -49,14 +49,14 @@ def dedup_key(value: dict[str, Any]) -> str:
 
 def labels(value: dict[str, Any]) -> dict[str, str]:
     r"""Flat string labels: `alertname` (the kind), `severity`, `kind`, `scope_type`, `scope_id`
-    (escaped as alert text is: `text.escape_text`), `service`, and `status` / `topic` /
-    `partition` when the alert has them. Alertmanager tells alerts apart by their labels, so
-    a cancellation's carry its `refund_id` (two cancellations of one merchant, explained by one
-    incident, would otherwise be one alert, the second overwriting the first), a scope
-    limit's the type it limits (`limit_scope_type`), and a `DEBIT_ACCOUNT_MISMATCH` the entry
-    it is about (`ledger_entry`: `debited`, or `reversed` when `observed` has `reversed_idr`): a
-    payment's debit from another account and its reversal to another share the dedup key but
-    ask the refund desk two different things.
+    (escaped as alert text is, `text.escape_text`, not isolated: a label is matched, not read),
+    `service`, and `status` / `topic` / `partition` when the alert has them. Alertmanager tells
+    alerts apart by their labels, so a cancellation's carry its `refund_id` (two cancellations
+    of one merchant, explained by one incident, would otherwise be one alert, the second
+    overwriting the first), a scope limit's the type it limits (`limit_scope_type`), and a
+    `DEBIT_ACCOUNT_MISMATCH` the entry it is about (`ledger_entry`: `debited`, or `reversed`
+    when `observed` has `reversed_idr`): a payment's debit from another account and its reversal
+    to another share the dedup key but ask the refund desk two different things.
 
     >>> labels({"kind": "LATE_SETTLEMENT", "severity": "warning", "refund_id": "rf_1",
     ...         "scope": {"type": "merchant", "id": "M\u200f1"}})["scope_id"]
@@ -68,7 +68,7 @@ def labels(value: dict[str, Any]) -> dict[str, str]:
         "severity": str(value["severity"]),
         "kind": str(value["kind"]),
         "scope_type": str(scope["type"]),
-        "scope_id": escape_text(str(scope["id"])),
+        "scope_id": escape_text(str(scope["id"]), isolate=False),
         "service": SERVICE,
     }
     for name in ("status", "topic", "partition"):

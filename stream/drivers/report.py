@@ -11,14 +11,17 @@ from typing import Any
 
 from ..core.alerts import rupiah
 from ..core.routing import SEVERITY_RANK
-from ..core.text import escape_text
+from ..core.text import escape_line, escape_text
 from .reportselect import outstanding
 
 
-def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+def summarise(outputs: Iterable[tuple[str, dict[str, Any]]], scope: tuple[str, str] | None = None) -> dict[str, Any]:
     """`outputs` are (role, value) with role refunds | alerts | dead_letter. The money
     (`refund_totals`, and `net_outstanding_idr` from it) is `outstanding`'s, the one rule for
-    every net figure: per refund id, its latest record in `outputs`."""
+    every net figure: per refund id, its latest record in `outputs`. `scope` (type, id): the
+    scope `outputs` were selected for (`Selection`), which each incident's lines then name:
+    its resolved alert counts the holds of the whole incident, the refunds read only the
+    scope's."""
     outputs = list(outputs)
     money = outstanding(outputs)
     req_n: Counter[str] = Counter()
@@ -92,12 +95,12 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                 window = v.get("window") or {}
                 incident_lines.append(
                     f"[{_text(v['severity'])}] {_text(v['status']):<8} {_when(window.get('start'))} .. "
-                    f"{_when(window.get('end'))} {_text(v['summary'], 1000)}"
+                    f"{_when(window.get('end'))} {escape_line(str(v['summary']), 1000)}"
                 )
                 if v.get("status") == "resolved" and isinstance(v.get("holds"), dict):
                     # The holds the incident covered, as its resolved alert counts them.
                     incident_holds[_text(v.get("incident_id"))] = v["holds"]
-                    incident_lines.append("         " + _holds_line(v["holds"]))
+                    incident_lines.append("         " + _holds_line(v["holds"], scope))
                     holds_line_at[str(v.get("incident_id"))] = len(incident_lines)
             else:
                 if v["kind"] in ("LATE_SETTLEMENT", "LATE_REVERSAL") and v.get("incident_id"):
@@ -110,13 +113,13 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                 alert_lines.append(
                     (
                         SEVERITY_RANK.get(v["severity"], len(SEVERITY_RANK)),
-                        f"[{_text(v['severity'])}] {_text(v['kind'])}: {_text(v['summary'], 1000)}",
+                        f"[{_text(v['severity'])}] {_text(v['kind'])}: {escape_line(str(v['summary']), 1000)}",
                     )
                 )
     # After each resolved incident's holds, how they ended (the refunds read here).
     for incident_id, at in sorted(holds_line_at.items(), key=lambda kv: -kv[1]):
         if incident_id in after:
-            incident_lines.insert(at, "         " + _ended_line(after[incident_id]))
+            incident_lines.insert(at, "         " + _ended_line(after[incident_id], scope))
     return {
         "refunds_requested": {
             "count": sum(req_n.values()),
@@ -161,13 +164,15 @@ def _count_in(after: dict[str, dict[str, list[int]]], incident_id: str, how: str
     c[1] += amount
 
 
-def _ended_line(c: dict[str, list[int]]) -> str:
+def _ended_line(c: dict[str, list[int]], scope: tuple[str, str] | None = None) -> str:
     """How an incident's holds ended, from the refund records: its resolved alert counts them
     as of its own time, most of them still held then. The ends of holds begun before the
-    selection (`earlier_...`) are said apart, as in the report's holds line."""
+    selection (`earlier_...`) are said apart, as in the report's holds line. In a scope's
+    report, the scope's holds only, and the line says so beside the incident's."""
     held, requested, released = (c.get(k, [0, 0]) for k in ("held", "requested", "released"))
+    whose = f", {scope_words(scope)} only" if scope else ""
     line = (
-        f"holds in the end (the refunds read): held {held[0]} ({rupiah(held[1])}), requested after "
+        f"holds in the end{whose} (the refunds read): held {held[0]} ({rupiah(held[1])}), requested after "
         f"the hold {requested[0]} ({rupiah(requested[1])}), released without payment {released[0]} "
         f"({rupiah(released[1])}), still held {max(0, held[0] - requested[0] - released[0])}"
     )
@@ -198,12 +203,26 @@ def _hold_ends(ended: dict[str, tuple[str, int]], started: set[str]) -> dict[str
     return out
 
 
-def _holds_line(h: dict[str, Any]) -> str:
+def scope_words(scope: tuple[str, str]) -> str:
+    """A report's scope as its lines name it, the id escaped (and isolated: it may be written
+    right to left).
+
+    >>> scope_words(("merchant", "M1"))
+    'merchant M1'
+    """
+    return f"{escape_text(scope[0], 20)} {escape_text(scope[1])}"
+
+
+def _holds_line(h: dict[str, Any], scope: tuple[str, str] | None = None) -> str:
+    """The holds an incident's resolved alert counts: every scope the incident covers, which
+    a scope's report, beside its own holds (`_ended_line`), says in words."""
+
     def part(name: str, label: str) -> str:
         c = h.get(name) or {}
         return f"{label} {int(c.get('count', 0))} ({rupiah(int(c.get('amount_idr', 0)))})"
 
-    return f"holds at {_when(h.get('as_of'))}: " + ", ".join(
+    whole = ", the whole incident (all its scopes, as its resolved alert counts them)" if scope else ""
+    return f"holds at {_when(h.get('as_of'))}{whole}: " + ", ".join(
         (
             part("held", "held"),
             part("requested_after_hold", "requested after the hold"),

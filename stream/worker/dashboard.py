@@ -5,7 +5,8 @@ exposure and holds), refunds / holds / cancellations per minute, feed health per
 (watermark delay, records waiting, silent feeds, event time paged as standing still) and dead
 letters.
 
-Every text that comes from input or alerts is HTML-escaped. Pure rendering: no Faust imports.
+Every text that comes from input or alerts is HTML-escaped, and every id put in a sentence is in
+a `<bdi>`: a right-to-left id cannot reorder the counts beside it. Pure rendering: no Faust imports.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..core.eventtime import BadTimestamp, parse_ms, wib_and_utc
 from ..core.holds import Hold, Incident
 from ..core.partition import PartitionEngine
 from ..core.routing import SEVERITY_RANK
+from ..core.scopes import LEVEL
 from ..core.text import escape_text
 from .watch import WorkerWatch, open_holds
 
@@ -75,6 +77,29 @@ def _e(x: Any) -> str:
     return html.escape("" if x is None else str(x))
 
 
+def _id(x: Any, max_chars: int = 128) -> str:
+    """An id from input as the page shows it: escaped (`escape_text`) and isolated from the text
+    around it by the markup (`<bdi>`), not by characters."""
+    return f"<bdi>{_e(escape_text(str(x), max_chars, isolate=False))}</bdi>"
+
+
+def incident_rank(
+    scope_type: str, resolved: bool, opened_at_ms: int, incident_id: str, exposure_idr: int = 0
+) -> tuple[bool, int, int, int, str]:
+    """Where an incident goes in a list for operations, the first first: open before resolved,
+    the widest scope first (`all`, an issuer, a switch or acquirer, then merchants: the
+    critical before the warnings), the most exposed, the newest. Both ways the page lists
+    incidents use it: the alerts this worker sent and the incidents topic's timeline, which
+    shows only the first `SHOWN_INCIDENTS`, so an `all` or switch incident is never behind
+    twenty merchants'.
+
+    >>> merchant, switch = ("merchant", False, 9, "a"), ("switch", False, 1, "b")
+    >>> sorted([merchant, switch, ("all", True, 5, "c")], key=lambda x: incident_rank(*x))[0][0]
+    'switch'
+    """
+    return (resolved, LEVEL.get(scope_type, len(LEVEL)), -exposure_idr, -opened_at_ms, incident_id)
+
+
 def render(
     watch: WorkerWatch, engines: dict[int, PartitionEngine], now_s: float, app_id: str, refresh_s: int = 5
 ) -> str:
@@ -121,7 +146,8 @@ def _incidents(watch: WorkerWatch, held: list[Hold], engines: dict[int, Partitio
     # Open by the incidents topic but not sent by this worker: the burst detector runs on another
     # worker (or is rebuilt here only at its next report). Never "nothing is burning" then.
     elsewhere = sorted(
-        (i for i in timeline.values() if i.resolved_at_ms is None), key=lambda i: (i.opened_at_ms, i.incident_id)
+        (i for i in timeline.values() if i.resolved_at_ms is None),
+        key=lambda i: incident_rank(i.scope_type, False, i.opened_at_ms, i.incident_id),
     )
     n_open = len(watch.incidents) or len(elsewhere)
     out = [f'<h2 id=incidents>Open incidents: <span class="{"bad" if n_open else "ok"}">{n_open}</span></h2>']
@@ -132,10 +158,10 @@ def _incidents(watch: WorkerWatch, held: list[Hold], engines: dict[int, Partitio
             shown = elsewhere[:SHOWN_INCIDENTS]
             # (The timeline keeps a scope's raw id: bidirectional and control characters escaped, as in
             # the alerts' text.)
-            scopes = ", ".join(f"{i.scope_type} {escape_text(i.scope_id, 48)}" for i in shown)
+            scopes = ", ".join(f"{_e(i.scope_type)} {_id(i.scope_id, 48)}" for i in shown)
             more = f" and {len(elsewhere) - len(shown)} more" if len(elsewhere) > len(shown) else ""
             out.append(
-                f"<p class=bad>Open by the incidents topic: {_e(scopes)}{_e(more)}. The burst detector does not "
+                f"<p class=bad>Open by the incidents topic: {scopes}{_e(more)}. The burst detector does not "
                 "run on this worker (or is rebuilt here only at its next report): exposure, payments and summaries "
                 "are on the page of the worker that runs it.</p>"
             )
@@ -143,7 +169,8 @@ def _incidents(watch: WorkerWatch, held: list[Hold], engines: dict[int, Partitio
             # Holds still open: their incidents resolved less than G ago, or this worker does not
             # know them open (the detector runs on another worker, or is rebuilt here only at the
             # next burst report after a restart or a rebalance). Not "nothing is burning".
-            every_id = sorted({i for h in held for i in h.incident_ids})
+            # In `incident_rank`'s order (`_held_rank`).
+            every_id = sorted({i for h in held for i in h.incident_ids}, key=lambda i: _held_rank(i, timeline))
             ids = every_id[:SHOWN_INCIDENTS]  # (a hostile minute opened thousands)
             more = f" and {len(every_id) - len(ids)} more" if len(every_id) > len(ids) else ""
             grace_ms = int(watch.settings.hold_grace_s * 1000)
@@ -181,12 +208,12 @@ def _incidents(watch: WorkerWatch, held: list[Hold], engines: dict[int, Partitio
     for h in held:
         if h.incident_ids:
             by_incident.setdefault(h.incident_ids[0], []).append(h.amount)
-    for inc in sorted(watch.incidents.values(), key=lambda v: -int(v.get("exposure_idr") or 0)):
+    for inc in sorted(watch.incidents.values(), key=_alert_rank):
         amounts = by_incident.get(str(inc.get("incident_id")), [])
         n_held = f"{len(amounts)} ({rupiah(sum(amounts))})" if amounts else "0"
         window = inc.get("window") or {}
         out.append(
-            f"<tr class=incident><td>{_e(inc['scope']['type'])} {_e(inc['scope']['id'])}</td>"
+            f"<tr class=incident><td>{_e(inc['scope']['type'])} {_id(inc['scope']['id'])}</td>"
             f"<td class=bad>{_e(inc.get('status'))}</td>"
             f"<td>{_e(_since(window.get('start')))}</td><td class=num>{_e(inc.get('affected_payments'))}</td>"
             f"<td class=num>{_e(rupiah(int(inc.get('exposure_idr') or 0)))}</td><td class=num>{_e(n_held)}</td>"
@@ -194,6 +221,30 @@ def _incidents(watch: WorkerWatch, held: list[Hold], engines: dict[int, Partitio
         )
     out.append("</table>")
     return out
+
+
+def _alert_rank(v: dict[str, Any]) -> tuple[bool, int, int, int, str]:
+    """`incident_rank` of an incident by its latest alert."""
+    try:
+        opened_ms = parse_ms((v.get("window") or {}).get("start") or "")
+    except BadTimestamp:
+        opened_ms = 0
+    return incident_rank(
+        str(v["scope"]["type"]),
+        v.get("status") == "resolved",
+        opened_ms,
+        str(v.get("incident_id")),
+        int(v.get("exposure_idr") or 0),
+    )
+
+
+def _held_rank(incident_id: str, timeline: dict[str, Incident]) -> tuple[bool, int, int, int, str]:
+    """`incident_rank` of an incident that holds refunds here; one this worker's timeline does
+    not know (it may be open) after the open ones it knows, before the resolved."""
+    inc = timeline.get(incident_id)
+    if inc is None:
+        return incident_rank("", False, 0, incident_id)
+    return incident_rank(inc.scope_type, inc.resolved_at_ms is not None, inc.opened_at_ms, incident_id)
 
 
 def _duration(seconds: float) -> str:

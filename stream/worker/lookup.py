@@ -21,6 +21,7 @@ from ..core.partition import Item, PartitionEngine, waiting_list
 from ..core.records import LedgerEvent, PaymentEvent
 from ..core.reference import LedgerEntry, ReferenceState
 from ..core.refunds import Refund
+from ..core.text import escape_text
 from .watch import WorkerWatch, accounts_of
 
 
@@ -223,8 +224,9 @@ def _said(rfc3339: str) -> str:
 def _named(hold: dict[str, Any], ids: list[str]) -> str:
     # An incident id with what it is about (`in_x: switch RINTIS`): an id alone explains nothing
     # to a customer once the incident has resolved and its alert is no longer in `incidents`.
+    # (The scope id escaped as in alerts: a right-to-left one isolated from the words after it.)
     scopes = hold.get("incident_scopes") or {}
-    return ", ".join(f"{i}: {scopes[i]['type']} {scopes[i]['id']}" if i in scopes else i for i in ids)
+    return ", ".join(f"{i}: {scopes[i]['type']} {escape_text(str(scopes[i]['id']))}" if i in scopes else i for i in ids)
 
 
 # A hold ends without a refund when the payment settles first (`refund.hold_released`): on an
