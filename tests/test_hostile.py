@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 import time
 import unicodedata
 from typing import Any
@@ -20,7 +19,7 @@ from stream.core.deadletter import dead_letter_record
 from stream.core.eventtime import format_ms, parse_ms
 from stream.core.partition import OffsetOrderError, Params, PartitionEngine
 from stream.core.records import Stream
-from stream.core.text import escape_line, escape_text
+from stream.core.text import escape_text
 from stream.core.validation import (
     Rejection,
     _detailed_ledger,
@@ -536,30 +535,14 @@ def test_different_id_parts_never_encode_to_the_same_bytes(a: list[Any], b: list
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=300))
-def test_escaped_text_holds_no_control_or_bidi_character(s: str) -> None:
-    # Right-to-left text comes between one isolate pair (FSI ... PDI), which nothing else escapes.
+def test_escaped_text_holds_no_control_bidi_or_right_to_left_character(s: str) -> None:
     out = escape_text(s, 100)
-    inner = out[1:-1] if out.startswith("\u2068") else out
-    assert all(c.isprintable() for c in inner) and not set(inner) & set(FORBIDDEN)
-    assert (inner != out) == any(unicodedata.bidirectional(c) in ("R", "AL", "AN") for c in inner)
-    assert out == inner or out.endswith("\u2069")
-    assert len(out) <= 100 * 10 + 3
-    assert escape_text(s, 100, isolate=False) == inner
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(st.one_of(st.text(max_size=40), st.text(max_size=40).map(escape_text)), max_size=6), st.integers(1, 200)
-)
-def test_an_escaped_line_keeps_its_pieces_isolates_and_nothing_else(pieces: list[str], cap: int) -> None:
-    # Pieces escaped by `escape_text` and raw ones in one line (an alert summary and its net):
-    # every bidirectional character left is an FSI ... PDI pair around text without any, and
-    # escaping the line again changes nothing.
-    out = escape_line(" ".join(pieces), cap)
-    outside = re.sub("\u2068[^\u2066-\u2069]*\u2069", "", out)
-    assert all(c.isprintable() for c in outside) and not set(outside) & set(FORBIDDEN)
-    assert not any(unicodedata.bidirectional(c) in ("R", "AL", "AN") for c in outside)
-    assert escape_line(out, len(out)) == out
+    assert all(c.isprintable() for c in out) and not set(out) & set(FORBIDDEN)
+    assert not any(unicodedata.bidirectional(c) in ("R", "AL", "AN") for c in out)
+    assert len(out) <= 100 * 10 + 1
+    assert escape_text(out, len(out)) == out  # a summary escaped again as a whole is unchanged
+    kept = escape_text(s, 100, keep_right_to_left=True)
+    assert all(c.isprintable() for c in kept) and not set(kept) & set(FORBIDDEN)
 
 
 def test_alert_summaries_and_the_report_escape_what_they_quote() -> None:
@@ -582,16 +565,14 @@ def test_alert_summaries_and_the_report_escape_what_they_quote() -> None:
     assert not set(text) & (set(FORBIDDEN) - {"\n"}) and "\\u001b[31m" in text and "\\u0007" in text
 
 
-def _outside_isolates(text: str) -> str:
-    return re.sub("\u2068[^\u2066-\u2069]*\u2069", "", text)
-
-
-def test_right_to_left_ids_are_isolated_in_summaries_and_the_report_not_in_fields() -> None:
+def test_right_to_left_ids_are_escaped_in_summaries_and_the_report_not_in_fields() -> None:
     """Hebrew letters are printable and allowed in an identifier: in every summary (a
     cancellation's, a dead letter's quoting a record key) and in the report's lines the id is
-    between FSI and PDI, so no right-to-left letter is left to reorder the counts beside it;
-    the fields the contract fixes (`reference`, `scope.id`) and the labels keep it as it came."""
+    escaped, so no right-to-left letter is left to reorder the counts beside it, and no
+    bidirectional character is added; the fields the contract fixes (`reference`, `scope.id`)
+    and the labels keep it as it came."""
     ref = "\u05d0\u05d1\u05d2-7"
+    shown = "\\u05d0\\u05d1\\u05d2-7"
     eng = PartitionEngine(0, Params(timeout_ms=1_000, lateness_ms=0))
     out = eng.on_record(P, 0, ref.encode(), payment("q", "requested", ref, 0, merchant_id=ref), None)
     out += eng.on_record(L, 0, ref.encode(), ledger("d", "debited", ref, 0), None)
@@ -603,14 +584,16 @@ def test_right_to_left_ids_are_isolated_in_summaries_and_the_report_not_in_field
     alerts = [d.value for d in out if d.role == "alerts"]
     assert {a["kind"] for a in alerts} == {"DEAD_LETTER", "LATE_SETTLEMENT"}
     late = next(a for a in alerts if a["kind"] == "LATE_SETTLEMENT")
-    assert f" for \u2068{ref}\u2069 cancelled: " in late["summary"]
+    assert f" for {shown} cancelled: " in late["summary"]
     assert late["reference"] == ref and late["scope"]["id"] == ref and late["labels"]["scope_id"] == ref
     dead = next(a for a in alerts if a["kind"] == "DEAD_LETTER")
-    assert f"the record key '\u2068x{ref}\u2069' differs" in dead["summary"]
+    assert f"the record key 'x{shown}' differs" in dead["summary"]
     text = render(summarise([("alerts", a) for a in alerts]))
     for t in [*(a["summary"] for a in alerts), text]:
-        assert not any(unicodedata.bidirectional(c) in ("R", "AL") for c in _outside_isolates(t)), t
-    assert f"\u2068{ref}\u2069" in text
+        assert not any(
+            unicodedata.bidirectional(c) in ("R", "AL", "AN") or c in "\u2066\u2067\u2068\u2069" for c in t
+        ), t
+    assert shown in text
 
 
 @pytest.mark.slow

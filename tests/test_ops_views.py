@@ -4,6 +4,7 @@ Prometheus text and the dashboard page."""
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 import pytest
@@ -754,13 +755,15 @@ def test_the_detectors_table_puts_a_switch_above_a_more_exposed_merchant() -> No
     assert page.index("<td>switch <bdi>RINTIS</bdi></td>") < page.index("<td>merchant <bdi>M1</bdi></td>")
 
 
-def test_the_dashboard_isolates_right_to_left_ids_from_the_counts_beside_them() -> None:
-    """A Hebrew merchant id (printable, allowed) is shown in a `<bdi>` wherever the page names a
-    scope, and an alert's summary keeps the isolates the core put around it."""
+def test_the_dashboard_escapes_right_to_left_ids_beside_the_counts() -> None:
+    """A Hebrew merchant id (printable, allowed) is shown escaped, in a `<bdi>`, wherever the page
+    names a scope, and so is it in an alert's summary (escaped by the core): no right-to-left
+    letter is left on the page to move the counts beside it."""
     from stream.core.holds import Incident
     from stream.core.incidents import scope_name
 
     merchant = "\u05d0\u05d1\u05d2-7"
+    shown = "\\u05d0\\u05d1\\u05d2-7"
     watch, eng = _run(DAY)
     summary = f"{scope_name('merchant', merchant)}: 40 of 50 payments failed"
     watch.on_output(
@@ -769,16 +772,17 @@ def test_the_dashboard_isolates_right_to_left_ids_from_the_counts_beside_them() 
         | {"scope": {"type": "merchant", "id": merchant}, "summary": summary, "exposure_idr": 1},
     )
     page = render(watch, {0: eng}, NOW_S, "qris-test")
-    assert f"<td>merchant <bdi>{merchant}</bdi></td>" in page
-    assert f"<td>Merchant \u2068{merchant}\u2069: 40 of 50 payments failed</td>" in page
+    assert f"<td>merchant <bdi>{shown}</bdi></td>" in page
+    assert f"<td>Merchant {shown}: 40 of 50 payments failed</td>" in page
     eng.incidents.incidents["in_x"] = Incident("in_x", "merchant", merchant, T0)
     page = render(WorkerWatch(Settings(), clock=lambda: NOW_S), {0: eng}, NOW_S, "qris-test")
-    assert f"Open by the incidents topic: merchant <bdi>{merchant}</bdi>." in page
+    assert f"Open by the incidents topic: merchant <bdi>{shown}</bdi>." in page
+    assert not any(unicodedata.bidirectional(c) in ("R", "AL", "AN") for c in page)
     # The lookup's sentence names the incidents that held a payment with their scopes, the same way.
     from stream.worker.lookup import _named
 
     named = _named({"incident_scopes": {"in_x": {"type": "merchant", "id": merchant}}}, ["in_x"])
-    assert named == f"in_x: merchant \u2068{merchant}\u2069"
+    assert named == f"in_x: merchant {shown}"
 
 
 def test_holds_waiting_out_g_after_their_incidents_resolved_here_say_nothing_is_open() -> None:

@@ -174,16 +174,17 @@ def test_invisible_and_bidirectional_characters_of_an_identifier_are_escaped() -
     assert "event_id R1\\u200b-d already processed on this stream: ignored" in text
 
 
-def test_a_right_to_left_identifier_is_isolated_in_the_text_and_kept_in_the_json() -> None:
-    """Hebrew letters are printable and allowed in an identifier: trace's lines put the reference
-    and the event ids between FSI and PDI, so the counts after them keep their place; `--json`
-    keeps them as they came."""
+def test_a_right_to_left_identifier_is_escaped_in_the_text_and_kept_in_the_json() -> None:
+    """Hebrew letters are printable and allowed in an identifier: trace's lines show the reference
+    and the event ids escaped, so the counts after them keep their place; `--json` keeps them as
+    they came."""
     ref = "\u05d0\u05d1\u05d2-7"
     recs = _recs([(P, ref, payment(ref + "-q", "requested", ref, 0)), (L, ref, ledger("d1", "debited", ref, 1))])
     t = _trace(ref, recs, drain=True)
     text = render(t)
-    assert text.startswith(f"Reference \u2068{ref}\u2069: partition 0, 2 input record(s)")
-    assert f"event_id \u2068{ref}-q\u2069: ACCEPTED" in text
+    shown = "\\u05d0\\u05d1\\u05d2-7"
+    assert text.startswith(f"Reference {shown}: partition 0, 2 input record(s)")
+    assert f"event_id {shown}-q: ACCEPTED" in text
     assert t["reference"] == ref and t["records"][0]["event_id"] == ref + "-q"
 
 

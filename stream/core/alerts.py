@@ -14,7 +14,7 @@ from . import ids
 from .decisions import SCHEMA_VERSION, Decision, mask_account
 from .eventtime import format_ms, wib_and_utc
 from .records import LedgerEvent, PaymentEvent
-from .text import ELLIPSIS, escape_line, escape_text
+from .text import ELLIPSIS, escape_text
 
 if TYPE_CHECKING:
     from .reference import LedgerEntry, ReferenceState
@@ -97,7 +97,7 @@ def _alert(
         "score": extra.pop("score", None),
         "references": extra.pop("references", []),
         # Pieces quoting input are escaped where they are written; this is the net under them.
-        "summary": escape_line(" ".join(summary.split()), MAX_SUMMARY_CHARS),
+        "summary": escape_text(" ".join(summary.split()), MAX_SUMMARY_CHARS),
         "occurred_at": format_ms(at_ms if at_ms is not None else 0),
         "partition": partition,
         **extra,
@@ -326,7 +326,7 @@ def dead_letter_alert(topic: str, partition: int, count: int, error: str, reason
     rejection of that partition, so a stream of bad records is one alert per order of magnitude."""
     summary = (
         f"{count} rejected record(s) on {topic} partition {partition}; "
-        f"latest ({escape_text(error, 40)}): {escape_line(reason, 400)}"
+        f"latest ({escape_text(error, 40)}): {escape_text(reason, 400)}"
     )
     return _alert(
         ids.alert_id("DEAD_LETTER", topic, partition, count),

@@ -327,7 +327,7 @@ def _response_codes(codes: dict[str, int]) -> dict[str, int]:
     """
     shown: dict[str, int] = {}
     for code, n in codes.items():
-        code = escape_text(code, CODE_MAX_CHARS, isolate=False)  # (keys of a field: not isolated)
+        code = escape_text(code, CODE_MAX_CHARS, keep_right_to_left=True)  # (keys of a field)
         shown[code] = shown.get(code, 0) + n
     return dict(sorted(capped_codes(shown).items()))
 

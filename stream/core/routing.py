@@ -49,7 +49,8 @@ def dedup_key(value: dict[str, Any]) -> str:
 
 def labels(value: dict[str, Any]) -> dict[str, str]:
     r"""Flat string labels: `alertname` (the kind), `severity`, `kind`, `scope_type`, `scope_id`
-    (escaped as alert text is, `text.escape_text`, not isolated: a label is matched, not read),
+    (escaped as alert text is, `text.escape_text`, right-to-left letters kept: a label is matched,
+    not read),
     `service`, and `status` / `topic` / `partition` when the alert has them. Alertmanager tells
     alerts apart by their labels, so a cancellation's carry its `refund_id` (two cancellations
     of one merchant, explained by one incident, would otherwise be one alert, the second
@@ -68,7 +69,7 @@ def labels(value: dict[str, Any]) -> dict[str, str]:
         "severity": str(value["severity"]),
         "kind": str(value["kind"]),
         "scope_type": str(scope["type"]),
-        "scope_id": escape_text(str(scope["id"]), isolate=False),
+        "scope_id": escape_text(str(scope["id"]), keep_right_to_left=True),
         "service": SERVICE,
     }
     for name in ("status", "topic", "partition"):

@@ -1,13 +1,13 @@
 """Input quoted in text for people: control, bidirectional and other non-printable characters
-escaped, right-to-left text isolated, and a length cap.
+escaped, right-to-left letters too, and a length cap.
 
 Every human-facing string that quotes input (alert summaries, dead-letter reasons, the report)
 goes through `escape_text`, so a terminal escape or a right-to-left override in an id can never
-reach a pager, a chat or a terminal raw. Right-to-left letters are printable and stay, between
-FIRST STRONG ISOLATE and POP DIRECTIONAL ISOLATE: without them, a Hebrew or Arabic merchant id
-takes the counts after it into its own direction ("Merchant <id> 68" shown as "68 <id>"). A
-line that quotes escaped pieces is escaped again as a whole with `escape_line`, which keeps
-those isolates. Imports nothing outside the standard library.
+reach a pager, a chat or a terminal raw. Right-to-left letters (Hebrew, Arabic, ...) are printable
+and allowed in an identifier, but shown raw they take the counts after them into their own
+direction ("Merchant <id>: 68 of 70" shown as "Merchant 68 :<id> of 70"); they are escaped like
+the rest, not wrapped in isolates: alert text that quotes input carries no bidirectional
+character at all (CONTRACT.md "Alerts"). Imports nothing outside the standard library.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import unicodedata
 from typing import Final
 
 # Characters that are shown as `\uXXXX`: C0 and C1 controls, DEL, the bidirectional
-# embeddings/overrides/isolates and marks, and every other code point Python does not call
-# printable (format characters, separators other than the space, surrogates, unassigned).
+# embeddings/overrides/isolates and marks, every other code point Python does not call
+# printable (format characters, separators other than the space, surrogates, unassigned), and
+# right-to-left letters and Arabic-Indic digits (bidirectional classes R, AL, AN).
 _PLAIN: Final = re.compile(r"[ -~]*")  # printable ASCII: the common case needs no work
 DEFAULT_MAX_CHARS: Final = 128
 ELLIPSIS: Final = "…"
@@ -29,13 +30,11 @@ def _escape_char(c: str) -> str:
     return f"\\u{n:04x}" if n <= 0xFFFF else f"\\U{n:08x}"
 
 
-def escape_text(s: str, max_chars: int = DEFAULT_MAX_CHARS, *, isolate: bool = True) -> str:
-    """`s` with non-printable characters as `\\uXXXX` (`\\UXXXXXXXX` beyond the BMP), cut to at
-    most `max_chars` characters of input, plus `…` when cut; between FSI and PDI (U+2068,
-    U+2069) when it holds right-to-left text, so it cannot reorder the text around it.
-    `isolate=False` for a machine-read field (an Alertmanager label, a key of `observed`),
-    whose value must not change with the way people read it, and for markup that isolates
-    it itself (HTML's `<bdi>`).
+def escape_text(s: str, max_chars: int = DEFAULT_MAX_CHARS, *, keep_right_to_left: bool = False) -> str:
+    """`s` with non-printable characters and right-to-left letters as `\\uXXXX` (`\\UXXXXXXXX`
+    beyond the BMP), cut to at most `max_chars` characters of input, plus `…` when cut.
+    `keep_right_to_left=True` for a machine-read value (an Alertmanager label, a key of
+    `observed`), which keeps the letters as they came.
 
     >>> escape_text("QR\\x1b[31m1\\u202e")
     'QR\\\\u001b[31m1\\\\u202e'
@@ -43,88 +42,28 @@ def escape_text(s: str, max_chars: int = DEFAULT_MAX_CHARS, *, isolate: bool = T
     'Warung Bu Sri'
     >>> escape_text("x" * 10, 4)
     'xxxx…'
-    >>> escape_text("M\\u05d0\\u05d1") == "\\u2068M\\u05d0\\u05d1\\u2069"
-    True
+    >>> escape_text("M\\u05d0-7")
+    'M\\\\u05d0-7'
     """
     cut = len(s) > max_chars
     if cut:
         s = s[:max_chars]
     if _PLAIN.fullmatch(s) is None:
-        s = _escape_chars(s)
-        if isolate and _right_to_left(s):
-            return f"{FSI}{s}{ELLIPSIS if cut else ''}{PDI}"
+        rtl = _NONE if keep_right_to_left else _RIGHT_TO_LEFT
+        s = "".join(
+            c if c.isprintable() and c not in _BIDI and unicodedata.bidirectional(c) not in rtl else _escape_char(c)
+            for c in s
+        )
     return s + ELLIPSIS if cut else s
-
-
-def escape_line(s: str, max_chars: int) -> str:
-    """`escape_text` for a line that quotes pieces `escape_text` wrote (an alert's summary, a
-    dead-letter reason), escaped again as a net under them or when read back from a file: the
-    isolates those pieces carry (FSI, text without bidirectional characters, PDI) stay, an
-    isolate the cut leaves open is closed, and a word holding right-to-left text outside them
-    (a piece that was not escaped) is isolated on its own. Every other bidirectional character
-    is escaped. Escaping a line twice gives the same line.
-
-    >>> line = "Merchant " + escape_text("\\u05d0\\u05d1") + " 68 of 70"
-    >>> escape_line(line, 100) == line
-    True
-    >>> escape_line("Merchant \\u05d0\\u05d1: 68", 100) == "Merchant \\u2068\\u05d0\\u05d1:\\u2069 68"
-    True
-    >>> escape_line("a \\u2069b\\u2068", 100)
-    'a \\\\u2069b\\\\u2068'
-    """
-    cut = len(s) > max_chars
-    if cut:
-        s = s[:max_chars]
-    if _PLAIN.fullmatch(s) is not None:
-        return s + ELLIPSIS if cut else s
-    out: list[str] = []
-    at = 0
-    for m in _ISOLATE.finditer(s):
-        closed = m.group().endswith(PDI)
-        if not closed and not cut:
-            continue  # (a lone FSI of the input's own: escaped below)
-        out.append(_isolate_words(_escape_chars(s[at : m.start()])))
-        inner = m.group()[1:-1] if closed else m.group()[1:]
-        out.append(f"{FSI}{_escape_chars(inner)}{'' if closed else ELLIPSIS}{PDI}")
-        at = m.end()
-        if not closed:
-            return "".join(out)  # (the cut's `…` is inside the isolate it closes)
-    out.append(_isolate_words(_escape_chars(s[at:])))
-    return "".join(out) + (ELLIPSIS if cut else "")
-
-
-FSI: Final = "\u2068"  # FIRST STRONG ISOLATE: the isolate takes the direction of its first letter
-PDI: Final = "\u2069"  # POP DIRECTIONAL ISOLATE
-
-
-def _escape_chars(s: str) -> str:
-    return "".join(c if c.isprintable() and c not in _BIDI else _escape_char(c) for c in s)
-
-
-# The bidirectional classes that reorder the text after them in a left-to-right line: right-to-left
-# letters (Hebrew, Arabic, Syriac, Thaana, ...) and Arabic-Indic digits, which act as them.
-_RIGHT_TO_LEFT: Final = frozenset({"R", "AL", "AN"})
-
-
-def _right_to_left(s: str) -> bool:
-    return _PLAIN.fullmatch(s) is None and any(unicodedata.bidirectional(c) in _RIGHT_TO_LEFT for c in s)
-
-
-_WORD: Final = re.compile(r"\S+")
-
-
-def _isolate_words(s: str) -> str:
-    if not _right_to_left(s):
-        return s
-    return _WORD.sub(lambda m: f"{FSI}{m.group()}{PDI}" if _right_to_left(m.group()) else m.group(), s)
 
 
 # Bidirectional formatting characters (all category Cf, which `isprintable` already refuses);
 # listed so the rule does not depend on the running Python's Unicode tables.
 _BIDI: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-# An isolate as `escape_text` writes it (FSI, text without a bidirectional character or a line
-# break, PDI), or one the cut left open at the end.
-_ISOLATE: Final = re.compile("\u2068[^\n\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*(?:\u2069|\\Z)")
+# The bidirectional classes that reorder the text after them in a left-to-right line:
+# right-to-left letters (Hebrew, Arabic, Syriac, Thaana, ...) and Arabic-Indic digits.
+_RIGHT_TO_LEFT: Final = frozenset({"R", "AL", "AN"})
+_NONE: Final[frozenset[str]] = frozenset()
 
 
 def escape_controls(s: str, max_chars: int) -> str:

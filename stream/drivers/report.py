@@ -11,7 +11,7 @@ from typing import Any
 
 from ..core.alerts import rupiah
 from ..core.routing import SEVERITY_RANK
-from ..core.text import escape_line, escape_text
+from ..core.text import escape_text
 from .reportselect import outstanding
 
 
@@ -95,7 +95,7 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]], scope: tuple[str, s
                 window = v.get("window") or {}
                 incident_lines.append(
                     f"[{_text(v['severity'])}] {_text(v['status']):<8} {_when(window.get('start'))} .. "
-                    f"{_when(window.get('end'))} {escape_line(str(v['summary']), 1000)}"
+                    f"{_when(window.get('end'))} {escape_text(str(v['summary']), 1000)}"
                 )
                 if v.get("status") == "resolved" and isinstance(v.get("holds"), dict):
                     # The holds the incident covered, as its resolved alert counts them.
@@ -113,7 +113,7 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]], scope: tuple[str, s
                 alert_lines.append(
                     (
                         SEVERITY_RANK.get(v["severity"], len(SEVERITY_RANK)),
-                        f"[{_text(v['severity'])}] {_text(v['kind'])}: {escape_line(str(v['summary']), 1000)}",
+                        f"[{_text(v['severity'])}] {_text(v['kind'])}: {escape_text(str(v['summary']), 1000)}",
                     )
                 )
     # After each resolved incident's holds, how they ended (the refunds read here).
@@ -204,8 +204,8 @@ def _hold_ends(ended: dict[str, tuple[str, int]], started: set[str]) -> dict[str
 
 
 def scope_words(scope: tuple[str, str]) -> str:
-    """A report's scope as its lines name it, the id escaped (and isolated: it may be written
-    right to left).
+    """A report's scope as its lines name it, the id escaped (right-to-left letters too, so that
+    they cannot reorder the counts after it).
 
     >>> scope_words(("merchant", "M1"))
     'merchant M1'

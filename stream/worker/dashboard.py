@@ -78,9 +78,9 @@ def _e(x: Any) -> str:
 
 
 def _id(x: Any, max_chars: int = 128) -> str:
-    """An id from input as the page shows it: escaped (`escape_text`) and isolated from the text
-    around it by the markup (`<bdi>`), not by characters."""
-    return f"<bdi>{_e(escape_text(str(x), max_chars, isolate=False))}</bdi>"
+    """An id from input as the page shows it: escaped (`escape_text`), in `<bdi>` so that whatever
+    the browser's rules for what is left make of it stays inside."""
+    return f"<bdi>{_e(escape_text(str(x), max_chars))}</bdi>"
 
 
 def incident_rank(

@@ -224,7 +224,7 @@ def _said(rfc3339: str) -> str:
 def _named(hold: dict[str, Any], ids: list[str]) -> str:
     # An incident id with what it is about (`in_x: switch RINTIS`): an id alone explains nothing
     # to a customer once the incident has resolved and its alert is no longer in `incidents`.
-    # (The scope id escaped as in alerts: a right-to-left one isolated from the words after it.)
+    # (The scope id escaped as in alerts, so that a right-to-left one cannot reorder the words.)
     scopes = hold.get("incident_scopes") or {}
     return ", ".join(f"{i}: {scopes[i]['type']} {escape_text(str(scopes[i]['id']))}" if i in scopes else i for i in ids)
 
