@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from stream.buildinfo import MANIFEST, MANIFEST_VERSION  # noqa: E402  (the sources being built)
+from stream.buildinfo import MANIFEST, MANIFEST_VERSION, source_root_entry  # noqa: E402  (the sources being built)
 
 NOT_COMPILED = {"__init__", "codec", "decisions", "ratemodel"}
 ALSO_COMPILED = ["stream/drivers/onepass.py", "stream/drivers/replayfile.py"]
@@ -91,7 +91,8 @@ def main() -> int:
     names = [m.removesuffix(".py").replace("/", ".") for m in compiled]
     manifest = {
         "version": MANIFEST_VERSION,
-        "source_root": str(source),
+        # Relative to the copy's package: a build moved with its repository still checks.
+        "source_root": source_root_entry(source, out / "stream"),
         "built_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "mypy": importlib.metadata.version("mypy"),
         "python": sys.version.split()[0],

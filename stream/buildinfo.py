@@ -8,20 +8,24 @@ word, in tests, in a replay or live. So the copy carries a manifest (`MANIFEST`,
 bench/build_compiled.py): the sources' root and the SHA-256 of every source file it was built
 from. Importing the copy checks the sources against it and refuses (`StaleBuild`, naming the
 files and `REBUILD`) if any changed, went or came, or if a compiled module was not built for
-this Python (it would fall back to its `.py` copy unseen). A source tree has no manifest: one
-stat. Imports nothing of the package; reads files, never the environment.
+this Python (it would fall back to its `.py` copy unseen). The sources' root is recorded
+relative to the copy's package directory (`../../../stream` for build/compiled/stream), so a
+copy moved together with its repository still finds, and checks, the sources beside it. A
+source tree has no manifest: one stat. Imports nothing of the package; reads files, never the
+environment.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.machinery
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 # In the compiled copy's package directory, beside this module.
 MANIFEST = "compiled-manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 REBUILD = "make compiled"
 
 Build = Literal["source", "compiled"]
@@ -41,11 +45,24 @@ def source_hashes(root: Path) -> dict[str, str]:
     }
 
 
+def source_root_entry(source: Path, package_dir: Path) -> str:
+    """The manifest's `source_root` for a copy at `package_dir` built from `source`: the path of
+    `source` relative to `package_dir`, POSIX. Relative, a repository moved with its build
+    (renamed, copied, mounted elsewhere) keeps them as they were to each other."""
+    return Path(os.path.relpath(source.resolve(), package_dir.resolve())).as_posix()
+
+
+def source_dir(manifest: dict[str, Any], package_dir: Path) -> Path:
+    """The source directory the copy at `package_dir` is checked against: the manifest's
+    `source_root` taken from `package_dir`."""
+    return Path(os.path.normpath(package_dir / manifest["source_root"]))
+
+
 def stale_files(manifest: dict[str, Any], package_dir: Path) -> list[str]:
     """What makes the compiled copy at `package_dir` stale, one entry a problem (none: it
     matches its sources): source files changed, removed or added since the build, and compiled
     modules with no extension module this Python can load."""
-    root = Path(manifest["source_root"])
+    root = source_dir(manifest, package_dir)
     if not root.is_dir():
         return [f"{root}: the source directory it was built from is gone"]
     built: dict[str, str] = manifest["files"]
@@ -79,7 +96,7 @@ def check(package_dir: Path) -> tuple[Build, dict[str, Any] | None]:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise StaleBuild(
             f"the compiled build at {package_dir.parent} does not match its sources ({shown}): "
-            f"refused rather than run old code; run `{REBUILD}` in {Path(manifest['source_root']).parent}, "
+            f"refused rather than run old code; run `{REBUILD}` in {source_dir(manifest, package_dir).parent}, "
             f"or run the sources (without it on PYTHONPATH)"
         )
     return "compiled", manifest
@@ -95,5 +112,5 @@ def describe() -> str:
     return (
         f"build: compiled by mypyc {_manifest['mypy']} at {_manifest['built_at']} "
         f"({len(_manifest['compiled'])} modules; {Path(__file__).resolve().parent}, "
-        f"checked against {_manifest['source_root']})"
+        f"checked against {source_dir(_manifest, Path(__file__).resolve().parent)})"
     )

@@ -1,6 +1,7 @@
 """The compiled build (`make compiled`, stream/buildinfo.py): the source tree holds no compiled
 module, and a compiled copy refuses to import once a source it was built from changed, went or
-came. The last test needs a compiled build (build/compiled) and works on a copy of it."""
+came, and imports when moved together with its sources. One test needs a compiled build
+(build/compiled) and works on a copy of it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,15 @@ from typing import Any
 
 import pytest
 
-from stream.buildinfo import MANIFEST, MANIFEST_VERSION, StaleBuild, check, source_hashes, stale_files
+from stream.buildinfo import (
+    MANIFEST,
+    MANIFEST_VERSION,
+    StaleBuild,
+    check,
+    source_hashes,
+    source_root_entry,
+    stale_files,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILT = ROOT / "build" / "compiled"
@@ -41,10 +50,10 @@ def _tree(root: Path) -> Path:
     return package
 
 
-def _manifest(source: Path, compiled: list[str]) -> dict[str, Any]:
+def _manifest(source: Path, built: Path, compiled: list[str]) -> dict[str, Any]:
     return {
         "version": MANIFEST_VERSION,
-        "source_root": str(source),
+        "source_root": source_root_entry(source, built),
         "built_at": "2026-12-07T09:00:00Z",
         "mypy": "2.4.1",
         "python": "3.11",
@@ -58,7 +67,8 @@ def test_a_copy_is_stale_when_a_source_changed_went_or_came(tmp_path: Path) -> N
     built = tmp_path / "build" / "stream"
     (built / "core").mkdir(parents=True)
     (built / "core" / f"partition{SUFFIX}").write_bytes(b"")
-    manifest = _manifest(source, ["stream.core.partition"])
+    manifest = _manifest(source, built, ["stream.core.partition"])
+    assert manifest["source_root"] == "../../src/stream"
     assert sorted(manifest["files"]) == ["__init__.py", "core/partition.py"]
     assert stale_files(manifest, built) == []
     (source / "core" / "partition.py").write_text("X = 2\n")
@@ -77,7 +87,7 @@ def test_a_compiled_module_missing_for_this_python_is_stale(tmp_path: Path) -> N
     built = tmp_path / "build" / "stream"
     (built / "core").mkdir(parents=True)
     (built / "core" / "partition.cpython-399-x86_64-linux-gnu.so").write_bytes(b"")
-    problems = stale_files(_manifest(source, ["stream.core.partition"]), built)
+    problems = stale_files(_manifest(source, built, ["stream.core.partition"]), built)
     assert problems == [f"stream.core.partition: no compiled module for this Python ({SUFFIX})"]
 
 
@@ -86,7 +96,7 @@ def test_check_refuses_a_stale_copy_and_says_how_to_rebuild(tmp_path: Path) -> N
     built = tmp_path / "build" / "stream"
     built.mkdir(parents=True)
     assert check(built) == ("source", None)  # no manifest: a source tree
-    manifest = _manifest(source, [])
+    manifest = _manifest(source, built, [])
     (built / MANIFEST).write_text(json.dumps(manifest))
     assert check(built) == ("compiled", manifest)
     (source / "core" / "partition.py").write_text("X = 2\n")
@@ -100,6 +110,58 @@ def test_check_refuses_a_stale_copy_and_says_how_to_rebuild(tmp_path: Path) -> N
         check(built)
 
 
+def test_a_copy_moved_with_its_sources_still_checks_them(tmp_path: Path) -> None:
+    # The repository renamed (or copied, or mounted elsewhere) with its build in it: the copy
+    # finds the sources where they stand to it, still refuses an edit, and refuses when moved
+    # without them.
+    repo = tmp_path / "repo"
+    source = _tree(repo)
+    built = repo / "build" / "compiled" / "stream"
+    built.mkdir(parents=True)
+    manifest = _manifest(source, built, [])
+    assert manifest["source_root"] == "../../../stream"
+    (built / MANIFEST).write_text(json.dumps(manifest))
+    moved = tmp_path / "elsewhere" / "repo2"
+    moved.parent.mkdir()
+    repo.rename(moved)
+    built = moved / "build" / "compiled" / "stream"
+    assert check(built) == ("compiled", manifest)
+    (moved / "stream" / "core" / "partition.py").write_text("X = 2\n")
+    with pytest.raises(StaleBuild, match=rf"{moved / 'stream/core/partition.py'}: changed since the build"):
+        check(built)
+    (moved / "stream" / "core" / "partition.py").write_text("X = 1\n")
+    alone = tmp_path / "alone"
+    shutil.copytree(moved / "build", alone)
+    with pytest.raises(StaleBuild, match="the source directory it was built from is gone"):
+        check(alone / "compiled" / "stream")
+
+
+def test_a_copy_of_this_package_moved_with_its_repository_imports(tmp_path: Path) -> None:
+    # End to end with this tree's buildinfo and no compiler: a copy of the package laid out as
+    # bench/build_compiled.py lays it (no module compiled), its manifest written as it writes it,
+    # the repository then renamed.
+    repo = tmp_path / "repo"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "stream", repo / "stream", ignore=ignore)
+    built = repo / "build" / "compiled" / "stream"
+    shutil.copytree(ROOT / "stream", built, ignore=ignore)
+    manifest = {**_manifest(repo / "stream", built, []), "compiled": []}
+    (built / MANIFEST).write_text(json.dumps(manifest))
+    moved = tmp_path / "moved"
+    repo.rename(moved)
+    code = "import stream; print(stream.BUILD); print(stream.buildinfo.describe())"
+    env = {**os.environ, "PYTHONPATH": str(moved / "build" / "compiled")}
+    run = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[0] == "compiled"
+    assert f"checked against {moved / 'stream'})" in run.stdout
+    (moved / "stream" / "settings.py").write_text("# an edit after the build\n")
+    stale = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert stale.returncode != 0
+    assert f"{moved / 'stream' / 'settings.py'}: changed since the build" in stale.stderr
+    assert f"run `make compiled` in {moved}," in stale.stderr
+
+
 def _import_stream(build: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     # -P: the current directory is not put first on the path (`python -m` would put it there).
     env = {**os.environ, "PYTHONPATH": str(build)}
@@ -107,19 +169,29 @@ def _import_stream(build: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-P", "-c", code], cwd=cwd, env=env, capture_output=True, text=True)
 
 
+def _built_manifest_version() -> object:
+    path = BUILT / "stream" / MANIFEST
+    return json.loads(path.read_bytes()).get("version") if path.is_file() else None
+
+
 @pytest.mark.skipif(
-    not (BUILT / "stream" / MANIFEST).is_file(), reason="no compiled build in build/compiled (`make compiled`)"
+    _built_manifest_version() != MANIFEST_VERSION,
+    reason="no compiled build of this manifest version in build/compiled (`make compiled`)",
 )
 def test_the_compiled_build_refuses_to_import_after_a_source_edit(tmp_path: Path) -> None:
     # A copy of the build, checked against a copy of the sources it was built from (its own
-    # `.py` copies), so that editing them touches neither the repository nor its build.
-    build = tmp_path / "build"
+    # `.py` copies) laid out as in the repository, so that editing them touches neither the
+    # repository nor its build; the two moved together before the import.
+    build = tmp_path / "repo" / "build" / "compiled"
     shutil.copytree(BUILT, build, ignore=shutil.ignore_patterns("__pycache__"))
-    source = tmp_path / "src" / "stream"
+    source = tmp_path / "repo" / "stream"
     shutil.copytree(build / "stream", source, ignore=shutil.ignore_patterns("__pycache__", "*.so", MANIFEST))
     manifest = json.loads((build / "stream" / MANIFEST).read_text())
     assert source_hashes(source) == manifest["files"]
-    (build / "stream" / MANIFEST).write_text(json.dumps({**manifest, "source_root": str(source)}))
+    assert manifest["source_root"] == "../../../stream"
+    (tmp_path / "repo").rename(tmp_path / "moved")
+    build = tmp_path / "moved" / "build" / "compiled"
+    source = tmp_path / "moved" / "stream"
 
     fresh = _import_stream(build, tmp_path)
     assert fresh.returncode == 0, fresh.stderr
