@@ -215,6 +215,23 @@ def test_a_broken_line_is_named_by_its_line_number(tmp_path: Path, jobs: int) ->
             replay_file_parallel(path, params, drain=True, jobs=jobs, topics=TOPICS, out=io.BytesIO())
 
 
+@pytest.mark.parametrize("topic", [[], ["qris.payment-requests"], {}, {"a": 1}, None, 7])
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_line_whose_topic_is_not_a_string_is_a_broken_line_not_an_internal_error(
+    tmp_path: Path, topic: object, jobs: int
+) -> None:
+    # The scan for the input partitions runs before the line is checked: an array or object
+    # there was looked up in the set of input topics (a TypeError, replay's internal error).
+    lines = _day_lines()
+    broken = orjson.dumps({**orjson.loads(lines[-2]), "topic": topic})
+    path = _write(tmp_path / "day.jsonl", [*lines, broken])
+    for ranges in (True, False):
+        assert FileScan(path, (P_TOPIC, L_TOPIC), jobs, ranges=ranges).partitions == {0, 1, 2, 3}
+    said = rf'day.jsonl:{len(lines) + 1}: not a replay record: "topic" must be string'
+    with pytest.raises(ReplayLineError, match=said):
+        replay_file_parallel(path, HOLDS, drain=True, jobs=jobs, topics=TOPICS, out=io.BytesIO())
+
+
 @pytest.mark.parametrize("holds", [True, False])
 @pytest.mark.parametrize("drain", [True, False])
 def test_two_jobs_decide_what_one_process_decides_on_odd_lines(tmp_path: Path, holds: bool, drain: bool) -> None:

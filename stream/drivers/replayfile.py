@@ -299,7 +299,8 @@ class FileScan:
                         line = loads(raw)
                     except error:
                         continue
-                    if type(line) is dict and line.get("topic") in wanted:
+                    # (A topic of any JSON type: an array or object is no set member.)
+                    if type(line) is dict and type(topic := line.get("topic")) is str and topic in wanted:
                         p = line.get("partition")
                         if type(p) is int and p >= 0:
                             add(p)
@@ -404,7 +405,7 @@ def _scan_span(
                 continue
             p = line.get("partition") if type(line) is dict else None
             if type(p) is int and p >= 0:
-                if line.get("topic") in wanted:
+                if type(topic := line.get("topic")) is str and topic in wanted:
                     add(p)
                 start_at, end_at = appends[p % jobs]
             else:
