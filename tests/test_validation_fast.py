@@ -4,10 +4,12 @@ the dead-letter texts are the detailed path's; and the record types the readers 
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +27,7 @@ from stream.core.validation import (
     parse_ledger,
     parse_payment,
 )
-from stream.drivers.replayfile import KafkaRecord, line_fields, parse_line
+from stream.drivers.replayfile import KafkaRecord, ReplayLineError, line_fields, parse_line
 from stream.worker.boundary import LiveRecord
 from tests.records import ledger, payment
 
@@ -102,6 +104,25 @@ def _edited(raw: bytes, edits: list[tuple[str, Any]]) -> bytes:
 KEYS = st.sampled_from([None, b"R1", b"R2", b"\xff", "é".encode()])
 
 
+def _typed_exactly(parsed: object) -> bool:
+    """An accepted event holds exactly the types its fields are annotated with: `int` for the
+    two numbers (not a bool or a float), `str` for the texts, None only for an optional field.
+    Compiled (`make compiled`), the engine's code checks them where it reads them: a float read
+    as an int is a TypeError inside the worker, not a dead letter. Tuple equality, which the
+    tests above compare with, takes `True`, `1.0` and `1` as equal. (None and rejections: true.)"""
+    if not isinstance(parsed, PaymentEvent | LedgerEvent):
+        return True
+    optional = set(type(parsed)._field_defaults)
+    for name, v in zip(parsed._fields, parsed, strict=True):
+        if name in ("occurred_at_ms", "amount"):
+            ok = type(v) is int
+        else:
+            ok = type(v) is str or (v is None and name in optional)
+        if not ok:
+            return False
+    return True
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(["requested", "settled", "failed"]), _edits(PAYMENT_FIELDS), KEYS, st.sampled_from(TIMES))
 def test_the_payment_fast_path_gives_the_detailed_paths_answer_or_declines(
@@ -113,6 +134,7 @@ def test_the_payment_fast_path_gives_the_detailed_paths_answer_or_declines(
     fast = _fast_payment(key, value)
     assert fast is None or (fast == detailed and type(fast) is PaymentEvent), (fast, detailed)
     assert parse_payment(key, value) == detailed
+    assert _typed_exactly(fast) and _typed_exactly(detailed), (fast, detailed)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -126,6 +148,32 @@ def test_the_ledger_fast_path_gives_the_detailed_paths_answer_or_declines(
     fast = _fast_ledger(key, value)
     assert fast is None or (fast == detailed and type(fast) is LedgerEvent), (fast, detailed)
     assert parse_ledger(key, value) == detailed
+    assert _typed_exactly(fast) and _typed_exactly(detailed), (fast, detailed)
+
+
+# A JSON value of another type than its field's, for every field: the numbers a producer might
+# send for a text, a bool or float for the integer `amount`, text for a number.
+OTHER_TYPES = [True, False, 1.0, 25_000.0, "25000", [], {}, [25_000], {"amount": 25_000}]
+_TEXT_FIELDS = frozenset(PAYMENT_FIELDS + LEDGER_FIELDS) - {"type", "amount", "currency", "occurred_at"}
+
+
+@pytest.mark.parametrize("wrong", OTHER_TYPES, ids=repr)
+@pytest.mark.parametrize("field", sorted(set(PAYMENT_FIELDS + LEDGER_FIELDS)))
+def test_a_field_of_another_json_type_is_rejected_by_both_paths(field: str, wrong: Any) -> None:
+    # Only text where text goes is taken; anything else is a dead letter from the detailed path,
+    # and the fast path declines it (it must not hand the engine a bool or float as `amount`).
+    taken = type(wrong) is str and field in _TEXT_FIELDS
+    records = [(typ, payment, _fast_payment, parse_payment) for typ in ("requested", "settled", "failed")]
+    records += [(typ, ledger, _fast_ledger, parse_ledger) for typ in ("debited", "reversed")]
+    for typ, build, fast_path, parse in records:
+        if field not in (PAYMENT_FIELDS if build is payment else LEDGER_FIELDS):
+            continue
+        value = _edited(build("e1", typ, "R1", 0), [(field, wrong)])
+        got = parse(None, value)
+        fast = fast_path(None, value)
+        assert isinstance(got, Rejection) != taken, (typ, got)
+        assert fast is None or fast == got, (typ, fast)
+        assert _typed_exactly(got) and _typed_exactly(fast), (typ, got, fast)
 
 
 def test_the_fast_paths_take_the_common_records() -> None:
@@ -185,6 +233,29 @@ def test_one_record_type_for_the_live_worker_the_broker_and_a_replay_file() -> N
     # Pickled (a parallel replay's jobs) and renumbered (`_replace`) as a named tuple.
     assert pickle.loads(pickle.dumps(rec)) == rec and type(pickle.loads(pickle.dumps(rec))) is KafkaRecord
     assert rec._replace(offset=9).offset == 9 and rec.offset == 2
+
+
+_LINE_KEYS = ("topic", "partition", "offset", "timestamp_ms", "key", "value", "key_b64", "value_b64")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(_LINE_KEYS), st.one_of(_json_value(), st.just(...))), max_size=4))
+def test_a_replay_line_is_read_into_exactly_the_types_of_a_kafka_record(edits: list[tuple[str, Any]]) -> None:
+    # What the engines take from a replay file: compiled, a bool or a float where an `int` is
+    # annotated (partition, offset, timestamp) is a TypeError in the engine, not a broken line.
+    line = b'{"topic":"qris.payment-requests","partition":1,"offset":2,"timestamp_ms":3,"key":"R1","value":"{}"}'
+    raw = _edited(line, edits)
+    try:
+        got = [KafkaRecord(*f) for f in line_fields([raw], "f", lambda i: i + 1)]
+    except ReplayLineError:
+        got = []
+    with contextlib.suppress(ReplayLineError):
+        got.append(parse_line(raw, "f", 1))
+    for rec in got:
+        topic, partition, offset, timestamp_ms, key, value = rec
+        assert type(topic) is str and type(partition) is int and type(offset) is int, rec
+        assert timestamp_ms is None or type(timestamp_ms) is int, rec
+        assert (key is None or type(key) is bytes) and (value is None or type(value) is bytes), rec
 
 
 def test_an_amount_out_of_range_is_told_by_its_size_not_its_digits() -> None:
