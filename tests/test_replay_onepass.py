@@ -18,6 +18,7 @@ from stream.drivers.parallel import replay_file_parallel
 from stream.drivers.replay import replay
 from stream.drivers.replayfile import KafkaRecord, decision_line, file_partitions, write_records
 from stream.simulate import generate
+from tests.conftest import not_compiled
 from tests.records import T0, ledger, payment
 from tests.test_holds import HOLDS, _records
 
@@ -124,6 +125,7 @@ def test_a_parallel_replay_in_one_pass_gives_the_two_pass_lines(
 
 
 @pytest.mark.slow
+@not_compiled  # (it patches `partition.signals_decisions`, which compiled code calls directly)
 def test_the_outage_with_every_report_in_parts_gives_the_same_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     # Reports past `SIGNALS_PART_MAX_BYTES` go in parts (a national switch's partition-minute has
     # tens of thousands of merchants); here every report of the outage is cut small.
