@@ -333,6 +333,24 @@ def test_no_cut_of_a_tally_snapshot_holds_more_than_a_batch_of_holds() -> None:
     assert max(map(len, cuts)) < 16 * 1024
 
 
+def test_a_lazy_snapshot_builds_each_row_when_it_is_read() -> None:
+    # A row built before it is read shows the value it had then: a compiled build (mypyc) makes
+    # a generator expression a list, built whole at once, which the pieces were to avoid.
+    tally = many_holds(40)
+    det = BurstDetector([0, 1])
+    det.merchant_volume = {"merchant:M1": (1.0, 5, False), "merchant:M2": (2.0, 5, True)}
+    state, snap = tally.to_state(lazily=True), det.snapshot(lazily=True)
+    rid = next(iter(tally.held))
+    tally.held[rid][1] = -1
+    inc = next(iter(state["events"]))
+    key = next(iter(tally.events[inc]))
+    tally.events[inc][key][0] = -2
+    det.merchant_volume["merchant:M2"] = (9.0, 6, True)
+    assert [rid, *tally.held[rid]] in list(state["held"]) and tally.held[rid][1] == -1
+    assert [*key, -2, tally.events[inc][key][1]] in list(state["events"][inc])
+    assert ["merchant:M2", 9.0, 6, True] in list(snap["merchant_volume"])
+
+
 def test_the_detector_ignores_hold_reports_on_the_signals_topic() -> None:
     det = BurstDetector([0])
     assert det.on_signals(report(0, T0, ["held", "r", "i", 1, T0 - 1])) == []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from functools import lru_cache
@@ -59,6 +59,17 @@ FADE_POWERS = 1441
 @lru_cache(maxsize=4)
 def _fade_powers(fade: float) -> tuple[float, ...]:
     return tuple(fade**age for age in range(FADE_POWERS))
+
+
+def _scope_states(scopes: dict[str, ScopeState]) -> Iterator[dict[str, Any]]:
+    # (A generator function, built entry by entry as it is read, compiled or not: `snapshot`.)
+    for st in scopes.values():
+        yield st.to_state()
+
+
+def _merchant_rows(volume: dict[str, tuple[float, int, bool]]) -> Iterator[list[Any]]:
+    for k, (v, last, own) in volume.items():
+        yield [k, v, last, own]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +195,11 @@ class BurstDetector:
 
         `lazily`: the scopes and merchants as iterators that build each entry when it is read,
         so that a snapshot can be encoded in pieces (`burstsnapshot.encode_pieces`; at the scope
-        bound building them all took 0.4 s). The detector must not change until they are read."""
-        scopes = (st.to_state() for st in self.scopes.values())
-        merchants = ([k, v, last, own] for k, (v, last, own) in self.merchant_volume.items())
+        bound building them all took 0.4 s). The detector must not change until they are read.
+        They come from generator functions, not generator expressions: a compiled build (mypyc)
+        makes a generator expression a list, every entry built before the first piece."""
+        scopes = _scope_states(self.scopes)
+        merchants = _merchant_rows(self.merchant_volume)
         return {
             "snapshot_version": SNAPSHOT_VERSION,
             "merge": self.merge.to_state(),
