@@ -67,3 +67,18 @@ def test_every_alert_kind_of_the_schema_has_its_routing_documented() -> None:
     for kind in kinds:
         assert f"`{kind}`" in DOC, kind
         assert f"`{kind}`" in kind_row, kind
+
+
+def test_the_scope_id_label_is_escaped_as_the_doc_and_the_schema_say() -> None:
+    # A label is matched against routes, not read: right-to-left letters stay as the scope id has
+    # them (a route written for that id matches), while the summary escapes them for people.
+    from stream.core.incidents import scope_name
+    from stream.core.routing import labels
+
+    merchant = "\u05d0\u05d1-7\u200f"
+    got = labels({"kind": "FAILURE_BURST", "severity": "warning", "scope": {"type": "merchant", "id": merchant}})
+    assert got["scope_id"] == "\u05d0\u05d1-7\\u200f"
+    assert scope_name("merchant", merchant) == "Merchant \\u05d0\\u05d1-7\\u200f"
+    schema = json.loads((ROOT / "schemas/qris.alerts.schema.json").read_text())
+    assert "right-to-left letters kept" in schema["properties"]["labels"]["description"]
+    assert "right-to-left letters kept" in DOC

@@ -33,8 +33,8 @@ def _escape_char(c: str) -> str:
 def escape_text(s: str, max_chars: int = DEFAULT_MAX_CHARS, *, keep_right_to_left: bool = False) -> str:
     """`s` with non-printable characters and right-to-left letters as `\\uXXXX` (`\\UXXXXXXXX`
     beyond the BMP), cut to at most `max_chars` characters of input, plus `…` when cut.
-    `keep_right_to_left=True` for a machine-read value (an Alertmanager label, a key of
-    `observed`), which keeps the letters as they came.
+    `keep_right_to_left=True` for a machine-read value (an Alertmanager label, a key of a
+    burst alert's `response_codes`), which keeps the letters as they came.
 
     >>> escape_text("QR\\x1b[31m1\\u202e")
     'QR\\\\u001b[31m1\\\\u202e'
