@@ -939,11 +939,28 @@ def outage_timelines(draw: st.DrawFn) -> list[IncidentEvent]:
 @st.composite
 def held_input_then_ticks(draw: st.DrawFn) -> tuple[list[bytes], list[bytes]]:
     """`held_input` followed by records of an unrelated reference on both streams, every 100 s
-    up to 3000 s, so that the watermark passes deadlines, hold ends and resolutions step by step."""
+    up to 3000 s, so that the watermark passes deadlines, hold ends and resolutions step by step;
+    among them, settlements and reversals late enough to cancel a refund requested at the end of
+    its hold, whose alert tells how long after that request it came (`Refund.requested_at_ms`)."""
     p, l = draw(held_input())  # noqa: E741
+    later: list[tuple[int, int, bytes]] = []
+    for r in range(4):
+        if draw(st.booleans()):
+            t = draw(st.integers(1300, 2900))
+            amount = draw(st.sampled_from([25_000, 10_000, 1_000_000]))  # (the last: all of it)
+            if draw(st.booleans()):
+                later.append((t, 0, payment(f"R{r}-later", "settled", f"R{r}", t, amount)))
+            else:
+                later.append((t, 1, ledger(f"R{r}-later", "reversed", f"R{r}", t, amount)))
+    later.sort(key=lambda x: x[0])
     for k in range(draw(st.integers(4, 26))):
+        while later and later[0][0] < 400 + 100 * k:
+            _t, s, record = later.pop(0)
+            (l if s else p).append(record)
         p.append(payment(f"tick-p-{k}", "requested", "TICK", 400 + 100 * k))
         l.append(ledger(f"tick-l-{k}", "reversed", "TICK", 400 + 100 * k, 1))
+    for _t, s, record in later:  # (after the last tick: decided at the drain, after the holds' ends)
+        (l if s else p).append(record)
     return p, l
 
 
