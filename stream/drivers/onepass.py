@@ -76,6 +76,10 @@ class OnePass:
         self.index = 0  # the input index of the record being fed
         self.draining = False
         self.drain_index: dict[int, int] = {}
+        # What `take` reads for every record, looked up once.
+        self._payment_topic, self._ledger_topic = params.payment_topic, params.ledger_topic
+        self._lateness_ms = params.lateness_ms
+        self._engines = self.r.engines
 
     # -- input ---------------------------------------------------------------------------
 
@@ -93,10 +97,9 @@ class OnePass:
         value: bytes | None,
     ) -> None:
         """`feed` for a record given as its fields (`replayfile.Fields`)."""
-        p = self.params
-        if topic == p.payment_topic:
+        if topic == self._payment_topic:
             stream, s = Stream.P, 0
-        elif topic == p.ledger_topic:
+        elif topic == self._ledger_topic:
             stream, s = Stream.L, 1
         else:
             self.r.ignored += 1
@@ -104,14 +107,15 @@ class OnePass:
         if part not in self.partitions:
             raise ValueError(f"one-pass replay: a record of partition {part}, not one of {sorted(self.partitions)}")
         self.index = i
-        eng = self.r.engines.get(part) or self.r.engine(part)
+        eng = self._engines.get(part) or self.r.engine(part)
         rejected, skewed = eng.rejected[s], eng.skewed[s]
         got = eng.on_record(stream, offset, key, value, timestamp_ms)
         # `eng.watermark_ms`, inline (a property: a frame a record).
         mp, ml = eng.max_ms
-        w = NEG_INF if mp is None or ml is None else (mp if mp < ml else ml) - p.lateness_ms
-        if w < eng.forced_ms:
-            w = eng.forced_ms
+        w = NEG_INF if mp is None or ml is None else (mp if mp < ml else ml) - self._lateness_ms
+        forced_ms = eng.forced_ms
+        if w < forced_ms:
+            w = forced_ms
         ws = self.mark_w.get(part)
         if ws is None:
             if w > NEG_INF:
