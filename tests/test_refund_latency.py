@@ -101,3 +101,11 @@ def test_the_bench_runs_its_short_timeout_with_a_clock_guard_the_worker_accepts(
         args = argparse.Namespace(timeout_s=t, lateness_s=a, clock_skew_s=f)
         assert clock_skew_s(args) == want
         assert refused_at_start(replace(Settings(), timeout_s=t, lateness_s=a, clock_skew_s=clock_skew_s(args))) == []
+
+
+def test_refunds_are_grouped_by_when_their_releasing_record_was_acked() -> None:
+    from bench.refund_latency import by_slice
+
+    released = [(10_400, 30.0), (10_100, 10.0), (14_999, 20.0), (15_000, 900.0), (27_000, 5.0)]
+    assert by_slice(released, 10_000, 5_000) == [(0, 3, 20.0, 30.0), (5, 1, 900.0, 900.0), (15, 1, 5.0, 5.0)]
+    assert by_slice([], 0, 5_000) == []
