@@ -493,8 +493,9 @@ class ReferenceState:
         times of refunds requested at a hold's end (`refunds_requested_at_ms`: one per refund,
         null for one requested at its deadline; absent when no refund has one)."""
         # Once per changed reference per batch in the live worker: each field read once, named
-        # tuples copied by `tuple` (orjson writes no tuple subclass; a plain tuple is one
-        # allocation, a list two), `map` where a comprehension would cost a frame.
+        # tuples copied by slicing (orjson writes no tuple subclass; `x[:]` of one is a plain
+        # tuple made by one copy, where `tuple(x)` iterates it), `map` where a comprehension would
+        # cost a frame, and a reference's one debit (the common case) without `map`'s setup.
         d: dict[str, Any] = {"v": STATE_VERSION, "reference": self.reference}
         if self.seen_p:
             d["seen_p"] = self.seen_p
@@ -506,9 +507,15 @@ class ReferenceState:
             d["seen_l_digests"] = sorted(self.seen_more_l)
         debits = self.debits
         if debits:
-            d["debits"] = list(map(_entry_fields, debits))
-            if any(map(_entry_account, debits)):
-                d["debit_accounts"] = list(map(_entry_account, debits))
+            if len(debits) == 1:
+                debit = debits[0]
+                d["debits"] = [debit[:5]]
+                if debit.account_id:
+                    d["debit_accounts"] = [debit.account_id]
+            else:
+                d["debits"] = list(map(_entry_fields, debits))
+                if any(map(_entry_account, debits)):
+                    d["debit_accounts"] = list(map(_entry_account, debits))
             if self.debit_count != len(debits):
                 d["debit_count"], d["debited_total"] = self.debit_count, self.debited_total
         reversals = self.reversals
@@ -520,11 +527,11 @@ class ReferenceState:
                 d["reversal_count"], d["reversed_total"] = self.reversal_count, self.reversed_total
         settlement, failure, request = self.settlement, self.failure, self.request
         if settlement is not None:
-            d["settlement"] = tuple(settlement)
+            d["settlement"] = settlement[:]
         if failure is not None:
-            d["failure"] = tuple(failure)
+            d["failure"] = failure[:]
         if request is not None:
-            d["request"] = tuple(request)  # as `records.event_fields`
+            d["request"] = request[:]  # as `records.event_fields`
             d["request_eff_ms"] = self.request_eff_ms
         if self.account_id is not None:
             d["account_id"] = self.account_id
@@ -533,16 +540,16 @@ class ReferenceState:
         if self.cycle_deadline_ms is not None:
             d["cycle_deadline_ms"] = self.cycle_deadline_ms
             opened_by = self.cycle_opened_by
-            d["cycle_opened_by"] = tuple(opened_by) if opened_by is not None else None
+            d["cycle_opened_by"] = opened_by[:] if opened_by is not None else None
         refunds = self.refunds
         if refunds:
             d["refunds"] = [(r.refund_id, r.amount, r.deadline_ms, r.reason, r.active) for r in refunds]
             if any(r.requested_at_ms is not None for r in refunds):
                 d["refunds_requested_at_ms"] = [r.requested_at_ms for r in refunds]
         d["last_eff_ms"] = self.last_eff_ms
-        d["last_key"] = tuple(self.last_key)
+        d["last_key"] = self.last_key[:]
         if self.retention is not None:
-            d["retention"] = tuple(self.retention)
+            d["retention"] = self.retention[:]
         if self.holds:
             d["holds"] = [h.to_json() for h in self.holds]
         return d
