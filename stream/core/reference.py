@@ -543,9 +543,15 @@ class ReferenceState:
             d["cycle_opened_by"] = opened_by[:] if opened_by is not None else None
         refunds = self.refunds
         if refunds:
-            d["refunds"] = [(r.refund_id, r.amount, r.deadline_ms, r.reason, r.active) for r in refunds]
-            if any(r.requested_at_ms is not None for r in refunds):
-                d["refunds_requested_at_ms"] = [r.requested_at_ms for r in refunds]
+            # (One loop for both lists: each reference of a refund burst has a refund to save.)
+            saved: list[tuple[str, int, int, str, bool]] = []
+            requested_at_ms: list[int | None] = []
+            for r in refunds:
+                saved.append((r.refund_id, r.amount, r.deadline_ms, r.reason, r.active))
+                requested_at_ms.append(r.requested_at_ms)
+            d["refunds"] = saved
+            if requested_at_ms.count(None) != len(requested_at_ms):
+                d["refunds_requested_at_ms"] = requested_at_ms
         d["last_eff_ms"] = self.last_eff_ms
         d["last_key"] = self.last_key[:]
         if self.retention is not None:
