@@ -1524,6 +1524,35 @@ def test_the_detector_goes_on_while_its_snapshot_is_written_one_write_at_a_time(
     asyncio.run(run())
 
 
+async def _snapshot_counting_turns(shell: Any, broker: SnapshotBroker) -> tuple[int, bytes]:
+    """Processes one report batch that snapshots, counting the event loop's turns meanwhile;
+    returns them and the one snapshot written."""
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.ensure_future(tick())
+    await asyncio.sleep(0)
+    before = ticks
+    raw = []
+    real_write = broker.write
+
+    async def keep(value: bytes) -> None:
+        raw.append(value)
+        await real_write(value)
+
+    broker.write = keep  # type: ignore[method-assign]
+    await shell.process_batch(report_batch(0))
+    await shell.close()
+    ticker.cancel()
+    [value] = raw
+    return ticks - before, value
+
+
 def test_a_large_snapshot_is_encoded_in_pieces_with_the_loop_running_between_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -1540,30 +1569,8 @@ def test_a_large_snapshot_is_encoded_in_pieces_with_the_loop_running_between_the
         assert shell.detector is not None
         shell.detector.merchant_volume = {f"merchant:M{i:05d}{'x' * 100}": (0.5, 0, False) for i in range(2000)}
         want = shell.detector.snapshot()
-        ticks = 0
-
-        async def tick() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0)
-
-        ticker = asyncio.ensure_future(tick())
-        await asyncio.sleep(0)
-        before = ticks
-        raw = []
-        real_write = broker.write
-
-        async def keep(value: bytes) -> None:
-            raw.append(value)
-            await real_write(value)
-
-        broker.write = keep  # type: ignore[method-assign]
-        await shell.process_batch(report_batch(0))
-        await shell.close()
-        ticker.cancel()
-        assert ticks - before > 50  # the loop ran between the pieces
-        [value] = raw
+        turns, value = await _snapshot_counting_turns(shell, broker)
+        assert turns > 50  # the loop ran between the pieces
         saved = burstsnapshot.decode(value).detector.snapshot()
         assert saved["merchant_volume"] == want["merchant_volume"] and broker.written == [1]
 
@@ -1588,30 +1595,8 @@ def test_a_tally_of_many_holds_is_snapshotted_with_the_loop_running_between_its_
         shell.tally = tally = HoldTally(range(1), 30_000)
         events = [["held", f"rf_{i:06d}", "inc_x", 10_000 + i, T0 + i] for i in range(3000)]
         tally.on_report({"partition": 0, "hold_events": events, "decided_through_ms": T0 - 60_000})
-        ticks = 0
-
-        async def tick() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0)
-
-        ticker = asyncio.ensure_future(tick())
-        await asyncio.sleep(0)
-        before = ticks
-        raw = []
-        real_write = broker.write
-
-        async def keep(value: bytes) -> None:
-            raw.append(value)
-            await real_write(value)
-
-        broker.write = keep  # type: ignore[method-assign]
-        await shell.process_batch(report_batch(0))
-        await shell.close()
-        ticker.cancel()
-        assert ticks - before > 3000 // burstsnapshot._BATCH  # at least a turn per batch of holds
-        [value] = raw
+        turns, value = await _snapshot_counting_turns(shell, broker)
+        assert turns > 3000 // burstsnapshot._BATCH  # at least a turn per batch of holds
         back = burstsnapshot.decode(value).tally
         assert back is not None and back.held == tally.held and back.events == tally.events
         assert back.to_state() == tally.to_state() and broker.written == [1]
