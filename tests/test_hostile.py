@@ -596,6 +596,32 @@ def test_right_to_left_ids_are_escaped_in_summaries_and_the_report_not_in_fields
     assert shown in text
 
 
+def test_a_summary_quoting_long_right_to_left_ids_keeps_its_end_and_whole_escapes() -> None:
+    """Escaped, a Hebrew letter is six characters: the longest ids the contract allows (a
+    reference of 64, an event id of 128) would fill the summary's 1,000 and cut its end, what to
+    check, mid-escape. Each quoted id is capped as shown, so the line keeps its end."""
+    ref, eid = "\u05d0" * 64, "\u05d1" * 128
+    eng = PartitionEngine(0, Params(timeout_ms=1_000, lateness_ms=0))
+    out = eng.on_record(P, 0, ref.encode(), payment("q", "requested", ref, 0), None)
+    out += eng.on_record(L, 0, ref.encode(), ledger("d", "debited", ref, 0), None)
+    out += eng.on_record(P, 1, b"T", payment("t", "requested", "T", 5), None)
+    out += eng.on_record(L, 1, b"T", ledger("t", "reversed", "T", 5, amount=1), None)
+    out += eng.on_record(P, 2, ref.encode(), payment(eid, "settled", ref, 9), None)
+    out += eng.drain()
+    late = next(d.value for d in out if d.role == "alerts" and d.value["kind"] == "LATE_SETTLEMENT")
+    assert late["summary"].endswith("; check whether it was already paid out"), late["summary"]
+    assert late["reference"] == ref and len(late["summary"]) <= 1000
+    assert "\\u05d0…" in late["summary"] and "\\u05d1…" in late["summary"]  # (cut between escapes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60), st.integers(0, 80), st.booleans())
+def test_escaped_text_is_capped_as_shown_and_unchanged_escaped_again(s: str, cap: int, keep: bool) -> None:
+    out = escape_text(s, cap, keep_right_to_left=keep)
+    assert len(out) <= cap + 1 and (len(out) <= cap or out.endswith("\u2026"))
+    assert escape_text(out, cap, keep_right_to_left=keep) == out
+
+
 @pytest.mark.slow
 def test_a_reference_hammered_with_distinct_events_stays_small_and_still_deduplicates() -> None:
     params = Params(timeout_ms=10**12, lateness_ms=0, retention_ms=10**12)

@@ -32,7 +32,11 @@ def _escape_char(c: str) -> str:
 
 def escape_text(s: str, max_chars: int = DEFAULT_MAX_CHARS, *, keep_right_to_left: bool = False) -> str:
     """`s` with non-printable characters and right-to-left letters as `\\uXXXX` (`\\UXXXXXXXX`
-    beyond the BMP), cut to at most `max_chars` characters of input, plus `…` when cut.
+    beyond the BMP), cut to at most `max_chars` characters as shown (an escape counts its 6 or
+    10 and is never split), plus `…` when cut. Counted as shown, not as read: an id of 128
+    Hebrew letters shown whole would be 768 characters, and a summary quoting two such ids
+    would lose its end, cut mid-escape, to the summary's own cap; counted so, escaping a
+    result again with the same cap leaves it unchanged.
     `keep_right_to_left=True` for a machine-read value (an Alertmanager label, a key of a
     burst alert's `response_codes`), which keeps the letters as they came.
 
@@ -44,16 +48,25 @@ def escape_text(s: str, max_chars: int = DEFAULT_MAX_CHARS, *, keep_right_to_lef
     'xxxx…'
     >>> escape_text("M\\u05d0-7")
     'M\\\\u05d0-7'
+    >>> escape_text("M\\u05d0\\u05d1", 8)
+    'M\\\\u05d0…'
     """
     cut = len(s) > max_chars
     if cut:
-        s = s[:max_chars]
+        s = s[:max_chars]  # (an escape only lengthens: no more of the input can be shown)
     if _PLAIN.fullmatch(s) is None:
         rtl = _NONE if keep_right_to_left else _RIGHT_TO_LEFT
-        s = "".join(
+        pieces = [
             c if c.isprintable() and c not in _BIDI and unicodedata.bidirectional(c) not in rtl else _escape_char(c)
             for c in s
-        )
+        ]
+        s = "".join(pieces)
+        if len(s) > max_chars:
+            n = shown = 0
+            while shown + len(pieces[n]) <= max_chars:  # (ends within: all of them are longer)
+                shown += len(pieces[n])
+                n += 1
+            s, cut = "".join(pieces[:n]), True
     return s + ELLIPSIS if cut else s
 
 
