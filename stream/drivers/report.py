@@ -95,7 +95,7 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]], scope: tuple[str, s
                 window = v.get("window") or {}
                 incident_lines.append(
                     f"[{_text(v['severity'])}] {_text(v['status']):<8} {_when(window.get('start'))} .. "
-                    f"{_when(window.get('end'))} {escape_text(str(v['summary']), 1000)}"
+                    f"{_when(window.get('end'))} {_text(v['summary'], 1000)}"
                 )
                 if v.get("status") == "resolved" and isinstance(v.get("holds"), dict):
                     # The holds the incident covered, as its resolved alert counts them.
@@ -113,7 +113,7 @@ def summarise(outputs: Iterable[tuple[str, dict[str, Any]]], scope: tuple[str, s
                 alert_lines.append(
                     (
                         SEVERITY_RANK.get(v["severity"], len(SEVERITY_RANK)),
-                        f"[{_text(v['severity'])}] {_text(v['kind'])}: {escape_text(str(v['summary']), 1000)}",
+                        f"[{_text(v['severity'])}] {_text(v['kind'])}: {_text(v['summary'], 1000)}",
                     )
                 )
     # After each resolved incident's holds, how they ended (the refunds read here).
