@@ -63,7 +63,7 @@ def escape_text(s: str, max_chars: int = DEFAULT_MAX_CHARS, *, keep_right_to_lef
         s = "".join(pieces)
         if len(s) > max_chars:
             n = shown = 0
-            while shown + len(pieces[n]) <= max_chars:  # (ends within: all of them are longer)
+            while shown + len(pieces[n]) <= max_chars:  # (stops inside `pieces`: together they are longer)
                 shown += len(pieces[n])
                 n += 1
             s, cut = "".join(pieces[:n]), True

@@ -299,7 +299,7 @@ class FileScan:
                         line = loads(raw)
                     except error:
                         continue
-                    # (A topic of any JSON type: an array or object is no set member.)
+                    # (A topic may be any JSON type: a list or dict one cannot be looked up in a set.)
                     if type(line) is dict and type(topic := line.get("topic")) is str and topic in wanted:
                         p = line.get("partition")
                         if type(p) is int and p >= 0:
