@@ -5,11 +5,13 @@ Prometheus text and the dashboard page."""
 from __future__ import annotations
 
 import unicodedata
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from stream.core import codec
 from stream.core.eventtime import format_ms, parse_ms, wib_and_utc
 from stream.core.partition import Params, PartitionEngine
 from stream.core.records import Stream
@@ -22,7 +24,7 @@ from stream.worker.lookup import account_payments, lookup_reference, payment_sta
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.watch import WorkerWatch, open_holds
 from tests.records import T0, ledger, payment
-from tests.test_holds import EVERYTHING, HOLDS, OFF, Feed, inc, ms, unsettled
+from tests.test_holds import EVERYTHING, G_MS, HOLDS, OFF, Feed, inc, ms, unsettled
 
 NOW_S = T0 / 1000 + 3600
 
@@ -1256,6 +1258,113 @@ def test_a_refund_paid_at_max_hold_is_told_held_by_the_incidents_its_record_name
     item = got["refunds"][0]
     assert item["held_by"] == requested["hold"]["incident_ids"] == ["in_a"]
     assert item["requested_at"] == requested["decided_at"]
+
+
+def _held_and_requested(params: Params = HOLDS, restore: Params | None = None, **keep: bool) -> Feed:
+    """QR1 held from its deadline (300) while switch RINTIS is down (100 to 1000), requested at
+    the hold's end (G after the resolution: 1900). `restore`: the engine is then rebuilt from
+    its saved state with these settings, its incident timeline given again unless
+    `keep["incidents"]` is False; `keep["request_times"]` False drops the refunds' request
+    times from the saved state, as a release that did not save them wrote it."""
+    events = [inc("opened", 100), inc("resolved", 1000)]
+    f = Feed(params)
+    f.incidents(events, EVERYTHING)
+    unsettled(f)
+    f.tick(1931)
+    if restore is None:
+        return f
+    refs, meta = f.eng.take_dirty()
+    entries = []
+    for k, v in refs.items():
+        assert v is not None
+        d = codec.loads(v)
+        if k == "QR1" and not keep.get("request_times", True):
+            del d["state"]["refunds_requested_at_ms"]
+        entries.append((k, codec.dumps(d)))
+    g = Feed(eng=PartitionEngine.restore(0, restore, meta, entries))
+    g.offsets, g.out = list(f.offsets), list(f.out)
+    if keep.get("incidents", True):
+        g.incidents(events, EVERYTHING)
+    return g
+
+
+@pytest.mark.parametrize(
+    "restore, incidents",
+    [
+        (HOLDS, False),  # restored, the incidents topic not read yet: the timeline knows none
+        (replace(HOLDS, hold_grace_ms=2 * G_MS), True),  # restarted with another grace
+        (OFF, False),  # restarted with holds off
+    ],
+    ids=["timeline-empty", "grace-changed", "holds-off"],
+)
+def test_a_held_refund_is_told_requested_when_the_engine_requested_it_whatever_the_timeline_says_now(
+    restore: Params, incidents: bool
+) -> None:
+    # The request time is the refund's own (1900), saved with it: not worked out again from
+    # what this engine's timeline and settings say now (none, or 300 + 1000 + 1800 = 2800).
+    f = _held_and_requested(restore=restore, incidents=incidents)
+    [requested] = [r for r in f.refunds() if r["type"] == "refund.requested"]
+    assert requested["decided_at"] == format_ms(ms(1900)) and requested["hold"]["held_ms"] == 1_600_000
+    got = payment_status(f.eng.refs["QR1"], 0, WorkerWatch(Settings()), f.eng)
+    [item] = got["refunds"]
+    assert item["requested_at"] == requested["decided_at"] and item["held_ms"] == requested["hold"]["held_ms"]
+    said = f", at {wib_and_utc(ms(1900))}, after it was held for 26 min from its deadline ({wib_and_utc(ms(300))})"
+    assert said in got["summary"], got["summary"]
+    if incidents:
+        assert item["held_by"] == ["in_a"] and "while incident in_a: switch RINTIS was open" in got["summary"]
+    else:  # (the incidents it names are the timeline's, which knows none)
+        assert item["held_by"] == [] and "while an incident covering this payment was open" in got["summary"]
+
+
+def test_a_held_refund_saved_without_its_request_time_is_told_from_the_timeline() -> None:
+    f = _held_and_requested(restore=HOLDS, request_times=False)
+    assert f.eng.refs["QR1"].refunds[0].requested_at_ms is None
+    got = payment_status(f.eng.refs["QR1"], 0, WorkerWatch(Settings()), f.eng)
+    [item] = got["refunds"]
+    assert item["requested_at"] == format_ms(ms(1900)) and item["held_ms"] == 1_600_000
+    assert item["held_by"] == ["in_a"] and "while incident in_a: switch RINTIS was open" in got["summary"]
+
+
+def test_a_held_refund_whose_reason_changed_during_its_hold_is_told_held() -> None:
+    # Charged twice (50,000 for a 25,000 payment), held at the deadline; the payment settles
+    # during the hold, which pays the 25,000 taken beyond it at its end as EXCESS_DEBIT.
+    f = Feed()
+    f.incidents([inc("opened", 100), inc("resolved", 1000)], EVERYTHING)
+    unsettled(f)
+    f.l(ledger("QR1-d2", "debited", "QR1", 1, 25_000))
+    f.tick(500)
+    f.p(payment("QR1-s", "settled", "QR1", 500))
+    f.tick(1931)
+    [requested] = [r for r in f.refunds() if r["type"] == "refund.requested"]
+    assert requested["reason"] == "EXCESS_DEBIT" and requested["decided_at"] == format_ms(ms(1900))
+    got = payment_status(f.eng.refs["QR1"], 0, WorkerWatch(Settings()), f.eng)
+    assert got["status"] == "refund_requested" and got["refunds"][0]["requested_at"] == requested["decided_at"]
+    assert "(more was taken than the payment), at " in got["summary"] and "after it was held" in got["summary"]
+
+
+def test_a_refund_cancelled_after_its_hold_is_told_as_its_late_settlement_alert_tells_it() -> None:
+    # Requested at the hold's end (1900), the settlement 5 s later: the alert says "arrived 5 s
+    # after the refund was requested at the end of its hold"; the lookup says the same, not
+    # "requested, then cancelled" as if the refund had gone out at its deadline.
+    f = _held_and_requested()
+    f.p(payment("QR1-s", "settled", "QR1", 1905))
+    f.tick(2000)
+    [alert] = f.alerts()
+    assert "arrived 5 s after the refund was requested at the end of its hold" in alert["summary"]
+    got = payment_status(f.eng.refs["QR1"], 0, WorkerWatch(Settings()), f.eng)
+    assert got["status"] == "refund_cancelled"
+    assert got["summary"].startswith(
+        f"a refund of Rp 25.000 was requested at {wib_and_utc(ms(1900))}, at the end of its hold (it was held for "
+        f"26 min from its deadline ({wib_and_utc(ms(300))}) while incident in_a: switch RINTIS was open), then "
+        f"cancelled: the payment settled late (the merchant was paid, {wib_and_utc(ms(1905))}; 5 s after the "
+        "refund was requested)"
+    ), got["summary"]
+    [item] = got["refunds"]
+    assert item["status"] == "cancelled" and item["requested_at"] == format_ms(ms(1900))
+    # A refund requested at its deadline and cancelled is told as before.
+    said = payment_status(_run(DAY)[1].refs["A4"], 0)["summary"]
+    assert said.startswith("a refund of Rp 25.000 was requested, then cancelled: the payment settled late (")
+    assert "after the refund was requested" not in said
 
 
 @pytest.mark.parametrize("since", ["²", "١٢", "--5", "1" + "0" * 17, "9" * 5000])

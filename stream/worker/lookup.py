@@ -17,9 +17,10 @@ from urllib.parse import quote, urlencode
 from ..core.alerts import duration_text, rupiah
 from ..core.decisions import mask_account
 from ..core.eventtime import format_ms, parse_ms, wib_and_utc
+from ..core.holds import Incident
 from ..core.partition import Item, PartitionEngine, waiting_list
 from ..core.records import LedgerEvent, PaymentEvent
-from ..core.reference import LedgerEntry, ReferenceState
+from ..core.reference import LedgerEntry, ReferenceState, Settlement
 from ..core.refunds import Refund
 from ..core.text import escape_text
 from .watch import WorkerWatch, accounts_of
@@ -183,25 +184,60 @@ def _holds(st: ReferenceState, engine: PartitionEngine | None) -> list[dict[str,
 
 
 def _held_before(st: ReferenceState, refund: Refund, engine: PartitionEngine | None) -> dict[str, Any]:
-    """For a refund that was held before it was requested (holds on, a `SETTLEMENT_TIMEOUT`
-    whose deadline an incident covered): when it was requested (the hold's end, not its
-    deadline) and the incidents that held it, from the engine's incident timeline, as the
-    refund record's `decided_at` and `hold` say; else nothing."""
+    """For a refund that was held before it was requested (a `SETTLEMENT_TIMEOUT` whose deadline
+    an incident covered): when it was requested (the hold's end, not its deadline), how long it
+    was held, and the incidents that held it, as the refund record's `decided_at` and `hold`
+    say; else nothing.
+
+    The request time is the refund's own (`Refund.requested_at_ms`, what the engine decided and
+    the `LATE_SETTLEMENT` alerts count from), whatever the engine's settings and timeline are
+    now: a timeline restored before the incidents topic is read, or one whose incidents were
+    trimmed, would give another time or none. The incidents are the timeline's (the refund does
+    not keep them): none when it knows none. A refund restored from state saved without its
+    request time is worked out from the timeline, as the engine decided it."""
+    at_ms = refund.requested_at_ms
+    if at_ms is None:
+        return _held_before_from_timeline(st, refund, engine)
+    chain: list[str] = []
+    known: dict[str, Incident] = {}
+    if engine is not None:
+        known = engine.incidents.incidents
+        # (The request as known at the hold's end, as the engine's hold timer read it.)
+        _until, chain = engine.incidents.release_at(
+            _request_known_by(st, at_ms), refund.deadline_ms, engine.params.hold_grace_ms
+        )
+        # As the refund record's `hold.incident_ids`: those opened by the hold's end.
+        chain = [i for i in chain if i not in known or known[i].opened_at_ms <= at_ms]
+    return _held_fields(at_ms, refund.deadline_ms, chain, known)
+
+
+def _request_known_by(st: ReferenceState, t_ms: int) -> PaymentEvent | None:
+    # The request as the engine knew it at t (records of an instant go before its timers).
+    return st.request if st.request_eff_ms is not None and st.request_eff_ms <= t_ms else None
+
+
+def _held_fields(at_ms: int, deadline_ms: int, chain: list[str], known: dict[str, Incident]) -> dict[str, Any]:
+    return {
+        "requested_at": format_ms(at_ms),
+        "held_ms": at_ms - deadline_ms,
+        "held_by": chain,
+        "held_by_scopes": {i: {"type": known[i].scope_type, "id": known[i].scope_id} for i in chain if i in known},
+    }
+
+
+def _held_before_from_timeline(st: ReferenceState, refund: Refund, engine: PartitionEngine | None) -> dict[str, Any]:
+    # A refund without its request time: held, and until when, as the engine's incident
+    # timeline and hold settings say now (an active `SETTLEMENT_TIMEOUT` refund only).
     if engine is None or not engine.params.holds or refund.reason != "SETTLEMENT_TIMEOUT" or not refund.active:
         return {}
     timeline, deadline_ms, grace_ms = engine.incidents, refund.deadline_ms, engine.params.hold_grace_ms
-
-    def known_by(t_ms: int) -> PaymentEvent | None:
-        # The request as the engine knew it at t (records of an instant go before its timers).
-        return st.request if st.request_eff_ms is not None and st.request_eff_ms <= t_ms else None
-
     # Held only if an incident covering the payment as known at the deadline was open then (a
     # request that came after the deadline does not make a refund paid at its deadline held).
-    if not timeline.covering_open_at(known_by(deadline_ms), deadline_ms):
+    if not timeline.covering_open_at(_request_known_by(st, deadline_ms), deadline_ms):
         return {}
     release_by_ms = deadline_ms + engine.params.max_hold_ms
-    until, chain = timeline.release_at(known_by(deadline_ms), deadline_ms, grace_ms)
-    if known_by(min(until, release_by_ms)) is not None:  # the request came during the hold
+    until, chain = timeline.release_at(_request_known_by(st, deadline_ms), deadline_ms, grace_ms)
+    if _request_known_by(st, min(until, release_by_ms)) is not None:  # the request came during the hold
         until, chain = timeline.release_at(st.request, deadline_ms, grace_ms)
     at_ms = min(until, release_by_ms)
     if not chain or at_ms <= deadline_ms:
@@ -209,11 +245,21 @@ def _held_before(st: ReferenceState, refund: Refund, engine: PartitionEngine | N
     known = timeline.incidents
     # As the refund record's `hold.incident_ids`: those opened by the hold's end.
     chain = [i for i in chain if i not in known or known[i].opened_at_ms <= at_ms]
-    return {
-        "requested_at": format_ms(at_ms),
-        "held_by": chain,
-        "held_by_scopes": {i: {"type": known[i].scope_type, "id": known[i].scope_id} for i in chain if i in known},
-    }
+    return _held_fields(at_ms, deadline_ms, chain, known)
+
+
+def _held_while(before: dict[str, Any], refund: Refund) -> str:
+    # How long and why a refund was held before it was requested (`_held_before`'s fields).
+    ids = before["held_by"]
+    why = (
+        f"incident {_named({'incident_scopes': before['held_by_scopes']}, ids)} was open"
+        if ids
+        else "an incident covering this payment was open"  # (one this worker's timeline does not know)
+    )
+    return (
+        f"held for {duration_text(before['held_ms'])} from its deadline ({_said(format_ms(refund.deadline_ms))}) "
+        f"while {why}"
+    )
 
 
 def _said(rfc3339: str) -> str:
@@ -391,11 +437,7 @@ def payment_status(
         say = f"refund {active[-1].refund_id} of {rupiah(active[-1].amount)} requested ({why})"
         before = _held_before(st, active[-1], engine)
         if before:
-            say += (
-                f", at {_said(before['requested_at'])}, after it was held from its deadline "
-                f"({_said(format_ms(active[-1].deadline_ms))}) while incident "
-                f"{_named({'incident_scopes': before['held_by_scopes']}, before['held_by'])} was open"
-            )
+            say += f", at {_said(before['requested_at'])}, after it was {_held_while(before, active[-1])}"
         if st.reversed_total > 0:
             say += f"; the bank also gave back {rupiah(st.reversed_total)} of the money taken (a reversal)"
         excess = st.active - max(0, st.net - st.settled)
@@ -411,13 +453,26 @@ def payment_status(
         status = "refund_cancelled"
         # Which of the two it was, and when: "you refunded me and then took it back" is answered
         # with the record that made the refund unnecessary, not with "settled or reversed".
+        refund = cancelled[-1]
+        before = _held_before(st, refund, engine)
+        late: LedgerEntry | Settlement | None = None
         if st.settlement is not None and not st.reversals:
-            why = f"the payment settled late (the merchant was paid, {_said(st.settlement.occurred_at)})"
+            late = st.settlement
+            why = f"the payment settled late (the merchant was paid, {_said(late.occurred_at)}"
         elif st.reversals and st.settlement is None:
-            why = f"the bank reversed the debit late ({_said(st.reversals[-1].occurred_at)})"
+            late = st.reversals[-1]
+            why = f"the bank reversed the debit late ({_said(late.occurred_at)}"
         else:
             why = "the payment settled or was reversed late"
-        say = f"a refund of {rupiah(cancelled[-1].amount)} was requested, then cancelled: {why}"
+        if late is not None and refund.requested_at_ms is not None:
+            # As the LATE_SETTLEMENT / LATE_REVERSAL alert counts it: from the request at the
+            # hold's end, not from the deadline ("26 min late" of a refund requested 5 s before).
+            why += f"; {duration_text(late.effective_at_ms - refund.requested_at_ms)} after the refund was requested"
+        why += ")" if late is not None else ""
+        held = ""
+        if before:
+            held = f" at {_said(before['requested_at'])}, at the end of its hold (it was {_held_while(before, refund)})"
+        say = f"a refund of {rupiah(refund.amount)} was requested{held}, then cancelled: {why}"
         say += _owed_since(st, engine)
     elif st.settled > 0:
         status = "settled"
