@@ -19,7 +19,7 @@ from stream.core.deadletter import dead_letter_record
 from stream.core.eventtime import format_ms, parse_ms
 from stream.core.partition import OffsetOrderError, Params, PartitionEngine
 from stream.core.records import Stream
-from stream.core.text import escape_text
+from stream.core.text import escape_ascii, escape_text, unescape_ascii
 from stream.core.validation import (
     Rejection,
     _detailed_ledger,
@@ -620,6 +620,22 @@ def test_escaped_text_is_capped_as_shown_and_unchanged_escaped_again(s: str, cap
     out = escape_text(s, cap, keep_right_to_left=keep)
     assert len(out) <= cap + 1 and (len(out) <= cap or out.endswith("\u2026"))
     assert escape_text(out, cap, keep_right_to_left=keep) == out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40) | st.text(alphabet="\\uU05d0\u05d0-", max_size=12))
+def test_ascii_escaped_text_reads_back_exactly(s: str) -> None:
+    # Read back exactly, so no two texts escape alike: the second alphabet makes texts holding a
+    # literal `\u05d0` beside the letter itself, which `escape_text` shows alike.
+    out = escape_ascii(s)
+    assert all(" " <= c <= "~" for c in out) and unescape_ascii(out) == s
+    assert escape_ascii("QR\\u05d0") != escape_ascii("QR\u05d0") and escape_text("QR\\u05d0") == escape_text("QR\u05d0")
+
+
+@pytest.mark.parametrize("bad", ["\\", "x\\q", "\\u05d", "\\U00110000", "\\U0010fff"])
+def test_an_ascii_escape_that_is_none_is_refused_not_read_as_itself(bad: str) -> None:
+    with pytest.raises(ValueError, match="at character"):
+        unescape_ascii(bad)
 
 
 @pytest.mark.slow

@@ -97,6 +97,50 @@ def escape_controls(s: str, max_chars: int) -> str:
     return s + ELLIPSIS if cut else s
 
 
+def escape_ascii(s: str) -> str:
+    r"""`s` in printable ASCII that `unescape_ascii` turns back into `s` exactly: every other
+    character as `\uXXXX` (`\UXXXXXXXX` beyond the BMP) and a backslash as `\\`, whole (no cap).
+    For an id to be typed or pasted back (a command in a hint): `escape_text` leaves a backslash
+    as it is, so an id holding a literal `\u05d0` and one holding the Hebrew letter read alike
+    there, and a right-to-left letter or a combining mark left raw moves what is around it.
+
+    >>> escape_ascii("M\u05d0-7"), escape_ascii("QR\\u05d0"), escape_ascii("caf\u00e9 \U0001f600")
+    ('M\\u05d0-7', 'QR\\\\u05d0', 'caf\\u00e9 \\U0001f600')
+    """
+    if _PLAIN.fullmatch(s) is not None and "\\" not in s:
+        return s
+    return "".join("\\\\" if c == "\\" else c if " " <= c <= "~" else _escape_char(c) for c in s)
+
+
+_ESCAPE: Final = re.compile(r"\\(?:u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|(\\))|\\")
+
+
+def _unescape_one(m: re.Match[str]) -> str:
+    hex4, hex8, backslash = m.groups()
+    if backslash is not None:
+        return "\\"
+    digits = hex4 or hex8
+    if digits is None:
+        raise ValueError(f"a backslash at character {m.start() + 1} starts no \\uXXXX, \\UXXXXXXXX or \\\\")
+    if int(digits, 16) > 0x10FFFF:
+        raise ValueError(f"\\U{digits} at character {m.start() + 1} names no character")
+    return chr(int(digits, 16))
+
+
+def unescape_ascii(s: str) -> str:
+    r"""The text `escape_ascii` wrote: `\uXXXX`, `\UXXXXXXXX` and `\\` read back, everything else
+    as it is. A backslash that starts none of them, or a code point past U+10FFFF, is a
+    `ValueError` naming where: taken as it is, a mistyped escape would name another id.
+
+    >>> unescape_ascii("M\\u05d0-7") == "M\u05d0-7", unescape_ascii("QR\\\\u05d0") == "QR\\u05d0"
+    (True, True)
+    >>> unescape_ascii("QR\\x41")
+    Traceback (most recent call last):
+    ValueError: a backslash at character 3 starts no \uXXXX, \UXXXXXXXX or \\
+    """
+    return _ESCAPE.sub(_unescape_one, s) if "\\" in s else s
+
+
 # Ten or more digits in a row, single spaces, dots, hyphens or slashes allowed between them: how
 # an account number looks (Indonesian banks' have 10 digits or more), written plain or grouped.
 # A date is fewer (`2025-03-29`: 8), and a QRIS reference's runs too (`QR202503292BBEEB00000001`).
