@@ -564,12 +564,19 @@ def _output_value(where: str, role: str, value: object) -> dict[str, Any]:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
+    from .core.text import unescape_ascii
     from .drivers.replayfile import read_records
     from .drivers.trace import partitions_of, render, trace
 
     s = _connect(_settings(args)) if args.from_kafka else _settings(args)
     topics = (s.payment_topic, s.ledger_topic)
     ref = args.reference
+    if args.escaped:
+        # (Opt-in: a reference may hold a backslash, so a plain argument is always taken as it is.)
+        try:
+            ref = unescape_ascii(ref)
+        except ValueError as exc:
+            raise Mistake(f"--escaped {ref!r}: {exc}") from None
     if args.from_kafka:
         from .drivers.kafkaread import merged_by_time, read_topics
         from .topics import check_copartitioned
@@ -813,6 +820,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _common(p)
     _params(p)
     p.add_argument("reference", help="the payment reference")
+    p.add_argument(
+        "--escaped",
+        action="store_true",
+        help="the reference is written in ASCII as the lookup's hints write it: \\uXXXX or \\UXXXXXXXX for a "
+        "character, \\\\ for a backslash",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--in", dest="input", help="replay file (the input topics)")
     src.add_argument(

@@ -20,7 +20,14 @@ from stream.settings import Settings
 from stream.worker import dashboard
 from stream.worker import watch as watch_module
 from stream.worker.dashboard import render
-from stream.worker.lookup import account_payments, lookup_reference, payment_status, token_ok
+from stream.worker.lookup import (
+    account_payments,
+    looked_and_holds_none,
+    lookup_reference,
+    not_found,
+    payment_status,
+    token_ok,
+)
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.watch import WorkerWatch, open_holds
 from tests.records import T0, ledger, payment
@@ -259,6 +266,31 @@ def test_a_settlement_alone_in_state_is_not_told_as_a_paid_merchant_and_nothing_
     assert "older than the state is kept (16 min of event time)" in got["summary"]
     assert "`qris-guard trace QR1 --from-kafka`" in got["summary"]
     assert got["summary"].endswith("the merchant was paid"), got["summary"]
+
+
+def _right_to_left(text: str) -> list[str]:
+    return [c for c in text if unicodedata.bidirectional(c) in ("R", "AL", "AN")]
+
+
+def test_the_trace_hints_of_a_right_to_left_reference_are_escaped_and_still_trace_it() -> None:
+    # A settlement alone in state (the NOTE's hint) and a reference no worker holds (the 404's):
+    # the sentence shows no right-to-left letter, and the command it names is `--escaped`, which
+    # `trace` reads back as the reference (tests/test_trace.py runs it). The JSON keeps the id.
+    ref = "\u05d0\u05d1-7"
+    f = Feed(replace(HOLDS, max_hold_ms=0))
+    f.p(payment("S-s", "settled", ref, 0))
+    f.tick(100)
+    got = payment_status(f.eng.refs[ref], 0, WorkerWatch(Settings()), f.eng)
+    assert got["reference"] == ref and _right_to_left(got["summary"]) == []
+    assert "`qris-guard trace --escaped '\\u05d0\\u05d1-7' --from-kafka` explains it" in got["summary"]
+    body, status = not_found(ref, 1_000_000, [])
+    assert status == 404 and _right_to_left(body["error"] + body["hint"]) == []
+    assert body["error"].endswith(": \\u05d0\\u05d1-7") and looked_and_holds_none(status, body)
+    assert body["hint"].endswith("`qris-guard trace --escaped '\\u05d0\\u05d1-7' --from-kafka`")
+    body, status = not_found(ref, 1_000_000, ["http://w2:6066"])
+    assert status == 503 and _right_to_left(body["error"]) == []
+    # A plain reference's hint is as it was.
+    assert not_found("QR1", 1_000_000, [])[0]["hint"].endswith("`qris-guard trace QR1 --from-kafka`")
 
 
 def test_an_incident_known_to_be_open_at_the_deadline_or_to_end_before_it_is_told_as_decided() -> None:

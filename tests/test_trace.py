@@ -522,3 +522,56 @@ def test_a_reference_split_across_partitions_is_said_with_what_it_means() -> Non
     assert "Were partitions added to the input topics?" in text
     one = _trace("S1", records)
     assert "WARNING" not in render(one)
+
+
+# A right-to-left reference, one holding a literal `\u05d0` (a backslash is allowed in an id),
+# one starting with `-`, and one a shell would split or expand.
+HINTED = ["M\u05d0-7", "QR\\u05d0", "-\u05d0-1", "QR 1's $HOME"]
+
+
+@pytest.mark.parametrize("ref", HINTED, ids=["rtl", "backslash", "leading-dash", "shell"])
+def test_the_lookups_trace_hint_pasted_into_a_shell_traces_that_reference(
+    ref: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The four in one file: the hint of each traces it and no other (an escaped one and a
+    # literal one that read alike are told apart). The hint is split by a real shell, then run
+    # with the file in place of the broker.
+    import subprocess
+
+    from stream.worker.lookup import trace_command
+
+    items: list[tuple[str, str, bytes]] = []
+    for i, r in enumerate(HINTED):
+        items += [(P, r, payment(f"H{i}-q", "requested", r, i)), (L, r, ledger(f"H{i}-d", "debited", r, i))]
+    f = tmp_path / "in.jsonl"
+    _write(f, _recs(items))
+    hint = trace_command(ref)
+    assert hint.isascii() and hint.startswith("qris-guard trace ")
+    words = (
+        subprocess.run(
+            ["sh", "-c", 'eval "set -- $1"; printf "%s\\0" "$@"', "sh", hint.removeprefix("qris-guard ")],
+            capture_output=True,
+            check=True,
+            env={"HOME": "/nowhere", "PATH": "/usr/bin:/bin"},
+        )
+        .stdout.decode()
+        .split("\0")[:-1]
+    )
+    from_file = ["--in", str(f), "--drain", "--max-hold-s", "0", "--json"]
+    argv = [w for word in words for w in (from_file if word == "--from-kafka" else [word])]
+    assert cli.main(argv) == 0, argv
+    got = json.loads(capsys.readouterr().out)
+    i = HINTED.index(ref)
+    assert got["reference"] == ref and sorted(r["event_id"] for r in got["records"]) == [f"H{i}-d", f"H{i}-q"]
+
+
+def test_an_escaped_reference_that_is_no_escape_is_a_mistake(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "in.jsonl"
+    _write(f, _day())
+    assert cli.main(["trace", "--escaped", "R\\x31", "--in", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "--escaped 'R\\\\x31': a backslash at character 2 starts no \\uXXXX" in err and err.count("\n") == 1
+    assert cli.main(["trace", "--escaped", "\\u00521", "--in", str(f), "--json"]) == 0  # (R1)
+    assert json.loads(capsys.readouterr().out)["reference"] == "R1"

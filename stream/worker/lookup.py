@@ -10,6 +10,7 @@ answered masked: customer service already knows the account it asked about.
 from __future__ import annotations
 
 import hmac
+import shlex
 from collections.abc import Collection
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -22,8 +23,33 @@ from ..core.partition import Item, PartitionEngine, waiting_list
 from ..core.records import LedgerEvent, PaymentEvent
 from ..core.reference import LedgerEntry, ReferenceState, Settlement
 from ..core.refunds import Refund
-from ..core.text import escape_text
+from ..core.text import escape_ascii, escape_text
 from .watch import WorkerWatch, accounts_of
+
+
+def trace_command(reference: str) -> str:
+    r"""The command that explains `reference` (`trace --from-kafka`), to be copied from a hint into
+    a shell: the reference quoted for the shell, after `--` when it starts with `-` (else it is
+    read as an option). One that text for people escapes (right-to-left letters, characters
+    not printable) is written in ASCII with `--escaped`, which `trace` reads back exactly: raw,
+    the letters would reorder the command around them on the screen.
+
+    >>> print(trace_command("QR1")); print(trace_command("QR 1's")); print(trace_command("-QR1"))
+    qris-guard trace QR1 --from-kafka
+    qris-guard trace 'QR 1'"'"'s' --from-kafka
+    qris-guard trace --from-kafka -- -QR1
+    >>> print(trace_command("M\u05d0-7")); print(trace_command("-\u05d0")); print(trace_command("QR\\u05d0"))
+    qris-guard trace --escaped 'M\u05d0-7' --from-kafka
+    qris-guard trace --from-kafka --escaped -- '-\u05d0'
+    qris-guard trace 'QR\u05d0' --from-kafka
+    """
+    # (Escapes are at most 10 characters each: nothing is cut.)
+    escaped = escape_text(reference, 10 * len(reference)) != reference
+    arg = shlex.quote(escape_ascii(reference) if escaped else reference)
+    flag = "--escaped " if escaped else ""
+    if reference.startswith("-"):
+        return f"qris-guard trace --from-kafka {flag}-- {arg}"
+    return f"qris-guard trace {flag}{arg} --from-kafka"
 
 
 def payment_path(reference: str) -> str:
@@ -414,7 +440,7 @@ def _without_start(st: ReferenceState, engine: PartitionEngine | None) -> str:
         "NOTE: neither the request nor a debit of this payment is in the live state: they have not "
         f"arrived yet, or they are older than the state is kept{kept}, and then any refund decided for it "
         "is on the refunds topic and was not cancelled by this record: "
-        f"`qris-guard trace {st.reference} --from-kafka` explains it. "
+        f"`{trace_command(st.reference)}` explains it. "
     )
 
 
@@ -770,17 +796,17 @@ def not_found(reference: str, retention_ms: int, unanswered: list[str]) -> tuple
     """
     if unanswered:
         return {
-            "error": f"worker(s) {', '.join(unanswered)} did not answer: {reference} may be held there; "
+            "error": f"worker(s) {', '.join(unanswered)} did not answer: {escape_text(reference)} may be held there; "
             "ask again (this is not an unknown reference)",
             "unanswered_workers": unanswered,
         }, 503
     return {
-        "error": f"{UNKNOWN_REFERENCE} (no live state of it on any worker): {reference}",
+        "error": f"{UNKNOWN_REFERENCE} (no live state of it on any worker): {escape_text(reference)}",
         # Not "no such payment": a payment older than the retention is forgotten here (its
         # refund, if any, was decided and is on the refunds topic).
         "hint": f"state is kept {duration_text(retention_ms)} of event time after a reference's last record "
         "(QRIS_RETENTION_S); an older payment, or one never received, is explained by "
-        f"`qris-guard trace {reference} --from-kafka`",
+        f"`{trace_command(reference)}`",
     }, 404
 
 
