@@ -564,7 +564,7 @@ def _output_value(where: str, role: str, value: object) -> dict[str, Any]:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from .core.text import unescape_ascii
+    from .core.text import escape_text, unescape_ascii
     from .drivers.replayfile import read_records
     from .drivers.trace import partitions_of, render, trace
 
@@ -613,7 +613,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if result is None:
         inputs = sum(1 for r in records if r.topic in topics)
         print(
-            f"unknown reference {ref!r}: no input record of it in {source} ({len(records)} records read, "
+            f"unknown reference '{escape_text(ref)}': no input record of it in {source} ({len(records)} records read, "
             f"{inputs} of them on the input topics {' and '.join(topics)}"
             + (
                 "; if the input's topics have other names, set QRIS_PAYMENT_TOPIC and QRIS_LEDGER_TOPIC)"
@@ -627,8 +627,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         keyed = sum(1 for r in others if r.key == ref.encode())
         print(
             f"trace: warning: {source}: {len(others)} record(s) of topics other than {' and '.join(topics)} were "
-            f"not read ({keyed} keyed {ref!r}); if some are input under another name, set QRIS_PAYMENT_TOPIC and "
-            "QRIS_LEDGER_TOPIC to it",
+            f"not read ({keyed} keyed '{escape_text(ref)}'); if some are input under another name, set "
+            "QRIS_PAYMENT_TOPIC and QRIS_LEDGER_TOPIC to it",
             file=sys.stderr,
         )
     if args.json:

@@ -261,6 +261,11 @@ def test_cli_unknown_reference_is_one_line_and_exit_1(tmp_path: Path, capsys: py
     assert cli.main(["trace", "NOPE", "--in", str(f)]) == 1
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "unknown reference 'NOPE'" in out
+    # A right-to-left reference is escaped as in all text for people: raw, its letters would
+    # reorder the sentence around them.
+    assert cli.main(["trace", "QR\u05d0\u05d1", "--in", str(f)]) == 1
+    out = capsys.readouterr().out
+    assert "unknown reference 'QR\\u05d0\\u05d1'" in out and "\u05d0" not in out
     assert cli.main(["trace", "R1", "--in", str(f), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["reference"] == "R1" and got["decisions"][0]["value"]["type"] == "refund.requested"
