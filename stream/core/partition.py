@@ -278,11 +278,14 @@ class PartitionEngine:
         # (not a real setting) is left as it was: the payments can go before their minute closes.
         reach = params.retention_ms - MINUTE_MS - params.probe_age_ms
         self._retention_reach_ms = reach if reach > MINUTE_MS else POS_INF
-        # The watermark of the last `_release` by a record. A record that leaves W there releases
-        # nothing: every item below its cap was processed then, the record's own effective time
-        # is at or above W, the minutes and hold reports it could close were closed and reported,
-        # and items are added below W only by `on_incidents` (moved holds), which resets this.
-        self._released_w: int | None = None
+        # The cap (min(W, the incidents' watermark), `_release`) of the last `_release` by a
+        # record. A record that leaves the cap there releases nothing unless its W closes a
+        # minute (`_close_at_ms`): every item below the cap was processed then, the record's own
+        # effective time is at or above the W before it (so above the cap), the hold reports were
+        # made for that cap, and items are added below it only by `on_incidents` (moved holds),
+        # which resets this. Holds off, the cap is W; holds on, it stays at the incidents'
+        # watermark while W moves on, for nearly every record of a one-pass replay.
+        self._released_cap: int | None = None
         self.stats = {"records": 0, "rejected": 0, "out_of_order": 0}
         # Watches records and timers (trace, metrics, lookup index); never changes a decision.
         self.observer: EngineObserver | None = None
@@ -406,13 +409,15 @@ class PartitionEngine:
                     waiting[minute] = [ref]
                 else:
                     refs_of_minute.append(ref)
-        if w == self._released_w or w == NEG_INF:
-            # Nothing to release (about half the records: those that do not move W; see
-            # `_released_w`).
+        cap = self.incidents.known_through_ms + 1
+        if cap > w:
+            cap = w
+        if w == NEG_INF or (cap == self._released_cap and w < self._close_at_ms):
+            # Nothing to release (see `_released_cap`).
             released = []
         else:
             released = self._release(w)
-            self._released_w = w
+            self._released_cap = cap
         if skew_alert:
             return skew_alert + released
         return released
@@ -429,7 +434,7 @@ class PartitionEngine:
         # reports' decided-through time (reports resume once the decisions pass it).
         self.forced_ms = NEG_INF
         self.quiet_floor_ms = NEG_INF
-        self._released_w = None
+        self._released_cap = None
         self.meta_dirty = True
 
     def _skewed(self, stream: Stream, event: PaymentEvent | LedgerEvent, timestamp_ms: int) -> list[Decision]:
@@ -550,7 +555,7 @@ class PartitionEngine:
         releases. A resolution can end holds earlier than scheduled."""
         inc = self.incidents
         before = inc.known_through_ms
-        self._released_w = None
+        self._released_cap = None
         if inc.add(events, known_through_ms) and self.held_refs:
             grace = self.params.hold_grace_ms
             for ref in sorted(self.held_refs):
