@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream.core import burstsnapshot, ids
 from stream.core.burst import BurstDetector, BurstParams, FailureRateModel, ScopeState, binomial_surprise
@@ -1383,3 +1385,82 @@ def test_a_low_share_incident_recovering_at_night_volume_resolves_on_its_calm_st
     resolved = [a for a in night if a["status"] == "resolved"]
     assert len(resolved) == 1 and resolved[0]["occurred_at"] <= format_ms((t + 15 + 45) * 60_000)
     assert det.incidents.get("switch:RINTIS") is None
+
+
+def decoded_in_steps(raw: bytes) -> tuple[burstsnapshot.DetectorSnapshot, int]:
+    """`burstsnapshot.decode_steps` run to its end: the snapshot and how many steps it took."""
+    steps, n = burstsnapshot.decode_steps(raw), 0
+    while True:
+        try:
+            assert next(steps) is None  # (a step shows nothing of the snapshot)
+        except StopIteration as done:
+            snap: burstsnapshot.DetectorSnapshot = done.value
+            return snap, n
+        n += 1
+
+
+def test_a_detector_snapshot_decoded_in_steps_is_the_one_decoded_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same detector as the encoder's test: scopes, merchants, a pending minute and parts.
+    det = BurstDetector(2, BurstParams(max_merchants_tracked=100))
+    run(det, [report(p, M0 + i, random_merchants_minute(2 * i + p, 80)) for i in range(3) for p in (0, 1)])
+    run(det, [report(0, M0 + 3, random_merchants_minute(6, 80))])
+    first, *_rest = in_parts(last := report(1, M0 + 3, random_merchants_minute(7, 80)), len(orjson.dumps(last)) // 2)
+    run(det, [first])
+    assert det.merge.parts and det.merge.pending and det.scopes
+    raw = burstsnapshot.encode(det, 17)
+    monkeypatch.setattr(burstsnapshot, "DECOMPRESS_BYTES", 512)
+    monkeypatch.setattr(burstsnapshot, "PARSE_CHARS", 2048)
+    snap, steps = decoded_in_steps(raw)
+    assert steps > 20
+    once = burstsnapshot.decode(raw)
+    assert snap.signals_offset == once.signals_offset == 17 and snap.tally is None
+    assert snap.detector.snapshot() == once.detector.snapshot() == det.snapshot()
+    # What the restored detectors decide next is the same too.
+    following = [report(1, M0 + 3, random_merchants_minute(8, 80)), report(0, M0 + 4, random_merchants_minute(9, 80))]
+    assert run(snap.detector, following) == run(once.detector, following)
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=6),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=JSON_VALUES, spaced=st.booleans(), piece=st.integers(1, 64))
+def test_the_stepwise_parser_reads_what_orjson_reads(value: Any, spaced: bool, piece: int) -> None:
+    # Any JSON, cut anywhere by the pieces decompressed (an item split between two), with or
+    # without whitespace: the value orjson parses at once, whatever the cuts say to go into.
+    import json
+
+    text = json.dumps(value, indent=1, ensure_ascii=False) if spaced else orjson.dumps(value).decode()
+    for cuts in (None, {burstsnapshot.EVERY: None}, {burstsnapshot.EVERY: {burstsnapshot.EVERY: None}}):
+        reader = burstsnapshot._Reader(iter([text[i : i + piece] for i in range(0, len(text), piece)]))
+        steps = burstsnapshot._parse_steps(reader, cuts)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                got = done.value
+                break
+        reader.end()
+        assert got == orjson.loads(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"", b"{", b'{"detector": [1, 2,]}', b'{"detector": 1} 2', b'{"detector": NaN}', b'{"a" 1}', b"[1 2]", b"\xff"],
+)
+def test_what_orjson_refuses_the_stepwise_decode_refuses(text: bytes) -> None:
+    with pytest.raises(ValueError):
+        orjson.loads(text)
+    for decode in (burstsnapshot.decode, lambda raw: decoded_in_steps(raw)[0]):
+        with pytest.raises(ValueError):
+            decode(zlib.compress(text))
+    with pytest.raises(ValueError):
+        decoded_in_steps(zlib.compress(b'{"detector": 1}')[:-3])  # cut short
