@@ -1604,6 +1604,56 @@ def test_a_tally_of_many_holds_is_snapshotted_with_the_loop_running_between_its_
     asyncio.run(run())
 
 
+def test_a_takeover_decodes_a_tally_of_many_holds_with_the_loop_running_and_shows_it_only_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker taking the detector over restores its snapshot in steps (a tally of 50,000 holds
+    took 0.26-0.57 s to decode at once, while every partition's records and the pages waited).
+    Meanwhile the detector's lock is held, so no report or alert is taken, and the shell has no
+    tally until the whole one: an alert counted by half a tally would say the wrong holds."""
+    from stream.core import burstsnapshot
+    from stream.core.burst import BurstDetector
+    from stream.core.holdtally import HoldTally
+    from stream.worker import bursts as bursts_module
+
+    settings = Settings(partitions=1, snapshot_every=0)  # holds on (default H)
+    tally = HoldTally(range(1), 30_000)
+    events = [["held", f"rf_{i:06d}", "inc_x", 10_000 + i, T0 + i] for i in range(3000)]
+    tally.on_report({"partition": 0, "hold_events": events, "decided_through_ms": T0 - 60_000})
+    raw = burstsnapshot.encode(BurstDetector(1, settings.burst), 0, tally)
+
+    async def latest(settings: Settings) -> bytes:
+        return raw
+
+    async def none(settings: Settings) -> None:
+        return None
+
+    monkeypatch.setattr(bursts_module, "read_latest_snapshot", latest)
+    monkeypatch.setattr(bursts_module, "read_published_offset", none)
+    monkeypatch.setattr(burstsnapshot, "PARSE_CHARS", 1024)
+
+    async def run() -> None:
+        shell = BurstShell(settings, 1, lambda *a: asyncio.sleep(0), lambda: asyncio.sleep(0))
+        seen: list[tuple[bool, int | None]] = []  # at each turn of the loop: (lock held, holds in the tally)
+
+        async def watch() -> None:
+            while True:
+                seen.append((shell.lock.locked(), None if shell.tally is None else len(shell.tally.held)))
+                await asyncio.sleep(0)
+
+        watcher = asyncio.ensure_future(watch())
+        await asyncio.sleep(0)
+        report = {"partition": 0, "through_minute": T0 // 60_000, "minutes": []}
+        await shell.take_records([KafkaRecord(settings.signals_topic, 0, 0, None, None, orjson.dumps(report))])
+        watcher.cancel()
+        restoring = [holds for locked, holds in seen if locked and holds is None]
+        assert len(restoring) > 100  # the loop ran while the snapshot was decoded
+        assert {holds for _locked, holds in seen if holds is not None} == {3000}  # never part of it
+        assert shell.tally is not None and shell.tally.held == tally.held and shell.tally.events == tally.events
+
+    asyncio.run(run())
+
+
 def test_in_a_backlog_the_detector_snapshots_at_most_once_every_min_interval() -> None:
     """Reports due a snapshot every report, many a second (a backlog): one snapshot, then none
     until `snapshot_min_interval_s` has passed."""
