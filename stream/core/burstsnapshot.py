@@ -8,9 +8,6 @@ Imports nothing outside the core.
 
 from __future__ import annotations
 
-import codecs
-import json
-import re
 import zlib
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, fields
@@ -152,12 +149,11 @@ def decode_steps(raw: bytes, params: BurstParams | None = None) -> Generator[Non
     """`decode` in steps (the generator's value, once it stops, is the snapshot), so that the
     live shell can give the event loop back between them: a takeover decoded a tally of 50,000
     holds (14 MB of JSON) in 0.26-0.57 s at once, while the worker's other partitions waited.
-    A step parses about `PARSE_CHARS` of JSON, cut where the encoder cuts it (`_CUTS`), with
-    what it decompresses to read them, or rebuilds `holdtally.RESTORE_ROWS` of the tally's rows
-    or frees as many of their parsed rows. The snapshot is the caller's only when whole, and
-    equal to `decode`'s: the JSON is parsed by the standard library's scanner an item at a time
-    (orjson parses whole documents only), which reads what orjson reads, so it restores every
-    snapshot `decode` restores.
+    A step inflates `DECOMPRESS_BYTES` of the snapshot, or rebuilds `holdtally.RESTORE_ROWS` of
+    the tally's rows, or frees as many of their parsed rows. The JSON is parsed in one step, by
+    orjson as `decode` parses it (it reads whole documents only): about a quarter of the time,
+    the rebuild most of the rest. The snapshot is the caller's only when whole, and equal to
+    `decode`'s.
 
     >>> det = BurstDetector(1)
     >>> steps = decode_steps(encode(det, 7))
@@ -170,9 +166,11 @@ def decode_steps(raw: bytes, params: BurstParams | None = None) -> Generator[Non
     >>> snap.signals_offset, snap.detector.snapshot() == det.snapshot()
     (7, True)
     """
-    reader = _Reader(_decompressed(raw))
-    value = yield from _parse_steps(reader, _CUTS)
-    reader.end()
+    pieces: list[bytes] = []
+    yield from _decompressed(raw, pieces)
+    value = codec.loads(b"".join(pieces))
+    pieces.clear()
+    yield
     snap = yield from _restored(value, params)
     # Freed a batch of rows at a time too (the parsed rows of 50,000 holds took 20 ms to free
     # at once): only the lists that the restore reads row by row and keeps none of.
@@ -210,148 +208,19 @@ def _row_lists(value: dict[str, Any]) -> Iterator[list[Any]]:
                 yield rows
 
 
-# Compressed bytes inflated at once (about 0.2 MB of JSON, 1 ms) and JSON text parsed between
-# two steps of `decode_steps` (about 1-2 ms).
+# Compressed bytes inflated in one step of `decode_steps` (about 0.2 MB of JSON, 1 ms).
 DECOMPRESS_BYTES = 64 * 1024
-PARSE_CHARS = 64 * 1024
 
 
-def _decompressed(raw: bytes) -> Iterator[str]:
-    """The snapshot's JSON text, a piece of `DECOMPRESS_BYTES` of `raw` at a time."""
+def _decompressed(raw: bytes, pieces: list[bytes]) -> Generator[None, None, None]:
+    """The snapshot's JSON into `pieces`, `DECOMPRESS_BYTES` of `raw` a step."""
     inflater = zlib.decompressobj()
-    text = codecs.getincrementaldecoder("utf-8")()
     try:
         for at in range(0, len(raw), DECOMPRESS_BYTES):
-            yield text.decode(inflater.decompress(raw[at : at + DECOMPRESS_BYTES]))
-        yield text.decode(inflater.flush(), final=True)
+            pieces.append(inflater.decompress(raw[at : at + DECOMPRESS_BYTES]))
+            yield
+        pieces.append(inflater.flush())
     except zlib.error as exc:
         raise ValueError(f"not a burst detector snapshot: {exc}") from None
     if not inflater.eof:  # (as `zlib.decompress` says of a stream cut short)
         raise ValueError("not a burst detector snapshot: incomplete or truncated stream")
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # (orjson's `loads` reads no NaN or Infinity either)
-
-
-_SCANNER = json.JSONDecoder(parse_constant=_no_constant)
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-_NUMBER_GOES_ON = re.compile(r"[0-9.eE+-]*\Z")
-
-
-class _Reader:
-    """A position in the snapshot's JSON text, which is decompressed as far as it is read: the
-    text read but not parsed yet and the next piece (14 MB never held whole, nor joined at once:
-    10 ms for a tally of 50,000 holds)."""
-
-    def __init__(self, pieces: Iterator[str]) -> None:
-        self.pieces = pieces
-        self.text = ""
-        self.at = 0
-        self.all_read = False
-        self.step_from = 0  # where the last step ended, in characters from the text's start
-        self.parsed = 0  # characters before `text`
-
-    def more(self, chars: int) -> bool:
-        """At least `chars` more characters after the position, if the text has them; whether
-        any were added."""
-        added = False
-        while len(self.text) - self.at < chars and not self.all_read:
-            piece = next(self.pieces, None)
-            if piece is None:
-                self.all_read = True
-                break
-            self.parsed += self.at
-            self.text, self.at, added = self.text[self.at :] + piece, 0, True
-        return added
-
-    def skip(self) -> str:
-        """Past any whitespace; the character there ("" at the end)."""
-        while True:
-            text, at = self.text, self.at
-            if at < len(text):
-                if text[at] not in " \t\n\r":
-                    return text[at]
-                match = _WHITESPACE.match(text, at)
-                self.at = match.end() if match is not None else len(text)
-                if self.at < len(text):
-                    return text[self.at]
-            if not self.more(1):
-                return ""
-
-    def whole(self) -> Any:
-        """The value at the position, parsed whole."""
-        self.skip()
-        while True:
-            try:
-                value, end = _SCANNER.raw_decode(self.text, self.at)
-            except ValueError:
-                # Cut by the end of the text read so far, or not JSON: read more (as much
-                # again, so a large value is parsed a few times at most) and parse it again.
-                if self.more(2 * (len(self.text) - self.at) + 1):
-                    continue
-                raise
-            # A number at the end of the text read so far may go on in the next piece ("1" of
-            # "1.5", "0." of "0.25": the scanner takes the number before the dot).
-            if not _NUMBER_GOES_ON.match(self.text, end) or not self.more(len(self.text) - self.at + 1):
-                self.at = end
-                return value
-
-    def take(self, char: str) -> None:
-        if self.skip() != char:
-            raise ValueError(f"not a burst detector snapshot: {char!r} expected at {self.parsed + self.at}")
-        self.at += 1
-
-    def step_due(self) -> bool:
-        if self.parsed + self.at - self.step_from < PARSE_CHARS:
-            return False
-        self.step_from = self.parsed + self.at
-        return True
-
-    def end(self) -> None:
-        if self.skip():
-            raise ValueError(f"not a burst detector snapshot: extra data at {self.parsed + self.at}")
-
-
-def _parse_steps(reader: _Reader, cuts: dict[Any, Any] | None) -> Generator[None, None, Any]:
-    """The JSON value at the reader, parsed an item at a time where `cuts` cuts it, with a
-    step each time about `PARSE_CHARS` of text is read. An item not cut is parsed here, not by
-    a generator of its own: one per row would cost more than the row."""
-    opening = reader.skip()
-    if cuts is None or opening not in ("{", "["):
-        value = reader.whole()
-        if reader.step_due():
-            yield
-        return value
-    reader.at += 1
-    closing = "}" if opening == "{" else "]"
-    every = cuts.get(EVERY)
-    out_dict: dict[str, Any] = {}
-    out_list: list[Any] = []
-    i = 0
-    if reader.skip() != closing:
-        while True:
-            if opening == "{":
-                key = reader.whole()
-                if not isinstance(key, str):
-                    raise ValueError(f"not a burst detector snapshot: a key expected at {reader.at}")
-                reader.take(":")
-                sub = cuts.get(key, every)
-            else:
-                sub = cuts.get(i, every)
-            if sub is None:
-                item = reader.whole()
-                if reader.step_due():
-                    yield
-            else:
-                item = yield from _parse_steps(reader, sub)
-            if opening == "{":
-                out_dict[key] = item
-            else:
-                out_list.append(item)
-            i += 1
-            if reader.skip() == closing:
-                break
-            reader.take(",")
-    reader.at += 1
-    return out_dict if opening == "{" else out_list
