@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.core import burstsnapshot, ids
+from stream.core import burst, burstsnapshot, ids
 from stream.core.burst import BurstDetector, BurstParams, FailureRateModel, ScopeState, binomial_surprise
 from stream.core.eventtime import format_ms, parse_ms
 from stream.core.partition import Params, PartitionEngine
@@ -1407,14 +1407,47 @@ def test_a_detector_snapshot_decoded_in_steps_is_the_one_decoded_at_once(monkeyp
     assert det.merge.parts and det.merge.pending and det.scopes
     raw = burstsnapshot.encode(det, 17)
     monkeypatch.setattr(burstsnapshot, "DECOMPRESS_BYTES", 64)
+    for module in (burst, burstsnapshot):  # (scopes and merchants rebuilt and freed a few a step)
+        monkeypatch.setattr(module, "RESTORE_SCOPES", 3)
+        monkeypatch.setattr(module, "RESTORE_MERCHANTS", 7)
     snap, steps = decoded_in_steps(raw)
-    assert steps > 20
+    assert steps > 20 + 2 * (len(det.scopes) // 3 + len(det.merchant_volume) // 7)
     once = burstsnapshot.decode(raw)
     assert snap.signals_offset == once.signals_offset == 17 and snap.tally is None
     assert snap.detector.snapshot() == once.detector.snapshot() == det.snapshot()
     # What the restored detectors decide next is the same too.
     following = [report(1, M0 + 3, random_merchants_minute(8, 80)), report(0, M0 + 4, random_merchants_minute(9, 80))]
     assert run(snap.detector, following) == run(once.detector, following)
+
+
+def many_scopes_minute(i: int) -> dict[str, dict[str, Any]]:
+    """`random_merchants_minute` and 30 switches and issuers, one failed payment of 5 each."""
+    out = random_merchants_minute(i, 80)
+    for j in range(30):
+        out[f"switch:S{j:02d}"] = sm(5, 1, {f"issuer:I{j:02d}": 1})
+        out[f"issuer:I{j:02d}"] = sm(5, 1, {f"switch:S{j:02d}": 1})
+    return out
+
+
+def test_a_detector_restored_in_steps_is_the_one_restored_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    det = BurstDetector(2, BurstParams(max_merchants_tracked=100))
+    run(det, [report(p, M0 + i, many_scopes_minute(2 * i + p)) for i in range(3) for p in (0, 1)])
+    assert len(det.scopes) > 60 and len(det.merchant_volume) == 100
+    monkeypatch.setattr(burst, "RESTORE_SCOPES", 3)
+    monkeypatch.setattr(burst, "RESTORE_MERCHANTS", 7)
+    steps, n = BurstDetector.restore_steps(orjson.loads(orjson.dumps(det.snapshot()))), 0
+    while True:
+        try:
+            assert next(steps) is None
+        except StopIteration as done:
+            back: BurstDetector = done.value
+            break
+        n += 1
+    assert n == len(det.scopes) // 3 + len(det.merchant_volume) // 7 and n > 20
+    once = BurstDetector.restore(orjson.loads(orjson.dumps(det.snapshot())))
+    assert back.snapshot() == once.snapshot() == det.snapshot()
+    following = [report(p, M0 + 3 + i, many_scopes_minute(8 + 2 * i + p)) for i in range(2) for p in (0, 1)]
+    assert run(back, following) == run(once, following) and back.snapshot() == once.snapshot()
 
 
 @pytest.mark.parametrize(

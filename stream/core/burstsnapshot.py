@@ -15,7 +15,7 @@ from itertools import islice
 from typing import Any
 
 from . import codec
-from .burst import BurstDetector, BurstParams
+from .burst import RESTORE_MERCHANTS, RESTORE_SCOPES, BurstDetector, BurstParams
 from .holdtally import RESTORE_ROWS, HoldTally
 
 SNAPSHOT_KEY = b"burst-detector"
@@ -149,11 +149,13 @@ def decode_steps(raw: bytes, params: BurstParams | None = None) -> Generator[Non
     """`decode` in steps (the generator's value, once it stops, is the snapshot), so that the
     live shell can give the event loop back between them: a takeover decoded a tally of 50,000
     holds (14 MB of JSON) in 0.26-0.57 s at once, while the worker's other partitions waited.
-    A step inflates `DECOMPRESS_BYTES` of the snapshot, or rebuilds `holdtally.RESTORE_ROWS` of
-    the tally's rows, or frees as many of their parsed rows. The JSON is parsed in one step, by
-    orjson as `decode` parses it (it reads whole documents only): about a quarter of the time,
-    the rebuild most of the rest. The snapshot is the caller's only when whole, and equal to
-    `decode`'s.
+    A step inflates `DECOMPRESS_BYTES` of the snapshot, or rebuilds `burst.RESTORE_SCOPES` of the
+    detector's scopes, `burst.RESTORE_MERCHANTS` of its merchants' volumes or
+    `holdtally.RESTORE_ROWS` of the tally's rows, or frees as many of their parsed rows. The
+    JSON is parsed in one step, by orjson as `decode` parses it (it reads whole documents only):
+    about a quarter of the time, the rebuild most of the rest; at the detector's scope bound
+    about half, 120-200 ms of CPU for 25-29 MB of JSON, the longest step. The snapshot is the
+    caller's only when whole, and equal to `decode`'s.
 
     >>> det = BurstDetector(1)
     >>> steps = decode_steps(encode(det, 7))
@@ -173,10 +175,11 @@ def decode_steps(raw: bytes, params: BurstParams | None = None) -> Generator[Non
     yield
     snap = yield from _restored(value, params)
     # Freed a batch of rows at a time too (the parsed rows of 50,000 holds took 20 ms to free
-    # at once): only the lists that the restore reads row by row and keeps none of.
-    for rows in _row_lists(value):
+    # at once, 1,000 scopes' 6-8 ms): only the lists that the restore reads row by row and keeps
+    # none of.
+    for rows, batch in _row_lists(value):
         while rows:
-            del rows[-RESTORE_ROWS:]
+            del rows[-batch:]
             yield
     return snap
 
@@ -186,7 +189,7 @@ def _restored(value: Any, params: BurstParams | None) -> Generator[None, None, D
         raise ValueError("not a burst detector snapshot")
     offset = value.get("signals_offset")
     try:
-        detector = BurstDetector.restore(value["detector"], params)
+        detector = yield from BurstDetector.restore_steps(value["detector"], params)
         tally = None
         if value.get("hold_tally") is not None:
             tally = yield from HoldTally.from_state_steps(value["hold_tally"])
@@ -195,17 +198,18 @@ def _restored(value: Any, params: BurstParams | None) -> Generator[None, None, D
     return DetectorSnapshot(detector, None if offset is None else int(offset), tally)
 
 
-def _row_lists(value: dict[str, Any]) -> Iterator[list[Any]]:
-    # (`restore` and `from_state_steps` keep no reference to these lists, only to their rows'
-    # parts: emptying them changes nothing restored. The merge's parts, for one, are kept.)
+def _row_lists(value: dict[str, Any]) -> Iterator[tuple[list[Any], int]]:
+    # (`restore_steps` and `from_state_steps` keep no reference to these lists, only to their
+    # rows' parts: emptying them changes nothing restored. The merge's parts, for one, are
+    # kept.) Each with the rows freed in one step: as many as are rebuilt in one.
     detector, tally = value["detector"], value.get("hold_tally")
-    for rows in (detector["scopes"], detector["merchant_volume"]):
+    for rows, batch in ((detector["scopes"], RESTORE_SCOPES), (detector["merchant_volume"], RESTORE_MERCHANTS)):
         if isinstance(rows, list):
-            yield rows
+            yield rows, batch
     if isinstance(tally, dict):
         for rows in (*tally["events"].values(), tally.get("held")):
             if isinstance(rows, list):
-                yield rows
+                yield rows, RESTORE_ROWS
 
 
 # Compressed bytes inflated in one step of `decode_steps` (about 0.2 MB of JSON, 1 ms).
