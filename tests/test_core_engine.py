@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import base64
+import random
+from dataclasses import replace
+from typing import Any
 
 import orjson
 import pytest
 
 from stream.core import ids
 from stream.core.eventtime import format_ms
-from stream.core.partition import OffsetOrderError, Params, PartitionEngine
+from stream.core.holds import IncidentEvent
+from stream.core.partition import NEG_INF, OffsetOrderError, Params, PartitionEngine
 from stream.core.records import Stream
+from tests.conftest import not_compiled
 from tests.records import T0, ledger, payment, saved_state_v2
 from tests.test_schemas import beyond_schema_errors, validator_for
 
@@ -800,3 +805,107 @@ def test_an_account_id_holding_another_of_the_payments_accounts_is_masked_whole_
     [a] = f.alerts("DEBIT_ACCOUNT_MISMATCH")
     assert f"({'*' * 10}1234-d2)" in a["summary"], a["summary"]
     assert "98761234" not in orjson.dumps(a).decode()
+
+
+def _decided(ds: list[Any]) -> list[tuple[Any, ...]]:
+    return [(d.role, d.key, orjson.dumps(d.value, option=orjson.OPT_SORT_KEYS), d.at_ms) for d in ds]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize(("holds", "signals"), [(True, True), (True, False), (False, True), (False, False)])
+def test_a_record_that_leaves_the_cap_where_it_was_decides_what_a_release_at_every_record_decides(
+    seed: int, holds: bool, signals: bool
+) -> None:
+    # `on_record` skips `_release` when the cap has not moved since the last record's: the same
+    # decisions at the same calls as an engine that releases at every record, through incidents
+    # (holds moved, their watermark), idle floors, silences, skewed clocks and restores.
+    rnd = random.Random(seed)
+    params = Params(
+        timeout_ms=60_000,
+        lateness_ms=5_000,
+        retention_ms=600_000,
+        probe_age_ms=10_000,
+        burst_signals=signals,
+        hold_grace_ms=30_000,
+        max_hold_ms=300_000 if holds else 0,
+    )
+    skip, every = PartitionEngine(0, params), PartitionEngine(0, params)
+    offsets, t_s, known_ms = [0, 0], [0.0, 0.0], NEG_INF
+    opened: list[IncidentEvent] = []
+    incidents: list[IncidentEvent] = []
+    stores: list[dict[str, bytes]] = [{}, {}]
+    metas: list[bytes | None] = [None, None]
+
+    def restored(i: int, eng: PartitionEngine) -> tuple[PartitionEngine, list[Any]]:
+        dirty, meta = eng.take_dirty()
+        for ref, raw in dirty.items():
+            if raw is None:
+                stores[i].pop(ref, None)
+            else:
+                stores[i][ref] = raw
+        metas[i] = meta if meta is not None else metas[i]
+        back = PartitionEngine.restore(0, params, metas[i], list(stores[i].items()))
+        return back, back.on_incidents(list(incidents), known_ms) if holds else []
+
+    for step in range(300):
+        r = rnd.random()
+        if r < 0.75:
+            s = rnd.randrange(2)
+            t_s[s] += rnd.choice([0, 0.5, 1, 3, 10, 40]) - 20 * (rnd.random() < 0.1)
+            ref = f"R{rnd.randrange(12)}"
+            skewed_ms = T0 + round((t_s[s] - 200) * 1000) if rnd.random() < 0.05 else None
+            kinds = ["requested", "requested", "settled", "failed"] if s == 0 else ["debited", "debited", "reversed"]
+            typ = rnd.choice(kinds)
+            value = (payment if s == 0 else ledger)(f"e{step}", typ, ref, t_s[s])
+            got = skip.on_record(Stream(s), offsets[s], ref.encode(), value, skewed_ms)
+            every._released_cap = None
+            want = every.on_record(Stream(s), offsets[s], ref.encode(), value, skewed_ms)
+            offsets[s] += 1
+        elif r < 0.85:
+            if not holds:
+                continue
+            w = skip.watermark_ms
+            base = max(known_ms, w - 30_000 if w > NEG_INF else T0 + round(min(t_s) * 1000) - 60_000)
+            events = []
+            if rnd.random() < 0.5:
+                scope = rnd.choice([("all", "all"), ("switch", "RINTIS"), ("merchant", "ID1020012345678")])
+                opened.append(IncidentEvent(base + rnd.randrange(20_000), "opened", f"I{step}", *scope))
+                events.append(opened[-1])
+            elif opened:
+                o = opened.pop(0)
+                at_ms = base + rnd.randrange(20_000)
+                events.append(IncidentEvent(at_ms, "resolved", o.incident_id, o.scope_type, o.scope_id))
+            known_ms = max(known_ms, base + rnd.choice([0, 5_000, 20_000, 60_000]))
+            incidents.extend(events)
+            got, want = skip.on_incidents(list(events), known_ms), every.on_incidents(list(events), known_ms)
+        elif r < 0.9:
+            w = skip.watermark_ms
+            floor_ms = (w if w > NEG_INF else T0 + round(min(t_s) * 1000)) + rnd.randrange(4_000)
+            got, want = skip.advance_to(floor_ms), every.advance_to(floor_ms)
+        elif r < 0.95:
+            s = rnd.randrange(2)
+            got, want = skip.declare_silent(Stream(s)), every.declare_silent(Stream(s))
+        else:
+            (skip, got), (every, want) = restored(0, skip), restored(1, every)
+        assert _decided(got) == _decided(want), step
+    assert _decided(skip.drain()) == _decided(every.drain())
+
+
+@not_compiled
+def test_with_burst_signals_off_a_record_that_leaves_the_cap_where_it_was_releases_nothing() -> None:
+    # Replay's second pass runs without burst signals (no minute to close): a record that moves
+    # neither W nor the incidents' watermark does not look for anything to release there either.
+    class Counting(PartitionEngine):
+        releases = 0
+
+        def _release(self, watermark_ms: int) -> list[Any]:
+            Counting.releases += 1
+            return super()._release(watermark_ms)
+
+    for signals in (True, False):
+        Counting.releases = 0
+        eng = Counting(0, replace(PARAMS, burst_signals=signals), persistent=False)
+        for i in range(200):
+            eng.on_record(Stream.P, i, b"R1", payment(f"q{i}", "settled", "R1", i // 10))
+            eng.on_record(Stream.L, i, b"R1", ledger(f"d{i}", "reversed", "R1", i // 10))
+        assert Counting.releases <= 40, (signals, Counting.releases)

@@ -280,7 +280,8 @@ class PartitionEngine:
         self._retention_reach_ms = reach if reach > MINUTE_MS else POS_INF
         # The cap (min(W, the incidents' watermark), `_release`) of the last `_release` by a
         # record. A record that leaves the cap there releases nothing unless its W closes a
-        # minute (`_close_at_ms`): every item below the cap was processed then, the record's own
+        # minute (`_close_at_ms`, burst signals on; off, no minute closes and `_close_at_ms`
+        # stays at its start): every item below the cap was processed then, the record's own
         # effective time is at or above the W before it (so above the cap), the hold reports were
         # made for that cap, and items are added below it only by `on_incidents` (moved holds),
         # which resets this. Holds off, the cap is W; holds on, it stays at the incidents'
@@ -412,7 +413,7 @@ class PartitionEngine:
         cap = self.incidents.known_through_ms + 1
         if cap > w:
             cap = w
-        if w == NEG_INF or (cap == self._released_cap and w < self._close_at_ms):
+        if w == NEG_INF or (cap == self._released_cap and (w < self._close_at_ms or not self._signals_on)):
             # Nothing to release (see `_released_cap`).
             released = []
         else:
