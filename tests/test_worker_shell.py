@@ -1656,6 +1656,92 @@ def test_a_takeover_decodes_a_tally_of_many_holds_with_the_loop_running_and_show
     asyncio.run(run())
 
 
+def _takeover_snapshot(monkeypatch: pytest.MonkeyPatch, corrupt: str | None = None) -> tuple[Settings, Any]:
+    """A snapshot of a tally of 3,000 holds as the takeover reads it (`read_latest_snapshot`),
+    decoded in small steps; `corrupt` cuts it short or breaks its detector or a late tally row."""
+    import zlib
+
+    from stream.core import burstsnapshot, holdtally
+    from stream.core.burst import BurstDetector
+    from stream.core.holdtally import HoldTally
+    from stream.worker import bursts as bursts_module
+
+    monkeypatch.setattr(burstsnapshot, "RESTORE_ROWS", 100)
+    monkeypatch.setattr(holdtally, "RESTORE_ROWS", 100)
+    monkeypatch.setattr(burstsnapshot, "DECOMPRESS_BYTES", 256)
+    settings = Settings(partitions=1, snapshot_every=0)  # holds on (default H)
+    tally = HoldTally(range(1), 30_000)
+    events = [["held", f"rf_{i:06d}", "inc_x", 10_000 + i, T0 + i] for i in range(3000)]
+    tally.on_report({"partition": 0, "hold_events": events, "decided_through_ms": T0 - 60_000})
+    raw = burstsnapshot.encode(BurstDetector(1, settings.burst), 0, tally)
+    if corrupt == "cut":
+        raw = raw[: len(raw) // 2]
+    elif corrupt is not None:
+        value = orjson.loads(zlib.decompress(raw))
+        if corrupt == "detector":
+            del value["detector"]["merge"]
+        else:
+            value["hold_tally"]["held"][2500] = ["rf", "inc"]
+        raw = zlib.compress(orjson.dumps(value))
+
+    async def latest(settings: Settings) -> bytes:
+        return raw
+
+    async def none(settings: Settings) -> None:
+        return None
+
+    monkeypatch.setattr(bursts_module, "read_latest_snapshot", latest)
+    monkeypatch.setattr(bursts_module, "read_published_offset", none)
+    return settings, tally
+
+
+def _first_report(settings: Settings) -> KafkaRecord:
+    report = {"partition": 0, "through_minute": T0 // 60_000, "minutes": []}
+    return KafkaRecord(settings.signals_topic, 0, 0, None, None, orjson.dumps(report))
+
+
+@pytest.mark.parametrize("corrupt", ["cut", "detector", "tally_row"])
+def test_a_takeover_reports_a_corrupt_snapshot_found_in_the_middle_of_its_steps_and_frees_the_lock(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, corrupt: str
+) -> None:
+    # Found after steps of the loop ran: logged and rebuilt from the signals, as when it was
+    # decoded at once, with the detector's lock free again and a fresh tally.
+    settings, _tally = _takeover_snapshot(monkeypatch, corrupt)
+
+    async def run() -> None:
+        shell = BurstShell(settings, 1, lambda *a: asyncio.sleep(0), lambda: asyncio.sleep(0))
+        with caplog.at_level("WARNING"):
+            await shell.take_records([_first_report(settings)])
+        assert "burst detector snapshot not usable" in caplog.text
+        assert not shell.lock.locked() and shell.detector is not None
+        assert shell.tally is not None and not shell.tally.held
+
+    asyncio.run(run())
+
+
+def test_a_takeover_cancelled_in_the_middle_of_its_decode_leaves_no_half_restored_detector(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A rebalance or a stop cancels the agent between two steps: the lock is freed, the shell
+    # has no detector and no tally, and the next batch restores them whole.
+    settings, tally = _takeover_snapshot(monkeypatch)
+
+    async def run() -> None:
+        shell = BurstShell(settings, 1, lambda *a: asyncio.sleep(0), lambda: asyncio.sleep(0))
+        task = asyncio.ensure_future(shell.take_records([_first_report(settings)]))
+        for _ in range(30):
+            await asyncio.sleep(0)
+        assert shell.lock.locked() and shell.tally is None and not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not shell.lock.locked() and shell.detector is None and shell.tally is None
+        await shell.take_records([_first_report(settings)])
+        assert shell.detector is not None and shell.tally is not None and shell.tally.held == tally.held
+
+    asyncio.run(run())
+
+
 def test_in_a_backlog_the_detector_snapshots_at_most_once_every_min_interval() -> None:
     """Reports due a snapshot every report, many a second (a backlog): one snapshot, then none
     until `snapshot_min_interval_s` has passed."""
