@@ -564,7 +564,7 @@ def _output_value(where: str, role: str, value: object) -> dict[str, Any]:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from .core.text import escape_text, unescape_ascii
+    from .core.text import escape_ascii, escape_text, unescape_ascii
     from .drivers.replayfile import read_records
     from .drivers.trace import partitions_of, render, trace
 
@@ -576,7 +576,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         try:
             ref = unescape_ascii(ref)
         except ValueError as exc:
-            raise Mistake(f"--escaped {ref!r}: {exc}") from None
+            # (Quoted as the hints write it: `repr` would show right-to-left letters raw.)
+            raise Mistake(f"--escaped '{escape_ascii(ref)}': {exc}") from None
     if args.from_kafka:
         from .drivers.kafkaread import merged_by_time, read_topics
         from .topics import check_copartitioned

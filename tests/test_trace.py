@@ -578,5 +578,9 @@ def test_an_escaped_reference_that_is_no_escape_is_a_mistake(
     assert cli.main(["trace", "--escaped", "R\\x31", "--in", str(f)]) == 2
     err = capsys.readouterr().err
     assert "--escaped 'R\\\\x31': a backslash at character 2 starts no \\uXXXX" in err and err.count("\n") == 1
+    # Typed with a right-to-left letter in it: named in ASCII, as the hints write it.
+    assert cli.main(["trace", "--escaped", "\u05d0\\x", "--in", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "--escaped '\\u05d0\\\\x': a backslash at character 2" in err and "\u05d0" not in err
     assert cli.main(["trace", "--escaped", "\\u00521", "--in", str(f), "--json"]) == 0  # (R1)
     assert json.loads(capsys.readouterr().out)["reference"] == "R1"
