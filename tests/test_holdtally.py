@@ -333,7 +333,7 @@ def test_a_tally_snapshot_decoded_in_steps_is_the_one_decoded_at_once(monkeypatc
     previous = zlib.compress(
         codec.dumps({"signals_offset": 7, "detector": det.snapshot(), "hold_tally": previous_release_state(tally)}), 1
     )
-    without_held = {k: v for k, v in tally.to_state().items() if k != "held"}  # (before `held` was saved)
+    without_held = {k: v for k, v in tally.to_state().items() if k != "held"}  # (a tally saved without its `held` rows)
     oldest = zlib.compress(codec.dumps({"signals_offset": 7, "detector": det.snapshot(), "hold_tally": without_held}))
     for raw in (burstsnapshot.encode(det, 7, tally), previous, oldest):
         once = burstsnapshot.decode(raw)

@@ -289,7 +289,7 @@ def test_the_trace_hints_of_a_right_to_left_reference_are_escaped_and_still_trac
     assert body["hint"].endswith("`qris-guard trace --escaped '\\u05d0\\u05d1-7' --from-kafka`")
     body, status = not_found(ref, 1_000_000, ["http://w2:6066"])
     assert status == 503 and _right_to_left(body["error"]) == []
-    # A plain reference's hint is as it was.
+    # A plain reference's hint is the plain command.
     assert not_found("QR1", 1_000_000, [])[0]["hint"].endswith("`qris-guard trace QR1 --from-kafka`")
 
 
@@ -1393,7 +1393,7 @@ def test_a_refund_cancelled_after_its_hold_is_told_as_its_late_settlement_alert_
     ), got["summary"]
     [item] = got["refunds"]
     assert item["status"] == "cancelled" and item["requested_at"] == format_ms(ms(1900))
-    # A refund requested at its deadline and cancelled is told as before.
+    # A refund requested at its deadline and cancelled says nothing of a hold.
     said = payment_status(_run(DAY)[1].refs["A4"], 0)["summary"]
     assert said.startswith("a refund of Rp 25.000 was requested, then cancelled: the payment settled late (")
     assert "after the refund was requested" not in said

@@ -237,7 +237,7 @@ class BurstDetector:
     ) -> Generator[None, None, BurstDetector]:
         """`restore` in steps of `RESTORE_SCOPES` scopes or `RESTORE_MERCHANTS` merchants' volumes
         (the generator's value, once it stops, is the detector), so that a takeover can give the
-        event loop back between them: at the scope bound the rebuild took 50-90 ms of CPU at once. The
+        event loop back between them: at the scope bound the rebuild takes 50-90 ms of CPU at once. The
         detector is the caller's only when whole.
 
         >>> det = BurstDetector(1)

@@ -147,8 +147,8 @@ def decode(raw: bytes, params: BurstParams | None = None) -> DetectorSnapshot:
 
 def decode_steps(raw: bytes, params: BurstParams | None = None) -> Generator[None, None, DetectorSnapshot]:
     """`decode` in steps (the generator's value, once it stops, is the snapshot), so that the
-    live shell can give the event loop back between them: a takeover decoded a tally of 50,000
-    holds (14 MB of JSON) in 0.26-0.57 s at once, while the worker's other partitions waited.
+    live shell can give the event loop back between them: decoding a tally of 50,000 holds
+    (14 MB of JSON) at once takes 0.26-0.57 s, while the worker's other partitions wait.
     A step inflates `DECOMPRESS_BYTES` of the snapshot, or rebuilds `burst.RESTORE_SCOPES` of the
     detector's scopes, `burst.RESTORE_MERCHANTS` of its merchants' volumes or
     `holdtally.RESTORE_ROWS` of the tally's rows, or frees as many of their parsed rows. The
@@ -178,7 +178,7 @@ def decode_steps(raw: bytes, params: BurstParams | None = None) -> Generator[Non
     del text
     yield
     snap = yield from _restored(value, params)
-    # Freed a batch of rows at a time too (the parsed rows of 50,000 holds took 20 ms to free
+    # Freed a batch of rows at a time too (the parsed rows of 50,000 holds take 20 ms to free
     # at once, 1,000 scopes' 6-8 ms): only the lists that the restore reads row by row and keeps
     # none of.
     for rows, batch in _row_lists(value):

@@ -349,8 +349,7 @@ class HoldTally:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> HoldTally:
-        """The tally `to_state` saved (in any order of its rows: sorted, as an earlier release
-        wrote them, or the tally's own)."""
+        """The tally `to_state` saved (in any order of its rows: sorted or the tally's own)."""
         steps = cls.from_state_steps(state)
         while True:
             try:
@@ -363,7 +362,7 @@ class HoldTally:
     def from_state_steps(cls, state: dict[str, Any]) -> Generator[None, None, HoldTally]:
         """`from_state` in steps of about `RESTORE_ROWS` rows (the generator's value, once it
         stops, is the tally), so that a takeover can give the event loop back between them: a
-        tally of 50,000 holds took 0.25 s to build at once. The tally is the caller's only
+        tally of 50,000 holds takes 0.25 s to build at once. The tally is the caller's only
         when whole: nothing can decide from one half built."""
         tally = cls(state["partitions"], int(state["probe_age_ms"]))
         tally.decided = {int(p): int(ms) for p, ms in state["decided"]}

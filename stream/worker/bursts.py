@@ -648,7 +648,7 @@ class BurstShell:
 
     async def _decoded(self, raw: bytes) -> burstsnapshot.DetectorSnapshot:
         """The snapshot in `raw`, decoded in steps with the loop's other work between them (a
-        tally of 50,000 holds took 0.26-0.57 s at once: the other partitions' records and the
+        tally of 50,000 holds takes 0.26-0.57 s at once: the other partitions' records and the
         pages waited). The lock is held, and the detector and tally are set only once whole:
         no report or alert meets a half-restored tally."""
         steps = burstsnapshot.decode_steps(raw, self.settings.burst)
