@@ -136,9 +136,11 @@ def evidence(
     return found
 
 
-def _common(st: ReferenceState, refund: Refund, partition: int) -> dict[str, Any]:
+def _common(kind: str, st: ReferenceState, refund: Refund, partition: int) -> dict[str, Any]:
+    # The record's first fields, `type` (`kind`) first.
     rq = st.request
     return {
+        "type": kind,
         "refund_id": refund.refund_id,
         "reference": st.reference,
         "account_id": refund_account(st),
@@ -179,9 +181,13 @@ def refund_request_record(
 ) -> Decision:
     """`refund.requested`, decided at the cycle deadline, or when the hold on it ended
     (`hold_end`: then `decided_at` is the end of the hold and `hold` says how long and why)."""
-    value = {"type": "refund.requested", **_common(st, refund, partition)}
-    at_ms = refund.deadline_ms if hold_end is None else hold_end[2]
-    value["decided_at"] = format_ms(at_ms)
+    value = _common("refund.requested", st, refund, partition)
+    if hold_end is None:
+        at_ms = refund.deadline_ms
+        value["decided_at"] = value["deadline"]  # (the same instant: formatted once)
+    else:
+        at_ms = hold_end[2]
+        value["decided_at"] = format_ms(at_ms)
     value["evidence"] = evidence(st, active_before, None, None, held_before)
     if hold_end is not None:
         value["hold"] = hold_fields(*hold_end)
@@ -195,7 +201,7 @@ def refund_held_record(
     """`refund.held`: the refund `refund_id` is known and owed, but an incident covering the
     payment is open at the deadline; it is paid or released by `release_by` at the latest."""
     refund = Refund(hold.refund_id, hold.amount, hold.deadline_ms, "SETTLEMENT_TIMEOUT", False)
-    value = {"type": "refund.held", **_common(st, refund, partition)}
+    value = _common("refund.held", st, refund, partition)
     value["decided_at"] = value["deadline"]
     value["incident_id"] = hold.incident_ids[0]
     value["incident_ids"] = list(hold.incident_ids)
@@ -226,7 +232,7 @@ def hold_released_record(
     else:
         reason = "SETTLEMENT_TIMEOUT"
     refund = Refund(hold.refund_id, hold.amount, hold.deadline_ms, reason, False)
-    value = {"type": "refund.hold_released", **_common(st, refund, partition)}
+    value = _common("refund.hold_released", st, refund, partition)
     value["hold_release_id"] = hold_release_id
     value["decided_at"] = format_ms(at_ms)
     value["hold"] = hold_fields(hold, because, at_ms)
@@ -246,7 +252,7 @@ def cancellation_record(
     active_before: int,
 ) -> Decision:
     """`refund.cancel_requested` for `refund`, decided when `trigger` was processed."""
-    value = {"type": "refund.cancel_requested", **_common(st, refund, partition)}
+    value = _common("refund.cancel_requested", st, refund, partition)
     value["reason"] = reason
     value["cancel_id"] = cancel_id
     value["cancels_refund_id"] = refund.refund_id
