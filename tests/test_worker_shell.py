@@ -164,6 +164,19 @@ def test_incidents_taken_while_holding_back_release_nothing_until_the_assignment
     assert len(h.refunds()) == 1  # once
 
 
+def test_each_decision_sent_is_shown_to_the_watch_as_the_record_sent() -> None:
+    # The watch (metrics, dashboard, lookup) is given the values as built, not parsed back from
+    # the bytes sent: they must say the same, and come in the order sent.
+    h = Harness(settings=NO_HOLDS)
+    shown: list[tuple[str, dict[str, Any]]] = []
+    h.shell.on_output = lambda role, value: shown.append((role, value))
+    h.batch(*unsettled("QR1", 0), *unsettled("QR2", 1), ("P", payment("bad", "requested", "QR3", 2, amount=-1)))
+    h.batch(*tick(400))
+    roles = {role: NO_HOLDS.output_topic(role) for role in ("refunds", "alerts", "dead_letter", "signals")}
+    assert [(roles[r], orjson.loads(orjson.dumps(v))) for r, v in shown] == h.sent
+    assert [r for r, _v in shown].count("refunds") == 2 and "dead_letter" in {r for r, _v in shown}
+
+
 def test_the_freeze_watch_tells_a_stopped_process_from_a_busy_loop() -> None:
     import doctest
 

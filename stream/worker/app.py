@@ -235,7 +235,8 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     async def flush() -> None:
         await app.producer.flush()
 
-    # What the worker saw, for /metrics, the lookup API and the dashboard: every output passes by.
+    # What the worker saw, for /metrics, the lookup API and the dashboard: every output passes by
+    # (the shell's decisions as built, `ReconcileShell.on_output`; the detector's as sent).
     watch = WorkerWatch(settings)
     watched_send = watch.wrap_send(send)
     changelog = KafkaChangelog(aiokafka_config(settings), changelog_topic_name(settings.app_id))
@@ -274,7 +275,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
     shell = ReconcileShell(
         settings,
         store,
-        watched_send,
+        send,
         flush,
         store.commit,
         lambda: app.consumer.assignment(),
@@ -290,6 +291,7 @@ def build_app(settings: Settings, input_partitions: int | None = None) -> tuple[
         silence.restored(eng)
 
     shell.on_engine = engine_made
+    shell.on_output = watch.on_output
     shell.on_forget = silence.left
     shell.begin_offsets = ends.beginning
     shell.input_partitions = input_partitions or settings.partitions
