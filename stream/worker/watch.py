@@ -213,6 +213,7 @@ class WorkerWatch:
         self.incidents: dict[str, dict[str, Any]] = {}  # open FAILURE_BURST incidents, latest alert
         self._incidents_aside: dict[str, dict[str, Any]] = {}  # (`detector_moved`)
         self.per_minute: dict[int, Counter[str]] = {}  # wall-clock minute -> refunds by kind
+        self._pruned_minute: int | None = None  # the minute `per_minute` was last pruned for
         self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=30)
         # Critical alerts other than incidents (OVER_REFUND, INPUT_LOST, ...), kept apart: a
         # flood of LATE_SETTLEMENT warnings at an outage's end pushes them out of the latest.
@@ -360,9 +361,16 @@ class WorkerWatch:
         self.refund_decisions[(v["type"], str(v.get("reason")))] += 1
         self.refund_rupiah[kind] += int(v.get("amount") or 0)
         minute = int(self.clock() // 60)
-        self.per_minute.setdefault(minute, Counter())[kind] += 1
-        for old in [m for m in self.per_minute if m <= minute - MINUTES_KEPT]:
-            del self.per_minute[old]
+        of_minute = self.per_minute.get(minute)
+        if of_minute is None:
+            of_minute = self.per_minute[minute] = Counter()
+        of_minute[kind] += 1
+        if minute != self._pruned_minute:
+            # (Once a minute, not for each of a wave's refunds: again in the same minute, it
+            # would find nothing to drop.)
+            self._pruned_minute = minute
+            for old in [m for m in self.per_minute if m <= minute - MINUTES_KEPT]:
+                del self.per_minute[old]
 
     def _on_alert(self, v: dict[str, Any]) -> None:
         if self._first_time(str(v.get("alert_id", ""))):
