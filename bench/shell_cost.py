@@ -137,8 +137,9 @@ async def run(args: argparse.Namespace) -> None:
     async def flush() -> None:
         return None
 
-    shell = ReconcileShell(settings, store, watch.wrap_send(send), flush, store.commit, restore=store.restore)
+    shell = ReconcileShell(settings, store, send, flush, store.commit, restore=store.restore)
     shell.on_engine = watch.watch_engine
+    shell.on_output = watch.on_output  # (as the worker wires it: each decision's value as built)
     batches = []
     for start in range(0, len(recs), args.batch):
         part = sorted(recs[start : start + args.batch], key=lambda r: (r.partition, r.topic))
