@@ -184,10 +184,16 @@ def _timed_local_writes(store: Any) -> list[Any]:
         if not getattr(db, "_timed", False):
             apply = db.apply
 
-            def timed(changes: Any, applied_offset: int, seq: int, current_at_ms: int | None = None) -> None:
+            def timed(
+                changes: Any,
+                applied_offset: int,
+                seq: int,
+                current_at_ms: int | None = None,
+                identity_offset: int | None = None,
+            ) -> None:
                 changes = list(changes)
                 t = time.perf_counter()
-                apply(changes, applied_offset, seq, current_at_ms)
+                apply(changes, applied_offset, seq, current_at_ms, identity_offset)
                 totals[0] += time.perf_counter() - t
                 totals[1] += len(changes)
 
