@@ -375,6 +375,26 @@ def test_a_payment_debited_more_than_f_before_its_request_raises_clock_mismatch(
         assert "clock" in a["summary"] and "LATE_SETTLEMENT" in a["summary"]
 
 
+def test_a_request_the_clock_guard_dates_at_its_kafka_timestamp_is_compared_at_that_date() -> None:
+    """The guard counts a record dated more than F ahead of its Kafka timestamp "as if it
+    occurred at its Kafka timestamp, here and below": so does `CLOCK_MISMATCH`. A request dated
+    60.001 s ahead, sent at its debit's instant, is no debit before its request, even when
+    lateness puts its effective time past its own date (a stream already pushed ahead)."""
+    eng = PartitionEngine(0, Params(lateness_ms=10_000))
+    # Another payment's request, also guarded, takes the stream to T0 + 71 s.
+    out = eng.on_record(P, 0, b"B", payment("b1", "requested", "B", 131.001), T0 + 71_000)
+    out += eng.on_record(L, 0, b"A", ledger("a1", "debited", "A", 0), T0)
+    out += eng.on_record(P, 1, b"A", payment("a2", "requested", "A", 60.001), T0)
+    out += eng.on_record(L, 1, b"C", ledger("c1", "debited", "C", 200), T0 + 200_000)  # (W past A's request)
+    out += eng.on_record(P, 2, b"C", payment("c2", "requested", "C", 200), T0 + 200_000)
+    # Its own `occurred_at` text is kept (the evidence shows what the feed sent).
+    request = eng.refs["A"].request
+    assert request is not None and request.occurred_at == at(60.001) and request.occurred_at_ms == T0
+    out += eng.drain()
+    skews = [d.value for d in out if d.role == "alerts" and d.value["kind"] == "CLOCK_SKEW"]
+    assert len(skews) == 1 and _mismatch_alerts(out) == [] and eng.mismatched == 0
+
+
 def test_clock_mismatch_alerts_come_at_1_10_100_critical_from_10_and_the_count_survives_a_restore() -> None:
     eng = PartitionEngine(0, Params())
     alerts: list[dict[str, Any]] = []

@@ -364,6 +364,10 @@ class PartitionEngine:
         if skewed:
             assert timestamp_ms is not None
             skew_alert = self._skewed(stream, event, timestamp_ms)
+            # "Here and below": the dates `_check_clocks` compares are the guarded ones too (a
+            # request dated 60.001 s ahead of its Kafka timestamp, with its debit at that
+            # timestamp, is no debit before its request).
+            event = event._replace(occurred_at_ms=occ)
         max_ms = self.max_ms
         prev = max_ms[s]
         if prev is None:
