@@ -1624,28 +1624,7 @@ def test_a_takeover_decodes_a_tally_of_many_holds_with_the_loop_running_and_show
     took 0.26-0.57 s to decode at once, while every partition's records and the pages waited).
     Meanwhile the detector's lock is held, so no report or alert is taken, and the shell has no
     tally until the whole one: an alert counted by half a tally would say the wrong holds."""
-    from stream.core import burstsnapshot, holdtally
-    from stream.core.burst import BurstDetector
-    from stream.core.holdtally import HoldTally
-    from stream.worker import bursts as bursts_module
-
-    monkeypatch.setattr(burstsnapshot, "RESTORE_ROWS", 100)
-    monkeypatch.setattr(holdtally, "RESTORE_ROWS", 100)
-
-    settings = Settings(partitions=1, snapshot_every=0)  # holds on (default H)
-    tally = HoldTally(range(1), 30_000)
-    events = [["held", f"rf_{i:06d}", "inc_x", 10_000 + i, T0 + i] for i in range(3000)]
-    tally.on_report({"partition": 0, "hold_events": events, "decided_through_ms": T0 - 60_000})
-    raw = burstsnapshot.encode(BurstDetector(1, settings.burst), 0, tally)
-
-    async def latest(settings: Settings) -> bytes:
-        return raw
-
-    async def none(settings: Settings) -> None:
-        return None
-
-    monkeypatch.setattr(bursts_module, "read_latest_snapshot", latest)
-    monkeypatch.setattr(bursts_module, "read_published_offset", none)
+    settings, tally = _takeover_snapshot(monkeypatch)
 
     async def run() -> None:
         shell = BurstShell(settings, 1, lambda *a: asyncio.sleep(0), lambda: asyncio.sleep(0))
@@ -1658,8 +1637,7 @@ def test_a_takeover_decodes_a_tally_of_many_holds_with_the_loop_running_and_show
 
         watcher = asyncio.ensure_future(watch())
         await asyncio.sleep(0)
-        report = {"partition": 0, "through_minute": T0 // 60_000, "minutes": []}
-        await shell.take_records([KafkaRecord(settings.signals_topic, 0, 0, None, None, orjson.dumps(report))])
+        await shell.take_records([_first_report(settings)])
         watcher.cancel()
         restoring = [holds for locked, holds in seen if locked and holds is None]
         assert len(restoring) > 50  # the loop ran while the snapshot was decoded

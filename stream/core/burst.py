@@ -27,6 +27,7 @@ from .merge import PartitionMerge
 from .ratemodel import FailureRateModel, rhythm_bucket
 from .scopes import LEVEL, LONGEST, MinuteEntry, ScopeState, ScoredScope, Window, scope_id, scope_type
 from .signals import BAD, MINUTE_MS, add_codes, capped_codes, merge_scope_minute, pool_id, scope_minute_view
+from .steps import run_to_end
 from .surprise import binomial_surprise
 
 __all__ = [
@@ -223,13 +224,7 @@ class BurstDetector:
     def restore(cls, snapshot: dict[str, Any], params: BurstParams | None = None) -> BurstDetector:
         """The detector saved by `snapshot` (parameters are today's, the learned state is the
         snapshot's). Raises `ValueError` for a snapshot of another version."""
-        steps = cls.restore_steps(snapshot, params)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                det: BurstDetector = done.value
-                return det
+        return run_to_end(cls.restore_steps(snapshot, params))
 
     @classmethod
     def restore_steps(
@@ -241,13 +236,7 @@ class BurstDetector:
         detector is the caller's only when whole.
 
         >>> det = BurstDetector(1)
-        >>> steps = BurstDetector.restore_steps(det.snapshot())
-        >>> while True:
-        ...     try:
-        ...         next(steps)
-        ...     except StopIteration as done:
-        ...         back = done.value
-        ...         break
+        >>> back = run_to_end(BurstDetector.restore_steps(det.snapshot()))
         >>> back.snapshot() == det.snapshot()
         True
         """

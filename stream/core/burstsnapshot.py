@@ -17,6 +17,7 @@ from typing import Any
 from . import codec
 from .burst import RESTORE_MERCHANTS, RESTORE_SCOPES, BurstDetector, BurstParams
 from .holdtally import RESTORE_ROWS, HoldTally
+from .steps import run_to_end
 
 SNAPSHOT_KEY = b"burst-detector"
 
@@ -136,13 +137,7 @@ def decode(raw: bytes, params: BurstParams | None = None) -> DetectorSnapshot:
         value = codec.loads(zlib.decompress(raw))
     except zlib.error as exc:
         raise ValueError(f"not a burst detector snapshot: {exc}") from None
-    steps = _restored(value, params)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            snap: DetectorSnapshot = done.value
-            return snap
+    return run_to_end(_restored(value, params))
 
 
 def decode_steps(raw: bytes, params: BurstParams | None = None) -> Generator[None, None, DetectorSnapshot]:
@@ -158,13 +153,7 @@ def decode_steps(raw: bytes, params: BurstParams | None = None) -> Generator[Non
     caller's only when whole, and equal to `decode`'s.
 
     >>> det = BurstDetector(1)
-    >>> steps = decode_steps(encode(det, 7))
-    >>> while True:
-    ...     try:
-    ...         next(steps)
-    ...     except StopIteration as done:
-    ...         snap = done.value
-    ...         break
+    >>> snap = run_to_end(decode_steps(encode(det, 7)))
     >>> snap.signals_offset, snap.detector.snapshot() == det.snapshot()
     (7, True)
     """

@@ -36,6 +36,7 @@ from .incidents import scope_name
 from .records import PaymentEvent
 from .routing import add_routing, dedup_key
 from .signals import MINUTE_MS
+from .steps import run_to_end
 
 NEG_INF = -(2**62)
 POS_INF = 2**62
@@ -350,13 +351,7 @@ class HoldTally:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> HoldTally:
         """The tally `to_state` saved (in any order of its rows: sorted or the tally's own)."""
-        steps = cls.from_state_steps(state)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                tally: HoldTally = done.value
-                return tally
+        return run_to_end(cls.from_state_steps(state))
 
     @classmethod
     def from_state_steps(cls, state: dict[str, Any]) -> Generator[None, None, HoldTally]:
