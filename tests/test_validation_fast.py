@@ -303,3 +303,43 @@ def test_a_value_that_is_not_an_object_is_told_in_json_s_words() -> None:
         got = parse_payment(b"R", value)
         assert isinstance(got, Rejection) and got.error == "not_an_object"
         assert got.reason == f"the value is {said}, not an object"
+
+
+def _format_ms_plainly(ms: int) -> str:
+    # RFC 3339 text of epoch milliseconds, computed field by field (what the per-minute table
+    # in `eventtime.format_ms` must give for every millisecond).
+    days, rem = divmod(ms, 86_400_000)
+    year, month, day = eventtime.civil_from_days(days)
+    secs, millis = divmod(rem, 1000)
+    hour, secs = divmod(secs, 3600)
+    minute, second = divmod(secs, 60)
+    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}.{millis:03d}Z"
+
+
+@settings(max_examples=500, deadline=None)
+@given(ms=st.integers(-(2**62), 2**62) | st.integers(-62_167_219_200_001, 253_402_300_800_000))
+def test_format_ms_from_its_tables_is_the_plain_computation(ms: int) -> None:
+    assert eventtime.format_ms(ms) == _format_ms_plainly(ms)
+    assert eventtime.format_ms(ms) == _format_ms_plainly(ms)  # (the second from the minute's table)
+
+
+def test_format_ms_keeps_its_minute_table_bounded() -> None:
+    for minute in range(eventtime._MINUTE_TEXT_MAX + 5):
+        assert eventtime.format_ms(minute * 60_000 + 59_999) == _format_ms_plainly(minute * 60_000 + 59_999)
+    assert len(eventtime._MINUTE_TEXT) <= eventtime._MINUTE_TEXT_MAX
+
+
+@settings(max_examples=300, deadline=None)
+@given(reference=st.text(max_size=200), deadline_ms=st.integers(-(2**63), 2**63))
+def test_a_refund_id_written_out_is_the_digest_of_its_parts(reference: str, deadline_ms: int) -> None:
+    # Refund ids are what the refund service deduplicates on: the hot path's written-out
+    # encoding must give the one `_digest` gives, for any reference.
+    from stream.core import ids
+
+    try:
+        expected = "rf_" + ids._digest("refund", reference, deadline_ms)
+    except UnicodeEncodeError:  # (a lone surrogate: no id either way)
+        with pytest.raises(UnicodeEncodeError):
+            ids.refund_id(reference, deadline_ms)
+        return
+    assert ids.refund_id(reference, deadline_ms) == expected
