@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream.core import burstsnapshot, codec, holdtally
 from stream.core.burst import BurstDetector, BurstParams
@@ -301,7 +303,8 @@ def test_a_tally_snapshot_in_pieces_restores_the_same_tally(monkeypatch: pytest.
     pieces = list(burstsnapshot.encode_pieces(det, 7, tally))
     assert len(pieces) > 50
     whole = codec.dumps({"signals_offset": 7, "detector": det.snapshot(), "hold_tally": tally.to_state()})
-    assert zlib.decompress(b"".join(pieces)) == whole
+    text = zlib.decompress(b"".join(pieces))
+    assert text[: text.rfind(b',"json_pieces":')] + b"}" == whole  # (the index is the last key)
     back = burstsnapshot.decode(b"".join(pieces)).tally
     assert back is not None and tally_fields(back) == tally_fields(tally)
     assert back.to_state() == tally.to_state()  # restored in the order saved
@@ -346,6 +349,96 @@ def test_a_tally_snapshot_decoded_in_steps_is_the_one_decoded_at_once(monkeypatc
     assert decoded_in_steps(burstsnapshot.encode(det, 7))[0].tally is None
 
 
+def test_a_takeover_parses_a_tally_snapshot_a_cut_of_its_index_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # orjson reads whole documents only: the snapshot's index lets `decode_steps` parse the rest
+    # with the growing parts empty, then each part a cut at a time (the whole of 50,000 holds was
+    # one step of 72-102 ms). Every parse of a step holds at most a cut and a batch of rows.
+    from tests.test_burst import decoded_in_steps
+
+    tally, det = many_holds(3000), BurstDetector([0, 1])
+    monkeypatch.setattr(burstsnapshot, "INDEX_BYTES", 8 * 1024)
+    raw = burstsnapshot.encode(det, 7, tally)
+    text = zlib.decompress(raw)
+    index = codec.loads(text)[burstsnapshot.INDEX_KEY]
+    assert [path[:2] for path, _cuts in index if path[0] == "hold_tally"].count(["hold_tally", "held"]) == 1
+    assert sum(len(cuts) - 1 for _path, cuts in index) > 40
+    parsed: list[int] = []
+    loads = codec.loads
+
+    def noted_loads(data: bytes | str) -> Any:
+        parsed.append(len(data))
+        return loads(data)
+
+    monkeypatch.setattr(codec, "loads", noted_loads)  # (the module `burstsnapshot` reads it from)
+    snap, _steps = decoded_in_steps(raw)
+    assert len(parsed) > 40 and sum(parsed) > 0.99 * len(text)
+    assert max(parsed) < 8 * 1024 + 16 * 1024  # (a cut and a batch of holds at most)
+    monkeypatch.setattr(codec, "loads", loads)
+    once = burstsnapshot.decode(raw)
+    assert snap.tally is not None and once.tally is not None
+    assert snap.tally.to_state() == once.tally.to_state() == tally.to_state()
+    assert snap.detector.snapshot() == once.detector.snapshot() == det.snapshot()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=12), st.integers(-5, 500), st.integers(-5, 500))
+def test_the_inflated_pieces_slice_and_find_the_index_as_the_joined_text(pieces: list[bytes], a: int, b: int) -> None:
+    tag = b',"json_pieces":'
+    pieces = [p.replace(b"J", tag) for p in pieces]  # (tags whole and across pieces)
+    text, joined = burstsnapshot._Text(pieces), b"".join(pieces)
+    assert text.size == len(joined) and text.whole() == joined
+    a, b = max(a, 0), max(b, 0)  # (offsets from the start only)
+    assert text[a:b] == joined[a:b]
+    assert text.rfind_tag() == joined.rfind(tag)
+
+
+def _with_index(raw: bytes, index: Any) -> bytes:
+    # The snapshot with its index replaced.
+    text = zlib.decompress(raw)
+    return zlib.compress(text[: text.rfind(b',"json_pieces":')] + b',"json_pieces":' + codec.dumps(index) + b"}")
+
+
+def test_an_index_that_does_not_fit_its_snapshot_is_ignored_or_refused() -> None:
+    from tests.test_burst import decoded_in_steps
+
+    tally, det = many_holds(300), BurstDetector([0, 1])
+    raw = burstsnapshot.encode(det, 7, tally)
+    index = codec.loads(zlib.decompress(raw))[burstsnapshot.INDEX_KEY]
+    want = tally.to_state()
+    # Cuts outside the text, in the wrong order, not between brackets, or of the wrong type: the
+    # whole is parsed, as `decode` (and a previous release) parses it.
+    (path, cuts), *rest = index
+    for bad in (
+        [[path, [cuts[0], 10**9]], *rest],
+        [*rest, [path, cuts]],
+        [[path, [cuts[0] + 1, cuts[-1]]], *rest],
+        [[path, [str(c) for c in cuts]], *rest],
+        {"not": "a list"},
+        [],
+    ):
+        snap, _ = decoded_in_steps(_with_index(raw, bad))
+        assert snap.tally is not None and snap.tally.to_state() == want
+    # Cuts between brackets that name no part or another one, or cut an item: refused, not
+    # restored wrong.
+    held = next(i for i, (p, _c) in enumerate(index) if p == ["hold_tally", "held"])
+    for bad in (
+        [[["detector", "nowhere"], c] if i == held else [p, c] for i, (p, c) in enumerate(index)],
+        [[["detector", "scopes"], c] if i == held else [p, c] for i, (p, c) in enumerate(index)],
+        [[p, [c[0], c[0] + 5, c[-1]]] if i == held else [p, c] for i, (p, c) in enumerate(index)],
+    ):
+        with pytest.raises(ValueError):
+            decoded_in_steps(_with_index(raw, bad))
+    # An incident named as the index, in a snapshot without one (a previous release's) and in one
+    # with it.
+    second = list(tally.events)[1]
+    tally.events = {("json_pieces" if k == second else k): v for k, v in tally.events.items()}
+    old = zlib.compress(codec.dumps({"signals_offset": 7, "detector": det.snapshot(), "hold_tally": tally.to_state()}))
+    assert b',"json_pieces":' in zlib.decompress(old)
+    for raw in (old, burstsnapshot.encode(det, 7, tally)):
+        back = decoded_in_steps(raw)[0].tally
+        assert back is not None and back.to_state() == tally.to_state() and "json_pieces" in back.events
+
+
 def test_a_tally_is_rebuilt_from_its_state_a_batch_of_rows_a_step() -> None:
     state = many_holds(3000).to_state()
     rows = sum(map(len, state["events"].values())) + len(state["held"])
@@ -368,7 +461,7 @@ def test_no_cut_of_a_tally_snapshot_holds_more_than_a_batch_of_holds() -> None:
     state = tally.to_state(lazily=True)
     assert isinstance(state["held"], Iterator) and all(isinstance(rows, Iterator) for rows in state["events"].values())
     value = {"signals_offset": 7, "detector": BurstDetector([0, 1]).snapshot(lazily=True), "hold_tally": state}
-    cuts = list(burstsnapshot._json_pieces(value, burstsnapshot._CUTS))
+    cuts = [c for c in burstsnapshot._json_pieces(value, burstsnapshot._CUTS) if type(c) is bytes]  # (not marks)
     assert sum(map(len, cuts)) > 400_000
     assert max(c.count(b'"rf_') for c in cuts) <= burstsnapshot._BATCH
     assert max(map(len, cuts)) < 16 * 1024

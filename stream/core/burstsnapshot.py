@@ -9,9 +9,10 @@ Imports nothing outside the core.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Generator, Iterator
+from bisect import bisect_right
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, fields
-from itertools import islice
+from itertools import accumulate, islice
 from typing import Any
 
 from . import codec
@@ -73,34 +74,56 @@ def encode_pieces(
     give the event loop back between pieces (a detector at its scope bound took 0.5-1 s to
     encode at once, a tally of 50,000 holds 0.2-0.5 s). The detector and the tally must not
     change until the last piece: the shell holds the detector's lock. The JSON is the same as
-    the whole snapshot's at once.
+    the whole snapshot's at once, with its index last (`INDEX_KEY`).
 
     >>> det = BurstDetector(1)
-    >>> whole = codec.dumps({"signals_offset": 7, "detector": det.snapshot()})
-    >>> b"".join(encode_pieces(det, 7)) == zlib.compress(whole, 1)
-    True
+    >>> text = zlib.decompress(b"".join(encode_pieces(det, 7)))
+    >>> value = codec.loads(text)
+    >>> value.pop(INDEX_KEY)
+    [[['detector', 'scopes'], [149, 149]], [['detector', 'merchant_volume'], [247, 247]]]
+    >>> text[149 - 1 : 149 + 1], value == {"signals_offset": 7, "detector": det.snapshot()}
+    (b'[]', True)
     """
     value: dict[str, Any] = {"signals_offset": signals_offset, "detector": detector.snapshot(lazily=True)}
     if tally is not None:
         value["hold_tally"] = tally.to_state(lazily=True)
+    index: list[list[Any]] = []
+    value[INDEX_KEY] = _Deferred(lambda: index)
     # Level 1: the live detector writes one every `snapshot_every` reports, on the worker that
     # owns the signals partition (in a backlog, several a second). Level 6 was 4.8% of that
     # worker's CPU in a two-worker backlog (py-spy); on the mixed day's detector 4.5 ms against
     # 1.1 ms at level 1, for 54 KB instead of 46 KB (207 KB of JSON). Any level decodes alike.
     compressor = zlib.compressobj(1)
     held: list[bytes] = []
-    size = 0
+    size = at = 0
+    cuts: list[int] = []
     for text in _json_pieces(value, _CUTS):
+        if type(text) is _Mark:
+            if text.kind == _OPEN_KIND:
+                cuts = [at]
+                index.append([list(text.path), cuts])
+            elif text.kind == _CLOSE_KIND:
+                if at > cuts[-1] or len(cuts) == 1:
+                    cuts.append(at)
+            elif at - cuts[-1] >= INDEX_BYTES:
+                cuts.append(at)
+            continue
+        assert type(text) is bytes
         held.append(text)
         size += len(text)
+        at += len(text)
         if size >= PIECE_BYTES:
             yield compressor.compress(b"".join(held))
             held, size = [], 0
     yield compressor.compress(b"".join(held)) + compressor.flush()
 
 
-def _json_pieces(value: Any, cuts: dict[Any, Any] | None) -> Iterator[bytes]:
-    """`codec.dumps(value)` in pieces, cut where `cuts` says (an iterator is a JSON array)."""
+def _json_pieces(value: Any, cuts: dict[Any, Any] | None, path: tuple[str | int, ...] = ()) -> Iterator[bytes | _Mark]:
+    """`codec.dumps(value)` in pieces, cut where `cuts` says (an iterator is a JSON array), with
+    marks around and between the batches of each part cut item by item (`_Mark`: not JSON)."""
+    if isinstance(value, _Deferred):
+        yield codec.dumps(value())
+        return
     if cuts is None and not isinstance(value, Iterator):
         yield codec.dumps(value)
         return
@@ -109,26 +132,66 @@ def _json_pieces(value: Any, cuts: dict[Any, Any] | None) -> Iterator[bytes]:
         # Each item whole: a few dozen at a time, the brackets of their array or object cut off.
         items = iter(value.items() if isinstance(value, dict) else value)
         yield b"{" if isinstance(value, dict) else b"["
+        yield _Mark(_OPEN_KIND, path)
         first = True
         while batch := list(islice(items, _BATCH)):
             text = codec.dumps(dict(batch) if isinstance(value, dict) else batch)[1:-1]
             yield text if first else b"," + text
             first = False
+            yield _BETWEEN
+        yield _CLOSE
         yield b"}" if isinstance(value, dict) else b"]"
         return
     if isinstance(value, dict):
         yield b"{"
         for i, (key, item) in enumerate(value.items()):
             yield (b"," if i else b"") + codec.dumps(key) + b":"
-            yield from _json_pieces(item, cuts.get(key, cuts.get(EVERY)))
+            yield from _json_pieces(item, cuts.get(key, cuts.get(EVERY)), (*path, key))
         yield b"}"
         return
     yield b"["
     for i, item in enumerate(value):
         if i:
             yield b","
-        yield from _json_pieces(item, cuts.get(i, cuts.get(EVERY)))
+        yield from _json_pieces(item, cuts.get(i, cuts.get(EVERY)), (*path, i))
     yield b"]"
+
+
+# The index of a snapshot's JSON: its last key, written once the rest is, says where the parts
+# cut item by item lie in the text: per part its path from the top and the offsets that cut it,
+# the first just after its opening bracket, the last at its closing one, one between batches of
+# items at least `INDEX_BYTES` apart. `decode_steps` parses the rest with those parts left
+# empty, then each part a cut at a time: orjson reads whole documents only, and the whole of a
+# tally of 50,000 holds took 72-102 ms in one step. A reader without it (`decode`, a previous
+# release) parses the whole and ignores the key. Inside a JSON string every quote is escaped, so
+# the tag below is found only as a key.
+INDEX_KEY = "json_pieces"
+_INDEX_TAG = b',"json_pieces":'
+INDEX_BYTES = 64 * 1024
+
+_OPEN_KIND, _BETWEEN_KIND, _CLOSE_KIND = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    kind: int
+    path: tuple[str | int, ...] = ()
+
+
+_BETWEEN = _Mark(_BETWEEN_KIND)
+_CLOSE = _Mark(_CLOSE_KIND)
+
+
+class _Deferred:
+    """A value computed when `_json_pieces` reaches it (the index, once the rest is written)."""
+
+    __slots__ = ("compute",)
+
+    def __init__(self, compute: Callable[[], Any]) -> None:
+        self.compute = compute
+
+    def __call__(self) -> Any:
+        return self.compute()
 
 
 def decode(raw: bytes, params: BurstParams | None = None) -> DetectorSnapshot:
@@ -146,11 +209,11 @@ def decode_steps(raw: bytes, params: BurstParams | None = None) -> Generator[Non
     (14 MB of JSON) at once takes 0.26-0.57 s, while the worker's other partitions wait.
     A step inflates `DECOMPRESS_BYTES` of the snapshot, or rebuilds `burst.RESTORE_SCOPES` of the
     detector's scopes, `burst.RESTORE_MERCHANTS` of its merchants' volumes or
-    `holdtally.RESTORE_ROWS` of the tally's rows, or frees as many of their parsed rows. The
-    JSON is parsed in one step, by orjson as `decode` parses it (it reads whole documents only):
-    about a quarter of the time, the rebuild most of the rest; at the detector's scope bound
-    about half, 120-200 ms of CPU for 25-29 MB of JSON, the longest step. The snapshot is the
-    caller's only when whole, and equal to `decode`'s.
+    `holdtally.RESTORE_ROWS` of the tally's rows, or frees as many of their parsed rows, or
+    parses a cut of the JSON (`INDEX_KEY`; about `INDEX_BYTES`). A snapshot without an index
+    (written by a previous release) is parsed in one step, as `decode` parses it (orjson reads
+    whole documents only): at the detector's scope bound 120-200 ms of CPU for 25-29 MB of JSON.
+    The snapshot is the caller's only when whole, and equal to `decode`'s.
 
     >>> det = BurstDetector(1)
     >>> snap = run_to_end(decode_steps(encode(det, 7)))
@@ -159,11 +222,18 @@ def decode_steps(raw: bytes, params: BurstParams | None = None) -> Generator[Non
     """
     pieces: list[bytes] = []
     yield from _decompressed(raw, pieces)
-    # (The pieces freed before the parse, the joined text after it: one copy of the JSON at a
-    # time, as `decode` holds.)
-    text = b"".join(pieces)
-    pieces.clear()
-    value = codec.loads(text)
+    text = _Text(pieces)
+    parts = _indexed_parts(text)
+    if parts is None:
+        whole = text.whole()
+        del pieces[:]
+        value = codec.loads(whole)
+        del whole
+    else:
+        value = codec.loads(_without_parts(text, parts))
+        yield
+        for node, cuts in _part_nodes(value, text, parts):
+            yield from _parsed_into(node, text, cuts)
     del text
     yield
     snap = yield from _restored(value, params)
@@ -175,6 +245,128 @@ def decode_steps(raw: bytes, params: BurstParams | None = None) -> Generator[Non
             del rows[-batch:]
             yield
     return snap
+
+
+class _Text:
+    """The snapshot's JSON as the pieces it was inflated in, sliced without joining the whole (a
+    join of 43 MB at the detector's scope bound took 25 ms, a step of its own): a slice copies
+    the pieces it spans."""
+
+    __slots__ = ("pieces", "starts", "size")
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = [piece for piece in pieces if piece]
+        self.starts = list(accumulate((len(piece) for piece in self.pieces[:-1]), initial=0))
+        self.size = sum(map(len, self.pieces))
+
+    def __getitem__(self, where: slice) -> bytes:
+        a, b = max(where.start, 0), min(where.stop, self.size)
+        out: list[bytes] = []
+        i = bisect_right(self.starts, a) - 1
+        while a < b:
+            start, piece = self.starts[i], self.pieces[i]
+            out.append(piece[a - start : b - start])
+            a = start + len(piece)
+            i += 1
+        return b"".join(out)
+
+    def rfind_tag(self) -> int:
+        """Where the index's key starts (its last `_INDEX_TAG`), or -1. Sought at the end first:
+        the index is the last key, a few KB."""
+        span = 64 * 1024
+        while True:
+            lo = max(0, self.size - span)
+            at = self[lo : self.size].rfind(_INDEX_TAG)
+            if at >= 0 or lo == 0:
+                return at if at < 0 else lo + at
+            span *= 8
+
+    def whole(self) -> bytes:
+        return b"".join(self.pieces)
+
+
+def _indexed_parts(text: _Text) -> list[tuple[list[str | int], list[int]]] | None:
+    """The index at the end of a snapshot's JSON (`INDEX_KEY`), checked against the text: its
+    parts in order, apart, inside the text before the index, each between brackets. None when
+    there is no index or it does not fit the text (then the whole is parsed, as `decode` does,
+    and the index is ignored there)."""
+    at = text.rfind_tag()
+    if at < 0 or text[text.size - 1 : text.size] != b"}":
+        return None
+    try:
+        index = codec.loads(text[at + len(_INDEX_TAG) : text.size - 1])
+    except codec.JSONDecodeError:
+        return None
+    if type(index) is not list:
+        return None
+    parts: list[tuple[list[str | int], list[int]]] = []
+    end = 0
+    for part in index:
+        if type(part) is not list or len(part) != 2:
+            return None
+        path, cuts = part
+        if (
+            type(path) is not list
+            or not path
+            or not all(type(k) is str or type(k) is int for k in path)
+            or type(cuts) is not list
+            or len(cuts) < 2
+            or not all(type(c) is int for c in cuts)
+            or cuts[0] <= end
+            or cuts[-1] >= at
+            or any(b < a for a, b in zip(cuts, cuts[1:], strict=False))
+            or text[cuts[0] - 1 : cuts[0]] + text[cuts[-1] : cuts[-1] + 1] not in (b"[]", b"{}")
+        ):
+            return None
+        end = cuts[-1]
+        parts.append((path, cuts))
+    return parts
+
+
+def _without_parts(text: _Text, parts: list[tuple[list[str | int], list[int]]]) -> bytes:
+    # The JSON with each indexed part empty and without the index: the key before it is the
+    # last, and the object closes after it.
+    kept, start = [], 0
+    for _path, cuts in parts:
+        kept.append(text[start : cuts[0]])
+        start = cuts[-1]
+    kept.append(text[start : text.rfind_tag()])
+    kept.append(b"}")
+    return b"".join(kept)
+
+
+def _part_nodes(
+    value: Any, text: _Text, parts: list[tuple[list[str | int], list[int]]]
+) -> Iterator[tuple[list[Any] | dict[str, Any], list[int]]]:
+    # Each indexed part's empty array or object in the parsed rest, with its cuts.
+    for path, cuts in parts:
+        node = value
+        try:
+            for key in path:
+                node = node[key]
+        except (KeyError, IndexError, TypeError):
+            raise ValueError(f"burst detector snapshot's index names no part at {path!r}") from None
+        is_list = text[cuts[0] - 1 : cuts[0]] == b"["
+        if (type(node) is not list if is_list else type(node) is not dict) or node:
+            raise ValueError(f"burst detector snapshot's index does not fit its part at {path!r}")
+        yield node, cuts
+
+
+def _parsed_into(node: list[Any] | dict[str, Any], text: _Text, cuts: list[int]) -> Generator[None, None, None]:
+    """The items of an indexed part parsed into its empty array or object, a cut a step: each
+    cut after the first starts with the comma between two items, and parses as items whole."""
+    opening, closing = (b"[", b"]") if type(node) is list else (b"{", b"}")
+    for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
+        if a == b:
+            continue
+        if i and text[a : a + 1] != b",":
+            raise ValueError("burst detector snapshot's index cuts an item")
+        items = codec.loads(opening + text[a + (1 if i else 0) : b] + closing)
+        if isinstance(node, list):
+            node.extend(items)
+        else:
+            node.update(items)
+        yield
 
 
 def _restored(value: Any, params: BurstParams | None) -> Generator[None, None, DetectorSnapshot]:
