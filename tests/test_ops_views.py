@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream.core import codec
 from stream.core.eventtime import format_ms, parse_ms, wib_and_utc
+from stream.core.holds import IncidentEvent
 from stream.core.partition import Params, PartitionEngine
 from stream.core.records import Stream
 from stream.core.validation import Rejection, parse_payment
@@ -1297,7 +1298,8 @@ def _held_and_requested(params: Params = HOLDS, restore: Params | None = None, *
     the hold's end (G after the resolution: 1900). `restore`: the engine is then rebuilt from
     its saved state with these settings, its incident timeline given again unless
     `keep["incidents"]` is False; `keep["request_times"]` False drops the refunds' request
-    times from the saved state, as a release that did not save them wrote it."""
+    times and the metadata's `request_times_from_ms` from the saved state, as a release that
+    did not save them wrote it."""
     events = [inc("opened", 100), inc("resolved", 1000)]
     f = Feed(params)
     f.incidents(events, EVERYTHING)
@@ -1305,15 +1307,25 @@ def _held_and_requested(params: Params = HOLDS, restore: Params | None = None, *
     f.tick(1931)
     if restore is None:
         return f
-    refs, meta = f.eng.take_dirty()
+    return _restarted(f, restore, events, **keep)
+
+
+def _restarted(f: Feed, params: Params, events: list[IncidentEvent], **keep: bool) -> Feed:
+    # `f`'s engine rebuilt from its saved state with `params` (`_held_and_requested`'s `keep`).
+    eng, meta = f.eng, f.eng.save_meta()
     entries = []
-    for k, v in refs.items():
+    for k in sorted(set(eng.refs) | set(eng.pending)):
+        v = eng.save_reference(k)
         assert v is not None
         d = codec.loads(v)
         if k == "QR1" and not keep.get("request_times", True):
-            del d["state"]["refunds_requested_at_ms"]
+            d["state"].pop("refunds_requested_at_ms", None)
         entries.append((k, codec.dumps(d)))
-    g = Feed(eng=PartitionEngine.restore(0, restore, meta, entries))
+    if not keep.get("request_times", True):
+        m = codec.loads(meta)
+        del m["request_times_from_ms"]
+        meta = codec.dumps(m)
+    g = Feed(eng=PartitionEngine.restore(0, params, meta, entries))
     g.offsets, g.out = list(f.offsets), list(f.out)
     if keep.get("incidents", True):
         g.incidents(events, EVERYTHING)
@@ -1355,6 +1367,57 @@ def test_a_held_refund_saved_without_its_request_time_is_told_from_the_timeline(
     [item] = got["refunds"]
     assert item["requested_at"] == format_ms(ms(1900)) and item["held_ms"] == 1_600_000
     assert item["held_by"] == ["in_a"] and "while incident in_a: switch RINTIS was open" in got["summary"]
+
+
+def _requested_at_its_deadline_with_holds_off(**keep: bool) -> Feed:
+    # Holds off: QR1 requested at its deadline (300) while switch RINTIS is down (100 to 1000);
+    # then restarted with holds on and the incident timeline read again.
+    events = [inc("opened", 100), inc("resolved", 1000)]
+    f = Feed(OFF)
+    f.incidents(events, EVERYTHING)
+    unsettled(f)
+    f.tick(1931)
+    [requested] = [r for r in f.refunds() if r["type"] == "refund.requested"]
+    assert requested.get("hold") is None and requested["decided_at"] == format_ms(ms(300))
+    return _restarted(f, HOLDS, events, **keep)
+
+
+def test_a_refund_requested_at_its_deadline_with_holds_off_is_not_told_held_after_a_restart_with_holds_on() -> None:
+    # The timeline now says an incident covered the deadline, and holds are on: the refund went
+    # out at its deadline all the same, as its record says (`hold: null`).
+    f = _requested_at_its_deadline_with_holds_off()
+    assert f.eng.refs["QR1"].refunds[0].requested_at_ms is None
+    got = payment_status(f.eng.refs["QR1"], 0, WorkerWatch(Settings()), f.eng)
+    assert got["status"] == "refund_requested"
+    [item] = got["refunds"]
+    assert "held_by" not in item and "requested_at" not in item
+    assert "after it was held" not in got["summary"] and "in_a" not in got["summary"], got["summary"]
+
+
+def test_a_refund_restored_from_state_saved_without_request_times_is_told_from_the_timeline() -> None:
+    # State of a release that did not keep request times: every refund restored may have been
+    # held, so the lookup works it out from the incident timeline (which cannot tell that holds
+    # were off when QR1 was requested). Restarted with holds off again, QR2 is requested at its
+    # deadline (2300) while incident in_b is open (2100 to 2500); after one more restart, with
+    # holds on, QR2 is told requested at its deadline and QR1 still from the timeline.
+    events = [inc("opened", 100), inc("resolved", 1000), inc("opened", 2100, "in_b"), inc("resolved", 2500, "in_b")]
+    f = Feed(OFF)
+    f.incidents(events, EVERYTHING)
+    unsettled(f)
+    f.tick(1931)
+    f = _restarted(f, OFF, events, request_times=False)
+    assert f.eng.request_times_from_ms == ms(300) + 1  # just past QR1's deadline
+    unsettled(f, "QR2", 2000)
+    f.tick(2600)
+    [requested] = [r for r in f.refunds() if r["type"] == "refund.requested" and r["reference"] == "QR2"]
+    assert requested.get("hold") is None and requested["decided_at"] == format_ms(ms(2300))
+    assert codec.loads(f.eng.save_meta())["request_times_from_ms"] == ms(300) + 1
+    f = _restarted(f, HOLDS, events)
+    assert f.eng.request_times_from_ms == ms(300) + 1
+    qr1 = payment_status(f.eng.refs["QR1"], 0, WorkerWatch(Settings()), f.eng)
+    assert qr1["refunds"][0]["held_by"] == ["in_a"] and "after it was held" in qr1["summary"]
+    qr2 = payment_status(f.eng.refs["QR2"], 0, WorkerWatch(Settings()), f.eng)
+    assert "held_by" not in qr2["refunds"][0] and "after it was held" not in qr2["summary"], qr2["summary"]
 
 
 def test_a_held_refund_whose_reason_changed_during_its_hold_is_told_held() -> None:

@@ -59,11 +59,15 @@ ENTRIES = [
 ]
 META = b'{"partition":0,"max_ms":[1743206800000,1743206800000],"last_offset":[24,37],"forced_ms":-4611686018427387904,"silent":[false,false],"rejected":[0,0],"skewed":[0,0],"signals_through":29053444,"hold_events":[],"hold_reported_ms":1743206760000}'
 # What this tree adds to the metadata: its version, first, and last the parameters the state
-# was decided with (a restore with others says so). A worker that does not know the fields reads
-# the metadata by name and ignores them, so a rollback over this store restores as before.
+# was decided with (a restore with others says so); before them, the deadline from which the
+# refunds' request times are kept (from the start here; restored from the stop-11 metadata,
+# just past the latest deadline of the refunds restored, QR3's). A worker that does not know the
+# fields reads the metadata by name and ignores them, so a rollback over this store restores as
+# before.
 VERSION = b'{"v":2,'
 STAMP = b',"params":{"timeout_ms":300000,"lateness_ms":30000,"retention_ms":3600000,"clock_skew_ms":60000,"probe_age_ms":30000,"hold_grace_ms":900000,"max_hold_ms":7200000}}'
-META_NOW = VERSION + META[1:-1] + STAMP
+META_NOW = VERSION + META[1:-1] + b',"request_times_from_ms":-4611686018427387904' + STAMP
+META_RESTORED = VERSION + META[1:-1] + b',"request_times_from_ms":1743206710001' + STAMP
 
 
 class Feed:
@@ -127,7 +131,7 @@ def test_state_saved_by_the_stop_11_worker_restores_exactly_and_decides_the_same
     eng = PartitionEngine.restore(0, HOLDS, META, reversed(ENTRIES))
     # Restored, every entry is saved again as it was read.
     assert [(ref, eng.save_reference(ref)) for ref, _v in ENTRIES] == ENTRIES
-    assert eng.save_meta() == META_NOW
+    assert eng.save_meta() == META_RESTORED
     assert eng.saved_params is None and eng.changed_params() == []  # saved before the stamp: nothing to compare
     restored = Feed(eng)
     restored.offsets = [o + 1 for o in eng.last_offset]

@@ -229,6 +229,13 @@ class PartitionEngine:
         self.stall_paged: tuple[int, int] | None = None
         # The parameters the restored state was saved with (`save_meta`; None: none restored).
         self.saved_params: dict[str, int] | None = None
+        # A refund of this partition with its deadline at or after this was decided by a release
+        # that keeps a held refund's request time (`Refund.requested_at_ms`): one without it was
+        # requested at its deadline, never held. One before it may come from state saved without
+        # request times, where held or not is worked out from the incident timeline (the
+        # lookup). Saved with the metadata; restored from metadata without it, it is just past the
+        # latest deadline of the refunds restored, all of which such a release may have decided.
+        self.request_times_from_ms = NEG_INF
         self.rejected: list[int] = [0, 0]
         # Records per stream dated more than F ahead of their Kafka timestamp (clock guard).
         self.skewed: list[int] = [0, 0]
@@ -1017,6 +1024,7 @@ class PartitionEngine:
                 **({"stall_paged": self.stall_paged} if self.stall_paged is not None else {}),
                 **({"quiet_floor_ms": self.quiet_floor_ms} if self.quiet_floor_ms > NEG_INF else {}),
                 **({"mismatched": self.mismatched} if self.mismatched else {}),
+                "request_times_from_ms": self.request_times_from_ms,
                 "params": {name: getattr(self.params, name) for name in STAMPED_PARAMS},
             }
         )
@@ -1043,6 +1051,7 @@ class PartitionEngine:
         duplicates by `event_id` (second line of defence, see README "Input boundary").
         Raises `StateVersionError` for metadata or an entry of a version this code does not read."""
         eng = cls(partition, params)
+        request_times_from_ms: int | None = None
         if meta is not None:
             m: dict[str, Any] = codec.loads(meta)
             version = m.get("v", 1)
@@ -1066,6 +1075,7 @@ class PartitionEngine:
                 eng.stall_paged = (paged[0], paged[1])
             eng.quiet_floor_ms = m.get("quiet_floor_ms", NEG_INF)
             eng.saved_params = m.get("params")
+            request_times_from_ms = m.get("request_times_from_ms")
             if eng.signals_through is not None:
                 eng._close_at_ms = (eng.signals_through + 2) * MINUTE_MS + params.probe_age_ms
         heap = eng.heap
@@ -1099,6 +1109,12 @@ class PartitionEngine:
                     eng._index_request(eng.waiting, eff, ref)
             if waiting_items:
                 eng.pending[ref] = waiting_items
+        if request_times_from_ms is None:
+            # (Once, at the first restore of state saved without the field.)
+            request_times_from_ms = max(
+                (r.deadline_ms + 1 for st in eng.refs.values() for r in st.refunds), default=NEG_INF
+            )
+        eng.request_times_from_ms = request_times_from_ms
         heapq.heapify(heap)
         heapq.heapify(eng.decide)
         heapq.heapify(eng.retention_heap)

@@ -33,7 +33,8 @@ class Refund:
     # The event time a held refund was requested: the end of its hold (CONTRACT.md "Refund
     # holds"), which can be long after its deadline. None for a refund requested at its deadline,
     # and for one restored from state saved without it, which may have been held: a cancellation
-    # then speaks of the deadline only, which is true either way.
+    # then speaks of the deadline only, which is true either way. The partition's
+    # `PartitionEngine.request_times_from_ms` tells the two apart.
     requested_at_ms: int | None = None
 
 

@@ -219,10 +219,15 @@ def _held_before(st: ReferenceState, refund: Refund, engine: PartitionEngine | N
     the `LATE_SETTLEMENT` alerts count from), whatever the engine's settings and timeline are
     now: a timeline restored before the incidents topic is read, or one whose incidents were
     trimmed, would give another time or none. The incidents are the timeline's (the refund does
-    not keep them): none when it knows none. A refund restored from state saved without its
-    request time is worked out from the timeline, as the engine decided it."""
+    not keep them): none when it knows none. A refund without a request time was requested at
+    its deadline, unless it may come from state saved without request times (its deadline before
+    the engine's `request_times_from_ms`): that one is worked out from the timeline, as the
+    engine decided it."""
     at_ms = refund.requested_at_ms
     if at_ms is None:
+        if engine is not None and refund.deadline_ms >= engine.request_times_from_ms:
+            # (Not from the timeline: holds may have been off when it was requested.)
+            return {}
         return _held_before_from_timeline(st, refund, engine)
     chain: list[str] = []
     known: dict[str, Incident] = {}
