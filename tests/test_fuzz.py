@@ -239,10 +239,7 @@ def test_hostile_records_are_dead_lettered_and_change_no_decision(
             records[i].topic, records[i].partition, records[i].offset, ts, records[i].key, orjson.dumps(v)
         )
     redated_out, _ = _run(redated)
-    # (CLOCK_MISMATCH aside: a first debit processed before its request is kept with its text
-    # and effective time only, so a guarded one is compared at the earlier of the two, at or
-    # after its Kafka timestamp; README Known limits, "Found by stop 44".)
-    skip = ("DEAD_LETTER", "CLOCK_SKEW", "CLOCK_MISMATCH")
+    skip = ("DEAD_LETTER", "CLOCK_SKEW")
     assert _decided(out, skip) == _decided(redated_out, skip)
 
 

@@ -395,6 +395,56 @@ def test_a_request_the_clock_guard_dates_at_its_kafka_timestamp_is_compared_at_t
     assert len(skews) == 1 and _mismatch_alerts(out) == [] and eng.mismatched == 0
 
 
+# A guarded first debit processed before its request: B's and C's records take both streams to
+# 100-110 s, so A's debit, dated 300 s by a clock 300 s ahead of its Kafka timestamp (T0), counts
+# at T0 with the effective time 70 s (lateness 30 s), and is processed before A's request, dated
+# 100 s: 100 s apart at the guard's date, 30 s at its effective time, after it by its text.
+_PT, _LT = Params().payment_topic, Params().ledger_topic
+_GUARDED_FIRST_DEBIT = [
+    KafkaRecord(_LT, 0, 0, T0 + 100_000, b"B", ledger("B-d", "debited", "B", 100)),
+    KafkaRecord(_LT, 0, 1, T0, b"A", ledger("A-d", "debited", "A", 300)),
+    KafkaRecord(_PT, 0, 0, T0 + 100_000, b"B", payment("B-q", "requested", "B", 100)),
+    KafkaRecord(_LT, 0, 2, T0 + 110_000, b"C", ledger("C-d", "debited", "C", 110)),
+    KafkaRecord(_PT, 0, 1, T0 + 110_000, b"C", payment("C-q", "requested", "C", 110)),
+    KafkaRecord(_PT, 0, 2, T0 + 100_000, b"A", payment("A-q", "requested", "A", 100)),
+]
+
+
+@pytest.mark.parametrize("restore_at", [None, *range(len(_GUARDED_FIRST_DEBIT))])
+def test_a_guarded_first_debit_processed_before_its_request_is_compared_at_the_guards_date(
+    restore_at: int | None,
+) -> None:
+    """The guard's "here and below" for a debit processed first: the date the guard left it (T0)
+    is the one compared when its request comes, whether the engine runs on or restores in
+    between (the debit saved waiting, or in its entry once processed), and a replay agrees."""
+    eng = PartitionEngine(0, Params())
+    saved: dict[str, bytes] = {}
+    meta = b""
+    out: list[Any] = []
+    for i, r in enumerate(_GUARDED_FIRST_DEBIT):
+        s = P if r.topic == _PT else L
+        out += eng.on_record(s, r.offset, r.key, r.value, r.timestamp_ms)
+        if i == 4:
+            assert eng.refs["A"].debits[0].effective_at_ms == T0 + 70_000 and eng.refs["A"].request is None
+        refs, changed = eng.take_dirty()
+        saved.update({k: v for k, v in refs.items() if v is not None})
+        meta = changed or meta
+        if i == restore_at:
+            eng = PartitionEngine.restore(0, eng.params, meta, saved.items())
+    out += eng.drain()
+    [alert] = _mismatch_alerts(out)
+    assert alert["references"] == ["A"] and alert["observed"]["debit_before_request_s"] == 100
+    assert eng.mismatched == 1
+    replayed = [d for _p, d in replay(_GUARDED_FIRST_DEBIT, Params(), drain=True)]
+    assert _mismatch_alerts(replayed) == [alert]
+    # The same debit dated at its Kafka timestamp raises the very same alert.
+    redated = [
+        r._replace(value=ledger("A-d", "debited", "A", 0)) if r.key == b"A" and r.topic == _LT else r
+        for r in _GUARDED_FIRST_DEBIT
+    ]
+    assert _mismatch_alerts([d for _p, d in replay(redated, Params(), drain=True)]) == [alert]
+
+
 def test_clock_mismatch_alerts_come_at_1_10_100_critical_from_10_and_the_count_survives_a_restore() -> None:
     eng = PartitionEngine(0, Params())
     alerts: list[dict[str, Any]] = []

@@ -249,3 +249,38 @@ def test_an_entrys_account_survives_a_restore_in_a_list_beside_the_entries_every
     st = ReferenceState.from_json(older)
     assert [x.account_id for x in st.debits + st.reversals] == [None, None, None]
     assert orjson.loads(orjson.dumps(ReferenceState.from_json(a).to_json())) == a
+
+
+def test_a_first_debits_guarded_date_is_saved_beside_the_entries_only_when_it_has_one() -> None:
+    # A first debit dated more than F ahead of its Kafka timestamp and processed before its
+    # request keeps the guard's date for `CLOCK_MISMATCH` in `debit_guarded_at_ms`, beside
+    # entries of the five fields every release reads (a rollback restores them, without it); an
+    # ordinary reference saves no such list. State without it (an older release's) compares that
+    # debit at the earlier of its text and its effective time: a mismatch missed, none false.
+    P, L = Stream.P, Stream.L
+    params = Params()
+    eng = PartitionEngine(0, params)
+    eng.on_record(L, 0, b"B", ledger("B-d", "debited", "B", 100), T0 + 100_000)
+    eng.on_record(L, 1, b"A", ledger("A-d", "debited", "A", 300), T0)  # counts at T0, effective at 70 s
+    eng.on_record(P, 0, b"B", payment("B-q", "requested", "B", 100), T0 + 100_000)
+    eng.on_record(L, 2, b"D", ledger("D-d", "debited", "D", 75), T0 + 75_000)  # a first debit, not guarded
+    eng.on_record(L, 3, b"C", ledger("C-d", "debited", "C", 110), T0 + 110_000)
+    eng.on_record(P, 1, b"C", payment("C-q", "requested", "C", 110), T0 + 110_000)
+    refs, meta = eng.take_dirty()
+    saved = {k: orjson.loads(v) for k, v in refs.items() if v is not None}
+    a = saved["A"]["state"]
+    assert a["debit_guarded_at_ms"] == [T0] and [len(x) for x in a["debits"]] == [5]
+    d = saved["D"]["state"]
+    assert d["debits"] and d.get("request") is None and "debit_guarded_at_ms" not in d
+    assert orjson.loads(orjson.dumps(ReferenceState.from_json(a).to_json())) == a
+
+    def mismatches(state_a: dict[str, object]) -> list[float]:
+        entries = [(k, orjson.dumps({**v, "state": state_a} if k == "A" else v)) for k, v in saved.items()]
+        restored = PartitionEngine.restore(0, params, meta, entries)
+        out = restored.on_record(P, 2, b"A", payment("A-q", "requested", "A", 100), T0 + 100_000)
+        out += restored.drain()
+        kinds = [d.value for d in out if d.role == "alerts" and d.value["kind"] == "CLOCK_MISMATCH"]
+        return [v["observed"]["debit_before_request_s"] for v in kinds]
+
+    assert mismatches(a) == [100]
+    assert mismatches({k: v for k, v in a.items() if k != "debit_guarded_at_ms"}) == []

@@ -466,13 +466,18 @@ class PartitionEngine:
         raises `CLOCK_MISMATCH` at the 1st, 10th, 100th, ... such payment of the partition.
         The dates compared are the records' own as the clock guard left them, not their effective
         times: lateness moves a record's effective time later, but no delivery delay dates a
-        debit before its request. `debit_ms` None: read from the first debit's text (the debit
+        debit before its request. `debit_ms` None: read from the first debit's entry (the debit
         was processed first, which a clean feed seldom does)."""
         request = st.request
         assert request is not None
         debit = st.debits[0]
         if debit_ms is None:
-            debit_ms = min(parse_ms(debit.occurred_at), debit.effective_at_ms)
+            debit_ms = debit.guarded_at_ms
+            if debit_ms is None:
+                # Its text's date, which its effective time never precedes; an entry saved by a
+                # release that kept no guarded date may be guarded, and the earlier of the two is
+                # at or after the guard's date then (a mismatch may be missed, never raised falsely).
+                debit_ms = min(parse_ms(debit.occurred_at), debit.effective_at_ms)
         request_ms = request.occurred_at_ms
         if st.request_eff_ms is not None:  # (None in a state saved by version 1: its own date then)
             request_ms = min(request_ms, st.request_eff_ms)

@@ -20,6 +20,7 @@ from .alerts import (
     reversal_account_mismatch_alert,
 )
 from .decisions import Decision
+from .eventtime import parse_ms
 from .holds import Hold, IncidentTimeline, ReleasedBecause
 from .records import LedgerEvent, PaymentEvent
 from .refunds import (
@@ -45,8 +46,8 @@ class StateVersionError(ValueError):
 # Facts kept as evidence: named tuples, small in memory, saved as JSON arrays in field order and
 # rebuilt by name (`Type(*saved)`): a field added at the end with a default keeps older saved
 # entries readable. Expanded only when a refund is written. A ledger entry's array holds its
-# first five fields, whatever release reads it; its account, when it has one, is saved in a
-# list of its own (`to_json`).
+# first five fields, whatever release reads it; its account and its guarded date, when it has
+# one, are saved in lists of their own (`to_json`).
 class LedgerEntry(NamedTuple):
     """A processed `debited` or `reversed` record."""
 
@@ -59,6 +60,12 @@ class LedgerEntry(NamedTuple):
     # first debit's), else None: a reference debited from two accounts shows the refund service
     # whose money moved, and the common single-account reference stores nothing more.
     account_id: str | None = None
+    # The date the clock guard counts a first debit at (its Kafka timestamp) when the debit is
+    # dated more than F ahead of it and is processed before the reference's request, else None:
+    # `CLOCK_MISMATCH` compares it with the request's once that comes (`partition._check_clocks`),
+    # and neither the text nor the effective time says it. Other entries' dates are never
+    # compared, so only this one pays for finding it out (a parse of its text).
+    guarded_at_ms: int | None = None
 
 
 class Settlement(NamedTuple):
@@ -284,7 +291,7 @@ class ReferenceState:
             self._mark_seen(int(stream), event_id)
         may_over_refund = False
         if type(event) is LedgerEvent:
-            _id, typ, _ref, occurred_at, _occ_ms, amount, entry_id, account_id = event
+            _id, typ, _ref, occurred_at, occ_ms, amount, entry_id, account_id = event
             if typ == "debited":
                 self.net += amount
                 self.debit_count += 1
@@ -301,7 +308,10 @@ class ReferenceState:
             # One string compare per ledger record: the entry names its account only when it is
             # not the reference's (a reversal ahead of every debit names it too).
             other = None if account_id == self.account_id else account_id
-            entry = _new_tuple(LedgerEntry, (event_id, entry_id, amount, occurred_at, eff_ms, other))
+            guarded = None
+            if self.request is None and typ == "debited" and self.debit_count == 1 and parse_ms(occurred_at) != occ_ms:
+                guarded = occ_ms
+            entry = _new_tuple(LedgerEntry, (event_id, entry_id, amount, occurred_at, eff_ms, other, guarded))
             # `_keep`, inline.
             entries.append(entry)
             if len(entries) > EVIDENCE_FIRST + EVIDENCE_LAST:
@@ -516,6 +526,12 @@ class ReferenceState:
                 d["debits"] = list(map(_entry_fields, debits))
                 if any(map(_entry_account, debits)):
                     d["debit_accounts"] = list(map(_entry_account, debits))
+            if debits[0].guarded_at_ms is not None:
+                # Only a first debit has one: one per debit, null for the others, like the
+                # accounts; absent for every other reference, so a release that does not know it
+                # restores the entries, and compares that debit at the earlier of its text and
+                # its effective time.
+                d["debit_guarded_at_ms"] = [x.guarded_at_ms for x in debits]
             if self.debit_count != len(debits):
                 d["debit_count"], d["debited_total"] = self.debit_count, self.debited_total
         reversals = self.reversals
@@ -572,7 +588,7 @@ class ReferenceState:
             )
         if version < 3:
             return cls._from_json_v2(d)
-        debits = _saved_entries(d.get("debits", ()), d.get("debit_accounts"))
+        debits = _saved_entries(d.get("debits", ()), d.get("debit_accounts"), d.get("debit_guarded_at_ms"))
         reversals = _saved_entries(d.get("reversals", ()), d.get("reversal_accounts"))
         rq, st, f, rt = d.get("request"), d.get("settlement"), d.get("failure"), d.get("retention")
         spd, sld, co = d.get("seen_p_digests"), d.get("seen_l_digests"), d.get("cycle_opened_by")
@@ -648,12 +664,19 @@ _entry_fields: Callable[[LedgerEntry], tuple[Any, ...]] = itemgetter(slice(None,
 _entry_account: Callable[[LedgerEntry], str | None] = itemgetter(5)
 
 
-def _saved_entries(saved: Iterable[list[Any]], accounts: list[str | None] | None) -> list[LedgerEntry]:
+def _saved_entries(
+    saved: Iterable[list[Any]], accounts: list[str | None] | None, guarded_at_ms: list[int | None] | None = None
+) -> list[LedgerEntry]:
     # `accounts` (`debit_accounts`, `reversal_accounts`) is absent when no entry has one, and in
     # state saved before entries had accounts: each entry is then on the reference's account.
+    # `guarded_at_ms` (`debit_guarded_at_ms`) likewise: no entry has a guarded date then.
     if accounts is None:
-        return [LedgerEntry(*x) for x in saved]
-    return [LedgerEntry._make((*x, a)) for x, a in zip(saved, accounts, strict=True)]
+        entries = [LedgerEntry(*x) for x in saved]
+    else:
+        entries = [LedgerEntry._make((*x, a, None)) for x, a in zip(saved, accounts, strict=True)]
+    if guarded_at_ms is not None:
+        entries = [x._replace(guarded_at_ms=g) for x, g in zip(entries, guarded_at_ms, strict=True)]
+    return entries
 
 
 def _saved_refunds(saved: Iterable[list[Any]], requested_at_ms: list[int | None] | None) -> list[Refund]:
