@@ -13,7 +13,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, fields
 from itertools import accumulate, islice
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import codec
 from .burst import RESTORE_MERCHANTS, RESTORE_SCOPES, BurstDetector, BurstParams
@@ -172,8 +172,7 @@ INDEX_BYTES = 64 * 1024
 _OPEN_KIND, _BETWEEN_KIND, _CLOSE_KIND = 0, 1, 2
 
 
-@dataclass(frozen=True, slots=True)
-class _Mark:
+class _Mark(NamedTuple):
     kind: int
     path: tuple[str | int, ...] = ()
 
