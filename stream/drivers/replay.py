@@ -271,8 +271,9 @@ def warn_input(r: Replay, source: str) -> InputNotes:
 
 def say_input(notes: InputNotes, source: str) -> InputNotes:
     """Say on stderr how many records came at or below an earlier offset of their topic
-    partition (processed in the order read, as the contract's replay format says; a file that
-    `dump` wrote never has any), and which input partitions start past offset 0: their earlier
+    partition (their effective times as read, as the contract's replay format says, and records of
+    one time taken by their offsets as given, the contract's order; a file that `dump` wrote never
+    has any), and which input partitions start past offset 0: their earlier
     records (a dump or a replay with `--from`, records deleted by the topic's retention) are not
     in this replay, so a reference open before them is not known and the burst detector starts
     without their history; its incidents, and the refund holds that follow them, can then differ
@@ -297,7 +298,8 @@ def say_input(notes: InputNotes, source: str) -> InputNotes:
     if notes.out_of_order:
         print(
             f"replay: warning: {source}: {notes.out_of_order} record(s) at or below an earlier offset of their "
-            "topic partition; processed in the order read, not skipped (a Kafka read or a dump never has any)",
+            "topic partition; not skipped: their effective times are as read, and records of the same time are "
+            "taken by their offsets as given (a Kafka read or a dump never has any)",
             file=sys.stderr,
         )
     if notes.late_starts:
