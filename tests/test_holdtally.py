@@ -418,16 +418,43 @@ def test_an_index_that_does_not_fit_its_snapshot_is_ignored_or_refused() -> None
     ):
         snap, _ = decoded_in_steps(_with_index(raw, bad))
         assert snap.tally is not None and snap.tally.to_state() == want
-    # Cuts between brackets that name no part or another one, or cut an item: refused, not
-    # restored wrong.
+    # Cuts between brackets that name no part, another one, or one of the same form (two
+    # incidents' events swapped): the whole is parsed too, never a part's items in another.
     held = next(i for i, (p, _c) in enumerate(index) if p == ["hold_tally", "held"])
+    a, b = (i for i, (p, _c) in enumerate(index) if p[:2] == ["hold_tally", "events"])
+    swapped = {a: index[b][0], b: index[a][0]}
     for bad in (
         [[["detector", "nowhere"], c] if i == held else [p, c] for i, (p, c) in enumerate(index)],
         [[["detector", "scopes"], c] if i == held else [p, c] for i, (p, c) in enumerate(index)],
-        [[p, [c[0], c[0] + 5, c[-1]]] if i == held else [p, c] for i, (p, c) in enumerate(index)],
+        [[swapped.get(i, p), c] for i, (p, c) in enumerate(index)],
+    ):
+        snap, _ = decoded_in_steps(_with_index(raw, bad))
+        assert snap.tally is not None and snap.tally.to_state() == want
+    # A key twice, the indexed part first: the later one is the value, as `decode` reads it.
+    text = zlib.decompress(raw)
+    close = text.rfind(b"}", 0, text.rfind(b',"json_pieces":'))  # (the tally's, its last key "held")
+    twice = zlib.compress(text[:close] + b',"held":[]' + text[close:])
+    none_held = {k: v for k, v in want.items() if k != "held"}
+    once = burstsnapshot.decode(twice).tally
+    assert once is not None and once.to_state() == none_held != want
+    snap, _ = decoded_in_steps(twice)
+    assert snap.tally is not None and snap.tally.to_state() == none_held
+    # Cuts that cut an item, or a part that starts with a comma (not JSON as a whole): refused,
+    # not restored.
+    c0 = index[held][1][0]
+    comma = [
+        [p, [c[0], c[0], *(x + 1 for x in c[1:])] if i == held else [x + (i > held) for x in c]]
+        for i, (p, c) in enumerate(index)
+    ]
+    text_comma = text[:c0] + b"," + text[c0:]
+    for bad_raw in (
+        _with_index(raw, [[p, [c[0], c[0] + 5, c[-1]]] if i == held else [p, c] for i, (p, c) in enumerate(index)]),
+        _with_index(zlib.compress(text_comma), comma),
     ):
         with pytest.raises(ValueError):
-            decoded_in_steps(_with_index(raw, bad))
+            decoded_in_steps(bad_raw)
+    with pytest.raises(ValueError):
+        burstsnapshot.decode(_with_index(zlib.compress(text_comma), comma))
     # An incident named as the index, in a snapshot without one (a previous release's) and in one
     # with it.
     second = list(tally.events)[1]

@@ -222,18 +222,27 @@ def decode_steps(raw: bytes, params: BurstParams | None = None) -> Generator[Non
     pieces: list[bytes] = []
     yield from _decompressed(raw, pieces)
     text = _Text(pieces)
+    del pieces[:]  # (the text holds them, and only until parsed: one copy of the JSON at a time)
     parts = _indexed_parts(text)
+    value: Any = None
+    if parts is not None:
+        rest = _without_parts(text, parts)
+        value = codec.loads(rest)
+        if not _fits(value, rest, parts):
+            # Valid JSON, but not as this code writes it (keys twice, parts elsewhere than the
+            # index says): parsed whole, as `decode` parses it.
+            parts = value = None
+        del rest
+        yield
     if parts is None:
         whole = text.whole()
-        del pieces[:]
+        del text
         value = codec.loads(whole)
         del whole
     else:
-        value = codec.loads(_without_parts(text, parts))
-        yield
         for node, cuts in _part_nodes(value, text, parts):
             yield from _parsed_into(node, text, cuts)
-    del text
+        del text
     yield
     snap = yield from _restored(value, params)
     # Freed a batch of rows at a time too (the parsed rows of 50,000 holds take 20 ms to free
@@ -334,6 +343,32 @@ def _without_parts(text: _Text, parts: list[tuple[list[str | int], list[int]]]) 
     return b"".join(kept)
 
 
+def _fits(value: Any, rest: bytes, parts: list[tuple[list[str | int], list[int]]]) -> bool:
+    """Whether `rest` is the JSON `encode_pieces` writes of `value` and the index's parts are the
+    ones it marks, in its order and at its offsets: only then does the rest with each part parsed
+    into it equal the whole `decode` parses (a path or a duplicate key alone would move items
+    between two parts of the same form, such as two incidents' events)."""
+    written: list[bytes] = []
+    marked: list[tuple[list[str | int], int]] = []
+    at = 0
+    try:
+        for piece in _json_pieces(value, _CUTS):
+            if type(piece) is _Mark:
+                if piece.kind == _OPEN_KIND:
+                    marked.append((list(piece.path), at))
+                continue
+            assert type(piece) is bytes
+            written.append(piece)
+            at += len(piece)
+    except TypeError:  # (a part where this code writes none, or the encoder's refusal)
+        return False
+    removed, indexed = 0, []
+    for path, cuts in parts:
+        indexed.append((path, cuts[0] - removed))
+        removed += cuts[-1] - cuts[0]
+    return indexed == marked and b"".join(written) == rest
+
+
 def _part_nodes(
     value: Any, text: _Text, parts: list[tuple[list[str | int], list[int]]]
 ) -> Iterator[tuple[list[Any] | dict[str, Any], list[int]]]:
@@ -353,14 +388,15 @@ def _part_nodes(
 
 def _parsed_into(node: list[Any] | dict[str, Any], text: _Text, cuts: list[int]) -> Generator[None, None, None]:
     """The items of an indexed part parsed into its empty array or object, a cut a step: each
-    cut after the first starts with the comma between two items, and parses as items whole."""
+    cut after items starts with the comma between two items, and parses as items whole."""
     opening, closing = (b"[", b"]") if type(node) is list else (b"{", b"}")
-    for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
+    for a, b in zip(cuts, cuts[1:], strict=False):
         if a == b:
             continue
-        if i and text[a : a + 1] != b",":
+        # (After none, a cut that starts with a comma is not JSON as a whole: `decode` refuses it.)
+        if node and text[a : a + 1] != b",":
             raise ValueError("burst detector snapshot's index cuts an item")
-        items = codec.loads(opening + text[a + (1 if i else 0) : b] + closing)
+        items = codec.loads(opening + text[a + (1 if node else 0) : b] + closing)
         if isinstance(node, list):
             node.extend(items)
         else:
