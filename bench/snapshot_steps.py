@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import subprocess
@@ -36,6 +35,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 T0_MS = 1_743_206_700_000
@@ -283,7 +284,7 @@ def serve(args: argparse.Namespace) -> int:
     det, tally = build_state(args.holds, args.scope_bound, args.per_type, args.merchants)
     print("ready", flush=True)
     for _ in sys.stdin:
-        print(json.dumps(asdict(measure(det, tally))), flush=True)
+        print(orjson.dumps(asdict(measure(det, tally))).decode(), flush=True)
     return 0
 
 
@@ -310,7 +311,7 @@ class Base:
         assert self.proc.stdin is not None
         self.proc.stdin.write("round\n")
         self.proc.stdin.flush()
-        return Round(**json.loads(self._line()))
+        return Round(**orjson.loads(self._line()))
 
     def close(self) -> None:
         assert self.proc.stdin is not None
