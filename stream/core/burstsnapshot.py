@@ -223,10 +223,11 @@ def decode_steps(raw: bytes, params: BurstParams | None = None) -> Generator[Non
     yield from _decompressed(raw, pieces)
     text = _Text(pieces)
     del pieces[:]  # (the text holds them, and only until parsed: one copy of the JSON at a time)
-    parts = _indexed_parts(text)
+    at = text.rfind_tag()
+    parts = _indexed_parts(text, at)
     value: Any = None
     if parts is not None:
-        rest = _without_parts(text, parts)
+        rest = _without_parts(text, parts, at)
         value = codec.loads(rest)
         if not _fits(value, rest, parts):
             # Valid JSON, but not as this code writes it (keys twice, parts elsewhere than the
@@ -293,12 +294,11 @@ class _Text:
         return b"".join(self.pieces)
 
 
-def _indexed_parts(text: _Text) -> list[tuple[list[str | int], list[int]]] | None:
-    """The index at the end of a snapshot's JSON (`INDEX_KEY`), checked against the text: its
-    parts in order, apart, inside the text before the index, each between brackets. None when
-    there is no index or it does not fit the text (then the whole is parsed, as `decode` does,
-    and the index is ignored there)."""
-    at = text.rfind_tag()
+def _indexed_parts(text: _Text, at: int) -> list[tuple[list[str | int], list[int]]] | None:
+    """The index at the end of a snapshot's JSON (`INDEX_KEY`, whose key starts at `at`:
+    `_Text.rfind_tag`), checked against the text: its parts in order, apart, inside the text
+    before the index, each between brackets. None when there is no index or it does not fit the
+    text (then the whole is parsed, as `decode` does, and the index is ignored there)."""
     if at < 0 or text[text.size - 1 : text.size] != b"}":
         return None
     try:
@@ -331,14 +331,14 @@ def _indexed_parts(text: _Text) -> list[tuple[list[str | int], list[int]]] | Non
     return parts
 
 
-def _without_parts(text: _Text, parts: list[tuple[list[str | int], list[int]]]) -> bytes:
-    # The JSON with each indexed part empty and without the index: the key before it is the
-    # last, and the object closes after it.
+def _without_parts(text: _Text, parts: list[tuple[list[str | int], list[int]]], at: int) -> bytes:
+    # The JSON with each indexed part empty and without the index (its key at `at`): the key
+    # before it is the last, and the object closes after it.
     kept, start = [], 0
     for _path, cuts in parts:
         kept.append(text[start : cuts[0]])
         start = cuts[-1]
-    kept.append(text[start : text.rfind_tag()])
+    kept.append(text[start:at])
     kept.append(b"}")
     return b"".join(kept)
 
