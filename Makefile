@@ -78,12 +78,13 @@ test-slow: install
 	$(PY) -m pytest tests -m "slow and not kafka" $(PYTEST_ARGS)
 
 # The compiled build, opt-in (README, "The compiled build"): stream/ copied into build/compiled
-# and the hot core modules compiled there by mypyc (gcc and the Python headers needed; 10-12
-# minutes of one CPU). Nothing is compiled in the source tree (`make check` fails on a compiled
-# module there). Rebuilt when a source is newer than the build. A compiled copy whose sources
-# changed since it was built refuses to import, naming the file. It runs with the copy first on
-# the path and the current directory off it (the sources would come first from the repository's
-# root): `PYTHONSAFEPATH=1 PYTHONPATH=build/compiled python -m stream ...`.
+# and the hot core modules compiled there by mypyc (gcc and the Python headers needed; about 1.5
+# CPU minutes, the C files compiled one per CPU: about a minute on two idle CPUs). Nothing is
+# compiled in the source tree (`make check` fails on a compiled module there). Rebuilt when a
+# source is newer than the build. A compiled copy whose sources changed since it was built
+# refuses to import, naming the file. It runs with the copy first on the path and the current
+# directory off it (the sources would come first from the repository's root):
+# `PYTHONSAFEPATH=1 PYTHONPATH=build/compiled python -m stream ...`.
 COMPILED := $(CURDIR)/build/compiled
 RUN_COMPILED := PYTHONSAFEPATH=1 PYTHONPATH=$(COMPILED)
 compiled: $(COMPILED)/stream/compiled-manifest.json

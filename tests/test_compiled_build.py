@@ -40,6 +40,23 @@ def test_the_source_tree_holds_no_compiled_module() -> None:
     assert not found, f"compiled modules in the source tree (delete them; `make compiled` builds outside): {found}"
 
 
+def test_the_setup_script_of_the_compiled_build_is_python() -> None:
+    # bench/build_compiled.py writes it from a template: a brace or a quote wrong there would
+    # show only in a build of minutes, with a C compiler.
+    from bench.build_compiled import SETUP
+
+    for multi_file, strip_installed in ((True, True), (False, False)):
+        text = SETUP.format(
+            modules=["stream/core/ids.py"],
+            jobs=2,
+            opt_level="3",
+            multi_file=multi_file,
+            strip_installed=strip_installed,
+        )
+        compile(text, "setup.py", "exec")
+        assert f"MULTI_FILE = {multi_file!r}\n" in text and f"STRIP_INSTALLED = {strip_installed!r}\n" in text
+
+
 def _tree(root: Path) -> Path:
     package = root / "stream"
     (package / "core").mkdir(parents=True)
