@@ -169,7 +169,8 @@ def main() -> int:
         "--multi-file", dest="multi_file", action="store_true", default=True, help="one C file a module (default)"
     )
     files_group.add_argument("--single-file", dest="multi_file", action="store_false", help="one C file for all")
-    ap.add_argument("--jobs", "-j", type=int, default=len(os.sched_getaffinity(0)), help="C compilers at a time")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    ap.add_argument("--jobs", "-j", type=int, default=cpus, help="C compilers at a time (default: the CPUs)")
     ap.add_argument("--opt-level", choices="0123", default="3", help="gcc -O level (default 3)")
     ap.add_argument(
         "--check-installed",
