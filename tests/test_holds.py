@@ -1149,3 +1149,44 @@ def test_a_reannounced_opening_of_an_incident_seen_resolved_does_not_reopen_it()
     f.incidents([inc("opened", 100)], inc("opened", 250).at_ms)
     f.tick(1000)
     assert [r["type"] for r in f.refunds()] == ["refund.requested"]  # as a replay decides it
+
+
+def test_a_payment_requested_after_its_reference_was_dropped_counts_in_its_minute_however_far_the_incidents_lag() -> (
+    None
+):
+    """A reference requested and debited, its debit redelivered (a duplicate: not a record of
+    it), then requested again after R: the retention check drops it first, so the second request
+    is a payment of its own, counted in its minute. The burst views (incidents behind the
+    watermark) see that too: how far the incidents lag must not change the minute reports (in a
+    replay it depends on how the partitions interleave)."""
+    params = replace(HOLDS, retention_ms=400_000, max_hold_ms=60_000)
+    p = [payment("X-q1", "requested", "X", 0), payment("X-q2", "requested", "X", 420)]
+    l = [ledger("X-d", "debited", "X", 0), ledger("X-d", "debited", "X", 120)]  # noqa: E741
+    for k in range(1, 80):  # other payments, settled, every 10 s: the watermark moves on
+        p.append(payment(f"K{k}-q", "requested", f"K{k}", 10 * k + 1))
+        p.append(payment(f"K{k}-s", "settled", f"K{k}", 10 * k + 2))
+        l.append(ledger(f"K{k}-d", "debited", f"K{k}", 10 * k + 1))
+    p.sort(key=lambda r: orjson.loads(r)["occurred_at"])
+    l.sort(key=lambda r: orjson.loads(r)["occurred_at"])  # noqa: E741
+
+    def payments_by_minute(lag_ms: int) -> dict[int, int]:
+        eng = PartitionEngine(0, params)
+        out: list[Decision] = []
+        for k in range(max(len(p), len(l))):
+            for s, records in ((Stream.P, p), (Stream.L, l)):
+                if k < len(records):
+                    out += eng.on_record(s, k, None, records[k])
+                    if eng.watermark_ms > NEG_INF:
+                        out += eng.on_incidents([], eng.watermark_ms - lag_ms)
+        out += eng.on_incidents([], POS_INF)
+        out += eng.drain()
+        counted: dict[int, int] = {}
+        for d in out:
+            for m in d.value.get("minutes", []) if d.role == "signals" else []:
+                counted[m["minute"]] = counted.get(m["minute"], 0) + m["scopes"].get("all", {"c": [0]})["c"][0]
+        return counted
+
+    on_time = payments_by_minute(0)
+    assert on_time[(T0 + 420_000) // MINUTE_MS] == 1 + 6  # X's second request and the minute's six others
+    for lag_ms in (60_000, 450_000):
+        assert payments_by_minute(lag_ms) == on_time

@@ -759,11 +759,18 @@ class PartitionEngine:
                 if st.request_eff_ms is not None and lo_ms <= st.request_eff_ms < hi_ms:
                     continue  # judged as decided: the rest comes after its probe
                 st = None
-            if st is not None and st.request_eff_ms is not None and not lo_ms <= st.request_eff_ms < hi_ms:
-                # Its request is decided already (a view keeps it), in a minute not closing now:
-                # no view. (Live, while the incidents lag, thousands of references wait with
-                # records ahead; building each one's view at every close was a third of the
-                # worker's CPU.)
+            if (
+                st is not None
+                and st.request_eff_ms is not None
+                and not lo_ms <= st.request_eff_ms < hi_ms
+                and items[-1][0] <= st.last_eff_ms + gap_ms
+            ):
+                # Its request is decided already (a view keeps it), in a minute not closing now,
+                # and no record of it can come after a gap that drops it (a request after one
+                # starts a payment of its own, which may be in a closing minute): no view.
+                # (Live, while the incidents lag, thousands of references wait with records
+                # ahead; building each one's view at every close was a third of the worker's
+                # CPU.)
                 continue
             if st is not None:
                 view, last = st.facts_copy(), st.last_eff_ms
