@@ -13,15 +13,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from hashlib import blake2b
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from .eventtime import parse_ms
 from .ids import encode_parts
 from .records import PaymentEvent
 from .signals import merchant_scope_id, pool_id
 
-NEG_INF = -(2**62)
-POS_INF = 2**62
+NEG_INF: Final = -(2**62)
+POS_INF: Final = 2**62
 
 ReleasedBecause = Literal["incident_resolved", "max_hold", "owed_covered"]
 

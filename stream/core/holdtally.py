@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Generator, Iterable, Iterator
-from typing import Any
+from typing import Any, Final
 
 from .alerts import rupiah, with_suffix
 from .decisions import Decision
@@ -38,8 +38,8 @@ from .routing import add_routing, dedup_key
 from .signals import MINUTE_MS
 from .steps import run_to_end
 
-NEG_INF = -(2**62)
-POS_INF = 2**62
+NEG_INF: Final = -(2**62)
+POS_INF: Final = 2**62
 
 HELD = "held"
 REQUESTED = "requested_after_hold"

@@ -30,7 +30,7 @@ import heapq
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Final
 
 from . import codec
 from .alerts import clock_mismatch_alert, clock_skew_alert, dead_letter_alert, feed_silent_alert
@@ -61,21 +61,24 @@ from .signals import (
 from .text import escape_text
 from .validation import Rejection, parse_ledger, parse_payment
 
-RECORD, DEADLINE, HOLD = 0, 1, 2  # heap kinds; retention checks have a heap of their own
-_STREAMS = (Stream.P, Stream.L)
-NEG_INF = -(2**62)
-_NO_DECISIONS: list[Decision] = []  # (never changed: read only)
-POS_INF = 2**62
+# (`Final`: compiled, each name below is a constant, not a look-up in the module's dict.)
+RECORD: Final = 0  # heap kinds; retention checks have a heap of their own
+DEADLINE: Final = 1
+HOLD: Final = 2
+_STREAMS: Final = (Stream.P, Stream.L)
+NEG_INF: Final = -(2**62)
+_NO_DECISIONS: Final[list[Decision]] = []  # (never changed: read only)
+POS_INF: Final = 2**62
 # The event times a record may count at (after the clock guard): every time decided from it (its
 # deadline, a hold's end and release-by, the minutes and incidents it counts in) must be writable
 # as RFC 3339 UTC text, years 0000 to 9999. The hour of margin covers the burst detector's minute
 # and decision delay.
-OCCURRED_MIN_MS = -62_167_219_200_000  # 0000-01-01T00:00:00Z
-_YEAR_10000_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z
-_OCCURRED_MARGIN_MS = 3_600_000
+OCCURRED_MIN_MS: Final = -62_167_219_200_000  # 0000-01-01T00:00:00Z
+_YEAR_10000_MS: Final = 253_402_300_800_000  # 10000-01-01T00:00:00Z
+_OCCURRED_MARGIN_MS: Final = 3_600_000
 # The longest hold the settings allow (`QRIS_MAX_HOLD_S`). The range above leaves room for it
 # whatever H is, so a replay's first pass (holds off) refuses exactly what live refuses.
-HOLD_MAX_MS = 7 * 86_400_000
+HOLD_MAX_MS: Final = 7 * 86_400_000
 # Version of a partition's saved metadata (`save_meta`; metadata without "v" is version 1).
 # Fields are only added, each optional, so a worker restores an older worker's metadata by name
 # and an older worker ignores what it does not know (a rollback). A field whose meaning changes

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from hashlib import blake2b
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from . import codec
 from .decisions import Decision, mask_account
@@ -25,7 +25,7 @@ from .text import escape_controls
 if TYPE_CHECKING:
     from .reference import ReferenceState
 
-MINUTE_MS = 60_000
+MINUTE_MS: Final = 60_000
 SAMPLES_PER_SCOPE = 3
 # Response codes of failures, per scope-minute and per incident: at most CODES_KEPT distinct
 # ones, each cut to CODE_MAX_CHARS characters, the rest counted together as OTHER_CODES (a

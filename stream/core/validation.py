@@ -67,9 +67,11 @@ _FORBIDDEN_IN_IDENTIFIER: Final = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u
 _SUSPECT_BYTES: Final = re.compile(b"\\\\[bfnrtu]|\x7f|\xc2[\x80-\x9f]|\xe2\x80[\xaa-\xae]|\xe2\x81[\xa6-\xa9]")
 # The two bytes as ints: `int in bytes` is one memchr, while `bytes in bytes` first tries its
 # needle as an int and raises (and clears) a TypeError each time, five times as slow.
-_BACKSLASH, _DEL = ord("\\"), 0x7F
-_loads, _JSONDecodeError = codec.loads, codec.JSONDecodeError
-_new_tuple = tuple.__new__
+_BACKSLASH: Final = ord("\\")
+_DEL: Final = 0x7F
+_loads: Final = codec.loads
+_JSONDecodeError: Final = codec.JSONDecodeError
+_new_tuple: Final = tuple.__new__
 
 
 ErrorCode = Literal[
