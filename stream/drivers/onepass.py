@@ -288,9 +288,10 @@ def replay_one_pass(
     detector = start_detector(partitions, burst, warm) if partitions else None
     one = OnePass(params, partitions, detector)
     if isinstance(records, ReplayFile):
-        take = one.take
+        # (`one.take`, not a bound method kept in a local: compiled, that is a native call; the
+        # local would box every argument for a call through Python's protocol.)
         for i, (topic, part, offset, ts, key, value) in enumerate(records.fields()):
-            take(i, topic, part, offset, ts, key, value)
+            one.take(i, topic, part, offset, ts, key, value)
             if i & 255 == 0:
                 yield from one.ready()
     else:
