@@ -9,18 +9,21 @@ no clock, no time zone database.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
     r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
 )
-_DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_DAYS_IN_MONTH: Final = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
-MS_PER_S = 1000
-MS_PER_MIN = 60_000
-MS_PER_DAY = 86_400_000
+# (`Final`, here and below: compiled, a constant or a C static, not a look-up in the module's
+# dict at each use.)
+MS_PER_S: Final = 1000
+MS_PER_MIN: Final = 60_000
+MS_PER_DAY: Final = 86_400_000
 # Western Indonesia Time (UTC+7), the zone of the bank's daily rhythm and of alert text.
-WIB_OFFSET_MS = 7 * 3600 * 1000
+WIB_OFFSET_MS: Final = 7 * 3600 * 1000
 
 
 class BadTimestamp(ValueError):
@@ -55,22 +58,22 @@ def _is_leap(year: int) -> bool:
 
 
 # Calendar dates seen so far -> days since the epoch: records of a day share a handful of dates.
-_DAYS: dict[str, int] = {}
+_DAYS: Final[dict[str, int]] = {}
 
 
 # Minutes seen so far ("YYYY-MM-DDTHH:MM" + zone text) -> epoch ms of the minute's start.
-_MINUTES: dict[str, int] = {}
+_MINUTES: Final[dict[str, int]] = {}
 
 
 # Seconds seen so far ("YYYY-MM-DDTHH:MM:SS" + zone text) -> epoch ms of the second's start: a
 # text with a fraction (most) then costs a lookup and the fraction. Records arrive within
 # minutes of each other, so emptying it when full loses little and keeps it small (about 1.4 MB).
-_SECONDS: dict[str, int] = {}
-_SECONDS_MAX = 10_000
+_SECONDS: Final[dict[str, int]] = {}
+_SECONDS_MAX: Final = 10_000
 
 # Three-digit fractions ("000" .. "999", ASCII digits only) -> milliseconds: one lookup checks
 # and converts the fraction of the usual text.
-_MILLIS3: dict[str, int] = {f"{ms:03d}": ms for ms in range(1000)}
+_MILLIS3: Final[dict[str, int]] = {f"{ms:03d}": ms for ms in range(1000)}
 
 
 def _date_days(text: str, year: int, month: int, day: int) -> int:

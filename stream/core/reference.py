@@ -764,8 +764,8 @@ def _keep(entries: list[LedgerEntry], entry: LedgerEntry) -> None:
 # same fields interned: one dict lookup a request instead of eight `sys.intern` calls (the
 # mixed day: 13,831 distinct among 100,572 requests). Emptied when full, so a worker that runs
 # for weeks keeps it small and useful.
-_SHARED: dict[tuple[str | None, ...], tuple[str | None, ...]] = {}
-_SHARED_MAX = 65_536
+_SHARED: Final[dict[tuple[str | None, ...], tuple[str | None, ...]]] = {}
+_SHARED_MAX: Final = 65_536
 
 
 def _interned(e: PaymentEvent) -> PaymentEvent:

@@ -26,24 +26,24 @@ if TYPE_CHECKING:
     from .reference import ReferenceState
 
 MINUTE_MS: Final = 60_000
-SAMPLES_PER_SCOPE = 3
+SAMPLES_PER_SCOPE: Final = 3
 # Response codes of failures, per scope-minute and per incident: at most CODES_KEPT distinct
 # ones, each cut to CODE_MAX_CHARS characters, the rest counted together as OTHER_CODES (a
 # response code is free text: input must not make a signal or an alert too large to send).
-CODES_KEPT = 20
-CODE_MAX_CHARS = 16
-OTHER_CODES = "(other)"
+CODES_KEPT: Final = 20
+CODE_MAX_CHARS: Final = 16
+OTHER_CODES: Final = "(other)"
 # Other scopes a scope-minute's bad payments share (`w`, for attribution): at most this many
 # distinct ones, the most shared with (identifiers are up to 128 characters; random ones must not
 # make one scope-minute as large as a record may be). Past a few, attribution has nothing to say.
-SHARED_KEPT = 200
+SHARED_KEPT: Final = 200
 # A partition's report of the minutes it closed is one record of the signals topic; at a
 # national switch's volume a partition-minute has tens of thousands of merchants (a 1.7 MB
 # report at 23,000 requests a partition-minute over 200,000 merchants), past Kafka's 1 MiB. A
 # report larger than this many bytes of JSON is sent in parts (`signals_decisions`).
 SIGNALS_PART_MAX_BYTES = 512 * 1024
 # A merchant pool's id is `MCC-` and its MCC (free text too), escaped and cut to this long.
-POOL_MCC_MAX_CHARS = 16
+POOL_MCC_MAX_CHARS: Final = 16
 
 
 def pool_id(mcc: str | None) -> str:
@@ -91,10 +91,20 @@ def add_codes(into: dict[str, int], codes: dict[str, int]) -> dict[str, int]:
 
 
 # Counter slots of one scope-minute (a list, kept small and JSON-ready).
-N, BAD, FAILED, UNSETTLED, NO_ANSWER, EXPOSURE = range(6)
+# (`Final`, here and below: compiled, a constant or a C static, not a look-up in the module's
+# dict at each use.)
+N: Final = 0
+BAD: Final = 1
+FAILED: Final = 2
+UNSETTLED: Final = 3
+NO_ANSWER: Final = 4
+EXPOSURE: Final = 5
 COUNTS = ("payments", "bad", "failed", "unsettled", "no_answer", "exposure_idr")
 
-GOOD, FAILED_OUTCOME, UNSETTLED_OUTCOME, NO_ANSWER_OUTCOME = "settled", "failed", "unsettled", "no_answer"
+GOOD: Final = "settled"
+FAILED_OUTCOME: Final = "failed"
+UNSETTLED_OUTCOME: Final = "unsettled"
+NO_ANSWER_OUTCOME: Final = "no_answer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +121,8 @@ class Outcome:
 
 
 # The two outcomes without details, built once: a replay judges every payment.
-_SETTLED = Outcome(GOOD)
-_NO_ANSWER = Outcome(NO_ANSWER_OUTCOME)
+_SETTLED: Final = Outcome(GOOD)
+_NO_ANSWER: Final = Outcome(NO_ANSWER_OUTCOME)
 
 
 def judge(st: ReferenceState, probe_at_ms: int) -> Outcome:
@@ -157,8 +167,8 @@ def scope_keys(st: ReferenceState) -> tuple[str, ...]:
 # (issuer, switch, acquirer, merchant) of requests judged -> their scope keys, made once: four
 # concatenations a payment fewer, and keys that keep their hash for the scope-minute lookups
 # (a signal judges every payment; few distinct combinations). Emptied when full.
-_SCOPE_KEYS: dict[tuple[str | None, ...], tuple[str, ...]] = {}
-_SCOPE_KEYS_MAX = 65_536
+_SCOPE_KEYS: Final[dict[tuple[str | None, ...], tuple[str, ...]]] = {}
+_SCOPE_KEYS_MAX: Final = 65_536
 
 
 def new_scope_minute() -> dict[str, Any]:
@@ -234,7 +244,7 @@ def count_payment(minute: dict[str, dict[str, Any]], st: ReferenceState, outcome
 
 
 # Samples in (request ms, reference) order.
-_SAMPLE_ORDER = itemgetter(0, 1)
+_SAMPLE_ORDER: Final = itemgetter(0, 1)
 
 
 def _least_attributes(sm: dict[str, Any], rq: Any) -> None:
