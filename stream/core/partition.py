@@ -145,12 +145,14 @@ class Params:
 
 
 # A heap item: (eff_ms, kind, stream, offset, reference, event or None), a tuple
-# `tuple[int, int, int, int, str, PaymentEvent | LedgerEvent | None]`, declared `Any`: a
-# reference's waiting records are found by the identity of their item (`pending`), and mypyc
-# (`make compiled`) keeps a value of a fixed-length tuple type unboxed, boxing it anew at each
-# use, so `id()` and `is` would not find an item twice (a `KeyError` at the first release). Not
-# keyed by (stream, offset) instead: a replay file may repeat an offset (`on_record`).
-Item = Any
+# `tuple[int, int, int, int, str, PaymentEvent | LedgerEvent | None]`, declared a tuple of any
+# length: a reference's waiting records are found by the identity of their item (`pending`), and
+# mypyc (`make compiled`) keeps a value of a fixed-length tuple type unboxed, boxing it anew at
+# each use, so `id()` and `is` would not find an item twice (a `KeyError` at the first release).
+# A tuple of any length stays the one object, and is read and unpacked by index (as `Any`, it
+# was unpacked through an iterator). Not keyed by (stream, offset) instead: a replay file may
+# repeat an offset (`on_record`).
+Item = tuple[Any, ...]
 # One reference's records waiting in the heap, in the order taken (`PartitionEngine.pending`).
 Waiting = list[Item] | dict[int, Item]
 
@@ -862,7 +864,7 @@ class PartitionEngine:
                 continue
             if nxt is None:
                 break
-            item = pop(nxt)
+            item: Item = pop(nxt)
             eff, kind, s, offset, ref, event = item
             if kind == RECORD:
                 assert event is not None
