@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import inspect
 import random
 from dataclasses import replace
 from typing import Any
@@ -15,6 +17,7 @@ from stream.core.eventtime import format_ms
 from stream.core.holds import IncidentEvent
 from stream.core.partition import NEG_INF, OffsetOrderError, Params, PartitionEngine
 from stream.core.records import Stream
+from stream.core.reference import ReferenceState
 from tests.conftest import not_compiled
 from tests.records import T0, ledger, payment, saved_state_v2
 from tests.test_schemas import beyond_schema_errors, validator_for
@@ -909,3 +912,19 @@ def test_with_burst_signals_off_a_record_that_leaves_the_cap_where_it_was_releas
             eng.on_record(Stream.P, i, b"R1", payment(f"q{i}", "settled", "R1", i // 10))
             eng.on_record(Stream.L, i, b"R1", ledger(f"d{i}", "reversed", "R1", i // 10))
         assert Counting.releases <= 40, (signals, Counting.releases)
+
+
+def test_the_reference_states_constructor_takes_every_field_in_order_and_fills_the_rest() -> None:
+    # `ReferenceState.__init__` is written out (compiled, a generated one stays interpreted): a
+    # field added to the class and not to it would be left unset (slots), an error only where
+    # it is first read.
+    names = [f.name for f in dataclasses.fields(ReferenceState)]
+    params = list(inspect.signature(ReferenceState.__init__).parameters)[1:]
+    assert params == names
+    st = ReferenceState("R")
+    assert all(hasattr(st, name) for name in names)
+    lists = [name for name in names if type(getattr(st, name)) is list]
+    assert lists == ["seen_p", "seen_l", "debits", "reversals", "refunds", "holds"]
+    other = ReferenceState("R")
+    assert all(getattr(st, name) is not getattr(other, name) for name in lists)  # (new lists each)
+    assert st == other and st == ReferenceState(**{n: getattr(st, n) for n in names})

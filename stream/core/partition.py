@@ -149,8 +149,8 @@ class Params:
 # length: a reference's waiting records are found by the identity of their item (`pending`), and
 # mypyc (`make compiled`) keeps a value of a fixed-length tuple type unboxed, boxing it anew at
 # each use, so `id()` and `is` would not find an item twice (a `KeyError` at the first release).
-# A tuple of any length stays the one object, and is read and unpacked by index (as `Any`, it
-# was unpacked through an iterator). Not keyed by (stream, offset) instead: a replay file may
+# A tuple of any length stays the one object, and is read and unpacked by index (typed `Any`,
+# it would be unpacked through an iterator). Not keyed by (stream, offset) instead: a replay file may
 # repeat an offset (`on_record`).
 Item = tuple[Any, ...]
 # One reference's records waiting in the heap, in the order taken (`PartitionEngine.pending`).
