@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import inspect
 import random
 from dataclasses import replace
 from typing import Any
@@ -17,7 +16,7 @@ from stream.core.eventtime import format_ms
 from stream.core.holds import IncidentEvent
 from stream.core.partition import NEG_INF, OffsetOrderError, Params, PartitionEngine
 from stream.core.records import Stream
-from stream.core.reference import ReferenceState
+from stream.core.reference import RecordKey, ReferenceState
 from tests.conftest import not_compiled
 from tests.records import T0, ledger, payment, saved_state_v2
 from tests.test_schemas import beyond_schema_errors, validator_for
@@ -917,14 +916,29 @@ def test_with_burst_signals_off_a_record_that_leaves_the_cap_where_it_was_releas
 def test_the_reference_states_constructor_takes_every_field_in_order_and_fills_the_rest() -> None:
     # `ReferenceState.__init__` is written out (compiled, a generated one stays interpreted): a
     # field added to the class and not to it would be left unset (slots), an error only where
-    # it is first read.
+    # it is first read. (Checked by constructing: a compiled constructor has no signature.)
     names = [f.name for f in dataclasses.fields(ReferenceState)]
-    params = list(inspect.signature(ReferenceState.__init__).parameters)[1:]
-    assert params == names
     st = ReferenceState("R")
     assert all(hasattr(st, name) for name in names)
     lists = [name for name in names if type(getattr(st, name)) is list]
     assert lists == ["seen_p", "seen_l", "debits", "reversals", "refunds", "holds"]
     other = ReferenceState("R")
     assert all(getattr(st, name) is not getattr(other, name) for name in lists)  # (new lists each)
-    assert st == other and st == ReferenceState(**{n: getattr(st, n) for n in names})
+    assert st == other
+    # A distinct value of each field's type, given by position and by name, is where it was put.
+    values: dict[str, Any] = {"reference": "R1", "account_id": "A1", "last_key": RecordKey(3, 4)}
+    for k, name in enumerate(names):
+        now = getattr(st, name)
+        if name in values:
+            continue
+        if type(now) is int or name.endswith("_ms"):
+            values[name] = 100 + k
+        elif type(now) is list:
+            values[name] = []
+        elif name.startswith("seen_more"):
+            values[name] = {f"d{k}"}
+        else:
+            values[name] = None  # (a record or timer, None when absent)
+    for made in (ReferenceState(*[values[n] for n in names]), ReferenceState(**values)):
+        for name in names:
+            assert getattr(made, name) is values[name] or getattr(made, name) == values[name], name
