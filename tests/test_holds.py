@@ -1019,10 +1019,10 @@ class HeapScanChecked(PartitionEngine):
 
     views_built = 0
 
-    def _views_ahead(self, through: int, watermark_ms: int, cap: int) -> dict[str, ReferenceState]:
+    def _views_ahead(self, through: int, watermark_ms: int, cap: int) -> dict[tuple[str, int], ReferenceState]:
         expected = views_by_heap_scan(self, through, watermark_ms)
         views = super()._views_ahead(through, watermark_ms, cap)
-        assert views == expected
+        assert {ref: view for (ref, _minute), view in views.items()} == expected
         HeapScanChecked.views_built += len(views)
         return views
 
@@ -1190,3 +1190,43 @@ def test_a_payment_requested_after_its_reference_was_dropped_counts_in_its_minut
     assert on_time[(T0 + 420_000) // MINUTE_MS] == 1 + 6  # X's second request and the minute's six others
     for lag_ms in (60_000, 450_000):
         assert payments_by_minute(lag_ms) == on_time
+
+
+def test_two_payments_of_a_reference_in_the_minutes_one_watermark_jump_closes_both_count_however_the_incidents_lag() -> (
+    None
+):
+    """A reference requested, then requested again after R (a payment of its own), and the
+    ledger stream silent until after both: W jumps from nothing past both minutes at once. With
+    the incidents behind W, the burst views judge both payments in that one close; each counts
+    in its own minute, as when the incidents are known ahead of the records."""
+    params = replace(HOLDS, retention_ms=400_000, max_hold_ms=60_000)
+    p = [payment("X-q1", "requested", "X", 0), payment("X-q2", "requested", "X", 401)]
+    l: list[bytes] = []  # noqa: E741
+    for k in range(1, 160):  # other payments every 10 s; their debits only from 481 s
+        p.append(payment(f"K{k}-q", "requested", f"K{k}", 10 * k + 1))
+        if 10 * k + 1 >= 481:
+            l.append(ledger(f"K{k}-d", "debited", f"K{k}", 10 * k + 1))
+    p.sort(key=lambda r: orjson.loads(r)["occurred_at"])
+    merged = sorted(
+        [(orjson.loads(r)["occurred_at"], int(s), k, r) for s, rs in ((P, p), (L, l)) for k, r in enumerate(rs)]
+    )
+
+    def payments_by_minute(lag_ms: int | None) -> dict[int, int]:
+        eng = PartitionEngine(0, params)
+        out: list[Decision] = [] if lag_ms is not None else eng.on_incidents([], POS_INF - 1)
+        for _at, s, k, record in merged:
+            out += eng.on_record(Stream(s), k, None, record)
+            if lag_ms is not None and eng.watermark_ms > NEG_INF:
+                out += eng.on_incidents([], eng.watermark_ms - lag_ms)
+        out += eng.on_incidents([], POS_INF)
+        out += eng.drain()
+        counted: dict[int, int] = {}
+        for d in out:
+            for m in d.value.get("minutes", []) if d.role == "signals" else []:
+                counted[m["minute"]] = counted.get(m["minute"], 0) + m["scopes"].get("all", {"c": [0]})["c"][0]
+        return counted
+
+    known_ahead = payments_by_minute(None)
+    assert known_ahead[(T0 + 401_000) // MINUTE_MS] == 1 + 6  # X's second request and the minute's six others
+    for lag_ms in (0, 30_000, 450_000):
+        assert payments_by_minute(lag_ms) == known_ahead

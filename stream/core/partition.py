@@ -688,18 +688,17 @@ class PartitionEngine:
         # are judged from a view of the facts they will have (`ahead`).
         views = self._views_ahead(through, watermark_ms, cap)
         counted: dict[int, set[str]] = {}
-        for ref, view in views.items():
+        for (ref, m), view in views.items():
             st = refs.get(ref)
             if st is None or st.request_eff_ms != view.request_eff_ms:  # its request is itself ahead
-                assert view.request_eff_ms is not None
-                counted.setdefault(view.request_eff_ms // MINUTE_MS, set()).add(ref)
+                counted.setdefault(m, set()).add(ref)
         for m in sorted({k for k in open_minutes if k <= through} | set(counted)):
             scopes: dict[str, Any] = {}
             of_minute = open_minutes.pop(m, [])
             if m in counted:
                 of_minute = sorted(set(of_minute) | counted[m])
             for ref in of_minute:
-                st = views.get(ref) or refs.get(ref)
+                st = views.get((ref, m)) or refs.get(ref)
                 if st is None or st.request is None or st.request_eff_ms is None:
                     continue  # dropped by retention shorter than the probe age
                 probe_at_ms = st.request_eff_ms + age
@@ -710,11 +709,14 @@ class PartitionEngine:
         self.meta_dirty = True
         return signals_decisions(self.partition, through, closed, self.params.signals_part_max_bytes)
 
-    def _views_ahead(self, through: int, watermark_ms: int, cap: int) -> dict[str, ReferenceState]:
+    def _views_ahead(self, through: int, watermark_ms: int, cap: int) -> dict[tuple[str, int], ReferenceState]:
         # The facts of references with records past W but not yet decided (in `heap`, times in
-        # [cap, W)): what the decisions will have seen by then. Only references whose request is
-        # in a minute closing now count: request times in [lo_ms, hi_ms), the minutes after the
-        # last closed one through `through`. Candidates: references whose decided request is in
+        # [cap, W)): what the decisions will have seen by then, by reference and minute of the
+        # request (a reference requested again after a gap that drops it is a payment of its
+        # own, and both may be in the minutes closing at once: a W that jumps while the
+        # incidents lag). Only references whose request is in a minute closing now count:
+        # request times in [lo_ms, hi_ms), the minutes after the last closed one through
+        # `through`. Candidates: references whose decided request is in
         # those minutes (`open_minutes`) and references with a waiting request in them
         # (`waiting`); their waiting records are in `pending`.
         waiting = self.waiting
@@ -744,7 +746,7 @@ class PartitionEngine:
         p = self.params
         retention_ms = p.retention_ms if p.retention_ms > p.probe_age_ms else POS_INF
         gap_ms = max(retention_ms, p.timeout_ms + p.max_hold_ms)
-        views: dict[str, ReferenceState] = {}
+        views: dict[tuple[str, int], ReferenceState] = {}
         for ref in candidates:
             waiting_items = pending.get(ref)
             if not waiting_items:
@@ -760,9 +762,9 @@ class PartitionEngine:
                 items.sort()
             st = refs.get(ref)
             if st is not None and st.last_eff_ms + retention_ms < items[0][0] and self._dropped_by(st) < items[0][0]:
-                # Dropped before its next record.
-                if st.request_eff_ms is not None and lo_ms <= st.request_eff_ms < hi_ms:
-                    continue  # judged as decided: the rest comes after its probe
+                # Dropped before its next record: a request in the decided state is judged as
+                # decided (the rest comes after its probe), and the records ahead are another
+                # payment's.
                 st = None
             if (
                 st is not None
@@ -786,13 +788,13 @@ class PartitionEngine:
                 if last is not None and last + gap_ms < eff:
                     rq_ms = view.request_eff_ms
                     if rq_ms is not None and lo_ms <= rq_ms < hi_ms:
-                        break  # the rest comes after this request's probe: it counts this one
+                        views[ref, rq_ms // MINUTE_MS] = view  # (the rest comes after its probe)
                     view = ReferenceState(ref)  # (as above)
                 if view.apply_facts(s, eff, event, False) is not None:  # (a duplicate: no record)
                     last = eff
             rq_ms = view.request_eff_ms
             if rq_ms is not None and lo_ms <= rq_ms < hi_ms:
-                views[ref] = view
+                views[ref, rq_ms // MINUTE_MS] = view
         return views
 
     def _dropped_by(self, st: ReferenceState) -> int:
