@@ -68,6 +68,9 @@ RUN python -c "import tomllib; print('\n'.join(d for d in tomllib.load(open('pyp
     && pip install --target /opt/mypyc -r /tmp/mypyc.txt
 # The build runs from /opt/qris-guard, so that the manifest finds the sources where they stay;
 # the copy's Python modules are then byte-compiled, as pip does for the installed package.
+# Everything there is made readable to all: `cp` keeps the build context's modes, and a checkout
+# made with umask 077 would leave the sources unreadable to the runtime user, whose every
+# import of the copy reads them (the stale check).
 RUN mkdir /opt/qris-guard/bench \
     && cp -r stream /opt/qris-guard/stream \
     && cp bench/build_compiled.py /opt/qris-guard/bench/ \
@@ -75,6 +78,7 @@ RUN mkdir /opt/qris-guard/bench \
     && PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=/opt/mypyc python bench/build_compiled.py \
     && rm -r bench \
     && python -m compileall -q build/compiled/stream \
+    && chmod -R a+rX /opt/qris-guard \
     && cd / \
     && PYTHONSAFEPATH=1 PYTHONPATH=/opt/qris-guard/build/compiled python -c \
         'import stream as s, sys; s.BUILD == "compiled" or sys.exit(s.buildinfo.describe())'
