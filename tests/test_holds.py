@@ -1192,9 +1192,7 @@ def test_a_payment_requested_after_its_reference_was_dropped_counts_in_its_minut
         assert payments_by_minute(lag_ms) == on_time
 
 
-def test_two_payments_of_a_reference_in_the_minutes_one_watermark_jump_closes_both_count_however_the_incidents_lag() -> (
-    None
-):
+def test_two_payments_of_a_reference_closed_by_one_watermark_jump_count_however_the_incidents_lag() -> None:
     """A reference requested, then requested again after R (a payment of its own), and the
     ledger stream silent until after both: W jumps from nothing past both minutes at once. With
     the incidents behind W, the burst views judge both payments in that one close; each counts
