@@ -1151,9 +1151,26 @@ def test_a_reannounced_opening_of_an_incident_seen_resolved_does_not_reopen_it()
     assert [r["type"] for r in f.refunds()] == ["refund.requested"]  # as a replay decides it
 
 
-def test_a_payment_requested_after_its_reference_was_dropped_counts_in_its_minute_however_far_the_incidents_lag() -> (
-    None
-):
+def payments_by_minute(params: Params, records: list[tuple[Stream, int, bytes]], lag_ms: int | None) -> dict[int, int]:
+    """The payments each minute's burst report counts (scope `all`) when a partition takes
+    `records` (stream, offset, value) in that order, the incidents known through `lag_ms` behind
+    its watermark after each record, or (None) known ahead of every record."""
+    eng = PartitionEngine(0, params)
+    out: list[Decision] = [] if lag_ms is not None else eng.on_incidents([], POS_INF - 1)
+    for s, offset, record in records:
+        out += eng.on_record(s, offset, None, record)
+        if lag_ms is not None and eng.watermark_ms > NEG_INF:
+            out += eng.on_incidents([], eng.watermark_ms - lag_ms)
+    out += eng.on_incidents([], POS_INF)
+    out += eng.drain()
+    counted: dict[int, int] = {}
+    for d in out:
+        for m in d.value.get("minutes", []) if d.role == "signals" else []:
+            counted[m["minute"]] = counted.get(m["minute"], 0) + m["scopes"].get("all", {"c": [0]})["c"][0]
+    return counted
+
+
+def test_a_payment_requested_after_its_reference_was_dropped_counts_however_far_the_incidents_lag() -> None:
     """A reference requested and debited, its debit redelivered (a duplicate: not a record of
     it), then requested again after R: the retention check drops it first, so the second request
     is a payment of its own, counted in its minute. The burst views (incidents behind the
@@ -1168,28 +1185,15 @@ def test_a_payment_requested_after_its_reference_was_dropped_counts_in_its_minut
         l.append(ledger(f"K{k}-d", "debited", f"K{k}", 10 * k + 1))
     p.sort(key=lambda r: orjson.loads(r)["occurred_at"])
     l.sort(key=lambda r: orjson.loads(r)["occurred_at"])  # noqa: E741
+    # The two streams taken in turn, a record of each.
+    records = [
+        (s, k, rs[k]) for k in range(max(len(p), len(l))) for s, rs in ((Stream.P, p), (Stream.L, l)) if k < len(rs)
+    ]
 
-    def payments_by_minute(lag_ms: int) -> dict[int, int]:
-        eng = PartitionEngine(0, params)
-        out: list[Decision] = []
-        for k in range(max(len(p), len(l))):
-            for s, records in ((Stream.P, p), (Stream.L, l)):
-                if k < len(records):
-                    out += eng.on_record(s, k, None, records[k])
-                    if eng.watermark_ms > NEG_INF:
-                        out += eng.on_incidents([], eng.watermark_ms - lag_ms)
-        out += eng.on_incidents([], POS_INF)
-        out += eng.drain()
-        counted: dict[int, int] = {}
-        for d in out:
-            for m in d.value.get("minutes", []) if d.role == "signals" else []:
-                counted[m["minute"]] = counted.get(m["minute"], 0) + m["scopes"].get("all", {"c": [0]})["c"][0]
-        return counted
-
-    on_time = payments_by_minute(0)
+    on_time = payments_by_minute(params, records, 0)
     assert on_time[(T0 + 420_000) // MINUTE_MS] == 1 + 6  # X's second request and the minute's six others
     for lag_ms in (60_000, 450_000):
-        assert payments_by_minute(lag_ms) == on_time
+        assert payments_by_minute(params, records, lag_ms) == on_time
 
 
 def test_two_payments_of_a_reference_closed_by_one_watermark_jump_count_however_the_incidents_lag() -> None:
@@ -1208,23 +1212,9 @@ def test_two_payments_of_a_reference_closed_by_one_watermark_jump_count_however_
     merged = sorted(
         [(orjson.loads(r)["occurred_at"], int(s), k, r) for s, rs in ((P, p), (L, l)) for k, r in enumerate(rs)]
     )
+    records = [(Stream(s), k, r) for _at, s, k, r in merged]
 
-    def payments_by_minute(lag_ms: int | None) -> dict[int, int]:
-        eng = PartitionEngine(0, params)
-        out: list[Decision] = [] if lag_ms is not None else eng.on_incidents([], POS_INF - 1)
-        for _at, s, k, record in merged:
-            out += eng.on_record(Stream(s), k, None, record)
-            if lag_ms is not None and eng.watermark_ms > NEG_INF:
-                out += eng.on_incidents([], eng.watermark_ms - lag_ms)
-        out += eng.on_incidents([], POS_INF)
-        out += eng.drain()
-        counted: dict[int, int] = {}
-        for d in out:
-            for m in d.value.get("minutes", []) if d.role == "signals" else []:
-                counted[m["minute"]] = counted.get(m["minute"], 0) + m["scopes"].get("all", {"c": [0]})["c"][0]
-        return counted
-
-    known_ahead = payments_by_minute(None)
+    known_ahead = payments_by_minute(params, records, None)
     assert known_ahead[(T0 + 401_000) // MINUTE_MS] == 1 + 6  # X's second request and the minute's six others
     for lag_ms in (0, 30_000, 450_000):
-        assert payments_by_minute(lag_ms) == known_ahead
+        assert payments_by_minute(params, records, lag_ms) == known_ahead
