@@ -856,7 +856,7 @@ def reclaim_frozen_cycles(
     worker's collector is not in use (`young_collections_freeze_survivors`).
 
     Each rebalance leaves such cycles (aiokafka's assignments and partition states, finished
-    futures, Faust's spans: 108-218 objects, README "Known limits"), which the freeze keeps for
+    futures, Faust's spans: 108-218 objects, docs/known-limits-history.md), which the freeze keeps for
     good otherwise. The full collection walks every object of the process holding the GIL, so
     every thread waits for it (the event loop, the consumer's heartbeats, the freeze watch's
     ticker): 0.1-0.7 s with 0.2-1.2 million objects, 2.8-2.9 s with 4.9 million (400,000
