@@ -295,7 +295,8 @@ class FileScan:
         self.ends = [array("q") for _ in range(jobs)]
         if not ranges:  # the partitions only (a replay in one process)
             loads, error = codec.loads, codec.JSONDecodeError
-            add = self.partitions.add
+            # (`partitions.add`, not a bound `add` in a local: compiled, a direct set insert.)
+            partitions = self.partitions
             with open(path, "rb", buffering=READ_BUFFER) as fh:
                 for raw in fh:
                     try:
@@ -306,7 +307,7 @@ class FileScan:
                     if type(line) is dict and type(topic := line.get("topic")) is str and topic in wanted:
                         p = line.get("partition")
                         if type(p) is int and p >= 0:
-                            add(p)
+                            partitions.add(p)
             return
         spans = _spans(path, workers) if workers > 1 else [(0, -1)]
         if len(spans) == 1:
