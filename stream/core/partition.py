@@ -48,7 +48,7 @@ from .holdtally import (
     report_floor_ms,
 )
 from .observe import EngineObserver
-from .records import LedgerEvent, PaymentEvent, Stream, event_fields
+from .records import OCCURRED_AT_MS, REFERENCE, TYPE, LedgerEvent, PaymentEvent, Stream, event_fields
 from .reference import ReferenceState, RetentionTimer, StateVersionError
 from .signals import (
     MINUTE_MS,
@@ -358,7 +358,7 @@ class PartitionEngine:
             event = parse_payment(key, value) if s == 0 else parse_ledger(key, value)
         if isinstance(event, Rejection):  # (one call: an exact type is its fast path)
             return self._reject(stream, offset, key, value, timestamp_ms, event)
-        occ = event.occurred_at_ms
+        occ = event[OCCURRED_AT_MS]
         lateness_ms = self._lateness_ms
         skew_alert: list[Decision] | None = None  # (no list a record)
         skewed = timestamp_ms is not None and timestamp_ms >= 0 and occ - timestamp_ms > self.params.clock_skew_ms
@@ -402,7 +402,7 @@ class PartitionEngine:
         w = NEG_INF if mp is None or ml is None else (mp if mp < ml else ml) - lateness_ms
         if w < forced_ms:
             w = forced_ms
-        ref = event.reference
+        ref = event[REFERENCE]
         if self.observer is not None:
             self.observer.taken(stream, offset, timestamp_ms, key, value, event, eff, w, None)
         item: Item = (eff, RECORD, s, offset, ref, event)
@@ -418,7 +418,7 @@ class PartitionEngine:
             if persistent:
                 self.dirty.add(ref)
             waiting = self.waiting
-            if waiting is not None and s == 0 and event.type == "requested":
+            if waiting is not None and s == 0 and event[TYPE] == "requested":
                 # `_index_request`, inline.
                 minute = eff // MINUTE_MS
                 refs_of_minute = waiting.get(minute)

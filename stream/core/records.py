@@ -18,6 +18,13 @@ PAYMENT_TYPES: Final = frozenset({"requested", "settled", "failed"})
 LEDGER_TYPES: Final = frozenset({"debited", "reversed"})
 CURRENCY: Final = "IDR"
 MAX_AMOUNT: Final = 10**12
+# Where the fields both events start with sit in their tuple, for the paths run for every record:
+# compiled by mypyc, `event[REFERENCE]` reads the tuple, where `event.reference` is a generic
+# attribute look-up through the class (a named tuple is not a native class).
+EVENT_ID: Final = 0
+TYPE: Final = 1
+REFERENCE: Final = 2
+OCCURRED_AT_MS: Final = 4
 
 # Optional string fields of a payment event, in the contract's order.
 PAYMENT_OPTIONAL_FIELDS: Final = (

@@ -22,7 +22,7 @@ from .alerts import (
 from .decisions import Decision
 from .eventtime import parse_ms
 from .holds import Hold, IncidentTimeline, ReleasedBecause
-from .records import LedgerEvent, PaymentEvent
+from .records import EVENT_ID, TYPE, LedgerEvent, PaymentEvent
 from .refunds import (
     Refund,
     cancellation_record,
@@ -338,7 +338,7 @@ class ReferenceState:
         (`facts_copy`) to judge payments ahead of the decisions (`intern` False: the copy is
         dropped after, its request needs no shared strings)."""
         # `has_seen` and `_mark_seen` inline for the common reference (few events, no digests).
-        event_id = event.event_id
+        event_id = event[EVENT_ID]
         if stream:
             plain, more = self.seen_l, self.seen_more_l
         else:
@@ -378,12 +378,13 @@ class ReferenceState:
                 del entries[EVIDENCE_FIRST]
         else:
             assert type(event) is PaymentEvent
-            if event.type == "settled":
+            payment_type = event[TYPE]
+            if payment_type == "settled":
                 if self.settlement is None:
                     self.settlement = _new_tuple(Settlement, (event_id, event.amount, event.occurred_at, eff_ms))
                     self.settled = event.amount
                     may_over_refund = True
-            elif event.type == "failed":
+            elif payment_type == "failed":
                 if self.failure is None:
                     self.failure = _new_tuple(Failure, (event_id, event.occurred_at, eff_ms, event.response_code))
             elif self.request is None:
