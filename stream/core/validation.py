@@ -70,6 +70,8 @@ _SUSPECT_BYTES: Final = re.compile(b"\\\\[bfnrtu]|\x7f|\xc2[\x80-\x9f]|\xe2\x80[
 _BACKSLASH: Final = ord("\\")
 _DEL: Final = 0x7F
 _loads: Final = codec.loads
+# `bytes.isascii` itself: compiled, `value.isascii()` looks the method up by name at each call.
+_is_ascii: Final = bytes.isascii
 _JSONDecodeError: Final = codec.JSONDecodeError
 _new_tuple: Final = tuple.__new__
 
@@ -349,7 +351,7 @@ def _fast_payment(key: bytes | None, value: bytes) -> PaymentEvent | None:
         occurred_at_ms = parse_ms(occurred_at)
     except BadTimestamp:
         return None
-    if (_BACKSLASH in value or _DEL in value) if value.isascii() else _SUSPECT_BYTES.search(value) is not None:
+    if (_BACKSLASH in value or _DEL in value) if _is_ascii(value) else _SUSPECT_BYTES.search(value) is not None:
         bad = _FORBIDDEN_IN_IDENTIFIER.search
         ids = (event_id, reference, account_id, merchant_id, acquirer_id, issuer_id, switch_id, terminal_id)
         if any(v is not None and bad(v) for v in ids):
@@ -413,7 +415,7 @@ def _fast_ledger(key: bytes | None, value: bytes) -> LedgerEvent | None:
         occurred_at_ms = parse_ms(occurred_at)
     except BadTimestamp:
         return None
-    if (_BACKSLASH in value or _DEL in value) if value.isascii() else _SUSPECT_BYTES.search(value) is not None:
+    if (_BACKSLASH in value or _DEL in value) if _is_ascii(value) else _SUSPECT_BYTES.search(value) is not None:
         bad = _FORBIDDEN_IN_IDENTIFIER.search
         if bad(event_id) or bad(reference) or bad(entry_id) or bad(account_id):
             return None
