@@ -385,6 +385,21 @@ def test_newest_refunds_are_cancelled_first_and_only_while_they_fit_the_excess()
     assert f.alerts("OVER_REFUND") == []
 
 
+def test_a_settlement_above_the_net_debit_cancels_the_refund_and_raises_no_over_refund() -> None:
+    # Rule 3: excess = active - max(0, net - settled) = 25_000 - max(0, -5_000) = 25_000: the
+    # refund is cancelled whole and nothing is left over for a person to look at.
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.tick(400)
+    f.p(payment("s1", "settled", "R1", 500, amount=30_000))
+    f.tick(600)
+    assert [(r["type"], r["amount"]) for r in f.refunds()] == [
+        ("refund.requested", 25_000),
+        ("refund.cancel_requested", 25_000),
+    ]
+    assert f.alerts("OVER_REFUND") == []
+
+
 def test_a_second_debit_after_the_cycle_closed_opens_a_new_cycle() -> None:
     f = Feed()
     f.l(ledger("d1", "debited", "R1", 0))
