@@ -120,6 +120,29 @@ def test_failed_payment_reversed_by_the_ledger_needs_no_refund() -> None:
     assert f.refunds() == []
 
 
+def test_a_payment_that_failed_and_settled_is_refunded_its_excess_as_excess_debit() -> None:
+    # Rule 2's reasons in order: EXCESS_DEBIT when settled > 0, whatever failed before.
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0, amount=30_000))
+    f.p(payment("f1", "failed", "R1", 1))
+    f.p(payment("s1", "settled", "R1", 2))
+    f.tick(400)
+    [r] = f.refunds()
+    assert (r["reason"], r["amount"]) == ("EXCESS_DEBIT", 5_000)
+
+
+def test_only_the_first_settled_record_counts_as_settled() -> None:
+    # `settled` is the amount of the first processed settled record: a second one (another
+    # event id, another amount) changes nothing.
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0, amount=30_000))
+    f.p(payment("s1", "settled", "R1", 1))
+    f.p(payment("s2", "settled", "R1", 2, amount=30_000))
+    f.tick(400)
+    [r] = f.refunds()
+    assert (r["reason"], r["amount"]) == ("EXCESS_DEBIT", 5_000)
+
+
 def test_double_debit_settled_once_refunds_the_excess() -> None:
     f = Feed()
     f.l(ledger("d1", "debited", "R1", 0))
