@@ -445,6 +445,31 @@ def test_redelivered_records_are_ignored() -> None:
     assert r["amount"] == 25_000
 
 
+def test_a_redelivered_debit_is_ignored_however_many_events_its_reference_has() -> None:
+    # Duplicates by event_id on a stream are ignored entirely, the seventeenth event of a
+    # reference and later ones too (kept as digests past the first few).
+    f = Feed()
+    for i in range(20):
+        f.l(ledger(f"d{i}", "debited", "R1", i, amount=1_000))
+    f.l(ledger("d3", "debited", "R1", 3, amount=1_000))
+    f.l(ledger("d17", "debited", "R1", 17, amount=1_000))
+    f.l(ledger("d19", "debited", "R1", 19, amount=1_000))
+    f.tick(400)
+    [r] = f.refunds()
+    assert r["amount"] == 20_000
+
+
+def test_the_same_event_id_on_the_other_stream_is_another_event() -> None:
+    # Duplicates are by event_id on the same stream: a debit whose id a payment record of the
+    # reference also has is processed.
+    f = Feed()
+    f.p(payment("x1", "requested", "R1", 0))
+    f.l(ledger("x1", "debited", "R1", 0))
+    f.tick(400)
+    [r] = f.refunds()
+    assert (r["reason"], r["amount"]) == ("SETTLEMENT_TIMEOUT", 25_000)
+
+
 def test_a_record_later_than_the_allowed_lateness_takes_the_streams_watermark() -> None:
     f = Feed()
     f.p(payment("x", "requested", "OTHER", 100))
