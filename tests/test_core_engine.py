@@ -583,6 +583,32 @@ def test_retention_drops_a_reference_only_once_the_watermark_passes_last_eff_plu
     ]
 
 
+@pytest.mark.parametrize(("settled_at", "cancelled"), [(3600, True), (3600.001, False)])
+def test_a_single_record_reference_is_dropped_once_the_watermark_passes_its_eff_plus_r(
+    settled_at: float, cancelled: bool
+) -> None:
+    # Rule 4 for a reference whose only record is its debit at 0 s (R = 3600 s): a settlement at
+    # exactly 3600 s is processed before the retention check of that instant (timers after
+    # records) and cancels the refund; one 1 ms later comes after the state was dropped.
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.tick(3600)
+    f.p(payment("s1", "settled", "R1", settled_at))
+    f.tick(3700)
+    assert [r["type"] for r in f.refunds()] == ["refund.requested"] + ["refund.cancel_requested"] * cancelled
+    assert len(f.alerts("LATE_SETTLEMENT")) == cancelled
+
+
+def test_retention_never_drops_a_reference_with_an_open_cycle() -> None:
+    # Rule 4 drops a state only without an open cycle: with R below T (the live worker refuses
+    # such settings, a replay only warns) the debit's cycle outlives R and is still refunded.
+    f = Feed(replace(PARAMS, retention_ms=100_000))
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.tick(400)
+    [r] = f.refunds()
+    assert (r["type"], r["reason"], r["amount"]) == ("refund.requested", "SETTLEMENT_TIMEOUT", 25_000)
+
+
 def _save(f: Feed, saved: dict[str, bytes]) -> None:
     """What the worker would write after a batch: the changed references and the metadata."""
     refs, meta = f.eng.take_dirty()
