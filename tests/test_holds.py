@@ -307,6 +307,19 @@ def test_a_deadline_waits_until_the_incidents_are_known_through_it() -> None:
     assert [r["type"] for r in f.refunds()] == ["refund.held"]
 
 
+def test_a_deadline_known_through_1_ms_before_it_still_waits_for_the_incidents() -> None:
+    # The edge of the rule above: incidents known through 1 ms before the deadline do not tell
+    # whether one opens at the deadline itself (it would be open at it: held, not paid).
+    f = Feed()
+    f.incidents([], ms(300) - 1)
+    unsettled(f)
+    f.tick(400)
+    assert f.refunds() == []
+    f.incidents([inc("opened", 300)], ms(300))
+    [held] = f.refunds()
+    assert held["type"] == "refund.held" and held["incident_id"] == "in_a"
+
+
 def test_records_after_the_deadline_wait_behind_it_for_the_incidents() -> None:
     f = Feed()
     unsettled(f)
