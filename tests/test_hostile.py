@@ -295,6 +295,15 @@ def test_no_kafka_timestamp_no_guard(ts: int | None) -> None:
     assert eng.max_ms[0] == parse_ms("9999-11-30T00:00:00Z") and not [d for d in out if d.role == "alerts"]
 
 
+def test_a_kafka_timestamp_of_zero_is_a_timestamp_the_guard_compares_with() -> None:
+    # Only -1 (or none) means "no timestamp"; 0 is the epoch, and a record dated 2025 is far
+    # more than F ahead of it.
+    eng = _engine_with_traffic()
+    out = eng.on_record(P, 1, b"A", payment("a3", "settled", "A", 0), 0)
+    [skew] = [d.value for d in out if d.role == "alerts" and d.value["kind"] == "CLOCK_SKEW"]
+    assert skew["occurred_at"] == format_ms(0) and eng.skewed == [1, 0]
+
+
 @pytest.mark.parametrize(
     ("order", "kinds"),
     [
