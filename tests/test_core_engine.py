@@ -382,6 +382,22 @@ def test_late_reversal_cancels_with_late_reversal() -> None:
     assert len(f.alerts("LATE_REVERSAL")) == 1
 
 
+def test_a_cancelled_refund_is_not_active_for_the_next_cycle() -> None:
+    # `active` sums refunds requested and not cancelled: once a late reversal cancelled the
+    # first refund, a new debit's cycle owes its whole amount.
+    f = Feed()
+    f.l(ledger("d1", "debited", "R1", 0))
+    f.tick(400)
+    f.l(ledger("v1", "reversed", "R1", 500))
+    f.l(ledger("d2", "debited", "R1", 600))
+    f.tick(1000)
+    assert [(r["type"], r["amount"]) for r in f.refunds()] == [
+        ("refund.requested", 25_000),
+        ("refund.cancel_requested", 25_000),
+        ("refund.requested", 25_000),
+    ]
+
+
 def test_partial_reversal_smaller_than_the_refund_is_an_over_refund_not_a_cancel() -> None:
     f = Feed()
     f.l(ledger("d1", "debited", "R1", 0, amount=50_000))
