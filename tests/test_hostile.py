@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from stream.core import codec, ids
 from stream.core.deadletter import dead_letter_record
 from stream.core.eventtime import format_ms, parse_ms
-from stream.core.partition import OffsetOrderError, Params, PartitionEngine
+from stream.core.partition import OffsetOrderError, Params, PartitionEngine, occurred_max_ms
 from stream.core.records import Stream
 from stream.core.text import escape_ascii, escape_text, unescape_ascii
 from stream.core.validation import (
@@ -795,6 +795,22 @@ def test_a_time_rfc_3339_cannot_write_the_deadline_of_is_dead_lettered_not_decid
     assert "end of year 9999" in dead[2][0]["reason"]
     assert [d.value["kind"] for d in out[3] if d.role == "alerts"] == ["CLOCK_SKEW"]
     assert eng.stats["rejected"] == 2 and eng.stats["records"] == 2
+
+
+def test_the_last_instant_a_record_may_count_at_is_taken_and_1_ms_later_is_refused() -> None:
+    # The upper edge of the range above (`occurred_max_ms`: the deadline, a hold's release-by and
+    # the detector's minutes still before year 10000).
+    params = Params(max_hold_ms=7_200_000)
+    eng = PartitionEngine(0, params, persistent=False)
+    last_ms = occurred_max_ms(params)
+    for offset, at_ms in enumerate((last_ms, last_ms + 1)):
+        value = payment(f"e{offset}", "requested", f"R{offset}", 0, occurred_at=format_ms(at_ms))
+        dead = [
+            d.value
+            for d in eng.on_record(Stream.P, offset, f"R{offset}".encode(), value, None)
+            if d.role == "dead_letter"
+        ]
+        assert [d["field"] for d in dead] == ["occurred_at"] * offset
 
 
 def test_a_replay_with_holds_of_zero_dated_payments_cancelled_later_finishes(tmp_path: Any) -> None:
