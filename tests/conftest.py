@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import _thread
+import os
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +23,38 @@ from stream import BUILD  # noqa: E402
 not_compiled = pytest.mark.skipif(
     BUILD == "compiled", reason="subclasses or patches a class the compiled build compiles (runs on the sources)"
 )
+
+
+# A fast test running this long is hung (a rule that loops forever): the main thread is
+# interrupted, so the run stops and shows where it hung instead of waiting forever. The slow,
+# Kafka and chaos tiers take minutes by design and are left alone.
+HANG_LIMIT_S = float(os.environ.get("QRIS_TEST_HANG_LIMIT_S", "600"))
+_hung: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _hung_test_stops(request: pytest.FixtureRequest) -> Iterator[None]:
+    if any(request.node.get_closest_marker(m) is not None for m in ("slow", "kafka", "chaos")):
+        yield
+        return
+
+    def interrupt() -> None:
+        _hung.append(request.node.nodeid)
+        _thread.interrupt_main()
+
+    timer = threading.Timer(HANG_LIMIT_S, interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def pytest_keyboard_interrupt(excinfo: object) -> None:
+    """Says which test ran past the limit, when that is what stopped the run."""
+    if _hung:
+        sys.stderr.write(f"\n{_hung[0]} ran past {HANG_LIMIT_S:g} s (QRIS_TEST_HANG_LIMIT_S): stopped as hung\n")
 
 
 def pytest_report_header() -> str:
