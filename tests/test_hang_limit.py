@@ -37,3 +37,19 @@ def test_a_test_within_the_limit_is_not_stopped(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
     assert "stopped as hung" not in done.stderr
+
+
+def test_no_test_starts_with_an_earlier_tests_timer_still_running(tmp_path: Path) -> None:
+    # A test that counts threads before and after what it checks (tests/test_topics_unreachable.py)
+    # counts only its own: the timer of the test before it has ended when it starts. Many tests
+    # in a row, as the timer thread's end races the next test's start.
+    (tmp_path / "test_timers.py").write_text(
+        "import threading\n\nimport pytest\n\n\n"
+        '@pytest.mark.parametrize("n", range(300))\n'
+        "def test_only_its_own_timer(n):\n"
+        "    timers = [t for t in threading.enumerate() if isinstance(t, threading.Timer)]\n"
+        "    assert len(timers) == 1, timers\n"
+    )
+    done = run_pytest(tmp_path, "600")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    assert "300 passed" in done.stdout
