@@ -48,7 +48,10 @@ def _hung_test_stops(request: pytest.FixtureRequest) -> Iterator[None]:
     try:
         yield
     finally:
+        # Cancelled, the timer's thread still has to wake and end: joined here, it is gone before
+        # the next test starts (a test comparing thread counts counts only its own threads).
         timer.cancel()
+        timer.join()
 
 
 def pytest_keyboard_interrupt(excinfo: object) -> None:
