@@ -48,7 +48,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -154,6 +154,11 @@ class ChangelogMessage:
     seq: int | None  # the `qris.batch` header, None if absent
     commit: bool  # the `qris.commit` header is present
     generation: int | None = None  # the `qris.generation` header, None if absent
+
+    def __reduce__(self) -> tuple[type[ChangelogMessage], tuple[Any, ...]]:
+        # Compiled (bench/build_compiled.py), a frozen dataclass pickles only this way: see
+        # `partition.Params.__reduce__`.
+        return ChangelogMessage, (self.offset, self.key, self.value, self.seq, self.commit, self.generation)
 
 
 class Changelog(Protocol):
@@ -1151,14 +1156,10 @@ class KafkaChangelog:
             await admin.close()
         return config_value_ms(responses[0].to_object(), self.topic, DELETE_RETENTION)
 
-    async def read(self, partition: int, start: int, end: int) -> Any:
-        from aiokafka import TopicPartition
+    def read(self, partition: int, start: int, end: int) -> AsyncIterator[ChangelogMessage]:
+        from .changelogread import read_partition  # (it imports this module)
 
-        if start >= end:
-            return
-        _, consumer = await self._clients()
-        async for msg in _read(consumer, TopicPartition(self.topic, partition), start, end):
-            yield msg
+        return read_partition(self, partition, start, end)
 
     async def read_range(self, partition: int, start: int, end: int) -> list[ChangelogMessage]:
         # A batch's check of what another writer wrote (`PartitionStore._older_owners_keys`) runs
@@ -1166,9 +1167,11 @@ class KafkaChangelog:
         # own consumer.
         from aiokafka import TopicPartition
 
+        from .changelogread import read_messages
+
         async with self._checking:
             checker = await self._checker_started()
-            return [msg async for msg in _read(checker, TopicPartition(self.topic, partition), start, end)]
+            return [msg async for msg in read_messages(checker, TopicPartition(self.topic, partition), start, end)]
 
     async def end_offsets(self, partitions: list[int]) -> dict[int, int]:
         from aiokafka import TopicPartition
@@ -1199,29 +1202,3 @@ class KafkaChangelog:
             await consumer.stop()
         if checker is not None:
             await checker.stop()
-
-
-async def _read(consumer: Any, tp: Any, start: int, end: int) -> Any:
-    """The `ChangelogMessage`s of `tp` at offsets start .. end - 1, read by `consumer` (assigned
-    to `tp` alone for it)."""
-    if start >= end:
-        return
-    consumer.assign([tp])
-    consumer.seek(tp, start)
-    while True:
-        got = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
-        for m in got.get(tp, ()):
-            if m.offset >= end:
-                return
-            headers = dict(m.headers or ())
-            seq, generation = headers.get(BATCH_HEADER), headers.get(GENERATION_HEADER)
-            yield ChangelogMessage(
-                m.offset,
-                m.key or b"",
-                m.value,
-                int(seq) if seq else None,
-                COMMIT_HEADER in headers,
-                int(generation) if generation else None,
-            )
-        if await consumer.position(tp) >= end:
-            return
