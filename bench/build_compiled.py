@@ -10,8 +10,13 @@ over it, and an edit without a rebuild would run old code (tests/test_compiled_b
 imports and checks, so a failed build leaves no half build behind; a previous build is replaced.
 
 Compiled: every module of stream/core but `codec`, `decisions` and `ratemodel` (they subclass or
-call into orjson's and river's C types), and the replay file reader and one-pass driver. The
-rest of the package (worker, settings, CLI) stays Python in the copy.
+call into orjson's and river's C types), the replay file reader and one-pass driver, and the two
+worker modules on the live worker's path per record that mypyc takes as they are: its state store
+(`statestore`: a batch's changes written to the changelog and the local DB) and what it watches
+(`watch`: called by the core for every record). The rest of the package (the worker's shell, its
+Faust intake, settings, CLI) stays Python in the copy: the shell subclasses asyncio's lock (mypyc
+fails on it) and tests replace its methods, the intake subclasses Faust's classes and is an async
+generator (mypyc compiles none).
 
 The C build: mypyc's one shared library for all the modules, one C file a module
 (`--multi-file`, the default; `--single-file` puts them all in one C file, as `python -m mypyc`
@@ -41,7 +46,12 @@ sys.path.insert(0, str(ROOT))
 from stream.buildinfo import MANIFEST, MANIFEST_VERSION, source_root_entry  # noqa: E402  (the sources being built)
 
 NOT_COMPILED = {"__init__", "codec", "decisions", "ratemodel"}
-ALSO_COMPILED = ["stream/drivers/onepass.py", "stream/drivers/replayfile.py"]
+ALSO_COMPILED = [
+    "stream/drivers/onepass.py",
+    "stream/drivers/replayfile.py",
+    "stream/worker/statestore.py",
+    "stream/worker/watch.py",
+]
 
 # The repository's mypy settings (pyproject.toml) for the copy: mypyc type-checks the modules it
 # compiles and everything they import. (pyproject.toml itself is not copied: setuptools, which

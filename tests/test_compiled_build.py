@@ -243,7 +243,12 @@ def test_the_frozen_dataclasses_of_the_compiled_modules_pickle_by_their_construc
     # The modules bench/build_compiled.py compiles (without a build: the same rule).
     core = [f"stream.core.{p.stem}" for p in sorted((ROOT / "stream" / "core").glob("*.py"))]
     compiled = [m for m in core if m.rsplit(".", 1)[1] not in {"__init__", "codec", "decisions", "ratemodel"}]
-    compiled += ["stream.drivers.onepass", "stream.drivers.replayfile"]
+    compiled += [
+        "stream.drivers.onepass",
+        "stream.drivers.replayfile",
+        "stream.worker.statestore",
+        "stream.worker.watch",
+    ]
     missing = [
         f"{name}.{cls.__name__}"
         for name in compiled

@@ -1162,6 +1162,8 @@ def test_the_lookups_examples_run() -> None:
     from stream.worker import lookup, watch
 
     for module in (lookup, watch):
+        if not (module.__file__ or "").endswith(".py"):
+            continue  # compiled by mypyc: doctest finds no examples in compiled functions (runs on the sources)
         failures, tried = doctest.testmod(module, raise_on_error=False, verbose=False)
         assert tried > 0 and failures == 0
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import faust
 import pytest
@@ -141,25 +142,43 @@ def test_a_side_client_that_fails_to_close_leaves_the_others_closed(monkeypatch:
 
 
 def _changelog_closes(monkeypatch: pytest.MonkeyPatch, hang: bool = False, fail: bool = False) -> list[str]:
-    # The store's close and the changelog's, in the order the app's stop calls them.
+    # The store's close and the changelog's, in the order the app's stop calls them: the app
+    # builds stand-ins around the real ones (the compiled build's classes take no patched methods).
+    from stream.worker import app as app_module
     from stream.worker.statestore import KafkaChangelog, PartitionStore
 
     closed: list[str] = []
-    store_close = PartitionStore.close
 
-    def close_store(self: PartitionStore) -> None:
-        closed.append("store")
-        store_close(self)
+    class SeenStore:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            object.__setattr__(self, "store", PartitionStore(*args, **kwargs))
 
-    async def close_changelog(self: KafkaChangelog) -> None:
-        if hang:
-            await asyncio.sleep(3600)
-        if fail:
-            raise ConnectionError("the broker went away")
-        closed.append("changelog")
+        def close(self) -> None:
+            closed.append("store")
+            self.store.close()
 
-    monkeypatch.setattr(PartitionStore, "close", close_store)
-    monkeypatch.setattr(KafkaChangelog, "close", close_changelog)
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.store, name)
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            setattr(self.store, name, value)
+
+    class SeenChangelog:
+        def __init__(self, *args: Any) -> None:
+            self.changelog = KafkaChangelog(*args)
+
+        async def close(self) -> None:
+            if hang:
+                await asyncio.sleep(3600)
+            if fail:
+                raise ConnectionError("the broker went away")
+            closed.append("changelog")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.changelog, name)
+
+    monkeypatch.setattr(app_module, "PartitionStore", SeenStore)
+    monkeypatch.setattr(app_module, "KafkaChangelog", SeenChangelog)
     return closed
 
 
