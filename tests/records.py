@@ -55,9 +55,15 @@ def ledger(event_id: str, typ: str, ref: str, t: float, amount: int = 25_000, **
 
 
 def saved_state_v2(d: dict[str, Any]) -> dict[str, Any]:
-    """A reference's saved state (version 3, named fields) in the layout version 2 wrote
+    """A reference's saved state (version 3 or 4, named fields) in the layout version 2 wrote
     (two-letter keys, every field present): what an older worker left in its store."""
     debits, reversals = d.get("debits", []), d.get("reversals", [])
+    rq, st = d.get("request"), d.get("settlement")
+    if rq is not None and d["v"] >= 4:
+        # (4 saves the request without its type and reference.)
+        rq = [rq[0], "requested", d["reference"], *rq[1:]]
+    debited = d.get("debited_total", sum(x[2] for x in debits))
+    reversed_ = d.get("reversed_total", sum(x[2] for x in reversals))
     old: dict[str, Any] = {
         "ref": d["reference"],
         "sp": d.get("seen_p", []),
@@ -67,16 +73,16 @@ def saved_state_v2(d: dict[str, Any]) -> dict[str, Any]:
         "d": debits,
         "r": reversals,
         "dc": d.get("debit_count", len(debits)),
-        "ds": d.get("debited_total", sum(x[2] for x in debits)),
+        "ds": debited,
         "rc": d.get("reversal_count", len(reversals)),
-        "rs": d.get("reversed_total", sum(x[2] for x in reversals)),
-        "st": d.get("settlement"),
+        "rs": reversed_,
+        "st": st,
         "f": d.get("failure"),
-        "rq": d.get("request"),
-        "re": d.get("request_eff_ms"),
+        "rq": rq,
+        "re": d.get("request_eff_ms", rq[4] if rq else None),
         "a": d.get("account_id"),
-        "n": d["net"],
-        "s": d["settled"],
+        "n": d.get("net", debited - reversed_),
+        "s": d.get("settled", st[1] if st else 0),
         "cd": d.get("cycle_deadline_ms"),
         "co": d.get("cycle_opened_by"),
         "rf": d.get("refunds", []),

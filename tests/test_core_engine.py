@@ -723,8 +723,8 @@ def test_records_leaving_out_of_the_order_taken_save_and_restore_as_taken() -> N
 
 
 def test_state_saved_by_version_2_restores_to_the_same_decisions_and_is_saved_named() -> None:
-    # Version 3 names every saved field (issue 9: no tuple positions); what an older worker
-    # saved (version 2, two-letter keys) must still restore, to the very same state.
+    # Versions 3 and 4 name every saved field (issue 9: no tuple positions); what an older
+    # worker saved (version 2, two-letter keys) must still restore, to the very same state.
     def run(convert: bool) -> tuple[list, list[dict]]:
         f = Feed()
         f.p(payment("q1", "requested", "R1", 0))
@@ -752,11 +752,11 @@ def test_state_saved_by_version_2_restores_to_the_same_decisions_and_is_saved_na
     named, (states, resaved_named) = run(False)
     older, (old_states, resaved_old) = run(True)
     assert older == named
-    assert resaved_old == resaved_named  # a restored old entry is saved as version 3
-    assert {s["v"] for s in states} == {3} and {s["v"] for s in old_states} == {2}
+    assert resaved_old == resaved_named  # a restored old entry is saved as version 4
+    assert {s["v"] for s in states} == {4} and {s["v"] for s in old_states} == {2}
     r1 = next(s for s in states if s["reference"] == "R1")
     assert r1["failure"][0] == "f1" and r1["refunds"] and "cycle_deadline_ms" not in r1
-    assert all(s["state"]["v"] == 3 for s in resaved_named if s is not None)
+    assert all(s["state"]["v"] == 4 for s in resaved_named if s is not None)
     types = [v.get("type") for v in named]
     assert types.count("refund.requested") == 2 and types.count("refund.cancel_requested") == 1
 

@@ -2113,7 +2113,7 @@ def test_state_of_a_newer_version_stops_the_worker_before_it_decides_anything(
         h.store.data[meta_key(0)] = orjson.dumps({**saved_meta(h), "v": 3})
     else:
         saved = orjson.loads(value)
-        h.store.data[key] = orjson.dumps({**saved, "state": {**saved["state"], "v": 4}})
+        h.store.data[key] = orjson.dumps({**saved, "state": {**saved["state"], "v": 5}})
     stops: list[str] = []
 
     def stop(problem: str) -> None:
@@ -2124,11 +2124,12 @@ def test_state_of_a_newer_version_stops_the_worker_before_it_decides_anything(
     h2 = restarted(h)
     with pytest.raises(SystemExit):
         h2.batch(("P", payment("QR2-q", "requested", "QR2", 400)))
-    version = "saved metadata of version 3" if entry == "metadata" else "a saved reference entry of version 4"
-    assert stops == [
-        f"partition 0: {version}, this worker reads versions 1 to {3 if entry == 'reference' else 2}"
-        " (state saved by a newer release?)"
-    ]
+    version = (
+        "saved metadata of version 3, this worker reads versions 1 to 2"
+        if entry == "metadata"
+        else "a saved reference entry of version 5, this worker reads versions 1 to 4"
+    )
+    assert stops == [f"partition 0: {version} (state saved by a newer release?)"]
     assert h2.sent == []
 
 

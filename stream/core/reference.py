@@ -22,7 +22,7 @@ from .alerts import (
 from .decisions import Decision
 from .eventtime import parse_ms
 from .holds import Hold, IncidentTimeline, ReleasedBecause
-from .records import EVENT_ID, TYPE, LedgerEvent, PaymentEvent
+from .records import EVENT_ID, OCCURRED_AT_MS, REFERENCE, TYPE, LedgerEvent, PaymentEvent
 from .refunds import (
     Refund,
     cancellation_record,
@@ -31,11 +31,15 @@ from .refunds import (
     refund_request_record,
 )
 
-# Version of a saved reference entry (`ReferenceState.to_json`): 3 names every field and leaves
-# out empty ones; 2 added holds ("h") to the two-letter keys of 1 (entries without "v").
-# `from_json` reads all three. A new optional field of 3 needs no new version: an absent one
-# reads as empty, and a release that does not know it restores the rest by name.
-STATE_VERSION = 3
+# Version of a saved reference entry (`ReferenceState.to_json`): 4 saves the request without
+# its type and reference (always "requested" and the entry's own) and leaves out the request's
+# effective time, `net` and `settled` when they equal what the rest gives (its occurred time, the
+# debited less the reversed total, the settlement's amount): a release that reads only 3 would
+# misread them, so it refuses 4. 3 names every field and leaves out empty ones; 2 added holds
+# ("h") to the two-letter keys of 1 (entries without "v"). `from_json` reads all four. A new
+# optional field of 4 needs no new version: an absent one reads as empty, and a release that
+# does not know it restores the rest by name.
+STATE_VERSION = 4
 
 
 class StateVersionError(ValueError):
@@ -556,8 +560,10 @@ class ReferenceState:
 
     def to_json(self) -> dict[str, Any]:
         """The saved form (version `STATE_VERSION`): named fields; empty, absent and derivable
-        ones (counts of uncut evidence lists) left out, which keeps a typical reference well
-        under 1 KiB. Nested records are arrays in their named tuple's field order; ledger
+        ones (counts of uncut evidence lists, the request's type and reference, and its
+        effective time, `net` and `settled` when the rest gives them) left out, which keeps a
+        reference under 1 KiB unless its evidence lists are long. Nested records are arrays in
+        their named tuple's field order (the request's without its type and reference); ledger
         entries' accounts, when any entry of a list has one, are a list beside it
         (`debit_accounts`, `reversal_accounts`: one per entry, null for the reference's account),
         so a release that does not know them restores the entries as before; so are the request
@@ -608,12 +614,20 @@ class ReferenceState:
         if failure is not None:
             d["failure"] = failure[:]
         if request is not None:
-            d["request"] = request[:]  # as `records.event_fields`
-            d["request_eff_ms"] = self.request_eff_ms
+            # Its type is "requested" and its reference the entry's own (`apply_facts` keeps only
+            # a request, and the partition gives a reference its own records only): rebuilt on
+            # restore.
+            d["request"] = _request_fields(request)
+            if self.request_eff_ms != request[OCCURRED_AT_MS]:  # (a request taken in order: equal)
+                d["request_eff_ms"] = self.request_eff_ms
         if self.account_id is not None:
             d["account_id"] = self.account_id
-        d["net"] = self.net
-        d["settled"] = self.settled
+        # Each only when it differs from what the rest of the entry gives (it never does when
+        # `apply_facts` set both): absent, it reads as that.
+        if self.net != self.debited_total - self.reversed_total:
+            d["net"] = self.net
+        if self.settled != (settlement[1] if settlement is not None else 0):
+            d["settled"] = self.settled
         if self.cycle_deadline_ms is not None:
             d["cycle_deadline_ms"] = self.cycle_deadline_ms
             opened_by = self.cycle_opened_by
@@ -639,7 +653,7 @@ class ReferenceState:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ReferenceState:
-        """A saved reference of any version (1 and 2: two-letter keys; 3: named fields).
+        """A saved reference of any version (1 and 2: two-letter keys; 3 and 4: named fields).
         Raises `StateVersionError` for another version."""
         version = d.get("v", 1)
         if type(version) is not int or not 1 <= version <= STATE_VERSION:
@@ -649,12 +663,21 @@ class ReferenceState:
             )
         if version < 3:
             return cls._from_json_v2(d)
+        reference = d["reference"]
         debits = _saved_entries(d.get("debits", ()), d.get("debit_accounts"), d.get("debit_guarded_at_ms"))
         reversals = _saved_entries(d.get("reversals", ()), d.get("reversal_accounts"))
+        debited_total = d.get("debited_total", sum(x.amount for x in debits))
+        reversed_total = d.get("reversed_total", sum(x.amount for x in reversals))
         rq, st, f, rt = d.get("request"), d.get("settlement"), d.get("failure"), d.get("retention")
         spd, sld, co = d.get("seen_p_digests"), d.get("seen_l_digests"), d.get("cycle_opened_by")
+        request = None
+        if rq:
+            request = PaymentEvent(*rq) if version == 3 else PaymentEvent(rq[0], "requested", reference, *rq[1:])
+        settlement = Settlement(*st) if st else None
+        # (Version 3 saves all three whenever they are set: the defaults are 4's.)
+        request_eff_ms = d.get("request_eff_ms", request.occurred_at_ms if request is not None else None)
         return cls(
-            reference=d["reference"],
+            reference=reference,
             seen_p=list(d.get("seen_p", ())),
             seen_l=list(d.get("seen_l", ())),
             seen_more_p=set(spd) if spd else None,
@@ -662,16 +685,16 @@ class ReferenceState:
             debits=debits,
             reversals=reversals,
             debit_count=d.get("debit_count", len(debits)),
-            debited_total=d.get("debited_total", sum(x.amount for x in debits)),
+            debited_total=debited_total,
             reversal_count=d.get("reversal_count", len(reversals)),
-            reversed_total=d.get("reversed_total", sum(x.amount for x in reversals)),
-            settlement=Settlement(*st) if st else None,
+            reversed_total=reversed_total,
+            settlement=settlement,
             failure=Failure(*f) if f else None,
-            request=PaymentEvent(*rq) if rq else None,
-            request_eff_ms=d.get("request_eff_ms"),
+            request=request,
+            request_eff_ms=request_eff_ms,
             account_id=d.get("account_id"),
-            net=d["net"],
-            settled=d["settled"],
+            net=d.get("net", debited_total - reversed_total),
+            settled=d.get("settled", settlement.amount if settlement is not None else 0),
             cycle_deadline_ms=d.get("cycle_deadline_ms"),
             cycle_opened_by=RecordKey(*co) if co else None,
             refunds=_saved_refunds(d.get("refunds", ()), d.get("refunds_requested_at_ms")),
@@ -723,6 +746,10 @@ _new_tuple: Final[Any] = tuple.__new__
 # callables, so saving a reference costs no Python frame per entry.
 _entry_fields: Callable[[LedgerEntry], tuple[Any, ...]] = itemgetter(slice(None, 5))
 _entry_account: Callable[[LedgerEntry], str | None] = itemgetter(5)
+# A request's saved array (version 4): its fields without its type and reference, in one C call.
+_request_fields: Callable[[PaymentEvent], tuple[Any, ...]] = itemgetter(
+    EVENT_ID, *range(REFERENCE + 1, len(PaymentEvent._fields))
+)
 
 
 def _saved_entries(
