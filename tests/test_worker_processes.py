@@ -29,9 +29,12 @@ def test_doctests() -> None:
 def test_each_child_has_its_own_data_dir_and_web_port(tmp_path: Path) -> None:
     # Each child writes its port and app id, then runs until stopped: a child that exits on its
     # own stops the set (and makes the exit code 1), so the test stops them once all have written.
+    # The file is written aside and renamed: `port` appears whole, never created and still empty
+    # when the test reads it.
     script = (
         "import os, pathlib, time; d = pathlib.Path(os.environ['QRIS_DATA_DIR']); d.mkdir(parents=True); "
-        "(d / 'port').write_text(os.environ['QRIS_WEB_PORT'] + ' ' + os.environ['QRIS_APP_ID']); time.sleep(60)"
+        "(d / 'port.part').write_text(os.environ['QRIS_WEB_PORT'] + ' ' + os.environ['QRIS_APP_ID']); "
+        "(d / 'port.part').rename(d / 'port'); time.sleep(60)"
     )
     settings = Settings(data_dir=str(tmp_path), web_port=7000, app_id="qris-x")
     code = _run_until(settings, 3, script, lambda: len(list(tmp_path.glob("w*/port"))) == 3)
