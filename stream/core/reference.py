@@ -626,7 +626,7 @@ class ReferenceState:
         # `apply_facts` set both): absent, it reads as that.
         if self.net != self.debited_total - self.reversed_total:
             d["net"] = self.net
-        if self.settled != (settlement[1] if settlement is not None else 0):
+        if self.settled != (settlement.amount if settlement is not None else 0):
             d["settled"] = self.settled
         if self.cycle_deadline_ms is not None:
             d["cycle_deadline_ms"] = self.cycle_deadline_ms
